@@ -1,0 +1,1 @@
+"""Export (needs the `export` extra: torch, transformers, optimum-onnx)."""

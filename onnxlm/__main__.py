@@ -1,0 +1,1 @@
+import sys; from onnxlm.cli import main; sys.exit(main())

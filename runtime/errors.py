@@ -1,0 +1,41 @@
+"""Typed errors. Every message names the parameter or file at fault and what is allowed."""
+from __future__ import annotations
+
+
+class OnnxlmError(Exception):
+    """Base class of every error onnxlm raises on purpose."""
+
+
+class ModelFileError(OnnxlmError, FileNotFoundError):
+    """A model file is missing, truncated, corrupt or does not match the manifest's checksum."""
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise print errno/filename fields
+        return self.args[0]
+
+
+class ManifestError(OnnxlmError):
+    """The artifact manifest (onnxlm.json) is unreadable, inconsistent or from an unknown format version."""
+
+
+class ProviderError(OnnxlmError):
+    """The requested onnxruntime execution provider is not available here."""
+
+
+class InputError(OnnxlmError, ValueError):
+    """A prompt or token-id input is unusable (empty, too long, ids out of the vocabulary, bad shapes)."""
+
+
+class ParameterError(OnnxlmError, ValueError):
+    """A generation/scoring parameter is out of its allowed range or unknown."""
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+
+
+class ExportError(OnnxlmError):
+    """Export failed (unsupported architecture, validation mismatch, target exists, ...)."""
