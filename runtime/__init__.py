@@ -1,5 +1,11 @@
 """Torch-free runtime: numpy + onnxruntime + tokenizers only."""
-__all__ = ["load"]
+from .causal_lm import CausalLM
+from .errors import (InputError, ManifestError, ModelFileError, OnnxlmError, ParameterError, ProviderError)
+from .generation_config import GenerationConfig
+from .loader import load
+from .results import GenerationResult, ScoringResult, StepResult, TokenDistribution
+from .seq2seq_lm import Seq2SeqLM
 
-def load(path, **kw):
-    raise NotImplementedError
+__all__ = ["load", "CausalLM", "Seq2SeqLM", "GenerationConfig", "GenerationResult", "ScoringResult", "StepResult",
+           "TokenDistribution", "OnnxlmError", "InputError", "ManifestError", "ModelFileError", "ParameterError",
+           "ProviderError"]

@@ -1,0 +1,93 @@
+"""Decoder-only models (GPT-2, Llama family): one ONNX graph with past key values, past length 0 at the first step."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .kv_cache import KVCache, past_input_names
+from .model import LanguageModel
+from .processors import log_softmax
+from .session import GraphRunner
+from .tokenizer import pad_batch
+
+
+def position_ids_from_mask(mask: np.ndarray) -> np.ndarray:
+    """attention_mask [b, t] int64 -> position_ids [b, t] int64: cumsum(mask) - 1, padded slots set to 1
+    (what transformers' generate passes, so left-padded rows start at position 0)."""
+    pos = np.cumsum(mask, axis=-1) - 1
+    return np.where(mask == 0, 1, pos).astype(np.int64)
+
+
+class CausalState:
+    """Decoding state of a batch: KV cache, attention mask [b, T] int64, position of each row's last token [b]."""
+
+    def __init__(self, runner: GraphRunner, cache: KVCache, mask: np.ndarray):
+        self.runner, self.cache, self.mask = runner, cache, mask
+        self.positions = mask.sum(axis=-1).astype(np.int64) - 1  # [b]: position of each row's last token
+
+    def advance(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens [b] int64 -> next-token logits [b, V] float32; appends one attended position per row."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
+        self.positions = self.positions + 1
+        out = self.runner.run({"input_ids": tokens[:, None], "attention_mask": self.mask,
+                               "position_ids": self.positions[:, None], **self.cache.tensors})
+        self.cache.update(out)
+        return out["logits"][:, -1, :].astype(np.float32, copy=False)
+
+    def select(self, rows: np.ndarray) -> None:
+        """rows [b] int64: reorder the cache, mask and positions along the batch axis."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if np.array_equal(rows, np.arange(len(self.mask))):
+            return
+        self.cache.select(rows)
+        self.mask, self.positions = self.mask[rows], self.positions[rows]
+
+
+class CausalLM(LanguageModel):
+    """A decoder-only language model: generate, score, logits, stream on numpy + onnxruntime."""
+
+    is_encoder_decoder = False
+
+    def _init_graphs(self) -> None:
+        self.decoder = self._runner("decoder")
+        self.past_names = past_input_names(self.decoder.inputs)
+        if not self.past_names:
+            raise InputError(f"{self.path}: the decoder graph has no past_key_values inputs; export with past "
+                             "(onnxlm export, or optimum task text-generation-with-past)")
+        shape = self.decoder.inputs[self.past_names[0]].shape  # [batch, kv_heads, past, head_dim]
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.kv_dtype = self.decoder.input_dtype(self.past_names[0])
+
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[dict, KVCache]:
+        """input_ids [b, t], attention_mask [b, t] -> graph outputs (logits [b, t, V]) and the filled cache."""
+        cache = KVCache.empty(self.past_names, len(input_ids), self.kv_heads, self.head_dim, self.kv_dtype)
+        out = self.decoder.run({"input_ids": input_ids, "attention_mask": attention_mask,
+                                "position_ids": position_ids_from_mask(attention_mask), **cache.tensors})
+        cache.update(out)
+        return out, cache
+
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[CausalState, np.ndarray]:
+        """input_ids [b, t] int64, attention_mask [b, t] int64 -> state, next-token logits [b, V] float32."""
+        input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
+        out, cache = self._forward(input_ids, attention_mask)
+        state = CausalState(self.decoder, cache, attention_mask)
+        return state, out["logits"][:, -1, :].astype(np.float32, copy=False)
+
+    def initial_sequences(self, input_ids: np.ndarray) -> np.ndarray:
+        """[b, t] prompt ids -> [b, t] int64: the ids the logits processors see before the first new token."""
+        return np.asarray(input_ids, dtype=np.int64)
+
+    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
+        """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass."""
+        input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
+        out, _ = self._forward(input_ids, attention_mask)
+        return out["logits"].astype(np.float32, copy=False)
+
+    def _score_batch(self, rows: list[list[int]]) -> list[np.ndarray]:
+        """rows of ids (>= 2 each) -> per row log p(ids[i] | ids[:i]) for i >= 1, float32 [len-1]."""
+        ids, mask = pad_batch(rows, self.pad_id, side="left")
+        logp = log_softmax(self.logits(ids, mask)[:, :-1, :])          # [b, t-1, V]
+        picked = np.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]  # [b, t-1]
+        return [picked[i, ids.shape[1] - len(r):].copy() for i, r in enumerate(rows)]
+

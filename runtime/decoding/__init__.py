@@ -1,0 +1,1 @@
+"""Decoding loops: greedy/sampling (`sample.py`) and beam search (`beam.py`), both over the state protocol."""

@@ -1,0 +1,55 @@
+"""Greedy decoding and sampling: one loop (as transformers' `_sample`), a generator of per-step results.
+
+Closing the generator stops the compute: no forward pass runs after the consumer stops asking.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..processors import sample_tokens
+
+
+@dataclass
+class BatchStep:
+    """One step for the whole batch: tokens [b] int64 (pad for rows already done), processed scores and raw
+    logits [b, V] float32, active [b] bool (row was still generating), finished [b] (row ends at this step),
+    reasons (per row: 'eos' | 'stop' | 'length' where finished, else None)."""
+
+    index: int
+    tokens: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    active: np.ndarray
+    finished: np.ndarray
+    reasons: list
+
+
+def sample_steps(state, sequences: np.ndarray, logits: np.ndarray, *, processors: Callable, do_sample: bool,
+                 rng: np.random.Generator | None, eos_token_ids: list[int], pad_token_id: int, max_length: int,
+                 stop_check: Callable[[int, np.ndarray], bool] | None = None) -> Iterator[BatchStep]:
+    """state (protocol), sequences [b, t0] int64, first logits [b, V] float32 -> yields one BatchStep per new token."""
+    b, t0 = sequences.shape
+    active = np.ones(b, dtype=bool)
+    eos = np.asarray(eos_token_ids, dtype=np.int64)
+    for index in range(max(0, max_length - t0)):
+        scores = processors(sequences, logits)                                   # [b, V] processed scores
+        tokens = sample_tokens(scores, rng) if do_sample else scores.argmax(-1)  # [b] chosen ids
+        tokens = np.where(active, tokens, pad_token_id).astype(np.int64)         # finished rows emit pad
+        sequences = np.concatenate([sequences, tokens[:, None]], axis=1)        # [b, t+1]
+        reasons = [None] * b                                                     # why each row stops now
+        for row in np.flatnonzero(active):
+            if tokens[row] in eos:
+                reasons[row] = "eos"
+            elif stop_check is not None and stop_check(row, sequences[row, t0:]):
+                reasons[row] = "stop"
+            elif sequences.shape[1] >= max_length:
+                reasons[row] = "length"
+        finished = np.array([r is not None for r in reasons])
+        yield BatchStep(index, tokens, scores, logits, active.copy(), finished, reasons)
+        active &= ~finished                                                      # retire finished rows
+        if not active.any():
+            return
+        logits = state.advance(tokens)                                           # one forward pass, KV grows

@@ -1,0 +1,87 @@
+"""Reading and checking an artifact directory: the onnxlm.json manifest, or a plain Optimum export."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import ManifestError, ModelFileError
+
+MANIFEST_NAME = "onnxlm.json"
+FORMAT_VERSION = 1
+DECODER_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx")
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file -> dict; ModelFileError naming the file when missing or corrupt."""
+    if not path.is_file():
+        raise ModelFileError(f"{path.name} is missing from {path.parent}", str(path))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON: {exc}", str(path)) from exc
+
+
+def load_manifest(model_dir: Path, verify: bool = True) -> dict:
+    """Artifact dir -> manifest dict. Verifies format version and (if verify) every file's size and sha256.
+
+    A directory without onnxlm.json is read as a plain Optimum export (see `manifest_from_optimum_dir`).
+    """
+    if not model_dir.is_dir():
+        raise ModelFileError(f"model directory {model_dir} does not exist (expected an onnxlm export "
+                             "or an Optimum ONNX export directory)", str(model_dir))
+    path = model_dir / MANIFEST_NAME
+    if not path.exists():
+        return manifest_from_optimum_dir(model_dir)
+    manifest = read_json(path)
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        raise ManifestError(f"{path}: format_version={version!r} is not supported; this onnxlm reads "
+                            f"format versions 1..{FORMAT_VERSION} (upgrade onnxlm or re-export)")
+    if manifest.get("kind") not in ("causal-lm", "seq2seq-lm"):
+        raise ManifestError(f"{path}: kind={manifest.get('kind')!r}; allowed: 'causal-lm', 'seq2seq-lm'")
+    for name, entry in manifest.get("files", {}).items():
+        file = model_dir / name
+        if not file.is_file():
+            raise ModelFileError(f"{name} is listed in {MANIFEST_NAME} but missing from {model_dir}", str(file))
+        if not verify:
+            continue
+        size = file.stat().st_size
+        if "bytes" in entry and size != entry["bytes"]:
+            raise ModelFileError(f"{file} has {size} bytes, the manifest says {entry['bytes']} "
+                                 "(truncated or replaced; re-export)", str(file))
+        if sha256_of(file) != entry.get("sha256"):
+            raise ModelFileError(f"{file}: sha256 does not match the manifest (corrupt or replaced; "
+                                 "re-export, or load with verify=False to skip the check)", str(file))
+    return manifest
+
+
+def manifest_from_optimum_dir(model_dir: Path) -> dict:
+    """A plain Optimum export dir (config.json + ONNX files) -> a manifest-shaped dict (no checksums)."""
+    config = read_json(model_dir / "config.json")
+    if (model_dir / "encoder_model.onnx").is_file():
+        decoder = next((f for f in ("decoder_model_merged.onnx", "decoder_model.onnx")
+                        if (model_dir / f).is_file()), None)
+        if decoder is None:
+            raise ModelFileError(f"{model_dir} has encoder_model.onnx but no decoder_model_merged.onnx "
+                                 "or decoder_model.onnx", str(model_dir))
+        graphs = {"encoder": {"file": "encoder_model.onnx"}, "decoder": {"file": decoder}}
+        if decoder == "decoder_model.onnx" and (model_dir / "decoder_with_past_model.onnx").is_file():
+            graphs["decoder_with_past"] = {"file": "decoder_with_past_model.onnx"}
+        kind = "seq2seq-lm"
+    elif (model_dir / "model.onnx").is_file():
+        graphs, kind = {"decoder": {"file": "model.onnx"}}, "causal-lm"
+    else:
+        raise ModelFileError(f"no ONNX model in {model_dir}: expected model.onnx (decoder-only) or "
+                             "encoder_model.onnx + decoder_model_merged.onnx (seq2seq)", str(model_dir))
+    return {"format_version": FORMAT_VERSION, "kind": kind, "model_type": config.get("model_type"),
+            "graphs": graphs, "files": {}, "source": str(model_dir), "optimum": True}

@@ -1,0 +1,366 @@
+"""`LanguageModel`: what CausalLM and Seq2SeqLM share — inputs, parameters, generate, stream, score, chat."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import InputError, ModelFileError, ParameterError
+from .generation_config import GenerationConfig
+from .manifest import read_json
+from .processors import build_processors, log_softmax
+from .results import GenerationResult, ScoringResult, StepResult, TokenDistribution
+from .session import GraphRunner, make_session
+from .streaming import IncrementalText
+from .tokenizer import TextTokenizer, pad_batch
+
+
+class LanguageModel:
+    """Base of CausalLM / Seq2SeqLM. Subclasses provide `_init_graphs`, `start`, `initial_sequences`, `logits`."""
+
+    is_encoder_decoder = False
+
+    def __init__(self, path: Path, manifest: dict, provider: str, threads: int | None):
+        self.path, self.manifest, self.provider, self.threads = path, manifest, provider, threads
+        self.config = read_json(path / "config.json")
+        gen_file = path / "generation_config.json"
+        self.generation_config = GenerationConfig.from_file(gen_file) if gen_file.is_file() else GenerationConfig()
+        specials = manifest.get("special_tokens", {})
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+            if getattr(self.generation_config, name) is None:
+                value = specials.get(name, self.config.get(name))
+                if value is not None:
+                    self.generation_config = self.generation_config.replace(**{name: value})
+        tok_file = path / "tokenizer.json"
+        self.tokenizer = TextTokenizer.from_file(tok_file) if tok_file.is_file() else None
+        self._init_graphs()
+        self.vocab_size = int(self.decoder.session.get_outputs()[0].shape[-1]) \
+            if isinstance(self.decoder.session.get_outputs()[0].shape[-1], int) else int(self.config["vocab_size"])
+        self.max_positions = manifest.get("max_positions", self.config.get("n_positions",
+                                                                          self.config.get("max_position_embeddings")))
+        if self.is_encoder_decoder:
+            self.max_positions = manifest.get("max_positions")
+        chat_file = path / "chat_template.jinja"
+        self.chat_template = chat_file.read_text(encoding="utf-8") if chat_file.is_file() else None
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _runner(self, role: str) -> GraphRunner:
+        """'encoder' | 'decoder' | 'decoder_with_past' -> a GraphRunner on that graph's file."""
+        file = self.manifest["graphs"][role]["file"]
+        return GraphRunner(make_session(self.path / file, self.provider, self.threads), self.provider)
+
+    @property
+    def pad_id(self) -> int:
+        cfg = self.generation_config
+        if cfg.pad_token_id is not None:
+            return int(cfg.pad_token_id)
+        return cfg.eos_token_ids[0] if cfg.eos_token_ids else 0
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(path={str(self.path)!r}, model_type={self.manifest.get('model_type')!r}, "
+                f"provider={self.provider!r}, vocab_size={self.vocab_size})")
+
+    # ------------------------------------------------------------------ inputs
+    def _check_ids(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+        """ids [t] or [b, t] (ints), mask or None -> input_ids [b, t] int64, attention_mask [b, t] int64, checked."""
+        ids = np.asarray(input_ids)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.size == 0:
+            raise InputError(f"input_ids: expected a non-empty [batch, length] array of token ids, got shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.size:
+            raise InputError(f"input_ids: token id {int(bad[0])} is out of range; allowed: 0 <= id < {self.vocab_size}")
+        if attention_mask is None:
+            mask = np.ones_like(ids, dtype=np.int64)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.ndim == 1:
+                mask = mask[None, :]
+            if mask.shape != ids.shape:
+                raise InputError(f"attention_mask: shape {mask.shape} != input_ids shape {ids.shape}")
+            if not np.isin(mask, (0, 1)).all() or (mask.sum(-1) == 0).any():
+                raise InputError("attention_mask: values must be 0 or 1 with at least one 1 per row")
+        if not self.is_encoder_decoder and self.max_positions and ids.shape[1] > self.max_positions:
+            raise InputError(f"inputs: the prompt has {ids.shape[1]} tokens; this model allows at most "
+                             f"{self.max_positions} (max_positions)")
+        return ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False)
+
+    def _encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            raise ModelFileError(f"{self.path} has no tokenizer.json: pass token ids instead of text", str(self.path))
+        if not isinstance(text, str):
+            raise InputError(f"inputs: expected str, got {type(text).__name__}")
+        if not text:
+            raise InputError("inputs: the prompt is empty; give at least one character")
+        ids = self._encode_raw(text, add_special_tokens)
+        if not ids:
+            raise InputError(f"inputs: the prompt {text!r} encodes to no tokens")
+        return ids
+
+    def _encode_raw(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def _rows(self, inputs) -> list[list[int]]:
+        """str | list[str] | list[int] | list[list[int]] | 1-D/2-D array -> rows of ids (unpadded)."""
+        if isinstance(inputs, str):
+            return [self._encode(inputs)]
+        if isinstance(inputs, np.ndarray):
+            inputs = inputs.tolist()
+        if not isinstance(inputs, (list, tuple)) or len(inputs) == 0:
+            raise InputError("inputs: expected a non-empty str, list of str, list of ids or list of id lists")
+        if all(isinstance(x, str) for x in inputs):
+            return [self._encode(x) for x in inputs]
+        if all(isinstance(x, (int, np.integer)) for x in inputs):
+            return [[int(x) for x in inputs]]
+        if all(isinstance(x, (list, tuple, np.ndarray)) for x in inputs):
+            rows = [[int(v) for v in x] for x in inputs]
+            if any(len(r) == 0 for r in rows):
+                raise InputError("inputs: a row of token ids is empty")
+            return rows
+        raise InputError("inputs: mix of types; expected str, list of str, list of ids or list of id lists")
+
+    def prepare_inputs(self, inputs, attention_mask=None) -> tuple[np.ndarray, np.ndarray]:
+        """Any accepted input form -> input_ids [b, t] int64, attention_mask [b, t] int64 (checked).
+
+        Rows of different lengths are padded: on the left for decoder-only models, on the right for encoders.
+        """
+        if attention_mask is not None:
+            return self._check_ids(inputs, attention_mask)
+        rows = self._rows(inputs)
+        ids, mask = pad_batch(rows, self.pad_id, side="right" if self.is_encoder_decoder else "left")
+        return self._check_ids(ids, mask)
+
+    def resolve_config(self, params: dict) -> GenerationConfig:
+        """kwargs -> the artifact's generation config updated with them, validated."""
+        config = self.generation_config.replace(**params).validate()
+        config.check_vocab(self.vocab_size)
+        return config
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, inputs, *, attention_mask=None, streamer: Callable[[StepResult], None] | None = None,
+                 **params) -> GenerationResult:
+        """Generate from a prompt (see docs/design.md). params: transformers GenerationConfig names."""
+        config = self.resolve_config(params)
+        ids, mask = self.prepare_inputs(inputs, attention_mask)
+        if config.num_beams > 1:
+            if streamer is not None:
+                raise ParameterError("streamer", "streaming is available for greedy and sampling, not num_beams > 1")
+            return self._beam_generate(ids, mask, config)
+        run = self._sample_run(ids, mask, config)
+        for step_results in run:
+            if streamer is not None:
+                for item in step_results:
+                    streamer(item)
+        return run.result
+
+    def stream(self, inputs, *, attention_mask=None, **params) -> Iterator[StepResult]:
+        """Yield a StepResult per generated token and row (greedy or sampling). Closing the iterator stops decoding."""
+        config = self.resolve_config(params)
+        if config.num_beams > 1:
+            raise ParameterError("num_beams", f"got {config.num_beams}; streaming supports num_beams=1 only")
+        ids, mask = self.prepare_inputs(inputs, attention_mask)
+        for step_results in self._sample_run(ids, mask, config):
+            yield from step_results
+
+    def _sample_run(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig) -> "_SampleRun":
+        from .decoding.sample import sample_steps
+        n = config.num_return_sequences if config.do_sample else 1
+        if n > 1:
+            ids, mask = np.repeat(ids, n, axis=0), np.repeat(mask, n, axis=0)
+        state, logits = self.start(ids, mask)
+        sequences = self.initial_sequences(ids)
+        min_len, max_len = self._lengths(config, sequences.shape[1])
+        processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
+                                      is_encoder_decoder=self.is_encoder_decoder)
+        rng = np.random.default_rng(config.seed) if config.do_sample else None
+        return _SampleRun(self, config, sequences, sample_steps(
+            state, sequences, logits, processors=processors, do_sample=bool(config.do_sample), rng=rng,
+            eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_id, max_length=max_len,
+            stop_check=self._stop_check(config, sequences.shape[1])))
+
+    def _lengths(self, config: GenerationConfig, input_length: int) -> tuple[int, int]:
+        """(min_length, max_length) in total ids; rejects a max_length beyond the model's positions."""
+        limit = None if self.is_encoder_decoder else self.max_positions
+        min_len, max_len = config.lengths(input_length, max_positions=limit)
+        if limit and max_len > limit:
+            raise ParameterError("max_new_tokens", f"prompt ({input_length} tokens) + new tokens = {max_len} "
+                                 f"exceeds the model's max_positions {limit}; allowed: at most "
+                                 f"{limit - input_length} new tokens")
+        return min_len, max_len
+
+    def _stop_check(self, config: GenerationConfig, t0: int):
+        """-> callable(row, new_ids [n] int64) -> bool, true once the decoded new text contains a stop string."""
+        stops = _stop_strings(config)
+        if not stops:
+            return None
+        return lambda row, new_ids: any(s in self._text(new_ids, config) for s in stops)
+
+    def _text(self, new_ids, config: GenerationConfig) -> str:
+        """New ids of one row -> text without pad/EOS (special tokens skipped), not cut."""
+        if self.tokenizer is None:
+            return ""
+        eos = set(config.eos_token_ids)
+        ids = [int(i) for i in new_ids]
+        for k, i in enumerate(ids):
+            if i in eos:
+                ids = ids[:k]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _finish_text(self, new_ids, config: GenerationConfig) -> str:
+        """New ids -> final text: decoded and cut before the first stop string."""
+        text = self._text(new_ids, config)
+        cuts = [text.find(s) for s in _stop_strings(config) if s in text]
+        return text[:min(cuts)] if cuts else text
+
+    def _beam_generate(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig) -> GenerationResult:
+        from .decoding.beam import beam_search
+        nb = config.num_beams
+        ids, mask = np.repeat(ids, nb, axis=0), np.repeat(mask, nb, axis=0)
+        state, logits = self.start(ids, mask)
+        sequences = self.initial_sequences(ids)
+        t0 = sequences.shape[1]
+        _, max_len = self._lengths(config, t0)
+        processors = build_processors(config, input_length=t0, max_length=max_len,
+                                      is_encoder_decoder=self.is_encoder_decoder)
+        out = beam_search(state, sequences, logits, num_beams=nb, processors=processors,
+                          eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_id, max_length=max_len,
+                          length_penalty=config.length_penalty, early_stopping=config.early_stopping,
+                          num_return_sequences=config.num_return_sequences, output_scores=bool(config.output_scores),
+                          output_logits=bool(config.output_logits), decoder_prompt_len=t0)
+        new = [_strip_pad(row[t0:], self.pad_id, config.eos_token_ids) for row in out.sequences]
+        return GenerationResult(sequences=out.sequences, text=[self._finish_text(r, config) for r in new],
+                                finish_reasons=list(out.finish_reasons), new_tokens=new, scores=out.scores,
+                                logits=out.logits, sequences_scores=out.sequences_scores, beam_indices=out.beam_indices)
+
+    # ------------------------------------------------------------------ inspection and scoring
+    def next_token_distribution(self, text, *, top_k: int = 10) -> TokenDistribution:
+        """Prompt -> the top_k most likely next tokens with probabilities (softmax of the raw logits)."""
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ParameterError("top_k", f"got {top_k!r}; allowed: an int >= 1")
+        ids, mask = self.prepare_inputs(text)
+        _, logits = self.start(ids[:1], mask[:1])
+        probs = np.exp(log_softmax(logits[0].astype(np.float64)))
+        top = np.argsort(-probs, kind="stable")[:min(top_k, len(probs))]
+        tokens = [self.tokenizer.decode([int(t)], skip_special_tokens=False) if self.tokenizer else str(int(t))
+                  for t in top]
+        return TokenDistribution(text if isinstance(text, str) else str(text), [int(t) for t in top], tokens,
+                                 [float(probs[t]) for t in top])
+
+    def score(self, inputs, *, targets=None, prepend_bos: bool = False, append_eos: bool = False) -> ScoringResult:
+        """Per-token log-probs and their sums.
+
+        Decoder-only: log p(ids[i] | ids[:i]) for every token but the first (prepend_bos=True scores the first
+        token too, given BOS; append_eos=True adds an EOS to score). Seq2seq: `targets` is required and the result
+        is log p(target | source); target text is encoded with the tokenizer's special tokens (T5 appends </s>).
+        """
+        cfg = self.generation_config
+        if self.is_encoder_decoder:
+            if targets is None:
+                raise InputError("targets: required for an encoder-decoder model (score(source, target))")
+            sources = self._rows(inputs)
+            tgt = self._rows(targets)
+            if len(tgt) != len(sources):
+                raise InputError(f"targets: {len(tgt)} rows for {len(sources)} sources")
+            if append_eos:
+                tgt = [t if t[-1:] == cfg.eos_token_ids[:1] else t + cfg.eos_token_ids[:1] for t in tgt]
+            logps = self._score_pairs(sources, tgt)
+        else:
+            if targets is not None:
+                raise InputError("targets: only for encoder-decoder models; pass the whole text as inputs")
+            tgt = self._rows(inputs)
+            if prepend_bos:
+                if cfg.bos_token_id is None:
+                    raise ParameterError("prepend_bos", "this model has no bos_token_id")
+                tgt = [[int(cfg.bos_token_id)] + t for t in tgt]
+            if append_eos:
+                if not cfg.eos_token_ids:
+                    raise ParameterError("append_eos", "this model has no eos_token_id")
+                tgt = [t + cfg.eos_token_ids[:1] for t in tgt]
+            if any(len(t) < 2 for t in tgt):
+                raise InputError("inputs: scoring needs at least 2 tokens per row (or prepend_bos=True)")
+            self._check_ids(pad_batch(tgt, self.pad_id)[0], None)
+            logps = self._score_batch(tgt)
+            tgt = [t[1:] for t in tgt]
+        return ScoringResult(tokens=tgt, token_logprobs=logps,
+                             sequence_logprobs=np.array([float(np.sum(lp, dtype=np.float64)) for lp in logps]))
+
+    def chat(self, messages: list[dict], **params) -> GenerationResult:
+        """Render messages with the artifact's chat template and generate the assistant's reply."""
+        return self.generate(self.render_chat(messages), **params)
+
+    def render_chat(self, messages: list[dict]) -> str:
+        """messages [{'role', 'content'}] -> prompt text through the artifact's chat template (jinja2)."""
+        from .chat import render_chat
+        if not self.chat_template:
+            raise ModelFileError(f"{self.path} has no chat_template.jinja: this model has no chat template",
+                                 str(self.path / "chat_template.jinja"))
+        specials = self.manifest.get("special_tokens", {})
+        return render_chat(self.chat_template, messages, add_generation_prompt=True,
+                           bos_token=specials.get("bos_token", "") or "", eos_token=specials.get("eos_token", "") or "")
+
+
+class _SampleRun:
+    """Iterates a sampling/greedy run as lists of StepResult (one per active row) and builds the final result."""
+
+    def __init__(self, model: LanguageModel, config: GenerationConfig, sequences: np.ndarray, steps):
+        self.model, self.config, self.steps = model, config, steps
+        self.t0, self.b = sequences.shape[1], len(sequences)
+        self.tokens: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
+        self.logits: list[np.ndarray] = []
+        self.reasons: list[str | None] = [None] * self.b
+        self.new_ids: list[list[int]] = [[] for _ in range(self.b)]
+        self.sequences = sequences
+        hold = max((len(s) for s in _stop_strings(config)), default=1) - 1
+        self.texts = [IncrementalText(lambda ids: model._text(ids, config), hold=hold) for _ in range(self.b)]
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[list[StepResult]]:
+        for step in self.steps:
+            self.tokens.append(step.tokens)
+            if self.config.output_scores:
+                self.scores.append(step.scores)
+            if self.config.output_logits:
+                self.logits.append(step.logits)
+            out = []
+            for row in np.flatnonzero(step.active):
+                tok = int(step.tokens[row])
+                self.new_ids[row].append(tok)
+                piece = self.texts[row].push(tok)
+                if step.finished[row]:
+                    self.reasons[row] = step.reasons[row]
+                    piece += self.texts[row].finish(self.model._finish_text(self.new_ids[row], self.config))
+                out.append(StepResult(step.index, int(row), tok, piece, bool(step.finished[row]), step.reasons[row]))
+            yield out
+        self.result = self._result()
+
+    def _result(self) -> GenerationResult:
+        new = np.stack(self.tokens, axis=1) if self.tokens else np.zeros((self.b, 0), np.int64)
+        sequences = np.concatenate([self.sequences, new], axis=1)
+        reasons = [r or "length" for r in self.reasons]
+        return GenerationResult(sequences=sequences, finish_reasons=reasons, new_tokens=self.new_ids,
+                                text=[self.model._finish_text(ids, self.config) for ids in self.new_ids],
+                                scores=self.scores if self.config.output_scores else None,
+                                logits=self.logits if self.config.output_logits else None)
+
+
+def _stop_strings(config: GenerationConfig) -> list[str]:
+    s = config.stop_strings
+    return [] if not s else [s] if isinstance(s, str) else list(s)
+
+
+def _strip_pad(row: np.ndarray, pad_id: int, eos_ids: list[int]) -> list[int]:
+    """[T] new ids of one returned beam -> ids up to and including the first EOS (trailing pads dropped)."""
+    out = []
+    for i in row.tolist():
+        out.append(i)
+        if i in eos_ids:
+            break
+    while out and out[-1] == pad_id and pad_id not in eos_ids:
+        out.pop()
+    return out

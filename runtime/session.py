@@ -1,0 +1,92 @@
+"""onnxruntime sessions: provider choice, threads, and one `GraphRunner` per ONNX file.
+
+On the CPU a step is a plain `session.run` on numpy arrays: presents come back as numpy arrays and are fed
+back as the next step's past without a copy. On CUDA the runner uses IO binding: every output except the
+logits stays on the device as an OrtValue and is bound as the next step's input, so the KV cache never
+makes a host round trip.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import ModelFileError, ParameterError, ProviderError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
+
+
+def resolve_provider(provider: str) -> str:
+    """'auto' | 'cpu' | 'cuda' -> 'cpu' | 'cuda'; raises ProviderError when CUDA is asked for but missing."""
+    if provider not in ("auto", "cpu", "cuda"):
+        raise ParameterError("provider", f"got {provider!r}; allowed: 'auto', 'cpu', 'cuda'")
+    available = ort.get_available_providers()
+    if provider == "auto":
+        return "cuda" if PROVIDERS["cuda"] in available else "cpu"
+    if PROVIDERS[provider] not in available:
+        raise ProviderError(
+            f"provider={provider!r}: onnxruntime here offers only {available}. "
+            "For CUDA install onnxruntime-gpu in place of onnxruntime (pip install 'onnxlm[cuda]').")
+    return provider
+
+
+def make_session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
+    """Open one ONNX file on the resolved provider ('cpu' | 'cuda')."""
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ParameterError("threads", f"got {threads!r}; allowed: None or an int >= 1")
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} is missing", str(path))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
+    try:
+        return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise ModelFileError(f"model file {path} could not be loaded (corrupt or truncated?): {exc}",
+                             str(path)) from exc
+
+
+class GraphRunner:
+    """Runs one ONNX graph; knows its input/output names and dtypes."""
+
+    def __init__(self, session: ort.InferenceSession, provider: str):
+        self.session = session
+        self.provider = provider
+        self.inputs = {i.name: i for i in session.get_inputs()}
+        self.outputs = [o.name for o in session.get_outputs()]
+
+    def has_input(self, name: str) -> bool:
+        return name in self.inputs
+
+    def input_dtype(self, name: str) -> type:
+        return ORT_TO_NUMPY.get(self.inputs[name].type, np.float32)
+
+    def run(self, feeds: dict, host_outputs: tuple[str, ...] = ("logits",)) -> dict:
+        """feeds: name -> np.ndarray | OrtValue -> name -> np.ndarray (host_outputs) | np.ndarray/OrtValue (rest)."""
+        feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+        if self.provider == "cpu":
+            values = self.session.run(self.outputs, {k: to_numpy(v) for k, v in feeds.items()})
+            return dict(zip(self.outputs, values))
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.outputs:
+            binding.bind_output(name, "cpu" if name in host_outputs else "cuda")
+        self.session.run_with_iobinding(binding)
+        out = dict(zip(self.outputs, binding.get_outputs()))
+        return {k: (v.numpy() if k in host_outputs else v) for k, v in out.items()}
+
+
+def to_numpy(value) -> np.ndarray:
+    """np.ndarray | OrtValue -> np.ndarray (host copy only for device values)."""
+    return value.numpy() if isinstance(value, ort.OrtValue) else value

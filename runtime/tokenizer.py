@@ -1,0 +1,54 @@
+"""Text <-> token ids through the artifact's tokenizer.json (HF `tokenizers`), plus batching with padding."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .errors import InputError, ModelFileError
+
+
+class TextTokenizer:
+    """Wraps a `tokenizers.Tokenizer`; encodes with the tokenizer's own post-processor (T5 appends </s>)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TextTokenizer":
+        if not path.is_file():
+            raise ModelFileError(f"{path.name} is missing from {path.parent}; text inputs need it "
+                                 "(token ids still work)", str(path))
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as exc:  # tokenizers raises plain Exception subclasses
+            raise ModelFileError(f"{path} is not a valid tokenizers file: {exc}", str(path)) from exc
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """str -> ids (list of int)."""
+        if not isinstance(text, str):
+            raise InputError(f"inputs: expected str, got {type(text).__name__}")
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """ids (sequence of int) -> str."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self.tokenizer.id_to_token(int(token_id))
+
+
+def pad_batch(rows: list[list[int]], pad_id: int, side: str = "left") -> tuple[np.ndarray, np.ndarray]:
+    """rows of ids -> input_ids [b, t] int64, attention_mask [b, t] int64, padded on `side` ('left' | 'right')."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = row
+        mask[i, span] = 1
+    return ids, mask
