@@ -1,1 +1,24 @@
-"""Export (needs the `export` extra: torch, transformers, optimum-onnx)."""
+"""Export (needs the `export` extra: torch, transformers, optimum-onnx).
+
+``export_model(model, out_dir, ...)`` writes a validated ONNX artifact; ``build_recipe(recipe_dir, save_dir)`` writes a
+recipe's transformers checkpoint. Heavy imports (torch, transformers, optimum) happen on first use.
+"""
+from onnxlm.runtime.errors import ExportError
+
+__all__ = ["export_model", "build_recipe", "ExportError", "RECIPES_DIR"]
+
+
+def __getattr__(name):
+    if name == "export_model":
+        from .export import export_model
+
+        return export_model
+    if name == "build_recipe":
+        from .recipes import build_recipe
+
+        return build_recipe
+    if name == "RECIPES_DIR":
+        from .recipes import RECIPES_DIR
+
+        return RECIPES_DIR
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

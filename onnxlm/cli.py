@@ -1,1 +1,90 @@
-def main(argv=None): return 0
+"""`onnxlm` command line: export, generate, chat, score, info, bench, demo.
+
+Exit codes: 0 ok, 1 runtime failure (one line `onnxlm: error: ...` on stderr), 2 usage error, 130 interrupted.
+Only `export` (and `demo` when it has to export) imports `onnxlm.export` (torch); every other command runs on
+numpy + onnxruntime + tokenizers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from onnxlm.runtime.errors import OnnxlmError
+
+from . import __version__
+from . import cli_bench, cli_demo, cli_export, cli_generate, cli_info, cli_score
+
+DESCRIPTION = """\
+Export GPT-2, T5 and Llama-family language models to ONNX once (needs torch), then generate, chat and score
+with numpy + onnxruntime only.
+
+examples:
+  onnxlm export gpt2 models/gpt2
+  onnxlm generate models/gpt2 "The meaning of life is" --max-new-tokens 30
+  onnxlm generate models/gpt2 "Once upon a time" --do-sample --seed 0 --top-p 0.9 --stream
+  onnxlm chat models/smollm2 "What is ONNX?" --system "Answer briefly."
+  onnxlm score models/gpt2 "The cat sat on the mat."
+  onnxlm info models/gpt2
+  onnxlm demo
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxlm", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"onnxlm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                title="commands (run `onnxlm COMMAND --help` for details)")
+    for module in (cli_export, cli_generate, cli_score, cli_info, cli_bench, cli_demo):
+        module.add_parser(sub)
+    return parser
+
+
+def error_line(message: str) -> str:
+    """One readable line: newlines in a message are folded so a failure is always exactly one line."""
+    return "onnxlm: error: " + " ".join(str(message).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI on argv (default sys.argv[1:]); returns the exit status (argparse exits 2 on usage errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.parser = parser
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        _flush_quietly()
+        print("\nonnxlm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `onnxlm generate ... | head`: stop quietly
+        _silence_stdout()
+        return 1
+    except OnnxlmError as exc:
+        _flush_quietly()
+        print(error_line(str(exc)), file=sys.stderr)
+        return 1
+    except OSError as exc:  # unreadable --file, disk full while exporting, ...
+        _flush_quietly()
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(error_line(f"{where}{exc.strerror or exc}"), file=sys.stderr)
+        return 1
+
+
+def _flush_quietly() -> None:
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001 - stdout may be closed or a broken pipe
+        pass
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except Exception:  # noqa: BLE001
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -66,7 +66,7 @@ class Seq2SeqLM(LanguageModel):
             start = self.config.get("decoder_start_token_id", self.pad_id)
         self.decoder_start_id = int(start)
 
-    def _encode(self, input_ids: np.ndarray, attention_mask: np.ndarray):
+    def _run_encoder(self, input_ids: np.ndarray, attention_mask: np.ndarray):
         """[b, s] int64, [b, s] int64 -> encoder last_hidden_state [b, s, d]."""
         return self.encoder.run({"input_ids": input_ids, "attention_mask": attention_mask},
                                 host_outputs=())["last_hidden_state"]
@@ -83,7 +83,7 @@ class Seq2SeqLM(LanguageModel):
     def start(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[Seq2SeqState, np.ndarray]:
         """Encoder input_ids [b, s], attention_mask [b, s] -> state, logits [b, V] float32 after the start token."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
-        enc_hidden = self._encode(input_ids, attention_mask)
+        enc_hidden = self._run_encoder(input_ids, attention_mask)
         out = self._decode_full(enc_hidden, attention_mask, self.initial_sequences(input_ids))
         cache = KVCache({})
         cache.update(out)  # decoder self-attention KV (length 1) and the cross-attention KV
@@ -100,7 +100,7 @@ class Seq2SeqLM(LanguageModel):
         decoder_input_ids, _ = self._check_ids(decoder_input_ids, None)
         if len(decoder_input_ids) != len(input_ids):
             raise InputError(f"decoder_input_ids: batch {len(decoder_input_ids)} != input_ids batch {len(input_ids)}")
-        enc_hidden = self._encode(input_ids, attention_mask)
+        enc_hidden = self._run_encoder(input_ids, attention_mask)
         return self._decode_full(enc_hidden, attention_mask, decoder_input_ids)["logits"].astype(np.float32, copy=False)
 
     def _score_pairs(self, sources: list[list[int]], targets: list[list[int]]) -> list[np.ndarray]:

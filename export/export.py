@@ -1,0 +1,191 @@
+"""``export_model``: source -> validated ONNX artifact directory, written atomically."""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from onnxlm.runtime.errors import ExportError
+
+from .loader import LoadedModel, load_source
+from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
+from .onnx_export import export_onnx
+from .validate import validate_export
+
+
+class _Progress:
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def log(self, msg: str) -> None:
+        if self.enabled:
+            print(f"[onnxlm export] {msg}", file=sys.stderr, flush=True)
+
+    @contextmanager
+    def quiet_libraries(self):
+        """progress=False also silences transformers' own progress bars (GGUF de-quantisation, downloads)."""
+        from transformers.utils import logging as hf_logging
+
+        was = hf_logging.is_progress_bar_enabled()
+        if not self.enabled:
+            hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if was and not self.enabled:
+                hf_logging.enable_progress_bar()
+
+    @contextmanager
+    def step(self, what: str):
+        t0 = time.perf_counter()
+        self.log(f"{what} ...")
+        yield
+        self.log(f"{what} done ({time.perf_counter() - t0:.1f}s)")
+
+
+def _is_nonempty(p: Path) -> bool:
+    if not p.exists() and not p.is_symlink():
+        return False
+    return not p.is_dir() or any(p.iterdir())
+
+
+def _first(x):
+    return x[0] if isinstance(x, (list, tuple)) and x else x
+
+
+def _special_tokens(lm: LoadedModel) -> dict[str, Any]:
+    """bos/eos/pad/decoder_start ids: generation config, else model config, else the tokenizer's special tokens."""
+    gen, cfg, tok = lm.generation_config, lm.model.config, lm.tokenizer
+    out = {}
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        v = getattr(gen, key, None)
+        if v is None:
+            v = getattr(cfg, key, None)
+        out[key] = list(v) if isinstance(v, (list, tuple)) else v
+    if tok is not None:
+        guesses = {"bos_token_id": ["<s>", "<|endoftext|>", "<bos>"], "eos_token_id": ["</s>", "<|endoftext|>", "<eos>"],
+                   "pad_token_id": ["<pad>", "<|pad|>"]}
+        if lm.family == "t5":
+            guesses.pop("bos_token_id")  # T5 has no bos
+        for key, names in guesses.items():
+            if out[key] is None:
+                out[key] = next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
+    if out["pad_token_id"] is None and out["eos_token_id"] is not None:
+        out["pad_token_id"] = _first(out["eos_token_id"])  # transformers' generate does the same
+    if lm.family == "t5" and out["decoder_start_token_id"] is None:
+        out["decoder_start_token_id"] = out["pad_token_id"]
+    if out["eos_token_id"] is None:
+        raise ExportError("no eos_token_id in the generation config, model config or tokenizer; set one")
+    return out
+
+
+def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any]) -> None:
+    import copy
+
+    from transformers import GenerationConfig
+
+    if lm.tokenizer is None:
+        raise ExportError(f"{lm.source}: no tokenizer found (needs a fast tokenizer / tokenizer.json); "
+                          "pass tokenizer= to export_model")
+    lm.tokenizer.save(str(d / "tokenizer.json"))
+    lm.model.config.to_json_file(str(d / "config.json"))
+    gen = copy.deepcopy(lm.generation_config) if lm.generation_config is not None else GenerationConfig()
+    for k, v in special.items():
+        if v is not None:
+            setattr(gen, k, v)
+    if not lm.model.config.is_encoder_decoder and special.get("decoder_start_token_id") is None:
+        gen.decoder_start_token_id = None
+    gen._from_model_config = False  # the file is authoritative; transformers must not re-derive it from config.json
+    gen.to_json_file(str(d / "generation_config.json"), use_diff=True)
+    if lm.chat_template:
+        (d / "chat_template.jinja").write_text(lm.chat_template, encoding="utf-8")
+
+
+def export_model(model, out_dir, *, force: bool = False, tolerance: float | None = None, opset: int | None = None,
+                 validate: bool = True, progress: bool = True, tokenizer=None) -> Path:
+    """Export ``model`` to an ONNX artifact directory ``out_dir`` (layout and manifest: docs/design.md).
+
+    ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, or a loaded
+    transformers model (then ``tokenizer=`` may give a tokenizers.Tokenizer / fast tokenizer / tokenizer.json path;
+    otherwise the tokenizer is loaded from ``model.config._name_or_path``).
+    Supported: GPT-2, T5 and the Llama family (see ``onnxlm.export.onnx_export.SUPPORTED_FAMILIES``).
+
+    Everything is written into a temp dir beside ``out_dir`` and renamed into place only after validation passes;
+    any failure (including KeyboardInterrupt) removes it. An existing non-empty ``out_dir`` is refused unless
+    ``force=True``, which replaces it atomically. ``tolerance``: absolute logits tolerance for validation (default:
+    ``1e-4 + 1e-4 * max|reference logits|``, see ``onnxlm.export.validate``). ``validate=False`` skips the PyTorch vs
+    onnxruntime comparison (the manifest then records ``validation: null``). Returns the artifact path.
+    """
+    out_dir = Path(out_dir).expanduser().absolute()
+    if _is_nonempty(out_dir) and not force:
+        raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+    if tolerance is not None and not (float(tolerance) > 0):
+        raise ExportError(f"tolerance: must be a positive number, got {tolerance!r}")
+    prog = _Progress(progress)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        with warnings.catch_warnings(), prog.quiet_libraries():
+            warnings.simplefilter("ignore")  # torch tracer / transformers deprecation chatter
+            with prog.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}"):
+                lm = load_source(model, tokenizer=tokenizer)
+            cfg = lm.model.config
+            dims = model_dims(cfg, lm.family)
+            special = _special_tokens(lm)
+            with prog.step(f"exporting {cfg.model_type} to ONNX"):
+                files, used_opset = export_onnx(lm.model, lm.family, tmp, opset=opset)
+            graphs = {role: {"file": f, **graph_io(tmp / f)} for role, f in files.items()}
+            check_graph_dims(graphs, dims, lm.family)
+            validation = None
+            if validate:
+                with prog.step("validating onnxruntime against PyTorch"):
+                    validation = validate_export(lm.model, tmp, files, {**dims, **special}, tolerance=tolerance,
+                                                 log=prog.log if progress else None)
+            _write_side_files(lm, tmp, special)
+        write_manifest(tmp, {
+            "kind": "seq2seq-lm" if lm.family == "t5" else "causal-lm",
+            "model_type": cfg.model_type,
+            "graphs": graphs,
+            **dims,
+            "special_tokens": special,
+            "dtype": "float32",
+            "opset": used_opset,
+            "versions": versions(),
+            "validation": validation,
+            "source": lm.source,
+        })
+        _move_into_place(tmp, out_dir, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prog.log(f"wrote {out_dir}")
+    return out_dir
+
+
+def _move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        os.rename(tmp, out_dir)
+        return
+    if _is_nonempty(out_dir) and not force:  # appeared while we were exporting
+        raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()

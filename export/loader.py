@@ -1,0 +1,137 @@
+"""Load what ``export_model`` was given into one ``LoadedModel`` (fp32 PyTorch model + tokenizer + generation config)."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxlm.runtime.errors import ExportError
+
+from .onnx_export import SUPPORTED_FAMILIES, family_of
+from .recipes import instantiate_recipe, is_recipe_dir
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # transformers PreTrainedModel, fp32, eval mode
+    family: str  # "gpt2" | "t5" | "llama"
+    tokenizer: Any  # tokenizers.Tokenizer
+    generation_config: Any  # transformers GenerationConfig
+    chat_template: str | None
+    source: str
+
+
+def _check_model(model, source: str) -> str:
+    import torch
+
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise ExportError(f"{source}: not a transformers model (no config.model_type); "
+                          f"supported families: {SUPPORTED_FAMILIES}")
+    family = family_of(model_type)
+    can_generate = getattr(model, "can_generate", lambda: False)()
+    if not can_generate:
+        raise ExportError(f"{source}: {type(model).__name__} has no language-modeling head; load it with "
+                          "AutoModelForCausalLM (GPT-2, Llama family) or AutoModelForSeq2SeqLM (T5)")
+    if not isinstance(model, torch.nn.Module):
+        raise ExportError(f"{source}: {type(model).__name__} is not a PyTorch model")
+    return family
+
+
+def _fp32(model):
+    import torch
+
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = copy.deepcopy(model).float()  # leave the caller's object as it was
+    return model.eval()
+
+
+def _tokenizer_from(obj):
+    """A ``tokenizers.Tokenizer`` from a tokenizers.Tokenizer, a transformers fast tokenizer or a tokenizer.json path."""
+    if obj is None:
+        return None
+    from tokenizers import Tokenizer
+
+    if isinstance(obj, Tokenizer):
+        return obj
+    if isinstance(obj, (str, Path)):
+        return Tokenizer.from_file(str(obj))
+    backend = getattr(obj, "backend_tokenizer", None)
+    if backend is None:
+        raise ExportError(f"tokenizer: {type(obj).__name__} is a slow (Python) tokenizer; pass a fast one "
+                          "(tokenizers.Tokenizer or PreTrainedTokenizerFast)")
+    return backend
+
+
+def _hf_tokenizer(name_or_path: str):
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception:  # noqa: BLE001 - no tokenizer is reported by the caller with a clear message
+        return None
+
+
+def _chat_template(hf_tok) -> str | None:
+    t = getattr(hf_tok, "chat_template", None) if hf_tok is not None else None
+    if isinstance(t, dict):
+        t = t.get("default")
+    return t if isinstance(t, str) and t else None
+
+
+def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
+    """Dispatch on what ``model`` is: recipe dir, transformers dir, .gguf file, hub name or a loaded model."""
+    from transformers import GenerationConfig
+
+    if not isinstance(model, (str, Path)):
+        source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or f"<{type(model).__name__}>")
+        family = _check_model(model, source)
+        hf_tok = None
+        if tokenizer is None and source and not source.startswith("<"):
+            hf_tok = _hf_tokenizer(source)
+        tok = _tokenizer_from(tokenizer if tokenizer is not None else hf_tok)
+        gen = getattr(model, "generation_config", None) or GenerationConfig.from_model_config(model.config)
+        return LoadedModel(_fp32(model), family, tok, gen, _chat_template(tokenizer or hf_tok), source)
+
+    path = Path(model).expanduser()
+    if path.is_dir() and is_recipe_dir(path):
+        m, tok, hf_tok, gen, chat = instantiate_recipe(path)
+        family = _check_model(m, str(path))
+        return LoadedModel(m, family, _tokenizer_from(tokenizer) or tok, gen, chat, str(path.resolve()))
+
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        try:
+            from .gguf import load_gguf
+        except ImportError as e:
+            raise ExportError(f"{path}: GGUF loading is unavailable ({e}); install the 'export' extra (gguf)") from e
+        g = load_gguf(path)
+        family = _check_model(g.model, str(path))
+        return LoadedModel(_fp32(g.model), family, _tokenizer_from(tokenizer) or g.tokenizer, g.generation_config,
+                           g.chat_template, str(path.resolve()))
+
+    if path.exists() and not path.is_dir():
+        raise ExportError(f"{path}: expected a recipe dir, a transformers model dir, a .gguf file or a hub name")
+
+    # local transformers dir or hub name (from_pretrained downloads in the latter case)
+    name = str(path) if path.is_dir() else str(model)
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001 - OSError (not found / no network), ValueError (unknown type), ...
+        where = "local directory" if path.is_dir() else "hub name"
+        raise ExportError(f"{model}: cannot load a transformers config from this {where}: {e}") from e
+    family = family_of(config.model_type)  # refuse unsupported architectures before loading weights
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    try:
+        m = auto.from_pretrained(name, dtype="float32")
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{model}: cannot load the model weights: {e}") from e
+    _check_model(m, name)
+    hf_tok = None if tokenizer is not None else _hf_tokenizer(name)
+    tok = _tokenizer_from(tokenizer if tokenizer is not None else hf_tok)
+    gen = getattr(m, "generation_config", None) or GenerationConfig.from_model_config(config)
+    source = str(path.resolve()) if path.is_dir() else name
+    return LoadedModel(m.eval(), family, tok, gen, _chat_template(tokenizer or hf_tok), source)

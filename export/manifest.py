@@ -1,0 +1,93 @@
+"""The artifact manifest ``onnxlm.json`` (schema in docs/design.md)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from onnxlm.runtime.errors import ExportError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "onnxlm.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_table(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """sha256 + bytes of every file under ``out_dir`` except the manifest, keyed by posix relative path."""
+    table = {}
+    for p in sorted(Path(out_dir).rglob("*")):
+        if p.is_file() and p.name != MANIFEST_FILE:
+            table[p.relative_to(out_dir).as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    return table
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for dist in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def model_dims(config, family: str) -> dict[str, Any]:
+    """num_layers/num_heads/num_kv_heads/head_dim/hidden_size/vocab_size/max_positions from a transformers config."""
+    if family == "gpt2":
+        heads = config.n_head
+        return {"num_layers": config.n_layer, "num_heads": heads, "num_kv_heads": heads,
+                "head_dim": config.n_embd // heads, "hidden_size": config.n_embd, "vocab_size": config.vocab_size,
+                "max_positions": config.n_positions}
+    if family == "t5":
+        return {"num_layers": config.num_decoder_layers, "num_encoder_layers": config.num_layers,
+                "num_heads": config.num_heads, "num_kv_heads": config.num_heads, "head_dim": config.d_kv,
+                "hidden_size": config.d_model, "vocab_size": config.vocab_size, "max_positions": None}
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return {"num_layers": config.num_hidden_layers, "num_heads": heads,
+            "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads, "head_dim": head_dim,
+            "hidden_size": config.hidden_size, "vocab_size": config.vocab_size,
+            "max_positions": getattr(config, "max_position_embeddings", None)}
+
+
+def graph_io(path: Path) -> dict[str, list[str]]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return {"inputs": [i.name for i in s.get_inputs()], "outputs": [o.name for o in s.get_outputs()]}
+
+
+def check_graph_dims(graphs: dict[str, dict], dims: dict[str, Any], family: str) -> None:
+    """The config's layer count must match the KV inputs the decoder graph really has."""
+    dec = graphs["decoder"]["inputs"]
+    n_kv = sum(1 for n in dec if n.startswith("past_key_values.") and n.endswith(".key"))
+    expected = dims["num_layers"] * (2 if family == "t5" else 1)  # T5: decoder + encoder (cross) keys per layer
+    if n_kv != expected:
+        raise ExportError(f"exported decoder has {n_kv} past key inputs, config says {expected}: export is inconsistent")
+    if family != "t5":
+        for name in ("input_ids", "attention_mask", "position_ids"):
+            if name not in dec:
+                raise ExportError(f"exported decoder lacks the {name!r} input (inputs: {dec[:4]}...)")
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    manifest = {"format_version": FORMAT_VERSION, **manifest}
+    manifest["files"] = file_table(out_dir)
+    order = ["format_version", "kind", "model_type", "files", "graphs", "num_layers", "num_encoder_layers",
+             "num_heads", "num_kv_heads", "head_dim", "hidden_size", "vocab_size", "max_positions", "special_tokens",
+             "dtype", "opset", "versions", "validation", "source"]
+    ordered = {k: manifest[k] for k in order if k in manifest}
+    ordered.update({k: v for k, v in manifest.items() if k not in ordered})
+    (Path(out_dir) / MANIFEST_FILE).write_text(json.dumps(ordered, indent=2) + "\n", encoding="utf-8")
+    return ordered

@@ -1,0 +1,124 @@
+"""ONNX export through optimum-onnx, with the ONNX configs this artifact layout needs.
+
+Decoder-only models export as ONE graph ``model.onnx`` (task ``text-generation-with-past``: past key/values are
+inputs; the first step feeds past length 0). Seq2seq (T5) exports optimum's encoder + merged decoder.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from onnxlm.runtime.errors import ExportError
+
+DECODER_ONLY_TASK = "text-generation-with-past"
+SEQ2SEQ_TASK = "text2text-generation-with-past"
+
+#: model_type -> family; "llama" covers every architecture optimum exports like Llama (RoPE, GQA, position_ids).
+GPT2_TYPES = {"gpt2"}
+T5_TYPES = {"t5", "mt5"}
+LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "smollm3", "helium", "arcee",
+               "phi3", "stablelm", "cohere", "glm"}
+SUPPORTED_FAMILIES = "GPT-2 (gpt2), T5 (t5, mt5), Llama family (" + ", ".join(sorted(LLAMA_TYPES)) + ")"
+
+
+def family_of(model_type: str) -> str:
+    if model_type in GPT2_TYPES:
+        return "gpt2"
+    if model_type in T5_TYPES:
+        return "t5"
+    if model_type in LLAMA_TYPES:
+        return "llama"
+    raise ExportError(
+        f"model_type {model_type!r} is not supported; supported families: {SUPPORTED_FAMILIES}"
+    )
+
+
+def _with_position_ids(base):
+    """Subclass ``base`` (an optimum decoder OnnxConfig) so the with-past graph also takes ``position_ids``.
+
+    optimum's TextDecoderWithPositionIdsOnnxConfig adds ``position_ids`` only when the task is exactly
+    "text-generation"/"feature-extraction", i.e. not for "text-generation-with-past"; without it GPT-2 computes
+    positions as past_len + arange(s), which is wrong for left-padded batches (transformers uses cumsum(mask)-1).
+    """
+
+    class WithPositionIds(base):
+        @property
+        def inputs(self):
+            common = dict(super().inputs)
+            common["position_ids"] = {0: "batch_size", 1: "sequence_length"}
+            # keep the conventional order: input_ids, attention_mask, position_ids, past_key_values...
+            order = ["input_ids", "attention_mask", "position_ids"]
+            return {**{k: common[k] for k in order if k in common}, **{k: v for k, v in common.items() if k not in order}}
+
+    WithPositionIds.__name__ = base.__name__ + "WithPositionIds"
+    return WithPositionIds
+
+
+def _decoder_onnx_config(model, family: str):
+    from optimum.exporters.tasks import TasksManager
+
+    ctor = TasksManager.get_exporter_config_constructor(
+        exporter="onnx", model=model, task=DECODER_ONLY_TASK, library_name="transformers"
+    )
+    base = ctor.func if hasattr(ctor, "func") else ctor
+    cls = _with_position_ids(base)
+    return cls(model.config, task=DECODER_ONLY_TASK, use_past=True, use_past_in_inputs=True)
+
+
+def export_onnx(model, family: str, out_dir: Path, *, opset: int | None = None) -> tuple[dict[str, str], int]:
+    """Export ``model`` into ``out_dir``. Returns ({role: filename}, opset actually used)."""
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    out_dir = Path(out_dir)
+    # optimum also writes config/generation_config/tokenizer files and (for T5) extra graphs: export into a scratch
+    # dir and move only the graphs we ship.
+    scratch = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out_dir))
+    quiet = [logging.getLogger(n) for n in ("optimum", "transformers")]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        if family == "t5":
+            task, custom = SEQ2SEQ_TASK, None
+            ship = {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
+        else:
+            task = DECODER_ONLY_TASK
+            onnx_config = _decoder_onnx_config(model, family)
+            custom = {"model": onnx_config}
+            ship = {"decoder": "model.onnx"}
+        if opset is None:
+            from optimum.exporters.tasks import TasksManager
+
+            ctor = TasksManager.get_exporter_config_constructor(
+                exporter="onnx", model=model, task=task, library_name="transformers"
+            )
+            opset = max(int(getattr(ctor.func if hasattr(ctor, "func") else ctor, "DEFAULT_ONNX_OPSET", 14)), 14)
+        try:
+            onnx_export_from_model(
+                model,
+                output=scratch,
+                task=task,
+                opset=opset,
+                custom_onnx_configs=custom,
+                do_validation=False,  # we validate ourselves, on left-padded batches too
+                device="cpu",
+            )
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001 - optimum/torch raise anything
+            raise ExportError(f"ONNX export of {model.config.model_type} failed: {type(e).__name__}: {e}") from e
+        for name in ship.values():
+            src = scratch / name
+            if not src.is_file():
+                raise ExportError(f"optimum did not produce {name} (got {sorted(p.name for p in scratch.iterdir())})")
+            data = scratch / (name + "_data")
+            if data.exists():
+                shutil.move(str(data), out_dir / data.name)
+            shutil.move(str(src), out_dir / name)
+        return ship, opset
+    finally:
+        for lg, lvl in zip(quiet, levels):
+            lg.setLevel(lvl)
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,173 @@
+"""Arguments the CLI commands share: model loading, generation parameters, prompt sources."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from onnxlm.runtime.errors import InputError
+
+SUPPRESS = argparse.SUPPRESS
+
+
+# ---------------------------------------------------------------------------------------------------- argument types
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """'1,2, 3' -> [1, 2, 3]"""
+    try:
+        values = [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token ids like '1,2,3', got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one token id")
+    return values
+
+
+def early_stopping(text: str):
+    value = {"true": True, "false": False, "never": "never"}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true, false or never, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------- model loading
+def add_model_args(p: argparse.ArgumentParser, *, model_dir: bool = True) -> None:
+    if model_dir:
+        p.add_argument("model_dir", metavar="MODEL_DIR",
+                       help="an artifact directory written by `onnxlm export` (or a plain Optimum ONNX export)")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="onnxruntime execution provider; auto picks CUDA when onnxruntime-gpu offers it (default: auto)")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="intra-op threads for onnxruntime (default: onnxruntime's choice)")
+    g.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the sha256 checks of the artifact's files against onnxlm.json (faster start)")
+
+
+def load_model(args):
+    from onnxlm.runtime import load
+    return load(args.model_dir, provider=args.provider, threads=args.threads, verify=args.verify)
+
+
+# ---------------------------------------------------------------------------------------------------- generation flags
+# (flag, parameter name, argparse kwargs). Every flag defaults to SUPPRESS: only flags given on the command line are
+# passed to the runtime, so the artifact's generation_config.json supplies the rest.
+GEN_FLAGS: list[tuple[str, str, dict]] = [
+    ("--max-new-tokens", "max_new_tokens", dict(type=int, metavar="N", help="tokens to generate at most")),
+    ("--max-length", "max_length", dict(type=int, metavar="N",
+                                        help="total length (prompt + new tokens) at most; --max-new-tokens wins")),
+    ("--min-new-tokens", "min_new_tokens", dict(type=int, metavar="N", help="EOS is blocked before N new tokens")),
+    ("--min-length", "min_length", dict(type=int, metavar="N", help="EOS is blocked below this total length")),
+    ("--do-sample", "do_sample", dict(action=argparse.BooleanOptionalAction,
+                                      help="sample instead of greedy/beam search (--no-do-sample forces greedy)")),
+    ("--seed", "seed", dict(type=int, metavar="N", help="random seed for sampling (reproducible output)")),
+    ("--temperature", "temperature", dict(type=float, metavar="T", help="divide the logits by T when sampling")),
+    ("--top-k", "top_k", dict(type=int, metavar="K", help="sample among the K most likely tokens (0: off)")),
+    ("--top-p", "top_p", dict(type=float, metavar="P", help="nucleus sampling: smallest set with probability >= P")),
+    ("--min-p", "min_p", dict(type=float, metavar="P",
+                              help="drop tokens less likely than P times the most likely one")),
+    ("--typical-p", "typical_p", dict(type=float, metavar="P", help="locally typical sampling mass")),
+    ("--repetition-penalty", "repetition_penalty", dict(type=float, metavar="X",
+                                                        help="penalise tokens already present (1.0: off)")),
+    ("--no-repeat-ngram-size", "no_repeat_ngram_size", dict(type=int, metavar="N",
+                                                            help="never repeat an n-gram of this size")),
+    ("--num-beams", "num_beams", dict(type=int, metavar="N", help="beam search with N beams (1: off)")),
+    ("--length-penalty", "length_penalty", dict(type=float, metavar="X",
+                                                help="beam search: exponent of the length normalisation")),
+    ("--early-stopping", "early_stopping", dict(type=early_stopping, metavar="{true,false,never}",
+                                                help="beam search stopping rule")),
+    ("--num-return-sequences", "num_return_sequences", dict(type=int, metavar="N",
+                                                            help="sequences returned per prompt (beams or samples)")),
+    ("--eos-token-id", "eos_token_id", dict(type=int, action="append", metavar="ID",
+                                            help="end-of-sequence token id (repeatable; replaces the model's)")),
+    ("--pad-token-id", "pad_token_id", dict(type=int, metavar="ID", help="padding token id")),
+    ("--stop-string", "stop_strings", dict(action="append", metavar="S",
+                                           help="stop when the generated text contains S (repeatable); "
+                                                "the text is cut before it")),
+    ("--bad-words-ids", "bad_words_ids", dict(type=int_list, action="append", metavar="IDS",
+                                              help="a comma-separated token id sequence that must never be "
+                                                   "generated (repeatable)")),
+    ("--suppress-tokens", "suppress_tokens", dict(type=int_list, metavar="IDS",
+                                                  help="comma-separated token ids that are never generated")),
+    ("--output-scores", "output_scores", dict(action="store_true",
+                                              help="also report the log-probability of every generated token")),
+]
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation parameters",
+                             "transformers GenerationConfig names; unset flags keep the model's "
+                             "generation_config.json values")
+    for flag, name, kw in GEN_FLAGS:
+        g.add_argument(flag, dest=name, default=SUPPRESS, **kw)
+
+
+def generation_params(args) -> dict:
+    """The generation parameters given explicitly on the command line."""
+    return {name: getattr(args, name) for _, name, _ in GEN_FLAGS if hasattr(args, name)}
+
+
+# ---------------------------------------------------------------------------------------------------- prompt sources
+def add_prompt_args(p: argparse.ArgumentParser, *, name: str = "PROMPT", what: str = "prompt") -> None:
+    p.add_argument("texts", nargs="*", metavar=name,
+                   help=f"{what}s (each argument is one {what}); `-` reads {what}s from stdin, one per line. "
+                        f"Without any, {what}s come from --file or from piped stdin")
+    p.add_argument("--file", "-f", metavar="PATH",
+                   help=f"read {what}s from PATH, one per line (blank lines skipped; `-` = stdin)")
+
+
+def read_prompts(args, *, what: str = "prompt", stdin=None) -> list[str]:
+    """Positional texts, --file lines, or stdin lines (when `-` is given or stdin is piped)."""
+    stdin = sys.stdin if stdin is None else stdin
+    texts: list[str] = []
+    for text in args.texts:
+        texts.extend(_lines(stdin) if text == "-" else [text])
+    if args.file:
+        if args.file == "-":
+            texts.extend(_lines(stdin))
+        else:
+            texts.extend(_lines_of_file(Path(args.file), what))
+    if not args.texts and not args.file and stdin is not None and not _isatty(stdin):
+        texts.extend(_lines(stdin))
+    if not texts:
+        args.parser_for_command.error(
+            f"no {what} given: pass it as an argument, with --file PATH, or pipe it on stdin")
+    return texts
+
+
+def _lines(stream) -> list[str]:
+    return [line.rstrip("\r\n") for line in stream if line.strip()]
+
+
+def _lines_of_file(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"--file: {path} does not exist or is not a file")
+    with open(path, encoding="utf-8") as fh:
+        lines = _lines(fh)
+    if not lines:
+        raise InputError(f"--file: {path} holds no {what}s (only blank lines)")
+    return lines
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def command_parser(sub, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand parser whose namespace remembers it (for usage errors raised after parsing)."""
+    p = sub.add_parser(name, help=help, description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(parser_for_command=p)
+    return p

@@ -1,0 +1,52 @@
+"""`onnxlm export`: the one command that needs torch (imported lazily, here only)."""
+from __future__ import annotations
+
+from onnxlm.runtime.errors import ExportError
+
+from .cli_args import command_parser, positive_int
+
+DESCRIPTION = """\
+Export a model to an ONNX artifact directory (needs the export extra: pip install 'onnxlm[export]').
+
+MODEL is a Hugging Face hub name, a local transformers directory, a .gguf file or a recipe directory
+(models/recipes/*). The export is validated against PyTorch (logits of the first step, a step with the KV
+cache and a left-padded batch) before the directory is written; a failure leaves nothing behind.
+
+examples:
+  onnxlm export gpt2 models/gpt2
+  onnxlm export google-t5/t5-small models/t5-small --tolerance 1e-3
+  onnxlm export models/recipes/tiny-gpt2 models/tiny-gpt2 --force
+"""
+
+
+def add_parser(sub) -> None:
+    p = command_parser(sub, "export", help="export a model to ONNX (needs torch)", description=DESCRIPTION)
+    p.add_argument("model", metavar="MODEL", help="hub name, local transformers dir, .gguf file or recipe dir")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the artifact directory to write")
+    p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists and is not empty")
+    p.add_argument("--tolerance", type=float, metavar="X",
+                   help="absolute logits tolerance of the validation (default: 1e-4 + 1e-4 * max|logits|)")
+    p.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: the exporter's)")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="skip the PyTorch vs onnxruntime comparison")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def import_export_model():
+    """onnxlm.export.export_model, or an ExportError saying how to install torch."""
+    try:
+        from onnxlm.export import export_model
+        import torch  # noqa: F401  - fail here with a clear message rather than deep inside the exporter
+    except ImportError as exc:
+        raise ExportError(f"exporting needs torch, transformers and optimum-onnx ({exc}); "
+                          "install them with: pip install 'onnxlm[export]'") from exc
+    return export_model
+
+
+def run(args) -> int:
+    export_model = import_export_model()
+    path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
+                        validate=args.validate, progress=not args.quiet)
+    print(path)
+    return 0

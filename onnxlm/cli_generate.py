@@ -1,0 +1,269 @@
+"""`onnxlm generate` and `onnxlm chat`: text generation from the command line."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from .cli_args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
+                       load_model, positive_int, read_prompts)
+
+GENERATE_DESCRIPTION = """\
+Generate a continuation for each prompt with an exported model (numpy + onnxruntime, no torch).
+
+Generation flags use transformers' GenerationConfig names; flags you do not give keep the values of the
+model's generation_config.json (greedy search, 20 tokens in total when that file sets nothing).
+
+examples:
+  onnxlm generate models/gpt2 "The meaning of life is" --max-new-tokens 30
+  onnxlm generate models/gpt2 "Once upon a time" --do-sample --seed 0 --top-p 0.9 --stream
+  onnxlm generate models/t5 "translate English to German: Hello" --num-beams 4 --json
+  onnxlm generate models/gpt2 --file prompts.txt --json > out.jsonl
+  echo "Hello" | onnxlm generate models/gpt2 --show-top-k 5
+"""
+
+CHAT_DESCRIPTION = """\
+Chat with a model through its chat template (chat_template.jinja in the artifact).
+
+With MESSAGE: answer it once and exit. Without: an interactive conversation on stdin, one user message per line,
+history kept until EOF (Ctrl-D). In the conversation, `/reset` clears the history and `/exit` quits.
+
+examples:
+  onnxlm chat models/smollm2 "What is ONNX?" --system "Answer in one sentence."
+  onnxlm chat models/smollm2 --do-sample --temperature 0.7
+"""
+
+
+def add_parser(sub) -> None:
+    p = command_parser(sub, "generate", help="generate text from prompts", description=GENERATE_DESCRIPTION)
+    add_model_args(p)
+    add_prompt_args(p)
+    out = p.add_argument_group("output")
+    out.add_argument("--chat", action="store_true",
+                     help="wrap each prompt as a user message and apply the model's chat template")
+    out.add_argument("--system", metavar="TEXT", help="with --chat: a system message placed before each prompt")
+    out.add_argument("--json", action="store_true",
+                     help='one JSON object per line and returned sequence: {"prompt", "text", "token_ids", '
+                          '"finish_reason", "sequences_score" (beam search), ...}')
+    out.add_argument("--stream", action="store_true",
+                     help="print the text while it is generated (greedy and sampling only)")
+    out.add_argument("--show-top-k", type=positive_int, metavar="K",
+                     help="print the K most likely next tokens after each prompt before generating")
+    add_generation_args(p)
+    p.set_defaults(func=run_generate)
+
+    c = command_parser(sub, "chat", help="chat through the model's chat template (one-shot or interactive)",
+                       description=CHAT_DESCRIPTION)
+    add_model_args(c)
+    c.add_argument("message", nargs="?", metavar="MESSAGE", help="a single user message (omit for a conversation)")
+    c.add_argument("--system", metavar="TEXT", help="a system message that opens the conversation")
+    c.add_argument("--json", action="store_true", help="one-shot: print the reply as a JSON object")
+    c.add_argument("--no-stream", dest="stream", action="store_false",
+                   help="print each reply only once it is complete (default: stream greedy/sampling replies)")
+    add_generation_args(c)
+    c.set_defaults(func=run_chat)
+
+
+# ---------------------------------------------------------------------------------------------------- generate
+def run_generate(args) -> int:
+    if args.stream and args.json:
+        args.parser_for_command.error("--stream and --json cannot be combined")
+    if args.system and not args.chat:
+        args.parser_for_command.error("--system needs --chat")
+    params = generation_params(args)
+    if args.stream and (params.get("num_beams", 1) > 1 or params.get("num_return_sequences", 1) > 1):
+        args.parser_for_command.error("--stream prints one sequence per prompt: it cannot be combined with "
+                                      "--num-beams > 1 or --num-return-sequences > 1")
+    prompts = read_prompts(args)
+    model = load_model(args)
+    many = len(prompts) > 1
+    for i, prompt in enumerate(prompts):
+        model_input = prompt
+        if args.chat:
+            model_input = model.render_chat(_messages(prompt, args.system))
+        dist = model.next_token_distribution(model_input, top_k=args.show_top_k) if args.show_top_k else None
+        if args.json:
+            res = model.generate(model_input, **params)
+            for record in _records(model, prompt, res, dist):
+                print(json.dumps(record), flush=True)
+            continue
+        if many:
+            print(f"{'' if i == 0 else chr(10)}=== prompt {i + 1}/{len(prompts)}: {prompt!r}", flush=True)
+        if dist is not None:
+            print(f"top-{args.show_top_k} next tokens:\n{dist.table()}\n", flush=True)
+        if args.stream:
+            reason = _stream_one(model, model_input, params)
+            _print_footer(reason)
+        else:
+            res = model.generate(model_input, **params)
+            _print_result(res, bool(params.get("output_scores")), model)
+    return 0
+
+
+def _messages(prompt: str, system: str | None, history: list[dict] | None = None) -> list[dict]:
+    head = [{"role": "system", "content": system}] if system else []
+    return head + list(history or []) + [{"role": "user", "content": prompt}]
+
+
+def _stream_one(model, model_input, params: dict, out=None) -> str | None:
+    """Stream one prompt's reply to stdout; returns the finish reason. Closing the stream stops decoding."""
+    out = out or sys.stdout
+    reason, pieces = None, []
+    steps = model.stream(model_input, **params)
+    try:
+        for step in steps:
+            if step.batch_index != 0:  # a generation_config.json asking for several samples: show the first
+                continue
+            if step.text:
+                out.write(step.text)
+                out.flush()
+                pieces.append(step.text)
+            if step.is_last:
+                reason = step.finish_reason
+    finally:
+        steps.close()
+    out.write("\n")
+    out.flush()
+    return reason
+
+
+def _print_footer(reason: str | None) -> None:
+    if reason:
+        print(f"[finish: {reason}]", file=sys.stderr)
+
+
+def _print_result(res, show_scores: bool, model) -> None:
+    n = len(res.text)
+    for j, text in enumerate(res.text):
+        if n > 1:
+            extra = f", score {float(res.sequences_scores[j]):.4f}" if res.sequences_scores is not None else ""
+            print(f"--- sequence {j + 1}/{n} (finish: {res.finish_reasons[j]}{extra})")
+        print(text, flush=True)
+        if show_scores:
+            lps = _token_logprobs(res, j)
+            if lps is not None:
+                ids = res.new_tokens[j] if res.new_tokens else []
+                print(_token_table(model, ids, lps))
+    if n == 1:
+        _print_footer(res.finish_reasons[0])
+
+
+def _token_logprobs(res, row: int) -> list[float] | None:
+    """log-softmax of the processed scores at the chosen token, per step (greedy/sampling only)."""
+    if not res.scores or res.beam_indices is not None or not res.new_tokens:
+        return None
+    out = []
+    for step, tok in enumerate(res.new_tokens[row]):
+        if step >= len(res.scores):
+            break
+        s = res.scores[step][row].astype(np.float64)
+        m = np.max(s[np.isfinite(s)]) if np.isfinite(s).any() else 0.0
+        lse = m + np.log(np.sum(np.exp(s - m)))
+        out.append(float(s[tok] - lse))
+    return out
+
+
+def _token_table(model, ids: list[int], logprobs: list[float]) -> str:
+    lines = [f"  {'token':<20} {'id':>7}  logprob"]
+    for tid, lp in zip(ids, logprobs):
+        tok = model.tokenizer.decode([tid], skip_special_tokens=False) if model.tokenizer else str(tid)
+        lines.append(f"  {tok!r:<20} {tid:>7}  {lp:.4f}")
+    return "\n".join(lines)
+
+
+def _records(model, prompt: str, res, dist) -> list[dict]:
+    records = []
+    n = len(res.text)
+    for j, text in enumerate(res.text):
+        rec = {"prompt": prompt, "text": text,
+               "token_ids": [int(t) for t in (res.new_tokens[j] if res.new_tokens else [])],
+               "finish_reason": res.finish_reasons[j]}
+        if n > 1:
+            rec["index"] = j
+        if res.sequences_scores is not None:
+            rec["sequences_score"] = float(res.sequences_scores[j])
+        lps = _token_logprobs(res, j)
+        if lps is not None:
+            rec["token_logprobs"] = lps
+        if dist is not None:
+            rec["top_k"] = [{"token": t, "id": int(i), "prob": float(p)}
+                            for t, i, p in zip(dist.tokens, dist.token_ids, dist.probs)]
+        records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------- chat
+def run_chat(args) -> int:
+    params = generation_params(args)
+    stream = args.stream and not args.json and params.get("num_beams", 1) == 1 \
+        and params.get("num_return_sequences", 1) == 1
+    model = load_model(args)
+    if args.message is not None:
+        if not args.message.strip():
+            args.parser_for_command.error("MESSAGE is empty")
+        _chat_turn(model, _messages(args.message, args.system), params, stream=stream, as_json=args.json,
+                   message=args.message)
+        return 0
+    if args.json:
+        args.parser_for_command.error("--json needs a MESSAGE (one-shot chat)")
+    if not model.chat_template:  # fail before waiting for input
+        model.render_chat([{"role": "user", "content": "x"}])
+    return _repl(model, args, params, stream)
+
+
+def _chat_turn(model, messages: list[dict], params: dict, *, stream: bool, as_json: bool = False,
+               message: str = "") -> str:
+    if stream and model.generation_config.replace(**params).num_beams <= 1:
+        prompt = model.render_chat(messages)
+        pieces = []
+
+        class _Tee:
+            def write(self, s):
+                pieces.append(s)
+                sys.stdout.write(s)
+
+            def flush(self):
+                sys.stdout.flush()
+
+        _stream_one(model, prompt, params, out=_Tee())
+        return "".join(pieces).rstrip("\n")
+    res = model.chat(messages, **params)
+    if as_json:
+        rec = _records(model, message, res, None)[0]
+        rec["messages"] = messages
+        print(json.dumps(rec), flush=True)
+    else:
+        print(res.text[0], flush=True)
+    return res.text[0]
+
+
+def _repl(model, args, params: dict, stream: bool) -> int:
+    interactive = sys.stdin.isatty()
+    history: list[dict] = []
+    if interactive:
+        print("onnxlm chat: type a message and press Enter; /reset clears the history, /exit or Ctrl-D quits.",
+              file=sys.stderr)
+    while True:
+        if interactive:
+            sys.stderr.write("you> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            if interactive:
+                sys.stderr.write("\n")
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            history.clear()
+            print("[history cleared]", file=sys.stderr)
+            continue
+        if interactive:
+            sys.stderr.write("assistant> ")
+            sys.stderr.flush()
+        reply = _chat_turn(model, _messages(text, args.system, history), params, stream=stream)
+        history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]

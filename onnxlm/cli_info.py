@@ -1,0 +1,142 @@
+"""`onnxlm info`: what an artifact directory holds (manifest summary, graphs, files)."""
+from __future__ import annotations
+
+import json
+
+from .cli_args import add_model_args, command_parser, load_model
+
+DESCRIPTION = """\
+Describe an exported model: kind and architecture, special tokens, dtype/opset, the library versions it was
+exported with, the validation result, every ONNX graph's inputs and outputs (as onnxruntime loads them),
+the generation defaults and the files with their sizes.
+
+example:
+  onnxlm info models/gpt2
+  onnxlm info models/t5 --json
+"""
+
+# manifest graph role -> attribute of the loaded model holding its GraphRunner
+_ROLE_ATTR = {"decoder": "decoder", "encoder": "encoder", "decoder_with_past": "with_past"}
+
+
+def add_parser(sub) -> None:
+    p = command_parser(sub, "info", help="describe an exported model", description=DESCRIPTION)
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    p.set_defaults(func=run)
+
+
+def collect(model) -> dict:
+    """The information `info` prints, as a JSON-able dict."""
+    m = model.manifest
+    graphs = {}
+    for role, spec in (m.get("graphs") or {}).items():
+        runner = getattr(model, _ROLE_ATTR.get(role, role), None)
+        session = getattr(runner, "session", None)
+        entry = {"file": spec.get("file")}
+        if session is not None:
+            entry["inputs"] = [_arg(a) for a in session.get_inputs()]
+            entry["outputs"] = [_arg(a) for a in session.get_outputs()]
+            entry["providers"] = list(session.get_providers())
+        graphs[role] = entry
+    files = {}
+    for path in sorted(model.path.iterdir()):
+        if path.is_file():
+            files[path.name] = path.stat().st_size
+    gen = model.generation_config
+    defaults = type(gen)()
+    gen_set = {k: v for k, v in gen.to_dict().items() if getattr(defaults, k, None) != v}
+    return {
+        "path": str(model.path.resolve()),
+        "kind": m.get("kind"), "model_type": m.get("model_type"), "format_version": m.get("format_version"),
+        "source": m.get("source"),
+        "num_layers": m.get("num_layers"), "num_heads": m.get("num_heads"), "num_kv_heads": m.get("num_kv_heads"),
+        "head_dim": m.get("head_dim"), "hidden_size": m.get("hidden_size"),
+        "vocab_size": m.get("vocab_size", model.vocab_size), "max_positions": m.get("max_positions"),
+        "special_tokens": m.get("special_tokens"), "dtype": m.get("dtype"), "opset": m.get("opset"),
+        "versions": m.get("versions"), "validation": m.get("validation"),
+        "chat_template": model.chat_template is not None,
+        "provider": model.provider,
+        "generation_config": gen_set,
+        "graphs": graphs,
+        "files": files,
+    }
+
+
+def _arg(a) -> dict:
+    return {"name": a.name, "type": a.type, "shape": list(a.shape) if a.shape is not None else None}
+
+
+def run(args) -> int:
+    model = load_model(args)
+    info = collect(model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(_render(info))
+    return 0
+
+
+def _render(info: dict) -> str:
+    out = [f"{info['path']}",
+           f"  kind            {info['kind']} ({info['model_type']}), format_version {info['format_version']}"]
+    if info.get("source"):
+        out.append(f"  source          {info['source']}")
+    kv = f" (kv heads {info['num_kv_heads']})" if info.get("num_kv_heads") not in (None, info.get("num_heads")) \
+        else ""
+    out.append(f"  layers          {info['num_layers']}, heads {info['num_heads']}{kv}, head_dim {info['head_dim']}, "
+               f"hidden {info['hidden_size']}")
+    out.append(f"  vocab           {info['vocab_size']}, max positions "
+               f"{info['max_positions'] if info['max_positions'] is not None else 'none (relative positions)'}")
+    specials = {k: v for k, v in (info.get("special_tokens") or {}).items() if v is not None}
+    out.append(f"  special tokens  {_kv(specials) or '-'}")
+    out.append(f"  dtype           {info['dtype']}, opset {info['opset']}")
+    out.append(f"  chat template   {'yes' if info['chat_template'] else 'no'}")
+    if info.get("versions"):
+        out.append(f"  exported with   {_kv(info['versions'])}")
+    val = info.get("validation")
+    if val is None:
+        out.append("  validation      none (exported with --no-validate)" if "validation" in info else "")
+    else:
+        out.append(f"  validation      max|diff| {_num(val.get('max_abs_diff'))} (tolerance {_num(val.get('tolerance'))})")
+        for check in val.get("checks") or []:
+            if isinstance(check, dict):
+                name = check.get("name", "?")
+                diff = check.get("max_abs_diff")
+                ok = check.get("ok", check.get("passed"))
+                out.append(f"    {name:<32} max|diff| {_num(diff)}" + ("" if ok is None else f"  {'ok' if ok else 'FAIL'}"))
+            else:
+                out.append(f"    {check}")
+    out.append(f"  generation      {_kv(info['generation_config']) or 'transformers defaults'}")
+    out.append(f"  provider        {info['provider']}")
+    for role, g in info["graphs"].items():
+        out.append(f"  graph {role} ({g['file']})")
+        for kind in ("inputs", "outputs"):
+            for a in g.get(kind, []):
+                arrow = "in " if kind == "inputs" else "out"
+                out.append(f"    {arrow} {a['name']:<36} {a['type']:<16} {_shape(a['shape'])}")
+    total = sum(info["files"].values())
+    out.append(f"  files ({_size(total)} in all)")
+    for name, size in info["files"].items():
+        out.append(f"    {name:<40} {_size(size):>10}")
+    return "\n".join(line for line in out if line)
+
+
+def _kv(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _num(x) -> str:
+    return f"{x:.3g}" if isinstance(x, (int, float)) else str(x)
+
+
+def _shape(shape) -> str:
+    return "?" if shape is None else "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -1,0 +1,127 @@
+"""Chat templates: render a list of messages with a model's jinja2 chat template, like transformers does.
+
+The environment mirrors transformers' ``render_jinja_template`` (transformers/utils/chat_template_utils.py):
+``ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)`` with the ``loopcontrols`` extension, a
+``{% generation %}`` block tag (rendered as-is), the ``raise_exception`` and ``strftime_now`` globals and a ``tojson``
+filter that does not HTML-escape. Torch/transformers-free.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from datetime import datetime
+from typing import Any, Mapping, Sequence
+
+from .errors import InputError
+
+__all__ = ["render_chat", "validate_messages"]
+
+
+class _TemplateRaised(Exception):
+    """raise_exception() called from inside a template."""
+
+
+def _raise_exception(message):
+    raise _TemplateRaised(str(message))
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # Same as transformers: jinja's built-in tojson HTML-escapes, which chat templates do not want.
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(format):
+    return datetime.now().strftime(format)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(template: str):
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _GenerationTag(jinja2.ext.Extension):
+        """``{% generation %}...{% endgeneration %}`` (transformers' assistant-mask marker): renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise InputError(f"chat template: not a valid jinja2 template (line {e.lineno}: {e.message})") from e
+
+
+def validate_messages(messages: Any) -> list[dict]:
+    """Check ``messages`` is a non-empty list of ``{"role": str, "content": str, ...}`` dicts; return it as a list.
+
+    Extra keys are allowed (and passed to the template). Raises InputError naming the offending message.
+    """
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InputError(
+            f"messages: expected a list of {{'role': str, 'content': str}} dicts, got {type(messages).__name__}"
+        )
+    if len(messages) == 0:
+        raise InputError("messages: the list is empty; give at least one {'role': ..., 'content': ...} message")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise InputError(f"messages[{i}]: expected a dict with 'role' and 'content', got {type(m).__name__}")
+        for key in ("role", "content"):
+            if key not in m:
+                raise InputError(f"messages[{i}]: missing the {key!r} key (a message needs 'role' and 'content')")
+            if not isinstance(m[key], str):
+                raise InputError(f"messages[{i}][{key!r}]: expected a str, got {type(m[key]).__name__}")
+        if not m["role"]:
+            raise InputError(f"messages[{i}]['role']: must be a non-empty string such as 'system', 'user', 'assistant'")
+        out.append(dict(m))
+    return out
+
+
+def render_chat(
+    template: str,
+    messages: list[dict],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    **extra: Any,
+) -> str:
+    """Render ``messages`` with the jinja2 chat ``template`` (same output as transformers'
+    ``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``).
+
+    ``extra`` keyword arguments become template variables (e.g. ``tools``, ``documents``, ``pad_token``).
+    Raises InputError for invalid messages, an invalid template, or a template that calls ``raise_exception``.
+    """
+    if not isinstance(template, str) or not template.strip():
+        raise InputError("chat template: expected a non-empty jinja2 template string (the model has no chat template?)")
+    messages = validate_messages(messages)
+    compiled = _compile(template)
+    import jinja2
+
+    context = {"tools": None, "documents": None, **extra}
+    try:
+        return compiled.render(
+            messages=messages,
+            add_generation_prompt=bool(add_generation_prompt),
+            bos_token=bos_token,
+            eos_token=eos_token,
+            **context,
+        )
+    except _TemplateRaised as e:
+        raise InputError(f"chat template rejected the messages: {e}") from None
+    except jinja2.TemplateError as e:
+        raise InputError(f"chat template: rendering failed: {e}") from e

@@ -1,0 +1,344 @@
+"""Generation parameters with transformers' (4.57) ``GenerationConfig`` names, defaults and semantics.
+
+Only the parameters the onnxlm runtime implements are fields; any other key met in a ``generation_config.json``
+(``transformers_version``, ``use_cache``, ``epsilon_cutoff``, ...) is kept, unused, in ``config.extra``.
+
+``validate()`` raises :class:`~onnxlm.runtime.errors.ParameterError` naming the parameter, the bad value and the
+allowed range.  Differences from transformers (which only logs warnings for many of these):
+
+* ``temperature``: NaN/inf and non-numbers are always rejected; ``<= 0`` is rejected only when ``do_sample`` (with
+  greedy/beam search the temperature is unused, and ``temperature=0`` is a common way to ask for greedy).
+* ``top_k``/``top_p``/``min_p``/``typical_p`` are range-checked even when ``do_sample`` is False (transformers ignores
+  them then); ``None`` for these means "off", as in transformers.
+* ``seed`` is onnxlm's own (``None``: nondeterministic).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Union
+
+from .errors import ModelFileError, ParameterError
+
+__all__ = ["GenerationConfig", "SAMPLING_PARAMETERS", "BEAM_PARAMETERS", "DEFAULT_MAX_LENGTH"]
+
+DEFAULT_MAX_LENGTH = 20
+
+#: parameters that only have an effect when ``do_sample`` is True (transformers' "warpers")
+SAMPLING_PARAMETERS = frozenset({"temperature", "top_k", "top_p", "min_p", "typical_p", "seed"})
+#: parameters that only have an effect when ``num_beams > 1``
+BEAM_PARAMETERS = frozenset({"length_penalty", "early_stopping"})
+
+# fields for which an explicit ``None`` means "off" (so a JSON null is kept instead of falling back to the default)
+_NONE_MEANS_OFF = frozenset({
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size",
+    "length_penalty", "max_new_tokens", "min_new_tokens",
+})
+# fields that are not generation parameters (bookkeeping)
+_INTERNAL = frozenset({"extra", "_explicit"})
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _is_bool(x: Any) -> bool:
+    return isinstance(x, bool) or type(x).__name__ == "bool_"  # numpy bool without importing numpy
+
+
+@dataclass
+class GenerationConfig:
+    # --- length ---
+    max_length: int = DEFAULT_MAX_LENGTH  # total length (prompt + new); overridden by max_new_tokens
+    max_new_tokens: Optional[int] = None
+    min_length: int = 0  # total length below which EOS is masked; overridden by min_new_tokens
+    min_new_tokens: Optional[int] = None
+    early_stopping: Union[bool, str] = False  # beam search: True | False | "never"
+    stop_strings: Optional[Union[str, list]] = None
+    # --- strategy ---
+    do_sample: bool = False
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    # --- logits manipulation ---
+    temperature: Optional[float] = 1.0
+    top_k: Optional[int] = 50
+    top_p: Optional[float] = 1.0
+    min_p: Optional[float] = None
+    typical_p: Optional[float] = 1.0
+    repetition_penalty: Optional[float] = 1.0
+    no_repeat_ngram_size: Optional[int] = 0
+    bad_words_ids: Optional[list] = None
+    suppress_tokens: Optional[list] = None
+    begin_suppress_tokens: Optional[list] = None
+    forced_bos_token_id: Optional[int] = None
+    forced_eos_token_id: Optional[Union[int, list]] = None
+    length_penalty: Optional[float] = 1.0
+    # --- special tokens ---
+    eos_token_id: Optional[Union[int, list]] = None
+    pad_token_id: Optional[int] = None
+    bos_token_id: Optional[int] = None
+    decoder_start_token_id: Optional[int] = None
+    # --- outputs ---
+    output_scores: bool = False
+    output_logits: Optional[bool] = None
+    return_dict_in_generate: bool = False  # accepted for compatibility, ignored
+    # --- onnxlm ---
+    seed: Optional[int] = None
+    # --- bookkeeping (not parameters) ---
+    extra: dict = field(default_factory=dict, repr=False, compare=False)  # unknown keys read from a file
+    _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)  # names set through replace()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name not in _INTERNAL]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationConfig":
+        """Build from a transformers ``generation_config.json`` dict; unknown keys go to ``.extra``.
+
+        A JSON ``null`` for a parameter whose ``None`` is meaningless (e.g. ``max_length``) gives the default."""
+        if not isinstance(d, dict):
+            raise ParameterError("generation_config", f"expected a dict, got {type(d).__name__}")
+        names = set(cls.parameter_names())
+        defaults = cls()
+        kw, extra = {}, {}
+        for k, v in d.items():
+            if k in names:
+                if v is None and k not in _NONE_MEANS_OFF and getattr(defaults, k) is not None:
+                    continue
+                kw[k] = v
+            else:
+                extra[k] = v
+        return cls(**kw, extra=extra)
+
+    @classmethod
+    def from_file(cls, path: Union[str, os.PathLike]) -> "GenerationConfig":
+        """Read a ``generation_config.json`` (a directory holding one is accepted too)."""
+        p = os.fspath(path)
+        if os.path.isdir(p):
+            p = os.path.join(p, "generation_config.json")
+        try:
+            with open(p, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ModelFileError(f"generation config not found: {p}", path=p) from None
+        except (OSError, ValueError) as e:
+            raise ModelFileError(f"generation config {p} is not readable JSON: {e}", path=p) from None
+        if not isinstance(d, dict):
+            raise ModelFileError(f"generation config {p} must hold a JSON object", path=p)
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict:
+        """Parameters as a plain dict (transformers names; ``extra`` not included)."""
+        return {n: getattr(self, n) for n in self.parameter_names()}
+
+    def replace(self, **kw: Any) -> "GenerationConfig":
+        """New config with the given parameters changed (not validated; call ``validate()``).
+
+        Unknown names raise ParameterError listing close matches."""
+        names = self.parameter_names()
+        for k in kw:
+            if k not in names:
+                close = difflib.get_close_matches(k, names, n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise ParameterError(k, f"unknown generation parameter{hint} (known: {', '.join(names)})")
+        return dataclasses.replace(self, **kw, _explicit=self._explicit | frozenset(kw))
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """EOS ids as a list (empty when there is none)."""
+        e = self.eos_token_id
+        if e is None:
+            return []
+        if _is_int(e):
+            return [int(e)]
+        return [int(i) for i in e]
+
+    @property
+    def is_sampling(self) -> bool:
+        return bool(self.do_sample)
+
+    @property
+    def is_beam(self) -> bool:
+        return self.num_beams > 1
+
+    def lengths(self, input_length: int, *, max_positions: Optional[int] = None) -> tuple[int, int]:
+        """(min_length, max_length) as *total* lengths for a prompt of ``input_length`` ids, like transformers'
+        ``_prepare_generated_length``: ``max_new_tokens`` wins over ``max_length``; a ``max_length`` left at the
+        default 20 (not passed through ``replace``) means 20 *new* tokens, capped by ``max_positions``;
+        ``min_new_tokens`` wins over ``min_length``. For seq2seq pass the decoder input length (usually 1)."""
+        if self.max_new_tokens is not None:
+            max_length = self.max_new_tokens + input_length
+        elif "max_length" not in self._explicit and self.max_length == DEFAULT_MAX_LENGTH:
+            max_length = self.max_length + input_length
+            if max_positions is not None:
+                max_length = min(max_length, max_positions)
+        else:
+            max_length = self.max_length
+        if self.min_new_tokens is not None:
+            min_length = self.min_new_tokens + input_length
+        else:
+            min_length = self.min_length or 0
+        return int(min_length), int(max_length)
+
+    def ignored_parameters(self) -> list[str]:
+        """Parameters set to a non-default value that have no effect in the current mode (transformers warns)."""
+        out = []
+        if not self.do_sample:
+            if self.temperature is not None and self.temperature != 1.0:
+                out.append("temperature")
+            if self.top_p is not None and self.top_p != 1.0:
+                out.append("top_p")
+            if self.min_p is not None:
+                out.append("min_p")
+            if self.typical_p is not None and self.typical_p != 1.0:
+                out.append("typical_p")
+            if self.top_k is not None and self.top_k != 50:
+                out.append("top_k")
+            if self.seed is not None:
+                out.append("seed")
+        if self.num_beams == 1:
+            if self.early_stopping is not False:
+                out.append("early_stopping")
+            if self.length_penalty is not None and self.length_penalty != 1.0:
+                out.append("length_penalty")
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "GenerationConfig":
+        """Raise ParameterError for the first out-of-range parameter; returns self."""
+
+        def bad(name: str, allowed: str) -> ParameterError:
+            return ParameterError(name, f"got {getattr(self, name)!r}; must be {allowed}")
+
+        def check_int(name: str, lo: int, optional: bool, allowed: Optional[str] = None) -> None:
+            v = getattr(self, name)
+            if v is None and optional:
+                return
+            if not _is_int(v) or v < lo:
+                raise bad(name, allowed or f"an integer >= {lo}" + (" or None" if optional else ""))
+
+        def check_bool(name: str, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and optional:
+                return
+            if not _is_bool(v):
+                raise bad(name, "True or False")
+
+        def check_ids(name: str, v: Any, allowed: str) -> None:
+            if not isinstance(v, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in v):
+                raise ParameterError(name, f"got {getattr(self, name)!r}; must be {allowed}")
+
+        # length
+        check_int("max_length", 1, False)
+        check_int("max_new_tokens", 1, True, "an integer >= 1 (transformers requires > 0) or None")
+        check_int("min_length", 0, False)
+        check_int("min_new_tokens", 0, True)
+        es = self.early_stopping
+        if not (_is_bool(es) or (isinstance(es, str) and es == "never")):
+            raise bad("early_stopping", 'True, False or "never"')
+        ss = self.stop_strings
+        if ss is not None:
+            items = [ss] if isinstance(ss, str) else ss
+            if not isinstance(items, (list, tuple)) or not items or not all(isinstance(s, str) and s for s in items):
+                raise bad("stop_strings", "a non-empty string or a non-empty list of non-empty strings, or None")
+
+        # strategy
+        check_bool("do_sample")
+        check_int("num_beams", 1, False)
+        check_int("num_return_sequences", 1, False)
+        if self.num_return_sequences != 1:
+            if self.num_beams == 1:
+                if not self.do_sample:
+                    raise bad("num_return_sequences",
+                              "1 for greedy decoding (use do_sample=True or num_beams >= num_return_sequences)")
+            elif self.num_return_sequences > self.num_beams:
+                raise bad("num_return_sequences", f"<= num_beams ({self.num_beams}) for beam search")
+
+        # sampling parameters
+        t = self.temperature
+        if t is not None:
+            if not _is_num(t) or not math.isfinite(t):
+                raise bad("temperature", "a finite number > 0")
+            if self.do_sample and t <= 0:
+                raise bad("temperature", "a finite number > 0 when do_sample=True "
+                                         "(for greedy decoding set do_sample=False)")
+        check_int("top_k", 0, True, "an integer >= 0 (0 disables top-k) or None")
+        for name, lo_open, allowed in (("top_p", True, "in (0, 1]"), ("typical_p", True, "in (0, 1]"),
+                                       ("min_p", False, "in [0, 1]")):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not _is_num(v) or math.isnan(v) or v > 1 or v < 0 or (lo_open and v == 0):
+                raise bad(name, f"a number {allowed} or None")
+        rp = self.repetition_penalty
+        if rp is not None and (not _is_num(rp) or not math.isfinite(rp) or rp <= 0):
+            raise bad("repetition_penalty", "a finite number > 0 (1.0 = no penalty) or None")
+        check_int("no_repeat_ngram_size", 0, True, "an integer >= 0 (0 disables it) or None")
+        lp = self.length_penalty
+        if lp is not None and (not _is_num(lp) or not math.isfinite(lp)):
+            raise bad("length_penalty", "a finite number or None")
+        check_int("seed", 0, True, "an integer >= 0 or None")
+
+        # token lists
+        bw = self.bad_words_ids
+        if bw is not None:
+            if (not isinstance(bw, (list, tuple)) or len(bw) == 0
+                    or not all(isinstance(w, (list, tuple)) and len(w) > 0 for w in bw)
+                    or not all(_is_int(i) and i >= 0 for w in bw for i in w)):
+                raise bad("bad_words_ids", "a non-empty list of non-empty lists of token ids >= 0, or None")
+        for name in ("suppress_tokens", "begin_suppress_tokens"):
+            v = getattr(self, name)
+            if v is not None:
+                check_ids(name, v, "a list of token ids >= 0, or None")
+
+        # special tokens
+        for name in ("eos_token_id", "forced_eos_token_id"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if _is_int(v):
+                if v < 0:
+                    raise bad(name, "a token id >= 0, a list of token ids >= 0, or None")
+            else:
+                check_ids(name, v, "a token id >= 0, a list of token ids >= 0, or None")
+        for name in ("forced_bos_token_id", "bos_token_id", "decoder_start_token_id"):
+            check_int(name, 0, True, "a token id >= 0 or None")
+        # pad_token_id: transformers only warns for a negative value (old LLaMA configs carry -1); accept any int
+        if self.pad_token_id is not None and not _is_int(self.pad_token_id):
+            raise bad("pad_token_id", "an integer token id or None")
+
+        # outputs
+        check_bool("output_scores")
+        check_bool("output_logits", optional=True)
+        check_bool("return_dict_in_generate", optional=True)
+        return self
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Raise ParameterError if any token id parameter is >= vocab_size."""
+        def ids_of(v: Any) -> Iterable[int]:
+            if v is None:
+                return []
+            if _is_int(v):
+                return [v]
+            out = []
+            for x in v:
+                out.extend(ids_of(x))
+            return out
+
+        for name in ("eos_token_id", "forced_eos_token_id", "forced_bos_token_id", "bad_words_ids",
+                     "suppress_tokens", "begin_suppress_tokens"):
+            big = [i for i in ids_of(getattr(self, name)) if i >= vocab_size]
+            if big:
+                raise ParameterError(name, f"token ids {big} are out of the vocabulary; must be < {vocab_size}")

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny GPT-2 / T5 / Llama models (transformers checkpoint + exported ONNX artifact), built once."""
+from __future__ import annotations
+
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RECIPES = REPO_ROOT / "models" / "recipes"
+
+#: name: recipe name; recipe_dir: models/recipes/<name>; hf_dir: transformers checkpoint (save_pretrained) with
+#: tokenizer.json (+ tokenizer_config.json, generation_config.json); onnx_dir: the exported onnxlm artifact.
+TinyModel = namedtuple("TinyModel", ["name", "recipe_dir", "hf_dir", "onnx_dir"])
+
+
+def _tiny(tmp_path_factory, name: str) -> TinyModel:
+    pytest.importorskip("torch", reason="building tiny models needs the 'export' extra (torch)")
+    pytest.importorskip("optimum.exporters.onnx", reason="exporting needs the 'export' extra (optimum-onnx)")
+    from onnxlm.export import export_model
+    from onnxlm.export.recipes import build_recipe
+
+    base = tmp_path_factory.mktemp(name)
+    recipe_dir = RECIPES / name
+    hf_dir = build_recipe(recipe_dir, base / "hf")
+    onnx_dir = export_model(hf_dir, base / "onnx", progress=False)
+    return TinyModel(name, recipe_dir, hf_dir, onnx_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> TinyModel:
+    return _tiny(tmp_path_factory, "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory) -> TinyModel:
+    return _tiny(tmp_path_factory, "tiny-t5")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> TinyModel:
+    return _tiny(tmp_path_factory, "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the repo (reference tokenizers: gpt2-tokenizer/, t5-small-tokenizer/)."""
+    path = REPO_ROOT.parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"shared data directory {path} is absent (reference tokenizer files live there)")
+    return path

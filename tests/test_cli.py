@@ -1,0 +1,247 @@
+"""The `onnxlm` command line: every command's --help, generate/chat/score/info/bench on tiny models, exit codes."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from onnxlm.cli import main
+
+COMMANDS = ["export", "generate", "chat", "score", "info", "bench", "demo"]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """main(argv) in-process -> (exit code, stdout, stderr); argparse's SystemExit is turned into its code."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_sub(*argv, stdin: str | None = None, pre: str = "") -> subprocess.CompletedProcess:
+    """`python -m onnxlm ARGV` in a subprocess (pre: Python run before the CLI, e.g. to block an import)."""
+    code = f"{pre}\nimport sys\nfrom onnxlm.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------------- help / usage
+@pytest.mark.parametrize("command", [None] + COMMANDS)
+def test_help_exits_0(capsys, command):
+    code, out, _ = run_cli(capsys, *([command] if command else []), "--help")
+    assert code == 0
+    assert "usage: onnxlm" in out
+    if command == "generate":
+        for flag in ("--max-new-tokens", "--top-p", "--num-beams", "--stop-string", "--stream", "--json", "--chat"):
+            assert flag in out
+
+
+def test_unknown_flag_is_a_usage_error(capsys, tiny_gpt2):
+    code, _, err = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "hi", "--no-such-flag")
+    assert code == 2
+    assert "--no-such-flag" in err
+
+
+def test_no_command_is_a_usage_error(capsys):
+    code, _, _ = run_cli(capsys)
+    assert code == 2
+
+
+# ---------------------------------------------------------------------------------------------------- generate
+def test_generate_human(capsys, tiny_gpt2):
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "Hello", "--max-new-tokens", 5)
+    assert code == 0
+    import onnxlm
+    expected = onnxlm.load(tiny_gpt2.onnx_dir).generate("Hello", max_new_tokens=5).text[0]
+    assert out == expected + "\n"
+
+
+def test_generate_json_and_params(capsys, tiny_gpt2):
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "Hello", "abc", "--max-new-tokens", 4, "--json",
+                           "--do-sample", "--seed", 3, "--top-k", 20, "--show-top-k", 3, "--output-scores")
+    assert code == 0
+    records = [json.loads(line) for line in out.strip("\n").split("\n")]
+    assert [r["prompt"] for r in records] == ["Hello", "abc"]
+    for r in records:
+        assert set(r) >= {"prompt", "text", "token_ids", "finish_reason", "top_k", "token_logprobs"}
+        assert len(r["token_ids"]) == 4 and r["finish_reason"] == "length"
+        assert len(r["top_k"]) == 3 and len(r["token_logprobs"]) == 4
+    import onnxlm
+    ref = onnxlm.load(tiny_gpt2.onnx_dir).generate("Hello", max_new_tokens=4, do_sample=True, seed=3, top_k=20)
+    assert records[0]["token_ids"] == list(ref.new_tokens[0])
+
+
+def test_generate_beams_json(capsys, tiny_gpt2):
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "Hello", "--max-new-tokens", 4, "--json",
+                           "--num-beams", 3, "--num-return-sequences", 2, "--early-stopping", "true")
+    assert code == 0
+    records = [json.loads(line) for line in out.strip("\n").split("\n")]
+    assert [r["index"] for r in records] == [0, 1]
+    assert all("sequences_score" in r for r in records)
+
+
+def test_generate_stream_equals_greedy(capsys, tiny_gpt2):
+    args = ("generate", tiny_gpt2.onnx_dir, "Once upon", "--max-new-tokens", 12)
+    code, plain, _ = run_cli(capsys, *args)
+    code2, streamed, _ = run_cli(capsys, *args, "--stream")
+    assert code == code2 == 0
+    assert streamed == plain
+
+
+def test_generate_file_and_stdin(capsys, monkeypatch, tmp_path, tiny_gpt2):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Hello\n\nabc\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "--file", prompts, "--max-new-tokens", 3, "--json")
+    assert code == 0
+    from_file = [json.loads(line) for line in out.strip("\n").split("\n")]
+    assert [r["prompt"] for r in from_file] == ["Hello", "abc"]
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\nabc\n"))
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "--max-new-tokens", 3, "--json")
+    assert code == 0
+    assert [json.loads(line) for line in out.strip("\n").split("\n")] == from_file
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hello\nabc\n"))
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "-", "--max-new-tokens", 3)
+    assert code == 0
+    assert "=== prompt 1/2: 'Hello'" in out and "=== prompt 2/2: 'abc'" in out
+
+
+def test_generate_piped_stdin_subprocess(tiny_gpt2):
+    proc = run_sub("generate", tiny_gpt2.onnx_dir, "--max-new-tokens", 3, "--json", stdin="Hello\n")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prompt"] == "Hello"
+
+
+def test_generate_seq2seq(capsys, tiny_t5):
+    code, out, _ = run_cli(capsys, "generate", tiny_t5.onnx_dir, "translate: hello", "--max-new-tokens", 4, "--json")
+    assert code == 0
+    assert json.loads(out)["prompt"] == "translate: hello"
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def test_missing_model_dir_is_one_line(tmp_path):
+    missing = tmp_path / "no-such-model"
+    proc = run_sub("generate", missing, "hi")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxlm: error:") and str(missing) in lines[0]
+
+
+def test_bad_parameter_names_it(capsys, tiny_gpt2):
+    code, _, err = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "hi", "--top-p", "1.5")
+    assert code == 1
+    assert err.startswith("onnxlm: error:") and "top_p" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_no_prompt_is_a_usage_error(capsys, monkeypatch, tiny_gpt2):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    code, _, err = run_cli(capsys, "generate", tiny_gpt2.onnx_dir)
+    assert code == 2 and "no prompt" in err
+
+
+def test_missing_prompt_file(capsys, tmp_path, tiny_gpt2):
+    code, _, err = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "--file", tmp_path / "nope.txt")
+    assert code == 1 and "nope.txt" in err
+
+
+def test_chat_without_template_fails_cleanly(capsys, tiny_gpt2):
+    code, _, err = run_cli(capsys, "chat", tiny_gpt2.onnx_dir, "hi")
+    assert code == 1 and "chat_template" in err
+
+
+def test_generate_runs_without_torch(tiny_gpt2):
+    block = "import sys\nfor m in ('torch', 'transformers', 'optimum'):\n    sys.modules[m] = None"
+    proc = run_sub("generate", tiny_gpt2.onnx_dir, "Hello", "--max-new-tokens", 2, pre=block)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_sub("export", "x", "y", pre=block)
+    assert proc.returncode == 1 and "onnxlm[export]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- chat
+def test_chat_one_shot_and_repl(capsys, monkeypatch, tiny_llama):
+    import onnxlm
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    if not model.chat_template:
+        pytest.skip("the tiny Llama artifact has no chat template")
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    expected = model.chat(msgs, max_new_tokens=4).text[0]
+    code, out, _ = run_cli(capsys, "chat", tiny_llama.onnx_dir, "hi", "--system", "be brief", "--max-new-tokens", 4)
+    assert code == 0 and out == expected + "\n"
+    code, out, _ = run_cli(capsys, "chat", tiny_llama.onnx_dir, "hi", "--system", "be brief", "--max-new-tokens", 4,
+                           "--json")
+    assert code == 0 and json.loads(out)["text"] == expected
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\nagain\n"))
+    code, out, _ = run_cli(capsys, "chat", tiny_llama.onnx_dir, "--max-new-tokens", 4, "--no-stream")
+    assert code == 0
+    first = model.chat([{"role": "user", "content": "hi"}], max_new_tokens=4).text[0]
+    second = model.chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": first},
+                         {"role": "user", "content": "again"}], max_new_tokens=4).text[0]
+    assert out == f"{first}\n{second}\n"
+
+
+# ---------------------------------------------------------------------------------------------------- score / info / bench
+def test_score(capsys, tiny_gpt2):
+    code, out, _ = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "Hello world", "abc", "--json")
+    assert code == 0
+    records = [json.loads(line) for line in out.strip("\n").split("\n")]
+    import onnxlm
+    ref = onnxlm.load(tiny_gpt2.onnx_dir).score(["Hello world", "abc"])
+    for rec, lp in zip(records, ref.sequence_logprobs):
+        assert rec["sequence_logprob"] == pytest.approx(float(lp), abs=1e-5)
+        assert len(rec["token_ids"]) == len(rec["token_logprobs"]) == len(rec["tokens"])
+    code, out, _ = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "Hello world", "--prepend-bos")
+    assert code == 0 and "total log-prob" in out and "logprob" in out
+
+
+def test_score_seq2seq(capsys, tiny_t5):
+    code, out, _ = run_cli(capsys, "score", tiny_t5.onnx_dir, "hello", "--target", "hi", "--json")
+    assert code == 0
+    rec = json.loads(out)
+    assert rec["target"] == "hi" and rec["sequence_logprob"] < 0
+    code, _, err = run_cli(capsys, "score", tiny_t5.onnx_dir, "hello", "bye", "--target", "hi")
+    assert code == 2 and "--target" in err
+
+
+def test_info(capsys, tiny_gpt2, tiny_t5):
+    code, out, _ = run_cli(capsys, "info", tiny_gpt2.onnx_dir)
+    assert code == 0
+    for text in ("causal-lm", "gpt2", "model.onnx", "input_ids", "logits", "present.0.key", "opset"):
+        assert text in out
+    code, out, _ = run_cli(capsys, "info", tiny_t5.onnx_dir, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["kind"] == "seq2seq-lm" and set(info["graphs"]) >= {"encoder", "decoder"}
+    assert any(a["name"] == "encoder_hidden_states" for a in info["graphs"]["decoder"]["inputs"])
+    assert info["files"]["onnxlm.json"] > 0
+
+
+def test_bench(capsys, tiny_gpt2):
+    code, out, _ = run_cli(capsys, "bench", tiny_gpt2.onnx_dir, "--prompt", "Hello", "--max-new-tokens", 4,
+                           "--runs", 1, "--warmup", 0, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["new_tokens"] == 4 and result["decode_tokens_per_s"] > 0 and result["prefill_tokens_per_s"] > 0
+    code, out, _ = run_cli(capsys, "bench", tiny_gpt2.onnx_dir, "--max-new-tokens", 2, "--runs", 1)
+    assert code == 0 and "tokens/s" in out
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+def test_demo_reuses_an_exported_model(capsys, tmp_path, tiny_gpt2, monkeypatch):
+    import shutil
+
+    from onnxlm import cli_demo
+    # demo must not export again when the model is already there (stub out the default-model helper, if any)
+    monkeypatch.setattr(cli_demo, "ensure_model", lambda models_dir: cli_demo.ensure_tiny_model(models_dir))
+    shutil.copytree(tiny_gpt2.onnx_dir, tmp_path / "tiny-gpt2")
+    code, out, _ = run_cli(capsys, "demo", "--dir", tmp_path, "--max-new-tokens", 3, "--top-k", 2, "--prompt", "Hi")
+    assert code == 0
+    assert "top-2 next tokens" in out and "generated" in out

@@ -1,0 +1,265 @@
+"""Export: artifact layout, manifest, validation, atomic writes, refusals."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="export tests need the 'export' extra")
+pytest.importorskip("optimum.exporters.onnx", reason="export tests need the 'export' extra")
+
+from onnxlm.export import ExportError, export_model  # noqa: E402
+from onnxlm.runtime.errors import ExportError as RuntimeExportError  # noqa: E402
+
+RECIPES = Path(__file__).resolve().parents[1] / "models" / "recipes"
+ALL = ["tiny_gpt2", "tiny_t5", "tiny_llama"]
+
+
+def _manifest(d: Path) -> dict:
+    return json.loads((d / "onnxlm.json").read_text())
+
+
+def _listing(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_export_error_is_the_runtime_one():
+    assert ExportError is RuntimeExportError
+
+
+@pytest.mark.parametrize("fx", ALL)
+def test_files_and_checksums(fx, request):
+    art = request.getfixturevalue(fx).onnx_dir
+    man = _manifest(art)
+    on_disk = {p.relative_to(art).as_posix() for p in art.rglob("*") if p.is_file()} - {"onnxlm.json"}
+    assert set(man["files"]) == on_disk
+    for name, entry in man["files"].items():
+        data = (art / name).read_bytes()
+        assert entry["bytes"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+    for name in ("config.json", "generation_config.json", "tokenizer.json"):
+        assert name in on_disk
+    assert not any(n.startswith(".") for n in _listing(art.parent)), "temp dirs left beside the artifact"
+
+
+@pytest.mark.parametrize(
+    "fx, kind, model_type, dims",
+    [
+        ("tiny_gpt2", "causal-lm", "gpt2", dict(num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16, hidden_size=64,
+                                                vocab_size=260, max_positions=128)),
+        ("tiny_t5", "seq2seq-lm", "t5", dict(num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16, hidden_size=64,
+                                             vocab_size=260, max_positions=None)),
+        ("tiny_llama", "causal-lm", "llama", dict(num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                                                  hidden_size=64, vocab_size=260, max_positions=256)),
+    ],
+)
+def test_manifest_fields(fx, kind, model_type, dims, request):
+    man = _manifest(request.getfixturevalue(fx).onnx_dir)
+    assert man["format_version"] == 1
+    assert man["kind"] == kind and man["model_type"] == model_type
+    for k, v in dims.items():
+        assert man[k] == v, k
+    assert man["dtype"] == "float32"
+    assert isinstance(man["opset"], int) and man["opset"] >= 14
+    for dist in ("torch", "transformers", "optimum-onnx", "onnx", "onnxruntime"):
+        assert man["versions"][dist]
+    st = man["special_tokens"]
+    assert st["eos_token_id"] == 258 and st["pad_token_id"] == 256
+    if kind == "seq2seq-lm":
+        assert st["decoder_start_token_id"] == 256 and st["bos_token_id"] is None
+    else:
+        assert st["bos_token_id"] == 257
+    gen = json.loads((request.getfixturevalue(fx).onnx_dir / "generation_config.json").read_text())
+    for k, v in st.items():
+        if v is not None:
+            assert gen[k] == v
+    assert man["source"]
+
+
+@pytest.mark.parametrize("fx", ALL)
+def test_validation_recorded(fx, request):
+    val = _manifest(request.getfixturevalue(fx).onnx_dir)["validation"]
+    names = [c["name"] for c in val["checks"]]
+    if fx == "tiny_t5":
+        assert names == ["encoder_padded_batch", "decoder_first_step", "decoder_step_with_past"]
+    else:
+        assert names == ["first_step", "step_with_past", "left_padded_batch", "left_padded_step_with_past"]
+    assert all(c["passed"] for c in val["checks"])
+    assert val["max_abs_diff"] == max(c["max_abs_diff"] for c in val["checks"])
+    assert val["max_abs_diff"] < 1e-4  # tiny fp32 models agree far better than the tolerance
+    max_ref = max(c["max_abs_ref"] for c in val["checks"] if "top1_mismatches" in c)
+    assert val["tolerance"] == pytest.approx(1e-4 + 1e-4 * max_ref)
+
+
+@pytest.mark.parametrize("fx", ["tiny_gpt2", "tiny_llama"])
+def test_decoder_graph_io(fx, request):
+    man = _manifest(request.getfixturevalue(fx).onnx_dir)
+    assert set(man["graphs"]) == {"decoder"}
+    g = man["graphs"]["decoder"]
+    assert g["file"] == "model.onnx"
+    L = man["num_layers"]
+    past = [f"past_key_values.{i}.{k}" for i in range(L) for k in ("key", "value")]
+    assert sorted(g["inputs"]) == sorted(["input_ids", "attention_mask", "position_ids", *past])
+    assert sorted(g["outputs"]) == sorted(["logits", *[f"present.{i}.{k}" for i in range(L) for k in ("key", "value")]])
+
+
+def test_gpt2_has_position_ids(tiny_gpt2):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(tiny_gpt2.onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert "position_ids" in [i.name for i in s.get_inputs()]
+
+
+def test_t5_ships_encoder_and_merged_decoder(tiny_t5):
+    art = tiny_t5.onnx_dir
+    assert [n for n in _listing(art) if n.endswith(".onnx")] == ["decoder_model_merged.onnx", "encoder_model.onnx"]
+    man = _manifest(art)
+    assert man["graphs"]["encoder"] == {"file": "encoder_model.onnx", "inputs": ["input_ids", "attention_mask"],
+                                        "outputs": ["last_hidden_state"]}
+    dec = man["graphs"]["decoder"]
+    assert dec["file"] == "decoder_model_merged.onnx"
+    assert {"encoder_attention_mask", "input_ids", "encoder_hidden_states", "use_cache_branch",
+            "past_key_values.0.decoder.key", "past_key_values.1.encoder.value"} <= set(dec["inputs"])
+    assert {"logits", "present.0.decoder.key", "present.1.encoder.value"} <= set(dec["outputs"])
+
+
+def test_tied_embedding_stored_once(tiny_gpt2):
+    import onnx
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2.hf_dir)
+    assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    unique = sum(p.numel() for p in model.parameters()) * 4  # parameters() yields a tied tensor once
+    emb = model.transformer.wte.weight.numel() * 4
+    g = onnx.load(str(tiny_gpt2.onnx_dir / "model.onnx")).graph
+    tensors = list(g.initializer) + [a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.t.dims]
+    weight_bytes = sum(int(np.prod(t.dims)) * 4 for t in tensors if t.data_type == onnx.TensorProto.FLOAT)
+    assert weight_bytes < unique + emb / 2, (weight_bytes, unique, emb)
+    emb_shaped = [t.name for t in tensors if sorted(t.dims) == sorted(model.transformer.wte.weight.shape)]
+    assert len(emb_shaped) == 1, emb_shaped
+    # the file is the weights plus graph structure (~85 KB for this model), not two copies of the embedding
+    size = (tiny_gpt2.onnx_dir / "model.onnx").stat().st_size
+    assert size < weight_bytes + emb + 150_000
+
+
+def test_recipe_tokenizers_round_trip(tiny_gpt2, tiny_t5, tiny_llama):
+    from tokenizers import Tokenizer
+
+    text = "Grüße, 世界! 🎉 ok"
+    gpt2 = Tokenizer.from_file(str(tiny_gpt2.onnx_dir / "tokenizer.json"))
+    ids = gpt2.encode(text).ids
+    assert ids == list(text.encode("utf-8")) and gpt2.decode(ids) == text
+    t5 = Tokenizer.from_file(str(tiny_t5.onnx_dir / "tokenizer.json"))
+    ids = t5.encode(text).ids
+    assert ids[-1] == 258 and ids[:-1] == list(text.encode("utf-8"))  # </s> appended
+    assert t5.decode(ids) == text  # special tokens skipped
+    llama = Tokenizer.from_file(str(tiny_llama.onnx_dir / "tokenizer.json"))
+    assert llama.encode(text).ids[0] == 257  # <s> prepended
+    assert (tiny_llama.onnx_dir / "chat_template.jinja").read_text()
+
+
+def test_hf_dir_loads_in_transformers(tiny_gpt2):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_gpt2.hf_dir)
+    assert tok("hé")["input_ids"] == [104, 195, 169]
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2.hf_dir)
+    assert model.config.vocab_size == 260
+
+
+def test_recipe_weights_are_deterministic():
+    from onnxlm.export.recipes import instantiate_recipe
+
+    a = instantiate_recipe(RECIPES / "tiny-llama")[0].state_dict()
+    b = instantiate_recipe(RECIPES / "tiny-llama")[0].state_dict()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_forced_validation_failure_leaves_nothing(tmp_path, monkeypatch):
+    import onnxlm.export.validate as validate
+
+    real = validate._ort_run
+
+    def perturbed(session, feeds):
+        out = real(session, feeds)
+        if "logits" in out:
+            out["logits"] = out["logits"] + 0.01
+        return out
+
+    monkeypatch.setattr(validate, "_ort_run", perturbed)
+    with pytest.raises(ExportError, match="validation failed"):
+        export_model(RECIPES / "tiny-gpt2", tmp_path / "out", progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_explicit_tolerance_is_absolute(tmp_path):
+    with pytest.raises(ExportError, match=r"max\|diff\|"):
+        export_model(RECIPES / "tiny-t5", tmp_path / "out", tolerance=1e-12, progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_interrupt_leaves_nothing(tmp_path, monkeypatch):
+    import onnxlm.export.export as ex
+
+    def interrupted(model, family, out_dir, **kw):
+        (Path(out_dir) / "model.onnx").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "export_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(RECIPES / "tiny-gpt2", tmp_path / "out", progress=False)
+    assert _listing(tmp_path) == []
+
+
+def test_existing_dir_refused_then_replaced_with_force(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "junk.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="force"):
+        export_model(RECIPES / "tiny-gpt2", out, progress=False)
+    assert _listing(out) == ["junk.txt"]
+    assert export_model(RECIPES / "tiny-gpt2", out, force=True) == out
+    assert "junk.txt" not in _listing(out) and "model.onnx" in _listing(out)
+    assert _listing(tmp_path) == ["out"]
+    assert "validate left_padded_batch" in capsys.readouterr().err  # progress + measured diffs on stderr
+    assert _manifest(out)["source"] == str((RECIPES / "tiny-gpt2").resolve())
+
+
+def test_empty_existing_dir_is_used(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    export_model(RECIPES / "tiny-llama", out, validate=False, progress=False)
+    assert _manifest(out)["validation"] is None
+    assert _listing(tmp_path) == ["out"]
+
+
+def test_in_memory_model_with_tokenizer(tmp_path, tiny_gpt2):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2.hf_dir)
+    out = export_model(model, tmp_path / "mem", progress=False, tokenizer=tiny_gpt2.hf_dir / "tokenizer.json")
+    assert _manifest(out)["validation"]["max_abs_diff"] < 1e-4
+
+
+def test_unsupported_architecture(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64)
+    with pytest.raises(ExportError) as e:
+        export_model(BertForMaskedLM(cfg), tmp_path / "bert", progress=False)
+    msg = str(e.value)
+    assert "'bert'" in msg and "GPT-2" in msg and "T5" in msg and "Llama" in msg
+    cfg.save_pretrained(tmp_path / "bert-src")  # config only: refused before any weights are read
+    with pytest.raises(ExportError, match="supported families"):
+        export_model(tmp_path / "bert-src", tmp_path / "bert", progress=False)
+    assert _listing(tmp_path) == ["bert-src"]
+
+
+def test_missing_source(tmp_path):
+    with pytest.raises(ExportError):
+        export_model(tmp_path / "no" / "such" / "model", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,49 @@
+"""PyTorch/transformers reference computations for the parity tests (tests only: torch is allowed here)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def position_ids(mask: np.ndarray) -> torch.Tensor:
+    """[b, t] 0/1 -> [b, t] cumsum(mask) - 1 with padded slots at 1, as transformers' generate builds them."""
+    m = torch.tensor(mask)
+    pos = m.long().cumsum(-1) - 1
+    return pos.masked_fill(m == 0, 1)
+
+
+@torch.no_grad()
+def causal_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[b, t] ids, [b, t] mask -> [b, t, V] float32 logits of a transformers causal LM."""
+    out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=position_ids(mask))
+    return out.logits.float().numpy()
+
+
+@torch.no_grad()
+def seq2seq_logits(model, src: np.ndarray, src_mask: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    """encoder ids/mask [b, s], decoder ids [b, T] -> [b, T, V] float32 logits of a transformers seq2seq LM."""
+    out = model(input_ids=torch.tensor(src), attention_mask=torch.tensor(src_mask), decoder_input_ids=torch.tensor(dec))
+    return out.logits.float().numpy()
+
+
+def left_padded_batch(rng: np.random.Generator, lengths: list[int], vocab: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random ids for rows of the given lengths -> input_ids [b, t], attention_mask [b, t], left padded."""
+    t = max(lengths)
+    ids = np.full((len(lengths), t), pad, dtype=np.int64)
+    mask = np.zeros((len(lengths), t), dtype=np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, t - n:] = rng.integers(3, vocab, size=n)
+        mask[i, t - n:] = 1
+    return ids, mask
+
+
+def right_padded_batch(rng: np.random.Generator, lengths: list[int], vocab: int, pad: int, eos: int):
+    """Random encoder inputs ending in eos, right padded -> ids [b, s], mask [b, s]."""
+    s = max(lengths)
+    ids = np.full((len(lengths), s), pad, dtype=np.int64)
+    mask = np.zeros((len(lengths), s), dtype=np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, :n - 1] = rng.integers(3, vocab, size=n - 1)
+        ids[i, n - 1] = eos
+        mask[i, :n] = 1
+    return ids, mask
