@@ -109,7 +109,7 @@ def _messages(prompt: str, system: str | None, history: list[dict] | None = None
 def _stream_one(model, model_input, params: dict, out=None) -> str | None:
     """Stream one prompt's reply to stdout; returns the finish reason. Closing the stream stops decoding."""
     out = out or sys.stdout
-    reason, pieces = None, []
+    reason = None
     steps = model.stream(model_input, **params)
     try:
         for step in steps:
@@ -118,7 +118,6 @@ def _stream_one(model, model_input, params: dict, out=None) -> str | None:
             if step.text:
                 out.write(step.text)
                 out.flush()
-                pieces.append(step.text)
             if step.is_last:
                 reason = step.finish_reason
     finally:

@@ -358,6 +358,8 @@ def _strip_pad(row: np.ndarray, pad_id: int, eos_ids: list[int]) -> list[int]:
     """[T] new ids of one returned beam -> ids up to and including the first EOS (trailing pads dropped)."""
     out = []
     for i in row.tolist():
+        if i < 0:  # transformers' fill value when there is no EOS
+            break
         out.append(i)
         if i in eos_ids:
             break

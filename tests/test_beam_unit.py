@@ -30,7 +30,10 @@ def model():
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=1,
                                   eos_token_id=2, pad_token_id=PAD, initializer_range=0.3)
-    return transformers.GPT2LMHeadModel(cfg).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 2-layer, 32-wide model: threads only add overhead
+    yield transformers.GPT2LMHeadModel(cfg).eval()
+    torch.set_num_threads(threads)
 
 
 PROMPTS = {

@@ -1,0 +1,75 @@
+"""Beam search on the ONNX artifacts: token ids identical and sequences_scores within 1e-4 of transformers'
+generate on the same weights, over the grid num_beams x length_penalty x early_stopping x num_return_sequences x
+(repetition_penalty + no_repeat_ngram_size on/off) x (batch of 1, left-padded batch of 3), with an EOS that beams
+reach at different steps."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
+
+import onnxlm
+from torch_ref import left_padded_batch, right_padded_batch
+
+NEW = 8
+GRID = list(itertools.product([2, 4], [0.5, 1.0, 2.0], [True, False, "never"], [1, 2], [False, True]))
+
+
+@pytest.fixture(scope="module", params=["tiny_gpt2", "tiny_t5"])
+def setup(request):
+    art = request.getfixturevalue(request.param)
+    cls = T5ForConditionalGeneration if request.param == "tiny_t5" else AutoModelForCausalLM
+    ours, ref = onnxlm.load(art.onnx_dir), cls.from_pretrained(art.hf_dir).eval()
+    rng = np.random.default_rng(5)
+    if ours.is_encoder_decoder:
+        eos0 = ours.generation_config.eos_token_ids[0]
+        batches = [right_padded_batch(rng, n, ours.vocab_size - 4, ours.pad_id, eos0) for n in ([6], [7, 3, 5])]
+    else:
+        batches = [left_padded_batch(rng, n, ours.vocab_size - 4, ours.pad_id) for n in ([6], [7, 3, 5])]
+    # an EOS the beams actually reach mid-way: the most frequent token of step 3..5 in an unconstrained search
+    ids, mask = batches[1]
+    with torch.no_grad():
+        free = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), num_beams=4,
+                            num_return_sequences=4, do_sample=False, max_new_tokens=NEW, eos_token_id=None,
+                            pad_token_id=ours.pad_id).numpy()
+    mid = free[:, -NEW + 2:-NEW + 5].ravel()
+    mid = mid[mid != ours.pad_id]
+    eos = int(np.bincount(mid).argmax())
+    return ours, ref, batches, eos
+
+
+def hf_beam(ref, ids, mask, **kw):
+    with torch.no_grad():
+        out = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                           return_dict_in_generate=True, output_scores=True, **kw)
+    return out
+
+
+@pytest.mark.parametrize("num_beams,length_penalty,early_stopping,nrs,procs", GRID)
+def test_beam_search_equals_transformers(setup, num_beams, length_penalty, early_stopping, nrs, procs):
+    ours, ref, batches, eos = setup
+    kw = dict(num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping,
+              num_return_sequences=nrs, eos_token_id=eos, pad_token_id=ours.pad_id, max_new_tokens=NEW)
+    if procs:
+        kw.update(repetition_penalty=1.5, no_repeat_ngram_size=2)
+    finished_early = 0
+    for ids, mask in batches:
+        want = hf_beam(ref, ids, mask, **kw)
+        got = ours.generate(ids, attention_mask=mask, output_scores=True, **kw)
+        np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
+        assert np.abs(got.sequences_scores - want.sequences_scores.numpy()).max() <= 1e-4
+        np.testing.assert_array_equal(got.beam_indices, want.beam_indices.numpy())
+        assert len(got.scores) == len(want.scores)
+        finished_early += sum(r == "eos" for r in got.finish_reasons)
+    assert len(got.text) == 3 * nrs
+
+
+def test_grid_reaches_eos_at_different_steps(setup):
+    """The chosen EOS really ends some beams before max length (else the grid would not test EOS handling)."""
+    ours, ref, batches, eos = setup
+    ids, mask = batches[1]
+    got = ours.generate(ids, attention_mask=mask, num_beams=4, num_return_sequences=4, eos_token_id=eos,
+                        pad_token_id=ours.pad_id, max_new_tokens=NEW)
+    lengths = {len(t) for t in got.new_tokens}
+    assert "eos" in got.finish_reasons and len(lengths) > 1
