@@ -308,6 +308,9 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
             setattr(gen, f"{k}_token_id", v)
     if ids["pad"] is None and ids["eos"] is not None:
         gen.pad_token_id = ids["eos"]
+    # from_dict(to_dict()) keeps _from_model_config=True but not _original_object_hash, which makes
+    # model.generate() raise AttributeError; this config is authoritative, not derived from the model config.
+    gen._from_model_config = False
     model.generation_config = gen
 
     return GGUFModel(

@@ -199,6 +199,13 @@ class LanguageModel:
             return None
         return lambda row, new_ids: any(s in self._text(new_ids, config) for s in stops)
 
+    def _beam_stop_check(self, config: GenerationConfig, t0: int):
+        """-> callable(ids [n, t] int64) -> [n] bool: rows whose new text contains a stop string (or None)."""
+        check = self._stop_check(config, t0)
+        if check is None:
+            return None
+        return lambda ids: np.array([check(row, ids[row, t0:]) for row in range(len(ids))], dtype=bool)
+
     def _text(self, new_ids, config: GenerationConfig) -> str:
         """New ids of one row -> text without pad/EOS (special tokens skipped), not cut."""
         if self.tokenizer is None:
@@ -231,7 +238,8 @@ class LanguageModel:
                           eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_id, max_length=max_len,
                           length_penalty=config.length_penalty, early_stopping=config.early_stopping,
                           num_return_sequences=config.num_return_sequences, output_scores=bool(config.output_scores),
-                          output_logits=bool(config.output_logits), decoder_prompt_len=t0)
+                          output_logits=bool(config.output_logits), decoder_prompt_len=t0,
+                          stopping_criteria=self._beam_stop_check(config, t0))
         new = [_strip_pad(row[t0:], self.pad_id, config.eos_token_ids) for row in out.sequences]
         return GenerationResult(sequences=out.sequences, text=[self._finish_text(r, config) for r in new],
                                 finish_reasons=list(out.finish_reasons), new_tokens=new, scores=out.scores,
@@ -331,10 +339,11 @@ class _SampleRun:
             for row in np.flatnonzero(step.active):
                 tok = int(step.tokens[row])
                 self.new_ids[row].append(tok)
-                piece = self.texts[row].push(tok)
-                if step.finished[row]:
+                if step.finished[row]:  # the rest of the final (cut) text; never text past a stop string
                     self.reasons[row] = step.reasons[row]
-                    piece += self.texts[row].finish(self.model._finish_text(self.new_ids[row], self.config))
+                    piece = self.texts[row].finish(self.model._finish_text(self.new_ids[row], self.config))
+                else:
+                    piece = self.texts[row].push(tok)
                 out.append(StepResult(step.index, int(row), tok, piece, bool(step.finished[row]), step.reasons[row]))
             yield out
         self.result = self._result()

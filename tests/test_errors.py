@@ -1,0 +1,162 @@
+"""The error table: every bad input gives a typed exception naming the parameter or file and what is allowed;
+the CLI turns each into one readable line (no traceback) and exit status 1. Nothing hangs (timeouts) and nothing
+is left half-written."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import onnxlm
+from onnxlm.runtime.errors import InputError, ManifestError, ModelFileError, ParameterError, ProviderError
+
+# (case id, generate/load kwargs, exception type, words the message must contain, CLI flags)
+PARAMETER_CASES = [
+    ("temperature-negative", dict(do_sample=True, temperature=-1.0), ParameterError, ["temperature", "> 0"],
+     ["--do-sample", "--temperature", "-1"]),
+    ("temperature-zero-sampling", dict(do_sample=True, temperature=0.0), ParameterError, ["temperature", "> 0"],
+     ["--do-sample", "--temperature", "0"]),
+    ("temperature-nan", dict(do_sample=True, temperature=math.nan), ParameterError, ["temperature", "nan"],
+     ["--do-sample", "--temperature", "nan"]),
+    ("top_p-zero", dict(do_sample=True, top_p=0.0), ParameterError, ["top_p", "(0, 1]"], ["--do-sample", "--top-p", "0"]),
+    ("top_p-above-one", dict(do_sample=True, top_p=1.5), ParameterError, ["top_p", "(0, 1]"],
+     ["--do-sample", "--top-p", "1.5"]),
+    ("top_k-negative", dict(do_sample=True, top_k=-1), ParameterError, ["top_k", ">= 0"], ["--do-sample", "--top-k", "-1"]),
+    ("nrs-above-beams", dict(num_beams=2, num_return_sequences=3), ParameterError, ["num_return_sequences", "num_beams"],
+     ["--num-beams", "2", "--num-return-sequences", "3"]),
+    ("max_new_tokens-negative", dict(max_new_tokens=-1), ParameterError, ["max_new_tokens"], ["--max-new-tokens", "-1"]),
+    ("unknown-parameter", dict(temprature=0.5), ParameterError, ["temprature", "temperature"], None),
+    ("eos-out-of-vocab", dict(eos_token_id=10**6), ParameterError, ["eos_token_id", "< 260"], ["--eos-token-id", "1000000"]),
+]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2):
+    return onnxlm.load(tiny_gpt2.onnx_dir)
+
+
+def run_cli(*argv, stdin=None):
+    proc = subprocess.run([sys.executable, "-m", "onnxlm", *map(str, argv)], capture_output=True, text=True,
+                          timeout=120, input=stdin)
+    return proc
+
+
+def assert_one_line_error(proc, *words):
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("onnxlm: error:")]
+    assert len(lines) == 1, proc.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+
+
+@pytest.mark.parametrize("case", PARAMETER_CASES, ids=[c[0] for c in PARAMETER_CASES])
+def test_bad_generation_parameters(gpt2, tiny_gpt2, case):
+    _, kwargs, exc, words, flags = case
+    with pytest.raises(exc) as info:
+        gpt2.generate("hello", **kwargs)
+    for w in words:
+        assert w.lower() in str(info.value).lower(), (w, str(info.value))
+    if flags is not None:
+        assert_one_line_error(run_cli("generate", tiny_gpt2.onnx_dir, "hello", *flags), words[0])
+
+
+def test_empty_prompt(gpt2, tiny_gpt2):
+    with pytest.raises(InputError, match="empty"):
+        gpt2.generate("")
+    with pytest.raises(InputError, match="inputs"):
+        gpt2.generate([])
+    with pytest.raises(InputError, match="inputs"):
+        gpt2.score([[]])
+    assert_one_line_error(run_cli("generate", tiny_gpt2.onnx_dir, ""), "empty")
+
+
+def test_prompt_longer_than_max_positions(gpt2, tiny_gpt2):
+    long_text = "x" * (gpt2.max_positions + 1)  # byte-level: one token per character
+    with pytest.raises(InputError, match=r"max_positions") as info:
+        gpt2.generate(long_text)
+    assert str(gpt2.max_positions) in str(info.value)
+    with pytest.raises(ParameterError, match="max_new_tokens"):
+        gpt2.generate("x" * (gpt2.max_positions - 2), max_new_tokens=10)
+    assert_one_line_error(run_cli("generate", tiny_gpt2.onnx_dir, long_text), "max_positions")
+
+
+def test_token_id_out_of_vocabulary(gpt2):
+    with pytest.raises(InputError, match=r"input_ids.*< 260"):
+        gpt2.generate([1, 2, 260])
+    with pytest.raises(InputError, match=r"input_ids.*< 260"):
+        gpt2.score([[1, -1, 2]])
+
+
+def test_missing_model_directory(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ModelFileError, match="does not exist") as info:
+        onnxlm.load(missing)
+    assert str(missing) in str(info.value)
+    assert_one_line_error(run_cli("generate", missing, "hi"), str(missing))
+
+
+@pytest.fixture
+def artifact_copy(tiny_gpt2, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_gpt2.onnx_dir, dst)
+    return dst
+
+
+def test_missing_onnx_file(artifact_copy):
+    (artifact_copy / "model.onnx").unlink()
+    with pytest.raises(ModelFileError, match="model.onnx"):
+        onnxlm.load(artifact_copy)
+    assert_one_line_error(run_cli("info", artifact_copy), "model.onnx")
+
+
+def test_truncated_onnx_file(artifact_copy):
+    path = artifact_copy / "model.onnx"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="truncated"):
+        onnxlm.load(artifact_copy)
+    with pytest.raises(ModelFileError, match="model.onnx"):  # without the checksum, onnxruntime's failure is typed too
+        onnxlm.load(artifact_copy, verify=False)
+    assert_one_line_error(run_cli("generate", artifact_copy, "hi"), "model.onnx")
+
+
+def test_sha256_mismatch(artifact_copy):
+    path = artifact_copy / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # same size, different bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="sha256"):
+        onnxlm.load(artifact_copy)
+    assert_one_line_error(run_cli("generate", artifact_copy, "hi"), "sha256")
+
+
+def test_manifest_from_a_future_format_version(artifact_copy):
+    path = artifact_copy / "onnxlm.json"
+    manifest = json.loads(path.read_text())
+    manifest["format_version"] = 99
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"format_version=99.*1\.\.1"):
+        onnxlm.load(artifact_copy)
+    assert_one_line_error(run_cli("info", artifact_copy), "format_version")
+
+
+def test_corrupt_manifest(artifact_copy):
+    (artifact_copy / "onnxlm.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="onnxlm.json"):
+        onnxlm.load(artifact_copy)
+
+
+def test_cuda_where_unavailable(tiny_gpt2):
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ProviderError, match="provider='cuda'.*onnxruntime-gpu"):
+        onnxlm.load(tiny_gpt2.onnx_dir, provider="cuda")
+    assert_one_line_error(run_cli("generate", tiny_gpt2.onnx_dir, "hi", "--provider", "cuda"), "cuda")
+
+
+def test_bad_provider_name(tiny_gpt2):
+    with pytest.raises(ParameterError, match="provider.*'auto', 'cpu', 'cuda'"):
+        onnxlm.load(tiny_gpt2.onnx_dir, provider="tpu")

