@@ -73,7 +73,15 @@ def machine_info() -> dict[str, str]:
         ram = f"{kb / 2**20:.1f} GiB"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"CPU": cpu, "logical CPUs": f"{os.cpu_count()} ({usable} usable by this process)", "RAM": ram,
-            "OS": f"{platform.system()} {platform.release()}", "Python": platform.python_version()}
+            "OS": f"{platform.system()} {platform.release()}", "Python": platform.python_version(),
+            "load average at start (1/5/15 min)": _loadavg()}
+
+
+def _loadavg() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def versions() -> dict[str, str]:
@@ -480,6 +488,8 @@ def render(cases: list[Case], machine: dict, vers: dict, command: str, args, ela
          "token ids with PyTorch's.", "",
          "## Machine and versions", ""]
     L += [f"- {k}: {v}" for k, v in machine.items()]
+    L += [f"- load average at end (1/5/15 min): {_loadavg()} (a load well above the thread count means other "
+          "processes shared the CPU and the absolute numbers are pessimistic)"]
     L += [f"- threads: {args.threads} (onnxruntime `intra_op_num_threads`, `inter_op_num_threads=1`; "
           f"`torch.set_num_threads({args.threads})`)"]
     L += ["- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()), "",
@@ -557,7 +567,11 @@ def main(argv=None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in ["scripts/bench_peers.py", *sys.argv[1:]])
     t_start = time.perf_counter()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import torch
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()  # GGUF dequantisation bars
 
     torch.set_num_threads(args.threads)
     with contextlib.suppress(RuntimeError):
