@@ -83,6 +83,10 @@ def _special_tokens(lm: LoadedModel) -> dict[str, Any]:
         out["decoder_start_token_id"] = out["pad_token_id"]
     if out["eos_token_id"] is None:
         raise ExportError("no eos_token_id in the generation config, model config or tokenizer; set one")
+    if tok is not None:  # the strings too: chat templates use {{ bos_token }} / {{ eos_token }}
+        for name in ("bos", "eos", "pad"):
+            tid = _first(out[f"{name}_token_id"])
+            out[f"{name}_token"] = tok.id_to_token(int(tid)) if tid is not None else None
     return out
 
 
@@ -98,7 +102,7 @@ def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any]) -> None
     lm.model.config.to_json_file(str(d / "config.json"))
     gen = copy.deepcopy(lm.generation_config) if lm.generation_config is not None else GenerationConfig()
     for k, v in special.items():
-        if v is not None:
+        if v is not None and k.endswith("_id"):
             setattr(gen, k, v)
     if not lm.model.config.is_encoder_decoder and special.get("decoder_start_token_id") is None:
         gen.decoder_start_token_id = None

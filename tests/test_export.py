@@ -263,3 +263,12 @@ def test_missing_source(tmp_path):
     with pytest.raises(ExportError):
         export_model(tmp_path / "no" / "such" / "model", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_manifest_carries_special_token_strings(tiny_llama):
+    import json
+    manifest = json.loads((tiny_llama.onnx_dir / "onnxlm.json").read_text())
+    specials = manifest["special_tokens"]
+    assert (specials["bos_token"], specials["eos_token"], specials["pad_token"]) == ("<s>", "</s>", "<pad>")
+    gen = json.loads((tiny_llama.onnx_dir / "generation_config.json").read_text())
+    assert "bos_token" not in gen and gen["eos_token_id"] == specials["eos_token_id"]
