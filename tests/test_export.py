@@ -74,7 +74,7 @@ def test_manifest_fields(fx, kind, model_type, dims, request):
         assert st["bos_token_id"] == 257
     gen = json.loads((request.getfixturevalue(fx).onnx_dir / "generation_config.json").read_text())
     for k, v in st.items():
-        if v is not None:
+        if v is not None and k.endswith("_id"):
             assert gen[k] == v
     assert man["source"]
 
