@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from .device_gather import gather_rows
+
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."
 
@@ -43,16 +45,12 @@ class KVCache:
     def select(self, rows: np.ndarray) -> None:
         """rows [b'] int64: keep/duplicate/reorder batch rows of every tensor ([b, ...] -> [b', ...]).
 
-        On the CPU this is one numpy gather per tensor. OrtValues (CUDA) go through the host here:
-        onnxruntime's Python API has no device-side gather, so beam search on CUDA pays one copy per step.
+        numpy arrays (CPU): one numpy gather per tensor. OrtValues (CUDA): a Gather graph on the device, so the
+        cache never visits the host (runtime/device_gather.py).
         """
         rows = np.asarray(rows, dtype=np.int64)
         for name, value in self.tensors.items():
-            if isinstance(value, ort.OrtValue):
-                host = value.numpy()[rows]
-                self.tensors[name] = ort.OrtValue.ortvalue_from_numpy(host, value.device_name(), 0)
-            else:
-                self.tensors[name] = value[rows]
+            self.tensors[name] = gather_rows(value, rows) if isinstance(value, ort.OrtValue) else value[rows]
 
     def length(self, name: str) -> int:
         """Sequence length (axis 2) of one tensor."""

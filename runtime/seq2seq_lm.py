@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .device_gather import gather_rows
 from .errors import InputError
 from .kv_cache import KVCache, past_input_names
 from .model import LanguageModel
@@ -41,8 +42,7 @@ class Seq2SeqState:
         self.cache.select(rows)
         self.enc_mask = self.enc_mask[rows]
         hidden = self.enc_hidden
-        self.enc_hidden = hidden[rows] if isinstance(hidden, np.ndarray) else \
-            type(hidden).ortvalue_from_numpy(hidden.numpy()[rows], hidden.device_name(), 0)
+        self.enc_hidden = hidden[rows] if isinstance(hidden, np.ndarray) else gather_rows(hidden, rows)
 
 
 class Seq2SeqLM(LanguageModel):

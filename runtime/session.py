@@ -59,6 +59,8 @@ class GraphRunner:
     def __init__(self, session: ort.InferenceSession, provider: str):
         self.session = session
         self.provider = provider
+        self.device = "cuda" if provider == "cuda" else "cpu"
+        self.io_binding = provider == "cuda"  # keep outputs as device OrtValues (tests may force it on the CPU)
         self.inputs = {i.name: i for i in session.get_inputs()}
         self.outputs = [o.name for o in session.get_outputs()]
 
@@ -71,7 +73,7 @@ class GraphRunner:
     def run(self, feeds: dict, host_outputs: tuple[str, ...] = ("logits",)) -> dict:
         """feeds: name -> np.ndarray | OrtValue -> name -> np.ndarray (host_outputs) | np.ndarray/OrtValue (rest)."""
         feeds = {k: v for k, v in feeds.items() if k in self.inputs}
-        if self.provider == "cpu":
+        if not self.io_binding:
             values = self.session.run(self.outputs, {k: to_numpy(v) for k, v in feeds.items()})
             return dict(zip(self.outputs, values))
         binding = self.session.io_binding()
@@ -81,7 +83,7 @@ class GraphRunner:
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in self.outputs:
-            binding.bind_output(name, "cpu" if name in host_outputs else "cuda")
+            binding.bind_output(name, "cpu" if name in host_outputs else self.device)
         self.session.run_with_iobinding(binding)
         out = dict(zip(self.outputs, binding.get_outputs()))
         return {k: (v.numpy() if k in host_outputs else v) for k, v in out.items()}
