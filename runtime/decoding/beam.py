@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ParameterError
+from ..processors import log_softmax
 
 __all__ = ["BeamOutput", "beam_search"]
 
@@ -37,12 +38,6 @@ class BeamOutput:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _log_softmax(x: np.ndarray) -> np.ndarray:  # [n, V] -> [n, V] float32
-    x = np.asarray(x, dtype=np.float32)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
 def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """[r, n] -> (values [r, k], indices [r, k]), descending; ties: lower index first (stable)."""
     n = x.shape[-1]
@@ -202,7 +197,7 @@ def beam_search(state, sequences, logits, *, num_beams: int, processors: Callabl
     while True:
         # a. processed log-probs of the next token on every running beam: [b*nb, V]
         flat = running_seqs[:, :, :cur_len].reshape(n, cur_len)
-        log_probs = _log_softmax(logits)
+        log_probs = log_softmax(logits)
         if processors is not None:
             log_probs = np.asarray(processors(flat, log_probs), dtype=np.float32)
         if all_logits is not None:
