@@ -5,6 +5,7 @@ import json
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
 from .cli_args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
                        load_model, positive_int, read_prompts)
@@ -78,7 +79,9 @@ def run_generate(args) -> int:
     prompts = read_prompts(args)
     model = load_model(args)
     many = len(prompts) > 1
-    for i, prompt in enumerate(prompts):
+    # a progress bar (stderr) over many prompts when the results go to a file or pipe
+    bar = tqdm(prompts, desc="generating", unit="prompt", file=sys.stderr, disable=not many or sys.stdout.isatty())
+    for i, prompt in enumerate(bar):
         model_input = prompt
         if args.chat:
             model_input = model.render_chat(_messages(prompt, args.system))
@@ -98,6 +101,7 @@ def run_generate(args) -> int:
         else:
             res = model.generate(model_input, **params)
             _print_result(res, bool(params.get("output_scores")), model)
+    bar.close()
     return 0
 
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
-from .cli_args import add_model_args, add_prompt_args, command_parser, load_model, read_prompts
+from tqdm import tqdm
+
+from .cli_args import add_model_args, add_prompt_args, command_parser, load_model, positive_int, read_prompts
 
 DESCRIPTION = """\
 Score texts: the log-probability of every token given the tokens before it, and their sum.
@@ -26,6 +29,8 @@ def add_parser(sub) -> None:
                    help="encoder-decoder models: the target text scored given TEXT (repeatable, one per TEXT)")
     p.add_argument("--prepend-bos", action="store_true", help="put BOS before each text so its first token is scored")
     p.add_argument("--append-eos", action="store_true", help="append EOS to each text (target) and score it")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                   help="texts scored per forward pass (default: 8); a progress bar shows on stderr for many texts")
     p.add_argument("--json", action="store_true",
                    help='one JSON object per text: {"text", "target"?, "tokens", "token_ids", "token_logprobs", '
                         '"sequence_logprob", "perplexity"}')
@@ -38,7 +43,19 @@ def run(args) -> int:
     if targets is not None and len(targets) != len(texts):
         args.parser_for_command.error(f"{len(targets)} --target for {len(texts)} texts: give one per text")
     model = load_model(args)
-    res = model.score(texts, targets=targets, prepend_bos=args.prepend_bos, append_eos=args.append_eos)
+    bar = tqdm(total=len(texts), desc="scoring", unit="text", file=sys.stderr, disable=len(texts) <= args.batch_size)
+    for start in range(0, len(texts), args.batch_size):  # bounded batches: a long file never becomes one batch
+        chunk = slice(start, start + args.batch_size)
+        res = model.score(texts[chunk], targets=targets[chunk] if targets is not None else None,
+                          prepend_bos=args.prepend_bos, append_eos=args.append_eos)
+        bar.update(len(res.tokens))
+        with bar.external_write_mode():
+            _print_chunk(args, model, texts[chunk], targets[chunk] if targets is not None else None, res, start)
+    bar.close()
+    return 0
+
+
+def _print_chunk(args, model, texts, targets, res, offset: int) -> None:
     for i, text in enumerate(texts):
         ids = [int(t) for t in res.tokens[i]]
         lps = [float(x) for x in res.token_logprobs[i]]
@@ -52,7 +69,7 @@ def run(args) -> int:
             rec.update(tokens=pieces, token_ids=ids, token_logprobs=lps, sequence_logprob=total, perplexity=ppl)
             print(json.dumps(rec), flush=True)
             continue
-        if i:
+        if i + offset:
             print()
         head = f"=== {text!r}" + (f" -> {targets[i]!r}" if targets is not None else "")
         print(head)
@@ -61,7 +78,6 @@ def run(args) -> int:
         print(f"  {'token':<20} {'id':>7}  logprob")
         for piece, tid, lp in zip(pieces, ids, lps):
             print(f"  {piece!r:<20} {tid:>7}  {lp:.4f}")
-    return 0
 
 
 def _piece(model, token_id: int) -> str:

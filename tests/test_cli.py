@@ -245,3 +245,15 @@ def test_demo_reuses_an_exported_model(capsys, tmp_path, tiny_gpt2, monkeypatch)
     code, out, _ = run_cli(capsys, "demo", "--dir", tmp_path, "--max-new-tokens", 3, "--top-k", 2, "--prompt", "Hi")
     assert code == 0
     assert "top-2 next tokens" in out and "generated" in out
+
+
+def test_score_in_bounded_batches_equals_one_batch(capsys, tiny_gpt2):
+    texts = [f"text number {i} here" for i in range(5)]
+    code, small, _ = run_cli(capsys, "score", str(tiny_gpt2.onnx_dir), *texts, "--json", "--batch-size", "2")
+    assert code == 0
+    code, big, _ = run_cli(capsys, "score", str(tiny_gpt2.onnx_dir), *texts, "--json", "--batch-size", "8")
+    rows_small = [json.loads(l) for l in small.splitlines()]
+    rows_big = [json.loads(l) for l in big.splitlines()]
+    assert [r["text"] for r in rows_small] == texts
+    for a, b in zip(rows_small, rows_big):
+        assert a["token_ids"] == b["token_ids"] and abs(a["sequence_logprob"] - b["sequence_logprob"]) <= 1e-4
