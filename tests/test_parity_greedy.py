@@ -79,3 +79,14 @@ def test_scores_and_logits_per_step_match_transformers(pair):
         assert np.abs(a - b.numpy()).max() <= 1e-4
     for a, b in zip(got.logits, want.logits):
         assert np.abs(a - b.numpy()).max() <= 1e-4
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_defaults_from_generation_config_equal_transformers(pair, num_beams):
+    """No length or EOS arguments: both sides take generation_config.json (20 new tokens, the model's EOS/pad)."""
+    ours, ref = pair
+    ids, mask = ours.prepare_inputs(["Hello there", "Hi"])
+    got = ours.generate(ids, attention_mask=mask, num_beams=num_beams)
+    with torch.no_grad():
+        want = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), num_beams=num_beams)
+    np.testing.assert_array_equal(got.sequences, want.numpy())
