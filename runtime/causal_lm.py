@@ -70,6 +70,9 @@ class CausalLM(LanguageModel):
     def start(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[CausalState, np.ndarray]:
         """input_ids [b, t] int64, attention_mask [b, t] int64 -> state, next-token logits [b, V] float32."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
+        if (attention_mask[:, -1] == 0).any():
+            raise InputError("attention_mask: a row ends in padding; decoder-only generation needs left padding "
+                             "(pad at the start of each row, as onnxlm pads text inputs)")
         out, cache = self._forward(input_ids, attention_mask)
         state = CausalState(self.decoder, cache, attention_mask)
         return state, out["logits"][:, -1, :].astype(np.float32, copy=False)

@@ -270,6 +270,9 @@ class LanguageModel:
         if self.is_encoder_decoder:
             if targets is None:
                 raise InputError("targets: required for an encoder-decoder model (score(source, target))")
+            if prepend_bos:
+                raise ParameterError("prepend_bos", "only for decoder-only models; a seq2seq target starts after "
+                                     "the decoder start token")
             sources = self._rows(inputs)
             tgt = self._rows(targets)
             if len(tgt) != len(sources):

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import onnxlm
@@ -160,3 +161,19 @@ def test_cuda_where_unavailable(tiny_gpt2):
 def test_bad_provider_name(tiny_gpt2):
     with pytest.raises(ParameterError, match="provider.*'auto', 'cpu', 'cuda'"):
         onnxlm.load(tiny_gpt2.onnx_dir, provider="tpu")
+
+
+def test_right_padding_is_refused_for_decoder_only_generation(gpt2):
+    ids = np.array([[5, 6, 7], [8, 9, 256]])
+    mask = np.array([[1, 1, 1], [1, 1, 0]])
+    with pytest.raises(InputError, match="left padding"):
+        gpt2.generate(ids, attention_mask=mask)
+    assert gpt2.logits(ids, mask).shape == (2, 3, gpt2.vocab_size)  # one forward pass is fine either way
+
+
+def test_seq2seq_score_options(tiny_t5):
+    t5 = onnxlm.load(tiny_t5.onnx_dir)
+    with pytest.raises(InputError, match="targets"):
+        t5.score("source only")
+    with pytest.raises(ParameterError, match="prepend_bos"):
+        t5.score("source", targets="target", prepend_bos=True)
