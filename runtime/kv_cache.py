@@ -25,6 +25,12 @@ def present_to_past(name: str) -> str:
     return PAST_PREFIX + name[len(PRESENT_PREFIX):]
 
 
+def take_rows(value, rows: np.ndarray):
+    """value [b, ...] (np.ndarray or OrtValue), rows [n] int64 -> [n, ...] of the same kind; OrtValues stay on
+    their device (a Gather graph there, runtime/device_gather.py), numpy arrays use one numpy gather."""
+    return gather_rows(value, rows) if isinstance(value, ort.OrtValue) else value[rows]
+
+
 class KVCache:
     """Past tensors by input name; `update` takes a step's presents, `select` reorders batch rows."""
 
@@ -43,14 +49,11 @@ class KVCache:
                 self.tensors[present_to_past(name)] = value
 
     def select(self, rows: np.ndarray) -> None:
-        """rows [b'] int64: keep/duplicate/reorder batch rows of every tensor ([b, ...] -> [b', ...]).
-
-        numpy arrays (CPU): one numpy gather per tensor. OrtValues (CUDA): a Gather graph on the device, so the
-        cache never visits the host (runtime/device_gather.py).
-        """
+        """rows [b'] int64: keep/duplicate/reorder batch rows of every tensor ([b, ...] -> [b', ...]); on CUDA
+        the cache never visits the host (see take_rows)."""
         rows = np.asarray(rows, dtype=np.int64)
         for name, value in self.tensors.items():
-            self.tensors[name] = gather_rows(value, rows) if isinstance(value, ort.OrtValue) else value[rows]
+            self.tensors[name] = take_rows(value, rows)
 
     def length(self, name: str) -> int:
         """Sequence length (axis 2) of one tensor."""

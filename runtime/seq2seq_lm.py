@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .device_gather import gather_rows
 from .errors import InputError
-from .kv_cache import KVCache, past_input_names
+from .kv_cache import KVCache, past_input_names, take_rows
 from .model import LanguageModel
 from .processors import log_softmax
 from .tokenizer import pad_batch
@@ -40,9 +39,7 @@ class Seq2SeqState:
         if np.array_equal(rows, np.arange(len(self.enc_mask))):
             return
         self.cache.select(rows)
-        self.enc_mask = self.enc_mask[rows]
-        hidden = self.enc_hidden
-        self.enc_hidden = hidden[rows] if isinstance(hidden, np.ndarray) else gather_rows(hidden, rows)
+        self.enc_mask, self.enc_hidden = self.enc_mask[rows], take_rows(self.enc_hidden, rows)
 
 
 class Seq2SeqLM(LanguageModel):
