@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxlm.runtime.causal_lm import position_ids_from_mask
 from onnxlm.runtime.errors import ExportError
 
 ATOL = 1e-4
@@ -67,12 +68,6 @@ def _t(x):
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def _pos_ids(mask: np.ndarray) -> np.ndarray:
-    pos = np.cumsum(mask, axis=-1) - 1
-    pos[mask == 0] = 1
-    return pos.astype(np.int64)
-
-
 def _causal_checks(model, session, cfg: dict) -> list[_Check]:
     import torch
 
@@ -103,21 +98,21 @@ def _causal_checks(model, session, cfg: dict) -> list[_Check]:
     # 1) first step, batch 1, past length 0
     ids = rng.integers(0, V, size=(1, 7), dtype=np.int64)
     mask = np.ones_like(ids)
-    out, tpast = run_pair("first_step", ids, mask, _pos_ids(mask), empty_past(1), None, mask.astype(bool))
+    out, tpast = run_pair("first_step", ids, mask, position_ids_from_mask(mask), empty_past(1), None, mask.astype(bool))
     # 2) one step with past
     nxt = rng.integers(0, V, size=(1, 1), dtype=np.int64)
     mask2 = np.ones((1, 8), np.int64)
-    run_pair("step_with_past", nxt, mask2, _pos_ids(mask2)[:, -1:], presents_as_past(out), tpast,
+    run_pair("step_with_past", nxt, mask2, position_ids_from_mask(mask2)[:, -1:], presents_as_past(out), tpast,
              np.ones((1, 1), bool))
     # 3) batch of 2, left padded, then a step with past
     ids = rng.integers(0, V, size=(2, 7), dtype=np.int64)
     mask = np.array([[1] * 7, [0, 0, 0, 1, 1, 1, 1]], np.int64)
     pad = cfg.get("pad_token_id")
     ids[mask == 0] = pad if isinstance(pad, int) and 0 <= pad < V else 0
-    out, tpast = run_pair("left_padded_batch", ids, mask, _pos_ids(mask), empty_past(2), None, mask.astype(bool))
+    out, tpast = run_pair("left_padded_batch", ids, mask, position_ids_from_mask(mask), empty_past(2), None, mask.astype(bool))
     nxt = rng.integers(0, V, size=(2, 1), dtype=np.int64)
     mask2 = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
-    run_pair("left_padded_step_with_past", nxt, mask2, _pos_ids(mask2)[:, -1:], presents_as_past(out), tpast,
+    run_pair("left_padded_step_with_past", nxt, mask2, position_ids_from_mask(mask2)[:, -1:], presents_as_past(out), tpast,
              np.ones((2, 1), bool))
     return checks
 
