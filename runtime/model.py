@@ -147,6 +147,9 @@ class LanguageModel:
         config = self.resolve_config(params)
         ids, mask = self.prepare_inputs(inputs, attention_mask)
         if config.num_beams > 1:
+            if config.do_sample:
+                raise ParameterError("do_sample", "beam sampling (do_sample=True with num_beams > 1) is not "
+                                     "supported; use num_beams=1 to sample, or do_sample=False for beam search")
             if streamer is not None:
                 raise ParameterError("streamer", "streaming is available for greedy and sampling, not num_beams > 1")
             return self._beam_generate(ids, mask, config)

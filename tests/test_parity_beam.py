@@ -73,3 +73,15 @@ def test_grid_reaches_eos_at_different_steps(setup):
                         pad_token_id=ours.pad_id, max_new_tokens=NEW)
     lengths = {len(t) for t in got.new_tokens}
     assert "eos" in got.finish_reasons and len(lengths) > 1
+
+
+@pytest.mark.parametrize("num_beams", [2, 4])
+def test_beam_min_new_tokens_masks_eos_like_transformers(setup, num_beams):
+    ours, ref, batches, eos = setup
+    kw = dict(num_beams=num_beams, eos_token_id=eos, pad_token_id=ours.pad_id, max_new_tokens=NEW, min_new_tokens=5)
+    for ids, mask in batches:
+        want = hf_beam(ref, ids, mask, **kw)
+        got = ours.generate(ids, attention_mask=mask, **kw)
+        np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
+        assert np.abs(got.sequences_scores - want.sequences_scores.numpy()).max() <= 1e-4
+        assert all(len(t) >= 5 for t in got.new_tokens)
