@@ -55,6 +55,16 @@ def _is_bool(x: Any) -> bool:
     return isinstance(x, bool) or type(x).__name__ == "bool_"  # numpy bool without importing numpy
 
 
+#: transformers decoding settings onnxlm does not implement, with the value at which they do nothing
+UNSUPPORTED_DEFAULTS = {
+    "num_beam_groups": 1, "diversity_penalty": 0.0, "penalty_alpha": None, "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0,
+    "exponential_decay_length_penalty": None, "sequence_bias": None, "guidance_scale": None,
+    "renormalize_logits": False, "constraints": None, "force_words_ids": None, "forced_decoder_ids": None,
+    "watermarking_config": None, "max_time": None, "prompt_lookup_num_tokens": None,
+}
+
+
 @dataclass
 class GenerationConfig:
     # --- length ---
@@ -120,6 +130,12 @@ class GenerationConfig:
             else:
                 extra[k] = v
         return cls(**kw, extra=extra)
+
+    def unsupported_settings(self) -> dict:
+        """Decoding settings read from a file that onnxlm does not implement, set to a value that would change
+        the output (e.g. num_beam_groups=2): {name: value}. Callers warn about them."""
+        return {k: v for k, v in self.extra.items()
+                if k in UNSUPPORTED_DEFAULTS and v is not None and v != UNSUPPORTED_DEFAULTS[k]}
 
     @classmethod
     def from_file(cls, path: Union[str, os.PathLike]) -> "GenerationConfig":

@@ -1,6 +1,7 @@
 """`LanguageModel`: what CausalLM and Seq2SeqLM share — inputs, parameters, generate, stream, score, chat."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,6 +27,10 @@ class LanguageModel:
         self.config = read_json(path / "config.json")
         gen_file = path / "generation_config.json"
         self.generation_config = GenerationConfig.from_file(gen_file) if gen_file.is_file() else GenerationConfig()
+        unsupported = self.generation_config.unsupported_settings()
+        if unsupported:
+            warnings.warn(f"{gen_file}: onnxlm ignores these generation settings it does not implement: "
+                          f"{unsupported}; results can differ from transformers' generate", stacklevel=3)
         specials = manifest.get("special_tokens", {})
         for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
             if getattr(self.generation_config, name) is None:

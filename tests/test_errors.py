@@ -179,3 +179,12 @@ def test_seq2seq_score_options(tiny_t5):
         t5.score("source only")
     with pytest.raises(ParameterError, match="prepend_bos"):
         t5.score("source", targets="target", prepend_bos=True)
+
+
+def test_unsupported_settings_in_generation_config_warn(artifact_copy):
+    path = artifact_copy / "generation_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(num_beam_groups=2, diversity_penalty=0.5, use_cache=True)
+    path.write_text(json.dumps(cfg))
+    with pytest.warns(UserWarning, match=r"num_beam_groups.*diversity_penalty|diversity_penalty.*num_beam_groups"):
+        onnxlm.load(artifact_copy, verify=False)
