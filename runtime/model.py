@@ -40,12 +40,11 @@ class LanguageModel:
         tok_file = path / "tokenizer.json"
         self.tokenizer = TextTokenizer.from_file(tok_file) if tok_file.is_file() else None
         self._init_graphs()
-        self.vocab_size = int(self.decoder.session.get_outputs()[0].shape[-1]) \
-            if isinstance(self.decoder.session.get_outputs()[0].shape[-1], int) else int(self.config["vocab_size"])
-        self.max_positions = manifest.get("max_positions", self.config.get("n_positions",
-                                                                          self.config.get("max_position_embeddings")))
-        if self.is_encoder_decoder:
-            self.max_positions = manifest.get("max_positions")
+        logits_dim = self.decoder.session.get_outputs()[0].shape[-1]  # [batch, length, V]: V may be symbolic
+        self.vocab_size = int(logits_dim) if isinstance(logits_dim, int) else int(self.config["vocab_size"])
+        # longest decoder-only sequence (learned or rotary positions); None for T5's relative positions
+        self.max_positions = None if self.is_encoder_decoder else manifest.get(
+            "max_positions", self.config.get("n_positions", self.config.get("max_position_embeddings")))
         chat_file = path / "chat_template.jinja"
         self.chat_template = chat_file.read_text(encoding="utf-8") if chat_file.is_file() else None
 
