@@ -54,9 +54,3 @@ class KVCache:
         rows = np.asarray(rows, dtype=np.int64)
         for name, value in self.tensors.items():
             self.tensors[name] = take_rows(value, rows)
-
-    def length(self, name: str) -> int:
-        """Sequence length (axis 2) of one tensor."""
-        value = self.tensors[name]
-        shape = value.shape() if isinstance(value, ort.OrtValue) else value.shape
-        return int(shape[2])

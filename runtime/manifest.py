@@ -9,7 +9,6 @@ from .errors import ManifestError, ModelFileError
 
 MANIFEST_NAME = "onnxlm.json"
 FORMAT_VERSION = 1
-DECODER_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx")
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

@@ -157,7 +157,7 @@ class LanguageModel:
             if streamer is not None:
                 raise ParameterError("streamer", "streaming is available for greedy and sampling, not num_beams > 1")
             return self._beam_generate(ids, mask, config)
-        run = self._sample_run(ids, mask, config)
+        run = self._sample_run(ids, mask, config, stream_text=streamer is not None)
         for step_results in run:
             if streamer is not None:
                 for item in step_results:
@@ -173,7 +173,8 @@ class LanguageModel:
         for step_results in self._sample_run(ids, mask, config):
             yield from step_results
 
-    def _sample_run(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig) -> "_SampleRun":
+    def _sample_run(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig, *,
+                    stream_text: bool = True) -> "_SampleRun":
         from .decoding.sample import sample_steps
         n = config.num_return_sequences if config.do_sample else 1
         if n > 1:
@@ -184,7 +185,7 @@ class LanguageModel:
         processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
-        return _SampleRun(self, config, sequences, sample_steps(
+        return _SampleRun(self, config, sequences, stream_text, sample_steps(
             state, sequences, logits, processors=processors, do_sample=bool(config.do_sample), rng=rng,
             eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_id, max_length=max_len,
             stop_check=self._stop_check(config, sequences.shape[1])))
@@ -325,8 +326,9 @@ class LanguageModel:
 class _SampleRun:
     """Iterates a sampling/greedy run as lists of StepResult (one per active row) and builds the final result."""
 
-    def __init__(self, model: LanguageModel, config: GenerationConfig, sequences: np.ndarray, steps):
-        self.model, self.config, self.steps = model, config, steps
+    def __init__(self, model: LanguageModel, config: GenerationConfig, sequences: np.ndarray, stream_text: bool,
+                 steps):
+        self.model, self.config, self.steps, self.stream_text = model, config, steps, stream_text
         self.t0, self.b = sequences.shape[1], len(sequences)
         self.tokens: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
@@ -336,6 +338,7 @@ class _SampleRun:
         self.sequences = sequences
         hold = max((len(s) for s in _stop_strings(config)), default=1) - 1
         self.texts = [IncrementalText(lambda ids: model._text(ids, config), hold=hold) for _ in range(self.b)]
+        self.final_text: list[str | None] = [None] * self.b  # set when a row finishes
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[list[StepResult]]:
@@ -349,9 +352,13 @@ class _SampleRun:
             for row in np.flatnonzero(step.active):
                 tok = int(step.tokens[row])
                 self.new_ids[row].append(tok)
-                if step.finished[row]:  # the rest of the final (cut) text; never text past a stop string
+                if step.finished[row]:
                     self.reasons[row] = step.reasons[row]
-                    piece = self.texts[row].finish(self.model._finish_text(self.new_ids[row], self.config))
+                    self.final_text[row] = self.model._finish_text(self.new_ids[row], self.config)
+                if not self.stream_text:  # plain generate: text is decoded once, at the end
+                    piece = ""
+                elif step.finished[row]:  # the rest of the final (cut) text; never text past a stop string
+                    piece = self.texts[row].finish(self.final_text[row])
                 else:
                     piece = self.texts[row].push(tok)
                 out.append(StepResult(step.index, int(row), tok, piece, bool(step.finished[row]), step.reasons[row]))
@@ -363,7 +370,8 @@ class _SampleRun:
         sequences = np.concatenate([self.sequences, new], axis=1)
         reasons = [r or "length" for r in self.reasons]
         return GenerationResult(sequences=sequences, finish_reasons=reasons, new_tokens=self.new_ids,
-                                text=[self.model._finish_text(ids, self.config) for ids in self.new_ids],
+                                text=[t if t is not None else self.model._finish_text(ids, self.config)
+                                      for t, ids in zip(self.final_text, self.new_ids)],
                                 scores=self.scores if self.config.output_scores else None,
                                 logits=self.logits if self.config.output_logits else None)
 

@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..processors import sample_tokens
+from ..processors import greedy_tokens, sample_tokens
 
 
 @dataclass
@@ -36,7 +36,7 @@ def sample_steps(state, sequences: np.ndarray, logits: np.ndarray, *, processors
     eos = np.asarray(eos_token_ids, dtype=np.int64)
     for index in range(max(0, max_length - t0)):
         scores = processors(sequences, logits)                                   # [b, V] processed scores
-        tokens = sample_tokens(scores, rng) if do_sample else scores.argmax(-1)  # [b] chosen ids
+        tokens = sample_tokens(scores, rng) if do_sample else greedy_tokens(scores)  # [b] chosen ids
         tokens = np.where(active, tokens, pad_token_id).astype(np.int64)         # finished rows emit pad
         sequences = np.concatenate([sequences, tokens[:, None]], axis=1)        # [b, t+1]
         reasons = [None] * b                                                     # why each row stops now
