@@ -91,6 +91,12 @@ def _scatter_back(sorted_mask: np.ndarray, order: np.ndarray) -> np.ndarray:
     return out
 
 
+def _cumsum_like_torch(probs: np.ndarray) -> np.ndarray:
+    """[b, V] float32 -> [b, V] float32 running sums accumulated in float64, as torch's CPU ``cumsum`` does for
+    float32 (a float32 accumulator drifts by ~1e-5 over 50k terms and moves the top-p / typical-p boundary)."""
+    return np.cumsum(probs, axis=1, dtype=np.float64).astype(np.float32)
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Stable float32 softmax; a row of all -inf gives all zeros."""
     x = np.asarray(x, dtype=np.float32)
@@ -388,7 +394,7 @@ class TopPWarper(LogitsProcessor):
     def __call__(self, input_ids, scores):
         order = np.argsort(scores, axis=1, kind="stable")  # ascending
         sorted_logits = np.take_along_axis(scores, order, axis=1)
-        cum = np.cumsum(softmax(sorted_logits), axis=1, dtype=np.float32)
+        cum = _cumsum_like_torch(softmax(sorted_logits))
         remove = cum <= np.float32(1 - self.top_p)
         remove[:, -self.min_tokens_to_keep:] = False
         return np.where(_scatter_back(remove, order), self.filter_value, scores).astype(np.float32, copy=False)
@@ -435,7 +441,7 @@ class TypicalWarper(LogitsProcessor):
         order = np.argsort(shifted, axis=1, kind="stable")
         sorted_scores = np.take_along_axis(shifted, order, axis=1)
         sorted_logits = np.take_along_axis(scores, order, axis=1)
-        cum = np.cumsum(softmax(sorted_logits), axis=1, dtype=np.float32)
+        cum = _cumsum_like_torch(softmax(sorted_logits))
         last_ind = np.minimum((cum < np.float32(self.mass)).sum(axis=1), scores.shape[1] - 1)
         remove = sorted_scores > np.take_along_axis(sorted_scores, last_ind[:, None], axis=1)
         remove[:, :self.min_tokens_to_keep] = False

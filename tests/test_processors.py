@@ -82,6 +82,57 @@ def test_typical_p(b, v, seed, mass, keep):
              ids, s)
 
 
+def _tie_free_rows(rows: int, vocab: int, seed: int) -> np.ndarray:
+    """[rows, vocab] float32 logits (std 2) with no two equal values in a row: torch.sort is not stable, so the
+    order of equal logits (and which of them top-p drops at the boundary) is arbitrary in transformers."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, vocab)) * 2).astype(np.float32)
+    for r in range(rows):
+        while True:
+            values, first, counts = np.unique(x[r], return_index=True, return_counts=True)
+            if (counts == 1).all():
+                break
+            dup = np.isin(x[r], values[counts > 1])
+            dup[first[counts > 1]] = False  # keep one of each tie, move the others
+            x[r, dup] += (rng.standard_normal(int(dup.sum())) * 1e-3).astype(np.float32)
+    return x
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_p_gpt2_sized_vocab_has_no_boundary_mismatch(seed):
+    """100 rows of V=50257: the kept set equals transformers' in every row. (A float32 running sum drifts by
+    ~1e-7 near the 1 - top_p boundary and kept a different token in 4 of these 300 rows; torch accumulates in
+    double.)"""
+    x = _tie_free_rows(100, 50257, seed)
+    ours = np.isfinite(P.TopPWarper(0.9)(None, x))
+    want = np.isfinite(tlp.TopPLogitsWarper(0.9)(None, torch.tensor(x)).numpy())
+    assert int((ours != want).any(axis=1).sum()) == 0
+
+
+def test_typical_p_cumulative_mass_like_torch():
+    """Typical-p's cut (``last_ind``: how many sorted tokens stay below the mass) equals transformers' on 100 rows
+    of V=50257 wherever torch's own running sum is more than 2e-6 from the mass, given the same order of the
+    shifted scores. torch.sort orders ties among those scores arbitrarily, so the order is taken from torch; and
+    within 2e-6 of the mass the cut is decided by the rounding of torch's float32 softmax normaliser (a vectorised
+    sum, off by up to ~1e-6 relative), which no other summation order reproduces. The running sum moves by only
+    ~5e-6 per token near 0.9, so about a third of these rows fall in that band: typical-p over a GPT-2-sized
+    vocabulary agrees with transformers only up to that rounding. A float32 running sum (what onnxlm
+    did) was off by far more and moved the cut outside the band too."""
+    x = _tie_free_rows(100, 50257, 3)
+    t = torch.tensor(x)
+    normalized = torch.log_softmax(t, dim=-1)
+    ent = -(normalized * normalized.exp()).nansum(-1, keepdim=True)
+    _, order = torch.sort(torch.abs(-normalized - ent), descending=False)
+    torch_cum = t.gather(-1, order).softmax(-1).cumsum(-1).numpy()
+    want = (torch_cum < 0.9).sum(1)
+    got = (P._cumsum_like_torch(P.softmax(np.take_along_axis(x, order.numpy(), axis=1))) < np.float32(0.9)).sum(1)
+    rows = np.arange(len(x))
+    near = np.abs(torch_cum[rows, np.minimum(want, x.shape[1] - 1)] - 0.9) <= 2e-6
+    near |= np.abs(torch_cum[rows, np.maximum(want - 1, 0)] - 0.9) <= 2e-6
+    assert near.sum() <= 50
+    np.testing.assert_array_equal(got[~near], want[~near])
+
+
 def test_typical_p_with_masked_tokens():
     ids, s = make_inputs(3, 60, 7)
     s[:, ::3] = -np.inf
