@@ -60,49 +60,52 @@ def _first(x):
     return x[0] if isinstance(x, (list, tuple)) and x else x
 
 
-def _special_tokens(lm: LoadedModel) -> dict[str, Any]:
-    """bos/eos/pad/decoder_start ids: generation config, else model config, else the tokenizer's special tokens."""
-    gen, cfg, tok = lm.generation_config, lm.model.config, lm.tokenizer
-    out = {}
+def _special_tokens(lm: LoadedModel, notices: list[str]) -> dict[str, Any]:
+    """bos/eos/pad/decoder_start ids as the source declares them: its generation config, else its model config,
+    else the special tokens its tokenizer declares. Nothing is guessed from the vocabulary. Two are derived the
+    way transformers derives them at generate time, and ``derived`` records it: pad from EOS, and T5's decoder
+    start from pad."""
+    gen, cfg = lm.generation_config, lm.model.config
+    out: dict[str, Any] = {}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
         v = getattr(gen, key, None)
         if v is None:
             v = getattr(cfg, key, None)
+        if v is None:
+            v = lm.tokenizer_specials.get(key)
         out[key] = list(v) if isinstance(v, (list, tuple)) else v
-    if tok is not None:
-        guesses = {"bos_token_id": ["<s>", "<|endoftext|>", "<bos>"], "eos_token_id": ["</s>", "<|endoftext|>", "<eos>"],
-                   "pad_token_id": ["<pad>", "<|pad|>"]}
-        if lm.family == "t5":
-            guesses.pop("bos_token_id")  # T5 has no bos
-        for key, names in guesses.items():
-            if out[key] is None:
-                out[key] = next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
-    if out["pad_token_id"] is None and out["eos_token_id"] is not None:
+    derived = {}
+    if (out["pad_token_id"] is None or _first(out["pad_token_id"]) < 0) and out["eos_token_id"] is not None:
         out["pad_token_id"] = _first(out["eos_token_id"])  # transformers' generate does the same
-    if lm.family == "t5" and out["decoder_start_token_id"] is None:
+        derived["pad_token_id"] = "eos_token_id"
+    if lm.family == "t5" and out["decoder_start_token_id"] is None and out["pad_token_id"] is not None:
         out["decoder_start_token_id"] = out["pad_token_id"]
+        derived["decoder_start_token_id"] = "pad_token_id"
     if out["eos_token_id"] is None:
-        raise ExportError("no eos_token_id in the generation config, model config or tokenizer; set one")
-    if tok is not None:  # the strings too: chat templates use {{ bos_token }} / {{ eos_token }}
+        notices.append(f"{lm.source}: the model declares no eos_token_id; generation runs to its length limit "
+                       "unless eos_token_id is passed")
+    out["derived"] = derived
+    if lm.tokenizer is not None:  # the strings too: chat templates use {{ bos_token }} / {{ eos_token }}
         for name in ("bos", "eos", "pad"):
             tid = _first(out[f"{name}_token_id"])
-            out[f"{name}_token"] = tok.id_to_token(int(tid)) if tid is not None else None
+            out[f"{name}_token"] = lm.tokenizer.id_to_token(int(tid)) if tid is not None else None
     return out
 
 
-def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any]) -> None:
+def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any], notices: list[str]) -> None:
     import copy
 
     from transformers import GenerationConfig
 
-    if lm.tokenizer is None:
-        raise ExportError(f"{lm.source}: no tokenizer found (needs a fast tokenizer / tokenizer.json); "
-                          "pass tokenizer= to export_model")
-    lm.tokenizer.save(str(d / "tokenizer.json"))
+    if lm.tokenizer is None:  # an ids-only artifact: the runtime works on token ids, text APIs raise
+        notices.append(f"{lm.source}: no tokenizer found (tokenizer.json / fast tokenizer); the artifact works "
+                       "on token ids only and refuses text (pass tokenizer= to export_model to ship one)")
+    else:
+        lm.tokenizer.save(str(d / "tokenizer.json"))
     lm.model.config.to_json_file(str(d / "config.json"))
     gen = copy.deepcopy(lm.generation_config) if lm.generation_config is not None else GenerationConfig()
-    for k, v in special.items():
-        if v is not None and k.endswith("_id"):
+    for k, v in special.items():  # declared ids only: a derived one stays derived (the manifest says so)
+        if v is not None and k.endswith("_id") and k not in special["derived"]:
             setattr(gen, k, v)
     if not lm.model.config.is_encoder_decoder and special.get("decoder_start_token_id") is None:
         gen.decoder_start_token_id = None
@@ -133,6 +136,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     if tolerance is not None and not (float(tolerance) > 0):
         raise ExportError(f"tolerance: must be a positive number, got {tolerance!r}")
     prog = _Progress(progress)
+    notices: list[str] = []  # warnings for the user, raised after the libraries' chatter is silenced
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -142,7 +146,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
                 lm = load_source(model, tokenizer=tokenizer)
             cfg = lm.model.config
             dims = model_dims(cfg, lm.family)
-            special = _special_tokens(lm)
+            special = _special_tokens(lm, notices)
             with prog.step(f"exporting {cfg.model_type} to ONNX"):
                 files, used_opset = export_onnx(lm.model, lm.family, tmp, opset=opset)
             graphs = {role: {"file": f, **graph_io(tmp / f)} for role, f in files.items()}
@@ -152,7 +156,10 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
                 with prog.step("validating onnxruntime against PyTorch"):
                     validation = validate_export(lm.model, tmp, files, {**dims, **special}, tolerance=tolerance,
                                                  log=prog.log if progress else None)
-            _write_side_files(lm, tmp, special)
+            _write_side_files(lm, tmp, special, notices)
+        for notice in notices:
+            prog.log(f"warning: {notice}")
+            warnings.warn(notice, UserWarning, stacklevel=2)
         write_manifest(tmp, {
             "kind": "seq2seq-lm" if lm.family == "t5" else "causal-lm",
             "model_type": cfg.model_type,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,9 @@ class LoadedModel:
     generation_config: Any  # transformers GenerationConfig
     chat_template: str | None
     source: str
+    #: special-token ids the tokenizer declares (a transformers tokenizer's bos/eos/pad), used where the configs
+    #: name none; never guessed from the vocabulary
+    tokenizer_specials: dict = field(default_factory=dict)
 
 
 def _check_model(model, source: str) -> str:
@@ -74,6 +77,16 @@ def _hf_tokenizer(name_or_path: str):
         return None
 
 
+def _declared_specials(hf_tok) -> dict:
+    """A transformers tokenizer -> {'bos_token_id': id, ...} for the special tokens it declares (none if absent)."""
+    out = {}
+    for name in ("bos", "eos", "pad"):
+        tid = getattr(hf_tok, f"{name}_token_id", None) if hf_tok is not None else None
+        if isinstance(tid, int) and getattr(hf_tok, f"{name}_token", None) is not None:
+            out[f"{name}_token_id"] = tid
+    return out
+
+
 def _chat_template(hf_tok) -> str | None:
     t = getattr(hf_tok, "chat_template", None) if hf_tok is not None else None
     if isinstance(t, dict):
@@ -93,13 +106,15 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
             hf_tok = _hf_tokenizer(source)
         tok = _tokenizer_from(tokenizer if tokenizer is not None else hf_tok)
         gen = getattr(model, "generation_config", None) or GenerationConfig.from_model_config(model.config)
-        return LoadedModel(_fp32(model), family, tok, gen, _chat_template(tokenizer or hf_tok), source)
+        return LoadedModel(_fp32(model), family, tok, gen, _chat_template(tokenizer or hf_tok), source,
+                           _declared_specials(tokenizer if hasattr(tokenizer, "bos_token_id") else hf_tok))
 
     path = Path(model).expanduser()
     if path.is_dir() and is_recipe_dir(path):
         m, tok, hf_tok, gen, chat = instantiate_recipe(path)
         family = _check_model(m, str(path))
-        return LoadedModel(m, family, _tokenizer_from(tokenizer) or tok, gen, chat, str(path.resolve()))
+        return LoadedModel(m, family, _tokenizer_from(tokenizer) or tok, gen, chat, str(path.resolve()),
+                           _declared_specials(hf_tok))
 
     if path.is_file() and path.suffix.lower() == ".gguf":
         try:
@@ -134,4 +149,5 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
     tok = _tokenizer_from(tokenizer if tokenizer is not None else hf_tok)
     gen = getattr(m, "generation_config", None) or GenerationConfig.from_model_config(config)
     source = str(path.resolve()) if path.is_dir() else name
-    return LoadedModel(m.eval(), family, tok, gen, _chat_template(tokenizer or hf_tok), source)
+    return LoadedModel(m.eval(), family, tok, gen, _chat_template(tokenizer or hf_tok), source,
+                       _declared_specials(tokenizer if hasattr(tokenizer, "bos_token_id") else hf_tok))

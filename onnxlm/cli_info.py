@@ -88,7 +88,7 @@ def _render(info: dict) -> str:
                f"hidden {info['hidden_size']}")
     out.append(f"  vocab           {info['vocab_size']}, max positions "
                f"{info['max_positions'] if info['max_positions'] is not None else 'none (relative positions)'}")
-    specials = {k: v for k, v in (info.get("special_tokens") or {}).items() if v is not None}
+    specials = {k: v for k, v in (info.get("special_tokens") or {}).items() if v not in (None, {})}
     out.append(f"  special tokens  {_kv(specials) or '-'}")
     out.append(f"  dtype           {info['dtype']}, opset {info['opset']}")
     out.append(f"  chat template   {'yes' if info['chat_template'] else 'no'}")

@@ -20,6 +20,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
@@ -62,7 +63,26 @@ UNSUPPORTED_DEFAULTS = {
     "exponential_decay_length_penalty": None, "sequence_bias": None, "guidance_scale": None,
     "renormalize_logits": False, "constraints": None, "force_words_ids": None, "forced_decoder_ids": None,
     "watermarking_config": None, "max_time": None, "prompt_lookup_num_tokens": None,
+    "remove_invalid_values": False,
 }
+
+
+#: names transformers' generate accepts that change nothing in onnxlm's output: accepted with a one-time warning
+NO_EFFECT_PARAMETERS = {
+    "use_cache": "the KV cache is always used",
+    "return_dict_in_generate": "generate always returns a GenerationResult",
+    "output_attentions": "attention weights are not returned",
+    "output_hidden_states": "hidden states are not returned",
+}
+
+_WARNED: set = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """warnings.warn(message) the first time ``key`` is seen in this process (transformers' warning_once)."""
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 @dataclass
@@ -161,8 +181,14 @@ class GenerationConfig:
     def replace(self, **kw: Any) -> "GenerationConfig":
         """New config with the given parameters changed (not validated; call ``validate()``).
 
-        Unknown names raise ParameterError listing close matches."""
+        Unknown names raise ParameterError listing close matches. Names transformers accepts that have no effect
+        here (``use_cache``, ``output_attentions``, ...) are dropped with a one-time warning."""
         names = self.parameter_names()
+        for k in [k for k in kw if k in NO_EFFECT_PARAMETERS]:
+            warn_once(f"no-effect:{k}", f"generation parameter {k!r} has no effect in onnxlm "
+                                        f"({NO_EFFECT_PARAMETERS[k]}); ignored")
+            if k not in names:
+                kw.pop(k)
         for k in kw:
             if k not in names:
                 close = difflib.get_close_matches(k, names, n=3, cutoff=0.6)
@@ -259,7 +285,8 @@ class GenerationConfig:
         # length
         check_int("max_length", 1, False)
         check_int("max_new_tokens", 1, True, "an integer >= 1 (transformers requires > 0) or None")
-        check_int("min_length", 0, False)
+        if not _is_int(self.min_length):
+            raise bad("min_length", "an integer (<= 0: no minimum)")
         check_int("min_new_tokens", 0, True)
         es = self.early_stopping
         if not (_is_bool(es) or (isinstance(es, str) and es == "never")):
@@ -282,29 +309,36 @@ class GenerationConfig:
             elif self.num_return_sequences > self.num_beams:
                 raise bad("num_return_sequences", f"<= num_beams ({self.num_beams}) for beam search")
 
-        # sampling parameters
-        t = self.temperature
-        if t is not None:
-            if not _is_num(t) or not math.isfinite(t):
-                raise bad("temperature", "a finite number > 0")
-            if self.do_sample and t <= 0:
-                raise bad("temperature", "a finite number > 0 when do_sample=True "
-                                         "(for greedy decoding set do_sample=False)")
-        check_int("top_k", 0, True, "an integer >= 0 (0 disables top-k) or None")
-        for name, lo_open, allowed in (("top_p", True, "in (0, 1]"), ("typical_p", True, "in (0, 1]"),
-                                       ("min_p", False, "in [0, 1]")):
+        # numbers: NaN is refused everywhere (transformers lets some through, and they answer NaN or nothing)
+        for name in ("temperature", "top_p", "min_p", "typical_p", "repetition_penalty", "length_penalty"):
             v = getattr(self, name)
-            if v is None:
-                continue
-            if not _is_num(v) or math.isnan(v) or v > 1 or v < 0 or (lo_open and v == 0):
-                raise bad(name, f"a number {allowed} or None")
+            if v is not None and (not _is_num(v) or math.isnan(v)):
+                raise bad(name, "a number (not NaN) or None")
+        # processors built in every mode, checked as their transformers constructors check them
         rp = self.repetition_penalty
-        if rp is not None and (not _is_num(rp) or not math.isfinite(rp) or rp <= 0):
-            raise bad("repetition_penalty", "a finite number > 0 (1.0 = no penalty) or None")
-        check_int("no_repeat_ngram_size", 0, True, "an integer >= 0 (0 disables it) or None")
+        if rp is not None and rp != 1.0 and not rp > 0:
+            raise bad("repetition_penalty", "a number > 0 (1.0 = no penalty) or None")
+        nr = self.no_repeat_ngram_size
+        if nr is not None and not _is_int(nr):
+            raise bad("no_repeat_ngram_size", "an integer (<= 0 disables it) or None")
         lp = self.length_penalty
-        if lp is not None and (not _is_num(lp) or not math.isfinite(lp)):
+        if lp is not None and not math.isfinite(lp):
             raise bad("length_penalty", "a finite number or None")
+        # warpers: built (and so checked) only when sampling, as in transformers; otherwise they have no effect
+        if self.do_sample:
+            t = self.temperature
+            if t is not None and t != 1.0 and not t > 0:
+                raise bad("temperature", "a number > 0 when do_sample=True (for greedy decoding set do_sample=False)")
+            k = self.top_k
+            if k is not None and k != 0 and (not _is_int(k) or k < 0):
+                raise bad("top_k", "an integer >= 0 (0 disables top-k) or None")
+            for name, allowed, ok in (("top_p", "in [0, 1] (>= 1 disables it)", lambda v: v >= 0),
+                                      ("typical_p", "in (0, 1] (>= 1 disables it)", lambda v: v > 0)):
+                v = getattr(self, name)
+                if v is not None and v < 1.0 and not ok(v):
+                    raise bad(name, f"a number {allowed} or None")
+            if self.min_p is not None and not 0 <= self.min_p <= 1:
+                raise bad("min_p", "a number in [0, 1] or None")
         check_int("seed", 0, True, "an integer >= 0 or None")
 
         # token lists

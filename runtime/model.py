@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import InputError, ModelFileError, ParameterError
-from .generation_config import GenerationConfig
+from .generation_config import GenerationConfig, warn_once
 from .manifest import read_json
 from .processors import build_processors, log_softmax
 from .results import GenerationResult, ScoringResult, StepResult, TokenDistribution
@@ -56,10 +56,20 @@ class LanguageModel:
 
     @property
     def pad_id(self) -> int:
-        cfg = self.generation_config
-        if cfg.pad_token_id is not None:
-            return int(cfg.pad_token_id)
-        return cfg.eos_token_ids[0] if cfg.eos_token_ids else 0
+        """The id left padding and finished rows use (see ``pad_for``) under the artifact's generation config."""
+        return self.pad_for(self.generation_config)
+
+    def pad_for(self, config: GenerationConfig) -> int:
+        """config.pad_token_id when it is a token id; else the first EOS id, as transformers' generate falls back
+        (old Llama configs carry pad_token_id=-1: feeding it would fail, so it is replaced, with a one-time warning)."""
+        pad = config.pad_token_id
+        if pad is not None and 0 <= pad < self.vocab_size:
+            return int(pad)
+        fallback = config.eos_token_ids[0] if config.eos_token_ids else 0
+        if pad is not None:
+            warn_once(f"pad:{self.path}:{pad}", f"pad_token_id={pad} is not a token id of this model (0 <= id < "
+                                                f"{self.vocab_size}); padding with {fallback} (the EOS id) instead")
+        return fallback
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(path={str(self.path)!r}, model_type={self.manifest.get('model_type')!r}, "
@@ -142,6 +152,10 @@ class LanguageModel:
         """kwargs -> the artifact's generation config updated with them, validated."""
         config = self.generation_config.replace(**params).validate()
         config.check_vocab(self.vocab_size)
+        ignored = config.ignored_parameters()
+        if ignored:  # transformers warns about these once too
+            warn_once(f"ignored:{ignored}", f"generation parameters {ignored} have no effect with "
+                                            f"do_sample={config.do_sample}, num_beams={config.num_beams}")
         return config
 
     # ------------------------------------------------------------------ generation
@@ -198,6 +212,13 @@ class LanguageModel:
             raise ParameterError("max_new_tokens", f"prompt ({input_length} tokens) + new tokens = {max_len} "
                                  f"exceeds the model's max_positions {limit}; allowed: at most "
                                  f"{limit - input_length} new tokens")
+        if max_len <= input_length:  # transformers raises here too: nothing could be generated
+            what = "decoder_input_ids" if self.is_encoder_decoder else "the prompt"
+            if limit and input_length >= limit and config.max_new_tokens is None:
+                raise ParameterError("max_length", f"{what} has {input_length} tokens and already fills the "
+                                     f"model's max_positions ({limit}); nothing can be generated")
+            raise ParameterError("max_length", f"got {max_len} total tokens but {what} already has "
+                                 f"{input_length}; allowed: max_length > {input_length}, or set max_new_tokens")
         return min_len, max_len
 
     def _stop_check(self, config: GenerationConfig, t0: int):
@@ -286,20 +307,22 @@ class LanguageModel:
             if len(tgt) != len(sources):
                 raise InputError(f"targets: {len(tgt)} rows for {len(sources)} sources")
             if append_eos:
-                tgt = [t if t[-1:] == cfg.eos_token_ids[:1] else t + cfg.eos_token_ids[:1] for t in tgt]
+                if not cfg.eos_token_ids:
+                    raise ParameterError("append_eos", "this model has no eos_token_id")
+                tgt = [t if t[-1] in cfg.eos_token_ids else t + cfg.eos_token_ids[:1] for t in tgt]
             logps = self._score_pairs(sources, tgt)
         else:
             if targets is not None:
                 raise InputError("targets: only for encoder-decoder models; pass the whole text as inputs")
             tgt = self._rows(inputs)
-            if prepend_bos:
+            if prepend_bos:  # never a second BOS: Llama tokenizers already put one
                 if cfg.bos_token_id is None:
                     raise ParameterError("prepend_bos", "this model has no bos_token_id")
-                tgt = [[int(cfg.bos_token_id)] + t for t in tgt]
-            if append_eos:
+                tgt = [t if t[0] == cfg.bos_token_id else [int(cfg.bos_token_id)] + t for t in tgt]
+            if append_eos:  # never a second EOS
                 if not cfg.eos_token_ids:
                     raise ParameterError("append_eos", "this model has no eos_token_id")
-                tgt = [t + cfg.eos_token_ids[:1] for t in tgt]
+                tgt = [t if t[-1] in cfg.eos_token_ids else t + cfg.eos_token_ids[:1] for t in tgt]
             if any(len(t) < 2 for t in tgt):
                 raise InputError("inputs: scoring needs at least 2 tokens per row (or prepend_bos=True)")
             self._check_ids(pad_batch(tgt, self.pad_id)[0], None)

@@ -174,8 +174,8 @@ class RepetitionPenaltyProcessor(LogitsProcessor):
     """Tokens present in input_ids: score < 0 -> score * penalty, else score / penalty. [b,t],[b,V] -> [b,V]"""
 
     def __init__(self, penalty: float):
-        if not _is_num(penalty) or not math.isfinite(penalty) or penalty <= 0:
-            raise ParameterError("repetition_penalty", f"got {penalty!r}; must be a finite number > 0")
+        if not _is_num(penalty) or not penalty > 0:  # NaN fails too
+            raise ParameterError("repetition_penalty", f"got {penalty!r}; must be a number > 0")
         self.penalty = float(penalty)
 
     def __call__(self, input_ids, scores):
@@ -356,8 +356,8 @@ class TemperatureWarper(LogitsProcessor):
     """scores / temperature. [b,t],[b,V] -> [b,V]"""
 
     def __init__(self, temperature: float):
-        if not _is_num(temperature) or not math.isfinite(temperature) or temperature <= 0:
-            raise ParameterError("temperature", f"got {temperature!r}; must be a finite number > 0 "
+        if not _is_num(temperature) or not temperature > 0:  # NaN fails too
+            raise ParameterError("temperature", f"got {temperature!r}; must be a number > 0 "
                                                 "(for greedy decoding set do_sample=False)")
         self.temperature = float(temperature)
 
@@ -385,8 +385,8 @@ class TopPWarper(LogitsProcessor):
     """Nucleus: removes the least likely tokens whose cumulative probability is <= 1 - top_p. [b,t],[b,V] -> [b,V]"""
 
     def __init__(self, top_p: float, min_tokens_to_keep: int = 1, filter_value: float = -math.inf):
-        if not _is_num(top_p) or math.isnan(top_p) or not 0 < top_p <= 1:
-            raise ParameterError("top_p", f"got {top_p!r}; must be a number in (0, 1]")
+        if not _is_num(top_p) or math.isnan(top_p) or not 0 <= top_p <= 1:
+            raise ParameterError("top_p", f"got {top_p!r}; must be a number in [0, 1]")
         self.top_p = float(top_p)
         self.min_tokens_to_keep = _check_min_keep(min_tokens_to_keep)
         self.filter_value = np.float32(filter_value)

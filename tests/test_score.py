@@ -52,3 +52,33 @@ def test_seq2seq_score_is_log_p_target_given_source(tiny_t5):
         want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t)[:, None])[:, 0].numpy()
         assert np.abs(lps - want).max() <= 1e-4
         assert abs(total - want.sum()) <= 1e-4 * len(want)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    return onnxlm.load(tiny_llama.onnx_dir), AutoModelForCausalLM.from_pretrained(tiny_llama.hf_dir).eval()
+
+
+def test_prepend_bos_never_doubles_the_tokenizers_bos(llama):
+    """The Llama tokenizer already starts every text with <s>: prepend_bos must not add a second one."""
+    ours, ref = llama
+    bos = ours.generation_config.bos_token_id
+    text = "The alligator ate the apple."
+    encoded = ours.tokenizer.encode(text)
+    assert encoded[0] == bos and encoded[1] != bos
+    res = ours.score(text, prepend_bos=True)
+    assert res.tokens == [encoded[1:]]
+    assert np.abs(res.token_logprobs[0] - torch_token_logprobs(ref, encoded)).max() <= 1e-4
+    ids_without_bos = encoded[1:]
+    res_ids = ours.score(ids_without_bos, prepend_bos=True)  # ids without BOS: it is added once
+    assert res_ids.tokens == [ids_without_bos]
+    np.testing.assert_allclose(res_ids.token_logprobs[0], res.token_logprobs[0], atol=1e-6)
+
+
+def test_append_eos_never_doubles_an_eos(llama):
+    ours, ref = llama
+    eos = ours.generation_config.eos_token_ids[0]
+    ids = ours.tokenizer.encode("Hi there") + [eos]
+    res = ours.score(ids, append_eos=True)
+    assert res.tokens == [ids[1:]]
+    assert np.abs(res.token_logprobs[0] - torch_token_logprobs(ref, ids)).max() <= 1e-4
