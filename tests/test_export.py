@@ -272,3 +272,30 @@ def test_manifest_carries_special_token_strings(tiny_llama):
     assert (specials["bos_token"], specials["eos_token"], specials["pad_token"]) == ("<s>", "</s>", "<pad>")
     gen = json.loads((tiny_llama.onnx_dir / "generation_config.json").read_text())
     assert "bos_token" not in gen and gen["eos_token_id"] == specials["eos_token_id"]
+
+
+def test_near_tie_rule_top1_flip_within_tolerance_passes_beyond_fails():
+    """The validation's top-1 rule on crafted logits: a flip between two tokens whose reference logits are within
+    the tolerance (a near-tie) passes and is counted; a flip where the reference gap exceeds the tolerance fails
+    even though every logit is within the tolerance; a flip from a large error fails on both counts."""
+    from onnxlm.export.validate import _Check, judge_check
+
+    tol = 1e-3
+    ref = np.array([[2.0, 2.0 - 0.4e-3, -1.0], [0.5, 0.1, 0.0]])
+    near = ref.copy()
+    near[0, 0] -= 0.5e-3  # token 1 now wins row 0; the reference gap (0.4e-3) is below tol
+    rec, failures = judge_check(_Check("near", ref, near), tol)
+    assert rec["passed"] and not failures and rec["top1_mismatches"] == 1 and rec["max_abs_diff"] <= tol
+
+    ref2 = np.array([[2.0, 2.0 - 1.6e-3, -1.0]])
+    flip = ref2.copy()
+    flip[0, 0] -= 0.9e-3
+    flip[0, 1] += 0.9e-3  # every logit within tol, but the reference gap 1.6e-3 > tol
+    rec, failures = judge_check(_Check("flip", ref2, flip), tol)
+    assert not rec["passed"] and rec["max_abs_diff"] <= tol
+    assert any("beyond a near-tie" in f for f in failures)
+
+    far = ref.copy()
+    far[1, 1] += 1.0
+    rec, failures = judge_check(_Check("far", ref, far), tol)
+    assert not rec["passed"] and len(failures) == 2 and rec["top1_mismatches"] == 1

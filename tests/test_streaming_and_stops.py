@@ -21,15 +21,20 @@ def free_run(model, **kw):
 
 
 def test_several_eos_ids_each_row_stops_at_its_own(model):
+    """Two EOS ids, each emitted by one row only: each row stops at its own, at a different step."""
     free = free_run(model)
-    # for each row, an id it emits at step 3 that the other row does not emit before its own chosen id
     a, b = free.new_tokens
-    eos_a, eos_b = a[3], b[5]
-    if eos_a in b[:6] or eos_b in a[:4] or eos_a == eos_b:
-        pytest.skip("the rows share tokens early; no clean pair of EOS ids")
+    # the first pair (id emitted by row a at step i, id emitted by row b at step j > i) that the other row never
+    # emits before: the rows then stop at different steps, each on its own id
+    pair = next(((a[i], b[j]) for i in range(1, 8) for j in range(i + 1, 12)
+                 if a[i] != b[j] and a[i] not in a[:i] and b[j] not in b[:j] and a[i] not in b[:j + 1]
+                 and b[j] not in a[:i + 1]), None)
+    assert pair is not None, f"no pair of separating ids in {a} / {b}"
+    eos_a, eos_b = pair
     got = model.generate(PROMPTS, max_new_tokens=16, eos_token_id=[eos_a, eos_b])
     assert got.finish_reasons == ["eos", "eos"]
     assert got.new_tokens[0] == a[:a.index(eos_a) + 1] and got.new_tokens[1] == b[:b.index(eos_b) + 1]
+    assert len(got.new_tokens[0]) < len(got.new_tokens[1])
 
 
 def test_several_eos_ids_equal_transformers(tiny_gpt2):
