@@ -16,6 +16,7 @@ from onnxlm.runtime.errors import ExportError
 
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
+from .logits_to_keep import add_logits_to_keep
 from .onnx_export import export_onnx
 from .validate import validate_export
 
@@ -149,6 +150,8 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             special = _special_tokens(lm, notices)
             with prog.step(f"exporting {cfg.model_type} to ONNX"):
                 files, used_opset = export_onnx(lm.model, lm.family, tmp, opset=opset)
+                if lm.family != "t5":  # prefill computes the last position's logits only
+                    add_logits_to_keep(tmp / files["decoder"])
             graphs = {role: {"file": f, **graph_io(tmp / f)} for role, f in files.items()}
             check_graph_dims(graphs, dims, lm.family)
             validation = None

@@ -58,6 +58,8 @@ def _ort_run(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run one onnxruntime session; returns {output name: array}. (Tests monkeypatch this.)"""
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name for i in session.get_inputs()}
+    if "logits_to_keep" in wanted and "logits_to_keep" not in feeds:
+        feeds = {**feeds, "logits_to_keep": np.array([0], dtype=np.int64)}  # every position is compared
     outs = session.run(names, {k: v for k, v in feeds.items() if k in wanted})
     return dict(zip(names, outs))
 

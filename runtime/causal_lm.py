@@ -18,6 +18,11 @@ def position_ids_from_mask(mask: np.ndarray) -> np.ndarray:
     return np.where(mask == 0, 1, pos).astype(np.int64)
 
 
+# ``logits_to_keep`` feeds (graphs exported by onnxlm have this input; a plain Optimum graph ignores the feed)
+LAST_ONLY = np.array([1], dtype=np.int64)  # logits of the last position: generation
+ALL_POSITIONS = np.array([0], dtype=np.int64)  # every position: logits(), score()
+
+
 class CausalState:
     """Decoding state of a batch: KV cache, attention mask [b, T] int64, position of each row's last token [b]."""
 
@@ -31,7 +36,8 @@ class CausalState:
         self.mask = np.concatenate([self.mask, np.ones((len(tokens), 1), np.int64)], axis=1)
         self.positions = self.positions + 1
         out = self.runner.run({"input_ids": tokens[:, None], "attention_mask": self.mask,
-                               "position_ids": self.positions[:, None], **self.cache.tensors})
+                               "position_ids": self.positions[:, None], "logits_to_keep": LAST_ONLY,
+                               **self.cache.tensors})
         self.cache.update(out)
         return out["logits"][:, -1, :].astype(np.float32, copy=False)
 
@@ -59,11 +65,14 @@ class CausalLM(LanguageModel):
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.kv_dtype = self.decoder.input_dtype(self.past_names[0])
 
-    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[dict, KVCache]:
-        """input_ids [b, t], attention_mask [b, t] -> graph outputs (logits [b, t, V]) and the filled cache."""
+    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 logits_to_keep: np.ndarray = ALL_POSITIONS) -> tuple[dict, KVCache]:
+        """input_ids [b, t], attention_mask [b, t] -> graph outputs (logits [b, t, V], or [b, 1, V] with
+        LAST_ONLY where the graph has a logits_to_keep input) and the filled cache."""
         cache = KVCache.empty(self.past_names, len(input_ids), self.kv_heads, self.head_dim, self.kv_dtype)
         out = self.decoder.run({"input_ids": input_ids, "attention_mask": attention_mask,
-                                "position_ids": position_ids_from_mask(attention_mask), **cache.tensors})
+                                "position_ids": position_ids_from_mask(attention_mask),
+                                "logits_to_keep": logits_to_keep, **cache.tensors})
         cache.update(out)
         return out, cache
 
@@ -73,7 +82,7 @@ class CausalLM(LanguageModel):
         if (attention_mask[:, -1] == 0).any():
             raise InputError("attention_mask: a row ends in padding; decoder-only generation needs left padding "
                              "(pad at the start of each row, as onnxlm pads text inputs)")
-        out, cache = self._forward(input_ids, attention_mask)
+        out, cache = self._forward(input_ids, attention_mask, LAST_ONLY)  # prefill: the last position's logits
         state = CausalState(self.decoder, cache, attention_mask)
         return state, out["logits"][:, -1, :].astype(np.float32, copy=False)
 

@@ -102,7 +102,7 @@ def test_decoder_graph_io(fx, request):
     assert g["file"] == "model.onnx"
     L = man["num_layers"]
     past = [f"past_key_values.{i}.{k}" for i in range(L) for k in ("key", "value")]
-    assert sorted(g["inputs"]) == sorted(["input_ids", "attention_mask", "position_ids", *past])
+    assert sorted(g["inputs"]) == sorted(["input_ids", "attention_mask", "position_ids", "logits_to_keep", *past])
     assert sorted(g["outputs"]) == sorted(["logits", *[f"present.{i}.{k}" for i in range(L) for k in ("key", "value")]])
 
 
@@ -299,3 +299,27 @@ def test_near_tie_rule_top1_flip_within_tolerance_passes_beyond_fails():
     far[1, 1] += 1.0
     rec, failures = judge_check(_Check("far", ref, far), tol)
     assert not rec["passed"] and len(failures) == 2 and rec["top1_mismatches"] == 1
+
+
+@pytest.mark.parametrize("fx", ["tiny_gpt2", "tiny_llama"])
+def test_logits_to_keep_last_position_equals_full_graph(fx, request):
+    """The graph's logits_to_keep input: 1 gives [b, 1, V], bit-identical to the last row of 0 (every position)."""
+    import onnxruntime as ort
+
+    from onnxlm.runtime.causal_lm import position_ids_from_mask
+
+    art = request.getfixturevalue(fx)
+    man = _manifest(art.onnx_dir)
+    sess = ort.InferenceSession(str(art.onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[256, 256, 72, 101, 108], [104, 105, 32, 116, 104]], dtype=np.int64)
+    mask = (ids != 256).astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_from_mask(mask)}
+    for i in range(man["num_layers"]):
+        for k in ("key", "value"):
+            feeds[f"past_key_values.{i}.{k}"] = np.zeros((2, man["num_kv_heads"], 0, man["head_dim"]), np.float32)
+    full = sess.run(["logits"], {**feeds, "logits_to_keep": np.array([0])})[0]
+    last = sess.run(["logits"], {**feeds, "logits_to_keep": np.array([1])})[0]
+    two = sess.run(["logits"], {**feeds, "logits_to_keep": np.array([2])})[0]
+    assert full.shape == (2, 5, man["vocab_size"]) and last.shape == (2, 1, man["vocab_size"])
+    np.testing.assert_array_equal(last[:, 0], full[:, -1])
+    np.testing.assert_allclose(two, full[:, -2:], atol=1e-6)
