@@ -48,7 +48,7 @@ def add_model_args(p: argparse.ArgumentParser, *, model_dir: bool = True) -> Non
     g.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                    help="onnxruntime execution provider; auto picks CUDA when onnxruntime-gpu offers it (default: auto)")
     g.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="intra-op threads for onnxruntime (default: onnxruntime's choice)")
+                   help="intra-op threads for onnxruntime (default: $ONNXLM_THREADS, else the physical cores)")
     g.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the sha256 checks of the artifact's files against onnxlm.json (faster start)")
 

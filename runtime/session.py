@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelFileError, ParameterError, ProviderError
+from .threads import resolve_threads
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -36,15 +37,13 @@ def resolve_provider(provider: str) -> str:
 
 def make_session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
     """Open one ONNX file on the resolved provider ('cpu' | 'cuda')."""
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ParameterError("threads", f"got {threads!r}; allowed: None or an int >= 1")
+    threads = resolve_threads(threads)
     if not path.is_file():
         raise ModelFileError(f"model file {path} is missing", str(path))
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = threads  # threads=, else ONNXLM_THREADS, else the physical cores
+    opts.inter_op_num_threads = 1
     providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
     try:
         return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
