@@ -16,7 +16,7 @@ from onnxlm.runtime.errors import ExportError
 
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
-from .onnx_export import export_onnx
+from .onnx_export import attn_implementation_for, check_config, export_onnx
 from .validate import validate_export
 
 
@@ -141,6 +141,10 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             with prog.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}"):
                 lm = load_source(model, tokenizer=tokenizer)
             cfg = lm.model.config
+            check_config(cfg)
+            impl = attn_implementation_for(cfg)
+            if impl is not None and cfg._attn_implementation != impl:
+                lm.model.set_attn_implementation(impl)  # traced and validated with this implementation
             dims = model_dims(cfg, lm.family)
             special = _special_tokens(lm)
             with prog.step(f"exporting {cfg.model_type} to ONNX"):
