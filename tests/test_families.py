@@ -148,6 +148,8 @@ def _logits_without(name: str, **override) -> tuple[np.ndarray, np.ndarray]:
     ("tiny-llama-linear-rope", {"rope_scaling": None}),
     ("tiny-smollm3", {"no_rope_layers": [1, 1]}),
     ("tiny-phi3", {"partial_rotary_factor": 1.0}),
+    ("tiny-phi3", {"sliding_window": None}),
+    ("tiny-qwen2", {"use_sliding_window": False, "layer_types": ["full_attention"] * 2}),
     ("tiny-granite", {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "attention_multiplier": 0.25,
                       "logits_scaling": 1.0}),
 ])
