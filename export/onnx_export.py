@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError
@@ -20,9 +21,9 @@ GPT2_TYPES = {"gpt2"}
 T5_TYPES = {"t5", "mt5"}
 LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "smollm3", "helium", "arcee",
                "phi3", "stablelm", "cohere", "glm"}
-#: rope_scaling types whose graph is proven exact (tests/test_families.py). "dynamic" is refused: transformers recomputes
-#: the frequencies from the sequence length at run time, which a traced graph freezes at the export's length.
-SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3")
+#: rope_scaling types whose graph is proven exact (tests/test_families.py). "dynamic" and "longrope" are refused:
+#: transformers recomputes their frequencies from the sequence length at run time, which a traced graph freezes.
+SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "yarn")
 SUPPORTED_FAMILIES = "GPT-2 (gpt2), T5 (t5, mt5), Llama family (" + ", ".join(sorted(LLAMA_TYPES)) + ")"
 
 
@@ -59,6 +60,20 @@ def attn_implementation_for(config) -> str | None:
                                             or getattr(config, "reorder_and_upcast_attn", False)):
         return "eager"
     return None
+
+
+@contextmanager
+def traced_attention(model):
+    """Within the block ``model`` runs ``attn_implementation_for(model.config)``; the caller's setting is restored."""
+    impl, was = attn_implementation_for(model.config), model.config._attn_implementation
+    if impl is None or impl == was:
+        yield model
+        return
+    model.set_attn_implementation(impl)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(was)
 
 
 def _with_position_ids(base):

@@ -68,6 +68,21 @@ def test_every_accepted_model_type_has_a_recipe():
     assert tested == GPT2_TYPES | T5_TYPES | LLAMA_TYPES
 
 
+def test_readme_lists_the_families_exactly_as_tested():
+    """The README's Families bullet names every accepted model_type, and no other transformers model_type except
+    as refused."""
+    import re
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    readme = (RECIPES.parents[1] / "README.md").read_text(encoding="utf-8")
+    bullet = readme[readme.index("- **Families**"):readme.index("- **Graphs**")]
+    listed, refused = bullet.split("Any other")
+    named = set(re.findall(r"`([a-z0-9_]+)`", listed)) & set(CONFIG_MAPPING_NAMES)
+    assert named == GPT2_TYPES | T5_TYPES | LLAMA_TYPES
+    assert not set(re.findall(r"`([a-z0-9_]+)`", refused)) & named
+
+
 def _causal_batch(ours, seed):
     return left_padded_batch(np.random.default_rng(seed), PROMPTS, ours.vocab_size - 4, ours.pad_id)
 
@@ -136,7 +151,7 @@ def _logits_without(name: str, **override) -> tuple[np.ndarray, np.ndarray]:
     config = model.config.__class__.from_dict({**model.config.to_dict(), **override})
     other = model.__class__(config).eval()
     other.set_attn_implementation(impl)
-    other.load_state_dict(model.state_dict())
+    other.load_state_dict(model.state_dict(), strict=False)  # strict=False: an override may drop a bias
     ids, mask = left_padded_batch(np.random.default_rng(0), [p + NEW for p in PROMPTS], 256, 256)
     return causal_logits(model, ids, mask)[mask == 1], causal_logits(other, ids, mask)[mask == 1]
 
@@ -145,7 +160,10 @@ def _logits_without(name: str, **override) -> tuple[np.ndarray, np.ndarray]:
     ("tiny-mistral-sliding-window", {"sliding_window": None}),
     ("tiny-gpt2-untied-inverse-layer-scale", {"scale_attn_by_inverse_layer_idx": False}),
     ("tiny-llama-llama3-rope-bias-untied", {"rope_scaling": None}),
+    ("tiny-llama-llama3-rope-bias-untied", {"attention_bias": False, "mlp_bias": False}),
+    ("tiny-stablelm", {"use_qkv_bias": False}),
     ("tiny-llama-linear-rope", {"rope_scaling": None}),
+    ("tiny-llama-yarn-rope", {"rope_scaling": None}),
     ("tiny-smollm3", {"no_rope_layers": [1, 1]}),
     ("tiny-phi3", {"partial_rotary_factor": 1.0}),
     ("tiny-phi3", {"sliding_window": None}),
@@ -159,14 +177,20 @@ def test_variant_changes_the_logits(name, override):
     assert np.abs(want - other).max() > 1e-3
 
 
-@pytest.mark.parametrize("rope_scaling", [{"rope_type": "dynamic", "factor": 2.0}, {"type": "dynamic", "factor": 2.0}])
-def test_dynamic_rope_scaling_is_refused(tmp_path, rope_scaling):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, rope_scaling=rope_scaling)
-    with pytest.raises(ExportError, match="rope_scaling.*dynamic.*supported"):
-        export_model(LlamaForCausalLM(config).eval(), tmp_path / "out", progress=False, validate=False)
+@pytest.mark.parametrize("model_type,rope_scaling", [
+    ("llama", {"rope_type": "dynamic", "factor": 2.0}),
+    ("llama", {"type": "dynamic", "factor": 2.0}),  # the legacy spelling
+    ("phi3", {"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}),
+], ids=["dynamic", "dynamic-legacy-key", "longrope"])
+def test_run_time_rope_scaling_is_refused(tmp_path, model_type, rope_scaling):
+    """dynamic and longrope recompute the frequencies from the sequence length at run time (transformers'
+    dynamic_rope_update), which a traced graph freezes: refused, naming the supported types."""
+    config = AutoConfig.for_model(model_type, vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, max_position_embeddings=16, original_max_position_embeddings=8,
+                                  pad_token_id=256, rope_scaling=rope_scaling)
+    kind = rope_scaling.get("rope_type", rope_scaling.get("type"))
+    with pytest.raises(ExportError, match=f"rope_scaling.*'{kind}'.*supported rope_scaling types: default, linear"):
+        export_model(AutoModelForCausalLM.from_config(config).eval(), tmp_path / "out", progress=False, validate=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -178,3 +202,14 @@ def test_unsupported_model_type_names_the_supported_families(tmp_path):
     with pytest.raises(ExportError, match="'umt5' is not supported") as e:
         export_model(model, tmp_path / "out", progress=False)
     assert SUPPORTED_FAMILIES in str(e.value)
+
+
+def test_eager_only_gpt2_options_trace_eager_and_restore_the_callers_setting(tmp_path):
+    """scale_attn_by_inverse_layer_idx: transformers' SDPA path drops it, so the export traces eager (the parity
+    tests above compare against eager) and hands a passed model back with its own attention implementation."""
+    from onnxlm.export.recipes import instantiate_recipe
+
+    model, tok, *_ = instantiate_recipe(recipe_dir("tiny-gpt2-untied-inverse-layer-scale"))
+    assert model.config._attn_implementation == "sdpa"
+    export_model(model, tmp_path / "out", progress=False, validate=False, tokenizer=tok)
+    assert model.config._attn_implementation == "sdpa"
