@@ -32,6 +32,7 @@ NEW = 6  # new tokens per generate call
 PROMPTS = [7, 3, 5]  # left-padded batch of 3: prompt + NEW = 13 > the mistral recipe's sliding_window (4)
 FAMILY_DIR = RECIPES / "families"
 BASE = {"tiny-gpt2": "tiny_gpt2", "tiny-t5": "tiny_t5", "tiny-llama": "tiny_llama"}  # recipe -> conftest fixture
+QK_LAYERNORM = "tiny-stablelm-qk-layernorm"  # built in the test from tiny-stablelm (see _stablelm_qk_layernorm)
 NAMES = sorted(BASE) + sorted(p.name for p in FAMILY_DIR.iterdir() if (p / "recipe.json").is_file())
 
 
@@ -56,10 +57,42 @@ def reference(art: TinyModel):
     return auto.from_pretrained(art.hf_dir, **kw).eval()
 
 
-@pytest.fixture(scope="module", params=NAMES)
+def _stablelm_qk_layernorm(tmp_path_factory) -> TinyModel:
+    """tiny-stablelm with qk_layernorm=True. Not a recipe: transformers 4.57 cannot build it from a config (its
+    _init_weights touches the bias of the bias-free per-head LayerNorms), so the tiny-stablelm weights are reused and
+    the per-head norm weights drawn from a fixed seed."""
+    from transformers.models.stablelm import modeling_stablelm
+
+    from onnxlm.export.recipes import build_recipe
+
+    base = tmp_path_factory.mktemp(QK_LAYERNORM)
+    hf_dir = build_recipe(FAMILY_DIR / "tiny-stablelm", base / "hf")
+    plain = AutoModelForCausalLM.from_pretrained(hf_dir)
+    config = plain.config.__class__.from_dict({**plain.config.to_dict(), "qk_layernorm": True})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modeling_stablelm.StableLmPreTrainedModel, "_init_weights", lambda self, module: None)
+        model = modeling_stablelm.StableLmForCausalLM(config).eval()
+    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all("q_layernorm" in k or "k_layernorm" in k for k in missing)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for k in missing:
+            p = model.get_parameter(k)
+            p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(hf_dir)
+    onnx_dir = export_model(hf_dir, base / "onnx", progress=False, validate=False)
+    return TinyModel(QK_LAYERNORM, None, hf_dir, onnx_dir)
+
+
+@pytest.fixture(scope="module", params=NAMES + [QK_LAYERNORM])
 def family(request, tmp_path_factory):
     name = request.param
-    art = request.getfixturevalue(BASE[name]) if name in BASE else _tiny(tmp_path_factory, name, FAMILY_DIR / name, validate=False)
+    if name in BASE:
+        art = request.getfixturevalue(BASE[name])
+    elif name == QK_LAYERNORM:
+        art = _stablelm_qk_layernorm(tmp_path_factory)
+    else:
+        art = _tiny(tmp_path_factory, name, FAMILY_DIR / name, validate=False)
     return name, onnxlm.load(art.onnx_dir), reference(art)
 
 
