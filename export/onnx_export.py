@@ -96,19 +96,16 @@ def _with_position_ids(base):
         def generate_dummy_inputs(self, framework: str = "pt", **kwargs):
             # optimum pads the dummy attention_mask to past + new tokens only for the task "text-generation"; with
             # "text-generation-with-past" it stays one short, which models with legacy masking (StableLM) reject.
-            dummy = super().generate_dummy_inputs(framework, **kwargs)
-            past = dummy.get("past_key_values")
-            if past and "attention_mask" in dummy:
-                mask, want = dummy["attention_mask"], past[0][0].shape[-2] + dummy["input_ids"].shape[1]
-                if mask.shape[1] < want:
-                    dummy["attention_mask"] = self.pad_mask(mask, want)
-            return dummy
-
-        @staticmethod
-        def pad_mask(mask, length):
             from optimum.utils import DummyInputGenerator
 
-            return DummyInputGenerator.pad_input_on_dim(mask, desired_length=length, dim=1)
+            dummy = super().generate_dummy_inputs(framework, **kwargs)
+            past = dummy.get("past_key_values")  # [(key, value) per layer], key [b, kv_heads, past, head_dim]
+            if past and "attention_mask" in dummy:
+                want = past[0][0].shape[-2] + dummy["input_ids"].shape[1]
+                if dummy["attention_mask"].shape[1] < want:
+                    dummy["attention_mask"] = DummyInputGenerator.pad_input_on_dim(
+                        dummy["attention_mask"], desired_length=want, dim=1)
+            return dummy
 
     WithPositionIds.__name__ = base.__name__ + "WithPositionIds"
     return WithPositionIds

@@ -36,6 +36,15 @@ QK_LAYERNORM = "tiny-stablelm-qk-layernorm"  # built in the test from tiny-stabl
 NAMES = sorted(BASE) + sorted(p.name for p in FAMILY_DIR.iterdir() if (p / "recipe.json").is_file())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """2-layer, 64-wide models: torch's threads only add overhead (as in test_beam_unit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def recipe_dir(name: str):
     return RECIPES / name if name in BASE else FAMILY_DIR / name
 
