@@ -17,7 +17,7 @@ from onnxlm.runtime.errors import ExportError
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
 from .logits_to_keep import add_logits_to_keep
-from .onnx_export import export_onnx
+from .onnx_export import check_config, export_onnx, traced_attention
 from .validate import validate_export
 
 
@@ -123,7 +123,9 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, or a loaded
     transformers model (then ``tokenizer=`` may give a tokenizers.Tokenizer / fast tokenizer / tokenizer.json path;
     otherwise the tokenizer is loaded from ``model.config._name_or_path``).
-    Supported: GPT-2, T5 and the Llama family (see ``onnxlm.export.onnx_export.SUPPORTED_FAMILIES``).
+    Supported: GPT-2, T5 and the Llama family (see ``onnxlm.export.onnx_export.SUPPORTED_FAMILIES``); a
+    ``rope_scaling`` other than ``SUPPORTED_ROPE_SCALING`` is refused. A model whose config transformers honours only in
+    eager attention (``attn_implementation_for``) is traced and validated eager; a passed model gets its setting back.
 
     Everything is written into a temp dir beside ``out_dir`` and renamed into place only after validation passes;
     any failure (including KeyboardInterrupt) removes it. An existing non-empty ``out_dir`` is refused unless
@@ -146,19 +148,21 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             with prog.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}"):
                 lm = load_source(model, tokenizer=tokenizer)
             cfg = lm.model.config
+            check_config(cfg)
             dims = model_dims(cfg, lm.family)
             special = _special_tokens(lm, notices)
-            with prog.step(f"exporting {cfg.model_type} to ONNX"):
-                files, used_opset = export_onnx(lm.model, lm.family, tmp, opset=opset)
-                if lm.family != "t5":  # prefill computes the last position's logits only
-                    add_logits_to_keep(tmp / files["decoder"])
-            graphs = {role: {"file": f, **graph_io(tmp / f)} for role, f in files.items()}
-            check_graph_dims(graphs, dims, lm.family)
-            validation = None
-            if validate:
-                with prog.step("validating onnxruntime against PyTorch"):
-                    validation = validate_export(lm.model, tmp, files, {**dims, **special}, tolerance=tolerance,
-                                                 log=prog.log if progress else None)
+            with traced_attention(lm.model):  # export and validation run the attention the graph must match
+                with prog.step(f"exporting {cfg.model_type} to ONNX"):
+                    files, used_opset = export_onnx(lm.model, lm.family, tmp, opset=opset)
+                    if lm.family != "t5":  # prefill computes the last position's logits only
+                        add_logits_to_keep(tmp / files["decoder"])
+                graphs = {role: {"file": f, **graph_io(tmp / f)} for role, f in files.items()}
+                check_graph_dims(graphs, dims, lm.family)
+                validation = None
+                if validate:
+                    with prog.step("validating onnxruntime against PyTorch"):
+                        validation = validate_export(lm.model, tmp, files, {**dims, **special}, tolerance=tolerance,
+                                                     log=prog.log if progress else None)
             _write_side_files(lm, tmp, special, notices)
         for notice in notices:
             prog.log(f"warning: {notice}")

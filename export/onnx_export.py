@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError
@@ -20,6 +21,9 @@ GPT2_TYPES = {"gpt2"}
 T5_TYPES = {"t5", "mt5"}
 LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "smollm3", "helium", "arcee",
                "phi3", "stablelm", "cohere", "glm"}
+#: rope_scaling types whose graph is proven exact (tests/test_families.py). "dynamic" and "longrope" are refused:
+#: transformers recomputes their frequencies from the sequence length at run time, which a traced graph freezes.
+SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "yarn")
 SUPPORTED_FAMILIES = "GPT-2 (gpt2), T5 (t5, mt5), Llama family (" + ", ".join(sorted(LLAMA_TYPES)) + ")"
 
 
@@ -33,6 +37,43 @@ def family_of(model_type: str) -> str:
     raise ExportError(
         f"model_type {model_type!r} is not supported; supported families: {SUPPORTED_FAMILIES}"
     )
+
+
+def check_config(config) -> None:
+    """Refuse config values whose graph cannot match transformers exactly (the family itself is supported)."""
+    rope = getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    if rope_type is not None and rope_type not in SUPPORTED_ROPE_SCALING:
+        raise ExportError(
+            f"rope_scaling {{'rope_type': {rope_type!r}}} is not supported for export; supported rope_scaling types: "
+            f"{', '.join(SUPPORTED_ROPE_SCALING)} (or none)"
+        )
+
+
+def attn_implementation_for(config) -> str | None:
+    """The attention implementation to trace ``config``'s model with (None: the model's own).
+
+    transformers' GPT-2 honours ``scale_attn_by_inverse_layer_idx`` and ``reorder_and_upcast_attn`` only in its eager
+    attention (the SDPA path, the default, silently drops the 1/(layer_idx+1) scale), so such models are traced eager.
+    """
+    if config.model_type in GPT2_TYPES and (getattr(config, "scale_attn_by_inverse_layer_idx", False)
+                                            or getattr(config, "reorder_and_upcast_attn", False)):
+        return "eager"
+    return None
+
+
+@contextmanager
+def traced_attention(model):
+    """Within the block ``model`` runs ``attn_implementation_for(model.config)``; the caller's setting is restored."""
+    impl, was = attn_implementation_for(model.config), model.config._attn_implementation
+    if impl is None or impl == was:
+        yield model
+        return
+    model.set_attn_implementation(impl)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(was)
 
 
 def _with_position_ids(base):
@@ -51,6 +92,20 @@ def _with_position_ids(base):
             # keep the conventional order: input_ids, attention_mask, position_ids, past_key_values...
             order = ["input_ids", "attention_mask", "position_ids"]
             return {**{k: common[k] for k in order if k in common}, **{k: v for k, v in common.items() if k not in order}}
+
+        def generate_dummy_inputs(self, framework: str = "pt", **kwargs):
+            # optimum pads the dummy attention_mask to past + new tokens only for the task "text-generation"; with
+            # "text-generation-with-past" it stays one short, which models with legacy masking (StableLM) reject.
+            from optimum.utils import DummyInputGenerator
+
+            dummy = super().generate_dummy_inputs(framework, **kwargs)
+            past = dummy.get("past_key_values")  # [(key, value) per layer], key [b, kv_heads, past, head_dim]
+            if past and "attention_mask" in dummy:
+                want = past[0][0].shape[-2] + dummy["input_ids"].shape[1]
+                if dummy["attention_mask"].shape[1] < want:
+                    dummy["attention_mask"] = DummyInputGenerator.pad_input_on_dim(
+                        dummy["attention_mask"], desired_length=want, dim=1)
+            return dummy
 
     WithPositionIds.__name__ = base.__name__ + "WithPositionIds"
     return WithPositionIds

@@ -1,7 +1,8 @@
 """Recipes: tiny models described by ``recipe.json`` (transformers config + seed + byte-level tokenizer spec).
 
 Weights come from ``torch.manual_seed(seed)`` followed by transformers' own initialisation, so the same recipe gives
-the same weights on every machine with the same torch version.
+the same weights on every machine with the same torch version. An optional ``param_noise`` (a std) then adds seeded
+Gaussian noise to every parameter, so biases (initialised to 0) and norm weights (1) take non-trivial values.
 """
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def instantiate_recipe(recipe_dir: str | Path):
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = auto.from_config(config, dtype=torch.float32)
     model.eval()
+    noise = float(recipe.get("param_noise", 0.0))
+    if noise:  # transformers initialises biases to 0 and norm weights to 1: perturb them so they are exercised
+        with torch.no_grad():
+            for p in model.parameters():  # tied weights are one parameter, perturbed once
+                p.add_(torch.randn_like(p) * noise)
     gen = GenerationConfig.from_model_config(config)
     for k, v in recipe.get("generation_config", {}).items():
         setattr(gen, k, v)

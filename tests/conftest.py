@@ -15,16 +15,16 @@ RECIPES = REPO_ROOT / "models" / "recipes"
 TinyModel = namedtuple("TinyModel", ["name", "recipe_dir", "hf_dir", "onnx_dir"])
 
 
-def _tiny(tmp_path_factory, name: str) -> TinyModel:
+def _tiny(tmp_path_factory, name: str, recipe_dir: Path | None = None, validate: bool = True) -> TinyModel:
     pytest.importorskip("torch", reason="building tiny models needs the 'export' extra (torch)")
     pytest.importorskip("optimum.exporters.onnx", reason="exporting needs the 'export' extra (optimum-onnx)")
     from onnxlm.export import export_model
     from onnxlm.export.recipes import build_recipe
 
     base = tmp_path_factory.mktemp(name)
-    recipe_dir = RECIPES / name
+    recipe_dir = recipe_dir or RECIPES / name
     hf_dir = build_recipe(recipe_dir, base / "hf")
-    onnx_dir = export_model(hf_dir, base / "onnx", progress=False)
+    onnx_dir = export_model(hf_dir, base / "onnx", progress=False, validate=validate)
     return TinyModel(name, recipe_dir, hf_dir, onnx_dir)
 
 
