@@ -92,8 +92,8 @@ GEN_FLAGS: list[tuple[str, str, dict]] = [
                                             help="end-of-sequence token id (repeatable; replaces the model's)")),
     ("--pad-token-id", "pad_token_id", dict(type=int, metavar="ID", help="padding token id")),
     ("--stop-string", "stop_strings", dict(action="append", metavar="S",
-                                           help="stop when the generated text contains S (repeatable); "
-                                                "the text is cut before it")),
+                                           help="stop once S is written (repeatable; as transformers, the "
+                                                "end of the prompt counts too); the text is cut where S starts")),
     ("--bad-words-ids", "bad_words_ids", dict(type=int_list, action="append", metavar="IDS",
                                               help="a comma-separated token id sequence that must never be "
                                                    "generated (repeatable)")),

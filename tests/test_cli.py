@@ -257,3 +257,45 @@ def test_score_in_bounded_batches_equals_one_batch(capsys, tiny_gpt2):
     assert [r["text"] for r in rows_small] == texts
     for a, b in zip(rows_small, rows_big):
         assert a["token_ids"] == b["token_ids"] and abs(a["sequence_logprob"] - b["sequence_logprob"]) <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------- non-UTF-8 input
+LATIN1 = "caf\u00e9 au lait\n".encode("latin-1")  # b"caf\xe9 ...": not UTF-8
+
+
+def assert_not_utf8_line(code: int, err: str, name: str) -> None:
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"onnxlm: error: {name}: not UTF-8 text"), err
+    assert "0xe9" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["generate", "score"])
+def test_non_utf8_file_is_one_error_line(capsys, tmp_path, tiny_gpt2, command):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"hello\n" + LATIN1)
+    code, _, err = run_cli(capsys, command, tiny_gpt2.onnx_dir, "--file", path)
+    assert_not_utf8_line(code, err, str(path))
+    assert "line 2" in err
+
+
+@pytest.mark.parametrize("argv", [("generate", "-"), ("generate",), ("score", "--file", "-"), ("chat",)])
+def test_non_utf8_stdin_is_one_error_line(capsys, monkeypatch, tiny_llama, argv):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(LATIN1), encoding="utf-8"))
+    code, _, err = run_cli(capsys, argv[0], tiny_llama.onnx_dir, *argv[1:], "--max-new-tokens", 2) \
+        if argv[0] != "score" else run_cli(capsys, argv[0], tiny_llama.onnx_dir, *argv[1:])
+    assert_not_utf8_line(code, err, "stdin")
+
+
+def test_non_utf8_stdin_and_argument_subprocess(tiny_llama):
+    """Real stdin bytes (the chat conversation reads them line by line) and an undecodable argument."""
+    code = "import sys\nfrom onnxlm.cli import main\nsys.exit(main(sys.argv[1:]))"
+    for argv in (["chat", tiny_llama.onnx_dir, "--max-new-tokens", "2"],
+                 ["generate", tiny_llama.onnx_dir, "--max-new-tokens", "2"]):
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], input=LATIN1, capture_output=True,
+                              timeout=60)
+        assert_not_utf8_line(proc.returncode, proc.stderr.decode(), "stdin")
+    proc = subprocess.run([sys.executable, "-c", code, "generate", str(tiny_llama.onnx_dir).encode(), LATIN1.strip()],
+                          capture_output=True, timeout=60)
+    assert_not_utf8_line(proc.returncode, proc.stderr.decode(), "prompt argument 1")

@@ -245,3 +245,24 @@ def test_no_eos_finished_rows_keep_sampled_tokens(gpt2_pair):
     assert got.finish_reasons == ["stop", "length"]
     np.testing.assert_array_equal(got.sequences, free.sequences)  # row 0 kept its tokens after the stop
     assert got.new_tokens[0] == [259] and got.text[0] == ""
+
+
+def test_incremental_text_falls_back_when_decode_stream_fails(model):
+    """A decoder DecodeStream refuses (its output is not prefix-stable) falls back to re-decoding the row."""
+    text = "héllo 世界 🎉 ok"
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    inc = IncrementalText(model.tokenizer.tokenizer, hold=2)
+    real = inc.stream
+
+    class Failing:
+        n = 0
+
+        def step(self, tok, i):
+            Failing.n += 1
+            if Failing.n > 3:
+                raise Exception("InvalidPrefix")
+            return real.step(tok, i)
+    inc.stream = Failing()
+    pieces = [inc.push(i) for i in ids]
+    assert inc.fallback and all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) + inc.finish(text) == text and "".join(pieces) == text[:-2]
