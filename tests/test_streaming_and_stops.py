@@ -266,3 +266,25 @@ def test_incremental_text_falls_back_when_decode_stream_fails(model):
     pieces = [inc.push(i) for i in ids]
     assert inc.fallback and all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) + inc.finish(text) == text and "".join(pieces) == text[:-2]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_stop_strings_equal_transformers_seq2seq(tiny_t5, num_beams):
+    """T5: the decoder start token "<pad>" is the prompt tail the stop strings see (transformers' criteria run on
+    the decoder ids). transformers' T5 generate rejects `tokenizer=`, so its criterion is passed directly."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
+    ours = onnxlm.load(tiny_t5.onnx_dir)
+    ref = T5ForConditionalGeneration.from_pretrained(tiny_t5.hf_dir).eval()
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny_t5.onnx_dir / "tokenizer.json"))
+    ids, mask = ours.prepare_inputs(STOP_PROMPTS)
+    kw = dict(max_new_tokens=12, eos_token_id=None, suppress_tokens=SUPPRESS, num_beams=num_beams)
+    for stops in (["<pad>a", "<s><s>"], ["<pad>"]):
+        got = ours.generate(ids, attention_mask=mask, stop_strings=stops, **kw)
+        with torch.no_grad():
+            want = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                                stopping_criteria=StoppingCriteriaList([StopStringCriteria(tok, stops)]), **kw).numpy()
+        np.testing.assert_array_equal(got.sequences, want)
+        assert "stop" in got.finish_reasons
+    first = ours.generate(ids[:1], attention_mask=mask[:1], stop_strings="<pad>a", **{**kw, "num_beams": 1})
+    assert first.new_tokens[0][:1] == [ord("a")] and first.finish_reasons == ["stop"] and first.text == [""]
