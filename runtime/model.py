@@ -46,7 +46,11 @@ class LanguageModel:
         self.max_positions = None if self.is_encoder_decoder else manifest.get(
             "max_positions", self.config.get("n_positions", self.config.get("max_position_embeddings")))
         chat_file = path / "chat_template.jinja"
-        self.chat_template = chat_file.read_text(encoding="utf-8") if chat_file.is_file() else None
+        try:
+            self.chat_template = chat_file.read_text(encoding="utf-8") if chat_file.is_file() else None
+        except UnicodeDecodeError as exc:
+            raise ModelFileError(f"{chat_file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                 f"{exc.start}); a chat template must be UTF-8", str(chat_file)) from None
 
     # ------------------------------------------------------------------ set-up helpers
     def _runner(self, role: str) -> GraphRunner:

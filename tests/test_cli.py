@@ -299,3 +299,23 @@ def test_non_utf8_stdin_and_argument_subprocess(tiny_llama):
     proc = subprocess.run([sys.executable, "-c", code, "generate", str(tiny_llama.onnx_dir).encode(), LATIN1.strip()],
                           capture_output=True, timeout=60)
     assert_not_utf8_line(proc.returncode, proc.stderr.decode(), "prompt argument 1")
+
+
+def test_non_utf8_recipe_and_chat_template_are_one_error_line(capsys, tmp_path, tiny_llama):
+    """The files a command reads besides prompts: an export recipe, an artifact's chat_template.jinja."""
+    import json
+    import shutil
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "recipe.json").write_bytes(b'{"name": "' + LATIN1.strip() + b'"}')
+    code, _, err = run_cli(capsys, "export", recipe, tmp_path / "out")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("onnxlm: error: ") and str(recipe / "recipe.json") in err
+    art = tmp_path / "art"
+    shutil.copytree(tiny_llama.onnx_dir, art)
+    (art / "chat_template.jinja").write_bytes(LATIN1)
+    manifest = json.loads((art / "onnxlm.json").read_text())
+    manifest["files"].pop("chat_template.jinja", None)
+    (art / "onnxlm.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, "chat", art, "hi", "--max-new-tokens", 2)
+    assert_not_utf8_line(code, err, str(art / "chat_template.jinja"))
