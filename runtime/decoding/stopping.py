@@ -8,7 +8,8 @@ transformers' rule, reproduced exactly:
   an unfinished UTF-8 character decode to U+FFFD; an id outside the tokenizer's vocabulary matches nothing;
 - only the last `max(len(stop))` ids of a row count, prompt (and left padding) included: a stop string matches when
   it occurs in the concatenated token strings of that window *and ends inside the last token's string* (so it may
-  overhang the last token at its end, and the first token of the match at its start).
+  overhang the last token at its end, and the first token of the match at its start). The window counts tokens, not
+  characters: a token whose string is empty still takes a slot, so it can hide a match, in transformers too.
 
 A row is checked in O(window) per step: token strings are looked up in a cache filled lazily (the vocabulary is
 never scanned at load), and only the window's strings are joined.
