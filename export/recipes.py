@@ -25,7 +25,7 @@ def load_recipe(recipe_dir: str | Path) -> dict[str, Any]:
     path = Path(recipe_dir) / RECIPE_FILE
     try:
         recipe = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path}: cannot read recipe ({e})") from e
     for key in ("seed", "config", "tokenizer"):
         if key not in recipe:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -91,8 +92,8 @@ GEN_FLAGS: list[tuple[str, str, dict]] = [
                                             help="end-of-sequence token id (repeatable; replaces the model's)")),
     ("--pad-token-id", "pad_token_id", dict(type=int, metavar="ID", help="padding token id")),
     ("--stop-string", "stop_strings", dict(action="append", metavar="S",
-                                           help="stop when the generated text contains S (repeatable); "
-                                                "the text is cut before it")),
+                                           help="stop once S is written (repeatable; as transformers, the "
+                                                "end of the prompt counts too); the text is cut where S starts")),
     ("--bad-words-ids", "bad_words_ids", dict(type=int_list, action="append", metavar="IDS",
                                               help="a comma-separated token id sequence that must never be "
                                                    "generated (repeatable)")),
@@ -129,8 +130,8 @@ def read_prompts(args, *, what: str = "prompt", stdin=None) -> list[str]:
     """Positional texts, --file lines, or stdin lines (when `-` is given or stdin is piped)."""
     stdin = sys.stdin if stdin is None else stdin
     texts: list[str] = []
-    for text in args.texts:
-        texts.extend(_lines(stdin) if text == "-" else [text])
+    for i, text in enumerate(args.texts):
+        texts.extend(_lines(stdin) if text == "-" else [check_utf8(text, f"{what} argument {i + 1}")])
     if args.file:
         if args.file == "-":
             texts.extend(_lines(stdin))
@@ -144,15 +145,56 @@ def read_prompts(args, *, what: str = "prompt", stdin=None) -> list[str]:
     return texts
 
 
-def _lines(stream) -> list[str]:
-    return [line.rstrip("\r\n") for line in stream if line.strip()]
+def _lines(stream, name: str = "stdin") -> list[str]:
+    """Non-blank lines of a text stream (stdin: its bytes are decoded here, so bad bytes name their line)."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        stream = io.StringIO(decode_utf8(buffer.read(), name), newline=None)
+    try:
+        return [check_utf8(line.rstrip("\r\n"), name) for line in stream if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(name, exc.object, exc.start) from None
+
+
+def read_line(stream, name: str = "stdin") -> str:
+    """One line of an interactive stream ('' at EOF); InputError when it is not UTF-8 text."""
+    try:
+        return check_utf8(stream.readline(), name)
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(name, exc.object, exc.start) from None
+
+
+def check_utf8(text: str, name: str) -> str:
+    """text -> text; InputError when it holds bytes that were not UTF-8 (Python keeps them as lone surrogates in
+    command-line arguments, and in stdin under a C/POSIX locale)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ord(text[exc.start])
+        byte = bad - 0xDC00 if 0xDC80 <= bad <= 0xDCFF else None
+        raise InputError(f"{name}: not UTF-8 text ({f'byte 0x{byte:02x}' if byte is not None else f'U+{bad:04X}'}"
+                         "); onnxlm reads text as UTF-8: convert it first, e.g. with `iconv -f latin1 -t utf-8`") from None
+    return text
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    """File or stdin bytes -> str; InputError naming `name` and the line of the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(name, data, exc.start, line=data.count(b"\n", 0, exc.start) + 1) from None
+
+
+def _not_utf8(name: str, data: bytes, start: int, line: int | None = None) -> InputError:
+    where = f" on line {line}" if line is not None else ""
+    return InputError(f"{name}: not UTF-8 text (byte 0x{data[start]:02x}{where}); onnxlm reads text as UTF-8: "
+                      "convert it first, e.g. with `iconv -f latin1 -t utf-8`")
 
 
 def _lines_of_file(path: Path, what: str) -> list[str]:
     if not path.is_file():
         raise InputError(f"--file: {path} does not exist or is not a file")
-    with open(path, encoding="utf-8") as fh:
-        lines = _lines(fh)
+    lines = _lines(io.StringIO(decode_utf8(path.read_bytes(), str(path)), newline=None))
     if not lines:
         raise InputError(f"--file: {path} holds no {what}s (only blank lines)")
     return lines

