@@ -4,6 +4,8 @@ Shapes: ``b`` batch, ``nb`` num_beams, ``k`` candidates kept per step (``max(2, 
 ``L`` max_length.  The loop talks to the model only through the decoding state protocol (docs/design.md):
 ``state.select(rows)`` once per step to reorder the KV cache, then ``state.advance(tokens)``.
 
+Beam sampling (``rng`` given) differs only in step c: the k candidates are drawn, not the k best.
+
 Arithmetic is float32 in the same order as transformers (log_softmax, processors, ``+ running score``,
 ``/ length ** length_penalty``, ``+ flag * -1e9``), so scores agree to float rounding.
 
