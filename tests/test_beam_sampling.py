@@ -29,7 +29,8 @@ def pair(request):
 def batch(ours, seed=0):
     rng = np.random.default_rng(seed)
     if ours.is_encoder_decoder:
-        return right_padded_batch(rng, [5, 3], ours.vocab_size - 4, ours.pad_id, ours.generation_config.eos_token_ids[0])
+        eos = ours.generation_config.eos_token_ids[0]
+        return right_padded_batch(rng, [5, 3], ours.vocab_size - 4, ours.pad_id, eos)
     return left_padded_batch(rng, [5, 3], ours.vocab_size - 4, ours.pad_id)
 
 

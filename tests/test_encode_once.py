@@ -18,7 +18,8 @@ def model(request):
 def inputs(model):
     rng = np.random.default_rng(2)
     if model.is_encoder_decoder:
-        return right_padded_batch(rng, [6, 4], model.vocab_size - 4, model.pad_id, model.generation_config.eos_token_ids[0])
+        eos = model.generation_config.eos_token_ids[0]
+        return right_padded_batch(rng, [6, 4], model.vocab_size - 4, model.pad_id, eos)
     return left_padded_batch(rng, [6, 4], model.vocab_size - 4, model.pad_id)
 
 

@@ -1,5 +1,6 @@
-"""Sampling (GPT-2, T5, Llama): the processed scores we sample from equal transformers' processors on the same prefixes; seeded
-runs are reproducible; the empirical next-token distribution of a tiny model matches softmax(processed scores)."""
+"""Sampling (GPT-2, T5, Llama): the processed scores we sample from equal transformers' processors on the same
+prefixes; seeded runs are reproducible; the empirical next-token distribution of a tiny model matches
+softmax(processed scores)."""
 import numpy as np
 import pytest
 import torch
