@@ -168,10 +168,7 @@ class LanguageModel:
         """Generate from a prompt (see docs/design.md). params: transformers GenerationConfig names."""
         config = self.resolve_config(params)
         ids, mask = self.prepare_inputs(inputs, attention_mask)
-        if config.num_beams > 1:
-            if config.do_sample:
-                raise ParameterError("do_sample", "beam sampling (do_sample=True with num_beams > 1) is not "
-                                     "supported; use num_beams=1 to sample, or do_sample=False for beam search")
+        if config.num_beams > 1:  # beam search, or beam sampling with do_sample=True
             if streamer is not None:
                 raise ParameterError("streamer", "streaming is available for greedy and sampling, not num_beams > 1")
             return self._beam_generate(ids, mask, config)
@@ -195,10 +192,7 @@ class LanguageModel:
                     stream_text: bool = True) -> "_SampleRun":
         from .decoding.sample import sample_steps
         n = config.num_return_sequences if config.do_sample else 1
-        if n > 1:
-            ids, mask = np.repeat(ids, n, axis=0), np.repeat(mask, n, axis=0)
-        state, logits = self.start(ids, mask)
-        sequences = self.initial_sequences(ids)
+        state, logits, sequences = self._start_expanded(ids, mask, n)
         min_len, max_len = self._lengths(config, sequences.shape[1])
         processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder)
@@ -207,6 +201,16 @@ class LanguageModel:
             state, sequences, logits, processors=processors, do_sample=bool(config.do_sample), rng=rng,
             eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_id, max_length=max_len,
             stop_check=self._stop_check(config, sequences.shape[1])))
+
+    def _start_expanded(self, ids: np.ndarray, mask: np.ndarray, n: int):
+        """ids/mask [b, t] -> (state, logits [b*n, V], sequences [b*n, t0]): each row run once (the prompt's
+        prefill, the encoder) and then repeated n times for beams / num_return_sequences (row i -> rows i*n..)."""
+        state, logits = self.start(ids, mask)
+        sequences = self.initial_sequences(ids)
+        if n > 1:
+            state.select(np.repeat(np.arange(len(ids)), n))
+            logits, sequences = np.repeat(logits, n, axis=0), np.repeat(sequences, n, axis=0)
+        return state, logits, sequences
 
     def _lengths(self, config: GenerationConfig, input_length: int) -> tuple[int, int]:
         """(min_length, max_length) in total ids; rejects a max_length beyond the model's positions."""
@@ -274,9 +278,7 @@ class LanguageModel:
     def _beam_generate(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig) -> GenerationResult:
         from .decoding.beam import beam_search
         nb = config.num_beams
-        ids, mask = np.repeat(ids, nb, axis=0), np.repeat(mask, nb, axis=0)
-        state, logits = self.start(ids, mask)
-        sequences = self.initial_sequences(ids)
+        state, logits, sequences = self._start_expanded(ids, mask, nb)
         t0 = sequences.shape[1]
         _, max_len = self._lengths(config, t0)
         processors = build_processors(config, input_length=t0, max_length=max_len,
@@ -286,7 +288,8 @@ class LanguageModel:
                           length_penalty=config.length_penalty, early_stopping=config.early_stopping,
                           num_return_sequences=config.num_return_sequences, output_scores=bool(config.output_scores),
                           output_logits=bool(config.output_logits), decoder_prompt_len=t0,
-                          stopping_criteria=self._beam_stop_check(config, t0))
+                          stopping_criteria=self._beam_stop_check(config, t0),
+                          rng=np.random.default_rng(config.seed) if config.do_sample else None)
         new = [_strip_pad(row[t0:], self.pad_id, config.eos_token_ids) for row in out.sequences]
         texts = [self._finish_text(r, config, reason, row[:t0])
                  for r, reason, row in zip(new, out.finish_reasons, out.sequences)]

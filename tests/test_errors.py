@@ -27,8 +27,6 @@ PARAMETER_CASES = [
     ("nrs-above-beams", dict(num_beams=2, num_return_sequences=3), ParameterError, ["num_return_sequences", "num_beams"],
      ["--num-beams", "2", "--num-return-sequences", "3"]),
     ("max_new_tokens-negative", dict(max_new_tokens=-1), ParameterError, ["max_new_tokens"], ["--max-new-tokens", "-1"]),
-    ("beam-sampling", dict(do_sample=True, num_beams=2), ParameterError, ["do_sample", "num_beams"],
-     ["--do-sample", "--num-beams", "2"]),
     ("unknown-parameter", dict(temprature=0.5), ParameterError, ["temprature", "temperature"], None),
     ("eos-out-of-vocab", dict(eos_token_id=10**6), ParameterError, ["eos_token_id", "< 260"], ["--eos-token-id", "1000000"]),
 ]

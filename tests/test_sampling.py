@@ -1,5 +1,6 @@
-"""Sampling: the processed scores we sample from equal transformers' processors on the same prefixes; seeded
-runs are reproducible; the empirical next-token distribution of a tiny model matches softmax(processed scores)."""
+"""Sampling (GPT-2, T5, Llama): the processed scores we sample from equal transformers' processors on the same
+prefixes; seeded runs are reproducible; the empirical next-token distribution of a tiny model matches
+softmax(processed scores)."""
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ CASES = [dict(temperature=0.7), dict(top_k=5), dict(top_p=0.8), dict(min_p=0.05)
          dict(repetition_penalty=1.4, temperature=1.3, top_k=20, top_p=0.95)]
 
 
-@pytest.fixture(scope="module", params=["tiny_gpt2", "tiny_t5"])
+@pytest.fixture(scope="module", params=["tiny_gpt2", "tiny_t5", "tiny_llama"])
 def pair(request):
     art = request.getfixturevalue(request.param)
     cls = T5ForConditionalGeneration if request.param == "tiny_t5" else AutoModelForCausalLM

@@ -4,6 +4,8 @@ Shapes: ``b`` batch, ``nb`` num_beams, ``k`` candidates kept per step (``max(2, 
 ``L`` max_length.  The loop talks to the model only through the decoding state protocol (docs/design.md):
 ``state.select(rows)`` once per step to reorder the KV cache, then ``state.advance(tokens)``.
 
+Beam sampling (``rng`` given) differs only in step c: the k candidates are drawn, not the k best.
+
 Arithmetic is float32 in the same order as transformers (log_softmax, processors, ``+ running score``,
 ``/ length ** length_penalty``, ``+ flag * -1e9``), so scores agree to float rounding.
 
@@ -64,9 +66,36 @@ def _fill_value(pad_token_id: int | None, eos: Sequence[int]) -> int:
     return pad_token_id if pad_token_id else eos[0]
 
 
-def _top_k_continuations(acc, running_seqs, running_bidx, cur_len, prompt_len, k, nb, V):
-    """acc [b, nb*V] accumulated log-probs -> topk_lp [b, k], topk_seqs [b, k, L], topk_bidx [b, k, L-t0]."""
-    topk_lp, topk_idx = _topk(acc, k)
+def _softmax32(x: np.ndarray) -> np.ndarray:  # [r, n] float32 -> [r, n] float32, as torch's softmax
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32, copy=False)
+
+
+def _sample_without_replacement(acc: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """acc [r, n] accumulated log-probs -> [r, k] int64 indices: k draws without replacement from softmax(acc),
+    in draw order (transformers: ``torch.multinomial(softmax(acc), k)``).
+
+    Gumbel-top-k: the k largest ``log p + Gumbel(0, 1)`` are distributed exactly as k successive draws without
+    replacement (the first one is a draw from p itself).  Entries with p == 0 (float32 underflow, -inf scores)
+    are never drawn while a positive one is left; if fewer than k are positive, zero-probability entries fill
+    the rest (lowest index first), as torch's multinomial does instead of failing.
+    """
+    p = _softmax32(acc).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        keys = np.log(p) + rng.gumbel(size=p.shape)  # [r, n]; -inf where p == 0
+    return np.argsort(-keys, axis=-1, kind="stable")[:, :k].astype(np.int64)
+
+
+def _top_k_continuations(acc, running_seqs, running_bidx, cur_len, prompt_len, k, nb, V, rng=None):
+    """acc [b, nb*V] accumulated log-probs -> topk_lp [b, k], topk_seqs [b, k, L], topk_bidx [b, k, L-t0].
+
+    rng None: the k best (beam search); else k candidates drawn without replacement (beam sampling), kept in
+    draw order as transformers 4.57 does (it does not sort them)."""
+    if rng is None:
+        topk_lp, topk_idx = _topk(acc, k)
+    else:
+        topk_idx = _sample_without_replacement(acc, k, rng)
+        topk_lp = np.take_along_axis(acc, topk_idx, axis=-1)
     beam = topk_idx // V  # [b, k] beam within its batch item
     topk_seqs = _gather_beams(running_seqs, beam)  # [b, k, L] (copy)
     topk_bidx = _gather_beams(running_bidx, beam)  # [b, k, L-t0] (copy)
@@ -167,10 +196,14 @@ def beam_search(state, sequences, logits, *, num_beams: int, processors: Callabl
                 eos_token_ids: Sequence[int], pad_token_id: int | None, max_length: int,
                 length_penalty: float = 1.0, early_stopping: bool | str = False, num_return_sequences: int = 1,
                 output_scores: bool = False, output_logits: bool = False, decoder_prompt_len: int | None = None,
-                stopping_criteria: Callable[[np.ndarray], np.ndarray] | None = None) -> BeamOutput:
+                stopping_criteria: Callable[[np.ndarray], np.ndarray] | None = None,
+                rng: np.random.Generator | None = None) -> BeamOutput:
     """Run beam search from ``sequences`` [b*nb, t0] (inputs already np.repeat-ed by nb) and their next-token
     ``logits`` [b*nb, V].  ``decoder_prompt_len`` defaults to (and must equal) t0, as in transformers.
     ``stopping_criteria`` (optional): ``ids [n, t] -> bool [n]``, OR-ed with EOS / max_length (e.g. stop strings).
+    ``rng`` (optional): beam sampling (transformers' ``do_sample=True`` with ``num_beams > 1``): the k candidates
+    of each step are drawn from softmax of the accumulated scores instead of taken as the k best; the warpers
+    belong in ``processors``.
     """
     sequences = np.asarray(sequences, dtype=np.int64)
     logits = np.asarray(logits, dtype=np.float32)
@@ -206,8 +239,9 @@ def beam_search(state, sequences, logits, *, num_beams: int, processors: Callabl
             all_scores.append(log_probs.copy())
         # b. accumulate with the running beam scores: [b*nb, V] -> [b, nb*V]
         acc = (log_probs.reshape(b, nb, V) + running_scores[:, :, None]).reshape(b, nb * V)
-        # c. best k continuations over all beams of each batch item
-        topk_lp, topk_seqs, topk_bidx = _top_k_continuations(acc, running_seqs, running_bidx, cur_len, P, k, nb, V)
+        # c. best k continuations over all beams of each batch item (beam sampling: k drawn without replacement)
+        topk_lp, topk_seqs, topk_bidx = _top_k_continuations(acc, running_seqs, running_bidx, cur_len, P, k, nb, V,
+                                                             rng)
         # d. which candidates hit EOS / max_length / custom criteria: [b, k]
         hits = _stopping_hits(topk_seqs[:, :, :cur_len + 1], eos, max_length, stopping_criteria)
         # e. the best nb unfinished candidates keep running
