@@ -141,15 +141,17 @@ class LanguageModel:
             return rows
         raise InputError("inputs: mix of types; expected str, list of str, list of ids or list of id lists")
 
-    def prepare_inputs(self, inputs, attention_mask=None) -> tuple[np.ndarray, np.ndarray]:
+    def prepare_inputs(self, inputs, attention_mask=None, *, pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Any accepted input form -> input_ids [b, t] int64, attention_mask [b, t] int64 (checked).
 
-        Rows of different lengths are padded: on the left for decoder-only models, on the right for encoders.
+        Rows of different lengths are padded with ``pad_id`` (default: the model's): on the left for decoder-only
+        models, on the right for encoders.
         """
         if attention_mask is not None:
             return self._check_ids(inputs, attention_mask)
         rows = self._rows(inputs)
-        ids, mask = pad_batch(rows, self.pad_id, side="right" if self.is_encoder_decoder else "left")
+        ids, mask = pad_batch(rows, self.pad_id if pad_id is None else pad_id,
+                              side="right" if self.is_encoder_decoder else "left")
         return self._check_ids(ids, mask)
 
     def resolve_config(self, params: dict) -> GenerationConfig:
@@ -167,7 +169,7 @@ class LanguageModel:
                  **params) -> GenerationResult:
         """Generate from a prompt (see docs/design.md). params: transformers GenerationConfig names."""
         config = self.resolve_config(params)
-        ids, mask = self.prepare_inputs(inputs, attention_mask)
+        ids, mask = self.prepare_inputs(inputs, attention_mask, pad_id=self.pad_for(config))
         if config.num_beams > 1:  # beam search, or beam sampling with do_sample=True
             if streamer is not None:
                 raise ParameterError("streamer", "streaming is available for greedy and sampling, not num_beams > 1")
@@ -184,7 +186,7 @@ class LanguageModel:
         config = self.resolve_config(params)
         if config.num_beams > 1:
             raise ParameterError("num_beams", f"got {config.num_beams}; streaming supports num_beams=1 only")
-        ids, mask = self.prepare_inputs(inputs, attention_mask)
+        ids, mask = self.prepare_inputs(inputs, attention_mask, pad_id=self.pad_for(config))
         for step_results in self._sample_run(ids, mask, config):
             yield from step_results
 
@@ -192,14 +194,14 @@ class LanguageModel:
                     stream_text: bool = True) -> "_SampleRun":
         from .decoding.sample import sample_steps
         n = config.num_return_sequences if config.do_sample else 1
+        min_len, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
         state, logits, sequences = self._start_expanded(ids, mask, n)
-        min_len, max_len = self._lengths(config, sequences.shape[1])
         processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
         return _SampleRun(self, config, sequences, stream_text, sample_steps(
             state, sequences, logits, processors=processors, do_sample=bool(config.do_sample), rng=rng,
-            eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_id, max_length=max_len,
+            eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
             stop_check=self._stop_check(config, sequences.shape[1])))
 
     def _start_expanded(self, ids: np.ndarray, mask: np.ndarray, n: int):
@@ -278,19 +280,20 @@ class LanguageModel:
     def _beam_generate(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig) -> GenerationResult:
         from .decoding.beam import beam_search
         nb = config.num_beams
+        _, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
         state, logits, sequences = self._start_expanded(ids, mask, nb)
         t0 = sequences.shape[1]
-        _, max_len = self._lengths(config, t0)
         processors = build_processors(config, input_length=t0, max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder)
         out = beam_search(state, sequences, logits, num_beams=nb, processors=processors,
-                          eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_id, max_length=max_len,
+                          eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
                           length_penalty=config.length_penalty, early_stopping=config.early_stopping,
                           num_return_sequences=config.num_return_sequences, output_scores=bool(config.output_scores),
                           output_logits=bool(config.output_logits), decoder_prompt_len=t0,
                           stopping_criteria=self._beam_stop_check(config, t0),
                           rng=np.random.default_rng(config.seed) if config.do_sample else None)
-        new = [_strip_pad(row[t0:], self.pad_id, config.eos_token_ids) for row in out.sequences]
+        generated = (out.beam_indices != -1).sum(axis=1)  # exact new length of each row (the rest is fill)
+        new = [row[t0:t0 + n].tolist() for row, n in zip(out.sequences, generated)]
         texts = [self._finish_text(r, config, reason, row[:t0])
                  for r, reason, row in zip(new, out.finish_reasons, out.sequences)]
         return GenerationResult(sequences=out.sequences, text=texts,
@@ -432,17 +435,3 @@ class _SampleRun:
 def _stop_strings(config: GenerationConfig) -> list[str]:
     s = config.stop_strings
     return [] if not s else [s] if isinstance(s, str) else list(s)
-
-
-def _strip_pad(row: np.ndarray, pad_id: int, eos_ids: list[int]) -> list[int]:
-    """[T] new ids of one returned beam -> ids up to and including the first EOS (trailing pads dropped)."""
-    out = []
-    for i in row.tolist():
-        if i < 0:  # transformers' fill value when there is no EOS
-            break
-        out.append(i)
-        if i in eos_ids:
-            break
-    while out and out[-1] == pad_id and pad_id not in eos_ids:
-        out.pop()
-    return out

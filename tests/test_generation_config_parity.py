@@ -132,3 +132,16 @@ def test_pad_token_id_minus_one_falls_back_to_eos(tiny_llama):
                             max_new_tokens=5, pad_token_id=eos, eos_token_id=None)
     np.testing.assert_array_equal(got.sequences, want.numpy())
     assert res.sequences.shape == (2, res.sequences.shape[1]) and (res.sequences >= 0).all()
+
+
+def test_beam_new_tokens_keep_a_generated_pad_id(pair):
+    """Without EOS, a beam row whose last generated token happens to be the pad id keeps it in new_tokens/text
+    (the new length comes from beam_indices, not from stripping trailing pads)."""
+    ours, _ = pair
+    free = ours.generate([[72, 101, 108], [104, 105, 32]], num_beams=2, max_new_tokens=5, eos_token_id=[])
+    last = free.new_tokens[0][-1]
+    got = ours.generate([[72, 101, 108], [104, 105, 32]], num_beams=2, max_new_tokens=5, eos_token_id=[],
+                        pad_token_id=last)
+    t0 = 3
+    assert got.new_tokens[0] == got.sequences[0, t0:].tolist() and got.new_tokens[0][-1] == last
+    assert all(len(t) == 5 for t in got.new_tokens)
