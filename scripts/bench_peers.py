@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark onnxlm against its peers (transformers PyTorch, optimum ORTModelForCausalLM) in ONE process.
+"""Benchmark onnxlm against its peers (transformers PyTorch, optimum ORTModelForCausalLM, CTranslate2 float32 and
+int8) in ONE process.
 
 Every engine runs on the same fp32 weights, on the CPU, with the same thread count and the same prompt ids, in this
 one process. Per case (model x batch size) each engine is loaded in turn, then the timed runs of all engines are
@@ -59,8 +60,10 @@ PROMPT_TEXT = (
     "Later, towers of stone carried lamps fed with oil, and lenses made the light visible far out at sea. "
     "Keepers lived beside the lamp, trimming wicks and winding the clockwork that turned the lens. "
 )
-ENGINES = ("onnxlm", "PyTorch (transformers)", "optimum ORTModelForCausalLM")
+ENGINES = ("onnxlm", "PyTorch (transformers)", "optimum ORTModelForCausalLM", "CTranslate2 float32",
+           "CTranslate2 int8")
 PT = ENGINES[1]
+CT2 = {"CTranslate2 float32": "float32", "CTranslate2 int8": "int8"}  # engine -> compute_type / quantization
 SETTLE_S = 0.3  # pause before each engine's timed calls: thread pools of the engine that ran last stop spinning
 
 
@@ -96,7 +99,7 @@ def _loadavg() -> str:
 def versions() -> dict[str, str]:
     out = {}
     for dist in ("onnxlm", "onnxruntime", "numpy", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx",
-                 "onnx", "psutil"):
+                 "onnx", "psutil", "ctranslate2"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -288,6 +291,8 @@ def _import_all() -> None:
 
     with contextlib.suppress(Exception):
         import optimum.onnxruntime  # noqa: F401
+    with contextlib.suppress(Exception):
+        import ctranslate2  # noqa: F401
 
 
 def probe_memory(engine: str, spec: dict, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
@@ -339,6 +344,9 @@ def make_engine(name: str, spec: dict, ids: np.ndarray) -> Engine:
         return Engine(name, _torch_from_dir(path) if spec["torch_kind"] == "dir" else _torch_from_gguf(path), tgen)
     if name == ENGINES[2]:
         return Engine(name, optimum_load_fn(Path(spec["optimum_dir"]), threads), tgen)
+    if name in CT2:
+        load, make_gen = ct2_engine(Path(spec["ct2_dirs"][CT2[name]]), CT2[name], threads, Path(spec["artifact"]))
+        return Engine(name, load, make_gen(ids))
     raise ValueError(f"unknown engine {name!r}")
 
 
@@ -373,6 +381,51 @@ def torch_generate_fn(ids: np.ndarray, pad_token_id: int | None):
         return out.numpy()
 
     return generate
+
+
+def ct2_engine(ct2_dir: Path, compute_type: str, threads: int, artifact: Path):
+    """CTranslate2's Generator on its own conversion (ct2 speaks token strings: ids go through the artifact's
+    tokenizer vocabulary both ways). Greedy, exactly n new tokens (min_length=max_length=n, prompt excluded)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+
+    def load():
+        import ctranslate2
+
+        return ctranslate2.Generator(str(ct2_dir), device="cpu", compute_type=compute_type, intra_threads=threads,
+                                     inter_threads=1)
+
+    def make_generate(ids):
+        prompts = [[tok.id_to_token(int(i)) for i in row] for row in ids]
+
+        def generate(model, n):
+            res = model.generate_batch(prompts, max_length=n, min_length=n, sampling_topk=1, beam_size=1,
+                                       include_prompt_in_result=False)
+            new = np.array([r.sequences_ids[0][:n] for r in res], dtype=np.int64)
+            return np.concatenate([ids, new], axis=1)
+
+        return generate
+
+    return load, make_generate
+
+
+def ct2_status() -> tuple[bool, str]:
+    try:
+        import ctranslate2  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return False, f"ctranslate2 does not import here ({type(e).__name__}: {e}); pip install '.[bench]'"
+    return True, ""
+
+
+def convert_ct2(hf_dir: Path, out: Path, quantization: str) -> Path:
+    """CTranslate2's transformers converter on a transformers dir (weights as saved there, fp32)."""
+    import ctranslate2
+
+    with _quiet(), contextlib.redirect_stdout(io.StringIO()):
+        ctranslate2.converters.TransformersConverter(str(hf_dir), low_cpu_mem_usage=True).convert(
+            str(out), quantization=quantization, force=True)
+    return out
 
 
 def optimum_status() -> tuple[bool, str]:
@@ -418,6 +471,7 @@ class Prepared:
     torch_source: str                # how the PyTorch model is loaded, for the table
     optimum_note: str                # why optimum is missing, when it is
     max_positions: int | None
+    ct2_note: str = ""               # why CTranslate2 is missing, when it is
 
 
 def _torch_from_dir(hf_dir: Path):
@@ -439,7 +493,7 @@ def _torch_from_gguf(path: Path):
     return load
 
 
-def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int) -> Prepared:
+def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int, want_ct2: bool = True) -> Prepared:
     """Build/export what each engine needs for ``spec`` (tiny-gpt2 | smollm2 | PATH). Untimed."""
     from onnxlm.export import export_model
 
@@ -501,6 +555,31 @@ def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int) -> Prepared:
     else:
         opt_note = "skipped (--no-optimum)"
 
+    ct2_dirs, ct2_note = {}, ""
+    if want_ct2:
+        ok, ct2_note = ct2_status()
+        if ok:
+            log(f"converting {spec} with CTranslate2's transformers converter (float32, int8) ...")
+            t0 = time.perf_counter()
+            try:
+                src = hf_dir
+                if src is None:  # a GGUF: the dequantised fp32 model + the artifact's tokenizer as a transformers dir
+                    from transformers import PreTrainedTokenizerFast
+
+                    src = work / "hf-from-gguf"
+                    with _quiet():
+                        torch_load().save_pretrained(src)
+                    PreTrainedTokenizerFast(tokenizer_file=str(artifact / "tokenizer.json")).save_pretrained(src)
+                for q in ("float32", "int8"):
+                    ct2_dirs[q] = str(convert_ct2(src, work / f"ct2-{q}", q))
+                log(f"  done in {time.perf_counter() - t0:.0f} s")
+            except Exception as e:  # noqa: BLE001 - report, do not fail the whole benchmark
+                ct2_dirs, ct2_note = {}, f"CTranslate2 conversion failed ({type(e).__name__}: {str(e)[:200]})"
+                log(ct2_note)
+            _trim()
+    else:
+        ct2_note = "skipped (--no-ct2)"
+
     manifest = json.loads((artifact / "onnxlm.json").read_text())
     special = manifest.get("special_tokens", {})
     pad = special.get("pad_token_id")
@@ -509,9 +588,10 @@ def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int) -> Prepared:
         pad = eos[0] if isinstance(eos, list) else eos
     spec = {"artifact": str(artifact), "torch_kind": "dir" if hf_dir is not None else "gguf",
             "torch_path": str(hf_dir if hf_dir is not None else gguf_path),
-            "optimum_dir": str(opt_dir) if opt_dir is not None else None, "threads": threads, "pad_token_id": pad}
+            "optimum_dir": str(opt_dir) if opt_dir is not None else None, "threads": threads, "pad_token_id": pad,
+            "ct2_dirs": ct2_dirs}
     return Prepared(name=name, artifact=artifact, spec=spec, torch_source=torch_source, optimum_note=opt_note,
-                    max_positions=manifest.get("max_positions"))
+                    max_positions=manifest.get("max_positions"), ct2_note=ct2_note)
 
 
 def prompt_ids(artifact: Path, batch: int, length: int) -> np.ndarray:
@@ -578,6 +658,18 @@ def case_table(case: Case) -> str:
     return "\n".join(rows)
 
 
+def ct2_ratios(c: Case) -> str:
+    """onnxlm's decode ms/token and prefill time as multiples of each CTranslate2 variant's (<1: onnxlm faster)."""
+    o = c.get(ENGINES[0])
+    parts = []
+    for n in CT2:
+        r = c.get(n)
+        if o and r:
+            parts.append(f"decode ms/token {r.decode_tps / o.decode_tps:.2f}× {n}'s, time to first token "
+                         f"{o.prefill_ms / r.prefill_ms:.2f}×")
+    return "; ".join(parts)
+
+
 def interpretation(cases: list[Case]) -> list[str]:
     """Sentences computed from the numbers (so they stay true when the file is regenerated)."""
     out = []
@@ -600,7 +692,7 @@ def interpretation(cases: list[Case]) -> list[str]:
 
 
 def render(cases: list[Case], machine: dict, vers: dict, command: str, args, elapsed: float) -> str:
-    L = ["# Benchmarks: onnxlm vs transformers (PyTorch) vs optimum (onnxruntime)", "",
+    L = ["# Benchmarks: onnxlm vs transformers (PyTorch), optimum (onnxruntime) and CTranslate2", "",
          "Generated by `scripts/bench_peers.py` (do not edit by hand: rerun the command below). All engines run in "
          "**one process, on the same fp32 weights, on the CPU, with the same thread count and the same prompt "
          "ids**; each engine is loaded in turn, then their timed runs are interleaved round-robin (rotating "
@@ -608,7 +700,8 @@ def render(cases: list[Case], machine: dict, vers: dict, command: str, args, ela
          "idle), so the ratios compare engines measured side by side in the same run.", "",
          "- **load s**: wall time to load the model (onnxlm: `onnxlm.load`, which also verifies the manifest "
          "SHA-256 of every file; PyTorch: `from_pretrained`, or for a GGUF `load_gguf`, which dequantises; optimum: "
-         "`ORTModelForCausalLM.from_pretrained` on optimum's own export).",
+         "`ORTModelForCausalLM.from_pretrained` on optimum's own export; CTranslate2: `Generator` on its own "
+         "transformers conversion, float32 and int8 weights).",
          "- **prefill ms**: median time of a greedy `generate` with `max_new_tokens=1` (prompt pass + first token; "
          "i.e. time to first token).",
          "- **decode tok/s**: tokens generated over all rows per second after the first: "
@@ -638,8 +731,8 @@ def render(cases: list[Case], machine: dict, vers: dict, command: str, args, ela
     for c in cases:
         L += [f"## {c.model}: batch {c.batch}, prompt {c.prompt_tokens} tokens, {c.new_tokens} new tokens", "",
               f"PyTorch model: {c.torch_source}.", "", case_table(c), ""]
-        L += [f"- ids equal, onnxlm vs PyTorch: **{c.ids_equal(ENGINES[0])}**",
-              f"- ids equal, optimum vs PyTorch: **{c.ids_equal(ENGINES[2])}**",
+        L += [f"- ids equal, {n} vs PyTorch: **{c.ids_equal(n)}**" for n in ENGINES if n != PT]
+        L += [f"- ratios to CTranslate2 (same run): {ct2_ratios(c)}" if ct2_ratios(c) else "",
               f"- other processes used {_f(c.other_cpu * 100, '.0f')}% of the machine's CPU time during the timed "
               "runs", ""]
     L += ["## Interpretation", ""]
@@ -696,6 +789,7 @@ def parse_args(argv=None):
     p.add_argument("--runs", type=int, default=5, help="timed runs per engine; medians are reported (default: 5)")
     p.add_argument("--threads", type=int, default=usable, help=f"CPU threads for every engine (default: the usable CPUs, here {usable})")
     p.add_argument("--no-optimum", action="store_true", help="skip optimum's ORTModelForCausalLM")
+    p.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 (float32 and int8)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probes (one child process per engine)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report to write (default: docs/benchmarks.md)")
     p.add_argument("--no-write", action="store_true", help="print the report only; do not write --out")
@@ -735,7 +829,8 @@ def main(argv=None) -> int:
     cases: list[Case] = []
     with tempfile.TemporaryDirectory(prefix="onnxlm-bench-") as tmpd:
         for spec in args.model:
-            prep = prepare(spec, Path(tmpd), want_optimum=not args.no_optimum, threads=args.threads)
+            prep = prepare(spec, Path(tmpd), want_optimum=not args.no_optimum, threads=args.threads,
+                           want_ct2=not args.no_ct2)
             if prep.max_positions and args.prompt_tokens + args.new_tokens > prep.max_positions:
                 raise SystemExit(f"{spec}: prompt {args.prompt_tokens} + new {args.new_tokens} tokens exceed the "
                                  f"model's {prep.max_positions} positions")
@@ -743,7 +838,8 @@ def main(argv=None) -> int:
             for batch in batches:
                 ids = prompt_ids(prep.artifact, batch, args.prompt_tokens)
                 log(f"case {prep.name}, batch {batch}: prompt {ids.shape[1]} tokens, {args.new_tokens} new")
-                names = [ENGINES[0], PT] + ([ENGINES[2]] if prep.spec["optimum_dir"] else [])
+                names = [ENGINES[0], PT] + ([ENGINES[2]] if prep.spec["optimum_dir"] else []) + \
+                    [n for n, q in CT2.items() if q in prep.spec["ct2_dirs"]]
                 engines = [make_engine(n, prep.spec, ids) for n in names]
                 results, other_cpu = measure_case(engines, ids, args.new_tokens, args.runs)
                 for r in results:
@@ -751,6 +847,9 @@ def main(argv=None) -> int:
                         r.peak_rss_mb, r.rss_after_mb = probe_memory(r.engine, prep.spec, ids, args.new_tokens)
                 if not prep.spec["optimum_dir"]:
                     results.append(EngineResult(ENGINES[2], available=False, note=f"unavailable: {prep.optimum_note}"))
+                for n, q in CT2.items():
+                    if q not in prep.spec["ct2_dirs"]:
+                        results.append(EngineResult(n, available=False, note=f"unavailable: {prep.ct2_note}"))
                 case = Case(prep.name, batch, ids.shape[1], args.new_tokens, prep.torch_source, results, other_cpu)
                 for r in results:
                     if r.available:
@@ -761,8 +860,7 @@ def main(argv=None) -> int:
                     else:
                         log(f"  {r.engine:30s} {r.note}")
                 log(f"  other processes used {other_cpu:.0%} of the CPUs during the timed runs")
-                log(f"  ids equal onnxlm vs PyTorch: {case.ids_equal(ENGINES[0])}; "
-                    f"optimum vs PyTorch: {case.ids_equal(ENGINES[2])}")
+                log("  ids equal vs PyTorch: " + "; ".join(f"{n}: {case.ids_equal(n)}" for n in ENGINES if n != PT))
                 cases.append(case)
     text = render(cases, machine, vers, command, args, time.perf_counter() - t_start)
     print(text)
