@@ -1,11 +1,12 @@
 """Export (needs the `export` extra: torch, transformers, optimum-onnx).
 
 ``export_model(model, out_dir, ...)`` writes a validated ONNX artifact; ``build_recipe(recipe_dir, save_dir)`` writes a
-recipe's transformers checkpoint. Heavy imports (torch, transformers, optimum) happen on first use.
+recipe's transformers checkpoint; ``quantize_artifact(src, out_dir, scheme=...)`` quantizes an fp32 artifact (weight-only,
+quality-gated). Heavy imports (torch, transformers, optimum) happen on first use.
 """
 from onnxlm.runtime.errors import ExportError
 
-__all__ = ["export_model", "build_recipe", "ExportError", "RECIPES_DIR"]
+__all__ = ["export_model", "quantize_artifact", "build_recipe", "ExportError", "RECIPES_DIR"]
 
 
 def __getattr__(name):
@@ -13,6 +14,10 @@ def __getattr__(name):
         from .export import export_model
 
         return export_model
+    if name == "quantize_artifact":
+        from .quantize import quantize_artifact
+
+        return quantize_artifact
     if name == "build_recipe":
         from .recipes import build_recipe
 

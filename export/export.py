@@ -117,7 +117,8 @@ def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any], notices
 
 
 def export_model(model, out_dir, *, force: bool = False, tolerance: float | None = None, opset: int | None = None,
-                 validate: bool = True, progress: bool = True, tokenizer=None) -> Path:
+                 validate: bool = True, progress: bool = True, tokenizer=None, quantize: str | None = None,
+                 block_size: int = 32, accuracy_level: int = 4, force_quality: bool = False) -> Path:
     """Export ``model`` to an ONNX artifact directory ``out_dir`` (layout and manifest: docs/design.md).
 
     ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, or a loaded
@@ -132,10 +133,33 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     ``force=True``, which replaces it atomically. ``tolerance``: absolute logits tolerance for validation (default:
     ``1e-4 + 1e-4 * max|reference logits|``, see ``onnxlm.export.validate``). ``validate=False`` skips the PyTorch vs
     onnxruntime comparison (the manifest then records ``validation: null``). Returns the artifact path.
+
+    ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only
+    MatMulNBits with ``block_size`` and ``accuracy_level``; refused below the quality thresholds of
+    ``onnxlm.export.quality`` unless ``force_quality=True``); only the quantized artifact is written. ``model`` may then
+    also be an fp32 onnxlm artifact dir, which is quantized as it is.
     """
     out_dir = Path(out_dir).expanduser().absolute()
     if _is_nonempty(out_dir) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+    if quantize is not None:
+        from .quantize import _check_args, quantize_artifact
+
+        _check_args(quantize, block_size, accuracy_level)  # refuse bad settings before the long export
+        if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file():
+            return quantize_artifact(model, out_dir, scheme=quantize, block_size=block_size,  # no torch needed
+                                     accuracy_level=accuracy_level, force_quality=force_quality, force=force,
+                                     progress=progress)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.fp32-", dir=out_dir.parent))
+        try:
+            fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, opset=opset, validate=validate,
+                                progress=progress, tokenizer=tokenizer)
+            return quantize_artifact(fp32, out_dir, scheme=quantize, block_size=block_size,
+                                     accuracy_level=accuracy_level, force_quality=force_quality, force=force,
+                                     progress=progress)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     if tolerance is not None and not (float(tolerance) > 0):
         raise ExportError(f"tolerance: must be a positive number, got {tolerance!r}")
     prog = _Progress(progress)

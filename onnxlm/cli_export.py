@@ -16,6 +16,7 @@ examples:
   onnxlm export gpt2 models/gpt2
   onnxlm export google-t5/t5-small models/t5-small --tolerance 1e-3
   onnxlm export models/recipes/tiny-gpt2 models/tiny-gpt2 --force
+  onnxlm export models/smollm2-135m-instruct models/smollm2-int8 --quantize int8 --accuracy-level 1
 """
 
 
@@ -29,6 +30,15 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="skip the PyTorch vs onnxruntime comparison")
+    q = p.add_argument_group("quantization (decoder-only; MODEL may also be an fp32 onnxlm artifact dir)")
+    q.add_argument("--quantize", choices=("int8", "int4"),
+                   help="weight-only MatMulNBits; refused below the quality thresholds (top-1 agreement >= 0.975 and "
+                        "perplexity within +0.5%% of fp32 on a shipped text) unless --force-quality")
+    q.add_argument("--block-size", type=positive_int, default=32, metavar="N",
+                   help="weights per quantization block (a power of two >= 16; default: 32)")
+    q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
+                   help="onnxruntime's activation type: 4 = int8 (fast, default), 1 = fp32 (fidelity, slower)")
+    q.add_argument("--force-quality", action="store_true", help="keep a variant below the quality thresholds")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -47,6 +57,8 @@ def import_export_model():
 def run(args) -> int:
     export_model = import_export_model()
     path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
-                        validate=args.validate, progress=not args.quiet)
+                        validate=args.validate, progress=not args.quiet, quantize=args.quantize,
+                        block_size=args.block_size, accuracy_level=args.accuracy_level,
+                        force_quality=args.force_quality)
     print(path)
     return 0

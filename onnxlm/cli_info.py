@@ -54,7 +54,7 @@ def collect(model) -> dict:
         "head_dim": m.get("head_dim"), "hidden_size": m.get("hidden_size"),
         "vocab_size": m.get("vocab_size", model.vocab_size), "max_positions": m.get("max_positions"),
         "special_tokens": m.get("special_tokens"), "dtype": m.get("dtype"), "opset": m.get("opset"),
-        "versions": m.get("versions"), "validation": m.get("validation"),
+        "versions": m.get("versions"), "validation": m.get("validation"), "quantization": m.get("quantization"),
         "chat_template": model.chat_template is not None,
         "provider": model.provider,
         "generation_config": gen_set,
@@ -98,7 +98,8 @@ def _render(info: dict) -> str:
     if val is None:
         out.append("  validation      none (exported with --no-validate)" if "validation" in info else "")
     else:
-        out.append(f"  validation      max|diff| {_num(val.get('max_abs_diff'))} (tolerance {_num(val.get('tolerance'))})")
+        of = " of the fp32 export" if info.get("quantization") else ""
+        out.append(f"  validation      max|diff|{of} {_num(val.get('max_abs_diff'))} (tolerance {_num(val.get('tolerance'))})")
         for check in val.get("checks") or []:
             if isinstance(check, dict):
                 name = check.get("name", "?")
@@ -107,6 +108,17 @@ def _render(info: dict) -> str:
                 out.append(f"    {name:<32} max|diff| {_num(diff)}" + ("" if ok is None else f"  {'ok' if ok else 'FAIL'}"))
             else:
                 out.append(f"    {check}")
+    quant = info.get("quantization")
+    if quant:
+        out.append(f"  quantization    {quant['scheme']} weight-only, block {quant['block_size']}, accuracy level "
+                   f"{quant['accuracy_level']}{' (below the quality thresholds: forced)' if quant.get('forced') else ''}")
+        q = quant.get("quality")
+        if q:
+            out.append(f"    vs fp32        top-1 agreement {q['top1_agreement']:.4f} (min {q['min_top1_agreement']}), "
+                       f"perplexity {q['perplexity']:.3f} vs {q['perplexity_fp32']:.3f} "
+                       f"(max +{q['max_perplexity_increase']:.1%}), {q['tokens']} tokens of {q['text']}")
+        else:
+            out.append("    vs fp32        not measured (forced without a tokenizer)")
     out.append(f"  generation      {_kv(info['generation_config']) or 'transformers defaults'}")
     out.append(f"  provider        {info['provider']}")
     for role, g in info["graphs"].items():

@@ -1,0 +1,155 @@
+"""Weight-only quantization of an exported decoder-only artifact, gated by its quality against the fp32 source.
+
+``quantize_artifact(src, out, scheme="int8"|"int4")`` rewrites every MatMul with a constant weight (an untied
+output projection included; a tied one reads the fp32 embedding through a Transpose and stays fp32, stored once)
+as onnxruntime's ``MatMulNBits`` (symmetric, one scale per ``block_size`` weights along the
+input dimension) with onnxruntime's own ``MatMulNBitsQuantizer``, then measures the teacher-forced top-1
+agreement and perplexity against ``src`` on the shipped text (``export/quality.py``) and refuses a variant below
+the documented thresholds unless ``force_quality=True``. ``accuracy_level``: onnxruntime's compute type for the
+activations, 4 = int8 (fast), 1 = fp32 (the fidelity setting: closer to fp32, much slower on CPU for 8-bit).
+
+The result is a complete artifact (manifest ``quantization`` record with the quality figures), written atomically
+like ``export_model``. Needs onnx and onnxruntime's quantization tools (the ``export`` extra), not torch.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from onnxlm.runtime.errors import ExportError
+
+from .manifest import graph_io, versions, write_manifest
+from .quality import measure_quality, quality_failures
+
+SCHEMES = {"int8": 8, "int4": 4}
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+
+
+def _check_args(scheme: str, block_size: int, accuracy_level: int) -> int:
+    if scheme not in SCHEMES:
+        raise ExportError(f"quantize: got {scheme!r}; allowed: {', '.join(SCHEMES)}")
+    if not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
+        raise ExportError(f"block_size: got {block_size!r}; allowed: a power of two >= 16 (e.g. 32, 64, 128)")
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ExportError(f"accuracy_level: got {accuracy_level!r}; allowed: {ACCURACY_LEVELS} "
+                          "(4 = int8 activations, 1 = fp32 activations)")
+    return SCHEMES[scheme]
+
+
+def _gemm_to_matmul(model) -> int:
+    """Rewrite Gemm(A, W, bias) with a constant W (GPT-2's Conv1D export) as MatMul + Add, which the quantizer
+    handles (it quantizes MatMul only). transB=1 gets a transposed copy of W. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, done = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
+        if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            w = numpy_helper.to_array(inits[weight]).T.copy()
+            weight = weight + "_transposed_for_matmul"
+            model.graph.initializer.append(numpy_helper.from_array(w, weight))
+        out = node.output[0]
+        if len(node.input) > 2 and node.input[2]:
+            nodes.append(helper.make_node("MatMul", [node.input[0], weight], [out + "_matmul"], name=node.name + "_MatMul"))
+            nodes.append(helper.make_node("Add", [out + "_matmul", node.input[2]], [out], name=node.name + "_Add"))
+        else:
+            nodes.append(helper.make_node("MatMul", [node.input[0], weight], [out], name=node.name + "_MatMul"))
+        done += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return done
+
+
+def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int) -> None:
+    """ONNX file src -> dst with every constant-weight MatMul as MatMulNBits (weights inline)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 MatMulNBitsQuantizer)
+
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # it logs one INFO line per MatMul
+    try:
+        model = onnx.load(str(src))
+        _gemm_to_matmul(model)
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
+                                              bits=bits)
+        quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                                         accuracy_level=accuracy_level, algo_config=config)
+        quantizer.process()
+        onnx.save_model(quantizer.model.model, str(dst))
+    finally:
+        quiet.setLevel(level)
+
+
+def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 32, accuracy_level: int = 4,
+                      force_quality: bool = False, force: bool = False, progress: bool = True) -> Path:
+    """An fp32 decoder-only artifact ``src`` -> quantized artifact ``out_dir`` (see the module docstring)."""
+    from .export import _is_nonempty, _move_into_place
+
+    bits = _check_args(scheme, block_size, accuracy_level)
+    src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
+    manifest_path = src / "onnxlm.json"
+    if not manifest_path.is_file():
+        raise ExportError(f"{src}: not an onnxlm artifact (no onnxlm.json)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("kind") != "causal-lm":
+        raise ExportError(f"{src}: quantization supports decoder-only artifacts (GPT-2, Llama family) for now; "
+                          f"this one is {manifest.get('kind')!r}")
+    if manifest.get("quantization"):
+        raise ExportError(f"{src}: already quantized ({manifest['quantization'].get('scheme')}); quantize the fp32 "
+                          "artifact")
+    if _is_nonempty(out_dir) and not force:
+        raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+
+    def log(msg: str) -> None:
+        if progress:
+            print(f"[onnxlm quantize] {msg}", file=sys.stderr, flush=True)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        graph_file = manifest["graphs"]["decoder"]["file"]
+        for f in src.iterdir():  # side files (tokenizer, configs, chat template); the graph is rewritten
+            if f.is_file() and f.name not in (graph_file, graph_file + "_data", "onnxlm.json"):
+                shutil.copy2(f, tmp / f.name)
+        log(f"{scheme} weight-only MatMulNBits (block {block_size}, accuracy level {accuracy_level}) ...")
+        quantize_graph(src / graph_file, tmp / graph_file, bits, block_size, accuracy_level)
+        record = {"scheme": scheme, "method": "onnxruntime MatMulNBitsQuantizer: weight-only, symmetric, per block",
+                  "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level,
+                  "source_fp32": str(src), "quality": None, "forced": bool(force_quality)}
+        fields = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
+        fields["graphs"] = {"decoder": {"file": graph_file, **graph_io(tmp / graph_file)}}
+        fields["versions"] = {**manifest.get("versions", {}), **versions()}
+        write_manifest(tmp, {**fields, "quantization": record})
+        try:
+            log("measuring teacher-forced top-1 agreement and perplexity against the fp32 artifact ...")
+            record["quality"] = measure_quality(src, tmp)
+        except ExportError:
+            if not force_quality:
+                raise
+        q = record["quality"]
+        if q is not None:
+            log(f"top-1 agreement {q['top1_agreement']:.4f}, perplexity {q['perplexity']:.3f} "
+                f"(fp32 {q['perplexity_fp32']:.3f}) over {q['tokens']} tokens")
+            failures = quality_failures(q)
+            if failures and not force_quality:
+                raise ExportError(f"quantized variant refused: {'; '.join(failures)}. Try --accuracy-level 1 or "
+                                  "int8, or pass force_quality=True (--force-quality) to keep it anyway")
+        write_manifest(tmp, {**fields, "quantization": record})
+        _move_into_place(tmp, out_dir, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out_dir}")
+    return out_dir
