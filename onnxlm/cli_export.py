@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="skip the PyTorch vs onnxruntime comparison")
+    p.add_argument("--kv-layout", choices=("plain", "fused"), default="plain",
+                   help="plain: optimum's graph (default); fused: GroupQueryAttention with in-place KV buffers, "
+                        "a step cost flat in the context (llama, mistral, qwen2; CPU)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -47,6 +50,6 @@ def import_export_model():
 def run(args) -> int:
     export_model = import_export_model()
     path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
-                        validate=args.validate, progress=not args.quiet)
+                        validate=args.validate, progress=not args.quiet, kv_layout=args.kv_layout)
     print(path)
     return 0
