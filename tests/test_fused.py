@@ -138,3 +138,15 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_gpt2, tmp_path):
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
         export_model(tiny_gpt2.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
     assert not (tmp_path / "a").exists()
+
+
+def test_unknown_kv_layout_is_refused(fused_dirs, tmp_path):
+    import shutil
+
+    from onnxlm.runtime.errors import ManifestError
+
+    art = shutil.copytree(fused_dirs["tiny-llama"][1], tmp_path / "art")
+    manifest = json.loads((art / "onnxlm.json").read_text())
+    (art / "onnxlm.json").write_text(json.dumps({**manifest, "kv_layout": "paged"}))
+    with pytest.raises(ManifestError, match="kv_layout 'paged'.*'plain', 'fused-gqa'"):
+        onnxlm.load(art)
