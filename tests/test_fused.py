@@ -150,3 +150,14 @@ def test_unknown_kv_layout_is_refused(fused_dirs, tmp_path):
     (art / "onnxlm.json").write_text(json.dumps({**manifest, "kv_layout": "paged"}))
     with pytest.raises(ManifestError, match="kv_layout 'paged'.*'plain', 'fused-gqa'"):
         onnxlm.load(art)
+
+
+def test_cli_exports_fused_and_info_shows_the_layout(capsys, tiny_llama, tmp_path):
+    from onnxlm.cli import main
+
+    assert main(["export", str(tiny_llama.hf_dir), str(tmp_path / "art"), "--kv-layout", "fused", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "art"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kv_layout"] == "fused-gqa"
+    assert main(["info", str(tiny_llama.onnx_dir)]) == 0
+    assert "kv layout plain" in capsys.readouterr().out
