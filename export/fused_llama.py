@@ -3,7 +3,8 @@ onnx.helper from the transformers model's weights, one ``com.microsoft.GroupQuer
 
 The KV cache lives in preallocated buffers ``past_key_values.{i}.key|value`` [b, kv_heads, L, head_dim] that the
 runtime binds as both the past input and the ``present.{i}.key|value`` output (IO binding): each step writes the new
-keys/values in place at each row's own position, so a step's cost does not grow with the context.
+keys/values in place at each row's own position: no per-step copy of the cache (only the attention's own reads of
+the held keys/values grow with the context).
 
 Rows are RIGHT padded (the runtime re-packs left-padded inputs). Inputs:
   input_ids [b, s] int64; seqlens_k [b] int32 = each row's total length incl. the new tokens, minus 1;

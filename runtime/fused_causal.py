@@ -1,6 +1,7 @@
 """Decoder-only models exported with ``kv_layout="fused"`` (manifest ``"kv_layout": "fused-gqa"``): one graph with
 GroupQueryAttention whose KV cache lives in preallocated buffers that each step appends to in place
-(runtime/kv_buffers.py), so a step's cost does not grow with the context.
+(runtime/kv_buffers.py): a step never copies, concatenates or transposes the cache, so its cost grows with the
+context only by the attention's own reads of the held keys/values.
 
 The graph wants RIGHT-padded rows: ``start``/``logits`` take left-padded inputs like every model and re-pack each
 row's attended tokens (mask 1) to the front; a token's position is its index in the re-packed row, which is
