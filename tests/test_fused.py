@@ -161,3 +161,17 @@ def test_cli_exports_fused_and_info_shows_the_layout(capsys, tiny_llama, tmp_pat
     assert json.loads(capsys.readouterr().out)["kv_layout"] == "fused-gqa"
     assert main(["info", str(tiny_llama.onnx_dir)]) == 0
     assert "kv layout plain" in capsys.readouterr().out
+
+
+def test_large_weights_go_to_external_data(tiny_llama, tmp_path, monkeypatch):
+    from onnxlm.export import fused_llama
+
+    monkeypatch.setattr(fused_llama, "MAX_INLINE_BYTES", 0)  # as for a model over protobuf's 2 GB limit
+    art = export_model(tiny_llama.hf_dir, tmp_path / "art", progress=False, kv_layout="fused")
+    manifest = json.loads((art / "onnxlm.json").read_text())
+    assert "model.onnx_data" in manifest["files"] and (art / "model.onnx").stat().st_size < 50_000
+    plain = onnxlm.load(tiny_llama.onnx_dir)
+    ids, mask = _batch(plain, seed=5)
+    np.testing.assert_array_equal(
+        onnxlm.load(art).generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[]).sequences,
+        plain.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[]).sequences)
