@@ -117,8 +117,9 @@ def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any], notices
 
 
 def export_model(model, out_dir, *, force: bool = False, tolerance: float | None = None, opset: int | None = None,
-                 validate: bool = True, progress: bool = True, tokenizer=None, quantize: str | None = None,
-                 block_size: int = 32, accuracy_level: int = 4, force_quality: bool = False) -> Path:
+                 validate: bool = True, progress: bool = True, tokenizer=None, kv_layout: str = "plain",
+                 quantize: str | None = None, block_size: int = 32, accuracy_level: int = 4,
+                 force_quality: bool = False) -> Path:
     """Export ``model`` to an ONNX artifact directory ``out_dir`` (layout and manifest: docs/design.md).
 
     ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, or a loaded
@@ -132,12 +133,13 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     any failure (including KeyboardInterrupt) removes it. An existing non-empty ``out_dir`` is refused unless
     ``force=True``, which replaces it atomically. ``tolerance``: absolute logits tolerance for validation (default:
     ``1e-4 + 1e-4 * max|reference logits|``, see ``onnxlm.export.validate``). ``validate=False`` skips the PyTorch vs
-    onnxruntime comparison (the manifest then records ``validation: null``). Returns the artifact path.
-
+    onnxruntime comparison (the manifest then records ``validation: null``). ``kv_layout``: "plain" (optimum's graph,
+    the default) or "fused" (our own GroupQueryAttention graph with in-place KV buffers, Llama / Mistral / Qwen2
+    only, see ``onnxlm.export.fused_llama``; the manifest records ``"kv_layout": "fused-gqa"``).
     ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only
     MatMulNBits with ``block_size`` and ``accuracy_level``; refused below the quality thresholds of
     ``onnxlm.export.quality`` unless ``force_quality=True``); only the quantized artifact is written. ``model`` may then
-    also be an fp32 onnxlm artifact dir, which is quantized as it is.
+    also be an fp32 onnxlm artifact dir, which is quantized as it is. Returns the path.
     """
     out_dir = Path(out_dir).expanduser().absolute()
     if _is_nonempty(out_dir) and not force:
@@ -154,7 +156,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
         scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.fp32-", dir=out_dir.parent))
         try:
             fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, opset=opset, validate=validate,
-                                progress=progress, tokenizer=tokenizer)
+                                progress=progress, tokenizer=tokenizer, kv_layout=kv_layout)
             return quantize_artifact(fp32, out_dir, scheme=quantize, block_size=block_size,
                                      accuracy_level=accuracy_level, force_quality=force_quality, force=force,
                                      progress=progress)
@@ -162,6 +164,10 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             shutil.rmtree(scratch, ignore_errors=True)
     if tolerance is not None and not (float(tolerance) > 0):
         raise ExportError(f"tolerance: must be a positive number, got {tolerance!r}")
+    if kv_layout not in ("plain", "fused"):
+        raise ExportError(f"kv_layout: got {kv_layout!r}; allowed: 'plain', 'fused'")
+    if kv_layout == "fused" and opset is not None:
+        raise ExportError("opset: the fused graph (kv_layout='fused') is built at a fixed opset; pass no opset")
     prog = _Progress(progress)
     notices: list[str] = []  # warnings for the user, raised after the libraries' chatter is silenced
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -175,19 +181,13 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             check_config(cfg)
             dims = model_dims(cfg, lm.family)
             special = _special_tokens(lm, notices)
-            with traced_attention(lm.model):  # export and validation run the attention the graph must match
-                with prog.step(f"exporting {cfg.model_type} to ONNX"):
-                    files, used_opset = export_onnx(lm.model, lm.family, tmp, opset=opset)
-                    if lm.family != "t5":  # prefill computes the last position's logits only
-                        add_logits_to_keep(tmp / files["decoder"])
-                graphs = {role: {"file": f, **graph_io(tmp / f)} for role, f in files.items()}
-                check_graph_dims(graphs, dims, lm.family)
-                validation = None
-                if validate:
-                    with prog.step("validating onnxruntime against PyTorch"):
-                        validation = validate_export(lm.model, tmp, files, {**dims, **special}, tolerance=tolerance,
-                                                     log=prog.log if progress else None)
-            _write_side_files(lm, tmp, special, notices)
+            _write_side_files(lm, tmp, special, notices)  # before validation: the fused check loads the runtime
+            if kv_layout == "fused":
+                graphs, used_opset, validation = _export_fused(lm, tmp, dims, special, validate, tolerance, prog,
+                                                               progress)
+            else:
+                graphs, used_opset, validation = _export_plain(lm, tmp, dims, special, validate, tolerance, prog,
+                                                               progress, opset)
         for notice in notices:
             prog.log(f"warning: {notice}")
             warnings.warn(notice, UserWarning, stacklevel=2)
@@ -202,6 +202,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             "versions": versions(),
             "validation": validation,
             "source": lm.source,
+            **({"kv_layout": "fused-gqa"} if kv_layout == "fused" else {}),
         })
         _move_into_place(tmp, out_dir, force)
     except BaseException:
@@ -209,6 +210,42 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
         raise
     prog.log(f"wrote {out_dir}")
     return out_dir
+
+
+def _export_plain(lm, tmp: Path, dims, special, validate, tolerance, prog, progress, opset):
+    """optimum's graph (+ logits_to_keep) -> (graphs, opset, validation)."""
+    cfg = lm.model.config
+    with traced_attention(lm.model):  # export and validation run the attention the graph must match
+        with prog.step(f"exporting {cfg.model_type} to ONNX"):
+            files, used_opset = export_onnx(lm.model, lm.family, tmp, opset=opset)
+            if lm.family != "t5":  # prefill computes the last position's logits only
+                add_logits_to_keep(tmp / files["decoder"])
+        graphs = {role: {"file": f, **graph_io(tmp / f)} for role, f in files.items()}
+        check_graph_dims(graphs, dims, lm.family)
+        validation = None
+        if validate:
+            with prog.step("validating onnxruntime against PyTorch"):
+                validation = validate_export(lm.model, tmp, files, {**dims, **special}, tolerance=tolerance,
+                                             log=prog.log if progress else None)
+    return graphs, used_opset, validation
+
+
+def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progress):
+    """Our GroupQueryAttention graph (export/fused_llama.py) -> (graphs, opset, validation)."""
+    from .fused_llama import OPSET, build_fused_graph
+    from .validate_fused import validate_fused_export
+
+    with prog.step(f"building the fused {lm.model.config.model_type} graph"):
+        build_fused_graph(lm.model, tmp / "model.onnx", max_positions=dims["max_positions"])
+    graphs = {"decoder": {"file": "model.onnx", **graph_io(tmp / "model.onnx")}}
+    validation = None
+    if validate:
+        with prog.step("validating the fused graph (runtime) against PyTorch"):
+            manifest = {"kind": "causal-lm", "model_type": lm.model.config.model_type, "graphs": graphs, **dims,
+                        "special_tokens": special, "kv_layout": "fused-gqa"}
+            validation = validate_fused_export(lm.model, tmp, manifest, {**dims, **special}, tolerance=tolerance,
+                                               log=prog.log if progress else None)
+    return graphs, OPSET, validation
 
 
 def _move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:

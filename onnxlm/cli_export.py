@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="skip the PyTorch vs onnxruntime comparison")
+    p.add_argument("--kv-layout", choices=("plain", "fused"), default="plain",
+                   help="plain: optimum's graph (default); fused: GroupQueryAttention with in-place KV buffers, "
+                        "no per-step cache concatenation (llama, mistral, qwen2; CPU)")
     q = p.add_argument_group("quantization (decoder-only; MODEL may also be an fp32 onnxlm artifact dir)")
     q.add_argument("--quantize", choices=("int8", "int4"),
                    help="weight-only MatMulNBits; refused below the quality thresholds (top-1 agreement >= 0.975 and "
@@ -57,8 +60,8 @@ def import_export_model():
 def run(args) -> int:
     export_model = import_export_model()
     path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
-                        validate=args.validate, progress=not args.quiet, quantize=args.quantize,
-                        block_size=args.block_size, accuracy_level=args.accuracy_level,
+                        validate=args.validate, progress=not args.quiet, kv_layout=args.kv_layout,
+                        quantize=args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level,
                         force_quality=args.force_quality)
     print(path)
     return 0

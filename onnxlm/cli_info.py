@@ -54,6 +54,7 @@ def collect(model) -> dict:
         "head_dim": m.get("head_dim"), "hidden_size": m.get("hidden_size"),
         "vocab_size": m.get("vocab_size", model.vocab_size), "max_positions": m.get("max_positions"),
         "special_tokens": m.get("special_tokens"), "dtype": m.get("dtype"), "opset": m.get("opset"),
+        "kv_layout": m.get("kv_layout", "plain"),
         "versions": m.get("versions"), "validation": m.get("validation"), "quantization": m.get("quantization"),
         "chat_template": model.chat_template is not None,
         "provider": model.provider,
@@ -90,7 +91,7 @@ def _render(info: dict) -> str:
                f"{info['max_positions'] if info['max_positions'] is not None else 'none (relative positions)'}")
     specials = {k: v for k, v in (info.get("special_tokens") or {}).items() if v not in (None, {})}
     out.append(f"  special tokens  {_kv(specials) or '-'}")
-    out.append(f"  dtype           {info['dtype']}, opset {info['opset']}")
+    out.append(f"  dtype           {info['dtype']}, opset {info['opset']}, kv layout {info.get('kv_layout', 'plain')}")
     out.append(f"  chat template   {'yes' if info['chat_template'] else 'no'}")
     if info.get("versions"):
         out.append(f"  exported with   {_kv(info['versions'])}")

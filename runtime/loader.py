@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import ManifestError, ProviderError
 from .manifest import load_manifest
 from .session import resolve_provider
 
@@ -11,9 +12,18 @@ from .session import resolve_provider
 def load(path, *, provider: str = "auto", threads: int | None = None, verify: bool = True):
     """Open a model directory on 'auto' | 'cpu' | 'cuda'. verify=False skips the manifest's sha256 checks."""
     from .causal_lm import CausalLM
+    from .fused_causal import KV_LAYOUT, FusedCausalLM
     from .seq2seq_lm import Seq2SeqLM
     model_dir = Path(os.fspath(path)).expanduser()
     resolved = resolve_provider(provider)
     manifest = load_manifest(model_dir, verify=verify)
     cls = Seq2SeqLM if manifest["kind"] == "seq2seq-lm" else CausalLM
+    if manifest.get("kv_layout", "plain") == KV_LAYOUT:  # in-place KV buffers: numpy-backed, CPU only
+        if provider == "cuda":
+            raise ProviderError(f"provider='cuda': {model_dir} is a fused artifact (kv_layout {KV_LAYOUT!r}), "
+                                "which runs on the CPU only; allowed: 'auto', 'cpu'")
+        cls, resolved = FusedCausalLM, "cpu"
+    elif manifest.get("kv_layout", "plain") != "plain":
+        raise ManifestError(f"{model_dir}: kv_layout {manifest['kv_layout']!r} is unknown; allowed: 'plain', "
+                            f"{KV_LAYOUT!r}")
     return cls(model_dir, manifest, resolved, threads)

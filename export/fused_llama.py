@@ -1,0 +1,208 @@
+"""The fused decoder graph (``kv_layout="fused"``): our own fp32 ONNX graph for Llama / Mistral / Qwen2, built with
+onnx.helper from the transformers model's weights, one ``com.microsoft.GroupQueryAttention`` node per layer.
+
+The KV cache lives in preallocated buffers ``past_key_values.{i}.key|value`` [b, kv_heads, L, head_dim] that the
+runtime binds as both the past input and the ``present.{i}.key|value`` output (IO binding): each step writes the new
+keys/values in place at each row's own position: no per-step copy of the cache (only the attention's own reads of
+the held keys/values grow with the context).
+
+Rows are RIGHT padded (the runtime re-packs left-padded inputs). Inputs:
+  input_ids [b, s] int64; seqlens_k [b] int32 = each row's total length incl. the new tokens, minus 1;
+  total_sequence_length [] int32 = the padded total (past + s); logits_positions [b, k] int64 = which of the s new
+  positions go through the head; the buffers.
+Outputs: logits [b, k, V] float32, present.{i}.key|value (the buffers).
+
+Rotary: GQA rotates q/k itself (do_rotary=1) with cos/sin caches [max_positions, head_dim/2] computed in fp32 by the
+model's own ``rotary_emb`` (exact for default/linear/llama3/yarn; the attention scaling of yarn is folded into
+cos/sin as transformers does). Position of a token = its index in its (right-padded) row.
+Sliding window: GQA's ``local_window_size`` = transformers' ``sliding_window`` gives the same mask (measured: the
+values -1 and +1 give wrong logits; tests/test_fused.py checks Mistral with a window of 4 on sequences of 11+).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from onnxlm.runtime.errors import ExportError
+
+FUSED_TYPES = ("llama", "mistral", "qwen2")
+OPSET = 17
+MAX_INLINE_BYTES = 1_800_000_000  # above this the weights go to model.onnx_data (protobuf's 2 GB limit)
+
+
+def _check_supported(model) -> None:
+    cfg = model.config
+    if cfg.model_type not in FUSED_TYPES:
+        raise ExportError(f"kv_layout='fused': model_type {cfg.model_type!r} is not supported; supported: "
+                          f"{', '.join(FUSED_TYPES)} (use kv_layout='plain' for the others)")
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        raise ExportError(f"kv_layout='fused': hidden_act {cfg.hidden_act!r} is not supported; supported: 'silu'")
+    rope = getattr(cfg, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in ("default", "linear", "llama3", "yarn"):
+        raise ExportError(f"kv_layout='fused': rope_scaling type {rope_type!r} is not supported; supported: "
+                          "default, linear, llama3, yarn")
+    if getattr(cfg, "partial_rotary_factor", 1.0) not in (None, 1.0):
+        raise ExportError("kv_layout='fused': partial_rotary_factor != 1 is not supported")
+
+
+def sliding_windows(config) -> list[int | None]:
+    """config -> per layer the transformers sliding window (positions attended incl. the query) or None."""
+    n = config.num_hidden_layers
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+        window = None
+    if window is None:
+        return [None] * n
+    if types is None:
+        return [window] * n
+    return [window if t == "sliding_attention" else None for t in types]
+
+
+def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own rotary embedding for positions 0..max_positions-1 -> cos, sin [max_positions, head_dim/2]."""
+    import torch
+
+    rot = model.model.rotary_emb
+    pos = torch.arange(max_positions, dtype=torch.int64)[None, :]
+    x = torch.zeros(1, dtype=torch.float32)
+    with torch.no_grad():
+        cos, sin = rot(x, pos)  # [1, P, head_dim]: the half repeated (rotate_half layout)
+    half = cos.shape[-1] // 2
+    return (cos[0, :, :half].float().numpy().astype(np.float32), sin[0, :, :half].float().numpy().astype(np.float32))
+
+
+class _Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self):
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs):
+        from onnx import helper
+
+        self.n += 1
+        outs = [f"{op_type}_{self.n}_{j}" for j in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type}_{self.n}", domain=domain,
+                                           **attrs))
+        return outs[0] if n_out == 1 else outs
+
+
+def _w(linear) -> np.ndarray:
+    """nn.Linear weight [out, in] -> [in, out] float32 for MatMul."""
+    return linear.weight.detach().float().numpy().T.copy()
+
+
+def _linear(g: _Graph, name: str, x: str, linear) -> str:
+    """x [..., in] -> [..., out]: MatMul on the transposed weight, + bias when the layer has one."""
+    y = g.op("MatMul", [x, g.init(f"{name}.weight", _w(linear))])
+    if linear.bias is not None:
+        y = g.op("Add", [y, g.init(f"{name}.bias", linear.bias.detach().float().numpy())])
+    return y
+
+
+def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
+    """transformers Llama / Mistral / Qwen2 model -> the fused graph written to ``out_path``; returns
+    {"inputs": [...], "outputs": [...], "external_data": file name or None}."""
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    _check_supported(model)
+    cfg = model.config
+    L = cfg.num_hidden_layers
+    N = cfg.num_attention_heads
+    KVN = getattr(cfg, "num_key_value_heads", None) or N
+    D = cfg.hidden_size
+    H = getattr(cfg, "head_dim", None) or D // N
+    V = cfg.vocab_size
+    eps = float(cfg.rms_norm_eps)
+    P = int(max_positions or cfg.max_position_embeddings)
+    windows = sliding_windows(cfg)
+    inner = model.model
+    g = _Graph()
+
+    emb = inner.embed_tokens.weight.detach().float().numpy()
+    g.init("embed_tokens.weight", emb)
+    cos, sin = rotary_caches(model, P)
+    g.init("cos_cache", cos)
+    g.init("sin_cache", sin)
+    g.init("shape_2d", np.array([-1, D], np.int64))
+
+    x = g.op("Gather", ["embed_tokens.weight", "input_ids"], axis=0)  # [b, s, D]
+    for i, layer in enumerate(inner.layers):
+        att, mlp = layer.self_attn, layer.mlp
+        ln1 = g.init(f"l{i}.input_layernorm", layer.input_layernorm.weight.detach().float().numpy())
+        h = g.op("SimplifiedLayerNormalization", [x, ln1], axis=-1, epsilon=eps, stash_type=1)
+        # q, k, v in one MatMul: [b, s, D] -> [b, s, (N + 2 KVN) H], fed to GQA packed
+        wqkv = np.concatenate([_w(att.q_proj), _w(att.k_proj), _w(att.v_proj)], axis=1)
+        qkv = g.op("MatMul", [h, g.init(f"l{i}.qkv.weight", wqkv)])
+        if att.q_proj.bias is not None:
+            bqkv = np.concatenate([p.bias.detach().float().numpy() for p in (att.q_proj, att.k_proj, att.v_proj)])
+            qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
+        attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=1, rotary_interleaved=0, scale=float(att.scaling))
+        if windows[i] is not None:
+            attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused.py)
+        a, pk, pv = g.op("GroupQueryAttention",
+                         [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
+                          "total_sequence_length", "cos_cache", "sin_cache"], n_out=3, domain="com.microsoft",
+                         **attrs)
+        g.nodes[-1].output[1], g.nodes[-1].output[2] = f"present.{i}.key", f"present.{i}.value"
+        o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
+        x = g.op("Add", [x, o])
+        ln2 = g.init(f"l{i}.post_attention_layernorm", layer.post_attention_layernorm.weight.detach().float().numpy())
+        h = g.op("SimplifiedLayerNormalization", [x, ln2], axis=-1, epsilon=eps, stash_type=1)
+        gate = _linear(g, f"l{i}.gate_proj", h, mlp.gate_proj)
+        up = _linear(g, f"l{i}.up_proj", h, mlp.up_proj)
+        act = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # SiLU
+        down = _linear(g, f"l{i}.down_proj", g.op("Mul", [act, up]), mlp.down_proj)
+        x = g.op("Add", [x, down])
+    lnf = g.init("norm.weight", inner.norm.weight.detach().float().numpy())
+    x = g.op("SimplifiedLayerNormalization", [x, lnf], axis=-1, epsilon=eps, stash_type=1)
+    # keep the asked positions: [b, s, D] gather [b, k, 1] -> [b, k, D]
+    picked = g.op("GatherND", [x, g.op("Unsqueeze", ["logits_positions", g.init("axis_last", np.array([-1]))])],
+                  batch_dims=1)
+    flat = g.op("Reshape", [picked, "shape_2d"])  # [b*k, D]
+    head_w = model.lm_head.weight
+    tied = head_w.data_ptr() == inner.embed_tokens.weight.data_ptr()
+    head = "embed_tokens.weight" if tied else g.init("lm_head.weight", head_w.detach().float().numpy())
+    logits2d = g.op("Gemm", [flat, head], transB=1)  # [b*k, V]: the tied embedding is stored once
+    bk = g.op("Shape", ["logits_positions"])  # [b, k]
+    out_shape = g.op("Concat", [bk, g.init("vocab_dim", np.array([V], np.int64))], axis=0)
+    g.nodes.append(helper.make_node("Reshape", [logits2d, out_shape], ["logits"], name="logits"))
+
+    f = TP.FLOAT
+    inputs = [helper.make_tensor_value_info("input_ids", TP.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info("seqlens_k", TP.INT32, ["batch"]),
+              helper.make_tensor_value_info("total_sequence_length", TP.INT32, []),
+              helper.make_tensor_value_info("logits_positions", TP.INT64, ["batch", "kept"])]
+    outputs = [helper.make_tensor_value_info("logits", f, ["batch", "kept", V])]
+    for i in range(L):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f,
+                                                        ["batch", KVN, "buffer_length", H]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f, ["batch", KVN, "buffer_length", H]))
+    graph = helper.make_graph(g.nodes, f"{cfg.model_type}-fused-gqa", inputs, outputs, initializer=g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="onnxlm")
+    proto.ir_version = 8
+    out_path = Path(out_path)
+    size = sum(t.ByteSize() for t in g.inits)
+    external = None
+    if size > MAX_INLINE_BYTES:
+        external = out_path.name + "_data"
+        onnx.save_model(proto, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=external, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(out_path))
+    return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
+            "max_positions": P}

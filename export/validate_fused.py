@@ -1,0 +1,75 @@
+"""Export-time validation of a fused artifact (kv_layout "fused"): PyTorch vs the runtime's own fused state.
+
+One left-padded batch of 3 rows (7, 4 and 1 real tokens of 7): the prompt's logits at every real position
+(``FusedCausalLM.logits``), then ``start`` and two ``advance`` steps with past, against transformers' forward with
+``position_ids = cumsum(mask) - 1`` (padded slots 1) and its KV cache. Same tolerance rule and judgement as
+``validate.py`` (``default_tolerance``, ``judge_check``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxlm.runtime.causal_lm import position_ids_from_mask
+from onnxlm.runtime.errors import ExportError
+
+from .validate import TOLERANCE_RULE, _Check, _t, default_tolerance, judge_check
+
+
+def _fused_checks(model, runtime_model, cfg: dict) -> list[_Check]:
+    import torch
+
+    rng = np.random.default_rng(0)
+    V = cfg["vocab_size"]
+    ids = rng.integers(0, V, size=(3, 7), dtype=np.int64)
+    mask = np.array([[1] * 7, [0, 0, 0, 1, 1, 1, 1], [0] * 6 + [1]], np.int64)
+    ids[mask == 0] = runtime_model.pad_id
+    with torch.no_grad():
+        o = model(input_ids=_t(ids), attention_mask=_t(mask), position_ids=_t(position_ids_from_mask(mask)),
+                  use_cache=True)
+    valid = mask.astype(bool)
+    checks = [_Check("fused_prompt_all_positions", o.logits.float().numpy()[valid],
+                     runtime_model.logits(ids, mask)[valid])]
+    state, got = runtime_model.start(ids, mask)
+    checks.append(_Check("fused_prefill_last", o.logits.float().numpy()[:, -1], got))
+    past = o.past_key_values
+    for step in range(2):
+        nxt = rng.integers(0, V, size=(3,), dtype=np.int64)
+        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
+        pos = (mask.sum(axis=1) - 1)[:, None]
+        with torch.no_grad():
+            o = model(input_ids=_t(nxt[:, None]), attention_mask=_t(mask), position_ids=_t(pos),
+                      past_key_values=past, use_cache=True)
+        past = o.past_key_values
+        checks.append(_Check(f"fused_step_{step + 1}_with_past", o.logits.float().numpy()[:, -1], state.advance(nxt)))
+    return checks
+
+
+def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, tolerance: float | None = None,
+                          log=None) -> dict[str, Any]:
+    """``model`` (PyTorch) vs the fused artifact in ``out_dir`` (side files written, ``manifest`` = the manifest to
+    be) through the runtime; returns the manifest's ``validation`` dict, raises ExportError when a check fails."""
+    from onnxlm.runtime.fused_causal import FusedCausalLM
+
+    model.eval()
+    runtime_model = FusedCausalLM(Path(out_dir), manifest, "cpu", None)
+    checks = _fused_checks(model, runtime_model, cfg)
+    max_ref = max(float(np.abs(c.ref).max()) for c in checks)
+    tol = float(tolerance) if tolerance is not None else default_tolerance(max_ref)
+    records, failures = [], []
+    for c in checks:
+        rec, why = judge_check(c, tol)
+        records.append(rec)
+        failures.extend(why)
+        if log and "max_abs_diff" in rec:
+            log(f"  validate {c.name:<28} max|diff| {rec['max_abs_diff']:.3g} (tol {tol:.3g}, "
+                f"max|ref| {rec['max_abs_ref']:.3g}, top-1 mismatches {rec['top1_mismatches']}) "
+                f"{'ok' if rec['passed'] else 'FAIL'}")
+    result = {"max_abs_diff": max(r["max_abs_diff"] for r in records), "tolerance": tol,
+              "tolerance_rule": "caller-given absolute tolerance" if tolerance is not None else TOLERANCE_RULE,
+              "checks": records}
+    if failures:
+        raise ExportError("export validation failed (PyTorch vs onnxruntime, fused graph): " + "; ".join(failures))
+    return result

@@ -1,0 +1,111 @@
+"""Decoder-only models exported with ``kv_layout="fused"`` (manifest ``"kv_layout": "fused-gqa"``): one graph with
+GroupQueryAttention whose KV cache lives in preallocated buffers that each step appends to in place
+(runtime/kv_buffers.py): a step never copies, concatenates or transposes the cache, so its cost grows with the
+context only by the attention's own reads of the held keys/values.
+
+The graph wants RIGHT-padded rows: ``start``/``logits`` take left-padded inputs like every model and re-pack each
+row's attended tokens (mask 1) to the front; a token's position is its index in the re-packed row, which is
+``cumsum(mask) - 1`` of the original row, as the plain graph's position_ids. CPU only (numpy-backed buffers).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .causal_lm import CausalLM
+from .errors import InputError
+from .kv_buffers import KVBuffers, initial_capacity
+from .kv_cache import past_input_names
+
+KV_LAYOUT = "fused-gqa"
+
+
+def repack_right(input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """input_ids, attention_mask [b, t] -> ids [b, s] int64 with each row's attended tokens first (s = the longest
+    row), lengths [b] int64."""
+    lengths = attention_mask.sum(axis=1).astype(np.int64)
+    s = max(int(lengths.max()), 1)
+    ids = np.full((len(input_ids), s), pad_id, np.int64)
+    for b, row in enumerate(input_ids):
+        ids[b, :lengths[b]] = row[attention_mask[b] == 1]
+    return ids, lengths
+
+
+class FusedState:
+    """Decoding state of a batch: the KV buffers and each row's length (tokens held, all attended)."""
+
+    def __init__(self, model: "FusedCausalLM", buffers: KVBuffers, lengths: np.ndarray):
+        self.model, self.buffers, self.lengths = model, buffers, lengths
+
+    def advance(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens [b] int64 -> next-token logits [b, V] float32; appends one position per row in place."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        self.buffers.ensure(int(self.lengths.max()) + 1)  # doubles the buffers when this step would overflow
+        logits = self.model._run(tokens[:, None], self.lengths, int(self.lengths.max()) + 1,
+                                 np.zeros((len(tokens), 1), np.int64), self.buffers)
+        self.lengths = self.lengths + 1
+        return logits[:, 0, :]
+
+    def select(self, rows: np.ndarray) -> None:
+        """rows [b] int64: reorder/duplicate rows of every buffer and of the lengths."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if np.array_equal(rows, np.arange(len(self.lengths))):
+            return
+        self.buffers.select(rows)
+        self.lengths = self.lengths[rows]
+
+
+class FusedCausalLM(CausalLM):
+    """A decoder-only model on the fused GroupQueryAttention graph (in-place KV buffers)."""
+
+    initial_buffer_length = 256  # positions a fresh buffer holds (doubled as needed)
+
+    def _init_graphs(self) -> None:
+        self.decoder = self._runner("decoder")
+        self.past_names = past_input_names(self.decoder.inputs)
+        self.kv_heads, self.head_dim = int(self.manifest["num_kv_heads"]), int(self.manifest["head_dim"])
+
+    def _run(self, ids: np.ndarray, seqlens_k: np.ndarray, total: int, positions: np.ndarray,
+             buffers: KVBuffers) -> np.ndarray:
+        """ids [b, s] (right-padded new tokens), seqlens_k [b] (each row's length after the step, minus 1), total
+        (the padded length after the step), positions [b, k] (which of the s positions to keep) -> logits [b, k, V]
+        float32; the graph writes the new keys/values into the buffers in place."""
+        io = self.decoder.session.io_binding()
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
+        io.bind_cpu_input("seqlens_k", seqlens_k.astype(np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        io.bind_cpu_input("logits_positions", np.ascontiguousarray(positions, np.int64))
+        io.bind_output("logits")
+        for name, value in buffers.values.items():  # the same OrtValue as past and present: appended in place
+            io.bind_ortvalue_input(name, value)
+            io.bind_ortvalue_output("present." + name[len("past_key_values."):], value)
+        self.decoder.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()
+
+    def _prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions):
+        """ids/mask [b, t] -> (logits at ``positions(lengths)`` [b, k, V], fresh buffers holding the prompt,
+        lengths [b])."""
+        ids, lengths = repack_right(input_ids, attention_mask, self.pad_id)
+        buffers = KVBuffers.zeros(self.past_names, len(ids), self.kv_heads,
+                                  initial_capacity(ids.shape[1], self.initial_buffer_length), self.head_dim)
+        logits = self._run(ids, lengths - 1, ids.shape[1], positions(lengths), buffers)
+        return logits, buffers, lengths
+
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[FusedState, np.ndarray]:
+        """input_ids [b, t] int64, attention_mask [b, t] int64 (left padded) -> state, next-token logits [b, V]."""
+        input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
+        if (attention_mask[:, -1] == 0).any():
+            raise InputError("attention_mask: a row ends in padding; decoder-only generation needs left padding "
+                             "(pad at the start of each row, as onnxlm pads text inputs)")
+        last = lambda lengths: (lengths - 1)[:, None]  # noqa: E731  - each row's last real token
+        logits, buffers, lengths = self._prefill(input_ids, attention_mask, last)
+        return FusedState(self, buffers, lengths), logits[:, 0, :]
+
+    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
+        """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass
+        (a padded position gets the logits of its row's nearest earlier token, or of its first)."""
+        input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
+        if (attention_mask.sum(axis=1) == 0).any():
+            raise InputError("attention_mask: a row attends to no token")
+        index = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)  # [b, t]: position j -> re-packed index
+        logits, _, _ = self._prefill(input_ids, attention_mask, lambda lengths: index)
+        return logits

@@ -1,0 +1,53 @@
+"""Preallocated KV buffers of a fused artifact (kv_layout "fused-gqa"): one numpy array per past name, each
+[b, kv_heads, capacity, head_dim] float32, wrapped as an OrtValue that shares its memory.
+
+The fused graph's GroupQueryAttention writes each step's keys/values into the buffer in place (the runtime binds the
+same OrtValue as ``past_key_values.{i}.*`` input and ``present.{i}.*`` output), so a step never copies the cache.
+A step that would run past the capacity first grows every buffer by doubling (one copy into a bigger buffer).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+
+class KVBuffers:
+    """name -> [b, kv_heads, capacity, head_dim] float32 buffers and their OrtValues."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self.values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}  # share the memory
+
+    @classmethod
+    def zeros(cls, names: list[str], batch: int, kv_heads: int, capacity: int, head_dim: int) -> "KVBuffers":
+        return cls({n: np.zeros((batch, kv_heads, capacity, head_dim), np.float32) for n in names})
+
+    @property
+    def capacity(self) -> int:
+        return next(iter(self.arrays.values())).shape[2]
+
+    def ensure(self, length: int) -> None:
+        """Make room for ``length`` positions: double the capacity until it fits (copies the held positions)."""
+        capacity = self.capacity
+        if length <= capacity:
+            return
+        while capacity < length:
+            capacity *= 2
+        grown = {}
+        for name, a in self.arrays.items():
+            b = np.zeros(a.shape[:2] + (capacity,) + a.shape[3:], a.dtype)
+            b[:, :, :a.shape[2]] = a
+            grown[name] = b
+        self.__init__(grown)
+
+    def select(self, rows: np.ndarray) -> None:
+        """rows [b'] int64: keep/duplicate/reorder batch rows of every buffer ([b, ...] -> [b', ...])."""
+        self.__init__({n: a[rows] for n, a in self.arrays.items()})
+
+
+def initial_capacity(length: int, minimum: int) -> int:
+    """Positions a fresh buffer holds: ``minimum`` doubled until ``length`` fits."""
+    capacity = max(1, minimum)
+    while capacity < length:
+        capacity *= 2
+    return capacity
