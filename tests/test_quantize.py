@@ -107,3 +107,17 @@ def test_cli_quantizes_an_artifact_and_info_shows_the_quality(tmp_path, tiny_lla
                           timeout=120)
     assert info.returncode == 0, info.stderr
     assert "quantization    int8 weight-only, block 32" in info.stdout and "top-1 agreement" in info.stdout
+
+
+def test_fused_artifact_quantizes_too(tmp_path):
+    from onnxlm.export import export_model
+    from onnxlm.export.recipes import RECIPES_DIR
+
+    out = export_model(RECIPES_DIR / "tiny-llama", tmp_path / "fused-int8", kv_layout="fused", quantize="int8",
+                       force_quality=True, progress=False)
+    manifest = json.loads((out / "onnxlm.json").read_text())
+    assert manifest["kv_layout"] == "fused-gqa" and manifest["quantization"]["quality"]["tokens"] > 400
+    assert "MatMulNBits" in _ops(out)
+    model = onnxlm.load(out)
+    assert type(model).__name__ == "FusedCausalLM"
+    assert all(len(t) == 4 for t in model.generate(["Hi", "Hello"], max_new_tokens=4, eos_token_id=[]).new_tokens)
