@@ -17,6 +17,7 @@ from onnxlm.runtime.errors import ExportError
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
 from .logits_to_keep import add_logits_to_keep
+from .fused_llama import fused_supported
 from .onnx_export import check_config, export_onnx, traced_attention
 from .validate import validate_export
 
@@ -117,7 +118,7 @@ def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any], notices
 
 
 def export_model(model, out_dir, *, force: bool = False, tolerance: float | None = None, opset: int | None = None,
-                 validate: bool = True, progress: bool = True, tokenizer=None, kv_layout: str = "plain",
+                 validate: bool = True, progress: bool = True, tokenizer=None, kv_layout: str = "auto",
                  quantize: str | None = None, block_size: int = 32, accuracy_level: int = 4,
                  force_quality: bool = False) -> Path:
     """Export ``model`` to an ONNX artifact directory ``out_dir`` (layout and manifest: docs/design.md).
@@ -133,9 +134,10 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     any failure (including KeyboardInterrupt) removes it. An existing non-empty ``out_dir`` is refused unless
     ``force=True``, which replaces it atomically. ``tolerance``: absolute logits tolerance for validation (default:
     ``1e-4 + 1e-4 * max|reference logits|``, see ``onnxlm.export.validate``). ``validate=False`` skips the PyTorch vs
-    onnxruntime comparison (the manifest then records ``validation: null``). ``kv_layout``: "plain" (optimum's graph,
-    the default) or "fused" (our own GroupQueryAttention graph with in-place KV buffers, Llama / Mistral / Qwen2
-    only, see ``onnxlm.export.fused_llama``; the manifest records ``"kv_layout": "fused-gqa"``).
+    onnxruntime comparison (the manifest then records ``validation: null``). ``kv_layout``: "auto" (the default: "fused"
+    where the fused builder supports the model, else "plain"), "plain" (optimum's graph) or "fused" (our own
+    GroupQueryAttention graph with in-place KV buffers, Llama / Mistral / Qwen2 only, see
+    ``onnxlm.export.fused_llama``; the manifest records ``"kv_layout": "fused-gqa"``).
     ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only
     MatMulNBits with ``block_size`` and ``accuracy_level``; refused below the quality thresholds of
     ``onnxlm.export.quality`` unless ``force_quality=True``); only the quantized artifact is written. ``model`` may then
@@ -164,8 +166,8 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             shutil.rmtree(scratch, ignore_errors=True)
     if tolerance is not None and not (float(tolerance) > 0):
         raise ExportError(f"tolerance: must be a positive number, got {tolerance!r}")
-    if kv_layout not in ("plain", "fused"):
-        raise ExportError(f"kv_layout: got {kv_layout!r}; allowed: 'plain', 'fused'")
+    if kv_layout not in ("auto", "plain", "fused"):
+        raise ExportError(f"kv_layout: got {kv_layout!r}; allowed: 'auto', 'plain', 'fused'")
     if kv_layout == "fused" and opset is not None:
         raise ExportError("opset: the fused graph (kv_layout='fused') is built at a fixed opset; pass no opset")
     prog = _Progress(progress)
@@ -179,6 +181,8 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
                 lm = load_source(model, tokenizer=tokenizer)
             cfg = lm.model.config
             check_config(cfg)
+            if kv_layout == "auto":  # the fast graph wherever it is built (and proven) for this model
+                kv_layout = "fused" if opset is None and fused_supported(lm.model) else "plain"
             dims = model_dims(cfg, lm.family)
             special = _special_tokens(lm, notices)
             _write_side_files(lm, tmp, special, notices)  # before validation: the fused check loads the runtime

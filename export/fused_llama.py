@@ -47,6 +47,15 @@ def _check_supported(model) -> None:
         raise ExportError("kv_layout='fused': partial_rotary_factor != 1 is not supported")
 
 
+def fused_supported(model) -> bool:
+    """True when ``build_fused_graph`` supports ``model`` (kv_layout='auto' picks the fused graph then)."""
+    try:
+        _check_supported(model)
+    except ExportError:
+        return False
+    return True
+
+
 def sliding_windows(config) -> list[int | None]:
     """config -> per layer the transformers sliding window (positions attended incl. the query) or None."""
     n = config.num_hidden_layers

@@ -30,8 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=positive_int, metavar="N", help="ONNX opset (default: the exporter's)")
     p.add_argument("--no-validate", dest="validate", action="store_false",
                    help="skip the PyTorch vs onnxruntime comparison")
-    p.add_argument("--kv-layout", choices=("plain", "fused"), default="plain",
-                   help="plain: optimum's graph (default); fused: GroupQueryAttention with in-place KV buffers, "
+    p.add_argument("--kv-layout", choices=("auto", "plain", "fused"), default="auto",
+                   help="auto (default): fused where supported, else plain; plain: optimum's graph; fused: GroupQueryAttention with in-place KV buffers, "
                         "no per-step cache concatenation (llama, mistral, qwen2; CPU)")
     q = p.add_argument_group("quantization (decoder-only; MODEL may also be an fp32 onnxlm artifact dir)")
     q.add_argument("--quantize", choices=("int8", "int4"),

@@ -89,7 +89,7 @@ def _stablelm_qk_layernorm(tmp_path_factory) -> TinyModel:
             p = model.get_parameter(k)
             p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=gen))
     model.save_pretrained(hf_dir)
-    onnx_dir = export_model(hf_dir, base / "onnx", progress=False, validate=False)
+    onnx_dir = export_model(hf_dir, base / "onnx", progress=False, validate=False, kv_layout="plain")
     return TinyModel(QK_LAYERNORM, None, hf_dir, onnx_dir)
 
 

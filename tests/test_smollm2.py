@@ -124,7 +124,9 @@ def test_onnx_graph_inputs_and_tied_weights(smol, smol_dir):
     assert size > 4 * emb
     sess = smol.decoder.session
     inputs = {i.name: i.shape for i in sess.get_inputs()}
-    expected = {"input_ids", "attention_mask", "position_ids", "logits_to_keep"} | {
+    # the default export of a Llama-family model is the fused graph (kv_layout "auto" -> "fused-gqa")
+    assert smol.manifest.get("kv_layout") == "fused-gqa" and type(smol).__name__ == "FusedCausalLM"
+    expected = {"input_ids", "seqlens_k", "total_sequence_length", "logits_positions"} | {
         f"past_key_values.{i}.{kv}" for i in range(N_LAYERS) for kv in ("key", "value")}
     assert set(inputs) == expected
     for i in range(N_LAYERS):
