@@ -204,7 +204,12 @@ def validate_export(model, out_dir: Path, graphs: dict[str, str], cfg: dict, *, 
         checks = _seq2seq_checks(model, _session(out_dir / graphs["encoder"]), _session(out_dir / graphs["decoder"]), cfg)
     else:
         checks = _causal_checks(model, _session(out_dir / graphs["decoder"]), cfg)
+    return judge_checks(checks, tolerance, log, "PyTorch vs onnxruntime")
 
+
+def judge_checks(checks: list[_Check], tolerance: float | None, log, what: str) -> dict[str, Any]:
+    """Every check judged with one tolerance (the caller's, else the rule over all checks' logits) -> the manifest's
+    ``validation`` dict; raises ExportError naming every failed check. ``log`` gets one line per check."""
     max_ref = max(float(np.abs(c.ref).max()) for c in checks if c.is_logits)
     tol = float(tolerance) if tolerance is not None else default_tolerance(max_ref)
     records, failures = [], []
@@ -224,7 +229,7 @@ def validate_export(model, out_dir: Path, graphs: dict[str, str], cfg: dict, *, 
         "checks": records,
     }
     if failures:
-        raise ExportError("export validation failed (PyTorch vs onnxruntime): " + "; ".join(failures))
+        raise ExportError(f"export validation failed ({what}): " + "; ".join(failures))
     return result
 
 

@@ -3,7 +3,7 @@
 One left-padded batch of 3 rows (7, 4 and 1 real tokens of 7): the prompt's logits at every real position
 (``FusedCausalLM.logits``), then ``start`` and two ``advance`` steps with past, against transformers' forward with
 ``position_ids = cumsum(mask) - 1`` (padded slots 1) and its KV cache. Same tolerance rule and judgement as
-``validate.py`` (``default_tolerance``, ``judge_check``).
+``validate.py`` (``judge_checks``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 from onnxlm.runtime.causal_lm import position_ids_from_mask
 from onnxlm.runtime.errors import ExportError
 
-from .validate import TOLERANCE_RULE, _Check, _t, default_tolerance, judge_check
+from .validate import _Check, _t, judge_checks
 
 
 def _fused_checks(model, runtime_model, cfg: dict) -> list[_Check]:
@@ -56,20 +56,4 @@ def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, to
     model.eval()
     runtime_model = FusedCausalLM(Path(out_dir), manifest, "cpu", None)
     checks = _fused_checks(model, runtime_model, cfg)
-    max_ref = max(float(np.abs(c.ref).max()) for c in checks)
-    tol = float(tolerance) if tolerance is not None else default_tolerance(max_ref)
-    records, failures = [], []
-    for c in checks:
-        rec, why = judge_check(c, tol)
-        records.append(rec)
-        failures.extend(why)
-        if log and "max_abs_diff" in rec:
-            log(f"  validate {c.name:<28} max|diff| {rec['max_abs_diff']:.3g} (tol {tol:.3g}, "
-                f"max|ref| {rec['max_abs_ref']:.3g}, top-1 mismatches {rec['top1_mismatches']}) "
-                f"{'ok' if rec['passed'] else 'FAIL'}")
-    result = {"max_abs_diff": max(r["max_abs_diff"] for r in records), "tolerance": tol,
-              "tolerance_rule": "caller-given absolute tolerance" if tolerance is not None else TOLERANCE_RULE,
-              "checks": records}
-    if failures:
-        raise ExportError("export validation failed (PyTorch vs onnxruntime, fused graph): " + "; ".join(failures))
-    return result
+    return judge_checks(checks, tolerance, log, "PyTorch vs onnxruntime, fused graph")
