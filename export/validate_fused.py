@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from onnxlm.runtime.causal_lm import position_ids_from_mask
-from onnxlm.runtime.errors import ExportError
 
 from .validate import _Check, _t, judge_checks
 
