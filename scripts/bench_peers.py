@@ -569,7 +569,12 @@ def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int, want_ct2: bo
                     src = work / "hf-from-gguf"
                     with _quiet():
                         torch_load().save_pretrained(src)
-                    PreTrainedTokenizerFast(tokenizer_file=str(artifact / "tokenizer.json")).save_pretrained(src)
+                    from onnxlm.export.gguf import gguf_special_tokens
+
+                    names = gguf_special_tokens(str(gguf_path))  # ct2's config needs the special-token strings
+                    PreTrainedTokenizerFast(tokenizer_file=str(artifact / "tokenizer.json"),
+                                            **{f"{k}_token": names[f"{k}_token"] for k in ("bos", "eos", "unk", "pad")
+                                               if names.get(f"{k}_token")}).save_pretrained(src)
                 for q in ("float32", "int8"):
                     ct2_dirs[q] = str(convert_ct2(src, work / f"ct2-{q}", q))
                 log(f"  done in {time.perf_counter() - t0:.0f} s")
@@ -737,11 +742,12 @@ def render(cases: list[Case], machine: dict, vers: dict, command: str, args, ela
               "runs", ""]
     L += ["## Interpretation", ""]
     L += [f"- {s}" for s in interpretation(cases)]
-    L += ["- onnxlm and optimum run the same onnxruntime build on near-identical graphs (onnxlm's exporter drives "
-          "optimum-onnx, with an ONNX config that also feeds `position_ids`), so the gap between those two rows is "
-          "mostly the Python generation loop around the session (onnxlm: numpy arrays; optimum: transformers' "
-          "`generate` on torch tensors converted for onnxruntime), not the kernels; the gap to PyTorch is the "
-          "runtime plus that loop.",
+    L += ["- onnxlm and optimum run the same onnxruntime build. For GPT-2 the graphs are near-identical (onnxlm's "
+          "exporter drives optimum-onnx, with an ONNX config that also feeds `position_ids`), so the gap between "
+          "those two rows is mostly the Python generation loop around the session (onnxlm: numpy arrays; optimum: "
+          "transformers' `generate` on torch tensors converted for onnxruntime). For SmolLM2 (Llama family) onnxlm's "
+          "default export is its own fused graph (`kv_layout` auto -> fused: one GroupQueryAttention per layer, KV "
+          "appended in place), so that gap is the graph as well; the gap to PyTorch is the runtime plus the loop.",
           "- tiny-gpt2 (2 layers, width 64) measures per-token framework overhead and each library's first-use "
           "memory, not model compute; SmolLM2-135M is the realistic case. One small VM: the per-run times are "
           "printed on stderr, and the spread between runs is typically 5-15%; compare ratios, not absolute "
