@@ -1,6 +1,10 @@
 """How many intra-op threads a session gets: ``threads=`` when given, else ``ONNXLM_THREADS``, else the number of
 physical cores this process may run on (hyper-threads share a core's FMA units: a second thread per core slows
-onnxruntime's matrix kernels down rather than up)."""
+onnxruntime's matrix kernels down rather than up).
+
+Spinning (``session.intra_op.allow_spinning``) stays at onnxruntime's default, on: measured on SmolLM2 (fused graph,
+2 threads, batch 1, median of 5 x 32 tokens, two alternating passes each) 20.7-20.9 ms/token spinning against
+23.6-24.7 ms/token without."""
 from __future__ import annotations
 
 import os
