@@ -675,6 +675,33 @@ def ct2_ratios(c: Case) -> str:
     return "; ".join(parts)
 
 
+def context_tables(cases: list[Case]) -> list[str]:
+    """Per model and batch with several prompt lengths: each engine's decode ms/token and time to first token at
+    each length, and the longest/shortest ratio (how the per-token cost grows with the context)."""
+    out = []
+    groups: dict = {}
+    for c in cases:
+        groups.setdefault((c.model, c.batch), []).append(c)
+    for (model, batch), group in groups.items():
+        lengths = sorted({c.prompt_tokens for c in group})
+        if len(lengths) < 2:
+            continue
+        by_len = {c.prompt_tokens: c for c in group}
+        out += [f"## Context length: {model}, batch {batch}", "",
+                "| engine | " + " | ".join(f"ms/token after {t}" for t in lengths) +
+                f" | {lengths[-1]}/{lengths[0]} | " + " | ".join(f"first token ms at {t}" for t in lengths) + " |",
+                "|---|" + "---:|" * (2 * len(lengths) + 1)]
+        for engine in ENGINES:
+            res = [by_len[t].get(engine) for t in lengths]
+            if not all(res):
+                continue
+            ms = [1e3 * batch / r.decode_tps for r in res]
+            out.append(f"| {engine} | " + " | ".join(f"{m:.1f}" for m in ms) + f" | {ms[-1] / ms[0]:.2f}× | " +
+                       " | ".join(f"{r.prefill_ms:.0f}" for r in res) + " |")
+        out.append("")
+    return out
+
+
 def interpretation(cases: list[Case]) -> list[str]:
     """Sentences computed from the numbers (so they stay true when the file is regenerated)."""
     out = []
@@ -740,6 +767,7 @@ def render(cases: list[Case], machine: dict, vers: dict, command: str, args, ela
         L += [f"- ratios to CTranslate2 (same run): {ct2_ratios(c)}" if ct2_ratios(c) else "",
               f"- other processes used {_f(c.other_cpu * 100, '.0f')}% of the machine's CPU time during the timed "
               "runs", ""]
+    L += context_tables(cases)
     L += ["## Interpretation", ""]
     L += [f"- {s}" for s in interpretation(cases)]
     L += ["- onnxlm and optimum run the same onnxruntime build. For GPT-2 the graphs are near-identical (onnxlm's "
@@ -788,7 +816,9 @@ def parse_args(argv=None):
     p.add_argument("--model", action="append", metavar="{tiny-gpt2,smollm2,PATH}",
                    help="model to benchmark (repeatable): tiny-gpt2, smollm2, or a PATH to a recipe dir, a "
                         "transformers checkpoint dir or a .gguf file (default: tiny-gpt2 and smollm2)")
-    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length in tokens (default: 32)")
+    p.add_argument("--prompt-tokens", type=int, nargs="+", default=[32], metavar="T",
+                   help="prompt lengths in tokens, one case each (default: 32); with several, a context-length "
+                        "table compares each engine's decode ms/token and time to first token across them")
     p.add_argument("--new-tokens", type=int, default=64, help="new tokens per generate call, N (default: 64)")
     p.add_argument("--batch", type=int, nargs="+", metavar="B",
                    help="batch sizes (default: 1 and 4 for tiny-gpt2, 1 otherwise)")
@@ -800,7 +830,9 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report to write (default: docs/benchmarks.md)")
     p.add_argument("--no-write", action="store_true", help="print the report only; do not write --out")
     args = p.parse_args(argv)
-    for name in ("prompt_tokens", "new_tokens", "runs", "threads"):
+    if min(args.prompt_tokens) < 1:
+        p.error("--prompt-tokens values must be >= 1")
+    for name in ("new_tokens", "runs", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.new_tokens < 2:
@@ -837,12 +869,12 @@ def main(argv=None) -> int:
         for spec in args.model:
             prep = prepare(spec, Path(tmpd), want_optimum=not args.no_optimum, threads=args.threads,
                            want_ct2=not args.no_ct2)
-            if prep.max_positions and args.prompt_tokens + args.new_tokens > prep.max_positions:
-                raise SystemExit(f"{spec}: prompt {args.prompt_tokens} + new {args.new_tokens} tokens exceed the "
-                                 f"model's {prep.max_positions} positions")
+            if prep.max_positions and max(args.prompt_tokens) + args.new_tokens > prep.max_positions:
+                raise SystemExit(f"{spec}: prompt {max(args.prompt_tokens)} + new {args.new_tokens} tokens exceed "
+                                 f"the model's {prep.max_positions} positions")
             batches = args.batch or ([1, 4] if spec == "tiny-gpt2" else [1])
-            for batch in batches:
-                ids = prompt_ids(prep.artifact, batch, args.prompt_tokens)
+            for batch, prompt_tokens in [(b, t) for b in batches for t in args.prompt_tokens]:
+                ids = prompt_ids(prep.artifact, batch, prompt_tokens)
                 log(f"case {prep.name}, batch {batch}: prompt {ids.shape[1]} tokens, {args.new_tokens} new")
                 names = [ENGINES[0], PT] + ([ENGINES[2]] if prep.spec["optimum_dir"] else []) + \
                     [n for n, q in CT2.items() if q in prep.spec["ct2_dirs"]]
