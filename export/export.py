@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxlm.runtime.errors import ExportError
+from onnxlm.runtime.fused_causal import KV_LAYOUT
 
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
@@ -206,7 +207,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             "versions": versions(),
             "validation": validation,
             "source": lm.source,
-            **({"kv_layout": "fused-gqa"} if kv_layout == "fused" else {}),
+            **({"kv_layout": KV_LAYOUT} if kv_layout == "fused" else {}),
         })
         _move_into_place(tmp, out_dir, force)
     except BaseException:
@@ -246,7 +247,7 @@ def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
     if validate:
         with prog.step("validating the fused graph (runtime) against PyTorch"):
             manifest = {"kind": "causal-lm", "model_type": lm.model.config.model_type, "graphs": graphs, **dims,
-                        "special_tokens": special, "kv_layout": "fused-gqa"}
+                        "special_tokens": special, "kv_layout": KV_LAYOUT}
             validation = validate_fused_export(lm.model, tmp, manifest, {**dims, **special}, tolerance=tolerance,
                                                log=prog.log if progress else None)
     return graphs, OPSET, validation

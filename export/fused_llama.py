@@ -26,6 +26,8 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
+from .onnx_export import SUPPORTED_ROPE_SCALING
+
 FUSED_TYPES = ("llama", "mistral", "qwen2")
 OPSET = 17
 MAX_INLINE_BYTES = 1_800_000_000  # above this the weights go to model.onnx_data (protobuf's 2 GB limit)
@@ -40,9 +42,9 @@ def _check_supported(model) -> None:
         raise ExportError(f"kv_layout='fused': hidden_act {cfg.hidden_act!r} is not supported; supported: 'silu'")
     rope = getattr(cfg, "rope_scaling", None) or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    if rope_type not in ("default", "linear", "llama3", "yarn"):
+    if rope_type not in SUPPORTED_ROPE_SCALING:  # the plain exporter's list: the same rotary tables
         raise ExportError(f"kv_layout='fused': rope_scaling type {rope_type!r} is not supported; supported: "
-                          "default, linear, llama3, yarn")
+                          f"{', '.join(SUPPORTED_ROPE_SCALING)}")
     if getattr(cfg, "partial_rotary_factor", 1.0) not in (None, 1.0):
         raise ExportError("kv_layout='fused': partial_rotary_factor != 1 is not supported")
 

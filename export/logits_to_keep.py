@@ -19,7 +19,7 @@ INPUT_NAME = "logits_to_keep"
 _INT64_MAX = 2**63 - 1
 
 
-def _projection(graph, producers: dict, output: str, depth: int = 4):
+def _projection(producers: dict, output: str, depth: int = 4):
     """The MatMul/Gemm node nearest to ``output`` walking back through at most ``depth`` nodes, or None."""
     node = producers.get(output)
     if node is None or depth == 0:
@@ -27,7 +27,7 @@ def _projection(graph, producers: dict, output: str, depth: int = 4):
     if node.op_type in ("MatMul", "Gemm"):
         return node
     for name in node.input:
-        found = _projection(graph, producers, name, depth - 1)
+        found = _projection(producers, name, depth - 1)
         if found is not None:
             return found
     return None
@@ -44,7 +44,7 @@ def add_logits_to_keep(path: Path) -> None:
     if any(i.name == INPUT_NAME for i in graph.input):
         return
     producers = {o: n for n in graph.node for o in n.output}
-    proj = _projection(graph, producers, "logits")
+    proj = _projection(producers, "logits")
     if proj is None:
         raise ExportError(f"{path.name}: no output projection (MatMul) found before 'logits'; cannot add "
                           f"{INPUT_NAME}")

@@ -35,10 +35,10 @@ def _teacher_forced(model, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         window = ids[start:end]
         if len(window) < 2:
             continue
-        logits = model.logits([window])[0, :-1].astype(np.float64)  # [w-1, V]
-        lp = log_softmax(logits.astype(np.float32)).astype(np.float64)
+        logits = model.logits([window])[0, :-1]  # [w-1, V] float32
         tops.append(logits.argmax(-1))
-        logps.append(np.take_along_axis(lp, np.asarray(window[1:])[:, None], axis=1)[:, 0])
+        picked = np.take_along_axis(log_softmax(logits), np.asarray(window[1:])[:, None], axis=1)[:, 0]
+        logps.append(picked.astype(np.float64))
     return np.concatenate(tops), np.concatenate(logps)
 
 

@@ -28,11 +28,9 @@ class KVBuffers:
 
     def ensure(self, length: int) -> None:
         """Make room for ``length`` positions: double the capacity until it fits (copies the held positions)."""
-        capacity = self.capacity
-        if length <= capacity:
+        if length <= self.capacity:
             return
-        while capacity < length:
-            capacity *= 2
+        capacity = initial_capacity(length, self.capacity)
         grown = {}
         for name, a in self.arrays.items():
             b = np.zeros(a.shape[:2] + (capacity,) + a.shape[3:], a.dtype)
@@ -46,7 +44,7 @@ class KVBuffers:
 
 
 def initial_capacity(length: int, minimum: int) -> int:
-    """Positions a fresh buffer holds: ``minimum`` doubled until ``length`` fits."""
+    """Positions a buffer holds: ``minimum`` doubled until ``length`` fits (a fresh buffer, or a grown one)."""
     capacity = max(1, minimum)
     while capacity < length:
         capacity *= 2

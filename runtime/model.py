@@ -202,7 +202,7 @@ class LanguageModel:
         return _SampleRun(self, config, sequences, stream_text, sample_steps(
             state, sequences, logits, processors=processors, do_sample=bool(config.do_sample), rng=rng,
             eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
-            stop_check=self._stop_check(config, sequences.shape[1])))
+            stop_check=self._stop_check(config)))
 
     def _start_expanded(self, ids: np.ndarray, mask: np.ndarray, n: int):
         """ids/mask [b, t] -> (state, logits [b*n, V], sequences [b*n, t0]): each row run once (the prompt's
@@ -231,7 +231,7 @@ class LanguageModel:
                                  f"{input_length}; allowed: max_length > {input_length}, or set max_new_tokens")
         return min_len, max_len
 
-    def _stop_check(self, config: GenerationConfig, t0: int):
+    def _stop_check(self, config: GenerationConfig):
         """-> the stop-string criterion (ids [n, t] int64 -> [n] bool, transformers' StopStringCriteria: a stop
         string ending in the last token, prompt tail included), or None without stop strings."""
         stops = _stop_strings(config)
@@ -240,17 +240,11 @@ class LanguageModel:
         if self.tokenizer is None:
             raise ParameterError("stop_strings", f"{self.path} has no tokenizer.json, so stop strings cannot be "
                                  "matched; generate without stop_strings (eos_token_id still works)")
-        matchers = self.__dict__.setdefault("_stop_matchers", {})  # token strings are cached per stop-string set
-        key = tuple(stops)
-        if key not in matchers:
+        cached = getattr(self, "_stop_matcher", None)  # the last stop-string set's matcher keeps its token strings
+        if cached is None or cached.stop_strings != tuple(stops):
             from .decoding.stopping import StopStringMatcher
-            matchers.clear()
-            matchers[key] = StopStringMatcher(self.tokenizer.tokenizer, stops)
-        return matchers[key]
-
-    def _beam_stop_check(self, config: GenerationConfig, t0: int):
-        """-> callable(ids [n, t] int64) -> [n] bool: candidates a stop string ends in (or None)."""
-        return self._stop_check(config, t0)
+            cached = self._stop_matcher = StopStringMatcher(self.tokenizer.tokenizer, stops)
+        return cached
 
     def _text(self, new_ids, config: GenerationConfig) -> str:
         """New ids of one row -> text without pad/EOS (special tokens skipped), not cut."""
@@ -270,7 +264,7 @@ class LanguageModel:
         starts; a match that starts in the prompt (prompt_ids: the row's ids before the new ones) leaves ''."""
         if reason == "stop" and self.tokenizer is not None and _stop_strings(config):
             prompt = [] if prompt_ids is None else [int(i) for i in prompt_ids]
-            cut = self._stop_check(config, len(prompt)).cut(
+            cut = self._stop_check(config).cut(
                 lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), prompt + [int(i) for i in new_ids],
                 len(prompt), self.tokenizer.special_ids)
             if cut is not None:
@@ -290,7 +284,7 @@ class LanguageModel:
                           length_penalty=config.length_penalty, early_stopping=config.early_stopping,
                           num_return_sequences=config.num_return_sequences, output_scores=bool(config.output_scores),
                           output_logits=bool(config.output_logits), decoder_prompt_len=t0,
-                          stopping_criteria=self._beam_stop_check(config, t0),
+                          stopping_criteria=self._stop_check(config),
                           rng=np.random.default_rng(config.seed) if config.do_sample else None)
         generated = (out.beam_indices != -1).sum(axis=1)  # exact new length of each row (the rest is fill)
         new = [row[t0:t0 + n].tolist() for row, n in zip(out.sequences, generated)]
