@@ -44,6 +44,18 @@ def tiny_llama(tmp_path_factory) -> TinyModel:
     return _tiny(tmp_path_factory, "tiny-llama")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny 2-layer models: torch's thread pool only adds overhead. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; the caller's thread count is restored."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the repo (reference tokenizers: gpt2-tokenizer/, t5-small-tokenizer/)."""

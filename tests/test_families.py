@@ -25,7 +25,8 @@ import onnxlm  # noqa: E402
 from conftest import RECIPES, TinyModel, _tiny  # noqa: E402
 from onnxlm.export import ExportError, export_model  # noqa: E402
 from onnxlm.export.onnx_export import GPT2_TYPES, LLAMA_TYPES, T5_TYPES, SUPPORTED_FAMILIES  # noqa: E402
-from torch_ref import causal_logits, left_padded_batch, right_padded_batch, seq2seq_logits  # noqa: E402
+from torch_ref import (causal_logits, left_padded_batch, right_padded_batch,  # noqa: E402
+                       seq2seq_steps_max_diff)
 
 ATOL = 1e-4
 NEW = 6  # new tokens per generate call
@@ -36,13 +37,7 @@ QK_LAYERNORM = "tiny-stablelm-qk-layernorm"  # built in the test from tiny-stabl
 NAMES = sorted(BASE) + sorted(p.name for p in FAMILY_DIR.iterdir() if (p / "recipe.json").is_file())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """2-layer, 64-wide models: torch's threads only add overhead (as in test_beam_unit)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2-layer, 64-wide models
 
 
 def recipe_dir(name: str):
@@ -135,15 +130,9 @@ def test_logits_left_padded_batch_then_steps_with_past(family):
     if ours.is_encoder_decoder:
         eos = ours.generation_config.eos_token_ids[0]
         src, src_mask = right_padded_batch(np.random.default_rng(1), [6, 3, 8], ours.vocab_size - 4, ours.pad_id, eos)
-        state, logits = ours.start(src, src_mask)
-        dec = ours.initial_sequences(src)
-        assert np.abs(logits - seq2seq_logits(ref, src, src_mask, dec)[:, -1]).max() <= ATOL
         rng = np.random.default_rng(2)
-        for _ in range(2):  # steps with past
-            tokens = rng.integers(3, ours.vocab_size - 4, size=3)
-            dec = np.concatenate([dec, tokens[:, None]], axis=1)
-            logits = state.advance(tokens)
-            assert np.abs(logits - seq2seq_logits(ref, src, src_mask, dec)[:, -1]).max() <= ATOL
+        steps = [rng.integers(3, ours.vocab_size - 4, size=3) for _ in range(2)]  # first step + 2 with past
+        assert seq2seq_steps_max_diff(ours, ref, src, src_mask, steps) <= ATOL
         return
     ids, mask = _causal_batch(ours, seed=1)
     on = mask.astype(bool)

@@ -32,12 +32,7 @@ NAMES = ["tiny-llama", "families/tiny-mistral-sliding-window", "families/tiny-qw
          "families/tiny-llama-llama3-rope-bias-untied"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

@@ -209,7 +209,7 @@ def test_stop_string_window_cost_is_bounded(gpt2_pair, monkeypatch):
     n = 60
     steps = list(ours.stream(STOP_PROMPTS, max_new_tokens=n, eos_token_id=None, stop_strings=stop))
     assert len(steps) == n * len(STOP_PROMPTS)
-    matcher = ours._stop_check(ours.resolve_config(dict(stop_strings=stop)), 0)
+    matcher = ours._stop_check(ours.resolve_config(dict(stop_strings=stop)))
     assert matcher.window == len(stop)
     assert matcher.lookups <= n * len(STOP_PROMPTS) * len(stop)  # bounded per step, whatever the row length
     assert len(decoded) <= len(STOP_PROMPTS)  # only the final text of each row is decoded whole

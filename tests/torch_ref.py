@@ -47,3 +47,16 @@ def right_padded_batch(rng: np.random.Generator, lengths: list[int], vocab: int,
         ids[i, n - 1] = eos
         mask[i, :n] = 1
     return ids, mask
+
+
+def seq2seq_steps_max_diff(ours, ref, src: np.ndarray, src_mask: np.ndarray, steps: list[np.ndarray]) -> float:
+    """onnxlm's decoding state (start, then advance by each of ``steps``, [b] token ids) vs transformers' logits on
+    the whole decoder sequence so far -> the largest |difference| of the next-token logits over every step."""
+    state, logits = ours.start(src, src_mask)
+    dec = ours.initial_sequences(src)
+    worst = float(np.abs(logits - seq2seq_logits(ref, src, src_mask, dec)[:, -1]).max())
+    for tokens in steps:
+        dec = np.concatenate([dec, tokens[:, None]], axis=1)
+        logits = state.advance(tokens)
+        worst = max(worst, float(np.abs(logits - seq2seq_logits(ref, src, src_mask, dec)[:, -1]).max()))
+    return worst
