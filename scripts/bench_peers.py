@@ -493,6 +493,27 @@ def _torch_from_gguf(path: Path):
     return load
 
 
+def _prepare_peer(doing: str, what: str, wanted: bool, flag: str, status: Callable[[], tuple[bool, str]],
+                  build: Callable[[], Any]) -> tuple[Any, str]:
+    """A peer's untimed preparation (export / conversion) -> (its result or None, why it is missing: '' when
+    present). A peer that cannot be imported or fails to prepare is reported, never fatal."""
+    if not wanted:
+        return None, f"skipped ({flag})"
+    ok, note = status()
+    if not ok:
+        return None, note
+    log(f"{doing} ...")
+    t0 = time.perf_counter()
+    try:
+        result = build()
+        log(f"  done in {time.perf_counter() - t0:.0f} s")
+    except Exception as e:  # noqa: BLE001 - report, do not fail the whole benchmark
+        result, note = None, f"{what} failed ({type(e).__name__}: {str(e)[:200]})"
+        log(note)
+    _trim()
+    return result, note
+
+
 def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int, want_ct2: bool = True) -> Prepared:
     """Build/export what each engine needs for ``spec`` (tiny-gpt2 | smollm2 | PATH). Untimed."""
     from onnxlm.export import export_model
@@ -536,54 +557,33 @@ def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int, want_ct2: bo
         artifact = Path(export_model(hf_dir if hf_dir is not None else gguf_path, work / "onnxlm", progress=False))
         log(f"  done in {time.perf_counter() - t0:.0f} s")
 
-    opt_dir, opt_note = None, ""
-    if want_optimum:
-        ok, opt_note = optimum_status()
-        if ok:
-            log(f"exporting {spec} with optimum (onnx_export_from_model, text-generation-with-past) ...")
-            t0 = time.perf_counter()
-            try:
-                with _quiet():
-                    m = torch_load()
-                opt_dir = export_optimum(m, work / "optimum")
-                del m
-                log(f"  done in {time.perf_counter() - t0:.0f} s")
-            except Exception as e:  # noqa: BLE001 - report, do not fail the whole benchmark
-                opt_dir, opt_note = None, f"optimum export failed ({type(e).__name__}: {str(e)[:200]})"
-                log(opt_note)
-            _trim()
-    else:
-        opt_note = "skipped (--no-optimum)"
+    def optimum_export():
+        with _quiet():
+            m = torch_load()
+        return export_optimum(m, work / "optimum")
 
-    ct2_dirs, ct2_note = {}, ""
-    if want_ct2:
-        ok, ct2_note = ct2_status()
-        if ok:
-            log(f"converting {spec} with CTranslate2's transformers converter (float32, int8) ...")
-            t0 = time.perf_counter()
-            try:
-                src = hf_dir
-                if src is None:  # a GGUF: the dequantised fp32 model + the artifact's tokenizer as a transformers dir
-                    from transformers import PreTrainedTokenizerFast
+    def ct2_convert():
+        src = hf_dir
+        if src is None:  # a GGUF: the dequantised fp32 model + the artifact's tokenizer as a transformers dir
+            from transformers import PreTrainedTokenizerFast
 
-                    src = work / "hf-from-gguf"
-                    with _quiet():
-                        torch_load().save_pretrained(src)
-                    from onnxlm.export.gguf import gguf_special_tokens
+            from onnxlm.export.gguf import gguf_special_tokens
 
-                    names = gguf_special_tokens(str(gguf_path))  # ct2's config needs the special-token strings
-                    PreTrainedTokenizerFast(tokenizer_file=str(artifact / "tokenizer.json"),
-                                            **{f"{k}_token": names[f"{k}_token"] for k in ("bos", "eos", "unk", "pad")
-                                               if names.get(f"{k}_token")}).save_pretrained(src)
-                for q in ("float32", "int8"):
-                    ct2_dirs[q] = str(convert_ct2(src, work / f"ct2-{q}", q))
-                log(f"  done in {time.perf_counter() - t0:.0f} s")
-            except Exception as e:  # noqa: BLE001 - report, do not fail the whole benchmark
-                ct2_dirs, ct2_note = {}, f"CTranslate2 conversion failed ({type(e).__name__}: {str(e)[:200]})"
-                log(ct2_note)
-            _trim()
-    else:
-        ct2_note = "skipped (--no-ct2)"
+            src = work / "hf-from-gguf"
+            with _quiet():
+                torch_load().save_pretrained(src)
+            names = gguf_special_tokens(str(gguf_path))  # ct2's config needs the special-token strings
+            PreTrainedTokenizerFast(tokenizer_file=str(artifact / "tokenizer.json"),
+                                    **{f"{k}_token": names[f"{k}_token"] for k in ("bos", "eos", "unk", "pad")
+                                       if names.get(f"{k}_token")}).save_pretrained(src)
+        return {q: str(convert_ct2(src, work / f"ct2-{q}", q)) for q in ("float32", "int8")}
+
+    opt_dir, opt_note = _prepare_peer(f"exporting {spec} with optimum (onnx_export_from_model, "
+                                      "text-generation-with-past)", "optimum export", want_optimum, "--no-optimum",
+                                      optimum_status, optimum_export)
+    ct2_dirs, ct2_note = _prepare_peer(f"converting {spec} with CTranslate2's transformers converter (float32, int8)",
+                                       "CTranslate2 conversion", want_ct2, "--no-ct2", ct2_status, ct2_convert)
+    ct2_dirs = ct2_dirs or {}
 
     manifest = json.loads((artifact / "onnxlm.json").read_text())
     special = manifest.get("special_tokens", {})
