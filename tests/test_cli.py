@@ -238,7 +238,7 @@ def test_bench(capsys, tiny_gpt2):
 def test_demo_reuses_an_exported_model(capsys, tmp_path, tiny_gpt2, monkeypatch):
     import shutil
 
-    from onnxlm import cli_demo
+    from onnxlm.cli import demo as cli_demo
     # demo must not export again when the model is already there (stub out the default-model helper, if any)
     monkeypatch.setattr(cli_demo, "ensure_model", lambda models_dir: cli_demo.ensure_tiny_model(models_dir))
     shutil.copytree(tiny_gpt2.onnx_dir, tmp_path / "tiny-gpt2")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from onnxlm.runtime.errors import ExportError
 
-from .cli_args import command_parser, positive_int
+from .args import command_parser, positive_int
 
 DESCRIPTION = """\
 Export a model to an ONNX artifact directory (needs the export extra: pip install 'onnxlm[export]').

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from .cli_args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
+from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
                        load_model, positive_int, read_line, read_prompts)
 
 GENERATE_DESCRIPTION = """\

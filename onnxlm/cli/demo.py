@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_args import add_model_args, command_parser, positive_int
+from .args import add_model_args, command_parser, positive_int
 
 DESCRIPTION = """\
 Run the embedded default model end to end: on first use it is exported into the models directory (this step
@@ -65,7 +65,7 @@ def ensure_tiny_model(models_dir: Path, progress: bool = True) -> Path:
     out = Path(models_dir) / FALLBACK_RECIPE
     if (out / "onnxlm.json").is_file():
         return out
-    from .cli_export import import_export_model
+    from .export import import_export_model
     export_model = import_export_model()
     from onnxlm.export import RECIPES_DIR
     recipe = Path(RECIPES_DIR) / FALLBACK_RECIPE

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .cli_args import add_model_args, command_parser, load_model
+from .args import add_model_args, command_parser, load_model
 
 DESCRIPTION = """\
 Describe an exported model: kind and architecture, special tokens, dtype/opset, the library versions it was

@@ -7,7 +7,7 @@ import sys
 
 from tqdm import tqdm
 
-from .cli_args import add_model_args, add_prompt_args, command_parser, load_model, positive_int, read_prompts
+from .args import add_model_args, add_prompt_args, command_parser, load_model, positive_int, read_prompts
 
 DESCRIPTION = """\
 Score texts: the log-probability of every token given the tokens before it, and their sum.

@@ -12,8 +12,8 @@ import sys
 
 from onnxlm.runtime.errors import OnnxlmError
 
-from . import __version__
-from . import cli_bench, cli_demo, cli_export, cli_generate, cli_info, cli_score
+from onnxlm import __version__
+from . import bench, demo, export, generate, info, score
 
 DESCRIPTION = """\
 Export GPT-2, T5 and Llama-family language models to ONNX once (needs torch), then generate, chat and score
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 title="commands (run `onnxlm COMMAND --help` for details)")
-    for module in (cli_export, cli_generate, cli_score, cli_info, cli_bench, cli_demo):
+    for module in (export, generate, score, info, bench, demo):
         module.add_parser(sub)
     return parser
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ParameterError
 
-from .cli_args import add_model_args, command_parser, load_model, positive_int
+from .args import add_model_args, command_parser, load_model, positive_int
 
 DESCRIPTION = """\
 Time the onnxlm runtime on one model: the prefill (prompt) pass, the per-token decode steps (greedy argmax on
