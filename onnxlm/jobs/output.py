@@ -1,0 +1,145 @@
+"""Writing a job's output so that it is resumable and never half-written.
+
+While a job runs, finished rows go to `OUTPUT.parts/part-NNNNNN.parquet` (each written to a temporary name in
+the same directory, then renamed: a part is whole or absent) beside `OUTPUT.parts/job.json` (the job's
+fingerprint). A rerun of the same job reads the `row` column of the parts (and of OUTPUT, when it exists) and
+skips those rows. When every row is done, OUTPUT and the parts are merged, sorted by (row, index), into a
+temporary file renamed over OUTPUT, and the parts directory is removed. OUTPUT carries the fingerprint in its
+schema metadata (`onnxlm.job`), so a rerun on a finished output knows it is finished, and a different job never
+appends to it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from .spec import JobInputError, JobSpec
+
+JOB_FILE = "job.json"
+META_KEY = b"onnxlm.job"
+
+
+class Parts:
+    """The parts directory of a job: which rows are done, and atomic writes of new parts."""
+
+    def __init__(self, spec: JobSpec, fingerprint: dict):
+        self.spec, self.fingerprint, self.dir = spec, fingerprint, spec.parts_dir
+        self.count = 0
+
+    def open(self, *, overwrite: bool = False) -> set[int]:
+        """Check (or start) the job's record; -> the input rows already done (in parts or in OUTPUT)."""
+        import pyarrow.parquet as pq
+        out = self.spec.output
+        if overwrite:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if out.exists():
+                out.unlink()
+        if out.exists() and out.is_dir():
+            raise JobInputError(f"--output: {out} is a directory; give a .parquet file path")
+        if out.suffix.lower() != ".parquet":
+            raise JobInputError(f"--output: {out} must end in .parquet")
+        if not out.parent.is_dir():
+            raise JobInputError(f"--output: the directory {out.parent} does not exist")
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a merge cut short: OUTPUT itself is untouched
+            stale.unlink()
+        done: set[int] = set()
+        if out.exists():
+            self._check(_file_fingerprint(out), out)
+            done.update(pq.read_table(out, columns=["row"]).column("row").to_pylist())
+        job_file = self.dir / JOB_FILE
+        if job_file.is_file():
+            self._check(json.loads(job_file.read_text(encoding="utf-8")), self.dir)
+            for stale in [p for p in self.dir.iterdir() if ".tmp-" in p.name]:  # a write cut short: never renamed
+                stale.unlink()
+            for part in sorted(self.dir.glob("part-*.parquet")):
+                done.update(pq.read_table(part, columns=["row"]).column("row").to_pylist())
+                self.count += 1
+        return done
+
+    def _check(self, found: dict | None, where: Path) -> None:
+        if found != self.fingerprint:
+            what = _difference(found, self.fingerprint)
+            raise JobInputError(f"--output: {where} was written by a different job ({what}); rerun the same "
+                                "command to resume it, or pass --overwrite, or choose another --output")
+
+    def write(self, table) -> None:
+        """One part, atomically: a temporary file in the parts directory renamed to part-NNNNNN.parquet."""
+        import pyarrow.parquet as pq
+        if table.num_rows == 0:
+            return
+        self.dir.mkdir(exist_ok=True)
+        job_file = self.dir / JOB_FILE
+        if not job_file.is_file():
+            _atomic_write_text(job_file, json.dumps(self.fingerprint, indent=1))
+        final = self.dir / f"part-{self.count:06d}.parquet"
+        tmp = self.dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        self.count += 1
+
+    def finish(self, schema) -> int:
+        """Merge OUTPUT (if any) and every part into OUTPUT, atomically; -> the output's row count."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        out = self.spec.output
+        tables = [pq.read_table(out)] if out.exists() else []
+        tables += [pq.read_table(p) for p in sorted(self.dir.glob("part-*.parquet"))] if self.dir.is_dir() else []
+        table = pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+        keys = [("row", "ascending")] + ([("index", "ascending")] if "index" in schema.names else [])
+        table = _unique(table.sort_by(keys), keys)
+        meta = dict(schema.metadata or {})
+        meta[META_KEY] = json.dumps(self.fingerprint).encode()
+        table = table.replace_schema_metadata(meta)
+        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, out)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return table.num_rows
+
+
+def _unique(table, keys):
+    """table sorted by keys -> without repeated keys (a row in OUTPUT and in a part left by a killed merge)."""
+    import numpy as np
+    import pyarrow as pa
+    if table.num_rows < 2:
+        return table
+    cols = [table.column(k).to_numpy() for k, _ in keys]
+    repeat = np.ones(table.num_rows, bool)
+    repeat[0] = False
+    for c in cols:
+        repeat[1:] &= c[1:] == c[:-1]
+    return table.filter(pa.array(~repeat))
+
+
+def _file_fingerprint(path: Path) -> dict | None:
+    import pyarrow.parquet as pq
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as exc:  # noqa: BLE001 - not Parquet at all
+        raise JobInputError(f"--output: {path} exists and is not a Parquet file ({' '.join(str(exc).split())}); "
+                            "remove it or choose another --output") from None
+    raw = meta.get(META_KEY)
+    return json.loads(raw) if raw else None
+
+
+def _difference(found: dict | None, want: dict) -> str:
+    if found is None:
+        return "it has no onnxlm job record"
+    for key, label in (("task", "task"), ("input_sha256", "input file contents"), ("model", "model"),
+                       ("options", "options")):
+        if found.get(key) != want.get(key):
+            return f"its {label} differ" if key == "options" else f"its {label} differs"
+    return "its record differs"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,107 @@
+"""The same job on Ray Data, for when one machine is not enough (`pip install 'onnxlm[ray]'`).
+
+The driver reads the input and skips finished rows exactly as the single-process run (`local.prepare`), hands the
+rows to Ray in blocks of whole batches, and `map_batches` runs them through a pool of actors: each actor loads the
+model once (`ModelActor.__init__`) and processes batches of `batch_size` rows with the same `tasks.process` as the
+local run, so the rows and their batches are the same and so are the results. The driver writes the results as
+they arrive into the same atomic parts, and merges them into the Parquet output: a killed run resumes the same way.
+
+Connect to a cluster with `address` ("ray://head:10001", "auto") or the RAY_ADDRESS environment variable; without
+either, Ray starts a local instance. The model directory must exist at the same path on every node (a shared
+filesystem, or the same artifact copied to each).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from .local import JobReport, Prepared, output_rows, prepare, progress_bar
+from .spec import JobRowError, JobSpec
+
+
+class ModelActor:
+    """A Ray Data callable class: one per actor, so the model loads once per actor, not once per batch."""
+
+    def __init__(self, spec: dict, schema, threads: int):
+        from onnxlm.runtime import load
+        self.spec, self.schema = JobSpec(**spec), schema
+        self.model = load(self.spec.model_dir, provider=self.spec.provider, threads=threads, verify=self.spec.verify)
+
+    def __call__(self, batch):
+        """pa.Table(row, [id], text, [target]) -> pa.Table of output rows (tasks.process)."""
+        from .tasks import process
+        return process(self.model, self.spec, batch, self.schema)
+
+
+def import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        from .spec import JobInputError
+        raise JobInputError("--ray needs Ray Data, which is not installed: pip install 'onnxlm[ray]'") from None
+    return ray
+
+
+def map_rows(ds, spec: JobSpec, schema, *, actors: int = 1, cpus_per_actor: float = 1):
+    """ds: a ray.data.Dataset with columns row, [id], text, [target] -> the Dataset of output rows."""
+    ray = import_ray()
+    threads = spec.threads or max(1, int(cpus_per_actor))  # onnxruntime's threads: the CPUs the actor holds
+    return ds.map_batches(ModelActor, fn_constructor_kwargs={"spec": asdict(spec), "schema": schema,
+                                                             "threads": threads},
+                          batch_size=spec.batch_size, batch_format="pyarrow", num_cpus=cpus_per_actor,
+                          compute=ray.data.ActorPoolStrategy(size=actors))
+
+
+def run_ray(spec: JobSpec, *, address: str | None = None, actors: int = 1, cpus_per_actor: float = 1,
+            overwrite: bool = False, progress: bool = True) -> JobReport:
+    """Run the job on Ray Data (an instance already initialised in this process, else ray.init(address))."""
+    prep = prepare(spec, overwrite=overwrite)
+    if prep.todo.num_rows == 0 and not prep.parts.dir.exists():  # finished by an earlier run
+        return JobReport(prep.rows, prep.done, 0, output_rows(spec))
+    if prep.todo.num_rows:
+        ray = import_ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=address, log_to_driver=False)
+        try:
+            _run(ray, prep, actors, cpus_per_actor, progress)
+        finally:
+            if started:
+                ray.shutdown()
+    total = prep.parts.finish(prep.schema)
+    return JobReport(prep.rows, prep.done, prep.todo.num_rows, total)
+
+
+def _run(ray, prep: Prepared, actors: int, cpus_per_actor: float, progress: bool) -> None:
+    spec = prep.spec
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's own bar counts input rows
+    block = spec.batch_size * max(1, spec.rows_per_part // spec.batch_size)  # whole batches: as the local run
+    blocks = [prep.todo.slice(i, block) for i in range(0, prep.todo.num_rows, block)]
+    ds = map_rows(ray.data.from_arrow(blocks), spec, prep.schema, actors=actors, cpus_per_actor=cpus_per_actor)
+    bar = progress_bar(prep, progress)
+    seen: set[int] = set()
+    try:
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            prep.parts.write(table)  # one part per block of results, atomically
+            rows = set(table.column("row").to_pylist())
+            bar.update(len(rows - seen))
+            seen |= rows
+    except Exception as exc:  # noqa: BLE001 - a worker's error arrives wrapped by Ray: show the model's message
+        cause = _onnxlm_cause(exc)
+        if cause is None:
+            raise
+        raise JobRowError(str(cause)) from exc
+    finally:
+        bar.close()
+
+
+def _onnxlm_cause(exc: BaseException):
+    """The OnnxlmError inside a Ray task error (its .cause / __cause__ chain), or None."""
+    from onnxlm.runtime.errors import OnnxlmError
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OnnxlmError) and type(exc).__module__.startswith("onnxlm"):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
