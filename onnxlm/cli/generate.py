@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
                        load_model, positive_int, read_line, read_prompts)
+from .jobs import add_job_args, run_job, wants_job
 
 GENERATE_DESCRIPTION = """\
 Generate a continuation for each prompt with an exported model (numpy + onnxruntime, no torch).
@@ -22,6 +23,7 @@ examples:
   onnxlm generate models/t5 "translate English to German: Hello" --num-beams 4 --json
   onnxlm generate models/gpt2 --file prompts.txt --json > out.jsonl
   echo "Hello" | onnxlm generate models/gpt2 --show-top-k 5
+  onnxlm generate models/gpt2 --input prompts.jsonl --output out.parquet --max-new-tokens 30
 """
 
 CHAT_DESCRIPTION = """\
@@ -52,6 +54,7 @@ def add_parser(sub) -> None:
     out.add_argument("--show-top-k", type=positive_int, metavar="K",
                      help="print the K most likely next tokens after each prompt before generating")
     add_generation_args(p)
+    add_job_args(p, "generate")
     p.set_defaults(func=run_generate)
 
     c = command_parser(sub, "chat", help="chat through the model's chat template (one-shot or interactive)",
@@ -73,6 +76,10 @@ def run_generate(args) -> int:
     if args.system and not args.chat:
         args.parser_for_command.error("--system needs --chat")
     params = generation_params(args)
+    if wants_job(args):
+        if args.stream or args.json or args.show_top_k:
+            args.parser_for_command.error("--input writes Parquet: --stream, --json and --show-top-k do not apply")
+        return run_job(args, "generate", params=params, chat=args.chat, system=args.system)
     if args.stream and (params.get("num_beams", 1) > 1 or params.get("num_return_sequences", 1) > 1):
         args.parser_for_command.error("--stream prints one sequence per prompt: it cannot be combined with "
                                       "--num-beams > 1 or --num-return-sequences > 1")

@@ -8,6 +8,7 @@ import sys
 from tqdm import tqdm
 
 from .args import add_model_args, add_prompt_args, command_parser, load_model, positive_int, read_prompts
+from .jobs import add_job_args, run_job, wants_job
 
 DESCRIPTION = """\
 Score texts: the log-probability of every token given the tokens before it, and their sum.
@@ -18,6 +19,7 @@ Encoder-decoder models (T5) score log p(TARGET | TEXT): give one --target per TE
 examples:
   onnxlm score models/gpt2 "The cat sat on the mat." "The mat sat on the cat."
   onnxlm score models/t5 "translate English to German: Hello" --target "Hallo" --json
+  onnxlm score models/gpt2 --input data.jsonl --output scores.parquet
 """
 
 
@@ -34,10 +36,17 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help='one JSON object per text: {"text", "target"?, "tokens", "token_ids", "token_logprobs", '
                         '"sequence_logprob", "perplexity"}')
+    add_job_args(p, "score")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if wants_job(args):
+        if args.target is not None or args.json:
+            args.parser_for_command.error("--input takes targets from --target-column and writes Parquet: "
+                                          "--target and --json do not apply")
+        return run_job(args, "score", prepend_bos=args.prepend_bos, append_eos=args.append_eos,
+                       target_column=args.target_column)
     texts = read_prompts(args, what="text")
     targets = args.target
     if targets is not None and len(targets) != len(texts):

@@ -59,7 +59,8 @@ class JobSpec:
     def fingerprint(self) -> dict:
         """The job's identity, stored beside its parts and in the output's metadata."""
         options = {k: v for k, v in asdict(self).items()
-                   if k not in ("model_dir", "input", "output", "rows_per_part", "provider", "threads", "verify")}
+                   if k not in ("model_dir", "input", "output", "batch_size", "rows_per_part", "provider", "threads",
+                                 "verify")}
         return {"task": self.task, "input_sha256": file_sha256(self.input), "model": model_identity(self.model_dir),
                 "options": json.loads(json.dumps(options, default=str))}
 

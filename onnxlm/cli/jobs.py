@@ -1,0 +1,93 @@
+"""`onnxlm score|generate MODEL_DIR --input FILE --output OUT.parquet [--ray]`: the batch-job flags and their run
+(onnxlm/jobs). Bad input (unreadable file, missing column, an output left by another job) is one error line and
+exit status 2; a row the model refuses is one error line and exit status 1, the rows before it kept."""
+from __future__ import annotations
+
+import sys
+
+from .args import positive_int
+
+EPILOG = """\
+batch jobs (--input): every row of a JSON Lines file (one object per line) or a Parquet file, written to one
+Parquet file; needs `pip install 'onnxlm[jobs]'` (and 'onnxlm[ray]' for --ray). The input's {column} column
+(--column) is the {what}; an `id` column (--id-column) is copied to the output, and `row` (the 0-based input
+row) always is. A rerun of the same command resumes: rows already written are skipped; the output file appears
+only when complete (finished rows wait in OUTPUT.parts/).
+"""
+
+
+def add_job_args(p, task: str) -> None:
+    p.epilog = EPILOG.format(column="`text`" if task == "score" else "`prompt` (else `text`)",
+                             what="text to score" if task == "score" else "prompt")
+    g = p.add_argument_group("batch job (a file in, a Parquet file out)")
+    g.add_argument("--input", metavar="FILE",
+                   help="rows to process: .jsonl/.json/.ndjson (one JSON object per line) or .parquet")
+    g.add_argument("--output", metavar="OUT.parquet", help="the Parquet file to write (needed with --input)")
+    default = "text" if task == "score" else "prompt, else text"
+    g.add_argument("--column", metavar="NAME", help=f"the input column holding the {'texts' if task == 'score' else 'prompts'} "
+                                                    f"(default: {default})")
+    g.add_argument("--id-column", default="id", metavar="NAME",
+                   help="an input column copied to the output beside each result (default: id, when present)")
+    if task == "score":
+        g.add_argument("--target-column", default="target", metavar="NAME",
+                       help="encoder-decoder models: the column of target texts (default: target)")
+    if task == "generate":
+        g.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                       help="prompts generated together, left-padded (default: 8); sampling with --seed runs each "
+                            "row alone with seed + row, so a row's text never depends on its batch")
+    g.add_argument("--rows-per-part", type=positive_int, default=256, metavar="N",
+                   help="rows per part file written while the job runs: the most work a kill loses (default: 256)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh: delete OUTPUT and its unfinished parts (default: resume them)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    r = p.add_argument_group("Ray Data (pip install 'onnxlm[ray]')")
+    r.add_argument("--ray", action="store_true",
+                   help="run the job on Ray Data: a local Ray instance, or the cluster of --ray-address / $RAY_ADDRESS")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="an existing Ray cluster, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a "
+                        "local instance); MODEL_DIR must exist at the same path on every node")
+    r.add_argument("--ray-actors", type=positive_int, default=1, metavar="N",
+                   help="model replicas (Ray actors), each loading the model once (default: 1)")
+    r.add_argument("--ray-cpus-per-actor", type=positive_int, default=1, metavar="N",
+                   help="CPUs each actor reserves; also its onnxruntime threads unless --threads (default: 1)")
+
+
+def wants_job(args) -> bool:
+    """True when --input was given; usage errors for job flags given without it, or other inputs given with it."""
+    perr = args.parser_for_command.error
+    if args.input is None:
+        if args.output is not None or args.ray or args.ray_address:
+            perr("--output and --ray need --input FILE")
+        return False
+    if args.output is None:
+        perr("--input needs --output OUT.parquet")
+    if args.texts or args.file:
+        perr("--input replaces positional texts and --file: give one or the other")
+    if args.ray_address and not args.ray:
+        perr("--ray-address needs --ray")
+    return True
+
+
+def run_job(args, task: str, *, params: dict | None = None, **options) -> int:
+    """Build the JobSpec from args and run it; prints a one-line summary on stderr."""
+    from onnxlm.jobs import JobInputError, JobSpec, run_local, run_ray
+
+    from . import error_line
+    try:
+        spec = JobSpec(task, args.model_dir, args.input, args.output, column=args.column, id_column=args.id_column,
+                       batch_size=args.batch_size, rows_per_part=args.rows_per_part,
+                       params=params or {}, provider=args.provider, threads=args.threads, verify=args.verify,
+                       **options)
+        if args.ray:
+            report = run_ray(spec, address=args.ray_address, actors=args.ray_actors,
+                             cpus_per_actor=args.ray_cpus_per_actor, overwrite=args.overwrite,
+                             progress=not args.quiet)
+        else:
+            report = run_local(spec, overwrite=args.overwrite, progress=not args.quiet)
+    except JobInputError as exc:
+        print(error_line(str(exc)), file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"onnxlm: {args.output}: {report.output_rows} rows ({report.processed} processed now, "
+              f"{report.skipped} already done)", file=sys.stderr)
+    return 0
