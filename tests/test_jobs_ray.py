@@ -1,0 +1,74 @@
+"""Batch jobs on Ray Data (`onnxlm score|generate --input ... --output ... --ray`) on a local Ray instance started
+once for this module (2 CPUs): the rows equal the single-process run, row for row."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import onnxlm
+from onnxlm.cli import main
+from onnxlm.jobs import JobSpec, run_local, run_ray
+
+if os.environ.get("CI") == "true":  # CI installs the ray extra: its absence is a failure there, not a skip
+    import pyarrow.parquet as pq
+    import ray
+else:
+    ray = pytest.importorskip("ray", reason="Ray jobs need the 'ray' extra")
+    pq = pytest.importorskip("pyarrow.parquet", reason="batch jobs need the 'jobs' extra (pyarrow)")
+
+TEXTS = [f"Row {i}: " + " ".join(["the cat", "a dog", "one bird", "some fish"][: 1 + i % 4]) for i in range(13)]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps({"id": 100 + i, "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    return path
+
+
+def rows(path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_ray_score_and_generate_equal_the_single_process_run(local_ray, tmp_path, data, tiny_gpt2):
+    model = onnxlm.load(tiny_gpt2.onnx_dir)
+    # batched rows on 2 actors (seeded sampling runs row by row, batch-independent: tests/test_jobs.py)
+    jobs = {"score": {}, "beam": {"max_new_tokens": 5, "num_beams": 2, "num_return_sequences": 2}}
+    for name, params in jobs.items():
+        task = "score" if name == "score" else "generate"
+        spec = dict(batch_size=3, rows_per_part=6, params=params)
+        local = run_local(JobSpec(task, tiny_gpt2.onnx_dir, data, tmp_path / f"{name}-local.parquet", **spec),
+                          progress=False, model=model)
+        remote = run_ray(JobSpec(task, tiny_gpt2.onnx_dir, data, tmp_path / f"{name}-ray.parquet", **spec),
+                         actors=2, progress=False)
+        assert remote == local  # same counts
+        assert rows(tmp_path / f"{name}-ray.parquet") == rows(tmp_path / f"{name}-local.parquet"), name
+    assert len(rows(tmp_path / "beam-ray.parquet")) == 2 * len(TEXTS)
+
+
+def test_ray_cli_resumes_a_partial_run_and_shows_progress(local_ray, tmp_path, data, tiny_gpt2, capsys):
+    out = tmp_path / "out.parquet"
+    argv = ["score", tiny_gpt2.onnx_dir, "--input", data, "--output", out, "--batch-size", 2, "--rows-per-part", 4]
+    assert main([str(a) for a in argv]) == 0  # single process: the reference
+    whole = rows(out)
+    # a killed run: its first part written, the rest not
+    parts = tmp_path / "out.parquet.parts"
+    parts.mkdir()
+    pq.write_table(pq.read_table(out).slice(0, 4).replace_schema_metadata(None), parts / "part-000000.parquet")
+    (parts / "job.json").write_text(json.dumps(JobSpec("score", tiny_gpt2.onnx_dir, data, out).fingerprint()))
+    out.unlink()
+    capsys.readouterr()
+    assert main([str(a) for a in argv + ["--ray"]]) == 0
+    err = capsys.readouterr().err
+    assert "scoring" in err and f"{len(TEXTS)}/{len(TEXTS)}" in err
+    assert f"{len(TEXTS)} rows ({len(TEXTS) - 4} processed now, 4 already done)" in err
+    assert rows(out) == whole and not parts.exists()
