@@ -138,13 +138,13 @@ class Interrupt(BaseException):
     """Stands for a kill: not an Exception, so nothing in the job catches it."""
 
 
-def _interrupt_after(monkeypatch, batches: int, seen: list) -> None:
+def _interrupt_after(monkeypatch, batches: int, seen: list, output_absent: bool = True) -> None:
     from onnxlm.jobs.tasks import process as real
 
     def process(model, spec, batch, schema):
         if len(seen) == batches:
             raise Interrupt
-        assert not spec.output.exists()  # the output appears only once complete
+        assert not (output_absent and spec.output.exists())  # the output appears only once complete
         seen.append(batch.column("row").to_pylist())
         return real(model, spec, batch, schema)
 
@@ -200,14 +200,25 @@ def test_a_kill_during_the_merge_leaves_no_output_and_the_parts(tmp_path, tiny_g
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
 
-def test_a_grown_input_is_another_job_and_overwrite_starts_afresh(tmp_path, tiny_gpt2, capsys):
+def test_a_grown_input_is_another_job_and_overwrite_starts_afresh(tmp_path, tiny_gpt2, capsys, monkeypatch):
     src, out = corpus(tmp_path), tmp_path / "out.parquet"
     assert run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out, "--quiet")[0] == 0
     corpus(tmp_path, TEXTS + ["one more"])
     code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out)
     assert code == 2 and err.count("\n") == 1 and "different job" in err and "input file contents" in err
+    assert len(rows(out)) == 10  # untouched
+    # --overwrite: the old output stays until the new one replaces it, even across an interrupted run
+    seen: list = []
+    _interrupt_after(monkeypatch, 1, seen, output_absent=False)
+    with pytest.raises(Interrupt):
+        run_local(JobSpec("score", tiny_gpt2.onnx_dir, src, out, batch_size=4, rows_per_part=4), overwrite=True,
+                  progress=False)
+    monkeypatch.undo()
+    assert len(rows(out)) == 10
+    code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out)  # resumes it
+    assert code == 0 and "11 rows (7 processed now, 4 already done)" in err and len(rows(out)) == 11
     code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out, "--overwrite")
-    assert code == 0 and len(rows(out)) == 11
+    assert code == 0 and "11 rows (11 processed now, 0 already done)" in err and len(rows(out)) == 11
 
 
 def test_a_row_the_model_refuses_names_it_and_keeps_the_rows_before(tmp_path, tiny_gpt2, capsys):

@@ -28,35 +28,43 @@ class Parts:
     def __init__(self, spec: JobSpec, fingerprint: dict):
         self.spec, self.fingerprint, self.dir = spec, fingerprint, spec.parts_dir
         self.count = 0
+        self.merge_output = False  # OUTPUT holds rows of this job (its merge was cut short before the parts went)
 
     def open(self, *, overwrite: bool = False) -> set[int]:
-        """Check (or start) the job's record; -> the input rows already done (in parts or in OUTPUT)."""
+        """Check (or start) the job's record; -> the input rows already done (in parts or in OUTPUT).
+
+        An OUTPUT of this job counts as done; an OUTPUT of another job is refused, unless this job is replacing it
+        (overwrite=True, or unfinished parts of this job are there): it stays untouched until the merge replaces it.
+        overwrite=True drops unfinished parts."""
         import pyarrow.parquet as pq
         out = self.spec.output
-        if overwrite:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            if out.exists():
-                out.unlink()
         if out.exists() and out.is_dir():
             raise JobInputError(f"--output: {out} is a directory; give a .parquet file path")
         if out.suffix.lower() != ".parquet":
             raise JobInputError(f"--output: {out} must end in .parquet")
         if not out.parent.is_dir():
             raise JobInputError(f"--output: the directory {out.parent} does not exist")
+        found = _file_fingerprint(out) if out.exists() else None  # first: refuses a file that is not Parquet
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a merge cut short: OUTPUT itself is untouched
             stale.unlink()
+        if overwrite:
+            shutil.rmtree(self.dir, ignore_errors=True)
         done: set[int] = set()
-        if out.exists():
-            self._check(_file_fingerprint(out), out)
-            done.update(pq.read_table(out, columns=["row"]).column("row").to_pylist())
         job_file = self.dir / JOB_FILE
-        if job_file.is_file():
+        resuming = job_file.is_file()
+        if resuming:
             self._check(json.loads(job_file.read_text(encoding="utf-8")), self.dir)
             for stale in [p for p in self.dir.iterdir() if ".tmp-" in p.name]:  # a write cut short: never renamed
                 stale.unlink()
             for part in sorted(self.dir.glob("part-*.parquet")):
                 done.update(pq.read_table(part, columns=["row"]).column("row").to_pylist())
                 self.count += 1
+        if out.exists():
+            if found == self.fingerprint and not overwrite:
+                done.update(pq.read_table(out, columns=["row"]).column("row").to_pylist())
+                self.merge_output = True
+            elif not (overwrite or resuming):
+                self._check(found, out)
         return done
 
     def _check(self, found: dict | None, where: Path) -> None:
@@ -85,7 +93,7 @@ class Parts:
         import pyarrow as pa
         import pyarrow.parquet as pq
         out = self.spec.output
-        tables = [pq.read_table(out)] if out.exists() else []
+        tables = [pq.read_table(out)] if self.merge_output else []
         tables += [pq.read_table(p) for p in sorted(self.dir.glob("part-*.parquet"))] if self.dir.is_dir() else []
         table = pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
         keys = [("row", "ascending")] + ([("index", "ascending")] if "index" in schema.names else [])

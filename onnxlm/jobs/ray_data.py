@@ -75,7 +75,9 @@ def run_ray(spec: JobSpec, *, address: str | None = None, actors: int = 1, cpus_
 def _run(ray, prep: Prepared, actors: int, cpus_per_actor: float, progress: bool) -> None:
     spec = prep.spec
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's own bar counts input rows
-    block = spec.batch_size * max(1, spec.rows_per_part // spec.batch_size)  # whole batches: as the local run
+    # blocks of whole batches (the local run's batches), at most rows_per_part rows, at least one per actor
+    per_actor = -(-prep.todo.num_rows // actors)
+    block = spec.batch_size * max(1, min(spec.rows_per_part // spec.batch_size, -(-per_actor // spec.batch_size)))
     blocks = [prep.todo.slice(i, block) for i in range(0, prep.todo.num_rows, block)]
     ds = map_rows(ray.data.from_arrow(blocks), spec, prep.schema, actors=actors, cpus_per_actor=cpus_per_actor)
     bar = progress_bar(prep, progress)
