@@ -37,6 +37,10 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
     pa = import_pyarrow()
     from onnxlm.runtime.manifest import load_manifest
     manifest = load_manifest(spec.model_dir, verify=False)
+    if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
+        from onnxlm.runtime.errors import ModelFileError
+        raise ModelFileError(f"--chat: {spec.model_dir} has no chat_template.jinja: this model has no chat template",
+                             str(spec.model_dir / "chat_template.jinja"))
     table = read_rows(spec, needs_target=spec.task == "score" and manifest["kind"] == "seq2seq-lm")
     parts = Parts(spec, spec.fingerprint())
     done = parts.open(overwrite=overwrite)
