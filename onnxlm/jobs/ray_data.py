@@ -12,6 +12,7 @@ filesystem, or the same artifact copied to each).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 
 from .local import JobReport, Prepared, output_rows, prepare, progress_bar
@@ -89,21 +90,20 @@ def _run(ray, prep: Prepared, actors: int, cpus_per_actor: float, progress: bool
             bar.update(len(rows - seen))
             seen |= rows
     except Exception as exc:  # noqa: BLE001 - a worker's error arrives wrapped by Ray: show the model's message
-        cause = _onnxlm_cause(exc)
-        if cause is None:
+        message = _onnxlm_message(exc)
+        if message is None:
             raise
-        raise JobRowError(str(cause)) from exc
+        raise JobRowError(message) from exc
     finally:
         bar.close()
 
 
-def _onnxlm_cause(exc: BaseException):
-    """The OnnxlmError inside a Ray task error (its .cause / __cause__ chain), or None."""
-    from onnxlm.runtime.errors import OnnxlmError
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OnnxlmError) and type(exc).__module__.startswith("onnxlm"):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
+def _onnxlm_message(exc: BaseException) -> str | None:
+    """The message of the onnxlm error inside a Ray task error, or None. Ray Data re-raises a worker's exception
+    as a UserCodeException whose cause did not cross the process boundary; only its text, the worker's traceback,
+    names it (`onnxlm.jobs.spec.JobRowError: row 2 (id 'b'): ...`)."""
+    found = re.findall(r"^onnxlm\.[\w.]*\.(\w*Error): (.+)$", str(exc), flags=re.M)
+    if not found:
+        return None
+    rows = [m for name, m in found if name == "JobRowError"]
+    return rows[-1] if rows else found[-1][1]

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from onnxlm.runtime.errors import OnnxlmError
+
 from .spec import JobRowError, JobSpec
 
 
@@ -46,29 +48,26 @@ def process(model, spec: JobSpec, batch, schema):
     rows = batch.to_pylist()
     try:
         records = _score(model, spec, rows) if spec.task == "score" else _generate(model, spec, rows)
-    except JobRowError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - name the rows; a model error in one batch is reported per row
-        raise _which_row(model, spec, rows, exc) from exc
+    except OnnxlmError as exc:  # name the row: the batch's first row that fails alone
+        failed = _failing_row(model, spec, rows, exc)
+        if failed is None:
+            raise
+        row, error = failed
+        ident = f" (id {row['id']!r})" if "id" in row else ""
+        raise JobRowError(f"row {row['row']}{ident}: {error}") from exc
     return pa.Table.from_pylist(records, schema=schema)
 
 
-def _which_row(model, spec: JobSpec, rows: list[dict], exc: Exception) -> Exception:
-    """A batch failed: find its first failing row alone (-> JobRowError naming it), or keep the error as it is."""
-    from onnxlm.runtime.errors import OnnxlmError
-    if not isinstance(exc, OnnxlmError):
-        return exc
-    for row in rows if len(rows) > 1 else []:
+def _failing_row(model, spec: JobSpec, rows: list[dict], exc: Exception):
+    """-> (the first row of a failed batch that fails alone, its error), or None when each succeeds alone."""
+    if len(rows) == 1:
+        return rows[0], exc
+    for row in rows:
         try:
             _score(model, spec, [row]) if spec.task == "score" else _generate(model, spec, [row])
         except OnnxlmError as one:
-            return _row_error(row, one)
-    return _row_error(rows[0], exc) if len(rows) == 1 else exc
-
-
-def _row_error(row: dict, exc: Exception) -> JobRowError:
-    ident = f" (id {row['id']!r})" if "id" in row else ""
-    return JobRowError(f"row {row['row']}{ident}: {exc}")
+            return row, one
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- score
