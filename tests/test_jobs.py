@@ -308,3 +308,20 @@ def test_bad_output_and_flag_combinations_exit_2(tmp_path, tiny_gpt2, capsys):
         code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, *argv)
         assert code == 2 and "usage:" in err
 
+
+
+def test_help_shows_the_job_flags(capsys):
+    for command in ("score", "generate"):
+        code, out, _ = run_cli(capsys, command, "--help")
+        assert code == 0
+        for flag in ("--input", "--output", "--column", "--id-column", "--overwrite", "--ray", "--ray-address",
+                     "--ray-actors", "--batch-size", "RAY_ADDRESS", "OUTPUT.parts"):
+            assert flag in out, (command, flag)
+
+
+def test_a_bad_generation_parameter_fails_before_any_row(tmp_path, tiny_gpt2, capsys):
+    out = tmp_path / "g.parquet"
+    code, _, err = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "--input", corpus(tmp_path), "--output", out,
+                           "--temperature", -1, "--do-sample")
+    assert code == 1 and err.count("\n") == 1 and "temperature" in err
+    assert not out.exists() and not (tmp_path / "g.parquet.parts").exists()

@@ -42,14 +42,14 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
         raise ModelFileError(f"--chat: {spec.model_dir} has no chat_template.jinja: this model has no chat template",
                              str(spec.model_dir / "chat_template.jinja"))
     table = read_rows(spec, needs_target=spec.task == "score" and manifest["kind"] == "seq2seq-lm")
+    schema = output_schema(spec, _generation_config(spec), table.schema)  # ParameterError for a bad parameter
     parts = Parts(spec, spec.fingerprint())
     done = parts.open(overwrite=overwrite)
     todo = table.filter(pc.invert(pc.is_in(table.column("row"), value_set=pa.array(sorted(done), pa.int64()))))
-    schema = output_schema(spec, _generation_config(spec, manifest), table.schema)
     return Prepared(spec, parts, todo, table.num_rows, table.num_rows - todo.num_rows, schema)
 
 
-def _generation_config(spec: JobSpec, manifest: dict):
+def _generation_config(spec: JobSpec):
     """The artifact's generation config with the job's parameters (ParameterError for a bad one)."""
     from onnxlm.runtime import GenerationConfig
     file = spec.model_dir / "generation_config.json"

@@ -56,11 +56,11 @@ def map_rows(ds, spec: JobSpec, schema, *, actors: int = 1, cpus_per_actor: floa
 def run_ray(spec: JobSpec, *, address: str | None = None, actors: int = 1, cpus_per_actor: float = 1,
             overwrite: bool = False, progress: bool = True) -> JobReport:
     """Run the job on Ray Data (an instance already initialised in this process, else ray.init(address))."""
+    ray = import_ray()
     prep = prepare(spec, overwrite=overwrite)
     if prep.todo.num_rows == 0 and not prep.parts.dir.exists():  # finished by an earlier run
         return JobReport(prep.rows, prep.done, 0, output_rows(spec))
     if prep.todo.num_rows:
-        ray = import_ray()
         started = not ray.is_initialized()
         if started:
             ray.init(address=address, log_to_driver=False)
