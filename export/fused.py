@@ -1,12 +1,14 @@
-"""The fused decoder graph (``kv_layout="fused"``) of a model: which builder serves its model_type
-(``fused_llama.py``: llama, mistral, qwen2; ``fused_gpt2.py``: gpt2), and whether it supports the config."""
+"""The fused graphs (``kv_layout="fused"``) of a model: which builder serves its model_type (``fused_llama.py``:
+llama, mistral, qwen2; ``fused_gpt2.py``: gpt2; ``fused_t5.py``: t5, mt5), and whether it supports the config."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError
 
-from . import fused_gpt2, fused_llama
+from . import fused_gpt2, fused_llama, fused_t5
 
-BUILDERS = {**{t: fused_llama for t in fused_llama.FUSED_TYPES}, **{t: fused_gpt2 for t in fused_gpt2.FUSED_TYPES}}
+BUILDERS = {t: module for module in (fused_llama, fused_gpt2, fused_t5) for t in module.FUSED_TYPES}
 
 
 def _builder(model):
@@ -28,6 +30,11 @@ def fused_supported(model) -> bool:
     return True
 
 
-def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
-    """model -> its fused graph written to ``out_path`` (the builder's return value)."""
-    return _builder(model).build_fused_graph(model, out_path, max_positions=max_positions)
+def build_fused_graphs(model, out_dir, max_positions: int | None = None) -> dict[str, str]:
+    """model -> its fused graph files written into ``out_dir``; returns role -> file name ({"decoder": "model.onnx"}
+    for a decoder-only model; {"encoder": ..., "decoder": ...} for T5)."""
+    builder = _builder(model)
+    if builder is fused_t5:
+        return fused_t5.build_fused_graph(model, out_dir)["files"]
+    builder.build_fused_graph(model, Path(out_dir) / "model.onnx", max_positions=max_positions)
+    return {"decoder": "model.onnx"}

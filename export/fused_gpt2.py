@@ -23,7 +23,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import Graph, io_values, logits_head, save_graph, to_numpy
+from .fused_graph import Graph, check_head_dim, io_values, logits_head, save_graph, to_numpy
 
 FUSED_TYPES = ("gpt2",)
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu")
@@ -41,6 +41,7 @@ def check_supported(model) -> None:
     if cfg.activation_function not in ACTIVATIONS:
         raise ExportError(f"kv_layout='fused': activation_function {cfg.activation_function!r} is not supported; "
                           f"supported: {', '.join(ACTIVATIONS)}")
+    check_head_dim(cfg.n_embd // cfg.n_head)
 
 
 def _conv1d(g: Graph, name: str, x: str, conv) -> str:

@@ -13,15 +13,30 @@ OPSET = 17
 MAX_INLINE_BYTES = 1_800_000_000  # above this the weights go to model.onnx_data (protobuf's 2 GB limit)
 
 
+def check_head_dim(head_dim: int) -> None:
+    """onnxruntime's CPU GroupQueryAttention needs head_dim % 8 == 0: ExportError otherwise."""
+    from onnxlm.runtime.errors import ExportError
+
+    if head_dim % 8:
+        raise ExportError(f"kv_layout='fused': head_dim {head_dim} is not a multiple of 8, which onnxruntime's "
+                          "GroupQueryAttention needs (use kv_layout='plain')")
+
+
 class Graph:
     """Accumulates nodes and initializers with unique names."""
 
     def __init__(self):
-        self.nodes, self.inits, self.n = [], [], 0
+        self.nodes, self.inits, self.n, self.arrays = [], [], 0, {}
 
     def init(self, name: str, array: np.ndarray) -> str:
+        """An initializer ``name`` holding ``array``; a name given twice must hold the same array (stored once)."""
         from onnx import numpy_helper
 
+        if name in self.arrays:
+            if not np.array_equal(self.arrays[name], array):
+                raise ValueError(f"initializer {name!r} given two different values")
+            return name
+        self.arrays[name] = array
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
@@ -34,14 +49,18 @@ class Graph:
                                            **attrs))
         return outs[0] if n_out == 1 else outs
 
-    def attention(self, qkv: str, layer: int, **attrs) -> str:
+    def attention(self, qkv: str, layer: int, bias: str | None = None, **attrs) -> str:
         """Packed q/k/v [b, s, (N + 2 KVN) H] -> attention output [b, s, N H] through one GroupQueryAttention node
         whose past and present are layer ``layer``'s KV buffers (``attrs``: the node's attributes; with
-        do_rotary=1 the graph must hold ``cos_cache``/``sin_cache``)."""
-        rotary = ["cos_cache", "sin_cache"] if attrs.get("do_rotary") else []
-        a, _, _ = self.op("GroupQueryAttention",
-                          [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value", "seqlens_k",
-                           "total_sequence_length", *rotary], n_out=3, domain="com.microsoft", **attrs)
+        do_rotary=1 the graph must hold ``cos_cache``/``sin_cache``; ``bias``: an attention_bias
+        [b or 1, N, s, total])."""
+        rotary = ["cos_cache", "sin_cache"] if attrs.get("do_rotary") else ["", ""]
+        extra = ["", bias] if bias is not None else []  # position_ids (unused), attention_bias
+        inputs = [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value", "seqlens_k",
+                  "total_sequence_length", *rotary, *extra]
+        while inputs[-1] == "":
+            inputs.pop()
+        a, _, _ = self.op("GroupQueryAttention", inputs, n_out=3, domain="com.microsoft", **attrs)
         self.nodes[-1].output[1], self.nodes[-1].output[2] = f"present.{layer}.key", f"present.{layer}.value"
         return a
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import Graph, io_values, logits_head, save_graph
+from .fused_graph import Graph, check_head_dim, io_values, logits_head, save_graph
 from .onnx_export import SUPPORTED_ROPE_SCALING
 
 FUSED_TYPES = ("llama", "mistral", "qwen2")
@@ -45,6 +45,7 @@ def check_supported(model) -> None:
                           f"{', '.join(SUPPORTED_ROPE_SCALING)}")
     if getattr(cfg, "partial_rotary_factor", 1.0) not in (None, 1.0):
         raise ExportError("kv_layout='fused': partial_rotary_factor != 1 is not supported")
+    check_head_dim(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 
 def sliding_windows(config) -> list[int | None]:

@@ -127,11 +127,17 @@ def test_score_equals_the_plain_artifact(fused_dirs, tiny_llama):
     assert np.abs(got.sequence_logprobs - want.sequence_logprobs).max() <= ATOL
 
 
-def test_fused_refuses_other_model_types_and_bad_layouts(tiny_t5, tmp_path):
-    with pytest.raises(ExportError, match="'t5' is not supported; supported: gpt2, llama, mistral, qwen2"):
-        export_model(tiny_t5.hf_dir, tmp_path / "a", progress=False, kv_layout="fused")
+def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
+    from transformers import Qwen3Config
+
+    torch.manual_seed(0)
+    qwen3 = AutoModelForCausalLM.from_config(Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                         num_hidden_layers=1, num_attention_heads=2,
+                                                         num_key_value_heads=1, head_dim=8)).eval()
+    with pytest.raises(ExportError, match="'qwen3' is not supported; supported: gpt2, llama, mistral, mt5, qwen2, t5"):
+        export_model(qwen3, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
-        export_model(tiny_t5.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
+        export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
     assert not (tmp_path / "a").exists()
 
 
