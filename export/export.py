@@ -18,7 +18,7 @@ from onnxlm.runtime.fused_causal import KV_LAYOUT
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
 from .logits_to_keep import add_logits_to_keep
-from .fused_llama import fused_supported
+from .fused import fused_supported
 from .onnx_export import check_config, export_onnx, traced_attention
 from .validate import validate_export
 
@@ -137,8 +137,8 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     ``1e-4 + 1e-4 * max|reference logits|``, see ``onnxlm.export.validate``). ``validate=False`` skips the PyTorch vs
     onnxruntime comparison (the manifest then records ``validation: null``). ``kv_layout``: "auto" (the default: "fused"
     where the fused builder supports the model, else "plain"), "plain" (optimum's graph) or "fused" (our own
-    GroupQueryAttention graph with in-place KV buffers, Llama / Mistral / Qwen2 only, see
-    ``onnxlm.export.fused_llama``; the manifest records ``"kv_layout": "fused-gqa"``).
+    GroupQueryAttention graphs with in-place KV buffers: GPT-2, T5 and Llama / Mistral / Qwen2 only, see
+    ``onnxlm.export.fused``; the manifest records ``"kv_layout": "fused-gqa"``).
     ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only
     MatMulNBits with ``block_size`` and ``accuracy_level``; refused below the quality thresholds of
     ``onnxlm.export.quality`` unless ``force_quality=True``); only the quantized artifact is written. ``model`` may then
@@ -236,20 +236,23 @@ def _export_plain(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
 
 
 def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progress):
-    """Our GroupQueryAttention graph (export/fused_llama.py) -> (graphs, opset, validation)."""
-    from .fused_llama import OPSET, build_fused_graph
+    """Our GroupQueryAttention graphs (export/fused.py) -> (graphs, opset, validation)."""
+    from .fused import build_fused_graphs
+    from .fused_graph import OPSET
     from .validate_fused import validate_fused_export
 
     with prog.step(f"building the fused {lm.model.config.model_type} graph"):
-        build_fused_graph(lm.model, tmp / "model.onnx", max_positions=dims["max_positions"])
-    graphs = {"decoder": {"file": "model.onnx", **graph_io(tmp / "model.onnx")}}
+        files = build_fused_graphs(lm.model, tmp, max_positions=dims["max_positions"])
+    graphs = {role: {"file": f, **graph_io(tmp / f)} for role, f in files.items()}
     validation = None
     if validate:
         with prog.step("validating the fused graph (runtime) against PyTorch"):
-            manifest = {"kind": "causal-lm", "model_type": lm.model.config.model_type, "graphs": graphs, **dims,
+            manifest = {"kind": "seq2seq-lm" if lm.family == "t5" else "causal-lm",
+                        "model_type": lm.model.config.model_type, "graphs": graphs, **dims,
                         "special_tokens": special, "kv_layout": KV_LAYOUT}
-            validation = validate_fused_export(lm.model, tmp, manifest, {**dims, **special}, tolerance=tolerance,
-                                               log=prog.log if progress else None)
+            with traced_attention(lm.model):  # the attention whose semantics the graph follows (GPT-2: eager)
+                validation = validate_fused_export(lm.model, tmp, manifest, {**dims, **special},
+                                                   tolerance=tolerance, log=prog.log if progress else None)
     return graphs, OPSET, validation
 
 

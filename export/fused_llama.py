@@ -20,20 +20,18 @@ values -1 and +1 give wrong logits; tests/test_fused.py checks Mistral with a wi
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
+from .fused_graph import Graph, check_head_dim, io_values, logits_head, save_graph
 from .onnx_export import SUPPORTED_ROPE_SCALING
 
 FUSED_TYPES = ("llama", "mistral", "qwen2")
-OPSET = 17
-MAX_INLINE_BYTES = 1_800_000_000  # above this the weights go to model.onnx_data (protobuf's 2 GB limit)
 
 
-def _check_supported(model) -> None:
+def check_supported(model) -> None:
+    """Raise ExportError naming the first config setting this builder cannot express."""
     cfg = model.config
     if cfg.model_type not in FUSED_TYPES:
         raise ExportError(f"kv_layout='fused': model_type {cfg.model_type!r} is not supported; supported: "
@@ -47,15 +45,7 @@ def _check_supported(model) -> None:
                           f"{', '.join(SUPPORTED_ROPE_SCALING)}")
     if getattr(cfg, "partial_rotary_factor", 1.0) not in (None, 1.0):
         raise ExportError("kv_layout='fused': partial_rotary_factor != 1 is not supported")
-
-
-def fused_supported(model) -> bool:
-    """True when ``build_fused_graph`` supports ``model`` (kv_layout='auto' picks the fused graph then)."""
-    try:
-        _check_supported(model)
-    except ExportError:
-        return False
-    return True
+    check_head_dim(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 
 def sliding_windows(config) -> list[int | None]:
@@ -85,34 +75,12 @@ def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
     return (cos[0, :, :half].float().numpy().astype(np.float32), sin[0, :, :half].float().numpy().astype(np.float32))
 
 
-class _Graph:
-    """Accumulates nodes and initializers with unique names."""
-
-    def __init__(self):
-        self.nodes, self.inits, self.n = [], [], 0
-
-    def init(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs):
-        from onnx import helper
-
-        self.n += 1
-        outs = [f"{op_type}_{self.n}_{j}" for j in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type}_{self.n}", domain=domain,
-                                           **attrs))
-        return outs[0] if n_out == 1 else outs
-
-
 def _w(linear) -> np.ndarray:
     """nn.Linear weight [out, in] -> [in, out] float32 for MatMul."""
     return linear.weight.detach().float().numpy().T.copy()
 
 
-def _linear(g: _Graph, name: str, x: str, linear) -> str:
+def _linear(g: Graph, name: str, x: str, linear) -> str:
     """x [..., in] -> [..., out]: MatMul on the transposed weight, + bias when the layer has one."""
     y = g.op("MatMul", [x, g.init(f"{name}.weight", _w(linear))])
     if linear.bias is not None:
@@ -122,12 +90,8 @@ def _linear(g: _Graph, name: str, x: str, linear) -> str:
 
 def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
     """transformers Llama / Mistral / Qwen2 model -> the fused graph written to ``out_path``; returns
-    {"inputs": [...], "outputs": [...], "external_data": file name or None}."""
-    import onnx
-    from onnx import TensorProto as TP
-    from onnx import helper
-
-    _check_supported(model)
+    {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}."""
+    check_supported(model)
     cfg = model.config
     L = cfg.num_hidden_layers
     N = cfg.num_attention_heads
@@ -139,14 +103,13 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
     P = int(max_positions or cfg.max_position_embeddings)
     windows = sliding_windows(cfg)
     inner = model.model
-    g = _Graph()
+    g = Graph()
 
     emb = inner.embed_tokens.weight.detach().float().numpy()
     g.init("embed_tokens.weight", emb)
     cos, sin = rotary_caches(model, P)
     g.init("cos_cache", cos)
     g.init("sin_cache", sin)
-    g.init("shape_2d", np.array([-1, D], np.int64))
 
     x = g.op("Gather", ["embed_tokens.weight", "input_ids"], axis=0)  # [b, s, D]
     for i, layer in enumerate(inner.layers):
@@ -162,11 +125,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=1, rotary_interleaved=0, scale=float(att.scaling))
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused.py)
-        a, pk, pv = g.op("GroupQueryAttention",
-                         [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
-                          "total_sequence_length", "cos_cache", "sin_cache"], n_out=3, domain="com.microsoft",
-                         **attrs)
-        g.nodes[-1].output[1], g.nodes[-1].output[2] = f"present.{i}.key", f"present.{i}.value"
+        a = g.attention(qkv, i, **attrs)
         o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
         x = g.op("Add", [x, o])
         ln2 = g.init(f"l{i}.post_attention_layernorm", layer.post_attention_layernorm.weight.detach().float().numpy())
@@ -178,42 +137,12 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         x = g.op("Add", [x, down])
     lnf = g.init("norm.weight", inner.norm.weight.detach().float().numpy())
     x = g.op("SimplifiedLayerNormalization", [x, lnf], axis=-1, epsilon=eps, stash_type=1)
-    # keep the asked positions: [b, s, D] gather [b, k, 1] -> [b, k, D]
-    picked = g.op("GatherND", [x, g.op("Unsqueeze", ["logits_positions", g.init("axis_last", np.array([-1]))])],
-                  batch_dims=1)
-    flat = g.op("Reshape", [picked, "shape_2d"])  # [b*k, D]
     head_w = model.lm_head.weight
     tied = head_w.data_ptr() == inner.embed_tokens.weight.data_ptr()
     head = "embed_tokens.weight" if tied else g.init("lm_head.weight", head_w.detach().float().numpy())
-    logits2d = g.op("Gemm", [flat, head], transB=1)  # [b*k, V]: the tied embedding is stored once
-    bk = g.op("Shape", ["logits_positions"])  # [b, k]
-    out_shape = g.op("Concat", [bk, g.init("vocab_dim", np.array([V], np.int64))], axis=0)
-    g.nodes.append(helper.make_node("Reshape", [logits2d, out_shape], ["logits"], name="logits"))
+    logits_head(g, x, head, D, V)  # the tied embedding is stored once
 
-    f = TP.FLOAT
-    inputs = [helper.make_tensor_value_info("input_ids", TP.INT64, ["batch", "sequence"]),
-              helper.make_tensor_value_info("seqlens_k", TP.INT32, ["batch"]),
-              helper.make_tensor_value_info("total_sequence_length", TP.INT32, []),
-              helper.make_tensor_value_info("logits_positions", TP.INT64, ["batch", "kept"])]
-    outputs = [helper.make_tensor_value_info("logits", f, ["batch", "kept", V])]
-    for i in range(L):
-        for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f,
-                                                        ["batch", KVN, "buffer_length", H]))
-            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f, ["batch", KVN, "buffer_length", H]))
-    graph = helper.make_graph(g.nodes, f"{cfg.model_type}-fused-gqa", inputs, outputs, initializer=g.inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="onnxlm")
-    proto.ir_version = 8
-    out_path = Path(out_path)
-    size = sum(t.ByteSize() for t in g.inits)
-    external = None
-    if size > MAX_INLINE_BYTES:
-        external = out_path.name + "_data"
-        onnx.save_model(proto, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=external, size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(out_path))
+    inputs, outputs = io_values(L, KVN, H, V)
+    external = save_graph(g, f"{cfg.model_type}-fused-gqa", inputs, outputs, out_path)
     return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
             "max_positions": P}

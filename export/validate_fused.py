@@ -1,9 +1,11 @@
 """Export-time validation of a fused artifact (kv_layout "fused"): PyTorch vs the runtime's own fused state.
 
-One left-padded batch of 3 rows (7, 4 and 1 real tokens of 7): the prompt's logits at every real position
-(``FusedCausalLM.logits``), then ``start`` and two ``advance`` steps with past, against transformers' forward with
-``position_ids = cumsum(mask) - 1`` (padded slots 1) and its KV cache. Same tolerance rule and judgement as
-``validate.py`` (``judge_checks``).
+Decoder-only: one left-padded batch of 3 rows (7, 4 and 1 real tokens of 7): the prompt's logits at every real
+position (``FusedCausalLM.logits``), then ``start`` and two ``advance`` steps with past, against transformers' forward
+with ``position_ids = cumsum(mask) - 1`` (padded slots 1) and its KV cache. T5: a right-padded source batch of 3
+(7, 4 and 1 tokens): the logits of a 4-token decoder sequence at every position (``FusedSeq2SeqLM.logits``), then
+``start`` and two ``advance`` steps, against transformers' forward on the whole decoder sequence so far. Same
+tolerance rule and judgement as ``validate.py`` (``judge_checks``).
 """
 from __future__ import annotations
 
@@ -46,13 +48,40 @@ def _fused_checks(model, runtime_model, cfg: dict) -> list[_Check]:
     return checks
 
 
+def _fused_seq2seq_checks(model, runtime_model, cfg: dict) -> list[_Check]:
+    import torch
+
+    rng = np.random.default_rng(0)
+    V = cfg["vocab_size"]
+    src = rng.integers(0, V, size=(3, 7), dtype=np.int64)
+    mask = np.array([[1] * 7, [1, 1, 1, 1, 0, 0, 0], [1] + [0] * 6], np.int64)
+    src[mask == 0] = runtime_model.pad_id
+    dec = np.concatenate([runtime_model.initial_sequences(src), rng.integers(0, V, size=(3, 3), dtype=np.int64)], 1)
+
+    def ref(decoder_ids):  # [b, T] -> transformers' logits [b, T, V]
+        with torch.no_grad():
+            return model(input_ids=_t(src), attention_mask=_t(mask), decoder_input_ids=_t(decoder_ids)).logits.numpy()
+
+    checks = [_Check("fused_decoder_all_positions", ref(dec).reshape(-1, V),
+                     runtime_model.logits(src, dec, mask).reshape(-1, V))]
+    state, got = runtime_model.start(src, mask)
+    checks.append(_Check("fused_first_step", ref(dec[:, :1])[:, -1], got))
+    for step in range(1, 3):
+        checks.append(_Check(f"fused_step_{step}_with_past", ref(dec[:, :step + 1])[:, -1],
+                             state.advance(dec[:, step])))
+    return checks
+
+
 def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, tolerance: float | None = None,
                           log=None) -> dict[str, Any]:
     """``model`` (PyTorch) vs the fused artifact in ``out_dir`` (side files written, ``manifest`` = the manifest to
     be) through the runtime; returns the manifest's ``validation`` dict, raises ExportError when a check fails."""
     from onnxlm.runtime.fused_causal import FusedCausalLM
+    from onnxlm.runtime.fused_seq2seq import FusedSeq2SeqLM
 
     model.eval()
-    runtime_model = FusedCausalLM(Path(out_dir), manifest, "cpu", None)
-    checks = _fused_checks(model, runtime_model, cfg)
+    if manifest["kind"] == "seq2seq-lm":
+        checks = _fused_seq2seq_checks(model, FusedSeq2SeqLM(Path(out_dir), manifest, "cpu", None), cfg)
+    else:
+        checks = _fused_checks(model, FusedCausalLM(Path(out_dir), manifest, "cpu", None), cfg)
     return judge_checks(checks, tolerance, log, "PyTorch vs onnxruntime, fused graph")

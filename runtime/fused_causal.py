@@ -1,11 +1,12 @@
-"""Decoder-only models exported with ``kv_layout="fused"`` (manifest ``"kv_layout": "fused-gqa"``): one graph with
-GroupQueryAttention whose KV cache lives in preallocated buffers that each step appends to in place
-(runtime/kv_buffers.py): a step never copies, concatenates or transposes the cache, so its cost grows with the
-context only by the attention's own reads of the held keys/values.
+"""Decoder-only models exported with ``kv_layout="fused"`` (manifest ``"kv_layout": "fused-gqa"``; GPT-2 and the
+Llama family): one graph with GroupQueryAttention whose KV cache lives in preallocated buffers that each step
+appends to in place (runtime/kv_buffers.py): a step never copies, concatenates or transposes the cache, so its cost
+grows with the context only by the attention's own reads of the held keys/values.
 
 The graph wants RIGHT-padded rows: ``start``/``logits`` take left-padded inputs like every model and re-pack each
 row's attended tokens (mask 1) to the front; a token's position is its index in the re-packed row, which is
-``cumsum(mask) - 1`` of the original row, as the plain graph's position_ids. CPU only (numpy-backed buffers).
+``cumsum(mask) - 1`` of the original row, as the plain graph's position_ids; a graph with a ``position_ids`` input
+(learned positions: GPT-2) is fed those. CPU only (numpy-backed buffers).
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class FusedState:
         """tokens [b] int64 -> next-token logits [b, V] float32; appends one position per row in place."""
         tokens = np.asarray(tokens, dtype=np.int64)
         self.buffers.ensure(int(self.lengths.max()) + 1)  # doubles the buffers when this step would overflow
-        logits = self.model._run(tokens[:, None], self.lengths, int(self.lengths.max()) + 1,
+        logits = self.model._run(tokens[:, None], self.lengths, np.ones_like(self.lengths),
                                  np.zeros((len(tokens), 1), np.int64), self.buffers)
         self.lengths = self.lengths + 1
         return logits[:, 0, :]
@@ -50,7 +51,7 @@ class FusedState:
         rows = np.asarray(rows, dtype=np.int64)
         if np.array_equal(rows, np.arange(len(self.lengths))):
             return
-        self.buffers.select(rows)
+        self.buffers.select(rows, int(self.lengths.max()))  # only the held positions are copied
         self.lengths = self.lengths[rows]
 
 
@@ -64,16 +65,18 @@ class FusedCausalLM(CausalLM):
         self.past_names = past_input_names(self.decoder.inputs)
         self.kv_heads, self.head_dim = int(self.manifest["num_kv_heads"]), int(self.manifest["head_dim"])
 
-    def _run(self, ids: np.ndarray, seqlens_k: np.ndarray, total: int, positions: np.ndarray,
+    def _run(self, ids: np.ndarray, past: np.ndarray, new: np.ndarray, keep: np.ndarray,
              buffers: KVBuffers) -> np.ndarray:
-        """ids [b, s] (right-padded new tokens), seqlens_k [b] (each row's length after the step, minus 1), total
-        (the padded length after the step), positions [b, k] (which of the s positions to keep) -> logits [b, k, V]
-        float32; the graph writes the new keys/values into the buffers in place."""
+        """ids [b, s] (right-padded new tokens), past [b] (positions each row holds), new [b] (its real new tokens),
+        keep [b, k] (which of the s positions go through the head) -> logits [b, k, V] float32; the graph writes
+        the new keys/values into the buffers in place."""
         io = self.decoder.session.io_binding()
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
-        io.bind_cpu_input("seqlens_k", seqlens_k.astype(np.int32))
-        io.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        io.bind_cpu_input("logits_positions", np.ascontiguousarray(positions, np.int64))
+        io.bind_cpu_input("seqlens_k", (past + new - 1).astype(np.int32))  # each row's length after the step - 1
+        io.bind_cpu_input("total_sequence_length", np.array((past + new).max(), np.int32))  # the padded length
+        io.bind_cpu_input("logits_positions", np.ascontiguousarray(keep, np.int64))
+        if "position_ids" in self.decoder.inputs:  # learned positions (GPT-2): a token's index in its packed row
+            io.bind_cpu_input("position_ids", (past[:, None] + np.arange(ids.shape[1])).astype(np.int64))
         io.bind_output("logits")
         for name, value in buffers.values.items():  # the same OrtValue as past and present: appended in place
             io.bind_ortvalue_input(name, value)
@@ -87,7 +90,7 @@ class FusedCausalLM(CausalLM):
         ids, lengths = repack_right(input_ids, attention_mask, self.pad_id)
         buffers = KVBuffers.zeros(self.past_names, len(ids), self.kv_heads,
                                   initial_capacity(ids.shape[1], self.initial_buffer_length), self.head_dim)
-        logits = self._run(ids, lengths - 1, ids.shape[1], positions(lengths), buffers)
+        logits = self._run(ids, np.zeros_like(lengths), lengths, positions(lengths), buffers)
         return logits, buffers, lengths
 
     def start(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[FusedState, np.ndarray]:

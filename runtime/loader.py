@@ -13,6 +13,7 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
     """Open a model directory on 'auto' | 'cpu' | 'cuda'. verify=False skips the manifest's sha256 checks."""
     from .causal_lm import CausalLM
     from .fused_causal import KV_LAYOUT, FusedCausalLM
+    from .fused_seq2seq import FusedSeq2SeqLM
     from .seq2seq_lm import Seq2SeqLM
     model_dir = Path(os.fspath(path)).expanduser()
     resolved = resolve_provider(provider)
@@ -22,7 +23,7 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
         if provider == "cuda":
             raise ProviderError(f"provider='cuda': {model_dir} is a fused artifact (kv_layout {KV_LAYOUT!r}), "
                                 "which runs on the CPU only; allowed: 'auto', 'cpu'")
-        cls, resolved = FusedCausalLM, "cpu"
+        cls, resolved = (FusedSeq2SeqLM if cls is Seq2SeqLM else FusedCausalLM), "cpu"
     elif manifest.get("kv_layout", "plain") != "plain":
         raise ManifestError(f"{model_dir}: kv_layout {manifest['kv_layout']!r} is unknown; allowed: 'plain', "
                             f"{KV_LAYOUT!r}")

@@ -58,10 +58,14 @@ class Seq2SeqLM(LanguageModel):
         shape = self.with_past.inputs[self.past_names[0]].shape  # [batch, heads, past, head_dim]
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.kv_dtype = self.with_past.input_dtype(self.past_names[0])
+        self.decoder_start_id = self._decoder_start_id()
+
+    def _decoder_start_id(self) -> int:
+        """The generation config's decoder_start_token_id, else the config's, else the pad id."""
         start = self.generation_config.decoder_start_token_id
         if start is None:
             start = self.config.get("decoder_start_token_id", self.pad_id)
-        self.decoder_start_id = int(start)
+        return int(start)
 
     def _run_encoder(self, input_ids: np.ndarray, attention_mask: np.ndarray):
         """[b, s] int64, [b, s] int64 -> encoder last_hidden_state [b, s, d]."""
@@ -93,12 +97,17 @@ class Seq2SeqLM(LanguageModel):
 
     def logits(self, input_ids, decoder_input_ids, attention_mask=None) -> np.ndarray:
         """Encoder ids [b, s], decoder ids [b, T] (starting with the start token) -> logits [b, T, V] float32."""
+        input_ids, attention_mask, decoder_input_ids = self._check_pair(input_ids, decoder_input_ids, attention_mask)
+        enc_hidden = self._run_encoder(input_ids, attention_mask)
+        return self._decode_full(enc_hidden, attention_mask, decoder_input_ids)["logits"].astype(np.float32, copy=False)
+
+    def _check_pair(self, input_ids, decoder_input_ids, attention_mask):
+        """-> input_ids [b, s], attention_mask [b, s], decoder_input_ids [b, T], all int64 and checked."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
         decoder_input_ids, _ = self._check_ids(decoder_input_ids, None)
         if len(decoder_input_ids) != len(input_ids):
             raise InputError(f"decoder_input_ids: batch {len(decoder_input_ids)} != input_ids batch {len(input_ids)}")
-        enc_hidden = self._run_encoder(input_ids, attention_mask)
-        return self._decode_full(enc_hidden, attention_mask, decoder_input_ids)["logits"].astype(np.float32, copy=False)
+        return input_ids, attention_mask, decoder_input_ids
 
     def _score_pairs(self, sources: list[list[int]], targets: list[list[int]]) -> list[np.ndarray]:
         """Source ids and target ids per row -> log p(target[i] | source, target[:i]) per row, float32."""

@@ -190,8 +190,8 @@ def test_forced_validation_failure_leaves_nothing(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(validate, "_ort_run", perturbed)
-    with pytest.raises(ExportError, match="validation failed"):
-        export_model(RECIPES / "tiny-gpt2", tmp_path / "out", progress=False)
+    with pytest.raises(ExportError, match="validation failed"):  # the plain exporter's validation
+        export_model(RECIPES / "tiny-gpt2", tmp_path / "out", progress=False, kv_layout="plain")
     assert _listing(tmp_path) == []
 
 
@@ -210,7 +210,7 @@ def test_interrupt_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ex, "export_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        export_model(RECIPES / "tiny-gpt2", tmp_path / "out", progress=False)
+        export_model(RECIPES / "tiny-gpt2", tmp_path / "out", progress=False, kv_layout="plain")
     assert _listing(tmp_path) == []
 
 
@@ -221,7 +221,7 @@ def test_existing_dir_refused_then_replaced_with_force(tmp_path, capsys):
     with pytest.raises(ExportError, match="force"):
         export_model(RECIPES / "tiny-gpt2", out, progress=False)
     assert _listing(out) == ["junk.txt"]
-    assert export_model(RECIPES / "tiny-gpt2", out, force=True) == out
+    assert export_model(RECIPES / "tiny-gpt2", out, force=True, kv_layout="plain") == out
     assert "junk.txt" not in _listing(out) and "model.onnx" in _listing(out)
     assert _listing(tmp_path) == ["out"]
     assert "validate left_padded_batch" in capsys.readouterr().err  # progress + measured diffs on stderr

@@ -1,5 +1,5 @@
 """kv_layout="fused": our GroupQueryAttention graph (export/fused_llama.py) with in-place KV buffers
-(runtime/fused_causal.py), against transformers on the same weights.
+(runtime/fused_causal.py), against transformers on the same weights (GPT-2: tests/test_fused_gpt2.py).
 
 Recipes: tiny-llama (GQA, tied head: the embedding is stored once), tiny-mistral-sliding-window (window 4, shorter than
 every sequence here: proves GQA's local_window_size = sliding_window), tiny-qwen2 (q/k/v bias, per-layer window),
@@ -127,11 +127,17 @@ def test_score_equals_the_plain_artifact(fused_dirs, tiny_llama):
     assert np.abs(got.sequence_logprobs - want.sequence_logprobs).max() <= ATOL
 
 
-def test_fused_refuses_other_model_types_and_bad_layouts(tiny_gpt2, tmp_path):
-    with pytest.raises(ExportError, match="llama, mistral, qwen2"):
-        export_model(tiny_gpt2.hf_dir, tmp_path / "a", progress=False, kv_layout="fused")
+def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
+    from transformers import Qwen3Config
+
+    torch.manual_seed(0)
+    qwen3 = AutoModelForCausalLM.from_config(Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                         num_hidden_layers=1, num_attention_heads=2,
+                                                         num_key_value_heads=1, head_dim=8)).eval()
+    with pytest.raises(ExportError, match="'qwen3' is not supported; supported: gpt2, llama, mistral, mt5, qwen2, t5"):
+        export_model(qwen3, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
-        export_model(tiny_gpt2.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
+        export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
     assert not (tmp_path / "a").exists()
 
 
@@ -159,9 +165,9 @@ def test_cli_exports_fused_and_info_shows_the_layout(capsys, tiny_llama, tmp_pat
 
 
 def test_large_weights_go_to_external_data(tiny_llama, tmp_path, monkeypatch):
-    from onnxlm.export import fused_llama
+    from onnxlm.export import fused_graph
 
-    monkeypatch.setattr(fused_llama, "MAX_INLINE_BYTES", 0)  # as for a model over protobuf's 2 GB limit
+    monkeypatch.setattr(fused_graph, "MAX_INLINE_BYTES", 0)  # as for a model over protobuf's 2 GB limit
     art = export_model(tiny_llama.hf_dir, tmp_path / "art", progress=False, kv_layout="fused")
     manifest = json.loads((art / "onnxlm.json").read_text())
     assert "model.onnx_data" in manifest["files"] and (art / "model.onnx").stat().st_size < 50_000

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
                    help="skip the PyTorch vs onnxruntime comparison")
     p.add_argument("--kv-layout", choices=("auto", "plain", "fused"), default="auto",
                    help="auto (default): fused where supported, else plain; plain: optimum's graph; fused: GroupQueryAttention with in-place KV buffers, "
-                        "no per-step cache concatenation (llama, mistral, qwen2; CPU)")
+                        "no per-step cache concatenation (gpt2, t5, llama, mistral, qwen2; CPU)")
     q = p.add_argument_group("quantization (decoder-only; MODEL may also be an fp32 onnxlm artifact dir)")
     q.add_argument("--quantize", choices=("int8", "int4"),
                    help="weight-only MatMulNBits; refused below the quality thresholds (top-1 agreement >= 0.975 and "

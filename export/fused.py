@@ -1,0 +1,40 @@
+"""The fused graphs (``kv_layout="fused"``) of a model: which builder serves its model_type (``fused_llama.py``:
+llama, mistral, qwen2; ``fused_gpt2.py``: gpt2; ``fused_t5.py``: t5, mt5), and whether it supports the config."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxlm.runtime.errors import ExportError
+
+from . import fused_gpt2, fused_llama, fused_t5
+
+BUILDERS = {t: module for module in (fused_llama, fused_gpt2, fused_t5) for t in module.FUSED_TYPES}
+
+
+def _builder(model):
+    """model -> its builder module; ExportError when no builder has its model_type or the config is refused."""
+    kind = model.config.model_type
+    if kind not in BUILDERS:
+        raise ExportError(f"kv_layout='fused': model_type {kind!r} is not supported; supported: "
+                          f"{', '.join(sorted(BUILDERS))} (use kv_layout='plain' for the others)")
+    BUILDERS[kind].check_supported(model)
+    return BUILDERS[kind]
+
+
+def fused_supported(model) -> bool:
+    """True when a fused builder supports ``model`` (kv_layout='auto' picks the fused graph then)."""
+    try:
+        _builder(model)
+    except ExportError:
+        return False
+    return True
+
+
+def build_fused_graphs(model, out_dir, max_positions: int | None = None) -> dict[str, str]:
+    """model -> its fused graph files written into ``out_dir``; returns role -> file name ({"decoder": "model.onnx"}
+    for a decoder-only model; {"encoder": ..., "decoder": ...} for T5)."""
+    builder = _builder(model)
+    if builder is fused_t5:
+        return fused_t5.build_fused_graph(model, out_dir)["files"]
+    builder.build_fused_graph(model, Path(out_dir) / "model.onnx", max_positions=max_positions)
+    return {"decoder": "model.onnx"}

@@ -1,0 +1,126 @@
+"""What every fused decoder graph (``kv_layout="fused"``) shares: the node/initializer accumulator, the output head
+(only the asked positions go through it; a tied embedding is stored once), the KV buffer inputs/outputs, and saving
+(weights over protobuf's limit go to ``model.onnx_data``). The model-specific builders are ``fused_llama.py`` and
+``fused_gpt2.py``; ``fused.py`` picks one by model_type.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+OPSET = 17
+MAX_INLINE_BYTES = 1_800_000_000  # above this the weights go to model.onnx_data (protobuf's 2 GB limit)
+
+
+def check_head_dim(head_dim: int) -> None:
+    """onnxruntime's CPU GroupQueryAttention needs head_dim % 8 == 0: ExportError otherwise."""
+    from onnxlm.runtime.errors import ExportError
+
+    if head_dim % 8:
+        raise ExportError(f"kv_layout='fused': head_dim {head_dim} is not a multiple of 8, which onnxruntime's "
+                          "GroupQueryAttention needs (use kv_layout='plain')")
+
+
+class Graph:
+    """Accumulates nodes and initializers with unique names."""
+
+    def __init__(self):
+        self.nodes, self.inits, self.n, self.arrays = [], [], 0, {}
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        """An initializer ``name`` holding ``array``; a name given twice must hold the same array (stored once)."""
+        from onnx import numpy_helper
+
+        if name in self.arrays:
+            if not np.array_equal(self.arrays[name], array):
+                raise ValueError(f"initializer {name!r} given two different values")
+            return name
+        self.arrays[name] = array
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs):
+        from onnx import helper
+
+        self.n += 1
+        outs = [f"{op_type}_{self.n}_{j}" for j in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=f"{op_type}_{self.n}", domain=domain,
+                                           **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def attention(self, qkv: str, layer: int, bias: str | None = None, **attrs) -> str:
+        """Packed q/k/v [b, s, (N + 2 KVN) H] -> attention output [b, s, N H] through one GroupQueryAttention node
+        whose past and present are layer ``layer``'s KV buffers (``attrs``: the node's attributes; with
+        do_rotary=1 the graph must hold ``cos_cache``/``sin_cache``; ``bias``: an attention_bias
+        [b or 1, N, s, total])."""
+        rotary = ["cos_cache", "sin_cache"] if attrs.get("do_rotary") else ["", ""]
+        extra = ["", bias] if bias is not None else []  # position_ids (unused), attention_bias
+        inputs = [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value", "seqlens_k",
+                  "total_sequence_length", *rotary, *extra]
+        while inputs[-1] == "":
+            inputs.pop()
+        a, _, _ = self.op("GroupQueryAttention", inputs, n_out=3, domain="com.microsoft", **attrs)
+        self.nodes[-1].output[1], self.nodes[-1].output[2] = f"present.{layer}.key", f"present.{layer}.value"
+        return a
+
+
+def to_numpy(t) -> np.ndarray:
+    """A torch tensor / parameter -> float32 numpy array (a copy)."""
+    return t.detach().float().numpy().copy()
+
+
+def logits_head(g: Graph, x: str, head: str, hidden: int, vocab: int) -> None:
+    """x [b, s, D] (after the final norm), head = the name of a [V, D] initializer -> graph output ``logits``
+    [b, k, V] for the positions in ``logits_positions`` [b, k]."""
+    from onnx import helper
+
+    # keep the asked positions: [b, s, D] gather [b, k, 1] -> [b, k, D]
+    picked = g.op("GatherND", [x, g.op("Unsqueeze", ["logits_positions", g.init("axis_last", np.array([-1]))])],
+                  batch_dims=1)
+    flat = g.op("Reshape", [picked, g.init("shape_2d", np.array([-1, hidden], np.int64))])  # [b*k, D]
+    logits2d = g.op("Gemm", [flat, head], transB=1)  # [b*k, V]
+    bk = g.op("Shape", ["logits_positions"])  # [b, k]
+    out_shape = g.op("Concat", [bk, g.init("vocab_dim", np.array([vocab], np.int64))], axis=0)
+    g.nodes.append(helper.make_node("Reshape", [logits2d, out_shape], ["logits"], name="logits"))
+
+
+def io_values(layers: int, kv_heads: int, head_dim: int, vocab: int, extra_inputs: tuple[str, ...] = ()):
+    """The fused graph's inputs (input_ids, seqlens_k, total_sequence_length, logits_positions, then
+    ``extra_inputs`` [b, s] int64 such as position_ids, then the buffers) and outputs (logits, the buffers)."""
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    f = TP.FLOAT
+    inputs = [helper.make_tensor_value_info("input_ids", TP.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info("seqlens_k", TP.INT32, ["batch"]),
+              helper.make_tensor_value_info("total_sequence_length", TP.INT32, []),
+              helper.make_tensor_value_info("logits_positions", TP.INT64, ["batch", "kept"])]
+    inputs += [helper.make_tensor_value_info(n, TP.INT64, ["batch", "sequence"]) for n in extra_inputs]
+    outputs = [helper.make_tensor_value_info("logits", f, ["batch", "kept", vocab])]
+    for i in range(layers):
+        for kind in ("key", "value"):
+            shape = ["batch", kv_heads, "buffer_length", head_dim]
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f, shape))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f, shape))
+    return inputs, outputs
+
+
+def save_graph(g: Graph, name: str, inputs, outputs, out_path) -> str | None:
+    """Write the graph to ``out_path``; returns the external data file's name, or None when the weights are inline."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
+                                                    helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="onnxlm")
+    proto.ir_version = 8
+    out_path = Path(out_path)
+    if sum(t.ByteSize() for t in g.inits) <= MAX_INLINE_BYTES:
+        onnx.save_model(proto, str(out_path))
+        return None
+    external = out_path.name + "_data"
+    onnx.save_model(proto, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=external, size_threshold=1024)
+    return external
