@@ -3,16 +3,18 @@
 A request is one prompt with its own GenerationConfig (greedy or sampling, ``num_return_sequences`` rows). ``add``
 queues it; each ``step``:
 
-1. admits waiting requests while the batch has room: each is prefilled alone (``model.start`` on its own rows,
-   repeated n times as ``LanguageModel._start_expanded`` does) and its state joins the running one through the
-   state class's ``concat`` (plain layout: the shorter rows left padded and masked; fused layout: rows copied into
-   buffers that hold the longest one), so rows of different lengths share the batch and keep their own positions;
-2. picks one token for every active row with that request's own processors, sampling parameters and random stream
+1. feeds the tokens picked at the previous step to the rows still generating (one forward pass, ``state.advance``);
+2. admits waiting requests while the batch has room: they are prefilled together (one ``model.start`` on their
+   prompts, left padded; each row then repeated n times as ``LanguageModel._start_expanded`` does) and that state
+   joins the running one through the state class's ``concat`` (plain layout: the shorter rows left padded and
+   masked; fused layout: rows copied into buffers that hold the longest one), so rows of different lengths share
+   the batch and keep their own positions;
+3. picks one token for every active row with that request's own processors, sampling parameters and random stream
    (one ``np.random.default_rng(seed)`` per request, drawing one uniform per row of the request per step, finished
-   rows included, exactly as the solo loop ``sample_steps`` draws), and decides which rows finish (eos, stop
-   string, length) as ``sample_steps`` does;
-3. drops finished and cancelled rows from the state at once (``state.select``) and advances the rest by one token
-   (one forward pass for the whole batch).
+   rows included, exactly as the solo loop ``sample_steps`` draws), decides which rows finish (eos, stop string,
+   length) as ``sample_steps`` does, and reports the tokens;
+4. drops finished rows from the state at once (``state.select``); cancelled requests' rows are dropped at the
+   start of the next step, before its forward pass.
 
 So each request's ids are what ``model.generate`` gives for it alone (greedy: identical ids, up to the float
 reduction order of a different batch shape; sampling with a seed: the same draws).
@@ -33,6 +35,7 @@ from ..errors import ParameterError
 from ..generation_config import GenerationConfig
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens
 from ..streaming import IncrementalText
+from ..tokenizer import pad_batch
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Scheduler:
         self.logits: np.ndarray | None = None  # [len(rows), V] next-token logits of every state row
         self._runs: dict[int, _Run] = {}
         self._positions: dict = {}
+        self._next: np.ndarray | None = None  # tokens picked for the rows, not yet fed (the next step feeds them)
         self.failed: list[Request] = []  # requests whose prefill raised (req.error); the caller empties it
 
     # ------------------------------------------------------------------ queue
@@ -158,9 +162,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> list[tuple[Request, list[TokenEvent]]]:
-        """Admit, pick one token per active row, drop finished/cancelled rows, advance. -> per request that
-        produced tokens this step, its TokenEvents (a request whose rows all finished has ``done`` set)."""
+        """Advance the rows that go on (the forward pass of the tokens picked last step), admit waiting requests,
+        pick one token per active row and drop the rows that finished. -> per request that produced tokens, its
+        TokenEvents (a request whose rows all finished has ``done`` set). A token is reported before the forward
+        pass that consumes it, so a client sees it one pass earlier."""
         self._drop_cancelled()
+        if self._next is not None:  # one forward pass for every row still generating
+            tokens, self._next = self._next, None
+            self.logits = self.state.advance(tokens)
         self._admit()
         if not self.rows:
             return []
@@ -172,8 +181,8 @@ class Scheduler:
                 keep.append(self._row_index(req, int(r)))
                 next_tokens.append(tok)
         self._retain(keep)
-        if self.rows:  # one forward pass for every row still generating
-            self.logits = self.state.advance(np.asarray(next_tokens, dtype=np.int64))
+        if self.rows:
+            self._next = np.asarray(next_tokens, dtype=np.int64)  # [len(rows)], fed at the next step
         return out
 
     def _row_index(self, req: Request, r: int) -> int:
@@ -226,44 +235,54 @@ class Scheduler:
 
     # ------------------------------------------------------------------ batch membership
     def _admit(self) -> None:
-        """Prefill waiting requests (each alone) while rows are free, and join their states to the batch."""
-        states, logits = ([self.state], [self.logits]) if self.rows else ([], [])
-        used = len(self.rows)
+        """Take waiting requests while rows are free, prefill them together (one left-padded ``start``, each row
+        then repeated n times as ``_start_expanded`` does) and join that state to the running one."""
+        room, batch = self.max_rows - len(self.rows), []
         while self.waiting:
             req = self.waiting[0]
             if req.cancelled:
                 self.waiting.pop(0)
                 req.done = True
                 continue
-            if used and (used + req.n > self.max_rows or self._alone(req)):
+            if (self.rows or batch) and (req.n > room or self._alone(req)):
                 break
-            self.waiting.pop(0)
-            ids = np.asarray([req.ids], dtype=np.int64)
-            try:  # prefill once, then n rows; a failure here fails this request only (the batch is untouched)
-                state, first, sequences = self.model._start_expanded(ids, np.ones_like(ids), req.n)
-                _, max_len = self.model._lengths(req.config, sequences.shape[1])
-            except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
+            batch.append(self.waiting.pop(0))
+            room -= req.n
+            if self._alone(req):  # seq2seq: one request at a time
+                break
+        if not batch:
+            return
+        try:  # a failure here fails these requests only (the running batch is untouched)
+            state, first = self._prefill(batch)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
+            for req in batch:
                 req.error, req.done = exc, True
                 self.failed.append(req)
-                continue
+            return
+        for req in batch:
+            sequences = np.repeat(self.model.initial_sequences(np.asarray([req.ids], np.int64)), req.n, axis=0)
+            _, max_len = self.model._lengths(req.config, sequences.shape[1])
             req.t0, req.sequences, req.active = sequences.shape[1], sequences, np.ones(req.n, bool)
             req.new_ids, req.reasons = [[] for _ in range(req.n)], [None] * req.n
             req.final_text = [None] * req.n
-            self._runs[id(req)] = _Run(self.model, req, sequences.shape[1], max_len)
-            states.append(state)
-            logits.append(first)
+            self._runs[id(req)] = _Run(self.model, req, req.t0, max_len)
             self.requests.append(req)
             self.rows += [(req, r) for r in range(req.n)]
-            used += req.n
-            if self._alone(req):  # seq2seq: one request at a time
-                break
-        if len(states) > 1:
-            self.state = type(states[0]).concat(states)
-        elif states:
-            self.state = states[0]
-        if states:
-            self.logits = np.concatenate(logits, axis=0) if len(logits) > 1 else logits[0]
+        if self.state is not None:
+            state, first = type(self.state).concat([self.state, state]), np.concatenate([self.logits, first])
+        self.state, self.logits = state, first
         self._index()
+
+    def _prefill(self, batch: list[Request]):
+        """Requests -> (state, next-token logits [sum n, V]): one ``model.start`` on their prompts (left padded),
+        rows repeated n times per request."""
+        ids, mask = pad_batch([r.ids for r in batch], self.model.pad_id, side="left")
+        state, logits = self.model.start(ids, mask)
+        rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
+        if len(rows) != len(batch):
+            state.select(rows)
+            logits = logits[rows]
+        return state, logits
 
     def _alone(self, req: Request) -> bool:
         return bool(self.model.is_encoder_decoder)
@@ -286,8 +305,10 @@ class Scheduler:
         if self.rows:
             self.state.select(np.asarray(keep, dtype=np.int64))
             self.logits = self.logits[keep]
+            if self._next is not None:
+                self._next = self._next[keep]
         else:
-            self.state, self.logits = None, None
+            self.state, self.logits, self._next = None, None, None
         alive = {id(req) for req, _ in self.rows}
         for req in self.requests:
             if id(req) not in alive:
@@ -304,6 +325,7 @@ class Scheduler:
         for req in failed:
             req.done = True
         self.requests, self.rows, self.state, self.logits, self._runs = [], [], None, None, {}
+        self._next = None
         self._index()
         return failed
 
