@@ -50,8 +50,8 @@ class FusedState:
         rows = np.asarray(rows, dtype=np.int64)
         if np.array_equal(rows, np.arange(len(self.lengths))):
             return
-        self.buffers.select(rows)
         self.lengths = self.lengths[rows]
+        self.buffers.select(rows, held=max(1, int(self.lengths.max())))  # only the held positions are copied
 
     @classmethod
     def concat(cls, states: list["FusedState"]) -> "FusedState":

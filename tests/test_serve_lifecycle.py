@@ -147,3 +147,36 @@ def test_sigterm_under_load_drains_and_exits(tiny_llama):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_gpt2_has_no_chat_and_t5_is_served_one_request_at_a_time(tiny_gpt2, tiny_t5):
+    """A model without a chat template answers /v1/chat/completions with a 400 (completions work); a seq2seq
+    model serves concurrent requests one at a time, each equal to model.generate alone."""
+    srv = start(lambda: onnxlm.load(tiny_gpt2.onnx_dir))
+    try:
+        wait_health(srv.url)
+        r = post(srv.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "chat_not_supported"
+        r = post(srv.url, "/v1/completions", {"prompt": "Hello", "max_tokens": 5, "temperature": 0})
+        assert r.json()["choices"][0]["text"] == srv.model.generate("Hello", max_new_tokens=5, do_sample=False).text[0]
+    finally:
+        srv.stop()
+    srv = start(lambda: onnxlm.load(tiny_t5.onnx_dir))
+    try:
+        wait_health(srv.url)
+        prompts = ["translate: hello", "summarize: a b c d e f", "x"]
+        out = {}
+
+        def one(p):
+            out[p] = post(srv.url, "/v1/completions", {"prompt": p, "max_tokens": 6, "temperature": 0}).json()
+
+        threads = [threading.Thread(target=one, args=(p,)) for p in prompts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for p in prompts:
+            assert out[p]["choices"][0]["text"] == srv.model.generate(p, max_new_tokens=6, do_sample=False).text[0]
+        wait_idle(srv.url)
+    finally:
+        srv.stop()

@@ -217,7 +217,8 @@ class Scheduler:
             if logp is not None:
                 ev.logprob = float(logp[k, tok])
                 if req.logprobs:
-                    top = np.argsort(-logp[k], kind="stable")[:req.logprobs]
+                    top = np.argpartition(-logp[k], req.logprobs - 1)[:req.logprobs]
+                    top = top[np.lexsort((top, -logp[k, top]))]  # descending, lower id first on ties
                     ev.top_logprobs = [(int(i), float(logp[k, i])) for i in top]
             if reason is not None:
                 req.reasons[r] = reason
