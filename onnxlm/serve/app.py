@@ -232,8 +232,8 @@ def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param
     return max_tokens
 
 
-def _make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, texts: list, param: str,
-               echo: bool = False) -> list[Job]:
+def _make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, texts: list,
+               param: str) -> list[Job]:
     jobs = []
     for prompt, text in zip(prompts, texts):
         ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)
@@ -403,7 +403,7 @@ async def completions(request: HTTPRequest):
     echo = protocol._get_bool(body, "echo", False)
     texts = [p if isinstance(p, str) else (model.tokenizer.decode(p, skip_special_tokens=False)
                                            if model.tokenizer else "") for p in prompts]
-    jobs = _make_jobs(model, st, samp, prompts, texts, "prompt", echo=echo)
+    jobs = _make_jobs(model, st, samp, prompts, texts, "prompt")
     slot = _Slot(st)
     try:
         run = _Run(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None)

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from typing import Callable
 
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
@@ -160,11 +159,3 @@ def _sink(loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag) -> Callable:
             pass
     return put
 
-
-def wait_ready(engine: Engine, timeout: float) -> bool:
-    """Block until the model is loaded (or failed) -> True when ready to serve."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if engine.ready.wait(0.1):
-            return engine.load_error is None
-    return False

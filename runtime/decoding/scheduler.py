@@ -27,7 +27,6 @@ callers run ``model.generate(num_beams=...)`` on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -340,13 +339,3 @@ def _stop_list(config: GenerationConfig) -> list[str]:
     s = config.stop_strings
     return [] if not s else [s] if isinstance(s, str) else list(s)
 
-
-def run_alone(model, req: Request, on_step: Callable | None = None) -> Request:
-    """One request through a scheduler of its own (what it gives alone): -> the request, finished."""
-    sched = Scheduler(model, max_rows=max(req.config.num_return_sequences, 1))
-    sched.add(req)
-    while sched.busy:
-        events = sched.step()
-        if on_step is not None:
-            on_step(events)
-    return req
