@@ -7,7 +7,7 @@ from .errors import InputError
 from .kv_cache import KVCache, past_input_names
 from .model import LanguageModel
 from .processors import log_softmax
-from .session import GraphRunner
+from .session import GraphRunner, to_numpy
 from .tokenizer import pad_batch
 
 
@@ -48,6 +48,26 @@ class CausalState:
             return
         self.cache.select(rows)
         self.mask, self.positions = self.mask[rows], self.positions[rows]
+        unused = int(np.argmax(self.mask.any(axis=0)))  # leading columns no row attends to (rows that left)
+        if unused:
+            self.mask = self.mask[:, unused:]
+            self.cache.tensors = {n: to_numpy(v)[:, :, unused:] for n, v in self.cache.tensors.items()}
+
+    @classmethod
+    def concat(cls, states: list["CausalState"]) -> "CausalState":
+        """States of the same model, each [b_i] rows of length T_i -> one state of [sum b_i] rows: the shorter
+        ones LEFT padded to max T_i (mask 0, zero keys/values); every row keeps its own positions."""
+        if len(states) == 1:
+            return states[0]
+        length = max(s.mask.shape[1] for s in states)
+        pads = [length - s.mask.shape[1] for s in states]
+        mask = np.concatenate([np.pad(s.mask, ((0, 0), (p, 0))) for s, p in zip(states, pads)], axis=0)
+        tensors = {name: np.concatenate([np.pad(to_numpy(s.cache.tensors[name]), ((0, 0), (0, 0), (p, 0), (0, 0)))
+                                         for s, p in zip(states, pads)], axis=0)
+                   for name in states[0].cache.tensors}  # [b, kv_heads, length, head_dim] each
+        merged = cls(states[0].runner, KVCache(tensors), mask)
+        merged.positions = np.concatenate([s.positions for s in states])
+        return merged
 
 
 class CausalLM(LanguageModel):

@@ -51,8 +51,27 @@ class FusedState:
         rows = np.asarray(rows, dtype=np.int64)
         if np.array_equal(rows, np.arange(len(self.lengths))):
             return
-        self.buffers.select(rows, int(self.lengths.max()))  # only the held positions are copied
         self.lengths = self.lengths[rows]
+        self.buffers.select(rows, held=max(1, int(self.lengths.max())))  # only the held positions are copied
+
+    @classmethod
+    def concat(cls, states: list["FusedState"]) -> "FusedState":
+        """States of the same model, [b_i] right-packed rows each -> one state of [sum b_i] rows: every row copied
+        into fresh buffers whose capacity holds the longest row (and the largest source capacity); lengths kept."""
+        if len(states) == 1:
+            return states[0]
+        capacity = max(s.buffers.capacity for s in states)
+        held = [max(1, int(s.lengths.max())) for s in states]  # positions a source row can hold
+        batch = sum(len(s.lengths) for s in states)
+        arrays = {}
+        for name, first in states[0].buffers.arrays.items():  # [b, kv_heads, capacity, head_dim] each
+            out = np.zeros((batch, first.shape[1], capacity, first.shape[3]), first.dtype)
+            row = 0
+            for s, h in zip(states, held):
+                out[row:row + len(s.lengths), :, :h] = s.buffers.arrays[name][:, :, :h]
+                row += len(s.lengths)
+            arrays[name] = out
+        return cls(states[0].model, KVBuffers(arrays), np.concatenate([s.lengths for s in states]))
 
 
 class FusedCausalLM(CausalLM):

@@ -38,15 +38,19 @@ class KVBuffers:
             grown[name] = b
         self.__init__(grown)
 
-    def select(self, rows: np.ndarray, used: int) -> None:
-        """rows [b'] int64: keep/duplicate/reorder batch rows of every buffer ([b, ...] -> [b', ...]); only the
-        first ``used`` positions (those any row holds) are copied, the spare capacity stays zero."""
-        grown = {}
-        for name, a in self.arrays.items():
+    def select(self, rows: np.ndarray, held: int | None = None) -> None:
+        """rows [b'] int64: keep/duplicate/reorder batch rows of every buffer ([b, ...] -> [b', ...]). With
+        ``held`` (the longest selected row) only the first ``held`` positions are copied; the rest of the new
+        buffers is zero (fresh pages, never touched by the copy)."""
+        if held is None:
+            self.__init__({n: a[rows] for n, a in self.arrays.items()})
+            return
+        out = {}
+        for n, a in self.arrays.items():
             b = np.zeros((len(rows),) + a.shape[1:], a.dtype)
-            b[:, :, :used] = a[rows, :, :used]
-            grown[name] = b
-        self.__init__(grown)
+            b[:, :, :held] = a[rows, :, :held]
+            out[n] = b
+        self.__init__(out)
 
 
 def initial_capacity(length: int, minimum: int) -> int:

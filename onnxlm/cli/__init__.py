@@ -13,7 +13,7 @@ import sys
 from onnxlm.runtime.errors import OnnxlmError
 
 from onnxlm import __version__
-from . import bench, demo, export, generate, info, score
+from . import bench, demo, export, generate, info, score, serve
 
 DESCRIPTION = """\
 Export GPT-2, T5 and Llama-family language models to ONNX once (needs torch), then generate, chat and score
@@ -26,6 +26,7 @@ examples:
   onnxlm chat models/smollm2 "What is ONNX?" --system "Answer briefly."
   onnxlm score models/gpt2 "The cat sat on the mat."
   onnxlm info models/gpt2
+  onnxlm serve models/smollm2 --port 8000
   onnxlm demo
 """
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 title="commands (run `onnxlm COMMAND --help` for details)")
-    for module in (export, generate, score, info, bench, demo):
+    for module in (export, generate, score, info, bench, demo, serve):
         module.add_parser(sub)
     return parser
 

@@ -1,0 +1,111 @@
+"""`onnxlm serve`: an OpenAI-compatible HTTP server on one model (continuous batching, streaming)."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from onnxlm.runtime.errors import ModelFileError, OnnxlmError
+
+from .args import add_model_args, command_parser, positive_int
+
+DESCRIPTION = """\
+Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
+template), GET /v1/models, GET /health (503 until the model is loaded, 200 when ready), GET /metrics.
+Concurrent requests are decoded together (continuous batching); `stream: true` sends server-sent events.
+Needs the serve extra: pip install 'onnxlm[serve]'.
+
+On SIGTERM/SIGINT the server stops taking requests (503), lets those in flight finish (up to --shutdown-timeout
+seconds) and exits.
+
+examples:
+  onnxlm serve models/smollm2 --port 8000
+  curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+       -d '{"prompt": "The capital of France is", "max_tokens": 10, "temperature": 0}'
+"""
+
+
+def add_parser(sub) -> None:
+    p = command_parser(sub, "serve", help="OpenAI-compatible HTTP server", description=DESCRIPTION)
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=os.environ.get("ONNXLM_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $ONNXLM_API_KEY; none: open)")
+    p.add_argument("--model-name", default=None, metavar="NAME",
+                   help="the model id clients send and /v1/models lists (default: the directory's name)")
+    p.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
+                   help="rows decoded together at most (default: 32)")
+    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests that may wait beyond --max-batch; more get 429 (default: 64)")
+    p.add_argument("--max-tokens", type=positive_int, default=1024, metavar="N",
+                   help="the largest max_tokens a request may ask for (default: 1024)")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=None, metavar="N",
+                   help="the longest prompt accepted, in tokens (default: the model's context)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds in-flight requests get to finish after SIGTERM (default: 30)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        import sse_starlette  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise OnnxlmError(f"onnxlm serve needs the serve extra ({exc.name} is missing): "
+                          "pip install 'onnxlm[serve]'") from None
+    from onnxlm.runtime import load
+
+    from .serve.app import ServeConfig, create_app
+
+    path = Path(args.model_dir)
+    if not path.is_dir():
+        raise ModelFileError(f"{path}: not a model directory", str(path))
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = ServeConfig(model_name=args.model_name or path.resolve().name, api_key=args.api_key,
+                         max_rows=args.max_batch, max_queue=max(0, args.max_queue), max_tokens=args.max_tokens,
+                         max_prompt_tokens=args.max_prompt_tokens)
+    app = create_app(lambda: load(path, provider=args.provider, threads=args.threads, verify=args.verify), config)
+    state = app.state.serve
+    server = draining_server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                            timeout_graceful_shutdown=5), state, args.shutdown_timeout)
+    threading.Thread(target=_exit_on_load_error, args=(server, state), daemon=True).start()
+    server.run()
+    if state.engine.load_error is not None:
+        raise OnnxlmError(f"loading {path} failed: {state.engine.load_error}")
+    return 0
+
+
+def _exit_on_load_error(server, state) -> None:
+    state.engine.ready.wait()
+    if state.engine.load_error is not None:
+        server.should_exit = True
+
+
+def draining_server(uvicorn_config, state, timeout: float):
+    """uvicorn's server with a graceful drain: the first SIGTERM/SIGINT makes new requests get 503 and waits (up to
+    ``timeout`` s) for the in-flight ones before uvicorn shuts down; a second signal exits at once."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            if state.draining:  # a second signal: stop now
+                self.should_exit = self.force_exit = True
+                return
+            state.draining = True
+            logging.getLogger("onnxlm.serve").info("signal %s: draining %d requests in flight",
+                                                   signal.Signals(sig).name, state.in_flight)
+            threading.Thread(target=self._drain, daemon=True).start()
+
+        def _drain(self) -> None:
+            end = time.monotonic() + timeout
+            while state.in_flight > 0 and time.monotonic() < end:
+                time.sleep(0.05)
+            self.should_exit = True
+
+    return DrainingServer(uvicorn_config)

@@ -1,0 +1,161 @@
+"""The engine thread: the one owner of the model and of the continuous-batching scheduler.
+
+The event loop never runs the model. Handlers hand the engine a scheduler ``Request`` (``submit``) or a function
+of the model (``call``: beam search, prompt scoring for ``echo``), and receive what it produces through an
+``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``. Between decoding steps the engine takes new work, so new
+requests join the running batch at the next step, and cancelled ones leave it at the next step.
+
+A forward pass that raises (an onnxruntime failure) fails the requests of the batch it ran for (their state is
+unusable) and nothing else: the engine goes on with the requests still waiting and with new ones.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from typing import Callable
+
+from onnxlm.runtime.decoding.scheduler import Request, Scheduler
+
+log = logging.getLogger("onnxlm.serve")
+
+
+
+class Engine:
+    """Loads the model in its thread (``ready`` is set after), then runs submitted work until ``stop``."""
+
+    def __init__(self, loader: Callable[[], object], *, max_rows: int = 32):
+        self.loader, self.max_rows = loader, max_rows
+        self.inbox: queue.Queue = queue.Queue()
+        self.model = None
+        self.ready = threading.Event()
+        self.load_error: BaseException | None = None
+        self.scheduler: Scheduler | None = None
+        self._sinks: dict[int, Callable] = {}
+        self._stopping = False
+        self.steps = 0
+        self.thread = threading.Thread(target=self._main, name="onnxlm-engine", daemon=True)
+
+    def start(self) -> "Engine":
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        self.inbox.put(None)
+        self.thread.join(timeout)
+
+    # ------------------------------------------------------------------ called from the event loop
+    def submit(self, req: Request, loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag=None) -> None:
+        """Queue a scheduler request; (tag, kind, payload) items arrive on ``out``: ("events", [TokenEvent]),
+        then ("done", req) (payload None: cancelled) or ("error", exc)."""
+        self.inbox.put(("request", req, _sink(loop, out, tag)))
+
+    def call(self, fn: Callable, loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag=None) -> None:
+        """Run fn(model) on the engine thread between steps; (tag, "result", value) or (tag, "error", exc) arrives
+        on ``out``."""
+        self.inbox.put(("call", fn, _sink(loop, out, tag)))
+
+    def cancel(self, req: Request) -> None:
+        """The request's rows leave the batch at the next step (its client went away)."""
+        req.cancelled = True
+        self.inbox.put(None)  # wake an idle engine
+
+    def stats(self) -> dict:
+        s = self.scheduler
+        return {"running_rows": len(s.rows) if s else 0, "waiting_requests": len(s.waiting) if s else 0,
+                "steps": self.steps}
+
+    # ------------------------------------------------------------------ the engine thread
+    def _main(self) -> None:
+        try:
+            self.model = self.loader()
+            self.scheduler = Scheduler(self.model, max_rows=self.max_rows)
+        except BaseException as exc:  # noqa: BLE001 - reported through /health and the CLI
+            self.load_error = exc
+            log.error("loading the model failed: %s", exc)
+            return
+        finally:
+            self.ready.set()
+        while not self._stopping:
+            self._take_work(block=not self.scheduler.busy)
+            if self.scheduler.busy:
+                self._step()
+
+    def _take_work(self, block: bool) -> None:
+        """Move inbox items into the scheduler (or run calls); wait for one when idle."""
+        try:
+            item = self.inbox.get(timeout=0.5) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        while item is not None or not self.inbox.empty():
+            if item is not None:
+                self._take(item)
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+
+    def _take(self, item) -> None:
+        kind, what, sink = item
+        if kind == "call":
+            try:
+                sink(("result", what(self.model)))
+            except Exception as exc:  # noqa: BLE001 - handed to the request's handler
+                log.exception("engine call failed")
+                sink(("error", exc))
+            return
+        if what.cancelled:
+            sink(("done", what))
+            return
+        try:
+            self.scheduler.add(what)
+        except Exception as exc:  # noqa: BLE001 - checked by the handler first; anything left is its error
+            sink(("error", exc))
+            return
+        self._sinks[id(what)] = sink
+
+    def _step(self) -> None:
+        sched = self.scheduler
+        try:
+            produced = sched.step()
+        except Exception as exc:  # noqa: BLE001 - e.g. onnxruntime failing mid-decode
+            log.exception("a decoding step failed; failing the %d requests of the batch", len(sched.requests))
+            for req in sched.abort_all():
+                self._finish(req, ("error", exc))
+            return
+        finally:
+            self.steps += 1
+        for req in sched.failed:
+            log.error("prefill failed: %s", req.error)
+            self._finish(req, ("error", req.error))
+        sched.failed.clear()
+        for req, events in produced:
+            sink = self._sinks.get(id(req))
+            if sink is not None and events:
+                sink(("events", events))
+            if req.done:
+                self._finish(req, ("done", req))
+        self._forget_cancelled()
+
+    def _forget_cancelled(self) -> None:
+        """Cancelled requests that left (queue or batch) get their final message and are forgotten."""
+        live = {id(r) for r in self.scheduler.requests} | {id(r) for r in self.scheduler.waiting}
+        for key in [k for k in self._sinks if k not in live]:
+            self._sinks.pop(key)(("done", None))
+
+    def _finish(self, req: Request, message) -> None:
+        sink = self._sinks.pop(id(req), None)
+        if sink is not None:
+            sink(message)
+
+
+def _sink(loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag) -> Callable:
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(out.put_nowait, (tag, *item))
+        except RuntimeError:  # the loop is closed (server shutting down): nobody listens any more
+            pass
+    return put
+

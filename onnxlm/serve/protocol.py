@@ -1,0 +1,251 @@
+"""OpenAI request bodies -> checked parameters; every user mistake is an ``APIError`` with status 400 (or 401/404/
+429/503) and OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``, never a 500.
+
+Field names and ranges are OpenAI's (``/v1/completions``, ``/v1/chat/completions``); ``top_k``,
+``repetition_penalty`` and ``num_beams`` are extensions (vLLM's names).
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+
+MAX_STOP = 4  # OpenAI: up to 4 stop sequences
+MAX_LOGPROBS_COMPLETIONS = 5  # OpenAI: logprobs <= 5 on /v1/completions
+MAX_TOP_LOGPROBS_CHAT = 20  # OpenAI: top_logprobs <= 20 on /v1/chat/completions
+MAX_PROMPTS = 32  # prompts in one /v1/completions list
+
+
+class APIError(Exception):
+    """An HTTP error with OpenAI's body."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad(param: str | None, message: str, code: str | None = None) -> APIError:
+    return APIError(400, f"{param}: {message}" if param else message, param=param, code=code)
+
+
+def parse_body(raw: bytes, content_type: str | None) -> dict:
+    """The request's bytes and Content-Type -> the JSON object (400 for anything else)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise bad(None, f"Content-Type must be application/json, got {content_type or 'none'!r}")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad(None, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad(None, f"the body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _get_int(body: dict, name: str, default, lo: int | None = None, hi: int | None = None):
+    v = body.get(name)
+    if v is None:
+        return default
+    if not _is_int(v):
+        raise bad(name, f"expected an integer, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        allowed = f"{lo} <= {name} <= {hi}" if hi is not None else f"{name} >= {lo}"
+        raise bad(name, f"got {v}; allowed: {allowed}")
+    return int(v)
+
+
+def _get_num(body: dict, name: str, default, lo: float, hi: float | None, lo_open: bool = False):
+    v = body.get(name)
+    if v is None:
+        return default
+    if not _is_num(v) or not math.isfinite(v):
+        raise bad(name, f"expected a finite number, got {v!r}")
+    if (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
+        left = "(" if lo_open else "["
+        raise bad(name, f"got {v}; allowed: {left}{lo}, {hi if hi is not None else 'inf'}]")
+    return float(v)
+
+
+def _get_bool(body: dict, name: str, default: bool) -> bool:
+    v = body.get(name)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise bad(name, f"expected true or false, got {v!r}")
+    return v
+
+
+@dataclass
+class Sampling:
+    """Parameters shared by both endpoints, checked."""
+
+    max_tokens: int | None
+    temperature: float
+    top_p: float
+    n: int
+    stop: list[str]
+    seed: int | None
+    stream: bool
+    include_usage: bool
+    presence_penalty: float
+    frequency_penalty: float
+    top_k: int
+    repetition_penalty: float
+    num_beams: int
+    logprobs: int | None  # top alternatives per token; None: no logprobs
+    extra: dict = field(default_factory=dict)
+
+    def generation_params(self, max_new_tokens: int) -> dict:
+        """-> onnxlm generate() parameters (transformers names). OpenAI defaults, not the artifact's warpers."""
+        sample = self.temperature > 0
+        p = {"max_new_tokens": max_new_tokens, "do_sample": sample, "num_beams": self.num_beams,
+             "repetition_penalty": self.repetition_penalty, "top_k": self.top_k or None,
+             "top_p": self.top_p, "min_p": None, "typical_p": 1.0, "no_repeat_ngram_size": 0,
+             "stop_strings": self.stop or None, "temperature": self.temperature if sample else 1.0,
+             "seed": self.seed if sample else None,
+             "num_return_sequences": self.n}
+        if self.num_beams > 1:
+            p["early_stopping"] = True
+        return p
+
+
+COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
+          "presence_penalty", "frequency_penalty", "top_k", "repetition_penalty", "num_beams", "user", "logit_bias"}
+COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
+CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
+
+
+def check_keys(body: dict, allowed: set) -> None:
+    unknown = sorted(k for k in body if k not in allowed)
+    if unknown:
+        raise bad(unknown[0], f"unrecognized request argument {unknown[0]!r}; supported: {', '.join(sorted(allowed))}")
+    if body.get("logit_bias") not in (None, {}):
+        raise bad("logit_bias", "not supported by this server (send null or {})")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise bad("user", "expected a string")
+
+
+def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
+    """The sampling parameters of either endpoint, checked (400 naming the parameter)."""
+    name = "max_tokens"
+    if chat and body.get("max_completion_tokens") is not None:
+        name = "max_completion_tokens"
+    echo = not chat and body.get("echo") is True
+    max_tokens = _get_int(body, name, None if chat else 16, lo=0 if echo else 1, hi=max_tokens_cap)
+    temperature = _get_num(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _get_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True)
+    n = _get_int(body, "n", 1, lo=1, hi=16)
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
+        raise bad("stop", f"expected a non-empty string or a list of up to {MAX_STOP} non-empty strings")
+    seed = _get_int(body, "seed", None, lo=0, hi=2**63 - 1)
+    stream = _get_bool(body, "stream", False)
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise bad("stream_options", "only allowed when stream is true")
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise bad("stream_options", 'expected {"include_usage": true|false}')
+    include_usage = bool(options and _get_bool(options, "include_usage", False))
+    presence = _get_num(body, "presence_penalty", 0.0, -2.0, 2.0)
+    frequency = _get_num(body, "frequency_penalty", 0.0, -2.0, 2.0)
+    top_k = _get_int(body, "top_k", 0, lo=0)
+    repetition = _get_num(body, "repetition_penalty", 1.0, 0.0, None, lo_open=True)
+    num_beams = _get_int(body, "num_beams", 1, lo=1, hi=16)
+    if chat:
+        want = _get_bool(body, "logprobs", False)
+        top = _get_int(body, "top_logprobs", None, lo=0, hi=MAX_TOP_LOGPROBS_CHAT)
+        if top is not None and not want:
+            raise bad("top_logprobs", "requires logprobs: true")
+        logprobs = (top or 0) if want else None
+    else:
+        logprobs = _get_int(body, "logprobs", None, lo=0, hi=MAX_LOGPROBS_COMPLETIONS)
+        if body.get("suffix") is not None:
+            raise bad("suffix", "not supported by this server")
+        if body.get("best_of") is not None and body.get("best_of") != n:
+            raise bad("best_of", "only best_of == n is supported")
+    if temperature == 0 and n > 1 and num_beams == 1:
+        raise bad("n", f"got {n}; greedy decoding (temperature 0) gives one answer: use n=1, a temperature > 0, "
+                       "or num_beams >= n")
+    if num_beams > 1:
+        if n > num_beams:
+            raise bad("n", f"got {n}; with beam search n <= num_beams ({num_beams})")
+        if stream:
+            raise bad("stream", "streaming is available without beam search only (num_beams=1)")
+        if logprobs is not None:
+            raise bad("logprobs", "not available with beam search (num_beams > 1)")
+        if presence or frequency:
+            raise bad("presence_penalty", "presence/frequency penalties are not available with beam search")
+    return Sampling(max_tokens, temperature, top_p, n, stop, seed, stream, include_usage, presence, frequency,
+                    top_k, repetition, num_beams, logprobs)
+
+
+def prompts(body: dict, vocab_size: int) -> list[str | list[int]]:
+    """/v1/completions ``prompt``: a string, a list of strings, a list of token ids or a list of such lists ->
+    the prompts (400 naming bad ids, empty prompts, wrong types)."""
+    p = body.get("prompt")
+    if p is None:
+        raise bad("prompt", "required: a string, a list of strings, or token ids")
+    if isinstance(p, str):
+        items = [p]
+    elif isinstance(p, list) and p and all(_is_int(i) for i in p):
+        items = [p]
+    elif isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p):
+        items = p
+    else:
+        raise bad("prompt", "expected a non-empty string, a list of strings, a list of token ids or a list of "
+                            "token-id lists")
+    if len(items) > MAX_PROMPTS:
+        raise bad("prompt", f"{len(items)} prompts; at most {MAX_PROMPTS} per request")
+    for x in items:
+        if isinstance(x, str):
+            if not x:
+                raise bad("prompt", "a prompt is empty")
+            continue
+        if not x or not all(_is_int(i) for i in x):
+            raise bad("prompt", "a token-id prompt must be a non-empty list of integers")
+        wrong = sorted({int(i) for i in x if i < 0 or i >= vocab_size})
+        if wrong:
+            raise bad("prompt", f"token ids {wrong[:20]} are out of range; allowed: 0 <= id < {vocab_size}")
+    return items
+
+
+def messages(body: dict) -> list[dict]:
+    """/v1/chat/completions ``messages`` -> [{'role', 'content'}] with string content (text parts joined)."""
+    ms = body.get("messages")
+    if not isinstance(ms, list) or not ms:
+        raise bad("messages", "required: a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(ms):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise bad(where, "expected an object with role and content")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise bad(f"{where}.role", f"expected a non-empty string, got {role!r}")
+        if isinstance(content, list):  # content parts: text only
+            if not all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+                       for c in content):
+                raise bad(f"{where}.content", "only text parts ({\"type\": \"text\", \"text\": ...}) are supported")
+            content = "".join(c["text"] for c in content)
+        if not isinstance(content, str):
+            raise bad(f"{where}.content", f"expected a string or a list of text parts, got {type(content).__name__}")
+        out.append({"role": role, "content": content})
+    return out

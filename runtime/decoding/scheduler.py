@@ -1,0 +1,341 @@
+"""Continuous batching: requests join and leave one running batch between decoding steps.
+
+A request is one prompt with its own GenerationConfig (greedy or sampling, ``num_return_sequences`` rows). ``add``
+queues it; each ``step``:
+
+1. feeds the tokens picked at the previous step to the rows still generating (one forward pass, ``state.advance``);
+2. admits waiting requests while the batch has room: they are prefilled together (one ``model.start`` on their
+   prompts, left padded; each row then repeated n times as ``LanguageModel._start_expanded`` does) and that state
+   joins the running one through the state class's ``concat`` (plain layout: the shorter rows left padded and
+   masked; fused layout: rows copied into buffers that hold the longest one), so rows of different lengths share
+   the batch and keep their own positions;
+3. picks one token for every active row with that request's own processors, sampling parameters and random stream
+   (one ``np.random.default_rng(seed)`` per request, drawing one uniform per row of the request per step, finished
+   rows included, exactly as the solo loop ``sample_steps`` draws), decides which rows finish (eos, stop string,
+   length) as ``sample_steps`` does, and reports the tokens;
+4. drops finished rows from the state at once (``state.select``); cancelled requests' rows are dropped at the
+   start of the next step, before its forward pass.
+
+So each request's ids are what ``model.generate`` gives for it alone (greedy: identical ids, up to the float
+reduction order of a different batch shape; sampling with a seed: the same draws).
+
+Seq2seq states have no ``concat`` (the decoder self-attention of the merged graph takes no mask, so rows of
+different decoder lengths cannot share a batch): an encoder-decoder request is admitted only into an empty batch,
+so seq2seq requests are served one at a time (each with all its n rows). Beam search is not scheduled here:
+callers run ``model.generate(num_beams=...)`` on its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ParameterError
+from ..generation_config import GenerationConfig
+from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens
+from ..streaming import IncrementalText
+from ..tokenizer import pad_batch
+
+
+@dataclass
+class TokenEvent:
+    """One new token of one row: row (0..n-1 within its request), token id, text increment (streaming: joins to the
+    final text), finished (the row ends here), reason ('eos' | 'stop' | 'length' | None), logprob of the token
+    under the raw logits and the top ``logprobs`` alternatives [(id, logprob)] (when the request asked)."""
+
+    row: int
+    token_id: int
+    text: str
+    finished: bool = False
+    reason: str | None = None
+    logprob: float | None = None
+    top_logprobs: list | None = None
+
+
+@dataclass
+class Request:
+    """A request in the scheduler: prompt ids [t], its resolved config and, once admitted, its rows' progress.
+    ``logprobs``: top alternatives reported per token (None: no logprobs). ``extra_processors`` run before the
+    config's processors (e.g. OpenAI's presence/frequency penalties)."""
+
+    ids: list[int]
+    config: GenerationConfig
+    logprobs: int | None = None
+    extra_processors: list = field(default_factory=list)
+    # set by the scheduler
+    n: int = 1
+    t0: int = 0  # ids before the first new one (causal: the prompt; seq2seq: the start token)
+    error: BaseException | None = None  # set when the request failed inside the model
+    cancelled: bool = False
+    done: bool = False
+    sequences: np.ndarray | None = None  # [n, t0 + steps] int64, all rows (finished rows get pad, as the solo loop)
+    active: np.ndarray | None = None  # [n] bool
+    new_ids: list = field(default_factory=list)  # per row: new ids so far
+    reasons: list = field(default_factory=list)  # per row: finish reason or None
+    final_text: list = field(default_factory=list)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.ids)
+
+
+class _Uniforms:
+    """Stands in for a Generator in ``sample_tokens``: returns uniforms already drawn (one per active row)."""
+
+    def __init__(self, u: np.ndarray):
+        self.u = u
+
+    def random(self, n: int) -> np.ndarray:
+        return self.u[:n]
+
+
+class _Run:
+    """Per-request decoding objects (processors, rng, stop check, text streams) made at admission."""
+
+    def __init__(self, model, req: Request, t0: int, max_length: int):
+        c = req.config
+        self.processors = build_processors(c, input_length=t0, max_length=max_length,
+                                           is_encoder_decoder=model.is_encoder_decoder)
+        self.extra = list(req.extra_processors)
+        self.rng = np.random.default_rng(c.seed) if c.do_sample else None
+        self.eos = np.asarray(c.eos_token_ids, dtype=np.int64)
+        self.pad = model.pad_for(c)
+        self.max_length = max_length
+        self.stop_check = model._stop_check(c)
+        hold = max((len(s) for s in _stop_list(c)), default=1) - 1
+        tok = model.tokenizer.tokenizer if model.tokenizer is not None else None
+        self.streams = [IncrementalText(tok, hold=hold) for _ in range(req.n)]
+
+    def scores(self, sequences: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """sequences [k, t] int64, logits [k, V] float32 -> processed scores [k, V] float32."""
+        for p in self.extra:
+            logits = p(sequences, logits)
+        return self.processors(sequences, logits)
+
+
+class Scheduler:
+    """Runs many requests on one model: ``add`` queues, ``step`` advances every admitted row by one token.
+    Not thread-safe: one thread owns it (the server's engine thread)."""
+
+    def __init__(self, model, max_rows: int = 32):
+        if not isinstance(max_rows, int) or max_rows < 1:
+            raise ParameterError("max_rows", f"got {max_rows!r}; must be an integer >= 1")
+        self.model, self.max_rows = model, max_rows
+        self.waiting: list[Request] = []
+        self.requests: list[Request] = []  # admitted, in batch order
+        self.rows: list[tuple[Request, int]] = []  # state row -> (request, row within it)
+        self.state = None
+        self.logits: np.ndarray | None = None  # [len(rows), V] next-token logits of every state row
+        self._runs: dict[int, _Run] = {}
+        self._positions: dict = {}
+        self._next: np.ndarray | None = None  # tokens picked for the rows, not yet fed (the next step feeds them)
+        self.failed: list[Request] = []  # requests whose prefill raised (req.error); the caller empties it
+
+    # ------------------------------------------------------------------ queue
+    def prepare(self, req: Request) -> Request:
+        """Check a request before it is queued (raises InputError/ParameterError): ids in the vocabulary, lengths
+        within the model's positions, config valid. Sets ``req.n``."""
+        c = req.config
+        if c.num_beams > 1:
+            raise ParameterError("num_beams", "the scheduler runs greedy and sampling only; run beam search alone")
+        ids, _ = self.model._check_ids(np.asarray([req.ids], dtype=np.int64), None)
+        self.model._lengths(c, self.model.initial_sequences(ids).shape[1])  # max_length within positions
+        req.n = c.num_return_sequences if c.do_sample else 1
+        if req.n > self.max_rows:
+            raise ParameterError("num_return_sequences", f"got {req.n}; this scheduler runs at most {self.max_rows} "
+                                 "rows at once")
+        return req
+
+    def add(self, req: Request) -> Request:
+        """Queue a request (checked by ``prepare``); it is prefilled and joins the batch at a coming ``step``."""
+        self.waiting.append(self.prepare(req))
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """Mark a request cancelled: it leaves the queue, or its rows leave the batch at the next step."""
+        req.cancelled = True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.rows)
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> list[tuple[Request, list[TokenEvent]]]:
+        """Advance the rows that go on (the forward pass of the tokens picked last step), admit waiting requests,
+        pick one token per active row and drop the rows that finished. -> per request that produced tokens, its
+        TokenEvents (a request whose rows all finished has ``done`` set). A token is reported before the forward
+        pass that consumes it, so a client sees it one pass earlier."""
+        self._drop_cancelled()
+        if self._next is not None:  # one forward pass for every row still generating
+            tokens, self._next = self._next, None
+            self.logits = self.state.advance(tokens)
+        self._admit()
+        if not self.rows:
+            return []
+        out, keep, next_tokens = [], [], []
+        for req in self.requests:
+            events, tokens = self._pick(req)
+            out.append((req, events))
+            for r, tok in zip(np.flatnonzero(req.active), tokens):
+                keep.append(self._row_index(req, int(r)))
+                next_tokens.append(tok)
+        self._retain(keep)
+        if self.rows:
+            self._next = np.asarray(next_tokens, dtype=np.int64)  # [len(rows)], fed at the next step
+        return out
+
+    def _row_index(self, req: Request, r: int) -> int:
+        return self._positions[(id(req), r)]
+
+    def _pick(self, req: Request) -> tuple[list[TokenEvent], list[int]]:
+        """Choose the next token of every active row of req (as sample_steps does) -> events, and the tokens of the
+        rows that go on generating."""
+        run = self._runs[id(req)]
+        rows = np.flatnonzero(req.active)
+        logits = self.logits[[self._row_index(req, int(r)) for r in rows]]  # [k, V]
+        scores = run.scores(req.sequences[rows], logits)                   # [k, V] processed scores
+        if run.rng is not None:  # the solo loop draws one uniform per row of the request, finished rows too
+            u = run.rng.random(req.n)
+            chosen = sample_tokens(scores, _Uniforms(u[rows]))
+        else:
+            chosen = greedy_tokens(scores)
+        tokens = np.full(req.n, run.pad if run.eos.size else 0, np.int64)
+        tokens[rows] = chosen
+        if not run.eos.size:  # finished rows keep their last token without an EOS criterion, as sample_steps
+            tokens[~req.active] = req.sequences[~req.active, -1]
+        req.sequences = np.concatenate([req.sequences, tokens[:, None]], axis=1)
+        stops = run.stop_check(req.sequences[rows]) if run.stop_check is not None else np.zeros(len(rows), bool)
+        logp = log_softmax(logits) if req.logprobs is not None else None
+        events, going = [], []
+        for k, r in enumerate(rows):
+            tok = int(tokens[r])
+            req.new_ids[r].append(tok)
+            reason = ("eos" if tok in run.eos else "stop" if stops[k]
+                      else "length" if req.sequences.shape[1] >= run.max_length else None)
+            ev = TokenEvent(int(r), tok, "", reason is not None, reason)
+            if logp is not None:
+                ev.logprob = float(logp[k, tok])
+                if req.logprobs:
+                    top = np.argpartition(-logp[k], req.logprobs - 1)[:req.logprobs]
+                    top = top[np.lexsort((top, -logp[k, top]))]  # descending, lower id first on ties
+                    ev.top_logprobs = [(int(i), float(logp[k, i])) for i in top]
+            if reason is not None:
+                req.reasons[r] = reason
+                req.final_text[r] = self.model._finish_text(req.new_ids[r], req.config, reason,
+                                                            req.sequences[r, :req.t0])
+                ev.text = run.streams[r].finish(req.final_text[r])
+                req.active[r] = False
+            else:
+                ev.text = run.streams[r].push(tok)
+                going.append(tok)
+            events.append(ev)
+        if not req.active.any():
+            req.done = True
+        return events, going
+
+    # ------------------------------------------------------------------ batch membership
+    def _admit(self) -> None:
+        """Take waiting requests while rows are free, prefill them together (one left-padded ``start``, each row
+        then repeated n times as ``_start_expanded`` does) and join that state to the running one."""
+        room, batch = self.max_rows - len(self.rows), []
+        while self.waiting:
+            req = self.waiting[0]
+            if req.cancelled:
+                self.waiting.pop(0)
+                req.done = True
+                continue
+            if (self.rows or batch) and (req.n > room or self._alone(req)):
+                break
+            batch.append(self.waiting.pop(0))
+            room -= req.n
+            if self._alone(req):  # seq2seq: one request at a time
+                break
+        if not batch:
+            return
+        try:  # a failure here fails these requests only (the running batch is untouched)
+            state, first = self._prefill(batch)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
+            for req in batch:
+                req.error, req.done = exc, True
+                self.failed.append(req)
+            return
+        for req in batch:
+            sequences = np.repeat(self.model.initial_sequences(np.asarray([req.ids], np.int64)), req.n, axis=0)
+            _, max_len = self.model._lengths(req.config, sequences.shape[1])
+            req.t0, req.sequences, req.active = sequences.shape[1], sequences, np.ones(req.n, bool)
+            req.new_ids, req.reasons = [[] for _ in range(req.n)], [None] * req.n
+            req.final_text = [None] * req.n
+            self._runs[id(req)] = _Run(self.model, req, req.t0, max_len)
+            self.requests.append(req)
+            self.rows += [(req, r) for r in range(req.n)]
+        if self.state is not None:
+            state, first = type(self.state).concat([self.state, state]), np.concatenate([self.logits, first])
+        self.state, self.logits = state, first
+        self._index()
+
+    def _prefill(self, batch: list[Request]):
+        """Requests -> (state, next-token logits [sum n, V]): one ``model.start`` on their prompts (left padded),
+        rows repeated n times per request."""
+        ids, mask = pad_batch([r.ids for r in batch], self.model.pad_id, side="left")
+        state, logits = self.model.start(ids, mask)
+        rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
+        if len(rows) != len(batch):
+            state.select(rows)
+            logits = logits[rows]
+        return state, logits
+
+    def _alone(self, req: Request) -> bool:
+        return bool(self.model.is_encoder_decoder)
+
+    def _drop_cancelled(self) -> None:
+        """Cancelled requests leave: their rows are dropped from the state before anything runs."""
+        self.waiting = [r for r in self.waiting if not (r.cancelled and _mark_done(r))]
+        if any(req.cancelled for req in self.requests):
+            for req in self.requests:
+                if req.cancelled:
+                    req.active[:] = False
+                    req.done = True
+            self._retain([i for i, (req, r) in enumerate(self.rows) if req.active[r]])
+
+    def _retain(self, keep: list[int]) -> None:
+        """Keep only state rows ``keep`` (in that order); requests with no row left are forgotten."""
+        if len(keep) == len(self.rows) and keep == list(range(len(self.rows))):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        if self.rows:
+            self.state.select(np.asarray(keep, dtype=np.int64))
+            self.logits = self.logits[keep]
+            if self._next is not None:
+                self._next = self._next[keep]
+        else:
+            self.state, self.logits, self._next = None, None, None
+        alive = {id(req) for req, _ in self.rows}
+        for req in self.requests:
+            if id(req) not in alive:
+                self._runs.pop(id(req), None)
+        self.requests = [req for req in self.requests if id(req) in alive]
+        self._index()
+
+    def _index(self) -> None:
+        self._positions = {(id(req), r): i for i, (req, r) in enumerate(self.rows)}
+
+    def abort_all(self) -> list[Request]:
+        """Forget the running batch (after a failed forward pass its state is unusable) -> the requests it held."""
+        failed = list(self.requests)
+        for req in failed:
+            req.done = True
+        self.requests, self.rows, self.state, self.logits, self._runs = [], [], None, None, {}
+        self._next = None
+        self._index()
+        return failed
+
+
+def _mark_done(req: Request) -> bool:
+    req.done = True
+    return True
+
+
+def _stop_list(config: GenerationConfig) -> list[str]:
+    s = config.stop_strings
+    return [] if not s else [s] if isinstance(s, str) else list(s)
+

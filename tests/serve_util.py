@@ -1,0 +1,93 @@
+"""Helpers of the server tests: a live server in a thread, raw HTTP, SSE parsing, solo-answer comparison."""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+import httpx
+import numpy as np
+
+from onnxlm.runtime.processors import log_softmax
+
+TIE = 1e-5  # a top-2 logit gap below this is a numerical tie: a different answer there is reported, not failed
+
+
+class Live:
+    """A running server: base URL, the app's state, and a way to stop it."""
+
+    def __init__(self, app, server, thread, port):
+        self.app, self.server, self.thread, self.port = app, server, thread, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.state = app.state.serve
+
+    @property
+    def model(self):
+        return self.state.engine.model
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def start(loader, **config) -> Live:
+    from onnxlm.serve.app import ServeConfig, create_app, start_in_thread
+    app = create_app(loader, ServeConfig(**{"model_name": "tiny", **config}))
+    server, thread, port = start_in_thread(app)
+    return Live(app, server, thread, port)
+
+
+def wait_health(url: str, status: int = 200, timeout: float = 30) -> dict:
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            r = httpx.get(url + "/health", timeout=2)
+            if r.status_code == status:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > end:
+            raise AssertionError(f"{url}/health never answered {status}")
+        time.sleep(0.05)
+
+
+def post(url: str, path: str, body, **kw) -> httpx.Response:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(url + path, content=content, headers=headers, timeout=kw.pop("timeout", 30), **kw)
+
+
+def sse_events(url: str, path: str, body: dict, headers=None) -> list:
+    """POST a streaming request -> the data payloads in order (JSON objects, and the final '[DONE]' string)."""
+    out = []
+    with httpx.stream("POST", url + path, json=body, headers=headers or {}, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                data = line[5:].strip()
+                out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def wait_idle(url: str, timeout: float = 5.0) -> dict:
+    """Poll /metrics until nothing is in flight and no row is running -> the last metrics."""
+    end = time.monotonic() + timeout
+    while True:
+        m = httpx.get(url + "/metrics", timeout=2).json()
+        if m["in_flight"] == 0 and m["running_rows"] == 0 and m["waiting_requests"] == 0:
+            return m
+        if time.monotonic() > end:
+            raise AssertionError(f"the server is not idle after {timeout} s: {m}")
+        time.sleep(0.05)
+
+
+def same_or_tie(model, prompt_ids: list[int], solo_ids: list[int], got_text: str, solo_text: str, what: str) -> None:
+    """A concurrent answer must equal the solo one; where it differs, the greedy path must pass through a top-2
+    logit gap < TIE (a numerical tie, reported as a warning), else it fails."""
+    if got_text == solo_text:
+        return
+    logits = model.logits(np.asarray([prompt_ids + solo_ids], np.int64))[0, len(prompt_ids) - 1:-1]  # [n, V]
+    top2 = np.sort(log_softmax(logits), axis=-1)[:, -2:]
+    gap = float((top2[:, 1] - top2[:, 0]).min())
+    assert gap < TIE, f"{what}: {got_text!r} != solo {solo_text!r} and the smallest top-2 gap is {gap:.2e}"
+    warnings.warn(f"{what}: a numerical tie (top-2 gap {gap:.1e}) changed the answer; reported, not failed")

@@ -1,0 +1,393 @@
+"""The OpenAI-compatible server against a live instance on 127.0.0.1 (uvicorn in a thread, the tiny llama with its
+chat template), driven by the official ``openai`` client and raw HTTP (issue 10's reliability list)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+openai = pytest.importorskip("openai", reason="the server tests need the test extra (openai)")
+pytest.importorskip("starlette", reason="the server tests need the serve extra")
+
+import onnxlm  # noqa: E402
+from serve_util import post, same_or_tie, sse_events, start, wait_health, wait_idle  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPTS = ["Hello there", "The quick brown fox", "a", "Once upon a time in a land far away", "1 2 3 4 5",
+           "xyz xyz", "What is ONNX?", "zebra", "Q: why?\nA:", "cats and dogs", "0", "abc def ghi jkl"]
+
+
+@pytest.fixture(scope="module")
+def live(tiny_llama):
+    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), max_rows=32, max_queue=64, max_tokens=128)
+    wait_health(srv.url)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def _greedy(client, prompt, max_tokens=12, **kw):
+    return client.completions.create(model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------- basics
+def test_health_models_and_help(live, client):
+    h = wait_health(live.url)
+    assert h["status"] == "ok" and h["in_flight"] == 0
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    from onnxlm.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    assert exc.value.code == 0
+
+
+def test_completion_equals_generate(live, client):
+    r = _greedy(client, "Hello there", max_tokens=10)
+    solo = live.model.generate("Hello there", max_new_tokens=10, do_sample=False)
+    assert r.choices[0].text == solo.text[0]
+    assert r.choices[0].finish_reason == {"eos": "stop", "length": "length"}[solo.finish_reasons[0]]
+    assert r.usage.prompt_tokens == len(live.model.tokenizer.encode("Hello there"))
+    assert r.usage.completion_tokens == len(solo.new_tokens[0])
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+
+
+def test_chat_equals_model_chat(live, client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=9, temperature=0)
+    solo = live.model.chat(messages, max_new_tokens=9, do_sample=False)
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == solo.text[0]
+    assert r.usage.prompt_tokens == len(live.model.render_chat(messages, tokenize=True))
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_stream_equals_non_stream(live, path):
+    """temperature 0: the streamed text equals the non-streamed one, exactly one finish_reason per choice, the
+    stream ends with [DONE], usage adds up."""
+    body = {"max_tokens": 20, "temperature": 0, "stop": ["\n\n"]}
+    body.update({"prompt": "Q: why?\nA:"} if "chat" not in path else
+                {"messages": [{"role": "user", "content": "Tell me a story"}]})
+    whole = post(live.url, path, body).json()
+    events = sse_events(live.url, path, {**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and all("usage" not in c or c["usage"] is None for c in chunks[:-1])
+    if "chat" in path:
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
+        assert text == whole["choices"][0]["message"]["content"]
+    else:
+        text = "".join(c["choices"][0]["text"] for c in chunks[:-1])
+        assert text == whole["choices"][0]["text"]
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"][0]["finish_reason"]]
+    assert reasons == [whole["choices"][0]["finish_reason"]]
+    assert usage == whole["usage"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_openai_client_streams(client):
+    stream = client.completions.create(model="tiny", prompt="Hello there", max_tokens=8, temperature=0, stream=True)
+    text = "".join(c.choices[0].text for c in stream)
+    assert text == _greedy(client, "Hello there", max_tokens=8).choices[0].text
+
+
+def test_stop_cuts_the_text(live, client):
+    full = _greedy(client, "The quick brown fox", max_tokens=24).choices[0].text
+    stop = full[6:8]
+    assert stop and stop not in "The quick brown fox"
+    r = _greedy(client, "The quick brown fox", max_tokens=24, stop=[stop])
+    assert r.choices[0].text == full[:full.find(stop)]
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_logprobs(live, client):
+    model = live.model
+    r = _greedy(client, "Hello there", max_tokens=5, logprobs=3)
+    lp = r.choices[0].logprobs
+    ids = model.tokenizer.encode("Hello there")
+    res = model.generate("Hello there", max_new_tokens=5, do_sample=False, output_logits=True)
+    for k, logits in enumerate(res.logits):
+        ref = np.log(np.exp(logits[0].astype(np.float64) - logits[0].max()).sum()) + logits[0].max()
+        tok = res.new_tokens[0][k]
+        assert abs(lp.token_logprobs[k] - (logits[0][tok] - ref)) < 1e-4
+        assert len(lp.top_logprobs[k]) == 3
+        assert max(lp.top_logprobs[k].values()) == pytest.approx(lp.token_logprobs[k], abs=1e-6)  # greedy: top 1
+    assert len(ids) > 0
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=4, temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens and all(len(c.top_logprobs) == 2 for c in content)
+
+
+def test_echo_prompt_logprobs_are_the_runtime_score(live, client):
+    """echo + logprobs with max_tokens 0: the scoring use case; the prompt's token logprobs are model.score."""
+    r = client.completions.create(model="tiny", prompt="The cat sat on the mat.", max_tokens=0, echo=True,
+                                  logprobs=1, temperature=0)
+    lp = r.choices[0].logprobs
+    sr = live.model.score("The cat sat on the mat.")
+    assert r.choices[0].text == "The cat sat on the mat."
+    assert lp.token_logprobs[0] is None
+    np.testing.assert_allclose(lp.token_logprobs[1:], sr.token_logprobs[0], atol=1e-5)
+    assert r.usage.completion_tokens == 0
+    r2 = client.completions.create(model="tiny", prompt="The cat", max_tokens=3, echo=True, temperature=0)
+    assert r2.choices[0].text == "The cat" + _greedy(client, "The cat", max_tokens=3).choices[0].text
+
+
+def test_token_id_prompts_and_prompt_lists(live, client):
+    ids = live.model.tokenizer.encode("Hello there")
+    by_ids = _greedy(client, ids, max_tokens=6).choices[0].text
+    assert by_ids == _greedy(client, "Hello there", max_tokens=6).choices[0].text
+    r = _greedy(client, ["zebra", "Hello there"], max_tokens=6)
+    assert [c.index for c in r.choices] == [0, 1] and r.choices[1].text == by_ids
+
+
+def test_seed_repeats_and_n_keeps_indices(live, client):
+    kw = dict(model="tiny", prompt="Once upon", max_tokens=10, temperature=1.0, top_p=0.95, n=3)
+    a = client.completions.create(seed=7, **kw)
+    b = client.completions.create(seed=7, **kw)
+    c = client.completions.create(seed=8, **kw)
+    assert [x.index for x in a.choices] == [0, 1, 2]
+    assert [x.text for x in a.choices] == [x.text for x in b.choices]
+    assert [x.text for x in a.choices] != [x.text for x in c.choices]
+    # n = 3 streams keep their indices: each index's pieces join to the non-streamed choice of the same seed
+    texts = {0: "", 1: "", 2: ""}
+    finished = []
+    for chunk in client.completions.create(seed=7, stream=True, **kw):
+        for ch in chunk.choices:
+            texts[ch.index] += ch.text
+            if ch.finish_reason:
+                finished.append(ch.index)
+    assert [texts[i] for i in range(3)] == [x.text for x in a.choices]
+    assert sorted(finished) == [0, 1, 2]
+
+
+def test_penalties_and_extensions(live, client):
+    """presence/frequency penalties (OpenAI's definition) and top_k / repetition_penalty / num_beams extensions:
+    stream and non-stream agree, beam search equals the runtime's beam search."""
+    kw = dict(model="tiny", prompt="aaaa", max_tokens=12, temperature=0, frequency_penalty=1.5,
+              presence_penalty=0.5)
+    plain = _greedy(client, "aaaa", max_tokens=12).choices[0].text
+    pen = client.completions.create(**kw).choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(stream=True, **kw))
+    assert pen == streamed
+    assert pen != plain  # the tiny model repeats itself without the penalty
+    r = client.completions.create(model="tiny", prompt="Hello", max_tokens=6, temperature=0, n=2,
+                                  extra_body={"num_beams": 3})
+    solo = live.model.generate("Hello", max_new_tokens=6, num_beams=3, num_return_sequences=2,
+                               early_stopping=True)
+    assert [c.text for c in r.choices] == solo.text
+    r = client.completions.create(model="tiny", prompt="Hello", max_tokens=6, temperature=0.8, seed=1,
+                                  extra_body={"top_k": 5, "repetition_penalty": 1.2})
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_presence_frequency_processor_definition():
+    from onnxlm.runtime.penalties import PresenceFrequencyPenaltyProcessor
+    p = PresenceFrequencyPenaltyProcessor(0.5, 1.5, prompt_length=2)
+    ids = np.array([[3, 3, 1, 1, 2], [0, 0, 0, 0, 0]])  # prompt [3, 3] does not count
+    out = p(ids, np.zeros((2, 5), np.float32))
+    np.testing.assert_allclose(out[0], [0, -(2 * 1.5 + 0.5), -(1.5 + 0.5), 0, 0])
+    np.testing.assert_allclose(out[1], [-(3 * 1.5 + 0.5), 0, 0, 0, 0])
+
+
+# ---------------------------------------------------------------------------------------------------- bad requests
+BAD = [
+    # (id, path, raw body or dict, headers, status, param)
+    ("not-json", "/v1/completions", b"{not json", None, 400, None),
+    ("string", "/v1/completions", b'"hello"', None, 400, None),
+    ("list", "/v1/completions", b"[1, 2]", None, 400, None),
+    ("int", "/v1/completions", b"42", None, 400, None),
+    ("null", "/v1/completions", b"null", None, 400, None),
+    ("content-type", "/v1/completions", b'{"prompt": "hi"}', {"Content-Type": "text/plain"}, 400, None),
+    ("no-prompt", "/v1/completions", {"max_tokens": 3}, None, 400, "prompt"),
+    ("empty-prompt", "/v1/completions", {"prompt": ""}, None, 400, "prompt"),
+    ("no-messages", "/v1/chat/completions", {"max_tokens": 3}, None, 400, "messages"),
+    ("empty-messages", "/v1/chat/completions", {"messages": []}, None, 400, "messages"),
+    ("role-type", "/v1/chat/completions", {"messages": [{"role": 3, "content": "hi"}]}, None, 400,
+     "messages[0].role"),
+    ("content-type-msg", "/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, None, 400,
+     "messages[0].content"),
+    ("temperature-nan", "/v1/completions", b'{"prompt": "hi", "temperature": NaN}', None, 400, "temperature"),
+    ("temperature-inf", "/v1/completions", b'{"prompt": "hi", "temperature": 1e999}', None, 400, "temperature"),
+    ("temperature-neg", "/v1/completions", {"prompt": "hi", "temperature": -0.5}, None, 400, "temperature"),
+    ("top-p-0", "/v1/completions", {"prompt": "hi", "top_p": 0}, None, 400, "top_p"),
+    ("top-p-big", "/v1/completions", {"prompt": "hi", "top_p": 1.5}, None, 400, "top_p"),
+    ("top-k-neg", "/v1/completions", {"prompt": "hi", "top_k": -1}, None, 400, "top_k"),
+    ("top-k-float", "/v1/completions", {"prompt": "hi", "top_k": 2.5}, None, 400, "top_k"),
+    ("max-tokens-0", "/v1/completions", {"prompt": "hi", "max_tokens": 0}, None, 400, "max_tokens"),
+    ("max-tokens-neg", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": -2},
+     None, 400, "max_tokens"),
+    ("n-0", "/v1/completions", {"prompt": "hi", "n": 0}, None, 400, "n"),
+    ("n-greedy", "/v1/completions", {"prompt": "hi", "n": 3, "temperature": 0}, None, 400, "n"),
+    ("logprobs-cap", "/v1/completions", {"prompt": "hi", "logprobs": 6}, None, 400, "logprobs"),
+    ("top-logprobs-cap", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                  "logprobs": True, "top_logprobs": 21}, None, 400, "top_logprobs"),
+    ("context", "/v1/completions", {"prompt": "hi " * 80, "max_tokens": 100}, None, 400, "max_tokens"),
+    ("bad-ids", "/v1/completions", {"prompt": [5, -1, 260, 7]}, None, 400, "prompt"),
+    ("unknown-arg", "/v1/completions", {"prompt": "hi", "temprature": 0.5}, None, 400, "temprature"),
+    ("unknown-model", "/v1/completions", {"prompt": "hi", "model": "gpt-5"}, None, 404, "model"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[c[0] for c in BAD])
+def test_bad_requests_get_openai_errors(live, case):
+    name, path, body, headers, status, param = case
+    r = post(live.url, path, body, headers=headers or {})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    assert err["type"] == "invalid_request_error"
+    assert err["param"] == param
+    if name == "context":
+        assert err["code"] == "context_length_exceeded"
+    if name == "bad-ids":
+        assert "[-1, 260]" in err["message"]
+    ok = post(live.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "temperature": 0})
+    assert ok.status_code == 200  # the next request still succeeds
+
+
+def test_bad_request_is_not_retried_by_the_client(client):
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(model="tiny", prompt="hi", temperature=-1)
+    assert exc.value.body["param"] == "temperature"
+
+
+# ---------------------------------------------------------------------------------------------------- concurrency
+@pytest.fixture(scope="module")
+def solo(live, client):
+    """The answer each prompt gets alone (greedy, one request at a time)."""
+    return {p: _greedy(client, p, max_tokens=16).choices[0].text for p in PROMPTS}
+
+
+def _check(live, solo, prompt, text, what):
+    ids = live.model.tokenizer.encode(prompt)
+    solo_ids = live.model.generate(prompt, max_new_tokens=16, do_sample=False).new_tokens[0]
+    same_or_tie(live.model, ids, solo_ids, text, solo[prompt], what)
+
+
+@pytest.mark.parametrize("workers,requests", [(1, 3), (2, 4), (4, 6)])
+def test_concurrent_requests_equal_solo(live, client, solo, workers, requests):
+    results, errors = {}, []
+
+    def work(w):
+        for k in range(w, requests, workers):
+            prompt = PROMPTS[k % len(PROMPTS)]
+            try:
+                results[k] = (prompt, _greedy(client, prompt, max_tokens=16).choices[0].text)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == requests
+    for k, (prompt, text) in results.items():
+        _check(live, solo, prompt, text, f"request {k}")
+    wait_idle(live.url)
+
+
+def test_32_concurrent_streams_equal_solo(live, solo):
+    """32 streaming clients at once: all 200, each text equals its prompt's solo answer (no cross-talk)."""
+    async def one(client, k):
+        prompt = PROMPTS[k % len(PROMPTS)]
+        stream = await client.completions.create(model="tiny", prompt=prompt, max_tokens=16, temperature=0,
+                                                 stream=True)
+        text, reasons = "", []
+        async for chunk in stream:
+            text += chunk.choices[0].text
+            if chunk.choices[0].finish_reason:
+                reasons.append(chunk.choices[0].finish_reason)
+        return prompt, text, reasons
+
+    async def main():
+        async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0,
+                                      timeout=60) as client:
+            return await asyncio.gather(*[one(client, k) for k in range(32)])
+
+    results = asyncio.run(main())
+    assert len(results) == 32
+    for k, (prompt, text, reasons) in enumerate(results):
+        assert len(reasons) == 1
+        _check(live, solo, prompt, text, f"stream {k}")
+    wait_idle(live.url)
+
+
+def test_disconnect_mid_stream_frees_the_slot(live):
+    import httpx
+    body = {"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0.9, "seed": 3, "stream": True}
+    with httpx.stream("POST", live.url + "/v1/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        got = [line for line, _ in zip(lines, range(6)) if line.startswith("data:")]
+        assert got
+    m = wait_idle(live.url, timeout=2)
+    assert m["cancelled"] >= 0 and m["in_flight"] == 0
+
+
+def test_200_timeouts_then_a_new_request_succeeds(live):
+    """200 requests with a 0.5 s client timeout; then a new request succeeds within 5 s and nothing is left in
+    flight (the server freed every abandoned request's rows)."""
+    async def one(client, k):
+        try:
+            await client.completions.create(model="tiny", prompt=PROMPTS[k % len(PROMPTS)], max_tokens=100,
+                                            temperature=0.7, seed=k)
+            return "ok"
+        except openai.APITimeoutError:
+            return "timeout"
+        except openai.RateLimitError:
+            return "429"
+
+    async def main():
+        async with openai.AsyncOpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0,
+                                      timeout=0.5) as client:
+            return await asyncio.gather(*[one(client, k) for k in range(200)])
+
+    outcomes = asyncio.run(main())
+    assert set(outcomes) <= {"ok", "timeout", "429"}
+    t0 = time.monotonic()
+    r = post(live.url, "/v1/completions", {"prompt": "hi", "max_tokens": 3, "temperature": 0}, timeout=5)
+    assert r.status_code == 200 and time.monotonic() - t0 < 5
+    wait_idle(live.url, timeout=5)
+
+
+def test_queue_full_answers_429(tiny_llama):
+    """A bounded queue: with one row and no waiting room, a second concurrent request gets 429 (the decoder is
+    slowed down so that the first request is surely still running)."""
+    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), max_rows=1, max_queue=0)
+    try:
+        wait_health(srv.url)
+        import httpx
+        assert srv.model.generate("Hello there", max_new_tokens=10, do_sample=False).finish_reasons == ["length"]
+        run = srv.model.decoder.run
+        srv.model.decoder.run = lambda *a, **k: (time.sleep(0.05), run(*a, **k))[1]
+        body = {"prompt": "Hello there", "max_tokens": 10, "temperature": 0, "stream": True}
+        with httpx.stream("POST", srv.url + "/v1/completions", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            next(lines)
+            second = post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+            rest = list(lines)
+        assert second.status_code == 429
+        assert second.json()["error"]["code"] == "queue_full"
+        assert "data: [DONE]" in rest  # the first request finished normally
+        wait_idle(srv.url)
+    finally:
+        srv.stop()
+
+
+def test_stream_json_is_well_formed(live):
+    events = sse_events(live.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hey"}],
+                                                            "max_tokens": 5, "temperature": 0, "stream": True})
+    assert events[-1] == "[DONE]"
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
+    assert json.dumps(events[:-1])  # every chunk is plain JSON
