@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from onnxlm.runtime.errors import ExportError
 
 from .fused_graph import Graph, check_head_dim, io_values, logits_head, save_graph, to_numpy

@@ -58,7 +58,8 @@ def bias_tables(model) -> tuple[np.ndarray, np.ndarray]:
         kw = dict(bidirectional=not att.is_decoder, num_buckets=cfg.relative_attention_num_buckets, max_distance=m)
         far = bucket(torch.tensor([-m, -4 * m, m, 4 * m]), **kw)  # beyond max_distance: the edge buckets
         if far[0] != far[1] or (not att.is_decoder and far[2] != far[3]):
-            raise ExportError("kv_layout='fused': T5 relative buckets keep changing past relative_attention_max_distance")
+            raise ExportError("kv_layout='fused': T5 relative buckets keep changing past "
+                              "relative_attention_max_distance")
         with torch.no_grad():
             tables.append(to_numpy(att.relative_attention_bias(bucket(rel, **kw))))
     return tables[0], tables[1]

@@ -2,8 +2,11 @@
 
     .venv/bin/python scripts/bench_fused.py PLAIN_DIR FUSED_DIR [--prompts 16 512] [--steps 32] [--runs 5]
 
-For each prompt length: start() on a random prompt of that length (batch 1), then ``--steps`` advance() calls;
-prints the median over ``--runs`` of the mean ms per advance (the prefill is not counted).
+Decoder-only: for each prompt length, start() on a random prompt of that length (batch 1), then ``--steps``
+advance() calls. Seq2seq (T5): start() on a random 64-token source, advance() until the decoder holds that many
+tokens, then ``--steps`` timed advance() calls. The two models alternate run by run (so a load change on a shared
+machine hits both); prints the median and the minimum over ``--runs`` of the mean ms per advance (the prefill is not
+counted).
 """
 from __future__ import annotations
 
@@ -16,9 +19,13 @@ import numpy as np
 import onnxlm
 
 
-def ms_per_token(model, prompt_len: int, steps: int, rng) -> float:
-    ids = rng.integers(10, model.vocab_size - 10, size=(1, prompt_len)).astype(np.int64)
-    state, logits = model.start(ids, np.ones_like(ids))
+def ms_per_token(model, length: int, steps: int, rng) -> float:
+    """Mean ms of ``steps`` greedy advance() calls after a prompt (decoder-only) / decoder prefix (seq2seq) of
+    ``length`` tokens, batch 1."""
+    ids = rng.integers(10, model.vocab_size - 10, size=(1, 64 if model.is_encoder_decoder else length))
+    state, logits = model.start(ids.astype(np.int64), np.ones_like(ids))
+    for _ in range(length - 1 if model.is_encoder_decoder else 0):  # seq2seq: grow the decoder to ``length``
+        logits = state.advance(np.array([int(logits[0].argmax())], np.int64))
     t0 = time.perf_counter()
     for _ in range(steps):
         logits = state.advance(np.array([int(logits[0].argmax())], np.int64))
@@ -38,11 +45,15 @@ def main() -> None:
               "fused": onnxlm.load(args.fused, threads=args.threads)}
     rng = np.random.default_rng(0)
     for n in args.prompts:
+        runs = {name: [] for name in models}
         for name, model in models.items():
             ms_per_token(model, n, 4, rng)  # warm-up
-            runs = [ms_per_token(model, n, args.steps, rng) for _ in range(args.runs)]
-            print(f"prompt {n:5d}  {name:6s} {statistics.median(runs):7.2f} ms/token "
-                  f"(runs: {', '.join(f'{r:.2f}' for r in runs)})", flush=True)
+        for _ in range(args.runs):
+            for name, model in models.items():
+                runs[name].append(ms_per_token(model, n, args.steps, rng))
+        for name, r in runs.items():
+            print(f"length {n:5d}  {name:6s} {statistics.median(r):7.2f} ms/token (min {min(r):.2f}; runs: "
+                  f"{', '.join(f'{x:.2f}' for x in r)})", flush=True)
 
 
 if __name__ == "__main__":

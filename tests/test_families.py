@@ -243,5 +243,5 @@ def test_eager_only_gpt2_options_trace_eager_and_restore_the_callers_setting(tmp
 
     model, tok, *_ = instantiate_recipe(recipe_dir("tiny-gpt2-untied-inverse-layer-scale"))
     assert model.config._attn_implementation == "sdpa"
-    export_model(model, tmp_path / "out", progress=False, validate=False, tokenizer=tok)
+    export_model(model, tmp_path / "out", progress=False, validate=False, tokenizer=tok, kv_layout="plain")
     assert model.config._attn_implementation == "sdpa"

@@ -170,3 +170,15 @@ def test_a_failed_validation_leaves_nothing(tiny_gpt2, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="validation failed"):
         export_model(tiny_gpt2.hf_dir, tmp_path / "out", progress=False, kv_layout="fused")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_inverse_layer_scale_is_validated_eager_and_the_callers_setting_restored(tmp_path):
+    """The fused graph follows transformers' eager attention (its SDPA path drops the 1/(layer_idx+1) scale): the
+    export validates against eager and hands a passed model back with its own attention implementation."""
+    from onnxlm.export.recipes import instantiate_recipe
+
+    model, tok, *_ = instantiate_recipe(RECIPES / "families" / "tiny-gpt2-untied-inverse-layer-scale")
+    assert model.config._attn_implementation == "sdpa"
+    art = export_model(model, tmp_path / "out", progress=False, tokenizer=tok, kv_layout="fused")
+    assert model.config._attn_implementation == "sdpa"
+    assert json.loads((art / "onnxlm.json").read_text())["validation"]["max_abs_diff"] <= ATOL
