@@ -70,9 +70,11 @@ QUANT_VARIANTS = [
 ]
 
 # Full and quick settings (--quick); every value can still be overridden on the command line.
-FULL = {"models": ["gpt2-small", "t5-small", "smollm2"], "new_tokens": 32, "runs": 3,
-        "cases": ["b1:p16:greedy", "b1:p128:greedy", "b1:p512:greedy", "b8:p16:greedy", "b1:p16:sample",
-                  "b1:p16:beam4"]}
+# The full run is sized for ~25 min on 2 quiet cores (estimate: ~8 min of preparation - exports, quantizations,
+# conversions, builds - then ~40 s per engine and model, ~80 s for PyTorch, 24 workers, ~2 min of profiles); add
+# b1:p128:greedy for a third point on the context plot (~+2 min).
+FULL = {"models": ["gpt2-small", "t5-small", "smollm2"], "new_tokens": 24, "runs": 3,
+        "cases": ["b1:p16:greedy", "b1:p512:greedy", "b8:p16:greedy", "b1:p16:sample", "b1:p16:beam4"]}
 QUICK = {"models": ["tiny-gpt2", "tiny-t5", "tiny-llama"], "new_tokens": 8, "runs": 1,
          "cases": ["b1:p16:greedy", "b1:p64:greedy", "b2:p16:greedy", "b1:p16:sample", "b1:p16:beam4"]}
 
@@ -913,7 +915,9 @@ def model_section(run: ModelRun, cases: list[dict], new_tokens: int) -> list[str
                              f"{_f(r['tokens_per_s'], '.0f')}")
             else:
                 cells.append(r.get("note", "–").replace("|", "/")[:60])
-        L.append(f"| {eng.label} | " + " | ".join(cells) + " |")
+        q = run.quality.get(eng.label)
+        agree = f" (top-1 {q['agreement']:.3f})" if q and eng.label != "onnxlm fp32" else ""
+        L.append(f"| {eng.label}{agree} | " + " | ".join(cells) + " |")
     L.append("")
     return L
 
@@ -1114,19 +1118,44 @@ def render(runs: dict[str, ModelRun], cases: list[dict], machine: dict, vers: di
          "Random-weight models have near-uniform logits, so their agreement says little.",
          "- Modes: greedy; sampling with top-k 50, temperature 1 (speed only); beam search with 4 beams (`beam4`).",
          "- CTranslate2 runs with " + (", ".join(f"`{k}={v}`" for k, v in args.ct2_env.items()) or "its defaults") +
-         ": on this AMD CPU its default backend is oneDNN, whose OpenMP threads spin; with Intel MKL selected it "
-         "decoded SmolLM2 at 22-41 ms/token where the default gave 180-640 under load (see `--ct2-env`).", "",
+         ": on this AMD CPU its default backend is oneDNN (`CT2_VERBOSE=1`: 'Use Intel MKL: false', 'SGEMM backend: "
+         "DNNL'; compute types int8, int8_float32, float32), with OpenMP worker threads that spin between ops. "
+         "In a process shared with other engines' thread pools, or on a busy machine, that spinning costs it "
+         "dearly: in separate processes on SmolLM2 (16-token prompt, 2 threads, machine under heavy load, two "
+         "passes) the default decoded at 180-640 ms/token, `OMP_WAIT_POLICY=PASSIVE` at 62-85, `CT2_USE_MKL=1` at "
+         "22-41 (`CT2_USE_EXPERIMENTAL_PACKED_GEMM=1` on top: 47-71, `CT2_FORCE_CPU_ISA=AVX512`: worse). So every "
+         "engine runs alone in its process and CTranslate2 gets MKL (`--ct2-env` with no value restores its "
+         "defaults).", "",
          "## Machine and versions", ""]
     L += [f"- {k}: {v}" for k, v in machine.items()]
-    L += [f"- load average at end (1/5/15 min): {_loadavg()} (well above the thread count: other processes "
-          "shared the CPU, the absolute numbers are pessimistic)",
+    L += [f"- load average at end (1/5/15 min): {_loadavg()} (a load well above the thread count means "
+          "other processes shared the CPU and the absolute numbers are pessimistic)",
           f"- threads: {args.threads} for every engine (onnxruntime intra-op, inter-op 1; torch; CTranslate2 "
           "intra_threads; onnxruntime-genai session options; llama.cpp n_threads and n_threads_batch; "
           f"OMP_NUM_THREADS={args.threads})",
           "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()), "",
           f"Command (from the repository root; total run time {elapsed / 60:.1f} min including the exports):", "",
           "```", command, "```", ""]
-    L += ["## Targets (issue 9)", "", "Computed by the script from the tables below.", "",
+    L += ["Setup of the peers that are not in the `bench` extra (once; never in CI): `bash scripts/setup_peers.sh` "
+          "(onnxruntime-genai's runtime into .venv, its 0.11.4 model builder, llama-cpp-python built from source into "
+          "its own venv).", "",
+          "## Peers: what each one needed", "",
+          "- **CTranslate2**: its transformers converter on the same transformers directory (GGUF: dequantised to "
+          "fp32 and saved with the artifact's tokenizer), `float32` and `int8` weights.",
+          "- **onnxruntime-genai**: the newest builder (0.18) imports transformers 5.x classes and the project pins "
+          "transformers 4.57.6; the 0.11.4 builder runs on 4.57 (`-p fp32|int4 -e cpu` on that directory) and its "
+          "graphs run in the 0.18 runtime, whose `genai_config.json` gets the thread count. Llama family only. "
+          "Beam search where the runtime accepts it.",
+          "- **llama.cpp**: llama-cpp-python built from source (no wheel on the registry) in its own venv "
+          "(`--peers-python`), run on the GGUF file itself (its Q4_1 blocks, Q8_0 embedding/head); batch 1, greedy "
+          "and sampling (the high-level API has no batch and no beam search); `logits_all=True` in a second context "
+          "for the agreement.",
+          "- **optimum**: `main_export` (text-generation-with-past / text2text-generation-with-past) and "
+          "`ORTModelForCausalLM` / `ORTModelForSeq2SeqLM` on onnxruntime.", ""]
+    L += ["## Targets (issue 9)", "",
+          "Computed by the script from the tables below (ratios of figures measured in this run). For the missed "
+          "ones, the Profiles section at the end shows where onnxlm's decode step spends its time (op types per "
+          "step for the fp32 and the default quantized graph, after a short and a long prompt).", "",
           "| target | measured | limit | result |", "|---|---:|---:|---|"]
     L += [f"| {t} | {m} | {lim} | {r} |" for t, m, lim, r in target_rows]
     L.append("")
@@ -1183,6 +1212,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=usable, help=f"threads for every engine (default: {usable})")
     p.add_argument("--profile", action="store_true",
                    help="onnxruntime profiler on onnxlm's fp32 and default quantized graphs: op-type ms per step")
+    p.add_argument("--engines", nargs="+", metavar="TEXT",
+                   help="run only the engines whose label contains one of these (case-insensitive), e.g. llama.cpp")
     p.add_argument("--no-optimum", action="store_true")
     p.add_argument("--no-ct2", action="store_true")
     p.add_argument("--no-ogenai", action="store_true")
@@ -1252,6 +1283,8 @@ def main(argv=None) -> int:
             windows = quality_windows(prep)
             run = ModelRun(prep, {}, {})
             for eng in prep.engines:
+                if args.engines and not any(t.lower() in eng.label.lower() for t in args.engines):
+                    eng.note = eng.note or "not selected (--engines)"
                 if eng.note:
                     log(f"{eng.label}: {eng.note}")
                     continue
