@@ -686,7 +686,7 @@ def prepare(key: str, work: Path, args) -> Prepared:
 
             cdir, note = _step(f"CTranslate2 conversion ({q})", convert)
             engines.append(EngineSpec(f"CTranslate2 {q}", "ct2", str(cdir or ""), precision=q.replace("float", "fp"),
-                                      env={**env, **args.ct2_env}, opts={"compute_type": q}, note=note,
+                                      env={**env, **args.ct2_env[q]}, opts={"compute_type": q}, note=note,
                                       artifact_bytes=_bytes(cdir) if cdir else None))
     if not args.no_ogenai:
         llama = cfg.get("model_type") in ("llama", "mistral", "qwen2")
@@ -976,8 +976,8 @@ def targets(runs: dict[str, ModelRun], cases: list[dict], new_tokens: int, impor
         row(f"long context: onnxlm time to first token / CTranslate2 f32 at {long}, {name}",
             ratio(_ttft(run, "onnxlm fp32", lg), _ttft(run, "CTranslate2 float32", lg)), "<= 0.8×",
             lambda v: v <= 0.8)
-    dq = smol.prep.roles.get("default") if smol else None
-    fid = smol.prep.roles.get("fidelity") if smol else None
+    dq = (smol.prep.roles.get("default") if smol else None) or "no variant"
+    fid = (smol.prep.roles.get("fidelity") if smol else None) or "no variant"
     q = smol.quality.get(dq) if smol and dq else None
     row(f"quantized SmolLM2 ({dq}): top-1 agreement with fp32", q and q["agreement"] * 100, ">= 97.5%",
         lambda v: v >= 97.5, ".1f", "%")
@@ -1117,15 +1117,16 @@ def render(runs: dict[str, ModelRun], cases: list[dict], machine: dict, vers: di
          "windows and measures of `export/quality.py`), top-1 next token compared with onnxlm's fp32 model. "
          "Random-weight models have near-uniform logits, so their agreement says little.",
          "- Modes: greedy; sampling with top-k 50, temperature 1 (speed only); beam search with 4 beams (`beam4`).",
-         "- CTranslate2 runs with " + (", ".join(f"`{k}={v}`" for k, v in args.ct2_env.items()) or "its defaults") +
-         ": on this AMD CPU its default backend is oneDNN (`CT2_VERBOSE=1`: 'Use Intel MKL: false', 'SGEMM backend: "
-         "DNNL'; compute types int8, int8_float32, float32), with OpenMP worker threads that spin between ops. "
-         "In a process shared with other engines' thread pools, or on a busy machine, that spinning costs it "
-         "dearly: in separate processes on SmolLM2 (16-token prompt, 2 threads, machine under heavy load, two "
-         "passes) the default decoded at 180-640 ms/token, `OMP_WAIT_POLICY=PASSIVE` at 62-85, `CT2_USE_MKL=1` at "
-         "22-41 (`CT2_USE_EXPERIMENTAL_PACKED_GEMM=1` on top: 47-71, `CT2_FORCE_CPU_ISA=AVX512`: worse). So every "
-         "engine runs alone in its process and CTranslate2 gets MKL (`--ct2-env` with no value restores its "
-         "defaults).", "",
+         "- CTranslate2 float32 runs with " + _env_text(args.ct2_env["float32"]) + ", int8 with " +
+         _env_text(args.ct2_env["int8"]) + ". On this AMD CPU its default backend is oneDNN (`CT2_VERBOSE=1`: "
+         "'Use Intel MKL: false', 'SGEMM backend: DNNL'; compute types int8, int8_float32, float32), with OpenMP "
+         "worker threads that spin between ops. Measured in separate processes on SmolLM2 (16-token prompt, 2 "
+         "threads, the machine under heavy load, two passes each): float32 decoded at 180-1200 ms/token with the "
+         "default, 62-85 with `OMP_WAIT_POLICY=PASSIVE`, 22-72 with `CT2_USE_MKL=1` (`CT2_FORCE_CPU_ISA=AVX512`: "
+         "worse); int8 at 25-38 with the default and 570-680 with MKL (its int8 GEMM takes a slow path on AMD). "
+         "The earlier in-process runs also shared the CPU with the other engines' spinning thread pools, which this "
+         "backend suffers from most; hence one process per engine and the backend per compute type "
+         "(`--ct2-f32-env`, `--ct2-int8-env`).", "",
          "## Machine and versions", ""]
     L += [f"- {k}: {v}" for k, v in machine.items()]
     L += [f"- load average at end (1/5/15 min): {_loadavg()} (a load well above the thread count means "
@@ -1169,6 +1170,10 @@ def render(runs: dict[str, ModelRun], cases: list[dict], machine: dict, vers: di
               "Per decode step, batch 1, greedy: kernel time per op type (first 12), from `--profile`. A fused graph "
               "whose step does not grow with the context shows the same split at both prompt lengths.", ""] + prof
     return "\n".join(L) + "\n"
+
+
+def _env_text(env: dict) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in env.items()) or "its defaults"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -1223,8 +1228,12 @@ def parse_args(argv=None):
     p.add_argument("--ogenai-builder", type=Path, default=DEFAULT_OGENAI_BUILDER,
                    help="onnxruntime-genai builder.py to run (default: the one setup_peers.sh extracts; else the "
                         "installed onnxruntime_genai.models.builder)")
-    p.add_argument("--ct2-env", nargs="*", default=["CT2_USE_MKL=1"], metavar="VAR=VALUE",
-                   help="environment for the CTranslate2 workers (default: CT2_USE_MKL=1)")
+    p.add_argument("--ct2-f32-env", nargs="*", default=["CT2_USE_MKL=1"], metavar="VAR=VALUE",
+                   help="environment for the CTranslate2 float32 worker (default: CT2_USE_MKL=1, its fastest "
+                        "backend here; no value: its defaults)")
+    p.add_argument("--ct2-int8-env", nargs="*", default=[], metavar="VAR=VALUE",
+                   help="environment for the CTranslate2 int8 worker (default: none; MKL's int8 GEMM is ~20x slower "
+                        "than oneDNN's on this AMD CPU)")
     p.add_argument("--worker-timeout", type=int, default=1800, help="seconds per engine worker (default: 1800)")
     p.add_argument("--out", type=Path, help="markdown report (default: docs/benchmarks.md; --quick: none)")
     p.add_argument("--plot", type=Path, help="PNG plot (default: bench_context.png beside --out)")
@@ -1241,7 +1250,8 @@ def parse_args(argv=None):
         p.error(f"--variants: unknown {sorted(unknown)}; allowed: {[v['name'] for v in QUANT_VARIANTS]}")
     if args.new_tokens < 2 or args.runs < 1 or args.threads < 1:
         p.error("--new-tokens must be >= 2, --runs and --threads >= 1")
-    args.ct2_env = dict(kv.split("=", 1) for kv in args.ct2_env if "=" in kv)
+    args.ct2_env = {"float32": dict(kv.split("=", 1) for kv in args.ct2_f32_env if "=" in kv),
+                    "int8": dict(kv.split("=", 1) for kv in args.ct2_int8_env if "=" in kv)}
     if args.out is None and args.quick:
         args.no_write = True
     args.out = args.out or DEFAULT_OUT
