@@ -714,7 +714,7 @@ def prepare(key: str, work: Path, args) -> Prepared:
             engines.append(EngineSpec(label, "llamacpp", precision="GGUF", note=f"llama_cpp does not import in {args.peers_python} "
                                                                "(scripts/setup_peers.sh builds it)"))
         else:
-            engines.append(EngineSpec(label, "llamacpp", str(gguf), precision="Q4_1", python=str(args.peers_python),
+            engines.append(EngineSpec(label, "llamacpp", str(gguf), precision="GGUF Q4_1 + Q8_0", python=str(args.peers_python),
                                       env=env, opts={"n_ctx": 1024}, artifact_bytes=_bytes(gguf)))
     special = manifest.get("special_tokens", {})
     pad = special.get("pad_token_id")
