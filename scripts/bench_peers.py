@@ -572,7 +572,8 @@ def _python_has(python: str, module: str) -> bool:
 def ogenai_build(hf_dir: Path, out: Path, precision: str, threads: int, builder: Path) -> Path:
     """onnxruntime-genai's model builder on a transformers dir (fp32 | int4, CPU), then the thread count in its
     genai_config.json (the runtime reads session options from there)."""
-    cmd = [sys.executable, str(builder)] if builder.is_file() else [sys.executable, "-m", "onnxruntime_genai.models.builder"]
+    cmd = [sys.executable, str(builder)] if builder.is_file() else \
+        [sys.executable, "-m", "onnxruntime_genai.models.builder"]
     proc = subprocess.run(cmd + ["-i", str(hf_dir), "-o", str(out), "-p", precision, "-e", "cpu", "-c",
                                  str(out) + "-cache"], capture_output=True, text=True, cwd=out.parent)
     if proc.returncode != 0:
@@ -647,7 +648,8 @@ def prepare(key: str, work: Path, args) -> Prepared:
     for v in [v for v in QUANT_VARIANTS if v["name"] in args.variants]:
         label, prec = f"onnxlm {v['name']}", v["kwargs"].get("quantize", "?")
         if seq2seq:
-            engines.append(EngineSpec(label, "onnxlm", precision=prec, note="quantization covers decoder-only artifacts"))
+            engines.append(EngineSpec(label, "onnxlm", precision=prec,
+                                      note="quantization covers decoder-only artifacts"))
             continue
         src = gguf if v.get("from_source") else artifact
         if src is None:
@@ -711,10 +713,12 @@ def prepare(key: str, work: Path, args) -> Prepared:
         if gguf is None:
             engines.append(EngineSpec(label, "llamacpp", precision="GGUF", note="runs on a GGUF source only"))
         elif not (Path(args.peers_python).exists() and _python_has(args.peers_python, "llama_cpp")):
-            engines.append(EngineSpec(label, "llamacpp", precision="GGUF", note=f"llama_cpp does not import in {args.peers_python} "
-                                                               "(scripts/setup_peers.sh builds it)"))
+            engines.append(EngineSpec(label, "llamacpp", precision="GGUF",
+                                      note=f"llama_cpp does not import in {args.peers_python} "
+                                           "(scripts/setup_peers.sh builds it)"))
         else:
-            engines.append(EngineSpec(label, "llamacpp", str(gguf), precision="GGUF Q4_1 + Q8_0", python=str(args.peers_python),
+            engines.append(EngineSpec(label, "llamacpp", str(gguf), precision="GGUF Q4_1 + Q8_0",
+                                      python=str(args.peers_python),
                                       env=env, opts={"n_ctx": 1024}, artifact_bytes=_bytes(gguf)))
     special = manifest.get("special_tokens", {})
     pad = special.get("pad_token_id")
@@ -898,7 +902,8 @@ def model_section(run: ModelRun, cases: list[dict], new_tokens: int) -> list[str
                             f"{'yes' if a['ids'] == b['ids'] else 'no'}")
         L.append(f"| {eng.label} | {eng.precision} | {_f(res.get('load_s'), '.2f')} | "
                  f"{_f((eng.artifact_bytes or float('nan')) / 1e6, '.0f')} | {_f(res.get('peak_rss_mb'), '.0f')} | "
-                 f"{_f(q and q['agreement'], '.3f')} | {_f(q and q['perplexity'], '.3f')} | {', '.join(same) or '–'} |")
+                 f"{_f(q and q['agreement'], '.3f')} | {_f(q and q['perplexity'], '.3f')} | "
+                 f"{', '.join(same) or '–'} |")
     L += ["", f"Per case ({new_tokens} new tokens): decode **ms/token** (one step of the whole batch or all beams) / "
                "**time to first token ms** / **tokens/s** (generated tokens over all rows per second after the "
                "first).", ""]
