@@ -965,13 +965,19 @@ def targets(runs: dict[str, ModelRun], cases: list[dict], new_tokens: int, impor
 
     gpt2 = runs.get("gpt2-small") or runs.get("tiny-gpt2")
     smol = runs.get("smollm2") or runs.get("tiny-llama")
-    named = [(gpt2, "GPT-2 small"), (smol, "SmolLM2")]
+    t5 = runs.get("t5-small") or runs.get("tiny-t5")
+
+    def name_of(run, default):  # the model names; a stand-in (--quick) is named as itself
+        return default if run is None or run.prep.key in ("gpt2-small", "t5-small", "smollm2") else run.prep.key
+
+    g_name, t_name, s_name = name_of(gpt2, "GPT-2 small"), name_of(t5, "T5-small"), name_of(smol, "SmolLM2")
+    named = [(gpt2, g_name), (smol, s_name)]
     for run, name in named:
         row(f"fp32 b1: onnxlm ms/token / CTranslate2 f32, {name} (prompt {short})",
             ratio(_ms(run, "onnxlm fp32", s), _ms(run, "CTranslate2 float32", s)), "<= 0.8×", lambda v: v <= 0.8)
     for p in (short, long):
         k = f"b1:p{p}:greedy"
-        row(f"fp32 b1: onnxlm ms/token / onnxruntime-genai fp32, SmolLM2 (prompt {p})",
+        row(f"fp32 b1: onnxlm ms/token / onnxruntime-genai fp32, {s_name} (prompt {p})",
             ratio(_ms(smol, "onnxlm fp32", k), _ms(smol, "onnxruntime-genai fp32", k)), "<= 0.9×", lambda v: v <= 0.9)
     for run, name in named:
         row(f"long context: onnxlm ms/token at {long} / at {short}, {name}",
@@ -984,25 +990,24 @@ def targets(runs: dict[str, ModelRun], cases: list[dict], new_tokens: int, impor
     dq = (smol.prep.roles.get("default") if smol else None) or "no variant"
     fid = (smol.prep.roles.get("fidelity") if smol else None) or "no variant"
     q = smol.quality.get(dq) if smol and dq else None
-    row(f"quantized SmolLM2 ({dq}): top-1 agreement with fp32", q and q["agreement"] * 100, ">= 97.5%",
+    row(f"quantized {s_name} ({dq}): top-1 agreement with fp32", q and q["agreement"] * 100, ">= 97.5%",
         lambda v: v >= 97.5, ".1f", "%")
-    row(f"quantized SmolLM2 ({dq}): perplexity increase", q and (q["perplexity"] / q["perplexity_fp32"] - 1) * 100,
+    row(f"quantized {s_name} ({dq}): perplexity increase", q and (q["perplexity"] / q["perplexity_fp32"] - 1) * 100,
         "<= +0.5%", lambda v: v <= 0.5, "+.2f", "%")
     for other, limit in (("onnxlm fp32", 0.5), ("llama.cpp (GGUF blocks)", 0.8), ("onnxruntime-genai int4", 1.1)):
-        row(f"quantized SmolLM2 ({dq}): ms/token / {other} (prompt {short})",
+        row(f"quantized {s_name} ({dq}): ms/token / {other} (prompt {short})",
             ratio(_ms(smol, dq, s), _ms(smol, other, s)), f"<= {limit}×", lambda v, lim=limit: v <= lim)
     fq = smol.quality.get(fid) if smol and fid else None
-    row(f"fidelity SmolLM2 ({fid}): top-1 agreement", fq and fq["agreement"] * 100, ">= 99.5%", lambda v: v >= 99.5,
+    row(f"fidelity {s_name} ({fid}): top-1 agreement", fq and fq["agreement"] * 100, ">= 99.5%", lambda v: v >= 99.5,
         ".1f", "%")
-    row(f"fidelity SmolLM2 ({fid}): ms/token / onnxlm fp32", ratio(_ms(smol, fid, s), _ms(smol, "onnxlm fp32", s)),
+    row(f"fidelity {s_name} ({fid}): ms/token / onnxlm fp32", ratio(_ms(smol, fid, s), _ms(smol, "onnxlm fp32", s)),
         "<= 0.75×", lambda v: v <= 0.75)
-    for run, name in [(gpt2, "GPT-2 small"), (runs.get("t5-small") or runs.get("tiny-t5"), "T5-small"),
-                      (smol, "SmolLM2")]:
+    for run, name in [(gpt2, g_name), (t5, t_name), (smol, s_name)]:
         if batch_key:
             row(f"batch {batch_key.split(':')[0][1:]} tokens/s: onnxlm fp32 / CTranslate2 f32, {name}",
                 ratio(_tps(run, "onnxlm fp32", batch_key), _tps(run, "CTranslate2 float32", batch_key)), ">= 1.3×",
                 lambda v: v >= 1.3)
-            if name != "T5-small":
+            if name != t_name:
                 row(f"batch {batch_key.split(':')[0][1:]} tokens/s: onnxlm int8 / CTranslate2 int8, {name}",
                     ratio(_tps(run, "onnxlm int8", batch_key), _tps(run, "CTranslate2 int8", batch_key)), ">= 1.3×",
                     lambda v: v >= 1.3)
