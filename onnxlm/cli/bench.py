@@ -1,9 +1,13 @@
 """`onnxlm bench`: prefill and per-token decode speed of the onnxlm runtime on one model."""
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -16,14 +20,23 @@ Time the onnxlm runtime on one model: the prefill (prompt) pass, the per-token d
 the KV cache, exactly --max-new-tokens steps) and a full `model.generate` call (EOS blocked so every run makes
 the same number of tokens). Reports medians over --runs after --warmup runs.
 
+With --peers, everything after it goes to scripts/bench_peers.py (a source checkout only): onnxlm against
+PyTorch, optimum, CTranslate2, onnxruntime-genai and llama.cpp, each in its own process; writes
+docs/benchmarks.md (see `onnxlm bench --peers --help`).
+
 example:
   onnxlm bench models/gpt2 --max-new-tokens 64 --runs 5 --threads 4
+  onnxlm bench --peers --quick
 """
+PEERS_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_peers.py"
 
 
 def add_parser(sub) -> None:
     p = command_parser(sub, "bench", help="time prefill and decode (tokens/s)", description=DESCRIPTION)
-    add_model_args(p)
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?",
+                   help="an artifact directory written by `onnxlm export` (or a plain Optimum ONNX export); "
+                        "required unless --peers")
+    add_model_args(p, model_dir=False)
     p.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog. " * 2,
                    help="prompt text (default: a short English sentence, twice)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, metavar="N",
@@ -33,10 +46,24 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1, metavar="B",
                    help="rows decoded together (the prompt repeated; default: 1)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--peers", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="run scripts/bench_peers.py with ARGS (all that follows) instead of timing one model")
     p.set_defaults(func=run)
 
 
+def run_peers(script_args: list[str]) -> int:
+    """`onnxlm bench --peers ARGS`: scripts/bench_peers.py ARGS with this python; returns its exit status."""
+    if not PEERS_SCRIPT.is_file():
+        raise ParameterError("peers", f"needs scripts/bench_peers.py from a source checkout of onnxlm ({PEERS_SCRIPT} "
+                                      "is missing)")
+    return subprocess.call([sys.executable, str(PEERS_SCRIPT), *script_args])
+
+
 def run(args) -> int:
+    if args.peers is not None:
+        return run_peers(args.peers)
+    if args.model_dir is None:
+        raise ParameterError("model_dir", "required: an artifact directory (or pass --peers to compare engines)")
     model = load_model(args)
     ids, mask = model.prepare_inputs([args.prompt] * args.batch_size)
     n = args.max_new_tokens

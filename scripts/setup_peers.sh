@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Peers for scripts/bench_peers.py that are NOT part of the bench extra (never run in CI):
+#   * llama.cpp through llama-cpp-python, built from source (no wheel on the registry; gcc + cmake, one compile job
+#     under `nice` so a shared machine stays usable; 20-40 min on 2 cores) into its own venv $PEERS_VENV
+#     (default /work/venv-peers), with numpy. bench_peers.py runs its llama.cpp worker with that venv's python
+#     (--peers-python).
+#   * onnxruntime-genai: the runtime (newest wheel, needs onnxruntime>=1.31, which .venv has) into the project's .venv
+#     with --no-deps; its model builder from an older wheel, OGENAI_BUILDER_VERSION (0.11.4): the 0.18 builder imports
+#     transformers 5.x classes (Qwen3_5ForConditionalGeneration...) and the project pins transformers 4.57.6; 0.11.4's
+#     builder runs on 4.57 and its graphs load in the 0.18 runtime. Only its pure-Python onnxruntime_genai/models
+#     folder is extracted, to $PEERS_VENV/ogenai-builder, and bench_peers.py runs it with .venv's python.
+# Idempotent: a second run only checks what is there. Run from anywhere: bash scripts/setup_peers.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+PEERS_VENV=${PEERS_VENV:-/work/venv-peers}
+LLAMA_CPP_PYTHON=${LLAMA_CPP_PYTHON:-llama-cpp-python==0.3.36}
+ONNXRUNTIME_GENAI=${ONNXRUNTIME_GENAI:-onnxruntime-genai==0.18.0}
+OGENAI_BUILDER_VERSION=${OGENAI_BUILDER_VERSION:-0.11.4}
+
+[ -x .venv/bin/python ] || { echo "run scripts/setup.sh first (it creates .venv)" >&2; exit 1; }
+.venv/bin/python -m pip install -q -e ".[bench]"
+# --no-deps: its only dependencies are numpy and onnxruntime, both already in .venv; never let it swap onnxruntime.
+.venv/bin/python -m pip install -q --no-deps "$ONNXRUNTIME_GENAI"
+
+[ -x "$PEERS_VENV/bin/python" ] || "$PY" -m venv "$PEERS_VENV"
+if [ ! -f "$PEERS_VENV/ogenai-builder/onnxruntime_genai/models/builder.py" ]; then
+    tmp=$(mktemp -d)
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: "onnxruntime-genai==$OGENAI_BUILDER_VERSION" -d "$tmp"
+    .venv/bin/python - "$tmp" "$PEERS_VENV/ogenai-builder" <<'PYEOF'
+import pathlib, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("onnxruntime_genai/models/")])
+PYEOF
+    rm -rf "$tmp"
+fi
+if ! "$PEERS_VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+    "$PEERS_VENV/bin/python" -m pip install -q --upgrade pip numpy
+    # One compile job, low priority; CPU-only, no curl/server/llava targets.
+    CMAKE_BUILD_PARALLEL_LEVEL=1 \
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF" \
+        nice -n 15 "$PEERS_VENV/bin/python" -m pip install --no-cache-dir -v "$LLAMA_CPP_PYTHON" \
+        > "$PEERS_VENV/llama-cpp-build.log" 2>&1 \
+        || { echo "llama-cpp-python build failed: see $PEERS_VENV/llama-cpp-build.log" >&2; exit 1; }
+fi
+"$PEERS_VENV/bin/python" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
+.venv/bin/python -c "import onnxruntime_genai as og; print('onnxruntime-genai', og.__version__)"

@@ -1,0 +1,106 @@
+"""scripts/bench_peers.py's machinery on tiny inputs: case parsing, the profile's op-type shares, the TARGETS rows,
+and one onnxlm worker process on the tiny GPT-2 (its greedy ids are onnxlm's own). No timing is asserted."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_peers", REPO / "scripts" / "bench_peers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_peers"] = module  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parse_cases(bench):
+    cases = bench.parse_cases(["b1:p16:greedy", "b8:p512:beam4"])
+    assert cases == [{"key": "b1:p16:greedy", "batch": 1, "prompt": 16, "mode": "greedy"},
+                     {"key": "b8:p512:beam4", "batch": 8, "prompt": 512, "mode": "beam4"}]
+    with pytest.raises(SystemExit, match="bB:pP:MODE"):
+        bench.parse_cases(["b1:p16:topk"])
+
+
+def test_op_shares_leave_out_the_prefill(bench, tmp_path):
+    # one session: a prefill run (0-100 us) and two decode runs; kernels of the prefill must not count
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+              {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 50, "args": {"op_name": "MatMul"}},
+              {"cat": "Session", "name": "model_run", "ts": 200, "dur": 40},
+              {"cat": "Node", "name": "b_kernel_time", "ts": 210, "dur": 20, "args": {"op_name": "MatMul"}},
+              {"cat": "Node", "name": "b_fence_before", "ts": 209, "dur": 1, "args": {"op_name": "MatMul"}},
+              {"cat": "Node", "name": "c_kernel_time", "ts": 230, "dur": 10, "args": {"op_name": "Add"}},
+              {"cat": "Session", "name": "model_run", "ts": 300, "dur": 60},
+              {"cat": "Node", "name": "d_kernel_time", "ts": 310, "dur": 40, "args": {"op_name": "MatMul"}}]
+    f = tmp_path / "profile.json"
+    f.write_text(json.dumps(events))
+    shares = bench._op_shares([str(f)])
+    assert shares["run_ms_per_step"] == pytest.approx(0.05)  # (40 + 60) us over 2 decode runs
+    assert shares["ops_ms_per_step"] == pytest.approx({"MatMul": 0.03, "Add": 0.005})
+    assert list(shares["ops_ms_per_step"]) == ["MatMul", "Add"]  # largest first
+
+
+def _run(bench, key, results, quality=None, roles=None):
+    prep = bench.Prepared(key, key, Path("."), Path("."), False,
+                          [bench.EngineSpec(label, "onnxlm") for label in results], 0, 2048, None, roles or {})
+    cases = {label: {"cases": {k: {"ms_per_token": ms, "ttft_ms": 10 * ms, "tokens_per_s": 1e3 / ms}
+                               for k, ms in per_case.items()}} for label, per_case in results.items()}
+    return bench.ModelRun(prep, cases, quality or {})
+
+
+def test_targets_are_computed_from_the_runs(bench):
+    cases = bench.parse_cases(["b1:p16:greedy", "b1:p512:greedy", "b4:p16:greedy", "b1:p16:beam4"])
+    smol = _run(bench, "smollm2", {
+        "onnxlm fp32": {"b1:p16:greedy": 20.0, "b1:p512:greedy": 30.0, "b4:p16:greedy": 25.0, "b1:p16:beam4": 8.0},
+        "CTranslate2 float32": {"b1:p16:greedy": 40.0, "b1:p512:greedy": 30.0, "b4:p16:greedy": 50.0,
+                                "b1:p16:beam4": 10.0},
+        "onnxlm int4": {"b1:p16:greedy": 9.0}},
+        quality={"onnxlm int4": {"agreement": 0.98, "perplexity": 20.2, "perplexity_fp32": 20.0}},
+        roles={"default": "onnxlm int4"})
+    rows = {r[0]: r for r in bench.targets({"smollm2": smol}, cases, 8, 0.12, True)}
+    assert rows["fp32 b1: onnxlm ms/token / CTranslate2 f32, SmolLM2 (prompt 16)"][1:] == ("0.50×", "<= 0.8×", "met")
+    assert rows["long context: onnxlm ms/token at 512 / at 16, SmolLM2"][1:] == ("1.50×", "<= 1.2×", "**missed**")
+    assert rows["long context: onnxlm ms/token / CTranslate2 f32 at 512, SmolLM2"][3] == "**missed**"
+    assert rows["batch 4 tokens/s: onnxlm fp32 / CTranslate2 f32, SmolLM2"][1:] == ("2.00×", ">= 1.3×", "met")
+    assert rows["beam 4 ms/token: onnxlm fp32 / CTranslate2 f32, SmolLM2"][3] == "met"  # 0.8 exactly
+    assert rows["quantized SmolLM2 (onnxlm int4): top-1 agreement with fp32"][1:] == ("98.0%", ">= 97.5%", "met")
+    assert rows["quantized SmolLM2 (onnxlm int4): perplexity increase"][3] == "**missed**"  # +1.0%
+    assert rows["quantized SmolLM2 (onnxlm int4): ms/token / onnxlm fp32 (prompt 16)"][1] == "0.45×"
+    assert rows["quantized SmolLM2 (onnxlm int4): ms/token / llama.cpp (GGUF blocks) (prompt 16)"][3] == \
+        "not measured"
+    assert rows["fp32 b1: onnxlm ms/token / CTranslate2 f32, GPT-2 small (prompt 16)"][3] == "not measured"
+    assert rows["`import onnxlm` (median of 5 fresh processes)"][1:] == ("0.120 s", "< 0.3 s", "met")
+
+
+def test_onnxlm_worker_on_tiny_gpt2(bench, tiny_gpt2, tmp_path):
+    """One worker process: every case measured, greedy ids equal to onnxlm's own generate, quality tokens read."""
+    import onnxlm
+
+    prep = bench.Prepared("tiny-gpt2", "tiny", Path(tiny_gpt2.hf_dir), Path(tiny_gpt2.onnx_dir), False, [], 256, 128,
+                          None)
+    eng = bench.EngineSpec("onnxlm fp32", "onnxlm", str(tiny_gpt2.onnx_dir))
+    cases = bench.parse_cases(["b1:p8:greedy", "b2:p8:greedy", "b1:p8:beam4", "b1:p8:sample"])
+    prompts = {f"{c['batch']}x{c['prompt']}": bench.prompt_ids(prep.artifact, c["batch"], c["prompt"]).tolist()
+               for c in cases}
+    args = type("Args", (), {"threads": 1, "new_tokens": 4, "runs": 1, "worker_timeout": 300})()
+    windows = bench.quality_windows(prep)
+    res = bench.run_worker(eng, prep, cases, prompts, windows, args, tmp_path)
+    assert "note" not in res, res
+    assert set(res["cases"]) == {c["key"] for c in cases}
+    for c in cases:
+        r = res["cases"][c["key"]]
+        assert r["shape"] == [c["batch"], 4] and r["ttft_ms"] > 0 and len(r["tn"]) == 1
+    model = onnxlm.load(tiny_gpt2.onnx_dir, threads=1)
+    ids = np.asarray(prompts["2x8"])
+    expected = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False).sequences[:, 8:]
+    assert res["cases"]["b2:p8:greedy"]["ids"] == expected.tolist()
+    assert len(res["quality"]["top1"]) == sum(len(w) - 1 for w in windows) > 0
+    assert res["load_s"] > 0 and res["peak_rss_mb"] >= 0
