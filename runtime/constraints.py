@@ -241,7 +241,9 @@ class ConstraintEngine:
         m = self.llg.LLMatcher(self.tokenizer, constraint.grammar, log_level=0)
         if m.is_error():
             raise ParameterError(constraint.kind, f"invalid {_WHAT[constraint.kind]}: {_clean(m.get_error())}")
-        if m.is_stopped() and not m.is_accepting():
+        probe = m.deep_copy()
+        probe.compute_bitmask()  # the first mask settles whether anything can start (updates is_stopped)
+        if probe.is_stopped() and not probe.is_accepting():
             raise ParameterError(constraint.kind, f"the {_WHAT[constraint.kind]} cannot match any text")
         self._compiled[constraint.grammar] = m
         if len(self._compiled) > _CACHE_SIZE:
