@@ -61,39 +61,12 @@ def ref_grammar(kind: str, value) -> str:
     return m.grammar_from_lark(value)
 
 
-def hf_mask_processor(tiny_llama, grammars: list, t0: int, rows_per_item: int):
-    """A transformers LogitsProcessor: for each row, a fresh llguidance matcher consumes the row's new tokens and
-    its mask sets the disallowed tokens to -inf (rows of item i: i*rows_per_item..; grammar None: no mask)."""
-    import torch
-    from transformers import LogitsProcessor
-
-    tok = llguidance.LLTokenizer((tiny_llama.onnx_dir / "tokenizer.json").read_text(), n_vocab=260, eos_token=EOS)
-
-    class Mask(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            scores = scores.clone()
-            for row in range(input_ids.shape[0]):
-                grammar = grammars[row // rows_per_item]
-                new = input_ids[row, t0:].tolist()
-                if grammar is None or EOS in new:  # unconstrained, or a finished row fed padding
-                    continue
-                m = llguidance.LLMatcher(tok, grammar)
-                if m.try_consume_tokens(new) != len(new):  # a beam kept at -inf: nothing to mask
-                    continue
-                bits = llguidance.numpy.allocate_token_bitmask(1, 260)
-                llguidance.numpy.fill_next_token_bitmask(m, bits)
-                allowed = np.unpackbits(bits.view(np.uint8), bitorder="little")[:260].astype(bool)
-                scores[row, torch.from_numpy(~allowed)] = -float("inf")
-            return scores
-
-    return Mask()
-
-
 def hf_generate(ref, tiny_llama, ids, mask, grammars, **kw):
     import torch
     from transformers import LogitsProcessorList
-    nb = kw.get("num_beams", 1)
-    proc = hf_mask_processor(tiny_llama, grammars, ids.shape[1], nb)
+    from torch_ref import llguidance_mask_processor
+    proc = llguidance_mask_processor((tiny_llama.onnx_dir / "tokenizer.json").read_text(), 260, EOS, grammars,
+                                     ids.shape[1], kw.get("num_beams", 1))
     with torch.no_grad():
         return ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
                             eos_token_id=EOS, pad_token_id=PAD, logits_processor=LogitsProcessorList([proc]),
