@@ -348,8 +348,9 @@ def _person_prompts(smol, people=PEOPLE) -> list[list[int]]:
 def test_json_schema_20_prompts_all_validate(smol):
     """20 chat prompts in one left-padded batch under a nested schema (objects, an array, an enum, a bounded
     integer, patterns, required fields): every row ends on EOS with JSON that jsonschema validates."""
-    jsonschema = pytest.importorskip("jsonschema") if os.environ.get("CI") != "true" else __import__("jsonschema")
     import json
+
+    import jsonschema  # the test extra
 
     res = smol.generate(_person_prompts(smol), json_schema=PERSON_SCHEMA, max_new_tokens=120)
     assert res.finish_reasons == ["eos"] * 20, res.finish_reasons
@@ -419,3 +420,20 @@ def test_beam_and_sampling_under_a_schema_are_valid(smol):
         for text, reason in zip(res.text, res.finish_reasons):
             assert reason == "eos", (reason, text)
             jsonschema.validate(json.loads(text), PERSON_SCHEMA)
+
+
+def test_readme_structured_output_example_runs_as_written(smol_dir, capsys):
+    """The README's "Structured output" example, run as written (only the model path points at this session's
+    export); the outputs its comments show are the ones printed."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Structured output", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code.replace('"models/smollm2-135m-instruct"', repr(str(smol_dir))), "README", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    shown = [line.split("  # ", 1)[1] for line in code.splitlines() if "  # " in line]  # the output comments
+    assert len(printed) == len(shown) == 7, (printed, shown)
+    for out, comment in zip(printed, shown):
+        head = comment.split("...")[0]  # an abbreviated comment shows the start of the line
+        assert out == comment or ("..." in comment and out.startswith(head)), (out, comment)
