@@ -32,6 +32,7 @@ with the KV cache (beam search), ``advance(tokens)`` feeds them the chosen token
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -230,14 +231,16 @@ class ConstraintEngine:
         self.words = (self.tokenizer.vocab_size + 31) // 32  # int32 words per bitmask row
         self.executor = llg.LLExecutor()
         self._compiled: OrderedDict[str, Any] = OrderedDict()  # grammar -> compiled matcher, LRU
+        self._lock = threading.Lock()  # generate may run in several threads (a server)
 
     def compile(self, constraint: Constraint):
         """Constraint -> its compiled matcher in the initial state (cached per grammar); ParameterError naming
         the constraint's parameter when the schema/regex/grammar is invalid or can match nothing."""
-        hit = self._compiled.get(constraint.grammar)
-        if hit is not None:
-            self._compiled.move_to_end(constraint.grammar)
-            return hit
+        with self._lock:
+            hit = self._compiled.get(constraint.grammar)
+            if hit is not None:
+                self._compiled.move_to_end(constraint.grammar)
+                return hit
         m = self.llg.LLMatcher(self.tokenizer, constraint.grammar, log_level=0)
         if m.is_error():
             raise ParameterError(constraint.kind, f"invalid {_WHAT[constraint.kind]}: {_clean(m.get_error())}")
@@ -245,9 +248,10 @@ class ConstraintEngine:
         probe.compute_bitmask()  # the first mask settles whether anything can start (updates is_stopped)
         if probe.is_stopped() and not probe.is_accepting():
             raise ParameterError(constraint.kind, f"the {_WHAT[constraint.kind]} cannot match any text")
-        self._compiled[constraint.grammar] = m
-        if len(self._compiled) > _CACHE_SIZE:
-            self._compiled.popitem(last=False)
+        with self._lock:
+            self._compiled[constraint.grammar] = m
+            if len(self._compiled) > _CACHE_SIZE:
+                self._compiled.popitem(last=False)
         return m
 
     def matcher(self, constraint: Constraint):

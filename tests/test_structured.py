@@ -232,6 +232,16 @@ def test_processor_select_forks_matchers(tiny):
     assert np.isfinite(scores[1, EOS]) and np.isfinite(scores[2]).all()
 
 
+def test_seq2seq_under_constraints(tiny_t5):
+    """T5 (encoder-decoder): the decoder's new tokens follow the constraint too, greedy and beam."""
+    t5 = onnxlm.load(tiny_t5.onnx_dir)
+    for kw in (dict(), dict(num_beams=3)):
+        res = t5.generate(["translate: house", "hello there"], max_new_tokens=30,
+                          constraints=[{"regex": DATE}, {"choices": CHOICES}], **kw)
+        assert res.finish_reasons == ["eos", "eos"] and res.constraint_satisfied == [True, True]
+        assert re.fullmatch(DATE, res.text[0]) and res.text[1] in CHOICES, res.text
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kw,parameter,words", [
     (dict(json_schema={"type": "no-such-type"}), "json_schema", "invalid JSON schema"),
