@@ -48,6 +48,7 @@ __all__ = ["KINDS", "Constraint", "make_constraint", "pop_constraints", "Constra
 KINDS = ("json_schema", "regex", "choices", "grammar")
 INSTALL_HINT = "pip install 'onnxlm[structured]'"
 _CACHE_SIZE = 64  # compiled grammars kept per engine (least recently used dropped first)
+_NEG_INF = np.float32(-np.inf)
 
 
 def _llguidance(parameter: str):
@@ -323,16 +324,21 @@ class ConstraintProcessor(LogitsProcessor):
         self.engine.llg.numpy.fill_next_token_bitmask_par(
             self.engine.executor, [(self.matchers[r], int(r)) for r in rows], self._bitmask)
         allowed = np.unpackbits(self._bitmask[rows].view(np.uint8), axis=1, bitorder="little")[:, :vocab]
-        allowed = allowed.astype(bool)  # [r, V]
+        allowed = allowed.view(bool)  # [r, V] (0/1 bytes)
         # 2. EOS only where the constraint is complete (llguidance also offers EOS at a dead end)
         for j, r in enumerate(rows):
             if not self.matchers[r].is_accepting():
                 allowed[j, self.engine.eos[self.engine.eos < vocab]] = False
-        # 3. mask: disallowed -> -inf
-        out = scores.copy()
-        out[rows] = np.where(allowed, scores[rows], np.float32(-np.inf))
+        # 3. mask: disallowed -> -inf (one pass when every row is constrained)
+        if rows.size == b:
+            out = np.where(allowed, scores, _NEG_INF)
+            best = out.max(axis=1)  # [r]
+        else:
+            out = scores.copy()
+            out[rows] = np.where(allowed, scores[rows], _NEG_INF)
+            best = out[rows].max(axis=1)
         # 4. a live row with nothing left is a conflict (e.g. min_new_tokens blocking a forced EOS): refuse it
-        empty = ~np.isfinite(out[rows]).any(axis=1)
+        empty = best == _NEG_INF
         if empty.any():
             j = int(np.flatnonzero(empty)[0])
             kind = self.kinds[rows[j]]
