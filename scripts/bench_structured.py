@@ -1,32 +1,39 @@
 """Structured output cost on one model: ms per generated token with and without a constraint, the mask's own share,
 and the one-time costs (llguidance tokenizer, schema compilation).
 
-    .venv/bin/python scripts/bench_structured.py MODEL_DIR [--runs 5] [--batch 1 8] [--threads N]
+    nice -n 10 .venv/bin/python scripts/bench_structured.py MODEL_DIR [--runs 5] [--batch 1 8] [--threads N] [--write]
 
 For each batch size and constraint (a nested JSON schema, an ISO-date regex, two choices): a constrained greedy run
 on chat prompts, then an unconstrained run of the *same number of tokens* (EOS disabled, so it cannot stop early).
 ms/token = wall time of ``generate`` (prefill included) / generated tokens per row; median over ``--runs``.
 "mask ms/token" is the time spent in the constraint processor and its matchers (mask + advance) per step.
+--write replaces the "Structured output" section of docs/benchmarks.md (between its markers; appended if absent:
+scripts/bench_peers.py rewrites that file, so run this one after it).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import onnxlm
 from onnxlm.runtime import constraints as C
 
-SCHEMA = {
+SCHEMA = {  # the nested schema of tests/test_smollm2.py
     "type": "object",
     "properties": {
         "name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .'-]{0,29}$"},
         "age": {"type": "integer", "minimum": 0, "maximum": 120},
         "role": {"enum": ["student", "engineer", "teacher", "artist", "other"]},
-        "skills": {"type": "array", "items": {"type": "string", "maxLength": 20}, "minItems": 1, "maxItems": 3},
-        "address": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
-                                                     "country": {"type": "string", "maxLength": 20}},
+        "skills": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z +#.-]{0,19}$"},
+                   "minItems": 1, "maxItems": 3},
+        "address": {"type": "object",
+                    "properties": {"city": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .-]{0,19}$"},
+                                   "country": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .-]{0,19}$"}},
                     "required": ["city", "country"], "additionalProperties": False},
     },
     "required": ["name", "age", "role", "skills", "address"], "additionalProperties": False,
@@ -103,14 +110,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true", help="also print the rows as JSON lines")
+    ap.add_argument("--write", action="store_true", help="update the section in docs/benchmarks.md")
     args = ap.parse_args()
     model = onnxlm.load(args.model_dir, threads=args.threads, verify=False)
-    print("| one-time cost | ms |\n| --- | ---: |")
-    for what, ms in one_time_costs(model):
-        print(f"| {what} | {ms:.2f} |")
+    load_start = os.getloadavg()
+    lines = ["| one-time cost | ms |", "| --- | ---: |"]
+    lines += [f"| {what} | {ms:.2f} |" for what, ms in one_time_costs(model)]
+    print("\n".join(lines))
     timer = MaskTimer()
-    print("\n| constraint | batch | new tokens | unconstrained ms/token | constrained ms/token | ratio | "
-          "mask ms/token |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
+    table = ["| constraint | batch | new tokens | unconstrained ms/token | constrained ms/token | ratio | "
+             "mask ms/token |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    print("\n" + "\n".join(table), flush=True)
     rows = []
     for batch in args.batch:
         for name, kw in CASES.items():
@@ -133,10 +143,44 @@ def main() -> None:
             f, b, m = statistics.median(free), statistics.median(bound), statistics.median(mask)
             rows.append(dict(constraint=name, batch=batch, new_tokens=steps, unconstrained_ms=f, constrained_ms=b,
                              ratio=b / f, mask_ms=m))
-            print(f"| {name} | {batch} | {steps} | {f:.2f} | {b:.2f} | {b / f:.2f}x | {m:.2f} |", flush=True)
+            table.append(f"| {name} | {batch} | {steps} | {f:.2f} | {b:.2f} | {b / f:.2f}x | {m:.2f} |")
+            print(table[-1], flush=True)
+    if args.write:
+        write_section(args, lines, table, load_start, os.getloadavg())
     if args.json:
         for r in rows:
             print(json.dumps(r))
+
+
+BEGIN, END = "<!-- bench_structured: begin -->", "<!-- bench_structured: end -->"
+
+
+def write_section(args, costs: list[str], table: list[str], load_start, load_end) -> None:
+    """Replace (or append) the marked "Structured output" section of docs/benchmarks.md."""
+    import llguidance
+    path = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    loads = lambda la: " / ".join(f"{x:.2f}" for x in la)  # noqa: E731
+    body = [BEGIN, "## Structured output (measured under load)", "",
+            f"Generated by `scripts/bench_structured.py models/{Path(args.model_dir).name} --runs {args.runs} --batch "
+            f"{' '.join(map(str, args.batch))} --write` (under `nice -n 10`); greedy, chat prompts, the constrained "
+            "run first fixes the token count, the unconstrained run generates exactly as many tokens (EOS off); "
+            "ms/token = wall time of `generate` (prefill included) / new tokens; median of the runs. **mask "
+            "ms/token** is the time in the constraint processor (llguidance bitmask for the batch, the numpy mask, "
+            "the matchers' advance) per step. The schema is the nested one of the test suite (objects, an array, an "
+            "enum, a bounded integer, patterns).", "",
+            f"Machine: {os.cpu_count()} logical CPUs, {platform.platform()}, Python {platform.python_version()}, "
+            f"llguidance {llguidance.__version__}, onnxruntime {__import__('onnxruntime').__version__}. Load "
+            f"average (1/5/15 min) at start {loads(load_start)}, at end {loads(load_end)}: other processes shared "
+            "the CPU, so absolute times are pessimistic and noisy; the ratios and the mask's share are what to "
+            "read.", "", *costs, "", *table, "", END]
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + "\n".join(body) + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(body) + "\n"
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -343,3 +343,8 @@ def test_cli_constraint_flags(tiny, tiny_llama, tmp_path, capsys):
     assert "incomplete" in capsys.readouterr().err
     assert main(["generate", str(tiny_llama.onnx_dir), "Hello", "--regex", "(("]) == 1
     assert "regex: invalid regex" in capsys.readouterr().err
+    assert main(["chat", str(tiny_llama.onnx_dir), "Pick one", "--choices", "red,green,blue", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out.strip())
+    assert rec["text"] in CHOICES and rec["constraint_satisfied"] is True
+    assert main(["generate", str(tiny_llama.onnx_dir), "Hello", "--regex", DATE, "--stream"]) == 0
+    assert re.fullmatch(DATE, capsys.readouterr().out.strip())
