@@ -49,6 +49,7 @@ KINDS = ("json_schema", "regex", "choices", "grammar")
 INSTALL_HINT = "pip install 'onnxlm[structured]'"
 _CACHE_SIZE = 64  # compiled grammars kept per engine (least recently used dropped first)
 _NEG_INF = np.float32(-np.inf)
+_PARALLEL_ROWS = 16  # live rows from which the bitmask is filled by llguidance's thread pool
 
 
 def _llguidance(parameter: str):
@@ -320,9 +321,15 @@ class ConstraintProcessor(LogitsProcessor):
         if rows.size == 0:
             return scores
         b, vocab = scores.shape
-        # 1. allowed next tokens of every live row, in parallel, into one [b, words] int32 bitmask
-        self.engine.llg.numpy.fill_next_token_bitmask_par(
-            self.engine.executor, [(self.matchers[r], int(r)) for r in rows], self._bitmask)
+        # 1. allowed next tokens of every live row into one [b, words] int32 bitmask (llguidance's thread pool
+        #    only for big batches: below that its hand-offs cost more than the masks, measured on 2 busy cores)
+        llnp = self.engine.llg.numpy
+        if rows.size >= _PARALLEL_ROWS:
+            llnp.fill_next_token_bitmask_par(self.engine.executor, [(self.matchers[r], int(r)) for r in rows],
+                                             self._bitmask)
+        else:
+            for r in rows:
+                llnp.fill_next_token_bitmask(self.matchers[r], self._bitmask, int(r))
         allowed = np.unpackbits(self._bitmask[rows].view(np.uint8), axis=1, bitorder="little")[:, :vocab]
         allowed = allowed.view(bool)  # [r, V] (0/1 bytes)
         # 2. EOS only where the constraint is complete (llguidance also offers EOS at a dead end)
