@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .constraints import KINDS as CONSTRAINT_KINDS, ConstrainedState, ConstraintProcessor, engine_for, pop_constraints
 from .errors import InputError, ModelFileError, ParameterError
 from .generation_config import GenerationConfig, warn_once
 from .manifest import read_json
@@ -167,14 +168,17 @@ class LanguageModel:
     # ------------------------------------------------------------------ generation
     def generate(self, inputs, *, attention_mask=None, streamer: Callable[[StepResult], None] | None = None,
                  **params) -> GenerationResult:
-        """Generate from a prompt (see docs/design.md). params: transformers GenerationConfig names."""
+        """Generate from a prompt (see docs/design.md). params: transformers GenerationConfig names, plus the
+        structured-output constraints json_schema / regex / choices / grammar / constraints (runtime/constraints.py)."""
+        wanted = _take_constraints(params)
         config = self.resolve_config(params)
         ids, mask = self.prepare_inputs(inputs, attention_mask, pad_id=self.pad_for(config))
+        constraints = _row_constraints(wanted, len(ids))
         if config.num_beams > 1:  # beam search, or beam sampling with do_sample=True
             if streamer is not None:
                 raise ParameterError("streamer", "streaming is available for greedy and sampling, not num_beams > 1")
-            return self._beam_generate(ids, mask, config)
-        run = self._sample_run(ids, mask, config, stream_text=streamer is not None)
+            return self._beam_generate(ids, mask, config, constraints)
+        run = self._sample_run(ids, mask, config, stream_text=streamer is not None, constraints=constraints)
         for step_results in run:
             if streamer is not None:
                 for item in step_results:
@@ -183,23 +187,27 @@ class LanguageModel:
 
     def stream(self, inputs, *, attention_mask=None, **params) -> Iterator[StepResult]:
         """Yield a StepResult per generated token and row (greedy or sampling). Closing the iterator stops decoding."""
+        wanted = _take_constraints(params)
         config = self.resolve_config(params)
         if config.num_beams > 1:
             raise ParameterError("num_beams", f"got {config.num_beams}; streaming supports num_beams=1 only")
         ids, mask = self.prepare_inputs(inputs, attention_mask, pad_id=self.pad_for(config))
-        for step_results in self._sample_run(ids, mask, config):
+        for step_results in self._sample_run(ids, mask, config, constraints=_row_constraints(wanted, len(ids))):
             yield from step_results
 
     def _sample_run(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig, *,
-                    stream_text: bool = True) -> "_SampleRun":
+                    stream_text: bool = True, constraints=None) -> "_SampleRun":
         from .decoding.sample import sample_steps
         n = config.num_return_sequences if config.do_sample else 1
         min_len, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
+        constraint = self._constraint_processor(config, constraints, n)  # compiled before any run too
         state, logits, sequences = self._start_expanded(ids, mask, n)
         processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
-                                      is_encoder_decoder=self.is_encoder_decoder)
+                                      is_encoder_decoder=self.is_encoder_decoder,
+                                      logits_processor=[constraint] if constraint else None)
+        state = ConstrainedState(state, constraint) if constraint else state
         rng = np.random.default_rng(config.seed) if config.do_sample else None
-        return _SampleRun(self, config, sequences, stream_text, sample_steps(
+        return _SampleRun(self, config, sequences, stream_text, constraint, sample_steps(
             state, sequences, logits, processors=processors, do_sample=bool(config.do_sample), rng=rng,
             eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
             stop_check=self._stop_check(config)))
@@ -230,6 +238,15 @@ class LanguageModel:
             raise ParameterError("max_length", f"got {max_len} total tokens but {what} already has "
                                  f"{input_length}; allowed: max_length > {input_length}, or set max_new_tokens")
         return min_len, max_len
+
+    def _constraint_processor(self, config: GenerationConfig, constraints, n: int):
+        """One Constraint (or None) per prompt row -> a ConstraintProcessor over the rows expanded n times
+        (row i -> rows i*n..), or None when no row is constrained."""
+        if constraints is None:
+            return None
+        kind = next(c.kind for c in constraints if c is not None)
+        engine = engine_for(self, config.eos_token_ids, kind)
+        return ConstraintProcessor(engine, [c for c in constraints for _ in range(n)])
 
     def _stop_check(self, config: GenerationConfig):
         """-> the stop-string criterion (ids [n, t] int64 -> [n] bool, transformers' StopStringCriteria: a stop
@@ -271,14 +288,18 @@ class LanguageModel:
                 return cut
         return self._text(new_ids, config)
 
-    def _beam_generate(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig) -> GenerationResult:
+    def _beam_generate(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig,
+                       constraints=None) -> GenerationResult:
         from .decoding.beam import beam_search
         nb = config.num_beams
         _, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
+        constraint = self._constraint_processor(config, constraints, nb)
         state, logits, sequences = self._start_expanded(ids, mask, nb)
         t0 = sequences.shape[1]
         processors = build_processors(config, input_length=t0, max_length=max_len,
-                                      is_encoder_decoder=self.is_encoder_decoder)
+                                      is_encoder_decoder=self.is_encoder_decoder,
+                                      logits_processor=[constraint] if constraint else None)
+        state = ConstrainedState(state, constraint) if constraint else state
         out = beam_search(state, sequences, logits, num_beams=nb, processors=processors,
                           eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
                           length_penalty=config.length_penalty, early_stopping=config.early_stopping,
@@ -290,9 +311,12 @@ class LanguageModel:
         new = [row[t0:t0 + n].tolist() for row, n in zip(out.sequences, generated)]
         texts = [self._finish_text(r, config, reason, row[:t0])
                  for r, reason, row in zip(new, out.finish_reasons, out.sequences)]
+        r = config.num_return_sequences
         return GenerationResult(sequences=out.sequences, text=texts,
                                 finish_reasons=list(out.finish_reasons), new_tokens=new, scores=out.scores,
-                                logits=out.logits, sequences_scores=out.sequences_scores, beam_indices=out.beam_indices)
+                                logits=out.logits, sequences_scores=out.sequences_scores, beam_indices=out.beam_indices,
+                                constraint_satisfied=_satisfied(constraint, constraints and
+                                                                [c for c in constraints for _ in range(r)], new))
 
     # ------------------------------------------------------------------ inspection and scoring
     def next_token_distribution(self, text, *, top_k: int = 10) -> TokenDistribution:
@@ -375,8 +399,10 @@ class _SampleRun:
     """Iterates a sampling/greedy run as lists of StepResult (one per active row) and builds the final result."""
 
     def __init__(self, model: LanguageModel, config: GenerationConfig, sequences: np.ndarray, stream_text: bool,
-                 steps):
+                 constraint, steps):
         self.model, self.config, self.steps, self.stream_text = model, config, steps, stream_text
+        self.constraint = constraint  # ConstraintProcessor or None; its .constraints: one per row (as expanded)
+        self.constraints = None if constraint is None else constraint.constraints
         self.t0, self.b = sequences.shape[1], len(sequences)
         self.tokens: list[np.ndarray] = []
         self.scores: list[np.ndarray] = []
@@ -423,7 +449,25 @@ class _SampleRun:
                                 text=[t if t is not None else self.model._finish_text(ids, self.config)
                                       for t, ids in zip(self.final_text, self.new_ids)],
                                 scores=self.scores if self.config.output_scores else None,
-                                logits=self.logits if self.config.output_logits else None)
+                                logits=self.logits if self.config.output_logits else None,
+                                constraint_satisfied=_satisfied(self.constraint, self.constraints, self.new_ids))
+
+
+def _take_constraints(params: dict) -> dict:
+    """Remove the structured-output parameters (json_schema, regex, choices, grammar, constraints) from params."""
+    return {k: params.pop(k) for k in (*CONSTRAINT_KINDS, "constraints") if k in params}
+
+
+def _row_constraints(wanted: dict, batch: int):
+    """-> one Constraint (or None) per prompt row, or None without constraints (checked before any run)."""
+    return pop_constraints(dict(wanted), batch) if wanted else None
+
+
+def _satisfied(processor, constraints, new_ids) -> list | None:
+    """Per returned row: does its new text (up to EOS) match its whole constraint? None: unconstrained row."""
+    if processor is None:
+        return None
+    return [None if c is None else processor.engine.satisfied(c, ids) for c, ids in zip(constraints, new_ids)]
 
 
 def _stop_strings(config: GenerationConfig) -> list[str]:

@@ -17,6 +17,8 @@ inputs, works in float32 and marks removed tokens with ``-inf`` like transformer
    7. ForcedEOS                forced_eos_token_id set (forces it when t == max_length - 1)
    8. SuppressTokens           suppress_tokens
    9. SuppressTokensAtBegin    begin_suppress_tokens, at t == input_length (+1 if input_length == 1 and forced_bos)
+ extra processors (``logits_processor=``, where transformers merges a user ``logits_processor``)
+   -. ConstraintProcessor      json_schema / regex / choices / grammar (runtime/constraints.py): disallowed -> -inf
  warpers (only when do_sample; min_tokens_to_keep = len(eos ids) + 1 (2 without eos) for beam sampling, else 1)
   10. Temperature              temperature not None and != 1.0
   11. TopK                     top_k not None and != 0
@@ -450,13 +452,15 @@ class TypicalWarper(LogitsProcessor):
 
 # --------------------------------------------------------------------------------------------------------- builder
 def build_processors(config: GenerationConfig, *, input_length: int, max_length: Optional[int] = None,
-                     is_encoder_decoder: bool = False, vocab_size: Optional[int] = None) -> ProcessorList:
+                     is_encoder_decoder: bool = False, vocab_size: Optional[int] = None,
+                     logits_processor: Optional[Sequence[LogitsProcessor]] = None) -> ProcessorList:
     """Processors for ``config`` in transformers' ``_get_logits_processor`` order (see the module docstring).
 
     ``input_length``: columns of the ids the processors will first see (causal: prompt length incl. left padding;
     seq2seq: decoder input length, usually 1). ``max_length``: total max length used by ForcedEOS (default:
     ``config.lengths(input_length)[1]``). ``is_encoder_decoder`` is accepted for API symmetry; transformers' order
-    does not depend on it. ``vocab_size``: when given, token-id parameters are checked against it up front."""
+    does not depend on it. ``vocab_size``: when given, token-id parameters are checked against it up front. ``logits_processor``: extra
+    processors (e.g. the structured-output mask) applied after the processors and before the warpers."""
     config.validate()
     if vocab_size is not None:
         config.check_vocab(vocab_size)
@@ -485,6 +489,7 @@ def build_processors(config: GenerationConfig, *, input_length: int, max_length:
     if c.begin_suppress_tokens is not None:
         begin = input_length if (input_length > 1 or c.forced_bos_token_id is None) else input_length + 1
         procs.append(SuppressTokensAtBeginProcessor(c.begin_suppress_tokens, begin))
+    procs.extend(logits_processor or [])
     if c.do_sample:
         keep = (len(eos) + 1 if eos is not None else 2) if c.num_beams > 1 else 1
         if c.temperature is not None and c.temperature != 1.0:

@@ -14,7 +14,10 @@ def _short(text: str, n: int = 40) -> str:
 class GenerationResult:
     """sequences [n, T] int64 (causal: prompt + new ids, left padded; seq2seq: decoder ids with the start token),
     text (decoded new tokens per row, cut at a stop string), finish_reasons ('eos' | 'length' | 'stop' per row),
-    scores / logits (per step [n*beams, V] float32, when asked), sequences_scores [n] and beam_indices (beam search)."""
+    scores / logits (per step [n*beams, V] float32, when asked), sequences_scores [n] and beam_indices (beam search),
+    constraint_satisfied (with json_schema / regex / choices / grammar: per row, does its new text up to EOS match
+    the whole constraint; False for a row cut short, e.g. finish reason 'length'; None for an unconstrained row;
+    the field is None when no row is constrained)."""
 
     sequences: np.ndarray
     text: list[str]
@@ -24,6 +27,7 @@ class GenerationResult:
     logits: list[np.ndarray] | None = None
     sequences_scores: np.ndarray | None = None
     beam_indices: np.ndarray | None = None
+    constraint_satisfied: list[bool | None] | None = None
 
     def __repr__(self) -> str:
         rows = ", ".join(_short(t) for t in self.text[:3]) + (", ..." if len(self.text) > 3 else "")

@@ -58,3 +58,36 @@ def test_runtime_without_torch(tiny_gpt2, tiny_t5):
 def test_blocker_really_blocks():
     proc = subprocess.run([sys.executable, "-c", BLOCKER + "import torch"], capture_output=True, text=True)
     assert proc.returncode != 0 and "blocked in this test" in proc.stderr
+
+
+RUN_CONSTRAINED = textwrap.dedent("""
+    def run_constrained(causal_dir):
+        import onnxlm
+        m = onnxlm.load(causal_dir)
+        schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+                  "required": ["n"], "additionalProperties": False}
+        js = m.generate(["Hello", "A longer prompt"], json_schema=schema, max_new_tokens=12)
+        beams = m.generate("Hello", regex="[0-9]{2}", max_new_tokens=4, num_beams=3)
+        sampled = m.generate("Hello", choices=["yes", "no"], max_new_tokens=4, do_sample=True, seed=1)
+        return {"js": js.sequences.tolist(), "js_ok": js.constraint_satisfied, "beams": beams.sequences.tolist(),
+                "sampled": sampled.text}
+""")
+
+
+def test_constrained_generation_without_torch(tiny_gpt2):
+    """Structured output (llguidance) in a process where torch & co. cannot be imported: same ids as with them."""
+    script = BLOCKER + RUN_CONSTRAINED + textwrap.dedent("""
+        import json
+        out = run_constrained(sys.argv[1])
+        out["heavy"] = [m for m in sys.modules if m.split(".")[0] in BLOCKED]
+        print(json.dumps(out))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_gpt2.onnx_dir)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out.pop("heavy") == []
+    assert out["js_ok"] == [True, True] and out["sampled"][0] in ("yes", "no")
+    namespace: dict = {}
+    exec(RUN_CONSTRAINED, namespace)
+    assert out == json.loads(json.dumps(namespace["run_constrained"](str(tiny_gpt2.onnx_dir))))

@@ -311,3 +311,129 @@ def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
     answer = onnxlm.load(out).chat(QUESTION, max_new_tokens=12).text[0]
     if "Paris" not in answer:
         assert quality_failures(q), answer
+
+
+# ---------------------------------------------------------------------------------------------- structured output
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .'-]{0,29}$"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["student", "engineer", "teacher", "artist", "other"]},
+        "skills": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z +#.-]{0,19}$"},
+                   "minItems": 1, "maxItems": 3},
+        "address": {"type": "object",
+                    "properties": {"city": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .-]{0,19}$"},
+                                   "country": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .-]{0,19}$"}},
+                    "required": ["city", "country"], "additionalProperties": False},
+    },
+    "required": ["name", "age", "role", "skills", "address"],
+    "additionalProperties": False,
+}
+PEOPLE = ["a 34-year-old engineer from Berlin", "a retired teacher in Lyon", "a student who paints",
+          "Maria, a nurse in Madrid", "a chef from Tokyo", "an old fisherman", "a young pianist in Vienna",
+          "Tom, 12, who loves football", "a software developer in Austin", "a farmer in Kenya", "a pilot from Dubai",
+          "a librarian in Oslo", "a doctor in Mumbai", "a sculptor in Florence", "a math teacher in Seoul",
+          "a firefighter in Chicago", "a baker in Paris", "a physics student in Zurich",
+          "a painter from Mexico City", "a writer living in Dublin"]
+ISO_DATE = r"(19|20)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+
+
+def _person_prompts(smol, people=PEOPLE) -> list[list[int]]:
+    return [smol.render_chat([{"role": "system", "content": "Answer with a JSON object."},
+                              {"role": "user", "content": f"Describe {p} as a JSON object with name, age, role, "
+                                                          "skills and address."}], tokenize=True) for p in people]
+
+
+def test_json_schema_20_prompts_all_validate(smol):
+    """20 chat prompts in one left-padded batch under a nested schema (objects, an array, an enum, a bounded
+    integer, patterns, required fields): every row ends on EOS with JSON that jsonschema validates."""
+    import json
+
+    import jsonschema  # the test extra
+
+    res = smol.generate(_person_prompts(smol), json_schema=PERSON_SCHEMA, max_new_tokens=120)
+    assert res.finish_reasons == ["eos"] * 20, res.finish_reasons
+    assert res.constraint_satisfied == [True] * 20
+    for text in res.text:
+        jsonschema.validate(json.loads(text), PERSON_SCHEMA)
+    assert len({t for t in res.text}) > 10  # the answers follow the prompts, not one fixed object
+
+
+def test_iso_date_regex_and_choices(smol):
+    import re
+
+    q = lambda text: smol.render_chat([{"role": "user", "content": text}], tokenize=True)  # noqa: E731
+    dates = smol.generate([q("When did the Berlin Wall fall? Answer with the date as YYYY-MM-DD."),
+                           q("What is today's date?")], regex=ISO_DATE, max_new_tokens=16)
+    assert dates.finish_reasons == ["eos", "eos"] and dates.constraint_satisfied == [True, True]
+    assert all(re.fullmatch(ISO_DATE, t) for t in dates.text), dates.text
+    yes_no = smol.generate([q("Is Paris the capital of France? Answer yes or no."),
+                            q("Is the sun cold? Answer yes or no.")], choices=["yes", "no"], max_new_tokens=8)
+    assert yes_no.text[0] == "yes" and yes_no.text[1] in ("yes", "no")
+    assert yes_no.finish_reasons == ["eos", "eos"]
+
+
+@torch.no_grad()
+def test_constrained_greedy_equals_transformers_with_the_same_mask(smol, ref, smol_dir):
+    """Greedy under a JSON schema = transformers' greedy on the same weights with llguidance's mask as a logits
+    processor (rebuilt from the row's tokens each step): ids identical, over a left-padded batch of 2."""
+    import llguidance
+
+    from torch_ref import llguidance_mask_processor
+    from transformers import LogitsProcessorList
+    import json
+
+    ids, mask = smol.prepare_inputs(_person_prompts(smol, PEOPLE[:2]))
+    got = smol.generate(ids, attention_mask=mask, json_schema=PERSON_SCHEMA, max_new_tokens=70)
+    grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(PERSON_SCHEMA),
+                                                            defaults={"whitespace_flexible": False})
+    proc = llguidance_mask_processor((smol_dir / "tokenizer.json").read_text(), VOCAB, 2, [grammar] * 2, ids.shape[1])
+    want = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                        num_beams=1, max_new_tokens=70, eos_token_id=2, pad_token_id=2,
+                        logits_processor=LogitsProcessorList([proc])).numpy()
+    np.testing.assert_array_equal(got.sequences, want)
+    assert got.finish_reasons == ["eos", "eos"]
+
+
+def test_unconstrained_generation_of_the_same_prompts_is_unchanged(smol, ref):
+    """Without a constraint the processor is off: the same prompts give transformers' greedy ids."""
+    ids, mask = smol.prepare_inputs(_person_prompts(smol, PEOPLE[:3]))
+    got = smol.generate(ids, attention_mask=mask, max_new_tokens=12)
+    assert got.constraint_satisfied is None
+    with torch.no_grad():
+        want = ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                            num_beams=1, max_new_tokens=12, eos_token_id=2, pad_token_id=2).numpy()
+    np.testing.assert_array_equal(got.sequences, want)
+
+
+def test_beam_and_sampling_under_a_schema_are_valid(smol):
+    import json
+
+    import jsonschema
+
+    prompts = _person_prompts(smol, PEOPLE[:2])
+    beams = smol.generate(prompts, json_schema=PERSON_SCHEMA, max_new_tokens=90, num_beams=2)
+    sampled = smol.generate(prompts, json_schema=PERSON_SCHEMA, max_new_tokens=90, do_sample=True, seed=0,
+                            temperature=0.8, top_k=40)
+    for res in (beams, sampled):
+        for text, reason in zip(res.text, res.finish_reasons):
+            assert reason == "eos", (reason, text)
+            jsonschema.validate(json.loads(text), PERSON_SCHEMA)
+
+
+def test_readme_structured_output_example_runs_as_written(smol_dir, capsys):
+    """The README's "Structured output" example, run as written (only the model path points at this session's
+    export); the outputs its comments show are the ones printed."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Structured output", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code.replace('"models/smollm2-135m-instruct"', repr(str(smol_dir))), "README", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    shown = [line.split("  # ", 1)[1] for line in code.splitlines() if "  # " in line]  # the output comments
+    assert len(printed) == len(shown) == 7, (printed, shown)
+    for out, comment in zip(printed, shown):
+        head = comment.split("...")[0]  # an abbreviated comment shows the start of the line
+        assert out == comment or ("..." in comment and out.startswith(head)), (out, comment)

@@ -60,3 +60,36 @@ def seq2seq_steps_max_diff(ours, ref, src: np.ndarray, src_mask: np.ndarray, ste
         logits = state.advance(tokens)
         worst = max(worst, float(np.abs(logits - seq2seq_logits(ref, src, src_mask, dec)[:, -1]).max()))
     return worst
+
+
+def llguidance_mask_processor(tokenizer_json: str, n_vocab: int, eos: int, grammars: list, t0: int,
+                              rows_per_item: int = 1):
+    """A transformers LogitsProcessor applying llguidance's mask: for each row a fresh matcher (no state carried
+    between steps) consumes the row's new tokens (columns t0..) and the tokens it does not allow next get -inf.
+    Row r uses grammars[r // rows_per_item] (None: no mask); finished rows (EOS seen) and rows holding a token the
+    grammar refuses (beams kept at -inf) are left unmasked."""
+    import llguidance
+    import llguidance.numpy as llnp
+    from transformers import LogitsProcessor
+
+    tok = llguidance.LLTokenizer(tokenizer_json, n_vocab=n_vocab, eos_token=eos)
+
+    class Mask(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            vocab = scores.shape[1]
+            for row in range(input_ids.shape[0]):
+                grammar = grammars[row // rows_per_item]
+                new = input_ids[row, t0:].tolist()
+                if grammar is None or eos in new:
+                    continue
+                m = llguidance.LLMatcher(tok, grammar)
+                if m.try_consume_tokens(new) != len(new):
+                    continue
+                bits = llnp.allocate_token_bitmask(1, n_vocab)
+                llnp.fill_next_token_bitmask(m, bits)
+                allowed = np.unpackbits(bits.view(np.uint8), bitorder="little")[:vocab].astype(bool)
+                scores[row, torch.from_numpy(~allowed)] = -float("inf")
+            return scores
+
+    return Mask()

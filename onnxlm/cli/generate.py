@@ -7,6 +7,8 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
+from onnxlm.runtime.errors import InputError
+
 from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
                        load_model, positive_int, read_line, read_prompts)
 from .jobs import add_job_args, run_job, wants_job
@@ -24,6 +26,9 @@ examples:
   onnxlm generate models/gpt2 --file prompts.txt --json > out.jsonl
   echo "Hello" | onnxlm generate models/gpt2 --show-top-k 5
   onnxlm generate models/gpt2 --input prompts.jsonl --output out.parquet --max-new-tokens 30
+  onnxlm generate models/smollm2 "A person as JSON:" --json-schema person.schema.json --max-new-tokens 80
+  onnxlm generate models/smollm2 "Today's date:" --regex "[0-9]{4}-[0-9]{2}-[0-9]{2}"
+  onnxlm generate models/smollm2 "Is water wet? Answer:" --choices " yes, no"
 """
 
 CHAT_DESCRIPTION = """\
@@ -53,6 +58,7 @@ def add_parser(sub) -> None:
                      help="print the text while it is generated (greedy and sampling only)")
     out.add_argument("--show-top-k", type=positive_int, metavar="K",
                      help="print the K most likely next tokens after each prompt before generating")
+    add_constraint_args(p)
     add_generation_args(p)
     add_job_args(p, "generate")
     p.set_defaults(func=run_generate)
@@ -65,8 +71,49 @@ def add_parser(sub) -> None:
     c.add_argument("--json", action="store_true", help="one-shot: print the reply as a JSON object")
     c.add_argument("--no-stream", dest="stream", action="store_false",
                    help="print each reply only once it is complete (default: stream greedy/sampling replies)")
+    add_constraint_args(c)
     add_generation_args(c)
     c.set_defaults(func=run_chat)
+
+
+def add_constraint_args(p) -> None:
+    g = p.add_argument_group("structured output (needs the 'structured' extra: pip install 'onnxlm[structured]')")
+    one = g.add_mutually_exclusive_group()
+    one.add_argument("--json-schema", metavar="FILE",
+                     help="the output is JSON matching the JSON Schema in FILE (compact: no free whitespace)")
+    one.add_argument("--regex", metavar="PATTERN",
+                     help="the output matches PATTERN (Rust regex syntax; \\d is any Unicode digit, [0-9] ASCII)")
+    one.add_argument("--choices", metavar="A,B,C", help="the output is exactly one of these comma-separated strings")
+    one.add_argument("--grammar", metavar="FILE",
+                     help="the output follows the grammar in FILE (llguidance Lark syntax, or llama.cpp GBNF)")
+
+
+def constraint_params(args) -> dict:
+    """--json-schema FILE | --regex P | --choices A,B | --grammar FILE -> generate's constraint argument."""
+    if getattr(args, "json_schema", None):
+        text = _read_text(args.json_schema, "--json-schema")
+        try:
+            return {"json_schema": json.loads(text)}
+        except ValueError as exc:
+            args.parser_for_command.error(f"--json-schema {args.json_schema}: not valid JSON ({exc})")
+    if getattr(args, "regex", None) is not None:
+        return {"regex": args.regex}
+    if getattr(args, "choices", None) is not None:
+        choices = [c for c in args.choices.split(",") if c]
+        if not choices:
+            args.parser_for_command.error("--choices: give at least one non-empty choice, e.g. --choices yes,no")
+        return {"choices": choices}
+    if getattr(args, "grammar", None):
+        return {"grammar": _read_text(args.grammar, "--grammar")}
+    return {}
+
+
+def _read_text(path: str, flag: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{flag} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 # ---------------------------------------------------------------------------------------------------- generate
@@ -75,7 +122,7 @@ def run_generate(args) -> int:
         args.parser_for_command.error("--stream and --json cannot be combined")
     if args.system and not args.chat:
         args.parser_for_command.error("--system needs --chat")
-    params = generation_params(args)
+    params = {**generation_params(args), **constraint_params(args)}
     if wants_job(args):
         if args.stream or args.json or args.show_top_k:
             args.parser_for_command.error("--input writes Parquet: --stream, --json and --show-top-k do not apply")
@@ -155,6 +202,9 @@ def _print_result(res, show_scores: bool, model) -> None:
             if lps is not None:
                 ids = res.new_tokens[j] if res.new_tokens else []
                 print(_token_table(model, ids, lps))
+        if res.constraint_satisfied is not None and res.constraint_satisfied[j] is False:
+            print(f"[sequence {j + 1}: the output is incomplete: it does not match the whole constraint "
+                  f"(finish: {res.finish_reasons[j]}); raise --max-new-tokens]", file=sys.stderr)
     if n == 1:
         _print_footer(res.finish_reasons[0])
 
@@ -193,6 +243,8 @@ def _records(model, prompt: str, res, dist) -> list[dict]:
             rec["index"] = j
         if res.sequences_scores is not None:
             rec["sequences_score"] = float(res.sequences_scores[j])
+        if res.constraint_satisfied is not None:
+            rec["constraint_satisfied"] = res.constraint_satisfied[j]
         lps = _token_logprobs(res, j)
         if lps is not None:
             rec["token_logprobs"] = lps
@@ -205,7 +257,7 @@ def _records(model, prompt: str, res, dist) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------------- chat
 def run_chat(args) -> int:
-    params = generation_params(args)
+    params = {**generation_params(args), **constraint_params(args)}
     stream = args.stream and not args.json and params.get("num_beams", 1) == 1 \
         and params.get("num_return_sequences", 1) == 1
     model = load_model(args)
@@ -224,7 +276,8 @@ def run_chat(args) -> int:
 
 def _chat_turn(model, messages: list[dict], params: dict, *, stream: bool, as_json: bool = False,
                message: str = "") -> str:
-    if stream and model.generation_config.replace(**params).num_beams <= 1:
+    gen_params = {k: v for k, v in params.items() if k not in ("json_schema", "regex", "choices", "grammar")}
+    if stream and model.generation_config.replace(**gen_params).num_beams <= 1:
         prompt = [model.render_chat(messages, tokenize=True)]
         pieces = []
 
