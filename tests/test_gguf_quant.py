@@ -134,7 +134,7 @@ def _nbits_weights(path) -> dict:
     arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     out = {}
     for n in g.node:
-        if n.op_type != "MatMulNBits":
+        if n.op_type != "MatMulNBits" or n.name.endswith(".Remainder"):  # the head's second pass: same weights
             continue
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
         codes, scales = arrays[n.input[1]], arrays[n.input[2]]
@@ -170,18 +170,20 @@ def test_graph_layout_and_manifest(tiny_native):
     g = _graph(tiny_native[4]).graph
     for n in g.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    # 2 layers x (qkv, o, gate_up, down) less the Q5_0 down, + the head; one GatherBlockQuantized embedding
-    assert ops["MatMulNBits"] == 8 and ops["GatherBlockQuantized"] == 1 and "Gemm" not in ops
+    # 2 layers x (qkv, o, gate_up, down) less the Q5_0 down, + the head's two passes; one GatherBlockQuantized
+    assert ops["MatMulNBits"] == 9 and ops["GatherBlockQuantized"] == 1 and "Gemm" not in ops
     gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
-    head = next(n for n in g.node if n.name == "lm_head")
-    assert gbq.input[0] == head.input[1] == "lm_head.codes"  # the Q8_0 code bytes are stored once
+    head, rest = (next(n for n in g.node if n.name == nm) for nm in ("lm_head", "lm_head.Remainder"))
+    assert gbq.input[0] == head.input[1] == rest.input[1] == "lm_head.codes"  # the Q8_0 code bytes stored once
     assert not any(i.name == "embed_tokens.weight" for i in g.initializer)
     q = json.loads((tiny_native[4] / "onnxlm.json").read_text())["quantization"]
     assert q["scheme"] == "gguf-q4_1" and q["accuracy_level"] == 4 and q["block_size"] == 32
     assert q["tensors"] == {"Q4_1": 9, "Q4_0": 4, "Q8_0": 1} and q["fp32_tensors"] == {"Q5_0": 1}
     assert q["max_weight_diff"] <= 1e-6 and q["forced"] and q["quality"]["tokens"] > 100
     q1 = json.loads((tiny_native[1] / "onnxlm.json").read_text())["quantization"]
-    assert q1["tensors"] == {"Q4_1": 9, "Q4_0": 4} and q1["fp32_tensors"] == {"Q5_0": 1, "Q8_0": 1}
+    assert q1["tensors"] == q["tensors"] and q1["fp32_tensors"] == {"Q5_0": 1}
+    # the one corrected (Q4_1) projection into the residual stream, l0.o_proj: Add(x, Add(y, corr)) -> one Sum
+    assert [n.op_type for n in g.node].count("Sum") == 1
 
 
 def test_level1_logits_equal_the_fp32_model(tiny_native, tiny_fp32, hf_tiny):
