@@ -26,9 +26,13 @@ of blocks, so the packed rows are permuted the same way. Every rewritten weight 
 compared with the fp32 graph's weight (max |diff| recorded as ``max_weight_diff``; above ``WEIGHT_TOLERANCE`` the
 export fails: a layout bug, never a user error).
 
-``accuracy_level`` (the 4-bit layers): 4 = int8 activations (default, fastest); 1 = the fidelity setting: fp32
-activations in the 4-bit layers (with the two-pass head, every product then sees fp32 activations; SmolLM2:
-top-1 agreement 1.000). 8-bit layers of other files (a Q8_0 model) run at level 4, single pass.
+``accuracy_level`` (the 4-bit MLP MatMuls): 4 = int8 activations (default, fastest); 1 = the fidelity setting: fp32
+activations in every 4-bit MatMul (with the two-pass head every product then sees fp32 activations; SmolLM2:
+top-1 agreement 1.000). The attention projections (q/k/v, o) always run at level 1: a quarter of the weights for
+~5 % of a step, and at level 4 they cost ~1 % agreement (SmolLM2: 0.962 -> 0.974 on 3,072 README tokens).
+Level 4 makes the agreement chaotic at about +-0.5 %: a mere change of summation order (``Sum`` vs two ``Add``)
+moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968. 8-bit layers of other files (a Q8_0
+model) run at level 4, single pass.
 """
 from __future__ import annotations
 
@@ -47,6 +51,9 @@ BLOCK = 32  # weights per block along K for Q4_0, Q4_1, Q8_0
 NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 ACCURACY_LEVELS = (1, 4)  # 4: int8 activations; 1: fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
+# MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
+# step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
+FP32_ACTIVATIONS = ("qkv", "o_proj")
 LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
 
@@ -178,8 +185,11 @@ class GGUFTensors:
 
 
 def _level(name: str, bits: int, accuracy_level: int) -> int:
-    """The accuracy level of the MatMulNBits ``name``: 8-bit always 4 (level 1 is onnxruntime's slow path)."""
-    return accuracy_level if bits == 4 else 4
+    """The accuracy level of the MatMulNBits ``name``: 8-bit always 4 (level 1 is onnxruntime's slow path); the
+    attention projections always 1; the MLP ``accuracy_level``."""
+    if bits == 8:
+        return 4
+    return 1 if name.split(".")[-1] in FP32_ACTIVATIONS else accuracy_level
 
 
 class _Rewriter:
@@ -444,6 +454,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
     record = {"scheme": None, "method": "GGUF blocks kept: MatMulNBits / GatherBlockQuantized over the file's own "
               "codes and scales (Q4_1: uint8 zero points + exact blocksum(x) @ R correction)",
               "bits": None, "block_size": BLOCK, "accuracy_level": accuracy_level, "accuracy_level_8bit": 4,
+              "accuracy_level_attention": 1,
               "source_gguf": str(path), "source_fp32": str(src), "quality": None, "forced": bool(force_quality)}
 
     def rewrite(graph_in: Path, graph_out: Path) -> None:
