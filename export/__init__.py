@@ -2,11 +2,11 @@
 
 ``export_model(model, out_dir, ...)`` writes a validated ONNX artifact; ``build_recipe(recipe_dir, save_dir)`` writes a
 recipe's transformers checkpoint; ``quantize_artifact(src, out_dir, scheme=...)`` quantizes an fp32 artifact (weight-only,
-quality-gated). Heavy imports (torch, transformers, optimum) happen on first use.
+quality-gated); ``quantize_gguf_artifact(src, out_dir)`` does it on the blocks of the GGUF file ``src`` was exported from. Heavy imports (torch, transformers, optimum) happen on first use.
 """
 from onnxlm.runtime.errors import ExportError
 
-__all__ = ["export_model", "quantize_artifact", "build_recipe", "ExportError", "RECIPES_DIR"]
+__all__ = ["export_model", "quantize_artifact", "quantize_gguf_artifact", "build_recipe", "ExportError", "RECIPES_DIR"]
 
 
 def __getattr__(name):
@@ -18,6 +18,10 @@ def __getattr__(name):
         from .quantize import quantize_artifact
 
         return quantize_artifact
+    if name == "quantize_gguf_artifact":
+        from .gguf_quant import quantize_gguf_artifact
+
+        return quantize_gguf_artifact
     if name == "build_recipe":
         from .recipes import build_recipe
 

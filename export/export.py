@@ -139,7 +139,10 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     where the fused builder supports the model, else "plain"), "plain" (optimum's graph) or "fused" (our own
     GroupQueryAttention graphs with in-place KV buffers: GPT-2, T5 and Llama / Mistral / Qwen2 only, see
     ``onnxlm.export.fused``; the manifest records ``"kv_layout": "fused-gqa"``).
-    ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only
+    ``quantize="gguf"`` (a ``.gguf`` model, Llama family): the fused fp32 export's weight MatMuls then run on the
+    GGUF file's own Q4_0 / Q4_1 / Q8_0 blocks (``onnxlm.export.gguf_quant``: no re-quantisation; ``accuracy_level``
+    4 = int8 activations, 1 = fp32 activations, the fidelity setting; ``block_size`` is the GGUF's 32), quality-gated
+    the same way. ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only
     MatMulNBits with ``block_size`` and ``accuracy_level``; refused below the quality thresholds of
     ``onnxlm.export.quality`` unless ``force_quality=True``); only the quantized artifact is written. ``model`` may then
     also be an fp32 onnxlm artifact dir, which is quantized as it is. Returns the path.
@@ -147,6 +150,10 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     out_dir = Path(out_dir).expanduser().absolute()
     if _is_nonempty(out_dir) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+    if quantize == "gguf":
+        return _export_gguf_native(model, out_dir, force=force, tolerance=tolerance, validate=validate,
+                                   progress=progress, tokenizer=tokenizer, kv_layout=kv_layout,
+                                   block_size=block_size, accuracy_level=accuracy_level, force_quality=force_quality)
     if quantize is not None:
         from .quantize import _check_args, quantize_artifact
 
@@ -215,6 +222,31 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
         raise
     prog.log(f"wrote {out_dir}")
     return out_dir
+
+
+def _export_gguf_native(model, out_dir: Path, *, force, tolerance, validate, progress, tokenizer, kv_layout,
+                        block_size, accuracy_level, force_quality) -> Path:
+    """quantize="gguf": the fused fp32 export of the .gguf ``model`` (or an fp32 artifact exported from one), then
+    its weight MatMuls on the GGUF's own blocks (``onnxlm.export.gguf_quant``)."""
+    from .gguf_quant import check_gguf_args, quantize_gguf_artifact
+
+    check_gguf_args(accuracy_level, block_size)  # refuse bad settings before the long export
+    kw = dict(accuracy_level=accuracy_level, force_quality=force_quality, force=force, progress=progress)
+    if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file():
+        return quantize_gguf_artifact(model, out_dir, **kw)  # no torch needed
+    if not (isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".gguf"):
+        raise ExportError(f"quantize='gguf' keeps a GGUF file's own blocks: the model must be a .gguf file (or an "
+                          f"fp32 artifact exported from one); got {model if isinstance(model, (str, Path)) else type(model).__name__!r}")
+    if kv_layout == "plain":
+        raise ExportError("kv_layout: quantize='gguf' rewrites the fused graph; use kv_layout='auto' or 'fused'")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.fp32-", dir=out_dir.parent))
+    try:
+        fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, validate=validate, progress=progress,
+                            tokenizer=tokenizer, kv_layout="fused")
+        return quantize_gguf_artifact(fp32, out_dir, gguf=Path(model).expanduser(), **kw)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _export_plain(lm, tmp: Path, dims, special, validate, tolerance, prog, progress, opset):

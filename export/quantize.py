@@ -95,10 +95,32 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
 def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 32, accuracy_level: int = 4,
                       force_quality: bool = False, force: bool = False, progress: bool = True) -> Path:
     """An fp32 decoder-only artifact ``src`` -> quantized artifact ``out_dir`` (see the module docstring)."""
-    from .export import _is_nonempty, _move_into_place
-
     bits = _check_args(scheme, block_size, accuracy_level)
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
+    manifest = read_fp32_manifest(src, out_dir, force)
+
+    def log(msg: str) -> None:
+        if progress:
+            print(f"[onnxlm quantize] {msg}", file=sys.stderr, flush=True)
+
+    log(f"{scheme} weight-only MatMulNBits (block {block_size}, accuracy level {accuracy_level}) ...")
+    record = {"scheme": scheme, "method": "onnxruntime MatMulNBitsQuantizer: weight-only, symmetric, per block",
+              "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level,
+              "source_fp32": str(src), "quality": None, "forced": bool(force_quality)}
+    write_quantized_artifact(src, manifest, out_dir, record,
+                             lambda graph_in, graph_out: quantize_graph(graph_in, graph_out, bits, block_size,
+                                                                        accuracy_level),
+                             force_quality=force_quality, force=force, log=log,
+                             hint="Try --accuracy-level 1 or int8")
+    log(f"wrote {out_dir}")
+    return out_dir
+
+
+def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
+    """The manifest of the fp32 decoder-only artifact ``src``; ExportError for anything else, or when ``out_dir``
+    is taken and not ``force``."""
+    from .export import _is_nonempty
+
     manifest_path = src / "onnxlm.json"
     if not manifest_path.is_file():
         raise ExportError(f"{src}: not an onnxlm artifact (no onnxlm.json)")
@@ -111,10 +133,15 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
                           "artifact")
     if _is_nonempty(out_dir) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+    return manifest
 
-    def log(msg: str) -> None:
-        if progress:
-            print(f"[onnxlm quantize] {msg}", file=sys.stderr, flush=True)
+
+def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: dict, rewrite, *, force_quality: bool,
+                             force: bool, log, hint: str) -> None:
+    """The fp32 artifact ``src`` (its parsed ``manifest``) -> ``out_dir``: side files copied, the decoder graph
+    written by ``rewrite(src_graph_path, dst_graph_path)``, the manifest with ``record`` (its ``quality`` filled in by
+    the gate), all in a temp dir moved into place only when the gate passes (or ``force_quality``)."""
+    from .export import _move_into_place
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -123,11 +150,7 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
         for f in src.iterdir():  # side files (tokenizer, configs, chat template); the graph is rewritten
             if f.is_file() and f.name not in (graph_file, graph_file + "_data", "onnxlm.json"):
                 shutil.copy2(f, tmp / f.name)
-        log(f"{scheme} weight-only MatMulNBits (block {block_size}, accuracy level {accuracy_level}) ...")
-        quantize_graph(src / graph_file, tmp / graph_file, bits, block_size, accuracy_level)
-        record = {"scheme": scheme, "method": "onnxruntime MatMulNBitsQuantizer: weight-only, symmetric, per block",
-                  "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level,
-                  "source_fp32": str(src), "quality": None, "forced": bool(force_quality)}
+        rewrite(src / graph_file, tmp / graph_file)
         fields = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
         fields["graphs"] = {"decoder": {"file": graph_file, **graph_io(tmp / graph_file)}}
         fields["versions"] = {**manifest.get("versions", {}), **versions()}
@@ -144,12 +167,10 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
                 f"(fp32 {q['perplexity_fp32']:.3f}) over {q['tokens']} tokens")
             failures = quality_failures(q)
             if failures and not force_quality:
-                raise ExportError(f"quantized variant refused: {'; '.join(failures)}. Try --accuracy-level 1 or "
-                                  "int8, or pass force_quality=True (--force-quality) to keep it anyway")
+                raise ExportError(f"quantized variant refused: {'; '.join(failures)}. {hint}, "
+                                  "or pass force_quality=True (--force-quality) to keep it anyway")
         write_manifest(tmp, {**fields, "quantization": record})
         _move_into_place(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"wrote {out_dir}")
-    return out_dir

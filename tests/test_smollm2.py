@@ -437,3 +437,29 @@ def test_readme_structured_output_example_runs_as_written(smol_dir, capsys):
     for out, comment in zip(printed, shown):
         head = comment.split("...")[0]  # an abbreviated comment shows the start of the line
         assert out == comment or ("..." in comment and out.startswith(head)), (out, comment)
+# ---------------------------------------------------------------------------------------------- GGUF-native quantization
+
+@pytest.fixture(scope="session")
+def smol_gguf_native(smol_dir, tmp_path_factory) -> Path:
+    """The default GGUF-native variant (quantize="gguf") of the fp32 export: the file's own Q4_1 / Q8_0 blocks."""
+    from onnxlm.export.gguf_quant import quantize_gguf_artifact
+
+    return quantize_gguf_artifact(smol_dir, tmp_path_factory.mktemp("smollm2-gguf") / "q", gguf=find_smollm2_gguf(),
+                                  progress=False)  # not forced: the quality gate must pass
+
+
+def test_gguf_native_quantization_passes_the_gate_and_answers_paris(smol_gguf_native):
+    import json
+
+    q = json.loads((smol_gguf_native / "onnxlm.json").read_text())["quantization"]
+    assert q["scheme"] == "gguf-q4_1" and not q["forced"]
+    assert q["tensors"] == {"Q4_1": 210, "Q8_0": 1} and q["fp32_tensors"] == {}
+    assert q["max_weight_diff"] <= 1e-6  # every MatMulNBits weight is transformers' dequantised weight
+    quality = q["quality"]
+    assert quality["tokens"] > 600 and quality["top1_agreement"] >= 0.975
+    assert quality["perplexity"] <= quality["perplexity_fp32"] * 1.005
+    model = onnxlm.load(smol_gguf_native)
+    size = (smol_gguf_native / "model.onnx").stat().st_size
+    assert size < 125e6, f"model.onnx is {size / 1e6:.0f} MB"  # GGUF 98 MB; fp32 scales and R add ~20 MB
+    res = model.generate("The capital of France is", max_new_tokens=8, do_sample=False)
+    assert "Paris" in res.text[0], res.text[0]

@@ -17,6 +17,7 @@ examples:
   onnxlm export google-t5/t5-small models/t5-small --tolerance 1e-3
   onnxlm export models/recipes/tiny-gpt2 models/tiny-gpt2 --force
   onnxlm export models/smollm2-135m-instruct models/smollm2-int8 --quantize int8 --accuracy-level 1
+  onnxlm export path/to/model.Q4_1.gguf models/my-llama-q4 --quantize gguf     # keeps the GGUF's own blocks
 """
 
 
@@ -34,13 +35,15 @@ def add_parser(sub) -> None:
                    help="auto (default): fused where supported, else plain; plain: optimum's graph; fused: GroupQueryAttention with in-place KV buffers, "
                         "no per-step cache concatenation (gpt2, t5, llama, mistral, qwen2; CPU)")
     q = p.add_argument_group("quantization (decoder-only; MODEL may also be an fp32 onnxlm artifact dir)")
-    q.add_argument("--quantize", choices=("int8", "int4"),
-                   help="weight-only MatMulNBits; refused below the quality thresholds (top-1 agreement >= 0.975 and "
+    q.add_argument("--quantize", choices=("int8", "int4", "gguf"),
+                   help="weight-only MatMulNBits (gguf: on a .gguf file's own Q4_0/Q4_1/Q8_0 blocks, no "
+                        "re-quantisation); refused below the quality thresholds (top-1 agreement >= 0.975 and "
                         "perplexity within +0.5%% of fp32 on a shipped text) unless --force-quality")
     q.add_argument("--block-size", type=positive_int, default=32, metavar="N",
                    help="weights per quantization block (a power of two >= 16; default: 32)")
     q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
-                   help="onnxruntime's activation type: 4 = int8 (fast, default), 1 = fp32 (fidelity, slower)")
+                   help="onnxruntime's activation type: 4 = int8 (fast, default), 1 = fp32 (fidelity, slower; "
+                        "with --quantize gguf only 4 and 1)")
     q.add_argument("--force-quality", action="store_true", help="keep a variant below the quality thresholds")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=run)

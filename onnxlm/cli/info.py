@@ -113,6 +113,11 @@ def _render(info: dict) -> str:
     if quant:
         out.append(f"  quantization    {quant['scheme']} weight-only, block {quant['block_size']}, accuracy level "
                    f"{quant['accuracy_level']}{' (below the quality thresholds: forced)' if quant.get('forced') else ''}")
+        if quant.get("tensors"):  # quantize="gguf": which GGUF tensors kept their blocks, which run in fp32
+            native = ", ".join(f"{t} {n}" for t, n in quant["tensors"].items())
+            kept = ", ".join(f"{t} {n}" for t, n in (quant.get("fp32_tensors") or {}).items()) or "none"
+            out.append(f"    GGUF blocks kept: {native}; fp32 (dequantised): {kept}; attention at accuracy level "
+                       f"{quant.get('accuracy_level_attention', 1)}, 8-bit at {quant.get('accuracy_level_8bit', 4)}")
         q = quant.get("quality")
         if q:
             out.append(f"    vs fp32        top-1 agreement {q['top1_agreement']:.4f} (min {q['min_top1_agreement']}), "

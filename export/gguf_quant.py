@@ -1,0 +1,474 @@
+"""GGUF-native quantization: the fused fp32 graph's weight MatMuls run on the GGUF file's own blocks.
+
+``quantize_gguf_artifact(fp32_dir, out_dir, gguf=...)`` takes the fused fp32 artifact exported from a GGUF file
+(``export/fused_llama.py``; its weights are transformers' dequantisation of that file) and rewrites each weight
+MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF blocks themselves (no re-quantisation):
+
+* Q4_0 (``w = d*(q-8)`` per block of 32 along K): ``MatMulNBits`` bits=4, its default zero point 8. Exact.
+* Q4_1 (``w = d*q + m``): bits=4 with uint8 zero points ``z = clip(round(-m/d), 0, 15)`` (so ``d*(q-z)`` stays
+  close to ``w`` and int8 activations see the true weight's range) plus the exact correction
+  ``blocksum(x) @ R``, ``R = m + z*d`` ([K/32, N]; ``blocksum`` sums x over each block of 32 along K). One
+  block-sum per input (q/k/v are one MatMul already, gate/up become one ``MatMulNBits`` then a Split): a MatMul of x
+  with a constant [K, K/32] 0/1 matrix, a MatMul with R, an Add.
+* Q8_0 (``w = d*q``, SmolLM2's tied embedding / output head): bits=8, codes ``q+128`` (the default zero point
+  128), always at accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower); a tied embedding is read
+  by ``GatherBlockQuantized`` bits=8 over the same code bytes (one copy; the scales, ~3 % of it, are stored twice
+  because the two ops want different shapes). The output head runs in two int8 passes (``split_int8``):
+  ``MatMulNBits(a) + MatMulNBits(x - a)`` where ``a`` is x rounded per block exactly as level 4 rounds it, so the
+  first pass is exact and the second carries the remainder: the head's logits as with fp32 activations (measured
+  on SmolLM2: the same agreement and perplexity as an fp32 head) for ~1 ms more per token.
+* Any other type (Q5_*, Q6_K, K-quants, F16, ...) or a group mixing 4- and 8-bit tensors: that MatMul keeps the
+  fp32 (dequantised) weight of the fp32 graph; the manifest counts it under ``fp32_tensors``.
+
+GGUF rows are the output dimension N; llama.cpp permutes the rows of a Llama's q/k weights for its rotary layout
+and transformers undoes it (``LlamaTensorProcessor._reverse_permute_weights``): a row permutation moves whole rows
+of blocks, so the packed rows are permuted the same way. Every rewritten weight is dequantised back here and
+compared with the fp32 graph's weight (max |diff| recorded as ``max_weight_diff``; above ``WEIGHT_TOLERANCE`` the
+export fails: a layout bug, never a user error).
+
+``accuracy_level`` (the 4-bit MLP MatMuls): 4 = int8 activations (default, fastest); 1 = the fidelity setting: fp32
+activations in every 4-bit MatMul (with the two-pass head every product then sees fp32 activations; SmolLM2:
+top-1 agreement 1.000). The attention projections (q/k/v, o) always run at level 1: a quarter of the weights for
+~5 % of a step, and at level 4 they cost ~1 % agreement (SmolLM2: 0.962 -> 0.974 on 3,072 README tokens).
+Level 4 makes the agreement chaotic at about +-0.5 %: a mere change of summation order (``Sum`` vs two ``Add``)
+moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968. 8-bit layers of other files (a Q8_0
+model) run at level 4, single pass.
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxlm.runtime.errors import ExportError
+
+from .quantize import read_fp32_manifest, write_quantized_artifact
+
+BLOCK = 32  # weights per block along K for Q4_0, Q4_1, Q8_0
+NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+ACCURACY_LEVELS = (1, 4)  # 4: int8 activations; 1: fp32 activations (fidelity)
+WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
+# MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
+# step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
+FP32_ACTIVATIONS = ("qkv", "o_proj")
+LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
+                 "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
+
+
+@dataclass
+class Blocks:
+    """One or more GGUF tensors (stacked along N) in MatMulNBits form."""
+
+    bits: int
+    codes: np.ndarray  # [N, K/32, 32*bits/8] uint8 (4-bit: weight 2i in the low nibble, 2i+1 in the high one)
+    scales: np.ndarray  # [N, K/32] float32
+    zero_points: np.ndarray | None  # [N, K/32] uint8 unpacked, or None for the op's default (8 / 128)
+    correction: np.ndarray | None  # R [N, K/32] float32 (w = scale*(code - zero point) + R), or None
+    types: tuple  # the GGUF type of each stacked tensor
+
+
+def _halves(raw: np.ndarray, offset: int) -> np.ndarray:
+    """[N, kb, bytes] uint8 -> the fp16 at ``offset`` of each block as [N, kb] float32."""
+    return raw[:, :, offset:offset + 2].copy().view(np.float16)[..., 0].astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """GGUF nibbles [N, kb, 16] (byte j: weight j low, weight j+16 high) -> weights [N, kb, 32] uint8 in order."""
+    return np.concatenate([qs & 15, qs >> 4], axis=-1)
+
+
+def _pack4(q: np.ndarray) -> np.ndarray:
+    """[..., 2m] uint8 values < 16 -> [..., m] uint8, element 2i low nibble, 2i+1 high (MatMulNBits' order)."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
+    """A GGUF tensor's bytes [N, K/32 * bytes_per_block] uint8 (rows = output dim) -> Blocks."""
+    kb = k // BLOCK
+    if qtype == "Q4_0":  # 18 bytes: d f16, 16 bytes of nibbles; w = d*(q - 8)
+        b = raw.reshape(n, kb, 18)
+        return Blocks(4, _pack4(_nibbles(b[:, :, 2:])), _halves(b, 0), None, None, (qtype,))
+    if qtype == "Q4_1":  # 20 bytes: d f16, m f16, 16 bytes of nibbles; w = d*q + m
+        b = raw.reshape(n, kb, 20)
+        d, m = _halves(b, 0), _halves(b, 2)
+        safe = np.where(d == 0, 1, d)
+        z = np.where(d == 0, 0, np.clip(np.round(-m / safe), 0, 15)).astype(np.uint8)
+        r = (m.astype(np.float64) + z * d.astype(np.float64)).astype(np.float32)
+        return Blocks(4, _pack4(_nibbles(b[:, :, 4:])), d, z, r, (qtype,))
+    if qtype == "Q8_0":  # 34 bytes: d f16, 32 int8; w = d*q
+        b = raw.reshape(n, kb, 34)
+        codes = (b[:, :, 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+        return Blocks(8, codes, _halves(b, 0), None, None, (qtype,))
+    raise ExportError(f"GGUF type {qtype} has no native MatMulNBits form; native: {', '.join(NATIVE_TYPES)}")
+
+
+def dequantize(b: Blocks) -> np.ndarray:
+    """Blocks -> the weight [N, K] float32 that MatMulNBits (+ the correction) computes with."""
+    if b.bits == 4:
+        lo, hi = b.codes & 15, b.codes >> 4
+        q = np.stack([lo, hi], axis=-1).reshape(*b.codes.shape[:2], -1).astype(np.float32)  # [N, kb, 32]
+        z = np.float32(8) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
+    else:
+        q = b.codes.astype(np.float32)
+        z = np.float32(128) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
+    w = b.scales[..., None] * (q - z)
+    if b.correction is not None:
+        w = w + b.correction[..., None]
+    return w.reshape(w.shape[0], -1).astype(np.float32)
+
+
+def stack(parts: list[Blocks]) -> Blocks:
+    """Blocks of the same bits stacked along N (q/k/v, gate/up); a Q4_0 part beside a Q4_1 one gets zero point 8
+    and R = 0."""
+    if len(parts) == 1:
+        return parts[0]
+    with_zp = any(p.zero_points is not None for p in parts)
+    with_r = any(p.correction is not None for p in parts)
+    default = 8 if parts[0].bits == 4 else 128
+    return Blocks(parts[0].bits, np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
+                  np.concatenate([p.zero_points if p.zero_points is not None
+                                  else np.full(p.scales.shape, default, np.uint8) for p in parts]) if with_zp else None,
+                  np.concatenate([p.correction if p.correction is not None else np.zeros_like(p.scales)
+                                  for p in parts]) if with_r else None,
+                  sum((p.types for p in parts), ()))
+
+
+def llama_row_order(n_rows: int, n_head: int) -> np.ndarray:
+    """The rows of a GGUF q/k weight in transformers' order: ``LlamaTensorProcessor._reverse_permute_weights``
+    applied to row indices ([n_rows] int64)."""
+    dim = n_rows // n_head // 2
+    return np.arange(n_rows).reshape(n_head, dim, 2).swapaxes(2, 1).reshape(n_rows)
+
+
+def _permute_rows(b: Blocks, order: np.ndarray) -> Blocks:
+    pick = (lambda a: None if a is None else a[order])
+    return Blocks(b.bits, b.codes[order], b.scales[order], pick(b.zero_points), pick(b.correction), b.types)
+
+
+class GGUFTensors:
+    """The weight tensors of a GGUF file by name, as Blocks (native types) or None (anything else)."""
+
+    def __init__(self, path: Path, num_heads: int, num_kv_heads: int):
+        import gguf
+
+        try:
+            reader = gguf.GGUFReader(str(path), "r")
+        except (ValueError, OSError) as e:
+            raise ExportError(f"{path}: not a readable GGUF file: {e}") from e
+        self.path = path
+        self.tensors = {t.name: t for t in reader.tensors}
+        arch = reader.fields.get("general.architecture")
+        self.architecture = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else None
+        self.heads = {"attn_q": num_heads, "attn_k": num_kv_heads}
+
+    def type_of(self, name: str) -> str | None:
+        t = self.tensors.get(name)
+        return None if t is None else t.tensor_type.name
+
+    def blocks(self, name: str) -> Blocks | None:
+        """``name`` -> Blocks in transformers' row order, or None when its type is not native."""
+        t = self.tensors.get(name)
+        if t is None:
+            raise ExportError(f"{self.path}: has no tensor {name!r}")
+        qtype = t.tensor_type.name
+        if qtype not in NATIVE_TYPES:
+            return None
+        k, n = (int(x) for x in t.shape[:2])  # GGUF shapes are (ne0 = K, ne1 = N)
+        b = blocks_from_gguf(np.asarray(t.data).reshape(n, -1), qtype, n, k)
+        kind = name.split(".")[-2]
+        if self.architecture == "llama" and kind in self.heads:  # transformers permutes these for llama only
+            b = _permute_rows(b, llama_row_order(n, self.heads[kind]))
+        return b
+
+
+def _level(name: str, bits: int, accuracy_level: int) -> int:
+    """The accuracy level of the MatMulNBits ``name``: 8-bit always 4 (level 1 is onnxruntime's slow path); the
+    attention projections always 1; the MLP ``accuracy_level``."""
+    if bits == 8:
+        return 4
+    return 1 if name.split(".")[-1] in FP32_ACTIVATIONS else accuracy_level
+
+
+class _Rewriter:
+    """Builds the replacement nodes; counts tensors; tracks the weight check."""
+
+    def __init__(self, graph, accuracy_level: int):
+        from onnx import numpy_helper
+
+        self.graph = graph
+        self.fp32 = {i.name: i for i in graph.initializer}
+        self.to_array = numpy_helper.to_array
+        self.from_array = numpy_helper.from_array
+        self.accuracy_level = accuracy_level
+        self.native, self.kept = Counter(), Counter()
+        self.max_diff = 0.0
+        self.new_inits = []
+        self.blocksums = {}  # K -> initializer name of the [K, K/32] 0/1 matrix
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.new_inits.append(self.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list, outputs: list, name: str, domain: str = "", **attrs):
+        from onnx import helper
+
+        return helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs)
+
+    def check(self, b: Blocks, fp32_name: str, transposed: bool, what: str) -> None:
+        """The dequantised Blocks must be the fp32 graph's weight (``transposed``: stored [K, N])."""
+        want = self.to_array(self.fp32[fp32_name])
+        want = want.T if transposed else want
+        got = dequantize(b)
+        if got.shape != want.shape:
+            raise ExportError(f"{what}: GGUF weight {got.shape} vs fp32 graph weight {want.shape}")
+        diff = float(np.abs(got - want).max())
+        if diff > WEIGHT_TOLERANCE:
+            raise ExportError(f"{what}: the GGUF blocks dequantise to a weight {diff:.3g} away from transformers' "
+                              f"(tolerance {WEIGHT_TOLERANCE}): unsupported layout")
+        self.max_diff = max(self.max_diff, diff)
+
+    def split_int8(self, x: str, k: int, name: str) -> tuple[list, str, str]:
+        """x [T, K] -> (nodes, a, r): ``a`` = x rounded to int8 per block of 32 exactly as accuracy level 4
+        quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error, and the remainder r = x - a
+        (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
+        c = lambda nm, v: self.inits_once(nm, np.array(v, np.float32))  # noqa: E731
+        blocks = [self.node("Reshape", [x, self.inits_once(f"blocks_{k}", np.array([-1, k // BLOCK, BLOCK]))],
+                            [f"{name}.x_blocks"], f"{name}.XBlocks")]
+        ops = [("Abs", [f"{name}.x_blocks"], {}), ("ReduceMax", None, dict(axes=[-1], keepdims=1)),
+               ("Div", [None, c("int8_max", 127.0)], {}), ("Max", [None, c("tiny", 1e-30)], {})]
+        prev = f"{name}.x_blocks"
+        for op, ins, attrs in ops:
+            out = f"{name}.{op.lower()}"
+            ins = [prev] if ins is None else [prev if i is None else i for i in ins]
+            blocks.append(self.node(op, ins, [out], f"{name}.{op}", **attrs))
+            prev = out
+        scale = prev
+        blocks += [self.node("Div", [f"{name}.x_blocks", scale], [f"{name}.scaled"], f"{name}.Scale"),
+                   self.node("Round", [f"{name}.scaled"], [f"{name}.rounded"], f"{name}.Round"),
+                   self.node("Mul", [f"{name}.rounded", scale], [f"{name}.a_blocks"], f"{name}.Unscale"),
+                   self.node("Reshape", [f"{name}.a_blocks", self.inits_once("flat_" + str(k), np.array([-1, k]))],
+                             [f"{name}.a"], f"{name}.A"),
+                   self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
+        return blocks, f"{name}.a", f"{name}.r"
+
+    def inits_once(self, name: str, array: np.ndarray) -> str:
+        if name not in {t.name for t in self.new_inits}:
+            self.init(name, array)
+        return name
+
+    def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
+               two_pass: bool = False) -> list:
+        """x [..., K] -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split when ``splits`` has 2+ sizes).
+        ``two_pass`` (x [T, K], level 4): MatMulNBits(a) + MatMulNBits(x - a) with ``split_int8``: close to fp32
+        activations for twice the int8 product."""
+        n, kb = b.scales.shape
+        k = kb * BLOCK
+        level = _level(name, b.bits, self.accuracy_level)
+        inputs = [x, self.init(f"{name}.codes", b.codes), self.init(f"{name}.scales", b.scales)]
+        if b.zero_points is not None:
+            zp = b.zero_points if b.bits == 8 else _pack4(np.pad(b.zero_points, ((0, 0), (0, kb % 2))))
+            inputs.append(self.init(f"{name}.zero_points", zp))
+        y = outputs[0] if len(splits) == 1 and b.correction is None else f"{name}.nbits"
+        attrs = dict(K=k, N=n, bits=b.bits, block_size=BLOCK, accuracy_level=level)
+        if two_pass and level == 4:
+            nodes, a, r = self.split_int8(x, k, name)
+            nodes += [self.node("MatMulNBits", [a, *inputs[1:]], [f"{name}.ya"], name, "com.microsoft", **attrs),
+                      self.node("MatMulNBits", [r, *inputs[1:]], [f"{name}.yr"], f"{name}.Remainder",
+                                "com.microsoft", **attrs),
+                      self.node("Add", [f"{name}.ya", f"{name}.yr"], [y], f"{name}.TwoPass")]
+        else:
+            nodes = [self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs)]
+        if b.correction is not None:  # + blocksum(x) [.., K/32] @ R [K/32, N]
+            if k not in self.blocksums:
+                ones = np.kron(np.eye(kb, dtype=np.float32), np.ones((BLOCK, 1), np.float32))  # [K, K/32]
+                self.blocksums[k] = self.init(f"blocksum_{k}", ones)
+            sums = f"{name}.blocksum"
+            nodes.append(self.node("MatMul", [x, self.blocksums[k]], [sums], f"{name}.BlockSum"))
+            nodes.append(self.node("MatMul", [sums, self.init(f"{name}.correction", b.correction.T)],
+                                   [f"{name}.corr"], f"{name}.Correction"))
+            out = outputs[0] if len(splits) == 1 else f"{name}.sum"
+            nodes.append(self.node("Add", [y, f"{name}.corr"], [out], f"{name}.AddCorrection"))
+            y = out
+        if len(splits) > 1:
+            nodes.append(self.node("Split", [y, self.init(f"{name}.splits", np.array(splits, np.int64))],
+                                   outputs, f"{name}.Split", axis=-1))
+        for t in b.types:
+            self.native[t] += 1
+        return nodes
+
+
+def _residual_sums(nodes: list) -> list:
+    """``Add(x, Add(y, corr))`` (a corrected o_proj / down_proj into the residual stream) -> ``Sum(x, y, corr)``:
+    one node less per corrected projection."""
+    from onnx import helper
+
+    producer = {n.output[0]: n for n in nodes if n.op_type == "Add" and n.name.endswith(".AddCorrection")}
+    uses = Counter(i for n in nodes for i in n.input)
+    fused, out = set(), []
+    for n in nodes:
+        inner = next((producer[i] for i in n.input if i in producer and uses[i] == 1), None)
+        if n.op_type == "Add" and inner is not None and not n.name.endswith(".AddCorrection"):
+            other = [i for i in n.input if i != inner.output[0]]
+            out.append(helper.make_node("Sum", [*other, *inner.input], list(n.output), name=n.name + "_Sum"))
+            fused.add(id(inner))
+        else:
+            out.append(n)
+    return [n for n in out if id(n) not in fused]
+
+
+def _group_blocks(tensors: GGUFTensors, names: list[str]) -> Blocks | None:
+    """The GGUF tensors ``names`` as one stacked Blocks, or None when one is not native or their bits differ."""
+    parts = [tensors.blocks(nm) for nm in names]
+    if any(p is None for p in parts) or len({p.bits for p in parts}) > 1:
+        return None
+    return stack(parts)
+
+
+def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: int) -> dict:
+    """The fused fp32 graph ``src`` -> ``dst`` with GGUF-native MatMulNBits / GatherBlockQuantized; returns
+    {"tensors": {type: n}, "fp32_tensors": {type: n}, "max_weight_diff": x}."""
+    import onnx
+
+    model = onnx.load(str(src))
+    g = model.graph
+    rw = _Rewriter(g, accuracy_level)
+    inits = set(rw.fp32)
+    by_weight = {n.input[1]: n for n in g.node if n.op_type in ("MatMul", "Gemm", "Gather") and len(n.input) > 1
+                 and n.input[1] in inits}
+    gather = next((n for n in g.node if n.op_type == "Gather" and n.input[0] == "embed_tokens.weight"), None)
+    if gather is None or not any(i.startswith("l0.") for i in inits):
+        raise ExportError(f"{src}: not a fused graph (export with kv_layout='fused', the default for Llama)")
+    replace: dict[int, list] = {}  # id(node) -> the nodes that replace it ([] drops it)
+
+    def keep(names: list[str]) -> None:
+        for nm in names:
+            rw.kept[tensors.type_of(nm)] += 1
+
+    layers = sorted({int(i.split(".")[0][1:]) for i in inits if i.startswith("l") and i.split(".")[0][1:].isdigit()})
+    for i in layers:
+        for part, gguf_parts in LAYER_TENSORS.items():
+            if part in ("gate_proj", "up_proj"):
+                continue
+            node = by_weight[f"l{i}.{part}.weight"]
+            names = [f"blk.{i}.{t}.weight" for t in gguf_parts]
+            b = _group_blocks(tensors, names)
+            if b is None:
+                keep(names)
+                continue
+            rw.check(b, node.input[1], True, f"layer {i} {part}")
+            replace[id(node)] = rw.matmul(node.input[0], b, [node.output[0]], [b.scales.shape[0]], f"l{i}.{part}")
+        gate, up = by_weight[f"l{i}.gate_proj.weight"], by_weight[f"l{i}.up_proj.weight"]
+        names = [f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight"]
+        b = _group_blocks(tensors, names) if gate.input[0] == up.input[0] else None
+        if b is None:
+            keep(names)
+            continue
+        wg, wu = rw.to_array(rw.fp32[gate.input[1]]), rw.to_array(rw.fp32[up.input[1]])
+        rw.fp32["gate_up"] = rw.from_array(np.concatenate([wg, wu], axis=1), "gate_up")
+        rw.check(b, "gate_up", True, f"layer {i} gate_proj/up_proj")
+        replace[id(gate)] = rw.matmul(gate.input[0], b, [gate.output[0], up.output[0]],
+                                      [wg.shape[1], wu.shape[1]], f"l{i}.gate_up_proj")
+        replace[id(up)] = []
+
+    # the tied embedding / output head
+    head = next(n for n in g.node if n.op_type == "Gemm")
+    tied = head.input[1] == "embed_tokens.weight"
+    emb_blocks = tensors.blocks("token_embd.weight")
+    if tied and emb_blocks is not None and emb_blocks.bits == 8:
+        rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding / output head")
+        replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
+                                      "lm_head", two_pass=True)
+        v, kb = emb_blocks.scales.shape
+        rows = "embed_tokens.rows"
+        replace[id(gather)] = [
+            rw.node("GatherBlockQuantized", ["lm_head.codes", gather.input[1],
+                                             rw.init("embed_tokens.scales", emb_blocks.scales[..., None])],
+                    [rows], "embed_tokens", "com.microsoft", bits=8, block_size=BLOCK, gather_axis=0,
+                    quantize_axis=2),  # [b, s, K/32, 32]
+            rw.node("Reshape", [rows, rw.init("embed_shape", np.array([0, 0, kb * BLOCK], np.int64))],
+                    [gather.output[0]], "embed_tokens.Reshape")]
+    else:
+        keep(["token_embd.weight"])
+        if not tied:  # an untied head: its own tensor, natively where it can be
+            out_b = tensors.blocks("output.weight") if "output.weight" in tensors.tensors else None
+            if out_b is not None:
+                rw.check(out_b, head.input[1], False, "output head")
+                replace[id(head)] = rw.matmul(head.input[0], out_b, [head.output[0]], [out_b.scales.shape[0]],
+                                              "lm_head", two_pass=True)
+            else:
+                keep(["output.weight"] if "output.weight" in tensors.tensors else [])
+
+    nodes = []
+    for n in g.node:
+        nodes.extend(replace.get(id(n), [n]))
+    nodes = _residual_sums(nodes)
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    kept_inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept_inits + rw.new_inits)
+    onnx.save_model(model, str(dst))
+    return {"tensors": dict(rw.native), "fp32_tensors": {str(k): v for k, v in rw.kept.items()},
+            "max_weight_diff": rw.max_diff}
+
+
+def check_gguf_args(accuracy_level: int, block_size: int) -> None:
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise ExportError(f"accuracy_level: got {accuracy_level!r}; allowed with quantize='gguf': {ACCURACY_LEVELS} "
+                          "(4 = int8 activations, 1 = fp32 activations: the fidelity setting)")
+    if block_size != BLOCK:
+        raise ExportError(f"block_size: got {block_size!r}; quantize='gguf' keeps the GGUF's own blocks of "
+                          f"{BLOCK} weights, so block_size must be {BLOCK}")
+
+
+def gguf_source(manifest: dict, gguf=None) -> Path:
+    """The GGUF file: ``gguf`` if given, else the fp32 artifact's recorded source; ExportError if not a .gguf."""
+    path = Path(gguf if gguf is not None else manifest.get("source") or "").expanduser()
+    if path.suffix.lower() != ".gguf" or not path.is_file():
+        raise ExportError(f"quantize='gguf' needs the GGUF file the fp32 artifact was exported from; got "
+                          f"{str(path) or 'none'!r} (export a .gguf source, or pass gguf=PATH)")
+    return path.resolve()
+
+
+def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, force_quality: bool = False,
+                           force: bool = False, progress: bool = True) -> Path:
+    """The fused fp32 artifact ``src`` exported from the GGUF file ``gguf`` (default: the manifest's ``source``)
+    -> the GGUF-native artifact ``out_dir``, quality-gated against ``src`` like ``quantize_artifact``."""
+    check_gguf_args(accuracy_level, BLOCK)
+    src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
+    manifest = read_fp32_manifest(src, out_dir, force)
+    path = gguf_source(manifest, gguf)
+    if manifest.get("kv_layout") != "fused-gqa":
+        raise ExportError(f"{src}: quantize='gguf' rewrites the fused graph; this artifact's kv layout is "
+                          f"{manifest.get('kv_layout', 'plain')!r} (export with kv_layout='fused')")
+    tensors = GGUFTensors(path, manifest["num_heads"], manifest["num_kv_heads"])
+
+    def log(msg: str) -> None:
+        if progress:
+            print(f"[onnxlm quantize] {msg}", file=sys.stderr, flush=True)
+
+    record = {"scheme": None, "method": "GGUF blocks kept: MatMulNBits / GatherBlockQuantized over the file's own "
+              "codes and scales (Q4_1: uint8 zero points + exact blocksum(x) @ R correction)",
+              "bits": None, "block_size": BLOCK, "accuracy_level": accuracy_level, "accuracy_level_8bit": 4,
+              "accuracy_level_attention": 1,
+              "source_gguf": str(path), "source_fp32": str(src), "quality": None, "forced": bool(force_quality)}
+
+    def rewrite(graph_in: Path, graph_out: Path) -> None:
+        log(f"GGUF-native MatMulNBits from {path.name} (accuracy level {accuracy_level}) ...")
+        info = rewrite_graph(graph_in, graph_out, tensors, accuracy_level)
+        if not info["tensors"]:
+            raise ExportError(f"{path}: no tensor of a native type ({', '.join(NATIVE_TYPES)}); its types: "
+                              f"{sorted(info['fp32_tensors'])}. Use quantize='int8' instead")
+        main = max(info["tensors"], key=info["tensors"].get)
+        record.update(info, scheme=f"gguf-{main.lower()}", bits=8 if main == "Q8_0" else 4)
+        log(f"native: {info['tensors']}, kept fp32: {info['fp32_tensors'] or 'none'}, max |weight diff| "
+            f"{info['max_weight_diff']:.2g}")
+
+    write_quantized_artifact(src, manifest, out_dir, record, rewrite, force_quality=force_quality, force=force,
+                             log=log, hint="Try accuracy_level=1 (--accuracy-level 1, the fidelity setting)")
+    log(f"wrote {out_dir}")
+    return out_dir

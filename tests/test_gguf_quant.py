@@ -1,0 +1,252 @@
+"""GGUF-native quantization (`export/gguf_quant.py`) on a tiny Llama GGUF written here with the `gguf` package:
+Q4_1 / Q4_0 layers, a Q8_0 tied embedding, one Q5_0 tensor (kept fp32). Checks that each MatMulNBits weight, read
+back from the artifact, dequantises to transformers' loaded (dequantised, q/k un-permuted) weight, that the graph at
+accuracy level 1 gives the fp32 model's logits, and the API / manifest / CLI. Real-weight quality: test_smollm2.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)")
+pytest.importorskip("onnx", reason="quantization needs the 'export' extra (onnx)")
+
+import onnxlm  # noqa: E402
+from onnxlm.export import gguf_quant as GQ  # noqa: E402
+from onnxlm.runtime.errors import ExportError  # noqa: E402
+
+HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, POSITIONS = 64, 96, 2, 4, 2, 64
+# per layer: the GGUF type of each weight (layer 1's down projection is Q5_0: no native form, kept fp32)
+TYPES = [{"attn_q": "Q4_1", "attn_k": "Q4_1", "attn_v": "Q4_0", "attn_output": "Q4_1", "ffn_gate": "Q4_1",
+          "ffn_up": "Q4_1", "ffn_down": "Q4_0"},
+         {"attn_q": "Q4_1", "attn_k": "Q4_1", "attn_v": "Q4_1", "attn_output": "Q4_0", "ffn_gate": "Q4_0",
+          "ffn_up": "Q4_1", "ffn_down": "Q5_0"}]
+HF_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+            "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+            "ffn_down": "mlp.down_proj"}
+
+
+def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """What llama.cpp's convert_hf_to_gguf does to q/k rows (transformers undoes it when loading)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_tiny_gguf(path) -> None:
+    """A 2-layer Llama with random weights (offsets in the weights so Q4_1's minimum matters) as a GGUF file."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+
+    rng = np.random.default_rng(0)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]  # one merge: " t"
+    vocab = len(tokens)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(POSITIONS)
+    w.add_embedding_length(HIDDEN)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_rope_dimension_count(HIDDEN // HEADS)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3] * len(specials) + [1] * (vocab - len(specials)))
+    w.add_token_merges(["\u0120 t"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(2)
+    w.add_unk_token_id(0)
+
+    def weight(n: int, k: int) -> np.ndarray:
+        return (rng.standard_normal((n, k)) * 0.2 + rng.standard_normal((n, 1)) * 0.1).astype(np.float32)
+
+    def add(name: str, array: np.ndarray, qtype: str) -> None:
+        w.add_tensor(name, gguf.quants.quantize(array, T[qtype]), raw_dtype=T[qtype])
+
+    add("token_embd.weight", weight(vocab, HIDDEN), "Q8_0")
+    shapes = {"attn_q": (HIDDEN, HIDDEN), "attn_k": (HIDDEN // HEADS * KV_HEADS, HIDDEN),
+              "attn_v": (HIDDEN // HEADS * KV_HEADS, HIDDEN), "attn_output": (HIDDEN, HIDDEN),
+              "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN), "ffn_down": (HIDDEN, FFN)}
+    for i, types in enumerate(TYPES):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
+        for kind, qtype in types.items():
+            array = weight(*shapes[kind])
+            if kind in ("attn_q", "attn_k"):
+                array = _llama_cpp_permute(array, HEADS if kind == "attn_q" else KV_HEADS)
+            add(f"blk.{i}.{kind}.weight", array, qtype)
+    w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf"
+    write_tiny_gguf(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hf_tiny(tiny_gguf):
+    """transformers' model on the dequantised GGUF (the fp32 reference)."""
+    from onnxlm.export.gguf import load_gguf
+
+    return load_gguf(tiny_gguf).model
+
+
+@pytest.fixture(scope="module")
+def tiny_fp32(tmp_path_factory, tiny_gguf):
+    from onnxlm.export import export_model
+
+    return export_model(tiny_gguf, tmp_path_factory.mktemp("fp32") / "fp32", progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_native(tmp_path_factory, tiny_fp32):
+    return {level: GQ.quantize_gguf_artifact(tiny_fp32, tmp_path_factory.mktemp("q") / f"level{level}",
+                                             accuracy_level=level, force_quality=True, progress=False)
+            for level in (1, 4)}
+
+
+def _graph(path):
+    import onnx
+
+    return onnx.load(str(path / "model.onnx"))
+
+
+def _nbits_weights(path) -> dict:
+    """Each MatMulNBits node of the artifact -> its dequantised weight [N, K] (+ blocksum correction), read back
+    from the saved initializers."""
+    from onnx import helper, numpy_helper
+
+    g = _graph(path).graph
+    arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    out = {}
+    for n in g.node:
+        if n.op_type != "MatMulNBits" or n.name.endswith(".Remainder"):  # the head's second pass: same weights
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        codes, scales = arrays[n.input[1]], arrays[n.input[2]]
+        zp = arrays[n.input[3]] if len(n.input) > 3 else None
+        if zp is not None and a["bits"] == 4:  # packed two per byte, low nibble first
+            zp = np.stack([zp & 15, zp >> 4], -1).reshape(zp.shape[0], -1)[:, :scales.shape[1]]
+        corr = arrays.get(f"{n.name}.correction")
+        out[n.name] = GQ.dequantize(GQ.Blocks(a["bits"], codes, scales, zp, None if corr is None else corr.T, ()))
+    return out
+
+
+def test_each_weight_dequantises_to_transformers_weight(tiny_native, hf_tiny):
+    got = _nbits_weights(tiny_native[4])
+    sd = {k: v.detach().numpy() for k, v in hf_tiny.state_dict().items()}
+    assert set(got) == {"l0.qkv", "l0.o_proj", "l0.gate_up_proj", "l0.down_proj", "l1.qkv", "l1.o_proj",
+                        "l1.gate_up_proj", "lm_head"}  # l1.down_proj is Q5_0: kept fp32
+    for i in range(LAYERS):
+        p = f"model.layers.{i}."
+        want = {"qkv": np.concatenate([sd[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]),
+                "o_proj": sd[p + "self_attn.o_proj.weight"], "down_proj": sd[p + "mlp.down_proj.weight"],
+                "gate_up_proj": np.concatenate([sd[p + "mlp.gate_proj.weight"], sd[p + "mlp.up_proj.weight"]])}
+        for part, w in want.items():
+            if f"l{i}.{part}" in got:
+                assert np.abs(got[f"l{i}.{part}"] - w).max() <= 1e-6, (i, part)
+    assert np.abs(got["lm_head"] - sd["model.embed_tokens.weight"]).max() <= 1e-6
+    # and the q/k rows really were permuted (without the un-permutation the check would fail)
+    assert np.abs(sd["model.layers.0.self_attn.q_proj.weight"]
+                  - _llama_cpp_permute(sd["model.layers.0.self_attn.q_proj.weight"], HEADS)).max() > 0.1
+
+
+def test_graph_layout_and_manifest(tiny_native):
+    ops = {}
+    g = _graph(tiny_native[4]).graph
+    for n in g.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    # 2 layers x (qkv, o, gate_up, down) less the Q5_0 down, + the head's two passes; one GatherBlockQuantized
+    assert ops["MatMulNBits"] == 9 and ops["GatherBlockQuantized"] == 1 and "Gemm" not in ops
+    gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
+    head, rest = (next(n for n in g.node if n.name == nm) for nm in ("lm_head", "lm_head.Remainder"))
+    assert gbq.input[0] == head.input[1] == rest.input[1] == "lm_head.codes"  # the Q8_0 code bytes stored once
+    assert not any(i.name == "embed_tokens.weight" for i in g.initializer)
+    q = json.loads((tiny_native[4] / "onnxlm.json").read_text())["quantization"]
+    assert q["scheme"] == "gguf-q4_1" and q["accuracy_level"] == 4 and q["block_size"] == 32
+    assert q["tensors"] == {"Q4_1": 9, "Q4_0": 4, "Q8_0": 1} and q["fp32_tensors"] == {"Q5_0": 1}
+    assert q["max_weight_diff"] <= 1e-6 and q["forced"] and q["quality"]["tokens"] > 100
+    q1 = json.loads((tiny_native[1] / "onnxlm.json").read_text())["quantization"]
+    assert q1["tensors"] == q["tensors"] and q1["fp32_tensors"] == {"Q5_0": 1}
+    # the one corrected (Q4_1) projection into the residual stream, l0.o_proj: Add(x, Add(y, corr)) -> one Sum
+    assert [n.op_type for n in g.node].count("Sum") == 1
+
+
+def test_level1_logits_equal_the_fp32_model(tiny_native, tiny_fp32, hf_tiny):
+    import torch
+
+    ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
+    with torch.no_grad():
+        want = hf_tiny(input_ids=torch.tensor(ids)).logits.numpy()
+    fp32 = onnxlm.load(tiny_fp32).logits(ids)
+    level1 = onnxlm.load(tiny_native[1]).logits(ids)
+    assert np.abs(fp32 - want).max() <= 1e-4
+    assert np.abs(level1 - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    level4 = onnxlm.load(tiny_native[4])
+    assert np.abs(level4.logits(ids) - want).max() <= 0.05 * np.abs(want).max()  # int8 activations: close
+    res = level4.generate([[1, 40, 41], [1, 72]], max_new_tokens=4, eos_token_id=[])
+    assert all(len(t) == 4 for t in res.new_tokens)
+
+
+def test_dropping_the_correction_changes_the_weights():
+    """The Q4_1 correction is what makes the weights exact: without R the dequantised weight is off by ~d/2."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+
+    w = (np.random.default_rng(1).standard_normal((8, 64)) * 0.3 + 0.5).astype(np.float32)
+    raw = gguf.quants.quantize(w, T.Q4_1)
+    b = GQ.blocks_from_gguf(raw, "Q4_1", 8, 64)
+    exact = gguf.quants.dequantize(raw, T.Q4_1)
+    assert np.abs(GQ.dequantize(b) - exact).max() <= 1e-6
+    b.correction = None
+    assert np.abs(GQ.dequantize(b) - exact).max() > 1e-3
+
+
+def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32):
+    from onnxlm.export import export_model
+
+    out = export_model(tiny_gguf, tmp_path / "native", quantize="gguf", force_quality=True, progress=False)
+    m = json.loads((out / "onnxlm.json").read_text())
+    assert m["quantization"]["scheme"] == "gguf-q4_1" and m["kv_layout"] == "fused-gqa"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]  # the fp32 scratch export is gone
+    info = subprocess.run([sys.executable, "-m", "onnxlm", "info", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert info.returncode == 0, info.stderr
+    assert "quantization    gguf-q4_1" in info.stdout and "GGUF blocks kept: Q4_1 9, Q4_0 4, Q8_0 1" in info.stdout
+    # an fp32 artifact exported from a GGUF re-quantizes without torch (its manifest names the GGUF)
+    proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(tiny_fp32), str(tmp_path / "cli"),
+                           "--quantize", "gguf", "--accuracy-level", "1", "--force-quality", "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "cli" / "onnxlm.json").read_text())["quantization"]["accuracy_level"] == 1
+
+
+@pytest.mark.parametrize("kw,match", [(dict(accuracy_level=2), "accuracy_level.*1, 4"),
+                                      (dict(block_size=64), "block_size.*32")])
+def test_bad_settings_are_refused(tmp_path, tiny_fp32, kw, match):
+    from onnxlm.export import export_model
+
+    with pytest.raises(ExportError, match=match):
+        export_model(tiny_fp32, tmp_path / "q", quantize="gguf", progress=False, **kw)
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_non_gguf_source_is_refused(tmp_path, tiny_llama):
+    from onnxlm.export import export_model
+
+    with pytest.raises(ExportError, match="needs the GGUF file"):
+        export_model(tiny_llama.onnx_dir, tmp_path / "q", quantize="gguf", progress=False)
