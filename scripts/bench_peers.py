@@ -64,9 +64,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # fidelity setting. force_quality is always set: the bench reports the agreement instead of gating on it.
 QUANT_VARIANTS = [
     {"name": "int8", "kwargs": {"quantize": "int8", "accuracy_level": 4}},
-    {"name": "int4", "kwargs": {"quantize": "int4", "accuracy_level": 4}, "role": "default"},
-    {"name": "int4-fidelity", "kwargs": {"quantize": "int4", "accuracy_level": 1}, "role": "fidelity"},
-    # {"name": "gguf", "kwargs": {"quantize": "gguf"}, "from_source": True, "role": "default"},
+    {"name": "int4", "kwargs": {"quantize": "int4", "accuracy_level": 4}},
+    {"name": "int4-fidelity", "kwargs": {"quantize": "int4", "accuracy_level": 1}},
+    {"name": "gguf", "kwargs": {"quantize": "gguf"}, "from_source": True, "role": "default"},
+    {"name": "gguf-fidelity", "kwargs": {"quantize": "gguf", "accuracy_level": 1}, "from_source": True, "role": "fidelity"},
 ]
 
 # Full and quick settings (--quick); every value can still be overridden on the command line.
