@@ -143,6 +143,7 @@ def test_concurrent_constrained_and_free_streams_equal_solo(live):
         jobs.append((prompt, chat, fmt, body))
     results: dict[int, tuple[str, str]] = {}
     barrier = threading.Barrier(len(jobs))
+    steps = live.state.engine.steps
 
     def work(k):
         prompt, chat, fmt, body = jobs[k]
@@ -156,7 +157,8 @@ def test_concurrent_constrained_and_free_streams_equal_solo(live):
     for t in threads:
         t.join(60)
     assert len(results) == len(jobs)
-    m = live.model
+    steps = live.state.engine.steps - steps
+    m, tokens = live.model, 0
     for k, (prompt, chat, fmt, _) in enumerate(jobs):
         kw = {"max_new_tokens": 30, "do_sample": False, **({"json_schema": SCHEMA} if fmt else {})}
         solo = m.chat([{"role": "user", "content": prompt}], **kw) if chat else m.generate(prompt, **kw)
@@ -165,6 +167,8 @@ def test_concurrent_constrained_and_free_streams_equal_solo(live):
         assert reason == {"eos": "stop", "length": "length"}[solo.finish_reasons[0]]
         if fmt:
             jsonschema.validate(json.loads(text), SCHEMA)
+        tokens += len(solo.new_tokens[0])
+    assert steps < tokens  # fewer decoding steps than tokens: the requests shared the batch
     wait_idle(live.url)
 
 
