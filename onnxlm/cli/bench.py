@@ -28,7 +28,7 @@ example:
   onnxlm bench models/gpt2 --max-new-tokens 64 --runs 5 --threads 4
   onnxlm bench --peers --quick
 """
-PEERS_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_peers.py"
+PEERS_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_peers.py"
 
 
 def add_parser(sub) -> None:
