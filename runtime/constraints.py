@@ -175,6 +175,8 @@ def response_format_to_params(response_format: Any) -> dict:
     kind = response_format.get("type")
     if kind == "text":
         return {}
+    if kind in ("json_object", "json_schema"):
+        _llguidance("response_format")  # without the extra: a ParameterError naming it (a 400 in the server)
     if kind == "json_object":
         return {"json_schema": {"type": "object"}}
     if kind == "json_schema":

@@ -61,7 +61,7 @@ def run(args) -> int:
                           "pip install 'onnxlm[serve]'") from None
     from onnxlm.runtime import load
 
-    from .serve.app import ServeConfig, create_app
+    from onnxlm.serve.app import ServeConfig, create_app
 
     path = Path(args.model_dir)
     if not path.is_dir():

@@ -24,6 +24,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from onnxlm.runtime.constraints import engine_for, make_constraint, response_format_to_params
 from onnxlm.runtime.decoding.scheduler import Request
 from onnxlm.runtime.errors import InputError, ModelFileError, OnnxlmError, ParameterError
 from onnxlm.runtime.penalties import PresenceFrequencyPenaltyProcessor
@@ -35,7 +36,8 @@ from .protocol import APIError, bad
 
 #: runtime parameter names -> the API's
 API_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num_return_sequences": "n",
-             "stop_strings": "stop", "do_sample": "temperature"}
+             "stop_strings": "stop", "do_sample": "temperature", "json_schema": "response_format",
+             "constraints": "response_format"}
 REASONS = {"eos": "stop", "stop": "stop", "length": "length", None: "length"}
 
 
@@ -232,8 +234,24 @@ def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param
     return max_tokens
 
 
+async def _constraint(model, body: dict):
+    """OpenAI's ``response_format`` -> a compiled Constraint every row follows, or None (absent / "text");
+    400 naming response_format for a bad one, or without the 'structured' extra.  Compiling (and, once per model,
+    building the llguidance tokenizer) runs in a worker thread, off the event loop."""
+    try:
+        params = response_format_to_params(body.get("response_format"))
+        if not params:
+            return None
+        constraint = make_constraint("json_schema", params["json_schema"])
+        engine = engine_for(model, model.generation_config.eos_token_ids, "response_format")
+        await asyncio.to_thread(engine.compile, constraint)
+        return constraint
+    except ParameterError as exc:
+        raise _model_error(exc) from None
+
+
 def _make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, texts: list,
-               param: str) -> list[Job]:
+               param: str, constraint=None) -> list[Job]:
     jobs = []
     for prompt, text in zip(prompts, texts):
         ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)
@@ -248,13 +266,13 @@ def _make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, te
         except (ParameterError, InputError) as exc:
             raise _model_error(exc) from None
         if samp.num_beams > 1:
-            job.beam_params = params
+            job.beam_params = params if constraint is None else {**params, "constraints": [constraint]}
         else:
             extra = []
             if samp.presence_penalty or samp.frequency_penalty:
                 t0 = model.initial_sequences(np.asarray([ids])).shape[1]
                 extra.append(PresenceFrequencyPenaltyProcessor(samp.presence_penalty, samp.frequency_penalty, t0))
-            job.req = Request(ids, config, logprobs=samp.logprobs, extra_processors=extra)
+            job.req = Request(ids, config, logprobs=samp.logprobs, extra_processors=extra, constraint=constraint)
             try:
                 st.engine.scheduler.prepare(job.req)
             except (ParameterError, InputError) as exc:
@@ -401,9 +419,10 @@ async def completions(request: HTTPRequest):
     samp = protocol.sampling(body, chat=False, max_tokens_cap=st.config.max_tokens)
     prompts = protocol.prompts(body, model.vocab_size)
     echo = protocol._get_bool(body, "echo", False)
+    constraint = await _constraint(model, body)
     texts = [p if isinstance(p, str) else (model.tokenizer.decode(p, skip_special_tokens=False)
                                            if model.tokenizer else "") for p in prompts]
-    jobs = _make_jobs(model, st, samp, prompts, texts, "prompt")
+    jobs = _make_jobs(model, st, samp, prompts, texts, "prompt", constraint)
     slot = _Slot(st)
     try:
         run = _Run(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None)
@@ -502,6 +521,7 @@ async def chat_completions(request: HTTPRequest):
     body = await _body(request, protocol.CHAT)
     samp = protocol.sampling(body, chat=True, max_tokens_cap=st.config.max_tokens)
     msgs = protocol.messages(body)
+    constraint = await _constraint(model, body)
     if not model.chat_template:
         raise bad("messages", "this model has no chat template (chat_template.jinja); use /v1/completions",
                   code="chat_not_supported")
@@ -509,7 +529,7 @@ async def chat_completions(request: HTTPRequest):
         ids = model.render_chat(msgs, tokenize=True)
     except (InputError, ModelFileError) as exc:
         raise bad("messages", str(exc)) from None
-    jobs = _make_jobs(model, st, samp, [ids], [""], "messages")
+    jobs = _make_jobs(model, st, samp, [ids], [""], "messages", constraint)
     slot = _Slot(st)
     try:
         run = _Run(st, jobs, samp.n, None)

@@ -123,7 +123,8 @@ class Sampling:
 
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
-          "presence_penalty", "frequency_penalty", "top_k", "repetition_penalty", "num_beams", "user", "logit_bias"}
+          "presence_penalty", "frequency_penalty", "top_k", "repetition_penalty", "num_beams", "user", "logit_bias",
+          "response_format"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..constraints import ConstraintProcessor, engine_for
 from ..errors import ParameterError
 from ..generation_config import GenerationConfig
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens
@@ -56,12 +57,15 @@ class TokenEvent:
 class Request:
     """A request in the scheduler: prompt ids [t], its resolved config and, once admitted, its rows' progress.
     ``logprobs``: top alternatives reported per token (None: no logprobs). ``extra_processors`` run before the
-    config's processors (e.g. OpenAI's presence/frequency penalties)."""
+    config's processors (e.g. OpenAI's presence/frequency penalties). ``constraint``: a ``runtime.constraints.Constraint``
+    every row of the request follows (structured output); its mask runs after the other processors, before the
+    sampling warpers, as in ``generate``."""
 
     ids: list[int]
     config: GenerationConfig
     logprobs: int | None = None
     extra_processors: list = field(default_factory=list)
+    constraint: object | None = None
     # set by the scheduler
     n: int = 1
     t0: int = 0  # ids before the first new one (causal: the prompt; seq2seq: the start token)
@@ -94,8 +98,15 @@ class _Run:
 
     def __init__(self, model, req: Request, t0: int, max_length: int):
         c = req.config
+        # the request's own matchers, one per active row (in req.active order): rows that finish are dropped from
+        # it in _pick, so the batch's joins and drops never reorder them
+        self.constraint = None
+        if req.constraint is not None:
+            engine = engine_for(model, c.eos_token_ids, req.constraint.kind)
+            self.constraint = ConstraintProcessor(engine, [req.constraint] * req.n)
         self.processors = build_processors(c, input_length=t0, max_length=max_length,
-                                           is_encoder_decoder=model.is_encoder_decoder)
+                                           is_encoder_decoder=model.is_encoder_decoder,
+                                           logits_processor=[self.constraint] if self.constraint else None)
         self.extra = list(req.extra_processors)
         self.rng = np.random.default_rng(c.seed) if c.do_sample else None
         self.eos = np.asarray(c.eos_token_ids, dtype=np.int64)
@@ -129,7 +140,7 @@ class Scheduler:
         self._runs: dict[int, _Run] = {}
         self._positions: dict = {}
         self._next: np.ndarray | None = None  # tokens picked for the rows, not yet fed (the next step feeds them)
-        self.failed: list[Request] = []  # requests whose prefill raised (req.error); the caller empties it
+        self.failed: list[Request] = []  # requests whose prefill or pick raised (req.error); the caller empties it
 
     # ------------------------------------------------------------------ queue
     def prepare(self, req: Request) -> Request:
@@ -140,6 +151,8 @@ class Scheduler:
             raise ParameterError("num_beams", "the scheduler runs greedy and sampling only; run beam search alone")
         ids, _ = self.model._check_ids(np.asarray([req.ids], dtype=np.int64), None)
         self.model._lengths(c, self.model.initial_sequences(ids).shape[1])  # max_length within positions
+        if req.constraint is not None:  # compiled now (cached per schema): an invalid one never joins the batch
+            engine_for(self.model, c.eos_token_ids, req.constraint.kind).compile(req.constraint)
         req.n = c.num_return_sequences if c.do_sample else 1
         if req.n > self.max_rows:
             raise ParameterError("num_return_sequences", f"got {req.n}; this scheduler runs at most {self.max_rows} "
@@ -174,7 +187,13 @@ class Scheduler:
             return []
         out, keep, next_tokens = [], [], []
         for req in self.requests:
-            events, tokens = self._pick(req)
+            try:
+                events, tokens = self._pick(req)
+            except Exception as exc:  # noqa: BLE001 - e.g. a constraint's conflict: this request fails alone
+                req.error, req.done = exc, True
+                req.active[:] = False
+                self.failed.append(req)
+                continue
             out.append((req, events))
             for r, tok in zip(np.flatnonzero(req.active), tokens):
                 keep.append(self._row_index(req, int(r)))
@@ -206,7 +225,7 @@ class Scheduler:
         req.sequences = np.concatenate([req.sequences, tokens[:, None]], axis=1)
         stops = run.stop_check(req.sequences[rows]) if run.stop_check is not None else np.zeros(len(rows), bool)
         logp = log_softmax(logits) if req.logprobs is not None else None
-        events, going = [], []
+        events, going, kept = [], [], []
         for k, r in enumerate(rows):
             tok = int(tokens[r])
             req.new_ids[r].append(tok)
@@ -228,7 +247,11 @@ class Scheduler:
             else:
                 ev.text = run.streams[r].push(tok)
                 going.append(tok)
+                kept.append(k)
             events.append(ev)
+        if run.constraint is not None:  # matchers consume the chosen tokens, then follow the rows that go on
+            run.constraint.advance(chosen)
+            run.constraint.select(np.asarray(kept, dtype=np.int64))
         if not req.active.any():
             req.done = True
         return events, going
