@@ -96,12 +96,7 @@ class FusedCausalLM(CausalLM):
         io.bind_cpu_input("logits_positions", np.ascontiguousarray(keep, np.int64))
         if "position_ids" in self.decoder.inputs:  # learned positions (GPT-2): a token's index in its packed row
             io.bind_cpu_input("position_ids", (past[:, None] + np.arange(ids.shape[1])).astype(np.int64))
-        io.bind_output("logits")
-        for name, value in buffers.values.items():  # the same OrtValue as past and present: appended in place
-            io.bind_ortvalue_input(name, value)
-            io.bind_ortvalue_output("present." + name[len("past_key_values."):], value)
-        self.decoder.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()
+        return buffers.run_in_place(self.decoder.session, io)  # past = present: appended in place
 
     def _prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions):
         """ids/mask [b, t] -> (logits at ``positions(lengths)`` [b, k, V], fresh buffers holding the prompt,

@@ -71,12 +71,7 @@ class FusedSeq2SeqLM(Seq2SeqLM):
         io.bind_cpu_input("encoder_attention_mask", np.ascontiguousarray(enc_mask, np.int64))
         for name, value in cross.items():
             io.bind_cpu_input(name, np.ascontiguousarray(value))
-        io.bind_output("logits")
-        for name, value in buffers.values.items():  # the same OrtValue as past and present: appended in place
-            io.bind_ortvalue_input(name, value)
-            io.bind_ortvalue_output("present." + name[len("past_key_values."):], value)
-        self.decoder.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()
+        return buffers.run_in_place(self.decoder.session, io)  # past = present: appended in place
 
     def _decode_fresh(self, input_ids, attention_mask, decoder_ids: np.ndarray):
         """Encoder ids/mask [b, S], decoder ids [b, T] -> (logits [b, T, V], cross keys/values, fresh buffers holding

@@ -53,6 +53,16 @@ class KVBuffers:
         self.__init__(out)
 
 
+    def run_in_place(self, session, io) -> np.ndarray:
+        """Bind every buffer as both its past input and its present output (the step appends in place), run the
+        session on ``io`` (the other inputs already bound) -> the first output, the logits [b, k, V] float32."""
+        io.bind_output("logits")
+        for name, value in self.values.items():
+            io.bind_ortvalue_input(name, value)
+            io.bind_ortvalue_output("present." + name[len("past_key_values."):], value)
+        session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()
+
 def initial_capacity(length: int, minimum: int) -> int:
     """Positions a buffer holds: ``minimum`` doubled until ``length`` fits (a fresh buffer, or a grown one)."""
     capacity = max(1, minimum)
