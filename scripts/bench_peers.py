@@ -469,6 +469,7 @@ class EngineSpec:
     opts: dict = field(default_factory=dict)
     note: str = ""                # why it is unavailable ('' when available)
     artifact_bytes: int | None = None
+    weight_bytes: int | None = None   # the graphs and their external data (measured at preparation: work dirs go)
     quality_manifest: dict | None = None
 
 
@@ -644,7 +645,8 @@ def prepare(key: str, work: Path, args) -> Prepared:
     manifest = json.loads((artifact / "onnxlm.json").read_text())
     threads = args.threads
     env = {"OMP_NUM_THREADS": str(threads)}
-    engines = [EngineSpec("onnxlm fp32", "onnxlm", str(artifact), env=env, artifact_bytes=_bytes(artifact))]
+    engines = [EngineSpec("onnxlm fp32", "onnxlm", str(artifact), env=env, artifact_bytes=_bytes(artifact),
+                          weight_bytes=sum(f.stat().st_size for f in artifact.glob("*.onnx*")))]
     roles = {}
     for v in [v for v in QUANT_VARIANTS if v["name"] in args.variants]:
         label, prec = f"onnxlm {v['name']}", v["kwargs"].get("quantize", "?")
@@ -1021,7 +1023,7 @@ def targets(runs: dict[str, ModelRun], cases: list[dict], new_tokens: int, impor
             continue
         res = run.results.get("onnxlm fp32", {})
         eng = next(e for e in run.prep.engines if e.label == "onnxlm fp32")
-        weights = sum(f.stat().st_size for f in Path(eng.path).glob("*.onnx*")) if eng.path else 0
+        weights = eng.weight_bytes or 0
         rows_pos = max((c["batch"] * (4 if c["mode"] == "beam4" else 1) * (c["prompt"] + new_tokens)
                         for c in cases), default=0)
         kv = rows_pos * run.prep.kv_bytes_per_token
