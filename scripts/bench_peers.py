@@ -1137,6 +1137,9 @@ def render(runs: dict[str, ModelRun], cases: list[dict], machine: dict, vers: di
          "threads, the machine under heavy load, two passes each): float32 decoded at 180-1200 ms/token with the "
          "default, 62-85 with `OMP_WAIT_POLICY=PASSIVE`, 22-72 with `CT2_USE_MKL=1` (`CT2_FORCE_CPU_ISA=AVX512`: "
          "worse); int8 at 25-38 with the default and 570-680 with MKL (its int8 GEMM takes a slow path on AMD). "
+         "On a quiet machine (2026-11-25, SmolLM2, 16 / 512-token prompts) the default decodes at 25.5 / 33.7 "
+         "ms/token, `OMP_WAIT_POLICY=PASSIVE` at 49.4 / 42.6 and `CT2_USE_MKL=1` at 57.2 / 58.9: the default is "
+         "the fair setting when the engine has the machine to itself, as here. "
          "The earlier in-process runs also shared the CPU with the other engines' spinning thread pools, which this "
          "backend suffers from most; hence one process per engine and the backend per compute type "
          "(`--ct2-f32-env`, `--ct2-int8-env`).", "",
@@ -1241,9 +1244,9 @@ def parse_args(argv=None):
     p.add_argument("--ogenai-builder", type=Path, default=DEFAULT_OGENAI_BUILDER,
                    help="onnxruntime-genai builder.py to run (default: the one setup_peers.sh extracts; else the "
                         "installed onnxruntime_genai.models.builder)")
-    p.add_argument("--ct2-f32-env", nargs="*", default=["CT2_USE_MKL=1"], metavar="VAR=VALUE",
-                   help="environment for the CTranslate2 float32 worker (default: CT2_USE_MKL=1, its fastest "
-                        "backend here; no value: its defaults)")
+    p.add_argument("--ct2-f32-env", nargs="*", default=[], metavar="VAR=VALUE",
+                   help="environment for the CTranslate2 float32 worker (default: none, its own oneDNN backend, "
+                        "the fastest on a quiet machine here; e.g. CT2_USE_MKL=1 to try MKL)")
     p.add_argument("--ct2-int8-env", nargs="*", default=[], metavar="VAR=VALUE",
                    help="environment for the CTranslate2 int8 worker (default: none; MKL's int8 GEMM is ~20x slower "
                         "than oneDNN's on this AMD CPU)")
