@@ -423,21 +423,13 @@ async def completions(request: HTTPRequest):
     texts = [p if isinstance(p, str) else (model.tokenizer.decode(p, skip_special_tokens=False)
                                            if model.tokenizer else "") for p in prompts]
     jobs = _make_jobs(model, st, samp, prompts, texts, "prompt", constraint)
-    slot = _Slot(st)
-    try:
-        run = _Run(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None)
-    except BaseException:
-        slot.release()
-        raise
+    slot, run = _admit(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None)
     rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
     choices = _Choices(model, samp.n, chat=False)
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         return EventSourceResponse(_stream_completions(request, run, slot, jobs, samp, choices, head, echo))
-    try:
-        result = await _until_done_or_gone(request, run, lambda: _gather(run, choices, jobs))
-    finally:
-        slot.release()
+    result = await _collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)
     out = []
@@ -453,6 +445,24 @@ async def completions(request: HTTPRequest):
             out.append({"index": index, "text": (job.text + text) if echo else text, "logprobs": lp,
                         "finish_reason": choices.reasons.get(index, "length")})
     return JSONResponse({**head, "choices": out, "usage": _usage(jobs, choices.completion_tokens)})
+
+
+def _admit(st, jobs: list[Job], n: int, echo_logprobs) -> tuple[_Slot, _Run]:
+    """Take a slot and start the request's run -> (slot, run); the slot is given back if the run cannot start."""
+    slot = _Slot(st)
+    try:
+        return slot, _Run(st, jobs, n, echo_logprobs)
+    except BaseException:
+        slot.release()
+        raise
+
+
+async def _collect(request: HTTPRequest, run: _Run, slot: _Slot, choices: _Choices, jobs: list[Job]):
+    """A non-streaming request's whole output ({"texts": ...}, None when the client went away); frees the slot."""
+    try:
+        return await _until_done_or_gone(request, run, lambda: _gather(run, choices, jobs))
+    finally:
+        slot.release()
 
 
 async def _gather(run: _Run, choices: _Choices, jobs: list[Job]) -> dict:
@@ -530,22 +540,14 @@ async def chat_completions(request: HTTPRequest):
     except (InputError, ModelFileError) as exc:
         raise bad("messages", str(exc)) from None
     jobs = _make_jobs(model, st, samp, [ids], [""], "messages", constraint)
-    slot = _Slot(st)
-    try:
-        run = _Run(st, jobs, samp.n, None)
-    except BaseException:
-        slot.release()
-        raise
+    slot, run = _admit(st, jobs, samp.n, None)
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
     choices = _Choices(model, samp.n, chat=True)
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         head["object"] = "chat.completion.chunk"
         return EventSourceResponse(_stream_chat(run, slot, jobs, samp, choices, head))
-    try:
-        result = await _until_done_or_gone(request, run, lambda: _gather(run, choices, jobs))
-    finally:
-        slot.release()
+    result = await _collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)
     out = []
