@@ -8,19 +8,9 @@ import sys
 
 import pytest
 
-from onnxlm.cli import main
+from cli_util import run_cli
 
 COMMANDS = ["export", "generate", "chat", "score", "info", "bench", "demo"]
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    """main(argv) in-process -> (exit code, stdout, stderr); argparse's SystemExit is turned into its code."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def run_sub(*argv, stdin: str | None = None, pre: str = "") -> subprocess.CompletedProcess:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import onnxlm
-from onnxlm.cli import main
-from onnxlm.jobs import JobInputError, JobSpec, run_local
+from cli_util import run_cli
+from onnxlm.jobs import JobSpec, run_local
 from onnxlm.jobs import local as jobs_local
 
 if os.environ.get("CI") == "true":  # CI installs the jobs extra: its absence is a failure there
@@ -31,15 +31,6 @@ def write_jsonl(path, records) -> str:
 
 def corpus(tmp_path, texts=TEXTS, column="text", name="data.jsonl"):
     return write_jsonl(tmp_path / name, [{"id": f"doc-{i}", column: t, "other": i} for i, t in enumerate(texts)])
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def rows(path) -> list[dict]:
