@@ -433,42 +433,52 @@ def profile_main(payload_path: str) -> int:
     return 0
 
 
-def bandwidth_main(threads: str) -> int:
-    """Child: the rate at which onnxruntime's fp32 MatMul streams a weight from memory at batch 1 (the decode step's
-    shape): x [1, K] @ W [K, N] with W = 256 MiB (far above the caches), ``threads`` intra-op threads, median of 15
-    runs after 3 warm-ups -> {"gb_per_s": W bytes / median time}, one JSON line."""
+def _matmul_seconds(m: int, k: int, n: int, threads: int, runs: int = 15) -> float:
+    """Median seconds of onnxruntime's fp32 MatMul x [m, k] @ W [k, n] (W a constant initializer, prepacked as in
+    the graphs), ``threads`` intra-op threads, after 3 warm-up runs."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    k, n = 2048, 32768
     w = np.random.default_rng(0).standard_normal((k, n), dtype=np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "stream",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
                               initializer=[numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    x = {"x": np.ones((1, k), np.float32)}
+    x = {"x": np.ones((m, k), np.float32)}
     times = []
-    for i in range(18):
+    for i in range(runs + 3):
         t0 = time.perf_counter()
         sess.run(None, x)
         if i >= 3:
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"gb_per_s": w.nbytes / statistics.median(times) / 1e9}), flush=True)
+    return statistics.median(times)
+
+
+def bandwidth_main(threads: str) -> int:
+    """Child: the machine's two limits as onnxruntime's fp32 MatMul meets them, one JSON line:
+    gb_per_s = how fast it streams a weight at batch 1 (the decode step's shape: x [1, 2048] @ W [2048, 32768],
+    256 MiB, far above the caches); gflops = its throughput on a prompt-sized product (x [512, 1024] @ W [1024, 4096],
+    the prefill's shape)."""
+    t = int(threads)
+    stream = _matmul_seconds(1, 2048, 32768, t)
+    compute = _matmul_seconds(512, 1024, 4096, t)
+    print(json.dumps({"gb_per_s": 2048 * 32768 * 4 / stream / 1e9, "gflops": 2 * 512 * 1024 * 4096 / compute / 1e9}),
+          flush=True)
     return 0
 
 
-def measure_bandwidth(threads: int) -> float | None:
-    """GB/s of bandwidth_main in a fresh process (None when it fails)."""
+def measure_limits(threads: int) -> dict:
+    """bandwidth_main's {"gb_per_s", "gflops"} from a fresh process ({} when it fails)."""
     p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_bandwidth", str(threads)],
                        capture_output=True, text=True, timeout=600)
     with contextlib.suppress(ValueError, IndexError, KeyError):
-        return float(json.loads(p.stdout.strip().splitlines()[-1])["gb_per_s"])
-    return None
+        return dict(json.loads(p.stdout.strip().splitlines()[-1]))
+    return {}
 
 
 def _op_shares(files: list[str]) -> dict:
@@ -1097,39 +1107,69 @@ def import_checks(artifact: Path | None) -> tuple[float | None, bool | None]:
     return (statistics.median(times) if times else None), free
 
 
-def floor_section(runs: dict[str, ModelRun], cases: list[dict], bandwidth: float | None) -> list[str]:
-    """The memory-bandwidth floor of an fp32 decode step at batch 1: every weight byte is read once per step (the
-    tied embedding is the head) at the rate onnxruntime's MatMul streams weights from memory; per fp32 engine its
-    ms/token after the shortest prompt as a multiple of that floor."""
-    if not bandwidth:
+def _prefill_flops(prep: Prepared, weight_bytes: int, prompt: int) -> float | None:
+    """fp32 FLOPs of a prompt pass of ``prompt`` tokens (logits at the last position only): 2 x the weights the
+    prompt goes through (all but the embedding tables and the head) x tokens + the causal attention
+    (2 x layers x prompt^2 x attention width: q.k and p.v over half the square each)."""
+    cfg_path = Path(prep.hf_dir) / "config.json"
+    if prep.seq2seq or not cfg_path.is_file():
+        return None
+    cfg = json.loads(cfg_path.read_text())
+    gpt2 = cfg.get("model_type") == "gpt2"
+    hidden = cfg.get("n_embd") if gpt2 else cfg.get("hidden_size")
+    layers = cfg.get("n_layer") if gpt2 else cfg.get("num_hidden_layers")
+    heads = cfg.get("n_head") if gpt2 else cfg.get("num_attention_heads")
+    if not (hidden and layers and heads and cfg.get("vocab_size")):
+        return None
+    width = heads * (hidden // heads if gpt2 else (cfg.get("head_dim") or hidden // heads))
+    tables = cfg["vocab_size"] * hidden * (1 if cfg.get("tie_word_embeddings", True) else 2)
+    tables += cfg.get("n_positions", 0) * hidden if gpt2 else 0
+    params = weight_bytes / 4 - tables
+    return 2 * params * prompt + 2 * layers * prompt * prompt * width
+
+
+def floor_section(runs: dict[str, ModelRun], cases: list[dict], limits: dict) -> list[str]:
+    """The machine's floors for fp32 batch 1: a decode step reads every weight once (memory bandwidth), a prompt
+    pass multiplies every weight by every prompt token (compute); each fp32 engine's figure as a multiple of its
+    floor, beside the target's limit."""
+    bw, gf = limits.get("gb_per_s"), limits.get("gflops")
+    lengths = [c["prompt"] for c in cases if c["batch"] == 1 and c["mode"] == "greedy"]
+    if not bw or not gf or not lengths:
         return []
-    short = min((c["prompt"] for c in cases if c["batch"] == 1 and c["mode"] == "greedy"), default=None)
-    if short is None:
-        return []
-    key = f"b1:p{short}:greedy"
-    L = ["## The memory-bandwidth floor of an fp32 step (batch 1)", "",
-         f"A decode step at batch 1 reads every weight once (a matrix-vector product per layer; the tied embedding is "
-         f"the output head), so no fp32 engine can beat `fp32 weight bytes / memory bandwidth`. Measured in this run "
-         f"(`--_bandwidth`: onnxruntime's fp32 MatMul x [1, 2048] @ W [2048, 32768], 256 MiB, "
-         f"the same thread count, median of 15): **{bandwidth:.1f} GB/s**. The fp32 targets ask for ms/token below "
-         "0.8x CTranslate2 f32 and 0.9x onnxruntime-genai fp32; where that limit is under the floor, no fp32 graph "
-         "or runtime can meet it on this machine: only fewer bytes per step can (the quantized variants below, or "
-         "16-bit weights, which would break the fp32 parity tolerance).", "",
-         "| model | fp32 weights MB | floor ms/token | target limit ms/token (0.8x CT2 f32) | "
-         + " | ".join(f"{e} (x floor)" for e in ("onnxlm fp32", "CTranslate2 float32", "onnxruntime-genai fp32"))
-         + " |", "|---|---:|---:|---:|---:|---:|---:|"]
+    short, long = min(lengths), max(lengths)
+    s, lg = f"b1:p{short}:greedy", f"b1:p{long}:greedy"
+    engines = ("onnxlm fp32", "CTranslate2 float32", "onnxruntime-genai fp32")
+    L = ["## The machine's floors for an fp32 step (batch 1)", "",
+         "A decode step at batch 1 reads every weight once (a matrix-vector product per layer; the tied embedding is "
+         "the output head), so no fp32 engine decodes faster than `fp32 weight bytes / memory bandwidth`; a prompt "
+         "pass multiplies every weight by every prompt token, so no fp32 engine answers its first token faster than "
+         "`FLOPs / fp32 throughput`. Both measured in this run by onnxruntime's fp32 MatMul with the same thread "
+         f"count (`--_bandwidth`): it streams a 256 MiB weight at batch 1 at **{bw:.1f} GB/s** and multiplies "
+         f"[512, 1024] @ [1024, 4096] at **{gf:.0f} GFLOP/s**. Where a target's limit lies under the floor, no fp32 "
+         "graph or runtime can meet it on this machine; only fewer bytes (the quantized variants; 16-bit weights "
+         "would break the fp32 parity tolerance) or cheaper arithmetic can.", "",
+         f"| model | fp32 weights MB | decode floor ms/token | limit 0.8x CT2 f32 (prompt {short}) | "
+         + " | ".join(f"{e} ms/token (x floor)" for e in engines)
+         + f" | prompt-{long} floor ms | limit 0.8x CT2 f32 TTFT | onnxlm / CT2 f32 TTFT ms (x floor) |",
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in runs.values():
         eng = next((e for e in run.prep.engines if e.label == "onnxlm fp32"), None)
         if run.prep.seq2seq or eng is None or not eng.weight_bytes:
             continue
-        floor = eng.weight_bytes / (bandwidth * 1e9) * 1e3
-        ct2 = _ms(run, "CTranslate2 float32", key)
+        floor = eng.weight_bytes / (bw * 1e9) * 1e3
+        ct2 = _ms(run, "CTranslate2 float32", s)
         cells = []
-        for label in ("onnxlm fp32", "CTranslate2 float32", "onnxruntime-genai fp32"):
-            ms = _ms(run, label, key)
+        for label in engines:
+            ms = _ms(run, label, s)
             cells.append("–" if ms is None else f"{ms:.1f} ({ms / floor:.2f}x)")
+        flops = _prefill_flops(run.prep, eng.weight_bytes, long)
+        pre = flops / (gf * 1e9) * 1e3 if flops else None
+        t_ours, t_ct2 = _ttft(run, "onnxlm fp32", lg), _ttft(run, "CTranslate2 float32", lg)
+        ttft = " / ".join("–" if t is None or not pre else f"{t:.0f} ({t / pre:.2f}x)" for t in (t_ours, t_ct2))
         L.append(f"| {run.prep.key} | {eng.weight_bytes / 1e6:.0f} | {floor:.1f} | "
-                 f"{'–' if ct2 is None else f'{0.8 * ct2:.1f}'} | " + " | ".join(cells) + " |")
+                 f"{'–' if ct2 is None else f'{0.8 * ct2:.1f}'} | " + " | ".join(cells) + " | "
+                 f"{'–' if pre is None else f'{pre:.0f}'} | {'–' if t_ct2 is None else f'{0.8 * t_ct2:.0f}'} | "
+                 f"{ttft} |")
     return L + [""]
 
 
@@ -1250,7 +1290,7 @@ def render(runs: dict[str, ModelRun], cases: list[dict], machine: dict, vers: di
           "| target | measured | limit | result |", "|---|---:|---:|---|"]
     L += [f"| {t} | {m} | {lim} | {r} |" for t, m, lim, r in target_rows]
     L.append("")
-    L += floor_section(runs, cases, getattr(args, "bandwidth", None))
+    L += floor_section(runs, cases, getattr(args, "limits", {}))
     if plot_rel:
         L += ["## Decode cost against context length", "", f"![ms/token against prompt length]({plot_rel})", ""]
     for run in runs.values():
@@ -1375,8 +1415,8 @@ def main(argv=None) -> int:
     log(f"{machine['CPU']}, {machine['logical CPUs']}; threads={args.threads}; models {args.model}; "
         f"cases {args.cases}; N={args.new_tokens}, runs={args.runs}")
     runs: dict[str, ModelRun] = {}
-    args.bandwidth = measure_bandwidth(args.threads)
-    log(f"memory bandwidth (fp32 MatMul at batch 1): {args.bandwidth or float('nan'):.1f} GB/s")
+    args.limits = measure_limits(args.threads)
+    log(f"fp32 MatMul limits: {args.limits}")
     with tempfile.TemporaryDirectory(prefix="onnxlm-bench-") as tmpd:
         tmp = Path(tmpd)
         for key in args.model:

@@ -104,3 +104,26 @@ def test_onnxlm_worker_on_tiny_gpt2(bench, tiny_gpt2, tmp_path):
     assert res["cases"]["b2:p8:greedy"]["ids"] == expected.tolist()
     assert len(res["quality"]["top1"]) == sum(len(w) - 1 for w in windows) > 0
     assert res["load_s"] > 0 and res["peak_rss_mb"] >= 0
+
+
+def test_floor_section_puts_each_figure_against_the_machine_limits(bench, tmp_path):
+    # a GPT-2-like config: 2 layers, hidden 8, vocab 10, 4 positions, tied head
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 2, "n_head": 2,
+                                                       "vocab_size": 10, "n_positions": 4}))
+    weights = 4 * (10 * 8 + 4 * 8 + 1000)  # the two tables + 1000 other fp32 weights
+    run = _run(bench, "gpt2-small", {"onnxlm fp32": {"b1:p16:greedy": 2.0, "b1:p512:greedy": 3.0},
+                                     "CTranslate2 float32": {"b1:p16:greedy": 4.0, "b1:p512:greedy": 5.0}})
+    run.prep.hf_dir = tmp_path
+    run.prep.engines[0].weight_bytes = weights
+    assert bench._prefill_flops(run.prep, weights, 512) == 2 * 1000 * 512 + 2 * 2 * 512 * 512 * 8
+    cases = bench.parse_cases(["b1:p16:greedy", "b1:p512:greedy"])
+    rows = bench.floor_section({"gpt2-small": run}, cases, {"gb_per_s": weights / 1e9 / 1e-3, "gflops": 1.0})
+    row = next(r for r in rows if r.startswith("| gpt2-small"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    floor_ms = 1.0  # weights / bandwidth = 1 ms
+    prefill_ms = (2 * 1000 * 512 + 2 * 2 * 512 * 512 * 8) / 1e9 * 1e3
+    assert cells[2] == f"{floor_ms:.1f}" and cells[3] == "3.2"  # 0.8 x CT2's 4.0 ms
+    assert cells[4] == "2.0 (2.00x)" and cells[5] == "4.0 (4.00x)" and cells[6] == "–"  # no onnxruntime-genai run
+    assert cells[7] == f"{prefill_ms:.0f}" and cells[8] == "40"  # 0.8 x CT2's 50 ms TTFT
+    assert cells[9] == f"30 ({30 / prefill_ms:.2f}x) / 50 ({50 / prefill_ms:.2f}x)"
+    assert bench.floor_section({"gpt2-small": run}, cases, {}) == []  # no probe figures: no section
