@@ -1,0 +1,171 @@
+"""Where a beam-search step goes: graph run vs. each piece of the numpy bookkeeping (issue 9, beam 4 ms/token).
+
+Times ``generate(num_beams=4)`` on a fused artifact (default: GPT-2 small, random weights from GPT2Config() with
+torch seed 0, exported once into --work) and splits the wall time of the decode steps into the graph run
+(``run_with_iobinding``), the rest of ``state.advance`` (binding, ensure), ``state.select`` (the KV reorder) and the
+pieces of runtime/decoding/beam.py (log_softmax, processors, top-k + gather, stopping, next running beams, finished
+store, heuristic; "loop other" is what is left: the accumulate, the loop's own reshapes). A greedy generate at
+batch = num_beams on the same model is timed alongside (its step is the graph run at that batch plus greedy's own
+bookkeeping), so "beam step - greedy step" is the beam overhead.
+
+Runs alternate (greedy, beam, greedy, beam...) in one process; the table reports the median over --repeats of each
+piece's ms per decode step. Timings on a shared machine are noisy: label them as under load.
+
+    .venv/bin/python scripts/probe_beam.py --model /path/to/fused-artifact --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def export_gpt2_small(work: Path) -> Path:
+    """GPT-2 small with random weights (GPT2Config(), torch seed 0) -> a fused onnxlm artifact under ``work``."""
+    out = work / "onnxlm"
+    if (out / "onnxlm.json").is_file():
+        return out
+    import torch
+    import transformers as tf
+
+    from onnxlm.export import export_model
+
+    torch.manual_seed(0)
+    hf = work / "hf"
+    tf.GPT2LMHeadModel(tf.GPT2Config()).eval().save_pretrained(hf)
+    return Path(export_model(hf, out, progress=False))
+
+
+class Timers:
+    """name -> list of per-call seconds of the current run."""
+
+    def __init__(self):
+        self.t = defaultdict(float)
+
+    def wrap(self, name, fn):
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.t[name] += time.perf_counter() - t0
+        return timed
+
+
+def instrument(model, timers: Timers):
+    """Patch the beam module's pieces, the state's select/advance and the session's run with timers; -> undo()."""
+    from onnxlm.runtime import model as model_mod
+    from onnxlm.runtime.decoding import beam
+
+    undo = []
+
+    def patch(obj, name, label):
+        orig = getattr(obj, name)
+        setattr(obj, name, timers.wrap(label, orig))
+        undo.append(lambda: setattr(obj, name, orig))
+
+    for name, label in [("log_softmax", "log_softmax"), ("_top_k_continuations", "top-k + gather"),
+                        ("_stopping_hits", "stopping"), ("_next_running_beams", "next running"),
+                        ("_update_finished_beams", "finished store"), ("_early_stop_heuristic", "heuristic"),
+                        ("_has_unfinished", "heuristic")]:
+        if hasattr(beam, name):
+            patch(beam, name, label)
+    orig_build = model_mod.build_processors
+
+    def build(*a, **k):
+        p = orig_build(*a, **k)
+        return None if p is None else timers.wrap("processors", p)
+    model_mod.build_processors = build
+    undo.append(lambda: setattr(model_mod, "build_processors", orig_build))
+    state_cls = type(model.start(np.zeros((1, 2), np.int64), np.ones((1, 2), np.int64))[0])
+    patch(state_cls, "select", "select (KV reorder)")
+    patch(state_cls, "advance", "advance")
+    session = model.decoder.session
+    session.run_with_iobinding = timers.wrap("graph run", session.run_with_iobinding)
+    undo.append(lambda: delattr(session, "run_with_iobinding"))
+
+    def restore():
+        for u in reversed(undo):
+            u()
+    return restore
+
+
+def run_once(model, ids, new_tokens, num_beams, timers):
+    """One generate; -> (seconds after the prefill, pieces in seconds, decode steps)."""
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=num_beams)
+    timers.t.clear()
+    start = model.start
+
+    t_start = []
+
+    def timed_start(*a, **k):  # the prefill is not a decode step: neither its time nor its pieces count
+        before, t0 = dict(timers.t), time.perf_counter()
+        out = start(*a, **k)
+        t_start.append(time.perf_counter() - t0)
+        timers.t.clear()
+        timers.t.update(before)
+        return out
+    model.start = timed_start
+    try:
+        t0 = time.perf_counter()
+        model.generate(ids, attention_mask=np.ones_like(ids), **kw)
+        total = time.perf_counter() - t0
+    finally:
+        del model.start
+    steps = new_tokens - 1  # the first new token comes from the prefill's logits
+    return total - sum(t_start), dict(timers.t), steps
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="a fused onnxlm artifact (default: export GPT-2 small into --work)")
+    p.add_argument("--work", type=Path, default=Path("/tmp/probe-beam-gpt2"), help="export dir for the default model")
+    p.add_argument("--prompt", type=int, default=16, help="prompt tokens (default 16)")
+    p.add_argument("--new-tokens", type=int, default=24, help="new tokens (default 24)")
+    p.add_argument("--beams", type=int, default=4, help="num_beams (default 4); greedy runs at this batch")
+    p.add_argument("--repeats", type=int, default=5, help="alternating runs of each (default 5), after one warm-up")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxlm's)")
+    args = p.parse_args(argv)
+
+    import onnxlm
+
+    path = args.model or export_gpt2_small(args.work)
+    kw = {"threads": args.threads} if args.threads else {}
+    model = onnxlm.load(str(path), provider="cpu", **kw)
+    rng = np.random.default_rng(0)
+    V = model.vocab_size
+    prompt = rng.integers(3, min(V, 30000), (1, args.prompt))
+    greedy_ids = rng.integers(3, min(V, 30000), (args.beams, args.prompt))
+    timers = Timers()
+    restore = instrument(model, timers)
+    rows = {"beam": defaultdict(list), "greedy": defaultdict(list)}
+    try:
+        for r in range(args.repeats + 1):
+            for mode, ids, nb in (("greedy", greedy_ids, 1), ("beam", prompt, args.beams)):
+                decode, pieces, steps = run_once(model, ids, args.new_tokens, nb, timers)
+                if r == 0:
+                    continue  # warm-up
+                rows[mode]["step total"].append(decode / steps)
+                for name, sec in pieces.items():
+                    rows[mode][name].append(sec / steps)
+    finally:
+        restore()
+    ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+    print(f"model {path}; prompt {args.prompt}, {args.new_tokens} new tokens, beams {args.beams}, "
+          f"median of {args.repeats} alternating runs; ms per decode step (all rows)")
+    names = ["step total", "graph run", "advance", "select (KV reorder)", "log_softmax", "processors",
+             "top-k + gather", "stopping", "next running", "finished store", "heuristic"]
+    print(f"{'piece':24s} {'greedy b' + str(args.beams):>12s} {'beam ' + str(args.beams):>10s}")
+    for name in names:
+        g, b = rows["greedy"].get(name), rows["beam"].get(name)
+        print(f"{name:24s} {ms(g) if g else float('nan'):12.2f} {ms(b) if b else float('nan'):10.2f}")
+    print("(advance includes graph run; select includes the beam expansion after the prefill; the prefill itself "
+          "is not counted)")
+
+
+if __name__ == "__main__":
+    main()
