@@ -40,6 +40,50 @@ def export_gpt2_small(work: Path) -> Path:
     return Path(export_model(hf, out, progress=False))
 
 
+def load_baseline(ref: str):
+    """The beam loop, KV buffer select and log_softmax as of git ``ref`` -> {name: (owner, attribute, function)}
+    to swap in: the runtime's own modules stay imported; each swapped function runs its ref's code."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="probe-beam-"))
+    mods = {}
+    for name, rel, package in [("processors", "runtime/processors.py", "onnxlm.runtime"),
+                               ("kv_buffers", "runtime/kv_buffers.py", "onnxlm.runtime"),
+                               ("fused_seq2seq", "runtime/fused_seq2seq.py", "onnxlm.runtime"),
+                               ("beam", "runtime/decoding/beam.py", "onnxlm.runtime.decoding")]:
+        src = subprocess.run(["git", "-C", str(root), "show", f"{ref}:{rel}"], check=True, capture_output=True,
+                             text=True).stdout
+        (tmp / f"{name}.py").write_text(src)
+        full = f"{package}._baseline_{name}"
+        spec = importlib.util.spec_from_file_location(full, tmp / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[full] = mod
+        spec.loader.exec_module(mod)
+        mods[name] = mod
+    mods["beam"].log_softmax = mods["processors"].log_softmax
+    from onnxlm.runtime import fused_seq2seq, kv_buffers
+    from onnxlm.runtime.decoding import beam
+    return mods["beam"], [(beam, "beam_search", mods["beam"].beam_search),
+                          (kv_buffers.KVBuffers, "select", mods["kv_buffers"].KVBuffers.select),
+                          (fused_seq2seq.FusedSeq2SeqState, "select", mods["fused_seq2seq"].FusedSeq2SeqState.select)]
+
+
+def swapped(swaps):
+    """Swap the given attributes in -> undo()."""
+    saved = [(owner, name, owner.__dict__[name]) for owner, name, _ in swaps]
+    for owner, name, fn in swaps:
+        setattr(owner, name, fn)
+
+    def undo():
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+    return undo
+
+
 class Timers:
     """name -> list of per-call seconds of the current run."""
 
@@ -56,14 +100,16 @@ class Timers:
         return timed
 
 
-def instrument(model, timers: Timers):
-    """Patch the beam module's pieces, the state's select/advance and the session's run with timers; -> undo()."""
+def instrument(model, timers: Timers, baseline_beam=None, labels=None):
+    """Patch the beam module's pieces (and the baseline's), the state's select/advance and the session's run with
+    timers; -> undo(). ``labels`` gets {(owner, attribute): label} of what was patched."""
     from onnxlm.runtime import model as model_mod
     from onnxlm.runtime.decoding import beam
 
     undo = []
 
     def patch(obj, name, label):
+        labels[(obj, name)] = label
         orig = getattr(obj, name)
         setattr(obj, name, timers.wrap(label, orig))
         undo.append(lambda: setattr(obj, name, orig))
@@ -72,8 +118,9 @@ def instrument(model, timers: Timers):
                         ("_stopping_hits", "stopping"), ("_next_running_beams", "next running"),
                         ("_update_finished_beams", "finished store"), ("_early_stop_heuristic", "heuristic"),
                         ("_has_unfinished", "heuristic")]:
-        if hasattr(beam, name):
-            patch(beam, name, label)
+        for mod in (beam, baseline_beam):
+            if mod is not None and hasattr(mod, name):
+                patch(mod, name, label)
     orig_build = model_mod.build_processors
 
     def build(*a, **k):
@@ -95,7 +142,7 @@ def instrument(model, timers: Timers):
 
 
 def run_once(model, ids, new_tokens, num_beams, timers):
-    """One generate; -> (seconds after the prefill, pieces in seconds, decode steps)."""
+    """One generate; -> (seconds after the prefill, pieces in seconds, decode steps, the GenerationResult)."""
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=num_beams)
     timers.t.clear()
     start = model.start
@@ -112,12 +159,12 @@ def run_once(model, ids, new_tokens, num_beams, timers):
     model.start = timed_start
     try:
         t0 = time.perf_counter()
-        model.generate(ids, attention_mask=np.ones_like(ids), **kw)
+        out = model.generate(ids, attention_mask=np.ones_like(ids), **kw)
         total = time.perf_counter() - t0
     finally:
         del model.start
     steps = new_tokens - 1  # the first new token comes from the prefill's logits
-    return total - sum(t_start), dict(timers.t), steps
+    return total - sum(t_start), dict(timers.t), steps, out
 
 
 def main(argv=None):
@@ -129,6 +176,8 @@ def main(argv=None):
     p.add_argument("--beams", type=int, default=4, help="num_beams (default 4); greedy runs at this batch")
     p.add_argument("--repeats", type=int, default=5, help="alternating runs of each (default 5), after one warm-up")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: onnxlm's)")
+    p.add_argument("--baseline", metavar="GITREF", help="also time beam search with the beam loop, KV select and "
+                   "log_softmax of this git ref (e.g. HEAD~3), alternating with the working tree's")
     args = p.parse_args(argv)
 
     import onnxlm
@@ -140,31 +189,52 @@ def main(argv=None):
     V = model.vocab_size
     prompt = rng.integers(3, min(V, 30000), (1, args.prompt))
     greedy_ids = rng.integers(3, min(V, 30000), (args.beams, args.prompt))
-    timers = Timers()
-    restore = instrument(model, timers)
-    rows = {"beam": defaultdict(list), "greedy": defaultdict(list)}
+    baseline_beam, swaps = load_baseline(args.baseline) if args.baseline else (None, None)
+    timers, labels = Timers(), {}
+    restore = instrument(model, timers, baseline_beam, labels)
+    if swaps:  # a swapped-in method the probe times (the T5 state's select) is timed under the same label
+        swaps = [(o, n, timers.wrap(labels[(o, n)], f) if (o, n) in labels else f) for o, n, f in swaps]
+    runs = [("greedy b" + str(args.beams), greedy_ids, 1, None), ("beam " + str(args.beams), prompt, args.beams, None)]
+    if swaps:
+        runs.append((f"beam {args.beams} @{args.baseline}", prompt, args.beams, swaps))
+    rows = {label: defaultdict(list) for label, *_ in runs}
+    seqs = {}
     try:
         for r in range(args.repeats + 1):
-            for mode, ids, nb in (("greedy", greedy_ids, 1), ("beam", prompt, args.beams)):
-                decode, pieces, steps = run_once(model, ids, args.new_tokens, nb, timers)
+            for label, ids, nb, swap in runs:
+                undo = swapped(swap) if swap else None
+                try:
+                    decode, pieces, steps, out = run_once(model, ids, args.new_tokens, nb, timers)
+                finally:
+                    if undo:
+                        undo()
+                seqs.setdefault(label, out)
                 if r == 0:
                     continue  # warm-up
-                rows[mode]["step total"].append(decode / steps)
+                rows[label]["step total"].append(decode / steps)
                 for name, sec in pieces.items():
-                    rows[mode][name].append(sec / steps)
+                    rows[label][name].append(sec / steps)
     finally:
         restore()
-    ms = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+    ms = lambda xs: 1e3 * statistics.median(xs) if xs else float("nan")  # noqa: E731
     print(f"model {path}; prompt {args.prompt}, {args.new_tokens} new tokens, beams {args.beams}, "
           f"median of {args.repeats} alternating runs; ms per decode step (all rows)")
     names = ["step total", "graph run", "advance", "select (KV reorder)", "log_softmax", "processors",
              "top-k + gather", "stopping", "next running", "finished store", "heuristic"]
-    print(f"{'piece':24s} {'greedy b' + str(args.beams):>12s} {'beam ' + str(args.beams):>10s}")
+    labels = [label for label, *_ in runs]
+    print(f"{'piece':24s}" + "".join(f"{label:>20s}" for label in labels))
     for name in names:
-        g, b = rows["greedy"].get(name), rows["beam"].get(name)
-        print(f"{name:24s} {ms(g) if g else float('nan'):12.2f} {ms(b) if b else float('nan'):10.2f}")
+        print(f"{name:24s}" + "".join(f"{ms(rows[label].get(name)):20.2f}" for label in labels))
+    for label in labels:
+        pieces = sum(statistics.median(v) for k, v in rows[label].items() if k not in ("step total", "graph run"))
+        print(f"{'not in a piece':24s} {label}: {1e3 * (statistics.median(rows[label]['step total']) - pieces):.2f}")
     print("(advance includes graph run; select includes the beam expansion after the prefill; the prefill itself "
           "is not counted)")
+    if swaps:
+        a, b = seqs[labels[1]], seqs[labels[2]]
+        same = a.sequences.shape == b.sequences.shape and (a.sequences == b.sequences).all() and \
+            np.abs(a.sequences_scores - b.sequences_scores).max() <= 1e-4
+        print(f"beam ids and scores: working tree {'==' if same else '!='} {args.baseline}")
 
 
 if __name__ == "__main__":
