@@ -119,7 +119,7 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     with np.errstate(divide="ignore"):
         lse = np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
     lse = np.where(np.isfinite(lse), lse, np.float32(0))  # all -inf row: keep it all -inf, not NaN
-    return np.subtract(shifted, lse, out=shifted)  # shifted is ours (float32): no third [b, V] array
+    return (shifted - lse).astype(np.float32, copy=False)
 
 
 def greedy_tokens(scores: np.ndarray) -> np.ndarray:
