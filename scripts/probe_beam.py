@@ -2,16 +2,19 @@
 
 Times ``generate(num_beams=4)`` on a fused artifact (default: GPT-2 small, random weights from GPT2Config() with
 torch seed 0, exported once into --work) and splits the wall time of the decode steps into the graph run
-(``run_with_iobinding``), the rest of ``state.advance`` (binding, ensure), ``state.select`` (the KV reorder) and the
-pieces of runtime/decoding/beam.py (log_softmax, processors, top-k + gather, stopping, next running beams, finished
-store, heuristic; "loop other" is what is left: the accumulate, the loop's own reshapes). A greedy generate at
+(``run_with_iobinding``), the rest of ``state.advance`` (binding, ensure), ``state.select`` (the KV reorder; the one
+select that repeats the prompt's rows for the beams is its own piece) and the pieces of runtime/decoding/beam.py
+(log_softmax, processors, top-k + gather, stopping, next running beams, finished store, heuristic; "not in a
+piece" is what is left: the accumulate, the loop's own reshapes). A greedy generate at
 batch = num_beams on the same model is timed alongside (its step is the graph run at that batch plus greedy's own
 bookkeeping), so "beam step - greedy step" is the beam overhead.
 
-Runs alternate (greedy, beam, greedy, beam...) in one process; the table reports the median over --repeats of each
-piece's ms per decode step. Timings on a shared machine are noisy: label them as under load.
+Runs alternate (greedy, beam[, beam at --baseline], greedy, ...) in one process; the table reports the median over
+--repeats of each piece's ms per decode step. --baseline GITREF swaps in that ref's beam loop, KV select and
+log_softmax for its column (and checks both give the same ids and scores). Timings on a shared machine are noisy:
+label them as under load.
 
-    .venv/bin/python scripts/probe_beam.py --model /path/to/fused-artifact --repeats 5
+    .venv/bin/python scripts/probe_beam.py --model /path/to/fused-artifact --repeats 5 --baseline 1681f6e
 """
 from __future__ import annotations
 
