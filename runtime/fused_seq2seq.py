@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kv_buffers import KVBuffers, initial_capacity
+from .kv_buffers import KVBuffers, initial_capacity, reorder_in_place
 from .kv_cache import past_input_names
 from .seq2seq_lm import Seq2SeqLM
 
@@ -37,8 +37,11 @@ class FusedSeq2SeqState:
         rows = np.asarray(rows, dtype=np.int64)
         if np.array_equal(rows, np.arange(len(self.enc_mask))):
             return
+        if len(rows) == len(self.enc_mask):  # a beam step: rows copied in place where they change
+            reorder_in_place(self.cross.values(), rows)
+        else:
+            self.cross = {name: value[rows] for name, value in self.cross.items()}
         self.buffers.select(rows, self.length)
-        self.cross = {name: value[rows] for name, value in self.cross.items()}
         self.enc_mask = self.enc_mask[rows]
 
 

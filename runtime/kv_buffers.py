@@ -38,10 +38,20 @@ class KVBuffers:
             grown[name] = b
         self.__init__(grown)
 
+    @property
+    def batch(self) -> int:
+        return next(iter(self.arrays.values())).shape[0]
+
     def select(self, rows: np.ndarray, held: int | None = None) -> None:
         """rows [b'] int64: keep/duplicate/reorder batch rows of every buffer ([b, ...] -> [b', ...]). With
-        ``held`` (the longest selected row) only the first ``held`` positions are copied; the rest of the new
-        buffers is zero (fresh pages, never touched by the copy)."""
+        ``held`` (the longest selected row) only the first ``held`` positions are copied.
+
+        Same batch size (a beam step): rows are copied within the buffers in place (``reorder_in_place``; the
+        OrtValues stay bound to the same memory; positions past ``held`` keep what they held). Another size: new
+        buffers, whose positions past ``held`` are zero (fresh pages, never touched by the copy)."""
+        if len(rows) == self.batch:
+            reorder_in_place(self.arrays.values(), rows, held)
+            return
         if held is None:
             self.__init__({n: a[rows] for n, a in self.arrays.items()})
             return
@@ -52,7 +62,6 @@ class KVBuffers:
             out[n] = b
         self.__init__(out)
 
-
     def run_in_place(self, session, io) -> np.ndarray:
         """Bind every buffer as both its past input and its present output (the step appends in place), run the
         session on ``io`` (the other inputs already bound) -> the first output, the logits [b, k, V] float32."""
@@ -62,6 +71,51 @@ class KVBuffers:
             io.bind_ortvalue_output("present." + name[len("past_key_values."):], value)
         session.run_with_iobinding(io)
         return io.get_outputs()[0].numpy()
+
+
+def reorder_plan(rows: np.ndarray) -> list[tuple[int, int]]:
+    """rows [b] int64 (row i becomes old row rows[i]) -> in-place copy steps [(dst, src)], in order. ``(d, s)``,
+    d >= 0: copy row s (s >= 0) or saved copy -1 - s (s < 0) into row d; ``(-1 - j, s)``: save row s as copy j
+    (only to break a cycle, e.g. a swap). Rows already in place are skipped; a row is overwritten only after
+    every step that reads it."""
+    pending = {d: int(s) for d, s in enumerate(rows) if int(s) != d}  # dst -> src (a row, or a saved copy < 0)
+    readers = np.bincount([s for s in pending.values()], minlength=len(rows)) if pending else None
+    steps: list[tuple[int, int]] = []
+    saved = 0
+    while pending:
+        ready = [d for d in pending if readers[d] == 0]  # rows nobody still has to read: overwrite them
+        if not ready:  # only cycles are left: save one row, its readers read the copy
+            d = next(iter(pending))
+            steps.append((-1 - saved, d))
+            for j, s in pending.items():
+                if s == d:
+                    pending[j] = -1 - saved
+            readers[d], saved = 0, saved + 1
+            continue
+        for d in ready:
+            s = pending.pop(d)
+            steps.append((d, s))
+            if s >= 0:
+                readers[s] -= 1
+    return steps
+
+
+def reorder_in_place(arrays, rows: np.ndarray, held: int | None = None) -> None:
+    """arrays: [b, h, T, d] each; rows [b] int64 -> each array's row i becomes its old row rows[i], in place (no
+    new buffers: a row is copied only where it changes, cycles through one saved row). With ``held``, only
+    positions [:held] of axis 2 are copied; the rest of a changed row keeps what it held."""
+    steps = reorder_plan(rows)
+    if not steps:
+        return
+    part = (slice(None), slice(None, held)) if held is not None else ()
+    for a in arrays:
+        saved = []
+        for d, s in steps:
+            if d < 0:
+                saved.append(a[(s,) + part].copy())
+            else:
+                a[(d,) + part] = saved[-1 - s] if s < 0 else a[(s,) + part]
+
 
 def initial_capacity(length: int, minimum: int) -> int:
     """Positions a buffer holds: ``minimum`` doubled until ``length`` fits (a fresh buffer, or a grown one)."""

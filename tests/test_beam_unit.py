@@ -347,3 +347,34 @@ def test_topk_large_vocab_path_matches_stable_sort():
         want = np.argsort(-x, axis=-1, kind="stable")[:, :k]
         np.testing.assert_array_equal(idx, want)
         np.testing.assert_array_equal(vals, np.take_along_axis(x, want, axis=-1))
+
+
+def _topk_cases(rng):
+    """[r, n] score arrays past the small-n path: plain, heavy ties, mostly -inf (fewer finite than k), a
+    -1e9 placeholder block (beam search's first step), +inf entries, all equal, NaN."""
+    n = 4 * 5000 + 7
+    plain = rng.standard_normal((2, n)).astype(np.float32)
+    ties = rng.integers(0, 5, (2, n)).astype(np.float32)
+    few = np.full((2, n), -np.inf, np.float32)
+    few[:, [5, 700, 9000]] = 1.0
+    block = np.full((1, n), -1e9, np.float32)
+    block[0, :5000] = rng.standard_normal(5000)
+    inf = plain.copy()
+    inf[:, ::7] = np.inf
+    nan = plain.copy()
+    nan[0, ::16] = np.nan  # the whole subsample (every 16th entry) is NaN
+    return {"plain": plain, "ties": ties, "few-finite": few, "block": block, "inf": inf,
+            "all-equal": np.zeros((1, n), np.float32), "nan": nan}
+
+
+@pytest.mark.parametrize("k", [1, 8, 12, 40])
+def test_topk_threshold_path_equals_a_full_stable_sort(k):
+    """_topk on a large n preselects candidates above the k-th largest of a subsample: the same indices and values
+    as a stable descending sort of everything, whatever the scores look like."""
+    from onnxlm.runtime.decoding.beam import _topk
+
+    for name, x in _topk_cases(np.random.default_rng(k)).items():
+        vals, idx = _topk(x, k)
+        want = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(idx, want, err_msg=name)
+        np.testing.assert_array_equal(vals, np.take_along_axis(x, want, axis=-1), err_msg=name)

@@ -115,6 +115,11 @@ def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs):
     # generation across two growths gives transformers' ids
     got = ours.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=[], pad_token_id=ours.pad_id)
     np.testing.assert_array_equal(got.sequences, _hf_generate(ref, ids, mask, new=20, pad_token_id=ours.pad_id))
+    # a beam search reorders the rows in place, also after each growth (new buffers): still transformers' ids
+    got = ours.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=[], pad_token_id=ours.pad_id,
+                        num_beams=3)
+    np.testing.assert_array_equal(got.sequences, _hf_generate(ref, ids, mask, new=20, pad_token_id=ours.pad_id,
+                                                              num_beams=3))
 
 
 def test_score_equals_the_plain_artifact(fused_dirs, tiny_llama):

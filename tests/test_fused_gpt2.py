@@ -151,17 +151,24 @@ def test_variants_the_graph_cannot_express_fall_back_to_plain(setting, tmp_path)
                                                       vocab_size=64)))
 
 
-def test_beam_select_copies_only_the_held_positions(fused_gpt2_dirs):
+def test_beam_select_copies_only_the_held_positions_in_place(fused_gpt2_dirs):
     ours = onnxlm.load(fused_gpt2_dirs["tiny-gpt2"][1])
     ids, mask = _batch(ours, seed=5)
     state, _ = ours.start(ids, mask)
     held = int(state.lengths.max())
-    spare = state.buffers.arrays["past_key_values.0.key"]
-    spare[:, :, held:] = 7.0  # stands for whatever a buffer holds past its rows' lengths
-    state.select(np.array([2, 0, 0]))
+    buf = state.buffers.arrays["past_key_values.0.key"]
+    buf[:, :, held:] = np.arange(len(buf))[:, None, None, None] + 7.0  # whatever each row holds past its length
+    before = buf.copy()
+    state.select(np.array([2, 0, 0]))  # same batch size (a beam step): rows copied within the same buffer
     got = state.buffers.arrays["past_key_values.0.key"]
-    np.testing.assert_array_equal(got[:, :, :held], spare[[2, 0, 0], :, :held])
-    assert got.shape == spare.shape and not got[:, :, held:].any()
+    assert got is buf
+    np.testing.assert_array_equal(got[:, :, :held], before[[2, 0, 0], :, :held])
+    np.testing.assert_array_equal(got[:, :, held:], before[:, :, held:])  # past held: untouched
+    np.testing.assert_array_equal(state.lengths, (mask.sum(axis=1))[[2, 0, 0]])
+    state.select(np.array([0, 0, 1, 2]))  # another batch size: fresh buffers, zero past held
+    got = state.buffers.arrays["past_key_values.0.key"]
+    np.testing.assert_array_equal(got[:, :, :held], before[[2, 0, 0]][[0, 0, 1, 2], :, :held])
+    assert got.shape == (4,) + buf.shape[1:] and not got[:, :, held:].any()
 
 
 def test_a_failed_validation_leaves_nothing(tiny_gpt2, tmp_path, monkeypatch):

@@ -43,15 +43,33 @@ class BeamOutput:
 def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """[r, n] -> (values [r, k], indices [r, k]), descending; ties: lower index first (stable)."""
     n = x.shape[-1]
-    if n <= 4096 or k >= n:
+    if n <= 4096 or 16 * k >= n:
         idx = np.argsort(-x, axis=-1, kind="stable")[:, :k]
-    else:  # O(n) preselection: every entry >= the k-th largest value (ties kept), then a stable sort of those
-        kth = np.partition(x, n - k, axis=-1)[:, n - k, None]
+    else:
         idx = np.empty((x.shape[0], k), dtype=np.int64)
         for r in range(x.shape[0]):
-            cand = np.flatnonzero(x[r] >= kth[r])  # ascending index order
-            idx[r] = cand[np.argsort(-x[r, cand], kind="stable")[:k]]
+            idx[r] = _topk_row(x[r], k)
     return np.take_along_axis(x, idx, axis=-1), idx.astype(np.int64)
+
+
+def _topk_row(x: np.ndarray, k: int) -> np.ndarray:
+    """[n] -> [k] int64 indices of the k largest, descending, ties lower index first; k << n.
+
+    Every entry >= a threshold t <= the k-th largest value is a candidate (ascending index order), the candidates
+    are sorted stably, the first k kept: the same k as a stable sort of all n, for any t <= the k-th largest.
+    t: the k-th largest of every 16th entry (a subset's k-th largest is never above the whole's), found in
+    n/16 work, leaving ~16k candidates on typical scores; if that leaves too many (ties, -inf rows) or too few
+    (NaN), t is the exact k-th largest (an O(n) partition of all n); NaN scores end in a full sort."""
+    n = x.shape[0]
+    sub = x[::16]
+    t = np.partition(sub, len(sub) - k)[len(sub) - k]
+    cand = np.flatnonzero(x >= t)
+    if not k <= len(cand) <= max(64 * k, 4096):
+        t = np.partition(x, n - k)[n - k]
+        cand = np.flatnonzero(x >= t)
+    if len(cand) < k:  # NaN scores: no threshold works; a full sort, as the small-n path
+        return np.argsort(-x, kind="stable")[:k]
+    return cand[np.argsort(-x[cand], kind="stable")[:k]]
 
 
 def _gather_beams(x: np.ndarray, idx: np.ndarray) -> np.ndarray:  # [b, m, ...], [b, j] -> [b, j, ...]
