@@ -8,15 +8,23 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
 * Q4_1 (``w = d*q + m``): bits=4 with uint8 zero points ``z = clip(round(-m/d), 0, 15)`` (so ``d*(q-z)`` stays
   close to ``w`` and int8 activations see the true weight's range) plus the exact correction
   ``blocksum(x) @ R``, ``R = m + z*d`` ([K/32, N]; ``blocksum`` sums x over each block of 32 along K). One
-  block-sum per input (q/k/v are one MatMul already, gate/up become one ``MatMulNBits`` then a Split): a MatMul of x
-  with a constant [K, K/32] 0/1 matrix, a MatMul with R, an Add.
+  block-sum per input (q/k/v are one MatMul already, gate/up become one ``MatMulNBits`` then a Split): a
+  ``ReduceSum`` over x reshaped to [b, s, K/32, 32], a MatMul with R, an Add. (The block sums were a MatMul with a
+  constant [K, K/32] 0/1 matrix: ~8 % slower per SmolLM2 decode step in an A/B run, its 0/1 matrices and the
+  per-op cost of 120 more small MatMuls; ``scripts/probe_gguf_graph.py``.) R stays float32: ``m + z*d`` is exact in
+  float32, not in float16. Float zero points in ``MatMulNBits`` (which would need no correction) take onnxruntime
+  1.32's dequantise-then-multiply path: ~200x slower than uint8 ones at bits=4, at level 1 and level 4 alike.
 * Q8_0 (``w = d*q``, SmolLM2's tied embedding / output head): bits=8, codes ``q+128`` (the default zero point
   128), always at accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower); a tied embedding is read
   by ``GatherBlockQuantized`` bits=8 over the same code bytes (one copy; the scales, ~3 % of it, are stored twice
   because the two ops want different shapes). The output head runs in two int8 passes (``split_int8``):
-  ``MatMulNBits(a) + MatMulNBits(x - a)`` where ``a`` is x rounded per block exactly as level 4 rounds it, so the
-  first pass is exact and the second carries the remainder: the head's logits as with fp32 activations (measured
-  on SmolLM2: the same agreement and perplexity as an fp32 head) for ~1 ms more per token.
+  ``a @ W + (x - a) @ W`` where ``a`` is x rounded per block exactly as level 4 rounds it, so the first pass is
+  exact and the second carries the remainder: the head's logits as with fp32 activations (measured on SmolLM2:
+  the same agreement and perplexity as an fp32 head). Both passes are one ``MatMulNBits`` over the rows of ``a``
+  and ``x - a`` stacked ([2T, K]; level 4 quantizes each row on its own, so the result is the two passes'), its
+  two halves added (Split + Add): the head's 28 MB of codes are read once, not twice (~10 % of a SmolLM2 decode
+  step in an A/B run; an M=2 product costs ~1.2x an M=1 one). A ``ReduceSum`` over the stacked axis instead of
+  Split + Add costs ~1 ms.
 * Any other type (Q5_*, Q6_K, K-quants, F16, ...) or a group mixing 4- and 8-bit tensors: that MatMul keeps the
   fp32 (dequantised) weight of the fp32 graph; the manifest counts it under ``fp32_tensors``.
 
@@ -31,8 +39,12 @@ activations in every 4-bit MatMul (with the two-pass head every product then see
 top-1 agreement 1.000). The attention projections (q/k/v, o) always run at level 1: a quarter of the weights for
 ~5 % of a step, and at level 4 they cost ~1 % agreement (SmolLM2: 0.962 -> 0.974 on 3,072 README tokens).
 Level 4 makes the agreement chaotic at about +-0.5 %: a mere change of summation order (``Sum`` vs two ``Add``)
-moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968. 8-bit layers of other files (a Q8_0
-model) run at level 4, single pass.
+moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968, and the ``ReduceSum`` block sums moved
+the default's from 0.980 to 0.977 (perplexity +0.11 % -> +0.36 %) while on 5,458 tokens (the gate's text, README,
+design.md) agreement, perplexity and the mean KL divergence from fp32 stayed put (0.9745 -> 0.972, +0.29 % ->
++0.14 %, KL 0.00145 -> 0.00147). What would move it for real: the MLP's gate/up at level 1 (KL 0.00055,
+agreement 0.9835 on those 5,458 tokens) or down at level 1 (KL 0.00088), each costing most of this graph's
+speed-up. 8-bit layers of other files (a Q8_0 model) run at level 4, single pass.
 """
 from __future__ import annotations
 
@@ -206,7 +218,6 @@ class _Rewriter:
         self.native, self.kept = Counter(), Counter()
         self.max_diff = 0.0
         self.new_inits = []
-        self.blocksums = {}  # K -> initializer name of the [K, K/32] 0/1 matrix
 
     def init(self, name: str, array: np.ndarray) -> str:
         self.new_inits.append(self.from_array(np.ascontiguousarray(array), name))
@@ -261,9 +272,9 @@ class _Rewriter:
 
     def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
                two_pass: bool = False) -> list:
-        """x [..., K] -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split when ``splits`` has 2+ sizes).
-        ``two_pass`` (x [T, K], level 4): MatMulNBits(a) + MatMulNBits(x - a) with ``split_int8``: close to fp32
-        activations for twice the int8 product."""
+        """x [b, s, K] (``two_pass``: [T, K]) -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split when
+        ``splits`` has 2+ sizes). ``two_pass`` (level 4): the rows of a and x - a (``split_int8``) stacked into one
+        MatMulNBits ([2T, K]: the weights are read once), its two halves added: close to fp32 activations."""
         n, kb = b.scales.shape
         k = kb * BLOCK
         level = _level(name, b.bits, self.accuracy_level)
@@ -275,20 +286,21 @@ class _Rewriter:
         attrs = dict(K=k, N=n, bits=b.bits, block_size=BLOCK, accuracy_level=level)
         if two_pass and level == 4:
             nodes, a, r = self.split_int8(x, k, name)
-            nodes += [self.node("MatMulNBits", [a, *inputs[1:]], [f"{name}.ya"], name, "com.microsoft", **attrs),
-                      self.node("MatMulNBits", [r, *inputs[1:]], [f"{name}.yr"], f"{name}.Remainder",
-                                "com.microsoft", **attrs),
+            nodes += [self.node("Concat", [a, r], [f"{name}.ar"], f"{name}.Stack", axis=0),  # [2T, K]
+                      self.node("MatMulNBits", [f"{name}.ar", *inputs[1:]], [f"{name}.yar"], name, "com.microsoft",
+                                **attrs),
+                      self.node("Split", [f"{name}.yar"], [f"{name}.ya", f"{name}.yr"], f"{name}.Unstack", axis=0),
                       self.node("Add", [f"{name}.ya", f"{name}.yr"], [y], f"{name}.TwoPass")]
         else:
             nodes = [self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs)]
-        if b.correction is not None:  # + blocksum(x) [.., K/32] @ R [K/32, N]
-            if k not in self.blocksums:
-                ones = np.kron(np.eye(kb, dtype=np.float32), np.ones((BLOCK, 1), np.float32))  # [K, K/32]
-                self.blocksums[k] = self.init(f"blocksum_{k}", ones)
-            sums = f"{name}.blocksum"
-            nodes.append(self.node("MatMul", [x, self.blocksums[k]], [sums], f"{name}.BlockSum"))
-            nodes.append(self.node("MatMul", [sums, self.init(f"{name}.correction", b.correction.T)],
-                                   [f"{name}.corr"], f"{name}.Correction"))
+        if b.correction is not None:  # + blocksum(x) [b, s, K/32] @ R [K/32, N]
+            lead = [0] if two_pass else [0, 0]  # keep x's leading dims ([T] for the head, [b, s] elsewhere)
+            blocks = self.inits_once(f"blocks_of_{k}_rank{len(lead) + 1}", np.array([*lead, kb, BLOCK], np.int64))
+            nodes += [self.node("Reshape", [x, blocks], [f"{name}.x_blocks"], f"{name}.Blocks"),  # [b, s, K/32, 32]
+                      self.node("ReduceSum", [f"{name}.x_blocks", self.inits_once("blocksum_axis", np.array([-1]))],
+                                [f"{name}.blocksum"], f"{name}.BlockSum", keepdims=0),
+                      self.node("MatMul", [f"{name}.blocksum", self.init(f"{name}.correction", b.correction.T)],
+                                [f"{name}.corr"], f"{name}.Correction")]
             out = outputs[0] if len(splits) == 1 else f"{name}.sum"
             nodes.append(self.node("Add", [y, f"{name}.corr"], [out], f"{name}.AddCorrection"))
             y = out
