@@ -66,6 +66,9 @@ WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weig
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
 # step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
 FP32_ACTIVATIONS = ("qkv", "o_proj")
+# the 4-bit MatMuls whose int8 activations go in two passes (``split_int8``: ~fp32 activations for ~1.2x a pass),
+# per accuracy_level; the other MLP MatMuls run at level 4 in one pass; the output head always goes in two
+TWO_PASS = {4: ("gate_up_proj",), 1: ("gate_up_proj", "down_proj")}
 LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
 
@@ -196,12 +199,11 @@ class GGUFTensors:
         return b
 
 
-def _level(name: str, bits: int, accuracy_level: int) -> int:
-    """The accuracy level of the MatMulNBits ``name``: 8-bit always 4 (level 1 is onnxruntime's slow path); the
-    attention projections always 1; the MLP ``accuracy_level``."""
-    if bits == 8:
-        return 4
-    return 1 if name.split(".")[-1] in FP32_ACTIVATIONS else accuracy_level
+def _level(name: str, bits: int) -> int:
+    """The accuracy level of the MatMulNBits ``name``: the 4-bit attention projections 1 (fp32 activations);
+    everything else 4 (int8 activations, in one or two passes; onnxruntime's 8-bit path at level 1 is ~90x
+    slower)."""
+    return 1 if bits == 4 and name.split(".")[-1] in FP32_ACTIVATIONS else 4
 
 
 class _Rewriter:
@@ -216,6 +218,7 @@ class _Rewriter:
         self.from_array = numpy_helper.from_array
         self.accuracy_level = accuracy_level
         self.native, self.kept = Counter(), Counter()
+        self.two_pass = set()  # the parts whose MatMulNBits read the stacked rows of a and x - a
         self.max_diff = 0.0
         self.new_inits = []
 
@@ -241,29 +244,32 @@ class _Rewriter:
                               f"(tolerance {WEIGHT_TOLERANCE}): unsupported layout")
         self.max_diff = max(self.max_diff, diff)
 
-    def split_int8(self, x: str, k: int, name: str) -> tuple[list, str, str]:
-        """x [T, K] -> (nodes, a, r): ``a`` = x rounded to int8 per block of 32 exactly as accuracy level 4
-        quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error, and the remainder r = x - a
-        (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
+    def blocks_of(self, x: str, k: int, lead: int, name: str) -> tuple[list, str]:
+        """x [*lead dims, K] -> (nodes, x viewed as [*lead dims, K/32, 32])."""
+        shape = self.inits_once(f"blocks_of_{k}_rank{lead + 1}", np.array([0] * lead + [k // BLOCK, BLOCK], np.int64))
+        return [self.node("Reshape", [x, shape], [f"{name}.x_blocks"], f"{name}.Blocks")], f"{name}.x_blocks"
+
+    def split_int8(self, x: str, x_blocks: str, k: int, lead: int, name: str) -> tuple[list, str, str]:
+        """x [*lead dims, K] (and its ``blocks_of`` view) -> (nodes, a, r): ``a`` = x rounded to int8 per block of
+        32 exactly as accuracy level 4 quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error,
+        and the remainder r = x - a (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
         c = lambda nm, v: self.inits_once(nm, np.array(v, np.float32))  # noqa: E731
-        blocks = [self.node("Reshape", [x, self.inits_once(f"blocks_{k}", np.array([-1, k // BLOCK, BLOCK]))],
-                            [f"{name}.x_blocks"], f"{name}.XBlocks")]
-        ops = [("Abs", [f"{name}.x_blocks"], {}), ("ReduceMax", None, dict(axes=[-1], keepdims=1)),
+        ops = [("Abs", [x_blocks], {}), ("ReduceMax", None, dict(axes=[-1], keepdims=1)),
                ("Div", [None, c("int8_max", 127.0)], {}), ("Max", [None, c("tiny", 1e-30)], {})]
-        prev = f"{name}.x_blocks"
+        nodes, prev = [], x_blocks
         for op, ins, attrs in ops:
             out = f"{name}.{op.lower()}"
             ins = [prev] if ins is None else [prev if i is None else i for i in ins]
-            blocks.append(self.node(op, ins, [out], f"{name}.{op}", **attrs))
+            nodes.append(self.node(op, ins, [out], f"{name}.{op}", **attrs))
             prev = out
         scale = prev
-        blocks += [self.node("Div", [f"{name}.x_blocks", scale], [f"{name}.scaled"], f"{name}.Scale"),
-                   self.node("Round", [f"{name}.scaled"], [f"{name}.rounded"], f"{name}.Round"),
-                   self.node("Mul", [f"{name}.rounded", scale], [f"{name}.a_blocks"], f"{name}.Unscale"),
-                   self.node("Reshape", [f"{name}.a_blocks", self.inits_once("flat_" + str(k), np.array([-1, k]))],
-                             [f"{name}.a"], f"{name}.A"),
-                   self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
-        return blocks, f"{name}.a", f"{name}.r"
+        flat = self.inits_once(f"flat_{k}_rank{lead + 1}", np.array([0] * lead + [k], np.int64))
+        nodes += [self.node("Div", [x_blocks, scale], [f"{name}.scaled"], f"{name}.Scale"),
+                  self.node("Round", [f"{name}.scaled"], [f"{name}.rounded"], f"{name}.Round"),
+                  self.node("Mul", [f"{name}.rounded", scale], [f"{name}.a_blocks"], f"{name}.Unscale"),
+                  self.node("Reshape", [f"{name}.a_blocks", flat], [f"{name}.a"], f"{name}.A"),
+                  self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
+        return nodes, f"{name}.a", f"{name}.r"
 
     def inits_once(self, name: str, array: np.ndarray) -> str:
         if name not in {t.name for t in self.new_inits}:
@@ -271,33 +277,37 @@ class _Rewriter:
         return name
 
     def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
-               two_pass: bool = False) -> list:
-        """x [b, s, K] (``two_pass``: [T, K]) -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split when
-        ``splits`` has 2+ sizes). ``two_pass`` (level 4): the rows of a and x - a (``split_int8``) stacked into one
-        MatMulNBits ([2T, K]: the weights are read once), its two halves added: close to fp32 activations."""
+               head: bool = False) -> list:
+        """x [b, s, K] (``head``: the output head's [T, K]) -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split
+        when ``splits`` has 2+ sizes). The head and the parts in ``TWO_PASS[accuracy_level]`` (at level 4) go in two
+        passes: the rows of a and x - a (``split_int8``) stacked into one MatMulNBits ([2T, K] / [2b, s, K]: the
+        weights are read once), its two halves added: close to fp32 activations."""
         n, kb = b.scales.shape
         k = kb * BLOCK
-        level = _level(name, b.bits, self.accuracy_level)
+        level = _level(name, b.bits)
         inputs = [x, self.init(f"{name}.codes", b.codes), self.init(f"{name}.scales", b.scales)]
         if b.zero_points is not None:
             zp = b.zero_points if b.bits == 8 else _pack4(np.pad(b.zero_points, ((0, 0), (0, kb % 2))))
             inputs.append(self.init(f"{name}.zero_points", zp))
         y = outputs[0] if len(splits) == 1 and b.correction is None else f"{name}.nbits"
         attrs = dict(K=k, N=n, bits=b.bits, block_size=BLOCK, accuracy_level=level)
-        if two_pass and level == 4:
-            nodes, a, r = self.split_int8(x, k, name)
-            nodes += [self.node("Concat", [a, r], [f"{name}.ar"], f"{name}.Stack", axis=0),  # [2T, K]
+        lead = 1 if head else 2  # x [T, K] (the head) or [b, s, K]
+        two_pass = (head or name.split(".")[-1] in TWO_PASS[self.accuracy_level]) and level == 4
+        if two_pass:
+            self.two_pass.add(name.split(".")[-1])
+        nodes, x_blocks = self.blocks_of(x, k, lead, name) if two_pass or b.correction is not None else ([], None)
+        if two_pass:
+            split, a, r = self.split_int8(x, x_blocks, k, lead, name)
+            nodes += split
+            nodes += [self.node("Concat", [a, r], [f"{name}.ar"], f"{name}.Stack", axis=0),  # [2T, K] / [2b, s, K]
                       self.node("MatMulNBits", [f"{name}.ar", *inputs[1:]], [f"{name}.yar"], name, "com.microsoft",
                                 **attrs),
                       self.node("Split", [f"{name}.yar"], [f"{name}.ya", f"{name}.yr"], f"{name}.Unstack", axis=0),
                       self.node("Add", [f"{name}.ya", f"{name}.yr"], [y], f"{name}.TwoPass")]
         else:
-            nodes = [self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs)]
+            nodes.append(self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs))
         if b.correction is not None:  # + blocksum(x) [b, s, K/32] @ R [K/32, N]
-            lead = [0] if two_pass else [0, 0]  # keep x's leading dims ([T] for the head, [b, s] elsewhere)
-            blocks = self.inits_once(f"blocks_of_{k}_rank{len(lead) + 1}", np.array([*lead, kb, BLOCK], np.int64))
-            nodes += [self.node("Reshape", [x, blocks], [f"{name}.x_blocks"], f"{name}.Blocks"),  # [b, s, K/32, 32]
-                      self.node("ReduceSum", [f"{name}.x_blocks", self.inits_once("blocksum_axis", np.array([-1]))],
+            nodes += [self.node("ReduceSum", [x_blocks, self.inits_once("blocksum_axis", np.array([-1]))],
                                 [f"{name}.blocksum"], f"{name}.BlockSum", keepdims=0),
                       self.node("MatMul", [f"{name}.blocksum", self.init(f"{name}.correction", b.correction.T)],
                                 [f"{name}.corr"], f"{name}.Correction")]
@@ -392,7 +402,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
     if tied and emb_blocks is not None and emb_blocks.bits == 8:
         rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding / output head")
         replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
-                                      "lm_head", two_pass=True)
+                                      "lm_head", head=True)
         v, kb = emb_blocks.scales.shape
         rows = "embed_tokens.rows"
         replace[id(gather)] = [
@@ -409,7 +419,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
             if out_b is not None:
                 rw.check(out_b, head.input[1], False, "output head")
                 replace[id(head)] = rw.matmul(head.input[0], out_b, [head.output[0]], [out_b.scales.shape[0]],
-                                              "lm_head", two_pass=True)
+                                              "lm_head", head=True)
             else:
                 keep(["output.weight"] if "output.weight" in tensors.tensors else [])
 
@@ -425,7 +435,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
     g.initializer.extend(kept_inits + rw.new_inits)
     onnx.save_model(model, str(dst))
     return {"tensors": dict(rw.native), "fp32_tensors": {str(k): v for k, v in rw.kept.items()},
-            "max_weight_diff": rw.max_diff}
+            "max_weight_diff": rw.max_diff, "two_pass": sorted(rw.two_pass)}
 
 
 def check_gguf_args(accuracy_level: int, block_size: int) -> None:
