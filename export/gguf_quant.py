@@ -9,22 +9,18 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   close to ``w`` and int8 activations see the true weight's range) plus the exact correction
   ``blocksum(x) @ R``, ``R = m + z*d`` ([K/32, N]; ``blocksum`` sums x over each block of 32 along K). One
   block-sum per input (q/k/v are one MatMul already, gate/up become one ``MatMulNBits`` then a Split): a
-  ``ReduceSum`` over x reshaped to [b, s, K/32, 32], a MatMul with R, an Add. (The block sums were a MatMul with a
-  constant [K, K/32] 0/1 matrix: ~8 % slower per SmolLM2 decode step in an A/B run, its 0/1 matrices and the
-  per-op cost of 120 more small MatMuls; ``scripts/probe_gguf_graph.py``.) R stays float32: ``m + z*d`` is exact in
-  float32, not in float16. Float zero points in ``MatMulNBits`` (which would need no correction) take onnxruntime
+  ``ReduceSum`` over x reshaped to [b, s, K/32, 32], a MatMul with R, an Add (into the residual stream: one
+  ``Sum``). Measured on SmolLM2 (``scripts/probe_gguf_graph.py``, A/B runs under load): block sums as a MatMul
+  with a constant [K, K/32] 0/1 matrix were ~4-8 % slower per decode step (their 0/1 matrices are re-read from
+  memory: the K=1536 one is 295 KB); a 2-D residual stream with each correction + Add as one ``Gemm(C=y)`` and the
+  residual Add + RMSNorm as ``SkipSimplifiedLayerNormalization`` (776 nodes, 60 fewer Add/Sum/norm kernels, 2
+  Reshapes per layer more) was no faster (0.97-1.02x): not kept. R stays float32 (``m + z*d`` is exact in
+  float32, not in float16). Float zero points in ``MatMulNBits`` (which would need no correction) take onnxruntime
   1.32's dequantise-then-multiply path: ~200x slower than uint8 ones at bits=4, at level 1 and level 4 alike.
 * Q8_0 (``w = d*q``, SmolLM2's tied embedding / output head): bits=8, codes ``q+128`` (the default zero point
   128), always at accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower); a tied embedding is read
   by ``GatherBlockQuantized`` bits=8 over the same code bytes (one copy; the scales, ~3 % of it, are stored twice
-  because the two ops want different shapes). The output head runs in two int8 passes (``split_int8``):
-  ``a @ W + (x - a) @ W`` where ``a`` is x rounded per block exactly as level 4 rounds it, so the first pass is
-  exact and the second carries the remainder: the head's logits as with fp32 activations (measured on SmolLM2:
-  the same agreement and perplexity as an fp32 head). Both passes are one ``MatMulNBits`` over the rows of ``a``
-  and ``x - a`` stacked ([2T, K]; level 4 quantizes each row on its own, so the result is the two passes'), its
-  two halves added (Split + Add): the head's 28 MB of codes are read once, not twice (~10 % of a SmolLM2 decode
-  step in an A/B run; an M=2 product costs ~1.2x an M=1 one). A ``ReduceSum`` over the stacked axis instead of
-  Split + Add costs ~1 ms.
+  because the two ops want different shapes). The output head runs in two int8 passes (below).
 * Any other type (Q5_*, Q6_K, K-quants, F16, ...) or a group mixing 4- and 8-bit tensors: that MatMul keeps the
   fp32 (dequantised) weight of the fp32 graph; the manifest counts it under ``fp32_tensors``.
 
@@ -34,17 +30,32 @@ of blocks, so the packed rows are permuted the same way. Every rewritten weight 
 compared with the fp32 graph's weight (max |diff| recorded as ``max_weight_diff``; above ``WEIGHT_TOLERANCE`` the
 export fails: a layout bug, never a user error).
 
-``accuracy_level`` (the 4-bit MLP MatMuls): 4 = int8 activations (default, fastest); 1 = the fidelity setting: fp32
-activations in every 4-bit MatMul (with the two-pass head every product then sees fp32 activations; SmolLM2:
-top-1 agreement 1.000). The attention projections (q/k/v, o) always run at level 1: a quarter of the weights for
-~5 % of a step, and at level 4 they cost ~1 % agreement (SmolLM2: 0.962 -> 0.974 on 3,072 README tokens).
+Two int8 passes (``split_int8``; the output head always, the MLP per ``accuracy_level``): ``a @ W + (x - a) @ W``
+where ``a`` is x rounded per block exactly as level 4 rounds it, so the first pass is exact and the second carries
+the remainder (its own int8 error ~254x smaller than x's): the product as with fp32 activations. Both passes are
+one ``MatMulNBits`` over the rows of ``a`` and ``x - a`` stacked ([2T, K] / [2b, s, K]; level 4 quantizes each
+row on its own, so the result is the two passes'), its two halves added (Split + Add; a ``ReduceSum`` over the
+stacked axis is ~30x slower): the weights are read once, and on SmolLM2 an M=2 level-4 product costs ~1.2x an
+M=1 one, much less than level 1 (~3x). For the head (28 MB of Q8_0 codes) this replaced two ``MatMulNBits`` calls
+(~4-10 % of a decode step in A/B runs).
+
+``accuracy_level``: 4 (default) = gate/up in two passes, down in one int8 pass; 1 (fidelity) = gate/up and down in
+two passes. The attention projections (q/k/v, o) always run at level 1 (fp32 activations; a quarter of the
+weights; at level 4 they cost ~1 % agreement, SmolLM2: 0.962 -> 0.974 on 3,072 README tokens; in two passes they
+were no faster than at level 1). Measured on SmolLM2 (the gate's 652 tokens; and 5,458 tokens: the gate's text,
+README, design.md, with the mean KL divergence from fp32), before -> after this form:
+
+* default: gate 0.980 / +0.11 % -> 0.980 / +0.07 %; 5,458 tokens 0.9745 / +0.29 % / KL 0.00145 -> 0.9853 / +0.11 %
+  / KL 0.00055 (gate/up at int8 activations was the largest error: down in two passes as well reaches KL ~0);
+  ~6-8 % less time per decode step (A/B, under load).
+* fidelity (MLP at level 1 before): gate 1.000 -> 0.9985 / +0.00 %; 5,458 tokens 0.9998 -> 0.9998, KL ~0 both;
+  ~20 % less time per decode step (A/B, under load).
+
 Level 4 makes the agreement chaotic at about +-0.5 %: a mere change of summation order (``Sum`` vs two ``Add``)
-moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968, and the ``ReduceSum`` block sums moved
-the default's from 0.980 to 0.977 (perplexity +0.11 % -> +0.36 %) while on 5,458 tokens (the gate's text, README,
-design.md) agreement, perplexity and the mean KL divergence from fp32 stayed put (0.9745 -> 0.972, +0.29 % ->
-+0.14 %, KL 0.00145 -> 0.00147). What would move it for real: the MLP's gate/up at level 1 (KL 0.00055,
-agreement 0.9835 on those 5,458 tokens) or down at level 1 (KL 0.00088), each costing most of this graph's
-speed-up. 8-bit layers of other files (a Q8_0 model) run at level 4, single pass.
+moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968, and the ``ReduceSum`` block sums
+(with gate/up still in one pass) moved the default's from 0.980 to 0.977 while the 5,458-token KL stayed put
+(0.00145 -> 0.00147): judge a change by the KL on more text, not by the gate's figure alone. 8-bit layers of
+other files (a Q8_0 model) run at level 4, single pass.
 """
 from __future__ import annotations
 
@@ -61,7 +72,7 @@ from .quantize import read_fp32_manifest, write_quantized_artifact
 
 BLOCK = 32  # weights per block along K for Q4_0, Q4_1, Q8_0
 NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
-ACCURACY_LEVELS = (1, 4)  # 4: int8 activations; 1: fp32 activations (fidelity)
+ACCURACY_LEVELS = (1, 4)  # 4: down_proj at int8 activations (default); 1: every product ~fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
 # step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
@@ -441,7 +452,8 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
 def check_gguf_args(accuracy_level: int, block_size: int) -> None:
     if accuracy_level not in ACCURACY_LEVELS:
         raise ExportError(f"accuracy_level: got {accuracy_level!r}; allowed with quantize='gguf': {ACCURACY_LEVELS} "
-                          "(4 = int8 activations, 1 = fp32 activations: the fidelity setting)")
+                          "(4 = the MLP's down projection at int8 activations, 1 = every product at ~fp32 "
+                          "activations: the fidelity setting)")
     if block_size != BLOCK:
         raise ExportError(f"block_size: got {block_size!r}; quantize='gguf' keeps the GGUF's own blocks of "
                           f"{BLOCK} weights, so block_size must be {BLOCK}")
