@@ -3,8 +3,10 @@ GGUF-native graph (export/gguf_quant.py) or a GGUF-native graph against its fp32
 
 Each round runs ``--steps`` decode steps of every graph in turn in one process (one token after a ``--past``-token
 cache, ``session.run`` with random KV), so the graphs see the same machine load; the report is the median ms/step
-of each graph over all rounds and its ratio to the first graph. On a shared machine only these alternating
-comparisons mean anything: run it under ``nice -n 10`` and label the figures as taken under load.
+of each graph over all rounds and its ratio to the first graph, and the median (and quartiles) of the per-round
+ratios (each round's graphs ran back to back: the pairing cancels slow drifts of the load). On a shared machine
+only these alternating comparisons mean anything: run it under ``nice -n 10``, many short rounds (``--steps 2``),
+and label the figures as taken under load.
 
     python scripts/probe_gguf_graph.py A/model.onnx B/model.onnx --rounds 20 --steps 20
     python scripts/probe_gguf_graph.py A B --profile      # + onnxruntime's per-op kernel time per step
@@ -96,18 +98,25 @@ def main() -> None:
     sessions = [session(p, args.threads) for p in paths]
     feeds = [decode_feeds(s, args.past, args.capacity) for s in sessions]
     times = [[] for _ in paths]
+    rounds = [[] for _ in paths]  # each graph's median ms/step per round: paired with the reference's
     for s, f in zip(sessions, feeds):  # warm-up
         for _ in range(5):
             s.run(["logits"], f)
     for _ in range(args.rounds):
         for i, (s, f) in enumerate(zip(sessions, feeds)):
+            step = []
             for _ in range(args.steps):
                 t = time.perf_counter()
                 s.run(["logits"], f)
-                times[i].append(time.perf_counter() - t)
+                step.append(time.perf_counter() - t)
+            times[i] += step
+            rounds[i].append(np.median(step))
     ref = np.median(times[0])
-    for p, ts in zip(paths, times):
-        print(f"{np.median(ts) * 1e3:7.2f} ms/step  ({np.median(ts) / ref:.3f}x)  {p}")
+    for p, ts, rs in zip(paths, times, rounds):
+        paired = np.asarray(rs) / np.asarray(rounds[0])
+        q1, q3 = np.percentile(paired, [25, 75])
+        print(f"{np.median(ts) * 1e3:7.2f} ms/step  ({np.median(ts) / ref:.3f}x; per round {np.median(paired):.3f}x, "
+              f"quartiles {q1:.3f}-{q3:.3f})  {p}")
     if args.profile:
         del sessions
         for p in paths:
