@@ -46,10 +46,12 @@ were no faster than at level 1). Measured on SmolLM2 (the gate's 652 tokens; and
 README, design.md, with the mean KL divergence from fp32), before -> after this form:
 
 * default: gate 0.980 / +0.11 % -> 0.980 / +0.07 %; 5,458 tokens 0.9745 / +0.29 % / KL 0.00145 -> 0.9853 / +0.11 %
-  / KL 0.00055 (gate/up at int8 activations was the largest error: down in two passes as well reaches KL ~0);
-  ~6-8 % less time per decode step (A/B, under load).
+  / KL 0.00055 (gate/up at int8 activations was the largest error: down in two passes as well reaches KL ~0).
+  Time per decode step: 0.89-1.06x of before in seven A/B runs under load (median ~0.95): the head's and the
+  block sums' savings (0.81-0.94x of before with gate/up in one pass, ``TWO_PASS[4] = ()``: gate 0.977 / +0.37 %,
+  5,458 tokens KL 0.00147) are mostly spent on gate/up's two passes (~12 small ops per layer).
 * fidelity (MLP at level 1 before): gate 1.000 -> 0.9985 / +0.00 %; 5,458 tokens 0.9998 -> 0.9998, KL ~0 both;
-  ~20 % less time per decode step (A/B, under load).
+  0.74-0.87x of before per decode step (A/B runs under load), about the default's time.
 
 Level 4 makes the agreement chaotic at about +-0.5 %: a mere change of summation order (``Sum`` vs two ``Add``)
 moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968, and the ``ReduceSum`` block sums
