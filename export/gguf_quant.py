@@ -8,15 +8,19 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
 * Q4_1 (``w = d*q + m``): bits=4 with uint8 zero points ``z = clip(round(-m/d), 0, 15)`` (so ``d*(q-z)`` stays
   close to ``w`` and int8 activations see the true weight's range) plus the exact correction
   ``blocksum(x) @ R``, ``R = m + z*d`` ([K/32, N]; ``blocksum`` sums x over each block of 32 along K). One
-  block-sum per input (q/k/v are one MatMul already, gate/up become one ``MatMulNBits`` then a Split): a MatMul of x
-  with a constant [K, K/32] 0/1 matrix, a MatMul with R, an Add.
+  block-sum per input (q/k/v are one MatMul already, gate/up become one ``MatMulNBits`` then a Split): a
+  ``ReduceSum`` over x reshaped to [b, s, K/32, 32], a MatMul with R, an Add (into the residual stream: one
+  ``Sum``). Measured on SmolLM2 (``scripts/probe_gguf_graph.py``, A/B runs under load): block sums as a MatMul
+  with a constant [K, K/32] 0/1 matrix were ~4-8 % slower per decode step (their 0/1 matrices are re-read from
+  memory: the K=1536 one is 295 KB); a 2-D residual stream with each correction + Add as one ``Gemm(C=y)`` and the
+  residual Add + RMSNorm as ``SkipSimplifiedLayerNormalization`` (776 nodes, 60 fewer Add/Sum/norm kernels, 2
+  Reshapes per layer more) was no faster (0.97-1.02x): not kept. R stays float32 (``m + z*d`` is exact in
+  float32, not in float16). Float zero points in ``MatMulNBits`` (which would need no correction) take onnxruntime
+  1.32's dequantise-then-multiply path: ~200x slower than uint8 ones at bits=4, at level 1 and level 4 alike.
 * Q8_0 (``w = d*q``, SmolLM2's tied embedding / output head): bits=8, codes ``q+128`` (the default zero point
   128), always at accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower); a tied embedding is read
   by ``GatherBlockQuantized`` bits=8 over the same code bytes (one copy; the scales, ~3 % of it, are stored twice
-  because the two ops want different shapes). The output head runs in two int8 passes (``split_int8``):
-  ``MatMulNBits(a) + MatMulNBits(x - a)`` where ``a`` is x rounded per block exactly as level 4 rounds it, so the
-  first pass is exact and the second carries the remainder: the head's logits as with fp32 activations (measured
-  on SmolLM2: the same agreement and perplexity as an fp32 head) for ~1 ms more per token.
+  because the two ops want different shapes). The output head runs in two int8 passes (below).
 * Any other type (Q5_*, Q6_K, K-quants, F16, ...) or a group mixing 4- and 8-bit tensors: that MatMul keeps the
   fp32 (dequantised) weight of the fp32 graph; the manifest counts it under ``fp32_tensors``.
 
@@ -26,13 +30,34 @@ of blocks, so the packed rows are permuted the same way. Every rewritten weight 
 compared with the fp32 graph's weight (max |diff| recorded as ``max_weight_diff``; above ``WEIGHT_TOLERANCE`` the
 export fails: a layout bug, never a user error).
 
-``accuracy_level`` (the 4-bit MLP MatMuls): 4 = int8 activations (default, fastest); 1 = the fidelity setting: fp32
-activations in every 4-bit MatMul (with the two-pass head every product then sees fp32 activations; SmolLM2:
-top-1 agreement 1.000). The attention projections (q/k/v, o) always run at level 1: a quarter of the weights for
-~5 % of a step, and at level 4 they cost ~1 % agreement (SmolLM2: 0.962 -> 0.974 on 3,072 README tokens).
+Two int8 passes (``split_int8``; the output head always, the MLP per ``accuracy_level``): ``a @ W + (x - a) @ W``
+where ``a`` is x rounded per block exactly as level 4 rounds it, so the first pass is exact and the second carries
+the remainder (its own int8 error ~254x smaller than x's): the product as with fp32 activations. Both passes are
+one ``MatMulNBits`` over the rows of ``a`` and ``x - a`` stacked ([2T, K] / [2b, s, K]; level 4 quantizes each
+row on its own, so the result is the two passes'), its two halves added (Split + Add; a ``ReduceSum`` over the
+stacked axis is ~30x slower): the weights are read once, and on SmolLM2 an M=2 level-4 product costs ~1.2x an
+M=1 one, much less than level 1 (~3x). For the head (28 MB of Q8_0 codes) this replaced two ``MatMulNBits`` calls
+(~4-10 % of a decode step in A/B runs).
+
+``accuracy_level``: 4 (default) = gate/up in two passes, down in one int8 pass; 1 (fidelity) = gate/up and down in
+two passes. The attention projections (q/k/v, o) always run at level 1 (fp32 activations; a quarter of the
+weights; at level 4 they cost ~1 % agreement, SmolLM2: 0.962 -> 0.974 on 3,072 README tokens; in two passes they
+were no faster than at level 1). Measured on SmolLM2 (the gate's 652 tokens; and 5,458 tokens: the gate's text,
+README, design.md, with the mean KL divergence from fp32), before -> after this form:
+
+* default: gate 0.980 / +0.11 % -> 0.980 / +0.07 %; 5,458 tokens 0.9745 / +0.29 % / KL 0.00145 -> 0.9853 / +0.11 %
+  / KL 0.00055 (gate/up at int8 activations was the largest error: down in two passes as well reaches KL ~0).
+  Time per decode step: 0.89-1.06x of before in seven A/B runs under load (median ~0.95): the head's and the
+  block sums' savings (0.81-0.94x of before with gate/up in one pass, ``TWO_PASS[4] = ()``: gate 0.977 / +0.37 %,
+  5,458 tokens KL 0.00147) are mostly spent on gate/up's two passes (~12 small ops per layer).
+* fidelity (MLP at level 1 before): gate 1.000 -> 0.9985 / +0.00 %; 5,458 tokens 0.9998 -> 0.9998, KL ~0 both;
+  0.74-0.87x of before per decode step (A/B runs under load), about the default's time.
+
 Level 4 makes the agreement chaotic at about +-0.5 %: a mere change of summation order (``Sum`` vs two ``Add``)
-moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968. 8-bit layers of other files (a Q8_0
-model) run at level 4, single pass.
+moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968, and the ``ReduceSum`` block sums
+(with gate/up still in one pass) moved the default's from 0.980 to 0.977 while the 5,458-token KL stayed put
+(0.00145 -> 0.00147): judge a change by the KL on more text, not by the gate's figure alone. 8-bit layers of
+other files (a Q8_0 model) run at level 4, single pass.
 """
 from __future__ import annotations
 
@@ -49,11 +74,14 @@ from .quantize import read_fp32_manifest, write_quantized_artifact
 
 BLOCK = 32  # weights per block along K for Q4_0, Q4_1, Q8_0
 NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
-ACCURACY_LEVELS = (1, 4)  # 4: int8 activations; 1: fp32 activations (fidelity)
+ACCURACY_LEVELS = (1, 4)  # 4: down_proj at int8 activations (default); 1: every product ~fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
 # step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
 FP32_ACTIVATIONS = ("qkv", "o_proj")
+# the 4-bit MatMuls whose int8 activations go in two passes (``split_int8``: ~fp32 activations for ~1.2x a pass),
+# per accuracy_level; the other MLP MatMuls run at level 4 in one pass; the output head always goes in two
+TWO_PASS = {4: ("gate_up_proj",), 1: ("gate_up_proj", "down_proj")}
 LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
 
@@ -184,12 +212,11 @@ class GGUFTensors:
         return b
 
 
-def _level(name: str, bits: int, accuracy_level: int) -> int:
-    """The accuracy level of the MatMulNBits ``name``: 8-bit always 4 (level 1 is onnxruntime's slow path); the
-    attention projections always 1; the MLP ``accuracy_level``."""
-    if bits == 8:
-        return 4
-    return 1 if name.split(".")[-1] in FP32_ACTIVATIONS else accuracy_level
+def _level(name: str, bits: int) -> int:
+    """The accuracy level of the MatMulNBits ``name``: the 4-bit attention projections 1 (fp32 activations);
+    everything else 4 (int8 activations, in one or two passes; onnxruntime's 8-bit path at level 1 is ~90x
+    slower)."""
+    return 1 if bits == 4 and name.split(".")[-1] in FP32_ACTIVATIONS else 4
 
 
 class _Rewriter:
@@ -204,9 +231,9 @@ class _Rewriter:
         self.from_array = numpy_helper.from_array
         self.accuracy_level = accuracy_level
         self.native, self.kept = Counter(), Counter()
+        self.two_pass = set()  # the parts whose MatMulNBits read the stacked rows of a and x - a
         self.max_diff = 0.0
         self.new_inits = []
-        self.blocksums = {}  # K -> initializer name of the [K, K/32] 0/1 matrix
 
     def init(self, name: str, array: np.ndarray) -> str:
         self.new_inits.append(self.from_array(np.ascontiguousarray(array), name))
@@ -230,29 +257,32 @@ class _Rewriter:
                               f"(tolerance {WEIGHT_TOLERANCE}): unsupported layout")
         self.max_diff = max(self.max_diff, diff)
 
-    def split_int8(self, x: str, k: int, name: str) -> tuple[list, str, str]:
-        """x [T, K] -> (nodes, a, r): ``a`` = x rounded to int8 per block of 32 exactly as accuracy level 4
-        quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error, and the remainder r = x - a
-        (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
+    def blocks_of(self, x: str, k: int, lead: int, name: str) -> tuple[list, str]:
+        """x [*lead dims, K] -> (nodes, x viewed as [*lead dims, K/32, 32])."""
+        shape = self.inits_once(f"blocks_of_{k}_rank{lead + 1}", np.array([0] * lead + [k // BLOCK, BLOCK], np.int64))
+        return [self.node("Reshape", [x, shape], [f"{name}.x_blocks"], f"{name}.Blocks")], f"{name}.x_blocks"
+
+    def split_int8(self, x: str, x_blocks: str, k: int, lead: int, name: str) -> tuple[list, str, str]:
+        """x [*lead dims, K] (and its ``blocks_of`` view) -> (nodes, a, r): ``a`` = x rounded to int8 per block of
+        32 exactly as accuracy level 4 quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error,
+        and the remainder r = x - a (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
         c = lambda nm, v: self.inits_once(nm, np.array(v, np.float32))  # noqa: E731
-        blocks = [self.node("Reshape", [x, self.inits_once(f"blocks_{k}", np.array([-1, k // BLOCK, BLOCK]))],
-                            [f"{name}.x_blocks"], f"{name}.XBlocks")]
-        ops = [("Abs", [f"{name}.x_blocks"], {}), ("ReduceMax", None, dict(axes=[-1], keepdims=1)),
+        ops = [("Abs", [x_blocks], {}), ("ReduceMax", None, dict(axes=[-1], keepdims=1)),
                ("Div", [None, c("int8_max", 127.0)], {}), ("Max", [None, c("tiny", 1e-30)], {})]
-        prev = f"{name}.x_blocks"
+        nodes, prev = [], x_blocks
         for op, ins, attrs in ops:
             out = f"{name}.{op.lower()}"
             ins = [prev] if ins is None else [prev if i is None else i for i in ins]
-            blocks.append(self.node(op, ins, [out], f"{name}.{op}", **attrs))
+            nodes.append(self.node(op, ins, [out], f"{name}.{op}", **attrs))
             prev = out
         scale = prev
-        blocks += [self.node("Div", [f"{name}.x_blocks", scale], [f"{name}.scaled"], f"{name}.Scale"),
-                   self.node("Round", [f"{name}.scaled"], [f"{name}.rounded"], f"{name}.Round"),
-                   self.node("Mul", [f"{name}.rounded", scale], [f"{name}.a_blocks"], f"{name}.Unscale"),
-                   self.node("Reshape", [f"{name}.a_blocks", self.inits_once("flat_" + str(k), np.array([-1, k]))],
-                             [f"{name}.a"], f"{name}.A"),
-                   self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
-        return blocks, f"{name}.a", f"{name}.r"
+        flat = self.inits_once(f"flat_{k}_rank{lead + 1}", np.array([0] * lead + [k], np.int64))
+        nodes += [self.node("Div", [x_blocks, scale], [f"{name}.scaled"], f"{name}.Scale"),
+                  self.node("Round", [f"{name}.scaled"], [f"{name}.rounded"], f"{name}.Round"),
+                  self.node("Mul", [f"{name}.rounded", scale], [f"{name}.a_blocks"], f"{name}.Unscale"),
+                  self.node("Reshape", [f"{name}.a_blocks", flat], [f"{name}.a"], f"{name}.A"),
+                  self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
+        return nodes, f"{name}.a", f"{name}.r"
 
     def inits_once(self, name: str, array: np.ndarray) -> str:
         if name not in {t.name for t in self.new_inits}:
@@ -260,35 +290,40 @@ class _Rewriter:
         return name
 
     def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
-               two_pass: bool = False) -> list:
-        """x [..., K] -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split when ``splits`` has 2+ sizes).
-        ``two_pass`` (x [T, K], level 4): MatMulNBits(a) + MatMulNBits(x - a) with ``split_int8``: close to fp32
-        activations for twice the int8 product."""
+               head: bool = False) -> list:
+        """x [b, s, K] (``head``: the output head's [T, K]) -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split
+        when ``splits`` has 2+ sizes). The head and the parts in ``TWO_PASS[accuracy_level]`` (at level 4) go in two
+        passes: the rows of a and x - a (``split_int8``) stacked into one MatMulNBits ([2T, K] / [2b, s, K]: the
+        weights are read once), its two halves added: close to fp32 activations."""
         n, kb = b.scales.shape
         k = kb * BLOCK
-        level = _level(name, b.bits, self.accuracy_level)
+        level = _level(name, b.bits)
         inputs = [x, self.init(f"{name}.codes", b.codes), self.init(f"{name}.scales", b.scales)]
         if b.zero_points is not None:
             zp = b.zero_points if b.bits == 8 else _pack4(np.pad(b.zero_points, ((0, 0), (0, kb % 2))))
             inputs.append(self.init(f"{name}.zero_points", zp))
         y = outputs[0] if len(splits) == 1 and b.correction is None else f"{name}.nbits"
         attrs = dict(K=k, N=n, bits=b.bits, block_size=BLOCK, accuracy_level=level)
-        if two_pass and level == 4:
-            nodes, a, r = self.split_int8(x, k, name)
-            nodes += [self.node("MatMulNBits", [a, *inputs[1:]], [f"{name}.ya"], name, "com.microsoft", **attrs),
-                      self.node("MatMulNBits", [r, *inputs[1:]], [f"{name}.yr"], f"{name}.Remainder",
-                                "com.microsoft", **attrs),
+        lead = 1 if head else 2  # x [T, K] (the head) or [b, s, K]
+        two_pass = (head or name.split(".")[-1] in TWO_PASS[self.accuracy_level]) and level == 4
+        if two_pass:
+            self.two_pass.add(name.split(".")[-1])
+        nodes, x_blocks = self.blocks_of(x, k, lead, name) if two_pass or b.correction is not None else ([], None)
+        if two_pass:
+            split, a, r = self.split_int8(x, x_blocks, k, lead, name)
+            nodes += split
+            nodes += [self.node("Concat", [a, r], [f"{name}.ar"], f"{name}.Stack", axis=0),  # [2T, K] / [2b, s, K]
+                      self.node("MatMulNBits", [f"{name}.ar", *inputs[1:]], [f"{name}.yar"], name, "com.microsoft",
+                                **attrs),
+                      self.node("Split", [f"{name}.yar"], [f"{name}.ya", f"{name}.yr"], f"{name}.Unstack", axis=0),
                       self.node("Add", [f"{name}.ya", f"{name}.yr"], [y], f"{name}.TwoPass")]
         else:
-            nodes = [self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs)]
-        if b.correction is not None:  # + blocksum(x) [.., K/32] @ R [K/32, N]
-            if k not in self.blocksums:
-                ones = np.kron(np.eye(kb, dtype=np.float32), np.ones((BLOCK, 1), np.float32))  # [K, K/32]
-                self.blocksums[k] = self.init(f"blocksum_{k}", ones)
-            sums = f"{name}.blocksum"
-            nodes.append(self.node("MatMul", [x, self.blocksums[k]], [sums], f"{name}.BlockSum"))
-            nodes.append(self.node("MatMul", [sums, self.init(f"{name}.correction", b.correction.T)],
-                                   [f"{name}.corr"], f"{name}.Correction"))
+            nodes.append(self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs))
+        if b.correction is not None:  # + blocksum(x) [b, s, K/32] @ R [K/32, N]
+            nodes += [self.node("ReduceSum", [x_blocks, self.inits_once("blocksum_axis", np.array([-1]))],
+                                [f"{name}.blocksum"], f"{name}.BlockSum", keepdims=0),
+                      self.node("MatMul", [f"{name}.blocksum", self.init(f"{name}.correction", b.correction.T)],
+                                [f"{name}.corr"], f"{name}.Correction")]
             out = outputs[0] if len(splits) == 1 else f"{name}.sum"
             nodes.append(self.node("Add", [y, f"{name}.corr"], [out], f"{name}.AddCorrection"))
             y = out
@@ -380,7 +415,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
     if tied and emb_blocks is not None and emb_blocks.bits == 8:
         rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding / output head")
         replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
-                                      "lm_head", two_pass=True)
+                                      "lm_head", head=True)
         v, kb = emb_blocks.scales.shape
         rows = "embed_tokens.rows"
         replace[id(gather)] = [
@@ -397,7 +432,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
             if out_b is not None:
                 rw.check(out_b, head.input[1], False, "output head")
                 replace[id(head)] = rw.matmul(head.input[0], out_b, [head.output[0]], [out_b.scales.shape[0]],
-                                              "lm_head", two_pass=True)
+                                              "lm_head", head=True)
             else:
                 keep(["output.weight"] if "output.weight" in tensors.tensors else [])
 
@@ -413,13 +448,14 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
     g.initializer.extend(kept_inits + rw.new_inits)
     onnx.save_model(model, str(dst))
     return {"tensors": dict(rw.native), "fp32_tensors": {str(k): v for k, v in rw.kept.items()},
-            "max_weight_diff": rw.max_diff}
+            "max_weight_diff": rw.max_diff, "two_pass": sorted(rw.two_pass)}
 
 
 def check_gguf_args(accuracy_level: int, block_size: int) -> None:
     if accuracy_level not in ACCURACY_LEVELS:
         raise ExportError(f"accuracy_level: got {accuracy_level!r}; allowed with quantize='gguf': {ACCURACY_LEVELS} "
-                          "(4 = int8 activations, 1 = fp32 activations: the fidelity setting)")
+                          "(4 = the MLP's down projection at int8 activations, 1 = every product at ~fp32 "
+                          "activations: the fidelity setting)")
     if block_size != BLOCK:
         raise ExportError(f"block_size: got {block_size!r}; quantize='gguf' keeps the GGUF's own blocks of "
                           f"{BLOCK} weights, so block_size must be {BLOCK}")

@@ -134,7 +134,7 @@ def _nbits_weights(path) -> dict:
     arrays = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     out = {}
     for n in g.node:
-        if n.op_type != "MatMulNBits" or n.name.endswith(".Remainder"):  # the head's second pass: same weights
+        if n.op_type != "MatMulNBits":
             continue
         a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
         codes, scales = arrays[n.input[1]], arrays[n.input[2]]
@@ -170,11 +170,16 @@ def test_graph_layout_and_manifest(tiny_native):
     g = _graph(tiny_native[4]).graph
     for n in g.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    # 2 layers x (qkv, o, gate_up, down) less the Q5_0 down, + the head's two passes; one GatherBlockQuantized
-    assert ops["MatMulNBits"] == 9 and ops["GatherBlockQuantized"] == 1 and "Gemm" not in ops
+    # 2 layers x (qkv, o, gate_up, down) less the Q5_0 down, + the head (its two passes stacked in one)
+    assert ops["MatMulNBits"] == 8 and ops["GatherBlockQuantized"] == 1 and "Gemm" not in ops
     gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
-    head, rest = (next(n for n in g.node if n.name == nm) for nm in ("lm_head", "lm_head.Remainder"))
-    assert gbq.input[0] == head.input[1] == rest.input[1] == "lm_head.codes"  # the Q8_0 code bytes stored once
+    head = next(n for n in g.node if n.name == "lm_head")
+    assert gbq.input[0] == head.input[1] == "lm_head.codes"  # the Q8_0 code bytes stored once
+    assert head.input[0] == "lm_head.ar"  # the rows of a and x - a in one product
+    # one correction per group holding a Q4_1 tensor (l0: qkv, o, gate_up; l1: qkv, gate_up), its blocksum a
+    # ReduceSum over [.., K/32, 32]
+    assert ops["ReduceSum"] == 5 and sum(n.name.endswith(".Correction") for n in g.node) == 5
+    assert ops["MatMul"] == 6  # the 5 corrections and the Q5_0 l1.down_proj kept fp32
     assert not any(i.name == "embed_tokens.weight" for i in g.initializer)
     q = json.loads((tiny_native[4] / "onnxlm.json").read_text())["quantization"]
     assert q["scheme"] == "gguf-q4_1" and q["accuracy_level"] == 4 and q["block_size"] == 32
@@ -182,6 +187,12 @@ def test_graph_layout_and_manifest(tiny_native):
     assert q["max_weight_diff"] <= 1e-6 and q["forced"] and q["quality"]["tokens"] > 100
     q1 = json.loads((tiny_native[1] / "onnxlm.json").read_text())["quantization"]
     assert q1["tensors"] == q["tensors"] and q1["fp32_tensors"] == {"Q5_0": 1}
+    # two int8 passes (one MatMulNBits over the stacked rows of a and x - a): gate/up and the head; down too at level 1
+    assert q["two_pass"] == ["gate_up_proj", "lm_head"] and q1["two_pass"] == ["down_proj", "gate_up_proj", "lm_head"]
+    assert next(n for n in g.node if n.name == "l0.gate_up_proj").input[0] == "l0.gate_up_proj.ar"
+    levels = {n.name: next(a.i for a in n.attribute if a.name == "accuracy_level") for n in g.node
+              if n.op_type == "MatMulNBits"}
+    assert {nm for nm, lv in levels.items() if lv == 1} == {"l0.qkv", "l0.o_proj", "l1.qkv", "l1.o_proj"}
     # the one corrected (Q4_1) projection into the residual stream, l0.o_proj: Add(x, Add(y, corr)) -> one Sum
     assert [n.op_type for n in g.node].count("Sum") == 1
 
@@ -200,6 +211,67 @@ def test_level1_logits_equal_the_fp32_model(tiny_native, tiny_fp32, hf_tiny):
     assert np.abs(level4.logits(ids) - want).max() <= 0.05 * np.abs(want).max()  # int8 activations: close
     res = level4.generate([[1, 40, 41], [1, 72]], max_new_tokens=4, eos_token_id=[])
     assert all(len(t) == 4 for t in res.new_tokens)
+
+
+def _run_nodes(rw, nodes, x: np.ndarray, out: str) -> np.ndarray:
+    """The nodes of ``_Rewriter.matmul`` (their initializers in ``rw``) as a graph: x -> out."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], rw.new_inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run([out], {"x": x})[0]
+
+
+@pytest.mark.parametrize("level,part,tol", [(4, "qkv", 1e-5), (4, "gate_up_proj", 1e-4), (4, "down_proj", 0.02),
+                                            (1, "down_proj", 1e-4)])
+def test_graph_form_of_the_correction_and_the_two_pass_products(level, part, tol):
+    """One rewritten Q4_1 MatMul on its own (x [b=2, s=3, K], the correction, a Split) against x @ W.T with the
+    exact weight, relative to max |x @ W.T|: q/k/v at fp32 activations (1e-5), a two-pass product (gate/up; down
+    at accuracy_level 1) close to it, a one-pass level-4 product (down at accuracy_level 4) within int8 error. A
+    wrong correction (rows mixed up, dropped: off by ~d/2 per weight, ~7 %) is far outside each bound."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from onnx import helper
+
+    rng = np.random.default_rng(3)
+    k, n_gate, n_up = 96, 40, 24
+    w = (rng.standard_normal((n_gate + n_up, k)) * 0.3 + rng.standard_normal((n_gate + n_up, 1)) * 0.2)
+    raw = gguf.quants.quantize(w.astype(np.float32), T.Q4_1)
+    exact = gguf.quants.dequantize(raw, T.Q4_1)
+    b = GQ.blocks_from_gguf(raw, "Q4_1", n_gate + n_up, k)
+    rw = GQ._Rewriter(helper.make_graph([], "empty", [], []), level)
+    nodes = rw.matmul("x", b, ["gate", "up"], [n_gate, n_up], f"l0.{part}")
+    nbits = [nd for nd in nodes if nd.op_type == "MatMulNBits"]
+    assert len(nbits) == 1 and (nbits[0].input[0] == f"l0.{part}.ar") == (part in ("gate_up_proj", "down_proj")
+                                                                         if level == 1 else part == "gate_up_proj")
+    nodes.append(helper.make_node("Concat", ["gate", "up"], ["y"], axis=-1))
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    got, want = _run_nodes(rw, nodes, x, "y"), x @ exact.T
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= tol * scale
+    without = exact - np.repeat(b.correction, GQ.BLOCK, axis=1)  # what MatMulNBits alone computes
+    assert np.abs(x @ without.T - want).max() > 0.05 * scale
+
+
+@pytest.mark.parametrize("level", [1, 4])
+def test_the_two_pass_head(level):
+    """The Q8_0 head's two int8 passes (one MatMulNBits over the stacked rows) give fp32-activation logits."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from onnx import helper
+
+    rng = np.random.default_rng(4)
+    k, vocab = 96, 64
+    raw8 = gguf.quants.quantize((rng.standard_normal((vocab, k)) * 0.5).astype(np.float32), T.Q8_0)
+    rw = GQ._Rewriter(helper.make_graph([], "empty", [], []), level)
+    nodes = rw.matmul("x", GQ.blocks_from_gguf(raw8, "Q8_0", vocab, k), ["logits"], [vocab], "lm_head", head=True)
+    assert [nd.op_type for nd in nodes].count("MatMulNBits") == 1 and rw.two_pass == {"lm_head"}
+    x = rng.standard_normal((5, k)).astype(np.float32) * np.array([1, 10, 0.1, 1, 3], np.float32)[:, None]
+    got, want = _run_nodes(rw, nodes, x, "logits"), x @ gguf.quants.dequantize(raw8, T.Q8_0).T
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
 def test_dropping_the_correction_changes_the_weights():

@@ -117,7 +117,8 @@ def _render(info: dict) -> str:
             native = ", ".join(f"{t} {n}" for t, n in quant["tensors"].items())
             kept = ", ".join(f"{t} {n}" for t, n in (quant.get("fp32_tensors") or {}).items()) or "none"
             out.append(f"    GGUF blocks kept: {native}; fp32 (dequantised): {kept}; attention at accuracy level "
-                       f"{quant.get('accuracy_level_attention', 1)}, 8-bit at {quant.get('accuracy_level_8bit', 4)}")
+                       f"{quant.get('accuracy_level_attention', 1)}, 8-bit at {quant.get('accuracy_level_8bit', 4)}"
+                       + (f"; two int8 passes: {', '.join(quant['two_pass'])}" if quant.get("two_pass") else ""))
         q = quant.get("quality")
         if q:
             out.append(f"    vs fp32        top-1 agreement {q['top1_agreement']:.4f} (min {q['min_top1_agreement']}), "
