@@ -47,12 +47,18 @@ class KVBuffers:
 
     def select(self, rows: np.ndarray, held: int | None = None) -> None:
         """rows [b'] int64: keep/duplicate/reorder batch rows of every buffer ([b, ...] -> [b', ...]). With
-        ``held`` (the longest selected row) only the first ``held`` positions are copied; the rest of the new
-        buffers is zero (fresh pages, never touched by the copy)."""
+        ``held`` (the longest selected row) only the first ``held`` positions are copied: in place when the row
+        count stays (a beam step: same buffers, pages and OrtValues; past ``held`` a row keeps stale values, which
+        no step reads before writing them), else into fresh buffers whose other positions are zero (fresh pages,
+        never touched by the copy)."""
         if held is None:
             self.__init__({n: a[rows] for n, a in self.arrays.items()})
             return
         first = next(iter(self.arrays.values()))
+        if len(rows) == first.shape[0]:
+            for a in self.arrays.values():
+                a[:, :, :held] = a[rows, :, :held]  # the right side is a copy (fancy indexing): no aliasing
+            return
         out = mapped_zeros(list(self.arrays), (len(rows),) + first.shape[1:], first.dtype)
         for n, a in self.arrays.items():
             out[n][:, :, :held] = a[rows, :, :held]

@@ -142,13 +142,17 @@ def test_buffers_are_views_of_one_anonymous_mapping(fused_dirs):
     state.advance(np.array([5, 6, 7]))  # 9 positions: the buffers double into a new mapping
     grown = _mapping_of(state.buffers)
     held = {n: a[:, :, :9].copy() for n, a in state.buffers.arrays.items()}
-    state.select(np.array([2, 0, 0]))
-    assert _mapping_of(state.buffers) not in (fresh, grown)
-    for name, a in state.buffers.arrays.items():  # the held positions copied, the rest zero
+    state.select(np.array([2, 0, 0]))  # a beam step (same row count): gathered in place, no new pages
+    assert _mapping_of(state.buffers) == grown
+    for name, a in state.buffers.arrays.items():
         np.testing.assert_array_equal(a[:, :, :9], held[name][[2, 0, 0]])
+    state.select(np.array([0, 0, 1, 2]))  # more rows: a fresh mapping, the held positions copied, the rest zero
+    assert _mapping_of(state.buffers) not in (fresh, grown)
+    for name, a in state.buffers.arrays.items():
+        np.testing.assert_array_equal(a[:, :, :9], held[name][[2, 2, 0, 0]])
         assert not a[:, :, 9:].any()
     other, _ = ours.start(ids[:1], mask[:1])
-    _mapping_of(type(state).concat([state, other]).buffers)
+    assert _mapping_of(type(state).concat([state, other]).buffers) != _mapping_of(state.buffers)
 
 
 def test_score_equals_the_plain_artifact(fused_dirs, tiny_llama):

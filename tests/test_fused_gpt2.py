@@ -158,10 +158,16 @@ def test_beam_select_copies_only_the_held_positions(fused_gpt2_dirs):
     held = int(state.lengths.max())
     spare = state.buffers.arrays["past_key_values.0.key"]
     spare[:, :, held:] = 7.0  # stands for whatever a buffer holds past its rows' lengths
-    state.select(np.array([2, 0, 0]))
+    before = spare.copy()
+    state.select(np.array([2, 0, 0]))  # a beam step (same row count): gathered in place
     got = state.buffers.arrays["past_key_values.0.key"]
-    np.testing.assert_array_equal(got[:, :, :held], spare[[2, 0, 0], :, :held])
-    assert got.shape == spare.shape and not got[:, :, held:].any()
+    assert got is spare
+    np.testing.assert_array_equal(got[:, :, :held], before[[2, 0, 0], :, :held])
+    np.testing.assert_array_equal(got[:, :, held:], before[:, :, held:])  # past held: left as it was
+    state.select(np.array([2, 0, 0, 1]))  # another row count: fresh buffers, only the held positions copied
+    got = state.buffers.arrays["past_key_values.0.key"]
+    np.testing.assert_array_equal(got[:, :, :held], before[[0, 2, 2, 0], :, :held])
+    assert got.shape == (4,) + spare.shape[1:] and not got[:, :, held:].any()
 
 
 def test_a_failed_validation_leaves_nothing(tiny_gpt2, tmp_path, monkeypatch):
