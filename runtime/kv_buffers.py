@@ -5,11 +5,12 @@ The fused graph's GroupQueryAttention writes each step's keys/values into the bu
 same OrtValue as ``past_key_values.{i}.*`` input and ``present.{i}.*`` output), so a step never copies the cache.
 A step that would run past the capacity first grows every buffer by doubling (one copy into a bigger buffer).
 
-The buffers are views of one anonymous memory mapping (`mapped_zeros`): a page becomes resident only when a step writes
-keys/values into it, so the unused capacity (and, after a beam step's `select`, everything past the held positions)
-costs no memory, and dropped buffers go straight back to the kernel. From np.zeros a buffer under malloc's mmap
-threshold would come from the heap, zeroed whole (all resident) and kept by malloc after it is freed: GPT-2 small,
-batch 8, 24 new tokens peaked 103 MiB above the loaded model with np.zeros buffers, 18 MiB with the mapping.
+The buffers are views of one anonymous memory mapping (`mapped_zeros`): a page becomes resident only when a step
+writes keys/values into it, so the unused capacity costs no memory, and dropped buffers go straight back to the
+kernel (a beam step's `select` gathers in place; one that changes the row count copies the held positions into a
+fresh mapping). From np.zeros a buffer under malloc's mmap threshold would come from the heap, zeroed whole (all
+resident) and kept by malloc after it is freed: GPT-2 small, batch 8, 24 new tokens peaked 103 MiB above the loaded
+model with np.zeros buffers, 18 MiB with the mapping.
 """
 from __future__ import annotations
 
