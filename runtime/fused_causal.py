@@ -14,7 +14,7 @@ import numpy as np
 
 from .causal_lm import CausalLM
 from .errors import InputError
-from .kv_buffers import KVBuffers, initial_capacity
+from .kv_buffers import KVBuffers, initial_capacity, mapped_zeros
 from .kv_cache import past_input_names
 
 KV_LAYOUT = "fused-gqa"
@@ -63,14 +63,14 @@ class FusedState:
         capacity = max(s.buffers.capacity for s in states)
         held = [max(1, int(s.lengths.max())) for s in states]  # positions a source row can hold
         batch = sum(len(s.lengths) for s in states)
-        arrays = {}
-        for name, first in states[0].buffers.arrays.items():  # [b, kv_heads, capacity, head_dim] each
-            out = np.zeros((batch, first.shape[1], capacity, first.shape[3]), first.dtype)
+        first = next(iter(states[0].buffers.arrays.values()))  # [b, kv_heads, capacity, head_dim], every name
+        arrays = mapped_zeros(list(states[0].buffers.arrays), (batch, first.shape[1], capacity, first.shape[3]),
+                              first.dtype)
+        for name, out in arrays.items():
             row = 0
             for s, h in zip(states, held):
                 out[row:row + len(s.lengths), :, :h] = s.buffers.arrays[name][:, :, :h]
                 row += len(s.lengths)
-            arrays[name] = out
         return cls(states[0].model, KVBuffers(arrays), np.concatenate([s.lengths for s in states]))
 
 

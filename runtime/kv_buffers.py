@@ -4,15 +4,24 @@
 The fused graph's GroupQueryAttention writes each step's keys/values into the buffer in place (the runtime binds the
 same OrtValue as ``past_key_values.{i}.*`` input and ``present.{i}.*`` output), so a step never copies the cache.
 A step that would run past the capacity first grows every buffer by doubling (one copy into a bigger buffer).
+
+The buffers are views of one anonymous memory mapping (`mapped_zeros`): a page becomes resident only when a step
+writes keys/values into it, so the unused capacity costs no memory, and dropped buffers go straight back to the
+kernel (a beam step's `select` gathers in place; one that changes the row count copies the held positions into a
+fresh mapping). From np.zeros a buffer under malloc's mmap threshold would come from the heap, zeroed whole (all
+resident) and kept by malloc after it is freed: GPT-2 small, batch 8, 24 new tokens peaked 103 MiB above the loaded
+model with np.zeros buffers, 18 MiB with the mapping.
 """
 from __future__ import annotations
+
+import mmap
 
 import numpy as np
 import onnxruntime as ort
 
 
 class KVBuffers:
-    """name -> [b, kv_heads, capacity, head_dim] float32 buffers and their OrtValues."""
+    """name -> [b, kv_heads, capacity, head_dim] float32 buffers (one shape for all) and their OrtValues."""
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = arrays
@@ -20,7 +29,7 @@ class KVBuffers:
 
     @classmethod
     def zeros(cls, names: list[str], batch: int, kv_heads: int, capacity: int, head_dim: int) -> "KVBuffers":
-        return cls({n: np.zeros((batch, kv_heads, capacity, head_dim), np.float32) for n in names})
+        return cls(mapped_zeros(names, (batch, kv_heads, capacity, head_dim), np.float32))
 
     @property
     def capacity(self) -> int:
@@ -31,11 +40,10 @@ class KVBuffers:
         if length <= self.capacity:
             return
         capacity = initial_capacity(length, self.capacity)
-        grown = {}
+        first = next(iter(self.arrays.values()))
+        grown = mapped_zeros(list(self.arrays), first.shape[:2] + (capacity,) + first.shape[3:], first.dtype)
         for name, a in self.arrays.items():
-            b = np.zeros(a.shape[:2] + (capacity,) + a.shape[3:], a.dtype)
-            b[:, :, :a.shape[2]] = a
-            grown[name] = b
+            grown[name][:, :, :a.shape[2]] = a
         self.__init__(grown)
 
     @property
@@ -55,11 +63,10 @@ class KVBuffers:
         if held is None:
             self.__init__({n: a[rows] for n, a in self.arrays.items()})
             return
-        out = {}
+        first = next(iter(self.arrays.values()))
+        out = mapped_zeros(list(self.arrays), (len(rows),) + first.shape[1:], first.dtype)
         for n, a in self.arrays.items():
-            b = np.zeros((len(rows),) + a.shape[1:], a.dtype)
-            b[:, :, :held] = a[rows, :, :held]
-            out[n] = b
+            out[n][:, :, :held] = a[rows, :, :held]
         self.__init__(out)
 
     def run_in_place(self, session, io) -> np.ndarray:
@@ -115,6 +122,16 @@ def reorder_in_place(arrays, rows: np.ndarray, held: int | None = None) -> None:
                 saved.append(a[(s,) + part].copy())
             else:
                 a[(d,) + part] = saved[-1 - s] if s < 0 else a[(s,) + part]
+
+
+def mapped_zeros(names: list[str], shape: tuple[int, ...], dtype) -> dict[str, np.ndarray]:
+    """names, shape -> name -> an array of zeros of ``shape``/``dtype``, all of them views of one anonymous mapping:
+    its pages are the kernel's zero pages until written, and it is unmapped once every view is freed."""
+    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if size == 0 or not names:
+        return {n: np.zeros(shape, dtype) for n in names}
+    block = np.frombuffer(mmap.mmap(-1, size * len(names)), dtype).reshape((len(names),) + tuple(shape))
+    return {n: block[i] for i, n in enumerate(names)}
 
 
 def initial_capacity(length: int, minimum: int) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelFileError, ParameterError, ProviderError
+from .heap import session_heap
 from .threads import resolve_threads
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -45,11 +46,12 @@ def make_session(path: Path, provider: str, threads: int | None) -> ort.Inferenc
     opts.intra_op_num_threads = threads  # threads=, else ONNXLM_THREADS, else the physical cores
     opts.inter_op_num_threads = 1
     providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
-    try:
-        return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-        raise ModelFileError(f"model file {path} could not be loaded (corrupt or truncated?): {exc}",
-                             str(path)) from exc
+    with session_heap():  # the weights onnxruntime frees after prepacking go back to the kernel (heap.py)
+        try:
+            return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ModelFileError(f"model file {path} could not be loaded (corrupt or truncated?): {exc}",
+                                 str(path)) from exc
 
 
 class GraphRunner:

@@ -1,8 +1,18 @@
-"""Peak RSS of a loaded artifact with onnxruntime prepacking / the CPU arena on or off (argv: default|noprepack|noarena|noprepack-noarena MODEL_DIR)."""
-import sys, time
+"""Peak RSS of a loaded artifact under onnxruntime / malloc settings (argv: VARIANT MODEL_DIR; VARIANT is 'default'
+or a '-'-joined set of: untuned (ONNXLM_MALLOC_TUNING=0: glibc's malloc left alone, runtime/heap.py), noprepack
+(session.disable_prepacking=1), noarena (CPU arena off); e.g. noprepack-noarena)."""
+import os
+import sys
+import time
+
 variant = sys.argv[1]
+if 'untuned' in variant:
+    os.environ["ONNXLM_MALLOC_TUNING"] = "0"
 import onnxruntime as ort
+
 import onnxlm
+
+
 def rss(field):
     for l in open('/proc/self/status'):
         if l.startswith(field): return int(l.split()[1]) / 1024

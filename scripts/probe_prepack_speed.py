@@ -1,6 +1,9 @@
-"""Decode ms/token of an artifact with onnxruntime prepacking on (default) or off (noprepack): argv VARIANT MODEL_DIR."""
-import sys, time, numpy as np
+"""Decode ms/token of an artifact with onnxruntime prepacking on (default) or off (noprepack), and/or glibc's malloc
+left alone (untuned: ONNXLM_MALLOC_TUNING=0, runtime/heap.py): argv VARIANT MODEL_DIR."""
+import os, sys, time, numpy as np
 variant = sys.argv[1]
+if 'untuned' in variant:
+    os.environ["ONNXLM_MALLOC_TUNING"] = "0"
 import onnxruntime as ort
 import onnxlm
 Orig = ort.SessionOptions

@@ -122,6 +122,44 @@ def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs):
                                                               num_beams=3))
 
 
+def _mapping_of(buffers):
+    """The one anonymous mapping every array of a KV buffer set is a view of (runtime/kv_buffers.py)."""
+    import mmap
+    roots = set()
+    for a in buffers.arrays.values():
+        while isinstance(a, np.ndarray):
+            a = a.base
+        a = a.obj if isinstance(a, memoryview) else a  # np.frombuffer keeps a memoryview of the mapping
+        assert isinstance(a, mmap.mmap)
+        roots.add(a)
+    assert len(roots) == 1
+    return roots.pop()  # the mmap object itself: the test holds it, so a later mapping cannot reuse its id
+
+
+def test_buffers_are_views_of_one_anonymous_mapping(fused_dirs):
+    # fresh, grown, reordered by a beam step and concatenated sets: unused capacity is never resident
+    ours = onnxlm.load(fused_dirs["tiny-llama"][1])
+    ours.initial_buffer_length = 2
+    ids, mask = _batch(ours, seed=6)
+    state, _ = ours.start(ids, mask)
+    fresh = _mapping_of(state.buffers)
+    state.advance(np.array([5, 6, 7]))
+    state.advance(np.array([5, 6, 7]))  # 9 positions: the buffers double into a new mapping
+    grown = _mapping_of(state.buffers)
+    held = {n: a[:, :, :9].copy() for n, a in state.buffers.arrays.items()}
+    state.select(np.array([2, 0, 0]))  # a beam step (same row count): gathered in place, no new pages
+    assert _mapping_of(state.buffers) is grown
+    for name, a in state.buffers.arrays.items():
+        np.testing.assert_array_equal(a[:, :, :9], held[name][[2, 0, 0]])
+    state.select(np.array([0, 0, 1, 2]))  # more rows: a fresh mapping, the held positions copied, the rest zero
+    assert all(_mapping_of(state.buffers) is not m for m in (fresh, grown))
+    for name, a in state.buffers.arrays.items():
+        np.testing.assert_array_equal(a[:, :, :9], held[name][[2, 2, 0, 0]])
+        assert not a[:, :, 9:].any()
+    other, _ = ours.start(ids[:1], mask[:1])
+    assert _mapping_of(type(state).concat([state, other]).buffers) is not _mapping_of(state.buffers)
+
+
 def test_score_equals_the_plain_artifact(fused_dirs, tiny_llama):
     fused_model, plain = onnxlm.load(fused_dirs["tiny-llama"][1]), onnxlm.load(tiny_llama.onnx_dir)
     texts = ["hello world", "a", "the quick brown fox"]

@@ -1,0 +1,70 @@
+"""runtime/heap.py: glibc's mmap threshold is low while onnxruntime builds a session (so the weights it frees after
+prepacking leave the process) and high afterwards; logits are identical with and without it."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import onnxlm
+from onnxlm.runtime import heap
+from onnxlm.runtime.errors import ParameterError
+
+
+class FakeLibc:
+    """Records mallopt(param, value) calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 1
+
+
+@pytest.fixture
+def fake_libc(monkeypatch):
+    fake = FakeLibc()
+    monkeypatch.setattr(heap, "glibc", lambda: fake)
+    monkeypatch.delenv(heap.ENV_VAR, raising=False)
+    return fake
+
+
+def test_threshold_is_low_while_a_session_is_built_and_high_after(monkeypatch, fake_libc, tiny_llama):
+    during = []
+    real = ort.InferenceSession
+
+    def spy(*args, **kwargs):  # the threshold in force while onnxruntime loads and prepacks
+        during.append(fake_libc.calls[-1] if fake_libc.calls else None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    onnxlm.load(tiny_llama.onnx_dir, provider="cpu")
+    assert during and all(call == (heap.M_MMAP_THRESHOLD, heap.BUILD_THRESHOLD) for call in during)
+    assert fake_libc.calls[-1] == (heap.M_MMAP_THRESHOLD, heap.RUN_THRESHOLD)
+
+
+def test_overlapping_builds_raise_the_threshold_once_the_last_ends(fake_libc):
+    with heap.session_heap():
+        with heap.session_heap():
+            pass
+        assert fake_libc.calls[-1] == (heap.M_MMAP_THRESHOLD, heap.BUILD_THRESHOLD)  # one build still running
+    assert fake_libc.calls[-1] == (heap.M_MMAP_THRESHOLD, heap.RUN_THRESHOLD)
+
+
+def test_env_zero_leaves_malloc_alone_and_bad_values_raise(monkeypatch, fake_libc, tiny_llama):
+    monkeypatch.setenv(heap.ENV_VAR, "0")
+    onnxlm.load(tiny_llama.onnx_dir, provider="cpu")
+    assert fake_libc.calls == []
+    monkeypatch.setenv(heap.ENV_VAR, "yes")
+    with pytest.raises(ParameterError, match=heap.ENV_VAR):
+        onnxlm.load(tiny_llama.onnx_dir, provider="cpu")
+
+
+def test_logits_identical_with_and_without_tuning(monkeypatch, tiny_llama, tiny_gpt2):
+    # the real C library here (glibc on Linux CI): only where memory comes from changes, never a value
+    ids = np.array([[5, 17, 42, 7, 99, 3]], dtype=np.int64)
+    for tiny in (tiny_llama, tiny_gpt2):
+        monkeypatch.setenv(heap.ENV_VAR, "0")
+        plain = onnxlm.load(tiny.onnx_dir, provider="cpu").logits(ids)
+        monkeypatch.setenv(heap.ENV_VAR, "1")
+        tuned = onnxlm.load(tiny.onnx_dir, provider="cpu").logits(ids)
+        np.testing.assert_array_equal(tuned, plain)
