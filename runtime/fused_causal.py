@@ -89,7 +89,7 @@ class FusedCausalLM(CausalLM):
         """ids [b, s] (right-padded new tokens), past [b] (positions each row holds), new [b] (its real new tokens),
         keep [b, k] (which of the s positions go through the head) -> logits [b, k, V] float32; the graph writes
         the new keys/values into the buffers in place."""
-        io = self.decoder.session.io_binding()
+        io = buffers.binding(self.decoder.session)  # the buffers already bound as past and present
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
         io.bind_cpu_input("seqlens_k", (past + new - 1).astype(np.int32))  # each row's length after the step - 1
         io.bind_cpu_input("total_sequence_length", np.array((past + new).max(), np.int32))  # the padded length

@@ -66,7 +66,7 @@ class FusedSeq2SeqLM(Seq2SeqLM):
     def _run(self, ids: np.ndarray, past: int, cross: dict, enc_mask: np.ndarray, buffers: KVBuffers) -> np.ndarray:
         """ids [b, s] new decoder tokens after ``past`` held positions -> logits [b, s, V] float32; the graph writes
         the new keys/values into the buffers in place."""
-        io = self.decoder.session.io_binding()
+        io = buffers.binding(self.decoder.session)  # the buffers already bound as past and present
         total = past + ids.shape[1]
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
         io.bind_cpu_input("seqlens_k", np.full(len(ids), total - 1, np.int32))

@@ -26,6 +26,20 @@ class KVBuffers:
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = arrays
         self.values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}  # share the memory
+        self._binding = None  # (session, its IOBinding with these buffers bound), made by binding()
+
+    def binding(self, session):
+        """An IOBinding of ``session`` with every buffer bound as both its past input and its present output (the
+        step appends in place), made once per buffer set and session: the buffers never move between steps (a beam
+        step reorders them in place; growing or resizing makes a new set), so a step binds only its own inputs."""
+        if self._binding is None or self._binding[0] is not session:
+            io = session.io_binding()
+            io.bind_output("logits")  # the first output (run_in_place returns output 0), rebound every step
+            for name, value in self.values.items():
+                io.bind_ortvalue_input(name, value)
+                io.bind_ortvalue_output("present." + name[len("past_key_values."):], value)
+            self._binding = (session, io)
+        return self._binding[1]
 
     @classmethod
     def zeros(cls, names: list[str], batch: int, kv_heads: int, capacity: int, head_dim: int) -> "KVBuffers":
@@ -70,12 +84,9 @@ class KVBuffers:
         self.__init__(out)
 
     def run_in_place(self, session, io) -> np.ndarray:
-        """Bind every buffer as both its past input and its present output (the step appends in place), run the
-        session on ``io`` (the other inputs already bound) -> the first output, the logits [b, k, V] float32."""
+        """Run ``session`` on ``io`` (``binding(session)`` with the step's other inputs bound) -> the logits
+        [b, k, V] float32 (a fresh output each step); the buffers are appended to in place."""
         io.bind_output("logits")
-        for name, value in self.values.items():
-            io.bind_ortvalue_input(name, value)
-            io.bind_ortvalue_output("present." + name[len("past_key_values."):], value)
         session.run_with_iobinding(io)
         return io.get_outputs()[0].numpy()
 
