@@ -38,16 +38,15 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
+from .nbits import BLOCK, Blocks, Rewriter, _pack4, dequantize  # noqa: F401  (Blocks, dequantize: public here too)
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
-BLOCK = 32  # weights per block along K for Q4_0, Q4_1, Q8_0
 NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 ACCURACY_LEVELS = (1, 4)  # 4: int8 activations; 1: fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
@@ -58,18 +57,6 @@ LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output"
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
 
 
-@dataclass
-class Blocks:
-    """One or more GGUF tensors (stacked along N) in MatMulNBits form."""
-
-    bits: int
-    codes: np.ndarray  # [N, K/32, 32*bits/8] uint8 (4-bit: weight 2i in the low nibble, 2i+1 in the high one)
-    scales: np.ndarray  # [N, K/32] float32
-    zero_points: np.ndarray | None  # [N, K/32] uint8 unpacked, or None for the op's default (8 / 128)
-    correction: np.ndarray | None  # R [N, K/32] float32 (w = scale*(code - zero point) + R), or None
-    types: tuple  # the GGUF type of each stacked tensor
-
-
 def _halves(raw: np.ndarray, offset: int) -> np.ndarray:
     """[N, kb, bytes] uint8 -> the fp16 at ``offset`` of each block as [N, kb] float32."""
     return raw[:, :, offset:offset + 2].copy().view(np.float16)[..., 0].astype(np.float32)
@@ -78,11 +65,6 @@ def _halves(raw: np.ndarray, offset: int) -> np.ndarray:
 def _nibbles(qs: np.ndarray) -> np.ndarray:
     """GGUF nibbles [N, kb, 16] (byte j: weight j low, weight j+16 high) -> weights [N, kb, 32] uint8 in order."""
     return np.concatenate([qs & 15, qs >> 4], axis=-1)
-
-
-def _pack4(q: np.ndarray) -> np.ndarray:
-    """[..., 2m] uint8 values < 16 -> [..., m] uint8, element 2i low nibble, 2i+1 high (MatMulNBits' order)."""
-    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
 def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
@@ -103,21 +85,6 @@ def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
         codes = (b[:, :, 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
         return Blocks(8, codes, _halves(b, 0), None, None, (qtype,))
     raise ExportError(f"GGUF type {qtype} has no native MatMulNBits form; native: {', '.join(NATIVE_TYPES)}")
-
-
-def dequantize(b: Blocks) -> np.ndarray:
-    """Blocks -> the weight [N, K] float32 that MatMulNBits (+ the correction) computes with."""
-    if b.bits == 4:
-        lo, hi = b.codes & 15, b.codes >> 4
-        q = np.stack([lo, hi], axis=-1).reshape(*b.codes.shape[:2], -1).astype(np.float32)  # [N, kb, 32]
-        z = np.float32(8) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
-    else:
-        q = b.codes.astype(np.float32)
-        z = np.float32(128) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
-    w = b.scales[..., None] * (q - z)
-    if b.correction is not None:
-        w = w + b.correction[..., None]
-    return w.reshape(w.shape[0], -1).astype(np.float32)
 
 
 def stack(parts: list[Blocks]) -> Blocks:
@@ -184,38 +151,15 @@ class GGUFTensors:
         return b
 
 
-def _level(name: str, bits: int, accuracy_level: int) -> int:
-    """The accuracy level of the MatMulNBits ``name``: 8-bit always 4 (level 1 is onnxruntime's slow path); the
-    attention projections always 1; the MLP ``accuracy_level``."""
-    if bits == 8:
-        return 4
-    return 1 if name.split(".")[-1] in FP32_ACTIVATIONS else accuracy_level
+class _Rewriter(Rewriter):
+    """``Rewriter`` with GGUF's accuracy levels and the weight check."""
 
-
-class _Rewriter:
-    """Builds the replacement nodes; counts tensors; tracks the weight check."""
-
-    def __init__(self, graph, accuracy_level: int):
-        from onnx import numpy_helper
-
-        self.graph = graph
-        self.fp32 = {i.name: i for i in graph.initializer}
-        self.to_array = numpy_helper.to_array
-        self.from_array = numpy_helper.from_array
-        self.accuracy_level = accuracy_level
-        self.native, self.kept = Counter(), Counter()
-        self.max_diff = 0.0
-        self.new_inits = []
-        self.blocksums = {}  # K -> initializer name of the [K, K/32] 0/1 matrix
-
-    def init(self, name: str, array: np.ndarray) -> str:
-        self.new_inits.append(self.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(self, op: str, inputs: list, outputs: list, name: str, domain: str = "", **attrs):
-        from onnx import helper
-
-        return helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs)
+    def level(self, name: str, bits: int) -> int:
+        """8-bit always 4 (level 1 is onnxruntime's slow path); the attention projections always 1; the MLP
+        ``accuracy_level``."""
+        if bits == 8:
+            return 4
+        return 1 if name.split(".")[-1] in FP32_ACTIVATIONS else self.accuracy_level
 
     def check(self, b: Blocks, fp32_name: str, transposed: bool, what: str) -> None:
         """The dequantised Blocks must be the fp32 graph's weight (``transposed``: stored [K, N])."""
@@ -229,75 +173,6 @@ class _Rewriter:
             raise ExportError(f"{what}: the GGUF blocks dequantise to a weight {diff:.3g} away from transformers' "
                               f"(tolerance {WEIGHT_TOLERANCE}): unsupported layout")
         self.max_diff = max(self.max_diff, diff)
-
-    def split_int8(self, x: str, k: int, name: str) -> tuple[list, str, str]:
-        """x [T, K] -> (nodes, a, r): ``a`` = x rounded to int8 per block of 32 exactly as accuracy level 4
-        quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error, and the remainder r = x - a
-        (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
-        c = lambda nm, v: self.inits_once(nm, np.array(v, np.float32))  # noqa: E731
-        blocks = [self.node("Reshape", [x, self.inits_once(f"blocks_{k}", np.array([-1, k // BLOCK, BLOCK]))],
-                            [f"{name}.x_blocks"], f"{name}.XBlocks")]
-        ops = [("Abs", [f"{name}.x_blocks"], {}), ("ReduceMax", None, dict(axes=[-1], keepdims=1)),
-               ("Div", [None, c("int8_max", 127.0)], {}), ("Max", [None, c("tiny", 1e-30)], {})]
-        prev = f"{name}.x_blocks"
-        for op, ins, attrs in ops:
-            out = f"{name}.{op.lower()}"
-            ins = [prev] if ins is None else [prev if i is None else i for i in ins]
-            blocks.append(self.node(op, ins, [out], f"{name}.{op}", **attrs))
-            prev = out
-        scale = prev
-        blocks += [self.node("Div", [f"{name}.x_blocks", scale], [f"{name}.scaled"], f"{name}.Scale"),
-                   self.node("Round", [f"{name}.scaled"], [f"{name}.rounded"], f"{name}.Round"),
-                   self.node("Mul", [f"{name}.rounded", scale], [f"{name}.a_blocks"], f"{name}.Unscale"),
-                   self.node("Reshape", [f"{name}.a_blocks", self.inits_once("flat_" + str(k), np.array([-1, k]))],
-                             [f"{name}.a"], f"{name}.A"),
-                   self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
-        return blocks, f"{name}.a", f"{name}.r"
-
-    def inits_once(self, name: str, array: np.ndarray) -> str:
-        if name not in {t.name for t in self.new_inits}:
-            self.init(name, array)
-        return name
-
-    def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
-               two_pass: bool = False) -> list:
-        """x [..., K] -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split when ``splits`` has 2+ sizes).
-        ``two_pass`` (x [T, K], level 4): MatMulNBits(a) + MatMulNBits(x - a) with ``split_int8``: close to fp32
-        activations for twice the int8 product."""
-        n, kb = b.scales.shape
-        k = kb * BLOCK
-        level = _level(name, b.bits, self.accuracy_level)
-        inputs = [x, self.init(f"{name}.codes", b.codes), self.init(f"{name}.scales", b.scales)]
-        if b.zero_points is not None:
-            zp = b.zero_points if b.bits == 8 else _pack4(np.pad(b.zero_points, ((0, 0), (0, kb % 2))))
-            inputs.append(self.init(f"{name}.zero_points", zp))
-        y = outputs[0] if len(splits) == 1 and b.correction is None else f"{name}.nbits"
-        attrs = dict(K=k, N=n, bits=b.bits, block_size=BLOCK, accuracy_level=level)
-        if two_pass and level == 4:
-            nodes, a, r = self.split_int8(x, k, name)
-            nodes += [self.node("MatMulNBits", [a, *inputs[1:]], [f"{name}.ya"], name, "com.microsoft", **attrs),
-                      self.node("MatMulNBits", [r, *inputs[1:]], [f"{name}.yr"], f"{name}.Remainder",
-                                "com.microsoft", **attrs),
-                      self.node("Add", [f"{name}.ya", f"{name}.yr"], [y], f"{name}.TwoPass")]
-        else:
-            nodes = [self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs)]
-        if b.correction is not None:  # + blocksum(x) [.., K/32] @ R [K/32, N]
-            if k not in self.blocksums:
-                ones = np.kron(np.eye(kb, dtype=np.float32), np.ones((BLOCK, 1), np.float32))  # [K, K/32]
-                self.blocksums[k] = self.init(f"blocksum_{k}", ones)
-            sums = f"{name}.blocksum"
-            nodes.append(self.node("MatMul", [x, self.blocksums[k]], [sums], f"{name}.BlockSum"))
-            nodes.append(self.node("MatMul", [sums, self.init(f"{name}.correction", b.correction.T)],
-                                   [f"{name}.corr"], f"{name}.Correction"))
-            out = outputs[0] if len(splits) == 1 else f"{name}.sum"
-            nodes.append(self.node("Add", [y, f"{name}.corr"], [out], f"{name}.AddCorrection"))
-            y = out
-        if len(splits) > 1:
-            nodes.append(self.node("Split", [y, self.init(f"{name}.splits", np.array(splits, np.int64))],
-                                   outputs, f"{name}.Split", axis=-1))
-        for t in b.types:
-            self.native[t] += 1
-        return nodes
 
 
 def _residual_sums(nodes: list) -> list:
@@ -381,15 +256,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
         rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding / output head")
         replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
                                       "lm_head", two_pass=True)
-        v, kb = emb_blocks.scales.shape
-        rows = "embed_tokens.rows"
-        replace[id(gather)] = [
-            rw.node("GatherBlockQuantized", ["lm_head.codes", gather.input[1],
-                                             rw.init("embed_tokens.scales", emb_blocks.scales[..., None])],
-                    [rows], "embed_tokens", "com.microsoft", bits=8, block_size=BLOCK, gather_axis=0,
-                    quantize_axis=2),  # [b, s, K/32, 32]
-            rw.node("Reshape", [rows, rw.init("embed_shape", np.array([0, 0, kb * BLOCK], np.int64))],
-                    [gather.output[0]], "embed_tokens.Reshape")]
+        replace[id(gather)] = rw.tied_embedding(gather, "lm_head.codes", emb_blocks)
     else:
         keep(["token_embd.weight"])
         if not tied:  # an untied head: its own tensor, natively where it can be

@@ -40,9 +40,10 @@ def _check_args(scheme: str, block_size: int, accuracy_level: int) -> int:
     return SCHEMES[scheme]
 
 
-def _gemm_to_matmul(model) -> int:
+def _gemm_to_matmul(model, skip=None) -> int:
     """Rewrite Gemm(A, W, bias) with a constant W (GPT-2's Conv1D export) as MatMul + Add, which the quantizer
-    handles (it quantizes MatMul only). transB=1 gets a transposed copy of W. Returns how many were rewritten."""
+    handles (it quantizes MatMul only); ``skip`` (the output head) is left alone. transB=1 gets a transposed copy of
+    W. Returns how many were rewritten."""
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -50,7 +51,7 @@ def _gemm_to_matmul(model) -> int:
     for node in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0 and not attrs.get("transA", 0)
-        if node.op_type != "Gemm" or not plain or node.input[1] not in inits:
+        if node.op_type != "Gemm" or not plain or node.input[1] not in inits or node is skip:
             nodes.append(node)
             continue
         weight = node.input[1]
@@ -70,32 +71,56 @@ def _gemm_to_matmul(model) -> int:
     return done
 
 
-def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int) -> None:
-    """ONNX file src -> dst with every constant-weight MatMul as MatMulNBits (weights inline)."""
+def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_level: int,
+                   quantize_head: str = "auto") -> dict:
+    """ONNX file src -> dst with every constant-weight MatMul as MatMulNBits (weights inline) and the output head
+    as ``head_quant`` decides; returns the manifest's record of the head."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                  MatMulNBitsQuantizer)
+
+    from .head_quant import find_head, plan_head, rewrite_head
 
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # it logs one INFO line per MatMul
     try:
         model = onnx.load(str(src))
-        _gemm_to_matmul(model)
+        head = find_head(model.graph)
+        _gemm_to_matmul(model, skip=None if head is None else head.node)
         config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,
                                               bits=bits)
         quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
-                                         accuracy_level=accuracy_level, algo_config=config)
+                                         accuracy_level=accuracy_level, algo_config=config,
+                                         nodes_to_exclude=[] if head is None else [head.node.name])
         quantizer.process()
-        onnx.save_model(quantizer.model.model, str(dst))
+        model = quantizer.model.model
+        head, reason = plan_head(model, quantize_head)
+        if head is not None:
+            record = rewrite_head(model, head)
+        else:
+            found = find_head(model.graph)
+            record = {"tensor": None if found is None else found.weight, "quantized": False,
+                      "tied": found is not None and found.gather is not None, "reason": reason}
+        record["matmul_nbits"] = sum(n.op_type == "MatMulNBits" and n.name != "lm_head.Remainder"
+                                     for n in model.graph.node)
+        record["fp32_weights"] = sorted(i.name for i in model.graph.initializer
+                                        if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+                                        and min(i.dims) >= 16)
+        onnx.save_model(model, str(dst))
+        return record
     finally:
         quiet.setLevel(level)
 
 
 def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 32, accuracy_level: int = 4,
-                      force_quality: bool = False, force: bool = False, progress: bool = True) -> Path:
+                      quantize_head: str = "auto", force_quality: bool = False, force: bool = False,
+                      progress: bool = True) -> Path:
     """An fp32 decoder-only artifact ``src`` -> quantized artifact ``out_dir`` (see the module docstring)."""
+    from .head_quant import check_quantize_head
+
     bits = _check_args(scheme, block_size, accuracy_level)
+    check_quantize_head(quantize_head)
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
     manifest = read_fp32_manifest(src, out_dir, force)
 
@@ -103,13 +128,23 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
         if progress:
             print(f"[onnxlm quantize] {msg}", file=sys.stderr, flush=True)
 
-    log(f"{scheme} weight-only MatMulNBits (block {block_size}, accuracy level {accuracy_level}) ...")
+    log(f"{scheme} weight-only MatMulNBits (block {block_size}, accuracy level {accuracy_level}; output head: "
+        f"{quantize_head}) ...")
     record = {"scheme": scheme, "method": "onnxruntime MatMulNBitsQuantizer: weight-only, symmetric, per block",
               "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level,
+              "quantize_head": quantize_head, "head": None,
               "source_fp32": str(src), "quality": None, "forced": bool(force_quality)}
-    write_quantized_artifact(src, manifest, out_dir, record,
-                             lambda graph_in, graph_out: quantize_graph(graph_in, graph_out, bits, block_size,
-                                                                        accuracy_level),
+
+    def rewrite(graph_in: Path, graph_out: Path) -> None:
+        info = quantize_graph(graph_in, graph_out, bits, block_size, accuracy_level, quantize_head)
+        record["matmul_nbits"] = info.pop("matmul_nbits")
+        record["fp32_weights"] = info.pop("fp32_weights")
+        record["head"] = info
+        log("output head: " + (f"8-bit blocks of {info['block_size']}, {info['passes']} int8 pass(es)"
+                               + (", tied embedding stored once (GatherBlockQuantized)" if info["tied"] else "")
+                               if info["quantized"] else f"fp32 ({info['reason']})"))
+
+    write_quantized_artifact(src, manifest, out_dir, record, rewrite,
                              force_quality=force_quality, force=force, log=log,
                              hint="Try --accuracy-level 1 or int8")
     log(f"wrote {out_dir}")
