@@ -6,8 +6,8 @@ leaves the head to ``rewrite_head``: the head weight W [V, D] becomes 8-bit symm
 accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower), whatever the scheme (int4 included: a 4-bit
 head costs the most quality for the least memory). A tied embedding's lookup becomes ``GatherBlockQuantized`` bits=8
 over the head's code bytes (``Rewriter.tied_embedding``), so the [V, D] weight is stored once, in 8 bits, and the fp32
-copy is gone. ``HEAD_PASSES``: the head in one int8 pass, or two (``Rewriter.split_int8``: fp32-like activations
-for a second int8 product); measured on SmolLM2, see ``quantize.py``.
+copy is gone. ``HEAD_PASSES``: the head in one int8 pass (the default, by measurement on SmolLM2: see
+``quantize.py``), or two (``Rewriter.split_int8``: fp32-like activations for a second int8 product).
 
 ``find_head`` recognises the head in both graph kinds: the fused graphs' ``Gemm(x, W, transB=1)`` (tied: W is the
 embedding the ``Gather`` reads) and optimum's ``MatMul(x, Transpose(E))`` (tied) or ``MatMul(x, W)`` (untied). A head
@@ -24,7 +24,7 @@ from onnxlm.runtime.errors import ExportError
 from .nbits import BLOCK, Rewriter, dequantize, q8_blocks
 
 HEAD_CHOICES = ("auto", "yes", "no")  # quantize_head: auto = 8-bit where it can be, yes = 8-bit or refuse, no = fp32
-HEAD_PASSES = 1  # int8 passes of the 8-bit head (2: split_int8); chosen by measurement, see quantize.py
+HEAD_PASSES = 1  # int8 passes of the 8-bit head (2: split_int8, fp32-like activations); measured: quantize.py
 
 
 @dataclass
@@ -108,12 +108,13 @@ def rewrite_head(model, head: Head, passes: int | None = None) -> dict:
 
 
 def plan_head(model, quantize_head: str) -> tuple[Head | None, str | None]:
-    """(the head to rewrite in 8 bits or None, the reason it stays fp32 or None)."""
-    if quantize_head == "no":
-        return None, "quantize_head='no'"
+    """(the head of ``model``'s graph or None, why it stays fp32 or None to rewrite it in 8 bits); ExportError when
+    ``quantize_head="yes"`` and it cannot be rewritten."""
     head = find_head(model.graph)
     reason = None
-    if head is None:
+    if quantize_head == "no":
+        reason = "quantize_head='no'"
+    elif head is None:
         reason = "no MatMul / Gemm with a constant weight computes 'logits'"
     else:
         dims = next(i.dims for i in model.graph.initializer if i.name == head.weight)
@@ -123,4 +124,4 @@ def plan_head(model, quantize_head: str) -> tuple[Head | None, str | None]:
     if reason is not None and quantize_head == "yes":
         raise ExportError(f"quantize_head='yes': the output head cannot be stored in 8-bit blocks: {reason} "
                           "(use quantize_head='auto' or 'no')")
-    return (None, reason) if reason else (head, None)
+    return head, reason

@@ -198,3 +198,22 @@ def test_fused_artifact_quantizes_too(tmp_path):
     model = onnxlm.load(out)
     assert type(model).__name__ == "FusedCausalLM"
     assert all(len(t) == 4 for t in model.generate(["Hi", "Hello"], max_new_tokens=4, eos_token_id=[]).new_tokens)
+
+
+def test_untied_head_is_8bit_and_the_embedding_stays_fp32(tmp_path):
+    """An untied head (fused Llama, lm_head.weight) gets its own 8-bit blocks; the embedding is a plain fp32 Gather."""
+    from onnxlm.export import export_model
+    from onnxlm.export.recipes import RECIPES_DIR
+
+    recipe = RECIPES_DIR / "families" / "tiny-llama-llama3-rope-bias-untied"
+    fp32 = export_model(recipe, tmp_path / "fp32", progress=False)
+    out = quantize_artifact(fp32, tmp_path / "int8", scheme="int8", force_quality=True, progress=False)
+    weights = _weights(out)
+    assert weights["lm_head.codes"] == ((260, 2, 32), np.uint8) and "lm_head.weight" not in weights
+    assert weights["embed_tokens.weight"] == ((260, 64), np.float32) and "GatherBlockQuantized" not in _ops(out)
+    q = json.loads((out / "onnxlm.json").read_text())["quantization"]
+    assert q["head"]["tensor"] == "lm_head.weight" and q["head"]["quantized"] and not q["head"]["tied"]
+    assert q["fp32_weights"] == ["embed_tokens.weight"]
+    ids = [[257, 72, 101, 108, 108, 111]]
+    a, b = onnxlm.load(out).logits(ids), onnxlm.load(fp32).logits(ids)
+    assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
