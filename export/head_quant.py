@@ -6,12 +6,16 @@ leaves the head to ``rewrite_head``: the head weight W [V, D] becomes 8-bit symm
 accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower), whatever the scheme (int4 included: a 4-bit
 head costs the most quality for the least memory). A tied embedding's lookup becomes ``GatherBlockQuantized`` bits=8
 over the head's code bytes (``Rewriter.tied_embedding``), so the [V, D] weight is stored once, in 8 bits, and the fp32
-copy is gone. ``HEAD_PASSES``: the head in one int8 pass (the default, by measurement on SmolLM2: see
-``quantize.py``), or two (``Rewriter.split_int8``: fp32-like activations for a second int8 product).
+copy is gone. ``head_passes``: with the body at int8 activations (accuracy level 4) the head runs in one int8 pass;
+with the fidelity setting (level 1: fp32 activations) in two (``Rewriter.split_int8``: x rounded exactly as level 4
+rounds it, then the remainder: fp32-like activations for a second int8 product), as measured on SmolLM2 (see
+``quantize.py``).
 
 ``find_head`` recognises the head in both graph kinds: the fused graphs' ``Gemm(x, W, transB=1)`` (tied: W is the
 embedding the ``Gather`` reads) and optimum's ``MatMul(x, Transpose(E))`` (tied) or ``MatMul(x, W)`` (untied). A head
-it cannot rewrite (not found, or D not a multiple of 32) stays fp32; ``quantize_head="yes"`` then refuses.
+it cannot rewrite (not found, or D not a multiple of 32) stays fp32; ``quantize_head="yes"`` then refuses. A tied
+weight read by anything but ``Gather(E, input_ids [b, s], axis=0)`` keeps that fp32 reader (the head then has its own
+8-bit copy; no such graph is exported today).
 """
 from __future__ import annotations
 
@@ -24,7 +28,6 @@ from onnxlm.runtime.errors import ExportError
 from .nbits import BLOCK, Rewriter, dequantize, q8_blocks
 
 HEAD_CHOICES = ("auto", "yes", "no")  # quantize_head: auto = 8-bit where it can be, yes = 8-bit or refuse, no = fp32
-HEAD_PASSES = 1  # int8 passes of the 8-bit head (2: split_int8, fp32-like activations); measured: quantize.py
 
 
 @dataclass
@@ -36,6 +39,11 @@ class Head:
     transposed: bool  # the initializer is [D, V] (optimum's untied MatMul, a transB=0 Gemm); else [V, D]
     transpose: object | None  # optimum's tied head: the Transpose node of the embedding it reads
     gather: object | None  # the embedding lookup reading the same weight (a tied head), else None
+
+
+def head_passes(accuracy_level: int) -> int:
+    """Int8 passes of the 8-bit head: 1 beside a body at int8 activations (level 4), 2 (fp32-like) otherwise."""
+    return 1 if accuracy_level == 4 else 2
 
 
 def check_quantize_head(quantize_head) -> str:
@@ -66,21 +74,23 @@ def find_head(graph) -> Head | None:
     else:
         transpose = producer.get(weight)
         perm = None if transpose is None else {a.name: list(a.ints) for a in transpose.attribute}.get("perm")
+        only_head = [n for n in graph.node if weight in n.input] == [node]
         if transpose is None or transpose.op_type != "Transpose" or transpose.input[0] not in inits \
-                or perm not in (None, [1, 0]):
+                or perm not in (None, [1, 0]) or not only_head:
             return None
         weight, transposed = transpose.input[0], False
     if len(inits[weight].dims) != 2:
         return None
-    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] == weight), None)
+    ids = {i.name for i in graph.input if len(i.type.tensor_type.shape.dim) == 2}  # input_ids [b, s]
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] == weight and n.input[1] in ids
+                   and all(a.i == 0 for a in n.attribute if a.name == "axis")), None)
     return Head(node, weight, transposed, transpose, gather)
 
 
-def rewrite_head(model, head: Head, passes: int | None = None) -> dict:
+def rewrite_head(model, head: Head, passes: int) -> dict:
     """``model`` (an onnx ModelProto, changed in place) with ``head`` as an 8-bit MatMulNBits and a tied
     embedding as GatherBlockQuantized over its codes; the fp32 weight (and optimum's Transpose) removed.
     Returns the manifest's record of the head."""
-    passes = HEAD_PASSES if passes is None else passes
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     rw = Rewriter(g, accuracy_level=4, opset=opset)
