@@ -14,8 +14,8 @@ rounds it, then the remainder: fp32-like activations for a second int8 product),
 ``find_head`` recognises the head in both graph kinds: the fused graphs' ``Gemm(x, W, transB=1)`` (tied: W is the
 embedding the ``Gather`` reads) and optimum's ``MatMul(x, Transpose(E))`` (tied) or ``MatMul(x, W)`` (untied). A head
 it cannot rewrite (not found, or D not a multiple of 32) stays fp32; ``quantize_head="yes"`` then refuses. A tied
-weight read by anything but ``Gather(E, input_ids [b, s], axis=0)`` keeps that fp32 reader (the head then has its own
-8-bit copy; no such graph is exported today).
+weight read by anything but one ``Gather(E, ids, axis=0)`` and the head keeps that fp32 reader (the head then has its
+own 8-bit copy; no such graph is exported today).
 """
 from __future__ import annotations
 
@@ -81,8 +81,7 @@ def find_head(graph) -> Head | None:
         weight, transposed = transpose.input[0], False
     if len(inits[weight].dims) != 2:
         return None
-    ids = {i.name for i in graph.input if len(i.type.tensor_type.shape.dim) == 2}  # input_ids [b, s]
-    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] == weight and n.input[1] in ids
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] == weight
                    and all(a.i == 0 for a in n.attribute if a.name == "axis")), None)
     return Head(node, weight, transposed, transpose, gather)
 

@@ -163,14 +163,15 @@ class Rewriter:
         return nodes
 
     def tied_embedding(self, gather, codes: str, b: Blocks, name: str = "embed_tokens") -> list:
-        """The lookup ``gather`` (Gather(E, ids [b, s]) -> [b, s, K]) of an embedding E whose 8-bit Blocks ``b`` an
+        """The lookup ``gather`` (Gather(E, ids [...]) -> [..., K]) of an embedding E whose 8-bit Blocks ``b`` an
         output head already stores as ``codes`` -> GatherBlockQuantized over those code bytes (one copy; the
-        scales are stored again in the op's [V, K/32, 1] shape, ~3 % of the codes) and a Reshape to [b, s, K]."""
+        scales are stored again in the op's [V, K/32, 1] shape, ~3 % of the codes) and a Reshape to [..., K]."""
         v, kb = b.scales.shape
-        rows = f"{name}.rows"
-        return [self.node("GatherBlockQuantized", [codes, gather.input[1], self.init(f"{name}.scales",
-                                                                                      b.scales[..., None])],
+        rows, ids = f"{name}.rows", gather.input[1]
+        return [self.node("GatherBlockQuantized", [codes, ids, self.init(f"{name}.scales", b.scales[..., None])],
                           [rows], name, "com.microsoft", bits=8, block_size=BLOCK, gather_axis=0,
-                          quantize_axis=2),  # [b, s, K/32, 32]
-                self.node("Reshape", [rows, self.init(f"{name}.shape", np.array([0, 0, kb * BLOCK], np.int64))],
-                          [gather.output[0]], f"{name}.Reshape")]
+                          quantize_axis=2),  # [..., K/32, 32]
+                self.node("Shape", [ids], [f"{name}.ids_shape"], f"{name}.IdsShape"),
+                self.node("Concat", [f"{name}.ids_shape", self.init(f"{name}.width", np.array([kb * BLOCK]))],
+                          [f"{name}.shape"], f"{name}.Shape", axis=0),
+                self.node("Reshape", [rows, f"{name}.shape"], [gather.output[0]], f"{name}.Reshape")]

@@ -126,9 +126,10 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
                       "tied": head is not None and head.gather is not None, "reason": reason}
         record["matmul_nbits"] = sum(n.op_type == "MatMulNBits" and n.name != "lm_head.Remainder"
                                      for n in model.graph.node)
-        record["fp32_weights"] = sorted(i.name for i in model.graph.initializer
-                                        if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
-                                        and min(i.dims) >= 16)
+        read_as_weight = {n.input[1] for n in model.graph.node if n.op_type in ("MatMul", "Gemm")} | \
+            {n.input[0] for n in model.graph.node if n.op_type == "Gather"}  # not scales, caches, constants
+        record["fp32_weights"] = sorted(i.name for i in model.graph.initializer if i.name in read_as_weight
+                                        and i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2)
         onnx.save_model(model, str(dst))
         return record
     finally:

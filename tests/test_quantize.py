@@ -231,3 +231,13 @@ def test_untied_head_is_8bit_and_the_embedding_stays_fp32(tmp_path):
     ids = [[257, 72, 101, 108, 108, 111]]
     a, b = onnxlm.load(out).logits(ids), onnxlm.load(fp32).logits(ids)
     assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
+
+
+def test_plain_gpt2_tied_head_is_8bit_and_stored_once(tmp_path, tiny_gpt2):
+    """optimum's GPT-2 graph: the head is MatMul(x, Transpose(wte)), the lookup Gather(wte, Reshape(input_ids))."""
+    out = quantize_artifact(tiny_gpt2.onnx_dir, tmp_path / "int8", scheme="int8", force_quality=True, progress=False)
+    assert_tied_head_8bit_stored_once(out, 260, 64)
+    assert json.loads((out / "onnxlm.json").read_text())["quantization"]["fp32_weights"] == ["transformer.wpe.weight"]
+    ids = [[72, 101, 108, 108, 111, 33]]
+    a, b = onnxlm.load(out).logits(ids), onnxlm.load(tiny_gpt2.onnx_dir).logits(ids)
+    assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
