@@ -121,7 +121,7 @@ def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any], notices
 def export_model(model, out_dir, *, force: bool = False, tolerance: float | None = None, opset: int | None = None,
                  validate: bool = True, progress: bool = True, tokenizer=None, kv_layout: str = "auto",
                  quantize: str | None = None, block_size: int = 32, accuracy_level: int = 4,
-                 force_quality: bool = False) -> Path:
+                 quantize_head: str = "auto", force_quality: bool = False) -> Path:
     """Export ``model`` to an ONNX artifact directory ``out_dir`` (layout and manifest: docs/design.md).
 
     ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, or a loaded
@@ -145,11 +145,18 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     the same way. ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only
     MatMulNBits with ``block_size`` and ``accuracy_level``; refused below the quality thresholds of
     ``onnxlm.export.quality`` unless ``force_quality=True``); only the quantized artifact is written. ``model`` may then
-    also be an fp32 onnxlm artifact dir, which is quantized as it is. Returns the path.
+    also be an fp32 onnxlm artifact dir, which is quantized as it is. ``quantize_head`` ("auto" | "yes" | "no", int8 /
+    int4 only): the output head (and a tied embedding, stored once) in 8-bit blocks, or fp32 with "no"
+    (``onnxlm.export.head_quant``). Returns the path.
     """
     out_dir = Path(out_dir).expanduser().absolute()
     if _is_nonempty(out_dir) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+    from .head_quant import check_quantize_head
+
+    if check_quantize_head(quantize_head) != "auto" and quantize not in ("int8", "int4"):
+        raise ExportError(f"quantize_head: got {quantize_head!r} with quantize={quantize!r}; it applies to "
+                          "quantize='int8' or 'int4' only (leave it 'auto')")
     if quantize == "gguf":
         return _export_gguf_native(model, out_dir, force=force, tolerance=tolerance, validate=validate,
                                    progress=progress, tokenizer=tokenizer, kv_layout=kv_layout,
@@ -160,16 +167,16 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
         _check_args(quantize, block_size, accuracy_level)  # refuse bad settings before the long export
         if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file():
             return quantize_artifact(model, out_dir, scheme=quantize, block_size=block_size,  # no torch needed
-                                     accuracy_level=accuracy_level, force_quality=force_quality, force=force,
-                                     progress=progress)
+                                     accuracy_level=accuracy_level, quantize_head=quantize_head,
+                                     force_quality=force_quality, force=force, progress=progress)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.fp32-", dir=out_dir.parent))
         try:
             fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, opset=opset, validate=validate,
                                 progress=progress, tokenizer=tokenizer, kv_layout=kv_layout)
             return quantize_artifact(fp32, out_dir, scheme=quantize, block_size=block_size,
-                                     accuracy_level=accuracy_level, force_quality=force_quality, force=force,
-                                     progress=progress)
+                                     accuracy_level=accuracy_level, quantize_head=quantize_head,
+                                     force_quality=force_quality, force=force, progress=progress)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     if tolerance is not None and not (float(tolerance) > 0):

@@ -63,16 +63,15 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
+from .nbits import BLOCK, Blocks, Rewriter, _pack4, dequantize  # noqa: F401  (Blocks, dequantize: public here too)
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
-BLOCK = 32  # weights per block along K for Q4_0, Q4_1, Q8_0
 NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 ACCURACY_LEVELS = (1, 4)  # 4: down_proj at int8 activations (default); 1: every product ~fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
@@ -86,18 +85,6 @@ LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output"
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
 
 
-@dataclass
-class Blocks:
-    """One or more GGUF tensors (stacked along N) in MatMulNBits form."""
-
-    bits: int
-    codes: np.ndarray  # [N, K/32, 32*bits/8] uint8 (4-bit: weight 2i in the low nibble, 2i+1 in the high one)
-    scales: np.ndarray  # [N, K/32] float32
-    zero_points: np.ndarray | None  # [N, K/32] uint8 unpacked, or None for the op's default (8 / 128)
-    correction: np.ndarray | None  # R [N, K/32] float32 (w = scale*(code - zero point) + R), or None
-    types: tuple  # the GGUF type of each stacked tensor
-
-
 def _halves(raw: np.ndarray, offset: int) -> np.ndarray:
     """[N, kb, bytes] uint8 -> the fp16 at ``offset`` of each block as [N, kb] float32."""
     return raw[:, :, offset:offset + 2].copy().view(np.float16)[..., 0].astype(np.float32)
@@ -106,11 +93,6 @@ def _halves(raw: np.ndarray, offset: int) -> np.ndarray:
 def _nibbles(qs: np.ndarray) -> np.ndarray:
     """GGUF nibbles [N, kb, 16] (byte j: weight j low, weight j+16 high) -> weights [N, kb, 32] uint8 in order."""
     return np.concatenate([qs & 15, qs >> 4], axis=-1)
-
-
-def _pack4(q: np.ndarray) -> np.ndarray:
-    """[..., 2m] uint8 values < 16 -> [..., m] uint8, element 2i low nibble, 2i+1 high (MatMulNBits' order)."""
-    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
 def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
@@ -131,21 +113,6 @@ def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
         codes = (b[:, :, 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
         return Blocks(8, codes, _halves(b, 0), None, None, (qtype,))
     raise ExportError(f"GGUF type {qtype} has no native MatMulNBits form; native: {', '.join(NATIVE_TYPES)}")
-
-
-def dequantize(b: Blocks) -> np.ndarray:
-    """Blocks -> the weight [N, K] float32 that MatMulNBits (+ the correction) computes with."""
-    if b.bits == 4:
-        lo, hi = b.codes & 15, b.codes >> 4
-        q = np.stack([lo, hi], axis=-1).reshape(*b.codes.shape[:2], -1).astype(np.float32)  # [N, kb, 32]
-        z = np.float32(8) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
-    else:
-        q = b.codes.astype(np.float32)
-        z = np.float32(128) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
-    w = b.scales[..., None] * (q - z)
-    if b.correction is not None:
-        w = w + b.correction[..., None]
-    return w.reshape(w.shape[0], -1).astype(np.float32)
 
 
 def stack(parts: list[Blocks]) -> Blocks:
@@ -212,37 +179,21 @@ class GGUFTensors:
         return b
 
 
-def _level(name: str, bits: int) -> int:
-    """The accuracy level of the MatMulNBits ``name``: the 4-bit attention projections 1 (fp32 activations);
-    everything else 4 (int8 activations, in one or two passes; onnxruntime's 8-bit path at level 1 is ~90x
-    slower)."""
-    return 1 if bits == 4 and name.split(".")[-1] in FP32_ACTIVATIONS else 4
+class _Rewriter(Rewriter):
+    """``Rewriter`` with GGUF's accuracy levels, its two-pass parts and the weight check."""
 
+    def level(self, name: str, bits: int) -> int:
+        """The accuracy level of the MatMulNBits ``name``: the 4-bit attention projections 1 (fp32 activations);
+        everything else 4 (int8 activations, in one or two passes; onnxruntime's 8-bit path at level 1 is ~90x
+        slower)."""
+        return 1 if bits == 4 and name.split(".")[-1] in FP32_ACTIVATIONS else 4
 
-class _Rewriter:
-    """Builds the replacement nodes; counts tensors; tracks the weight check."""
-
-    def __init__(self, graph, accuracy_level: int):
-        from onnx import numpy_helper
-
-        self.graph = graph
-        self.fp32 = {i.name: i for i in graph.initializer}
-        self.to_array = numpy_helper.to_array
-        self.from_array = numpy_helper.from_array
-        self.accuracy_level = accuracy_level
-        self.native, self.kept = Counter(), Counter()
-        self.two_pass = set()  # the parts whose MatMulNBits read the stacked rows of a and x - a
-        self.max_diff = 0.0
-        self.new_inits = []
-
-    def init(self, name: str, array: np.ndarray) -> str:
-        self.new_inits.append(self.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(self, op: str, inputs: list, outputs: list, name: str, domain: str = "", **attrs):
-        from onnx import helper
-
-        return helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs)
+    def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
+               head: bool = False) -> list:
+        """x [b, s, K] (``head``: the output head's [T, K]) -> ``Rewriter.matmul``; the head and the parts in
+        ``TWO_PASS[accuracy_level]`` in two int8 passes."""
+        two_pass = head or name.split(".")[-1] in TWO_PASS[self.accuracy_level]
+        return super().matmul(x, b, outputs, splits, name, two_pass=two_pass, lead=1 if head else 2)
 
     def check(self, b: Blocks, fp32_name: str, transposed: bool, what: str) -> None:
         """The dequantised Blocks must be the fp32 graph's weight (``transposed``: stored [K, N])."""
@@ -256,83 +207,6 @@ class _Rewriter:
             raise ExportError(f"{what}: the GGUF blocks dequantise to a weight {diff:.3g} away from transformers' "
                               f"(tolerance {WEIGHT_TOLERANCE}): unsupported layout")
         self.max_diff = max(self.max_diff, diff)
-
-    def blocks_of(self, x: str, k: int, lead: int, name: str) -> tuple[list, str]:
-        """x [*lead dims, K] -> (nodes, x viewed as [*lead dims, K/32, 32])."""
-        shape = self.inits_once(f"blocks_of_{k}_rank{lead + 1}", np.array([0] * lead + [k // BLOCK, BLOCK], np.int64))
-        return [self.node("Reshape", [x, shape], [f"{name}.x_blocks"], f"{name}.Blocks")], f"{name}.x_blocks"
-
-    def split_int8(self, x: str, x_blocks: str, k: int, lead: int, name: str) -> tuple[list, str, str]:
-        """x [*lead dims, K] (and its ``blocks_of`` view) -> (nodes, a, r): ``a`` = x rounded to int8 per block of
-        32 exactly as accuracy level 4 quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error,
-        and the remainder r = x - a (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
-        c = lambda nm, v: self.inits_once(nm, np.array(v, np.float32))  # noqa: E731
-        ops = [("Abs", [x_blocks], {}), ("ReduceMax", None, dict(axes=[-1], keepdims=1)),
-               ("Div", [None, c("int8_max", 127.0)], {}), ("Max", [None, c("tiny", 1e-30)], {})]
-        nodes, prev = [], x_blocks
-        for op, ins, attrs in ops:
-            out = f"{name}.{op.lower()}"
-            ins = [prev] if ins is None else [prev if i is None else i for i in ins]
-            nodes.append(self.node(op, ins, [out], f"{name}.{op}", **attrs))
-            prev = out
-        scale = prev
-        flat = self.inits_once(f"flat_{k}_rank{lead + 1}", np.array([0] * lead + [k], np.int64))
-        nodes += [self.node("Div", [x_blocks, scale], [f"{name}.scaled"], f"{name}.Scale"),
-                  self.node("Round", [f"{name}.scaled"], [f"{name}.rounded"], f"{name}.Round"),
-                  self.node("Mul", [f"{name}.rounded", scale], [f"{name}.a_blocks"], f"{name}.Unscale"),
-                  self.node("Reshape", [f"{name}.a_blocks", flat], [f"{name}.a"], f"{name}.A"),
-                  self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
-        return nodes, f"{name}.a", f"{name}.r"
-
-    def inits_once(self, name: str, array: np.ndarray) -> str:
-        if name not in {t.name for t in self.new_inits}:
-            self.init(name, array)
-        return name
-
-    def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
-               head: bool = False) -> list:
-        """x [b, s, K] (``head``: the output head's [T, K]) -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split
-        when ``splits`` has 2+ sizes). The head and the parts in ``TWO_PASS[accuracy_level]`` (at level 4) go in two
-        passes: the rows of a and x - a (``split_int8``) stacked into one MatMulNBits ([2T, K] / [2b, s, K]: the
-        weights are read once), its two halves added: close to fp32 activations."""
-        n, kb = b.scales.shape
-        k = kb * BLOCK
-        level = _level(name, b.bits)
-        inputs = [x, self.init(f"{name}.codes", b.codes), self.init(f"{name}.scales", b.scales)]
-        if b.zero_points is not None:
-            zp = b.zero_points if b.bits == 8 else _pack4(np.pad(b.zero_points, ((0, 0), (0, kb % 2))))
-            inputs.append(self.init(f"{name}.zero_points", zp))
-        y = outputs[0] if len(splits) == 1 and b.correction is None else f"{name}.nbits"
-        attrs = dict(K=k, N=n, bits=b.bits, block_size=BLOCK, accuracy_level=level)
-        lead = 1 if head else 2  # x [T, K] (the head) or [b, s, K]
-        two_pass = (head or name.split(".")[-1] in TWO_PASS[self.accuracy_level]) and level == 4
-        if two_pass:
-            self.two_pass.add(name.split(".")[-1])
-        nodes, x_blocks = self.blocks_of(x, k, lead, name) if two_pass or b.correction is not None else ([], None)
-        if two_pass:
-            split, a, r = self.split_int8(x, x_blocks, k, lead, name)
-            nodes += split
-            nodes += [self.node("Concat", [a, r], [f"{name}.ar"], f"{name}.Stack", axis=0),  # [2T, K] / [2b, s, K]
-                      self.node("MatMulNBits", [f"{name}.ar", *inputs[1:]], [f"{name}.yar"], name, "com.microsoft",
-                                **attrs),
-                      self.node("Split", [f"{name}.yar"], [f"{name}.ya", f"{name}.yr"], f"{name}.Unstack", axis=0),
-                      self.node("Add", [f"{name}.ya", f"{name}.yr"], [y], f"{name}.TwoPass")]
-        else:
-            nodes.append(self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs))
-        if b.correction is not None:  # + blocksum(x) [b, s, K/32] @ R [K/32, N]
-            nodes += [self.node("ReduceSum", [x_blocks, self.inits_once("blocksum_axis", np.array([-1]))],
-                                [f"{name}.blocksum"], f"{name}.BlockSum", keepdims=0),
-                      self.node("MatMul", [f"{name}.blocksum", self.init(f"{name}.correction", b.correction.T)],
-                                [f"{name}.corr"], f"{name}.Correction")]
-            out = outputs[0] if len(splits) == 1 else f"{name}.sum"
-            nodes.append(self.node("Add", [y, f"{name}.corr"], [out], f"{name}.AddCorrection"))
-            y = out
-        if len(splits) > 1:
-            nodes.append(self.node("Split", [y, self.init(f"{name}.splits", np.array(splits, np.int64))],
-                                   outputs, f"{name}.Split", axis=-1))
-        for t in b.types:
-            self.native[t] += 1
-        return nodes
 
 
 def _residual_sums(nodes: list) -> list:
@@ -416,15 +290,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
         rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding / output head")
         replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
                                       "lm_head", head=True)
-        v, kb = emb_blocks.scales.shape
-        rows = "embed_tokens.rows"
-        replace[id(gather)] = [
-            rw.node("GatherBlockQuantized", ["lm_head.codes", gather.input[1],
-                                             rw.init("embed_tokens.scales", emb_blocks.scales[..., None])],
-                    [rows], "embed_tokens", "com.microsoft", bits=8, block_size=BLOCK, gather_axis=0,
-                    quantize_axis=2),  # [b, s, K/32, 32]
-            rw.node("Reshape", [rows, rw.init("embed_shape", np.array([0, 0, kb * BLOCK], np.int64))],
-                    [gather.output[0]], "embed_tokens.Reshape")]
+        replace[id(gather)] = rw.tied_embedding(gather, "lm_head.codes", emb_blocks)
     else:
         keep(["token_embd.weight"])
         if not tied:  # an untied head: its own tensor, natively where it can be

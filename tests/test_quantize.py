@@ -1,7 +1,8 @@
 """Weight-only quantization (`quantize_artifact`, `export_model(quantize=)`, `onnxlm export --quantize`): the graph's
-MatMuls become MatMulNBits, the result generates, and the quality gate measures teacher-forced top-1 agreement and
-perplexity against the fp32 artifact and refuses a variant below its thresholds unless forced. Random-weight
-models have near-uniform logits, so their tests force the gate; the real-weight figures are in test_smollm2.py."""
+MatMuls become MatMulNBits, a tied output head / embedding becomes 8-bit blocks stored once (`export/head_quant.py`),
+the result generates, and the quality gate measures teacher-forced top-1 agreement and perplexity against the fp32
+artifact and refuses a variant below its thresholds unless forced. Random-weight models have near-uniform logits,
+so their tests force the gate; the real-weight figures are in test_smollm2.py."""
 from __future__ import annotations
 
 import json
@@ -31,18 +32,54 @@ def _ops(path) -> dict:
     return ops
 
 
+def _weights(path) -> dict:
+    """name -> (dims, numpy dtype) of every initializer of the artifact's graph."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(path / "model.onnx"))
+    return {i.name: (tuple(i.dims), tensor_dtype_to_np_dtype(i.data_type)) for i in model.graph.initializer}
+
+
+def assert_tied_head_8bit_stored_once(path, vocab: int, hidden: int) -> None:
+    """The tied [V, D] weight exists once, as the 8-bit head's codes, which the embedding lookup reads too; no fp32
+    [V, D] / [D, V] tensor (embedding, head, or a transposed copy) is left."""
+    import onnx
+
+    weights = _weights(path)
+    assert weights["lm_head.codes"] == ((vocab, hidden // 32, 32), np.uint8)
+    full = [n for n, (dims, _) in weights.items() if int(np.prod(dims)) >= vocab * hidden]
+    assert full == ["lm_head.codes"], full
+    nodes = {n.name: n for n in onnx.load(str(path / "model.onnx")).graph.node}
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes["lm_head"].attribute}
+    assert nodes["lm_head"].op_type == "MatMulNBits" and (attrs["bits"], attrs["block_size"], attrs["N"],
+                                                           attrs["K"], attrs["accuracy_level"]) == (8, 32, vocab,
+                                                                                                    hidden, 4)
+    assert [n.input[0] for n in nodes.values() if n.op_type == "GatherBlockQuantized"] == ["lm_head.codes"]
+    head = json.loads((path / "onnxlm.json").read_text())["quantization"]["head"]
+    assert head["quantized"] and head["tied"] and (head["bits"], head["block_size"]) == (8, 32)
+
+
 @pytest.fixture(scope="module")
 def llama_int8(tmp_path_factory, tiny_llama):
     return quantize_artifact(tiny_llama.onnx_dir, tmp_path_factory.mktemp("q") / "int8", scheme="int8",
                              force_quality=True, progress=False)
 
 
+@pytest.fixture(scope="module")
+def llama_int8_fp32_head(tmp_path_factory, tiny_llama):
+    return quantize_artifact(tiny_llama.onnx_dir, tmp_path_factory.mktemp("q") / "int8-fp32-head", scheme="int8",
+                             quantize_head="no", force_quality=True, progress=False)
+
+
 def test_int8_artifact_graph_manifest_and_generation(llama_int8, tiny_llama):
     ops = _ops(llama_int8)
-    # 7 per layer; the tied head stays a MatMul on the fp32 embedding (Transpose of it), stored once
-    assert ops.get("MatMulNBits", 0) == 2 * 7 and "MatMul(weight)" not in ops
+    # 7 per layer + the tied head (8-bit), whose codes the embedding lookup reads (GatherBlockQuantized)
+    assert ops.get("MatMulNBits", 0) == 2 * 7 + 1 and "MatMul(weight)" not in ops
+    assert_tied_head_8bit_stored_once(llama_int8, 260, 64)
     q = json.loads((llama_int8 / "onnxlm.json").read_text())["quantization"]
     assert (q["scheme"], q["bits"], q["block_size"], q["accuracy_level"]) == ("int8", 8, 32, 4)
+    assert q["quantize_head"] == "auto" and q["matmul_nbits"] == 2 * 7 + 1 and q["fp32_weights"] == []
     quality = q["quality"]
     assert quality["tokens"] > 400 and 0 <= quality["top1_agreement"] <= 1 and quality["perplexity"] > 1
     ours = onnxlm.load(llama_int8)  # the manifest's checksums cover the quantized files
@@ -52,6 +89,49 @@ def test_int8_artifact_graph_manifest_and_generation(llama_int8, tiny_llama):
     assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()  # close, not equal: int8 weights, int8 activations
     res = ours.generate(["Hello there", "Hi"], max_new_tokens=5, eos_token_id=[])
     assert res.sequences.shape[0] == 2 and all(len(t) == 5 for t in res.new_tokens)
+
+
+def test_tied_head_8bit_logits_stay_close_to_the_fp32_head(llama_int8, llama_int8_fp32_head, tiny_llama):
+    """The same int8 body (onnxruntime's quantizer is deterministic) with the tied head in 8-bit blocks vs fp32:
+    the head's own error is small next to the logits (a layout slip, e.g. a transposed weight, gives garbage), and
+    both stay within the int8 tolerance of fp32."""
+    ids = [[257, 72, 101, 108, 108, 111], [257, 40, 5, 9, 11, 200]]
+    fp32 = onnxlm.load(tiny_llama.onnx_dir).logits(ids)
+    q8 = onnxlm.load(llama_int8).logits(ids)
+    fp32_head = onnxlm.load(llama_int8_fp32_head).logits(ids)
+    scale = np.abs(fp32).max()
+    assert np.abs(q8 - fp32_head).max() <= 0.03 * scale  # measured 0.017 (8-bit weights, int8 activations)
+    assert np.abs(q8 - fp32).max() <= 0.05 * scale and np.abs(fp32_head - fp32).max() <= 0.05 * scale
+    assert (q8.argmax(-1) == fp32_head.argmax(-1)).mean() >= 0.8
+
+
+def test_fidelity_level_runs_the_8bit_head_in_two_passes(tmp_path, tiny_llama):
+    """accuracy_level=1: the head's activations are split into an exactly-int8 part and the remainder (two
+    passes stacked into one MatMulNBits over the same codes), so it stays fp32-like beside a body at fp32
+    activations."""
+    out = quantize_artifact(tiny_llama.onnx_dir, tmp_path / "l1", scheme="int8", accuracy_level=1,
+                            force_quality=True, progress=False)
+    assert_tied_head_8bit_stored_once(out, 260, 64)
+    head = json.loads((out / "onnxlm.json").read_text())["quantization"]["head"]
+    assert head["passes"] == 2 and head["accuracy_level"] == 4
+    assert _ops(out).get("MatMulNBits", 0) == 2 * 7 + 1  # both passes in one call: the codes are read once
+    import onnx
+    names = {n.name for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"lm_head.Stack", "lm_head.Unstack", "lm_head.TwoPass"} <= names  # rows of a and x - a, halves added
+    ids = [[257, 72, 101, 108, 108, 111]]
+    fp32 = onnxlm.load(tiny_llama.onnx_dir).logits(ids)
+    assert np.abs(onnxlm.load(out).logits(ids) - fp32).max() <= 0.05 * np.abs(fp32).max()
+
+
+def test_quantize_head_no_keeps_the_tied_fp32_weight_once(llama_int8_fp32_head):
+    weights = _weights(llama_int8_fp32_head)
+    full = [(n, dims) for n, (dims, _) in weights.items() if int(np.prod(dims)) >= 260 * 64]
+    assert full == [("model.embed_tokens.weight", (260, 64))]  # read by the Gather and (transposed) by the head
+    ops = _ops(llama_int8_fp32_head)
+    assert ops.get("MatMulNBits", 0) == 2 * 7 and "GatherBlockQuantized" not in ops
+    head = json.loads((llama_int8_fp32_head / "onnxlm.json").read_text())["quantization"]["head"]
+    assert head == {"tensor": "model.embed_tokens.weight", "quantized": False, "tied": True,
+                    "reason": "quantize_head='no'"}
 
 
 def test_quality_of_identical_artifacts_is_perfect(tiny_llama):
@@ -73,6 +153,7 @@ def test_gate_refuses_below_threshold_and_leaves_nothing(tmp_path, tiny_llama, m
 @pytest.mark.parametrize("kw,match", [
     (dict(scheme="int3"), "quantize.*int8, int4"), (dict(scheme="int8", block_size=20), "block_size"),
     (dict(scheme="int8", accuracy_level=7), "accuracy_level"),
+    (dict(scheme="int8", quantize_head="maybe"), "quantize_head.*auto, yes, no"),
 ])
 def test_bad_settings_are_refused(tmp_path, tiny_llama, kw, match):
     with pytest.raises(ExportError, match=match):
@@ -95,7 +176,19 @@ def test_export_model_quantize_from_a_recipe(tmp_path):
     manifest = json.loads((out / "onnxlm.json").read_text())
     assert manifest["quantization"]["scheme"] == "int8" and manifest["validation"]["checks"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2-int8"]  # the fp32 scratch export is gone
-    assert "MatMulNBits" in _ops(out)
+    assert "MatMulNBits" in _ops(out) and manifest["kv_layout"] == "fused-gqa"
+    assert_tied_head_8bit_stored_once(out, 260, 64)  # the fused graph's Gemm head on the tied wte
+    assert manifest["quantization"]["fp32_weights"] == ["wpe.weight"]
+    assert onnxlm.load(out).generate(["Hi"], max_new_tokens=3, eos_token_id=[]).sequences.shape == (1, 5)
+
+
+def test_quantize_head_applies_to_int8_int4_only(tmp_path, tiny_llama):
+    from onnxlm.export import export_model
+
+    with pytest.raises(ExportError, match="quantize_head: got 'yes' with quantize=None"):
+        export_model(tiny_llama.onnx_dir, tmp_path / "x", quantize_head="yes", progress=False)
+    with pytest.raises(ExportError, match="quantize_head: got 'fp32'"):
+        export_model(tiny_llama.onnx_dir, tmp_path / "x", quantize="int8", quantize_head="fp32", progress=False)
 
 
 def test_cli_quantizes_an_artifact_and_info_shows_the_quality(tmp_path, tiny_llama):
@@ -107,6 +200,7 @@ def test_cli_quantizes_an_artifact_and_info_shows_the_quality(tmp_path, tiny_lla
                           timeout=120)
     assert info.returncode == 0, info.stderr
     assert "quantization    int8 weight-only, block 32" in info.stdout and "top-1 agreement" in info.stdout
+    assert "output head    model.embed_tokens.weight 8-bit, block 32" in info.stdout
 
 
 def test_fused_artifact_quantizes_too(tmp_path):
@@ -118,6 +212,36 @@ def test_fused_artifact_quantizes_too(tmp_path):
     manifest = json.loads((out / "onnxlm.json").read_text())
     assert manifest["kv_layout"] == "fused-gqa" and manifest["quantization"]["quality"]["tokens"] > 400
     assert "MatMulNBits" in _ops(out)
+    assert_tied_head_8bit_stored_once(out, 260, 64)
     model = onnxlm.load(out)
     assert type(model).__name__ == "FusedCausalLM"
     assert all(len(t) == 4 for t in model.generate(["Hi", "Hello"], max_new_tokens=4, eos_token_id=[]).new_tokens)
+
+
+def test_untied_head_is_8bit_and_the_embedding_stays_fp32(tmp_path):
+    """An untied head (fused Llama, lm_head.weight) gets its own 8-bit blocks; the embedding is a plain fp32 Gather."""
+    from onnxlm.export import export_model
+    from onnxlm.export.recipes import RECIPES_DIR
+
+    recipe = RECIPES_DIR / "families" / "tiny-llama-llama3-rope-bias-untied"
+    fp32 = export_model(recipe, tmp_path / "fp32", progress=False)
+    out = quantize_artifact(fp32, tmp_path / "int8", scheme="int8", force_quality=True, progress=False)
+    weights = _weights(out)
+    assert weights["lm_head.codes"] == ((260, 2, 32), np.uint8) and "lm_head.weight" not in weights
+    assert weights["embed_tokens.weight"] == ((260, 64), np.float32) and "GatherBlockQuantized" not in _ops(out)
+    q = json.loads((out / "onnxlm.json").read_text())["quantization"]
+    assert q["head"]["tensor"] == "lm_head.weight" and q["head"]["quantized"] and not q["head"]["tied"]
+    assert q["fp32_weights"] == ["embed_tokens.weight"]
+    ids = [[257, 72, 101, 108, 108, 111]]
+    a, b = onnxlm.load(out).logits(ids), onnxlm.load(fp32).logits(ids)
+    assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()
+
+
+def test_plain_gpt2_tied_head_is_8bit_and_stored_once(tmp_path, tiny_gpt2):
+    """optimum's GPT-2 graph: the head is MatMul(x, Transpose(wte)), the lookup Gather(wte, Reshape(input_ids))."""
+    out = quantize_artifact(tiny_gpt2.onnx_dir, tmp_path / "int8", scheme="int8", force_quality=True, progress=False)
+    assert_tied_head_8bit_stored_once(out, 260, 64)
+    assert json.loads((out / "onnxlm.json").read_text())["quantization"]["fp32_weights"] == ["transformer.wpe.weight"]
+    ids = [[72, 101, 108, 108, 111, 33]]
+    a, b = onnxlm.load(out).logits(ids), onnxlm.load(tiny_gpt2.onnx_dir).logits(ids)
+    assert np.abs(a - b).max() <= 0.05 * np.abs(b).max()

@@ -119,6 +119,17 @@ def _render(info: dict) -> str:
             out.append(f"    GGUF blocks kept: {native}; fp32 (dequantised): {kept}; attention at accuracy level "
                        f"{quant.get('accuracy_level_attention', 1)}, 8-bit at {quant.get('accuracy_level_8bit', 4)}"
                        + (f"; two int8 passes: {', '.join(quant['two_pass'])}" if quant.get("two_pass") else ""))
+        head = quant.get("head")
+        if head:  # quantize="int8"|"int4": the output head (and a tied embedding) in 8-bit blocks or fp32
+            if head.get("quantized"):
+                out.append(f"    output head    {head['tensor']} 8-bit, block {head['block_size']}, accuracy level "
+                           f"{head['accuracy_level']}, {head['passes']} pass(es)"
+                           + ("; tied embedding reads the same codes (stored once)" if head.get("tied") else ""))
+            else:
+                out.append(f"    output head    {head.get('tensor') or '?'} fp32 ({head.get('reason')})")
+        if quant.get("matmul_nbits") is not None:
+            out.append(f"    MatMulNBits    {quant['matmul_nbits']}; fp32 weights: "
+                       f"{', '.join(quant.get('fp32_weights') or []) or 'none'}")
         q = quant.get("quality")
         if q:
             out.append(f"    vs fp32        top-1 agreement {q['top1_agreement']:.4f} (min {q['min_top1_agreement']}), "

@@ -1,0 +1,183 @@
+"""MatMulNBits / GatherBlockQuantized graph pieces shared by ``quantize.py`` and ``gguf_quant.py``.
+
+``Blocks`` holds a weight in onnxruntime's ``MatMulNBits`` form (codes, one scale per block of ``BLOCK`` = 32 weights
+along K, optional zero points and a Q4_1-style correction); ``q8_blocks`` quantizes an fp32 weight to it (8-bit,
+symmetric: codes ``q+128``, scale ``max|w|/127`` per block, the layout of GGUF's Q8_0); ``dequantize`` is its
+inverse. ``Rewriter`` builds the replacement nodes: ``matmul`` (``MatMulNBits``, optionally in two int8 passes
+stacked into one call, ``split_int8``; a Q4_1-style correction through ``ReduceSum`` block sums) and ``tied_embedding`` (``GatherBlockQuantized`` over the code bytes of an 8-bit head: a tied
+embedding / output head stored once).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK = 32  # weights per block along K (GGUF's Q4_0, Q4_1, Q8_0; the 8-bit head of quantize.py)
+
+
+@dataclass
+class Blocks:
+    """One or more weight tensors (stacked along N) in MatMulNBits form."""
+
+    bits: int
+    codes: np.ndarray  # [N, K/32, 32*bits/8] uint8 (4-bit: weight 2i in the low nibble, 2i+1 in the high one)
+    scales: np.ndarray  # [N, K/32] float32
+    zero_points: np.ndarray | None  # [N, K/32] uint8 unpacked, or None for the op's default (8 / 128)
+    correction: np.ndarray | None  # R [N, K/32] float32 (w = scale*(code - zero point) + R), or None
+    types: tuple  # the type of each stacked tensor (GGUF's name, e.g. "Q8_0")
+
+
+def _pack4(q: np.ndarray) -> np.ndarray:
+    """[..., 2m] uint8 values < 16 -> [..., m] uint8, element 2i low nibble, 2i+1 high (MatMulNBits' order)."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def dequantize(b: Blocks) -> np.ndarray:
+    """Blocks -> the weight [N, K] float32 that MatMulNBits (+ the correction) computes with."""
+    if b.bits == 4:
+        lo, hi = b.codes & 15, b.codes >> 4
+        q = np.stack([lo, hi], axis=-1).reshape(*b.codes.shape[:2], -1).astype(np.float32)  # [N, kb, 32]
+        z = np.float32(8) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
+    else:
+        q = b.codes.astype(np.float32)
+        z = np.float32(128) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
+    w = b.scales[..., None] * (q - z)
+    if b.correction is not None:
+        w = w + b.correction[..., None]
+    return w.reshape(w.shape[0], -1).astype(np.float32)
+
+
+def q8_blocks(w: np.ndarray, kind: str = "q8") -> Blocks:
+    """A weight [N, K] float32 (K a multiple of ``BLOCK``) -> 8-bit symmetric Blocks: per block of 32 along K,
+    scale ``max|w|/127`` and codes ``round(w/scale) + 128`` (the op's default zero point 128)."""
+    n, k = w.shape
+    b = w.astype(np.float32).reshape(n, k // BLOCK, BLOCK)  # [N, K/32, 32]
+    scales = np.abs(b).max(axis=-1) / np.float32(127)  # [N, K/32]
+    safe = np.where(scales == 0, np.float32(1), scales)
+    q = np.clip(np.rint(b / safe[..., None]), -127, 127)
+    return Blocks(8, (q + 128).astype(np.uint8), scales.astype(np.float32), None, None, (kind,))
+
+
+class Rewriter:
+    """Builds MatMulNBits / GatherBlockQuantized replacement nodes and their initializers (``new_inits``) for
+    ``graph``; counts the tensors it rewrites (``native``, by type) and those it leaves (``kept``)."""
+
+    def __init__(self, graph, accuracy_level: int, opset: int = 17):
+        from onnx import numpy_helper
+
+        self.graph = graph
+        self.opset = opset  # the graph's ai.onnx opset (ReduceMax takes its axes as an input from 18)
+        self.fp32 = {i.name: i for i in graph.initializer}
+        self.to_array = numpy_helper.to_array
+        self.from_array = numpy_helper.from_array
+        self.accuracy_level = accuracy_level
+        self.native, self.kept = Counter(), Counter()
+        self.max_diff = 0.0
+        self.new_inits = []
+        self.two_pass = set()  # the parts whose MatMulNBits read the stacked rows of a and x - a
+
+    def level(self, name: str, bits: int) -> int:
+        """The accuracy level of the MatMulNBits ``name``: 8-bit always 4 (level 1 is onnxruntime's slow path)."""
+        return 4 if bits == 8 else self.accuracy_level
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.new_inits.append(self.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list, outputs: list, name: str, domain: str = "", **attrs):
+        from onnx import helper
+
+        return helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs)
+
+    def blocks_of(self, x: str, k: int, lead: int, name: str) -> tuple[list, str]:
+        """x [*lead dims, K] -> (nodes, x viewed as [*lead dims, K/32, 32])."""
+        shape = self.inits_once(f"blocks_of_{k}_rank{lead + 1}", np.array([0] * lead + [k // BLOCK, BLOCK], np.int64))
+        return [self.node("Reshape", [x, shape], [f"{name}.x_blocks"], f"{name}.Blocks")], f"{name}.x_blocks"
+
+    def split_int8(self, x: str, x_blocks: str, k: int, lead: int, name: str) -> tuple[list, str, str]:
+        """x [*lead dims, K] (and its ``blocks_of`` view) -> (nodes, a, r): ``a`` = x rounded to int8 per block of
+        32 exactly as accuracy level 4 quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error,
+        and the remainder r = x - a (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
+        c = lambda nm, v: self.inits_once(nm, np.array(v, np.float32))  # noqa: E731
+        reduce = (("ReduceMax", [None, self.inits_once("last_axis", np.array([-1]))], dict(keepdims=1))
+                  if self.opset >= 18 else ("ReduceMax", None, dict(axes=[-1], keepdims=1)))
+        ops = [("Abs", [x_blocks], {}), reduce, ("Div", [None, c("int8_max", 127.0)], {}),
+               ("Max", [None, c("tiny", 1e-30)], {})]
+        nodes, prev = [], x_blocks
+        for op, ins, attrs in ops:
+            out = f"{name}.{op.lower()}"
+            ins = [prev] if ins is None else [prev if i is None else i for i in ins]
+            nodes.append(self.node(op, ins, [out], f"{name}.{op}", **attrs))
+            prev = out
+        scale = prev
+        flat = self.inits_once(f"flat_{k}_rank{lead + 1}", np.array([0] * lead + [k], np.int64))
+        nodes += [self.node("Div", [x_blocks, scale], [f"{name}.scaled"], f"{name}.Scale"),
+                  self.node("Round", [f"{name}.scaled"], [f"{name}.rounded"], f"{name}.Round"),
+                  self.node("Mul", [f"{name}.rounded", scale], [f"{name}.a_blocks"], f"{name}.Unscale"),
+                  self.node("Reshape", [f"{name}.a_blocks", flat], [f"{name}.a"], f"{name}.A"),
+                  self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
+        return nodes, f"{name}.a", f"{name}.r"
+
+    def inits_once(self, name: str, array: np.ndarray) -> str:
+        if name not in {t.name for t in self.new_inits}:
+            self.init(name, array)
+        return name
+
+    def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
+               two_pass: bool = False, lead: int = 2) -> list:
+        """x [*lead dims, K] -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split when ``splits`` has 2+ sizes).
+        ``two_pass`` (at level 4): the rows of a and x - a (``split_int8``) stacked into one MatMulNBits ([2T, K] /
+        [2b, s, K]: the weights are read once), its two halves added: close to fp32 activations."""
+        n, kb = b.scales.shape
+        k = kb * BLOCK
+        level = self.level(name, b.bits)
+        inputs = [x, self.init(f"{name}.codes", b.codes), self.init(f"{name}.scales", b.scales)]
+        if b.zero_points is not None:
+            zp = b.zero_points if b.bits == 8 else _pack4(np.pad(b.zero_points, ((0, 0), (0, kb % 2))))
+            inputs.append(self.init(f"{name}.zero_points", zp))
+        y = outputs[0] if len(splits) == 1 and b.correction is None else f"{name}.nbits"
+        attrs = dict(K=k, N=n, bits=b.bits, block_size=BLOCK, accuracy_level=level)
+        two_pass = two_pass and level == 4
+        if two_pass:
+            self.two_pass.add(name.split(".")[-1])
+        nodes, x_blocks = self.blocks_of(x, k, lead, name) if two_pass or b.correction is not None else ([], None)
+        if two_pass:
+            split, a, r = self.split_int8(x, x_blocks, k, lead, name)
+            nodes += split
+            nodes += [self.node("Concat", [a, r], [f"{name}.ar"], f"{name}.Stack", axis=0),  # [2T, K] / [2b, s, K]
+                      self.node("MatMulNBits", [f"{name}.ar", *inputs[1:]], [f"{name}.yar"], name, "com.microsoft",
+                                **attrs),
+                      self.node("Split", [f"{name}.yar"], [f"{name}.ya", f"{name}.yr"], f"{name}.Unstack", axis=0),
+                      self.node("Add", [f"{name}.ya", f"{name}.yr"], [y], f"{name}.TwoPass")]
+        else:
+            nodes.append(self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs))
+        if b.correction is not None:  # + blocksum(x) [*lead dims, K/32] @ R [K/32, N]
+            nodes += [self.node("ReduceSum", [x_blocks, self.inits_once("blocksum_axis", np.array([-1]))],
+                                [f"{name}.blocksum"], f"{name}.BlockSum", keepdims=0),
+                      self.node("MatMul", [f"{name}.blocksum", self.init(f"{name}.correction", b.correction.T)],
+                                [f"{name}.corr"], f"{name}.Correction")]
+            out = outputs[0] if len(splits) == 1 else f"{name}.sum"
+            nodes.append(self.node("Add", [y, f"{name}.corr"], [out], f"{name}.AddCorrection"))
+            y = out
+        if len(splits) > 1:
+            nodes.append(self.node("Split", [y, self.init(f"{name}.splits", np.array(splits, np.int64))],
+                                   outputs, f"{name}.Split", axis=-1))
+        for t in b.types:
+            self.native[t] += 1
+        return nodes
+
+    def tied_embedding(self, gather, codes: str, b: Blocks, name: str = "embed_tokens") -> list:
+        """The lookup ``gather`` (Gather(E, ids [...]) -> [..., K]) of an embedding E whose 8-bit Blocks ``b`` an
+        output head already stores as ``codes`` -> GatherBlockQuantized over those code bytes (one copy; the
+        scales are stored again in the op's [V, K/32, 1] shape, ~3 % of the codes) and a Reshape to [..., K]."""
+        v, kb = b.scales.shape
+        rows, ids = f"{name}.rows", gather.input[1]
+        return [self.node("GatherBlockQuantized", [codes, ids, self.init(f"{name}.scales", b.scales[..., None])],
+                          [rows], name, "com.microsoft", bits=8, block_size=BLOCK, gather_axis=0,
+                          quantize_axis=2),  # [..., K/32, 32]
+                self.node("Shape", [ids], [f"{name}.ids_shape"], f"{name}.IdsShape"),
+                self.node("Concat", [f"{name}.ids_shape", self.init(f"{name}.width", np.array([kb * BLOCK]))],
+                          [f"{name}.shape"], f"{name}.Shape", axis=0),
+                self.node("Reshape", [rows, f"{name}.shape"], [gather.output[0]], f"{name}.Reshape")]
