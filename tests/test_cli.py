@@ -273,8 +273,8 @@ def test_export_command_end_to_end_force_and_refusal(tmp_path, tiny_gpt2):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(out) and "validating" in proc.stderr
     ids = [[72, 101, 108, 108, 111]]
-    want = onnxlm.load(tiny_gpt2.onnx_dir).logits(ids)
-    np.testing.assert_allclose(onnxlm.load(out).logits(ids), want, atol=1e-6)
+    want = onnxlm.load(tiny_gpt2.onnx_dir).logits(ids)  # the fixture's plain graph; the CLI makes the fused one
+    np.testing.assert_allclose(onnxlm.load(out).logits(ids), want, atol=1e-5)  # two graphs: float rounding only
 
     (out / "note.txt").write_text("mine")
     before = sorted(p.name for p in out.iterdir())
@@ -289,7 +289,7 @@ def test_export_command_end_to_end_force_and_refusal(tmp_path, tiny_gpt2):
                            "--force"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert not (out / "note.txt").exists() and proc.stderr == ""
-    np.testing.assert_allclose(onnxlm.load(out).logits(ids), want, atol=1e-6)
+    np.testing.assert_allclose(onnxlm.load(out).logits(ids), want, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- demo fallback
