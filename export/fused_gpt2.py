@@ -7,9 +7,7 @@ Positions are learned (``wpe``): the graph takes ``position_ids`` [b, s] int64 b
 (``fused_graph.io_values``); the runtime feeds each new token's index in its right-packed row (the plain graph's
 ``cumsum(mask) - 1``). Per layer: LayerNorm, the packed ``c_attn`` (Conv1D weights are already [in, out]) straight
 into GQA, ``c_proj``, LayerNorm, ``c_fc`` + activation (``gelu_new``/``gelu_pytorch_tanh`` as FastGelu, the same tanh
-formula; ``gelu`` as Gelu; ``relu``), ``c_proj``. Each residual add, the projection bias before it and the LayerNorm
-after it are one ``com.microsoft.SkipLayerNormalization`` (its fourth output is the residual stream): two per layer
-instead of two Adds, two bias Adds and two LayerNorms. The head is the tied ``wte`` (stored once) or ``lm_head``.
+formula; ``gelu`` as Gelu; ``relu``), ``c_proj``. The head is the tied ``wte`` (stored once) or ``lm_head``.
 Attention scale: 1/sqrt(head_dim), divided by layer_idx + 1 with ``scale_attn_by_inverse_layer_idx`` (transformers'
 eager semantics; the exporter validates such models eager, ``onnx_export.attn_implementation_for``).
 
@@ -44,28 +42,20 @@ def check_supported(model) -> None:
     check_head_dim(cfg.n_embd // cfg.n_head)
 
 
-def _skip_layer_norm(g: Graph, name: str, x: str, skip: str, bias: str | None, ln) -> tuple[str, str]:
-    """x, skip [b, s, D] (+ bias [D]) -> (LayerNorm(x + skip + bias), x + skip + bias): the residual add, a
-    projection's bias and the next LayerNorm as one com.microsoft.SkipLayerNormalization node."""
-    from onnx import helper
-
-    g.n += 1
-    normed, total = f"SkipLayerNorm_{g.n}_0", f"SkipLayerNorm_{g.n}_3"
-    inputs = [x, skip, g.init(f"{name}.weight", to_numpy(ln.weight)), g.init(f"{name}.bias", to_numpy(ln.bias))]
-    g.nodes.append(helper.make_node("SkipLayerNormalization", inputs + ([bias] if bias else []),
-                                    [normed, "", "", total], name=f"SkipLayerNorm_{g.n}", domain="com.microsoft",
-                                    epsilon=float(ln.eps)))
-    return normed, total
-
-
 def _conv1d(g: Graph, name: str, x: str, conv) -> str:
     """x [..., in] -> [..., out] + bias: GPT-2's Conv1D (weight already [in, out])."""
     y = g.op("MatMul", [x, g.init(f"{name}.weight", to_numpy(conv.weight))])
     return g.op("Add", [y, g.init(f"{name}.bias", to_numpy(conv.bias))])
 
 
-def _mlp(g: Graph, i: int, x: str, mlp, activation: str) -> tuple[str, str]:
-    """x [b, s, D] -> (c_proj's MatMul of act(c_fc(x)) [b, s, D], the name of c_proj's bias)."""
+def _layer_norm(g: Graph, name: str, x: str, ln) -> str:
+    """x [..., D] -> LayerNorm(x) [..., D] with the module's weight, bias and eps."""
+    return g.op("LayerNormalization", [x, g.init(f"{name}.weight", to_numpy(ln.weight)),
+                                       g.init(f"{name}.bias", to_numpy(ln.bias))], axis=-1, epsilon=float(ln.eps))
+
+
+def _mlp(g: Graph, i: int, x: str, mlp, activation: str) -> str:
+    """x [b, s, D] -> c_proj(act(c_fc(x))) [b, s, D]."""
     h = g.op("MatMul", [x, g.init(f"h{i}.mlp.c_fc.weight", to_numpy(mlp.c_fc.weight))])
     bias = g.init(f"h{i}.mlp.c_fc.bias", to_numpy(mlp.c_fc.bias))
     if activation in ("gelu_new", "gelu_pytorch_tanh"):  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
@@ -74,13 +64,7 @@ def _mlp(g: Graph, i: int, x: str, mlp, activation: str) -> tuple[str, str]:
         h = g.op("Gelu", [g.op("Add", [h, bias])], domain="com.microsoft")
     else:
         h = g.op("Relu", [g.op("Add", [h, bias])])
-    return _matmul(g, f"h{i}.mlp.c_proj", h, mlp.c_proj)
-
-
-def _matmul(g: Graph, name: str, x: str, conv) -> tuple[str, str]:
-    """x [..., in] -> ([..., out] without the bias, the bias initializer's name): for a SkipLayerNormalization."""
-    return (g.op("MatMul", [x, g.init(f"{name}.weight", to_numpy(conv.weight))]),
-            g.init(f"{name}.bias", to_numpy(conv.bias)))
+    return _conv1d(g, f"h{i}.mlp.c_proj", h, mlp.c_proj)
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
@@ -95,24 +79,22 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
 
     g.init("wte.weight", to_numpy(inner.wte.weight))
     g.init("wpe.weight", to_numpy(inner.wpe.weight))
-    tokens = g.op("Gather", ["wte.weight", "input_ids"], axis=0)  # [b, s, D]
-    positions = g.op("Gather", ["wpe.weight", "position_ids"], axis=0)
-    # the residual stream x and the next LayerNorm's output h come out of one SkipLayerNormalization each time
-    h, x = _skip_layer_norm(g, "h0.ln_1", tokens, positions, None, inner.h[0].ln_1)
+    x = g.op("Add", [g.op("Gather", ["wte.weight", "input_ids"], axis=0),  # [b, s, D]
+                     g.op("Gather", ["wpe.weight", "position_ids"], axis=0)])
     for i, block in enumerate(inner.h):
+        h = _layer_norm(g, f"h{i}.ln_1", x, block.ln_1)
         qkv = _conv1d(g, f"h{i}.attn.c_attn", h, block.attn.c_attn)  # [b, s, 3D]: q | k | v, fed to GQA packed
         scale = 1.0 / math.sqrt(H)
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= float(i + 1)
         a = g.attention(qkv, i, num_heads=N, kv_num_heads=N, do_rotary=0, scale=scale)
-        proj, proj_bias = _matmul(g, f"h{i}.attn.c_proj", a, block.attn.c_proj)
-        h, x = _skip_layer_norm(g, f"h{i}.ln_2", proj, x, proj_bias, block.ln_2)  # x += attn; h = ln_2(x)
-        down, down_bias = _mlp(g, i, h, block.mlp, cfg.activation_function)
-        nxt, ln = (f"h{i + 1}.ln_1", inner.h[i + 1].ln_1) if i + 1 < len(inner.h) else ("ln_f", inner.ln_f)
-        h, x = _skip_layer_norm(g, nxt, down, x, down_bias, ln)  # x += mlp; h = the next ln_1 (or ln_f) of x
+        x = g.op("Add", [x, _conv1d(g, f"h{i}.attn.c_proj", a, block.attn.c_proj)])
+        h = _layer_norm(g, f"h{i}.ln_2", x, block.ln_2)
+        x = g.op("Add", [x, _mlp(g, i, h, block.mlp, cfg.activation_function)])
+    x = _layer_norm(g, "ln_f", x, inner.ln_f)
     tied = model.lm_head.weight.data_ptr() == inner.wte.weight.data_ptr()
     head = "wte.weight" if tied else g.init("lm_head.weight", to_numpy(model.lm_head.weight))
-    logits_head(g, h, head, D, V)  # the tied embedding is stored once
+    logits_head(g, x, head, D, V)  # the tied embedding is stored once
 
     inputs, outputs = io_values(cfg.n_layer, N, H, V, extra_inputs=("position_ids",))
     external = save_graph(g, "gpt2-fused-gqa", inputs, outputs, out_path)
