@@ -39,19 +39,16 @@ stacked axis is ~30x slower): the weights are read once, and on SmolLM2 an M=2 l
 M=1 one, much less than level 1 (~3x). For the head (28 MB of Q8_0 codes) this replaced two ``MatMulNBits`` calls
 (~4-10 % of a decode step in A/B runs).
 
-``accuracy_level``: 4 (default) = gate/up in two passes, down in one int8 pass; 1 (fidelity) = gate/up and down in
-two passes. The attention projections (q/k/v, o) always run at level 1 (fp32 activations; a quarter of the
-weights; at level 4 they cost ~1 % agreement, SmolLM2: 0.962 -> 0.974 on 3,072 README tokens; in two passes they
-were no faster than at level 1). Measured on SmolLM2 (the gate's 652 tokens; and 5,458 tokens: the gate's text,
-README, design.md, with the mean KL divergence from fp32), before -> after this form:
-
-* default: gate 0.980 / +0.11 % -> 0.980 / +0.07 %; 5,458 tokens 0.9745 / +0.29 % / KL 0.00145 -> 0.9853 / +0.11 %
-  / KL 0.00055 (gate/up at int8 activations was the largest error: down in two passes as well reaches KL ~0).
-  Time per decode step: 0.89-1.06x of before in seven A/B runs under load (median ~0.95): the head's and the
-  block sums' savings (0.81-0.94x of before with gate/up in one pass, ``TWO_PASS[4] = ()``: gate 0.977 / +0.37 %,
-  5,458 tokens KL 0.00147) are mostly spent on gate/up's two passes (~12 small ops per layer).
-* fidelity (MLP at level 1 before): gate 1.000 -> 0.9985 / +0.00 %; 5,458 tokens 0.9998 -> 0.9998, KL ~0 both;
-  0.74-0.87x of before per decode step (A/B runs under load), about the default's time.
+``accuracy_level``: 4 (default) = the MLP (gate/up, down) at int8 activations in one pass; 1 (fidelity) = the MLP at
+fp32 activations (level 1). The attention projections (q/k/v, o) always run at level 1 (fp32 activations; a quarter
+of the weights; at level 4 they cost ~1 % agreement, SmolLM2: 0.962 -> 0.974 on 3,072 README tokens; in two passes
+they were no faster than at level 1). The MLP in two int8 passes (``TWO_PASS``: gate/up at level 4, and down at
+level 1) was measured and left off: on SmolLM2 (the gate's 652 tokens; and 5,458 tokens: the gate's text, README,
+design.md, with the mean KL divergence from fp32) it brought the default from 0.980 / +0.11 % (5,458 tokens 0.9745 /
++0.29 % / KL 0.00145) to 0.980 / +0.07 % (0.9853 / +0.11 % / KL 0.00055) and the decode step to 0.89-1.06x (A/B runs
+under load), but the stacked rows double the MLP's rows in a prompt pass and a batch: in the side-by-side run
+(docs/benchmarks.md, 2026-11-26) the default's time to first token after 512 tokens rose from 742 to 1009 ms and
+its batch-8 step from 26.8 to 36.3 ms; the fidelity variant's from 776 to 1381 ms and 34.4 to 38.0 ms.
 
 Level 4 makes the agreement chaotic at about +-0.5 %: a mere change of summation order (``Sum`` vs two ``Add``)
 moved SmolLM2's all-level-4 figure on the gate's text from 0.9785 to 0.968, and the ``ReduceSum`` block sums
@@ -73,14 +70,15 @@ from .nbits import BLOCK, Blocks, Rewriter, _pack4, dequantize  # noqa: F401  (B
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
 NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
-ACCURACY_LEVELS = (1, 4)  # 4: down_proj at int8 activations (default); 1: every product ~fp32 activations (fidelity)
+ACCURACY_LEVELS = (1, 4)  # 4: the MLP at int8 activations (default); 1: fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
 # step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
 FP32_ACTIVATIONS = ("qkv", "o_proj")
-# the 4-bit MatMuls whose int8 activations go in two passes (``split_int8``: ~fp32 activations for ~1.2x a pass),
-# per accuracy_level; the other MLP MatMuls run at level 4 in one pass; the output head always goes in two
-TWO_PASS = {4: ("gate_up_proj",), 1: ("gate_up_proj", "down_proj")}
+# the 4-bit MatMuls whose int8 activations go in two passes (``split_int8``: ~fp32 activations for ~1.2x a pass at
+# one row, 2x at many), per accuracy_level: none (measured above: prompt passes and batches pay twice); the output
+# head always goes in two
+TWO_PASS = {4: (), 1: ()}
 LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
 
@@ -183,10 +181,11 @@ class _Rewriter(Rewriter):
     """``Rewriter`` with GGUF's accuracy levels, its two-pass parts and the weight check."""
 
     def level(self, name: str, bits: int) -> int:
-        """The accuracy level of the MatMulNBits ``name``: the 4-bit attention projections 1 (fp32 activations);
-        everything else 4 (int8 activations, in one or two passes; onnxruntime's 8-bit path at level 1 is ~90x
-        slower)."""
-        return 1 if bits == 4 and name.split(".")[-1] in FP32_ACTIVATIONS else 4
+        """The accuracy level of the MatMulNBits ``name``: 8-bit 4 (onnxruntime's 8-bit path at level 1 is ~90x
+        slower); the 4-bit attention projections 1 (fp32 activations); the MLP ``accuracy_level``."""
+        if bits == 8:
+            return 4
+        return 1 if name.split(".")[-1] in FP32_ACTIVATIONS else self.accuracy_level
 
     def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
                head: bool = False) -> list:

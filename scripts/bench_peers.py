@@ -533,6 +533,7 @@ class Prepared:
     max_positions: int | None
     kv_bytes_per_token: int | None   # fp32 K+V over all layers, per sequence position and row (decoder-only)
     roles: dict = field(default_factory=dict)  # "default" / "fidelity" -> engine label
+    config: dict = field(default_factory=dict)  # the transformers config.json (the work dirs are gone at the report)
 
 
 def _bytes(path: str | Path) -> int | None:
@@ -777,7 +778,7 @@ def prepare(key: str, work: Path, args) -> Prepared:
         eos = special.get("eos_token_id")
         pad = eos[0] if isinstance(eos, list) else eos
     return Prepared(key, title, hf_dir, artifact, seq2seq, engines, pad, manifest.get("max_positions"),
-                    _kv_bytes_per_token(cfg), roles)
+                    _kv_bytes_per_token(cfg), roles, cfg)
 
 
 def prompt_ids(artifact: Path, batch: int, length: int) -> np.ndarray:
@@ -1111,10 +1112,9 @@ def _prefill_flops(prep: Prepared, weight_bytes: int, prompt: int) -> float | No
     """fp32 FLOPs of a prompt pass of ``prompt`` tokens (logits at the last position only): 2 x the weights the
     prompt goes through (all but the embedding tables and the head) x tokens + the causal attention
     (2 x layers x prompt^2 x attention width: q.k and p.v over half the square each)."""
-    cfg_path = Path(prep.hf_dir) / "config.json"
-    if prep.seq2seq or not cfg_path.is_file():
+    cfg = prep.config
+    if prep.seq2seq or not cfg:
         return None
-    cfg = json.loads(cfg_path.read_text())
     gpt2 = cfg.get("model_type") == "gpt2"
     hidden = cfg.get("n_embd") if gpt2 else cfg.get("hidden_size")
     layers = cfg.get("n_layer") if gpt2 else cfg.get("num_hidden_layers")

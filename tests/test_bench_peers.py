@@ -108,12 +108,10 @@ def test_onnxlm_worker_on_tiny_gpt2(bench, tiny_gpt2, tmp_path):
 
 def test_floor_section_puts_each_figure_against_the_machine_limits(bench, tmp_path):
     # a GPT-2-like config: 2 layers, hidden 8, vocab 10, 4 positions, tied head
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 2, "n_head": 2,
-                                                       "vocab_size": 10, "n_positions": 4}))
     weights = 4 * (10 * 8 + 4 * 8 + 1000)  # the two tables + 1000 other fp32 weights
     run = _run(bench, "gpt2-small", {"onnxlm fp32": {"b1:p16:greedy": 2.0, "b1:p512:greedy": 3.0},
                                      "CTranslate2 float32": {"b1:p16:greedy": 4.0, "b1:p512:greedy": 5.0}})
-    run.prep.hf_dir = tmp_path
+    run.prep.config = {"model_type": "gpt2", "n_embd": 8, "n_layer": 2, "n_head": 2, "vocab_size": 10, "n_positions": 4}
     run.prep.engines[0].weight_bytes = weights
     assert bench._prefill_flops(run.prep, weights, 512) == 2 * 1000 * 512 + 2 * 2 * 512 * 512 * 8
     cases = bench.parse_cases(["b1:p16:greedy", "b1:p512:greedy"])
