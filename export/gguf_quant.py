@@ -301,16 +301,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
             else:
                 keep(["output.weight"] if "output.weight" in tensors.tensors else [])
 
-    nodes = []
-    for n in g.node:
-        nodes.extend(replace.get(id(n), [n]))
-    nodes = _residual_sums(nodes)
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    kept_inits = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept_inits + rw.new_inits)
+    rw.apply(replace, post=_residual_sums)
     onnx.save_model(model, str(dst))
     return {"tensors": dict(rw.native), "fp32_tensors": {str(k): v for k, v in rw.kept.items()},
             "max_weight_diff": rw.max_diff, "two_pass": sorted(rw.two_pass)}

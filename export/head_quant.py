@@ -90,7 +90,7 @@ def rewrite_head(model, head: Head, passes: int) -> dict:
     """``model`` (an onnx ModelProto, changed in place) with ``head`` as an 8-bit MatMulNBits and a tied
     embedding as GatherBlockQuantized over its codes; the fp32 weight (and optimum's Transpose) removed.
     Returns the manifest's record of the head."""
-    g = model.graph
+    g = model.graph  # changed in place by rw.apply
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     rw = Rewriter(g, accuracy_level=4, opset=opset)
     w = rw.to_array(rw.fp32[head.weight])
@@ -103,13 +103,7 @@ def rewrite_head(model, head: Head, passes: int) -> dict:
         replace[id(head.transpose)] = []
     if head.gather is not None:
         replace[id(head.gather)] = rw.tied_embedding(head.gather, "lm_head.codes", blocks)
-    nodes = [m for n in g.node for m in replace.get(id(n), [n])]
-    del g.node[:]
-    g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input}
-    kept = [t for t in g.initializer if t.name in used]
-    del g.initializer[:]
-    g.initializer.extend(kept + rw.new_inits)
+    rw.apply(replace)
     err = float(np.abs(dequantize(blocks) - w).max())
     return {"tensor": head.weight, "shape": list(w.shape), "quantized": True, "tied": head.gather is not None,
             "bits": 8, "block_size": BLOCK, "accuracy_level": 4, "passes": passes,

@@ -168,6 +168,20 @@ class Rewriter:
             self.native[t] += 1
         return nodes
 
+    def apply(self, replace: dict, post=None) -> None:
+        """Splice into the graph: each node whose id is in ``replace`` becomes its list of nodes ([] drops it),
+        ``post`` (nodes -> nodes) runs over the result; initializers no node reads any more are dropped and the
+        new ones (``new_inits``) added."""
+        g = self.graph
+        nodes = [m for n in g.node for m in replace.get(id(n), [n])]
+        nodes = post(nodes) if post else nodes
+        del g.node[:]
+        g.node.extend(nodes)
+        used = {i for n in g.node for i in n.input}
+        kept = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(kept + self.new_inits)
+
     def tied_embedding(self, gather, codes: str, b: Blocks, name: str = "embed_tokens") -> list:
         """The lookup ``gather`` (Gather(E, ids [...]) -> [..., K]) of an embedding E whose 8-bit Blocks ``b`` an
         output head already stores as ``codes`` -> GatherBlockQuantized over those code bytes (one copy; the
