@@ -146,9 +146,9 @@ def build_encoder(model, out_path) -> dict:
     for i, block in enumerate(model.decoder.block):
         cross = block.layer[1].EncDecAttention
         for kind, lin in (("key", cross.k), ("value", cross.v)):
-            y = g.op("Transpose", [g.op("Reshape", [_matmul(g, f"decoder.{i}.cross.{kind[0]}", x, lin), heads])],
-                     perm=[0, 2, 1, 3])  # [b, N, S, H]
-            g.nodes[-1].output[0] = f"cross_key_values.{i}.{kind}"
+            g.op("Transpose", [g.op("Reshape", [_matmul(g, f"decoder.{i}.cross.{kind[0]}", x, lin), heads])],
+                 perm=[0, 2, 1, 3])  # [b, N, S, H]
+            g.nodes[-1].output[0] = f"cross_key_values.{i}.{kind}"  # the Transpose writes the graph output
             outputs.append(helper.make_tensor_value_info(f"cross_key_values.{i}.{kind}", TP.FLOAT,
                                                          ["batch", N, "encoder_sequence", H]))
     inputs = [helper.make_tensor_value_info(n, TP.INT64, ["batch", "encoder_sequence"])

@@ -376,3 +376,15 @@ def test_non_utf8_recipe_and_chat_template_are_one_error_line(capsys, tmp_path, 
     (art / "onnxlm.json").write_text(json.dumps(manifest))
     code, _, err = run_cli(capsys, "chat", art, "hi", "--max-new-tokens", 2)
     assert_not_utf8_line(code, err, str(art / "chat_template.jinja"))
+
+
+def test_info_says_forced_only_when_the_gate_was_failed():
+    from onnxlm.cli.info import _forced_note
+
+    q = {"top1_agreement": 0.98, "min_top1_agreement": 0.975, "perplexity": 29.2, "perplexity_fp32": 29.118,
+         "max_perplexity_increase": 0.005}
+    assert _forced_note({"forced": True, "quality": q}) == ""  # forced, but it passed the gate anyway
+    assert _forced_note({"forced": False, "quality": q}) == ""
+    assert "forced" in _forced_note({"forced": True, "quality": dict(q, top1_agreement=0.9)})
+    assert "forced" in _forced_note({"forced": True, "quality": dict(q, perplexity=29.5)})  # +1.3 % > +0.5 %
+    assert _forced_note({"forced": True, "quality": None}) == ""  # not measured: its own line says so

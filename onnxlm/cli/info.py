@@ -78,6 +78,17 @@ def run(args) -> int:
     return 0
 
 
+def _forced_note(quant: dict) -> str:
+    """' (below the quality thresholds: forced)' when ``--force-quality`` let a variant through the gate, '' when it
+    passed (forced or not); the same test as export/quality.py's gate."""
+    q = quant.get("quality")
+    if not quant.get("forced") or not q:
+        return ""
+    below = q["top1_agreement"] < q["min_top1_agreement"] or \
+        q["perplexity"] > q["perplexity_fp32"] * (1 + q["max_perplexity_increase"])
+    return " (below the quality thresholds: forced)" if below else ""
+
+
 def _render(info: dict) -> str:
     out = [f"{info['path']}",
            f"  kind            {info['kind']} ({info['model_type']}), format_version {info['format_version']}"]
@@ -112,7 +123,7 @@ def _render(info: dict) -> str:
     quant = info.get("quantization")
     if quant:
         out.append(f"  quantization    {quant['scheme']} weight-only, block {quant['block_size']}, accuracy level "
-                   f"{quant['accuracy_level']}{' (below the quality thresholds: forced)' if quant.get('forced') else ''}")
+                   f"{quant['accuracy_level']}{_forced_note(quant)}")
         if quant.get("tensors"):  # quantize="gguf": which GGUF tensors kept their blocks, which run in fp32
             native = ", ".join(f"{t} {n}" for t, n in quant["tensors"].items())
             kept = ", ".join(f"{t} {n}" for t, n in (quant.get("fp32_tensors") or {}).items()) or "none"
