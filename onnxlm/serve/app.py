@@ -428,7 +428,8 @@ async def completions(request: HTTPRequest):
     choices = _Choices(model, samp.n, chat=False)
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
     if samp.stream:
-        return EventSourceResponse(_stream_completions(request, run, slot, jobs, samp, choices, head, echo))
+        return EventSourceResponse(_stream(_completion_chunks(run, jobs, samp, choices, head, echo), run, slot,
+                                           jobs, samp, choices, head))
     result = await _collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)
@@ -489,29 +490,13 @@ def _sse(obj) -> dict:
     return {"data": json.dumps(obj, ensure_ascii=False)}
 
 
-async def _stream_completions(request, run: _Run, slot: _Slot, jobs, samp, choices: _Choices, head: dict,
-                              echo: bool):
+async def _stream(chunks, run: _Run, slot: _Slot, jobs, samp, choices: _Choices, head: dict):
+    """The SSE framing both streams share: each chunk of ``chunks`` (an async iterator of dicts), then the usage
+    chunk when asked, then [DONE]; an APIError on the way becomes its error body and [DONE]; the run is cancelled and
+    the slot released however the stream ends (the client went away, or we are done: its rows are freed now)."""
     try:
-        if echo and samp.logprobs is None:
-            for i, job in enumerate(jobs):
-                for j in range(samp.n):
-                    yield _sse({**head, "choices": [{"index": i * samp.n + j, "text": job.text, "logprobs": None,
-                                                     "finish_reason": None}]})
-        async for kind, i, what, payload in run.items():
-            if kind == "echo":
-                jobs[i].prompt_logprobs = payload
-                for j in range(samp.n):
-                    lp = choices.logprobs_completions(payload)
-                    yield _sse({**head, "choices": [{"index": i * samp.n + j, "text": jobs[i].text,
-                                                     "logprobs": lp, "finish_reason": None}]})
-            elif what == "events":
-                for index, ev in choices.add_events(i, payload):
-                    lp = (choices.logprobs_completions([(ev.token_id, ev.logprob, ev.top_logprobs)])
-                          if samp.logprobs is not None else None)
-                    if not ev.text and not ev.finished and lp is None:
-                        continue
-                    yield _sse({**head, "choices": [{"index": index, "text": ev.text, "logprobs": lp,
-                                                     "finish_reason": REASONS[ev.reason] if ev.finished else None}]})
+        async for chunk in chunks:
+            yield _sse(chunk)
         if samp.include_usage:
             yield _sse({**head, "choices": [], "usage": _usage(jobs, choices.completion_tokens)})
         yield {"data": "[DONE]"}
@@ -519,8 +504,32 @@ async def _stream_completions(request, run: _Run, slot: _Slot, jobs, samp, choic
         yield _sse(exc.body())
         yield {"data": "[DONE]"}
     finally:
-        run.cancel()  # the client went away (or we are done): free its rows now
+        await chunks.aclose()
+        run.cancel()
         slot.release()
+
+
+async def _completion_chunks(run: _Run, jobs, samp, choices: _Choices, head: dict, echo: bool):
+    if echo and samp.logprobs is None:
+        for i, job in enumerate(jobs):
+            for j in range(samp.n):
+                yield {**head, "choices": [{"index": i * samp.n + j, "text": job.text, "logprobs": None,
+                                            "finish_reason": None}]}
+    async for kind, i, what, payload in run.items():
+        if kind == "echo":
+            jobs[i].prompt_logprobs = payload
+            for j in range(samp.n):
+                lp = choices.logprobs_completions(payload)
+                yield {**head, "choices": [{"index": i * samp.n + j, "text": jobs[i].text, "logprobs": lp,
+                                            "finish_reason": None}]}
+        elif what == "events":
+            for index, ev in choices.add_events(i, payload):
+                lp = (choices.logprobs_completions([(ev.token_id, ev.logprob, ev.top_logprobs)])
+                      if samp.logprobs is not None else None)
+                if not ev.text and not ev.finished and lp is None:
+                    continue
+                yield {**head, "choices": [{"index": index, "text": ev.text, "logprobs": lp,
+                                            "finish_reason": REASONS[ev.reason] if ev.finished else None}]}
 
 
 # ---------------------------------------------------------------------------------------------------- chat
@@ -546,7 +555,8 @@ async def chat_completions(request: HTTPRequest):
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         head["object"] = "chat.completion.chunk"
-        return EventSourceResponse(_stream_chat(run, slot, jobs, samp, choices, head))
+        return EventSourceResponse(_stream(_chat_chunks(run, samp, choices, head), run, slot, jobs, samp, choices,
+                                           head))
     result = await _collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)
@@ -558,32 +568,22 @@ async def chat_completions(request: HTTPRequest):
     return JSONResponse({**head, "choices": out, "usage": _usage(jobs, choices.completion_tokens)})
 
 
-async def _stream_chat(run: _Run, slot: _Slot, jobs, samp, choices: _Choices, head: dict):
-    try:
-        for j in range(samp.n):
-            yield _sse({**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""},
-                                             "logprobs": None, "finish_reason": None}]})
-        async for kind, i, what, payload in run.items():
-            if what != "events":
-                continue
-            for index, ev in choices.add_events(i, payload):
-                lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
-                      if samp.logprobs is not None else None)
-                if ev.text or lp is not None:
-                    yield _sse({**head, "choices": [{"index": index, "delta": {"content": ev.text}, "logprobs": lp,
-                                                     "finish_reason": None}]})
-                if ev.finished:
-                    yield _sse({**head, "choices": [{"index": index, "delta": {}, "logprobs": None,
-                                                     "finish_reason": REASONS[ev.reason]}]})
-        if samp.include_usage:
-            yield _sse({**head, "choices": [], "usage": _usage(jobs, choices.completion_tokens)})
-        yield {"data": "[DONE]"}
-    except APIError as exc:
-        yield _sse(exc.body())
-        yield {"data": "[DONE]"}
-    finally:
-        run.cancel()
-        slot.release()
+async def _chat_chunks(run: _Run, samp, choices: _Choices, head: dict):
+    for j in range(samp.n):
+        yield {**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}]}
+    async for kind, i, what, payload in run.items():
+        if what != "events":
+            continue
+        for index, ev in choices.add_events(i, payload):
+            lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
+                  if samp.logprobs is not None else None)
+            if ev.text or lp is not None:
+                yield {**head, "choices": [{"index": index, "delta": {"content": ev.text}, "logprobs": lp,
+                                            "finish_reason": None}]}
+            if ev.finished:
+                yield {**head, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                            "finish_reason": REASONS[ev.reason]}]}
 
 
 # ---------------------------------------------------------------------------------------------------- running
