@@ -37,6 +37,17 @@ def start(loader, **config) -> Live:
     return Live(app, server, thread, port)
 
 
+def live_tiny(onnx_dir):
+    """The server of the server test modules (a module fixture yields from this): the tiny model in ``onnx_dir``,
+    32 rows, a queue of 64, max_tokens 128; healthy before it is yielded, stopped after."""
+    import onnxlm
+
+    srv = start(lambda: onnxlm.load(onnx_dir), max_rows=32, max_queue=64, max_tokens=128)
+    wait_health(srv.url)
+    yield srv
+    srv.stop()
+
+
 def wait_health(url: str, status: int = 200, timeout: float = 30) -> dict:
     end = time.monotonic() + timeout
     while True:

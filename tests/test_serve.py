@@ -14,7 +14,7 @@ openai = pytest.importorskip("openai", reason="the server tests need the test ex
 pytest.importorskip("starlette", reason="the server tests need the serve extra")
 
 import onnxlm  # noqa: E402
-from serve_util import post, same_or_tie, sse_events, start, wait_health, wait_idle  # noqa: E402
+from serve_util import live_tiny, post, same_or_tie, sse_events, start, wait_health, wait_idle  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,10 +24,7 @@ PROMPTS = ["Hello there", "The quick brown fox", "a", "Once upon a time in a lan
 
 @pytest.fixture(scope="module")
 def live(tiny_llama):
-    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), max_rows=32, max_queue=64, max_tokens=128)
-    wait_health(srv.url)
-    yield srv
-    srv.stop()
+    yield from live_tiny(tiny_llama.onnx_dir)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import jsonschema  # noqa: E402
 import onnxlm  # noqa: E402
 from onnxlm.runtime.constraints import make_constraint  # noqa: E402
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler  # noqa: E402
-from serve_util import post, sse_events, start, wait_health, wait_idle  # noqa: E402
+from serve_util import live_tiny, post, sse_events, wait_idle  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,10 +38,7 @@ PROMPTS = ["Hello there", "The quick brown fox", "Q: why?\nA:"]
 
 @pytest.fixture(scope="module")
 def live(tiny_llama):
-    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), max_rows=32, max_queue=64, max_tokens=128)
-    wait_health(srv.url)
-    yield srv
-    srv.stop()
+    yield from live_tiny(tiny_llama.onnx_dir)
 
 
 def _completion(live, prompt, max_tokens=40, **kw) -> dict:
