@@ -23,21 +23,8 @@ from pathlib import Path
 import onnxlm
 from onnxlm.runtime import constraints as C
 
-SCHEMA = {  # the nested schema of tests/test_smollm2.py
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .'-]{0,29}$"},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "role": {"enum": ["student", "engineer", "teacher", "artist", "other"]},
-        "skills": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z +#.-]{0,19}$"},
-                   "minItems": 1, "maxItems": 3},
-        "address": {"type": "object",
-                    "properties": {"city": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .-]{0,19}$"},
-                                   "country": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .-]{0,19}$"}},
-                    "required": ["city", "country"], "additionalProperties": False},
-    },
-    "required": ["name", "age", "role", "skills", "address"], "additionalProperties": False,
-}
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "tests" / "data" / "person_schema.json").read_text())
+# the nested schema of tests/test_smollm2.py (one file for both)
 PEOPLE = ["a 34-year-old engineer from Berlin", "a retired teacher in Lyon", "a student who paints",
           "Maria, a nurse in Madrid", "a chef from Tokyo", "an old fisherman", "a young pianist in Vienna",
           "a farmer in Kenya"]

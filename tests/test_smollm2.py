@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -314,22 +315,8 @@ def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- structured output
-PERSON_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .'-]{0,29}$"},
-        "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "role": {"enum": ["student", "engineer", "teacher", "artist", "other"]},
-        "skills": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z][A-Za-z +#.-]{0,19}$"},
-                   "minItems": 1, "maxItems": 3},
-        "address": {"type": "object",
-                    "properties": {"city": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .-]{0,19}$"},
-                                   "country": {"type": "string", "pattern": "^[A-Za-z][A-Za-z .-]{0,19}$"}},
-                    "required": ["city", "country"], "additionalProperties": False},
-    },
-    "required": ["name", "age", "role", "skills", "address"],
-    "additionalProperties": False,
-}
+PERSON_SCHEMA = json.loads((Path(__file__).parent / "data" / "person_schema.json").read_text())  # nested: objects, an
+# array, an enum, a bounded integer, patterns (scripts/bench_structured.py reads the same file)
 PEOPLE = ["a 34-year-old engineer from Berlin", "a retired teacher in Lyon", "a student who paints",
           "Maria, a nurse in Madrid", "a chef from Tokyo", "an old fisherman", "a young pianist in Vienna",
           "Tom, 12, who loves football", "a software developer in Austin", "a farmer in Kenya", "a pilot from Dubai",
