@@ -23,7 +23,8 @@ from conftest import RECIPES  # noqa: E402
 from onnxlm.export import export_model  # noqa: E402
 from onnxlm.export.recipes import build_recipe  # noqa: E402
 from onnxlm.runtime.fused_seq2seq import FusedSeq2SeqLM  # noqa: E402
-from torch_ref import right_padded_batch, seq2seq_logits, seq2seq_steps_max_diff  # noqa: E402
+from torch_ref import (assert_beam_equal, right_padded_batch, seq2seq_logits,  # noqa: E402
+                       seq2seq_steps_max_diff)
 
 ATOL = 1e-4
 NEW = 6
@@ -105,14 +106,7 @@ def test_beam_ids_and_scores_equal_transformers(fused):
     kw = dict(num_beams=3, num_return_sequences=2, length_penalty=0.5)
     got = ours.generate(src, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[], output_scores=True, **kw)
     want = _hf_generate(ref, src, mask, **kw)  # beam search reorders the buffers' rows (select)
-    np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
-    np.testing.assert_array_equal(got.beam_indices, want.beam_indices.numpy())
-    assert np.abs(got.sequences_scores - want.sequences_scores.numpy()).max() <= ATOL
-    for g, w in zip(got.scores, want.scores):
-        w = w.numpy()
-        finite = np.isfinite(w)
-        np.testing.assert_array_equal(np.isfinite(g), finite)
-        assert np.abs(g[finite] - w[finite]).max() <= ATOL
+    assert_beam_equal(got, want, ATOL)
 
 
 def test_buffers_grow_by_doubling_through_a_beam_search(fused_t5_dirs):

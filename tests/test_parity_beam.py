@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
 
 import onnxlm
-from torch_ref import left_padded_batch, right_padded_batch
+from torch_ref import assert_beam_equal, left_padded_batch, right_padded_batch
 
 NEW = 8
 GRID = list(itertools.product([2, 4], [0.5, 1.0, 2.0], [True, False, "never"], [1, 2], [False, True]))
@@ -88,15 +88,7 @@ def check_grid_point(setup, num_beams, length_penalty, early_stopping, nrs, proc
     for ids, mask in batches:
         want = hf_beam(ref, ids, mask, **kw)
         got = ours.generate(ids, attention_mask=mask, output_scores=True, **kw)
-        np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
-        assert np.abs(got.sequences_scores - want.sequences_scores.numpy()).max() <= 1e-4
-        np.testing.assert_array_equal(got.beam_indices, want.beam_indices.numpy())
-        assert len(got.scores) == len(want.scores)
-        for step, (g, w) in enumerate(zip(got.scores, want.scores)):  # every step's processed log-probs by value
-            w = w.numpy()
-            finite = np.isfinite(w)
-            np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=f"-inf pattern, step {step}")
-            assert np.abs(g[finite] - w[finite]).max() <= 1e-4, step
+        assert_beam_equal(got, want)  # ids, beam indices, sequence scores, every step's processed log-probs
         finished_early += sum(r == "eos" for r in got.finish_reasons)
     assert len(got.text) == 3 * nrs
 

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, T5ForConditionalGeneration
 
 import onnxlm
-from torch_ref import left_padded_batch, right_padded_batch
+from torch_ref import assert_scores_equal, left_padded_batch, right_padded_batch
 
 NEW = 6
 NUM_BEAMS = 3
@@ -81,15 +81,6 @@ def case_params(name, ours, base_new, eos, t0):
     if name == "min_length":  # EOS is reached at the 3rd new token in row 0: forbid it until 5
         return dict(min_length=t0 + 5)
     raise KeyError(name)
-
-
-def assert_scores_equal(got, want):
-    assert len(got) == len(want)
-    for step, (g, w) in enumerate(zip(got, want)):
-        w = w.numpy()
-        finite = np.isfinite(w)
-        np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=f"-inf pattern, step {step}")
-        assert np.abs(g[finite] - w[finite]).max() <= 1e-4, step
 
 
 @pytest.mark.parametrize("num_beams", [1, NUM_BEAMS], ids=["greedy", "beam"])

@@ -62,6 +62,26 @@ def seq2seq_steps_max_diff(ours, ref, src: np.ndarray, src_mask: np.ndarray, ste
     return worst
 
 
+def assert_scores_equal(got, want, atol: float = 1e-4) -> None:
+    """onnxlm's per-step scores (numpy [b, V] each) vs transformers' (torch): as many steps, the same -inf pattern,
+    the finite values within ``atol``."""
+    assert len(got) == len(want)
+    for step, (g, w) in enumerate(zip(got, want)):
+        w = w.numpy()
+        finite = np.isfinite(w)
+        np.testing.assert_array_equal(np.isfinite(g), finite, err_msg=f"-inf pattern, step {step}")
+        assert np.abs(g[finite] - w[finite]).max() <= atol, step
+
+
+def assert_beam_equal(got, want, atol: float = 1e-4) -> None:
+    """An onnxlm beam-search result vs transformers' generate output: identical sequences and beam indices,
+    sequence scores and per-step scores within ``atol``."""
+    np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
+    np.testing.assert_array_equal(got.beam_indices, want.beam_indices.numpy())
+    assert np.abs(got.sequences_scores - want.sequences_scores.numpy()).max() <= atol
+    assert_scores_equal(got.scores, want.scores, atol)
+
+
 def llguidance_mask_processor(tokenizer_json: str, n_vocab: int, eos: int, grammars: list, t0: int,
                               rows_per_item: int = 1):
     """A transformers LogitsProcessor applying llguidance's mask: for each row a fresh matcher (no state carried
