@@ -29,6 +29,20 @@ def _tiny(tmp_path_factory, name: str, recipe_dir: Path | None = None, validate:
     return TinyModel(name, recipe_dir, hf_dir, onnx_dir)
 
 
+def export_recipes(tmp_path_factory, names: list[str], reuse: TinyModel, **export_kw) -> dict:
+    """recipe names -> {name: (hf dir, artifact dir)}: each recipe built and exported with ``export_kw``; the one
+    named ``reuse.name`` reuses that fixture's checkpoint (the fused tests' session fixtures)."""
+    from onnxlm.export import export_model
+    from onnxlm.export.recipes import build_recipe
+
+    out = {}
+    for name in names:
+        base = tmp_path_factory.mktemp(name.split("/")[-1] + "-fused")
+        hf = reuse.hf_dir if name == reuse.name else build_recipe(RECIPES / name, base / "hf")
+        out[name] = (hf, export_model(hf, base / "onnx", progress=False, **export_kw))
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> TinyModel:
     return _tiny(tmp_path_factory, "tiny-gpt2")

@@ -18,13 +18,12 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 import onnxlm  # noqa: E402
-from conftest import RECIPES  # noqa: E402
+from conftest import RECIPES, export_recipes  # noqa: E402
 from onnxlm.export import ExportError, export_model  # noqa: E402
 from onnxlm.export.fused import fused_supported  # noqa: E402
 from onnxlm.export.onnx_export import attn_implementation_for  # noqa: E402
-from onnxlm.export.recipes import build_recipe  # noqa: E402
 from onnxlm.runtime.fused_causal import FusedCausalLM  # noqa: E402
-from torch_ref import assert_beam_equal, causal_logits, left_padded_batch  # noqa: E402
+from torch_ref import assert_beam_equal, causal_logits, causal_steps_max_diff, left_padded_batch  # noqa: E402
 
 ATOL = 1e-4
 NEW = 6
@@ -38,12 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def fused_gpt2_dirs(tmp_path_factory, tiny_gpt2):
     """recipe name -> (hf dir, artifact dir exported with the default kv_layout); tiny-gpt2 reuses conftest's
     checkpoint."""
-    out = {}
-    for name in NAMES:
-        base = tmp_path_factory.mktemp(name.split("/")[-1] + "-fused")
-        hf = tiny_gpt2.hf_dir if name == "tiny-gpt2" else build_recipe(RECIPES / name, base / "hf")
-        out[name] = (hf, export_model(hf, base / "onnx", progress=False))  # kv_layout="auto"
-    return out
+    return export_recipes(tmp_path_factory, NAMES, tiny_gpt2)  # kv_layout="auto"
 
 
 def _reference(hf):
@@ -82,14 +76,9 @@ def test_logits_left_padded_batch_then_steps_with_past(fused):
     ids, mask = _batch(ours, seed=1)
     on = mask.astype(bool)
     assert np.abs(ours.logits(ids, mask)[on] - causal_logits(ref, ids, mask)[on]).max() <= ATOL
-    state, logits = ours.start(ids, mask)
-    assert np.abs(logits - causal_logits(ref, ids, mask)[:, -1]).max() <= ATOL
     rng = np.random.default_rng(2)
-    for _ in range(3):
-        tokens = rng.integers(3, ours.vocab_size - 4, size=3)
-        ids = np.concatenate([ids, tokens[:, None]], axis=1)
-        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
-        assert np.abs(state.advance(tokens) - causal_logits(ref, ids, mask)[:, -1]).max() <= ATOL
+    steps = [rng.integers(3, ours.vocab_size - 4, size=3) for _ in range(3)]
+    assert causal_steps_max_diff(ours, ref, ids, mask, steps) <= ATOL  # start, then each step with past
 
 
 @torch.no_grad()

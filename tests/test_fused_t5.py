@@ -19,9 +19,8 @@ import torch  # noqa: E402
 from transformers import T5ForConditionalGeneration  # noqa: E402
 
 import onnxlm  # noqa: E402
-from conftest import RECIPES  # noqa: E402
+from conftest import export_recipes  # noqa: E402
 from onnxlm.export import export_model  # noqa: E402
-from onnxlm.export.recipes import build_recipe  # noqa: E402
 from onnxlm.runtime.fused_seq2seq import FusedSeq2SeqLM  # noqa: E402
 from torch_ref import (assert_beam_equal, right_padded_batch, seq2seq_logits,  # noqa: E402
                        seq2seq_steps_max_diff)
@@ -37,12 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="session")
 def fused_t5_dirs(tmp_path_factory, tiny_t5):
     """recipe name -> (hf dir, artifact dir exported with the default kv_layout)."""
-    out = {}
-    for name in NAMES:
-        base = tmp_path_factory.mktemp(name.split("/")[-1] + "-fused")
-        hf = tiny_t5.hf_dir if name == "tiny-t5" else build_recipe(RECIPES / name, base / "hf")
-        out[name] = (hf, export_model(hf, base / "onnx", progress=False))  # kv_layout="auto"
-    return out
+    return export_recipes(tmp_path_factory, NAMES, tiny_t5)  # kv_layout="auto"
 
 
 @pytest.fixture(scope="module", params=NAMES, ids=lambda n: n.split("/")[-1])

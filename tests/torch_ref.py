@@ -49,6 +49,19 @@ def right_padded_batch(rng: np.random.Generator, lengths: list[int], vocab: int,
     return ids, mask
 
 
+def causal_steps_max_diff(ours, ref, ids: np.ndarray, mask: np.ndarray, steps: list[np.ndarray]) -> float:
+    """onnxlm's decoding state (start on the left-padded ids/mask, then advance by each of ``steps``, [b] token ids)
+    vs transformers' logits of the whole sequence so far -> the largest |difference| of the next-token logits over
+    every step."""
+    state, logits = ours.start(ids, mask)
+    worst = float(np.abs(logits - causal_logits(ref, ids, mask)[:, -1]).max())
+    for tokens in steps:
+        ids = np.concatenate([ids, tokens[:, None]], axis=1)
+        mask = np.concatenate([mask, np.ones((len(tokens), 1), np.int64)], axis=1)
+        worst = max(worst, float(np.abs(state.advance(tokens) - causal_logits(ref, ids, mask)[:, -1]).max()))
+    return worst
+
+
 def seq2seq_steps_max_diff(ours, ref, src: np.ndarray, src_mask: np.ndarray, steps: list[np.ndarray]) -> float:
     """onnxlm's decoding state (start, then advance by each of ``steps``, [b] token ids) vs transformers' logits on
     the whole decoder sequence so far -> the largest |difference| of the next-token logits over every step."""
