@@ -411,12 +411,18 @@ class _Choices:
                             for t, lp, top in entries]}
 
 
-async def completions(request: HTTPRequest):
+async def _open(request: HTTPRequest, schema, chat: bool):
+    """What both generation endpoints check first, in this order: the API key, a loaded model, the JSON body
+    against ``schema``, the sampling parameters (max_tokens capped by the server) -> (model, state, body, sampling)."""
     _authorize(request)
     model = _available(request)
     st = _state(request)
-    body = await _body(request, protocol.COMPLETIONS)
-    samp = protocol.sampling(body, chat=False, max_tokens_cap=st.config.max_tokens)
+    body = await _body(request, schema)
+    return model, st, body, protocol.sampling(body, chat=chat, max_tokens_cap=st.config.max_tokens)
+
+
+async def completions(request: HTTPRequest):
+    model, st, body, samp = await _open(request, protocol.COMPLETIONS, chat=False)
     prompts = protocol.prompts(body, model.vocab_size)
     echo = protocol._get_bool(body, "echo", False)
     constraint = await _constraint(model, body)
@@ -534,11 +540,7 @@ async def _completion_chunks(run: _Run, jobs, samp, choices: _Choices, head: dic
 
 # ---------------------------------------------------------------------------------------------------- chat
 async def chat_completions(request: HTTPRequest):
-    _authorize(request)
-    model = _available(request)
-    st = _state(request)
-    body = await _body(request, protocol.CHAT)
-    samp = protocol.sampling(body, chat=True, max_tokens_cap=st.config.max_tokens)
+    model, st, body, samp = await _open(request, protocol.CHAT, chat=True)
     msgs = protocol.messages(body)
     constraint = await _constraint(model, body)
     if not model.chat_template:
