@@ -43,6 +43,20 @@ def export_recipes(tmp_path_factory, names: list[str], reuse: TinyModel, **expor
     return out
 
 
+def fused_manifest(art: Path, model_class) -> dict:
+    """A fused artifact's manifest, after the checks every fused test starts with: kv_layout "fused-gqa", every
+    export validation check passed, and ``onnxlm.load`` gives a ``model_class``."""
+    import json
+
+    import onnxlm
+
+    manifest = json.loads((art / "onnxlm.json").read_text())
+    assert manifest["kv_layout"] == "fused-gqa"
+    assert all(c["passed"] for c in manifest["validation"]["checks"])
+    assert isinstance(onnxlm.load(art), model_class)
+    return manifest
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> TinyModel:
     return _tiny(tmp_path_factory, "tiny-gpt2")

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 import onnxlm  # noqa: E402
-from conftest import export_recipes  # noqa: E402
+from conftest import export_recipes, fused_manifest  # noqa: E402
 from onnxlm.export import ExportError, export_model  # noqa: E402
 from onnxlm.runtime.fused_causal import FusedCausalLM  # noqa: E402
 from torch_ref import causal_logits, causal_steps_max_diff, left_padded_batch  # noqa: E402
@@ -52,10 +52,7 @@ def _batch(ours, seed):
 
 def test_artifact_is_fused(fused_dirs):
     _, art = fused_dirs["tiny-llama"]
-    manifest = json.loads((art / "onnxlm.json").read_text())
-    assert manifest["kv_layout"] == "fused-gqa"
-    assert all(c["passed"] for c in manifest["validation"]["checks"])
-    assert isinstance(onnxlm.load(art), FusedCausalLM)
+    fused_manifest(art, FusedCausalLM)
     import onnx
 
     graph = onnx.load(str(art / "model.onnx")).graph
