@@ -42,7 +42,7 @@ M=1 one, much less than level 1 (~3x). For the head (28 MB of Q8_0 codes) this r
 ``accuracy_level``: 4 (default) = the MLP (gate/up, down) at int8 activations in one pass; 1 (fidelity) = the MLP at
 fp32 activations (level 1). The attention projections (q/k/v, o) always run at level 1 (fp32 activations; a quarter
 of the weights; at level 4 they cost ~1 % agreement, SmolLM2: 0.962 -> 0.974 on 3,072 README tokens; in two passes
-they were no faster than at level 1). The MLP in two int8 passes (``TWO_PASS``: gate/up at level 4, and down at
+they were no faster than at level 1). The MLP in two int8 passes (``split_int8``: gate/up at level 4, and down at
 level 1) was measured and left off: on SmolLM2 (the gate's 652 tokens; and 5,458 tokens: the gate's text, README,
 design.md, with the mean KL divergence from fp32) it brought the default from 0.980 / +0.11 % (5,458 tokens 0.9745 /
 +0.29 % / KL 0.00145) to 0.980 / +0.07 % (0.9853 / +0.11 % / KL 0.00055) and the decode step to 0.89-1.06x (A/B runs
@@ -75,10 +75,6 @@ WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weig
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
 # step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
 FP32_ACTIVATIONS = ("qkv", "o_proj")
-# the 4-bit MatMuls whose int8 activations go in two passes (``split_int8``: ~fp32 activations for ~1.2x a pass at
-# one row, 2x at many), per accuracy_level: none (measured above: prompt passes and batches pay twice); the output
-# head always goes in two
-TWO_PASS = {4: (), 1: ()}
 LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
 
@@ -189,10 +185,9 @@ class _Rewriter(Rewriter):
 
     def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
                head: bool = False) -> list:
-        """x [b, s, K] (``head``: the output head's [T, K]) -> ``Rewriter.matmul``; the head and the parts in
-        ``TWO_PASS[accuracy_level]`` in two int8 passes."""
-        two_pass = head or name.split(".")[-1] in TWO_PASS[self.accuracy_level]
-        return super().matmul(x, b, outputs, splits, name, two_pass=two_pass, lead=1 if head else 2)
+        """x [b, s, K] (``head``: the output head's [T, K]) -> ``Rewriter.matmul``; the head in two int8 passes,
+        the MLP in one (see the module docstring)."""
+        return super().matmul(x, b, outputs, splits, name, two_pass=head, lead=1 if head else 2)
 
     def check(self, b: Blocks, fp32_name: str, transposed: bool, what: str) -> None:
         """The dequantised Blocks must be the fp32 graph's weight (``transposed``: stored [K, N])."""

@@ -249,7 +249,7 @@ def test_graph_form_of_the_correction_and_the_two_pass_products(level, part, tol
     rw = GQ._Rewriter(helper.make_graph([], "empty", [], []), level)
     nodes = rw.matmul("x", b, ["gate", "up"], [n_gate, n_up], f"l0.{part}")
     nbits = [nd for nd in nodes if nd.op_type == "MatMulNBits"]
-    assert len(nbits) == 1 and nbits[0].input[0] == "x"  # one pass: the MLP's two-pass form is off (TWO_PASS)
+    assert len(nbits) == 1 and nbits[0].input[0] == "x"  # one pass: only the head goes in two
     nodes.append(helper.make_node("Concat", ["gate", "up"], ["y"], axis=-1))
     x = rng.standard_normal((2, 3, k)).astype(np.float32)
     got, want = _run_nodes(rw, nodes, x, "y"), x @ exact.T
