@@ -1,12 +1,9 @@
 """``export_model``: source -> validated ONNX artifact directory, written atomically."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import tempfile
 import time
-import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +12,12 @@ from typing import Any
 from onnxlm.runtime.errors import ExportError
 from onnxlm.runtime.fused_causal import KV_LAYOUT
 
+from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
 from .logits_to_keep import add_logits_to_keep
 from .fused import fused_supported
+from .provenance import source_record
 from .onnx_export import check_config, export_onnx, traced_attention
 from .validate import validate_export
 
@@ -53,14 +52,17 @@ class _Progress:
         self.log(f"{what} done ({time.perf_counter() - t0:.1f}s)")
 
 
-def _is_nonempty(p: Path) -> bool:
-    if not p.exists() and not p.is_symlink():
-        return False
-    return not p.is_dir() or any(p.iterdir())
-
-
 def _first(x):
     return x[0] if isinstance(x, (list, tuple)) and x else x
+
+
+def _check_in_vocabulary(key: str, value, where: str, vocab_size: int) -> None:
+    """ExportError when a declared special id (int or list) lies at or past ``vocab_size`` (a negative pad id means
+    "none", as transformers reads it)."""
+    for tid in value if isinstance(value, list) else [value]:
+        if tid is not None and int(tid) >= vocab_size:
+            raise ExportError(f"{key}={tid} (from the {where}) is outside the vocabulary (vocab_size={vocab_size}): "
+                              f"set {key} in the config or generation_config to an id < {vocab_size}")
 
 
 def _special_tokens(lm: LoadedModel, notices: list[str]) -> dict[str, Any]:
@@ -71,12 +73,12 @@ def _special_tokens(lm: LoadedModel, notices: list[str]) -> dict[str, Any]:
     gen, cfg = lm.generation_config, lm.model.config
     out: dict[str, Any] = {}
     for key in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
-        v = getattr(gen, key, None)
-        if v is None:
-            v = getattr(cfg, key, None)
-        if v is None:
-            v = lm.tokenizer_specials.get(key)
+        for where, v in (("generation_config", getattr(gen, key, None)), ("config", getattr(cfg, key, None)),
+                         ("tokenizer", lm.tokenizer_specials.get(key))):
+            if v is not None:
+                break
         out[key] = list(v) if isinstance(v, (list, tuple)) else v
+        _check_in_vocabulary(key, out[key], where, cfg.vocab_size)
     derived = {}
     if (out["pad_token_id"] is None or _first(out["pad_token_id"]) < 0) and out["eos_token_id"] is not None:
         out["pad_token_id"] = _first(out["eos_token_id"])  # transformers' generate does the same
@@ -150,8 +152,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     (``onnxlm.export.head_quant``). Returns the path.
     """
     out_dir = Path(out_dir).expanduser().absolute()
-    if _is_nonempty(out_dir) and not force:
-        raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+    refuse_taken(out_dir, force)
     from .head_quant import check_quantize_head
 
     if check_quantize_head(quantize_head) != "auto" and quantize not in ("int8", "int4"):
@@ -169,8 +170,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             return quantize_artifact(model, out_dir, scheme=quantize, block_size=block_size,  # no torch needed
                                      accuracy_level=accuracy_level, quantize_head=quantize_head,
                                      force_quality=force_quality, force=force, progress=progress)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.fp32-", dir=out_dir.parent))
+        scratch = temp_dir_beside(out_dir, "fp32")
         try:
             fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, opset=opset, validate=validate,
                                 progress=progress, tokenizer=tokenizer, kv_layout=kv_layout)
@@ -187,8 +187,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
         raise ExportError("opset: the fused graph (kv_layout='fused') is built at a fixed opset; pass no opset")
     prog = _Progress(progress)
     notices: list[str] = []  # warnings for the user, raised after the libraries' chatter is silenced
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir, "tmp")
     try:
         with warnings.catch_warnings(), prog.quiet_libraries():
             warnings.simplefilter("ignore")  # torch tracer / transformers deprecation chatter
@@ -220,10 +219,10 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             "opset": used_opset,
             "versions": versions(),
             "validation": validation,
-            "source": lm.source,
+            "source": source_record(lm.source),
             **({"kv_layout": KV_LAYOUT} if kv_layout == "fused" else {}),
         })
-        _move_into_place(tmp, out_dir, force)
+        move_into_place(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -246,8 +245,7 @@ def _export_gguf_native(model, out_dir: Path, *, force, tolerance, validate, pro
                           f"fp32 artifact exported from one); got {model if isinstance(model, (str, Path)) else type(model).__name__!r}")
     if kv_layout == "plain":
         raise ExportError("kv_layout: quantize='gguf' rewrites the fused graph; use kv_layout='auto' or 'fused'")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.fp32-", dir=out_dir.parent))
+    scratch = temp_dir_beside(out_dir, "fp32")
     try:
         fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, validate=validate, progress=progress,
                             tokenizer=tokenizer, kv_layout="fused")
@@ -293,25 +291,3 @@ def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
                 validation = validate_fused_export(lm.model, tmp, manifest, {**dims, **special},
                                                    tolerance=tolerance, log=prog.log if progress else None)
     return graphs, OPSET, validation
-
-
-def _move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700
-    if not (out_dir.exists() or out_dir.is_symlink()):
-        os.rename(tmp, out_dir)
-        return
-    if _is_nonempty(out_dir) and not force:  # appeared while we were exporting
-        raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
-    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()

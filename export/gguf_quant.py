@@ -64,9 +64,10 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxlm.runtime.errors import ExportError
+from onnxlm.runtime.errors import ExportError, ModelFileError
 
 from .nbits import BLOCK, Blocks, Rewriter, _pack4, dequantize  # noqa: F401  (Blocks, dequantize: public here too)
+from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
 NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
@@ -312,13 +313,36 @@ def check_gguf_args(accuracy_level: int, block_size: int) -> None:
                           f"{BLOCK} weights, so block_size must be {BLOCK}")
 
 
-def gguf_source(manifest: dict, gguf=None) -> Path:
-    """The GGUF file: ``gguf`` if given, else the fp32 artifact's recorded source; ExportError if not a .gguf."""
-    path = Path(gguf if gguf is not None else manifest.get("source") or "").expanduser()
-    if path.suffix.lower() != ".gguf" or not path.is_file():
-        raise ExportError(f"quantize='gguf' needs the GGUF file the fp32 artifact was exported from; got "
-                          f"{str(path) or 'none'!r} (export a .gguf source, or pass gguf=PATH)")
-    return path.resolve()
+def gguf_source(manifest: dict, gguf=None, src: Path | None = None) -> tuple[Path, dict]:
+    """The GGUF file the fp32 artifact (its ``manifest``, in directory ``src``) was exported from: ``gguf`` if given,
+    else the file of the recorded name found in the current directory, beside ``src`` or as the installed SmolLM2
+    package's file (an older manifest's path string is tried as it is) -> (its path, its ``file_record``). Its sha256
+    must equal the recorded one; ExportError otherwise, or when no such file is found."""
+    record = manifest.get("source")
+    if gguf is not None:
+        candidates = [Path(gguf).expanduser()]
+    elif isinstance(record, dict) and record.get("name"):
+        candidates = [Path.cwd() / record["name"]] + ([src.parent / record["name"]] if src is not None else [])
+        try:
+            from .gguf import find_smollm2_gguf
+
+            candidates.append(find_smollm2_gguf())
+        except ModelFileError:
+            pass
+    else:  # manifests before provenance records: an absolute path string
+        candidates = [Path(str(record or "")).expanduser()]
+    name = record.get("name") if isinstance(record, dict) else None
+    found = [p for p in candidates if p.suffix.lower() == ".gguf" and p.is_file() and (gguf or not name or p.name == name)]
+    if not found:
+        raise ExportError(f"quantize='gguf' needs the GGUF file the fp32 artifact was exported from "
+                          f"({name or record or 'none recorded'!r}); pass gguf=PATH (export a .gguf source directly "
+                          "to do both steps at once)")
+    path = found[0].resolve()
+    held = file_record(path)
+    if isinstance(record, dict) and record.get("sha256") and held["sha256"] != record["sha256"]:
+        raise ExportError(f"gguf: {path.name} is not the file the fp32 artifact was exported from (its sha256 differs "
+                          f"from the recorded {record['sha256'][:12]}... of {record.get('name')!r})")
+    return path, held
 
 
 def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, force_quality: bool = False,
@@ -328,7 +352,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
     check_gguf_args(accuracy_level, BLOCK)
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
     manifest = read_fp32_manifest(src, out_dir, force)
-    path = gguf_source(manifest, gguf)
+    path, gguf_record = gguf_source(manifest, gguf, src)
     if manifest.get("kv_layout") != "fused-gqa":
         raise ExportError(f"{src}: quantize='gguf' rewrites the fused graph; this artifact's kv layout is "
                           f"{manifest.get('kv_layout', 'plain')!r} (export with kv_layout='fused')")
@@ -342,7 +366,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
               "codes and scales (Q4_1: uint8 zero points + exact blocksum(x) @ R correction)",
               "bits": None, "block_size": BLOCK, "accuracy_level": accuracy_level, "accuracy_level_8bit": 4,
               "accuracy_level_attention": 1,
-              "source_gguf": str(path), "source_fp32": str(src), "quality": None, "forced": bool(force_quality)}
+              "source_gguf": gguf_record, "source_fp32": source_record(src), "quality": None, "forced": bool(force_quality)}
 
     def rewrite(graph_in: Path, graph_out: Path) -> None:
         log(f"GGUF-native MatMulNBits from {path.name} (accuracy level {accuracy_level}) ...")

@@ -40,12 +40,13 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError
 
+from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
+from .provenance import source_record
 from .quality import measure_quality, quality_failures
 
 SCHEMES = {"int8": 8, "int4": 4}
@@ -156,7 +157,7 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
     record = {"scheme": scheme, "method": "onnxruntime MatMulNBitsQuantizer: weight-only, symmetric, per block",
               "bits": bits, "block_size": block_size, "accuracy_level": accuracy_level,
               "quantize_head": quantize_head, "head": None,
-              "source_fp32": str(src), "quality": None, "forced": bool(force_quality)}
+              "source_fp32": source_record(src), "quality": None, "forced": bool(force_quality)}
 
     def rewrite(graph_in: Path, graph_out: Path) -> None:
         info = quantize_graph(graph_in, graph_out, bits, block_size, accuracy_level, quantize_head)
@@ -177,8 +178,6 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
 def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
     """The manifest of the fp32 decoder-only artifact ``src``; ExportError for anything else, or when ``out_dir``
     is taken and not ``force``."""
-    from .export import _is_nonempty
-
     manifest_path = src / "onnxlm.json"
     if not manifest_path.is_file():
         raise ExportError(f"{src}: not an onnxlm artifact (no onnxlm.json)")
@@ -189,8 +188,7 @@ def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
     if manifest.get("quantization"):
         raise ExportError(f"{src}: already quantized ({manifest['quantization'].get('scheme')}); quantize the fp32 "
                           "artifact")
-    if _is_nonempty(out_dir) and not force:
-        raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+    refuse_taken(out_dir, force)
     return manifest
 
 
@@ -199,10 +197,7 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
     """The fp32 artifact ``src`` (its parsed ``manifest``) -> ``out_dir``: side files copied, the decoder graph
     written by ``rewrite(src_graph_path, dst_graph_path)``, the manifest with ``record`` (its ``quality`` filled in by
     the gate), all in a temp dir moved into place only when the gate passes (or ``force_quality``)."""
-    from .export import _move_into_place
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir, "tmp")
     try:
         graph_file = manifest["graphs"]["decoder"]["file"]
         for f in src.iterdir():  # side files (tokenizer, configs, chat template); the graph is rewritten
@@ -228,7 +223,7 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
                 raise ExportError(f"quantized variant refused: {'; '.join(failures)}. {hint}, "
                                   "or pass force_quality=True (--force-quality) to keep it anyway")
         write_manifest(tmp, {**fields, "quantization": record})
-        _move_into_place(tmp, out_dir, force)
+        move_into_place(tmp, out_dir, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -259,6 +259,20 @@ def test_score_in_bounded_batches_equals_one_batch(capsys, tiny_gpt2):
 
 
 # ---------------------------------------------------------------------------------------------------- export, end to end
+def test_export_names_a_special_id_outside_the_vocabulary(capsys, tmp_path):
+    """A config whose eos/bos lie outside its vocabulary: one error line naming the id, exit 1, no traceback."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_layer=1, n_head=2, n_embd=16, n_positions=32)).save_pretrained(
+        tmp_path / "hf")
+    code, out, err = run_cli(capsys, "export", tmp_path / "hf", tmp_path / "out", "-q")
+    assert code == 1 and "Traceback" not in err and not (tmp_path / "out").exists()
+    errors = [line for line in err.splitlines() if line.startswith("onnxlm: error:")]
+    assert len(errors) == 1 and "50256" in errors[0] and "vocab_size=300" in errors[0]
+
+
 def test_export_command_end_to_end_force_and_refusal(tmp_path, tiny_gpt2):
     """`onnxlm export RECIPE OUT` in a subprocess: the artifact loads and equals the fixture's export; a non-empty
     OUT is refused (one error line, exit 1, nothing touched) and replaced with --force."""

@@ -76,7 +76,60 @@ def test_manifest_fields(fx, kind, model_type, dims, request):
     for k, v in st.items():
         if v is not None and k.endswith("_id"):
             assert gen[k] == v
-    assert man["source"]
+    hf = request.getfixturevalue(fx).hf_dir  # the source: its directory's name and every file's sha256, no path
+    assert man["source"] == {"name": hf.name, "files": {p.relative_to(hf).as_posix(): _file_entry(p)
+                                                        for p in sorted(hf.rglob("*")) if p.is_file()}}
+
+
+def _file_entry(path: Path) -> dict:
+    return {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+
+
+def _strings(value):
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def assert_no_machine_paths(manifest: dict, *dirs: Path) -> None:
+    """No absolute path in a manifest: nothing that starts with '/' or names the build's directories or home."""
+    places = [str(d) for d in dirs] + [str(Path.home())]
+    for text in _strings(manifest):
+        assert not text.startswith("/") and not any(p in text for p in places), text
+
+
+@pytest.mark.parametrize("fx", ALL)
+def test_manifest_records_no_machine_path(fx, request):
+    model = request.getfixturevalue(fx)
+    assert_no_machine_paths(_manifest(model.onnx_dir), model.onnx_dir.parent, model.hf_dir.parent,
+                            model.recipe_dir.parent)
+
+
+def test_special_id_outside_the_vocabulary_is_named(tmp_path):
+    """GPT2Config(vocab_size=300) keeps bos/eos 50256: one ExportError naming the field, the id and the vocabulary
+    size, before anything is exported (was an IndexError inside validation)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_layer=1, n_head=2, n_embd=16, n_positions=32)).save_pretrained(
+        tmp_path / "hf")
+    with pytest.raises(ExportError, match=r"bos_token_id=50256 \(from the generation_config\) is outside the "
+                                          r"vocabulary \(vocab_size=300\).*< 300"):
+        export_model(tmp_path / "hf", tmp_path / "out", progress=False)
+    assert _listing(tmp_path) == ["hf"]
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())  # a list, read from the model config
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "bos_token_id": 1, "eos_token_id": [2, 300]}))
+    (tmp_path / "hf" / "generation_config.json").write_text(json.dumps({"bos_token_id": 1}))
+    with pytest.raises(ExportError, match=r"eos_token_id=300 \(from the config\)"):
+        export_model(tmp_path / "hf", tmp_path / "out", progress=False)
 
 
 @pytest.mark.parametrize("fx", ALL)
@@ -225,7 +278,8 @@ def test_existing_dir_refused_then_replaced_with_force(tmp_path, capsys):
     assert "junk.txt" not in _listing(out) and "model.onnx" in _listing(out)
     assert _listing(tmp_path) == ["out"]
     assert "validate left_padded_batch" in capsys.readouterr().err  # progress + measured diffs on stderr
-    assert _manifest(out)["source"] == str((RECIPES / "tiny-gpt2").resolve())
+    assert _manifest(out)["source"] == {"name": "tiny-gpt2",
+                                        "files": {"recipe.json": _file_entry(RECIPES / "tiny-gpt2" / "recipe.json")}}
 
 
 def test_empty_existing_dir_is_used(tmp_path):

@@ -113,9 +113,9 @@ def tiny_fp32(tmp_path_factory, tiny_gguf):
 
 
 @pytest.fixture(scope="module")
-def tiny_native(tmp_path_factory, tiny_fp32):
+def tiny_native(tmp_path_factory, tiny_gguf, tiny_fp32):
     return {level: GQ.quantize_gguf_artifact(tiny_fp32, tmp_path_factory.mktemp("q") / f"level{level}",
-                                             accuracy_level=level, force_quality=True, progress=False)
+                                             gguf=tiny_gguf, accuracy_level=level, force_quality=True, progress=False)
             for level in (1, 4)}
 
 
@@ -302,10 +302,12 @@ def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32)
                           timeout=120)
     assert info.returncode == 0, info.stderr
     assert "quantization    gguf-q4_1" in info.stdout and "GGUF blocks kept: Q4_1 9, Q4_0 4, Q8_0 1" in info.stdout
-    # an fp32 artifact exported from a GGUF re-quantizes without torch (its manifest names the GGUF)
+    assert "GGUF file      tiny-llama.gguf (sha256 " in info.stdout and "fp32 artifact  fp32 (" in info.stdout
+    # an fp32 artifact exported from a GGUF re-quantizes without torch: its manifest names the GGUF and its sha256,
+    # and the file of that name in the current directory is used
     proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(tiny_fp32), str(tmp_path / "cli"),
                            "--quantize", "gguf", "--accuracy-level", "1", "--force-quality", "-q"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=tiny_gguf.parent)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "cli" / "onnxlm.json").read_text())["quantization"]["accuracy_level"] == 1
 
@@ -318,6 +320,34 @@ def test_bad_settings_are_refused(tmp_path, tiny_fp32, kw, match):
     with pytest.raises(ExportError, match=match):
         export_model(tiny_fp32, tmp_path / "q", quantize="gguf", progress=False, **kw)
     assert not (tmp_path / "q").exists()
+
+
+def test_sources_are_names_and_sha256s(tiny_native, tiny_gguf, tiny_fp32):
+    """The quantized manifest pins the GGUF file and the fp32 artifact by name and sha256, never by path."""
+    import hashlib
+
+    from test_export import assert_no_machine_paths
+
+    fp32 = json.loads((tiny_fp32 / "onnxlm.json").read_text())
+    gguf = {"name": "tiny-llama.gguf", "sha256": hashlib.sha256(tiny_gguf.read_bytes()).hexdigest(),
+            "bytes": tiny_gguf.stat().st_size}
+    assert fp32["source"] == gguf
+    for level, art in tiny_native.items():
+        m = json.loads((art / "onnxlm.json").read_text())
+        assert m["quantization"]["source_gguf"] == gguf
+        assert m["quantization"]["source_fp32"] == {"name": "fp32", "files": fp32["files"]}
+        assert_no_machine_paths(m, art.parent, tiny_fp32.parent, tiny_gguf.parent)
+
+
+def test_the_gguf_must_be_found_and_be_the_recorded_one(tmp_path, tiny_fp32, tiny_gguf):
+    with pytest.raises(ExportError, match="needs the GGUF file .*'tiny-llama.gguf'.*gguf=PATH"):
+        GQ.quantize_gguf_artifact(tiny_fp32, tmp_path / "q", progress=False)  # not here, nor beside the artifact
+    other = tmp_path / "tiny-llama.gguf"
+    data = tiny_gguf.read_bytes()
+    other.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # one byte of the last tensor changed
+    with pytest.raises(ExportError, match="not the file the fp32 artifact was exported from"):
+        GQ.quantize_gguf_artifact(tiny_fp32, tmp_path / "q", gguf=other, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-llama.gguf"]
 
 
 def test_a_non_gguf_source_is_refused(tmp_path, tiny_llama):

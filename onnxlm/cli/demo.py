@@ -78,6 +78,8 @@ def ensure_tiny_model(models_dir: Path, progress: bool = True) -> Path:
 def random_weights(model) -> bool:
     """True when the artifact was exported from a recipe (random weights, for tests and demos)."""
     source = model.manifest.get("source")
+    if isinstance(source, dict):  # a source record: a recipe directory holds recipe.json
+        return "recipe.json" in source.get("files", {})
     if not source:
         return False
     return (Path(str(source)) / "recipe.json").is_file() or "/recipes/" in str(source).replace("\\", "/")

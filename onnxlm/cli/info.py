@@ -89,11 +89,21 @@ def _forced_note(quant: dict) -> str:
     return " (below the quality thresholds: forced)" if below else ""
 
 
+def source_text(record) -> str:
+    """A manifest's source record (docs/design.md) -> one line: name and short sha256, or name and file count; an
+    older manifest's path string as it is."""
+    if not isinstance(record, dict):
+        return str(record)
+    if "sha256" in record:
+        return f"{record.get('name')} (sha256 {record['sha256'][:12]}, {record.get('bytes')} bytes)"
+    return f"{record.get('name')} ({len(record.get('files', {}))} files)"
+
+
 def _render(info: dict) -> str:
     out = [f"{info['path']}",
            f"  kind            {info['kind']} ({info['model_type']}), format_version {info['format_version']}"]
     if info.get("source"):
-        out.append(f"  source          {info['source']}")
+        out.append(f"  source          {source_text(info['source'])}")
     kv = f" (kv heads {info['num_kv_heads']})" if info.get("num_kv_heads") not in (None, info.get("num_heads")) \
         else ""
     out.append(f"  layers          {info['num_layers']}, heads {info['num_heads']}{kv}, head_dim {info['head_dim']}, "
@@ -130,6 +140,9 @@ def _render(info: dict) -> str:
             out.append(f"    GGUF blocks kept: {native}; fp32 (dequantised): {kept}; attention at accuracy level "
                        f"{quant.get('accuracy_level_attention', 1)}, 8-bit at {quant.get('accuracy_level_8bit', 4)}"
                        + (f"; two int8 passes: {', '.join(quant['two_pass'])}" if quant.get("two_pass") else ""))
+        for key, label in (("source_gguf", "GGUF file"), ("source_fp32", "fp32 artifact")):
+            if quant.get(key):
+                out.append(f"    {label:<14} {source_text(quant[key])}")
         head = quant.get("head")
         if head:  # quantize="int8"|"int4": the output head (and a tied embedding) in 8-bit blocks or fp32
             if head.get("quantized"):

@@ -1,0 +1,56 @@
+"""Artifact directories written atomically: build in a temp dir beside the target, then rename it into place.
+
+Used by ``export.py`` (fp32 exports) and ``quantize.py`` (quantized variants, GGUF-native included): a user's
+directory is either the old artifact or the new one, never half of each.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from onnxlm.runtime.errors import ExportError
+
+
+def is_nonempty(p: Path) -> bool:
+    """True when ``p`` exists and is a file, a link or a directory with anything in it."""
+    if not p.exists() and not p.is_symlink():
+        return False
+    return not p.is_dir() or any(p.iterdir())
+
+
+def refuse_taken(out_dir: Path, force: bool) -> None:
+    """ExportError when ``out_dir`` holds something and ``force`` is not set."""
+    if is_nonempty(out_dir) and not force:
+        raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
+
+
+def temp_dir_beside(out_dir: Path, tag: str) -> Path:
+    """A fresh hidden directory ``.<name>.<tag>-XXXX`` in ``out_dir``'s parent (same file system: rename works)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{tag}-", dir=out_dir.parent))
+
+
+def move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
+    """Rename the finished ``tmp`` to ``out_dir``; an existing one (only with ``force``) is swapped out and removed
+    after the new one is in place, and put back if the rename fails."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        os.rename(tmp, out_dir)
+        return
+    refuse_taken(out_dir, force)  # appeared while we were exporting
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()

@@ -1,0 +1,44 @@
+"""What an artifact was made from, recorded without the building machine's paths.
+
+A manifest's ``source`` (and a quantized artifact's ``quantization.source_gguf`` / ``source_fp32``) names its source
+and pins its bytes, so the same manifest comes out of any machine and a reader can check a file it holds against it:
+
+* a file (a ``.gguf``): ``{"name": "x.gguf", "sha256": ..., "bytes": n}``;
+* a directory (a transformers checkpoint, a recipe): ``{"name": "<dir name>", "files": {"<relative path>":
+  {"sha256": ..., "bytes": n}}}``;
+* an onnxlm artifact (the fp32 source of a quantized variant): the same directory form, its files' hashes taken
+  from its own manifest (already computed at its export, verified when it is loaded) instead of read again;
+* a hub name (or ``<ClassName>`` for a model object without a name): that string.
+
+Manifests written before this module kept an absolute path string; readers accept both (``onnxlm info``,
+``gguf_quant.gguf_source``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .manifest import MANIFEST_FILE, file_table, sha256_file
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """A file -> {"name", "sha256", "bytes"}."""
+    path = Path(path)
+    return {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def source_record(source: str | Path) -> dict[str, Any] | str:
+    """A source as ``load_source`` names it (a path string or a hub name) -> its record (module docstring)."""
+    path = Path(str(source)).expanduser()
+    if path.is_file():
+        return file_record(path)
+    if path.is_dir():
+        manifest = path / MANIFEST_FILE
+        if manifest.is_file():  # an onnxlm artifact: its own, verified file table
+            return {"name": path.name, "files": json.loads(manifest.read_text(encoding="utf-8"))["files"]}
+        return {"name": path.name, "files": file_table(path)}
+    if path.is_absolute():  # a model object loaded from a path that is gone: keep its name only
+        return path.name
+    return str(source)
+
