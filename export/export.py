@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from onnxlm.runtime.errors import ExportError
-from onnxlm.runtime.fused_causal import KV_LAYOUT
+from onnxlm.runtime.fused.causal_lm import KV_LAYOUT
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
 from .logits_to_keep import add_logits_to_keep
-from .fused import fused_supported
+from .fused import check_fused_supported, fused_supported
 from .provenance import source_record
 from .onnx_export import check_config, export_onnx, traced_attention
 from .validate import validate_export
@@ -197,6 +197,8 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             check_config(cfg)
             if kv_layout == "auto":  # the fast graph wherever it is built (and proven) for this model
                 kv_layout = "fused" if opset is None and fused_supported(lm.model) else "plain"
+            elif kv_layout == "fused":  # what the builder refuses, before the special ids and anything written
+                check_fused_supported(lm.model)
             dims = model_dims(cfg, lm.family)
             special = _special_tokens(lm, notices)
             _write_side_files(lm, tmp, special, notices)  # before validation: the fused check loads the runtime

@@ -21,6 +21,11 @@ def _builder(model):
     return BUILDERS[kind]
 
 
+def check_fused_supported(model) -> None:
+    """ExportError naming what the fused builders refuse in ``model`` (its model_type or a config setting)."""
+    _builder(model)
+
+
 def fused_supported(model) -> bool:
     """True when a fused builder supports ``model`` (kv_layout='auto' picks the fused graph then)."""
     try:

@@ -16,7 +16,7 @@ Rotary: GQA rotates q/k itself (do_rotary=1) with cos/sin caches [max_positions,
 model's own ``rotary_emb`` (exact for default/linear/llama3/yarn; the attention scaling of yarn is folded into
 cos/sin as transformers does). Position of a token = its index in its (right-padded) row.
 Sliding window: GQA's ``local_window_size`` = transformers' ``sliding_window`` gives the same mask (measured: the
-values -1 and +1 give wrong logits; tests/test_fused.py checks Mistral with a window of 4 on sequences of 11+).
+values -1 and +1 give wrong logits; tests/test_fused_layouts.py checks Mistral with a window of 4 on sequences of 11+).
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
             qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
         attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=1, rotary_interleaved=0, scale=float(att.scaling))
         if windows[i] is not None:
-            attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused.py)
+            attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)
         a = g.attention(qkv, i, **attrs)
         o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
         x = g.op("Add", [x, o])

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxlm.runtime.causal_lm import position_ids_from_mask
+from onnxlm.runtime.plain.causal_lm import position_ids_from_mask
 from onnxlm.runtime.errors import ExportError
 
 ATOL = 1e-4

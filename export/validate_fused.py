@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxlm.runtime.causal_lm import position_ids_from_mask
+from onnxlm.runtime.plain.causal_lm import position_ids_from_mask
 
 from .validate import _Check, _t, judge_checks
 
@@ -76,8 +76,8 @@ def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, to
                           log=None) -> dict[str, Any]:
     """``model`` (PyTorch) vs the fused artifact in ``out_dir`` (side files written, ``manifest`` = the manifest to
     be) through the runtime; returns the manifest's ``validation`` dict, raises ExportError when a check fails."""
-    from onnxlm.runtime.fused_causal import FusedCausalLM
-    from onnxlm.runtime.fused_seq2seq import FusedSeq2SeqLM
+    from onnxlm.runtime.fused.causal_lm import FusedCausalLM
+    from onnxlm.runtime.fused.seq2seq_lm import FusedSeq2SeqLM
 
     model.eval()
     if manifest["kind"] == "seq2seq-lm":

@@ -11,10 +11,8 @@ from .session import resolve_provider
 
 def load(path, *, provider: str = "auto", threads: int | None = None, verify: bool = True):
     """Open a model directory on 'auto' | 'cpu' | 'cuda'. verify=False skips the manifest's sha256 checks."""
-    from .causal_lm import CausalLM
-    from .fused_causal import KV_LAYOUT, FusedCausalLM
-    from .fused_seq2seq import FusedSeq2SeqLM
-    from .seq2seq_lm import Seq2SeqLM
+    from .fused import KV_LAYOUT, FusedCausalLM, FusedSeq2SeqLM
+    from .plain import CausalLM, Seq2SeqLM
     model_dir = Path(os.fspath(path)).expanduser()
     resolved = resolve_provider(provider)
     manifest = load_manifest(model_dir, verify=verify)

@@ -24,7 +24,7 @@ def _tiny(tmp_path_factory, name: str, recipe_dir: Path | None = None, validate:
     base = tmp_path_factory.mktemp(name)
     recipe_dir = recipe_dir or RECIPES / name
     hf_dir = build_recipe(recipe_dir, base / "hf")
-    # the plain (optimum) layout: the big parity grids prove it; tests/test_fused.py proves the fused one
+    # the plain (optimum) layout: the big parity grids prove it; tests/test_fused_layouts.py proves the fused one
     onnx_dir = export_model(hf_dir, base / "onnx", progress=False, validate=validate, kv_layout="plain")
     return TinyModel(name, recipe_dir, hf_dir, onnx_dir)
 

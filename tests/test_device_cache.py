@@ -7,7 +7,7 @@ import pytest
 
 import onnxlm
 from onnxlm.runtime.device_gather import gather_rows
-from onnxlm.runtime.kv_cache import KVCache
+from onnxlm.runtime.plain.kv_cache import KVCache
 
 
 def bound(model):

@@ -360,7 +360,7 @@ def test_logits_to_keep_last_position_equals_full_graph(fx, request):
     """The graph's logits_to_keep input: 1 gives [b, 1, V], bit-identical to the last row of 0 (every position)."""
     import onnxruntime as ort
 
-    from onnxlm.runtime.causal_lm import position_ids_from_mask
+    from onnxlm.runtime.plain.causal_lm import position_ids_from_mask
 
     art = request.getfixturevalue(fx)
     man = _manifest(art.onnx_dir)

@@ -1,4 +1,4 @@
-"""In-place row reorder of the fused KV buffers (runtime/kv_buffers.py: reorder_plan, reorder_in_place,
+"""In-place row reorder of the fused KV buffers (runtime/fused/kv_buffers.py: reorder_plan, reorder_in_place,
 KVBuffers.select), against numpy fancy indexing: every row pattern a beam step can produce (identity, duplicates,
 swaps and longer cycles, cycles next to duplicates), with and without ``held``, after the buffers grew, and with
 the OrtValues still bound to the reordered memory. Pure numpy + onnxruntime: no export needed."""
@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from onnxlm.runtime.kv_buffers import KVBuffers, reorder_in_place, reorder_plan
+from onnxlm.runtime.fused.kv_buffers import KVBuffers, reorder_in_place, reorder_plan
 
 NAMES = ["past_key_values.0.key", "past_key_values.0.value"]
 

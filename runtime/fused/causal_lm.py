@@ -1,6 +1,6 @@
 """Decoder-only models exported with ``kv_layout="fused"`` (manifest ``"kv_layout": "fused-gqa"``; GPT-2 and the
 Llama family): one graph with GroupQueryAttention whose KV cache lives in preallocated buffers that each step
-appends to in place (runtime/kv_buffers.py): a step never copies, concatenates or transposes the cache, so its cost
+appends to in place (runtime/fused/kv_buffers.py): a step never copies, concatenates or transposes the cache, so its cost
 grows with the context only by the attention's own reads of the held keys/values.
 
 The graph wants RIGHT-padded rows: ``start``/``logits`` take left-padded inputs like every model and re-pack each
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .causal_lm import CausalLM
-from .errors import InputError
+from ..errors import InputError
+from ..plain.causal_lm import CausalLM
+from ..plain.kv_cache import past_input_names
 from .kv_buffers import KVBuffers, initial_capacity, mapped_zeros
-from .kv_cache import past_input_names
 
 KV_LAYOUT = "fused-gqa"
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
+from ..model import LanguageModel
+from ..processors import log_softmax
+from ..session import GraphRunner, to_numpy
+from ..tokenizer import pad_batch
 from .kv_cache import KVCache, past_input_names
-from .model import LanguageModel
-from .processors import log_softmax
-from .session import GraphRunner, to_numpy
-from .tokenizer import pad_batch
 
 
 def position_ids_from_mask(mask: np.ndarray) -> np.ndarray:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
+from ..model import LanguageModel
+from ..processors import log_softmax
+from ..tokenizer import pad_batch
 from .kv_cache import KVCache, past_input_names, take_rows
-from .model import LanguageModel
-from .processors import log_softmax
-from .tokenizer import pad_batch
 
 
 class Seq2SeqState:

@@ -1,6 +1,6 @@
 """Encoder-decoder models exported with ``kv_layout="fused"`` (T5; manifest ``"kv_layout": "fused-gqa"``,
 export/fused_t5.py): the encoder graph gives each decoder layer's cross-attention keys/values once per source; the
-decoder's self-attention KV cache lives in preallocated buffers (runtime/kv_buffers.py) that each step appends to in
+decoder's self-attention KV cache lives in preallocated buffers (runtime/fused/kv_buffers.py) that each step appends to in
 place (bound as both past and present), so a step never copies or concatenates the cache.
 
 Every decoder row has the same length (decoder ids are never padded), so ``seqlens_k`` is that length minus 1 for
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..plain.kv_cache import past_input_names
+from ..plain.seq2seq_lm import Seq2SeqLM
 from .kv_buffers import KVBuffers, initial_capacity, reorder_in_place
-from .kv_cache import past_input_names
-from .seq2seq_lm import Seq2SeqLM
 
 CROSS_PREFIX = "cross_key_values."
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from .device_gather import gather_rows
+from ..device_gather import gather_rows
 
 PAST_PREFIX = "past_key_values."
 PRESENT_PREFIX = "present."

@@ -1,0 +1,401 @@
+"""The fused KV layout (runtime/fused/: our GroupQueryAttention graphs with in-place KV buffers) against transformers
+on the same weights, for every family the fused builders cover: the same checks over each, then what only one family
+has.
+
+Families and recipes (each exported once per session, validated by export/validate_fused.py):
+* Llama (export/fused_llama.py, ``kv_layout="fused"``): tiny-llama (GQA, tied head: the embedding is stored once),
+  tiny-mistral-sliding-window (window 4, shorter than every sequence here: proves GQA's local_window_size =
+  sliding_window), tiny-qwen2 (q/k/v bias, per-layer window), tiny-llama-llama3-rope-bias-untied (llama3 rope scaling,
+  attention + MLP bias, untied head).
+* GPT-2 (export/fused_gpt2.py, the default ``kv_layout="auto"``, which must pick the fused graph; learned positions fed
+  as ``position_ids``): tiny-gpt2 (tied: wte stored once), tiny-gpt2-untied-inverse-layer-scale (untied head, scores of
+  layer i divided by i + 1: compared with transformers' eager attention, the only one that honours it).
+* T5 (export/fused_t5.py, ``"auto"``: encoder giving the cross keys/values once; decoder self-attention in
+  GroupQueryAttention on in-place buffers + relative position bias, cross-attention in MultiHeadAttention):
+  tiny-t5 (relu, untied head), tiny-t5-gated-gelu-tied (gated gelu_new, tied head scaled by d_model ** -0.5).
+Causal batches are left padded; T5's encoder batches are right padded and end in EOS.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="fused tests need the 'export' extra")
+
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel  # noqa: E402
+from transformers import T5ForConditionalGeneration  # noqa: E402
+
+import onnxlm  # noqa: E402
+from conftest import RECIPES, export_recipes, fused_manifest  # noqa: E402
+from onnxlm.export import ExportError, export_model  # noqa: E402
+from onnxlm.export.fused import fused_supported  # noqa: E402
+from onnxlm.export.onnx_export import attn_implementation_for  # noqa: E402
+from onnxlm.runtime.fused import FusedCausalLM, FusedSeq2SeqLM  # noqa: E402
+from torch_ref import (assert_beam_equal, causal_logits, causal_steps_max_diff, left_padded_batch,  # noqa: E402
+                       right_padded_batch, seq2seq_logits, seq2seq_steps_max_diff)
+
+ATOL = 1e-4
+NEW = 6
+LENGTHS = [7, 3, 5]  # a batch of 3 rows (7 + NEW > the mistral window, 4)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ------------------------------------------------------------------------------------------------------ the families
+def _causal_reference(hf):
+    """transformers on the same weights, with the attention whose semantics the graph follows."""
+    impl = attn_implementation_for(AutoConfig.from_pretrained(hf))
+    return AutoModelForCausalLM.from_pretrained(hf, **({"attn_implementation": impl} if impl else {})).eval()
+
+
+def _causal_batch(ours, seed):  # -> ids, mask [3, 7] left padded
+    return left_padded_batch(np.random.default_rng(seed), LENGTHS, ours.vocab_size - 4, ours.pad_id)
+
+
+def _seq2seq_batch(ours, seed):  # -> encoder ids, mask [3, 7] right padded, each row ending in EOS
+    eos = ours.generation_config.eos_token_ids[0]
+    return right_padded_batch(np.random.default_rng(seed), LENGTHS, ours.vocab_size - 4, ours.pad_id, eos)
+
+
+def _causal_logits_diff(ours, ref) -> float:
+    """max |diff| of every attended prompt position's logits, then of start and 3 steps with past."""
+    ids, mask = _causal_batch(ours, seed=1)
+    on = mask.astype(bool)
+    diff = np.abs(ours.logits(ids, mask)[on] - causal_logits(ref, ids, mask)[on]).max()
+    rng = np.random.default_rng(2)
+    steps = [rng.integers(3, ours.vocab_size - 4, size=3) for _ in range(3)]
+    return max(diff, causal_steps_max_diff(ours, ref, ids, mask, steps))
+
+
+def _seq2seq_logits_diff(ours, ref) -> float:
+    """max |diff| of every decoder position's logits (start token + 4), then of start and 4 steps with past."""
+    src, mask = _seq2seq_batch(ours, seed=1)
+    rng = np.random.default_rng(2)
+    dec = np.concatenate([ours.initial_sequences(src), rng.integers(3, ours.vocab_size - 4, size=(3, 4))], axis=1)
+    diff = np.abs(ours.logits(src, dec, mask) - seq2seq_logits(ref, src, mask, dec)).max()
+    steps = [rng.integers(3, ours.vocab_size - 4, size=3) for _ in range(4)]
+    return max(diff, seq2seq_steps_max_diff(ours, ref, src, mask, steps))
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the fused families; every test below reads only these."""
+
+    fixture: str                 # conftest's plain tiny model (its checkpoint is reused, its artifact is the plain twin)
+    recipes: list
+    export_kw: dict
+    model_class: type
+    reference: Callable          # hf dir -> transformers model
+    batch: Callable              # (ours, seed) -> prompt ids, mask
+    logits_diff: Callable        # (ours, ref) -> max |diff|
+    pad_kw: Callable             # ours -> the pad_token_id argument the causal families pass
+    cross_attention: int = 0     # MultiHeadAttention nodes per decoder graph
+    position_ids: bool = False   # the graph takes learned positions
+    score_args: dict = field(default_factory=dict)
+
+
+FAMILIES = {
+    "llama": Family("tiny_llama", ["tiny-llama", "families/tiny-mistral-sliding-window", "families/tiny-qwen2",
+                                   "families/tiny-llama-llama3-rope-bias-untied"], {"kv_layout": "fused"},
+                    FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
+                    lambda ours: {"pad_token_id": ours.pad_id}),
+    "gpt2": Family("tiny_gpt2", ["tiny-gpt2", "families/tiny-gpt2-untied-inverse-layer-scale"], {},
+                   FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
+                   lambda ours: {"pad_token_id": ours.pad_id}, position_ids=True),
+    "t5": Family("tiny_t5", ["tiny-t5", "families/tiny-t5-gated-gelu-tied"], {}, FusedSeq2SeqLM,
+                 lambda hf: T5ForConditionalGeneration.from_pretrained(hf).eval(), _seq2seq_batch,
+                 _seq2seq_logits_diff, lambda ours: {}, cross_attention=2,
+                 score_args={"targets": ["hi", "a b c", "x"]}),
+}
+CASES = [(family, recipe) for family, spec in FAMILIES.items() for recipe in spec.recipes]
+BASES = [(family, spec.recipes[0]) for family, spec in FAMILIES.items()]  # tiny-llama, tiny-gpt2, tiny-t5
+CAUSAL_BASES = [case for case in BASES if FAMILIES[case[0]].model_class is FusedCausalLM]
+
+
+def _id(case):
+    return case[1].split("/")[-1]
+
+
+@pytest.fixture(scope="session")
+def fused_dirs(request, tmp_path_factory):
+    """recipe name -> (hf dir, fused artifact dir), every family's recipes; the base recipes reuse conftest's
+    checkpoints."""
+    out = {}
+    for spec in FAMILIES.values():
+        out.update(export_recipes(tmp_path_factory, spec.recipes, request.getfixturevalue(spec.fixture),
+                                  **spec.export_kw))
+    return out
+
+
+@pytest.fixture(scope="module", params=CASES, ids=_id)
+def fused(request, fused_dirs):
+    """(family spec, our model, transformers on the same weights), one recipe at a time."""
+    family, recipe = request.param
+    spec = FAMILIES[family]
+    hf, art = fused_dirs[recipe]
+    return spec, onnxlm.load(art), spec.reference(hf)
+
+
+@torch.no_grad()
+def _hf_generate(ref, ids, mask, new=NEW, **kw):
+    return ref.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                        max_new_tokens=new, eos_token_id=None, return_dict_in_generate=True, output_scores=True,
+                        **kw)
+
+
+# -------------------------------------------------------------------------------------------- every family, every recipe
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_artifact_is_the_fused_graph(fused_dirs, case):
+    """kv_layout fused-gqa, validation passed, the fused class; one GroupQueryAttention per layer (T5: one
+    MultiHeadAttention cross-attention per layer too); a tied head is the embedding stored once."""
+    import onnx
+
+    family, recipe = case
+    spec = FAMILIES[family]
+    hf, art = fused_dirs[recipe]
+    manifest = fused_manifest(art, spec.model_class)
+    assert manifest["kind"] == ("seq2seq-lm" if family == "t5" else "causal-lm")
+    assert manifest["model_type"] == AutoConfig.from_pretrained(hf).model_type
+    assert ("position_ids" in manifest["graphs"]["decoder"]["inputs"]) == spec.position_ids
+    graph = onnx.load(str(art / manifest["graphs"]["decoder"]["file"])).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("GroupQueryAttention") == 2 and ops.count("MultiHeadAttention") == spec.cross_attention
+    tied = AutoConfig.from_pretrained(hf).tie_word_embeddings  # tiny-llama, tiny-gpt2, tiny-t5-gated-gelu-tied
+    assert tied == (recipe in ("tiny-llama", "tiny-gpt2", "families/tiny-t5-gated-gelu-tied"))
+    assert ("lm_head.weight" in {i.name for i in graph.initializer}) == (not tied)
+
+
+def test_logits_left_padded_batch_then_steps_with_past(fused):
+    spec, ours, ref = fused
+    assert spec.logits_diff(ours, ref) <= ATOL
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_ids_and_scores_equal_transformers(fused, penalty):
+    spec, ours, ref = fused
+    ids, mask = spec.batch(ours, seed=3)
+    got = ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[], output_scores=True,
+                        repetition_penalty=penalty, **spec.pad_kw(ours))
+    want = _hf_generate(ref, ids, mask, repetition_penalty=penalty, **spec.pad_kw(ours))
+    np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
+    assert len(got.scores) == len(want.scores) == NEW
+    for g, w in zip(got.scores, want.scores):
+        assert np.abs(g - w.numpy()).max() <= ATOL
+
+
+@pytest.mark.parametrize("beam_kw", [dict(num_beams=3), dict(num_beams=3, num_return_sequences=2, length_penalty=0.5)],
+                         ids=["beam3", "beam3-return2-lp0.5"])
+def test_beam_ids_and_scores_equal_transformers(fused, beam_kw):
+    spec, ours, ref = fused
+    ids, mask = spec.batch(ours, seed=4)
+    kw = {**beam_kw, **spec.pad_kw(ours)}
+    got = ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[], output_scores=True, **kw)
+    want = _hf_generate(ref, ids, mask, **kw)  # beam search reorders the buffers' rows (select)
+    assert_beam_equal(got, want, ATOL)
+
+
+# ----------------------------------------------------------------------------------------- every family, its base recipe
+@pytest.mark.parametrize("case,capacity,new", [(("llama", "families/tiny-mistral-sliding-window"), 8, 20),
+                                               (("gpt2", "tiny-gpt2"), 8, 20), (("t5", "tiny-t5"), 2, 12)],
+                         ids=lambda v: _id(v) if isinstance(v, tuple) else str(v))
+def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs, case, capacity, new):
+    """Buffers of 2 double until the start fits (``capacity``: 7 prompt tokens -> 8; T5's 1 start token -> 2); the
+    step that fills them writes in place, the next doubles them; greedy and beam search across several growths
+    (beam steps reorder in place, also after each growth) give transformers' ids."""
+    spec = FAMILIES[case[0]]
+    hf, art = fused_dirs[case[1]]
+    ours, ref = onnxlm.load(art), spec.reference(hf)
+    ours.initial_buffer_length = 2
+    ids, mask = spec.batch(ours, seed=4 if case[0] != "t5" else 5)
+    state, _ = ours.start(ids, mask)
+    assert state.buffers.capacity == capacity
+    held = state.buffers.arrays["past_key_values.0.key"]
+    state.advance(np.array([5, 6, 7]))  # fills the last position: written in place
+    assert state.buffers.arrays["past_key_values.0.key"] is held and np.abs(held[:, :, capacity - 1]).max() > 0
+    state.advance(np.array([5, 6, 7]))  # one more: the buffers double
+    assert state.buffers.capacity == 2 * capacity
+    for beams in (1, 2, 3):
+        kw = {"num_beams": beams, **spec.pad_kw(ours)}
+        got = ours.generate(ids, attention_mask=mask, max_new_tokens=new, eos_token_id=[], **kw)
+        np.testing.assert_array_equal(got.sequences, _hf_generate(ref, ids, mask, new=new, **kw).sequences.numpy())
+
+
+@pytest.mark.parametrize("case", BASES, ids=_id)
+def test_score_equals_the_plain_artifact(fused_dirs, case, request):
+    spec = FAMILIES[case[0]]
+    fused_model, plain = onnxlm.load(fused_dirs[case[1]][1]), onnxlm.load(request.getfixturevalue(spec.fixture).onnx_dir)
+    texts = ["hello world", "a", "the quick brown fox"]
+    kw = spec.score_args or {"append_eos": True}
+    got, want = fused_model.score(texts, **kw), plain.score(texts, **kw)
+    assert [list(t) for t in got.tokens] == [list(t) for t in want.tokens]
+    for g, w in zip(got.token_logprobs, want.token_logprobs):
+        assert np.abs(g - w).max() <= ATOL
+    assert np.abs(got.sequence_logprobs - want.sequence_logprobs).max() <= ATOL
+
+
+@pytest.mark.parametrize("case", CAUSAL_BASES, ids=_id)
+def test_beam_select_copies_only_the_held_positions_in_place(fused_dirs, case):
+    spec = FAMILIES[case[0]]
+    ours = onnxlm.load(fused_dirs[case[1]][1])
+    ids, mask = spec.batch(ours, seed=5)
+    state, _ = ours.start(ids, mask)
+    held = int(state.lengths.max())
+    buf = state.buffers.arrays["past_key_values.0.key"]
+    buf[:, :, held:] = np.arange(len(buf))[:, None, None, None] + 7.0  # whatever each row holds past its length
+    before = buf.copy()
+    state.select(np.array([2, 0, 0]))  # same batch size (a beam step): rows copied within the same buffer
+    got = state.buffers.arrays["past_key_values.0.key"]
+    assert got is buf
+    np.testing.assert_array_equal(got[:, :, :held], before[[2, 0, 0], :, :held])
+    np.testing.assert_array_equal(got[:, :, held:], before[:, :, held:])  # past held: untouched
+    np.testing.assert_array_equal(state.lengths, (mask.sum(axis=1))[[2, 0, 0]])
+    state.select(np.array([0, 0, 1, 2]))  # another batch size: fresh buffers, zero past held
+    got = state.buffers.arrays["past_key_values.0.key"]
+    np.testing.assert_array_equal(got[:, :, :held], before[[2, 0, 0]][[0, 0, 1, 2], :, :held])
+    assert got.shape == (4,) + buf.shape[1:] and not got[:, :, held:].any()
+
+
+def _mapping_of(buffers):
+    """The one anonymous mapping every array of a KV buffer set is a view of (runtime/fused/kv_buffers.py)."""
+    import mmap
+    roots = set()
+    for a in buffers.arrays.values():
+        while isinstance(a, np.ndarray):
+            a = a.base
+        a = a.obj if isinstance(a, memoryview) else a  # np.frombuffer keeps a memoryview of the mapping
+        assert isinstance(a, mmap.mmap)
+        roots.add(a)
+    assert len(roots) == 1
+    return roots.pop()  # the mmap object itself: the test holds it, so a later mapping cannot reuse its id
+
+
+@pytest.mark.parametrize("case", CAUSAL_BASES, ids=_id)
+def test_buffers_are_views_of_one_anonymous_mapping(fused_dirs, case):
+    # fresh, grown, reordered by a beam step and concatenated sets: unused capacity is never resident
+    spec = FAMILIES[case[0]]
+    ours = onnxlm.load(fused_dirs[case[1]][1])
+    ours.initial_buffer_length = 2
+    ids, mask = spec.batch(ours, seed=6)
+    state, _ = ours.start(ids, mask)
+    fresh = _mapping_of(state.buffers)
+    state.advance(np.array([5, 6, 7]))
+    state.advance(np.array([5, 6, 7]))  # 9 positions: the buffers double into a new mapping
+    grown = _mapping_of(state.buffers)
+    held = {n: a[:, :, :9].copy() for n, a in state.buffers.arrays.items()}
+    state.select(np.array([2, 0, 0]))  # a beam step (same row count): gathered in place, no new pages
+    assert _mapping_of(state.buffers) is grown
+    for name, a in state.buffers.arrays.items():
+        np.testing.assert_array_equal(a[:, :, :9], held[name][[2, 0, 0]])
+    state.select(np.array([0, 0, 1, 2]))  # more rows: a fresh mapping, the held positions copied, the rest zero
+    assert all(_mapping_of(state.buffers) is not m for m in (fresh, grown))
+    for name, a in state.buffers.arrays.items():
+        np.testing.assert_array_equal(a[:, :, :9], held[name][[2, 2, 0, 0]])
+        assert not a[:, :, 9:].any()
+    other, _ = ours.start(ids[:1], mask[:1])
+    assert _mapping_of(type(state).concat([state, other]).buffers) is not _mapping_of(state.buffers)
+
+
+# --------------------------------------------------------------------------------------- what the builders refuse
+def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
+    from transformers import Qwen3Config
+
+    torch.manual_seed(0)
+    qwen3 = AutoModelForCausalLM.from_config(Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                                         num_hidden_layers=1, num_attention_heads=2,
+                                                         num_key_value_heads=1, head_dim=8)).eval()
+    with pytest.raises(ExportError, match="'qwen3' is not supported; supported: gpt2, llama, mistral, mt5, qwen2, t5"):
+        export_model(qwen3, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
+    with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
+        export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("setting", [{"reorder_and_upcast_attn": True}, {"scale_attn_weights": False},
+                                     {"activation_function": "silu"}])
+def test_gpt2_variants_the_graph_cannot_express_fall_back_to_plain(setting, tmp_path):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=64,
+                                       **setting)).eval()
+    assert not fused_supported(model)
+    name = next(iter(setting))
+    with pytest.raises(ExportError, match=name):
+        export_model(model, tmp_path / "fused", progress=False, kv_layout="fused", validate=False)
+    assert fused_supported(GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32,
+                                                      vocab_size=64)))
+
+
+@pytest.mark.parametrize("setting,message", [({"d_kv": 4}, "head_dim 4 is not a multiple of 8"),
+                                             ({"feed_forward_proj": "gated-silu"}, "activation 'silu'")])
+def test_t5_configs_the_graphs_cannot_express_fall_back_to_plain(setting, message, tmp_path):
+    from transformers import T5Config
+
+    torch.manual_seed(0)
+    config = T5Config(**{"vocab_size": 64, "d_model": 16, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_heads": 2,
+                         "decoder_start_token_id": 0, **setting})
+    model = T5ForConditionalGeneration(config).eval()
+    assert not fused_supported(model)
+    with pytest.raises(ExportError, match=message):
+        export_model(model, tmp_path / "fused", progress=False, kv_layout="fused", validate=False)
+
+
+def test_unknown_kv_layout_is_refused(fused_dirs, tmp_path):
+    import shutil
+
+    from onnxlm.runtime.errors import ManifestError
+
+    art = shutil.copytree(fused_dirs["tiny-llama"][1], tmp_path / "art")
+    manifest = json.loads((art / "onnxlm.json").read_text())
+    (art / "onnxlm.json").write_text(json.dumps({**manifest, "kv_layout": "paged"}))
+    with pytest.raises(ManifestError, match="kv_layout 'paged'.*'plain', 'fused-gqa'"):
+        onnxlm.load(art)
+
+
+def test_a_failed_validation_leaves_nothing(tiny_gpt2, tmp_path, monkeypatch):
+    real = FusedCausalLM._run
+    monkeypatch.setattr(FusedCausalLM, "_run", lambda self, *a: real(self, *a) + 0.01)  # a graph off by 0.01
+    with pytest.raises(ExportError, match="validation failed"):
+        export_model(tiny_gpt2.hf_dir, tmp_path / "out", progress=False, kv_layout="fused")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------- one family only
+def test_gpt2_inverse_layer_scale_is_validated_eager_and_the_callers_setting_restored(tmp_path):
+    """The fused graph follows transformers' eager attention (its SDPA path drops the 1/(layer_idx+1) scale): the
+    export validates against eager and hands a passed model back with its own attention implementation."""
+    from onnxlm.export.recipes import instantiate_recipe
+
+    model, tok, *_ = instantiate_recipe(RECIPES / "families" / "tiny-gpt2-untied-inverse-layer-scale")
+    assert model.config._attn_implementation == "sdpa"
+    art = export_model(model, tmp_path / "out", progress=False, tokenizer=tok, kv_layout="fused")
+    assert model.config._attn_implementation == "sdpa"
+    assert json.loads((art / "onnxlm.json").read_text())["validation"]["max_abs_diff"] <= ATOL
+
+
+def test_cli_exports_fused_and_info_shows_the_layout(capsys, tiny_llama, tmp_path):
+    from onnxlm.cli import main
+
+    assert main(["export", str(tiny_llama.hf_dir), str(tmp_path / "art"), "--kv-layout", "fused", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "art"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kv_layout"] == "fused-gqa"
+    assert main(["info", str(tiny_llama.onnx_dir)]) == 0
+    assert "kv layout plain" in capsys.readouterr().out
+
+
+def test_large_weights_go_to_external_data(tiny_llama, tmp_path, monkeypatch):
+    from onnxlm.export import fused_graph
+
+    monkeypatch.setattr(fused_graph, "MAX_INLINE_BYTES", 0)  # as for a model over protobuf's 2 GB limit
+    art = export_model(tiny_llama.hf_dir, tmp_path / "art", progress=False, kv_layout="fused")
+    manifest = json.loads((art / "onnxlm.json").read_text())
+    assert "model.onnx_data" in manifest["files"] and (art / "model.onnx").stat().st_size < 50_000
+    plain = onnxlm.load(tiny_llama.onnx_dir)
+    ids, mask = _causal_batch(plain, seed=5)
+    np.testing.assert_array_equal(
+        onnxlm.load(art).generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[]).sequences,
+        plain.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[]).sequences)
