@@ -10,7 +10,7 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   ``blocksum(x) @ R``, ``R = m + z*d`` ([K/32, N]; ``blocksum`` sums x over each block of 32 along K). One
   block-sum per input (q/k/v are one MatMul already, gate/up become one ``MatMulNBits`` then a Split): a
   ``ReduceSum`` over x reshaped to [b, s, K/32, 32], a MatMul with R, an Add (into the residual stream: one
-  ``Sum``). Measured on SmolLM2 (``scripts/probe_gguf_graph.py``, A/B runs under load): block sums as a MatMul
+  ``Sum``). Measured on SmolLM2 (``python -m benchmarks.graph_ab``, A/B runs under load): block sums as a MatMul
   with a constant [K, K/32] 0/1 matrix were ~4-8 % slower per decode step (their 0/1 matrices are re-read from
   memory: the K=1536 one is 295 KB); a 2-D residual stream with each correction + Add as one ``Gemm(C=y)`` and the
   residual Add + RMSNorm as ``SkipSimplifiedLayerNormalization`` (776 nodes, 60 fewer Add/Sum/norm kernels, 2

@@ -5,7 +5,7 @@ original initializer when no other kernel reads it (``SessionState::PrepackConst
 malloc does not give those pages back: its mmap threshold is dynamic, raised to the size of each mapped block that is
 freed (up to 32 MiB), so after the first weights are freed the rest are allocated on the brk heap, and free() keeps
 heap pages for reuse. The process then held both copies: SmolLM2-135M fp32 961 MB resident after load for 540 MB of
-weights, 659 MB with this module (`scripts/probe_memory.py`).
+weights, 659 MB with this module (`python -m benchmarks.memory`).
 
 `session_heap()` wraps building a session: it fixes glibc's M_MMAP_THRESHOLD at 64 KiB (every larger block is its
 own mapping, unmapped by free) and, when the last build in progress ends, at 32 MiB: the ceiling the dynamic threshold

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Peers for scripts/bench_peers.py that are NOT part of the bench extra (never run in CI):
+# Peers for the peer benchmark (python -m benchmarks.peers) that are NOT part of the bench extra (never run in CI):
 #   * llama.cpp through llama-cpp-python, built from source (no wheel on the registry; gcc + cmake, one compile job
 #     under `nice` so a shared machine stays usable; 20-40 min on 2 cores) into its own venv $PEERS_VENV
-#     (default /work/venv-peers), with numpy. bench_peers.py runs its llama.cpp worker with that venv's python
-#     (--peers-python).
+#     (default .venv-peers at the repository root, git-ignored; a relative PEERS_VENV is taken from the repository
+#     root), with numpy. benchmarks.peers runs its llama.cpp worker with that venv's python (--peers-python).
 #   * onnxruntime-genai: the runtime (newest wheel, needs onnxruntime>=1.31, which .venv has) into the project's .venv
 #     with --no-deps; its model builder from an older wheel, OGENAI_BUILDER_VERSION (0.11.4): the 0.18 builder imports
 #     transformers 5.x classes (Qwen3_5ForConditionalGeneration...) and the project pins transformers 4.57.6; 0.11.4's
 #     builder runs on 4.57 and its graphs load in the 0.18 runtime. Only its pure-Python onnxruntime_genai/models
-#     folder is extracted, to $PEERS_VENV/ogenai-builder, and bench_peers.py runs it with .venv's python.
+#     folder is extracted, to $PEERS_VENV/ogenai-builder, and benchmarks.peers runs it with .venv's python.
 # Idempotent: a second run only checks what is there. Run from anywhere: bash scripts/setup_peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-PEERS_VENV=${PEERS_VENV:-/work/venv-peers}
+PEERS_VENV=${PEERS_VENV:-.venv-peers}
 LLAMA_CPP_PYTHON=${LLAMA_CPP_PYTHON:-llama-cpp-python==0.3.36}
 ONNXRUNTIME_GENAI=${ONNXRUNTIME_GENAI:-onnxruntime-genai==0.18.0}
 OGENAI_BUILDER_VERSION=${OGENAI_BUILDER_VERSION:-0.11.4}

@@ -1,36 +1,27 @@
-"""scripts/bench_peers.py's machinery on tiny inputs: case parsing, the profile's op-type shares, the TARGETS rows,
-and one onnxlm worker process on the tiny GPT-2 (its greedy ids are onnxlm's own). No timing is asserted."""
+"""benchmarks/peers' machinery on tiny inputs: case parsing, the profile's op-type shares, the TARGETS rows, the
+floors, and one onnxlm worker process on the tiny GPT-2 (its greedy ids are onnxlm's own). No timing is asserted.
+(The repository root is on pytest's pythonpath: benchmarks/ is a source-checkout folder, not part of the package.)"""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.peers import floors, op_profile, prepare, runner, targets
+from benchmarks.peers.results import ModelRun
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_peers", REPO / "scripts" / "bench_peers.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_peers"] = module  # dataclasses resolve their module through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_parse_cases(bench):
-    cases = bench.parse_cases(["b1:p16:greedy", "b8:p512:beam4"])
+def test_parse_cases():
+    cases = runner.parse_cases(["b1:p16:greedy", "b8:p512:beam4"])
     assert cases == [{"key": "b1:p16:greedy", "batch": 1, "prompt": 16, "mode": "greedy"},
                      {"key": "b8:p512:beam4", "batch": 8, "prompt": 512, "mode": "beam4"}]
     with pytest.raises(SystemExit, match="bB:pP:MODE"):
-        bench.parse_cases(["b1:p16:topk"])
+        runner.parse_cases(["b1:p16:topk"])
 
 
-def test_op_shares_leave_out_the_prefill(bench, tmp_path):
+def test_op_shares_leave_out_the_prefill(tmp_path):
     # one session: a prefill run (0-100 us) and two decode runs; kernels of the prefill must not count
     events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
               {"cat": "Node", "name": "a_kernel_time", "ts": 10, "dur": 50, "args": {"op_name": "MatMul"}},
@@ -42,30 +33,30 @@ def test_op_shares_leave_out_the_prefill(bench, tmp_path):
               {"cat": "Node", "name": "d_kernel_time", "ts": 310, "dur": 40, "args": {"op_name": "MatMul"}}]
     f = tmp_path / "profile.json"
     f.write_text(json.dumps(events))
-    shares = bench._op_shares([str(f)])
+    shares = op_profile._op_shares([str(f)])
     assert shares["run_ms_per_step"] == pytest.approx(0.05)  # (40 + 60) us over 2 decode runs
     assert shares["ops_ms_per_step"] == pytest.approx({"MatMul": 0.03, "Add": 0.005})
     assert list(shares["ops_ms_per_step"]) == ["MatMul", "Add"]  # largest first
 
 
-def _run(bench, key, results, quality=None, roles=None):
-    prep = bench.Prepared(key, key, Path("."), Path("."), False,
-                          [bench.EngineSpec(label, "onnxlm") for label in results], 0, 2048, None, roles or {})
+def _run(key, results, quality=None, roles=None):
+    prep = prepare.Prepared(key, key, Path("."), Path("."), False,
+                          [prepare.EngineSpec(label, "onnxlm") for label in results], 0, 2048, None, roles or {})
     cases = {label: {"cases": {k: {"ms_per_token": ms, "ttft_ms": 10 * ms, "tokens_per_s": 1e3 / ms}
                                for k, ms in per_case.items()}} for label, per_case in results.items()}
-    return bench.ModelRun(prep, cases, quality or {})
+    return ModelRun(prep, cases, quality or {})
 
 
-def test_targets_are_computed_from_the_runs(bench):
-    cases = bench.parse_cases(["b1:p16:greedy", "b1:p512:greedy", "b4:p16:greedy", "b1:p16:beam4"])
-    smol = _run(bench, "smollm2", {
+def test_targets_are_computed_from_the_runs():
+    cases = runner.parse_cases(["b1:p16:greedy", "b1:p512:greedy", "b4:p16:greedy", "b1:p16:beam4"])
+    smol = _run("smollm2", {
         "onnxlm fp32": {"b1:p16:greedy": 20.0, "b1:p512:greedy": 30.0, "b4:p16:greedy": 25.0, "b1:p16:beam4": 8.0},
         "CTranslate2 float32": {"b1:p16:greedy": 40.0, "b1:p512:greedy": 30.0, "b4:p16:greedy": 50.0,
                                 "b1:p16:beam4": 10.0},
         "onnxlm int4": {"b1:p16:greedy": 9.0}},
         quality={"onnxlm int4": {"agreement": 0.98, "perplexity": 20.2, "perplexity_fp32": 20.0}},
         roles={"default": "onnxlm int4"})
-    rows = {r[0]: r for r in bench.targets({"smollm2": smol}, cases, 8, 0.12, True)}
+    rows = {r[0]: r for r in targets.targets({"smollm2": smol}, cases, 8, 0.12, True)}
     assert rows["fp32 b1: onnxlm ms/token / CTranslate2 f32, SmolLM2 (prompt 16)"][1:] == ("0.50×", "<= 0.8×", "met")
     assert rows["long context: onnxlm ms/token at 512 / at 16, SmolLM2"][1:] == ("1.50×", "<= 1.2×", "**missed**")
     assert rows["long context: onnxlm ms/token / CTranslate2 f32 at 512, SmolLM2"][3] == "**missed**"
@@ -80,19 +71,19 @@ def test_targets_are_computed_from_the_runs(bench):
     assert rows["`import onnxlm` (median of 5 fresh processes)"][1:] == ("0.120 s", "< 0.3 s", "met")
 
 
-def test_onnxlm_worker_on_tiny_gpt2(bench, tiny_gpt2, tmp_path):
+def test_onnxlm_worker_on_tiny_gpt2(tiny_gpt2, tmp_path):
     """One worker process: every case measured, greedy ids equal to onnxlm's own generate, quality tokens read."""
     import onnxlm
 
-    prep = bench.Prepared("tiny-gpt2", "tiny", Path(tiny_gpt2.hf_dir), Path(tiny_gpt2.onnx_dir), False, [], 256, 128,
+    prep = prepare.Prepared("tiny-gpt2", "tiny", Path(tiny_gpt2.hf_dir), Path(tiny_gpt2.onnx_dir), False, [], 256, 128,
                           None)
-    eng = bench.EngineSpec("onnxlm fp32", "onnxlm", str(tiny_gpt2.onnx_dir))
-    cases = bench.parse_cases(["b1:p8:greedy", "b2:p8:greedy", "b1:p8:beam4", "b1:p8:sample"])
-    prompts = {f"{c['batch']}x{c['prompt']}": bench.prompt_ids(prep.artifact, c["batch"], c["prompt"]).tolist()
+    eng = prepare.EngineSpec("onnxlm fp32", "onnxlm", str(tiny_gpt2.onnx_dir))
+    cases = runner.parse_cases(["b1:p8:greedy", "b2:p8:greedy", "b1:p8:beam4", "b1:p8:sample"])
+    prompts = {f"{c['batch']}x{c['prompt']}": runner.prompt_ids(prep.artifact, c["batch"], c["prompt"]).tolist()
                for c in cases}
     args = type("Args", (), {"threads": 1, "new_tokens": 4, "runs": 1, "worker_timeout": 300})()
-    windows = bench.quality_windows(prep)
-    res = bench.run_worker(eng, prep, cases, prompts, windows, args, tmp_path)
+    windows = runner.quality_windows(prep)
+    res = runner.run_worker(eng, prep, cases, prompts, windows, args, tmp_path)
     assert "note" not in res, res
     assert set(res["cases"]) == {c["key"] for c in cases}
     for c in cases:
@@ -106,16 +97,16 @@ def test_onnxlm_worker_on_tiny_gpt2(bench, tiny_gpt2, tmp_path):
     assert res["load_s"] > 0 and res["peak_rss_mb"] >= 0
 
 
-def test_floor_section_puts_each_figure_against_the_machine_limits(bench, tmp_path):
+def test_floor_section_puts_each_figure_against_the_machine_limits(tmp_path):
     # a GPT-2-like config: 2 layers, hidden 8, vocab 10, 4 positions, tied head
     weights = 4 * (10 * 8 + 4 * 8 + 1000)  # the two tables + 1000 other fp32 weights
-    run = _run(bench, "gpt2-small", {"onnxlm fp32": {"b1:p16:greedy": 2.0, "b1:p512:greedy": 3.0},
+    run = _run("gpt2-small", {"onnxlm fp32": {"b1:p16:greedy": 2.0, "b1:p512:greedy": 3.0},
                                      "CTranslate2 float32": {"b1:p16:greedy": 4.0, "b1:p512:greedy": 5.0}})
     run.prep.config = {"model_type": "gpt2", "n_embd": 8, "n_layer": 2, "n_head": 2, "vocab_size": 10, "n_positions": 4}
     run.prep.engines[0].weight_bytes = weights
-    assert bench._prefill_flops(run.prep, weights, 512) == 2 * 1000 * 512 + 2 * 2 * 512 * 512 * 8
-    cases = bench.parse_cases(["b1:p16:greedy", "b1:p512:greedy"])
-    rows = bench.floor_section({"gpt2-small": run}, cases, {"gb_per_s": weights / 1e9 / 1e-3, "gflops": 1.0})
+    assert floors._prefill_flops(run.prep, weights, 512) == 2 * 1000 * 512 + 2 * 2 * 512 * 512 * 8
+    cases = runner.parse_cases(["b1:p16:greedy", "b1:p512:greedy"])
+    rows = floors.floor_section({"gpt2-small": run}, cases, {"gb_per_s": weights / 1e9 / 1e-3, "gflops": 1.0})
     row = next(r for r in rows if r.startswith("| gpt2-small"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     floor_ms = 1.0  # weights / bandwidth = 1 ms
@@ -124,4 +115,4 @@ def test_floor_section_puts_each_figure_against_the_machine_limits(bench, tmp_pa
     assert cells[4] == "2.0 (2.00x)" and cells[5] == "4.0 (4.00x)" and cells[6] == "–"  # no onnxruntime-genai run
     assert cells[7] == f"{prefill_ms:.0f}" and cells[8] == "40"  # 0.8 x CT2's 50 ms TTFT
     assert cells[9] == f"30 ({30 / prefill_ms:.2f}x) / 50 ({50 / prefill_ms:.2f}x)"
-    assert bench.floor_section({"gpt2-small": run}, cases, {}) == []  # no probe figures: no section
+    assert floors.floor_section({"gpt2-small": run}, cases, {}) == []  # no probe figures: no section

@@ -316,7 +316,7 @@ def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- structured output
 PERSON_SCHEMA = json.loads((Path(__file__).parent / "data" / "person_schema.json").read_text())  # nested: objects, an
-# array, an enum, a bounded integer, patterns (scripts/bench_structured.py reads the same file)
+# array, an enum, a bounded integer, patterns (benchmarks/structured.py reads the same file)
 PEOPLE = ["a 34-year-old engineer from Berlin", "a retired teacher in Lyon", "a student who paints",
           "Maria, a nurse in Madrid", "a chef from Tokyo", "an old fisherman", "a young pianist in Vienna",
           "Tom, 12, who loves football", "a software developer in Austin", "a farmer in Kenya", "a pilot from Dubai",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,15 +21,16 @@ Time the onnxlm runtime on one model: the prefill (prompt) pass, the per-token d
 the KV cache, exactly --max-new-tokens steps) and a full `model.generate` call (EOS blocked so every run makes
 the same number of tokens). Reports medians over --runs after --warmup runs.
 
-With --peers, everything after it goes to scripts/bench_peers.py (a source checkout only): onnxlm against
+With --peers, everything after it goes to `python -m benchmarks.peers` (a source checkout only): onnxlm against
 PyTorch, optimum, CTranslate2, onnxruntime-genai and llama.cpp, each in its own process; writes
-docs/benchmarks.md (see `onnxlm bench --peers --help`).
+its sections of docs/benchmarks.md (see `onnxlm bench --peers --help`).
 
 example:
   onnxlm bench models/gpt2 --max-new-tokens 64 --runs 5 --threads 4
   onnxlm bench --peers --quick
 """
-PEERS_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_peers.py"
+REPO = Path(__file__).resolve().parents[2]
+PEERS_PACKAGE = REPO / "benchmarks" / "peers" / "__main__.py"
 
 
 def add_parser(sub) -> None:
@@ -47,16 +49,19 @@ def add_parser(sub) -> None:
                    help="rows decoded together (the prompt repeated; default: 1)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--peers", nargs=argparse.REMAINDER, metavar="ARGS",
-                   help="run scripts/bench_peers.py with ARGS (all that follows) instead of timing one model")
+                   help="run `python -m benchmarks.peers` with ARGS (all that follows) instead of timing one model")
     p.set_defaults(func=run)
 
 
 def run_peers(script_args: list[str]) -> int:
-    """`onnxlm bench --peers ARGS`: scripts/bench_peers.py ARGS with this python; returns its exit status."""
-    if not PEERS_SCRIPT.is_file():
-        raise ParameterError("peers", f"needs scripts/bench_peers.py from a source checkout of onnxlm ({PEERS_SCRIPT} "
+    """`onnxlm bench --peers ARGS`: `python -m benchmarks.peers ARGS` with this python and the checkout's root on
+    its path (from any working directory); returns its exit status."""
+    if not PEERS_PACKAGE.is_file():
+        raise ParameterError("peers", f"needs benchmarks/peers from a source checkout of onnxlm ({PEERS_PACKAGE} "
                                       "is missing)")
-    return subprocess.call([sys.executable, str(PEERS_SCRIPT), *script_args])
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
+    return subprocess.call([sys.executable, "-m", "benchmarks.peers", *script_args], env=env)
 
 
 def run(args) -> int:

@@ -14,12 +14,14 @@ Runs alternate (greedy, beam[, beam at --baseline], greedy, ...) in one process;
 log_softmax for its column (and checks both give the same ids and scores). Timings on a shared machine are noisy:
 label them as under load.
 
-    .venv/bin/python scripts/probe_beam.py --model /path/to/fused-artifact --repeats 5 --baseline 1681f6e
+    .venv/bin/python -m benchmarks.beam --repeats 5                       # GPT-2 small, random weights
+    .venv/bin/python -m benchmarks.beam --model models/NAME --baseline HEAD~3  # an artifact; against a ref
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -52,7 +54,7 @@ def load_baseline(ref: str):
     import tempfile
 
     root = Path(__file__).resolve().parents[1]
-    tmp = Path(tempfile.mkdtemp(prefix="probe-beam-"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-beam-"))
     mods = {}
     for name, rel, package in [("processors", "runtime/processors.py", "onnxlm.runtime"),
                                ("kv_buffers", "runtime/kv_buffers.py", "onnxlm.runtime"),
@@ -179,9 +181,11 @@ def run_once(model, ids, new_tokens, num_beams, timers):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.beam", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="a fused onnxlm artifact (default: export GPT-2 small into --work)")
-    p.add_argument("--work", type=Path, default=Path("/tmp/probe-beam-gpt2"), help="export dir for the default model")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "onnxlm-bench-beam-gpt2",
+                   help="export dir for the default model (default: onnxlm-bench-beam-gpt2 in the temp folder)")
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens (default 16)")
     p.add_argument("--new-tokens", type=int, default=24, help="new tokens (default 24)")
     p.add_argument("--beams", type=int, default=4, help="num_beams (default 4); greedy runs at this batch")

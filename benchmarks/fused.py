@@ -1,6 +1,6 @@
 """Decode cost per token, plain vs fused (kv_layout="fused") artifact of the same model, in one process.
 
-    .venv/bin/python scripts/bench_fused.py PLAIN_DIR FUSED_DIR [--prompts 16 512] [--steps 32] [--runs 5]
+    .venv/bin/python -m benchmarks.fused PLAIN_DIR FUSED_DIR [--prompts 16 512] [--steps 32] [--runs 5]
 
 Decoder-only: for each prompt length, start() on a random prompt of that length (batch 1), then ``--steps``
 advance() calls. Seq2seq (T5): start() on a random 64-token source, advance() until the decoder holds that many
@@ -33,13 +33,14 @@ def ms_per_token(model, length: int, steps: int, rng) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("plain")
-    ap.add_argument("fused")
-    ap.add_argument("--prompts", type=int, nargs="+", default=[16, 512])
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.fused", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("plain", metavar="PLAIN_DIR", help="the plain-layout artifact")
+    ap.add_argument("fused", metavar="FUSED_DIR", help="the fused artifact (kv_layout=\"fused\") of the same model")
+    ap.add_argument("--prompts", type=int, nargs="+", default=[16, 512], help="prompt lengths (default: 16 512)")
+    ap.add_argument("--steps", type=int, default=32, help="timed advance() calls per run (default: 32)")
+    ap.add_argument("--runs", type=int, default=5, help="alternating runs per length (default: 5)")
+    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: onnxlm's)")
     args = ap.parse_args()
     models = {"plain": onnxlm.load(args.plain, threads=args.threads),
               "fused": onnxlm.load(args.fused, threads=args.threads)}

@@ -1,8 +1,8 @@
 """Benchmark `onnxlm serve`: throughput (generated tokens/s over all clients) and latency (time to first token,
 time per output token) at 1, 4, 16 and 32 concurrent streaming clients.
 
-    python scripts/bench_serve.py models/smollm2-135m-instruct            # starts a server on a free port
-    python scripts/bench_serve.py --url http://127.0.0.1:8000 --model NAME  # an already running server
+    python -m benchmarks.serve models/smollm2-135m-instruct            # starts a server on a free port
+    python -m benchmarks.serve --url http://127.0.0.1:8000 --model NAME  # an already running server
 
 Every client sends --requests-per-client streaming /v1/completions requests one after another (greedy, --max-tokens
 new tokens, the prompts differ per client); token counts come from the server's usage (stream_options). Prints a
@@ -97,7 +97,8 @@ def start_server(model_dir: str, threads: int | None, max_batch: int) -> tuple[s
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", nargs="?", help="artifact directory (a server is started for it)")
     p.add_argument("--url", help="benchmark a running server instead")
     p.add_argument("--model", default=None, help="model name to send (default: none, the served model)")

@@ -8,8 +8,8 @@ ratios (each round's graphs ran back to back: the pairing cancels slow drifts of
 only these alternating comparisons mean anything: run it under ``nice -n 10``, many short rounds (``--steps 2``),
 and label the figures as taken under load.
 
-    python scripts/probe_gguf_graph.py A/model.onnx B/model.onnx --rounds 20 --steps 20
-    python scripts/probe_gguf_graph.py A B --profile      # + onnxruntime's per-op kernel time per step
+    python -m benchmarks.graph_ab A/model.onnx B/model.onnx --rounds 20 --steps 20
+    python -m benchmarks.graph_ab A B --profile      # + onnxruntime's per-op kernel time per step
 """
 from __future__ import annotations
 
@@ -83,7 +83,8 @@ def op_profile(path: Path, threads: int, past: int, capacity: int, steps: int,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.graph_ab", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("graphs", nargs="+", help="artifact directories or .onnx files (the first is the reference)")
     ap.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
     ap.add_argument("--steps", type=int, default=20, help="decode steps per graph per round (default 20)")
