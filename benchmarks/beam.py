@@ -47,7 +47,8 @@ def export_gpt2_small(work: Path) -> Path:
 
 def load_baseline(ref: str):
     """The beam loop, KV buffer select and log_softmax as of git ``ref`` -> (its beam module, [(owner, attribute,
-    function)] to swap in): the runtime's own modules stay imported; each swapped function runs its ref's code."""
+    function)] to swap in): the runtime's own modules stay imported; each swapped function runs its ref's code. The
+    ref must have the runtime's sub-package layout (runtime/fused/: from the structure change of 2026-12-03 on)."""
     import importlib.util
     import subprocess
     import sys
@@ -57,8 +58,8 @@ def load_baseline(ref: str):
     tmp = Path(tempfile.mkdtemp(prefix="bench-beam-"))
     mods = {}
     for name, rel, package in [("processors", "runtime/processors.py", "onnxlm.runtime"),
-                               ("kv_buffers", "runtime/kv_buffers.py", "onnxlm.runtime"),
-                               ("fused_seq2seq", "runtime/fused_seq2seq.py", "onnxlm.runtime"),
+                               ("kv_buffers", "runtime/fused/kv_buffers.py", "onnxlm.runtime.fused"),
+                               ("fused_seq2seq", "runtime/fused/seq2seq_lm.py", "onnxlm.runtime.fused"),
                                ("beam", "runtime/decoding/beam.py", "onnxlm.runtime.decoding")]:
         src = subprocess.run(["git", "-C", str(root), "show", f"{ref}:{rel}"], check=True, capture_output=True,
                              text=True).stdout
@@ -70,7 +71,8 @@ def load_baseline(ref: str):
         spec.loader.exec_module(mod)
         mods[name] = mod
     mods["beam"].log_softmax = mods["processors"].log_softmax
-    from onnxlm.runtime import fused_seq2seq, kv_buffers
+    from onnxlm.runtime.fused import kv_buffers
+    from onnxlm.runtime.fused import seq2seq_lm as fused_seq2seq
     from onnxlm.runtime.decoding import beam
     return mods["beam"], [(beam, "beam_search", mods["beam"].beam_search),
                           (kv_buffers.KVBuffers, "select", mods["kv_buffers"].KVBuffers.select),
