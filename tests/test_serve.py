@@ -321,14 +321,22 @@ def test_32_concurrent_streams_equal_solo(live, solo):
 
 
 def test_disconnect_mid_stream_frees_the_slot(live):
+    """A client that closes a stream after a few events: the request counts as cancelled (exactly once), its slot
+    and rows are freed, and the next request is served."""
     import httpx
-    body = {"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0.9, "seed": 3, "stream": True}
+    before = wait_idle(live.url, timeout=5)
+    body = {"prompt": "Once upon a time", "max_tokens": 128, "temperature": 0.9, "seed": 3, "stream": True}
     with httpx.stream("POST", live.url + "/v1/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         got = [line for line, _ in zip(lines, range(6)) if line.startswith("data:")]
-        assert got
-    m = wait_idle(live.url, timeout=2)
-    assert m["cancelled"] >= 0 and m["in_flight"] == 0
+        assert got and "[DONE]" not in got[-1]
+    end = time.monotonic() + 5
+    while (m := wait_idle(live.url, timeout=5))["cancelled"] == before["cancelled"] and time.monotonic() < end:
+        time.sleep(0.05)
+    assert m["cancelled"] == before["cancelled"] + 1 and m["in_flight"] == 0 and m["running_rows"] == 0
+    assert m["requests"] == before["requests"] + 1
+    r = httpx.post(live.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 3}, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("length", "stop")
 
 
 def test_200_timeouts_then_a_new_request_succeeds(live):

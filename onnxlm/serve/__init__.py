@@ -1,5 +1,16 @@
 """`onnxlm serve`: an OpenAI-compatible HTTP server (needs the `serve` extra: starlette, uvicorn, sse-starlette).
 
-app.py (routes), protocol.py (request checks and OpenAI error bodies), engine.py (the thread that owns the model
-and the continuous-batching scheduler of runtime/decoding/scheduler.py).
+A request's path, one file per role:
+* app.py: the Starlette app (routes table, exception handlers, the engine's lifespan) and ``start_in_thread``;
+* routes.py: the endpoints (/health, /metrics, /v1/models, /v1/completions, /v1/chat/completions);
+* gate.py: what every request passes first (API key, a loaded model, the body, the sampling parameters);
+* protocol.py: OpenAI request checks (types, ranges, keys) and error bodies;
+* jobs.py: a checked request -> one job per prompt (ids within the context, a scheduler request or a beam call);
+* run.py: admission (a slot, 429 past capacity) and the run on the engine thread (relay, cancel, gather);
+* choices.py: the output as the API shapes it (texts, finish reasons, logprobs, usage);
+* streaming.py: server-sent events (framing, [DONE], the completion and chat chunks);
+* errors.py: exceptions -> OpenAI-style bodies (a user's mistake is a 400, never a 500);
+* state.py: ``ServeConfig``, the shared state and counters, the admission slot;
+* engine.py: the one thread that owns the model and the continuous-batching scheduler
+  (runtime/decoding/scheduler.py); handlers never run the model on the event loop.
 """

@@ -1,0 +1,63 @@
+"""A request's output as the API shapes it: per choice its tokens, text, finish reason and logprobs (completions'
+and chat's forms), token names for ``top_logprobs``, and the usage block."""
+from __future__ import annotations
+
+from .jobs import Job
+
+REASONS = {"eos": "stop", "stop": "stop", "length": "length", None: "length"}
+
+
+def token_str(model, token_id: int) -> str:
+    """A token's text; a token holding part of a multi-byte character (decodes to U+FFFD) is named by its
+    vocabulary string instead, so that distinct tokens never share a name in ``top_logprobs``."""
+    if model.tokenizer is None:
+        return str(token_id)
+    text = model.tokenizer.decode([int(token_id)], skip_special_tokens=False)
+    if "\ufffd" in text:
+        return model.tokenizer.id_to_token(int(token_id)) or text
+    return text
+
+
+def usage(jobs: list[Job], completion: int) -> dict:
+    prompt = sum(len(j.ids) for j in jobs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class Choices:
+    """Per choice (prompt i, row j -> index i * n + j): text, tokens, logprobs, finish reason."""
+
+    def __init__(self, model, n: int, chat: bool):
+        self.model, self.n, self.chat = model, n, chat
+        self.tokens: dict[int, list] = {}  # index -> [(id, logprob, top)]
+        self.reasons: dict[int, str] = {}
+        self.texts: dict[int, str] = {}
+        self.completion_tokens = 0
+
+    def add_events(self, i: int, events) -> list[tuple[int, object]]:
+        out = []
+        for ev in events:
+            index = i * self.n + ev.row
+            self.tokens.setdefault(index, []).append((ev.token_id, ev.logprob, ev.top_logprobs))
+            self.completion_tokens += 1
+            if ev.finished:
+                self.reasons[index] = REASONS[ev.reason]
+            out.append((index, ev))
+        return out
+
+    def logprobs_completions(self, entries, offset: int = 0) -> dict:
+        tokens = [token_str(self.model, t) for t, _, _ in entries]
+        offsets, pos = [], offset
+        for s in tokens:
+            offsets.append(pos)
+            pos += len(s)
+        return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [None if top is None else {token_str(self.model, a): b for a, b in top}
+                                 for _, _, top in entries],
+                "text_offset": offsets}
+
+    def logprobs_chat(self, entries) -> dict:
+        def one(t, lp):
+            s = token_str(self.model, t)
+            return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+        return {"content": [{**one(t, lp), "top_logprobs": [one(a, b) for a, b in (top or [])]}
+                            for t, lp, top in entries]}

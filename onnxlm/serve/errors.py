@@ -1,0 +1,38 @@
+"""Errors -> OpenAI-style bodies: the app's exception handlers, and the mapping of a runtime exception to a 400 (a
+user's mistake: a bad parameter, named as the API names it) or a 500."""
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
+
+from .protocol import APIError, bad
+
+#: runtime parameter names -> the API's
+API_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num_return_sequences": "n",
+             "stop_strings": "stop", "do_sample": "temperature", "json_schema": "response_format",
+             "constraints": "response_format"}
+
+
+async def api_error(request, exc: APIError):
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def http_error(request, exc: HTTPException):
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse(APIError(exc.status_code, str(exc.detail), kind).body(), status_code=exc.status_code)
+
+
+async def server_error(request, exc: Exception):
+    return JSONResponse(APIError(500, f"internal error: {exc}", "server_error").body(), status_code=500)
+
+
+def model_error(exc: BaseException) -> APIError:
+    """An exception from the runtime -> 400 for a user's mistake (bad parameter or input), else 500."""
+    if isinstance(exc, ParameterError):
+        param = API_NAMES.get(exc.parameter, exc.parameter)
+        return bad(param, str(exc).split(": ", 1)[-1])
+    if isinstance(exc, (InputError, ModelFileError)):
+        return bad(None, str(exc))
+    return APIError(500, f"the model failed: {type(exc).__name__}: {exc}", "server_error")

@@ -1,0 +1,53 @@
+"""What every request passes before any work: the API key, a loaded model (503 while loading or draining), the body
+(JSON, known keys, the served model's name), and for the generation endpoints their sampling parameters."""
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request as HTTPRequest
+
+from . import protocol
+from .protocol import APIError
+from .state import state_of
+
+
+def authorize(request: HTTPRequest) -> None:
+    key = state_of(request).config.api_key
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    token = given[7:] if given.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(token.encode(), key.encode()):
+        raise APIError(401, "Incorrect or missing API key (send 'Authorization: Bearer <key>')",
+                       "authentication_error", code="invalid_api_key")
+
+
+def available(request: HTTPRequest):
+    """503 while loading, after a failed load and while draining; -> the model."""
+    st = state_of(request)
+    if st.draining:
+        raise APIError(503, "the server is shutting down", "server_error", code="shutting_down")
+    if not st.engine.ready.is_set() or st.engine.load_error is not None:
+        raise APIError(503, "the model is not loaded yet" if st.engine.load_error is None else
+                       f"the model failed to load: {st.engine.load_error}", "server_error", code="model_not_ready")
+    return st.engine.model
+
+
+async def read_body(request: HTTPRequest, allowed: set) -> dict:
+    body = protocol.parse_body(await request.body(), request.headers.get("content-type"))
+    protocol.check_keys(body, allowed)
+    name = body.get("model")
+    if name is not None and name != state_of(request).config.model_name:
+        raise APIError(404, f"The model {name!r} does not exist; this server serves "
+                            f"{state_of(request).config.model_name!r}", param="model", code="model_not_found")
+    return body
+
+
+async def open_request(request: HTTPRequest, schema, chat: bool):
+    """What both generation endpoints check first, in this order: the API key, a loaded model, the JSON body
+    against ``schema``, the sampling parameters (max_tokens capped by the server) -> (model, state, body, sampling)."""
+    authorize(request)
+    model = available(request)
+    st = state_of(request)
+    body = await read_body(request, schema)
+    return model, st, body, protocol.sampling(body, chat=chat, max_tokens_cap=st.config.max_tokens)

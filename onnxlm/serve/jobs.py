@@ -1,0 +1,124 @@
+"""A checked request -> its jobs: one per prompt, with its ids (encoded, within the context and the server's caps),
+its decoding (a scheduler request with its processors and constraint, or a beam-search call) and, for echo, the
+prompt's log-probs (``prompt_logprobs``, run on the engine thread)."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxlm.runtime.constraints import engine_for, make_constraint, response_format_to_params
+from onnxlm.runtime.decoding.scheduler import Request
+from onnxlm.runtime.errors import InputError, ParameterError
+from onnxlm.runtime.penalties import PresenceFrequencyPenaltyProcessor
+from onnxlm.runtime.processors import log_softmax
+
+from . import protocol
+from .errors import model_error
+from .protocol import bad
+from .state import ServeState
+
+
+@dataclass
+class Job:
+    """One prompt of an API request: its ids, text, and either a scheduler request or a beam-search call."""
+
+    ids: list[int]
+    text: str
+    req: Request | None = None
+    beam_params: dict | None = None
+    prompt_logprobs: list | None = None  # echo: [(id, logprob | None, top | None)]
+
+
+def _encode(model, prompt, param: str) -> list[int]:
+    if isinstance(prompt, list):
+        return [int(i) for i in prompt]
+    if model.tokenizer is None:
+        raise bad(param, "this model has no tokenizer.json: send token ids")
+    try:
+        return model._encode(prompt)
+    except InputError as exc:
+        raise bad(param, str(exc)) from None
+
+
+def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param: str) -> int:
+    """Prompt length and context checks -> the max new tokens (400 context_length_exceeded past the context)."""
+    cap = st.config.max_prompt_tokens
+    if cap is not None and len(ids) > cap:
+        raise bad(param, f"the prompt has {len(ids)} tokens; this server accepts at most {cap}",
+                  code="context_length_exceeded")
+    ctx = model.max_positions
+    if max_tokens is None:  # chat without max_tokens: up to the context (and the server's cap)
+        max_tokens = st.config.max_tokens if not ctx else min(st.config.max_tokens, ctx - len(ids))
+        if max_tokens <= 0:
+            raise bad(param, f"the prompt has {len(ids)} tokens and fills this model's context of {ctx} tokens",
+                      code="context_length_exceeded")
+    if ctx and len(ids) + max_tokens > ctx:
+        raise bad("max_tokens", f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} "
+                                f"and max_tokens is {max_tokens} ({len(ids) + max_tokens} in all); shorten the prompt "
+                                "or lower max_tokens", code="context_length_exceeded")
+    return max_tokens
+
+
+async def response_format_constraint(model, body: dict):
+    """OpenAI's ``response_format`` -> a compiled Constraint every row follows, or None (absent / "text");
+    400 naming response_format for a bad one, or without the 'structured' extra.  Compiling (and, once per model,
+    building the llguidance tokenizer) runs in a worker thread, off the event loop."""
+    try:
+        params = response_format_to_params(body.get("response_format"))
+        if not params:
+            return None
+        constraint = make_constraint("json_schema", params["json_schema"])
+        engine = engine_for(model, model.generation_config.eos_token_ids, "response_format")
+        await asyncio.to_thread(engine.compile, constraint)
+        return constraint
+    except ParameterError as exc:
+        raise model_error(exc) from None
+
+
+def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, texts: list,
+               param: str, constraint=None) -> list[Job]:
+    jobs = []
+    for prompt, text in zip(prompts, texts):
+        ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)
+        max_new = _limits(model, st, ids, samp.max_tokens, param)
+        job = Job(ids, text)
+        if max_new == 0:  # echo with max_tokens 0: scoring only
+            jobs.append(job)
+            continue
+        params = samp.generation_params(max_new)
+        try:
+            config = model.resolve_config(params)
+        except (ParameterError, InputError) as exc:
+            raise model_error(exc) from None
+        if samp.num_beams > 1:
+            job.beam_params = params if constraint is None else {**params, "constraints": [constraint]}
+        else:
+            extra = []
+            if samp.presence_penalty or samp.frequency_penalty:
+                t0 = model.initial_sequences(np.asarray([ids])).shape[1]
+                extra.append(PresenceFrequencyPenaltyProcessor(samp.presence_penalty, samp.frequency_penalty, t0))
+            job.req = Request(ids, config, logprobs=samp.logprobs, extra_processors=extra, constraint=constraint)
+            try:
+                st.engine.scheduler.prepare(job.req)
+            except (ParameterError, InputError) as exc:
+                raise model_error(exc) from None
+        jobs.append(job)
+    return jobs
+
+
+def prompt_logprobs(ids: list[int], k: int):
+    """-> fn(model) giving [(id, logprob | None, top | None)] for every prompt token (the first has none): the
+    runtime's ``score`` (log p(ids[i] | ids[:i])), and the top k of the logits when k > 0."""
+    def run(model):
+        if len(ids) < 2:
+            return [(ids[0], None, None)]
+        lps = model.score([ids]).token_logprobs[0]
+        tops = [None] * (len(ids) - 1)
+        if k:
+            logp = log_softmax(model.logits(np.asarray([ids], np.int64))[0, :-1])  # [t-1, V]
+            order = np.argsort(-logp, axis=-1, kind="stable")[:, :k]
+            tops = [[(int(i), float(logp[p, i])) for i in order[p]] for p in range(len(ids) - 1)]
+        return [(ids[0], None, None)] + [(int(t), float(lp), top) for t, lp, top in zip(ids[1:], lps, tops)]
+    return run

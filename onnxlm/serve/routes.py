@@ -1,0 +1,107 @@
+"""The endpoints: /health, /metrics, /v1/models, /v1/completions and /v1/chat/completions. Each checks its request
+(gate.py), builds its jobs (jobs.py), runs them (run.py) and answers one JSON body or a stream (streaming.py)."""
+from __future__ import annotations
+
+import time
+import uuid
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse
+
+from onnxlm.runtime.errors import InputError, ModelFileError
+
+from . import protocol
+from .choices import Choices, usage
+from .gate import authorize, open_request
+from .jobs import make_jobs, response_format_constraint
+from .protocol import bad
+from .run import admit, collect
+from .state import state_of
+from .streaming import chat_chunks, completion_chunks, stream
+
+
+async def health(request: HTTPRequest):
+    st = state_of(request)
+    e = st.engine
+    status = ("error" if e.load_error is not None else "loading" if not e.ready.is_set()
+              else "draining" if st.draining else "ok")
+    body = {"status": status, "in_flight": st.in_flight, **e.stats()}
+    return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+
+async def metrics(request: HTTPRequest):
+    authorize(request)
+    st = state_of(request)
+    return JSONResponse({"in_flight": st.in_flight, "draining": st.draining, **st.counters, **st.engine.stats()})
+
+
+async def models(request: HTTPRequest):
+    authorize(request)
+    st = state_of(request)
+    return JSONResponse({"object": "list", "data": [{"id": st.config.model_name, "object": "model",
+                                                     "created": st.created, "owned_by": "onnxlm"}]})
+
+
+async def completions(request: HTTPRequest):
+    model, st, body, samp = await open_request(request, protocol.COMPLETIONS, chat=False)
+    prompts = protocol.prompts(body, model.vocab_size)
+    echo = protocol._get_bool(body, "echo", False)
+    constraint = await response_format_constraint(model, body)
+    texts = [p if isinstance(p, str) else (model.tokenizer.decode(p, skip_special_tokens=False)
+                                           if model.tokenizer else "") for p in prompts]
+    jobs = make_jobs(model, st, samp, prompts, texts, "prompt", constraint)
+    slot, run = admit(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None)
+    rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
+    choices = Choices(model, samp.n, chat=False)
+    head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
+    if samp.stream:
+        return EventSourceResponse(stream(completion_chunks(run, jobs, samp, choices, head, echo), run, slot,
+                                           jobs, samp, choices, head))
+    result = await collect(request, run, slot, choices, jobs)
+    if result is None:
+        return JSONResponse({}, status_code=499)
+    out = []
+    for i, job in enumerate(jobs):
+        for j in range(samp.n):
+            index = i * samp.n + j
+            text = result["texts"].get(index, "")
+            entries = choices.tokens.get(index, [])
+            prompt_entries = job.prompt_logprobs or []
+            lp = None
+            if samp.logprobs is not None:
+                lp = choices.logprobs_completions((prompt_entries if echo else []) + entries)
+            out.append({"index": index, "text": (job.text + text) if echo else text, "logprobs": lp,
+                        "finish_reason": choices.reasons.get(index, "length")})
+    return JSONResponse({**head, "choices": out, "usage": usage(jobs, choices.completion_tokens)})
+
+
+async def chat_completions(request: HTTPRequest):
+    model, st, body, samp = await open_request(request, protocol.CHAT, chat=True)
+    msgs = protocol.messages(body)
+    constraint = await response_format_constraint(model, body)
+    if not model.chat_template:
+        raise bad("messages", "this model has no chat template (chat_template.jinja); use /v1/completions",
+                  code="chat_not_supported")
+    try:
+        ids = model.render_chat(msgs, tokenize=True)
+    except (InputError, ModelFileError) as exc:
+        raise bad("messages", str(exc)) from None
+    jobs = make_jobs(model, st, samp, [ids], [""], "messages", constraint)
+    slot, run = admit(st, jobs, samp.n, None)
+    rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
+    choices = Choices(model, samp.n, chat=True)
+    head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
+    if samp.stream:
+        head["object"] = "chat.completion.chunk"
+        return EventSourceResponse(stream(chat_chunks(run, samp, choices, head), run, slot, jobs, samp, choices,
+                                           head))
+    result = await collect(request, run, slot, choices, jobs)
+    if result is None:
+        return JSONResponse({}, status_code=499)
+    out = []
+    for j in range(samp.n):
+        lp = choices.logprobs_chat(choices.tokens.get(j, [])) if samp.logprobs is not None else None
+        out.append({"index": j, "message": {"role": "assistant", "content": result["texts"].get(j, "")},
+                    "logprobs": lp, "finish_reason": choices.reasons.get(j, "length")})
+    return JSONResponse({**head, "choices": out, "usage": usage(jobs, choices.completion_tokens)})

@@ -1,0 +1,60 @@
+"""What the server holds across requests: its settings (``ServeConfig``), the shared state (the engine, counters,
+requests in flight) and the admission slot that keeps the in-flight count honest (429 past the batch + queue)."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from starlette.requests import Request as HTTPRequest
+
+from .engine import Engine
+from .protocol import APIError
+
+
+@dataclass
+class ServeConfig:
+    model_name: str
+    api_key: str | None = None
+    max_rows: int = 32  # rows decoded together (the batch)
+    max_queue: int = 64  # requests waiting beyond those the batch can hold; more -> 429
+    max_tokens: int = 1024  # cap on max_tokens
+    max_prompt_tokens: int | None = None  # cap on prompt length (default: the model's context)
+
+
+@dataclass
+class ServeState:
+    config: ServeConfig
+    engine: Engine
+    in_flight: int = 0
+    draining: bool = False
+    counters: dict = field(default_factory=lambda: {"requests": 0, "rejected_full": 0, "errors": 0,
+                                                     "cancelled": 0})
+    created: int = field(default_factory=lambda: int(time.time()))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def state_of(request: HTTPRequest) -> ServeState:
+    return request.app.state.serve
+
+
+class Slot:
+    """One accepted API request: counted in ``in_flight`` until released (at most once)."""
+
+    def __init__(self, st: ServeState):
+        self.st, self.held = st, False
+        c = st.config
+        with st.lock:
+            if st.in_flight >= c.max_rows + c.max_queue:
+                st.counters["rejected_full"] += 1
+                raise APIError(429, f"the server is at capacity ({st.in_flight} requests in flight); retry later",
+                               "rate_limit_error", code="queue_full")
+            st.in_flight += 1
+            st.counters["requests"] += 1
+            self.held = True
+
+    def release(self) -> None:
+        with self.st.lock:
+            if self.held:
+                self.st.in_flight -= 1
+                self.held = False

@@ -1,0 +1,81 @@
+"""Server-sent events: the framing both streams share (chunks, the usage chunk, ``[DONE]``, an error body, cancel
+and release however the stream ends) and the chunks of /v1/completions and /v1/chat/completions."""
+from __future__ import annotations
+
+import json
+
+from .choices import REASONS, Choices, usage
+from .protocol import APIError
+from .run import Run
+from .state import Slot
+
+
+def _sse(obj) -> dict:
+    return {"data": json.dumps(obj, ensure_ascii=False)}
+
+
+async def stream(chunks, run: Run, slot: Slot, jobs, samp, choices: Choices, head: dict):
+    """The SSE framing both streams share: each chunk of ``chunks`` (an async iterator of dicts), then the usage
+    chunk when asked, then [DONE]; an APIError on the way becomes its error body and [DONE]; the run is cancelled and
+    the slot released however the stream ends (the client went away, or we are done: its rows are freed now). A
+    stream that ends before its [DONE] (the client went away) counts in the ``cancelled`` metric."""
+    ended = False
+    try:
+        async for chunk in chunks:
+            yield _sse(chunk)
+        if samp.include_usage:
+            yield _sse({**head, "choices": [], "usage": usage(jobs, choices.completion_tokens)})
+        ended = True
+        yield {"data": "[DONE]"}
+    except APIError as exc:
+        ended = True
+        yield _sse(exc.body())
+        yield {"data": "[DONE]"}
+    finally:
+        await chunks.aclose()
+        run.cancel()
+        if not ended:
+            with slot.st.lock:
+                slot.st.counters["cancelled"] += 1
+        slot.release()
+
+
+async def completion_chunks(run: Run, jobs, samp, choices: Choices, head: dict, echo: bool):
+    if echo and samp.logprobs is None:
+        for i, job in enumerate(jobs):
+            for j in range(samp.n):
+                yield {**head, "choices": [{"index": i * samp.n + j, "text": job.text, "logprobs": None,
+                                            "finish_reason": None}]}
+    async for kind, i, what, payload in run.items():
+        if kind == "echo":
+            jobs[i].prompt_logprobs = payload
+            for j in range(samp.n):
+                lp = choices.logprobs_completions(payload)
+                yield {**head, "choices": [{"index": i * samp.n + j, "text": jobs[i].text, "logprobs": lp,
+                                            "finish_reason": None}]}
+        elif what == "events":
+            for index, ev in choices.add_events(i, payload):
+                lp = (choices.logprobs_completions([(ev.token_id, ev.logprob, ev.top_logprobs)])
+                      if samp.logprobs is not None else None)
+                if not ev.text and not ev.finished and lp is None:
+                    continue
+                yield {**head, "choices": [{"index": index, "text": ev.text, "logprobs": lp,
+                                            "finish_reason": REASONS[ev.reason] if ev.finished else None}]}
+
+
+async def chat_chunks(run: Run, samp, choices: Choices, head: dict):
+    for j in range(samp.n):
+        yield {**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}]}
+    async for kind, i, what, payload in run.items():
+        if what != "events":
+            continue
+        for index, ev in choices.add_events(i, payload):
+            lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
+                  if samp.logprobs is not None else None)
+            if ev.text or lp is not None:
+                yield {**head, "choices": [{"index": index, "delta": {"content": ev.text}, "logprobs": lp,
+                                            "finish_reason": None}]}
+            if ev.finished:
+                yield {**head, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                            "finish_reason": REASONS[ev.reason]}]}
