@@ -14,6 +14,7 @@ from onnxlm.runtime.errors import OnnxlmError
 
 from onnxlm import __version__
 from . import bench, demo, export, generate, info, score, serve
+from .errors import error_line
 
 DESCRIPTION = """\
 Export GPT-2, T5 and Llama-family language models to ONNX once (needs torch), then generate, chat and score
@@ -40,11 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (export, generate, score, info, bench, demo, serve):
         module.add_parser(sub)
     return parser
-
-
-def error_line(message: str) -> str:
-    """One readable line: newlines in a message are folded so a failure is always exactly one line."""
-    return "onnxlm: error: " + " ".join(str(message).split())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,7 @@ def run_job(args, task: str, *, params: dict | None = None, **options) -> int:
     """Build the JobSpec from args and run it; prints a one-line summary on stderr."""
     from onnxlm.jobs import JobInputError, JobSpec, run_local, run_ray
 
-    from . import error_line
+    from .errors import error_line
     try:
         spec = JobSpec(task, args.model_dir, args.input, args.output, column=args.column, id_column=args.id_column,
                        batch_size=args.batch_size, rows_per_part=args.rows_per_part,
