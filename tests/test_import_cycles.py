@@ -2,9 +2,10 @@
 
 Every ``import``/``from ... import`` counts, also inside functions (a lazy import still ties two modules together:
 ``export.py -> gguf_quant.py -> quantize.py -> export.py`` was one). ``from pkg import name`` is an edge to
-``pkg.name`` when that is a module, else to ``pkg``. The one edge left out is a module importing a package that
-contains it (``import onnxlm`` inside ``onnxlm.cli.demo``): Python has that package initialised before any of its
-modules runs, so it orders nothing. A package ``__init__`` that re-exports its modules is an edge like any other.
+``pkg.name`` when that is a module, else to ``pkg``; an import by dotted path (``import onnxlm.runtime.errors``) is an edge to that module only. A module that
+takes names from a package above it (``from . import error_line`` in ``onnxlm.cli.jobs``, ``import onnxlm``) depends
+on that package's ``__init__``, so that is an edge too (``onnxlm.cli -> cli.generate -> cli.jobs -> onnxlm.cli`` was
+one). A package ``__init__`` that re-exports its modules is an edge like any other.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> 
 
 
 def import_graph(files: dict[str, Path]) -> dict[str, set[str]]:
-    """module -> the project modules it imports (anywhere in its file), without imports of its own ancestors."""
+    """module -> the project modules it imports (anywhere in its file)."""
     known = set(files)
     graph = {}
     for module, path in files.items():
@@ -56,7 +57,7 @@ def import_graph(files: dict[str, Path]) -> dict[str, set[str]]:
             for name in _imported(node, module, is_package, known):
                 while name and name not in known:  # import a.b.c where only a.b is ours
                     name = name.rpartition(".")[0]
-                if name and name != module and not module.startswith(name + "."):
+                if name and name != module:
                     edges.add(name)
         graph[module] = edges
     return graph
@@ -100,12 +101,15 @@ def test_the_cycle_finder_finds_a_lazy_cycle_and_passes_a_chain(tmp_path):
     (pkg / "a.py").write_text("from .b import f\n")
     (pkg / "b.py").write_text("def f():\n    from .c import g\n")
     (pkg / "c.py").write_text("import os\n\ndef g():\n    from pkg.a import h\n")
-    (pkg / "d.py").write_text("import pkg\nfrom pkg import a\n")  # its own package: no edge; a: an edge
+    (pkg / "d.py").write_text("import pkg.b\nfrom pkg import a\n")  # dotted paths: edges to the modules only
     graph = import_graph(module_files(tmp_path, {"pkg": "pkg"}))
-    assert graph["pkg.d"] == {"pkg.a"} and graph["pkg.c"] == {"pkg.a"}
+    assert graph["pkg.d"] == {"pkg.a", "pkg.b"} and graph["pkg.c"] == {"pkg.a"}
     assert find_cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
     (pkg / "c.py").write_text("import os\n")
     assert find_cycles(import_graph(module_files(tmp_path, {"pkg": "pkg"}))) == []
+    (pkg / "__init__.py").write_text("from .d import x\n")  # a re-export, and a module taking a name from it
+    (pkg / "a.py").write_text("def f():\n    from . import x\n")
+    assert find_cycles(import_graph(module_files(tmp_path, {"pkg": "pkg"}))) == [["pkg", "pkg.a", "pkg.d"]]
 
 
 def test_no_import_cycle_in_the_project():
