@@ -123,7 +123,7 @@ def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any], notices
 def export_model(model, out_dir, *, force: bool = False, tolerance: float | None = None, opset: int | None = None,
                  validate: bool = True, progress: bool = True, tokenizer=None, kv_layout: str = "auto",
                  quantize: str | None = None, block_size: int = 32, accuracy_level: int = 4,
-                 quantize_head: str = "auto", force_quality: bool = False) -> Path:
+                 quantize_head: str = "auto", force_quality: bool = False, gguf=None) -> Path:
     """Export ``model`` to an ONNX artifact directory ``out_dir`` (layout and manifest: docs/design.md).
 
     ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, or a loaded
@@ -149,7 +149,9 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     ``onnxlm.export.quality`` unless ``force_quality=True``); only the quantized artifact is written. ``model`` may then
     also be an fp32 onnxlm artifact dir, which is quantized as it is. ``quantize_head`` ("auto" | "yes" | "no", int8 /
     int4 only): the output head (and a tied embedding, stored once) in 8-bit blocks, or fp32 with "no"
-    (``onnxlm.export.head_quant``). Returns the path.
+    (``onnxlm.export.head_quant``). ``gguf`` (``quantize="gguf"`` on an fp32 artifact dir only): the .gguf file it was
+    exported from, checked against the sha256 its manifest records (default: found by the recorded name, see
+    ``gguf_quant.gguf_source``). Returns the path.
     """
     out_dir = Path(out_dir).expanduser().absolute()
     refuse_taken(out_dir, force)
@@ -158,8 +160,12 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     if check_quantize_head(quantize_head) != "auto" and quantize not in ("int8", "int4"):
         raise ExportError(f"quantize_head: got {quantize_head!r} with quantize={quantize!r}; it applies to "
                           "quantize='int8' or 'int4' only (leave it 'auto')")
+    if gguf is not None and not (quantize == "gguf" and isinstance(model, (str, Path))
+                                 and (Path(model).expanduser() / "onnxlm.json").is_file()):
+        raise ExportError(f"gguf: given {str(gguf)!r}; it names the GGUF of an fp32 artifact re-quantized with "
+                          "quantize='gguf' (a .gguf MODEL is its own source)")
     if quantize == "gguf":
-        return _export_gguf_native(model, out_dir, force=force, tolerance=tolerance, validate=validate,
+        return _export_gguf_native(model, out_dir, gguf=gguf, force=force, tolerance=tolerance, validate=validate,
                                    progress=progress, tokenizer=tokenizer, kv_layout=kv_layout,
                                    block_size=block_size, accuracy_level=accuracy_level, force_quality=force_quality)
     if quantize is not None:
@@ -232,7 +238,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     return out_dir
 
 
-def _export_gguf_native(model, out_dir: Path, *, force, tolerance, validate, progress, tokenizer, kv_layout,
+def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validate, progress, tokenizer, kv_layout,
                         block_size, accuracy_level, force_quality) -> Path:
     """quantize="gguf": the fused fp32 export of the .gguf ``model`` (or an fp32 artifact exported from one), then
     its weight MatMuls on the GGUF's own blocks (``onnxlm.export.gguf_quant``)."""
@@ -241,7 +247,7 @@ def _export_gguf_native(model, out_dir: Path, *, force, tolerance, validate, pro
     check_gguf_args(accuracy_level, block_size)  # refuse bad settings before the long export
     kw = dict(accuracy_level=accuracy_level, force_quality=force_quality, force=force, progress=progress)
     if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file():
-        return quantize_gguf_artifact(model, out_dir, **kw)  # no torch needed
+        return quantize_gguf_artifact(model, out_dir, gguf=gguf, **kw)  # no torch needed
     if not (isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".gguf"):
         raise ExportError(f"quantize='gguf' keeps a GGUF file's own blocks: the model must be a .gguf file (or an "
                           f"fp32 artifact exported from one); got {model if isinstance(model, (str, Path)) else type(model).__name__!r}")

@@ -335,8 +335,8 @@ def gguf_source(manifest: dict, gguf=None, src: Path | None = None) -> tuple[Pat
     found = [p for p in candidates if p.suffix.lower() == ".gguf" and p.is_file() and (gguf or not name or p.name == name)]
     if not found:
         raise ExportError(f"quantize='gguf' needs the GGUF file the fp32 artifact was exported from "
-                          f"({name or record or 'none recorded'!r}); pass gguf=PATH (export a .gguf source directly "
-                          "to do both steps at once)")
+                          f"({name or record or 'none recorded'!r}); pass gguf=PATH (--gguf FILE), or export the .gguf "
+                          "source directly to do both steps at once")
     path = found[0].resolve()
     held = file_record(path)
     if isinstance(record, dict) and record.get("sha256") and held["sha256"] != record["sha256"]:

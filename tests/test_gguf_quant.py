@@ -310,6 +310,13 @@ def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32)
                           capture_output=True, text=True, timeout=300, cwd=tiny_gguf.parent)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "cli" / "onnxlm.json").read_text())["quantization"]["accuracy_level"] == 1
+    # elsewhere, --gguf names it; a file of other bytes is refused by its sha256
+    proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(tiny_fp32), str(tmp_path / "cli2"),
+                           "--quantize", "gguf", "--gguf", str(tiny_gguf), "--force-quality", "-q"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(ExportError, match="gguf: given .*fp32 artifact re-quantized"):
+        export_model(tiny_gguf, tmp_path / "x", quantize="gguf", gguf=tiny_gguf, progress=False)
 
 
 @pytest.mark.parametrize("kw,match", [(dict(accuracy_level=2), "accuracy_level.*1, 4"),

@@ -47,6 +47,10 @@ def add_parser(sub) -> None:
     q.add_argument("--quantize-head", choices=("auto", "yes", "no"), default="auto",
                    help="int8/int4: the output head (and a tied embedding, stored once) in 8-bit blocks; auto "
                         "(default): where it can be, yes: or refuse, no: keep it fp32")
+    q.add_argument("--gguf", metavar="FILE",
+                   help="--quantize gguf on an fp32 artifact: the .gguf it was exported from (checked against the "
+                        "sha256 its manifest records; default: the recorded file name in the current directory, "
+                        "beside the artifact, or the installed SmolLM2 package)")
     q.add_argument("--force-quality", action="store_true", help="keep a variant below the quality thresholds")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=run)
@@ -68,6 +72,6 @@ def run(args) -> int:
     path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
                         validate=args.validate, progress=not args.quiet, kv_layout=args.kv_layout,
                         quantize=args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level,
-                        quantize_head=args.quantize_head, force_quality=args.force_quality)
+                        quantize_head=args.quantize_head, force_quality=args.force_quality, gguf=args.gguf)
     print(path)
     return 0
