@@ -188,11 +188,12 @@ def test_greedy_ids_and_scores_equal_transformers(fused, penalty):
         assert np.abs(g - w.numpy()).max() <= ATOL
 
 
-@pytest.mark.parametrize("beam_kw", [dict(num_beams=3), dict(num_beams=3, num_return_sequences=2, length_penalty=0.5)],
+@pytest.mark.parametrize("seed,beam_kw", [(3, dict(num_beams=3)),  # the old Llama beam3 prompt (seed 3)
+                                          (4, dict(num_beams=3, num_return_sequences=2, length_penalty=0.5))],
                          ids=["beam3", "beam3-return2-lp0.5"])
-def test_beam_ids_and_scores_equal_transformers(fused, beam_kw):
+def test_beam_ids_and_scores_equal_transformers(fused, seed, beam_kw):
     spec, ours, ref = fused
-    ids, mask = spec.batch(ours, seed=4)
+    ids, mask = spec.batch(ours, seed=seed)
     kw = {**beam_kw, **spec.pad_kw(ours)}
     got = ours.generate(ids, attention_mask=mask, max_new_tokens=NEW, eos_token_id=[], output_scores=True, **kw)
     want = _hf_generate(ref, ids, mask, **kw)  # beam search reorders the buffers' rows (select)
@@ -200,10 +201,11 @@ def test_beam_ids_and_scores_equal_transformers(fused, beam_kw):
 
 
 # ----------------------------------------------------------------------------------------- every family, its base recipe
-@pytest.mark.parametrize("case,capacity,new", [(("llama", "families/tiny-mistral-sliding-window"), 8, 20),
-                                               (("gpt2", "tiny-gpt2"), 8, 20), (("t5", "tiny-t5"), 2, 12)],
-                         ids=lambda v: _id(v) if isinstance(v, tuple) else str(v))
-def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs, case, capacity, new):
+@pytest.mark.parametrize("case,capacity,new,beams", [(("llama", "families/tiny-mistral-sliding-window"), 8, 20, (1, 3)),
+                                                     (("gpt2", "tiny-gpt2"), 8, 20, (1, 3)),
+                                                     (("t5", "tiny-t5"), 2, 12, (2,))],
+                         ids=lambda v: _id(v) if isinstance(v, tuple) and isinstance(v[0], str) else str(v))
+def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs, case, capacity, new, beams):
     """Buffers of 2 double until the start fits (``capacity``: 7 prompt tokens -> 8; T5's 1 start token -> 2); the
     step that fills them writes in place, the next doubles them; greedy and beam search across several growths
     (beam steps reorder in place, also after each growth) give transformers' ids."""
@@ -219,8 +221,8 @@ def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs, case, ca
     assert state.buffers.arrays["past_key_values.0.key"] is held and np.abs(held[:, :, capacity - 1]).max() > 0
     state.advance(np.array([5, 6, 7]))  # one more: the buffers double
     assert state.buffers.capacity == 2 * capacity
-    for beams in (1, 2, 3):
-        kw = {"num_beams": beams, **spec.pad_kw(ours)}
+    for num_beams in beams:
+        kw = {"num_beams": num_beams, **spec.pad_kw(ours)}
         got = ours.generate(ids, attention_mask=mask, max_new_tokens=new, eos_token_id=[], **kw)
         np.testing.assert_array_equal(got.sequences, _hf_generate(ref, ids, mask, new=new, **kw).sequences.numpy())
 
