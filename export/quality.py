@@ -1,10 +1,19 @@
 """How much a quantized artifact changes the answer: teacher-forced agreement with its fp32 source.
 
-Both artifacts read the same fixed text (``data/quality_text.txt``, shipped with onnxlm, ~650 tokens with
-SmolLM2's tokenizer) in one teacher-forced pass each (windows of at most ``max_positions`` tokens); the measures
-are the share of positions where the two models' top-1 next tokens agree, and both perplexities. The gate
-(``check_quality``) refuses a variant below ``MIN_TOP1_AGREEMENT`` or above ``MAX_PERPLEXITY_INCREASE`` unless
-forced. Random-weight models have near-uniform logits, so their agreement says little: their tests force it.
+Both artifacts read the same fixed text (``data/quality_text.txt``, shipped with onnxlm: prose, meeting notes, a
+dialogue, Python / SQL / JavaScript, a letter, questions and answers; 2,755 tokens with SmolLM2's tokenizer) in
+teacher-forced passes of at most ``WINDOW`` tokens (and the models' ``max_positions``); the measures are the share of
+positions where the two models' top-1 next tokens agree, both perplexities, and the mean KL divergence
+KL(fp32 || quantized) of the next-token distributions. The gate (``quality_failures``) refuses a variant below
+``MIN_TOP1_AGREEMENT``, above ``MAX_PERPLEXITY_INCREASE`` or above ``MAX_MEAN_KL`` unless forced.
+
+The thresholds, from SmolLM2 on this text (fp32 = the dequantised Q4_1 GGUF): the GGUF-native default agrees on
+97.7 % (perplexity +0.29 %, KL 0.0012), its fidelity level on 100 %, int8 at level 1 on 98.0 % (+0.40 %, 0.0011);
+int8 at level 4 reads 96.2 % (+0.65 %, KL 0.0038) and no longer answers the chat question right, int4 70.6 % (KL
+0.28). A top-1 figure moves by about +-0.3 % (one standard error at 2,755 tokens) with summation order, so the
+agreement bound sits two of those below the default's; the KL bound, which does not hinge on near-ties, separates
+the variants that keep the answers from those that change them. Random-weight models have near-uniform logits, so
+their agreement says little: their tests force it.
 """
 from __future__ import annotations
 
@@ -15,8 +24,10 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError
 
 QUALITY_TEXT = Path(__file__).resolve().parent / "data" / "quality_text.txt"
-MIN_TOP1_AGREEMENT = 0.975  # share of teacher-forced positions whose top-1 token equals the fp32 model's
+MIN_TOP1_AGREEMENT = 0.97  # share of teacher-forced positions whose top-1 token equals the fp32 model's
 MAX_PERPLEXITY_INCREASE = 0.005  # relative: quantized perplexity <= fp32 perplexity * (1 + this)
+MAX_MEAN_KL = 0.003  # nats: mean KL(fp32 || quantized) of the next-token distributions over the text's positions
+WINDOW = 1024  # tokens per teacher-forced pass (both models' [w, V] log-probs are held at once)
 
 
 def _windows(n: int, size: int | None) -> list[tuple[int, int]]:
@@ -26,20 +37,27 @@ def _windows(n: int, size: int | None) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def _teacher_forced(model, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """ids [n] -> (top-1 next token [n-1] int64, log p(ids[i+1] | ids[:i+1]) [n-1] float64), window by window."""
+def _teacher_forced(ref, cand, ids: list[int]) -> dict[str, np.ndarray]:
+    """ids [n] -> per position of both models, window by window: top-1 next tokens [n-1] int64 ("top_ref",
+    "top_cand"), log p(ids[i+1] | ids[:i+1]) [n-1] float64 ("lp_ref", "lp_cand"), and KL(ref || cand) of the two
+    next-token distributions [n-1] float64 ("kl")."""
     from onnxlm.runtime.processors import log_softmax
 
-    tops, logps = [], []
-    for start, end in _windows(len(ids), model.max_positions):
+    out = {k: [] for k in ("top_ref", "top_cand", "lp_ref", "lp_cand", "kl")}
+    size = min(m for m in (ref.max_positions, cand.max_positions, WINDOW) if m)
+    for start, end in _windows(len(ids), size):
         window = ids[start:end]
         if len(window) < 2:
             continue
-        logits = model.logits([window])[0, :-1]  # [w-1, V] float32
-        tops.append(logits.argmax(-1))
-        picked = np.take_along_axis(log_softmax(logits), np.asarray(window[1:])[:, None], axis=1)[:, 0]
-        logps.append(picked.astype(np.float64))
-    return np.concatenate(tops), np.concatenate(logps)
+        nxt = np.asarray(window[1:])[:, None]
+        logp = {}
+        for key, model in (("ref", ref), ("cand", cand)):
+            logits = model.logits([window])[0, :-1]  # [w-1, V] float32
+            out[f"top_{key}"].append(logits.argmax(-1))
+            logp[key] = log_softmax(logits.astype(np.float64))  # [w-1, V]
+            out[f"lp_{key}"].append(np.take_along_axis(logp[key], nxt, axis=1)[:, 0])
+        out["kl"].append((np.exp(logp["ref"]) * (logp["ref"] - logp["cand"])).sum(-1))
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None = None) -> dict:
@@ -53,11 +71,13 @@ def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None =
                           "(force_quality=True skips the measurement)")
     text = QUALITY_TEXT.read_text(encoding="utf-8") if text is None else text
     ids = ref.tokenizer.encode(text, add_special_tokens=False)
-    top_ref, lp_ref = _teacher_forced(ref, ids)
-    top_cand, lp_cand = _teacher_forced(cand, ids)
-    return {"text": QUALITY_TEXT.name, "tokens": len(ids), "top1_agreement": float((top_ref == top_cand).mean()),
-            "perplexity": float(np.exp(-lp_cand.mean())), "perplexity_fp32": float(np.exp(-lp_ref.mean())),
-            "min_top1_agreement": MIN_TOP1_AGREEMENT, "max_perplexity_increase": MAX_PERPLEXITY_INCREASE}
+    m = _teacher_forced(ref, cand, ids)
+    return {"text": QUALITY_TEXT.name, "tokens": len(ids),
+            "top1_agreement": float((m["top_ref"] == m["top_cand"]).mean()),
+            "perplexity": float(np.exp(-m["lp_cand"].mean())), "perplexity_fp32": float(np.exp(-m["lp_ref"].mean())),
+            "mean_kl": float(m["kl"].mean()),
+            "min_top1_agreement": MIN_TOP1_AGREEMENT, "max_perplexity_increase": MAX_PERPLEXITY_INCREASE,
+            "max_mean_kl": MAX_MEAN_KL}
 
 
 def quality_failures(quality: dict) -> list[str]:
@@ -65,6 +85,8 @@ def quality_failures(quality: dict) -> list[str]:
     out = []
     if quality["top1_agreement"] < quality["min_top1_agreement"]:
         out.append(f"top-1 agreement with fp32 {quality['top1_agreement']:.3f} < {quality['min_top1_agreement']}")
+    if quality.get("max_mean_kl") is not None and quality["mean_kl"] > quality["max_mean_kl"]:
+        out.append(f"mean KL divergence from fp32 {quality['mean_kl']:.5f} > {quality['max_mean_kl']}")
     limit = quality["perplexity_fp32"] * (1 + quality["max_perplexity_increase"])
     if quality["perplexity"] > limit:
         out.append(f"perplexity {quality['perplexity']:.3f} > {limit:.3f} (fp32 {quality['perplexity_fp32']:.3f} "

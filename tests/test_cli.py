@@ -402,3 +402,6 @@ def test_info_says_forced_only_when_the_gate_was_failed():
     assert "forced" in _forced_note({"forced": True, "quality": dict(q, top1_agreement=0.9)})
     assert "forced" in _forced_note({"forced": True, "quality": dict(q, perplexity=29.5)})  # +1.3 % > +0.5 %
     assert _forced_note({"forced": True, "quality": None}) == ""  # not measured: its own line says so
+    kl = dict(q, mean_kl=0.002, max_mean_kl=0.01)  # the KL bound, where the record has one
+    assert _forced_note({"forced": True, "quality": kl}) == ""
+    assert "forced" in _forced_note({"forced": True, "quality": dict(kl, mean_kl=0.02)})

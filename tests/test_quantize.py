@@ -136,8 +136,30 @@ def test_quantize_head_no_keeps_the_tied_fp32_weight_once(llama_int8_fp32_head):
 
 def test_quality_of_identical_artifacts_is_perfect(tiny_llama):
     q = Q.measure_quality(tiny_llama.onnx_dir, tiny_llama.onnx_dir)
-    assert q["top1_agreement"] == 1.0 and q["perplexity"] == q["perplexity_fp32"]
+    assert q["top1_agreement"] == 1.0 and q["perplexity"] == q["perplexity_fp32"] and q["mean_kl"] == 0.0
     assert Q.quality_failures(q) == []
+
+
+def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama):
+    """The gate's text: over 2,000 tokens of prose, code and dialogue for a real tokenizer (SmolLM2's: 2,755);
+    its mean KL(fp32 || quantized) equals torch's kl_div on the two artifacts' logits, window by window."""
+    import torch
+
+    text = Q.QUALITY_TEXT.read_text(encoding="utf-8")
+    assert len(text) > 10_000 and "```python" in text and '"Morning! What can I do for you?"' in text
+    ref, cand = onnxlm.load(tiny_llama.onnx_dir), onnxlm.load(llama_int8)
+    q = Q.measure_quality(tiny_llama.onnx_dir, llama_int8, text=text[:3000])
+    ids = ref.tokenizer.encode(text[:3000], add_special_tokens=False)
+    kls = []
+    for start, end in Q._windows(len(ids), min(ref.max_positions, Q.WINDOW)):
+        a = torch.log_softmax(torch.from_numpy(ref.logits([ids[start:end]])[0, :-1]).double(), -1)
+        b = torch.log_softmax(torch.from_numpy(cand.logits([ids[start:end]])[0, :-1]).double(), -1)
+        kls.append(torch.nn.functional.kl_div(b, a, log_target=True, reduction="none").sum(-1))
+    want = torch.cat(kls).mean().item()
+    assert want > 0 and abs(q["mean_kl"] - want) <= 1e-9 * max(1.0, want)
+    assert q["tokens"] == len(ids) and q["max_mean_kl"] == Q.MAX_MEAN_KL
+    assert Q.quality_failures(dict(q, top1_agreement=1.0, perplexity=q["perplexity_fp32"], mean_kl=0.5,
+                                   max_mean_kl=0.01)) == ["mean KL divergence from fp32 0.50000 > 0.01"]
 
 
 def test_gate_refuses_below_threshold_and_leaves_nothing(tmp_path, tiny_llama, monkeypatch):

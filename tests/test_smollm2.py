@@ -300,7 +300,7 @@ def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
     import json
 
     q = json.loads((out / "onnxlm.json").read_text())["quantization"]["quality"]
-    assert q["tokens"] > 600
+    assert q["tokens"] > 2000
     assert q["top1_agreement"] >= 0.95 and q["perplexity"] <= 1.02 * q["perplexity_fp32"]
     if quality_failures(q):
         with pytest.raises(ExportError, match="refused"):
@@ -443,8 +443,8 @@ def test_gguf_native_quantization_passes_the_gate_and_answers_paris(smol_gguf_na
     assert q["tensors"] == {"Q4_1": 210, "Q8_0": 1} and q["fp32_tensors"] == {}
     assert q["max_weight_diff"] <= 1e-6  # every MatMulNBits weight is transformers' dequantised weight
     quality = q["quality"]
-    assert quality["tokens"] > 600 and quality["top1_agreement"] >= 0.975
-    assert quality["perplexity"] <= quality["perplexity_fp32"] * 1.005
+    assert quality["tokens"] > 2000 and quality["top1_agreement"] >= 0.975  # measured 0.977 on 2,755 tokens
+    assert quality["perplexity"] <= quality["perplexity_fp32"] * 1.005 and quality["mean_kl"] <= 0.002  # 0.0012
     model = onnxlm.load(smol_gguf_native)
     size = (smol_gguf_native / "model.onnx").stat().st_size
     assert size < 125e6, f"model.onnx is {size / 1e6:.0f} MB"  # GGUF 98 MB; fp32 scales and R add ~20 MB

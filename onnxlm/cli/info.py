@@ -85,7 +85,8 @@ def _forced_note(quant: dict) -> str:
     if not quant.get("forced") or not q:
         return ""
     below = q["top1_agreement"] < q["min_top1_agreement"] or \
-        q["perplexity"] > q["perplexity_fp32"] * (1 + q["max_perplexity_increase"])
+        q["perplexity"] > q["perplexity_fp32"] * (1 + q["max_perplexity_increase"]) or \
+        (q.get("max_mean_kl") is not None and q["mean_kl"] > q["max_mean_kl"])
     return " (below the quality thresholds: forced)" if below else ""
 
 
@@ -156,9 +157,11 @@ def _render(info: dict) -> str:
                        f"{', '.join(quant.get('fp32_weights') or []) or 'none'}")
         q = quant.get("quality")
         if q:
+            kl = (f", mean KL {q['mean_kl']:.5f} (max {q['max_mean_kl']})" if q.get("mean_kl") is not None
+                  else "")  # artifacts quantized before the KL measure lack it
             out.append(f"    vs fp32        top-1 agreement {q['top1_agreement']:.4f} (min {q['min_top1_agreement']}), "
                        f"perplexity {q['perplexity']:.3f} vs {q['perplexity_fp32']:.3f} "
-                       f"(max +{q['max_perplexity_increase']:.1%}), {q['tokens']} tokens of {q['text']}")
+                       f"(max +{q['max_perplexity_increase']:.1%}){kl}, {q['tokens']} tokens of {q['text']}")
         else:
             out.append("    vs fp32        not measured (forced without a tokenizer)")
     out.append(f"  generation      {_kv(info['generation_config']) or 'transformers defaults'}")
