@@ -4,12 +4,14 @@
 (``export/fused_llama.py``; its weights are transformers' dequantisation of that file) and rewrites each weight
 MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF blocks themselves (no re-quantisation):
 
-* Q4_0 (``w = d*(q-8)`` per block of 32 along K): ``MatMulNBits`` bits=4, its default zero point 8. Exact.
-* Q4_1 (``w = d*q + m``): bits=4 with uint8 zero points ``z = clip(round(-m/d), 0, 15)`` (so ``d*(q-z)`` stays
-  close to ``w`` and int8 activations see the true weight's range) plus the exact correction
-  ``blocksum(x) @ R``, ``R = m + z*d`` ([K/32, N]; ``blocksum`` sums x over each block of 32 along K). One
-  block-sum per input (q/k/v are one MatMul already, gate/up become one ``MatMulNBits`` then a Split): a
-  ``ReduceSum`` over x reshaped to [b, s, K/32, 32], a MatMul with R, an Add (into the residual stream: one
+* Every common block type (``export/gguf_blocks.py``): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+  its codes and sub-block scales as they are: codes of 4 bits or fewer as bits=4, of 5 to 8 bits as bits=8; a fixed
+  code offset (``w = d*(q - c)``) as the op's default zero point, a float one (``w = d*q + m``: Q4_1, Q5_1, Q2_K,
+  Q4_K, Q5_K) as uint8 zero points ``z = clip(round(-m/d))`` plus the exact correction ``blocksum(x) @ R``,
+  ``R = m + z*d`` ([K/block, N]; ``blocksum`` sums x over each block along K); blocks of 32, or 16 for Q2_K, Q3_K and
+  Q6_K (scales per 16 weights). A group (q/k/v, gate/up) is one ``MatMulNBits`` (then a Split) at its smallest
+  block size, in 8 bits where 4- and 8-bit tensors meet (a Q4_K_M file's Q6_K attn_v). One block-sum per input: a
+  ``ReduceSum`` over x reshaped to [b, s, K/block, block], a MatMul with R, an Add (into the residual stream: one
   ``Sum``). Measured on SmolLM2 (``python -m benchmarks.graph_ab``, A/B runs under load): block sums as a MatMul
   with a constant [K, K/32] 0/1 matrix were ~4-8 % slower per decode step (their 0/1 matrices are re-read from
   memory: the K=1536 one is 295 KB); a 2-D residual stream with each correction + Add as one ``Gemm(C=y)`` and the
@@ -17,12 +19,14 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   Reshapes per layer more) was no faster (0.97-1.02x): not kept. R stays float32 (``m + z*d`` is exact in
   float32, not in float16). Float zero points in ``MatMulNBits`` (which would need no correction) take onnxruntime
   1.32's dequantise-then-multiply path: ~200x slower than uint8 ones at bits=4, at level 1 and level 4 alike.
-* Q8_0 (``w = d*q``, SmolLM2's tied embedding / output head): bits=8, codes ``q+128`` (the default zero point
-  128), always at accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower); a tied embedding is read
-  by ``GatherBlockQuantized`` bits=8 over the same code bytes (one copy; the scales, ~3 % of it, are stored twice
-  because the two ops want different shapes). The output head runs in two int8 passes (below).
-* Any other type (Q5_*, Q6_K, K-quants, F16, ...) or a group mixing 4- and 8-bit tensors: that MatMul keeps the
-  fp32 (dequantised) weight of the fp32 graph; the manifest counts it under ``fp32_tensors``.
+* 8-bit codes always run at accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower); where a product
+  should see ~fp32 activations (the attention projections; every product at the fidelity level 1) they run in two
+  int8 passes (below). A tied embedding is read by ``GatherBlockQuantized`` bits=8 over the head's code bytes (one
+  copy; a 4-bit embedding's codes one byte each; the scales, ~3 % of it, are stored twice because the two ops want
+  different shapes). The output head runs in two int8 passes.
+* F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (IQ*, TQ*, MXFP4, ...): that MatMul keeps
+  the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both under
+  ``fp32_tensors``.
 
 GGUF rows are the output dimension N; llama.cpp permutes the rows of a Llama's q/k weights for its rotary layout
 and transformers undoes it (``LlamaTensorProcessor._reverse_permute_weights``): a row permutation moves whole rows
@@ -59,6 +63,7 @@ other files (a Q8_0 model) run at level 4, single pass.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -66,11 +71,13 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
-from .nbits import BLOCK, Blocks, Rewriter, _pack4, dequantize  # noqa: F401  (Blocks, dequantize: public here too)
+from .gguf_blocks import NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
+from .nbits import BLOCK, Blocks, Rewriter, dequantize, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
-NATIVE_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+LOSSLESS_FP32 = ("F32", "F16", "BF16")  # types whose fp32 copy is the same numbers (no blocks to keep)
+EIGHT_BIT = {t: 8 for t in ("Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K")}  # codes of 5-8 bits: MatMulNBits bits=8
 ACCURACY_LEVELS = (1, 4)  # 4: the MLP at int8 activations (default); 1: fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
@@ -78,52 +85,6 @@ WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weig
 FP32_ACTIVATIONS = ("qkv", "o_proj")
 LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
-
-
-def _halves(raw: np.ndarray, offset: int) -> np.ndarray:
-    """[N, kb, bytes] uint8 -> the fp16 at ``offset`` of each block as [N, kb] float32."""
-    return raw[:, :, offset:offset + 2].copy().view(np.float16)[..., 0].astype(np.float32)
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """GGUF nibbles [N, kb, 16] (byte j: weight j low, weight j+16 high) -> weights [N, kb, 32] uint8 in order."""
-    return np.concatenate([qs & 15, qs >> 4], axis=-1)
-
-
-def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
-    """A GGUF tensor's bytes [N, K/32 * bytes_per_block] uint8 (rows = output dim) -> Blocks."""
-    kb = k // BLOCK
-    if qtype == "Q4_0":  # 18 bytes: d f16, 16 bytes of nibbles; w = d*(q - 8)
-        b = raw.reshape(n, kb, 18)
-        return Blocks(4, _pack4(_nibbles(b[:, :, 2:])), _halves(b, 0), None, None, (qtype,))
-    if qtype == "Q4_1":  # 20 bytes: d f16, m f16, 16 bytes of nibbles; w = d*q + m
-        b = raw.reshape(n, kb, 20)
-        d, m = _halves(b, 0), _halves(b, 2)
-        safe = np.where(d == 0, 1, d)
-        z = np.where(d == 0, 0, np.clip(np.round(-m / safe), 0, 15)).astype(np.uint8)
-        r = (m.astype(np.float64) + z * d.astype(np.float64)).astype(np.float32)
-        return Blocks(4, _pack4(_nibbles(b[:, :, 4:])), d, z, r, (qtype,))
-    if qtype == "Q8_0":  # 34 bytes: d f16, 32 int8; w = d*q
-        b = raw.reshape(n, kb, 34)
-        codes = (b[:, :, 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)
-        return Blocks(8, codes, _halves(b, 0), None, None, (qtype,))
-    raise ExportError(f"GGUF type {qtype} has no native MatMulNBits form; native: {', '.join(NATIVE_TYPES)}")
-
-
-def stack(parts: list[Blocks]) -> Blocks:
-    """Blocks of the same bits stacked along N (q/k/v, gate/up); a Q4_0 part beside a Q4_1 one gets zero point 8
-    and R = 0."""
-    if len(parts) == 1:
-        return parts[0]
-    with_zp = any(p.zero_points is not None for p in parts)
-    with_r = any(p.correction is not None for p in parts)
-    default = 8 if parts[0].bits == 4 else 128
-    return Blocks(parts[0].bits, np.concatenate([p.codes for p in parts]), np.concatenate([p.scales for p in parts]),
-                  np.concatenate([p.zero_points if p.zero_points is not None
-                                  else np.full(p.scales.shape, default, np.uint8) for p in parts]) if with_zp else None,
-                  np.concatenate([p.correction if p.correction is not None else np.zeros_like(p.scales)
-                                  for p in parts]) if with_r else None,
-                  sum((p.types for p in parts), ()))
 
 
 def llama_row_order(n_rows: int, n_head: int) -> np.ndarray:
@@ -135,7 +96,8 @@ def llama_row_order(n_rows: int, n_head: int) -> np.ndarray:
 
 def _permute_rows(b: Blocks, order: np.ndarray) -> Blocks:
     pick = (lambda a: None if a is None else a[order])
-    return Blocks(b.bits, b.codes[order], b.scales[order], pick(b.zero_points), pick(b.correction), b.types)
+    return Blocks(b.bits, b.codes[order], b.scales[order], pick(b.zero_points), pick(b.correction), b.types,
+                  b.block_size)
 
 
 class GGUFTensors:
@@ -187,8 +149,12 @@ class _Rewriter(Rewriter):
     def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
                head: bool = False) -> list:
         """x [b, s, K] (``head``: the output head's [T, K]) -> ``Rewriter.matmul``; the head in two int8 passes,
-        the MLP in one (see the module docstring)."""
-        return super().matmul(x, b, outputs, splits, name, two_pass=head, lead=1 if head else 2)
+        and every product whose codes are 8-bit where it should see ~fp32 activations (the attention projections;
+        the MLP too at the fidelity level 1): onnxruntime's 8-bit path at level 1 is ~90x slower, two int8 passes
+        give the same (see the module docstring). The 4-bit MLP at level 4 in one pass."""
+        fp32_like = name.split(".")[-1] in FP32_ACTIVATIONS or self.accuracy_level == 1
+        two = head or (b.bits == 8 and fp32_like)
+        return super().matmul(x, b, outputs, splits, name, two_pass=two, lead=1 if head else 2)
 
     def check(self, b: Blocks, fp32_name: str, transposed: bool, what: str) -> None:
         """The dequantised Blocks must be the fp32 graph's weight (``transposed``: stored [K, N])."""
@@ -224,9 +190,9 @@ def _residual_sums(nodes: list) -> list:
 
 
 def _group_blocks(tensors: GGUFTensors, names: list[str]) -> Blocks | None:
-    """The GGUF tensors ``names`` as one stacked Blocks, or None when one is not native or their bits differ."""
+    """The GGUF tensors ``names`` as one stacked Blocks (``gguf_blocks.stack``), or None when one is not native."""
     parts = [tensors.blocks(nm) for nm in names]
-    if any(p is None for p in parts) or len({p.bits for p in parts}) > 1:
+    if any(p is None for p in parts):
         return None
     return stack(parts)
 
@@ -281,7 +247,8 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
     head = next(n for n in g.node if n.op_type == "Gemm")
     tied = head.input[1] == "embed_tokens.weight"
     emb_blocks = tensors.blocks("token_embd.weight")
-    if tied and emb_blocks is not None and emb_blocks.bits == 8:
+    if tied and emb_blocks is not None:
+        emb_blocks = to_8bit(emb_blocks)  # GatherBlockQuantized reads the head's 8-bit codes
         rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding / output head")
         replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
                                       "lm_head", head=True)
@@ -375,9 +342,16 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
             raise ExportError(f"{path}: no tensor of a native type ({', '.join(NATIVE_TYPES)}); its types: "
                               f"{sorted(info['fp32_tensors'])}. Use quantize='int8' instead")
         main = max(info["tensors"], key=info["tensors"].get)
-        record.update(info, scheme=f"gguf-{main.lower()}", bits=8 if main == "Q8_0" else 4)
+        record.update(info, scheme=f"gguf-{main.lower()}", bits=EIGHT_BIT.get(main, 4))
         log(f"native: {info['tensors']}, kept fp32: {info['fp32_tensors'] or 'none'}, max |weight diff| "
             f"{info['max_weight_diff']:.2g}")
+        rare = {t: n for t, n in info["fp32_tensors"].items() if t not in LOSSLESS_FP32}
+        if rare:  # IQ* and other types without a block form: dequantised, so 4-8x the bytes of the file's blocks
+            message = (f"{path.name}: {', '.join(f'{n} {t}' for t, n in sorted(rare.items()))} tensor(s) have no "
+                       f"MatMulNBits form (native: {', '.join(NATIVE_TYPES)}): dequantised to fp32 (exact values, "
+                       "larger and slower than the file's blocks)")
+            log(f"warning: {message}")
+            warnings.warn(message, UserWarning, stacklevel=3)
 
     write_quantized_artifact(src, manifest, out_dir, record, rewrite, force_quality=force_quality, force=force,
                              log=log, hint="Try accuracy_level=1 (--accuracy-level 1, the fidelity setting)")

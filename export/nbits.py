@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BLOCK = 32  # weights per block along K (GGUF's Q4_0, Q4_1, Q8_0; the 8-bit head of quantize.py)
+BLOCK = 32  # weights per block along K (GGUF's Q4_0, Q4_1, Q5_*, Q8_0, Q4_K, Q5_K; the 8-bit head of quantize.py)
 
 
 @dataclass
@@ -27,6 +27,30 @@ class Blocks:
     zero_points: np.ndarray | None  # [N, K/32] uint8 unpacked, or None for the op's default (8 / 128)
     correction: np.ndarray | None  # R [N, K/32] float32 (w = scale*(code - zero point) + R), or None
     types: tuple  # the type of each stacked tensor (GGUF's name, e.g. "Q8_0")
+    block_size: int = BLOCK  # weights per block along K (16 for GGUF's Q2_K, Q3_K, Q6_K; the "32" above)
+
+
+def reblock(b: Blocks, size: int) -> Blocks:
+    """The same weight in blocks of ``size`` (a divisor of ``b.block_size``): each block's scale, zero point and
+    correction repeated over its parts (blocksum(x) @ R sums the same x whichever way the block is cut)."""
+    if size == b.block_size:
+        return b
+    parts = b.block_size // size
+    rep = (lambda a: None if a is None else np.repeat(a, parts, axis=1))
+    n, kb, nbytes = b.codes.shape
+    return Blocks(b.bits, b.codes.reshape(n, kb * parts, nbytes // parts), rep(b.scales), rep(b.zero_points),
+                  rep(b.correction), b.types, size)
+
+
+def to_8bit(b: Blocks) -> Blocks:
+    """4-bit Blocks as 8-bit ones (one code byte per weight, the zero point made explicit): the same weight, for a
+    group whose other parts are 8-bit (one MatMulNBits takes one bit width)."""
+    if b.bits == 8:
+        return b
+    n, kb, _ = b.codes.shape
+    codes = np.stack([b.codes & 15, b.codes >> 4], axis=-1).reshape(n, kb, -1).astype(np.uint8)
+    zp = np.full((n, kb), 8, np.uint8) if b.zero_points is None else b.zero_points
+    return Blocks(8, codes, b.scales, zp, b.correction, b.types, b.block_size)
 
 
 def _pack4(q: np.ndarray) -> np.ndarray:
@@ -43,7 +67,7 @@ def dequantize(b: Blocks) -> np.ndarray:
     else:
         q = b.codes.astype(np.float32)
         z = np.float32(128) if b.zero_points is None else b.zero_points[..., None].astype(np.float32)
-    w = b.scales[..., None] * (q - z)
+    w = b.scales[..., None] * (q - z)  # [N, kb, block_size]
     if b.correction is not None:
         w = w + b.correction[..., None]
     return w.reshape(w.shape[0], -1).astype(np.float32)
@@ -91,14 +115,15 @@ class Rewriter:
 
         return helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs)
 
-    def blocks_of(self, x: str, k: int, lead: int, name: str) -> tuple[list, str]:
-        """x [*lead dims, K] -> (nodes, x viewed as [*lead dims, K/32, 32])."""
-        shape = self.inits_once(f"blocks_of_{k}_rank{lead + 1}", np.array([0] * lead + [k // BLOCK, BLOCK], np.int64))
+    def blocks_of(self, x: str, k: int, lead: int, name: str, block: int = BLOCK) -> tuple[list, str]:
+        """x [*lead dims, K] -> (nodes, x viewed as [*lead dims, K/block, block])."""
+        shape = self.inits_once(f"blocks_of_{k}_{block}_rank{lead + 1}",
+                                np.array([0] * lead + [k // block, block], np.int64))
         return [self.node("Reshape", [x, shape], [f"{name}.x_blocks"], f"{name}.Blocks")], f"{name}.x_blocks"
 
     def split_int8(self, x: str, x_blocks: str, k: int, lead: int, name: str) -> tuple[list, str, str]:
-        """x [*lead dims, K] (and its ``blocks_of`` view) -> (nodes, a, r): ``a`` = x rounded to int8 per block of
-        32 exactly as accuracy level 4 quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error,
+        """x [*lead dims, K] (and its ``blocks_of`` view) -> (nodes, a, r): ``a`` = x rounded to int8 per block
+        (the weight's block size) exactly as accuracy level 4 quantizes it (scale max|x|/127), so MatMulNBits reads ``a`` without error,
         and the remainder r = x - a (|r| <= scale/2, its own int8 error ~254x smaller than x's)."""
         c = lambda nm, v: self.inits_once(nm, np.array(v, np.float32))  # noqa: E731
         reduce = (("ReduceMax", [None, self.inits_once("last_axis", np.array([-1]))], dict(keepdims=1))
@@ -131,18 +156,19 @@ class Rewriter:
         ``two_pass`` (at level 4): the rows of a and x - a (``split_int8``) stacked into one MatMulNBits ([2T, K] /
         [2b, s, K]: the weights are read once), its two halves added: close to fp32 activations."""
         n, kb = b.scales.shape
-        k = kb * BLOCK
+        k = kb * b.block_size
         level = self.level(name, b.bits)
         inputs = [x, self.init(f"{name}.codes", b.codes), self.init(f"{name}.scales", b.scales)]
         if b.zero_points is not None:
             zp = b.zero_points if b.bits == 8 else _pack4(np.pad(b.zero_points, ((0, 0), (0, kb % 2))))
             inputs.append(self.init(f"{name}.zero_points", zp))
         y = outputs[0] if len(splits) == 1 and b.correction is None else f"{name}.nbits"
-        attrs = dict(K=k, N=n, bits=b.bits, block_size=BLOCK, accuracy_level=level)
+        attrs = dict(K=k, N=n, bits=b.bits, block_size=b.block_size, accuracy_level=level)
         two_pass = two_pass and level == 4
         if two_pass:
             self.two_pass.add(name.split(".")[-1])
-        nodes, x_blocks = self.blocks_of(x, k, lead, name) if two_pass or b.correction is not None else ([], None)
+        nodes, x_blocks = (self.blocks_of(x, k, lead, name, b.block_size) if two_pass or b.correction is not None
+                           else ([], None))
         if two_pass:
             split, a, r = self.split_int8(x, x_blocks, k, lead, name)
             nodes += split
@@ -189,9 +215,9 @@ class Rewriter:
         v, kb = b.scales.shape
         rows, ids = f"{name}.rows", gather.input[1]
         return [self.node("GatherBlockQuantized", [codes, ids, self.init(f"{name}.scales", b.scales[..., None])],
-                          [rows], name, "com.microsoft", bits=8, block_size=BLOCK, gather_axis=0,
-                          quantize_axis=2),  # [..., K/32, 32]
+                          [rows], name, "com.microsoft", bits=8, block_size=b.block_size, gather_axis=0,
+                          quantize_axis=2),  # [..., K/block, block]
                 self.node("Shape", [ids], [f"{name}.ids_shape"], f"{name}.IdsShape"),
-                self.node("Concat", [f"{name}.ids_shape", self.init(f"{name}.width", np.array([kb * BLOCK]))],
+                self.node("Concat", [f"{name}.ids_shape", self.init(f"{name}.width", np.array([kb * b.block_size]))],
                           [f"{name}.shape"], f"{name}.Shape", axis=0),
                 self.node("Reshape", [rows, f"{name}.shape"], [gather.output[0]], f"{name}.Reshape")]

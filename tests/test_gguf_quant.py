@@ -1,5 +1,6 @@
 """GGUF-native quantization (`export/gguf_quant.py`) on a tiny Llama GGUF written here with the `gguf` package:
-Q4_1 / Q4_0 layers, a Q8_0 tied embedding, one Q5_0 tensor (kept fp32). Checks that each MatMulNBits weight, read
+Q4_1 / Q4_0 layers, a Q8_0 tied embedding, a Q5_0 tensor (8-bit codes) and an F16 one (kept fp32); every other
+block type (Q5_1, Q2_K..Q6_K) on single products of K=512 against gguf-py's dequantize. Checks that each MatMulNBits weight, read
 back from the artifact, dequantises to transformers' loaded (dequantised, q/k un-permuted) weight, that the graph at
 accuracy level 1 gives the fp32 model's logits, and the API / manifest / CLI. Real-weight quality: test_smollm2.py."""
 from __future__ import annotations
@@ -19,10 +20,11 @@ from onnxlm.export import gguf_quant as GQ  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
 
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, POSITIONS = 64, 96, 2, 4, 2, 64
-# per layer: the GGUF type of each weight (layer 1's down projection is Q5_0: no native form, kept fp32)
+# per layer: the GGUF type of each weight (layer 1's o_proj is F16: no block form, kept fp32; its down projection
+# Q5_0: 8-bit codes)
 TYPES = [{"attn_q": "Q4_1", "attn_k": "Q4_1", "attn_v": "Q4_0", "attn_output": "Q4_1", "ffn_gate": "Q4_1",
           "ffn_up": "Q4_1", "ffn_down": "Q4_0"},
-         {"attn_q": "Q4_1", "attn_k": "Q4_1", "attn_v": "Q4_1", "attn_output": "Q4_0", "ffn_gate": "Q4_0",
+         {"attn_q": "Q4_1", "attn_k": "Q4_1", "attn_v": "Q4_1", "attn_output": "F16", "ffn_gate": "Q4_0",
           "ffn_up": "Q4_1", "ffn_down": "Q5_0"}]
 HF_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
@@ -34,11 +36,14 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path) -> None:
-    """A 2-layer Llama with random weights (offsets in the weights so Q4_1's minimum matters) as a GGUF file."""
+def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embedding: str = "Q8_0") -> None:
+    """A 2-layer Llama with random weights (offsets in the weights so Q4_1's minimum matters) as a GGUF file;
+    ``types`` per layer (default ``TYPES``). A type gguf-py cannot quantize (the K-quants, IQ4_NL) is written as
+    valid random blocks (``random_blocks``)."""
     import gguf
     from gguf import GGMLQuantizationType as T
 
+    types, HIDDEN, FFN = types or TYPES, hidden, ffn  # noqa: N806  (the module's names, for this file)
     rng = np.random.default_rng(0)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     from tokenizers.pre_tokenizers import ByteLevel
@@ -69,16 +74,20 @@ def write_tiny_gguf(path) -> None:
         return (rng.standard_normal((n, k)) * 0.2 + rng.standard_normal((n, 1)) * 0.1).astype(np.float32)
 
     def add(name: str, array: np.ndarray, qtype: str) -> None:
-        w.add_tensor(name, gguf.quants.quantize(array, T[qtype]), raw_dtype=T[qtype])
+        try:
+            raw = gguf.quants.quantize(array, T[qtype])
+        except NotImplementedError:
+            raw = random_blocks(rng, qtype, *array.shape)
+        w.add_tensor(name, raw, raw_dtype=T[qtype])
 
-    add("token_embd.weight", weight(vocab, HIDDEN), "Q8_0")
+    add("token_embd.weight", weight(vocab, HIDDEN), embedding)
     shapes = {"attn_q": (HIDDEN, HIDDEN), "attn_k": (HIDDEN // HEADS * KV_HEADS, HIDDEN),
               "attn_v": (HIDDEN // HEADS * KV_HEADS, HIDDEN), "attn_output": (HIDDEN, HIDDEN),
               "ffn_gate": (FFN, HIDDEN), "ffn_up": (FFN, HIDDEN), "ffn_down": (HIDDEN, FFN)}
-    for i, types in enumerate(TYPES):
+    for i, layer in enumerate(types):
         w.add_tensor(f"blk.{i}.attn_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
         w.add_tensor(f"blk.{i}.ffn_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
-        for kind, qtype in types.items():
+        for kind, qtype in layer.items():
             array = weight(*shapes[kind])
             if kind in ("attn_q", "attn_k"):
                 array = _llama_cpp_permute(array, HEADS if kind == "attn_q" else KV_HEADS)
@@ -142,15 +151,16 @@ def _nbits_weights(path) -> dict:
         if zp is not None and a["bits"] == 4:  # packed two per byte, low nibble first
             zp = np.stack([zp & 15, zp >> 4], -1).reshape(zp.shape[0], -1)[:, :scales.shape[1]]
         corr = arrays.get(f"{n.name}.correction")
-        out[n.name] = GQ.dequantize(GQ.Blocks(a["bits"], codes, scales, zp, None if corr is None else corr.T, ()))
+        out[n.name] = GQ.dequantize(GQ.Blocks(a["bits"], codes, scales, zp, None if corr is None else corr.T, (),
+                                              a["block_size"]))
     return out
 
 
 def test_each_weight_dequantises_to_transformers_weight(tiny_native, hf_tiny):
     got = _nbits_weights(tiny_native[4])
     sd = {k: v.detach().numpy() for k, v in hf_tiny.state_dict().items()}
-    assert set(got) == {"l0.qkv", "l0.o_proj", "l0.gate_up_proj", "l0.down_proj", "l1.qkv", "l1.o_proj",
-                        "l1.gate_up_proj", "lm_head"}  # l1.down_proj is Q5_0: kept fp32
+    assert set(got) == {"l0.qkv", "l0.o_proj", "l0.gate_up_proj", "l0.down_proj", "l1.qkv", "l1.down_proj",
+                        "l1.gate_up_proj", "lm_head"}  # l1.o_proj is F16: kept fp32
     for i in range(LAYERS):
         p = f"model.layers.{i}."
         want = {"qkv": np.concatenate([sd[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]),
@@ -170,7 +180,7 @@ def test_graph_layout_and_manifest(tiny_native):
     g = _graph(tiny_native[4]).graph
     for n in g.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    # 2 layers x (qkv, o, gate_up, down) less the Q5_0 down, + the head (its two passes stacked in one)
+    # 2 layers x (qkv, o, gate_up, down) less the F16 o_proj, + the head (its two passes stacked in one)
     assert ops["MatMulNBits"] == 8 and ops["GatherBlockQuantized"] == 1 and "Gemm" not in ops
     gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
     head = next(n for n in g.node if n.name == "lm_head")
@@ -179,24 +189,25 @@ def test_graph_layout_and_manifest(tiny_native):
     # one correction per group holding a Q4_1 tensor (l0: qkv, o, gate_up; l1: qkv, gate_up), its blocksum a
     # ReduceSum over [.., K/32, 32]
     assert ops["ReduceSum"] == 5 and sum(n.name.endswith(".Correction") for n in g.node) == 5
-    assert ops["MatMul"] == 6  # the 5 corrections and the Q5_0 l1.down_proj kept fp32
+    assert ops["MatMul"] == 6  # the 5 corrections and the F16 l1.o_proj kept fp32
     assert not any(i.name == "embed_tokens.weight" for i in g.initializer)
     q = json.loads((tiny_native[4] / "onnxlm.json").read_text())["quantization"]
     assert q["scheme"] == "gguf-q4_1" and q["accuracy_level"] == 4 and q["block_size"] == 32
-    assert q["tensors"] == {"Q4_1": 9, "Q4_0": 4, "Q8_0": 1} and q["fp32_tensors"] == {"Q5_0": 1}
+    assert q["tensors"] == {"Q4_1": 9, "Q4_0": 3, "Q8_0": 1, "Q5_0": 1} and q["fp32_tensors"] == {"F16": 1}
     assert q["max_weight_diff"] <= 1e-6 and q["forced"] and q["quality"]["tokens"] > 100
     q1 = json.loads((tiny_native[1] / "onnxlm.json").read_text())["quantization"]
-    assert q1["tensors"] == q["tensors"] and q1["fp32_tensors"] == {"Q5_0": 1}
-    # two int8 passes (one MatMulNBits over the stacked rows of a and x - a): the head only; the MLP in one pass
-    assert q["two_pass"] == ["lm_head"] and q1["two_pass"] == ["lm_head"]
+    assert q1["tensors"] == q["tensors"] and q1["fp32_tensors"] == {"F16": 1}
+    # two int8 passes (one MatMulNBits over the stacked rows of a and x - a): the head; the 4-bit MLP in one pass;
+    # at the fidelity level the 8-bit (Q5_0) down projection too (8-bit codes run at level 4: two passes = ~fp32)
+    assert q["two_pass"] == ["lm_head"] and q1["two_pass"] == ["down_proj", "lm_head"]
     assert next(n for n in g.node if n.name == "l0.gate_up_proj").input[0] != "l0.gate_up_proj.ar"
     levels = {n.name: next(a.i for a in n.attribute if a.name == "accuracy_level") for n in g.node
               if n.op_type == "MatMulNBits"}
-    assert {nm for nm, lv in levels.items() if lv == 1} == {"l0.qkv", "l0.o_proj", "l1.qkv", "l1.o_proj"}
+    assert {nm for nm, lv in levels.items() if lv == 1} == {"l0.qkv", "l0.o_proj", "l1.qkv"}
     g1 = _graph(tiny_native[1]).graph  # fidelity: the 4-bit MLP at fp32 activations too
     levels1 = {n.name: next(a.i for a in n.attribute if a.name == "accuracy_level") for n in g1.node
                if n.op_type == "MatMulNBits"}
-    assert {nm for nm, lv in levels1.items() if lv == 4} == {"lm_head"}
+    assert {nm for nm, lv in levels1.items() if lv == 4} == {"lm_head", "l1.down_proj"}  # 8-bit: always level 4
     # the one corrected (Q4_1) projection into the residual stream, l0.o_proj: Add(x, Add(y, corr)) -> one Sum
     assert [n.op_type for n in g.node].count("Sum") == 1
 
@@ -301,7 +312,7 @@ def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32)
     info = subprocess.run([sys.executable, "-m", "onnxlm", "info", str(out)], capture_output=True, text=True,
                           timeout=120)
     assert info.returncode == 0, info.stderr
-    assert "quantization    gguf-q4_1" in info.stdout and "GGUF blocks kept: Q4_1 9, Q4_0 4, Q8_0 1" in info.stdout
+    assert "quantization    gguf-q4_1" in info.stdout and "GGUF blocks kept: Q4_1 9, Q4_0 3, Q5_0 1, Q8_0 1; fp32 (dequantised): F16 1" in info.stdout
     assert "GGUF file      tiny-llama.gguf (sha256 " in info.stdout and "fp32 artifact  fp32 (" in info.stdout
     # an fp32 artifact exported from a GGUF re-quantizes without torch: its manifest names the GGUF and its sha256,
     # and the file of that name in the current directory is used
@@ -362,3 +373,105 @@ def test_a_non_gguf_source_is_refused(tmp_path, tiny_llama):
 
     with pytest.raises(ExportError, match="needs the GGUF file"):
         export_model(tiny_llama.onnx_dir, tmp_path / "q", quantize="gguf", progress=False)
+
+
+# ---------------------------------------------------------------------------------------- every common block type
+F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q2_K": [80, 82],
+              "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}  # byte offsets of each block's fp16s
+RARE = {"IQ4_NL": (32, 18, [0])}  # a type without a block form: weights per block, bytes per block, fp16 offsets
+
+
+def random_blocks(rng, qtype: str, n: int, k: int) -> np.ndarray:
+    """Valid random GGUF blocks of ``qtype`` for an [n, k] weight -> raw bytes [n, row bytes] uint8: every code and
+    sub-block scale byte random, the fp16 super-scales small positive numbers (random bytes could be NaN)."""
+    from onnxlm.export.gguf_blocks import BLOCK_BYTES, BLOCK_WEIGHTS
+
+    weights, nbytes, halves = RARE.get(qtype) or (BLOCK_WEIGHTS[qtype], BLOCK_BYTES[qtype], F16_FIELDS[qtype])
+    nb = k // weights
+    raw = rng.integers(0, 256, size=(n, nb, nbytes), dtype=np.uint8)
+    for at in halves:
+        raw[..., at:at + 2] = rng.uniform(0.001, 0.05, size=(n, nb, 1)).astype(np.float16).view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+@pytest.mark.parametrize("qtype", list(F16_FIELDS))
+def test_every_block_type_dequantises_to_gguf_py_and_runs_in_onnxruntime(qtype):
+    """Each type's codes and scales, as MatMulNBits Blocks (4-bit for codes of 4 bits or fewer, 8-bit for 5 to 8;
+    the type's own sub-block size), dequantise exactly to gguf-py's ``dequantize`` of the same bytes, also as 8-bit
+    codes (``to_8bit``) and in blocks of 16 (``reblock``); one product through onnxruntime gives x @ W.T: at fp32
+    activations (level 1, the 4-bit types) within float rounding, at int8 activations within int8 error."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from onnx import helper
+
+    from onnxlm.export.nbits import reblock, to_8bit
+
+    rng = np.random.default_rng(7)
+    n, k = 24, 512
+    raw = random_blocks(rng, qtype, n, k)
+    exact = gguf.quants.dequantize(raw, T[qtype])
+    b = GQ.blocks_from_gguf(raw, qtype, n, k)
+    assert b.bits == GQ.EIGHT_BIT.get(qtype, 4) and b.block_size == (16 if qtype in ("Q2_K", "Q3_K", "Q6_K") else 32)
+    for form in (b, to_8bit(b), reblock(b, 16)):
+        assert np.abs(GQ.dequantize(form) - exact).max() <= 1e-6 * np.abs(exact).max()
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    want = x @ exact.T
+    for level in (1, 4):
+        rw = GQ._Rewriter(helper.make_graph([], "empty", [], []), level)
+        got = _run_nodes(rw, rw.matmul("x", b, ["y"], [n], "l0.gate_up_proj"), x, "y")
+        tol = 1e-5 if level == 1 and b.bits == 4 else 0.02  # 8-bit codes run at int8 activations (level 4)
+        assert np.abs(got - want).max() <= tol * np.abs(want).max(), level
+
+
+def test_a_mixed_group_is_stacked_in_8_bits_at_the_smallest_block():
+    """q/k/v of a Q4_K_M file (Q4_K, Q4_K, Q6_K): one MatMulNBits, 8-bit codes in blocks of 16 (the 4-bit parts
+    promoted, the 32-blocks cut in two), in two int8 passes (attention at ~fp32 activations)."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from onnx import helper
+
+    rng = np.random.default_rng(8)
+    types = ("Q4_K", "Q4_K", "Q6_K")
+    raws = [random_blocks(rng, t, 16, 256) for t in types]
+    b = GQ.stack([GQ.blocks_from_gguf(r, t, 16, 256) for r, t in zip(raws, types)])
+    assert (b.bits, b.block_size, b.types) == (8, 16, types) and b.correction is not None
+    exact = np.concatenate([gguf.quants.dequantize(r, T[t]) for r, t in zip(raws, types)])
+    assert np.abs(GQ.dequantize(b) - exact).max() <= 1e-6 * np.abs(exact).max()
+    rw = GQ._Rewriter(helper.make_graph([], "empty", [], []), 4)
+    nodes = rw.matmul("x", b, ["q", "k", "v"], [16, 16, 16], "l0.qkv")
+    assert rw.two_pass == {"qkv"} and [nd.op_type for nd in nodes].count("MatMulNBits") == 1
+    nodes.append(helper.make_node("Concat", ["q", "k", "v"], ["y"], axis=-1))
+    x = rng.standard_normal((2, 3, 256)).astype(np.float32)
+    got, want = _run_nodes(rw, nodes, x, "y"), x @ exact.T
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()  # two passes: close to fp32 activations
+
+
+KQ_TYPES = [{"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K", "attn_output": "Q5_K", "ffn_gate": "Q2_K",
+             "ffn_up": "Q3_K", "ffn_down": "Q5_1"},
+            {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_gate": "Q4_K",
+             "ffn_up": "Q4_K", "ffn_down": "IQ4_NL"}]
+
+
+def test_a_k_quant_model_keeps_every_block_and_equals_the_fp32_model(tmp_path):
+    """A Q4_K_M-like Llama (hidden 256: K-quant super-blocks; Q4_K q/k beside a Q6_K v, Q5_K, Q2_K, Q3_K, Q5_1, a Q6_K
+    tied embedding, one IQ4_NL tensor): every block tensor kept (checked against transformers' dequantised weights at
+    export), the IQ4_NL one dequantised with a warning, and at the fidelity level the logits are the fp32 model's."""
+    import torch
+
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+
+    gguf_path = tmp_path / "kq.gguf"
+    write_tiny_gguf(gguf_path, KQ_TYPES, hidden=256, ffn=256, embedding="Q6_K")
+    with pytest.warns(UserWarning, match="1 IQ4_NL tensor.*no MatMulNBits form"):
+        out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
+                           progress=False)
+    q = json.loads((out / "onnxlm.json").read_text())["quantization"]
+    assert q["tensors"] == {"Q4_K": 8, "Q6_K": 2, "Q5_K": 1, "Q2_K": 1, "Q3_K": 1, "Q5_1": 1}
+    assert q["fp32_tensors"] == {"IQ4_NL": 1} and q["max_weight_diff"] <= 1e-5
+    assert q["scheme"] == "gguf-q4_k" and q["bits"] == 4
+    ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
+    with torch.no_grad():
+        want = load_gguf(gguf_path).model(input_ids=torch.tensor(ids)).logits.numpy()
+    got = onnxlm.load(out).logits(ids)
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))

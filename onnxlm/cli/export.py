@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
                         "no per-step cache concatenation (gpt2, t5, llama, mistral, qwen2; CPU)")
     q = p.add_argument_group("quantization (decoder-only; MODEL may also be an fp32 onnxlm artifact dir)")
     q.add_argument("--quantize", choices=("int8", "int4", "gguf"),
-                   help="weight-only MatMulNBits (gguf: on a .gguf file's own Q4_0/Q4_1/Q8_0 blocks, no "
+                   help="weight-only MatMulNBits (gguf: on a .gguf file's own blocks, Q4_0..Q8_0 and Q2_K..Q6_K, no "
                         "re-quantisation); refused below the quality thresholds (on a shipped 2,755-token text: top-1 "
                         "agreement >= 0.97, perplexity within +0.5%%, mean KL <= 0.003 of fp32) unless --force-quality")
     q.add_argument("--block-size", type=positive_int, default=32, metavar="N",
