@@ -20,7 +20,7 @@ SEQ2SEQ_TASK = "text2text-generation-with-past"
 GPT2_TYPES = {"gpt2"}
 T5_TYPES = {"t5", "mt5"}
 LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "smollm3", "helium", "arcee",
-               "phi3", "stablelm", "cohere", "glm"}
+               "phi3", "stablelm", "cohere", "glm", "gemma", "gemma2", "gemma3_text"}
 #: rope_scaling types whose graph is proven exact (tests/test_families.py). "dynamic" and "longrope" are refused:
 #: transformers recomputes their frequencies from the sequence length at run time, which a traced graph freezes.
 SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "yarn")
@@ -58,6 +58,8 @@ def attn_implementation_for(config) -> str | None:
     """
     if config.model_type in GPT2_TYPES and (getattr(config, "scale_attn_by_inverse_layer_idx", False)
                                             or getattr(config, "reorder_and_upcast_attn", False)):
+        return "eager"
+    if getattr(config, "attn_logit_softcapping", None) is not None:  # Gemma 2: the SDPA path drops the capping
         return "eager"
     return None
 

@@ -200,6 +200,12 @@ def _logits_without(name: str, **override) -> tuple[np.ndarray, np.ndarray]:
     ("tiny-phi3", {"partial_rotary_factor": 1.0}),
     ("tiny-phi3", {"sliding_window": None}),
     ("tiny-qwen2", {"use_sliding_window": False, "layer_types": ["full_attention"] * 2}),
+    ("tiny-gemma2", {"attn_logit_softcapping": None}),
+    ("tiny-gemma2", {"final_logit_softcapping": None}),
+    ("tiny-gemma2", {"layer_types": ["full_attention"] * 2}),
+    ("tiny-gemma2", {"query_pre_attn_scalar": 16}),
+    ("tiny-gemma3-text", {"layer_types": ["full_attention"] * 2}),
+    ("tiny-gemma3-text", {"rope_local_base_freq": 1000000.0}),
     ("tiny-granite", {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "attention_multiplier": 0.25,
                       "logits_scaling": 1.0}),
 ])
