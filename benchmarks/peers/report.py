@@ -44,6 +44,18 @@ def _loadavg() -> str:
         return "unknown"
 
 
+def _shown(path: Path) -> str:
+    """A path as the report names it: relative to the repository when inside it, else its last three parts (never
+    the measuring machine's absolute path)."""
+    from .settings import REPO
+
+    path = path.absolute()
+    try:
+        return path.relative_to(REPO).as_posix()
+    except ValueError:
+        return "/".join(path.parts[-3:])
+
+
 def versions(peers_python: Path) -> dict[str, str]:
     out = {}
     for dist in ("onnxlm", "onnxruntime", "onnxruntime-genai", "numpy", "tokenizers", "torch", "transformers",
@@ -58,7 +70,7 @@ def versions(peers_python: Path) -> dict[str, str]:
             p = subprocess.run([str(peers_python), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                                capture_output=True, text=True, timeout=60)
             if p.returncode == 0:
-                out["llama-cpp-python"] = p.stdout.strip() + f" ({peers_python})"
+                out["llama-cpp-python"] = p.stdout.strip() + f" ({_shown(Path(peers_python))})"
     return out
 
 
