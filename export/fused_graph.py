@@ -1,7 +1,7 @@
 """What every fused decoder graph (``kv_layout="fused"``) shares: the node/initializer accumulator, the output head
 (only the asked positions go through it; a tied embedding is stored once), the KV buffer inputs/outputs, and saving
-(weights over protobuf's limit go to ``model.onnx_data``). The model-specific builders are ``fused_llama.py`` and
-``fused_gpt2.py``; ``fused.py`` picks one by model_type.
+(weights over protobuf's limit go to ``model.onnx_data``). The model-specific builders are ``fused_llama.py``,
+``fused_gemma.py``, ``fused_gpt2.py`` and ``fused_t5.py``; ``fused.py`` picks one by model_type.
 """
 from __future__ import annotations
 
@@ -49,12 +49,13 @@ class Graph:
                                            **attrs))
         return outs[0] if n_out == 1 else outs
 
-    def attention(self, qkv: str, layer: int, bias: str | None = None, **attrs) -> str:
+    def attention(self, qkv: str, layer: int, bias: str | None = None,
+                  rotary: tuple[str, str] = ("cos_cache", "sin_cache"), **attrs) -> str:
         """Packed q/k/v [b, s, (N + 2 KVN) H] -> attention output [b, s, N H] through one GroupQueryAttention node
         whose past and present are layer ``layer``'s KV buffers (``attrs``: the node's attributes; with
-        do_rotary=1 the graph must hold ``cos_cache``/``sin_cache``; ``bias``: an attention_bias
+        do_rotary=1 the graph must hold the ``rotary`` cos/sin tables; ``bias``: an attention_bias
         [b or 1, N, s, total])."""
-        rotary = ["cos_cache", "sin_cache"] if attrs.get("do_rotary") else ["", ""]
+        rotary = list(rotary) if attrs.get("do_rotary") else ["", ""]
         extra = ["", bias] if bias is not None else []  # position_ids (unused), attention_bias
         inputs = [qkv, "", "", f"past_key_values.{layer}.key", f"past_key_values.{layer}.value", "seqlens_k",
                   "total_sequence_length", *rotary, *extra]
@@ -70,9 +71,9 @@ def to_numpy(t) -> np.ndarray:
     return t.detach().float().numpy().copy()
 
 
-def logits_head(g: Graph, x: str, head: str, hidden: int, vocab: int) -> None:
+def logits_head(g: Graph, x: str, head: str, hidden: int, vocab: int, softcap: float | None = None) -> None:
     """x [b, s, D] (after the final norm), head = the name of a [V, D] initializer -> graph output ``logits``
-    [b, k, V] for the positions in ``logits_positions`` [b, k]."""
+    [b, k, V] for the positions in ``logits_positions`` [b, k]; ``softcap``: ``cap * tanh(logits / cap)``."""
     from onnx import helper
 
     # keep the asked positions: [b, s, D] gather [b, k, 1] -> [b, k, D]
@@ -80,6 +81,9 @@ def logits_head(g: Graph, x: str, head: str, hidden: int, vocab: int) -> None:
                   batch_dims=1)
     flat = g.op("Reshape", [picked, g.init("shape_2d", np.array([-1, hidden], np.int64))])  # [b*k, D]
     logits2d = g.op("Gemm", [flat, head], transB=1)  # [b*k, V]
+    if softcap is not None:  # Gemma 2's final-logit soft-capping
+        cap = g.init("final_logit_softcap", np.array(softcap, np.float32))
+        logits2d = g.op("Mul", [g.op("Tanh", [g.op("Div", [logits2d, cap])]), cap])
     bk = g.op("Shape", ["logits_positions"])  # [b, k]
     out_shape = g.op("Concat", [bk, g.init("vocab_dim", np.array([vocab], np.int64))], axis=0)
     g.nodes.append(helper.make_node("Reshape", [logits2d, out_shape], ["logits"], name="logits"))

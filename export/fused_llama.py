@@ -62,11 +62,12 @@ def sliding_windows(config) -> list[int | None]:
     return [window if t == "sliding_attention" else None for t in types]
 
 
-def rotary_caches(model, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """The model's own rotary embedding for positions 0..max_positions-1 -> cos, sin [max_positions, head_dim/2]."""
+def rotary_caches(model, max_positions: int, rot=None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own rotary embedding (``rot``, default ``model.model.rotary_emb``) for positions
+    0..max_positions-1 -> cos, sin [max_positions, head_dim/2]."""
     import torch
 
-    rot = model.model.rotary_emb
+    rot = model.model.rotary_emb if rot is None else rot
     pos = torch.arange(max_positions, dtype=torch.int64)[None, :]
     x = torch.zeros(1, dtype=torch.float32)
     with torch.no_grad():

@@ -10,6 +10,9 @@ Families and recipes (each exported once per session, validated by export/valida
 * GPT-2 (export/fused_gpt2.py, the default ``kv_layout="auto"``, which must pick the fused graph; learned positions fed
   as ``position_ids``): tiny-gpt2 (tied: wte stored once), tiny-gpt2-untied-inverse-layer-scale (untied head, scores of
   layer i divided by i + 1: compared with transformers' eager attention, the only one that honours it).
+* Gemma (export/fused_gemma.py, ``kv_layout="fused"``): tiny-gemma ((1 + w) norms, scaled embeddings, GeGLU),
+  tiny-gemma2 (attention and final-logit soft-capping: compared with transformers' eager attention; a sliding-window
+  layer of 4 beside a global one), tiny-gemma3-text (q/k norms, local/global layers with their own rotary bases).
 * T5 (export/fused_t5.py, ``"auto"``: encoder giving the cross keys/values once; decoder self-attention in
   GroupQueryAttention on in-place buffers + relative position bias, cross-attention in MultiHeadAttention):
   tiny-t5 (relu, untied head), tiny-t5-gated-gelu-tied (gated gelu_new, tied head scaled by d_model ** -0.5).
@@ -107,13 +110,17 @@ FAMILIES = {
     "gpt2": Family("tiny_gpt2", ["tiny-gpt2", "families/tiny-gpt2-untied-inverse-layer-scale"], {},
                    FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                    lambda ours: {"pad_token_id": ours.pad_id}, position_ids=True),
+    "gemma": Family("tiny_llama", ["families/tiny-gemma", "families/tiny-gemma2", "families/tiny-gemma3-text"],
+                    {"kv_layout": "fused"}, FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
+                    lambda ours: {"pad_token_id": ours.pad_id}),
     "t5": Family("tiny_t5", ["tiny-t5", "families/tiny-t5-gated-gelu-tied"], {}, FusedSeq2SeqLM,
                  lambda hf: T5ForConditionalGeneration.from_pretrained(hf).eval(), _seq2seq_batch,
                  _seq2seq_logits_diff, lambda ours: {}, cross_attention=2,
                  score_args={"targets": ["hi", "a b c", "x"]}),
 }
 CASES = [(family, recipe) for family, spec in FAMILIES.items() for recipe in spec.recipes]
-BASES = [(family, spec.recipes[0]) for family, spec in FAMILIES.items()]  # tiny-llama, tiny-gpt2, tiny-t5
+#: the recipes conftest also exports plain (tiny-llama, tiny-gpt2, tiny-t5); Gemma's fixture only lends its checkpoint
+BASES = [(family, FAMILIES[family].recipes[0]) for family in ("llama", "gpt2", "t5")]
 CAUSAL_BASES = [case for case in BASES if FAMILIES[case[0]].model_class is FusedCausalLM]
 
 
@@ -165,8 +172,9 @@ def test_artifact_is_the_fused_graph(fused_dirs, case):
     graph = onnx.load(str(art / manifest["graphs"]["decoder"]["file"])).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("GroupQueryAttention") == 2 and ops.count("MultiHeadAttention") == spec.cross_attention
-    tied = AutoConfig.from_pretrained(hf).tie_word_embeddings  # tiny-llama, tiny-gpt2, tiny-t5-gated-gelu-tied
-    assert tied == (recipe in ("tiny-llama", "tiny-gpt2", "families/tiny-t5-gated-gelu-tied"))
+    tied = AutoConfig.from_pretrained(hf).tie_word_embeddings  # tiny-llama, tiny-gpt2, tiny-t5-gated-gelu-tied, Gemma
+    assert tied == (recipe in ("tiny-llama", "tiny-gpt2", "families/tiny-t5-gated-gelu-tied")
+                    or recipe.startswith("families/tiny-gemma"))
     assert ("lm_head.weight" in {i.name for i in graph.initializer}) == (not tied)
 
 
@@ -203,7 +211,8 @@ def test_beam_ids_and_scores_equal_transformers(fused, seed, beam_kw):
 # ----------------------------------------------------------------------------------------- every family, its base recipe
 @pytest.mark.parametrize("case,capacity,new,beams", [(("llama", "families/tiny-mistral-sliding-window"), 8, 20, (1, 3)),
                                                      (("gpt2", "tiny-gpt2"), 8, 20, (1, 3)),
-                                                     (("t5", "tiny-t5"), 2, 12, (2,))],
+                                                     (("t5", "tiny-t5"), 2, 12, (2,)),
+                                                     (("gemma", "families/tiny-gemma3-text"), 8, 20, (1, 3))],
                          ids=lambda v: _id(v) if isinstance(v, tuple) and isinstance(v[0], str) else str(v))
 def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs, case, capacity, new, beams):
     """Buffers of 2 double until the start fits (``capacity``: 7 prompt tokens -> 8; T5's 1 start token -> 2); the
@@ -310,7 +319,7 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
     qwen3 = AutoModelForCausalLM.from_config(Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32,
                                                          num_hidden_layers=1, num_attention_heads=2,
                                                          num_key_value_heads=1, head_dim=8)).eval()
-    with pytest.raises(ExportError, match="'qwen3' is not supported; supported: gpt2, llama, mistral, mt5, qwen2, t5"):
+    with pytest.raises(ExportError, match="'qwen3' is not supported; supported: gemma, gemma2, gemma3_text, gpt2, llama, mistral, mt5, qwen2, t5"):
         export_model(qwen3, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
         export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")

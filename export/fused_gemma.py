@@ -1,0 +1,124 @@
+"""The fused decoder graph (``kv_layout="fused"``) for Gemma, Gemma 2 and Gemma 3 (text): the Llama builder's graph
+(``fused_llama.py``: one GroupQueryAttention per layer on in-place KV buffers, right-padded rows, the same inputs,
+outputs and initializer names, so ``gguf_quant`` rewrites it the same way) with what Gemma changes:
+
+* embeddings scaled by sqrt(hidden) (in float32, as transformers multiplies them);
+* RMSNorm with the weight ``1 + w`` (transformers' Gemma norms compute ``norm(x) * (1 + w)`` in float32), and in
+  Gemma 2/3 a norm after the attention and around the MLP (``post_attention``, ``pre_feedforward``,
+  ``post_feedforward``) before each residual add;
+* the MLP ``gelu_tanh(gate) * up`` (``FastGelu``: the tanh approximation transformers' ``gelu_pytorch_tanh`` is);
+* the attention scale ``query_pre_attn_scalar ** -0.5`` (the module's own ``scaling``); Gemma 2's attention
+  soft-capping as GroupQueryAttention's ``softcap``, its final-logit soft-capping as ``cap * tanh(logits / cap)``;
+* Gemma 3's per-head q/k RMSNorm before the rotary (q and k unpacked, normed, packed again) and its two rotary
+  tables: sliding-window layers rotate with ``rope_local_base_freq``, global ones with ``rope_theta``;
+* sliding-window layers (``layer_types``) as GroupQueryAttention's ``local_window_size`` = ``sliding_window``: a
+  local layer attends to the last ``window`` positions only, whatever the buffer holds.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from onnxlm.runtime.errors import ExportError
+
+from .fused_graph import Graph, check_head_dim, io_values, logits_head, save_graph, to_numpy
+from .fused_llama import _linear, _w, rotary_caches, sliding_windows
+
+FUSED_TYPES = ("gemma", "gemma2", "gemma3_text")
+
+
+def check_supported(model) -> None:
+    """Raise ExportError naming the first config setting this builder cannot express."""
+    cfg = model.config
+    if cfg.model_type not in FUSED_TYPES:
+        raise ExportError(f"kv_layout='fused': model_type {cfg.model_type!r} is not supported by the Gemma builder; "
+                          f"supported: {', '.join(FUSED_TYPES)}")
+    act = getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", None)
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ExportError(f"kv_layout='fused': hidden_activation {act!r} is not supported; supported: "
+                          "'gelu_pytorch_tanh'")
+    if getattr(cfg, "rope_scaling", None):
+        raise ExportError(f"kv_layout='fused': Gemma with rope_scaling {cfg.rope_scaling!r} is not supported "
+                          "(use kv_layout='plain')")
+    check_head_dim(cfg.head_dim)
+
+
+def _norm(g: Graph, name: str, x: str, module, eps: float) -> str:
+    """x [..., D] -> Gemma's RMSNorm: norm(x) * (1 + w), the weight stored as 1 + w (float32)."""
+    weight = g.init(name, (1.0 + to_numpy(module.weight).astype(np.float32)).astype(np.float32))
+    return g.op("SimplifiedLayerNormalization", [x, weight], axis=-1, epsilon=eps, stash_type=1)
+
+
+def _head_norm(g: Graph, name: str, x: str, module, heads: int, head_dim: int, eps: float) -> str:
+    """x [b, s, heads * head_dim] -> the per-head RMSNorm (Gemma 3's q_norm / k_norm), same shape."""
+    split = g.op("Reshape", [x, g.init(f"shape_heads_{heads}", np.array([0, 0, heads, head_dim], np.int64))])
+    normed = _norm(g, name, split, module, eps)
+    return g.op("Reshape", [normed, g.init(f"shape_flat_{heads}", np.array([0, 0, heads * head_dim], np.int64))])
+
+
+def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
+    """transformers Gemma / Gemma 2 / Gemma 3 text model -> the fused graph written to ``out_path``; returns
+    {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}."""
+    check_supported(model)
+    cfg = model.config
+    L, N, D, V, H = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.vocab_size, cfg.head_dim
+    KVN = getattr(cfg, "num_key_value_heads", None) or N
+    eps = float(cfg.rms_norm_eps)
+    P = int(max_positions or cfg.max_position_embeddings)
+    windows = sliding_windows(cfg)
+    softcap = getattr(cfg, "attn_logit_softcapping", None)
+    inner = model.model
+    g = Graph()
+
+    g.init("embed_tokens.weight", to_numpy(inner.embed_tokens.weight))
+    tables = {None: ("cos_cache", "sin_cache")}  # rotary tables by kind: global (None) and local (sliding)
+    for name, value in zip(tables[None], rotary_caches(model, P)):
+        g.init(name, value)
+    if hasattr(inner, "rotary_emb_local"):  # Gemma 3: sliding-window layers rotate with their own base
+        tables["local"] = ("cos_cache_local", "sin_cache_local")
+        for name, value in zip(tables["local"], rotary_caches(model, P, inner.rotary_emb_local)):
+            g.init(name, value)
+
+    x = g.op("Gather", ["embed_tokens.weight", "input_ids"], axis=0)  # [b, s, D]
+    x = g.op("Mul", [x, g.init("embed_scale", np.array(D ** 0.5, dtype=np.float32))])
+    for i, layer in enumerate(inner.layers):
+        att, mlp = layer.self_attn, layer.mlp
+        h = _norm(g, f"l{i}.input_layernorm", x, layer.input_layernorm, eps)
+        wqkv = np.concatenate([_w(att.q_proj), _w(att.k_proj), _w(att.v_proj)], axis=1)
+        qkv = g.op("MatMul", [h, g.init(f"l{i}.qkv.weight", wqkv)])  # [b, s, (N + 2 KVN) H]
+        if hasattr(att, "q_norm"):  # Gemma 3: per-head RMSNorm of q and k before the rotary
+            q, k, v = g.op("Split", [qkv, g.init(f"qkv_split_{N}_{KVN}", np.array([N * H, KVN * H, KVN * H]))],
+                           n_out=3, axis=-1)
+            q = _head_norm(g, f"l{i}.q_norm", q, att.q_norm, N, H, eps)
+            k = _head_norm(g, f"l{i}.k_norm", k, att.k_norm, KVN, H, eps)
+            qkv = g.op("Concat", [q, k, v], axis=-1)
+        attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=1, rotary_interleaved=0, scale=float(att.scaling))
+        if windows[i] is not None:
+            attrs["local_window_size"] = int(windows[i])
+        if softcap is not None:
+            attrs["softcap"] = float(softcap)
+        local = "local" if windows[i] is not None and "local" in tables else None
+        a = g.attention(qkv, i, rotary=tables[local], **attrs)
+        o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
+        if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 2 / 3: norms around each block's output
+            x = g.op("Add", [x, _norm(g, f"l{i}.post_attention_layernorm", o, layer.post_attention_layernorm, eps)])
+            h = _norm(g, f"l{i}.pre_feedforward_layernorm", x, layer.pre_feedforward_layernorm, eps)
+        else:  # Gemma: as Llama
+            x = g.op("Add", [x, o])
+            h = _norm(g, f"l{i}.post_attention_layernorm", x, layer.post_attention_layernorm, eps)
+        gate = _linear(g, f"l{i}.gate_proj", h, mlp.gate_proj)
+        up = _linear(g, f"l{i}.up_proj", h, mlp.up_proj)
+        act = g.op("FastGelu", [gate], domain="com.microsoft")  # gelu, tanh approximation
+        down = _linear(g, f"l{i}.down_proj", g.op("Mul", [act, up]), mlp.down_proj)
+        if hasattr(layer, "post_feedforward_layernorm"):
+            down = _norm(g, f"l{i}.post_feedforward_layernorm", down, layer.post_feedforward_layernorm, eps)
+        x = g.op("Add", [x, down])
+    x = _norm(g, "norm.weight", x, inner.norm, eps)
+    head_w = model.lm_head.weight
+    tied = head_w.data_ptr() == inner.embed_tokens.weight.data_ptr()
+    head = "embed_tokens.weight" if tied else g.init("lm_head.weight", to_numpy(head_w))
+    logits_head(g, x, head, D, V, softcap=getattr(cfg, "final_logit_softcapping", None))
+
+    inputs, outputs = io_values(L, KVN, H, V)
+    external = save_graph(g, f"{cfg.model_type}-fused-gqa", inputs, outputs, out_path)
+    return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
+            "max_positions": P}
