@@ -27,7 +27,8 @@ QUALITY_TEXT = Path(__file__).resolve().parent / "data" / "quality_text.txt"
 MIN_TOP1_AGREEMENT = 0.97  # share of teacher-forced positions whose top-1 token equals the fp32 model's
 MAX_PERPLEXITY_INCREASE = 0.005  # relative: quantized perplexity <= fp32 perplexity * (1 + this)
 MAX_MEAN_KL = 0.003  # nats: mean KL(fp32 || quantized) of the next-token distributions over the text's positions
-WINDOW = 1024  # tokens per teacher-forced pass (both models' [w, V] log-probs are held at once)
+WINDOW = 1024  # tokens per teacher-forced pass (both models' [w, V] float32 logits are held at once)
+ROWS = 128  # positions whose float64 log-probabilities are formed at once
 
 
 def _windows(n: int, size: int | None) -> list[tuple[int, int]]:
@@ -50,13 +51,14 @@ def _teacher_forced(ref, cand, ids: list[int]) -> dict[str, np.ndarray]:
         if len(window) < 2:
             continue
         nxt = np.asarray(window[1:])[:, None]
-        logp = {}
-        for key, model in (("ref", ref), ("cand", cand)):
-            logits = model.logits([window])[0, :-1]  # [w-1, V] float32
-            out[f"top_{key}"].append(logits.argmax(-1))
-            logp[key] = log_softmax(logits.astype(np.float64))  # [w-1, V]
-            out[f"lp_{key}"].append(np.take_along_axis(logp[key], nxt, axis=1)[:, 0])
-        out["kl"].append((np.exp(logp["ref"]) * (logp["ref"] - logp["cand"])).sum(-1))
+        logits = {"ref": ref.logits([window])[0, :-1], "cand": cand.logits([window])[0, :-1]}  # [w-1, V] float32
+        for key, value in logits.items():
+            out[f"top_{key}"].append(value.argmax(-1))
+        for r in range(0, len(nxt), ROWS):  # float64 log-probs a few rows at a time: a 262k vocabulary is 2 MB a row
+            logp = {key: log_softmax(value[r:r + ROWS].astype(np.float64)) for key, value in logits.items()}
+            for key, lp in logp.items():
+                out[f"lp_{key}"].append(np.take_along_axis(lp, nxt[r:r + ROWS], axis=1)[:, 0])
+            out["kl"].append((np.exp(logp["ref"]) * (logp["ref"] - logp["cand"])).sum(-1))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
