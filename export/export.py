@@ -141,7 +141,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     where the fused builder supports the model, else "plain"), "plain" (optimum's graph) or "fused" (our own
     GroupQueryAttention graphs with in-place KV buffers: GPT-2, T5 and Llama / Mistral / Qwen2 only, see
     ``onnxlm.export.fused``; the manifest records ``"kv_layout": "fused-gqa"``).
-    ``quantize="gguf"`` (a ``.gguf`` model, Llama family): the fused fp32 export's weight MatMuls then run on the
+    ``quantize="gguf"`` (a ``.gguf`` model: Llama family or Gemma): the fused fp32 export's weight MatMuls then run on the
     GGUF file's own Q4_0 / Q4_1 / Q8_0 blocks (``onnxlm.export.gguf_quant``: no re-quantisation; ``accuracy_level``
     4 = int8 activations, 1 = fp32 activations, the fidelity setting; ``block_size`` is the GGUF's 32), quality-gated
     the same way. ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only

@@ -1,7 +1,8 @@
 """GGUF-native quantization: the fused fp32 graph's weight MatMuls run on the GGUF file's own blocks.
 
 ``quantize_gguf_artifact(fp32_dir, out_dir, gguf=...)`` takes the fused fp32 artifact exported from a GGUF file
-(``export/fused_llama.py``; its weights are transformers' dequantisation of that file) and rewrites each weight
+(``export/fused_llama.py`` or ``fused_gemma.py``, which name their weights alike; its weights are transformers'
+dequantisation of that file) and rewrites each weight
 MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF blocks themselves (no re-quantisation):
 
 * Every common block type (``export/gguf_blocks.py``): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,

@@ -475,3 +475,89 @@ def test_a_k_quant_model_keeps_every_block_and_equals_the_fp32_model(tmp_path):
         want = load_gguf(gguf_path).model(input_ids=torch.tensor(ids)).logits.numpy()
     got = onnxlm.load(out).logits(ids)
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
+def write_tiny_gemma3_gguf(path, hidden: int = 256, ffn: int = 256, heads: int = 2, head_dim: int = 128) -> None:
+    """A 2-layer Gemma 3 GGUF laid out as llama.cpp writes one (norm weights stored as 1 + w, which transformers'
+    loader undoes; q/k rows not permuted), its tensors of the Gemma 3 270M Q4_K_M file's types (Q5_0 q/k/gate/up,
+    Q8_0 v and embedding, Q4_K o, Q6_K down), as valid random blocks; a byte-level vocabulary."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    rng = np.random.default_rng(5)
+    specials = ["<pad>", "<bos>", "<eos>"]
+    tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]  # one merge: " t"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_context_length(POSITIONS)
+    w.add_embedding_length(hidden)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(1)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1_000_000.0)
+    w.add_sliding_window(4)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))
+    w.add_token_merges(["\u0120 t"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(0)
+
+    def norm(name: str, n: int) -> None:
+        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    def add(name: str, n: int, k: int, qtype: str) -> None:
+        w.add_tensor(name, random_blocks(rng, qtype, n, k), raw_dtype=T[qtype])
+
+    add("token_embd.weight", len(tokens), hidden, "Q8_0")
+    for i in range(LAYERS):
+        for kind in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
+            norm(f"blk.{i}.{kind}.weight", hidden)
+        norm(f"blk.{i}.attn_q_norm.weight", head_dim)
+        norm(f"blk.{i}.attn_k_norm.weight", head_dim)
+        add(f"blk.{i}.attn_q.weight", heads * head_dim, hidden, "Q5_0")
+        add(f"blk.{i}.attn_k.weight", head_dim, hidden, "Q5_0")
+        add(f"blk.{i}.attn_v.weight", head_dim, hidden, "Q8_0")
+        add(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, "Q4_K")
+        add(f"blk.{i}.ffn_gate.weight", ffn, hidden, "Q5_0")
+        add(f"blk.{i}.ffn_up.weight", ffn, hidden, "Q5_0")
+        add(f"blk.{i}.ffn_down.weight", hidden, ffn, "Q6_K")
+    norm("output_norm.weight", hidden)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_gemma3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
+    """A Gemma 3 GGUF (the 270M Q4_K_M file's tensor types): the fused Gemma graph, every weight on the file's own
+    blocks (none dequantised), each checked against transformers' dequantised weight at export; at the fidelity
+    level the logits are transformers' on the same file, and greedy ids equal its generate."""
+    import torch
+
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+
+    gguf_path = tmp_path / "gemma3.gguf"
+    write_tiny_gemma3_gguf(gguf_path)
+    out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
+                       progress=False)
+    m = json.loads((out / "onnxlm.json").read_text())
+    q = m["quantization"]
+    assert m["model_type"] == "gemma3_text" and m["kv_layout"] == "fused-gqa"
+    assert q["tensors"] == {"Q5_0": 8, "Q8_0": 3, "Q4_K": 2, "Q6_K": 2} and q["fp32_tensors"] == {}
+    assert q["max_weight_diff"] <= 1e-5
+    ref = load_gguf(gguf_path).model
+    ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids)).logits.numpy()
+        hf = ref.generate(torch.tensor(ids), max_new_tokens=8, do_sample=False, eos_token_id=None).numpy()
+    model = onnxlm.load(out)
+    assert np.abs(model.logits(ids) - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
