@@ -164,6 +164,7 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
 def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str, Any]):
     """A :class:`tokenizers.Tokenizer` equivalent to the GGUF's tokenizer, built without transformers.
 
+    ``tokenizer.ggml.model == "llama"`` (SentencePiece): :func:`onnxlm.export.gguf_tokenizer.build_spm_tokenizer`.
     Pipeline (byte-level BPE, as transformers' ``GPT2Converter`` and the original SmolLM2 ``tokenizer.json``):
     no normalizer; pre-tokenizer ``Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False,
     use_regex=True)]`` for ``tokenizer.ggml.pre == "smollm"`` (bare ``ByteLevel`` for the plain GPT-2 pre types);
@@ -176,10 +177,14 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
 
     meta = _metadata(path_or_metadata)
     tok_model = meta.get("tokenizer.ggml.model")
+    if tok_model == "llama":  # SentencePiece (Llama 1/2, Mistral, Gemma, Phi-3): export/gguf_tokenizer.py
+        from .gguf_tokenizer import build_spm_tokenizer
+
+        return build_spm_tokenizer(meta, gguf_special_tokens(meta))
     if tok_model != "gpt2":
         raise ExportError(
-            f"GGUF tokenizer.ggml.model={tok_model!r} is not supported: only byte-level BPE ('gpt2') tokenizers "
-            "can be built from GGUF metadata"
+            f"GGUF tokenizer.ggml.model={tok_model!r} is not supported: only byte-level BPE ('gpt2') and "
+            "SentencePiece ('llama') tokenizers can be built from GGUF metadata"
         )
     tokens = meta.get("tokenizer.ggml.tokens")
     merges = meta.get("tokenizer.ggml.merges")
