@@ -201,6 +201,9 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
         raise ExportError(
             f"GGUF metadata has {len(tokens)} tokens but {len(token_types)} token types"
         )
+    from .gguf_token_types import llama_cpp_token_types
+
+    token_types = llama_cpp_token_types(tokens, token_types)  # llama.cpp's by-text CONTROL promotions
 
     vocab = {}
     for i, t in enumerate(tokens):

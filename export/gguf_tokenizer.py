@@ -4,7 +4,8 @@ The reference is llama.cpp's SPM tokenizer (``src/llama-vocab.cpp``: ``tokenizer
 ``llm_tokenizer_spm_session`` on each text fragment), not transformers' GGUF converter (which gets Gemma's
 ``capital`` wrong). What llama.cpp does, and the tokenizers building block that reproduces each step:
 
-1. Partition on added tokens: every CONTROL, UNKNOWN and USER_DEFINED token is cut out of the raw text before
+1. Partition on added tokens: every CONTROL, UNKNOWN and USER_DEFINED token (types as llama.cpp reads them:
+   export/gguf_token_types.py) is cut out of the raw text before
    anything else, longest first; with ``special=False`` (no special-token parsing) only the USER_DEFINED ones
    (Gemma's ``<table>`` ..., its runs of 2-31 spaces, 1-31 newlines and tabs). Here: CONTROL and UNKNOWN tokens
    are special added tokens, USER_DEFINED ones plain added tokens, all ``normalized=False``; tokenizers'
@@ -31,12 +32,12 @@ from typing import Any, Mapping
 
 from onnxlm.runtime.errors import ExportError
 
+from .gguf_token_types import CONTROL, UNKNOWN, USER_DEFINED, llama_cpp_token_types
+
 __all__ = ["build_spm_tokenizer", "spm_merges"]
 
 _SPACE = "\u2581"  # "▁", SentencePiece's escaped space
 
-# llama.cpp's llama_token_type: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
-_TYPE_UNKNOWN, _TYPE_CONTROL, _TYPE_USER_DEFINED = 2, 3, 4
 _PHI3_NAMES = ("phi-3", "phi3")
 _PHI3_NO_RSTRIP = ("<unk>", "<s>", "<|endoftext|>")
 
@@ -85,6 +86,7 @@ def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
     token_types = meta.get("tokenizer.ggml.token_type") or [1] * n
     if len(token_types) != n:
         raise ExportError(f"GGUF metadata has {n} tokens but {len(token_types)} tokenizer.ggml.token_type")
+    token_types = llama_cpp_token_types(tokens, token_types)
     if len(set(tokens)) != n:
         raise ExportError("GGUF metadata tokenizer.ggml.tokens has duplicated strings (llama.cpp refuses them too)")
     add_space_prefix = _flag(meta, "tokenizer.ggml.add_space_prefix", True)
@@ -107,8 +109,8 @@ def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
     named = {specials.get(f"{k}_token") for k in ("bos", "eos", "pad", "unk")} - {None}
     special, added = [], []
     for t, tt in zip(tokens, token_types):
-        is_special = tt in (_TYPE_CONTROL, _TYPE_UNKNOWN) or t in named
-        if not is_special and tt != _TYPE_USER_DEFINED:
+        is_special = tt in (CONTROL, UNKNOWN) or t in named
+        if not is_special and tt != USER_DEFINED:
             continue
         rstrip = phi3 and t not in _PHI3_NO_RSTRIP
         tok = AddedToken(t, normalized=False, special=is_special, rstrip=rstrip)
