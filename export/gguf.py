@@ -45,11 +45,7 @@ _TOKEN_TYPE_UNKNOWN = 2
 _TOKEN_TYPE_CONTROL = 3
 _TOKEN_TYPE_USER_DEFINED = 4
 
-# tokenizer.ggml.pre values this module knows how to reproduce (llama.cpp's names), all byte-level BPE with the
-# GPT-2 split regex (tokenizers' ByteLevel(use_regex=True)); "smollm" also isolates every digit first
-# (llama.cpp: regex "\p{N}" before the GPT-2 one; HF SmolLM2 tokenizer.json: Digits(individual_digits=True)).
-_DIGIT_SPLITTING_PRE = {"smollm"}
-_PLAIN_GPT2_PRE = {"default", "gpt-2", "gpt2"}
+# tokenizer.ggml.pre values (llama.cpp's names) and their split regexes: export/gguf_pretok.py.
 
 
 def find_smollm2_gguf() -> pathlib.Path:
@@ -152,9 +148,11 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
             raise ExportError(f"GGUF metadata tokenizer.ggml.{key}={tid} is outside the vocabulary (0..{len(tokens) - 1})")
         out[f"{name}_token_id"] = None if tid is None else int(tid)
         out[f"{name}_token"] = None if tid is None else tokens[int(tid)]
-    # llama.cpp's defaults when the keys are absent: BPE ("gpt2") vocabularies add no BOS, SPM ("llama") ones do.
-    model = meta.get("tokenizer.ggml.model", "gpt2")
-    out["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", model == "llama"))
+    # llama.cpp's defaults when the keys are absent: SPM ("llama") vocabularies add a BOS, BPE ("gpt2") ones per
+    # tokenizer.ggml.pre (llama-bpe yes, most others no).
+    from .gguf_pretok import default_add_bos
+
+    out["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", default_add_bos(meta)))
     out["add_eos_token"] = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     return out
 
@@ -166,14 +164,15 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
 
     ``tokenizer.ggml.model == "llama"`` (SentencePiece): :func:`onnxlm.export.gguf_tokenizer.build_spm_tokenizer`.
     Pipeline (byte-level BPE, as transformers' ``GPT2Converter`` and the original SmolLM2 ``tokenizer.json``):
-    no normalizer; pre-tokenizer ``Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False,
-    use_regex=True)]`` for ``tokenizer.ggml.pre == "smollm"`` (bare ``ByteLevel`` for the plain GPT-2 pre types);
-    model ``BPE(vocab=tokenizer.ggml.tokens, merges=tokenizer.ggml.merges)``; decoder ``ByteLevel``;
+    no normalizer; pre-tokenizer: llama.cpp's split regexes for ``tokenizer.ggml.pre`` as ``Split`` steps, then
+    ``ByteLevel(use_regex=False)`` (:func:`onnxlm.export.gguf_pretok.bpe_pre_tokenizer`);
+    model ``BPE(vocab=tokenizer.ggml.tokens, merges=tokenizer.ggml.merges, ignore_merges=<per pre type>)``;
+    decoder ``ByteLevel``;
     post-processor ``ByteLevel(trim_offsets=False)`` (adds no tokens; a BOS is added only when the GGUF says
     ``add_bos_token``, via a TemplateProcessing). Control (and unknown) tokens become special added tokens,
     user-defined tokens plain added tokens.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
 
     meta = _metadata(path_or_metadata)
     tok_model = meta.get("tokenizer.ggml.model")
@@ -190,12 +189,9 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
     merges = meta.get("tokenizer.ggml.merges")
     if not tokens or merges is None:
         raise ExportError("GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre not in _DIGIT_SPLITTING_PRE | _PLAIN_GPT2_PRE:
-        raise ExportError(
-            f"GGUF tokenizer.ggml.pre={pre!r} is not supported; supported: "
-            f"{sorted(_DIGIT_SPLITTING_PRE | _PLAIN_GPT2_PRE)}"
-        )
+    from .gguf_pretok import bpe_pre_tokenizer, pre_type
+
+    pre = pre_type(meta)  # ExportError naming an unknown tokenizer.ggml.pre
     token_types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     if len(token_types) != len(tokens):
         raise ExportError(
@@ -226,16 +222,10 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
             end_of_word_suffix="",
             fuse_unk=False,
             byte_fallback=False,
+            ignore_merges=pre.ignore_merges,
         )
     )
-
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    if pre in _DIGIT_SPLITTING_PRE:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level]
-        )
-    else:
-        tokenizer.pre_tokenizer = byte_level
+    tokenizer.pre_tokenizer = bpe_pre_tokenizer(meta)
     tokenizer.decoder = decoders.ByteLevel()
 
     special, added = [], []

@@ -17,6 +17,7 @@ Needs the onnxlm venv (gguf, onnxlm); the reference script calls :func:`write_al
 from __future__ import annotations
 
 import base64
+import functools
 import importlib.metadata
 import json
 import pathlib
@@ -29,6 +30,13 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma3-prefix": ("gemma3", {"tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_eos_token": True}),
     "llama3": ("llama3", {}),
     "qwen2": ("qwen2", {}),
+    # other pre types, each on a real vocabulary
+    "smollm2-default": ("smollm2", {"tokenizer.ggml.pre": "default"}),
+    "smollm2-gpt-2": ("smollm2", {"tokenizer.ggml.pre": "gpt-2"}),
+    "llama3-dbrx": ("llama3", {"tokenizer.ggml.pre": "dbrx"}),
+    "llama3-deepseek-coder": ("llama3", {"tokenizer.ggml.pre": "deepseek-coder"}),
+    "qwen2-qwen35": ("qwen2", {"tokenizer.ggml.pre": "qwen35"}),
+    "qwen2-falcon": ("qwen2", {"tokenizer.ggml.pre": "falcon"}),
 }
 # the bases that are real GGUF files (no GGUF is written for them unless overridden)
 _REAL = {"smollm2", "gemma3"}
@@ -157,8 +165,8 @@ def _qwen2_metadata() -> dict[str, Any]:
     }
 
 
-def base_metadata(base: str) -> dict[str, Any]:
-    """The tokenizer.* metadata of a vocabulary base."""
+@functools.lru_cache(maxsize=None)
+def _base_metadata(base: str) -> dict[str, Any]:
     if base in _REAL:
         return _tokenizer_metadata(real_gguf(base))
     if base == "llama3":
@@ -166,6 +174,11 @@ def base_metadata(base: str) -> dict[str, Any]:
     if base == "qwen2":
         return _qwen2_metadata()
     raise ValueError(f"unknown vocabulary base {base!r}")
+
+
+def base_metadata(base: str) -> dict[str, Any]:
+    """The tokenizer.* metadata of a vocabulary base (a fresh dict; the lists are shared, do not mutate them)."""
+    return dict(_base_metadata(base))
 
 
 def write_vocab_gguf(path: pathlib.Path, meta: dict[str, Any]) -> pathlib.Path:

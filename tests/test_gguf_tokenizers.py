@@ -33,6 +33,14 @@ TEXTS = json.loads((DATA / "corpus.json").read_text(encoding="utf-8"))["texts"]
 # vocabulary -> (tokenizer.ggml.model, tokenizer.ggml.pre) it proves
 PROVEN = {
     "smollm2": ("gpt2", "smollm"),
+    "smollm2-default": ("gpt2", "default"),
+    "smollm2-gpt-2": ("gpt2", "gpt-2"),
+    "llama3": ("gpt2", "llama-bpe"),
+    "llama3-dbrx": ("gpt2", "dbrx"),
+    "llama3-deepseek-coder": ("gpt2", "deepseek-coder"),
+    "qwen2": ("gpt2", "qwen2"),
+    "qwen2-qwen35": ("gpt2", "qwen35"),
+    "qwen2-falcon": ("gpt2", "falcon"),
     "gemma3": ("llama", "default"),
     "gemma3-prefix": ("llama", "default"),
 }
@@ -117,3 +125,22 @@ def test_decode_round_trips(built):
         if "<" in t or "\u0000" in t:
             continue
         assert text_tok.decode(text_tok.encode(t), skip_special_tokens=True) == t, (name, t)
+
+
+def test_unknown_pre_type_is_refused_by_name():
+    from onnxlm.export.gguf_pretok import PRE_TYPES
+    from onnxlm.runtime.errors import ExportError
+
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such-pre", "tokenizer.ggml.tokens": ["a", "b"],
+            "tokenizer.ggml.merges": []}
+    with pytest.raises(ExportError, match="no-such-pre") as info:
+        build_tokenizer_from_gguf(meta)
+    for name in ("default", "smollm", "llama-bpe", "qwen2"):
+        assert name in str(info.value) and name in PRE_TYPES
+
+
+def test_unknown_tokenizer_model_is_refused_by_name():
+    from onnxlm.runtime.errors import ExportError
+
+    with pytest.raises(ExportError, match="'bert'"):
+        build_tokenizer_from_gguf({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
