@@ -236,6 +236,15 @@ def vocab_gguf(name: str, workdir: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def vocab_metadata(name: str) -> dict[str, Any]:
+    """The tokenizer.* metadata of vocabulary ``name`` without writing its GGUF: read from the real file
+    (``read_gguf_metadata``), or the dict :func:`vocab_gguf` would write."""
+    base, overrides = VOCABS[name]
+    meta = base_metadata(base)
+    meta.update(overrides)
+    return meta
+
+
 def write_all(workdir: str, names: list[str] | None = None) -> dict[str, list[str]]:
     """{name: [gguf path, sha256 of each source file]} for ``names`` (default: all); used by the reference script."""
     import hashlib

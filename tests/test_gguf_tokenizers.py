@@ -13,6 +13,7 @@ Three modes per text, as llama.cpp's ``tokenize(text, add_bos, special)``:
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -62,11 +63,10 @@ def vocab_dir(tmp_path_factory):
 def built(request, vocab_dir):
     """(name, reference record, TextTokenizer, raw tokenizers.Tokenizer with encode_special_tokens) per vocabulary."""
     name = request.param
-    try:
-        path = gguf_vocabs.vocab_gguf(name, vocab_dir)
-    except (FileNotFoundError, ImportError) as e:  # ModelFileError is a FileNotFoundError
+    try:  # real files through read_gguf_metadata; the written ones as the dict llama.cpp got as a GGUF file
+        meta = gguf_vocabs.vocab_metadata(name)
+    except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
         _missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
-    meta = read_gguf_metadata(path)
     assert (meta["tokenizer.ggml.model"], meta.get("tokenizer.ggml.pre", "default")) == PROVEN[name]
     tok_file = vocab_dir / f"{name}.tokenizer.json"
     build_tokenizer_from_gguf(meta).save(str(tok_file))
@@ -144,3 +144,13 @@ def test_unknown_tokenizer_model_is_refused_by_name():
 
     with pytest.raises(ExportError, match="'bert'"):
         build_tokenizer_from_gguf({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
+
+
+def test_tokenizer_only_gguf_round_trips(tmp_path):
+    """The written GGUF (what llama.cpp read for the reference ids) holds exactly the metadata the tests build from."""
+    try:
+        meta = gguf_vocabs.vocab_metadata("smollm2-gpt-2")
+    except (FileNotFoundError, importlib.metadata.PackageNotFoundError) as e:
+        _missing(f"the SmolLM2 GGUF is not installed ({e}); scripts/setup.sh installs it")
+    back = read_gguf_metadata(gguf_vocabs.vocab_gguf("smollm2-gpt-2", tmp_path))
+    assert {k: v for k, v in back.items() if k.startswith("tokenizer.")} == meta
