@@ -24,7 +24,13 @@ The reference is llama.cpp's SPM tokenizer (``src/llama-vocab.cpp``: ``tokenizer
    TemplateProcessing post-processor (``add_special_tokens=True``).
 
 Phi-3 (general.name contains ``phi-3``/``phi3``): llama.cpp strips whitespace right of every added token except
-``<unk>``, ``<s>``, ``<|endoftext|>``; here ``rstrip=True`` on the same tokens.
+``<unk>``, ``<s>``, ``<|endoftext|>``; here ``rstrip=True`` on the same tokens (not proven against llama.cpp: no
+Phi-3 vocabulary in the tests).
+
+Known difference: llama.cpp cuts added tokens out longest token first over the whole text, tokenizers leftmost-longest.
+They differ only where one added token's occurrence overlaps another's (tokens ``ab`` and ``bcd`` in ``abcd``), or,
+with Phi-3's rstrip, where an added token is followed by a longer whitespace added token; none of the tested
+vocabularies has such overlaps in the corpus (Gemma's added whitespace runs are each one repeated character).
 """
 from __future__ import annotations
 
