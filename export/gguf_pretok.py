@@ -1,0 +1,98 @@
+"""Byte-level BPE pre-tokenizers for GGUF ``tokenizer.ggml.pre`` values, as llama.cpp splits text before BPE.
+
+llama.cpp (``src/llama-vocab.cpp``, ``llm_tokenizer_bpe``) gives each pre type a list of regexes applied in turn,
+each match and each text between matches a piece of its own, then maps each piece's bytes to GPT-2's printable
+characters. tokenizers reproduces that with ``Sequence[Split(Regex(r), "isolated") for r in regexes] +
+ByteLevel(use_regex=False)``. Where llama.cpp rewrote a tokenizer.json regex for its own regex engine
+(``(?i:'s|...)`` as ``'[sS]|...``), the table keeps llama.cpp's form.
+
+Per pre type also: ``ignore_merges`` (llama.cpp: a piece that is a vocabulary token is taken whole, before any merge;
+tokenizers: ``BPE(ignore_merges=True)``) and the default of ``tokenizer.ggml.add_bos_token`` when the GGUF lacks it.
+
+``"gpt2"`` is not a llama.cpp name (llama.cpp says ``"gpt-2"``); it is kept as an alias for GGUF files written by
+older onnxlm-adjacent tools. An unknown pre type is refused by name (ExportError listing the known ones).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from onnxlm.runtime.errors import ExportError
+
+__all__ = ["PreType", "PRE_TYPES", "pre_type", "bpe_pre_tokenizer", "default_add_bos"]
+
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
+           r"|\s+(?!\S)|\s+")
+
+
+@dataclass(frozen=True)
+class PreType:
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False
+    add_bos: bool = False  # llama.cpp's default when tokenizer.ggml.add_bos_token is absent
+
+
+_DEFAULT = PreType((r"[\p{P}\$\+<=>\^~\|]+", _GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"))
+_GPT2_TYPE = PreType((_GPT2,))
+_DIGITS_GPT2 = PreType((r"\p{N}", _GPT2))
+_LLAMA3_TYPE = PreType((_LLAMA3,), ignore_merges=True, add_bos=True)
+_LLAMA3_REGEX = PreType((_LLAMA3,))
+_QWEN2_TYPE = PreType((_QWEN2,))
+
+# llama.cpp's tokenizer.ggml.pre names (llama_vocab::impl::load) -> what it does
+PRE_TYPES: dict[str, PreType] = {
+    "default": _DEFAULT,
+    # GPT-2's regex alone
+    "gpt-2": _GPT2_TYPE, "gpt2": _GPT2_TYPE, "phi-2": _GPT2_TYPE, "mpt": _GPT2_TYPE, "olmo": _GPT2_TYPE,
+    "jais": _GPT2_TYPE,
+    # every digit on its own, then GPT-2's regex
+    "smollm": _DIGITS_GPT2, "starcoder": _DIGITS_GPT2, "refact": _DIGITS_GPT2, "command-r": _DIGITS_GPT2,
+    "codeshell": _DIGITS_GPT2, "exaone": _DIGITS_GPT2,
+    # Llama 3's regex (digits in runs of up to three); the llama-bpe family also takes whole-token pieces unmerged
+    "llama-bpe": _LLAMA3_TYPE, "llama3": _LLAMA3_TYPE, "llama-v3": _LLAMA3_TYPE, "falcon3": _LLAMA3_TYPE,
+    "pixtral": _LLAMA3_TYPE,
+    "dbrx": _LLAMA3_REGEX, "smaug-bpe": _LLAMA3_REGEX,
+    # Qwen 2's regex (single digits)
+    "qwen2": _QWEN2_TYPE, "deepseek-r1-qwen": _QWEN2_TYPE, "stablelm2": _QWEN2_TYPE,
+    "qwen35": PreType((_QWEN35,)),
+    "falcon": PreType((r"[\p{P}\$\+<=>\^~\|`]+",
+                       r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+                       r"[0-9][0-9][0-9]")),
+    "deepseek-coder": PreType((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}")),
+}
+
+
+def pre_type(meta: Mapping[str, Any]) -> PreType:
+    """The :class:`PreType` of ``tokenizer.ggml.pre`` (absent: ``"default"``); ExportError for an unknown one."""
+    name = meta.get("tokenizer.ggml.pre", "default")
+    try:
+        return PRE_TYPES[name]
+    except (KeyError, TypeError):
+        raise ExportError(
+            f"GGUF tokenizer.ggml.pre={name!r} is not supported; supported: {sorted(PRE_TYPES)}"
+        ) from None
+
+
+def bpe_pre_tokenizer(meta: Mapping[str, Any]):
+    """The tokenizers pre-tokenizer reproducing llama.cpp's split for the GGUF's ``tokenizer.ggml.pre``."""
+    from tokenizers import Regex, pre_tokenizers
+
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in pre_type(meta).regexes]
+    return pre_tokenizers.Sequence(
+        splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)]
+    )
+
+
+def default_add_bos(meta: Mapping[str, Any]) -> bool:
+    """llama.cpp's add_bos when ``tokenizer.ggml.add_bos_token`` is absent: SPM yes, BPE per pre type."""
+    model = meta.get("tokenizer.ggml.model", "gpt2")
+    if model == "llama":
+        return True
+    if model != "gpt2":
+        return False
+    spec = PRE_TYPES.get(meta.get("tokenizer.ggml.pre", "default"))
+    return bool(spec and spec.add_bos)

