@@ -116,15 +116,15 @@ def test_every_id_equals_llama_cpp(built, mode):
 
 
 def test_decode_round_trips(built):
-    """Decoding our ids gives the text back, for texts without special strings. Not with add_space_prefix: llama.cpp
-    puts a space before every text fragment there (also after Gemma's newline tokens), so its ids do not round-trip."""
+    """Decoding our ids gives the text back, for texts without special strings. With add_space_prefix llama.cpp puts
+    a space before every text fragment (also after Gemma's newline tokens), so there everything but spaces does."""
     name, _, text_tok, _ = built
-    if gguf_vocabs.VOCABS[name][1].get("tokenizer.ggml.add_space_prefix"):
-        pytest.skip("add_space_prefix: llama.cpp's own ids do not round-trip")
+    prefix = bool(gguf_vocabs.VOCABS[name][1].get("tokenizer.ggml.add_space_prefix"))
+    drop = (lambda s: s.replace(" ", "")) if prefix else (lambda s: s)  # noqa: E731
     for t in TEXTS:
         if "<" in t or "\u0000" in t:
             continue
-        assert text_tok.decode(text_tok.encode(t), skip_special_tokens=True) == t, (name, t)
+        assert drop(text_tok.decode(text_tok.encode(t), skip_special_tokens=True)) == drop(t), (name, t)
 
 
 def test_unknown_pre_type_is_refused_by_name():
