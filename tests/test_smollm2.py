@@ -290,7 +290,7 @@ def test_sampling_processed_scores_equal_transformers(smol, ref, params):
 def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
     """Generic int8 weight-only quantization of the fp32 (dequantised GGUF) export, measured by the gate on the
     shipped text: close to fp32 (agreement >= 0.95, perplexity within +2%), but it does not reach the default
-    thresholds (measured here with the 8-bit head: 0.960, +0.8%), so it is refused unless forced -- and indeed the forced int8 model
+    thresholds (measured with the 8-bit head: 0.962, +0.65 %, KL 0.0038), so it is refused unless forced -- and indeed the forced int8 model
     no longer answers "Paris"; int4 re-quantisation of the Q4_1 weights (measured: 0.66) is refused."""
     from onnxlm.export import quantize_artifact
     from onnxlm.export.quality import quality_failures
@@ -302,11 +302,12 @@ def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
     q = json.loads((out / "onnxlm.json").read_text())["quantization"]["quality"]
     assert q["tokens"] > 2000
     assert q["top1_agreement"] >= 0.95 and q["perplexity"] <= 1.02 * q["perplexity_fp32"]
-    if quality_failures(q):
-        with pytest.raises(ExportError, match="refused"):
-            quantize_artifact(smol_dir, tmp_path / "int8-gated", scheme="int8", progress=False)
+    # below the gate on the 2,755-token text (measured 0.962 / +0.65 % / KL 0.0038): the gate's own decision, which
+    # quantize_artifact raises on (shown just below on the same model with int4, and on tiny models in test_quantize)
+    assert quality_failures(q)
     with pytest.raises(ExportError, match=r"refused: top-1 agreement with fp32 0\.[0-8]"):
         quantize_artifact(smol_dir, tmp_path / "int4", scheme="int4", progress=False)
+    assert not (tmp_path / "int4").exists()
     # what the gate is for: the forced int8 model answers the chat question differently (measured here: not
     # "Paris"); whenever a variant loses that answer, the gate must have refused it
     answer = onnxlm.load(out).chat(QUESTION, max_new_tokens=12).text[0]
