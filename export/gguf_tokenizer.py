@@ -18,7 +18,11 @@ The reference is llama.cpp's SPM tokenizer (``src/llama-vocab.cpp``: ``tokenizer
 3. Bigram merging from single UTF-8 characters: repeatedly merge the adjacent pair whose concatenation is a
    vocabulary token with the highest score (``tokenizer.ggml.scores``), ties to the leftmost pair. Here: a BPE model
    whose merges are every split ``a + b`` of every token into two vocabulary tokens, ranked by the token's score
-   (highest first); tokenizers' BPE applies the lowest rank first, ties to the leftmost position.
+   (highest first); tokenizers' BPE applies the lowest rank first, ties to the leftmost position. Exact while no two
+   tokens that merges make share a score (Gemma 3: none do): llama.cpp takes equal scores leftmost first, whichever
+   the token, a BPE rank orders them by token; where scores tie (or ``tokenizer.ggml.scores`` is absent: all 0.0)
+   the builder warns (:func:`spm_score_ties`). Proven on a toy vocabulary: "ab" and "bc" both scored -5, llama.cpp
+   gives "abc" as "ab" + "c", this tokenizer as "a" + "bc" when "bc" has the lower id.
 4. A character that is no token becomes its UTF-8 bytes as ``<0xNN>`` tokens. Here: ``BPE(byte_fallback=True)``.
 5. BOS / EOS when ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` (defaults for SPM: true / false), as a
    TemplateProcessing post-processor (``add_special_tokens=True``).
@@ -34,13 +38,14 @@ vocabularies has such overlaps in the corpus (Gemma's added whitespace runs are 
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 from onnxlm.runtime.errors import ExportError
 
 from .gguf_token_types import CONTROL, UNKNOWN, USER_DEFINED, llama_cpp_token_types
 
-__all__ = ["build_spm_tokenizer", "spm_merges"]
+__all__ = ["build_spm_tokenizer", "spm_merges", "spm_score_ties"]
 
 _SPACE = "\u2581"  # "▁", SentencePiece's escaped space
 
@@ -63,6 +68,22 @@ def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
                 ranked.append((-float(scores[i]), i, k, a, b))
     ranked.sort()
     return [(a, b) for _, _, _, a, b in ranked]
+
+
+def spm_score_ties(merges: list[tuple[str, str]], tokens: list[str], scores: list[float],
+                   token_types: list[int]) -> list[str]:
+    """The tokens made by ``merges`` (:func:`spm_merges`) whose score another such token shares, in id order.
+
+    Where two of them can be merged at once, llama.cpp takes the leftmost and the BPE model the lower rank.
+    USER_DEFINED tokens do not count: both cut their text out before merging, so no merge ever makes them (Gemma's
+    runs of newlines, all scored 0.0). ``token_types``: as llama.cpp reads them (:func:`llama_cpp_token_types`).
+    """
+    ids = {t: i for i, t in enumerate(tokens)}
+    made = sorted({ids[a + b] for a, b in merges} - {i for i, tt in enumerate(token_types) if tt == USER_DEFINED})
+    by_score: dict[float, int] = {}
+    for i in made:
+        by_score[float(scores[i])] = by_score.get(float(scores[i]), 0) + 1
+    return [tokens[i] for i in made if by_score[float(scores[i])] > 1]
 
 
 def _flag(meta: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -99,9 +120,16 @@ def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
 
     vocab = {t: i for i, t in enumerate(tokens)}
     unk = specials.get("unk_token")
-    tokenizer = Tokenizer(
-        models.BPE(vocab, spm_merges(tokens, scores), unk_token=unk, fuse_unk=False, byte_fallback=True)
-    )
+    merges = spm_merges(tokens, scores)
+    ties = spm_score_ties(merges, tokens, scores, token_types)
+    if ties:
+        warnings.warn(
+            f"GGUF tokenizer.ggml.scores: {len(ties)} tokens made by merges share a score with another (e.g. "
+            f"{ties[:3]!r}); llama.cpp merges equal scores leftmost first, this tokenizer in token order, so ids "
+            "can differ from llama.cpp's where such merges meet",
+            UserWarning, stacklevel=3,
+        )
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=False, byte_fallback=True))
     replace = normalizers.Replace(" ", _SPACE)
     tokenizer.normalizer = (normalizers.Sequence([normalizers.Prepend(_SPACE), replace]) if add_space_prefix
                             else replace)

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import warnings
 
 import pytest
 
@@ -69,7 +70,9 @@ def built(request, vocab_dir):
         _missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
     assert (meta["tokenizer.ggml.model"], meta.get("tokenizer.ggml.pre", "default")) == PROVEN[name]
     tok_file = vocab_dir / f"{name}.tokenizer.json"
-    build_tokenizer_from_gguf(meta).save(str(tok_file))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a proven vocabulary builds without a caveat (score ties, ...)
+        build_tokenizer_from_gguf(meta).save(str(tok_file))
     text_tok = TextTokenizer.from_file(tok_file)
     from tokenizers import Tokenizer
 
@@ -185,3 +188,35 @@ def test_spm_merges_follow_scores():
             "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_space_prefix": False,
             "tokenizer.ggml.add_bos_token": False}
     assert build_tokenizer_from_gguf(meta).encode("abc").tokens == ["a", "bc"]
+
+
+def _toy_spm(scores, types=None):
+    tokens = ["<unk>", "a", "b", "c", "ab", "bc"]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": types or [2, 1, 1, 1, 1, 1], "tokenizer.ggml.unknown_token_id": 0,
+            "tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False}
+    if scores is not None:
+        meta["tokenizer.ggml.scores"] = scores
+    return meta
+
+
+@pytest.mark.parametrize("scores", [[0.0, 0, 0, 0, -5.0, -5.0], None], ids=["tied", "absent"])
+def test_spm_score_ties_warn(scores):
+    """Equal scores: llama.cpp merges the leftmost pair first, a BPE rank orders them by token (checked with
+    llama-cpp-python 0.3.36 on such a vocabulary as a GGUF, with "bc" before "ab": "abc" is "ab" + "c" there,
+    "a" + "bc" here); the builder says so, naming the key. Absent scores are all 0.0, so all tie."""
+    with pytest.warns(UserWarning, match="tokenizer.ggml.scores"):
+        build_tokenizer_from_gguf(_toy_spm(scores))
+
+
+def test_spm_score_ties_ignore_user_defined_tokens():
+    """A USER_DEFINED token is cut out of the text before merging (Gemma's runs of newlines, all 0.0): no caveat."""
+    from onnxlm.export.gguf_tokenizer import spm_merges, spm_score_ties
+
+    tokens, scores = ["<unk>", "a", "b", "c", "ab", "bc"], [0.0, 0, 0, 0, -5.0, -5.0]
+    merges = spm_merges(tokens, scores)
+    assert spm_score_ties(merges, tokens, scores, [2, 1, 1, 1, 1, 1]) == ["ab", "bc"]
+    assert spm_score_ties(merges, tokens, scores, [2, 1, 1, 1, 4, 1]) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        build_tokenizer_from_gguf(_toy_spm([0.0, 0, 0, 0, -5.0, -5.0], [2, 1, 1, 1, 4, 1]))
