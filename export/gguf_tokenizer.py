@@ -19,10 +19,11 @@ The reference is llama.cpp's SPM tokenizer (``src/llama-vocab.cpp``: ``tokenizer
    vocabulary token with the highest score (``tokenizer.ggml.scores``), ties to the leftmost pair. Here: a BPE model
    whose merges are every split ``a + b`` of every token into two vocabulary tokens, ranked by the token's score
    (highest first); tokenizers' BPE applies the lowest rank first, ties to the leftmost position. Exact while no two
-   tokens that merges make share a score (Gemma 3: none do): llama.cpp takes equal scores leftmost first, whichever
-   the token, a BPE rank orders them by token; where scores tie (or ``tokenizer.ggml.scores`` is absent: all 0.0)
-   the builder warns (:func:`spm_score_ties`). Proven on a toy vocabulary: "ab" and "bc" both scored -5, llama.cpp
-   gives "abc" as "ab" + "c", this tokenizer as "a" + "bc" when "bc" has the lower id.
+   tokens that merges make share a score (Gemma 3: none do; Mistral: only its runs of ``▁``, harmless):
+   llama.cpp takes equal scores leftmost first, whichever the token, a BPE rank orders them by token; where other
+   scores tie (or ``tokenizer.ggml.scores`` is absent: all 0.0) the builder warns (:func:`spm_score_ties`). Shown on
+   a toy vocabulary: "ab" and "bc" both scored -5, llama.cpp gives "abc" as "ab" + "c", this tokenizer as "a" + "bc"
+   when "bc" has the lower id.
 4. A character that is no token becomes its UTF-8 bytes as ``<0xNN>`` tokens. Here: ``BPE(byte_fallback=True)``.
 5. BOS / EOS when ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` (defaults for SPM: true / false), as a
    TemplateProcessing post-processor (``add_special_tokens=True``).
@@ -75,15 +76,19 @@ def spm_score_ties(merges: list[tuple[str, str]], tokens: list[str], scores: lis
     """The tokens made by ``merges`` (:func:`spm_merges`) whose score another such token shares, in id order.
 
     Where two of them can be merged at once, llama.cpp takes the leftmost and the BPE model the lower rank.
-    USER_DEFINED tokens do not count: both cut their text out before merging, so no merge ever makes them (Gemma's
-    runs of newlines, all scored 0.0). ``token_types``: as llama.cpp reads them (:func:`llama_cpp_token_types`).
+    Not counted: USER_DEFINED tokens (both cut their text out before merging, so no merge ever makes them: Gemma's
+    runs of newlines, all scored 0.0), and a score shared only by runs of one character (Llama 2 and Mistral score
+    every run of 2-16 ``▁`` -1e9: the tie only decides how a run of spaces is cut, and on Mistral's vocabulary that
+    equals llama.cpp for every run of 1-300 spaces). ``token_types``: as llama.cpp reads them
+    (:func:`llama_cpp_token_types`).
     """
     ids = {t: i for i, t in enumerate(tokens)}
     made = sorted({ids[a + b] for a, b in merges} - {i for i, tt in enumerate(token_types) if tt == USER_DEFINED})
-    by_score: dict[float, int] = {}
+    by_score: dict[float, list[int]] = {}
     for i in made:
-        by_score[float(scores[i])] = by_score.get(float(scores[i]), 0) + 1
-    return [tokens[i] for i in made if by_score[float(scores[i])] > 1]
+        by_score.setdefault(float(scores[i]), []).append(i)
+    tied = [g for g in by_score.values() if len(g) > 1 and any(len(set(tokens[i])) > 1 for i in g)]
+    return [tokens[i] for i in sorted(i for g in tied for i in g)]
 
 
 def _flag(meta: Mapping[str, Any], key: str, default: bool) -> bool:

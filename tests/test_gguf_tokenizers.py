@@ -45,6 +45,8 @@ PROVEN = {
     "qwen2-falcon": ("gpt2", "falcon"),
     "gemma3": ("llama", "default"),
     "gemma3-prefix": ("llama", "default"),
+    "mistral": ("llama", "default"),
+    "mistral-v3": ("llama", "default"),
 }
 MODES = ("special", "special_no_add", "plain")
 
@@ -217,6 +219,10 @@ def test_spm_score_ties_ignore_user_defined_tokens():
     merges = spm_merges(tokens, scores)
     assert spm_score_ties(merges, tokens, scores, [2, 1, 1, 1, 1, 1]) == ["ab", "bc"]
     assert spm_score_ties(merges, tokens, scores, [2, 1, 1, 1, 4, 1]) == []
+    # runs of one character only (Mistral's "▁▁" ... all -1e9): no caveat
+    runs = ["<unk>", "a", "aa", "aaa", "aaaa", "b"]
+    assert spm_score_ties(spm_merges(runs, [0.0, 0, -9.0, -9.0, -9.0, 0]), runs, [0.0, 0, -9.0, -9.0, -9.0, 0],
+                          [2, 1, 1, 1, 1, 1]) == []
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         build_tokenizer_from_gguf(_toy_spm([0.0, 0, 0, 0, -5.0, -5.0], [2, 1, 1, 1, 4, 1]))
