@@ -29,8 +29,10 @@ The reference is llama.cpp's SPM tokenizer (``src/llama-vocab.cpp``: ``tokenizer
    TemplateProcessing post-processor (``add_special_tokens=True``).
 
 Phi-3 (general.name contains ``phi-3``/``phi3``): llama.cpp strips whitespace right of every added token except
-``<unk>``, ``<s>``, ``<|endoftext|>``; here ``rstrip=True`` on the same tokens (not proven against llama.cpp: no
-Phi-3 vocabulary in the tests).
+``<unk>``, ``<s>``, ``<|endoftext|>``; here ``rstrip=True`` on the same tokens. Proven on Phi-3's layout (Llama 2
+format pieces + its 11 added tokens, tests/gguf_vocabs.py ``phi3``) except one known difference: llama.cpp strips
+only ASCII whitespace there (C ``isspace``), tokenizers every Unicode space, so ``"<|user|>\u00a0hi"`` keeps its
+NBSP as a token in llama.cpp and loses it here; tokenizers' AddedToken has no ASCII-only strip.
 
 Known difference: llama.cpp cuts added tokens out longest token first over the whole text, tokenizers leftmost-longest.
 They differ only where one added token's occurrence overlaps another's (tokens ``ab`` and ``bcd`` in ``abcd``), or,

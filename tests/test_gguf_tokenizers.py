@@ -47,6 +47,7 @@ PROVEN = {
     "gemma3-prefix": ("llama", "default"),
     "mistral": ("llama", "default"),
     "mistral-v3": ("llama", "default"),
+    "phi3": ("llama", "default"),
 }
 MODES = ("special", "special_no_add", "plain")
 
@@ -107,6 +108,20 @@ def _mismatches(ours, ref, texts):
     return [(t, o, r) for t, o, r in zip(texts, ours, ref) if o != r]
 
 
+def _unicode_space_after_rstrip(raw):
+    """Phi-3's known difference: llama.cpp strips only ASCII whitespace (C isspace) right of a token, tokenizers'
+    rstrip every Unicode space, so a non-ASCII space there (NBSP, U+3000, ...) is a token for llama.cpp only."""
+    import re
+
+    stripped = [t.content for t in raw.get_added_tokens_decoder().values() if t.rstrip]
+    pattern = re.compile("(?:" + "|".join(map(re.escape, stripped)) + r")[ \t\n\v\f\r]*(?=[^\x00-\x7f])\s")
+    return lambda text: bool(stripped) and pattern.search(text) is not None
+
+
+# vocabulary -> texts where ids may differ from llama.cpp's, for a reason the builder documents
+KNOWN_DIFFERENCES = {"phi3": _unicode_space_after_rstrip}
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_id_equals_llama_cpp(built, mode):
     name, record, text_tok, raw = built
@@ -117,6 +132,10 @@ def test_every_id_equals_llama_cpp(built, mode):
     else:
         ours = [raw.encode(t).ids for t in TEXTS]
     bad = _mismatches(ours, record["ids"][mode], TEXTS)
+    if name in KNOWN_DIFFERENCES:
+        known = KNOWN_DIFFERENCES[name](raw)
+        assert sum(map(known, TEXTS)) <= 2, "the known difference should set aside a text or two, not the corpus"
+        bad = [b for b in bad if not known(b[0])]
     assert not bad, f"{name}/{mode}: {len(bad)} of {len(TEXTS)} texts differ from llama.cpp, first: {bad[0]!r}"
 
 
