@@ -36,8 +36,9 @@ NBSP as a token in llama.cpp and loses it here; tokenizers' AddedToken has no AS
 
 Known difference: llama.cpp cuts added tokens out longest token first over the whole text, tokenizers leftmost-longest.
 They differ only where one added token's occurrence overlaps another's (tokens ``ab`` and ``bcd`` in ``abcd``), or,
-with Phi-3's rstrip, where an added token is followed by a longer whitespace added token; none of the tested
-vocabularies has such overlaps in the corpus (Gemma's added whitespace runs are each one repeated character).
+with Phi-3's rstrip, where an added token is followed by a longer whitespace added token; the builder warns about
+the first (export/gguf_added_overlap.py); none of the tested vocabularies has either (Gemma's added whitespace runs
+are each one repeated character, which cut the same way).
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from typing import Any, Mapping
 
 from onnxlm.runtime.errors import ExportError
 
+from .gguf_added_overlap import warn_if_overlapping
 from .gguf_token_types import CONTROL, UNKNOWN, USER_DEFINED, llama_cpp_token_types
 
 __all__ = ["build_spm_tokenizer", "spm_merges", "spm_score_ties"]
@@ -156,6 +158,7 @@ def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
         rstrip = phi3 and t not in _PHI3_NO_RSTRIP
         tok = AddedToken(t, normalized=False, special=is_special, rstrip=rstrip)
         (special if is_special else added).append(tok)
+    warn_if_overlapping([t.content for t in special + added])
     if special:
         tokenizer.add_special_tokens(special)
     if added:

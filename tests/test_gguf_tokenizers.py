@@ -245,3 +245,26 @@ def test_spm_score_ties_ignore_user_defined_tokens():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         build_tokenizer_from_gguf(_toy_spm([0.0, 0, 0, 0, -5.0, -5.0], [2, 1, 1, 1, 4, 1]))
+
+
+def test_overlapping_added_tokens():
+    """A later-starting token at least as long as the one it overlaps; runs of one character aside."""
+    from onnxlm.export.gguf_added_overlap import overlapping_added_tokens
+
+    assert overlapping_added_tokens(["ab", "bcd"]) == [("ab", "bcd")]
+    assert overlapping_added_tokens(["ab", "bc"]) == [("ab", "bc")]  # equal lengths: llama.cpp's order is unstable
+    assert overlapping_added_tokens(["abc", "bc", "abcd"]) == []  # contained or shorter: both cut alike
+    assert overlapping_added_tokens(["\n", "\n\n", "\n\n\n", "  ", "   "]) == []
+
+
+def test_overlapping_added_tokens_warn():
+    """llama-cpp-python 0.3.36 on this vocabulary as a GGUF: "<x>yz" is "<" + "x>yz" (longest token first), here
+    "<x>" + "y" + "z" (leftmost first); the builder says so, naming the key."""
+    tokens = ["<unk>", "<", "x", ">", "y", "z", "<x>", "x>yz"]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.scores": [0.0, -1.0, -2.0, -3.0, -4.0, -5.0, 0.0, 0.0],
+            "tokenizer.ggml.token_type": [2, 1, 1, 1, 1, 1, 4, 4], "tokenizer.ggml.unknown_token_id": 0,
+            "tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False}
+    with pytest.warns(UserWarning, match="tokenizer.ggml.tokens"):
+        tok = build_tokenizer_from_gguf(meta)
+    assert tok.encode("<x>yz").tokens == ["<x>", "y", "z"]
