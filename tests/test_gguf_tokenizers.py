@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import warnings
 
 import pytest
 
@@ -44,6 +45,9 @@ PROVEN = {
     "qwen2-falcon": ("gpt2", "falcon"),
     "gemma3": ("llama", "default"),
     "gemma3-prefix": ("llama", "default"),
+    "mistral": ("llama", "default"),
+    "mistral-v3": ("llama", "default"),
+    "phi3": ("llama", "default"),
 }
 MODES = ("special", "special_no_add", "plain")
 
@@ -69,7 +73,9 @@ def built(request, vocab_dir):
         _missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
     assert (meta["tokenizer.ggml.model"], meta.get("tokenizer.ggml.pre", "default")) == PROVEN[name]
     tok_file = vocab_dir / f"{name}.tokenizer.json"
-    build_tokenizer_from_gguf(meta).save(str(tok_file))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a proven vocabulary builds without a caveat (score ties, ...)
+        build_tokenizer_from_gguf(meta).save(str(tok_file))
     text_tok = TextTokenizer.from_file(tok_file)
     from tokenizers import Tokenizer
 
@@ -102,6 +108,20 @@ def _mismatches(ours, ref, texts):
     return [(t, o, r) for t, o, r in zip(texts, ours, ref) if o != r]
 
 
+def _unicode_space_after_rstrip(raw):
+    """Phi-3's known difference: llama.cpp strips only ASCII whitespace (C isspace) right of a token, tokenizers'
+    rstrip every Unicode space, so a non-ASCII space there (NBSP, U+3000, ...) is a token for llama.cpp only."""
+    import re
+
+    stripped = [t.content for t in raw.get_added_tokens_decoder().values() if t.rstrip]
+    pattern = re.compile("(?:" + "|".join(map(re.escape, stripped)) + r")[ \t\n\v\f\r]*(?=[^\x00-\x7f])\s")
+    return lambda text: bool(stripped) and pattern.search(text) is not None
+
+
+# vocabulary -> texts where ids may differ from llama.cpp's, for a reason the builder documents
+KNOWN_DIFFERENCES = {"phi3": _unicode_space_after_rstrip}
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_every_id_equals_llama_cpp(built, mode):
     name, record, text_tok, raw = built
@@ -112,6 +132,10 @@ def test_every_id_equals_llama_cpp(built, mode):
     else:
         ours = [raw.encode(t).ids for t in TEXTS]
     bad = _mismatches(ours, record["ids"][mode], TEXTS)
+    if name in KNOWN_DIFFERENCES:
+        known = KNOWN_DIFFERENCES[name](raw)
+        assert sum(map(known, TEXTS)) <= 2, "the known difference should set aside a text or two, not the corpus"
+        bad = [b for b in bad if not known(b[0])]
     assert not bad, f"{name}/{mode}: {len(bad)} of {len(TEXTS)} texts differ from llama.cpp, first: {bad[0]!r}"
 
 
@@ -185,3 +209,62 @@ def test_spm_merges_follow_scores():
             "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.add_space_prefix": False,
             "tokenizer.ggml.add_bos_token": False}
     assert build_tokenizer_from_gguf(meta).encode("abc").tokens == ["a", "bc"]
+
+
+def _toy_spm(scores, types=None):
+    tokens = ["<unk>", "a", "b", "c", "ab", "bc"]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": types or [2, 1, 1, 1, 1, 1], "tokenizer.ggml.unknown_token_id": 0,
+            "tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False}
+    if scores is not None:
+        meta["tokenizer.ggml.scores"] = scores
+    return meta
+
+
+@pytest.mark.parametrize("scores", [[0.0, 0, 0, 0, -5.0, -5.0], None], ids=["tied", "absent"])
+def test_spm_score_ties_warn(scores):
+    """Equal scores: llama.cpp merges the leftmost pair first, a BPE rank orders them by token (checked with
+    llama-cpp-python 0.3.36 on such a vocabulary as a GGUF, with "bc" before "ab": "abc" is "ab" + "c" there,
+    "a" + "bc" here); the builder says so, naming the key. Absent scores are all 0.0, so all tie."""
+    with pytest.warns(UserWarning, match="tokenizer.ggml.scores"):
+        build_tokenizer_from_gguf(_toy_spm(scores))
+
+
+def test_spm_score_ties_ignore_user_defined_tokens():
+    """A USER_DEFINED token is cut out of the text before merging (Gemma's runs of newlines, all 0.0): no caveat."""
+    from onnxlm.export.gguf_tokenizer import spm_merges, spm_score_ties
+
+    tokens, scores = ["<unk>", "a", "b", "c", "ab", "bc"], [0.0, 0, 0, 0, -5.0, -5.0]
+    merges = spm_merges(tokens, scores)
+    assert spm_score_ties(merges, tokens, scores, [2, 1, 1, 1, 1, 1]) == ["ab", "bc"]
+    assert spm_score_ties(merges, tokens, scores, [2, 1, 1, 1, 4, 1]) == []
+    # runs of one character only (Mistral's "▁▁" ... all -1e9): no caveat
+    runs = ["<unk>", "a", "aa", "aaa", "aaaa", "b"]
+    assert spm_score_ties(spm_merges(runs, [0.0, 0, -9.0, -9.0, -9.0, 0]), runs, [0.0, 0, -9.0, -9.0, -9.0, 0],
+                          [2, 1, 1, 1, 1, 1]) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        build_tokenizer_from_gguf(_toy_spm([0.0, 0, 0, 0, -5.0, -5.0], [2, 1, 1, 1, 4, 1]))
+
+
+def test_overlapping_added_tokens():
+    """A later-starting token at least as long as the one it overlaps; runs of one character aside."""
+    from onnxlm.export.gguf_added_overlap import overlapping_added_tokens
+
+    assert overlapping_added_tokens(["ab", "bcd"]) == [("ab", "bcd")]
+    assert overlapping_added_tokens(["ab", "bc"]) == [("ab", "bc")]  # equal lengths: llama.cpp's order is unstable
+    assert overlapping_added_tokens(["abc", "bc", "abcd"]) == []  # contained or shorter: both cut alike
+    assert overlapping_added_tokens(["\n", "\n\n", "\n\n\n", "  ", "   "]) == []
+
+
+def test_overlapping_added_tokens_warn():
+    """llama-cpp-python 0.3.36 on this vocabulary as a GGUF: "<x>yz" is "<" + "x>yz" (longest token first), here
+    "<x>" + "y" + "z" (leftmost first); the builder says so, naming the key."""
+    tokens = ["<unk>", "<", "x", ">", "y", "z", "<x>", "x>yz"]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.scores": [0.0, -1.0, -2.0, -3.0, -4.0, -5.0, 0.0, 0.0],
+            "tokenizer.ggml.token_type": [2, 1, 1, 1, 1, 1, 4, 4], "tokenizer.ggml.unknown_token_id": 0,
+            "tokenizer.ggml.add_space_prefix": False, "tokenizer.ggml.add_bos_token": False}
+    with pytest.warns(UserWarning, match="tokenizer.ggml.tokens"):
+        tok = build_tokenizer_from_gguf(meta)
+    assert tok.encode("<x>yz").tokens == ["<x>", "y", "z"]
