@@ -18,7 +18,7 @@ def build_byte_level_tokenizer(spec: dict[str, Any]):
     if spec.get("type", "byte-level") != "byte-level":
         raise ExportError(f"tokenizer.type: only 'byte-level' is supported in recipes, got {spec.get('type')!r}")
     # ByteLevel maps byte b to a printable character; order the vocabulary by byte value.
-    byte_to_char = _bytes_to_unicode()
+    byte_to_char = bytes_to_unicode()
     vocab = {byte_to_char[b]: b for b in range(256)}
     if set(vocab) != set(pre_tokenizers.ByteLevel.alphabet()):  # pragma: no cover - tokenizers changed its alphabet
         raise ExportError("tokenizers' ByteLevel alphabet is not the GPT-2 byte mapping; cannot build a byte-level vocab")
@@ -38,7 +38,7 @@ def build_byte_level_tokenizer(spec: dict[str, Any]):
     return tok
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character table (the ByteLevel alphabet)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]

@@ -168,19 +168,6 @@ def _phi3_metadata() -> dict[str, Any]:
     return meta
 
 
-def _byte_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
     parts = [bytes([b]) for b in token]
     while True:
@@ -200,7 +187,9 @@ def _qwen2_metadata() -> dict[str, Any]:
         if line:
             tok, rank = line.split()
             ranks[base64.b64decode(tok)] = int(rank)
-    byte_enc = _byte_unicode()
+    from onnxlm.export.tokenizer import bytes_to_unicode
+
+    byte_enc = bytes_to_unicode()
 
     def enc(b: bytes) -> str:
         return "".join(byte_enc[x] for x in b)
