@@ -29,6 +29,8 @@ QK_K = 256  # weights per K-quant super-block
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34,
                "Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
 BLOCK_WEIGHTS = {t: (QK_K if t.endswith("_K") else BLOCK) for t in BLOCK_BYTES}
+#: type -> MatMulNBits bits of its codes: 4 for codes of 4 bits or fewer, 8 for 5 to 8
+CODE_BITS = {t: 8 if t in ("Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K") else 4 for t in BLOCK_BYTES}
 NATIVE_TYPES = tuple(BLOCK_BYTES)
 
 
@@ -48,17 +50,18 @@ def _bits_of(bytes_: np.ndarray, count: int) -> np.ndarray:
 
 
 def _symmetric(q: np.ndarray, d: np.ndarray, block: int, qtype: str) -> Blocks:
-    """Signed codes q [N, K] (|q| < 8: 4-bit, else 8-bit) and scales d [N, K/block]: w = d*q."""
+    """Signed codes q [N, K] (the type's ``CODE_BITS``) and scales d [N, K/block]: w = d*q."""
     n, k = q.shape
-    bits = 4 if q.min() >= -8 and q.max() <= 7 else 8
+    bits = CODE_BITS[qtype]
     codes = (q.astype(np.int16) + (8 if bits == 4 else 128)).astype(np.uint8).reshape(n, k // block, block)
     return Blocks(bits, _pack4(codes) if bits == 4 else codes, d.astype(np.float32), None, None, (qtype,), block)
 
 
-def _asymmetric(q: np.ndarray, d: np.ndarray, m: np.ndarray, block: int, bits: int, qtype: str) -> Blocks:
-    """Codes q [N, K] uint8 < 2**bits, scales d and offsets m [N, K/block]: w = d*q + m, as zero points
+def _asymmetric(q: np.ndarray, d: np.ndarray, m: np.ndarray, block: int, qtype: str) -> Blocks:
+    """Codes q [N, K] uint8 below 2 ** the type's ``CODE_BITS``, scales d and offsets m [N, K/block]: w = d*q + m, as zero points
     z = clip(round(-m/d)) (so d*(q - z) stays close to w) and the exact correction R = m + z*d."""
     n, k = q.shape
+    bits = CODE_BITS[qtype]
     safe = np.where(d == 0, 1, d)
     z = np.where(d == 0, 0, np.clip(np.round(-m / safe), 0, 2 ** bits - 1)).astype(np.uint8)
     r = (m.astype(np.float64) + z * d.astype(np.float64)).astype(np.float32)
@@ -86,21 +89,20 @@ def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
     if qtype == "Q4_0":  # d, 16 bytes of nibbles (weight j low, j+16 high); w = d*(q - 8)
         return _symmetric(flat(_low_high(b[..., 2:])).astype(np.int16) - 8, _f16(b, 0), BLOCK, qtype)
     if qtype == "Q4_1":  # d, m, nibbles; w = d*q + m
-        return _asymmetric(flat(_low_high(b[..., 4:])), _f16(b, 0), _f16(b, 2), BLOCK, 4, qtype)
+        return _asymmetric(flat(_low_high(b[..., 4:])), _f16(b, 0), _f16(b, 2), BLOCK, qtype)
     if qtype in ("Q5_0", "Q5_1"):  # d (, m), qh: bit j = weight j's 5th bit, nibbles
         at = 2 if qtype == "Q5_0" else 4
         qh = _bits_of(b[..., at:at + 4], 8).swapaxes(-1, -2).reshape(n, -1, 32)  # [N, nb, 32] weight j: bit j
         q = flat(_low_high(b[..., at + 4:]).reshape(n, -1, 32) | (qh << 4))
         if qtype == "Q5_0":  # w = d*(q - 16)
             return _symmetric(q.astype(np.int16) - 16, _f16(b, 0), BLOCK, qtype)
-        return _asymmetric(q, _f16(b, 0), _f16(b, 2), BLOCK, 8, qtype)
+        return _asymmetric(q, _f16(b, 0), _f16(b, 2), BLOCK, qtype)
     if qtype == "Q8_0":  # d, 32 int8; w = d*q
         return _symmetric(flat(b[..., 2:].view(np.int8)), _f16(b, 0), BLOCK, qtype)
     if qtype == "Q2_K":  # scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin; per 16: w = d*sc*q - dmin*mn
         sc, qs, d, dmin = b[..., :16], b[..., 16:80], _f16(b, 80), _f16(b, 82)
         q = (qs.reshape(n, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3  # [N, nb, 2, 4, 32]
-        return _asymmetric(flat(q), per(d[..., None] * (sc & 15)), per(-(dmin[..., None] * (sc >> 4))), 16, 4,
-                           qtype)
+        return _asymmetric(flat(q), per(d[..., None] * (sc & 15)), per(-(dmin[..., None] * (sc >> 4))), 16, qtype)
     if qtype == "Q3_K":  # hmask[32], qs[64], scales[12] (6-bit, -32), d; per 16: w = d*(s - 32)*q, q in -4..3
         hmask, qs, scales, d = b[..., :32], b[..., 32:96], b[..., 96:108], _f16(b, 108)
         low = (scales[..., :8, None] >> np.array([0, 4], np.uint8)).swapaxes(-1, -2).reshape(n, -1, 16) & 15
@@ -116,8 +118,7 @@ def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
         q = _low_high(qs.reshape(n, -1, 4, 32))  # [N, nb, 4, 2, 32]: chunk c low -> sub-block 2c, high -> 2c+1
         if qtype == "Q5_K":
             q = q | (_bits_of(b[..., 16:48], 8).reshape(n, -1, 4, 2, 32) << 4)  # sub-block j: bit j of qh
-        return _asymmetric(flat(q), per(d[..., None] * sc), per(-(dmin[..., None] * mn)), BLOCK,
-                           4 if qtype == "Q4_K" else 8, qtype)
+        return _asymmetric(flat(q), per(d[..., None] * sc), per(-(dmin[..., None] * mn)), BLOCK, qtype)
     # Q6_K: ql[128], qh[64], scales[16] int8, d; per 16: w = d*sc*(q - 32), q 6-bit
     ql, qh, scales, d = b[..., :128], b[..., 128:192], b[..., 192:208].view(np.int8), _f16(b, 208)
     low = _low_high(ql.reshape(n, -1, 2, 64)).reshape(n, -1, 2, 4, 32)  # [N, nb, half, 4, 32]

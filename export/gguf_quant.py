@@ -72,13 +72,12 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
-from .gguf_blocks import NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
+from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
 from .nbits import BLOCK, Blocks, Rewriter, dequantize, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
 LOSSLESS_FP32 = ("F32", "F16", "BF16")  # types whose fp32 copy is the same numbers (no blocks to keep)
-EIGHT_BIT = {t: 8 for t in ("Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K")}  # codes of 5-8 bits: MatMulNBits bits=8
 ACCURACY_LEVELS = (1, 4)  # 4: the MLP at int8 activations (default); 1: fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
@@ -343,7 +342,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
             raise ExportError(f"{path}: no tensor of a native type ({', '.join(NATIVE_TYPES)}); its types: "
                               f"{sorted(info['fp32_tensors'])}. Use quantize='int8' instead")
         main = max(info["tensors"], key=info["tensors"].get)
-        record.update(info, scheme=f"gguf-{main.lower()}", bits=EIGHT_BIT.get(main, 4))
+        record.update(info, scheme=f"gguf-{main.lower()}", bits=CODE_BITS[main])
         log(f"native: {info['tensors']}, kept fp32: {info['fp32_tensors'] or 'none'}, max |weight diff| "
             f"{info['max_weight_diff']:.2g}")
         rare = {t: n for t, n in info["fp32_tensors"].items() if t not in LOSSLESS_FP32}

@@ -411,7 +411,7 @@ def test_every_block_type_dequantises_to_gguf_py_and_runs_in_onnxruntime(qtype):
     raw = random_blocks(rng, qtype, n, k)
     exact = gguf.quants.dequantize(raw, T[qtype])
     b = GQ.blocks_from_gguf(raw, qtype, n, k)
-    assert b.bits == GQ.EIGHT_BIT.get(qtype, 4) and b.block_size == (16 if qtype in ("Q2_K", "Q3_K", "Q6_K") else 32)
+    assert b.bits == (8 if qtype in ("Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K") else 4) and b.block_size == (16 if qtype in ("Q2_K", "Q3_K", "Q6_K") else 32)
     for form in (b, to_8bit(b), reblock(b, 16)):
         assert np.abs(GQ.dequantize(form) - exact).max() <= 1e-6 * np.abs(exact).max()
     x = rng.standard_normal((2, 3, k)).astype(np.float32)
