@@ -58,8 +58,8 @@ def _symmetric(q: np.ndarray, d: np.ndarray, block: int, qtype: str) -> Blocks:
 
 
 def _asymmetric(q: np.ndarray, d: np.ndarray, m: np.ndarray, block: int, qtype: str) -> Blocks:
-    """Codes q [N, K] uint8 below 2 ** the type's ``CODE_BITS``, scales d and offsets m [N, K/block]: w = d*q + m, as zero points
-    z = clip(round(-m/d)) (so d*(q - z) stays close to w) and the exact correction R = m + z*d."""
+    """Codes q [N, K] uint8 below 2 ** the type's ``CODE_BITS``, scales d and offsets m [N, K/block]: w = d*q + m,
+    as zero points z = clip(round(-m/d)) (so d*(q - z) stays close to w) and the exact correction R = m + z*d."""
     n, k = q.shape
     bits = CODE_BITS[qtype]
     safe = np.where(d == 0, 1, d)
