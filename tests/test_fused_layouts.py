@@ -410,3 +410,46 @@ def test_large_weights_go_to_external_data(tiny_llama, tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         onnxlm.load(art).generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[]).sequences,
         plain.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[]).sequences)
+
+
+# ------------------------------------------------------------------------- extend / rollback (speculation, prefix reuse)
+def _extend_rollback_matches_one_pass(ours, spec, seed):
+    """start on a left-padded batch, extend 4 tokens per row, roll back 3 / 0 / 2 of them, extend 3 more: every
+    logits row equals one forward pass (``logits``) over that row's kept tokens; left padding kept as in start."""
+    rng = np.random.default_rng(seed)
+    ids, mask = spec.batch(ours, seed=seed)
+    rows = [list(r[m == 1]) for r, m in zip(ids, mask)]
+    state, _ = ours.start(ids, mask)
+    first = rng.integers(4, ours.vocab_size - 4, (len(rows), 4))
+    got = state.extend(first)                                                   # [b, 4, V]
+    for r, row in enumerate(rows):
+        want = ours.logits([row + list(first[r])])[0, -4:]
+        assert np.abs(got[r] - want).max() <= ATOL
+    counts = np.array([3, 0, 2])
+    state.rollback(counts)
+    kept = [row + list(first[r][:4 - c]) for r, (row, c) in enumerate(zip(rows, counts))]
+    second = rng.integers(4, ours.vocab_size - 4, (len(rows), 3))
+    got = state.extend(second)
+    for r, row in enumerate(kept):
+        want = ours.logits([row + list(second[r])])[0, -3:]
+        assert np.abs(got[r] - want).max() <= ATOL
+    last = state.advance(second[:, -1])                                         # one more plain step after it all
+    for r, row in enumerate(kept):
+        want = ours.logits([row + list(second[r]) + [int(second[r, -1])]])[0, -1]
+        assert np.abs(last[r] - want).max() <= ATOL
+    with pytest.raises(onnxlm.InputError, match="counts"):
+        state.rollback(np.array([0, 99, 0]))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] != "t5"], ids=_id)
+def test_fused_extend_and_rollback_equal_one_pass(fused_dirs, case):
+    """The fused state's multi-token step and rollback (lower a row's length): every family, sliding windows too."""
+    spec = FAMILIES[case[0]]
+    _extend_rollback_matches_one_pass(onnxlm.load(fused_dirs[case[1]][1]), spec, seed=7)
+
+
+@pytest.mark.parametrize("case", CAUSAL_BASES, ids=_id)
+def test_plain_extend_and_rollback_equal_one_pass(case, request):
+    """The plain state: extend appends k attended columns, rollback masks each row's last positions (holes)."""
+    spec = FAMILIES[case[0]]
+    _extend_rollback_matches_one_pass(onnxlm.load(request.getfixturevalue(spec.fixture).onnx_dir), spec, seed=8)

@@ -31,6 +31,15 @@ def repack_right(input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int)
     return ids, lengths
 
 
+def _checked_counts(counts, lengths: np.ndarray) -> np.ndarray:
+    """counts (per row, or one int for all) -> [b] int64, each 0 <= count < the row's length (a row keeps one)."""
+    counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), lengths.shape)
+    if (counts < 0).any() or (counts >= lengths).any():
+        raise InputError(f"counts: {counts.tolist()}; each must be >= 0 and below its row's length "
+                         f"{lengths.tolist()} (a row keeps at least one position)")
+    return counts
+
+
 class FusedState:
     """Decoding state of a batch: the KV buffers and each row's length (tokens held, all attended)."""
 
@@ -45,6 +54,28 @@ class FusedState:
                                  np.zeros((len(tokens), 1), np.int64), self.buffers)
         self.lengths = self.lengths + 1
         return logits[:, 0, :]
+
+    def extend(self, ids: np.ndarray) -> np.ndarray:
+        """ids [b, k] int64 -> logits [b, k, V] float32 after each of the k tokens; appends k positions per row in
+        place (one forward pass: a speculative verify step, or the rest of a prompt after a reused prefix)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        b, k = ids.shape
+        self.buffers.ensure(int(self.lengths.max()) + k)
+        keep = np.arange(k, dtype=np.int64)[None, :]                  # every new position through the head
+        if b == 1 or k == 1:
+            logits = self.model._run(ids, self.lengths, np.full(b, k, np.int64), np.repeat(keep, b, 0), self.buffers)
+        else:  # GroupQueryAttention takes several new tokens after a past only for one row: a pass per row
+            logits = np.concatenate([self.model._run(ids[r:r + 1], self.lengths[r:r + 1], np.array([k]), keep,
+                                                     self.buffers.row(r)) for r in range(b)])
+        self.lengths = self.lengths + k
+        return logits
+
+    def rollback(self, counts: np.ndarray) -> None:
+        """counts [b] int64: forget each row's last counts[i] positions (rejected draft tokens). The buffers keep
+        the stale keys/values past a row's length; the graph never reads them (seqlens_k) and the next step
+        overwrites them."""
+        counts = _checked_counts(counts, self.lengths)
+        self.lengths = self.lengths - counts
 
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder/duplicate rows of every buffer and of the lengths."""

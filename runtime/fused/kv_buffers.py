@@ -60,6 +60,11 @@ class KVBuffers:
             grown[name][:, :, :a.shape[2]] = a
         self.__init__(grown)
 
+    def row(self, r: int) -> "KVBuffers":
+        """Buffers of batch row ``r`` alone ([1, kv_heads, capacity, head_dim] views sharing this set's memory): a
+        step run on them writes into this set in place."""
+        return KVBuffers({n: a[r:r + 1] for n, a in self.arrays.items()})
+
     @property
     def batch(self) -> int:
         return next(iter(self.arrays.values())).shape[0]

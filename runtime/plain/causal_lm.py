@@ -41,6 +41,39 @@ class CausalState:
         self.cache.update(out)
         return out["logits"][:, -1, :].astype(np.float32, copy=False)
 
+    def extend(self, ids: np.ndarray) -> np.ndarray:
+        """ids [b, k] int64 -> logits [b, k, V] float32 after each of the k tokens; appends k attended positions
+        per row (one forward pass: a speculative verify step, or the rest of a prompt after a reused prefix)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        b, k = ids.shape
+        self.mask = np.concatenate([self.mask, np.ones((b, k), np.int64)], axis=1)
+        positions = self.positions[:, None] + 1 + np.arange(k)                 # [b, k]
+        out = self.runner.run({"input_ids": ids, "attention_mask": self.mask, "position_ids": positions,
+                               "logits_to_keep": ALL_POSITIONS, **self.cache.tensors})
+        self.cache.update(out)
+        self.positions = self.positions + k
+        return out["logits"][:, -k:, :].astype(np.float32, copy=False)
+
+    def rollback(self, counts: np.ndarray) -> None:
+        """counts [b] int64 (or one int): forget each row's last counts[i] attended positions (rejected draft
+        tokens). Their mask goes to 0, so rows may hold holes that no later step attends to; trailing columns no
+        row attends to are cut from the mask and the cache."""
+        counts = np.broadcast_to(np.asarray(counts, dtype=np.int64), self.positions.shape)
+        held = self.mask.sum(axis=1)
+        if (counts < 0).any() or (counts >= held).any():
+            raise InputError(f"counts: {counts.tolist()}; each must be >= 0 and below its row's length "
+                             f"{held.tolist()} (a row keeps at least one position)")
+        self.mask = self.mask.copy()
+        for row, count in enumerate(counts):
+            if count:
+                self.mask[row, np.flatnonzero(self.mask[row])[-count:]] = 0   # the row's last `count` positions
+        self.positions = self.positions - counts
+        used = np.flatnonzero(self.mask.any(axis=0))
+        end = int(used[-1]) + 1                                                 # columns some row still attends
+        if end < self.mask.shape[1]:
+            self.mask = self.mask[:, :end]
+            self.cache.tensors = {n: to_numpy(v)[:, :, :end] for n, v in self.cache.tensors.items()}
+
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder the cache, mask and positions along the batch axis."""
         rows = np.asarray(rows, dtype=np.int64)
