@@ -126,9 +126,11 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
                  quantize_head: str = "auto", force_quality: bool = False, gguf=None) -> Path:
     """Export ``model`` to an ONNX artifact directory ``out_dir`` (layout and manifest: docs/design.md).
 
-    ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, or a loaded
+    ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, a loaded
     transformers model (then ``tokenizer=`` may give a tokenizers.Tokenizer / fast tokenizer / tokenizer.json path;
-    otherwise the tokenizer is loaded from ``model.config._name_or_path``).
+    otherwise the tokenizer is loaded from ``model.config._name_or_path``), or what ``loader.load_source`` returned
+    for any of these (its source record, tokenizer and chat template kept; a caller that compares with the PyTorch
+    model loads it once).
     Supported: GPT-2, T5 and the Llama family (see ``onnxlm.export.onnx_export.SUPPORTED_FAMILIES``); a
     ``rope_scaling`` other than ``SUPPORTED_ROPE_SCALING`` is refused. A model whose config transformers honours only in
     eager attention (``attn_implementation_for``) is traced and validated eager; a passed model gets its setting back.
@@ -197,7 +199,8 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     try:
         with warnings.catch_warnings(), prog.quiet_libraries():
             warnings.simplefilter("ignore")  # torch tracer / transformers deprecation chatter
-            with prog.step(f"loading {model if isinstance(model, (str, Path)) else type(model).__name__}"):
+            what = model if isinstance(model, (str, Path)) else getattr(model, "source", type(model).__name__)
+            with prog.step(f"loading {what}"):
                 lm = load_source(model, tokenizer=tokenizer)
             cfg = lm.model.config
             check_config(cfg)

@@ -95,9 +95,12 @@ def _chat_template(hf_tok) -> str | None:
 
 
 def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
-    """Dispatch on what ``model`` is: recipe dir, transformers dir, .gguf file, hub name or a loaded model."""
+    """Dispatch on what ``model`` is: recipe dir, transformers dir, .gguf file, hub name, a loaded model, or a
+    ``LoadedModel`` already (returned as it is: a caller that also needs the PyTorch model loads a source once)."""
     from transformers import GenerationConfig
 
+    if isinstance(model, LoadedModel):
+        return model
     if not isinstance(model, (str, Path)):
         source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or f"<{type(model).__name__}>")
         family = _check_model(model, source)

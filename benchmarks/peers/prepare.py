@@ -48,6 +48,19 @@ class Prepared:
     config: dict = field(default_factory=dict)  # the transformers config.json (the work dirs are gone at the report)
 
 
+def gguf_file_type(path: Path) -> str:
+    """A GGUF's ``general.file_type`` by llama.cpp's name: 'Q4_1' (SmolLM2's, with Q8_0 tensors), 'Q4_K_M', ..."""
+    import gguf
+
+    from onnxlm.export.gguf import read_gguf_metadata
+
+    ft = read_gguf_metadata(path).get("general.file_type")
+    try:
+        return gguf.LlamaFileType(int(ft)).name.removeprefix("MOSTLY_")
+    except (TypeError, ValueError):
+        return "blocks"
+
+
 def _bytes(path: str | Path) -> int | None:
     p = Path(path)
     if p.is_file():
@@ -281,7 +294,7 @@ def prepare(key: str, work: Path, args) -> Prepared:
                                       note=f"llama_cpp does not import in {args.peers_python} "
                                            "(scripts/setup_peers.sh builds it)"))
         else:
-            engines.append(EngineSpec(label, "llamacpp", str(gguf), precision="GGUF Q4_1 + Q8_0",
+            engines.append(EngineSpec(label, "llamacpp", str(gguf), precision=f"GGUF {gguf_file_type(gguf)}",
                                       python=str(args.peers_python),
                                       env=env, opts={"n_ctx": 1024}, artifact_bytes=_bytes(gguf)))
     special = manifest.get("special_tokens", {})
