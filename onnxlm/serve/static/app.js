@@ -1,0 +1,328 @@
+// The chat page of `onnxlm serve`: plain JS, no build step, no outside resources.
+// It streams /v1/chat/completions (server-sent events read with fetch + ReadableStream) and shows model text only as
+// text: nodes are built with createElement/textContent, never innerHTML, so a reply holding markup shows the markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+// what the page holds: the served model's name, the conversation sent with each request ({role, content} pairs of
+// finished turns), and the AbortController of the request in flight (null when idle)
+const state = { model: null, history: [], controller: null };
+
+// inputs kept in localStorage between visits
+const SAVED = ["system", "temperature", "top-p", "max-tokens", "json-mode", "schema-name", "schema", "api-key"];
+
+function loadSettings() {
+  for (const id of SAVED) {
+    let v = null;
+    try { v = localStorage.getItem("onnxlm." + id); } catch (e) { return; }  // storage blocked: keep the defaults
+    if (v === null) continue;
+    const el = $(id);
+    if (el.type === "checkbox") el.checked = v === "1"; else el.value = v;
+  }
+}
+
+function saveSettings() {
+  for (const id of SAVED) {
+    const el = $(id);
+    try { localStorage.setItem("onnxlm." + id, el.type === "checkbox" ? (el.checked ? "1" : "0") : el.value); }
+    catch (e) { return; }
+  }
+}
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+// a failed response -> "HTTP 400: <the OpenAI error body's message>" (or the raw text when it is not that body)
+async function apiError(response) {
+  const text = await response.text();
+  let message = text;
+  try {
+    const body = JSON.parse(text);
+    if (body && body.error && body.error.message) message = body.error.message;
+  } catch (e) { /* not JSON: the text as it came */ }
+  return "HTTP " + response.status + ": " + (message || response.statusText);
+}
+
+function banner(message) {
+  const el = $("banner");
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+// GET /v1/models -> the name shown in the header and sent as "model"; only the latest call's answer counts (the key
+// may change while an earlier call is still out)
+let modelCalls = 0;
+async function loadModel() {
+  const call = ++modelCalls;
+  try {
+    const r = await fetch("v1/models", { headers: headers() });
+    const body = r.ok ? await r.json() : await apiError(r);
+    if (call !== modelCalls) return;
+    if (!r.ok) {
+      state.model = null;
+      $("model").textContent = "(no model)";
+      banner(body + (r.status === 401 ? " (enter the API key in Settings)" : ""));
+      return;
+    }
+    state.model = body.data && body.data.length ? body.data[0].id : null;
+    $("model").textContent = state.model || "(no model)";
+    banner("");
+  } catch (e) {
+    if (call === modelCalls) banner("cannot reach the server: " + e.message);
+  }
+}
+
+// an element holding ``text`` as its text
+function textElement(tag, text) {
+  const el = document.createElement(tag);
+  el.textContent = text;
+  return el;
+}
+
+// text outside code fences -> nodes: **bold** as <strong>, `code` as <code>, the rest as text nodes
+function inlineNodes(text) {
+  return text.split(/(\*\*[^*\n]+\*\*|`[^`\n]+`)/).filter(Boolean).map((piece) => {
+    if (piece.length > 4 && piece.startsWith("**") && piece.endsWith("**")) {
+      return textElement("strong", piece.slice(2, -2));
+    }
+    if (piece.length > 2 && piece.startsWith("`") && piece.endsWith("`")) return textElement("code", piece.slice(1, -1));
+    return document.createTextNode(piece);
+  });
+}
+
+// text -> the element's children, a small markdown subset: ``` fenced blocks as <pre><code> (the fence's first
+// line, the language tag, and the newline before the closing fence are dropped), **bold** and `code` elsewhere.
+// Every piece goes in as text (textContent, text nodes), never as HTML.
+function renderText(el, text) {
+  const nodes = [];
+  text.split("```").forEach((part, i) => {
+    if (i % 2 === 1) {  // inside a fence
+      const nl = part.indexOf("\n");
+      const pre = document.createElement("pre");
+      pre.append(textElement("code", (nl >= 0 ? part.slice(nl + 1) : part).replace(/\n$/, "")));
+      nodes.push(pre);
+    } else {
+      nodes.push(...inlineNodes(part));
+    }
+  });
+  el.replaceChildren(...nodes);
+}
+
+function nearBottom() {
+  const m = $("messages");
+  return m.scrollHeight - m.scrollTop - m.clientHeight < 60;
+}
+
+function scrollDown() {
+  const m = $("messages");
+  m.scrollTop = m.scrollHeight;
+}
+
+// a message bubble: .msg.<role> > .content (+ .meta for answers) -> the bubble
+function addMessage(role, text) {
+  const follow = nearBottom();
+  const div = document.createElement("div");
+  div.className = "msg " + role;
+  const content = document.createElement("div");
+  content.className = "content";
+  renderText(content, text);
+  div.append(content);
+  if (role === "assistant") {
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    div.append(meta);
+  }
+  $("messages").append(div);
+  if (follow) scrollDown();
+  return div;
+}
+
+// the response's server-sent events -> their data payloads, one string per event (sse-starlette ends lines with
+// \r\n; pings are comments without data)
+async function* sseData(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf = (buf + decoder.decode(value, { stream: true })).replace(/\r\n/g, "\n");
+    let end;
+    while ((end = buf.indexOf("\n\n")) >= 0) {  // one event per blank-line-terminated block
+      const block = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
+      if (data) yield data;
+    }
+  }
+}
+
+// a number input -> its number, or undefined when empty (the server's default then)
+function numberOf(id) {
+  const v = $(id).value.trim();
+  return v === "" ? undefined : Number(v);
+}
+
+// the JSON-schema mode -> OpenAI's response_format (throws with a message the user sees when the schema is not JSON)
+function responseFormat() {
+  if (!$("json-mode").checked) return undefined;
+  let schema;
+  try {
+    schema = JSON.parse($("schema").value);
+  } catch (e) {
+    throw new Error("the schema is not valid JSON: " + e.message);
+  }
+  return { type: "json_schema", json_schema: { name: $("schema-name").value.trim() || "answer", schema } };
+}
+
+function setBusy(busy) {
+  $("send").disabled = busy;
+  $("stop").disabled = !busy;
+}
+
+// the answer's line under it: tokens, tokens/s (decode rate after the first token), time to the first token, why
+// it ended
+function showStats(bubble, s) {
+  const parts = [];
+  const n = s.usage ? s.usage.completion_tokens : s.chunks;
+  parts.push((s.usage ? "" : "~") + n + " tokens");
+  if (s.tFirst !== null && s.tLast > s.tFirst && n > 1) {
+    parts.push(((n - 1) / ((s.tLast - s.tFirst) / 1000)).toFixed(1) + " tok/s");
+  }
+  if (s.tFirst !== null) parts.push("first token " + ((s.tFirst - s.t0) / 1000).toFixed(2) + " s");
+  parts.push("finish: " + s.reason);
+  bubble.querySelector(".meta").textContent = parts.join(" · ");
+  bubble.dataset.finish = s.reason;
+}
+
+async function send() {
+  const text = $("prompt").value;
+  if (!text.trim() || state.controller) return;
+  let format;
+  try { format = responseFormat(); } catch (e) { banner(e.message); return; }
+  banner("");
+  saveSettings();
+
+  // the request: system prompt, the finished turns, this question; empty settings are left to the server
+  const messages = [];
+  const system = $("system").value.trim();
+  if (system) messages.push({ role: "system", content: system });
+  messages.push(...state.history, { role: "user", content: text });
+  const body = { messages, stream: true, stream_options: { include_usage: true },
+                 temperature: numberOf("temperature"), top_p: numberOf("top-p"), max_tokens: numberOf("max-tokens") };
+  if (state.model) body.model = state.model;
+  if (format) body.response_format = format;
+
+  $("prompt").value = "";
+  addMessage("user", text);
+  const bubble = addMessage("assistant", "");
+  const content = bubble.querySelector(".content");
+  bubble.dataset.state = "streaming";
+  const controller = new AbortController();
+  state.controller = controller;
+  setBusy(true);
+
+  // the answer so far, and what the stats line needs (times in ms from performance.now())
+  const s = { t0: performance.now(), tFirst: null, tLast: null, chunks: 0, usage: null, reason: null };
+  let answer = "";
+  let painting = false;
+  const paint = () => {  // at most one repaint per frame, however fast the tokens come
+    if (painting) return;
+    painting = true;
+    requestAnimationFrame(() => {
+      painting = false;
+      const follow = nearBottom();
+      renderText(content, answer);
+      if (follow) scrollDown();
+    });
+  };
+  try {
+    const r = await fetch("v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body),
+                                                   signal: controller.signal });
+    if (!r.ok) throw new Error(await apiError(r));
+    for await (const data of sseData(r)) {
+      if (data === "[DONE]") break;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);  // a failure after the stream began
+      if (chunk.usage) s.usage = chunk.usage;
+      for (const choice of chunk.choices || []) {
+        const delta = choice.delta && choice.delta.content;
+        if (delta) {
+          s.tLast = performance.now();
+          if (s.tFirst === null) s.tFirst = s.tLast;
+          s.chunks += 1;
+          answer += delta;
+          paint();
+        }
+        if (choice.finish_reason) s.reason = choice.finish_reason;
+      }
+    }
+    s.reason = s.reason || "none";
+    bubble.dataset.state = "done";
+  } catch (e) {
+    if (controller.signal.aborted) {  // the stop button (or a new chat): the server cancels the rows
+      s.reason = "stopped";
+      bubble.dataset.state = "stopped";
+    } else {
+      bubble.dataset.state = "error";
+      bubble.classList.add("error");
+      answer += (answer ? "\n\n" : "") + e.message;
+    }
+  } finally {
+    state.controller = null;
+    setBusy(false);
+  }
+  renderText(content, answer);
+  if (bubble.dataset.state === "error") {
+    // not part of the conversation: the question goes back to the input box to be sent again
+    if (!$("prompt").value) $("prompt").value = text;
+    return;
+  }
+  showStats(bubble, s);
+  if (!bubble.isConnected || !answer) return;  // a new chat started meanwhile, or stopped before any text
+  state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+}
+
+function stop() {
+  if (state.controller) state.controller.abort();
+}
+
+function newChat() {
+  stop();
+  state.history = [];
+  $("messages").replaceChildren();
+  banner("");
+  $("prompt").focus();
+}
+
+function init() {
+  loadSettings();
+  $("json-fields").hidden = !$("json-mode").checked;
+  $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
+  $("prompt").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
+  });
+  $("stop").addEventListener("click", stop);
+  $("new-chat").addEventListener("click", newChat);
+  $("toggle-settings").addEventListener("click", () => {
+    const aside = $("settings");
+    aside.hidden = !aside.hidden;
+    $("toggle-settings").setAttribute("aria-expanded", String(!aside.hidden));
+  });
+  $("json-mode").addEventListener("change", () => {
+    $("json-fields").hidden = !$("json-mode").checked;
+    saveSettings();
+  });
+  $("api-key").addEventListener("change", () => { saveSettings(); loadModel(); });
+  for (const id of SAVED) $(id).addEventListener("change", saveSettings);
+  loadModel();
+  $("prompt").focus();
+}
+
+init();

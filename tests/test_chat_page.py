@@ -1,0 +1,278 @@
+"""The chat page at ``GET /`` of ``onnxlm serve``, in a real browser: Debian's ``chromium`` driven by playwright
+(the ``test`` extra; scripts/setup.sh installs chromium). One server (the tiny llama, with an API key) and one
+browser per module; each test gets a fresh browser context (its own localStorage).
+
+Asking, streaming, the conversation, the settings and stop go to the live server; the injection case and an error
+inside a stream are answered by playwright (``page.route``) with a scripted SSE body, since they test the page."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+
+import httpx
+import pytest
+
+pytest.importorskip("starlette", reason="the server tests need the serve extra")
+
+from serve_util import post, start, wait_health  # noqa: E402
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # a failure, not a skip: the page would go untested
+    raise ImportError("the chat page tests need playwright (the test extra): pip install -e '.[test]'") from None
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+KEY = "page-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MAX_TOKENS = 128  # the server's cap
+
+
+def _chromium() -> str:
+    """The Chromium binary: $ONNXLM_CHROMIUM, else chromium / chromium-browser / google-chrome on PATH."""
+    for name in (os.environ.get("ONNXLM_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        path = name and shutil.which(name)
+        if path:
+            return path
+    pytest.fail("the chat page tests need a Chromium browser: apt-get install -y chromium (scripts/setup.sh does "
+                "it), or set ONNXLM_CHROMIUM=/path/to/chrome")
+
+
+@pytest.fixture(scope="module")
+def live(tiny_llama):
+    import onnxlm
+
+    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), api_key=KEY, max_rows=8, max_queue=8, max_tokens=MAX_TOKENS)
+    wait_health(srv.url)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=_chromium())
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live):
+    """A fresh page on the chat page, the API key typed in, the model's name shown."""
+    ctx = browser.new_context(viewport={"width": 1000, "height": 700})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(live.url + "/")
+    pg.fill("#api-key", KEY)
+    pg.dispatch_event("#api-key", "change")
+    expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+    yield pg
+    ctx.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def _ask(pg, text: str, state: str = "done", timeout: float = 15000):
+    """Type ``text``, send it with Enter, wait until the newest answer's state is ``state`` -> that answer."""
+    pg.fill("#prompt", text)
+    pg.press("#prompt", "Enter")
+    answer = pg.locator(".msg.assistant").last
+    expect(answer).to_have_attribute("data-state", state, timeout=timeout)
+    return answer
+
+
+def _settings(pg, **values):
+    for key, value in values.items():
+        pg.fill("#" + key.replace("_", "-"), str(value))
+
+
+def _sse(chunks: list[dict], tail: str = "data: [DONE]\r\n\r\n") -> str:
+    """Chat chunks -> an SSE body as sse-starlette frames it (\\r\\n lines, a ping comment on the way)."""
+    body = ": ping\r\n\r\n"
+    for c in chunks:
+        body += "data: " + json.dumps(c) + "\r\n\r\n"
+    return body + tail
+
+
+def _delta(text=None, finish=None) -> dict:
+    delta = {} if text is None else {"content": text}
+    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def test_page_loads_without_a_key_and_the_api_asks_for_it(browser, live):
+    """GET / and its files need no key (the page holds no data) and come with a CSP; the API calls do: without the
+    key the page says 401 and what to do, a question with a wrong key shows the 401 and gives the question back."""
+    r = httpx.get(live.url + "/", timeout=5)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    for name, kind in [("app.js", "javascript"), ("style.css", "text/css")]:
+        s = httpx.get(f"{live.url}/static/{name}", timeout=5)
+        assert s.status_code == 200 and kind in s.headers["content-type"], name
+    assert httpx.get(live.url + "/v1/models", timeout=5).status_code == 401
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    try:
+        pg.goto(live.url + "/")
+        pg.wait_for_selector("#banner:not([hidden])", timeout=5000)
+        assert "HTTP 401" in pg.text_content("#banner") and "API key" in pg.text_content("#banner")
+        pg.fill("#api-key", "wrong")
+        answer = _ask(pg, "Hello?", state="error")
+        assert "HTTP 401" in answer.text_content() and "Incorrect or missing API key" in answer.text_content()
+        assert pg.input_value("#prompt") == "Hello?"  # the question is given back to send again
+        pg.dispatch_event("#api-key", "change")  # still wrong: still no model
+        pg.fill("#api-key", KEY)
+        pg.dispatch_event("#api-key", "change")
+        expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert pg.is_hidden("#banner")
+    finally:
+        ctx.close()
+
+
+# ------------------------------------------------------------------------------------------------- asking
+def test_ask_shows_the_servers_answer_with_stats_and_keeps_the_conversation(page, live):
+    """Greedy: the streamed answer the page shows equals the server's non-streamed answer to the same messages;
+    the stats line has the usage's token count, tokens/s and the finish reason; the next question carries the
+    conversation and the settings; "New chat" starts again from the system prompt alone."""
+    _settings(page, system="Be brief.", temperature=0, top_p=1, max_tokens=24)
+    with page.expect_request("**/v1/chat/completions") as req:
+        answer = _ask(page, "Hi!")
+    sent = req.value.post_data_json
+    assert sent["stream"] is True and sent["model"] == "tiny"
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0, 1, 24)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    assert sent["messages"] == messages
+    want = post(live.url, "/v1/chat/completions", {"messages": messages, "max_tokens": 24, "temperature": 0},
+                headers=AUTH).json()
+    text = want["choices"][0]["message"]["content"]
+    assert text and answer.locator(".content").text_content() == text
+    meta = answer.locator(".meta").text_content()
+    assert f"{want['usage']['completion_tokens']} tokens" in meta and "tok/s" in meta
+    assert f"finish: {want['choices'][0]['finish_reason']}" in meta
+    assert answer.get_attribute("data-finish") == want["choices"][0]["finish_reason"]
+
+    with page.expect_request("**/v1/chat/completions") as req:
+        _ask(page, "And then?")
+    assert req.value.post_data_json["messages"] == messages + [{"role": "assistant", "content": text},
+                                                               {"role": "user", "content": "And then?"}]
+    page.click("#new-chat")
+    assert page.locator(".msg").count() == 0
+    with page.expect_request("**/v1/chat/completions") as req:
+        _ask(page, "Again")
+    assert req.value.post_data_json["messages"] == [messages[0], {"role": "user", "content": "Again"}]
+
+
+def test_stream_appears_then_stop_cancels_the_request(page, live, monkeypatch):
+    """The answer grows while the request runs (greedy, 120 tokens that do not reach EOS, the decoder slowed to
+    0.05 s a step); Stop aborts the fetch: the answer ends as "stopped", the server counts one cancelled request and
+    frees its rows."""
+    question = [{"role": "user", "content": "Tell me a long story"}]
+    full = post(live.url, "/v1/chat/completions", {"messages": question, "max_tokens": 120, "temperature": 0},
+                headers=AUTH).json()
+    assert full["choices"][0]["finish_reason"] == "length"  # the request would run all 120 steps
+    before = _metrics(live)["cancelled"]
+    run = live.model.decoder.run
+    monkeypatch.setattr(live.model.decoder, "run", lambda *a, **k: (time.sleep(0.05), run(*a, **k))[1])
+    _settings(page, temperature=0, max_tokens=120)
+    page.fill("#prompt", question[0]["content"])
+    page.click("#send")
+    answer = page.locator(".msg.assistant").last
+    expect(answer.locator(".content")).to_have_text(re.compile(".{4}", re.S), timeout=10000)
+    assert answer.get_attribute("data-state") == "streaming"  # text shown while the request runs
+    assert page.is_disabled("#send") and page.is_enabled("#stop")
+    page.click("#stop")
+    expect(answer).to_have_attribute("data-state", "stopped", timeout=5000)
+    assert "finish: stopped" in answer.locator(".meta").text_content()
+    assert page.is_enabled("#send") and page.is_disabled("#stop")
+    end = time.monotonic() + 5
+    while True:
+        m = _metrics(live)
+        if m["cancelled"] > before and m["in_flight"] == 0 and m["running_rows"] == 0:
+            break
+        if time.monotonic() > end:
+            raise AssertionError(f"5 s after Stop: cancelled {m['cancelled']} (was {before}), {m}")
+        time.sleep(0.05)
+    assert m["cancelled"] == before + 1
+    shown = answer.locator(".content").text_content()
+    assert len(shown) > 3 and full["choices"][0]["message"]["content"].startswith(shown)  # what came, then no more
+    monkeypatch.undo()
+    with page.expect_request("**/v1/chat/completions") as req:  # the stopped turn is part of the conversation
+        _ask(page, "Go on")
+    assert req.value.post_data_json["messages"][-2:] == [{"role": "assistant", "content": shown},
+                                                         {"role": "user", "content": "Go on"}]
+
+
+def _metrics(live) -> dict:
+    return httpx.get(live.url + "/metrics", headers=AUTH, timeout=2).json()
+
+
+def test_json_schema_mode_sends_response_format(page):
+    """The JSON-schema mode sends OpenAI's response_format (name + schema); a schema that is not JSON is refused
+    on the page, nothing sent."""
+    pytest.importorskip("llguidance", reason="the server's json_schema needs the structured extra")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    page.check("#json-mode")
+    page.fill("#schema-name", "count")
+    page.fill("#schema", json.dumps(schema))
+    _settings(page, temperature=0, max_tokens=40)
+    with page.expect_request("**/v1/chat/completions") as req:
+        answer = _ask(page, "A number as JSON")
+    assert req.value.post_data_json["response_format"] == {"type": "json_schema",
+                                                            "json_schema": {"name": "count", "schema": schema}}
+    text = answer.locator(".content").text_content()
+    if answer.get_attribute("data-finish") == "stop":
+        assert isinstance(json.loads(text)["n"], int)
+    else:
+        assert text.startswith("{")
+    sent = []
+    page.on("request", lambda r: sent.append(r.url) if "/v1/chat" in r.url else None)
+    page.fill("#schema", "{not json")
+    page.fill("#prompt", "again")
+    page.click("#send")
+    page.wait_for_selector("#banner:not([hidden])", timeout=2000)
+    assert "schema is not valid JSON" in page.text_content("#banner") and not sent
+    assert page.locator(".msg").count() == 2
+
+
+# -------------------------------------------------------------------------------------------- safety, errors
+def test_markup_in_a_reply_shows_as_text_and_runs_nothing(page):
+    """A reply holding <img onerror>, <script>, and HTML inside a code fence, **bold** and `code`, split across
+    chunks: the page shows the characters, creates no element from them (only its own pre/code/strong), runs
+    nothing; the user's own markup too."""
+    img = '<img src=x onerror="window.__pwned=1">'
+    script = "<script>window.__pwned=2</script>"
+    reply = (f"Look: {img} and {script}\n```html\n<b onmouseover=\"window.__pwned=3\">bold</b>\n```\n"
+             f"**<i onclick=x>strong</i>** and `<u>code</u>`")
+    pieces = [reply[i:i + 7] for i in range(0, len(reply), 7)]
+    body = _sse([_delta("")] + [_delta(p) for p in pieces] + [_delta(finish="stop")])
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body))
+    answer = _ask(page, f"say {img}")
+    shown = reply.replace("```html\n", "").replace("\n```", "").replace("**", "").replace("`", "")
+    assert answer.locator(".content").text_content() == shown
+    assert answer.locator(".content pre code").text_content() == '<b onmouseover="window.__pwned=3">bold</b>'
+    assert answer.locator(".content > strong").text_content() == "<i onclick=x>strong</i>"
+    assert answer.locator(".content > code").text_content() == "<u>code</u>"
+    assert page.locator("#messages :is(img, script, b, i, u)").count() == 0
+    assert page.locator(".msg.user .content").text_content() == f"say {img}"
+    page.wait_for_timeout(100)  # an image error handler would have run by now
+    assert page.evaluate("window.__pwned") is None
+    assert "finish: stop" in answer.locator(".meta").text_content()
+
+
+def test_errors_are_shown(page):
+    """A 400 from the server (max_tokens over its cap) shows OpenAI's error message; so does an error body that
+    arrives inside a stream, after some text."""
+    _settings(page, max_tokens=100000)
+    answer = _ask(page, "Hi", state="error")
+    assert f"HTTP 400: max_tokens: got 100000; allowed: 1 <= max_tokens <= {MAX_TOKENS}" in answer.text_content()
+    assert "error" in answer.get_attribute("class")
+    body = _sse([_delta("partial "), {"error": {"message": "the model failed: boom", "type": "server_error"}}])
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=body))
+    _settings(page, max_tokens=10)
+    answer = _ask(page, "Hi", state="error")
+    assert answer.locator(".content").text_content() == "partial \n\nthe model failed: boom"
