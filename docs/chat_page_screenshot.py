@@ -1,6 +1,6 @@
 """Take docs/chat_page.png: the chat page of `onnxlm serve` answering one question, in Chromium (playwright).
 
-    .venv/bin/python scripts/chat_page_screenshot.py models/smollm2-135m-instruct [--out docs/chat_page.png]
+    .venv/bin/python docs/chat_page_screenshot.py models/smollm2-135m-instruct [--out docs/chat_page.png]
 
 Starts the server on the model in this process (a free port), opens http://127.0.0.1:PORT/ in a light-themed
 1100x720 window, asks QUESTIONS in one conversation (greedy) and saves the page once the last answer is complete.
