@@ -8,7 +8,9 @@
   (``gguf_pretok.py``), or SentencePiece (``tokenizer.ggml.model = "llama"``, ``gguf_tokenizer.py``); token types
   as llama.cpp reads them (``gguf_token_types.py``), control tokens special, user-defined ones plain added tokens.
 * :func:`load_gguf` loads the transformers model (fp32, eval) and bundles it with the tokenizer, a generation
-  config, the chat template and the special tokens, with the bos/eos/pad taken from the GGUF metadata.
+  config, the chat template and the special tokens, with the bos/eos/pad taken from the GGUF metadata; the
+  settings llama.cpp reads and transformers' loader drops (rope scaling, Gemma's soft-capping and query scale) are
+  put back first (``gguf_config.py``).
 
 Why not transformers' own tokenizer: its GGUF converter (transformers 4.57) swaps bos/eos (it reports
 ``eos_token = <|im_start|>``, id 1, where the GGUF says id 2 ``<|im_end|>``), sets ``add_bos_token=True`` where the GGUF
@@ -294,10 +296,22 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ExportError(f"loading GGUF models needs the export extra (pip install 'onnxlm[export]'): {e}") from e
 
+    from transformers import AutoConfig
+
+    from .gguf_config import apply_rope_freqs, config_overrides, rope_freq_factors
+
+    overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
+                                                     dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ExportError(f"transformers could not load the GGUF file {path}: {e}") from e
+    factors = rope_freq_factors(path)
+    if factors is not None:  # Llama 3.1/3.2: llama3 rope scaling as per-frequency factors
+        apply_rope_freqs(model, factors)
     model.eval()
 
     ids = {k: specials[f"{k}_token_id"] for k in ("bos", "eos", "pad")}

@@ -1,0 +1,85 @@
+"""What llama.cpp reads from a GGUF and transformers' GGUF loader (4.57) leaves at its config defaults.
+
+transformers maps a fixed list of ``{arch}.*`` keys into the config (``GGUF_CONFIG_MAPPING``) and ignores the rest, so
+a model whose file says more than its family's defaults would run differently from llama.cpp, the file's home
+runtime:
+
+* ``{arch}.rope.scaling.type = "linear"`` with ``rope.scaling.factor`` (Gemma 3 4B and larger: factor 8 on the global
+  layers): ignored, every position rotates differently. Here: ``rope_scaling = {"rope_type": "linear", "factor": f}``
+  (transformers' Gemma 3 applies it to the global layers only, as llama.cpp does; the local layers keep their own
+  base). Another scaling type (``yarn``, ...) is refused by name rather than silently dropped.
+* ``rope_freqs.weight`` (Llama 3.1 / 3.2 files: llama3 rope scaling stored as one factor per frequency, which llama.cpp
+  divides each frequency by): ignored. Here: every rotary embedding's ``inv_freq`` is divided by the factors.
+* Gemma 2's ``attn_logit_softcapping`` / ``final_logit_softcapping``: the defaults (50, 30) are used whatever the
+  file says. Here: the file's values.
+* ``query_pre_attn_scalar`` (Gemma 2 / 3): transformers' default 256; llama.cpp scales queries by
+  ``1/sqrt(head_dim)``, or ``1/sqrt(hidden / heads)`` for the 27B models (llama.cpp's LLM_TYPE_27B: 46 layers for
+  Gemma 2, 62 for Gemma 3). Here: the same rule.
+
+``config_overrides`` is applied to the config before the weights are loaded (the attention modules read it at
+construction), ``apply_rope_freqs`` to the loaded model.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from onnxlm.runtime.errors import ExportError
+
+#: layers of the 27B models, whose queries llama.cpp scales by 1/sqrt(hidden / heads) instead of 1/sqrt(head_dim)
+LAYERS_27B = {"gemma2": 46, "gemma3": 62}
+
+
+def config_overrides(meta: Mapping[str, Any]) -> dict:
+    """GGUF metadata -> config attributes transformers' loader would leave at their defaults (see the module doc)."""
+    arch = meta.get("general.architecture")
+    out: dict = {}
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0)
+    if scaling == "linear" and factor != 1.0:
+        out["rope_scaling"] = {"rope_type": "linear", "factor": factor}
+    elif scaling not in (None, "none", "linear"):
+        raise ExportError(f"{arch}.rope.scaling.type = {scaling!r} (factor {factor}): not supported for GGUF files "
+                          "(supported: none, linear; llama3 scaling comes as a rope_freqs tensor)")
+    if arch in LAYERS_27B:
+        hidden, heads = int(meta[f"{arch}.embedding_length"]), int(meta[f"{arch}.attention.head_count"])
+        head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))
+        big = int(meta[f"{arch}.block_count"]) == LAYERS_27B[arch]
+        out["query_pre_attn_scalar"] = hidden // heads if big else head_dim
+    if arch == "gemma2":
+        for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+            if f"gemma2.{key}" in meta:
+                out[key] = float(meta[f"gemma2.{key}"])
+    return out
+
+
+def rope_freq_factors(path) -> np.ndarray | None:
+    """The ``rope_freqs.weight`` tensor of a GGUF file ([head_dim / 2] float32), or None when it has none."""
+    from gguf import GGUFReader
+
+    for t in GGUFReader(str(path)).tensors:
+        if t.name == "rope_freqs.weight":
+            return np.asarray(t.data, dtype=np.float32).reshape(-1)
+    return None
+
+
+def apply_rope_freqs(model, factors: np.ndarray) -> int:
+    """Divide every rotary embedding's ``inv_freq`` (and ``original_inv_freq``) of ``model`` by ``factors``
+    [head_dim / 2], as llama.cpp divides each rotary frequency by its factor -> the number of modules changed."""
+    import torch
+
+    changed = 0
+    for module in model.modules():
+        inv = getattr(module, "inv_freq", None)
+        if not isinstance(inv, torch.Tensor):
+            continue
+        if inv.shape != (len(factors),):
+            raise ExportError(f"rope_freqs.weight: {len(factors)} factors, but the rotary embedding has "
+                              f"{inv.shape[0]} frequencies")
+        scale = torch.tensor(np.asarray(factors), dtype=inv.dtype)
+        module.inv_freq = inv / scale
+        if isinstance(getattr(module, "original_inv_freq", None), torch.Tensor):
+            module.original_inv_freq = module.original_inv_freq / scale
+        changed += 1
+    return changed

@@ -1,0 +1,57 @@
+"""Store llama.cpp's logits for the tiny GGUFs of tests/gguf_writers.py (the reference of tests/test_gguf_config.py).
+
+llama.cpp is the home runtime of a GGUF: where transformers' loader drops metadata (rope scaling, rope_freqs,
+Gemma's soft-capping and query scale), onnxlm must follow llama.cpp. Runs with the project's .venv (gguf writes the
+files) and a python with llama-cpp-python (built from source: scripts/setup_peers.sh) that evaluates them; never run
+in CI. From the repository root:
+
+    .venv/bin/python tests/data/gguf_llama_cpp/make_reference_logits.py [--peers-python .venv-peers/bin/python]
+
+writes reference_logits.json beside this script: per case the GGUF's sha256 and llama.cpp's logits [len(ids), vocab]
+for the ids (F32 weights, 1 thread).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+sys.path.insert(0, str(HERE.parents[1]))  # tests/: gguf_writers
+
+EVAL = """
+import json, sys
+import llama_cpp
+path, ids = sys.argv[1], json.loads(sys.argv[2])
+llm = llama_cpp.Llama(path, n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+llm.eval(ids)
+print(json.dumps({"version": llama_cpp.__version__, "logits": [[round(float(x), 6) for x in row] for row in llm.scores[:len(ids)]]}))
+"""
+
+
+def main() -> None:
+    from gguf_writers import CASES, IDS, write_tiny_gguf
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    args = ap.parse_args()
+    out = {"ids": IDS, "cases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in CASES:
+            path = Path(tmp) / f"{case}.gguf"
+            sha = write_tiny_gguf(path, case)
+            run = subprocess.run([args.peers_python, "-c", EVAL, str(path), json.dumps(IDS)], capture_output=True,
+                                 text=True, check=True)
+            got = json.loads(run.stdout.strip().splitlines()[-1])
+            out["llama_cpp_python"] = got["version"]
+            out["cases"][case] = {"sha256": sha, "logits": got["logits"]}
+            print(case, len(got["logits"]), "x", len(got["logits"][0]))
+    (HERE / "reference_logits.json").write_text(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Tiny F32 GGUF files laid out as llama.cpp's converter writes them, with the metadata transformers' GGUF loader
+ignores (rope scaling, rope_freqs, Gemma's soft-capping and query scale): the inputs of tests/test_gguf_config.py and
+of tests/data/gguf_llama_cpp/make_reference_logits.py, which stores llama.cpp's logits for them. Seeded: the same
+call writes the same bytes (the reference records each file's sha256)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS, WINDOW = 64, 4, 2, 16, 96, 2, 4
+#: name -> (architecture, extra metadata, rope_freqs factors or None)
+CASES = {
+    "llama-rope-freqs": ("llama", {}, "llama3"),
+    "gemma2-softcap": ("gemma2", {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}, None),
+    "gemma3-rope-linear": ("gemma3", {"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, None),
+}
+#: token ids fed to both runtimes (BOS first): longer than the sliding window of the Gemma cases
+IDS = [1, 40, 41, 72, 100, 150, 200, 3, 9, 250, 77, 120]
+
+
+def llama3_factors(head_dim: int, base: float = 10000.0, factor: float = 8.0, low: float = 1.0, high: float = 4.0,
+                   original: int = 16) -> np.ndarray:
+    """[head_dim / 2] float32: llama.cpp's converter's rope_freqs for llama3 scaling (convert_hf_to_gguf.py), with a
+    tiny original context so that all three bands (kept, divided by ``factor``, smoothed) occur."""
+    freqs = 1.0 / base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    low_wavelen, high_wavelen = original / low, original / high
+    out = []
+    for f in freqs:
+        wavelen = 2 * np.pi / f
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, np.float32)
+
+
+def write_tiny_gguf(path: Path, case: str) -> str:
+    """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary."""
+    import gguf
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    arch, extra, rope_freqs = CASES[case]
+    rng = np.random.default_rng(11)
+    specials = ["<pad>", "<bos>", "<eos>"]
+    tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(256)
+    w.add_embedding_length(HIDDEN)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(FFN)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_key_length(HEAD_DIM)
+    w.add_value_length(HEAD_DIM)
+    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(10000.0)
+    if arch != "llama":
+        w.add_sliding_window(WINDOW)
+    for key, value in extra.items():
+        full = f"{arch}.{key}"
+        if isinstance(value, str):
+            w.add_string(full, value)
+        else:
+            w.add_float32(full, value)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))
+    w.add_token_merges(["\u0120 t"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(0)
+
+    def mat(name: str, n: int, k: int) -> None:  # a [n, k] weight (GGUF shape [k, n])
+        w.add_tensor(name, (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32))
+
+    def norm(name: str, n: int) -> None:
+        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    mat("token_embd.weight", len(tokens), HIDDEN)
+    if rope_freqs:
+        w.add_tensor("rope_freqs.weight", llama3_factors(HEAD_DIM))
+    for i in range(LAYERS):
+        norm(f"blk.{i}.attn_norm.weight", HIDDEN)
+        norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
+        if arch != "llama":
+            norm(f"blk.{i}.post_attention_norm.weight", HIDDEN)
+            norm(f"blk.{i}.post_ffw_norm.weight", HIDDEN)
+        if arch == "gemma3":
+            norm(f"blk.{i}.attn_q_norm.weight", HEAD_DIM)
+            norm(f"blk.{i}.attn_k_norm.weight", HEAD_DIM)
+        mat(f"blk.{i}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
+        mat(f"blk.{i}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+        mat(f"blk.{i}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+        mat(f"blk.{i}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
+        mat(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
+        mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
+        mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
+    norm("output_norm.weight", HIDDEN)
+    if arch == "llama":
+        mat("output.weight", len(tokens), HIDDEN)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,70 @@
+"""GGUF metadata transformers' loader drops, restored as llama.cpp reads it (export/gguf_config.py), against
+llama.cpp's own logits on the same tiny files (stored by tests/data/gguf_llama_cpp/make_reference_logits.py with
+llama-cpp-python; F32 weights, so the only differences are llama.cpp's F16 KV cache and summation order).
+
+Cases (tests/gguf_writers.py): a Llama 3.1-style file with ``rope_freqs.weight`` (llama3 rope scaling as one factor
+per frequency); a Gemma 2 file with its own soft-capping values (5 and 3, not the defaults 50 and 30) and a sliding
+window of 4; a Gemma 3 file with linear rope scaling (factor 8, as Gemma 3 4B+ files have) on its global layers.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="GGUF export needs the 'export' extra")
+pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra")
+
+import onnxlm  # noqa: E402
+from gguf_writers import CASES, IDS, write_tiny_gguf  # noqa: E402
+from onnxlm.export import ExportError, export_model  # noqa: E402
+from onnxlm.export.gguf_config import config_overrides  # noqa: E402
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "gguf_llama_cpp" / "reference_logits.json").read_text())
+ATOL = 5e-3  # llama.cpp keeps its KV cache in F16; measured max |diff| 1.4e-3 .. 2.0e-3 on these files
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case):
+    """The exported artifact's logits equal llama.cpp's; transformers' loader alone (the settings dropped) is off
+    by more than 0.5, so each restored setting is what makes them equal."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = tmp_path / f"{case}.gguf"
+    want = REFERENCE["cases"][case]
+    assert write_tiny_gguf(path, case) == want["sha256"], (
+        "tests/gguf_writers.py writes other bytes than the reference was made from: rerun "
+        "tests/data/gguf_llama_cpp/make_reference_logits.py")
+    llama_cpp = np.array(want["logits"], np.float32)                     # [t, V]
+    model = onnxlm.load(export_model(path, tmp_path / "out", progress=False))
+    got = model.logits(np.array([IDS]))[0]
+    assert float(np.abs(got - llama_cpp).max()) <= ATOL
+    raw = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32,
+                                               attn_implementation="eager").eval()
+    with torch.no_grad():
+        dropped = raw(torch.tensor([IDS])).logits[0].numpy()
+    assert float(np.abs(dropped - llama_cpp).max()) > 0.5
+
+
+def _gemma_meta(arch: str, layers: int, **extra) -> dict:
+    return {"general.architecture": arch, f"{arch}.embedding_length": 4608, f"{arch}.attention.head_count": 32,
+            f"{arch}.attention.key_length": 128, f"{arch}.block_count": layers, **extra}
+
+
+def test_query_scale_follows_llama_cpps_rule():
+    """1/sqrt(head_dim), except the 27B models (46 layers Gemma 2, 62 Gemma 3): 1/sqrt(hidden / heads)."""
+    assert config_overrides(_gemma_meta("gemma2", 46))["query_pre_attn_scalar"] == 4608 // 32
+    assert config_overrides(_gemma_meta("gemma2", 42))["query_pre_attn_scalar"] == 128
+    assert config_overrides(_gemma_meta("gemma3", 62))["query_pre_attn_scalar"] == 4608 // 32
+    assert config_overrides({"general.architecture": "llama"}) == {}
+
+
+def test_an_unsupported_rope_scaling_is_refused_by_name():
+    meta = _gemma_meta("gemma3", 34, **{"gemma3.rope.scaling.type": "yarn", "gemma3.rope.scaling.factor": 4.0})
+    with pytest.raises(ExportError, match="rope.scaling.type = 'yarn'"):
+        config_overrides(meta)
+    meta["gemma3.rope.scaling.type"] = "linear"
+    assert config_overrides(meta)["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
