@@ -27,6 +27,9 @@ def _reset_hwm() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
 
 
+ROWS = 128  # positions whose float64 log-probabilities are formed at once (export/quality.py's ROWS)
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
     m = x.max(-1, keepdims=True)
@@ -81,7 +84,10 @@ def worker_main(payload_path: str) -> int:
             for window in d["windows"]:  # export/quality.py's teacher-forced measures, window by window
                 lg = np.asarray(impl.logits(model, d, window))[:len(window) - 1]
                 tops.append(lg.argmax(-1))
-                logps.append(np.take_along_axis(_log_softmax(lg), np.asarray(window[1:])[:, None], 1)[:, 0])
+                nxt = np.asarray(window[1:])[:, None]
+                for r in range(0, len(nxt), ROWS):  # float64 a few rows at a time: a 262k vocabulary is 2 MB a row
+                    logps.append(np.take_along_axis(_log_softmax(lg[r:r + ROWS]), nxt[r:r + ROWS], 1)[:, 0])
+                del lg
             out["quality"] = {"top1": np.concatenate(tops).tolist(), "logp": np.concatenate(logps).tolist()}
         except Exception as e:  # noqa: BLE001
             out["quality_note"] = f"{type(e).__name__}: {str(e)[:160]}"
