@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -102,9 +103,9 @@ def servers(dirs):
         srv.stop()
 
 
-def _chat(srv, messages, **kw) -> dict:
+def _chat(srv, messages, timeout: float = 60, **kw) -> dict:
     body = {"messages": messages, "max_tokens": 200, "temperature": 0, **kw}
-    r = post(srv.url, "/v1/chat/completions", body)
+    r = post(srv.url, "/v1/chat/completions", body, timeout=timeout)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -416,14 +417,18 @@ def test_smollm2_named_tool_choice_is_valid_20_of_20(tmp_path_factory):
                   [f"Search the web for {q}." for q in ("cake recipes", "cheap flights", "python tutorials", "jazz",
                                                       "news", "chess openings", "hiking boots", "tea", "bikes",
                                                       "sushi")]
-        ok = 0
-        for k, prompt in enumerate(prompts):
-            name = "get_weather" if k < 10 else "search"
-            out = _chat(srv, _user(prompt), tools=TOOLS, tool_choice=_named(name), max_tokens=100)
+        names = ["get_weather" if k < 10 else "search" for k in range(20)]
+        with ThreadPoolExecutor(20) as pool:  # one continuous batch
+            outs = list(pool.map(lambda a: _chat(srv, _user(a[0]), tools=TOOLS, tool_choice=_named(a[1]),
+                                                 max_tokens=100, timeout=300), zip(prompts, names)))
+        valid = 0
+        for name, out in zip(names, outs):
             c = out["choices"][0]
             assert c["finish_reason"] == "tool_calls", c
             _valid_call(c["message"]["tool_calls"][0], name)
-            ok += 1
-        assert ok == 20
+            valid += 1
+        assert valid == 20
+        args = [json.loads(o["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) for o in outs]
+        print("SmolLM2 calls:", args)
     finally:
         srv.stop()
