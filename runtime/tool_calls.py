@@ -35,6 +35,7 @@ __all__ = ["STYLES", "GENERIC_PROMPT", "template_style", "needs_tools_handling",
 STYLES = ("qwen", "llama3", "generic")
 QWEN_OPEN, QWEN_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+NO_PARAMETERS = {"type": "object", "properties": {}}  # a function without (or with empty) parameters: {} arguments
 _QWEN_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 GENERIC_PROMPT = (
@@ -71,7 +72,7 @@ def _as_object(arguments: Any) -> Any:
     if isinstance(arguments, str):
         try:
             value = json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             return arguments
         return value if isinstance(value, dict) else arguments
     return arguments
@@ -87,7 +88,7 @@ def _tool_brief(tool: dict) -> dict:
     out = {"name": f.get("name")}
     if f.get("description"):
         out["description"] = f["description"]
-    out["parameters"] = f.get("parameters", {"type": "object", "properties": {}})
+    out["parameters"] = f.get("parameters") or NO_PARAMETERS
     return out
 
 
@@ -171,12 +172,12 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None) -> str:
         f = t["function"]
         if name is not None and f["name"] != name:
             continue
-        params = f.get("parameters", {"type": "object", "properties": {}})
+        params = f.get("parameters") or NO_PARAMETERS
         options.append({"type": "object", "properties": {"name": {"const": f["name"]}, key: params},
                         "required": ["name", key], "additionalProperties": False})
     schema = options[0] if len(options) == 1 else {"anyOf": options}
     schema = {**schema, "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
-    call = "call: %json " + json.dumps(schema, ensure_ascii=False)
+    call = "call: %json " + json.dumps(schema)  # ASCII: a lone surrogate stays an escape for llguidance to refuse
     if style == "qwen":
         return f'start: "{QWEN_OPEN}\\n" call "\\n{QWEN_CLOSE}"\n{call}\n'
     return f"start: call\n{call}\n"
@@ -185,7 +186,7 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------------- parsing
 def _call_of(obj: Any, style: str, names: set[str]) -> tuple[str, dict] | None:
     """A parsed JSON value -> (name, arguments) when it is a call of a known function, else None."""
-    if not isinstance(obj, dict) or obj.get("name") not in names:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or obj["name"] not in names:
         return None
     args = obj.get(_args_key(style), obj.get("arguments" if style == "llama3" else "parameters"))
     args = _as_object(args) if args is not None else {}
@@ -202,7 +203,7 @@ def _json_calls(text: str, style: str, names: set[str]) -> list[tuple[str, dict]
     while pos < len(s):
         try:
             obj, end = decoder.raw_decode(s, pos)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             return None
         call = _call_of(obj, style, names)
         if call is None:
@@ -236,7 +237,7 @@ def _qwen_calls(text: str, names: set[str]) -> list[tuple[str, dict]] | None:
     for block in _QWEN_BLOCK.finditer(text):
         try:
             call = _call_of(json.loads(block.group(1)), "qwen", names)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             call = None
         if call is None:
             return None

