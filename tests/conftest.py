@@ -72,6 +72,12 @@ def tiny_llama(tmp_path_factory) -> TinyModel:
     return _tiny(tmp_path_factory, "tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2_tools(tmp_path_factory) -> TinyModel:
+    """A tiny Qwen2 with a Qwen 2.5-style chat template that renders tools, and a 4096-position context."""
+    return _tiny(tmp_path_factory, "tiny-qwen2-tools")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny 2-layer models: torch's thread pool only adds overhead. Modules opt in with

@@ -78,9 +78,8 @@ def _with_template(src: Path, dst: Path, template: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from conftest import _tiny
-    return _tiny(tmp_path_factory, "tiny-qwen2-tools", validate=False)
+def tiny(tiny_qwen2_tools):
+    return tiny_qwen2_tools
 
 
 @pytest.fixture(scope="module")
