@@ -10,7 +10,8 @@ Formats (``template_style``):
 ``"qwen"``     Qwen 2.5/3 and Hermes-style templates (they write ``<tool_call>`` and take ``tools``): the template
                renders the tools itself (``tools=`` as transformers' ``apply_chat_template(messages, tools=...)``);
                a call is ``<tool_call>\\n{"name": N, "arguments": {...}}\\n</tool_call>``, several in a row, text may
-               come before. (Templates whose calls are XML, ``<function=...>``, are not this style: generic.)
+               come before. (Templates whose calls inside ``<tool_call>`` are not JSON, ``<function=...>`` or
+               ``<arg_key>``, are not this style: generic.)
 ``"llama3"``   Llama 3.1-3.3 templates (``<|start_header_id|>``, ``"parameters": ``): the template renders the tools;
                a call is the whole reply ``{"name": N, "parameters": {...}}``, optionally after ``<|python_tag|>``.
 ``"generic"``  any other template: the template never sees ``tools``; they are described in a system message
@@ -35,6 +36,7 @@ __all__ = ["STYLES", "GENERIC_PROMPT", "template_style", "needs_tools_handling",
 STYLES = ("qwen", "llama3", "generic")
 QWEN_OPEN, QWEN_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+NOT_JSON_CALLS = ("<function=", "<arg_key>")  # <tool_call> templates whose calls are not JSON (Qwen3-Coder, GLM-4.5)
 NO_PARAMETERS = {"type": "object", "properties": {}}  # a function without (or with empty) parameters: {} arguments
 _QWEN_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
@@ -50,7 +52,7 @@ GENERIC_PROMPT = (
 def template_style(template: str | None) -> str:
     """A chat template's text -> "qwen" | "llama3" | "generic" (see the module doc)."""
     t = template or ""
-    if "tools" in t and QWEN_OPEN in t and "<function=" not in t:
+    if "tools" in t and QWEN_OPEN in t and not any(x in t for x in NOT_JSON_CALLS):
         return "qwen"
     if "tools" in t and "<|start_header_id|>" in t and '"parameters": ' in t:
         return "llama3"

@@ -153,7 +153,8 @@ def test_template_style(dirs):
     styles = {s: fmt.template_style(onnxlm.load(d).chat_template) for s, d in dirs.items()}
     assert styles == {"qwen": "qwen", "llama3": "llama3", "generic": "generic"}
     assert fmt.template_style(NO_SYSTEM) == fmt.template_style(None) == "generic"
-    assert fmt.template_style("{{ tools }}<tool_call>\n<function=f>") == "generic"  # XML calls: not this format
+    for xml in ("<function=f>", "<arg_key>"):  # calls that are not JSON: not this format
+        assert fmt.template_style("{{ tools }}<tool_call>\n" + xml) == "generic"
 
 
 @pytest.mark.parametrize("style", ["qwen", "llama3"])
