@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -398,6 +399,19 @@ def test_bad_tool_parameters_are_400(servers, body, param):
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
     assert post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 2}).status_code == 200
+
+
+def test_forced_call_without_llguidance_is_400_naming_the_extra(servers, monkeypatch):
+    srv = servers["qwen"]
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # `import llguidance` now raises ImportError
+    for choice in ("required", _named("search")):
+        r = post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 5, "tools": TOOLS,
+                                                    "tool_choice": choice})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+        assert "onnxlm[structured]" in r.json()["error"]["message"]
+    r = post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 5, "tools": TOOLS})
+    assert r.status_code == 200  # "auto" parses without the engine
+    monkeypatch.undo()
 
 
 def test_llama3_template_refusing_parallel_history_is_400(servers):

@@ -125,9 +125,13 @@ async def constraint(model, treq: ToolRequest):
     """The constraint of a forced call ("required" or a named function), compiled off the event loop, or None."""
     if not treq.forced:
         return None
-    try:
+    try:  # without the 'structured' extra (or a tokenizer, an EOS): a 400 naming tool_choice
+        engine = engine_for(model, model.generation_config.eos_token_ids, "tool_choice")
+    except ParameterError as exc:
+        raise bad("tool_choice", f"{treq.name or treq.choice!r} cannot be enforced: "
+                                 f"{str(exc).split(': ', 1)[-1]}") from None
+    try:  # a schema llguidance refuses: a 400 naming tools
         c = make_constraint("grammar", fmt.call_grammar(treq.tools, treq.style, treq.name))
-        engine = engine_for(model, model.generation_config.eos_token_ids, "tools")
         await asyncio.to_thread(engine.compile, c)
         return c
     except ParameterError as exc:
