@@ -160,11 +160,11 @@ def test_template_style(dirs):
 
 @pytest.mark.parametrize("style", ["qwen", "llama3"])
 @pytest.mark.parametrize("case", ["tools", "history", "no-tools-history", "none"])
-def test_rendering_equals_transformers(tiny, dirs, style, case):
+def test_rendering_equals_transformers(servers, tiny, style, case):
     from transformers import AutoTokenizer
+    model = servers[style].model
     tok = AutoTokenizer.from_pretrained(tiny.hf_dir)
-    tok.chat_template = onnxlm.load(dirs[style]).chat_template
-    model = onnxlm.load(dirs[style])
+    tok.chat_template = model.chat_template
     msgs, body = (_user(PROMPTS[0]), {"tools": TOOLS}) if case == "tools" else (HISTORY, {"tools": TOOLS})
     if case == "no-tools-history":
         body = {}
@@ -183,8 +183,8 @@ def test_rendering_equals_transformers(tiny, dirs, style, case):
     assert ("get_weather" in text.split("Oslo")[0]) == (shown is not None)  # the tools come before the history
 
 
-def test_generic_rendering(dirs):
-    model = onnxlm.load(dirs["generic"])
+def test_generic_rendering(servers):
+    model = servers["generic"].model
     treq = tools.check({"tools": TOOLS}, model.chat_template)
     text = model.tokenizer.decode(tools.render(model, protocol.messages({"messages": HISTORY}), treq),
                                   skip_special_tokens=False)
