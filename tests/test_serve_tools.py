@@ -128,12 +128,14 @@ def _valid_call(call: dict, expect: str | None = None) -> dict:
     return args
 
 
-def _reassemble(events: list) -> dict:
-    """SSE payloads of one choice -> {"content", "tool_calls", "finish_reason"} as a client accumulates them."""
+def _reassemble(events: list, index: int = 0) -> dict:
+    """SSE payloads of choice ``index`` -> {"content", "tool_calls", "finish_reason"} as a client accumulates them."""
     assert events[-1] == "[DONE]"
     content, calls, reasons = "", {}, []
     for e in events[:-1]:
         for c in e["choices"]:
+            if c["index"] != index:
+                continue
             d = c["delta"]
             content += d.get("content") or ""
             for piece in d.get("tool_calls") or []:
@@ -339,6 +341,22 @@ def test_streamed_call_reassembles_to_the_same_call(servers, style):
     assert pieces[0]["id"].startswith("call_") and pieces[0]["type"] == "function" and pieces[0]["index"] == 0
     assert pieces[0]["function"] == {"name": "get_weather", "arguments": ""}
     assert all(set(p) == {"index", "function"} and set(p["function"]) == {"arguments"} for p in pieces[1:])
+
+
+def test_streamed_rows_with_logprobs(servers):
+    """n rows stream their calls side by side (each its own index); logprobs come along for every token."""
+    srv = servers["qwen"]
+    body = {"messages": _user(PROMPTS[1]), "tools": TOOLS, "tool_choice": "required", "max_tokens": 200,
+            "temperature": 1.0, "seed": 3, "n": 3, "logprobs": True, "stream": True}
+    events = sse_events(srv.url, "/v1/chat/completions", body)
+    tokens = sum(len(c["logprobs"]["content"]) for e in events[:-1] for c in e["choices"] if c["logprobs"])
+    whole = post(srv.url, "/v1/chat/completions", {**body, "stream": False}).json()
+    assert tokens == whole["usage"]["completion_tokens"]
+    for j in range(3):
+        got = _reassemble(events, j)
+        assert got["finish_reason"] == "tool_calls" and len(got["tool_calls"]) == 1
+        _valid_call(got["tool_calls"][0])
+        assert got["tool_calls"][0]["function"] == whole["choices"][j]["message"]["tool_calls"][0]["function"]
 
 
 def test_openai_client(servers):
