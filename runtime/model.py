@@ -382,16 +382,18 @@ class LanguageModel:
         tokenizer's special tokens: a template that writes `{{ bos_token }}` gives one BOS, not two."""
         return self.generate([self.render_chat(messages, tokenize=True)], **params)
 
-    def render_chat(self, messages: list[dict], *, tokenize: bool = False) -> str | list[int]:
+    def render_chat(self, messages: list[dict], *, tokenize: bool = False, **template_vars) -> str | list[int]:
         """messages [{'role', 'content'}] -> prompt text through the artifact's chat template (jinja2), or with
-        tokenize=True its token ids, encoded with add_special_tokens=False (the template writes any BOS)."""
+        tokenize=True its token ids, encoded with add_special_tokens=False (the template writes any BOS).
+        ``template_vars`` become template variables, as in transformers' apply_chat_template (e.g. ``tools``)."""
         from .chat import render_chat
         if not self.chat_template:
             raise ModelFileError(f"{self.path} has no chat_template.jinja: this model has no chat template",
                                  str(self.path / "chat_template.jinja"))
         specials = self.manifest.get("special_tokens", {})
         text = render_chat(self.chat_template, messages, add_generation_prompt=True,
-                           bos_token=specials.get("bos_token", "") or "", eos_token=specials.get("eos_token", "") or "")
+                           bos_token=specials.get("bos_token", "") or "", eos_token=specials.get("eos_token", "") or "",
+                           **template_vars)
         return self._encode(text, add_special_tokens=False) if tokenize else text
 
 

