@@ -42,8 +42,8 @@ from .errors import InputError, ParameterError
 from .generation_config import GenerationConfig, sequence_bias_items
 
 __all__ = [
-    "LogitsProcessor", "ProcessorList", "build_processors",
-    "SequenceBiasProcessor", "RepetitionPenaltyProcessor", "NoRepeatNGramProcessor", "NoBadWordsProcessor", "SuppressTokensProcessor",
+    "LogitsProcessor", "ProcessorList", "build_processors", "SequenceBiasProcessor",
+    "RepetitionPenaltyProcessor", "NoRepeatNGramProcessor", "NoBadWordsProcessor", "SuppressTokensProcessor",
     "SuppressTokensAtBeginProcessor", "MinLengthProcessor", "MinNewTokensLengthProcessor", "ForcedBOSProcessor",
     "ForcedEOSProcessor", "InfNanRemoveProcessor", "TemperatureWarper", "TopKWarper", "TopPWarper", "MinPWarper",
     "TypicalWarper", "sample_tokens", "greedy_tokens", "log_softmax", "softmax",
