@@ -1,0 +1,187 @@
+"""The server's logit_bias (OpenAI's semantics on the runtime's sequence_bias), its request-body limit (413 before
+the body is read whole) and its chat-role check, against a live tiny-llama server."""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+
+import pytest
+
+openai = pytest.importorskip("openai", reason="the server tests need the test extra (openai)")
+pytest.importorskip("starlette", reason="the server tests need the serve extra")
+
+from serve_util import live_tiny, post, sse_events, wait_health  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPT = "The quick brown fox"
+MESSAGES = [{"role": "user", "content": "Tell me a story"}]
+
+
+@pytest.fixture(scope="module")
+def live(tiny_llama):
+    yield from live_tiny(tiny_llama.onnx_dir)
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def _error(r, status: int, param) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"] and err["param"] == param
+    return err
+
+
+# ------------------------------------------------------------------------------------------------------ logit_bias
+def test_logit_bias_completions_equals_generate(live, client):
+    """-100 bans the greedy run's first two tokens, +100 pushes a token: the answer equals generate with the same
+    one-token sequence_bias (-100 as -inf), and differs from the unbiased one."""
+    model = live.model
+    free = model.generate(PROMPT, max_new_tokens=8, do_sample=False)
+    first, second = (int(t) for t in free.new_tokens[0][:2])
+    bias = {str(first): -100, str(second): -100, "65": 5.5}
+    r = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, logit_bias=bias)
+    solo = model.generate(PROMPT, max_new_tokens=8, do_sample=False,
+                          sequence_bias={(first,): -math.inf, (second,): -math.inf, (65,): 5.5})
+    assert r.choices[0].text == solo.text[0] != free.text[0]
+    assert first not in solo.new_tokens[0] and second not in solo.new_tokens[0]
+    pushed = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, temperature=0,
+                                       logit_bias={"65": 100})
+    assert pushed.usage.completion_tokens == 4
+    assert pushed.choices[0].text == model.tokenizer.decode([65] * 4)
+
+
+def test_logit_bias_chat_stream_and_beam(live, client):
+    model = live.model
+    free = model.chat(MESSAGES, max_new_tokens=6, do_sample=False)
+    first = int(free.new_tokens[0][0])
+    body = {"messages": MESSAGES, "max_tokens": 6, "temperature": 0, "logit_bias": {str(first): -100}}
+    whole = post(live.url, "/v1/chat/completions", body).json()
+    solo = model.chat(MESSAGES, max_new_tokens=6, do_sample=False, sequence_bias={(first,): -math.inf})
+    assert whole["choices"][0]["message"]["content"] == solo.text[0] != free.text[0]
+    events = sse_events(live.url, "/v1/chat/completions", {**body, "stream": True})
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"]) == solo.text[0]
+    beam = post(live.url, "/v1/completions", {"prompt": PROMPT, "max_tokens": 5, "temperature": 0, "num_beams": 3,
+                                              "logit_bias": {str(first): -100}}).json()
+    want = model.generate(PROMPT, max_new_tokens=5, num_beams=3, early_stopping=True, do_sample=False,
+                          sequence_bias={(first,): -math.inf})
+    assert beam["choices"][0]["text"] == want.text[0]
+
+
+def test_logit_bias_is_per_request_in_the_batch(live):
+    """Concurrent requests, half biased: each gets its own solo answer (the bias acts on its rows only)."""
+    model = live.model
+    free = model.generate(PROMPT, max_new_tokens=10, do_sample=False)
+    ban = {str(int(t)): -100 for t in free.new_tokens[0][:3]}
+    bodies = [{"prompt": PROMPT, "max_tokens": 10, "temperature": 0, **({"logit_bias": ban} if i % 2 else {})}
+              for i in range(6)]
+    out = [None] * len(bodies)
+
+    def go(i):
+        out[i] = post(live.url, "/v1/completions", bodies[i]).json()["choices"][0]["text"]
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    biased = model.generate(PROMPT, max_new_tokens=10, do_sample=False,
+                            sequence_bias={(int(k),): -math.inf for k in ban}).text[0]
+    assert out == [free.text[0], biased] * 3 and biased != free.text[0]
+
+
+@pytest.mark.parametrize("bias,fragment", [
+    ({"5": 101}, "[-100, 100]"), ({"5": -100.5}, "[-100, 100]"), ({"5": "1"}, "'1'"), ({"5": None}, "None"),
+    ({"5": True}, "True"), ({"5": [1]}, "[1]"), ({"-1": 1}, "'-1'"), ({"abc": 1}, "'abc'"), ({"1.5": 1}, "'1.5'"),
+    ({"": 1}, "''"), ({"9" * 40: 1}, "not a token id"), ({"260": 1}, "[260]"), ({"7": 1, "100000": -1}, "[100000]"),
+    ([1, 2], "list"), ("x", "str"), (5, "int"),
+])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_logit_bias_refusals(live, path, bias, fragment):
+    body = {"prompt": "hi"} if path == "/v1/completions" else {"messages": MESSAGES}
+    err = _error(post(live.url, path, {**body, "max_tokens": 2, "logit_bias": bias}), 400, "logit_bias")
+    assert fragment in err["message"] and err["type"] == "invalid_request_error"
+
+
+def test_logit_bias_nan_and_inf_refused(live):
+    for raw in (b'{"prompt": "hi", "logit_bias": {"5": NaN}}', b'{"prompt": "hi", "logit_bias": {"5": Infinity}}',
+                b'{"prompt": "hi", "logit_bias": {"5": -1e999}}'):
+        _error(post(live.url, "/v1/completions", raw), 400, "logit_bias")
+    ok = post(live.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "logit_bias": {}, "temperature": 0})
+    assert ok.status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------------------- roles
+def test_unknown_role_is_refused_known_ones_pass(live):
+    err = _error(post(live.url, "/v1/chat/completions", {"messages": [{"role": "wizard", "content": "hi"}]}), 400,
+                 "messages[0].role")
+    assert "'wizard'" in err["message"]
+    assert all(r in err["message"] for r in ("system", "user", "assistant", "tool", "developer"))
+    msgs = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert post(live.url, "/v1/chat/completions", {"messages": msgs, "max_tokens": 2}).status_code == 200
+    _error(post(live.url, "/v1/chat/completions", {"messages": [{"role": "", "content": "hi"}]}), 400,
+           "messages[0].role")
+
+
+# --------------------------------------------------------------------------------------------------- body limit
+def _raw_exchange(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """Send ``head`` (and ``body``) on a fresh socket -> (status, JSON body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + body)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head_out, payload = data.split(b"\r\n\r\n", 1)
+    return int(head_out.split()[1]), json.loads(payload[:_length(data)])
+
+
+def _length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def test_declared_oversized_body_gets_413_unread(live):
+    """Content-Length of 20 MB and no body sent at all: the answer is 413 at once (nothing was waited for)."""
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 20000000\r\n\r\n")
+    status, body = _raw_exchange(live.port, head)
+    assert status == 413
+    assert body["error"]["code"] == "request_too_large" and "8 MB" in body["error"]["message"]
+    assert wait_health(live.url)["status"] == "ok"
+
+
+def test_chunked_oversized_body_gets_413_while_streaming(live):
+    """A chunked upload (no length) that passes the limit (here 1 MB) and never ends: the answer is 413 while the
+    body is still open (a server that read it whole would wait forever), and the server goes on."""
+    live.state.config.max_body_mb = 1
+    try:
+        head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"40000\r\n" + b" " * 0x40000 + b"\r\n"  # 256 kB
+        status, body = _raw_exchange(live.port, head, chunk * 5)  # 1.25 MB sent, no final 0-chunk
+        assert status == 413 and body["error"]["code"] == "request_too_large"
+        small = post(live.url, "/v1/completions", {"prompt": "hi " * 20, "max_tokens": 2, "temperature": 0})
+        assert small.status_code == 200
+    finally:
+        live.state.config.max_body_mb = 8
+    assert wait_health(live.url)["status"] == "ok"
+
+
+def test_body_over_the_limit_with_a_length(live):
+    """A 9 MB JSON body (Content-Length set, as clients send it): 413, the error body OpenAI's; 7 MB is read (and
+    refused for what it holds, not for its size)."""
+    big = json.dumps({"prompt": "x" * (9 * 2**20)}).encode()
+    _error(post(live.url, "/v1/completions", big), 413, None)
+    fine = json.dumps({"prompt": "hi", "user": "y" * (7 * 2**20), "max_tokens": 1, "temperature": 0}).encode()
+    assert post(live.url, "/v1/completions", fine).status_code == 200
