@@ -16,6 +16,7 @@ MAX_STOP = 4  # OpenAI: up to 4 stop sequences
 MAX_LOGPROBS_COMPLETIONS = 5  # OpenAI: logprobs <= 5 on /v1/completions
 MAX_TOP_LOGPROBS_CHAT = 20  # OpenAI: top_logprobs <= 20 on /v1/chat/completions
 MAX_PROMPTS = 32  # prompts in one /v1/completions list
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily, as vLLM does (1/T would overflow the logits)
 MAX_LOGIT_BIAS = 100  # OpenAI: each bias in [-100, 100]; -100 bans the token
 ROLES = ("system", "user", "assistant", "tool", "developer")  # chat message roles accepted
 
@@ -45,6 +46,8 @@ def parse_body(raw: bytes, content_type: str | None) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad(None, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # arrays/objects nested thousands deep
+        raise bad(None, "the body is nested too deeply to be read") from None
     if not isinstance(body, dict):
         raise bad(None, f"the body must be a JSON object, got {type(body).__name__}")
     return body
@@ -114,7 +117,7 @@ class Sampling:
 
     def generation_params(self, max_new_tokens: int) -> dict:
         """-> onnxlm generate() parameters (transformers names). OpenAI defaults, not the artifact's warpers."""
-        sample = self.temperature > 0
+        sample = self.temperature >= GREEDY_BELOW
         p = {"max_new_tokens": max_new_tokens, "do_sample": sample, "num_beams": self.num_beams,
              "repetition_penalty": self.repetition_penalty, "top_k": self.top_k or None,
              "top_p": self.top_p, "min_p": None, "typical_p": 1.0, "no_repeat_ngram_size": 0,
@@ -206,9 +209,9 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
             raise bad("suffix", "not supported by this server")
         if body.get("best_of") is not None and body.get("best_of") != n:
             raise bad("best_of", "only best_of == n is supported")
-    if temperature == 0 and n > 1 and num_beams == 1:
-        raise bad("n", f"got {n}; greedy decoding (temperature 0) gives one answer: use n=1, a temperature > 0, "
-                       "or num_beams >= n")
+    if temperature < GREEDY_BELOW and n > 1 and num_beams == 1:
+        raise bad("n", f"got {n}; greedy decoding (temperature 0, or below {GREEDY_BELOW:g}) gives one answer: use "
+                       f"n=1, a temperature >= {GREEDY_BELOW:g}, or num_beams >= n")
     if num_beams > 1:
         if n > num_beams:
             raise bad("n", f"got {n}; with beam search n <= num_beams ({num_beams})")
