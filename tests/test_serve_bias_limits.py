@@ -185,3 +185,26 @@ def test_body_over_the_limit_with_a_length(live):
     _error(post(live.url, "/v1/completions", big), 413, None)
     fine = json.dumps({"prompt": "hi", "user": "y" * (7 * 2**20), "max_tokens": 1, "temperature": 0}).encode()
     assert post(live.url, "/v1/completions", fine).status_code == 200
+
+
+def test_cli_flag_sets_the_limit(monkeypatch, tiny_llama):
+    """`onnxlm serve --max-body-mb N` reaches the server's config (default 8)."""
+    import onnxlm.serve.app as app_module
+    from onnxlm.cli import main
+
+    seen = []
+
+    class Built(Exception):
+        pass
+
+    def create_app(loader, config):
+        seen.append(config.max_body_mb)
+        raise Built
+
+    monkeypatch.setattr(app_module, "create_app", create_app)
+    for argv, want in ((["--max-body-mb", "2"], 2), ([], 8)):
+        with pytest.raises(Built):
+            main(["serve", str(tiny_llama.onnx_dir), *argv])
+        assert seen.pop() == want
+    with pytest.raises(SystemExit):
+        main(["serve", str(tiny_llama.onnx_dir), "--max-body-mb", "0"])

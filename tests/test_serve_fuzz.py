@@ -52,8 +52,22 @@ bias_key = st.one_of(st.integers(min_value=0, max_value=300).map(str), st.sample
     ["-1", "abc", "1e3", "1.0", " 5", "9" * 30, "\ud800", "", "0x10", "\u0665"]))
 logit_bias = st.one_of(st.dictionaries(bias_key, st.one_of(st.floats(min_value=-120, max_value=120), scalar),
                                        max_size=6), junk)
+
+
+def nested_schema(depth: int) -> dict:
+    """An object schema ``depth`` levels deep (llguidance reads JSON to a depth of about 128)."""
+    s = {"type": "integer"}
+    for _ in range(depth):  # wrap one level
+        s = {"type": "object", "properties": {"a": s}, "required": ["a"]}
+    return s
+
+
 schema = st.one_of(junk, st.just({"type": "object", "properties": {"a": {"type": "integer"}}}),
-                   st.just({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}))
+                   st.just({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}),
+                   st.integers(1, 400).map(nested_schema),
+                   st.sampled_from([{"$ref": "#"}, {"enum": list(range(5000))}, {"type": "string", "pattern": "["},
+                                    {"type": "array", "minItems": 2**63}, {"type": "number", "multipleOf": 0},
+                                    {"type": "string", "pattern": "(" * 300 + ")" * 300}]))
 tool = st.one_of(junk, st.fixed_dictionaries({"type": st.sampled_from(["function", "code", 3]),
                                               "function": st.one_of(junk, st.fixed_dictionaries(
                                                   {"name": st.one_of(st.text(max_size=8), junk),
@@ -186,3 +200,16 @@ def test_a_vanishing_temperature_decodes_greedily(http, temperature):
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == greedy
     r = http.post("/v1/completions", json={**body, "temperature": temperature, "n": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_a_schema_nested_too_deep_is_a_400(http, path):
+    """Found by this fuzz test: llguidance refuses a schema nested past its reading depth with a ValueError that
+    was a 500; it is a 400 naming response_format."""
+    pytest.importorskip("llguidance", reason="response_format needs the structured extra")
+    body = {"prompt": "hi"} if "chat" not in path else {"messages": [{"role": "user", "content": "hi"}]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "deep", "schema": nested_schema(300)}}
+    r = http.post(path, json={**body, "max_tokens": 2, "response_format": fmt})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
+    fmt["json_schema"]["schema"] = nested_schema(20)  # a deep but readable one works
+    assert http.post(path, json={**body, "max_tokens": 2, "response_format": fmt}).status_code == 200

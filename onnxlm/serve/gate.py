@@ -51,7 +51,8 @@ async def read_limited(request: HTTPRequest, limit: int) -> bytes:
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+    request._body = b"".join(chunks)  # cached where Starlette's own body() keeps it, so request.body() still works
+    return request._body
 
 
 async def read_body(request: HTTPRequest, allowed: set) -> dict:
