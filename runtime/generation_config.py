@@ -434,7 +434,12 @@ class GenerationConfig:
             if big:
                 raise ParameterError(name, f"token ids {big} are out of the vocabulary; must be < {vocab_size}")
         if self.sequence_bias is not None:
-            big = sorted({i for ids in sequence_bias_items(self.sequence_bias) for i in ids if i >= vocab_size})
+            items = sequence_bias_items(self.sequence_bias)
+            big = sorted({i for ids in items for i in ids if i >= vocab_size})
             if big:
                 raise ParameterError("sequence_bias", f"token ids {big[:20]} are out of the vocabulary; must be < "
                                                       f"{vocab_size}")
+            banned = {ids[0] for ids, b in items.items() if len(ids) == 1 and b == -math.inf}
+            if len(banned) >= vocab_size:  # no token could ever be chosen
+                raise ParameterError("sequence_bias", f"bans (-inf) every token of the vocabulary ({vocab_size}); "
+                                                      "leave at least one allowed")

@@ -80,6 +80,9 @@ def test_out_of_vocabulary_ids():
     with pytest.raises(ParameterError, match=r"token ids \[40\]"):
         GenerationConfig(sequence_bias=[[[1, 40], -1.0]]).check_vocab(40)
     GenerationConfig(sequence_bias=[[[1, 39], -1.0]]).check_vocab(40)
+    with pytest.raises(ParameterError, match="bans .* every token"):
+        GenerationConfig(sequence_bias={(i,): -math.inf for i in range(40)}).check_vocab(40)
+    GenerationConfig(sequence_bias={(i,): -math.inf for i in range(39)}).check_vocab(40)
 
 
 def test_first_in_transformers_order():

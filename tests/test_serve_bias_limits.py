@@ -108,6 +108,20 @@ def test_logit_bias_refusals(live, path, bias, fragment):
     assert fragment in err["message"] and err["type"] == "invalid_request_error"
 
 
+def test_banning_every_token_is_refused(live):
+    """-100 on the whole vocabulary leaves nothing to choose: 400 before any work (greedy would emit a banned token,
+    sampling fail mid-request)."""
+    everything = {str(i): -100 for i in range(live.model.vocab_size)}
+    for extra in ({"temperature": 0}, {"temperature": 1, "stream": True}, {"temperature": 0, "num_beams": 2}):
+        err = _error(post(live.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "logit_bias": everything,
+                                                        **extra}), 400, "logit_bias")
+        assert "every token" in err["message"]
+    del everything["7"]
+    r = post(live.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2, "temperature": 1, "seed": 0,
+                                           "logit_bias": everything}).json()
+    assert r["choices"][0]["text"] == live.model.tokenizer.decode([7, 7])
+
+
 def test_logit_bias_nan_and_inf_refused(live):
     for raw in (b'{"prompt": "hi", "logit_bias": {"5": NaN}}', b'{"prompt": "hi", "logit_bias": {"5": Infinity}}',
                 b'{"prompt": "hi", "logit_bias": {"5": -1e999}}'):
