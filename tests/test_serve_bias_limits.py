@@ -1,5 +1,6 @@
 """The server's logit_bias (OpenAI's semantics on the runtime's sequence_bias), its request-body limit (413 before
-the body is read whole) and its chat-role check, against a live tiny-llama server."""
+the body is read whole), its chat-role check, and the 5xx the fuzz test (test_serve_fuzz.py) found, fixed, against a
+live tiny-llama server (these need no hypothesis)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import pytest
 openai = pytest.importorskip("openai", reason="the server tests need the test extra (openai)")
 pytest.importorskip("starlette", reason="the server tests need the serve extra")
 
-from serve_util import TIE, live_tiny, post, sse_events, wait_health  # noqa: E402
+from serve_util import TIE, live_tiny, nested_schema, post, sse_events, wait_health  # noqa: E402
 
 from onnxlm.runtime.processors import log_softmax  # noqa: E402
 
@@ -242,3 +243,39 @@ def test_cli_flag_sets_the_limit(monkeypatch, tiny_llama):
         assert seen.pop() == want
     with pytest.raises(SystemExit):
         main(["serve", str(tiny_llama.onnx_dir), "--max-body-mb", "0"])
+
+
+# ------------------------------------------------------------------------- what the fuzz test found (no hypothesis)
+@pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe{}", b'{"prompt": "\\ud800"}', b"[" * 5000 + b"]" * 5000,
+                                 b'{"prompt": ' + b"9" * 5000 + b"}", b'{"prompt": "a", "prompt": 1}',
+                                 b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1e400}'])
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_malformed_bytes_get_a_4xx(live, path, raw):
+    """Found by the fuzz test: JSON nested thousands deep raised RecursionError (a 500); now a 400 like the rest."""
+    r = post(live.url, path, raw)
+    assert 400 <= r.status_code < 500 and r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-30, 9e-6])
+def test_a_vanishing_temperature_decodes_greedily(live, temperature):
+    """Found by the fuzz test: a temperature > 0 so small that 1/T overflows float32 made every score NaN (a failed
+    request). Below 1e-5 the server decodes greedily, as vLLM does; n > 1 there is refused as for temperature 0."""
+    body = {"prompt": "Hello", "max_tokens": 6}
+    greedy = post(live.url, "/v1/completions", {**body, "temperature": 0}).json()["choices"][0]["text"]
+    r = post(live.url, "/v1/completions", {**body, "temperature": temperature, "seed": 1})
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == greedy
+    r = post(live.url, "/v1/completions", {**body, "temperature": temperature, "n": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_a_schema_nested_too_deep_is_a_400(live, path):
+    """Found by the fuzz test: llguidance refuses a schema nested past its reading depth with a ValueError that was
+    a 500; it is a 400 naming response_format."""
+    pytest.importorskip("llguidance", reason="response_format needs the structured extra")
+    body = {"prompt": "hi"} if "chat" not in path else {"messages": [{"role": "user", "content": "hi"}]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "deep", "schema": nested_schema(300)}}
+    r = post(live.url, path, {**body, "max_tokens": 2, "response_format": fmt})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "response_format", r.text
+    fmt["json_schema"]["schema"] = nested_schema(20)  # a deep but readable one works
+    assert post(live.url, path, {**body, "max_tokens": 2, "response_format": fmt}).status_code == 200
