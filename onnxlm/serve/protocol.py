@@ -158,7 +158,7 @@ def logit_bias(body: dict) -> dict[int, float]:
     out = {}
     for key, bias in v.items():  # keys: token ids written in decimal (JSON keys are strings); values: numbers
         if not isinstance(key, str) or not re.fullmatch(r"[0-9]{1,18}", key):
-            raise bad("logit_bias", f"key {key[:40]!r} is not a token id (a non-negative integer, as a string)")
+            raise bad("logit_bias", f"key {str(key)[:40]!r} is not a token id (a non-negative integer, as a string)")
         if not _is_num(bias) or not math.isfinite(bias) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
             raise bad("logit_bias", f"the bias for token {key} is {bias!r:.40}; allowed: a number in "
                                     f"[-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}] (-100 bans the token)")
