@@ -131,18 +131,19 @@ def test_generate_equals_transformers(pair, num_beams):
 
 
 def test_scheduler_bias_acts_on_its_own_rows(pair):
-    """Two requests in one batch, one biased: each gets what generate gives it alone."""
+    """Three requests in one batch, the first biased (it bans what the second, the same prompt unbiased, picks):
+    each gets what generate gives it alone, so the bias touched its own rows only."""
     model = pair[0]
-    prompts = [[5, 17, 42, 9, 33], [8, 8, 21]]
+    prompts = [[5, 17, 42, 9, 33], [5, 17, 42, 9, 33], [8, 8, 21]]
     free = model.generate([prompts[0]], max_new_tokens=6, do_sample=False, eos_token_id=None).new_tokens[0]
-    params = [dict(max_new_tokens=6, do_sample=False, eos_token_id=None,
-                   sequence_bias={(int(free[0]),): -100.0, (int(free[1]),): -math.inf}),
-              dict(max_new_tokens=6, do_sample=True, seed=3, eos_token_id=None)]
+    greedy = dict(max_new_tokens=6, do_sample=False, eos_token_id=None)
+    params = [dict(greedy, sequence_bias={(int(free[0]),): -100.0, (int(free[1]),): -math.inf}), greedy,
+              dict(max_new_tokens=6, do_sample=True, seed=3, eos_token_id=None, num_return_sequences=2)]
     sched = Scheduler(model)
     reqs = [sched.add(Request(p, model.resolve_config(kw))) for p, kw in zip(prompts, params)]
     while sched.busy:
         sched.step()
     for req, p, kw in zip(reqs, prompts, params):
-        solo = model.generate([p], **kw).new_tokens[0]
-        assert req.error is None and req.new_ids[0] == list(solo)
-    assert reqs[0].new_ids[0][0] != free[0]
+        solo = model.generate([p], **kw).new_tokens
+        assert req.error is None and req.new_ids == [list(row) for row in solo]
+    assert reqs[0].new_ids[0][0] != free[0] and reqs[1].new_ids[0] == list(free)
