@@ -94,7 +94,10 @@ def make_constraint(kind: str, value: Any) -> Constraint:
             text = json.dumps(schema)
         except (TypeError, ValueError) as exc:
             raise ParameterError(kind, f"the schema is not JSON-serialisable: {exc}") from None
-        return Constraint(kind, matcher.grammar_from_json_schema(text, defaults={"whitespace_flexible": False}))
+        try:
+            return Constraint(kind, matcher.grammar_from_json_schema(text, defaults={"whitespace_flexible": False}))
+        except ValueError as exc:  # llguidance refuses it while reading (e.g. nested past its depth limit)
+            raise ParameterError(kind, f"invalid JSON Schema: {exc}") from None
     if kind == "regex":
         if not isinstance(value, str) or not value:
             raise ParameterError(kind, f"got {value!r}; must be a non-empty regular expression string")

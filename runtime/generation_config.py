@@ -20,13 +20,15 @@ import json
 import math
 import numbers
 import os
+import reprlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
 from .errors import ModelFileError, ParameterError
 
-__all__ = ["GenerationConfig", "SAMPLING_PARAMETERS", "BEAM_PARAMETERS", "DEFAULT_MAX_LENGTH"]
+__all__ = ["GenerationConfig", "SAMPLING_PARAMETERS", "BEAM_PARAMETERS", "DEFAULT_MAX_LENGTH",
+           "sequence_bias_items"]
 
 DEFAULT_MAX_LENGTH = 20
 
@@ -56,11 +58,47 @@ def _is_bool(x: Any) -> bool:
     return isinstance(x, bool) or type(x).__name__ == "bool_"  # numpy bool without importing numpy
 
 
+def sequence_bias_items(v: Any) -> dict:
+    """``sequence_bias`` in either of transformers' forms -> {tuple of token ids: float bias} (ParameterError naming
+    the bad entry otherwise).
+
+    Forms: a non-empty dict {tuple of ids >= 0: bias} or a non-empty list [[[ids...], bias], ...] (the form a JSON
+    file can hold; a later entry for the same ids wins, as in transformers). A bias is a number, not NaN and not
+    +inf; -inf bans the sequence's last token where the sequence would be completed (onnxlm accepts ints too, where
+    transformers asks for floats)."""
+    allowed = ("a non-empty dict {tuple of token ids >= 0: bias} or a non-empty list [[[token ids >= 0], bias], "
+               "...], a bias being a number (not NaN, not +inf)")
+    short = reprlib.repr  # bad values are quoted, shortened
+    if isinstance(v, dict):
+        pairs = list(v.items())
+    elif isinstance(v, (list, tuple)):
+        pairs = []
+        for entry in v:  # [[ids...], bias] -> (tuple of ids, bias)
+            if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], (list, tuple)):
+                raise ParameterError("sequence_bias", f"entry {short(entry)} is not [[token ids], bias]; must be "
+                                                      f"{allowed}")
+            pairs.append((tuple(entry[0]), entry[1]))
+    else:
+        raise ParameterError("sequence_bias", f"got {short(v)}; must be {allowed}")
+    if not pairs:
+        raise ParameterError("sequence_bias", f"got {short(v)} (empty); must be {allowed}")
+    out = {}
+    for ids, bias in pairs:  # each key a non-empty tuple of ids >= 0, each bias a number below +inf
+        if not isinstance(ids, tuple) or not ids or not all(_is_int(i) and i >= 0 for i in ids):
+            raise ParameterError("sequence_bias", f"key {short(ids)} is not a non-empty tuple of token ids >= 0; "
+                                                  f"must be {allowed}")
+        if not _is_num(bias) or math.isnan(bias) or bias == math.inf:
+            raise ParameterError("sequence_bias", f"bias {short(bias)} for {short(ids)} is not a number below +inf "
+                                                  f"(NaN and +inf are refused); must be {allowed}")
+        out[tuple(int(i) for i in ids)] = float(bias)
+    return out
+
+
 #: transformers decoding settings onnxlm does not implement, with the value at which they do nothing
 UNSUPPORTED_DEFAULTS = {
     "num_beam_groups": 1, "diversity_penalty": 0.0, "penalty_alpha": None, "epsilon_cutoff": 0.0,
     "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0,
-    "exponential_decay_length_penalty": None, "sequence_bias": None, "guidance_scale": None,
+    "exponential_decay_length_penalty": None, "guidance_scale": None,
     "renormalize_logits": False, "constraints": None, "force_words_ids": None, "forced_decoder_ids": None,
     "watermarking_config": None, "max_time": None, "prompt_lookup_num_tokens": None,
     "remove_invalid_values": False,
@@ -112,6 +150,7 @@ class GenerationConfig:
     forced_bos_token_id: Optional[int] = None
     forced_eos_token_id: Optional[Union[int, list]] = None
     length_penalty: Optional[float] = 1.0
+    sequence_bias: Optional[Union[dict, list]] = None  # {(ids...): bias} or [[[ids...], bias], ...]
     # --- special tokens ---
     eos_token_id: Optional[Union[int, list]] = None
     pad_token_id: Optional[int] = None
@@ -352,6 +391,8 @@ class GenerationConfig:
             v = getattr(self, name)
             if v is not None:
                 check_ids(name, v, "a list of token ids >= 0, or None")
+        if self.sequence_bias is not None:
+            sequence_bias_items(self.sequence_bias)
 
         # special tokens
         for name in ("eos_token_id", "forced_eos_token_id"):
@@ -392,3 +433,13 @@ class GenerationConfig:
             big = [i for i in ids_of(getattr(self, name)) if i >= vocab_size]
             if big:
                 raise ParameterError(name, f"token ids {big} are out of the vocabulary; must be < {vocab_size}")
+        if self.sequence_bias is not None:
+            items = sequence_bias_items(self.sequence_bias)
+            big = sorted({i for ids in items for i in ids if i >= vocab_size})
+            if big:
+                raise ParameterError("sequence_bias", f"token ids {big[:20]} are out of the vocabulary; must be < "
+                                                      f"{vocab_size}")
+            banned = {ids[0] for ids, b in items.items() if len(ids) == 1 and b == -math.inf}
+            if len(banned) >= vocab_size:  # no token could ever be chosen
+                raise ParameterError("sequence_bias", f"bans (-inf) every token of the vocabulary ({vocab_size}); "
+                                                      "leave at least one allowed")

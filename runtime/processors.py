@@ -7,6 +7,7 @@ inputs, works in float32 and marks removed tokens with ``-inf`` like transformer
 ``build_processors`` mirrors ``GenerationMixin._get_logits_processor`` and applies, in this order:
 
  processors (always)
+   0. SequenceBias             sequence_bias set (transformers puts it first, before the repetition penalty)
    1. RepetitionPenalty        repetition_penalty not None and != 1.0
    2. NoRepeatNGram            no_repeat_ngram_size > 0
    3. NoBadWords               bad_words_ids (single-token bad words equal to an EOS id are dropped)
@@ -38,10 +39,10 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from .errors import InputError, ParameterError
-from .generation_config import GenerationConfig
+from .generation_config import GenerationConfig, sequence_bias_items
 
 __all__ = [
-    "LogitsProcessor", "ProcessorList", "build_processors",
+    "LogitsProcessor", "ProcessorList", "build_processors", "SequenceBiasProcessor",
     "RepetitionPenaltyProcessor", "NoRepeatNGramProcessor", "NoBadWordsProcessor", "SuppressTokensProcessor",
     "SuppressTokensAtBeginProcessor", "MinLengthProcessor", "MinNewTokensLengthProcessor", "ForcedBOSProcessor",
     "ForcedEOSProcessor", "InfNanRemoveProcessor", "TemperatureWarper", "TopKWarper", "TopPWarper", "MinPWarper",
@@ -172,6 +173,40 @@ class ProcessorList(list):
 
 
 # ---------------------------------------------------------------------------------------------------- processors
+class SequenceBiasProcessor(LogitsProcessor):
+    """Adds a bias to the last token of each biased sequence: always for a one-token sequence, and for a longer one
+    in the rows whose last ids equal the sequence minus its last token (transformers' SequenceBiasLogitsProcessor;
+    a sequence longer than the ids so far is skipped). A bias of -inf bans the token there. [b,t],[b,V] -> [b,V]
+
+    ``sequence_bias``: {tuple of ids: bias} or [[[ids], bias], ...] (``generation_config.sequence_bias_items``)."""
+
+    def __init__(self, sequence_bias: Any):
+        self.sequence_bias = sequence_bias_items(sequence_bias)
+        single = {ids[0]: b for ids, b in self.sequence_bias.items() if len(ids) == 1}
+        self._single_ids = np.asarray(list(single), dtype=np.int64)       # [s]
+        self._single_bias = np.asarray(list(single.values()), np.float32)  # [s]
+        self._multi = [(np.asarray(ids[:-1], np.int64), ids[-1], np.float32(b))
+                       for ids, b in self.sequence_bias.items() if len(ids) > 1]
+        self._checked_vocab = -1
+
+    def __call__(self, input_ids, scores):
+        vocab, t = scores.shape[1], input_ids.shape[1]
+        if self._checked_vocab != vocab:  # ids past the vocabulary: an error, as in transformers
+            big = sorted({i for ids in self.sequence_bias for i in ids if i >= vocab})
+            if big:
+                raise ParameterError("sequence_bias", f"token ids {big[:20]} are out of the vocabulary; must be "
+                                                      f"< {vocab}")
+            self._checked_vocab = vocab
+        bias = np.zeros_like(scores)  # [b, V] float32
+        bias[:, self._single_ids] = self._single_bias  # one-token sequences: every row, every step
+        for prefix, last, b in self._multi:  # longer sequences: the rows about to complete them
+            if len(prefix) + 1 > t:
+                continue
+            match = np.all(input_ids[:, t - len(prefix):] == prefix, axis=1)  # [b]
+            bias[:, last] += np.where(match, b, np.float32(0))
+        return (scores + bias).astype(np.float32, copy=False)
+
+
 class RepetitionPenaltyProcessor(LogitsProcessor):
     """Tokens present in input_ids: score < 0 -> score * penalty, else score / penalty. [b,t],[b,V] -> [b,V]"""
 
@@ -470,6 +505,8 @@ def build_processors(config: GenerationConfig, *, input_length: int, max_length:
     eos = config.eos_token_ids or None
     procs = ProcessorList()
     c = config
+    if c.sequence_bias is not None:
+        procs.append(SequenceBiasProcessor(c.sequence_bias))
     if c.repetition_penalty is not None and c.repetition_penalty != 1.0:
         procs.append(RepetitionPenaltyProcessor(c.repetition_penalty))
     if c.no_repeat_ngram_size is not None and c.no_repeat_ngram_size > 0:

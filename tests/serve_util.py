@@ -102,3 +102,11 @@ def same_or_tie(model, prompt_ids: list[int], solo_ids: list[int], got_text: str
     gap = float((top2[:, 1] - top2[:, 0]).min())
     assert gap < TIE, f"{what}: {got_text!r} != solo {solo_text!r} and the smallest top-2 gap is {gap:.2e}"
     warnings.warn(f"{what}: a numerical tie (top-2 gap {gap:.1e}) changed the answer; reported, not failed")
+
+
+def nested_schema(depth: int) -> dict:
+    """An object schema ``depth`` levels deep (llguidance reads JSON to a depth of about 128)."""
+    s = {"type": "integer"}
+    for _ in range(depth):  # wrap one level
+        s = {"type": "object", "properties": {"a": s}, "required": ["a"]}
+    return s

@@ -226,6 +226,7 @@ def tiny_gpt2():
 
 
 NAME_MAP = {
+    "SequenceBiasProcessor": "SequenceBiasLogitsProcessor",
     "RepetitionPenaltyProcessor": "RepetitionPenaltyLogitsProcessor",
     "NoRepeatNGramProcessor": "NoRepeatNGramLogitsProcessor",
     "NoBadWordsProcessor": "NoBadWordsLogitsProcessor",
@@ -253,6 +254,8 @@ COMBOS = [
     dict(do_sample=True, num_beams=2, top_k=1, eos_token_id=None, max_length=16),
     dict(do_sample=False, temperature=0.5, top_k=3, repetition_penalty=0.8, no_repeat_ngram_size=3,
          eos_token_id=2, min_new_tokens=2, max_new_tokens=4, forced_eos_token_id=2),
+    dict(do_sample=True, top_k=0, sequence_bias={(5,): 3.0, (1, 2): -2.5, (9,): float("-inf"), (2, 7): 1.5},
+         repetition_penalty=1.3, eos_token_id=3, max_new_tokens=6),
     dict(),
 ]
 

@@ -46,6 +46,9 @@ def add_parser(sub) -> None:
                    help="the largest max_tokens a request may ask for (default: 1024)")
     p.add_argument("--max-prompt-tokens", type=positive_int, default=None, metavar="N",
                    help="the longest prompt accepted, in tokens (default: the model's context)")
+    p.add_argument("--max-body-mb", type=positive_int, default=8, metavar="MB",
+                   help="the largest request body accepted, in MB of 2**20 bytes; larger ones get 413 before they "
+                        "are read (default: 8)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
                    help="seconds in-flight requests get to finish after SIGTERM (default: 30)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -70,7 +73,7 @@ def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServeConfig(model_name=args.model_name or path.resolve().name, api_key=args.api_key,
                          max_rows=args.max_batch, max_queue=max(0, args.max_queue), max_tokens=args.max_tokens,
-                         max_prompt_tokens=args.max_prompt_tokens)
+                         max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb)
     app = create_app(lambda: load(path, provider=args.provider, threads=args.threads, verify=args.verify), config)
     state = app.state.serve
     server = draining_server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

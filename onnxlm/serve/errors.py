@@ -12,7 +12,7 @@ from .protocol import APIError, bad
 #: runtime parameter names -> the API's
 API_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num_return_sequences": "n",
              "stop_strings": "stop", "do_sample": "temperature", "json_schema": "response_format",
-             "constraints": "response_format"}
+             "constraints": "response_format", "sequence_bias": "logit_bias"}
 
 
 async def api_error(request, exc: APIError):

@@ -1,5 +1,6 @@
 """What every request passes before any work: the API key, a loaded model (503 while loading or draining), the body
-(JSON, known keys, the served model's name), and for the generation endpoints their sampling parameters."""
+(at most ``--max-body-mb``, JSON, known keys, the served model's name), and for the generation endpoints their
+sampling parameters."""
 from __future__ import annotations
 
 import hmac
@@ -33,8 +34,30 @@ def available(request: HTTPRequest):
     return st.engine.model
 
 
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than this server's limit of {limit} bytes "
+                         f"({limit / 2**20:g} MB, --max-body-mb)", code="request_too_large")
+
+
+async def read_limited(request: HTTPRequest, limit: int) -> bytes:
+    """The body's bytes, or 413 past ``limit`` bytes: at once when Content-Length says so (nothing read), else as
+    soon as the chunks received so far pass it (chunked uploads), so an oversized body is never held whole."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():  # count as it arrives
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    request._body = b"".join(chunks)  # cached where Starlette's own body() keeps it, so request.body() still works
+    return request._body
+
+
 async def read_body(request: HTTPRequest, allowed: set) -> dict:
-    body = protocol.parse_body(await request.body(), request.headers.get("content-type"))
+    limit = int(state_of(request).config.max_body_mb * 2**20)
+    body = protocol.parse_body(await read_limited(request, limit), request.headers.get("content-type"))
     protocol.check_keys(body, allowed)
     name = body.get("model")
     if name is not None and name != state_of(request).config.model_name:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 
 MAX_STOP = 4  # OpenAI: up to 4 stop sequences
 MAX_LOGPROBS_COMPLETIONS = 5  # OpenAI: logprobs <= 5 on /v1/completions
 MAX_TOP_LOGPROBS_CHAT = 20  # OpenAI: top_logprobs <= 20 on /v1/chat/completions
 MAX_PROMPTS = 32  # prompts in one /v1/completions list
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily, as vLLM does (1/T would overflow the logits)
+MAX_LOGIT_BIAS = 100  # OpenAI: each bias in [-100, 100]; -100 bans the token
+ROLES = ("system", "user", "assistant", "tool", "developer")  # chat message roles accepted
 
 
 class APIError(Exception):
@@ -42,6 +46,8 @@ def parse_body(raw: bytes, content_type: str | None) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad(None, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # arrays/objects nested thousands deep
+        raise bad(None, "the body is nested too deeply to be read") from None
     if not isinstance(body, dict):
         raise bad(None, f"the body must be a JSON object, got {type(body).__name__}")
     return body
@@ -107,10 +113,11 @@ class Sampling:
     num_beams: int
     logprobs: int | None  # top alternatives per token; None: no logprobs
     extra: dict = field(default_factory=dict)
+    logit_bias: dict = field(default_factory=dict)  # token id -> bias in [-100, 100]
 
     def generation_params(self, max_new_tokens: int) -> dict:
         """-> onnxlm generate() parameters (transformers names). OpenAI defaults, not the artifact's warpers."""
-        sample = self.temperature > 0
+        sample = self.temperature >= GREEDY_BELOW
         p = {"max_new_tokens": max_new_tokens, "do_sample": sample, "num_beams": self.num_beams,
              "repetition_penalty": self.repetition_penalty, "top_k": self.top_k or None,
              "top_p": self.top_p, "min_p": None, "typical_p": 1.0, "no_repeat_ngram_size": 0,
@@ -119,6 +126,8 @@ class Sampling:
              "num_return_sequences": self.n}
         if self.num_beams > 1:
             p["early_stopping"] = True
+        if self.logit_bias:  # one-token sequence_bias; -100 is a true ban (-inf), as OpenAI's -100 excludes it
+            p["sequence_bias"] = {(i,): -math.inf if b <= -MAX_LOGIT_BIAS else b for i, b in self.logit_bias.items()}
         return p
 
 
@@ -134,10 +143,28 @@ def check_keys(body: dict, allowed: set) -> None:
     unknown = sorted(k for k in body if k not in allowed)
     if unknown:
         raise bad(unknown[0], f"unrecognized request argument {unknown[0]!r}; supported: {', '.join(sorted(allowed))}")
-    if body.get("logit_bias") not in (None, {}):
-        raise bad("logit_bias", "not supported by this server (send null or {})")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise bad("user", "expected a string")
+
+
+def logit_bias(body: dict) -> dict[int, float]:
+    """OpenAI's ``logit_bias``: {token id as a decimal string: bias in [-100, 100]} -> {id: bias} (400 naming
+    logit_bias for anything else). Ids are checked against the vocabulary later (the runtime's ``sequence_bias``
+    check, reported as logit_bias)."""
+    v = body.get("logit_bias")
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise bad("logit_bias", f"expected an object mapping token ids to biases, got {type(v).__name__}")
+    out = {}
+    for key, bias in v.items():  # keys: token ids written in decimal (JSON keys are strings); values: numbers
+        if not isinstance(key, str) or not re.fullmatch(r"[0-9]{1,18}", key):
+            raise bad("logit_bias", f"key {str(key)[:40]!r} is not a token id (a non-negative integer, as a string)")
+        if not _is_num(bias) or not math.isfinite(bias) or not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+            raise bad("logit_bias", f"the bias for token {key} is {bias!r:.40}; allowed: a number in "
+                                    f"[-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}] (-100 bans the token)")
+        out[int(key)] = float(bias)
+    return out
 
 
 def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
@@ -183,9 +210,9 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
             raise bad("suffix", "not supported by this server")
         if body.get("best_of") is not None and body.get("best_of") != n:
             raise bad("best_of", "only best_of == n is supported")
-    if temperature == 0 and n > 1 and num_beams == 1:
-        raise bad("n", f"got {n}; greedy decoding (temperature 0) gives one answer: use n=1, a temperature > 0, "
-                       "or num_beams >= n")
+    if temperature < GREEDY_BELOW and n > 1 and num_beams == 1:
+        raise bad("n", f"got {n}; greedy decoding (temperature 0, or below {GREEDY_BELOW:g}) gives one answer: use "
+                       f"n=1, a temperature >= {GREEDY_BELOW:g}, or num_beams >= n")
     if num_beams > 1:
         if n > num_beams:
             raise bad("n", f"got {n}; with beam search n <= num_beams ({num_beams})")
@@ -196,7 +223,7 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
         if presence or frequency:
             raise bad("presence_penalty", "presence/frequency penalties are not available with beam search")
     return Sampling(max_tokens, temperature, top_p, n, stop, seed, stream, include_usage, presence, frequency,
-                    top_k, repetition, num_beams, logprobs)
+                    top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body))
 
 
 def prompts(body: dict, vocab_size: int) -> list[str | list[int]]:
@@ -240,8 +267,8 @@ def messages(body: dict) -> list[dict]:
         if not isinstance(m, dict):
             raise bad(where, "expected an object with role and content")
         role, content = m.get("role"), m.get("content")
-        if not isinstance(role, str) or not role:
-            raise bad(f"{where}.role", f"expected a non-empty string, got {role!r}")
+        if not isinstance(role, str) or role not in ROLES:
+            raise bad(f"{where}.role", f"got {role!r:.60}; allowed: {', '.join(ROLES)}")
         tool = _tool_fields(m, role, where)
         if content is None and tool.get("tool_calls"):  # an assistant turn that only calls tools
             out.append({"role": role, "content": None, **tool})

@@ -20,6 +20,7 @@ class ServeConfig:
     max_queue: int = 64  # requests waiting beyond those the batch can hold; more -> 429
     max_tokens: int = 1024  # cap on max_tokens
     max_prompt_tokens: int | None = None  # cap on prompt length (default: the model's context)
+    max_body_mb: float = 8  # larger request bodies -> 413 (1 MB = 2**20 bytes)
 
 
 @dataclass
