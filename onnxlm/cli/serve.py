@@ -10,7 +10,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ModelFileError, OnnxlmError
 
-from .args import add_model_args, command_parser, positive_int
+from .args import add_model_args, command_parser, non_negative_int, positive_int
 
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
@@ -49,6 +49,10 @@ def add_parser(sub) -> None:
     p.add_argument("--max-body-mb", type=positive_int, default=8, metavar="MB",
                    help="the largest request body accepted, in MB of 2**20 bytes; larger ones get 413 before they "
                         "are read (default: 8)")
+    p.add_argument("--prefix-cache-mb", type=non_negative_int, default=256, metavar="MB",
+                   help="keys/values of recent prompts and answers kept to prefill a new request only from where it "
+                        "differs (repeated system prompts, the next turn of a chat), least recently used dropped; "
+                        "0 turns it off (default: 256)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
                    help="seconds in-flight requests get to finish after SIGTERM (default: 30)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -73,7 +77,8 @@ def run(args) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServeConfig(model_name=args.model_name or path.resolve().name, api_key=args.api_key,
                          max_rows=args.max_batch, max_queue=max(0, args.max_queue), max_tokens=args.max_tokens,
-                         max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb)
+                         max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
+                         prefix_cache_mb=args.prefix_cache_mb)
     app = create_app(lambda: load(path, provider=args.provider, threads=args.threads, verify=args.verify), config)
     state = app.state.serve
     server = draining_server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

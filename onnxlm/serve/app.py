@@ -31,7 +31,7 @@ __all__ = ["ServeConfig", "create_app", "start_in_thread"]
 
 def create_app(loader, config: ServeConfig) -> Starlette:
     """loader: () -> model (runs on the engine thread, so /health answers 503 while it loads)."""
-    engine = Engine(loader, max_rows=config.max_rows)
+    engine = Engine(loader, max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb)
     state = ServeState(config, engine)
 
     @contextlib.asynccontextmanager

@@ -17,6 +17,7 @@ import threading
 from typing import Callable
 
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
+from onnxlm.runtime.prefix_cache import PrefixCache
 
 log = logging.getLogger("onnxlm.serve")
 
@@ -25,8 +26,9 @@ log = logging.getLogger("onnxlm.serve")
 class Engine:
     """Loads the model in its thread (``ready`` is set after), then runs submitted work until ``stop``."""
 
-    def __init__(self, loader: Callable[[], object], *, max_rows: int = 32):
+    def __init__(self, loader: Callable[[], object], *, max_rows: int = 32, prefix_cache_mb: int = 0):
         self.loader, self.max_rows = loader, max_rows
+        self.prefix_cache = PrefixCache(int(prefix_cache_mb) * 2**20)  # off at 0
         self.inbox: queue.Queue = queue.Queue()
         self.model = None
         self.ready = threading.Event()
@@ -65,13 +67,14 @@ class Engine:
     def stats(self) -> dict:
         s = self.scheduler
         return {"running_rows": len(s.rows) if s else 0, "waiting_requests": len(s.waiting) if s else 0,
-                "steps": self.steps}
+                "steps": self.steps, **self.prefix_cache.stats()}
 
     # ------------------------------------------------------------------ the engine thread
     def _main(self) -> None:
         try:
             self.model = self.loader()
-            self.scheduler = Scheduler(self.model, max_rows=self.max_rows)
+            self.scheduler = Scheduler(self.model, max_rows=self.max_rows,
+                                       prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None)
         except BaseException as exc:  # noqa: BLE001 - reported through /health and the CLI
             self.load_error = exc
             log.error("loading the model failed: %s", exc)

@@ -33,6 +33,7 @@ import numpy as np
 from ..constraints import ConstraintProcessor, engine_for
 from ..errors import ParameterError
 from ..generation_config import GenerationConfig
+from ..prefix_cache import PrefixCache
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens
 from ..streaming import IncrementalText
 from ..tokenizer import pad_batch
@@ -128,10 +129,12 @@ class Scheduler:
     """Runs many requests on one model: ``add`` queues, ``step`` advances every admitted row by one token.
     Not thread-safe: one thread owns it (the server's engine thread)."""
 
-    def __init__(self, model, max_rows: int = 32):
+    def __init__(self, model, max_rows: int = 32, prefix_cache: PrefixCache | None = None):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ParameterError("max_rows", f"got {max_rows!r}; must be an integer >= 1")
         self.model, self.max_rows = model, max_rows
+        # keys/values of recent sequences (runtime/prefix_cache.py); causal models only
+        self.prefix_cache = prefix_cache if prefix_cache is not None and not model.is_encoder_decoder else None
         self.waiting: list[Request] = []
         self.requests: list[Request] = []  # admitted, in batch order
         self.rows: list[tuple[Request, int]] = []  # state row -> (request, row within it)
@@ -195,6 +198,8 @@ class Scheduler:
                 self.failed.append(req)
                 continue
             out.append((req, events))
+            if req.done:  # its keys/values are still in the state: keep them for the next turn
+                self._remember(req)
             for r, tok in zip(np.flatnonzero(req.active), tokens):
                 keep.append(self._row_index(req, int(r)))
                 next_tokens.append(tok)
@@ -297,15 +302,41 @@ class Scheduler:
         self._index()
 
     def _prefill(self, batch: list[Request]):
-        """Requests -> (state, next-token logits [sum n, V]): one ``model.start`` on their prompts (left padded),
-        rows repeated n times per request."""
-        ids, mask = pad_batch([r.ids for r in batch], self.model.pad_id, side="left")
-        state, logits = self.model.start(ids, mask)
+        """Requests -> (state, next-token logits [sum n, V]), rows in ``batch`` order, each repeated n times: the
+        prompts the prefix cache holds a start of resume from it (``model.resume``: one pass over the rest, a
+        request at a time), the others share one ``model.start`` (left padded). ``batch`` is reordered in place to
+        the rows' order (cold prompts first); every prompt's keys/values then go into the cache."""
+        cached = [(req, *self.prefix_cache.lookup(req.ids)) for req in batch] if self.prefix_cache else []
+        warm = [(req, snap, reuse) for req, snap, reuse in cached if snap is not None]
+        cold = [req for req in batch if all(req is not w[0] for w in warm)]
+        parts = []                                                  # (state, logits [1 or b, V]) per group
+        if cold:
+            ids, mask = pad_batch([r.ids for r in cold], self.model.pad_id, side="left")
+            parts.append(self.model.start(ids, mask))
+        for req, snap, reuse in warm:                               # the cached positions, then the rest
+            parts.append(self.model.resume(snap.kv, reuse, req.ids[reuse:]))
+        batch[:] = cold + [w[0] for w in warm]
+        state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        logits = np.concatenate([p[1] for p in parts])
+        if self.prefix_cache is not None:                           # each prompt, for the requests to come
+            for i, req in enumerate(batch):
+                self.prefix_cache.put(req.ids, state.snapshot(i))
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
             state.select(rows)
             logits = logits[rows]
         return state, logits
+
+    def _remember(self, req: Request) -> None:
+        """A finished one-row request's whole sequence (prompt + answer, the last token not fed) into the prefix
+        cache, from the state before its row is dropped: the next turn of a chat starts with it."""
+        if self.prefix_cache is None or req.n != 1 or req.cancelled or not req.new_ids[0]:
+            return
+        row = self._row_index(req, 0)
+        held = list(req.ids) + req.new_ids[0][:-1]
+        kv = self.state.snapshot(row)
+        if next(iter(kv.values())).shape[1] == len(held):  # the row holds exactly these positions
+            self.prefix_cache.put(held, kv)
 
     def _alone(self, req: Request) -> bool:
         return bool(self.model.is_encoder_decoder)

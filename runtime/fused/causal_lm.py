@@ -77,6 +77,12 @@ class FusedState:
         counts = _checked_counts(counts, self.lengths)
         self.lengths = self.lengths - counts
 
+    def snapshot(self, row: int) -> dict:
+        """row -> name -> [kv_heads, L, head_dim] float32: copies of the row's held keys/values (L = its length), for
+        runtime/prefix_cache.py."""
+        held = int(self.lengths[row])
+        return {name: a[row, :, :held].copy() for name, a in self.buffers.arrays.items()}
+
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder/duplicate rows of every buffer and of the lengths."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -147,6 +153,18 @@ class FusedCausalLM(CausalLM):
         last = lambda lengths: (lengths - 1)[:, None]  # noqa: E731  - each row's last real token
         logits, buffers, lengths = self._prefill(input_ids, attention_mask, last)
         return FusedState(self, buffers, lengths), logits[:, 0, :]
+
+    def resume(self, kv: dict, reuse: int, rest) -> tuple[FusedState, np.ndarray]:
+        """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k >= 1]
+        ids that follow them -> a one-row state holding reuse + k positions, next-token logits [1, V] (one pass over
+        ``rest``): what ``start`` on the whole prompt gives, without recomputing the reused positions."""
+        rest = np.asarray(rest, dtype=np.int64)[None, :]
+        buffers = KVBuffers.zeros(self.past_names, 1, self.kv_heads,
+                                  initial_capacity(reuse + rest.shape[1], self.initial_buffer_length), self.head_dim)
+        for name, a in buffers.arrays.items():
+            a[0, :, :reuse] = kv[name][:, :reuse]
+        state = FusedState(self, buffers, np.array([reuse], np.int64))
+        return state, state.extend(rest)[:, -1]
 
     def logits(self, input_ids, attention_mask=None) -> np.ndarray:
         """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass

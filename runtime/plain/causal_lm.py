@@ -74,6 +74,12 @@ class CausalState:
             self.mask = self.mask[:, :end]
             self.cache.tensors = {n: to_numpy(v)[:, :, :end] for n, v in self.cache.tensors.items()}
 
+    def snapshot(self, row: int) -> dict:
+        """row -> name -> [kv_heads, L, head_dim]: copies of the keys/values at the row's attended positions (L of
+        them), for runtime/prefix_cache.py."""
+        cols = np.flatnonzero(self.mask[row])
+        return {n: np.ascontiguousarray(to_numpy(v)[row][:, cols]) for n, v in self.cache.tensors.items()}
+
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder the cache, mask and positions along the batch axis."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -138,6 +144,14 @@ class CausalLM(LanguageModel):
         out, cache = self._forward(input_ids, attention_mask, LAST_ONLY)  # prefill: the last position's logits
         state = CausalState(self.decoder, cache, attention_mask)
         return state, out["logits"][:, -1, :].astype(np.float32, copy=False)
+
+    def resume(self, kv: dict, reuse: int, rest) -> tuple[CausalState, np.ndarray]:
+        """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k >= 1]
+        ids that follow them -> a one-row state holding reuse + k positions, next-token logits [1, V] (one pass over
+        ``rest``): what ``start`` on the whole prompt gives, without recomputing the reused positions."""
+        cache = KVCache({n: np.ascontiguousarray(kv[n][None, :, :reuse]) for n in self.past_names})
+        state = CausalState(self.decoder, cache, np.ones((1, reuse), np.int64))
+        return state, state.extend(np.asarray(rest, dtype=np.int64)[None, :])[:, -1]
 
     def initial_sequences(self, input_ids: np.ndarray) -> np.ndarray:
         """[b, t] prompt ids -> [b, t] int64: the ids the logits processors see before the first new token."""
