@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import ParameterError
 from ..processors import greedy_tokens, sample_tokens, softmax
 
 _NONE = (np.zeros((0, 0), np.int64), None)
@@ -150,8 +151,6 @@ class DraftModel:
 def check_speculation(model, config, assistant, *, rows: int, constrained: bool) -> bool:
     """Refuse what speculative decoding does not run (ParameterError naming the parameter) -> True when the call
     asks for it (prompt_lookup_num_tokens or assistant_model)."""
-    from ..errors import ParameterError
-    from ..model import LanguageModel
     if config.prompt_lookup_num_tokens is None and assistant is None:
         return False
     name = "assistant_model" if assistant is not None else "prompt_lookup_num_tokens"
@@ -165,7 +164,7 @@ def check_speculation(model, config, assistant, *, rows: int, constrained: bool)
     if constrained:
         raise ParameterError(name, "not with structured-output constraints (json_schema, regex, choices, grammar)")
     if assistant is not None:
-        if not isinstance(assistant, LanguageModel) or assistant.is_encoder_decoder:
+        if not all(hasattr(assistant, a) for a in ("start", "vocab_size")) or assistant.is_encoder_decoder:
             raise ParameterError("assistant_model", f"got {type(assistant).__name__}; must be a decoder-only model "
                                  "loaded with onnxlm.load")
         if assistant.vocab_size != model.vocab_size:
