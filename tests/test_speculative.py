@@ -2,6 +2,7 @@
 the same arguments, on the plain and the fused layouts, with fewer forward passes than tokens; stop strings, EOS,
 min/max_new_tokens and processors decided per position as the plain loop does; batches; the sampled tokens follow
 the target distribution (chi-square); refusals name the parameter."""
+import json
 import warnings
 
 import numpy as np
@@ -203,3 +204,37 @@ def test_seq2seq_is_refused():
     with pytest.raises(ParameterError, match="seq2seq"):
         check_speculation(SimpleNamespace(is_encoder_decoder=True), GenerationConfig(prompt_lookup_num_tokens=2),
                           None, rows=1, constrained=False)
+
+
+def test_cli_flags(tiny_llama, tiny_gpt2, capsys):
+    from onnxlm.cli import main
+    want = onnxlm.load(tiny_llama.onnx_dir).generate("abcabcabcabc", max_new_tokens=20).text[0]
+    for extra in (["--prompt-lookup", "5"], ["--assistant", str(tiny_gpt2.onnx_dir)]):
+        assert main(["generate", str(tiny_llama.onnx_dir), "abcabcabcabc", "--max-new-tokens", "20", "--json",
+                     *extra]) == 0
+        assert json.loads(capsys.readouterr().out)["text"] == want
+
+
+def test_server_prompt_lookup_answers_the_plain_ids(tiny_llama):
+    pytest.importorskip("starlette", reason="the server tests need the serve extra")
+    from serve_util import live_tiny, post, sse_events
+    srv = live_tiny(tiny_llama.onnx_dir)
+    live = next(srv)
+    try:
+        text = onnxlm.load(tiny_llama.onnx_dir).tokenizer.decode(PROMPT[1:])
+        plain = live.model.generate(text, max_new_tokens=40)
+        body = dict(model="tiny", prompt=text, max_tokens=40, temperature=0)
+        alone = post(live.url, "/v1/completions", {**body, "prompt_lookup_num_tokens": 6}).json()
+        assert alone["choices"][0]["text"] == plain.text[0]
+        assert alone["usage"]["completion_tokens"] == len(plain.new_tokens[0])
+        streamed = sse_events(live.url, "/v1/completions", {**body, "prompt_lookup_num_tokens": 6, "stream": True})
+        assert "".join(e["choices"][0]["text"] for e in streamed if isinstance(e, dict) and e.get("choices")) \
+            == plain.text[0]                                # a streamed request decodes in the shared batch
+        chat = [{"role": "user", "content": text}]
+        got = post(live.url, "/v1/chat/completions", dict(model="tiny", messages=chat, max_tokens=30, temperature=0,
+                                                           prompt_lookup_num_tokens=4)).json()
+        assert got["choices"][0]["message"]["content"] == live.model.chat(chat, max_new_tokens=30).text[0]
+        bad = post(live.url, "/v1/completions", {**body, "prompt_lookup_num_tokens": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_lookup_num_tokens"
+    finally:
+        srv.close()
