@@ -80,7 +80,8 @@ def speculative_steps(state, sequences: np.ndarray, logits: np.ndarray, *, propo
                 break
         if k > i:                                                             # 2. forget the rejected proposals
             state.rollback(np.full(b, k - i, np.int64))
-        proposer.update(i, k)                                                 # 3. the draft's schedule learns
+        if stats.passes:                                                      # 3. the draft's schedule learns
+            proposer.update(i, k)                                             #    (from verify passes, not the prefill)
         candidates, draft = proposer.propose(sequences, active)               # 4. propose after the new token
         candidates = candidates.reshape(b, -1) if candidates.size else np.zeros((b, 0), np.int64)
         stats.passes += 1
