@@ -9,7 +9,9 @@ speculates as far as its shortest proposal; k = 0: nothing to propose, the loop 
 - ``PromptLookup``: transformers' ``PromptLookupCandidateGenerator``: for n from max_matching_ngram_size down to 1,
   the first (leftmost) earlier occurrence of the row's last n ids whose continuation is non-empty gives up to
   ``prompt_lookup_num_tokens`` candidates, cropped where the logits processors forbid a token (fed all-ones logits)
-  and before the first EOS. No draft probabilities.
+  and before the first EOS. No draft probabilities. onnxlm adds a back-off (``update``): after a failed proposal
+  the next proposes at most one token more than were accepted, so text that does not copy its input costs about
+  plain decoding.
 - ``DraftModel``: transformers' ``AssistedCandidateGenerator`` with an onnxlm model of the same vocabulary: it decodes
   up to ``num_assistant_tokens`` tokens (greedy, or sampling from its processed distribution) with the target's
   processors, stopping early at EOS, a stop string, the length limit, or a token whose probability is below
@@ -69,10 +71,11 @@ class PromptLookup:
         self.num_tokens, self.max_ngram, self.max_length = num_tokens, max_ngram, max_length
         self.eos = np.asarray(eos_token_ids, np.int64)
         self.processors, self.vocab_size = processors, vocab_size
+        self.cap = num_tokens  # back-off: tokens proposed at most this round (see update)
 
     def propose(self, sequences: np.ndarray, active: np.ndarray):
         """sequences [b, t] int64, active [b] bool -> candidates [b, k] int64 (k: the shortest active row's), None."""
-        found = [lookup(row, num_tokens=self.num_tokens, max_ngram=self.max_ngram, max_length=self.max_length,
+        found = [lookup(row, num_tokens=self.cap, max_ngram=self.max_ngram, max_length=self.max_length,
                         eos=self.eos, processors=self.processors, vocab_size=self.vocab_size)
                  for row, on in zip(sequences, active) if on]
         k = min(len(c) for c in found) if found else 0
@@ -83,7 +86,11 @@ class PromptLookup:
         return out, None
 
     def update(self, matches: int, k: int) -> None:
-        """Prompt lookup keeps no schedule."""
+        """Back-off (onnxlm's; transformers always proposes up to num_tokens): after a proposal that failed, propose
+        at most one more token than were accepted; after a fully accepted one, 2 more (up to num_tokens). So free
+        text, whose lookups rarely hold, checks 1-2 tokens per pass (about a plain step's cost), not num_tokens."""
+        if k:
+            self.cap = min(self.num_tokens, 2 * self.cap + 1) if matches == k else max(1, matches + 1)
 
     def close(self) -> None:
         """Nothing held."""
