@@ -109,8 +109,8 @@ def run(model_dir: Path, draft_dir: Path | None, repeats: int, max_new: int) -> 
     return {"rows": rows, "verify": verify_cost(model), "modes": list(modes)}
 
 
-DESCRIPTION = """`python -m benchmarks.speculative models/smollm2-135m-instruct --draft models/draft-random --write docs/benchmarks.md`:
-chat prompts (copy/edit of a passage, extraction of invoice fields, a two-sentence summary, a short story, a code
+DESCRIPTION = """`python -m benchmarks.speculative models/smollm2-135m-instruct --draft models/draft-random --write
+docs/benchmarks.md`: chat prompts (copy/edit of a passage, extraction of invoice fields, a two-sentence summary, a short story, a code
 rewrite), greedy, at most 160 new tokens. Modes: plain; prompt lookup (`prompt_lookup_num_tokens=10`); a draft
 model (`assistant_model=`, `num_assistant_tokens_schedule="heuristic_transient"`). **The draft is a 4-layer Llama
 (hidden 256) with SmolLM2's vocabulary and RANDOM weights**: it shows what a draft costs (its proposals are never
