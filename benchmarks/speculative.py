@@ -110,14 +110,15 @@ def run(model_dir: Path, draft_dir: Path | None, repeats: int, max_new: int) -> 
 
 
 DESCRIPTION = """`python -m benchmarks.speculative models/smollm2-135m-instruct --draft models/draft-random --write
-docs/benchmarks.md`: chat prompts (copy/edit of a passage, extraction of invoice fields, a two-sentence summary, a short story, a code
-rewrite), greedy, at most 160 new tokens. Modes: plain; prompt lookup (`prompt_lookup_num_tokens=10`); a draft
-model (`assistant_model=`, `num_assistant_tokens_schedule="heuristic_transient"`). **The draft is a 4-layer Llama
-(hidden 256) with SmolLM2's vocabulary and RANDOM weights**: it shows what a draft costs (its proposals are never
-accepted), not what a trained draft gains. Measured while other workers used the same 2 cores (load average 3-5):
-runs are interleaved (plain, lookup, draft, plain, ...) so the contention hits every mode, each figure is the best of
-2, and the ratios are within one run; absolute tokens/s are about half an idle machine's. Acceptance = accepted /
-proposed tokens; tokens per pass counts the prefill."""
+docs/benchmarks.md`: chat prompts (copy/edit of a passage, extraction of invoice fields, a two-sentence summary, a
+short story, a code rewrite), greedy, at most 160 new tokens. Modes: plain; prompt lookup
+(`prompt_lookup_num_tokens=10`); a draft model (`assistant_model=`,
+`num_assistant_tokens_schedule="heuristic_transient"`). **The draft is a 4-layer Llama (hidden 256) with SmolLM2's
+vocabulary and RANDOM weights**: it shows what a draft costs (its proposals are never accepted), not what a trained
+draft gains. Measured while other workers used the same 2 cores (load average 3-5): runs are interleaved (plain,
+lookup, draft, plain, ...) so the contention hits every mode, each figure is the best of 2, and the ratios are
+within one run; absolute tokens/s are about half an idle machine's. Acceptance = accepted / proposed tokens; tokens
+per pass counts the prefill."""
 
 
 def table(result: dict) -> str:
