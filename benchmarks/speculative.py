@@ -117,7 +117,7 @@ short story, a code rewrite), greedy, at most 160 new tokens. Modes: plain; prom
 vocabulary and RANDOM weights**: it shows what a draft costs (its proposals are never accepted), not what a trained
 draft gains. Measured while other workers used the same 2 cores (load average 3-5): runs are interleaved (plain,
 lookup, draft, plain, ...) so the contention hits every mode, each figure is the best of 2, and the ratios are
-within one run; absolute tokens/s are about half an idle machine's. Acceptance = accepted / proposed tokens; tokens
+within one run (absolute tokens/s are lower than on an idle machine). Acceptance = accepted / proposed tokens; tokens
 per pass counts the prefill."""
 
 
