@@ -238,3 +238,26 @@ def test_server_prompt_lookup_answers_the_plain_ids(tiny_llama):
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_lookup_num_tokens"
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("banned", [False, True], ids=["plain", "no_repeat_ngram"])
+def test_lookup_proposes_what_transformers_proposes(banned):
+    """Candidates equal transformers' PromptLookupCandidateGenerator's, also when a processor forbids some."""
+    from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor
+    from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
+
+    from onnxlm.runtime.decoding.candidates import lookup
+    from onnxlm.runtime.processors import NoRepeatNGramProcessor, ProcessorList
+    ours_procs = ProcessorList([NoRepeatNGramProcessor(3)]) if banned else None
+    ref_procs = LogitsProcessorList([NoRepeatNGramLogitsProcessor(3)]) if banned else None
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        row = rng.integers(0, 6, size=int(rng.integers(2, 40)))          # a small vocabulary: many matches
+        num, ngram, max_length = int(rng.integers(1, 8)), int(rng.integers(1, 4)), len(row) + int(rng.integers(1, 9))
+        ref = PromptLookupCandidateGenerator(eos_token_id=torch.tensor([5]), num_output_tokens=num,
+                                             max_matching_ngram_size=ngram, max_length=max_length,
+                                             logits_processor=ref_procs, vocab_size=6)
+        want = ref.get_candidates(torch.tensor(row)[None])[0][0, len(row):].tolist()
+        got = lookup(row, num_tokens=num, max_ngram=ngram, max_length=max_length, eos=np.array([5]),
+                     processors=ours_procs, vocab_size=6)
+        assert got.tolist() == want, (row.tolist(), num, ngram, max_length)
