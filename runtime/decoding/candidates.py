@@ -105,12 +105,12 @@ class DraftModel:
         self.num_tokens = float(num_tokens)
         self.max_length, self.eos = max_length, np.asarray(eos_token_ids, np.int64)
         self.processors, self.do_sample, self.rng, self.stop_check = processors, do_sample, rng, stop_check
-        self.state, self.fed, self.logits = None, None, None
+        self.state, self.fed = None, None  # the draft's decoding state and the ids it holds [t]
 
     def start(self, ids: np.ndarray, mask: np.ndarray) -> None:
         """ids/mask [1, t]: the prompt, fed once (the draft then holds it)."""
-        self.state, logits = self.model.start(ids, mask)
-        self.fed, self.logits = ids[0].copy(), logits
+        self.state, _ = self.model.start(ids, mask)
+        self.fed = ids[0].copy()
 
     def propose(self, sequences: np.ndarray, active: np.ndarray):
         """sequences [1, t] int64 -> candidates [1, k] int64, draft probabilities [1, k, V] float64."""
