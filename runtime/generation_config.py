@@ -40,8 +40,11 @@ BEAM_PARAMETERS = frozenset({"length_penalty", "early_stopping"})
 # fields for which an explicit ``None`` means "off" (so a JSON null is kept instead of falling back to the default)
 _NONE_MEANS_OFF = frozenset({
     "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size",
-    "length_penalty", "max_new_tokens", "min_new_tokens",
+    "length_penalty", "max_new_tokens", "min_new_tokens", "prompt_lookup_num_tokens", "max_matching_ngram_size",
+    "assistant_confidence_threshold",
 })
+#: ``num_assistant_tokens_schedule`` values (transformers' AssistedCandidateGenerator)
+ASSISTANT_SCHEDULES = ("constant", "heuristic", "heuristic_transient")
 # fields that are not generation parameters (bookkeeping)
 _INTERNAL = frozenset({"extra", "_explicit"})
 
@@ -100,7 +103,7 @@ UNSUPPORTED_DEFAULTS = {
     "eta_cutoff": 0.0, "encoder_repetition_penalty": 1.0, "encoder_no_repeat_ngram_size": 0,
     "exponential_decay_length_penalty": None, "guidance_scale": None,
     "renormalize_logits": False, "constraints": None, "force_words_ids": None, "forced_decoder_ids": None,
-    "watermarking_config": None, "max_time": None, "prompt_lookup_num_tokens": None,
+    "watermarking_config": None, "max_time": None,
     "remove_invalid_values": False,
 }
 
@@ -160,6 +163,12 @@ class GenerationConfig:
     output_scores: bool = False
     output_logits: Optional[bool] = None
     return_dict_in_generate: bool = False  # accepted for compatibility, ignored
+    # --- speculative decoding (runtime/decoding/speculative.py; the draft model itself is generate's assistant_model=)
+    prompt_lookup_num_tokens: Optional[int] = None  # propose up to this many tokens copied from the row's own ids
+    max_matching_ngram_size: Optional[int] = None  # longest n-gram prompt lookup matches (None: 2, as transformers)
+    num_assistant_tokens: int = 20  # tokens the draft model proposes per round (start value of the heuristics)
+    num_assistant_tokens_schedule: str = "constant"  # "constant" | "heuristic" | "heuristic_transient"
+    assistant_confidence_threshold: Optional[float] = 0.4  # the draft stops at a token it gives a lower probability
     # --- onnxlm ---
     seed: Optional[int] = None
     # --- bookkeeping (not parameters) ---
@@ -409,6 +418,19 @@ class GenerationConfig:
         # pad_token_id: transformers only warns for a negative value (old LLaMA configs carry -1); accept any int
         if self.pad_token_id is not None and not _is_int(self.pad_token_id):
             raise bad("pad_token_id", "an integer token id or None")
+
+        # speculative decoding
+        check_int("prompt_lookup_num_tokens", 1, True)
+        check_int("max_matching_ngram_size", 1, True)
+        check_int("num_assistant_tokens", 1, False)
+        if self.num_assistant_tokens_schedule not in ASSISTANT_SCHEDULES:
+            raise bad("num_assistant_tokens_schedule", " or ".join(repr(s) for s in ASSISTANT_SCHEDULES))
+        th = self.assistant_confidence_threshold
+        if th is not None and (not _is_num(th) or not 0 <= th <= 1):
+            raise bad("assistant_confidence_threshold", "a number in [0, 1] (0 or None: no early stop) or None")
+        if self.prompt_lookup_num_tokens is not None and self.num_beams > 1:
+            raise bad("prompt_lookup_num_tokens", "None with num_beams > 1 (speculative decoding runs greedy and "
+                      "sampling only, as in transformers)")
 
         # outputs
         check_bool("output_scores")

@@ -167,39 +167,49 @@ class LanguageModel:
 
     # ------------------------------------------------------------------ generation
     def generate(self, inputs, *, attention_mask=None, streamer: Callable[[StepResult], None] | None = None,
-                 **params) -> GenerationResult:
+                 assistant_model: "LanguageModel | None" = None, **params) -> GenerationResult:
         """Generate from a prompt (see docs/design.md). params: transformers GenerationConfig names, plus the
-        structured-output constraints json_schema / regex / choices / grammar / constraints (runtime/constraints.py)."""
+        structured-output constraints json_schema / regex / choices / grammar / constraints (runtime/constraints.py).
+        assistant_model: a smaller model of the same vocabulary proposing tokens (speculative decoding)."""
         wanted = _take_constraints(params)
         config = self.resolve_config(params)
         ids, mask = self.prepare_inputs(inputs, attention_mask, pad_id=self.pad_for(config))
         constraints = _row_constraints(wanted, len(ids))
+        if assistant_model is not None and config.num_beams > 1:
+            raise ParameterError("assistant_model", "speculative decoding runs greedy and sampling only (num_beams=1)"
+                                 ", as in transformers")
         if config.num_beams > 1:  # beam search, or beam sampling with do_sample=True
             if streamer is not None:
                 raise ParameterError("streamer", "streaming is available for greedy and sampling, not num_beams > 1")
             return self._beam_generate(ids, mask, config, constraints)
-        run = self._sample_run(ids, mask, config, stream_text=streamer is not None, constraints=constraints)
+        run = self._sample_run(ids, mask, config, stream_text=streamer is not None, constraints=constraints,
+                               assistant=assistant_model)
         for step_results in run:
             if streamer is not None:
                 for item in step_results:
                     streamer(item)
         return run.result
 
-    def stream(self, inputs, *, attention_mask=None, **params) -> Iterator[StepResult]:
+    def stream(self, inputs, *, attention_mask=None, assistant_model: "LanguageModel | None" = None,
+               **params) -> Iterator[StepResult]:
         """Yield a StepResult per generated token and row (greedy or sampling). Closing the iterator stops decoding."""
         wanted = _take_constraints(params)
         config = self.resolve_config(params)
         if config.num_beams > 1:
             raise ParameterError("num_beams", f"got {config.num_beams}; streaming supports num_beams=1 only")
         ids, mask = self.prepare_inputs(inputs, attention_mask, pad_id=self.pad_for(config))
-        for step_results in self._sample_run(ids, mask, config, constraints=_row_constraints(wanted, len(ids))):
+        for step_results in self._sample_run(ids, mask, config, constraints=_row_constraints(wanted, len(ids)),
+                                             assistant=assistant_model):
             yield from step_results
 
     def _sample_run(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig, *,
-                    stream_text: bool = True, constraints=None) -> "_SampleRun":
+                    stream_text: bool = True, constraints=None, assistant=None) -> "_SampleRun":
+        from .decoding.candidates import check_speculation, proposer_for
         from .decoding.sample import sample_steps
+        from .decoding.speculative import SpeculationStats, speculative_steps
         n = config.num_return_sequences if config.do_sample else 1
         min_len, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
+        speculate = check_speculation(self, config, assistant, rows=len(ids) * n, constrained=constraints is not None)
         constraint = self._constraint_processor(config, constraints, n)  # compiled before any run too
         state, logits, sequences = self._start_expanded(ids, mask, n)
         processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
@@ -207,10 +217,18 @@ class LanguageModel:
                                       logits_processor=[constraint] if constraint else None)
         state = ConstrainedState(state, constraint) if constraint else state
         rng = np.random.default_rng(config.seed) if config.do_sample else None
-        return _SampleRun(self, config, sequences, stream_text, constraint, sample_steps(
-            state, sequences, logits, processors=processors, do_sample=bool(config.do_sample), rng=rng,
-            eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
-            stop_check=self._stop_check(config)))
+        common = dict(processors=processors, do_sample=bool(config.do_sample), rng=rng,
+                      eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
+                      stop_check=self._stop_check(config))
+        if not speculate:
+            return _SampleRun(self, config, sequences, stream_text, constraint,
+                              sample_steps(state, sequences, logits, **common))
+        proposer = proposer_for(self, config, assistant, ids, mask, processors=processors, rng=rng,
+                                max_length=max_len, stop_check=common["stop_check"])
+        stats = SpeculationStats()
+        return _SampleRun(self, config, sequences, stream_text, constraint,
+                          speculative_steps(state, sequences, logits, proposer=proposer, stats=stats, **common),
+                          speculation=stats, proposer=proposer)
 
     def _start_expanded(self, ids: np.ndarray, mask: np.ndarray, n: int):
         """ids/mask [b, t] -> (state, logits [b*n, V], sequences [b*n, t0]): each row run once (the prompt's
@@ -401,8 +419,9 @@ class _SampleRun:
     """Iterates a sampling/greedy run as lists of StepResult (one per active row) and builds the final result."""
 
     def __init__(self, model: LanguageModel, config: GenerationConfig, sequences: np.ndarray, stream_text: bool,
-                 constraint, steps):
+                 constraint, steps, speculation=None, proposer=None):
         self.model, self.config, self.steps, self.stream_text = model, config, steps, stream_text
+        self.speculation, self.proposer = speculation, proposer  # SpeculationStats and candidate generator, or None
         self.constraint = constraint  # ConstraintProcessor or None; its .constraints: one per row (as expanded)
         self.constraints = None if constraint is None else constraint.constraints
         self.t0, self.b = sequences.shape[1], len(sequences)
@@ -441,6 +460,8 @@ class _SampleRun:
                     piece = self.texts[row].push(tok)
                 out.append(StepResult(step.index, int(row), tok, piece, bool(step.finished[row]), step.reasons[row]))
             yield out
+        if self.proposer is not None:
+            self.proposer.close()
         self.result = self._result()
 
     def _result(self) -> GenerationResult:
@@ -452,7 +473,8 @@ class _SampleRun:
                                       for t, ids in zip(self.final_text, self.new_ids)],
                                 scores=self.scores if self.config.output_scores else None,
                                 logits=self.logits if self.config.output_logits else None,
-                                constraint_satisfied=_satisfied(self.constraint, self.constraints, self.new_ids))
+                                constraint_satisfied=_satisfied(self.constraint, self.constraints, self.new_ids),
+                                speculation=self.speculation)
 
 
 def _take_constraints(params: dict) -> dict:

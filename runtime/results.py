@@ -17,7 +17,8 @@ class GenerationResult:
     scores / logits (per step [n*beams, V] float32, when asked), sequences_scores [n] and beam_indices (beam search),
     constraint_satisfied (with json_schema / regex / choices / grammar: per row, does its new text up to EOS match
     the whole constraint; False for a row cut short, e.g. finish reason 'length'; None for an unconstrained row;
-    the field is None when no row is constrained)."""
+    the field is None when no row is constrained), speculation (with prompt_lookup_num_tokens / assistant_model: the
+    run's SpeculationStats: forward passes after the prefill, proposed and accepted tokens; else None)."""
 
     sequences: np.ndarray
     text: list[str]
@@ -28,6 +29,7 @@ class GenerationResult:
     sequences_scores: np.ndarray | None = None
     beam_indices: np.ndarray | None = None
     constraint_satisfied: list[bool | None] | None = None
+    speculation: object | None = None
 
     def __repr__(self) -> str:
         rows = ", ".join(_short(t) for t in self.text[:3]) + (", ..." if len(self.text) > 3 else "")

@@ -109,6 +109,10 @@ GEN_FLAGS: list[tuple[str, str, dict]] = [
                                                    "generated (repeatable)")),
     ("--suppress-tokens", "suppress_tokens", dict(type=int_list, metavar="IDS",
                                                   help="comma-separated token ids that are never generated")),
+    ("--prompt-lookup", "prompt_lookup_num_tokens", dict(type=int, metavar="N",
+                                                         help="speculative decoding: propose up to N tokens copied "
+                                                              "from the prompt and output (same output, fewer "
+                                                              "forward passes on input-grounded text)")),
     ("--output-scores", "output_scores", dict(action="store_true",
                                               help="also report the log-probability of every generated token")),
 ]

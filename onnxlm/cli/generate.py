@@ -60,6 +60,7 @@ def add_parser(sub) -> None:
                      help="print the K most likely next tokens after each prompt before generating")
     add_constraint_args(p)
     add_generation_args(p)
+    add_assistant_arg(p)
     add_job_args(p, "generate")
     p.set_defaults(func=run_generate)
 
@@ -73,7 +74,23 @@ def add_parser(sub) -> None:
                    help="print each reply only once it is complete (default: stream greedy/sampling replies)")
     add_constraint_args(c)
     add_generation_args(c)
+    add_assistant_arg(c)
     c.set_defaults(func=run_chat)
+
+
+def add_assistant_arg(p) -> None:
+    p.add_argument("--assistant", metavar="DIR",
+                   help="speculative decoding with a draft model: a smaller onnxlm artifact with the same vocabulary "
+                        "(loaded with the same --provider/--threads); batch 1, same output")
+
+
+def assistant_params(args) -> dict:
+    """--assistant DIR -> {"assistant_model": the loaded draft model}, or {}."""
+    if not getattr(args, "assistant", None):
+        return {}
+    from onnxlm.runtime import load
+    return {"assistant_model": load(args.assistant, provider=args.provider, threads=args.threads,
+                                    verify=args.verify)}
 
 
 def add_constraint_args(p) -> None:
@@ -124,6 +141,8 @@ def run_generate(args) -> int:
         args.parser_for_command.error("--system needs --chat")
     params = {**generation_params(args), **constraint_params(args)}
     if wants_job(args):
+        if args.assistant:
+            args.parser_for_command.error("--assistant runs in onnxlm generate itself, not in a --input job")
         if args.stream or args.json or args.show_top_k:
             args.parser_for_command.error("--input writes Parquet: --stream, --json and --show-top-k do not apply")
         return run_job(args, "generate", params=params, chat=args.chat, system=args.system)
@@ -132,6 +151,7 @@ def run_generate(args) -> int:
                                       "--num-beams > 1 or --num-return-sequences > 1")
     prompts = read_prompts(args)
     model = load_model(args)
+    params.update(assistant_params(args))
     many = len(prompts) > 1
     # a progress bar (stderr) over many prompts when the results go to a file or pipe
     bar = tqdm(prompts, desc="generating", unit="prompt", file=sys.stderr, disable=not many or sys.stdout.isatty())
@@ -261,6 +281,7 @@ def run_chat(args) -> int:
     stream = args.stream and not args.json and params.get("num_beams", 1) == 1 \
         and params.get("num_return_sequences", 1) == 1
     model = load_model(args)
+    params.update(assistant_params(args))
     if args.message is not None:
         if not args.message.strip():
             args.parser_for_command.error("MESSAGE is empty")
@@ -276,7 +297,8 @@ def run_chat(args) -> int:
 
 def _chat_turn(model, messages: list[dict], params: dict, *, stream: bool, as_json: bool = False,
                message: str = "") -> str:
-    gen_params = {k: v for k, v in params.items() if k not in ("json_schema", "regex", "choices", "grammar")}
+    gen_params = {k: v for k, v in params.items()
+                  if k not in ("json_schema", "regex", "choices", "grammar", "assistant_model")}
     if stream and model.generation_config.replace(**gen_params).num_beams <= 1:
         prompt = [model.render_chat(messages, tokenize=True)]
         pieces = []

@@ -94,6 +94,8 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
             raise model_error(exc) from None
         if samp.num_beams > 1:
             job.beam_params = params if constraint is None else {**params, "constraints": [constraint]}
+        elif _speculates_alone(samp, constraint):  # prompt lookup: run alone between steps, as beam search
+            job.beam_params = params
         else:
             extra = []
             if samp.presence_penalty or samp.frequency_penalty:
@@ -106,6 +108,15 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
                 raise model_error(exc) from None
         jobs.append(job)
     return jobs
+
+
+def _speculates_alone(samp: protocol.Sampling, constraint) -> bool:
+    """A request asking for prompt lookup runs ``generate`` alone between scheduler steps (speculating) when it
+    needs nothing only the scheduler gives (streaming, logprobs, presence/frequency penalties, response_format);
+    otherwise it decodes plainly in the shared batch (the same ids, one token per pass)."""
+    return bool(samp.extra.get("prompt_lookup_num_tokens")) and not (
+        samp.stream or samp.logprobs is not None or samp.presence_penalty or samp.frequency_penalty
+        or constraint is not None)
 
 
 def prompt_logprobs(ids: list[int], k: int):

@@ -128,12 +128,14 @@ class Sampling:
             p["early_stopping"] = True
         if self.logit_bias:  # one-token sequence_bias; -100 is a true ban (-inf), as OpenAI's -100 excludes it
             p["sequence_bias"] = {(i,): -math.inf if b <= -MAX_LOGIT_BIAS else b for i, b in self.logit_bias.items()}
+        if self.extra.get("prompt_lookup_num_tokens"):
+            p["prompt_lookup_num_tokens"] = self.extra["prompt_lookup_num_tokens"]
         return p
 
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
           "presence_penalty", "frequency_penalty", "top_k", "repetition_penalty", "num_beams", "user", "logit_bias",
-          "response_format"}
+          "response_format", "prompt_lookup_num_tokens"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
                  "parallel_tool_calls"}
@@ -222,8 +224,12 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
             raise bad("logprobs", "not available with beam search (num_beams > 1)")
         if presence or frequency:
             raise bad("presence_penalty", "presence/frequency penalties are not available with beam search")
+    lookup = _get_int(body, "prompt_lookup_num_tokens", None, lo=1, hi=64)  # extension: speculative decoding
+    if lookup is not None and num_beams > 1:
+        raise bad("prompt_lookup_num_tokens", "not with beam search (num_beams > 1)")
     return Sampling(max_tokens, temperature, top_p, n, stop, seed, stream, include_usage, presence, frequency,
-                    top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body))
+                    top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body),
+                    extra={"prompt_lookup_num_tokens": lookup} if lookup is not None else {})
 
 
 def prompts(body: dict, vocab_size: int) -> list[str | list[int]]:
