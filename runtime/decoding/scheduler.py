@@ -318,9 +318,11 @@ class Scheduler:
         batch[:] = cold + [w[0] for w in warm]
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         logits = np.concatenate([p[1] for p in parts])
-        if self.prefix_cache is not None:                           # each prompt, for the requests to come
+        if self.prefix_cache is not None:                           # each prompt not held yet, for those to come
+            held = {id(req) for req, snap, _ in warm if np.array_equal(snap.ids, req.ids)}  # the same ids again
             for i, req in enumerate(batch):
-                self.prefix_cache.put(req.ids, state.snapshot(i))
+                if id(req) not in held:
+                    self.prefix_cache.put(req.ids, state.snapshot(i))
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
             state.select(rows)
