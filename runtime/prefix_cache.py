@@ -76,6 +76,14 @@ class PrefixCache:
         self.reused_tokens += reuse
         return self.entries[best], reuse
 
+    def holds(self, ids) -> bool:
+        """Is there an entry of exactly these ids (marked recently used)? Callers skip snapshotting it again."""
+        key = np.asarray(ids, dtype=np.int64).tobytes()
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return True
+        return False
+
     def put(self, ids, kv: dict) -> None:
         """Store the keys/values ``kv`` (name -> [kv_heads, L, head_dim]) of ids [L]; an entry whose ids are a prefix
         of these is dropped (this one serves every lookup it would), then the least recently used go until the

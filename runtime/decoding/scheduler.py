@@ -319,9 +319,8 @@ class Scheduler:
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         logits = np.concatenate([p[1] for p in parts])
         if self.prefix_cache is not None:                           # each prompt not held yet, for those to come
-            held = {id(req) for req, snap, _ in warm if np.array_equal(snap.ids, req.ids)}  # the same ids again
             for i, req in enumerate(batch):
-                if id(req) not in held:
+                if not self.prefix_cache.holds(req.ids):
                     self.prefix_cache.put(req.ids, state.snapshot(i))
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
@@ -336,6 +335,8 @@ class Scheduler:
             return
         row = self._row_index(req, 0)
         held = list(req.ids) + req.new_ids[0][:-1]
+        if self.prefix_cache.holds(held):  # e.g. a one-token answer: its prompt is there already
+            return
         kv = self.state.snapshot(row)
         if next(iter(kv.values())).shape[1] == len(held):  # the row holds exactly these positions
             self.prefix_cache.put(held, kv)
