@@ -116,3 +116,16 @@ def shared_data() -> Path:
             pytest.fail(message + "; CI=true, so this is a failure, not a skip")
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """``load_gguf()``: SmolLM2's GGUF in transformers (fp32, dequantized) with our tokenizer, loaded once per session
+    for the tests that compare with it (tests/test_smollm2.py's reference, tests/test_gguf.py's loader test)."""
+    import transformers.utils.logging as tlog
+
+    from onnxlm.export.gguf import load_gguf
+
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    return load_gguf()

@@ -226,9 +226,9 @@ def test_render_chat_matches_transformers(metadata, hf_tokenizer, conv, add_gene
 
 
 @pytest.mark.slow
-def test_load_gguf():
+def test_load_gguf(smollm2_gguf):
     torch = pytest.importorskip("torch")
-    g = load_gguf()
+    g = smollm2_gguf
     assert isinstance(g, GGUFModel)
     assert g.model.training is False
     assert next(g.model.parameters()).dtype == torch.float32

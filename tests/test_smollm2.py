@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 import onnxlm  # noqa: E402
 from onnxlm.export.default_model import DEFAULT_NAME, ensure_default_model  # noqa: E402
-from onnxlm.export.gguf import build_tokenizer_from_gguf, find_smollm2_gguf, load_gguf  # noqa: E402
+from onnxlm.export.gguf import build_tokenizer_from_gguf, find_smollm2_gguf  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +54,10 @@ def smol(smol_dir):
 
 
 @pytest.fixture(scope="session")
-def ref():
-    """transformers' model on the same dequantized fp32 weights (the export's source)."""
-    import transformers.utils.logging as tlog
-
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
+def ref(smollm2_gguf):
+    """transformers' model on the same dequantized fp32 weights (the export's source; conftest loads it once)."""
     torch.manual_seed(0)
-    return load_gguf().model
+    return smollm2_gguf.model
 
 
 @torch.no_grad()
