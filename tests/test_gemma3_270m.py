@@ -148,6 +148,20 @@ def test_greedy_ids_equal_transformers_and_llama_cpp_text(gemma, ref):
     assert len(got.text[0]) > 30 and LLAMA_CPP_TEXT.startswith(got.text[0]), got.text[0]
 
 
+@torch.no_grad()
+def test_beam_ids_and_scores_equal_transformers(gemma, ref):
+    """Beam search (3 beams, 2 returned, 6 tokens) on llama.cpp's ids: sequences and sequences_scores equal
+    transformers'."""
+    texts, want = _llama_cpp_ids()
+    ids = np.array([want[texts.index("The capital of France is Paris.")]], np.int64)
+    kw = dict(num_beams=3, num_return_sequences=2, max_new_tokens=6, do_sample=False, length_penalty=1.0)
+    got = gemma.generate(ids, eos_token_id=[], **kw)
+    exp = ref.generate(input_ids=torch.tensor(ids), eos_token_id=None, pad_token_id=gemma.pad_id,
+                       output_scores=True, return_dict_in_generate=True, **kw)
+    np.testing.assert_array_equal(got.sequences, exp.sequences.numpy())
+    assert np.abs(got.sequences_scores - exp.sequences_scores.numpy()).max() <= 1e-4
+
+
 def test_decoding_past_the_sliding_window_equals_transformers(gemma, ref):
     """A 508-token prompt and 8 greedy steps: the local layers' window (512) is crossed while decoding."""
     texts, want = _llama_cpp_ids()
