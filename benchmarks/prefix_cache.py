@@ -57,7 +57,7 @@ def start_onnxlm(model_dir: str, threads: int, cache_mb: int) -> tuple[subproces
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "onnxlm", "serve", model_dir, "--port", str(port), "--threads",
                              str(threads), "--log-level", "warning", "--prefix-cache-mb", str(cache_mb),
-                             "--max-tokens", "64"])
+                             "--max-tokens", "256"])
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc)
     return proc, url
