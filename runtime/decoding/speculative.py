@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..processors import greedy_tokens, sample_tokens, softmax
-from .sample import BatchStep
+from .sample import BatchStep, append_step
 
 
 @dataclass
@@ -54,21 +54,9 @@ def speculative_steps(state, sequences: np.ndarray, logits: np.ndarray, *, propo
             proposed = candidates[:, i] if i < k else None
             tokens, accepted = _choose(scores, proposed, None if draft is None or i == k else draft[:, i],
                                        do_sample, rng)
-            if eos.size:                                                      # finished rows emit pad
-                tokens = np.where(active, tokens, pad_token_id)
-            sequences = np.concatenate([sequences, tokens[:, None]], axis=1)  # [b, t+1]
             rows = np.flatnonzero(active)
-            stops = np.zeros(b, dtype=bool)                                   # a stop string ends here
-            if stop_check is not None:
-                stops[rows] = stop_check(sequences[rows])
-            reasons = [None] * b                                              # why each row stops now
-            for row in rows:
-                if tokens[row] in eos:
-                    reasons[row] = "eos"
-                elif stops[row]:
-                    reasons[row] = "stop"
-                elif sequences.shape[1] >= max_length:
-                    reasons[row] = "length"
+            tokens, sequences, reasons = append_step(tokens, sequences, active, eos, pad_token_id, max_length,
+                                                     stop_check)              # as the plain loop appends
             finished = np.array([r is not None for r in reasons])
             stats.accepted += int(proposed is not None and bool(accepted[rows].all()))
             yield BatchStep(index, tokens, scores, block[:, i], active.copy(), finished, reasons)
