@@ -12,8 +12,13 @@ own mapping, unmapped by free) and, when the last build in progress ends, at 32 
 reaches anyway, so decoding's per-step arrays keep reusing heap pages as before instead of mapping fresh zeroed ones
 (64 KiB kept for decoding too lowered the peak a little more, but SmolLM2 batch 8 then took ~1600 page faults and
 ~4-5 ms of system time per token, against ~100 and ~0.3 ms at 32 MiB, as without this module).
-Setting it also turns glibc's dynamic adjustment off for the process. Only on glibc (Linux); elsewhere, and with
-``ONNXLM_MALLOC_TUNING=0``, malloc is left alone.
+Setting it also turns glibc's dynamic adjustment off for the process, and with it the trim threshold's: glibc would
+then give back every free stretch over 128 KiB at the top of the heap, so each request's fresh KV buffers were faulted in
+page by page again (resuming 779 cached SmolLM2 positions: 54 ms, of which 25 ms the one-token pass and ~25 ms page
+faults). After the last build M_TRIM_THRESHOLD is therefore raised to 128 MiB (the dynamic threshold's own habit is
+twice the mmap threshold; 128 MiB holds a 2,500-token SmolLM2 row's buffers), and lowered to glibc's default again
+while a session is built. Only on glibc (Linux); elsewhere, and with ``ONNXLM_MALLOC_TUNING=0``, malloc is left
+alone.
 """
 from __future__ import annotations
 
@@ -26,9 +31,11 @@ from functools import lru_cache
 from .errors import ParameterError
 
 ENV_VAR = "ONNXLM_MALLOC_TUNING"
-M_MMAP_THRESHOLD = -3  # glibc malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 BUILD_THRESHOLD = 64 << 10  # while a session is built: each block above 64 KiB is its own mapping
 RUN_THRESHOLD = 32 << 20  # afterwards: glibc's DEFAULT_MMAP_THRESHOLD_MAX, where the dynamic threshold ends up
+BUILD_TRIM = 128 << 10  # while a session is built: glibc's default trim threshold
+RUN_TRIM = 128 << 20  # afterwards: free heap top kept up to 128 MiB, so decoding's buffers reuse resident pages
 
 _lock = threading.Lock()
 _building = 0  # sessions being built right now (several threads may load models at once)
@@ -66,6 +73,7 @@ def session_heap():
         return
     with _lock:
         _building += 1
+        libc.mallopt(M_TRIM_THRESHOLD, BUILD_TRIM)
         libc.mallopt(M_MMAP_THRESHOLD, BUILD_THRESHOLD)
     try:
         yield
@@ -73,4 +81,5 @@ def session_heap():
         with _lock:
             _building -= 1
             if _building == 0:
+                libc.mallopt(M_TRIM_THRESHOLD, RUN_TRIM)
                 libc.mallopt(M_MMAP_THRESHOLD, RUN_THRESHOLD)
