@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,51 +25,20 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import servers
 from benchmarks.report_sections import update_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "export" / "data" / "quality_text.txt"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"{url} did not become ready in {timeout} s")
-
-
 def start_onnxlm(model_dir: str, threads: int, cache_mb: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "onnxlm", "serve", model_dir, "--port", str(port), "--threads",
-                             str(threads), "--log-level", "warning", "--prefix-cache-mb", str(cache_mb),
-                             "--max-tokens", "256"])
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc)
-    return proc, url
+    return servers.start_onnxlm(model_dir, threads=threads,
+                                extra=["--prefix-cache-mb", str(cache_mb), "--max-tokens", "256"])
 
 
 def start_llama_server(binary: str, gguf: str, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([binary, "-m", gguf, "-t", str(threads), "-tb", str(threads), "-c", "4096", "--port",
-                             str(port), "-np", "1", "--log-disable"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc)
-    return proc, url
+    return servers.start_llama_server(binary, gguf, threads=threads)
 
 
 def timed(url: str, body: dict) -> tuple[float, dict]:
@@ -111,8 +79,7 @@ def measure(start, extra_cold: dict, runs: int, words: int, max_tokens: int) -> 
             out["turn2_cold"].append(t2)
             out["turn2_tokens"] = a2["usage"]["prompt_tokens"]
         finally:
-            proc.kill()
-            proc.wait()
+            servers.stop(proc)
         proc, url = start(True)
         try:
             _, answer = timed(url, first)                 # fills the cache
@@ -122,8 +89,7 @@ def measure(start, extra_cold: dict, runs: int, words: int, max_tokens: int) -> 
             t2, _ = timed(url, second(answer["choices"][0]["message"]["content"]))
             out["turn2"].append(t2)
         finally:
-            proc.kill()
-            proc.wait()
+            servers.stop(proc)
     return {k: statistics.median(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
@@ -146,8 +112,7 @@ def library_vs_server(model_dir: str, threads: int, runs: int) -> dict:
             t, body = timed(url, {"messages": messages, "max_tokens": 90, "temperature": 0})
             srv.append(t)
     finally:
-        proc.kill()
-        proc.wait()
+        servers.stop(proc)
     return {"library": statistics.median(lib[1:]), "server": statistics.median(srv[1:]), "tokens": n,
             "server_tokens": body["usage"]["completion_tokens"]}
 

@@ -1,12 +1,18 @@
 """Benchmark `onnxlm serve`: throughput (generated tokens/s over all clients) and latency (time to first token,
-time per output token) at 1, 4, 16 and 32 concurrent streaming clients.
+time per output token) at 1, 4, 16 and 32 concurrent streaming clients; optionally beside llama.cpp's
+`llama-server` on the same GGUF, one server after the other in the same run (ratios).
 
     python -m benchmarks.serve models/smollm2-135m-instruct            # starts a server on a free port
     python -m benchmarks.serve --url http://127.0.0.1:8000 --model NAME  # an already running server
+    python -m benchmarks.serve models/smollm2-gguf --threads 2 \
+        --llama-server /path/to/llama-server --gguf SmolLM2-135M-Instruct.Q4_1.gguf --write
 
 Every client sends --requests-per-client streaming /v1/completions requests one after another (greedy, --max-tokens
-new tokens, the prompts differ per client); token counts come from the server's usage (stream_options). Prints a
-Markdown table (and --json FILE writes the numbers). Needs the test extra (httpx).
+new tokens, the prompts differ per client); token counts come from the server's usage (stream_options; a server
+that sends none: its text chunks are counted, one token each). `onnxlm serve` runs as a user starts it: the prefix
+cache on (--prefix-cache-mb 256, the default) and tools accepted; llama-server with -np (parallel slots, its
+continuous batching) = the largest client count. Prints Markdown tables (--json FILE writes the numbers, --write puts
+the side-by-side table into docs/benchmarks.md between this module's markers). Needs the test extra (httpx).
 """
 from __future__ import annotations
 
@@ -14,13 +20,18 @@ import argparse
 import asyncio
 import json
 import os
-import socket
+import platform
 import statistics
-import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
+
+from benchmarks import servers
+from benchmarks.report_sections import update_sections
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", "The three laws of robotics are",
            "Write a short poem about the sea:", "In machine learning, overfitting means", "def fibonacci(n):",
@@ -35,6 +46,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
     t0 = time.perf_counter()
     first = None
     usage = None
+    chunks = 0  # text chunks (a server without stream usage: one token each)
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -46,10 +58,11 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
             chunk = json.loads(data)
             if chunk.get("usage"):
                 usage = chunk["usage"]
-            elif first is None and chunk["choices"] and chunk["choices"][0]["text"]:
-                first = time.perf_counter()
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                chunks += 1
+                first = first or time.perf_counter()
     end = time.perf_counter()
-    tokens = usage["completion_tokens"] if usage else 0
+    tokens = usage["completion_tokens"] if usage else chunks
     first = first or end
     return {"ttft": first - t0, "tokens": tokens, "total": end - t0,
             "tpot": (end - first) / (tokens - 1) if tokens > 1 else None}
@@ -72,28 +85,41 @@ async def level(url: str, model: str | None, clients: int, per_client: int, max_
             "tpot_p50_ms": 1000 * statistics.median(tpots) if tpots else float("nan")}
 
 
-def start_server(model_dir: str, threads: int | None, max_batch: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "onnxlm", "serve", model_dir, "--port", str(port), "--log-level", "warning",
-           "--max-batch", str(max_batch)]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd)
-    url = f"http://127.0.0.1:{port}"
-    end = time.monotonic() + 300
-    while time.monotonic() < end:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode}")
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not become ready in 300 s")
+def run_levels(url: str, model: str | None, levels: list[int], per_client: int, max_tokens: int) -> list[dict]:
+    asyncio.run(level(url, model, 1, 1, 8))  # warm-up
+    return [asyncio.run(level(url, model, c, per_client, max_tokens)) for c in levels]
+
+
+def table(rows: list[dict]) -> list[str]:
+    base = rows[0]["tokens_per_s"]
+    out = ["| clients | requests | tokens | wall s | tokens/s | x 1 client | TTFT p50 ms | TTFT max ms | "
+           "per-token p50 ms |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['wall_s']:.1f} | "
+                   f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.1f} | {r['ttft_p50_ms']:.0f} | "
+                   f"{r['ttft_max_ms']:.0f} | {r['tpot_p50_ms']:.1f} |")
+    return out
+
+
+def side_by_side(results: dict, args) -> str:
+    """The section for docs/benchmarks.md: each server's table, then onnxlm / llama-server per client count."""
+    ours, peer = results["onnxlm serve"], results["llama-server"]
+    lines = ["## Server under concurrent clients: `onnxlm serve` beside llama-server (`python -m benchmarks.serve`)",
+             "", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; both servers with "
+             f"{args.threads} threads, one after the other in one run; onnxlm: `{Path(args.model_dir).name}` "
+             "(prefix cache on, its default 256 MB; tools accepted), llama-server: "
+             f"`{Path(args.gguf).name}` with -np {max(args.levels)}; {args.requests_per_client} streaming "
+             f"/v1/completions requests per client, greedy, max_tokens {args.max_tokens}; command "
+             f"`{' '.join(['python -m benchmarks.serve'] + sys.argv[1:])}`.", ""]
+    for name, rows in results.items():
+        lines += [f"{name}:", "", *table(rows), ""]
+    lines += ["| clients | onnxlm tokens/s | llama-server tokens/s | onnxlm / llama-server | TTFT p50 ms onnxlm / "
+              "llama-server |", "|---:|---:|---:|---:|---|"]
+    for a, b in zip(ours, peer):
+        lines.append(f"| {a['clients']} | {a['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
+                     f"**{a['tokens_per_s'] / b['tokens_per_s']:.2f}x** | {a['ttft_p50_ms']:.0f} / "
+                     f"{b['ttft_p50_ms']:.0f} |")
+    return "\n".join(lines + [""])
 
 
 def main(argv=None) -> int:
@@ -108,34 +134,49 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads of the started server")
     p.add_argument("--max-batch", type=int, default=32, help="--max-batch of the started server")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
+    p.add_argument("--llama-server", default=None, metavar="BIN",
+                   help="also run llama.cpp's llama-server binary on --gguf, after onnxlm (never in CI)")
+    p.add_argument("--gguf", default=None, help="the GGUF llama-server serves (the file MODEL_DIR was exported from)")
+    p.add_argument("--write", action="store_true", help="put the side-by-side table into docs/benchmarks.md")
     args = p.parse_args(argv)
     if not args.url and not args.model_dir:
         p.error("give MODEL_DIR or --url")
-    proc = None
-    url = args.url
-    if not url:
-        proc, url = start_server(args.model_dir, args.threads, args.max_batch)
-    try:
-        asyncio.run(level(url, args.model, 1, 1, 8))  # warm-up
-        rows = [asyncio.run(level(url, args.model, int(c), args.requests_per_client, args.max_tokens))
-                for c in args.clients.split(",")]
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(60)
-    base = rows[0]["tokens_per_s"]
+    if args.llama_server and (not args.gguf or args.url):
+        p.error("--llama-server needs --gguf and MODEL_DIR (not --url)")
+    if args.write and not args.llama_server:
+        p.error("--write needs --llama-server (it writes the side-by-side table)")
+    args.levels = [int(c) for c in args.clients.split(",")]
+    results = {}
+    if args.url:
+        results["server"] = run_levels(args.url, args.model, args.levels, args.requests_per_client, args.max_tokens)
+    else:
+        proc, url = servers.start_onnxlm(args.model_dir, threads=args.threads,
+                                         extra=["--max-batch", str(args.max_batch)])
+        try:
+            results["onnxlm serve"] = run_levels(url, args.model, args.levels, args.requests_per_client,
+                                                 args.max_tokens)
+        finally:
+            servers.stop(proc)
+    if args.llama_server:
+        proc, url = servers.start_llama_server(args.llama_server, args.gguf, threads=args.threads or 2,
+                                               slots=max(args.levels), context_per_slot=1024)
+        try:
+            results["llama-server"] = run_levels(url, None, args.levels, args.requests_per_client, args.max_tokens)
+        finally:
+            servers.stop(proc)
     print(f"max_tokens={args.max_tokens}, {args.requests_per_client} requests per client, greedy, streaming; "
           f"cpu_count={os.cpu_count()}")
-    print("| clients | requests | tokens | wall s | tokens/s | x 1 client | TTFT p50 ms | TTFT max ms | "
-          "per-token p50 ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['wall_s']:.1f} | {r['tokens_per_s']:.0f} | "
-              f"{r['tokens_per_s'] / base:.1f} | {r['ttft_p50_ms']:.0f} | {r['ttft_max_ms']:.0f} | "
-              f"{r['tpot_p50_ms']:.1f} |")
+    for name, rows in results.items():
+        print(f"\n{name}:")
+        print("\n".join(table(rows)))
+    if args.llama_server:
+        text = side_by_side(results, args)
+        print("\n" + text)
+        if args.write:
+            update_sections(ROOT / "docs" / "benchmarks.md", "benchmarks.serve", {"serve-vs-llama-server": text})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(results, f, indent=1)
     return 0
 
 

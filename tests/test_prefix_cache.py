@@ -85,7 +85,9 @@ def test_resume_from_a_snapshot_equals_a_cold_start(model):
 
 
 # ---------------------------------------------------------------------------------------------------- the scheduler
-def _run(model, prompts, params, cache=None, join_at=None) -> list[Request]:
+def _run(model, prompts, params, cache=None, join_at=None, defer=False) -> list[Request]:
+    """Drive a scheduler over ``prompts`` (joining at steps ``join_at``); ``defer``: as the server's engine does,
+    each step's prefix-cache copies are stored after the step has returned its tokens."""
     sched = Scheduler(model, max_rows=8, prefix_cache=cache)
     reqs = [Request(list(p), model.resolve_config(kw)) for p, kw in zip(prompts, params)]
     join_at = join_at or [0] * len(reqs)
@@ -94,10 +96,40 @@ def _run(model, prompts, params, cache=None, join_at=None) -> list[Request]:
         for at, req in [x for x in pending if x[0] <= step]:
             sched.add(req)
             pending.remove((at, req))
-        sched.step()
+        sched.step(defer_snapshots=defer)
+        if defer:
+            sched.store_snapshots()
         step += 1
     assert all(r.done and r.error is None for r in reqs)
     return reqs
+
+
+def test_deferred_snapshots_store_what_immediate_ones_store(model):
+    """The server stores a step's snapshots after handing out its tokens (``step(defer_snapshots=True)``, then
+    ``store_snapshots()``): until then they are views of the state's buffers. With rows finishing at different steps
+    (the batch shrinks into new buffers), a one-token answer, two samples of one prompt and a row joining later, the
+    cache ends with the same entries, bit for bit, as when every step copies before returning; and nothing is stored
+    before ``store_snapshots``."""
+    prompts = [model.tokenizer.encode(SYSTEM + t) for t in TURNS]
+    params = [{"max_new_tokens": 3, "eos_token_id": None, "do_sample": False},
+              {"max_new_tokens": 1, "eos_token_id": None, "do_sample": False},
+              {"max_new_tokens": 6, "eos_token_id": None, "do_sample": False},
+              {"max_new_tokens": 4, "eos_token_id": None, "do_sample": True, "seed": 3, "num_return_sequences": 2}]
+    caches = {}
+    for defer in (False, True):
+        caches[defer] = PrefixCache(64 * 2**20)
+        _run(model, prompts, params, caches[defer], join_at=[0, 0, 1, 2], defer=defer)
+    assert list(caches[True].entries) == list(caches[False].entries) and len(caches[True].entries) >= 4
+    for key, snap in caches[False].entries.items():
+        deferred = caches[True].entries[key]
+        for name, a in snap.kv.items():
+            assert deferred.kv[name].base is None and np.array_equal(deferred.kv[name], a), name  # own copies
+    sched = Scheduler(model, max_rows=8, prefix_cache=PrefixCache(64 * 2**20))
+    sched.add(Request(prompts[0], model.resolve_config(params[1])))
+    sched.step(defer_snapshots=True)
+    assert not sched.prefix_cache.entries
+    sched.store_snapshots()
+    assert [list(s.ids) for s in sched.prefix_cache.entries.values()] == [prompts[0]]
 
 
 @pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sample"])

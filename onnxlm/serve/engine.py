@@ -122,7 +122,7 @@ class Engine:
     def _step(self) -> None:
         sched = self.scheduler
         try:
-            produced = sched.step()
+            produced = sched.step(defer_snapshots=True)  # tokens out first, the cache's copies after
         except Exception as exc:  # noqa: BLE001 - e.g. onnxruntime failing mid-decode
             log.exception("a decoding step failed; failing the %d requests of the batch", len(sched.requests))
             for req in sched.abort_all():
@@ -141,6 +141,7 @@ class Engine:
             if req.done:
                 self._finish(req, ("done", req))
         self._forget_cancelled()
+        sched.store_snapshots()  # the prefix cache's copies, now that the tokens are on their way
 
     def _forget_cancelled(self) -> None:
         """Cancelled requests that left (queue or batch) get their final message and are forgotten."""

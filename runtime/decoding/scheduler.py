@@ -144,6 +144,8 @@ class Scheduler:
         self._positions: dict = {}
         self._next: np.ndarray | None = None  # tokens picked for the rows, not yet fed (the next step feeds them)
         self.failed: list[Request] = []  # requests whose prefill or pick raised (req.error); the caller empties it
+        # (ids, views of their keys/values) the last step marked for the prefix cache, copied in by store_snapshots
+        self._snapshots: list[tuple[list, dict]] = []
 
     # ------------------------------------------------------------------ queue
     def prepare(self, req: Request) -> Request:
@@ -176,11 +178,14 @@ class Scheduler:
         return bool(self.waiting or self.rows)
 
     # ------------------------------------------------------------------ one step
-    def step(self) -> list[tuple[Request, list[TokenEvent]]]:
+    def step(self, *, defer_snapshots: bool = False) -> list[tuple[Request, list[TokenEvent]]]:
         """Advance the rows that go on (the forward pass of the tokens picked last step), admit waiting requests,
         pick one token per active row and drop the rows that finished. -> per request that produced tokens, its
         TokenEvents (a request whose rows all finished has ``done`` set). A token is reported before the forward
-        pass that consumes it, so a client sees it one pass earlier."""
+        pass that consumes it, so a client sees it one pass earlier. The prefix cache's copies of this step's
+        prompts and finished sequences are made before it returns, or with ``defer_snapshots`` by the caller's
+        ``store_snapshots()`` once it has handed out the tokens (else by the next step, before anything runs)."""
+        self.store_snapshots()  # a deferred last step's, before anything changes
         self._drop_cancelled()
         if self._next is not None:  # one forward pass for every row still generating
             tokens, self._next = self._next, None
@@ -206,6 +211,8 @@ class Scheduler:
         self._retain(keep)
         if self.rows:
             self._next = np.asarray(next_tokens, dtype=np.int64)  # [len(rows)], fed at the next step
+        if not defer_snapshots:
+            self.store_snapshots()
         return out
 
     def _row_index(self, req: Request, r: int) -> int:
@@ -318,10 +325,8 @@ class Scheduler:
         batch[:] = cold + [w[0] for w in warm]
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         logits = np.concatenate([p[1] for p in parts])
-        if self.prefix_cache is not None:                           # each prompt not held yet, for those to come
-            for i, req in enumerate(batch):
-                if not self.prefix_cache.holds(req.ids):
-                    self.prefix_cache.put(req.ids, state.snapshot(i))
+        if self.prefix_cache is not None:                           # each prompt, for those to come (after the step)
+            self._snapshots += [(req.ids, state.snapshot(i, copy=False)) for i, req in enumerate(batch)]
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
             state.select(rows)
@@ -335,11 +340,21 @@ class Scheduler:
             return
         row = self._row_index(req, 0)
         held = list(req.ids) + req.new_ids[0][:-1]
-        if self.prefix_cache.holds(held):  # e.g. a one-token answer: its prompt is there already
-            return
-        kv = self.state.snapshot(row)
+        kv = self.state.snapshot(row, copy=False)
         if next(iter(kv.values())).shape[1] == len(held):  # the row holds exactly these positions
-            self.prefix_cache.put(held, kv)
+            self._snapshots.append((held, kv))
+
+    def store_snapshots(self) -> None:
+        """Copy the keys/values the last step marked (prompts after their prefill, finished sequences) into the
+        prefix cache, skipping ids it holds already (e.g. a one-token answer's: its prompt). ``step`` starts with
+        this unless deferred; a caller that hands out the step's tokens first (the server's engine) calls it right
+        after, so neither a first token nor a finished answer waits for the copies. The marked arrays are views of the
+        state's buffers: a step writes only past each row's held positions, and ``_retain`` keeps rows in order
+        (a ``select`` to fewer rows copies into new buffers), so they hold their values until stored."""
+        marked, self._snapshots = self._snapshots, []
+        for ids, kv in marked:
+            if not self.prefix_cache.holds(ids):
+                self.prefix_cache.put(ids, {name: np.array(a) for name, a in kv.items()})
 
     def _alone(self, req: Request) -> bool:
         return bool(self.model.is_encoder_decoder)
@@ -382,7 +397,7 @@ class Scheduler:
         for req in failed:
             req.done = True
         self.requests, self.rows, self.state, self.logits, self._runs = [], [], None, None, {}
-        self._next = None
+        self._next, self._snapshots = None, []
         self._index()
         return failed
 

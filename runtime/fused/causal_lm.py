@@ -77,11 +77,13 @@ class FusedState:
         counts = _checked_counts(counts, self.lengths)
         self.lengths = self.lengths - counts
 
-    def snapshot(self, row: int) -> dict:
-        """row -> name -> [kv_heads, L, head_dim] float32: copies of the row's held keys/values (L = its length), for
-        runtime/prefix_cache.py."""
+    def snapshot(self, row: int, *, copy: bool = True) -> dict:
+        """row -> name -> [kv_heads, L, head_dim] float32: the row's held keys/values (L = its length), for
+        runtime/prefix_cache.py. copy=False: views of the buffers. A step only writes a row's positions past its
+        length, and a ``select`` that changes the row count copies into new buffers, so the views keep these values
+        until a ``rollback`` below L or a same-size ``select`` that reorders rows (beam search) writes over them."""
         held = int(self.lengths[row])
-        return {name: a[row, :, :held].copy() for name, a in self.buffers.arrays.items()}
+        return {name: a[row, :, :held].copy() if copy else a[row, :, :held] for name, a in self.buffers.arrays.items()}
 
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder/duplicate rows of every buffer and of the lengths."""

@@ -74,9 +74,9 @@ class CausalState:
             self.mask = self.mask[:, :end]
             self.cache.tensors = {n: to_numpy(v)[:, :, :end] for n, v in self.cache.tensors.items()}
 
-    def snapshot(self, row: int) -> dict:
+    def snapshot(self, row: int, *, copy: bool = True) -> dict:
         """row -> name -> [kv_heads, L, head_dim]: copies of the keys/values at the row's attended positions (L of
-        them), for runtime/prefix_cache.py."""
+        them), for runtime/prefix_cache.py (always copies: ``copy`` is the fused state's option)."""
         cols = np.flatnonzero(self.mask[row])
         return {n: np.ascontiguousarray(to_numpy(v)[row][:, cols]) for n, v in self.cache.tensors.items()}
 
