@@ -38,16 +38,37 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village,", 
            "The best way to learn a language is", "Water boils at"]
 
 
-async def one_request(client: httpx.AsyncClient, url: str, model: str | None, prompt: str, max_tokens: int) -> dict:
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+# --chat-tools: every chat request offers this tool (tool_choice "auto"), as an agent's requests do
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "The current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def request_body(prompt: str, max_tokens: int, chat_tools: bool) -> tuple[str, dict]:
+    """-> (path, body) of one greedy streaming request: a completion, or a chat message with TOOLS offered."""
+    body = {"max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    if chat_tools:
+        return "/v1/chat/completions", {**body, "messages": [{"role": "user", "content": prompt}], "tools": TOOLS,
+                                        "tool_choice": "auto"}
+    return "/v1/completions", {**body, "prompt": prompt}
+
+
+def produced(choice: dict) -> bool:
+    """Does a streamed choice carry generated text (a completion's text, a chat delta's content or tool call)?"""
+    delta = choice.get("delta") or {}
+    return bool(choice.get("text") or delta.get("content") or delta.get("tool_calls"))
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str | None, prompt: str, max_tokens: int,
+                      chat_tools: bool = False) -> dict:
+    path, body = request_body(prompt, max_tokens, chat_tools)
     if model:
         body["model"] = model
     t0 = time.perf_counter()
     first = None
     usage = None
     chunks = 0  # text chunks (a server without stream usage: one token each)
-    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+    async with client.stream("POST", url + path, json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data:"):
@@ -58,7 +79,7 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
             chunk = json.loads(data)
             if chunk.get("usage"):
                 usage = chunk["usage"]
-            if chunk.get("choices") and chunk["choices"][0].get("text"):
+            if chunk.get("choices") and produced(chunk["choices"][0]):
                 chunks += 1
                 first = first or time.perf_counter()
     end = time.perf_counter()
@@ -68,11 +89,12 @@ async def one_request(client: httpx.AsyncClient, url: str, model: str | None, pr
             "tpot": (end - first) / (tokens - 1) if tokens > 1 else None}
 
 
-async def level(url: str, model: str | None, clients: int, per_client: int, max_tokens: int) -> dict:
+async def level(url: str, model: str | None, clients: int, per_client: int, max_tokens: int,
+                chat_tools: bool = False) -> dict:
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as client:
         async def worker(c: int) -> list[dict]:
-            return [await one_request(client, url, model, PROMPTS[(c + k) % len(PROMPTS)] + f" ({c})", max_tokens)
-                    for k in range(per_client)]
+            return [await one_request(client, url, model, PROMPTS[(c + k) % len(PROMPTS)] + f" ({c})", max_tokens,
+                                      chat_tools) for k in range(per_client)]
 
         t0 = time.perf_counter()
         runs = [r for rs in await asyncio.gather(*[worker(c) for c in range(clients)]) for r in rs]
@@ -85,9 +107,10 @@ async def level(url: str, model: str | None, clients: int, per_client: int, max_
             "tpot_p50_ms": 1000 * statistics.median(tpots) if tpots else float("nan")}
 
 
-def run_levels(url: str, model: str | None, levels: list[int], per_client: int, max_tokens: int) -> list[dict]:
-    asyncio.run(level(url, model, 1, 1, 8))  # warm-up
-    return [asyncio.run(level(url, model, c, per_client, max_tokens)) for c in levels]
+def run_levels(url: str, model: str | None, levels: list[int], per_client: int, max_tokens: int,
+               chat_tools: bool = False) -> list[dict]:
+    asyncio.run(level(url, model, 1, 1, 8, chat_tools))  # warm-up
+    return [asyncio.run(level(url, model, c, per_client, max_tokens, chat_tools)) for c in levels]
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -109,7 +132,8 @@ def side_by_side(results: dict, args) -> str:
              f"{args.threads} threads, one after the other in one run; onnxlm: `{Path(args.model_dir).name}` "
              "(prefix cache on, its default 256 MB; tools accepted), llama-server: "
              f"`{Path(args.gguf).name}` with -np {max(args.levels)}; {args.requests_per_client} streaming "
-             f"/v1/completions requests per client, greedy, max_tokens {args.max_tokens}; command "
+             f"{'chat requests offering a tool (tool_choice auto)' if args.chat_tools else '/v1/completions requests'}"
+             f" per client, greedy, max_tokens {args.max_tokens}; command "
              f"`{' '.join(['python -m benchmarks.serve'] + sys.argv[1:])}`.", ""]
     for name, rows in results.items():
         lines += [f"{name}:", "", *table(rows), ""]
@@ -137,6 +161,9 @@ def main(argv=None) -> int:
     p.add_argument("--llama-server", default=None, metavar="BIN",
                    help="also run llama.cpp's llama-server binary on --gguf, after onnxlm (never in CI)")
     p.add_argument("--gguf", default=None, help="the GGUF llama-server serves (the file MODEL_DIR was exported from)")
+    p.add_argument("--chat-tools", action="store_true",
+                   help="streaming /v1/chat/completions requests that offer a tool (tool_choice auto) instead of "
+                        "completions (llama-server then runs with --jinja, which its tools need)")
     p.add_argument("--write", action="store_true", help="put the side-by-side table into docs/benchmarks.md")
     args = p.parse_args(argv)
     if not args.url and not args.model_dir:
@@ -148,23 +175,27 @@ def main(argv=None) -> int:
     args.levels = [int(c) for c in args.clients.split(",")]
     results = {}
     if args.url:
-        results["server"] = run_levels(args.url, args.model, args.levels, args.requests_per_client, args.max_tokens)
+        results["server"] = run_levels(args.url, args.model, args.levels, args.requests_per_client, args.max_tokens,
+                                       args.chat_tools)
     else:
         proc, url = servers.start_onnxlm(args.model_dir, threads=args.threads,
                                          extra=["--max-batch", str(args.max_batch)])
         try:
             results["onnxlm serve"] = run_levels(url, args.model, args.levels, args.requests_per_client,
-                                                 args.max_tokens)
+                                                 args.max_tokens, args.chat_tools)
         finally:
             servers.stop(proc)
     if args.llama_server:
         proc, url = servers.start_llama_server(args.llama_server, args.gguf, threads=args.threads or 2,
-                                               slots=max(args.levels), context_per_slot=1024)
+                                               slots=max(args.levels), context_per_slot=1024,
+                                               jinja=args.chat_tools)
         try:
-            results["llama-server"] = run_levels(url, None, args.levels, args.requests_per_client, args.max_tokens)
+            results["llama-server"] = run_levels(url, None, args.levels, args.requests_per_client, args.max_tokens,
+                                       args.chat_tools)
         finally:
             servers.stop(proc)
-    print(f"max_tokens={args.max_tokens}, {args.requests_per_client} requests per client, greedy, streaming; "
+    print(f"max_tokens={args.max_tokens}, {args.requests_per_client} requests per client, greedy, streaming, "
+          f"{'chat with tools' if args.chat_tools else 'completions'}; "
           f"cpu_count={os.cpu_count()}")
     for name, rows in results.items():
         print(f"\n{name}:")
@@ -173,7 +204,8 @@ def main(argv=None) -> int:
         text = side_by_side(results, args)
         print("\n" + text)
         if args.write:
-            update_sections(ROOT / "docs" / "benchmarks.md", "benchmarks.serve", {"serve-vs-llama-server": text})
+            name = "serve-vs-llama-server" + ("-chat-tools" if args.chat_tools else "")
+            update_sections(ROOT / "docs" / "benchmarks.md", "benchmarks.serve", {name: text})
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

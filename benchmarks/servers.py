@@ -44,14 +44,16 @@ def start_onnxlm(model_dir: str, *, threads: int | None = None, extra: list[str]
     return proc, url
 
 
-def start_llama_server(binary: str, gguf: str, *, threads: int, slots: int = 1,
-                       context_per_slot: int = 4096) -> tuple[subprocess.Popen, str]:
+def start_llama_server(binary: str, gguf: str, *, threads: int, slots: int = 1, context_per_slot: int = 4096,
+                       jinja: bool = False) -> tuple[subprocess.Popen, str]:
     """`llama-server -m GGUF` with ``threads`` for decoding and prompts, ``slots`` parallel sequences (its
-    continuous batching) sharing a context of ``slots * context_per_slot`` -> (process, base url)."""
+    continuous batching) sharing a context of ``slots * context_per_slot``; ``jinja``: the GGUF's chat template
+    run as Jinja (what its ``tools`` support needs) -> (process, base url)."""
     port = free_port()
     proc = subprocess.Popen([binary, "-m", gguf, "-t", str(threads), "-tb", str(threads),
                              "-c", str(slots * context_per_slot), "-np", str(slots), "--port", str(port),
-                             "--log-disable"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--log-disable", *(["--jinja"] if jinja else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc)
     return proc, url
