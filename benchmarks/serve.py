@@ -191,7 +191,7 @@ def main(argv=None) -> int:
                                                jinja=args.chat_tools)
         try:
             results["llama-server"] = run_levels(url, None, args.levels, args.requests_per_client, args.max_tokens,
-                                       args.chat_tools)
+                                                 args.chat_tools)
         finally:
             servers.stop(proc)
     print(f"max_tokens={args.max_tokens}, {args.requests_per_client} requests per client, greedy, streaming, "
