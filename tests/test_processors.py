@@ -404,6 +404,8 @@ def test_replace_unknown_parameter():
     (dict(do_sample=True, min_p=1.5), "min_p", "[0, 1]"),
     (dict(do_sample=True, typical_p=0.0), "typical_p", "(0, 1]"),
     (dict(repetition_penalty=0.0), "repetition_penalty", "> 0"),
+    (dict(repetition_penalty=1e-300), "repetition_penalty", "float32"),  # 0 in float32: every score inf
+    (dict(repetition_penalty=1e300), "repetition_penalty", "float32"),  # inf in float32: every score 0
     (dict(no_repeat_ngram_size=2.5), "no_repeat_ngram_size", "an integer"),
     (dict(num_beams=0), "num_beams", ">= 1"),
     (dict(num_beams=2, num_return_sequences=3), "num_return_sequences", "<= num_beams"),
@@ -444,6 +446,7 @@ def test_processor_init_errors():
                        (lambda: P.TopPWarper(-0.5), "top_p"), (lambda: P.MinPWarper(-0.1), "min_p"),
                        (lambda: P.TypicalWarper(0.0), "typical_p"),
                        (lambda: P.RepetitionPenaltyProcessor(-1.0), "repetition_penalty"),
+                       (lambda: P.RepetitionPenaltyProcessor(1e-300), "repetition_penalty"),
                        (lambda: P.NoRepeatNGramProcessor(0), "no_repeat_ngram_size"),
                        (lambda: P.NoBadWordsProcessor([]), "bad_words_ids"),
                        (lambda: P.SuppressTokensProcessor([-1]), "suppress_tokens"),
