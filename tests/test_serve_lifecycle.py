@@ -180,3 +180,37 @@ def test_gpt2_has_no_chat_and_t5_is_served_one_request_at_a_time(tiny_gpt2, tiny
         wait_idle(srv.url)
     finally:
         srv.stop()
+
+
+def test_a_slow_prompt_encoding_leaves_the_event_loop_free(tiny_llama):
+    """Prompts are encoded (and chat templates rendered) in a worker thread: while one request's encoding takes
+    1.5 s (an 8 MB body takes seconds), /health and another request are answered at once. On the event loop
+    they waited for it."""
+    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir))
+    try:
+        wait_health(srv.url)
+        model = srv.model
+        encode = model._encode
+
+        def slow(text, *a, **k):
+            if "SLOW" in text:
+                time.sleep(1.5)
+            return encode(text, *a, **k)
+
+        model._encode = slow
+        slow_answer = {}
+        for path, body in [("/v1/completions", {"prompt": "SLOW prompt", "max_tokens": 2, "temperature": 0}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "SLOW"}],
+                                                     "max_tokens": 2, "temperature": 0})]:
+            t = threading.Thread(target=lambda p=path, b=body: slow_answer.update({p: post(srv.url, p, b)}))
+            t.start()
+            time.sleep(0.3)  # the slow request is being encoded now
+            t0 = time.monotonic()
+            assert httpx.get(srv.url + "/health", timeout=5).status_code == 200
+            quick = post(srv.url, "/v1/completions", {"prompt": "quick", "max_tokens": 2, "temperature": 0})
+            waited = time.monotonic() - t0
+            t.join(10)
+            assert quick.status_code == 200 and slow_answer[path].status_code == 200, slow_answer[path].text
+            assert waited < 1.0, f"{path}: /health and a quick request took {waited:.2f} s behind a slow encoding"
+    finally:
+        srv.stop()

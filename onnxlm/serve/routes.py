@@ -2,6 +2,7 @@
 (gate.py), builds its jobs (jobs.py), runs them (run.py) and answers one JSON body or a stream (streaming.py)."""
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -48,7 +49,8 @@ async def completions(request: HTTPRequest):
     constraint = await response_format_constraint(model, body)
     texts = [p if isinstance(p, str) else (model.tokenizer.decode(p, skip_special_tokens=False)
                                            if model.tokenizer else "") for p in prompts]
-    jobs = make_jobs(model, st, samp, prompts, texts, "prompt", constraint)
+    # encoding a long prompt takes a while (an 8 MB body: seconds): off the event loop, so other streams go on
+    jobs = await asyncio.to_thread(make_jobs, model, st, samp, prompts, texts, "prompt", constraint)
     slot, run = admit(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None)
     rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
     choices = Choices(model, samp.n, chat=False)
@@ -87,8 +89,8 @@ async def chat_completions(request: HTTPRequest):
         if constraint is not None:
             raise bad("response_format", "cannot be combined with tool_choice 'required' or a named function")
         constraint = forced
-    ids = tools.render(model, msgs, treq)
-    jobs = make_jobs(model, st, samp, [ids], [""], "messages", constraint)
+    ids = await asyncio.to_thread(tools.render, model, msgs, treq)  # template and encoding off the event loop
+    jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None)
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
     choices = Choices(model, samp.n, chat=True)
