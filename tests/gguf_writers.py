@@ -39,6 +39,19 @@ def llama3_factors(head_dim: int, base: float = 10000.0, factor: float = 8.0, lo
     return np.array(out, np.float32)
 
 
+def add_tiny_vocabulary(w, specials: list[str], tokens: list[str]) -> None:
+    """Into GGUF writer ``w``: a byte-level BPE vocabulary of ``tokens`` (``specials`` first, as control tokens;
+    one merge, " t"), BOS 1, EOS 2, pad 0."""
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))
+    w.add_token_merges(["\u0120 t"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_pad_token_id(0)
+
+
 def write_tiny_gguf(path: Path, case: str) -> str:
     """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary."""
     import gguf
@@ -68,14 +81,7 @@ def write_tiny_gguf(path: Path, case: str) -> str:
             w.add_string(full, value)
         else:
             w.add_float32(full, value)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))
-    w.add_token_merges(["\u0120 t"])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(0)
+    add_tiny_vocabulary(w, specials, tokens)
 
     def mat(name: str, n: int, k: int) -> None:  # a [n, k] weight (GGUF shape [k, n])
         w.add_tensor(name, (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32))

@@ -16,6 +16,7 @@ pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)"
 pytest.importorskip("onnx", reason="quantization needs the 'export' extra (onnx)")
 
 import onnxlm  # noqa: E402
+from gguf_writers import add_tiny_vocabulary  # noqa: E402
 from onnxlm.export import gguf_quant as GQ  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
 
@@ -500,14 +501,7 @@ def write_tiny_gemma3_gguf(path, hidden: int = 256, ffn: int = 256, heads: int =
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(1_000_000.0)
     w.add_sliding_window(4)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))
-    w.add_token_merges(["\u0120 t"])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_pad_token_id(0)
+    add_tiny_vocabulary(w, specials, tokens)
 
     def norm(name: str, n: int) -> None:
         w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))

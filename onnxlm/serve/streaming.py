@@ -63,10 +63,15 @@ async def completion_chunks(run: Run, jobs, samp, choices: Choices, head: dict, 
                                             "finish_reason": REASONS[ev.reason] if ev.finished else None}]}
 
 
+def role_chunks(head: dict, n: int) -> list[dict]:
+    """The chat stream's first chunk per choice: the assistant role, empty content."""
+    return [{**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                  "finish_reason": None}]} for j in range(n)]
+
+
 async def chat_chunks(run: Run, samp, choices: Choices, head: dict):
-    for j in range(samp.n):
-        yield {**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                    "finish_reason": None}]}
+    for chunk in role_chunks(head, samp.n):
+        yield chunk
     async for kind, i, what, payload in run.items():
         if what != "events":
             continue

@@ -26,6 +26,7 @@ from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 from .choices import REASONS, Choices
 from .protocol import bad
 from .run import Run
+from .streaming import role_chunks
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a function name
 CHOICES = ("none", "auto", "required")
@@ -160,9 +161,8 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRe
     """The chat stream with tools: content as it comes unless it may be a call (held to the end, then sent as
     ``delta.tool_calls``); the last chunk's finish reason is "tool_calls" when calls were sent."""
     streams = {}
-    for j in range(samp.n):
-        yield {**head, "choices": [{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                    "finish_reason": None}]}
+    for chunk in role_chunks(head, samp.n):
+        yield chunk
     async for kind, i, what, payload in run.items():
         if what != "events":
             continue
