@@ -29,6 +29,19 @@ _QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\
            r"|\s+(?!\S)|\s+")
 
 
+# tekken (Mistral Nemo) and gpt-4o (Phi-4): llama.cpp's rewrites of the tokenizer.json regexes, whose case classes
+# ([\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]* then [\p{Ll}\p{Lm}\p{Lo}\p{M}]+) it cannot run: a letter counts as "upper" if it is
+# not a-z and as "lower" if it is not A-Z, so every non-ASCII letter is both ("aÉ" is one piece there, two in
+# tokenizer.json's split), and a combining mark is no letter. llama.cpp runs them with std::regex on its "collapsed"
+# text (each non-ASCII code point one byte of its category; non-ASCII whitespace U+000B): the same regex over the
+# code points gives the same pieces.
+_UPPER_LOWER = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
+_UPPER_ONLY = r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
+_TEKKEN = _UPPER_LOWER + "|" + _UPPER_ONLY + r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_GPT4O = (_UPPER_LOWER + _CONTRACTIONS + "?|" + _UPPER_ONLY + _CONTRACTIONS
+          + r"?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 # deepseek-coder's "[一-龥ࠀ-一가-퟿]+" has no \p{..} class, so llama.cpp runs it with std::wregex on the text with every
 # non-ASCII whitespace code point replaced by U+000B: the Unicode spaces inside U+0800..U+4E00 (ideographic space,
 # en/em/thin spaces, line/paragraph separators, ...) never match it. The same class without them (onig's "&&").
@@ -69,6 +82,10 @@ PRE_TYPES: dict[str, PreType] = {
                        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
                        r"[0-9][0-9][0-9]")),
     "deepseek-coder": PreType((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK_NO_SPACE, r"\p{N}")),
+    # Mistral Nemo / Small 3 / Pixtral's tekken: whole-token pieces unmerged, BOS by default
+    "tekken": PreType((_TEKKEN,), ignore_merges=True, add_bos=True),
+    # Phi-4 and Llama 4 (o200k-style): case classes, contractions attached, digits in runs of up to three
+    "gpt-4o": PreType((_GPT4O,)), "llama4": PreType((_GPT4O,)),
 }
 
 

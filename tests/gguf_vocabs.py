@@ -17,8 +17,11 @@ tiny tensor; llama.cpp loads it with ``vocab_only=True``) from a package's real 
 * ``phi3``: Phi-3's vocabulary as its GGUF has it, Llama 2's 32,000 pieces (Mistral v0.1's here, the same format)
   plus Phi-3's 11 added tokens (``<|endoftext|>`` ... ``<|user|>``, CONTROL, score 0) and a ``general.name`` with
   "Phi-3", which makes llama.cpp strip whitespace right of those tokens.
+* ``tekken``: Mistral Nemo's tekken (``tekken_240718.json`` from ``mistral-common``): 1,000 control tokens, then
+  130,072 byte-level BPE ranks with merges recovered from them, ``tokenizer.ggml.pre = "tekken"``.
 * variants: a real vocabulary with some keys overridden (``gemma3-prefix``: Gemma 3 with ``add_space_prefix`` and
-  ``add_eos_token``; ``<bpe>-<pre>``: the same BPE vocabulary under another ``tokenizer.ggml.pre``).
+  ``add_eos_token``; ``<bpe>-<pre>``: the same BPE vocabulary under another ``tokenizer.ggml.pre``; ``llama3-gpt-4o`` stands for
+  Phi-4's ``gpt-4o`` split, whose o200k vocabulary no package here ships).
 
 Needs the onnxlm venv (gguf, onnxlm); the reference script calls :func:`write_all` through that interpreter.
 """
@@ -41,6 +44,7 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "mistral": ("mistral", {}),
     "mistral-v3": ("mistral-v3", {}),
     "phi3": ("phi3", {}),
+    "tekken": ("tekken", {}),
     # other pre types, each on a real vocabulary
     "smollm2-default": ("smollm2", {"tokenizer.ggml.pre": "default"}),
     "smollm2-gpt-2": ("smollm2", {"tokenizer.ggml.pre": "gpt-2"}),
@@ -48,6 +52,7 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama3-deepseek-coder": ("llama3", {"tokenizer.ggml.pre": "deepseek-coder"}),
     "qwen2-qwen35": ("qwen2", {"tokenizer.ggml.pre": "qwen35"}),
     "qwen2-falcon": ("qwen2", {"tokenizer.ggml.pre": "falcon"}),
+    "llama3-gpt-4o": ("llama3", {"tokenizer.ggml.pre": "gpt-4o"}),  # no o200k vocabulary ships in a package here
 }
 # the bases that are real GGUF files (no GGUF is written for them unless overridden)
 _REAL = {"smollm2", "gemma3"}
@@ -85,6 +90,8 @@ def source_files(base: str) -> list[pathlib.Path]:
         return [_dist_file("mistral-common", _MISTRAL_FILES[base])]
     if base == "phi3":
         return source_files("mistral")
+    if base == "tekken":
+        return [_dist_file("mistral-common", "mistral_common/data/tekken_240718.json")]
     raise ValueError(f"unknown vocabulary base {base!r}")
 
 
@@ -187,6 +194,25 @@ def _qwen2_metadata() -> dict[str, Any]:
         if line:
             tok, rank = line.split()
             ranks[base64.b64decode(tok)] = int(rank)
+    tokens, merges = _byte_level_merges(ranks, "qwen.tiktoken")
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    n = len(tokens)
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "qwen2",
+        "tokenizer.ggml.tokens": tokens + specials,
+        "tokenizer.ggml.token_type": [1] * n + [3] * len(specials),
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": n,
+        "tokenizer.ggml.eos_token_id": n + 2,
+        "tokenizer.ggml.padding_token_id": n,
+        "tokenizer.ggml.add_bos_token": False,
+    }
+
+
+def _byte_level_merges(ranks: dict[bytes, int], what: str) -> tuple[list[str], list[str]]:
+    """tiktoken-style ranks {token bytes: rank} (ranks 0..n-1) -> (tokens by rank as GPT-2 byte characters, merges
+    in rank order), the merges recovered from the ranks as llama.cpp's ``convert_hf_to_gguf.py`` recovers them."""
     from onnxlm.export.tokenizer import bytes_to_unicode
 
     byte_enc = bytes_to_unicode()
@@ -201,21 +227,39 @@ def _qwen2_metadata() -> dict[str, Any]:
         if len(tok) > 1:
             parts = _bpe_split(ranks, tok, rank)
             if len(parts) != 2:
-                raise ValueError(f"qwen.tiktoken: token {tok!r} (rank {rank}) does not split into a merge: {parts}")
+                raise ValueError(f"{what}: token {tok!r} (rank {rank}) does not split into a merge: {parts}")
             merges.append((rank, enc(parts[0]) + " " + enc(parts[1])))
     merges.sort()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    n = len(tokens)
+    return tokens, [m for _, m in merges]
+
+
+# mistral-common's Tekkenizer.DEPRECATED_SPECIAL_TOKENS, ranks 0..19 (copied: importing it needs tiktoken and PIL)
+_TEKKEN_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                    "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                    "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]"]
+
+
+def _tekken_metadata() -> dict[str, Any]:
+    """Mistral Nemo's tekken (``tekken_240718.json``): 1,000 control tokens first (``<unk>``, ``<s>``, ``</s>``,
+    ``[INST]`` ... then ``<SPECIAL_n>`` fillers, as mistral-common numbers them), then the first 130,072 byte-level
+    BPE ranks, as llama.cpp's converter writes a tekken GGUF (``tokenizer.ggml.pre = "tekken"``)."""
+    data = json.loads(source_files("tekken")[0].read_text(encoding="utf-8"))
+    n_special, size = data["config"]["default_num_special_tokens"], data["config"]["default_vocab_size"]
+    specials = [f"<SPECIAL_{i}>" for i in range(n_special)]  # mistral-common's fillers
+    specials[:len(_TEKKEN_SPECIALS)] = _TEKKEN_SPECIALS  # a v3 file without its own special_tokens list
+    ranks = {base64.b64decode(t["token_bytes"]): t["rank"] for t in data["vocab"][:size - n_special]}
+    tokens, merges = _byte_level_merges(ranks, "tekken")
     return {
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": "qwen2",
-        "tokenizer.ggml.tokens": tokens + specials,
-        "tokenizer.ggml.token_type": [1] * n + [3] * len(specials),
-        "tokenizer.ggml.merges": [m for _, m in merges],
-        "tokenizer.ggml.bos_token_id": n,
-        "tokenizer.ggml.eos_token_id": n + 2,
-        "tokenizer.ggml.padding_token_id": n,
-        "tokenizer.ggml.add_bos_token": False,
+        "tokenizer.ggml.pre": "tekken",
+        "tokenizer.ggml.tokens": specials + tokens,
+        "tokenizer.ggml.token_type": [3] * n_special + [1] * len(tokens),
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True,
+        "tokenizer.ggml.add_eos_token": False,
     }
 
 
@@ -231,6 +275,8 @@ def _base_metadata(base: str) -> dict[str, Any]:
         return _spm_model_metadata(base)
     if base == "phi3":
         return _phi3_metadata()
+    if base == "tekken":
+        return _tekken_metadata()
     raise ValueError(f"unknown vocabulary base {base!r}")
 
 

@@ -43,6 +43,8 @@ PROVEN = {
     "qwen2": ("gpt2", "qwen2"),
     "qwen2-qwen35": ("gpt2", "qwen35"),
     "qwen2-falcon": ("gpt2", "falcon"),
+    "tekken": ("gpt2", "tekken"),
+    "llama3-gpt-4o": ("gpt2", "gpt-4o"),
     "gemma3": ("llama", "default"),
     "gemma3-prefix": ("llama", "default"),
     "mistral": ("llama", "default"),
