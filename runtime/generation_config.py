@@ -31,7 +31,7 @@ __all__ = ["GenerationConfig", "SAMPLING_PARAMETERS", "BEAM_PARAMETERS", "DEFAUL
            "sequence_bias_items"]
 
 DEFAULT_MAX_LENGTH = 20
-_F32_TINY, _F32_MAX = 1.1754943508222875e-38, 3.4028234663852886e38  # float32's smallest normal and largest number
+_F32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
 
 #: parameters that only have an effect when ``do_sample`` is True (transformers' "warpers")
 SAMPLING_PARAMETERS = frozenset({"temperature", "top_k", "top_p", "min_p", "typical_p", "seed"})
@@ -365,9 +365,9 @@ class GenerationConfig:
                 raise bad(name, "a number (not NaN) or None")
         # processors built in every mode, checked as their transformers constructors check them
         rp = self.repetition_penalty
-        if rp is not None and rp != 1.0 and not _F32_TINY <= rp <= _F32_MAX:  # scores are float32: 1e-300 -> 0
-            raise bad("repetition_penalty", f"a number > 0 that float32 holds ({_F32_TINY:.3g} to {_F32_MAX:.3g}; "
-                                            "1.0 = no penalty) or None")
+        if rp is not None and rp != 1.0 and not rp >= _F32_TINY:  # scores are float32: 1e-300 would be 0
+            raise bad("repetition_penalty", f"a number > 0 and >= {_F32_TINY:.3g} (float32's smallest normal: a smaller "
+                                            "one is 0 for float32 scores; 1.0 = no penalty) or None")
         nr = self.no_repeat_ngram_size
         if nr is not None and not _is_int(nr):
             raise bad("no_repeat_ngram_size", "an integer (<= 0 disables it) or None")

@@ -211,10 +211,10 @@ class RepetitionPenaltyProcessor(LogitsProcessor):
     """Tokens present in input_ids: score < 0 -> score * penalty, else score / penalty. [b,t],[b,V] -> [b,V]"""
 
     def __init__(self, penalty: float):
-        f32 = np.finfo(np.float32)
-        if not _is_num(penalty) or not f32.tiny <= penalty <= f32.max:  # NaN fails too
-            raise ParameterError("repetition_penalty", f"got {penalty!r}; must be a number > 0 that float32 holds "
-                                 f"({f32.tiny:.3g} to {f32.max:.3g}: the scores are float32)")
+        tiny = float(np.finfo(np.float32).tiny)
+        if not _is_num(penalty) or not penalty >= tiny:  # NaN fails too; inf is transformers' too
+            raise ParameterError("repetition_penalty", f"got {penalty!r}; must be a number >= {tiny:.3g} (float32's "
+                                 "smallest normal: a smaller one is 0 for the float32 scores)")
         self.penalty = float(penalty)
 
     def __call__(self, input_ids, scores):
