@@ -83,26 +83,26 @@ def measure(start, extra_cold: dict, runs: int, words: int, max_tokens: int) -> 
     for _ in range(runs):
         proc, url = start(False)
         try:
-            c = client(url)
-            t, answer = timed(c, {**first, **extra_cold})
-            out["cold"].append(t)
-            out["prompt_tokens"] = answer["usage"]["prompt_tokens"]
-            text = answer["choices"][0]["message"]["content"]
-            t2, a2 = timed(c, {**second(text), **extra_cold})
-            out["turn2_cold"].append(t2)
-            out["turn2_tokens"] = a2["usage"]["prompt_tokens"]
+            with client(url) as c:
+                t, answer = timed(c, {**first, **extra_cold})
+                out["cold"].append(t)
+                out["prompt_tokens"] = answer["usage"]["prompt_tokens"]
+                text = answer["choices"][0]["message"]["content"]
+                t2, a2 = timed(c, {**second(text), **extra_cold})
+                out["turn2_cold"].append(t2)
+                out["turn2_tokens"] = a2["usage"]["prompt_tokens"]
         finally:
             servers.stop(proc)
         proc, url = start(True)
         try:
-            c = client(url)
-            _, answer = timed(c, first)                   # fills the cache
-            t, again = timed(c, first)
-            out["repeat"].append(t)
-            out["repeat_again"].append(statistics.median(timed(c, first)[0] for _ in range(3)))
-            out["same_answer"] = again["choices"][0]["message"] == answer["choices"][0]["message"]
-            t2, _ = timed(c, second(answer["choices"][0]["message"]["content"]))
-            out["turn2"].append(t2)
+            with client(url) as c:
+                _, answer = timed(c, first)               # fills the cache
+                t, again = timed(c, first)
+                out["repeat"].append(t)
+                out["repeat_again"].append(statistics.median(timed(c, first)[0] for _ in range(3)))
+                out["same_answer"] = again["choices"][0]["message"] == answer["choices"][0]["message"]
+                t2, _ = timed(c, second(answer["choices"][0]["message"]["content"]))
+                out["turn2"].append(t2)
         finally:
             servers.stop(proc)
     return {k: statistics.median(v) if isinstance(v, list) else v for k, v in out.items()}
@@ -123,10 +123,10 @@ def library_vs_server(model_dir: str, threads: int, runs: int) -> dict:
     proc, url = start_onnxlm(model_dir, threads, 256)
     srv = []
     try:
-        c = client(url)
-        for _ in range(runs + 1):
-            t, body = timed(c, {"messages": messages, "max_tokens": 90, "temperature": 0})
-            srv.append(t)
+        with client(url) as c:
+            for _ in range(runs + 1):
+                t, body = timed(c, {"messages": messages, "max_tokens": 90, "temperature": 0})
+                srv.append(t)
     finally:
         servers.stop(proc)
     return {"library": statistics.median(lib[1:]), "server": statistics.median(srv[1:]), "tokens": n,
@@ -138,8 +138,9 @@ def report(res: dict, args) -> str:
             "2nd turn s | 2nd turn / cold | same answer |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in res["servers"].items():
         rows.append(f"| {name} | {r['prompt_tokens']} (2nd turn {r['turn2_tokens']}) | {r['cold']:.3f} | "
-                    f"{r['repeat']:.3f} | {r['repeat'] / r['cold']:.3f} | {r['repeat_again']:.3f} | {r['turn2_cold']:.3f} | {r['turn2']:.3f} | "
-                    f"{r['turn2'] / r['turn2_cold']:.3f} | {'yes' if r['same_answer'] else 'no'} |")
+                    f"{r['repeat']:.3f} | {r['repeat'] / r['cold']:.3f} | {r['repeat_again']:.3f} | "
+                    f"{r['turn2_cold']:.3f} | {r['turn2']:.3f} | {r['turn2'] / r['turn2_cold']:.3f} | "
+                    f"{'yes' if r['same_answer'] else 'no'} |")
     lines = ["## Prefix caching: a repeated chat and a chat's next turn (`python -m benchmarks.prefix_cache`)", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads "
              f"per server; model {Path(args.model_dir).name} (onnxlm: its artifact; llama-server: "
@@ -148,7 +149,8 @@ def report(res: dict, args) -> str:
              f"command `{' '.join(['python -m benchmarks.prefix_cache'] + sys.argv[1:])}`.", "",
              *rows, "",
              "Repeated: the first time the chat is sent again after filling the cache; sent again: the median of "
-             "3 more sends after that (each server's memory for the resumed state already in use once).", ""]
+             "3 more sends after that (each server's memory for the resumed state already in use once); the 2nd "
+             "turn is sent after those.", ""]
     if res.get("library"):
         lv = res["library"]
         lines += [f"One request alone (a greedy chat, {lv['tokens']} new tokens in the library, {lv['server_tokens']} "

@@ -104,7 +104,8 @@ async def level(url: str, model: str | None, clients: int, per_client: int, max_
     tpots = [r["tpot"] for r in runs if r["tpot"] is not None]
     return {"clients": clients, "requests": len(runs), "tokens": tokens, "wall_s": wall,
             "tokens_per_s": tokens / wall, "requests_per_s": len(runs) / wall,
-            "prompt_tokens": sum(r["prompt_tokens"] for r in runs), "ttft_p50_ms": 1000 * statistics.median(r["ttft"] for r in runs),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in runs),
+            "ttft_p50_ms": 1000 * statistics.median(r["ttft"] for r in runs),
             "ttft_max_ms": 1000 * max(r["ttft"] for r in runs),
             "tpot_p50_ms": 1000 * statistics.median(tpots) if tpots else float("nan")}
 
@@ -145,8 +146,8 @@ def side_by_side(results: dict, args) -> str:
     for a, b in zip(ours, peer):
         lines.append(f"| {a['clients']} | {a['tokens_per_s']:.0f} | {b['tokens_per_s']:.0f} | "
                      f"**{a['tokens_per_s'] / b['tokens_per_s']:.2f}x** | "
-                     f"**{a['requests_per_s'] / b['requests_per_s']:.2f}x** | {a.get('prompt_tokens', 0)} / "
-                     f"{b.get('prompt_tokens', 0)} | {a['ttft_p50_ms']:.0f} / {b['ttft_p50_ms']:.0f} |")
+                     f"**{a['requests_per_s'] / b['requests_per_s']:.2f}x** | {a['prompt_tokens']} / "
+                     f"{b['prompt_tokens']} | {a['ttft_p50_ms']:.0f} / {b['ttft_p50_ms']:.0f} |")
     lines += ["", "Both servers get the same requests; their answers may differ in length (a chat answer that calls "
               "the tool ends early), so tokens/s and requests/s are both shown. A streamed reply that may be a tool "
               "call is held back until it is known not to be one (onnxlm), so the first content can come late."]
