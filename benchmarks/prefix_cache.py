@@ -14,6 +14,7 @@ Timings are medians of --runs. `--write` puts the table into docs/benchmarks.md 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,13 +45,14 @@ def start_llama_server(binary: str, gguf: str, threads: int) -> tuple[subprocess
 WARM_UP = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
 
 
-def client(url: str) -> httpx.Client:
+@contextlib.contextmanager
+def client(url: str):
     """One keep-alive client per server, as an API client holds one (a new httpx client per request spends tens of
     ms on its SSL context and connection, which would be timed as the server's), after one short warm-up request
-    (the server's first-request set-up is not the prompt's time)."""
-    c = httpx.Client(base_url=url, timeout=600)
-    c.post("/v1/chat/completions", json=WARM_UP).raise_for_status()
-    return c
+    (the server's first-request set-up is not the prompt's time); closed when the block ends."""
+    with httpx.Client(base_url=url, timeout=600) as c:
+        c.post("/v1/chat/completions", json=WARM_UP).raise_for_status()
+        yield c
 
 
 def timed(c: httpx.Client, body: dict) -> tuple[float, dict]:

@@ -8,7 +8,9 @@ bytes. ``lookup(ids)`` finds the entry sharing the longest prefix with ``ids`` a
 to reuse: at most ``len(ids) - 1``, so the prompt's last token is always fed and gives the first next-token logits.
 The model resumes from the first ``p`` positions (``model.resume(kv, p, rest)``: fresh state, one forward pass over
 the rest of the prompt, ``state.extend``), whose results equal a cold start's up to the float summation order of a
-different pass shape.
+different pass shape. A snapshot also keeps the next-token logits after its last position where the scheduler has
+them (a prompt after its prefill, a finished answer's last step), so the same prompt sent again resumes all of its
+positions and needs no forward pass (``resume`` with no rest; "regenerate" in a chat page).
 
 The scheduler (runtime/decoding/scheduler.py) looks every admitted causal request up, stores each request's prompt
 after its prefill and, when a one-row request finishes, its whole sequence (prompt + answer), so the next turn of a
@@ -17,7 +19,7 @@ chat finds both. Seq2seq models are not cached (their decoder starts from one to
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,14 +28,22 @@ from .errors import ParameterError
 
 @dataclass
 class Snapshot:
-    """Token ids [L] and their keys/values: name -> [kv_heads, L, head_dim] float32 (copies)."""
+    """Token ids [L], their keys/values (name -> [kv_heads, L, head_dim] float32: copies, or views of a dropped
+    state's buffers) and the next-token logits known after some of its prefixes (length -> [V] float32: a prompt's,
+    after its prefill; the whole sequence's): a prompt sent again exactly (a retry, "regenerate") needs no forward
+    pass."""
 
     ids: np.ndarray
     kv: dict
+    logits: dict = field(default_factory=dict)
+    owner: object = None  # the dropped one-row decoding state whose buffers ``kv`` views, until lent out once
 
     @property
     def nbytes(self) -> int:
-        return int(sum(a.nbytes for a in self.kv.values()) + self.ids.nbytes)
+        """Bytes held: each array's own, or once the whole buffer block that views share."""
+        blocks = {id(a.base if a.base is not None else a): (a.base if a.base is not None else a).nbytes
+                  for a in self.kv.values()}
+        return int(sum(blocks.values()) + self.ids.nbytes + sum(v.nbytes for v in self.logits.values()))
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -60,12 +70,15 @@ class PrefixCache:
         return self.max_bytes > 0
 
     def lookup(self, ids) -> tuple[Snapshot | None, int]:
-        """ids [t] -> (the snapshot sharing the longest prefix, positions of it to reuse <= t - 1), or (None, 0);
-        counts a hit or a miss and marks the snapshot recently used."""
+        """ids [t] -> (the snapshot sharing the longest prefix, positions of it to reuse), or (None, 0); counts a
+        hit or a miss and marks the snapshot recently used. Reuse is at most t - 1 (the last token is fed for the
+        next-token logits), or t from a snapshot that starts with these ids and holds the logits after them."""
         ids = np.asarray(ids, dtype=np.int64)
         best, reuse = None, 0
         for key, snap in self.entries.items():
-            p = min(common_prefix(ids, snap.ids), len(ids) - 1)
+            p = common_prefix(ids, snap.ids)
+            if not (p == len(ids) and p in snap.logits):
+                p = min(p, len(ids) - 1)
             if p > reuse:
                 best, reuse = key, p
         if best is None:
@@ -76,28 +89,80 @@ class PrefixCache:
         self.reused_tokens += reuse
         return self.entries[best], reuse
 
-    def holds(self, ids) -> bool:
-        """Is there an entry of exactly these ids (marked recently used)? Callers skip snapshotting it again."""
-        key = np.asarray(ids, dtype=np.int64).tobytes()
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            return True
-        return False
+    def covers(self, ids) -> bool:
+        """Is there an entry whose ids start with these (marked recently used)? It serves every lookup an entry of
+        ``ids`` would, so callers skip snapshotting them (a repeated prompt whose answer is held, a one-token
+        answer's prompt)."""
+        return self._covering(ids) is not None
 
-    def put(self, ids, kv: dict) -> None:
-        """Store the keys/values ``kv`` (name -> [kv_heads, L, head_dim]) of ids [L]; an entry whose ids are a prefix
-        of these is dropped (this one serves every lookup it would), then the least recently used go until the
-        cache fits ``max_bytes`` (a snapshot larger than that is not kept)."""
+    def _covering(self, ids) -> Snapshot | None:
+        ids = np.asarray(ids, dtype=np.int64)
+        for key, snap in reversed(self.entries.items()):
+            if len(snap.ids) >= len(ids) and common_prefix(ids, snap.ids) == len(ids):
+                self.entries.move_to_end(key)
+                return snap
+        return None
+
+    def put(self, ids, kv: dict, logits: np.ndarray | None = None, owner=None) -> None:
+        """Store the keys/values ``kv`` (name -> [kv_heads, L, head_dim]) of ids [L] and, if given, the next-token
+        logits [V] after them, unless an entry covers them; an entry whose ids are a prefix of these is dropped (this
+        one serves every lookup it would), then the least recently used go until the cache fits ``max_bytes`` (a
+        snapshot larger than that is not kept). ``owner``: the dropped one-row state whose buffers ``kv`` views
+        (``lend``)."""
         if not self.enabled:
             return
-        snap = Snapshot(np.asarray(ids, dtype=np.int64).copy(), kv)
-        if snap.nbytes > self.max_bytes or len(snap.ids) < 2:
+        snap = Snapshot(np.asarray(ids, dtype=np.int64).copy(), kv, {} if logits is None else {len(ids): logits},
+                        owner)
+        if snap.nbytes > self.max_bytes or len(snap.ids) < 2 or self.covers(snap.ids):
             return
         for key in [k for k, s in self.entries.items()
                     if len(s.ids) <= len(snap.ids) and common_prefix(s.ids, snap.ids) == len(s.ids)]:
-            self.bytes -= self.entries.pop(key).nbytes
+            dropped = self.entries.pop(key)
+            self.bytes -= dropped.nbytes
+            snap.logits = {**dropped.logits, **snap.logits}  # the logits after its prefixes hold for this one
         self.entries[snap.ids.tobytes()] = snap
         self.bytes += snap.nbytes
+        self._evict()
+
+    def lend(self, snap: Snapshot, reuse: int):
+        """The dropped one-row state behind ``snap`` (its keys/values are views of that state's buffers), for a
+        request to decode on from ``reuse`` of its positions without a copy, or None (copies, or lent already). The
+        entry is cut to those ``reuse`` positions, which the borrower never writes (a state writes only past its
+        length), and is not lent again."""
+        state, snap.owner = snap.owner, None
+        if state is None:
+            return None
+        count = len(snap.ids) - reuse  # the state holds the entry's positions
+        if count:
+            del self.entries[snap.ids.tobytes()]
+            snap.ids, snap.kv = snap.ids[:reuse], {n: a[:, :reuse] for n, a in snap.kv.items()}
+            for n in [n for n in snap.logits if n > reuse]:
+                self.bytes -= snap.logits.pop(n).nbytes
+            if snap.ids.tobytes() in self.entries:  # an entry of exactly these ids already: this one goes
+                self.bytes -= snap.nbytes
+            else:
+                self.entries[snap.ids.tobytes()] = snap
+        state.rollback(np.array([count], np.int64))
+        return state
+
+    def return_state(self, ids, kv: dict, owner) -> None:
+        """A lent state dropped again holding exactly an entry's ids, whose keys/values ``kv`` view the same
+        buffers as the entry's (a prompt sent again and answered in one token): the entry may lend it again."""
+        snap = self.entries.get(np.asarray(ids, dtype=np.int64).tobytes())
+        same_block = snap is not None and next(iter(snap.kv.values())).base is next(iter(kv.values())).base
+        if same_block and snap.owner is None:
+            snap.owner = owner
+
+    def attach_logits(self, ids, logits: np.ndarray) -> None:
+        """The next-token logits [V] after ids [L], kept with an entry that starts with these ids."""
+        snap = self._covering(ids)
+        if snap is not None and len(ids) not in snap.logits:
+            snap.logits[len(ids)] = logits
+            self.bytes += logits.nbytes
+            self._evict()
+
+    def _evict(self) -> None:
+        """The least recently used entries go until the cache fits ``max_bytes``."""
         while self.bytes > self.max_bytes:
             self.bytes -= self.entries.popitem(last=False)[1].nbytes
 

@@ -62,6 +62,9 @@ def test_least_recently_used_go_first_and_prefixes_are_superseded():
     assert cache.bytes == Snapshot(np.arange(6), _kv(6)).nbytes
     cache.put(list(range(100)), _kv(100))  # larger than the whole cache: not kept
     assert len(cache.entries) == 1
+    cache.put([1, 2, 3], _kv(3))  # covered by [1, 2, 3, 4, 5, 6], which serves its every lookup: not kept
+    assert [list(s.ids) for s in cache.entries.values()] == [[1, 2, 3, 4, 5, 6]]
+    assert cache.covers([1, 2, 3]) and cache.covers([1, 2, 3, 4, 5, 6]) and not cache.covers([1, 2, 4])
     with pytest.raises(onnxlm.ParameterError, match="prefix_cache_bytes"):
         PrefixCache(-1)
 
@@ -123,7 +126,9 @@ def test_deferred_snapshots_store_what_immediate_ones_store(model):
     for key, snap in caches[False].entries.items():
         deferred = caches[True].entries[key]
         for name, a in snap.kv.items():
-            assert deferred.kv[name].base is None and np.array_equal(deferred.kv[name], a), name  # own copies
+            assert np.array_equal(deferred.kv[name], a), name  # copies, or a lone last request's dropped buffers
+        assert set(deferred.logits) == set(snap.logits)
+        assert all(np.array_equal(deferred.logits[n], v) for n, v in snap.logits.items())
     sched = Scheduler(model, max_rows=8, prefix_cache=PrefixCache(64 * 2**20))
     sched.add(Request(prompts[0], model.resolve_config(params[1])))
     sched.step(defer_snapshots=True)
@@ -186,3 +191,115 @@ def test_server_metrics_count_hits(tiny_llama):
             assert m["prefix_cache_entries"] >= 1 and m["prefix_cache_bytes"] > 0
         else:
             assert m["prefix_cache_hits"] == 0 and m["prefix_cache_entries"] == 0
+
+
+def test_pooled_buffers_holding_stale_nan_answer_as_a_cold_scheduler(fused_llama_dir):
+    """A server keeps freed KV buffers for reuse (``model.keep_kv_buffers``): a pooled set holds an earlier request's
+    values past what its new owner writes. Every kept mapping is filled with NaN before the second pass: the
+    requests (shared system prompt, cache hits, rows joining a running batch, greedy and seeded sampling) answer
+    exactly as a cold scheduler on fresh buffers, so no stale position is ever read; and the pool was used."""
+    prompts = [onnxlm.load(fused_llama_dir).tokenizer.encode(SYSTEM + t) for t in TURNS]
+    kw = {"max_new_tokens": 6, "eos_token_id": None}
+    params = [dict(kw, do_sample=True, seed=3, temperature=0.9), dict(kw, do_sample=False),
+              dict(kw, do_sample=False, num_return_sequences=1), dict(kw, do_sample=True, seed=5)]
+    cold = _run(onnxlm.load(fused_llama_dir), prompts, params, join_at=[0, 1, 3, 3])
+    model = onnxlm.load(fused_llama_dir)
+    pool = model.keep_kv_buffers(256 << 20)
+    cache = PrefixCache(64 * 2**20)
+    _run(model, prompts, params, cache, join_at=[0, 1, 3, 3])  # fills the cache and the pool
+    assert pool.bytes > 0
+    for mapping in pool._kept.values():
+        np.frombuffer(mapping, np.float32)[:] = np.nan
+    warm = _run(model, prompts, params, cache, join_at=[0, 1, 3, 3], defer=True)
+    assert [r.new_ids for r in warm] == [r.new_ids for r in cold]
+    assert pool.reused > 0 and cache.hits >= len(prompts)
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sample"])
+def test_a_prompt_sent_again_needs_no_forward_pass(model, sample, monkeypatch):
+    """The cache keeps the next-token logits after each prompt (and after each finished sequence): the same prompt
+    sent again (a retry, "regenerate") resumes all of its positions from the entry of its earlier answer, which
+    starts with it, and takes its first token from those logits, with no forward pass (fused: counted); the answers
+    equal a cold scheduler's, for a long answer and a one-token one."""
+    prompt = model.tokenizer.encode(SYSTEM + TURNS[2])
+    for new in (6, 1):
+        kw = {"max_new_tokens": new, "eos_token_id": None, "do_sample": sample, **({"seed": 11} if sample else {})}
+        (cold,) = _run(model, [prompt], [kw])
+        cache = PrefixCache(64 * 2**20)
+        _run(model, [prompt], [kw], cache, defer=True)
+        (entry,) = cache.entries.values()
+        assert len(entry.ids) == len(prompt) + new - 1 and len(prompt) in entry.logits
+        passes = []
+        if hasattr(model, "kv_pool"):
+            run = type(model)._run
+            monkeypatch.setattr(type(model), "_run", lambda self, *a: passes.append(1) or run(self, *a))
+        before = cache.reused_tokens
+        (again,) = _run(model, [prompt], [kw], cache, defer=True)
+        monkeypatch.undo()
+        assert cache.reused_tokens - before == len(prompt)
+        assert again.new_ids == cold.new_ids
+        assert len(passes) == (new - 1 if hasattr(model, "kv_pool") else 0)
+
+
+def test_a_lone_requests_buffers_become_the_cache_entry(fused_llama_dir):
+    """When the last running request finishes, its row's keys/values are kept as views of the dropped state's
+    buffers (no copy); with other rows still running, the cache gets copies."""
+    model = onnxlm.load(fused_llama_dir)
+    kw = {"max_new_tokens": 4, "eos_token_id": None, "do_sample": False}
+    cache = PrefixCache(64 * 2**20)
+    (req,) = _run(model, [model.tokenizer.encode(SYSTEM + TURNS[0])], [kw], cache, defer=True)
+    (entry,) = cache.entries.values()
+    assert all(a.base is not None for a in entry.kv.values()) and entry.owner is not None  # views, not copies
+    prompt = list(req.ids)
+    nxt = prompt + req.new_ids[0] + model.tokenizer.encode(" " + TURNS[1], add_special_tokens=False)
+    for ids in (prompt, nxt):  # sent again (the entry is cut to the prompt), then the next turn on its answer
+        lent = next(e for e in cache.entries.values() if list(e.ids[:len(prompt)]) == prompt)
+        block = next(iter(lent.kv.values())).base
+        (warm,) = _run(model, [ids], [kw], cache, defer=True)
+        (cold,) = _run(model, [ids], [kw])
+        assert warm.new_ids == cold.new_ids and lent.owner is None  # decoded on the lent state
+        assert len(lent.ids) <= len(ids) and list(lent.ids) == ids[:len(lent.ids)]
+        (entry,) = [e for e in cache.entries.values() if len(e.ids) == len(ids) + 3]
+        assert next(iter(entry.kv.values())).base is block and entry.owner is not None  # the same buffers again
+    assert entry.nbytes == next(iter(entry.kv.values())).base.nbytes + entry.ids.nbytes + sum(
+        v.nbytes for v in entry.logits.values())
+    cache = PrefixCache(64 * 2**20)
+    short = dict(kw, max_new_tokens=2)
+    _run(model, [model.tokenizer.encode(SYSTEM + t) for t in TURNS[:2]], [short, kw], cache, defer=True)
+    first = next(e for e in cache.entries.values() if len(e.ids) == len(model.tokenizer.encode(SYSTEM + TURNS[0])) + 1)
+    assert all(a.base is None for a in first.kv.values())  # copied: the other row was still running
+
+
+def test_a_prompt_answered_in_one_token_is_lent_again_each_time(fused_llama_dir):
+    """The same prompt with max_new_tokens 1, three times: each time the entry lends its state and gets it back
+    (the dropped state holds exactly the entry's ids, in the same buffers), so no request copies or runs a pass."""
+    model = onnxlm.load(fused_llama_dir)
+    kw = {"max_new_tokens": 1, "eos_token_id": None, "do_sample": False}
+    prompt = model.tokenizer.encode(SYSTEM + TURNS[3])
+    cache = PrefixCache(64 * 2**20)
+    (first,) = _run(model, [prompt], [kw], cache, defer=True)
+    (entry,) = cache.entries.values()
+    block = next(iter(entry.kv.values())).base
+    for _ in range(3):
+        assert entry.owner is not None
+        (again,) = _run(model, [prompt], [kw], cache, defer=True)
+        assert again.new_ids == first.new_ids and list(cache.entries.values()) == [entry]
+        assert next(iter(entry.kv.values())).base is block
+    assert entry.owner is not None and cache.reused_tokens == 3 * len(prompt)
+
+
+def test_requests_admitted_together_on_one_lendable_entry_copy_it(fused_llama_dir):
+    """Two requests admitted in one step resume from the same entry, which a lone request's dropped state backs: the
+    entry is not lent (lending cuts it to one request's positions, which the other still needs); both copy and
+    answer as a cold scheduler."""
+    model = onnxlm.load(fused_llama_dir)
+    kw = {"max_new_tokens": 4, "eos_token_id": None, "do_sample": False}
+    prompt = model.tokenizer.encode(SYSTEM + TURNS[1])
+    cache = PrefixCache(64 * 2**20)
+    _run(model, [prompt], [kw], cache, defer=True)
+    (entry,) = cache.entries.values()
+    assert entry.owner is not None
+    prompts = [prompt[:-3] + prompt[-2:], prompt]  # resumes 3 positions fewer; then all of them (cached logits)
+    warm = _run(model, prompts, [kw, kw], cache, defer=True)
+    cold = _run(model, prompts, [kw, kw])
+    assert [r.new_ids for r in warm] == [r.new_ids for r in cold] and all(r.error is None for r in warm)

@@ -53,6 +53,9 @@ def add_parser(sub) -> None:
                    help="keys/values of recent prompts and answers kept to prefill a new request only from where it "
                         "differs (repeated system prompts, the next turn of a chat), least recently used dropped; "
                         "0 turns it off (default: 256)")
+    p.add_argument("--kv-pool-mb", type=non_negative_int, default=256, metavar="MB",
+                   help="freed KV buffers kept resident for the next request's buffers of the same size, so a "
+                        "request does not fault fresh pages in (fused models); 0 turns it off (default: 256)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
                    help="seconds in-flight requests get to finish after SIGTERM (default: 30)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -78,7 +81,7 @@ def run(args) -> int:
     config = ServeConfig(model_name=args.model_name or path.resolve().name, api_key=args.api_key,
                          max_rows=args.max_batch, max_queue=max(0, args.max_queue), max_tokens=args.max_tokens,
                          max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
-                         prefix_cache_mb=args.prefix_cache_mb)
+                         prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb)
     app = create_app(lambda: load(path, provider=args.provider, threads=args.threads, verify=args.verify), config)
     state = app.state.serve
     server = draining_server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,

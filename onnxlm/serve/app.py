@@ -31,7 +31,8 @@ __all__ = ["ServeConfig", "create_app", "start_in_thread"]
 
 def create_app(loader, config: ServeConfig) -> Starlette:
     """loader: () -> model (runs on the engine thread, so /health answers 503 while it loads)."""
-    engine = Engine(loader, max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb)
+    engine = Engine(loader, max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb,
+                    kv_pool_mb=config.kv_pool_mb)
     state = ServeState(config, engine)
 
     @contextlib.asynccontextmanager

@@ -26,8 +26,10 @@ log = logging.getLogger("onnxlm.serve")
 class Engine:
     """Loads the model in its thread (``ready`` is set after), then runs submitted work until ``stop``."""
 
-    def __init__(self, loader: Callable[[], object], *, max_rows: int = 32, prefix_cache_mb: int = 0):
-        self.loader, self.max_rows = loader, max_rows
+    def __init__(self, loader: Callable[[], object], *, max_rows: int = 32, prefix_cache_mb: int = 0,
+                 kv_pool_mb: int = 0):
+        self.loader, self.max_rows, self.kv_pool_bytes = loader, max_rows, int(kv_pool_mb) * 2**20
+        self.kv_pool = None  # the model's BufferPool once loaded (fused layout only)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb) * 2**20)  # off at 0
         self.inbox: queue.Queue = queue.Queue()
         self.model = None
@@ -67,12 +69,14 @@ class Engine:
     def stats(self) -> dict:
         s = self.scheduler
         return {"running_rows": len(s.rows) if s else 0, "waiting_requests": len(s.waiting) if s else 0,
-                "steps": self.steps, **self.prefix_cache.stats()}
+                "steps": self.steps, **self.prefix_cache.stats(), **(self.kv_pool.stats() if self.kv_pool else {})}
 
     # ------------------------------------------------------------------ the engine thread
     def _main(self) -> None:
         try:
             self.model = self.loader()
+            if hasattr(self.model, "keep_kv_buffers"):  # fused layout: freed KV buffers stay resident for reuse
+                self.kv_pool = self.model.keep_kv_buffers(self.kv_pool_bytes)
             self.scheduler = Scheduler(self.model, max_rows=self.max_rows,
                                        prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None)
         except BaseException as exc:  # noqa: BLE001 - reported through /health and the CLI

@@ -26,6 +26,8 @@ callers run ``model.generate(num_beams=...)`` on its own.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -320,13 +322,21 @@ class Scheduler:
         if cold:
             ids, mask = pad_batch([r.ids for r in cold], self.model.pad_id, side="left")
             parts.append(self.model.start(ids, mask))
+        users = Counter(id(snap) for _, snap, _ in warm)            # a snapshot several requests resume from
         for req, snap, reuse in warm:                               # the cached positions, then the rest
-            parts.append(self.model.resume(snap.kv, reuse, req.ids[reuse:]))
+            rest = np.asarray(req.ids[reuse:], dtype=np.int64)      # is copied for each (lending would cut it)
+            state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # a dropped state
+            if state is None:                                       # else a copy of the positions
+                state, first = self.model.resume(snap.kv, reuse, rest)
+            else:
+                first = state.extend(rest[None], last_only=True)[:, -1] if len(rest) else None
+            parts.append((state, snap.logits[reuse][None] if first is None else first))  # all held: cached logits
         batch[:] = cold + [w[0] for w in warm]
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         logits = np.concatenate([p[1] for p in parts])
         if self.prefix_cache is not None:                           # each prompt, for those to come (after the step)
-            self._snapshots += [(req.ids, state.snapshot(i, copy=False)) for i, req in enumerate(batch)]
+            self._snapshots += [(req.ids, state.snapshot(i, copy=False), logits[i].copy(), state)
+                                for i, req in enumerate(batch)]
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
             state.select(rows)
@@ -342,19 +352,28 @@ class Scheduler:
         held = list(req.ids) + req.new_ids[0][:-1]
         kv = self.state.snapshot(row, copy=False)
         if next(iter(kv.values())).shape[1] == len(held):  # the row holds exactly these positions
-            self._snapshots.append((held, kv))
+            self._snapshots.append((held, kv, self.logits[row].copy(), self.state))  # logits of its last token
 
     def store_snapshots(self) -> None:
         """Copy the keys/values the last step marked (prompts after their prefill, finished sequences) into the
-        prefix cache, skipping ids it holds already (e.g. a one-token answer's: its prompt). ``step`` starts with
+        prefix cache, skipping ids an entry covers already (a one-token answer's: its prompt; a repeated prompt
+        whose earlier answer is held). ``step`` starts with
         this unless deferred; a caller that hands out the step's tokens first (the server's engine) calls it right
         after, so neither a first token nor a finished answer waits for the copies. The marked arrays are views of the
         state's buffers: a step writes only past each row's held positions, and ``_retain`` keeps rows in order
-        (a ``select`` to fewer rows copies into new buffers), so they hold their values until stored."""
+        (a ``select`` to fewer rows copies into new buffers), so they hold their values until stored. When no row is
+        left (the last request finished), the views are kept as they are: the dropped state's buffers become the
+        cache's, and a lone client's next request finds its keys/values without a copy made in between."""
         marked, self._snapshots = self._snapshots, []
-        for ids, kv in marked:
-            if not self.prefix_cache.holds(ids):
-                self.prefix_cache.put(ids, {name: np.array(a) for name, a in kv.items()})
+        dropped = self.state is None  # no row left: the marked views' buffers are no one else's any more
+        for ids, kv, logits, state in marked:
+            keep = dropped and _one_row(kv)  # the views, and the state for a later request to decode on
+            if not self.prefix_cache.covers(ids):
+                self.prefix_cache.put(ids, kv if keep else {name: np.array(a) for name, a in kv.items()}, logits,
+                                      owner=state if keep and _views(kv) else None)
+            elif keep and _views(kv):
+                self.prefix_cache.return_state(ids, kv, state)
+            self.prefix_cache.attach_logits(ids, logits)
 
     def _alone(self, req: Request) -> bool:
         return bool(self.model.is_encoder_decoder)
@@ -400,6 +419,18 @@ class Scheduler:
         self._next, self._snapshots = None, []
         self._index()
         return failed
+
+
+def _one_row(kv: dict) -> bool:
+    """Are the views ``kv`` (name -> [kv_heads, L, head_dim]) a block's only row (so keeping them keeps no other
+    row's memory), or copies?"""
+    first = next(iter(kv.values()))
+    return first.base is None or first.base.nbytes <= first.strides[0] * first.shape[0] * len(kv)
+
+
+def _views(kv: dict) -> bool:
+    """Are ``kv``'s arrays views of a state's buffers (fused) rather than copies (the plain state's snapshot)?"""
+    return next(iter(kv.values())).base is not None
 
 
 def _mark_done(req: Request) -> bool:

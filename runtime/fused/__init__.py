@@ -8,7 +8,8 @@ subclass the plain ones and change only how a step feeds the graph and keeps the
 
 * ``causal_lm.py``: ``FusedCausalLM`` (GPT-2, Llama family), ``KV_LAYOUT``.
 * ``seq2seq_lm.py``: ``FusedSeq2SeqLM`` (T5: the cross K/V computed once by the encoder graph).
-* ``kv_buffers.py``: ``KVBuffers``, ``mapped_zeros``, ``reorder_in_place``, ``reorder_plan``.
+* ``kv_buffers.py``: ``KVBuffers``, ``mapped_buffers``, ``reorder_in_place``, ``reorder_plan``.
+* ``buffer_pool.py``: ``BufferPool`` (freed buffer mappings kept resident for reuse; ``model.keep_kv_buffers``).
 """
 from .causal_lm import KV_LAYOUT, FusedCausalLM
 from .kv_buffers import KVBuffers

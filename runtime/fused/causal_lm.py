@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import InputError
 from ..plain.causal_lm import CausalLM
 from ..plain.kv_cache import past_input_names
-from .kv_buffers import KVBuffers, initial_capacity, mapped_zeros
+from .buffer_pool import BufferPool
+from .kv_buffers import KVBuffers, initial_capacity, mapped_buffers
 
 KV_LAYOUT = "fused-gqa"
 
@@ -55,13 +56,15 @@ class FusedState:
         self.lengths = self.lengths + 1
         return logits[:, 0, :]
 
-    def extend(self, ids: np.ndarray) -> np.ndarray:
-        """ids [b, k] int64 -> logits [b, k, V] float32 after each of the k tokens; appends k positions per row in
-        place (one forward pass: a speculative verify step, or the rest of a prompt after a reused prefix)."""
+    def extend(self, ids: np.ndarray, *, last_only: bool = False) -> np.ndarray:
+        """ids [b, k] int64 -> logits [b, k, V] float32 after each of the k tokens ([b, 1, V] after the last one with
+        ``last_only``); appends k positions per row in place (one forward pass: a speculative verify step, or the
+        rest of a prompt after a reused prefix, which needs only the last: the head over 778 positions of a resumed
+        SmolLM2 prompt cost more than the rest of the pass, and its 150 MB of logits)."""
         ids = np.asarray(ids, dtype=np.int64)
         b, k = ids.shape
         self.buffers.ensure(int(self.lengths.max()) + k)
-        keep = np.arange(k, dtype=np.int64)[None, :]                  # every new position through the head
+        keep = np.arange(k - 1 if last_only else 0, k, dtype=np.int64)[None, :]  # new positions through the head
         if b == 1 or k == 1:
             logits = self.model._run(ids, self.lengths, np.full(b, k, np.int64), np.repeat(keep, b, 0), self.buffers)
         else:  # GroupQueryAttention takes several new tokens after a past only for one row: a pass per row
@@ -96,27 +99,37 @@ class FusedState:
     @classmethod
     def concat(cls, states: list["FusedState"]) -> "FusedState":
         """States of the same model, [b_i] right-packed rows each -> one state of [sum b_i] rows: every row copied
-        into fresh buffers whose capacity holds the longest row (and the largest source capacity); lengths kept."""
+        into new buffers (the first state's pool) whose capacity holds the longest row (and the largest source
+        capacity); lengths kept."""
         if len(states) == 1:
             return states[0]
         capacity = max(s.buffers.capacity for s in states)
         held = [max(1, int(s.lengths.max())) for s in states]  # positions a source row can hold
         batch = sum(len(s.lengths) for s in states)
         first = next(iter(states[0].buffers.arrays.values()))  # [b, kv_heads, capacity, head_dim], every name
-        arrays = mapped_zeros(list(states[0].buffers.arrays), (batch, first.shape[1], capacity, first.shape[3]),
-                              first.dtype)
+        pool = states[0].buffers.pool
+        arrays = mapped_buffers(list(states[0].buffers.arrays), (batch, first.shape[1], capacity, first.shape[3]),
+                                first.dtype, pool)
         for name, out in arrays.items():
             row = 0
             for s, h in zip(states, held):
                 out[row:row + len(s.lengths), :, :h] = s.buffers.arrays[name][:, :, :h]
                 row += len(s.lengths)
-        return cls(states[0].model, KVBuffers(arrays), np.concatenate([s.lengths for s in states]))
+        return cls(states[0].model, KVBuffers(arrays, pool), np.concatenate([s.lengths for s in states]))
 
 
 class FusedCausalLM(CausalLM):
     """A decoder-only model on the fused GroupQueryAttention graph (in-place KV buffers)."""
 
     initial_buffer_length = 256  # positions a fresh buffer holds (doubled as needed)
+    kv_pool = BufferPool(0)  # where KV buffers come from; keep_kv_buffers() makes it keep freed ones
+
+    def keep_kv_buffers(self, max_bytes: int) -> BufferPool:
+        """Keep up to ``max_bytes`` of freed KV buffer sets resident for the next sets of the same size
+        (runtime/fused/buffer_pool.py): a server's requests then neither map nor fault in fresh pages for their
+        buffers (resuming a 1,000-token cached prefix: ~50 ms of page faults). 0: keep none (the default)."""
+        self.kv_pool = BufferPool(max_bytes)
+        return self.kv_pool
 
     def _init_graphs(self) -> None:
         self.decoder = self._runner("decoder")
@@ -141,8 +154,9 @@ class FusedCausalLM(CausalLM):
         """ids/mask [b, t] -> (logits at ``positions(lengths)`` [b, k, V], fresh buffers holding the prompt,
         lengths [b])."""
         ids, lengths = repack_right(input_ids, attention_mask, self.pad_id)
-        buffers = KVBuffers.zeros(self.past_names, len(ids), self.kv_heads,
-                                  initial_capacity(ids.shape[1], self.initial_buffer_length), self.head_dim)
+        buffers = KVBuffers.fresh(self.past_names, len(ids), self.kv_heads,
+                                  initial_capacity(ids.shape[1], self.initial_buffer_length), self.head_dim,
+                                  self.kv_pool)
         logits = self._run(ids, np.zeros_like(lengths), lengths, positions(lengths), buffers)
         return logits, buffers, lengths
 
@@ -156,19 +170,20 @@ class FusedCausalLM(CausalLM):
         logits, buffers, lengths = self._prefill(input_ids, attention_mask, last)
         return FusedState(self, buffers, lengths), logits[:, 0, :]
 
-    def resume(self, kv: dict, reuse: int, rest) -> tuple[FusedState, np.ndarray]:
-        """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k >= 1]
-        ids that follow them -> a one-row state holding reuse + k positions, next-token logits [1, V] (one pass over
-        ``rest``): what ``start`` on the whole prompt gives, without recomputing the reused positions."""
-        rest = np.asarray(rest, dtype=np.int64)[None, :]
+    def resume(self, kv: dict, reuse: int, rest) -> tuple[FusedState, np.ndarray | None]:
+        """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k] ids
+        that follow them -> a one-row state holding reuse + k positions, next-token logits [1, V] (one pass over
+        ``rest``): what ``start`` on the whole prompt gives, without recomputing the reused positions. No rest
+        (k = 0): the state alone and None (the caller holds those logits)."""
+        rest = np.asarray(rest, dtype=np.int64).reshape(1, -1)
         capacity = initial_capacity(reuse + rest.shape[1], self.initial_buffer_length)
-        # from the heap, not a fresh mapping: faulting in a new mapping's pages cost 35 ms of a 55 ms resume of 774
-        # SmolLM2 positions (the copy itself ~4 ms); positions past the held ones are never read (seqlens_k)
-        arrays = {n: np.empty((1, self.kv_heads, capacity, self.head_dim), np.float32) for n in self.past_names}
+        # from the pool: a server's kept buffers are resident (faulting in a fresh mapping's pages cost ~35 ms of a
+        # 55 ms resume of 774 SmolLM2 positions, the copy itself ~4 ms); positions past the held ones are never read
+        arrays = mapped_buffers(self.past_names, (1, self.kv_heads, capacity, self.head_dim), np.float32, self.kv_pool)
         for name, a in arrays.items():
             a[0, :, :reuse] = kv[name][:, :reuse]
-        state = FusedState(self, KVBuffers(arrays), np.array([reuse], np.int64))
-        return state, state.extend(rest)[:, -1]
+        state = FusedState(self, KVBuffers(arrays, self.kv_pool), np.array([reuse], np.int64))
+        return state, state.extend(rest, last_only=True)[:, -1] if rest.shape[1] else None
 
     def logits(self, input_ids, attention_mask=None) -> np.ndarray:
         """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass

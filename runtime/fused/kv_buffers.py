@@ -5,26 +5,30 @@ The fused graph's GroupQueryAttention writes each step's keys/values into the bu
 same OrtValue as ``past_key_values.{i}.*`` input and ``present.{i}.*`` output), so a step never copies the cache.
 A step that would run past the capacity first grows every buffer by doubling (one copy into a bigger buffer).
 
-The buffers are views of one anonymous memory mapping (`mapped_zeros`): a page becomes resident only when a step
-writes keys/values into it, so the unused capacity costs no memory, and dropped buffers go straight back to the
-kernel (a beam step's `select` gathers in place; one that changes the row count copies the held positions into a
-fresh mapping). From np.zeros a buffer under malloc's mmap threshold would come from the heap, zeroed whole (all
-resident) and kept by malloc after it is freed: GPT-2 small, batch 8, 24 new tokens peaked 103 MiB above the loaded
+The buffers are views of one private anonymous memory mapping (`mapped_buffers`): a page becomes resident only when a
+step writes keys/values into it, so the unused capacity costs no memory, and dropped buffers go straight back to the
+kernel, or to the set's ``BufferPool`` when one keeps freed mappings for reuse (buffer_pool.py; the server's) (a beam
+step's `select` gathers in place; one that changes the row count copies the held positions into a fresh mapping).
+From np.zeros a buffer under malloc's mmap threshold would come from the heap, zeroed whole (all resident) and kept by
+malloc after it is freed: GPT-2 small, batch 8, 24 new tokens peaked 103 MiB above the loaded
 model with np.zeros buffers, 18 MiB with the mapping.
 """
 from __future__ import annotations
 
-import mmap
-
 import numpy as np
 import onnxruntime as ort
 
+from .buffer_pool import BufferPool
+
+NO_POOL = BufferPool(0)  # fresh mappings, unmapped when freed
+
 
 class KVBuffers:
-    """name -> [b, kv_heads, capacity, head_dim] float32 buffers (one shape for all) and their OrtValues."""
+    """name -> [b, kv_heads, capacity, head_dim] float32 buffers (one shape for all) and their OrtValues; ``pool``
+    gives the mappings of the sets this one grows or resizes into."""
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
+    def __init__(self, arrays: dict[str, np.ndarray], pool: BufferPool | None = None):
+        self.arrays, self.pool = arrays, pool or NO_POOL
         self.values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}  # share the memory
         self._binding = None  # (session, its IOBinding with these buffers bound), made by binding()
 
@@ -42,8 +46,10 @@ class KVBuffers:
         return self._binding[1]
 
     @classmethod
-    def zeros(cls, names: list[str], batch: int, kv_heads: int, capacity: int, head_dim: int) -> "KVBuffers":
-        return cls(mapped_zeros(names, (batch, kv_heads, capacity, head_dim), np.float32))
+    def fresh(cls, names: list[str], batch: int, kv_heads: int, capacity: int, head_dim: int,
+              pool: BufferPool | None = None) -> "KVBuffers":
+        """New buffers from ``pool`` (zeros, or an earlier set's stale values past what is written)."""
+        return cls(mapped_buffers(names, (batch, kv_heads, capacity, head_dim), np.float32, pool), pool)
 
     @property
     def capacity(self) -> int:
@@ -55,15 +61,16 @@ class KVBuffers:
             return
         capacity = initial_capacity(length, self.capacity)
         first = next(iter(self.arrays.values()))
-        grown = mapped_zeros(list(self.arrays), first.shape[:2] + (capacity,) + first.shape[3:], first.dtype)
+        grown = mapped_buffers(list(self.arrays), first.shape[:2] + (capacity,) + first.shape[3:], first.dtype,
+                               self.pool)
         for name, a in self.arrays.items():
             grown[name][:, :, :a.shape[2]] = a
-        self.__init__(grown)
+        self.__init__(grown, self.pool)
 
     def row(self, r: int) -> "KVBuffers":
         """Buffers of batch row ``r`` alone ([1, kv_heads, capacity, head_dim] views sharing this set's memory): a
         step run on them writes into this set in place."""
-        return KVBuffers({n: a[r:r + 1] for n, a in self.arrays.items()})
+        return KVBuffers({n: a[r:r + 1] for n, a in self.arrays.items()}, self.pool)
 
     @property
     def batch(self) -> int:
@@ -75,18 +82,18 @@ class KVBuffers:
 
         Same batch size (a beam step): rows are copied within the buffers in place (``reorder_in_place``; the
         OrtValues stay bound to the same memory; positions past ``held`` keep what they held). Another size: new
-        buffers, whose positions past ``held`` are zero (fresh pages, never touched by the copy)."""
+        buffers (from the pool), whose positions past ``held`` are never read."""
         if len(rows) == self.batch:
             reorder_in_place(self.arrays.values(), rows, held)
             return
         if held is None:
-            self.__init__({n: a[rows] for n, a in self.arrays.items()})
+            self.__init__({n: a[rows] for n, a in self.arrays.items()}, self.pool)
             return
         first = next(iter(self.arrays.values()))
-        out = mapped_zeros(list(self.arrays), (len(rows),) + first.shape[1:], first.dtype)
+        out = mapped_buffers(list(self.arrays), (len(rows),) + first.shape[1:], first.dtype, self.pool)
         for n, a in self.arrays.items():
             out[n][:, :, :held] = a[rows, :, :held]
-        self.__init__(out)
+        self.__init__(out, self.pool)
 
     def run_in_place(self, session, io) -> np.ndarray:
         """Run ``session`` on ``io`` (``binding(session)`` with the step's other inputs bound) -> the logits
@@ -140,13 +147,15 @@ def reorder_in_place(arrays, rows: np.ndarray, held: int | None = None) -> None:
                 a[(d,) + part] = saved[-1 - s] if s < 0 else a[(s,) + part]
 
 
-def mapped_zeros(names: list[str], shape: tuple[int, ...], dtype) -> dict[str, np.ndarray]:
-    """names, shape -> name -> an array of zeros of ``shape``/``dtype``, all of them views of one anonymous mapping:
-    its pages are the kernel's zero pages until written, and it is unmapped once every view is freed."""
+def mapped_buffers(names: list[str], shape: tuple[int, ...], dtype,
+                   pool: BufferPool | None = None) -> dict[str, np.ndarray]:
+    """names, shape -> name -> an array of ``shape``/``dtype``, all of them views of one mapping from ``pool``: a
+    fresh one (the kernel's zero pages until written, unmapped once every view is freed), or a kept one of the same
+    size (resident, holding an earlier set's values, back in the pool once every view is freed)."""
     size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if size == 0 or not names:
         return {n: np.zeros(shape, dtype) for n in names}
-    block = np.frombuffer(mmap.mmap(-1, size * len(names)), dtype).reshape((len(names),) + tuple(shape))
+    block = (pool or NO_POOL).block(size * len(names), dtype, (len(names),) + tuple(shape))
     return {n: block[i] for i, n in enumerate(names)}
 
 

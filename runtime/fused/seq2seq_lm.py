@@ -81,7 +81,7 @@ class FusedSeq2SeqLM(Seq2SeqLM):
         the T positions)."""
         cross = self._cross(input_ids, attention_mask)
         b, t = decoder_ids.shape
-        buffers = KVBuffers.zeros(self.past_names, b, self.kv_heads, initial_capacity(t, self.initial_buffer_length),
+        buffers = KVBuffers.fresh(self.past_names, b, self.kv_heads, initial_capacity(t, self.initial_buffer_length),
                                   self.head_dim)
         return self._run(decoder_ids, 0, cross, attention_mask, buffers), cross, buffers
 

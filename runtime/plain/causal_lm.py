@@ -41,18 +41,19 @@ class CausalState:
         self.cache.update(out)
         return out["logits"][:, -1, :].astype(np.float32, copy=False)
 
-    def extend(self, ids: np.ndarray) -> np.ndarray:
-        """ids [b, k] int64 -> logits [b, k, V] float32 after each of the k tokens; appends k attended positions
-        per row (one forward pass: a speculative verify step, or the rest of a prompt after a reused prefix)."""
+    def extend(self, ids: np.ndarray, *, last_only: bool = False) -> np.ndarray:
+        """ids [b, k] int64 -> logits [b, k, V] float32 after each of the k tokens ([b, 1, V] after the last with
+        ``last_only``); appends k attended positions per row (one forward pass: a speculative verify step, or the
+        rest of a prompt after a reused prefix)."""
         ids = np.asarray(ids, dtype=np.int64)
         b, k = ids.shape
         self.mask = np.concatenate([self.mask, np.ones((b, k), np.int64)], axis=1)
         positions = self.positions[:, None] + 1 + np.arange(k)                 # [b, k]
         out = self.runner.run({"input_ids": ids, "attention_mask": self.mask, "position_ids": positions,
-                               "logits_to_keep": ALL_POSITIONS, **self.cache.tensors})
+                               "logits_to_keep": LAST_ONLY if last_only else ALL_POSITIONS, **self.cache.tensors})
         self.cache.update(out)
         self.positions = self.positions + k
-        return out["logits"][:, -k:, :].astype(np.float32, copy=False)
+        return out["logits"][:, -1 if last_only else -k:, :].astype(np.float32, copy=False)
 
     def rollback(self, counts: np.ndarray) -> None:
         """counts [b] int64 (or one int): forget each row's last counts[i] attended positions (rejected draft
@@ -145,13 +146,15 @@ class CausalLM(LanguageModel):
         state = CausalState(self.decoder, cache, attention_mask)
         return state, out["logits"][:, -1, :].astype(np.float32, copy=False)
 
-    def resume(self, kv: dict, reuse: int, rest) -> tuple[CausalState, np.ndarray]:
-        """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k >= 1]
-        ids that follow them -> a one-row state holding reuse + k positions, next-token logits [1, V] (one pass over
-        ``rest``): what ``start`` on the whole prompt gives, without recomputing the reused positions."""
+    def resume(self, kv: dict, reuse: int, rest) -> tuple[CausalState, np.ndarray | None]:
+        """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k] ids
+        that follow them -> a one-row state holding reuse + k positions, next-token logits [1, V] (one pass over
+        ``rest``): what ``start`` on the whole prompt gives, without recomputing the reused positions. No rest
+        (k = 0): the state alone and None (the caller holds those logits)."""
         cache = KVCache({n: np.ascontiguousarray(kv[n][None, :, :reuse]) for n in self.past_names})
         state = CausalState(self.decoder, cache, np.ones((1, reuse), np.int64))
-        return state, state.extend(np.asarray(rest, dtype=np.int64)[None, :])[:, -1]
+        rest = np.asarray(rest, dtype=np.int64).reshape(1, -1)
+        return state, state.extend(rest, last_only=True)[:, -1] if rest.shape[1] else None
 
     def initial_sequences(self, input_ids: np.ndarray) -> np.ndarray:
         """[b, t] prompt ids -> [b, t] int64: the ids the logits processors see before the first new token."""
