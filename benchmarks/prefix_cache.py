@@ -111,24 +111,25 @@ def measure(start, extra_cold: dict, runs: int, words: int, max_tokens: int) -> 
 
 
 def library_vs_server(model_dir: str, threads: int, runs: int) -> dict:
-    """A 90-token greedy chat: the library's model.chat against one request alone through onnxlm serve."""
+    """A 90-token greedy chat: the library's model.chat against one request alone through onnxlm serve, interleaved
+    (library, server, library, ...: both loaded, one idle while the other runs, a pause between, so a change in the
+    machine's speed during the run hits both alike), after one warm-up each; medians."""
     import onnxlm
 
     messages = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
     model = onnxlm.load(model_dir, threads=threads)
-    lib = []
-    for _ in range(runs + 1):
-        t0 = time.perf_counter()
-        n = len(model.chat(messages, max_new_tokens=90, do_sample=False).new_tokens[0])
-        lib.append(time.perf_counter() - t0)
-    del model
     proc, url = start_onnxlm(model_dir, threads, 256)
-    srv = []
+    lib, srv = [], []
     try:
         with client(url) as c:
             for _ in range(runs + 1):
+                t0 = time.perf_counter()
+                n = len(model.chat(messages, max_new_tokens=90, do_sample=False).new_tokens[0])
+                lib.append(time.perf_counter() - t0)
+                time.sleep(0.2)  # onnxruntime's idle threads stop spinning before the other engine runs
                 t, body = timed(c, {"messages": messages, "max_tokens": 90, "temperature": 0})
                 srv.append(t)
+                time.sleep(0.2)
     finally:
         servers.stop(proc)
     return {"library": statistics.median(lib[1:]), "server": statistics.median(srv[1:]), "tokens": n,

@@ -214,3 +214,21 @@ def test_a_slow_prompt_encoding_leaves_the_event_loop_free(tiny_llama):
             assert waited < 1.0, f"{path}: /health and a quick request took {waited:.2f} s behind a slow encoding"
     finally:
         srv.stop()
+
+
+def test_a_non_streaming_requests_tokens_arrive_in_one_item_before_done():
+    """engine.submit(stream=False): the per-step events are held back and handed over once, just before "done" (or
+    an error), so the event loop is not woken at every step of a non-streaming answer."""
+    from onnxlm.serve.engine import _held_back
+
+    got = []
+    put = _held_back(got.append)
+    put(("events", ["a"]))
+    put(("events", ["b", "c"]))
+    assert got == []
+    put(("done", "req"))
+    assert got == [("events", ["a", "b", "c"]), ("done", "req")]
+    got.clear()
+    put(("events", ["d"]))
+    put(("error", "boom"))
+    assert got == [("events", ["d"]), ("error", "boom")]

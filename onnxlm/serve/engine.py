@@ -51,10 +51,14 @@ class Engine:
         self.thread.join(timeout)
 
     # ------------------------------------------------------------------ called from the event loop
-    def submit(self, req: Request, loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag=None) -> None:
+    def submit(self, req: Request, loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag=None, *,
+               stream: bool = True) -> None:
         """Queue a scheduler request; (tag, kind, payload) items arrive on ``out``: ("events", [TokenEvent]),
-        then ("done", req) (payload None: cancelled) or ("error", exc)."""
-        self.inbox.put(("request", req, _sink(loop, out, tag)))
+        then ("done", req) (payload None: cancelled) or ("error", exc). ``stream=False`` (a non-streaming answer):
+        the events are held back and arrive together just before "done", so the event loop is not woken every
+        step while the engine decodes."""
+        sink = _sink(loop, out, tag)
+        self.inbox.put(("request", req, sink if stream else _held_back(sink)))
 
     def call(self, fn: Callable, loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag=None) -> None:
         """Run fn(model) on the engine thread between steps; (tag, "result", value) or (tag, "error", exc) arrives
@@ -167,3 +171,17 @@ def _sink(loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag) -> Callable:
             pass
     return put
 
+
+def _held_back(sink: Callable) -> Callable:
+    """A sink that holds ("events", ...) items back and hands them over in one item before whatever comes next."""
+    held: list = []
+
+    def put(item) -> None:
+        if item[0] == "events":
+            held.extend(item[1])
+            return
+        if held:
+            sink(("events", list(held)))
+            held.clear()
+        sink(item)
+    return put

@@ -51,7 +51,8 @@ async def completions(request: HTTPRequest):
                                            if model.tokenizer else "") for p in prompts]
     # encoding a long prompt takes a while (an 8 MB body: seconds): off the event loop, so other streams go on
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, prompts, texts, "prompt", constraint)
-    slot, run = admit(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None)
+    slot, run = admit(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None,
+                      stream=bool(samp.stream))
     rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
     choices = Choices(model, samp.n, chat=False)
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
@@ -91,7 +92,7 @@ async def chat_completions(request: HTTPRequest):
         constraint = forced
     ids = await asyncio.to_thread(tools.render, model, msgs, treq)  # template and encoding off the event loop
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
-    slot, run = admit(st, jobs, samp.n, None)
+    slot, run = admit(st, jobs, samp.n, None, stream=bool(samp.stream))
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
     choices = Choices(model, samp.n, chat=True)
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}

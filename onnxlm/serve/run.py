@@ -15,7 +15,7 @@ from .state import ServeState, Slot, state_of
 class Run:
     """Sends a request's jobs to the engine and gathers what comes back (one asyncio queue for all of them)."""
 
-    def __init__(self, st: ServeState, jobs: list[Job], n: int, echo_logprobs: int | None):
+    def __init__(self, st: ServeState, jobs: list[Job], n: int, echo_logprobs: int | None, stream: bool = True):
         self.st, self.jobs, self.n = st, jobs, n
         self.loop = asyncio.get_running_loop()
         self.out: asyncio.Queue = asyncio.Queue()
@@ -25,7 +25,7 @@ class Run:
                 st.engine.call(prompt_logprobs(job.ids, echo_logprobs), self.loop, self.out, ("echo", i))
                 self.pending += 1
             if job.req is not None:
-                st.engine.submit(job.req, self.loop, self.out, ("gen", i))
+                st.engine.submit(job.req, self.loop, self.out, ("gen", i), stream=stream)
                 self.pending += 1
             elif job.beam_params is not None:
                 params = job.beam_params
@@ -51,11 +51,12 @@ class Run:
             yield kind, i, what, payload
 
 
-def admit(st, jobs: list[Job], n: int, echo_logprobs) -> tuple[Slot, Run]:
-    """Take a slot and start the request's run -> (slot, run); the slot is given back if the run cannot start."""
+def admit(st, jobs: list[Job], n: int, echo_logprobs, *, stream: bool = True) -> tuple[Slot, Run]:
+    """Take a slot and start the request's run -> (slot, run); the slot is given back if the run cannot start.
+    ``stream=False``: the engine hands a request's tokens over once, when it is done."""
     slot = Slot(st)
     try:
-        return slot, Run(st, jobs, n, echo_logprobs)
+        return slot, Run(st, jobs, n, echo_logprobs, stream)
     except BaseException:
         slot.release()
         raise
