@@ -115,11 +115,13 @@ def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFileError(f"GGUF file not found: {path}", path=str(path))
     try:
-        from gguf import GGUFReader
+        import gguf  # noqa: F401
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ExportError(f"reading GGUF files needs the 'gguf' package (pip install 'onnxlm[export]'): {e}") from e
+    from .gguf_reader import gguf_reader
+
     try:
-        reader = GGUFReader(str(path), "r")
+        reader = gguf_reader(path)
         meta = {}
         for key, fld in reader.fields.items():
             if key.startswith("GGUF."):  # header pseudo-fields (version, tensor_count, kv_count)
@@ -299,14 +301,16 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
     from transformers import AutoConfig
 
     from .gguf_config import apply_rope_freqs, config_overrides, rope_freq_factors
+    from .gguf_reader import readers_shared_with_transformers
 
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
     try:
-        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-        for key, value in overrides.items():
-            setattr(config, key, value)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
-                                                     dtype=torch.float32)
+        with readers_shared_with_transformers():  # the file's one parsed reader, not two more
+            config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+            for key, value in overrides.items():
+                setattr(config, key, value)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
+                                                         dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ExportError(f"transformers could not load the GGUF file {path}: {e}") from e
     factors = rope_freq_factors(path)

@@ -56,9 +56,9 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
 
 def rope_freq_factors(path) -> np.ndarray | None:
     """The ``rope_freqs.weight`` tensor of a GGUF file ([head_dim / 2] float32), or None when it has none."""
-    from gguf import GGUFReader
+    from .gguf_reader import gguf_reader
 
-    for t in GGUFReader(str(path)).tensors:
+    for t in gguf_reader(path).tensors:
         if t.name == "rope_freqs.weight":
             return np.asarray(t.data, dtype=np.float32).reshape(-1)
     return None

@@ -104,10 +104,10 @@ class GGUFTensors:
     """The weight tensors of a GGUF file by name, as Blocks (native types) or None (anything else)."""
 
     def __init__(self, path: Path, num_heads: int, num_kv_heads: int):
-        import gguf
+        from .gguf_reader import gguf_reader
 
         try:
-            reader = gguf.GGUFReader(str(path), "r")
+            reader = gguf_reader(path)
         except (ValueError, OSError) as e:
             raise ExportError(f"{path}: not a readable GGUF file: {e}") from e
         self.path = path
