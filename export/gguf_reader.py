@@ -27,7 +27,7 @@ def gguf_reader(path: str | os.PathLike):
 
 @lru_cache(maxsize=2)
 def _reader(path: str, size: int, mtime_ns: int):
-    from gguf import GGUFReader
+    from gguf.gguf_reader import GGUFReader  # the class itself, also while gguf.GGUFReader is the shared one
 
     class Reader(GGUFReader):
         """GGUFReader over an ndarray view of its memory map (same bytes, plain slices)."""
