@@ -303,3 +303,20 @@ def test_requests_admitted_together_on_one_lendable_entry_copy_it(fused_llama_di
     warm = _run(model, prompts, [kw, kw], cache, defer=True)
     cold = _run(model, prompts, [kw, kw])
     assert [r.new_ids for r in warm] == [r.new_ids for r in cold] and all(r.error is None for r in warm)
+
+
+def test_a_request_of_two_samples_finishing_at_once_lends_nothing_stale(fused_llama_dir):
+    """A request with num_return_sequences=2 answered in one token: its prompt's state was resized to two rows
+    (``select``) after its snapshot was marked, so the entry keeps the views but no state to lend; the next request
+    on that prompt answers as a cold scheduler."""
+    model = onnxlm.load(fused_llama_dir)
+    prompt = model.tokenizer.encode(SYSTEM + TURNS[2])
+    two = {"max_new_tokens": 1, "eos_token_id": None, "do_sample": True, "seed": 2, "num_return_sequences": 2}
+    cache = PrefixCache(64 * 2**20)
+    _run(model, [prompt], [two], cache, defer=True)
+    (entry,) = cache.entries.values()
+    assert entry.owner is None
+    kw = {"max_new_tokens": 5, "eos_token_id": None, "do_sample": False}
+    (warm,) = _run(model, [prompt], [kw], cache, defer=True)
+    (cold,) = _run(model, [prompt], [kw])
+    assert warm.new_ids == cold.new_ids

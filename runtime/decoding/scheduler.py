@@ -368,11 +368,12 @@ class Scheduler:
         dropped = self.state is None  # no row left: the marked views' buffers are no one else's any more
         for ids, kv, logits, state in marked:
             keep = dropped and _one_row(kv)  # the views, and the state for a later request to decode on
+            owner = state if keep and _backs(state, kv) else None
             if not self.prefix_cache.covers(ids):
                 self.prefix_cache.put(ids, kv if keep else {name: np.array(a) for name, a in kv.items()}, logits,
-                                      owner=state if keep and _views(kv) else None)
-            elif keep and _views(kv):
-                self.prefix_cache.return_state(ids, kv, state)
+                                      owner=owner)
+            elif owner is not None:
+                self.prefix_cache.return_state(ids, kv, owner)
             self.prefix_cache.attach_logits(ids, logits)
 
     def _alone(self, req: Request) -> bool:
@@ -428,9 +429,14 @@ def _one_row(kv: dict) -> bool:
     return first.base is None or first.base.nbytes <= first.strides[0] * first.shape[0] * len(kv)
 
 
-def _views(kv: dict) -> bool:
-    """Are ``kv``'s arrays views of a state's buffers (fused) rather than copies (the plain state's snapshot)?"""
-    return next(iter(kv.values())).base is not None
+def _backs(state, kv: dict) -> bool:
+    """Is ``state`` a one-row state still holding the buffers that ``kv`` views (a fused state; a plain state's
+    snapshots are copies), so that it can be lent for that row? A prompt's state may since have been resized into
+    other buffers (``select`` to n rows)."""
+    first = next(iter(kv.values()))
+    if first.base is None or len(getattr(state, "lengths", ())) != 1:
+        return False
+    return next(iter(state.snapshot(0, copy=False).values())).base is first.base
 
 
 def _mark_done(req: Request) -> bool:
