@@ -134,14 +134,15 @@ class PrefixCache:
             return None
         count = len(snap.ids) - reuse  # the state holds the entry's positions
         if count:
+            before = snap.nbytes  # what the cache counted for it
             del self.entries[snap.ids.tobytes()]
             snap.ids, snap.kv = snap.ids[:reuse], {n: a[:, :reuse] for n, a in snap.kv.items()}
-            for n in [n for n in snap.logits if n > reuse]:
-                self.bytes -= snap.logits.pop(n).nbytes
+            snap.logits = {n: v for n, v in snap.logits.items() if n <= reuse}
             if snap.ids.tobytes() in self.entries:  # an entry of exactly these ids already: this one goes
-                self.bytes -= snap.nbytes
+                self.bytes -= before
             else:
                 self.entries[snap.ids.tobytes()] = snap
+                self.bytes += snap.nbytes - before
         state.rollback(np.array([count], np.int64))
         return state
 

@@ -261,6 +261,7 @@ def test_a_lone_requests_buffers_become_the_cache_entry(fused_llama_dir):
         assert len(lent.ids) <= len(ids) and list(lent.ids) == ids[:len(lent.ids)]
         (entry,) = [e for e in cache.entries.values() if len(e.ids) == len(ids) + 3]
         assert next(iter(entry.kv.values())).base is block and entry.owner is not None  # the same buffers again
+        assert cache.bytes == sum(e.nbytes for e in cache.entries.values())  # the cut entry's bytes followed it
     assert entry.nbytes == next(iter(entry.kv.values())).base.nbytes + entry.ids.nbytes + sum(
         v.nbytes for v in entry.logits.values())
     cache = PrefixCache(64 * 2**20)
