@@ -46,6 +46,14 @@ class Snapshot:
         return int(sum(blocks.values()) + self.ids.nbytes + sum(v.nbytes for v in self.logits.values()))
 
 
+def feed_rest(state, rest) -> np.ndarray | None:
+    """A one-row decoding state holding a prompt's reused positions, rest [k] ids of the prompt after them -> the
+    next-token logits [1, V] after the last (one ``extend`` pass, the head on its last position only), or None for
+    k = 0 (whoever resumed all positions holds those logits)."""
+    rest = np.asarray(rest, dtype=np.int64).reshape(1, -1)
+    return state.extend(rest, last_only=True)[:, -1] if rest.shape[1] else None
+
+
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     """a [n], b [m] int64 -> the length of their longest common prefix."""
     n = min(len(a), len(b))

@@ -35,7 +35,7 @@ import numpy as np
 from ..constraints import ConstraintProcessor, engine_for
 from ..errors import ParameterError
 from ..generation_config import GenerationConfig
-from ..prefix_cache import PrefixCache
+from ..prefix_cache import PrefixCache, feed_rest
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens
 from ..streaming import IncrementalText
 from ..tokenizer import pad_batch
@@ -322,14 +322,14 @@ class Scheduler:
         if cold:
             ids, mask = pad_batch([r.ids for r in cold], self.model.pad_id, side="left")
             parts.append(self.model.start(ids, mask))
-        users = Counter(id(snap) for _, snap, _ in warm)            # a snapshot several requests resume from
-        for req, snap, reuse in warm:                               # the cached positions, then the rest
-            rest = np.asarray(req.ids[reuse:], dtype=np.int64)      # is copied for each (lending would cut it)
-            state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # a dropped state
-            if state is None:                                       # else a copy of the positions
+        users = Counter(id(snap) for _, snap, _ in warm)  # a snapshot several resume from is copied for each
+        for req, snap, reuse in warm:                     # the cached positions, then the rest
+            rest = req.ids[reuse:]
+            state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # its dropped state
+            if state is None:                                                              # or a copy
                 state, first = self.model.resume(snap.kv, reuse, rest)
             else:
-                first = state.extend(rest[None], last_only=True)[:, -1] if len(rest) else None
+                first = feed_rest(state, rest)
             parts.append((state, snap.logits[reuse][None] if first is None else first))  # all held: cached logits
         batch[:] = cold + [w[0] for w in warm]
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]

@@ -15,8 +15,9 @@ import numpy as np
 from ..errors import InputError
 from ..plain.causal_lm import CausalLM
 from ..plain.kv_cache import past_input_names
+from ..prefix_cache import feed_rest
 from .buffer_pool import BufferPool
-from .kv_buffers import KVBuffers, initial_capacity, mapped_buffers
+from .kv_buffers import NO_POOL, KVBuffers, initial_capacity, mapped_buffers
 
 KV_LAYOUT = "fused-gqa"
 
@@ -122,7 +123,7 @@ class FusedCausalLM(CausalLM):
     """A decoder-only model on the fused GroupQueryAttention graph (in-place KV buffers)."""
 
     initial_buffer_length = 256  # positions a fresh buffer holds (doubled as needed)
-    kv_pool = BufferPool(0)  # where KV buffers come from; keep_kv_buffers() makes it keep freed ones
+    kv_pool = NO_POOL  # where KV buffers come from; keep_kv_buffers() makes it keep freed ones
 
     def keep_kv_buffers(self, max_bytes: int) -> BufferPool:
         """Keep up to ``max_bytes`` of freed KV buffer sets resident for the next sets of the same size
@@ -175,15 +176,14 @@ class FusedCausalLM(CausalLM):
         that follow them -> a one-row state holding reuse + k positions, next-token logits [1, V] (one pass over
         ``rest``): what ``start`` on the whole prompt gives, without recomputing the reused positions. No rest
         (k = 0): the state alone and None (the caller holds those logits)."""
-        rest = np.asarray(rest, dtype=np.int64).reshape(1, -1)
-        capacity = initial_capacity(reuse + rest.shape[1], self.initial_buffer_length)
+        capacity = initial_capacity(reuse + len(rest), self.initial_buffer_length)
         # from the pool: a server's kept buffers are resident (faulting in a fresh mapping's pages cost ~35 ms of a
         # 55 ms resume of 774 SmolLM2 positions, the copy itself ~4 ms); positions past the held ones are never read
-        arrays = mapped_buffers(self.past_names, (1, self.kv_heads, capacity, self.head_dim), np.float32, self.kv_pool)
-        for name, a in arrays.items():
+        buffers = KVBuffers.fresh(self.past_names, 1, self.kv_heads, capacity, self.head_dim, self.kv_pool)
+        for name, a in buffers.arrays.items():
             a[0, :, :reuse] = kv[name][:, :reuse]
-        state = FusedState(self, KVBuffers(arrays, self.kv_pool), np.array([reuse], np.int64))
-        return state, state.extend(rest, last_only=True)[:, -1] if rest.shape[1] else None
+        state = FusedState(self, buffers, np.array([reuse], np.int64))
+        return state, feed_rest(state, rest)
 
     def logits(self, input_ids, attention_mask=None) -> np.ndarray:
         """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import LanguageModel
+from ..prefix_cache import feed_rest
 from ..processors import log_softmax
 from ..session import GraphRunner, to_numpy
 from ..tokenizer import pad_batch
@@ -153,8 +154,7 @@ class CausalLM(LanguageModel):
         (k = 0): the state alone and None (the caller holds those logits)."""
         cache = KVCache({n: np.ascontiguousarray(kv[n][None, :, :reuse]) for n in self.past_names})
         state = CausalState(self.decoder, cache, np.ones((1, reuse), np.int64))
-        rest = np.asarray(rest, dtype=np.int64).reshape(1, -1)
-        return state, state.extend(rest, last_only=True)[:, -1] if rest.shape[1] else None
+        return state, feed_rest(state, rest)
 
     def initial_sequences(self, input_ids: np.ndarray) -> np.ndarray:
         """[b, t] prompt ids -> [b, t] int64: the ids the logits processors see before the first new token."""
