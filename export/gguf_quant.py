@@ -22,9 +22,11 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   1.32's dequantise-then-multiply path: ~200x slower than uint8 ones at bits=4, at level 1 and level 4 alike.
 * 8-bit codes always run at accuracy level 4 (onnxruntime's 8-bit path at level 1 is ~90x slower); where a product
   should see ~fp32 activations (the attention projections; every product at the fidelity level 1) they run in two
-  int8 passes (below). A tied embedding is read by ``GatherBlockQuantized`` bits=8 over the head's code bytes (one
-  copy; a 4-bit embedding's codes one byte each; the scales, ~3 % of it, are stored twice because the two ops want
-  different shapes). The output head runs in two int8 passes.
+  int8 passes (below). A tied embedding is read by ``GatherBlockQuantized`` bits=8 over aliases of the head's code
+  bytes, scales and zero points (stored once, mapped twice: ``mapped_weights.py``; a 4-bit embedding's codes one
+  byte each, with its zero points; a float minimum's R gathered by row beside it). The output head runs in two int8
+  passes, cut by rows into parts of <= 48 MiB of codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is
+  saved with its weights in ``model.onnx_data`` (``mapped_weights.save_mapped``).
 * F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (IQ*, TQ*, MXFP4, ...): that MatMul keeps
   the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both under
   ``fp32_tensors``.
@@ -73,7 +75,8 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
-from .nbits import BLOCK, Blocks, Rewriter, dequantize, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
+from .mapped_weights import save_mapped
+from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
@@ -154,7 +157,8 @@ class _Rewriter(Rewriter):
         give the same (see the module docstring). The 4-bit MLP at level 4 in one pass."""
         fp32_like = name.split(".")[-1] in FP32_ACTIVATIONS or self.accuracy_level == 1
         two = head or (b.bits == 8 and fp32_like)
-        return super().matmul(x, b, outputs, splits, name, two_pass=two, lead=1 if head else 2)
+        return super().matmul(x, b, outputs, splits, name, two_pass=two, lead=1 if head else 2,
+                              part_bytes=HEAD_PART_BYTES if head else None)
 
     def check(self, b: Blocks, fp32_name: str, transposed: bool, what: str) -> None:
         """The dequantised Blocks must be the fp32 graph's weight (``transposed``: stored [K, N])."""
@@ -252,7 +256,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
         rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding / output head")
         replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
                                       "lm_head", head=True)
-        replace[id(gather)] = rw.tied_embedding(gather, "lm_head.codes", emb_blocks)
+        replace[id(gather)] = rw.tied_embedding(gather, "lm_head", emb_blocks)
     else:
         keep(["token_embd.weight"])
         if not tied:  # an untied head: its own tensor, natively where it can be
@@ -265,7 +269,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
                 keep(["output.weight"] if "output.weight" in tensors.tensors else [])
 
     rw.apply(replace, post=_residual_sums)
-    onnx.save_model(model, str(dst))
+    save_mapped(model, dst, rw.aliases)  # weights in dst's _data file, memory-mapped by onnxruntime
     return {"tensors": dict(rw.native), "fp32_tensors": {str(k): v for k, v in rw.kept.items()},
             "max_weight_diff": rw.max_diff, "two_pass": sorted(rw.two_pass)}
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .nbits import BLOCK, Rewriter, dequantize, q8_blocks
+from .nbits import BLOCK, HEAD_PART_BYTES, Rewriter, dequantize, q8_blocks
 
 HEAD_CHOICES = ("auto", "yes", "no")  # quantize_head: auto = 8-bit where it can be, yes = 8-bit or refuse, no = fp32
 
@@ -86,10 +86,10 @@ def find_head(graph) -> Head | None:
     return Head(node, weight, transposed, transpose, gather)
 
 
-def rewrite_head(model, head: Head, passes: int) -> dict:
+def rewrite_head(model, head: Head, passes: int) -> tuple[dict, dict[str, str]]:
     """``model`` (an onnx ModelProto, changed in place) with ``head`` as an 8-bit MatMulNBits and a tied
-    embedding as GatherBlockQuantized over its codes; the fp32 weight (and optimum's Transpose) removed.
-    Returns the manifest's record of the head."""
+    embedding as GatherBlockQuantized over aliases of its codes and scales; the fp32 weight (and optimum's
+    Transpose) removed. Returns (the manifest's record of the head, the aliases for ``mapped_weights.save_mapped``)."""
     g = model.graph  # changed in place by rw.apply
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     rw = Rewriter(g, accuracy_level=4, opset=opset)
@@ -98,17 +98,17 @@ def rewrite_head(model, head: Head, passes: int) -> dict:
     blocks = q8_blocks(w)
     lead = 1 if head.node.op_type == "Gemm" else 2  # Gemm's x is [T, K]; a MatMul head reads hidden states [b, s, K]
     replace = {id(head.node): rw.matmul(head.node.input[0], blocks, [head.node.output[0]], [w.shape[0]], "lm_head",
-                                        two_pass=passes == 2, lead=lead)}
+                                        two_pass=passes == 2, lead=lead, part_bytes=HEAD_PART_BYTES)}
     if head.transpose is not None:
         replace[id(head.transpose)] = []
     if head.gather is not None:
-        replace[id(head.gather)] = rw.tied_embedding(head.gather, "lm_head.codes", blocks)
+        replace[id(head.gather)] = rw.tied_embedding(head.gather, "lm_head", blocks)
     rw.apply(replace)
     err = float(np.abs(dequantize(blocks) - w).max())
     return {"tensor": head.weight, "shape": list(w.shape), "quantized": True, "tied": head.gather is not None,
             "bits": 8, "block_size": BLOCK, "accuracy_level": 4, "passes": passes,
             "embedding": "GatherBlockQuantized over the head's codes" if head.gather is not None else None,
-            "max_weight_error": err}
+            "max_weight_error": err}, rw.aliases
 
 
 def plan_head(model, quantize_head: str) -> tuple[Head | None, str | None]:

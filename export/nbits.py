@@ -4,8 +4,9 @@
 along K, optional zero points and a Q4_1-style correction); ``q8_blocks`` quantizes an fp32 weight to it (8-bit,
 symmetric: codes ``q+128``, scale ``max|w|/127`` per block, the layout of GGUF's Q8_0); ``dequantize`` is its
 inverse. ``Rewriter`` builds the replacement nodes: ``matmul`` (``MatMulNBits``, optionally in two int8 passes
-stacked into one call, ``split_int8``; a Q4_1-style correction through ``ReduceSum`` block sums) and ``tied_embedding`` (``GatherBlockQuantized`` over the code bytes of an 8-bit head: a tied
-embedding / output head stored once).
+stacked into one call, ``split_int8``; a Q4_1-style correction through ``ReduceSum`` block sums; a big weight cut
+by rows, ``row_parts``) and ``tied_embedding`` (``GatherBlockQuantized`` over aliases of an 8-bit head's bytes: a
+tied embedding / output head stored once, ``mapped_weights.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+HEAD_PART_BYTES = 48 << 20  # an output head with more code bytes is cut by rows (``row_parts``): onnxruntime
+# reads each part's mapped bytes while it packs it and frees them after, so a 168 MB head (Gemma 3's 262,144 x 640)
+# had put ~160 MB on the load's peak; in parts of <= 48 MiB the peak is one part (docs/benchmarks.md)
 BLOCK = 32  # weights per block along K (GGUF's Q4_0, Q4_1, Q5_*, Q8_0, Q4_K, Q5_K; the 8-bit head of quantize.py)
 
 
@@ -51,6 +55,23 @@ def to_8bit(b: Blocks) -> Blocks:
     codes = np.stack([b.codes & 15, b.codes >> 4], axis=-1).reshape(n, kb, -1).astype(np.uint8)
     zp = np.full((n, kb), 8, np.uint8) if b.zero_points is None else b.zero_points
     return Blocks(8, codes, b.scales, zp, b.correction, b.types, b.block_size)
+
+
+def row_parts(b: Blocks, part_bytes: int, align: int = 1 << 16) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) cutting ``b``'s N rows into parts of at most ~``part_bytes`` code bytes each, every part
+    but the last a multiple of the rows whose codes, scales and zero points fill whole ``align``-byte pages (so
+    the parts lie back to back at aligned offsets in ``mapped_weights.save_mapped``'s file); [(0, N)] when one part
+    suffices."""
+    from math import gcd
+
+    n, kb = b.scales.shape
+    row_codes = b.codes[0].nbytes
+    row_bytes = [row_codes, kb * 4] + ([kb if b.bits == 8 else (kb + 1) // 2] if b.zero_points is not None else [])
+    step = max(align // gcd(align, r) for r in row_bytes)  # rows: a power of two
+    rows = max(step, part_bytes // row_codes // step * step)
+    if rows >= n:
+        return [(0, n)]
+    return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
 
 
 def _pack4(q: np.ndarray) -> np.ndarray:
@@ -100,6 +121,8 @@ class Rewriter:
         self.native, self.kept = Counter(), Counter()
         self.max_diff = 0.0
         self.new_inits = []
+        self.aliases = {}  # placeholder initializer -> the initializer(s) whose bytes it shares (mapped_weights.py)
+        self.parts = {}  # a MatMulNBits cut by rows (``part_bytes``) -> the names of its parts, in row order
         self.two_pass = set()  # the parts whose MatMulNBits read the stacked rows of a and x - a
 
     def level(self, name: str, bits: int) -> int:
@@ -145,23 +168,32 @@ class Rewriter:
                   self.node("Sub", [x, f"{name}.a"], [f"{name}.r"], f"{name}.R")]
         return nodes, f"{name}.a", f"{name}.r"
 
+    def alias(self, name: str, sources: list[str], dims) -> str:
+        """An initializer ``name`` of shape ``dims`` that shares the bytes of ``sources`` (one tensor, or row parts
+        of one, stored back to back) in the saved file (``mapped_weights.save_mapped`` with ``self.aliases``)."""
+        from .mapped_weights import alias
+
+        made = {t.name: t for t in self.new_inits}
+        self.new_inits.append(alias(name, [made.get(s) or self.fp32[s] for s in sources], dims))
+        self.aliases[name] = list(sources)
+        return name
+
     def inits_once(self, name: str, array: np.ndarray) -> str:
         if name not in {t.name for t in self.new_inits}:
             self.init(name, array)
         return name
 
     def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
-               two_pass: bool = False, lead: int = 2) -> list:
+               two_pass: bool = False, lead: int = 2, part_bytes: int | None = None) -> list:
         """x [*lead dims, K] -> MatMulNBits (+ blocksum(x) @ R) -> outputs (a Split when ``splits`` has 2+ sizes).
         ``two_pass`` (at level 4): the rows of a and x - a (``split_int8``) stacked into one MatMulNBits ([2T, K] /
-        [2b, s, K]: the weights are read once), its two halves added: close to fp32 activations."""
+        [2b, s, K]: the weights are read once), its two halves added: close to fp32 activations. ``part_bytes``: a
+        weight with more code bytes is cut by rows (N) into parts of at most that many (``row_parts``), one
+        MatMulNBits each, their outputs concatenated: onnxruntime packs one part at a time (a big head's load
+        peak)."""
         n, kb = b.scales.shape
         k = kb * b.block_size
         level = self.level(name, b.bits)
-        inputs = [x, self.init(f"{name}.codes", b.codes), self.init(f"{name}.scales", b.scales)]
-        if b.zero_points is not None:
-            zp = b.zero_points if b.bits == 8 else _pack4(np.pad(b.zero_points, ((0, 0), (0, kb % 2))))
-            inputs.append(self.init(f"{name}.zero_points", zp))
         y = outputs[0] if len(splits) == 1 and b.correction is None else f"{name}.nbits"
         attrs = dict(K=k, N=n, bits=b.bits, block_size=b.block_size, accuracy_level=level)
         two_pass = two_pass and level == 4
@@ -169,16 +201,16 @@ class Rewriter:
             self.two_pass.add(name.split(".")[-1])
         nodes, x_blocks = (self.blocks_of(x, k, lead, name, b.block_size) if two_pass or b.correction is not None
                            else ([], None))
+        parts = row_parts(b, part_bytes) if part_bytes and b.correction is None else [(0, n)]
         if two_pass:
             split, a, r = self.split_int8(x, x_blocks, k, lead, name)
             nodes += split
             nodes += [self.node("Concat", [a, r], [f"{name}.ar"], f"{name}.Stack", axis=0),  # [2T, K] / [2b, s, K]
-                      self.node("MatMulNBits", [f"{name}.ar", *inputs[1:]], [f"{name}.yar"], name, "com.microsoft",
-                                **attrs),
+                      *self.nbits(f"{name}.ar", b, parts, f"{name}.yar", name, attrs),
                       self.node("Split", [f"{name}.yar"], [f"{name}.ya", f"{name}.yr"], f"{name}.Unstack", axis=0),
                       self.node("Add", [f"{name}.ya", f"{name}.yr"], [y], f"{name}.TwoPass")]
         else:
-            nodes.append(self.node("MatMulNBits", inputs, [y], name, "com.microsoft", **attrs))
+            nodes += self.nbits(x, b, parts, y, name, attrs)
         if b.correction is not None:  # + blocksum(x) [*lead dims, K/32] @ R [K/32, N]
             nodes += [self.node("ReduceSum", [x_blocks, self.inits_once("blocksum_axis", np.array([-1]))],
                                 [f"{name}.blocksum"], f"{name}.BlockSum", keepdims=0),
@@ -194,6 +226,27 @@ class Rewriter:
             self.native[t] += 1
         return nodes
 
+    def nbits(self, x: str, b: Blocks, parts: list[tuple[int, int]], y: str, name: str, attrs: dict) -> list:
+        """x [..., K] -> y [..., N]: one MatMulNBits over ``b`` (initializers ``{name}.codes``, ``.scales``,
+        ``.zero_points``), or one per row range of ``parts`` (``{name}.p{i}.codes``, ...) and a Concat."""
+        kb = b.scales.shape[1]
+
+        def inputs(prefix: str, lo: int, hi: int) -> list[str]:
+            out = [x, self.init(f"{prefix}.codes", b.codes[lo:hi]), self.init(f"{prefix}.scales", b.scales[lo:hi])]
+            if b.zero_points is not None:
+                zp = b.zero_points[lo:hi]
+                out.append(self.init(f"{prefix}.zero_points",
+                                     zp if b.bits == 8 else _pack4(np.pad(zp, ((0, 0), (0, kb % 2))))))
+            return out
+
+        if len(parts) == 1:
+            return [self.node("MatMulNBits", inputs(name, 0, b.scales.shape[0]), [y], name, "com.microsoft",
+                              **attrs)]
+        self.parts[name] = [f"{name}.p{i}" for i in range(len(parts))]
+        nodes = [self.node("MatMulNBits", inputs(p, lo, hi), [f"{p}.y"], p, "com.microsoft", **dict(attrs, N=hi - lo))
+                 for p, (lo, hi) in zip(self.parts[name], parts)]
+        return nodes + [self.node("Concat", [f"{p}.y" for p in self.parts[name]], [y], f"{name}.Parts", axis=-1)]
+
     def apply(self, replace: dict, post=None) -> None:
         """Splice into the graph: each node whose id is in ``replace`` becomes its list of nodes ([] drops it),
         ``post`` (nodes -> nodes) runs over the result; initializers no node reads any more are dropped and the
@@ -208,16 +261,31 @@ class Rewriter:
         del g.initializer[:]
         g.initializer.extend(kept + self.new_inits)
 
-    def tied_embedding(self, gather, codes: str, b: Blocks, name: str = "embed_tokens") -> list:
-        """The lookup ``gather`` (Gather(E, ids [...]) -> [..., K]) of an embedding E whose 8-bit Blocks ``b`` an
-        output head already stores as ``codes`` -> GatherBlockQuantized over those code bytes (one copy; the
-        scales are stored again in the op's [V, K/32, 1] shape, ~3 % of the codes) and a Reshape to [..., K]."""
+    def tied_embedding(self, gather, head: str, b: Blocks, name: str = "embed_tokens") -> list:
+        """The lookup ``gather`` (Gather(E, ids [...]) -> [..., K]) of an embedding E whose 8-bit Blocks ``b`` the
+        output head ``head`` (a ``matmul`` of this rewriter) already stores as ``{head}.codes`` / ``.scales`` /
+        ``.zero_points`` -> GatherBlockQuantized over aliases of those bytes (stored once; the lookup maps its own
+        view of them, so the head's copy is freed once onnxruntime has packed it: ``mapped_weights.py``), plus the
+        rows of R ([V, K/block], stored for the lookup) where a float minimum needs the correction, and a Reshape
+        to [..., K]."""
         v, kb = b.scales.shape
         rows, ids = f"{name}.rows", gather.input[1]
-        return [self.node("GatherBlockQuantized", [codes, ids, self.init(f"{name}.scales", b.scales[..., None])],
-                          [rows], name, "com.microsoft", bits=8, block_size=b.block_size, gather_axis=0,
-                          quantize_axis=2),  # [..., K/block, block]
-                self.node("Shape", [ids], [f"{name}.ids_shape"], f"{name}.IdsShape"),
-                self.node("Concat", [f"{name}.ids_shape", self.init(f"{name}.width", np.array([kb * b.block_size]))],
-                          [f"{name}.shape"], f"{name}.Shape", axis=0),
-                self.node("Reshape", [rows, f"{name}.shape"], [gather.output[0]], f"{name}.Reshape")]
+        heads = self.parts.get(head, [head])  # the head's row parts lie back to back in the saved file
+        inputs = [self.alias(f"{name}.codes", [f"{p}.codes" for p in heads], b.codes.shape), ids,
+                  self.alias(f"{name}.scales", [f"{p}.scales" for p in heads], (v, kb, 1))]
+        if b.zero_points is not None:
+            inputs.append(self.alias(f"{name}.zero_points", [f"{p}.zero_points" for p in heads], (v, kb, 1)))
+        nodes = [self.node("GatherBlockQuantized", inputs, [rows], name, "com.microsoft", bits=8,
+                           block_size=b.block_size, gather_axis=0, quantize_axis=2)]  # [..., K/block, block]
+        if b.correction is not None:  # + R[id]: one value per block of the row, over its weights
+            nodes += [self.node("Gather", [self.init(f"{name}.correction", b.correction), ids], [f"{name}.r"],
+                                f"{name}.GatherCorrection", axis=0),  # [..., K/block]
+                      self.node("Unsqueeze", [f"{name}.r", self.inits_once("last_axis", np.array([-1]))],
+                                [f"{name}.r1"], f"{name}.CorrectionBlocks"),
+                      self.node("Add", [rows, f"{name}.r1"], [f"{name}.rows_r"], f"{name}.AddCorrection")]
+            rows = f"{name}.rows_r"
+        return nodes + [
+            self.node("Shape", [ids], [f"{name}.ids_shape"], f"{name}.IdsShape"),
+            self.node("Concat", [f"{name}.ids_shape", self.init(f"{name}.width", np.array([kb * b.block_size]))],
+                      [f"{name}.shape"], f"{name}.Shape", axis=0),
+            self.node("Reshape", [rows, f"{name}.shape"], [gather.output[0]], f"{name}.Reshape")]

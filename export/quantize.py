@@ -106,6 +106,7 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
                                                                  MatMulNBitsQuantizer)
 
     from .head_quant import head_passes, plan_head, rewrite_head
+    from .mapped_weights import save_mapped
 
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quiet.level
@@ -122,8 +123,9 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
         quantizer.process()
         model = quantizer.model.model
         head, reason = plan_head(model, quantize_head)  # found again: the quantizer rebuilt the node list
+        aliases = {}
         if reason is None:
-            record = rewrite_head(model, head, head_passes(accuracy_level))
+            record, aliases = rewrite_head(model, head, head_passes(accuracy_level))
         else:
             record = {"tensor": None if head is None else head.weight, "quantized": False,
                       "tied": head is not None and head.gather is not None, "reason": reason}
@@ -133,7 +135,7 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
             {n.input[0] for n in model.graph.node if n.op_type == "Gather"}  # not scales, caches, constants
         record["fp32_weights"] = sorted(i.name for i in model.graph.initializer if i.name in read_as_weight
                                         and i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2)
-        onnx.save_model(model, str(dst))
+        save_mapped(model, dst, aliases)  # weights in dst's _data file, memory-mapped by onnxruntime
         return record
     finally:
         quiet.setLevel(level)

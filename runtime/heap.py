@@ -19,6 +19,10 @@ faults). After the last build M_TRIM_THRESHOLD is therefore raised to 128 MiB (t
 twice the mmap threshold; 128 MiB holds a 2,500-token SmolLM2 row's buffers), and lowered to glibc's default again
 while a session is built. Only on glibc (Linux); elsewhere, and with ``ONNXLM_MALLOC_TUNING=0``, malloc is left
 alone.
+
+`release_free_heap()` hands every free heap page back at once (``malloc_trim(0)``): a model calls it after reading
+its tokenizer and after building its sessions. Parsing a large tokenizer.json leaves most of what the parse allocated
+free but resident in the middle of the heap (Gemma 3's: 290 MB resident after loading, 97 MB after the trim).
 """
 from __future__ import annotations
 
@@ -83,3 +87,11 @@ def session_heap():
             if _building == 0:
                 libc.mallopt(M_TRIM_THRESHOLD, RUN_TRIM)
                 libc.mallopt(M_MMAP_THRESHOLD, RUN_THRESHOLD)
+
+
+def release_free_heap() -> None:
+    """Give the free pages of every malloc arena back to the kernel (glibc's ``malloc_trim(0)``; a no-op elsewhere
+    or with ``ONNXLM_MALLOC_TUNING=0``)."""
+    libc = glibc() if tuning_enabled() else None
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -10,6 +10,7 @@ import numpy as np
 from .constraints import KINDS as CONSTRAINT_KINDS, ConstrainedState, ConstraintProcessor, engine_for, pop_constraints
 from .errors import InputError, ModelFileError, ParameterError
 from .generation_config import GenerationConfig, warn_once
+from .heap import release_free_heap
 from .manifest import read_json
 from .processors import build_processors, log_softmax
 from .results import GenerationResult, ScoringResult, StepResult, TokenDistribution
@@ -41,6 +42,7 @@ class LanguageModel:
         tok_file = path / "tokenizer.json"
         self.tokenizer = TextTokenizer.from_file(tok_file) if tok_file.is_file() else None
         self._init_graphs()
+        release_free_heap()  # what building the sessions freed goes back to the kernel (heap.py)
         logits_dim = self.decoder.session.get_outputs()[0].shape[-1]  # [batch, length, V]: V may be symbolic
         self.vocab_size = int(logits_dim) if isinstance(logits_dim, int) else int(self.config["vocab_size"])
         # longest decoder-only sequence (learned or rotary positions); None for T5's relative positions

@@ -7,6 +7,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .errors import InputError, ModelFileError
+from .heap import release_free_heap
 
 
 class TextTokenizer:
@@ -23,9 +24,11 @@ class TextTokenizer:
             raise ModelFileError(f"{path.name} is missing from {path.parent}; text inputs need it "
                                  "(token ids still work)", str(path))
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise ModelFileError(f"{path} is not a valid tokenizers file: {exc}", str(path)) from exc
+        release_free_heap()  # what the JSON parse freed goes back to the kernel (heap.py)
+        return cls(tokenizer)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """str -> ids (list of int)."""

@@ -18,6 +18,7 @@ pytest.importorskip("onnx", reason="quantization needs the 'export' extra (onnx)
 import onnxlm  # noqa: E402
 from gguf_writers import add_tiny_vocabulary  # noqa: E402
 from onnxlm.export import gguf_quant as GQ  # noqa: E402
+from onnxlm.export.mapped_weights import alias_map  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
 
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, POSITIONS = 64, 96, 2, 4, 2, 64
@@ -185,7 +186,10 @@ def test_graph_layout_and_manifest(tiny_native):
     assert ops["MatMulNBits"] == 8 and ops["GatherBlockQuantized"] == 1 and "Gemm" not in ops
     gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
     head = next(n for n in g.node if n.name == "lm_head")
-    assert gbq.input[0] == head.input[1] == "lm_head.codes"  # the Q8_0 code bytes stored once
+    assert (gbq.input[0], head.input[1]) == ("embed_tokens.codes", "lm_head.codes")
+    # the Q8_0 code bytes (and their scales) stored once: the lookup's tensors alias the head's in model.onnx_data
+    assert alias_map(tiny_native[4] / "model.onnx") == {"embed_tokens.codes": ["lm_head.codes"],
+                                                        "embed_tokens.scales": ["lm_head.scales"]}
     assert head.input[0] == "lm_head.ar"  # the rows of a and x - a in one product
     # one correction per group holding a Q4_1 tensor (l0: qkv, o, gate_up; l1: qkv, gate_up), its blocksum a
     # ReduceSum over [.., K/32, 32]
@@ -555,3 +559,25 @@ def test_a_gemma3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
     model = onnxlm.load(out)
     assert np.abs(model.logits(ids) - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
     np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
+
+
+@pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K"])
+def test_a_4bit_tied_embedding_is_looked_up_exactly(tmp_path, embedding):
+    """A tied embedding of 4-bit blocks (a zero point; Q4_1 and Q4_K also a float minimum, the correction R): the
+    head and the lookup both read the file's blocks, and the logits are the fp32 model's (fidelity level)."""
+    import torch
+
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+
+    gguf_path = tmp_path / "e.gguf"
+    write_tiny_gguf(gguf_path, hidden=256, ffn=256, embedding=embedding)
+    out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
+                       progress=False)
+    q = json.loads((out / "onnxlm.json").read_text())["quantization"]
+    assert q["tensors"][embedding] >= 1 and q["fp32_tensors"] == {"F16": 1}
+    ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
+    with torch.no_grad():
+        want = load_gguf(gguf_path).model(input_ids=torch.tensor(ids)).logits.numpy()
+    got = onnxlm.load(out).logits(ids)
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))

@@ -46,16 +46,23 @@ def assert_tied_head_8bit_stored_once(path, vocab: int, hidden: int) -> None:
     [V, D] / [D, V] tensor (embedding, head, or a transposed copy) is left."""
     import onnx
 
+    from onnxlm.export.mapped_weights import alias_map
+
     weights = _weights(path)
-    assert weights["lm_head.codes"] == ((vocab, hidden // 32, 32), np.uint8)
-    full = [n for n, (dims, _) in weights.items() if int(np.prod(dims)) >= vocab * hidden]
-    assert full == ["lm_head.codes"], full
+    assert weights["lm_head.codes"] == weights["embed_tokens.codes"] == ((vocab, hidden // 32, 32), np.uint8)
+    full = sorted(n for n, (dims, _) in weights.items() if int(np.prod(dims)) >= vocab * hidden)
+    assert full == ["embed_tokens.codes", "lm_head.codes"], full
+    # the lookup's codes and scales are the head's bytes in the data file (one copy, mapped twice)
+    assert alias_map(path / "model.onnx") == {"embed_tokens.codes": ["lm_head.codes"],
+                                              "embed_tokens.scales": ["lm_head.scales"]}
+    assert (path / "model.onnx_data").stat().st_size < 2 * vocab * hidden + (1 << 20) * 4
     nodes = {n.name: n for n in onnx.load(str(path / "model.onnx")).graph.node}
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes["lm_head"].attribute}
     assert nodes["lm_head"].op_type == "MatMulNBits" and (attrs["bits"], attrs["block_size"], attrs["N"],
                                                            attrs["K"], attrs["accuracy_level"]) == (8, 32, vocab,
                                                                                                     hidden, 4)
-    assert [n.input[0] for n in nodes.values() if n.op_type == "GatherBlockQuantized"] == ["lm_head.codes"]
+    assert [n.input[:3:2] for n in nodes.values() if n.op_type == "GatherBlockQuantized"] == [
+        ["embed_tokens.codes", "embed_tokens.scales"]]
     head = json.loads((path / "onnxlm.json").read_text())["quantization"]["head"]
     assert head["quantized"] and head["tied"] and (head["bits"], head["block_size"]) == (8, 32)
 

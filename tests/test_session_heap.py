@@ -19,6 +19,13 @@ class FakeLibc:
         self.calls.append((param, value))
         return 1
 
+    def malloc_trim(self, pad):
+        self.calls.append(("trim", pad))
+        return 1
+
+    def mallopts(self):
+        return [c for c in self.calls if c[0] != "trim"]
+
 
 @pytest.fixture
 def fake_libc(monkeypatch):
@@ -39,8 +46,18 @@ def test_threshold_is_low_while_a_session_is_built_and_high_after(monkeypatch, f
     monkeypatch.setattr(ort, "InferenceSession", spy)
     onnxlm.load(tiny_llama.onnx_dir, provider="cpu")
     assert during and all(call == (heap.M_MMAP_THRESHOLD, heap.BUILD_THRESHOLD) for call in during)
-    assert fake_libc.calls[-2:] == [(heap.M_TRIM_THRESHOLD, heap.RUN_TRIM), (heap.M_MMAP_THRESHOLD, heap.RUN_THRESHOLD)]
+    assert fake_libc.mallopts()[-2:] == [(heap.M_TRIM_THRESHOLD, heap.RUN_TRIM),
+                                         (heap.M_MMAP_THRESHOLD, heap.RUN_THRESHOLD)]
     assert (heap.M_TRIM_THRESHOLD, heap.BUILD_TRIM) in fake_libc.calls  # glibc's default trim while building
+
+
+def test_free_heap_is_released_after_the_tokenizer_and_after_the_sessions(fake_libc, tiny_llama):
+    """malloc_trim(0) once the tokenizer is read (before any session is built: a big tokenizer.json's parse leaves
+    its memory free but resident) and once the sessions are built."""
+    onnxlm.load(tiny_llama.onnx_dir, provider="cpu")
+    trims = [i for i, c in enumerate(fake_libc.calls) if c == ("trim", 0)]
+    builds = [i for i, c in enumerate(fake_libc.calls) if c == (heap.M_MMAP_THRESHOLD, heap.BUILD_THRESHOLD)]
+    assert len(trims) == 2 and trims[0] < builds[0] and trims[1] > builds[-1], fake_libc.calls
 
 
 def test_overlapping_builds_raise_the_threshold_once_the_last_ends(fake_libc):
