@@ -213,7 +213,7 @@ class LanguageModel:
         min_len, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
         speculate = check_speculation(self, config, assistant, rows=len(ids) * n, constrained=constraints is not None)
         constraint = self._constraint_processor(config, constraints, n)  # compiled before any run too
-        state, logits, sequences = self._start_expanded(ids, mask, n)
+        state, logits, sequences = self._start_expanded(ids, mask, n, max_len)
         processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder,
                                       logits_processor=[constraint] if constraint else None)
@@ -232,10 +232,11 @@ class LanguageModel:
                           speculative_steps(state, sequences, logits, proposer=proposer, stats=stats, **common),
                           speculation=stats, proposer=proposer)
 
-    def _start_expanded(self, ids: np.ndarray, mask: np.ndarray, n: int):
+    def _start_expanded(self, ids: np.ndarray, mask: np.ndarray, n: int, max_length: int):
         """ids/mask [b, t] -> (state, logits [b*n, V], sequences [b*n, t0]): each row run once (the prompt's
-        prefill, the encoder) and then repeated n times for beams / num_return_sequences (row i -> rows i*n..)."""
-        state, logits = self.start(ids, mask)
+        prefill, the encoder) and then repeated n times for beams / num_return_sequences (row i -> rows i*n..);
+        ``max_length``: the length rows may reach (the state's room for them)."""
+        state, logits = self.start(ids, mask, max_length=max_length)
         sequences = self.initial_sequences(ids)
         if n > 1:
             state.select(np.repeat(np.arange(len(ids)), n))
@@ -314,7 +315,7 @@ class LanguageModel:
         nb = config.num_beams
         _, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
         constraint = self._constraint_processor(config, constraints, nb)
-        state, logits, sequences = self._start_expanded(ids, mask, nb)
+        state, logits, sequences = self._start_expanded(ids, mask, nb, max_len)
         t0 = sequences.shape[1]
         processors = build_processors(config, input_length=t0, max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder,

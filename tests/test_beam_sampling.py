@@ -57,8 +57,8 @@ def record(ours, monkeypatch) -> list:
     made = []
     start = ours._start_expanded
 
-    def wrapped(ids, mask, n):
-        state, logits, sequences = start(ids, mask, n)
+    def wrapped(ids, mask, n, max_length):
+        state, logits, sequences = start(ids, mask, n, max_length)
         rows = np.repeat(np.arange(len(ids)), n)
         made.append(Recorder(state, sequences, mask[rows], rows))
         return made[-1], logits, sequences

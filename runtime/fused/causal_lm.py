@@ -151,24 +151,29 @@ class FusedCausalLM(CausalLM):
             io.bind_cpu_input("position_ids", (past[:, None] + np.arange(ids.shape[1])).astype(np.int64))
         return buffers.run_in_place(self.decoder.session, io)  # past = present: appended in place
 
-    def _prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions):
-        """ids/mask [b, t] -> (logits at ``positions(lengths)`` [b, k, V], fresh buffers holding the prompt,
-        lengths [b])."""
+    def _prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions, room: int = 0):
+        """ids/mask [b, t] -> (logits at ``positions(lengths)`` [b, k, V], fresh buffers holding the prompt and
+        making room for ``room`` positions, lengths [b])."""
         ids, lengths = repack_right(input_ids, attention_mask, self.pad_id)
         buffers = KVBuffers.fresh(self.past_names, len(ids), self.kv_heads,
-                                  initial_capacity(ids.shape[1], self.initial_buffer_length), self.head_dim,
-                                  self.kv_pool)
+                                  initial_capacity(max(ids.shape[1], room), self.initial_buffer_length),
+                                  self.head_dim, self.kv_pool)
         logits = self._run(ids, np.zeros_like(lengths), lengths, positions(lengths), buffers)
         return logits, buffers, lengths
 
-    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[FusedState, np.ndarray]:
-        """input_ids [b, t] int64, attention_mask [b, t] int64 (left padded) -> state, next-token logits [b, V]."""
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *,
+              max_length: int | None = None) -> tuple[FusedState, np.ndarray]:
+        """input_ids [b, t] int64, attention_mask [b, t] int64 (left padded) -> state, next-token logits [b, V].
+        ``max_length``: the positions a row may reach (generate's max length): the buffers make room for them now,
+        so they need not grow (growing copies every held position into a new set while the old one is alive: a
+        512-token SmolLM2 prompt's second new token had put its 24 MB of keys/values twice on the peak; unused
+        capacity is never resident)."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
         if (attention_mask[:, -1] == 0).any():
             raise InputError("attention_mask: a row ends in padding; decoder-only generation needs left padding "
                              "(pad at the start of each row, as onnxlm pads text inputs)")
         last = lambda lengths: (lengths - 1)[:, None]  # noqa: E731  - each row's last real token
-        logits, buffers, lengths = self._prefill(input_ids, attention_mask, last)
+        logits, buffers, lengths = self._prefill(input_ids, attention_mask, last, room=int(max_length or 0))
         return FusedState(self, buffers, lengths), logits[:, 0, :]
 
     def resume(self, kv: dict, reuse: int, rest) -> tuple[FusedState, np.ndarray | None]:

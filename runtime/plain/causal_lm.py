@@ -137,8 +137,10 @@ class CausalLM(LanguageModel):
         cache.update(out)
         return out, cache
 
-    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[CausalState, np.ndarray]:
-        """input_ids [b, t] int64, attention_mask [b, t] int64 -> state, next-token logits [b, V] float32."""
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *,
+              max_length: int | None = None) -> tuple[CausalState, np.ndarray]:
+        """input_ids [b, t] int64, attention_mask [b, t] int64 -> state, next-token logits [b, V] float32.
+        ``max_length`` (the length rows may reach) is a hint this model does not need (FusedCausalLM makes room)."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
         if (attention_mask[:, -1] == 0).any():
             raise InputError("attention_mask: a row ends in padding; decoder-only generation needs left padding "

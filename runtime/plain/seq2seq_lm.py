@@ -81,8 +81,10 @@ class Seq2SeqLM(LanguageModel):
             feeds["use_cache_branch"] = np.array([False])
         return self.decoder.run(feeds)
 
-    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[Seq2SeqState, np.ndarray]:
-        """Encoder input_ids [b, s], attention_mask [b, s] -> state, logits [b, V] float32 after the start token."""
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *,
+              max_length: int | None = None) -> tuple[Seq2SeqState, np.ndarray]:
+        """Encoder input_ids [b, s], attention_mask [b, s] -> state, logits [b, V] float32 after the start token.
+        ``max_length`` (the length rows may reach) is a hint this model does not need (FusedCausalLM makes room)."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
         enc_hidden = self._run_encoder(input_ids, attention_mask)
         out = self._decode_full(enc_hidden, attention_mask, self.initial_sequences(input_ids))
