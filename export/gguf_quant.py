@@ -25,7 +25,8 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   int8 passes (below). A tied embedding is read by ``GatherBlockQuantized`` bits=8 over aliases of the head's code
   bytes, scales and zero points (stored once, mapped twice: ``mapped_weights.py``; a 4-bit embedding's codes one
   byte each, with its zero points; a float minimum's R gathered by row beside it). The output head runs in two int8
-  passes, cut by rows into parts of <= 48 MiB of codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is
+  passes up to ``HEAD_TWO_PASS_BYTES`` (64 MiB) of codes, in one beyond, cut by rows into parts of <= 48 MiB of
+  codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is
   saved with its weights in ``model.onnx_data`` (``mapped_weights.save_mapped``).
 * F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (IQ*, TQ*, MXFP4, ...): that MatMul keeps
   the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both under
@@ -86,6 +87,11 @@ WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weig
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
 # step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
 FP32_ACTIVATIONS = ("qkv", "o_proj")
+# an output head with at most this many code bytes runs in two int8 passes (fp32-like logits); a bigger one in one
+# (int8 activations, as llama.cpp's Q8_0 dot products): the second pass's products grow with the head, so Gemma 3's
+# 168 MB head made the decode step ~7 % slower for 0.4 % agreement (98.3 % -> 97.9 %, KL 0.0019 -> 0.0023 on the
+# gate's 2,679 tokens; llama.cpp 95.3 %), while SmolLM2's 28 MB head costs nothing measurable (docs/benchmarks.md)
+HEAD_TWO_PASS_BYTES = 64 << 20
 LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
                  "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
 
@@ -151,12 +157,13 @@ class _Rewriter(Rewriter):
 
     def matmul(self, x: str, b: Blocks, outputs: list[str], splits: list[int], name: str,
                head: bool = False) -> list:
-        """x [b, s, K] (``head``: the output head's [T, K]) -> ``Rewriter.matmul``; the head in two int8 passes,
-        and every product whose codes are 8-bit where it should see ~fp32 activations (the attention projections;
-        the MLP too at the fidelity level 1): onnxruntime's 8-bit path at level 1 is ~90x slower, two int8 passes
-        give the same (see the module docstring). The 4-bit MLP at level 4 in one pass."""
+        """x [b, s, K] (``head``: the output head's [T, K]) -> ``Rewriter.matmul``; the head in two int8 passes
+        up to ``HEAD_TWO_PASS_BYTES`` of codes, and every product whose codes are 8-bit where it should see ~fp32
+        activations (the attention projections; the MLP too at the fidelity level 1): onnxruntime's 8-bit path at
+        level 1 is ~90x slower, two int8 passes give the same (see the module docstring). The 4-bit MLP at level 4
+        in one pass."""
         fp32_like = name.split(".")[-1] in FP32_ACTIVATIONS or self.accuracy_level == 1
-        two = head or (b.bits == 8 and fp32_like)
+        two = b.codes.nbytes <= HEAD_TWO_PASS_BYTES if head else b.bits == 8 and fp32_like
         return super().matmul(x, b, outputs, splits, name, two_pass=two, lead=1 if head else 2,
                               part_bytes=HEAD_PART_BYTES if head else None)
 

@@ -57,7 +57,7 @@ def to_8bit(b: Blocks) -> Blocks:
     return Blocks(8, codes, b.scales, zp, b.correction, b.types, b.block_size)
 
 
-def row_parts(b: Blocks, part_bytes: int, align: int = 1 << 16) -> list[tuple[int, int]]:
+def row_parts(b: Blocks, part_bytes: int, align: int = 1 << 12) -> list[tuple[int, int]]:
     """Row ranges [lo, hi) cutting ``b``'s N rows into parts of at most ~``part_bytes`` code bytes each, every part
     but the last a multiple of the rows whose codes, scales and zero points fill whole ``align``-byte pages (so
     the parts lie back to back at aligned offsets in ``mapped_weights.save_mapped``'s file); [(0, N)] when one part

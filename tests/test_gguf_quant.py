@@ -293,6 +293,25 @@ def test_the_two_pass_head(level):
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
+def test_a_head_over_the_two_pass_size_runs_in_one_pass(monkeypatch):
+    """A head with more than HEAD_TWO_PASS_BYTES of codes: one int8 pass (x quantized per block as level 4 does, as
+    llama.cpp's Q8_0 products): close to, not equal to, the fp32-activation logits."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from onnx import helper
+
+    rng = np.random.default_rng(4)
+    k, vocab = 96, 64
+    raw8 = gguf.quants.quantize((rng.standard_normal((vocab, k)) * 0.5).astype(np.float32), T.Q8_0)
+    monkeypatch.setattr(GQ, "HEAD_TWO_PASS_BYTES", vocab * k - 1)  # this head's codes are one byte more
+    rw = GQ._Rewriter(helper.make_graph([], "empty", [], []), 4)
+    nodes = rw.matmul("x", GQ.blocks_from_gguf(raw8, "Q8_0", vocab, k), ["logits"], [vocab], "lm_head", head=True)
+    assert [nd.op_type for nd in nodes] == ["MatMulNBits"] and rw.two_pass == set() and nodes[0].input[0] == "x"
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    got, want = _run_nodes(rw, nodes, x, "logits"), x @ gguf.quants.dequantize(raw8, T.Q8_0).T
+    assert 1e-5 * np.abs(want).max() < np.abs(got - want).max() <= 2e-2 * np.abs(want).max()
+
+
 def test_dropping_the_correction_changes_the_weights():
     """The Q4_1 correction is what makes the weights exact: without R the dequantised weight is off by ~d/2."""
     import gguf

@@ -142,20 +142,21 @@ def test_a_head_cut_into_row_parts_equals_the_whole_and_the_lookup_spans_them(tm
 
     whole, b, _ = _rewritten(tmp_path, "whole", None)
     cut, _, rw = _rewritten(tmp_path, "cut", 400_000)  # 20,480 rows x 64 code bytes = 1.3 MB
-    # parts of whole 64 KiB pages of codes (64 B a row) and scales (8 B a row): multiples of 8,192 rows
-    assert row_parts(b, 400_000) == row_parts(b, 1) == [(0, 8192), (8192, 16384), (16384, 20480)]
-    assert row_parts(b, 1_100_000) == [(0, 16384), (16384, 20480)] and row_parts(b, 10 ** 9) == [(0, 20480)]
-    assert rw.parts["lm_head"] == ["lm_head.p0", "lm_head.p1", "lm_head.p2"]
-    assert alias_map(cut) == {"embed_tokens.codes": [f"lm_head.p{i}.codes" for i in range(3)],
-                              "embed_tokens.scales": [f"lm_head.p{i}.scales" for i in range(3)]}
+    # parts of whole 4 KiB pages of codes (64 B a row) and scales (8 B a row): multiples of 512 rows
+    assert row_parts(b, 400_000) == [(0, 6144), (6144, 12288), (12288, 18432), (18432, 20480)]
+    assert row_parts(b, 1_100_000) == [(0, 16896), (16896, 20480)] and row_parts(b, 10 ** 9) == [(0, 20480)]
+    assert row_parts(b, 1)[:2] == [(0, 512), (512, 1024)] and len(row_parts(b, 1)) == 40
+    assert rw.parts["lm_head"] == ["lm_head.p0", "lm_head.p1", "lm_head.p2", "lm_head.p3"]
+    assert alias_map(cut) == {"embed_tokens.codes": [f"lm_head.p{i}.codes" for i in range(4)],
+                              "embed_tokens.scales": [f"lm_head.p{i}.scales" for i in range(4)]}
     stored = {t.name: {e.key: e.value for e in t.external_data}
               for t in onnx.load(str(cut), load_external_data=False).graph.initializer}
-    parts = [stored[f"lm_head.p{i}.codes"] for i in range(3)]
+    parts = [stored[f"lm_head.p{i}.codes"] for i in range(4)]
     for a, nxt in zip(parts, parts[1:]):  # back to back: each part starts where the one before ends
         assert int(a["offset"]) + int(a["length"]) == int(nxt["offset"])
     assert int(stored["embed_tokens.codes"]["length"]) == b.codes.nbytes == sum(int(p["length"]) for p in parts)
     x = np.random.default_rng(4).standard_normal((3, 64)).astype(np.float32)
-    ids = np.array([0, 8191, 8192, 20479], np.int64)
+    ids = np.array([0, 6143, 6144, 20479], np.int64)
     outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x, "ids": ids})
             for p in (whole, cut)]
     np.testing.assert_allclose(outs[1][0], outs[0][0], rtol=1e-6, atol=1e-5)
