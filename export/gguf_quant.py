@@ -26,8 +26,8 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   bytes, scales and zero points (stored once, mapped twice: ``mapped_weights.py``; a 4-bit embedding's codes one
   byte each, with its zero points; a float minimum's R gathered by row beside it). The output head runs in two int8
   passes up to ``HEAD_TWO_PASS_BYTES`` (64 MiB) of codes, in one beyond, cut by rows into parts of <= 48 MiB of
-  codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is
-  saved with its weights in ``model.onnx_data`` (``mapped_weights.save_mapped``).
+  codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is saved with its weights in ``model.onnx_data``
+  (``mapped_weights.save_mapped``).
 * F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (IQ*, TQ*, MXFP4, ...): that MatMul keeps
   the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both under
   ``fp32_tensors``.

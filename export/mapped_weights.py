@@ -4,7 +4,7 @@ that alias another tensor's bytes (the same offset and length in that file).
 onnxruntime maps an external data file's tensors into memory instead of reading them, and a CPU kernel reads a
 mapped initializer where it lies, so only the pages a run touches are resident (file-backed pages the kernel can
 drop and read again). What that buys a quantized artifact (measured on the Gemma 3 270M and SmolLM2 GGUF variants:
-``docs/benchmarks.md``, "Memory of the GGUF variants"):
+``docs/benchmarks.md``, "GGUF files against llama.cpp"):
 
 * a weight that onnxruntime prepacks (``MatMulNBits``, ``MatMul``) is read once at load into onnxruntime's packed
   copy, after which onnxruntime drops the initializer and its mapping: the file bytes leave the process;

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .mapped_weights import ALIGN
+
 HEAD_PART_BYTES = 48 << 20  # an output head with more code bytes is cut by rows (``row_parts``): onnxruntime
 # reads each part's mapped bytes while it packs it and frees them after, so a 168 MB head (Gemma 3's 262,144 x 640)
 # had put ~160 MB on the load's peak; in parts of <= 48 MiB the peak is one part (docs/benchmarks.md)
@@ -57,7 +59,7 @@ def to_8bit(b: Blocks) -> Blocks:
     return Blocks(8, codes, b.scales, zp, b.correction, b.types, b.block_size)
 
 
-def row_parts(b: Blocks, part_bytes: int, align: int = 1 << 12) -> list[tuple[int, int]]:
+def row_parts(b: Blocks, part_bytes: int, align: int = ALIGN) -> list[tuple[int, int]]:
     """Row ranges [lo, hi) cutting ``b``'s N rows into parts of at most ~``part_bytes`` code bytes each, every part
     but the last a multiple of the rows whose codes, scales and zero points fill whole ``align``-byte pages (so
     the parts lie back to back at aligned offsets in ``mapped_weights.save_mapped``'s file); [(0, N)] when one part

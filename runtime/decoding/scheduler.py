@@ -27,7 +27,6 @@ callers run ``model.generate(num_beams=...)`` on its own.
 from __future__ import annotations
 
 from collections import Counter
-
 from dataclasses import dataclass, field
 
 import numpy as np

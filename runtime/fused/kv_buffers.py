@@ -7,11 +7,11 @@ A step that would run past the capacity first grows every buffer by doubling (on
 
 The buffers are views of one private anonymous memory mapping (`mapped_buffers`): a page becomes resident only when a
 step writes keys/values into it, so the unused capacity costs no memory, and dropped buffers go straight back to the
-kernel, or to the set's ``BufferPool`` when one keeps freed mappings for reuse (buffer_pool.py; the server's) (a beam
-step's `select` gathers in place; one that changes the row count copies the held positions into a fresh mapping).
-From np.zeros a buffer under malloc's mmap threshold would come from the heap, zeroed whole (all resident) and kept by
-malloc after it is freed: GPT-2 small, batch 8, 24 new tokens peaked 103 MiB above the loaded
-model with np.zeros buffers, 18 MiB with the mapping.
+kernel, or to the set's ``BufferPool`` when one keeps freed mappings for reuse (buffer_pool.py; the server turns it
+on). A beam step's `select` gathers in place; one that changes the row count copies the held positions into another
+mapping. From np.zeros a buffer under malloc's mmap threshold would come from the heap, zeroed whole (all resident)
+and kept by malloc after it is freed: GPT-2 small, batch 8, 24 new tokens peaked 103 MiB above the loaded model with
+np.zeros buffers, 18 MiB with the mapping.
 """
 from __future__ import annotations
 
