@@ -76,7 +76,7 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
-from .mapped_weights import save_mapped
+from .mapped_weights import load_unaliased, save_mapped
 from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
@@ -211,9 +211,7 @@ def _group_blocks(tensors: GGUFTensors, names: list[str]) -> Blocks | None:
 def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: int) -> dict:
     """The fused fp32 graph ``src`` -> ``dst`` with GGUF-native MatMulNBits / GatherBlockQuantized; returns
     {"tensors": {type: n}, "fp32_tensors": {type: n}, "max_weight_diff": x}."""
-    import onnx
-
-    model = onnx.load(str(src))
+    model = load_unaliased(src)  # a tied lookup reads the head's weight again
     g = model.graph
     rw = _Rewriter(g, accuracy_level)
     inits = set(rw.fp32)

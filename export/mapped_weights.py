@@ -20,7 +20,8 @@ Offsets are multiples of ``ALIGN`` (4 KiB, a page: a tensor shares no page with 
 at any offset, measured, so a coarser alignment would only pad the file: 64 KiB had added 15 MB to SmolLM2's);
 tensors under ``INLINE_BYTES`` stay in the ``.onnx`` file unless an alias reads them. ``alias`` makes the data-less
 placeholder of an alias (of one tensor, or of row parts of one stored back to back); ``save_mapped`` writes the pair
-of files; ``alias_map`` reads back which tensors share bytes (tests, tools).
+of files; ``write_arrays`` writes numpy arrays the same way (the fused fp32 graphs: ``fused_graph.save_graph``);
+``alias_map`` reads back which tensors share bytes (tests, tools).
 """
 from __future__ import annotations
 
@@ -104,6 +105,70 @@ def save_mapped(model, path, aliases: dict | None = None) -> str:
         _point(by_name[name], data_name, start, sum(where[x][1] for x in sources))
     onnx.save_model(model, str(path))
     return data_name
+
+
+def write_arrays(arrays: dict, data_path, aliases: dict | None = None) -> list:
+    """name -> array (C-contiguous) -> their TensorProtos, in order, then one per alias: each array of
+    ``INLINE_BYTES`` or more written from its own buffer (no protobuf copy) to ``data_path`` at an ``ALIGN``-aligned
+    offset and pointed at there, smaller ones inline; ``aliases`` maps an alias name to the array whose bytes it
+    shares (a second tensor over the same offset and length: onnxruntime maps it on its own)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from onnxlm.runtime.errors import ExportError
+
+    data_path = Path(data_path)
+    out, where = [], {}
+    with open(data_path, "wb") as f:
+        for name, a in arrays.items():
+            if a.nbytes < INLINE_BYTES and name not in (aliases or {}).values():
+                out.append(numpy_helper.from_array(a, name))
+                continue
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))  # onnx stores little-endian
+            offset = -(-f.tell() // ALIGN) * ALIGN
+            f.seek(offset)
+            f.write(a.reshape(-1).view(np.uint8).data)
+            t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape)
+            _point(t, data_path.name, offset, a.nbytes)
+            out.append(t)
+            where[name] = t
+    for name, source in (aliases or {}).items():
+        if source not in where or name in arrays:
+            raise ExportError(f"alias {name!r}: its source {source!r} is not among the arrays (or the name is taken)")
+        t = onnx.TensorProto(name=name, data_type=where[source].data_type, dims=where[source].dims)
+        t.doc_string = "alias of " + source
+        info = {e.key: e.value for e in where[source].external_data}
+        _point(t, data_path.name, int(info["offset"]), int(info["length"]))
+        out.append(t)
+    return out
+
+
+def load_unaliased(path) -> "onnx.ModelProto":  # noqa: F821
+    """An ONNX file with its external data -> the ModelProto in which every node that reads an alias of one whole
+    tensor reads that tensor instead, and the alias is gone (what the quantizers rewrite: a tied embedding is then
+    one initializer read by the lookup and the head, as inline graphs have it)."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    from onnxlm.runtime.errors import ExportError
+
+    aliases = alias_map(path)
+    model = onnx.load(str(path), load_external_data=False)
+    by_name = {t.name: t for t in model.graph.initializer}
+    for name, sources in aliases.items():
+        if len(sources) != 1 or list(by_name[name].dims) != list(by_name[sources[0]].dims):
+            raise ExportError(f"{path}: {name!r} aliases {sources}, not one whole tensor; export the fp32 artifact "
+                              "again with this onnxlm")
+    for node in model.graph.node:
+        for i, x in enumerate(node.input):
+            if x in aliases:
+                node.input[i] = aliases[x][0]
+    kept = [t for t in model.graph.initializer if t.name not in aliases]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    load_external_data_for_model(model, str(Path(path).parent))  # the aliases' bytes are not read twice
+    return model
 
 
 def _point(t, data_name: str, offset: int, length: int) -> None:

@@ -27,8 +27,10 @@ QUALITY_TEXT = Path(__file__).resolve().parent / "data" / "quality_text.txt"
 MIN_TOP1_AGREEMENT = 0.97  # share of teacher-forced positions whose top-1 token equals the fp32 model's
 MAX_PERPLEXITY_INCREASE = 0.005  # relative: quantized perplexity <= fp32 perplexity * (1 + this)
 MAX_MEAN_KL = 0.003  # nats: mean KL(fp32 || quantized) of the next-token distributions over the text's positions
-WINDOW = 1024  # tokens per teacher-forced pass (both models' [w, V] float32 logits are held at once)
-ROWS = 128  # positions whose float64 log-probabilities are formed at once
+WINDOW = 1024  # tokens per teacher-forced pass
+LOGITS_ELEMENTS = 1 << 25  # logits through the output head at once (128 MB: Gemma 3's 262,144-token vocabulary
+#                            made a window's [1023, V] 1 GB a model, and the gate's peak 12.5 GB; 3.9 GB so)
+ROW_ELEMENTS = 1 << 22  # logits whose log-probabilities are formed at once (16 MB float32 temporaries)
 
 
 def _windows(n: int, size: int | None) -> list[tuple[int, int]]:
@@ -38,27 +40,40 @@ def _windows(n: int, size: int | None) -> list[tuple[int, int]]:
     return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def _shares(n: int, vocab: int) -> list[tuple[int, int]]:
+    """A window's n predicted positions [0, n) in the fewest equal shares of at most ``LOGITS_ELEMENTS`` logits."""
+    passes = max(1, -(-n * vocab // LOGITS_ELEMENTS))
+    return _windows(n, -(-n // passes))
+
+
 def _teacher_forced(ref, cand, ids: list[int]) -> dict[str, np.ndarray]:
     """ids [n] -> per position of both models, window by window: top-1 next tokens [n-1] int64 ("top_ref",
-    "top_cand"), log p(ids[i+1] | ids[:i+1]) [n-1] float64 ("lp_ref", "lp_cand"), and KL(ref || cand) of the two
-    next-token distributions [n-1] float64 ("kl")."""
+    "top_cand"), log p(ids[i+1] | ids[:i+1]) [n-1] float32 ("lp_ref", "lp_cand"), and KL(ref || cand) of the two
+    next-token distributions [n-1] float32 ("kl"). A window is one forward pass, its output head at most
+    ``LOGITS_ELEMENTS`` logits at a time (``logits(..., positions=)``: the pass repeated for each share of its
+    positions, the same values); log-probabilities are formed a few rows at a time (row by row the same figures)."""
     from onnxlm.runtime.processors import log_softmax
 
     out = {k: [] for k in ("top_ref", "top_cand", "lp_ref", "lp_cand", "kl")}
     size = min(m for m in (ref.max_positions, cand.max_positions, WINDOW) if m)
+    vocab = max(ref.vocab_size, cand.vocab_size)
     for start, end in _windows(len(ids), size):
         window = ids[start:end]
         if len(window) < 2:
             continue
-        nxt = np.asarray(window[1:])[:, None]
-        logits = {"ref": ref.logits([window])[0, :-1], "cand": cand.logits([window])[0, :-1]}  # [w-1, V] float32
-        for key, value in logits.items():
-            out[f"top_{key}"].append(value.argmax(-1))
-        for r in range(0, len(nxt), ROWS):  # float64 log-probs a few rows at a time: a 262k vocabulary is 2 MB a row
-            logp = {key: log_softmax(value[r:r + ROWS].astype(np.float64)) for key, value in logits.items()}
-            for key, lp in logp.items():
-                out[f"lp_{key}"].append(np.take_along_axis(lp, nxt[r:r + ROWS], axis=1)[:, 0])
-            out["kl"].append((np.exp(logp["ref"]) * (logp["ref"] - logp["cand"])).sum(-1))
+        for lo, hi in _shares(len(window) - 1, vocab):
+            keep = np.arange(lo, hi)
+            nxt = np.asarray(window[lo + 1:hi + 1])[:, None]
+            logits = {"ref": ref.logits([window], positions=keep)[0],
+                      "cand": cand.logits([window], positions=keep)[0]}  # [k, V] float32
+            for key, value in logits.items():
+                out[f"top_{key}"].append(value.argmax(-1))
+            rows = max(1, ROW_ELEMENTS // vocab)
+            for r in range(0, len(nxt), rows):
+                logp = {key: log_softmax(value[r:r + rows]) for key, value in logits.items()}  # [rows, V] float32
+                for key, lp in logp.items():
+                    out[f"lp_{key}"].append(np.take_along_axis(lp, nxt[r:r + rows], axis=1)[:, 0])
+                out["kl"].append((np.exp(logp["ref"]) * (logp["ref"] - logp["cand"])).sum(-1))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 

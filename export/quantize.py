@@ -106,13 +106,13 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
                                                                  MatMulNBitsQuantizer)
 
     from .head_quant import head_passes, plan_head, rewrite_head
-    from .mapped_weights import save_mapped
+    from .mapped_weights import load_unaliased, save_mapped
 
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # it logs one INFO line per MatMul
     try:
-        model = onnx.load(str(src))
+        model = load_unaliased(src)  # a tied lookup reads the head's weight again
         head, _ = plan_head(model, quantize_head)  # the quantizer leaves it alone; "yes" refuses early
         _gemm_to_matmul(model, skip=None if head is None else head.node)
         config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level,

@@ -38,6 +38,7 @@ from conftest import RECIPES, export_recipes, fused_manifest  # noqa: E402
 from onnxlm.export import ExportError, export_model  # noqa: E402
 from onnxlm.export.fused import fused_supported  # noqa: E402
 from onnxlm.export.onnx_export import attn_implementation_for  # noqa: E402
+from onnxlm.runtime.errors import InputError  # noqa: E402
 from onnxlm.runtime.fused import FusedCausalLM, FusedSeq2SeqLM  # noqa: E402
 from torch_ref import (assert_beam_equal, causal_logits, causal_steps_max_diff, left_padded_batch,  # noqa: E402
                        right_padded_batch, seq2seq_logits, seq2seq_steps_max_diff)
@@ -400,18 +401,49 @@ def test_cli_exports_fused_and_info_shows_the_layout(capsys, tiny_llama, tmp_pat
     assert "kv layout plain" in capsys.readouterr().out
 
 
-def test_large_weights_go_to_external_data(tiny_llama, tmp_path, monkeypatch):
-    from onnxlm.export import fused_graph
+def test_large_weights_go_to_a_mapped_data_file(tiny_llama, fused_dirs, tmp_path, monkeypatch):
+    """Weights over MAX_INLINE_BYTES (64 MiB: SmolLM2's and Gemma's fp32 graphs) go from their arrays to
+    model.onnx_data at page-aligned offsets, small tensors inline, the tied lookup over an alias of the head's
+    weight; the artifact computes what the inline one does."""
+    import onnx
 
-    monkeypatch.setattr(fused_graph, "MAX_INLINE_BYTES", 0)  # as for a model over protobuf's 2 GB limit
+    from onnxlm.export import fused_graph, mapped_weights
+
+    monkeypatch.setattr(fused_graph, "MAX_INLINE_BYTES", 0)
     art = export_model(tiny_llama.hf_dir, tmp_path / "art", progress=False, kv_layout="fused")
     manifest = json.loads((art / "onnxlm.json").read_text())
     assert "model.onnx_data" in manifest["files"] and (art / "model.onnx").stat().st_size < 50_000
-    plain = onnxlm.load(tiny_llama.onnx_dir)
-    ids, mask = _causal_batch(plain, seed=5)
-    np.testing.assert_array_equal(
-        onnxlm.load(art).generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[]).sequences,
-        plain.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[]).sequences)
+    proto = onnx.load(str(art / "model.onnx"), load_external_data=False)
+    external = {t.name: {e.key: e.value for e in t.external_data} for t in proto.graph.initializer
+                if t.data_location == t.EXTERNAL}
+    assert "embed_tokens.weight" in external and all(int(e["offset"]) % mapped_weights.ALIGN == 0
+                                                     for e in external.values())
+    assert all(t.ByteSize() < 2 * mapped_weights.INLINE_BYTES for t in proto.graph.initializer if t.name not in external)
+    # the tied lookup reads an alias of the head's weight: the same bytes, mapped on their own
+    assert mapped_weights.alias_map(art / "model.onnx") == {"embed_tokens.weight.lookup": ["embed_tokens.weight"]}
+    assert [n.input[0] for n in proto.graph.node if n.op_type == "Gather" and "embed" in n.input[0]] == \
+        ["embed_tokens.weight.lookup"]
+    inline = onnxlm.load(fused_dirs["tiny-llama"][1])
+    assert not (fused_dirs["tiny-llama"][1] / "model.onnx_data").exists()
+    ids, mask = _causal_batch(inline, seed=5)
+    np.testing.assert_array_equal(onnxlm.load(art).logits(ids, mask), inline.logits(ids, mask))
+
+
+@pytest.mark.parametrize("case", CAUSAL_BASES, ids=_id)
+def test_logits_at_chosen_positions_equal_the_whole_pass(fused_dirs, case, request):
+    """logits(..., positions=) on a left-padded batch: those columns of the whole pass (the fused graph sends only
+    them through its head; the plain one slices); bad positions are typed errors naming the parameter."""
+    spec = FAMILIES[case[0]]
+    for model in (onnxlm.load(fused_dirs[case[1]][1]), onnxlm.load(request.getfixturevalue(spec.fixture).onnx_dir)):
+        ids, mask = _causal_batch(model, seed=7)
+        whole = model.logits(ids, mask)
+        keep = [5, 0, ids.shape[1] - 1, 2]
+        got = model.logits(ids, mask, positions=np.array(keep))
+        assert got.shape == (len(ids), 4, model.vocab_size)
+        np.testing.assert_allclose(got, whole[:, keep], rtol=0, atol=1e-5)
+        for bad in ([], [ids.shape[1]], [-1], [[1]], [0.5], 3):
+            with pytest.raises(InputError, match=r"^positions: "):
+                model.logits(ids, mask, positions=bad)
 
 
 # ------------------------------------------------------------------------- extend / rollback (speculation, prefix reuse)

@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from onnxlm.export.mapped_weights import ALIGN, alias, alias_map, save_mapped  # noqa: E402
+from onnxlm.export.mapped_weights import ALIGN, alias, alias_map, load_unaliased, save_mapped, write_arrays  # noqa: E402
 from onnxlm.export.nbits import Rewriter, dequantize, q8_blocks, row_parts  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
 
@@ -170,3 +170,38 @@ def test_parts_that_would_not_lie_back_to_back_are_refused(tmp_path):
     model.graph.initializer.extend([odd, alias("both", [odd, model.graph.initializer[0]], (ALIGN + 4 + V * K,))])
     with pytest.raises(ExportError, match="not whole"):
         save_mapped(model, tmp_path / "m.onnx", {**aliases, "both": ["odd", "head.codes"]})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_written_arrays_and_a_tied_fp32_lookup_alias(tmp_path):
+    """write_arrays: arrays straight to the data file at aligned offsets (small ones inline), values exact through
+    onnxruntime; the fp32 lookup over an alias leaves only its rows' pages resident once the head is packed, and
+    load_unaliased gives the quantizers one tied weight again (an alias of row parts it refuses)."""
+    import onnxruntime as ort
+
+    model, e = _tied_fp32_graph(V, K // 4, np.random.default_rng(5))  # 8 MiB fp32 table
+    del model.graph.initializer[:]
+    model.graph.node[0].input[0] = "E.lookup"
+    arrays = {"E": e, "small": np.arange(3, dtype=np.int64)}
+    inits = write_arrays(arrays, tmp_path / "m.onnx_data", {"E.lookup": "E"})
+    assert [t.name for t in inits] == ["E", "small", "E.lookup"] and inits[1].data_location != TensorProto.EXTERNAL
+    model.graph.initializer.extend(inits)
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    assert alias_map(tmp_path / "m.onnx") == {"E.lookup": ["E"]}
+    x, ids = np.ones((2, K // 4), np.float32), np.array([3, V - 1], np.int64)
+    logits, rows = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "ids": ids})
+    np.testing.assert_array_equal(rows, e[ids])
+    np.testing.assert_allclose(logits, x @ e.T, rtol=1e-5, atol=1e-4)
+    script = _RESIDENT.replace("np.ones((1, %d), np.float32)" % K, "np.ones((1, %d), np.float32)" % (K // 4))
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                         check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["data_kb"] <= e.nbytes / 1024 / 2
+    plain = load_unaliased(tmp_path / "m.onnx")
+    assert [n.input[0] for n in plain.graph.node] == ["E", "x"] and "E.lookup" not in {
+        t.name for t in plain.graph.initializer}
+    with pytest.raises(ExportError, match="alias"):
+        write_arrays(arrays, tmp_path / "n.onnx_data", {"E.lookup": "missing"})
+    cut, _, _ = _rewritten(tmp_path, "cut", 400_000)
+    with pytest.raises(ExportError, match="not one whole tensor"):
+        load_unaliased(cut)

@@ -149,13 +149,15 @@ def test_quality_of_identical_artifacts_is_perfect(tiny_llama):
 
 def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch):
     """The gate's text: over 2,000 tokens of prose, code and dialogue for a real tokenizer (SmolLM2's: 2,755);
-    its mean KL(fp32 || quantized) equals torch's kl_div on the two artifacts' logits, window by window."""
+    its mean KL(fp32 || quantized) equals torch's kl_div on the two artifacts' logits, window by window (one pass
+    each), when the gate forms them in shares of a window's positions."""
     import torch
 
     text = Q.QUALITY_TEXT.read_text(encoding="utf-8")
     assert len(text) > 10_000 and "```python" in text and '"Morning! What can I do for you?"' in text
     ref, cand = onnxlm.load(tiny_llama.onnx_dir), onnxlm.load(llama_int8)
-    monkeypatch.setattr(Q, "ROWS", 7)  # log-probs formed 7 rows at a time: the chunks must add up to the whole
+    monkeypatch.setattr(Q, "LOGITS_ELEMENTS", 100 * ref.vocab_size)  # a window's head 100 positions at a time,
+    monkeypatch.setattr(Q, "ROW_ELEMENTS", 7 * ref.vocab_size)  # log-probs 7 rows at a time: they must add up to the whole
     q = Q.measure_quality(tiny_llama.onnx_dir, llama_int8, text=text[:3000])
     ids = ref.tokenizer.encode(text[:3000], add_special_tokens=False)
     kls = []
@@ -233,10 +235,15 @@ def test_cli_quantizes_an_artifact_and_info_shows_the_quality(tmp_path, tiny_lla
     assert "output head    model.embed_tokens.weight 8-bit, block 32" in info.stdout
 
 
-def test_fused_artifact_quantizes_too(tmp_path):
-    from onnxlm.export import export_model
+@pytest.mark.parametrize("mapped", [False, True], ids=["inline", "mapped"])
+def test_fused_artifact_quantizes_too(tmp_path, monkeypatch, mapped):
+    """mapped: the fp32 graph's weights in model.onnx_data (as SmolLM2's and Gemma's are), its tied lookup reading
+    an alias of the head's weight: the quantizer still sees one tied weight."""
+    from onnxlm.export import export_model, fused_graph
     from onnxlm.export.recipes import RECIPES_DIR
 
+    if mapped:
+        monkeypatch.setattr(fused_graph, "MAX_INLINE_BYTES", 0)
     out = export_model(RECIPES_DIR / "tiny-llama", tmp_path / "fused-int8", kv_layout="fused", quantize="int8",
                        force_quality=True, progress=False)
     manifest = json.loads((out / "onnxlm.json").read_text())

@@ -27,7 +27,7 @@ def _reset_hwm() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
 
 
-ROWS = 128  # positions whose float64 log-probabilities are formed at once (export/quality.py's ROWS)
+ROWS = 128  # positions whose float64 log-probabilities are formed at once
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

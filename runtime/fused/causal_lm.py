@@ -190,12 +190,16 @@ class FusedCausalLM(CausalLM):
         state = FusedState(self, buffers, np.array([reuse], np.int64))
         return state, feed_rest(state, rest)
 
-    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
+    def logits(self, input_ids, attention_mask=None, *, positions=None) -> np.ndarray:
         """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass
-        (a padded position gets the logits of its row's nearest earlier token, or of its first)."""
+        (a padded position gets the logits of its row's nearest earlier token, or of its first); ``positions`` [k]
+        (of 0..t-1): only those positions' logits [b, k, V], the others never reach the output head (the same
+        pass: the same values)."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
+        keep = self._check_positions(positions, input_ids.shape[1])
         if (attention_mask.sum(axis=1) == 0).any():
             raise InputError("attention_mask: a row attends to no token")
         index = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)  # [b, t]: position j -> re-packed index
+        index = index if keep is None else index[:, keep]  # [b, k]
         logits, _, _ = self._prefill(input_ids, attention_mask, lambda lengths: index)
         return logits

@@ -162,11 +162,29 @@ class CausalLM(LanguageModel):
         """[b, t] prompt ids -> [b, t] int64: the ids the logits processors see before the first new token."""
         return np.asarray(input_ids, dtype=np.int64)
 
-    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
-        """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass."""
+    def logits(self, input_ids, attention_mask=None, *, positions=None) -> np.ndarray:
+        """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass;
+        ``positions`` [k] (of 0..t-1): only those positions' logits [b, k, V] (this graph computes all of them)."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
+        keep = self._check_positions(positions, input_ids.shape[1])
         out, _ = self._forward(input_ids, attention_mask)
-        return out["logits"].astype(np.float32, copy=False)
+        logits = out["logits"].astype(np.float32, copy=False)
+        return logits if keep is None else logits[:, keep]
+
+    @staticmethod
+    def _check_positions(positions, length: int) -> np.ndarray | None:
+        """positions (None, or ints in [0, length)) -> [k] int64 or None; InputError naming ``positions``."""
+        if positions is None:
+            return None
+        keep = np.asarray(positions)
+        if keep.ndim != 1 or keep.size == 0 or not np.issubdtype(keep.dtype, np.integer):
+            raise InputError(f"positions: expected a non-empty 1-D sequence of integer positions, got shape "
+                             f"{keep.shape} of dtype {keep.dtype}")
+        bad = keep[(keep < 0) | (keep >= length)]
+        if bad.size:
+            raise InputError(f"positions: position {int(bad[0])} is out of range; allowed: 0 <= position < {length} "
+                             "(the input's length)")
+        return keep.astype(np.int64, copy=False)
 
     def _score_batch(self, rows: list[list[int]]) -> list[np.ndarray]:
         """rows of ids (>= 2 each) -> per row log p(ids[i] | ids[:i]) for i >= 1, float32 [len-1]."""
