@@ -126,10 +126,11 @@ def save_graph(g: Graph, name: str, inputs, outputs, out_path) -> str | None:
     ``out_path.name + "_data"`` at an aligned offset (``mapped_weights.write_arrays``), which onnxruntime memory-maps:
     building protobuf tensors of a model's weights copied them four times over (Gemma 3 270M fp32: 46 s and ~5 GB of
     transient memory to save 1.1 GB); a tied embedding's lookup then reads an alias of the head's weight
-    (``_alias_tied_lookup``)."""
+    (``_alias_tied_lookup``), and a head over ``nbits.HEAD_PART_BYTES`` is cut by rows (``head_parts.cut``)."""
     import onnx
     from onnx import helper, numpy_helper
 
+    from .head_parts import cut
     from .mapped_weights import write_arrays
 
     out_path = Path(out_path)
@@ -138,7 +139,10 @@ def save_graph(g: Graph, name: str, inputs, outputs, out_path) -> str | None:
         inits = [numpy_helper.from_array(a, n) for n, a in g.arrays.items()]
     else:
         external = out_path.name + "_data"
-        inits = write_arrays(g.arrays, out_path.parent / external, _alias_tied_lookup(g))
+        aliases = _alias_tied_lookup(g)
+        parts = cut(g)  # a big head by rows: packed one part at a time (head_parts.py)
+        aliases = {a: parts.get(w, w) for a, w in aliases.items()}
+        inits = write_arrays(g.arrays, out_path.parent / external, aliases)
     graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
                                                     helper.make_opsetid("com.microsoft", 1)],

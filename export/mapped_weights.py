@@ -111,7 +111,8 @@ def write_arrays(arrays: dict, data_path, aliases: dict | None = None) -> list:
     """name -> array (C-contiguous) -> their TensorProtos, in order, then one per alias: each array of
     ``INLINE_BYTES`` or more written from its own buffer (no protobuf copy) to ``data_path`` at an ``ALIGN``-aligned
     offset and pointed at there, smaller ones inline; ``aliases`` maps an alias name to the array whose bytes it
-    shares (a second tensor over the same offset and length: onnxruntime maps it on its own)."""
+    shares (a second tensor over the same offset and length: onnxruntime maps it on its own), or to arrays stored
+    back to back (row parts, each but the last whole pages) whose rows it spans."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -120,9 +121,10 @@ def write_arrays(arrays: dict, data_path, aliases: dict | None = None) -> list:
 
     data_path = Path(data_path)
     out, where = [], {}
+    shared = {x for s in (aliases or {}).values() for x in ([s] if isinstance(s, str) else s)}  # stored, however small
     with open(data_path, "wb") as f:
         for name, a in arrays.items():
-            if a.nbytes < INLINE_BYTES and name not in (aliases or {}).values():
+            if a.nbytes < INLINE_BYTES and name not in shared:
                 out.append(numpy_helper.from_array(a, name))
                 continue
             a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))  # onnx stores little-endian
@@ -133,41 +135,60 @@ def write_arrays(arrays: dict, data_path, aliases: dict | None = None) -> list:
             _point(t, data_path.name, offset, a.nbytes)
             out.append(t)
             where[name] = t
-    for name, source in (aliases or {}).items():
-        if source not in where or name in arrays:
-            raise ExportError(f"alias {name!r}: its source {source!r} is not among the arrays (or the name is taken)")
-        t = onnx.TensorProto(name=name, data_type=where[source].data_type, dims=where[source].dims)
-        t.doc_string = "alias of " + source
-        info = {e.key: e.value for e in where[source].external_data}
-        _point(t, data_path.name, int(info["offset"]), int(info["length"]))
+    for name, sources in (aliases or {}).items():
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        spans = [_span(where[x]) for x in sources if x in where]
+        if len(spans) != len(sources) or name in arrays or \
+                any(a[0] + a[1] != b[0] for a, b in zip(spans, spans[1:])):
+            raise ExportError(f"alias {name!r}: its sources {sources} are not arrays stored back to back (or the "
+                              "name is taken)")
+        dims = [sum(int(where[x].dims[0]) for x in sources), *where[sources[0]].dims[1:]]
+        t = onnx.TensorProto(name=name, data_type=where[sources[0]].data_type, dims=dims)
+        t.doc_string = "alias of " + ", ".join(sources)
+        _point(t, data_path.name, spans[0][0], sum(length for _, length in spans))
         out.append(t)
     return out
 
 
+def _span(t) -> tuple[int, int]:
+    """An external tensor -> (offset, length) of its bytes in the data file."""
+    info = {e.key: e.value for e in t.external_data}
+    return int(info["offset"]), int(info["length"])
+
+
 def load_unaliased(path) -> "onnx.ModelProto":  # noqa: F821
-    """An ONNX file with its external data -> the ModelProto in which every node that reads an alias of one whole
-    tensor reads that tensor instead, and the alias is gone (what the quantizers rewrite: a tied embedding is then
-    one initializer read by the lookup and the head, as inline graphs have it)."""
+    """An ONNX file with its external data -> the ModelProto in which a head cut into row parts is one `Gemm` again
+    (``head_parts.merge``), every node that reads an alias of one whole tensor (or of such a head's parts) reads
+    that tensor instead, and the alias is gone (what the quantizers rewrite: a tied embedding is then one
+    initializer read by the lookup and the head, as inline graphs have it)."""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
     from onnxlm.runtime.errors import ExportError
 
+    from .head_parts import merge
+
     aliases = alias_map(path)
     model = onnx.load(str(path), load_external_data=False)
-    by_name = {t.name: t for t in model.graph.initializer}
-    for name, sources in aliases.items():
-        if len(sources) != 1 or list(by_name[name].dims) != list(by_name[sources[0]].dims):
-            raise ExportError(f"{path}: {name!r} aliases {sources}, not one whole tensor; export the fp32 artifact "
-                              "again with this onnxlm")
-    for node in model.graph.node:
-        for i, x in enumerate(node.input):
-            if x in aliases:
-                node.input[i] = aliases[x][0]
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
     kept = [t for t in model.graph.initializer if t.name not in aliases]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     load_external_data_for_model(model, str(Path(path).parent))  # the aliases' bytes are not read twice
+    whole_of = {tuple(parts): w for w, parts in merge(model).items()}
+    target = {}
+    for name, sources in aliases.items():
+        if len(sources) == 1 and dims[name] == dims[sources[0]]:
+            target[name] = sources[0]
+        elif tuple(sources) in whole_of:
+            target[name] = whole_of[tuple(sources)]
+        else:
+            raise ExportError(f"{path}: {name!r} aliases {sources}, not one whole tensor; export the fp32 artifact "
+                              "again with this onnxlm")
+    for node in model.graph.node:
+        for i, x in enumerate(node.input):
+            if x in target:
+                node.input[i] = target[x]
     return model
 
 

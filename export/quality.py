@@ -49,23 +49,26 @@ def _shares(n: int, vocab: int) -> list[tuple[int, int]]:
 def _teacher_forced(ref, cand, ids: list[int]) -> dict[str, np.ndarray]:
     """ids [n] -> per position of both models, window by window: top-1 next tokens [n-1] int64 ("top_ref",
     "top_cand"), log p(ids[i+1] | ids[:i+1]) [n-1] float32 ("lp_ref", "lp_cand"), and KL(ref || cand) of the two
-    next-token distributions [n-1] float32 ("kl"). A window is one forward pass, its output head at most
-    ``LOGITS_ELEMENTS`` logits at a time (``logits(..., positions=)``: the pass repeated for each share of its
-    positions, the same values); log-probabilities are formed a few rows at a time (row by row the same figures)."""
+    next-token distributions [n-1] float32 ("kl"). A window is one forward pass; a model whose ``logits`` selects
+    positions (the fused graphs) runs its head on at most ``LOGITS_ELEMENTS`` logits at a time (the pass repeated
+    for each share of the window's positions: the same values), another computes the window's logits once.
+    Log-probabilities are formed a few rows at a time (row by row the same figures)."""
     from onnxlm.runtime.processors import log_softmax
 
     out = {k: [] for k in ("top_ref", "top_cand", "lp_ref", "lp_cand", "kl")}
     size = min(m for m in (ref.max_positions, cand.max_positions, WINDOW) if m)
     vocab = max(ref.vocab_size, cand.vocab_size)
+    models = {"ref": ref, "cand": cand}
     for start, end in _windows(len(ids), size):
         window = ids[start:end]
         if len(window) < 2:
             continue
-        for lo, hi in _shares(len(window) - 1, vocab):
-            keep = np.arange(lo, hi)
+        whole = {key: m.logits([window])[0, :-1] for key, m in models.items()
+                 if not getattr(m, "selects_positions", False)}  # [w-1, V] float32
+        for lo, hi in _shares(len(window) - 1, vocab) if len(whole) < 2 else [(0, len(window) - 1)]:
             nxt = np.asarray(window[lo + 1:hi + 1])[:, None]
-            logits = {"ref": ref.logits([window], positions=keep)[0],
-                      "cand": cand.logits([window], positions=keep)[0]}  # [k, V] float32
+            logits = {key: whole[key][lo:hi] if key in whole else m.logits([window], positions=np.arange(lo, hi))[0]
+                      for key, m in models.items()}  # [k, V] float32
             for key, value in logits.items():
                 out[f"top_{key}"].append(value.argmax(-1))
             rows = max(1, ROW_ELEMENTS // vocab)

@@ -403,24 +403,30 @@ def test_cli_exports_fused_and_info_shows_the_layout(capsys, tiny_llama, tmp_pat
 
 def test_large_weights_go_to_a_mapped_data_file(tiny_llama, fused_dirs, tmp_path, monkeypatch):
     """Weights over MAX_INLINE_BYTES (64 MiB: SmolLM2's and Gemma's fp32 graphs) go from their arrays to
-    model.onnx_data at page-aligned offsets, small tensors inline, the tied lookup over an alias of the head's
-    weight; the artifact computes what the inline one does."""
+    model.onnx_data at page-aligned offsets, small tensors inline, a head over HEAD_PART_BYTES (48 MiB) by rows, the
+    tied lookup over an alias of the head's weight; the artifact computes what the inline one does, bit for bit."""
     import onnx
 
-    from onnxlm.export import fused_graph, mapped_weights
+    from onnxlm.export import fused_graph, head_parts, mapped_weights
 
     monkeypatch.setattr(fused_graph, "MAX_INLINE_BYTES", 0)
+    monkeypatch.setattr(head_parts, "HEAD_PART_BYTES", 16 << 10)  # the 260 x 64 head in parts of 64 rows
     art = export_model(tiny_llama.hf_dir, tmp_path / "art", progress=False, kv_layout="fused")
     manifest = json.loads((art / "onnxlm.json").read_text())
     assert "model.onnx_data" in manifest["files"] and (art / "model.onnx").stat().st_size < 50_000
     proto = onnx.load(str(art / "model.onnx"), load_external_data=False)
     external = {t.name: {e.key: e.value for e in t.external_data} for t in proto.graph.initializer
                 if t.data_location == t.EXTERNAL}
-    assert "embed_tokens.weight" in external and all(int(e["offset"]) % mapped_weights.ALIGN == 0
+    assert "embed_tokens.weight.part0" in external and all(int(e["offset"]) % mapped_weights.ALIGN == 0
                                                      for e in external.values())
     assert all(t.ByteSize() < 2 * mapped_weights.INLINE_BYTES for t in proto.graph.initializer if t.name not in external)
-    # the tied lookup reads an alias of the head's weight: the same bytes, mapped on their own
-    assert mapped_weights.alias_map(art / "model.onnx") == {"embed_tokens.weight.lookup": ["embed_tokens.weight"]}
+    # the head by rows (one Gemm a part, packed one at a time), the parts back to back; the tied lookup reads an
+    # alias spanning them: the same bytes, mapped on their own
+    parts = [f"embed_tokens.weight.part{i}" for i in range(5)]
+    assert [n.input[1] for n in proto.graph.node if n.op_type == "Gemm"] == parts
+    assert all(p in external for p in parts) and [list(t.dims) for t in proto.graph.initializer if t.name in parts] \
+        == [[64, 64]] * 4 + [[4, 64]]
+    assert mapped_weights.alias_map(art / "model.onnx") == {"embed_tokens.weight.lookup": parts}
     assert [n.input[0] for n in proto.graph.node if n.op_type == "Gather" and "embed" in n.input[0]] == \
         ["embed_tokens.weight.lookup"]
     inline = onnxlm.load(fused_dirs["tiny-llama"][1])

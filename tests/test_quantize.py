@@ -150,7 +150,8 @@ def test_quality_of_identical_artifacts_is_perfect(tiny_llama):
 def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch):
     """The gate's text: over 2,000 tokens of prose, code and dialogue for a real tokenizer (SmolLM2's: 2,755);
     its mean KL(fp32 || quantized) equals torch's kl_div on the two artifacts' logits, window by window (one pass
-    each), when the gate forms them in shares of a window's positions."""
+    each); models whose logits select positions (the fused graphs) are asked for shares of a window's positions,
+    and every figure stays the same."""
     import torch
 
     text = Q.QUALITY_TEXT.read_text(encoding="utf-8")
@@ -170,6 +171,27 @@ def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch)
     assert q["tokens"] == len(ids) and q["max_mean_kl"] == Q.MAX_MEAN_KL
     assert Q.quality_failures(dict(q, top1_agreement=1.0, perplexity=q["perplexity_fp32"], mean_kl=0.5,
                                    max_mean_kl=0.01)) == ["mean KL divergence from fp32 0.50000 > 0.01"]
+
+    class Selecting:  # as a fused graph's logits(positions=): only the asked positions, counted
+        selects_positions = True
+
+        def __init__(self, model):
+            self.model, self.asked = model, []
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def logits(self, ids, *, positions):
+            self.asked.append(len(positions))
+            return self.model.logits(ids)[:, positions]
+
+    one_pass = Q._teacher_forced(ref, cand, ids)
+    for models in ((Selecting(ref), Selecting(cand)), (Selecting(ref), cand)):
+        shared = Q._teacher_forced(*models, ids)
+        for key, value in one_pass.items():
+            np.testing.assert_array_equal(shared[key], value)
+        windows = Q._windows(len(ids), min(ref.max_positions, Q.WINDOW))
+        assert max(models[0].asked) <= 100 and sum(models[0].asked) == len(ids) - len(windows)
 
 
 def test_gate_refuses_below_threshold_and_leaves_nothing(tmp_path, tiny_llama, monkeypatch):
@@ -237,13 +259,14 @@ def test_cli_quantizes_an_artifact_and_info_shows_the_quality(tmp_path, tiny_lla
 
 @pytest.mark.parametrize("mapped", [False, True], ids=["inline", "mapped"])
 def test_fused_artifact_quantizes_too(tmp_path, monkeypatch, mapped):
-    """mapped: the fp32 graph's weights in model.onnx_data (as SmolLM2's and Gemma's are), its tied lookup reading
-    an alias of the head's weight: the quantizer still sees one tied weight."""
-    from onnxlm.export import export_model, fused_graph
+    """mapped: the fp32 graph's weights in model.onnx_data (as SmolLM2's and Gemma's are), its head in row parts,
+    its tied lookup reading an alias spanning them: the quantizer still sees one tied weight."""
+    from onnxlm.export import export_model, fused_graph, head_parts
     from onnxlm.export.recipes import RECIPES_DIR
 
     if mapped:
         monkeypatch.setattr(fused_graph, "MAX_INLINE_BYTES", 0)
+        monkeypatch.setattr(head_parts, "HEAD_PART_BYTES", 16 << 10)  # and its head in row parts, merged again
     out = export_model(RECIPES_DIR / "tiny-llama", tmp_path / "fused-int8", kv_layout="fused", quantize="int8",
                        force_quality=True, progress=False)
     manifest = json.loads((out / "onnxlm.json").read_text())

@@ -122,6 +122,7 @@ class FusedState:
 class FusedCausalLM(CausalLM):
     """A decoder-only model on the fused GroupQueryAttention graph (in-place KV buffers)."""
 
+    selects_positions = True  # logits(positions=) sends only the asked positions through the output head
     initial_buffer_length = 256  # positions a fresh buffer holds (doubled as needed)
     kv_pool = NO_POOL  # where KV buffers come from; keep_kv_buffers() makes it keep freed ones
 

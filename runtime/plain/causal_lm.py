@@ -115,6 +115,7 @@ class CausalLM(LanguageModel):
     """A decoder-only language model: generate, score, logits, stream on numpy + onnxruntime."""
 
     is_encoder_decoder = False
+    selects_positions = False  # logits(positions=) computes every position's logits and keeps the asked ones
 
     def _init_graphs(self) -> None:
         self.decoder = self._runner("decoder")

@@ -1,0 +1,89 @@
+"""A memory-mapped fp32 graph's output head cut by rows, and put back together for the quantizers.
+
+onnxruntime packs a `Gemm` weight while its mapped bytes are resident, so a head of 671 MB (Gemma 3 270M's tied
+[262144, 640] float32 embedding) put both copies on the load's peak at once. Cut into row parts of at most
+``nbits.HEAD_PART_BYTES`` (one `Gemm` each over ``{W}.part{i}``, their outputs concatenated), each part is packed
+and its mapping dropped before the next: the peak holds one part beside the packed copies. A part's logits are the
+same columns the whole `Gemm` computes. The parts lie back to back at aligned offsets in the data file, so the tied
+lookup's alias (``{W}.lookup``) spans them (``mapped_weights.write_arrays``).
+
+``cut`` rewrites a ``fused_graph.Graph`` before it is saved mapped; ``merge`` turns a loaded ModelProto's parts back
+into one `Gemm` over ``W`` (``mapped_weights.load_unaliased``), the graph the quantizers know.
+"""
+from __future__ import annotations
+
+from math import gcd
+
+import numpy as np
+
+from .mapped_weights import ALIGN
+from .nbits import HEAD_PART_BYTES
+
+
+def part_rows(shape: tuple[int, int], itemsize: int, part_bytes: int) -> list[tuple[int, int]]:
+    """A [V, D] weight -> row ranges [lo, hi) of at most ~``part_bytes`` each, every part but the last whole
+    ``ALIGN`` pages; [(0, V)] when one part suffices."""
+    n, d = shape
+    row = d * itemsize
+    step = ALIGN // gcd(ALIGN, row)
+    rows = max(step, part_bytes // row // step * step)
+    return [(0, n)] if rows >= n else [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+
+
+def cut(g, part_bytes: int | None = None) -> dict[str, list[str]]:
+    """``g`` (a fused_graph.Graph, changed in place): each `Gemm(x, W, transB=1)` over a constant W of more than
+    ``part_bytes`` (default ``HEAD_PART_BYTES``) -> `Gemm` per row part + `Concat` on the last axis; W's array
+    replaced, in its place in the order, by its parts (views). Returns {W: [part names]}."""
+    from onnx import helper
+
+    part_bytes = part_bytes or HEAD_PART_BYTES
+    out = {}
+    for i, node in enumerate(list(g.nodes)):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        w = node.input[1] if node.op_type == "Gemm" and len(node.input) == 2 else None
+        if w not in g.arrays or attrs != {"transB": 1} or g.arrays[w].ndim != 2:
+            continue
+        rows = part_rows(g.arrays[w].shape, g.arrays[w].itemsize, part_bytes)
+        if len(rows) == 1:
+            continue
+        names = [f"{w}.part{j}" for j in range(len(rows))]
+        g.arrays = {k2: v for k, v in g.arrays.items()
+                    for k2, v in ([(n, v[lo:hi]) for n, (lo, hi) in zip(names, rows)] if k == w else [(k, v)])}
+        gemms = [helper.make_node("Gemm", [node.input[0], n], [f"{n}.logits"], name=f"{n}.Gemm", transB=1)
+                 for n in names]
+        concat = helper.make_node("Concat", [f"{n}.logits" for n in names], list(node.output), name=f"{w}.Concat",
+                                  axis=-1)
+        at = g.nodes.index(node)
+        g.nodes[at:at + 1] = [*gemms, concat]
+        out[w] = names
+    return out
+
+
+def merge(model) -> dict[str, list[str]]:
+    """A loaded ModelProto (its weights read; changed in place): each `Concat` of `Gemm`s over ``{W}.part0..n``
+    -> one `Gemm(x, W, transB=1)` writing the Concat's output, W the parts' rows in order. Returns {W: [parts]}."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    out = {}
+    for concat in [n for n in g.node if n.op_type == "Concat"]:
+        gemms = [producer.get(x) for x in concat.input]
+        if not gemms or any(n is None or n.op_type != "Gemm" or len(n.input) != 2 for n in gemms):
+            continue
+        w = gemms[0].input[1].rsplit(".part", 1)[0]
+        names = [f"{w}.part{j}" for j in range(len(gemms))]
+        if [n.input[1] for n in gemms] != names or len({n.input[0] for n in gemms}) != 1:
+            continue
+        whole = np.concatenate([numpy_helper.to_array(inits[n]) for n in names])
+        keep = [t for t in g.initializer if t.name not in names]
+        del g.initializer[:]
+        g.initializer.extend([*keep, numpy_helper.from_array(whole, w)])
+        gemm = helper.make_node("Gemm", [gemms[0].input[0], w], list(concat.output), name=f"{w}.Gemm", transB=1)
+        dropped = {id(n) for n in gemms[1:]} | {id(concat)}
+        nodes = [gemm if n is gemms[0] else n for n in g.node if id(n) not in dropped]
+        del g.node[:]
+        g.node.extend(nodes)
+        out[w] = names
+    return out
