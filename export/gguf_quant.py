@@ -76,7 +76,8 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
-from .mapped_weights import load_unaliased, save_mapped
+from .mapped_weights import save_mapped
+from .quantizer_input import load_unaliased
 from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact

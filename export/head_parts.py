@@ -8,7 +8,7 @@ same columns the whole `Gemm` computes. The parts lie back to back at aligned of
 lookup's alias (``{W}.lookup``) spans them (``mapped_weights.write_arrays``).
 
 ``cut`` rewrites a ``fused_graph.Graph`` before it is saved mapped; ``merge`` turns a loaded ModelProto's parts back
-into one `Gemm` over ``W`` (``mapped_weights.load_unaliased``), the graph the quantizers know.
+into one `Gemm` over ``W`` (``quantizer_input.load_unaliased``), the graph the quantizers know.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ at any offset, measured, so a coarser alignment would only pad the file: 64 KiB 
 tensors under ``INLINE_BYTES`` stay in the ``.onnx`` file unless an alias reads them. ``alias`` makes the data-less
 placeholder of an alias (of one tensor, or of row parts of one stored back to back); ``save_mapped`` writes the pair
 of files; ``write_arrays`` writes numpy arrays the same way (the fused fp32 graphs: ``fused_graph.save_graph``);
-``alias_map`` reads back which tensors share bytes (tests, tools).
+``alias_map`` reads back which tensors share bytes (tests, tools, ``quantizer_input.load_unaliased``).
 """
 from __future__ import annotations
 
@@ -154,42 +154,6 @@ def _span(t) -> tuple[int, int]:
     """An external tensor -> (offset, length) of its bytes in the data file."""
     info = {e.key: e.value for e in t.external_data}
     return int(info["offset"]), int(info["length"])
-
-
-def load_unaliased(path) -> "onnx.ModelProto":  # noqa: F821
-    """An ONNX file with its external data -> the ModelProto in which a head cut into row parts is one `Gemm` again
-    (``head_parts.merge``), every node that reads an alias of one whole tensor (or of such a head's parts) reads
-    that tensor instead, and the alias is gone (what the quantizers rewrite: a tied embedding is then one
-    initializer read by the lookup and the head, as inline graphs have it)."""
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
-
-    from onnxlm.runtime.errors import ExportError
-
-    from .head_parts import merge
-
-    aliases = alias_map(path)
-    model = onnx.load(str(path), load_external_data=False)
-    dims = {t.name: list(t.dims) for t in model.graph.initializer}
-    kept = [t for t in model.graph.initializer if t.name not in aliases]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    load_external_data_for_model(model, str(Path(path).parent))  # the aliases' bytes are not read twice
-    whole_of = {tuple(parts): w for w, parts in merge(model).items()}
-    target = {}
-    for name, sources in aliases.items():
-        if len(sources) == 1 and dims[name] == dims[sources[0]]:
-            target[name] = sources[0]
-        elif tuple(sources) in whole_of:
-            target[name] = whole_of[tuple(sources)]
-        else:
-            raise ExportError(f"{path}: {name!r} aliases {sources}, not one whole tensor; export the fp32 artifact "
-                              "again with this onnxlm")
-    for node in model.graph.node:
-        for i, x in enumerate(node.input):
-            if x in target:
-                node.input[i] = target[x]
-    return model
 
 
 def _point(t, data_name: str, offset: int, length: int) -> None:

@@ -106,7 +106,8 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
                                                                  MatMulNBitsQuantizer)
 
     from .head_quant import head_passes, plan_head, rewrite_head
-    from .mapped_weights import load_unaliased, save_mapped
+    from .mapped_weights import save_mapped
+    from .quantizer_input import load_unaliased
 
     quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = quiet.level

@@ -15,7 +15,8 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from onnxlm.export.mapped_weights import ALIGN, alias, alias_map, load_unaliased, save_mapped, write_arrays  # noqa: E402
+from onnxlm.export.mapped_weights import ALIGN, alias, alias_map, save_mapped, write_arrays  # noqa: E402
+from onnxlm.export.quantizer_input import load_unaliased  # noqa: E402
 from onnxlm.export.nbits import Rewriter, dequantize, q8_blocks, row_parts  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
 
