@@ -12,22 +12,9 @@ into one `Gemm` over ``W`` (``quantizer_input.load_unaliased``), the graph the q
 """
 from __future__ import annotations
 
-from math import gcd
-
 import numpy as np
 
-from .mapped_weights import ALIGN
-from .nbits import HEAD_PART_BYTES
-
-
-def part_rows(shape: tuple[int, int], itemsize: int, part_bytes: int) -> list[tuple[int, int]]:
-    """A [V, D] weight -> row ranges [lo, hi) of at most ~``part_bytes`` each, every part but the last whole
-    ``ALIGN`` pages; [(0, V)] when one part suffices."""
-    n, d = shape
-    row = d * itemsize
-    step = ALIGN // gcd(ALIGN, row)
-    rows = max(step, part_bytes // row // step * step)
-    return [(0, n)] if rows >= n else [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+from .nbits import HEAD_PART_BYTES, page_rows
 
 
 def cut(g, part_bytes: int | None = None) -> dict[str, list[str]]:
@@ -38,17 +25,20 @@ def cut(g, part_bytes: int | None = None) -> dict[str, list[str]]:
 
     part_bytes = part_bytes or HEAD_PART_BYTES
     out = {}
-    for i, node in enumerate(list(g.nodes)):
+    for node in list(g.nodes):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         w = node.input[1] if node.op_type == "Gemm" and len(node.input) == 2 else None
         if w not in g.arrays or attrs != {"transB": 1} or g.arrays[w].ndim != 2:
             continue
-        rows = part_rows(g.arrays[w].shape, g.arrays[w].itemsize, part_bytes)
+        weight = g.arrays[w]
+        rows = page_rows(len(weight), [weight[0].nbytes], part_bytes)
         if len(rows) == 1:
             continue
         names = [f"{w}.part{j}" for j in range(len(rows))]
-        g.arrays = {k2: v for k, v in g.arrays.items()
-                    for k2, v in ([(n, v[lo:hi]) for n, (lo, hi) in zip(names, rows)] if k == w else [(k, v)])}
+        arrays = {}
+        for name, array in g.arrays.items():  # the parts (views) where W was, the order kept
+            arrays.update({n: weight[lo:hi] for n, (lo, hi) in zip(names, rows)} if name == w else {name: array})
+        g.arrays = arrays
         gemms = [helper.make_node("Gemm", [node.input[0], n], [f"{n}.logits"], name=f"{n}.Gemm", transB=1)
                  for n in names]
         concat = helper.make_node("Concat", [f"{n}.logits" for n in names], list(node.output), name=f"{w}.Concat",

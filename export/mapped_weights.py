@@ -93,9 +93,7 @@ def save_mapped(model, path, aliases: dict | None = None) -> str:
                 if i + 1 < len(group) and len(data) % ALIGN:
                     raise ExportError(f"alias source {member.name!r}: {len(data)} bytes, not whole {ALIGN}-byte "
                                       "pages, so the next part would not follow it")
-                offset = -(-f.tell() // ALIGN) * ALIGN
-                f.seek(offset)
-                f.write(data)
+                offset = _append(f, data)
                 where[member.name] = (offset, len(data))
                 _point(member, data_name, offset, len(data))
     for name, sources in aliases.items():
@@ -128,9 +126,7 @@ def write_arrays(arrays: dict, data_path, aliases: dict | None = None) -> list:
                 out.append(numpy_helper.from_array(a, name))
                 continue
             a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))  # onnx stores little-endian
-            offset = -(-f.tell() // ALIGN) * ALIGN
-            f.seek(offset)
-            f.write(a.reshape(-1).view(np.uint8).data)
+            offset = _append(f, a.reshape(-1).view(np.uint8).data)
             t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape)
             _point(t, data_path.name, offset, a.nbytes)
             out.append(t)
@@ -143,11 +139,18 @@ def write_arrays(arrays: dict, data_path, aliases: dict | None = None) -> list:
             raise ExportError(f"alias {name!r}: its sources {sources} are not arrays stored back to back (or the "
                               "name is taken)")
         dims = [sum(int(where[x].dims[0]) for x in sources), *where[sources[0]].dims[1:]]
-        t = onnx.TensorProto(name=name, data_type=where[sources[0]].data_type, dims=dims)
-        t.doc_string = "alias of " + ", ".join(sources)
+        t = alias(name, [where[x] for x in sources], dims)
         _point(t, data_path.name, spans[0][0], sum(length for _, length in spans))
         out.append(t)
     return out
+
+
+def _append(f, data) -> int:
+    """Write ``data`` (bytes-like) to the data file ``f`` at the next ``ALIGN``-aligned offset; returns that offset."""
+    offset = -(-f.tell() // ALIGN) * ALIGN
+    f.seek(offset)
+    f.write(data)
+    return offset
 
 
 def _span(t) -> tuple[int, int]:

@@ -59,21 +59,27 @@ def to_8bit(b: Blocks) -> Blocks:
     return Blocks(8, codes, b.scales, zp, b.correction, b.types, b.block_size)
 
 
-def row_parts(b: Blocks, part_bytes: int, align: int = ALIGN) -> list[tuple[int, int]]:
-    """Row ranges [lo, hi) cutting ``b``'s N rows into parts of at most ~``part_bytes`` code bytes each, every part
-    but the last a multiple of the rows whose codes, scales and zero points fill whole ``align``-byte pages (so
-    the parts lie back to back at aligned offsets in ``mapped_weights.save_mapped``'s file); [(0, N)] when one part
-    suffices."""
+def page_rows(n: int, row_bytes: list[int], part_bytes: int, align: int = ALIGN) -> list[tuple[int, int]]:
+    """n rows stored in one or more tensors (``row_bytes``: a row's bytes in each; the first is sized against
+    ``part_bytes``) -> row ranges [lo, hi) of at most ~``part_bytes`` each, every part but the last a multiple of
+    the rows that fill whole ``align``-byte pages in every tensor (so the parts lie back to back at aligned offsets
+    of ``mapped_weights``' file); [(0, n)] when one part suffices."""
     from math import gcd
 
-    n, kb = b.scales.shape
-    row_codes = b.codes[0].nbytes
-    row_bytes = [row_codes, kb * 4] + ([kb if b.bits == 8 else (kb + 1) // 2] if b.zero_points is not None else [])
     step = max(align // gcd(align, r) for r in row_bytes)  # rows: a power of two
-    rows = max(step, part_bytes // row_codes // step * step)
+    rows = max(step, part_bytes // row_bytes[0] // step * step)
     if rows >= n:
         return [(0, n)]
     return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+
+
+def row_parts(b: Blocks, part_bytes: int, align: int = ALIGN) -> list[tuple[int, int]]:
+    """Row ranges [lo, hi) cutting ``b``'s N rows into parts of at most ~``part_bytes`` code bytes each, their
+    codes, scales and zero points in whole ``align``-byte pages (``page_rows``)."""
+    n, kb = b.scales.shape
+    row_bytes = [b.codes[0].nbytes, kb * 4] + ([kb if b.bits == 8 else (kb + 1) // 2]
+                                               if b.zero_points is not None else [])
+    return page_rows(n, row_bytes, part_bytes, align)
 
 
 def _pack4(q: np.ndarray) -> np.ndarray:

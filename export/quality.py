@@ -58,20 +58,20 @@ def _teacher_forced(ref, cand, ids: list[int]) -> dict[str, np.ndarray]:
     out = {k: [] for k in ("top_ref", "top_cand", "lp_ref", "lp_cand", "kl")}
     size = min(m for m in (ref.max_positions, cand.max_positions, WINDOW) if m)
     vocab = max(ref.vocab_size, cand.vocab_size)
+    rows = max(1, ROW_ELEMENTS // vocab)
     models = {"ref": ref, "cand": cand}
     for start, end in _windows(len(ids), size):
         window = ids[start:end]
         if len(window) < 2:
             continue
         whole = {key: m.logits([window])[0, :-1] for key, m in models.items()
-                 if not getattr(m, "selects_positions", False)}  # [w-1, V] float32
+                 if not m.selects_positions}  # [w-1, V] float32
         for lo, hi in _shares(len(window) - 1, vocab) if len(whole) < 2 else [(0, len(window) - 1)]:
             nxt = np.asarray(window[lo + 1:hi + 1])[:, None]
             logits = {key: whole[key][lo:hi] if key in whole else m.logits([window], positions=np.arange(lo, hi))[0]
                       for key, m in models.items()}  # [k, V] float32
             for key, value in logits.items():
                 out[f"top_{key}"].append(value.argmax(-1))
-            rows = max(1, ROW_ELEMENTS // vocab)
             for r in range(0, len(nxt), rows):
                 logp = {key: log_softmax(value[r:r + rows]) for key, value in logits.items()}  # [rows, V] float32
                 for key, lp in logp.items():
