@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.peers import floors, op_profile, prepare, runner, targets
-from benchmarks.peers.results import ModelRun
+from benchmarks.peers import floors, op_profile, prepare, report, runner, targets
+from benchmarks.peers.results import ModelRun, merge_rounds, round_ratios
 
 
 def test_parse_cases():
@@ -69,6 +69,66 @@ def test_targets_are_computed_from_the_runs():
         "not measured"
     assert rows["fp32 b1: onnxlm ms/token / CTranslate2 f32, GPT-2 small (prompt 16)"][3] == "not measured"
     assert rows["`import onnxlm` (median of 5 fresh processes)"][1:] == ("0.120 s", "< 0.3 s", "met")
+
+
+def _worker_result(ms, ttft, peak, **extra):
+    return {"load_s": 1.0, "peak_rss_mb": peak, "cases": {"b1:p16:greedy": {
+        "ms_per_token": ms, "ttft_ms": ttft, "tokens_per_s": 1e3 / ms, "ids": [[1, 2]], **extra}}}
+
+
+def test_rounds_merge_to_medians_and_ratios_pair_each_round():
+    """--rounds: medians over the rounds, each round's figures kept, the highest peak, the first round's agreement;
+    ratios taken within a round (not of the medians); a round that failed is left out."""
+    ours = [_worker_result(5.0, 100.0, 250.0), _worker_result(7.0, 90.0, 260.0),
+            _worker_result(6.0, 120.0, 255.0)]
+    ours[0]["quality"] = {"top1": [1], "logp": [-0.1]}
+    peer = [_worker_result(5.0, 200.0, 160.0), {"note": "worker timed out after 1800 s"},
+            _worker_result(8.0, 150.0, 170.0), _worker_result(6.0, 300.0, 165.0)]
+    m = merge_rounds(ours)
+    assert m["cases"]["b1:p16:greedy"]["ms_per_token"] == 6.0 and m["cases"]["b1:p16:greedy"]["ttft_ms"] == 100.0
+    assert m["cases"]["b1:p16:greedy"]["rounds"] == [[5.0, 100.0], [7.0, 90.0], [6.0, 120.0]]
+    assert m["peak_rss_mb"] == 260.0 and m["quality"] == {"top1": [1], "logp": [-0.1]} and m["rounds"] == 3
+    p = merge_rounds(peer)
+    assert p["rounds"] == 3 and p["cases"]["b1:p16:greedy"]["ms_per_token"] == 6.0
+    assert merge_rounds([{"note": "x"}, {"note": "y"}]) == {"note": "x"}
+    run = _run("smollm2", {"onnxlm gguf": {}, "llama.cpp (GGUF blocks)": {}})
+    run.results = {"onnxlm gguf": m, "llama.cpp (GGUF blocks)": p}
+    ratios = round_ratios(run, "onnxlm gguf", "llama.cpp (GGUF blocks)", "b1:p16:greedy")
+    assert ratios == [[1.0, 0.5], [7.0 / 8.0, 90.0 / 150.0], [1.0, 0.4]]
+    table = report.rounds_table(run, runner.parse_cases(["b1:p16:greedy"]))
+    assert "| onnxlm gguf | b1:p16:greedy | 5.0, 7.0, 6.0 | 100, 90, 120 | 1.00, 0.88, 1.00 (1.00) | " \
+           "0.50, 0.60, 0.40 (0.50) |" in table
+    assert "| llama.cpp (GGUF blocks) | b1:p16:greedy | 5.0, 8.0, 6.0 | 200, 150, 300 | – | – |" in table
+    assert report.rounds_table(_run("smollm2", {"onnxlm gguf": {"b1:p16:greedy": 5.0}}),
+                               runner.parse_cases(["b1:p16:greedy"])) == []  # one round: no table
+
+
+def test_rounds_take_turns(monkeypatch, tmp_path):
+    """run_rounds: the engines alternate within each round, timed without the agreement windows; then one
+    agreement-only worker each (no cases), whose figures join the merged result."""
+    calls = []
+
+    def fake_worker(eng, prep, cases, prompts, windows, args, tmp):
+        calls.append((eng.label, len(cases), bool(windows)))
+        if windows:
+            return {"load_s": 1.0, "peak_rss_mb": 999.0, "cases": {}, "quality": {"top1": [7], "logp": [-1.0]},
+                    "worker_s": 1.0}
+        return {**_worker_result(float(len(calls)), 10.0, 100.0), "worker_s": 1.0}
+    monkeypatch.setattr(runner, "run_worker", fake_worker)
+    engines = [prepare.EngineSpec("onnxlm gguf", "onnxlm"), prepare.EngineSpec("llama.cpp (GGUF blocks)", "llamacpp")]
+    prep = prepare.Prepared("smollm2", "smollm2", Path("."), Path("."), False, engines, 0, 2048, None, {})
+    args = type("Args", (), {"rounds": 2})()
+    cases = runner.parse_cases(["b1:p16:greedy"])
+    out = runner.run_rounds(engines, prep, cases, {}, [[1, 2, 3]], args, tmp_path)
+    assert calls == [("onnxlm gguf", 1, False), ("llama.cpp (GGUF blocks)", 1, False), ("onnxlm gguf", 1, False),
+                     ("llama.cpp (GGUF blocks)", 1, False), ("onnxlm gguf", 0, True),
+                     ("llama.cpp (GGUF blocks)", 0, True)]
+    assert out["onnxlm gguf"]["cases"]["b1:p16:greedy"]["rounds"] == [[1.0, 10.0], [3.0, 10.0]]
+    assert out["onnxlm gguf"]["quality"] == {"top1": [7], "logp": [-1.0]}
+    assert out["onnxlm gguf"]["peak_rss_mb"] == 100.0  # the timed workers' peak, not the agreement pass's
+    calls.clear()
+    runner.run_rounds(engines, prep, cases, {}, [], type("Args", (), {"rounds": 1})(), tmp_path)
+    assert calls == [("onnxlm gguf", 1, False), ("llama.cpp (GGUF blocks)", 1, False)]  # no windows: no pass
 
 
 def test_onnxlm_worker_on_tiny_gpt2(tiny_gpt2, tmp_path):

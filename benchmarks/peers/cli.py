@@ -18,7 +18,7 @@ from .prepare import prepare
 from .op_profile import run_profile
 from .report import OWNER, TITLE, machine_info, plot_context, render, versions
 from .results import ModelRun, compute_quality
-from .runner import parse_cases, prompt_ids, quality_windows, run_worker
+from .runner import parse_cases, prompt_ids, quality_windows, run_rounds
 from .settings import DEFAULT_OGENAI_BUILDER, DEFAULT_OUT, DEFAULT_PEERS_PYTHON, FULL, QUANT_VARIANTS, QUICK, REPO, log
 from .targets import import_checks, targets
 
@@ -45,6 +45,10 @@ def parse_args(argv=None):
                    help=f"onnxlm quantized variants (default: all of {[v['name'] for v in QUANT_VARIANTS]})")
     p.add_argument("--new-tokens", type=int, help="new tokens per timed generate, N")
     p.add_argument("--runs", type=int, help="timed runs per case; medians are reported")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every engine's timed cases this many times, the engines taking turns: medians over the "
+                        "rounds, and each round's ratios in the report (default: 1; the agreement pass runs once, "
+                        "after them)")
     p.add_argument("--threads", type=int, default=usable, help=f"threads for every engine (default: {usable})")
     p.add_argument("--profile", action="store_true",
                    help="onnxruntime profiler on onnxlm's fp32 and default quantized graphs: op-type ms per step")
@@ -81,8 +85,8 @@ def parse_args(argv=None):
     unknown = set(args.variants) - {v["name"] for v in QUANT_VARIANTS}
     if unknown:
         p.error(f"--variants: unknown {sorted(unknown)}; allowed: {[v['name'] for v in QUANT_VARIANTS]}")
-    if args.new_tokens < 2 or args.runs < 1 or args.threads < 1:
-        p.error("--new-tokens must be >= 2, --runs and --threads >= 1")
+    if args.new_tokens < 2 or args.runs < 1 or args.threads < 1 or args.rounds < 1:
+        p.error("--new-tokens must be >= 2, --runs, --rounds and --threads >= 1")
     args.ct2_env = {"float32": dict(kv.split("=", 1) for kv in args.ct2_f32_env if "=" in kv),
                     "int8": dict(kv.split("=", 1) for kv in args.ct2_int8_env if "=" in kv)}
     if args.out is None and args.quick:
@@ -122,20 +126,13 @@ def main(argv=None) -> int:
             prompts = {f"{c['batch']}x{c['prompt']}": prompt_ids(prep.artifact, c["batch"], c["prompt"]).tolist()
                        for c in my_cases}
             windows = quality_windows(prep)
-            run = ModelRun(prep, {}, {})
             for eng in prep.engines:
                 if args.engines and not any(t.lower() in eng.label.lower() for t in args.engines):
                     eng.note = eng.note or "not selected (--engines)"
                 if eng.note:
                     log(f"{eng.label}: {eng.note}")
-                    continue
-                log(f"{prep.key}: {eng.label} ...")
-                run.results[eng.label] = run_worker(eng, prep, my_cases, prompts, windows, args, tmp)
-                res = run.results[eng.label]
-                log(f"  {eng.label}: " + (res["note"] if "note" in res else
-                                          f"load {res['load_s']:.2f} s, peak RSS {res['peak_rss_mb']:.0f} MB, worker "
-                                          f"{res['worker_s']:.0f} s") +
-                    (f"; no agreement figure: {res['quality_note']}" if res.get("quality_note") else ""))
+            run = ModelRun(prep, run_rounds([e for e in prep.engines if not e.note], prep, my_cases, prompts,
+                                            windows, args, tmp), {})
             compute_quality(run)
             for label, q in run.quality.items():
                 log(f"  quality {label}: agreement {q['agreement']:.4f}, perplexity {q['perplexity']:.3f} "

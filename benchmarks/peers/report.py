@@ -12,8 +12,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 from .floors import floor_section
-from .results import ModelRun, decode_ms
+from .results import ModelRun, case_result, decode_ms, round_ratios
 from .settings import log
 
 OWNER = "benchmarks.peers"  # the marker owner of its sections in docs/benchmarks.md
@@ -123,7 +125,28 @@ def model_section(run: ModelRun, cases: list[dict], new_tokens: int) -> list[str
         agree = f" (top-1 {q['agreement']:.3f})" if q and eng.label != "onnxlm fp32" else ""
         L.append(f"| {eng.label}{agree} | " + " | ".join(cells) + " |")
     L.append("")
-    return L
+    return L + rounds_table(run, cases)
+
+
+def rounds_table(run: ModelRun, cases: list[dict], peer: str = "llama.cpp (GGUF blocks)") -> list[str]:
+    """With ``--rounds`` > 1: per engine and case each round's ms/token and time to first token, and each onnxlm
+    engine's ratios to ``peer``'s figures of the same round (their median beside them)."""
+    rows = [(label, c["key"], r) for label in [e.label for e in run.prep.engines] for c in cases
+            if (r := case_result(run, label, c["key"])) and len(r.get("rounds", [])) > 1]
+    if not rows:
+        return []
+    L = [f"Each round (the engines taking turns, `--rounds`): ms/token and first token ms; for onnxlm, the ratios "
+         f"to {peer} in the same round (median).", "",
+         "| engine | case | ms/token by round | first token ms by round | ms/token ratio | first-token ratio |",
+         "|---|---|---|---|---|---|"]
+    show = (lambda xs, f: ", ".join(format(x, f) for x in xs))  # noqa: E731
+    for label, key, r in rows:
+        ratios = round_ratios(run, label, peer, key) if label.startswith("onnxlm") else None
+        cells = ["–", "–"] if not ratios else [
+            f"{show([x[i] for x in ratios], '.2f')} ({float(np.median([x[i] for x in ratios])):.2f})" for i in (0, 1)]
+        L.append(f"| {label} | {key} | {show([x[0] for x in r['rounds']], '.1f')} | "
+                 f"{show([x[1] for x in r['rounds']], '.0f')} | {cells[0]} | {cells[1]} |")
+    return L + [""]
 
 
 def profile_section(runs: dict[str, ModelRun]) -> list[str]:
@@ -203,7 +226,10 @@ def _method(args) -> list[str]:
         "sections by hand: rerun the command below; the sections outside the markers are written by hand or by the "
         "benchmarks they name). Each engine runs **in its own process** (the benchmark's `--_worker`), on the "
         "same weights, on the CPU, with the same thread count and the same prompt ids; engines run one after the "
-        "other.", "",
+        "other" + (f", in {args.rounds} rounds (every engine once per round, in turn): each figure below is the "
+                   "median over the rounds, and the table after a model's cases gives each round's figures and "
+                   "onnxlm's ratios to llama.cpp within a round" if getattr(args, "rounds", 1) > 1 else "") +
+        "; the agreement pass runs after the timed cases of every engine, in a worker of its own.", "",
         "- **load s**: wall time of the engine's load call in its worker (onnxlm: `onnxlm.load`, which verifies "
         "the manifest SHA-256 of every file).",
         "- **artifact MB**: bytes on disk of what the engine loads (onnxlm/optimum/onnxruntime-genai directory, "

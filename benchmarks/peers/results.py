@@ -17,6 +17,36 @@ class ModelRun:
     profiles: dict = field(default_factory=dict)   # engine label -> profile_main's result
 
 
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One engine's worker results of several rounds (the engines taking turns) -> one result: per case the median
+    over the rounds of ms/token, time to first token and tokens/s, each round's pair kept under "rounds"; the highest
+    peak RSS; the first round's load time and ids. A round that failed is left out (its note kept
+    when every round failed)."""
+    ok = [r for r in rounds if "note" not in r]
+    if not ok:
+        return rounds[0]
+    out = {**ok[0], "cases": {}, "peak_rss_mb": max(r["peak_rss_mb"] for r in ok), "rounds": len(ok)}
+    for key, first in ok[0]["cases"].items():
+        per = [r["cases"].get(key, {}) for r in ok]
+        per = [c for c in per if "ms_per_token" in c]
+        if "ms_per_token" not in first or len(per) < len(ok):
+            out["cases"][key] = first if "ms_per_token" not in first else {"note": "failed in a later round"}
+            continue
+        med = {f: float(np.median([c[f] for c in per])) for f in ("ms_per_token", "ttft_ms", "tokens_per_s")}
+        out["cases"][key] = {**first, **med, "rounds": [[c["ms_per_token"], c["ttft_ms"]] for c in per]}
+    return out
+
+
+def round_ratios(run: ModelRun, label: str, peer: str, key: str) -> list[list[float]] | None:
+    """[[ms/token ratio, first-token ratio], ...] of ``label`` over ``peer`` in each round of case ``key`` (figures
+    taken minutes apart, the machine's speed moving between them, make their ratio only as steady as the machine;
+    the same round's pair is closer in time), or None without rounds for both."""
+    a, b = case_result(run, label, key), case_result(run, peer, key)
+    if not (a and b and "rounds" in a and "rounds" in b):
+        return None
+    return [[x[0] / y[0], x[1] / y[1]] for x, y in zip(a["rounds"], b["rounds"])]
+
+
 def case_result(run: ModelRun, label: str, key: str) -> dict | None:
     r = run.results.get(label, {}).get("cases", {}).get(key)
     return r if r and "ms_per_token" in r else None
