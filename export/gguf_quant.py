@@ -78,13 +78,14 @@ from onnxlm.runtime.errors import ExportError, ModelFileError
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
 from .mapped_weights import save_mapped
 from .quantizer_input import load_unaliased
-from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
+from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, row_slice, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
 LOSSLESS_FP32 = ("F32", "F16", "BF16")  # types whose fp32 copy is the same numbers (no blocks to keep)
 ACCURACY_LEVELS = (1, 4)  # 4: the MLP at int8 activations (default); 1: fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
+CHECK_ROWS = 4096  # rows of a weight dequantised at once by the check (Gemma 3's head: 640 x 4096 = 10 MB a share)
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
 # step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
 FP32_ACTIVATIONS = ("qkv", "o_proj")
@@ -169,13 +170,16 @@ class _Rewriter(Rewriter):
                               part_bytes=HEAD_PART_BYTES if head else None)
 
     def check(self, b: Blocks, fp32_name: str, transposed: bool, what: str) -> None:
-        """The dequantised Blocks must be the fp32 graph's weight (``transposed``: stored [K, N])."""
+        """The dequantised Blocks must be the fp32 graph's weight (``transposed``: stored [K, N]); compared
+        ``CHECK_ROWS`` rows at a time (Gemma 3's head whole: ~3 GB of float32 temporaries, most of its check's time
+        spent faulting in fresh memory)."""
         want = self.to_array(self.fp32[fp32_name])
         want = want.T if transposed else want
-        got = dequantize(b)
-        if got.shape != want.shape:
-            raise ExportError(f"{what}: GGUF weight {got.shape} vs fp32 graph weight {want.shape}")
-        diff = float(np.abs(got - want).max())
+        shape = (b.codes.shape[0], b.scales.shape[1] * b.block_size)
+        if shape != want.shape:
+            raise ExportError(f"{what}: GGUF weight {shape} vs fp32 graph weight {want.shape}")
+        diff = max(float(np.abs(dequantize(row_slice(b, lo, lo + CHECK_ROWS)) - want[lo:lo + CHECK_ROWS]).max())
+                   for lo in range(0, shape[0], CHECK_ROWS))
         if diff > WEIGHT_TOLERANCE:
             raise ExportError(f"{what}: the GGUF blocks dequantise to a weight {diff:.3g} away from transformers' "
                               f"(tolerance {WEIGHT_TOLERANCE}): unsupported layout")

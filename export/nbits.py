@@ -87,6 +87,13 @@ def _pack4(q: np.ndarray) -> np.ndarray:
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
+def row_slice(b: Blocks, lo: int, hi: int) -> Blocks:
+    """Rows lo..hi-1 of ``b`` (views, no copy)."""
+    pick = (lambda a: None if a is None else a[lo:hi])
+    return Blocks(b.bits, b.codes[lo:hi], b.scales[lo:hi], pick(b.zero_points), pick(b.correction), b.types,
+                  b.block_size)
+
+
 def dequantize(b: Blocks) -> np.ndarray:
     """Blocks -> the weight [N, K] float32 that MatMulNBits (+ the correction) computes with."""
     if b.bits == 4:

@@ -26,8 +26,8 @@ def load_unaliased(path) -> "onnx.ModelProto":  # noqa: F821
     kept = [t for t in model.graph.initializer if t.name not in aliases]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
+    whole_of = {tuple(parts): w for w, parts in merge(model).items()}  # before reading: a head is one file range
     load_external_data_for_model(model, str(Path(path).parent))  # the aliases' bytes are not read twice
-    whole_of = {tuple(parts): w for w, parts in merge(model).items()}
     target = {}
     for name, sources in aliases.items():
         if len(sources) == 1 and dims[name] == dims[sources[0]]:

@@ -433,6 +433,23 @@ def test_large_weights_go_to_a_mapped_data_file(tiny_llama, fused_dirs, tmp_path
     assert not (fused_dirs["tiny-llama"][1] / "model.onnx_data").exists()
     ids, mask = _causal_batch(inline, seed=5)
     np.testing.assert_array_equal(onnxlm.load(art).logits(ids, mask), inline.logits(ids, mask))
+    # merged back for the quantizers: from the data file (one range of it, nothing read) and from loaded parts
+    # (their bytes joined), both the inline artifact's one weight and one Gemm
+    from onnx import numpy_helper
+    from onnx.external_data_helper import load_external_data_for_model
+
+    whole = numpy_helper.to_array(next(t for t in onnx.load(str(fused_dirs["tiny-llama"][1] / "model.onnx")).graph
+                                       .initializer if t.name == "embed_tokens.weight"))
+    for read_first in (False, True):
+        m = onnx.load(str(art / "model.onnx"), load_external_data=False)
+        if read_first:
+            load_external_data_for_model(m, str(art))
+        assert head_parts.merge(m) == {"embed_tokens.weight": parts}
+        t = next(t for t in m.graph.initializer if t.name == "embed_tokens.weight")
+        assert (t.data_location == t.EXTERNAL) != read_first and not {i.name for i in m.graph.initializer} & set(parts)
+        load_external_data_for_model(m, str(art))
+        np.testing.assert_array_equal(numpy_helper.to_array(t), whole)
+        assert [n.input[1] for n in m.graph.node if n.op_type == "Gemm"] == ["embed_tokens.weight"]
 
 
 @pytest.mark.parametrize("case", CAUSAL_BASES, ids=_id)
