@@ -60,12 +60,14 @@ def model_dims(config, family: str) -> dict[str, Any]:
 
 
 def graph_io(path: Path) -> dict[str, list[str]]:
-    import onnxruntime as ort
+    """An ONNX file -> its input names (initializers listed as inputs left out, as onnxruntime's ``get_inputs``
+    leaves them) and output names, read from the graph alone (a session packed every weight first: ~7 s for
+    Gemma 3's fp32 graph)."""
+    import onnx
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return {"inputs": [i.name for i in s.get_inputs()], "outputs": [o.name for o in s.get_outputs()]}
+    g = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in g.initializer}
+    return {"inputs": [i.name for i in g.input if i.name not in weights], "outputs": [o.name for o in g.output]}
 
 
 def check_graph_dims(graphs: dict[str, dict], dims: dict[str, Any], family: str) -> None:

@@ -159,6 +159,32 @@ def test_decoder_graph_io(fx, request):
     assert sorted(g["outputs"]) == sorted(["logits", *[f"present.{i}.{k}" for i in range(L) for k in ("key", "value")]])
 
 
+def test_graph_io_lists_what_onnxruntime_lists(tiny_gpt2, tiny_t5, tiny_llama, tmp_path):
+    """manifest.graph_io reads the names from the graph alone, in onnxruntime's order (plain, merged T5, a fused
+    graph; a graph that lists an initializer among its inputs leaves it out, as get_inputs does)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from onnxlm.export import export_model
+    from onnxlm.export.manifest import graph_io
+
+    fused = export_model(tiny_llama.hf_dir, tmp_path / "fused", progress=False, kv_layout="fused")
+    w = numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    listed = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 2]) for n in ("x", "w")],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 2])], [w]))
+    onnx.save(listed, str(tmp_path / "listed.onnx"))
+    files = [tiny_gpt2.onnx_dir / "model.onnx", *sorted(tiny_t5.onnx_dir.glob("*.onnx")), fused / "model.onnx",
+             tmp_path / "listed.onnx"]
+    for f in files:
+        s = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+        assert graph_io(f) == {"inputs": [i.name for i in s.get_inputs()],
+                               "outputs": [o.name for o in s.get_outputs()]}, f
+    assert graph_io(tmp_path / "listed.onnx")["inputs"] == ["x"]
+
+
 def test_gpt2_has_position_ids(tiny_gpt2):
     import onnxruntime as ort
 
