@@ -18,6 +18,10 @@ from .heap import session_heap
 from .threads import resolve_threads
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# fp32 products in fp32 on the GPU: the CUDA provider's default, TF32 (10-bit mantissas) on Ampere and later, put
+# the tiny models' logits 2e-3 (GPT-2, Llama) and 1.5e-2 (T5) from transformers' on an H200; with it off, 1e-6 to
+# 1.3e-5, as on the CPU (docs/design.md, "CUDA")
+CUDA_OPTIONS = {"use_tf32": "0"}
 ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
 
@@ -45,7 +49,7 @@ def make_session(path: Path, provider: str, threads: int | None) -> ort.Inferenc
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads  # threads=, else ONNXLM_THREADS, else the physical cores
     opts.inter_op_num_threads = 1
-    providers = [PROVIDERS["cuda"], PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
+    providers = [(PROVIDERS["cuda"], CUDA_OPTIONS), PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
     with session_heap():  # the weights onnxruntime frees after prepacking go back to the kernel (heap.py)
         try:
             return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)

@@ -44,3 +44,23 @@ def test_bound_path_equals_numpy_path(request, fixture):
     assert all(isinstance(v, ort.OrtValue) for v in state.cache.tensors.values())
     state.select(np.array([1, 1]))
     assert all(isinstance(v, ort.OrtValue) for v in state.cache.tensors.values())
+
+
+def test_cuda_sessions_multiply_fp32_in_fp32(tiny_gpt2, monkeypatch):
+    """provider='cuda' asks onnxruntime's CUDA provider for use_tf32=0: its default, TF32 on Ampere and later GPUs,
+    put the tiny models' logits 2.6e-3 to 1.5e-2 from transformers' on an H200 (docs/design.md, "CUDA"). The
+    options given to onnxruntime are read back here, where no GPU is needed."""
+    from onnxlm.runtime import session
+
+    seen, real = [], ort.InferenceSession
+
+    def fake_session(path, sess_options=None, providers=None, **kw):
+        seen.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(session.ort, "InferenceSession", fake_session)
+    try:
+        session.make_session(tiny_gpt2.onnx_dir / "model.onnx", "cuda", 1)
+        session.make_session(tiny_gpt2.onnx_dir / "model.onnx", "cpu", 1)
+    finally:
+        monkeypatch.undo()
+    assert seen == [[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"], ["CPUExecutionProvider"]]
