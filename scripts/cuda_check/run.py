@@ -4,7 +4,9 @@ it to OUT/result.json.
 
     python scripts/cuda_check/run.py DIR [OUT]     # DIR: prepare.py's output; onnxruntime-gpu and onnxlm installed
 
-DEVCHECK_PROVIDER=cpu runs the same checks on the CPU (a dry run). Run it outside the checkout or with onnxlm
+Any other artifact in DIR (a real-size plain export, e.g. `onnxlm export SmolLM2.gguf DIR/smollm2-plain
+--kv-layout plain`) is compared with the CPU provider and timed on both. DEVCHECK_PROVIDER=cpu runs the same checks
+on the CPU (a dry run). Run it outside the checkout or with onnxlm
 installed (the checkout's onnxlm/ folder alone does not import onnxlm.runtime). docs/design.md, "CUDA", has what it
 printed on an H200.
 """
@@ -111,6 +113,50 @@ def check(art: Path, provider: str) -> dict:
     return out
 
 
+def decode_times(model, batch: int, prompt: int, new: int = 33) -> tuple[float, float]:
+    """Greedy on random ids [batch, prompt] -> (ms per decode step, ms to the first token), from t(new) - t(1)."""
+    ids = np.random.default_rng(4).integers(100, model.vocab_size - 100, size=(batch, prompt)).astype(np.int64)
+    model.generate(ids, max_new_tokens=4, eos_token_id=[])
+    t = []
+    for n in (1, new, 1, new):
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=n, eos_token_id=[])
+        t.append(time.perf_counter() - t0)
+    one, many = min(t[0], t[2]), min(t[1], t[3])
+    return round((many - one) / (new - 1) * 1e3, 3), round(one * 1e3, 2)
+
+
+def real_model_check(art: Path, provider: str) -> dict:
+    """A real-size plain artifact (e.g. SmolLM2-135M fp32): ``provider`` against the CPU provider on a left-padded
+    batch (logits at the start and after 4 steps, greedy ids), and its speed on both."""
+    import onnxlm
+
+    dev, cpu = onnxlm.load(art, provider=provider), onnxlm.load(art, provider="cpu")
+    rng = np.random.default_rng(5)
+    lengths = [40, 12, 27]
+    ids = np.full((3, 40), dev.pad_id, np.int64)
+    mask = np.zeros((3, 40), np.int64)
+    for i, n in enumerate(lengths):
+        ids[i, 40 - n:] = rng.integers(100, dev.vocab_size - 100, size=n)
+        mask[i, 40 - n:] = 1
+    (sd, ld), (sc, lc) = dev.start(ids, mask), cpu.start(ids, mask)
+    diffs = [maxdiff(ld, lc)]
+    for t in range(4):
+        tok = np.argmax(lc, -1).astype(np.int64)
+        ld, lc = sd.advance(tok), sc.advance(tok)
+        diffs.append(maxdiff(ld, lc))
+    out = {"layers": dev.manifest.get("num_layers"), "logits_vs_cpu": diffs, "max_abs_logit": float(np.abs(lc).max())}
+    g_dev = dev.generate(ids, attention_mask=mask, max_new_tokens=24, eos_token_id=[]).sequences
+    g_cpu = cpu.generate(ids, attention_mask=mask, max_new_tokens=24, eos_token_id=[]).sequences
+    out["greedy_equal_cpu"] = bool(np.array_equal(g_dev, g_cpu))
+    for label, m in ((provider, dev), ("cpu", cpu)):
+        for batch, prompt in ((1, 16), (1, 512), (8, 16), (32, 16)):
+            step, first = decode_times(m, batch, prompt)
+            out[f"{label} b{batch} p{prompt}"] = {"ms_per_step": step, "first_token_ms": first,
+                                                  "tokens_per_s": round(batch * 1e3 / step, 1)}
+    return out
+
+
 def server_check(art: Path, provider: str) -> dict:
     """`onnxlm serve --provider PROVIDER` on ``art``: 8 greedy completions one at a time, then the same 8 at once
     (one continuous batch); statuses, whether both gave the same texts, the server's log tail."""
@@ -157,6 +203,11 @@ def main(here: Path, out: Path, provider: str) -> dict:
             res[name] = check(here / name, provider)
         except Exception:  # noqa: BLE001 - reported per model
             res[name] = {"error": traceback.format_exc()[-3000:]}
+    for art in sorted(p for p in here.iterdir() if (p / "onnxlm.json").is_file() and p.name not in MODELS):
+        try:  # any other artifact in DIR: a real-size one, checked against the CPU and timed
+            res[art.name] = real_model_check(art, provider)
+        except Exception:  # noqa: BLE001
+            res[art.name] = {"error": traceback.format_exc()[-3000:]}
     try:
         res["server"] = server_check(here / "tiny-gpt2", provider)
     except Exception:  # noqa: BLE001
