@@ -7,7 +7,9 @@ makes a host round trip.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +24,48 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # the tiny models' logits 2e-3 (GPT-2, Llama) and 1.5e-2 (T5) from transformers' on an H200; with it off, 1e-6 to
 # 1.3e-5, as on the CPU (docs/design.md, "CUDA")
 CUDA_OPTIONS = {"use_tf32": "0"}
+PROBE = Path(__file__).resolve().parent / "graphs" / "gather_rows_float32_r3.onnx"  # cuda_starts' one-node graph
 ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
 
 
 def resolve_provider(provider: str) -> str:
-    """'auto' | 'cpu' | 'cuda' -> 'cpu' | 'cuda'; raises ProviderError when CUDA is asked for but missing."""
+    """'auto' | 'cpu' | 'cuda' -> 'cpu' | 'cuda'; raises ProviderError when CUDA is asked for but missing or does not
+    start ('auto' then takes the CPU)."""
     if provider not in ("auto", "cpu", "cuda"):
         raise ParameterError("provider", f"got {provider!r}; allowed: 'auto', 'cpu', 'cuda'")
     available = ort.get_available_providers()
     if provider == "auto":
-        return "cuda" if PROVIDERS["cuda"] in available else "cpu"
+        return "cuda" if PROVIDERS["cuda"] in available and cuda_starts() else "cpu"
     if PROVIDERS[provider] not in available:
         raise ProviderError(
             f"provider={provider!r}: onnxruntime here offers only {available}. "
             "For CUDA install onnxruntime-gpu in place of onnxruntime (pip install 'onnxlm[cuda]').")
+    if provider == "cuda" and not cuda_starts():
+        raise ProviderError(
+            "provider='cuda': onnxruntime-gpu is installed but its CUDA provider does not start here (a session "
+            "asked for it fell back to the CPU): its CUDA and cuDNN libraries were not found. Install them for "
+            f"onnxruntime-gpu {ort.__version__} (pip install 'onnxruntime-gpu[cuda,cudnn]'), or use provider='cpu'.")
     return provider
+
+
+@lru_cache(maxsize=1)
+def cuda_starts() -> bool:
+    """Whether onnxruntime's CUDA provider really starts in this process. A listed provider whose CUDA or cuDNN
+    libraries cannot be loaded does not fail the session: onnxruntime logs an error and runs it on the CPU. So
+    the libraries from pip's nvidia packages are preloaded (``onnxruntime.preload_dlls``; a no-op on CPU builds),
+    then a one-node graph shipped with the runtime (``graphs/gather_rows_float32_r3.onnx``) is opened on CUDA and
+    its session asked which provider it got."""
+    with contextlib.suppress(Exception):  # older onnxruntime has none; a missing library is the probe's to find
+        ort.preload_dlls()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # the probe's own failure is reported by the caller, not logged here
+    try:
+        probe = ort.InferenceSession(str(PROBE), sess_options=opts, providers=[(PROVIDERS["cuda"], CUDA_OPTIONS),
+                                                                                PROVIDERS["cpu"]])
+    except Exception:  # noqa: BLE001 - any failure to open it on CUDA means CUDA does not start
+        return False
+    return probe.get_providers()[0] == PROVIDERS["cuda"]
 
 
 def make_session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:

@@ -157,6 +157,37 @@ def test_cuda_where_unavailable(tiny_gpt2):
     assert_one_line_error(run_cli("generate", tiny_gpt2.onnx_dir, "hi", "--provider", "cuda"), "cuda")
 
 
+def test_cuda_listed_but_not_starting(tiny_gpt2, monkeypatch):
+    """onnxruntime-gpu lists CUDAExecutionProvider even where its CUDA/cuDNN libraries are missing, and a session
+    then falls back to the CPU without an error: provider='cuda' must refuse (not run silently on the CPU), 'auto'
+    must take the CPU. Simulated here: CUDA listed, every session the CPU's."""
+    import onnxruntime as ort
+
+    from onnxlm.runtime import session
+
+    real = ort.InferenceSession
+    asked = []
+
+    def cpu_only(path, sess_options=None, providers=None, **kw):
+        asked.append(providers)
+        return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only)
+    session.cuda_starts.cache_clear()
+    try:
+        with pytest.raises(ProviderError, match="provider='cuda'.*does not start.*fell back to the CPU"):
+            onnxlm.load(tiny_gpt2.onnx_dir, provider="cuda")
+        assert asked and asked[0][0] == ("CUDAExecutionProvider", {"use_tf32": "0"})  # the probe asked for CUDA
+        model = onnxlm.load(tiny_gpt2.onnx_dir, provider="auto")
+        assert model.provider == "cpu" and model.decoder.session.get_providers() == ["CPUExecutionProvider"]
+        assert len([a for a in asked if a[0] != "CPUExecutionProvider"]) == 1  # probed once, then cached
+    finally:
+        monkeypatch.undo()
+        session.cuda_starts.cache_clear()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert session.cuda_starts() is False  # a CPU-only onnxruntime: the probe gets the CPU
+
+
 def test_bad_provider_name(tiny_gpt2):
     with pytest.raises(ParameterError, match="provider.*'auto', 'cpu', 'cuda'"):
         onnxlm.load(tiny_gpt2.onnx_dir, provider="tpu")
