@@ -78,7 +78,7 @@ from onnxlm.runtime.errors import ExportError, ModelFileError
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
 from .mapped_weights import save_mapped
 from .quantizer_input import load_unaliased
-from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, row_slice, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
+from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, take_rows, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
@@ -103,12 +103,6 @@ def llama_row_order(n_rows: int, n_head: int) -> np.ndarray:
     applied to row indices ([n_rows] int64)."""
     dim = n_rows // n_head // 2
     return np.arange(n_rows).reshape(n_head, dim, 2).swapaxes(2, 1).reshape(n_rows)
-
-
-def _permute_rows(b: Blocks, order: np.ndarray) -> Blocks:
-    pick = (lambda a: None if a is None else a[order])
-    return Blocks(b.bits, b.codes[order], b.scales[order], pick(b.zero_points), pick(b.correction), b.types,
-                  b.block_size)
 
 
 class GGUFTensors:
@@ -143,7 +137,7 @@ class GGUFTensors:
         b = blocks_from_gguf(np.asarray(t.data).reshape(n, -1), qtype, n, k)
         kind = name.split(".")[-2]
         if self.architecture == "llama" and kind in self.heads:  # transformers permutes these for llama only
-            b = _permute_rows(b, llama_row_order(n, self.heads[kind]))
+            b = take_rows(b, llama_row_order(n, self.heads[kind]))
         return b
 
 
@@ -178,7 +172,7 @@ class _Rewriter(Rewriter):
         shape = (b.codes.shape[0], b.scales.shape[1] * b.block_size)
         if shape != want.shape:
             raise ExportError(f"{what}: GGUF weight {shape} vs fp32 graph weight {want.shape}")
-        diff = max(float(np.abs(dequantize(row_slice(b, lo, lo + CHECK_ROWS)) - want[lo:lo + CHECK_ROWS]).max())
+        diff = max(float(np.abs(dequantize(take_rows(b, slice(lo, lo + CHECK_ROWS))) - want[lo:lo + CHECK_ROWS]).max())
                    for lo in range(0, shape[0], CHECK_ROWS))
         if diff > WEIGHT_TOLERANCE:
             raise ExportError(f"{what}: the GGUF blocks dequantise to a weight {diff:.3g} away from transformers' "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .mapped_weights import external_range, point_at
 from .nbits import HEAD_PART_BYTES, page_rows
 
 
@@ -49,16 +50,6 @@ def cut(g, part_bytes: int | None = None) -> dict[str, list[str]]:
     return out
 
 
-def _external(t) -> tuple[str, int, int] | None:
-    """A TensorProto whose bytes are in a data file -> (location, offset, length); None when they are inline."""
-    from onnx import TensorProto
-
-    if t.data_location != TensorProto.EXTERNAL:
-        return None
-    kv = {e.key: e.value for e in t.external_data}
-    return kv["location"], int(kv.get("offset", 0)), int(kv["length"])
-
-
 def _concat_rows(parts: list, name: str) -> "onnx.TensorProto":  # noqa: F821
     """float32 TensorProtos [r_i, K] -> one [sum r_i, K] named ``name``. Parts back to back in one data file (as
     ``mapped_weights.write_arrays`` lays them out) give a tensor over that file's range, nothing read; inline parts
@@ -66,13 +57,11 @@ def _concat_rows(parts: list, name: str) -> "onnx.TensorProto":  # noqa: F821
     from onnx import TensorProto, numpy_helper
 
     dims = [sum(t.dims[0] for t in parts), *parts[0].dims[1:]]
-    where = [_external(t) for t in parts]
+    where = [external_range(t) for t in parts]
     if all(where) and len({w[0] for w in where}) == 1 and \
             all(a[1] + a[2] == b[1] for a, b in zip(where, where[1:])):
-        out = TensorProto(name=name, data_type=parts[0].data_type, dims=dims, data_location=TensorProto.EXTERNAL)
-        for key, value in (("location", where[0][0]), ("offset", str(where[0][1])),
-                           ("length", str(sum(w[2] for w in where)))):
-            out.external_data.add(key=key, value=value)
+        out = TensorProto(name=name, data_type=parts[0].data_type, dims=dims)
+        point_at(out, where[0][0], where[0][1], sum(w[2] for w in where))
         return out
     if any(w is not None for w in where):
         raise ValueError(f"{name}: its row parts are not back to back in one data file; load their data first")

@@ -95,12 +95,12 @@ def save_mapped(model, path, aliases: dict | None = None) -> str:
                                       "pages, so the next part would not follow it")
                 offset = _append(f, data)
                 where[member.name] = (offset, len(data))
-                _point(member, data_name, offset, len(data))
+                point_at(member, data_name, offset, len(data))
     for name, sources in aliases.items():
         if any(x not in where for x in sources):
             raise ExportError(f"alias {name!r}: a source among {sources} holds no data")
         start = where[sources[0]][0]
-        _point(by_name[name], data_name, start, sum(where[x][1] for x in sources))
+        point_at(by_name[name], data_name, start, sum(where[x][1] for x in sources))
     onnx.save_model(model, str(path))
     return data_name
 
@@ -128,19 +128,19 @@ def write_arrays(arrays: dict, data_path, aliases: dict | None = None) -> list:
             a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))  # onnx stores little-endian
             offset = _append(f, a.reshape(-1).view(np.uint8).data)
             t = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape)
-            _point(t, data_path.name, offset, a.nbytes)
+            point_at(t, data_path.name, offset, a.nbytes)
             out.append(t)
             where[name] = t
     for name, sources in (aliases or {}).items():
         sources = [sources] if isinstance(sources, str) else list(sources)
-        spans = [_span(where[x]) for x in sources if x in where]
+        spans = [external_range(where[x])[1:] for x in sources if x in where]
         if len(spans) != len(sources) or name in arrays or \
                 any(a[0] + a[1] != b[0] for a, b in zip(spans, spans[1:])):
             raise ExportError(f"alias {name!r}: its sources {sources} are not arrays stored back to back (or the "
                               "name is taken)")
         dims = [sum(int(where[x].dims[0]) for x in sources), *where[sources[0]].dims[1:]]
         t = alias(name, [where[x] for x in sources], dims)
-        _point(t, data_path.name, spans[0][0], sum(length for _, length in spans))
+        point_at(t, data_path.name, spans[0][0], sum(length for _, length in spans))
         out.append(t)
     return out
 
@@ -153,13 +153,15 @@ def _append(f, data) -> int:
     return offset
 
 
-def _span(t) -> tuple[int, int]:
-    """An external tensor -> (offset, length) of its bytes in the data file."""
+def external_range(t) -> tuple[str, int, int] | None:
+    """A TensorProto whose bytes are in a data file -> (location, offset, length) there; None when they are inline."""
+    if t.data_location != t.EXTERNAL:
+        return None
     info = {e.key: e.value for e in t.external_data}
-    return int(info["offset"]), int(info["length"])
+    return info.get("location"), int(info.get("offset", 0)), int(info.get("length", 0))
 
 
-def _point(t, data_name: str, offset: int, length: int) -> None:
+def point_at(t, data_name: str, offset: int, length: int) -> None:
     """Make ``t`` an external tensor at ``offset`` (``length`` bytes) of ``data_name``."""
     for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
         t.ClearField(field)
@@ -178,10 +180,9 @@ def alias_map(path) -> dict[str, list[str]]:
     model = onnx.load(str(path), load_external_data=False)
     ranges = []  # (location, start, end, order, name)
     for order, t in enumerate(model.graph.initializer):
-        if t.data_location == t.EXTERNAL:
-            info = {e.key: e.value for e in t.external_data}
-            start = int(info.get("offset", 0))
-            ranges.append((info.get("location"), start, start + int(info.get("length", 0)), order, t.name))
+        if (where := external_range(t)) is not None:
+            loc, start, length = where
+            ranges.append((loc, start, start + length, order, t.name))
     out = {}
     for loc, start, end, order, name in ranges:
         inside = sorted((s, o, n) for lc, s, e, o, n in ranges if lc == loc and n != name and start <= s and e <= end

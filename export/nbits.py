@@ -87,10 +87,11 @@ def _pack4(q: np.ndarray) -> np.ndarray:
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
-def row_slice(b: Blocks, lo: int, hi: int) -> Blocks:
-    """Rows lo..hi-1 of ``b`` (views, no copy)."""
-    pick = (lambda a: None if a is None else a[lo:hi])
-    return Blocks(b.bits, b.codes[lo:hi], b.scales[lo:hi], pick(b.zero_points), pick(b.correction), b.types,
+def take_rows(b: Blocks, index) -> Blocks:
+    """The rows ``index`` of ``b`` (a slice: views; an index array, e.g. a permutation: copies), every per-row array
+    alike."""
+    pick = (lambda a: None if a is None else a[index])
+    return Blocks(b.bits, b.codes[index], b.scales[index], pick(b.zero_points), pick(b.correction), b.types,
                   b.block_size)
 
 
@@ -247,9 +248,10 @@ class Rewriter:
         kb = b.scales.shape[1]
 
         def inputs(prefix: str, lo: int, hi: int) -> list[str]:
-            out = [x, self.init(f"{prefix}.codes", b.codes[lo:hi]), self.init(f"{prefix}.scales", b.scales[lo:hi])]
-            if b.zero_points is not None:
-                zp = b.zero_points[lo:hi]
+            part = take_rows(b, slice(lo, hi))
+            out = [x, self.init(f"{prefix}.codes", part.codes), self.init(f"{prefix}.scales", part.scales)]
+            if part.zero_points is not None:
+                zp = part.zero_points
                 out.append(self.init(f"{prefix}.zero_points",
                                      zp if b.bits == 8 else _pack4(np.pad(zp, ((0, 0), (0, kb % 2))))))
             return out

@@ -15,16 +15,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .device_gather import GRAPHS
 from .errors import ModelFileError, ParameterError, ProviderError
 from .heap import session_heap
 from .threads import resolve_threads
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # fp32 products in fp32 on the GPU: the CUDA provider's default, TF32 (10-bit mantissas) on Ampere and later, put
-# the tiny models' logits 2e-3 (GPT-2, Llama) and 1.5e-2 (T5) from transformers' on an H200; with it off, 1e-6 to
-# 1.3e-5, as on the CPU (docs/design.md, "CUDA")
+# the tiny models' logits 2.6e-3 (GPT-2), 3.2e-3 (Llama) and 1.5e-2 (T5) from transformers' on an H200; with it
+# off, 1.6e-6 to 9.5e-6, as on the CPU (docs/design.md, "CUDA")
 CUDA_OPTIONS = {"use_tf32": "0"}
-PROBE = Path(__file__).resolve().parent / "graphs" / "gather_rows_float32_r3.onnx"  # cuda_starts' one-node graph
+PROBE = GRAPHS / "gather_rows_float32_r3.onnx"  # cuda_starts' one-node graph (device_gather's row gather)
 ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
 
@@ -61,11 +62,16 @@ def cuda_starts() -> bool:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # the probe's own failure is reported by the caller, not logged here
     try:
-        probe = ort.InferenceSession(str(PROBE), sess_options=opts, providers=[(PROVIDERS["cuda"], CUDA_OPTIONS),
-                                                                                PROVIDERS["cpu"]])
+        probe = ort.InferenceSession(str(PROBE), sess_options=opts, providers=session_providers("cuda"))
     except Exception:  # noqa: BLE001 - any failure to open it on CUDA means CUDA does not start
         return False
     return probe.get_providers()[0] == PROVIDERS["cuda"]
+
+
+def session_providers(provider: str) -> list:
+    """A resolved provider ('cpu' | 'cuda') -> onnxruntime's providers list: CUDA (with ``CUDA_OPTIONS``) before the
+    CPU, which runs the ops CUDA has no kernel for; or the CPU alone."""
+    return [(PROVIDERS["cuda"], CUDA_OPTIONS), PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
 
 
 def make_session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
@@ -77,7 +83,7 @@ def make_session(path: Path, provider: str, threads: int | None) -> ort.Inferenc
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads  # threads=, else ONNXLM_THREADS, else the physical cores
     opts.inter_op_num_threads = 1
-    providers = [(PROVIDERS["cuda"], CUDA_OPTIONS), PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
+    providers = session_providers(provider)
     with session_heap():  # the weights onnxruntime frees after prepacking go back to the kernel (heap.py)
         try:
             return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)

@@ -79,7 +79,6 @@ def run_worker(eng: EngineSpec, prep: Prepared, cases: list[dict], prompts: dict
     return res
 
 
-
 def run_rounds(engines: list[EngineSpec], prep: Prepared, cases: list[dict], prompts: dict, windows, args,
                tmp: Path) -> dict:
     """Every engine's worker, ``args.rounds`` times with the engines taking turns, then (with ``windows``) one more
