@@ -58,9 +58,6 @@ def test_cuda_sessions_multiply_fp32_in_fp32(tiny_gpt2, monkeypatch):
         seen.append(providers)
         return real(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
     monkeypatch.setattr(session.ort, "InferenceSession", fake_session)
-    try:
-        session.make_session(tiny_gpt2.onnx_dir / "model.onnx", "cuda", 1)
-        session.make_session(tiny_gpt2.onnx_dir / "model.onnx", "cpu", 1)
-    finally:
-        monkeypatch.undo()
+    session.make_session(tiny_gpt2.onnx_dir / "model.onnx", "cuda", 1)
+    session.make_session(tiny_gpt2.onnx_dir / "model.onnx", "cpu", 1)
     assert seen == [[("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"], ["CPUExecutionProvider"]]
