@@ -44,7 +44,8 @@ class LanguageModel:
         self._init_graphs()
         release_free_heap()  # what building the sessions freed goes back to the kernel (heap.py)
         logits_dim = self.decoder.session.get_outputs()[0].shape[-1]  # [batch, length, V]: V may be symbolic
-        self.vocab_size = int(logits_dim) if isinstance(logits_dim, int) else int(self.config["vocab_size"])
+        self.logits_width = int(logits_dim) if isinstance(logits_dim, int) else None  # V when the graph fixes it
+        self.vocab_size = self.logits_width or int(self.config["vocab_size"])
         # longest decoder-only sequence (learned or rotary positions); None for T5's relative positions
         self.max_positions = None if self.is_encoder_decoder else manifest.get(
             "max_positions", self.config.get("n_positions", self.config.get("max_position_embeddings")))

@@ -78,13 +78,14 @@ def _check_min_keep(v: Any) -> int:
     return int(v)
 
 
-def _vocab_mask(ids: Sequence[int], vocab: int) -> np.ndarray:
-    """[V] bool, True at ids (ids >= V are ignored, like transformers' isin over arange(V))."""
-    m = np.zeros(vocab, dtype=bool)
-    ids = [i for i in ids if i < vocab]
-    if ids:
-        m[ids] = True
-    return m
+def _banned(scores: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """[b, V] float32 -> a copy with the columns ``ids`` set to -inf (ids >= V are ignored, like transformers' isin
+    over arange(V)):
+    one copy and a column write, where a mask and ``np.where`` made three passes over the vocabulary (~0.2 ms a
+    step at Gemma's 262,144 tokens)."""
+    out = scores.astype(np.float32, copy=True)
+    out[:, [i for i in ids if i < scores.shape[1]]] = NEG_INF
+    return out
 
 
 def _scatter_back(sorted_mask: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -296,7 +297,7 @@ class SuppressTokensProcessor(LogitsProcessor):
         self.suppress_tokens = _token_ids("suppress_tokens", suppress_tokens)
 
     def __call__(self, input_ids, scores):
-        return np.where(_vocab_mask(self.suppress_tokens, scores.shape[1]), NEG_INF, scores).astype(np.float32)
+        return _banned(scores, self.suppress_tokens)
 
 
 class SuppressTokensAtBeginProcessor(LogitsProcessor):
@@ -311,7 +312,7 @@ class SuppressTokensAtBeginProcessor(LogitsProcessor):
     def __call__(self, input_ids, scores):
         if input_ids.shape[1] != self.begin_index:
             return scores
-        return np.where(_vocab_mask(self.begin_suppress_tokens, scores.shape[1]), NEG_INF, scores).astype(np.float32)
+        return _banned(scores, self.begin_suppress_tokens)
 
 
 class MinLengthProcessor(LogitsProcessor):
@@ -326,7 +327,7 @@ class MinLengthProcessor(LogitsProcessor):
     def __call__(self, input_ids, scores):
         if input_ids.shape[1] >= self.min_length:
             return scores.copy()
-        return np.where(_vocab_mask(self.eos_token_id, scores.shape[1]), NEG_INF, scores).astype(np.float32)
+        return _banned(scores, self.eos_token_id)
 
 
 class MinNewTokensLengthProcessor(LogitsProcessor):
@@ -343,7 +344,7 @@ class MinNewTokensLengthProcessor(LogitsProcessor):
     def __call__(self, input_ids, scores):
         if input_ids.shape[1] - self.prompt_length_to_skip >= self.min_new_tokens:
             return scores.copy()
-        return np.where(_vocab_mask(self.eos_token_id, scores.shape[1]), NEG_INF, scores).astype(np.float32)
+        return _banned(scores, self.eos_token_id)
 
 
 class ForcedBOSProcessor(LogitsProcessor):
