@@ -240,6 +240,27 @@ def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs, case, ca
 
 
 @pytest.mark.parametrize("case", BASES, ids=_id)
+def test_each_step_writes_its_logits_into_a_fresh_array(fused_dirs, case):
+    """The graph writes a step's logits straight into a new numpy array of the known width (no copy out of
+    onnxruntime's output): the arrays of successive steps never share memory (a kept step's logits stay as they
+    were), and they equal what onnxruntime's own output gives (``logits_width = None``, the fallback)."""
+    spec = FAMILIES[case[0]]
+    ours = onnxlm.load(fused_dirs[case[1]][1])
+    assert ours.logits_width == ours.vocab_size
+    ids, mask = spec.batch(ours, seed=6)
+    runs = []
+    for width in (ours.logits_width, None):
+        ours.logits_width = width
+        state, first = ours.start(ids, mask)
+        steps = [first] + [state.advance(np.array([5, 6, 7][:len(first)])) for _ in range(3)]
+        runs.append(steps)
+    fresh = runs[0]
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(fresh) for b in fresh[i + 1:])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", BASES, ids=_id)
 def test_score_equals_the_plain_artifact(fused_dirs, case, request):
     spec = FAMILIES[case[0]]
     fused_model, plain = onnxlm.load(fused_dirs[case[1]][1]), onnxlm.load(request.getfixturevalue(spec.fixture).onnx_dir)
