@@ -80,9 +80,8 @@ def _check_min_keep(v: Any) -> int:
 
 def _banned(scores: np.ndarray, ids: Sequence[int]) -> np.ndarray:
     """[b, V] float32 -> a copy with the columns ``ids`` set to -inf (ids >= V are ignored, like transformers' isin
-    over arange(V)):
-    one copy and a column write, where a mask and ``np.where`` made three passes over the vocabulary (~0.2 ms a
-    step at Gemma's 262,144 tokens)."""
+    over arange(V)): one copy and a column write, where a mask and ``np.where`` made three passes over the
+    vocabulary (~0.2 ms a step at Gemma's 262,144 tokens)."""
     out = scores.astype(np.float32, copy=True)
     out[:, [i for i in ids if i < scores.shape[1]]] = NEG_INF
     return out
