@@ -151,7 +151,8 @@ def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch)
     """The gate's text: over 2,000 tokens of prose, code and dialogue for a real tokenizer (SmolLM2's: 2,755);
     its mean KL(fp32 || quantized) equals torch's kl_div on the two artifacts' logits, window by window (one pass
     each); models whose logits select positions (the fused graphs) are asked for shares of a window's positions,
-    and every figure stays the same."""
+    each in a pass over the window's tokens up to the share's last one (at least MIN_PASS), and every figure stays
+    the same."""
     import torch
 
     text = Q.QUALITY_TEXT.read_text(encoding="utf-8")
@@ -176,13 +177,14 @@ def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch)
         selects_positions = True
 
         def __init__(self, model):
-            self.model, self.asked = model, []
+            self.model, self.asked, self.passes = model, [], []
 
         def __getattr__(self, name):
             return getattr(self.model, name)
 
         def logits(self, ids, *, positions):
             self.asked.append(len(positions))
+            self.passes.append((len(ids[0]), int(positions[-1])))  # tokens in the pass, last position asked
             return self.model.logits(ids)[:, positions]
 
     one_pass = Q._teacher_forced(ref, cand, ids)
@@ -192,6 +194,10 @@ def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch)
             np.testing.assert_array_equal(shared[key], value)
         windows = Q._windows(len(ids), min(ref.max_positions, Q.WINDOW))
         assert max(models[0].asked) <= 100 and sum(models[0].asked) == len(ids) - len(windows)
+        # each pass holds the window's tokens up to its share's last position (or MIN_PASS of them), not the window
+        want = [(min(e - s, max(hi, Q.MIN_PASS)), hi - 1) for s, e in windows
+                for _, hi in Q._shares(e - s - 1, ref.vocab_size)]
+        assert models[0].passes == want and sum(n for n, _ in want) < sum(e - s for s, e in windows) * 2
 
 
 def test_gate_refuses_below_threshold_and_leaves_nothing(tmp_path, tiny_llama, monkeypatch):
