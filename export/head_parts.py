@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .mapped_weights import external_range, point_at
+from .mapped_weights import external_range, joined_range, point_at
 from .nbits import HEAD_PART_BYTES, page_rows
 
 
@@ -57,13 +57,11 @@ def _concat_rows(parts: list, name: str) -> "onnx.TensorProto":  # noqa: F821
     from onnx import TensorProto, numpy_helper
 
     dims = [sum(t.dims[0] for t in parts), *parts[0].dims[1:]]
-    where = [external_range(t) for t in parts]
-    if all(where) and len({w[0] for w in where}) == 1 and \
-            all(a[1] + a[2] == b[1] for a, b in zip(where, where[1:])):
+    if (joined := joined_range(parts)) is not None:
         out = TensorProto(name=name, data_type=parts[0].data_type, dims=dims)
-        point_at(out, where[0][0], where[0][1], sum(w[2] for w in where))
+        point_at(out, *joined)
         return out
-    if any(w is not None for w in where):
+    if any(external_range(t) is not None for t in parts):
         raise ValueError(f"{name}: its row parts are not back to back in one data file; load their data first")
     if any(t.data_type != TensorProto.FLOAT or not t.raw_data for t in parts):
         return numpy_helper.from_array(np.concatenate([numpy_helper.to_array(t) for t in parts]), name)

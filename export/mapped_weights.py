@@ -133,14 +133,13 @@ def write_arrays(arrays: dict, data_path, aliases: dict | None = None) -> list:
             where[name] = t
     for name, sources in (aliases or {}).items():
         sources = [sources] if isinstance(sources, str) else list(sources)
-        spans = [external_range(where[x])[1:] for x in sources if x in where]
-        if len(spans) != len(sources) or name in arrays or \
-                any(a[0] + a[1] != b[0] for a, b in zip(spans, spans[1:])):
+        joined = joined_range([where[x] for x in sources]) if all(x in where for x in sources) else None
+        if joined is None or name in arrays:
             raise ExportError(f"alias {name!r}: its sources {sources} are not arrays stored back to back (or the "
                               "name is taken)")
         dims = [sum(int(where[x].dims[0]) for x in sources), *where[sources[0]].dims[1:]]
         t = alias(name, [where[x] for x in sources], dims)
-        point_at(t, data_path.name, spans[0][0], sum(length for _, length in spans))
+        point_at(t, *joined)
         out.append(t)
     return out
 
@@ -159,6 +158,16 @@ def external_range(t) -> tuple[str, int, int] | None:
         return None
     info = {e.key: e.value for e in t.external_data}
     return info.get("location"), int(info.get("offset", 0)), int(info.get("length", 0))
+
+
+def joined_range(tensors: list) -> tuple[str, int, int] | None:
+    """TensorProtos whose bytes lie back to back, in order, in one data file -> (location, offset, total length) of
+    them all there; None otherwise (one inline, another file, a gap)."""
+    where = [external_range(t) for t in tensors]
+    if not where or not all(where) or len({w[0] for w in where}) > 1 or \
+            any(a[1] + a[2] != b[1] for a, b in zip(where, where[1:])):
+        return None
+    return where[0][0], where[0][1], sum(w[2] for w in where)
 
 
 def point_at(t, data_name: str, offset: int, length: int) -> None:
