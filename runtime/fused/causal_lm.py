@@ -150,8 +150,8 @@ class FusedCausalLM(CausalLM):
         io.bind_cpu_input("logits_positions", np.ascontiguousarray(keep, np.int64))
         if "position_ids" in self.decoder.inputs:  # learned positions (GPT-2): a token's index in its packed row
             io.bind_cpu_input("position_ids", (past[:, None] + np.arange(ids.shape[1])).astype(np.int64))
-        shape = None if self.logits_width is None else (len(ids), keep.shape[1], self.logits_width)
-        return buffers.run_in_place(self.decoder.session, io, shape)  # past = present: appended in place
+        return buffers.run_in_place(self.decoder.session, io, len(ids), keep.shape[1],
+                                    self.logits_width)  # past = present: appended in place
 
     def _prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions, room: int = 0):
         """ids/mask [b, t] -> (logits at ``positions(lengths)`` [b, k, V], fresh buffers holding the prompt and

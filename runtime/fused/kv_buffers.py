@@ -95,18 +95,18 @@ class KVBuffers:
             out[n][:, :, :held] = a[rows, :, :held]
         self.__init__(out, self.pool)
 
-    def run_in_place(self, session, io, shape: tuple[int, int, int] | None = None) -> np.ndarray:
+    def run_in_place(self, session, io, rows: int, kept: int, width: int | None) -> np.ndarray:
         """Run ``session`` on ``io`` (``binding(session)`` with the step's other inputs bound) -> the logits
-        [b, k, V] float32 (a fresh array each step); the buffers are appended to in place. With the logits'
-        ``shape`` known, the graph writes them straight into a new numpy array: no copy out of onnxruntime's
-        output, and no ``io.get_outputs()``, which wraps every bound output (the 2L present buffers too: ~0.15 ms
-        of a 5.5 ms SmolLM2 step)."""
-        if shape is None:
+        [rows, kept, width] float32 (a fresh array each step); the buffers are appended to in place. With the
+        ``width`` known (the graph fixes V), the graph writes them straight into a new numpy array: no copy out of
+        onnxruntime's output, and no ``io.get_outputs()``, which wraps every bound output (the 2L present buffers
+        too: ~0.15 ms of a 5.5 ms SmolLM2 step)."""
+        if width is None:
             io.bind_output("logits")
             session.run_with_iobinding(io)
             return io.get_outputs()[0].numpy()
-        logits = np.empty(shape, np.float32)
-        io.bind_output("logits", "cpu", 0, np.float32, list(shape), logits.ctypes.data)
+        logits = np.empty((rows, kept, width), np.float32)
+        io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         session.run_with_iobinding(io)
         return logits
 

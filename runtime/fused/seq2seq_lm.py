@@ -74,8 +74,8 @@ class FusedSeq2SeqLM(Seq2SeqLM):
         io.bind_cpu_input("encoder_attention_mask", np.ascontiguousarray(enc_mask, np.int64))
         for name, value in cross.items():
             io.bind_cpu_input(name, np.ascontiguousarray(value))
-        shape = None if self.logits_width is None else (len(ids), ids.shape[1], self.logits_width)
-        return buffers.run_in_place(self.decoder.session, io, shape)  # past = present: appended in place
+        return buffers.run_in_place(self.decoder.session, io, len(ids), ids.shape[1],
+                                    self.logits_width)  # past = present: appended in place
 
     def _decode_fresh(self, input_ids, attention_mask, decoder_ids: np.ndarray):
         """Encoder ids/mask [b, S], decoder ids [b, T] -> (logits [b, T, V], cross keys/values, fresh buffers holding
