@@ -20,7 +20,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import Graph, check_head_dim, io_values, logits_head, save_graph, to_numpy
+from .fused_graph import Graph, check_head_dim, io_values, logits_head, qk_head_norms, save_graph, to_numpy
 from .fused_llama import _linear, _w, rotary_caches, sliding_windows
 
 FUSED_TYPES = ("gemma", "gemma2", "gemma3_text")
@@ -46,13 +46,6 @@ def _norm(g: Graph, name: str, x: str, module, eps: float) -> str:
     """x [..., D] -> Gemma's RMSNorm: norm(x) * (1 + w), the weight stored as 1 + w (float32)."""
     weight = g.init(name, (1.0 + to_numpy(module.weight).astype(np.float32)).astype(np.float32))
     return g.op("SimplifiedLayerNormalization", [x, weight], axis=-1, epsilon=eps, stash_type=1)
-
-
-def _head_norm(g: Graph, name: str, x: str, module, heads: int, head_dim: int, eps: float) -> str:
-    """x [b, s, heads * head_dim] -> the per-head RMSNorm (Gemma 3's q_norm / k_norm), same shape."""
-    split = g.op("Reshape", [x, g.init(f"shape_heads_{heads}", np.array([0, 0, heads, head_dim], np.int64))])
-    normed = _norm(g, name, split, module, eps)
-    return g.op("Reshape", [normed, g.init(f"shape_flat_{heads}", np.array([0, 0, heads * head_dim], np.int64))])
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
@@ -85,12 +78,9 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         h = _norm(g, f"l{i}.input_layernorm", x, layer.input_layernorm, eps)
         wqkv = np.concatenate([_w(att.q_proj), _w(att.k_proj), _w(att.v_proj)], axis=1)
         qkv = g.op("MatMul", [h, g.init(f"l{i}.qkv.weight", wqkv)])  # [b, s, (N + 2 KVN) H]
-        if hasattr(att, "q_norm"):  # Gemma 3: per-head RMSNorm of q and k before the rotary
-            q, k, v = g.op("Split", [qkv, g.init(f"qkv_split_{N}_{KVN}", np.array([N * H, KVN * H, KVN * H]))],
-                           n_out=3, axis=-1)
-            q = _head_norm(g, f"l{i}.q_norm", q, att.q_norm, N, H, eps)
-            k = _head_norm(g, f"l{i}.k_norm", k, att.k_norm, KVN, H, eps)
-            qkv = g.op("Concat", [q, k, v], axis=-1)
+        if hasattr(att, "q_norm"):  # Gemma 3: per-head RMSNorm of q and k before the rotary, weights 1 + w
+            qkv = qk_head_norms(g, qkv, i, N, KVN, H, 1.0 + to_numpy(att.q_norm.weight),
+                                1.0 + to_numpy(att.k_norm.weight), eps)
         attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=1, rotary_interleaved=0, scale=float(att.scaling))
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])

@@ -63,6 +63,26 @@ class Graph:
         return a
 
 
+def qk_head_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, head_dim: int, q_weight: np.ndarray,
+                  k_weight: np.ndarray, eps: float) -> str:
+    """Packed q/k/v [b, s, (N + 2 KVN) H] -> the same with a per-head RMSNorm on q and on k (weights [H] float32,
+    initializers ``l{layer}.q_norm`` / ``.k_norm``): Gemma 3's and Qwen 3's q_norm / k_norm before the rotary. q and k
+    are unpacked, normed over each head's H values, and packed again with v."""
+    sizes = g.init(f"qkv_split_{heads}_{kv_heads}", np.array([heads * head_dim, kv_heads * head_dim,
+                                                               kv_heads * head_dim]))
+    q, k, v = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
+
+    def norm(x: str, name: str, weight: np.ndarray, n: int) -> str:  # [b, s, n H] -> [b, s, n, H] -> normed, flat
+        split = g.op("Reshape", [x, g.init(f"shape_heads_{n}", np.array([0, 0, n, head_dim], np.int64))])
+        normed = g.op("SimplifiedLayerNormalization", [split, g.init(name, weight.astype(np.float32))], axis=-1,
+                      epsilon=eps, stash_type=1)
+        return g.op("Reshape", [normed, g.init(f"shape_flat_{n}", np.array([0, 0, n * head_dim], np.int64))])
+
+    q = norm(q, f"l{layer}.q_norm", q_weight, heads)
+    k = norm(k, f"l{layer}.k_norm", k_weight, kv_heads)
+    return g.op("Concat", [q, k, v], axis=-1)
+
+
 def to_numpy(t) -> np.ndarray:
     """A torch tensor / parameter -> float32 numpy array (a copy)."""
     return t.detach().float().numpy().copy()

@@ -1,5 +1,5 @@
-"""The fused decoder graph (``kv_layout="fused"``): our own fp32 ONNX graph for Llama / Mistral / Qwen2, built with
-onnx.helper from the transformers model's weights, one ``com.microsoft.GroupQueryAttention`` node per layer.
+"""The fused decoder graph (``kv_layout="fused"``): our own fp32 ONNX graph for Llama / Mistral / Qwen2 / Qwen3, built
+with onnx.helper from the transformers model's weights, one ``com.microsoft.GroupQueryAttention`` node per layer.
 
 The KV cache lives in preallocated buffers ``past_key_values.{i}.key|value`` [b, kv_heads, L, head_dim] that the
 runtime binds as both the past input and the ``present.{i}.key|value`` output (IO binding): each step writes the new
@@ -15,6 +15,8 @@ Outputs: logits [b, k, V] float32, present.{i}.key|value (the buffers).
 Rotary: GQA rotates q/k itself (do_rotary=1) with cos/sin caches [max_positions, head_dim/2] computed in fp32 by the
 model's own ``rotary_emb`` (exact for default/linear/llama3/yarn; the attention scaling of yarn is folded into
 cos/sin as transformers does). Position of a token = its index in its (right-padded) row.
+Qwen3: q and k get a per-head RMSNorm (``q_norm`` / ``k_norm``) before the rotary (``fused_graph.qk_head_norms``,
+as Gemma 3's).
 Sliding window: GQA's ``local_window_size`` = transformers' ``sliding_window`` gives the same mask (measured: the
 values -1 and +1 give wrong logits; tests/test_fused_layouts.py checks Mistral with a window of 4 on sequences of 11+).
 """
@@ -24,10 +26,10 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import Graph, check_head_dim, io_values, logits_head, save_graph
+from .fused_graph import Graph, check_head_dim, io_values, logits_head, qk_head_norms, save_graph, to_numpy
 from .onnx_export import SUPPORTED_ROPE_SCALING
 
-FUSED_TYPES = ("llama", "mistral", "qwen2")
+FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def check_supported(model) -> None:
@@ -90,7 +92,7 @@ def _linear(g: Graph, name: str, x: str, linear) -> str:
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
-    """transformers Llama / Mistral / Qwen2 model -> the fused graph written to ``out_path``; returns
+    """transformers Llama / Mistral / Qwen2 / Qwen3 model -> the fused graph written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}."""
     check_supported(model)
     cfg = model.config
@@ -123,6 +125,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         if att.q_proj.bias is not None:
             bqkv = np.concatenate([p.bias.detach().float().numpy() for p in (att.q_proj, att.k_proj, att.v_proj)])
             qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
+        if hasattr(att, "q_norm"):  # Qwen 3: per-head RMSNorm of q and k before the rotary
+            qkv = qk_head_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
         attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=1, rotary_interleaved=0, scale=float(att.scaling))
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)

@@ -16,6 +16,10 @@ runtime:
   ``1/sqrt(head_dim)``, or ``1/sqrt(hidden / heads)`` for the 27B models (llama.cpp's LLM_TYPE_27B: 46 layers for
   Gemma 2, 62 for Gemma 3). Here: the same rule.
 
+* ``{arch}.attention.key_length`` (the head size) of Qwen2 and Qwen3 files: not mapped (Llama's and Mistral's
+  head_dim comes from ``rope.dimension_count``), so the config keeps its class default: ``hidden / heads`` (Qwen2) or
+  128 (Qwen3, whatever the file says). Here: ``head_dim`` = the file's key_length.
+
 ``config_overrides`` is applied to the config before the weights are loaded (the attention modules read it at
 construction), ``apply_rope_freqs`` to the loaded model.
 """
@@ -27,6 +31,8 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
+#: architectures whose head size transformers' loader does not read (``{arch}.attention.key_length`` -> head_dim)
+HEAD_DIM_ARCHS = ("qwen2", "qwen3")
 #: layers of the 27B models, whose queries llama.cpp scales by 1/sqrt(hidden / heads) instead of 1/sqrt(head_dim)
 LAYERS_27B = {"gemma2": 46, "gemma3": 62}
 
@@ -42,6 +48,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     elif scaling not in (None, "none", "linear"):
         raise ExportError(f"{arch}.rope.scaling.type = {scaling!r} (factor {factor}): not supported for GGUF files "
                           "(supported: none, linear; llama3 scaling comes as a rope_freqs tensor)")
+    if arch in HEAD_DIM_ARCHS and f"{arch}.attention.key_length" in meta:
+        out["head_dim"] = int(meta[f"{arch}.attention.key_length"])
     if arch in LAYERS_27B:
         hidden, heads = int(meta[f"{arch}.embedding_length"]), int(meta[f"{arch}.attention.head_count"])
         head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))

@@ -1,7 +1,7 @@
 """Tiny F32 GGUF files laid out as llama.cpp's converter writes them, with the metadata transformers' GGUF loader
-ignores (rope scaling, rope_freqs, Gemma's soft-capping and query scale): the inputs of tests/test_gguf_config.py and
-of tests/data/gguf_llama_cpp/make_reference_logits.py, which stores llama.cpp's logits for them. Seeded: the same
-call writes the same bytes (the reference records each file's sha256)."""
+ignores (rope scaling, rope_freqs, Gemma's soft-capping and query scale, Qwen3's head size): the inputs of
+tests/test_gguf_config.py and of tests/data/gguf_llama_cpp/make_reference_logits.py, which stores llama.cpp's logits
+for them. Seeded: the same call writes the same bytes (the reference records each file's sha256)."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +15,7 @@ CASES = {
     "llama-rope-freqs": ("llama", {}, "llama3"),
     "gemma2-softcap": ("gemma2", {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}, None),
     "gemma3-rope-linear": ("gemma3", {"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, None),
+    "qwen3-head-dim": ("qwen3", {}, None),  # key_length 16: transformers' Qwen3 default is 128
 }
 #: token ids fed to both runtimes (BOS first): longer than the sliding window of the Gemma cases
 IDS = [1, 40, 41, 72, 100, 150, 200, 3, 9, 250, 77, 120]
@@ -73,7 +74,7 @@ def write_tiny_gguf(path: Path, case: str) -> str:
     w.add_rope_dimension_count(HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
-    if arch != "llama":
+    if arch.startswith("gemma"):
         w.add_sliding_window(WINDOW)
     for key, value in extra.items():
         full = f"{arch}.{key}"
@@ -95,10 +96,10 @@ def write_tiny_gguf(path: Path, case: str) -> str:
     for i in range(LAYERS):
         norm(f"blk.{i}.attn_norm.weight", HIDDEN)
         norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
-        if arch != "llama":
+        if arch.startswith("gemma"):
             norm(f"blk.{i}.post_attention_norm.weight", HIDDEN)
             norm(f"blk.{i}.post_ffw_norm.weight", HIDDEN)
-        if arch == "gemma3":
+        if arch in ("gemma3", "qwen3"):
             norm(f"blk.{i}.attn_q_norm.weight", HEAD_DIM)
             norm(f"blk.{i}.attn_k_norm.weight", HEAD_DIM)
         mat(f"blk.{i}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)

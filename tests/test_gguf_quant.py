@@ -405,16 +405,17 @@ F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": 
 RARE = {"IQ4_NL": (32, 18, [0])}  # a type without a block form: weights per block, bytes per block, fp16 offsets
 
 
-def random_blocks(rng, qtype: str, n: int, k: int) -> np.ndarray:
+def random_blocks(rng, qtype: str, n: int, k: int, scales: tuple[float, float] = (0.001, 0.05)) -> np.ndarray:
     """Valid random GGUF blocks of ``qtype`` for an [n, k] weight -> raw bytes [n, row bytes] uint8: every code and
-    sub-block scale byte random, the fp16 super-scales small positive numbers (random bytes could be NaN)."""
+    sub-block scale byte random, the fp16 super-scales small positive numbers drawn from ``scales`` (random bytes
+    could be NaN)."""
     from onnxlm.export.gguf_blocks import BLOCK_BYTES, BLOCK_WEIGHTS
 
     weights, nbytes, halves = RARE.get(qtype) or (BLOCK_WEIGHTS[qtype], BLOCK_BYTES[qtype], F16_FIELDS[qtype])
     nb = k // weights
     raw = rng.integers(0, 256, size=(n, nb, nbytes), dtype=np.uint8)
     for at in halves:
-        raw[..., at:at + 2] = rng.uniform(0.001, 0.05, size=(n, nb, 1)).astype(np.float16).view(np.uint8)
+        raw[..., at:at + 2] = rng.uniform(*scales, size=(n, nb, 1)).astype(np.float16).view(np.uint8)
     return raw.reshape(n, -1)
 
 
@@ -569,6 +570,87 @@ def test_a_gemma3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
     q = m["quantization"]
     assert m["model_type"] == "gemma3_text" and m["kv_layout"] == "fused-gqa"
     assert q["tensors"] == {"Q5_0": 8, "Q8_0": 3, "Q4_K": 2, "Q6_K": 2} and q["fp32_tensors"] == {}
+    assert q["max_weight_diff"] <= 1e-5
+    ref = load_gguf(gguf_path).model
+    ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids)).logits.numpy()
+        hf = ref.generate(torch.tensor(ids), max_new_tokens=8, do_sample=False, eos_token_id=None).numpy()
+    model = onnxlm.load(out)
+    assert np.abs(model.logits(ids) - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
+
+
+SCALES = (1e-4, 5e-4)
+
+
+def write_tiny_qwen3_gguf(path, hidden: int = 256, ffn: int = 256, heads: int = 2, head_dim: int = 128) -> None:
+    """A 2-layer Qwen3 GGUF laid out as llama.cpp writes one (per-head q/k norms, q/k rows not permuted, the head
+    tied to the embedding), its tensors of a Qwen3 Q4_K_M file's types (Q4_K q/k/o/gate/up, Q6_K v, down and
+    embedding), as valid random blocks; a byte-level vocabulary."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    rng = np.random.default_rng(6)
+    specials = ["<pad>", "<bos>", "<eos>"]
+    tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]  # one merge: " t"
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    w.add_context_length(POSITIONS)
+    w.add_embedding_length(hidden)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(1)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_freq_base(1_000_000.0)
+    add_tiny_vocabulary(w, specials, tokens)
+
+    def norm(name: str, n: int) -> None:
+        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    def add(name: str, n: int, k: int, qtype: str) -> None:  # K-quant weights of ~0.01: activations stay O(1)
+        w.add_tensor(name, random_blocks(rng, qtype, n, k, SCALES), raw_dtype=T[qtype])
+
+    add("token_embd.weight", len(tokens), hidden, "Q6_K")
+    for i in range(LAYERS):
+        norm(f"blk.{i}.attn_norm.weight", hidden)
+        norm(f"blk.{i}.ffn_norm.weight", hidden)
+        norm(f"blk.{i}.attn_q_norm.weight", head_dim)
+        norm(f"blk.{i}.attn_k_norm.weight", head_dim)
+        add(f"blk.{i}.attn_q.weight", heads * head_dim, hidden, "Q4_K")
+        add(f"blk.{i}.attn_k.weight", head_dim, hidden, "Q4_K")
+        add(f"blk.{i}.attn_v.weight", head_dim, hidden, "Q6_K")
+        add(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, "Q4_K")
+        add(f"blk.{i}.ffn_gate.weight", ffn, hidden, "Q4_K")
+        add(f"blk.{i}.ffn_up.weight", ffn, hidden, "Q4_K")
+        add(f"blk.{i}.ffn_down.weight", hidden, ffn, "Q6_K")
+    norm("output_norm.weight", hidden)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_qwen3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
+    """A Qwen3 GGUF (a Q4_K_M file's tensor types; per-head q/k norms): the fused Llama-family graph, every weight on
+    the file's own blocks (none dequantised), each checked against transformers' dequantised weight at export; at the
+    fidelity level the logits are transformers' on the same file, and greedy ids equal its generate."""
+    import torch
+
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+
+    gguf_path = tmp_path / "qwen3.gguf"
+    write_tiny_qwen3_gguf(gguf_path)
+    out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
+                       progress=False)
+    m = json.loads((out / "onnxlm.json").read_text())
+    q = m["quantization"]
+    assert m["model_type"] == "qwen3" and m["kv_layout"] == "fused-gqa"
+    assert q["tensors"] == {"Q4_K": 10, "Q6_K": 5} and q["fp32_tensors"] == {}
     assert q["max_weight_diff"] <= 1e-5
     ref = load_gguf(gguf_path).model
     ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
