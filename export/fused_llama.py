@@ -1,5 +1,6 @@
-"""The fused decoder graph (``kv_layout="fused"``): our own fp32 ONNX graph for Llama / Mistral / Qwen2 / Qwen3, built
-with onnx.helper from the transformers model's weights, one ``com.microsoft.GroupQueryAttention`` node per layer.
+"""The fused decoder graph (``kv_layout="fused"``): our own fp32 ONNX graph for Llama / Mistral / Qwen2 / Qwen3 /
+Phi-3, built with onnx.helper from the transformers model's weights, one ``com.microsoft.GroupQueryAttention`` node
+per layer.
 
 The KV cache lives in preallocated buffers ``past_key_values.{i}.key|value`` [b, kv_heads, L, head_dim] that the
 runtime binds as both the past input and the ``present.{i}.key|value`` output (IO binding): each step writes the new
@@ -17,6 +18,9 @@ model's own ``rotary_emb`` (exact for default/linear/llama3/yarn; the attention 
 cos/sin as transformers does). Position of a token = its index in its (right-padded) row.
 Qwen3: q and k get a per-head RMSNorm (``q_norm`` / ``k_norm``) before the rotary (``fused_graph.qk_head_norms``,
 as Gemma 3's).
+Phi-3: its packed ``qkv_proj`` is the graph's q/k/v weight as it is; its ``gate_up_proj`` (gate rows first) becomes the
+two MatMuls ``gate_proj`` / ``up_proj`` of every other family (the names ``gguf_quant`` rewrites); a partial rotary
+(Phi-4-mini) is refused.
 Sliding window: GQA's ``local_window_size`` = transformers' ``sliding_window`` gives the same mask (measured: the
 values -1 and +1 give wrong logits; tests/test_fused_layouts.py checks Mistral with a window of 4 on sequences of 11+).
 """
@@ -29,7 +33,7 @@ from onnxlm.runtime.errors import ExportError
 from .fused_graph import Graph, check_head_dim, io_values, logits_head, qk_head_norms, save_graph, to_numpy
 from .onnx_export import SUPPORTED_ROPE_SCALING
 
-FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
 
 def check_supported(model) -> None:
@@ -92,7 +96,7 @@ def _linear(g: Graph, name: str, x: str, linear) -> str:
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
-    """transformers Llama / Mistral / Qwen2 / Qwen3 model -> the fused graph written to ``out_path``; returns
+    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 model -> the fused graph written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}."""
     check_supported(model)
     cfg = model.config
@@ -119,10 +123,12 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         att, mlp = layer.self_attn, layer.mlp
         ln1 = g.init(f"l{i}.input_layernorm", layer.input_layernorm.weight.detach().float().numpy())
         h = g.op("SimplifiedLayerNormalization", [x, ln1], axis=-1, epsilon=eps, stash_type=1)
-        # q, k, v in one MatMul: [b, s, D] -> [b, s, (N + 2 KVN) H], fed to GQA packed
-        wqkv = np.concatenate([_w(att.q_proj), _w(att.k_proj), _w(att.v_proj)], axis=1)
+        # q, k, v in one MatMul: [b, s, D] -> [b, s, (N + 2 KVN) H], fed to GQA packed (Phi-3 stores them so)
+        packed = getattr(att, "qkv_proj", None)
+        wqkv = _w(packed) if packed is not None else np.concatenate([_w(att.q_proj), _w(att.k_proj),
+                                                                     _w(att.v_proj)], axis=1)
         qkv = g.op("MatMul", [h, g.init(f"l{i}.qkv.weight", wqkv)])
-        if att.q_proj.bias is not None:
+        if packed is None and att.q_proj.bias is not None:
             bqkv = np.concatenate([p.bias.detach().float().numpy() for p in (att.q_proj, att.k_proj, att.v_proj)])
             qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
         if hasattr(att, "q_norm"):  # Qwen 3: per-head RMSNorm of q and k before the rotary
@@ -135,8 +141,14 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         x = g.op("Add", [x, o])
         ln2 = g.init(f"l{i}.post_attention_layernorm", layer.post_attention_layernorm.weight.detach().float().numpy())
         h = g.op("SimplifiedLayerNormalization", [x, ln2], axis=-1, epsilon=eps, stash_type=1)
-        gate = _linear(g, f"l{i}.gate_proj", h, mlp.gate_proj)
-        up = _linear(g, f"l{i}.up_proj", h, mlp.up_proj)
+        if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate and up stored as one weight, gate first: two MatMuls here
+            wgu = _w(mlp.gate_up_proj)
+            ffn = wgu.shape[1] // 2
+            gate = g.op("MatMul", [h, g.init(f"l{i}.gate_proj.weight", wgu[:, :ffn].copy())])
+            up = g.op("MatMul", [h, g.init(f"l{i}.up_proj.weight", wgu[:, ffn:].copy())])
+        else:
+            gate = _linear(g, f"l{i}.gate_proj", h, mlp.gate_proj)
+            up = _linear(g, f"l{i}.up_proj", h, mlp.up_proj)
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # SiLU
         down = _linear(g, f"l{i}.down_proj", g.op("Mul", [act, up]), mlp.down_proj)
         x = g.op("Add", [x, down])

@@ -24,13 +24,17 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   should see ~fp32 activations (the attention projections; every product at the fidelity level 1) they run in two
   int8 passes (below). A tied embedding is read by ``GatherBlockQuantized`` bits=8 over aliases of the head's code
   bytes, scales and zero points (stored once, mapped twice: ``mapped_weights.py``; a 4-bit embedding's codes one
-  byte each, with its zero points; a float minimum's R gathered by row beside it). The output head runs in two int8
-  passes up to ``HEAD_TWO_PASS_BYTES`` (64 MiB) of codes, in one beyond, cut by rows into parts of <= 48 MiB of
-  codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is saved with its weights in ``model.onnx_data``
-  (``mapped_weights.save_mapped``).
+  byte each, with its zero points; a float minimum's R gathered by row beside it); an untied model's embedding the
+  same way over initializers of its own (8-bit codes: ~1.2 bytes a weight instead of fp32's 4). The output head runs
+  in two int8 passes up to ``HEAD_TWO_PASS_BYTES`` (64 MiB) of codes, in one beyond, cut by rows into parts of <= 48
+  MiB of codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is saved with its weights in
+  ``model.onnx_data`` (``mapped_weights.save_mapped``).
 * F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (IQ*, TQ*, MXFP4, ...): that MatMul keeps
   the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both under
   ``fp32_tensors``.
+
+Phi-3 files store q/k/v as one ``attn_qkv`` tensor and gate + up as one ``ffn_up`` (gate rows first), as transformers'
+``qkv_proj`` / ``gate_up_proj`` do: each is its group's blocks as it is (``PACKED_TENSORS``).
 
 GGUF rows are the output dimension N; llama.cpp permutes the rows of a Llama's q/k weights for its rotary layout
 and transformers undoes it (``LlamaTensorProcessor._reverse_permute_weights``): a row permutation moves whole rows
@@ -94,8 +98,18 @@ FP32_ACTIVATIONS = ("qkv", "o_proj")
 # 168 MB head made the decode step ~7 % slower for 0.4 % agreement (98.3 % -> 97.9 %, KL 0.0019 -> 0.0023 on the
 # gate's 2,679 tokens; llama.cpp 95.3 %), while SmolLM2's 28 MB head costs nothing measurable (docs/benchmarks.md)
 HEAD_TWO_PASS_BYTES = 64 << 20
-LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_proj": ("ffn_gate",),
-                 "up_proj": ("ffn_up",), "down_proj": ("ffn_down",)}
+#: a fused graph's product groups -> the GGUF tensor kinds that hold their rows, in order
+LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_up": ("ffn_gate", "ffn_up"),
+                 "down_proj": ("ffn_down",)}
+#: where llama.cpp stores a group as one tensor, by architecture: Phi-3's attn_qkv (q, k, v rows) and ffn_up (gate
+#: rows, then up), in transformers' order (``qkv_proj``, ``gate_up_proj``)
+PACKED_TENSORS = {"phi3": {"qkv": ("attn_qkv",), "gate_up": ("ffn_up",)}}
+
+
+def layer_tensors(architecture: str | None, part: str) -> tuple[str, ...]:
+    """A product group (a key of ``LAYER_TENSORS``) -> the GGUF tensor kinds that hold its rows in a file of
+    ``architecture``, in order."""
+    return PACKED_TENSORS.get(architecture, {}).get(part, LAYER_TENSORS[part])
 
 
 def llama_row_order(n_rows: int, n_head: int) -> np.ndarray:
@@ -227,11 +241,9 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
 
     layers = sorted({int(i.split(".")[0][1:]) for i in inits if i.startswith("l") and i.split(".")[0][1:].isdigit()})
     for i in layers:
-        for part, gguf_parts in LAYER_TENSORS.items():
-            if part in ("gate_proj", "up_proj"):
-                continue
+        for part in ("qkv", "o_proj", "down_proj"):
             node = by_weight[f"l{i}.{part}.weight"]
-            names = [f"blk.{i}.{t}.weight" for t in gguf_parts]
+            names = [f"blk.{i}.{t}.weight" for t in layer_tensors(tensors.architecture, part)]
             b = _group_blocks(tensors, names)
             if b is None:
                 keep(names)
@@ -239,7 +251,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
             rw.check(b, node.input[1], True, f"layer {i} {part}")
             replace[id(node)] = rw.matmul(node.input[0], b, [node.output[0]], [b.scales.shape[0]], f"l{i}.{part}")
         gate, up = by_weight[f"l{i}.gate_proj.weight"], by_weight[f"l{i}.up_proj.weight"]
-        names = [f"blk.{i}.ffn_gate.weight", f"blk.{i}.ffn_up.weight"]
+        names = [f"blk.{i}.{t}.weight" for t in layer_tensors(tensors.architecture, "gate_up")]
         b = _group_blocks(tensors, names) if gate.input[0] == up.input[0] else None
         if b is None:
             keep(names)
@@ -262,7 +274,12 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
                                       "lm_head", head=True)
         replace[id(gather)] = rw.tied_embedding(gather, "lm_head", emb_blocks)
     else:
-        keep(["token_embd.weight"])
+        if not tied and emb_blocks is not None:  # an untied embedding: its own blocks, looked up as a tied one is
+            emb_blocks = to_8bit(emb_blocks)
+            rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding")
+            replace[id(gather)] = rw.embedding(gather, emb_blocks)
+        else:
+            keep(["token_embd.weight"])
         if not tied:  # an untied head: its own tensor, natively where it can be
             out_b = tensors.blocks("output.weight") if "output.weight" in tensors.tensors else None
             if out_b is not None:

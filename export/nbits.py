@@ -286,12 +286,32 @@ class Rewriter:
         rows of R ([V, K/block], stored for the lookup) where a float minimum needs the correction, and a Reshape
         to [..., K]."""
         v, kb = b.scales.shape
-        rows, ids = f"{name}.rows", gather.input[1]
         heads = self.parts.get(head, [head])  # the head's row parts lie back to back in the saved file
-        inputs = [self.alias(f"{name}.codes", [f"{p}.codes" for p in heads], b.codes.shape), ids,
+        inputs = [self.alias(f"{name}.codes", [f"{p}.codes" for p in heads], b.codes.shape), gather.input[1],
                   self.alias(f"{name}.scales", [f"{p}.scales" for p in heads], (v, kb, 1))]
         if b.zero_points is not None:
             inputs.append(self.alias(f"{name}.zero_points", [f"{p}.zero_points" for p in heads], (v, kb, 1)))
+        return self.lookup(gather, b, inputs, name)
+
+    def embedding(self, gather, b: Blocks, name: str = "embed_tokens") -> list:
+        """The lookup ``gather`` of an embedding that no head shares (an untied model's), on its own 8-bit Blocks
+        ``b`` (``{name}.codes`` / ``.scales`` / ``.zero_points``, stored for the lookup alone): GatherBlockQuantized
+        as ``tied_embedding``'s, instead of the dequantised float32 table (4x the bytes of 8-bit codes)."""
+        v, kb = b.scales.shape
+        inputs = [self.init(f"{name}.codes", b.codes), gather.input[1],
+                  self.init(f"{name}.scales", b.scales.reshape(v, kb, 1))]
+        if b.zero_points is not None:
+            inputs.append(self.init(f"{name}.zero_points", b.zero_points.reshape(v, kb, 1)))
+        for t in b.types:
+            self.native[t] += 1
+        return self.lookup(gather, b, inputs, name)
+
+    def lookup(self, gather, b: Blocks, inputs: list[str], name: str) -> list:
+        """GatherBlockQuantized (bits=8) over ``inputs`` (codes, ids, scales[, zero points]) for the lookup
+        ``gather`` of the 8-bit Blocks ``b`` -> [..., K], plus the rows of R where a float minimum needs the
+        correction, and a Reshape."""
+        kb = b.scales.shape[1]
+        rows, ids = f"{name}.rows", gather.input[1]
         nodes = [self.node("GatherBlockQuantized", inputs, [rows], name, "com.microsoft", bits=8,
                            block_size=b.block_size, gather_axis=0, quantize_axis=2)]  # [..., K/block, block]
         if b.correction is not None:  # + R[id]: one value per block of the row, over its weights

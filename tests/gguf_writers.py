@@ -1,7 +1,8 @@
 """Tiny F32 GGUF files laid out as llama.cpp's converter writes them, with the metadata transformers' GGUF loader
-ignores (rope scaling, rope_freqs, Gemma's soft-capping and query scale, Qwen3's head size): the inputs of
-tests/test_gguf_config.py and of tests/data/gguf_llama_cpp/make_reference_logits.py, which stores llama.cpp's logits
-for them. Seeded: the same call writes the same bytes (the reference records each file's sha256)."""
+ignores (rope scaling, rope_freqs, Gemma's soft-capping and query scale, Qwen3's head size), and Phi-3's packed
+tensors: the inputs of tests/test_gguf_config.py and of tests/data/gguf_llama_cpp/make_reference_logits.py, which
+stores llama.cpp's logits for them. Seeded: the same call writes the same bytes (the reference records each file's
+sha256)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,10 @@ CASES = {
     "gemma2-softcap": ("gemma2", {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}, None),
     "gemma3-rope-linear": ("gemma3", {"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, None),
     "qwen3-head-dim": ("qwen3", {}, None),  # key_length 16: transformers' Qwen3 default is 128
+    "phi3-packed": ("phi3", {}, None),  # q/k/v rows in one attn_qkv, gate and up rows in one ffn_up; an untied head
 }
+#: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting
+LAYOUT_CASES = ("phi3-packed",)
 #: token ids fed to both runtimes (BOS first): longer than the sliding window of the Gemma cases
 IDS = [1, 40, 41, 72, 100, 150, 200, 3, 9, 250, 77, 120]
 
@@ -102,15 +106,21 @@ def write_tiny_gguf(path: Path, case: str) -> str:
         if arch in ("gemma3", "qwen3"):
             norm(f"blk.{i}.attn_q_norm.weight", HEAD_DIM)
             norm(f"blk.{i}.attn_k_norm.weight", HEAD_DIM)
-        mat(f"blk.{i}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
-        mat(f"blk.{i}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-        mat(f"blk.{i}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+        if arch == "phi3":  # llama.cpp's Phi-3 layout: q, k, v rows in one tensor; gate, then up rows in another
+            mat(f"blk.{i}.attn_qkv.weight", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN)
+        else:
+            mat(f"blk.{i}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
+            mat(f"blk.{i}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+            mat(f"blk.{i}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
         mat(f"blk.{i}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
-        mat(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
-        mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
+        if arch == "phi3":
+            mat(f"blk.{i}.ffn_up.weight", 2 * FFN, HIDDEN)
+        else:
+            mat(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
+            mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
         mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
     norm("output_norm.weight", HIDDEN)
-    if arch == "llama":
+    if arch in ("llama", "phi3"):
         mat("output.weight", len(tokens), HIDDEN)
     w.write_header_to_file()
     w.write_kv_data_to_file()

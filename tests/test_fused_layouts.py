@@ -6,7 +6,8 @@ Families and recipes (each exported once per session, validated by export/valida
 * Llama (export/fused_llama.py, ``kv_layout="fused"``): tiny-llama (GQA, tied head: the embedding is stored once),
   tiny-mistral-sliding-window (window 4, shorter than every sequence here: proves GQA's local_window_size =
   sliding_window), tiny-qwen2 (q/k/v bias, per-layer window), tiny-llama-llama3-rope-bias-untied (llama3 rope scaling,
-  attention + MLP bias, untied head), tiny-qwen3 (per-head q/k RMSNorm, head_dim 32 != hidden / heads, untied head).
+  attention + MLP bias, untied head), tiny-qwen3 (per-head q/k RMSNorm, head_dim 32 != hidden / heads, untied head), tiny-phi3-full-rotary (packed
+  qkv and gate_up weights, window 5).
 * GPT-2 (export/fused_gpt2.py, the default ``kv_layout="auto"``, which must pick the fused graph; learned positions fed
   as ``position_ids``): tiny-gpt2 (tied: wte stored once), tiny-gpt2-untied-inverse-layer-scale (untied head, scores of
   layer i divided by i + 1: compared with transformers' eager attention, the only one that honours it).
@@ -105,7 +106,8 @@ class Family:
 
 FAMILIES = {
     "llama": Family("tiny_llama", ["tiny-llama", "families/tiny-mistral-sliding-window", "families/tiny-qwen2",
-                                   "families/tiny-llama-llama3-rope-bias-untied", "families/tiny-qwen3"], {"kv_layout": "fused"},
+                                   "families/tiny-llama-llama3-rope-bias-untied", "families/tiny-qwen3",
+                                   "families/tiny-phi3-full-rotary"], {"kv_layout": "fused"},
                     FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                     lambda ours: {"pad_token_id": ours.pad_id}),
     "gpt2": Family("tiny_gpt2", ["tiny-gpt2", "families/tiny-gpt2-untied-inverse-layer-scale"], {},
@@ -344,7 +346,7 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
                                                        num_hidden_layers=1, num_attention_heads=2,
                                                        num_key_value_heads=1)).eval()
     with pytest.raises(ExportError, match="'olmo' is not supported; supported: gemma, gemma2, gemma3_text, gpt2, "
-                                          "llama, mistral, mt5, qwen2, qwen3, t5"):
+                                          "llama, mistral, mt5, phi3, qwen2, qwen3, t5"):
         export_model(olmo, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
         export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")

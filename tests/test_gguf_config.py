@@ -5,7 +5,10 @@ llama-cpp-python; F32 weights, so the only differences are llama.cpp's F16 KV ca
 Cases (tests/gguf_writers.py): a Llama 3.1-style file with ``rope_freqs.weight`` (llama3 rope scaling as one factor
 per frequency); a Gemma 2 file with its own soft-capping values (5 and 3, not the defaults 50 and 30) and a sliding
 window of 4; a Gemma 3 file with linear rope scaling (factor 8, as Gemma 3 4B+ files have) on its global layers; a
-Qwen3 file whose head size (``attention.key_length`` 16) is not transformers' Qwen3 default (128).
+Qwen3 file whose head size (``attention.key_length`` 16) is not transformers' Qwen3 default (128); a Phi-3 file with
+llama.cpp's packed q/k/v and gate/up tensors (and no sliding window: llama.cpp 0.3.36 ignores a Phi-3 file's
+``attention.sliding_window``, measured: a window of 4 in this file's metadata gave the same logits, and transformers'
+loader does not read it either).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ pytest.importorskip("torch", reason="GGUF export needs the 'export' extra")
 pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra")
 
 import onnxlm  # noqa: E402
-from gguf_writers import CASES, IDS, write_tiny_gguf  # noqa: E402
+from gguf_writers import CASES, IDS, LAYOUT_CASES, write_tiny_gguf  # noqa: E402
 from onnxlm.export import ExportError, export_model  # noqa: E402
 from onnxlm.export.gguf_config import config_overrides  # noqa: E402
 
@@ -31,7 +34,8 @@ ATOL = 5e-3  # llama.cpp keeps its KV cache in F16; measured max |diff| 1.4e-3 .
 def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case):
     """The exported artifact's logits equal llama.cpp's; transformers' loader alone (the settings dropped) is off
     by more than 0.5, or cannot build the model (Qwen3's head size: its default 128 against the file's 16), so each
-    restored setting is what makes them equal."""
+    restored setting is what makes them equal. A layout case (Phi-3's packed tensors) restores nothing: its fused
+    graph, on the packed weights, must give llama.cpp's logits."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -44,6 +48,9 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case):
     model = onnxlm.load(export_model(path, tmp_path / "out", progress=False))
     got = model.logits(np.array([IDS]))[0]
     assert float(np.abs(got - llama_cpp).max()) <= ATOL
+    if case in LAYOUT_CASES:
+        assert model.manifest["kv_layout"] == "fused-gqa"
+        return
     load_raw = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
         str(tmp_path), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
     if case == "qwen3-head-dim":

@@ -662,6 +662,89 @@ def test_a_qwen3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
     np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
 
 
+def write_tiny_phi3_gguf(path, hidden: int = 256, ffn: int = 256, heads: int = 2, kv_heads: int = 1) -> None:
+    """A 2-layer Phi-3 GGUF laid out as llama.cpp writes one (q/k/v rows in one ``attn_qkv`` tensor, gate and up rows
+    in one ``ffn_up``, an untied head), its tensors of a Phi-3-mini Q4_K_M file's types (Q5_K qkv, Q4_K output
+    projection, gate/up and embedding, Q6_K down and head), as valid random blocks; a byte-level vocabulary."""
+    import gguf
+    from gguf import GGMLQuantizationType as T
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    head_dim = hidden // heads
+    rng = np.random.default_rng(7)
+    specials = ["<pad>", "<bos>", "<eos>"]
+    tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]  # one merge: " t"
+    w = gguf.GGUFWriter(str(path), "phi3")
+    w.add_context_length(POSITIONS)
+    w.add_embedding_length(hidden)
+    w.add_block_count(LAYERS)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    add_tiny_vocabulary(w, specials, tokens)
+
+    def norm(name: str, n: int) -> None:
+        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+    def add(name: str, n: int, k: int, qtype: str) -> None:  # K-quant weights of ~0.01: activations stay O(1)
+        w.add_tensor(name, random_blocks(rng, qtype, n, k, SCALES), raw_dtype=T[qtype])
+
+    add("token_embd.weight", len(tokens), hidden, "Q4_K")
+    for i in range(LAYERS):
+        norm(f"blk.{i}.attn_norm.weight", hidden)
+        norm(f"blk.{i}.ffn_norm.weight", hidden)
+        add(f"blk.{i}.attn_qkv.weight", (heads + 2 * kv_heads) * head_dim, hidden, "Q5_K")
+        add(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, "Q4_K")
+        add(f"blk.{i}.ffn_up.weight", 2 * ffn, hidden, "Q4_K")
+        add(f"blk.{i}.ffn_down.weight", hidden, ffn, "Q6_K")
+    norm("output_norm.weight", hidden)
+    add("output.weight", len(tokens), hidden, "Q6_K")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_phi3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
+    """A Phi-3 GGUF (llama.cpp's packed attn_qkv and gate+up ffn_up tensors; a Phi-3-mini Q4_K_M file's types): the
+    fused Llama-family graph, each packed tensor one MatMulNBits group on the file's own blocks, the untied
+    embedding looked up on its own blocks (none dequantised), each checked against transformers' dequantised weights
+    at export; at the fidelity level the logits are transformers' on the same file, and greedy ids equal its
+    generate."""
+    import onnx
+    import torch
+
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+
+    gguf_path = tmp_path / "phi3.gguf"
+    write_tiny_phi3_gguf(gguf_path)
+    out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
+                       progress=False)
+    m = json.loads((out / "onnxlm.json").read_text())
+    q = m["quantization"]
+    assert m["model_type"] == "phi3" and m["kv_layout"] == "fused-gqa"
+    assert q["tensors"] == {"Q5_K": 2, "Q4_K": 5, "Q6_K": 3} and q["fp32_tensors"] == {}
+    assert q["max_weight_diff"] <= 1e-5
+    graph = onnx.load(out / "model.onnx", load_external_data=False).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("MatMulNBits") == 2 * 4 + 1  # qkv, o, gate_up, down a layer; the head
+    assert all(n.name.endswith(".Correction") for n in graph.node if n.op_type == "MatMul")  # blocksum(x) @ R only
+    lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")  # the untied table on its own codes
+    assert lookup.input[0] == "embed_tokens.codes" and "embed_tokens.weight" not in {t.name for t in graph.initializer}
+    ref = load_gguf(gguf_path).model
+    ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids)).logits.numpy()
+        hf = ref.generate(torch.tensor(ids), max_new_tokens=8, do_sample=False, eos_token_id=None).numpy()
+    model = onnxlm.load(out)
+    assert np.abs(model.logits(ids) - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
+
+
 @pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K"])
 def test_a_4bit_tied_embedding_is_looked_up_exactly(tmp_path, embedding):
     """A tied embedding of 4-bit blocks (a zero point; Q4_1 and Q4_K also a float minimum, the correction R): the
