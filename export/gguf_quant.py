@@ -81,7 +81,7 @@ from onnxlm.runtime.errors import ExportError, ModelFileError
 
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
 from .mapped_weights import save_mapped
-from .quantizer_input import load_unaliased
+from .quantizer_input import array_of, load_unaliased, read_external
 from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, take_rows, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
@@ -224,9 +224,9 @@ def _group_blocks(tensors: GGUFTensors, names: list[str]) -> Blocks | None:
 def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: int) -> dict:
     """The fused fp32 graph ``src`` -> ``dst`` with GGUF-native MatMulNBits / GatherBlockQuantized; returns
     {"tensors": {type: n}, "fp32_tensors": {type: n}, "max_weight_diff": x}."""
-    model = load_unaliased(src)  # a tied lookup reads the head's weight again
+    model = load_unaliased(src, read=False)  # a tied lookup reads the head's weight again; weights not read yet
     g = model.graph
-    rw = _Rewriter(g, accuracy_level)
+    rw = _Rewriter(g, accuracy_level, to_array=lambda t: array_of(t, src.parent))  # replaced weights: file views
     inits = set(rw.fp32)
     by_weight = {n.input[1]: n for n in g.node if n.op_type in ("MatMul", "Gemm", "Gather") and len(n.input) > 1
                  and n.input[1] in inits}
@@ -290,6 +290,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
                 keep(["output.weight"] if "output.weight" in tensors.tensors else [])
 
     rw.apply(replace, post=_residual_sums)
+    read_external(model, src.parent)  # the fp32 initializers the graph keeps (norms, rotary tables, ...)
     save_mapped(model, dst, rw.aliases)  # weights in dst's _data file, memory-mapped by onnxruntime
     return {"tensors": dict(rw.native), "fp32_tensors": {str(k): v for k, v in rw.kept.items()},
             "max_weight_diff": rw.max_diff, "two_pass": sorted(rw.two_pass)}

@@ -125,13 +125,14 @@ class Rewriter:
     """Builds MatMulNBits / GatherBlockQuantized replacement nodes and their initializers (``new_inits``) for
     ``graph``; counts the tensors it rewrites (``native``, by type) and those it leaves (``kept``)."""
 
-    def __init__(self, graph, accuracy_level: int, opset: int = 17):
+    def __init__(self, graph, accuracy_level: int, opset: int = 17, to_array=None):
         from onnx import numpy_helper
 
         self.graph = graph
         self.opset = opset  # the graph's ai.onnx opset (ReduceMax takes its axes as an input from 18)
         self.fp32 = {i.name: i for i in graph.initializer}
-        self.to_array = numpy_helper.to_array
+        # TensorProto -> array; ``to_array`` where the graph's weights are still in its data file (views of it)
+        self.to_array = to_array or numpy_helper.to_array
         self.from_array = numpy_helper.from_array
         self.accuracy_level = accuracy_level
         self.native, self.kept = Counter(), Counter()
