@@ -206,3 +206,32 @@ def test_written_arrays_and_a_tied_fp32_lookup_alias(tmp_path):
     cut, _, _ = _rewritten(tmp_path, "cut", 400_000)
     with pytest.raises(ExportError, match="not one whole tensor"):
         load_unaliased(cut)
+
+
+def test_the_quantizers_reader_views_or_reads_the_data_file_and_stays_inside_it(tmp_path):
+    """quantizer_input: ``load_unaliased(read=False)`` leaves the weights in the data file and ``external_array`` views
+    them (np.memmap, the written values); ``read_external`` reads them in (what onnx's loader gives); a data location
+    outside the artifact's folder is refused by name."""
+    from onnxlm.export.quantizer_input import external_array, read_external
+    from onnxlm.runtime.errors import ModelFileError
+
+    e = np.random.default_rng(6).standard_normal((64, 1024)).astype(np.float32)  # 256 KiB: external
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])
+    graph = helper.make_graph([helper.make_node("Gemm", ["x", "E"], ["y"], transB=1)], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=OPSETS[:1])
+    model.graph.initializer.extend(write_arrays({"E": e}, tmp_path / "m.onnx_data"))
+    onnx.save_model(model, str(tmp_path / "m.onnx"))
+    lazy = load_unaliased(tmp_path / "m.onnx", read=False)
+    t = lazy.graph.initializer[0]
+    view = external_array(t, tmp_path)
+    assert isinstance(view, np.memmap) and t.data_location == TensorProto.EXTERNAL
+    np.testing.assert_array_equal(view, e)
+    read_external(lazy, tmp_path)
+    assert t.data_location != TensorProto.EXTERNAL and not t.external_data
+    np.testing.assert_array_equal(numpy_helper.to_array(t), e)
+    np.testing.assert_array_equal(numpy_helper.to_array(load_unaliased(tmp_path / "m.onnx").graph.initializer[0]), e)
+    bad = load_unaliased(tmp_path / "m.onnx", read=False)
+    next(x for x in bad.graph.initializer[0].external_data if x.key == "location").value = "../m.onnx_data"
+    with pytest.raises(ModelFileError, match="outside"):
+        external_array(bad.graph.initializer[0], tmp_path / "sub")
