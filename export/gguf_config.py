@@ -20,6 +20,11 @@ runtime:
   head_dim comes from ``rope.dimension_count``), so the config keeps its class default: ``hidden / heads`` (Qwen2) or
   128 (Qwen3, whatever the file says). Here: ``head_dim`` = the file's key_length.
 
+Refused by name rather than dropped: a ``{arch}.rope.scaling.type`` other than none/linear, and LongRoPE's
+``rope_factors_long`` / ``rope_factors_short`` tensors (Phi-3.5, Phi-3 128k, Phi-4-mini files): llama.cpp rotates with
+one set or the other by its context size and scales by ``rope.scaling.attn_factor``; transformers' loader drops them
+(measured on a tiny Phi-3 file: logits 2.6 from llama.cpp's). ``refuse_unsupported_tensors`` checks before loading.
+
 ``config_overrides`` is applied to the config before the weights are loaded (the attention modules read it at
 construction), ``apply_rope_freqs`` to the loaded model.
 """
@@ -60,6 +65,23 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
             if f"gemma2.{key}" in meta:
                 out[key] = float(meta[f"gemma2.{key}"])
     return out
+
+
+#: tensors llama.cpp's rotary reads that transformers' loader drops and onnxlm does not express (LongRoPE)
+UNSUPPORTED_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def refuse_unsupported_tensors(path) -> None:
+    """ExportError naming the ``UNSUPPORTED_TENSORS`` a GGUF file holds (its logits would silently differ from
+    llama.cpp's)."""
+    from .gguf_reader import gguf_reader
+
+    found = [t.name for t in gguf_reader(path).tensors if t.name in UNSUPPORTED_TENSORS]
+    if found:
+        raise ExportError(f"{path}: {', '.join(found)}: LongRoPE frequency factors (Phi-3.5, Phi-3 128k, Phi-4-mini "
+                          "files) are not supported: llama.cpp picks the long or the short set by its context size, "
+                          "and transformers' loader would drop both (other logits). Supported rotary settings: "
+                          "none, linear scaling, llama3 rope_freqs")
 
 
 def rope_freq_factors(path) -> np.ndarray | None:

@@ -57,8 +57,9 @@ def add_tiny_vocabulary(w, specials: list[str], tokens: list[str]) -> None:
     w.add_pad_token_id(0)
 
 
-def write_tiny_gguf(path: Path, case: str) -> str:
-    """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary."""
+def write_tiny_gguf(path: Path, case: str, longrope: bool = False) -> str:
+    """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary.
+    ``longrope``: with LongRoPE's rope_factors_long / rope_factors_short tensors (as Phi-3.5 files have them)."""
     import gguf
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -97,6 +98,10 @@ def write_tiny_gguf(path: Path, case: str) -> str:
     mat("token_embd.weight", len(tokens), HIDDEN)
     if rope_freqs:
         w.add_tensor("rope_freqs.weight", llama3_factors(HEAD_DIM))
+    if longrope:
+        factors = np.linspace(1.0, 3.0, HEAD_DIM // 2, dtype=np.float32)
+        w.add_tensor("rope_factors_long.weight", 2 * factors)
+        w.add_tensor("rope_factors_short.weight", factors)
     for i in range(LAYERS):
         norm(f"blk.{i}.attn_norm.weight", HIDDEN)
         norm(f"blk.{i}.ffn_norm.weight", HIDDEN)

@@ -82,3 +82,13 @@ def test_an_unsupported_rope_scaling_is_refused_by_name():
         config_overrides(meta)
     meta["gemma3.rope.scaling.type"] = "linear"
     assert config_overrides(meta)["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+
+
+def test_longrope_factor_tensors_are_refused_by_name(tmp_path):
+    """A Phi-3 file with LongRoPE's rope_factors_long / rope_factors_short (Phi-3.5, Phi-3 128k): transformers' loader
+    drops them (logits 2.6 from llama.cpp's on such a file), so the export refuses it by name, writing nothing."""
+    path = tmp_path / "phi3-longrope.gguf"
+    write_tiny_gguf(path, "phi3-packed", longrope=True)
+    with pytest.raises(ExportError, match="rope_factors_long.weight, rope_factors_short.weight: LongRoPE"):
+        export_model(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
