@@ -397,18 +397,26 @@ class LanguageModel:
         return ScoringResult(tokens=tgt, token_logprobs=logps,
                              sequence_logprobs=np.array([float(np.sum(lp, dtype=np.float64)) for lp in logps]))
 
-    def chat(self, messages: list[dict], **params) -> GenerationResult:
+    def chat(self, messages: list[dict], *, chat_template_kwargs: dict | None = None, **params) -> GenerationResult:
         """Render messages with the artifact's chat template and generate the assistant's reply.
 
         As transformers' `apply_chat_template(..., tokenize=True)`, the rendered prompt is encoded without the
-        tokenizer's special tokens: a template that writes `{{ bos_token }}` gives one BOS, not two."""
-        return self.generate([self.render_chat(messages, tokenize=True)], **params)
+        tokenizer's special tokens: a template that writes `{{ bos_token }}` gives one BOS, not two.
+        ``chat_template_kwargs``: extra template variables (e.g. Qwen3's ``{"enable_thinking": False}``)."""
+        if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+            raise ParameterError("chat_template_kwargs", f"expected a dict of template variables, got "
+                                 f"{type(chat_template_kwargs).__name__}")
+        return self.generate([self.render_chat(messages, tokenize=True, **(chat_template_kwargs or {}))], **params)
 
     def render_chat(self, messages: list[dict], *, tokenize: bool = False, **template_vars) -> str | list[int]:
         """messages [{'role', 'content'}] -> prompt text through the artifact's chat template (jinja2), or with
         tokenize=True its token ids, encoded with add_special_tokens=False (the template writes any BOS).
         ``template_vars`` become template variables, as in transformers' apply_chat_template (e.g. ``tools``)."""
         from .chat import render_chat
+        taken = sorted(set(template_vars) & {"messages", "add_generation_prompt", "bos_token", "eos_token"})
+        if taken:
+            raise ParameterError(taken[0], "set by render_chat itself (messages, add_generation_prompt, bos_token, "
+                                           "eos_token); it cannot be a template variable here")
         if not self.chat_template:
             raise ModelFileError(f"{self.path} has no chat_template.jinja: this model has no chat template",
                                  str(self.path / "chat_template.jinja"))

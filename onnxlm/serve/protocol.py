@@ -138,7 +138,9 @@ COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "s
           "response_format", "prompt_lookup_num_tokens"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
-                 "parallel_tool_calls"}
+                 "parallel_tool_calls", "chat_template_kwargs"}
+#: the template variables the server sets itself, which chat_template_kwargs may not replace
+TEMPLATE_VARS = ("messages", "tools", "documents", "add_generation_prompt", "bos_token", "eos_token")
 
 
 def check_keys(body: dict, allowed: set) -> None:
@@ -260,6 +262,24 @@ def prompts(body: dict, vocab_size: int) -> list[str | list[int]]:
         if wrong:
             raise bad("prompt", f"token ids {wrong[:20]} are out of range; allowed: 0 <= id < {vocab_size}")
     return items
+
+
+def template_kwargs(body: dict) -> dict:
+    """``chat_template_kwargs`` (as llama.cpp's server and vLLM take it: extra variables for the chat template, e.g.
+    Qwen3's ``{"enable_thinking": false}``) -> {name: JSON value} (400 naming chat_template_kwargs for anything but
+    an object of identifiers other than the variables the server sets)."""
+    kw = body.get("chat_template_kwargs")
+    if kw is None:
+        return {}
+    if not isinstance(kw, dict):
+        raise bad("chat_template_kwargs", f"expected an object of template variables, got {type(kw).__name__}")
+    for key in kw:
+        if not key.isidentifier():
+            raise bad("chat_template_kwargs", f"{key[:40]!r} is not a template variable name (an identifier)")
+        if key in TEMPLATE_VARS:
+            raise bad("chat_template_kwargs", f"{key!r} is set by the server; it cannot be one of "
+                                              f"{', '.join(TEMPLATE_VARS)}")
+    return dict(kw)
 
 
 def messages(body: dict) -> list[dict]:

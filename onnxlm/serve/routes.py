@@ -80,6 +80,7 @@ async def completions(request: HTTPRequest):
 async def chat_completions(request: HTTPRequest):
     model, st, body, samp = await open_request(request, protocol.CHAT, chat=True)
     msgs = protocol.messages(body)
+    template_vars = protocol.template_kwargs(body)
     constraint = await response_format_constraint(model, body)
     if not model.chat_template:
         raise bad("messages", "this model has no chat template (chat_template.jinja); use /v1/completions",
@@ -90,7 +91,7 @@ async def chat_completions(request: HTTPRequest):
         if constraint is not None:
             raise bad("response_format", "cannot be combined with tool_choice 'required' or a named function")
         constraint = forced
-    ids = await asyncio.to_thread(tools.render, model, msgs, treq)  # template and encoding off the event loop
+    ids = await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)  # off the event loop
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None, stream=bool(samp.stream))
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
