@@ -138,7 +138,7 @@ COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "s
           "response_format", "prompt_lookup_num_tokens"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
-                 "parallel_tool_calls", "chat_template_kwargs"}
+                 "parallel_tool_calls", "chat_template_kwargs", "reasoning_format"}
 #: the template variables the server sets itself, which chat_template_kwargs may not replace
 TEMPLATE_VARS = ("messages", "tools", "documents", "add_generation_prompt", "bos_token", "eos_token")
 

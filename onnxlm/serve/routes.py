@@ -10,7 +10,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
-from . import protocol, tools
+from . import protocol, reasoning, tools
 from .choices import Choices, usage
 from .gate import authorize, open_request
 from .jobs import make_jobs, response_format_constraint
@@ -81,6 +81,7 @@ async def chat_completions(request: HTTPRequest):
     model, st, body, samp = await open_request(request, protocol.CHAT, chat=True)
     msgs = protocol.messages(body)
     template_vars = protocol.template_kwargs(body)
+    split = reasoning.wanted(body, model.chat_template)  # the reply's <think> block as reasoning_content
     constraint = await response_format_constraint(model, body)
     if not model.chat_template:
         raise bad("messages", "this model has no chat template (chat_template.jinja); use /v1/completions",
@@ -92,6 +93,8 @@ async def chat_completions(request: HTTPRequest):
             raise bad("response_format", "cannot be combined with tool_choice 'required' or a named function")
         constraint = forced
     ids = await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)  # off the event loop
+    # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)
+    think = reasoning.opened(model.tokenizer.decode(ids[-8:], skip_special_tokens=False)) if split else None
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None, stream=bool(samp.stream))
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
@@ -99,8 +102,8 @@ async def chat_completions(request: HTTPRequest):
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         head["object"] = "chat.completion.chunk"
-        chunks = (chat_chunks(run, samp, choices, head) if treq.choice == "none"
-                  else tools.chat_chunks(run, samp, choices, head, treq))
+        chunks = (chat_chunks(run, samp, choices, head, think) if treq.choice == "none"
+                  else tools.chat_chunks(run, samp, choices, head, treq, think))
         return EventSourceResponse(stream(chunks, run, slot, jobs, samp, choices, head))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
@@ -108,6 +111,6 @@ async def chat_completions(request: HTTPRequest):
     out = []
     for j in range(samp.n):
         lp = choices.logprobs_chat(choices.tokens.get(j, [])) if samp.logprobs is not None else None
-        msg, reason = tools.message(result["texts"].get(j, ""), choices.reasons.get(j, "length"), treq)
+        msg, reason = tools.message(result["texts"].get(j, ""), choices.reasons.get(j, "length"), treq, think)
         out.append({"index": j, "message": msg, "logprobs": lp, "finish_reason": reason})
     return JSONResponse({**head, "choices": out, "usage": usage(jobs, choices.completion_tokens)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from . import reasoning
 from .choices import REASONS, Choices, usage
 from .protocol import APIError
 from .run import Run
@@ -69,17 +70,28 @@ def role_chunks(head: dict, n: int) -> list[dict]:
                                   "finish_reason": None}]} for j in range(n)]
 
 
-async def chat_chunks(run: Run, samp, choices: Choices, head: dict):
+async def chat_chunks(run: Run, samp, choices: Choices, head: dict, think: bool | None = None):
+    """The chat stream: content as it comes; ``think`` (not None): the reply's reasoning as
+    ``delta.reasoning_content`` first (serve/reasoning.py)."""
     for chunk in role_chunks(head, samp.n):
         yield chunk
+    thoughts = {}
     async for kind, i, what, payload in run.items():
         if what != "events":
             continue
         for index, ev in choices.add_events(i, payload):
             lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
                   if samp.logprobs is not None else None)
-            if ev.text or lp is not None:
-                yield {**head, "choices": [{"index": index, "delta": {"content": ev.text}, "logprobs": lp,
+            rs = thoughts.setdefault(index, reasoning.stream_for(think))
+            thought, text = reasoning.pieces(rs, ev.text or "")
+            if ev.finished and rs is not None:
+                more, last = rs.rest()
+                thought, text = thought + more, text + last
+            if thought:
+                yield {**head, "choices": [{"index": index, "delta": {"reasoning_content": thought},
+                                            "logprobs": None, "finish_reason": None}]}
+            if text or lp is not None:
+                yield {**head, "choices": [{"index": index, "delta": {"content": text}, "logprobs": lp,
                                             "finish_reason": None}]}
             if ev.finished:
                 yield {**head, "choices": [{"index": index, "delta": {}, "logprobs": None,

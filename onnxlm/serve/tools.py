@@ -23,6 +23,7 @@ from onnxlm.runtime import tool_calls as fmt
 from onnxlm.runtime.constraints import engine_for, make_constraint
 from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 
+from . import reasoning
 from .choices import REASONS, Choices
 from .protocol import bad
 from .run import Run
@@ -149,20 +150,27 @@ def _api_calls(calls: list[tuple[str, dict]], treq: ToolRequest) -> list[dict]:
              "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}} for name, args in calls]
 
 
-def message(text: str, reason: str, treq: ToolRequest) -> tuple[dict, str]:
-    """A choice's reply and finish reason -> (OpenAI's message, finish reason): calls parsed unless "none"."""
+def message(text: str, reason: str, treq: ToolRequest, think: bool | None = None) -> tuple[dict, str]:
+    """A choice's reply and finish reason -> (OpenAI's message, finish reason): ``think`` (not None) splits off the
+    reasoning (serve/reasoning.py: ``reasoning_content``), calls are parsed from the rest unless "none"."""
+    head = {"role": "assistant"}
+    if think is not None:
+        thought, text = reasoning.split(text, think)
+        if thought:
+            head["reasoning_content"] = thought
     if treq.choice == "none":
-        return {"role": "assistant", "content": text}, reason
+        return {**head, "content": text}, reason
     content, calls = fmt.parse_reply(text, treq.style, treq.names)
     if not calls:
-        return {"role": "assistant", "content": text}, reason
-    return {"role": "assistant", "content": content, "tool_calls": _api_calls(calls, treq)}, "tool_calls"
+        return {**head, "content": text}, reason
+    return {**head, "content": content, "tool_calls": _api_calls(calls, treq)}, "tool_calls"
 
 
-async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRequest):
-    """The chat stream with tools: content as it comes unless it may be a call (held to the end, then sent as
-    ``delta.tool_calls``); the last chunk's finish reason is "tool_calls" when calls were sent."""
-    streams = {}
+async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRequest, think: bool | None = None):
+    """The chat stream with tools: reasoning as ``delta.reasoning_content`` (``think``: serve/reasoning.py), content
+    as it comes unless it may be a call (held to the end, then sent as ``delta.tool_calls``); the last chunk's finish
+    reason is "tool_calls" when calls were sent."""
+    streams, thoughts = {}, {}
     for chunk in role_chunks(head, samp.n):
         yield chunk
     async for kind, i, what, payload in run.items():
@@ -170,9 +178,16 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRe
             continue
         for index, ev in choices.add_events(i, payload):
             cs = streams.setdefault(index, fmt.CallStream(treq.style, treq.names))
+            rs = thoughts.setdefault(index, reasoning.stream_for(think))
             lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
                   if samp.logprobs is not None else None)
-            shown = cs.feed(ev.text) if ev.text else ""
+            thought, text = reasoning.pieces(rs, ev.text or "")
+            if ev.finished and rs is not None:
+                more, last = rs.rest()
+                thought, text = thought + more, text + last
+            if thought:
+                yield _chunk(head, index, {"reasoning_content": thought}, None)
+            shown = cs.feed(text) if text else ""
             if shown or lp is not None:
                 yield _chunk(head, index, {"content": shown}, lp)
             if not ev.finished:

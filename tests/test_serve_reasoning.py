@@ -1,0 +1,95 @@
+"""A thinking model's ``<think>`` block as ``reasoning_content`` (onnxlm/serve/reasoning.py), as llama.cpp's server
+returns it: the split of a whole reply, the same split streamed piece by piece over any cut of the text, and the
+server's messages and streams on a tiny model with a template that opens the block in the prompt (as DeepSeek-R1's
+distills do: the whole reply of the random-weight model is reasoning) or writes none."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+pytest.importorskip("starlette", reason="the server needs the 'serve' extra")
+
+import onnxlm  # noqa: E402
+from onnxlm.serve.reasoning import ReasoningStream, opened, split, wanted  # noqa: E402
+from serve_util import post, sse_events, start, wait_health  # noqa: E402
+from test_serve_tools import CHATML, _with_template  # noqa: E402
+
+OPENS = CHATML.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
+CASES = [  # reply, begins inside the block -> (reasoning, content)
+    ("<think>\nhmm, let me see\n</think>\n\nParis.", False, ("hmm, let me see", "Paris.")),
+    ("Paris.", False, (None, "Paris.")),
+    ("  <think>a</think>b", False, ("a", "b")),
+    ("<think>\n\n</think>\n\nHi", False, ("", "Hi")),
+    ("<think>cut off </thi", False, ("cut off </thi", "")),
+    ("no think <think>x</think>", False, (None, "no think <think>x</think>")),
+    ("<thi", False, (None, "<thi")),
+    ("x</think>y", False, (None, "x</think>y")),
+    ("x</think>y", True, ("x", "y")),
+    ("\n line1\n\n line2 \n</think>  \n\n answer \n", True, ("line1\n\n line2", "answer \n")),
+    ("all reasoning, cut", True, ("all reasoning, cut", "")),
+]
+
+
+@pytest.mark.parametrize("text,inside,want", CASES)
+def test_split_and_the_stream_agree_over_any_cut(text, inside, want):
+    assert split(text, inside) == want
+    rng = random.Random(len(text))
+    for _ in range(100):
+        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
+        stream, parts = ReasoningStream(inside), []
+        for a, b in zip([0] + cuts, cuts + [len(text)]):
+            parts += stream.feed(text[a:b])
+        parts += stream.finish()
+        got = ("".join(t for k, t in parts if k == "reasoning"), "".join(t for k, t in parts if k == "content"))
+        assert got == (want[0] or "", want[1]), (text, cuts)
+
+
+def test_which_requests_split():
+    assert opened("<|im_start|>assistant\n<think>\n") and not opened("<think>\n\n</think>\n\n") and not opened("x")
+    assert wanted({}, "... '<think>' ...") and not wanted({}, "no tags") and wanted({"reasoning_format": "deepseek"}, "")
+    assert not wanted({"reasoning_format": "none"}, "<think>")
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_qwen2_tools, tmp_path_factory):
+    base = tmp_path_factory.mktemp("reasoning")
+    dirs = {"opens": _with_template(tiny_qwen2_tools.onnx_dir, base / "opens", OPENS),
+            "plain": _with_template(tiny_qwen2_tools.onnx_dir, base / "plain", CHATML)}
+    live = {k: start(lambda d=d: onnxlm.load(d), max_rows=8, max_queue=16, max_tokens=64) for k, d in dirs.items()}
+    for srv in live.values():
+        wait_health(srv.url)
+    yield live
+    for srv in live.values():
+        srv.stop()
+
+
+BODY = {"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 12, "temperature": 0}
+
+
+def _reassembled(events) -> tuple[str, str]:
+    assert events[-1] == "[DONE]"
+    deltas = [c["delta"] for e in events[:-1] for c in e["choices"]]
+    return ("".join(d.get("reasoning_content") or "" for d in deltas),
+            "".join(d.get("content") or "" for d in deltas))
+
+
+def test_an_open_block_in_the_prompt_makes_the_reply_reasoning(servers):
+    srv = servers["opens"]
+    kept = post(srv.url, "/v1/chat/completions", {**BODY, "reasoning_format": "none"}).json()["choices"][0]
+    raw = kept["message"]["content"]
+    assert raw.strip() and "reasoning_content" not in kept["message"]
+    msg = post(srv.url, "/v1/chat/completions", BODY).json()["choices"][0]["message"]  # "auto": the template thinks
+    assert (msg.get("reasoning_content"), msg["content"]) == split(raw, inside=True)
+    events = sse_events(srv.url, "/v1/chat/completions", {**BODY, "stream": True})
+    assert _reassembled(events) == (msg["reasoning_content"], msg["content"])
+
+
+def test_a_template_without_think_tags_is_left_alone_unless_asked(servers):
+    srv = servers["plain"]
+    plain = post(srv.url, "/v1/chat/completions", BODY).json()["choices"][0]["message"]
+    assert "reasoning_content" not in plain
+    forced = post(srv.url, "/v1/chat/completions", {**BODY, "reasoning_format": "deepseek"}).json()
+    assert forced["choices"][0]["message"]["content"] == split(plain["content"])[1]
+    r = post(srv.url, "/v1/chat/completions", {**BODY, "reasoning_format": "think"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning_format"
