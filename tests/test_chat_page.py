@@ -263,6 +263,31 @@ def test_markup_in_a_reply_shows_as_text_and_runs_nothing(page):
     assert "finish: stop" in answer.locator(".meta").text_content()
 
 
+def test_reasoning_shows_folded_above_the_answer_as_text(page):
+    """A thinking model's stream (``delta.reasoning_content``, then ``delta.content``, as the server sends a
+    ``<think>`` block apart: serve/reasoning.py): the reasoning in a closed <details> above the answer, as text
+    (its markup creates nothing), the answer in the bubble; only the answer joins the conversation sent next."""
+    thought = "Let me think <b>hard</b> about it.\nParis is in France."
+    chunks = [_delta("")] + [{"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {
+        "reasoning_content": thought[i:i + 9]}, "finish_reason": None}]} for i in range(0, len(thought), 9)]
+    chunks += [_delta("The capital "), _delta("is Paris."), _delta(finish="stop")]
+    sent = []
+
+    def answer(route):
+        sent.append(json.loads(route.request.post_data))
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=_sse(chunks))
+
+    page.route("**/v1/chat/completions", answer)
+    reply = _ask(page, "Capital of France?")
+    assert reply.locator(".thinking summary").text_content() == "Thinking"
+    assert reply.locator(".thinking .reasoning").text_content() == thought
+    assert reply.locator(".thinking").get_attribute("open") is None  # folded until clicked
+    assert reply.locator(".content").text_content() == "The capital is Paris."
+    assert page.locator("#messages b").count() == 0
+    _ask(page, "And Spain?")
+    assert sent[1]["messages"][-2] == {"role": "assistant", "content": "The capital is Paris."}
+
+
 def test_errors_are_shown(page):
     """A 400 from the server (max_tokens over its cap) shows OpenAI's error message; so does an error body that
     arrives inside a stream, after some text."""

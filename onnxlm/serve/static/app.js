@@ -228,9 +228,23 @@ async function send() {
   state.controller = controller;
   setBusy(true);
 
-  // the answer so far, and what the stats line needs (times in ms from performance.now())
+  // the answer so far, its reasoning (a thinking model's, shown folded above it), and what the stats line needs
+  // (times in ms from performance.now())
   const s = { t0: performance.now(), tFirst: null, tLast: null, chunks: 0, usage: null, reason: null };
   let answer = "";
+  let reasoning = "";
+  let thinking = null;  // <details class="thinking"> once reasoning arrives
+  const showReasoning = () => {
+    if (!reasoning) return;
+    if (!thinking) {
+      thinking = document.createElement("details");
+      thinking.className = "thinking";
+      thinking.append(textElement("summary", "Thinking"), textElement("div", ""));
+      thinking.lastChild.className = "reasoning";
+      content.before(thinking);
+    }
+    thinking.lastChild.textContent = reasoning;  // text only, never markup
+  };
   let painting = false;
   const paint = () => {  // at most one repaint per frame, however fast the tokens come
     if (painting) return;
@@ -238,6 +252,7 @@ async function send() {
     requestAnimationFrame(() => {
       painting = false;
       const follow = nearBottom();
+      showReasoning();
       renderText(content, answer);
       if (follow) scrollDown();
     });
@@ -253,11 +268,13 @@ async function send() {
       if (chunk.usage) s.usage = chunk.usage;
       for (const choice of chunk.choices || []) {
         const delta = choice.delta && choice.delta.content;
-        if (delta) {
+        const thought = choice.delta && choice.delta.reasoning_content;
+        if (delta || thought) {
           s.tLast = performance.now();
           if (s.tFirst === null) s.tFirst = s.tLast;
           s.chunks += 1;
-          answer += delta;
+          answer += delta || "";
+          reasoning += thought || "";
           paint();
         }
         if (choice.finish_reason) s.reason = choice.finish_reason;
@@ -278,6 +295,7 @@ async function send() {
     state.controller = null;
     setBusy(false);
   }
+  showReasoning();
   renderText(content, answer);
   if (bubble.dataset.state === "error") {
     // not part of the conversation: the question goes back to the input box to be sent again
