@@ -502,238 +502,111 @@ def test_a_k_quant_model_keeps_every_block_and_equals_the_fp32_model(tmp_path):
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
-def write_tiny_gemma3_gguf(path, hidden: int = 256, ffn: int = 256, heads: int = 2, head_dim: int = 128) -> None:
-    """A 2-layer Gemma 3 GGUF laid out as llama.cpp writes one (norm weights stored as 1 + w, which transformers'
-    loader undoes; q/k rows not permuted), its tensors of the Gemma 3 270M Q4_K_M file's types (Q5_0 q/k/gate/up,
-    Q8_0 v and embedding, Q4_K o, Q6_K down), as valid random blocks; a byte-level vocabulary."""
+def write_tiny_arch_gguf(path, arch: str, header: dict, tensors: list, seed: int,
+                         scales: tuple[float, float] = (0.001, 0.05)) -> None:
+    """A 2-layer GGUF of ``arch`` laid out as llama.cpp writes one: the common hyperparameters (hidden 256, ffn 256,
+    2 heads), ``header`` (GGUFWriter method -> value: the architecture's own keys), a byte-level vocabulary, and
+    ``tensors``: (name with ``{i}`` for the layer, rows or "vocab", columns, type) in file order, "norm" for an F32
+    norm weight near 1, other types as valid random blocks with super-scales in ``scales``."""
     import gguf
     from gguf import GGMLQuantizationType as T
     from tokenizers.pre_tokenizers import ByteLevel
 
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     specials = ["<pad>", "<bos>", "<eos>"]
     tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]  # one merge: " t"
-    w = gguf.GGUFWriter(str(path), "gemma3")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(POSITIONS)
-    w.add_embedding_length(hidden)
+    w.add_embedding_length(256)
     w.add_block_count(LAYERS)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(1)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1_000_000.0)
-    w.add_sliding_window(4)
+    w.add_feed_forward_length(256)
+    w.add_head_count(2)
+    for method, value in header.items():
+        getattr(w, method)(value)
     add_tiny_vocabulary(w, specials, tokens)
-
-    def norm(name: str, n: int) -> None:
-        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
-
-    def add(name: str, n: int, k: int, qtype: str) -> None:
-        w.add_tensor(name, random_blocks(rng, qtype, n, k), raw_dtype=T[qtype])
-
-    add("token_embd.weight", len(tokens), hidden, "Q8_0")
-    for i in range(LAYERS):
-        for kind in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm"):
-            norm(f"blk.{i}.{kind}.weight", hidden)
-        norm(f"blk.{i}.attn_q_norm.weight", head_dim)
-        norm(f"blk.{i}.attn_k_norm.weight", head_dim)
-        add(f"blk.{i}.attn_q.weight", heads * head_dim, hidden, "Q5_0")
-        add(f"blk.{i}.attn_k.weight", head_dim, hidden, "Q5_0")
-        add(f"blk.{i}.attn_v.weight", head_dim, hidden, "Q8_0")
-        add(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, "Q4_K")
-        add(f"blk.{i}.ffn_gate.weight", ffn, hidden, "Q5_0")
-        add(f"blk.{i}.ffn_up.weight", ffn, hidden, "Q5_0")
-        add(f"blk.{i}.ffn_down.weight", hidden, ffn, "Q6_K")
-    norm("output_norm.weight", hidden)
+    for name, n, k, qtype in tensors:
+        n = len(tokens) if n == "vocab" else n
+        for i in range(LAYERS) if "{i}" in name else [None]:
+            full = name.format(i=i)
+            if qtype == "norm":
+                w.add_tensor(full, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+            else:
+                w.add_tensor(full, random_blocks(rng, qtype, n, k, scales), raw_dtype=T[qtype])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
 
 
-def test_a_gemma3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
-    """A Gemma 3 GGUF (the 270M Q4_K_M file's tensor types): the fused Gemma graph, every weight on the file's own
-    blocks (none dequantised), each checked against transformers' dequantised weight at export; at the fidelity
-    level the logits are transformers' on the same file, and greedy ids equal its generate."""
-    import torch
-
-    from onnxlm.export import export_model
-    from onnxlm.export.gguf import load_gguf
-
-    gguf_path = tmp_path / "gemma3.gguf"
-    write_tiny_gemma3_gguf(gguf_path)
-    out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
-                       progress=False)
-    m = json.loads((out / "onnxlm.json").read_text())
-    q = m["quantization"]
-    assert m["model_type"] == "gemma3_text" and m["kv_layout"] == "fused-gqa"
-    assert q["tensors"] == {"Q5_0": 8, "Q8_0": 3, "Q4_K": 2, "Q6_K": 2} and q["fp32_tensors"] == {}
-    assert q["max_weight_diff"] <= 1e-5
-    ref = load_gguf(gguf_path).model
-    ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
-    with torch.no_grad():
-        want = ref(input_ids=torch.tensor(ids)).logits.numpy()
-        hf = ref.generate(torch.tensor(ids), max_new_tokens=8, do_sample=False, eos_token_id=None).numpy()
-    model = onnxlm.load(out)
-    assert np.abs(model.logits(ids) - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
-    np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
+def _layer(*tensors) -> list:
+    """Per-layer tensors (kind, rows, columns, type) -> the file-order entries of ``write_tiny_arch_gguf``."""
+    return [(f"blk.{{i}}.{kind}.weight", n, k, t) for kind, n, k, t in tensors]
 
 
-SCALES = (1e-4, 5e-4)
+_NORM = lambda kind, n=256: (kind, n, None, "norm")  # noqa: E731
+#: per architecture, as a Q4_K_M file of it stores its tensors (tiny): header, tensors, seed, super-scales ->
+#: model_type, blocks kept by type. K-quant weights of ~0.01 (Qwen3, Phi-3): their random mins would otherwise grow
+#: the activations past float32's reach in the 8-bit path.
+ARCHS = {
+    # Gemma 3 (the 270M file's types: Q5_0 q/k/gate/up, Q8_0 v and embedding, Q4_K o, Q6_K down); norms stored as
+    # 1 + w, which transformers' loader undoes; q/k rows not permuted
+    "gemma3": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-6,
+                    add_rope_freq_base=1_000_000.0, add_sliding_window=4),
+               [("token_embd.weight", "vocab", 256, "Q8_0")] + _layer(
+                   *[_NORM(k) for k in ("attn_norm", "post_attention_norm", "ffn_norm", "post_ffw_norm")],
+                   _NORM("attn_q_norm", 128), _NORM("attn_k_norm", 128), ("attn_q", 256, 256, "Q5_0"),
+                   ("attn_k", 128, 256, "Q5_0"), ("attn_v", 128, 256, "Q8_0"), ("attn_output", 256, 256, "Q4_K"),
+                   ("ffn_gate", 256, 256, "Q5_0"), ("ffn_up", 256, 256, "Q5_0"), ("ffn_down", 256, 256, "Q6_K"))
+               + [("output_norm.weight", 256, None, "norm")], 5, (0.001, 0.05),
+               "gemma3_text", {"Q5_0": 8, "Q8_0": 3, "Q4_K": 2, "Q6_K": 2}),
+    # Qwen3 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): per-head q/k norms, rows not permuted
+    "qwen3": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-6,
+                   add_rope_freq_base=1_000_000.0),
+              [("token_embd.weight", "vocab", 256, "Q6_K")] + _layer(
+                  _NORM("attn_norm"), _NORM("ffn_norm"), _NORM("attn_q_norm", 128), _NORM("attn_k_norm", 128),
+                  ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"), ("attn_v", 128, 256, "Q6_K"),
+                  ("attn_output", 256, 256, "Q4_K"), ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"),
+                  ("ffn_down", 256, 256, "Q6_K"))
+              + [("output_norm.weight", 256, None, "norm")], 6, (1e-4, 5e-4),
+              "qwen3", {"Q4_K": 10, "Q6_K": 5}),
+    # Phi-3 (Q5_K qkv, Q4_K o, gate+up and embedding, Q6_K down and head): q/k/v rows in one attn_qkv, gate then
+    # up rows in one ffn_up, an untied head (its embedding looked up on its own blocks)
+    "phi3": (dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-5,
+                  add_rope_freq_base=10000.0),
+             [("token_embd.weight", "vocab", 256, "Q4_K")] + _layer(
+                 _NORM("attn_norm"), _NORM("ffn_norm"), ("attn_qkv", 512, 256, "Q5_K"),
+                 ("attn_output", 256, 256, "Q4_K"), ("ffn_up", 512, 256, "Q4_K"), ("ffn_down", 256, 256, "Q6_K"))
+             + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 7, (1e-4, 5e-4),
+             "phi3", {"Q5_K": 2, "Q4_K": 5, "Q6_K": 3}),
+}
 
 
-def write_tiny_qwen3_gguf(path, hidden: int = 256, ffn: int = 256, heads: int = 2, head_dim: int = 128) -> None:
-    """A 2-layer Qwen3 GGUF laid out as llama.cpp writes one (per-head q/k norms, q/k rows not permuted, the head
-    tied to the embedding), its tensors of a Qwen3 Q4_K_M file's types (Q4_K q/k/o/gate/up, Q6_K v, down and
-    embedding), as valid random blocks; a byte-level vocabulary."""
-    import gguf
-    from gguf import GGMLQuantizationType as T
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    rng = np.random.default_rng(6)
-    specials = ["<pad>", "<bos>", "<eos>"]
-    tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]  # one merge: " t"
-    w = gguf.GGUFWriter(str(path), "qwen3")
-    w.add_context_length(POSITIONS)
-    w.add_embedding_length(hidden)
-    w.add_block_count(LAYERS)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(1)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(1_000_000.0)
-    add_tiny_vocabulary(w, specials, tokens)
-
-    def norm(name: str, n: int) -> None:
-        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
-
-    def add(name: str, n: int, k: int, qtype: str) -> None:  # K-quant weights of ~0.01: activations stay O(1)
-        w.add_tensor(name, random_blocks(rng, qtype, n, k, SCALES), raw_dtype=T[qtype])
-
-    add("token_embd.weight", len(tokens), hidden, "Q6_K")
-    for i in range(LAYERS):
-        norm(f"blk.{i}.attn_norm.weight", hidden)
-        norm(f"blk.{i}.ffn_norm.weight", hidden)
-        norm(f"blk.{i}.attn_q_norm.weight", head_dim)
-        norm(f"blk.{i}.attn_k_norm.weight", head_dim)
-        add(f"blk.{i}.attn_q.weight", heads * head_dim, hidden, "Q4_K")
-        add(f"blk.{i}.attn_k.weight", head_dim, hidden, "Q4_K")
-        add(f"blk.{i}.attn_v.weight", head_dim, hidden, "Q6_K")
-        add(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, "Q4_K")
-        add(f"blk.{i}.ffn_gate.weight", ffn, hidden, "Q4_K")
-        add(f"blk.{i}.ffn_up.weight", ffn, hidden, "Q4_K")
-        add(f"blk.{i}.ffn_down.weight", hidden, ffn, "Q6_K")
-    norm("output_norm.weight", hidden)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-def test_a_qwen3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
-    """A Qwen3 GGUF (a Q4_K_M file's tensor types; per-head q/k norms): the fused Llama-family graph, every weight on
-    the file's own blocks (none dequantised), each checked against transformers' dequantised weight at export; at the
-    fidelity level the logits are transformers' on the same file, and greedy ids equal its generate."""
-    import torch
-
-    from onnxlm.export import export_model
-    from onnxlm.export.gguf import load_gguf
-
-    gguf_path = tmp_path / "qwen3.gguf"
-    write_tiny_qwen3_gguf(gguf_path)
-    out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
-                       progress=False)
-    m = json.loads((out / "onnxlm.json").read_text())
-    q = m["quantization"]
-    assert m["model_type"] == "qwen3" and m["kv_layout"] == "fused-gqa"
-    assert q["tensors"] == {"Q4_K": 10, "Q6_K": 5} and q["fp32_tensors"] == {}
-    assert q["max_weight_diff"] <= 1e-5
-    ref = load_gguf(gguf_path).model
-    ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
-    with torch.no_grad():
-        want = ref(input_ids=torch.tensor(ids)).logits.numpy()
-        hf = ref.generate(torch.tensor(ids), max_new_tokens=8, do_sample=False, eos_token_id=None).numpy()
-    model = onnxlm.load(out)
-    assert np.abs(model.logits(ids) - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
-    np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
-
-
-def write_tiny_phi3_gguf(path, hidden: int = 256, ffn: int = 256, heads: int = 2, kv_heads: int = 1) -> None:
-    """A 2-layer Phi-3 GGUF laid out as llama.cpp writes one (q/k/v rows in one ``attn_qkv`` tensor, gate and up rows
-    in one ``ffn_up``, an untied head), its tensors of a Phi-3-mini Q4_K_M file's types (Q5_K qkv, Q4_K output
-    projection, gate/up and embedding, Q6_K down and head), as valid random blocks; a byte-level vocabulary."""
-    import gguf
-    from gguf import GGMLQuantizationType as T
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    head_dim = hidden // heads
-    rng = np.random.default_rng(7)
-    specials = ["<pad>", "<bos>", "<eos>"]
-    tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]  # one merge: " t"
-    w = gguf.GGUFWriter(str(path), "phi3")
-    w.add_context_length(POSITIONS)
-    w.add_embedding_length(hidden)
-    w.add_block_count(LAYERS)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_rope_freq_base(10000.0)
-    add_tiny_vocabulary(w, specials, tokens)
-
-    def norm(name: str, n: int) -> None:
-        w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
-
-    def add(name: str, n: int, k: int, qtype: str) -> None:  # K-quant weights of ~0.01: activations stay O(1)
-        w.add_tensor(name, random_blocks(rng, qtype, n, k, SCALES), raw_dtype=T[qtype])
-
-    add("token_embd.weight", len(tokens), hidden, "Q4_K")
-    for i in range(LAYERS):
-        norm(f"blk.{i}.attn_norm.weight", hidden)
-        norm(f"blk.{i}.ffn_norm.weight", hidden)
-        add(f"blk.{i}.attn_qkv.weight", (heads + 2 * kv_heads) * head_dim, hidden, "Q5_K")
-        add(f"blk.{i}.attn_output.weight", hidden, heads * head_dim, "Q4_K")
-        add(f"blk.{i}.ffn_up.weight", 2 * ffn, hidden, "Q4_K")
-        add(f"blk.{i}.ffn_down.weight", hidden, ffn, "Q6_K")
-    norm("output_norm.weight", hidden)
-    add("output.weight", len(tokens), hidden, "Q6_K")
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
-def test_a_phi3_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path):
-    """A Phi-3 GGUF (llama.cpp's packed attn_qkv and gate+up ffn_up tensors; a Phi-3-mini Q4_K_M file's types): the
-    fused Llama-family graph, each packed tensor one MatMulNBits group on the file's own blocks, the untied
-    embedding looked up on its own blocks (none dequantised), each checked against transformers' dequantised weights
-    at export; at the fidelity level the logits are transformers' on the same file, and greedy ids equal its
-    generate."""
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_an_architectures_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path, arch):
+    """A GGUF of each architecture with llama.cpp's tensor layout and a Q4_K_M file's types (Gemma 3 as the 270M
+    file has them; Qwen3's per-head q/k norms; Phi-3's packed attn_qkv and gate+up ffn_up and its untied head): the
+    fused graph, every weight on the file's own blocks (none dequantised: a packed tensor one MatMulNBits group, an
+    untied embedding looked up on its own codes), each checked against transformers' dequantised weight at export;
+    at the fidelity level the logits are transformers' on the same file, and greedy ids equal its generate."""
     import onnx
     import torch
 
     from onnxlm.export import export_model
     from onnxlm.export.gguf import load_gguf
 
-    gguf_path = tmp_path / "phi3.gguf"
-    write_tiny_phi3_gguf(gguf_path)
+    header, tensors, seed, scales, model_type, kept = ARCHS[arch]
+    gguf_path = tmp_path / f"{arch}.gguf"
+    write_tiny_arch_gguf(gguf_path, arch, header, tensors, seed, scales)
     out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
                        progress=False)
     m = json.loads((out / "onnxlm.json").read_text())
     q = m["quantization"]
-    assert m["model_type"] == "phi3" and m["kv_layout"] == "fused-gqa"
-    assert q["tensors"] == {"Q5_K": 2, "Q4_K": 5, "Q6_K": 3} and q["fp32_tensors"] == {}
-    assert q["max_weight_diff"] <= 1e-5
+    assert m["model_type"] == model_type and m["kv_layout"] == "fused-gqa"
+    assert q["tensors"] == kept and q["fp32_tensors"] == {} and q["max_weight_diff"] <= 1e-5
     graph = onnx.load(out / "model.onnx", load_external_data=False).graph
-    ops = [n.op_type for n in graph.node]
-    assert ops.count("MatMulNBits") == 2 * 4 + 1  # qkv, o, gate_up, down a layer; the head
+    assert [n.op_type for n in graph.node].count("MatMulNBits") == 2 * 4 + 1  # qkv, o, gate_up, down a layer; head
     assert all(n.name.endswith(".Correction") for n in graph.node if n.op_type == "MatMul")  # blocksum(x) @ R only
-    lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")  # the untied table on its own codes
+    lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")  # tied: an alias; untied: its own
     assert lookup.input[0] == "embed_tokens.codes" and "embed_tokens.weight" not in {t.name for t in graph.initializer}
     ref = load_gguf(gguf_path).model
     ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
