@@ -128,8 +128,9 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         wqkv = _w(packed) if packed is not None else np.concatenate([_w(att.q_proj), _w(att.k_proj),
                                                                      _w(att.v_proj)], axis=1)
         qkv = g.op("MatMul", [h, g.init(f"l{i}.qkv.weight", wqkv)])
-        if packed is None and att.q_proj.bias is not None:
-            bqkv = np.concatenate([p.bias.detach().float().numpy() for p in (att.q_proj, att.k_proj, att.v_proj)])
+        parts = [packed] if packed is not None else [att.q_proj, att.k_proj, att.v_proj]
+        if parts[0].bias is not None:
+            bqkv = np.concatenate([p.bias.detach().float().numpy() for p in parts])
             qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
         if hasattr(att, "q_norm"):  # Qwen 3: per-head RMSNorm of q and k before the rotary
             qkv = qk_head_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
@@ -141,11 +142,11 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         x = g.op("Add", [x, o])
         ln2 = g.init(f"l{i}.post_attention_layernorm", layer.post_attention_layernorm.weight.detach().float().numpy())
         h = g.op("SimplifiedLayerNormalization", [x, ln2], axis=-1, epsilon=eps, stash_type=1)
-        if hasattr(mlp, "gate_up_proj"):  # Phi-3: gate and up stored as one weight, gate first: two MatMuls here
+        if hasattr(mlp, "gate_up_proj"):  # Phi-3 (no bias): gate and up in one weight, gate first: two MatMuls here
             wgu = _w(mlp.gate_up_proj)
             ffn = wgu.shape[1] // 2
-            gate = g.op("MatMul", [h, g.init(f"l{i}.gate_proj.weight", wgu[:, :ffn].copy())])
-            up = g.op("MatMul", [h, g.init(f"l{i}.up_proj.weight", wgu[:, ffn:].copy())])
+            gate, up = (g.op("MatMul", [h, g.init(f"l{i}.{n}.weight", wgu[:, j * ffn:(j + 1) * ffn].copy())])
+                        for j, n in enumerate(("gate_proj", "up_proj")))
         else:
             gate = _linear(g, f"l{i}.gate_proj", h, mlp.gate_proj)
             up = _linear(g, f"l{i}.up_proj", h, mlp.up_proj)
