@@ -14,8 +14,8 @@ Rows are RIGHT padded (the runtime re-packs left-padded inputs). Inputs:
 Outputs: logits [b, k, V] float32, present.{i}.key|value (the buffers).
 
 Rotary: GQA rotates q/k itself (do_rotary=1) with cos/sin caches [max_positions, head_dim/2] computed in fp32 by the
-model's own ``rotary_emb`` (exact for default/linear/llama3/yarn; the attention scaling of yarn is folded into
-cos/sin as transformers does). Position of a token = its index in its (right-padded) row.
+model's own ``rotary_emb`` (exact for default/linear/llama3/yarn, and longrope up to its original context, whose
+short factors these are; the attention scaling of yarn and longrope is folded into cos/sin as transformers does). Position of a token = its index in its (right-padded) row.
 Qwen3: q and k get a per-head RMSNorm (``q_norm`` / ``k_norm``) before the rotary (``fused_graph.qk_head_norms``,
 as Gemma 3's).
 Phi-3: its packed ``qkv_proj`` is the graph's q/k/v weight as it is; its ``gate_up_proj`` (gate rows first) becomes the
@@ -31,7 +31,7 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError
 
 from .fused_graph import Graph, check_head_dim, io_values, logits_head, qk_head_norms, save_graph, to_numpy
-from .onnx_export import SUPPORTED_ROPE_SCALING
+from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
 FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 
@@ -44,8 +44,7 @@ def check_supported(model) -> None:
                           f"{', '.join(FUSED_TYPES)} (use kv_layout='plain' for the others)")
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise ExportError(f"kv_layout='fused': hidden_act {cfg.hidden_act!r} is not supported; supported: 'silu'")
-    rope = getattr(cfg, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    rope_type = rope_type_of(cfg)
     if rope_type not in SUPPORTED_ROPE_SCALING:  # the plain exporter's list: the same rotary tables
         raise ExportError(f"kv_layout='fused': rope_scaling type {rope_type!r} is not supported; supported: "
                           f"{', '.join(SUPPORTED_ROPE_SCALING)}")
@@ -107,7 +106,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
     H = getattr(cfg, "head_dim", None) or D // N
     V = cfg.vocab_size
     eps = float(cfg.rms_norm_eps)
-    P = int(max_positions or cfg.max_position_embeddings)
+    P = int(max_positions or position_limit(cfg))  # longrope: its short factors' positions only
     windows = sliding_windows(cfg)
     inner = model.model
     g = Graph()

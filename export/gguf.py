@@ -300,11 +300,11 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
 
     from transformers import AutoConfig
 
-    from .gguf_config import apply_rope_freqs, config_overrides, refuse_unsupported_tensors, rope_freq_factors
+    from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, rope_freq_factors
     from .gguf_reader import readers_shared_with_transformers
 
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
-    refuse_unsupported_tensors(path)  # LongRoPE factors: refused before a silently different model is loaded
+    overrides.update(longrope_overrides(path, meta))  # Phi-3.5's LongRoPE factors (tensors)
     try:
         with readers_shared_with_transformers():  # the file's one parsed reader, not two more
             config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -20,10 +20,15 @@ runtime:
   head_dim comes from ``rope.dimension_count``), so the config keeps its class default: ``hidden / heads`` (Qwen2) or
   128 (Qwen3, whatever the file says). Here: ``head_dim`` = the file's key_length.
 
-Refused by name rather than dropped: a ``{arch}.rope.scaling.type`` other than none/linear, and LongRoPE's
-``rope_factors_long`` / ``rope_factors_short`` tensors (Phi-3.5, Phi-3 128k, Phi-4-mini files): llama.cpp rotates with
-one set or the other by its context size and scales by ``rope.scaling.attn_factor``; transformers' loader drops them
-(measured on a tiny Phi-3 file: logits 2.6 from llama.cpp's). ``refuse_unsupported_tensors`` checks before loading.
+* LongRoPE's ``rope_factors_long`` / ``rope_factors_short`` tensors (Phi-3.5, Phi-3 128k files), with
+  ``rope.scaling.original_context_length`` and ``rope.scaling.attn_factor``: dropped (a tiny Phi-3 file's logits 2.6
+  from llama.cpp's). Here: ``rope_scaling = {"rope_type": "longrope", short/long factors, attention_factor}`` and
+  ``original_max_position_embeddings`` (``longrope_overrides``); the export then holds the original context's
+  positions (``onnx_export.position_limit``), where transformers rotates with the short factors and llama.cpp does
+  too with a context up to that size (measured: 1.9e-3 from llama.cpp's logits at its context 256 of 256; at 512 it
+  takes the long factors for every position).
+
+A ``{arch}.rope.scaling.type`` other than none/linear is refused by name rather than dropped.
 
 ``config_overrides`` is applied to the config before the weights are loaded (the attention modules read it at
 construction), ``apply_rope_freqs`` to the loaded model.
@@ -67,21 +72,30 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     return out
 
 
-#: tensors llama.cpp's rotary reads that transformers' loader drops and onnxlm does not express (LongRoPE)
-UNSUPPORTED_TENSORS = ("rope_factors_long.weight", "rope_factors_short.weight")
+LONGROPE_TENSORS = ("rope_factors_short.weight", "rope_factors_long.weight")
 
 
-def refuse_unsupported_tensors(path) -> None:
-    """ExportError naming the ``UNSUPPORTED_TENSORS`` a GGUF file holds (its logits would silently differ from
-    llama.cpp's)."""
+def longrope_overrides(path, meta: Mapping[str, Any]) -> dict:
+    """A GGUF file with LongRoPE's factor tensors -> the config attributes that give transformers the same rotary
+    ({} without them); ExportError when the file lacks its original context length or one of the two sets."""
     from .gguf_reader import gguf_reader
 
-    found = [t.name for t in gguf_reader(path).tensors if t.name in UNSUPPORTED_TENSORS]
-    if found:
-        raise ExportError(f"{path}: {', '.join(found)}: LongRoPE frequency factors (Phi-3.5, Phi-3 128k, Phi-4-mini "
-                          "files) are not supported: llama.cpp picks the long or the short set by its context size, "
-                          "and transformers' loader would drop both (other logits). Supported rotary settings: "
-                          "none, linear scaling, llama3 rope_freqs")
+    found = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in gguf_reader(path).tensors
+             if t.name in LONGROPE_TENSORS}
+    if not found:
+        return {}
+    arch = meta.get("general.architecture")
+    original = meta.get(f"{arch}.rope.scaling.original_context_length")
+    if len(found) < 2 or not original:
+        missing = [n for n in LONGROPE_TENSORS if n not in found]
+        if not original:
+            missing.append(f"{arch}.rope.scaling.original_context_length")
+        raise ExportError(f"{path}: LongRoPE factors without {', '.join(missing)}: cannot rotate as llama.cpp does")
+    rope = {"rope_type": "longrope", "short_factor": found[LONGROPE_TENSORS[0]].tolist(),
+            "long_factor": found[LONGROPE_TENSORS[1]].tolist()}
+    if f"{arch}.rope.scaling.attn_factor" in meta:  # llama.cpp's scale of cos/sin (transformers' default formula)
+        rope["attention_factor"] = float(meta[f"{arch}.rope.scaling.attn_factor"])
+    return {"rope_scaling": rope, "original_max_position_embeddings": int(original)}
 
 
 def rope_freq_factors(path) -> np.ndarray | None:

@@ -51,12 +51,14 @@ def model_dims(config, family: str) -> dict[str, Any]:
         return {"num_layers": config.num_decoder_layers, "num_encoder_layers": config.num_layers,
                 "num_heads": config.num_heads, "num_kv_heads": config.num_heads, "head_dim": config.d_kv,
                 "hidden_size": config.d_model, "vocab_size": config.vocab_size, "max_positions": None}
+    from .onnx_export import position_limit
+
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return {"num_layers": config.num_hidden_layers, "num_heads": heads,
             "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads, "head_dim": head_dim,
             "hidden_size": config.hidden_size, "vocab_size": config.vocab_size,
-            "max_positions": getattr(config, "max_position_embeddings", None)}
+            "max_positions": position_limit(config)}
 
 
 def graph_io(path: Path) -> dict[str, list[str]]:

@@ -21,9 +21,11 @@ GPT2_TYPES = {"gpt2"}
 T5_TYPES = {"t5", "mt5"}
 LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "smollm3", "helium", "arcee",
                "phi3", "stablelm", "cohere", "glm", "gemma", "gemma2", "gemma3_text"}
-#: rope_scaling types whose graph is proven exact (tests/test_families.py). "dynamic" and "longrope" are refused:
-#: transformers recomputes their frequencies from the sequence length at run time, which a traced graph freezes.
-SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "yarn")
+#: rope_scaling types whose graph is proven exact (tests/test_families.py). "dynamic" is refused: transformers
+#: recomputes its frequencies from the sequence length at run time, which a graph freezes. "longrope" (Phi-3.5, Phi-3
+#: 128k) does so only past ``original_max_position_embeddings`` (its long factors): up to there its short factors
+#: hold, so an export holds that many positions (``position_limit``) and is exact within them.
+SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "yarn", "longrope")
 SUPPORTED_FAMILIES = "GPT-2 (gpt2), T5 (t5, mt5), Llama family (" + ", ".join(sorted(LLAMA_TYPES)) + ")"
 
 
@@ -39,11 +41,26 @@ def family_of(model_type: str) -> str:
     )
 
 
+def rope_type_of(config) -> str:
+    """A config's rope_scaling type ("default" without one; the legacy key "type" read too)."""
+    rope = getattr(config, "rope_scaling", None) or {}
+    return (rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None) or "default"
+
+
+def position_limit(config) -> int | None:
+    """The positions an export of ``config`` holds: ``max_position_embeddings``, but for longrope no more than
+    ``original_max_position_embeddings`` (past it transformers switches to the long factors at run time)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    original = getattr(config, "original_max_position_embeddings", None)
+    if rope_type_of(config) == "longrope" and limit is not None and original:
+        return min(int(limit), int(original))
+    return limit
+
+
 def check_config(config) -> None:
     """Refuse config values whose graph cannot match transformers exactly (the family itself is supported)."""
-    rope = getattr(config, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
-    if rope_type is not None and rope_type not in SUPPORTED_ROPE_SCALING:
+    rope_type = rope_type_of(config)
+    if rope_type not in SUPPORTED_ROPE_SCALING:
         raise ExportError(
             f"rope_scaling {{'rope_type': {rope_type!r}}} is not supported for export; supported rope_scaling types: "
             f"{', '.join(SUPPORTED_ROPE_SCALING)} (or none)"

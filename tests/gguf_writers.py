@@ -11,13 +11,17 @@ from pathlib import Path
 import numpy as np
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, LAYERS, WINDOW = 64, 4, 2, 16, 96, 2, 4
-#: name -> (architecture, extra metadata, rope_freqs factors or None)
+#: name -> (architecture, extra metadata, rope factor tensors: "llama3" (rope_freqs), "longrope" or None)
 CASES = {
     "llama-rope-freqs": ("llama", {}, "llama3"),
     "gemma2-softcap": ("gemma2", {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}, None),
     "gemma3-rope-linear": ("gemma3", {"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, None),
     "qwen3-head-dim": ("qwen3", {}, None),  # key_length 16: transformers' Qwen3 default is 128
     "phi3-packed": ("phi3", {}, None),  # q/k/v rows in one attn_qkv, gate and up rows in one ffn_up; an untied head
+    # Phi-3.5's LongRoPE: per-frequency short and long factors as tensors, the original context (256: llama.cpp's
+    # smallest context, 256, rotates with the short factors) and the attention factor sqrt(1 + ln 4 / ln 256)
+    "phi3-longrope": ("phi3", {"rope.scaling.original_context_length": 256,
+                               "rope.scaling.attn_factor": float(np.sqrt(1 + np.log(4) / np.log(256)))}, "longrope"),
 }
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting
 LAYOUT_CASES = ("phi3-packed",)
@@ -57,9 +61,9 @@ def add_tiny_vocabulary(w, specials: list[str], tokens: list[str]) -> None:
     w.add_pad_token_id(0)
 
 
-def write_tiny_gguf(path: Path, case: str, longrope: bool = False) -> str:
+def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary.
-    ``longrope``: with LongRoPE's rope_factors_long / rope_factors_short tensors (as Phi-3.5 files have them)."""
+    ``drop``: keys of the case's extra metadata left out."""
     import gguf
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -68,7 +72,7 @@ def write_tiny_gguf(path: Path, case: str, longrope: bool = False) -> str:
     specials = ["<pad>", "<bos>", "<eos>"]
     tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(256)
+    w.add_context_length(1024 if rope_freqs == "longrope" else 256)
     w.add_embedding_length(HIDDEN)
     w.add_block_count(LAYERS)
     w.add_feed_forward_length(FFN)
@@ -81,10 +85,12 @@ def write_tiny_gguf(path: Path, case: str, longrope: bool = False) -> str:
     w.add_rope_freq_base(10000.0)
     if arch.startswith("gemma"):
         w.add_sliding_window(WINDOW)
-    for key, value in extra.items():
+    for key, value in ((k, v) for k, v in extra.items() if k not in drop):
         full = f"{arch}.{key}"
         if isinstance(value, str):
             w.add_string(full, value)
+        elif isinstance(value, int):
+            w.add_uint32(full, value)
         else:
             w.add_float32(full, value)
     add_tiny_vocabulary(w, specials, tokens)
@@ -96,9 +102,9 @@ def write_tiny_gguf(path: Path, case: str, longrope: bool = False) -> str:
         w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
     mat("token_embd.weight", len(tokens), HIDDEN)
-    if rope_freqs:
+    if rope_freqs == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_factors(HEAD_DIM))
-    if longrope:
+    if rope_freqs == "longrope":
         factors = np.linspace(1.0, 3.0, HEAD_DIM // 2, dtype=np.float32)
         w.add_tensor("rope_factors_long.weight", 2 * factors)
         w.add_tensor("rope_factors_short.weight", factors)

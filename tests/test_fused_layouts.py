@@ -7,7 +7,7 @@ Families and recipes (each exported once per session, validated by export/valida
   tiny-mistral-sliding-window (window 4, shorter than every sequence here: proves GQA's local_window_size =
   sliding_window), tiny-qwen2 (q/k/v bias, per-layer window), tiny-llama-llama3-rope-bias-untied (llama3 rope scaling,
   attention + MLP bias, untied head), tiny-qwen3 (per-head q/k RMSNorm, head_dim 32 != hidden / heads, untied head), tiny-phi3-full-rotary (packed
-  qkv and gate_up weights, window 5).
+  qkv and gate_up weights, window 5), tiny-phi3-longrope (longrope: 64 positions, its short factors).
 * GPT-2 (export/fused_gpt2.py, the default ``kv_layout="auto"``, which must pick the fused graph; learned positions fed
   as ``position_ids``): tiny-gpt2 (tied: wte stored once), tiny-gpt2-untied-inverse-layer-scale (untied head, scores of
   layer i divided by i + 1: compared with transformers' eager attention, the only one that honours it).
@@ -107,7 +107,7 @@ class Family:
 FAMILIES = {
     "llama": Family("tiny_llama", ["tiny-llama", "families/tiny-mistral-sliding-window", "families/tiny-qwen2",
                                    "families/tiny-llama-llama3-rope-bias-untied", "families/tiny-qwen3",
-                                   "families/tiny-phi3-full-rotary"], {"kv_layout": "fused"},
+                                   "families/tiny-phi3-full-rotary", "families/tiny-phi3-longrope"], {"kv_layout": "fused"},
                     FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                     lambda ours: {"pad_token_id": ours.pad_id}),
     "gpt2": Family("tiny_gpt2", ["tiny-gpt2", "families/tiny-gpt2-untied-inverse-layer-scale"], {},
@@ -335,6 +335,27 @@ def test_buffers_are_views_of_one_anonymous_mapping(fused_dirs, case):
         assert not a[:, :, 9:].any()
     other, _ = ours.start(ids[:1], mask[:1])
     assert _mapping_of(type(state).concat([state, other]).buffers) is not _mapping_of(state.buffers)
+
+
+def test_longrope_holds_the_positions_of_its_short_factors(fused_dirs):
+    """A longrope model (tiny-phi3-longrope: original context 64 of 128) exports its first 64 positions, where
+    transformers rotates with the short factors (past them it switches every position to the long ones at run
+    time): the manifest says 64, a longer prompt or generation is refused by name, and the logits at 64 positions
+    equal transformers' while a 65-position sequence would change them (the long factors)."""
+    from onnxlm.runtime.errors import ParameterError
+
+    hf, art = fused_dirs["families/tiny-phi3-longrope"]
+    ours, ref = onnxlm.load(art), _causal_reference(hf)
+    assert ours.manifest["max_positions"] == ours.max_positions == 64
+    ids = np.random.default_rng(3).integers(3, 250, size=(1, 65))
+    with torch.no_grad():
+        full = ref(torch.tensor(ids)).logits[0, :64].numpy()         # 65 positions: the long factors everywhere
+        short = ref(torch.tensor(ids[:, :64])).logits[0].numpy()
+    assert np.abs(ours.logits(ids[:, :64])[0] - short).max() <= ATOL < np.abs(full - short).max()
+    with pytest.raises(InputError, match="at most 64"):
+        ours.logits(ids)
+    with pytest.raises(ParameterError, match="max_positions 64"):
+        ours.generate(ids[:, :60], max_new_tokens=8)
 
 
 # --------------------------------------------------------------------------------------- what the builders refuse

@@ -8,7 +8,9 @@ window of 4; a Gemma 3 file with linear rope scaling (factor 8, as Gemma 3 4B+ f
 Qwen3 file whose head size (``attention.key_length`` 16) is not transformers' Qwen3 default (128); a Phi-3 file with
 llama.cpp's packed q/k/v and gate/up tensors (and no sliding window: llama.cpp 0.3.36 ignores a Phi-3 file's
 ``attention.sliding_window``, measured: a window of 4 in this file's metadata gave the same logits, and transformers'
-loader does not read it either).
+loader does not read it either); a Phi-3.5-style file with LongRoPE factor tensors, its original context (256) and
+attention factor, exported with the short factors' 256 positions (llama.cpp's logits at its context 256: it takes the
+short factors up to the original context).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case):
     model = onnxlm.load(export_model(path, tmp_path / "out", progress=False))
     got = model.logits(np.array([IDS]))[0]
     assert float(np.abs(got - llama_cpp).max()) <= ATOL
+    assert model.max_positions == 256  # every file's context; the longrope one's 1024 held to its original 256
     if case in LAYOUT_CASES:
         assert model.manifest["kv_layout"] == "fused-gqa"
         return
@@ -84,11 +87,11 @@ def test_an_unsupported_rope_scaling_is_refused_by_name():
     assert config_overrides(meta)["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
 
 
-def test_longrope_factor_tensors_are_refused_by_name(tmp_path):
-    """A Phi-3 file with LongRoPE's rope_factors_long / rope_factors_short (Phi-3.5, Phi-3 128k): transformers' loader
-    drops them (logits 2.6 from llama.cpp's on such a file), so the export refuses it by name, writing nothing."""
+def test_longrope_factors_without_the_original_context_are_refused(tmp_path):
+    """A LongRoPE file (Phi-3.5, Phi-3 128k) missing ``rope.scaling.original_context_length`` (which decides where
+    the short factors hold): refused by name, nothing written."""
     path = tmp_path / "phi3-longrope.gguf"
-    write_tiny_gguf(path, "phi3-packed", longrope=True)
-    with pytest.raises(ExportError, match="rope_factors_long.weight, rope_factors_short.weight: LongRoPE"):
+    write_tiny_gguf(path, "phi3-longrope", drop=("rope.scaling.original_context_length",))
+    with pytest.raises(ExportError, match="LongRoPE factors without phi3.rope.scaling.original_context_length"):
         export_model(path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
