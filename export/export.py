@@ -209,6 +209,12 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
             elif kv_layout == "fused":  # what the builder refuses, before the special ids and anything written
                 check_fused_supported(lm.model)
             dims = model_dims(cfg, lm.family)
+            trained = getattr(cfg, "max_position_embeddings", None)
+            if dims.get("max_positions") is not None and trained and dims["max_positions"] < trained:
+                notices.append(f"{lm.source}: longrope rotary: the artifact holds {dims['max_positions']} positions "
+                               f"(original_max_position_embeddings) of the model's {trained}; "
+                               "past them transformers switches to the long factors at run time, which a graph "
+                               "cannot")
             special = _special_tokens(lm, notices)
             _write_side_files(lm, tmp, special, notices)  # before validation: the fused check loads the runtime
             if kv_layout == "fused":
