@@ -210,7 +210,8 @@ def test_written_arrays_and_a_tied_fp32_lookup_alias(tmp_path):
 
 def test_the_quantizers_reader_views_or_reads_the_data_file_and_stays_inside_it(tmp_path):
     """quantizer_input: ``load_unaliased(read=False)`` leaves the weights in the data file and ``external_array`` views
-    them (np.memmap, the written values); ``read_external`` reads them in (what onnx's loader gives); a data location
+    them (np.memmap, the written values); ``read_external`` reads them in (what onnx's loader gives), also from an
+    artifact copied with hard links, which onnx 1.23's loader refuses ("multiple hard links"); a data location
     outside the artifact's folder is refused by name."""
     from onnxlm.export.quantizer_input import external_array, read_external
     from onnxlm.runtime.errors import ModelFileError
@@ -231,6 +232,11 @@ def test_the_quantizers_reader_views_or_reads_the_data_file_and_stays_inside_it(
     assert t.data_location != TensorProto.EXTERNAL and not t.external_data
     np.testing.assert_array_equal(numpy_helper.to_array(t), e)
     np.testing.assert_array_equal(numpy_helper.to_array(load_unaliased(tmp_path / "m.onnx").graph.initializer[0]), e)
+    (tmp_path / "linked").mkdir()  # an artifact copied with hard links (cp -al): onnx's own loader refuses those
+    for f in ("m.onnx", "m.onnx_data"):
+        (tmp_path / "linked" / f).hardlink_to(tmp_path / f)
+    linked = load_unaliased(tmp_path / "linked" / "m.onnx").graph.initializer[0]
+    np.testing.assert_array_equal(numpy_helper.to_array(linked), e)
     bad = load_unaliased(tmp_path / "m.onnx", read=False)
     next(x for x in bad.graph.initializer[0].external_data if x.key == "location").value = "../m.onnx_data"
     with pytest.raises(ModelFileError, match="outside"):
