@@ -19,8 +19,9 @@ short factors these are; the attention scaling of yarn and longrope is folded in
 Qwen3: q and k get a per-head RMSNorm (``q_norm`` / ``k_norm``) before the rotary (``fused_graph.qk_head_norms``,
 as Gemma 3's).
 Phi-3: its packed ``qkv_proj`` is the graph's q/k/v weight as it is; its ``gate_up_proj`` (gate rows first) becomes the
-two MatMuls ``gate_proj`` / ``up_proj`` of every other family (the names ``gguf_quant`` rewrites); a partial rotary
-(Phi-4-mini) is refused.
+two MatMuls ``gate_proj`` / ``up_proj`` of every other family (the names ``gguf_quant`` rewrites). A partial rotary
+(Phi-4-mini: 96 of 128 dims) is GQA's own: cos/sin caches of half the rotary dims rotate that many leading dims of
+each head (onnxruntime requires a multiple of 8 there; others are refused).
 Sliding window: GQA's ``local_window_size`` = transformers' ``sliding_window`` gives the same mask (measured: the
 values -1 and +1 give wrong logits; tests/test_fused_layouts.py checks Mistral with a window of 4 on sequences of 11+).
 """
@@ -48,9 +49,12 @@ def check_supported(model) -> None:
     if rope_type not in SUPPORTED_ROPE_SCALING:  # the plain exporter's list: the same rotary tables
         raise ExportError(f"kv_layout='fused': rope_scaling type {rope_type!r} is not supported; supported: "
                           f"{', '.join(SUPPORTED_ROPE_SCALING)}")
-    if getattr(cfg, "partial_rotary_factor", 1.0) not in (None, 1.0):
-        raise ExportError("kv_layout='fused': partial_rotary_factor != 1 is not supported")
-    check_head_dim(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rotary = int(head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0))
+    if rotary < head_dim and (rotary // 2) % 8:  # GQA rotates the first 2 * cos_cache width dims of each head
+        raise ExportError(f"kv_layout='fused': a partial rotary of {rotary} of {head_dim} head dims is not supported: "
+                          "onnxruntime's GroupQueryAttention needs half of it a multiple of 8 (use kv_layout='plain')")
+    check_head_dim(head_dim)
 
 
 def sliding_windows(config) -> list[int | None]:

@@ -20,6 +20,8 @@ runtime:
   head_dim comes from ``rope.dimension_count``), so the config keeps its class default: ``hidden / heads`` (Qwen2) or
   128 (Qwen3, whatever the file says). Here: ``head_dim`` = the file's key_length.
 
+* ``phi3.rope.dimension_count`` below the head size (Phi-4-mini: 96 of 128): not mapped, so every dim rotates.
+  Here: ``partial_rotary_factor`` = dimension_count / head size.
 * LongRoPE's ``rope_factors_long`` / ``rope_factors_short`` tensors (Phi-3.5, Phi-3 128k files), with
   ``rope.scaling.original_context_length`` and ``rope.scaling.attn_factor``: dropped (a tiny Phi-3 file's logits 2.6
   from llama.cpp's). Here: ``rope_scaling = {"rope_type": "longrope", short/long factors, attention_factor}`` and
@@ -43,6 +45,8 @@ from onnxlm.runtime.errors import ExportError
 
 #: architectures whose head size transformers' loader does not read (``{arch}.attention.key_length`` -> head_dim)
 HEAD_DIM_ARCHS = ("qwen2", "qwen3")
+#: architectures whose rotated dims (``{arch}.rope.dimension_count``) transformers' loader does not read
+PARTIAL_ROTARY_ARCHS = ("phi3",)
 #: layers of the 27B models, whose queries llama.cpp scales by 1/sqrt(hidden / heads) instead of 1/sqrt(head_dim)
 LAYERS_27B = {"gemma2": 46, "gemma3": 62}
 
@@ -60,6 +64,12 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
                           "(supported: none, linear; llama3 scaling comes as a rope_freqs tensor)")
     if arch in HEAD_DIM_ARCHS and f"{arch}.attention.key_length" in meta:
         out["head_dim"] = int(meta[f"{arch}.attention.key_length"])
+    if arch in PARTIAL_ROTARY_ARCHS and f"{arch}.rope.dimension_count" in meta:
+        head = int(meta.get(f"{arch}.attention.key_length") or
+                   int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"]))
+        rotated = int(meta[f"{arch}.rope.dimension_count"])
+        if rotated < head:
+            out["partial_rotary_factor"] = rotated / head
     if arch in LAYERS_27B:
         hidden, heads = int(meta[f"{arch}.embedding_length"]), int(meta[f"{arch}.attention.head_count"])
         head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))

@@ -22,6 +22,7 @@ CASES = {
     # smallest context, 256, rotates with the short factors) and the attention factor sqrt(1 + ln 4 / ln 256)
     "phi3-longrope": ("phi3", {"rope.scaling.original_context_length": 256,
                                "rope.scaling.attn_factor": float(np.sqrt(1 + np.log(4) / np.log(256)))}, "longrope"),
+    "phi3-partial-rotary": ("phi3", {"rope.dimension_count": HEAD_DIM // 2}, None),  # as Phi-4-mini: 96 of 128
 }
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting
 LAYOUT_CASES = ("phi3-packed",)
@@ -80,7 +81,8 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     w.add_head_count_kv(KV_HEADS)
     w.add_key_length(HEAD_DIM)
     w.add_value_length(HEAD_DIM)
-    w.add_rope_dimension_count(HEAD_DIM)
+    if "rope.dimension_count" not in extra:
+        w.add_rope_dimension_count(HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
     if arch.startswith("gemma"):

@@ -7,7 +7,8 @@ Families and recipes (each exported once per session, validated by export/valida
   tiny-mistral-sliding-window (window 4, shorter than every sequence here: proves GQA's local_window_size =
   sliding_window), tiny-qwen2 (q/k/v bias, per-layer window), tiny-llama-llama3-rope-bias-untied (llama3 rope scaling,
   attention + MLP bias, untied head), tiny-qwen3 (per-head q/k RMSNorm, head_dim 32 != hidden / heads, untied head), tiny-phi3-full-rotary (packed
-  qkv and gate_up weights, window 5), tiny-phi3-longrope (longrope: 64 positions, its short factors).
+  qkv and gate_up weights, window 5), tiny-phi3-longrope (longrope: 64 positions, its short factors), tiny-phi3-partial-longrope (Phi-4-mini's shape: 48
+  of 64 head dims rotated, longrope).
 * GPT-2 (export/fused_gpt2.py, the default ``kv_layout="auto"``, which must pick the fused graph; learned positions fed
   as ``position_ids``): tiny-gpt2 (tied: wte stored once), tiny-gpt2-untied-inverse-layer-scale (untied head, scores of
   layer i divided by i + 1: compared with transformers' eager attention, the only one that honours it).
@@ -107,7 +108,8 @@ class Family:
 FAMILIES = {
     "llama": Family("tiny_llama", ["tiny-llama", "families/tiny-mistral-sliding-window", "families/tiny-qwen2",
                                    "families/tiny-llama-llama3-rope-bias-untied", "families/tiny-qwen3",
-                                   "families/tiny-phi3-full-rotary", "families/tiny-phi3-longrope"], {"kv_layout": "fused"},
+                                   "families/tiny-phi3-full-rotary", "families/tiny-phi3-longrope",
+                                   "families/tiny-phi3-partial-longrope"], {"kv_layout": "fused"},
                     FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                     lambda ours: {"pad_token_id": ours.pad_id}),
     "gpt2": Family("tiny_gpt2", ["tiny-gpt2", "families/tiny-gpt2-untied-inverse-layer-scale"], {},

@@ -10,7 +10,8 @@ llama.cpp's packed q/k/v and gate/up tensors (and no sliding window: llama.cpp 0
 ``attention.sliding_window``, measured: a window of 4 in this file's metadata gave the same logits, and transformers'
 loader does not read it either); a Phi-3.5-style file with LongRoPE factor tensors, its original context (256) and
 attention factor, exported with the short factors' 256 positions (llama.cpp's logits at its context 256: it takes the
-short factors up to the original context).
+short factors up to the original context); a Phi-4-mini-style file whose ``rope.dimension_count`` is half its head
+size (a partial rotary transformers' loader drops).
 """
 from __future__ import annotations
 
