@@ -405,3 +405,31 @@ def test_info_says_forced_only_when_the_gate_was_failed():
     kl = dict(q, mean_kl=0.002, max_mean_kl=0.01)  # the KL bound, where the record has one
     assert _forced_note({"forced": True, "quality": kl}) == ""
     assert "forced" in _forced_note({"forced": True, "quality": dict(kl, mean_kl=0.02)})
+
+
+def test_chat_template_kwargs(capsys, tmp_path, tiny_qwen2_tools):
+    """``--chat-template-kwargs JSON`` (the server's chat_template_kwargs) on ``onnxlm chat`` (streamed, --json) and
+    ``generate --chat``, on Qwen3's real template: the replies are ``model.chat(..., chat_template_kwargs=...)``'s;
+    a value that is not a JSON object, or the option without --chat, is a usage error naming it."""
+    import onnxlm
+    from test_serve_tools import TEMPLATES, _with_template
+
+    art = _with_template(tiny_qwen2_tools.onnx_dir, tmp_path / "qwen3",
+                         (TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8"))
+    model = onnxlm.load(art)
+    kw = {"enable_thinking": False}
+    msgs = [{"role": "user", "content": "Hi!"}]
+    want = model.chat(msgs, chat_template_kwargs=kw, max_new_tokens=6).text[0]
+    assert want != model.chat(msgs, max_new_tokens=6).text[0]  # the variable changes the prompt, so the reply
+    flags = ["--chat-template-kwargs", json.dumps(kw), "--max-new-tokens", 6]
+    code, out, _ = run_cli(capsys, "chat", art, "Hi!", *flags)
+    assert code == 0 and out == want + "\n"
+    code, out, _ = run_cli(capsys, "chat", art, "Hi!", *flags, "--json")
+    assert code == 0 and json.loads(out)["text"] == want
+    code, out, _ = run_cli(capsys, "generate", art, "Hi!", "--chat", *flags, "--json")
+    assert code == 0 and json.loads(out)["text"] == want
+    for argv, what in [(["chat", art, "Hi!", "--chat-template-kwargs", "[1]"], "expected a JSON object"),
+                       (["chat", art, "Hi!", "--chat-template-kwargs", "{oops"], "not JSON"),
+                       (["generate", art, "Hi!", "--chat-template-kwargs", "{}"], "--chat-template-kwargs needs --chat")]:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and what in err, err

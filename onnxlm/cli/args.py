@@ -41,6 +41,20 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def json_object(text: str) -> dict:
+    """'{"enable_thinking": false}' -> that dict (a JSON object, nothing else)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'expected a JSON object such as \'{{"enable_thinking": false}}\', '
+                                         f"got {text[:60]!r}")
+    return value
+
+
 def early_stopping(text: str):
     value = {"true": True, "false": False, "never": "never"}.get(text.lower())
     if value is None:

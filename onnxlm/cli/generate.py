@@ -10,7 +10,7 @@ from tqdm import tqdm
 from onnxlm.runtime.errors import InputError
 
 from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
-                       load_model, positive_int, read_line, read_prompts)
+                       json_object, load_model, positive_int, read_line, read_prompts)
 from .jobs import add_job_args, run_job, wants_job
 
 GENERATE_DESCRIPTION = """\
@@ -51,6 +51,9 @@ def add_parser(sub) -> None:
     out.add_argument("--chat", action="store_true",
                      help="wrap each prompt as a user message and apply the model's chat template")
     out.add_argument("--system", metavar="TEXT", help="with --chat: a system message placed before each prompt")
+    out.add_argument("--chat-template-kwargs", type=json_object, metavar="JSON", default=None,
+                     help='with --chat: extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": '
+                          'false}\' (Qwen3)')
     out.add_argument("--json", action="store_true",
                      help='one JSON object per line and returned sequence: {"prompt", "text", "token_ids", '
                           '"finish_reason", "sequences_score" (beam search), ...}')
@@ -69,6 +72,8 @@ def add_parser(sub) -> None:
     add_model_args(c)
     c.add_argument("message", nargs="?", metavar="MESSAGE", help="a single user message (omit for a conversation)")
     c.add_argument("--system", metavar="TEXT", help="a system message that opens the conversation")
+    c.add_argument("--chat-template-kwargs", type=json_object, metavar="JSON", default=None,
+                   help='extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": false}\' (Qwen3)')
     c.add_argument("--json", action="store_true", help="one-shot: print the reply as a JSON object")
     c.add_argument("--no-stream", dest="stream", action="store_false",
                    help="print each reply only once it is complete (default: stream greedy/sampling replies)")
@@ -137,12 +142,13 @@ def _read_text(path: str, flag: str) -> str:
 def run_generate(args) -> int:
     if args.stream and args.json:
         args.parser_for_command.error("--stream and --json cannot be combined")
-    if args.system and not args.chat:
-        args.parser_for_command.error("--system needs --chat")
+    if (args.system or args.chat_template_kwargs is not None) and not args.chat:
+        args.parser_for_command.error(f"{'--system' if args.system else '--chat-template-kwargs'} needs --chat")
     params = {**generation_params(args), **constraint_params(args)}
     if wants_job(args):
-        if args.assistant:
-            args.parser_for_command.error("--assistant runs in onnxlm generate itself, not in a --input job")
+        if args.assistant or args.chat_template_kwargs is not None:
+            flag = "--assistant" if args.assistant else "--chat-template-kwargs"
+            args.parser_for_command.error(f"{flag} runs in onnxlm generate itself, not in a --input job")
         if args.stream or args.json or args.show_top_k:
             args.parser_for_command.error("--input writes Parquet: --stream, --json and --show-top-k do not apply")
         return run_job(args, "generate", params=params, chat=args.chat, system=args.system)
@@ -158,7 +164,8 @@ def run_generate(args) -> int:
     for i, prompt in enumerate(bar):
         model_input = prompt
         if args.chat:  # token ids, encoded without special tokens (the template writes any BOS)
-            model_input = [model.render_chat(_messages(prompt, args.system), tokenize=True)]
+            model_input = [model.render_chat(_messages(prompt, args.system), tokenize=True,
+                                             **(args.chat_template_kwargs or {}))]
         dist = model.next_token_distribution(model_input, top_k=args.show_top_k) if args.show_top_k else None
         if args.json:
             res = model.generate(model_input, **params)
@@ -286,7 +293,7 @@ def run_chat(args) -> int:
         if not args.message.strip():
             args.parser_for_command.error("MESSAGE is empty")
         _chat_turn(model, _messages(args.message, args.system), params, stream=stream, as_json=args.json,
-                   message=args.message)
+                   message=args.message, template_vars=args.chat_template_kwargs)
         return 0
     if args.json:
         args.parser_for_command.error("--json needs a MESSAGE (one-shot chat)")
@@ -296,11 +303,11 @@ def run_chat(args) -> int:
 
 
 def _chat_turn(model, messages: list[dict], params: dict, *, stream: bool, as_json: bool = False,
-               message: str = "") -> str:
+               message: str = "", template_vars: dict | None = None) -> str:
     gen_params = {k: v for k, v in params.items()
                   if k not in ("json_schema", "regex", "choices", "grammar", "assistant_model")}
     if stream and model.generation_config.replace(**gen_params).num_beams <= 1:
-        prompt = [model.render_chat(messages, tokenize=True)]
+        prompt = [model.render_chat(messages, tokenize=True, **(template_vars or {}))]
         pieces = []
 
         class _Tee:
@@ -313,7 +320,7 @@ def _chat_turn(model, messages: list[dict], params: dict, *, stream: bool, as_js
 
         _stream_one(model, prompt, params, out=_Tee())
         return "".join(pieces).rstrip("\n")
-    res = model.chat(messages, **params)
+    res = model.chat(messages, chat_template_kwargs=template_vars, **params)
     if as_json:
         rec = _records(model, message, res, None)[0]
         rec["messages"] = messages
@@ -350,5 +357,6 @@ def _repl(model, args, params: dict, stream: bool) -> int:
         if interactive:
             sys.stderr.write("assistant> ")
             sys.stderr.flush()
-        reply = _chat_turn(model, _messages(text, args.system, history), params, stream=stream)
+        reply = _chat_turn(model, _messages(text, args.system, history), params, stream=stream,
+                           template_vars=args.chat_template_kwargs)
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
