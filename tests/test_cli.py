@@ -1,8 +1,10 @@
 """The `onnxlm` command line: every command's --help, generate/chat/score/info/bench on tiny models, exit codes."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -428,6 +430,15 @@ def test_chat_template_kwargs(capsys, tmp_path, tiny_qwen2_tools):
     assert code == 0 and json.loads(out)["text"] == want
     code, out, _ = run_cli(capsys, "generate", art, "Hi!", "--chat", *flags, "--json")
     assert code == 0 and json.loads(out)["text"] == want
+    # the same in a batch job (the jobs extra; CI installs it, so there its absence fails)
+    if os.environ.get("CI") == "true" or importlib.util.find_spec("pyarrow"):
+        import pyarrow.parquet as pq
+
+        src = tmp_path / "in.jsonl"
+        src.write_text(json.dumps({"prompt": "Hi!"}) + "\n", encoding="utf-8")
+        code, _, _ = run_cli(capsys, "generate", art, "--input", src, "--output", tmp_path / "o.parquet", "--chat",
+                             *flags, "--quiet")
+        assert code == 0 and pq.read_table(tmp_path / "o.parquet").to_pylist()[0]["text"] == want
     for argv, what in [(["chat", art, "Hi!", "--chat-template-kwargs", "[1]"], "expected a JSON object"),
                        (["chat", art, "Hi!", "--chat-template-kwargs", "{oops"], "not JSON"),
                        (["generate", art, "Hi!", "--chat-template-kwargs", "{}"], "--chat-template-kwargs needs --chat")]:

@@ -146,12 +146,12 @@ def run_generate(args) -> int:
         args.parser_for_command.error(f"{'--system' if args.system else '--chat-template-kwargs'} needs --chat")
     params = {**generation_params(args), **constraint_params(args)}
     if wants_job(args):
-        if args.assistant or args.chat_template_kwargs is not None:
-            flag = "--assistant" if args.assistant else "--chat-template-kwargs"
-            args.parser_for_command.error(f"{flag} runs in onnxlm generate itself, not in a --input job")
+        if args.assistant:
+            args.parser_for_command.error("--assistant runs in onnxlm generate itself, not in a --input job")
         if args.stream or args.json or args.show_top_k:
             args.parser_for_command.error("--input writes Parquet: --stream, --json and --show-top-k do not apply")
-        return run_job(args, "generate", params=params, chat=args.chat, system=args.system)
+        return run_job(args, "generate", params=params, chat=args.chat, system=args.system,
+                       chat_template_kwargs=args.chat_template_kwargs or {})
     if args.stream and (params.get("num_beams", 1) > 1 or params.get("num_return_sequences", 1) > 1):
         args.parser_for_command.error("--stream prints one sequence per prompt: it cannot be combined with "
                                       "--num-beams > 1 or --num-return-sequences > 1")

@@ -42,6 +42,7 @@ class JobSpec:
     append_eos: bool = False          # score
     chat: bool = False                # generate: wrap each prompt in the model's chat template
     system: str | None = None         # generate, with chat: a system message
+    chat_template_kwargs: dict = field(default_factory=dict)  # generate, with chat: extra template variables
     provider: str = "auto"
     threads: int | None = None
     verify: bool = True

@@ -127,7 +127,7 @@ def _model_input(model, spec: JobSpec, text: str):
         return text
     messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + \
         [{"role": "user", "content": text}]
-    return model.render_chat(messages, tokenize=True)
+    return model.render_chat(messages, tokenize=True, **spec.chat_template_kwargs)
 
 
 def _token_logprobs(res, row: int) -> list[float]:
