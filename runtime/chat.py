@@ -125,3 +125,6 @@ def render_chat(
         raise InputError(f"chat template rejected the messages: {e}") from None
     except jinja2.TemplateError as e:
         raise InputError(f"chat template: rendering failed: {e}") from e
+    except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
+        # the template's own expressions on the messages and variables it was given (`1 / n`, `x[9]`, `n(...)`)
+        raise InputError(f"chat template: rendering failed: {type(e).__name__}: {e}") from e

@@ -39,6 +39,18 @@ def test_raise_exception_becomes_input_error():
         render_chat(t, [{"role": "user", "content": "hi"}])
 
 
+@pytest.mark.parametrize("variables, error", [({"n": 0}, "ZeroDivisionError"), ({"n": "a"}, "TypeError"),
+                                               ({"n": 1, "raise_exception": 1}, "TypeError"),
+                                               ({"n": 1, "word": "abc"}, "ValueError")])
+def test_a_failing_expression_is_an_input_error(variables, error):
+    """The template's own expressions on its messages and variables (chat_template_kwargs come from a request) may
+    fail in Python: an InputError naming the error (the server's 400), never the exception itself (a 500)."""
+    t = "{{ messages[0]['content'] }}{{ 1 / n }}{{ word.index('z') if word is defined else '' }}" \
+        "{{ raise_exception('x') if n == 1 and raise_exception is not callable else '' }}"
+    with pytest.raises(InputError, match=f"rendering failed: {error}"):
+        render_chat(t, [{"role": "user", "content": "hi"}], **variables)
+
+
 def test_sandbox():
     with pytest.raises(InputError):
         render_chat("{{ messages.__class__.__mro__ }}{% set x = messages.append(1) %}", [{"role": "u", "content": "c"}])

@@ -100,7 +100,11 @@ COMPLETION_FIELDS = {"prompt": st.one_of(st.text(max_size=40), st.lists(st.integ
                      "logprobs": either(st.integers(0, 6))}
 CHAT_FIELDS = {"messages": st.one_of(st.lists(message, min_size=1, max_size=4), junk),
                "logprobs": either(st.booleans()), "top_logprobs": either(st.integers(0, 21)),
-               "max_completion_tokens": either(st.integers(0, 4))}
+               "max_completion_tokens": either(st.integers(0, 4)),
+               "chat_template_kwargs": either(st.dictionaries(
+                   st.sampled_from(["enable_thinking", "tools", "bos_token", "raise_exception", "range", "x y", ""]),
+                   st.one_of(st.booleans(), st.integers(-2, 2), st.text(max_size=3), st.none()), max_size=3)),
+               "reasoning_format": either(st.sampled_from(["auto", "deepseek", "none", "think"]))}
 
 
 def bodies(chat: bool):
