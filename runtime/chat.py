@@ -104,7 +104,8 @@ def render_chat(
     ``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``).
 
     ``extra`` keyword arguments become template variables (e.g. ``tools``, ``documents``, ``pad_token``).
-    Raises InputError for invalid messages, an invalid template, or a template that calls ``raise_exception``.
+    Raises InputError for invalid messages, an invalid template, a template that calls ``raise_exception``, or one
+    whose expressions fail on the messages and variables given (``1 / n`` with n = 0, a call of a non-function).
     """
     if not isinstance(template, str) or not template.strip():
         raise InputError("chat template: expected a non-empty jinja2 template string (the model has no chat template?)")
