@@ -15,7 +15,8 @@ Outputs: logits [b, k, V] float32, present.{i}.key|value (the buffers).
 
 Rotary: GQA rotates q/k itself (do_rotary=1) with cos/sin caches [max_positions, head_dim/2] computed in fp32 by the
 model's own ``rotary_emb`` (exact for default/linear/llama3/yarn, and longrope up to its original context, whose
-short factors these are; the attention scaling of yarn and longrope is folded into cos/sin as transformers does). Position of a token = its index in its (right-padded) row.
+short factors these are; the attention scaling of yarn and longrope is folded into cos/sin as transformers does).
+Position of a token = its index in its (right-padded) row.
 Qwen3: q and k get a per-head RMSNorm (``q_norm`` / ``k_norm``) before the rotary (``fused_graph.qk_head_norms``,
 as Gemma 3's).
 Phi-3: its packed ``qkv_proj`` is the graph's q/k/v weight as it is; its ``gate_up_proj`` (gate rows first) becomes the

@@ -65,21 +65,24 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     if arch in HEAD_DIM_ARCHS and f"{arch}.attention.key_length" in meta:
         out["head_dim"] = int(meta[f"{arch}.attention.key_length"])
     if arch in PARTIAL_ROTARY_ARCHS and f"{arch}.rope.dimension_count" in meta:
-        head = int(meta.get(f"{arch}.attention.key_length") or
-                   int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"]))
         rotated = int(meta[f"{arch}.rope.dimension_count"])
-        if rotated < head:
-            out["partial_rotary_factor"] = rotated / head
+        if rotated < _head_size(meta, arch):
+            out["partial_rotary_factor"] = rotated / _head_size(meta, arch)
     if arch in LAYERS_27B:
         hidden, heads = int(meta[f"{arch}.embedding_length"]), int(meta[f"{arch}.attention.head_count"])
-        head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))
         big = int(meta[f"{arch}.block_count"]) == LAYERS_27B[arch]
-        out["query_pre_attn_scalar"] = hidden // heads if big else head_dim
+        out["query_pre_attn_scalar"] = hidden // heads if big else _head_size(meta, arch)
     if arch == "gemma2":
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if f"gemma2.{key}" in meta:
                 out[key] = float(meta[f"gemma2.{key}"])
     return out
+
+
+def _head_size(meta: Mapping[str, Any], arch: str) -> int:
+    """A GGUF's head size: ``{arch}.attention.key_length``, else hidden / heads."""
+    return int(meta.get(f"{arch}.attention.key_length") or
+               int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"]))
 
 
 LONGROPE_TENSORS = ("rope_factors_short.weight", "rope_factors_long.weight")

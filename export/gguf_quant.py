@@ -267,27 +267,25 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
     head = next(n for n in g.node if n.op_type == "Gemm")
     tied = head.input[1] == "embed_tokens.weight"
     emb_blocks = tensors.blocks("token_embd.weight")
-    if tied and emb_blocks is not None:
-        emb_blocks = to_8bit(emb_blocks)  # GatherBlockQuantized reads the head's 8-bit codes
-        rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding / output head")
-        replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
-                                      "lm_head", head=True)
-        replace[id(gather)] = rw.tied_embedding(gather, "lm_head", emb_blocks)
+    if emb_blocks is None:
+        keep(["token_embd.weight"])
     else:
-        if not tied and emb_blocks is not None:  # an untied embedding: its own blocks, looked up as a tied one is
-            emb_blocks = to_8bit(emb_blocks)
-            rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding")
+        emb_blocks = to_8bit(emb_blocks)  # GatherBlockQuantized reads 8-bit codes (a tied head's own)
+        rw.check(emb_blocks, "embed_tokens.weight", False, "token embedding" + (" / output head" if tied else ""))
+        if tied:
+            replace[id(head)] = rw.matmul(head.input[0], emb_blocks, [head.output[0]], [emb_blocks.scales.shape[0]],
+                                          "lm_head", head=True)
+            replace[id(gather)] = rw.tied_embedding(gather, "lm_head", emb_blocks)
+        else:  # an untied embedding: its own blocks, looked up as a tied one is
             replace[id(gather)] = rw.embedding(gather, emb_blocks)
+    if not tied:  # an untied head: its own tensor, natively where it can be
+        out_b = tensors.blocks("output.weight") if "output.weight" in tensors.tensors else None
+        if out_b is not None:
+            rw.check(out_b, head.input[1], False, "output head")
+            replace[id(head)] = rw.matmul(head.input[0], out_b, [head.output[0]], [out_b.scales.shape[0]],
+                                          "lm_head", head=True)
         else:
-            keep(["token_embd.weight"])
-        if not tied:  # an untied head: its own tensor, natively where it can be
-            out_b = tensors.blocks("output.weight") if "output.weight" in tensors.tensors else None
-            if out_b is not None:
-                rw.check(out_b, head.input[1], False, "output head")
-                replace[id(head)] = rw.matmul(head.input[0], out_b, [head.output[0]], [out_b.scales.shape[0]],
-                                              "lm_head", head=True)
-            else:
-                keep(["output.weight"] if "output.weight" in tensors.tensors else [])
+            keep(["output.weight"] if "output.weight" in tensors.tensors else [])
 
     rw.apply(replace, post=_residual_sums)
     read_external(model, src.parent)  # the fp32 initializers the graph keeps (norms, rotary tables, ...)

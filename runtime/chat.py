@@ -17,6 +17,10 @@ from .errors import InputError
 __all__ = ["render_chat", "validate_messages"]
 
 
+#: the variables render_chat itself gives a template, which no extra variable may replace
+RENDER_VARS = ("messages", "add_generation_prompt", "bos_token", "eos_token")
+
+
 class _TemplateRaised(Exception):
     """raise_exception() called from inside a template."""
 

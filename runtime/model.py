@@ -412,11 +412,11 @@ class LanguageModel:
         """messages [{'role', 'content'}] -> prompt text through the artifact's chat template (jinja2), or with
         tokenize=True its token ids, encoded with add_special_tokens=False (the template writes any BOS).
         ``template_vars`` become template variables, as in transformers' apply_chat_template (e.g. ``tools``)."""
-        from .chat import render_chat
-        taken = sorted(set(template_vars) & {"messages", "add_generation_prompt", "bos_token", "eos_token"})
+        from .chat import RENDER_VARS, render_chat
+        taken = sorted(set(template_vars) & set(RENDER_VARS))
         if taken:
-            raise ParameterError(taken[0], "set by render_chat itself (messages, add_generation_prompt, bos_token, "
-                                           "eos_token); it cannot be a template variable here")
+            raise ParameterError(taken[0], f"set by render_chat itself ({', '.join(RENDER_VARS)}); it cannot be a "
+                                           "template variable here")
         if not self.chat_template:
             raise ModelFileError(f"{self.path} has no chat_template.jinja: this model has no chat template",
                                  str(self.path / "chat_template.jinja"))

@@ -12,6 +12,8 @@ import numbers
 import re
 from dataclasses import dataclass, field
 
+from onnxlm.runtime.chat import RENDER_VARS
+
 MAX_STOP = 4  # OpenAI: up to 4 stop sequences
 MAX_LOGPROBS_COMPLETIONS = 5  # OpenAI: logprobs <= 5 on /v1/completions
 MAX_TOP_LOGPROBS_CHAT = 20  # OpenAI: top_logprobs <= 20 on /v1/chat/completions
@@ -140,7 +142,7 @@ COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
                  "parallel_tool_calls", "chat_template_kwargs", "reasoning_format"}
 #: the template variables the server sets itself, which chat_template_kwargs may not replace
-TEMPLATE_VARS = ("messages", "tools", "documents", "add_generation_prompt", "bos_token", "eos_token")
+TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents")
 
 
 def check_keys(body: dict, allowed: set) -> None:

@@ -126,11 +126,22 @@ def _by_kind(parts: list[tuple[str, str]]) -> tuple[str, str]:
     return "".join(t for k, t in parts if k == "reasoning"), "".join(t for k, t in parts if k == "content")
 
 
-def stream_for(think: bool | None) -> ReasoningStream | None:
-    """A request's split (None: off; else whether the reply begins inside the block) -> a fresh stream, or None."""
-    return None if think is None else ReasoningStream(think)
+class Splitter:
+    """A chat stream's split, one ``ReasoningStream`` per choice: ``think`` None (no split) or whether replies begin
+    inside the block."""
 
+    def __init__(self, think: bool | None):
+        self.think, self.streams = think, {}
 
-def pieces(rs: ReasoningStream | None, text: str) -> tuple[str, str]:
-    """One streamed piece -> (reasoning, content) through ``rs`` (None: all content)."""
-    return ("", text) if rs is None else rs.take(text)
+    def event(self, index: int, text: str, finished: bool) -> tuple[str, str]:
+        """Choice ``index``'s next piece (its last when ``finished``) -> (reasoning, content) to send now."""
+        if self.think is None:
+            return "", text
+        stream = self.streams.get(index)
+        if stream is None:
+            stream = self.streams[index] = ReasoningStream(self.think)
+        thought, content = stream.take(text)
+        if finished:
+            more, last = stream.rest()
+            thought, content = thought + more, content + last
+        return thought, content

@@ -75,18 +75,14 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, think: bool 
     ``delta.reasoning_content`` first (serve/reasoning.py)."""
     for chunk in role_chunks(head, samp.n):
         yield chunk
-    thoughts = {}
+    split = reasoning.Splitter(think)
     async for kind, i, what, payload in run.items():
         if what != "events":
             continue
         for index, ev in choices.add_events(i, payload):
             lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
                   if samp.logprobs is not None else None)
-            rs = thoughts.setdefault(index, reasoning.stream_for(think))
-            thought, text = reasoning.pieces(rs, ev.text or "")
-            if ev.finished and rs is not None:
-                more, last = rs.rest()
-                thought, text = thought + more, text + last
+            thought, text = split.event(index, ev.text or "", ev.finished)
             if thought:
                 yield {**head, "choices": [{"index": index, "delta": {"reasoning_content": thought},
                                             "logprobs": None, "finish_reason": None}]}

@@ -170,7 +170,7 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRe
     """The chat stream with tools: reasoning as ``delta.reasoning_content`` (``think``: serve/reasoning.py), content
     as it comes unless it may be a call (held to the end, then sent as ``delta.tool_calls``); the last chunk's finish
     reason is "tool_calls" when calls were sent."""
-    streams, thoughts = {}, {}
+    streams, split = {}, reasoning.Splitter(think)
     for chunk in role_chunks(head, samp.n):
         yield chunk
     async for kind, i, what, payload in run.items():
@@ -178,13 +178,9 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRe
             continue
         for index, ev in choices.add_events(i, payload):
             cs = streams.setdefault(index, fmt.CallStream(treq.style, treq.names))
-            rs = thoughts.setdefault(index, reasoning.stream_for(think))
             lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
                   if samp.logprobs is not None else None)
-            thought, text = reasoning.pieces(rs, ev.text or "")
-            if ev.finished and rs is not None:
-                more, last = rs.rest()
-                thought, text = thought + more, text + last
+            thought, text = split.event(index, ev.text or "", ev.finished)
             if thought:
                 yield _chunk(head, index, {"reasoning_content": thought}, None)
             shown = cs.feed(text) if text else ""
