@@ -2,13 +2,16 @@
 
 Every type is read as integer codes ``q`` per weight, a float scale ``d`` per sub-block and either a fixed code
 offset (``w = d*(q - c)``: Q4_0, Q5_0, Q8_0, Q3_K, Q6_K) or a float offset per sub-block (``w = d*q + m``: Q4_1,
-Q5_1, Q2_K, Q4_K, Q5_K), exactly as gguf-py's ``dequantize`` computes them:
+Q5_1, Q2_K, Q4_K, Q5_K), exactly as gguf-py's ``dequantize`` computes them. IQ4_NL and IQ4_XS index a fixed table of
+16 int8 values (``IQ4_KVALUES``) with 4-bit codes, ``w = d*table[i]``: the table's value is the code, in 8 bits
+(the table is not evenly spaced, so no 4-bit code and scale give it), IQ4_XS's 6-bit sub-block scales folded into
+``d`` as K-quants' are. The codebook types (IQ1-IQ3, TQ1_0, TQ2_0, MXFP4) are ``export/gguf_codebooks.py``'s:
 
 * codes of 4 bits or fewer -> bits=4 (two per byte), 5 to 8 bits -> bits=8 (one byte each);
 * a fixed offset -> the op's default zero point (8 / 128) with codes shifted to it;
 * a float offset -> uint8 zero points ``z = clip(round(-m/d))`` and the exact correction ``R = m + z*d`` per block
   (``blocksum(x) @ R`` in the graph, as Q4_1 always had);
-* the block size is the type's sub-block: 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K), 16 (Q2_K, Q3_K, Q6_K,
+* the block size is the type's sub-block: 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, IQ4_NL, IQ4_XS), 16 (Q2_K, Q3_K, Q6_K,
   whose scales are per 16 weights). K-quants' super-block scales (``d``, ``dmin``) are folded into the sub-block
   scales (``d * sc_j``, ``dmin * m_j``), the products gguf-py forms.
 
@@ -22,15 +25,22 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
+from .gguf_codebooks import BLOCK_WEIGHTS as CODEBOOK_WEIGHTS
+from .gguf_codebooks import CODEBOOK_TYPES, codebook_blocks
 from .nbits import BLOCK, Blocks, _pack4, reblock, to_8bit
 
 QK_K = 256  # weights per K-quant super-block
 #: type -> bytes per block of its ``BLOCK_WEIGHTS``
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34,
-               "Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
-BLOCK_WEIGHTS = {t: (QK_K if t.endswith("_K") else BLOCK) for t in BLOCK_BYTES}
-#: type -> MatMulNBits bits of its codes: 4 for codes of 4 bits or fewer, 8 for 5 to 8
-CODE_BITS = {t: 8 if t in ("Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K") else 4 for t in BLOCK_BYTES}
+               "Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "IQ4_NL": 18, "IQ4_XS": 136}
+BLOCK_WEIGHTS = {t: (QK_K if t.endswith("_K") or t == "IQ4_XS" else BLOCK) for t in BLOCK_BYTES}
+#: type -> MatMulNBits bits of its codes: 4 for codes of 4 bits or fewer, 8 for 5 to 8 (and the IQ4 table's values)
+CODE_BITS = {t: 8 if t in ("Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS") else 4 for t in BLOCK_BYTES}
+#: IQ4_NL / IQ4_XS: the int8 weight each 4-bit index stands for (llama.cpp's kvalues_iq4nl)
+IQ4_KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int16)
+BLOCK_BYTES |= {t: spec[0] for t, spec in CODEBOOK_TYPES.items()}  # IQ1-IQ3, TQ, MXFP4: export/gguf_codebooks.py
+BLOCK_WEIGHTS |= CODEBOOK_WEIGHTS
+CODE_BITS |= {t: spec[3] for t, spec in CODEBOOK_TYPES.items()}
 NATIVE_TYPES = tuple(BLOCK_BYTES)
 
 
@@ -81,6 +91,8 @@ def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
     """A GGUF tensor's bytes [N, K / block weights * block bytes] uint8 (rows = output dim N) -> Blocks."""
     if qtype not in BLOCK_BYTES:
         raise ExportError(f"GGUF type {qtype} has no native MatMulNBits form; native: {', '.join(NATIVE_TYPES)}")
+    if qtype in CODEBOOK_TYPES:
+        return codebook_blocks(raw, qtype, n, k)
     if k % BLOCK_WEIGHTS[qtype]:
         raise ExportError(f"GGUF {qtype} tensor with K={k}: not a multiple of its {BLOCK_WEIGHTS[qtype]}-weight blocks")
     b = raw.reshape(n, k // BLOCK_WEIGHTS[qtype], BLOCK_BYTES[qtype])  # [N, nb, bytes]
@@ -99,6 +111,15 @@ def blocks_from_gguf(raw: np.ndarray, qtype: str, n: int, k: int) -> Blocks:
         return _asymmetric(q, _f16(b, 0), _f16(b, 2), BLOCK, qtype)
     if qtype == "Q8_0":  # d, 32 int8; w = d*q
         return _symmetric(flat(b[..., 2:].view(np.int8)), _f16(b, 0), BLOCK, qtype)
+    if qtype == "IQ4_NL":  # d, 16 bytes of nibbles (as Q4_0); w = d*table[q]
+        return _symmetric(IQ4_KVALUES[flat(_low_high(b[..., 2:]))], _f16(b, 0), BLOCK, qtype)
+    if qtype == "IQ4_XS":  # d, scales_h (2 bits per sub-block), scales_l[4] (nibbles), qs[128]; per 32:
+        d, high = _f16(b, 0), b[..., 2:4].copy().view(np.uint16)  # w = d*(s - 32)*table[q]
+        low = _low_high(b[..., 4:8]).swapaxes(-1, -2).reshape(n, -1, 8)  # sub-block j: nibble j of the 4 bytes
+        top = (high >> np.arange(0, 16, 2, dtype=np.uint16)) & 3  # [N, nb, 8]: bits 2j, 2j+1 of scales_h
+        s = (low | (top.astype(np.uint8) << 4)).astype(np.float32) - 32
+        q = _low_high(b[..., 8:].reshape(n, -1, 8, 16))  # [N, nb, 8, 2, 16]: sub-block j low, then high
+        return _symmetric(IQ4_KVALUES[flat(q)], per(d[..., None] * s), BLOCK, qtype)
     if qtype == "Q2_K":  # scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin; per 16: w = d*sc*q - dmin*mn
         sc, qs, d, dmin = b[..., :16], b[..., 16:80], _f16(b, 80), _f16(b, 82)
         q = (qs.reshape(n, -1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8)[:, None]) & 3  # [N, nb, 2, 4, 32]

@@ -6,7 +6,9 @@ dequantisation of that file) and rewrites each weight
 MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF blocks themselves (no re-quantisation):
 
 * Every common block type (``export/gguf_blocks.py``): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
-  its codes and sub-block scales as they are: codes of 4 bits or fewer as bits=4, of 5 to 8 bits as bits=8; a fixed
+  IQ4_NL, IQ4_XS and the codebook types (IQ1-IQ3, TQ1_0, TQ2_0, MXFP4, NVFP4: ``export/gguf_codebooks.py``), its
+  codes and sub-block scales as they are: codes of 4 bits or fewer as bits=4, of 5 to 8 bits as bits=8 (the IQ4 and
+  codebook types' integer values as 8-bit codes, the ternary ones as 4-bit); a fixed
   code offset (``w = d*(q - c)``) as the op's default zero point, a float one (``w = d*q + m``: Q4_1, Q5_1, Q2_K,
   Q4_K, Q5_K) as uint8 zero points ``z = clip(round(-m/d))`` plus the exact correction ``blocksum(x) @ R``,
   ``R = m + z*d`` ([K/block, N]; ``blocksum`` sums x over each block along K); blocks of 32, or 16 for Q2_K, Q3_K and
@@ -29,7 +31,7 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   in two int8 passes up to ``HEAD_TWO_PASS_BYTES`` (64 MiB) of codes, in one beyond, cut by rows into parts of <= 48
   MiB of codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is saved with its weights in
   ``model.onnx_data`` (``mapped_weights.save_mapped``).
-* F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (IQ*, TQ*, MXFP4, ...): that MatMul keeps
+* F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (none that gguf-py 0.19 dequantises): that MatMul keeps
   the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both under
   ``fp32_tensors``.
 
@@ -370,7 +372,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
         log(f"native: {info['tensors']}, kept fp32: {info['fp32_tensors'] or 'none'}, max |weight diff| "
             f"{info['max_weight_diff']:.2g}")
         rare = {t: n for t, n in info["fp32_tensors"].items() if t not in LOSSLESS_FP32}
-        if rare:  # IQ* and other types without a block form: dequantised, so 4-8x the bytes of the file's blocks
+        if rare:  # a type without a block form (a newer llama.cpp type): dequantised, so 4-8x the bytes of the file's blocks
             message = (f"{path.name}: {', '.join(f'{n} {t}' for t, n in sorted(rare.items()))} tensor(s) have no "
                        f"MatMulNBits form (native: {', '.join(NATIVE_TYPES)}): dequantised to fp32 (exact values, "
                        "larger and slower than the file's blocks)")

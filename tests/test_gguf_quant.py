@@ -20,6 +20,7 @@ from gguf_writers import add_tiny_vocabulary  # noqa: E402
 from onnxlm.export import gguf_quant as GQ  # noqa: E402
 from onnxlm.export.mapped_weights import alias_map  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
+from onnxlm.runtime.errors import ExportError  # noqa: E402
 
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, POSITIONS = 64, 96, 2, 4, 2, 64
 # per layer: the GGUF type of each weight (layer 1's o_proj is F16: no block form, kept fp32; its down projection
@@ -40,7 +41,7 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embedding: str = "Q8_0") -> None:
     """A 2-layer Llama with random weights (offsets in the weights so Q4_1's minimum matters) as a GGUF file;
-    ``types`` per layer (default ``TYPES``). A type gguf-py cannot quantize (the K-quants, IQ4_NL) is written as
+    ``types`` per layer (default ``TYPES``). A type gguf-py cannot quantize (the K-quants, IQ types) is written as
     valid random blocks (``random_blocks``)."""
     import gguf
     from gguf import GGMLQuantizationType as T
@@ -401,21 +402,32 @@ def test_a_non_gguf_source_is_refused(tmp_path, tiny_llama):
 
 # ---------------------------------------------------------------------------------------- every common block type
 F16_FIELDS = {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q2_K": [80, 82],
-              "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208]}  # byte offsets of each block's fp16s
-RARE = {"IQ4_NL": (32, 18, [0])}  # a type without a block form: weights per block, bytes per block, fp16 offsets
+              "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_NL": [0], "IQ4_XS": [0],
+              "IQ2_XXS": [0], "IQ2_XS": [0], "IQ2_S": [0], "IQ3_XXS": [0], "IQ3_S": [0], "IQ1_S": [0], "IQ1_M": [],
+              "TQ1_0": [52], "TQ2_0": [64], "MXFP4": [], "NVFP4": []}
+# ^ byte offsets of each block's fp16s (IQ1_M's lies in the top nibbles of its last 8 bytes; the FP4 types' scales
+# are 8-bit floats, see random_blocks)
 
 
 def random_blocks(rng, qtype: str, n: int, k: int, scales: tuple[float, float] = (0.001, 0.05)) -> np.ndarray:
     """Valid random GGUF blocks of ``qtype`` for an [n, k] weight -> raw bytes [n, row bytes] uint8: every code and
     sub-block scale byte random, the fp16 super-scales small positive numbers drawn from ``scales`` (random bytes
-    could be NaN)."""
+    could be NaN), the FP4 types' 8-bit scales between 2^-8 and 2^-3."""
     from onnxlm.export.gguf_blocks import BLOCK_BYTES, BLOCK_WEIGHTS
 
-    weights, nbytes, halves = RARE.get(qtype) or (BLOCK_WEIGHTS[qtype], BLOCK_BYTES[qtype], F16_FIELDS[qtype])
+    weights, nbytes, halves = BLOCK_WEIGHTS[qtype], BLOCK_BYTES[qtype], F16_FIELDS[qtype]
     nb = k // weights
     raw = rng.integers(0, 256, size=(n, nb, nbytes), dtype=np.uint8)
     for at in halves:
         raw[..., at:at + 2] = rng.uniform(*scales, size=(n, nb, 1)).astype(np.float16).view(np.uint8)
+    if qtype == "IQ1_M":  # bits 4i..4i+3 of the fp16 in the top nibble of the block's i-th last uint16
+        d = rng.uniform(*scales, size=(n, nb, 1)).astype(np.float16).view(np.uint16)
+        sc = raw[..., 48:56].copy().view(np.uint16)
+        raw[..., 48:56] = ((sc & 0x0FFF) | (((d >> np.array([0, 4, 8, 12], np.uint16)) & 15) << 12)).view(np.uint8)
+    if qtype == "MXFP4":  # an e8m0 exponent: 2^(e - 128)
+        raw[..., 0] = rng.integers(120, 126, size=(n, nb), dtype=np.uint8)
+    if qtype == "NVFP4":  # four unsigned e4m3 scales (exponent bias 7, halved)
+        raw[..., :4] = (rng.integers(0, 5, size=(n, nb, 4)) << 3 | rng.integers(0, 8, size=(n, nb, 4))).astype(np.uint8)
     return raw.reshape(n, -1)
 
 
@@ -436,7 +448,8 @@ def test_every_block_type_dequantises_to_gguf_py_and_runs_in_onnxruntime(qtype):
     raw = random_blocks(rng, qtype, n, k)
     exact = gguf.quants.dequantize(raw, T[qtype])
     b = GQ.blocks_from_gguf(raw, qtype, n, k)
-    assert b.bits == (8 if qtype in ("Q5_0", "Q5_1", "Q8_0", "Q5_K", "Q6_K") else 4) and b.block_size == (16 if qtype in ("Q2_K", "Q3_K", "Q6_K") else 32)
+    assert b.bits == (4 if qtype in ("Q4_0", "Q4_1", "Q2_K", "Q3_K", "Q4_K", "TQ1_0", "TQ2_0") else 8)
+    assert b.block_size == (16 if qtype in ("Q2_K", "Q3_K", "Q6_K", "IQ2_XS", "IQ2_S", "IQ1_M", "NVFP4") else 32)
     for form in (b, to_8bit(b), reblock(b, 16)):
         assert np.abs(GQ.dequantize(form) - exact).max() <= 1e-6 * np.abs(exact).max()
     x = rng.standard_normal((2, 3, k)).astype(np.float32)
@@ -446,6 +459,18 @@ def test_every_block_type_dequantises_to_gguf_py_and_runs_in_onnxruntime(qtype):
         got = _run_nodes(rw, rw.matmul("x", b, ["y"], [n], "l0.gate_up_proj"), x, "y")
         tol = 1e-5 if level == 1 and b.bits == 4 else 0.02  # 8-bit codes run at int8 activations (level 4)
         assert np.abs(got - want).max() <= tol * np.abs(want).max(), level
+
+
+def test_a_misread_codebook_scale_fails_the_export(monkeypatch):
+    """The codebook types' codes are gguf-py's weights over the decoded sub-block scales: a scale read wrong (here
+    tripled) leaves codes that are not integers, and the check refuses the tensor instead of rounding them."""
+    from onnxlm.export import gguf_codebooks
+
+    real = gguf_codebooks._scales
+    monkeypatch.setattr(gguf_codebooks, "_scales", lambda b, qtype: real(b, qtype) * 3)
+    raw = random_blocks(np.random.default_rng(9), "IQ2_XXS", 8, 256)
+    with pytest.raises(ExportError, match="IQ2_XXS: its sub-block scales were misread"):
+        GQ.blocks_from_gguf(raw, "IQ2_XXS", 8, 256)
 
 
 def test_a_mixed_group_is_stacked_in_8_bits_at_the_smallest_block():
@@ -473,27 +498,31 @@ def test_a_mixed_group_is_stacked_in_8_bits_at_the_smallest_block():
 
 KQ_TYPES = [{"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q6_K", "attn_output": "Q5_K", "ffn_gate": "Q2_K",
              "ffn_up": "Q3_K", "ffn_down": "Q5_1"},
-            {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_gate": "Q4_K",
-             "ffn_up": "Q4_K", "ffn_down": "IQ4_NL"}]
+            {"attn_q": "Q4_K", "attn_k": "Q4_K", "attn_v": "IQ3_S", "attn_output": "IQ2_S", "ffn_gate": "IQ4_XS",
+             "ffn_up": "IQ4_NL", "ffn_down": "IQ2_XXS"}]
 
 
-def test_a_k_quant_model_keeps_every_block_and_equals_the_fp32_model(tmp_path):
-    """A Q4_K_M-like Llama (hidden 256: K-quant super-blocks; Q4_K q/k beside a Q6_K v, Q5_K, Q2_K, Q3_K, Q5_1, a Q6_K
-    tied embedding, one IQ4_NL tensor): every block tensor kept (checked against transformers' dequantised weights at
-    export), the IQ4_NL one dequantised with a warning, and at the fidelity level the logits are the fp32 model's."""
+def test_a_k_quant_model_keeps_every_block_and_equals_the_fp32_model(tmp_path, monkeypatch):
+    """A Q4_K_M-like Llama (hidden 256: K-quant super-blocks; Q4_K q/k beside a Q6_K v, Q5_K, Q2_K, Q3_K, Q5_1; in
+    its second layer Q4_K q/k beside an IQ3_S v, IQ2_S, IQ4_XS, IQ4_NL; a Q6_K tied embedding) and one IQ2_XXS tensor
+    standing for a type without a block form (taken off the native list here; a newer llama.cpp type would be one):
+    every block tensor kept (checked against transformers' dequantised weights at export), the other one dequantised
+    with a warning, and at the fidelity level the logits are the fp32 model's."""
     import torch
 
     from onnxlm.export import export_model
     from onnxlm.export.gguf import load_gguf
 
+    monkeypatch.setattr(GQ, "NATIVE_TYPES", tuple(t for t in GQ.NATIVE_TYPES if t != "IQ2_XXS"))
     gguf_path = tmp_path / "kq.gguf"
     write_tiny_gguf(gguf_path, KQ_TYPES, hidden=256, ffn=256, embedding="Q6_K")
-    with pytest.warns(UserWarning, match="1 IQ4_NL tensor.*no MatMulNBits form"):
+    with pytest.warns(UserWarning, match="1 IQ2_XXS tensor.*no MatMulNBits form"):
         out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
                            progress=False)
     q = json.loads((out / "onnxlm.json").read_text())["quantization"]
-    assert q["tensors"] == {"Q4_K": 8, "Q6_K": 2, "Q5_K": 1, "Q2_K": 1, "Q3_K": 1, "Q5_1": 1}
-    assert q["fp32_tensors"] == {"IQ4_NL": 1} and q["max_weight_diff"] <= 1e-5
+    assert q["tensors"] == {"Q4_K": 4, "Q6_K": 2, "Q5_K": 1, "Q2_K": 1, "Q3_K": 1, "Q5_1": 1, "IQ3_S": 1, "IQ2_S": 1,
+                            "IQ4_XS": 1, "IQ4_NL": 1}
+    assert q["fp32_tensors"] == {"IQ2_XXS": 1} and q["max_weight_diff"] <= 1e-5
     assert q["scheme"] == "gguf-q4_k" and q["bits"] == 4
     ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
     with torch.no_grad():
@@ -618,10 +647,11 @@ def test_an_architectures_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_pat
     np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
 
 
-@pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K", "IQ4_XS"])
 def test_a_4bit_tied_embedding_is_looked_up_exactly(tmp_path, embedding):
-    """A tied embedding of 4-bit blocks (a zero point; Q4_1 and Q4_K also a float minimum, the correction R): the
-    head and the lookup both read the file's blocks, and the logits are the fp32 model's (fidelity level)."""
+    """A tied embedding of 4-bit blocks (a zero point; Q4_1 and Q4_K also a float minimum, the correction R; IQ4_XS
+    4-bit indices into its table, as 8-bit codes): the head and the lookup both read the file's blocks, and the
+    logits are the fp32 model's (fidelity level)."""
     import torch
 
     from onnxlm.export import export_model
