@@ -20,7 +20,6 @@ from gguf_writers import add_tiny_vocabulary  # noqa: E402
 from onnxlm.export import gguf_quant as GQ  # noqa: E402
 from onnxlm.export.mapped_weights import alias_map  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
-from onnxlm.runtime.errors import ExportError  # noqa: E402
 
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS, POSITIONS = 64, 96, 2, 4, 2, 64
 # per layer: the GGUF type of each weight (layer 1's o_proj is F16: no block form, kept fp32; its down projection
