@@ -36,11 +36,12 @@ def fused_supported(model) -> bool:
     return True
 
 
-def build_fused_graphs(model, out_dir, max_positions: int | None = None) -> dict[str, str]:
+def build_fused_graphs(model, out_dir, max_positions: int | None = None, *, release: bool = False) -> dict[str, str]:
     """model -> its fused graph files written into ``out_dir``; returns role -> file name ({"decoder": "model.onnx"}
-    for a decoder-only model; {"encoder": ..., "decoder": ...} for T5)."""
+    for a decoder-only model; {"encoder": ..., "decoder": ...} for T5). ``release`` (decoder-only): drop each layer's
+    PyTorch weights once its arrays are made, for a model nothing else will use (``fused_graph.release_weights``)."""
     builder = _builder(model)
     if builder is fused_t5:
         return fused_t5.build_fused_graph(model, out_dir)["files"]
-    builder.build_fused_graph(model, Path(out_dir) / "model.onnx", max_positions=max_positions)
+    builder.build_fused_graph(model, Path(out_dir) / "model.onnx", max_positions=max_positions, release=release)
     return {"decoder": "model.onnx"}

@@ -20,7 +20,8 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import Graph, check_head_dim, io_values, logits_head, qk_head_norms, save_graph, to_numpy
+from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head_norms, release_weights,
+                          save_graph, to_numpy)
 from .fused_llama import _linear, _w, rotary_caches, sliding_windows
 
 FUSED_TYPES = ("gemma", "gemma2", "gemma3_text")
@@ -48,9 +49,10 @@ def _norm(g: Graph, name: str, x: str, module, eps: float) -> str:
     return g.op("SimplifiedLayerNormalization", [x, weight], axis=-1, epsilon=eps, stash_type=1)
 
 
-def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
+def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
     """transformers Gemma / Gemma 2 / Gemma 3 text model -> the fused graph written to ``out_path``; returns
-    {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}."""
+    {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
+    layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; the model is unusable after)."""
     check_supported(model)
     cfg = model.config
     L, N, D, V, H = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size, cfg.vocab_size, cfg.head_dim
@@ -102,6 +104,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         if hasattr(layer, "post_feedforward_layernorm"):
             down = _norm(g, f"l{i}.post_feedforward_layernorm", down, layer.post_feedforward_layernorm, eps)
         x = g.op("Add", [x, down])
+        if release:  # this layer's arrays are made: its PyTorch weights can go
+            release_weights(layer)
     x = _norm(g, "norm.weight", x, inner.norm, eps)
     head_w = model.lm_head.weight
     tied = head_w.data_ptr() == inner.embed_tokens.weight.data_ptr()

@@ -21,7 +21,7 @@ import math
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import Graph, check_head_dim, io_values, logits_head, save_graph, to_numpy
+from .fused_graph import Graph, check_head_dim, io_values, logits_head, release_weights, save_graph, to_numpy
 
 FUSED_TYPES = ("gpt2",)
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu")
@@ -67,9 +67,10 @@ def _mlp(g: Graph, i: int, x: str, mlp, activation: str) -> str:
     return _conv1d(g, f"h{i}.mlp.c_proj", h, mlp.c_proj)
 
 
-def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
+def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
     """transformers GPT2LMHeadModel -> the fused graph written to ``out_path``; returns
-    {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}."""
+    {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
+    layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; the model is unusable after)."""
     check_supported(model)
     cfg = model.config
     N, D, V = cfg.n_head, cfg.n_embd, cfg.vocab_size
@@ -91,6 +92,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         x = g.op("Add", [x, _conv1d(g, f"h{i}.attn.c_proj", a, block.attn.c_proj)])
         h = _layer_norm(g, f"h{i}.ln_2", x, block.ln_2)
         x = g.op("Add", [x, _mlp(g, i, h, block.mlp, cfg.activation_function)])
+        if release:  # this block's arrays are made: its PyTorch weights can go
+            release_weights(block)
     x = _layer_norm(g, "ln_f", x, inner.ln_f)
     tied = model.lm_head.weight.data_ptr() == inner.wte.weight.data_ptr()
     head = "wte.weight" if tied else g.init("lm_head.weight", to_numpy(model.lm_head.weight))

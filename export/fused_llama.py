@@ -32,7 +32,8 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import Graph, check_head_dim, io_values, logits_head, qk_head_norms, save_graph, to_numpy
+from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head_norms, release_weights,
+                          save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
 FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
@@ -99,9 +100,10 @@ def _linear(g: Graph, name: str, x: str, linear) -> str:
     return y
 
 
-def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict:
+def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
     """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 model -> the fused graph written to ``out_path``; returns
-    {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}."""
+    {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
+    layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; the model is unusable after)."""
     check_supported(model)
     cfg = model.config
     L = cfg.num_hidden_layers
@@ -157,6 +159,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None) -> dict
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # SiLU
         down = _linear(g, f"l{i}.down_proj", g.op("Mul", [act, up]), mlp.down_proj)
         x = g.op("Add", [x, down])
+        if release:  # this layer's arrays are made: its PyTorch weights can go
+            release_weights(layer)
     lnf = g.init("norm.weight", inner.norm.weight.detach().float().numpy())
     x = g.op("SimplifiedLayerNormalization", [x, lnf], axis=-1, epsilon=eps, stash_type=1)
     head_w = model.lm_head.weight

@@ -31,9 +31,9 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   in two int8 passes up to ``HEAD_TWO_PASS_BYTES`` (64 MiB) of codes, in one beyond, cut by rows into parts of <= 48
   MiB of codes (``nbits.HEAD_PART_BYTES``: the load's peak). The graph is saved with its weights in
   ``model.onnx_data`` (``mapped_weights.save_mapped``).
-* F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (none that gguf-py 0.19 dequantises): that MatMul keeps
-  the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both under
-  ``fp32_tensors``.
+* F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (none that gguf-py 0.19 dequantises):
+  that MatMul keeps the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both
+  under ``fp32_tensors``.
 
 Phi-3 files store q/k/v as one ``attn_qkv`` tensor and gate + up as one ``ffn_up`` (gate rows first), as transformers'
 ``qkv_proj`` / ``gate_up_proj`` do: each is its group's blocks as it is (``PACKED_TENSORS``).

@@ -2,7 +2,7 @@
 
 Decoder-only: one left-padded batch of 3 rows (7, 4 and 1 real tokens of 7): the prompt's logits at every real
 position (``FusedCausalLM.logits``), then ``start`` and two ``advance`` steps with past, against transformers' forward
-with ``position_ids = cumsum(mask) - 1`` (padded slots 1) and its KV cache. T5: a right-padded source batch of 3
+with ``position_ids = cumsum(mask) - 1`` (padded slots 1) and its KV cache, taken first (``causal_references``). T5: a right-padded source batch of 3
 (7, 4 and 1 tokens): the logits of a 4-token decoder sequence at every position (``FusedSeq2SeqLM.logits``), then
 ``start`` and two ``advance`` steps, against transformers' forward on the whole decoder sequence so far. Same
 tolerance rule and judgement as ``validate.py`` (``judge_checks``).
@@ -19,32 +19,51 @@ from onnxlm.runtime.plain.causal_lm import position_ids_from_mask
 from .validate import _Check, _t, judge_checks
 
 
-def _fused_checks(model, runtime_model, cfg: dict) -> list[_Check]:
+def causal_references(model, cfg: dict) -> dict:
+    """PyTorch's side of the decoder-only checks, taken before the graph is built (an export of a model it loaded
+    itself then drops the PyTorch weights while building: ``fused_graph.release_weights``): the inputs and
+    transformers' logits -> {"ids" [3, 7], "mask" [3, 7], "next" [[3], [3]], "logits": check name -> [n, V]}. The
+    padded slots' ids (0 here, the runtime's pad id there) reach no real position's logits: they are masked."""
     import torch
 
+    model.eval()
     rng = np.random.default_rng(0)
     V = cfg["vocab_size"]
     ids = rng.integers(0, V, size=(3, 7), dtype=np.int64)
     mask = np.array([[1] * 7, [0, 0, 0, 1, 1, 1, 1], [0] * 6 + [1]], np.int64)
-    ids[mask == 0] = runtime_model.pad_id
+    ids[mask == 0] = 0
     with torch.no_grad():
         o = model(input_ids=_t(ids), attention_mask=_t(mask), position_ids=_t(position_ids_from_mask(mask)),
                   use_cache=True)
-    valid = mask.astype(bool)
-    checks = [_Check("fused_prompt_all_positions", o.logits.float().numpy()[valid],
-                     runtime_model.logits(ids, mask)[valid])]
-    state, got = runtime_model.start(ids, mask)
-    checks.append(_Check("fused_prefill_last", o.logits.float().numpy()[:, -1], got))
-    past = o.past_key_values
+    logits = {"fused_prompt_all_positions": o.logits.float().numpy()[mask.astype(bool)],
+              "fused_prefill_last": o.logits.float().numpy()[:, -1]}
+    past, nexts, step_mask = o.past_key_values, [], mask
     for step in range(2):
         nxt = rng.integers(0, V, size=(3,), dtype=np.int64)
-        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
-        pos = (mask.sum(axis=1) - 1)[:, None]
+        step_mask = np.concatenate([step_mask, np.ones((3, 1), np.int64)], axis=1)
+        pos = (step_mask.sum(axis=1) - 1)[:, None]
         with torch.no_grad():
-            o = model(input_ids=_t(nxt[:, None]), attention_mask=_t(mask), position_ids=_t(pos),
+            o = model(input_ids=_t(nxt[:, None]), attention_mask=_t(step_mask), position_ids=_t(pos),
                       past_key_values=past, use_cache=True)
         past = o.past_key_values
-        checks.append(_Check(f"fused_step_{step + 1}_with_past", o.logits.float().numpy()[:, -1], state.advance(nxt)))
+        nexts.append(nxt)
+        logits[f"fused_step_{step + 1}_with_past"] = o.logits.float().numpy()[:, -1]
+    return {"ids": ids, "mask": mask, "next": nexts, "logits": logits}
+
+
+def _fused_checks(references: dict, runtime_model) -> list[_Check]:
+    """``causal_references`` against the runtime's fused state on the same inputs: every real position of the
+    left-padded prompt (``logits``), ``start``'s last position, two ``advance`` steps."""
+    ref = references["logits"]
+    ids, mask = references["ids"].copy(), references["mask"]
+    ids[mask == 0] = runtime_model.pad_id
+    checks = [_Check("fused_prompt_all_positions", ref["fused_prompt_all_positions"],
+                     runtime_model.logits(ids, mask)[mask.astype(bool)])]
+    state, got = runtime_model.start(ids, mask)
+    checks.append(_Check("fused_prefill_last", ref["fused_prefill_last"], got))
+    for step, nxt in enumerate(references["next"]):
+        name = f"fused_step_{step + 1}_with_past"
+        checks.append(_Check(name, ref[name], state.advance(nxt)))
     return checks
 
 
@@ -73,9 +92,11 @@ def _fused_seq2seq_checks(model, runtime_model, cfg: dict) -> list[_Check]:
 
 
 def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, tolerance: float | None = None,
-                          log=None) -> dict[str, Any]:
+                          log=None, references: dict | None = None) -> dict[str, Any]:
     """``model`` (PyTorch) vs the fused artifact in ``out_dir`` (side files written, ``manifest`` = the manifest to
-    be) through the runtime; returns the manifest's ``validation`` dict, raises ExportError when a check fails."""
+    be) through the runtime; returns the manifest's ``validation`` dict, raises ExportError when a check fails.
+    Decoder-only: ``references`` (``causal_references``, taken before the build) stand for the model, which may
+    have been released since; without them they are taken from ``model`` now."""
     from onnxlm.runtime.fused.causal_lm import FusedCausalLM
     from onnxlm.runtime.fused.seq2seq_lm import FusedSeq2SeqLM
 
@@ -83,5 +104,6 @@ def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, to
     if manifest["kind"] == "seq2seq-lm":
         checks = _fused_seq2seq_checks(model, FusedSeq2SeqLM(Path(out_dir), manifest, "cpu", None), cfg)
     else:
-        checks = _fused_checks(model, FusedCausalLM(Path(out_dir), manifest, "cpu", None), cfg)
+        refs = references if references is not None else causal_references(model, cfg)
+        checks = _fused_checks(refs, FusedCausalLM(Path(out_dir), manifest, "cpu", None))
     return judge_checks(checks, tolerance, log, "PyTorch vs onnxruntime, fused graph")

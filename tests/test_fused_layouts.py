@@ -557,3 +557,28 @@ def test_plain_extend_and_rollback_equal_one_pass(case, request):
     """The plain state: extend appends k attended columns, rollback masks each row's last positions (holes)."""
     spec = FAMILIES[case[0]]
     _extend_rollback_matches_one_pass(onnxlm.load(request.getfixturevalue(spec.fixture).onnx_dir), spec, seed=8)
+
+
+@pytest.mark.parametrize("case", CAUSAL_BASES, ids=_id)
+def test_an_export_from_a_path_releases_the_pytorch_weights_while_building(tmp_path, fused_dirs, case):
+    """``export_model`` on a path owns the model it loads: it takes PyTorch's reference logits first, then drops each
+    layer's weights once the layer's arrays are made (``release``), and validates the runtime against those
+    references (every artifact of ``fused_dirs`` was exported so and passed). The graph written is byte for byte the
+    one a kept model gives; a model passed in is never released."""
+    from onnxlm.export.fused import build_fused_graphs
+
+    hf = fused_dirs[case[1]][0]
+    kept, released = (AutoModelForCausalLM.from_pretrained(hf).eval() for _ in range(2))
+    for d in ("kept", "released"):
+        (tmp_path / d).mkdir()
+    build_fused_graphs(kept, tmp_path / "kept")
+    build_fused_graphs(released, tmp_path / "released", release=True)
+    files = sorted(p.name for p in (tmp_path / "kept").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "released").iterdir())
+    for name in files:
+        assert (tmp_path / "kept" / name).read_bytes() == (tmp_path / "released" / name).read_bytes(), name
+    layers = released.transformer.h if hasattr(released, "transformer") else released.model.layers
+    assert all(p.numel() == 0 for p in layers.parameters())
+    export_model(kept, tmp_path / "art", progress=False)  # a passed model: built, validated, and still whole
+    assert all(p.numel() > 0 for p in kept.parameters())
+    assert all(c["passed"] for c in json.loads((tmp_path / "art" / "onnxlm.json").read_text())["validation"]["checks"])
