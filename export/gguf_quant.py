@@ -362,8 +362,13 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
               "source_gguf": gguf_record, "source_fp32": source_record(src), "quality": None, "forced": bool(force_quality)}
 
     def rewrite(graph_in: Path, graph_out: Path) -> None:
+        from .gguf_reader import forget_readers
+
+        nonlocal tensors
         log(f"GGUF-native MatMulNBits from {path.name} (accuracy level {accuracy_level}) ...")
         info = rewrite_graph(graph_in, graph_out, tensors, accuracy_level)
+        tensors = None  # the GGUF's map is read no more: the gate's memory need not hold it
+        forget_readers()
         if not info["tensors"]:
             raise ExportError(f"{path}: no tensor of a native type ({', '.join(NATIVE_TYPES)}); its types: "
                               f"{sorted(info['fp32_tensors'])}. Use quantize='int8' instead")

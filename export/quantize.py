@@ -45,6 +45,7 @@ import sys
 from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError
+from onnxlm.runtime.heap import release_free_heap
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
@@ -209,6 +210,7 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
             if f.is_file() and f.name not in (graph_file, graph_file + "_data", "onnxlm.json"):
                 shutil.copy2(f, tmp / f.name)
         rewrite(src / graph_file, tmp / graph_file)
+        release_free_heap()  # the rewrite's freed arrays, before the gate loads both models (1B: 1.3 GB of heap)
         fields = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
         fields["graphs"] = {"decoder": {"file": graph_file, **graph_io(tmp / graph_file)}}
         fields["versions"] = {**manifest.get("versions", {}), **versions()}
