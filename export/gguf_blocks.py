@@ -12,8 +12,8 @@ Q5_1, Q2_K, Q4_K, Q5_K), exactly as gguf-py's ``dequantize`` computes them. IQ4_
 * a float offset -> uint8 zero points ``z = clip(round(-m/d))`` and the exact correction ``R = m + z*d`` per block
   (``blocksum(x) @ R`` in the graph, as Q4_1 always had);
 * the block size is the type's sub-block: 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, IQ4_NL, IQ4_XS), 16
-  (Q2_K, Q3_K, Q6_K, whose scales are per 16 weights). K-quants' super-block scales (``d``, ``dmin``) are folded into the sub-block
-  scales (``d * sc_j``, ``dmin * m_j``), the products gguf-py forms.
+  (Q2_K, Q3_K, Q6_K, whose scales are per 16 weights). K-quants' super-block scales (``d``, ``dmin``) are folded
+  into the sub-block scales (``d * sc_j``, ``dmin * m_j``), the products gguf-py forms.
 
 ``stack`` puts a group's tensors (q/k/v, gate/up) into one ``Blocks``: at the smallest block size (``reblock``) and,
 where 4- and 8-bit tensors meet (a Q4_K_M file's Q6_K attn_v beside Q4_K attn_q/k), in 8 bits (``to_8bit``: the

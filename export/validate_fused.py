@@ -2,10 +2,10 @@
 
 Decoder-only: one left-padded batch of 3 rows (7, 4 and 1 real tokens of 7): the prompt's logits at every real
 position (``FusedCausalLM.logits``), then ``start`` and two ``advance`` steps with past, against transformers' forward
-with ``position_ids = cumsum(mask) - 1`` (padded slots 1) and its KV cache, taken first (``causal_references``). T5: a right-padded source batch of 3
-(7, 4 and 1 tokens): the logits of a 4-token decoder sequence at every position (``FusedSeq2SeqLM.logits``), then
-``start`` and two ``advance`` steps, against transformers' forward on the whole decoder sequence so far. Same
-tolerance rule and judgement as ``validate.py`` (``judge_checks``).
+with ``position_ids = cumsum(mask) - 1`` (padded slots 1) and its KV cache, taken first (``causal_references``).
+T5: a right-padded source batch of 3 (7, 4 and 1 tokens): the logits of a 4-token decoder sequence at every position
+(``FusedSeq2SeqLM.logits``), then ``start`` and two ``advance`` steps, against transformers' forward on the whole
+decoder sequence so far. Same tolerance rule and judgement as ``validate.py`` (``judge_checks``).
 """
 from __future__ import annotations
 
