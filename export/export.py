@@ -293,7 +293,7 @@ def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
     """Our GroupQueryAttention graphs (export/fused.py) -> (graphs, opset, validation). ``release``: the model is
     the export's own (loaded from a path): a decoder-only model's references are taken first, then its PyTorch weights
     are dropped layer by layer while the graph is built, so the PyTorch weights, the graph's copies and the runtime's
-    session are never all held at once (a Llama-3.2-1B-shaped GGUF's export peaked at 10.9 GB, now 6.6)."""
+    session are never all held at once (a Llama-3.2-1B-shaped GGUF's fp32 export peaked at 10.9 GB, 7.2 so)."""
     from .fused import build_fused_graphs
     from .fused_graph import OPSET
     from .validate_fused import causal_references, validate_fused_export
