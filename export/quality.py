@@ -14,6 +14,10 @@ int8 at level 4 reads 96.2 % (+0.65 %, KL 0.0038) and no longer answers the chat
 agreement bound sits two of those below the default's; the KL bound, which does not hinge on near-ties, separates
 the variants that keep the answers from those that change them. Random-weight models have near-uniform logits, so
 their agreement says little: their tests force it.
+
+The two models take turns share by share; a reference over ``ONE_AT_A_TIME_BYTES`` (2 GiB) runs first and is dropped
+before the candidate loads, its log-probabilities going through a temporary file (slower: ~190 MB/s of writes here;
+the same figures bit for bit), so the gate never holds a big fp32 session beside the candidate.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ MAX_MEAN_KL = 0.003  # nats: mean KL(fp32 || quantized) of the next-token distri
 WINDOW = 1024  # tokens per teacher-forced pass
 LOGITS_ELEMENTS = 1 << 25  # logits through the output head at once (128 MB: Gemma 3's 262,144-token vocabulary
 #                            made a window's [1023, V] 1 GB a model, and the gate's peak 12.5 GB; 3.9 GB so)
+#: a reference artifact over this many bytes runs before the candidate loads, not beside it (``_teacher_forced``)
+ONE_AT_A_TIME_BYTES = 2 << 30
 ROW_ELEMENTS = 1 << 22  # logits whose log-probabilities are formed at once (16 MB float32 temporaries)
 MIN_PASS = 65  # tokens a share's pass holds at least: onnxruntime's GroupQueryAttention sums in another order at
 #                64 rows or fewer, over more the whole window's order (a share's pass up to its last position gave
@@ -49,54 +55,158 @@ def _shares(n: int, vocab: int) -> list[tuple[int, int]]:
     return _windows(n, -(-n // passes))
 
 
-def _teacher_forced(ref, cand, ids: list[int]) -> dict[str, np.ndarray]:
-    """ids [n] -> per position of both models, window by window: top-1 next tokens [n-1] int64 ("top_ref",
-    "top_cand"), log p(ids[i+1] | ids[:i+1]) [n-1] float32 ("lp_ref", "lp_cand"), and KL(ref || cand) of the two
-    next-token distributions [n-1] float32 ("kl"). A window is one forward pass; a model whose ``logits`` selects
-    positions (the fused graphs) runs its head on at most ``LOGITS_ELEMENTS`` logits at a time, a pass for each
-    share of the window's positions over the window's tokens up to the share's last one (causal: the values the
-    whole window's pass gives them; at least ``MIN_PASS`` tokens), another computes the window's logits once.
-    Log-probabilities are formed a few rows at a time (row by row the same figures)."""
+def _side_logits(model, window: list[int], lo: int, hi: int, whole: np.ndarray | None) -> np.ndarray:
+    """A window's predicted positions lo..hi-1 -> their logits [k, V] float32: a slice of the window's one pass
+    (``whole``, a model that computes every position anyway) or a pass over the window's tokens up to position hi - 1
+    (causal: the values the whole window's pass gives them; at least ``MIN_PASS`` tokens) through the head for
+    those positions only."""
+    if whole is not None:
+        return whole[lo:hi]
+    return model.logits([window[:max(hi, MIN_PASS)]], positions=np.arange(lo, hi))[0]
+
+
+class _FileRows:
+    """The reference's log-probability rows, first all written to a temporary file (never mapped: not resident),
+    then read back in the same order: the models run one after the other."""
+
+    def __init__(self):
+        import tempfile
+
+        self.f = tempfile.TemporaryFile()
+
+    def put(self, rows: np.ndarray) -> None:  # [r, V] float32
+        self.f.write(np.ascontiguousarray(rows, np.float32).tobytes())
+
+    def rewind(self) -> None:  # all written: read from the start
+        self.f.seek(0)
+
+    def take(self, shape: tuple[int, int]) -> np.ndarray:  # -> [r, V] float32
+        return np.fromfile(self.f, np.float32, shape[0] * shape[1]).reshape(shape)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _MemoryRows:
+    """The reference's log-probability rows handed over share by share in memory: the models take turns."""
+
+    def __init__(self):
+        from collections import deque
+
+        self.q = deque()
+
+    def put(self, rows: np.ndarray) -> None:
+        self.q.append(rows)
+
+    def rewind(self) -> None:
+        pass
+
+    def take(self, shape: tuple[int, int]) -> np.ndarray:
+        return self.q.popleft()
+
+    def close(self) -> None:
+        self.q.clear()
+
+
+def _one_side(model, ids: list[int], size: int, vocab: int, rows_of_ref, kind: str, out: dict):
+    """One model over the text, window by window and share by share (a generator: it yields after each share) ->
+    ``out``'s top-1 tokens and log p(next token) per position; ``kind`` "ref" puts each position's log-probabilities
+    [V] float32 into ``rows_of_ref``, "cand" takes them back in the same order and adds KL(ref || cand) per
+    position. Log-probabilities are formed a few rows at a time (row by row the same figures)."""
     from onnxlm.runtime.processors import log_softmax
 
-    out = {k: [] for k in ("top_ref", "top_cand", "lp_ref", "lp_cand", "kl")}
-    size = min(m for m in (ref.max_positions, cand.max_positions, WINDOW) if m)
-    vocab = max(ref.vocab_size, cand.vocab_size)
     rows = max(1, ROW_ELEMENTS // vocab)
-    models = {"ref": ref, "cand": cand}
     for start, end in _windows(len(ids), size):
         window = ids[start:end]
         if len(window) < 2:
             continue
-        whole = {key: m.logits([window])[0, :-1] for key, m in models.items()
-                 if not m.selects_positions}  # [w-1, V] float32
-        for lo, hi in _shares(len(window) - 1, vocab) if len(whole) < 2 else [(0, len(window) - 1)]:
+        whole = None if model.selects_positions else model.logits([window])[0, :-1]  # [w-1, V] float32
+        for lo, hi in _shares(len(window) - 1, vocab):
             nxt = np.asarray(window[lo + 1:hi + 1])[:, None]
-            upto = window[:max(hi, MIN_PASS)]  # what positions lo..hi-1 see: tokens up to hi - 1
-            logits = {key: whole[key][lo:hi] if key in whole else m.logits([upto], positions=np.arange(lo, hi))[0]
-                      for key, m in models.items()}  # [k, V] float32
-            for key, value in logits.items():
-                out[f"top_{key}"].append(value.argmax(-1))
+            logits = _side_logits(model, window, lo, hi, whole)  # [k, V] float32
+            out["top"].append(logits.argmax(-1))
             for r in range(0, len(nxt), rows):
-                logp = {key: log_softmax(value[r:r + rows]) for key, value in logits.items()}  # [rows, V] float32
-                for key, lp in logp.items():
-                    out[f"lp_{key}"].append(np.take_along_axis(lp, nxt[r:r + rows], axis=1)[:, 0])
-                out["kl"].append((np.exp(logp["ref"]) * (logp["ref"] - logp["cand"])).sum(-1))
-    return {k: np.concatenate(v) for k, v in out.items()}
+                lp = log_softmax(logits[r:r + rows])  # [rows, V] float32
+                out["lp"].append(np.take_along_axis(lp, nxt[r:r + rows], axis=1)[:, 0])
+                if kind == "ref":
+                    rows_of_ref.put(lp)
+                else:
+                    ref = rows_of_ref.take(lp.shape)
+                    out["kl"].append((np.exp(ref) * (ref - lp)).sum(-1))
+            yield
+
+
+def _teacher_forced(ref, cand, ids: list[int], *, size: int | None = None,
+                    one_at_a_time: bool = False) -> dict[str, np.ndarray]:
+    """ids [n] -> per position of both models, window by window: top-1 next tokens [n-1] int64 ("top_ref",
+    "top_cand"), log p(ids[i+1] | ids[:i+1]) [n-1] float32 ("lp_ref", "lp_cand"), and KL(ref || cand) of the two
+    next-token distributions [n-1] float32 ("kl"). A window is one forward pass; a model whose ``logits`` selects
+    positions (the fused graphs) runs its head on at most ``LOGITS_ELEMENTS`` logits at a time, a pass for each share
+    of the window's positions (``_side_logits``), another computes the window's logits once.
+
+    The models take turns share by share; ``one_at_a_time``: the reference runs first and is dropped (the caller
+    hands over its only reference) before ``cand`` is loaded (``cand`` may be a callable that loads it), its
+    log-probabilities going through a temporary file (``_FileRows``; 2.8 GB for Gemma 3's gate, written at ~190 MB/s
+    here). The same figures either way, bit for bit."""
+    import gc
+
+    size = size or min(m for m in (ref.max_positions, getattr(cand, "max_positions", None), WINDOW) if m)
+    vocab = ref.vocab_size
+    a, b = ({k: [] for k in ("top", "lp", "kl")} for _ in range(2))
+    rows_of_ref = _FileRows() if one_at_a_time else _MemoryRows()
+    try:
+        if one_at_a_time:
+            for _ in _one_side(ref, ids, size, vocab, rows_of_ref, "ref", a):
+                pass
+            del ref  # measure_quality passes its only reference: the session goes here
+            gc.collect()
+            rows_of_ref.rewind()
+        cand = cand() if callable(cand) and not hasattr(cand, "logits") else cand
+        if cand.vocab_size != vocab:
+            raise ExportError(f"quality: the candidate's vocabulary ({cand.vocab_size}) is not the reference's "
+                              f"({vocab})")
+        sides = [_one_side(cand, ids, size, vocab, rows_of_ref, "cand", b)]
+        if not one_at_a_time:
+            sides.insert(0, _one_side(ref, ids, size, vocab, rows_of_ref, "ref", a))
+        for _ in zip(*sides):  # zip: the reference's share, then the candidate's
+            pass
+    finally:
+        rows_of_ref.close()
+    return {"top_ref": np.concatenate(a["top"]), "top_cand": np.concatenate(b["top"]),
+            "lp_ref": np.concatenate(a["lp"]), "lp_cand": np.concatenate(b["lp"]), "kl": np.concatenate(b["kl"])}
+
+
+def _weight_bytes(artifact_dir: Path) -> int:
+    """An artifact's graph and weight files' bytes."""
+    return sum(f.stat().st_size for f in Path(artifact_dir).iterdir()
+               if f.suffix == ".onnx" or f.name.endswith("_data"))
 
 
 def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None = None) -> dict:
-    """Two artifact dirs (fp32 reference, quantized candidate) with the same tokenizer -> the quality record."""
-    import onnxlm
+    """Two artifact dirs (fp32 reference, quantized candidate) with the same tokenizer -> the quality record. A
+    reference of more than ``ONE_AT_A_TIME_BYTES`` runs first and is dropped before the candidate loads (a
+    Llama-3.2-1B-shaped model's gate held 4.8 GB of fp32 session beside the candidate's 1.7)."""
+    import json
 
-    ref = onnxlm.load(reference_dir, provider="cpu", verify=False)
-    cand = onnxlm.load(candidate_dir, provider="cpu", verify=False)
-    if ref.tokenizer is None:
+    import onnxlm
+    from onnxlm.runtime.heap import release_free_heap
+
+    models = [onnxlm.load(reference_dir, provider="cpu", verify=False)]  # handed over below, not kept here
+    tokenizer = models[0].tokenizer
+    if tokenizer is None:
         raise ExportError("quantization quality is measured on a text: this artifact has no tokenizer "
                           "(force_quality=True skips the measurement)")
     text = QUALITY_TEXT.read_text(encoding="utf-8") if text is None else text
-    ids = ref.tokenizer.encode(text, add_special_tokens=False)
-    m = _teacher_forced(ref, cand, ids)
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    cand_positions = json.loads((Path(candidate_dir) / "onnxlm.json").read_text()).get("max_positions")
+    size = min(m for m in (models[0].max_positions, cand_positions, WINDOW) if m)
+
+    def candidate():
+        release_free_heap()  # the reference's session is gone: its pages back before the candidate's
+        return onnxlm.load(candidate_dir, provider="cpu", verify=False)
+
+    m = _teacher_forced(models.pop(), candidate, ids, size=size,
+                        one_at_a_time=_weight_bytes(reference_dir) > ONE_AT_A_TIME_BYTES)
     return {"text": QUALITY_TEXT.name, "tokens": len(ids),
             "top1_agreement": float((m["top_ref"] == m["top_cand"]).mean()),
             "perplexity": float(np.exp(-m["lp_cand"].mean())), "perplexity_fp32": float(np.exp(-m["lp_ref"].mean())),

@@ -152,7 +152,7 @@ def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch)
     its mean KL(fp32 || quantized) equals torch's kl_div on the two artifacts' logits, window by window (one pass
     each); models whose logits select positions (the fused graphs) are asked for shares of a window's positions,
     each in a pass over the window's tokens up to the share's last one (at least MIN_PASS), and every figure stays
-    the same."""
+    the same; so too when the reference runs first and its log-probabilities go through a file (a big reference)."""
     import torch
 
     text = Q.QUALITY_TEXT.read_text(encoding="utf-8")
@@ -188,6 +188,10 @@ def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch)
             return self.model.logits(ids)[:, positions]
 
     one_pass = Q._teacher_forced(ref, cand, ids)
+    for key, value in Q._teacher_forced(ref, lambda: cand, ids, one_at_a_time=True).items():  # through a file
+        np.testing.assert_array_equal(value, one_pass[key])
+    monkeypatch.setattr(Q, "ONE_AT_A_TIME_BYTES", 0)  # the reference dropped before the candidate loads
+    assert Q.measure_quality(tiny_llama.onnx_dir, llama_int8, text=text[:3000]) == q
     for models in ((Selecting(ref), Selecting(cand)), (Selecting(ref), cand)):
         shared = Q._teacher_forced(*models, ids)
         for key, value in one_pass.items():
