@@ -180,6 +180,73 @@ def test_chat_one_shot_and_repl(capsys, monkeypatch, tiny_llama):
     assert out == f"{first}\n{second}\n"
 
 
+def test_chat_prints_a_thinking_models_reasoning_apart(capsys, monkeypatch, tmp_path, tiny_qwen2_tools):
+    """``--reasoning-format`` (the server's reasoning_format) on ``onnxlm chat``, the reply made to think by a regex
+    (``<think>...</think>`` then an answer): where the template writes <think>, the answer alone on stdout and the
+    reasoning on stderr, streamed and whole alike (``--hide-reasoning``: not printed; ``--json``: reasoning_content);
+    "none" and a template without <think> print the reply as written, "deepseek" splits there too; a conversation
+    keeps only the answer; a prompt that opens the block makes the whole reply reasoning."""
+    if os.environ.get("CI") != "true":  # CI installs the structured extra: there its absence fails
+        pytest.importorskip("llguidance", reason="the regex needs the 'structured' extra")
+    import onnxlm
+    from onnxlm.runtime.reasoning import split
+    from test_serve_tools import CHATML, _with_template
+
+    thinks = _with_template(tiny_qwen2_tools.onnx_dir, tmp_path / "thinks", CHATML + "{#- may write <think> -#}")
+    plain = _with_template(tiny_qwen2_tools.onnx_dir, tmp_path / "plain", CHATML)
+    flags = ["Hi!", "--regex", "<think>[a-z]{3,8}</think>\n[a-z]{3,8}", "--max-new-tokens", 40]
+    code, out, _ = run_cli(capsys, "chat", thinks, *flags, "--reasoning-format", "none")
+    raw = out[:-1]
+    reasoning, answer = split(raw)
+    assert code == 0 and reasoning and answer and raw.startswith("<think>")
+    for extra in ([], ["--no-stream"]):
+        assert run_cli(capsys, "chat", thinks, *flags, *extra) == (0, answer + "\n", reasoning + "\n")
+        assert run_cli(capsys, "chat", thinks, *flags, *extra, "--hide-reasoning") == (0, answer + "\n", "")
+        assert run_cli(capsys, "chat", plain, *flags, *extra) == (0, raw + "\n", "")
+        assert run_cli(capsys, "chat", plain, *flags, *extra, "--reasoning-format", "deepseek") == \
+            (0, answer + "\n", reasoning + "\n")
+    code, out, _ = run_cli(capsys, "chat", thinks, *flags, "--json")
+    rec = json.loads(out)
+    assert code == 0 and (rec["reasoning_content"], rec["text"]) == (reasoning, answer)
+    code, out, _ = run_cli(capsys, "chat", plain, *flags, "--json")
+    assert code == 0 and json.loads(out)["text"] == raw and "reasoning_content" not in json.loads(out)
+
+    seen = []  # the messages of each turn's prompt
+    cls = type(onnxlm.load(thinks))
+    render = cls.render_chat
+    monkeypatch.setattr(cls, "render_chat",
+                        lambda self, messages, **kw: (seen.append(messages), render(self, messages, **kw))[1])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Hi!\nAnd?\n"))
+    code, out, err = run_cli(capsys, "chat", thinks, *flags[1:])
+    assert code == 0 and out.startswith(answer + "\n") and err.startswith(reasoning + "\n")
+    assert seen[-1][:2] == [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": answer}]
+
+    opens = CHATML.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
+    art = _with_template(tiny_qwen2_tools.onnx_dir, tmp_path / "opens", opens)
+    code, out, err = run_cli(capsys, "chat", art, "Hi!", "--max-new-tokens", 8, "--reasoning-format", "none")
+    assert code == 0 and "</think>" not in out
+    assert run_cli(capsys, "chat", art, "Hi!", "--max-new-tokens", 8) == (0, "\n", split(out[:-1], True)[0] + "\n")
+
+
+def test_reply_printer_dims_the_reasoning_on_a_terminal():
+    """onnxlm chat's printer, pieces cut anywhere: on a terminal the reasoning is dim and ends its line before the
+    answer; the streams' texts are the whole reply's split."""
+    from onnxlm.cli.chat_reply import DIM, RESET, ReplyPrinter
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    reply = "<think>\n step one\n</think>\n\nThe answer."
+    for cut in range(len(reply) + 1):
+        out, err = io.StringIO(), Tty()
+        printer = ReplyPrinter(False, out=out, err=err)
+        printer.write(reply[:cut])
+        printer.write(reply[cut:])
+        assert printer.close() == ("step one", "The answer.")
+        assert (out.getvalue(), err.getvalue()) == ("The answer.\n", f"{DIM}step one{RESET}\n")
+
+
 # ---------------------------------------------------------------------------------------------------- score / info / bench
 def test_score(capsys, tiny_gpt2):
     code, out, _ = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "Hello world", "abc", "--json")

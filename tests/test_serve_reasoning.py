@@ -1,52 +1,22 @@
 """A thinking model's ``<think>`` block as ``reasoning_content`` (onnxlm/serve/reasoning.py), as llama.cpp's server
-returns it: the split of a whole reply, the same split streamed piece by piece over any cut of the text, and the
-server's messages and streams on a tiny model with a template that opens the block in the prompt (as DeepSeek-R1's
-distills do: the whole reply of the random-weight model is reasoning) or writes none."""
+returns it (the split itself: test_reasoning.py): which requests split, and the server's messages and streams on a
+tiny model with a template that opens the block in the prompt (as DeepSeek-R1's distills do: the whole reply of the
+random-weight model is reasoning) or writes none."""
 from __future__ import annotations
-
-import random
 
 import pytest
 
 pytest.importorskip("starlette", reason="the server needs the 'serve' extra")
 
 import onnxlm  # noqa: E402
-from onnxlm.serve.reasoning import ReasoningStream, opened, split, wanted  # noqa: E402
+from onnxlm.serve.reasoning import split, wanted  # noqa: E402
 from serve_util import post, sse_events, start, wait_health  # noqa: E402
 from test_serve_tools import CHATML, _with_template  # noqa: E402
 
 OPENS = CHATML.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
-CASES = [  # reply, begins inside the block -> (reasoning, content)
-    ("<think>\nhmm, let me see\n</think>\n\nParis.", False, ("hmm, let me see", "Paris.")),
-    ("Paris.", False, (None, "Paris.")),
-    ("  <think>a</think>b", False, ("a", "b")),
-    ("<think>\n\n</think>\n\nHi", False, ("", "Hi")),
-    ("<think>cut off </thi", False, ("cut off </thi", "")),
-    ("no think <think>x</think>", False, (None, "no think <think>x</think>")),
-    ("<thi", False, (None, "<thi")),
-    ("x</think>y", False, (None, "x</think>y")),
-    ("x</think>y", True, ("x", "y")),
-    ("\n line1\n\n line2 \n</think>  \n\n answer \n", True, ("line1\n\n line2", "answer \n")),
-    ("all reasoning, cut", True, ("all reasoning, cut", "")),
-]
-
-
-@pytest.mark.parametrize("text,inside,want", CASES)
-def test_split_and_the_stream_agree_over_any_cut(text, inside, want):
-    assert split(text, inside) == want
-    rng = random.Random(len(text))
-    for _ in range(100):
-        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
-        stream, parts = ReasoningStream(inside), []
-        for a, b in zip([0] + cuts, cuts + [len(text)]):
-            parts += stream.feed(text[a:b])
-        parts += stream.finish()
-        got = ("".join(t for k, t in parts if k == "reasoning"), "".join(t for k, t in parts if k == "content"))
-        assert got == (want[0] or "", want[1]), (text, cuts)
 
 
 def test_which_requests_split():
-    assert opened("<|im_start|>assistant\n<think>\n") and not opened("<think>\n\n</think>\n\n") and not opened("x")
     assert wanted({}, "... '<think>' ...") and not wanted({}, "no tags") and wanted({"reasoning_format": "deepseek"}, "")
     assert not wanted({"reasoning_format": "none"}, "<think>")
 

@@ -8,9 +8,11 @@ import numpy as np
 from tqdm import tqdm
 
 from onnxlm.runtime.errors import InputError
+from onnxlm.runtime.reasoning import FORMATS, prompt_opens, split, wanted
 
 from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
                        json_object, load_model, positive_int, read_line, read_prompts)
+from .chat_reply import ReplyPrinter
 from .jobs import add_job_args, run_job, wants_job
 
 GENERATE_DESCRIPTION = """\
@@ -74,7 +76,14 @@ def add_parser(sub) -> None:
     c.add_argument("--system", metavar="TEXT", help="a system message that opens the conversation")
     c.add_argument("--chat-template-kwargs", type=json_object, metavar="JSON", default=None,
                    help='extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": false}\' (Qwen3)')
-    c.add_argument("--json", action="store_true", help="one-shot: print the reply as a JSON object")
+    c.add_argument("--json", action="store_true",
+                   help="one-shot: print the reply as a JSON object (a split-off reasoning as reasoning_content)")
+    c.add_argument("--reasoning-format", choices=FORMATS, default="auto",
+                   help="a thinking model's <think> block: auto (the default) splits it off where the chat template "
+                        "writes <think> (Qwen3, DeepSeek-R1's distills), deepseek always, none never. Split off, the "
+                        "reasoning goes to stderr (dim on a terminal) and the answer to stdout; the conversation "
+                        "keeps only the answer")
+    c.add_argument("--hide-reasoning", action="store_true", help="do not print a split-off reasoning")
     c.add_argument("--no-stream", dest="stream", action="store_false",
                    help="print each reply only once it is complete (default: stream greedy/sampling replies)")
     add_constraint_args(c)
@@ -191,9 +200,10 @@ def _messages(prompt: str, system: str | None, history: list[dict] | None = None
     return head + list(history or []) + [{"role": "user", "content": prompt}]
 
 
-def _stream_one(model, model_input, params: dict, out=None) -> str | None:
-    """Stream one prompt's reply to stdout; returns the finish reason. Closing the stream stops decoding."""
-    out = out or sys.stdout
+def _stream_one(model, model_input, params: dict, out: ReplyPrinter | None = None) -> str | None:
+    """Stream one prompt's reply into ``out`` (default: all of it to stdout), closed at the end; returns the finish
+    reason. Closing the stream stops decoding."""
+    out = out or ReplyPrinter(None)
     reason = None
     steps = model.stream(model_input, **params)
     try:
@@ -202,13 +212,11 @@ def _stream_one(model, model_input, params: dict, out=None) -> str | None:
                 continue
             if step.text:
                 out.write(step.text)
-                out.flush()
             if step.is_last:
                 reason = step.finish_reason
     finally:
         steps.close()
-    out.write("\n")
-    out.flush()
+    out.close()
     return reason
 
 
@@ -292,8 +300,8 @@ def run_chat(args) -> int:
     if args.message is not None:
         if not args.message.strip():
             args.parser_for_command.error("MESSAGE is empty")
-        _chat_turn(model, _messages(args.message, args.system), params, stream=stream, as_json=args.json,
-                   message=args.message, template_vars=args.chat_template_kwargs)
+        _chat_turn(model, _messages(args.message, args.system), params, args, stream=stream, as_json=args.json,
+                   message=args.message)
         return 0
     if args.json:
         args.parser_for_command.error("--json needs a MESSAGE (one-shot chat)")
@@ -302,32 +310,31 @@ def run_chat(args) -> int:
     return _repl(model, args, params, stream)
 
 
-def _chat_turn(model, messages: list[dict], params: dict, *, stream: bool, as_json: bool = False,
-               message: str = "", template_vars: dict | None = None) -> str:
+def _chat_turn(model, messages: list[dict], params: dict, args, *, stream: bool, as_json: bool = False,
+               message: str = "") -> str:
+    """One reply, streamed or whole, a thinking model's reasoning apart from its answer (--reasoning-format,
+    chat_reply.py) -> the answer, which the conversation keeps."""
+    ids = model.render_chat(messages, tokenize=True, **(args.chat_template_kwargs or {}))
+    # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)
+    think = prompt_opens(model.tokenizer, ids) if wanted(args.reasoning_format, model.chat_template) else None
+    printer = ReplyPrinter(think, hide=args.hide_reasoning)
     gen_params = {k: v for k, v in params.items()
                   if k not in ("json_schema", "regex", "choices", "grammar", "assistant_model")}
     if stream and model.generation_config.replace(**gen_params).num_beams <= 1:
-        prompt = [model.render_chat(messages, tokenize=True, **(template_vars or {}))]
-        pieces = []
-
-        class _Tee:
-            def write(self, s):
-                pieces.append(s)
-                sys.stdout.write(s)
-
-            def flush(self):
-                sys.stdout.flush()
-
-        _stream_one(model, prompt, params, out=_Tee())
-        return "".join(pieces).rstrip("\n")
-    res = model.chat(messages, chat_template_kwargs=template_vars, **params)
+        _stream_one(model, [ids], params, out=printer)
+        return printer.answer
+    res = model.generate([ids], **params)
     if as_json:
         rec = _records(model, message, res, None)[0]
+        reasoning, rec["text"] = (None, res.text[0]) if think is None else split(res.text[0], think)
+        if reasoning is not None:
+            rec["reasoning_content"] = reasoning
         rec["messages"] = messages
         print(json.dumps(rec), flush=True)
-    else:
-        print(res.text[0], flush=True)
-    return res.text[0]
+        return rec["text"]
+    printer.write(res.text[0])
+    printer.close()
+    return printer.answer
 
 
 def _repl(model, args, params: dict, stream: bool) -> int:
@@ -357,6 +364,5 @@ def _repl(model, args, params: dict, stream: bool) -> int:
         if interactive:
             sys.stderr.write("assistant> ")
             sys.stderr.flush()
-        reply = _chat_turn(model, _messages(text, args.system, history), params, stream=stream,
-                           template_vars=args.chat_template_kwargs)
+        reply = _chat_turn(model, _messages(text, args.system, history), params, args, stream=stream)
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]

@@ -94,7 +94,7 @@ async def chat_completions(request: HTTPRequest):
         constraint = forced
     ids = await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)  # off the event loop
     # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)
-    think = reasoning.opened(model.tokenizer.decode(ids[-8:], skip_special_tokens=False)) if split else None
+    think = reasoning.prompt_opens(model.tokenizer, ids) if split else None
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None, stream=bool(samp.stream))
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
