@@ -100,13 +100,21 @@ def _tie_free_rows(rows: int, vocab: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_top_p_gpt2_sized_vocab_has_no_boundary_mismatch(seed):
-    """100 rows of V=50257: the kept set equals transformers' in every row. (A float32 running sum drifts by
-    ~1e-7 near the 1 - top_p boundary and kept a different token in 4 of these 300 rows; torch accumulates in
-    double.)"""
+    """100 rows of V=50257: the kept set equals transformers' in every row but those where torch's own running sum
+    lies within 1e-7 (about one float32 step) of the 1 - top_p boundary: there the cut follows the rounding of torch's
+    float32 softmax, whose sum runs in the order of the CPU's vector width (on an AVX-512 machine all 300 rows were
+    equal; on an AVX2-only one, row 30 of seed 2 read 0.10000001 in torch and 0.09999999 here). A float32 running sum
+    (what onnxlm did) drifted by ~1e-5 and kept a different token in 4 of these 300 rows; torch accumulates in
+    double."""
     x = _tie_free_rows(100, 50257, seed)
     ours = np.isfinite(P.TopPWarper(0.9)(None, x))
     want = np.isfinite(tlp.TopPLogitsWarper(0.9)(None, torch.tensor(x)).numpy())
-    assert int((ours != want).any(axis=1).sum()) == 0
+    torch_cum = torch.sort(torch.tensor(x)).values.softmax(-1).cumsum(-1).numpy()
+    rows, cut = np.arange(len(x)), (torch_cum <= np.float32(0.1)).sum(1)  # tokens torch removes
+    near = np.abs(torch_cum[rows, cut - 1] - 0.1) <= 1e-7
+    near |= np.abs(torch_cum[rows, np.minimum(cut, x.shape[1] - 1)] - 0.1) <= 1e-7
+    differ = (ours != want).any(axis=1)
+    assert near.sum() <= 5 and not (differ & ~near).any(), np.nonzero(differ & ~near)[0]
 
 
 def test_typical_p_cumulative_mass_like_torch():
