@@ -38,6 +38,8 @@ Chat with a model through its chat template (chat_template.jinja in the artifact
 
 With MESSAGE: answer it once and exit. Without: an interactive conversation on stdin, one user message per line,
 history kept until EOF (Ctrl-D). In the conversation, `/reset` clears the history and `/exit` quits.
+A thinking model's <think> block (Qwen3, DeepSeek-R1's distills) goes to stderr apart from the answer on stdout, and
+the history keeps only the answer (--reasoning-format, --hide-reasoning).
 
 examples:
   onnxlm chat models/smollm2 "What is ONNX?" --system "Answer in one sentence."
