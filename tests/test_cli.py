@@ -230,7 +230,7 @@ def test_chat_prints_a_thinking_models_reasoning_apart(capsys, monkeypatch, tmp_
 
 def test_reply_printer_dims_the_reasoning_on_a_terminal():
     """onnxlm chat's printer, pieces cut anywhere: on a terminal the reasoning is dim and ends its line before the
-    answer; the streams' texts are the whole reply's split."""
+    answer; the streams' texts are the whole reply's split; a stream cut by Ctrl-C still resets the terminal."""
     from onnxlm.cli.chat_reply import DIM, RESET, ReplyPrinter
 
     class Tty(io.StringIO):
@@ -245,6 +245,24 @@ def test_reply_printer_dims_the_reasoning_on_a_terminal():
         printer.write(reply[cut:])
         assert printer.close() == ("step one", "The answer.")
         assert (out.getvalue(), err.getvalue()) == ("The answer.\n", f"{DIM}step one{RESET}\n")
+
+    class Interrupted:  # a stream stopped by Ctrl-C in the middle of the reasoning
+        def stream(self, *args, **kw):
+            return self
+
+        def __iter__(self):
+            yield type("Step", (), {"batch_index": 0, "text": "<think>half a thou", "is_last": False})()
+            raise KeyboardInterrupt
+
+        def close(self):
+            self.closed = True
+
+    from onnxlm.cli.generate import _stream_one
+
+    model, out, err = Interrupted(), io.StringIO(), Tty()
+    with pytest.raises(KeyboardInterrupt):
+        _stream_one(model, [[1]], {}, out=ReplyPrinter(False, out=out, err=err))
+    assert model.closed and err.getvalue() == f"{DIM}half a thou{RESET}\n"  # the terminal is not left dim
 
 
 # ---------------------------------------------------------------------------------------------------- score / info / bench

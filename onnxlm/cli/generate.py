@@ -216,9 +216,9 @@ def _stream_one(model, model_input, params: dict, out: ReplyPrinter | None = Non
                 out.write(step.text)
             if step.is_last:
                 reason = step.finish_reason
-    finally:
+    finally:  # also on Ctrl-C: the terminal's dim reasoning is reset and the line ended
         steps.close()
-    out.close()
+        out.close()
     return reason
 
 
