@@ -8,6 +8,7 @@ from pathlib import Path
 from onnxlm.runtime.errors import ExportError
 
 from . import fused_gemma, fused_gpt2, fused_llama, fused_t5
+from .fused_graph import release_weights
 
 BUILDERS = {t: module for module in (fused_llama, fused_gemma, fused_gpt2, fused_t5) for t in module.FUSED_TYPES}
 
@@ -39,9 +40,12 @@ def fused_supported(model) -> bool:
 def build_fused_graphs(model, out_dir, max_positions: int | None = None, *, release: bool = False) -> dict[str, str]:
     """model -> its fused graph files written into ``out_dir``; returns role -> file name ({"decoder": "model.onnx"}
     for a decoder-only model; {"encoder": ..., "decoder": ...} for T5). ``release`` (decoder-only): drop each layer's
-    PyTorch weights once its arrays are made, for a model nothing else will use (``fused_graph.release_weights``)."""
+    PyTorch weights once its arrays are made and the rest once the graph is written, for a model nothing else will
+    use (``fused_graph.release_weights``)."""
     builder = _builder(model)
     if builder is fused_t5:
         return fused_t5.build_fused_graph(model, out_dir)["files"]
     builder.build_fused_graph(model, Path(out_dir) / "model.onnx", max_positions=max_positions, release=release)
+    if release:  # the rest (embedding, head, final norm): written
+        release_weights(model)
     return {"decoder": "model.onnx"}

@@ -70,8 +70,8 @@ def _mlp(g: Graph, i: int, x: str, mlp, activation: str) -> str:
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
     """transformers GPT2LMHeadModel -> the fused graph written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
-    layer's PyTorch weights once its arrays are made, the rest once the graph is written
-    (``fused_graph.release_weights``; the model is unusable after)."""
+    layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
+    drops the rest once the graph is written)."""
     check_supported(model)
     cfg = model.config
     N, D, V = cfg.n_head, cfg.n_embd, cfg.vocab_size
@@ -102,7 +102,5 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
 
     inputs, outputs = io_values(cfg.n_layer, N, H, V, extra_inputs=("position_ids",))
     external = save_graph(g, "gpt2-fused-gqa", inputs, outputs, out_path)
-    if release:  # the rest (embedding, head, final norm): written
-        release_weights(model)
     return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
             "max_positions": int(max_positions or cfg.n_positions)}

@@ -103,8 +103,8 @@ def _linear(g: Graph, name: str, x: str, linear) -> str:
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
     """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 model -> the fused graph written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
-    layer's PyTorch weights once its arrays are made, the rest once the graph is written
-    (``fused_graph.release_weights``; the model is unusable after)."""
+    layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
+    drops the rest once the graph is written)."""
     check_supported(model)
     cfg = model.config
     L = cfg.num_hidden_layers
@@ -171,7 +171,5 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
 
     inputs, outputs = io_values(L, KVN, H, V)
     external = save_graph(g, f"{cfg.model_type}-fused-gqa", inputs, outputs, out_path)
-    if release:  # the rest (embedding, head, final norm): written
-        release_weights(model)
     return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
             "max_positions": P}
