@@ -26,10 +26,9 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError
 
 from .gguf_codebooks import BLOCK_WEIGHTS as CODEBOOK_WEIGHTS
-from .gguf_codebooks import CODEBOOK_TYPES, codebook_blocks
+from .gguf_codebooks import CODEBOOK_TYPES, QK_K, _f16, codebook_blocks
 from .nbits import BLOCK, Blocks, _pack4, reblock, to_8bit
 
-QK_K = 256  # weights per K-quant super-block
 #: type -> bytes per block of its ``BLOCK_WEIGHTS``
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24, "Q8_0": 34,
                "Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210, "IQ4_NL": 18, "IQ4_XS": 136}
@@ -42,11 +41,6 @@ BLOCK_BYTES |= {t: spec[0] for t, spec in CODEBOOK_TYPES.items()}  # IQ1-IQ3, TQ
 BLOCK_WEIGHTS |= CODEBOOK_WEIGHTS
 CODE_BITS |= {t: spec[3] for t, spec in CODEBOOK_TYPES.items()}
 NATIVE_TYPES = tuple(BLOCK_BYTES)
-
-
-def _f16(raw: np.ndarray, offset: int) -> np.ndarray:
-    """[N, nb, bytes] uint8 -> the fp16 at byte ``offset`` of each block as [N, nb] float32."""
-    return raw[:, :, offset:offset + 2].copy().view(np.float16)[..., 0].astype(np.float32)
 
 
 def _low_high(qs: np.ndarray) -> np.ndarray:

@@ -29,9 +29,14 @@ CODEBOOK_TYPES = {"IQ2_XXS": (66, 32, 1, 8), "IQ2_XS": (74, 16, 1, 8), "IQ2_S": 
 BLOCK_WEIGHTS = {t: {"MXFP4": 32, "NVFP4": 64}.get(t, QK_K) for t in CODEBOOK_TYPES}
 
 
-def _f16(b: np.ndarray, at: int) -> np.ndarray:
-    """[N, nb, bytes] uint8 -> the fp16 at byte ``at`` of each block as [N, nb, 1] float32."""
-    return b[..., at:at + 2].copy().view(np.float16).astype(np.float32)
+def _f16(raw: np.ndarray, offset: int) -> np.ndarray:
+    """[N, nb, bytes] uint8 -> the fp16 at byte ``offset`` of each block as [N, nb] float32 (gguf_blocks' too)."""
+    return raw[:, :, offset:offset + 2].copy().view(np.float16)[..., 0].astype(np.float32)
+
+
+def _d(b: np.ndarray, at: int) -> np.ndarray:
+    """[N, nb, bytes] uint8 -> the fp16 at byte ``at`` of each block as [N, nb, 1] float32: a super-block scale."""
+    return _f16(b, at)[..., None]
 
 
 def _nibbles(x: np.ndarray) -> np.ndarray:
@@ -44,17 +49,17 @@ def _scales(b: np.ndarray, qtype: str) -> np.ndarray:
     half, quarter = np.float32(0.5), np.float32(0.25)
     if qtype == "IQ2_XXS":  # d, 8 x (4 grid indices, then signs + a 4-bit scale in the top bits of a uint32)
         aux = b[..., 2:66].copy().view(np.uint32)[..., 1::2]
-        return _f16(b, 0) * (half + (aux >> 28).astype(np.float32)) * quarter
+        return _d(b, 0) * (half + (aux >> 28).astype(np.float32)) * quarter
     if qtype in ("IQ2_XS", "IQ2_S"):  # d, ..., 8 bytes of 4-bit scales at the end: per 16 weights
-        return _f16(b, 0) * (half + _nibbles(b[..., -8:])) * quarter
+        return _d(b, 0) * (half + _nibbles(b[..., -8:])) * quarter
     if qtype == "IQ3_XXS":  # d, qs[64], 8 uint32 (signs + a 4-bit scale in the top bits)
         aux = b[..., 66:98].copy().view(np.uint32)
-        return _f16(b, 0) * (half + (aux >> 28).astype(np.float32)) * half
+        return _d(b, 0) * (half + (aux >> 28).astype(np.float32)) * half
     if qtype == "IQ3_S":  # d, qs[64], qh[8], signs[32], 4 bytes of 4-bit scales
-        return _f16(b, 0) * (1 + 2 * _nibbles(b[..., 106:110]))
+        return _d(b, 0) * (1 + 2 * _nibbles(b[..., 106:110]))
     if qtype == "IQ1_S":  # d, qs[32], 8 uint16 qh: bits 12-14 a 3-bit scale
         qh = b[..., 34:50].copy().view(np.uint16)
-        return _f16(b, 0) * (2 * ((qh >> 12) & 7) + 1).astype(np.float32)
+        return _d(b, 0) * (2 * ((qh >> 12) & 7) + 1).astype(np.float32)
     if qtype == "IQ1_M":  # qs[32], qh[16], 4 uint16: four 3-bit scales each, the fp16 d in their top nibbles
         sc = b[..., 48:56].copy().view(np.uint16)  # [N, nb, 4]
         d = ((sc & 0xF000) >> np.array([12, 8, 4, 0], np.uint16)).sum(axis=-1, dtype=np.uint16)  # disjoint bits
@@ -62,7 +67,7 @@ def _scales(b: np.ndarray, qtype: str) -> np.ndarray:
         s = (sc[..., None] >> np.array([0, 3, 6, 9], np.uint16)) & 7  # [N, nb, 4, 4]
         return d * (2 * s.reshape(*sc.shape[:-1], 16) + 1).astype(np.float32)
     if qtype in ("TQ1_0", "TQ2_0"):  # ternary codes, then d: one scale per 256 weights (repeated per 32)
-        return np.repeat(_f16(b, b.shape[-1] - 2), QK_K // 32, axis=-1)
+        return np.repeat(_d(b, b.shape[-1] - 2), QK_K // 32, axis=-1)
     if qtype == "NVFP4":  # 4 unsigned e4m3 scales (one per 16 weights, halved; 0x7F reads 0), 32 bytes of FP4 indices
         x = b[..., :4]
         exp, man = ((x >> 3) & 15).astype(np.float64), (x & 7).astype(np.float64)
