@@ -37,9 +37,7 @@ LOGITS_ELEMENTS = 1 << 25  # logits through the output head at once (128 MB: Gem
 #: a reference artifact over this many bytes runs before the candidate loads, not beside it (``_teacher_forced``)
 ONE_AT_A_TIME_BYTES = 2 << 30
 ROW_ELEMENTS = 1 << 22  # logits whose log-probabilities are formed at once (16 MB float32 temporaries)
-MIN_PASS = 65  # tokens a share's pass holds at least: onnxruntime's GroupQueryAttention sums in another order at
-#                64 rows or fewer, over more the whole window's order (a share's pass up to its last position gave
-#                SmolLM2's and Gemma 3's gate the same arrays bit for bit, in 0.77x and 0.67x the time)
+
 
 
 def _windows(n: int, size: int | None) -> list[tuple[int, int]]:
@@ -55,14 +53,28 @@ def _shares(n: int, vocab: int) -> list[tuple[int, int]]:
     return _windows(n, -(-n // passes))
 
 
-def _side_logits(model, window: list[int], lo: int, hi: int, whole: np.ndarray | None) -> np.ndarray:
-    """A window's predicted positions lo..hi-1 -> their logits [k, V] float32: a slice of the window's one pass
-    (``whole``, a model that computes every position anyway) or a pass over the window's tokens up to position hi - 1
-    (causal: the values the whole window's pass gives them; at least ``MIN_PASS`` tokens) through the head for
-    those positions only."""
-    if whole is not None:
-        return whole[lo:hi]
-    return model.logits([window[:max(hi, MIN_PASS)]], positions=np.arange(lo, hi))[0]
+def _share_logits(model, window: list[int], vocab: int):
+    """A window's tokens -> the logits [k, V] float32 of its predicted positions 0..len(window)-2, share by share
+    (``_shares``, a generator). A model whose ``logits`` selects positions (the fused graphs): its ``empty_state``
+    ``extend``ed by each share's tokens, so the window's tokens go through the body once and each pass's head reads
+    only its share (a pass over the window up to each share's last position read Gemma 3's window ~4.5 times: the
+    gate took twice as long); the figures equal one pass over the whole window's. A share of one token takes a second
+    token along: a one-row pass is a decode step, whose quantized products take onnxruntime's one-row kernels (other
+    int8 roundings). Another model: the window's logits from one pass, sliced."""
+    shares = _shares(len(window) - 1, vocab)
+    if not model.selects_positions:
+        whole = model.logits([window])[0, :-1]  # [w-1, V] float32
+        for lo, hi in shares:
+            yield whole[lo:hi]
+        return
+    ids = np.asarray(window, np.int64)[None, :]
+    state = model.empty_state(max_length=len(window))
+    for lo, hi in shares:
+        extra = int(hi - lo == 1)  # a second token along (the window holds hi + 1 tokens), dropped again below
+        logits = state.extend(ids[:, lo:hi + extra])[0, :hi - lo]  # [k, V] float32
+        if extra:
+            state.rollback(np.ones(1, np.int64))
+        yield logits
 
 
 class _FileRows:
@@ -120,10 +132,8 @@ def _one_side(model, ids: list[int], size: int, vocab: int, rows_of_ref, kind: s
         window = ids[start:end]
         if len(window) < 2:
             continue
-        whole = None if model.selects_positions else model.logits([window])[0, :-1]  # [w-1, V] float32
-        for lo, hi in _shares(len(window) - 1, vocab):
+        for (lo, hi), logits in zip(_shares(len(window) - 1, vocab), _share_logits(model, window, vocab)):
             nxt = np.asarray(window[lo + 1:hi + 1])[:, None]
-            logits = _side_logits(model, window, lo, hi, whole)  # [k, V] float32
             out["top"].append(logits.argmax(-1))
             for r in range(0, len(nxt), rows):
                 lp = log_softmax(logits[r:r + rows])  # [rows, V] float32
@@ -140,9 +150,9 @@ def _teacher_forced(ref, cand, ids: list[int], *, size: int | None = None,
                     one_at_a_time: bool = False) -> dict[str, np.ndarray]:
     """ids [n] -> per position of both models, window by window: top-1 next tokens [n-1] int64 ("top_ref",
     "top_cand"), log p(ids[i+1] | ids[:i+1]) [n-1] float32 ("lp_ref", "lp_cand"), and KL(ref || cand) of the two
-    next-token distributions [n-1] float32 ("kl"). A window is one forward pass; a model whose ``logits`` selects
-    positions (the fused graphs) runs its head on at most ``LOGITS_ELEMENTS`` logits at a time, a pass for each share
-    of the window's positions (``_side_logits``), another computes the window's logits once.
+    next-token distributions [n-1] float32 ("kl"). A window's logits are one forward pass's values; a model whose
+    ``logits`` selects positions (the fused graphs) gets them a share at a time (``_share_logits``): its head on at
+    most ``LOGITS_ELEMENTS`` logits per pass, the window's tokens through the body once.
 
     The models take turns share by share; ``one_at_a_time``: the reference runs first and is dropped (the caller
     hands over its only reference) before ``cand`` is loaded (``cand`` may be a callable that loads it), its

@@ -150,9 +150,8 @@ def test_quality_of_identical_artifacts_is_perfect(tiny_llama):
 def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch):
     """The gate's text: over 2,000 tokens of prose, code and dialogue for a real tokenizer (SmolLM2's: 2,755);
     its mean KL(fp32 || quantized) equals torch's kl_div on the two artifacts' logits, window by window (one pass
-    each); models whose logits select positions (the fused graphs) are asked for shares of a window's positions,
-    each in a pass over the window's tokens up to the share's last one (at least MIN_PASS), and every figure stays
-    the same; so too when the reference runs first and its log-probabilities go through a file (a big reference)."""
+    each); the same figures when the reference runs first and its log-probabilities go through a file (a big
+    reference)."""
     import torch
 
     text = Q.QUALITY_TEXT.read_text(encoding="utf-8")
@@ -177,35 +176,79 @@ def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch)
     assert Q.quality_failures(dict(q, top1_agreement=1.0, perplexity=q["perplexity_fp32"], mean_kl=0.5,
                                    max_mean_kl=0.01)) == ["mean KL divergence from fp32 0.50000 > 0.01"]
 
-    class Selecting:  # as a fused graph's logits(positions=): only the asked positions, counted
-        selects_positions = True
-
-        def __init__(self, model):
-            self.model, self.asked, self.passes = model, [], []
-
-        def __getattr__(self, name):
-            return getattr(self.model, name)
-
-        def logits(self, ids, *, positions):
-            self.asked.append(len(positions))
-            self.passes.append((len(ids[0]), int(positions[-1])))  # tokens in the pass, last position asked
-            return self.model.logits(ids)[:, positions]
-
     one_pass = Q._teacher_forced(ref, cand, ids)
     for key, value in Q._teacher_forced(ref, lambda: cand, ids, one_at_a_time=True).items():  # through a file
         np.testing.assert_array_equal(value, one_pass[key])
     monkeypatch.setattr(Q, "ONE_AT_A_TIME_BYTES", 0)  # the reference dropped before the candidate loads
     assert Q.measure_quality(tiny_llama.onnx_dir, llama_int8, text=text[:3000]) == q
-    for models in ((Selecting(ref), Selecting(cand)), (Selecting(ref), cand)):
-        shared = Q._teacher_forced(*models, ids)
-        for key, value in one_pass.items():
-            np.testing.assert_array_equal(shared[key], value)
-        windows = Q._windows(len(ids), min(ref.max_positions, Q.WINDOW))
-        assert max(models[0].asked) <= 100 and sum(models[0].asked) == len(ids) - len(windows)
-        # each pass holds the window's tokens up to its share's last position (or MIN_PASS of them), not the window
-        want = [(min(e - s, max(hi, Q.MIN_PASS)), hi - 1) for s, e in windows
-                for _, hi in Q._shares(e - s - 1, ref.vocab_size)]
-        assert models[0].passes == want and sum(n for n, _ in want) < sum(e - s for s, e in windows) * 2
+
+
+class _Fed:
+    """A fused model whose ``empty_state`` records the tokens each ``extend`` feeds (and each ``rollback``)."""
+
+    def __init__(self, model):
+        self.model, self.fed = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def empty_state(self, **kw):
+        state, fed = self.model.empty_state(**kw), self.fed
+
+        class Recorded:
+            def extend(self, ids):
+                fed.append(ids.shape[1])
+                return state.extend(ids)
+
+            def rollback(self, counts):
+                fed.append(-int(np.sum(counts)))
+                state.rollback(counts)
+
+        return Recorded()
+
+
+class _OnePass:
+    """A model's logits from one pass over a whole window (as ``selects_positions = False`` gets them)."""
+    selects_positions = False
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_quality_of_fused_graphs_takes_each_window_through_the_body_once(tmp_path, tiny_llama, monkeypatch):
+    """Fused graphs (fp32 and int8 at accuracy level 4): the gate's shares of a window are ``extend`` passes on one
+    ``empty_state``, so each window's tokens go through the body once; every figure is the one pass's over the whole
+    window, bit for bit. Shares of one position take a second token along and roll it back: a one-row pass would be
+    a decode step (onnxruntime's one-row int8 kernels round otherwise)."""
+    from onnxlm.export import export_model
+    from onnxlm.runtime.errors import ParameterError
+
+    fused = export_model(tiny_llama.hf_dir, tmp_path / "fused", progress=False)
+    ref, cand = onnxlm.load(fused), onnxlm.load(quantize_artifact(fused, tmp_path / "q", scheme="int8",
+                                                                  force_quality=True, progress=False))
+    assert ref.selects_positions and cand.selects_positions
+    ids = ref.tokenizer.encode(Q.QUALITY_TEXT.read_text(encoding="utf-8")[:3000], add_special_tokens=False)
+    one_pass = Q._teacher_forced(_OnePass(ref), _OnePass(cand), ids)
+    monkeypatch.setattr(Q, "LOGITS_ELEMENTS", 100 * ref.vocab_size)  # a window's head 100 positions at a time
+    models = _Fed(ref), _Fed(cand)
+    shared = Q._teacher_forced(*models, ids)
+    for key, value in one_pass.items():
+        np.testing.assert_array_equal(shared[key], value)
+    windows = Q._windows(len(ids), min(ref.max_positions, Q.WINDOW))
+    assert len(windows) > 1 and len(models[0].fed) > len(windows) and 0 < min(models[0].fed) <= max(models[0].fed) <= 100
+    assert sum(models[0].fed) == len(ids) - len(windows) and models[1].fed == models[0].fed  # each token once
+
+    monkeypatch.setattr(Q, "LOGITS_ELEMENTS", ref.vocab_size)  # shares of one position
+    short = _Fed(ref)
+    got, want = Q._teacher_forced(short, cand, ids[:40]), Q._teacher_forced(_OnePass(ref), cand, ids[:40])
+    assert short.fed == [2, -1] * 39  # two tokens fed, the second rolled back
+    np.testing.assert_array_equal(got["top_ref"], want["top_ref"])
+    np.testing.assert_allclose(got["lp_ref"], want["lp_ref"], rtol=0, atol=1e-5)
+    with pytest.raises(ParameterError, match="max_length: got -1"):
+        ref.empty_state(max_length=-1)
 
 
 def test_gate_refuses_below_threshold_and_leaves_nothing(tmp_path, tiny_llama, monkeypatch):

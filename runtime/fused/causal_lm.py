@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ParameterError
 from ..plain.causal_lm import CausalLM
 from ..plain.kv_cache import past_input_names
 from ..prefix_cache import feed_rest
@@ -177,6 +177,19 @@ class FusedCausalLM(CausalLM):
         last = lambda lengths: (lengths - 1)[:, None]  # noqa: E731  - each row's last real token
         logits, buffers, lengths = self._prefill(input_ids, attention_mask, last, room=int(max_length or 0))
         return FusedState(self, buffers, lengths), logits[:, 0, :]
+
+    def empty_state(self, *, max_length: int = 0) -> FusedState:
+        """A one-row state holding no position, its buffers with room for ``max_length`` positions: ``extend`` then
+        runs a long text in parts, each part's pass appending to the keys/values of those before (the quality gate:
+        a window's logits a share at a time, the window's tokens through the body once). A first part of k > 1
+        tokens is the pass ``logits`` makes over them; a part of one token is a decode step, whose quantized
+        products take onnxruntime's one-row kernels (other int8 roundings)."""
+        if not isinstance(max_length, (int, np.integer)) or max_length < 0:
+            raise ParameterError("max_length", f"got {max_length!r}; must be an integer >= 0")
+        buffers = KVBuffers.fresh(self.past_names, 1, self.kv_heads,
+                                  initial_capacity(int(max_length), self.initial_buffer_length), self.head_dim,
+                                  self.kv_pool)
+        return FusedState(self, buffers, np.zeros(1, np.int64))
 
     def resume(self, kv: dict, reuse: int, rest) -> tuple[FusedState, np.ndarray | None]:
         """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k] ids
