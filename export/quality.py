@@ -39,7 +39,6 @@ ONE_AT_A_TIME_BYTES = 2 << 30
 ROW_ELEMENTS = 1 << 22  # logits whose log-probabilities are formed at once (16 MB float32 temporaries)
 
 
-
 def _windows(n: int, size: int | None) -> list[tuple[int, int]]:
     """[0, n) cut into consecutive windows of at most ``size`` tokens (one window when size is None)."""
     if not size or size >= n:
@@ -54,18 +53,19 @@ def _shares(n: int, vocab: int) -> list[tuple[int, int]]:
 
 
 def _share_logits(model, window: list[int], vocab: int):
-    """A window's tokens -> the logits [k, V] float32 of its predicted positions 0..len(window)-2, share by share
-    (``_shares``, a generator). A model whose ``logits`` selects positions (the fused graphs): its ``empty_state``
-    ``extend``ed by each share's tokens, so the window's tokens go through the body once and each pass's head reads
-    only its share (a pass over the window up to each share's last position read Gemma 3's window ~4.5 times: the
-    gate took twice as long); the figures equal one pass over the whole window's. A share of one token takes a second
-    token along: a one-row pass is a decode step, whose quantized products take onnxruntime's one-row kernels (other
-    int8 roundings). Another model: the window's logits from one pass, sliced."""
+    """A window's tokens -> (lo, hi, the logits [hi - lo, V] float32 of its predicted positions lo..hi-1) for each
+    share (``_shares``) of its positions 0..len(window)-2, in order (a generator). A model whose ``logits`` selects
+    positions (the fused graphs): its ``empty_state`` ``extend``ed by each share's tokens, so the window's tokens go
+    through the body once and each pass's head reads only its share (a pass over the window up to each share's last
+    position read Gemma 3's window ~4.5 times: the gate took twice as long); the figures equal one pass over the whole
+    window's. A share of one token takes a second token along: a one-row pass is a decode step, whose quantized
+    products take onnxruntime's one-row kernels (other int8 roundings). Another model: the window's logits from one
+    pass, sliced."""
     shares = _shares(len(window) - 1, vocab)
     if not model.selects_positions:
         whole = model.logits([window])[0, :-1]  # [w-1, V] float32
         for lo, hi in shares:
-            yield whole[lo:hi]
+            yield lo, hi, whole[lo:hi]
         return
     ids = np.asarray(window, np.int64)[None, :]
     state = model.empty_state(max_length=len(window))
@@ -74,7 +74,7 @@ def _share_logits(model, window: list[int], vocab: int):
         logits = state.extend(ids[:, lo:hi + extra])[0, :hi - lo]  # [k, V] float32
         if extra:
             state.rollback(np.ones(1, np.int64))
-        yield logits
+        yield lo, hi, logits
 
 
 class _FileRows:
@@ -132,7 +132,7 @@ def _one_side(model, ids: list[int], size: int, vocab: int, rows_of_ref, kind: s
         window = ids[start:end]
         if len(window) < 2:
             continue
-        for (lo, hi), logits in zip(_shares(len(window) - 1, vocab), _share_logits(model, window, vocab)):
+        for lo, hi, logits in _share_logits(model, window, vocab):
             nxt = np.asarray(window[lo + 1:hi + 1])[:, None]
             out["top"].append(logits.argmax(-1))
             for r in range(0, len(nxt), rows):

@@ -153,13 +153,17 @@ class FusedCausalLM(CausalLM):
         return buffers.run_in_place(self.decoder.session, io, len(ids), keep.shape[1],
                                     self.logits_width)  # past = present: appended in place
 
+    def _fresh_buffers(self, rows: int, length: int) -> KVBuffers:
+        """KV buffers for ``rows`` rows with room for ``length`` positions (``initial_capacity``), from the model's
+        pool."""
+        return KVBuffers.fresh(self.past_names, rows, self.kv_heads,
+                               initial_capacity(length, self.initial_buffer_length), self.head_dim, self.kv_pool)
+
     def _prefill(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions, room: int = 0):
         """ids/mask [b, t] -> (logits at ``positions(lengths)`` [b, k, V], fresh buffers holding the prompt and
         making room for ``room`` positions, lengths [b])."""
         ids, lengths = repack_right(input_ids, attention_mask, self.pad_id)
-        buffers = KVBuffers.fresh(self.past_names, len(ids), self.kv_heads,
-                                  initial_capacity(max(ids.shape[1], room), self.initial_buffer_length),
-                                  self.head_dim, self.kv_pool)
+        buffers = self._fresh_buffers(len(ids), max(ids.shape[1], room))
         logits = self._run(ids, np.zeros_like(lengths), lengths, positions(lengths), buffers)
         return logits, buffers, lengths
 
@@ -186,20 +190,16 @@ class FusedCausalLM(CausalLM):
         products take onnxruntime's one-row kernels (other int8 roundings)."""
         if not isinstance(max_length, (int, np.integer)) or max_length < 0:
             raise ParameterError("max_length", f"got {max_length!r}; must be an integer >= 0")
-        buffers = KVBuffers.fresh(self.past_names, 1, self.kv_heads,
-                                  initial_capacity(int(max_length), self.initial_buffer_length), self.head_dim,
-                                  self.kv_pool)
-        return FusedState(self, buffers, np.zeros(1, np.int64))
+        return FusedState(self, self._fresh_buffers(1, int(max_length)), np.zeros(1, np.int64))
 
     def resume(self, kv: dict, reuse: int, rest) -> tuple[FusedState, np.ndarray | None]:
         """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k] ids
         that follow them -> a one-row state holding reuse + k positions, next-token logits [1, V] (one pass over
         ``rest``): what ``start`` on the whole prompt gives, without recomputing the reused positions. No rest
         (k = 0): the state alone and None (the caller holds those logits)."""
-        capacity = initial_capacity(reuse + len(rest), self.initial_buffer_length)
         # from the pool: a server's kept buffers are resident (faulting in a fresh mapping's pages cost ~35 ms of a
         # 55 ms resume of 774 SmolLM2 positions, the copy itself ~4 ms); positions past the held ones are never read
-        buffers = KVBuffers.fresh(self.past_names, 1, self.kv_heads, capacity, self.head_dim, self.kv_pool)
+        buffers = self._fresh_buffers(1, reuse + len(rest))
         for name, a in buffers.arrays.items():
             a[0, :, :reuse] = kv[name][:, :reuse]
         state = FusedState(self, buffers, np.array([reuse], np.int64))
