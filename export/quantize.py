@@ -217,17 +217,20 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
         write_manifest(tmp, {**fields, "quantization": record})
         try:
             log("measuring teacher-forced top-1 agreement and perplexity against the fp32 artifact ...")
-            record["quality"] = measure_quality(src, tmp)
+            record["quality"] = measure_quality(src, tmp, stop_when_refused=not force_quality)
         except ExportError:
             if not force_quality:
                 raise
         q = record["quality"]
         if q is not None:
+            early = q.get("stopped_early")
+            stopped = (f" (read the first {early['positions']:,} of {early['of']:,} positions: the rest could not "
+                       "change the refusal)" if early else "")
             log(f"top-1 agreement {q['top1_agreement']:.4f}, perplexity {q['perplexity']:.3f} "
-                f"(fp32 {q['perplexity_fp32']:.3f}) over {q['tokens']} tokens")
+                f"(fp32 {q['perplexity_fp32']:.3f}) over {q['tokens']} tokens{stopped}")
             failures = quality_failures(q)
-            if failures and not force_quality:
-                raise ExportError(f"quantized variant refused: {'; '.join(failures)}. {hint}, "
+            if (failures or early) and not force_quality:  # an early stop is a decided refusal
+                raise ExportError(f"quantized variant refused: {'; '.join(failures)}{stopped}. {hint}, "
                                   "or pass force_quality=True (--force-quality) to keep it anyway")
         write_manifest(tmp, {**fields, "quantization": record})
         move_into_place(tmp, out_dir, force)

@@ -254,13 +254,51 @@ def test_quality_of_fused_graphs_takes_each_window_through_the_body_once(tmp_pat
 
 
 def test_gate_refuses_below_threshold_and_leaves_nothing(tmp_path, tiny_llama, monkeypatch):
-    monkeypatch.setattr(Q, "MIN_TOP1_AGREEMENT", 1.01)  # no variant can reach it
-    with pytest.raises(ExportError, match=r"refused: top-1 agreement .* < 1.01.*--force-quality"):
+    monkeypatch.setattr(Q, "MIN_TOP1_AGREEMENT", 1.01)  # no variant can reach it: decided after the first share
+    with pytest.raises(ExportError, match=r"refused: top-1 agreement .* < 1.01.* \(read the first \d+ of [\d,]+ "
+                                          r"positions: the rest could not change the refusal\)\..*--force-quality"):
         quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int4", progress=False)
     assert list(tmp_path.iterdir()) == []
     out = quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int4", progress=False, force_quality=True)
     q = json.loads((out / "onnxlm.json").read_text())["quantization"]
     assert q["forced"] and q["quality"]["min_top1_agreement"] == 1.01
+    assert q["quality"]["tokens"] > 2000 and "stopped_early" not in q["quality"]  # forced: the whole text read
+
+
+def test_gate_stops_where_the_refusal_is_decided_and_not_before(tiny_llama, llama_int8, monkeypatch):
+    """``measure_quality(stop_when_refused=True)`` ends at the first share after which no remaining positions
+    could lift the whole text's top-1 agreement to its bound (or bring its mean KL under its bound); its figures
+    are the positions read, the full reading's bit for bit; a variant at its bounds exactly is read to the end."""
+    text = Q.QUALITY_TEXT.read_text(encoding="utf-8")[:3000]
+    ref, cand = onnxlm.load(tiny_llama.onnx_dir), onnxlm.load(llama_int8)
+    monkeypatch.setattr(Q, "LOGITS_ELEMENTS", 100 * ref.vocab_size)  # shares of 100 positions
+    ids = ref.tokenizer.encode(text, add_special_tokens=False)
+    ends = []  # the positions read at each point the test is asked: the candidate's shares' ends
+    full = Q._teacher_forced(ref, cand, ids, stop=lambda a, b: ends.append(sum(map(len, b["top"]))) and False)
+    n = len(full["kl"])
+    assert ends[-1] == n == Q._positions(len(ids), min(ref.max_positions, Q.WINDOW)) and len(ends) > 20
+    missed, kl = np.cumsum(full["top_ref"] != full["top_cand"]), np.cumsum(full["kl"].astype(np.float64))
+    agreement, mean_kl = 1 - missed[-1] / n, kl[-1] / n
+    assert 0.2 < agreement < 0.99 and mean_kl > 0  # random weights: int8 moves near-uniform top-1s (0.965)
+
+    def read(min_top1, max_kl):
+        monkeypatch.setattr(Q, "MIN_TOP1_AGREEMENT", min_top1)
+        monkeypatch.setattr(Q, "MAX_MEAN_KL", max_kl)
+        return Q.measure_quality(tiny_llama.onnx_dir, llama_int8, text=text, stop_when_refused=True)
+
+    whole = read(agreement, mean_kl + Q.KL_ROUNDING)  # at both bounds: passes, read to the end
+    assert "stopped_early" not in whole and Q.quality_failures(whole) == []
+    assert whole["top1_agreement"] == agreement and abs(whole["mean_kl"] - mean_kl) < 1e-9
+    for min_top1, max_kl in ((agreement + 0.5 / n, 10.0), ((agreement + 1) / 2, 10.0), (0.0, mean_kl / 2)):
+        # where the refusal is first decided, from the full reading's running sums at the shares' ends
+        want = next(e for e in ends if n - missed[e - 1] < min_top1 * n or kl[e - 1] - Q.KL_ROUNDING * n > max_kl * n)
+        q = read(min_top1, max_kl)
+        assert Q.quality_failures(q), (min_top1, max_kl, q)
+        assert q.get("stopped_early") == ({"positions": want, "of": n} if want < n else None)
+        assert q["top1_agreement"] == 1 - missed[want - 1] / want
+        assert abs(q["mean_kl"] - kl[want - 1] / want) < 1e-9
+    monkeypatch.setattr(Q, "ONE_AT_A_TIME_BYTES", 0)  # the reference read whole first: the same record
+    assert read(min_top1, max_kl) == q
 
 
 @pytest.mark.parametrize("kw,match", [
