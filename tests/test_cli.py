@@ -379,11 +379,13 @@ def test_export_command_end_to_end_force_and_refusal(tmp_path, tiny_gpt2):
 
     (out / "note.txt").write_text("mine")
     before = sorted(p.name for p in out.iterdir())
-    proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(RECIPES / "tiny-gpt2"), str(out), "-q"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "onnxlm", "export", str(RECIPES / "tiny-gpt2"),
+                           str(out), "-q"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     errors = [l for l in proc.stderr.splitlines() if l.startswith("onnxlm: error:")]
     assert len(errors) == 1 and "--force" in errors[0]
+    imported = {l.rsplit("|", 1)[-1].strip() for l in proc.stderr.splitlines() if l.startswith("import time:")}
+    assert "onnxlm.cli.export" in imported and "torch" not in imported  # refused before torch's ~2 s import
     assert sorted(p.name for p in out.iterdir()) == before
 
     proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(RECIPES / "tiny-gpt2"), str(out), "-q",

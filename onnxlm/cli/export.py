@@ -68,6 +68,11 @@ def import_export_model():
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from onnxlm.export.atomic_dir import refuse_taken
+
+    refuse_taken(Path(args.out_dir), args.force)  # before torch's import (~2 s): a taken OUT is refused at once
     export_model = import_export_model()
     path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
                         validate=args.validate, progress=not args.quiet, kv_layout=args.kv_layout,
