@@ -256,7 +256,9 @@ def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None =
     early = {"stopped_early": {"positions": len(m["kl"]), "of": positions}} if len(m["kl"]) < positions else {}
     return {"text": QUALITY_TEXT.name, "tokens": len(ids), **early,
             "top1_agreement": float((m["top_ref"] == m["top_cand"]).mean()),
-            "perplexity": float(np.exp(-m["lp_cand"].mean())), "perplexity_fp32": float(np.exp(-m["lp_ref"].mean())),
+            # float64: a random-weight model's mean log-probability can pass float32 exp's range (inf in the manifest)
+            "perplexity": float(np.exp(-m["lp_cand"].mean(dtype=np.float64))),
+            "perplexity_fp32": float(np.exp(-m["lp_ref"].mean(dtype=np.float64))),
             "mean_kl": float(m["kl"].mean()),
             "min_top1_agreement": MIN_TOP1_AGREEMENT, "max_perplexity_increase": MAX_PERPLEXITY_INCREASE,
             "max_mean_kl": MAX_MEAN_KL}

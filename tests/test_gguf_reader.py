@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from gguf_writers import CASES, write_tiny_gguf
 
-from onnxlm.export.gguf_reader import gguf_reader, readers_shared_with_transformers
+from onnxlm.export.gguf_reader import TOKENIZER_ONLY_FIELDS, gguf_reader, readers_shared_with_transformers
 
 
 @pytest.fixture
@@ -32,6 +32,56 @@ def test_fields_and_tensors_equal_gguf_pys_reader(tiny):
         assert a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data), a.name
 
 
+def _same_fields(ours, theirs) -> None:
+    """Every field of two readers alike: offset, types, data indices, and each part's dtype, shape and values."""
+    assert list(ours.fields) == list(theirs.fields)
+    for key, field in theirs.fields.items():
+        mine = ours.fields[key]
+        assert (mine.offset, mine.types, mine.data, len(mine.parts)) == (field.offset, field.types, field.data,
+                                                                         len(field.parts)), key
+        for a, b in zip(mine.parts, field.parts):
+            assert (a.dtype, a.shape) == (b.dtype, b.shape) and np.array_equal(a, b), key
+    assert [(t.name, t.tensor_type, t.data_offset) for t in ours.tensors] == \
+        [(t.name, t.tensor_type, t.data_offset) for t in theirs.tensors]
+
+
+def test_arrays_parsed_in_bulk_equal_gguf_pys_parts(tmp_path):
+    """The bulk parse of arrays (numbers of every width, strings with multi-byte and empty ones, bools, empty
+    arrays) gives gguf-py's own parts; nested arrays and scalars take gguf-py's path."""
+    from gguf.constants import GGUFValueType
+
+    path = tmp_path / "arrays.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_array("a.strings", ["", "▁the", "<0x0A>", "日本語", "👩‍💻", "a" * 300])
+    w.add_array("a.empty", [])
+    w.add_array("a.nested", [[1, 2], [3]])
+    w.add_key_value("a.bools", [True, False, True], GGUFValueType.ARRAY, sub_type=GGUFValueType.BOOL)
+    for name, vtype, values in [("u8", GGUFValueType.UINT8, [0, 255]), ("i16", GGUFValueType.INT16, [-3, 7]),
+                                ("u32", GGUFValueType.UINT32, [1, 2, 3]), ("i64", GGUFValueType.INT64, [-(2 ** 40)]),
+                                ("f32", GGUFValueType.FLOAT32, [0.5, -1e30]), ("f64", GGUFValueType.FLOAT64, [3.25])]:
+        w.add_key_value(f"a.{name}", values, GGUFValueType.ARRAY, sub_type=vtype)
+    w.add_string("a.string", "scalar")
+    w.add_uint32("a.scalar", 7)
+    w.add_tensor("t", np.arange(8, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    _same_fields(gguf_reader(path), gguf.GGUFReader(str(path), "r"))
+
+
+def test_a_real_vocabulary_parses_as_gguf_py_parses_it(tmp_path):
+    """SmolLM2's GGUF (49,152 tokens and 48,900 merges): every field and tensor as gguf-py's own reader has them."""
+    from onnxlm.export.gguf import find_smollm2_gguf
+    from onnxlm.runtime.errors import ModelFileError
+
+    try:
+        path = find_smollm2_gguf()
+    except ModelFileError as e:
+        pytest.skip(str(e))
+    _same_fields(gguf_reader(path), gguf.GGUFReader(str(path), "r"))
+
+
 def test_built_once_while_unchanged_and_again_after_a_change(tiny):
     first = gguf_reader(tiny)
     assert gguf_reader(str(tiny)) is first and gguf_reader(tiny.parent / "." / tiny.name) is first
@@ -41,11 +91,32 @@ def test_built_once_while_unchanged_and_again_after_a_change(tiny):
     assert gguf_reader(tiny) is not first
 
 
-def test_transformers_gets_the_shared_reader_only_inside_the_block(tiny):
-    original = gguf.GGUFReader
+def test_transformers_gets_the_shared_reader_only_inside_the_block(tmp_path):
+    """Inside the block transformers' loader gets the shared reader without the vocabulary arrays only its
+    tokenizer converter reads, and each tensor-name map built once; both restored after."""
+    path = tmp_path / "vocab.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(["a", "b", "ab"])
+    w.add_token_scores([0.0, 0.0, -1.0])
+    w.add_token_types([1, 1, 1])
+    w.add_token_merges(["a b"])
+    w.add_tensor("t", np.zeros(4, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    original, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    shared = gguf_reader(path)
     with readers_shared_with_transformers():
-        assert gguf.GGUFReader(str(tiny)) is gguf_reader(tiny)
-    assert gguf.GGUFReader is original
+        view = gguf.GGUFReader(str(path))
+        assert view.reader is shared and view.tensors is shared.tensors
+        assert list(view.fields) == [k for k in shared.fields if k not in TOKENIZER_ONLY_FIELDS]
+        assert "tokenizer.ggml.tokens" in view.fields and all(k in shared.fields for k in TOKENIZER_ONLY_FIELDS)
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (original, name_map)
+    assert name_map(arch, 2) is not name_map(arch, 2)
     with pytest.raises(RuntimeError), readers_shared_with_transformers():
         raise RuntimeError("a failed load")
-    assert gguf.GGUFReader is original
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (original, name_map)
