@@ -4,9 +4,9 @@ blocks (``quantize="gguf"``), once per session.
 References: the tokenizer's is llama.cpp (its ids stored in tests/data/gguf_tokenizers/gemma3.ids.json by
 make_reference_ids.py with llama-cpp-python 0.3.36; transformers' own GGUF converter splits ``capital`` into
 ``▁c ap it al``); the model math's is transformers on the dequantized weights, fed llama.cpp's ids. The source is
-loaded once (``load_source``) and that PyTorch model is both the export's source and the reference. About three
-minutes on 2 cores (load ~50 s, fp32 export ~40 s, the GGUF variant with its quality gate on 2,679 tokens of a
-262,144-token vocabulary ~60 s, the comparisons).
+loaded once (``load_source``) and that PyTorch model is both the export's source and the reference. About 1.5
+minutes on 2 cores (load ~10 s, fp32 export ~10 s, the GGUF variant with its quality gate on 2,679 tokens of a
+262,144-token vocabulary ~45 s, the comparisons ~20 s).
 
 ``ONNXLM_TEST_GEMMA3_DIR=<dir>`` reuses exports there (``fp32/`` and ``gguf/``, made by the same calls).
 """
