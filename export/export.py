@@ -32,15 +32,21 @@ class _Progress:
 
     @contextmanager
     def quiet_libraries(self):
-        """progress=False also silences transformers' own progress bars (GGUF de-quantisation, downloads)."""
+        """progress=False also silences transformers' own progress bars (downloads, weight loading) and its GGUF
+        loader's de-quantisation bar, a plain ``tqdm`` that transformers' switch does not reach."""
+        from functools import partial
+
+        from transformers import modeling_gguf_pytorch_utils as gguf_loading
         from transformers.utils import logging as hf_logging
 
-        was = hf_logging.is_progress_bar_enabled()
+        was, bar = hf_logging.is_progress_bar_enabled(), gguf_loading.tqdm
         if not self.enabled:
             hf_logging.disable_progress_bar()
+            gguf_loading.tqdm = partial(bar, disable=True)
         try:
             yield
         finally:
+            gguf_loading.tqdm = bar
             if was and not self.enabled:
                 hf_logging.enable_progress_bar()
 

@@ -34,7 +34,7 @@ ATOL = 5e-3  # llama.cpp keeps its KV cache in F16; measured max |diff| 1.4e-3 .
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case):
+def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd):
     """The exported artifact's logits equal llama.cpp's; transformers' loader alone (the settings dropped) is off
     by more than 0.5, or cannot build the model (Qwen3's head size: its default 128 against the file's 16), so each
     restored setting is what makes them equal. A layout case (Phi-3's packed tensors) restores nothing: its fused
@@ -53,6 +53,7 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case):
             model = onnxlm.load(export_model(path, tmp_path / "out", progress=False))
     else:
         model = onnxlm.load(export_model(path, tmp_path / "out", progress=False))
+    assert "de-quantizing" not in capfd.readouterr().err  # progress=False: transformers' GGUF bar too
     got = model.logits(np.array([IDS]))[0]
     assert float(np.abs(got - llama_cpp).max()) <= ATOL
     assert model.max_positions == 256  # every file's context; the longrope one's 1024 held to its original 256
