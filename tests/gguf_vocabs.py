@@ -291,6 +291,7 @@ def write_vocab_gguf(path: pathlib.Path, meta: dict[str, Any]) -> pathlib.Path:
     ``general.name``, which llama.cpp reads for Phi-3's whitespace stripping)."""
     import numpy as np
     from gguf import GGUFValueType, GGUFWriter
+    from gguf_writers import write_out  # tests/ is on the path wherever this module is imported
 
     w = GGUFWriter(str(path), "llama")
     if "general.name" in meta:
@@ -322,10 +323,7 @@ def write_vocab_gguf(path: pathlib.Path, meta: dict[str, Any]) -> pathlib.Path:
         else:
             w.add_string(key, str(value))
     w.add_tensor("token_embd.weight", np.zeros((1, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
     return path
 
 

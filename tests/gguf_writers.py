@@ -62,6 +62,14 @@ def add_tiny_vocabulary(w, specials: list[str], tokens: list[str]) -> None:
     w.add_pad_token_id(0)
 
 
+def write_out(w) -> None:
+    """GGUF writer ``w``'s header, metadata and tensors to its file, which is then closed."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary.
     ``drop``: keys of the case's extra metadata left out."""
@@ -135,8 +143,5 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     norm("output_norm.weight", HIDDEN)
     if arch in ("llama", "phi3"):
         mat("output.weight", len(tokens), HIDDEN)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -16,7 +16,7 @@ pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)"
 pytest.importorskip("onnx", reason="quantization needs the 'export' extra (onnx)")
 
 import onnxlm  # noqa: E402
-from gguf_writers import add_tiny_vocabulary  # noqa: E402
+from gguf_writers import add_tiny_vocabulary, write_out  # noqa: E402
 from onnxlm.export import gguf_quant as GQ  # noqa: E402
 from onnxlm.export.mapped_weights import alias_map  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
@@ -95,10 +95,7 @@ def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embe
                 array = _llama_cpp_permute(array, HEADS if kind == "attn_q" else KV_HEADS)
             add(f"blk.{i}.{kind}.weight", array, qtype)
     w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
 
 
 @pytest.fixture(scope="module")
@@ -560,10 +557,7 @@ def write_tiny_arch_gguf(path, arch: str, header: dict, tensors: list, seed: int
                 w.add_tensor(full, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
             else:
                 w.add_tensor(full, random_blocks(rng, qtype, n, k, scales), raw_dtype=T[qtype])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
 
 
 def _layer(*tensors) -> list:

@@ -8,7 +8,7 @@ import os
 import gguf
 import numpy as np
 import pytest
-from gguf_writers import CASES, write_tiny_gguf
+from gguf_writers import CASES, write_out, write_tiny_gguf
 
 from onnxlm.export.gguf_reader import TOKENIZER_ONLY_FIELDS, gguf_reader, readers_shared_with_transformers
 
@@ -20,20 +20,9 @@ def tiny(tmp_path):
     return path
 
 
-def test_fields_and_tensors_equal_gguf_pys_reader(tiny):
-    ours, theirs = gguf_reader(tiny), gguf.GGUFReader(str(tiny), "r")
-    assert list(ours.fields) == list(theirs.fields)
-    for key, field in theirs.fields.items():
-        mine = ours.fields[key]
-        assert mine.types == field.types and mine.data == field.data
-        assert all(np.array_equal(a, b) for a, b in zip(mine.parts, field.parts)), key
-    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
-    for a, b in zip(ours.tensors, theirs.tensors):
-        assert a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data), a.name
-
-
 def _same_fields(ours, theirs) -> None:
-    """Every field of two readers alike: offset, types, data indices, and each part's dtype, shape and values."""
+    """Two readers alike: every field's offset, types, data indices and each part's dtype, shape and values; every
+    tensor's name, type, offset and data."""
     assert list(ours.fields) == list(theirs.fields)
     for key, field in theirs.fields.items():
         mine = ours.fields[key]
@@ -43,6 +32,12 @@ def _same_fields(ours, theirs) -> None:
             assert (a.dtype, a.shape) == (b.dtype, b.shape) and np.array_equal(a, b), key
     assert [(t.name, t.tensor_type, t.data_offset) for t in ours.tensors] == \
         [(t.name, t.tensor_type, t.data_offset) for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert np.array_equal(a.data, b.data), a.name
+
+
+def test_fields_and_tensors_equal_gguf_pys_reader(tiny):
+    _same_fields(gguf_reader(tiny), gguf.GGUFReader(str(tiny), "r"))
 
 
 def test_arrays_parsed_in_bulk_equal_gguf_pys_parts(tmp_path):
@@ -63,10 +58,7 @@ def test_arrays_parsed_in_bulk_equal_gguf_pys_parts(tmp_path):
     w.add_string("a.string", "scalar")
     w.add_uint32("a.scalar", 7)
     w.add_tensor("t", np.arange(8, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
     _same_fields(gguf_reader(path), gguf.GGUFReader(str(path), "r"))
 
 
@@ -102,10 +94,7 @@ def test_transformers_gets_the_shared_reader_only_inside_the_block(tmp_path):
     w.add_token_types([1, 1, 1])
     w.add_token_merges(["a b"])
     w.add_tensor("t", np.zeros(4, np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_out(w)
     original, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     shared = gguf_reader(path)
     with readers_shared_with_transformers():
