@@ -93,5 +93,5 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
              "dtype", "opset", "versions", "validation", "source"]
     ordered = {k: manifest[k] for k in order if k in manifest}
     ordered.update({k: v for k, v in manifest.items() if k not in ordered})
-    (Path(out_dir) / MANIFEST_FILE).write_text(json.dumps(ordered, indent=2) + "\n", encoding="utf-8")
+    (Path(out_dir) / MANIFEST_FILE).write_text(json.dumps(ordered, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return ordered

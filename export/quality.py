@@ -256,12 +256,18 @@ def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None =
     early = {"stopped_early": {"positions": len(m["kl"]), "of": positions}} if len(m["kl"]) < positions else {}
     return {"text": QUALITY_TEXT.name, "tokens": len(ids), **early,
             "top1_agreement": float((m["top_ref"] == m["top_cand"]).mean()),
-            # float64: a random-weight model's mean log-probability can pass float32 exp's range (inf in the manifest)
-            "perplexity": float(np.exp(-m["lp_cand"].mean(dtype=np.float64))),
-            "perplexity_fp32": float(np.exp(-m["lp_ref"].mean(dtype=np.float64))),
+            "perplexity": _perplexity(m["lp_cand"]), "perplexity_fp32": _perplexity(m["lp_ref"]),
             "mean_kl": float(m["kl"].mean()),
             "min_top1_agreement": MIN_TOP1_AGREEMENT, "max_perplexity_increase": MAX_PERPLEXITY_INCREASE,
             "max_mean_kl": MAX_MEAN_KL}
+
+
+def _perplexity(logprobs: np.ndarray) -> float | None:
+    """# [n] float32 log-probabilities -> exp of their mean negative (float64), or None past float64's range (a
+    random-weight model's mean NLL over 709): JSON, which the manifest is, has no infinity (None reads as +inf)."""
+    with np.errstate(over="ignore"):
+        ppl = float(np.exp(-logprobs.mean(dtype=np.float64)))
+    return ppl if np.isfinite(ppl) else None
 
 
 def quality_failures(quality: dict) -> list[str]:
@@ -271,8 +277,14 @@ def quality_failures(quality: dict) -> list[str]:
         out.append(f"top-1 agreement with fp32 {quality['top1_agreement']:.3f} < {quality['min_top1_agreement']}")
     if quality.get("max_mean_kl") is not None and quality["mean_kl"] > quality["max_mean_kl"]:
         out.append(f"mean KL divergence from fp32 {quality['mean_kl']:.5f} > {quality['max_mean_kl']}")
-    limit = quality["perplexity_fp32"] * (1 + quality["max_perplexity_increase"])
-    if quality["perplexity"] > limit:
-        out.append(f"perplexity {quality['perplexity']:.3f} > {limit:.3f} (fp32 {quality['perplexity_fp32']:.3f} "
-                   f"+{quality['max_perplexity_increase']:.1%})")
+    ppl, ppl_fp32 = (perplexity_or_inf(quality[k]) for k in ("perplexity", "perplexity_fp32"))
+    limit = ppl_fp32 * (1 + quality["max_perplexity_increase"])
+    if ppl > limit:
+        out.append(f"perplexity {ppl:.3f} > {limit:.3f} "
+                   f"(fp32 {ppl_fp32:.3f} +{quality['max_perplexity_increase']:.1%})")
     return out
+
+
+def perplexity_or_inf(perplexity: float | None) -> float:
+    """A recorded perplexity -> a float (None, past float64's range: inf)."""
+    return float("inf") if perplexity is None else perplexity

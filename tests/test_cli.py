@@ -482,7 +482,7 @@ def test_non_utf8_recipe_and_chat_template_are_one_error_line(capsys, tmp_path, 
 
 
 def test_info_says_forced_only_when_the_gate_was_failed():
-    from onnxlm.cli.info import _forced_note
+    from onnxlm.cli.info import _forced_note, _ppl
 
     q = {"top1_agreement": 0.98, "min_top1_agreement": 0.975, "perplexity": 29.2, "perplexity_fp32": 29.118,
          "max_perplexity_increase": 0.005}
@@ -494,6 +494,10 @@ def test_info_says_forced_only_when_the_gate_was_failed():
     kl = dict(q, mean_kl=0.002, max_mean_kl=0.01)  # the KL bound, where the record has one
     assert _forced_note({"forced": True, "quality": kl}) == ""
     assert "forced" in _forced_note({"forced": True, "quality": dict(kl, mean_kl=0.02)})
+    # a perplexity past float64's range is recorded as null (export/quality.py) and reads as +inf
+    assert "forced" in _forced_note({"forced": True, "quality": dict(q, perplexity=None)})
+    assert _forced_note({"forced": True, "quality": dict(q, perplexity=None, perplexity_fp32=None)}) == ""
+    assert _ppl(None) == "inf (overflow)" and _ppl(29.1181) == "29.118"
 
 
 def test_chat_template_kwargs(capsys, tmp_path, tiny_qwen2_tools):

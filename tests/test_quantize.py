@@ -253,6 +253,31 @@ def test_quality_of_fused_graphs_takes_each_window_through_the_body_once(tmp_pat
         ref.empty_state(max_length=-1)
 
 
+def test_a_perplexity_past_float64_is_null_in_a_strict_json_manifest(tmp_path):
+    """A random-weight model's mean NLL can pass 709 (exp overflows float64): the record holds null, which the gate
+    reads as +inf, and the manifest stays JSON that any parser reads (no ``Infinity``; a non-finite number is refused
+    before anything is written)."""
+    from onnxlm.export.manifest import MANIFEST_FILE, write_manifest
+
+    assert Q._perplexity(np.full(8, -800, np.float32)) is None
+    assert Q._perplexity(np.array([-1.0, -3.0], np.float32)) == pytest.approx(np.exp(2.0))
+    q = {"text": "t", "tokens": 9, "top1_agreement": 1.0, "perplexity": None, "perplexity_fp32": 30.0, "mean_kl": 0.0,
+         "min_top1_agreement": Q.MIN_TOP1_AGREEMENT, "max_perplexity_increase": Q.MAX_PERPLEXITY_INCREASE,
+         "max_mean_kl": Q.MAX_MEAN_KL}
+    assert Q.quality_failures(q) == ["perplexity inf > 30.150 (fp32 30.000 +0.5%)"]
+    assert Q.quality_failures(dict(q, perplexity_fp32=None)) == []  # both past the range: nothing to compare
+    write_manifest(tmp_path, {"quantization": {"quality": dict(q, perplexity_fp32=None)}})
+    text = (tmp_path / MANIFEST_FILE).read_text()
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the manifest")
+
+    assert json.loads(text, parse_constant=refuse)["quantization"]["quality"]["perplexity"] is None
+    with pytest.raises(ValueError, match="JSON compliant"):
+        write_manifest(tmp_path, {"quantization": {"quality": dict(q, mean_kl=float("nan"))}})
+    assert (tmp_path / MANIFEST_FILE).read_text() == text  # the refused record left the file as it was
+
+
 def test_gate_refuses_below_threshold_and_leaves_nothing(tmp_path, tiny_llama, monkeypatch):
     monkeypatch.setattr(Q, "MIN_TOP1_AGREEMENT", 1.01)  # no variant can reach it: decided after the first share
     with pytest.raises(ExportError, match=r"refused: top-1 agreement .* < 1.01.* \(read the first \d+ of [\d,]+ "

@@ -80,14 +80,18 @@ def run(args) -> int:
 
 def _forced_note(quant: dict) -> str:
     """' (below the quality thresholds: forced)' when ``--force-quality`` let a variant through the gate, '' when it
-    passed (forced or not); the same test as export/quality.py's gate."""
+    passed (forced or not); export/quality.py's own test (numpy only: no torch)."""
+    from onnxlm.export.quality import quality_failures
+
     q = quant.get("quality")
     if not quant.get("forced") or not q:
         return ""
-    below = q["top1_agreement"] < q["min_top1_agreement"] or \
-        q["perplexity"] > q["perplexity_fp32"] * (1 + q["max_perplexity_increase"]) or \
-        (q.get("max_mean_kl") is not None and q["mean_kl"] > q["max_mean_kl"])
-    return " (below the quality thresholds: forced)" if below else ""
+    return " (below the quality thresholds: forced)" if quality_failures(q) else ""
+
+
+def _ppl(perplexity: float | None) -> str:
+    """A recorded perplexity -> text (None: past float64's range, export/quality.py)."""
+    return "inf (overflow)" if perplexity is None else f"{perplexity:.3f}"
 
 
 def source_text(record) -> str:
@@ -160,7 +164,7 @@ def _render(info: dict) -> str:
             kl = (f", mean KL {q['mean_kl']:.5f} (max {q['max_mean_kl']})" if q.get("mean_kl") is not None
                   else "")  # artifacts quantized before the KL measure lack it
             out.append(f"    vs fp32        top-1 agreement {q['top1_agreement']:.4f} (min {q['min_top1_agreement']}), "
-                       f"perplexity {q['perplexity']:.3f} vs {q['perplexity_fp32']:.3f} "
+                       f"perplexity {_ppl(q['perplexity'])} vs {_ppl(q['perplexity_fp32'])} "
                        f"(max +{q['max_perplexity_increase']:.1%}){kl}, {q['tokens']} tokens of {q['text']}")
         else:
             out.append("    vs fp32        not measured (forced without a tokenizer)")
