@@ -285,6 +285,10 @@ class GGUFModel:
     metadata: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
+#: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
+TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+
+
 def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
     """Load a GGUF checkpoint (default: the embedded SmolLM2-135M-Instruct) with transformers, dequantized to fp32."""
     path = find_smollm2_gguf() if path is None else pathlib.Path(path)
@@ -302,6 +306,8 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
 
     from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, rope_freq_factors
     from .gguf_reader import readers_shared_with_transformers
+    from .loader import refuse_missing_weights
+    from .onnx_export import family_of
 
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
     overrides.update(longrope_overrides(path, meta))  # Phi-3.5's LongRoPE factors (tensors)
@@ -310,10 +316,17 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
             config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
             for key, value in overrides.items():
                 setattr(config, key, value)
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
-                                                         dtype=torch.float32)
+            family_of(config.model_type)  # an architecture onnxlm does not export is refused before its weights load
+            model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
+                                                               dtype=torch.float32, output_loading_info=True)
+    except ExportError as e:
+        raise ExportError(f"{path}: {e}") from e
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ExportError(f"transformers could not load the GGUF file {path}: {e}") from e
+        arch = meta.get("general.architecture")
+        hint = (f" (general.architecture = {arch!r}; GGUF architectures onnxlm exports: "
+                f"{', '.join(TESTED_GGUF_ARCHITECTURES)})" if arch not in TESTED_GGUF_ARCHITECTURES else "")
+        raise ExportError(f"transformers could not load the GGUF file {path}: {e}{hint}") from e
+    refuse_missing_weights(info, path)
     factors = rope_freq_factors(path)
     if factors is not None:  # Llama 3.1/3.2: llama3 rope scaling as per-frequency factors
         apply_rope_freqs(model, factors)

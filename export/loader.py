@@ -43,6 +43,18 @@ def _check_model(model, source: str) -> str:
     return family
 
 
+def refuse_missing_weights(loading_info: dict, source) -> None:
+    """transformers' ``output_loading_info`` of a ``from_pretrained`` -> ExportError naming the model's weights that
+    the checkpoint lacks: transformers starts them at random and only logs it, so the export would validate (the
+    ONNX graph equals the PyTorch model) and answer nonsense. Tied weights are not missing (transformers ties them)."""
+    missing = sorted(loading_info.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
+        raise ExportError(f"{source}: the checkpoint has no values for {len(missing)} of the model's weights "
+                          f"({shown}); transformers would start them at random. Is the file complete, and of the "
+                          "architecture its config names?")
+
+
 def _fp32(model):
     import torch
 
@@ -144,9 +156,10 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
     family = family_of(config.model_type)  # refuse unsupported architectures before loading weights
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     try:
-        m = auto.from_pretrained(name, dtype="float32")
+        m, info = auto.from_pretrained(name, dtype="float32", output_loading_info=True)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"{model}: cannot load the model weights: {e}") from e
+    refuse_missing_weights(info, model)
     _check_model(m, name)
     hf_tok = None if tokenizer is not None else _hf_tokenizer(name)
     tok = _tokenizer_from(tokenizer if tokenizer is not None else hf_tok)

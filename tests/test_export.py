@@ -339,6 +339,26 @@ def test_unsupported_architecture(tmp_path):
     assert _listing(tmp_path) == ["bert-src"]
 
 
+def test_a_checkpoint_without_some_weights_is_refused_by_name(tmp_path, tiny_llama):
+    """transformers starts the weights a checkpoint lacks at random and only logs it: the export would validate (the
+    graph equals that PyTorch model) and answer nonsense. A transformers dir missing one tensor is refused, naming it,
+    and nothing is written."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_llama.hf_dir, src)
+    weights = load_file(src / "model.safetensors")
+    gone = "model.layers.1.mlp.down_proj.weight"
+    del weights[gone]
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ExportError, match=rf"src: the checkpoint has no values for 1 of the model's weights "
+                                          rf"\({gone}\); transformers would start them at random"):
+        export_model(src, tmp_path / "out", progress=False)
+    assert _listing(tmp_path) == ["src"]
+
+
 def test_missing_source(tmp_path):
     with pytest.raises(ExportError):
         export_model(tmp_path / "no" / "such" / "model", tmp_path / "out", progress=False)

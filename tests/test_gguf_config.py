@@ -72,6 +72,23 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd):
     assert float(np.abs(dropped - llama_cpp).max()) > 0.5
 
 
+@pytest.mark.parametrize("arch,match", [
+    # known to transformers' GGUF loader, not a family onnxlm exports: refused before the weights load (this file's
+    # tensors are not Falcon-shaped: loading them would fail on a size mismatch instead)
+    ("falcon", r"falcon.gguf: model_type 'falcon' is not supported; supported families: .*Llama family"),
+    # unknown to transformers' GGUF loader: its error, with the file's architecture and those onnxlm exports
+    ("granite", r"GGUF model with architecture granite is not supported yet. \(general.architecture = 'granite'; "
+                r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma2, gemma3\)"),
+])
+def test_an_architecture_onnxlm_does_not_export_is_refused_by_name(tmp_path, monkeypatch, arch, match):
+    monkeypatch.setitem(CASES, arch, (arch, {}, None))
+    path = tmp_path / f"{arch}.gguf"
+    write_tiny_gguf(path, arch)
+    with pytest.raises(ExportError, match=match):
+        export_model(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def _gemma_meta(arch: str, layers: int, **extra) -> dict:
     return {"general.architecture": arch, f"{arch}.embedding_length": 4608, f"{arch}.attention.head_count": 32,
             f"{arch}.attention.key_length": 128, f"{arch}.block_count": layers, **extra}

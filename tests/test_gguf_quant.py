@@ -591,6 +591,15 @@ ARCHS = {
                   ("ffn_down", 256, 256, "Q6_K"))
               + [("output_norm.weight", 256, None, "norm")], 6, (1e-4, 5e-4),
               "qwen3", {"Q4_K": 10, "Q6_K": 5}),
+    # Qwen2 / Qwen2.5 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): F32 q/k/v biases beside the blocks
+    "qwen2": (dict(add_head_count_kv=1, add_layer_norm_rms_eps=1e-6, add_rope_freq_base=1_000_000.0),
+              [("token_embd.weight", "vocab", 256, "Q6_K")] + _layer(
+                  _NORM("attn_norm"), _NORM("ffn_norm"), ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"),
+                  ("attn_v", 128, 256, "Q6_K"), ("attn_output", 256, 256, "Q4_K"), ("ffn_gate", 256, 256, "Q4_K"),
+                  ("ffn_up", 256, 256, "Q4_K"), ("ffn_down", 256, 256, "Q6_K"))
+              + [(f"blk.{{i}}.attn_{p}.bias", n, None, "norm") for p, n in (("q", 256), ("k", 128), ("v", 128))]
+              + [("output_norm.weight", 256, None, "norm")], 8, (1e-4, 5e-4),
+              "qwen2", {"Q4_K": 10, "Q6_K": 5}),
     # Phi-3 (Q5_K qkv, Q4_K o, gate+up and embedding, Q6_K down and head): q/k/v rows in one attn_qkv, gate then
     # up rows in one ffn_up, an untied head (its embedding looked up on its own blocks)
     "phi3": (dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-5,
@@ -606,9 +615,9 @@ ARCHS = {
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_an_architectures_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path, arch):
     """A GGUF of each architecture with llama.cpp's tensor layout and a Q4_K_M file's types (Gemma 3 as the 270M
-    file has them; Qwen3's per-head q/k norms; Phi-3's packed attn_qkv and gate+up ffn_up and its untied head): the
-    fused graph, every weight on the file's own blocks (none dequantised: a packed tensor one MatMulNBits group, an
-    untied embedding looked up on its own codes), each checked against transformers' dequantised weight at export;
+    file has them; Qwen3's per-head q/k norms; Qwen2's q/k/v biases; Phi-3's packed attn_qkv and gate+up ffn_up and
+    its untied head): the fused graph, every weight on the file's own blocks (none dequantised: a packed tensor one
+    MatMulNBits group, an untied embedding looked up on its own codes), each checked against transformers' dequantised weight at export;
     at the fidelity level the logits are transformers' on the same file, and greedy ids equal its generate."""
     import onnx
     import torch
@@ -638,6 +647,22 @@ def test_an_architectures_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_pat
     model = onnxlm.load(out)
     assert np.abs(model.logits(ids) - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
     np.testing.assert_array_equal(model.generate(ids, max_new_tokens=8, eos_token_id=[]).sequences, hf)
+
+
+def test_a_gguf_without_some_weights_is_refused_by_name(tmp_path):
+    """A Qwen2 file without its q/k/v biases: transformers' loader would start them at random (it only logs it), and
+    the fp32 export would validate against that model. Refused, naming the missing weights, before anything is
+    written."""
+    from onnxlm.export import export_model
+
+    header, tensors, seed, scales, *_ = ARCHS["qwen2"]
+    path = tmp_path / "qwen2.gguf"
+    write_tiny_arch_gguf(path, "qwen2", header, [t for t in tensors if not t[0].endswith(".bias")], seed, scales)
+    with pytest.raises(ExportError, match=r"qwen2.gguf: the checkpoint has no values for 6 of the model's weights "
+                                          r"\(model.layers.0.self_attn.k_proj.bias, .*\); transformers would start "
+                                          "them at random"):
+        export_model(path, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen2.gguf"]
 
 
 @pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K", "IQ4_XS"])
