@@ -306,7 +306,7 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
 
     from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, rope_freq_factors
     from .gguf_reader import readers_shared_with_transformers
-    from .loader import refuse_missing_weights
+    from .missing_weights import refuse_missing_weights
     from .onnx_export import family_of
 
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults

@@ -8,6 +8,7 @@ from typing import Any
 
 from onnxlm.runtime.errors import ExportError
 
+from .missing_weights import refuse_missing_weights
 from .onnx_export import SUPPORTED_FAMILIES, family_of
 from .recipes import instantiate_recipe, is_recipe_dir
 
@@ -41,18 +42,6 @@ def _check_model(model, source: str) -> str:
     if not isinstance(model, torch.nn.Module):
         raise ExportError(f"{source}: {type(model).__name__} is not a PyTorch model")
     return family
-
-
-def refuse_missing_weights(loading_info: dict, source) -> None:
-    """transformers' ``output_loading_info`` of a ``from_pretrained`` -> ExportError naming the model's weights that
-    the checkpoint lacks: transformers starts them at random and only logs it, so the export would validate (the
-    ONNX graph equals the PyTorch model) and answer nonsense. Tied weights are not missing (transformers ties them)."""
-    missing = sorted(loading_info.get("missing_keys") or [])
-    if missing:
-        shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
-        raise ExportError(f"{source}: the checkpoint has no values for {len(missing)} of the model's weights "
-                          f"({shown}); transformers would start them at random. Is the file complete, and of the "
-                          "architecture its config names?")
 
 
 def _fp32(model):
