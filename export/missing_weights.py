@@ -6,9 +6,8 @@ from onnxlm.runtime.errors import ExportError
 
 
 def refuse_missing_weights(loading_info: dict, source) -> None:
-    """transformers' ``output_loading_info`` of a ``from_pretrained`` -> ExportError naming the model's weights that
-    the checkpoint lacks: transformers starts them at random and only logs it, so the export would validate (the
-    ONNX graph equals the PyTorch model) and answer nonsense. Tied weights are not missing (transformers ties them)."""
+    """transformers' ``output_loading_info`` of a ``from_pretrained`` -> ExportError naming the ``missing_keys``
+    (tied weights are not among them: transformers ties those)."""
     missing = sorted(loading_info.get("missing_keys") or [])
     if missing:
         shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")

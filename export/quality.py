@@ -277,7 +277,7 @@ def quality_failures(quality: dict) -> list[str]:
         out.append(f"top-1 agreement with fp32 {quality['top1_agreement']:.3f} < {quality['min_top1_agreement']}")
     if quality.get("max_mean_kl") is not None and quality["mean_kl"] > quality["max_mean_kl"]:
         out.append(f"mean KL divergence from fp32 {quality['mean_kl']:.5f} > {quality['max_mean_kl']}")
-    ppl, ppl_fp32 = (perplexity_or_inf(quality[k]) for k in ("perplexity", "perplexity_fp32"))
+    ppl, ppl_fp32 = perplexities(quality)
     limit = ppl_fp32 * (1 + quality["max_perplexity_increase"])
     if ppl > limit:
         out.append(f"perplexity {ppl:.3f} > {limit:.3f} "
@@ -285,6 +285,6 @@ def quality_failures(quality: dict) -> list[str]:
     return out
 
 
-def perplexity_or_inf(perplexity: float | None) -> float:
-    """A recorded perplexity -> a float (None, past float64's range: inf)."""
-    return float("inf") if perplexity is None else perplexity
+def perplexities(quality: dict) -> tuple[float, float]:
+    """A quality record -> (perplexity, perplexity_fp32) as floats (a recorded None, past float64's range: inf)."""
+    return tuple(float("inf") if quality[k] is None else quality[k] for k in ("perplexity", "perplexity_fp32"))

@@ -50,7 +50,7 @@ from onnxlm.runtime.heap import release_free_heap
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
 from .provenance import source_record
-from .quality import measure_quality, perplexity_or_inf, quality_failures
+from .quality import measure_quality, perplexities, quality_failures
 
 SCHEMES = {"int8": 8, "int4": 4}
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
@@ -226,7 +226,7 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
             early = q.get("stopped_early")
             stopped = (f" (read the first {early['positions']:,} of {early['of']:,} positions: the rest could not "
                        "change the refusal)" if early else "")
-            ppl, ppl_fp32 = (perplexity_or_inf(q[k]) for k in ("perplexity", "perplexity_fp32"))
+            ppl, ppl_fp32 = perplexities(q)
             log(f"top-1 agreement {q['top1_agreement']:.4f}, perplexity {ppl:.3f} (fp32 {ppl_fp32:.3f}) "
                 f"over {q['tokens']} tokens{stopped}")
             failures = quality_failures(q)

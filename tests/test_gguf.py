@@ -67,13 +67,12 @@ def tokenizer(metadata):
 @pytest.fixture(scope="module")
 def hf_tokenizer(gguf_path):
     transformers = pytest.importorskip("transformers")
-    import transformers.utils.logging as tlog
-
-    tlog.set_verbosity_error()
     import gguf
+    import transformers.utils.logging as tlog
 
     from onnxlm.export.gguf_reader import gguf_reader
 
+    tlog.set_verbosity_error()
     # transformers' converter as it is, fed onnxlm's reader (gguf-py's parts, tested equal in test_gguf_reader.py):
     # 0.9 s instead of 8.7 with gguf-py's own reader
     with pytest.MonkeyPatch.context() as mp:

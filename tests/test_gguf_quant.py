@@ -617,8 +617,9 @@ def test_an_architectures_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_pat
     """A GGUF of each architecture with llama.cpp's tensor layout and a Q4_K_M file's types (Gemma 3 as the 270M
     file has them; Qwen3's per-head q/k norms; Qwen2's q/k/v biases; Phi-3's packed attn_qkv and gate+up ffn_up and
     its untied head): the fused graph, every weight on the file's own blocks (none dequantised: a packed tensor one
-    MatMulNBits group, an untied embedding looked up on its own codes), each checked against transformers' dequantised weight at export;
-    at the fidelity level the logits are transformers' on the same file, and greedy ids equal its generate."""
+    MatMulNBits group, an untied embedding looked up on its own codes), each checked against transformers'
+    dequantised weight at export; at the fidelity level the logits are transformers' on the same file, and greedy
+    ids equal its generate."""
     import onnx
     import torch
 
