@@ -44,7 +44,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from onnxlm.runtime.errors import ExportError
+from onnxlm.runtime.errors import ExportError, QualityGateError
 from onnxlm.runtime.heap import release_free_heap
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
@@ -231,8 +231,9 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
                 f"over {q['tokens']} tokens{stopped}")
             failures = quality_failures(q)
             if (failures or early) and not force_quality:  # an early stop is a decided refusal
-                raise ExportError(f"quantized variant refused: {'; '.join(failures)}{stopped}. {hint}, "
-                                  "or pass force_quality=True (--force-quality) to keep it anyway")
+                refusal = f"{'; '.join(failures)}{stopped}"
+                raise QualityGateError(f"quantized variant refused: {refusal}. {hint}, or pass force_quality=True "
+                                       "(--force-quality) to keep it anyway", refusal)
         write_manifest(tmp, {**fields, "quantization": record})
         move_into_place(tmp, out_dir, force)
     except BaseException:

@@ -39,3 +39,12 @@ class ParameterError(OnnxlmError, ValueError):
 
 class ExportError(OnnxlmError):
     """Export failed (unsupported architecture, validation mismatch, target exists, ...)."""
+
+
+class QualityGateError(ExportError):
+    """The quality gate refused a quantized variant: ``refusal`` says which figures against fp32 fell outside the
+    gate's bounds."""
+
+    def __init__(self, message: str, refusal: str):
+        super().__init__(message)
+        self.refusal = refusal

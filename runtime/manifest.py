@@ -30,11 +30,25 @@ def read_json(path: Path) -> dict:
         raise ModelFileError(f"{path} is not valid JSON: {exc}", str(path)) from exc
 
 
+def _not_a_directory(path: Path) -> str:
+    """Why a file is no model directory, and for a GGUF file what to do instead."""
+    with open(path, "rb") as f:
+        gguf = f.read(4) == b"GGUF"
+    if not gguf:
+        return (f"{path} is a file, not a model directory (expected an onnxlm export or an Optimum ONNX export "
+                "directory)")
+    return (f"{path} is a GGUF file, not a model directory: export it once (onnxlm export {path} DIR --quantize gguf, "
+            "which needs onnxlm[export]) and load DIR. The onnxlm commands take the .gguf itself (onnxlm generate "
+            f"{path.name} ...) and do that on first use, into $ONNXLM_CACHE/gguf (default ~/.cache/onnxlm/gguf)")
+
+
 def load_manifest(model_dir: Path, verify: bool = True) -> dict:
     """Artifact dir -> manifest dict. Verifies format version and (if verify) every file's size and sha256.
 
     A directory without onnxlm.json is read as a plain Optimum export (see `manifest_from_optimum_dir`).
     """
+    if model_dir.is_file():
+        raise ModelFileError(_not_a_directory(model_dir), str(model_dir))
     if not model_dir.is_dir():
         raise ModelFileError(f"model directory {model_dir} does not exist (expected an onnxlm export "
                              "or an Optimum ONNX export directory)", str(model_dir))

@@ -63,10 +63,14 @@ def early_stopping(text: str):
 
 
 # ---------------------------------------------------------------------------------------------------- model loading
+MODEL_DIR_HELP = ("an artifact directory written by `onnxlm export` (or a plain Optimum ONNX export), or a .gguf file: "
+                  "exported once on first use, on its own blocks, into $ONNXLM_CACHE/gguf (default "
+                  "~/.cache/onnxlm/gguf; needs torch that once), and reused later")
+
+
 def add_model_args(p: argparse.ArgumentParser, *, model_dir: bool = True) -> None:
     if model_dir:
-        p.add_argument("model_dir", metavar="MODEL_DIR",
-                       help="an artifact directory written by `onnxlm export` (or a plain Optimum ONNX export)")
+        p.add_argument("model_dir", metavar="MODEL_DIR", help=MODEL_DIR_HELP)
     g = p.add_argument_group("runtime")
     g.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto",
                    help="onnxruntime execution provider; auto picks CUDA when onnxruntime-gpu offers it (default: auto)")
@@ -76,9 +80,18 @@ def add_model_args(p: argparse.ArgumentParser, *, model_dir: bool = True) -> Non
                    help="skip the sha256 checks of the artifact's files against onnxlm.json (faster start)")
 
 
+def model_path(args) -> Path:
+    """MODEL_DIR as given -> the artifact directory to load: a .gguf file's cached artifact, exported first when
+    missing (export/gguf_artifact.py), else the path itself."""
+    from onnxlm.export.gguf_artifact import ensure_gguf_artifact, is_gguf_file
+
+    path = Path(args.model_dir).expanduser()
+    return ensure_gguf_artifact(path) if is_gguf_file(path) else path
+
+
 def load_model(args):
     from onnxlm.runtime import load
-    return load(args.model_dir, provider=args.provider, threads=args.threads, verify=args.verify)
+    return load(model_path(args), provider=args.provider, threads=args.threads, verify=args.verify)
 
 
 # ---------------------------------------------------------------------------------------------------- generation flags

@@ -14,7 +14,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ParameterError
 
-from .args import add_model_args, command_parser, load_model, positive_int
+from .args import MODEL_DIR_HELP, add_model_args, command_parser, load_model, positive_int
 
 DESCRIPTION = """\
 Time the onnxlm runtime on one model: the prefill (prompt) pass, the per-token decode steps (greedy argmax on
@@ -35,9 +35,7 @@ PEERS_PACKAGE = REPO / "benchmarks" / "peers" / "__main__.py"
 
 def add_parser(sub) -> None:
     p = command_parser(sub, "bench", help="time prefill and decode (tokens/s)", description=DESCRIPTION)
-    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?",
-                   help="an artifact directory written by `onnxlm export` (or a plain Optimum ONNX export); "
-                        "required unless --peers")
+    p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help=f"{MODEL_DIR_HELP}; required unless --peers")
     add_model_args(p, model_dir=False)
     p.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog. " * 2,
                    help="prompt text (default: a short English sentence, twice)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .args import positive_int
+from .args import model_path, positive_int
 
 EPILOG = """\
 batch jobs (--input): every row of a JSON Lines file (one object per line) or a Parquet file, written to one
@@ -74,7 +74,7 @@ def run_job(args, task: str, *, params: dict | None = None, **options) -> int:
 
     from .errors import error_line
     try:
-        spec = JobSpec(task, args.model_dir, args.input, args.output, column=args.column, id_column=args.id_column,
+        spec = JobSpec(task, model_path(args), args.input, args.output, column=args.column, id_column=args.id_column,
                        batch_size=args.batch_size, rows_per_part=args.rows_per_part,
                        params=params or {}, provider=args.provider, threads=args.threads, verify=args.verify,
                        **options)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ModelFileError, OnnxlmError
 
-from .args import add_model_args, command_parser, non_negative_int, positive_int
+from .args import add_model_args, command_parser, model_path, non_negative_int, positive_int
 
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get("ONNXLM_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $ONNXLM_API_KEY; none: open)")
     p.add_argument("--model-name", default=None, metavar="NAME",
-                   help="the model id clients send and /v1/models lists (default: the directory's name)")
+                   help="the model id clients send and /v1/models lists (default: the directory's name; a .gguf "
+                        "file's name without .gguf)")
     p.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
                    help="rows decoded together at most (default: 32)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
@@ -74,11 +75,11 @@ def run(args) -> int:
 
     from onnxlm.serve.app import ServeConfig, create_app
 
-    path = Path(args.model_dir)
+    path = model_path(args)  # a .gguf file: its cached artifact, exported on first use
     if not path.is_dir():
         raise ModelFileError(f"{path}: not a model directory", str(path))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = ServeConfig(model_name=args.model_name or path.resolve().name, api_key=args.api_key,
+    config = ServeConfig(model_name=args.model_name or served_name(args.model_dir, path), api_key=args.api_key,
                          max_rows=args.max_batch, max_queue=max(0, args.max_queue), max_tokens=args.max_tokens,
                          max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
                          prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb)
@@ -91,6 +92,14 @@ def run(args) -> int:
     if state.engine.load_error is not None:
         raise OnnxlmError(f"loading {path} failed: {state.engine.load_error}")
     return 0
+
+
+def served_name(given: str, path: Path) -> str:
+    """The model's name in the API when --model-name is not given: a .gguf file's name without .gguf, else the
+    artifact directory's name."""
+    from onnxlm.export.gguf_artifact import is_gguf_file
+
+    return Path(given).stem if is_gguf_file(given) else path.resolve().name
 
 
 def _exit_on_load_error(server, state) -> None:

@@ -1,0 +1,164 @@
+"""A .gguf file run as it is, as llama.cpp users run theirs: exported once into a cache on first use, then reused.
+
+``ensure_gguf_artifact(path)`` is what every ``onnxlm`` command that takes a model directory does with a GGUF file
+(``onnxlm generate model.gguf``, ``onnxlm serve model.gguf``, ...):
+
+* **where:** ``<cache>/gguf/<file stem>-<12 hex digits of its absolute path's sha256>``; the cache is
+  ``$ONNXLM_CACHE``, else ``~/.cache/onnxlm``;
+* **what:** the file's own blocks (``quantize="gguf"``, accuracy level 4). When the quality gate refuses level 4's
+  int8 activations, the fidelity level (1: fp32 activations, the same blocks) is exported instead. A file without
+  quantized blocks (F32 / F16 / BF16) becomes the fp32 artifact;
+* **reuse:** later runs reuse it while the file's path, size and mtime are those written beside it
+  (``<artifact dir>.json``), or, when they moved (a copy, a ``touch``), while its sha256 is the one the manifest
+  pins. Another file at that path is exported again, replacing the old artifact;
+* **needs:** only an export needs torch (the ``export`` extra). A reuse reads two small JSON files and imports
+  nothing heavy: the runtime's ``load`` then checks the artifact's own sha256s as always.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from onnxlm.runtime.errors import ExportError, ModelFileError, QualityGateError
+
+__all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "ensure_gguf_artifact"]
+
+CACHE_ENV = "ONNXLM_CACHE"
+GGUF_MAGIC = b"GGUF"
+LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses the default's int8 activations
+UNQUANTIZED = ("F32", "F16", "BF16", "F64")  # tensor types with no blocks to keep
+
+
+def cache_root() -> Path:
+    """``$ONNXLM_CACHE``, else ``~/.cache/onnxlm``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "onnxlm").expanduser()
+
+
+def is_gguf_file(path) -> bool:
+    """True when ``path`` is a file that starts with GGUF's magic bytes."""
+    path = Path(os.fspath(path)).expanduser()
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
+def artifact_dir_for(gguf, cache_dir=None) -> Path:
+    """A GGUF file -> its artifact directory in the cache (``cache_dir``, default ``cache_root()``)."""
+    gguf = Path(os.fspath(gguf)).expanduser().resolve()
+    key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
+    return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf" / f"{gguf.stem}-{key}"
+
+
+def _stamp(gguf: Path) -> dict:
+    """What says a file is unchanged without reading it: its path, size and mtime."""
+    st = gguf.stat()
+    return {"path": str(gguf), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _stamp_file(target: Path) -> Path:
+    return target.with_name(target.name + ".json")
+
+
+def _recorded_sha256(target: Path) -> str | None:
+    """The sha256 of the GGUF file the cached artifact was exported from, as its manifest pins it."""
+    manifest = json.loads((target / "onnxlm.json").read_text(encoding="utf-8"))
+    record = (manifest.get("quantization") or {}).get("source_gguf") or manifest.get("source")
+    return record.get("sha256") if isinstance(record, dict) else None
+
+
+def _is_current(target: Path, gguf: Path) -> bool:
+    """True when ``target`` holds an artifact exported from ``gguf``'s present bytes."""
+    if not (target / "onnxlm.json").is_file():
+        return False
+    stamp = _stamp(gguf)
+    try:
+        if json.loads(_stamp_file(target).read_text(encoding="utf-8")) == stamp:
+            return True
+    except (OSError, ValueError):
+        pass
+    from onnxlm.runtime.manifest import sha256_of
+
+    if _recorded_sha256(target) != sha256_of(gguf):  # touched and the same bytes, or another file
+        return False
+    _stamp_file(target).write_text(json.dumps(stamp), encoding="utf-8")
+    return True
+
+
+def _has_blocks(gguf: Path) -> bool:
+    """True when some tensor of the file is of a quantized (block) type."""
+    from .gguf_reader import gguf_reader
+
+    return any(t.tensor_type.name not in UNQUANTIZED for t in gguf_reader(gguf).tensors)
+
+
+def _export(path: Path, target: Path, log, progress: bool) -> None:
+    """``path``'s artifact written to ``target`` (replacing a stale one): its own blocks at the first accuracy level
+    the gate passes, or fp32 when it has no blocks."""
+    try:  # what the export needs, imported before anything is written (export_model imports them lazily)
+        import gguf  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        from .atomic_dir import temp_dir_beside
+        from .export import export_model
+        from .gguf_quant import quantize_gguf_artifact
+    except ImportError as exc:
+        raise ExportError(f"{path.name} is run through an artifact exported from it once, which needs torch, "
+                          f"transformers and gguf ({exc}): pip install 'onnxlm[export]', or export it elsewhere "
+                          f"(onnxlm export {path.name} DIR --quantize gguf) and pass DIR") from exc
+    log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it)")
+    replace = target.exists() or target.is_symlink()
+    if not _has_blocks(path):
+        export_model(path, target, force=replace, progress=progress)
+        return
+    scratch = temp_dir_beside(target, "fp32")
+    try:
+        fp32 = export_model(path, scratch / "fp32", kv_layout="fused", progress=progress)
+        for level in LEVELS:
+            try:
+                quantize_gguf_artifact(fp32, target, gguf=path, accuracy_level=level, force=replace,
+                                       progress=progress)
+                return
+            except QualityGateError as exc:
+                if level == LEVELS[-1]:
+                    raise QualityGateError(
+                        f"{path.name}: the quality gate refused its blocks at accuracy levels {LEVELS} (level "
+                        f"{level}: {exc.refusal}). Export it yourself and pass DIR: onnxlm export {path.name} DIR "
+                        "(fp32: its numbers exactly), or add --quantize gguf --force-quality to keep its blocks "
+                        "anyway", exc.refusal) from exc
+                log(f"accuracy level {level} refused by the quality gate ({exc.refusal}); exporting level "
+                    f"{LEVELS[LEVELS.index(level) + 1]} instead (fp32 activations, the same blocks)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path:
+    """A GGUF file -> the directory of its artifact in the cache, exported first when missing or stale (module
+    docstring). Raises ModelFileError when ``gguf`` is not a GGUF file, ExportError when the export fails (torch
+    missing, an architecture onnxlm does not export, the gate refusing even the fidelity level)."""
+    path = Path(os.fspath(gguf)).expanduser()
+    if not is_gguf_file(path):
+        raise ModelFileError(f"{path}: not a GGUF file (missing, or it does not start with {GGUF_MAGIC!r})", str(path))
+    path = path.resolve()
+    target = artifact_dir_for(path, cache_dir)
+    if _is_current(target, path):
+        return target
+
+    def log(msg: str) -> None:
+        if progress:
+            print(f"[onnxlm] {msg}", file=sys.stderr, flush=True)
+
+    try:
+        _export(path, target, log, progress)
+    except QualityGateError:
+        raise
+    except ExportError:
+        if not _is_current(target, path):  # else another process finished the same export while this one ran
+            raise
+    _stamp_file(target).write_text(json.dumps(_stamp(path)), encoding="utf-8")
+    return target

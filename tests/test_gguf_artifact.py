@@ -1,0 +1,186 @@
+"""A .gguf file given to the onnxlm commands in place of an artifact directory (export/gguf_artifact.py): exported
+once into $ONNXLM_CACHE/gguf on its own blocks, then reused while the file is unchanged; the fidelity level when
+the quality gate refuses level 4; fp32 for a file without blocks; the runtime's `load` says what to do with one."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)")
+
+import onnxlm  # noqa: E402
+from cli_util import run_cli  # noqa: E402
+from onnxlm.cli import main  # noqa: E402
+from onnxlm.export import gguf_artifact as GA  # noqa: E402
+from onnxlm.runtime.errors import ModelFileError, QualityGateError  # noqa: E402
+from test_gguf_quant import TYPES, write_tiny_gguf  # noqa: E402
+from test_no_torch import BLOCKER  # noqa: E402
+
+PROMPT = ["generate", "Hello there", "--max-new-tokens", "6", "--no-do-sample", "--json"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """`onnxlm generate tiny-llama.gguf ...` run once with an empty cache -> (the file, the cache, stdout, stderr)."""
+    base = tmp_path_factory.mktemp("gguf-run")
+    gguf, cache = base / "tiny-llama.gguf", base / "cache"
+    write_tiny_gguf(gguf)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setenv(GA.CACHE_ENV, str(cache))
+        code = main([PROMPT[0], str(gguf), *PROMPT[1:]])
+    assert code == 0, err.getvalue()
+    return gguf, cache, out.getvalue(), err.getvalue()
+
+
+def test_the_first_run_exports_the_file_once_on_its_own_blocks(first_run):
+    gguf, cache, out, err = first_run
+    target = GA.artifact_dir_for(gguf, cache)
+    assert sorted(p.name for p in (cache / "gguf").iterdir()) == [target.name, target.name + ".json"]  # no scratch
+    assert f"first run of tiny-llama.gguf: exporting it once to {target}" in err
+    q = json.loads((target / "onnxlm.json").read_text())["quantization"]
+    assert q["scheme"] == "gguf-q4_1" and q["accuracy_level"] == 4 and not q["forced"]
+    assert q["source_gguf"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert json.loads((cache / "gguf" / (target.name + ".json")).read_text()) == {
+        "path": str(gguf.resolve()), "bytes": gguf.stat().st_size, "mtime_ns": gguf.stat().st_mtime_ns}
+    # the command ran that artifact
+    want = onnxlm.load(target).generate("Hello there", max_new_tokens=6, do_sample=False)
+    assert json.loads(out)["token_ids"] == want.sequences[0, -6:].tolist()
+
+
+def test_later_runs_reuse_it_while_the_file_is_unchanged(first_run, capsys, monkeypatch):
+    gguf, cache, out, _ = first_run
+    monkeypatch.setenv(GA.CACHE_ENV, str(cache))
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(GA, "_export", no_export)
+    code, again, err = run_cli(capsys, PROMPT[0], gguf, *PROMPT[1:])
+    assert code == 0 and again == out and "first run" not in err
+    # a touched file (same bytes, a new mtime) is read once to compare its sha256, then stamped anew
+    stat = gguf.stat()
+    os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    code, again, err = run_cli(capsys, PROMPT[0], gguf, *PROMPT[1:])
+    assert code == 0 and again == out, err
+    stamp = json.loads((cache / "gguf" / (GA.artifact_dir_for(gguf, cache).name + ".json")).read_text())
+    assert stamp["mtime_ns"] == stat.st_mtime_ns + 10**9
+
+
+def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
+    """Other bytes at the file's path (the stamp and the manifest's sha256 both differ): the cached artifact is
+    stale, so the next run exports again; the file's own bytes back, it is current again."""
+    gguf, cache, _, _ = first_run
+    target, held, stat = GA.artifact_dir_for(gguf, cache), gguf.read_bytes(), gguf.stat()
+    try:
+        write_tiny_gguf(gguf, embedding="Q4_0")
+        assert not GA._is_current(target, gguf.resolve())
+    finally:
+        gguf.write_bytes(held)
+        os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert GA._is_current(target, gguf.resolve())
+
+
+def test_serve_takes_the_gguf_file_and_names_the_model_after_it(first_run):
+    """`onnxlm serve tiny-llama.gguf` in a process where torch, transformers, gguf and onnx cannot be imported:
+    the cached artifact serves, under the file's name."""
+    import httpx
+    from serve_util import wait_health
+
+    gguf, cache, _, _ = first_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, GA.CACHE_ENV: str(cache), "ONNXLM_THREADS": "1"}
+    serve = f"from onnxlm.cli import main; main(['serve', {str(gguf)!r}, '--port', '{port}', '--log-level', 'warning'])"
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKER + serve], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)  # torch, transformers, gguf, onnx: not importable
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_health(url, timeout=60)
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["tiny-llama"]
+        r = httpx.post(url + "/v1/completions", json={"model": "tiny-llama", "prompt": "Hello there", "max_tokens": 4,
+                                                      "temperature": 0}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4, r.text
+    finally:
+        proc.kill()
+        proc.wait()
+    assert b"first run" not in proc.stdout.read()  # the cached artifact, not a new export
+
+
+def test_the_fidelity_level_when_the_gate_refuses_level_4(tmp_path, monkeypatch, capsys):
+    """This file reads ~0.978 top-1 agreement at level 4 and 1.0 at level 1: with the bound at 0.99 the gate refuses
+    level 4, and the artifact keeps the same blocks at level 1."""
+    from onnxlm.export import quality
+
+    gguf = tmp_path / "tiny-llama.gguf"
+    write_tiny_gguf(gguf)
+    monkeypatch.setattr(quality, "MIN_TOP1_AGREEMENT", 0.99)
+    target = GA.ensure_gguf_artifact(gguf, cache_dir=tmp_path / "cache")
+    q = json.loads((target / "onnxlm.json").read_text())["quantization"]
+    assert q["accuracy_level"] == 1 and q["scheme"] == "gguf-q4_1" and not q["forced"]
+    assert q["quality"]["top1_agreement"] >= 0.99
+    err = capsys.readouterr().err
+    assert "accuracy level 4 refused by the quality gate (top-1 agreement with fp32 0.9" in err
+    assert "exporting level 1 instead" in err
+
+
+def test_when_both_levels_are_refused_the_error_says_what_to_run(tmp_path, monkeypatch):
+    from onnxlm.export import export as E, gguf_quant
+
+    gguf = tmp_path / "m.gguf"
+    write_tiny_gguf(gguf)
+    levels = []
+
+    def refuse(src, out_dir, *, accuracy_level, **kw):
+        levels.append(accuracy_level)
+        raise QualityGateError("quantized variant refused: ...", "top-1 agreement with fp32 0.5 < 0.97")
+
+    monkeypatch.setattr(E, "export_model", lambda path, out, **kw: out.mkdir() or out)  # no fp32 export needed here
+    monkeypatch.setattr(gguf_quant, "quantize_gguf_artifact", refuse)
+    with pytest.raises(QualityGateError, match=r"m\.gguf: the quality gate refused its blocks at accuracy levels "
+                                               r"\(4, 1\) \(level 1: top-1 agreement .*onnxlm export m\.gguf DIR"):
+        GA.ensure_gguf_artifact(gguf, cache_dir=tmp_path / "cache", progress=False)
+    assert levels == [4, 1]
+    assert list((tmp_path / "cache" / "gguf").iterdir()) == []  # no artifact, no scratch, no stamp
+
+
+def test_a_file_without_blocks_becomes_the_fp32_artifact(tmp_path):
+    gguf = tmp_path / "f16.gguf"
+    write_tiny_gguf(gguf, types=[{k: "F16" for k in layer} for layer in TYPES], embedding="F16")
+    target = GA.ensure_gguf_artifact(gguf, cache_dir=tmp_path / "cache", progress=False)
+    m = json.loads((target / "onnxlm.json").read_text())
+    assert "quantization" not in m and m["dtype"] == "float32" and m["source"]["name"] == "f16.gguf"
+
+
+def test_a_first_run_without_the_export_extra_says_what_to_install(tmp_path):
+    gguf = tmp_path / "tiny-llama.gguf"
+    write_tiny_gguf(gguf)
+    run = f"from onnxlm.cli import main; raise SystemExit(main(['generate', {str(gguf)!r}, 'Hello']))"
+    proc = subprocess.run([sys.executable, "-c", BLOCKER + run], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, GA.CACHE_ENV: str(tmp_path / "cache")})
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    assert ("tiny-llama.gguf is run through an artifact exported from it once, which needs torch, transformers and "
+            "gguf") in proc.stderr and "pip install 'onnxlm[export]'" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_load_of_a_gguf_file_says_how_to_run_it(first_run, tmp_path):
+    gguf = first_run[0]
+    with pytest.raises(ModelFileError, match=r"is a GGUF file, not a model directory: export it once \(onnxlm "
+                                             r"export .*tiny-llama\.gguf DIR --quantize gguf"):
+        onnxlm.load(gguf)
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    with pytest.raises(ModelFileError, match=r"notes\.txt is a file, not a model directory"):
+        onnxlm.load(other)
+    with pytest.raises(ModelFileError, match=r"notes\.txt: not a GGUF file"):
+        GA.ensure_gguf_artifact(other)
