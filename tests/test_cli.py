@@ -360,7 +360,7 @@ def test_export_names_a_special_id_outside_the_vocabulary(capsys, tmp_path):
     assert len(errors) == 1 and "50256" in errors[0] and "vocab_size=300" in errors[0]
 
 
-def test_export_command_end_to_end_force_and_refusal(tmp_path, tiny_gpt2):
+def test_export_command_end_to_end_force_and_refusal(tmp_path, capsys, tiny_gpt2):
     """`onnxlm export RECIPE OUT` in a subprocess: the artifact loads and equals the fixture's export; a non-empty
     OUT is refused (one error line, exit 1, nothing touched) and replaced with --force."""
     import numpy as np
@@ -388,10 +388,9 @@ def test_export_command_end_to_end_force_and_refusal(tmp_path, tiny_gpt2):
     assert "onnxlm.cli.export" in imported and "torch" not in imported  # refused before torch's ~2 s import
     assert sorted(p.name for p in out.iterdir()) == before
 
-    proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(RECIPES / "tiny-gpt2"), str(out), "-q",
-                           "--force"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert not (out / "note.txt").exists() and proc.stderr == ""
+    code, stdout, stderr = run_cli(capsys, "export", RECIPES / "tiny-gpt2", out, "-q", "--force")  # in-process:
+    assert code == 0 and stdout.strip() == str(out), stderr  # torch is imported here already (~3 s a subprocess)
+    assert not (out / "note.txt").exists() and stderr == ""
     np.testing.assert_allclose(onnxlm.load(out).logits(ids), want, atol=1e-5)
 
 

@@ -77,12 +77,10 @@ def built(request, vocab_dir):
     tok_file = vocab_dir / f"{name}.tokenizer.json"
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a proven vocabulary builds without a caveat (score ties, ...)
-        build_tokenizer_from_gguf(meta).save(str(tok_file))
-    text_tok = TextTokenizer.from_file(tok_file)
-    from tokenizers import Tokenizer
-
-    raw = Tokenizer.from_file(str(tok_file))
-    raw.encode_special_tokens = True
+        raw = build_tokenizer_from_gguf(meta)
+    raw.save(str(tok_file))
+    text_tok = TextTokenizer.from_file(tok_file)  # the artifact's path: through tokenizer.json, as the runtime loads it
+    raw.encode_special_tokens = True  # the built object itself (parsing Gemma's file again took ~2 s)
     record = json.loads((DATA / f"{name}.ids.json").read_text(encoding="utf-8"))
     return name, record, text_tok, raw
 
