@@ -49,7 +49,7 @@ def is_gguf_file(path) -> bool:
 
 def artifact_dir_for(gguf, cache_dir=None) -> Path:
     """A GGUF file -> its artifact directory in the cache (``cache_dir``, default ``cache_root()``)."""
-    gguf = Path(os.fspath(gguf)).expanduser().resolve()
+    gguf = Path(os.path.abspath(Path(os.fspath(gguf)).expanduser()))
     key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
     return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf" / f"{gguf.stem}-{key}"
 
@@ -144,7 +144,7 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
     path = Path(os.fspath(gguf)).expanduser()
     if not is_gguf_file(path):
         raise ModelFileError(f"{path}: not a GGUF file (missing, or it does not start with {GGUF_MAGIC!r})", str(path))
-    path = path.resolve()
+    path = Path(os.path.abspath(path))  # not resolved: a hub cache's model.gguf links to a blob without .gguf
     target = artifact_dir_for(path, cache_dir)
     if _is_current(target, path):
         return target

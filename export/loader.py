@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
         g = load_gguf(path)
         family = _check_model(g.model, str(path))
         return LoadedModel(_fp32(g.model), family, _tokenizer_from(tokenizer) or g.tokenizer, g.generation_config,
-                           g.chat_template, str(path.resolve()))
+                           g.chat_template, os.path.abspath(path))  # a link's own name (a hub cache's blob has none)
 
     if path.exists() and not path.is_dir():
         raise ExportError(f"{path}: expected a recipe dir, a transformers model dir, a .gguf file or a hub name")

@@ -50,7 +50,7 @@ def test_the_first_run_exports_the_file_once_on_its_own_blocks(first_run):
     assert q["scheme"] == "gguf-q4_1" and q["accuracy_level"] == 4 and not q["forced"]
     assert q["source_gguf"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
     assert json.loads((cache / "gguf" / (target.name + ".json")).read_text()) == {
-        "path": str(gguf.resolve()), "bytes": gguf.stat().st_size, "mtime_ns": gguf.stat().st_mtime_ns}
+        "path": str(gguf), "bytes": gguf.stat().st_size, "mtime_ns": gguf.stat().st_mtime_ns}
     # the command ran that artifact
     want = onnxlm.load(target).generate("Hello there", max_new_tokens=6, do_sample=False)
     assert json.loads(out)["token_ids"] == want.sequences[0, -6:].tolist()
@@ -82,11 +82,11 @@ def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
     target, held, stat = GA.artifact_dir_for(gguf, cache), gguf.read_bytes(), gguf.stat()
     try:
         write_tiny_gguf(gguf, embedding="Q4_0")
-        assert not GA._is_current(target, gguf.resolve())
+        assert not GA._is_current(target, gguf)
     finally:
         gguf.write_bytes(held)
         os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert GA._is_current(target, gguf.resolve())
+    assert GA._is_current(target, gguf)
 
 
 def test_serve_takes_the_gguf_file_and_names_the_model_after_it(first_run):
@@ -154,9 +154,14 @@ def test_when_both_levels_are_refused_the_error_says_what_to_run(tmp_path, monke
 
 
 def test_a_file_without_blocks_becomes_the_fp32_artifact(tmp_path):
-    gguf = tmp_path / "f16.gguf"
-    write_tiny_gguf(gguf, types=[{k: "F16" for k in layer} for layer in TYPES], embedding="F16")
+    """An F16 file, reached as a hub cache holds one: a model.gguf link to a blob named by its hash."""
+    blob, gguf = tmp_path / "blobs" / "1f0e5d", tmp_path / "snapshots" / "f16.gguf"
+    blob.parent.mkdir()
+    gguf.parent.mkdir()
+    write_tiny_gguf(blob, types=[{k: "F16" for k in layer} for layer in TYPES], embedding="F16")
+    gguf.symlink_to(os.path.relpath(blob, gguf.parent))
     target = GA.ensure_gguf_artifact(gguf, cache_dir=tmp_path / "cache", progress=False)
+    assert target.name.startswith("f16-")
     m = json.loads((target / "onnxlm.json").read_text())
     assert "quantization" not in m and m["dtype"] == "float32" and m["source"]["name"] == "f16.gguf"
 
