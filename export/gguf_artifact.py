@@ -25,7 +25,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, ModelFileError, QualityGateError
 
-__all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "ensure_gguf_artifact"]
+__all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "cached_artifact", "ensure_gguf_artifact"]
 
 CACHE_ENV = "ONNXLM_CACHE"
 GGUF_MAGIC = b"GGUF"
@@ -87,6 +87,13 @@ def _is_current(target: Path, gguf: Path) -> bool:
         return False
     _stamp_file(target).write_text(json.dumps(stamp), encoding="utf-8")
     return True
+
+
+def cached_artifact(gguf, cache_dir=None) -> Path | None:
+    """A GGUF file's artifact directory when the cache holds a current one (nothing is exported), else None."""
+    path = Path(os.path.abspath(Path(os.fspath(gguf)).expanduser()))
+    target = artifact_dir_for(path, cache_dir)
+    return target if _is_current(target, path) else None
 
 
 def _has_blocks(gguf: Path) -> bool:

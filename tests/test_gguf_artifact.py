@@ -189,3 +189,47 @@ def test_load_of_a_gguf_file_says_how_to_run_it(first_run, tmp_path):
         onnxlm.load(other)
     with pytest.raises(ModelFileError, match=r"notes\.txt: not a GGUF file"):
         GA.ensure_gguf_artifact(other)
+
+
+def test_info_describes_a_gguf_file_and_its_cached_artifact_without_exporting(first_run, tmp_path, capsys,
+                                                                             monkeypatch):
+    gguf, cache, _, _ = first_run
+    monkeypatch.setenv(GA.CACHE_ENV, str(cache))
+    code, out, err = run_cli(capsys, "info", gguf)
+    assert code == 0, err
+    for line in ("  architecture    llama: onnxlm exports it", "  shape           2 layers, hidden 64, context length 64",
+                 "in 20 tensors: Q4_1 9, F32 5, Q4_0 3, ",  # most first
+                 "  --quantize gguf every quantized tensor keeps its blocks",
+                 "  tokenizer       gpt2 / default, 260 tokens: byte-level BPE, llama.cpp's 'default' split",
+                 f"  artifact        {GA.artifact_dir_for(gguf, cache)} (described below)",
+                 "  quantization    gguf-q4_1 weight-only"):  # the cached artifact's own description follows
+        assert line in out, out
+    # a file not run yet: its header only, and where the first run will put it (nothing is exported)
+    fresh = tmp_path / "fresh.gguf"
+    write_tiny_gguf(fresh)
+    code, out, err = run_cli(capsys, "info", fresh, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["artifact"] is None and info["artifact_dir"] is None, err
+    assert info["gguf"]["tokenizer"]["supported"] and info["gguf"]["parameters"] > 0
+    assert not GA.artifact_dir_for(fresh, cache).exists()
+
+
+def test_info_says_when_onnxlm_cannot_run_a_gguf_file(tmp_path, capsys, monkeypatch):
+    from gguf_vocabs import write_vocab_gguf
+    from gguf_writers import CASES
+    from gguf_writers import write_tiny_gguf as write_arch_gguf
+
+    monkeypatch.setitem(CASES, "falcon", ("falcon", {}, None))
+    write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
+    code, out, err = run_cli(capsys, "info", tmp_path / "falcon.gguf")
+    assert code == 0, err
+    assert "falcon: onnxlm does not export it (it exports llama, qwen2, qwen3, phi3, gemma2, gemma3)" in out
+    assert "  artifact        none: onnxlm cannot run this file" in out
+    tokens = ["<s>", "a", "b"]
+    write_vocab_gguf(tmp_path / "odd.gguf", {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "made-up",
+                                             "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": ["a b"],
+                                             "tokenizer.ggml.token_type": [3, 1, 1]})
+    code, out, err = run_cli(capsys, "info", tmp_path / "odd.gguf")
+    assert code == 0, err
+    assert "tokenizer.ggml.pre 'made-up' is not one onnxlm knows" in out and "(not supported)" in out
+    assert "  artifact        none: onnxlm cannot run this file" in out

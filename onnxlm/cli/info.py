@@ -10,9 +10,14 @@ Describe an exported model: kind and architecture, special tokens, dtype/opset, 
 exported with, the validation result, every ONNX graph's inputs and outputs (as onnxruntime loads them),
 the generation defaults and the files with their sizes.
 
+A .gguf file is described from its header, without exporting it: architecture, shape, tensor types (and which keep
+their blocks under --quantize gguf), tokenizer, whether onnxlm runs it, and its cached artifact when an earlier run
+made one (then described as above).
+
 example:
   onnxlm info models/gpt2
   onnxlm info models/t5 --json
+  onnxlm info path/to/model.gguf
 """
 
 # manifest graph role -> attribute of the loaded model holding its GraphRunner
@@ -21,7 +26,10 @@ _ROLE_ATTR = {"decoder": "decoder", "encoder": "encoder", "decoder_with_past": "
 
 def add_parser(sub) -> None:
     p = command_parser(sub, "info", help="describe an exported model", description=DESCRIPTION)
-    add_model_args(p)
+    p.add_argument("model_dir", metavar="MODEL_DIR",
+                   help="an artifact directory written by `onnxlm export` (or a plain Optimum ONNX export), or a "
+                        ".gguf file (its header; never exported here)")
+    add_model_args(p, model_dir=False)
     p.add_argument("--json", action="store_true", help="print everything as one JSON object")
     p.set_defaults(func=run)
 
@@ -69,6 +77,10 @@ def _arg(a) -> dict:
 
 
 def run(args) -> int:
+    from onnxlm.export.gguf_artifact import is_gguf_file
+
+    if is_gguf_file(args.model_dir):
+        return _run_gguf(args)
     model = load_model(args)
     info = collect(model)
     if args.json:
@@ -76,6 +88,55 @@ def run(args) -> int:
         return 0
     print(_render(info))
     return 0
+
+
+def _run_gguf(args) -> int:
+    """A .gguf file: its header (export/gguf_summary.py) and, when the cache holds its artifact, that artifact's
+    description; never an export."""
+    from onnxlm.export.gguf_artifact import artifact_dir_for, cached_artifact
+    from onnxlm.export.gguf_summary import summarize_gguf
+    from onnxlm.runtime import load
+
+    summary = summarize_gguf(args.model_dir)
+    cached = cached_artifact(args.model_dir)
+    artifact = collect(load(cached, provider=args.provider, threads=args.threads, verify=args.verify)) \
+        if cached else None
+    if args.json:
+        print(json.dumps({"gguf": summary, "artifact_dir": str(cached) if cached else None, "artifact": artifact},
+                         indent=2, default=str))
+        return 0
+    print(_render_gguf(args.model_dir, summary, cached or artifact_dir_for(args.model_dir), cached is not None))
+    if artifact:
+        print(_render(artifact))
+    return 0
+
+
+def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
+    from onnxlm.export.gguf import TESTED_GGUF_ARCHITECTURES
+
+    types = ", ".join(f"{t} {n}" for t, n in g["tensor_types"].items())
+    blocks = ("every quantized tensor keeps its blocks" if not g["dequantized_types"] else
+              f"dequantised to fp32: {', '.join(g['dequantized_types'])}; the other quantized tensors keep their blocks")
+    tok = g["tokenizer"]
+    pre = f" / {tok['pre']}" if tok.get("pre") else ""
+    arch = (f"{g['architecture']}: onnxlm exports it" if g["exported"] else
+            f"{g['architecture']}: onnxlm does not export it (it exports {', '.join(TESTED_GGUF_ARCHITECTURES)})")
+    runs = g["exported"] and tok["supported"]
+    artifact = (f"{artifact_dir} (described below)" if cached else
+                f"not exported yet: the first run of a command on this file (onnxlm generate, chat, serve, ...) "
+                f"exports it into {artifact_dir}" if runs else "none: onnxlm cannot run this file")
+    out = [path,
+           f"  GGUF file       {_size(g['bytes'])} (version {g['version']})"
+           + (f", general.name {g['name']!r}" if g.get("name") else ""),
+           f"  architecture    {arch}",
+           f"  shape           {g['layers']} layers, hidden {g['hidden']}, context length {g['context_length']}",
+           f"  parameters      {g['parameters'] / 1e6:.1f} M in {sum(g['tensor_types'].values())} tensors: {types}",
+           f"  --quantize gguf {blocks}",
+           f"  tokenizer       {tok['model']}{pre}, "
+           f"{tok['tokens']:,} tokens: {tok['why']}" + ("" if tok["supported"] else " (not supported)"),
+           f"  chat template   {'yes' if g['chat_template'] else 'no'}",
+           f"  artifact        {artifact}"]
+    return "\n".join(out)
 
 
 def _forced_note(quant: dict) -> str:

@@ -1,0 +1,79 @@
+"""What a GGUF file holds and whether onnxlm takes it, from its header alone: ``onnxlm info model.gguf``.
+
+``summarize_gguf(path)`` reads the header through gguf-py's reader (the ``export`` extra; no torch): no tensor data
+and no token strings (a 262,144-token list is only counted). It answers a user before a first run spends minutes on an
+export: the architecture and whether onnxlm exports it, the tensor types and which of them keep their blocks under
+``--quantize gguf``, and the tokenizer kind and whether onnxlm builds it.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+from onnxlm.runtime.errors import ExportError
+
+__all__ = ["summarize_gguf"]
+
+
+def _scalar(reader, key: str):
+    """A scalar (or string) metadata field -> its Python value, None when absent."""
+    field = reader.fields.get(key)
+    if field is None or not field.data:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types[0].name == "STRING":
+        return bytes(value).decode("utf-8", errors="replace")
+    return value[0].item()
+
+
+def _tokenizer(reader) -> dict:
+    """tokenizer.ggml.* -> {"model", "pre", "tokens", "supported", "why"}."""
+    from .gguf_pretok import PRE_TYPES
+
+    model, pre = _scalar(reader, "tokenizer.ggml.model"), _scalar(reader, "tokenizer.ggml.pre")
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    out = {"model": model, "pre": pre, "tokens": len(tokens.data) if tokens is not None else 0}
+    if model == "llama":
+        return {**out, "supported": True, "why": "SentencePiece, built as llama.cpp tokenizes"}
+    if model != "gpt2":
+        return {**out, "supported": False, "why": f"tokenizer.ggml.model {model!r}: onnxlm builds 'gpt2' (byte-level "
+                                                  "BPE) and 'llama' (SentencePiece)"}
+    if (pre or "default") not in PRE_TYPES:
+        return {**out, "supported": False, "why": f"tokenizer.ggml.pre {pre!r} is not one onnxlm knows "
+                                                  f"({', '.join(sorted(PRE_TYPES))})"}
+    return {**out, "supported": True, "why": f"byte-level BPE, llama.cpp's {pre or 'default'!r} split"}
+
+
+def summarize_gguf(path) -> dict:
+    """A GGUF file -> {"file", "bytes", "version", "name", "architecture", "exported", "layers", "hidden",
+    "context_length", "parameters", "tensor_types" (type -> count, most first), "dequantized_types",
+    "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
+    from .gguf import TESTED_GGUF_ARCHITECTURES
+    from .gguf_blocks import NATIVE_TYPES
+    from .gguf_quant import LOSSLESS_FP32
+
+    path = Path(os.fspath(path))
+    try:
+        from .gguf_reader import gguf_reader
+
+        reader = gguf_reader(path)
+    except ImportError as exc:
+        raise ExportError(f"reading {path.name}'s header needs the gguf package ({exc}): "
+                          "pip install 'onnxlm[export]'") from exc
+    except (ValueError, OSError) as exc:
+        raise ExportError(f"{path}: not a readable GGUF file ({exc})") from exc
+    arch = _scalar(reader, "general.architecture")
+    types = Counter(t.tensor_type.name for t in reader.tensors)
+    return {
+        "file": path.name, "bytes": path.stat().st_size, "version": _scalar(reader, "GGUF.version"),
+        "name": _scalar(reader, "general.name"), "architecture": arch,
+        "exported": arch in TESTED_GGUF_ARCHITECTURES,
+        "layers": _scalar(reader, f"{arch}.block_count"), "hidden": _scalar(reader, f"{arch}.embedding_length"),
+        "context_length": _scalar(reader, f"{arch}.context_length"),
+        "parameters": sum(int(t.n_elements) for t in reader.tensors),
+        "tensor_types": dict(types.most_common()),
+        "dequantized_types": sorted(t for t in types if t not in NATIVE_TYPES and t not in LOSSLESS_FP32),
+        "tokenizer": _tokenizer(reader),
+        "chat_template": "tokenizer.chat_template" in reader.fields,
+    }
