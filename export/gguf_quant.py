@@ -385,6 +385,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
             warnings.warn(message, UserWarning, stacklevel=3)
 
     write_quantized_artifact(src, manifest, out_dir, record, rewrite, force_quality=force_quality, force=force,
-                             log=log, hint="Try accuracy_level=1 (--accuracy-level 1, the fidelity setting)")
+                             log=log, hint="Try accuracy_level=1 (--accuracy-level 1, the fidelity setting)",
+                             progress=progress)
     log(f"wrote {out_dir}")
     return out_dir

@@ -27,6 +27,7 @@ the same figures bit for bit), so the gate never holds a big fp32 session beside
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +129,8 @@ class _MemoryRows:
 
 
 def _one_side(model, ids: list[int], size: int, vocab: int, rows_of_ref, kind: str, out: dict):
-    """One model over the text, window by window and share by share (a generator: it yields after each share) ->
+    """One model over the text, window by window and share by share (a generator: it yields each share's number of
+    positions once the share is read) ->
     ``out``'s top-1 tokens and log p(next token) per position; ``kind`` "ref" puts each position's log-probabilities
     [V] float32 into ``rows_of_ref``, "cand" takes them back in the same order and adds KL(ref || cand) per
     position. Log-probabilities are formed a few rows at a time (row by row the same figures)."""
@@ -150,7 +152,7 @@ def _one_side(model, ids: list[int], size: int, vocab: int, rows_of_ref, kind: s
                 else:
                     ref = rows_of_ref.take(lp.shape)
                     out["kl"].append((np.exp(ref) * (ref - lp)).sum(-1))
-            yield
+            yield hi - lo
 
 
 def _positions(n: int, size: int) -> int:
@@ -175,7 +177,7 @@ def _refusal_decided(positions: int):
 
 
 def _teacher_forced(ref, cand, ids: list[int], *, size: int | None = None, one_at_a_time: bool = False,
-                    stop=None) -> dict[str, np.ndarray]:
+                    stop=None, progress: bool = False) -> dict[str, np.ndarray]:
     """ids [n] -> per position of both models, window by window: top-1 next tokens [n-1] int64 ("top_ref",
     "top_cand"), log p(ids[i+1] | ids[:i+1]) [n-1] float32 ("lp_ref", "lp_cand"), and KL(ref || cand) of the two
     next-token distributions [n-1] float32 ("kl"). A window's logits are one forward pass's values; a model whose
@@ -186,17 +188,23 @@ def _teacher_forced(ref, cand, ids: list[int], *, size: int | None = None, one_a
     hands over its only reference) before ``cand`` is loaded (``cand`` may be a callable that loads it), its
     log-probabilities going through a temporary file (``_FileRows``; 2.8 GB for Gemma 3's gate, written at ~190 MB/s
     here). The same figures either way, bit for bit. ``stop(ref_out, cand_out)``, asked after each of the
-    candidate's shares: True ends the reading there, and every array holds the positions read so far."""
+    candidate's shares: True ends the reading there, and every array holds the positions read so far.
+    ``progress``: a bar of the positions read on stderr (one for the reference first when it runs alone)."""
     import gc
+
+    from tqdm import tqdm
 
     size = size or min(m for m in (ref.max_positions, getattr(cand, "max_positions", None), WINDOW) if m)
     vocab = ref.vocab_size
     a, b = ({k: [] for k in ("top", "lp", "kl")} for _ in range(2))
     rows_of_ref = _FileRows() if one_at_a_time else _MemoryRows()
+    positions = _positions(len(ids), size)
+    bar = partial(tqdm, total=positions, unit="tok", disable=not progress, leave=False)
     try:
         if one_at_a_time:
-            for _ in _one_side(ref, ids, size, vocab, rows_of_ref, "ref", a):
-                pass
+            with bar(desc="quality gate: the fp32 reference") as done:
+                for n in _one_side(ref, ids, size, vocab, rows_of_ref, "ref", a):
+                    done.update(n)
             del ref  # measure_quality passes its only reference: the session goes here
             gc.collect()
             rows_of_ref.rewind()
@@ -207,9 +215,11 @@ def _teacher_forced(ref, cand, ids: list[int], *, size: int | None = None, one_a
         sides = [_one_side(cand, ids, size, vocab, rows_of_ref, "cand", b)]
         if not one_at_a_time:
             sides.insert(0, _one_side(ref, ids, size, vocab, rows_of_ref, "ref", a))
-        for _ in zip(*sides):  # zip: the reference's share, then the candidate's
-            if stop is not None and stop(a, b):
-                break
+        with bar(desc="quality gate") as done:
+            for *_, n in zip(*sides):  # zip: the reference's share, then the candidate's
+                done.update(n)
+                if stop is not None and stop(a, b):
+                    break
     finally:
         rows_of_ref.close()
     n = sum(map(len, b["top"]))  # positions read (a reference that ran first read them all)
@@ -224,12 +234,13 @@ def _weight_bytes(artifact_dir: Path) -> int:
 
 
 def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None = None, *,
-                    stop_when_refused: bool = False) -> dict:
+                    stop_when_refused: bool = False, progress: bool = False) -> dict:
     """Two artifact dirs (fp32 reference, quantized candidate) with the same tokenizer -> the quality record. A
     reference of more than ``ONE_AT_A_TIME_BYTES`` runs first and is dropped before the candidate loads (a
     Llama-3.2-1B-shaped model's gate held 4.8 GB of fp32 session beside the candidate's 1.7).
     ``stop_when_refused``: the reading ends once the gate's refusal is decided (``_refusal_decided``); the record's
-    figures are then those of the positions read, and ``"stopped_early": {"positions", "of"}`` says how many."""
+    figures are then those of the positions read, and ``"stopped_early": {"positions", "of"}`` says how many.
+    ``progress``: a bar of the positions read on stderr."""
     import json
 
     import onnxlm
@@ -252,7 +263,7 @@ def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None =
     positions = _positions(len(ids), size)
     m = _teacher_forced(models.pop(), candidate, ids, size=size,
                         one_at_a_time=_weight_bytes(reference_dir) > ONE_AT_A_TIME_BYTES,
-                        stop=_refusal_decided(positions) if stop_when_refused else None)
+                        stop=_refusal_decided(positions) if stop_when_refused else None, progress=progress)
     early = {"stopped_early": {"positions": len(m["kl"]), "of": positions}} if len(m["kl"]) < positions else {}
     return {"text": QUALITY_TEXT.name, "tokens": len(ids), **early,
             "top1_agreement": float((m["top_ref"] == m["top_cand"]).mean()),

@@ -176,7 +176,7 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
 
     write_quantized_artifact(src, manifest, out_dir, record, rewrite,
                              force_quality=force_quality, force=force, log=log,
-                             hint="Try --accuracy-level 1 or int8")
+                             hint="Try --accuracy-level 1 or int8", progress=progress)
     log(f"wrote {out_dir}")
     return out_dir
 
@@ -199,10 +199,11 @@ def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
 
 
 def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: dict, rewrite, *, force_quality: bool,
-                             force: bool, log, hint: str) -> None:
+                             force: bool, log, hint: str, progress: bool = False) -> None:
     """The fp32 artifact ``src`` (its parsed ``manifest``) -> ``out_dir``: side files copied, the decoder graph
     written by ``rewrite(src_graph_path, dst_graph_path)``, the manifest with ``record`` (its ``quality`` filled in by
-    the gate), all in a temp dir moved into place only when the gate passes (or ``force_quality``)."""
+    the gate), all in a temp dir moved into place only when the gate passes (or ``force_quality``); ``progress``: the
+    gate's bar of positions read."""
     tmp = temp_dir_beside(out_dir, "tmp")
     try:
         graph_file = manifest["graphs"]["decoder"]["file"]
@@ -217,7 +218,7 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
         write_manifest(tmp, {**fields, "quantization": record})
         try:
             log("measuring teacher-forced top-1 agreement and perplexity against the fp32 artifact ...")
-            record["quality"] = measure_quality(src, tmp, stop_when_refused=not force_quality)
+            record["quality"] = measure_quality(src, tmp, stop_when_refused=not force_quality, progress=progress)
         except ExportError:
             if not force_quality:
                 raise

@@ -147,7 +147,7 @@ def test_quality_of_identical_artifacts_is_perfect(tiny_llama):
     assert Q.quality_failures(q) == []
 
 
-def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch):
+def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch, capsys):
     """The gate's text: over 2,000 tokens of prose, code and dialogue for a real tokenizer (SmolLM2's: 2,755);
     its mean KL(fp32 || quantized) equals torch's kl_div on the two artifacts' logits, window by window (one pass
     each); the same figures when the reference runs first and its log-probabilities go through a file (a big
@@ -177,8 +177,13 @@ def test_quality_text_and_the_kl_divergence(llama_int8, tiny_llama, monkeypatch)
                                    max_mean_kl=0.01)) == ["mean KL divergence from fp32 0.50000 > 0.01"]
 
     one_pass = Q._teacher_forced(ref, cand, ids)
-    for key, value in Q._teacher_forced(ref, lambda: cand, ids, one_at_a_time=True).items():  # through a file
+    capsys.readouterr()
+    for key, value in Q._teacher_forced(ref, lambda: cand, ids, one_at_a_time=True, progress=True).items():  # a file
         np.testing.assert_array_equal(value, one_pass[key])
+    n = len(one_pass["kl"])  # the bars (on stderr) count every position read: the reference's, then both's
+    bars = capsys.readouterr().err
+    assert f"quality gate: the fp32 reference:   0%|          | 0/{n} " in bars
+    assert f"quality gate:   0%|          | 0/{n} " in bars
     monkeypatch.setattr(Q, "ONE_AT_A_TIME_BYTES", 0)  # the reference dropped before the candidate loads
     assert Q.measure_quality(tiny_llama.onnx_dir, llama_int8, text=text[:3000]) == q
 
