@@ -13,6 +13,7 @@ from onnxlm.runtime.errors import ExportError
 from onnxlm.runtime.fused.causal_lm import KV_LAYOUT
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
+from .gguf_magic import is_gguf_file
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
 from .logits_to_keep import add_logits_to_keep
@@ -263,7 +264,7 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
     kw = dict(accuracy_level=accuracy_level, force_quality=force_quality, force=force, progress=progress)
     if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file():
         return quantize_gguf_artifact(model, out_dir, gguf=gguf, **kw)  # no torch needed
-    if not (isinstance(model, (str, Path)) and Path(model).suffix.lower() == ".gguf"):
+    if not (isinstance(model, (str, Path)) and is_gguf_file(model)):
         raise ExportError(f"quantize='gguf' keeps a GGUF file's own blocks: the model must be a .gguf file (or an "
                           f"fp32 artifact exported from one); got {model if isinstance(model, (str, Path)) else type(model).__name__!r}")
     if kv_layout == "plain":

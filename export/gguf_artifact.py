@@ -25,10 +25,11 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, ModelFileError, QualityGateError
 
+from .gguf_magic import GGUF_MAGIC, is_gguf_file
+
 __all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "cached_artifact", "ensure_gguf_artifact"]
 
 CACHE_ENV = "ONNXLM_CACHE"
-GGUF_MAGIC = b"GGUF"
 LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses the default's int8 activations
 UNQUANTIZED = ("F32", "F16", "BF16", "F64")  # tensor types with no blocks to keep
 
@@ -36,15 +37,6 @@ UNQUANTIZED = ("F32", "F16", "BF16", "F64")  # tensor types with no blocks to ke
 def cache_root() -> Path:
     """``$ONNXLM_CACHE``, else ``~/.cache/onnxlm``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "onnxlm").expanduser()
-
-
-def is_gguf_file(path) -> bool:
-    """True when ``path`` is a file that starts with GGUF's magic bytes."""
-    path = Path(os.fspath(path)).expanduser()
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(4) == GGUF_MAGIC
 
 
 def artifact_dir_for(gguf, cache_dir=None) -> Path:

@@ -81,6 +81,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
+from .gguf_magic import is_gguf_file
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
 from .mapped_weights import save_mapped
 from .quantizer_input import array_of, load_unaliased, read_external
@@ -325,7 +326,7 @@ def gguf_source(manifest: dict, gguf=None, src: Path | None = None) -> tuple[Pat
     else:  # manifests before provenance records: an absolute path string
         candidates = [Path(str(record or "")).expanduser()]
     name = record.get("name") if isinstance(record, dict) else None
-    found = [p for p in candidates if p.suffix.lower() == ".gguf" and p.is_file() and (gguf or not name or p.name == name)]
+    found = [p for p in candidates if (gguf or not name or p.name == name) and is_gguf_file(p)]
     if not found:
         raise ExportError(f"quantize='gguf' needs the GGUF file the fp32 artifact was exported from "
                           f"({name or record or 'none recorded'!r}); pass gguf=PATH (--gguf FILE), or export the .gguf "

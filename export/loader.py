@@ -9,6 +9,7 @@ from typing import Any
 
 from onnxlm.runtime.errors import ExportError
 
+from .gguf_magic import is_gguf_file
 from .missing_weights import refuse_missing_weights
 from .onnx_export import SUPPORTED_FAMILIES, family_of
 from .recipes import instantiate_recipe, is_recipe_dir
@@ -121,7 +122,7 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
         return LoadedModel(m, family, _tokenizer_from(tokenizer) or tok, gen, chat, str(path.resolve()),
                            _declared_specials(hf_tok))
 
-    if path.is_file() and path.suffix.lower() == ".gguf":
+    if path.suffix.lower() == ".gguf" and path.is_file() or is_gguf_file(path):  # by its magic: a hub cache's blob
         try:
             from .gguf import load_gguf
         except ImportError as e:

@@ -154,7 +154,8 @@ def test_when_both_levels_are_refused_the_error_says_what_to_run(tmp_path, monke
 
 
 def test_a_file_without_blocks_becomes_the_fp32_artifact(tmp_path):
-    """An F16 file, reached as a hub cache holds one: a model.gguf link to a blob named by its hash."""
+    """An F16 file, reached as a hub cache holds one: a model.gguf link to a blob named by its hash (and that blob
+    itself, without the .gguf suffix)."""
     blob, gguf = tmp_path / "blobs" / "1f0e5d", tmp_path / "snapshots" / "f16.gguf"
     blob.parent.mkdir()
     gguf.parent.mkdir()
@@ -164,6 +165,10 @@ def test_a_file_without_blocks_becomes_the_fp32_artifact(tmp_path):
     assert target.name.startswith("f16-")
     m = json.loads((target / "onnxlm.json").read_text())
     assert "quantization" not in m and m["dtype"] == "float32" and m["source"]["name"] == "f16.gguf"
+    # the blob itself, named by its hash alone: a GGUF by its magic bytes
+    m = json.loads((GA.ensure_gguf_artifact(blob, cache_dir=tmp_path / "cache", progress=False) / "onnxlm.json")
+                   .read_text())
+    assert m["source"]["name"] == "1f0e5d"
 
 
 def test_a_first_run_without_the_export_extra_says_what_to_install(tmp_path):
