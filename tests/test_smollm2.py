@@ -283,9 +283,9 @@ def test_sampling_processed_scores_equal_transformers(smol, ref, params):
 def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
     """Generic int8 weight-only quantization of the fp32 (dequantised GGUF) export, measured by the gate on the
     shipped text: close to fp32 (agreement >= 0.95, perplexity within +2%), but it does not reach the default
-    thresholds (measured with the 8-bit head: 0.962, +0.65 %, KL 0.0038), so it is refused unless forced -- and indeed the forced int8 model
-    no longer answers "Paris"; int4 re-quantisation of the Q4_1 weights (measured: 0.66) is refused, after reading
-    the first of the text's shares (the rest could not change the refusal)."""
+    thresholds (measured with the 8-bit head: 0.962, +0.65 %, KL 0.0038), so it is refused unless forced; int4
+    re-quantisation of the Q4_1 weights (measured: 0.66) is refused, after reading the first of the text's shares
+    (the rest could not change the refusal)."""
     from onnxlm.export import quantize_artifact
     from onnxlm.export.quality import quality_failures
     from onnxlm.runtime.errors import ExportError
@@ -303,11 +303,6 @@ def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
                                           r"2,752 positions: the rest could not change the refusal\)"):  # 512 here
         quantize_artifact(smol_dir, tmp_path / "int4", scheme="int4", progress=False)
     assert not (tmp_path / "int4").exists()
-    # what the gate is for: the forced int8 model answers the chat question differently (measured here: not
-    # "Paris"); whenever a variant loses that answer, the gate must have refused it
-    answer = onnxlm.load(out).chat(QUESTION, max_new_tokens=12).text[0]
-    if "Paris" not in answer:
-        assert quality_failures(q), answer
 
 
 # ---------------------------------------------------------------------------------------------- structured output
