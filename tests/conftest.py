@@ -15,6 +15,16 @@ RECIPES = REPO_ROOT / "models" / "recipes"
 TinyModel = namedtuple("TinyModel", ["name", "recipe_dir", "hf_dir", "onnx_dir"])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gguf_cache(tmp_path_factory):
+    """$ONNXLM_CACHE for the whole run (subprocesses inherit it): a .gguf file given to a command is exported into
+    the session's temp dir, never into the user's ~/.cache/onnxlm. Tests that need their own cache set it again."""
+    path = tmp_path_factory.mktemp("onnxlm-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ONNXLM_CACHE", str(path))
+        yield path
+
+
 def _tiny(tmp_path_factory, name: str, recipe_dir: Path | None = None, validate: bool = True) -> TinyModel:
     pytest.importorskip("torch", reason="building tiny models needs the 'export' extra (torch)")
     pytest.importorskip("optimum.exporters.onnx", reason="exporting needs the 'export' extra (optimum-onnx)")
