@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,7 +32,6 @@ __all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "cache
 
 CACHE_ENV = "ONNXLM_CACHE"
 LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses the default's int8 activations
-UNQUANTIZED = ("F32", "F16", "BF16", "F64")  # tensor types with no blocks to keep
 
 
 def cache_root() -> Path:
@@ -57,8 +57,12 @@ def _stamp_file(target: Path) -> Path:
 
 
 def _recorded_sha256(target: Path) -> str | None:
-    """The sha256 of the GGUF file the cached artifact was exported from, as its manifest pins it."""
-    manifest = json.loads((target / "onnxlm.json").read_text(encoding="utf-8"))
+    """The sha256 of the GGUF file the cached artifact was exported from, as its manifest pins it (None when the
+    manifest is unreadable: the artifact is then stale)."""
+    try:
+        manifest = json.loads((target / "onnxlm.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
     record = (manifest.get("quantization") or {}).get("source_gguf") or manifest.get("source")
     return record.get("sha256") if isinstance(record, dict) else None
 
@@ -77,7 +81,8 @@ def _is_current(target: Path, gguf: Path) -> bool:
 
     if _recorded_sha256(target) != sha256_of(gguf):  # touched and the same bytes, or another file
         return False
-    _stamp_file(target).write_text(json.dumps(stamp), encoding="utf-8")
+    with contextlib.suppress(OSError):  # a read-only cache: the next run compares the sha256 again
+        _stamp_file(target).write_text(json.dumps(stamp), encoding="utf-8")
     return True
 
 
@@ -90,9 +95,10 @@ def cached_artifact(gguf, cache_dir=None) -> Path | None:
 
 def _has_blocks(gguf: Path) -> bool:
     """True when some tensor of the file is of a quantized (block) type."""
+    from .gguf_quant import LOSSLESS_FP32
     from .gguf_reader import gguf_reader
 
-    return any(t.tensor_type.name not in UNQUANTIZED for t in gguf_reader(gguf).tensors)
+    return any(t.tensor_type.name not in LOSSLESS_FP32 + ("F64",) for t in gguf_reader(gguf).tensors)
 
 
 def _export(path: Path, target: Path, log, progress: bool) -> None:
