@@ -75,6 +75,14 @@ def test_later_runs_reuse_it_while_the_file_is_unchanged(first_run, capsys, monk
     assert stamp["mtime_ns"] == stat.st_mtime_ns + 10**9
 
 
+def test_chat_on_a_gguf_without_a_template_names_the_file(first_run, capsys, monkeypatch):
+    gguf, cache, _, _ = first_run
+    monkeypatch.setenv(GA.CACHE_ENV, str(cache))
+    code, out, err = run_cli(capsys, "chat", gguf, "Hello")
+    assert code == 1 and out == "", err
+    assert f"onnxlm: error: {gguf} has no chat template (its metadata holds no tokenizer.chat_template" in err
+
+
 def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
     """Other bytes at the file's path (the stamp and the manifest's sha256 both differ): the cached artifact is
     stale, so the next run exports again; the file's own bytes back, it is current again."""

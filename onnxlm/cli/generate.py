@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from onnxlm.runtime.errors import InputError
+from onnxlm.runtime.errors import InputError, ModelFileError
 from onnxlm.runtime.reasoning import FORMATS, prompt_opens, split, wanted
 
 from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
@@ -298,6 +298,7 @@ def run_chat(args) -> int:
     stream = args.stream and not args.json and params.get("num_beams", 1) == 1 \
         and params.get("num_return_sequences", 1) == 1
     model = load_model(args)
+    _refuse_a_gguf_without_template(model, args.model_dir)
     params.update(assistant_params(args))
     if args.message is not None:
         if not args.message.strip():
@@ -310,6 +311,15 @@ def run_chat(args) -> int:
     if not model.chat_template:  # fail before waiting for input
         model.render_chat([{"role": "user", "content": "x"}])
     return _repl(model, args, params, stream)
+
+
+def _refuse_a_gguf_without_template(model, given: str) -> None:
+    """A .gguf file run through its cached artifact: a missing template is the file's (a base model), said so."""
+    from onnxlm.export.gguf_magic import is_gguf_file
+
+    if not model.chat_template and is_gguf_file(given):
+        raise ModelFileError(f"{given} has no chat template (its metadata holds no tokenizer.chat_template: a base "
+                             "model?); use onnxlm generate for plain continuations", str(given))
 
 
 def _chat_turn(model, messages: list[dict], params: dict, args, *, stream: bool, as_json: bool = False,
