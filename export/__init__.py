@@ -2,9 +2,9 @@
 
 ``export_model(model, out_dir, ...)`` writes a validated ONNX artifact; ``build_recipe(recipe_dir, save_dir)`` writes a
 recipe's transformers checkpoint; ``quantize_artifact(src, out_dir, scheme=...)`` quantizes an fp32 artifact (weight-only,
-quality-gated); ``quantize_gguf_artifact(src, out_dir)`` does it on the blocks of the GGUF file ``src`` was exported from;
-``ensure_gguf_artifact(gguf)`` returns a .gguf file's cached artifact, exported on first use. Heavy imports (torch,
-transformers, optimum) happen on first use.
+quality-gated); ``quantize_gguf_artifact(src, out_dir)`` does it on the blocks of the GGUF file ``src`` was
+exported from; ``ensure_gguf_artifact(gguf)`` returns a .gguf file's cached artifact, exported on first use. Heavy
+imports (torch, transformers, optimum) happen on first use.
 """
 from onnxlm.runtime.errors import ExportError, QualityGateError
 

@@ -39,9 +39,14 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "onnxlm").expanduser()
 
 
+def _absolute(gguf) -> Path:
+    """A path as given -> absolute, links not resolved: a hub cache's model.gguf links to a blob without .gguf."""
+    return Path(os.path.abspath(Path(os.fspath(gguf)).expanduser()))
+
+
 def artifact_dir_for(gguf, cache_dir=None) -> Path:
     """A GGUF file -> its artifact directory in the cache (``cache_dir``, default ``cache_root()``)."""
-    gguf = Path(os.path.abspath(Path(os.fspath(gguf)).expanduser()))
+    gguf = _absolute(gguf)
     key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
     return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf" / f"{gguf.stem}-{key}"
 
@@ -54,6 +59,12 @@ def _stamp(gguf: Path) -> dict:
 
 def _stamp_file(target: Path) -> Path:
     return target.with_name(target.name + ".json")
+
+
+def _write_stamp(target: Path, gguf: Path) -> None:
+    """``gguf``'s stamp beside ``target`` (a read-only cache keeps none: the next run compares the sha256 again)."""
+    with contextlib.suppress(OSError):
+        _stamp_file(target).write_text(json.dumps(_stamp(gguf)), encoding="utf-8")
 
 
 def _recorded_sha256(target: Path) -> str | None:
@@ -71,9 +82,8 @@ def _is_current(target: Path, gguf: Path) -> bool:
     """True when ``target`` holds an artifact exported from ``gguf``'s present bytes."""
     if not (target / "onnxlm.json").is_file():
         return False
-    stamp = _stamp(gguf)
     try:
-        if json.loads(_stamp_file(target).read_text(encoding="utf-8")) == stamp:
+        if json.loads(_stamp_file(target).read_text(encoding="utf-8")) == _stamp(gguf):
             return True
     except (OSError, ValueError):
         pass
@@ -81,14 +91,13 @@ def _is_current(target: Path, gguf: Path) -> bool:
 
     if _recorded_sha256(target) != sha256_of(gguf):  # touched and the same bytes, or another file
         return False
-    with contextlib.suppress(OSError):  # a read-only cache: the next run compares the sha256 again
-        _stamp_file(target).write_text(json.dumps(stamp), encoding="utf-8")
+    _write_stamp(target, gguf)
     return True
 
 
 def cached_artifact(gguf, cache_dir=None) -> Path | None:
     """A GGUF file's artifact directory when the cache holds a current one (nothing is exported), else None."""
-    path = Path(os.path.abspath(Path(os.fspath(gguf)).expanduser()))
+    path = _absolute(gguf)
     target = artifact_dir_for(path, cache_dir)
     return target if _is_current(target, path) else None
 
@@ -149,7 +158,7 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
     path = Path(os.fspath(gguf)).expanduser()
     if not is_gguf_file(path):
         raise ModelFileError(f"{path}: not a GGUF file (missing, or it does not start with {GGUF_MAGIC!r})", str(path))
-    path = Path(os.path.abspath(path))  # not resolved: a hub cache's model.gguf links to a blob without .gguf
+    path = _absolute(path)
     target = artifact_dir_for(path, cache_dir)
     if _is_current(target, path):
         return target
@@ -165,5 +174,5 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
     except ExportError:
         if not _is_current(target, path):  # else another process finished the same export while this one ran
             raise
-    _stamp_file(target).write_text(json.dumps(_stamp(path)), encoding="utf-8")
+    _write_stamp(target, path)
     return target

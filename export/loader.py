@@ -122,7 +122,7 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
         return LoadedModel(m, family, _tokenizer_from(tokenizer) or tok, gen, chat, str(path.resolve()),
                            _declared_specials(hf_tok))
 
-    if path.suffix.lower() == ".gguf" and path.is_file() or is_gguf_file(path):  # by its magic: a hub cache's blob
+    if (path.suffix.lower() == ".gguf" and path.is_file()) or is_gguf_file(path):  # magic: a hub cache's blob too
         try:
             from .gguf import load_gguf
         except ImportError as e:

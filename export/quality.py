@@ -13,8 +13,8 @@ int8 at level 4 reads 96.2 % (+0.65 %, KL 0.0038), int4 70.6 % (KL 0.28). A top-
 (one standard error at 2,755 tokens) with summation order, so the agreement bound sits two of those below the
 default's; the KL bound does not hinge on near-ties. No bound keeps every greedy answer: the chat question "What is
 the capital of France?" starts on a near-tie in fp32 ("The" 0.152, "L" 0.140), and both the default GGUF variant
-and llama.cpp on the same file answer "L'Étoile, la Marseillaise," where fp32 says "Paris". Random-weight models have near-uniform logits, so
-their agreement says little: their tests force it.
+and llama.cpp on the same file answer "L'Étoile, la Marseillaise," where fp32 says "Paris". Random-weight models
+have near-uniform logits, so their agreement says little: their tests force it.
 
 The gate stops as soon as the refusal is decided (``measure_quality(..., stop_when_refused=True)``, the export's
 call unless the variant is forced): after each share, when the mismatches so far already keep the whole text's

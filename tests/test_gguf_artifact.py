@@ -210,7 +210,8 @@ def test_info_describes_a_gguf_file_and_its_cached_artifact_without_exporting(fi
     monkeypatch.setenv(GA.CACHE_ENV, str(cache))
     code, out, err = run_cli(capsys, "info", gguf)
     assert code == 0, err
-    for line in ("  architecture    llama: onnxlm exports it", "  shape           2 layers, hidden 64, context length 64",
+    for line in ("  architecture    llama: onnxlm exports it",
+                 "  shape           2 layers, hidden 64, context length 64",
                  "in 20 tensors: Q4_1 9, F32 5, Q4_0 3, ",  # most first
                  "  --quantize gguf every quantized tensor keeps its blocks",
                  "  tokenizer       gpt2 / default, 260 tokens: byte-level BPE, llama.cpp's 'default' split",

@@ -116,7 +116,8 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
 
     types = ", ".join(f"{t} {n}" for t, n in g["tensor_types"].items())
     blocks = ("every quantized tensor keeps its blocks" if not g["dequantized_types"] else
-              f"dequantised to fp32: {', '.join(g['dequantized_types'])}; the other quantized tensors keep their blocks")
+              f"dequantised to fp32: {', '.join(g['dequantized_types'])}; the other quantized tensors keep their "
+              "blocks")
     tok = g["tokenizer"]
     pre = f" / {tok['pre']}" if tok.get("pre") else ""
     arch = (f"{g['architecture']}: onnxlm exports it" if g["exported"] else
