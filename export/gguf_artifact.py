@@ -11,6 +11,7 @@
 * **reuse:** later runs reuse it while the file's path, size and mtime are those written beside it
   (``<artifact dir>.json``), or, when they moved (a copy, a ``touch``), while its sha256 is the one the manifest
   pins. Another file at that path is exported again, replacing the old artifact;
+* **cleaning:** ``gguf_cache.py`` (``onnxlm cache``) lists the entries and prunes those no run will use again;
 * **needs:** only an export needs torch (the ``export`` extra). A reuse reads two small JSON files and imports
   nothing heavy: the runtime's ``load`` then checks the artifact's own sha256s as always.
 """
@@ -57,14 +58,14 @@ def _stamp(gguf: Path) -> dict:
     return {"path": str(gguf), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def _stamp_file(target: Path) -> Path:
+def stamp_file(target: Path) -> Path:
     return target.with_name(target.name + ".json")
 
 
 def _write_stamp(target: Path, gguf: Path) -> None:
     """``gguf``'s stamp beside ``target`` (a read-only cache keeps none: the next run compares the sha256 again)."""
     with contextlib.suppress(OSError):
-        _stamp_file(target).write_text(json.dumps(_stamp(gguf)), encoding="utf-8")
+        stamp_file(target).write_text(json.dumps(_stamp(gguf)), encoding="utf-8")
 
 
 def _recorded_sha256(target: Path) -> str | None:
@@ -78,12 +79,12 @@ def _recorded_sha256(target: Path) -> str | None:
     return record.get("sha256") if isinstance(record, dict) else None
 
 
-def _is_current(target: Path, gguf: Path) -> bool:
+def is_current(target: Path, gguf: Path) -> bool:
     """True when ``target`` holds an artifact exported from ``gguf``'s present bytes."""
     if not (target / "onnxlm.json").is_file():
         return False
     try:
-        if json.loads(_stamp_file(target).read_text(encoding="utf-8")) == _stamp(gguf):
+        if json.loads(stamp_file(target).read_text(encoding="utf-8")) == _stamp(gguf):
             return True
     except (OSError, ValueError):
         pass
@@ -99,7 +100,7 @@ def cached_artifact(gguf, cache_dir=None) -> Path | None:
     """A GGUF file's artifact directory when the cache holds a current one (nothing is exported), else None."""
     path = _absolute(gguf)
     target = artifact_dir_for(path, cache_dir)
-    return target if _is_current(target, path) else None
+    return target if is_current(target, path) else None
 
 
 def _has_blocks(gguf: Path) -> bool:
@@ -125,7 +126,8 @@ def _export(path: Path, target: Path, log, progress: bool) -> None:
         raise ExportError(f"{path.name} is run through an artifact exported from it once, which needs torch, "
                           f"transformers and gguf ({exc}): pip install 'onnxlm[export]', or export it elsewhere "
                           f"(onnxlm export {path.name} DIR --quantize gguf) and pass DIR") from exc
-    log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it)")
+    log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
+        "and prunes)")
     replace = target.exists() or target.is_symlink()
     if not _has_blocks(path):
         export_model(path, target, force=replace, progress=progress)
@@ -160,7 +162,7 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
         raise ModelFileError(f"{path}: not a GGUF file (missing, or it does not start with {GGUF_MAGIC!r})", str(path))
     path = _absolute(path)
     target = artifact_dir_for(path, cache_dir)
-    if _is_current(target, path):
+    if is_current(target, path):
         return target
 
     def log(msg: str) -> None:
@@ -172,7 +174,7 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
     except QualityGateError:
         raise
     except ExportError:
-        if not _is_current(target, path):  # else another process finished the same export while this one ran
+        if not is_current(target, path):  # else another process finished the same export while this one ran
             raise
     _write_stamp(target, path)
     return target

@@ -42,6 +42,27 @@ def _not_a_directory(path: Path) -> str:
             f"{path.name} ...) and do that on first use, into $ONNXLM_CACHE/gguf (default ~/.cache/onnxlm/gguf)")
 
 
+def source_gguf_name(manifest: dict) -> str | None:
+    """The name of the GGUF file an artifact was exported from (its manifest's ``quantization.source_gguf`` or
+    ``source`` record, or an older manifest's path string), None when it came from elsewhere."""
+    quant = manifest.get("quantization")
+    for record in ((quant or {}).get("source_gguf") if isinstance(quant, dict) else None, manifest.get("source")):
+        name = record.get("name") if isinstance(record, dict) else record
+        if isinstance(name, str) and name.lower().endswith(".gguf"):
+            return Path(name).name
+    return None
+
+
+def no_chat_template(manifest: dict) -> str:
+    """Why an artifact has no chat template, in words: its source GGUF's metadata held none (a base model), or the
+    artifact holds no chat_template.jinja."""
+    gguf = source_gguf_name(manifest)
+    if gguf:
+        return (f"this model has no chat template: {gguf}, the GGUF file it was exported from, holds no "
+                "tokenizer.chat_template (a base model?)")
+    return "this model has no chat template (no chat_template.jinja in its artifact)"
+
+
 def load_manifest(model_dir: Path, verify: bool = True) -> dict:
     """Artifact dir -> manifest dict. Verifies format version and (if verify) every file's size and sha256.
 

@@ -11,7 +11,7 @@ from .constraints import KINDS as CONSTRAINT_KINDS, ConstrainedState, Constraint
 from .errors import InputError, ModelFileError, ParameterError
 from .generation_config import GenerationConfig, warn_once
 from .heap import release_free_heap
-from .manifest import read_json
+from .manifest import no_chat_template, read_json
 from .processors import build_processors, log_softmax
 from .results import GenerationResult, ScoringResult, StepResult, TokenDistribution
 from .session import GraphRunner, make_session
@@ -418,7 +418,7 @@ class LanguageModel:
             raise ParameterError(taken[0], f"set by render_chat itself ({', '.join(RENDER_VARS)}); it cannot be a "
                                            "template variable here")
         if not self.chat_template:
-            raise ModelFileError(f"{self.path} has no chat_template.jinja: this model has no chat template",
+            raise ModelFileError(f"{self.path}: {no_chat_template(self.manifest)}",
                                  str(self.path / "chat_template.jinja"))
         specials = self.manifest.get("special_tokens", {})
         text = render_chat(self.chat_template, messages, add_generation_prompt=True,

@@ -12,7 +12,7 @@ import pytest
 
 from cli_util import run_cli
 
-COMMANDS = ["export", "generate", "chat", "score", "info", "bench", "demo"]
+COMMANDS = ["export", "generate", "chat", "score", "info", "bench", "demo", "cache"]
 
 
 def run_sub(*argv, stdin: str | None = None, pre: str = "") -> subprocess.CompletedProcess:

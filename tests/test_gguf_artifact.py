@@ -81,6 +81,18 @@ def test_chat_on_a_gguf_without_a_template_names_the_file(first_run, capsys, mon
     code, out, err = run_cli(capsys, "chat", gguf, "Hello")
     assert code == 1 and out == "", err
     assert f"onnxlm: error: {gguf} has no chat template (its metadata holds no tokenizer.chat_template" in err
+    # the runtime (the API, the server, the jobs) names the file as well
+    with pytest.raises(ModelFileError, match=r"has no chat template: tiny-llama\.gguf, the GGUF file it was "
+                                             r"exported from, holds no tokenizer\.chat_template"):
+        onnxlm.load(GA.artifact_dir_for(gguf, cache)).render_chat([{"role": "user", "content": "Hello"}])
+
+
+def test_the_cache_lists_the_first_runs_artifact_as_current(first_run):
+    from onnxlm.export.gguf_cache import cache_entries
+
+    gguf, cache, _, _ = first_run
+    [entry] = [e for e in cache_entries(cache) if e.path == GA.artifact_dir_for(gguf, cache)]
+    assert (entry.source, entry.state, entry.variant) == (str(gguf), "current", "gguf blocks, level 4")
 
 
 def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
@@ -90,11 +102,11 @@ def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
     target, held, stat = GA.artifact_dir_for(gguf, cache), gguf.read_bytes(), gguf.stat()
     try:
         write_tiny_gguf(gguf, embedding="Q4_0")
-        assert not GA._is_current(target, gguf)
+        assert not GA.is_current(target, gguf)
     finally:
         gguf.write_bytes(held)
         os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert GA._is_current(target, gguf)
+    assert GA.is_current(target, gguf)
 
 
 def test_serve_takes_the_gguf_file_and_names_the_model_after_it(first_run):

@@ -1,4 +1,4 @@
-"""`onnxlm` command line: export, generate, chat, score, info, bench, demo.
+"""`onnxlm` command line: export, generate, chat, score, info, bench, demo, serve, cache.
 
 Exit codes: 0 ok, 1 runtime failure (one line `onnxlm: error: ...` on stderr), 2 usage error, 130 interrupted.
 Only `export` (and `demo` when it has to export) imports `onnxlm.export` (torch); every other command runs on
@@ -13,7 +13,7 @@ import sys
 from onnxlm.runtime.errors import OnnxlmError
 
 from onnxlm import __version__
-from . import bench, demo, export, generate, info, score, serve
+from . import bench, cache, demo, export, generate, info, score, serve
 from .errors import error_line
 
 DESCRIPTION = """\
@@ -29,6 +29,7 @@ examples:
   onnxlm info models/gpt2
   onnxlm serve models/smollm2 --port 8000
   onnxlm demo
+  onnxlm cache prune
 """
 
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 title="commands (run `onnxlm COMMAND --help` for details)")
-    for module in (export, generate, score, info, bench, demo, serve):
+    for module in (export, generate, score, info, bench, demo, serve, cache):
         module.add_parser(sub)
     return parser
 

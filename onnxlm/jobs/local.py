@@ -39,7 +39,8 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
     manifest = load_manifest(spec.model_dir, verify=False)
     if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
         from onnxlm.runtime.errors import ModelFileError
-        raise ModelFileError(f"--chat: {spec.model_dir} has no chat_template.jinja: this model has no chat template",
+        from onnxlm.runtime.manifest import no_chat_template
+        raise ModelFileError(f"--chat: {spec.model_dir}: {no_chat_template(manifest)}",
                              str(spec.model_dir / "chat_template.jinja"))
     table = read_rows(spec, needs_target=spec.task == "score" and manifest["kind"] == "seq2seq-lm")
     schema = output_schema(spec, _generation_config(spec), table.schema)  # ParameterError for a bad parameter

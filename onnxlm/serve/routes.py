@@ -10,6 +10,8 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
+from onnxlm.runtime.manifest import no_chat_template
+
 from . import protocol, reasoning, tools
 from .choices import Choices, usage
 from .gate import authorize, open_request
@@ -84,7 +86,7 @@ async def chat_completions(request: HTTPRequest):
     split = reasoning.wanted(body, model.chat_template)  # the reply's <think> block as reasoning_content
     constraint = await response_format_constraint(model, body)
     if not model.chat_template:
-        raise bad("messages", "this model has no chat template (chat_template.jinja); use /v1/completions",
+        raise bad("messages", f"{no_chat_template(model.manifest)}; use /v1/completions",
                   code="chat_not_supported")
     treq = tools.check(body, model.chat_template)
     forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call

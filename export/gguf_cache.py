@@ -1,0 +1,219 @@
+"""The GGUF artifact cache listed and cleaned: what ``onnxlm cache`` shows, prunes and removes.
+
+``<cache>/gguf`` (``gguf_artifact.cache_root()``) holds, for each GGUF file run as it is, an artifact directory
+``<file stem>-<12 hex of its path's sha256>`` and its stamp ``<dir>.json`` naming the file (path, size, mtime).
+An entry is
+
+* ``current``: its path holds the file it was exported from (the stamp's size and mtime, else the sha256 that the
+  manifest pins);
+* ``changed``: other bytes are at that path now (the next run of that path exports again and replaces the entry);
+* ``missing``: nothing is at that path (the file was moved or deleted: run from its new place, it is exported again
+  under another name, and this entry is never used again);
+* ``incomplete``: the directory holds no ``onnxlm.json``;
+* ``unknown``: no stamp names its file (a read-only cache, or an export stopped between its last rename and its
+  stamp): ``prune`` keeps it, ``remove`` removes it.
+
+Leftovers are what a killed export (``kill -9``, the OOM killer: no ``finally`` ran) left beside the entries: its
+hidden scratch and temp directories ``.<name>.<tag>-<pid>-XXXX`` once no process with that pid runs on this machine
+(named before pids were, once a day old), and stamps without their directory. ``prune`` removes ``changed``,
+``missing`` and ``incomplete`` entries and the leftovers. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxlm.runtime.errors import ParameterError
+
+from .gguf_artifact import artifact_dir_for, cache_root, is_current, stamp_file
+from .gguf_magic import is_gguf_file
+
+__all__ = ["CacheEntry", "Leftover", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries", "leftovers",
+           "prune", "remove"]
+
+STATES = ("current", "changed", "missing", "incomplete", "unknown")
+PRUNED = ("changed", "missing", "incomplete")  # the states `prune` removes
+_OWNER = re.compile(r"^\..+\.[a-z0-9]+-(\d+)-[^/]+$")  # .<name>.<tag>-<pid>-<random>: atomic_dir's temp names
+OLD_UNOWNED_S = 24 * 3600  # a hidden directory without a pid in its name is a leftover when older than this
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One artifact of the cache: its directory, the GGUF file it was exported from, its state (``STATES``), its
+    bytes on disk, what it holds (``"gguf blocks, level 4"``, ``"fp32"``) and when it was exported (epoch s)."""
+    path: Path
+    source: str | None
+    state: str
+    bytes: int
+    variant: str
+    exported: float
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Something a killed export left in the cache (a scratch directory, a stamp without its directory)."""
+    path: Path
+    bytes: int
+    why: str
+
+
+def gguf_cache_dir(cache_dir=None) -> Path:
+    """``<cache>/gguf``: ``cache_dir`` when given, else ``$ONNXLM_CACHE``, else ``~/.cache/onnxlm``."""
+    return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf"
+
+
+def _bytes(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory (links not followed)."""
+    if path.is_symlink() or path.is_file():
+        return path.lstat().st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:  # removed meanwhile
+                pass
+    return total
+
+
+def _stamped_source(target: Path) -> str | None:
+    """The GGUF path the entry's stamp names, None without a readable stamp."""
+    try:
+        stamp = json.loads(stamp_file(target).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stamp.get("path") if isinstance(stamp, dict) and isinstance(stamp.get("path"), str) else None
+
+
+def _state(target: Path, source: str | None) -> str:
+    """An entry's state (module docstring); ``current`` may read the source's bytes once (its sha256)."""
+    if not (target / "onnxlm.json").is_file():
+        return "incomplete"
+    if source is None:
+        return "unknown"
+    gguf = Path(source)
+    if not gguf.exists():
+        return "missing"
+    return "current" if is_gguf_file(gguf) and is_current(target, gguf) else "changed"
+
+
+def _variant(target: Path) -> str:
+    """What the artifact holds, from its manifest: ``gguf blocks, level N`` or ``fp32`` (``?`` when unreadable)."""
+    try:
+        manifest = json.loads((target / "onnxlm.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "?"
+    quant = manifest.get("quantization") if isinstance(manifest, dict) else None
+    if not isinstance(quant, dict):
+        return "fp32"
+    level = quant.get("accuracy_level")
+    return f"gguf blocks, level {level}" if quant.get("source_gguf") else str(quant.get("scheme") or "quantized")
+
+
+def cache_entries(cache_dir=None) -> list[CacheEntry]:
+    """Every artifact directory of the GGUF cache, by name, with its state (module docstring)."""
+    root = gguf_cache_dir(cache_dir)
+    if not root.is_dir():
+        return []
+    entries = []
+    for target in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        source = _stamped_source(target)
+        manifest = target / "onnxlm.json"
+        exported = (manifest if manifest.is_file() else target).stat().st_mtime
+        entries.append(CacheEntry(target, source, _state(target, source), _bytes(target), _variant(target), exported))
+    return entries
+
+
+def _pid_alive(pid: int) -> bool:
+    """True when a process with this pid runs on this machine (or cannot be told apart from one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's process
+        return True
+    return True
+
+
+def leftovers(cache_dir=None, *, now: float | None = None) -> list[Leftover]:
+    """What killed exports left in the GGUF cache (module docstring); an export still running is not listed."""
+    root = gguf_cache_dir(cache_dir)
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    found = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") and p.is_dir() and not p.is_symlink():
+            owner = _OWNER.match(p.name)
+            if owner and not _pid_alive(int(owner.group(1))):
+                found.append(Leftover(p, _bytes(p), f"left by process {owner.group(1)}, which no longer runs"))
+            elif not owner and now - p.stat().st_mtime > OLD_UNOWNED_S:
+                found.append(Leftover(p, _bytes(p), "a hidden directory over a day old"))
+        elif p.suffix == ".json" and not p.name.startswith(".") and not p.with_suffix("").is_dir():
+            found.append(Leftover(p, _bytes(p), "a stamp without its artifact directory"))
+    return found
+
+
+def _delete(path: Path) -> None:
+    """Remove an entry's directory (renamed aside first, so no reader sees half of one) or a file."""
+    if path.is_dir() and not path.is_symlink():
+        aside = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.rename(path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def prune(cache_dir=None, *, dry_run: bool = False) -> tuple[list[CacheEntry], list[Leftover]]:
+    """Remove the entries no run will use again (``PRUNED`` states) with their stamps, and the leftovers of killed
+    exports -> (the entries, the leftovers) removed, or that would be with ``dry_run``."""
+    entries = [e for e in cache_entries(cache_dir) if e.state in PRUNED]
+    extra = leftovers(cache_dir)
+    if not dry_run:
+        for entry in entries:
+            _delete(entry.path)
+            stamp_file(entry.path).unlink(missing_ok=True)
+        for left in extra:
+            _delete(left.path)
+    return entries, extra
+
+
+def _resolve(target, root: Path) -> Path:
+    """A GGUF path, an entry's name or an entry's directory -> that entry's directory in ``root`` (ParameterError
+    naming ``target`` otherwise; nothing outside the cache is ever removed)."""
+    text = os.fspath(target)
+    given = Path(text).expanduser()
+    candidates = [root / text] if "/" not in text and os.sep not in text else []
+    if given.is_dir():
+        candidates.insert(0, given)
+    if given.suffix == ".gguf" or (given.is_file() and is_gguf_file(given)):
+        candidates.append(artifact_dir_for(given, root.parent))  # its entry, whether or not the file still exists
+    for c in candidates:
+        if c.is_dir() and os.path.abspath(c.parent) == os.path.abspath(root) and not c.name.startswith("."):
+            return c
+    raise ParameterError("target", f"{text!r} is neither a GGUF file with an entry in {root} nor an entry's name "
+                                   f"(`onnxlm cache` lists them)")
+
+
+def remove(targets, cache_dir=None, *, dry_run: bool = False) -> list[CacheEntry]:
+    """Remove the named entries (GGUF paths, entry names or directories), whatever their state, with their stamps
+    -> the entries removed. Every target is resolved before anything is removed."""
+    root = gguf_cache_dir(cache_dir)
+    dirs = list(dict.fromkeys(_resolve(t, root) for t in targets))
+    by_dir = {e.path: e for e in cache_entries(cache_dir)}
+    entries = [by_dir[d] for d in dirs if d in by_dir]
+    if not dry_run:
+        for entry in entries:
+            _delete(entry.path)
+            stamp_file(entry.path).unlink(missing_ok=True)
+    return entries

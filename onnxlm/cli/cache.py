@@ -1,0 +1,124 @@
+"""`onnxlm cache`: the artifacts exported from .gguf files run as they are, listed, pruned and removed."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from .args import command_parser
+from .info import _size
+
+DESCRIPTION = """\
+A .gguf file given to generate, chat, score, bench, serve or the jobs is exported once into $ONNXLM_CACHE/gguf
+(default ~/.cache/onnxlm/gguf) and reused while the file is unchanged. This command shows that cache and cleans it.
+
+An entry is current (its file is where it was, unchanged), changed (other bytes are at that path now), missing (the
+file was moved or deleted: from its new place it is exported again, under another name), incomplete (no onnxlm.json)
+or unknown (no stamp names its file). Nothing here imports torch.
+
+  onnxlm cache [ls]           list the entries, their sizes and states (the default)
+  onnxlm cache prune          remove the changed, missing and incomplete entries, and what killed exports left
+  onnxlm cache rm TARGET ...  remove entries by their GGUF file's path (even a file since deleted) or their name
+
+examples:
+  onnxlm cache
+  onnxlm cache prune --dry-run
+  onnxlm cache rm ~/models/gemma-3-270m-q4_k_m.gguf
+"""
+
+
+def add_parser(sub) -> None:
+    p = command_parser(sub, "cache", help="list, prune or remove the artifacts exported from .gguf files",
+                       description=DESCRIPTION)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run_ls)
+    # an action's --json leaves the command's own when not given: `cache --json ls` and `cache ls --json` agree
+    actions = p.add_subparsers(dest="action", metavar="{ls,prune,rm}", title="actions (default: ls)")
+    ls = actions.add_parser("ls", help="list the entries (the default)", description="List the GGUF cache's "
+                            "entries with their sizes, states and files, and what killed exports left.")
+    ls.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print the listing as one JSON object")
+    ls.set_defaults(func=run_ls)
+    pr = actions.add_parser("prune", help="remove the entries no run will use again",
+                            description="Remove the changed, missing and incomplete entries with their stamps, "
+                                        "and the scratch directories of exports that were killed (their process "
+                                        "no longer runs). Current and unknown entries stay.")
+    pr.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    pr.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print what was removed as one JSON object")
+    pr.set_defaults(func=run_prune)
+    rm = actions.add_parser("rm", help="remove entries, whatever their state",
+                            description="Remove the entries of the given GGUF files (by path, even of a file "
+                                        "since deleted) or names (as `onnxlm cache` lists them). Every target is "
+                                        "checked before anything is removed; nothing outside the cache is touched.")
+    rm.add_argument("targets", nargs="+", metavar="TARGET", help="a .gguf file's path or an entry's name")
+    rm.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    rm.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                    help="print what was removed as one JSON object")
+    rm.set_defaults(func=run_rm)
+
+
+def _entry_json(e) -> dict:
+    return {"name": e.name, "path": str(e.path), "source": e.source, "state": e.state, "bytes": e.bytes,
+            "variant": e.variant, "exported": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.exported))}
+
+
+def _leftover_json(left) -> dict:
+    return {"path": str(left.path), "bytes": left.bytes, "why": left.why}
+
+
+def run_ls(args) -> int:
+    from onnxlm.export.gguf_cache import PRUNED, cache_entries, gguf_cache_dir, leftovers
+
+    root, entries, extra = gguf_cache_dir(), cache_entries(), leftovers()
+    if args.json:
+        print(json.dumps({"cache": str(root), "entries": [_entry_json(e) for e in entries],
+                          "leftovers": [_leftover_json(x) for x in extra]}, indent=2))
+        return 0
+    total = sum(e.bytes for e in entries) + sum(x.bytes for x in extra)
+    print(f"{root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_size(total)}")
+    if entries:
+        rows = [("NAME", "SIZE", "STATE", "HOLDS", "EXPORTED", "FILE")]
+        rows += [(e.name, _size(e.bytes), e.state, e.variant, time.strftime("%Y-%m-%d %H:%M", time.localtime(
+            e.exported)), e.source or "?") for e in entries]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+    for x in extra:
+        print(f"leftover: {x.path.name} ({_size(x.bytes)}): {x.why}")
+    freed = [e for e in entries if e.state in PRUNED]
+    if freed or extra:
+        n = len(freed) + len(extra)
+        size = sum(e.bytes for e in freed) + sum(x.bytes for x in extra)
+        print(f"`onnxlm cache prune` would remove {n} of these ({_size(size)})")
+    return 0
+
+
+def _report(args, verb: str, entries, extra=()) -> int:
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "removed": [_entry_json(e) for e in entries],
+                          "leftovers": [_leftover_json(x) for x in extra],
+                          "bytes": sum(e.bytes for e in entries) + sum(x.bytes for x in extra)}, indent=2))
+        return 0
+    verb = f"would {verb}" if args.dry_run else f"{verb}d"
+    for e in entries:
+        print(f"{verb}: {e.name} ({_size(e.bytes)}, {e.state}{', ' + e.source if e.source else ''})")
+    for x in extra:
+        print(f"{verb}: {x.path.name} ({_size(x.bytes)}, {x.why})")
+    size = sum(e.bytes for e in entries) + sum(x.bytes for x in extra)
+    print(f"{'would free' if args.dry_run else 'freed'} {_size(size)}" if entries or list(extra) else
+          "nothing to remove")
+    return 0
+
+
+def run_prune(args) -> int:
+    from onnxlm.export.gguf_cache import prune
+
+    entries, extra = prune(dry_run=args.dry_run)
+    return _report(args, "remove", entries, extra)
+
+
+def run_rm(args) -> int:
+    from onnxlm.export.gguf_cache import remove
+
+    return _report(args, "remove", remove(args.targets, dry_run=args.dry_run))

@@ -1,0 +1,154 @@
+"""`onnxlm cache` (export/gguf_cache.py): the GGUF cache's entries listed with their states, pruned and removed.
+
+The entries are laid out as gguf_artifact writes them (a directory with onnxlm.json, its stamp beside it) without
+exporting anything; test_gguf_artifact.py's first run lists a real one."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from onnxlm.cli import main
+from onnxlm.export import gguf_artifact as GA
+from onnxlm.export import gguf_cache as GC
+from onnxlm.runtime.errors import ParameterError
+from test_no_torch import BLOCKER
+
+
+def _gguf(path, payload: bytes):
+    path.write_bytes(b"GGUF" + payload)
+    return path
+
+
+def _entry(cache, gguf, *, stamp: bool = True, manifest: bool = True, level: int = 4):
+    """An artifact of ``gguf`` in ``cache`` as gguf_artifact leaves one -> its directory."""
+    target = GA.artifact_dir_for(gguf, cache)
+    target.mkdir(parents=True)
+    (target / "model.onnx_data").write_bytes(b"\0" * 1000)
+    if manifest:
+        record = {"name": gguf.name, "sha256": hashlib.sha256(gguf.read_bytes()).hexdigest(), "bytes": 9}
+        (target / "onnxlm.json").write_text(json.dumps({"quantization": {"source_gguf": record,
+                                                                         "accuracy_level": level}}))
+    if stamp:
+        GA._write_stamp(target, gguf)
+    return target
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A cache holding one entry of every state, and what killed exports leave -> (cache dir, {name: path})."""
+    cache, files = tmp_path / "cache", tmp_path / "files"
+    files.mkdir()
+    monkeypatch.setenv(GA.CACHE_ENV, str(cache))
+    p = {"current": _entry(cache, _gguf(files / "current.gguf", b"a")),
+         "touched": _entry(cache, _gguf(files / "touched.gguf", b"b")),
+         "changed": _entry(cache, _gguf(files / "changed.gguf", b"c")),
+         "missing": _entry(cache, _gguf(files / "missing.gguf", b"d")),
+         "incomplete": _entry(cache, _gguf(files / "incomplete.gguf", b"e"), manifest=False),
+         "unknown": _entry(cache, _gguf(files / "unknown.gguf", b"f"), stamp=False)}
+    os.utime(files / "touched.gguf", ns=(1, 1))  # the same bytes, another mtime: still current
+    _gguf(files / "changed.gguf", b"other bytes")
+    (files / "missing.gguf").unlink()
+    root = cache / "gguf"
+    p["dead"] = root / f".x-0123456789ab.fp32-{_dead_pid()}-k3j2"  # an export killed mid-way
+    p["running"] = root / f".y-0123456789ab.tmp-{os.getpid()}-a1b2"  # an export still running
+    p["old"] = root / ".z-0123456789ab.fp32-q8w7"  # named before pids were, two days old
+    p["recent"] = root / ".w-0123456789ab.fp32-e4r5"
+    for name in ("dead", "running", "old", "recent"):
+        p[name].mkdir()
+        (p[name] / "model.onnx_data").write_bytes(b"\0" * 100)
+    os.utime(p["old"], (time.time() - 2 * 86400,) * 2)
+    p["stray stamp"] = root / "gone-0123456789ab.json"
+    p["stray stamp"].write_text("{}")
+    return cache, p
+
+
+def test_every_entry_is_listed_with_its_state_size_and_file(cache):
+    cache_dir, p = cache
+    entries = {e.path: e for e in GC.cache_entries(cache_dir)}
+    assert {e.path.name.split("-")[0]: e.state for e in entries.values()} == {
+        "current": "current", "touched": "current", "changed": "changed", "missing": "missing",
+        "incomplete": "incomplete", "unknown": "unknown"}
+    e = entries[p["current"]]
+    assert e.source == str(cache_dir.parent / "files" / "current.gguf") and e.variant == "gguf blocks, level 4"
+    assert e.bytes == 1000 + (p["current"] / "onnxlm.json").stat().st_size
+    assert entries[p["unknown"]].source is None and entries[p["incomplete"]].variant == "?"
+    # a touched file is compared by its sha256 once, then stamped again
+    assert json.loads(GA.stamp_file(p["touched"]).read_text())["mtime_ns"] == 1
+    left = {x.path: x.why for x in GC.leftovers(cache_dir)}
+    assert sorted(left) == sorted([p["dead"], p["old"], p["stray stamp"]])
+    assert "which no longer runs" in left[p["dead"]] and "over a day old" in left[p["old"]]
+
+
+def test_prune_removes_only_what_no_run_will_use_again(cache):
+    cache_dir, p = cache
+    before = sorted(x.name for x in (cache_dir / "gguf").iterdir())
+    entries, extra = GC.prune(cache_dir, dry_run=True)
+    assert sorted(x.name for x in (cache_dir / "gguf").iterdir()) == before  # a dry run removes nothing
+    gone = [p["changed"], p["missing"], p["incomplete"]]
+    assert [e.path for e in entries] == sorted(gone)
+    assert sorted(x.path for x in extra) == sorted([p["dead"], p["old"], p["stray stamp"]])
+    assert GC.prune(cache_dir) == (entries, extra)
+    kept = [p["current"], p["touched"], p["unknown"], p["running"], p["recent"]]
+    want = sorted([k.name for k in kept] + [GA.stamp_file(k).name for k in kept[:2]])
+    assert sorted(x.name for x in (cache_dir / "gguf").iterdir()) == want
+    assert GC.prune(cache_dir) == ([], [])
+
+
+def test_rm_takes_a_gguf_path_even_of_a_deleted_file_or_an_entry_name(cache, tmp_path):
+    cache_dir, p = cache
+    files = tmp_path / "files"
+    removed = GC.remove([files / "missing.gguf", p["current"].name, str(p["unknown"])], cache_dir)
+    assert sorted(e.path for e in removed) == sorted([p["missing"], p["current"], p["unknown"]])
+    for gone in (p["missing"], p["current"], p["unknown"]):
+        assert not gone.exists() and not GA.stamp_file(gone).exists()
+    assert p["touched"].is_dir()
+
+
+@pytest.mark.parametrize("bad", ["no-such-entry", "files", "../files", "elsewhere.gguf", "dead"])
+def test_rm_refuses_what_is_not_an_entry_and_removes_nothing(cache, tmp_path, monkeypatch, bad):
+    """Every target is checked before anything goes; a directory outside the cache is never one."""
+    cache_dir, p = cache
+    monkeypatch.chdir(tmp_path)
+    before = sorted(x.name for x in (cache_dir / "gguf").iterdir())
+    bad = p[bad].name if bad == "dead" else bad  # a leftover is no entry
+    with pytest.raises(ParameterError, match=r"^target: .* is neither a GGUF file with an entry in"):
+        GC.remove([p["current"].name, bad], cache_dir)
+    assert sorted(x.name for x in (cache_dir / "gguf").iterdir()) == before
+
+
+def test_the_cache_command_lists_prunes_and_removes(cache, capsys):
+    cache_dir, p = cache
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{cache_dir / 'gguf'}: 6 entries, ")
+    assert f"{p['missing'].name}  " in out and "`onnxlm cache prune` would remove 6 of these" in out
+    assert main(["cache", "--json", "ls"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert {e["name"]: e["state"] for e in listing["entries"]}[p["changed"].name] == "changed"
+    assert main(["cache", "prune", "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert len(pruned["removed"]) == 3 and len(pruned["leftovers"]) == 3 and pruned["bytes"] > 3000
+    assert main(["cache", "rm", p["current"].name]) == 0
+    assert capsys.readouterr().out.startswith(f"removed: {p['current'].name} (")
+    assert main(["cache", "rm", "nothing-here"]) == 1
+    assert capsys.readouterr().err.startswith("onnxlm: error: target: 'nothing-here' is neither")
+
+
+def test_the_cache_command_imports_no_torch(cache):
+    cache_dir, _ = cache
+    run = "from onnxlm.cli import main; raise SystemExit(main(['cache', 'prune', '--dry-run']))"
+    proc = subprocess.run([sys.executable, "-c", BLOCKER + run], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, GA.CACHE_ENV: str(cache_dir)})
+    assert proc.returncode == 0 and "would free" in proc.stdout, proc.stderr
