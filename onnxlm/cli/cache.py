@@ -32,30 +32,29 @@ def add_parser(sub) -> None:
                        description=DESCRIPTION)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run_ls)
-    # an action's --json leaves the command's own when not given: `cache --json ls` and `cache ls --json` agree
     actions = p.add_subparsers(dest="action", metavar="{ls,prune,rm}", title="actions (default: ls)")
-    ls = actions.add_parser("ls", help="list the entries (the default)", description="List the GGUF cache's "
-                            "entries with their sizes, states and files, and what killed exports left.")
-    ls.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                    help="print the listing as one JSON object")
-    ls.set_defaults(func=run_ls)
-    pr = actions.add_parser("prune", help="remove the entries no run will use again",
-                            description="Remove the changed, missing and incomplete entries with their stamps, "
-                                        "and the scratch directories of exports that were killed (their process "
-                                        "no longer runs). Current and unknown entries stay.")
-    pr.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
-    pr.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                    help="print what was removed as one JSON object")
-    pr.set_defaults(func=run_prune)
-    rm = actions.add_parser("rm", help="remove entries, whatever their state",
-                            description="Remove the entries of the given GGUF files (by path, even of a file "
-                                        "since deleted) or names (as `onnxlm cache` lists them). Every target is "
-                                        "checked before anything is removed; nothing outside the cache is touched.")
+    _action(actions, "ls", run_ls, help="list the entries (the default)", description="List the GGUF cache's "
+            "entries with their sizes, states and files, and what killed exports left.")
+    _action(actions, "prune", run_prune, removes=True, help="remove the entries no run will use again",
+            description="Remove the changed, missing and incomplete entries with their stamps, and the scratch "
+                        "directories of exports that were killed (their process no longer runs). Current and "
+                        "unknown entries stay.")
+    rm = _action(actions, "rm", run_rm, removes=True, help="remove entries, whatever their state",
+                 description="Remove the entries of the given GGUF files (by path, even of a file since deleted) "
+                             "or names (as `onnxlm cache` lists them). Every target is checked before anything is "
+                             "removed; nothing outside the cache is touched.")
     rm.add_argument("targets", nargs="+", metavar="TARGET", help="a .gguf file's path or an entry's name")
-    rm.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
-    rm.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                    help="print what was removed as one JSON object")
-    rm.set_defaults(func=run_rm)
+
+
+def _action(actions, name: str, func, *, removes: bool = False, **texts) -> argparse.ArgumentParser:
+    """One action's parser: --json (left to the command's own when not given: `cache --json ls` and `cache ls
+    --json` agree) and, for an action that removes, --dry-run."""
+    a = actions.add_parser(name, **texts)
+    if removes:
+        a.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    a.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as one JSON object")
+    a.set_defaults(func=func)
+    return a
 
 
 def _entry_json(e) -> dict:
