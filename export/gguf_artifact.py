@@ -12,6 +12,8 @@
   (``<artifact dir>.json``), or, when they moved (a copy, a ``touch``), while its sha256 is the one the manifest
   pins. Another file at that path is exported again, replacing the old artifact;
 * **cleaning:** ``gguf_cache.py`` (``onnxlm cache``) lists the entries and prunes those no run will use again;
+* **can it:** before anything is written, ``export_resources`` refuses a file whose fp32 export needs more memory
+  or disk than this machine has at the least (an 8 B file: ~40 GB of memory), rather than the OOM killer minutes on;
 * **needs:** only an export needs torch (the ``export`` extra). A reuse reads two small JSON files and imports
   nothing heavy: the runtime's ``load`` then checks the artifact's own sha256s as always.
 """
@@ -103,12 +105,14 @@ def cached_artifact(gguf, cache_dir=None) -> Path | None:
     return target if is_current(target, path) else None
 
 
-def _has_blocks(gguf: Path) -> bool:
-    """True when some tensor of the file is of a quantized (block) type."""
+def _tensors(gguf: Path) -> tuple[bool, int]:
+    """(whether some tensor of the file is of a quantized (block) type, its number of parameters)."""
     from .gguf_quant import LOSSLESS_FP32
     from .gguf_reader import gguf_reader
 
-    return any(t.tensor_type.name not in LOSSLESS_FP32 + ("F64",) for t in gguf_reader(gguf).tensors)
+    tensors = gguf_reader(gguf).tensors
+    blocks = any(t.tensor_type.name not in LOSSLESS_FP32 + ("F64",) for t in tensors)
+    return blocks, sum(int(t.n_elements) for t in tensors)
 
 
 def _export(path: Path, target: Path, log, progress: bool) -> None:
@@ -121,15 +125,18 @@ def _export(path: Path, target: Path, log, progress: bool) -> None:
 
         from .atomic_dir import temp_dir_beside
         from .export import export_model
+        from .export_resources import check_export_resources
         from .gguf_quant import quantize_gguf_artifact
     except ImportError as exc:
         raise ExportError(f"{path.name} is run through an artifact exported from it once, which needs torch, "
                           f"transformers and gguf ({exc}): pip install 'onnxlm[export]', or export it elsewhere "
                           f"(onnxlm export {path.name} DIR --quantize gguf) and pass DIR") from exc
+    has_blocks, parameters = _tensors(path)
+    check_export_resources(path, parameters, target)  # refused now rather than killed in minutes
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")
     replace = target.exists() or target.is_symlink()
-    if not _has_blocks(path):
+    if not has_blocks:
         export_model(path, target, force=replace, progress=progress)
         return
     scratch = temp_dir_beside(target, "fp32")

@@ -237,6 +237,10 @@ def test_info_describes_a_gguf_file_and_its_cached_artifact_without_exporting(fi
     info = json.loads(out)
     assert code == 0 and info["artifact"] is None and info["artifact_dir"] is None, err
     assert info["gguf"]["tokenizer"]["supported"] and info["gguf"]["parameters"] > 0
+    code, out, err = run_cli(capsys, "info", fresh)
+    n, size = info["gguf"]["parameters"], fresh.stat().st_size
+    assert code == 0 and (f"exports it into {GA.artifact_dir_for(fresh, cache)} ({5 * n / 1024:.1f} KiB of memory "
+                          f"and {(4 * n + size) / 1024:.1f} KiB of disk at the least, once)") in out, out
     assert not GA.artifact_dir_for(fresh, cache).exists()
 
 

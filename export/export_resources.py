@@ -1,0 +1,94 @@
+"""Whether this machine can export a GGUF file at all, asked before minutes of work end in the OOM killer.
+
+A GGUF file's first run (``gguf_artifact``) exports it through its dequantised fp32 model: the loader holds it in
+PyTorch, the validation in an onnxruntime session, and the fp32 graph is written to a scratch directory before its
+blocks are rewritten. A 1.24 B-parameter file peaked at 6.6 GB of memory (docs/benchmarks.md, "Exporting a 1B-class
+GGUF"), so an 8 B file needs ~40 GB of memory and ~37 GB of disk, where running its artifact needs about the file's
+own size. The floors below are under what was measured, so a machine they refuse cannot do the export; one they
+pass may still be short (a first run measures nothing). ``ONNXLM_SKIP_RESOURCE_CHECK=1`` tries anyway.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from onnxlm.runtime.errors import ExportError
+
+__all__ = ["MEMORY_BYTES_PER_PARAMETER", "DISK_BYTES_PER_PARAMETER", "SKIP_ENV", "available_memory", "free_disk",
+           "check_export_resources"]
+
+MEMORY_BYTES_PER_PARAMETER = 5  # the fp32 session's weights (4 B) beside what the loader left: 6.6 GB / 1.24 B = 5.3
+DISK_BYTES_PER_PARAMETER = 4  # the fp32 scratch artifact, beside the artifact itself (about the file's size)
+SKIP_ENV = "ONNXLM_SKIP_RESOURCE_CHECK"
+_GB = 1e9
+
+
+def _meminfo(text: str) -> dict[str, int]:
+    """/proc/meminfo's text -> {field: bytes}."""
+    out = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return out
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _cgroup_headroom(root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's memory cgroup may still take (v2's memory.max, else v1's limit), None without a limit."""
+    for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes",
+                                                            "memory/memory.usage_in_bytes")):
+        cap, used = _read(os.path.join(root, limit)), _read(os.path.join(root, usage))
+        if cap and cap.isdigit() and int(cap) < 1 << 60 and used and used.isdigit():
+            return max(int(cap) - int(used), 0)
+    return None
+
+
+def available_memory(meminfo: str | None = None, cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes of memory an export may take: MemAvailable + SwapFree, capped by a container's cgroup limit; None where
+    the system does not say (not Linux)."""
+    text = _read("/proc/meminfo") if meminfo is None else meminfo
+    info = _meminfo(text or "")
+    if "MemAvailable" not in info:
+        return None
+    free = info["MemAvailable"] + info.get("SwapFree", 0)
+    headroom = _cgroup_headroom(cgroup_root)
+    return free if headroom is None else min(free, headroom)
+
+
+def free_disk(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_export_resources(gguf: Path, parameters: int, target: Path) -> None:
+    """ExportError, before anything is written, when this machine has less memory or disk (where ``target`` goes)
+    than exporting ``gguf`` (``parameters`` weights) needs at the least; nothing when ``$ONNXLM_SKIP_RESOURCE_CHECK``
+    is set."""
+    if os.environ.get(SKIP_ENV, "").strip() not in ("", "0"):
+        return
+    elsewhere = (f"export it on a larger machine (onnxlm export {gguf.name} DIR --quantize gguf), copy DIR here and "
+                 f"pass it (running it needs about the file's size), or set {SKIP_ENV}=1 to try anyway")
+    size = f"{gguf.name}'s first run exports it through its fp32 model ({parameters / _GB:.2f} B parameters)"
+    need, have = MEMORY_BYTES_PER_PARAMETER * parameters, available_memory()
+    if have is not None and have < need:
+        raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of memory; this machine has "
+                          f"{have / _GB:.1f} GB available (MemAvailable and free swap, or the container's limit): "
+                          f"{elsewhere}")
+    need = DISK_BYTES_PER_PARAMETER * parameters + gguf.stat().st_size
+    have = free_disk(target)
+    if have < need:
+        raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of disk in {target.parent}; it has "
+                          f"{have / _GB:.1f} GB free: free some, point $ONNXLM_CACHE elsewhere, or {elsewhere}")
