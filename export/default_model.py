@@ -21,10 +21,12 @@ _MANIFEST = "onnxlm.json"
 
 def default_models_dir() -> pathlib.Path:
     """``<repo root>/models`` when the package runs from a checkout (it has ``models/recipes``), else
-    ``~/.cache/onnxlm/models``."""
+    ``<cache>/models`` (``$ONNXLM_CACHE``, else ``$XDG_CACHE_HOME/onnxlm``, else ``~/.cache/onnxlm``)."""
     if (_REPO_ROOT / "models" / "recipes").is_dir():
         return _REPO_ROOT / "models"
-    return pathlib.Path.home() / ".cache" / "onnxlm" / "models"
+    from .gguf_artifact import cache_root
+
+    return cache_root() / "models"
 
 
 def ensure_default_model(models_dir: str | os.PathLike | None = None, *, progress: bool = True) -> pathlib.Path:

@@ -164,6 +164,10 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     """
     out_dir = Path(out_dir).expanduser().absolute()
     refuse_taken(out_dir, force)
+    if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
+        from .export_resources import check_gguf_export_resources
+
+        check_gguf_export_resources(Path(model).expanduser(), out_dir)  # refused now rather than killed later
     from .head_quant import check_quantize_head
 
     if check_quantize_head(quantize_head) != "auto" and quantize not in ("int8", "int4"):

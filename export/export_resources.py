@@ -1,6 +1,7 @@
 """Whether this machine can export a GGUF file at all, asked before minutes of work end in the OOM killer.
 
-A GGUF file's first run (``gguf_artifact``) exports it through its dequantised fp32 model: the loader holds it in
+A GGUF file's export (``onnxlm export``, or its first run through ``gguf_artifact``) goes through its dequantised
+fp32 model: the loader holds it in
 PyTorch, the validation in an onnxruntime session, and the fp32 graph is written to a scratch directory before its
 blocks are rewritten. A 1.24 B-parameter file peaked at 6.6 GB of memory (docs/benchmarks.md, "Exporting a 1B-class
 GGUF"), so an 8 B file needs ~40 GB of memory and ~37 GB of disk, where running its artifact needs about the file's
@@ -16,7 +17,7 @@ from pathlib import Path
 from onnxlm.runtime.errors import ExportError
 
 __all__ = ["MEMORY_BYTES_PER_PARAMETER", "DISK_BYTES_PER_PARAMETER", "SKIP_ENV", "available_memory", "free_disk",
-           "check_export_resources"]
+           "check_export_resources", "check_gguf_export_resources"]
 
 MEMORY_BYTES_PER_PARAMETER = 5  # the fp32 session's weights (4 B) beside what the loader left: 6.6 GB / 1.24 B = 5.3
 DISK_BYTES_PER_PARAMETER = 4  # the fp32 scratch artifact, beside the artifact itself (about the file's size)
@@ -81,7 +82,7 @@ def check_export_resources(gguf: Path, parameters: int, target: Path) -> None:
         return
     elsewhere = (f"export it on a larger machine (onnxlm export {gguf.name} DIR --quantize gguf), copy DIR here and "
                  f"pass it (running it needs about the file's size), or set {SKIP_ENV}=1 to try anyway")
-    size = f"{gguf.name}'s first run exports it through its fp32 model ({parameters / _GB:.2f} B parameters)"
+    size = f"exporting {gguf.name} goes through its fp32 model ({parameters / _GB:.2f} B parameters)"
     need, have = MEMORY_BYTES_PER_PARAMETER * parameters, available_memory()
     if have is not None and have < need:
         raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of memory; this machine has "
@@ -92,3 +93,10 @@ def check_export_resources(gguf: Path, parameters: int, target: Path) -> None:
     if have < need:
         raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of disk in {target.parent}; it has "
                           f"{have / _GB:.1f} GB free: free some, point $ONNXLM_CACHE elsewhere, or {elsewhere}")
+
+
+def check_gguf_export_resources(gguf: Path, target: Path) -> None:
+    """``check_export_resources`` for a GGUF file, its parameters counted from its header (no tensor data read)."""
+    from .gguf_reader import gguf_reader
+
+    check_export_resources(gguf, sum(int(t.n_elements) for t in gguf_reader(gguf).tensors), target)

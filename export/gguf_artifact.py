@@ -4,7 +4,7 @@
 (``onnxlm generate model.gguf``, ``onnxlm serve model.gguf``, ...):
 
 * **where:** ``<cache>/gguf/<file stem>-<12 hex digits of its absolute path's sha256>``; the cache is
-  ``$ONNXLM_CACHE``, else ``~/.cache/onnxlm``;
+  ``$ONNXLM_CACHE``, else ``$XDG_CACHE_HOME/onnxlm``, else ``~/.cache/onnxlm``;
 * **what:** the file's own blocks (``quantize="gguf"``, accuracy level 4). When the quality gate refuses level 4's
   int8 activations, the fidelity level (1: fp32 activations, the same blocks) is exported instead. A file without
   quantized blocks (F32 / F16 / BF16) becomes the fp32 artifact;
@@ -38,8 +38,10 @@ LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses th
 
 
 def cache_root() -> Path:
-    """``$ONNXLM_CACHE``, else ``~/.cache/onnxlm``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "onnxlm").expanduser()
+    """``$ONNXLM_CACHE``, else ``$XDG_CACHE_HOME/onnxlm``, else ``~/.cache/onnxlm``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "onnxlm"
 
 
 def _absolute(gguf) -> Path:
@@ -105,14 +107,12 @@ def cached_artifact(gguf, cache_dir=None) -> Path | None:
     return target if is_current(target, path) else None
 
 
-def _tensors(gguf: Path) -> tuple[bool, int]:
-    """(whether some tensor of the file is of a quantized (block) type, its number of parameters)."""
+def _has_blocks(gguf: Path) -> bool:
+    """True when some tensor of the file is of a quantized (block) type."""
     from .gguf_quant import LOSSLESS_FP32
     from .gguf_reader import gguf_reader
 
-    tensors = gguf_reader(gguf).tensors
-    blocks = any(t.tensor_type.name not in LOSSLESS_FP32 + ("F64",) for t in tensors)
-    return blocks, sum(int(t.n_elements) for t in tensors)
+    return any(t.tensor_type.name not in LOSSLESS_FP32 + ("F64",) for t in gguf_reader(gguf).tensors)
 
 
 def _export(path: Path, target: Path, log, progress: bool) -> None:
@@ -125,18 +125,17 @@ def _export(path: Path, target: Path, log, progress: bool) -> None:
 
         from .atomic_dir import temp_dir_beside
         from .export import export_model
-        from .export_resources import check_export_resources
+        from .export_resources import check_gguf_export_resources
         from .gguf_quant import quantize_gguf_artifact
     except ImportError as exc:
         raise ExportError(f"{path.name} is run through an artifact exported from it once, which needs torch, "
                           f"transformers and gguf ({exc}): pip install 'onnxlm[export]', or export it elsewhere "
                           f"(onnxlm export {path.name} DIR --quantize gguf) and pass DIR") from exc
-    has_blocks, parameters = _tensors(path)
-    check_export_resources(path, parameters, target)  # refused now rather than killed in minutes
+    check_gguf_export_resources(path, target)  # refused now rather than killed minutes later
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")
     replace = target.exists() or target.is_symlink()
-    if not has_blocks:
+    if not _has_blocks(path):
         export_model(path, target, force=replace, progress=progress)
         return
     scratch = temp_dir_beside(target, "fp32")

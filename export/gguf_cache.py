@@ -68,7 +68,7 @@ class Leftover:
 
 
 def gguf_cache_dir(cache_dir=None) -> Path:
-    """``<cache>/gguf``: ``cache_dir`` when given, else ``$ONNXLM_CACHE``, else ``~/.cache/onnxlm``."""
+    """``<cache>/gguf``: ``cache_dir`` when given, else ``cache_root()``."""
     return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf"
 
 

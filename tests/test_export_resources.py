@@ -43,7 +43,7 @@ def test_too_little_memory_is_refused_with_the_figures_and_the_ways_out(gguf, tm
     with pytest.raises(ExportError) as info:
         R.check_export_resources(gguf, 8_000_000_000, tmp_path / "cache" / "gguf" / "x")
     msg = str(info.value)
-    assert msg.startswith("model-8b.Q4_K_M.gguf's first run exports it through its fp32 model (8.00 B parameters), "
+    assert msg.startswith("exporting model-8b.Q4_K_M.gguf goes through its fp32 model (8.00 B parameters), "
                           "which needs at least 40.0 GB of memory; this machine has 16.0 GB available")
     assert "onnxlm export model-8b.Q4_K_M.gguf DIR --quantize gguf" in msg and f"{R.SKIP_ENV}=1" in msg
     R.check_export_resources(gguf, 3_000_000_000, tmp_path)  # 15 GB: enough
@@ -66,7 +66,7 @@ def test_too_little_disk_where_the_artifact_goes_is_refused(gguf, tmp_path, monk
     assert R.free_disk(tmp_path / "not" / "made" / "yet") > 0  # the nearest existing parent's file system
 
 
-def test_a_first_run_that_cannot_fit_stops_before_writing_anything(tmp_path, monkeypatch):
+def test_an_export_that_cannot_fit_stops_before_writing_anything(tmp_path, monkeypatch, capsys):
     pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)")
     from onnxlm.export import gguf_artifact as GA
     from test_gguf_quant import write_tiny_gguf
@@ -79,7 +79,13 @@ def test_a_first_run_that_cannot_fit_stops_before_writing_anything(tmp_path, mon
     def no_export(*a, **k):
         raise AssertionError("exported")
 
-    monkeypatch.setattr("onnxlm.export.export.export_model", no_export)
-    with pytest.raises(ExportError, match=r"tiny-llama\.gguf's first run exports it through its fp32 model"):
-        GA.ensure_gguf_artifact(path, cache_dir=cache, progress=False)
-    assert not (cache / "gguf").exists() or not any((cache / "gguf").iterdir())
+    with monkeypatch.context() as mp:
+        mp.setattr("onnxlm.export.export.export_model", no_export)
+        with pytest.raises(ExportError, match=r"^exporting tiny-llama\.gguf goes through its fp32 model"):
+            GA.ensure_gguf_artifact(path, cache_dir=cache, progress=False)
+    # `onnxlm export FILE DIR` as well: one error line, nothing written
+    from onnxlm.cli import main
+
+    assert main(["export", str(path), str(tmp_path / "out"), "--quantize", "gguf"]) == 1
+    assert "onnxlm: error: exporting tiny-llama.gguf goes through its fp32 model" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny-llama.gguf"]  # neither the cache nor DIR was made
