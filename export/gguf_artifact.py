@@ -12,6 +12,8 @@
   (``<artifact dir>.json``), or, when they moved (a copy, a ``touch``), while its sha256 is the one the manifest
   pins. Another file at that path is exported again, replacing the old artifact;
 * **cleaning:** ``gguf_cache.py`` (``onnxlm cache``) lists the entries and prunes those no run will use again;
+* **once:** two first runs of one file at once export it once: the second waits on the first's lock
+  (``.<artifact dir>.lock``) and takes its artifact;
 * **can it:** before anything is written, ``export_resources`` refuses a file whose fp32 export needs more memory
   or disk than this machine has at the least (an 8 B file: ~40 GB of memory), rather than the OOM killer minutes on;
 * **needs:** only an export needs torch (the ``export`` extra). A reuse reads two small JSON files and imports
@@ -66,6 +68,11 @@ def stamp_file(target: Path) -> Path:
     return target.with_name(target.name + ".json")
 
 
+def lock_file(target: Path) -> Path:
+    """The lock one export of a file at a time holds (hidden; removed when that export ends)."""
+    return target.with_name(f".{target.name}.lock")
+
+
 def _write_stamp(target: Path, gguf: Path) -> None:
     """``gguf``'s stamp beside ``target`` (a read-only cache keeps none: the next run compares the sha256 again)."""
     with contextlib.suppress(OSError):
@@ -117,20 +124,48 @@ def _has_blocks(gguf: Path) -> bool:
 
 def _export(path: Path, target: Path, log, progress: bool) -> None:
     """``path``'s artifact written to ``target`` (replacing a stale one): its own blocks at the first accuracy level
-    the gate passes, or fp32 when it has no blocks."""
+    the gate passes, or fp32 when it has no blocks; one process at a time."""
     try:  # what the export needs, imported before anything is written (export_model imports them lazily)
         import gguf  # noqa: F401
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
-        from .atomic_dir import temp_dir_beside
-        from .export import export_model
-        from .export_resources import check_gguf_export_resources
-        from .gguf_quant import quantize_gguf_artifact
+        from filelock import FileLock, Timeout
+
+        from .export import export_model  # noqa: F401
+        from .gguf_quant import quantize_gguf_artifact  # noqa: F401
     except ImportError as exc:
         raise ExportError(f"{path.name} is run through an artifact exported from it once, which needs torch, "
                           f"transformers and gguf ({exc}): pip install 'onnxlm[export]', or export it elsewhere "
                           f"(onnxlm export {path.name} DIR --quantize gguf) and pass DIR") from exc
+    # one export of a file at a time: a second first run (another shell, a second server) waits for the first one's
+    # artifact instead of holding a second fp32 model beside it
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file(target)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"waiting for another process exporting {path.name} into {target} ...")
+        lock.acquire()
+    try:
+        if is_current(target, path):  # that other process made it
+            return
+        _export_alone(path, target, log, progress)
+    finally:
+        # removed while held: a waiter let in on the old file finds the artifact current (or, after a failure,
+        # exports it itself, as without a lock), and a later run checks the artifact before it takes a lock
+        with contextlib.suppress(OSError):
+            lock_file(target).unlink()
+        lock.release()
+
+
+def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
+    """``_export``'s work, under its lock (the imports are ``_export``'s, checked there)."""
+    from .atomic_dir import temp_dir_beside
+    from .export import export_model
+    from .export_resources import check_gguf_export_resources
+    from .gguf_quant import quantize_gguf_artifact
+
     check_gguf_export_resources(path, target)  # refused now rather than killed minutes later
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")

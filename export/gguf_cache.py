@@ -11,12 +11,12 @@ An entry is
   under another name, and this entry is never used again);
 * ``incomplete``: the directory holds no ``onnxlm.json``;
 * ``unknown``: no stamp names its file (a read-only cache, or an export stopped between its last rename and its
-  stamp): ``prune`` keeps it, ``remove`` removes it.
+  stamp), or its file cannot be read now: ``prune`` keeps it, ``remove`` removes it.
 
 Leftovers are what a killed export (``kill -9``, the OOM killer: no ``finally`` ran) left beside the entries: its
 hidden scratch and temp directories ``.<name>.<tag>-<pid>-XXXX`` once no process with that pid runs on this machine
-(named before pids were, once a day old), and stamps without their directory. ``prune`` removes ``changed``,
-``missing`` and ``incomplete`` entries and the leftovers. Nothing here imports torch.
+(named before pids were, once a day old), stamps without their directory, and export locks no process holds.
+``prune`` removes ``changed``, ``missing`` and ``incomplete`` entries and the leftovers. Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -104,7 +104,10 @@ def _state(target: Path, source: str | None) -> str:
     gguf = Path(source)
     if not gguf.exists():
         return "missing"
-    return "current" if is_gguf_file(gguf) and is_current(target, gguf) else "changed"
+    try:
+        return "current" if is_gguf_file(gguf) and is_current(target, gguf) else "changed"
+    except OSError:  # there, but not readable by this user now: nothing can be said of its bytes
+        return "unknown"
 
 
 def _variant(target: Path) -> str:
@@ -129,7 +132,10 @@ def cache_entries(cache_dir=None) -> list[CacheEntry]:
     for target in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         source = _stamped_source(target)
         manifest = target / "onnxlm.json"
-        exported = (manifest if manifest.is_file() else target).stat().st_mtime
+        try:
+            exported = (manifest if manifest.is_file() else target).stat().st_mtime
+        except FileNotFoundError:  # removed meanwhile (another prune, a re-export's swap)
+            continue
         entries.append(CacheEntry(target, source, _state(target, source), _bytes(target), _variant(target), exported))
     return entries
 
@@ -161,7 +167,28 @@ def leftovers(cache_dir=None, *, now: float | None = None) -> list[Leftover]:
                 found.append(Leftover(p, _bytes(p), "a hidden directory over a day old"))
         elif p.suffix == ".json" and not p.name.startswith(".") and not p.with_suffix("").is_dir():
             found.append(Leftover(p, _bytes(p), "a stamp without its artifact directory"))
+        elif p.name.startswith(".") and p.suffix == ".lock" and p.is_file() and not _held(p):
+            found.append(Leftover(p, _bytes(p), "a lock no export holds (its export was killed)"))
     return found
+
+
+def _held(lock: Path) -> bool:
+    """True when a process holds ``lock`` (gguf_artifact's export lock: filelock's ``flock``), or it cannot be told."""
+    try:
+        import fcntl
+    except ImportError:  # not Unix
+        return True
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock this took
+    return False
 
 
 def _delete(path: Path) -> None:

@@ -95,6 +95,42 @@ def test_the_cache_lists_the_first_runs_artifact_as_current(first_run):
     assert (entry.source, entry.state, entry.variant) == (str(gguf), "current", "gguf blocks, level 4")
 
 
+def test_a_second_first_run_waits_for_the_first_ones_artifact(first_run, tmp_path):
+    """Two first runs of one file at once: the second waits on the first's lock and takes its artifact, rather than
+    holding a second fp32 model beside it; it exports nothing."""
+    import shutil
+    import threading
+
+    from filelock import FileLock
+
+    gguf, cache, _, _ = first_run
+    other = tmp_path / "cache"
+    done = GA.artifact_dir_for(gguf, cache)
+    target = GA.artifact_dir_for(gguf, other)
+    target.parent.mkdir(parents=True)
+    lock = FileLock(str(GA.lock_file(target)))
+    lock.acquire()  # "the first run", in progress
+    result, err = {}, io.StringIO()
+
+    def second_run():
+        with contextlib.redirect_stderr(err):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(GA, "_export_alone", lambda *a: result.setdefault("exported", True))
+                result["dir"] = GA.ensure_gguf_artifact(gguf, cache_dir=other)
+
+    thread = threading.Thread(target=second_run)
+    thread.start()
+    for _ in range(200):
+        if "waiting for another process exporting tiny-llama.gguf" in err.getvalue():
+            break
+        thread.join(0.05)
+    assert "waiting for another process" in err.getvalue() and thread.is_alive()
+    shutil.copytree(done, target)  # the first run's artifact lands, then its lock is released
+    lock.release()
+    thread.join(60)
+    assert result == {"dir": target} and "first run" not in err.getvalue()
+
+
 def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
     """Other bytes at the file's path (the stamp and the manifest's sha256 both differ): the cached artifact is
     stale, so the next run exports again; the file's own bytes back, it is current again."""

@@ -19,6 +19,8 @@ from onnxlm.export import gguf_cache as GC
 from onnxlm.runtime.errors import ParameterError
 from test_no_torch import BLOCKER
 
+fcntl = pytest.importorskip("fcntl", reason="the export lock is a flock(): Unix only")
+
 
 def _gguf(path, payload: bytes):
     path.write_bytes(b"GGUF" + payload)
@@ -71,7 +73,14 @@ def cache(tmp_path, monkeypatch):
     os.utime(p["old"], (time.time() - 2 * 86400,) * 2)
     p["stray stamp"] = root / "gone-0123456789ab.json"
     p["stray stamp"].write_text("{}")
-    return cache, p
+    p["stale lock"] = root / ".gone-0123456789ab.lock"  # its export was killed holding it
+    p["stale lock"].touch()
+    p["held lock"] = root / f".{p['current'].name}.lock"  # an export (of the file put back) holds it
+    p["held lock"].touch()
+    held = os.open(p["held lock"], os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    yield cache, p
+    os.close(held)
 
 
 def test_every_entry_is_listed_with_its_state_size_and_file(cache):
@@ -87,8 +96,9 @@ def test_every_entry_is_listed_with_its_state_size_and_file(cache):
     # a touched file is compared by its sha256 once, then stamped again
     assert json.loads(GA.stamp_file(p["touched"]).read_text())["mtime_ns"] == 1
     left = {x.path: x.why for x in GC.leftovers(cache_dir)}
-    assert sorted(left) == sorted([p["dead"], p["old"], p["stray stamp"]])
+    assert sorted(left) == sorted([p["dead"], p["old"], p["stray stamp"], p["stale lock"]])
     assert "which no longer runs" in left[p["dead"]] and "over a day old" in left[p["old"]]
+    assert left[p["stale lock"]] == "a lock no export holds (its export was killed)"
 
 
 def test_prune_removes_only_what_no_run_will_use_again(cache):
@@ -98,9 +108,9 @@ def test_prune_removes_only_what_no_run_will_use_again(cache):
     assert sorted(x.name for x in (cache_dir / "gguf").iterdir()) == before  # a dry run removes nothing
     gone = [p["changed"], p["missing"], p["incomplete"]]
     assert [e.path for e in entries] == sorted(gone)
-    assert sorted(x.path for x in extra) == sorted([p["dead"], p["old"], p["stray stamp"]])
+    assert sorted(x.path for x in extra) == sorted([p["dead"], p["old"], p["stray stamp"], p["stale lock"]])
     assert GC.prune(cache_dir) == (entries, extra)
-    kept = [p["current"], p["touched"], p["unknown"], p["running"], p["recent"]]
+    kept = [p["current"], p["touched"], p["unknown"], p["running"], p["recent"], p["held lock"]]
     want = sorted([k.name for k in kept] + [GA.stamp_file(k).name for k in kept[:2]])
     assert sorted(x.name for x in (cache_dir / "gguf").iterdir()) == want
     assert GC.prune(cache_dir) == ([], [])
@@ -133,13 +143,13 @@ def test_the_cache_command_lists_prunes_and_removes(cache, capsys):
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{cache_dir / 'gguf'}: 6 entries, ")
-    assert f"{p['missing'].name}  " in out and "`onnxlm cache prune` would remove 6 of these" in out
+    assert f"{p['missing'].name}  " in out and "`onnxlm cache prune` would remove 7 of these" in out
     assert main(["cache", "--json", "ls"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert {e["name"]: e["state"] for e in listing["entries"]}[p["changed"].name] == "changed"
     assert main(["cache", "prune", "--json"]) == 0
     pruned = json.loads(capsys.readouterr().out)
-    assert len(pruned["removed"]) == 3 and len(pruned["leftovers"]) == 3 and pruned["bytes"] > 3000
+    assert len(pruned["removed"]) == 3 and len(pruned["leftovers"]) == 4 and pruned["bytes"] > 3000
     assert main(["cache", "rm", p["current"].name]) == 0
     assert capsys.readouterr().out.startswith(f"removed: {p['current'].name} (")
     assert main(["cache", "rm", "nothing-here"]) == 1
@@ -152,3 +162,28 @@ def test_the_cache_command_imports_no_torch(cache):
     proc = subprocess.run([sys.executable, "-c", BLOCKER + run], capture_output=True, text=True, timeout=60,
                           env={**os.environ, GA.CACHE_ENV: str(cache_dir)})
     assert proc.returncode == 0 and "would free" in proc.stdout, proc.stderr
+
+
+def test_a_file_that_cannot_be_read_now_is_unknown_and_kept(cache, monkeypatch):
+    """Its bytes cannot be compared (a file of another user's, an unmounted share): prune must not take it."""
+    cache_dir, p = cache
+
+    def unreadable(target, gguf):
+        raise PermissionError(13, "Permission denied", str(gguf))
+
+    monkeypatch.setattr(GC, "is_current", unreadable)
+    states = {e.path: e.state for e in GC.cache_entries(cache_dir)}
+    assert states[p["touched"]] == "unknown" and states[p["changed"]] == "unknown"
+    GC.prune(cache_dir)
+    assert p["touched"].is_dir() and p["changed"].is_dir() and not p["missing"].exists()
+
+
+def test_the_export_lock_is_seen_held_while_an_export_holds_it(cache):
+    """gguf_artifact's lock (filelock) and prune's check (flock) are the same kind of lock."""
+    filelock = pytest.importorskip("filelock", reason="the export's lock comes with the 'export' extra")
+    cache_dir, p = cache
+    assert GA.lock_file(p["current"]) == p["held lock"]  # the fixture's lock is where an export puts its own
+    other = cache_dir / "gguf" / ".other-0123456789ab.lock"
+    with filelock.FileLock(str(other)):
+        assert other not in [x.path for x in GC.leftovers(cache_dir)]
+    assert other in [x.path for x in GC.leftovers(cache_dir)]  # released: a stale one (filelock leaves the file)
