@@ -20,6 +20,7 @@ hidden scratch and temp directories ``.<name>.<tag>-<pid>-XXXX`` once no process
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ParameterError
 
-from .gguf_artifact import artifact_dir_for, cache_root, is_current, stamp_file
+from .gguf_artifact import artifact_dir_for, cache_root, is_current, lock_file, stamp_file
 from .gguf_magic import is_gguf_file
 
 __all__ = ["CacheEntry", "Leftover", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries", "leftovers",
@@ -201,17 +202,56 @@ def _delete(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _unless_exporting(target: Path):
+    """Holds ``target``'s export lock (gguf_artifact's) while the entry is removed -> yields False, holding nothing,
+    when an export of its file holds it: that export is about to replace or has just replaced the entry."""
+    try:
+        import fcntl
+    except ImportError:  # not Unix: no lock to ask
+        yield True
+        return
+    lock = lock_file(target)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only cache: removing fails anyway, with its own error
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
+        except OSError:
+            free = False
+        yield free
+        if free:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _remove_entry(entry: CacheEntry, still) -> bool:
+    """Remove an entry and its stamp unless an export holds its lock or ``still(state)`` no longer holds once the
+    lock is taken -> whether it was removed."""
+    with _unless_exporting(entry.path) as free:
+        if not free or not still(_state(entry.path, _stamped_source(entry.path))):
+            return False
+        _delete(entry.path)
+        stamp_file(entry.path).unlink(missing_ok=True)
+        return True
+
+
 def prune(cache_dir=None, *, dry_run: bool = False) -> tuple[list[CacheEntry], list[Leftover]]:
     """Remove the entries no run will use again (``PRUNED`` states) with their stamps, and the leftovers of killed
-    exports -> (the entries, the leftovers) removed, or that would be with ``dry_run``."""
+    exports -> (the entries, the leftovers) removed, or that would be with ``dry_run``. An entry whose file an
+    export is writing again (it holds the lock) is left to it."""
     entries = [e for e in cache_entries(cache_dir) if e.state in PRUNED]
     extra = leftovers(cache_dir)
-    if not dry_run:
-        for entry in entries:
-            _delete(entry.path)
-            stamp_file(entry.path).unlink(missing_ok=True)
-        for left in extra:
-            _delete(left.path)
+    if dry_run:
+        return entries, extra
+    entries = [e for e in entries if _remove_entry(e, lambda state: state in PRUNED)]
+    for left in extra:
+        _delete(left.path)
     return entries, extra
 
 
@@ -232,15 +272,15 @@ def _resolve(target, root: Path) -> Path:
                                    f"(`onnxlm cache` lists them)")
 
 
-def remove(targets, cache_dir=None, *, dry_run: bool = False) -> list[CacheEntry]:
+def remove(targets, cache_dir=None, *, dry_run: bool = False) -> tuple[list[CacheEntry], list[CacheEntry]]:
     """Remove the named entries (GGUF paths, entry names or directories), whatever their state, with their stamps
-    -> the entries removed. Every target is resolved before anything is removed."""
+    -> (the entries removed, those left because an export of their file is running). Every target is resolved
+    before anything is removed."""
     root = gguf_cache_dir(cache_dir)
     dirs = list(dict.fromkeys(_resolve(t, root) for t in targets))
     by_dir = {e.path: e for e in cache_entries(cache_dir)}
     entries = [by_dir[d] for d in dirs if d in by_dir]
-    if not dry_run:
-        for entry in entries:
-            _delete(entry.path)
-            stamp_file(entry.path).unlink(missing_ok=True)
-    return entries
+    if dry_run:
+        return entries, []
+    removed = [e for e in entries if _remove_entry(e, lambda state: True)]
+    return removed, [e for e in entries if e not in removed]

@@ -119,11 +119,29 @@ def test_prune_removes_only_what_no_run_will_use_again(cache):
 def test_rm_takes_a_gguf_path_even_of_a_deleted_file_or_an_entry_name(cache, tmp_path):
     cache_dir, p = cache
     files = tmp_path / "files"
-    removed = GC.remove([files / "missing.gguf", p["current"].name, str(p["unknown"])], cache_dir)
-    assert sorted(e.path for e in removed) == sorted([p["missing"], p["current"], p["unknown"]])
-    for gone in (p["missing"], p["current"], p["unknown"]):
+    removed, busy = GC.remove([files / "missing.gguf", p["touched"].name, str(p["unknown"])], cache_dir)
+    assert sorted(e.path for e in removed) == sorted([p["missing"], p["touched"], p["unknown"]]) and busy == []
+    for gone in (p["missing"], p["touched"], p["unknown"]):
         assert not gone.exists() and not GA.stamp_file(gone).exists()
-    assert p["touched"].is_dir()
+        assert not GA.lock_file(gone).exists()
+    assert p["current"].is_dir()
+    # an export of the file holds the entry's lock: the entry is left to it
+    removed, busy = GC.remove([files / "current.gguf"], cache_dir)
+    assert removed == [] and [e.path for e in busy] == [p["current"]] and p["current"].is_dir()
+
+
+def test_prune_leaves_an_entry_whose_file_an_export_is_writing_again(cache):
+    """The entry was changed when listed; an export of the file at its path holds the lock (it is about to replace
+    the entry, or has just): prune must not remove what that export puts there."""
+    cache_dir, p = cache
+    held = os.open(GA.lock_file(p["changed"]), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        entries, _ = GC.prune(cache_dir)
+        assert sorted(e.path for e in entries) == sorted([p["missing"], p["incomplete"]]) and p["changed"].is_dir()
+    finally:
+        os.close(held)
+    assert [e.path for e in GC.prune(cache_dir)[0]] == [p["changed"]]  # the export ended (the entry still stale)
 
 
 @pytest.mark.parametrize("bad", ["no-such-entry", "files", "../files", "elsewhere.gguf", "dead"])
@@ -150,8 +168,9 @@ def test_the_cache_command_lists_prunes_and_removes(cache, capsys):
     assert main(["cache", "prune", "--json"]) == 0
     pruned = json.loads(capsys.readouterr().out)
     assert len(pruned["removed"]) == 3 and len(pruned["leftovers"]) == 4 and pruned["bytes"] > 3000
-    assert main(["cache", "rm", p["current"].name]) == 0
-    assert capsys.readouterr().out.startswith(f"removed: {p['current'].name} (")
+    assert main(["cache", "rm", p["touched"].name, p["current"].name]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"removed: {p['touched'].name} (") and f"kept: {p['current'].name} (an export of " in out
     assert main(["cache", "rm", "nothing-here"]) == 1
     assert capsys.readouterr().err.startswith("onnxlm: error: target: 'nothing-here' is neither")
 

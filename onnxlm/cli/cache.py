@@ -93,10 +93,10 @@ def run_ls(args) -> int:
     return 0
 
 
-def _report(args, verb: str, entries, extra=()) -> int:
+def _report(args, verb: str, entries, extra=(), busy=()) -> int:
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "removed": [_entry_json(e) for e in entries],
-                          "leftovers": [_leftover_json(x) for x in extra],
+                          "leftovers": [_leftover_json(x) for x in extra], "kept": [_entry_json(e) for e in busy],
                           "bytes": sum(e.bytes for e in entries) + sum(x.bytes for x in extra)}, indent=2))
         return 0
     verb = f"would {verb}" if args.dry_run else f"{verb}d"
@@ -104,6 +104,8 @@ def _report(args, verb: str, entries, extra=()) -> int:
         print(f"{verb}: {e.name} ({_size(e.bytes)}, {e.state}{', ' + e.source if e.source else ''})")
     for x in extra:
         print(f"{verb}: {x.path.name} ({_size(x.bytes)}, {x.why})")
+    for e in busy:
+        print(f"kept: {e.name} (an export of {e.source or 'its file'} is running: try again when it ends)")
     size = sum(e.bytes for e in entries) + sum(x.bytes for x in extra)
     print(f"{'would free' if args.dry_run else 'freed'} {_size(size)}" if entries or list(extra) else
           "nothing to remove")
@@ -120,4 +122,5 @@ def run_prune(args) -> int:
 def run_rm(args) -> int:
     from onnxlm.export.gguf_cache import remove
 
-    return _report(args, "remove", remove(args.targets, dry_run=args.dry_run))
+    removed, busy = remove(args.targets, dry_run=args.dry_run)
+    return _report(args, "remove", removed, busy=busy)
