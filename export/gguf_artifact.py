@@ -151,6 +151,7 @@ def _export(path: Path, target: Path, log, progress: bool) -> None:
         if is_current(target, path):  # that other process made it
             return
         _export_alone(path, target, log, progress)
+        _write_stamp(target, path)  # before the lock goes: a waiter then reuses it without hashing the file
     finally:
         # removed while held: a waiter let in on the old file finds the artifact current (or, after a failure,
         # exports it itself, as without a lock), and a later run checks the artifact before it takes a lock
