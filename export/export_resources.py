@@ -50,7 +50,13 @@ def _cgroup_headroom(root: str = "/sys/fs/cgroup") -> int | None:
                                                             "memory/memory.usage_in_bytes")):
         cap, used = _read(os.path.join(root, limit)), _read(os.path.join(root, usage))
         if cap and cap.isdigit() and int(cap) < 1 << 60 and used and used.isdigit():
-            return max(int(cap) - int(used), 0)
+            # the usage counts page cache the kernel reclaims on demand (a downloaded GGUF): as docker stats does,
+            # its inactive file pages are not used memory
+            stats = _read(os.path.join(os.path.dirname(os.path.join(root, limit)), "memory.stat")) or ""
+            fields = dict(line.split()[:2] for line in stats.splitlines() if len(line.split()) == 2)
+            cache = fields.get("inactive_file", fields.get("total_inactive_file", "0"))
+            cache = int(cache) if cache.isdigit() else 0
+            return max(int(cap) - max(int(used) - cache, 0), 0)
     return None
 
 
@@ -74,7 +80,7 @@ def free_disk(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def check_export_resources(gguf: Path, parameters: int, target: Path) -> None:
+def check_export_resources(gguf: Path, parameters: int, target: Path, *, blocks_kept: bool = True) -> None:
     """ExportError, before anything is written, when this machine has less memory or disk (where ``target`` goes)
     than exporting ``gguf`` (``parameters`` weights) needs at the least; nothing when ``$ONNXLM_SKIP_RESOURCE_CHECK``
     is set."""
@@ -88,15 +94,18 @@ def check_export_resources(gguf: Path, parameters: int, target: Path) -> None:
         raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of memory; this machine has "
                           f"{have / _GB:.1f} GB available (MemAvailable and free swap, or the container's limit): "
                           f"{elsewhere}")
-    need = DISK_BYTES_PER_PARAMETER * parameters + gguf.stat().st_size
+    # the fp32 artifact (the scratch one when the file's blocks are kept), and then the artifact on those blocks
+    need = DISK_BYTES_PER_PARAMETER * parameters + (gguf.stat().st_size if blocks_kept else 0)
     have = free_disk(target)
     if have < need:
         raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of disk in {target.parent}; it has "
                           f"{have / _GB:.1f} GB free: free some, point $ONNXLM_CACHE elsewhere, or {elsewhere}")
 
 
-def check_gguf_export_resources(gguf: Path, target: Path) -> None:
-    """``check_export_resources`` for a GGUF file, its parameters counted from its header (no tensor data read)."""
+def check_gguf_export_resources(gguf: Path, target: Path, *, blocks_kept: bool = True) -> None:
+    """``check_export_resources`` for a GGUF file, its parameters counted from its header (no tensor data read);
+    ``blocks_kept``: a second artifact, on the file's blocks, follows the fp32 one."""
     from .gguf_reader import gguf_reader
 
-    check_export_resources(gguf, sum(int(t.n_elements) for t in gguf_reader(gguf).tensors), target)
+    check_export_resources(gguf, sum(int(t.n_elements) for t in gguf_reader(gguf).tensors), target,
+                           blocks_kept=blocks_kept)

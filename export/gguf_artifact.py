@@ -55,7 +55,8 @@ def artifact_dir_for(gguf, cache_dir=None) -> Path:
     """A GGUF file -> its artifact directory in the cache (``cache_dir``, default ``cache_root()``)."""
     gguf = _absolute(gguf)
     key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
-    return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf" / f"{gguf.stem}-{key}"
+    stem = gguf.stem.lstrip(".") or "model"  # never a hidden name: those are the cache's scratch and locks
+    return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf" / f"{stem}-{key}"
 
 
 def _stamp(gguf: Path) -> dict:
@@ -167,7 +168,7 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     from .export_resources import check_gguf_export_resources
     from .gguf_quant import quantize_gguf_artifact
 
-    check_gguf_export_resources(path, target)  # refused now rather than killed minutes later
+    check_gguf_export_resources(path, target, blocks_kept=_has_blocks(path))  # refused now, not killed later
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")
     replace = target.exists() or target.is_symlink()

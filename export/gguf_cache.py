@@ -9,23 +9,25 @@ An entry is
 * ``changed``: other bytes are at that path now (the next run of that path exports again and replaces the entry);
 * ``missing``: nothing is at that path (the file was moved or deleted: run from its new place, it is exported again
   under another name, and this entry is never used again);
-* ``incomplete``: the directory holds no ``onnxlm.json``;
+* ``incomplete``: the directory holds no ``onnxlm.json`` (onnxlm renames an entry into place whole: kept);
 * ``unknown``: no stamp names its file (a read-only cache, or an export stopped between its last rename and its
-  stamp), or its file cannot be read now: ``prune`` keeps it, ``remove`` removes it.
+  stamp), or its file cannot be stat'ed or read now: ``prune`` keeps it, ``remove`` removes it.
 
-Leftovers are what a killed export (``kill -9``, the OOM killer: no ``finally`` ran) left beside the entries: its
-hidden scratch and temp directories ``.<name>.<tag>-<pid>-XXXX`` once no process with that pid runs on this machine
-(named before pids were, once a day old), stamps without their directory, and export locks no process holds.
-``prune`` removes ``changed``, ``missing`` and ``incomplete`` entries and the leftovers. Nothing here imports torch.
+Only names onnxlm writes are the cache's (``ENTRY``, ``SCRATCH``, ``LOCK``, stamps naming a file): anything else in
+``<cache>/gguf`` is the user's, never listed or removed. Leftovers are what a killed export (``kill -9``, the OOM
+killer: no ``finally`` ran) left beside the entries: its hidden scratch and temp directories
+``.<entry>.<tag>-<pid>-XXXX`` once no export holds the entry's lock (the export takes it before it makes any
+scratch, and drops it after), stamps without their directory, and locks no process holds. ``prune`` removes
+``changed`` and ``missing`` entries and the leftovers, each entry under its export lock. Nothing here imports torch.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
 import shutil
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +41,11 @@ __all__ = ["CacheEntry", "Leftover", "STATES", "PRUNED", "gguf_cache_dir", "cach
            "prune", "remove"]
 
 STATES = ("current", "changed", "missing", "incomplete", "unknown")
-PRUNED = ("changed", "missing", "incomplete")  # the states `prune` removes
-_OWNER = re.compile(r"^\..+\.[a-z0-9]+-(\d+)-[^/]+$")  # .<name>.<tag>-<pid>-<random>: atomic_dir's temp names
-OLD_UNOWNED_S = 24 * 3600  # a hidden directory without a pid in its name is a leftover when older than this
+PRUNED = ("changed", "missing")  # the states `prune` removes (an incomplete entry is not one onnxlm makes: kept)
+# only names gguf_artifact writes are the cache's own: anything else in <cache>/gguf is the user's and never touched
+ENTRY = re.compile(r"^[^.].*-[0-9a-f]{12}$")  # <file stem>-<12 hex>
+SCRATCH = re.compile(r"^\.(?P<entry>[^.].*-[0-9a-f]{12})\.(fp32|tmp|old)-[A-Za-z0-9_-]+$")  # atomic_dir's temp names
+LOCK = re.compile(r"^\.(?P<entry>[^.].*-[0-9a-f]{12})\.lock$")
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,12 @@ def _state(target: Path, source: str | None) -> str:
     if source is None:
         return "unknown"
     gguf = Path(source)
-    if not gguf.exists():
+    try:
+        os.stat(gguf)
+    except (FileNotFoundError, NotADirectoryError):
         return "missing"
+    except OSError:  # EACCES, a stale NFS handle, an I/O error: nothing can be said of it now
+        return "unknown"
     try:
         return "current" if is_gguf_file(gguf) and is_current(target, gguf) else "changed"
     except OSError:  # there, but not readable by this user now: nothing can be said of its bytes
@@ -130,7 +138,7 @@ def cache_entries(cache_dir=None) -> list[CacheEntry]:
     if not root.is_dir():
         return []
     entries = []
-    for target in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for target in sorted(p for p in root.iterdir() if ENTRY.match(p.name) and p.is_dir()):
         source = _stamped_source(target)
         manifest = target / "onnxlm.json"
         try:
@@ -141,34 +149,41 @@ def cache_entries(cache_dir=None) -> list[CacheEntry]:
     return entries
 
 
-def _pid_alive(pid: int) -> bool:
-    """True when a process with this pid runs on this machine (or cannot be told apart from one)."""
+def _exporting(entry: str, root: Path) -> bool:
+    """True when an export of entry ``entry`` runs: it holds the entry's lock for as long as its scratch exists
+    (flock: across processes, containers and NFS, where a pid would say nothing); also when that cannot be told."""
+    lock = root / f".{entry}.lock"
+    if not (lock.exists() or lock.is_symlink()):
+        if importlib.util.find_spec("fcntl") is None:  # not Unix: no lock to ask
+            return True
+        return False  # made before any scratch and removed after it: no export of this entry runs
+    return _held(lock)
+
+
+def _stamp_path(p: Path) -> bool:
+    """True when ``p`` is a stamp as gguf_artifact writes one (a JSON object naming its file)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return isinstance(json.loads(p.read_text(encoding="utf-8")).get("path"), str)
+    except (OSError, ValueError, AttributeError):
         return False
-    except OSError:  # PermissionError: someone else's process
-        return True
-    return True
 
 
-def leftovers(cache_dir=None, *, now: float | None = None) -> list[Leftover]:
-    """What killed exports left in the GGUF cache (module docstring); an export still running is not listed."""
+def leftovers(cache_dir=None) -> list[Leftover]:
+    """What killed exports left in the GGUF cache (module docstring); a running export's scratch is not listed, and
+    nothing whose name onnxlm does not write is ever one."""
     root = gguf_cache_dir(cache_dir)
     if not root.is_dir():
         return []
-    now = time.time() if now is None else now
     found = []
     for p in sorted(root.iterdir()):
-        if p.name.startswith(".") and p.is_dir() and not p.is_symlink():
-            owner = _OWNER.match(p.name)
-            if owner and not _pid_alive(int(owner.group(1))):
-                found.append(Leftover(p, _bytes(p), f"left by process {owner.group(1)}, which no longer runs"))
-            elif not owner and now - p.stat().st_mtime > OLD_UNOWNED_S:
-                found.append(Leftover(p, _bytes(p), "a hidden directory over a day old"))
-        elif p.suffix == ".json" and not p.name.startswith(".") and not p.with_suffix("").is_dir():
+        scratch, lock = SCRATCH.match(p.name), LOCK.match(p.name)
+        if scratch and p.is_dir() and not p.is_symlink():
+            if not _exporting(scratch.group("entry"), root):
+                found.append(Leftover(p, _bytes(p), "the scratch of an export that no longer runs (its lock is free)"))
+        elif (p.suffix == ".json" and ENTRY.match(p.name[:-5]) and p.is_file() and not p.with_suffix("").is_dir()
+              and _stamp_path(p)):
             found.append(Leftover(p, _bytes(p), "a stamp without its artifact directory"))
-        elif p.name.startswith(".") and p.suffix == ".lock" and p.is_file() and not _held(p):
+        elif lock and p.is_file() and not _held(p):
             found.append(Leftover(p, _bytes(p), "a lock no export holds (its export was killed)"))
     return found
 
@@ -251,7 +266,11 @@ def prune(cache_dir=None, *, dry_run: bool = False) -> tuple[list[CacheEntry], l
         return entries, extra
     entries = [e for e in entries if _remove_entry(e, lambda state: state in PRUNED)]
     for left in extra:
-        _delete(left.path)
+        if LOCK.match(left.path.name):
+            with _unless_exporting(left.path.with_name(LOCK.match(left.path.name).group("entry"))):
+                pass  # removed while held, if free; a lock taken meanwhile stays
+        else:
+            _delete(left.path)
     return entries, extra
 
 
@@ -266,8 +285,9 @@ def _resolve(target, root: Path) -> Path:
     if given.suffix == ".gguf" or (given.is_file() and is_gguf_file(given)):
         candidates.append(artifact_dir_for(given, root.parent))  # its entry, whether or not the file still exists
     for c in candidates:
-        if c.is_dir() and os.path.abspath(c.parent) == os.path.abspath(root) and not c.name.startswith("."):
-            return c
+        if (c.is_dir() and ENTRY.match(c.name) and os.path.realpath(c.parent) == os.path.realpath(root)
+                and (root / c.name).is_dir()):
+            return root / c.name
     raise ParameterError("target", f"{text!r} is neither a GGUF file with an entry in {root} nor an entry's name "
                                    f"(`onnxlm cache` lists them)")
 

@@ -18,6 +18,10 @@ def test_available_memory_is_memavailable_and_swap_capped_by_a_containers_limit(
     (v2 / "memory.max").write_text("8000000000\n")
     (v2 / "memory.current").write_text("3000000000\n")
     assert R.available_memory(MEMINFO, str(v2)) == 5_000_000_000
+    # page cache the kernel reclaims on demand (a GGUF just downloaded) is not used memory
+    (v2 / "memory.stat").write_text("anon 1000000000\nfile 2000000000\ninactive_file 1500000000\n")
+    assert R.available_memory(MEMINFO, str(v2)) == 6_500_000_000
+    (v2 / "memory.stat").unlink()
     (v2 / "memory.max").write_text("max\n")  # no limit
     assert R.available_memory(MEMINFO, str(none)) == R.available_memory(MEMINFO, str(v2))
     v1 = tmp_path / "v1" / "memory"
@@ -40,6 +44,7 @@ def gguf(tmp_path, monkeypatch):
 
 def test_too_little_memory_is_refused_with_the_figures_and_the_ways_out(gguf, tmp_path, monkeypatch):
     monkeypatch.setattr(R, "available_memory", lambda: 16 * 10**9)
+    monkeypatch.setattr(R, "free_disk", lambda p: 10**13)  # not the runner's own disk
     with pytest.raises(ExportError) as info:
         R.check_export_resources(gguf, 8_000_000_000, tmp_path / "cache" / "gguf" / "x")
     msg = str(info.value)
@@ -63,6 +68,10 @@ def test_too_little_disk_where_the_artifact_goes_is_refused(gguf, tmp_path, monk
                                           r"free some, point \$ONNXLM_CACHE elsewhere, or export it on a larger"):
         R.check_export_resources(gguf, 1_000_000_000, target)
     assert seen == [target]
+    R.check_export_resources(gguf, 490_000_000, target)  # 1.96 GB + the file: fits
+    with pytest.raises(ExportError, match=r"needs at least 2\.0 GB of disk"):  # the fp32 artifact, then the file's
+        R.check_export_resources(gguf, 499_999_900, target)  # 2e9 - 400 bytes + the file's 1004: 604 too many
+    R.check_export_resources(gguf, 499_999_900, target, blocks_kept=False)  # the fp32 artifact alone fits
     assert R.free_disk(tmp_path / "not" / "made" / "yet") > 0  # the nearest existing parent's file system
 
 

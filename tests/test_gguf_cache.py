@@ -63,24 +63,36 @@ def cache(tmp_path, monkeypatch):
     _gguf(files / "changed.gguf", b"other bytes")
     (files / "missing.gguf").unlink()
     root = cache / "gguf"
-    p["dead"] = root / f".x-0123456789ab.fp32-{_dead_pid()}-k3j2"  # an export killed mid-way
-    p["running"] = root / f".y-0123456789ab.tmp-{os.getpid()}-a1b2"  # an export still running
-    p["old"] = root / ".z-0123456789ab.fp32-q8w7"  # named before pids were, two days old
-    p["recent"] = root / ".w-0123456789ab.fp32-e4r5"
-    for name in ("dead", "running", "old", "recent"):
+    p["dead"] = root / f".x-0123456789ab.fp32-{_dead_pid()}-k3j2"  # an export killed mid-way (its lock is gone)
+    p["old"] = root / ".z-0123456789ab.fp32-q8w7"  # named before pids were
+    # an export running (in another pid namespace: its pid means nothing here, its lock does)
+    p["running"] = root / f".y-0123456789ab.tmp-{_dead_pid()}-a1b2"
+    for name in ("dead", "running", "old"):
         p[name].mkdir()
         (p[name] / "model.onnx_data").write_bytes(b"\0" * 100)
-    os.utime(p["old"], (time.time() - 2 * 86400,) * 2)
+    p["running lock"] = root / ".y-0123456789ab.lock"
+    p["running lock"].touch()
+    # the user's own things in a cache pointed at a models folder: never onnxlm's to list or remove
+    p["user dir"] = root / "llama-3"
+    p["user dir"].mkdir()
+    _gguf(p["user dir"] / "llama-3-8b.gguf", b"x")
+    p["user json"] = root / "notes.json"
+    p["user json"].write_text('{"path": "mine"}')
+    p["user hidden"] = root / ".git"
+    p["user hidden"].mkdir()
+    os.utime(p["user hidden"], (time.time() - 2 * 86400,) * 2)
     p["stray stamp"] = root / "gone-0123456789ab.json"
-    p["stray stamp"].write_text("{}")
+    p["stray stamp"].write_text('{"path": "/nowhere/gone.gguf", "bytes": 5, "mtime_ns": 1}')
     p["stale lock"] = root / ".gone-0123456789ab.lock"  # its export was killed holding it
     p["stale lock"].touch()
     p["held lock"] = root / f".{p['current'].name}.lock"  # an export (of the file put back) holds it
     p["held lock"].touch()
-    held = os.open(p["held lock"], os.O_RDWR)
-    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held = [os.open(p[name], os.O_RDWR) for name in ("held lock", "running lock")]
+    for fd in held:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     yield cache, p
-    os.close(held)
+    for fd in held:
+        os.close(fd)
 
 
 def test_every_entry_is_listed_with_its_state_size_and_file(cache):
@@ -97,7 +109,7 @@ def test_every_entry_is_listed_with_its_state_size_and_file(cache):
     assert json.loads(GA.stamp_file(p["touched"]).read_text())["mtime_ns"] == 1
     left = {x.path: x.why for x in GC.leftovers(cache_dir)}
     assert sorted(left) == sorted([p["dead"], p["old"], p["stray stamp"], p["stale lock"]])
-    assert "which no longer runs" in left[p["dead"]] and "over a day old" in left[p["old"]]
+    assert left[p["dead"]] == left[p["old"]] == "the scratch of an export that no longer runs (its lock is free)"
     assert left[p["stale lock"]] == "a lock no export holds (its export was killed)"
 
 
@@ -106,12 +118,13 @@ def test_prune_removes_only_what_no_run_will_use_again(cache):
     before = sorted(x.name for x in (cache_dir / "gguf").iterdir())
     entries, extra = GC.prune(cache_dir, dry_run=True)
     assert sorted(x.name for x in (cache_dir / "gguf").iterdir()) == before  # a dry run removes nothing
-    gone = [p["changed"], p["missing"], p["incomplete"]]
+    gone = [p["changed"], p["missing"]]
     assert [e.path for e in entries] == sorted(gone)
     assert sorted(x.path for x in extra) == sorted([p["dead"], p["old"], p["stray stamp"], p["stale lock"]])
     assert GC.prune(cache_dir) == (entries, extra)
-    kept = [p["current"], p["touched"], p["unknown"], p["running"], p["recent"], p["held lock"]]
-    want = sorted([k.name for k in kept] + [GA.stamp_file(k).name for k in kept[:2]])
+    kept = [p["current"], p["touched"], p["incomplete"], p["unknown"], p["running"], p["running lock"],
+            p["held lock"], p["user dir"], p["user json"], p["user hidden"]]
+    want = sorted([k.name for k in kept] + [GA.stamp_file(k).name for k in kept[:3]])
     assert sorted(x.name for x in (cache_dir / "gguf").iterdir()) == want
     assert GC.prune(cache_dir) == ([], [])
 
@@ -138,13 +151,13 @@ def test_prune_leaves_an_entry_whose_file_an_export_is_writing_again(cache):
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         entries, _ = GC.prune(cache_dir)
-        assert sorted(e.path for e in entries) == sorted([p["missing"], p["incomplete"]]) and p["changed"].is_dir()
+        assert [e.path for e in entries] == [p["missing"]] and p["changed"].is_dir()
     finally:
         os.close(held)
     assert [e.path for e in GC.prune(cache_dir)[0]] == [p["changed"]]  # the export ended (the entry still stale)
 
 
-@pytest.mark.parametrize("bad", ["no-such-entry", "files", "../files", "elsewhere.gguf", "dead"])
+@pytest.mark.parametrize("bad", ["no-such-entry", "files", "../files", "elsewhere.gguf", "dead", "llama-3"])
 def test_rm_refuses_what_is_not_an_entry_and_removes_nothing(cache, tmp_path, monkeypatch, bad):
     """Every target is checked before anything goes; a directory outside the cache is never one."""
     cache_dir, p = cache
@@ -161,13 +174,13 @@ def test_the_cache_command_lists_prunes_and_removes(cache, capsys):
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{cache_dir / 'gguf'}: 6 entries, ")
-    assert f"{p['missing'].name}  " in out and "`onnxlm cache prune` would remove 7 of these" in out
+    assert f"{p['missing'].name}  " in out and "`onnxlm cache prune` would remove 6 of these" in out
     assert main(["cache", "--json", "ls"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert {e["name"]: e["state"] for e in listing["entries"]}[p["changed"].name] == "changed"
     assert main(["cache", "prune", "--json"]) == 0
     pruned = json.loads(capsys.readouterr().out)
-    assert len(pruned["removed"]) == 3 and len(pruned["leftovers"]) == 4 and pruned["bytes"] > 3000
+    assert len(pruned["removed"]) == 2 and len(pruned["leftovers"]) == 4 and pruned["bytes"] > 2000
     assert main(["cache", "rm", p["touched"].name, p["current"].name]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"removed: {p['touched'].name} (") and f"kept: {p['current'].name} (an export of " in out
@@ -206,3 +219,11 @@ def test_the_export_lock_is_seen_held_while_an_export_holds_it(cache):
     with filelock.FileLock(str(other)):
         assert other not in [x.path for x in GC.leftovers(cache_dir)]
     assert other in [x.path for x in GC.leftovers(cache_dir)]  # released: a stale one (filelock leaves the file)
+
+
+def test_rm_takes_relative_paths_to_an_entry_and_a_dotted_files_entry_is_no_hidden_name(cache, monkeypatch):
+    cache_dir, p = cache
+    monkeypatch.chdir(cache_dir / "gguf")
+    removed, _ = GC.remove([f"./{p['touched'].name}", f"../gguf/{p['unknown'].name}"], cache_dir)
+    assert sorted(e.path for e in removed) == sorted([p["touched"], p["unknown"]])
+    assert GA.artifact_dir_for("/x/.secret.gguf", cache_dir).name.startswith("secret-")

@@ -65,7 +65,7 @@ def early_stopping(text: str):
 # ---------------------------------------------------------------------------------------------------- model loading
 MODEL_DIR_HELP = ("an artifact directory written by `onnxlm export` (or a plain Optimum ONNX export), or a .gguf file: "
                   "exported once on first use, on its own blocks, into $ONNXLM_CACHE/gguf (default "
-                  "~/.cache/onnxlm/gguf; needs torch that once), and reused later")
+                  "$XDG_CACHE_HOME/onnxlm/gguf, else ~/.cache/onnxlm/gguf; needs torch that once), and reused later")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, model_dir: bool = True) -> None:
