@@ -28,10 +28,9 @@ def refuse_taken(out_dir: Path, force: bool) -> None:
 
 
 def temp_dir_beside(out_dir: Path, tag: str) -> Path:
-    """A fresh hidden directory ``.<name>.<tag>-<pid>-XXXX`` in ``out_dir``'s parent (same file system: rename
-    works; the pid tells ``onnxlm cache prune`` whether the process that made it is still running)."""
+    """A fresh hidden directory ``.<name>.<tag>-XXXX`` in ``out_dir``'s parent (same file system: rename works)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{tag}-{os.getpid()}-", dir=out_dir.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{tag}-", dir=out_dir.parent))
 
 
 def move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
@@ -44,7 +43,7 @@ def move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
         os.rename(tmp, out_dir)
         return
     refuse_taken(out_dir, force)  # appeared while we were exporting
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
     os.rename(out_dir, old)
     try:
         os.rename(tmp, out_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 from onnxlm.runtime.errors import ExportError
 
 __all__ = ["MEMORY_BYTES_PER_PARAMETER", "DISK_BYTES_PER_PARAMETER", "SKIP_ENV", "available_memory", "free_disk",
-           "check_export_resources", "check_gguf_export_resources"]
+           "export_needs", "check_export_resources", "check_gguf_export_resources"]
 
 MEMORY_BYTES_PER_PARAMETER = 5  # the fp32 session's weights (4 B) beside what the loader left: 6.6 GB / 1.24 B = 5.3
 DISK_BYTES_PER_PARAMETER = 4  # the fp32 scratch artifact, beside the artifact itself (about the file's size)
@@ -80,6 +80,13 @@ def free_disk(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def export_needs(parameters: int, file_bytes: int, *, blocks_kept: bool = True) -> tuple[int, int]:
+    """A GGUF export's floors -> (bytes of memory, bytes of disk): the fp32 artifact (the scratch one when the
+    file's blocks are kept), and then the artifact on those blocks (about the file's size)."""
+    return (MEMORY_BYTES_PER_PARAMETER * parameters,
+            DISK_BYTES_PER_PARAMETER * parameters + (file_bytes if blocks_kept else 0))
+
+
 def check_export_resources(gguf: Path, parameters: int, target: Path, *, blocks_kept: bool = True) -> None:
     """ExportError, before anything is written, when this machine has less memory or disk (where ``target`` goes)
     than exporting ``gguf`` (``parameters`` weights) needs at the least; nothing when ``$ONNXLM_SKIP_RESOURCE_CHECK``
@@ -89,14 +96,13 @@ def check_export_resources(gguf: Path, parameters: int, target: Path, *, blocks_
     elsewhere = (f"export it on a larger machine (onnxlm export {gguf.name} DIR --quantize gguf), copy DIR here and "
                  f"pass it (running it needs about the file's size), or set {SKIP_ENV}=1 to try anyway")
     size = f"exporting {gguf.name} goes through its fp32 model ({parameters / _GB:.2f} B parameters)"
-    need, have = MEMORY_BYTES_PER_PARAMETER * parameters, available_memory()
+    memory, disk = export_needs(parameters, gguf.stat().st_size, blocks_kept=blocks_kept)
+    need, have = memory, available_memory()
     if have is not None and have < need:
         raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of memory; this machine has "
                           f"{have / _GB:.1f} GB available (MemAvailable and free swap, or the container's limit): "
                           f"{elsewhere}")
-    # the fp32 artifact (the scratch one when the file's blocks are kept), and then the artifact on those blocks
-    need = DISK_BYTES_PER_PARAMETER * parameters + (gguf.stat().st_size if blocks_kept else 0)
-    have = free_disk(target)
+    need, have = disk, free_disk(target)
     if have < need:
         raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of disk in {target.parent}; it has "
                           f"{have / _GB:.1f} GB free: free some, point $ONNXLM_CACHE elsewhere, or {elsewhere}")

@@ -168,11 +168,12 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     from .export_resources import check_gguf_export_resources
     from .gguf_quant import quantize_gguf_artifact
 
-    check_gguf_export_resources(path, target, blocks_kept=_has_blocks(path))  # refused now, not killed later
+    blocks = _has_blocks(path)
+    check_gguf_export_resources(path, target, blocks_kept=blocks)  # refused now, not killed later
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")
     replace = target.exists() or target.is_symlink()
-    if not _has_blocks(path):
+    if not blocks:
         export_model(path, target, force=replace, progress=progress)
         return
     scratch = temp_dir_beside(target, "fp32")

@@ -16,7 +16,7 @@ An entry is
 Only names onnxlm writes are the cache's (``ENTRY``, ``SCRATCH``, ``LOCK``, stamps naming a file): anything else in
 ``<cache>/gguf`` is the user's, never listed or removed. Leftovers are what a killed export (``kill -9``, the OOM
 killer: no ``finally`` ran) left beside the entries: its hidden scratch and temp directories
-``.<entry>.<tag>-<pid>-XXXX`` once no export holds the entry's lock (the export takes it before it makes any
+``.<entry>.<tag>-XXXX`` once no export holds the entry's lock (the export takes it before it makes any
 scratch, and drops it after), stamps without their directory, and locks no process holds. ``prune`` removes
 ``changed`` and ``missing`` entries and the leftovers, each entry under its export lock. Nothing here imports torch.
 """
@@ -46,6 +46,7 @@ PRUNED = ("changed", "missing")  # the states `prune` removes (an incomplete ent
 ENTRY = re.compile(r"^[^.].*-[0-9a-f]{12}$")  # <file stem>-<12 hex>
 SCRATCH = re.compile(r"^\.(?P<entry>[^.].*-[0-9a-f]{12})\.(fp32|tmp|old)-[A-Za-z0-9_-]+$")  # atomic_dir's temp names
 LOCK = re.compile(r"^\.(?P<entry>[^.].*-[0-9a-f]{12})\.lock$")
+FLOCK = importlib.util.find_spec("fcntl") is not None  # Unix: the export's lock (filelock's flock) can be asked
 
 
 @dataclass(frozen=True)
@@ -154,13 +155,11 @@ def _exporting(entry: str, root: Path) -> bool:
     (flock: across processes, containers and NFS, where a pid would say nothing); also when that cannot be told."""
     lock = root / f".{entry}.lock"
     if not (lock.exists() or lock.is_symlink()):
-        if importlib.util.find_spec("fcntl") is None:  # not Unix: no lock to ask
-            return True
-        return False  # made before any scratch and removed after it: no export of this entry runs
+        return not FLOCK  # made before any scratch and removed after it: no export of this entry runs
     return _held(lock)
 
 
-def _stamp_path(p: Path) -> bool:
+def _is_stamp(p: Path) -> bool:
     """True when ``p`` is a stamp as gguf_artifact writes one (a JSON object naming its file)."""
     try:
         return isinstance(json.loads(p.read_text(encoding="utf-8")).get("path"), str)
@@ -181,36 +180,43 @@ def leftovers(cache_dir=None) -> list[Leftover]:
             if not _exporting(scratch.group("entry"), root):
                 found.append(Leftover(p, _bytes(p), "the scratch of an export that no longer runs (its lock is free)"))
         elif (p.suffix == ".json" and ENTRY.match(p.name[:-5]) and p.is_file() and not p.with_suffix("").is_dir()
-              and _stamp_path(p)):
+              and _is_stamp(p)):
             found.append(Leftover(p, _bytes(p), "a stamp without its artifact directory"))
         elif lock and p.is_file() and not _held(p):
             found.append(Leftover(p, _bytes(p), "a lock no export holds (its export was killed)"))
     return found
 
 
-def _held(lock: Path) -> bool:
-    """True when a process holds ``lock`` (gguf_artifact's export lock: filelock's ``flock``), or it cannot be told."""
+def _flock_now(fd: int) -> bool:
+    """Takes ``fd``'s lock without waiting, as filelock takes the export's (``flock``) -> False when another process
+    holds it. Closing ``fd`` drops it."""
+    import fcntl
+
     try:
-        import fcntl
-    except ImportError:  # not Unix
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _held(lock: Path) -> bool:
+    """True when a process holds ``lock`` (gguf_artifact's export lock), or it cannot be told."""
+    if not FLOCK:
         return True
     try:
         fd = os.open(lock, os.O_RDWR)
     except OSError:
         return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
+        return not _flock_now(fd)
     finally:
-        os.close(fd)  # closing drops a lock this took
-    return False
+        os.close(fd)
 
 
 def _delete(path: Path) -> None:
     """Remove an entry's directory (renamed aside first, so no reader sees half of one) or a file."""
     if path.is_dir() and not path.is_symlink():
-        aside = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        aside = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(path, aside)
         shutil.rmtree(aside, ignore_errors=True)
     else:
@@ -221,9 +227,7 @@ def _delete(path: Path) -> None:
 def _unless_exporting(target: Path):
     """Holds ``target``'s export lock (gguf_artifact's) while the entry is removed -> yields False, holding nothing,
     when an export of its file holds it: that export is about to replace or has just replaced the entry."""
-    try:
-        import fcntl
-    except ImportError:  # not Unix: no lock to ask
+    if not FLOCK:  # not Unix: no lock to ask
         yield True
         return
     lock = lock_file(target)
@@ -233,11 +237,7 @@ def _unless_exporting(target: Path):
         yield True
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            free = True
-        except OSError:
-            free = False
+        free = _flock_now(fd)
         yield free
         if free:
             lock.unlink(missing_ok=True)
@@ -266,9 +266,10 @@ def prune(cache_dir=None, *, dry_run: bool = False) -> tuple[list[CacheEntry], l
         return entries, extra
     entries = [e for e in entries if _remove_entry(e, lambda state: state in PRUNED)]
     for left in extra:
-        if LOCK.match(left.path.name):
-            with _unless_exporting(left.path.with_name(LOCK.match(left.path.name).group("entry"))):
-                pass  # removed while held, if free; a lock taken meanwhile stays
+        lock = LOCK.match(left.path.name)
+        if lock:  # removed while held, if still free: a lock an export took meanwhile stays
+            with _unless_exporting(left.path.with_name(lock.group("entry"))):
+                pass
         else:
             _delete(left.path)
     return entries, extra

@@ -108,7 +108,7 @@ def _report(args, verb: str, entries, extra=(), busy=()) -> int:
     for e in busy:
         print(f"kept: {e.name} (an export of {e.source or 'its file'} is running: try again when it ends)")
     size = sum(e.bytes for e in entries) + sum(x.bytes for x in extra)
-    print(f"{'would free' if args.dry_run else 'freed'} {_size(size)}" if entries or list(extra) else
+    print(f"{'would free' if args.dry_run else 'freed'} {_size(size)}" if entries or extra else
           "nothing to remove")
     return 0
 

@@ -123,10 +123,10 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
     arch = (f"{g['architecture']}: onnxlm exports it" if g["exported"] else
             f"{g['architecture']}: onnxlm does not export it (it exports {', '.join(TESTED_GGUF_ARCHITECTURES)})")
     runs = g["exported"] and tok["supported"]
-    from onnxlm.export.export_resources import DISK_BYTES_PER_PARAMETER, MEMORY_BYTES_PER_PARAMETER
+    from onnxlm.export.export_resources import export_needs
 
-    needs = (f"{_size(MEMORY_BYTES_PER_PARAMETER * g['parameters'])} of memory and "
-             f"{_size(DISK_BYTES_PER_PARAMETER * g['parameters'] + g['bytes'])} of disk at the least, once")
+    memory, disk = export_needs(g["parameters"], g["bytes"])
+    needs = f"{_size(memory)} of memory and {_size(disk)} of disk at the least, once"
     artifact = (f"{artifact_dir} (described below)" if cached else
                 f"not exported yet: the first run of a command on this file (onnxlm generate, chat, serve, ...) "
                 f"exports it into {artifact_dir} ({needs})" if runs else "none: onnxlm cannot run this file")
