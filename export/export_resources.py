@@ -22,7 +22,8 @@ __all__ = ["MEMORY_BYTES_PER_PARAMETER", "DISK_BYTES_PER_PARAMETER", "SKIP_ENV",
 MEMORY_BYTES_PER_PARAMETER = 5  # the fp32 session's weights (4 B) beside what the loader left: 6.6 GB / 1.24 B = 5.3
 DISK_BYTES_PER_PARAMETER = 4  # the fp32 scratch artifact, beside the artifact itself (about the file's size)
 SKIP_ENV = "ONNXLM_SKIP_RESOURCE_CHECK"
-_GB = 1e9
+_GB = 1e9  # parameters in billions
+_GiB = 2**30  # bytes as `onnxlm info` and `onnxlm cache` give them
 
 
 def _meminfo(text: str) -> dict[str, int]:
@@ -99,13 +100,13 @@ def check_export_resources(gguf: Path, parameters: int, target: Path, *, blocks_
     memory, disk = export_needs(parameters, gguf.stat().st_size, blocks_kept=blocks_kept)
     need, have = memory, available_memory()
     if have is not None and have < need:
-        raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of memory; this machine has "
-                          f"{have / _GB:.1f} GB available (MemAvailable and free swap, or the container's limit): "
+        raise ExportError(f"{size}, which needs at least {need / _GiB:.2f} GiB of memory; this machine has "
+                          f"{have / _GiB:.2f} GiB available (MemAvailable and free swap, or the container's limit): "
                           f"{elsewhere}")
     need, have = disk, free_disk(target)
     if have < need:
-        raise ExportError(f"{size}, which needs at least {need / _GB:.1f} GB of disk in {target.parent}; it has "
-                          f"{have / _GB:.1f} GB free: free some, point $ONNXLM_CACHE elsewhere, or {elsewhere}")
+        raise ExportError(f"{size}, which needs at least {need / _GiB:.2f} GiB of disk in {target.parent}; it has "
+                          f"{have / _GiB:.2f} GiB free: free some, point $ONNXLM_CACHE elsewhere, or {elsewhere}")
 
 
 def check_gguf_export_resources(gguf: Path, target: Path, *, blocks_kept: bool = True) -> None:

@@ -40,10 +40,12 @@ LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses th
 
 
 def cache_root() -> Path:
-    """``$ONNXLM_CACHE``, else ``$XDG_CACHE_HOME/onnxlm``, else ``~/.cache/onnxlm``."""
+    """``$ONNXLM_CACHE``, else ``$XDG_CACHE_HOME/onnxlm``, else ``~/.cache/onnxlm`` (a relative
+    ``$XDG_CACHE_HOME`` is ignored, as the XDG spec says: the cache would move with the working directory)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "onnxlm"
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or "").expanduser()
+    return (xdg if xdg.is_absolute() else Path.home() / ".cache") / "onnxlm"
 
 
 def _absolute(gguf) -> Path:
@@ -123,24 +125,21 @@ def _has_blocks(gguf: Path) -> bool:
     return any(t.tensor_type.name not in LOSSLESS_FP32 + ("F64",) for t in gguf_reader(gguf).tensors)
 
 
+def _needs_export_extra(path: Path, exc: ImportError) -> ExportError:
+    return ExportError(f"{path.name} is run through an artifact exported from it once, which needs torch, "
+                       f"transformers and gguf ({exc}): pip install 'onnxlm[export]', or export it elsewhere "
+                       f"(onnxlm export {path.name} DIR --quantize gguf) and pass DIR")
+
+
 def _export(path: Path, target: Path, log, progress: bool) -> None:
     """``path``'s artifact written to ``target`` (replacing a stale one): its own blocks at the first accuracy level
     the gate passes, or fp32 when it has no blocks; one process at a time."""
-    try:  # what the export needs, imported before anything is written (export_model imports them lazily)
-        import gguf  # noqa: F401
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-
+    try:
         from filelock import FileLock, Timeout
-
-        from .export import export_model  # noqa: F401
-        from .gguf_quant import quantize_gguf_artifact  # noqa: F401
     except ImportError as exc:
-        raise ExportError(f"{path.name} is run through an artifact exported from it once, which needs torch, "
-                          f"transformers and gguf ({exc}): pip install 'onnxlm[export]', or export it elsewhere "
-                          f"(onnxlm export {path.name} DIR --quantize gguf) and pass DIR") from exc
+        raise _needs_export_extra(path, exc) from exc
     # one export of a file at a time: a second first run (another shell, a second server) waits for the first one's
-    # artifact instead of holding a second fp32 model beside it
+    # artifact instead of holding a second fp32 model beside it (and reuses it without importing torch)
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_file(target)))
     try:
@@ -151,6 +150,15 @@ def _export(path: Path, target: Path, log, progress: bool) -> None:
     try:
         if is_current(target, path):  # that other process made it
             return
+        try:  # what the export needs, imported before anything is written (export_model imports them lazily)
+            import gguf  # noqa: F401
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+
+            from .export import export_model  # noqa: F401
+            from .gguf_quant import quantize_gguf_artifact  # noqa: F401
+        except ImportError as exc:
+            raise _needs_export_extra(path, exc) from exc
         _export_alone(path, target, log, progress)
         _write_stamp(target, path)  # before the lock goes: a waiter then reuses it without hashing the file
     finally:

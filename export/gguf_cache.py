@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,8 @@ from onnxlm.runtime.errors import ParameterError
 from .gguf_artifact import artifact_dir_for, cache_root, is_current, lock_file, stamp_file
 from .gguf_magic import is_gguf_file
 
-__all__ = ["CacheEntry", "Leftover", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries", "leftovers",
-           "prune", "remove"]
+__all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
+           "leftovers", "prune", "remove"]
 
 STATES = ("current", "changed", "missing", "incomplete", "unknown")
 PRUNED = ("changed", "missing")  # the states `prune` removes (an incomplete entry is not one onnxlm makes: kept)
@@ -71,6 +72,32 @@ class Leftover:
     path: Path
     bytes: int
     why: str
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``prune`` or ``remove`` did (or, with ``dry_run``, would do): the entries and leftovers ``removed``; the
+    entries ``kept`` with why (an export of their file holds their lock, or their state changed meanwhile); the
+    paths it ``failed`` to delete, with the error (an entry renamed aside and only partly deleted is both removed
+    and failed: no run uses it again, and its remains are a leftover ``prune`` retries)."""
+    removed: list[CacheEntry]
+    leftovers: list[Leftover]
+    kept: list[tuple[CacheEntry, str]]
+    failed: list[tuple[Path, str]]
+    dry_run: bool = False
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of what was (or would be) removed."""
+        return sum(e.bytes for e in self.removed) + sum(x.bytes for x in self.leftovers)
+
+    def __repr__(self) -> str:
+        return (f"Removal(removed={[e.name for e in self.removed]}, leftovers={[x.path.name for x in self.leftovers]}"
+                f", kept={[e.name for e, _ in self.kept]}, failed={[str(p) for p, _ in self.failed]}, "
+                f"bytes={self.bytes}, dry_run={self.dry_run})")
+
+
+BUSY = "an export of its file is running"
 
 
 def gguf_cache_dir(cache_dir=None) -> Path:
@@ -213,14 +240,26 @@ def _held(lock: Path) -> bool:
         os.close(fd)
 
 
-def _delete(path: Path) -> None:
-    """Remove an entry's directory (renamed aside first, so no reader sees half of one) or a file."""
+def _delete(path: Path, failed: list) -> None:
+    """Remove an entry's directory (renamed aside first, so no reader sees half of one) or a file; what cannot be
+    deleted goes into ``failed`` as (path, error). A rename that fails leaves the entry whole and raises."""
     if path.is_dir() and not path.is_symlink():
         aside = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(path, aside)
-        shutil.rmtree(aside, ignore_errors=True)
+        errors = []
+
+        def note(_func, where, exc) -> None:  # exc: the exception (onexc), or sys.exc_info() (onerror, < 3.12)
+            exc = exc[1] if isinstance(exc, tuple) else exc
+            errors.append(f"{where}: {getattr(exc, 'strerror', None) or exc}")
+
+        shutil.rmtree(aside, **{"onexc" if sys.version_info >= (3, 12) else "onerror": note})
+        if errors:
+            failed.append((aside, f"{errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")))
     else:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            failed.append((path, exc.strerror or str(exc)))
 
 
 @contextlib.contextmanager
@@ -240,39 +279,59 @@ def _unless_exporting(target: Path):
         free = _flock_now(fd)
         yield free
         if free:
-            lock.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
 
 
-def _remove_entry(entry: CacheEntry, still) -> bool:
-    """Remove an entry and its stamp unless an export holds its lock or ``still(state)`` no longer holds once the
-    lock is taken -> whether it was removed."""
-    with _unless_exporting(entry.path) as free:
-        if not free or not still(_state(entry.path, _stamped_source(entry.path))):
-            return False
-        _delete(entry.path)
-        stamp_file(entry.path).unlink(missing_ok=True)
-        return True
+def _busy(entry: CacheEntry) -> bool:
+    """True when an export of the entry's file holds its lock now (a dry run's answer; a real run takes the lock)."""
+    lock = lock_file(entry.path)
+    return FLOCK and (lock.exists() or lock.is_symlink()) and _held(lock)
 
 
-def prune(cache_dir=None, *, dry_run: bool = False) -> tuple[list[CacheEntry], list[Leftover]]:
+def _remove_entries(entries: list[CacheEntry], still, out: Removal) -> None:
+    """Remove each entry and its stamp unless an export holds its lock or ``still(state)`` no longer holds once the
+    lock is taken -> ``out``'s removed, kept and failed."""
+    for entry in entries:
+        if out.dry_run:
+            (out.kept.append((entry, BUSY)) if _busy(entry) else out.removed.append(entry))
+            continue
+        with _unless_exporting(entry.path) as free:
+            state = _state(entry.path, _stamped_source(entry.path)) if free else None
+            if not free or not still(state):
+                out.kept.append((entry, BUSY if not free else f"it is {state} now"))
+                continue
+            try:
+                _delete(entry.path, out.failed)
+            except OSError as exc:  # not even renamed aside: the entry is whole and still used
+                out.failed.append((entry.path, exc.strerror or str(exc)))
+                continue
+            _delete(stamp_file(entry.path), out.failed)
+            out.removed.append(entry)
+
+
+def prune(cache_dir=None, *, dry_run: bool = False) -> Removal:
     """Remove the entries no run will use again (``PRUNED`` states) with their stamps, and the leftovers of killed
-    exports -> (the entries, the leftovers) removed, or that would be with ``dry_run``. An entry whose file an
-    export is writing again (it holds the lock) is left to it."""
-    entries = [e for e in cache_entries(cache_dir) if e.state in PRUNED]
-    extra = leftovers(cache_dir)
-    if dry_run:
-        return entries, extra
-    entries = [e for e in entries if _remove_entry(e, lambda state: state in PRUNED)]
-    for left in extra:
+    exports -> what was removed, kept and not deleted (``Removal``; with ``dry_run`` what would be). An entry whose
+    file an export is writing again (it holds the lock) is left to it."""
+    out = Removal([], [], [], [], dry_run)
+    _remove_entries([e for e in cache_entries(cache_dir) if e.state in PRUNED], lambda state: state in PRUNED, out)
+    for left in leftovers(cache_dir):
+        out.leftovers.append(left)
+        if dry_run:
+            continue
         lock = LOCK.match(left.path.name)
         if lock:  # removed while held, if still free: a lock an export took meanwhile stays
             with _unless_exporting(left.path.with_name(lock.group("entry"))):
                 pass
         else:
-            _delete(left.path)
-    return entries, extra
+            try:
+                _delete(left.path, out.failed)
+            except OSError as exc:
+                out.failed.append((left.path, exc.strerror or str(exc)))
+    return out
 
 
 def _resolve(target, root: Path) -> Path:
@@ -293,15 +352,13 @@ def _resolve(target, root: Path) -> Path:
                                    f"(`onnxlm cache` lists them)")
 
 
-def remove(targets, cache_dir=None, *, dry_run: bool = False) -> tuple[list[CacheEntry], list[CacheEntry]]:
+def remove(targets, cache_dir=None, *, dry_run: bool = False) -> Removal:
     """Remove the named entries (GGUF paths, entry names or directories), whatever their state, with their stamps
-    -> (the entries removed, those left because an export of their file is running). Every target is resolved
-    before anything is removed."""
+    -> what was removed, kept (an export of their file is running) and not deleted (``Removal``; with ``dry_run``
+    what would be). Every target is resolved before anything is removed."""
     root = gguf_cache_dir(cache_dir)
     dirs = list(dict.fromkeys(_resolve(t, root) for t in targets))
     by_dir = {e.path: e for e in cache_entries(cache_dir)}
-    entries = [by_dir[d] for d in dirs if d in by_dir]
-    if dry_run:
-        return entries, []
-    removed = [e for e in entries if _remove_entry(e, lambda state: True)]
-    return removed, [e for e in entries if e not in removed]
+    out = Removal([], [], [], [], dry_run)
+    _remove_entries([by_dir[d] for d in dirs if d in by_dir], lambda state: True, out)
+    return out

@@ -47,7 +47,7 @@ def _tokenizer(reader) -> dict:
 
 def summarize_gguf(path) -> dict:
     """A GGUF file -> {"file", "bytes", "version", "name", "architecture", "exported", "layers", "hidden",
-    "context_length", "parameters", "tensor_types" (type -> count, most first), "dequantized_types",
+    "context_length", "parameters", "tensor_types" (type -> count, most first), "dequantized_types", "blocks",
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_blocks import NATIVE_TYPES
@@ -74,6 +74,7 @@ def summarize_gguf(path) -> dict:
         "parameters": sum(int(t.n_elements) for t in reader.tensors),
         "tensor_types": dict(types.most_common()),
         "dequantized_types": sorted(t for t in types if t not in NATIVE_TYPES and t not in LOSSLESS_FP32),
+        "blocks": any(t not in LOSSLESS_FP32 + ("F64",) for t in types),  # else its export is the fp32 artifact
         "tokenizer": _tokenizer(reader),
         "chat_template": "tokenizer.chat_template" in reader.fields,
     }

@@ -57,5 +57,7 @@ def test_default_models_dir_is_the_checkouts_models(monkeypatch, tmp_path):
     monkeypatch.delenv("ONNXLM_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_models_dir() == tmp_path / "xdg" / "onnxlm" / "models"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/xdg")  # ignored, as the XDG spec says
+    assert default_models_dir() == Path.home() / ".cache" / "onnxlm" / "models"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_models_dir() == Path.home() / ".cache" / "onnxlm" / "models"

@@ -49,7 +49,7 @@ def test_too_little_memory_is_refused_with_the_figures_and_the_ways_out(gguf, tm
         R.check_export_resources(gguf, 8_000_000_000, tmp_path / "cache" / "gguf" / "x")
     msg = str(info.value)
     assert msg.startswith("exporting model-8b.Q4_K_M.gguf goes through its fp32 model (8.00 B parameters), "
-                          "which needs at least 40.0 GB of memory; this machine has 16.0 GB available")
+                          "which needs at least 37.25 GiB of memory; this machine has 14.90 GiB available")
     assert "onnxlm export model-8b.Q4_K_M.gguf DIR --quantize gguf" in msg and f"{R.SKIP_ENV}=1" in msg
     R.check_export_resources(gguf, 3_000_000_000, tmp_path)  # 15 GB: enough
     monkeypatch.setattr(R, "available_memory", lambda: None)  # the system does not say
@@ -64,12 +64,12 @@ def test_too_little_disk_where_the_artifact_goes_is_refused(gguf, tmp_path, monk
     seen = []
     monkeypatch.setattr(R, "free_disk", lambda p: seen.append(p) or 2 * 10**9)
     target = tmp_path / "cache" / "gguf" / "model"
-    with pytest.raises(ExportError, match=r"needs at least 4\.0 GB of disk in .*cache/gguf; it has 2\.0 GB free: "
+    with pytest.raises(ExportError, match=r"needs at least 3\.73 GiB of disk in .*cache/gguf; it has 1\.86 GiB free: "
                                           r"free some, point \$ONNXLM_CACHE elsewhere, or export it on a larger"):
         R.check_export_resources(gguf, 1_000_000_000, target)
     assert seen == [target]
     R.check_export_resources(gguf, 490_000_000, target)  # 1.96 GB + the file: fits
-    with pytest.raises(ExportError, match=r"needs at least 2\.0 GB of disk"):  # the fp32 artifact, then the file's
+    with pytest.raises(ExportError, match=r"needs at least 1\.86 GiB of disk"):  # the fp32 artifact, then the file's
         R.check_export_resources(gguf, 499_999_900, target)  # 2e9 - 400 bytes + the file's 1004: 604 too many
     R.check_export_resources(gguf, 499_999_900, target, blocks_kept=False)  # the fp32 artifact alone fits
     assert R.free_disk(tmp_path / "not" / "made" / "yet") > 0  # the nearest existing parent's file system

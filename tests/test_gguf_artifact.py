@@ -131,6 +131,32 @@ def test_a_second_first_run_waits_for_the_first_ones_artifact(first_run, tmp_pat
     assert result == {"dir": target} and "first run" not in err.getvalue()
 
 
+def test_a_waiting_run_without_torch_reuses_the_first_ones_artifact(first_run, tmp_path):
+    """The lock is taken before torch is imported: a second first run in an environment without the export extra
+    (a runtime-only venv sharing the cache) waits for the first run's artifact and runs it."""
+    import shutil
+
+    from filelock import FileLock
+
+    gguf, cache, _, _ = first_run
+    other = tmp_path / "cache"
+    target = GA.artifact_dir_for(gguf, other)
+    target.parent.mkdir(parents=True)
+    lock = FileLock(str(GA.lock_file(target)))
+    lock.acquire()  # "the first run", in progress
+    run = (f"from onnxlm.export.gguf_artifact import ensure_gguf_artifact; "
+           f"print(ensure_gguf_artifact({str(gguf)!r}, cache_dir={str(other)!r}))")
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKER + run], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert "waiting for another process exporting tiny-llama.gguf" in proc.stderr.readline()
+        shutil.copytree(GA.artifact_dir_for(gguf, cache), target)  # the first run's artifact lands
+    finally:
+        lock.release()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip() == str(target), err
+
+
 def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
     """Other bytes at the file's path (the stamp and the manifest's sha256 both differ): the cached artifact is
     stale, so the next run exports again; the file's own bytes back, it is current again."""
@@ -278,6 +304,12 @@ def test_info_describes_a_gguf_file_and_its_cached_artifact_without_exporting(fi
     assert code == 0 and (f"exports it into {GA.artifact_dir_for(fresh, cache)} ({5 * n / 1024:.1f} KiB of memory "
                           f"and {(4 * n + size) / 1024:.1f} KiB of disk at the least, once)") in out, out
     assert not GA.artifact_dir_for(fresh, cache).exists()
+    # a file without blocks: its export is the fp32 artifact alone (no second artifact on the disk floor)
+    plain = tmp_path / "plain.gguf"
+    write_tiny_gguf(plain, types=[dict.fromkeys(TYPES[0], "F32")] * 2, embedding="F32")
+    code, out, err = run_cli(capsys, "info", plain)
+    n = json.loads(run_cli(capsys, "info", plain, "--json")[1])["gguf"]["parameters"]
+    assert code == 0 and f"{5 * n / 1024:.1f} KiB of memory and {4 * n / 1024:.1f} KiB of disk at the least" in out
 
 
 def test_info_says_when_onnxlm_cannot_run_a_gguf_file(tmp_path, capsys, monkeypatch):

@@ -21,6 +21,9 @@ or unknown (no stamp names its file). Nothing here imports torch.
   onnxlm cache prune          remove the changed and missing entries, and what killed exports left
   onnxlm cache rm TARGET ...  remove entries by their GGUF file's path (even a file since deleted) or their name
 
+An entry whose file an export is writing is kept and said so ("kept: ..."). Exit status 1: something could not be
+deleted, or an entry named to `rm` was kept.
+
 examples:
   onnxlm cache
   onnxlm cache prune --dry-run
@@ -94,34 +97,42 @@ def run_ls(args) -> int:
     return 0
 
 
-def _report(args, verb: str, entries, extra=(), busy=()) -> int:
+def _report(args, done, *, strict: bool) -> int:
+    """Prints a ``Removal`` -> the exit status: 1 when something could not be deleted, or, with ``strict`` (``rm``:
+    the user named them), when an entry was kept."""
+    from onnxlm.export.gguf_cache import BUSY, SCRATCH
+
+    status = 1 if done.failed or (strict and done.kept) else 0
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "removed": [_entry_json(e) for e in entries],
-                          "leftovers": [_leftover_json(x) for x in extra], "kept": [_entry_json(e) for e in busy],
-                          "bytes": sum(e.bytes for e in entries) + sum(x.bytes for x in extra)}, indent=2))
-        return 0
-    verb = f"would {verb}" if args.dry_run else f"{verb}d"
-    for e in entries:
+        print(json.dumps({"dry_run": done.dry_run, "removed": [_entry_json(e) for e in done.removed],
+                          "leftovers": [_leftover_json(x) for x in done.leftovers],
+                          "kept": [{**_entry_json(e), "why": why} for e, why in done.kept],
+                          "failed": [{"path": str(path), "error": why} for path, why in done.failed],
+                          "bytes": done.bytes}, indent=2))
+        return status
+    verb = "would remove" if done.dry_run else "removed"
+    for e in done.removed:
         print(f"{verb}: {e.name} ({_size(e.bytes)}, {e.state}{', ' + e.source if e.source else ''})")
-    for x in extra:
+    for x in done.leftovers:
         print(f"{verb}: {x.path.name} ({_size(x.bytes)}, {x.why})")
-    for e in busy:
-        print(f"kept: {e.name} (an export of {e.source or 'its file'} is running: try again when it ends)")
-    size = sum(e.bytes for e in entries) + sum(x.bytes for x in extra)
-    print(f"{'would free' if args.dry_run else 'freed'} {_size(size)}" if entries or extra else
+    for e, why in done.kept:
+        hint = ": try again when it ends" if why == BUSY else ""
+        print(f"{'would keep' if done.dry_run else 'kept'}: {e.name} ({why}{hint})")
+    for path, why in done.failed:
+        again = ": `onnxlm cache prune` tries again" if SCRATCH.match(path.name) else ""
+        print(f"could not delete {path} ({why}){again}")
+    print(f"{'would free' if done.dry_run else 'freed'} {_size(done.bytes)}" if done.removed or done.leftovers else
           "nothing to remove")
-    return 0
+    return status
 
 
 def run_prune(args) -> int:
     from onnxlm.export.gguf_cache import prune
 
-    entries, extra = prune(dry_run=args.dry_run)
-    return _report(args, "remove", entries, extra)
+    return _report(args, prune(dry_run=args.dry_run), strict=False)
 
 
 def run_rm(args) -> int:
     from onnxlm.export.gguf_cache import remove
 
-    removed, busy = remove(args.targets, dry_run=args.dry_run)
-    return _report(args, "remove", removed, busy=busy)
+    return _report(args, remove(args.targets, dry_run=args.dry_run), strict=True)

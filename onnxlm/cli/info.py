@@ -125,7 +125,7 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
     runs = g["exported"] and tok["supported"]
     from onnxlm.export.export_resources import export_needs
 
-    memory, disk = export_needs(g["parameters"], g["bytes"])
+    memory, disk = export_needs(g["parameters"], g["bytes"], blocks_kept=g["blocks"])
     needs = f"{_size(memory)} of memory and {_size(disk)} of disk at the least, once"
     artifact = (f"{artifact_dir} (described below)" if cached else
                 f"not exported yet: the first run of a command on this file (onnxlm generate, chat, serve, ...) "
