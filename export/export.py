@@ -11,9 +11,9 @@ from typing import Any
 
 from onnxlm.runtime.errors import ExportError
 from onnxlm.runtime.fused.causal_lm import KV_LAYOUT
+from onnxlm.runtime.gguf_magic import is_gguf_file
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
-from .gguf_magic import is_gguf_file
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
 from .logits_to_keep import add_logits_to_keep

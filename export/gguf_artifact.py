@@ -30,8 +30,7 @@ import sys
 from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, ModelFileError, QualityGateError
-
-from .gguf_magic import GGUF_MAGIC, is_gguf_file
+from onnxlm.runtime.gguf_magic import GGUF_MAGIC, is_gguf_file
 
 __all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "cached_artifact", "ensure_gguf_artifact"]
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onnxlm.runtime.errors import ParameterError
+from onnxlm.runtime.gguf_magic import is_gguf_file
 
 from .gguf_artifact import artifact_dir_for, cache_root, is_current, lock_file, stamp_file
-from .gguf_magic import is_gguf_file
 
 __all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
            "leftovers", "prune", "remove"]

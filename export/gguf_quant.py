@@ -80,8 +80,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
-
-from .gguf_magic import is_gguf_file
+from onnxlm.runtime.gguf_magic import is_gguf_file
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
 from .mapped_weights import save_mapped
 from .quantizer_input import array_of, load_unaliased, read_external

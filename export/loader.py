@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxlm.runtime.errors import ExportError
-
-from .gguf_magic import is_gguf_file
+from onnxlm.runtime.gguf_magic import is_gguf_file
 from .missing_weights import refuse_missing_weights
 from .onnx_export import SUPPORTED_FAMILIES, family_of
 from .recipes import instantiate_recipe, is_recipe_dir

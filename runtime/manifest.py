@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .errors import ManifestError, ModelFileError
+from .gguf_magic import is_gguf_file
 
 MANIFEST_NAME = "onnxlm.json"
 FORMAT_VERSION = 1
@@ -32,9 +33,7 @@ def read_json(path: Path) -> dict:
 
 def _not_a_directory(path: Path) -> str:
     """Why a file is no model directory, and for a GGUF file what to do instead."""
-    with open(path, "rb") as f:
-        gguf = f.read(4) == b"GGUF"
-    if not gguf:
+    if not is_gguf_file(path):
         return (f"{path} is a file, not a model directory (expected an onnxlm export or an Optimum ONNX export "
                 "directory)")
     return (f"{path} is a GGUF file, not a model directory: export it once (onnxlm export {path} DIR --quantize gguf, "

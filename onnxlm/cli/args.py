@@ -84,7 +84,7 @@ def model_path(args) -> Path:
     """MODEL_DIR as given -> the artifact directory to load: a .gguf file's cached artifact, exported first when
     missing (export/gguf_artifact.py), else the path itself."""
     from onnxlm.export.gguf_artifact import ensure_gguf_artifact
-    from onnxlm.export.gguf_magic import is_gguf_file
+    from onnxlm.runtime.gguf_magic import is_gguf_file
 
     path = Path(args.model_dir).expanduser()
     return ensure_gguf_artifact(path) if is_gguf_file(path) else path

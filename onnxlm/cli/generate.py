@@ -315,7 +315,7 @@ def run_chat(args) -> int:
 
 def _refuse_a_gguf_without_template(model, given: str) -> None:
     """A .gguf file run through its cached artifact: a missing template is the file's (a base model), said so."""
-    from onnxlm.export.gguf_magic import is_gguf_file
+    from onnxlm.runtime.gguf_magic import is_gguf_file
 
     if not model.chat_template and is_gguf_file(given):
         raise ModelFileError(f"{given} has no chat template (its metadata holds no tokenizer.chat_template: a base "

@@ -77,7 +77,7 @@ def _arg(a) -> dict:
 
 
 def run(args) -> int:
-    from onnxlm.export.gguf_magic import is_gguf_file
+    from onnxlm.runtime.gguf_magic import is_gguf_file
 
     if is_gguf_file(args.model_dir):
         return _run_gguf(args)

@@ -97,7 +97,7 @@ def run(args) -> int:
 def served_name(given: str, path: Path) -> str:
     """The model's name in the API when --model-name is not given: a .gguf file's name without .gguf, else the
     artifact directory's name."""
-    from onnxlm.export.gguf_magic import is_gguf_file
+    from onnxlm.runtime.gguf_magic import is_gguf_file
 
     return Path(given).stem if is_gguf_file(given) else path.resolve().name
 
