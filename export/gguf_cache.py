@@ -241,11 +241,14 @@ def _held(lock: Path) -> bool:
 
 
 def _delete(path: Path, failed: list) -> None:
-    """Remove an entry's directory (renamed aside first, so no reader sees half of one) or a file; what cannot be
+    """Remove an entry's directory (renamed aside first, so no reader sees half of one, into a name ``SCRATCH``
+    matches), a leftover's (in place: no reader uses it, and its name stays a leftover's) or a file; what cannot be
     deleted goes into ``failed`` as (path, error). A rename that fails leaves the entry whole and raises."""
     if path.is_dir() and not path.is_symlink():
-        aside = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(path, aside)
+        aside = path
+        if ENTRY.match(path.name):
+            aside = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(path, aside)
         errors = []
 
         def note(_func, where, exc) -> None:  # exc: the exception (onexc), or sys.exc_info() (onerror, < 3.12)
@@ -319,18 +322,22 @@ def prune(cache_dir=None, *, dry_run: bool = False) -> Removal:
     out = Removal([], [], [], [], dry_run)
     _remove_entries([e for e in cache_entries(cache_dir) if e.state in PRUNED], lambda state: state in PRUNED, out)
     for left in leftovers(cache_dir):
-        out.leftovers.append(left)
         if dry_run:
+            out.leftovers.append(left)
             continue
         lock = LOCK.match(left.path.name)
         if lock:  # removed while held, if still free: a lock an export took meanwhile stays
             with _unless_exporting(left.path.with_name(lock.group("entry"))):
                 pass
-        else:
-            try:
-                _delete(left.path, out.failed)
-            except OSError as exc:
-                out.failed.append((left.path, exc.strerror or str(exc)))
+            out.leftovers.append(left)
+            continue
+        failures = len(out.failed)
+        try:
+            _delete(left.path, out.failed)
+        except OSError as exc:  # not renamed aside: nothing of it was deleted
+            out.failed.append((left.path, exc.strerror or str(exc)))
+        if len(out.failed) == failures:  # a leftover not wholly deleted is reported as failed, not removed
+            out.leftovers.append(left)
     return out
 
 
