@@ -253,7 +253,8 @@ def _delete(path: Path, failed: list) -> None:
 
         def note(_func, where, exc) -> None:  # exc: the exception (onexc), or sys.exc_info() (onerror, < 3.12)
             exc = exc[1] if isinstance(exc, tuple) else exc
-            errors.append(f"{where}: {getattr(exc, 'strerror', None) or exc}")
+            if not isinstance(exc, FileNotFoundError):  # gone meanwhile (another prune): deleted all the same
+                errors.append(f"{where}: {getattr(exc, 'strerror', None) or exc}")
 
         shutil.rmtree(aside, **{"onexc" if sys.version_info >= (3, 12) else "onerror": note})
         if errors:
@@ -302,6 +303,8 @@ def _remove_entries(entries: list[CacheEntry], still, out: Removal) -> None:
             (out.kept.append((entry, BUSY)) if _busy(entry) else out.removed.append(entry))
             continue
         with _unless_exporting(entry.path) as free:
+            if free and not entry.path.is_dir():  # another prune or rm removed it meanwhile
+                continue
             state = _state(entry.path, _stamped_source(entry.path)) if free else None
             if not free or not still(state):
                 out.kept.append((entry, BUSY if not free else f"it is {state} now"))
@@ -320,16 +323,20 @@ def prune(cache_dir=None, *, dry_run: bool = False) -> Removal:
     exports -> what was removed, kept and not deleted (``Removal``; with ``dry_run`` what would be). An entry whose
     file an export is writing again (it holds the lock) is left to it."""
     out = Removal([], [], [], [], dry_run)
+    extra = leftovers(cache_dir)  # listed first: an entry not wholly deleted below is not retried in the same run
     _remove_entries([e for e in cache_entries(cache_dir) if e.state in PRUNED], lambda state: state in PRUNED, out)
-    for left in leftovers(cache_dir):
+    for left in extra:
         if dry_run:
             out.leftovers.append(left)
             continue
         lock = LOCK.match(left.path.name)
-        if lock:  # removed while held, if still free: a lock an export took meanwhile stays
-            with _unless_exporting(left.path.with_name(lock.group("entry"))):
+        if lock:  # removed while held, if still free: a lock an export took meanwhile stays (no leftover now)
+            with _unless_exporting(left.path.with_name(lock.group("entry"))) as free:
                 pass
-            out.leftovers.append(left)
+            if free and left.path.exists():
+                out.failed.append((left.path, "it could not be removed"))
+            elif free:
+                out.leftovers.append(left)
             continue
         failures = len(out.failed)
         try:
