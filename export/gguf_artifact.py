@@ -118,10 +118,10 @@ def cached_artifact(gguf, cache_dir=None) -> Path | None:
 
 def _has_blocks(gguf: Path) -> bool:
     """True when some tensor of the file is of a quantized (block) type."""
-    from .gguf_quant import LOSSLESS_FP32
+    from .gguf_quant import has_blocks
     from .gguf_reader import gguf_reader
 
-    return any(t.tensor_type.name not in LOSSLESS_FP32 + ("F64",) for t in gguf_reader(gguf).tensors)
+    return has_blocks(t.tensor_type.name for t in gguf_reader(gguf).tensors)
 
 
 def _needs_export_extra(path: Path, exc: ImportError) -> ExportError:

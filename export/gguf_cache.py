@@ -39,7 +39,7 @@ from onnxlm.runtime.gguf_magic import is_gguf_file
 from .gguf_artifact import artifact_dir_for, cache_root, is_current, lock_file, stamp_file
 
 __all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
-           "leftovers", "prune", "remove"]
+           "leftovers", "prune", "prune_retries", "remove"]
 
 STATES = ("current", "changed", "missing", "incomplete", "unknown")
 PRUNED = ("changed", "missing")  # the states `prune` removes (an incomplete entry is not one onnxlm makes: kept)
@@ -180,7 +180,7 @@ def cache_entries(cache_dir=None) -> list[CacheEntry]:
 def _exporting(entry: str, root: Path) -> bool:
     """True when an export of entry ``entry`` runs: it holds the entry's lock for as long as its scratch exists
     (flock: across processes, containers and NFS, where a pid would say nothing); also when that cannot be told."""
-    lock = root / f".{entry}.lock"
+    lock = lock_file(root / entry)
     if not (lock.exists() or lock.is_symlink()):
         return not FLOCK  # made before any scratch and removed after it: no export of this entry runs
     return _held(lock)
@@ -240,15 +240,20 @@ def _held(lock: Path) -> bool:
         os.close(fd)
 
 
-def _delete(path: Path, failed: list) -> None:
+def _delete(path: Path, failed: list) -> bool:
     """Remove an entry's directory (renamed aside first, so no reader sees half of one, into a name ``SCRATCH``
     matches), a leftover's (in place: no reader uses it, and its name stays a leftover's) or a file; what cannot be
-    deleted goes into ``failed`` as (path, error). A rename that fails leaves the entry whole and raises."""
+    deleted goes into ``failed`` as (path, error) -> True when nothing is left under ``path``'s name (an entry
+    renamed aside and only partly deleted: its remains are a leftover)."""
     if path.is_dir() and not path.is_symlink():
         aside = path
         if ENTRY.match(path.name):
             aside = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(path, aside)
+            try:
+                os.rename(path, aside)
+            except OSError as exc:  # not even renamed aside: the entry is whole and still used
+                failed.append((path, exc.strerror or str(exc)))
+                return False
         errors = []
 
         def note(_func, where, exc) -> None:  # exc: the exception (onexc), or sys.exc_info() (onerror, < 3.12)
@@ -259,11 +264,13 @@ def _delete(path: Path, failed: list) -> None:
         shutil.rmtree(aside, **{"onexc" if sys.version_info >= (3, 12) else "onerror": note})
         if errors:
             failed.append((aside, f"{errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")))
-    else:
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            failed.append((path, exc.strerror or str(exc)))
+        return aside != path or not errors
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        failed.append((path, exc.strerror or str(exc)))
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -291,8 +298,7 @@ def _unless_exporting(target: Path):
 
 def _busy(entry: CacheEntry) -> bool:
     """True when an export of the entry's file holds its lock now (a dry run's answer; a real run takes the lock)."""
-    lock = lock_file(entry.path)
-    return FLOCK and (lock.exists() or lock.is_symlink()) and _held(lock)
+    return FLOCK and _exporting(entry.name, entry.path.parent)
 
 
 def _remove_entries(entries: list[CacheEntry], still, out: Removal) -> None:
@@ -309,13 +315,9 @@ def _remove_entries(entries: list[CacheEntry], still, out: Removal) -> None:
             if not free or not still(state):
                 out.kept.append((entry, BUSY if not free else f"it is {state} now"))
                 continue
-            try:
-                _delete(entry.path, out.failed)
-            except OSError as exc:  # not even renamed aside: the entry is whole and still used
-                out.failed.append((entry.path, exc.strerror or str(exc)))
-                continue
-            _delete(stamp_file(entry.path), out.failed)
-            out.removed.append(entry)
+            if _delete(entry.path, out.failed):
+                _delete(stamp_file(entry.path), out.failed)
+                out.removed.append(entry)
 
 
 def prune(cache_dir=None, *, dry_run: bool = False) -> Removal:
@@ -338,14 +340,16 @@ def prune(cache_dir=None, *, dry_run: bool = False) -> Removal:
             elif free:
                 out.leftovers.append(left)
             continue
-        failures = len(out.failed)
-        try:
-            _delete(left.path, out.failed)
-        except OSError as exc:  # not renamed aside: nothing of it was deleted
-            out.failed.append((left.path, exc.strerror or str(exc)))
-        if len(out.failed) == failures:  # a leftover not wholly deleted is reported as failed, not removed
+        if _delete(left.path, out.failed):  # a leftover not wholly deleted is reported as failed, not removed
             out.leftovers.append(left)
     return out
+
+
+def prune_retries(path: Path) -> bool:
+    """True when ``path`` (a ``Removal.failed`` path) has a name the next ``prune`` looks at again: an entry's
+    remains renamed aside or a scratch, a stamp, a lock."""
+    return bool(SCRATCH.match(path.name) or LOCK.match(path.name)
+                or (path.suffix == ".json" and ENTRY.match(path.stem)))
 
 
 def _resolve(target, root: Path) -> Path:

@@ -89,6 +89,14 @@ from .provenance import file_record, source_record
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
 LOSSLESS_FP32 = ("F32", "F16", "BF16")  # types whose fp32 copy is the same numbers (no blocks to keep)
+
+
+def has_blocks(type_names) -> bool:
+    """True when a GGUF type name of ``type_names`` is a quantized (block) type: the file has blocks to keep; else
+    its export is the fp32 artifact."""
+    return any(t not in LOSSLESS_FP32 + ("F64",) for t in type_names)
+
+
 ACCURACY_LEVELS = (1, 4)  # 4: the MLP at int8 activations (default); 1: fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
 CHECK_ROWS = 4096  # rows of a weight dequantised at once by the check (Gemma 3's head: 640 x 4096 = 10 MB a share)

@@ -51,7 +51,7 @@ def summarize_gguf(path) -> dict:
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_blocks import NATIVE_TYPES
-    from .gguf_quant import LOSSLESS_FP32
+    from .gguf_quant import LOSSLESS_FP32, has_blocks
 
     path = Path(os.fspath(path))
     try:
@@ -74,7 +74,7 @@ def summarize_gguf(path) -> dict:
         "parameters": sum(int(t.n_elements) for t in reader.tensors),
         "tensor_types": dict(types.most_common()),
         "dequantized_types": sorted(t for t in types if t not in NATIVE_TYPES and t not in LOSSLESS_FP32),
-        "blocks": any(t not in LOSSLESS_FP32 + ("F64",) for t in types),  # else its export is the fp32 artifact
+        "blocks": has_blocks(types),
         "tokenizer": _tokenizer(reader),
         "chat_template": "tokenizer.chat_template" in reader.fields,
     }

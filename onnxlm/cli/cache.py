@@ -100,7 +100,7 @@ def run_ls(args) -> int:
 def _report(args, done, *, strict: bool) -> int:
     """Prints a ``Removal`` -> the exit status: 1 when something could not be deleted, or, with ``strict`` (``rm``:
     the user named them), when an entry was kept."""
-    from onnxlm.export.gguf_cache import BUSY, ENTRY, SCRATCH
+    from onnxlm.export.gguf_cache import BUSY, prune_retries
 
     status = 1 if done.failed or (strict and done.kept) else 0
     if args.json:
@@ -119,8 +119,7 @@ def _report(args, done, *, strict: bool) -> int:
         hint = ": try again when it ends" if why == BUSY else ""
         print(f"{'would keep' if done.dry_run else 'kept'}: {e.name} ({why}{hint})")
     for path, why in done.failed:
-        retried = SCRATCH.match(path.name) or (path.suffix == ".json" and ENTRY.match(path.stem))  # scratch, a stamp
-        again = ": `onnxlm cache prune` tries again" if retried else ""
+        again = ": `onnxlm cache prune` tries again" if prune_retries(path) else ""
         print(f"could not delete {path} ({why}){again}")
     print(f"{'would free' if done.dry_run else 'freed'} {_size(done.bytes)}" if done.removed or done.leftovers else
           "nothing to remove")
