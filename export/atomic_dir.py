@@ -21,8 +21,20 @@ def is_nonempty(p: Path) -> bool:
     return not p.is_dir() or any(p.iterdir())
 
 
-def refuse_taken(out_dir: Path, force: bool) -> None:
-    """ExportError when ``out_dir`` holds something and ``force`` is not set."""
+def refuse_taken(out_dir: Path, force: bool, *sources) -> None:
+    """ExportError when ``out_dir`` holds something and ``force`` is not set, or, even with ``force``, when it is or
+    holds one of ``sources`` (the files the export reads: replacing ``out_dir`` would delete them)."""
+    out = Path(out_dir).expanduser().resolve()
+    for source in sources:
+        if source is None or not isinstance(source, (str, os.PathLike)):
+            continue
+        src = Path(source).expanduser()
+        if not (src.exists() or src.is_symlink()):
+            continue
+        src = src.resolve()
+        if src == out or out in src.parents:
+            raise ExportError(f"{out_dir}: the output would replace the input {source} ("
+                              + ("the same path" if src == out else "it lies inside") + "); name another OUT_DIR")
     if is_nonempty(out_dir) and not force:
         raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (--force) to replace it")
 

@@ -163,7 +163,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     ``gguf_quant.gguf_source``). Returns the path.
     """
     out_dir = Path(out_dir).expanduser().absolute()
-    refuse_taken(out_dir, force)
+    refuse_taken(out_dir, force, model, gguf)
     if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
         from .export_resources import check_gguf_export_resources
 
@@ -178,6 +178,14 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
                                  and (Path(model).expanduser() / "onnxlm.json").is_file()):
         raise ExportError(f"gguf: given {str(gguf)!r}; it names the GGUF of an fp32 artifact re-quantized with "
                           "quantize='gguf' (a .gguf MODEL is its own source)")
+    if quantize is None and (block_size != 32 or accuracy_level != 4 or force_quality):
+        given = {k: v for k, v, default in (("block_size", block_size, 32), ("accuracy_level", accuracy_level, 4),
+                                             ("force_quality", force_quality, False)) if v != default}
+        raise ExportError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: quantization settings, given "
+                          "without quantize; pass quantize='int8', 'int4' or 'gguf' (--quantize), or leave them out")
+    if quantize == "gguf" and opset is not None:
+        raise ExportError("opset: quantize='gguf' rewrites the fused graph, which is built at a fixed opset; pass no "
+                          "opset")
     if quantize == "gguf":
         return _export_gguf_native(model, out_dir, gguf=gguf, force=force, tolerance=tolerance, validate=validate,
                                    progress=progress, tokenizer=tokenizer, kv_layout=kv_layout,
@@ -274,6 +282,11 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
                           f"fp32 artifact exported from one); got {model if isinstance(model, (str, Path)) else type(model).__name__!r}")
     if kv_layout == "plain":
         raise ExportError("kv_layout: quantize='gguf' rewrites the fused graph; use kv_layout='auto' or 'fused'")
+    from .gguf_artifact import file_has_blocks
+
+    if not file_has_blocks(Path(model).expanduser()):  # the header says it: refused before the long fp32 export
+        raise ExportError(f"{model}: no tensor of this GGUF is of a quantized (block) type, so quantize='gguf' has "
+                          "no blocks to keep; export it in fp32 (no quantize) or use quantize='int8'")
     scratch = temp_dir_beside(out_dir, "fp32")
     try:
         fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, validate=validate, progress=progress,

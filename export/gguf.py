@@ -127,6 +127,8 @@ def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
             if key.startswith("GGUF."):  # header pseudo-fields (version, tensor_count, kv_count)
                 continue
             meta[key] = _field_value(fld)
+    except ModelFileError:  # gguf_reader's own: it names the file
+        raise
     except (ValueError, OSError, UnicodeDecodeError, IndexError) as e:
         raise ModelFileError(f"{path} is not a readable GGUF file: {e}", path=str(path)) from e
     return meta
@@ -220,18 +222,15 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
 
     specials = gguf_special_tokens(meta)
     unk = specials["unk_token"]
-    tokenizer = Tokenizer(
-        models.BPE(
-            vocab,
-            merge_pairs,
-            unk_token=unk,
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-            byte_fallback=False,
-            ignore_merges=pre.ignore_merges,
-        )
-    )
+    try:
+        bpe = models.BPE(vocab, merge_pairs, unk_token=unk, continuing_subword_prefix="", end_of_word_suffix="",
+                         fuse_unk=False, byte_fallback=False, ignore_merges=pre.ignore_merges)
+    except Exception as e:  # tokenizers raises a bare Exception ("Error while initializing BPE")
+        bad = next((f"{a} {b}" for a, b in merge_pairs if a not in vocab or b not in vocab or a + b not in vocab),
+                   None)
+        raise ExportError(f"GGUF tokenizer.ggml.merges is not a BPE of tokenizer.ggml.tokens ({e}"
+                          + (f"; merge {bad!r} names a string that is no token" if bad else "") + ")") from e
+    tokenizer = Tokenizer(bpe)
     tokenizer.pre_tokenizer = bpe_pre_tokenizer(meta)
     tokenizer.decoder = decoders.ByteLevel()
 

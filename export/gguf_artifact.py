@@ -93,8 +93,10 @@ def _recorded_sha256(target: Path) -> str | None:
 
 
 def is_current(target: Path, gguf: Path) -> bool:
-    """True when ``target`` holds an artifact exported from ``gguf``'s present bytes."""
-    if not (target / "onnxlm.json").is_file():
+    """True when ``target`` holds an artifact exported from ``gguf``'s present bytes, its files whole (each file its
+    manifest lists there, with the bytes it records: a cut or deleted file makes the entry stale, so the next run
+    exports it again and ``onnxlm cache prune`` removes it)."""
+    if not (target / "onnxlm.json").is_file() or not _files_whole(target):
         return False
     try:
         if json.loads(stamp_file(target).read_text(encoding="utf-8")) == _stamp(gguf):
@@ -109,6 +111,19 @@ def is_current(target: Path, gguf: Path) -> bool:
     return True
 
 
+def _files_whole(target: Path) -> bool:
+    """Every file the manifest lists is there with the byte count it records (a stat each; the sha256 is load's)."""
+    try:
+        manifest = json.loads((target / "onnxlm.json").read_text(encoding="utf-8"))
+        files = manifest.get("files", {}) if isinstance(manifest, dict) else None
+        if not isinstance(files, dict):
+            return False
+        return all(isinstance(entry, dict) and (target / name).stat().st_size == entry.get("bytes")
+                   for name, entry in files.items())
+    except (OSError, ValueError):
+        return False
+
+
 def cached_artifact(gguf, cache_dir=None) -> Path | None:
     """A GGUF file's artifact directory when the cache holds a current one (nothing is exported), else None."""
     path = _absolute(gguf)
@@ -116,7 +131,7 @@ def cached_artifact(gguf, cache_dir=None) -> Path | None:
     return target if is_current(target, path) else None
 
 
-def _has_blocks(gguf: Path) -> bool:
+def file_has_blocks(gguf: Path) -> bool:
     """True when some tensor of the file is of a quantized (block) type."""
     from .gguf_quant import has_blocks
     from .gguf_reader import gguf_reader
@@ -175,7 +190,7 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     from .export_resources import check_gguf_export_resources
     from .gguf_quant import quantize_gguf_artifact
 
-    blocks = _has_blocks(path)
+    blocks = file_has_blocks(path)
     check_gguf_export_resources(path, target, blocks_kept=blocks)  # refused now, not killed later
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")

@@ -86,6 +86,7 @@ from .mapped_weights import save_mapped
 from .quantizer_input import array_of, load_unaliased, read_external
 from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, take_rows, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import file_record, source_record
+from .atomic_dir import refuse_taken
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
 LOSSLESS_FP32 = ("F32", "F16", "BF16")  # types whose fp32 copy is the same numbers (no blocks to keep)
@@ -137,6 +138,8 @@ class GGUFTensors:
 
         try:
             reader = gguf_reader(path)
+        except ModelFileError:  # gguf_reader's own: it names the file
+            raise
         except (ValueError, OSError) as e:
             raise ExportError(f"{path}: not a readable GGUF file: {e}") from e
         self.path = path
@@ -321,7 +324,12 @@ def gguf_source(manifest: dict, gguf=None, src: Path | None = None) -> tuple[Pat
     must equal the recorded one; ExportError otherwise, or when no such file is found."""
     record = manifest.get("source")
     if gguf is not None:
-        candidates = [Path(gguf).expanduser()]
+        given = Path(gguf).expanduser()
+        if not given.is_file():
+            raise ExportError(f"gguf: {gguf}: no such file")
+        if not is_gguf_file(given):
+            raise ExportError(f"gguf: {gguf} is not a GGUF file (it does not start with the GGUF magic)")
+        candidates = [given]
     elif isinstance(record, dict) and record.get("name"):
         candidates = [Path.cwd() / record["name"]] + ([src.parent / record["name"]] if src is not None else [])
         try:
@@ -334,6 +342,12 @@ def gguf_source(manifest: dict, gguf=None, src: Path | None = None) -> tuple[Pat
         candidates = [Path(str(record or "")).expanduser()]
     name = record.get("name") if isinstance(record, dict) else None
     found = [p for p in candidates if (gguf or not name or p.name == name) and is_gguf_file(p)]
+    from_dir = isinstance(record, dict) and "files" in record  # a checkpoint or recipe directory
+    if gguf is None and (from_dir or isinstance(record, str) and not record.lower().endswith(".gguf")):  # a hub name
+        what = record.get("name") if from_dir else record
+        raise ExportError(f"quantize='gguf' keeps a GGUF file's own blocks; {src or 'this artifact'} was not exported "
+                          f"from a GGUF file (its source: {what!r}); use quantize='int8' or 'int4', or name the GGUF "
+                          "of the same weights with gguf=PATH (--gguf FILE)")
     if not found:
         raise ExportError(f"quantize='gguf' needs the GGUF file the fp32 artifact was exported from "
                           f"({name or record or 'none recorded'!r}); pass gguf=PATH (--gguf FILE), or export the .gguf "
@@ -354,6 +368,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
     manifest = read_fp32_manifest(src, out_dir, force)
     path, gguf_record = gguf_source(manifest, gguf, src)
+    refuse_taken(out_dir, True, path)  # the GGUF read below must not lie inside what the output replaces
     if manifest.get("kv_layout") != "fused-gqa":
         raise ExportError(f"{src}: quantize='gguf' rewrites the fused graph; this artifact's kv layout is "
                           f"{manifest.get('kv_layout', 'plain')!r} (export with kv_layout='fused')")

@@ -14,17 +14,29 @@ numbers or strings in one pass instead of gguf-py's recursion per element: Gemma
 from __future__ import annotations
 
 import os
+import struct
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from onnxlm.runtime.errors import ModelFileError
+
 
 def gguf_reader(path: str | os.PathLike):
-    """path -> its ``gguf.GGUFReader`` (mode "r"), built once while the file is unchanged."""
+    """path -> its ``gguf.GGUFReader`` (mode "r"), built once while the file is unchanged. A file gguf-py cannot
+    parse (cut short like an interrupted download, not a GGUF at all) is a ``ModelFileError`` naming it, whatever
+    gguf-py raised on the way (ValueError, IndexError, struct and Unicode errors, a short memory map)."""
     st = os.stat(path)
-    return _reader(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    try:
+        return _reader(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    except ImportError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError, struct.error,
+            OSError) as e:
+        raise ModelFileError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}): is it whole (a "
+                             "download cut short reads so)?", path=str(path)) from e
 
 
 @lru_cache(maxsize=2)

@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from onnxlm.runtime.errors import ExportError
+from onnxlm.runtime.errors import ExportError, ModelFileError
 
 __all__ = ["summarize_gguf"]
 
@@ -61,6 +61,8 @@ def summarize_gguf(path) -> dict:
     except ImportError as exc:
         raise ExportError(f"reading {path.name}'s header needs the gguf package ({exc}): "
                           "pip install 'onnxlm[export]'") from exc
+    except ModelFileError:  # gguf_reader's own: it names the file
+        raise
     except (ValueError, OSError) as exc:
         raise ExportError(f"{path}: not a readable GGUF file ({exc})") from exc
     arch = _scalar(reader, "general.architecture")

@@ -131,6 +131,11 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
         return LoadedModel(_fp32(g.model), family, _tokenizer_from(tokenizer) or g.tokenizer, g.generation_config,
                            g.chat_template, os.path.abspath(path))  # a link's own name (a hub cache's blob has none)
 
+    given = str(model)
+    if not path.exists() and (path.suffix.lower() == ".gguf" or given.startswith(("/", ".", "~"))
+                              or given.count("/") > 1 or os.sep != "/" and os.sep in given):
+        # a file or a directory by its looks (a hub name is "org/name"): not sent to the hub
+        raise ExportError(f"{given}: no such file or directory")
     if path.exists() and not path.is_dir():
         raise ExportError(f"{path}: expected a recipe dir, a transformers model dir, a .gguf file or a hub name")
 

@@ -187,14 +187,20 @@ def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
     manifest_path = src / "onnxlm.json"
     if not manifest_path.is_file():
         raise ExportError(f"{src}: not an onnxlm artifact (no onnxlm.json)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ExportError(f"{manifest_path}: not a readable manifest ({e}); re-export the artifact") from e
+    if not isinstance(manifest, dict):
+        raise ExportError(f"{manifest_path}: not a manifest (a JSON {type(manifest).__name__}, not an object); "
+                          "re-export the artifact")
     if manifest.get("kind") != "causal-lm":
         raise ExportError(f"{src}: quantization supports decoder-only artifacts (GPT-2, Llama family) for now; "
                           f"this one is {manifest.get('kind')!r}")
     if manifest.get("quantization"):
         raise ExportError(f"{src}: already quantized ({manifest['quantization'].get('scheme')}); quantize the fp32 "
                           "artifact")
-    refuse_taken(out_dir, force)
+    refuse_taken(out_dir, force, src)
     return manifest
 
 

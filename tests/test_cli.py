@@ -313,11 +313,11 @@ def test_bench(capsys, tiny_gpt2):
 
 def test_bench_peers_forwards_to_the_script(capfd):
     """`onnxlm bench --peers ARGS` runs `python -m benchmarks.peers ARGS` (its own --help here); without --peers a
-    model directory is required."""
+    model directory is required (a usage error: exit 2)."""
     code, out, _ = run_cli(capfd, "bench", "--peers", "--help")  # capfd: the benchmark writes to fd 1
     assert code == 0 and "python -m benchmarks.peers" in out and "--quick" in out and "--profile" in out
     code, _, err = run_cli(capfd, "bench")
-    assert code == 1 and "model_dir" in err
+    assert code == 2 and "MODEL_DIR is required" in err
 
 
 # ---------------------------------------------------------------------------------------------------- demo

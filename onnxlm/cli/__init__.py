@@ -1,6 +1,7 @@
 """`onnxlm` command line: export, generate, chat, score, info, bench, demo, serve, cache.
 
-Exit codes: 0 ok, 1 runtime failure (one line `onnxlm: error: ...` on stderr), 2 usage error, 130 interrupted.
+Exit codes: 0 ok, 1 runtime failure (one line `onnxlm: error: ...` on stderr), 2 usage error, 130 interrupted
+(SIGINT), 143 terminated (SIGTERM: it unwinds as an interrupt does, so an export removes its scratch directories).
 Only `export` (and `demo` when it has to export) imports `onnxlm.export` (torch); every other command runs on
 numpy + onnxruntime + tokenizers.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from onnxlm.runtime.errors import OnnxlmError
 
@@ -47,10 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on argv (default sys.argv[1:]); returns the exit status (argparse exits 2 on usage errors)."""
     parser = build_parser()
+    previous = _unwind_on_sigterm()
     try:
         args = parser.parse_args(argv)
         args.parser = parser
         return int(args.func(args) or 0)
+    except Terminated:
+        _flush_quietly()
+        print("\nonnxlm: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         _flush_quietly()
         print("\nonnxlm: interrupted", file=sys.stderr)
@@ -67,6 +75,28 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(error_line(f"{where}{exc.strerror or exc}"), file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, systemd, a CI cancel) raised in the main thread: it unwinds like Ctrl-C, so
+    what cleans up after an interrupt (an export's scratch and temporary directories) runs for it too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _unwind_on_sigterm():
+    """Turn SIGTERM into ``Terminated`` while the command runs, where nobody chose another handler (a parent that
+    ignores it keeps that; `serve`'s uvicorn installs its own graceful drain); the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _flush_quietly() -> None:

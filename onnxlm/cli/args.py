@@ -30,6 +30,13 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def port(text: str) -> int:
+    value = _int_at_least(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {value}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     """'1,2, 3' -> [1, 2, 3]"""
     try:
@@ -87,7 +94,14 @@ def model_path(args) -> Path:
     from onnxlm.runtime.gguf_magic import is_gguf_file
 
     path = Path(args.model_dir).expanduser()
-    return ensure_gguf_artifact(path) if is_gguf_file(path) else path
+    if is_gguf_file(path):
+        return ensure_gguf_artifact(path)
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        from onnxlm.runtime.errors import ModelFileError
+
+        raise ModelFileError(f"{path}: named .gguf but not a GGUF file (it does not start with the GGUF magic; a "
+                             "download that saved an error page reads so)", str(path))
+    return path
 
 
 def load_model(args):

@@ -66,7 +66,8 @@ def run(args) -> int:
     if args.peers is not None:
         return run_peers(args.peers)
     if args.model_dir is None:
-        raise ParameterError("model_dir", "required: an artifact directory (or pass --peers to compare engines)")
+        args.parser_for_command.error("MODEL_DIR is required: an artifact directory (or pass --peers to compare "
+                                      "engines)")  # a usage error: exit 2
     model = load_model(args)
     ids, mask = model.prepare_inputs([args.prompt] * args.batch_size)
     n = args.max_new_tokens

@@ -33,11 +33,12 @@ def add_parser(sub) -> None:
                    help="skip the PyTorch vs onnxruntime comparison")
     p.add_argument("--kv-layout", choices=("auto", "plain", "fused"), default="auto",
                    help="auto (default): fused where supported, else plain; plain: optimum's graph; fused: GroupQueryAttention with in-place KV buffers, "
-                        "no per-step cache concatenation (gpt2, t5, llama, mistral, qwen2, gemma, gemma2, gemma3_text; CPU)")
+                        "no per-step cache concatenation (gpt2, t5, mt5, llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, "
+                        "gemma3_text; CPU)")
     q = p.add_argument_group("quantization (decoder-only; MODEL may also be an fp32 onnxlm artifact dir)")
     q.add_argument("--quantize", choices=("int8", "int4", "gguf"),
-                   help="weight-only MatMulNBits (gguf: on a .gguf file's own blocks, Q4_0..Q8_0 and Q2_K..Q6_K, no "
-                        "re-quantisation); refused below the quality thresholds (on a shipped 2,755-token text: top-1 "
+                   help="weight-only MatMulNBits (gguf: on a .gguf file's own blocks, no re-quantisation: Q4_0..Q8_0, "
+                        "Q2_K..Q6_K, IQ4_NL/IQ4_XS and the codebook types IQ1..IQ3, TQ1_0/TQ2_0, MXFP4, NVFP4); refused below the quality thresholds (on a shipped 2,755-token text: top-1 "
                         "agreement >= 0.97, perplexity within +0.5%%, mean KL <= 0.003 of fp32) unless --force-quality")
     q.add_argument("--block-size", type=positive_int, default=32, metavar="N",
                    help="weights per quantization block (a power of two >= 16; default: 32)")
@@ -72,7 +73,7 @@ def run(args) -> int:
 
     from onnxlm.export.atomic_dir import refuse_taken
 
-    refuse_taken(Path(args.out_dir), args.force)  # before torch's import (~2 s): a taken OUT is refused at once
+    refuse_taken(Path(args.out_dir), args.force, args.model, args.gguf)  # before torch's import (~2 s): a taken OUT is refused at once
     export_model = import_export_model()
     path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
                         validate=args.validate, progress=not args.quiet, kv_layout=args.kv_layout,

@@ -115,7 +115,8 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
     from onnxlm.export.gguf import TESTED_GGUF_ARCHITECTURES
 
     types = ", ".join(f"{t} {n}" for t, n in g["tensor_types"].items())
-    blocks = ("every quantized tensor keeps its blocks" if not g["dequantized_types"] else
+    blocks = ("refused: no tensor is of a quantized (block) type (export it in fp32, or --quantize int8)"
+              if not g["blocks"] else "every quantized tensor keeps its blocks" if not g["dequantized_types"] else
               f"dequantised to fp32: {', '.join(g['dequantized_types'])}; the other quantized tensors keep their "
               "blocks")
     tok = g["tokenizer"]

@@ -4,6 +4,7 @@ exit status 2; a row the model refuses is one error line and exit status 1, the 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .args import model_path, positive_int
 
@@ -71,9 +72,13 @@ def wants_job(args) -> bool:
 def run_job(args, task: str, *, params: dict | None = None, **options) -> int:
     """Build the JobSpec from args and run it; prints a one-line summary on stderr."""
     from onnxlm.jobs import JobInputError, JobSpec, run_local, run_ray
+    from onnxlm.jobs.inputs import check_input_path
+    from onnxlm.jobs.output import check_output_path
 
     from .errors import error_line
     try:
+        check_input_path(Path(args.input))  # refused before a .gguf MODEL's first-run export, not after it
+        check_output_path(Path(args.output))
         spec = JobSpec(task, model_path(args), args.input, args.output, column=args.column, id_column=args.id_column,
                        batch_size=args.batch_size, rows_per_part=args.rows_per_part,
                        params=params or {}, provider=args.provider, threads=args.threads, verify=args.verify,

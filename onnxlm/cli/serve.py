@@ -10,7 +10,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ModelFileError, OnnxlmError
 
-from .args import add_model_args, command_parser, model_path, non_negative_int, positive_int
+from .args import add_model_args, command_parser, model_path, non_negative_int, port, positive_int
 
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     p = command_parser(sub, "serve", help="OpenAI-compatible HTTP server", description=DESCRIPTION)
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default: 8000)")
     p.add_argument("--api-key", default=os.environ.get("ONNXLM_API_KEY"), metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on /v1/* (default: $ONNXLM_API_KEY; none: open)")
     p.add_argument("--model-name", default=None, metavar="NAME",
@@ -75,6 +75,7 @@ def run(args) -> int:
 
     from onnxlm.serve.app import ServeConfig, create_app
 
+    check_listen(args.host, args.port)  # before a first run's export, not after it
     path = model_path(args)  # a .gguf file: its cached artifact, exported on first use
     if not path.is_dir():
         raise ModelFileError(f"{path}: not a model directory", str(path))
@@ -88,10 +89,31 @@ def run(args) -> int:
     server = draining_server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                             timeout_graceful_shutdown=5), state, args.shutdown_timeout)
     threading.Thread(target=_exit_on_load_error, args=(server, state), daemon=True).start()
-    server.run()
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn's startup failure (its log line says why: the port taken meanwhile, ...)
+        raise OnnxlmError(f"the server could not start on {args.host}:{args.port} (exit {exc.code}; see the log "
+                          "line above)") from None
     if state.engine.load_error is not None:
         raise OnnxlmError(f"loading {path} failed: {state.engine.load_error}")
     return 0
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse a --host/--port the server could not listen on (taken, not this machine's, not resolvable) with one
+    error line, before the model loads; the socket is closed again at once (uvicorn binds it, as it does, with
+    SO_REUSEADDR)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+    except (OSError, OverflowError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OnnxlmError(f"--host {host} --port {port}: cannot listen there ({why})") from None
 
 
 def served_name(given: str, path: Path) -> str:

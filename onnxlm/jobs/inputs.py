@@ -25,20 +25,25 @@ def import_pyarrow():
     return pyarrow
 
 
-def read_rows(spec: JobSpec, *, needs_target: bool = False):
-    """spec.input -> pa.Table(row, [id], text, [target]); needs_target: a seq2seq score job."""
-    pa = import_pyarrow()
-    path = spec.input
+def check_input_path(path: Path) -> Path:
+    """--input's refusals that need no model and no reading: not a file, an unknown extension."""
     if not path.is_file():
         raise JobInputError(f"--input: {path} does not exist or is not a file")
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        names, n, column = _parquet_columns(path)
-    elif suffix in JSONL_SUFFIXES:
-        names, n, column = _jsonl_columns(path)
-    else:
+    if suffix != ".parquet" and suffix not in JSONL_SUFFIXES:
         raise JobInputError(f"--input: {path} has an unknown extension {suffix!r}; allowed: .parquet, "
                             f"{', '.join(JSONL_SUFFIXES)} (one JSON object per line)")
+    return path
+
+
+def read_rows(spec: JobSpec, *, needs_target: bool = False):
+    """spec.input -> pa.Table(row, [id], text, [target]); needs_target: a seq2seq score job."""
+    pa = import_pyarrow()
+    path = check_input_path(spec.input)
+    if path.suffix.lower() == ".parquet":
+        names, n, column = _parquet_columns(path)
+    else:
+        names, n, column = _jsonl_columns(path)
     if n == 0:
         raise JobInputError(f"--input: {path} holds no rows")
     text_col = _text_column(spec, names)

@@ -22,6 +22,17 @@ JOB_FILE = "job.json"
 META_KEY = b"onnxlm.job"
 
 
+def check_output_path(out: Path) -> Path:
+    """--output's refusals that need no model: a directory, not .parquet, a parent that does not exist."""
+    if out.exists() and out.is_dir():
+        raise JobInputError(f"--output: {out} is a directory; give a .parquet file path")
+    if out.suffix.lower() != ".parquet":
+        raise JobInputError(f"--output: {out} must end in .parquet")
+    if not out.parent.is_dir():
+        raise JobInputError(f"--output: the directory {out.parent} does not exist")
+    return out
+
+
 class Parts:
     """The parts directory of a job: which rows are done, and atomic writes of new parts."""
 
@@ -37,13 +48,7 @@ class Parts:
         (overwrite=True, or unfinished parts of this job are there): it stays untouched until the merge replaces it.
         overwrite=True drops unfinished parts."""
         import pyarrow.parquet as pq
-        out = self.spec.output
-        if out.exists() and out.is_dir():
-            raise JobInputError(f"--output: {out} is a directory; give a .parquet file path")
-        if out.suffix.lower() != ".parquet":
-            raise JobInputError(f"--output: {out} must end in .parquet")
-        if not out.parent.is_dir():
-            raise JobInputError(f"--output: the directory {out.parent} does not exist")
+        out = check_output_path(self.spec.output)
         found = _file_fingerprint(out) if out.exists() else None  # first: refuses a file that is not Parquet
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a merge cut short: OUTPUT itself is untouched
             stale.unlink()

@@ -1,0 +1,223 @@
+"""What a new user's mistakes meet on the command line: one `onnxlm: error: ...` line and exit 1 (a usage error:
+exit 2), decided before any long work, and nothing of theirs lost. A GGUF cut short or not a GGUF at all, a .gguf
+path that does not exist, a port the server cannot take, an output that would replace the input, SIGTERM in the
+middle of an export, a job's missing input given with a .gguf model, quantization options that would be ignored,
+and a cached artifact whose files were damaged."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)")
+
+from cli_util import run_cli  # noqa: E402
+from onnxlm.export import gguf_artifact as GA  # noqa: E402
+from onnxlm.export import gguf_cache  # noqa: E402
+from onnxlm.runtime.errors import ExportError, ModelFileError  # noqa: E402
+from test_gguf_quant import TYPES, write_tiny_gguf  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    """A tiny Llama GGUF on Q4_1 blocks, the same in F32 only, and damaged copies of the first."""
+    base = tmp_path_factory.mktemp("bad-inputs")
+    good, f32 = base / "tiny.gguf", base / "f32.gguf"
+    write_tiny_gguf(good)
+    write_tiny_gguf(f32, types=[{k: "F32" for k in layer} for layer in TYPES], embedding="F32")
+    data = good.read_bytes()
+    (base / "partial.gguf").write_bytes(data[: len(data) * 2 // 3])  # an interrupted download
+    (base / "magic-only.gguf").write_bytes(data[:4])
+    (base / "page.gguf").write_text("<!DOCTYPE html><html><body>404</body></html>")  # a saved error page
+    return {"base": base, "good": good, "f32": f32}
+
+
+def _one_error_line(err: str, *parts: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxlm: error: "), err
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+
+
+@pytest.mark.parametrize("name", ["partial.gguf", "magic-only.gguf"])
+@pytest.mark.parametrize("command", ["info", "export", "generate"])
+def test_a_gguf_cut_short_is_one_error_line(files, name, command, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(GA.CACHE_ENV, str(tmp_path / "cache"))
+    path = files["base"] / name
+    argv = {"info": ["info", path], "export": ["export", path, tmp_path / "out"],
+            "generate": ["generate", path, "hi"]}[command]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1
+    _one_error_line(err, "is not a readable GGUF file", "download cut short")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gguf_reader_error_is_a_model_file_error(files):
+    from onnxlm.export.gguf import read_gguf_metadata
+    from onnxlm.export.gguf_reader import gguf_reader
+
+    for name in ("partial.gguf", "magic-only.gguf"):
+        with pytest.raises(ModelFileError, match="not a readable GGUF file"):
+            gguf_reader(files["base"] / name)
+        with pytest.raises(ModelFileError, match="not a readable GGUF file"):
+            read_gguf_metadata(files["base"] / name)
+
+
+def test_a_merge_of_no_tokens_is_an_export_error(files):
+    from onnxlm.export.gguf import build_tokenizer_from_gguf, read_gguf_metadata
+
+    meta = dict(read_gguf_metadata(files["good"]))
+    meta["tokenizer.ggml.merges"] = ["no_such_token Ġt"]
+    with pytest.raises(ExportError, match=r"merge 'no_such_token Ġt' names a string that is no token"):
+        build_tokenizer_from_gguf(meta)
+
+
+def test_a_file_named_gguf_that_is_none_says_so(files, capsys):
+    code, _, err = run_cli(capsys, "generate", files["base"] / "page.gguf", "hi")
+    assert code == 1
+    _one_error_line(err, "named .gguf but not a GGUF file")
+
+
+def test_a_missing_gguf_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def no_hub(*a, **k):  # the hub is not asked (no network here: it would fail after retries)
+        raise AssertionError("from_pretrained was called")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    for given in ("no-such-model.gguf", str(tmp_path / "nothing-here"), "./not/a/dir"):
+        code, _, err = run_cli(capsys, "export", given, tmp_path / "out")
+        assert code == 1
+        assert err.strip().splitlines()[-1] == f"onnxlm: error: {given}: no such file or directory"
+
+
+def test_serve_refuses_a_port_out_of_range_and_a_taken_one_before_loading(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(GA.CACHE_ENV, str(tmp_path / "cache"))
+    code, _, err = run_cli(capsys, "serve", files["good"], "--port", "70000")
+    assert code == 2 and "expected a port 0-65535, got 70000" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run_cli(capsys, "serve", files["good"], "--port", port)
+    assert code == 1
+    _one_error_line(err, f"--host 127.0.0.1 --port {port}: cannot listen there")
+    assert not (tmp_path / "cache").exists()  # refused before the .gguf's first-run export
+
+
+def test_an_output_that_would_replace_the_input_is_refused_even_with_force(files, tmp_path, capsys):
+    models = tmp_path / "models"
+    models.mkdir()
+    src = models / "m.gguf"
+    shutil.copy(files["good"], src)
+    for out, why in ((src, "the same path"), (models, "it lies inside"), (tmp_path, "it lies inside")):
+        code, _, err = run_cli(capsys, "export", src, out, "--force")
+        assert code == 1
+        _one_error_line(err, f"the output would replace the input {src} ({why})")
+    assert src.read_bytes() == files["good"].read_bytes()
+    from onnxlm.export import export_model
+
+    with pytest.raises(ExportError, match="would replace the input"):
+        export_model(src, models, force=True, progress=False)
+
+
+def test_quantize_gguf_on_a_file_without_blocks_is_refused_before_the_export(files, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "export", files["f32"], tmp_path / "q", "--quantize", "gguf")
+    assert code == 1
+    _one_error_line(err, "no tensor of this GGUF is of a quantized (block) type")
+    assert "wrote" not in out + err and sorted(os.listdir(tmp_path)) == []  # no fp32 scratch was exported
+    code, out, _ = run_cli(capsys, "info", files["f32"])
+    assert code == 0 and "--quantize gguf refused: no tensor is of a quantized (block) type" in out
+
+
+@pytest.mark.parametrize("options, refusal", [
+    (["--quantize", "gguf", "--opset", "17"], "opset: quantize='gguf' rewrites the fused graph"),
+    (["--block-size", "64"], "block_size=64: quantization settings, given without quantize"),
+    (["--accuracy-level", "1", "--force-quality"], "accuracy_level=1, force_quality=True: quantization settings"),
+])
+def test_options_that_would_be_ignored_are_refused(files, tmp_path, capsys, options, refusal):
+    code, _, err = run_cli(capsys, "export", files["good"], tmp_path / "out", *options)
+    assert code == 1
+    _one_error_line(err, refusal)
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantize_gguf_names_a_missing_gguf_and_an_artifact_from_no_gguf(tiny_llama, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", tiny_llama.onnx_dir, tmp_path / "q", "--quantize", "gguf", "--gguf",
+                           tmp_path / "nope.gguf")
+    assert code == 1
+    _one_error_line(err, f"gguf: {tmp_path / 'nope.gguf'}: no such file")
+    code, _, err = run_cli(capsys, "export", tiny_llama.onnx_dir, tmp_path / "q", "--quantize", "gguf")
+    assert code == 1
+    _one_error_line(err, "was not exported from a GGUF file", "use quantize='int8' or 'int4'")
+
+
+def test_a_corrupt_manifest_is_one_error_line(tmp_path, capsys):
+    for text, what in (("{", "not a readable manifest"), ("[]", "not a manifest (a JSON list")):
+        art = tmp_path / "art"
+        art.mkdir(exist_ok=True)
+        (art / "onnxlm.json").write_text(text)
+        code, _, err = run_cli(capsys, "export", art, tmp_path / "q", "--quantize", "int8")
+        assert code == 1
+        _one_error_line(err, what)
+
+
+def test_a_job_with_a_gguf_model_checks_its_input_before_the_first_run(files, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pyarrow", reason="jobs need the 'jobs' extra (pyarrow)")
+    monkeypatch.setenv(GA.CACHE_ENV, str(tmp_path / "cache"))
+    code, _, err = run_cli(capsys, "score", files["good"], "--input", tmp_path / "none.jsonl", "--output",
+                           tmp_path / "out.parquet")
+    assert code == 2 and "--input: " in err and "does not exist" in err
+    (tmp_path / "in.jsonl").write_text('{"text": "hi"}\n')
+    code, _, err = run_cli(capsys, "score", files["good"], "--input", tmp_path / "in.jsonl", "--output",
+                           tmp_path / "out.csv")
+    assert code == 2 and "must end in .parquet" in err
+    assert not (tmp_path / "cache").exists()  # no first-run export happened
+
+
+def test_sigterm_unwinds_an_export_like_an_interrupt(files, tmp_path, capsys, monkeypatch):
+    """SIGTERM (timeout, docker stop) in the middle of an export: exit 143, no scratch or temporary directory
+    left beside OUT_DIR, and the handler before the command is restored."""
+    import onnxlm.export.export as ex
+
+    real = ex.export_model
+
+    def terminated_midway(model, out_dir, **kw):
+        if Path(out_dir).name == "fp32":  # the fp32 scratch of --quantize gguf: written in part, then SIGTERM
+            Path(out_dir).mkdir(parents=True)
+            (Path(out_dir) / "model.onnx").write_bytes(b"partial")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+            raise AssertionError("SIGTERM did not unwind the export")
+        return real(model, out_dir, **kw)
+
+    monkeypatch.setattr(ex, "export_model", terminated_midway)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "export", files["good"], out, "--quantize", "gguf")
+    assert code == 143 and "onnxlm: terminated" in err
+    assert sorted(os.listdir(tmp_path)) == []
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_cached_artifact_with_a_damaged_file_is_stale_and_exported_again(files, tmp_path):
+    cache = tmp_path / "cache"
+    gguf = tmp_path / "m.gguf"
+    shutil.copy(files["good"], gguf)
+    target = GA.ensure_gguf_artifact(gguf, cache_dir=cache, progress=False)
+    assert GA.cached_artifact(gguf, cache) == target
+    manifest = json.loads((target / "onnxlm.json").read_text())
+    name = max(manifest["files"], key=lambda n: manifest["files"][n]["bytes"])
+    with open(target / name, "r+b") as f:
+        f.truncate(100)
+    assert GA.cached_artifact(gguf, cache) is None
+    assert [e.state for e in gguf_cache.cache_entries(cache)] == ["changed"]  # prune removes it
+    assert GA.ensure_gguf_artifact(gguf, cache_dir=cache, progress=False) == target  # exported anew
+    assert (target / name).stat().st_size == manifest["files"][name]["bytes"]
+    assert [e.state for e in gguf_cache.cache_entries(cache)] == ["current"]
