@@ -71,6 +71,8 @@ def _compile(template: str):
 
 def validate_messages(messages: Any) -> list[dict]:
     """Check ``messages`` is a non-empty list of ``{"role": str, "content": str, ...}`` dicts; return it as a list.
+    A message with a non-empty ``tool_calls`` list may leave ``content`` out or None (OpenAI's form; the template
+    gets the message as given).
 
     Extra keys are allowed (and passed to the template). Raises InputError naming the offending message.
     """
@@ -84,9 +86,11 @@ def validate_messages(messages: Any) -> list[dict]:
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):
             raise InputError(f"messages[{i}]: expected a dict with 'role' and 'content', got {type(m).__name__}")
-        for key in ("role", "content"):
+        calls_only = m.get("content") is None and isinstance(m.get("tool_calls"), list) and m["tool_calls"]
+        for key in ("role",) if calls_only else ("role", "content"):  # OpenAI's form: tool_calls, content absent/None
             if key not in m:
-                raise InputError(f"messages[{i}]: missing the {key!r} key (a message needs 'role' and 'content')")
+                raise InputError(f"messages[{i}]: missing the {key!r} key (a message needs 'role' and 'content', "
+                                 "or 'tool_calls')")
             if not isinstance(m[key], str):
                 raise InputError(f"messages[{i}][{key!r}]: expected a str, got {type(m[key]).__name__}")
         if not m["role"]:

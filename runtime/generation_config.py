@@ -59,7 +59,8 @@ def _is_num(x: Any) -> bool:
 
 
 def _is_bool(x: Any) -> bool:
-    return isinstance(x, bool) or type(x).__name__ == "bool_"  # numpy bool without importing numpy
+    t = type(x)  # numpy's bool without importing numpy: np.bool_ (numpy 1), np.bool (numpy 2, named "bool")
+    return isinstance(x, bool) or (t.__module__ == "numpy" and t.__name__ in ("bool_", "bool"))
 
 
 def sequence_bias_items(v: Any) -> dict:

@@ -86,7 +86,11 @@ class LanguageModel:
     # ------------------------------------------------------------------ inputs
     def _check_ids(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
         """ids [t] or [b, t] (ints), mask or None -> input_ids [b, t] int64, attention_mask [b, t] int64, checked."""
-        ids = np.asarray(input_ids)
+        try:
+            ids = np.asarray(input_ids)
+        except (ValueError, TypeError) as e:  # ragged rows, objects numpy cannot hold as one array
+            raise InputError(f"input_ids: expected a [batch, length] array of token ids (rows of one length with "
+                             f"attention_mask; ragged rows without it are padded): {e}") from None
         if ids.ndim == 1:
             ids = ids[None, :]
         if ids.ndim != 2 or ids.size == 0:
@@ -131,14 +135,20 @@ class LanguageModel:
         if isinstance(inputs, str):
             return [self._encode(inputs)]
         if isinstance(inputs, np.ndarray):
+            if inputs.ndim not in (1, 2) or (inputs.size and not np.issubdtype(inputs.dtype, np.integer)):
+                raise InputError(f"inputs: expected a 1-D or 2-D array of integer token ids, got a {inputs.ndim}-D "
+                                 f"array of {inputs.dtype}")
             inputs = inputs.tolist()
         if not isinstance(inputs, (list, tuple)) or len(inputs) == 0:
             raise InputError("inputs: expected a non-empty str, list of str, list of ids or list of id lists")
         if all(isinstance(x, str) for x in inputs):
             return [self._encode(x) for x in inputs]
-        if all(isinstance(x, (int, np.integer)) for x in inputs):
+        if all(_is_id(x) for x in inputs):
             return [[int(x) for x in inputs]]
         if all(isinstance(x, (list, tuple, np.ndarray)) for x in inputs):
+            if not all(_is_id(v) for x in inputs for v in (x.tolist() if isinstance(x, np.ndarray) else x)):
+                raise InputError("inputs: a row holds something other than integer token ids (floats, bools, "
+                                 "strings and nested lists are refused, not rounded)")
             rows = [[int(v) for v in x] for x in inputs]
             if any(len(r) == 0 for r in rows):
                 raise InputError("inputs: a row of token ids is empty")
@@ -176,7 +186,8 @@ class LanguageModel:
         assistant_model: a smaller model of the same vocabulary proposing tokens (speculative decoding)."""
         wanted = _take_constraints(params)
         config = self.resolve_config(params)
-        ids, mask = self.prepare_inputs(inputs, attention_mask, pad_id=self.pad_for(config))
+        ids, mask = self.prepare_inputs(inputs, _mask_from_padding(inputs, attention_mask, config),
+                                        pad_id=self.pad_for(config))
         constraints = _row_constraints(wanted, len(ids))
         if assistant_model is not None and config.num_beams > 1:
             raise ParameterError("assistant_model", "speculative decoding runs greedy and sampling only (num_beams=1)"
@@ -200,7 +211,8 @@ class LanguageModel:
         config = self.resolve_config(params)
         if config.num_beams > 1:
             raise ParameterError("num_beams", f"got {config.num_beams}; streaming supports num_beams=1 only")
-        ids, mask = self.prepare_inputs(inputs, attention_mask, pad_id=self.pad_for(config))
+        ids, mask = self.prepare_inputs(inputs, _mask_from_padding(inputs, attention_mask, config),
+                                        pad_id=self.pad_for(config))
         for step_results in self._sample_run(ids, mask, config, constraints=_row_constraints(wanted, len(ids)),
                                              assistant=assistant_model):
             yield from step_results
@@ -214,7 +226,7 @@ class LanguageModel:
         min_len, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
         speculate = check_speculation(self, config, assistant, rows=len(ids) * n, constrained=constraints is not None)
         constraint = self._constraint_processor(config, constraints, n)  # compiled before any run too
-        state, logits, sequences = self._start_expanded(ids, mask, n, max_len)
+        state, logits, sequences = self._start_expanded(ids, mask, n, max_len, config)
         processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder,
                                       logits_processor=[constraint] if constraint else None)
@@ -233,12 +245,15 @@ class LanguageModel:
                           speculative_steps(state, sequences, logits, proposer=proposer, stats=stats, **common),
                           speculation=stats, proposer=proposer)
 
-    def _start_expanded(self, ids: np.ndarray, mask: np.ndarray, n: int, max_length: int):
+    def _start_expanded(self, ids: np.ndarray, mask: np.ndarray, n: int, max_length: int,
+                        config: GenerationConfig):
         """ids/mask [b, t] -> (state, logits [b*n, V], sequences [b*n, t0]): each row run once (the prompt's
         prefill, the encoder) and then repeated n times for beams / num_return_sequences (row i -> rows i*n..);
-        ``max_length``: the length rows may reach (the state's room for them)."""
-        state, logits = self.start(ids, mask, max_length=max_length)
-        sequences = self.initial_sequences(ids)
+        ``max_length``: the length rows may reach (the state's room for them); a seq2seq model's decoder starts
+        with the config's decoder_start_token_id."""
+        start = config.decoder_start_token_id
+        state, logits = self.start(ids, mask, max_length=max_length, decoder_start_token_id=start)
+        sequences = self.initial_sequences(ids, start)
         if n > 1:
             state.select(np.repeat(np.arange(len(ids)), n))
             logits, sequences = np.repeat(logits, n, axis=0), np.repeat(sequences, n, axis=0)
@@ -249,6 +264,9 @@ class LanguageModel:
         limit = None if self.is_encoder_decoder else self.max_positions
         min_len, max_len = config.lengths(input_length, max_positions=limit)
         if limit and max_len > limit:
+            if config.max_new_tokens is None:  # the call's (or the model's) max_length asks for it
+                raise ParameterError("max_length", f"got {max_len} total tokens, beyond the model's max_positions "
+                                     f"{limit}; allowed: max_length <= {limit}")
             raise ParameterError("max_new_tokens", f"prompt ({input_length} tokens) + new tokens = {max_len} "
                                  f"exceeds the model's max_positions {limit}; allowed: at most "
                                  f"{limit - input_length} new tokens")
@@ -316,7 +334,7 @@ class LanguageModel:
         nb = config.num_beams
         _, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
         constraint = self._constraint_processor(config, constraints, nb)
-        state, logits, sequences = self._start_expanded(ids, mask, nb, max_len)
+        state, logits, sequences = self._start_expanded(ids, mask, nb, max_len, config)
         t0 = sequences.shape[1]
         processors = build_processors(config, input_length=t0, max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder,
@@ -509,3 +527,20 @@ def _satisfied(processor, constraints, new_ids) -> list | None:
 def _stop_strings(config: GenerationConfig) -> list[str]:
     s = config.stop_strings
     return [] if not s else [s] if isinstance(s, str) else list(s)
+
+
+def _is_id(x) -> bool:
+    """A token id as the inputs may give one: a Python or numpy integer, never a bool (True would be id 1)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _mask_from_padding(inputs, attention_mask, config: GenerationConfig):
+    """A [b, t] id array given without attention_mask -> ``ids != pad_token_id`` where transformers' generate infers
+    it (``_prepare_attention_mask_for_generation``: the config's pad id occurs in the ids and is no EOS id), else
+    ``attention_mask`` as given (lists of id rows are unpadded rows: a pad id there is a token)."""
+    pad = config.pad_token_id
+    if (attention_mask is not None or not isinstance(inputs, np.ndarray) or inputs.ndim != 2 or pad is None
+            or not np.issubdtype(inputs.dtype, np.integer) or pad in config.eos_token_ids):
+        return attention_mask
+    mask = (inputs != pad).astype(np.int64)
+    return mask if not mask.all() else attention_mask

@@ -112,7 +112,8 @@ def test_logprobs_are_log_softmax_of_the_logits(tiny_llama):
 
 def test_seq2seq_runs_one_request_at_a_time(tiny_t5):
     model = onnxlm.load(tiny_t5.onnx_dir)
-    params = [{"max_new_tokens": 5, "do_sample": False}, {"max_new_tokens": 3, "do_sample": True, "seed": 1}]
+    params = [{"max_new_tokens": 5, "do_sample": False}, {"max_new_tokens": 3, "do_sample": True, "seed": 1},
+              {"max_new_tokens": 4, "decoder_start_token_id": 5}]  # a request's own start id
     sched = Scheduler(model)
     reqs = [Request(model.tokenizer.encode(p), model.resolve_config(kw)) for p, kw in zip(PROMPTS, params)]
     for r in reqs:

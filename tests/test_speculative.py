@@ -196,6 +196,27 @@ def test_refusals_name_the_parameter(models):
         ours.generate([PROMPT, PROMPT[:5]], max_new_tokens=5, assistant_model=models["gpt2"])
 
 
+@pytest.mark.parametrize("name", ["plain", "fused", "gpt2"])
+def test_speculation_at_the_position_limit_equals_plain(models, name):
+    """A prompt 10 positions short of max_positions, 10 new tokens: proposals stop where the positions end (they
+    ran past them: onnxruntime's Gather / GroupQueryAttention failed)."""
+    ours = models[name]
+    for token in (210, 0, 51):
+        prompt = [[token] * (ours.max_positions - 10)]
+        plain = ours.generate(prompt, max_new_tokens=10)
+        spec = ours.generate(prompt, max_new_tokens=10, prompt_lookup_num_tokens=10)
+        assert spec.new_tokens == plain.new_tokens and spec.speculation.accepted > 0
+
+
+def test_a_draft_with_fewer_positions_than_the_call_is_refused(models):
+    ours, draft = models["plain"], models["gpt2"]                       # 256 positions, the draft 128
+    with pytest.raises(ParameterError, match=r"draft model's context is 128 positions.*reaches 150") as err:
+        ours.generate([PROMPT[:1] * 120], max_new_tokens=30, assistant_model=draft)
+    assert err.value.parameter == "assistant_model"
+    assert ours.generate([PROMPT[:1] * 100], max_new_tokens=28, assistant_model=draft).new_tokens == \
+        ours.generate([PROMPT[:1] * 100], max_new_tokens=28).new_tokens
+
+
 def test_seq2seq_is_refused():
     from types import SimpleNamespace
 
@@ -242,7 +263,9 @@ def test_server_prompt_lookup_answers_the_plain_ids(tiny_llama):
 
 @pytest.mark.parametrize("banned", [False, True], ids=["plain", "no_repeat_ngram"])
 def test_lookup_proposes_what_transformers_proposes(banned):
-    """Candidates equal transformers' PromptLookupCandidateGenerator's, also when a processor forbids some."""
+    """Candidates equal transformers' PromptLookupCandidateGenerator's, also when a processor forbids some, cut to
+    the max_length - t - 1 that a verify pass of k + 1 new positions may hold (transformers proposes past it and
+    trims its matches there: the same ids)."""
     from transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor
     from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
 
@@ -257,7 +280,7 @@ def test_lookup_proposes_what_transformers_proposes(banned):
         ref = PromptLookupCandidateGenerator(eos_token_id=torch.tensor([5]), num_output_tokens=num,
                                              max_matching_ngram_size=ngram, max_length=max_length,
                                              logits_processor=ref_procs, vocab_size=6)
-        want = ref.get_candidates(torch.tensor(row)[None])[0][0, len(row):].tolist()
+        want = ref.get_candidates(torch.tensor(row)[None])[0][0, len(row):max_length - 1].tolist()
         got = lookup(row, num_tokens=num, max_ngram=ngram, max_length=max_length, eos=np.array([5]),
                      processors=ours_procs, vocab_size=6)
         assert got.tolist() == want, (row.tolist(), num, ngram, max_length)

@@ -40,7 +40,8 @@ def lookup(row: np.ndarray, *, num_tokens: int, max_ngram: int, max_length: int,
     for n in range(min(max_ngram, t - 1), 0, -1):                 # longest n-gram first
         windows = np.lib.stride_tricks.sliding_window_view(row, n)            # [t - n + 1, n]
         for start in np.flatnonzero((windows == row[-n:]).all(axis=1)) + n:   # leftmost occurrence first
-            chosen = row[start:min(start + num_tokens, t, max_length)]
+            chosen = row[start:min(start + num_tokens, t, start + max_length - t - 1)]  # the verify pass's
+            # k + 1 new positions stay within max_length (transformers trims its matches there instead)
             if not len(chosen):
                 continue
             if processors is not None and len(processors):        # crop at the first forbidden token
@@ -190,6 +191,11 @@ def proposer_for(model, config, assistant, ids: np.ndarray, mask: np.ndarray, *,
         return PromptLookup(num_tokens=config.prompt_lookup_num_tokens, max_ngram=config.max_matching_ngram_size or 2,
                             max_length=max_length, eos_token_ids=config.eos_token_ids, processors=processors,
                             vocab_size=model.vocab_size)
+    limit = getattr(assistant, "max_positions", None)
+    if limit and max_length > limit:  # the draft holds every id of the row, as the model does
+        raise ParameterError("assistant_model", f"the draft model's context is {limit} positions (max_positions); "
+                             f"this call reaches {max_length} (prompt + new tokens): pass a draft with as many "
+                             "positions, fewer new tokens, or no assistant_model")
     start = config.num_assistant_tokens
     if config.num_assistant_tokens_schedule == "heuristic" and "num_assistant_tokens" not in config._explicit:
         start = getattr(assistant, "_speculative_tokens", start)  # where the last "heuristic" call left it

@@ -296,7 +296,8 @@ class Scheduler:
                 self.failed.append(req)
             return
         for req in batch:
-            sequences = np.repeat(self.model.initial_sequences(np.asarray([req.ids], np.int64)), req.n, axis=0)
+            sequences = np.repeat(self.model.initial_sequences(np.asarray([req.ids], np.int64),
+                                                               req.config.decoder_start_token_id), req.n, axis=0)
             _, max_len = self.model._lengths(req.config, sequences.shape[1])
             req.t0, req.sequences, req.active = sequences.shape[1], sequences, np.ones(req.n, bool)
             req.new_ids, req.reasons = [[] for _ in range(req.n)], [None] * req.n
@@ -317,10 +318,14 @@ class Scheduler:
         cached = [(req, *self.prefix_cache.lookup(req.ids)) for req in batch] if self.prefix_cache else []
         warm = [(req, snap, reuse) for req, snap, reuse in cached if snap is not None]
         cold = [req for req in batch if all(req is not w[0] for w in warm)]
+        starts = {}                                        # one start per decoder start id (a seq2seq call may pick
+        for req in cold:                                   # its own; a decoder-only model's are all None)
+            starts.setdefault(req.config.decoder_start_token_id, []).append(req)
+        cold = [req for group in starts.values() for req in group]
         parts = []                                                  # (state, logits [1 or b, V]) per group
-        if cold:
-            ids, mask = pad_batch([r.ids for r in cold], self.model.pad_id, side="left")
-            parts.append(self.model.start(ids, mask))
+        for start_id, group in starts.items():
+            ids, mask = pad_batch([r.ids for r in group], self.model.pad_id, side="left")
+            parts.append(self.model.start(ids, mask, decoder_start_token_id=start_id))
         users = Counter(id(snap) for _, snap, _ in warm)  # a snapshot several resume from is copied for each
         for req, snap, reuse in warm:                     # the cached positions, then the rest
             rest = req.ids[reuse:]

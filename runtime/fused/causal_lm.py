@@ -167,8 +167,8 @@ class FusedCausalLM(CausalLM):
         logits = self._run(ids, np.zeros_like(lengths), lengths, positions(lengths), buffers)
         return logits, buffers, lengths
 
-    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *,
-              max_length: int | None = None) -> tuple[FusedState, np.ndarray]:
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, max_length: int | None = None,
+              decoder_start_token_id: int | None = None) -> tuple[FusedState, np.ndarray]:
         """input_ids [b, t] int64, attention_mask [b, t] int64 (left padded) -> state, next-token logits [b, V].
         ``max_length``: the positions a row may reach (generate's max length): the buffers make room for them now,
         so they need not grow (growing copies every held position into a new set while the old one is alive: a

@@ -86,12 +86,14 @@ class FusedSeq2SeqLM(Seq2SeqLM):
                                   self.head_dim)
         return self._run(decoder_ids, 0, cross, attention_mask, buffers), cross, buffers
 
-    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *,
-              max_length: int | None = None) -> tuple[FusedSeq2SeqState, np.ndarray]:
-        """Encoder input_ids [b, S], attention_mask [b, S] -> state, logits [b, V] float32 after the start token.
-        ``max_length`` (the length rows may reach) is a hint this model does not need (FusedCausalLM makes room)."""
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, max_length: int | None = None,
+              decoder_start_token_id: int | None = None) -> tuple[FusedSeq2SeqState, np.ndarray]:
+        """Encoder input_ids [b, S], attention_mask [b, S] -> state, logits [b, V] float32 after the start token
+        (``decoder_start_token_id``, default the model's). ``max_length`` (the length rows may reach) is a hint this
+        model does not need (FusedCausalLM makes room)."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
-        logits, cross, buffers = self._decode_fresh(input_ids, attention_mask, self.initial_sequences(input_ids))
+        logits, cross, buffers = self._decode_fresh(input_ids, attention_mask,
+                                                    self.initial_sequences(input_ids, decoder_start_token_id))
         return FusedSeq2SeqState(self, cross, attention_mask, buffers, 1), logits[:, -1, :]
 
     def logits(self, input_ids, decoder_input_ids, attention_mask=None) -> np.ndarray:

@@ -138,10 +138,11 @@ class CausalLM(LanguageModel):
         cache.update(out)
         return out, cache
 
-    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *,
-              max_length: int | None = None) -> tuple[CausalState, np.ndarray]:
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, max_length: int | None = None,
+              decoder_start_token_id: int | None = None) -> tuple[CausalState, np.ndarray]:
         """input_ids [b, t] int64, attention_mask [b, t] int64 -> state, next-token logits [b, V] float32.
-        ``max_length`` (the length rows may reach) is a hint this model does not need (FusedCausalLM makes room)."""
+        ``max_length`` (the length rows may reach) is a hint this model does not need (FusedCausalLM makes room);
+        ``decoder_start_token_id`` is a seq2seq model's (a decoder-only one has none)."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
         if (attention_mask[:, -1] == 0).any():
             raise InputError("attention_mask: a row ends in padding; decoder-only generation needs left padding "
@@ -159,8 +160,9 @@ class CausalLM(LanguageModel):
         state = CausalState(self.decoder, cache, np.ones((1, reuse), np.int64))
         return state, feed_rest(state, rest)
 
-    def initial_sequences(self, input_ids: np.ndarray) -> np.ndarray:
-        """[b, t] prompt ids -> [b, t] int64: the ids the logits processors see before the first new token."""
+    def initial_sequences(self, input_ids: np.ndarray, decoder_start_token_id: int | None = None) -> np.ndarray:
+        """[b, t] prompt ids -> [b, t] int64: the ids the logits processors see before the first new token
+        (``decoder_start_token_id``: a seq2seq model's)."""
         return np.asarray(input_ids, dtype=np.int64)
 
     def logits(self, input_ids, attention_mask=None, *, positions=None) -> np.ndarray:

@@ -81,21 +81,23 @@ class Seq2SeqLM(LanguageModel):
             feeds["use_cache_branch"] = np.array([False])
         return self.decoder.run(feeds)
 
-    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *,
-              max_length: int | None = None) -> tuple[Seq2SeqState, np.ndarray]:
-        """Encoder input_ids [b, s], attention_mask [b, s] -> state, logits [b, V] float32 after the start token.
-        ``max_length`` (the length rows may reach) is a hint this model does not need (FusedCausalLM makes room)."""
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, *, max_length: int | None = None,
+              decoder_start_token_id: int | None = None) -> tuple[Seq2SeqState, np.ndarray]:
+        """Encoder input_ids [b, s], attention_mask [b, s] -> state, logits [b, V] float32 after the start token
+        (``decoder_start_token_id``, default the model's). ``max_length`` (the length rows may reach) is a hint this
+        model does not need (FusedCausalLM makes room)."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
         enc_hidden = self._run_encoder(input_ids, attention_mask)
-        out = self._decode_full(enc_hidden, attention_mask, self.initial_sequences(input_ids))
+        out = self._decode_full(enc_hidden, attention_mask, self.initial_sequences(input_ids, decoder_start_token_id))
         cache = KVCache({})
         cache.update(out)  # decoder self-attention KV (length 1) and the cross-attention KV
         state = Seq2SeqState(self, enc_hidden, attention_mask, cache)
         return state, out["logits"][:, -1, :].astype(np.float32, copy=False)
 
-    def initial_sequences(self, input_ids: np.ndarray) -> np.ndarray:
-        """[b, s] encoder ids -> [b, 1] int64 decoder ids: the start token."""
-        return np.full((len(input_ids), 1), self.decoder_start_id, dtype=np.int64)
+    def initial_sequences(self, input_ids: np.ndarray, decoder_start_token_id: int | None = None) -> np.ndarray:
+        """[b, s] encoder ids -> [b, 1] int64 decoder ids: the start token (the call's, else the model's)."""
+        start = self.decoder_start_id if decoder_start_token_id is None else int(decoder_start_token_id)
+        return np.full((len(input_ids), 1), start, dtype=np.int64)
 
     def logits(self, input_ids, decoder_input_ids, attention_mask=None) -> np.ndarray:
         """Encoder ids [b, s], decoder ids [b, T] (starting with the start token) -> logits [b, T, V] float32."""

@@ -1,0 +1,104 @@
+"""Inputs and parameters of `generate` as transformers takes them (a review's findings): a call's own
+decoder_start_token_id on a seq2seq model, the attention mask transformers infers for a padded id array given
+without one, an assistant message with tool_calls and no content, numpy booleans; and what is refused, typed and
+named: token ids that are not integers (never rounded), a max_length beyond the model's positions."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import onnxlm
+from onnxlm.runtime.errors import InputError, ParameterError
+
+torch = pytest.importorskip("torch", reason="the references are transformers models (the 'export' extra)")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    return onnxlm.load(tiny_llama.onnx_dir), \
+        AutoModelForCausalLM.from_pretrained(tiny_llama.hf_dir, attn_implementation="eager").eval()
+
+
+@torch.no_grad()
+def test_a_calls_decoder_start_token_id_is_the_decoders_first_id(tiny_t5):
+    from transformers import AutoModelForSeq2SeqLM
+
+    ours, ref = onnxlm.load(tiny_t5.onnx_dir), AutoModelForSeq2SeqLM.from_pretrained(tiny_t5.hf_dir).eval()
+    src = [[40, 41, 42, 43, 258], [50, 51, 52, 258, 0]]
+    mask = [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+    for kw in ({}, {"decoder_start_token_id": 5}, {"decoder_start_token_id": 5, "num_beams": 3}):
+        got = ours.generate(np.array(src), attention_mask=np.array(mask), max_new_tokens=6, **kw)
+        want = ref.generate(torch.tensor(src), attention_mask=torch.tensor(mask), max_new_tokens=6, **kw)
+        assert got.sequences.tolist() == want.tolist(), kw
+    first = [s.token_id for s in ours.stream([src[0]], max_new_tokens=2, decoder_start_token_id=5)]
+    assert first == ours.generate([src[0]], max_new_tokens=2, decoder_start_token_id=5).new_tokens[0]
+
+
+@torch.no_grad()
+def test_a_padded_id_array_without_a_mask_is_masked_as_transformers_masks_it(llama):
+    ours, ref = llama
+    ids = np.array([[256, 256, 257, 50, 51], [257, 60, 61, 62, 63]])  # left padded with pad id 256, no mask
+    want = ref.generate(torch.tensor(ids), max_new_tokens=6, do_sample=False).numpy().tolist()
+    assert ours.generate(ids, max_new_tokens=6).sequences.tolist() == want
+    assert ours.generate(ids, attention_mask=(ids != 256).astype(np.int64), max_new_tokens=6).sequences.tolist() == want
+    # pad == EOS: transformers infers nothing (an EOS in the ids is a token); nor do we
+    same = ours.generate(ids, max_new_tokens=4, pad_token_id=256, eos_token_id=256).sequences
+    ref_same = ref.generate(torch.tensor(ids), max_new_tokens=4, pad_token_id=256, eos_token_id=256, do_sample=False)
+    assert same.tolist() == ref_same.numpy().tolist()
+
+
+@pytest.mark.parametrize("inputs", [np.array([[40.7, 41.2, 42.9]]), [[40.7, 41.2], [50.5]], [[True, False, True]],
+                                    [[1, "a"]], [40.5, 41.0], np.zeros((1, 2, 3), np.int64), [[1, [2]]]],
+                         ids=["float-array", "float-rows", "bools", "str", "float-list", "3d", "nested"])
+def test_ids_that_are_not_integers_are_refused_not_rounded(llama, inputs):
+    ours, _ = llama
+    with pytest.raises(InputError, match=r"^inputs: "):
+        ours.generate(inputs, max_new_tokens=2)
+    if not isinstance(inputs, np.ndarray) or inputs.ndim == 2:
+        with pytest.raises(InputError):
+            ours.score(inputs)
+
+
+def test_ragged_rows_with_a_mask_are_an_input_error(llama):
+    with pytest.raises(InputError, match=r"^input_ids: expected a \[batch, length\] array"):
+        llama[0].generate([[1, 2], [3]], attention_mask=[[1, 1], [1]], max_new_tokens=2)
+
+
+def test_max_length_beyond_the_positions_names_max_length(llama):
+    ours = llama[0]
+    with pytest.raises(ParameterError, match=r"max_length <= 256") as err:
+        ours.generate([[1, 2, 3]], max_length=300)
+    assert err.value.parameter == "max_length"
+    with pytest.raises(ParameterError) as err:
+        ours.generate([[1, 2, 3]], max_new_tokens=300)
+    assert err.value.parameter == "max_new_tokens"
+
+
+def test_numpy_booleans_are_booleans(llama):
+    ours = llama[0]
+    res = ours.generate([[1, 2, 3]], max_new_tokens=3, do_sample=np.bool_(False), output_scores=np.bool_(True))
+    assert res.sequences.tolist() == ours.generate([[1, 2, 3]], max_new_tokens=3).sequences.tolist()
+    assert len(res.scores) == 3
+
+
+def test_an_assistant_message_with_tool_calls_and_no_content_renders_as_transformers(tiny_qwen2_tools):
+    from transformers import AutoTokenizer
+
+    ours, tok = onnxlm.load(tiny_qwen2_tools.onnx_dir), AutoTokenizer.from_pretrained(tiny_qwen2_tools.hf_dir)
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "w", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    call = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]
+    for assistant in ({"role": "assistant", "tool_calls": call}, {"role": "assistant", "content": None,
+                                                                   "tool_calls": call}):
+        messages = [{"role": "user", "content": "Weather in Paris?"}, assistant, {"role": "tool", "content": "sunny"}]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, tools=tools)
+        assert ours.render_chat(messages, tools=tools) == want
+    with pytest.raises(InputError, match=r"messages\[1\]: missing the 'content' key"):
+        ours.render_chat([{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": []}])
