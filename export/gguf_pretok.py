@@ -104,7 +104,10 @@ def bpe_pre_tokenizer(meta: Mapping[str, Any]):
     """The tokenizers pre-tokenizer reproducing llama.cpp's split for the GGUF's ``tokenizer.ggml.pre``."""
     from tokenizers import Regex, pre_tokenizers
 
-    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated", invert=False) for r in pre_type(meta).regexes]
+    from .unicode_gap import as_unicode_15_1
+
+    splits = [pre_tokenizers.Split(Regex(as_unicode_15_1(r)), behavior="isolated", invert=False)  # llama.cpp's
+              for r in pre_type(meta).regexes]                                                   # categories
     return pre_tokenizers.Sequence(
         splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)]
     )
