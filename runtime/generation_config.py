@@ -11,6 +11,10 @@ allowed range.  Differences from transformers (which only logs warnings for many
 * ``top_k``/``top_p``/``min_p``/``typical_p`` are range-checked even when ``do_sample`` is False (transformers ignores
   them then); ``None`` for these means "off", as in transformers.
 * ``seed`` is onnxlm's own (``None``: nondeterministic).
+* ``stop`` is onnxlm's own: OpenAI's and vLLM's stop sequences. The generation ends when its new text contains
+  one, and the text is cut before it; only the decoded new text is searched, so a stop made of a multi-byte
+  character split over tokens matches and the prompt never does. ``stop_strings`` keeps transformers' rule (token
+  strings, the prompt's tail included, as ``StopStringCriteria``). One or the other, not both.
 """
 from __future__ import annotations
 
@@ -137,6 +141,7 @@ class GenerationConfig:
     min_new_tokens: Optional[int] = None
     early_stopping: Union[bool, str] = False  # beam search: True | False | "never"
     stop_strings: Optional[Union[str, list]] = None
+    stop: Optional[Union[str, list]] = None  # onnxlm's: OpenAI's stop sequences (module docstring)
     # --- strategy ---
     do_sample: bool = False
     num_beams: int = 1
@@ -341,11 +346,16 @@ class GenerationConfig:
         es = self.early_stopping
         if not (_is_bool(es) or (isinstance(es, str) and es == "never")):
             raise bad("early_stopping", 'True, False or "never"')
-        ss = self.stop_strings
-        if ss is not None:
-            items = [ss] if isinstance(ss, str) else ss
-            if not isinstance(items, (list, tuple)) or not items or not all(isinstance(s, str) and s for s in items):
-                raise bad("stop_strings", "a non-empty string or a non-empty list of non-empty strings, or None")
+        for name in ("stop_strings", "stop"):
+            ss = getattr(self, name)
+            if ss is not None:
+                items = [ss] if isinstance(ss, str) else ss
+                if (not isinstance(items, (list, tuple)) or not items
+                        or not all(isinstance(s, str) and s for s in items)):
+                    raise bad(name, "a non-empty string or a non-empty list of non-empty strings, or None")
+        if self.stop_strings and self.stop:
+            raise ParameterError("stop", "pass stop (the new text's, OpenAI's rule) or stop_strings "
+                                         "(transformers' rule), not both")
 
         # strategy
         check_bool("do_sample")

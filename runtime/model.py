@@ -180,10 +180,13 @@ class LanguageModel:
 
     # ------------------------------------------------------------------ generation
     def generate(self, inputs, *, attention_mask=None, streamer: Callable[[StepResult], None] | None = None,
-                 assistant_model: "LanguageModel | None" = None, **params) -> GenerationResult:
+                 assistant_model: "LanguageModel | None" = None, stopping_criteria=None,
+                 **params) -> GenerationResult:
         """Generate from a prompt (see docs/design.md). params: transformers GenerationConfig names, plus the
         structured-output constraints json_schema / regex / choices / grammar / constraints (runtime/constraints.py).
-        assistant_model: a smaller model of the same vocabulary proposing tokens (speculative decoding)."""
+        assistant_model: a smaller model of the same vocabulary proposing tokens (speculative decoding).
+        stopping_criteria: callables (input_ids [n, t], scores) -> [n] bool, as transformers' (decoding/stopping.py's
+        ``any_stop``); a row they stop finishes with reason "stop"."""
         wanted = _take_constraints(params)
         config = self.resolve_config(params)
         ids, mask = self.prepare_inputs(inputs, _mask_from_padding(inputs, attention_mask, config),
@@ -195,9 +198,9 @@ class LanguageModel:
         if config.num_beams > 1:  # beam search, or beam sampling with do_sample=True
             if streamer is not None:
                 raise ParameterError("streamer", "streaming is available for greedy and sampling, not num_beams > 1")
-            return self._beam_generate(ids, mask, config, constraints)
+            return self._beam_generate(ids, mask, config, constraints, stopping_criteria)
         run = self._sample_run(ids, mask, config, stream_text=streamer is not None, constraints=constraints,
-                               assistant=assistant_model)
+                               assistant=assistant_model, stopping_criteria=stopping_criteria)
         for step_results in run:
             if streamer is not None:
                 for item in step_results:
@@ -205,7 +208,7 @@ class LanguageModel:
         return run.result
 
     def stream(self, inputs, *, attention_mask=None, assistant_model: "LanguageModel | None" = None,
-               **params) -> Iterator[StepResult]:
+               stopping_criteria=None, **params) -> Iterator[StepResult]:
         """Yield a StepResult per generated token and row (greedy or sampling). Closing the iterator stops decoding."""
         wanted = _take_constraints(params)
         config = self.resolve_config(params)
@@ -214,12 +217,14 @@ class LanguageModel:
         ids, mask = self.prepare_inputs(inputs, _mask_from_padding(inputs, attention_mask, config),
                                         pad_id=self.pad_for(config))
         for step_results in self._sample_run(ids, mask, config, constraints=_row_constraints(wanted, len(ids)),
-                                             assistant=assistant_model):
+                                             assistant=assistant_model, stopping_criteria=stopping_criteria):
             yield from step_results
 
     def _sample_run(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig, *,
-                    stream_text: bool = True, constraints=None, assistant=None) -> "_SampleRun":
+                    stream_text: bool = True, constraints=None, assistant=None,
+                    stopping_criteria=None) -> "_SampleRun":
         from .decoding.candidates import check_speculation, proposer_for
+        from .decoding.stopping import any_stop
         from .decoding.sample import sample_steps
         from .decoding.speculative import SpeculationStats, speculative_steps
         n = config.num_return_sequences if config.do_sample else 1
@@ -234,7 +239,7 @@ class LanguageModel:
         rng = np.random.default_rng(config.seed) if config.do_sample else None
         common = dict(processors=processors, do_sample=bool(config.do_sample), rng=rng,
                       eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
-                      stop_check=self._stop_check(config))
+                      stop_check=any_stop(self._stop_check(config, sequences.shape[1]), stopping_criteria))
         if not speculate:
             return _SampleRun(self, config, sequences, stream_text, constraint,
                               sample_steps(state, sequences, logits, **common))
@@ -288,15 +293,20 @@ class LanguageModel:
         engine = engine_for(self, config.eos_token_ids, kind)
         return ConstraintProcessor(engine, [c for c in constraints for _ in range(n)])
 
-    def _stop_check(self, config: GenerationConfig):
-        """-> the stop-string criterion (ids [n, t] int64 -> [n] bool, transformers' StopStringCriteria: a stop
-        string ending in the last token, prompt tail included), or None without stop strings."""
+    def _stop_check(self, config: GenerationConfig, t0: int | None = None):
+        """-> the stop-string criterion (ids [n, t] int64 -> [n] bool), or None without stop strings: ``stop``'s
+        (OpenAI's rule: the decoded new text after the ``t0`` prompt ids) or ``stop_strings``' (transformers'
+        StopStringCriteria: a stop string ending in the last token, prompt tail included)."""
         stops = _stop_strings(config)
         if not stops:
             return None
+        name = "stop" if config.stop else "stop_strings"
         if self.tokenizer is None:
-            raise ParameterError("stop_strings", f"{self.path} has no tokenizer.json, so stop strings cannot be "
-                                 "matched; generate without stop_strings (eos_token_id still works)")
+            raise ParameterError(name, f"{self.path} has no tokenizer.json, so stop strings cannot be "
+                                 f"matched; generate without {name} (eos_token_id still works)")
+        if config.stop:
+            from .decoding.stopping import NewTextStopMatcher
+            return NewTextStopMatcher(self.tokenizer.tokenizer, stops, t0)
         cached = getattr(self, "_stop_matcher", None)  # the last stop-string set's matcher keeps its token strings
         if cached is None or cached.stop_strings != tuple(stops):
             from .decoding.stopping import StopStringMatcher
@@ -329,8 +339,9 @@ class LanguageModel:
         return self._text(new_ids, config)
 
     def _beam_generate(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig,
-                       constraints=None) -> GenerationResult:
+                       constraints=None, stopping_criteria=None) -> GenerationResult:
         from .decoding.beam import beam_search
+        from .decoding.stopping import any_stop
         nb = config.num_beams
         _, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
         constraint = self._constraint_processor(config, constraints, nb)
@@ -345,7 +356,7 @@ class LanguageModel:
                           length_penalty=config.length_penalty, early_stopping=config.early_stopping,
                           num_return_sequences=config.num_return_sequences, output_scores=bool(config.output_scores),
                           output_logits=bool(config.output_logits), decoder_prompt_len=t0,
-                          stopping_criteria=self._stop_check(config),
+                          stopping_criteria=any_stop(self._stop_check(config, t0), stopping_criteria),
                           rng=np.random.default_rng(config.seed) if config.do_sample else None)
         generated = (out.beam_indices != -1).sum(axis=1)  # exact new length of each row (the rest is fill)
         new = [row[t0:t0 + n].tolist() for row, n in zip(out.sequences, generated)]
@@ -525,7 +536,8 @@ def _satisfied(processor, constraints, new_ids) -> list | None:
 
 
 def _stop_strings(config: GenerationConfig) -> list[str]:
-    s = config.stop_strings
+    """The call's stop strings, ``stop``'s or ``stop_strings``' (never both)."""
+    s = config.stop or config.stop_strings
     return [] if not s else [s] if isinstance(s, str) else list(s)
 
 

@@ -23,7 +23,7 @@ from .engine import Engine
 from .errors import api_error, http_error, server_error
 from .page import page_routes
 from .protocol import APIError
-from .routes import chat_completions, completions, health, metrics, models
+from .routes import chat_completions, completions, health, metrics, model, models
 from .state import ServeConfig, ServeState
 
 __all__ = ["ServeConfig", "create_app", "start_in_thread"]
@@ -45,6 +45,7 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         *page_routes(),

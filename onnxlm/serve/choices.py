@@ -18,6 +18,44 @@ def token_str(model, token_id: int) -> str:
     return text
 
 
+def token_bytes(model, token_id: int) -> list[int]:
+    """A token's raw UTF-8 bytes (OpenAI's ``bytes``: a character split over tokens is rebuilt by joining them):
+    its text's, or for a token holding part of a character, the byte-level BPE string's bytes (GPT-2's byte
+    alphabet) or a SentencePiece byte token's ``<0xNN>``."""
+    if model.tokenizer is None:
+        return list(str(token_id).encode("utf-8"))
+    text = model.tokenizer.decode([int(token_id)], skip_special_tokens=False)
+    if "\ufffd" not in text:
+        return list(text.encode("utf-8"))
+    piece = model.tokenizer.id_to_token(int(token_id)) or ""
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return [int(piece[3:5], 16)]
+        except ValueError:
+            pass
+    if piece and all(c in _BYTE_OF for c in piece):
+        return [_BYTE_OF[c] for c in piece]
+    return list(text.encode("utf-8"))
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: character -> the byte it stands for (printable bytes as themselves, the rest
+    shifted to U+0100 and up)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+            *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_OF = _byte_alphabet()
+
+
 def usage(jobs: list[Job], completion: int) -> dict:
     prompt = sum(len(j.ids) for j in jobs)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
@@ -58,6 +96,6 @@ class Choices:
     def logprobs_chat(self, entries) -> dict:
         def one(t, lp):
             s = token_str(self.model, t)
-            return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8"))}
+            return {"token": s, "logprob": lp, "bytes": token_bytes(self.model, t)}
         return {"content": [{**one(t, lp), "top_logprobs": [one(a, b) for a, b in (top or [])]}
                             for t, lp, top in entries]}

@@ -23,6 +23,20 @@ log = logging.getLogger("onnxlm.serve")
 
 
 
+class CallCancelled(Exception):
+    """A call whose client went away, skipped or stopped between two decoding steps."""
+
+
+def cancelled_by(gone: threading.Event):
+    """A ``stopping_criteria`` for ``generate`` that abandons the call (raises ``CallCancelled``) once ``gone`` is
+    set: a beam search or a speculative run stops at its next step instead of decoding for nobody."""
+    def check(ids, scores):
+        if gone.is_set():
+            raise CallCancelled()
+        return False
+    return check
+
+
 class Engine:
     """Loads the model in its thread (``ready`` is set after), then runs submitted work until ``stop``."""
 
@@ -60,10 +74,12 @@ class Engine:
         sink = _sink(loop, out, tag)
         self.inbox.put(("request", req, sink if stream else _held_back(sink)))
 
-    def call(self, fn: Callable, loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag=None) -> None:
+    def call(self, fn: Callable, loop: asyncio.AbstractEventLoop, out: asyncio.Queue, tag=None,
+             gone: threading.Event | None = None) -> None:
         """Run fn(model) on the engine thread between steps; (tag, "result", value) or (tag, "error", exc) arrives
-        on ``out``."""
-        self.inbox.put(("call", fn, _sink(loop, out, tag)))
+        on ``out``. ``gone`` set (its client went away): a call not yet started is skipped; a running one stops
+        where ``fn`` asks ``stopping_criteria=cancelled_by(gone)``."""
+        self.inbox.put(("call", (fn, gone), _sink(loop, out, tag)))
 
     def cancel(self, req: Request) -> None:
         """The request's rows leave the batch at the next step (its client went away)."""
@@ -111,8 +127,13 @@ class Engine:
     def _take(self, item) -> None:
         kind, what, sink = item
         if kind == "call":
+            fn, gone = what
             try:
-                sink(("result", what(self.model)))
+                if gone is not None and gone.is_set():
+                    raise CallCancelled()
+                sink(("result", fn(self.model)))
+            except CallCancelled as exc:  # nobody waits for it
+                sink(("error", exc))
             except Exception as exc:  # noqa: BLE001 - handed to the request's handler
                 log.exception("engine call failed")
                 sink(("error", exc))

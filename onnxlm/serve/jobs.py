@@ -42,8 +42,10 @@ def _encode(model, prompt, param: str) -> list[int]:
         raise bad(param, str(exc)) from None
 
 
-def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param: str) -> int:
-    """Prompt length and context checks -> the max new tokens (400 context_length_exceeded past the context)."""
+def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param: str,
+            name: str = "max_tokens") -> int:
+    """Prompt length and context checks -> the max new tokens (400 context_length_exceeded past the context;
+    ``param``: the prompt's parameter, ``name``: max_tokens' as the body gave it)."""
     cap = st.config.max_prompt_tokens
     if cap is not None and len(ids) > cap:
         raise bad(param, f"the prompt has {len(ids)} tokens; this server accepts at most {cap}",
@@ -55,9 +57,9 @@ def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param
             raise bad(param, f"the prompt has {len(ids)} tokens and fills this model's context of {ctx} tokens",
                       code="context_length_exceeded")
     if ctx and len(ids) + max_tokens > ctx:
-        raise bad("max_tokens", f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} "
-                                f"and max_tokens is {max_tokens} ({len(ids) + max_tokens} in all); shorten the prompt "
-                                "or lower max_tokens", code="context_length_exceeded")
+        raise bad(name, f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} and {name} "
+                        f"is {max_tokens} ({len(ids) + max_tokens} in all); shorten the prompt or lower {name}",
+                  code="context_length_exceeded")
     return max_tokens
 
 
@@ -82,7 +84,7 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
     jobs = []
     for prompt, text in zip(prompts, texts):
         ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)
-        max_new = _limits(model, st, ids, samp.max_tokens, param)
+        max_new = _limits(model, st, ids, samp.max_tokens, param, samp.max_tokens_param)
         job = Job(ids, text)
         if max_new == 0:  # echo with max_tokens 0: scoring only
             jobs.append(job)
@@ -125,11 +127,24 @@ def prompt_logprobs(ids: list[int], k: int):
     def run(model):
         if len(ids) < 2:
             return [(ids[0], None, None)]
-        lps = model.score([ids]).token_logprobs[0]
-        tops = [None] * (len(ids) - 1)
-        if k:
-            logp = log_softmax(model.logits(np.asarray([ids], np.int64))[0, :-1])  # [t-1, V]
-            order = np.argsort(-logp, axis=-1, kind="stable")[:, :k]
-            tops = [[(int(i), float(logp[p, i])) for i in order[p]] for p in range(len(ids) - 1)]
-        return [(ids[0], None, None)] + [(int(t), float(lp), top) for t, lp, top in zip(ids[1:], lps, tops)]
+        logits = model.logits(np.asarray([ids], np.int64))[0, :-1]                # [t-1, V]: one pass
+        out = [(ids[0], None, None)]
+        for a in range(0, len(logits), PROMPT_ROWS):  # log-probabilities a block of rows at a time, not [t-1, V]
+            logp = log_softmax(logits[a:a + PROMPT_ROWS])                       # [c, V]
+            for p, row in enumerate(logp):
+                token = int(ids[a + p + 1])
+                out.append((token, float(row[token]), _top(row, k) if k else None))
+        return out
     return run
+
+
+PROMPT_ROWS = 256  # echo's log-softmax block: 256 x 49,152 float32 = 48 MB for SmolLM2
+
+
+def _top(row: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """[V] log-probabilities -> the k largest as (id, logprob), ties to the lower id (a stable sort's order),
+    without sorting the whole vocabulary."""
+    kth = np.partition(row, -k)[-k]
+    ids = np.flatnonzero(row >= kth)                                            # k or more (ties at the k-th)
+    ids = ids[np.lexsort((ids, -row[ids]))][:k]
+    return [(int(i), float(row[i])) for i in ids]

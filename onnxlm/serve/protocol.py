@@ -116,6 +116,7 @@ class Sampling:
     logprobs: int | None  # top alternatives per token; None: no logprobs
     extra: dict = field(default_factory=dict)
     logit_bias: dict = field(default_factory=dict)  # token id -> bias in [-100, 100]
+    max_tokens_param: str = "max_tokens"  # the name the body gave it (chat: max_completion_tokens, if set)
 
     def generation_params(self, max_new_tokens: int) -> dict:
         """-> onnxlm generate() parameters (transformers names). OpenAI defaults, not the artifact's warpers."""
@@ -123,7 +124,8 @@ class Sampling:
         p = {"max_new_tokens": max_new_tokens, "do_sample": sample, "num_beams": self.num_beams,
              "repetition_penalty": self.repetition_penalty, "top_k": self.top_k or None,
              "top_p": self.top_p, "min_p": None, "typical_p": 1.0, "no_repeat_ngram_size": 0,
-             "stop_strings": self.stop or None, "temperature": self.temperature if sample else 1.0,
+             "stop": self.stop or None, "stop_strings": None,  # OpenAI's rule: the new text's, cut before it
+             "temperature": self.temperature if sample else 1.0,
              "seed": self.seed if sample else None,
              "num_return_sequences": self.n}
         if self.num_beams > 1:
@@ -232,7 +234,7 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
     if lookup is not None and num_beams > 1:
         raise bad("prompt_lookup_num_tokens", "not with beam search (num_beams > 1)")
     return Sampling(max_tokens, temperature, top_p, n, stop, seed, stream, include_usage, presence, frequency,
-                    top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body),
+                    top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body), max_tokens_param=name,
                     extra={"prompt_lookup_num_tokens": lookup} if lookup is not None else {})
 
 

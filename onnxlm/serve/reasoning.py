@@ -22,7 +22,8 @@ __all__ = ["Splitter", "prompt_opens", "split", "wanted"]
 def wanted(body: dict, template: str | None) -> bool:
     """The request's ``reasoning_format`` (400 naming it unless one of ``FORMATS``) -> whether to split."""
     try:
-        return runtime_reasoning.wanted(body.get("reasoning_format", "auto"), template)
+        fmt = body.get("reasoning_format")
+        return runtime_reasoning.wanted("auto" if fmt is None else fmt, template)  # null: absent, as elsewhere
     except ParameterError as exc:
         raise model_error(exc) from None
 

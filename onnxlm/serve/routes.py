@@ -16,7 +16,7 @@ from . import protocol, reasoning, tools
 from .choices import Choices, usage
 from .gate import authorize, open_request
 from .jobs import make_jobs, response_format_constraint
-from .protocol import bad
+from .protocol import APIError, bad
 from .run import admit, collect
 from .state import state_of
 from .streaming import chat_chunks, completion_chunks, stream
@@ -39,15 +39,30 @@ async def metrics(request: HTTPRequest):
 
 async def models(request: HTTPRequest):
     authorize(request)
-    st = state_of(request)
-    return JSONResponse({"object": "list", "data": [{"id": st.config.model_name, "object": "model",
-                                                     "created": st.created, "owned_by": "onnxlm"}]})
+    return JSONResponse({"object": "list", "data": [_model_card(state_of(request))]})
+
+
+async def model(request: HTTPRequest):
+    """GET /v1/models/{model}: the served model's card, or OpenAI's 404 for another name."""
+    authorize(request)
+    st, name = state_of(request), request.path_params["model"]
+    if name != st.config.model_name:
+        raise APIError(404, f"The model {name!r} does not exist; this server serves {st.config.model_name!r}",
+                       param="model", code="model_not_found")
+    return JSONResponse(_model_card(st))
+
+
+def _model_card(st) -> dict:
+    return {"id": st.config.model_name, "object": "model", "created": st.created, "owned_by": "onnxlm"}
 
 
 async def completions(request: HTTPRequest):
     model, st, body, samp = await open_request(request, protocol.COMPLETIONS, chat=False)
     prompts = protocol.prompts(body, model.vocab_size)
     echo = protocol._get_bool(body, "echo", False)
+    if echo and samp.logprobs is not None and model.is_encoder_decoder:
+        raise bad("echo", "with logprobs it scores the prompt's tokens as the model's continuation; an "
+                          "encoder-decoder model reads its prompt instead (echo without logprobs works)")
     constraint = await response_format_constraint(model, body)
     texts = [p if isinstance(p, str) else (model.tokenizer.decode(p, skip_special_tokens=False)
                                            if model.tokenizer else "") for p in prompts]

@@ -3,10 +3,12 @@ through one asyncio queue, cancelling the rows of a client that goes away, and g
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from starlette.requests import Request as HTTPRequest
 
 from .choices import REASONS, Choices
+from .engine import cancelled_by
 from .errors import model_error
 from .jobs import Job, prompt_logprobs
 from .state import ServeState, Slot, state_of
@@ -20,20 +22,22 @@ class Run:
         self.loop = asyncio.get_running_loop()
         self.out: asyncio.Queue = asyncio.Queue()
         self.pending = 0
+        self.gone = threading.Event()  # the client went away: the engine skips or stops this run's calls
         for i, job in enumerate(jobs):
             if echo_logprobs is not None:
-                st.engine.call(prompt_logprobs(job.ids, echo_logprobs), self.loop, self.out, ("echo", i))
+                st.engine.call(prompt_logprobs(job.ids, echo_logprobs), self.loop, self.out, ("echo", i), self.gone)
                 self.pending += 1
             if job.req is not None:
                 st.engine.submit(job.req, self.loop, self.out, ("gen", i), stream=stream)
                 self.pending += 1
             elif job.beam_params is not None:
-                params = job.beam_params
-                st.engine.call(lambda m, ids=job.ids, p=params: m.generate([ids], **p), self.loop, self.out,
-                               ("beam", i))
+                params, stop = job.beam_params, cancelled_by(self.gone)
+                st.engine.call(lambda m, ids=job.ids, p=params: m.generate([ids], stopping_criteria=stop, **p),
+                               self.loop, self.out, ("beam", i), self.gone)
                 self.pending += 1
 
     def cancel(self) -> None:
+        self.gone.set()
         for job in self.jobs:
             if job.req is not None and not job.req.done:
                 self.st.engine.cancel(job.req)

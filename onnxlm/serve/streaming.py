@@ -47,17 +47,22 @@ async def completion_chunks(run: Run, jobs, samp, choices: Choices, head: dict, 
             for j in range(samp.n):
                 yield {**head, "choices": [{"index": i * samp.n + j, "text": job.text, "logprobs": None,
                                             "finish_reason": None}]}
+    offsets: dict[int, int] = {}  # index -> text_offset of its next token (after the echoed prompt's), as unstreamed
     async for kind, i, what, payload in run.items():
         if kind == "echo":
             jobs[i].prompt_logprobs = payload
             for j in range(samp.n):
                 lp = choices.logprobs_completions(payload)
+                offsets[i * samp.n + j] = lp["text_offset"][-1] + len(lp["tokens"][-1]) if lp["tokens"] else 0
                 yield {**head, "choices": [{"index": i * samp.n + j, "text": jobs[i].text, "logprobs": lp,
                                             "finish_reason": None}]}
         elif what == "events":
             for index, ev in choices.add_events(i, payload):
-                lp = (choices.logprobs_completions([(ev.token_id, ev.logprob, ev.top_logprobs)])
-                      if samp.logprobs is not None else None)
+                lp = None
+                if samp.logprobs is not None:
+                    lp = choices.logprobs_completions([(ev.token_id, ev.logprob, ev.top_logprobs)],
+                                                      offset=offsets.get(index, 0))
+                    offsets[index] = lp["text_offset"][0] + len(lp["tokens"][0])
                 if not ev.text and not ev.finished and lp is None:
                     continue
                 yield {**head, "choices": [{"index": index, "text": ev.text, "logprobs": lp,

@@ -114,7 +114,7 @@ class _Run:
         self.eos = np.asarray(c.eos_token_ids, dtype=np.int64)
         self.pad = model.pad_for(c)
         self.max_length = max_length
-        self.stop_check = model._stop_check(c)
+        self.stop_check = model._stop_check(c, t0)
         hold = max((len(s) for s in _stop_list(c)), default=1) - 1
         tok = model.tokenizer.tokenizer if model.tokenizer is not None else None
         self.streams = [IncrementalText(tok, hold=hold) for _ in range(req.n)]
@@ -449,6 +449,6 @@ def _mark_done(req: Request) -> bool:
 
 
 def _stop_list(config: GenerationConfig) -> list[str]:
-    s = config.stop_strings
+    s = config.stop or config.stop_strings
     return [] if not s else [s] if isinstance(s, str) else list(s)
 

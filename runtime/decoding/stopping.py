@@ -1,4 +1,6 @@
-"""Stop strings with the semantics of transformers 4.57's `StopStringCriteria`, without torch or transformers.
+"""Stop strings with the semantics of transformers 4.57's `StopStringCriteria`, without torch or transformers
+(``StopStringMatcher``); OpenAI's stop sequences on the decoded new text (``NewTextStopMatcher``, the ``stop``
+parameter); the call's own ``stopping_criteria`` beside them (``any_stop``).
 
 transformers' rule, reproduced exactly:
 
@@ -120,3 +122,64 @@ class StopStringMatcher:
         full = decode(new)
         drop = len(self.token_string(new[-1]) or "") - c  # the token's characters from the match start on
         return full[:max(0, len(full) - drop)]
+
+
+class NewTextStopMatcher:
+    """OpenAI's / vLLM's stop sequences (``GenerationConfig.stop``): a row stops when its decoded new text (the ids
+    after ``t0``, special tokens skipped) contains a stop string, and its text is cut where the first one starts.
+    The prompt is never searched; a stop string made of a character whose bytes several tokens hold matches once
+    the character is whole. Each check decodes only the last ids a match ending in the newest token can span (a
+    token holds at least one byte of the text, or none: then it spans nothing)."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], t0: int | None = None):
+        self.tokenizer, self.stops, self.t0 = tokenizer, tuple(stops), t0
+        self.span = 2 * max(len(s.encode("utf-8")) for s in self.stops) + 8  # ids decoded per check
+
+    def _decode(self, ids) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def _ends_here(self, new) -> bool:
+        """new [k] ids after the prompt -> whether a stop string ends in the last one's text."""
+        window = new[-self.span:]
+        text = self._decode(window)
+        before = self._decode(window[:-1]).rstrip("\ufffd")  # the text the newest id did not add
+        return any(text.find(stop, max(0, len(before) - len(stop) + 1)) >= 0 for stop in self.stops)
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        """ids [n, t] int64 (prompt first, ``t0`` ids) -> [n] bool: rows whose new text now holds a stop string."""
+        ids = np.asarray(ids)
+        return np.array([len(row) > self.t0 and self._ends_here(row[self.t0:]) for row in ids], dtype=bool)
+
+    def cut(self, decode, ids: Sequence[int], t0: int, special_ids: set[int]) -> str | None:
+        """ids [t] the whole row (prompt first, t0 ids) -> its new text cut before the first stop string; None
+        when it holds none."""
+        text = decode([int(i) for i in ids[t0:]])
+        starts = [at for at in (text.find(stop) for stop in self.stops) if at >= 0]
+        return text[:min(starts)] if starts else None
+
+
+def any_stop(stop_strings, stopping_criteria):
+    """The stop-string criterion (or None) and the call's ``stopping_criteria`` -> one check, ids [n, t] int64 ->
+    [n] bool (a row stops when any says so), or None when there is nothing to check.
+
+    ``stopping_criteria``: a callable or a list of them with transformers' ``StoppingCriteria`` signature,
+    ``(input_ids [n, t] int64, scores) -> [n] bool`` (a single bool stops every row; ``scores`` is None here), asked
+    after every new token (a beam search: every step). One may raise to abandon the call (a server whose client went
+    away); the exception leaves ``generate``."""
+    from ..errors import ParameterError
+
+    if stopping_criteria is None:
+        return stop_strings
+    criteria = list(stopping_criteria) if isinstance(stopping_criteria, (list, tuple)) else [stopping_criteria]
+    if not all(callable(c) for c in criteria):
+        raise ParameterError("stopping_criteria", "expected a callable (input_ids, scores) -> [n] bool, or a list "
+                             f"of them; got {stopping_criteria!r:.80}")
+    if not criteria:
+        return stop_strings
+
+    def check(ids: np.ndarray) -> np.ndarray:
+        hit = np.zeros(len(ids), bool) if stop_strings is None else np.asarray(stop_strings(ids), bool).copy()
+        for c in criteria:
+            hit |= np.broadcast_to(np.asarray(c(ids, None), bool).reshape(-1), hit.shape)
+        return hit
+    return check
