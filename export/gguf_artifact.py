@@ -56,7 +56,8 @@ def artifact_dir_for(gguf, cache_dir=None) -> Path:
     """A GGUF file -> its artifact directory in the cache (``cache_dir``, default ``cache_root()``)."""
     gguf = _absolute(gguf)
     key = hashlib.sha256(str(gguf).encode()).hexdigest()[:12]
-    stem = gguf.stem.lstrip(".") or "model"  # never a hidden name: those are the cache's scratch and locks
+    stem = gguf.stem.lstrip(".")[:100] or "model"  # never a hidden name: those are the cache's scratch and locks;
+    # at most 100 characters, so that the entry's scratch and lock names (~30 more) stay within a file name's 255
     return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf" / f"{stem}-{key}"
 
 

@@ -221,3 +221,12 @@ def test_a_cached_artifact_with_a_damaged_file_is_stale_and_exported_again(files
     assert GA.ensure_gguf_artifact(gguf, cache_dir=cache, progress=False) == target  # exported anew
     assert (target / name).stat().st_size == manifest["files"][name]["bytes"]
     assert [e.state for e in gguf_cache.cache_entries(cache)] == ["current"]
+
+
+def test_a_long_file_name_keeps_its_cache_names_within_255_bytes(tmp_path):
+    long = tmp_path / ("m" * 235 + ".gguf")
+    target = GA.artifact_dir_for(long, tmp_path / "cache")
+    assert target.name == "m" * 100 + target.name[100:] and len(target.name) == 113
+    assert len(f".{target.name}.fp32-xxxxxxxx") < 255 and len(GA.lock_file(target).name) < 255
+    short = GA.artifact_dir_for(tmp_path / "SmolLM2.Q4_1.gguf", tmp_path / "cache")
+    assert short.name.startswith("SmolLM2.Q4_1-")  # names below the cut are as before

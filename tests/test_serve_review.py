@@ -132,3 +132,24 @@ def test_stopping_criteria_stop_rows_as_transformers_criteria_do(tiny_llama):
     with pytest.raises(onnxlm.runtime.errors.ParameterError) as err:
         model.generate(prompt, max_new_tokens=2, stopping_criteria=["not callable"])
     assert err.value.parameter == "stopping_criteria"
+
+
+def test_admission_counts_rows_not_requests():
+    """--max-batch 2 --max-queue 0: two n=1 requests fill it, as one n=2 request does; a request alone is taken
+    whatever its rows (it waits for nothing)."""
+    from onnxlm.serve.protocol import APIError
+    from onnxlm.serve.state import ServeConfig, ServeState, Slot
+
+    st = ServeState(ServeConfig(model_name="tiny", max_rows=2, max_queue=0), engine=None)
+    big = Slot(st, rows=2)
+    with pytest.raises(APIError) as err:
+        Slot(st, rows=1)
+    assert err.value.status == 429 and "2 rows in flight" in str(err.value)
+    big.release()
+    a, b = Slot(st, rows=1), Slot(st, rows=1)
+    with pytest.raises(APIError):
+        Slot(st, rows=1)
+    a.release(), b.release()
+    assert (st.in_flight, st.in_flight_rows) == (0, 0)
+    alone = Slot(st, rows=6)
+    alone.release()

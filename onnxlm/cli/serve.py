@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
                    help="rows decoded together at most (default: 32)")
     p.add_argument("--max-queue", type=int, default=64, metavar="N",
-                   help="requests that may wait beyond --max-batch; more get 429 (default: 64)")
+                   help="rows (prompts x n) that may wait beyond --max-batch; a request whose rows would pass "
+                        "them gets 429 (default: 64)")
     p.add_argument("--max-tokens", type=positive_int, default=1024, metavar="N",
                    help="the largest max_tokens a request may ask for (default: 1024)")
     p.add_argument("--max-prompt-tokens", type=positive_int, default=None, metavar="N",

@@ -58,7 +58,7 @@ class Run:
 def admit(st, jobs: list[Job], n: int, echo_logprobs, *, stream: bool = True) -> tuple[Slot, Run]:
     """Take a slot and start the request's run -> (slot, run); the slot is given back if the run cannot start.
     ``stream=False``: the engine hands a request's tokens over once, when it is done."""
-    slot = Slot(st)
+    slot = Slot(st, rows=len(jobs) * n)
     try:
         return slot, Run(st, jobs, n, echo_logprobs, stream)
     except BaseException:

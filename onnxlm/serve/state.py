@@ -17,7 +17,7 @@ class ServeConfig:
     model_name: str
     api_key: str | None = None
     max_rows: int = 32  # rows decoded together (the batch)
-    max_queue: int = 64  # requests waiting beyond those the batch can hold; more -> 429
+    max_queue: int = 64  # rows (prompts x n) waiting beyond those the batch can hold; more -> 429
     max_tokens: int = 1024  # cap on max_tokens
     max_prompt_tokens: int | None = None  # cap on prompt length (default: the model's context)
     max_body_mb: float = 8  # larger request bodies -> 413 (1 MB = 2**20 bytes)
@@ -30,6 +30,7 @@ class ServeState:
     config: ServeConfig
     engine: Engine
     in_flight: int = 0
+    in_flight_rows: int = 0  # the rows (prompts x n) of the requests in flight: what admission counts
     draining: bool = False
     counters: dict = field(default_factory=lambda: {"requests": 0, "rejected_full": 0, "errors": 0,
                                                      "cancelled": 0})
@@ -42,17 +43,21 @@ def state_of(request: HTTPRequest) -> ServeState:
 
 
 class Slot:
-    """One accepted API request: counted in ``in_flight`` until released (at most once)."""
+    """One accepted API request of ``rows`` rows (prompts x n): counted in ``in_flight`` and ``in_flight_rows``
+    until released (at most once). Refused (429) when its rows would pass the batch (``max_rows``) plus the queue
+    (``max_queue``); a request alone on the server is always taken (it waits for nothing)."""
 
-    def __init__(self, st: ServeState):
-        self.st, self.held = st, False
+    def __init__(self, st: ServeState, rows: int = 1):
+        self.st, self.held, self.rows = st, False, rows
         c = st.config
         with st.lock:
-            if st.in_flight >= c.max_rows + c.max_queue:
+            if st.in_flight and st.in_flight_rows + rows > c.max_rows + c.max_queue:
                 st.counters["rejected_full"] += 1
-                raise APIError(429, f"the server is at capacity ({st.in_flight} requests in flight); retry later",
-                               "rate_limit_error", code="queue_full")
+                raise APIError(429, f"the server is at capacity ({st.in_flight} requests, {st.in_flight_rows} rows in "
+                                    f"flight; this one has {rows}); retry later", "rate_limit_error",
+                               code="queue_full")
             st.in_flight += 1
+            st.in_flight_rows += rows
             st.counters["requests"] += 1
             self.held = True
 
@@ -60,4 +65,5 @@ class Slot:
         with self.st.lock:
             if self.held:
                 self.st.in_flight -= 1
+                self.st.in_flight_rows -= self.rows
                 self.held = False
