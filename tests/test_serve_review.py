@@ -153,3 +153,21 @@ def test_admission_counts_rows_not_requests():
     assert (st.in_flight, st.in_flight_rows) == (0, 0)
     alone = Slot(st, rows=6)
     alone.release()
+
+
+def test_chat_logprobs_leave_out_the_end_of_turn_token(tiny_llama):
+    """OpenAI lists the content's tokens: the EOS that ended the turn is counted in usage, not in logprobs."""
+    from onnxlm.runtime.decoding.scheduler import TokenEvent
+    from onnxlm.serve.choices import Choices
+
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    events = [TokenEvent(0, 40, "a", False, None), TokenEvent(0, 41, "b", False, None),
+              TokenEvent(0, 258, "", True, "eos")]
+    for e in events:
+        e.logprob, e.top_logprobs = -0.5, [(e.token_id, -0.5)]
+    chat, text = Choices(model, 1, chat=True), Choices(model, 1, chat=False)
+    chat.add_events(0, events)
+    text.add_events(0, events)
+    assert [t for t, _, _ in chat.tokens[0]] == [40, 41] and chat.completion_tokens == 3
+    assert [t for t, _, _ in text.tokens[0]] == [40, 41, 258]
+    assert chat.event_logprobs_chat(events[-1]) is None and chat.event_logprobs_chat(events[0]) is not None

@@ -75,7 +75,8 @@ class Choices:
         out = []
         for ev in events:
             index = i * self.n + ev.row
-            self.tokens.setdefault(index, []).append((ev.token_id, ev.logprob, ev.top_logprobs))
+            if not (self.chat and ev.reason == "eos"):  # chat: the end-of-turn token is no part of the content
+                self.tokens.setdefault(index, []).append((ev.token_id, ev.logprob, ev.top_logprobs))
             self.completion_tokens += 1
             if ev.finished:
                 self.reasons[index] = REASONS[ev.reason]
@@ -92,6 +93,10 @@ class Choices:
                 "top_logprobs": [None if top is None else {token_str(self.model, a): b for a, b in top}
                                  for _, _, top in entries],
                 "text_offset": offsets}
+
+    def event_logprobs_chat(self, ev) -> dict | None:
+        """A streamed chat event's logprobs (None for the end-of-turn token, as OpenAI leaves it out)."""
+        return None if ev.reason == "eos" else self.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
 
     def logprobs_chat(self, entries) -> dict:
         def one(t, lp):

@@ -85,7 +85,7 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, think: bool 
         if what != "events":
             continue
         for index, ev in choices.add_events(i, payload):
-            lp = (choices.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
+            lp = (choices.event_logprobs_chat(ev)
                   if samp.logprobs is not None else None)
             thought, text = split.event(index, ev.text or "", ev.finished)
             if thought:
