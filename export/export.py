@@ -271,7 +271,7 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
                         block_size, accuracy_level, force_quality) -> Path:
     """quantize="gguf": the fused fp32 export of the .gguf ``model`` (or an fp32 artifact exported from one), then
     its weight MatMuls on the GGUF's own blocks (``onnxlm.export.gguf_quant``)."""
-    from .gguf_quant import check_gguf_args, quantize_gguf_artifact
+    from .gguf_quant import check_gguf_args, file_has_blocks, quantize_gguf_artifact
 
     check_gguf_args(accuracy_level, block_size)  # refuse bad settings before the long export
     kw = dict(accuracy_level=accuracy_level, force_quality=force_quality, force=force, progress=progress)
@@ -282,7 +282,6 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
                           f"fp32 artifact exported from one); got {model if isinstance(model, (str, Path)) else type(model).__name__!r}")
     if kv_layout == "plain":
         raise ExportError("kv_layout: quantize='gguf' rewrites the fused graph; use kv_layout='auto' or 'fused'")
-    from .gguf_artifact import file_has_blocks
 
     if not file_has_blocks(Path(model).expanduser()):  # the header says it: refused before the long fp32 export
         raise ExportError(f"{model}: no tensor of this GGUF is of a quantized (block) type, so quantize='gguf' has "

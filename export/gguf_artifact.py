@@ -132,14 +132,6 @@ def cached_artifact(gguf, cache_dir=None) -> Path | None:
     return target if is_current(target, path) else None
 
 
-def file_has_blocks(gguf: Path) -> bool:
-    """True when some tensor of the file is of a quantized (block) type."""
-    from .gguf_quant import has_blocks
-    from .gguf_reader import gguf_reader
-
-    return has_blocks(t.tensor_type.name for t in gguf_reader(gguf).tensors)
-
-
 def _needs_export_extra(path: Path, exc: ImportError) -> ExportError:
     return ExportError(f"{path.name} is run through an artifact exported from it once, which needs torch, "
                        f"transformers and gguf ({exc}): pip install 'onnxlm[export]', or export it elsewhere "
@@ -190,6 +182,8 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     from .export import export_model
     from .export_resources import check_gguf_export_resources
     from .gguf_quant import quantize_gguf_artifact
+
+    from .gguf_quant import file_has_blocks
 
     blocks = file_has_blocks(path)
     check_gguf_export_resources(path, target, blocks_kept=blocks)  # refused now, not killed later

@@ -98,6 +98,13 @@ def has_blocks(type_names) -> bool:
     return any(t not in LOSSLESS_FP32 + ("F64",) for t in type_names)
 
 
+def file_has_blocks(gguf: Path) -> bool:
+    """True when some tensor of the GGUF file is of a quantized (block) type (its header says it)."""
+    from .gguf_reader import gguf_reader
+
+    return has_blocks(t.tensor_type.name for t in gguf_reader(gguf).tensors)
+
+
 ACCURACY_LEVELS = (1, 4)  # 4: the MLP at int8 activations (default); 1: fp32 activations (fidelity)
 WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weight|: float rounding only
 CHECK_ROWS = 4096  # rows of a weight dequantised at once by the check (Gemma 3's head: 640 x 4096 = 10 MB a share)

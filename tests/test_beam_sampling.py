@@ -57,8 +57,8 @@ def record(ours, monkeypatch) -> list:
     made = []
     start = ours._start_expanded
 
-    def wrapped(ids, mask, n, max_length):
-        state, logits, sequences = start(ids, mask, n, max_length)
+    def wrapped(ids, mask, n, max_length, config):
+        state, logits, sequences = start(ids, mask, n, max_length, config)
         rows = np.repeat(np.arange(len(ids)), n)
         made.append(Recorder(state, sequences, mask[rows], rows))
         return made[-1], logits, sequences

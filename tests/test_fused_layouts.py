@@ -236,7 +236,8 @@ def test_steps_append_in_place_and_buffers_grow_by_doubling(fused_dirs, case, ca
     state.advance(np.array([5, 6, 7]))  # one more: the buffers double
     assert state.buffers.capacity == 2 * capacity
     start = ours.start
-    ours.start = lambda ids, mask, max_length=None: start(ids, mask)  # no room made up front: generate grows them
+    ours.start = lambda ids, mask, max_length=None, **kw: start(ids, mask, **kw)  # no room made up front: generate
+    # grows them
     for num_beams in beams:
         kw = {"num_beams": num_beams, **spec.pad_kw(ours)}
         got = ours.generate(ids, attention_mask=mask, max_new_tokens=new, eos_token_id=[], **kw)

@@ -392,7 +392,7 @@ def test_the_gguf_must_be_found_and_be_the_recorded_one(tmp_path, tiny_fp32, tin
 def test_a_non_gguf_source_is_refused(tmp_path, tiny_llama):
     from onnxlm.export import export_model
 
-    with pytest.raises(ExportError, match="needs the GGUF file"):
+    with pytest.raises(ExportError, match="was not exported from a GGUF file"):
         export_model(tiny_llama.onnx_dir, tmp_path / "q", quantize="gguf", progress=False)
 
 
