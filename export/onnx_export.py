@@ -6,7 +6,9 @@ inputs; the first step feeds past length 0). Seq2seq (T5) exports optimum's enco
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -141,6 +143,27 @@ def _decoder_onnx_config(model, family: str):
     return cls(model.config, task=DECODER_ONLY_TASK, use_past=True, use_past_in_inputs=True)
 
 
+@contextmanager
+def _quiet_stdout():
+    """File descriptor 1 points at the null device inside, and back after: what C++ code prints there (torch's IR
+    graph dump before a failed export's error, hundreds of lines) stays out of a caller's stdout; the error itself
+    is raised as an ExportError."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no fd 1 (an embedded interpreter): nothing to keep clean
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def export_onnx(model, family: str, out_dir: Path, *, opset: int | None = None) -> tuple[dict[str, str], int]:
     """Export ``model`` into ``out_dir``. Returns ({role: filename}, opset actually used)."""
     from optimum.exporters.onnx import onnx_export_from_model
@@ -170,15 +193,16 @@ def export_onnx(model, family: str, out_dir: Path, *, opset: int | None = None) 
             )
             opset = max(int(getattr(ctor.func if hasattr(ctor, "func") else ctor, "DEFAULT_ONNX_OPSET", 14)), 14)
         try:
-            onnx_export_from_model(
-                model,
-                output=scratch,
-                task=task,
-                opset=opset,
-                custom_onnx_configs=custom,
-                do_validation=False,  # we validate ourselves, on left-padded batches too
-                device="cpu",
-            )
+            with _quiet_stdout():  # torch's C++ logging writes to fd 1: keep a caller's stdout clean
+                onnx_export_from_model(
+                    model,
+                    output=scratch,
+                    task=task,
+                    opset=opset,
+                    custom_onnx_configs=custom,
+                    do_validation=False,  # we validate ourselves, on left-padded batches too
+                    device="cpu",
+                )
         except ExportError:
             raise
         except Exception as e:  # noqa: BLE001 - optimum/torch raise anything

@@ -230,3 +230,11 @@ def test_a_long_file_name_keeps_its_cache_names_within_255_bytes(tmp_path):
     assert len(f".{target.name}.fp32-xxxxxxxx") < 255 and len(GA.lock_file(target).name) < 255
     short = GA.artifact_dir_for(tmp_path / "SmolLM2.Q4_1.gguf", tmp_path / "cache")
     assert short.name.startswith("SmolLM2.Q4_1-")  # names below the cut are as before
+
+
+def test_a_failed_torch_export_prints_nothing_on_stdout(files, tmp_path, capfd):
+    """torch's exporter dumps its IR graph (hundreds of lines) on fd 1 before it fails: kept off the caller's
+    stdout; the failure is one error line."""
+    code, out, err = run_cli(capfd, "export", files["good"], tmp_path / "out", "--opset", "5", "--quiet")
+    assert code == 1 and out == ""
+    _one_error_line(err, "ONNX export of llama failed", "opset 5")
