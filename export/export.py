@@ -168,7 +168,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
         from .export_resources import check_gguf_export_resources
 
         check_gguf_export_resources(Path(model).expanduser(), out_dir,  # refused now rather than killed later
-                                    blocks_kept=quantize == "gguf")
+                                    blocks_kept=quantize == "gguf", in_cache=False)
     from .head_quant import check_quantize_head
 
     if check_quantize_head(quantize_head) != "auto" and quantize not in ("int8", "int4"):

@@ -88,31 +88,42 @@ def export_needs(parameters: int, file_bytes: int, *, blocks_kept: bool = True) 
             DISK_BYTES_PER_PARAMETER * parameters + (file_bytes if blocks_kept else 0))
 
 
-def check_export_resources(gguf: Path, parameters: int, target: Path, *, blocks_kept: bool = True) -> None:
+def check_export_resources(gguf: Path, parameters: int, target: Path, *, blocks_kept: bool = True,
+                           in_cache: bool = True) -> None:
     """ExportError, before anything is written, when this machine has less memory or disk (where ``target`` goes)
     than exporting ``gguf`` (``parameters`` weights) needs at the least; nothing when ``$ONNXLM_SKIP_RESOURCE_CHECK``
-    is set."""
+    is set. ``in_cache``: the export is a first run's, into the cache (the ways out name the cache's); else an
+    ``onnxlm export`` into the user's directory."""
     if os.environ.get(SKIP_ENV, "").strip() not in ("", "0"):
         return
+    anyway = f"set {SKIP_ENV}=1 to try anyway"
     elsewhere = (f"export it on a larger machine (onnxlm export {gguf.name} DIR --quantize gguf), copy DIR here and "
-                 f"pass it (running it needs about the file's size), or set {SKIP_ENV}=1 to try anyway")
+                 f"pass it (running it needs about the file's size), or {anyway}" if in_cache
+                 else f"export it on a larger machine and copy the artifact here, or {anyway}")
     size = f"exporting {gguf.name} goes through its fp32 model ({parameters / _GB:.2f} B parameters)"
     memory, disk = export_needs(parameters, gguf.stat().st_size, blocks_kept=blocks_kept)
     need, have = memory, available_memory()
     if have is not None and have < need:
-        raise ExportError(f"{size}, which needs at least {need / _GiB:.2f} GiB of memory; this machine has "
-                          f"{have / _GiB:.2f} GiB available (MemAvailable and free swap, or the container's limit): "
+        raise ExportError(f"{size}, which needs at least {_amount(need)} of memory; this machine has "
+                          f"{_amount(have)} available (MemAvailable and free swap, or the container's limit): "
                           f"{elsewhere}")
     need, have = disk, free_disk(target)
     if have < need:
-        raise ExportError(f"{size}, which needs at least {need / _GiB:.2f} GiB of disk in {target.parent}; it has "
-                          f"{have / _GiB:.2f} GiB free: free some, point $ONNXLM_CACHE elsewhere, or {elsewhere}")
+        where = "point $ONNXLM_CACHE elsewhere" if in_cache else "write the artifact to another disk"
+        raise ExportError(f"{size}, which needs at least {_amount(need)} of disk in {target.parent}; it has "
+                          f"{_amount(have)} free: free some, {where}, or {elsewhere}")
 
 
-def check_gguf_export_resources(gguf: Path, target: Path, *, blocks_kept: bool = True) -> None:
+def _amount(n: int) -> str:
+    """Bytes in GiB with two decimals, as `onnxlm info` and `onnxlm cache` give them; below 0.01 GiB in MiB (a
+    tiny file on a tiny disk read "needs 0.00 GiB, has 0.00 GiB")."""
+    return f"{n / _GiB:.2f} GiB" if n >= _GiB / 100 else f"{n / 2**20:.2f} MiB"
+
+
+def check_gguf_export_resources(gguf: Path, target: Path, *, blocks_kept: bool = True, in_cache: bool = True) -> None:
     """``check_export_resources`` for a GGUF file, its parameters counted from its header (no tensor data read);
     ``blocks_kept``: a second artifact, on the file's blocks, follows the fp32 one."""
     from .gguf_reader import gguf_reader
 
     check_export_resources(gguf, sum(int(t.n_elements) for t in gguf_reader(gguf).tensors), target,
-                           blocks_kept=blocks_kept)
+                           blocks_kept=blocks_kept, in_cache=in_cache)

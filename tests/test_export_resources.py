@@ -68,6 +68,13 @@ def test_too_little_disk_where_the_artifact_goes_is_refused(gguf, tmp_path, monk
                                           r"free some, point \$ONNXLM_CACHE elsewhere, or export it on a larger"):
         R.check_export_resources(gguf, 1_000_000_000, target)
     assert seen == [target]
+    with pytest.raises(ExportError, match=r"free some, write the artifact to another disk, or export it on a "
+                                          r"larger machine and copy the artifact here, or set"):  # onnxlm export's
+        R.check_export_resources(gguf, 1_000_000_000, target, in_cache=False)
+    monkeypatch.setattr(R, "free_disk", lambda p: 3 * 2**20)  # a tiny disk: MiB, not "0.00 GiB"
+    with pytest.raises(ExportError, match=r"needs at least \d+\.\d\d GiB of disk .*; it has 3\.00 MiB free"):
+        R.check_export_resources(gguf, 1_000_000_000, target)
+    monkeypatch.setattr(R, "free_disk", lambda p: 2 * 10**9)
     R.check_export_resources(gguf, 490_000_000, target)  # 1.96 GB + the file: fits
     with pytest.raises(ExportError, match=r"needs at least 1\.86 GiB of disk"):  # the fp32 artifact, then the file's
         R.check_export_resources(gguf, 499_999_900, target)  # 2e9 - 400 bytes + the file's 1004: 604 too many
