@@ -163,6 +163,24 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     ``gguf_quant.gguf_source``). Returns the path.
     """
     out_dir = Path(out_dir).expanduser().absolute()
+    made = [d for d in out_dir.parents if not d.exists()]  # deepest first: the folders this export will create
+    try:
+        return _export_model(model, out_dir, force=force, tolerance=tolerance, opset=opset, validate=validate,
+                             progress=progress, tokenizer=tokenizer, kv_layout=kv_layout, quantize=quantize,
+                             block_size=block_size, accuracy_level=accuracy_level, quantize_head=quantize_head,
+                             force_quality=force_quality, gguf=gguf)
+    except BaseException:
+        for d in made:  # a failed export leaves no empty folders it made on the way to out_dir either
+            try:
+                d.rmdir()
+            except OSError:  # not empty (someone else's), or gone
+                break
+        raise
+
+
+def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, progress, tokenizer, kv_layout,
+                  quantize, block_size, accuracy_level, quantize_head, force_quality, gguf) -> Path:
+    """``export_model``'s work, ``out_dir`` absolute."""
     refuse_taken(out_dir, force, model, gguf)
     if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
         from .export_resources import check_gguf_export_resources

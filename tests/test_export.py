@@ -423,3 +423,24 @@ def test_logits_to_keep_last_position_equals_full_graph(fx, request):
     assert full.shape == (2, 5, man["vocab_size"]) and last.shape == (2, 1, man["vocab_size"])
     np.testing.assert_array_equal(last[:, 0], full[:, -1])
     np.testing.assert_allclose(two, full[:, -2:], atol=1e-6)
+
+
+def test_a_failed_export_leaves_no_folders_it_made(tmp_path, monkeypatch):
+    """OUT_DIR's missing parents are made for the scratch directory beside it; a failure removes them again (not a
+    folder that was there, nor one something else filled meanwhile)."""
+    import onnxlm.export.export as ex
+
+    def failing(model, family, out_dir, **kw):
+        (Path(out_dir) / "model.onnx").write_bytes(b"partial")
+        if (tmp_path / "kept" / "x").is_dir():  # another program writes beside the export meanwhile
+            (tmp_path / "kept" / "x" / "other.txt").write_text("someone else's")
+        raise RuntimeError("the exporter failed")
+
+    (tmp_path / "kept").mkdir()
+    monkeypatch.setattr(ex, "export_onnx", failing)
+    with pytest.raises(RuntimeError):
+        export_model(RECIPES / "tiny-gpt2", tmp_path / "a" / "b" / "out", progress=False, kv_layout="plain")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    with pytest.raises(RuntimeError):
+        export_model(RECIPES / "tiny-gpt2", tmp_path / "kept" / "x" / "y" / "out", progress=False, kv_layout="plain")
+    assert sorted(p.name for p in (tmp_path / "kept" / "x").iterdir()) == ["other.txt"]  # y went, x stays
