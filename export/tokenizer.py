@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from onnxlm.runtime.errors import ExportError
+from onnxlm.runtime.tokenizer import bytes_to_unicode  # noqa: F401  (public here too: tests/gguf_vocabs.py)
 
 
 def build_byte_level_tokenizer(spec: dict[str, Any]):
@@ -37,15 +38,3 @@ def build_byte_level_tokenizer(spec: dict[str, Any]):
         )
     return tok
 
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (the ByteLevel alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}

@@ -2,6 +2,8 @@
 and chat's forms), token names for ``top_logprobs``, and the usage block."""
 from __future__ import annotations
 
+from onnxlm.runtime.tokenizer import bytes_to_unicode
+
 from .jobs import Job
 
 REASONS = {"eos": "stop", "stop": "stop", "length": "length", None: "length"}
@@ -10,50 +12,37 @@ REASONS = {"eos": "stop", "stop": "stop", "length": "length", None: "length"}
 def token_str(model, token_id: int) -> str:
     """A token's text; a token holding part of a multi-byte character (decodes to U+FFFD) is named by its
     vocabulary string instead, so that distinct tokens never share a name in ``top_logprobs``."""
+    return token_str_bytes(model, token_id)[0]
+
+
+def token_str_bytes(model, token_id: int) -> tuple[str, list[int]]:
+    """A token's name (``token_str``) and its raw UTF-8 bytes (OpenAI's ``bytes``: a character split over tokens is
+    rebuilt by joining them): its text's, or for a token holding part of a character, the byte-level BPE string's
+    bytes (GPT-2's byte alphabet) or a SentencePiece byte token's ``<0xNN>``; one decode."""
     if model.tokenizer is None:
-        return str(token_id)
+        return str(token_id), list(str(token_id).encode("utf-8"))
     text = model.tokenizer.decode([int(token_id)], skip_special_tokens=False)
-    if "\ufffd" in text:
-        return model.tokenizer.id_to_token(int(token_id)) or text
-    return text
+    if "\ufffd" not in text:
+        return text, list(text.encode("utf-8"))
+    piece = model.tokenizer.id_to_token(int(token_id))
+    if not piece:
+        return text, list(text.encode("utf-8"))
+    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+        try:
+            return piece, [int(piece[3:5], 16)]
+        except ValueError:
+            pass
+    if all(c in _BYTE_OF for c in piece):
+        return piece, [_BYTE_OF[c] for c in piece]
+    return piece, list(text.encode("utf-8"))
 
 
 def token_bytes(model, token_id: int) -> list[int]:
-    """A token's raw UTF-8 bytes (OpenAI's ``bytes``: a character split over tokens is rebuilt by joining them):
-    its text's, or for a token holding part of a character, the byte-level BPE string's bytes (GPT-2's byte
-    alphabet) or a SentencePiece byte token's ``<0xNN>``."""
-    if model.tokenizer is None:
-        return list(str(token_id).encode("utf-8"))
-    text = model.tokenizer.decode([int(token_id)], skip_special_tokens=False)
-    if "\ufffd" not in text:
-        return list(text.encode("utf-8"))
-    piece = model.tokenizer.id_to_token(int(token_id)) or ""
-    if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-        try:
-            return [int(piece[3:5], 16)]
-        except ValueError:
-            pass
-    if piece and all(c in _BYTE_OF for c in piece):
-        return [_BYTE_OF[c] for c in piece]
-    return list(text.encode("utf-8"))
+    """A token's raw UTF-8 bytes (``token_str_bytes``)."""
+    return token_str_bytes(model, token_id)[1]
 
 
-def _byte_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level alphabet: character -> the byte it stands for (printable bytes as themselves, the rest
-    shifted to U+0100 and up)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-            *range(ord("\u00ae"), ord("\u00ff") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTE_OF = _byte_alphabet()
+_BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}  # GPT-2's byte alphabet: character -> the byte it spells
 
 
 def usage(jobs: list[Job], completion: int) -> dict:
@@ -100,7 +89,7 @@ class Choices:
 
     def logprobs_chat(self, entries) -> dict:
         def one(t, lp):
-            s = token_str(self.model, t)
-            return {"token": s, "logprob": lp, "bytes": token_bytes(self.model, t)}
+            s, raw = token_str_bytes(self.model, t)
+            return {"token": s, "logprob": lp, "bytes": raw}
         return {"content": [{**one(t, lp), "top_logprobs": [one(a, b) for a, b in (top or [])]}
                             for t, lp, top in entries]}
