@@ -123,6 +123,15 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return (shifted - lse).astype(np.float32, copy=False)
 
 
+def top_logprobs(row: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """[V] log-probabilities -> the k largest as (id, logprob), descending, the lower id first on ties (a stable
+    sort's order, also at the k-th place), without sorting the whole vocabulary."""
+    kth = np.partition(row, -k)[-k]
+    ids = np.flatnonzero(row >= kth)                                            # k or more (ties at the k-th)
+    ids = ids[np.lexsort((ids, -row[ids]))][:k]
+    return [(int(i), float(row[i])) for i in ids]
+
+
 def greedy_tokens(scores: np.ndarray) -> np.ndarray:
     """scores [b, V] -> [b] int64 argmax (first index on ties, like torch.argmax on CPU)."""
     return np.argmax(scores, axis=-1).astype(np.int64)

@@ -12,7 +12,7 @@ from onnxlm.runtime.constraints import engine_for, make_constraint, response_for
 from onnxlm.runtime.decoding.scheduler import Request
 from onnxlm.runtime.errors import InputError, ParameterError
 from onnxlm.runtime.penalties import PresenceFrequencyPenaltyProcessor
-from onnxlm.runtime.processors import log_softmax
+from onnxlm.runtime.processors import log_softmax, top_logprobs
 
 from . import protocol
 from .errors import model_error
@@ -133,18 +133,10 @@ def prompt_logprobs(ids: list[int], k: int):
             logp = log_softmax(logits[a:a + PROMPT_ROWS])                       # [c, V]
             for p, row in enumerate(logp):
                 token = int(ids[a + p + 1])
-                out.append((token, float(row[token]), _top(row, k) if k else None))
+                out.append((token, float(row[token]), top_logprobs(row, k) if k else None))
         return out
     return run
 
 
 PROMPT_ROWS = 256  # echo's log-softmax block: 256 x 49,152 float32 = 48 MB for SmolLM2
 
-
-def _top(row: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """[V] log-probabilities -> the k largest as (id, logprob), ties to the lower id (a stable sort's order),
-    without sorting the whole vocabulary."""
-    kth = np.partition(row, -k)[-k]
-    ids = np.flatnonzero(row >= kth)                                            # k or more (ties at the k-th)
-    ids = ids[np.lexsort((ids, -row[ids]))][:k]
-    return [(int(i), float(row[i])) for i in ids]

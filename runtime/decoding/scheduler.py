@@ -35,7 +35,7 @@ from ..constraints import ConstraintProcessor, engine_for
 from ..errors import ParameterError
 from ..generation_config import GenerationConfig
 from ..prefix_cache import PrefixCache, feed_rest
-from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens
+from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens, top_logprobs
 from ..streaming import IncrementalText
 from ..tokenizer import pad_batch
 
@@ -248,9 +248,7 @@ class Scheduler:
             if logp is not None:
                 ev.logprob = float(logp[k, tok])
                 if req.logprobs:
-                    top = np.argpartition(-logp[k], req.logprobs - 1)[:req.logprobs]
-                    top = top[np.lexsort((top, -logp[k, top]))]  # descending, lower id first on ties
-                    ev.top_logprobs = [(int(i), float(logp[k, i])) for i in top]
+                    ev.top_logprobs = top_logprobs(logp[k], req.logprobs)
             if reason is not None:
                 req.reasons[r] = reason
                 req.final_text[r] = self.model._finish_text(req.new_ids[r], req.config, reason,
