@@ -300,7 +300,6 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
                           f"fp32 artifact exported from one); got {model if isinstance(model, (str, Path)) else type(model).__name__!r}")
     if kv_layout == "plain":
         raise ExportError("kv_layout: quantize='gguf' rewrites the fused graph; use kv_layout='auto' or 'fused'")
-
     if not file_has_blocks(Path(model).expanduser()):  # the header says it: refused before the long fp32 export
         raise ExportError(f"{model}: no tensor of this GGUF is of a quantized (block) type, so quantize='gguf' has "
                           "no blocks to keep; export it in fp32 (no quantize) or use quantize='int8'")

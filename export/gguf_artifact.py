@@ -181,9 +181,7 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     from .atomic_dir import temp_dir_beside
     from .export import export_model
     from .export_resources import check_gguf_export_resources
-    from .gguf_quant import quantize_gguf_artifact
-
-    from .gguf_quant import file_has_blocks
+    from .gguf_quant import file_has_blocks, quantize_gguf_artifact
 
     blocks = file_has_blocks(path)
     check_gguf_export_resources(path, target, blocks_kept=blocks)  # refused now, not killed later

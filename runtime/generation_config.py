@@ -62,6 +62,11 @@ def _is_num(x: Any) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
+def _as_list(v: Any) -> Any:
+    """A string -> [it]; anything else as it is (a stop-string parameter's two forms)."""
+    return [v] if isinstance(v, str) else v
+
+
 def _is_bool(x: Any) -> bool:
     t = type(x)  # numpy's bool without importing numpy: np.bool_ (numpy 1), np.bool (numpy 2, named "bool")
     return isinstance(x, bool) or (t.__module__ == "numpy" and t.__name__ in ("bool_", "bool"))
@@ -313,6 +318,10 @@ class GenerationConfig:
         return out
 
     # ------------------------------------------------------------------ validation
+    def stop_list(self) -> list[str]:
+        """The call's stop strings, ``stop``'s or ``stop_strings``' (never both), as a list."""
+        return list(_as_list(self.stop or self.stop_strings or []))
+
     def validate(self) -> "GenerationConfig":
         """Raise ParameterError for the first out-of-range parameter; returns self."""
 
@@ -349,7 +358,7 @@ class GenerationConfig:
         for name in ("stop_strings", "stop"):
             ss = getattr(self, name)
             if ss is not None:
-                items = [ss] if isinstance(ss, str) else ss
+                items = _as_list(ss)
                 if (not isinstance(items, (list, tuple)) or not items
                         or not all(isinstance(s, str) and s for s in items)):
                     raise bad(name, "a non-empty string or a non-empty list of non-empty strings, or None")

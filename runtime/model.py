@@ -178,6 +178,12 @@ class LanguageModel:
                                             f"do_sample={config.do_sample}, num_beams={config.num_beams}")
         return config
 
+    def _call_inputs(self, inputs, attention_mask, config: GenerationConfig) -> tuple[np.ndarray, np.ndarray]:
+        """generate's / stream's inputs -> ids, mask [b, t] (``prepare_inputs``), padded with the call's pad id and,
+        for a padded id array given without a mask, masked as transformers' generate masks it."""
+        return self.prepare_inputs(inputs, _mask_from_padding(inputs, attention_mask, config),
+                                   pad_id=self.pad_for(config))
+
     # ------------------------------------------------------------------ generation
     def generate(self, inputs, *, attention_mask=None, streamer: Callable[[StepResult], None] | None = None,
                  assistant_model: "LanguageModel | None" = None, stopping_criteria=None,
@@ -189,8 +195,7 @@ class LanguageModel:
         ``any_stop``); a row they stop finishes with reason "stop"."""
         wanted = _take_constraints(params)
         config = self.resolve_config(params)
-        ids, mask = self.prepare_inputs(inputs, _mask_from_padding(inputs, attention_mask, config),
-                                        pad_id=self.pad_for(config))
+        ids, mask = self._call_inputs(inputs, attention_mask, config)
         constraints = _row_constraints(wanted, len(ids))
         if assistant_model is not None and config.num_beams > 1:
             raise ParameterError("assistant_model", "speculative decoding runs greedy and sampling only (num_beams=1)"
@@ -214,8 +219,7 @@ class LanguageModel:
         config = self.resolve_config(params)
         if config.num_beams > 1:
             raise ParameterError("num_beams", f"got {config.num_beams}; streaming supports num_beams=1 only")
-        ids, mask = self.prepare_inputs(inputs, _mask_from_padding(inputs, attention_mask, config),
-                                        pad_id=self.pad_for(config))
+        ids, mask = self._call_inputs(inputs, attention_mask, config)
         for step_results in self._sample_run(ids, mask, config, constraints=_row_constraints(wanted, len(ids)),
                                              assistant=assistant_model, stopping_criteria=stopping_criteria):
             yield from step_results
@@ -297,7 +301,7 @@ class LanguageModel:
         """-> the stop-string criterion (ids [n, t] int64 -> [n] bool), or None without stop strings: ``stop``'s
         (OpenAI's rule: the decoded new text after the ``t0`` prompt ids) or ``stop_strings``' (transformers'
         StopStringCriteria: a stop string ending in the last token, prompt tail included)."""
-        stops = _stop_strings(config)
+        stops = config.stop_list()
         if not stops:
             return None
         name = "stop" if config.stop else "stop_strings"
@@ -329,7 +333,7 @@ class LanguageModel:
                      prompt_ids=None) -> str:
         """New ids -> final text. A row that stopped on a stop string (reason 'stop') is cut where the match
         starts; a match that starts in the prompt (prompt_ids: the row's ids before the new ones) leaves ''."""
-        if reason == "stop" and self.tokenizer is not None and _stop_strings(config):
+        if reason == "stop" and self.tokenizer is not None and config.stop_list():
             prompt = [] if prompt_ids is None else [int(i) for i in prompt_ids]
             cut = self._stop_check(config).cut(
                 lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), prompt + [int(i) for i in new_ids],
@@ -472,7 +476,7 @@ class _SampleRun:
         self.reasons: list[str | None] = [None] * self.b
         self.new_ids: list[list[int]] = [[] for _ in range(self.b)]
         self.sequences = sequences
-        hold = max((len(s) for s in _stop_strings(config)), default=1) - 1
+        hold = max((len(s) for s in config.stop_list()), default=1) - 1
         tokenizer = model.tokenizer.tokenizer if model.tokenizer is not None else None
         self.texts = [IncrementalText(tokenizer, hold=hold) for _ in range(self.b)] if stream_text else []
         self.final_text: list[str | None] = [None] * self.b  # set when a row finishes
@@ -535,10 +539,6 @@ def _satisfied(processor, constraints, new_ids) -> list | None:
     return [None if c is None else processor.engine.satisfied(c, ids) for c, ids in zip(constraints, new_ids)]
 
 
-def _stop_strings(config: GenerationConfig) -> list[str]:
-    """The call's stop strings, ``stop``'s or ``stop_strings``' (never both)."""
-    s = config.stop or config.stop_strings
-    return [] if not s else [s] if isinstance(s, str) else list(s)
 
 
 def _is_id(x) -> bool:

@@ -115,7 +115,7 @@ class _Run:
         self.pad = model.pad_for(c)
         self.max_length = max_length
         self.stop_check = model._stop_check(c, t0)
-        hold = max((len(s) for s in _stop_list(c)), default=1) - 1
+        hold = max((len(s) for s in c.stop_list()), default=1) - 1
         tok = model.tokenizer.tokenizer if model.tokenizer is not None else None
         self.streams = [IncrementalText(tok, hold=hold) for _ in range(req.n)]
 
@@ -444,9 +444,3 @@ def _backs(state, kv: dict) -> bool:
 def _mark_done(req: Request) -> bool:
     req.done = True
     return True
-
-
-def _stop_list(config: GenerationConfig) -> list[str]:
-    s = config.stop or config.stop_strings
-    return [] if not s else [s] if isinstance(s, str) else list(s)
-
