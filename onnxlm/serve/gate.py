@@ -60,10 +60,18 @@ async def read_body(request: HTTPRequest, allowed: set) -> dict:
     body = protocol.parse_body(await read_limited(request, limit), request.headers.get("content-type"))
     protocol.check_keys(body, allowed)
     name = body.get("model")
-    if name is not None and name != state_of(request).config.model_name:
-        raise APIError(404, f"The model {name!r} does not exist; this server serves "
-                            f"{state_of(request).config.model_name!r}", param="model", code="model_not_found")
+    if name is not None:
+        check_model_name(request, name)
     return body
+
+
+def check_model_name(request: HTTPRequest, name) -> None:
+    """OpenAI's 404 ``model_not_found`` for a model this server does not serve (a body's ``model``, the name in
+    GET /v1/models/{model})."""
+    served = state_of(request).config.model_name
+    if name != served:
+        raise APIError(404, f"The model {name!r} does not exist; this server serves {served!r}", param="model",
+                       code="model_not_found")
 
 
 async def open_request(request: HTTPRequest, schema, chat: bool):

@@ -14,9 +14,9 @@ from onnxlm.runtime.manifest import no_chat_template
 
 from . import protocol, reasoning, tools
 from .choices import Choices, usage
-from .gate import authorize, open_request
+from .gate import authorize, check_model_name, open_request
 from .jobs import make_jobs, response_format_constraint
-from .protocol import APIError, bad
+from .protocol import bad
 from .run import admit, collect
 from .state import state_of
 from .streaming import chat_chunks, completion_chunks, stream
@@ -45,11 +45,8 @@ async def models(request: HTTPRequest):
 async def model(request: HTTPRequest):
     """GET /v1/models/{model}: the served model's card, or OpenAI's 404 for another name."""
     authorize(request)
-    st, name = state_of(request), request.path_params["model"]
-    if name != st.config.model_name:
-        raise APIError(404, f"The model {name!r} does not exist; this server serves {st.config.model_name!r}",
-                       param="model", code="model_not_found")
-    return JSONResponse(_model_card(st))
+    check_model_name(request, request.path_params["model"])
+    return JSONResponse(_model_card(state_of(request)))
 
 
 def _model_card(st) -> dict:

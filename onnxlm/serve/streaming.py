@@ -51,9 +51,10 @@ async def completion_chunks(run: Run, jobs, samp, choices: Choices, head: dict, 
     async for kind, i, what, payload in run.items():
         if kind == "echo":
             jobs[i].prompt_logprobs = payload
+            lp = choices.logprobs_completions(payload)  # the prompt's: the same for each of its n choices
+            after = lp["text_offset"][-1] + len(lp["tokens"][-1]) if lp["tokens"] else 0
             for j in range(samp.n):
-                lp = choices.logprobs_completions(payload)
-                offsets[i * samp.n + j] = lp["text_offset"][-1] + len(lp["tokens"][-1]) if lp["tokens"] else 0
+                offsets[i * samp.n + j] = after
                 yield {**head, "choices": [{"index": i * samp.n + j, "text": jobs[i].text, "logprobs": lp,
                                             "finish_reason": None}]}
         elif what == "events":
