@@ -308,7 +308,8 @@ class ConstraintProcessor(LogitsProcessor):
     State follows the decoding state protocol: ``select(rows)`` reorders/forks the matchers as the KV cache
     (beam search), ``advance(tokens)`` consumes each row's chosen token.  A row stops being masked once it has
     consumed its EOS, or a token its matcher refuses (only rows the loop has already finished or dropped: a
-    finished row fed padding, a beam whose score is -inf)."""
+    finished row fed padding, a beam whose score is -inf), or once ``retire`` says the loop ended it (a stop string
+    or a stopping criterion: its matcher may then allow nothing the other processors leave, which is no conflict)."""
 
     def __init__(self, engine: ConstraintEngine, constraints: Sequence[Constraint | None]):
         self.engine = engine
@@ -377,6 +378,10 @@ class ConstraintProcessor(LogitsProcessor):
         self.kinds = [self.kinds[r] for r in np.asarray(rows).tolist()]
         if len(matchers) != len(self._bitmask):
             self._bitmask = np.full((len(matchers), self.engine.words), -1, dtype=np.int32)
+
+    def retire(self, finished: np.ndarray) -> None:
+        """finished [b] bool: rows the decoding loop has ended (any reason); they are masked no more."""
+        self.live &= ~np.asarray(finished, dtype=bool)
 
     def advance(self, tokens: np.ndarray) -> None:
         """tokens [b] int64: each live row's matcher consumes its chosen token; EOS (or a refused token) ends it."""

@@ -484,6 +484,8 @@ class _SampleRun:
 
     def __iter__(self) -> Iterator[list[StepResult]]:
         for step in self.steps:
+            if self.constraint is not None:  # a row ended by a stop string is no conflict at its next mask
+                self.constraint.retire(step.finished)
             self.tokens.append(step.tokens)
             if self.config.output_scores:
                 self.scores.append(step.scores)

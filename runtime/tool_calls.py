@@ -175,6 +175,8 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None) -> str:
         if name is not None and f["name"] != name:
             continue
         params = f.get("parameters") or NO_PARAMETERS
+        if params.get("type") != "object":  # arguments are an object, also where the schema only implies it
+            params = {"allOf": [{"type": "object"}, params]}
         options.append({"type": "object", "properties": {"name": {"const": f["name"]}, key: params},
                         "required": ["name", key], "additionalProperties": False})
     schema = options[0] if len(options) == 1 else {"anyOf": options}
@@ -186,13 +188,31 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRICT = json.JSONDecoder(parse_constant=_refuse_constant)  # NaN / Infinity: Python's extension, not JSON
+
+
 def _call_of(obj: Any, style: str, names: set[str]) -> tuple[str, dict] | None:
     """A parsed JSON value -> (name, arguments) when it is a call of a known function, else None."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or obj["name"] not in names:
         return None
     args = obj.get(_args_key(style), obj.get("arguments" if style == "llama3" else "parameters"))
-    args = _as_object(args) if args is not None else {}
-    return (obj["name"], args) if isinstance(args, dict) else None
+    if isinstance(args, str):
+        try:
+            args = _STRICT.decode(args)
+        except (ValueError, RecursionError):
+            return None
+    args = {} if args is None else args
+    if not isinstance(args, dict):
+        return None
+    try:  # a lone surrogate's escape ("\ud83d") decodes to a str no UTF-8 reply can carry: not a call
+        json.dumps(args, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return obj["name"], args
 
 
 def _json_calls(text: str, style: str, names: set[str]) -> list[tuple[str, dict]] | None:
@@ -201,7 +221,7 @@ def _json_calls(text: str, style: str, names: set[str]) -> list[tuple[str, dict]
     s = text.strip()
     if s.startswith(PYTHON_TAG):
         s = s[len(PYTHON_TAG):].lstrip()
-    decoder, calls, pos = json.JSONDecoder(), [], 0
+    decoder, calls, pos = _STRICT, [], 0
     while pos < len(s):
         try:
             obj, end = decoder.raw_decode(s, pos)
@@ -238,7 +258,7 @@ def _qwen_calls(text: str, names: set[str]) -> list[tuple[str, dict]] | None:
     calls = []
     for block in _QWEN_BLOCK.finditer(text):
         try:
-            call = _call_of(json.loads(block.group(1)), "qwen", names)
+            call = _call_of(_STRICT.decode(block.group(1)), "qwen", names)
         except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
             call = None
         if call is None:

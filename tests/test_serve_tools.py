@@ -239,7 +239,13 @@ def test_parse_reply_leaves_non_calls_as_text():
                         ("llama3", '{"name": "f", "parameters": {}} trailing words'),
                         ("qwen", '<tool_call>{"name": {}, "arguments": {}}</tool_call>'),
                         ("generic", '{"name": "f", "arguments": ' + "[" * 100_000),
-                        ("qwen", "<tool_call>" + "[" * 100_000)]:
+                        ("qwen", "<tool_call>" + "[" * 100_000),
+                        # not JSON: Python's NaN / Infinity, and a lone surrogate no UTF-8 reply can carry
+                        ("generic", '{"name": "f", "arguments": {"x": NaN}}'),
+                        ("generic", '{"name": "f", "arguments": "{\\"x\\": -Infinity}"}'),
+                        ("qwen", '<tool_call>{"name": "f", "arguments": {"x": Infinity}}</tool_call>'),
+                        ("generic", '{"name": "f", "arguments": {"t": "\\ud83d"}}'),
+                        ("qwen", '<tool_call>{"name": "f", "arguments": {"\\udc00": 1}}</tool_call>')]:
         assert fmt.parse_reply(text, style, names) == (text, []), (style, text[:60])
     # arguments as a JSON string (as OpenAI sends them back) are read as the object
     assert fmt.parse_reply('{"name": "f", "arguments": "{\\"a\\": 1}"}', "generic", names) == (None, [("f", {"a": 1})])
@@ -261,6 +267,19 @@ def test_forced_calls_validate(servers, style):
             _valid_call(msg["tool_calls"][0], expect)
             seen.add(msg["tool_calls"][0]["function"]["arguments"])
     assert len(seen) > 6  # sampled arguments, not one answer again and again
+
+
+def test_forced_call_of_a_schema_without_a_type_is_an_object(servers):
+    """Parameters that only imply an object (properties, no "type"): the forced call's arguments are still an
+    object, so the reply is read back as a call, never left as text."""
+    tool = {"type": "function", "function": {"name": "pick", "parameters": {
+        "properties": {"a": {"enum": [1, 2]}}, "required": ["a"], "additionalProperties": False}}}
+    for style in ("qwen", "generic"):
+        out = _chat(servers[style], _user(PROMPTS[0]), tools=[tool], tool_choice="required", temperature=1.0,
+                    seed=3, n=3)
+        for c in out["choices"]:
+            assert c["finish_reason"] == "tool_calls", c
+            assert json.loads(c["message"]["tool_calls"][0]["function"]["arguments"]) in ({"a": 1}, {"a": 2})
 
 
 @pytest.fixture
@@ -402,7 +421,11 @@ BAD = [
     ({"tools": TOOLS, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "nonsense"}}}],
-      "tool_choice": "required"}, "tools"),
+      "tool_choice": "required"}, "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+     "tools[0].function.parameters"),  # a call's arguments are an object
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "nonsense"}}}}}], "tool_choice": "required"}, "tools"),
     ({"messages": [{"role": "assistant", "content": None, "tool_calls": "x"}]}, "messages[0].tool_calls"),
     ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
         "name": "f", "arguments": 3}}]}]}, "messages[0].tool_calls[0].function.arguments"),

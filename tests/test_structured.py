@@ -188,6 +188,19 @@ def test_too_few_tokens_is_length_and_incomplete(tiny):
             json.loads(text)
 
 
+def test_a_row_ended_by_a_stop_string_is_no_conflict_for_the_rest_of_the_batch(tiny):
+    """Row 0's choice is complete and cut by a stop string; min_new_tokens then blocks the EOS its constraint
+    forces. The row is finished, so that is no conflict: row 1 goes on, as row 0 does alone."""
+    rows = [{"choices": ["green"]}, {"regex": "[a-z ]{1,40}"}]
+    res = tiny.generate(PROMPTS[:2], constraints=rows, stop=["green"], min_new_tokens=6, max_new_tokens=8)
+    alone = tiny.generate(PROMPTS[:1], choices=["green"], stop=["green"], min_new_tokens=6, max_new_tokens=8)
+    assert res.finish_reasons == ["stop", "length"] and alone.finish_reasons == ["stop"]
+    assert res.text[0] == alone.text[0] == "" and len(res.new_tokens[1]) == 8
+    assert re.fullmatch("[a-z ]{1,40}", res.text[1])
+    with pytest.raises(ParameterError, match="min_new_tokens"):  # a live row's conflict is still refused
+        tiny.generate(PROMPTS[:2], constraints=rows, min_new_tokens=6, max_new_tokens=8)
+
+
 def test_unconstrained_generation_is_unchanged(tiny):
     plain = tiny.generate(PROMPTS, max_new_tokens=12)
     none_rows = tiny.generate(PROMPTS, max_new_tokens=12, constraints=[None] * 4, json_schema=None)

@@ -72,8 +72,13 @@ def check(body: dict, template: str | None) -> ToolRequest:
         names.append(f["name"])
         if f.get("description") is not None and not isinstance(f["description"], str):
             raise bad(f"{where}.function.description", "expected a string")
-        if f.get("parameters") is not None and not isinstance(f["parameters"], dict):
+        params = f.get("parameters")
+        if params is not None and not isinstance(params, dict):
             raise bad(f"{where}.function.parameters", "expected a JSON Schema object")
+        kind = (params or {}).get("type", "object")
+        if kind != "object" and not (isinstance(kind, list) and "object" in kind):
+            raise bad(f"{where}.function.parameters", f'got "type": {json.dumps(kind)}; a call\'s arguments are '
+                                                      'a JSON object: "type": "object" (or no type)')
         if f.get("strict") is not None and not isinstance(f["strict"], bool):
             raise bad(f"{where}.function.strict", "expected true or false")
     parallel = body.get("parallel_tool_calls")
