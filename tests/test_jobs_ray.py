@@ -82,3 +82,16 @@ def test_ray_row_error_names_the_row(local_ray, tmp_path, tiny_gpt2, capsys):
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (Ray's own log lines come before it)
     assert code == 1 and last.startswith("onnxlm: error: row 1 (id 'd1'):") and "max_positions" in last
     assert not (tmp_path / "o.parquet").exists()
+
+
+def test_ray_keeps_the_rows_finished_before_a_failing_batch(local_ray, tmp_path, tiny_gpt2, capsys):
+    src = tmp_path / "mid.jsonl"
+    texts = ["a b", "c d", "word " * 200, "e f", "g h", "i j"]  # one block of 4 rows: batches [0, 1] and [2, 3]
+    src.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    out = tmp_path / "o.parquet"
+    code = main([str(a) for a in ["score", tiny_gpt2.onnx_dir, "--input", src, "--output", out, "--ray", "--quiet",
+                                  "--batch-size", 2, "--rows-per-part", 4]])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and err.startswith("onnxlm: error: row 2 (id 'd2'):"), err
+    done = sorted(r for p in (tmp_path / "o.parquet.parts").glob("part-*") for r in pq.read_table(p)["row"].to_pylist())
+    assert 0 in done and 1 in done and 2 not in done and 3 not in done and not out.exists()  # as the local run keeps

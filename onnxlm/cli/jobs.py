@@ -27,45 +27,67 @@ def add_job_args(p, task: str) -> None:
     default = "text" if task == "score" else "prompt, else text"
     g.add_argument("--column", metavar="NAME", help=f"the input column holding the {'texts' if task == 'score' else 'prompts'} "
                                                     f"(default: {default})")
-    g.add_argument("--id-column", default="id", metavar="NAME",
-                   help="an input column copied to the output beside each result (default: id, when present)")
+    # defaults are None here (filled in by run_job), so that a job flag given without --input is refused
+    g.add_argument("--id-column", metavar="NAME",
+                   help="an input column copied to the output beside each result (default: id, when present; a "
+                        "column named here must exist)")
     if task == "score":
-        g.add_argument("--target-column", default="target", metavar="NAME",
+        g.add_argument("--target-column", metavar="NAME",
                        help="encoder-decoder models: the column of target texts (default: target)")
     if task == "generate":
-        g.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+        g.add_argument("--batch-size", type=positive_int, metavar="N",
                        help="prompts generated together, left-padded (default: 8); sampling with --seed runs each "
                             "row alone with seed + row, so a row's text never depends on its batch")
-    g.add_argument("--rows-per-part", type=positive_int, default=256, metavar="N",
+    g.add_argument("--rows-per-part", type=positive_int, metavar="N",
                    help="rows per part file written while the job runs: the most work a kill loses (default: 256)")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh: delete OUTPUT and its unfinished parts (default: resume them)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="with --input: no progress bar and no summary line")
     r = p.add_argument_group("Ray Data (pip install 'onnxlm[ray]')")
     r.add_argument("--ray", action="store_true",
                    help="run the job on Ray Data: a local Ray instance, or the cluster of --ray-address / $RAY_ADDRESS")
     r.add_argument("--ray-address", metavar="ADDR",
                    help="an existing Ray cluster, e.g. ray://head:10001 or auto (default: $RAY_ADDRESS, else a "
                         "local instance); MODEL_DIR must exist at the same path on every node")
-    r.add_argument("--ray-actors", type=positive_int, default=1, metavar="N",
+    r.add_argument("--ray-actors", type=positive_int, metavar="N",
                    help="model replicas (Ray actors), each loading the model once (default: 1)")
-    r.add_argument("--ray-cpus-per-actor", type=positive_int, default=1, metavar="N",
+    r.add_argument("--ray-cpus-per-actor", type=positive_int, metavar="N",
                    help="CPUs each actor reserves; also its onnxruntime threads unless --threads (default: 1)")
+    p.set_defaults(job_task=task)
+
+
+#: job flags -> their argparse dest; `--batch-size` is a job flag of generate only (score's scores texts too)
+JOB_FLAGS = {"--output": "output", "--column": "column", "--id-column": "id_column",
+             "--target-column": "target_column", "--rows-per-part": "rows_per_part", "--overwrite": "overwrite",
+             "--quiet": "quiet", "--ray": "ray", "--ray-address": "ray_address", "--ray-actors": "ray_actors",
+             "--ray-cpus-per-actor": "ray_cpus_per_actor"}
+RAY_FLAGS = ("--ray-address", "--ray-actors", "--ray-cpus-per-actor")
+
+
+def _given(args, flag: str) -> bool:
+    value = getattr(args, JOB_FLAGS[flag], None)
+    return value is not None and value is not False
 
 
 def wants_job(args) -> bool:
     """True when --input was given; usage errors for job flags given without it, or other inputs given with it."""
     perr = args.parser_for_command.error
+    flags = dict(JOB_FLAGS)
+    if getattr(args, "job_task", None) == "generate":
+        flags["--batch-size"] = "batch_size"
     if args.input is None:
-        if args.output is not None or args.ray or args.ray_address:
-            perr("--output and --ray need --input FILE")
+        given = [f for f, dest in flags.items() if getattr(args, dest, None) not in (None, False)]
+        if given:
+            perr(f"{given[0]} needs --input FILE (it is a batch-job flag)")
         return False
     if args.output is None:
         perr("--input needs --output OUT.parquet")
     if args.texts or args.file:
         perr("--input replaces positional texts and --file: give one or the other")
-    if args.ray_address and not args.ray:
-        perr("--ray-address needs --ray")
+    if not args.ray:
+        for flag in RAY_FLAGS:
+            if _given(args, flag):
+                perr(f"{flag} needs --ray")
     return True
 
 
@@ -73,19 +95,22 @@ def run_job(args, task: str, *, params: dict | None = None, **options) -> int:
     """Build the JobSpec from args and run it; prints a one-line summary on stderr."""
     from onnxlm.jobs import JobInputError, JobSpec, run_local, run_ray
     from onnxlm.jobs.inputs import check_input_path
-    from onnxlm.jobs.output import check_output_path
+    from onnxlm.jobs.output import check_not_input, check_output_path
 
     from .errors import error_line
     try:
         check_input_path(Path(args.input))  # refused before a .gguf MODEL's first-run export, not after it
         check_output_path(Path(args.output))
+        check_not_input(Path(args.output), Path(args.input))
+        if task == "score" and options.get("target_column") is None:
+            options["target_column"] = "target"  # --target-column's default
         spec = JobSpec(task, model_path(args), args.input, args.output, column=args.column, id_column=args.id_column,
-                       batch_size=args.batch_size, rows_per_part=args.rows_per_part,
+                       batch_size=args.batch_size or 8, rows_per_part=args.rows_per_part or 256,
                        params=params or {}, provider=args.provider, threads=args.threads, verify=args.verify,
                        **options)
         if args.ray:
-            report = run_ray(spec, address=args.ray_address, actors=args.ray_actors,
-                             cpus_per_actor=args.ray_cpus_per_actor, overwrite=args.overwrite,
+            report = run_ray(spec, address=args.ray_address, actors=args.ray_actors or 1,
+                             cpus_per_actor=args.ray_cpus_per_actor or 1, overwrite=args.overwrite,
                              progress=not args.quiet)
         else:
             report = run_local(spec, overwrite=args.overwrite, progress=not args.quiet)

@@ -48,8 +48,12 @@ def read_rows(spec: JobSpec, *, needs_target: bool = False):
         raise JobInputError(f"--input: {path} holds no rows")
     text_col = _text_column(spec, names)
     cols = {"row": pa.array(range(n), pa.int64())}
-    if spec.id_column in names:
-        cols["id"] = column(spec.id_column)
+    if spec.id_column is not None and spec.id_column not in names:
+        raise JobInputError(f"--input: {path} has no column {spec.id_column!r} (columns: {', '.join(names) or 'none'});"
+                            " --id-column names the input column copied to the output")
+    id_column = spec.id_column or "id"
+    if id_column in names:
+        cols["id"] = column(id_column)
     cols["text"] = _strings(path, column(text_col), text_col)
     if needs_target:
         if spec.target_column not in names:
@@ -75,7 +79,11 @@ def _strings(path: Path, column, name: str):
     """column (pa.Array) -> the same as a string array; JobInputError at the first row that is not a non-empty
     string."""
     import pyarrow as pa
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type)):
+    if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type):  # e.g. a pandas category
+        column = column.dictionary_decode()
+    if pa.types.is_string_view(column.type):
+        column = column.cast(pa.string())
+    if not (_is_text(column.type) or pa.types.is_null(column.type)):
         raise JobInputError(f"--input: {path}: column {name!r} holds {column.type} values; expected text (strings)")
     for i, value in enumerate(column.to_pylist()):
         if not isinstance(value, str) or not value.strip():
@@ -83,6 +91,11 @@ def _strings(path: Path, column, name: str):
             raise JobInputError(f"--input: {path}: row {i} (0-based) of column {name!r} is {got}; every row needs "
                                 "a non-empty text")
     return column.cast(pa.string())
+
+
+def _is_text(type_) -> bool:
+    import pyarrow as pa
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_)
 
 
 def _parquet_columns(path: Path):
@@ -113,8 +126,10 @@ def _jsonl_columns(path: Path):
     except OSError as exc:
         raise JobInputError(f"--input: cannot read {path}: {exc.strerror or exc}") from None
     records = []
-    for number, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
+    # lines end at "\n" only (a "\r" before it is JSON whitespace): str.splitlines() would also cut at U+2028,
+    # U+2029, U+0085 and other characters that JSON strings may hold raw
+    for number, line in enumerate(data.split("\n"), 1):
+        if not line.strip(" \t\r"):
             continue
         try:
             record = json.loads(line)
@@ -139,6 +154,11 @@ def _jsonl_columns(path: Path):
 def _mixed(path: Path, name: str, values: list, exc: Exception) -> JobInputError:
     """A key whose values Arrow cannot put in one column (e.g. ints and strings)."""
     kinds = sorted({type(v).__name__ for v in values if v is not None})
+    huge = next((v for v in values if isinstance(v, int) and not isinstance(v, bool)
+                 and not -2 ** 63 <= v < 2 ** 63), None)
+    if huge is not None:
+        return JobInputError(f"--input: {path}: the values of {name!r} include the integer {huge}, outside the "
+                             "signed 64-bit range of a Parquet integer column; give such values as strings")
     return JobInputError(f"--input: {path}: the values of {name!r} mix types ({', '.join(kinds)}): "
                         f"{_one_line(exc)}; give them one type")
 

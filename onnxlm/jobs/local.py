@@ -6,9 +6,9 @@ import sys
 from dataclasses import dataclass
 
 from .inputs import import_pyarrow, read_rows
-from .output import Parts
+from .output import Parts, check_not_input
 from .spec import JobSpec
-from .tasks import output_schema, process
+from .tasks import output_schema, process, split_params
 
 
 @dataclass
@@ -36,16 +36,20 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
     import pyarrow.compute as pc
     pa = import_pyarrow()
     from onnxlm.runtime.manifest import load_manifest
+    check_not_input(spec.output, spec.input)
     manifest = load_manifest(spec.model_dir, verify=False)
+    _check_score_options(spec, manifest)
     if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
         from onnxlm.runtime.errors import ModelFileError
         from onnxlm.runtime.manifest import no_chat_template
         raise ModelFileError(f"--chat: {spec.model_dir}: {no_chat_template(manifest)}",
                              str(spec.model_dir / "chat_template.jinja"))
     table = read_rows(spec, needs_target=spec.task == "score" and manifest["kind"] == "seq2seq-lm")
-    schema = output_schema(spec, _generation_config(spec), table.schema)  # ParameterError for a bad parameter
+    config = _generation_config(spec)  # ParameterError for a bad parameter
+    _check_constraints(spec, table.num_rows)
+    schema = output_schema(spec, config, table.schema)
     parts = Parts(spec, spec.fingerprint())
-    done = parts.open(overwrite=overwrite)
+    done = parts.open(overwrite=overwrite)  # holds the output's lock until the merge (or parts.release())
     todo = table.filter(pc.invert(pc.is_in(table.column("row"), value_set=pa.array(sorted(done), pa.int64()))))
     return Prepared(spec, parts, todo, table.num_rows, table.num_rows - todo.num_rows, schema)
 
@@ -55,7 +59,50 @@ def _generation_config(spec: JobSpec):
     from onnxlm.runtime import GenerationConfig
     file = spec.model_dir / "generation_config.json"
     base = GenerationConfig.from_file(file) if file.is_file() else GenerationConfig()
-    return base.replace(**spec.params).validate()
+    return base.replace(**split_params(spec.params)[0]).validate()
+
+
+def _check_constraints(spec: JobSpec, rows: int) -> None:
+    """The structured-output constraints, checked (and their grammars built) before a model loads."""
+    from onnxlm.runtime.constraints import pop_constraints
+    from onnxlm.runtime.errors import ParameterError
+    wanted = split_params(spec.params)[1]
+    per_row = wanted.get("constraints")
+    if per_row is not None and (not isinstance(per_row, (list, tuple)) or len(per_row) != rows):
+        got = f"{len(per_row)} entries" if isinstance(per_row, (list, tuple)) else type(per_row).__name__
+        raise ParameterError("constraints", f"a job takes one entry per input row ({rows}), each a dict like "
+                                            f"{{'json_schema': ...}} or None; got {got}")
+    if wanted:
+        pop_constraints(dict(wanted), rows)
+
+
+def _check_score_options(spec: JobSpec, manifest: dict) -> None:
+    """score's job-wide options, refused from the artifact's files before a model loads and any row runs (the
+    same refusals as `LanguageModel.score`, which would otherwise come back as a failing row)."""
+    if spec.task != "score" or not (spec.prepend_bos or spec.append_eos):
+        return
+    from onnxlm.runtime.errors import ParameterError
+    if spec.prepend_bos and manifest.get("kind") == "seq2seq-lm":
+        raise ParameterError("prepend_bos", f"only for decoder-only models; {spec.model_dir} is an encoder-decoder "
+                                            "model, whose target starts after the decoder start token")
+    config = _generation_config(spec)
+    for option, name, present in (("prepend_bos", "bos_token_id", config.bos_token_id is not None),
+                                  ("append_eos", "eos_token_id", bool(config.eos_token_ids))):
+        if getattr(spec, option) and not present and _special_token(spec, manifest, name) is None:
+            raise ParameterError(option, f"{spec.model_dir} has no {name}")
+
+
+def _special_token(spec: JobSpec, manifest: dict, name: str):
+    """A special token id where the loaded model finds it when generation_config.json lacks it: the manifest's
+    special tokens, else config.json."""
+    import json
+    value = manifest.get("special_tokens", {}).get(name)
+    if value is None and (spec.model_dir / "config.json").is_file():
+        try:
+            value = json.loads((spec.model_dir / "config.json").read_text(encoding="utf-8")).get(name)
+        except (OSError, ValueError):
+            value = None
+    return value if value not in (None, []) else None
 
 
 def progress_bar(prep: Prepared, enabled: bool):
@@ -67,6 +114,14 @@ def progress_bar(prep: Prepared, enabled: bool):
 def run_local(spec: JobSpec, *, overwrite: bool = False, progress: bool = True, model=None) -> JobReport:
     """Run the job in this process (model: an already loaded LanguageModel to reuse, else loaded here)."""
     prep = prepare(spec, overwrite=overwrite)
+    try:
+        return _run_local(prep, model, progress)
+    finally:
+        prep.parts.release()
+
+
+def _run_local(prep: Prepared, model, progress: bool) -> JobReport:
+    spec = prep.spec
     if prep.todo.num_rows == 0 and not prep.parts.dir.exists():  # finished by an earlier run
         return JobReport(prep.rows, prep.done, 0, output_rows(spec))
     if prep.todo.num_rows:

@@ -33,6 +33,22 @@ def check_output_path(out: Path) -> Path:
     return out
 
 
+def check_not_input(out: Path, input_path: Path) -> None:
+    """--output may not be the --input file (by any path or link to it): the merge would replace the input."""
+    try:
+        same = out.exists() and os.path.samefile(out, input_path)
+    except OSError:
+        same = False
+    if same:
+        raise JobInputError(f"--output: {out} is the --input file {input_path}; choose another --output")
+
+
+def lock_path(out: Path) -> Path:
+    """The lock a run holds on OUTPUT and its parts from `Parts.open` until the merge (kept: removing a lock file
+    others may have opened would let two runs hold two different locks)."""
+    return out.with_name(f".{out.name}.lock")
+
+
 class Parts:
     """The parts directory of a job: which rows are done, and atomic writes of new parts."""
 
@@ -40,6 +56,28 @@ class Parts:
         self.spec, self.fingerprint, self.dir = spec, fingerprint, spec.parts_dir
         self.count = 0
         self.merge_output = False  # OUTPUT holds rows of this job (its merge was cut short before the parts went)
+        self.lock = None           # a filelock.FileLock held from `open` to `release` (or the merge)
+
+    def acquire(self) -> None:
+        """Hold the output's lock, or refuse at once: another run writing the same parts would lose rows (its
+        merge removes the parts the other still writes) or mix two jobs."""
+        import filelock
+        out = self.spec.output
+        lock = filelock.FileLock(lock_path(out), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise JobInputError(f"--output: another run of this job is writing {out} (it holds "
+                                f"{lock_path(out)}); wait for it to finish, or choose another --output") from None
+        except OSError as exc:
+            raise JobInputError(f"--output: cannot lock {lock_path(out)}: {exc.strerror or exc}") from None
+        self.lock = lock
+
+    def release(self) -> None:
+        """Let another run of the job start (after the merge, a failure or an interrupt)."""
+        if self.lock is not None:
+            self.lock.release(force=True)
+            self.lock = None
 
     def open(self, *, overwrite: bool = False) -> set[int]:
         """Check (or start) the job's record; -> the input rows already done (in parts or in OUTPUT).
@@ -47,8 +85,17 @@ class Parts:
         An OUTPUT of this job counts as done; an OUTPUT of another job is refused, unless this job is replacing it
         (overwrite=True, or unfinished parts of this job are there): it stays untouched until the merge replaces it.
         overwrite=True drops unfinished parts."""
-        import pyarrow.parquet as pq
         out = check_output_path(self.spec.output)
+        check_not_input(out, self.spec.input)
+        self.acquire()  # before anything below deletes "stale" temporary files another run may be writing
+        try:
+            return self._open(out, overwrite)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, out: Path, overwrite: bool) -> set[int]:
+        import pyarrow.parquet as pq
         found = _file_fingerprint(out) if out.exists() else None  # first: refuses a file that is not Parquet
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a merge cut short: OUTPUT itself is untouched
             stale.unlink()
@@ -114,6 +161,7 @@ class Parts:
             if tmp.exists():
                 tmp.unlink()
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.release()
         return table.num_rows
 
 

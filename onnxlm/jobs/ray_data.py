@@ -12,6 +12,8 @@ filesystem, or the same artifact copied to each).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 from dataclasses import asdict
 
@@ -28,9 +30,24 @@ class ModelActor:
         self.model = load(self.spec.model_dir, provider=self.spec.provider, threads=threads, verify=self.spec.verify)
 
     def __call__(self, batch):
-        """pa.Table(row, [id], text, [target]) -> pa.Table of output rows (tasks.process)."""
+        """pa.Table(row, [id], text, [target]) -> pa.Table of output rows (tasks.process) and an ERROR_COLUMN of
+        nulls; a batch the model refuses -> one marker row (the batch's first `row`, the error's message), so that
+        the rows finished before it still reach the driver (an exception would fail the whole dataset)."""
+        import pyarrow as pa
+
+        from onnxlm.runtime.errors import OnnxlmError
+
         from .tasks import process
-        return process(self.model, self.spec, batch, self.schema)
+        try:
+            table = process(self.model, self.spec, batch, self.schema)
+        except OnnxlmError as exc:
+            marker = pa.Table.from_pylist([{"row": batch.column("row")[0].as_py()}], schema=self.schema)
+            return marker.append_column(ERROR_COLUMN, pa.array([str(exc)], pa.string()))
+        return table.append_column(ERROR_COLUMN, pa.nulls(table.num_rows, pa.string()))
+
+
+#: the column of the actors' results that carries a failed batch's error (never written to a part)
+ERROR_COLUMN = "__onnxlm_error__"
 
 
 def import_ray():
@@ -44,7 +61,8 @@ def import_ray():
 
 
 def map_rows(ds, spec: JobSpec, schema, *, actors: int = 1, cpus_per_actor: float = 1):
-    """ds: a ray.data.Dataset with columns row, [id], text, [target] -> the Dataset of output rows."""
+    """ds: a ray.data.Dataset with columns row, [id], text, [target] -> the Dataset of output rows, plus
+    ERROR_COLUMN (null, or a failed batch's marker row: see ModelActor.__call__)."""
     ray = import_ray()
     threads = spec.threads or max(1, int(cpus_per_actor))  # onnxruntime's threads: the CPUs the actor holds
     return ds.map_batches(ModelActor, fn_constructor_kwargs={"spec": asdict(spec), "schema": schema,
@@ -58,22 +76,46 @@ def run_ray(spec: JobSpec, *, address: str | None = None, actors: int = 1, cpus_
     """Run the job on Ray Data (an instance already initialised in this process, else ray.init(address))."""
     ray = import_ray()
     prep = prepare(spec, overwrite=overwrite)
-    if prep.todo.num_rows == 0 and not prep.parts.dir.exists():  # finished by an earlier run
-        return JobReport(prep.rows, prep.done, 0, output_rows(spec))
-    if prep.todo.num_rows:
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=address, log_to_driver=False)
-        try:
-            _run(ray, prep, actors, cpus_per_actor, progress)
-        finally:
-            if started:
-                ray.shutdown()
-    total = prep.parts.finish(prep.schema)
+    try:  # prepare holds the output's lock: released however the run ends
+        if prep.todo.num_rows == 0 and not prep.parts.dir.exists():  # finished by an earlier run
+            return JobReport(prep.rows, prep.done, 0, output_rows(spec))
+        if prep.todo.num_rows:
+            with _ray_logs(quiet=not progress):
+                started = not ray.is_initialized()
+                if started:
+                    ray.init(address=address, log_to_driver=False,
+                             logging_level=logging.CRITICAL if not progress else logging.INFO)
+                try:
+                    _run(ray, prep, actors, cpus_per_actor, progress)
+                finally:
+                    if started:
+                        ray.shutdown()
+        total = prep.parts.finish(prep.schema)
+    finally:
+        prep.parts.release()
     return JobReport(prep.rows, prep.done, prep.todo.num_rows, total)
 
 
+@contextlib.contextmanager
+def _ray_logs(quiet: bool):
+    """quiet (--quiet): Ray's own log lines off while the job runs (its Python loggers, and the C++ core worker's
+    lines of a Ray started here); an error still ends the job as one onnxlm error line."""
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data", "ray.serve", "ray.train")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _run(ray, prep: Prepared, actors: int, cpus_per_actor: float, progress: bool) -> None:
+    import pyarrow.compute as pc
     spec = prep.spec
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's own bar counts input rows
     # blocks of whole batches (the local run's batches), at most rows_per_part rows, at least one per actor
@@ -83,12 +125,19 @@ def _run(ray, prep: Prepared, actors: int, cpus_per_actor: float, progress: bool
     ds = map_rows(ray.data.from_arrow(blocks), spec, prep.schema, actors=actors, cpus_per_actor=cpus_per_actor)
     bar = progress_bar(prep, progress)
     seen: set[int] = set()
+    failed = None  # (row, message) of the first failed batch
     try:
         for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            prep.parts.write(table)  # one part per block of results, atomically
-            rows = set(table.column("row").to_pylist())
+            errors = table.column(ERROR_COLUMN)
+            finished = table.filter(pc.is_null(errors)).drop_columns([ERROR_COLUMN])
+            prep.parts.write(finished)  # one part per block of results, atomically
+            rows = set(finished.column("row").to_pylist())
             bar.update(len(rows - seen))
             seen |= rows
+            if errors.null_count < table.num_rows:
+                marker = table.filter(pc.is_valid(errors)).slice(0, 1).to_pylist()[0]
+                failed = (marker["row"], marker[ERROR_COLUMN])
+                break  # like the local run: stop at the first failed batch, the rows finished so far kept
     except Exception as exc:  # noqa: BLE001 - a worker's error arrives wrapped by Ray: show the model's message
         message = _onnxlm_message(exc)
         if message is None:
@@ -96,6 +145,8 @@ def _run(ray, prep: Prepared, actors: int, cpus_per_actor: float, progress: bool
         raise JobRowError(message) from exc
     finally:
         bar.close()
+    if failed is not None:
+        raise JobRowError(failed[1])
 
 
 def _onnxlm_message(exc: BaseException) -> str | None:

@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from onnxlm.runtime.errors import InputError, OnnxlmError
+from onnxlm.runtime.errors import InputError, OnnxlmError, ParameterError
 
 TASKS = ("score", "generate")
 #: the text column tried when --column is not given, in order
@@ -33,7 +33,7 @@ class JobSpec:
     input: Path                       # .jsonl / .json / .ndjson (one JSON object per line) or .parquet
     output: Path                      # .parquet
     column: str | None = None         # text column (default: DEFAULT_COLUMNS[task])
-    id_column: str = "id"             # copied to the output when the input has it
+    id_column: str | None = None      # copied to the output; None: the input's `id` column, when it has one
     target_column: str = "target"     # seq2seq score: the target text scored given the text
     batch_size: int = 8               # rows per model call
     rows_per_part: int = 256          # rows per part file (the most work a kill loses)
@@ -49,7 +49,23 @@ class JobSpec:
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise ValueError(f"task: got {self.task!r}; allowed: {TASKS}")
+            raise ParameterError("task", f"got {self.task!r}; allowed: {', '.join(repr(t) for t in TASKS)}")
+        for name in ("batch_size", "rows_per_part"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ParameterError(name, f"got {value!r}; must be an integer >= 1")
+        only = {"score": ("params", "chat", "system", "chat_template_kwargs"),
+                "generate": ("prepend_bos", "append_eos")}
+        for name in only[self.task]:
+            if getattr(self, name):
+                other = "generate" if self.task == "score" else "score"
+                raise ParameterError(name, f"only for task {other!r}, not {self.task!r}")
+        for name in ("system", "chat_template_kwargs"):
+            if getattr(self, name) and not self.chat:
+                raise ParameterError(name, "needs chat=True")
+        if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
+            raise ParameterError("id_column", f"got {self.id_column!r}; must be a column name (a non-empty string) "
+                                              "or None (the input's `id` column, when it has one)")
         self.model_dir, self.input, self.output = Path(self.model_dir), Path(self.input), Path(self.output)
 
     @property
@@ -62,6 +78,8 @@ class JobSpec:
         options = {k: v for k, v in asdict(self).items()
                    if k not in ("model_dir", "input", "output", "batch_size", "rows_per_part", "provider", "threads",
                                  "verify")}
+        if options["id_column"] is None:  # the default: the same results as naming `id` (refused when absent)
+            options["id_column"] = "id"
         return {"task": self.task, "input_sha256": file_sha256(self.input), "model": model_identity(self.model_dir),
                 "options": json.loads(json.dumps(options, default=str))}
 

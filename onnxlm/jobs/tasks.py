@@ -6,7 +6,12 @@ Output columns (the same fields `onnxlm score --json` / `onnxlm generate --json`
             (list<float32>), sequence_logprob (float64, their sum), num_tokens (int64), perplexity (float64).
 - generate: row, [id], prompt, index (0.. num_return_sequences-1: one output row per returned sequence), text,
             token_ids (list<int64>: the new tokens), finish_reason ("eos" | "length" | "stop"),
-            [sequences_score (float64): beam search], [token_logprobs (list<float32>): with output_scores].
+            [sequences_score (float64): beam search], [constraint_satisfied (bool): with json_schema / regex /
+            choices / grammar / constraints: does the new text match the whole constraint; null for a row without
+            one], [token_logprobs (list<float32>): with output_scores].
+
+A job's `params` are generate's: GenerationConfig names plus one structured-output constraint for every row
+(json_schema / regex / choices / grammar), or `constraints`, one entry per input row (indexed by `row`).
 """
 from __future__ import annotations
 
@@ -17,6 +22,16 @@ import numpy as np
 from onnxlm.runtime.errors import OnnxlmError
 
 from .spec import JobRowError, JobSpec
+
+
+CONSTRAINT_PARAMS = ("json_schema", "regex", "choices", "grammar", "constraints")
+
+
+def split_params(params: dict) -> tuple[dict, dict]:
+    """A job's params -> (generation config parameters, structured-output constraints as generate takes them)."""
+    generation = {k: v for k, v in params.items() if k not in CONSTRAINT_PARAMS}
+    constraints = {k: v for k, v in params.items() if k in CONSTRAINT_PARAMS and v is not None}
+    return generation, constraints
 
 
 def output_schema(spec: JobSpec, model_config, input_schema):
@@ -37,6 +52,8 @@ def output_schema(spec: JobSpec, model_config, input_schema):
                pa.field("token_ids", pa.list_(pa.int64())), pa.field("finish_reason", pa.string())]
     if model_config.num_beams > 1:
         fields.append(pa.field("sequences_score", pa.float64()))
+    if split_params(spec.params)[1]:
+        fields.append(pa.field("constraint_satisfied", pa.bool_()))
     if model_config.output_scores and model_config.num_beams == 1:
         fields.append(pa.field("token_logprobs", pa.list_(pa.float32())))
     return pa.schema(fields)
@@ -98,13 +115,20 @@ def _piece(model, token_id: int) -> str:
 def _generate(model, spec: JobSpec, rows: list[dict]) -> list[dict]:
     """Greedy and beam search run the rows as one left-padded batch. Sampling with a seed runs each row alone with
     seed + row, so a row's text never depends on which rows shared its batch (batch size, resume, Ray blocks)."""
-    config = model.resolve_config(spec.params)
+    params, constraints = split_params(spec.params)
+    config = model.resolve_config(params)
+
+    def call(group: list[dict], **extra) -> dict:  # generate's kwargs for these rows
+        if "constraints" in constraints:  # one entry per input row
+            return {**params, "constraints": [constraints["constraints"][r["row"]] for r in group], **extra}
+        return {**params, **constraints, **extra}
+
     inputs = [_model_input(model, spec, r["text"]) for r in rows]
     if config.do_sample and config.seed is not None:
-        results = [(model.generate([x], **{**spec.params, "seed": config.seed + r["row"]}), [r])
+        results = [(model.generate([x], **call([r], seed=config.seed + r["row"])), [r])
                    for x, r in zip(inputs, rows)]
     else:
-        results = [(model.generate(inputs, **spec.params), rows)]
+        results = [(model.generate(inputs, **call(rows)), rows)]
     out = []
     for res, group in results:
         n = len(res.text) // len(group)  # returned sequences per prompt: row i -> i*n .. i*n+n-1
@@ -115,6 +139,9 @@ def _generate(model, spec: JobSpec, rows: list[dict]) -> list[dict]:
                        token_ids=[int(t) for t in res.new_tokens[j]], finish_reason=res.finish_reasons[j])
             if res.sequences_scores is not None:
                 rec["sequences_score"] = float(res.sequences_scores[j])
+            if constraints:
+                satisfied = res.constraint_satisfied
+                rec["constraint_satisfied"] = None if satisfied is None else satisfied[j]
             if config.output_scores and config.num_beams == 1:
                 rec["token_logprobs"] = _token_logprobs(res, j)
             out.append(rec)
