@@ -70,6 +70,7 @@ def page(browser, live):
     pg.fill("#api-key", KEY)
     pg.dispatch_event("#api-key", "change")
     expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+    assert pg.is_hidden("#notice")  # the model chats: no notice
     yield pg
     ctx.close()
     assert not errors, f"uncaught errors in the page: {errors}"
@@ -301,3 +302,53 @@ def test_errors_are_shown(page):
     _settings(page, max_tokens=10)
     answer = _ask(page, "Hi", state="error")
     assert answer.locator(".content").text_content() == "partial \n\nthe model failed: boom"
+
+
+# ------------------------------------------------------------------------------------ a model that cannot chat
+@pytest.fixture(scope="module")
+def plain_live(tiny_llama):
+    """The tiny Llama without its chat template (a base model), no API key."""
+    import onnxlm
+
+    def load():
+        model = onnxlm.load(tiny_llama.onnx_dir)
+        model.chat_template = None
+        return model
+
+    srv = start(load, max_rows=4, max_queue=4, max_tokens=MAX_TOKENS)
+    wait_health(srv.url)
+    yield srv
+    srv.stop()
+
+
+def test_a_model_without_a_chat_template_gets_plain_completions(browser, plain_live):
+    """The page says at load that the model cannot chat (its /v1/models card: capabilities.chat false) and sends
+    plain completions instead: the text typed as the prompt of /v1/completions, streamed; the answer equals the
+    server's non-streamed one; no chat request is made, and no conversation is carried to the next question."""
+    ctx = browser.new_context(viewport={"width": 1000, "height": 700})
+    pg = ctx.new_page()
+    errors, chat = [], []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("request", lambda r: chat.append(r.url) if "/v1/chat" in r.url else None)
+    try:
+        pg.goto(plain_live.url + "/")
+        expect(pg.locator("#notice")).to_be_visible(timeout=5000)
+        notice = pg.text_content("#notice")
+        assert "no chat template" in notice and "/v1/completions" in notice
+        assert "continue" in pg.get_attribute("#prompt", "placeholder") and pg.is_disabled("#system")
+        _settings(pg, temperature=0, max_tokens=12)
+        with pg.expect_request("**/v1/completions") as req:
+            answer = _ask(pg, "Hello")
+        sent = req.value.post_data_json
+        assert sent["prompt"] == "Hello" and sent["stream"] is True and "messages" not in sent
+        want = post(plain_live.url, "/v1/completions", {"prompt": "Hello", "max_tokens": 12, "temperature": 0}).json()
+        text = want["choices"][0]["text"]
+        assert text and answer.locator(".content").text_content() == text
+        assert f"finish: {want['choices'][0]['finish_reason']}" in answer.locator(".meta").text_content()
+        with pg.expect_request("**/v1/completions") as req:
+            _ask(pg, "Again")
+        assert req.value.post_data_json["prompt"] == "Again"
+        assert not chat and not errors, (chat, errors)
+        assert pg.is_hidden("#banner")
+    finally:
+        ctx.close()

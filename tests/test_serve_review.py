@@ -14,7 +14,7 @@ openai = pytest.importorskip("openai", reason="the server tests need the test ex
 pytest.importorskip("starlette", reason="the server tests need the serve extra")
 
 import onnxlm  # noqa: E402
-from onnxlm.serve.choices import token_bytes  # noqa: E402
+from onnxlm.serve.choices import Choices, completion_offsets, token_bytes, token_str  # noqa: E402
 from onnxlm.serve.engine import CallCancelled, cancelled_by  # noqa: E402
 from serve_util import live_tiny, post, sse_events  # noqa: E402
 
@@ -74,8 +74,6 @@ def test_chat_logprob_bytes_rebuild_the_content(live, tiny_llama):
     text = "日本語 éà ünïcode 😀 👨\u200d👩\u200d👧"
     ids = tok.encode(text, add_special_tokens=False)
     assert b"".join(bytes(token_bytes(model, i)) for i in ids).decode("utf-8") == text
-    from onnxlm.serve.choices import Choices
-
     entries = Choices(model, 1, chat=True).logprobs_chat([(i, -1.0, [(i, -1.0)]) for i in ids])["content"]
     assert b"".join(bytes(e["bytes"]) for e in entries).decode("utf-8") == text
     assert all(e["top_logprobs"][0]["bytes"] == e["bytes"] for e in entries)
@@ -158,8 +156,6 @@ def test_admission_counts_rows_not_requests():
 def test_chat_logprobs_leave_out_the_end_of_turn_token(tiny_llama):
     """OpenAI lists the content's tokens: the EOS that ended the turn is counted in usage, not in logprobs."""
     from onnxlm.runtime.decoding.scheduler import TokenEvent
-    from onnxlm.serve.choices import Choices
-
     model = onnxlm.load(tiny_llama.onnx_dir)
     events = [TokenEvent(0, 40, "a", False, None), TokenEvent(0, 41, "b", False, None),
               TokenEvent(0, 258, "", True, "eos")]
@@ -171,3 +167,133 @@ def test_chat_logprobs_leave_out_the_end_of_turn_token(tiny_llama):
     assert [t for t, _, _ in chat.tokens[0]] == [40, 41] and chat.completion_tokens == 3
     assert [t for t, _, _ in text.tokens[0]] == [40, 41, 258]
     assert chat.event_logprobs_chat(events[-1]) is None and chat.event_logprobs_chat(events[0]) is not None
+
+
+# ----------------------------------------------------------------------------------- text_offset (OpenAI, vLLM)
+def _check_offsets(model, choice, echo_ids_sent: bool = False):
+    """OpenAI's text_offset: token i's text starts at text[text_offset[i]]: offsets from 0, never decreasing, within
+    the text; the pieces between them join to the text; a whole token's piece is its text (after the U+FFFD of any
+    invalid bytes before it), a special token the text skips (an added BOS, the EOS) has none (ids sent as such are
+    echoed with their special tokens spelled out)."""
+    tok = model.tokenizer
+    specials = {tok.id_to_token(i) for i in tok.special_ids}
+    partial = {token_str(model, i) for i in range(model.vocab_size)
+               if "\ufffd" in tok.decode([i], skip_special_tokens=False)}
+    text, lp = choice["text"], choice["logprobs"]
+    offsets, tokens = lp["text_offset"], lp["tokens"]
+    assert len(offsets) == len(tokens) > 0 and offsets[0] == 0, (offsets, tokens)
+    ends = offsets[1:] + [len(text)]
+    assert all(0 <= a <= b <= len(text) for a, b in zip(offsets, ends)), (offsets, len(text))
+    pieces = [text[a:b] for a, b in zip(offsets, ends)]
+    assert "".join(pieces) == text
+    for t, piece in zip(tokens, pieces):
+        if t in partial:
+            continue  # bytes of a character split over tokens: the last of them holds the character
+        if t in specials:
+            assert piece in ((t, "") if echo_ids_sent else ("",)), (t, piece, text, offsets)
+        else:  # a random model writes bytes that start no valid character: shown as U+FFFD with the next token
+            assert piece.lstrip("\ufffd") == t, (t, piece, text, offsets)
+
+
+TEXTS = ["The cat sat on the mat.", "Ünïcödé: 日本語 😀 done"]
+
+
+@pytest.mark.parametrize("max_tokens", [0, 6])
+def test_echo_text_offsets_index_the_returned_text(live, tiny_llama, max_tokens):
+    """The tiny Llama's tokenizer adds <s> and splits characters into bytes: with echo, text_offset indexes the
+    returned text (the prompt as sent, then the completion), the added <s> takes no characters; streamed the same;
+    for several prompts and n=2; for a prompt sent as ids (echoed with its special tokens)."""
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    body = {"prompt": TEXTS, "max_tokens": max_tokens, "echo": True, "logprobs": 1,
+            "temperature": 0.8, "seed": 7, "n": 2}
+    r = post(live.url, "/v1/completions", body)
+    assert r.status_code == 200, r.json()
+    out = r.json()["choices"]
+    assert len(out) == 4
+    for c in out:
+        assert c["text"].startswith(TEXTS[c["index"] // 2]) and c["logprobs"]["tokens"][0] == "<s>"
+        _check_offsets(model, c)
+    if max_tokens:
+        events = [e for e in sse_events(live.url, "/v1/completions", {**body, "stream": True}) if e != "[DONE]"]
+        for c in out:
+            mine = [x for e in events for x in e["choices"] if x["index"] == c["index"]]
+            assert "".join(x["text"] for x in mine) == c["text"]
+            streamed = [o for x in mine if x["logprobs"] for o in x["logprobs"]["text_offset"]]
+            assert streamed == c["logprobs"]["text_offset"]
+    ids = model.tokenizer.encode(TEXTS[1])
+    c = post(live.url, "/v1/completions", {**body, "prompt": ids, "n": 1}).json()["choices"][0]
+    assert c["text"].startswith("<s>" + TEXTS[1])
+    _check_offsets(model, c, echo_ids_sent=True)
+
+
+def test_completion_text_offsets_start_at_the_completion(live, tiny_llama):
+    """Without echo the offsets index the completion's text from 0, characters split over tokens included."""
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    body = {"prompt": TEXTS[1], "max_tokens": 12, "logprobs": 0, "temperature": 0}
+    c = post(live.url, "/v1/completions", body).json()["choices"][0]
+    _check_offsets(model, c)
+    # a completion that writes characters of 2 to 4 bytes (one token a byte): each character's offset is its own
+    ids = model.tokenizer.encode(TEXTS[1], add_special_tokens=False) + [258]
+    choices = Choices(model, 1, chat=False)
+    entries = [(i, -1.0, None) for i in ids]
+    lp = choices.logprobs_completions(entries, completion_offsets(model, ids, TEXTS[1], base=0))
+    _check_offsets(model, {"text": TEXTS[1], "logprobs": lp})
+    starts = sorted(set(lp["text_offset"]))
+    assert starts == list(range(len(TEXTS[1]) + 1)), starts  # every character starts at one token, EOS at the end
+
+
+def test_text_offsets_stop_at_a_stop_string_streamed_or_not(live, tiny_llama):
+    """A stop string over several tokens cuts the text where it starts: the offsets of its tokens stay within the
+    text, and the stream hands them out equal to the unstreamed ones (not past the text the stream sends)."""
+    body = {"prompt": "Hello", "max_tokens": 24, "logprobs": 1, "temperature": 0}
+    free = post(live.url, "/v1/completions", body).json()["choices"][0]
+    text, tokens = free["text"], free["logprobs"]["tokens"]
+    # a stop string of 3 printable ASCII tokens, after the 2nd token, where it first occurs in the text ("...")
+    k = next(k for k in range(2, len(tokens) - 3) if all(t.isascii() and t.isprintable() for t in tokens[k:k + 3])
+             and text.find("".join(tokens[k:k + 3])) == free["logprobs"]["text_offset"][k])
+    stop = "".join(tokens[k:k + 3])
+    cut = post(live.url, "/v1/completions", {**body, "stop": stop}).json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["text"] == text[:text.find(stop)]
+    offsets = cut["logprobs"]["text_offset"]
+    assert all(o <= len(cut["text"]) for o in offsets) and offsets == sorted(offsets)
+    events = [e for e in sse_events(live.url, "/v1/completions", {**body, "stop": stop, "stream": True})
+              if e != "[DONE]"]
+    assert "".join(c["text"] for e in events for c in e["choices"]) == cut["text"]
+    assert [o for e in events for c in e["choices"] if c["logprobs"] for o in c["logprobs"]["text_offset"]] == offsets
+
+
+# ------------------------------------------------------------------------------------------ a model that cannot chat
+def without_chat_template(model):
+    """The tiny Llama as a base model: no chat template (as a GGUF without tokenizer.chat_template)."""
+    model.chat_template = None
+    return model
+
+
+def test_a_model_without_a_chat_template_says_so(live, tiny_llama, caplog):
+    """The server warns once at startup that chat is unavailable, /v1/models' card says so (onnxlm's
+    ``capabilities``, OpenAI's fields unchanged), chat answers 400 chat_not_supported, completions work; a model
+    with a template says chat: true."""
+    import logging
+
+    from serve_util import start, wait_health
+
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0)
+    card = client.models.list().data[0]
+    assert card.id == "tiny" and card.model_extra["capabilities"] == {"completions": True, "chat": True}
+    caplog.set_level(logging.WARNING, logger="onnxlm.serve")
+    srv = start(lambda: without_chat_template(onnxlm.load(tiny_llama.onnx_dir)), max_rows=2, max_queue=2)
+    try:
+        wait_health(srv.url)
+        warned = [r for r in caplog.records if r.name == "onnxlm.serve" and "chat is unavailable" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+        assert "no chat template" in warned[0].getMessage()
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        card = client.models.list().data[0]
+        assert (card.id, card.object, card.owned_by) == ("tiny", "model", "onnxlm")
+        assert card.model_extra["capabilities"] == {"completions": True, "chat": False}
+        assert client.models.retrieve("tiny").model_extra["capabilities"]["chat"] is False
+        r = post(srv.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "chat_not_supported"
+        assert post(srv.url, "/v1/completions", {"prompt": "Hi", "max_tokens": 2}).status_code == 200
+    finally:
+        srv.stop()

@@ -10,6 +10,7 @@ builds the app (routes, exception handlers, the engine's lifespan) and runs it i
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 
@@ -18,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from onnxlm.runtime.errors import OnnxlmError
+from onnxlm.runtime.manifest import no_chat_template
 
 from .engine import Engine
 from .errors import api_error, http_error, server_error
@@ -28,10 +30,26 @@ from .state import ServeConfig, ServeState
 
 __all__ = ["ServeConfig", "create_app", "start_in_thread"]
 
+log = logging.getLogger("onnxlm.serve")
+
+
+def _warn_without_chat(loader):
+    """The loader, then one warning when the model cannot chat (no chat template): /v1/chat/completions will answer
+    400 chat_not_supported, /v1/models' card says ``capabilities.chat: false``, and the page offers completions."""
+    def load():
+        model = loader()
+        if not getattr(model, "chat_template", None):
+            why = (no_chat_template(model.manifest) if isinstance(getattr(model, "manifest", None), dict)
+                   else "this model has no chat template")
+            log.warning("chat is unavailable: %s; /v1/chat/completions answers 400 chat_not_supported, "
+                        "/v1/completions works (the page at / sends plain completions)", why)
+        return model
+    return load
+
 
 def create_app(loader, config: ServeConfig) -> Starlette:
     """loader: () -> model (runs on the engine thread, so /health answers 503 while it loads)."""
-    engine = Engine(loader, max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb,
+    engine = Engine(_warn_without_chat(loader), max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb,
                     kv_pool_mb=config.kv_pool_mb)
     state = ServeState(config, engine)
 

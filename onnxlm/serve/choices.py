@@ -2,6 +2,7 @@
 and chat's forms), token names for ``top_logprobs``, and the usage block."""
 from __future__ import annotations
 
+from onnxlm.runtime.streaming import IncrementalText
 from onnxlm.runtime.tokenizer import bytes_to_unicode
 
 from .jobs import Job
@@ -59,6 +60,7 @@ class Choices:
         self.reasons: dict[int, str] = {}
         self.texts: dict[int, str] = {}
         self.completion_tokens = 0
+        self._prompt_offsets: dict[int, list[int]] = {}  # prompt i -> its text_offsets (echo)
 
     def add_events(self, i: int, events) -> list[tuple[int, object]]:
         out = []
@@ -72,16 +74,21 @@ class Choices:
             out.append((index, ev))
         return out
 
-    def logprobs_completions(self, entries, offset: int = 0) -> dict:
-        tokens = [token_str(self.model, t) for t, _, _ in entries]
-        offsets, pos = [], offset
-        for s in tokens:
-            offsets.append(pos)
-            pos += len(s)
-        return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
+    def logprobs_completions(self, entries, offsets: list[int]) -> dict:
+        """Completions' logprobs of ``entries`` [(id, logprob, top)]; ``offsets``: each token's ``text_offset``, the
+        character of the choice's returned text where the token's text starts (``prompt_offsets``,
+        ``completion_offsets``, ``StreamOffsets``)."""
+        return {"tokens": [token_str(self.model, t) for t, _, _ in entries],
+                "token_logprobs": [lp for _, lp, _ in entries],
                 "top_logprobs": [None if top is None else {token_str(self.model, a): b for a, b in top}
                                  for _, _, top in entries],
-                "text_offset": offsets}
+                "text_offset": list(offsets)}
+
+    def prompt_offsets(self, i: int, ids: list[int], text: str) -> list[int]:
+        """Prompt i's text_offsets into its echoed ``text`` (the same for its n choices: kept)."""
+        if i not in self._prompt_offsets:
+            self._prompt_offsets[i] = prompt_offsets(self.model, ids, text)
+        return self._prompt_offsets[i]
 
     def event_logprobs_chat(self, ev) -> dict | None:
         """A streamed chat event's logprobs (None for the end-of-turn token, as OpenAI leaves it out)."""
@@ -93,3 +100,96 @@ class Choices:
             return {"token": s, "logprob": lp, "bytes": raw}
         return {"content": [{**one(t, lp), "top_logprobs": [one(a, b) for a, b in (top or [])]}
                             for t, lp, top in entries]}
+
+
+# ------------------------------------------------------------------------------------------------ text_offset
+# OpenAI's (and vLLM's) text_offset[i]: the character of the returned text where token i's text starts. Offsets come
+# from decoding the ids incrementally as the text was decoded: a token that adds no text (a special token the text
+# skips, such as an added BOS, or the first bytes of a character split over tokens) gets the offset of the next
+# character, so offsets never decrease and never pass the end of the text.
+
+def _tokenizer(model):
+    return model.tokenizer.tokenizer if model.tokenizer is not None else None
+
+
+def decoded_offsets(tokenizer, ids, skip_special_tokens: bool = True) -> tuple[list[int], str]:
+    """ids -> (each id's offset in the incrementally decoded text, that text); one pass (DecodeStream)."""
+    stream = IncrementalText(tokenizer, skip_special_tokens=skip_special_tokens)
+    offsets, pieces = [], []
+    for t in ids:
+        offsets.append(stream.emitted)
+        pieces.append(stream.push(int(t)))
+    return offsets, "".join(pieces)
+
+
+def _bounded(offsets, end: int) -> list[int]:
+    """Offsets made non-decreasing and at most ``end``."""
+    out, low = [], 0
+    for o in offsets:
+        low = max(low, min(int(o), end))
+        out.append(low)
+    return out
+
+
+def prompt_offsets(model, ids: list[int], text: str) -> list[int]:
+    """A prompt's text_offsets into ``text``, the prompt as echoed (the string sent, or for token ids their
+    decoding with special tokens). The decoding of ``ids`` that gives ``text`` back (special tokens skipped: an added
+    BOS takes no characters; or kept: ids sent as such), else the tokenizer's character spans of ``text`` when
+    encoding it gives ``ids`` (a normalizer changed characters, or the text spells special tokens), else the
+    skipped decoding's offsets bounded to ``text``."""
+    tok = _tokenizer(model)
+    if tok is None:
+        return [0] * len(ids)
+    first = None
+    for skip in (True, False):
+        offsets, decoded = decoded_offsets(tok, ids, skip)
+        if decoded == text:
+            return offsets
+        first = offsets if first is None else first
+    try:
+        enc = tok.encode(text) if text else None
+    except Exception:  # noqa: BLE001 - tokenizers raises plain exceptions; fall through to the bounded offsets
+        enc = None
+    if enc is not None and list(enc.ids) == [int(i) for i in ids]:
+        return _spans(enc.offsets, len(text))
+    return _bounded(first, len(text))
+
+
+def _spans(spans, end: int) -> list[int]:
+    """Encoding character spans -> offsets: a token without characters (a special token the post-processor added)
+    gets the start of the next token that has some (``end`` when none follows)."""
+    starts, after = [], end
+    for a, b in reversed(spans):
+        if b > a:
+            after = a
+        starts.append(after)
+    return _bounded(reversed(starts), end)
+
+
+def completion_offsets(model, ids, text: str, base: int = 0) -> list[int]:
+    """A completion's text_offsets: ``base`` (where its text starts in the returned text: after an echoed prompt)
+    plus each token's offset in its incremental decoding, at most ``len(text)`` (the text ends where a stop string
+    cut it; EOS adds none)."""
+    offsets, _ = decoded_offsets(_tokenizer(model), ids)
+    return [base + o for o in _bounded(offsets, len(text))]
+
+
+class StreamOffsets:
+    """A streamed choice's text_offsets, equal to the unstreamed ones (``completion_offsets``): each token's offset
+    is known when it comes, but may lie past where a stop string will cut the text; so a token is handed out once
+    the streamed text reaches its offset (the text held back because it might start a stop string is final once
+    sent), and at the choice's end all are, bounded to the final text."""
+
+    def __init__(self, model, base: int = 0):
+        self.stream = IncrementalText(_tokenizer(model))
+        self.base = self.sent = base  # sent: the end of the text streamed so far
+        self.pending: list[tuple[tuple, int]] = []
+
+    def add(self, entry: tuple, text: str, finished: bool) -> tuple[list, list[int]]:
+        """A token's entry (id, logprob, top) and the text its event streams -> (entries, offsets) to hand out."""
+        self.pending.append((entry, self.base + self.stream.emitted))
+        self.stream.push(int(entry[0]))
+        self.sent += len(text)
+        k = len(self.pending) if finished else sum(1 for _, o in self.pending if o <= self.sent)
+        ready, self.pending = self.pending[:k], self.pending[k:]
+        return [e for e, _ in ready], [min(o, self.sent) for _, o in ready]

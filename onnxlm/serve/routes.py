@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from onnxlm.runtime.manifest import no_chat_template
 
 from . import protocol, reasoning, tools
-from .choices import Choices, usage
+from .choices import Choices, completion_offsets, usage
 from .gate import authorize, check_model_name, open_request
 from .jobs import make_jobs, response_format_constraint
 from .protocol import bad
@@ -50,7 +50,13 @@ async def model(request: HTTPRequest):
 
 
 def _model_card(st) -> dict:
-    return {"id": st.config.model_name, "object": "model", "created": st.created, "owned_by": "onnxlm"}
+    """OpenAI's model object, plus onnxlm's ``capabilities`` once the model is loaded: which endpoints it serves
+    (``chat``: false for a model without a chat template; the chat page reads it)."""
+    card = {"id": st.config.model_name, "object": "model", "created": st.created, "owned_by": "onnxlm"}
+    model = st.engine.model if st.engine.ready.is_set() else None
+    if model is not None:
+        card["capabilities"] = {"completions": True, "chat": bool(getattr(model, "chat_template", None))}
+    return card
 
 
 async def completions(request: HTTPRequest):
@@ -84,8 +90,12 @@ async def completions(request: HTTPRequest):
             entries = choices.tokens.get(index, [])
             prompt_entries = job.prompt_logprobs or []
             lp = None
-            if samp.logprobs is not None:
-                lp = choices.logprobs_completions((prompt_entries if echo else []) + entries)
+            if samp.logprobs is not None:  # text_offset indexes the text returned: the echoed prompt, then this
+                base = len(job.text) if echo else 0
+                offsets = completion_offsets(model, [t for t, _, _ in entries], text, base)
+                if echo:
+                    offsets = choices.prompt_offsets(i, [t for t, _, _ in prompt_entries], job.text) + offsets
+                lp = choices.logprobs_completions((prompt_entries if echo else []) + entries, offsets)
             out.append({"index": index, "text": (job.text + text) if echo else text, "logprobs": lp,
                         "finish_reason": choices.reasons.get(index, "length")})
     return JSONResponse({**head, "choices": out, "usage": usage(jobs, choices.completion_tokens)})

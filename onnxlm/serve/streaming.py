@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from . import reasoning
-from .choices import REASONS, Choices, usage
+from .choices import REASONS, Choices, StreamOffsets, usage
 from .protocol import APIError
 from .run import Run
 from .state import Slot
@@ -47,23 +47,26 @@ async def completion_chunks(run: Run, jobs, samp, choices: Choices, head: dict, 
             for j in range(samp.n):
                 yield {**head, "choices": [{"index": i * samp.n + j, "text": job.text, "logprobs": None,
                                             "finish_reason": None}]}
-    offsets: dict[int, int] = {}  # index -> text_offset of its next token (after the echoed prompt's), as unstreamed
+    # index -> its tokens' text_offsets as the unstreamed answer's (after the echoed prompt's text)
+    offsets: dict[int, StreamOffsets] = {}
     async for kind, i, what, payload in run.items():
         if kind == "echo":
             jobs[i].prompt_logprobs = payload
-            lp = choices.logprobs_completions(payload)  # the prompt's: the same for each of its n choices
-            after = lp["text_offset"][-1] + len(lp["tokens"][-1]) if lp["tokens"] else 0
+            ids = [t for t, _, _ in payload]
+            # the prompt's: the same for each of its n choices
+            lp = choices.logprobs_completions(payload, choices.prompt_offsets(i, ids, jobs[i].text))
             for j in range(samp.n):
-                offsets[i * samp.n + j] = after
                 yield {**head, "choices": [{"index": i * samp.n + j, "text": jobs[i].text, "logprobs": lp,
                                             "finish_reason": None}]}
         elif what == "events":
             for index, ev in choices.add_events(i, payload):
                 lp = None
                 if samp.logprobs is not None:
-                    lp = choices.logprobs_completions([(ev.token_id, ev.logprob, ev.top_logprobs)],
-                                                      offset=offsets.get(index, 0))
-                    offsets[index] = lp["text_offset"][0] + len(lp["tokens"][0])
+                    if index not in offsets:
+                        offsets[index] = StreamOffsets(choices.model, len(jobs[i].text) if echo else 0)
+                    entries, at = offsets[index].add((ev.token_id, ev.logprob, ev.top_logprobs), ev.text or "",
+                                                     ev.finished)
+                    lp = choices.logprobs_completions(entries, at) if entries else None
                 if not ev.text and not ev.finished and lp is None:
                     continue
                 yield {**head, "choices": [{"index": index, "text": ev.text, "logprobs": lp,

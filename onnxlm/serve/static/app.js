@@ -1,13 +1,16 @@
 // The chat page of `onnxlm serve`: plain JS, no build step, no outside resources.
 // It streams /v1/chat/completions (server-sent events read with fetch + ReadableStream) and shows model text only as
 // text: nodes are built with createElement/textContent, never innerHTML, so a reply holding markup shows the markup.
+// A model without a chat template (/v1/models' capabilities.chat is false) cannot chat: the page says so at load
+// and streams plain completions from /v1/completions instead (the text typed is continued, one turn at a time).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
-// what the page holds: the served model's name, the conversation sent with each request ({role, content} pairs of
-// finished turns), and the AbortController of the request in flight (null when idle)
-const state = { model: null, history: [], controller: null };
+// what the page holds: the served model's name, whether it can chat (null: not known yet), the conversation sent
+// with each request ({role, content} pairs of finished turns), and the AbortController of the request in flight
+// (null when idle)
+const state = { model: null, chat: null, history: [], controller: null };
 
 // inputs kept in localStorage between visits
 const SAVED = ["system", "temperature", "top-p", "max-tokens", "json-mode", "schema-name", "schema", "api-key"];
@@ -54,9 +57,30 @@ function banner(message) {
   el.hidden = !message;
 }
 
-// GET /v1/models -> the name shown in the header and sent as "model"; only the latest call's answer counts (the key
-// may change while an earlier call is still out)
+const PROMPT_HINT = { chat: "Ask something (Enter sends, Shift+Enter: a new line)",
+                      plain: "Text for the model to continue (Enter sends, Shift+Enter: a new line)" };
+
+// chat (true, or null: not known) or plain completions (false: the model has no chat template), with the notice
+function setChat(chat) {
+  state.chat = chat;
+  const plain = chat === false;
+  const notice = $("notice");
+  notice.textContent = plain
+    ? "This model has no chat template, so it cannot chat (/v1/chat/completions answers 400). The page sends plain " +
+      "completions instead (/v1/completions): the model continues the text you send, one turn at a time, without " +
+      "the system prompt or earlier turns."
+    : "";
+  notice.hidden = !plain;
+  document.body.dataset.mode = plain ? "completions" : "chat";
+  $("prompt").placeholder = plain ? PROMPT_HINT.plain : PROMPT_HINT.chat;
+  $("system").disabled = plain;
+}
+
+// GET /v1/models -> the name shown in the header and sent as "model", and whether the model can chat (its card's
+// capabilities, given once the model is loaded: asked again meanwhile); only the latest call's answer counts (the
+// key may change while an earlier call is still out)
 let modelCalls = 0;
+let capabilityTries = 0;
 async function loadModel() {
   const call = ++modelCalls;
   try {
@@ -69,9 +93,13 @@ async function loadModel() {
       banner(body + (r.status === 401 ? " (enter the API key in Settings)" : ""));
       return;
     }
-    state.model = body.data && body.data.length ? body.data[0].id : null;
+    const card = body.data && body.data.length ? body.data[0] : null;
+    state.model = card ? card.id : null;
     $("model").textContent = state.model || "(no model)";
     banner("");
+    const caps = card && card.capabilities;
+    if (caps) setChat(caps.chat !== false);
+    else if (card && ++capabilityTries <= 60) setTimeout(loadModel, 1000);  // still loading: ask again
   } catch (e) {
     if (call === modelCalls) banner("cannot reach the server: " + e.message);
   }
@@ -209,13 +237,20 @@ async function send() {
   banner("");
   saveSettings();
 
-  // the request: system prompt, the finished turns, this question; empty settings are left to the server
-  const messages = [];
-  const system = $("system").value.trim();
-  if (system) messages.push({ role: "system", content: system });
-  messages.push(...state.history, { role: "user", content: text });
-  const body = { messages, stream: true, stream_options: { include_usage: true },
+  // the request: system prompt, the finished turns, this question (a model that cannot chat: the text alone, as a
+  // plain completion); empty settings are left to the server
+  const plain = state.chat === false;
+  const body = { stream: true, stream_options: { include_usage: true },
                  temperature: numberOf("temperature"), top_p: numberOf("top-p"), max_tokens: numberOf("max-tokens") };
+  if (plain) {
+    body.prompt = text;
+  } else {
+    const messages = [];
+    const system = $("system").value.trim();
+    if (system) messages.push({ role: "system", content: system });
+    messages.push(...state.history, { role: "user", content: text });
+    body.messages = messages;
+  }
   if (state.model) body.model = state.model;
   if (format) body.response_format = format;
 
@@ -258,8 +293,9 @@ async function send() {
     });
   };
   try {
-    const r = await fetch("v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify(body),
-                                                   signal: controller.signal });
+    const url = plain ? "v1/completions" : "v1/chat/completions";
+    const r = await fetch(url, { method: "POST", headers: headers(), body: JSON.stringify(body),
+                                 signal: controller.signal });
     if (!r.ok) throw new Error(await apiError(r));
     for await (const data of sseData(r)) {
       if (data === "[DONE]") break;
@@ -267,7 +303,7 @@ async function send() {
       if (chunk.error) throw new Error(chunk.error.message);  // a failure after the stream began
       if (chunk.usage) s.usage = chunk.usage;
       for (const choice of chunk.choices || []) {
-        const delta = choice.delta && choice.delta.content;
+        const delta = plain ? choice.text : choice.delta && choice.delta.content;
         const thought = choice.delta && choice.delta.reasoning_content;
         if (delta || thought) {
           s.tLast = performance.now();
@@ -303,7 +339,8 @@ async function send() {
     return;
   }
   showStats(bubble, s);
-  if (!bubble.isConnected || !answer) return;  // a new chat started meanwhile, or stopped before any text
+  // a new chat started meanwhile, stopped before any text, or a plain completion (no conversation)
+  if (!bubble.isConnected || !answer || plain) return;
   state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
 }
 
