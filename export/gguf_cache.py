@@ -11,7 +11,9 @@ An entry is
   under another name, and this entry is never used again);
 * ``incomplete``: the directory holds no ``onnxlm.json`` (onnxlm renames an entry into place whole: kept);
 * ``unknown``: no stamp names its file (a read-only cache, or an export stopped between its last rename and its
-  stamp), or its file cannot be stat'ed or read now: ``prune`` keeps it, ``remove`` removes it.
+  stamp), or its file cannot be stat'ed or read now: ``prune`` keeps it, ``remove`` removes it;
+* ``exporting``: no directory yet, but a running export of its file holds its lock (its first export: the bytes are
+  its scratch so far); ``prune`` and ``remove`` keep it.
 
 Only names onnxlm writes are the cache's (``ENTRY``, ``SCRATCH``, ``LOCK``, stamps naming a file): anything else in
 ``<cache>/gguf`` is the user's, never listed or removed. Leftovers are what a killed export (``kill -9``, the OOM
@@ -39,9 +41,9 @@ from onnxlm.runtime.gguf_magic import is_gguf_file
 from .gguf_artifact import artifact_dir_for, cache_root, is_current, lock_file, stamp_file
 
 __all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
-           "leftovers", "prune", "prune_retries", "remove"]
+           "leftovers", "prune", "prune_retries", "remove", "first_export_running"]
 
-STATES = ("current", "changed", "missing", "incomplete", "unknown")
+STATES = ("current", "changed", "missing", "incomplete", "unknown", "exporting")
 PRUNED = ("changed", "missing")  # the states `prune` removes (an incomplete entry is not one onnxlm makes: kept)
 # only names gguf_artifact writes are the cache's own: anything else in <cache>/gguf is the user's and never touched
 ENTRY = re.compile(r"^[^.].*-[0-9a-f]{12}$")  # <file stem>-<12 hex>
@@ -174,7 +176,35 @@ def cache_entries(cache_dir=None) -> list[CacheEntry]:
         except FileNotFoundError:  # removed meanwhile (another prune, a re-export's swap)
             continue
         entries.append(CacheEntry(target, source, _state(target, source), _bytes(target), _variant(target), exported))
-    return entries
+    return sorted(entries + _first_exports(root, {e.name for e in entries}), key=lambda e: e.name)
+
+
+def first_export_running(artifact_dir: Path) -> bool:
+    """True when a running export is making the cache entry ``artifact_dir`` for the first time (no directory yet)."""
+    artifact_dir = Path(artifact_dir)
+    root = artifact_dir.parent
+    return (not artifact_dir.is_dir() and root.is_dir()
+            and any(e.name == artifact_dir.name for e in _first_exports(root, set())))
+
+
+def _first_exports(root: Path, listed: set[str]) -> list[CacheEntry]:
+    """The entries a running export is making for the first time (no directory yet; its lock held): their scratch
+    directories' bytes so far, and when the newest was made."""
+    scratch: dict[str, list[Path]] = {}
+    for p in root.iterdir():
+        m = SCRATCH.match(p.name)
+        if m and m.group("entry") not in listed and p.is_dir() and not p.is_symlink():
+            scratch.setdefault(m.group("entry"), []).append(p)
+    out = []
+    for entry, dirs in sorted(scratch.items()):
+        if not FLOCK or not _exporting(entry, root):  # a killed export's: a leftover (``leftovers``)
+            continue
+        try:
+            started = max(d.stat().st_mtime for d in dirs)
+        except FileNotFoundError:  # it finished (or failed) meanwhile
+            continue
+        out.append(CacheEntry(root / entry, None, "exporting", sum(map(_bytes, dirs)), "export running", started))
+    return out
 
 
 def _exporting(entry: str, root: Path) -> bool:
@@ -305,8 +335,9 @@ def _remove_entries(entries: list[CacheEntry], still, out: Removal) -> None:
     """Remove each entry and its stamp unless an export holds its lock or ``still(state)`` no longer holds once the
     lock is taken -> ``out``'s removed, kept and failed."""
     for entry in entries:
-        if out.dry_run:
-            (out.kept.append((entry, BUSY)) if _busy(entry) else out.removed.append(entry))
+        if out.dry_run or entry.state == "exporting":
+            (out.kept.append((entry, BUSY)) if _busy(entry) or entry.state == "exporting"
+             else out.removed.append(entry))
             continue
         with _unless_exporting(entry.path) as free:
             if free and not entry.path.is_dir():  # another prune or rm removed it meanwhile
@@ -366,6 +397,9 @@ def _resolve(target, root: Path) -> Path:
         if (c.is_dir() and ENTRY.match(c.name) and os.path.realpath(c.parent) == os.path.realpath(root)
                 and (root / c.name).is_dir()):
             return root / c.name
+        if (ENTRY.match(c.name) and os.path.realpath(c.parent) == os.path.realpath(root)
+                and any(e.name == c.name for e in _first_exports(root, set()))):
+            return root / c.name  # its first export runs now: kept (``remove``)
     raise ParameterError("target", f"{text!r} is neither a GGUF file with an entry in {root} nor an entry's name "
                                    f"(`onnxlm cache` lists them)")
 

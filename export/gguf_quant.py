@@ -137,6 +137,21 @@ def llama_row_order(n_rows: int, n_head: int) -> np.ndarray:
     return np.arange(n_rows).reshape(n_head, dim, 2).swapaxes(2, 1).reshape(n_rows)
 
 
+def _file_type(reader) -> str | None:
+    """A GGUF's ``general.file_type`` as llama.cpp names the mix ("q4_k_m", "q8_0"), or None when absent/unknown."""
+    import gguf
+
+    field = reader.fields.get("general.file_type")
+    if field is None:
+        return None
+    value = int(field.parts[field.data[0]][0]) & ~int(gguf.LlamaFileType.GUESSED)
+    try:
+        name = gguf.LlamaFileType(value).name
+    except ValueError:
+        return None
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+
+
 class GGUFTensors:
     """The weight tensors of a GGUF file by name, as Blocks (native types) or None (anything else)."""
 
@@ -153,6 +168,7 @@ class GGUFTensors:
         self.tensors = {t.name: t for t in reader.tensors}
         arch = reader.fields.get("general.architecture")
         self.architecture = bytes(arch.parts[arch.data[0]]).decode() if arch is not None else None
+        self.file_type = _file_type(reader)
         self.heads = {"attn_q": num_heads, "attn_k": num_kv_heads}
 
     def type_of(self, name: str) -> str | None:
@@ -380,6 +396,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
         raise ExportError(f"{src}: quantize='gguf' rewrites the fused graph; this artifact's kv layout is "
                           f"{manifest.get('kv_layout', 'plain')!r} (export with kv_layout='fused')")
     tensors = GGUFTensors(path, manifest["num_heads"], manifest["num_kv_heads"])
+    file_type = tensors.file_type
 
     def log(msg: str) -> None:
         if progress:
@@ -403,7 +420,8 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
             raise ExportError(f"{path}: no tensor of a native type ({', '.join(NATIVE_TYPES)}); its types: "
                               f"{sorted(info['fp32_tensors'])}. Use quantize='int8' instead")
         main = max(info["tensors"], key=info["tensors"].get)
-        record.update(info, scheme=f"gguf-{main.lower()}", bits=CODE_BITS[main])
+        # the file's own name for its mix (Q4_K_M: Q4_K, Q5_0, Q6_K, Q8_0 tensors), else its most common type
+        record.update(info, scheme=f"gguf-{file_type or main.lower()}", bits=CODE_BITS[main])
         log(f"native: {info['tensors']}, kept fp32: {info['fp32_tensors'] or 'none'}, max |weight diff| "
             f"{info['max_weight_diff']:.2g}")
         rare = {t: n for t, n in info["fp32_tensors"].items() if t not in LOSSLESS_FP32}

@@ -19,7 +19,7 @@ have near-uniform logits, so their agreement says little: their tests force it.
 The gate stops as soon as the refusal is decided (``measure_quality(..., stop_when_refused=True)``, the export's
 call unless the variant is forced): after each share, when the mismatches so far already keep the whole text's
 top-1 agreement under its bound, or the KL summed so far already puts its mean over its bound (KL is never
-negative), the rest of the text cannot change the outcome. int4 of SmolLM2 (70.6 %) is refused after the first 512
+negative), the rest of the text cannot change the outcome. int4 of SmolLM2 (70.6 %) is refused after the first 86
 of 2,752 positions; a variant that passes reads the whole text.
 
 The two models take turns share by share; a reference over ``ONE_AT_A_TIME_BYTES`` (2 GiB) runs first and is dropped
@@ -40,8 +40,9 @@ MIN_TOP1_AGREEMENT = 0.97  # share of teacher-forced positions whose top-1 token
 MAX_PERPLEXITY_INCREASE = 0.005  # relative: quantized perplexity <= fp32 perplexity * (1 + this)
 MAX_MEAN_KL = 0.003  # nats: mean KL(fp32 || quantized) of the next-token distributions over the text's positions
 WINDOW = 1024  # tokens per teacher-forced pass
-LOGITS_ELEMENTS = 1 << 25  # logits through the output head at once (128 MB: Gemma 3's 262,144-token vocabulary
-#                            made a window's [1023, V] 1 GB a model, and the gate's peak 12.5 GB; 3.9 GB so)
+LOGITS_ELEMENTS = 1 << 22  # logits through the output head at once (16 MB). Gemma 3's 262,144-token vocabulary made
+#                            a window's [1023, V] 1 GB a model and the gate's peak 12.5 GB; 2^25 at a time 3.4 GB (the
+#                            sessions' arenas keep a share's head outputs), 2^22 2.1 GB, in the same time, same figures
 #: a reference artifact over this many bytes runs before the candidate loads, not beside it (``_teacher_forced``)
 ONE_AT_A_TIME_BYTES = 2 << 30
 KL_ROUNDING = 1e-5  # nats: a bound on how far below 0 a position's KL comes out in float32 (log-sum-exp rounding ~2e-6)

@@ -223,7 +223,7 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
         fields["versions"] = {**manifest.get("versions", {}), **versions()}
         write_manifest(tmp, {**fields, "quantization": record})
         try:
-            log("measuring teacher-forced top-1 agreement and perplexity against the fp32 artifact ...")
+            log("measuring teacher-forced top-1 agreement, perplexity and mean KL against the fp32 artifact ...")
             record["quality"] = measure_quality(src, tmp, stop_when_refused=not force_quality, progress=progress)
         except ExportError:
             if not force_quality:
@@ -234,8 +234,8 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
             stopped = (f" (read the first {early['positions']:,} of {early['of']:,} positions: the rest could not "
                        "change the refusal)" if early else "")
             ppl, ppl_fp32 = perplexities(q)
-            log(f"top-1 agreement {q['top1_agreement']:.4f}, perplexity {ppl:.3f} (fp32 {ppl_fp32:.3f}) "
-                f"over {q['tokens']} tokens{stopped}")
+            log(f"top-1 agreement {q['top1_agreement']:.4f}, perplexity {ppl:.3f} (fp32 {ppl_fp32:.3f}), "
+                f"mean KL {q['mean_kl']:.5f} over {q['tokens']} tokens{stopped}")
             failures = quality_failures(q)
             if (failures or early) and not force_quality:  # an early stop is a decided refusal
                 refusal = f"{'; '.join(failures)}{stopped}"

@@ -275,6 +275,7 @@ def test_score(capsys, tiny_gpt2):
     for rec, lp in zip(records, ref.sequence_logprobs):
         assert rec["sequence_logprob"] == pytest.approx(float(lp), abs=1e-5)
         assert len(rec["token_ids"]) == len(rec["token_logprobs"]) == len(rec["tokens"])
+        assert rec["num_tokens"] == len(rec["token_logprobs"])
     code, out, _ = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "Hello world", "--prepend-bos")
     assert code == 0 and "total log-prob" in out and "logprob" in out
 

@@ -97,6 +97,49 @@ def test_a_missing_gguf_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatc
         assert err.strip().splitlines()[-1] == f"onnxlm: error: {given}: no such file or directory"
 
 
+def test_a_missing_model_or_flag_file_is_named(tmp_path, capsys):
+    for given, words in ((tmp_path / "nope.gguf", "no such GGUF file"), (tmp_path / "nope", "no such model: give an "
+                                                                          "artifact directory")):
+        with socket.socket() as sock:  # a port free now, for serve's listen check (made before the model's)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        for command in (("generate", given, "hi"), ("serve", given, "--port", port)):
+            code, _, err = run_cli(capsys, *command)
+            assert code == 1
+            _one_error_line(err, f"{given}: {words}")
+    code, _, err = run_cli(capsys, "generate", "models/recipes/tiny-gpt2", "hi", "--json-schema", tmp_path / "s.json")
+    assert code == 1
+    _one_error_line(err, f"--json-schema {tmp_path / 's.json'}: No such file or directory")
+
+
+def test_info_says_when_another_run_is_exporting_the_file(files, tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    monkeypatch.setenv(GA.CACHE_ENV, str(tmp_path / "cache"))
+    target = GA.artifact_dir_for(files["good"])
+    scratch = target.with_name(f".{target.name}.fp32-a1b2")  # a first export's scratch, its lock held
+    scratch.mkdir(parents=True)
+    fd = os.open(GA.lock_file(target), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, out, _ = run_cli(capsys, "info", files["good"])
+        assert code == 0 and f"being exported now by another run, into {target}" in out
+    finally:
+        os.close(fd)
+    code, out, _ = run_cli(capsys, "info", files["good"])  # the lock free: a killed export's leftover
+    assert code == 0 and "not exported yet" in out
+
+
+def test_an_unknown_option_is_the_commands_usage_error_with_the_nearest_option(capsys):
+    code, _, err = run_cli(capsys, "generate", "models/recipes/tiny-gpt2", "hi", "--max-new-tokn", "4")
+    assert code == 2
+    assert err.startswith("usage: onnxlm generate ")
+    assert err.strip().splitlines()[-1] == ("onnxlm generate: error: unrecognized arguments: --max-new-tokn 4 "
+                                            "(did you mean --max-new-tokens?)")
+    code, _, err = run_cli(capsys, "info", "a", "b")
+    assert code == 2 and err.strip().splitlines()[-1] == "onnxlm info: error: unrecognized arguments: b"
+
+
 def test_serve_refuses_a_port_out_of_range_and_a_taken_one_before_loading(files, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(GA.CACHE_ENV, str(tmp_path / "cache"))
     code, _, err = run_cli(capsys, "serve", files["good"], "--port", "70000")

@@ -100,7 +100,7 @@ def test_every_entry_is_listed_with_its_state_size_and_file(cache):
     entries = {e.path: e for e in GC.cache_entries(cache_dir)}
     assert {e.path.name.split("-")[0]: e.state for e in entries.values()} == {
         "current": "current", "touched": "current", "changed": "changed", "missing": "missing",
-        "incomplete": "incomplete", "unknown": "unknown"}
+        "incomplete": "incomplete", "unknown": "unknown", "y": "exporting"}  # y: its first export runs
     e = entries[p["current"]]
     assert e.source == str(cache_dir.parent / "files" / "current.gguf") and e.variant == "gguf blocks, level 4"
     assert e.bytes == 1000 + (p["current"] / "onnxlm.json").stat().st_size
@@ -180,7 +180,7 @@ def test_the_cache_command_lists_prunes_and_removes(cache, capsys):
     cache_dir, p = cache
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{cache_dir / 'gguf'}: 6 entries, ")
+    assert out.startswith(f"{cache_dir / 'gguf'}: 7 entries, ")  # one of them an export running now
     assert f"{p['missing'].name}  " in out and "`onnxlm cache prune` would remove 6 of these" in out
     assert main(["cache", "--json", "ls"]) == 0
     listing = json.loads(capsys.readouterr().out)
@@ -198,6 +198,21 @@ def test_the_cache_command_lists_prunes_and_removes(cache, capsys):
     assert capsys.readouterr().out.startswith(f"removed: {p['unknown'].name} (")
     assert main(["cache", "rm", "nothing-here"]) == 1
     assert capsys.readouterr().err.startswith("onnxlm: error: target: 'nothing-here' is neither")
+
+
+def test_a_first_export_running_is_listed_and_kept(cache, capsys):
+    """An entry whose first export runs (no directory yet, its lock held) is listed as exporting with its scratch's
+    bytes so far, and `rm` (by name, dry or not) keeps it, as it keeps an entry being re-exported."""
+    cache_dir, p = cache
+    running = next(e for e in GC.cache_entries(cache_dir) if e.state == "exporting")
+    assert running.path == cache_dir / "gguf" / "y-0123456789ab" and running.bytes == 100 and running.source is None
+    assert GC.first_export_running(running.path) and not GC.first_export_running(p["current"])
+    for argv, verb in ((["cache", "rm", "--dry-run", running.name], "would keep"), (["cache", "rm", running.name],
+                                                                                   "kept")):
+        assert main(argv) == 1
+        assert f"{verb}: {running.name} (an export of its file is running" in capsys.readouterr().out
+    assert p["running"].is_dir()  # its scratch untouched
+    assert running.name not in [e.name for e in GC.prune(cache_dir).removed] and p["running"].is_dir()
 
 
 def test_the_cache_command_imports_no_torch(cache):

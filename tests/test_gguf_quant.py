@@ -334,7 +334,8 @@ def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32)
                           timeout=120)
     assert info.returncode == 0, info.stderr
     assert "quantization    gguf-q4_1" in info.stdout and "GGUF blocks kept: Q4_1 9, Q4_0 3, Q5_0 1, Q8_0 1; fp32 (dequantised): F16 1" in info.stdout
-    assert "GGUF file      tiny-llama.gguf (sha256 " in info.stdout and "fp32 artifact  fp32 (" in info.stdout
+    assert "GGUF file      tiny-llama.gguf (sha256 " in info.stdout and "fp32 reference fp32 (" in info.stdout
+    assert "weight-only, the file's own blocks, accuracy level 4" in info.stdout
     # an fp32 artifact exported from a GGUF re-quantizes without torch: its manifest names the GGUF and its sha256,
     # and the file of that name in the current directory is used
     proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(tiny_fp32), str(tmp_path / "cli"),

@@ -299,7 +299,7 @@ def test_int8_weight_only_quality_on_real_weights(smol_dir, tmp_path):
     # below the gate on the 2,755-token text (measured 0.962 / +0.65 % / KL 0.0038): the gate's own decision, which
     # quantize_artifact raises on (shown just below on the same model with int4, and on tiny models in test_quantize)
     assert quality_failures(q)
-    with pytest.raises(ExportError, match=r"refused: top-1 agreement with fp32 0\.[0-8].* \(read the first \d{3} of "
+    with pytest.raises(ExportError, match=r"refused: top-1 agreement with fp32 0\.[0-8].* \(read the first \d{2,3} of "
                                           r"2,752 positions: the rest could not change the refusal\)"):  # 512 here
         quantize_artifact(smol_dir, tmp_path / "int4", scheme="int4", progress=False)
     assert not (tmp_path / "int4").exists()

@@ -8,6 +8,7 @@ numpy + onnxruntime + tokenizers.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import signal
 import sys
@@ -44,7 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 title="commands (run `onnxlm COMMAND --help` for details)")
     for module in (export, generate, score, info, bench, demo, serve, cache):
         module.add_parser(sub)
+    parser.set_defaults(commands=sub.choices)  # name -> the command's parser, for its own usage errors
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """argv -> the command's arguments; an unknown option is the command's usage error (its usage line, and the
+    nearest of its options), not the top-level parser's."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = args.commands[args.command]
+        known = [s for a in command._actions for s in a.option_strings]
+        near = difflib.get_close_matches(next((e.split("=")[0] for e in extra if e.startswith("-")), ""), known, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     previous = _unwind_on_sigterm()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         args.parser = parser
         return int(args.func(args) or 0)
     except Terminated:

@@ -93,14 +93,18 @@ def model_path(args) -> Path:
     from onnxlm.export.gguf_artifact import ensure_gguf_artifact
     from onnxlm.runtime.gguf_magic import is_gguf_file
 
+    from onnxlm.runtime.errors import ModelFileError
+
     path = Path(args.model_dir).expanduser()
     if is_gguf_file(path):
         return ensure_gguf_artifact(path)
     if path.suffix.lower() == ".gguf" and path.is_file():
-        from onnxlm.runtime.errors import ModelFileError
-
         raise ModelFileError(f"{path}: named .gguf but not a GGUF file (it does not start with the GGUF magic; a "
                              "download that saved an error page reads so)", str(path))
+    if not path.exists():
+        what = ("no such GGUF file" if path.suffix.lower() == ".gguf" else
+                "no such model: give an artifact directory (onnxlm export ...) or a .gguf file")
+        raise ModelFileError(f"{path}: {what}", str(path))
     return path
 
 

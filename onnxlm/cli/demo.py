@@ -9,7 +9,7 @@ from .args import add_model_args, command_parser, positive_int
 DESCRIPTION = """\
 Run the embedded default model end to end: on first use it is exported into the models directory (this step
 needs torch), later runs reuse it with numpy + onnxruntime only. Prints the most likely next tokens after the
-prompt and a greedy continuation.
+prompt, a greedy continuation and, for a model with a chat template, a chat answer (greedy).
 
 When only the tiny test recipe is available the model has RANDOM weights: its output is gibberish and only
 shows that the pipeline works.

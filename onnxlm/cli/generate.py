@@ -19,7 +19,7 @@ GENERATE_DESCRIPTION = """\
 Generate a continuation for each prompt with an exported model (numpy + onnxruntime, no torch).
 
 Generation flags use transformers' GenerationConfig names; flags you do not give keep the values of the
-model's generation_config.json (greedy search, 20 tokens in total when that file sets nothing).
+model's generation_config.json (greedy search; 20 new tokens when that file sets no length, as transformers).
 
 examples:
   onnxlm generate models/gpt2 "The meaning of life is" --max-new-tokens 30
@@ -145,6 +145,8 @@ def _read_text(path: str, flag: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
+    except OSError as exc:  # the flag's file is missing or unreadable: name the flag
+        raise InputError(f"{flag} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{flag} {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 

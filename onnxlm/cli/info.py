@@ -128,7 +128,11 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
 
     memory, disk = export_needs(g["parameters"], g["bytes"], blocks_kept=g["blocks"])
     needs = f"{_size(memory)} of memory and {_size(disk)} of disk at the least, once"
+    from onnxlm.export.gguf_cache import first_export_running
+
     artifact = (f"{artifact_dir} (described below)" if cached else
+                f"being exported now by another run, into {artifact_dir} (`onnxlm cache` shows its scratch so far)"
+                if runs and first_export_running(artifact_dir) else
                 f"not exported yet: the first run of a command on this file (onnxlm generate, chat, serve, ...) "
                 f"exports it into {artifact_dir} ({needs})" if runs else "none: onnxlm cannot run this file")
     out = [path,
@@ -204,7 +208,9 @@ def _render(info: dict) -> str:
                 out.append(f"    {check}")
     quant = info.get("quantization")
     if quant:
-        out.append(f"  quantization    {quant['scheme']} weight-only, block {quant['block_size']}, accuracy level "
+        blocks = ("the file's own blocks" if quant.get("source_gguf")  # Q6_K's are of 16, Q4_K's of 32 ...
+                  else f"block {quant['block_size']}")
+        out.append(f"  quantization    {quant['scheme']} weight-only, {blocks}, accuracy level "
                    f"{quant['accuracy_level']}{_forced_note(quant)}")
         if quant.get("tensors"):  # quantize="gguf": which GGUF tensors kept their blocks, which run in fp32
             native = ", ".join(f"{t} {n}" for t, n in quant["tensors"].items())
@@ -212,7 +218,7 @@ def _render(info: dict) -> str:
             out.append(f"    GGUF blocks kept: {native}; fp32 (dequantised): {kept}; attention at accuracy level "
                        f"{quant.get('accuracy_level_attention', 1)}, 8-bit at {quant.get('accuracy_level_8bit', 4)}"
                        + (f"; two int8 passes: {', '.join(quant['two_pass'])}" if quant.get("two_pass") else ""))
-        for key, label in (("source_gguf", "GGUF file"), ("source_fp32", "fp32 artifact")):
+        for key, label in (("source_gguf", "GGUF file"), ("source_fp32", "fp32 reference")):
             if quant.get(key):
                 out.append(f"    {label:<14} {source_text(quant[key])}")
         head = quant.get("head")

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                    help="texts scored per forward pass (default: 8); a progress bar shows on stderr for many texts")
     p.add_argument("--json", action="store_true",
                    help='one JSON object per text: {"text", "target"?, "tokens", "token_ids", "token_logprobs", '
-                        '"sequence_logprob", "perplexity"}')
+                        '"sequence_logprob", "num_tokens", "perplexity"}')
     add_job_args(p, "score")
     p.set_defaults(func=run)
 
@@ -75,7 +75,8 @@ def _print_chunk(args, model, texts, targets, res, offset: int) -> None:
             rec = {"text": text}
             if targets is not None:
                 rec["target"] = targets[i]
-            rec.update(tokens=pieces, token_ids=ids, token_logprobs=lps, sequence_logprob=total, perplexity=ppl)
+            rec.update(tokens=pieces, token_ids=ids, token_logprobs=lps, sequence_logprob=total, num_tokens=len(lps),
+                       perplexity=ppl)
             print(json.dumps(rec), flush=True)
             continue
         if i + offset:

@@ -79,7 +79,8 @@ def run(args) -> int:
     check_listen(args.host, args.port)  # before a first run's export, not after it
     path = model_path(args)  # a .gguf file: its cached artifact, exported on first use
     if not path.is_dir():
-        raise ModelFileError(f"{path}: not a model directory", str(path))
+        raise ModelFileError(f"{path}: not a model directory (give an artifact directory from onnxlm export, or a "
+                             ".gguf file)", str(path))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServeConfig(model_name=args.model_name or served_name(args.model_dir, path), api_key=args.api_key,
                          max_rows=args.max_batch, max_queue=max(0, args.max_queue), max_tokens=args.max_tokens,
