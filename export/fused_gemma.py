@@ -37,9 +37,11 @@ def check_supported(model) -> None:
     if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
         raise ExportError(f"kv_layout='fused': hidden_activation {act!r} is not supported; supported: "
                           "'gelu_pytorch_tanh'")
-    if getattr(cfg, "rope_scaling", None):
-        raise ExportError(f"kv_layout='fused': Gemma with rope_scaling {cfg.rope_scaling!r} is not supported "
-                          "(use kv_layout='plain')")
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("default", "linear"):  # linear (Gemma 3 4B and larger): fixed tables, read from the model's own
+        raise ExportError(f"kv_layout='fused': Gemma with rope_scaling {cfg.rope_scaling!r} is not supported; "
+                          "supported rope_scaling types: default, linear")
     check_head_dim(cfg.head_dim)
 
 

@@ -163,7 +163,24 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
 
     out["add_bos_token"] = bool(meta.get("tokenizer.ggml.add_bos_token", default_add_bos(meta)))
     out["add_eos_token"] = bool(meta.get("tokenizer.ggml.add_eos_token", False))
+    out["eog_token_ids"] = end_of_generation_ids(meta)
     return out
+
+
+def end_of_generation_ids(meta: Mapping[str, Any]) -> list[int]:
+    """The ids llama.cpp ends a generation at (``llama_vocab::is_eog``): the EOS, the file's EOT and EOM ids, and
+    every token whose text is an end-of-generation text (``<end_of_turn>``, ``<|eot_id|>``, ``<|im_end|>``, ``<|end|>``,
+    ...: gguf_token_types); the EOS first, the rest in id order. A chat GGUF's turn end is often not its EOS (Gemma:
+    ``<eos>`` and ``<end_of_turn>``): without it, generation would run past every turn."""
+    from .gguf_token_types import NORMAL, eog_texts, llama_cpp_token_types
+
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    ids = [meta.get(f"tokenizer.ggml.{key}") for key in ("eos_token_id", "eot_token_id", "eom_token_id")]
+    ids = [int(i) for i in ids if i is not None and 0 <= int(i) < len(tokens)]
+    types = llama_cpp_token_types(list(tokens), list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)))
+    texts = eog_texts()
+    found = [i for i, t in enumerate(tokens) if t in texts and types[i] != NORMAL]  # </s> made NORMAL is no end
+    return list(dict.fromkeys(ids[:1] + sorted(set(ids[1:] + found))))
 
 
 # -------------------------------------------------------------------------------------------------- tokenizer
@@ -343,6 +360,8 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
             setattr(gen, f"{k}_token_id", v)
     if ids["pad"] is None and ids["eos"] is not None:
         gen.pad_token_id = ids["eos"]
+    if len(specials["eog_token_ids"]) > 1:  # llama.cpp's end-of-generation set: the EOS first (transformers' too)
+        gen.eos_token_id = specials["eog_token_ids"]
     # from_dict(to_dict()) keeps _from_model_config=True but not _original_object_hash, which makes
     # model.generate() raise AttributeError; this config is authoritative, not derived from the model config.
     gen._from_model_config = False

@@ -4,7 +4,8 @@ transformers maps a fixed list of ``{arch}.*`` keys into the config (``GGUF_CONF
 a model whose file says more than its family's defaults would run differently from llama.cpp, the file's home
 runtime:
 
-* ``{arch}.rope.scaling.type = "linear"`` with ``rope.scaling.factor`` (Gemma 3 4B and larger: factor 8 on the global
+* ``{arch}.rope.scaling.type = "linear"`` (also when absent, as llama.cpp reads it) with ``rope.scaling.factor`` (or the
+  older ``rope.scale_linear``) (Gemma 3 4B and larger: factor 8 on the global
   layers): ignored, every position rotates differently. Here: ``rope_scaling = {"rope_type": "linear", "factor": f}``
   (transformers' Gemma 3 applies it to the global layers only, as llama.cpp does; the local layers keep their own
   base). Another scaling type (``yarn``, ...) is refused by name rather than silently dropped.
@@ -55,8 +56,11 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     """GGUF metadata -> config attributes transformers' loader would leave at their defaults (see the module doc)."""
     arch = meta.get("general.architecture")
     out: dict = {}
-    scaling = meta.get(f"{arch}.rope.scaling.type")
-    factor = float(meta.get(f"{arch}.rope.scaling.factor", 1.0) or 1.0)
+    # as llama.cpp reads them: the type defaults to linear; the factor is rope.scaling.factor, else the older
+    # rope.scale_linear (original convert.py files, e.g. 16K Vicuna), 0 or absent meaning none
+    scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
+    factor = meta.get(f"{arch}.rope.scaling.factor")
+    factor = float((factor if factor is not None else meta.get(f"{arch}.rope.scale_linear")) or 1.0)
     if scaling == "linear" and factor != 1.0:
         out["rope_scaling"] = {"rope_type": "linear", "factor": factor}
     elif scaling not in (None, "none", "linear"):

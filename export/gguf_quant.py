@@ -33,7 +33,9 @@ MatMul as onnxruntime's ``MatMulNBits`` whose codes and scales are the GGUF bloc
   ``model.onnx_data`` (``mapped_weights.save_mapped``).
 * F32 / F16 / BF16 weights keep their (exact) fp32 values; any other type (none that gguf-py 0.19 dequantises):
   that MatMul keeps the fp32 (dequantised) weight of the fp32 graph, named in a warning; the manifest counts both
-  under ``fp32_tensors``.
+  under ``fp32_tensors``. The fused graph multiplies q/k/v (and gate/up) as one product, so a block tensor beside
+  such a tensor in its group runs in fp32 with it (exact values): counted apart, under ``fp32_with_group``, and said
+  in a warning of its own (a file that keeps, say, ``attn_v`` in F16 beside Q4_K ``attn_q``/``attn_k``).
 
 Phi-3 files store q/k/v as one ``attn_qkv`` tensor and gate + up as one ``ffn_up`` (gate rows first), as transformers'
 ``qkv_proj`` / ``gate_up_proj`` do: each is its group's blocks as it is (``PACKED_TENSORS``).
@@ -271,9 +273,12 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
         raise ExportError(f"{src}: not a fused graph (export with kv_layout='fused', the default for Llama)")
     replace: dict[int, list] = {}  # id(node) -> the nodes that replace it ([] drops it)
 
+    grouped: Counter = Counter()  # block tensors in fp32 because another tensor of their product has no blocks
+
     def keep(names: list[str]) -> None:
         for nm in names:
-            rw.kept[tensors.type_of(nm)] += 1
+            native = len(names) > 1 and tensors.blocks(nm) is not None
+            (grouped if native else rw.kept)[tensors.type_of(nm)] += 1
 
     layers = sorted({int(i.split(".")[0][1:]) for i in inits if i.startswith("l") and i.split(".")[0][1:].isdigit()})
     for i in layers:
@@ -327,6 +332,7 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
     read_external(model, src.parent)  # the fp32 initializers the graph keeps (norms, rotary tables, ...)
     save_mapped(model, dst, rw.aliases)  # weights in dst's _data file, memory-mapped by onnxruntime
     return {"tensors": dict(rw.native), "fp32_tensors": {str(k): v for k, v in rw.kept.items()},
+            "fp32_with_group": {str(k): v for k, v in grouped.items()},
             "max_weight_diff": rw.max_diff, "two_pass": sorted(rw.two_pass)}
 
 
@@ -429,6 +435,13 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
             message = (f"{path.name}: {', '.join(f'{n} {t}' for t, n in sorted(rare.items()))} tensor(s) have no "
                        f"MatMulNBits form (native: {', '.join(NATIVE_TYPES)}): dequantised to fp32 (exact values, "
                        "larger and slower than the file's blocks)")
+            log(f"warning: {message}")
+            warnings.warn(message, UserWarning, stacklevel=3)
+        if info["fp32_with_group"]:  # blocks beside an fp32 tensor in one fused product
+            message = (f"{path.name}: {', '.join(f'{n} {t}' for t, n in sorted(info['fp32_with_group'].items()))} "
+                       "tensor(s) run in fp32 (exact values): their q/k/v or gate/up product also holds a tensor "
+                       f"without blocks ({', '.join(sorted(info['fp32_tensors']))}), and the fused graph multiplies "
+                       "the group as one")
             log(f"warning: {message}")
             warnings.warn(message, UserWarning, stacklevel=3)
 

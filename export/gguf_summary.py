@@ -27,6 +27,36 @@ def _scalar(reader, key: str):
     return value[0].item()
 
 
+def _refusal(reader, arch) -> str | None:
+    """Why the export would refuse this file from its header (gguf_config's settings: a rope scaling it cannot
+    express, ...), None when it would not."""
+    from .gguf_config import config_overrides
+
+    header = {k: _scalar(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
+    try:
+        config_overrides({"general.architecture": arch, **header})
+    except ExportError as exc:
+        return str(exc)
+    return None
+
+
+def _fp32_with_group(reader, arch) -> dict[str, int]:
+    """Block tensors that an export on the file's blocks runs in fp32 because their q/k/v or gate/up product also
+    holds a tensor without blocks (gguf_quant.rewrite_graph's rule) -> {type: count}."""
+    from .gguf_blocks import NATIVE_TYPES
+    from .gguf_quant import layer_tensors
+
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    out: Counter = Counter()
+    layers = _scalar(reader, f"{arch}.block_count") or 0
+    for i in range(int(layers)):
+        for part in ("qkv", "gate_up"):
+            group = [types.get(f"blk.{i}.{t}.weight") for t in layer_tensors(arch, part)]
+            if len(group) > 1 and None not in group and any(t not in NATIVE_TYPES for t in group):
+                out.update(t for t in group if t in NATIVE_TYPES)
+    return dict(out)
+
+
 def _tokenizer(reader) -> dict:
     """tokenizer.ggml.* -> {"model", "pre", "tokens", "supported", "why"}."""
     from .gguf_pretok import PRE_TYPES
@@ -46,8 +76,10 @@ def _tokenizer(reader) -> dict:
 
 
 def summarize_gguf(path) -> dict:
-    """A GGUF file -> {"file", "bytes", "version", "name", "architecture", "exported", "layers", "hidden",
+    """A GGUF file -> {"file", "bytes", "version", "name", "architecture", "exported", "refused" (why the export
+    would refuse a file of an architecture it exports, else None), "layers", "hidden",
     "context_length", "parameters", "tensor_types" (type -> count, most first), "dequantized_types", "blocks",
+    "fp32_with_group" (block tensors run in fp32 beside a tensor of their product without blocks: type -> count),
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_blocks import NATIVE_TYPES
@@ -67,16 +99,17 @@ def summarize_gguf(path) -> dict:
         raise ExportError(f"{path}: not a readable GGUF file ({exc})") from exc
     arch = _scalar(reader, "general.architecture")
     types = Counter(t.tensor_type.name for t in reader.tensors)
+    refused = _refusal(reader, arch) if arch in TESTED_GGUF_ARCHITECTURES else None
     return {
         "file": path.name, "bytes": path.stat().st_size, "version": _scalar(reader, "GGUF.version"),
         "name": _scalar(reader, "general.name"), "architecture": arch,
-        "exported": arch in TESTED_GGUF_ARCHITECTURES,
+        "exported": arch in TESTED_GGUF_ARCHITECTURES and refused is None, "refused": refused,
         "layers": _scalar(reader, f"{arch}.block_count"), "hidden": _scalar(reader, f"{arch}.embedding_length"),
         "context_length": _scalar(reader, f"{arch}.context_length"),
         "parameters": sum(int(t.n_elements) for t in reader.tensors),
         "tensor_types": dict(types.most_common()),
         "dequantized_types": sorted(t for t in types if t not in NATIVE_TYPES and t not in LOSSLESS_FP32),
-        "blocks": has_blocks(types),
+        "blocks": has_blocks(types), "fp32_with_group": _fp32_with_group(reader, arch),
         "tokenizer": _tokenizer(reader),
         "chat_template": "tokenizer.chat_template" in reader.fields,
     }

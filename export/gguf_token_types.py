@@ -13,7 +13,7 @@ file but an end-of-generation text for llama.cpp, hence CONTROL: ``"</s>"`` is p
 """
 from __future__ import annotations
 
-__all__ = ["NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE", "llama_cpp_token_types"]
+__all__ = ["NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE", "llama_cpp_token_types", "eog_texts"]
 
 # llama.cpp's llama_token_type
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -36,6 +36,11 @@ _FIM_TEXTS = frozenset({
 })
 _NORMAL_S_MARKERS = ("<|tool_response>", "<|plamo:eos|>")
 _GPT_OSS_USER_DEFINED = frozenset({"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"})
+
+
+def eog_texts() -> frozenset[str]:
+    """The token texts llama.cpp ends a generation at (its end-of-generation set, found by text)."""
+    return _EOG_TEXTS
 
 
 def llama_cpp_token_types(tokens: list[str], token_types: list[int]) -> list[int]:

@@ -207,6 +207,7 @@ def _logits_without(name: str, **override) -> tuple[np.ndarray, np.ndarray]:
     ("tiny-gemma2", {"query_pre_attn_scalar": 16}),
     ("tiny-gemma3-text", {"layer_types": ["full_attention"] * 2}),
     ("tiny-gemma3-text", {"rope_local_base_freq": 1000000.0}),
+    ("tiny-gemma3-text", {"rope_scaling": None}),
     ("tiny-granite", {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "attention_multiplier": 0.25,
                       "logits_scaling": 1.0}),
 ])

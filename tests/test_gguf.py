@@ -232,6 +232,24 @@ def test_render_chat_matches_transformers(metadata, hf_tokenizer, conv, add_gene
 
 
 @pytest.mark.slow
+def test_end_of_generation_ids_are_llama_cpps():
+    """The EOS first, then the file's EOT / EOM ids and every token whose text llama.cpp ends a generation at
+    (a Gemma chat file: <eos> and <end_of_turn>; a Phi-3 one: <|endoftext|> and <|end|>); a </s> that llama.cpp
+    makes NORMAL (beside <|tool_response>) is none."""
+    from onnxlm.export.gguf import end_of_generation_ids
+
+    gemma = ["<pad>", "<eos>", "<bos>", "hello", "<start_of_turn>", "<end_of_turn>", "</s>"]
+    meta = {"tokenizer.ggml.tokens": gemma, "tokenizer.ggml.eos_token_id": 1,
+            "tokenizer.ggml.token_type": [3, 3, 3, 1, 3, 3, 4]}
+    assert end_of_generation_ids(meta) == [1, 5, 6]
+    phi3 = ["<unk>", "<s>", "</s>", "hi", "<|endoftext|>", "<|end|>", "<|user|>"]
+    meta = {"tokenizer.ggml.tokens": phi3, "tokenizer.ggml.eos_token_id": 4, "tokenizer.ggml.eot_token_id": 3}
+    assert end_of_generation_ids(meta) == [4, 2, 3, 5]  # the EOT id as the file names it, even a plain text
+    meta = {"tokenizer.ggml.tokens": ["a", "</s>", "<|tool_response>"], "tokenizer.ggml.eos_token_id": 0}
+    assert end_of_generation_ids(meta) == [0, 2]
+    assert end_of_generation_ids({"tokenizer.ggml.tokens": ["a", "b"]}) == []
+
+
 def test_load_gguf(smollm2_gguf):
     torch = pytest.importorskip("torch")
     g = smollm2_gguf
@@ -241,7 +259,8 @@ def test_load_gguf(smollm2_gguf):
     cfg = g.model.config
     assert (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size) == (30, 9, 3, 49152)
     gc = g.generation_config
-    assert (gc.bos_token_id, gc.eos_token_id, gc.pad_token_id) == (1, 2, 2)
+    # eos: llama.cpp's end-of-generation set, <|im_end|> first, then <|endoftext|> (an EOG text in llama.cpp)
+    assert (gc.bos_token_id, gc.eos_token_id, gc.pad_token_id) == (1, [2, 0], 2)
     assert g.special_tokens["eos_token"] == "<|im_end|>" and g.special_tokens["add_bos_token"] is False
     assert g.chat_template and "<|im_start|>" in g.chat_template
 

@@ -57,6 +57,8 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd):
     got = model.logits(np.array([IDS]))[0]
     assert float(np.abs(got - llama_cpp).max()) <= ATOL
     assert model.max_positions == 256  # every file's context; the longrope one's 1024 held to its original 256
+    if case == "gemma3-rope-linear":  # Gemma 3 4B+'s linear scaling: the fused graph (--quantize gguf needs it)
+        assert model.manifest["kv_layout"] == "fused-gqa"
     if case in LAYOUT_CASES:
         assert model.manifest["kv_layout"] == "fused-gqa"
         return
@@ -108,6 +110,18 @@ def test_an_unsupported_rope_scaling_is_refused_by_name():
         config_overrides(meta)
     meta["gemma3.rope.scaling.type"] = "linear"
     assert config_overrides(meta)["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
+
+
+def test_rope_scaling_is_read_as_llama_cpp_reads_it():
+    """No type: linear (llama.cpp's default); the factor from rope.scaling.factor, else the older rope.scale_linear
+    (16K Vicuna-style files); type none, or a factor of 0 or 1, scales nothing."""
+    base = _gemma_meta("gemma3", 34)
+    for extra, want in (({"gemma3.rope.scaling.factor": 8.0}, 8.0), ({"gemma3.rope.scale_linear": 4.0}, 4.0),
+                        ({"gemma3.rope.scaling.factor": 2.0, "gemma3.rope.scale_linear": 4.0}, 2.0),
+                        ({"gemma3.rope.scaling.type": "none", "gemma3.rope.scaling.factor": 8.0}, None),
+                        ({"gemma3.rope.scaling.factor": 0.0}, None), ({}, None)):
+        got = config_overrides({**base, **extra}).get("rope_scaling")
+        assert got == (None if want is None else {"rope_type": "linear", "factor": want}), extra
 
 
 def test_longrope_factors_without_the_original_context_are_refused(tmp_path):

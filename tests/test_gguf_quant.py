@@ -688,3 +688,24 @@ def test_a_4bit_tied_embedding_is_looked_up_exactly(tmp_path, embedding):
         want = load_gguf(gguf_path).model(input_ids=torch.tensor(ids)).logits.numpy()
     got = onnxlm.load(out).logits(ids)
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
+def test_a_group_with_an_f16_tensor_runs_its_blocks_in_fp32_and_says_so(tmp_path):
+    """q/k on Q4_1 blocks beside an F16 v, gate on Q4_0 beside an F16 up (llama-quantize --tensor-type
+    attn_v=f16): the fused graph multiplies each group as one, so its block tensors run in fp32 with it. They are
+    counted apart (fp32_with_group), warned about as such, and never called types without a block form; the header
+    summary (onnxlm info) says the same before any export."""
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf_summary import summarize_gguf
+
+    path = tmp_path / "mixed.gguf"
+    write_tiny_gguf(path, types=[{"attn_q": "Q4_1", "attn_k": "Q4_1", "attn_v": "F16", "attn_output": "Q4_1",
+                                  "ffn_gate": "Q4_0", "ffn_up": "F16", "ffn_down": "Q4_0"}] * 2)
+    assert summarize_gguf(path)["fp32_with_group"] == {"Q4_1": 4, "Q4_0": 2}
+    with pytest.warns(UserWarning, match=r"2 Q4_0, 4 Q4_1 tensor\(s\) run in fp32 \(exact values\): their q/k/v or "
+                                         r"gate/up product also holds a tensor without blocks \(F16\)") as got:
+        out = export_model(path, tmp_path / "q", quantize="gguf", force_quality=True, progress=False)
+    assert not [w for w in got if "no MatMulNBits form" in str(w.message)]
+    q = json.loads((out / "onnxlm.json").read_text())["quantization"]
+    assert q["tensors"] == {"Q4_1": 2, "Q4_0": 2, "Q8_0": 1} and q["fp32_tensors"] == {"F16": 4}  # Q8_0: the embedding
+    assert q["fp32_with_group"] == {"Q4_1": 4, "Q4_0": 2} and q["max_weight_diff"] <= 1e-6

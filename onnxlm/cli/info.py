@@ -119,9 +119,14 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
               if not g["blocks"] else "every quantized tensor keeps its blocks" if not g["dequantized_types"] else
               f"dequantised to fp32: {', '.join(g['dequantized_types'])}; the other quantized tensors keep their "
               "blocks")
+    grouped = g.get("fp32_with_group") or {}
+    if g["blocks"] and grouped:
+        blocks += ("; except " + ", ".join(f"{n} {t}" for t, n in grouped.items()) + " in fp32 (exact): their q/k/v "
+                   "or gate/up product also holds a tensor without blocks")
     tok = g["tokenizer"]
     pre = f" / {tok['pre']}" if tok.get("pre") else ""
     arch = (f"{g['architecture']}: onnxlm exports it" if g["exported"] else
+            f"{g['architecture']}: onnxlm does not export this file: {g['refused']}" if g.get("refused") else
             f"{g['architecture']}: onnxlm does not export it (it exports {', '.join(TESTED_GGUF_ARCHITECTURES)})")
     runs = g["exported"] and tok["supported"]
     from onnxlm.export.export_resources import export_needs
@@ -215,6 +220,9 @@ def _render(info: dict) -> str:
         if quant.get("tensors"):  # quantize="gguf": which GGUF tensors kept their blocks, which run in fp32
             native = ", ".join(f"{t} {n}" for t, n in quant["tensors"].items())
             kept = ", ".join(f"{t} {n}" for t, n in (quant.get("fp32_tensors") or {}).items()) or "none"
+            with_group = ", ".join(f"{t} {n}" for t, n in (quant.get("fp32_with_group") or {}).items())
+            kept += f"; blocks in fp32 with such a tensor of their q/k/v or gate/up product: {with_group}" \
+                if with_group else ""
             out.append(f"    GGUF blocks kept: {native}; fp32 (dequantised): {kept}; attention at accuracy level "
                        f"{quant.get('accuracy_level_attention', 1)}, 8-bit at {quant.get('accuracy_level_8bit', 4)}"
                        + (f"; two int8 passes: {', '.join(quant['two_pass'])}" if quant.get("two_pass") else ""))
