@@ -111,26 +111,46 @@ class PrefixCache:
                 return snap
         return None
 
-    def put(self, ids, kv: dict, logits: np.ndarray | None = None, owner=None) -> None:
+    def put(self, ids, kv: dict, logits: np.ndarray | None = None, owner=None, first: int | None = None) -> None:
         """Store the keys/values ``kv`` (name -> [kv_heads, L, head_dim]) of ids [L] and, if given, the next-token
-        logits [V] after them, unless an entry covers them; an entry whose ids are a prefix of these is dropped (this
-        one serves every lookup it would), then the least recently used go until the cache fits ``max_bytes`` (a
-        snapshot larger than that is not kept). ``owner``: the dropped one-row state whose buffers ``kv`` views
-        (``lend``)."""
+        logits [V] after them, unless an entry covers them; entries whose ids are a prefix of these are superseded
+        (this one serves every lookup they would, and takes their logits), then the least recently used others go
+        until the cache fits ``max_bytes``. ``owner``: the dropped one-row state whose buffers ``kv`` views
+        (``lend``). Views of a buffer block count the whole block: they are kept only where that fits beside the
+        entries that stay; else a copy of the held positions is stored (no state to lend). The size, logits
+        included, is checked before anything is dropped: where the entry with all those logits does not fit alone,
+        it keeps the logits after its first ``first`` ids (a finished answer's prompt: a "regenerate" sends it
+        again), then after its longest prefixes, while they fit; one that cannot fit even without logits is not
+        kept and the cache stays as it was. The entry stored is never evicted by its own ``put``."""
         if not self.enabled:
             return
-        snap = Snapshot(np.asarray(ids, dtype=np.int64).copy(), kv, {} if logits is None else {len(ids): logits},
-                        owner)
-        if snap.nbytes > self.max_bytes or len(snap.ids) < 2 or self.covers(snap.ids):
+        ids = np.asarray(ids, dtype=np.int64).copy()
+        if len(ids) < 2 or self.covers(ids):
             return
-        for key in [k for k, s in self.entries.items()
-                    if len(s.ids) <= len(snap.ids) and common_prefix(s.ids, snap.ids) == len(s.ids)]:
-            dropped = self.entries.pop(key)
-            self.bytes -= dropped.nbytes
-            snap.logits = {**dropped.logits, **snap.logits}  # the logits after its prefixes hold for this one
-        self.entries[snap.ids.tobytes()] = snap
+        superseded = [k for k, s in self.entries.items()
+                      if len(s.ids) <= len(ids) and common_prefix(s.ids, ids) == len(s.ids)]
+        merged = {}
+        for k in superseded:  # the logits after their prefixes hold for this one
+            merged.update(self.entries[k].logits)
+        if logits is not None:
+            merged[len(ids)] = logits
+        snap = Snapshot(ids, kv, merged, owner)
+        staying = self.bytes - sum(self.entries[k].nbytes for k in superseded)
+        if staying + snap.nbytes > self.max_bytes and any(a.base is not None for a in kv.values()):
+            snap = Snapshot(ids, {name: np.array(a) for name, a in kv.items()}, merged)  # the held positions only
+        if snap.nbytes > self.max_bytes:  # the logits that fit, most likely asked for first
+            snap.logits, room = {}, self.max_bytes - snap.nbytes + sum(v.nbytes for v in merged.values())
+            for n in sorted(merged, key=lambda n: (n != first, -n)):
+                if merged[n].nbytes <= room:
+                    snap.logits[n], room = merged[n], room - merged[n].nbytes
+            if snap.nbytes > self.max_bytes:
+                return
+        for k in superseded:
+            self.bytes -= self.entries.pop(k).nbytes
+        key = ids.tobytes()
+        self.entries[key] = snap
         self.bytes += snap.nbytes
-        self._evict()
+        self._evict(keep=key)
 
     def lend(self, snap: Snapshot, reuse: int):
         """The dropped one-row state behind ``snap`` (its keys/values are views of that state's buffers), for a
@@ -163,17 +183,21 @@ class PrefixCache:
             snap.owner = owner
 
     def attach_logits(self, ids, logits: np.ndarray) -> None:
-        """The next-token logits [V] after ids [L], kept with an entry that starts with these ids."""
+        """The next-token logits [V] after ids [L], kept with an entry that starts with these ids (unless that entry
+        would then exceed ``max_bytes`` alone; other entries may go)."""
         snap = self._covering(ids)
-        if snap is not None and len(ids) not in snap.logits:
+        if snap is not None and len(ids) not in snap.logits and snap.nbytes + logits.nbytes <= self.max_bytes:
             snap.logits[len(ids)] = logits
             self.bytes += logits.nbytes
-            self._evict()
+            self._evict(keep=snap.ids.tobytes())
 
-    def _evict(self) -> None:
-        """The least recently used entries go until the cache fits ``max_bytes``."""
-        while self.bytes > self.max_bytes:
-            self.bytes -= self.entries.popitem(last=False)[1].nbytes
+    def _evict(self, keep: bytes | None = None) -> None:
+        """The least recently used entries but ``keep`` (an entry just stored or grown, which fits alone) go until
+        the cache fits ``max_bytes``."""
+        for key in [k for k in self.entries if k != keep]:
+            if self.bytes <= self.max_bytes:
+                break
+            self.bytes -= self.entries.pop(key).nbytes
 
     def stats(self) -> dict:
         return {"prefix_cache_hits": self.hits, "prefix_cache_misses": self.misses,

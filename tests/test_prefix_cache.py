@@ -321,3 +321,88 @@ def test_a_request_of_two_samples_finishing_at_once_lends_nothing_stale(fused_ll
     (warm,) = _run(model, [prompt], [kw], cache, defer=True)
     (cold,) = _run(model, [prompt], [kw])
     assert warm.new_ids == cold.new_ids
+
+
+# ---------------------------------------------------------------------------------------------------- the budget
+def test_a_put_checks_its_size_before_dropping_anything_and_never_evicts_itself():
+    """Views of a buffer block count the whole block: where that does not fit beside the entries that stay, the
+    held positions are copied (no state to lend); the logits merged from superseded entries count before they are
+    dropped (those that do not fit go, the prompt's kept first), an entry that cannot fit leaves the cache as it
+    was, and the cache's byte count is always its entries' sizes, within the budget."""
+    logits = np.ones(64, np.float32)  # 256 bytes
+    block = np.zeros((1, 64, 16), np.float32)  # 64 positions of 64 bytes: 4096 bytes
+
+    def check(cache):
+        assert cache.bytes == sum(e.nbytes for e in cache.entries.values()) <= cache.max_bytes
+
+    cache = PrefixCache(1500)  # a copy fits, the block does not
+    cache.put([1, 2, 3], _kv(3), logits)
+    cache.put([1, 2, 3, 4, 5, 6], {"k": block[:, :6]}, logits, owner=object())
+    (entry,) = cache.entries.values()
+    assert list(entry.ids) == [1, 2, 3, 4, 5, 6] and entry.owner is None and sorted(entry.logits) == [3, 6]
+    assert entry.kv["k"].base is None and np.array_equal(entry.kv["k"], block[:, :6])
+    check(cache)
+
+    cache = PrefixCache(900)  # the copy fits with one of the two logits: the prompt's (first=3) stay
+    cache.put([1, 2, 3], _kv(3), logits)
+    cache.put([1, 2, 3, 4, 5, 6], _kv(6), logits, first=3)
+    (entry,) = cache.entries.values()
+    assert len(entry.ids) == 6 and sorted(entry.logits) == [3]
+    check(cache)
+    cache.put([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], _kv(13))  # 936 bytes without logits: not kept
+    assert [len(e.ids) for e in cache.entries.values()] == [6]
+    check(cache)
+    cache.attach_logits([1, 2, 3, 4], logits)  # the entry would pass the budget alone: not attached
+    assert sorted(entry.logits) == [3] and list(cache.entries.values()) == [entry]
+    check(cache)
+
+    cache = PrefixCache(5000)  # the block fits alone, not beside [1..6]: a copy, and [1..6] stays
+    cache.put([1, 2, 3, 4, 5, 6], _kv(6), logits)
+    cache.put([7, 8, 9], {"k": block[:, :3]}, logits, owner=object())
+    assert [len(e.ids) for e in cache.entries.values()] == [6, 3]
+    assert all(e.kv["k"].base is None and e.owner is None for e in cache.entries.values())
+    check(cache)
+    cache.put([5, 5], {"k": block[:, :2]}, logits, owner=object())  # a copy fits beside: nothing is evicted
+    assert len(cache.entries) == 3
+    check(cache)
+
+
+@pytest.mark.parametrize("room", ["below_block", "block_not_its_logits", "block_then_copies"])
+def test_a_lone_clients_chat_is_cached_under_a_budget_below_its_buffer_block(fused_llama_dir, room):
+    """A lone client's finished answer keeps its state's buffer block only where the whole block fits with the
+    entry's logits: under a budget below the block, below the block with the logits it takes over from its prompt's
+    entry, or one that holds them at the first turn only (the entry then grows by the logits of later prompts), the
+    answer's held positions are copied instead. The same prompt sent again reuses all of its positions, the
+    next turn all but the answer's last token, the cache stays within its budget and counts its entries' real
+    sizes, and every answer equals a cold scheduler's."""
+    model = onnxlm.load(fused_llama_dir)
+    kw = {"max_new_tokens": 4, "eos_token_id": None, "do_sample": False}
+    first = model.tokenizer.encode(SYSTEM + TURNS[0])
+    probe = PrefixCache(64 * 2**20)
+    _run(model, [first], [kw], probe, defer=True)
+    (views,) = probe.entries.values()  # the block, the ids and two logits (the prompt's and the answer's)
+    assert views.owner is not None
+    copy = sum(np.array(a).nbytes for a in views.kv.values()) + views.ids.nbytes
+    logit = next(iter(views.logits.values())).nbytes
+    block = next(iter(views.kv.values())).base.nbytes
+    budget = {"below_block": block - 1, "block_not_its_logits": views.nbytes - 1,
+              "block_then_copies": views.nbytes + logit // 2}[room]
+    assert 2 * (copy + 4 * logit) < budget  # the copies of two turns with their logits fit
+
+    def check():
+        assert cache.bytes == sum(e.nbytes for e in cache.entries.values()) <= budget
+
+    cache = PrefixCache(budget)
+    (one,) = _run(model, [first], [kw], cache, defer=True)
+    check()
+    assert [len(e.ids) for e in cache.entries.values()] == [len(first) + 3]
+    second = first + one.new_ids[0] + model.tokenizer.encode(" " + TURNS[1], add_special_tokens=False)
+    for ids, reused in [(first, len(first)), (second, len(first) + 3), (second, len(second))]:
+        before = cache.reused_tokens
+        (warm,) = _run(model, [ids], [kw], cache, defer=True)
+        (cold,) = _run(model, [ids], [kw])
+        assert warm.new_ids == cold.new_ids
+        assert cache.reused_tokens - before == reused
+        check()
+        assert any(len(e.ids) == len(ids) + 3 for e in cache.entries.values())
+    assert all(a.base is None for e in cache.entries.values() for a in e.kv.values())  # copies

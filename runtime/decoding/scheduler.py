@@ -145,8 +145,9 @@ class Scheduler:
         self._positions: dict = {}
         self._next: np.ndarray | None = None  # tokens picked for the rows, not yet fed (the next step feeds them)
         self.failed: list[Request] = []  # requests whose prefill or pick raised (req.error); the caller empties it
-        # (ids, views of their keys/values) the last step marked for the prefix cache, copied in by store_snapshots
-        self._snapshots: list[tuple[list, dict]] = []
+        # (ids, views of their keys/values, next-token logits after them, the state they view, a finished answer's
+        # prompt length or None) the last step marked for the prefix cache, copied in by store_snapshots
+        self._snapshots: list[tuple] = []
 
     # ------------------------------------------------------------------ queue
     def prepare(self, req: Request) -> Request:
@@ -337,7 +338,7 @@ class Scheduler:
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         logits = np.concatenate([p[1] for p in parts])
         if self.prefix_cache is not None:                           # each prompt, for those to come (after the step)
-            self._snapshots += [(req.ids, state.snapshot(i, copy=False), logits[i].copy(), state)
+            self._snapshots += [(req.ids, state.snapshot(i, copy=False), logits[i].copy(), state, None)
                                 for i, req in enumerate(batch)]
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
@@ -354,7 +355,8 @@ class Scheduler:
         held = list(req.ids) + req.new_ids[0][:-1]
         kv = self.state.snapshot(row, copy=False)
         if next(iter(kv.values())).shape[1] == len(held):  # the row holds exactly these positions
-            self._snapshots.append((held, kv, self.logits[row].copy(), self.state))  # logits of its last token
+            self._snapshots.append((held, kv, self.logits[row].copy(), self.state, len(req.ids)))  # logits: its last
+            # token's; those after its prompt (a superseded entry's) are the ones kept first where not all fit
 
     def store_snapshots(self) -> None:
         """Copy the keys/values the last step marked (prompts after their prefill, finished sequences) into the
@@ -364,16 +366,18 @@ class Scheduler:
         after, so neither a first token nor a finished answer waits for the copies. The marked arrays are views of the
         state's buffers: a step writes only past each row's held positions, and ``_retain`` keeps rows in order
         (a ``select`` to fewer rows copies into new buffers), so they hold their values until stored. When no row is
-        left (the last request finished), the views are kept as they are: the dropped state's buffers become the
-        cache's, and a lone client's next request finds its keys/values without a copy made in between."""
+        left (the last request finished), the views are kept as they are where the whole buffer block fits the
+        cache's budget beside its other entries: the dropped state's buffers become the cache's, and a lone client's
+        next request finds its keys/values without a copy made in between; else the cache copies their held
+        positions (``PrefixCache.put``)."""
         marked, self._snapshots = self._snapshots, []
         dropped = self.state is None  # no row left: the marked views' buffers are no one else's any more
-        for ids, kv, logits, state in marked:
+        for ids, kv, logits, state, prompt in marked:
             keep = dropped and _one_row(kv)  # the views, and the state for a later request to decode on
             owner = state if keep and _backs(state, kv) else None
             if not self.prefix_cache.covers(ids):
                 self.prefix_cache.put(ids, kv if keep else {name: np.array(a) for name, a in kv.items()}, logits,
-                                      owner=owner)
+                                      owner=owner, first=prompt)
             elif owner is not None:
                 self.prefix_cache.return_state(ids, kv, owner)
             self.prefix_cache.attach_logits(ids, logits)
