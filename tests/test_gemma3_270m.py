@@ -118,7 +118,8 @@ def test_artifact_is_fused_gemma3_with_the_gguf_tokenizer(gemma, gemma_dirs, gem
     assert all(c["passed"] for c in m["validation"]["checks"])
     assert m["source"]["name"] == gemma_gguf.name and len(m["source"]["sha256"]) == 64
     sp = m["special_tokens"]
-    assert (sp["bos_token_id"], sp["eos_token_id"], sp["pad_token_id"]) == (2, 1, 0)
+    # eos: llama.cpp's end-of-generation ids, <eos> first, then <end_of_turn> and </s> (ended on by their text)
+    assert (sp["bos_token_id"], sp["eos_token_id"], sp["pad_token_id"]) == (2, [1, 106, 212], 0)
     texts, want = _llama_cpp_ids()
     for text, ids in zip(texts, want):  # the artifact's tokenizer.json: llama.cpp's ids on every text
         assert gemma.tokenizer.encode(text) == ids, text

@@ -99,7 +99,8 @@ def test_artifact_files_and_manifest(smol, smol_dir):
     assert (m["num_layers"], m["num_kv_heads"], m["head_dim"], m["vocab_size"]) == (N_LAYERS, N_KV_HEADS, HEAD_DIM, VOCAB)
     assert m["num_heads"] == 9 and m["hidden_size"] == HIDDEN
     sp = m["special_tokens"]
-    assert (sp["bos_token_id"], sp["eos_token_id"], sp["pad_token_id"]) == (1, 2, 2)
+    # eos: llama.cpp's end-of-generation ids, <|im_end|> first, then <|endoftext|>
+    assert (sp["bos_token_id"], sp["eos_token_id"], sp["pad_token_id"]) == (1, [2, 0], 2)
     assert m["validation"] and all(c["passed"] for c in m["validation"]["checks"])
 
 
@@ -151,11 +152,11 @@ def test_tokenizer_matches_gguf_and_special_tokens(smol, smol_dir):
     assert smol.tokenizer.encode("Hello")[0] != 1  # no BOS added
     assert smol.tokenizer.encode("Hello") == smol.tokenizer.encode("Hello", add_special_tokens=False)
     gc = smol.generation_config
-    assert (gc.eos_token_id, gc.bos_token_id, gc.pad_token_id) == (2, 1, 2)
+    assert (gc.eos_token_id, gc.bos_token_id, gc.pad_token_id) == ([2, 0], 1, 2)  # llama.cpp's end-of-generation ids
     import json
 
     raw = json.loads((smol_dir / "generation_config.json").read_text())
-    assert (raw["eos_token_id"], raw["bos_token_id"], raw["pad_token_id"]) == (2, 1, 2)
+    assert (raw["eos_token_id"], raw["bos_token_id"], raw["pad_token_id"]) == ([2, 0], 1, 2)
 
 
 def test_chat_template_renders_chatml(smol):
