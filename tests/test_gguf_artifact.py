@@ -87,6 +87,22 @@ def test_chat_on_a_gguf_without_a_template_names_the_file(first_run, capsys, mon
         onnxlm.load(GA.artifact_dir_for(gguf, cache)).render_chat([{"role": "user", "content": "Hello"}])
 
 
+def test_chat_on_a_gguf_without_a_template_is_refused_before_its_first_run_exports_it(first_run, tmp_path, capsys,
+                                                                                        monkeypatch):
+    gguf = first_run[0]
+    monkeypatch.setenv(GA.CACHE_ENV, str(tmp_path / "empty-cache"))
+
+    def no_export(*a, **k):
+        raise AssertionError("exported")
+
+    monkeypatch.setattr(GA, "_export", no_export)
+    for argv in (("chat", gguf, "Hello"), ("generate", gguf, "Hello", "--chat")):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 1 and out == "", err
+        assert err.strip() == (f"onnxlm: error: {gguf} has no chat template (its metadata holds no "
+                               "tokenizer.chat_template: a base model?); use onnxlm generate for plain continuations")
+
+
 def test_the_cache_lists_the_first_runs_artifact_as_current(first_run):
     from onnxlm.export.gguf_cache import cache_entries
 

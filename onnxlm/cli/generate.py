@@ -169,6 +169,8 @@ def run_generate(args) -> int:
         args.parser_for_command.error("--stream prints one sequence per prompt: it cannot be combined with "
                                       "--num-beams > 1 or --num-return-sequences > 1")
     prompts = read_prompts(args)
+    if args.chat:
+        _refuse_a_gguf_file_without_template(args.model_dir)  # before a first run's export, not after it
     model = load_model(args)
     params.update(assistant_params(args))
     many = len(prompts) > 1
@@ -299,6 +301,7 @@ def run_chat(args) -> int:
     params = {**generation_params(args), **constraint_params(args)}
     stream = args.stream and not args.json and params.get("num_beams", 1) == 1 \
         and params.get("num_return_sequences", 1) == 1
+    _refuse_a_gguf_file_without_template(args.model_dir)  # before a first run's export, not after it
     model = load_model(args)
     _refuse_a_gguf_without_template(model, args.model_dir)
     params.update(assistant_params(args))
@@ -313,6 +316,22 @@ def run_chat(args) -> int:
     if not model.chat_template:  # fail before waiting for input
         model.render_chat([{"role": "user", "content": "x"}])
     return _repl(model, args, params, stream)
+
+
+def _refuse_a_gguf_file_without_template(given: str) -> None:
+    """A .gguf file whose header holds no tokenizer.chat_template: refused from the header, before its first run
+    exports it (minutes) only to find no template."""
+    from pathlib import Path
+
+    from onnxlm.runtime.gguf_magic import is_gguf_file
+
+    if not is_gguf_file(Path(given).expanduser()):
+        return
+    from onnxlm.export.gguf_reader import gguf_reader
+
+    if "tokenizer.chat_template" not in gguf_reader(Path(given).expanduser()).fields:
+        raise ModelFileError(f"{given} has no chat template (its metadata holds no tokenizer.chat_template: a base "
+                             "model?); use onnxlm generate for plain continuations", str(given))
 
 
 def _refuse_a_gguf_without_template(model, given: str) -> None:
