@@ -335,9 +335,11 @@ def _remove_entries(entries: list[CacheEntry], still, out: Removal) -> None:
     """Remove each entry and its stamp unless an export holds its lock or ``still(state)`` no longer holds once the
     lock is taken -> ``out``'s removed, kept and failed."""
     for entry in entries:
-        if out.dry_run or entry.state == "exporting":
-            (out.kept.append((entry, BUSY)) if _busy(entry) or entry.state == "exporting"
-             else out.removed.append(entry))
+        if entry.state == "exporting" or (out.dry_run and _busy(entry)):
+            out.kept.append((entry, BUSY))
+            continue
+        if out.dry_run:
+            out.removed.append(entry)
             continue
         with _unless_exporting(entry.path) as free:
             if free and not entry.path.is_dir():  # another prune or rm removed it meanwhile

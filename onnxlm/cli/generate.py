@@ -318,6 +318,11 @@ def run_chat(args) -> int:
     return _repl(model, args, params, stream)
 
 
+def _no_template(given: str) -> ModelFileError:
+    return ModelFileError(f"{given} has no chat template (its metadata holds no tokenizer.chat_template: a base "
+                          "model?); use onnxlm generate for plain continuations", str(given))
+
+
 def _refuse_a_gguf_file_without_template(given: str) -> None:
     """A .gguf file whose header holds no tokenizer.chat_template: refused from the header, before its first run
     exports it (minutes) only to find no template."""
@@ -330,8 +335,7 @@ def _refuse_a_gguf_file_without_template(given: str) -> None:
     from onnxlm.export.gguf_reader import gguf_reader
 
     if "tokenizer.chat_template" not in gguf_reader(Path(given).expanduser()).fields:
-        raise ModelFileError(f"{given} has no chat template (its metadata holds no tokenizer.chat_template: a base "
-                             "model?); use onnxlm generate for plain continuations", str(given))
+        raise _no_template(given)
 
 
 def _refuse_a_gguf_without_template(model, given: str) -> None:
@@ -339,8 +343,7 @@ def _refuse_a_gguf_without_template(model, given: str) -> None:
     from onnxlm.runtime.gguf_magic import is_gguf_file
 
     if not model.chat_template and is_gguf_file(given):
-        raise ModelFileError(f"{given} has no chat template (its metadata holds no tokenizer.chat_template: a base "
-                             "model?); use onnxlm generate for plain continuations", str(given))
+        raise _no_template(given)
 
 
 def _chat_turn(model, messages: list[dict], params: dict, args, *, stream: bool, as_json: bool = False,
