@@ -10,7 +10,8 @@
   quantized blocks (F32 / F16 / BF16) becomes the fp32 artifact;
 * **reuse:** later runs reuse it while the file's path, size and mtime are those written beside it
   (``<artifact dir>.json``), or, when they moved (a copy, a ``touch``), while its sha256 is the one the manifest
-  pins. Another file at that path is exported again, replacing the old artifact;
+  pins. Another file at that path is exported again, replacing the old artifact, and so is an artifact an earlier
+  onnxlm exported when the export has changed since (``EXPORT_REVISION``: e.g. where generation ends);
 * **cleaning:** ``gguf_cache.py`` (``onnxlm cache``) lists the entries and prunes those no run will use again;
 * **once:** two first runs of one file at once export it once: the second waits on the first's lock
   (``.<artifact dir>.lock``) and takes its artifact;
@@ -36,6 +37,11 @@ __all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "cache
 
 CACHE_ENV = "ONNXLM_CACHE"
 LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses the default's int8 activations
+#: What a cache entry's export made, written in its stamp: raise it when the GGUF export changes what an artifact
+#: holds, so that entries an earlier onnxlm exported are exported again on their next run (``outdated`` in
+#: ``onnxlm cache``) instead of answering as that earlier onnxlm did. A stamp without one is from before revision 2.
+#: 2: ``eos_token_id`` lists llama.cpp's end-of-generation ids (a chat GGUF's turn end: Gemma's <end_of_turn>).
+EXPORT_REVISION = 2
 
 
 def cache_root() -> Path:
@@ -62,9 +68,9 @@ def artifact_dir_for(gguf, cache_dir=None) -> Path:
 
 
 def _stamp(gguf: Path) -> dict:
-    """What says a file is unchanged without reading it: its path, size and mtime."""
+    """What says a file is unchanged without reading it (its path, size and mtime), and this export's revision."""
     st = gguf.stat()
-    return {"path": str(gguf), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": str(gguf), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "revision": EXPORT_REVISION}
 
 
 def stamp_file(target: Path) -> Path:
@@ -82,6 +88,22 @@ def _write_stamp(target: Path, gguf: Path) -> None:
         stamp_file(target).write_text(json.dumps(_stamp(gguf)), encoding="utf-8")
 
 
+def _read_stamp(target: Path) -> dict | None:
+    """The stamp beside ``target`` (None when there is none or it is unreadable)."""
+    try:
+        stamp = json.loads(stamp_file(target).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
+def is_outdated(target: Path) -> bool:
+    """True when ``target``'s stamp says an earlier export revision made it (``EXPORT_REVISION``): whatever its
+    file, the next run exports it again. An entry without a readable stamp (a read-only cache) is not known to be."""
+    stamp = _read_stamp(target)
+    return stamp is not None and stamp.get("revision", 1) != EXPORT_REVISION
+
+
 def _recorded_sha256(target: Path) -> str | None:
     """The sha256 of the GGUF file the cached artifact was exported from, as its manifest pins it (None when the
     manifest is unreadable: the artifact is then stale)."""
@@ -96,14 +118,11 @@ def _recorded_sha256(target: Path) -> str | None:
 def is_current(target: Path, gguf: Path) -> bool:
     """True when ``target`` holds an artifact exported from ``gguf``'s present bytes, its files whole (each file its
     manifest lists there, with the bytes it records: a cut or deleted file makes the entry stale, so the next run
-    exports it again and ``onnxlm cache prune`` removes it)."""
-    if not (target / "onnxlm.json").is_file() or not _files_whole(target):
+    exports it again and ``onnxlm cache prune`` removes it), by this onnxlm's export (``EXPORT_REVISION``)."""
+    if not (target / "onnxlm.json").is_file() or not _files_whole(target) or is_outdated(target):
         return False
-    try:
-        if json.loads(stamp_file(target).read_text(encoding="utf-8")) == _stamp(gguf):
-            return True
-    except (OSError, ValueError):
-        pass
+    if _read_stamp(target) == _stamp(gguf):
+        return True
     from onnxlm.runtime.manifest import sha256_of
 
     if _recorded_sha256(target) != sha256_of(gguf):  # touched and the same bytes, or another file

@@ -7,6 +7,8 @@ An entry is
 * ``current``: its path holds the file it was exported from (the stamp's size and mtime, else the sha256 that the
   manifest pins);
 * ``changed``: other bytes are at that path now (the next run of that path exports again and replaces the entry);
+* ``outdated``: an earlier onnxlm exported it, and the export has changed since (``EXPORT_REVISION``): the next run
+  of its file exports again and replaces the entry;
 * ``missing``: nothing is at that path (the file was moved or deleted: run from its new place, it is exported again
   under another name, and this entry is never used again);
 * ``incomplete``: the directory holds no ``onnxlm.json`` (onnxlm renames an entry into place whole: kept);
@@ -20,7 +22,8 @@ Only names onnxlm writes are the cache's (``ENTRY``, ``SCRATCH``, ``LOCK``, stam
 killer: no ``finally`` ran) left beside the entries: its hidden scratch and temp directories
 ``.<entry>.<tag>-XXXX`` once no export holds the entry's lock (the export takes it before it makes any
 scratch, and drops it after), stamps without their directory, and locks no process holds. ``prune`` removes
-``changed`` and ``missing`` entries and the leftovers, each entry under its export lock. Nothing here imports torch.
+``changed``, ``outdated`` and ``missing`` entries and the leftovers, each entry under its export lock. Nothing here
+imports torch.
 """
 from __future__ import annotations
 
@@ -38,13 +41,13 @@ from pathlib import Path
 from onnxlm.runtime.errors import ParameterError
 from onnxlm.runtime.gguf_magic import is_gguf_file
 
-from .gguf_artifact import artifact_dir_for, cache_root, is_current, lock_file, stamp_file
+from .gguf_artifact import artifact_dir_for, cache_root, is_current, is_outdated, lock_file, stamp_file
 
 __all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
            "leftovers", "prune", "prune_retries", "remove", "first_export_running"]
 
-STATES = ("current", "changed", "missing", "incomplete", "unknown", "exporting")
-PRUNED = ("changed", "missing")  # the states `prune` removes (an incomplete entry is not one onnxlm makes: kept)
+STATES = ("current", "changed", "outdated", "missing", "incomplete", "unknown", "exporting")
+PRUNED = ("changed", "outdated", "missing")  # what `prune` removes (an incomplete entry is not one onnxlm makes: kept)
 # only names gguf_artifact writes are the cache's own: anything else in <cache>/gguf is the user's and never touched
 ENTRY = re.compile(r"^[^.].*-[0-9a-f]{12}$")  # <file stem>-<12 hex>
 SCRATCH = re.compile(r"^\.(?P<entry>[^.].*-[0-9a-f]{12})\.(fp32|tmp|old)-[A-Za-z0-9_-]+$")  # atomic_dir's temp names
@@ -143,6 +146,8 @@ def _state(target: Path, source: str | None) -> str:
         return "missing"
     except OSError:  # EACCES, a stale NFS handle, an I/O error: nothing can be said of it now
         return "unknown"
+    if is_outdated(target):  # whatever its file's bytes: the next run exports it again
+        return "outdated"
     try:
         return "current" if is_gguf_file(gguf) and is_current(target, gguf) else "changed"
     except OSError:  # there, but not readable by this user now: nothing can be said of its bytes

@@ -50,7 +50,8 @@ def test_the_first_run_exports_the_file_once_on_its_own_blocks(first_run):
     assert q["scheme"] == "gguf-q4_1" and q["accuracy_level"] == 4 and not q["forced"]
     assert q["source_gguf"]["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
     assert json.loads((cache / "gguf" / (target.name + ".json")).read_text()) == {
-        "path": str(gguf), "bytes": gguf.stat().st_size, "mtime_ns": gguf.stat().st_mtime_ns}
+        "path": str(gguf), "bytes": gguf.stat().st_size, "mtime_ns": gguf.stat().st_mtime_ns,
+        "revision": GA.EXPORT_REVISION}
     # the command ran that artifact
     want = onnxlm.load(target).generate("Hello there", max_new_tokens=6, do_sample=False)
     assert json.loads(out)["token_ids"] == want.sequences[0, -6:].tolist()
@@ -185,6 +186,27 @@ def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
         gguf.write_bytes(held)
         os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert GA.is_current(target, gguf)
+
+
+def test_an_entry_an_earlier_export_made_is_exported_again(first_run, capsys, monkeypatch):
+    """An entry stamped by an earlier export revision (a stamp from before revisions: none in it), its file
+    unchanged: not current, `onnxlm info` and `onnxlm cache` say so, and the next run exports it again in place."""
+    from onnxlm.export import gguf_cache as GC
+
+    gguf, cache, out, _ = first_run
+    monkeypatch.setenv(GA.CACHE_ENV, str(cache))
+    target = GA.artifact_dir_for(gguf, cache)
+    stamp = json.loads(GA.stamp_file(target).read_text())
+    GA.stamp_file(target).write_text(json.dumps({k: v for k, v in stamp.items() if k != "revision"}))
+    assert GA.is_outdated(target) and not GA.is_current(target, gguf) and GA.cached_artifact(gguf) is None
+    assert [e.state for e in GC.cache_entries(cache)] == ["outdated"]
+    code, shown, _ = run_cli(capsys, "info", gguf)
+    assert code == 0 and f"{target} was exported by an earlier onnxlm whose export has changed since" in shown
+    assert [e.path for e in GC.prune(cache, dry_run=True).removed] == [target]  # prune would remove it
+    code, again, err = run_cli(capsys, PROMPT[0], gguf, *PROMPT[1:])
+    assert code == 0 and again == out and f"exporting it once to {target}" in err
+    assert json.loads(GA.stamp_file(target).read_text()) == stamp and GA.is_current(target, gguf)
+    assert sorted(p.name for p in (cache / "gguf").iterdir()) == [target.name, target.name + ".json"]
 
 
 def test_serve_takes_the_gguf_file_and_names_the_model_after_it(first_run):

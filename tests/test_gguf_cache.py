@@ -58,7 +58,10 @@ def cache(tmp_path, monkeypatch):
          "changed": _entry(cache, _gguf(files / "changed.gguf", b"c")),
          "missing": _entry(cache, _gguf(files / "missing.gguf", b"d")),
          "incomplete": _entry(cache, _gguf(files / "incomplete.gguf", b"e"), manifest=False),
-         "unknown": _entry(cache, _gguf(files / "unknown.gguf", b"f"), stamp=False)}
+         "unknown": _entry(cache, _gguf(files / "unknown.gguf", b"f"), stamp=False),
+         "outdated": _entry(cache, _gguf(files / "outdated.gguf", b"g"))}
+    stamp = GA.stamp_file(p["outdated"])  # an earlier export revision's stamp: whatever its file, exported again
+    stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "revision": GA.EXPORT_REVISION - 1}))
     os.utime(files / "touched.gguf", ns=(1, 1))  # the same bytes, another mtime: still current
     _gguf(files / "changed.gguf", b"other bytes")
     (files / "missing.gguf").unlink()
@@ -100,7 +103,7 @@ def test_every_entry_is_listed_with_its_state_size_and_file(cache):
     entries = {e.path: e for e in GC.cache_entries(cache_dir)}
     assert {e.path.name.split("-")[0]: e.state for e in entries.values()} == {
         "current": "current", "touched": "current", "changed": "changed", "missing": "missing",
-        "incomplete": "incomplete", "unknown": "unknown", "y": "exporting"}  # y: its first export runs
+        "incomplete": "incomplete", "unknown": "unknown", "outdated": "outdated", "y": "exporting"}  # y: its first export runs
     e = entries[p["current"]]
     assert e.source == str(cache_dir.parent / "files" / "current.gguf") and e.variant == "gguf blocks, level 4"
     assert e.bytes == 1000 + (p["current"] / "onnxlm.json").stat().st_size
@@ -118,7 +121,7 @@ def test_prune_removes_only_what_no_run_will_use_again(cache):
     before = sorted(x.name for x in (cache_dir / "gguf").iterdir())
     dry = GC.prune(cache_dir, dry_run=True)
     assert sorted(x.name for x in (cache_dir / "gguf").iterdir()) == before  # a dry run removes nothing
-    gone = [p["changed"], p["missing"]]
+    gone = [p["changed"], p["missing"], p["outdated"]]
     assert [e.path for e in dry.removed] == sorted(gone) and dry.kept == dry.failed == []
     assert sorted(x.path for x in dry.leftovers) == sorted([p["dead"], p["old"], p["stray stamp"], p["stale lock"]])
     done = GC.prune(cache_dir)
@@ -157,7 +160,7 @@ def test_prune_leaves_an_entry_whose_file_an_export_is_writing_again(cache):
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         done = GC.prune(cache_dir)
-        assert [e.path for e in done.removed] == [p["missing"]] and p["changed"].is_dir()
+        assert [e.path for e in done.removed] == [p["missing"], p["outdated"]] and p["changed"].is_dir()
         assert [(e.path, why) for e, why in done.kept] == [(p["changed"], GC.BUSY)]  # reported, not hidden
     finally:
         os.close(held)
@@ -180,14 +183,15 @@ def test_the_cache_command_lists_prunes_and_removes(cache, capsys):
     cache_dir, p = cache
     assert main(["cache"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{cache_dir / 'gguf'}: 7 entries, ")  # one of them an export running now
-    assert f"{p['missing'].name}  " in out and "`onnxlm cache prune` would remove 6 of these" in out
+    assert out.startswith(f"{cache_dir / 'gguf'}: 8 entries, ")  # one of them an export running now
+    assert f"{p['missing'].name}  " in out and "`onnxlm cache prune` would remove 7 of these" in out
     assert main(["cache", "--json", "ls"]) == 0
     listing = json.loads(capsys.readouterr().out)
-    assert {e["name"]: e["state"] for e in listing["entries"]}[p["changed"].name] == "changed"
+    states = {e["name"]: e["state"] for e in listing["entries"]}
+    assert (states[p["changed"].name], states[p["outdated"].name]) == ("changed", "outdated")
     assert main(["cache", "prune", "--json"]) == 0
     pruned = json.loads(capsys.readouterr().out)
-    assert len(pruned["removed"]) == 2 and len(pruned["leftovers"]) == 4 and pruned["bytes"] > 2000
+    assert len(pruned["removed"]) == 3 and len(pruned["leftovers"]) == 4 and pruned["bytes"] > 2000
     # a named entry that could not be removed (an export of its file runs) is an exit status of 1
     assert main(["cache", "rm", "--dry-run", p["current"].name]) == 1
     assert f"would keep: {p['current'].name} (an export of its file is running" in capsys.readouterr().out

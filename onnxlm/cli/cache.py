@@ -13,12 +13,13 @@ A .gguf file given to generate, chat, score, bench, serve or the jobs is exporte
 (default $XDG_CACHE_HOME/onnxlm/gguf, else ~/.cache/onnxlm/gguf) and reused while the file is unchanged. This
 command shows that cache and cleans it; it only ever lists or removes what onnxlm wrote there.
 
-An entry is current (its file is where it was, unchanged), changed (other bytes are at that path now), missing (the
-file was moved or deleted: from its new place it is exported again, under another name), incomplete (no onnxlm.json)
-or unknown (no stamp names its file). Nothing here imports torch.
+An entry is current (its file is where it was, unchanged), changed (other bytes are at that path now), outdated (an
+earlier onnxlm exported it and the export has changed since: the next run exports it again), missing (the file was
+moved or deleted: from its new place it is exported again, under another name), incomplete (no onnxlm.json) or
+unknown (no stamp names its file). Nothing here imports torch.
 
   onnxlm cache [ls]           list the entries, their sizes and states (the default)
-  onnxlm cache prune          remove the changed and missing entries, and what killed exports left
+  onnxlm cache prune          remove the changed, outdated and missing entries, and what killed exports left
   onnxlm cache rm TARGET ...  remove entries by their GGUF file's path (even a file since deleted) or their name
 
 An entry whose file an export is writing is kept and said so ("kept: ..."). Exit status 1: something could not be
@@ -40,7 +41,7 @@ def add_parser(sub) -> None:
     _action(actions, "ls", run_ls, help="list the entries (the default)", description="List the GGUF cache's "
             "entries with their sizes, states and files, and what killed exports left.")
     _action(actions, "prune", run_prune, removes=True, help="remove the entries no run will use again",
-            description="Remove the changed and missing entries with their stamps, and the scratch "
+            description="Remove the changed, outdated and missing entries with their stamps, and the scratch "
                         "directories of exports that were killed (their lock is free). Current, incomplete and "
                         "unknown entries stay, and so does anything onnxlm did not write.")
     rm = _action(actions, "rm", run_rm, removes=True, help="remove entries, whatever their state",

@@ -133,11 +133,14 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
 
     memory, disk = export_needs(g["parameters"], g["bytes"], blocks_kept=g["blocks"])
     needs = f"{_size(memory)} of memory and {_size(disk)} of disk at the least, once"
+    from onnxlm.export.gguf_artifact import is_outdated
     from onnxlm.export.gguf_cache import first_export_running
 
     artifact = (f"{artifact_dir} (described below)" if cached else
                 f"being exported now by another run, into {artifact_dir} (`onnxlm cache` shows its scratch so far)"
                 if runs and first_export_running(artifact_dir) else
+                f"{artifact_dir} was exported by an earlier onnxlm whose export has changed since: the next run of a "
+                f"command on this file exports it again ({needs})" if runs and is_outdated(artifact_dir) else
                 f"not exported yet: the first run of a command on this file (onnxlm generate, chat, serve, ...) "
                 f"exports it into {artifact_dir} ({needs})" if runs else "none: onnxlm cannot run this file")
     out = [path,
