@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -23,9 +24,63 @@ TEXTS = [f"Row {i}: " + " ".join(["the cat", "a dog", "one bird", "some fish"][:
 
 @pytest.fixture(scope="module")
 def local_ray():
+    """A Ray instance for the module's tests; the signal handlers as they were after it (ray.init installs a SIGTERM
+    handler that exits the process and outlives ray.shutdown: a later test's SIGTERM would end the pytest worker)."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+def test_a_run_that_starts_ray_shuts_it_down_and_leaves_the_signal_handlers(monkeypatch):
+    """No Ray running: run_ray's instance is started for the run and shut down after it, and the process's SIGTERM /
+    SIGINT handlers are put back. ray.init installs a SIGTERM handler that exits the process and outlives
+    ray.shutdown (local_ray's docstring; a later SIGTERM killed a pytest worker): a stand-in for ray does the same
+    here, without the seconds a real instance takes to start."""
+    from onnxlm.jobs import ray_data
+
+    calls = []
+
+    def ray_exits(signum, frame):
+        raise SystemExit(signum)
+
+    class FakeRay:
+        running = False
+
+        def is_initialized(self):
+            return self.running
+
+        def init(self, **kw):
+            calls.append(("init", kw["address"]))
+            self.running = True
+            signal.signal(signal.SIGTERM, ray_exits)
+            signal.signal(signal.SIGINT, ray_exits)
+
+        def shutdown(self):
+            calls.append(("shutdown",))
+            self.running = False
+
+    def mine(signum, frame):
+        raise AssertionError("not to be called")
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, mine)
+    try:
+        fake = FakeRay()
+        with pytest.raises(RuntimeError, match="a failing run"), ray_data._ray_started(fake, "auto", progress=False):
+            assert fake.running and signal.getsignal(signal.SIGTERM) is ray_exits
+            raise RuntimeError("a failing run")
+        assert calls == [("init", "auto"), ("shutdown",)] and not fake.running
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+        fake.running = True  # an instance the caller started: neither started nor shut down here
+        with ray_data._ray_started(fake, None, progress=False):
+            pass
+        assert calls == [("init", "auto"), ("shutdown",)] and fake.running
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @pytest.fixture

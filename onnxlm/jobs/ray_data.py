@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import signal
+import threading
 from dataclasses import asdict
 
 from .local import JobReport, Prepared, output_rows, prepare, progress_bar
@@ -80,20 +82,35 @@ def run_ray(spec: JobSpec, *, address: str | None = None, actors: int = 1, cpus_
         if prep.todo.num_rows == 0 and not prep.parts.dir.exists():  # finished by an earlier run
             return JobReport(prep.rows, prep.done, 0, output_rows(spec))
         if prep.todo.num_rows:
-            with _ray_logs(quiet=not progress):
-                started = not ray.is_initialized()
-                if started:
-                    ray.init(address=address, log_to_driver=False,
-                             logging_level=logging.CRITICAL if not progress else logging.INFO)
-                try:
-                    _run(ray, prep, actors, cpus_per_actor, progress)
-                finally:
-                    if started:
-                        ray.shutdown()
+            with _ray_logs(quiet=not progress), _ray_started(ray, address, progress):
+                _run(ray, prep, actors, cpus_per_actor, progress)
         total = prep.parts.finish(prep.schema)
     finally:
         prep.parts.release()
     return JobReport(prep.rows, prep.done, prep.todo.num_rows, total)
+
+
+@contextlib.contextmanager
+def _ray_started(ray, address: str | None, progress: bool):
+    """Ray for one run: the instance already initialised in this process, else ``ray.init(address)``, shut down
+    after the run. The process's signal handlers are left as they were: ``ray.init`` installs its own SIGTERM
+    handler (it exits the process), which outlives ``ray.shutdown`` and would end a caller's process on a later
+    SIGTERM instead of its own handling (the CLI's unwinding of an export, a server's graceful drain)."""
+    if ray.is_initialized():
+        yield
+        return
+    main = threading.current_thread() is threading.main_thread()  # handlers can only be set from the main thread
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    ray.init(address=address, log_to_driver=False, logging_level=logging.CRITICAL if not progress else logging.INFO)
+    try:
+        yield
+    finally:
+        try:
+            ray.shutdown()
+        finally:
+            for sig, handler in handlers.items():
+                if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                    signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
