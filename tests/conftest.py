@@ -1,7 +1,9 @@
 """Shared fixtures: tiny GPT-2 / T5 / Llama models (transformers checkpoint + exported ONNX artifact), built once."""
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 from collections import namedtuple
 from pathlib import Path
 
@@ -9,6 +11,42 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "models" / "recipes"
+
+#: The suite runs on pytest-xdist's workers (pyproject's addopts: ``-n auto --maxprocesses 2 --dist loadfile``),
+#: each module whole on one worker, each worker on one thread (onnxruntime's and torch's: two workers of two spinning
+#: threads each on two cores wasted a third of the run). Session fixtures that export a model are built once for both
+#: workers (``built_once``). The modules are handed out in this order, the rest as collected: the real models first,
+#: SmolLM2 on one worker and Gemma 3 270M on the other, then the longest of the others, so that no long module is
+#: left for last. ``-n 0`` runs the suite in one process, on every core.
+FIRST = ("test_smollm2", "test_gemma3_270m", "test_serve_tools", "test_gguf", "test_stop_sequences",
+         "test_gguf_artifact", "test_parity_beam", "test_gguf_quant", "test_families", "test_gguf_tokenizers",
+         "test_quantize", "test_cli", "test_jobs_ray")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker (its subprocesses inherit it): one onnxruntime thread
+    os.environ.setdefault("ONNXLM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist, the modules in the order of ``FIRST`` (a stable sort: the rest as collected, each module's tests
+    in their order); without it nothing changes."""
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        return
+    order = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: order.get(Path(item.nodeid.split("::")[0]).stem, len(order)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    """Under xdist, torch on one thread too (see ``FIRST``); nothing otherwise."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or importlib.util.find_spec("torch") is None:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 #: name: recipe name; recipe_dir: models/recipes/<name>; hf_dir: transformers checkpoint (save_pretrained) with
 #: tokenizer.json (+ tokenizer_config.json, generation_config.json); onnx_dir: the exported onnxlm artifact.
@@ -25,14 +63,45 @@ def gguf_cache(tmp_path_factory):
         yield path
 
 
+def built_once(tmp_path_factory, name: str, build):
+    """``build(base dir)``'s result, built once per run: under xdist into the run's temp dir that the workers share,
+    by the first worker to ask (a file lock: the others wait, then reuse it; ``build`` must return the same thing from
+    the same directory), else into this session's temp dir. Whoever uses it must not change it."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "built-once"
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root / f"{name}.lock")):
+        base, done = root / name, root / f"{name}.done"
+        if done.is_file():
+            return build.reuse(base) if hasattr(build, "reuse") else build(base)
+        shutil.rmtree(base, ignore_errors=True)  # a worker that failed half-way
+        base.mkdir()
+        out = build(base)
+        done.touch()
+        return out
+
+
 def _tiny(tmp_path_factory, name: str, recipe_dir: Path | None = None, validate: bool = True) -> TinyModel:
+    """A recipe built and exported once per run (``built_once``)."""
     pytest.importorskip("torch", reason="building tiny models needs the 'export' extra (torch)")
     pytest.importorskip("optimum.exporters.onnx", reason="exporting needs the 'export' extra (optimum-onnx)")
+    recipe_dir = recipe_dir or RECIPES / name
+    key = f"{name.replace('/', '-')}-{'validated' if validate else 'unvalidated'}"
+
+    def build(base: Path) -> TinyModel:
+        return _build_tiny(base, name, recipe_dir, validate)
+
+    build.reuse = lambda base: TinyModel(name, recipe_dir, base / "hf", base / "onnx")
+    return built_once(tmp_path_factory, key, build)
+
+
+def _build_tiny(base: Path, name: str, recipe_dir: Path, validate: bool) -> TinyModel:
     from onnxlm.export import export_model
     from onnxlm.export.recipes import build_recipe
 
-    base = tmp_path_factory.mktemp(name)
-    recipe_dir = recipe_dir or RECIPES / name
     hf_dir = build_recipe(recipe_dir, base / "hf")
     # the plain (optimum) layout: the big parity grids prove it; tests/test_fused_layouts.py proves the fused one
     onnx_dir = export_model(hf_dir, base / "onnx", progress=False, validate=validate, kv_layout="plain")
@@ -113,7 +182,7 @@ def smol_dir(tmp_path_factory) -> Path:
         if not (path / "onnxlm.json").is_file():
             pytest.fail(f"ONNXLM_TEST_SMOLLM2_DIR={reuse}: no onnxlm.json there")
         return path
-    return ensure_default_model(tmp_path_factory.mktemp("smollm2-models"), progress=False)
+    return built_once(tmp_path_factory, "smollm2-models", lambda base: ensure_default_model(base, progress=False))
 
 
 @pytest.fixture(scope="session")
