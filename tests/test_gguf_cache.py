@@ -37,7 +37,7 @@ def _entry(cache, gguf, *, stamp: bool = True, manifest: bool = True, level: int
         (target / "onnxlm.json").write_text(json.dumps({"quantization": {"source_gguf": record,
                                                                          "accuracy_level": level}}))
     if stamp:
-        GA._write_stamp(target, gguf)
+        GA.write_stamp(target, gguf)
     return target
 
 

@@ -268,3 +268,25 @@ def test_overlapping_added_tokens_warn():
     with pytest.warns(UserWarning, match="tokenizer.ggml.tokens"):
         tok = build_tokenizer_from_gguf(meta)
     assert tok.encode("<x>yz").tokens == ["<x>", "y", "z"]
+
+
+@pytest.mark.parametrize("name, mode", [("gemma3", "special"), ("smollm2", "plain"), ("smollm2", "special_no_add")])
+def test_onnxlm_tokenize_on_a_gguf_file_gives_llama_cpps_ids(name, mode, vocab_dir, monkeypatch, tmp_path, capsys):
+    """`onnxlm tokenize FILE.gguf TEXT... --ids` (the vocabulary built from the file's metadata; nothing exported)
+    in one of llama.cpp's modes, on the corpus texts a command line carries as arguments (one line, not empty;
+    options after the texts and after ``--``)."""
+    from onnxlm.cli import main
+
+    try:
+        path = gguf_vocabs.vocab_gguf(name, vocab_dir)
+    except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
+        _missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
+    monkeypatch.setenv("ONNXLM_CACHE", str(tmp_path))  # no cached artifact: built from the metadata
+    record = json.loads((DATA / f"{name}.ids.json").read_text(encoding="utf-8"))
+    picked = [k for k, t in enumerate(TEXTS) if t.strip() and "\n" not in t and "\r" not in t]
+    assert len(picked) >= 30
+    flags = {"special": [], "special_no_add": ["--no-special-tokens"], "plain": ["--no-parse-special"]}[mode]
+    assert main(["tokenize", str(path), "--ids", *flags, "--", *[TEXTS[k] for k in picked]]) == 0
+    ours = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert ours == [record["ids"][mode][k] for k in picked]
+    assert not any(tmp_path.iterdir())  # nothing exported, nothing cached

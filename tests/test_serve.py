@@ -405,3 +405,67 @@ def test_stream_json_is_well_formed(live):
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert all(e["object"] == "chat.completion.chunk" for e in events[:-1])
     assert json.dumps(events[:-1])  # every chunk is plain JSON
+
+
+# ---------------------------------------------------------------------------------------------- /tokenize, /detokenize
+
+def test_tokenize_gives_the_ids_completions_feeds_the_model(live, client):
+    prompt = "The quick brown fox"
+    tok = live.model.tokenizer
+    r = post(live.url, "/tokenize", {"model": "tiny", "prompt": prompt})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tokens"] == tok.encode(prompt) and body["count"] == len(body["tokens"])
+    assert body["max_model_len"] == live.model.max_positions and body["token_strs"] is None
+    assert _greedy(client, prompt, max_tokens=1).usage.prompt_tokens == body["count"]
+    plain = post(live.url, "/tokenize", {"prompt": prompt, "add_special_tokens": False,
+                                         "return_token_strs": True}).json()
+    assert plain["tokens"] == tok.encode(prompt, add_special_tokens=False)
+    assert plain["token_strs"] == [tok.id_to_token(i) for i in plain["tokens"]]
+    assert post(live.url, "/tokenize", {"prompt": ""}).json()["tokens"] == tok.encode("")
+
+
+def test_tokenize_messages_gives_the_ids_chat_feeds_the_model(live, client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    r = post(live.url, "/tokenize", {"messages": messages, "add_generation_prompt": True})
+    assert r.status_code == 200, r.text
+    ids = r.json()["tokens"]
+    assert ids == live.model.render_chat(messages, tokenize=True)
+    chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=1, temperature=0)
+    assert chat.usage.prompt_tokens == len(ids)
+
+
+def test_detokenize_gives_the_text_of_ids(live):
+    ids = live.model.tokenizer.encode("Hello there, world")
+    r = post(live.url, "/detokenize", {"model": "tiny", "tokens": ids})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"prompt": live.model.tokenizer.decode(ids, skip_special_tokens=False)}
+    assert post(live.url, "/detokenize", {"tokens": []}).json() == {"prompt": ""}
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/tokenize", {}, "prompt"),
+    ("/tokenize", {"prompt": "a", "messages": [{"role": "user", "content": "a"}]}, "prompt"),
+    ("/tokenize", {"prompt": ["a"]}, "prompt"),
+    ("/tokenize", {"prompt": "a", "tools": []}, "tools"),
+    ("/tokenize", {"prompt": "a", "add_special_tokens": "yes"}, "add_special_tokens"),
+    ("/tokenize", {"prompt": "a", "max_tokens": 3}, "max_tokens"),
+    ("/tokenize", {"messages": []}, "messages"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "add_generation_prompt": False},
+     "add_generation_prompt"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "add_special_tokens": True}, "add_special_tokens"),
+    ("/detokenize", {}, "tokens"),
+    ("/detokenize", {"tokens": [1, "2"]}, "tokens"),
+    ("/detokenize", {"tokens": [1, 10 ** 9]}, "tokens"),
+    ("/detokenize", {"tokens": [-1]}, "tokens"),
+])
+def test_tokenize_bad_requests_are_400_naming_the_parameter(live, path, body, param):
+    r = post(live.url, path, body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+
+
+def test_tokenize_other_model_name_is_404(live):
+    r = post(live.url, "/tokenize", {"model": "gpt-4", "prompt": "a"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"

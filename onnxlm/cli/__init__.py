@@ -1,4 +1,4 @@
-"""`onnxlm` command line: export, generate, chat, score, info, bench, demo, serve, cache.
+"""`onnxlm` command line: export, generate, chat, score, tokenize, info, bench, demo, serve, cache.
 
 Exit codes: 0 ok, 1 runtime failure (one line `onnxlm: error: ...` on stderr), 2 usage error, 130 interrupted
 (SIGINT), 143 terminated (SIGTERM: it unwinds as an interrupt does, so an export removes its scratch directories).
@@ -17,7 +17,7 @@ import threading
 from onnxlm.runtime.errors import OnnxlmError
 
 from onnxlm import __version__
-from . import bench, cache, demo, export, generate, info, score, serve
+from . import bench, cache, demo, export, generate, info, score, serve, tokenize
 from .errors import error_line
 
 DESCRIPTION = """\
@@ -30,6 +30,7 @@ examples:
   onnxlm generate models/gpt2 "Once upon a time" --do-sample --seed 0 --top-p 0.9 --stream
   onnxlm chat models/smollm2 "What is ONNX?" --system "Answer briefly."
   onnxlm score models/gpt2 "The cat sat on the mat."
+  onnxlm tokenize models/gpt2 "The cat sat on the mat."
   onnxlm info models/gpt2
   onnxlm serve models/smollm2 --port 8000
   onnxlm demo
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 title="commands (run `onnxlm COMMAND --help` for details)")
-    for module in (export, generate, score, info, bench, demo, serve, cache):
+    for module in (export, generate, score, tokenize, info, bench, demo, serve, cache):
         module.add_parser(sub)
     parser.set_defaults(commands=sub.choices)  # name -> the command's parser, for its own usage errors
     return parser
@@ -52,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
     """argv -> the command's arguments; an unknown option is the command's usage error (its usage line, and the
     nearest of its options), not the top-level parser's."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args, extra = parser.parse_known_args(argv)
+    if extra:  # positionals after options (`generate MODEL --max-new-tokens 5 "prompt"`): the command's own parse
+        args, extra = _intermixed(args, extra, argv)
     if extra:
         command = args.commands[args.command]
         known = [s for a in command._actions for s in a.option_strings]
@@ -60,6 +64,19 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         hint = f" (did you mean {near[0]}?)" if near else ""
         command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+def _intermixed(args: argparse.Namespace, extra: list[str], argv: list[str]) -> tuple[argparse.Namespace,
+                                                                                         list[str]]:
+    """The command's arguments parsed again with options and positionals in any order (argparse's own parse ends
+    a ``nargs="*"`` positional at the first option, and leaves the texts after it over); a command with actions of
+    its own (``cache``) keeps the first parse."""
+    command = args.commands[args.command]
+    try:
+        ns, rest = command.parse_known_intermixed_args(argv[argv.index(args.command) + 1:])
+    except (TypeError, ValueError):  # subparsers (argparse refuses them here), or the command name not in argv
+        return args, extra
+    return argparse.Namespace(**{**vars(args), **vars(ns)}), rest
 
 
 def main(argv: list[str] | None = None) -> int:

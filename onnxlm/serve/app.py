@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
-/health, /metrics, and the chat page at / (page.py).
+/health, /metrics, /tokenize and /detokenize (tokenize.py), and the chat page at / (page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -27,6 +27,7 @@ from .page import page_routes
 from .protocol import APIError
 from .routes import chat_completions, completions, health, metrics, model, models
 from .state import ServeConfig, ServeState
+from .tokenize import detokenize, tokenize
 
 __all__ = ["ServeConfig", "create_app", "start_in_thread"]
 
@@ -66,6 +67,8 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
         *page_routes(),
     ], exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
         lifespan=lifespan)
