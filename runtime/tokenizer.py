@@ -1,6 +1,7 @@
 """Text <-> token ids through the artifact's tokenizer.json (HF `tokenizers`), plus batching with padding."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ class TextTokenizer:
         self.tokenizer = tokenizer
         # ids of added tokens marked special: decode(skip_special_tokens=True) leaves them out
         self.special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self._encoding = threading.Lock()  # split_special_tokens sets a flag of the shared tokenizer for one call
 
     @classmethod
     def from_file(cls, path: Path) -> "TextTokenizer":
@@ -30,8 +32,10 @@ class TextTokenizer:
         release_free_heap()  # what the JSON parse freed goes back to the kernel (heap.py)
         return cls(tokenizer)
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """str -> ids (list of int)."""
+    def encode(self, text: str, add_special_tokens: bool = True, *, split_special_tokens: bool = False) -> list[int]:
+        """str -> ids (list of int). ``add_special_tokens``: the post-processor's (BOS, T5's </s>);
+        ``split_special_tokens`` (transformers' name; llama.cpp's ``parse_special=False``): special-token strings in
+        the text (``"<|im_end|>"``) are read as plain text, not as those tokens."""
         if not isinstance(text, str):
             raise InputError(f"inputs: expected str, got {type(text).__name__}")
         try:
@@ -40,7 +44,13 @@ class TextTokenizer:
             raise InputError(f"inputs: the text is not valid Unicode (U+{ord(text[exc.start]):04X} at character "
                              f"{exc.start} is a lone surrogate, e.g. a byte that was not UTF-8); give UTF-8 text") \
                 from None
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        with self._encoding:
+            before = self.tokenizer.encode_special_tokens
+            self.tokenizer.encode_special_tokens = split_special_tokens
+            try:
+                return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+            finally:
+                self.tokenizer.encode_special_tokens = before
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """ids (sequence of int) -> str."""

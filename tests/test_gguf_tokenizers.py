@@ -8,8 +8,9 @@ Three modes per text, as llama.cpp's ``tokenize(text, add_bos, special)``:
   tokenizer.json (the path ``generate``/``encode`` use: BOS/EOS as the GGUF says, special-token strings parsed);
 * ``special_no_add`` (add_bos=False, special=True): ``TextTokenizer.encode(text, add_special_tokens=False)`` (the
   path of a rendered chat template);
-* ``plain`` (add_bos=True, special=False): the same tokenizer.json with tokenizers' ``encode_special_tokens=True``
-  (control tokens are text; user-defined ones, such as Gemma's runs of spaces, still are tokens).
+* ``plain`` (add_bos=True, special=False): ``TextTokenizer.encode(text, split_special_tokens=True)`` (tokenizers'
+  ``encode_special_tokens``: control tokens are text; user-defined ones, such as Gemma's runs of spaces, still are
+  tokens; the path of ``onnxlm tokenize --no-parse-special`` and the server's ``parse_special: false``).
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def vocab_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=sorted(PROVEN))
 def built(request, vocab_dir):
-    """(name, reference record, TextTokenizer, raw tokenizers.Tokenizer with encode_special_tokens) per vocabulary."""
+    """(name, reference record, TextTokenizer, the raw tokenizers.Tokenizer built) per vocabulary."""
     name = request.param
     try:  # real files through read_gguf_metadata; the written ones as the dict llama.cpp got as a GGUF file
         meta = gguf_vocabs.vocab_metadata(name)
@@ -80,7 +81,6 @@ def built(request, vocab_dir):
         raw = build_tokenizer_from_gguf(meta)
     raw.save(str(tok_file))
     text_tok = TextTokenizer.from_file(tok_file)  # the artifact's path: through tokenizer.json, as the runtime loads it
-    raw.encode_special_tokens = True  # the built object itself (parsing Gemma's file again took ~2 s)
     record = json.loads((DATA / f"{name}.ids.json").read_text(encoding="utf-8"))
     return name, record, text_tok, raw
 
@@ -130,7 +130,7 @@ def test_every_id_equals_llama_cpp(built, mode):
     elif mode == "special_no_add":
         ours = [text_tok.encode(t, add_special_tokens=False) for t in TEXTS]
     else:
-        ours = [raw.encode(t).ids for t in TEXTS]
+        ours = [text_tok.encode(t, split_special_tokens=True) for t in TEXTS]
     bad = _mismatches(ours, record["ids"][mode], TEXTS)
     if name in KNOWN_DIFFERENCES:
         known = KNOWN_DIFFERENCES[name](raw)
@@ -290,3 +290,37 @@ def test_onnxlm_tokenize_on_a_gguf_file_gives_llama_cpps_ids(name, mode, vocab_d
     ours = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert ours == [record["ids"][mode][k] for k in picked]
     assert not any(tmp_path.iterdir())  # nothing exported, nothing cached
+
+
+def test_split_special_tokens_holds_for_its_own_call_under_threads():
+    """``split_special_tokens`` sets a flag of the shared tokenizers object for one call; calls from other threads
+    at the same time (the server encodes in worker threads) never see it."""
+    import sys
+    import threading
+
+    try:
+        raw = build_tokenizer_from_gguf(gguf_vocabs.vocab_metadata("smollm2"))
+    except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
+        _missing(f"vocabulary 'smollm2' is not installed ({e}); scripts/setup.sh installs it")
+    tok = TextTokenizer(raw)
+    text = "<|im_start|>user\nHi there<|im_end|>" * 4
+    parsed, split = tok.encode(text), tok.encode(text, split_special_tokens=True)
+    assert parsed != split and tok.token_to_id("<|im_start|>") in parsed
+    wrong = []
+
+    def run(flag, want):
+        for _ in range(300):
+            if tok.encode(text, split_special_tokens=flag) != want:
+                wrong.append(flag)
+
+    threads = [threading.Thread(target=run, args=a) for a in ((False, parsed), (True, split), (False, parsed))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns between any two bytecodes: the race, were there one, shows
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong and raw.encode_special_tokens is False

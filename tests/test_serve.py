@@ -439,8 +439,31 @@ def test_detokenize_gives_the_text_of_ids(live):
     ids = live.model.tokenizer.encode("Hello there, world")
     r = post(live.url, "/detokenize", {"model": "tiny", "tokens": ids})
     assert r.status_code == 200, r.text
-    assert r.json() == {"prompt": live.model.tokenizer.decode(ids, skip_special_tokens=False)}
-    assert post(live.url, "/detokenize", {"tokens": []}).json() == {"prompt": ""}
+    text = live.model.tokenizer.decode(ids, skip_special_tokens=False)
+    assert r.json() == {"prompt": text, "content": text}  # vLLM's name and llama.cpp's
+    assert post(live.url, "/detokenize", {"tokens": []}).json() == {"prompt": "", "content": ""}
+
+
+def test_tokenize_in_llama_cpps_form(live):
+    """llama.cpp's server's /tokenize: content, no BOS unless add_special, parse_special, with_pieces."""
+    tok = live.model.tokenizer
+    text = "Hi</s> caf\u00e9 \U0001F600"
+    r = post(live.url, "/tokenize", {"content": text})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"tokens": tok.encode(text, add_special_tokens=False)}
+    eos = tok.token_to_id("</s>")
+    assert eos in r.json()["tokens"]  # the special token's string read as that token
+    plain = post(live.url, "/tokenize", {"content": text, "parse_special": False}).json()["tokens"]
+    assert plain == tok.encode(text, add_special_tokens=False, split_special_tokens=True) and eos not in plain
+    assert tok.decode(plain) == text
+    bos = post(live.url, "/tokenize", {"content": text, "add_special": True}).json()["tokens"]
+    assert bos == tok.encode(text)
+    pieces = post(live.url, "/tokenize", {"content": text, "with_pieces": True}).json()["tokens"]
+    assert [p["id"] for p in pieces] == r.json()["tokens"]
+    # each piece is the token's text, or its bytes where it holds part of a character: together the UTF-8 text
+    raw = b"".join(p["piece"].encode() if isinstance(p["piece"], str) else bytes(p["piece"]) for p in pieces)
+    assert raw.decode("utf-8") == text
+    assert any(isinstance(p["piece"], list) for p in pieces)  # the emoji's bytes span tokens of this vocabulary
 
 
 @pytest.mark.parametrize("path, body, param", [
@@ -450,6 +473,12 @@ def test_detokenize_gives_the_text_of_ids(live):
     ("/tokenize", {"prompt": "a", "tools": []}, "tools"),
     ("/tokenize", {"prompt": "a", "add_special_tokens": "yes"}, "add_special_tokens"),
     ("/tokenize", {"prompt": "a", "max_tokens": 3}, "max_tokens"),
+    ("/tokenize", {"prompt": "a", "with_pieces": True}, "with_pieces"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "return_token_strs": True, "parse_special": True},
+     "parse_special"),
+    ("/tokenize", {"content": "a", "add_special_tokens": True}, "add_special_tokens"),
+    ("/tokenize", {"content": 3}, "content"),
+    ("/tokenize", {"content": "a", "with_pieces": 1}, "with_pieces"),
     ("/tokenize", {"messages": []}, "messages"),
     ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "add_generation_prompt": False},
      "add_generation_prompt"),

@@ -73,9 +73,8 @@ def run(args) -> int:
         return 0
     texts = read_prompts(args, what="text")
     tok = load_tokenizer(args.model_dir)
-    tok.tokenizer.encode_special_tokens = not args.parse_special  # one thread here: the flag is this run's
     for k, text in enumerate(texts):
-        ids = tok.encode(text, add_special_tokens=args.add_special_tokens)
+        ids = tok.encode(text, add_special_tokens=args.add_special_tokens, split_special_tokens=not args.parse_special)
         if args.ids:
             print(json.dumps(ids))
             continue

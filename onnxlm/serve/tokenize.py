@@ -1,11 +1,15 @@
-"""POST /tokenize and /detokenize, in vLLM's shapes (llama.cpp's server has the same pair): the ids the generation
-endpoints feed the model for a prompt (as /v1/completions encodes it) or for chat messages (as
-/v1/chat/completions renders them, tools included), and the text of ids.
+"""POST /tokenize and /detokenize, in vLLM's shapes and in llama.cpp's server's: the ids the generation endpoints
+feed the model for a prompt (as /v1/completions encodes it) or for chat messages (as /v1/chat/completions renders
+them, tools included), and the text of ids.
 
-/tokenize  {"prompt": str, "add_special_tokens": true, "return_token_strs": false}
-           {"messages": [...], "tools": [...], "chat_template_kwargs": {...}, "return_token_strs": false}
-        -> {"count", "max_model_len", "tokens", "token_strs"}   (token_strs: vocabulary pieces, or null)
-/detokenize {"tokens": [int]} -> {"prompt": str}                (special tokens kept, as vLLM's)
+/tokenize  vLLM:      {"prompt": str, "add_special_tokens": true, "return_token_strs": false}
+                      {"messages": [...], "tools": [...], "chat_template_kwargs": {...}, "return_token_strs": false}
+                   -> {"count", "max_model_len", "tokens", "token_strs"}   (token_strs: vocabulary pieces, or null)
+           llama.cpp: {"content": str, "add_special": false, "parse_special": true, "with_pieces": false}
+                   -> {"tokens": [id]}, with_pieces: {"tokens": [{"id", "piece"}]} (a piece that is not whole UTF-8
+                      text: its bytes)
+/detokenize {"tokens": [int]} -> {"prompt": str, "content": str}          (vLLM's and llama.cpp's name; special
+                                                                            tokens kept, as both keep them)
 """
 from __future__ import annotations
 
@@ -18,12 +22,14 @@ from onnxlm.runtime.errors import InputError
 from onnxlm.runtime.manifest import no_chat_template
 
 from . import protocol, tools
+from .choices import token_bytes
 from .gate import authorize, available, read_body
 from .protocol import bad
 
 PROMPT_KEYS = {"model", "prompt", "add_special_tokens", "return_token_strs"}
 CHAT_KEYS = {"model", "messages", "add_generation_prompt", "add_special_tokens", "return_token_strs", "tools",
              "tool_choice", "parallel_tool_calls", "chat_template_kwargs"}
+LLAMA_CPP_KEYS = {"model", "content", "add_special", "parse_special", "with_pieces"}
 DETOKENIZE_KEYS = {"model", "tokens"}
 
 
@@ -36,10 +42,12 @@ def _tokenizer(model, param: str):
 async def tokenize(request: HTTPRequest):
     authorize(request)
     model = available(request)
-    body = await read_body(request, PROMPT_KEYS | CHAT_KEYS)
+    body = await read_body(request, PROMPT_KEYS | CHAT_KEYS | LLAMA_CPP_KEYS)
+    if "content" in body:
+        return JSONResponse(await _llama_cpp_tokenize(model, body))
     if ("prompt" in body) == ("messages" in body):
-        raise bad("prompt", "give either prompt (a string, encoded as /v1/completions encodes it) or messages "
-                            "(rendered as /v1/chat/completions renders them)")
+        raise bad("prompt", "give one of prompt (a string, encoded as /v1/completions encodes it), messages "
+                            "(rendered as /v1/chat/completions renders them) or content (llama.cpp's form)")
     strs = protocol._get_bool(body, "return_token_strs", False)
     if "prompt" in body:
         ids = await _prompt_ids(model, body)
@@ -50,12 +58,39 @@ async def tokenize(request: HTTPRequest):
                          "token_strs": [tok.id_to_token(i) for i in ids] if strs else None})
 
 
+async def _llama_cpp_tokenize(model, body: dict) -> dict:
+    """llama.cpp's form: ``content`` encoded with its defaults (no BOS unless ``add_special``; special-token
+    strings read as those tokens unless ``parse_special`` is false)."""
+    extra = sorted(k for k in body if k not in LLAMA_CPP_KEYS)
+    if extra:
+        raise bad(extra[0], "not with content (llama.cpp's form: content, add_special, parse_special, with_pieces)")
+    content = body["content"]
+    if not isinstance(content, str):
+        raise bad("content", f"expected a string, got {type(content).__name__}")
+    add = protocol._get_bool(body, "add_special", False)
+    parse = protocol._get_bool(body, "parse_special", True)
+    tok = _tokenizer(model, "content")
+    try:
+        ids = await asyncio.to_thread(lambda: tok.encode(content, add, split_special_tokens=not parse))
+    except InputError as exc:
+        raise bad("content", str(exc)) from None
+    if not protocol._get_bool(body, "with_pieces", False):
+        return {"tokens": ids}
+    return {"tokens": [{"id": i, "piece": _piece(model, i)} for i in ids]}
+
+
+def _piece(model, token_id: int) -> str | list[int]:
+    """A token's text (special tokens as written), or its bytes when it holds part of a UTF-8 character."""
+    text = model.tokenizer.decode([token_id], skip_special_tokens=False)
+    return token_bytes(model, token_id) if "\ufffd" in text else text
+
+
 async def _prompt_ids(model, body: dict) -> list[int]:
     """A prompt's ids as /v1/completions encodes a string (the tokenizer's special tokens, e.g. BOS, added unless
     ``add_special_tokens`` is false; special-token strings in the text read as those tokens)."""
-    extra = sorted(k for k in body if k in CHAT_KEYS - PROMPT_KEYS)
+    extra = sorted(k for k in body if k not in PROMPT_KEYS)
     if extra:
-        raise bad(extra[0], "only with messages")
+        raise bad(extra[0], "only with messages" if extra[0] in CHAT_KEYS else "only with content (llama.cpp's form)")
     prompt = body["prompt"]
     if not isinstance(prompt, str):
         raise bad("prompt", f"expected a string, got {type(prompt).__name__}")
@@ -71,6 +106,9 @@ async def _chat_ids(model, body: dict) -> list[int]:
     """Messages' ids exactly as /v1/chat/completions feeds them to the model: the chat template with the generation
     prompt, the tools shown, ``chat_template_kwargs``; encoded without the tokenizer's special tokens (the template
     writes any BOS)."""
+    extra = sorted(k for k in body if k not in CHAT_KEYS)
+    if extra:
+        raise bad(extra[0], "only with prompt" if extra[0] in PROMPT_KEYS else "only with content (llama.cpp's form)")
     if not protocol._get_bool(body, "add_generation_prompt", True):
         raise bad("add_generation_prompt", "only true: the chat endpoint always ends the prompt with the "
                                            "assistant's turn, and /tokenize gives what it feeds the model")
@@ -99,4 +137,4 @@ async def detokenize(request: HTTPRequest):
         raise bad("tokens", f"token ids {wrong[:20]} are out of range; allowed: 0 <= id < {model.vocab_size}")
     tok = _tokenizer(model, "tokens")
     text = await asyncio.to_thread(tok.decode, ids, False)
-    return JSONResponse({"prompt": text})
+    return JSONResponse({"prompt": text, "content": text})
