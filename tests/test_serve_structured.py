@@ -188,6 +188,46 @@ def test_bad_response_format_is_400_and_the_server_goes_on(live, fmt, words, pat
     assert post(live.url, path, {**body, "max_tokens": 2, "temperature": 0}).status_code == 200
 
 
+GBNF = '''root ::= "Answer: " answer " because " reason "."
+answer ::= "yes" | "no"
+reason ::= "it is" | "I said so" | [0-9]'''  # llama.cpp's grammar syntax: a finite language
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_llama_cpp_grammar_equals_generate(live, path):
+    """llama.cpp's server's ``grammar`` (GBNF): the reply follows it, equal to ``generate(grammar=...)`` alone,
+    streamed or not."""
+    import re
+
+    chat = "chat" in path
+    body = {"messages": MESSAGES} if chat else {"prompt": "Hello there"}
+    r = post(live.url, path, {**body, "max_tokens": 48, "temperature": 0, "grammar": GBNF})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    text = choice["message"]["content"] if chat else choice["text"]
+    solo = (live.model.chat(MESSAGES, max_new_tokens=48, do_sample=False, grammar=GBNF) if chat else
+            live.model.generate("Hello there", max_new_tokens=48, do_sample=False, grammar=GBNF))
+    assert text == solo.text[0]
+    assert re.fullmatch(r"Answer: (yes|no) because (it is|I said so|[0-9])\.", text), text
+    assert choice["finish_reason"] == "stop" and solo.finish_reasons == ["eos"]
+    events = sse_events(live.url, path, {**body, "max_tokens": 48, "temperature": 0, "grammar": GBNF,
+                                         "stream": True})
+    assert _stream_text(events, chat)[0] == text
+
+
+@pytest.mark.parametrize("extra, param, words", [
+    ({"grammar": "root ::= ("}, "grammar", "invalid"),
+    ({"grammar": ""}, "grammar", "non-empty"),
+    ({"grammar": 5}, "grammar", "non-empty"),
+    ({"grammar": GBNF, "response_format": {"type": "json_object"}}, "grammar", "give one of them"),
+])
+def test_bad_grammar_is_400_naming_it(live, extra, param, words):
+    r = post(live.url, "/v1/completions", {"prompt": "Hello", "max_tokens": 5, **extra})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and words in err["message"], err
+
+
 def test_text_response_format_is_unconstrained(live):
     got = _completion(live, "Hello there", max_tokens=10, response_format={"type": "text"})
     assert got["choices"][0]["text"] == live.model.generate("Hello there", max_new_tokens=10, do_sample=False).text[0]

@@ -63,16 +63,23 @@ def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param
     return max_tokens
 
 
-async def response_format_constraint(model, body: dict):
-    """OpenAI's ``response_format`` -> a compiled Constraint every row follows, or None (absent / "text");
-    400 naming response_format for a bad one, or without the 'structured' extra.  Compiling (and, once per model,
-    building the llguidance tokenizer) runs in a worker thread, off the event loop."""
+async def output_constraint(model, body: dict):
+    """What every row's output must follow -> a compiled Constraint, or None: OpenAI's ``response_format``
+    (json_object / json_schema; "text" or absent: none) or llama.cpp's ``grammar`` (GBNF, or llguidance's Lark),
+    not both; a 400 naming the parameter for a bad one, or without the 'structured' extra. Compiling (and, once per
+    model, building the llguidance tokenizer) runs in a worker thread, off the event loop."""
     try:
         params = response_format_to_params(body.get("response_format"))
-        if not params:
+        if body.get("grammar") is not None:
+            if params:
+                raise bad("grammar", "cannot be combined with a response_format of type json_object or json_schema: "
+                                     "give one of them")
+            constraint, param = make_constraint("grammar", body["grammar"]), "grammar"
+        elif params:
+            constraint, param = make_constraint("json_schema", params["json_schema"]), "response_format"
+        else:
             return None
-        constraint = make_constraint("json_schema", params["json_schema"])
-        engine = engine_for(model, model.generation_config.eos_token_ids, "response_format")
+        engine = engine_for(model, model.generation_config.eos_token_ids, param)
         await asyncio.to_thread(engine.compile, constraint)
         return constraint
     except ParameterError as exc:

@@ -139,7 +139,7 @@ class Sampling:
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
           "presence_penalty", "frequency_penalty", "top_k", "repetition_penalty", "num_beams", "user", "logit_bias",
-          "response_format", "prompt_lookup_num_tokens"}
+          "response_format", "grammar", "prompt_lookup_num_tokens"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
                  "parallel_tool_calls", "chat_template_kwargs", "reasoning_format"}

@@ -15,7 +15,7 @@ from onnxlm.runtime.manifest import no_chat_template
 from . import protocol, reasoning, tools
 from .choices import Choices, completion_offsets, usage
 from .gate import authorize, check_model_name, open_request
-from .jobs import make_jobs, response_format_constraint
+from .jobs import make_jobs, output_constraint
 from .protocol import bad
 from .run import admit, collect
 from .state import state_of
@@ -66,7 +66,7 @@ async def completions(request: HTTPRequest):
     if echo and samp.logprobs is not None and model.is_encoder_decoder:
         raise bad("echo", "with logprobs it scores the prompt's tokens as the model's continuation; an "
                           "encoder-decoder model reads its prompt instead (echo without logprobs works)")
-    constraint = await response_format_constraint(model, body)
+    constraint = await output_constraint(model, body)
     texts = [p if isinstance(p, str) else (model.tokenizer.decode(p, skip_special_tokens=False)
                                            if model.tokenizer else "") for p in prompts]
     # encoding a long prompt takes a while (an 8 MB body: seconds): off the event loop, so other streams go on
@@ -106,7 +106,7 @@ async def chat_completions(request: HTTPRequest):
     msgs = protocol.messages(body)
     template_vars = protocol.template_kwargs(body)
     split = reasoning.wanted(body, model.chat_template)  # the reply's <think> block as reasoning_content
-    constraint = await response_format_constraint(model, body)
+    constraint = await output_constraint(model, body)
     if not model.chat_template:
         raise bad("messages", f"{no_chat_template(model.manifest)}; use /v1/completions",
                   code="chat_not_supported")
@@ -114,7 +114,8 @@ async def chat_completions(request: HTTPRequest):
     forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call
     if forced is not None:
         if constraint is not None:
-            raise bad("response_format", "cannot be combined with tool_choice 'required' or a named function")
+            given = "grammar" if body.get("grammar") is not None else "response_format"
+            raise bad(given, "cannot be combined with tool_choice 'required' or a named function")
         constraint = forced
     ids = await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)  # off the event loop
     # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)
