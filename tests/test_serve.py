@@ -7,6 +7,7 @@ import json
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 
@@ -498,3 +499,53 @@ def test_tokenize_bad_requests_are_400_naming_the_parameter(live, path, body, pa
 def test_tokenize_other_model_name_is_404(live):
     r = post(live.url, "/tokenize", {"model": "gpt-4", "prompt": "a"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+# ---------------------------------------------------------------------------------------------- /metrics
+
+def _metrics(live, **kw) -> httpx.Response:
+    return httpx.get(live.url + "/metrics", timeout=5, **kw)
+
+
+def test_metrics_count_the_tokens_of_every_request(live, client):
+    before = _metrics(live).json()
+    r = _greedy(client, ["Hello there", "abc"], max_tokens=5)
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi!"}], max_tokens=4,
+                                          temperature=0, stream=True, stream_options={"include_usage": True})
+    usage = [c.usage for c in chat if c.usage is not None][-1]
+    after = _metrics(live).json()
+    assert after["prompt_tokens"] - before["prompt_tokens"] == r.usage.prompt_tokens + usage.prompt_tokens
+    assert after["completion_tokens"] - before["completion_tokens"] == \
+        r.usage.completion_tokens + usage.completion_tokens
+    assert after["requests"] - before["requests"] == 2
+
+
+def _samples(text: str) -> dict:
+    """Prometheus' text format -> {name: value}, every sample after its own # HELP and # TYPE lines."""
+    import re
+
+    lines, out = text.splitlines(), {}
+    assert text.endswith("\n") and len(lines) % 3 == 0
+    for k in range(0, len(lines), 3):
+        help_, type_, sample = lines[k:k + 3]
+        name, value = sample.split(" ")
+        assert re.fullmatch(r"onnxlm_[a-z_]+", name) and help_.startswith(f"# HELP {name} ")
+        assert type_ in (f"# TYPE {name} counter", f"# TYPE {name} gauge")
+        assert (type_.endswith("counter")) == name.endswith("_total")
+        out[name] = float(value)
+    return out
+
+
+def test_metrics_in_prometheus_text_format_when_a_scraper_asks(live):
+    scrape = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"  # Prometheus'
+    r = _metrics(live, headers={"Accept": scrape})
+    assert r.status_code == 200 and r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = _samples(r.text)
+    values = _metrics(live).json()  # curl's */*: the JSON object, as before
+    assert samples["onnxlm_requests_total"] == values["requests"]
+    assert samples["onnxlm_generation_tokens_total"] == values["completion_tokens"]
+    assert samples["onnxlm_prompt_tokens_total"] == values["prompt_tokens"]
+    assert samples["onnxlm_decode_steps_total"] == values["steps"] and samples["onnxlm_draining"] == 0
+    assert samples["onnxlm_requests_in_flight"] == 0 and "onnxlm_running_rows" in samples
+    assert _samples(_metrics(live, params={"format": "prometheus"}).text).keys() == samples.keys()
+    assert _metrics(live, params={"format": "json"}, headers={"Accept": scrape}).json()["requests"] == values["requests"]

@@ -54,8 +54,8 @@ def usage(jobs: list[Job], completion: int) -> dict:
 class Choices:
     """Per choice (prompt i, row j -> index i * n + j): text, tokens, logprobs, finish reason."""
 
-    def __init__(self, model, n: int, chat: bool):
-        self.model, self.n, self.chat = model, n, chat
+    def __init__(self, model, n: int, chat: bool, st=None):
+        self.model, self.n, self.chat, self.st = model, n, chat, st  # st: the ServeState whose counters count tokens
         self.tokens: dict[int, list] = {}  # index -> [(id, logprob, top)]
         self.reasons: dict[int, str] = {}
         self.texts: dict[int, str] = {}
@@ -68,11 +68,17 @@ class Choices:
             index = i * self.n + ev.row
             if not (self.chat and ev.reason == "eos"):  # chat: the end-of-turn token is no part of the content
                 self.tokens.setdefault(index, []).append((ev.token_id, ev.logprob, ev.top_logprobs))
-            self.completion_tokens += 1
+            self.count(1)
             if ev.finished:
                 self.reasons[index] = REASONS[ev.reason]
             out.append((index, ev))
         return out
+
+    def count(self, tokens: int) -> None:
+        """Generated tokens: this request's usage, and the server's total (/metrics' completion_tokens)."""
+        self.completion_tokens += tokens
+        if self.st is not None:
+            self.st.count("completion_tokens", tokens)
 
     def logprobs_completions(self, entries, offsets: list[int]) -> dict:
         """Completions' logprobs of ``entries`` [(id, logprob, top)]; ``offsets``: each token's ``text_offset``, the

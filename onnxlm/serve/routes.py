@@ -1,5 +1,6 @@
-"""The endpoints: /health, /metrics, /v1/models, /v1/completions and /v1/chat/completions. Each checks its request
-(gate.py), builds its jobs (jobs.py), runs them (run.py) and answers one JSON body or a stream (streaming.py)."""
+"""The endpoints: /health, /metrics (JSON, or Prometheus' text: prometheus.py), /v1/models, /v1/completions and
+/v1/chat/completions. Each checks its request (gate.py), builds its jobs (jobs.py), runs them (run.py) and answers
+one JSON body or a stream (streaming.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,11 +9,11 @@ import uuid
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from onnxlm.runtime.manifest import no_chat_template
 
-from . import protocol, reasoning, tools
+from . import prometheus, protocol, reasoning, tools
 from .choices import Choices, completion_offsets, usage
 from .gate import authorize, check_model_name, open_request
 from .jobs import make_jobs, output_constraint
@@ -32,9 +33,15 @@ async def health(request: HTTPRequest):
 
 
 async def metrics(request: HTTPRequest):
+    """The counters and the engine's figures: JSON, or Prometheus' text format when asked (prometheus.py)."""
     authorize(request)
     st = state_of(request)
-    return JSONResponse({"in_flight": st.in_flight, "draining": st.draining, **st.counters, **st.engine.stats()})
+    with st.lock:
+        counters = dict(st.counters)
+    values = {"in_flight": st.in_flight, "draining": st.draining, **counters, **st.engine.stats()}
+    if prometheus.wanted(request):
+        return Response(prometheus.exposition(values), media_type=prometheus.CONTENT_TYPE)
+    return JSONResponse(values)
 
 
 async def models(request: HTTPRequest):
@@ -74,7 +81,7 @@ async def completions(request: HTTPRequest):
     slot, run = admit(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None,
                       stream=bool(samp.stream))
     rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
-    choices = Choices(model, samp.n, chat=False)
+    choices = Choices(model, samp.n, chat=False, st=st)
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         return EventSourceResponse(stream(completion_chunks(run, jobs, samp, choices, head, echo), run, slot,
@@ -123,7 +130,7 @@ async def chat_completions(request: HTTPRequest):
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None, stream=bool(samp.stream))
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
-    choices = Choices(model, samp.n, chat=True)
+    choices = Choices(model, samp.n, chat=True, st=st)
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         head["object"] = "chat.completion.chunk"

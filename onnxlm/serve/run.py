@@ -48,7 +48,7 @@ class Run:
             (kind, i), what, payload = await self.out.get()
             if what == "error":
                 self.cancel()
-                self.st.counters["errors"] += 1
+                self.st.count("errors")
                 raise model_error(payload)
             if what in ("done", "result"):
                 self.pending -= 1
@@ -60,7 +60,9 @@ def admit(st, jobs: list[Job], n: int, echo_logprobs, *, stream: bool = True) ->
     ``stream=False``: the engine hands a request's tokens over once, when it is done."""
     slot = Slot(st, rows=len(jobs) * n)
     try:
-        return slot, Run(st, jobs, n, echo_logprobs, stream)
+        run = Run(st, jobs, n, echo_logprobs, stream)
+        st.count("prompt_tokens", sum(len(j.ids) for j in jobs))
+        return slot, run
     except BaseException:
         slot.release()
         raise
@@ -76,7 +78,7 @@ async def _until_done_or_gone(request: HTTPRequest, run: Run, consume):
                 return task.result()
             if await request.is_disconnected():
                 run.cancel()
-                state_of(request).counters["cancelled"] += 1
+                state_of(request).count("cancelled")
                 task.cancel()
                 return None
     finally:
@@ -105,7 +107,7 @@ async def _gather(run: Run, choices: Choices, jobs: list[Job]) -> dict:
                 index = i * run.n + j
                 texts[index], choices.reasons[index] = text, REASONS[reason]
                 choices.tokens[index] = [(t, None, None) for t in new]
-                choices.completion_tokens += len(new)
+                choices.count(len(new))
         elif what == "done" and payload is not None:
             for j, text in enumerate(payload.final_text):
                 texts[i * run.n + j] = text

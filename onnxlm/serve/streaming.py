@@ -36,8 +36,7 @@ async def stream(chunks, run: Run, slot: Slot, jobs, samp, choices: Choices, hea
         await chunks.aclose()
         run.cancel()
         if not ended:
-            with slot.st.lock:
-                slot.st.counters["cancelled"] += 1
+            slot.st.count("cancelled")
         slot.release()
 
 
