@@ -1,5 +1,5 @@
-"""A standing fuzz test of the server (hypothesis): a few hundred request bodies on /v1/completions and
-/v1/chat/completions with hostile values in any field (NaN, +-inf, 2^63, -1, huge strings, lone surrogates, wrong
+"""A standing fuzz test of the server (hypothesis): a few hundred request bodies on /v1/completions,
+/v1/chat/completions, /tokenize and /detokenize with hostile values in any field (NaN, +-inf, 2^63, -1, huge strings, lone surrogates, wrong
 types, nested junk, unknown roles, logit_bias and tools included) never get a 5xx; every 4xx carries OpenAI's error
 body; streams carry no server error; ``/health`` is 200 and nothing is left in flight afterwards.
 
@@ -87,6 +87,8 @@ FIELDS = {
     "top_k": either(st.integers(0, 300)), "repetition_penalty": either(st.floats(1e-3, 10) | finite),
     "num_beams": either(st.integers(1, 3)), "user": either(st.text(max_size=5)), "logit_bias": logit_bias,
     "response_format": response_format,
+    "grammar": either(st.sampled_from(['root ::= "a" | "b"', "start: /[0-9]+/", "root ::= (", "root ::= x", "",
+                                       'root ::= "a"* ', "%llguidance {}\nstart: %json {}"]) | st.text(max_size=20)),
 }
 #: fields this server may not know (yet): an unknown argument is refused first, so they come in a quarter of bodies
 RARE_FIELDS = {
@@ -152,6 +154,9 @@ def _check(r: httpx.Response, body) -> None:
         for d in data[:-1]:
             event = json.loads(d)
             assert event.get("error", {}).get("type") != "server_error", what
+    elif "tokenize" in str(r.url):  # /tokenize: ids (or llama.cpp's pieces); /detokenize: the text
+        answer = r.json()
+        assert isinstance(answer.get("tokens"), list) or isinstance(answer.get("prompt"), str), what
     else:
         assert r.json()["choices"], what
 
@@ -174,3 +179,36 @@ def test_hostile_bodies_never_get_a_5xx(live, http, path):
     one()
     assert wait_health(live.url)["status"] == "ok"
     wait_idle(live.url)
+
+
+TOKENIZE_FIELDS = {
+    "prompt": st.one_of(st.text(max_size=40), junk), "messages": CHAT_FIELDS["messages"],
+    "content": st.one_of(st.text(max_size=40), junk), "add_special_tokens": either(st.booleans()),
+    "return_token_strs": either(st.booleans()), "add_generation_prompt": either(st.booleans()),
+    "add_special": either(st.booleans()), "parse_special": either(st.booleans()),
+    "with_pieces": either(st.booleans()), "tools": RARE_FIELDS["tools"],
+    "chat_template_kwargs": CHAT_FIELDS["chat_template_kwargs"], "model": FIELDS["model"],
+    "tokens": st.one_of(st.lists(st.integers(-3, 300), max_size=8), junk), "no_such_field": junk,
+}
+
+
+def tokenize_bodies():
+    """A valid body (a prompt, messages, llama.cpp's content, or ids to decode) with 1-3 fields replaced or added."""
+    base = st.sampled_from([{"prompt": "Hello"}, {"messages": [{"role": "user", "content": "hi"}]},
+                            {"content": "Hello"}, {"tokens": [72, 101]}])
+    names = st.lists(st.sampled_from(sorted(TOKENIZE_FIELDS)), min_size=1, max_size=3, unique=True)
+    return st.tuples(base, names).flatmap(
+        lambda picked: st.fixed_dictionaries({k: TOKENIZE_FIELDS[k] for k in picked[1]}).map(
+            lambda extra: {**picked[0], **extra}))
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/detokenize"])
+def test_hostile_tokenize_bodies_never_get_a_5xx(live, http, path):
+    @settings(SETTINGS, max_examples=max(EXAMPLES // 2, 1))
+    @given(body=tokenize_bodies())
+    def one(body):
+        raw = json.dumps(body, allow_nan=True)
+        _check(http.post(path, content=raw, headers={"Content-Type": "application/json"}), body)
+
+    one()
+    assert wait_health(live.url)["status"] == "ok"
