@@ -91,7 +91,8 @@ def test_an_artifact_not_current_is_exported_again(tmp_path, gguf, exports, stat
     assert GA.read_stamp(target) == GA._stamp(gguf)  # current now: the next call exports nothing
     assert ensure_default_model(tmp_path / "models", progress=False) == target.absolute() and len(exports) == 1
     err = capsys.readouterr().err
-    assert f"the default model {target.absolute()}: " in err and "exporting SmolLM2-135M-Instruct.Q4_1.gguf again" in err
+    assert f"the default model {target.absolute()}: " in err
+    assert "exporting SmolLM2-135M-Instruct.Q4_1.gguf again" in err
     if state == "earlier revision":
         assert "exported by an earlier onnxlm whose export has changed since" in err
 

@@ -548,4 +548,32 @@ def test_metrics_in_prometheus_text_format_when_a_scraper_asks(live):
     assert samples["onnxlm_decode_steps_total"] == values["steps"] and samples["onnxlm_draining"] == 0
     assert samples["onnxlm_requests_in_flight"] == 0 and "onnxlm_running_rows" in samples
     assert _samples(_metrics(live, params={"format": "prometheus"}).text).keys() == samples.keys()
-    assert _metrics(live, params={"format": "json"}, headers={"Accept": scrape}).json()["requests"] == values["requests"]
+    forced = _metrics(live, params={"format": "json"}, headers={"Accept": scrape})
+    assert forced.json()["requests"] == values["requests"]
+
+
+# ---------------------------------------------------------------------------------------------- llama.cpp's endpoints
+
+def test_apply_template_gives_the_text_chat_feeds_the_model(live):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    r = post(live.url, "/apply-template", {"messages": messages, "chat_template_kwargs": {"flag": True}})
+    assert r.status_code == 200, r.text
+    text = r.json()["prompt"]
+    assert text == live.model.render_chat(messages, flag=True)
+    ids = post(live.url, "/tokenize", {"messages": messages, "chat_template_kwargs": {"flag": True}}).json()["tokens"]
+    assert live.model.tokenizer.encode(text, add_special_tokens=False) == ids
+    for body, param in (({"messages": []}, "messages"), ({"messages": messages, "prompt": "x"}, "prompt")):
+        r = post(live.url, "/apply-template", body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_props_describe_the_served_model(live):
+    r = httpx.get(live.url + "/props", timeout=5)
+    assert r.status_code == 200, r.text
+    props = r.json()
+    m = live.model
+    assert props["default_generation_settings"]["n_ctx"] == m.max_positions
+    assert props["total_slots"] == 32 and props["model_alias"] == "tiny" and props["chat_template"] == m.chat_template
+    assert props["bos_token"] == m.manifest["special_tokens"]["bos_token"]
+    assert props["eos_token"] == m.manifest["special_tokens"]["eos_token"]
+    assert props["build_info"] == f"onnxlm {onnxlm.__version__}"

@@ -1,7 +1,8 @@
 """A standing fuzz test of the server (hypothesis): a few hundred request bodies on /v1/completions,
-/v1/chat/completions, /tokenize and /detokenize with hostile values in any field (NaN, +-inf, 2^63, -1, huge strings, lone surrogates, wrong
-types, nested junk, unknown roles, logit_bias and tools included) never get a 5xx; every 4xx carries OpenAI's error
-body; streams carry no server error; ``/health`` is 200 and nothing is left in flight afterwards.
+/v1/chat/completions, /tokenize, /detokenize and /apply-template with hostile values in any field (NaN, +-inf,
+2^63, -1, huge strings, lone surrogates, wrong types, nested junk, unknown roles, logit_bias and tools included)
+never get a 5xx; every 4xx carries OpenAI's error body; streams carry no server error; ``/health`` is 200 and
+nothing is left in flight afterwards.
 
 Bounded: ``max_examples`` per endpoint and a per-example deadline; derandomized (the same bodies every run, so CI
 is stable). ``ONNXLM_FUZZ_RANDOM=1`` draws new bodies (and ``ONNXLM_FUZZ_EXAMPLES=N`` more of them) to hunt."""
@@ -154,7 +155,7 @@ def _check(r: httpx.Response, body) -> None:
         for d in data[:-1]:
             event = json.loads(d)
             assert event.get("error", {}).get("type") != "server_error", what
-    elif "tokenize" in str(r.url):  # /tokenize: ids (or llama.cpp's pieces); /detokenize: the text
+    elif r.url.path in ("/tokenize", "/detokenize", "/apply-template"):  # ids (or llama.cpp's pieces), or a text
         answer = r.json()
         assert isinstance(answer.get("tokens"), list) or isinstance(answer.get("prompt"), str), what
     else:
@@ -202,13 +203,18 @@ def tokenize_bodies():
             lambda extra: {**picked[0], **extra}))
 
 
-@pytest.mark.parametrize("path", ["/tokenize", "/detokenize"])
+@pytest.mark.parametrize("path", ["/tokenize", "/detokenize", "/apply-template"])
 def test_hostile_tokenize_bodies_never_get_a_5xx(live, http, path):
+    statuses = []
+
     @settings(SETTINGS, max_examples=max(EXAMPLES // 2, 1))
     @given(body=tokenize_bodies())
     def one(body):
         raw = json.dumps(body, allow_nan=True)
-        _check(http.post(path, content=raw, headers={"Content-Type": "application/json"}), body)
+        r = http.post(path, content=raw, headers={"Content-Type": "application/json"})
+        statuses.append(r.status_code)
+        _check(r, body)
 
     one()
     assert wait_health(live.url)["status"] == "ok"
+    assert 200 in statuses and 400 in statuses, statuses  # bodies that pass, and bodies refused

@@ -1,5 +1,6 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
-/health, /metrics, /tokenize and /detokenize (tokenize.py), and the chat page at / (page.py).
+/health, /metrics, /props, /tokenize, /detokenize and /apply-template (tokenize.py), and the chat page at /
+(page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -25,9 +26,9 @@ from .engine import Engine
 from .errors import api_error, http_error, server_error
 from .page import page_routes
 from .protocol import APIError
-from .routes import chat_completions, completions, health, metrics, model, models
+from .routes import chat_completions, completions, health, metrics, model, models, props
 from .state import ServeConfig, ServeState
-from .tokenize import detokenize, tokenize
+from .tokenize import apply_template, detokenize, tokenize
 
 __all__ = ["ServeConfig", "create_app", "start_in_thread"]
 
@@ -69,6 +70,8 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/detokenize", detokenize, methods=["POST"]),
+        Route("/apply-template", apply_template, methods=["POST"]),
+        Route("/props", props, methods=["GET"]),
         *page_routes(),
     ], exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
         lifespan=lifespan)

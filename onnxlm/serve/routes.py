@@ -1,6 +1,6 @@
-"""The endpoints: /health, /metrics (JSON, or Prometheus' text: prometheus.py), /v1/models, /v1/completions and
-/v1/chat/completions. Each checks its request (gate.py), builds its jobs (jobs.py), runs them (run.py) and answers
-one JSON body or a stream (streaming.py)."""
+"""The endpoints: /health, /metrics (JSON, or Prometheus' text: prometheus.py), /props, /v1/models,
+/v1/completions and /v1/chat/completions. Each checks its request (gate.py), builds its jobs (jobs.py), runs them
+(run.py) and answers one JSON body or a stream (streaming.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +11,12 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 
+from onnxlm import __version__
 from onnxlm.runtime.manifest import no_chat_template
 
 from . import prometheus, protocol, reasoning, tools
 from .choices import Choices, completion_offsets, usage
-from .gate import authorize, check_model_name, open_request
+from .gate import authorize, available, check_model_name, open_request
 from .jobs import make_jobs, output_constraint
 from .protocol import bad
 from .run import admit, collect
@@ -54,6 +55,24 @@ async def model(request: HTTPRequest):
     authorize(request)
     check_model_name(request, request.path_params["model"])
     return JSONResponse(_model_card(state_of(request)))
+
+
+async def props(request: HTTPRequest):
+    """llama.cpp's GET /props, what its clients read to set themselves up: the context, the server's defaults (the
+    OpenAI ones it applies to a request that leaves a parameter out), its batch rows, the chat template, the special
+    tokens."""
+    authorize(request)
+    model = available(request)
+    st = state_of(request)
+    specials = model.manifest.get("special_tokens", {}) if isinstance(model.manifest, dict) else {}
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+              "frequency_penalty": 0.0, "n_predict": 16, "max_tokens": st.config.max_tokens}
+    return JSONResponse({
+        "default_generation_settings": {"n_ctx": model.max_positions, "params": params},
+        "total_slots": st.config.max_rows, "model_alias": st.config.model_name, "model_path": str(model.path),
+        "chat_template": model.chat_template or "", "bos_token": specials.get("bos_token") or "",
+        "eos_token": specials.get("eos_token") or "", "modalities": {"vision": False, "audio": False},
+        "build_info": f"onnxlm {__version__}"})
 
 
 def _model_card(st) -> dict:

@@ -10,6 +10,8 @@ them, tools included), and the text of ids.
                       text: its bytes)
 /detokenize {"tokens": [int]} -> {"prompt": str, "content": str}          (vLLM's and llama.cpp's name; special
                                                                             tokens kept, as both keep them)
+/apply-template {"messages": [...], "tools", "chat_template_kwargs"} -> {"prompt": str}   (llama.cpp's: the text
+                                                                            /v1/chat/completions renders)
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ CHAT_KEYS = {"model", "messages", "add_generation_prompt", "add_special_tokens",
              "tool_choice", "parallel_tool_calls", "chat_template_kwargs"}
 LLAMA_CPP_KEYS = {"model", "content", "add_special", "parse_special", "with_pieces"}
 DETOKENIZE_KEYS = {"model", "tokens"}
+TEMPLATE_KEYS = {"model", "messages", "tools", "tool_choice", "parallel_tool_calls", "chat_template_kwargs"}
 
 
 def _tokenizer(model, param: str):
@@ -115,14 +118,29 @@ async def _chat_ids(model, body: dict) -> list[int]:
     if protocol._get_bool(body, "add_special_tokens", False):
         raise bad("add_special_tokens", "only false with messages: the chat template writes the special tokens "
                                         "(e.g. BOS) the chat endpoint feeds the model")
+    return await _rendered(model, body, tokenize=True)
+
+
+async def _rendered(model, body: dict, *, tokenize: bool) -> list[int] | str:
+    """``messages`` (``tools``, ``chat_template_kwargs``) through the chat template as /v1/chat/completions renders
+    them -> the ids it feeds the model, or with ``tokenize=False`` the text they encode."""
     msgs = protocol.messages(body)
     template_vars = protocol.template_kwargs(body)
     if not model.chat_template:
-        raise bad("messages", f"{no_chat_template(model.manifest)}; tokenize a prompt instead",
+        raise bad("messages", f"{no_chat_template(model.manifest)}; use /v1/completions' prompt instead",
                   code="chat_not_supported")
     _tokenizer(model, "messages")
     treq = tools.check(body, model.chat_template)
-    return await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)
+    return await asyncio.to_thread(lambda: tools.render(model, msgs, treq, template_vars, tokenize=tokenize))
+
+
+async def apply_template(request: HTTPRequest):
+    """llama.cpp's POST /apply-template: ``messages`` (``tools``, ``chat_template_kwargs``) -> ``{"prompt"}``, the
+    text /v1/chat/completions feeds the model (its ids are /tokenize's for the same messages)."""
+    authorize(request)
+    model = available(request)
+    body = await read_body(request, TEMPLATE_KEYS)
+    return JSONResponse({"prompt": await _rendered(model, body, tokenize=False)})
 
 
 async def detokenize(request: HTTPRequest):

@@ -108,24 +108,25 @@ def _choice(value, names: list[str]) -> tuple[str, str | None]:
     return "function", f["name"]
 
 
-def render(model, messages: list[dict], treq: ToolRequest, template_vars: dict | None = None) -> list[int]:
+def render(model, messages: list[dict], treq: ToolRequest, template_vars: dict | None = None, *,
+           tokenize: bool = True) -> list[int] | str:
     """Chat messages (with calls and results) and the request's tools -> prompt ids through the model's template
     (the tools are shown unless tool_choice is "none"; ``template_vars``: the request's chat_template_kwargs); 400
-    naming messages when the template refuses them."""
+    naming messages when the template refuses them. ``tokenize=False``: the prompt text those ids encode."""
     shown = treq.tools if treq.choice != "none" else []
     extra = template_vars or {}
     try:
         if not fmt.needs_tools_handling(messages, shown):
-            return model.render_chat(messages, tokenize=True, **extra)
+            return model.render_chat(messages, tokenize=tokenize, **extra)
         msgs, tools = fmt.prepare_messages(messages, shown, treq.style)
         try:
-            return model.render_chat(msgs, tokenize=True, tools=tools, **extra)
+            return model.render_chat(msgs, tokenize=tokenize, tools=tools, **extra)
         except InputError:
             if treq.style != "generic" or not shown:
                 raise
             # a template that refuses system messages: the tools' description opens the first user message
             msgs, tools = fmt.prepare_messages(messages, shown, treq.style, system_role=False)
-            return model.render_chat(msgs, tokenize=True, tools=tools, **extra)
+            return model.render_chat(msgs, tokenize=tokenize, tools=tools, **extra)
     except (InputError, ModelFileError) as exc:
         raise bad("messages", str(exc)) from None
 
