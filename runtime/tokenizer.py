@@ -44,11 +44,17 @@ class TextTokenizer:
             raise InputError(f"inputs: the text is not valid Unicode (U+{ord(text[exc.start]):04X} at character "
                              f"{exc.start} is a lone surrogate, e.g. a byte that was not UTF-8); give UTF-8 text") \
                 from None
+        return self.encoding(text, add_special_tokens, split_special_tokens=split_special_tokens).ids
+
+    def encoding(self, text: str, add_special_tokens: bool = True, *, split_special_tokens: bool = False):
+        """str -> the tokenizers ``Encoding`` (ids, offsets, ...), as :meth:`encode` encodes it. Encode through
+        here, not through ``self.tokenizer``: a call with ``split_special_tokens`` sets the shared tokenizer's flag
+        for its own call, under the lock every encoding takes."""
         with self._encoding:
             before = self.tokenizer.encode_special_tokens
             self.tokenizer.encode_special_tokens = split_special_tokens
             try:
-                return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+                return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
             finally:
                 self.tokenizer.encode_special_tokens = before
 

@@ -14,7 +14,7 @@ import pytest
 from onnxlm.export import default_model
 from onnxlm.export import gguf_artifact as GA
 from onnxlm.export.default_model import DEFAULT_NAME, default_models_dir, ensure_default_model
-from onnxlm.runtime.errors import ModelFileError
+from onnxlm.runtime.errors import ExportError, ModelFileError
 from onnxlm.runtime.manifest import sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -147,3 +147,62 @@ def test_default_models_dir_is_the_checkouts_models(monkeypatch, tmp_path):
     assert default_models_dir() == Path.home() / ".cache" / "onnxlm" / "models"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_models_dir() == Path.home() / ".cache" / "onnxlm" / "models"
+
+
+def _failing_export(monkeypatch) -> list:
+    calls = []
+
+    def export_model(src, out, force=False, progress=True):
+        calls.append(out)
+        raise ExportError("the export broke")
+
+    monkeypatch.setitem(sys.modules, "onnxlm.export.export", types.SimpleNamespace(export_model=export_model))
+    return calls
+
+
+def test_a_failed_export_again_keeps_the_earlier_one_and_says_so(tmp_path, gguf, monkeypatch, capsys):
+    target = tmp_path / "models" / DEFAULT_NAME
+    _exported(target, gguf, revision=GA.EXPORT_REVISION - 1)
+    calls = _failing_export(monkeypatch)
+    assert ensure_default_model(tmp_path / "models", progress=False) == target.absolute()
+    assert len(calls) == 1 and (target / "onnxlm.json").is_file()
+    err = capsys.readouterr().err  # said even without progress: the earlier export is what runs
+    assert "exporting the default model again failed: the export broke" in err and "used as it is" in err
+    assert not list((tmp_path / "models").glob(".*.lock"))  # the lock is gone with the export
+
+
+def test_a_failed_first_export_raises(tmp_path, gguf, monkeypatch):
+    _failing_export(monkeypatch)
+    with pytest.raises(ExportError, match="the export broke"):
+        ensure_default_model(tmp_path / "models", progress=False)
+
+
+def test_without_the_export_extra_an_outdated_export_is_used_as_it_is(tmp_path, gguf, monkeypatch, capsys):
+    target = tmp_path / "models" / DEFAULT_NAME
+    _exported(target, gguf, revision=GA.EXPORT_REVISION - 1)
+    calls = _failing_export(monkeypatch)
+    monkeypatch.setitem(sys.modules, "torch", None)  # not importable
+    assert ensure_default_model(tmp_path / "models", progress=True) == target.absolute()
+    assert calls == [] and "needs the export extra (pip install 'onnxlm[export]'; torch missing)" in \
+        capsys.readouterr().err
+
+
+def test_a_second_process_waits_for_the_first_ones_export(tmp_path, gguf, exports, monkeypatch):
+    """The export runs under a file lock; one that waited finds the artifact current and exports nothing."""
+    import threading
+
+    from filelock import FileLock
+
+    target = tmp_path / "models" / DEFAULT_NAME
+    lock = FileLock(str(GA.lock_file(target.absolute())))
+    (tmp_path / "models").mkdir()
+    lock.acquire()
+    done = []
+    waiter = threading.Thread(target=lambda: done.append(ensure_default_model(tmp_path / "models", progress=False)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not exports  # waiting on the lock
+    _exported(target, gguf)  # what the lock's holder exported (with its stamp)
+    lock.release()
+    waiter.join(10)
+    assert done == [target.absolute()] and exports == []

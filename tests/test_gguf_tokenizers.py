@@ -292,35 +292,50 @@ def test_onnxlm_tokenize_on_a_gguf_file_gives_llama_cpps_ids(name, mode, vocab_d
     assert not any(tmp_path.iterdir())  # nothing exported, nothing cached
 
 
+class _SlowTokenizer:
+    """A tokenizers.Tokenizer whose encode lets other threads run first (the flag it reads is set by then)."""
+
+    def __init__(self, raw):
+        object.__setattr__(self, "_raw", raw)
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._raw, name, value)
+
+    def encode(self, *args, **kwargs):
+        import time
+
+        time.sleep(0.001)  # the other threads take their turn here: without the lock, one sets the flag now
+        return self._raw.encode(*args, **kwargs)
+
+
 def test_split_special_tokens_holds_for_its_own_call_under_threads():
     """``split_special_tokens`` sets a flag of the shared tokenizers object for one call; calls from other threads
     at the same time (the server encodes in worker threads) never see it."""
-    import sys
     import threading
 
     try:
         raw = build_tokenizer_from_gguf(gguf_vocabs.vocab_metadata("smollm2"))
     except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
         _missing(f"vocabulary 'smollm2' is not installed ({e}); scripts/setup.sh installs it")
-    tok = TextTokenizer(raw)
+    tok = TextTokenizer(_SlowTokenizer(raw))
     text = "<|im_start|>user\nHi there<|im_end|>" * 4
     parsed, split = tok.encode(text), tok.encode(text, split_special_tokens=True)
     assert parsed != split and tok.token_to_id("<|im_start|>") in parsed
     wrong = []
 
     def run(flag, want):
-        for _ in range(300):
+        for _ in range(40):
             if tok.encode(text, split_special_tokens=flag) != want:
+                wrong.append(flag)
+            if list(tok.encoding(text, split_special_tokens=flag).ids) != want:
                 wrong.append(flag)
 
     threads = [threading.Thread(target=run, args=a) for a in ((False, parsed), (True, split), (False, parsed))]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # threads take turns between any two bytecodes: the race, were there one, shows
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert not wrong and raw.encode_special_tokens is False

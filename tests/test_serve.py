@@ -520,6 +520,21 @@ def test_metrics_count_the_tokens_of_every_request(live, client):
     assert after["requests"] - before["requests"] == 2
 
 
+def test_metrics_count_the_tokens_of_a_request_whose_client_left(live, monkeypatch):
+    """A non-streaming request hands its tokens over at its end; the tokens made before its client left count."""
+    before = wait_idle(live.url)
+    run = live.model.decoder.run
+    monkeypatch.setattr(live.model.decoder, "run", lambda *a, **k: (time.sleep(0.05), run(*a, **k))[1])
+    body = {"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0.9, "seed": 3}
+    with pytest.raises(httpx.ReadTimeout):
+        post(live.url, "/v1/completions", body, timeout=1.0)  # ~20 steps, then the client leaves
+    after = wait_idle(live.url)
+    monkeypatch.undo()
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert 5 <= after["completion_tokens"] - before["completion_tokens"] < 120
+    assert after["steps"] - before["steps"] >= after["completion_tokens"] - before["completion_tokens"]
+
+
 def _samples(text: str) -> dict:
     """Prometheus' text format -> {name: value}, every sample after its own # HELP and # TYPE lines."""
     import re
@@ -562,9 +577,21 @@ def test_apply_template_gives_the_text_chat_feeds_the_model(live):
     assert text == live.model.render_chat(messages, flag=True)
     ids = post(live.url, "/tokenize", {"messages": messages, "chat_template_kwargs": {"flag": True}}).json()["tokens"]
     assert live.model.tokenizer.encode(text, add_special_tokens=False) == ids
-    for body, param in (({"messages": []}, "messages"), ({"messages": messages, "prompt": "x"}, "prompt")):
+    for body, param in (({"messages": []}, "messages"), ({"messages": messages, "prompt": "x"}, "prompt"),
+                        ({"messages": messages, "chat_template_kwargs": {"tokenize": True}}, "chat_template_kwargs")):
         r = post(live.url, "/apply-template", body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/tokenize"])
+def test_render_chats_own_argument_is_no_template_variable(live, path):
+    """``chat_template_kwargs`` naming render_chat's ``tokenize`` is a 400 naming it (it was a 500)."""
+    r = post(live.url, path, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                              "chat_template_kwargs": {"tokenize": False}} if "chat" in path else
+             {"messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {"tokenize": False}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs", r.text
+    with pytest.raises(onnxlm.ParameterError, match="tokenize"):
+        live.model.chat([{"role": "user", "content": "Hi"}], max_new_tokens=2, chat_template_kwargs={"tokenize": 1})
 
 
 def test_props_describe_the_served_model(live):

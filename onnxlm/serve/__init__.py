@@ -2,9 +2,10 @@
 
 A request's path, one file per role:
 * app.py: the Starlette app (routes table, exception handlers, the engine's lifespan) and ``start_in_thread``;
-* routes.py: the endpoints (/health, /metrics, /v1/models, /v1/completions, /v1/chat/completions);
+* routes.py: the endpoints (/health, /metrics, /props, /v1/models, /v1/completions, /v1/chat/completions);
 * prometheus.py: /metrics in Prometheus' text format when a scraper asks for it;
-* tokenize.py: /tokenize and /detokenize (vLLM's shapes: the ids the generation endpoints feed the model);
+* tokenize.py: /tokenize, /detokenize and /apply-template (vLLM's and llama.cpp's shapes: the ids and text the
+  generation endpoints feed the model);
 * gate.py: what every request passes first (API key, a loaded model, the body, the sampling parameters);
 * protocol.py: OpenAI request checks (types, ranges, keys) and error bodies;
 * jobs.py: a checked request -> one job per prompt (ids within the context, a scheduler request or a beam call);

@@ -54,8 +54,8 @@ def usage(jobs: list[Job], completion: int) -> dict:
 class Choices:
     """Per choice (prompt i, row j -> index i * n + j): text, tokens, logprobs, finish reason."""
 
-    def __init__(self, model, n: int, chat: bool, st=None):
-        self.model, self.n, self.chat, self.st = model, n, chat, st  # st: the ServeState whose counters count tokens
+    def __init__(self, model, n: int, chat: bool):
+        self.model, self.n, self.chat = model, n, chat
         self.tokens: dict[int, list] = {}  # index -> [(id, logprob, top)]
         self.reasons: dict[int, str] = {}
         self.texts: dict[int, str] = {}
@@ -68,17 +68,11 @@ class Choices:
             index = i * self.n + ev.row
             if not (self.chat and ev.reason == "eos"):  # chat: the end-of-turn token is no part of the content
                 self.tokens.setdefault(index, []).append((ev.token_id, ev.logprob, ev.top_logprobs))
-            self.count(1)
+            self.completion_tokens += 1
             if ev.finished:
                 self.reasons[index] = REASONS[ev.reason]
             out.append((index, ev))
         return out
-
-    def count(self, tokens: int) -> None:
-        """Generated tokens: this request's usage, and the server's total (/metrics' completion_tokens)."""
-        self.completion_tokens += tokens
-        if self.st is not None:
-            self.st.count("completion_tokens", tokens)
 
     def logprobs_completions(self, entries, offsets: list[int]) -> dict:
         """Completions' logprobs of ``entries`` [(id, logprob, top)]; ``offsets``: each token's ``text_offset``, the
@@ -153,7 +147,7 @@ def prompt_offsets(model, ids: list[int], text: str) -> list[int]:
             return offsets
         first = offsets if first is None else first
     try:
-        enc = tok.encode(text) if text else None
+        enc = model.tokenizer.encoding(text) if text else None
     except Exception:  # noqa: BLE001 - tokenizers raises plain exceptions; fall through to the bounded offsets
         enc = None
     if enc is not None and list(enc.ids) == [int(i) for i in ids]:

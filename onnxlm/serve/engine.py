@@ -53,6 +53,7 @@ class Engine:
         self._sinks: dict[int, Callable] = {}
         self._stopping = False
         self.steps = 0
+        self.generated = 0  # tokens generated: every scheduler event, and the new tokens of every call's result
         self.thread = threading.Thread(target=self._main, name="onnxlm-engine", daemon=True)
 
     def start(self) -> "Engine":
@@ -89,7 +90,7 @@ class Engine:
     def stats(self) -> dict:
         s = self.scheduler
         return {"running_rows": len(s.rows) if s else 0, "waiting_requests": len(s.waiting) if s else 0,
-                "steps": self.steps, **self.prefix_cache.stats(), **(self.kv_pool.stats() if self.kv_pool else {})}
+                "steps": self.steps, "completion_tokens": self.generated, **self.prefix_cache.stats(), **(self.kv_pool.stats() if self.kv_pool else {})}
 
     # ------------------------------------------------------------------ the engine thread
     def _main(self) -> None:
@@ -131,7 +132,9 @@ class Engine:
             try:
                 if gone is not None and gone.is_set():
                     raise CallCancelled()
-                sink(("result", fn(self.model)))
+                result = fn(self.model)
+                self.generated += sum(len(t) for t in getattr(result, "new_tokens", None) or [])  # beam, lookup
+                sink(("result", result))
             except CallCancelled as exc:  # nobody waits for it
                 sink(("error", exc))
             except Exception as exc:  # noqa: BLE001 - handed to the request's handler
@@ -164,6 +167,7 @@ class Engine:
             self._finish(req, ("error", req.error))
         sched.failed.clear()
         for req, events in produced:
+            self.generated += len(events)  # counted as made, whether or not their client is still there
             sink = self._sinks.get(id(req))
             if sink is not None and events:
                 sink(("events", events))

@@ -70,7 +70,7 @@ async def output_constraint(model, body: dict):
     model, building the llguidance tokenizer) runs in a worker thread, off the event loop."""
     try:
         params = response_format_to_params(body.get("response_format"))
-        if body.get("grammar") is not None:
+        if body.get("grammar") not in (None, ""):  # llama.cpp: an empty grammar is none
             if params:
                 raise bad("grammar", "cannot be combined with a response_format of type json_object or json_schema: "
                                      "give one of them")

@@ -144,7 +144,7 @@ COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
                  "parallel_tool_calls", "chat_template_kwargs", "reasoning_format"}
 #: the template variables the server sets itself, which chat_template_kwargs may not replace
-TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents")
+TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents", "tokenize")  # tokenize: render_chat's own argument
 
 
 def check_keys(body: dict, allowed: set) -> None:

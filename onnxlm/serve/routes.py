@@ -66,7 +66,7 @@ async def props(request: HTTPRequest):
     st = state_of(request)
     specials = model.manifest.get("special_tokens", {}) if isinstance(model.manifest, dict) else {}
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
-              "frequency_penalty": 0.0, "n_predict": 16, "max_tokens": st.config.max_tokens}
+              "frequency_penalty": 0.0}
     return JSONResponse({
         "default_generation_settings": {"n_ctx": model.max_positions, "params": params},
         "total_slots": st.config.max_rows, "model_alias": st.config.model_name, "model_path": str(model.path),
@@ -100,7 +100,7 @@ async def completions(request: HTTPRequest):
     slot, run = admit(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None,
                       stream=bool(samp.stream))
     rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
-    choices = Choices(model, samp.n, chat=False, st=st)
+    choices = Choices(model, samp.n, chat=False)
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         return EventSourceResponse(stream(completion_chunks(run, jobs, samp, choices, head, echo), run, slot,
@@ -140,7 +140,7 @@ async def chat_completions(request: HTTPRequest):
     forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call
     if forced is not None:
         if constraint is not None:
-            given = "grammar" if body.get("grammar") is not None else "response_format"
+            given = "grammar" if body.get("grammar") not in (None, "") else "response_format"
             raise bad(given, "cannot be combined with tool_choice 'required' or a named function")
         constraint = forced
     ids = await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)  # off the event loop
@@ -149,7 +149,7 @@ async def chat_completions(request: HTTPRequest):
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None, stream=bool(samp.stream))
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
-    choices = Choices(model, samp.n, chat=True, st=st)
+    choices = Choices(model, samp.n, chat=True)
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         head["object"] = "chat.completion.chunk"

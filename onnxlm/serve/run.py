@@ -107,7 +107,7 @@ async def _gather(run: Run, choices: Choices, jobs: list[Job]) -> dict:
                 index = i * run.n + j
                 texts[index], choices.reasons[index] = text, REASONS[reason]
                 choices.tokens[index] = [(t, None, None) for t in new]
-                choices.count(len(new))
+                choices.completion_tokens += len(new)
         elif what == "done" and payload is not None:
             for j, text in enumerate(payload.final_text):
                 texts[i * run.n + j] = text

@@ -33,7 +33,7 @@ class ServeState:
     in_flight_rows: int = 0  # the rows (prompts x n) of the requests in flight: what admission counts
     draining: bool = False
     counters: dict = field(default_factory=lambda: {"requests": 0, "rejected_full": 0, "errors": 0,
-                                                     "cancelled": 0, "prompt_tokens": 0, "completion_tokens": 0})
+                                                     "cancelled": 0, "prompt_tokens": 0})
     created: int = field(default_factory=lambda: int(time.time()))
     lock: threading.Lock = field(default_factory=threading.Lock)
 

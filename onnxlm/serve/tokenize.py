@@ -47,7 +47,7 @@ async def tokenize(request: HTTPRequest):
     model = available(request)
     body = await read_body(request, PROMPT_KEYS | CHAT_KEYS | LLAMA_CPP_KEYS)
     if "content" in body:
-        return JSONResponse(await _llama_cpp_tokenize(model, body))
+        return await _llama_cpp_tokenize(model, body)
     if ("prompt" in body) == ("messages" in body):
         raise bad("prompt", "give one of prompt (a string, encoded as /v1/completions encodes it), messages "
                             "(rendered as /v1/chat/completions renders them) or content (llama.cpp's form)")
@@ -57,11 +57,13 @@ async def tokenize(request: HTTPRequest):
     else:
         ids = await _chat_ids(model, body)
     tok = _tokenizer(model, "prompt")
-    return JSONResponse({"count": len(ids), "max_model_len": model.max_positions, "tokens": ids,
-                         "token_strs": [tok.id_to_token(i) for i in ids] if strs else None})
+    # a long text's strings and JSON take seconds: built off the event loop, as its ids were
+    return await asyncio.to_thread(lambda: JSONResponse({
+        "count": len(ids), "max_model_len": model.max_positions, "tokens": ids,
+        "token_strs": [tok.id_to_token(i) for i in ids] if strs else None}))
 
 
-async def _llama_cpp_tokenize(model, body: dict) -> dict:
+async def _llama_cpp_tokenize(model, body: dict) -> JSONResponse:
     """llama.cpp's form: ``content`` encoded with its defaults (no BOS unless ``add_special``; special-token
     strings read as those tokens unless ``parse_special`` is false)."""
     extra = sorted(k for k in body if k not in LLAMA_CPP_KEYS)
@@ -72,14 +74,17 @@ async def _llama_cpp_tokenize(model, body: dict) -> dict:
         raise bad("content", f"expected a string, got {type(content).__name__}")
     add = protocol._get_bool(body, "add_special", False)
     parse = protocol._get_bool(body, "parse_special", True)
+    pieces = protocol._get_bool(body, "with_pieces", False)
     tok = _tokenizer(model, "content")
+
+    def answer() -> JSONResponse:  # a worker thread: a long text's ids, pieces and JSON take seconds
+        ids = tok.encode(content, add, split_special_tokens=not parse)
+        return JSONResponse({"tokens": [{"id": i, "piece": _piece(model, i)} for i in ids] if pieces else ids})
+
     try:
-        ids = await asyncio.to_thread(lambda: tok.encode(content, add, split_special_tokens=not parse))
+        return await asyncio.to_thread(answer)
     except InputError as exc:
         raise bad("content", str(exc)) from None
-    if not protocol._get_bool(body, "with_pieces", False):
-        return {"tokens": ids}
-    return {"tokens": [{"id": i, "piece": _piece(model, i)} for i in ids]}
 
 
 def _piece(model, token_id: int) -> str | list[int]:
