@@ -334,6 +334,9 @@ def test_tokenize_a_missing_model_is_one_line(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "tokenize", tmp_path / "empty", "hi")
     assert code == 1 and err.count("\n") == 1 and "tokenizer.json is missing" in err
+    (tmp_path / "page.gguf").write_text("<html>not found</html>")  # every command's MODEL_DIR check
+    code, _, err = run_cli(capsys, "tokenize", tmp_path / "page.gguf", "hi")
+    assert code == 1 and err.count("\n") == 1 and "named .gguf but not a GGUF file" in err
 
 
 def test_info(capsys, tiny_gpt2, tiny_t5):

@@ -90,14 +90,23 @@ def add_model_args(p: argparse.ArgumentParser, *, model_dir: bool = True) -> Non
 def model_path(args) -> Path:
     """MODEL_DIR as given -> the artifact directory to load: a .gguf file's cached artifact, exported first when
     missing (export/gguf_artifact.py), else the path itself."""
+    path, gguf = given_model(args.model_dir)
+    if not gguf:
+        return path
     from onnxlm.export.gguf_artifact import ensure_gguf_artifact
+
+    return ensure_gguf_artifact(path)
+
+
+def given_model(text: str) -> tuple[Path, bool]:
+    """MODEL_DIR as given -> (its path, whether it is a GGUF file); ModelFileError for a file named .gguf that is
+    not one and for a path that is not there."""
+    from onnxlm.runtime.errors import ModelFileError
     from onnxlm.runtime.gguf_magic import is_gguf_file
 
-    from onnxlm.runtime.errors import ModelFileError
-
-    path = Path(args.model_dir).expanduser()
+    path = Path(text).expanduser()
     if is_gguf_file(path):
-        return ensure_gguf_artifact(path)
+        return path, True
     if path.suffix.lower() == ".gguf" and path.is_file():
         raise ModelFileError(f"{path}: named .gguf but not a GGUF file (it does not start with the GGUF magic; a "
                              "download that saved an error page reads so)", str(path))
@@ -105,7 +114,7 @@ def model_path(args) -> Path:
         what = ("no such GGUF file" if path.suffix.lower() == ".gguf" else
                 "no such model: give an artifact directory (onnxlm export ...) or a .gguf file")
         raise ModelFileError(f"{path}: {what}", str(path))
-    return path
+    return path, False
 
 
 def load_model(args):

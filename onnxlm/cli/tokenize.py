@@ -3,13 +3,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
-from onnxlm.runtime.errors import ModelFileError
-from onnxlm.runtime.gguf_magic import is_gguf_file
 from onnxlm.runtime.tokenizer import TextTokenizer
 
-from .args import add_prompt_args, command_parser, int_list, read_prompts
+from .args import add_prompt_args, command_parser, given_model, int_list, read_prompts
 
 DESCRIPTION = """\
 Print the token ids a model reads for each TEXT, as generate and score encode it, one `id -> 'piece'` line per
@@ -44,8 +40,8 @@ def add_parser(sub) -> None:
 def load_tokenizer(model: str) -> TextTokenizer:
     """MODEL -> its tokenizer: an artifact's tokenizer.json, or a GGUF's (its cached artifact's, else built from
     the file's metadata)."""
-    path = Path(model).expanduser()
-    if is_gguf_file(path):
+    path, gguf = given_model(model)  # the errors of every command's MODEL_DIR
+    if gguf:
         from onnxlm.export.gguf_artifact import cached_artifact
 
         cached = cached_artifact(path)
@@ -54,9 +50,6 @@ def load_tokenizer(model: str) -> TextTokenizer:
         from onnxlm.export.gguf import build_tokenizer_from_gguf
 
         return TextTokenizer(build_tokenizer_from_gguf(path))
-    if not path.is_dir():
-        raise ModelFileError(f"{path}: no such model: give an artifact directory (onnxlm export ...) or a .gguf file",
-                             str(path))
     return TextTokenizer.from_file(path / "tokenizer.json")
 
 

@@ -90,7 +90,8 @@ class Engine:
     def stats(self) -> dict:
         s = self.scheduler
         return {"running_rows": len(s.rows) if s else 0, "waiting_requests": len(s.waiting) if s else 0,
-                "steps": self.steps, "completion_tokens": self.generated, **self.prefix_cache.stats(), **(self.kv_pool.stats() if self.kv_pool else {})}
+                "steps": self.steps, "completion_tokens": self.generated, **self.prefix_cache.stats(),
+                **(self.kv_pool.stats() if self.kv_pool else {})}
 
     # ------------------------------------------------------------------ the engine thread
     def _main(self) -> None:

@@ -140,8 +140,8 @@ async def chat_completions(request: HTTPRequest):
     forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call
     if forced is not None:
         if constraint is not None:
-            given = "grammar" if body.get("grammar") not in (None, "") else "response_format"
-            raise bad(given, "cannot be combined with tool_choice 'required' or a named function")
+            raise bad("grammar" if constraint.kind == "grammar" else "response_format",
+                      "cannot be combined with tool_choice 'required' or a named function")
         constraint = forced
     ids = await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)  # off the event loop
     # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)

@@ -56,7 +56,7 @@ async def tokenize(request: HTTPRequest):
         ids = await _prompt_ids(model, body)
     else:
         ids = await _chat_ids(model, body)
-    tok = _tokenizer(model, "prompt")
+    tok = model.tokenizer  # checked by _prompt_ids / _chat_ids
     # a long text's strings and JSON take seconds: built off the event loop, as its ids were
     return await asyncio.to_thread(lambda: JSONResponse({
         "count": len(ids), "max_model_len": model.max_positions, "tokens": ids,
