@@ -1,5 +1,5 @@
 """A standing fuzz test of the server (hypothesis): a few hundred request bodies on /v1/completions,
-/v1/chat/completions, /tokenize, /detokenize and /apply-template with hostile values in any field (NaN, +-inf,
+/v1/chat/completions, llama.cpp's /completion, /tokenize, /detokenize and /apply-template with hostile values in any field (NaN, +-inf,
 2^63, -1, huge strings, lone surrogates, wrong types, nested junk, unknown roles, logit_bias and tools included)
 never get a 5xx; every 4xx carries OpenAI's error body; streams carry no server error; ``/health`` is 200 and
 nothing is left in flight afterwards.
@@ -149,6 +149,15 @@ def _check(r: httpx.Response, body) -> None:
         assert err["type"] != "server_error", what
         return
     assert r.status_code == 200, what
+    if r.url.path == "/completion":  # llama.cpp's: no [DONE]; each prompt's answer ends with stop: true
+        if r.headers["content-type"].startswith("text/event-stream"):
+            events = [json.loads(line[5:]) for line in r.text.splitlines() if line.startswith("data:")]
+            assert events and all(e.get("error", {}).get("type") != "server_error" for e in events), what
+            assert events[-1].get("stop") is True or "error" in events[-1], what
+        else:
+            answer = r.json()
+            assert all(isinstance(a, dict) for a in (answer if isinstance(answer, list) else [answer])), what
+        return
     if r.headers["content-type"].startswith("text/event-stream"):
         data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
         assert data and data[-1] == "[DONE]", what
@@ -227,3 +236,47 @@ def test_hostile_tokenize_bodies_never_get_a_5xx(live, http, path):
     one()
     assert wait_health(live.url)["status"] == "ok"
     assert 200 in statuses and 400 in statuses, statuses  # bodies that pass, and bodies refused
+
+
+NATIVE_FIELDS = {
+    "prompt": st.one_of(st.text(max_size=40), st.lists(st.one_of(st.integers(-3, 300), st.text(max_size=6)),
+                                                       max_size=6), junk),
+    "n_predict": either(st.integers(-2, 4)), "max_tokens": either(st.integers(-1, 4)),
+    "temperature": either(st.floats(-1, 2)), "top_k": either(st.integers(-1, 300)), "top_p": either(st.floats(-1, 2)),
+    "min_p": either(st.floats(-1, 2)), "typical_p": either(st.floats(-1, 2)), "min_keep": either(st.integers(-1, 5)),
+    "repeat_penalty": either(st.floats(-1, 3)), "repeat_last_n": either(st.integers(-2, 70)),
+    "presence_penalty": either(finite), "frequency_penalty": either(finite), "seed": either(st.integers(-2, 2**33)),
+    "stop": FIELDS["stop"], "n_probs": either(st.integers(-1, 21)), "stream": either(st.booleans()),
+    "logit_bias": st.one_of(logit_bias, st.lists(st.tuples(st.one_of(st.integers(-1, 300), st.text(max_size=4)),
+                                                           st.one_of(finite, st.just(False), junk)).map(list),
+                                                 max_size=4)),
+    "samplers": either(st.lists(st.sampled_from(["top_k", "top_p", "min_p", "typ_p", "temperature", "penalties",
+                                                 "dry", "xtc", "infill", "temp", "x"]), max_size=6)
+                       | st.text(alphabet="kypmtedxsiq", max_size=6)),
+    "ignore_eos": either(st.booleans()), "return_tokens": either(st.booleans()),
+    "response_fields": either(st.lists(st.sampled_from(["content", "timings/prompt_n", "x/y", ""]), max_size=3)),
+    "json_schema": schema, "grammar": FIELDS["grammar"], "response_format": response_format,
+    "mirostat": either(st.integers(0, 2)), "dry_multiplier": either(st.floats(0, 1)),
+    "post_sampling_probs": either(st.booleans()), "cache_prompt": either(st.booleans()), "no_such_field": junk,
+}
+
+
+def test_hostile_native_completion_bodies_never_get_a_5xx(live, http):
+    """llama.cpp's /completion: a valid body (2 tokens) with 1-3 of its fields replaced or added."""
+    statuses = []
+    names = st.lists(st.sampled_from(sorted(NATIVE_FIELDS)), min_size=1, max_size=3, unique=True)
+    native = names.flatmap(lambda picked: st.fixed_dictionaries({k: NATIVE_FIELDS[k] for k in picked}).map(
+        lambda extra: {"prompt": "Hello", "n_predict": 2, **extra}))
+
+    @settings(SETTINGS, max_examples=max(EXAMPLES // 3, 1))
+    @given(body=native)
+    def one(body):
+        r = http.post("/completion", content=json.dumps(body, allow_nan=True),
+                      headers={"Content-Type": "application/json"})
+        statuses.append(r.status_code)
+        _check(r, body)
+
+    one()
+    assert wait_health(live.url)["status"] == "ok"
+    wait_idle(live.url)
+    assert 200 in statuses and 400 in statuses, statuses

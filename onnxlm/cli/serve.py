@@ -15,8 +15,9 @@ from .args import add_model_args, command_parser, model_path, non_negative_int, 
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
 template), GET /v1/models, GET /health (503 until the model is loaded, 200 when ready), GET /metrics (JSON, or
-Prometheus' text format for a scraper), llama.cpp's POST /tokenize, /detokenize, /apply-template and GET /props,
-and a chat page at GET / (open http://127.0.0.1:8000/ in a browser).
+Prometheus' text format for a scraper), llama.cpp's native POST /completion (its fields, defaults and sampler
+order), its POST /tokenize, /detokenize, /apply-template and GET /props, and a chat page at GET / (open
+http://127.0.0.1:8000/ in a browser).
 Concurrent requests are decoded together (continuous batching); `stream: true` sends server-sent events.
 Needs the serve extra: pip install 'onnxlm[serve]'.
 

@@ -6,6 +6,8 @@ A request's path, one file per role:
 * prometheus.py: /metrics in Prometheus' text format when a scraper asks for it;
 * tokenize.py: /tokenize, /detokenize and /apply-template (vLLM's and llama.cpp's shapes: the ids and text the
   generation endpoints feed the model);
+* llamacpp.py, llamacpp_request.py: llama.cpp's native /completion (its fields, defaults, sampler chain and
+  answer);
 * gate.py: what every request passes first (API key, a loaded model, the body, the sampling parameters);
 * protocol.py: OpenAI request checks (types, ranges, keys) and error bodies;
 * jobs.py: a checked request -> one job per prompt (ids within the context, a scheduler request or a beam call);

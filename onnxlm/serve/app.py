@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
-/health, /metrics, /props, /tokenize, /detokenize and /apply-template (tokenize.py), and the chat page at /
-(page.py).
+/health, /metrics, /props, /tokenize, /detokenize and /apply-template (tokenize.py), llama.cpp's native /completion
+(llamacpp.py), and the chat page at / (page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -24,6 +24,7 @@ from onnxlm.runtime.manifest import no_chat_template
 
 from .engine import Engine
 from .errors import api_error, http_error, server_error
+from .llamacpp import completion
 from .page import page_routes
 from .protocol import APIError
 from .routes import chat_completions, completions, health, metrics, model, models, props
@@ -68,6 +69,8 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/completion", completion, methods=["POST"]),  # llama.cpp's native endpoint (llamacpp.py)
+        Route("/completions", completion, methods=["POST"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/detokenize", detokenize, methods=["POST"]),
         Route("/apply-template", apply_template, methods=["POST"]),

@@ -87,7 +87,8 @@ async def output_constraint(model, body: dict):
 
 
 def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, texts: list,
-               param: str, constraint=None) -> list[Job]:
+               param: str, constraint=None, samplers: list | None = None) -> list[Job]:
+    """One job per prompt; ``samplers``: the scheduler request's last processors (llama.cpp's chain: llamacpp.py)."""
     jobs = []
     for prompt, text in zip(prompts, texts):
         ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)
@@ -110,7 +111,8 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
             if samp.presence_penalty or samp.frequency_penalty:
                 t0 = model.initial_sequences(np.asarray([ids])).shape[1]
                 extra.append(PresenceFrequencyPenaltyProcessor(samp.presence_penalty, samp.frequency_penalty, t0))
-            job.req = Request(ids, config, logprobs=samp.logprobs, extra_processors=extra, constraint=constraint)
+            job.req = Request(ids, config, logprobs=samp.logprobs, extra_processors=extra, constraint=constraint,
+                              samplers=list(samplers or []))
             try:
                 st.engine.scheduler.prepare(job.req)
             except (ParameterError, InputError) as exc:

@@ -15,11 +15,12 @@ def _sse(obj) -> dict:
     return {"data": json.dumps(obj, ensure_ascii=False)}
 
 
-async def stream(chunks, run: Run, slot: Slot, jobs, samp, choices: Choices, head: dict):
-    """The SSE framing both streams share: each chunk of ``chunks`` (an async iterator of dicts), then the usage
-    chunk when asked, then [DONE]; an APIError on the way becomes its error body and [DONE]; the run is cancelled and
-    the slot released however the stream ends (the client went away, or we are done: its rows are freed now). A
-    stream that ends before its [DONE] (the client went away) counts in the ``cancelled`` metric."""
+async def stream(chunks, run: Run, slot: Slot, jobs, samp, choices: Choices, head: dict, done: bool = True):
+    """The SSE framing the streams share: each chunk of ``chunks`` (an async iterator of dicts), then the usage
+    chunk when asked, then [DONE] (``done=False``: none, as llama.cpp's /completion); an APIError on the way becomes
+    its error body (and [DONE]); the run is cancelled and the slot released however the stream ends (the client went
+    away, or we are done: its rows are freed now). A stream that ends before its end (the client went away) counts
+    in the ``cancelled`` metric."""
     ended = False
     try:
         async for chunk in chunks:
@@ -27,11 +28,13 @@ async def stream(chunks, run: Run, slot: Slot, jobs, samp, choices: Choices, hea
         if samp.include_usage:
             yield _sse({**head, "choices": [], "usage": usage(jobs, choices.completion_tokens)})
         ended = True
-        yield {"data": "[DONE]"}
+        if done:
+            yield {"data": "[DONE]"}
     except APIError as exc:
         ended = True
         yield _sse(exc.body())
-        yield {"data": "[DONE]"}
+        if done:
+            yield {"data": "[DONE]"}
     finally:
         await chunks.aclose()
         run.cancel()

@@ -26,6 +26,7 @@ callers run ``model.generate(num_beams=...)`` on its own.
 """
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -61,13 +62,16 @@ class Request:
     ``logprobs``: top alternatives reported per token (None: no logprobs). ``extra_processors`` run before the
     config's processors (e.g. OpenAI's presence/frequency penalties). ``constraint``: a ``runtime.constraints.Constraint``
     every row of the request follows (structured output); its mask runs after the other processors, before the
-    sampling warpers, as in ``generate``."""
+    sampling warpers, as in ``generate``. ``samplers``: processors run last, after the config's processors and the
+    mask, in their order (llama.cpp's sampler chain, ``runtime/llama_samplers.py``; the config then sets no
+    warpers of its own)."""
 
     ids: list[int]
     config: GenerationConfig
     logprobs: int | None = None
     extra_processors: list = field(default_factory=list)
     constraint: object | None = None
+    samplers: list = field(default_factory=list)
     # set by the scheduler
     n: int = 1
     t0: int = 0  # ids before the first new one (causal: the prompt; seq2seq: the start token)
@@ -79,6 +83,11 @@ class Request:
     new_ids: list = field(default_factory=list)  # per row: new ids so far
     reasons: list = field(default_factory=list)  # per row: finish reason or None
     final_text: list = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    # time.perf_counter() when its prefill began, its first tokens were picked, it finished (None until then)
+    prefill_at: float | None = None
+    first_token_at: float | None = None
+    done_at: float | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -110,6 +119,7 @@ class _Run:
                                            is_encoder_decoder=model.is_encoder_decoder,
                                            logits_processor=[self.constraint] if self.constraint else None)
         self.extra = list(req.extra_processors)
+        self.samplers = list(req.samplers)
         self.rng = np.random.default_rng(c.seed) if c.do_sample else None
         self.eos = np.asarray(c.eos_token_ids, dtype=np.int64)
         self.pad = model.pad_for(c)
@@ -123,7 +133,10 @@ class _Run:
         """sequences [k, t] int64, logits [k, V] float32 -> processed scores [k, V] float32."""
         for p in self.extra:
             logits = p(sequences, logits)
-        return self.processors(sequences, logits)
+        scores = self.processors(sequences, logits)
+        for p in self.samplers:
+            scores = p(sequences, scores)
+        return scores
 
 
 class Scheduler:
@@ -264,8 +277,10 @@ class Scheduler:
         if run.constraint is not None:  # matchers consume the chosen tokens, then follow the rows that go on
             run.constraint.advance(chosen)
             run.constraint.select(np.asarray(kept, dtype=np.int64))
+        if req.first_token_at is None:
+            req.first_token_at = time.perf_counter()
         if not req.active.any():
-            req.done = True
+            req.done, req.done_at = True, time.perf_counter()
         return events, going
 
     # ------------------------------------------------------------------ batch membership
@@ -287,6 +302,9 @@ class Scheduler:
                 break
         if not batch:
             return
+        began = time.perf_counter()
+        for req in batch:
+            req.prefill_at = began
         try:  # a failure here fails these requests only (the running batch is untouched)
             state, first = self._prefill(batch)
         except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
@@ -327,7 +345,7 @@ class Scheduler:
             parts.append(self.model.start(ids, mask, decoder_start_token_id=start_id))
         users = Counter(id(snap) for _, snap, _ in warm)  # a snapshot several resume from is copied for each
         for req, snap, reuse in warm:                     # the cached positions, then the rest
-            rest = req.ids[reuse:]
+            rest, req.cached_tokens = req.ids[reuse:], reuse
             state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # its dropped state
             if state is None:                                                              # or a copy
                 state, first = self.model.resume(snap.kv, reuse, rest)

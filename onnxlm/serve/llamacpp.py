@@ -1,0 +1,209 @@
+"""llama.cpp's native completion endpoint: POST /completion (and /completions, its other name), for the clients
+written against llama.cpp's server rather than OpenAI's API.
+
+Request (llamacpp_request.py): ``prompt`` (a string, token ids, ids and strings mixed, or a list of such prompts),
+``n_predict`` (-1: up to the context), llama.cpp's sampling fields and defaults (temperature 0.8, top_k 40, top_p
+0.95, min_p 0.05, its windowed penalties) applied in llama.cpp's order, temperature last (``samplers`` reorders
+them), ``stop``, ``seed``, ``n_probs``, ``logit_bias`` in llama.cpp's forms, ``ignore_eos``, ``grammar`` /
+``json_schema`` / ``response_format``, ``return_tokens``, ``response_fields``, ``timings_per_token``, ``stream``.
+
+Answer, one object per prompt (a list when more than one prompt was given), llama.cpp's fields: ``content``,
+``tokens`` (with return_tokens), ``stop``, ``stop_type`` (eos | word | limit), ``stopping_word``,
+``tokens_predicted``, ``tokens_evaluated``, ``tokens_cached`` (prompt tokens the prefix cache held), ``truncated``
+(the context ended it), ``generation_settings``, ``prompt`` (its ids decoded, special tokens kept), ``timings``
+(prompt and generation ms and tokens per second, as llama.cpp names them), ``completion_probabilities`` (n_probs:
+each token's log-probability and its top alternatives under the model's distribution, with their bytes), ``model``,
+``id_slot`` (-1: this server has no slots). Streamed: one event per token ``{"index", "content", "tokens": [id],
+"stop": false, ...}``, then per prompt the final object with ``"stop": true`` (``content`` and ``tokens`` empty), and
+no ``[DONE]`` (llama.cpp sends none on this endpoint); an error mid-stream is one event with the error body.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse
+
+from onnxlm.runtime.constraints import engine_for, make_constraint
+from onnxlm.runtime.errors import ParameterError
+
+from . import protocol
+from .choices import Choices, token_str_bytes
+from .gate import authorize, available, read_limited
+from .jobs import make_jobs, output_constraint
+from .llamacpp_request import NativeRequest, encode_prompt, parse
+from .protocol import bad
+from .run import admit, collect
+from .state import state_of
+from .streaming import stream
+
+STOP_TYPES = {"eos": "eos", "stop": "word", "length": "limit", None: "limit"}
+
+
+async def completion(request: HTTPRequest):
+    authorize(request)
+    model = available(request)
+    st = state_of(request)
+    raw = await read_limited(request, int(st.config.max_body_mb * 2**20))
+    body = protocol.parse_body(raw, request.headers.get("content-type"))
+    req = parse(body, max_tokens_cap=st.config.max_tokens)
+    constraint = await _constraint(model, body)
+    # encoding long prompts and building the jobs takes a while: off the event loop, so other streams go on
+    jobs = await asyncio.to_thread(_jobs, model, st, req, constraint)
+    slot, run = admit(st, jobs, 1, None, stream=req.stream)
+    choices = Choices(model, 1, chat=False)
+    if req.stream:
+        return EventSourceResponse(stream(_chunks(run, model, st, req, jobs, choices), run, slot, jobs,
+                                          _NO_USAGE, choices, {}, done=False))
+    result = await collect(request, run, slot, choices, jobs)
+    if result is None:
+        return JSONResponse({}, status_code=499)
+    out = [_final(model, st, req, job, choices, i, result["texts"].get(i, ""), streamed=False)
+           for i, job in enumerate(jobs)]
+    return JSONResponse(out[0] if len(out) == 1 else out)
+
+
+class _NoUsage:
+    include_usage = False
+
+
+_NO_USAGE = _NoUsage()
+
+
+async def _constraint(model, body: dict):
+    """``json_schema`` (llama.cpp's field: a JSON schema object), else ``grammar`` / ``response_format`` as the
+    OpenAI endpoints read them -> a compiled constraint or None (400 naming the field)."""
+    schema = body.get("json_schema")
+    if schema is None:
+        return await output_constraint(model, body)
+    try:
+        constraint = make_constraint("json_schema", schema)
+        engine = engine_for(model, model.generation_config.eos_token_ids, "json_schema")
+        await asyncio.to_thread(engine.compile, constraint)
+        return constraint
+    except ParameterError as exc:
+        raise bad("json_schema", str(exc).split(": ", 1)[-1]) from None
+
+
+def _jobs(model, st, req: NativeRequest, constraint) -> list:
+    """One job per prompt, each with the request's chain as its scheduler request's samplers. ``n_predict`` past
+    the context is cut to it (llama.cpp stops there and says ``truncated``); 0 makes no tokens."""
+    chain = req.processors(model)
+    ctx = model.max_positions
+    jobs = []
+    for form in req.prompts:
+        ids = encode_prompt(model, form)
+        want = None if req.n_predict < 0 else req.n_predict
+        if want and ctx and len(ids) + want > ctx:
+            if len(ids) >= ctx:
+                raise bad("prompt", f"the prompt has {len(ids)} tokens and fills this model's context of {ctx} "
+                                    "tokens", code="context_length_exceeded")
+            want = ctx - len(ids)
+        samp = protocol.Sampling(max_tokens=want, temperature=0.0 if req.greedy else 1.0, top_p=1.0, n=1,
+                                 stop=req.stop, seed=req.seed, stream=req.stream, include_usage=False,
+                                 presence_penalty=0.0, frequency_penalty=0.0, top_k=0, repetition_penalty=1.0,
+                                 num_beams=1, logprobs=req.n_probs or None, max_tokens_param="n_predict")
+        jobs += make_jobs(model, st, samp, [ids], [""], "prompt", constraint, samplers=chain)
+    return jobs
+
+
+async def _chunks(run, model, st, req: NativeRequest, jobs, choices: Choices):
+    """The stream: an event per token, then each prompt's final object (``stop``: true)."""
+    made: dict[int, int] = {}
+    ended: set[int] = set()
+    async for kind, i, what, payload in run.items():
+        if what != "events":
+            continue
+        for index, ev in choices.add_events(i, payload):
+            made[index] = made.get(index, 0) + 1
+            chunk = {"index": index, "content": ev.text or "", "tokens": [ev.token_id], "stop": False, "id_slot": -1,
+                     "tokens_predicted": made[index], "tokens_evaluated": len(jobs[i].ids)}
+            if req.n_probs:
+                chunk["completion_probabilities"] = [_probs(model, (ev.token_id, ev.logprob, ev.top_logprobs))]
+            if req.timings_per_token:
+                chunk["timings"] = _timings(jobs[i], made[index])
+            yield chunk
+            if ev.finished:
+                ended.add(index)
+                yield _final(model, st, req, jobs[i], choices, index, "", streamed=True)
+    for i, job in enumerate(jobs):  # n_predict 0: no tokens, only the final object
+        if i not in ended:
+            yield _final(model, st, req, job, choices, i, "", streamed=True)
+
+
+def _final(model, st, req: NativeRequest, job, choices: Choices, i: int, text: str, streamed: bool) -> dict:
+    """Prompt i's final object (``streamed``: the stream's last event, without the content and tokens it sent)."""
+    entries = choices.tokens.get(i, [])
+    ids = [t for t, _, _ in entries]
+    reason = job.req.reasons[0] if job.req is not None and job.req.reasons else None
+    ctx = model.max_positions
+    out = {"index": i, "content": "" if streamed else text,
+           "tokens": ids if req.return_tokens and not streamed else [], "id_slot": -1, "stop": True,
+           "model": st.config.model_name, "tokens_predicted": len(ids), "tokens_evaluated": len(job.ids),
+           "generation_settings": {**req.settings(), "n_ctx": ctx, "model": st.config.model_name},
+           "prompt": model.tokenizer.decode(job.ids, skip_special_tokens=False) if model.tokenizer else "",
+           "has_new_line": "\n" in text, "truncated": bool(reason == "length" and ctx and len(job.ids) + len(ids) >= ctx),
+           "stop_type": STOP_TYPES.get(reason, "limit"),
+           "stopping_word": _stopping_word(model, ids, req.stop) if reason == "stop" else "",
+           "tokens_cached": job.req.cached_tokens if job.req is not None else 0,
+           "timings": _timings(job, len(ids))}
+    if req.n_probs and not streamed:
+        out["completion_probabilities"] = [_probs(model, e) for e in entries]
+    return _pick(out, req.response_fields) if req.response_fields else out
+
+
+def _stopping_word(model, ids: list[int], stop: list[str]) -> str:
+    """The stop string that ended the text: the first to occur in the decoded tokens (the longest where two start
+    at the same place)."""
+    if model.tokenizer is None:
+        return ""
+    full = model.tokenizer.decode(ids, skip_special_tokens=True)
+    found = [(full.find(s), -len(s), s) for s in stop if s in full]
+    return min(found)[2] if found else ""
+
+
+def _probs(model, entry) -> dict:
+    """(id, logprob, top) -> llama.cpp's probability entry: the token's text and bytes, its log-probability under
+    the model's distribution and its top alternatives'."""
+    def one(t, lp):
+        s, raw = token_str_bytes(model, t)
+        return {"id": int(t), "token": s, "bytes": raw, "logprob": lp}
+    token, lp, top = entry
+    return {**one(token, lp), "top_logprobs": [one(a, b) for a, b in (top or [])]}
+
+
+def _timings(job, predicted: int) -> dict:
+    """llama.cpp's ``timings``: the prompt's pass (tokens not from the prefix cache) and the generation, from the
+    scheduler's clock (zeros before the first token)."""
+    r = job.req
+    first = r.first_token_at if r is not None else None
+    prompt_n = len(job.ids) - (r.cached_tokens if r is not None else 0)
+    prompt_ms = (first - r.prefill_at) * 1000 if first is not None and r.prefill_at is not None else 0.0
+    predicted_ms = ((r.done_at or time.perf_counter()) - first) * 1000 if first is not None else 0.0
+
+    def rate(n, ms):
+        return (ms / n if n else 0.0), (1000 * n / ms if ms > 0 else 0.0)
+    prompt_per_token, prompt_per_second = rate(prompt_n, prompt_ms)
+    per_token, per_second = rate(predicted, predicted_ms)
+    return {"prompt_n": prompt_n, "prompt_ms": prompt_ms, "prompt_per_token_ms": prompt_per_token,
+            "prompt_per_second": prompt_per_second, "predicted_n": predicted, "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": per_token, "predicted_per_second": per_second}
+
+
+def _pick(out: dict, fields: list[str]) -> dict:
+    """llama.cpp's ``response_fields``: only the fields named; ``a/b`` is field b of object a, given under the
+    name ``a/b``; a name that is not there is left out."""
+    picked = {}
+    for name in fields:
+        value, ok = out, True
+        for key in name.split("/"):
+            if isinstance(value, dict) and key in value:
+                value = value[key]
+            else:
+                ok = False
+                break
+        if ok:
+            picked[name] = value
+    return picked

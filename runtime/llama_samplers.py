@@ -1,0 +1,117 @@
+"""llama.cpp's sampler chain as logits processors: its penalties and its samplers in the order a request names them.
+
+llama.cpp samples through a chain (``common/sampling.cpp``): the logit biases, then by default ``penalties``,
+``top_k``, ``typ_p``, ``top_p``, ``min_p`` and last ``temperature`` (transformers divides by the temperature first:
+with a temperature other than 1, top-p, min-p and typical-p keep other tokens there). ``sampler_chain`` builds that
+chain in any order of those names from this runtime's warpers (``processors.py``), so a request to the server's
+llama.cpp endpoint (``onnxlm/serve/llamacpp.py``) samples from llama.cpp's distribution. Each step is a processor
+``(ids [b, t] int64, scores [b, V] float32) -> [b, V] float32``; a step whose parameter disables it in llama.cpp
+(``top_k <= 0``, ``top_p >= 1``, ``min_p <= 0``, ``typical_p >= 1``, ``temperature <= 0``: the caller then decodes
+greedily, as llama.cpp's temperature step keeps only the top token) is left out.
+
+The penalties (``PenaltiesProcessor``) are llama.cpp's, not transformers' or OpenAI's: they count the last
+``penalty_last_n`` ids of the row, the prompt included (llama.cpp's server feeds the prompt to the sampler first), and
+apply the repetition penalty and the frequency and presence penalties together.
+
+llama.cpp's other samplers (``dry``, ``xtc``, ``top_n_sigma``, ``infill``, mirostat) have no processor here: naming
+one is a ParameterError (the server drops the names whose parameters leave them off, as llama.cpp's steps then do
+nothing).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .errors import ParameterError
+from .processors import MinPWarper, TemperatureWarper, TopKWarper, TopPWarper, TypicalWarper
+
+SAMPLERS = ("penalties", "top_k", "typ_p", "top_p", "min_p", "temperature")  # the steps built here
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+DEFAULT_ORDER = SAMPLERS  # llama.cpp's default order (its dry, top_n_sigma and xtc steps, off by default, left out)
+
+
+class PenaltiesProcessor:
+    """llama.cpp's ``penalties`` step. For every token seen c > 0 times among the last ``penalty_last_n`` ids of a
+    row (-1: all of them; 0: none), as llama.cpp's ``llama_sampler_penalties_apply``:
+
+        logit = logit * repeat_penalty if logit <= 0 else logit / repeat_penalty
+        logit -= c * frequency_penalty + presence_penalty
+
+    ids [b, t] int64, scores [b, V] float32 -> [b, V] float32 (float32 arithmetic, as llama.cpp's)."""
+
+    def __init__(self, penalty_last_n: int = 64, repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
+                 presence_penalty: float = 0.0):
+        if not isinstance(penalty_last_n, numbers.Integral) or isinstance(penalty_last_n, bool) or penalty_last_n < -1:
+            raise ParameterError("repeat_last_n", f"got {penalty_last_n!r}; must be an integer >= -1 (-1: every id, "
+                                                  "0: none)")
+        for name, v, low in (("repeat_penalty", repeat_penalty, 0.0), ("frequency_penalty", frequency_penalty, None),
+                             ("presence_penalty", presence_penalty, None)):
+            if not isinstance(v, numbers.Real) or isinstance(v, bool) or not abs(v) <= FLOAT32_MAX or (
+                    low is not None and v <= low):
+                raise ParameterError(name, f"got {v!r}; must be a finite float32 number (|x| <= {FLOAT32_MAX:.3g})"
+                                           + (" > 0" if low is not None else ""))
+        self.penalty_last_n = int(penalty_last_n)
+        self.repeat = np.float32(repeat_penalty)
+        self.frequency, self.presence = np.float32(frequency_penalty), np.float32(presence_penalty)
+
+    @property
+    def active(self) -> bool:
+        """Whether it changes anything (llama.cpp skips it otherwise)."""
+        return self.penalty_last_n != 0 and (self.repeat != 1 or self.frequency != 0 or self.presence != 0)
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        ids = np.asarray(input_ids)                                              # [b, t]
+        out = np.array(scores, dtype=np.float32, copy=True)                      # [b, V]
+        if not self.active or ids.shape[1] == 0:
+            return out
+        window = ids if self.penalty_last_n < 0 else ids[:, max(0, ids.shape[1] - self.penalty_last_n):]
+        for row in range(len(out)):
+            tokens, counts = np.unique(window[row], return_counts=True)
+            ok = (tokens >= 0) & (tokens < out.shape[1])
+            tokens, counts = tokens[ok], counts[ok].astype(np.float32)
+            x = out[row, tokens]
+            x = np.where(x <= 0, x * self.repeat, x / self.repeat)
+            out[row, tokens] = x - (counts * self.frequency + self.presence)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"PenaltiesProcessor(penalty_last_n={self.penalty_last_n}, repeat_penalty={float(self.repeat)}, "
+                f"frequency_penalty={float(self.frequency)}, presence_penalty={float(self.presence)})")
+
+
+def sampler_chain(samplers=DEFAULT_ORDER, *, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                  min_p: float = 0.05, typical_p: float = 1.0, min_keep: int = 0, penalty_last_n: int = 64,
+                  repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
+                  presence_penalty: float = 0.0) -> list:
+    """llama.cpp's samplers in the order of ``samplers`` (names of ``SAMPLERS``; a name twice runs twice, a name left
+    out does not run) -> processors to apply in that order. Defaults: llama.cpp's. ``min_keep``: the fewest tokens
+    top-k/top-p/min-p/typical-p keep (llama.cpp's; at least 1). ``temperature <= 0`` leaves the temperature step out:
+    decode greedily."""
+    if isinstance(samplers, str) or not all(isinstance(s, str) for s in samplers):
+        raise ParameterError("samplers", f"expected a list of sampler names, got {samplers!r:.80}")
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown:
+        raise ParameterError("samplers", f"{unknown[0]!r} is not one of {', '.join(SAMPLERS)}")
+    if not isinstance(min_keep, numbers.Integral) or isinstance(min_keep, bool) or min_keep < 0:
+        raise ParameterError("min_keep", f"got {min_keep!r}; must be an integer >= 0")
+    for name, v in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p), ("typical_p", typical_p)):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+            raise ParameterError(name, f"got {v!r}; must be a finite number")
+    for name, v, ok, allowed in (("top_p", top_p, top_p >= 0, ">= 0 (1 or more: off)"),
+                                 ("min_p", min_p, min_p <= 1, "<= 1 (0 or less: off)"),
+                                 ("typical_p", typical_p, typical_p > 0, "> 0 (1 or more: off)")):
+        if not ok:
+            raise ParameterError(name, f"got {v!r}; must be {allowed}")
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool):
+        raise ParameterError("top_k", f"got {top_k!r}; must be an integer (<= 0: off)")
+    keep = max(1, int(min_keep))
+    penalties = PenaltiesProcessor(penalty_last_n, repeat_penalty, frequency_penalty, presence_penalty)
+    steps = {"penalties": lambda: penalties if penalties.active else None,
+             "top_k": lambda: TopKWarper(int(top_k), keep) if top_k > 0 else None,
+             "typ_p": lambda: TypicalWarper(float(typical_p), keep) if typical_p < 1 else None,
+             "top_p": lambda: TopPWarper(float(top_p), keep) if top_p < 1 else None,
+             "min_p": lambda: MinPWarper(float(min_p), keep) if min_p > 0 else None,
+             "temperature": lambda: TemperatureWarper(float(temperature)) if temperature > 0 else None}
+    return [p for p in (steps[name]() for name in samplers) if p is not None]

@@ -1,0 +1,206 @@
+"""llama.cpp's native POST /completion (onnxlm/serve/llamacpp.py) on the tiny Llama: greedy ids equal to generate's,
+llama.cpp's windowed penalties and logit biases equal to a step-by-step reference over the model's logits, its
+sampler order (temperature last) against a hand-computed chain, its answer fields (stop_type, stopping_word,
+tokens_cached, completion_probabilities, response_fields), the stream's events without [DONE], several prompts and
+mixed prompts, and every refused field named in a 400."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="the server tests need the serve extra")
+
+from onnxlm.runtime.llama_samplers import PenaltiesProcessor, sampler_chain  # noqa: E402
+from onnxlm.runtime.processors import SequenceBiasProcessor, log_softmax, sample_tokens, softmax  # noqa: E402
+from serve_util import live_tiny, post, same_or_tie, sse_events  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def live(tiny_llama):
+    yield from live_tiny(tiny_llama.onnx_dir)
+
+
+def complete(live, **body):
+    r = post(live.url, "/completion", body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def reference(model, ids: list[int], n: int, procs: list) -> list[int]:
+    """Greedy ids after ``procs`` over the model's logits, one full pass per token (no KV cache, no scheduler)."""
+    seq, eos = list(ids), set(model.generation_config.eos_token_ids or [])
+    for _ in range(n):
+        scores = model.logits(np.asarray([seq], np.int64))[:, -1]                # [1, V]
+        for p in procs:
+            scores = p(np.asarray([seq], np.int64), scores)
+        seq.append(int(np.argmax(scores[0])))
+        if seq[-1] in eos:
+            break
+    return seq[len(ids):]
+
+
+# ------------------------------------------------------------------------------------------------ the processors
+def test_penalties_follow_llama_cpp_over_the_last_n_ids():
+    ids = np.array([[5, 1, 2, 2, 3]])                                           # window of 3: 2, 2, 3
+    scores = np.array([[1.0, 2.0, 3.0, -4.0, 5.0, 6.0]], np.float32)
+    out = PenaltiesProcessor(3, 2.0, 0.5, 0.25)(ids, scores)
+    want = scores.copy()
+    want[0, 2] = 3.0 / 2 - (2 * 0.5 + 0.25)                                     # seen twice, positive: divided
+    want[0, 3] = -4.0 * 2 - (1 * 0.5 + 0.25)                                    # seen once, negative: multiplied
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(PenaltiesProcessor(-1, 2.0)(ids, scores)[0, [1, 5]], [1.0, 6.0 / 2])
+    np.testing.assert_array_equal(PenaltiesProcessor(0, 2.0)(ids, scores), scores)  # 0: off
+
+
+def test_the_chain_runs_temperature_last_as_llama_cpp():
+    """top_p 0.8 at temperature 0.5: llama.cpp's order keeps the tokens of 80 % of the untempered mass (3 here);
+    transformers' order (temperature first) would keep only 2."""
+    logits = np.log(np.array([[0.5, 0.25, 0.15, 0.1]], np.float32))
+    chain = sampler_chain(temperature=0.5, top_k=0, top_p=0.8, min_p=0.0)
+    out = logits
+    for p in chain:
+        out = p(None, out)
+    assert np.isfinite(out[0]).tolist() == [True, True, True, False]
+    np.testing.assert_allclose(softmax(out)[0, :3], softmax(logits[:, :3] / 0.5)[0], rtol=1e-6)
+    hot = softmax(logits / 0.5)[0]
+    assert hot[0] + hot[1] > 0.8                                                # temperature first: 2 kept
+    with pytest.raises(Exception, match="samplers"):
+        sampler_chain(["top_k", "dry"])
+
+
+# ------------------------------------------------------------------------------------------------ the endpoint
+def test_greedy_equals_generate_with_llama_cpp_fields(live):
+    model = live.model
+    ids = model.tokenizer.encode(PROMPT)
+    want = model.generate([ids], max_new_tokens=8, do_sample=False)
+    got = complete(live, prompt=PROMPT, n_predict=8, temperature=0, return_tokens=True)
+    same_or_tie(model, ids, list(want.new_tokens[0]), got["content"], want.text[0], "/completion greedy")
+    assert got["tokens"] == list(want.new_tokens[0])
+    assert got["stop"] is True and got["tokens_evaluated"] == len(ids)
+    assert got["tokens_predicted"] == len(got["tokens"])
+    assert got["stop_type"] == ("eos" if want.finish_reasons[0] == "eos" else "limit")
+    assert got["prompt"] == model.tokenizer.decode(ids, skip_special_tokens=False)
+    assert got["generation_settings"]["n_predict"] == 8 and got["generation_settings"]["top_k"] == 40
+    assert got["id_slot"] == -1 and got["model"] == "tiny" and got["timings"]["predicted_n"] == len(got["tokens"])
+    again = complete(live, prompt=PROMPT, n_predict=8, temperature=0)        # the prefix cache holds the prompt
+    assert again["tokens_cached"] > 0 and again["content"] == got["content"]
+    assert complete(live, prompt=PROMPT, n_predict=0)["tokens_predicted"] == 0
+
+
+def test_penalties_and_biases_equal_a_step_by_step_reference(live):
+    model = live.model
+    ids = model.tokenizer.encode(PROMPT)
+    first = complete(live, prompt=PROMPT, n_predict=1, temperature=0, return_tokens=True)["tokens"][0]
+    body = {"prompt": PROMPT, "n_predict": 10, "temperature": 0, "return_tokens": True, "repeat_penalty": 1.5,
+            "repeat_last_n": 6, "frequency_penalty": 0.4, "presence_penalty": 0.3, "logit_bias": [[first, -2.5], [7, False]]}
+    got = complete(live, **body)["tokens"]
+    procs = [SequenceBiasProcessor({(first,): -2.5, (7,): -math.inf}), PenaltiesProcessor(6, 1.5, 0.4, 0.3)]
+    want = reference(model, ids, 10, procs)
+    same_or_tie(model, ids, want, model.tokenizer.decode(got), model.tokenizer.decode(want), "penalties")
+    plain = complete(live, prompt=PROMPT, n_predict=10, temperature=0, return_tokens=True)["tokens"]
+    assert got != plain and 7 not in got                                        # they changed the answer
+
+
+def test_seeded_sampling_draws_from_the_chain(live):
+    """The server's draws with a seed equal a loop drawing from llama.cpp's chain with the same uniforms (one
+    ``default_rng(seed).random(1)`` per token, as the scheduler draws for a one-row request)."""
+    model = live.model
+    ids = model.tokenizer.encode(PROMPT)
+    knobs = {"temperature": 0.7, "top_k": 20, "top_p": 0.9, "min_p": 0.05}
+    got = complete(live, prompt=PROMPT, n_predict=8, seed=7, return_tokens=True, **knobs)["tokens"]
+    chain, rng, seq = sampler_chain(**knobs), np.random.default_rng(7), list(ids)
+    for _ in got:
+        scores = model.logits(np.asarray([seq], np.int64))[:, -1]                # [1, V]
+        for p in chain:
+            scores = p(np.asarray([seq], np.int64), scores)
+        seq.append(int(sample_tokens(scores, rng)[0]))
+    assert seq[len(ids):] == got
+
+
+def test_ignore_eos_and_stop_words(live):
+    model = live.model
+    eos = model.generation_config.eos_token_ids[0]
+    assert complete(live, prompt=PROMPT, n_predict=5, temperature=0, logit_bias={str(eos): 100})["stop_type"] == "eos"
+    kept = complete(live, prompt=PROMPT, n_predict=5, temperature=0, logit_bias={str(eos): 100}, ignore_eos=True,
+                    return_tokens=True)
+    assert kept["stop_type"] == "limit" and len(kept["tokens"]) == 5 and eos not in kept["tokens"]
+    text = complete(live, prompt=PROMPT, n_predict=12, temperature=0)["content"]
+    word = text.strip()[2:4]
+    cut = complete(live, prompt=PROMPT, n_predict=12, temperature=0, stop=["never there", word])
+    assert cut["stop_type"] == "word" and cut["stopping_word"] == word
+    assert cut["content"] == text[:text.index(word)]
+
+
+def test_probabilities_and_response_fields(live):
+    model = live.model
+    ids = model.tokenizer.encode(PROMPT)
+    got = complete(live, prompt=PROMPT, n_predict=3, temperature=0, n_probs=3, return_tokens=True)
+    probs = got["completion_probabilities"]
+    assert [p["id"] for p in probs] == got["tokens"] and all(len(p["top_logprobs"]) == 3 for p in probs)
+    logp = log_softmax(model.logits(np.asarray([ids + got["tokens"]], np.int64))[0, len(ids) - 1:-1])
+    np.testing.assert_allclose([p["logprob"] for p in probs], logp[np.arange(3), got["tokens"]], atol=1e-4)
+    assert probs[0]["top_logprobs"][0]["id"] == got["tokens"][0]
+    picked = complete(live, prompt=PROMPT, n_predict=2, response_fields=["content", "generation_settings/n_predict",
+                                                                         "nothing/here"])
+    assert set(picked) == {"content", "generation_settings/n_predict"} and picked["generation_settings/n_predict"] == 2
+
+
+def test_the_stream_ends_with_the_final_object_and_no_done(live):
+    whole = complete(live, prompt=PROMPT, n_predict=6, temperature=0, return_tokens=True)
+    events = sse_events(live.url, "/completion", {"prompt": PROMPT, "n_predict": 6, "temperature": 0, "stream": True,
+                                                  "n_probs": 1})
+    assert "[DONE]" not in events
+    tokens, final = events[:-1], events[-1]
+    assert final["stop"] is True and final["content"] == "" and final["stop_type"] == whole["stop_type"]
+    assert "".join(e["content"] for e in tokens) == whole["content"]
+    assert [e["tokens"][0] for e in tokens] == whole["tokens"] and all(not e["stop"] for e in tokens)
+    assert all(len(e["completion_probabilities"]) == 1 for e in tokens)
+
+
+def test_several_prompts_and_mixed_prompts(live):
+    model = live.model
+    ids = model.tokenizer.encode(PROMPT)
+    tail = model.tokenizer.encode(" jumps", add_special_tokens=False)
+    both = complete(live, prompt=[PROMPT, ids], n_predict=4, temperature=0)
+    assert isinstance(both, list) and [b["index"] for b in both] == [0, 1] and both[0]["content"] == both[1]["content"]
+    mixed = complete(live, prompt=ids + [" jumps"], n_predict=2, temperature=0)
+    assert mixed["tokens_evaluated"] == len(ids) + len(tail)                   # no BOS before a string that follows ids
+    events = sse_events(live.url, "/completion", {"prompt": [PROMPT, "Hello"], "n_predict": 3, "stream": True})
+    assert sorted(e["index"] for e in events if e["stop"]) == [0, 1]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "x", "mirostat": 2}, "mirostat"),
+    ({"prompt": "x", "dry_multiplier": 0.8}, "dry_multiplier"),
+    ({"prompt": "x", "samplers": ["top_k", "bogus"]}, "samplers"),
+    ({"prompt": "x", "samplers": "kq"}, "samplers"),
+    ({"prompt": "x", "post_sampling_probs": True}, "post_sampling_probs"),
+    ({"prompt": "x", "n_predict": -2}, "n_predict"),
+    ({"prompt": "x", "seed": -5}, "seed"),
+    ({"prompt": "x", "typical_p": 0}, "typical_p"),
+    ({"prompt": "x", "repeat_penalty": 0}, "repeat_penalty"),
+    ({"prompt": "x", "logit_bias": [[10**9, 1]]}, "logit_bias"),
+    ({"prompt": "x", "json_schema": {"type": "object"}, "grammar": "root ::= \"a\""}, "json_schema"),
+    ({"prompt": "x", "unknown_field": 1}, "unknown_field"),
+    ({"prompt": [1.5]}, "prompt"),
+    ({"prompt": "x", "n_probs": 99}, "n_probs"),
+])
+def test_refused_fields_are_named(live, body, param):
+    r = post(live.url, "/completion", body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_neutral_values_of_missing_samplers_are_accepted(live):
+    got = complete(live, prompt=PROMPT, n_predict=2, mirostat=0, dry_multiplier=0, xtc_probability=0,
+                   top_n_sigma=-1, cache_prompt=True, id_slot=-1, n_keep=0, samplers=["dry", "top_k", "temperature"],
+                   seed=42, model="whatever")
+    assert got["generation_settings"]["samplers"] == ["top_k", "temperature"]
+    again = complete(live, prompt=PROMPT, n_predict=2, seed=42, samplers="kt")
+    assert again["content"] == got["content"]                                  # one seed, one draw
