@@ -189,7 +189,8 @@ def parse(body: dict, *, max_tokens_cap: int) -> NativeRequest:
                          stream=_get_bool(body, "stream", False), stop=stop, seed=None if seed in (-1, RANDOM_SEED)
                          else seed, n_probs=n_probs, return_tokens=_get_bool(body, "return_tokens", False),
                          response_fields=fields, timings_per_token=_get_bool(body, "timings_per_token", False),
-                         ignore_eos=_get_bool(body, "ignore_eos", False), greedy=chain["temperature"] <= 0,
+                         ignore_eos=_get_bool(body, "ignore_eos", False),
+                         greedy=chain["temperature"] <= 0 and "temperature" in order,  # llama.cpp: keeps the top
                          order=order, chain=chain, bias=body.get("logit_bias"))
 
 
