@@ -88,6 +88,8 @@ def test_stream_equals_non_stream(live, path):
         assert text == whole["choices"][0]["text"]
     reasons = [c["choices"][0]["finish_reason"] for c in chunks[:-1] if c["choices"][0]["finish_reason"]]
     assert reasons == [whole["choices"][0]["finish_reason"]]
+    cached = usage.pop("prompt_tokens_details")["cached_tokens"]  # the prefix cache held whole's prompt
+    assert cached >= whole["usage"].pop("prompt_tokens_details")["cached_tokens"] and cached > 0
     assert usage == whole["usage"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 

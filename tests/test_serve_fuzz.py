@@ -268,7 +268,7 @@ def test_hostile_native_completion_bodies_never_get_a_5xx(live, http):
     native = names.flatmap(lambda picked: st.fixed_dictionaries({k: NATIVE_FIELDS[k] for k in picked}).map(
         lambda extra: {"prompt": "Hello", "n_predict": 2, **extra}))
 
-    @settings(SETTINGS, max_examples=max(EXAMPLES // 3, 1))
+    @settings(SETTINGS, max_examples=max(EXAMPLES // 4, 1))
     @given(body=native)
     def one(body):
         r = http.post("/completion", content=json.dumps(body, allow_nan=True),

@@ -2,7 +2,8 @@
 llama.cpp's windowed penalties and logit biases equal to a step-by-step reference over the model's logits, its
 sampler order (temperature last) against a hand-computed chain, its answer fields (stop_type, stopping_word,
 tokens_cached, completion_probabilities, response_fields), the stream's events without [DONE], several prompts and
-mixed prompts, and every refused field named in a 400."""
+mixed prompts, and every refused field named in a 400. And the OpenAI endpoints' extras llama.cpp's and vLLM's
+users send there: min_p, ignore_eos, usage.prompt_tokens_details.cached_tokens."""
 from __future__ import annotations
 
 import math
@@ -204,3 +205,20 @@ def test_neutral_values_of_missing_samplers_are_accepted(live):
     assert got["generation_settings"]["samplers"] == ["top_k", "temperature"]
     again = complete(live, prompt=PROMPT, n_predict=2, seed=42, samplers="kt")
     assert again["content"] == got["content"]                                  # one seed, one draw
+
+
+# ------------------------------------------------------------------------------------------------ the OpenAI endpoints
+def test_openai_endpoints_take_min_p_and_ignore_eos_and_count_cached_tokens(live):
+    model = live.model
+    eos = model.generation_config.eos_token_ids[0]
+    body = {"prompt": PROMPT, "max_tokens": 8, "temperature": 1.0, "seed": 3, "min_p": 0.3}
+    got = post(live.url, "/v1/completions", body).json()
+    solo = model.generate(PROMPT, max_new_tokens=8, do_sample=True, seed=3, temperature=1.0, top_k=None, top_p=1.0,
+                          min_p=0.3)
+    assert got["choices"][0]["text"] == solo.text[0]
+    assert got["usage"]["prompt_tokens_details"]["cached_tokens"] > 0           # the tests above sent this prompt
+    pushed = {"prompt": PROMPT, "max_tokens": 4, "temperature": 0, "logit_bias": {str(eos): 100}}
+    assert post(live.url, "/v1/completions", pushed).json()["usage"]["completion_tokens"] == 1
+    kept = post(live.url, "/v1/completions", {**pushed, "ignore_eos": True}).json()
+    assert kept["usage"]["completion_tokens"] == 4 and kept["choices"][0]["finish_reason"] == "length"
+    assert post(live.url, "/v1/completions", {**body, "min_p": 1.5}).json()["error"]["param"] == "min_p"

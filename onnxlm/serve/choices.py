@@ -47,8 +47,12 @@ _BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}  # GPT-2's byte alphabe
 
 
 def usage(jobs: list[Job], completion: int) -> dict:
+    """OpenAI's usage block; ``prompt_tokens_details.cached_tokens``: the prompt tokens whose keys and values the
+    prefix cache held (not computed again)."""
     prompt = sum(len(j.ids) for j in jobs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(j.req.cached_tokens for j in jobs if j.req is not None)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 class Choices:

@@ -98,6 +98,8 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
             jobs.append(job)
             continue
         params = samp.generation_params(max_new)
+        if samp.ignore_eos:  # never picked (llama.cpp's ignore_eos), so only max_tokens or a stop string ends it
+            params["suppress_tokens"] = list(model.generation_config.eos_token_ids or [])
         try:
             config = model.resolve_config(params)
         except (ParameterError, InputError) as exc:

@@ -1,8 +1,9 @@
 """OpenAI request bodies -> checked parameters; every user mistake is an ``APIError`` with status 400 (or 401/404/
 429/503) and OpenAI's error body ``{"error": {"message", "type", "param", "code"}}``, never a 500.
 
-Field names and ranges are OpenAI's (``/v1/completions``, ``/v1/chat/completions``); ``top_k``,
-``repetition_penalty`` and ``num_beams`` are extensions (vLLM's names).
+Field names and ranges are OpenAI's (``/v1/completions``, ``/v1/chat/completions``); ``top_k``, ``min_p``,
+``repetition_penalty``, ``ignore_eos`` and ``num_beams`` are extensions (vLLM's names; ``ignore_eos`` never picks an
+end-of-generation token, as llama.cpp's does, where vLLM picks it and goes on).
 """
 from __future__ import annotations
 
@@ -116,6 +117,8 @@ class Sampling:
     logprobs: int | None  # top alternatives per token; None: no logprobs
     extra: dict = field(default_factory=dict)
     logit_bias: dict = field(default_factory=dict)  # token id -> bias in [-100, 100]
+    min_p: float = 0.0  # 0: off
+    ignore_eos: bool = False  # the model's end-of-generation ids are never picked (jobs.py)
     max_tokens_param: str = "max_tokens"  # the name the body gave it (chat: max_completion_tokens, if set)
 
     def generation_params(self, max_new_tokens: int) -> dict:
@@ -123,7 +126,7 @@ class Sampling:
         sample = self.temperature >= GREEDY_BELOW
         p = {"max_new_tokens": max_new_tokens, "do_sample": sample, "num_beams": self.num_beams,
              "repetition_penalty": self.repetition_penalty, "top_k": self.top_k or None,
-             "top_p": self.top_p, "min_p": None, "typical_p": 1.0, "no_repeat_ngram_size": 0,
+             "top_p": self.top_p, "min_p": self.min_p or None, "typical_p": 1.0, "no_repeat_ngram_size": 0,
              "stop": self.stop or None, "stop_strings": None,  # OpenAI's rule: the new text's, cut before it
              "temperature": self.temperature if sample else 1.0,
              "seed": self.seed if sample else None,
@@ -139,7 +142,7 @@ class Sampling:
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
           "presence_penalty", "frequency_penalty", "top_k", "repetition_penalty", "num_beams", "user", "logit_bias",
-          "response_format", "grammar", "prompt_lookup_num_tokens"}
+          "response_format", "grammar", "prompt_lookup_num_tokens", "min_p", "ignore_eos"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
                  "parallel_tool_calls", "chat_template_kwargs", "reasoning_format"}
@@ -204,6 +207,7 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
     presence = _get_num(body, "presence_penalty", 0.0, -2.0, 2.0)
     frequency = _get_num(body, "frequency_penalty", 0.0, -2.0, 2.0)
     top_k = _get_int(body, "top_k", 0, lo=0)
+    min_p = _get_num(body, "min_p", 0.0, 0.0, 1.0)
     repetition = _get_num(body, "repetition_penalty", 1.0, 0.0, None, lo_open=True)
     num_beams = _get_int(body, "num_beams", 1, lo=1, hi=16)
     if chat:
@@ -235,6 +239,7 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
         raise bad("prompt_lookup_num_tokens", "not with beam search (num_beams > 1)")
     return Sampling(max_tokens, temperature, top_p, n, stop, seed, stream, include_usage, presence, frequency,
                     top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body), max_tokens_param=name,
+                    min_p=min_p, ignore_eos=_get_bool(body, "ignore_eos", False),
                     extra={"prompt_lookup_num_tokens": lookup} if lookup is not None else {})
 
 
