@@ -129,8 +129,13 @@ def test_logprobs(live, client):
     assert len(content) == chat.usage.completion_tokens - ended and all(len(c.top_logprobs) == 2 for c in content)
 
 
-def test_echo_prompt_logprobs_are_the_runtime_score(live, client):
-    """echo + logprobs with max_tokens 0: the scoring use case; the prompt's token logprobs are model.score."""
+@pytest.mark.parametrize("rows", [256, 3])
+def test_echo_prompt_logprobs_are_the_runtime_score(live, client, monkeypatch, rows):
+    """echo + logprobs with max_tokens 0: the scoring use case; the prompt's token logprobs are model.score, whether
+    the prompt goes through the model in one part or in parts of 3 tokens (jobs.PROMPT_ROWS)."""
+    from onnxlm.serve import jobs
+
+    monkeypatch.setattr(jobs, "PROMPT_ROWS", rows)
     r = client.completions.create(model="tiny", prompt="The cat sat on the mat.", max_tokens=0, echo=True,
                                   logprobs=1, temperature=0)
     lp = r.choices[0].logprobs

@@ -117,6 +117,48 @@ def test_a_call_whose_client_went_away_is_skipped_or_stopped(tiny_llama):
     assert len(steps) == 3
 
 
+def test_a_call_in_parts_runs_between_decoding_steps_and_stops_once_its_client_went_away(tiny_llama):
+    """A call whose function is a generator (echo's prompt pass) runs one part per engine turn, after that turn's
+    decoding step, so a request decoding beside it goes on between its parts; once its client went away it is closed
+    at its next turn."""
+    from onnxlm.runtime.decoding.scheduler import Request, Scheduler
+    from onnxlm.serve.engine import Engine
+
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    engine = Engine(lambda: model)
+    engine.model, engine.scheduler = model, Scheduler(model)
+    out, parts = [], []
+
+    def three_parts(m):
+        for _ in range(3):
+            parts.append(engine.steps)
+            yield
+        return "done"
+
+    engine._take(("call", (three_parts, None), out.append))
+    assert out == [] and len(engine._calls) == 1                                # taken, not run through
+    engine._take(("request", Request([1, 2, 3], model.resolve_config({"max_new_tokens": 10, "do_sample": False})),
+                  out.append))
+    while engine._calls:
+        engine._step()
+        engine._call_part()
+    assert parts == [1, 2, 3] and [o for o in out if o[0] == "result"] == [("result", "done")]
+    gone, closed = threading.Event(), []
+
+    def endless(m):
+        try:
+            while True:
+                yield
+        finally:
+            closed.append(1)
+
+    engine._take(("call", (endless, gone), out.append))
+    engine._call_part()
+    gone.set()
+    engine._call_part()
+    assert closed and isinstance(out[-1][1], CallCancelled) and not engine._calls
+
+
 def test_stopping_criteria_stop_rows_as_transformers_criteria_do(tiny_llama):
     model = onnxlm.load(tiny_llama.onnx_dir)
     prompt = [[5, 6, 7, 8]]

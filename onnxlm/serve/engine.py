@@ -3,7 +3,9 @@
 The event loop never runs the model. Handlers hand the engine a scheduler ``Request`` (``submit``) or a function
 of the model (``call``: beam search, prompt scoring for ``echo``), and receive what it produces through an
 ``asyncio.Queue`` fed with ``loop.call_soon_threadsafe``. Between decoding steps the engine takes new work, so new
-requests join the running batch at the next step, and cancelled ones leave it at the next step.
+requests join the running batch at the next step, and cancelled ones leave it at the next step. A call whose
+function returns a generator runs in parts: one part (up to its next ``yield``) after each decoding step, the
+calls in turn, its result the generator's return value; between parts it is dropped once its client went away.
 
 A forward pass that raises (an onnxruntime failure) fails the requests of the batch it ran for (their state is
 unusable) and nothing else: the engine goes on with the requests still waiting and with new ones.
@@ -11,6 +13,8 @@ unusable) and nothing else: the engine goes on with the requests still waiting a
 from __future__ import annotations
 
 import asyncio
+import collections
+import inspect
 import logging
 import queue
 import threading
@@ -51,6 +55,7 @@ class Engine:
         self.load_error: BaseException | None = None
         self.scheduler: Scheduler | None = None
         self._sinks: dict[int, Callable] = {}
+        self._calls: collections.deque = collections.deque()  # (generator, gone, sink) of calls run in parts
         self._stopping = False
         self.steps = 0
         self.generated = 0  # tokens generated: every scheduler event, and the new tokens of every call's result
@@ -108,9 +113,11 @@ class Engine:
         finally:
             self.ready.set()
         while not self._stopping:
-            self._take_work(block=not self.scheduler.busy)
+            self._take_work(block=not (self.scheduler.busy or self._calls))
             if self.scheduler.busy:
                 self._step()
+            if self._calls:
+                self._call_part()
 
     def _take_work(self, block: bool) -> None:
         """Move inbox items into the scheduler (or run calls); wait for one when idle."""
@@ -134,6 +141,9 @@ class Engine:
                 if gone is not None and gone.is_set():
                     raise CallCancelled()
                 result = fn(self.model)
+                if inspect.isgenerator(result):  # run in parts between steps (_call_part)
+                    self._calls.append((result, gone, sink))
+                    return
                 self.generated += sum(len(t) for t in getattr(result, "new_tokens", None) or [])  # beam, lookup
                 sink(("result", result))
             except CallCancelled as exc:  # nobody waits for it
@@ -151,6 +161,25 @@ class Engine:
             sink(("error", exc))
             return
         self._sinks[id(what)] = sink
+
+    def _call_part(self) -> None:
+        """Run the next part of the first call in parts, then let the next one have its turn; a finished one hands
+        its return value over, one whose client went away is closed."""
+        gen, gone, sink = self._calls.popleft()
+        if gone is not None and gone.is_set():
+            gen.close()
+            sink(("error", CallCancelled()))
+            return
+        try:
+            next(gen)
+        except StopIteration as done:
+            sink(("result", done.value))
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to the request's handler
+            log.exception("engine call failed")
+            sink(("error", exc))
+            return
+        self._calls.append((gen, gone, sink))
 
     def _step(self) -> None:
         sched = self.scheduler

@@ -133,21 +133,34 @@ def _speculates_alone(samp: protocol.Sampling, constraint) -> bool:
 
 
 def prompt_logprobs(ids: list[int], k: int):
-    """-> fn(model) giving [(id, logprob | None, top | None)] for every prompt token (the first has none): the
-    runtime's ``score`` (log p(ids[i] | ids[:i])), and the top k of the logits when k > 0."""
+    """-> fn(model) giving [(id, logprob | None, top | None)] for every prompt token (the first has none):
+    log p(ids[i] | ids[:i]) (the runtime's ``score``), and the top k of the logits when k > 0. ``fn`` is a
+    generator (an engine call in parts, engine.py): the prompt goes through the model ``PROMPT_ROWS`` tokens at a
+    time (``start`` on the first token, then ``extend`` over each part, keeping every position's logits), and it
+    yields between parts, so a long prompt's pass lets the other requests' decoding steps run between its parts
+    and stops there once its client went away."""
     def run(model):
-        if len(ids) < 2:
-            return [(ids[0], None, None)]
-        logits = model.logits(np.asarray([ids], np.int64))[0, :-1]                # [t-1, V]: one pass
         out = [(ids[0], None, None)]
-        for a in range(0, len(logits), PROMPT_ROWS):  # log-probabilities a block of rows at a time, not [t-1, V]
-            logp = log_softmax(logits[a:a + PROMPT_ROWS])                       # [c, V]
-            for p, row in enumerate(logp):
-                token = int(ids[a + p + 1])
-                out.append((token, float(row[token]), top_logprobs(row, k) if k else None))
+        if len(ids) < 2:
+            return out
+        state, first = model.start(np.asarray([ids[:1]], np.int64), np.ones((1, 1), np.int64),
+                                   max_length=len(ids))
+        _add_logprobs(out, first, ids[1:2], k)                                   # [1, V]: after the first token
+        for a in range(1, len(ids) - 1, PROMPT_ROWS):
+            yield                                                                # the engine's turn: others' steps
+            part = ids[a:min(a + PROMPT_ROWS, len(ids) - 1)]
+            logits = state.extend(np.asarray([part], np.int64))[0]               # [c, V]: after each token of part
+            _add_logprobs(out, logits, ids[a + 1:a + 1 + len(part)], k)
         return out
     return run
 
 
-PROMPT_ROWS = 256  # echo's log-softmax block: 256 x 49,152 float32 = 48 MB for SmolLM2
+def _add_logprobs(out: list, logits: np.ndarray, targets: list[int], k: int) -> None:
+    """logits [c, V] float32 and the c tokens that followed -> (id, logprob, top k | None) appended to ``out``."""
+    logp = log_softmax(logits)                                                   # [c, V]
+    for row, token in zip(logp, targets):
+        out.append((int(token), float(row[int(token)]), top_logprobs(row, k) if k else None))
+
+
+PROMPT_ROWS = 256  # echo's part of the prompt per pass: 256 x 49,152 float32 logits = 48 MB for SmolLM2
 

@@ -23,18 +23,27 @@ class Run:
         self.out: asyncio.Queue = asyncio.Queue()
         self.pending = 0
         self.gone = threading.Event()  # the client went away: the engine skips or stops this run's calls
+        self.stream = stream
+        self.after_echo: set[int] = set()  # jobs whose generation starts once their prompt's log-probs are in
         for i, job in enumerate(jobs):
-            if echo_logprobs is not None:
+            if echo_logprobs is not None:  # the prompt's pass runs in parts between decoding steps (engine.py)
                 st.engine.call(prompt_logprobs(job.ids, echo_logprobs), self.loop, self.out, ("echo", i), self.gone)
                 self.pending += 1
-            if job.req is not None:
-                st.engine.submit(job.req, self.loop, self.out, ("gen", i), stream=stream)
+            if job.req is not None or job.beam_params is not None:
                 self.pending += 1
-            elif job.beam_params is not None:
-                params, stop = job.beam_params, cancelled_by(self.gone)
-                st.engine.call(lambda m, ids=job.ids, p=params: m.generate([ids], stopping_criteria=stop, **p),
-                               self.loop, self.out, ("beam", i), self.gone)
-                self.pending += 1
+                if echo_logprobs is not None:  # after its echo: a stream sends the prompt before the completion
+                    self.after_echo.add(i)
+                else:
+                    self._generate(i, job)
+
+    def _generate(self, i: int, job: Job) -> None:
+        """Hand job i's generation to the engine: a scheduler request, or a beam search as a call."""
+        if job.req is not None:
+            self.st.engine.submit(job.req, self.loop, self.out, ("gen", i), stream=self.stream)
+        else:
+            params, stop = job.beam_params, cancelled_by(self.gone)
+            self.st.engine.call(lambda m, ids=job.ids, p=params: m.generate([ids], stopping_criteria=stop, **p),
+                                self.loop, self.out, ("beam", i), self.gone)
 
     def cancel(self) -> None:
         self.gone.set()
@@ -52,6 +61,9 @@ class Run:
                 raise model_error(payload)
             if what in ("done", "result"):
                 self.pending -= 1
+            if kind == "echo" and i in self.after_echo:
+                self.after_echo.discard(i)
+                self._generate(i, self.jobs[i])
             yield kind, i, what, payload
 
 
