@@ -6,8 +6,8 @@ with a temperature other than 1, top-p, min-p and typical-p keep other tokens th
 chain in any order of those names from this runtime's warpers (``processors.py``), so a request to the server's
 llama.cpp endpoint (``onnxlm/serve/llamacpp.py``) samples from llama.cpp's distribution. Each step is a processor
 ``(ids [b, t] int64, scores [b, V] float32) -> [b, V] float32``; a step whose parameter disables it in llama.cpp
-(``top_k <= 0``, ``top_p >= 1``, ``min_p <= 0``, ``typical_p >= 1``, ``temperature <= 0``: the caller then decodes
-greedily, as llama.cpp's temperature step keeps only the top token) is left out.
+(``top_k <= 0``, ``top_p >= 1``, ``min_p <= 0``, ``typical_p >= 1``) is left out; at ``temperature <= 0`` the
+temperature step keeps only the top token (``KeepTop``), as llama.cpp's does.
 
 The penalties (``PenaltiesProcessor``) are llama.cpp's, not transformers' or OpenAI's: they count the last
 ``penalty_last_n`` ids of the row, the prompt included (llama.cpp's server feeds the prompt to the sampler first), and
@@ -29,6 +29,7 @@ from .processors import MinPWarper, TemperatureWarper, TopKWarper, TopPWarper, T
 
 SAMPLERS = ("penalties", "top_k", "typ_p", "top_p", "min_p", "temperature")  # the steps built here
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+TINY = 1e-9  # typical_p <= 0: the most typical token(s) alone
 DEFAULT_ORDER = SAMPLERS  # llama.cpp's default order (its dry, top_n_sigma and xtc steps, off by default, left out)
 
 
@@ -49,7 +50,7 @@ class PenaltiesProcessor:
         for name, v, low in (("repeat_penalty", repeat_penalty, 0.0), ("frequency_penalty", frequency_penalty, None),
                              ("presence_penalty", presence_penalty, None)):
             if not isinstance(v, numbers.Real) or isinstance(v, bool) or not abs(v) <= FLOAT32_MAX or (
-                    low is not None and v <= low):
+                    low is not None and not np.float32(v) > low):  # > 0 in float32, where it divides
                 raise ParameterError(name, f"got {v!r}; must be a finite float32 number (|x| <= {FLOAT32_MAX:.3g})"
                                            + (" > 0" if low is not None else ""))
         self.penalty_last_n = int(penalty_last_n)
@@ -81,14 +82,28 @@ class PenaltiesProcessor:
                 f"frequency_penalty={float(self.frequency)}, presence_penalty={float(self.presence)})")
 
 
+class KeepTop:
+    """llama.cpp's temperature step at temperature <= 0: only the highest score stays (the first of equal ones), the
+    rest -inf. ids [b, t], scores [b, V] float32 -> [b, V] float32."""
+
+    def __call__(self, input_ids, scores: np.ndarray) -> np.ndarray:
+        out = np.full_like(scores, -np.inf, dtype=np.float32)
+        top = np.argmax(scores, axis=1)                                          # [b]
+        out[np.arange(len(scores)), top] = scores[np.arange(len(scores)), top]
+        return out
+
+    def __repr__(self) -> str:
+        return "KeepTop()"
+
+
 def sampler_chain(samplers=DEFAULT_ORDER, *, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
                   min_p: float = 0.05, typical_p: float = 1.0, min_keep: int = 0, penalty_last_n: int = 64,
                   repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
                   presence_penalty: float = 0.0) -> list:
     """llama.cpp's samplers in the order of ``samplers`` (names of ``SAMPLERS``; a name twice runs twice, a name left
     out does not run) -> processors to apply in that order. Defaults: llama.cpp's. ``min_keep``: the fewest tokens
-    top-k/top-p/min-p/typical-p keep (llama.cpp's; at least 1). ``temperature <= 0`` leaves the temperature step out:
-    decode greedily."""
+    top-k/top-p/min-p/typical-p keep (llama.cpp's; at least 1). ``temperature <= 0``: the temperature step keeps the
+    top token alone (a later step cannot bring others back: decode greedily)."""
     if isinstance(samplers, str) or not all(isinstance(s, str) for s in samplers):
         raise ParameterError("samplers", f"expected a list of sampler names, got {samplers!r:.80}")
     unknown = [s for s in samplers if s not in SAMPLERS]
@@ -99,19 +114,17 @@ def sampler_chain(samplers=DEFAULT_ORDER, *, temperature: float = 0.8, top_k: in
     for name, v in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p), ("typical_p", typical_p)):
         if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
             raise ParameterError(name, f"got {v!r}; must be a finite number")
-    for name, v, ok, allowed in (("top_p", top_p, top_p >= 0, ">= 0 (1 or more: off)"),
-                                 ("min_p", min_p, min_p <= 1, "<= 1 (0 or less: off)"),
-                                 ("typical_p", typical_p, typical_p > 0, "> 0 (1 or more: off)")):
-        if not ok:
-            raise ParameterError(name, f"got {v!r}; must be {allowed}")
+    if abs(temperature) > FLOAT32_MAX:
+        raise ParameterError("temperature", f"got {temperature!r}; must be a finite float32 number")
     if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool):
         raise ParameterError("top_k", f"got {top_k!r}; must be an integer (<= 0: off)")
     keep = max(1, int(min_keep))
     penalties = PenaltiesProcessor(penalty_last_n, repeat_penalty, frequency_penalty, presence_penalty)
+    # past their ranges llama.cpp's steps keep their min_keep most likely / most typical tokens, as these do
     steps = {"penalties": lambda: penalties if penalties.active else None,
              "top_k": lambda: TopKWarper(int(top_k), keep) if top_k > 0 else None,
-             "typ_p": lambda: TypicalWarper(float(typical_p), keep) if typical_p < 1 else None,
-             "top_p": lambda: TopPWarper(float(top_p), keep) if top_p < 1 else None,
-             "min_p": lambda: MinPWarper(float(min_p), keep) if min_p > 0 else None,
-             "temperature": lambda: TemperatureWarper(float(temperature)) if temperature > 0 else None}
+             "typ_p": lambda: TypicalWarper(max(float(typical_p), TINY), keep) if typical_p < 1 else None,
+             "top_p": lambda: TopPWarper(max(float(top_p), 0.0), keep) if top_p < 1 else None,
+             "min_p": lambda: MinPWarper(min(float(min_p), 1.0), keep) if min_p > 0 else None,
+             "temperature": lambda: TemperatureWarper(float(temperature)) if temperature > 0 else KeepTop()}
     return [p for p in (steps[name]() for name in samplers) if p is not None]

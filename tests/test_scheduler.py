@@ -124,3 +124,18 @@ def test_seq2seq_runs_one_request_at_a_time(tiny_t5):
         sched.step()
     for prompt, kw, req in zip(PROMPTS, params, reqs):
         assert req.new_ids == model.generate(prompt, **kw).new_tokens
+
+
+def test_a_request_whose_decoding_cannot_be_set_up_fails_alone(tiny_llama):
+    """A request whose processors or stop check cannot be made at admission (here a stop string that is not text, a
+    lone surrogate: no UTF-8) fails by itself through ``failed``; the one admitted with it and the batch go on."""
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    sched = Scheduler(model)
+    good = Request(model.tokenizer.encode(PROMPTS[0]), model.resolve_config({"max_new_tokens": 4, "eos_token_id": None}))
+    bad = Request(model.tokenizer.encode(PROMPTS[1]), model.resolve_config({"max_new_tokens": 4, "stop": ["\ud800"]}))
+    sched.add(good)
+    sched.add(bad)
+    while sched.busy:
+        sched.step()
+    assert sched.failed == [bad] and isinstance(bad.error, UnicodeEncodeError)
+    assert good.done and good.error is None and len(good.new_ids[0]) == 4

@@ -90,7 +90,8 @@ def test_greedy_equals_generate_with_llama_cpp_fields(live):
     assert got["generation_settings"]["n_predict"] == 8 and got["generation_settings"]["top_k"] == 40
     assert got["id_slot"] == -1 and got["model"] == "tiny" and got["timings"]["predicted_n"] == len(got["tokens"])
     again = complete(live, prompt=PROMPT, n_predict=8, temperature=0)        # the prefix cache holds the prompt
-    assert again["tokens_cached"] > 0 and again["content"] == got["content"]
+    assert again["timings"]["cache_n"] > 0 and again["content"] == got["content"]
+    assert again["tokens_cached"] == len(ids) + len(got["tokens"]) - 1        # what the model holds after it
     assert complete(live, prompt=PROMPT, n_predict=0)["tokens_predicted"] == 0
 
 
@@ -184,13 +185,21 @@ def test_several_prompts_and_mixed_prompts(live):
     ({"prompt": "x", "post_sampling_probs": True}, "post_sampling_probs"),
     ({"prompt": "x", "n_predict": -2}, "n_predict"),
     ({"prompt": "x", "seed": -5}, "seed"),
-    ({"prompt": "x", "typical_p": 0}, "typical_p"),
+    ({"prompt": "x", "stop": ["\ud800"]}, "stop"),
+    ({"prompt": "x\ud800"}, "prompt"),
+    ({"prompt": [1, "\ud800"]}, "prompt"),
+    ({"prompt": "x", "logit_bias": {"\ud800": 1}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"-1": 1}}, "logit_bias"),
+    ({"prompt": "x", "temperature": 1e39}, "temperature"),
+    ({"prompt": "x", "repeat_penalty": 1e-50}, "repeat_penalty"),
+    ({"prompt": "x", "n_indent": -1}, "n_indent"),
     ({"prompt": "x", "repeat_penalty": 0}, "repeat_penalty"),
     ({"prompt": "x", "logit_bias": [[10**9, 1]]}, "logit_bias"),
     ({"prompt": "x", "json_schema": {"type": "object"}, "grammar": "root ::= \"a\""}, "json_schema"),
     ({"prompt": "x", "unknown_field": 1}, "unknown_field"),
     ({"prompt": [1.5]}, "prompt"),
-    ({"prompt": "x", "n_probs": 99}, "n_probs"),
+    ({"prompt": "x", "n_probs": 101}, "n_probs"),
+    ({"prompt": "x", "input_prefix": "a"}, "input_prefix"),
 ])
 def test_refused_fields_are_named(live, body, param):
     r = post(live.url, "/completion", body)
@@ -201,10 +210,131 @@ def test_refused_fields_are_named(live, body, param):
 def test_neutral_values_of_missing_samplers_are_accepted(live):
     got = complete(live, prompt=PROMPT, n_predict=2, mirostat=0, dry_multiplier=0, xtc_probability=0,
                    top_n_sigma=-1, cache_prompt=True, id_slot=-1, n_keep=0, samplers=["dry", "top_k", "temperature"],
-                   seed=42, model="whatever")
+                   seed=42, model="whatever", t_max_prompt_ms=500, typical_p=0, top_p=-1, min_p=2)
     assert got["generation_settings"]["samplers"] == ["top_k", "temperature"]
-    again = complete(live, prompt=PROMPT, n_predict=2, seed=42, samplers="kt")
-    assert again["content"] == got["content"]                                  # one seed, one draw
+
+
+def test_the_samplers_order_is_the_one_asked_for(live):
+    """"pt" (top_p, then temperature) and "tp" draw from different distributions: each equals its own chain's draws;
+    at temperature 0 the temperature step keeps the top token, so a penalty after it changes nothing."""
+    model = live.model
+    ids = model.tokenizer.encode(PROMPT)
+    knobs = {"temperature": 1.7, "top_p": 0.3, "top_k": 0, "min_p": 0.0}
+    got = {order: complete(live, prompt=PROMPT, n_predict=6, seed=11, samplers=order, return_tokens=True,
+                           **knobs)["tokens"] for order in ("pt", "tp")}
+    for order, names in (("pt", ["top_p", "temperature"]), ("tp", ["temperature", "top_p"])):
+        chain, rng, seq = sampler_chain(names, **knobs), np.random.default_rng(11), list(ids)
+        for _ in got[order]:
+            scores = model.logits(np.asarray([seq], np.int64))[:, -1]            # [1, V]
+            for p in chain:
+                scores = p(np.asarray([seq], np.int64), scores)
+            seq.append(int(sample_tokens(scores, rng)[0]))
+        assert seq[len(ids):] == got[order], order
+    assert got["pt"] != got["tp"]
+    plain = complete(live, prompt=PROMPT, n_predict=6, temperature=0, return_tokens=True)["tokens"]
+    late = complete(live, prompt=PROMPT, n_predict=6, temperature=0, samplers=["temperature", "penalties"],
+                    repeat_penalty=3.0, return_tokens=True)["tokens"]
+    assert late == plain
+
+
+def test_a_bias_that_empties_a_grammar_is_refused_by_name(live):
+    """llama.cpp's biases come before the grammar's mask: a bias that leaves the grammar no token is a 400 naming
+    grammar, greedy or sampled (it had been an arbitrary token with the grammar broken after it)."""
+    for temperature in (0, 0.8):
+        r = post(live.url, "/completion", {"prompt": PROMPT, "n_predict": 4, "temperature": temperature,
+                                           "grammar": 'root ::= "ab"', "logit_bias": [["a", False]]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "grammar", r.text
+
+
+def test_biases_add_up_and_keys_read_as_llama_cpp_reads_them(live):
+    from onnxlm.serve.llamacpp_request import bias_ids
+
+    model = live.model
+    assert bias_ids(model, [[5, 1], [5, 2], ["aa", 0.5]]) == {5: 3.0, 97: 1.0}
+    assert bias_ids(model, {" 5": 1, "+6": False}) == {5: 1.0, 6: -math.inf}
+
+
+def test_context_limits(live):
+    model = live.model
+    ids = [int(i) for i in np.random.default_rng(0).integers(3, 250, 200)]
+    cut = complete(live, prompt=ids, n_predict=100, temperature=0, ignore_eos=True, return_tokens=True)
+    assert cut["truncated"] and cut["stop_type"] == "limit" and len(cut["tokens"]) == model.max_positions - 200
+    capped = complete(live, prompt=PROMPT, n_predict=10**9, temperature=0, ignore_eos=True)
+    assert capped["tokens_predicted"] == 128 and not capped["truncated"]       # the server's --max-tokens
+    r = post(live.url, "/completion", {"prompt": ids + ids, "n_predict": 0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+# ------------------------------------------------------------------------------------------------ line limits
+def test_line_limits_follow_llama_cpp():
+    from onnxlm.serve.llamacpp_limits import LineLimits
+
+    lim = LineLimits(n_indent=2, t_max_predict_ms=0)
+    pieces = ["a", "\n", " ", " ", "b", "\n", "c"]
+    ended = [lim.push(p, now=0.0) for p in pieces]
+    assert ended == [False] * 6 + [True] and lim.text == "a\n  b\n"          # the unindented line cut away
+    lim = LineLimits(n_indent=0, t_max_predict_ms=10)
+    assert [lim.push(p, now=t) for p, t in (("x", 0.0), ("\n", 0.005), ("y", 0.02), ("\n", 0.03))] == [
+        False, False, False, True]                                            # a newline after 10 ms ends it
+
+
+def test_n_indent_and_t_max_predict_ms_end_the_answer(live):
+    pytest.importorskip("llguidance", reason="the grammar needs the structured extra")
+    lines = 'root ::= "a\\n  b\\nc\\nd"'
+    got = complete(live, prompt=PROMPT, n_predict=20, temperature=0, grammar=lines, n_indent=2)
+    assert got["content"] == "a\n  b\n" and got["stop_type"] == "limit"
+    events = sse_events(live.url, "/completion", {"prompt": PROMPT, "n_predict": 20, "temperature": 0,
+                                                  "grammar": lines, "n_indent": 2, "stream": True})
+    assert events[-1]["stop"] is True and events[-1]["stop_type"] == "limit"
+    many = 'root ::= "x\\n"{40}'
+    whole = complete(live, prompt=PROMPT, n_predict=100, temperature=0, grammar=many)["content"]
+    timed = complete(live, prompt=PROMPT, n_predict=100, temperature=0, grammar=many, t_max_predict_ms=1)
+    assert timed["stop_type"] == "limit" and timed["content"].endswith("\n") and len(timed["content"]) < len(whole)
+
+
+# ------------------------------------------------------------------------------------------------ /infill
+@pytest.fixture(scope="module")
+def fim_live(tiny_llama, tmp_path_factory):
+    """The tiny Llama with FIM tokens: its byte tokens 1, 2, 3 renamed <fim_prefix>, <fim_suffix>, <fim_middle>
+    (StarCoder's names, found by their text as llama.cpp finds them)."""
+    import hashlib
+    import json
+    import shutil
+
+    art = tmp_path_factory.mktemp("fim") / "tiny-fim"
+    shutil.copytree(tiny_llama.onnx_dir, art)
+    spec = json.loads((art / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    names = {v: k for k, v in vocab.items()}
+    for i, text in ((1, "<fim_prefix>"), (2, "<fim_suffix>"), (3, "<fim_middle>")):
+        del vocab[names[i]]
+        vocab[text] = i
+    data = json.dumps(spec).encode()
+    (art / "tokenizer.json").write_bytes(data)
+    manifest = json.loads((art / "onnxlm.json").read_text())
+    manifest["files"]["tokenizer.json"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (art / "onnxlm.json").write_text(json.dumps(manifest))
+    yield from live_tiny(art)
+
+
+def test_infill_builds_llama_cpp_s_fim_prompt(fim_live, live):
+    model = fim_live.model
+    tok = model.tokenizer
+    body = {"input_prefix": "def f(x):\n    return", "input_suffix": "\n\nprint(f(2))\n", "prompt": " x",
+            "input_extra": [{"filename": "a.py", "text": "import os\n"}], "n_predict": 4, "temperature": 0,
+            "return_tokens": True}
+    r = post(fim_live.url, "/infill", body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    plain = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    want = [257, 1] + plain(body["input_prefix"]) + plain(" x") + [2] + plain(body["input_suffix"]) + [3]
+    assert got["tokens_evaluated"] == len(want) and got["prompt"] == tok.decode(want, skip_special_tokens=False)
+    same = complete(fim_live, prompt=want, n_predict=4, temperature=0, return_tokens=True)  # a 256-token context:
+    assert got["tokens"] == same["tokens"]                                      # no room for the extra chunks
+    r = post(live.url, "/infill", {"input_prefix": "a", "input_suffix": "b"})   # no FIM tokens
+    assert r.status_code == 400 and r.json()["error"]["code"] == "infill_not_supported"
+    r = post(fim_live.url, "/infill", {"input_prefix": "a", "input_suffix": "b", "input_extra": [{"text": 3}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input_extra"
 
 
 # ------------------------------------------------------------------------------------------------ the OpenAI endpoints
@@ -222,3 +352,4 @@ def test_openai_endpoints_take_min_p_and_ignore_eos_and_count_cached_tokens(live
     kept = post(live.url, "/v1/completions", {**pushed, "ignore_eos": True}).json()
     assert kept["usage"]["completion_tokens"] == 4 and kept["choices"][0]["finish_reason"] == "length"
     assert post(live.url, "/v1/completions", {**body, "min_p": 1.5}).json()["error"]["param"] == "min_p"
+    assert post(live.url, "/v1/completions", {**body, "stop": ["\ud800"]}).json()["error"]["param"] == "stop"

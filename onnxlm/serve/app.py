@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
-/health, /metrics, /props, /tokenize, /detokenize and /apply-template (tokenize.py), llama.cpp's native /completion
-(llamacpp.py), and the chat page at / (page.py).
+/health, /metrics, /props, /tokenize, /detokenize and /apply-template (tokenize.py), llama.cpp's native /completion and
+/infill (llamacpp.py), and the chat page at / (page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -24,7 +24,7 @@ from onnxlm.runtime.manifest import no_chat_template
 
 from .engine import Engine
 from .errors import api_error, http_error, server_error
-from .llamacpp import completion
+from .llamacpp import completion, infill
 from .page import page_routes
 from .protocol import APIError
 from .routes import chat_completions, completions, health, metrics, model, models, props
@@ -71,6 +71,7 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/completion", completion, methods=["POST"]),  # llama.cpp's native endpoint (llamacpp.py)
         Route("/completions", completion, methods=["POST"]),
+        Route("/infill", infill, methods=["POST"]),  # llama.cpp's fill-in-the-middle (llamacpp_infill.py)
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/detokenize", detokenize, methods=["POST"]),
         Route("/apply-template", apply_template, methods=["POST"]),

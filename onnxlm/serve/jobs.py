@@ -87,8 +87,11 @@ async def output_constraint(model, body: dict):
 
 
 def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, texts: list,
-               param: str, constraint=None, samplers: list | None = None) -> list[Job]:
-    """One job per prompt; ``samplers``: the scheduler request's last processors (llama.cpp's chain: llamacpp.py)."""
+               param: str, constraint=None, samplers: list | None = None, overrides: dict | None = None,
+               first: list | None = None) -> list[Job]:
+    """One job per prompt; ``samplers``: the scheduler request's last processors (llama.cpp's chain: llamacpp.py);
+    ``first``: processors before all others (llama.cpp's logit biases); ``overrides``: generation parameters set
+    over the sampling's (llama.cpp's /infill: its end-of-generation ids)."""
     jobs = []
     for prompt, text in zip(prompts, texts):
         ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)
@@ -100,6 +103,7 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
         params = samp.generation_params(max_new)
         if samp.ignore_eos:  # never picked (llama.cpp's ignore_eos), so only max_tokens or a stop string ends it
             params["suppress_tokens"] = list(model.generation_config.eos_token_ids or [])
+        params.update(overrides or {})
         try:
             config = model.resolve_config(params)
         except (ParameterError, InputError) as exc:
@@ -109,7 +113,7 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
         elif _speculates_alone(samp, constraint):  # prompt lookup: run alone between steps, as beam search
             job.beam_params = params
         else:
-            extra = []
+            extra = list(first or [])
             if samp.presence_penalty or samp.frequency_penalty:
                 t0 = model.initial_sequences(np.asarray([ids])).shape[1]
                 extra.append(PresenceFrequencyPenaltyProcessor(samp.presence_penalty, samp.frequency_penalty, t0))

@@ -1,18 +1,23 @@
-"""llama.cpp's native completion endpoint: POST /completion (and /completions, its other name), for the clients
-written against llama.cpp's server rather than OpenAI's API.
+"""llama.cpp's native completion endpoints: POST /completion (and /completions, its other name) and POST /infill
+(fill-in-the-middle: llamacpp_infill.py), for the clients written against llama.cpp's server rather than OpenAI's
+API (llama.vim and llama.vscode call /infill).
 
 Request (llamacpp_request.py): ``prompt`` (a string, token ids, ids and strings mixed, or a list of such prompts),
-``n_predict`` (-1: up to the context), llama.cpp's sampling fields and defaults (temperature 0.8, top_k 40, top_p
+``n_predict`` (-1, or more than the server's ``--max-tokens``: that many; the context's end stops it sooner, said by
+``truncated``), llama.cpp's sampling fields and defaults (temperature 0.8, top_k 40, top_p
 0.95, min_p 0.05, its windowed penalties) applied in llama.cpp's order, temperature last (``samplers`` reorders
 them), ``stop``, ``seed``, ``n_probs``, ``logit_bias`` in llama.cpp's forms, ``ignore_eos``, ``grammar`` /
-``json_schema`` / ``response_format``, ``return_tokens``, ``response_fields``, ``timings_per_token``, ``stream``.
+``json_schema`` / ``response_format``, ``return_tokens``, ``response_fields``, ``timings_per_token``, ``stream``,
+``n_indent`` and ``t_max_predict_ms`` (llamacpp_limits.py: the prompt's row is cancelled where one ends the answer).
 
 Answer, one object per prompt (a list when more than one prompt was given), llama.cpp's fields: ``content``,
 ``tokens`` (with return_tokens), ``stop``, ``stop_type`` (eos | word | limit), ``stopping_word``,
-``tokens_predicted``, ``tokens_evaluated``, ``tokens_cached`` (prompt tokens the prefix cache held), ``truncated``
-(the context ended it), ``generation_settings``, ``prompt`` (its ids decoded, special tokens kept), ``timings``
-(prompt and generation ms and tokens per second, as llama.cpp names them), ``completion_probabilities`` (n_probs:
-each token's log-probability and its top alternatives under the model's distribution, with their bytes), ``model``,
+``tokens_predicted``, ``tokens_evaluated``, ``tokens_cached`` (the positions the model holds after it: prompt and
+answer but the last token, as llama.cpp's slot), ``truncated`` (the context ended it), ``generation_settings``,
+``prompt`` (its ids decoded, special tokens kept), ``timings`` (``cache_n``: the prompt tokens the prefix cache held;
+prompt and generation ms and tokens per second, as llama.cpp names them), ``completion_probabilities`` (n_probs:
+each token's log-probability and its top alternatives under the model's distribution, with their bytes; after a
+stop word, as many entries fewer as the word has tokens, as llama.cpp), ``model``,
 ``id_slot`` (-1: this server has no slots). Streamed: one event per token ``{"index", "content", "tokens": [id],
 "stop": false, ...}``, then per prompt the final object with ``"stop": true`` (``content`` and ``tokens`` empty), and
 no ``[DONE]`` (llama.cpp sends none on this endpoint); an error mid-stream is one event with the error body.
@@ -29,13 +34,14 @@ from starlette.responses import JSONResponse
 from onnxlm.runtime.constraints import engine_for, make_constraint
 from onnxlm.runtime.errors import ParameterError
 
-from . import protocol
+from . import llamacpp_infill, protocol
 from .choices import Choices, token_str_bytes
 from .gate import authorize, available, read_limited
 from .jobs import make_jobs, output_constraint
+from .llamacpp_limits import LineLimits
 from .llamacpp_request import NativeRequest, encode_prompt, parse
 from .protocol import bad
-from .run import admit, collect
+from .run import admit, until_done_or_gone
 from .state import state_of
 from .streaming import stream
 
@@ -43,25 +49,40 @@ STOP_TYPES = {"eos": "eos", "stop": "word", "length": "limit", None: "limit"}
 
 
 async def completion(request: HTTPRequest):
+    return await _serve(request, infill=False)
+
+
+async def infill(request: HTTPRequest):
+    """llama.cpp's POST /infill: /completion's fields, the prompt built from ``input_prefix``, ``input_suffix``,
+    ``input_extra`` and ``prompt`` (llamacpp_infill.py)."""
+    return await _serve(request, infill=True)
+
+
+async def _serve(request: HTTPRequest, infill: bool):
     authorize(request)
     model = available(request)
     st = state_of(request)
     raw = await read_limited(request, int(st.config.max_body_mb * 2**20))
     body = protocol.parse_body(raw, request.headers.get("content-type"))
-    req = parse(body, max_tokens_cap=st.config.max_tokens)
+    req = parse(body, max_tokens_cap=st.config.max_tokens, infill=infill)
+    chunks = llamacpp_infill.check(body) if infill else None
     constraint = await _constraint(model, body)
     # encoding long prompts and building the jobs takes a while: off the event loop, so other streams go on
-    jobs = await asyncio.to_thread(_jobs, model, st, req, constraint)
-    slot, run = admit(st, jobs, 1, None, stream=req.stream)
-    choices = Choices(model, 1, chat=False)
+    jobs = await asyncio.to_thread(_jobs, model, st, req, constraint, body if infill else None, chunks)
+    answer = _Answer(model, st, req, jobs)
+    # line limits need the tokens as they come (and their time), even for one JSON answer
+    slot, run = admit(st, jobs, 1, None, stream=req.stream or answer.watching)
+    answer.run = run
     if req.stream:
-        return EventSourceResponse(stream(_chunks(run, model, st, req, jobs, choices), run, slot, jobs,
-                                          _NO_USAGE, choices, {}, done=False))
-    result = await collect(request, run, slot, choices, jobs)
-    if result is None:
+        return EventSourceResponse(stream(answer.events(), run, slot, jobs, _NO_USAGE, answer.choices, {},
+                                          done=False))
+    try:
+        got = await until_done_or_gone(request, run, answer.gather)
+    finally:
+        slot.release()
+    if got is None:
         return JSONResponse({}, status_code=499)
-    out = [_final(model, st, req, job, choices, i, result["texts"].get(i, ""), streamed=False)
-           for i, job in enumerate(jobs)]
+    out = [answer.final(i, streamed=False) for i in range(len(jobs))]
     return JSONResponse(out[0] if len(out) == 1 else out)
 
 
@@ -87,80 +108,134 @@ async def _constraint(model, body: dict):
         raise bad("json_schema", str(exc).split(": ", 1)[-1]) from None
 
 
-def _jobs(model, st, req: NativeRequest, constraint) -> list:
+def _jobs(model, st, req: NativeRequest, constraint, infill_body: dict | None = None, chunks=None) -> list:
     """One job per prompt, each with the request's chain as its scheduler request's samplers. ``n_predict`` past
-    the context is cut to it (llama.cpp stops there and says ``truncated``); 0 makes no tokens."""
-    chain = req.processors(model)
+    the context is cut to it (llama.cpp stops there and says ``truncated``); 0 makes no tokens. An /infill body
+    (``infill_body``, its ``chunks``) makes one prompt, whose FIM end tokens also end generation."""
+    eos = list(model.generation_config.eos_token_ids or [])
+    forms, overrides = req.prompts, None
+    if infill_body is not None:
+        ids, fim_end = llamacpp_infill.infill_ids(model, infill_body, chunks)
+        forms = [ids]
+        eos += [i for i in fim_end if i not in eos]
+        overrides = {"eos_token_id": eos}
+    biases, chain = req.biases(model, eos), req.samplers()
     ctx = model.max_positions
     jobs = []
-    for form in req.prompts:
+    for form in forms:
         ids = encode_prompt(model, form)
-        want = None if req.n_predict < 0 else req.n_predict
+        want = req.n_predict
+        if ctx and (len(ids) > ctx or (want and len(ids) >= ctx)):
+            raise bad("prompt", f"the prompt has {len(ids)} tokens and fills this model's context of {ctx} tokens",
+                      code="context_length_exceeded")
         if want and ctx and len(ids) + want > ctx:
-            if len(ids) >= ctx:
-                raise bad("prompt", f"the prompt has {len(ids)} tokens and fills this model's context of {ctx} "
-                                    "tokens", code="context_length_exceeded")
             want = ctx - len(ids)
         samp = protocol.Sampling(max_tokens=want, temperature=0.0 if req.greedy else 1.0, top_p=1.0, n=1,
                                  stop=req.stop, seed=req.seed, stream=req.stream, include_usage=False,
                                  presence_penalty=0.0, frequency_penalty=0.0, top_k=0, repetition_penalty=1.0,
-                                 num_beams=1, logprobs=req.n_probs or None, max_tokens_param="n_predict")
-        jobs += make_jobs(model, st, samp, [ids], [""], "prompt", constraint, samplers=chain)
+                                 num_beams=1, logprobs=req.n_probs or None, max_tokens_param=req.n_predict_name)
+        jobs += make_jobs(model, st, samp, [ids], [""], "prompt", constraint, samplers=chain, overrides=overrides,
+                          first=biases)
     return jobs
 
 
-async def _chunks(run, model, st, req: NativeRequest, jobs, choices: Choices):
-    """The stream: an event per token, then each prompt's final object (``stop``: true)."""
-    made: dict[int, int] = {}
-    ended: set[int] = set()
-    async for kind, i, what, payload in run.items():
-        if what != "events":
-            continue
-        for index, ev in choices.add_events(i, payload):
-            made[index] = made.get(index, 0) + 1
-            chunk = {"index": index, "content": ev.text or "", "tokens": [ev.token_id], "stop": False, "id_slot": -1,
-                     "tokens_predicted": made[index], "tokens_evaluated": len(jobs[i].ids)}
-            if req.n_probs:
-                chunk["completion_probabilities"] = [_probs(model, (ev.token_id, ev.logprob, ev.top_logprobs))]
-            if req.timings_per_token:
-                chunk["timings"] = _timings(jobs[i], made[index])
-            yield chunk
-            if ev.finished:
-                ended.add(index)
-                yield _final(model, st, req, jobs[i], choices, index, "", streamed=True)
-    for i, job in enumerate(jobs):  # n_predict 0: no tokens, only the final object
-        if i not in ended:
-            yield _final(model, st, req, job, choices, i, "", streamed=True)
+class _Answer:
+    """A request's answers as the engine makes them: per prompt its tokens (``choices``), its text, whether a line
+    limit ended it (llamacpp_limits.py: its row is cancelled there) -> llama.cpp's stream events and final
+    objects."""
 
+    def __init__(self, model, st, req: NativeRequest, jobs: list):
+        self.model, self.st, self.req, self.jobs = model, st, req, jobs
+        self.choices = Choices(model, 1, chat=False)
+        self.limits = [LineLimits(req.n_indent, req.t_max_predict_ms) for _ in jobs]
+        self.watching = any(lim.active for lim in self.limits)
+        self.texts: dict[int, str] = {}
+        self.limited: set[int] = set()  # prompts a line limit ended
+        self.run = None
 
-def _final(model, st, req: NativeRequest, job, choices: Choices, i: int, text: str, streamed: bool) -> dict:
-    """Prompt i's final object (``streamed``: the stream's last event, without the content and tokens it sent)."""
-    entries = choices.tokens.get(i, [])
-    ids = [t for t, _, _ in entries]
-    reason = job.req.reasons[0] if job.req is not None and job.req.reasons else None
-    ctx = model.max_positions
-    out = {"index": i, "content": "" if streamed else text,
-           "tokens": ids if req.return_tokens and not streamed else [], "id_slot": -1, "stop": True,
-           "model": st.config.model_name, "tokens_predicted": len(ids), "tokens_evaluated": len(job.ids),
-           "generation_settings": {**req.settings(), "n_ctx": ctx, "model": st.config.model_name},
-           "prompt": model.tokenizer.decode(job.ids, skip_special_tokens=False) if model.tokenizer else "",
-           "has_new_line": "\n" in text, "truncated": bool(reason == "length" and ctx and len(job.ids) + len(ids) >= ctx),
-           "stop_type": STOP_TYPES.get(reason, "limit"),
-           "stopping_word": _stopping_word(model, ids, req.stop) if reason == "stop" else "",
-           "tokens_cached": job.req.cached_tokens if job.req is not None else 0,
-           "timings": _timings(job, len(ids))}
-    if req.n_probs and not streamed:
-        out["completion_probabilities"] = [_probs(model, e) for e in entries]
-    return _pick(out, req.response_fields) if req.response_fields else out
+    def _take(self, i: int, payload) -> list:
+        """Prompt i's new events -> [(event, whether the answer ends with it)]; none once a limit ended it."""
+        if i in self.limited:
+            return []
+        out = []
+        for _, ev in self.choices.add_events(i, payload):
+            piece = ev.text or ""
+            self.texts[i] = self.texts.get(i, "") + piece
+            lim = self.limits[i]
+            if lim.active and lim.push(piece):
+                self.texts[i] = lim.text
+                self.limited.add(i)
+                if not ev.finished:
+                    self.st.engine.cancel(self.jobs[i].req)
+                out.append((ev, True))
+                break
+            out.append((ev, ev.finished))
+        return out
+
+    async def gather(self) -> bool:
+        async for kind, i, what, payload in self.run.items():
+            if what == "events":
+                self._take(i, payload)
+        return True
+
+    async def events(self):
+        """The stream: an event per token, then each prompt's final object (``stop``: true)."""
+        ended: set[int] = set()
+        async for kind, i, what, payload in self.run.items():
+            if what != "events":
+                continue
+            for ev, last in self._take(i, payload):
+                n = len(self.choices.tokens.get(i, []))
+                chunk = {"index": i, "content": ev.text or "", "tokens": [ev.token_id], "stop": False,
+                         "id_slot": -1, "tokens_predicted": n, "tokens_evaluated": len(self.jobs[i].ids)}
+                if self.req.n_probs:
+                    chunk["completion_probabilities"] = [_probs(self.model, (ev.token_id, ev.logprob,
+                                                                             ev.top_logprobs))]
+                if self.req.timings_per_token:
+                    chunk["timings"] = _timings(self.jobs[i], n)
+                yield chunk
+                if last:
+                    ended.add(i)
+                    yield self.final(i, streamed=True)
+        for i in range(len(self.jobs)):  # n_predict 0: no tokens, only the final object
+            if i not in ended:
+                yield self.final(i, streamed=True)
+
+    def final(self, i: int, streamed: bool) -> dict:
+        """Prompt i's final object (``streamed``: the stream's last event, without the content and tokens it
+        sent)."""
+        model, req, job = self.model, self.req, self.jobs[i]
+        entries = self.choices.tokens.get(i, [])
+        ids = [t for t, _, _ in entries]
+        text = self.texts.get(i, "")
+        reason = "length" if i in self.limited else (job.req.reasons[0] if job.req is not None and job.req.reasons
+                                                     else None)
+        ctx = model.max_positions
+        word = _stopping_word(model, ids, req.stop) if reason == "stop" else ""
+        out = {"index": i, "content": "" if streamed else text,
+               "tokens": ids if req.return_tokens and not streamed else [], "id_slot": -1, "stop": True,
+               "model": self.st.config.model_name, "tokens_predicted": len(ids), "tokens_evaluated": len(job.ids),
+               "generation_settings": {**req.settings(), "n_ctx": ctx, "model": self.st.config.model_name},
+               "prompt": model.tokenizer.decode(job.ids, skip_special_tokens=False) if model.tokenizer else "",
+               "has_new_line": "\n" in text,
+               "truncated": bool(reason == "length" and i not in self.limited and ctx
+                                 and len(job.ids) + len(ids) >= ctx),
+               "stop_type": STOP_TYPES.get(reason, "limit"), "stopping_word": word,
+               # the positions whose keys and values the model now holds (llama.cpp: the slot's tokens)
+               "tokens_cached": len(job.ids) + max(0, len(ids) - 1), "timings": _timings(job, len(ids))}
+        if req.n_probs and not streamed:  # llama.cpp leaves out as many entries as the stop word has tokens
+            cut = min(len(entries), len(model.tokenizer.encode(word, add_special_tokens=False))) if word else 0
+            out["completion_probabilities"] = [_probs(model, e) for e in entries[:len(entries) - cut]]
+        return _pick(out, req.response_fields) if req.response_fields else out
 
 
 def _stopping_word(model, ids: list[int], stop: list[str]) -> str:
-    """The stop string that ended the text: the first to occur in the decoded tokens (the longest where two start
-    at the same place)."""
+    """The stop string that ended the text: the first to occur in the decoded tokens (the first in the request's
+    list where two start at the same place, as llama.cpp's find_stopping_strings)."""
     if model.tokenizer is None:
         return ""
     full = model.tokenizer.decode(ids, skip_special_tokens=True)
-    found = [(full.find(s), -len(s), s) for s in stop if s in full]
+    found = [(full.find(s), k, s) for k, s in enumerate(stop) if s in full]
     return min(found)[2] if found else ""
 
 
@@ -175,8 +250,8 @@ def _probs(model, entry) -> dict:
 
 
 def _timings(job, predicted: int) -> dict:
-    """llama.cpp's ``timings``: the prompt's pass (tokens not from the prefix cache) and the generation, from the
-    scheduler's clock (zeros before the first token)."""
+    """llama.cpp's ``timings``: the prompt tokens the prefix cache held (``cache_n``), the prompt's pass over the
+    others and the generation, from the scheduler's clock (zeros before the first token)."""
     r = job.req
     first = r.first_token_at if r is not None else None
     prompt_n = len(job.ids) - (r.cached_tokens if r is not None else 0)
@@ -187,7 +262,7 @@ def _timings(job, predicted: int) -> dict:
         return (ms / n if n else 0.0), (1000 * n / ms if ms > 0 else 0.0)
     prompt_per_token, prompt_per_second = rate(prompt_n, prompt_ms)
     per_token, per_second = rate(predicted, predicted_ms)
-    return {"prompt_n": prompt_n, "prompt_ms": prompt_ms, "prompt_per_token_ms": prompt_per_token,
+    return {"cache_n": len(job.ids) - prompt_n, "prompt_n": prompt_n, "prompt_ms": prompt_ms, "prompt_per_token_ms": prompt_per_token,
             "prompt_per_second": prompt_per_second, "predicted_n": predicted, "predicted_ms": predicted_ms,
             "predicted_per_token_ms": per_token, "predicted_per_second": per_second}
 

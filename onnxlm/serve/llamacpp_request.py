@@ -1,27 +1,31 @@
 """llama.cpp's native POST /completion request -> checked parameters (``NativeRequest``): its field names, defaults
 and prompt forms, its sampler chain (``runtime/llama_samplers.py``) and its ``logit_bias`` forms. Every mistake is
-a 400 naming the field (OpenAI's error body, as the other endpoints answer).
+a 400 naming the field (OpenAI's error body, as the other endpoints answer), but one: biases or penalties so large
+that the scores they make overflow float32 are a 400 when those scores are made, naming none (it is their sum).
 
 What llama.cpp's server documents and this one does not do is refused by name when asked for (``mirostat``,
-``dynatemp_range``, ``dry_multiplier``, ``xtc_probability``, ``top_n_sigma``, ``n_indent``, ``t_max_predict_ms``,
-``post_sampling_probs``, ``lora``, images), and accepted with the value that leaves it off; fields that only steer
-llama.cpp's own machinery are accepted and have no effect here: ``cache_prompt`` (this server's prefix cache is
-always on), ``id_slot`` (no slots: rows share one batch), ``n_keep`` (a prompt never slides out of the context:
-one past it is a 400), the parameters of the samplers above while they are off, and ``model``.
+``dynatemp_range``, ``dry_multiplier``, ``xtc_probability``, ``top_n_sigma``, ``post_sampling_probs``, ``lora``,
+images), and accepted with the value that leaves it off; fields that only steer llama.cpp's own machinery are
+accepted and have no effect here: ``cache_prompt`` (this server's prefix cache is always on), ``id_slot`` (no slots:
+rows share one batch), ``n_keep`` (a prompt never slides out of the context: one past it is a 400),
+``t_max_prompt_ms`` (llama.cpp does nothing with it either), the parameters of the samplers above while they are
+off, and ``model``.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
-from onnxlm.runtime.errors import ParameterError
+from onnxlm.runtime.errors import InputError, ParameterError
 from onnxlm.runtime.llama_samplers import DEFAULT_ORDER, FLOAT32_MAX, sampler_chain
 from onnxlm.runtime.processors import SequenceBiasProcessor
 
 from . import protocol
-from .protocol import _get_bool, _get_int, _is_int, _is_num, bad
+from .llamacpp_infill import KEYS as INFILL_KEYS
+from .protocol import GREEDY_BELOW, _get_bool, _get_int, _is_int, _is_num, bad
 
-MAX_N_PROBS = 20  # top alternatives per token (vLLM's default cap)
+MAX_N_PROBS = 100  # top alternatives per token (llama.cpp has no cap; each costs a partial sort of the vocabulary)
 MAX_STOP = 16
 RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: draw a random seed (as -1 does)
 
@@ -41,23 +45,23 @@ OFF_WHEN = {"dry": ("dry_multiplier", lambda v: v == 0), "xtc": ("xtc_probabilit
 #: options not done here -> (the value that leaves them off, what it is)
 NOT_DONE = {"mirostat": (0, "mirostat sampling"), "dynatemp_range": (0, "dynamic temperature"),
             "dry_multiplier": (0, "DRY sampling"), "xtc_probability": (0, "XTC sampling"),
-            "n_indent": (0, "minimum line indentation"), "t_max_predict_ms": (0, "a time limit on generation"),
             "post_sampling_probs": (False, "probabilities after the sampler chain (n_probs gives the model's)")}
 EMPTY_ONLY = {"lora": "LoRA adapters", "image_data": "images", "multimodal_data": "images and audio"}
 NUMBERS = {"dynatemp_exponent", "mirostat_tau", "mirostat_eta", "dry_base", "xtc_threshold", "top_n_sigma", "tfs_z"}
-INTEGERS = {"dry_allowed_length", "dry_penalty_last_n", "n_keep", "id_slot", "n_discard"}
+INTEGERS = {"dry_allowed_length", "dry_penalty_last_n", "n_keep", "id_slot", "n_discard", "t_max_prompt_ms"}
 FLAGS = {"cache_prompt", "penalize_nl"}
 
 KEYS = ({"prompt", "n_predict", "max_tokens", "stream", "stop", "seed", "n_probs", "return_tokens", "response_fields",
          "timings_per_token", "ignore_eos", "logit_bias", "samplers", "grammar", "json_schema", "response_format",
-         "dry_sequence_breakers", "model"} | set(DEFAULTS) | set(NOT_DONE) | set(EMPTY_ONLY) | NUMBERS | INTEGERS
-        | FLAGS)
+         "dry_sequence_breakers", "model", "n_indent", "t_max_predict_ms"}
+        | set(DEFAULTS) | set(NOT_DONE) | set(EMPTY_ONLY) | NUMBERS | INTEGERS | FLAGS)
 
 
 @dataclass
 class NativeRequest:
-    """A checked /completion body. ``prompts``: the prompt forms (str, ids, or a mix) to encode; ``n_predict``: -1
-    = up to the context; ``samplers``: the chain after the bias (built per request: ``processors``)."""
+    """A checked /completion body. ``prompts``: the prompt forms (str, ids, or a mix) to encode; ``n_predict``:
+    the request's, the server's ``--max-tokens`` where it asked for more or for -1 (then the context may end it
+    first); ``order``/``chain``: the samplers after the biases (``biases``, ``samplers``)."""
 
     prompts: list
     n_predict: int
@@ -73,6 +77,9 @@ class NativeRequest:
     order: list[str]
     chain: dict = field(default_factory=dict)  # sampler_chain's keyword arguments
     bias: object = None  # logit_bias as given (resolved to ids with the tokenizer: ``bias_ids``)
+    n_predict_name: str = "n_predict"  # or max_tokens, as the body named it
+    n_indent: int = 0  # llamacpp_limits.py
+    t_max_predict_ms: int = 0
 
     def settings(self) -> dict:
         """llama.cpp's ``generation_settings``: the options the request ran with."""
@@ -84,20 +91,22 @@ class NativeRequest:
                 "frequency_penalty": c["frequency_penalty"], "min_keep": c["min_keep"], "stop": list(self.stop),
                 "max_tokens": self.n_predict, "ignore_eos": self.ignore_eos, "stream": self.stream,
                 "n_probs": self.n_probs, "samplers": list(self.order), "timings_per_token": self.timings_per_token,
-                "post_sampling_probs": False}
+                "post_sampling_probs": False, "n_indent": self.n_indent, "t_max_predict_ms": self.t_max_predict_ms}
 
-    def processors(self, model) -> list:
-        """The request's chain: its logit biases (and, with ignore_eos, the end-of-generation ids banned), then its
-        samplers in order (400 naming the field for a bad value)."""
+    def biases(self, model, eos: list[int]) -> list:
+        """The first step of llama.cpp's chain, before a grammar's mask (whose check then sees a conflict): its logit
+        biases (with ignore_eos, the end-of-generation ids ``eos`` banned) -> [] or one processor."""
         bias = bias_ids(model, self.bias)
         if self.ignore_eos:
-            bias.update({i: -math.inf for i in model.generation_config.eos_token_ids or []})
-        out = [SequenceBiasProcessor({(i,): b for i, b in bias.items()})] if bias else []
+            bias.update({i: -math.inf for i in eos})
+        return [SequenceBiasProcessor({(i,): b for i, b in bias.items()})] if bias else []
+
+    def samplers(self) -> list:
+        """The rest of the chain: its samplers in order (400 naming the field for a bad value)."""
         try:
-            return out + sampler_chain(self.order, **self.chain)
+            return sampler_chain(self.order, **self.chain)
         except ParameterError as exc:
-            raise bad({"repeat_last_n": "repeat_last_n"}.get(exc.parameter, exc.parameter),
-                      str(exc).split(": ", 1)[-1]) from None
+            raise bad(exc.parameter, str(exc).split(": ", 1)[-1]) from None
 
 
 def _number(body: dict, name: str, default):
@@ -125,11 +134,15 @@ def _order(value) -> list[str]:
     return [NAMES[s] for s in value]
 
 
-def parse(body: dict, *, max_tokens_cap: int) -> NativeRequest:
-    """A /completion body (JSON object) -> NativeRequest, every field checked (400 naming it)."""
-    unknown = sorted(k for k in body if k not in KEYS)
+def parse(body: dict, *, max_tokens_cap: int, infill: bool = False) -> NativeRequest:
+    """A /completion body (JSON object) -> NativeRequest, every field checked (400 naming it). ``infill``: an
+    /infill body (its own fields are llamacpp_infill.py's; its ``prompt`` is optional and goes into the FIM
+    prompt)."""
+    keys = KEYS | INFILL_KEYS if infill else KEYS
+    unknown = sorted(k for k in body if k not in keys)
     if unknown:
-        raise bad(unknown[0], f"unrecognized field {unknown[0]!r} for /completion; supported: {', '.join(sorted(KEYS))}")
+        where = "/infill" if infill else "/completion"
+        raise bad(unknown[0], f"unrecognized field {unknown[0]!r} for {where}; supported: {', '.join(sorted(keys))}")
     if body.get("model") is not None and not isinstance(body["model"], str):
         raise bad("model", "expected a string")
     for name, (off, what) in NOT_DONE.items():
@@ -150,20 +163,25 @@ def parse(body: dict, *, max_tokens_cap: int) -> NativeRequest:
     breakers = body.get("dry_sequence_breakers")
     if breakers is not None and not (isinstance(breakers, list) and all(isinstance(b, str) for b in breakers)):
         raise bad("dry_sequence_breakers", "expected a list of strings")
-    if "prompt" not in body:
+    if "prompt" not in body and not infill:
         raise bad("prompt", "required: a string, token ids, a mix of both, or a list of such prompts")
     name = "n_predict" if body.get("n_predict") is not None else "max_tokens"
-    n_predict = _get_int(body, name, -1, lo=-1, hi=max_tokens_cap)
+    n_predict = _get_int(body, name, -1, lo=-1)
+    n_predict = max_tokens_cap if n_predict < 0 or n_predict > max_tokens_cap else n_predict  # the server's cap
     stop = body.get("stop")
     stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
         raise bad("stop", f"expected a list of up to {MAX_STOP} non-empty strings")
+    protocol.check_text(stop, "stop")
     seed = _get_int(body, "seed", -1, lo=-1, hi=RANDOM_SEED)
+    temperature = _number(body, "temperature", DEFAULTS["temperature"])
+    if temperature > FLOAT32_MAX:
+        raise bad("temperature", f"got {temperature!r}; must be a finite float32 number")
     n_probs = _get_int(body, "n_probs", 0, lo=0, hi=MAX_N_PROBS)
     fields = body.get("response_fields")
     if fields is not None and not (isinstance(fields, list) and all(isinstance(f, str) and f for f in fields)):
         raise bad("response_fields", "expected a list of field names (a/b names field b of object a)")
-    chain = {"temperature": _number(body, "temperature", DEFAULTS["temperature"]),
+    chain = {"temperature": temperature if temperature >= GREEDY_BELOW else 0.0,  # 1/T would overflow: greedy
              "top_k": _get_int(body, "top_k", DEFAULTS["top_k"]),
              "top_p": _number(body, "top_p", DEFAULTS["top_p"]), "min_p": _number(body, "min_p", DEFAULTS["min_p"]),
              "typical_p": _number(body, "typical_p", DEFAULTS["typical_p"]),
@@ -185,13 +203,16 @@ def parse(body: dict, *, max_tokens_cap: int) -> NativeRequest:
     if body.get("json_schema") is not None and (body.get("response_format") is not None
                                                 or body.get("grammar") not in (None, "")):
         raise bad("json_schema", "cannot be combined with response_format or grammar: give one of them")
-    return NativeRequest(prompts=_prompt_forms(body["prompt"]), n_predict=n_predict,
-                         stream=_get_bool(body, "stream", False), stop=stop, seed=None if seed in (-1, RANDOM_SEED)
+    return NativeRequest(prompts=[] if infill else _prompt_forms(body["prompt"]), n_predict=n_predict,
+                         n_predict_name=name, stream=_get_bool(body, "stream", False), stop=stop,
+                         seed=None if seed in (-1, RANDOM_SEED)
                          else seed, n_probs=n_probs, return_tokens=_get_bool(body, "return_tokens", False),
                          response_fields=fields, timings_per_token=_get_bool(body, "timings_per_token", False),
                          ignore_eos=_get_bool(body, "ignore_eos", False),
                          greedy=chain["temperature"] <= 0 and "temperature" in order,  # llama.cpp: keeps the top
-                         order=order, chain=chain, bias=body.get("logit_bias"))
+                         order=order, chain=chain, bias=body.get("logit_bias"),
+                         n_indent=_get_int(body, "n_indent", 0, lo=0),
+                         t_max_predict_ms=_get_int(body, "t_max_predict_ms", 0, lo=0))
 
 
 def _is_mixed(p) -> bool:
@@ -224,7 +245,7 @@ def encode_prompt(model, form) -> list[int]:
         if isinstance(part, str):
             if model.tokenizer is None:
                 raise bad("prompt", "this model has no tokenizer.json: send token ids")
-            ids += model.tokenizer.encode(part, add_special_tokens=k == 0)
+            ids += _encode(model, part, "prompt", add_special_tokens=k == 0)
         else:
             if not 0 <= part < model.vocab_size:
                 raise bad("prompt", f"token id {part} is out of range; allowed: 0 <= id < {model.vocab_size}")
@@ -234,13 +255,27 @@ def encode_prompt(model, form) -> list[int]:
     return ids
 
 
+def _encode(model, text: str, param: str, add_special_tokens: bool) -> list[int]:
+    try:
+        return model.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    except InputError as exc:  # text that is not text (a lone surrogate)
+        raise bad(param, str(exc).split(": ", 1)[-1]) from None
+
+
+def _key(k: str):
+    """A {token: bias} key: an integer as llama.cpp's strtol reads one (ASCII digits, leading spaces and a sign),
+    else the text."""
+    return int(k) if re.fullmatch(r"\s*[+-]?[0-9]+", k) else k
+
+
 def bias_ids(model, value) -> dict[int, float]:
     """llama.cpp's ``logit_bias``: [[token, bias], ...] or {token: bias}, a token being an id or a string (each of
-    the string's tokens gets the bias) and a bias a number or false (never that token) -> {id: bias}."""
+    the string's tokens gets the bias) and a bias a number or false (never that token) -> {id: bias}, the biases
+    of a token named more than once added up (llama.cpp adds each entry)."""
     if value is None:
         return {}
     if isinstance(value, dict):
-        pairs = [(int(k) if k.isdigit() else k, v) for k, v in value.items()]
+        pairs = [(_key(k), v) for k, v in value.items()]
     elif isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 for p in value):
         pairs = [tuple(p) for p in value]
     else:
@@ -256,11 +291,11 @@ def bias_ids(model, value) -> dict[int, float]:
         if isinstance(token, str):
             if model.tokenizer is None:
                 raise bad("logit_bias", "this model has no tokenizer.json: give token ids")
-            ids = model.tokenizer.encode(token, add_special_tokens=False)
+            ids = _encode(model, token, "logit_bias", add_special_tokens=False)
         elif _is_int(token) and 0 <= token < model.vocab_size:
             ids = [int(token)]
         else:
             raise bad("logit_bias", f"{token!r:.40} is not a token id in [0, {model.vocab_size}) or a string")
         for i in ids:
-            out[i] = float(b)
+            out[i] = out.get(i, 0.0) + float(b)  # -inf stays -inf
     return out

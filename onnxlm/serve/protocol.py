@@ -150,6 +150,15 @@ CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"
 TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents", "tokenize")  # tokenize: render_chat's own argument
 
 
+def check_text(strings: list, param: str) -> None:
+    """400 naming ``param`` for a string that is not text (a lone surrogate: JSON's \\ud800 escapes have no UTF-8)."""
+    for s in strings:
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(param, f"{s[:40]!r} is not valid text (a lone UTF-16 surrogate)") from None
+
+
 def check_keys(body: dict, allowed: set) -> None:
     unknown = sorted(k for k in body if k not in allowed)
     if unknown:
@@ -195,6 +204,7 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
         stop = [stop]
     if not isinstance(stop, list) or len(stop) > MAX_STOP or not all(isinstance(s, str) and s for s in stop):
         raise bad("stop", f"expected a non-empty string or a list of up to {MAX_STOP} non-empty strings")
+    check_text(stop, "stop")
     seed = _get_int(body, "seed", None, lo=0, hi=2**63 - 1)
     stream = _get_bool(body, "stream", False)
     options = body.get("stream_options")

@@ -80,7 +80,7 @@ def admit(st, jobs: list[Job], n: int, echo_logprobs, *, stream: bool = True) ->
         raise
 
 
-async def _until_done_or_gone(request: HTTPRequest, run: Run, consume):
+async def until_done_or_gone(request: HTTPRequest, run: Run, consume):
     """Run ``consume()`` (a coroutine) while watching for the client going away (non-streaming requests)."""
     task = asyncio.ensure_future(consume())
     try:
@@ -101,7 +101,7 @@ async def _until_done_or_gone(request: HTTPRequest, run: Run, consume):
 async def collect(request: HTTPRequest, run: Run, slot: Slot, choices: Choices, jobs: list[Job]):
     """A non-streaming request's whole output ({"texts": ...}, None when the client went away); frees the slot."""
     try:
-        return await _until_done_or_gone(request, run, lambda: _gather(run, choices, jobs))
+        return await until_done_or_gone(request, run, lambda: _gather(run, choices, jobs))
     finally:
         slot.release()
 

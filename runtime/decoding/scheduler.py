@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constraints import ConstraintProcessor, engine_for
-from ..errors import ParameterError
+from ..errors import InputError, ParameterError
 from ..generation_config import GenerationConfig
 from ..prefix_cache import PrefixCache, feed_rest
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens, top_logprobs
@@ -244,6 +244,10 @@ class Scheduler:
             u = run.rng.random(req.n)
             chosen = sample_tokens(scores, _Uniforms(u[rows]))
         else:
+            dead = ~np.isfinite(scores.max(axis=1))  # as sample_tokens refuses them: never an arbitrary token
+            if dead.any():
+                raise InputError(f"scores: rows {np.flatnonzero(dead).tolist()} have no finite maximum (every token "
+                                 "masked by the generation parameters, or +inf scores); cannot decode")
             chosen = greedy_tokens(scores)
         tokens = np.full(req.n, run.pad if run.eos.size else 0, np.int64)
         tokens[rows] = chosen
@@ -302,6 +306,19 @@ class Scheduler:
                 break
         if not batch:
             return
+        runs = {}
+        for req in list(batch):  # its processors, stop check and streams first: one that cannot be made fails alone
+            try:
+                sequences = np.repeat(self.model.initial_sequences(np.asarray([req.ids], np.int64),
+                                                                   req.config.decoder_start_token_id), req.n, axis=0)
+                _, max_len = self.model._lengths(req.config, sequences.shape[1])
+                runs[id(req)] = (sequences, _Run(self.model, req, sequences.shape[1], max_len))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
+                req.error, req.done = exc, True
+                self.failed.append(req)
+                batch.remove(req)
+        if not batch:
+            return
         began = time.perf_counter()
         for req in batch:
             req.prefill_at = began
@@ -313,13 +330,11 @@ class Scheduler:
                 self.failed.append(req)
             return
         for req in batch:
-            sequences = np.repeat(self.model.initial_sequences(np.asarray([req.ids], np.int64),
-                                                               req.config.decoder_start_token_id), req.n, axis=0)
-            _, max_len = self.model._lengths(req.config, sequences.shape[1])
+            sequences, run = runs[id(req)]
             req.t0, req.sequences, req.active = sequences.shape[1], sequences, np.ones(req.n, bool)
             req.new_ids, req.reasons = [[] for _ in range(req.n)], [None] * req.n
             req.final_text = [None] * req.n
-            self._runs[id(req)] = _Run(self.model, req, req.t0, max_len)
+            self._runs[id(req)] = run
             self.requests.append(req)
             self.rows += [(req, r) for r in range(req.n)]
         if self.state is not None:
