@@ -192,7 +192,7 @@ def test_several_prompts_and_mixed_prompts(live):
     ({"prompt": "x", "logit_bias": {"-1": 1}}, "logit_bias"),
     ({"prompt": "x", "temperature": 1e39}, "temperature"),
     ({"prompt": "x", "repeat_penalty": 1e-50}, "repeat_penalty"),
-    ({"prompt": "x", "n_indent": -1}, "n_indent"),
+    ({"prompt": "x", "n_indent": 1.5}, "n_indent"),
     ({"prompt": "x", "repeat_penalty": 0}, "repeat_penalty"),
     ({"prompt": "x", "logit_bias": [[10**9, 1]]}, "logit_bias"),
     ({"prompt": "x", "json_schema": {"type": "object"}, "grammar": "root ::= \"a\""}, "json_schema"),
@@ -295,8 +295,8 @@ def test_n_indent_and_t_max_predict_ms_end_the_answer(live):
 # ------------------------------------------------------------------------------------------------ /infill
 @pytest.fixture(scope="module")
 def fim_live(tiny_llama, tmp_path_factory):
-    """The tiny Llama with FIM tokens: its byte tokens 1, 2, 3 renamed <fim_prefix>, <fim_suffix>, <fim_middle>
-    (StarCoder's names, found by their text as llama.cpp finds them)."""
+    """The tiny Llama with FIM tokens: its byte tokens 1-6 renamed <fim_prefix>, <fim_suffix>, <fim_middle>,
+    <fim_pad> (StarCoder's names), <|file_sep|>, <|fim_repo|> (Qwen's), found by their text as llama.cpp finds them."""
     import hashlib
     import json
     import shutil
@@ -306,7 +306,8 @@ def fim_live(tiny_llama, tmp_path_factory):
     spec = json.loads((art / "tokenizer.json").read_text())
     vocab = spec["model"]["vocab"]
     names = {v: k for k, v in vocab.items()}
-    for i, text in ((1, "<fim_prefix>"), (2, "<fim_suffix>"), (3, "<fim_middle>")):
+    for i, text in ((1, "<fim_prefix>"), (2, "<fim_suffix>"), (3, "<fim_middle>"), (4, "<fim_pad>"),
+                    (5, "<|file_sep|>"), (6, "<|fim_repo|>")):
         del vocab[names[i]]
         vocab[text] = i
     data = json.dumps(spec).encode()
@@ -317,20 +318,36 @@ def fim_live(tiny_llama, tmp_path_factory):
     yield from live_tiny(art)
 
 
-def test_infill_builds_llama_cpp_s_fim_prompt(fim_live, live):
-    model = fim_live.model
-    tok = model.tokenizer
-    body = {"input_prefix": "def f(x):\n    return", "input_suffix": "\n\nprint(f(2))\n", "prompt": " x",
-            "input_extra": [{"filename": "a.py", "text": "import os\n"}], "n_predict": 4, "temperature": 0,
-            "return_tokens": True}
+@pytest.mark.parametrize("batch", [2048, 64])
+def test_infill_builds_llama_cpp_s_fim_prompt(fim_live, live, monkeypatch, batch):
+    """The FIM prompt as llama.cpp's format_infill builds it: with its 2048-token batch the 256-token context has no
+    room for the extra chunks; with a 64-token batch they come first (repo name, each chunk after a file separator,
+    then the current file's), the prefix keeps its last 48 tokens and the suffix its first 16 - 2 - len(prompt)."""
+    from onnxlm.serve import llamacpp_infill
+
+    monkeypatch.setattr(llamacpp_infill, "N_BATCH", batch)
+    tok = fim_live.model.tokenizer
+    body = {"input_prefix": "def f(x):\n    \"\"\"Twice x, plus one.\"\"\"\n    y = x * 2 + 1\n    return",
+            "input_suffix": "\n\nprint(f(2))\n",
+            "prompt": " x", "input_extra": [{"filename": "a.py", "text": "import os\n"}, {"text": "b"}],
+            "n_predict": 4, "temperature": 0, "return_tokens": True}
     r = post(fim_live.url, "/infill", body)
     assert r.status_code == 200, r.text
     got = r.json()
     plain = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
-    want = [257, 1] + plain(body["input_prefix"]) + plain(" x") + [2] + plain(body["input_suffix"]) + [3]
+    prefix, suffix = plain(body["input_prefix"]), plain(body["input_suffix"])
+    extra = []
+    if batch == 64:
+        extra = [6] + plain("myproject\n") + [5] + plain("a.py\n") + plain("import os\n") + [5] + plain("tmp\n") + \
+            plain("b") + [5] + plain("filename\n")
+        assert len(prefix) > 48 and len(suffix) > 12                          # both cut
+        prefix, suffix = prefix[-48:], suffix[:16 - 2 - 2]
+    want = extra + [257, 1] + prefix + plain(" x") + [2] + suffix + [3]
     assert got["tokens_evaluated"] == len(want) and got["prompt"] == tok.decode(want, skip_special_tokens=False)
-    same = complete(fim_live, prompt=want, n_predict=4, temperature=0, return_tokens=True)  # a 256-token context:
-    assert got["tokens"] == same["tokens"]                                      # no room for the extra chunks
+    same = complete(fim_live, prompt=want, n_predict=4, temperature=0, return_tokens=True)
+    assert got["tokens"] == same["tokens"]
+    if batch == 64:
+        return
     r = post(live.url, "/infill", {"input_prefix": "a", "input_suffix": "b"})   # no FIM tokens
     assert r.status_code == 400 and r.json()["error"]["code"] == "infill_not_supported"
     r = post(fim_live.url, "/infill", {"input_prefix": "a", "input_suffix": "b", "input_extra": [{"text": 3}]})
@@ -353,3 +370,15 @@ def test_openai_endpoints_take_min_p_and_ignore_eos_and_count_cached_tokens(live
     assert kept["usage"]["completion_tokens"] == 4 and kept["choices"][0]["finish_reason"] == "length"
     assert post(live.url, "/v1/completions", {**body, "min_p": 1.5}).json()["error"]["param"] == "min_p"
     assert post(live.url, "/v1/completions", {**body, "stop": ["\ud800"]}).json()["error"]["param"] == "stop"
+
+
+def test_fim_end_tokens_end_generation_on_every_llama_cpp_endpoint(fim_live):
+    """<fim_pad> and <|file_sep|> are among llama.cpp's end-of-generation ids: pushed up, they end a /completion at
+    once (stop_type eos), and ignore_eos bans them."""
+    for token in (4, 5):
+        got = complete(fim_live, prompt=PROMPT, n_predict=5, temperature=0, logit_bias=[[token, 100]],
+                       return_tokens=True)
+        assert got["tokens"] == [token] and got["stop_type"] == "eos"
+        kept = complete(fim_live, prompt=PROMPT, n_predict=5, temperature=0, logit_bias=[[token, 100]],
+                        ignore_eos=True, return_tokens=True)
+        assert token not in kept["tokens"] and len(kept["tokens"]) == 5

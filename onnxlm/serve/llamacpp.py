@@ -111,14 +111,12 @@ async def _constraint(model, body: dict):
 def _jobs(model, st, req: NativeRequest, constraint, infill_body: dict | None = None, chunks=None) -> list:
     """One job per prompt, each with the request's chain as its scheduler request's samplers. ``n_predict`` past
     the context is cut to it (llama.cpp stops there and says ``truncated``); 0 makes no tokens. An /infill body
-    (``infill_body``, its ``chunks``) makes one prompt, whose FIM end tokens also end generation."""
-    eos = list(model.generation_config.eos_token_ids or [])
-    forms, overrides = req.prompts, None
+    (``infill_body``, its ``chunks``) makes one prompt. Generation ends at llama.cpp's end-of-generation ids."""
+    eos = llamacpp_infill.end_of_generation_ids(model)  # llama.cpp's: the model's, FIM's and end-of-turn tokens
+    overrides = {"eos_token_id": eos} if eos else None
+    forms = req.prompts
     if infill_body is not None:
-        ids, fim_end = llamacpp_infill.infill_ids(model, infill_body, chunks)
-        forms = [ids]
-        eos += [i for i in fim_end if i not in eos]
-        overrides = {"eos_token_id": eos}
+        forms = [llamacpp_infill.infill_ids(model, infill_body, chunks)]
     biases, chain = req.biases(model, eos), req.samplers()
     ctx = model.max_positions
     jobs = []
@@ -158,7 +156,8 @@ class _Answer:
         if i in self.limited:
             return []
         out = []
-        for _, ev in self.choices.add_events(i, payload):
+        for ev in payload:  # one at a time: none past the one a limit ends the answer with is counted
+            self.choices.add_events(i, [ev])
             piece = ev.text or ""
             self.texts[i] = self.texts.get(i, "") + piece
             lim = self.limits[i]
@@ -224,7 +223,8 @@ class _Answer:
                # the positions whose keys and values the model now holds (llama.cpp: the slot's tokens)
                "tokens_cached": len(job.ids) + max(0, len(ids) - 1), "timings": _timings(job, len(ids))}
         if req.n_probs and not streamed:  # llama.cpp leaves out as many entries as the stop word has tokens
-            cut = min(len(entries), len(model.tokenizer.encode(word, add_special_tokens=False))) if word else 0
+            cut = min(len(entries), len(model.tokenizer.encode(word, add_special_tokens=False,
+                                                               split_special_tokens=True))) if word else 0
             out["completion_probabilities"] = [_probs(model, e) for e in entries[:len(entries) - cut]]
         return _pick(out, req.response_fields) if req.response_fields else out
 

@@ -13,7 +13,8 @@ strings read as text; ``prompt`` (the start of the middle the client already has
 The FIM tokens are found by their text, as llama.cpp's vocabulary loader finds them where a GGUF file's metadata
 does not name them (Qwen's ``<|fim_prefix|>``, StarCoder/Granite's ``<fim_prefix>``, DeepSeek's, CodeLlama's
 ``<PRE>``...); a model without prefix, suffix and middle tokens cannot infill (400 ``infill_not_supported``). Its
-FIM pad, repo and file-separator tokens end generation, as llama.cpp counts them among the end-of-generation ids.
+FIM pad, repo and file-separator tokens, and the end-of-turn tokens llama.cpp finds by their text, end generation
+on every llama.cpp endpoint (``end_of_generation_ids``), as they are among llama.cpp's end-of-generation ids.
 """
 from __future__ import annotations
 
@@ -74,14 +75,14 @@ def check(body: dict) -> list[dict]:
     for k, chunk in enumerate(extra):
         if not isinstance(chunk, dict) or not isinstance(chunk.get("text"), str):
             raise bad("input_extra", f"chunk {k} must be an object with a \"text\" string")
-        if chunk.get("filename") is not None and not isinstance(chunk["filename"], str):
+        if "filename" in chunk and not isinstance(chunk["filename"], str):
             raise bad("input_extra", f"chunk {k}'s \"filename\" must be a string")
-        check_text([chunk["text"], chunk.get("filename") or ""], "input_extra")
+        check_text([chunk["text"], chunk.get("filename", "")], "input_extra")
     return extra
 
 
-def infill_ids(model, body: dict, extra: list[dict]) -> tuple[list[int], list[int]]:
-    """A checked /infill body -> (the prompt ids, the FIM ids that end generation besides the model's own)."""
+def infill_ids(model, body: dict, extra: list[dict]) -> list[int]:
+    """A checked /infill body -> the prompt ids."""
     tok = model.tokenizer
     if tok is None:
         raise bad("input_prefix", "this model has no tokenizer.json: it cannot build a fill-in-the-middle prompt",
@@ -101,15 +102,16 @@ def infill_ids(model, body: dict, extra: list[dict]) -> tuple[list[int], list[in
 
     prefix, suffix = mixed(body["input_prefix"]), mixed(body["input_suffix"])
     prompt = tok.encode(body.get("prompt") or "", add_special_tokens=False) if body.get("prompt") else []
-    wrong = sorted({i for i in prefix + suffix if not 0 <= i < model.vocab_size})
-    if wrong:
-        raise bad("input_prefix", f"token ids {wrong[:10]} are out of range; allowed: 0 <= id < {model.vocab_size}")
+    for name, ids in (("input_prefix", prefix), ("input_suffix", suffix)):
+        wrong = sorted({i for i in ids if not 0 <= i < model.vocab_size})
+        if wrong:
+            raise bad(name, f"token ids {wrong[:10]} are out of range; allowed: 0 <= id < {model.vocab_size}")
     extra_ids: list[int] = []
     if "rep" in fim:
         extra_ids += [fim["rep"]] + text("myproject\n")
     for chunk in extra:
         if "sep" in fim:
-            extra_ids += [fim["sep"]] + text(str(chunk.get("filename") or "tmp") + "\n")
+            extra_ids += [fim["sep"]] + text(chunk.get("filename", "tmp") + "\n")  # "" stays "", as llama.cpp
         else:
             extra_ids += text(SNIPPET)
         extra_ids += text(chunk["text"])
@@ -123,7 +125,28 @@ def infill_ids(model, body: dict, extra: list[dict]) -> tuple[list[int], list[in
     ids = _bos(tok) + ids
     ids = (extra_ids[len(extra_ids) - n_extra:] if n_extra else []) + ids
     ids += [fim["suf"]] + suffix[:n_suffix] + [fim["mid"]]
-    return ids, [fim[r] for r in ("pad", "rep", "sep") if r in fim]
+    return ids
+
+
+#: end-of-turn tokens llama.cpp's vocabulary loader counts as end of generation by their text (llama-vocab.cpp)
+EOT_TEXTS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
+             "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>")
+
+
+def end_of_generation_ids(model) -> list[int]:
+    """The ids that end generation on llama.cpp's endpoints, as llama.cpp's vocabulary sets them: the model's own,
+    its FIM pad, repo and file-separator tokens, and the end-of-turn tokens found by their text (gpt-oss's
+    ``<|end|>`` left out beside ``<|return|>`` and ``<|call|>``, as llama.cpp leaves it out)."""
+    eos = list(model.generation_config.eos_token_ids or [])
+    tok = model.tokenizer
+    if tok is None:
+        return eos
+    fim = fim_tokens(tok)
+    found = {text: tok.token_to_id(text) for text in EOT_TEXTS}
+    if all(found[t] is not None for t in ("<|return|>", "<|call|>", "<|end|>")):
+        found["<|end|>"] = None
+    more = [fim[r] for r in ("pad", "rep", "sep") if r in fim] + [int(i) for i in found.values() if i is not None]
+    return eos + sorted({i for i in more if i not in eos and 0 <= i < model.vocab_size})
 
 
 def _bos(tok) -> list[int]:

@@ -211,8 +211,8 @@ def parse(body: dict, *, max_tokens_cap: int, infill: bool = False) -> NativeReq
                          ignore_eos=_get_bool(body, "ignore_eos", False),
                          greedy=chain["temperature"] <= 0 and "temperature" in order,  # llama.cpp: keeps the top
                          order=order, chain=chain, bias=body.get("logit_bias"),
-                         n_indent=_get_int(body, "n_indent", 0, lo=0),
-                         t_max_predict_ms=_get_int(body, "t_max_predict_ms", 0, lo=0))
+                         n_indent=max(0, _get_int(body, "n_indent", 0)),  # below 0: off, as 0
+                         t_max_predict_ms=max(0, _get_int(body, "t_max_predict_ms", 0)))
 
 
 def _is_mixed(p) -> bool:
