@@ -16,8 +16,8 @@ DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
 template), GET /v1/models, GET /health (503 until the model is loaded, 200 when ready), GET /metrics (JSON, or
 Prometheus' text format for a scraper), llama.cpp's native POST /completion (its fields, defaults and sampler
-order), its POST /tokenize, /detokenize, /apply-template and GET /props, and a chat page at GET / (open
-http://127.0.0.1:8000/ in a browser).
+order) and POST /infill (fill-in-the-middle for editors, on models with FIM tokens), its POST /tokenize,
+/detokenize, /apply-template and GET /props, and a chat page at GET / (open http://127.0.0.1:8000/ in a browser).
 Concurrent requests are decoded together (continuous batching); `stream: true` sends server-sent events.
 Needs the serve extra: pip install 'onnxlm[serve]'.
 
