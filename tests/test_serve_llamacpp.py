@@ -196,6 +196,7 @@ def test_several_prompts_and_mixed_prompts(live):
     ({"prompt": "x", "repeat_penalty": 0}, "repeat_penalty"),
     ({"prompt": "x", "logit_bias": [[10**9, 1]]}, "logit_bias"),
     ({"prompt": "x", "json_schema": {"type": "object"}, "grammar": "root ::= \"a\""}, "json_schema"),
+    ({"prompt": "x", "json_schema": {"type": "intger"}}, "json_schema"),
     ({"prompt": "x", "unknown_field": 1}, "unknown_field"),
     ({"prompt": [1.5]}, "prompt"),
     ({"prompt": "x", "n_probs": 101}, "n_probs"),

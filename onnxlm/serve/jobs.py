@@ -65,25 +65,31 @@ def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param
 
 async def output_constraint(model, body: dict):
     """What every row's output must follow -> a compiled Constraint, or None: OpenAI's ``response_format``
-    (json_object / json_schema; "text" or absent: none) or llama.cpp's ``grammar`` (GBNF, or llguidance's Lark),
-    not both; a 400 naming the parameter for a bad one, or without the 'structured' extra. Compiling (and, once per
+    (json_object / json_schema; "text" or absent: none), llama.cpp's ``grammar`` (GBNF, or llguidance's Lark) or
+    its /completion's ``json_schema`` (the schema itself; llamacpp_request.py refuses it beside the others), not
+    both; a 400 naming the parameter for a bad one, or without the 'structured' extra. Compiling (and, once per
     model, building the llguidance tokenizer) runs in a worker thread, off the event loop."""
+    param = "response_format"
     try:
         params = response_format_to_params(body.get("response_format"))
         if body.get("grammar") not in (None, ""):  # llama.cpp: an empty grammar is none
             if params:
                 raise bad("grammar", "cannot be combined with a response_format of type json_object or json_schema: "
                                      "give one of them")
-            constraint, param = make_constraint("grammar", body["grammar"]), "grammar"
+            param = "grammar"
+            constraint = make_constraint("grammar", body["grammar"])
+        elif body.get("json_schema") is not None:
+            param = "json_schema"
+            constraint = make_constraint("json_schema", body["json_schema"])
         elif params:
-            constraint, param = make_constraint("json_schema", params["json_schema"]), "response_format"
+            constraint = make_constraint("json_schema", params["json_schema"])
         else:
             return None
         engine = engine_for(model, model.generation_config.eos_token_ids, param)
         await asyncio.to_thread(engine.compile, constraint)
         return constraint
-    except ParameterError as exc:
-        raise model_error(exc) from None
+    except ParameterError as exc:  # json_schema is named as given (model_error names the runtime's response_format)
+        raise (bad(param, str(exc).split(": ", 1)[-1]) if param == "json_schema" else model_error(exc)) from None
 
 
 def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, texts: list,
@@ -100,10 +106,9 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
         if max_new == 0:  # echo with max_tokens 0: scoring only
             jobs.append(job)
             continue
-        params = samp.generation_params(max_new)
+        params = {**samp.generation_params(max_new), **(overrides or {})}
         if samp.ignore_eos:  # never picked (llama.cpp's ignore_eos), so only max_tokens or a stop string ends it
-            params["suppress_tokens"] = list(model.generation_config.eos_token_ids or [])
-        params.update(overrides or {})
+            params["suppress_tokens"] = list(params.get("eos_token_id") or model.generation_config.eos_token_ids or [])
         try:
             config = model.resolve_config(params)
         except (ParameterError, InputError) as exc:

@@ -31,9 +31,6 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
-from onnxlm.runtime.constraints import engine_for, make_constraint
-from onnxlm.runtime.errors import ParameterError
-
 from . import llamacpp_infill, protocol
 from .choices import Choices, token_str_bytes
 from .gate import authorize, available, read_limited
@@ -66,7 +63,7 @@ async def _serve(request: HTTPRequest, infill: bool):
     body = protocol.parse_body(raw, request.headers.get("content-type"))
     req = parse(body, max_tokens_cap=st.config.max_tokens, infill=infill)
     chunks = llamacpp_infill.check(body) if infill else None
-    constraint = await _constraint(model, body)
+    constraint = await output_constraint(model, body)
     # encoding long prompts and building the jobs takes a while: off the event loop, so other streams go on
     jobs = await asyncio.to_thread(_jobs, model, st, req, constraint, body if infill else None, chunks)
     answer = _Answer(model, st, req, jobs)
@@ -74,8 +71,7 @@ async def _serve(request: HTTPRequest, infill: bool):
     slot, run = admit(st, jobs, 1, None, stream=req.stream or answer.watching)
     answer.run = run
     if req.stream:
-        return EventSourceResponse(stream(answer.events(), run, slot, jobs, _NO_USAGE, answer.choices, {},
-                                          done=False))
+        return EventSourceResponse(stream(answer.events(), run, slot, jobs, answer.choices, {}, done=False))
     try:
         got = await until_done_or_gone(request, run, answer.gather)
     finally:
@@ -84,28 +80,6 @@ async def _serve(request: HTTPRequest, infill: bool):
         return JSONResponse({}, status_code=499)
     out = [answer.final(i, streamed=False) for i in range(len(jobs))]
     return JSONResponse(out[0] if len(out) == 1 else out)
-
-
-class _NoUsage:
-    include_usage = False
-
-
-_NO_USAGE = _NoUsage()
-
-
-async def _constraint(model, body: dict):
-    """``json_schema`` (llama.cpp's field: a JSON schema object), else ``grammar`` / ``response_format`` as the
-    OpenAI endpoints read them -> a compiled constraint or None (400 naming the field)."""
-    schema = body.get("json_schema")
-    if schema is None:
-        return await output_constraint(model, body)
-    try:
-        constraint = make_constraint("json_schema", schema)
-        engine = engine_for(model, model.generation_config.eos_token_ids, "json_schema")
-        await asyncio.to_thread(engine.compile, constraint)
-        return constraint
-    except ParameterError as exc:
-        raise bad("json_schema", str(exc).split(": ", 1)[-1]) from None
 
 
 def _jobs(model, st, req: NativeRequest, constraint, infill_body: dict | None = None, chunks=None) -> list:
@@ -117,7 +91,7 @@ def _jobs(model, st, req: NativeRequest, constraint, infill_body: dict | None = 
     forms = req.prompts
     if infill_body is not None:
         forms = [llamacpp_infill.infill_ids(model, infill_body, chunks)]
-    biases, chain = req.biases(model, eos), req.samplers()
+    biases, chain = req.biases(model), req.samplers()
     ctx = model.max_positions
     jobs = []
     for form in forms:
@@ -131,7 +105,8 @@ def _jobs(model, st, req: NativeRequest, constraint, infill_body: dict | None = 
         samp = protocol.Sampling(max_tokens=want, temperature=0.0 if req.greedy else 1.0, top_p=1.0, n=1,
                                  stop=req.stop, seed=req.seed, stream=req.stream, include_usage=False,
                                  presence_penalty=0.0, frequency_penalty=0.0, top_k=0, repetition_penalty=1.0,
-                                 num_beams=1, logprobs=req.n_probs or None, max_tokens_param=req.n_predict_name)
+                                 num_beams=1, logprobs=req.n_probs or None, max_tokens_param=req.n_predict_name,
+                                 ignore_eos=req.ignore_eos)
         jobs += make_jobs(model, st, samp, [ids], [""], "prompt", constraint, samplers=chain, overrides=overrides,
                           first=biases)
     return jobs

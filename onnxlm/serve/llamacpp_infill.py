@@ -21,6 +21,7 @@ from __future__ import annotations
 from .protocol import _is_int, bad, check_text
 
 N_BATCH = 2048  # llama.cpp's server default batch: the prefix/suffix budget
+N_PREDICT = -1  # llama.cpp's server default n_predict, which its extra-chunk budget reads
 SNIPPET = "\n\n--- snippet ---\n\n"  # llama.cpp's chunk separator without a file-separator token
 
 #: FIM role -> the token texts llama.cpp's vocabulary loader recognizes (llama-vocab.cpp)
@@ -101,7 +102,7 @@ def infill_ids(model, body: dict, extra: list[dict]) -> list[int]:
         return [i for p in parts for i in (text(p) if isinstance(p, str) else [int(p)])]
 
     prefix, suffix = mixed(body["input_prefix"]), mixed(body["input_suffix"])
-    prompt = tok.encode(body.get("prompt") or "", add_special_tokens=False) if body.get("prompt") else []
+    prompt = tok.encode(body["prompt"], add_special_tokens=False) if body.get("prompt") else []
     for name, ids in (("input_prefix", prefix), ("input_suffix", suffix)):
         wrong = sorted({i for i in ids if not 0 <= i < model.vocab_size})
         if wrong:
@@ -120,7 +121,7 @@ def infill_ids(model, body: dict, extra: list[dict]) -> list[int]:
     n_prefix = min(len(prefix), 3 * (N_BATCH // 4))
     n_suffix = min(len(suffix), max(0, N_BATCH // 4 - (2 + len(prompt))))
     ctx = model.max_positions or 0
-    n_extra = min(max(0, ctx - N_BATCH - 2 * -1), len(extra_ids))  # llama.cpp's server n_predict: -1
+    n_extra = min(max(0, ctx - N_BATCH - 2 * N_PREDICT), len(extra_ids))
     ids = [fim["pre"]] + prefix[len(prefix) - n_prefix:] + prompt
     ids = _bos(tok) + ids
     ids = (extra_ids[len(extra_ids) - n_extra:] if n_extra else []) + ids

@@ -23,7 +23,7 @@ from onnxlm.runtime.processors import SequenceBiasProcessor
 
 from . import protocol
 from .llamacpp_infill import KEYS as INFILL_KEYS
-from .protocol import GREEDY_BELOW, _get_bool, _get_int, _is_int, _is_num, bad
+from .protocol import GREEDY_BELOW, _get_bool, _get_int, _get_num, _is_int, _is_num, bad
 
 MAX_N_PROBS = 100  # top alternatives per token (llama.cpp has no cap; each costs a partial sort of the vocabulary)
 MAX_STOP = 16
@@ -93,12 +93,10 @@ class NativeRequest:
                 "n_probs": self.n_probs, "samplers": list(self.order), "timings_per_token": self.timings_per_token,
                 "post_sampling_probs": False, "n_indent": self.n_indent, "t_max_predict_ms": self.t_max_predict_ms}
 
-    def biases(self, model, eos: list[int]) -> list:
+    def biases(self, model) -> list:
         """The first step of llama.cpp's chain, before a grammar's mask (whose check then sees a conflict): its logit
-        biases (with ignore_eos, the end-of-generation ids ``eos`` banned) -> [] or one processor."""
+        biases -> [] or one processor (``ignore_eos`` is the jobs' ``suppress_tokens``, before the mask too)."""
         bias = bias_ids(model, self.bias)
-        if self.ignore_eos:
-            bias.update({i: -math.inf for i in eos})
         return [SequenceBiasProcessor({(i,): b for i, b in bias.items()})] if bias else []
 
     def samplers(self) -> list:
@@ -110,12 +108,8 @@ class NativeRequest:
 
 
 def _number(body: dict, name: str, default):
-    v = body.get(name)
-    if v is None:
-        return default
-    if not _is_num(v) or not math.isfinite(v):
-        raise bad(name, f"expected a finite number, got {v!r:.60}")
-    return float(v)
+    """Any finite number (llama.cpp bounds none of its sampling fields)."""
+    return _get_num(body, name, default, -math.inf, None)
 
 
 def _order(value) -> list[str]:

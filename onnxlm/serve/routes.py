@@ -104,7 +104,7 @@ async def completions(request: HTTPRequest):
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         return EventSourceResponse(stream(completion_chunks(run, jobs, samp, choices, head, echo), run, slot,
-                                           jobs, samp, choices, head))
+                                           jobs, choices, head, include_usage=samp.include_usage))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)
@@ -155,7 +155,7 @@ async def chat_completions(request: HTTPRequest):
         head["object"] = "chat.completion.chunk"
         chunks = (chat_chunks(run, samp, choices, head, think) if treq.choice == "none"
                   else tools.chat_chunks(run, samp, choices, head, treq, think))
-        return EventSourceResponse(stream(chunks, run, slot, jobs, samp, choices, head))
+        return EventSourceResponse(stream(chunks, run, slot, jobs, choices, head, include_usage=samp.include_usage))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)

@@ -15,17 +15,18 @@ def _sse(obj) -> dict:
     return {"data": json.dumps(obj, ensure_ascii=False)}
 
 
-async def stream(chunks, run: Run, slot: Slot, jobs, samp, choices: Choices, head: dict, done: bool = True):
+async def stream(chunks, run: Run, slot: Slot, jobs, choices: Choices, head: dict, *, include_usage: bool = False,
+                 done: bool = True):
     """The SSE framing the streams share: each chunk of ``chunks`` (an async iterator of dicts), then the usage
-    chunk when asked, then [DONE] (``done=False``: none, as llama.cpp's /completion); an APIError on the way becomes
-    its error body (and [DONE]); the run is cancelled and the slot released however the stream ends (the client went
-    away, or we are done: its rows are freed now). A stream that ends before its end (the client went away) counts
-    in the ``cancelled`` metric."""
+    chunk when asked (``include_usage``), then [DONE] (``done=False``: none, as llama.cpp's /completion); an
+    APIError on the way becomes its error body (and [DONE]); the run is cancelled and the slot released however the
+    stream ends (the client went away, or we are done: its rows are freed now). A stream that ends before its end
+    (the client went away) counts in the ``cancelled`` metric."""
     ended = False
     try:
         async for chunk in chunks:
             yield _sse(chunk)
-        if samp.include_usage:
+        if include_usage:
             yield _sse({**head, "choices": [], "usage": usage(jobs, choices.completion_tokens)})
         ended = True
         if done:
