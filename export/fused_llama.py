@@ -25,6 +25,12 @@ two MatMuls ``gate_proj`` / ``up_proj`` of every other family (the names ``gguf_
 each head (onnxruntime requires a multiple of 8 there; others are refused).
 Sliding window: GQA's ``local_window_size`` = transformers' ``sliding_window`` gives the same mask (measured: the
 values -1 and +1 give wrong logits; tests/test_fused_layouts.py checks Mistral with a window of 4 on sequences of 11+).
+Granite: its four multipliers as transformers applies them: the embedding's (``embedding_multiplier``), the attention
+scale (``attention_multiplier``, the attention module's ``scaling``), each residual branch's
+(``residual_multiplier``, on o_proj's and down_proj's outputs) and the logits divided by ``logits_scaling`` (here the
+final norm's output, before the head: the same values up to rounding).
+SmolLM3: its NoPE layers (``no_rope_layers[i] == 0``, every 4th by default) attend without the rotary
+(``do_rotary=0``).
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head
                           save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
-FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3")
 
 
 def check_supported(model) -> None:
@@ -64,7 +70,7 @@ def sliding_windows(config) -> list[int | None]:
     n = config.num_hidden_layers
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
-    if config.model_type == "qwen2" and not getattr(config, "use_sliding_window", False):
+    if config.model_type in ("qwen2", "smollm3") and not getattr(config, "use_sliding_window", False):
         window = None
     if window is None:
         return [None] * n
@@ -100,8 +106,14 @@ def _linear(g: Graph, name: str, x: str, linear) -> str:
     return y
 
 
+def _residual_scaled(g: Graph, branch: str, cfg) -> str:
+    """A residual branch's output [b, s, D] -> times Granite's ``residual_multiplier``."""
+    return g.op("Mul", [branch, g.init("residual_multiplier", np.array([cfg.residual_multiplier], np.float32))])
+
+
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
-    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 model -> the fused graph written to ``out_path``; returns
+    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 model -> the fused graph written to
+    ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
     layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
     drops the rest once the graph is written)."""
@@ -116,6 +128,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     eps = float(cfg.rms_norm_eps)
     P = int(max_positions or position_limit(cfg))  # longrope: its short factors' positions only
     windows = sliding_windows(cfg)
+    rotates = [bool(r) for r in getattr(cfg, "no_rope_layers", None) or [1] * L]  # SmolLM3: 0 on its NoPE layers
+    granite = cfg.model_type == "granite"
     inner = model.model
     g = Graph()
 
@@ -126,6 +140,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     g.init("sin_cache", sin)
 
     x = g.op("Gather", ["embed_tokens.weight", "input_ids"], axis=0)  # [b, s, D]
+    if granite:
+        x = g.op("Mul", [x, g.init("embedding_multiplier", np.array([cfg.embedding_multiplier], np.float32))])
     for i, layer in enumerate(inner.layers):
         att, mlp = layer.self_attn, layer.mlp
         ln1 = g.init(f"l{i}.input_layernorm", layer.input_layernorm.weight.detach().float().numpy())
@@ -141,12 +157,13 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
         if hasattr(att, "q_norm"):  # Qwen 3: per-head RMSNorm of q and k before the rotary
             qkv = qk_head_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
-        attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=1, rotary_interleaved=0, scale=float(att.scaling))
+        attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i]), rotary_interleaved=0,
+                     scale=float(att.scaling))
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)
         a = g.attention(qkv, i, **attrs)
         o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
-        x = g.op("Add", [x, o])
+        x = g.op("Add", [x, _residual_scaled(g, o, cfg) if granite else o])
         ln2 = g.init(f"l{i}.post_attention_layernorm", layer.post_attention_layernorm.weight.detach().float().numpy())
         h = g.op("SimplifiedLayerNormalization", [x, ln2], axis=-1, epsilon=eps, stash_type=1)
         if hasattr(mlp, "gate_up_proj"):  # Phi-3 (no bias): gate and up in one weight, gate first: two MatMuls here
@@ -159,11 +176,13 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             up = _linear(g, f"l{i}.up_proj", h, mlp.up_proj)
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # SiLU
         down = _linear(g, f"l{i}.down_proj", g.op("Mul", [act, up]), mlp.down_proj)
-        x = g.op("Add", [x, down])
+        x = g.op("Add", [x, _residual_scaled(g, down, cfg) if granite else down])
         if release:  # this layer's arrays are made: its PyTorch weights can go
             release_weights(layer)
     lnf = g.init("norm.weight", inner.norm.weight.detach().float().numpy())
     x = g.op("SimplifiedLayerNormalization", [x, lnf], axis=-1, epsilon=eps, stash_type=1)
+    if granite:  # logits / logits_scaling, as the head's input divided
+        x = g.op("Div", [x, g.init("logits_scaling", np.array([cfg.logits_scaling], np.float32))])
     head_w = model.lm_head.weight
     tied = head_w.data_ptr() == inner.embed_tokens.weight.data_ptr()
     head = "embed_tokens.weight" if tied else g.init("lm_head.weight", head_w.detach().float().numpy())

@@ -302,7 +302,7 @@ class GGUFModel:
 
 
 #: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
-TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "smollm3")
 
 
 def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
@@ -320,6 +320,7 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
 
     from transformers import AutoConfig
 
+    from .gguf_architectures import known_to_transformers
     from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, rope_freq_factors
     from .gguf_reader import readers_shared_with_transformers
     from .missing_weights import refuse_missing_weights
@@ -328,7 +329,8 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
     overrides.update(longrope_overrides(path, meta))  # Phi-3.5's LongRoPE factors (tensors)
     try:
-        with readers_shared_with_transformers():  # the file's one parsed reader, not two more
+        # the file's one parsed reader, not two more; architectures transformers' loader lacks (gguf_architectures)
+        with readers_shared_with_transformers(), known_to_transformers():
             config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
             for key, value in overrides.items():
                 setattr(config, key, value)

@@ -17,6 +17,9 @@ runtime:
   ``1/sqrt(head_dim)``, or ``1/sqrt(hidden / heads)`` for the 27B models (llama.cpp's LLM_TYPE_27B: 46 layers for
   Gemma 2, 62 for Gemma 3). Here: the same rule.
 
+* Granite's ``attention.scale`` when a file has none: llama.cpp scales queries by ``1/sqrt(head size)``,
+  transformers' GraniteConfig by its default ``attention_multiplier`` 1.0. Here: llama.cpp's.
+
 * ``{arch}.attention.key_length`` (the head size) of Qwen2 and Qwen3 files: not mapped (Llama's and Mistral's
   head_dim comes from ``rope.dimension_count``), so the config keeps its class default: ``hidden / heads`` (Qwen2) or
   128 (Qwen3, whatever the file says). Here: ``head_dim`` = the file's key_length.
@@ -76,6 +79,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
         hidden, heads = int(meta[f"{arch}.embedding_length"]), int(meta[f"{arch}.attention.head_count"])
         big = int(meta[f"{arch}.block_count"]) == LAYERS_27B[arch]
         out["query_pre_attn_scalar"] = hidden // heads if big else _head_size(meta, arch)
+    if arch == "granite" and "granite.attention.scale" not in meta:  # llama.cpp's default; transformers' is 1.0
+        out["attention_multiplier"] = _head_size(meta, arch) ** -0.5
     if arch == "gemma2":
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if f"gemma2.{key}" in meta:

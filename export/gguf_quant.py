@@ -83,6 +83,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
 from onnxlm.runtime.gguf_magic import is_gguf_file
+from .gguf_architectures import QK_PERMUTED
 from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noqa: F401  (blocks_from_gguf: public here too)
 from .mapped_weights import save_mapped
 from .quantizer_input import array_of, load_unaliased, read_external
@@ -188,7 +189,7 @@ class GGUFTensors:
         k, n = (int(x) for x in t.shape[:2])  # GGUF shapes are (ne0 = K, ne1 = N)
         b = blocks_from_gguf(np.asarray(t.data).reshape(n, -1), qtype, n, k)
         kind = name.split(".")[-2]
-        if self.architecture == "llama" and kind in self.heads:  # transformers permutes these for llama only
+        if self.architecture in QK_PERMUTED and kind in self.heads:  # llama.cpp's converter interleaved these rows
             b = take_rows(b, llama_row_order(n, self.heads[kind]))
         return b
 

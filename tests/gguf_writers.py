@@ -23,6 +23,12 @@ CASES = {
     "phi3-longrope": ("phi3", {"rope.scaling.original_context_length": 256,
                                "rope.scaling.attn_factor": float(np.sqrt(1 + np.log(4) / np.log(256)))}, "longrope"),
     "phi3-partial-rotary": ("phi3", {"rope.dimension_count": HEAD_DIM // 2}, None),  # as Phi-4-mini: 96 of 128
+    # architectures transformers' GGUF loader does not know (export/gguf_architectures.py): Gemma 1 (norms stored as
+    # 1 + w, tied, no rope base); Granite with its four multipliers; SmolLM3 with 4 layers, the 4th without rotary
+    "gemma": ("gemma", {}, None),
+    "granite-multipliers": ("granite", {"attention.scale": 0.3, "embedding_scale": 3.0, "residual_scale": 0.5,
+                                        "logit_scale": 2.5}, None),
+    "smollm3-nope": ("smollm3", {"block_count": 4}, None),
 }
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting
 LAYOUT_CASES = ("phi3-packed",)
@@ -83,7 +89,8 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(1024 if rope_freqs == "longrope" else 256)
     w.add_embedding_length(HIDDEN)
-    w.add_block_count(LAYERS)
+    layers = extra.get("block_count", LAYERS)
+    w.add_block_count(layers)
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
@@ -92,10 +99,11 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     if "rope.dimension_count" not in extra:
         w.add_rope_dimension_count(HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-6)
-    w.add_rope_freq_base(10000.0)
-    if arch.startswith("gemma"):
+    if arch != "gemma":  # llama.cpp's Gemma converter writes no rope base (its default, 10000, is Gemma's)
+        w.add_rope_freq_base(10000.0)
+    if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(WINDOW)
-    for key, value in ((k, v) for k, v in extra.items() if k not in drop):
+    for key, value in ((k, v) for k, v in extra.items() if k not in drop and k != "block_count"):
         full = f"{arch}.{key}"
         if isinstance(value, str):
             w.add_string(full, value)
@@ -118,10 +126,10 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
         factors = np.linspace(1.0, 3.0, HEAD_DIM // 2, dtype=np.float32)
         w.add_tensor("rope_factors_long.weight", 2 * factors)
         w.add_tensor("rope_factors_short.weight", factors)
-    for i in range(LAYERS):
+    for i in range(layers):
         norm(f"blk.{i}.attn_norm.weight", HIDDEN)
         norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
-        if arch.startswith("gemma"):
+        if arch in ("gemma2", "gemma3"):
             norm(f"blk.{i}.post_attention_norm.weight", HIDDEN)
             norm(f"blk.{i}.post_ffw_norm.weight", HIDDEN)
         if arch in ("gemma3", "qwen3"):

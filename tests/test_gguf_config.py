@@ -11,7 +11,9 @@ llama.cpp's packed q/k/v and gate/up tensors (and no sliding window: llama.cpp 0
 loader does not read it either); a Phi-3.5-style file with LongRoPE factor tensors, its original context (256) and
 attention factor, exported with the short factors' 256 positions (llama.cpp's logits at its context 256: it takes the
 short factors up to the original context); a Phi-4-mini-style file whose ``rope.dimension_count`` is half its head
-size (a partial rotary transformers' loader drops).
+size (a partial rotary transformers' loader drops); and three architectures transformers' loader does not know at all
+(export/gguf_architectures.py): Gemma 1 (norms stored as 1 + w, tied head, no rope base), Granite with its
+attention, embedding, residual and logit multipliers, and a 4-layer SmolLM3 whose 4th layer has no rotary (NoPE).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra")
 import onnxlm  # noqa: E402
 from gguf_writers import CASES, IDS, LAYOUT_CASES, write_tiny_gguf  # noqa: E402
 from onnxlm.export import ExportError, export_model  # noqa: E402
+from onnxlm.export.gguf_architectures import EXTRA  # noqa: E402
 from onnxlm.export.gguf_config import config_overrides  # noqa: E402
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "gguf_llama_cpp" / "reference_logits.json").read_text())
@@ -68,6 +71,10 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd):
         with pytest.raises(RuntimeError, match="size mismatch"):
             load_raw()
         return
+    if CASES[case][0] in EXTRA:  # an architecture transformers' loader does not know (export/gguf_architectures.py)
+        with pytest.raises(ValueError, match=f"architecture {CASES[case][0]} is not supported yet"):
+            load_raw()
+        return
     raw = load_raw()
     with torch.no_grad():
         dropped = raw(torch.tensor([IDS])).logits[0].numpy()
@@ -79,8 +86,9 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd):
     # tensors are not Falcon-shaped: loading them would fail on a size mismatch instead)
     ("falcon", r"falcon.gguf: model_type 'falcon' is not supported; supported families: .*Llama family"),
     # unknown to transformers' GGUF loader: its error, with the file's architecture and those onnxlm exports
-    ("granite", r"GGUF model with architecture granite is not supported yet. \(general.architecture = 'granite'; "
-                r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma2, gemma3\)"),
+    ("olmo2", r"GGUF model with architecture olmo2 is not supported yet. \(general.architecture = 'olmo2'; "
+              r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, "
+              r"smollm3\)"),
 ])
 def test_an_architecture_onnxlm_does_not_export_is_refused_by_name(tmp_path, monkeypatch, arch, match):
     monkeypatch.setitem(CASES, arch, (arch, {}, None))
@@ -132,3 +140,38 @@ def test_longrope_factors_without_the_original_context_are_refused(tmp_path):
     with pytest.raises(ExportError, match="LongRoPE factors without phi3.rope.scaling.original_context_length"):
         export_model(path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_architectures_transformers_lacks_are_known_to_it_only_while_a_file_loads(tmp_path):
+    """gguf_architectures.known_to_transformers adds Gemma 1, Granite and SmolLM3 to transformers' three GGUF tables
+    and takes them out again, also when the load fails; onnxlm info calls such a file exported."""
+    from transformers import modeling_gguf_pytorch_utils as loader
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    from onnxlm.export.gguf_architectures import known_to_transformers
+    from onnxlm.export.gguf_summary import summarize_gguf
+
+    def tables():
+        return dict(GGUF_CONFIG_MAPPING), list(loader.GGUF_SUPPORTED_ARCHITECTURES), dict(loader.TENSOR_PROCESSORS)
+
+    before = tables()
+    assert not set(EXTRA) & set(before[0])
+    with pytest.raises(KeyError, match="a failed load"):
+        with known_to_transformers():
+            assert set(EXTRA) <= set(GGUF_CONFIG_MAPPING) & set(loader.GGUF_SUPPORTED_ARCHITECTURES)
+            assert loader.TENSOR_PROCESSORS["gemma"] is loader.Gemma2TensorProcessor
+            assert GGUF_CONFIG_MAPPING["granite"]["logit_scale"] == "logits_scaling"
+            raise KeyError("a failed load")
+    assert tables() == before
+    path = tmp_path / "gemma.gguf"
+    write_tiny_gguf(path, "gemma")
+    summary = summarize_gguf(path)
+    assert (summary["architecture"], summary["exported"], summary["refused"]) == ("gemma", True, None)
+
+
+def test_a_granite_file_without_attention_scale_scales_queries_as_llama_cpp():
+    """llama.cpp scales a Granite file's queries by 1/sqrt(head size) when it has no attention.scale; transformers'
+    GraniteConfig would keep its default multiplier 1.0."""
+    meta = {"general.architecture": "granite", "granite.embedding_length": 64, "granite.attention.head_count": 4}
+    assert config_overrides(meta)["attention_multiplier"] == 16 ** -0.5
+    assert "attention_multiplier" not in config_overrides({**meta, "granite.attention.scale": 0.3})

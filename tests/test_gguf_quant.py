@@ -582,6 +582,35 @@ ARCHS = {
                    ("ffn_gate", 256, 256, "Q5_0"), ("ffn_up", 256, 256, "Q5_0"), ("ffn_down", 256, 256, "Q6_K"))
                + [("output_norm.weight", 256, None, "norm")], 5, (0.001, 0.05),
                "gemma3_text", {"Q5_0": 8, "Q8_0": 3, "Q4_K": 2, "Q6_K": 2}),
+    # Gemma 1 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): an architecture transformers' loader does
+    # not know (export/gguf_architectures.py); norms stored as 1 + w, no post-norms, no rope base, rows not permuted;
+    # small K-quant scales: the sqrt(hidden) embedding scale grows the activations, and with them the 8-bit codes'
+    # two-pass error (1.4e-4 of the logits' range with 10x the scales, seed 6; 2.3e-5 here)
+    "gemma": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-6),
+              [("token_embd.weight", "vocab", 256, "Q6_K")] + _layer(
+                  _NORM("attn_norm"), ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"),
+                  ("attn_v", 128, 256, "Q6_K"), ("attn_output", 256, 256, "Q4_K"), _NORM("ffn_norm"),
+                  ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"), ("ffn_down", 256, 256, "Q6_K"))
+              + [("output_norm.weight", 256, None, "norm")], 7, (5e-5, 2e-4),
+              "gemma", {"Q4_K": 10, "Q6_K": 5}),
+    # Granite 3.x (Q4_K q/k/o/gate/up and the embedding, Q6_K v, down and an untied head): q/k rows permuted as
+    # llama.cpp's LlamaModel converter writes them, and the four multipliers; SmolLM3 (the same layout, tied)
+    "granite": (dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-5,
+                     add_rope_freq_base=10000.0, add_attention_scale=0.05, add_embedding_scale=2.0,
+                     add_residual_scale=0.3, add_logit_scale=4.0),
+                [("token_embd.weight", "vocab", 256, "Q4_K")] + _layer(
+                    _NORM("attn_norm"), ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"),
+                    ("attn_v", 128, 256, "Q6_K"), ("attn_output", 256, 256, "Q4_K"), _NORM("ffn_norm"),
+                    ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"), ("ffn_down", 256, 256, "Q6_K"))
+                + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 10,
+                (1e-4, 5e-4), "granite", {"Q4_K": 11, "Q6_K": 5}),
+    "smollm3": (dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-6,
+                     add_rope_freq_base=5_000_000.0),
+                [("token_embd.weight", "vocab", 256, "Q6_K")] + _layer(
+                    _NORM("attn_norm"), ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"),
+                    ("attn_v", 128, 256, "Q6_K"), ("attn_output", 256, 256, "Q4_K"), _NORM("ffn_norm"),
+                    ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"), ("ffn_down", 256, 256, "Q6_K"))
+                + [("output_norm.weight", 256, None, "norm")], 11, (1e-4, 5e-4), "smollm3", {"Q4_K": 10, "Q6_K": 5}),
     # Qwen3 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): per-head q/k norms, rows not permuted
     "qwen3": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-6,
                    add_rope_freq_base=1_000_000.0),

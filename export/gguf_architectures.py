@@ -1,0 +1,81 @@
+"""GGUF architectures that transformers' GGUF loader (4.57) does not know, taught to it while onnxlm loads a file.
+
+transformers reads a GGUF through three tables: ``GGUF_CONFIG_MAPPING[arch]`` (which ``{arch}.*`` keys become which
+config attributes), ``GGUF_SUPPORTED_ARCHITECTURES`` (the architectures it accepts) and ``TENSOR_PROCESSORS[arch]``
+(what undoes llama.cpp's converter on a tensor); the tensor names come from gguf-py's own tables, which know every
+architecture llama.cpp writes. ``known_to_transformers()`` adds the entries of ``EXTRA`` to those tables while a
+file loads and takes them out again after, so transformers builds the model of the family onnxlm already exports.
+
+* ``gemma`` (Gemma 1 / 1.1, CodeGemma): llama.cpp's converter (``GemmaModel``) stores every RMSNorm weight as
+  ``1 + w`` (ggml's norm multiplies by the weight; transformers' Gemma norm by ``1 + w``), writes no rope base
+  (llama.cpp's default 10000 is GemmaConfig's), no sliding window and no head of its own (the embedding is tied), and
+  keeps q/k rows as they are (Gemma rotates halves, as transformers does). Its keys are Gemma 2's without soft-capping.
+
+* ``granite`` (IBM Granite 3.x dense): Llama's keys and layout (q/k rows permuted, as ``LlamaModel`` converts) and
+  the four multipliers llama.cpp reads: ``attention.scale`` -> ``attention_multiplier``, ``embedding_scale`` ->
+  ``embedding_multiplier``, ``residual_scale`` -> ``residual_multiplier``, ``logit_scale`` -> ``logits_scaling``
+  (a file without ``attention.scale``: ``gguf_config`` puts llama.cpp's 1/sqrt(head size) in place of
+  transformers' default 1.0).
+* ``smollm3`` (SmolLM3): Llama's keys and layout; its NoPE layers (every 4th) are not in the file, llama.cpp and
+  transformers' SmolLM3Config both take every 4th.
+
+``QK_PERMUTED``: the architectures whose q/k rows llama.cpp's converter permutes (``LlamaModel`` and its
+subclasses), which ``gguf_quant`` puts back in transformers' order when it keeps the file's blocks.
+"""
+from __future__ import annotations
+
+import contextlib
+
+#: architectures whose attn_q / attn_k rows llama.cpp's converter interleaves (LlamaModel.permute)
+QK_PERMUTED = ("llama", "granite", "smollm3")
+
+
+def _gemma_config() -> dict:
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    keys = dict(GGUF_CONFIG_MAPPING["gemma2"])
+    keys.pop("attention.sliding_window", None)
+    return keys
+
+
+def _llama_config(**extra: str) -> dict:
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    return {**GGUF_CONFIG_MAPPING["llama"], **extra}
+
+
+def _granite_config() -> dict:
+    return _llama_config(**{"attention.scale": "attention_multiplier", "embedding_scale": "embedding_multiplier",
+                            "residual_scale": "residual_multiplier", "logit_scale": "logits_scaling"})
+
+
+#: architecture -> (its config key mapping (a function of transformers' own tables), its tensor processor's name in
+#: transformers' modeling_gguf_pytorch_utils)
+EXTRA = {
+    "gemma": (_gemma_config, "Gemma2TensorProcessor"),  # norm weights stored as 1 + w: the processor subtracts 1
+    "granite": (_granite_config, "LlamaTensorProcessor"),  # q/k rows permuted back
+    "smollm3": (_llama_config, "LlamaTensorProcessor"),
+}
+
+
+@contextlib.contextmanager
+def known_to_transformers():
+    """While it is open, transformers' GGUF loader reads the architectures of ``EXTRA`` (see the module doc); the
+    tables are as they were after it, also when the load fails."""
+    from transformers import modeling_gguf_pytorch_utils as loader
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    added = [arch for arch in EXTRA if arch not in GGUF_CONFIG_MAPPING]
+    for arch in added:
+        config, processor = EXTRA[arch]
+        GGUF_CONFIG_MAPPING[arch] = config()
+        loader.GGUF_SUPPORTED_ARCHITECTURES.append(arch)
+        loader.TENSOR_PROCESSORS[arch] = getattr(loader, processor)
+    try:
+        yield
+    finally:
+        for arch in added:
+            GGUF_CONFIG_MAPPING.pop(arch, None)
+            loader.TENSOR_PROCESSORS.pop(arch, None)
+            if arch in loader.GGUF_SUPPORTED_ARCHITECTURES:
+                loader.GGUF_SUPPORTED_ARCHITECTURES.remove(arch)
