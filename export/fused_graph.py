@@ -94,6 +94,18 @@ def qk_head_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, hea
     return g.op("Concat", [q, k, v], axis=-1)
 
 
+def qk_full_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, head_dim: int, q_weight: np.ndarray,
+                  k_weight: np.ndarray, eps: float) -> str:
+    """Packed q/k/v [b, s, (N + 2 KVN) H] -> the same with an RMSNorm over all of q's N H values (weight [N H]) and
+    over all of k's KVN H (weight [KVN H]): OLMo 2's q_norm / k_norm, before the heads are split."""
+    sizes = g.init(f"qkv_split_{heads}_{kv_heads}", np.array([heads * head_dim, kv_heads * head_dim,
+                                                               kv_heads * head_dim]))
+    q, k, v = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
+    q, k = (g.op("SimplifiedLayerNormalization", [x, g.init(f"l{layer}.{name}", w.astype(np.float32))], axis=-1,
+                 epsilon=eps, stash_type=1) for x, name, w in ((q, "q_norm", q_weight), (k, "k_norm", k_weight)))
+    return g.op("Concat", [q, k, v], axis=-1)
+
+
 def to_numpy(t) -> np.ndarray:
     """A torch tensor / parameter -> float32 numpy array (a copy)."""
     return t.detach().float().numpy().copy()

@@ -31,6 +31,9 @@ scale (``attention_multiplier``, the attention module's ``scaling``), each resid
 final norm's output, before the head: the same values up to rounding).
 SmolLM3: its NoPE layers (``no_rope_layers[i] == 0``, every 4th by default) attend without the rotary
 (``do_rotary=0``).
+OLMo 2: no norm before attention or MLP; q and k RMS-normed over their full width (``fused_graph.qk_full_norms``)
+before the rotary; each branch's output normed (``post_attention_layernorm``, ``post_feedforward_layernorm``) before
+its residual add.
 """
 from __future__ import annotations
 
@@ -38,11 +41,11 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head_norms, release_weights,
-                          save_graph, to_numpy)
+from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_full_norms, qk_head_norms,
+                          release_weights, save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
-FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3")
+FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2")
 
 
 def check_supported(model) -> None:
@@ -106,14 +109,20 @@ def _linear(g: Graph, name: str, x: str, linear) -> str:
     return y
 
 
+def _norm(g: Graph, x: str, name: str, norm, eps: float) -> str:
+    """x [b, s, n] -> RMSNorm(x) * weight (the module ``norm``'s, initializer ``name``)."""
+    return g.op("SimplifiedLayerNormalization", [x, g.init(name, to_numpy(norm.weight))], axis=-1, epsilon=eps,
+                stash_type=1)
+
+
 def _residual_scaled(g: Graph, branch: str, cfg) -> str:
     """A residual branch's output [b, s, D] -> times Granite's ``residual_multiplier``."""
     return g.op("Mul", [branch, g.init("residual_multiplier", np.array([cfg.residual_multiplier], np.float32))])
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
-    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 model -> the fused graph written to
-    ``out_path``; returns
+    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 model -> the fused graph
+    written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
     layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
     drops the rest once the graph is written)."""
@@ -130,6 +139,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     windows = sliding_windows(cfg)
     rotates = [bool(r) for r in getattr(cfg, "no_rope_layers", None) or [1] * L]  # SmolLM3: 0 on its NoPE layers
     granite = cfg.model_type == "granite"
+    post_norms = cfg.model_type == "olmo2"  # OLMo 2: branches normed after, not before (see the module doc)
     inner = model.model
     g = Graph()
 
@@ -144,8 +154,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
         x = g.op("Mul", [x, g.init("embedding_multiplier", np.array([cfg.embedding_multiplier], np.float32))])
     for i, layer in enumerate(inner.layers):
         att, mlp = layer.self_attn, layer.mlp
-        ln1 = g.init(f"l{i}.input_layernorm", layer.input_layernorm.weight.detach().float().numpy())
-        h = g.op("SimplifiedLayerNormalization", [x, ln1], axis=-1, epsilon=eps, stash_type=1)
+        h = x if post_norms else _norm(g, x, f"l{i}.input_layernorm", layer.input_layernorm, eps)
         # q, k, v in one MatMul: [b, s, D] -> [b, s, (N + 2 KVN) H], fed to GQA packed (Phi-3 stores them so)
         packed = getattr(att, "qkv_proj", None)
         wqkv = _w(packed) if packed is not None else np.concatenate([_w(att.q_proj), _w(att.k_proj),
@@ -155,7 +164,9 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
         if parts[0].bias is not None:
             bqkv = np.concatenate([p.bias.detach().float().numpy() for p in parts])
             qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
-        if hasattr(att, "q_norm"):  # Qwen 3: per-head RMSNorm of q and k before the rotary
+        if post_norms:  # OLMo 2: RMSNorm of all of q and of all of k before the rotary
+            qkv = qk_full_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
+        elif hasattr(att, "q_norm"):  # Qwen 3: per-head RMSNorm of q and k before the rotary
             qkv = qk_head_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
         attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i]), rotary_interleaved=0,
                      scale=float(att.scaling))
@@ -163,9 +174,10 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)
         a = g.attention(qkv, i, **attrs)
         o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
+        if post_norms:
+            o = _norm(g, o, f"l{i}.post_attention_layernorm", layer.post_attention_layernorm, eps)
         x = g.op("Add", [x, _residual_scaled(g, o, cfg) if granite else o])
-        ln2 = g.init(f"l{i}.post_attention_layernorm", layer.post_attention_layernorm.weight.detach().float().numpy())
-        h = g.op("SimplifiedLayerNormalization", [x, ln2], axis=-1, epsilon=eps, stash_type=1)
+        h = x if post_norms else _norm(g, x, f"l{i}.post_attention_layernorm", layer.post_attention_layernorm, eps)
         if hasattr(mlp, "gate_up_proj"):  # Phi-3 (no bias): gate and up in one weight, gate first: two MatMuls here
             wgu = _w(mlp.gate_up_proj)
             ffn = wgu.shape[1] // 2
@@ -176,6 +188,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             up = _linear(g, f"l{i}.up_proj", h, mlp.up_proj)
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate])])  # SiLU
         down = _linear(g, f"l{i}.down_proj", g.op("Mul", [act, up]), mlp.down_proj)
+        if post_norms:
+            down = _norm(g, down, f"l{i}.post_feedforward_layernorm", layer.post_feedforward_layernorm, eps)
         x = g.op("Add", [x, _residual_scaled(g, down, cfg) if granite else down])
         if release:  # this layer's arrays are made: its PyTorch weights can go
             release_weights(layer)

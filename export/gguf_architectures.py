@@ -18,6 +18,9 @@ file loads and takes them out again after, so transformers builds the model of t
   transformers' default 1.0).
 * ``smollm3`` (SmolLM3): Llama's keys and layout; its NoPE layers (every 4th) are not in the file, llama.cpp and
   transformers' SmolLM3Config both take every 4th.
+* ``olmo2`` (OLMo 2): Llama's keys, q/k rows as they are (llama.cpp rotates halves, as transformers); its q/k norms
+  over the full projections and post-norms are gguf-py's names. An OLMo 3 file says ``olmo2`` too, with a sliding
+  window: ``gguf_config`` refuses it by name (transformers' Olmo2Config has no window).
 
 ``QK_PERMUTED``: the architectures whose q/k rows llama.cpp's converter permutes (``LlamaModel`` and its
 subclasses), which ``gguf_quant`` puts back in transformers' order when it keeps the file's blocks.
@@ -55,6 +58,7 @@ EXTRA = {
     "gemma": (_gemma_config, "Gemma2TensorProcessor"),  # norm weights stored as 1 + w: the processor subtracts 1
     "granite": (_granite_config, "LlamaTensorProcessor"),  # q/k rows permuted back
     "smollm3": (_llama_config, "LlamaTensorProcessor"),
+    "olmo2": (_llama_config, "TensorProcessor"),
 }
 
 

@@ -17,6 +17,8 @@ runtime:
   ``1/sqrt(head_dim)``, or ``1/sqrt(hidden / heads)`` for the 27B models (llama.cpp's LLM_TYPE_27B: 46 layers for
   Gemma 2, 62 for Gemma 3). Here: the same rule.
 
+* An OLMo 3 file (``general.architecture = olmo2`` with ``attention.sliding_window``): transformers would build an
+  OLMo 2 without the window. Here: refused by name.
 * Granite's ``attention.scale`` when a file has none: llama.cpp scales queries by ``1/sqrt(head size)``,
   transformers' GraniteConfig by its default ``attention_multiplier`` 1.0. Here: llama.cpp's.
 
@@ -79,6 +81,9 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
         hidden, heads = int(meta[f"{arch}.embedding_length"]), int(meta[f"{arch}.attention.head_count"])
         big = int(meta[f"{arch}.block_count"]) == LAYERS_27B[arch]
         out["query_pre_attn_scalar"] = hidden // heads if big else _head_size(meta, arch)
+    if arch == "olmo2" and meta.get("olmo2.attention.sliding_window"):
+        raise ExportError("olmo2.attention.sliding_window is set: an OLMo 3 file (sliding-window layers), which onnxlm "
+                          "does not export from GGUF (OLMo 2 files have no window)")
     if arch == "granite" and "granite.attention.scale" not in meta:  # llama.cpp's default; transformers' is 1.0
         out["attention_multiplier"] = _head_size(meta, arch) ** -0.5
     if arch == "gemma2":

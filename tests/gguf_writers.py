@@ -29,6 +29,7 @@ CASES = {
     "granite-multipliers": ("granite", {"attention.scale": 0.3, "embedding_scale": 3.0, "residual_scale": 0.5,
                                         "logit_scale": 2.5}, None),
     "smollm3-nope": ("smollm3", {"block_count": 4}, None),
+    "olmo2": ("olmo2", {}, None),  # OLMo 2: post-norms, q/k norms over the full projections, an untied head
 }
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting
 LAYOUT_CASES = ("phi3-packed",)
@@ -127,8 +128,14 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
         w.add_tensor("rope_factors_long.weight", 2 * factors)
         w.add_tensor("rope_factors_short.weight", factors)
     for i in range(layers):
-        norm(f"blk.{i}.attn_norm.weight", HIDDEN)
-        norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
+        if arch == "olmo2":  # no pre-norms: the branches' outputs are normed, q and k over their full width
+            norm(f"blk.{i}.post_attention_norm.weight", HIDDEN)
+            norm(f"blk.{i}.post_ffw_norm.weight", HIDDEN)
+            norm(f"blk.{i}.attn_q_norm.weight", HEADS * HEAD_DIM)
+            norm(f"blk.{i}.attn_k_norm.weight", KV_HEADS * HEAD_DIM)
+        else:
+            norm(f"blk.{i}.attn_norm.weight", HIDDEN)
+            norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
         if arch in ("gemma2", "gemma3"):
             norm(f"blk.{i}.post_attention_norm.weight", HIDDEN)
             norm(f"blk.{i}.post_ffw_norm.weight", HIDDEN)
@@ -149,7 +156,7 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
             mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
         mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
     norm("output_norm.weight", HIDDEN)
-    if arch in ("llama", "phi3"):
+    if arch in ("llama", "phi3", "olmo2"):
         mat("output.weight", len(tokens), HIDDEN)
     write_out(w)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -13,7 +13,8 @@ attention factor, exported with the short factors' 256 positions (llama.cpp's lo
 short factors up to the original context); a Phi-4-mini-style file whose ``rope.dimension_count`` is half its head
 size (a partial rotary transformers' loader drops); and three architectures transformers' loader does not know at all
 (export/gguf_architectures.py): Gemma 1 (norms stored as 1 + w, tied head, no rope base), Granite with its
-attention, embedding, residual and logit multipliers, and a 4-layer SmolLM3 whose 4th layer has no rotary (NoPE).
+attention, embedding, residual and logit multipliers, a 4-layer SmolLM3 whose 4th layer has no rotary (NoPE), and
+OLMo 2 (post-norms, q/k norms over the full projections, an untied head).
 """
 from __future__ import annotations
 
@@ -86,9 +87,9 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd):
     # tensors are not Falcon-shaped: loading them would fail on a size mismatch instead)
     ("falcon", r"falcon.gguf: model_type 'falcon' is not supported; supported families: .*Llama family"),
     # unknown to transformers' GGUF loader: its error, with the file's architecture and those onnxlm exports
-    ("olmo2", r"GGUF model with architecture olmo2 is not supported yet. \(general.architecture = 'olmo2'; "
-              r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, "
-              r"smollm3\)"),
+    ("exaone", r"GGUF model with architecture exaone is not supported yet. \(general.architecture = 'exaone'; "
+               r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, "
+               r"smollm3, olmo2\)"),
 ])
 def test_an_architecture_onnxlm_does_not_export_is_refused_by_name(tmp_path, monkeypatch, arch, match):
     monkeypatch.setitem(CASES, arch, (arch, {}, None))
@@ -143,7 +144,7 @@ def test_longrope_factors_without_the_original_context_are_refused(tmp_path):
 
 
 def test_architectures_transformers_lacks_are_known_to_it_only_while_a_file_loads(tmp_path):
-    """gguf_architectures.known_to_transformers adds Gemma 1, Granite and SmolLM3 to transformers' three GGUF tables
+    """gguf_architectures.known_to_transformers adds Gemma 1, Granite, SmolLM3 and OLMo 2 to transformers' GGUF tables
     and takes them out again, also when the load fails; onnxlm info calls such a file exported."""
     from transformers import modeling_gguf_pytorch_utils as loader
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
@@ -175,3 +176,19 @@ def test_a_granite_file_without_attention_scale_scales_queries_as_llama_cpp():
     meta = {"general.architecture": "granite", "granite.embedding_length": 64, "granite.attention.head_count": 4}
     assert config_overrides(meta)["attention_multiplier"] == 16 ** -0.5
     assert "attention_multiplier" not in config_overrides({**meta, "granite.attention.scale": 0.3})
+
+
+def test_an_olmo3_file_is_refused_by_name(tmp_path):
+    """An OLMo 3 GGUF says general.architecture = olmo2 and has a sliding window, which transformers' OLMo 2 would
+    drop: refused naming the key, before any weight loads; onnxlm info says why."""
+    from onnxlm.export.gguf_summary import summarize_gguf
+
+    path = tmp_path / "olmo3.gguf"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(CASES, "olmo3", ("olmo2", {"attention.sliding_window": 4}, None))
+        write_tiny_gguf(path, "olmo3")
+    with pytest.raises(ExportError, match="olmo2.attention.sliding_window is set: an OLMo 3 file"):
+        export_model(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    summary = summarize_gguf(path)
+    assert not summary["exported"] and "OLMo 3" in summary["refused"]

@@ -611,6 +611,18 @@ ARCHS = {
                     ("attn_v", 128, 256, "Q6_K"), ("attn_output", 256, 256, "Q4_K"), _NORM("ffn_norm"),
                     ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"), ("ffn_down", 256, 256, "Q6_K"))
                 + [("output_norm.weight", 256, None, "norm")], 11, (1e-4, 5e-4), "smollm3", {"Q4_K": 10, "Q6_K": 5}),
+    # OLMo 2 (Q4_K q/k/o/gate/up and the embedding, Q6_K v, down and an untied head): post-norms, q/k norms over the
+    # full projections, rows not permuted; no norm before a product, so the 8-bit codes' two-pass error follows the
+    # residual stream's size (seed 12 read 1.0e-4 of the logits' range, here 4.8e-5)
+    "olmo2": (dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-6,
+                   add_rope_freq_base=500_000.0),
+              [("token_embd.weight", "vocab", 256, "Q4_K")] + _layer(
+                  ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"), ("attn_v", 128, 256, "Q6_K"),
+                  ("attn_output", 256, 256, "Q4_K"), _NORM("post_attention_norm"), _NORM("attn_q_norm", 256),
+                  _NORM("attn_k_norm", 128), ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"),
+                  ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
+              + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 13,
+              (1e-4, 5e-4), "olmo2", {"Q4_K": 11, "Q6_K": 5}),
     # Qwen3 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): per-head q/k norms, rows not permuted
     "qwen3": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-6,
                    add_rope_freq_base=1_000_000.0),
