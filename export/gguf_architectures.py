@@ -9,7 +9,8 @@ file loads and takes them out again after, so transformers builds the model of t
 * ``gemma`` (Gemma 1 / 1.1, CodeGemma): llama.cpp's converter (``GemmaModel``) stores every RMSNorm weight as
   ``1 + w`` (ggml's norm multiplies by the weight; transformers' Gemma norm by ``1 + w``), writes no rope base
   (llama.cpp's default 10000 is GemmaConfig's), no sliding window and no head of its own (the embedding is tied), and
-  keeps q/k rows as they are (Gemma rotates halves, as transformers does). Its keys are Gemma 2's without soft-capping.
+  keeps q/k rows as they are (Gemma rotates halves, as transformers does). Its keys are Gemma 2's without the
+  sliding window.
 
 * ``granite`` (IBM Granite 3.x dense): Llama's keys and layout (q/k rows permuted, as ``LlamaModel`` converts) and
   the four multipliers llama.cpp reads: ``attention.scale`` -> ``attention_multiplier``, ``embedding_scale`` ->
@@ -17,17 +18,22 @@ file loads and takes them out again after, so transformers builds the model of t
   (a file without ``attention.scale``: ``gguf_config`` puts llama.cpp's 1/sqrt(head size) in place of
   transformers' default 1.0).
 * ``smollm3`` (SmolLM3): Llama's keys and layout; its NoPE layers (every 4th) are not in the file, llama.cpp and
-  transformers' SmolLM3Config both take every 4th.
+  transformers' SmolLM3Config both take every 4th. A file without ``rope.freq_base``: ``gguf_config`` puts
+  llama.cpp's 10000 in place of SmolLM3Config's 2,000,000.
 * ``olmo2`` (OLMo 2): Llama's keys, q/k rows as they are (llama.cpp rotates halves, as transformers); its q/k norms
   over the full projections and post-norms are gguf-py's names. An OLMo 3 file says ``olmo2`` too, with a sliding
   window: ``gguf_config`` refuses it by name (transformers' Olmo2Config has no window).
 
-``QK_PERMUTED``: the architectures whose q/k rows llama.cpp's converter permutes (``LlamaModel`` and its
-subclasses), which ``gguf_quant`` puts back in transformers' order when it keeps the file's blocks.
+``QK_PERMUTED``: the architectures whose q/k rows llama.cpp's converter permutes (``LlamaModel.permute``; some of
+its subclasses do not), which ``gguf_quant`` puts back in transformers' order when it keeps the file's blocks.
+
+The tables are transformers' module globals: loads in several threads share one registration (a count under a lock),
+and the entries go when the last of them ends.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 
 #: architectures whose attn_q / attn_k rows llama.cpp's converter interleaves (LlamaModel.permute)
 QK_PERMUTED = ("llama", "granite", "smollm3")
@@ -62,24 +68,49 @@ EXTRA = {
 }
 
 
+_lock = threading.Lock()
+_users = 0  # open known_to_transformers() blocks, all threads
+_added: list[str] = []  # the architectures the first of them added (none that transformers knows itself)
+
+
+def _add(loader, mapping) -> None:
+    for arch in (a for a in EXTRA if a not in mapping):
+        config, processor = EXTRA[arch]
+        _added.append(arch)  # first: a failure part-way still takes out what went in
+        mapping[arch] = config()
+        loader.GGUF_SUPPORTED_ARCHITECTURES.append(arch)
+        loader.TENSOR_PROCESSORS[arch] = getattr(loader, processor)
+
+
+def _remove(loader, mapping) -> None:
+    for arch in _added:
+        mapping.pop(arch, None)
+        loader.TENSOR_PROCESSORS.pop(arch, None)
+        if arch in loader.GGUF_SUPPORTED_ARCHITECTURES:
+            loader.GGUF_SUPPORTED_ARCHITECTURES.remove(arch)
+    _added.clear()
+
+
 @contextlib.contextmanager
 def known_to_transformers():
-    """While it is open, transformers' GGUF loader reads the architectures of ``EXTRA`` (see the module doc); the
-    tables are as they were after it, also when the load fails."""
+    """While it is open (in any thread), transformers' GGUF loader reads the architectures of ``EXTRA`` (see the
+    module doc); once the last open block ends the tables are as they were, also when a load fails."""
+    global _users
     from transformers import modeling_gguf_pytorch_utils as loader
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    added = [arch for arch in EXTRA if arch not in GGUF_CONFIG_MAPPING]
-    for arch in added:
-        config, processor = EXTRA[arch]
-        GGUF_CONFIG_MAPPING[arch] = config()
-        loader.GGUF_SUPPORTED_ARCHITECTURES.append(arch)
-        loader.TENSOR_PROCESSORS[arch] = getattr(loader, processor)
+    with _lock:
+        try:
+            if _users == 0:
+                _add(loader, GGUF_CONFIG_MAPPING)
+        except BaseException:
+            _remove(loader, GGUF_CONFIG_MAPPING)
+            raise
+        _users += 1
     try:
         yield
     finally:
-        for arch in added:
-            GGUF_CONFIG_MAPPING.pop(arch, None)
-            loader.TENSOR_PROCESSORS.pop(arch, None)
-            if arch in loader.GGUF_SUPPORTED_ARCHITECTURES:
-                loader.GGUF_SUPPORTED_ARCHITECTURES.remove(arch)
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                _remove(loader, GGUF_CONFIG_MAPPING)

@@ -30,6 +30,10 @@ CASES = {
                                         "logit_scale": 2.5}, None),
     "smollm3-nope": ("smollm3", {"block_count": 4}, None),
     "olmo2": ("olmo2", {}, None),  # OLMo 2: post-norms, q/k norms over the full projections, an untied head
+    # what llama.cpp takes when a key is absent, where transformers' default differs: Granite's query scale
+    # (1/sqrt(head size), not 1.0); SmolLM3's rope base (10000, not 2,000,000). None: the key is not written.
+    "granite-default-scales": ("granite", {"logit_scale": 2.5}, None),
+    "smollm3-default-rope-base": ("smollm3", {"block_count": 4, "rope.freq_base": None}, None),
 }
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting
 LAYOUT_CASES = ("phi3-packed",)
@@ -100,11 +104,11 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     if "rope.dimension_count" not in extra:
         w.add_rope_dimension_count(HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-6)
-    if arch != "gemma":  # llama.cpp's Gemma converter writes no rope base (its default, 10000, is Gemma's)
+    if arch != "gemma" and "rope.freq_base" not in extra:  # llama.cpp's Gemma converter writes none (10000, Gemma's)
         w.add_rope_freq_base(10000.0)
     if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(WINDOW)
-    for key, value in ((k, v) for k, v in extra.items() if k not in drop and k != "block_count"):
+    for key, value in ((k, v) for k, v in extra.items() if k not in drop and k != "block_count" and v is not None):
         full = f"{arch}.{key}"
         if isinstance(value, str):
             w.add_string(full, value)

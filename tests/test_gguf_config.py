@@ -14,7 +14,8 @@ short factors up to the original context); a Phi-4-mini-style file whose ``rope.
 size (a partial rotary transformers' loader drops); and three architectures transformers' loader does not know at all
 (export/gguf_architectures.py): Gemma 1 (norms stored as 1 + w, tied head, no rope base), Granite with its
 attention, embedding, residual and logit multipliers, a 4-layer SmolLM3 whose 4th layer has no rotary (NoPE), and
-OLMo 2 (post-norms, q/k norms over the full projections, an untied head).
+OLMo 2 (post-norms, q/k norms over the full projections, an untied head); and two files without a key whose
+default differs between llama.cpp and transformers (Granite's attention scale, SmolLM3's rope base).
 """
 from __future__ import annotations
 
@@ -168,6 +169,38 @@ def test_architectures_transformers_lacks_are_known_to_it_only_while_a_file_load
     write_tiny_gguf(path, "gemma")
     summary = summarize_gguf(path)
     assert (summary["architecture"], summary["exported"], summary["refused"]) == ("gemma", True, None)
+
+
+def test_loads_in_two_threads_share_the_registration():
+    """Thread A opens known_to_transformers, B opens it, A closes: B's load still finds the architectures; they go
+    when B closes."""
+    import threading
+
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    from onnxlm.export.gguf_architectures import known_to_transformers
+
+    a_in, b_in, a_out, seen = threading.Event(), threading.Event(), threading.Event(), []
+
+    def a():
+        with known_to_transformers():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with known_to_transformers():
+            b_in.set()
+            a_out.wait(10)
+            seen.append("granite" in GGUF_CONFIG_MAPPING)
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == [True] and "granite" not in GGUF_CONFIG_MAPPING
 
 
 def test_a_granite_file_without_attention_scale_scales_queries_as_llama_cpp():
