@@ -17,8 +17,8 @@ runtime:
   ``1/sqrt(head_dim)``, or ``1/sqrt(hidden / heads)`` for the 27B models (llama.cpp's LLM_TYPE_27B: 46 layers for
   Gemma 2, 62 for Gemma 3). Here: the same rule.
 
-* A SmolLM3 file without ``rope.freq_base``: llama.cpp rotates with base 10000, transformers' SmolLM3Config with
-  2,000,000. Here: llama.cpp's.
+* A SmolLM3 or Gemma 3 file without ``rope.freq_base``: llama.cpp rotates with base 10000, transformers with its
+  config's default (SmolLM3 2,000,000; Gemma 3's global layers 1,000,000). Here: llama.cpp's.
 * An OLMo 3 file (``general.architecture = olmo2`` with ``attention.sliding_window``): transformers would build an
   OLMo 2 without the window. Here: refused by name.
 * Granite's ``attention.scale`` when a file has none: llama.cpp scales queries by ``1/sqrt(head size)``,
@@ -56,7 +56,7 @@ HEAD_DIM_ARCHS = ("qwen2", "qwen3")
 #: architectures whose rotated dims (``{arch}.rope.dimension_count``) transformers' loader does not read
 PARTIAL_ROTARY_ARCHS = ("phi3",)
 #: architectures whose transformers config has another rope base than llama.cpp's 10000 for a file without one
-ROPE_BASE_DEFAULT_DIFFERS = ("smollm3",)  # SmolLM3Config: 2,000,000
+ROPE_BASE_DEFAULT_DIFFERS = ("smollm3", "gemma3")  # SmolLM3Config: 2,000,000; Gemma3TextConfig: 1,000,000 (global)
 #: layers of the 27B models, whose queries llama.cpp scales by 1/sqrt(hidden / heads) instead of 1/sqrt(head_dim)
 LAYERS_27B = {"gemma2": 46, "gemma3": 62}
 
@@ -65,6 +65,9 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     """GGUF metadata -> config attributes transformers' loader would leave at their defaults (see the module doc)."""
     arch = meta.get("general.architecture")
     out: dict = {}
+    if arch == "olmo2" and meta.get("olmo2.attention.sliding_window"):  # before its (YaRN) rope scaling is read
+        raise ExportError("olmo2.attention.sliding_window is set: an OLMo 3 file (sliding-window layers), which onnxlm "
+                          "does not export from GGUF (OLMo 2 files have no window)")
     # as llama.cpp reads them: the type defaults to linear; the factor is rope.scaling.factor, else the older
     # rope.scale_linear (original convert.py files, e.g. 16K Vicuna), 0 or absent meaning none
     scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
@@ -85,9 +88,6 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
         hidden, heads = int(meta[f"{arch}.embedding_length"]), int(meta[f"{arch}.attention.head_count"])
         big = int(meta[f"{arch}.block_count"]) == LAYERS_27B[arch]
         out["query_pre_attn_scalar"] = hidden // heads if big else _head_size(meta, arch)
-    if arch == "olmo2" and meta.get("olmo2.attention.sliding_window"):
-        raise ExportError("olmo2.attention.sliding_window is set: an OLMo 3 file (sliding-window layers), which onnxlm "
-                          "does not export from GGUF (OLMo 2 files have no window)")
     if arch in ROPE_BASE_DEFAULT_DIFFERS and f"{arch}.rope.freq_base" not in meta:  # llama.cpp's default
         out["rope_theta"] = 10000.0
     if arch == "granite" and "granite.attention.scale" not in meta:  # llama.cpp's default; transformers' is 1.0
