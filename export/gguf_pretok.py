@@ -25,6 +25,12 @@ _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)
 _CONTRACTIONS = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
 _LLAMA3 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 _QWEN2 = _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+# Seed-Coder: Qwen 2's with single digits and punctuation runs that stop before a line break
+_SEED_CODER = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)"
+               r"|\s+")
+# BLOOM's (Viking's first): a run of anything but whitespace and these punctuation marks (the class as
+# llama.cpp spells it, "(", "|" and ")" included)
+_BLOOM = r" ?[^(\s|.,!?…。，、।۔،)]+"
 _QWEN35 = (_CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+"
            r"|\s+(?!\S)|\s+")
 
@@ -67,16 +73,20 @@ PRE_TYPES: dict[str, PreType] = {
     "default": _DEFAULT,
     # GPT-2's regex alone
     "gpt-2": _GPT2_TYPE, "gpt2": _GPT2_TYPE, "phi-2": _GPT2_TYPE, "mpt": _GPT2_TYPE, "olmo": _GPT2_TYPE,
-    "jais": _GPT2_TYPE,
+    "jais": _GPT2_TYPE, "trillion": _GPT2_TYPE, "granite-docling": _GPT2_TYPE, "a.x-4.0": _GPT2_TYPE,
+    "mellum": _GPT2_TYPE,
     # every digit on its own, then GPT-2's regex
     "smollm": _DIGITS_GPT2, "starcoder": _DIGITS_GPT2, "refact": _DIGITS_GPT2, "command-r": _DIGITS_GPT2,
-    "codeshell": _DIGITS_GPT2, "exaone": _DIGITS_GPT2,
+    "codeshell": _DIGITS_GPT2, "exaone": _DIGITS_GPT2, "minerva-7b": _DIGITS_GPT2,
     # Llama 3's regex (digits in runs of up to three); the llama-bpe family also takes whole-token pieces unmerged
     "llama-bpe": _LLAMA3_TYPE, "llama3": _LLAMA3_TYPE, "llama-v3": _LLAMA3_TYPE, "falcon3": _LLAMA3_TYPE,
-    "pixtral": _LLAMA3_TYPE,
+    "pixtral": _LLAMA3_TYPE, "midm-2.0": _LLAMA3_TYPE,
     "dbrx": _LLAMA3_REGEX, "smaug-bpe": _LLAMA3_REGEX,
     # Qwen 2's regex (single digits)
-    "qwen2": _QWEN2_TYPE, "deepseek-r1-qwen": _QWEN2_TYPE, "stablelm2": _QWEN2_TYPE,
+    "qwen2": _QWEN2_TYPE, "deepseek-r1-qwen": _QWEN2_TYPE, "stablelm2": _QWEN2_TYPE, "megrez": _QWEN2_TYPE,
+    "seed-coder": PreType((_SEED_CODER,)),
+    # Viking (a Llama): BLOOM's split, then every digit on its own
+    "viking": PreType((_BLOOM, r"\p{N}")),
     "qwen35": PreType((_QWEN35,)),
     "falcon": PreType((r"[\p{P}\$\+<=>\^~\|`]+",
                        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
@@ -85,7 +95,7 @@ PRE_TYPES: dict[str, PreType] = {
     # Mistral Nemo / Small 3 / Pixtral's tekken: whole-token pieces unmerged, BOS by default
     "tekken": PreType((_TEKKEN,), ignore_merges=True, add_bos=True),
     # Phi-4 and Llama 4 (o200k-style): case classes, contractions attached, digits in runs of up to three
-    "gpt-4o": PreType((_GPT4O,)), "llama4": PreType((_GPT4O,)),
+    "gpt-4o": PreType((_GPT4O,)), "llama4": PreType((_GPT4O,)), "kanana2": PreType((_GPT4O,)),
 }
 
 

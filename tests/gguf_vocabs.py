@@ -53,6 +53,17 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen2-qwen35": ("qwen2", {"tokenizer.ggml.pre": "qwen35"}),
     "qwen2-falcon": ("qwen2", {"tokenizer.ggml.pre": "falcon"}),
     "llama3-gpt-4o": ("llama3", {"tokenizer.ggml.pre": "gpt-4o"}),  # no o200k vocabulary ships in a package here
+    # the pre types llama.cpp gives the same split as one above (aliases), and Seed-Coder's, BLOOM's and Viking's
+    "smollm2-trillion": ("smollm2", {"tokenizer.ggml.pre": "trillion"}),
+    "smollm2-granite-docling": ("smollm2", {"tokenizer.ggml.pre": "granite-docling"}),
+    "smollm2-a.x-4.0": ("smollm2", {"tokenizer.ggml.pre": "a.x-4.0"}),
+    "smollm2-mellum": ("smollm2", {"tokenizer.ggml.pre": "mellum"}),
+    "smollm2-minerva-7b": ("smollm2", {"tokenizer.ggml.pre": "minerva-7b"}),
+    "llama3-midm-2.0": ("llama3", {"tokenizer.ggml.pre": "midm-2.0"}),
+    "qwen2-megrez": ("qwen2", {"tokenizer.ggml.pre": "megrez"}),
+    "qwen2-seed-coder": ("qwen2", {"tokenizer.ggml.pre": "seed-coder"}),
+    "qwen2-viking": ("qwen2", {"tokenizer.ggml.pre": "viking"}),
+    "llama3-kanana2": ("llama3", {"tokenizer.ggml.pre": "kanana2"}),
 }
 # the bases that are real GGUF files (no GGUF is written for them unless overridden)
 _REAL = {"smollm2", "gemma3"}
