@@ -53,6 +53,16 @@ _GPT4O = (_UPPER_LOWER + _CONTRACTIONS + "?|" + _UPPER_ONLY + _CONTRACTIONS
 # en/em/thin spaces, line/paragraph separators, ...) never match it. The same class without them (onig's "&&").
 _CJK_NO_SPACE = r"[一-龥ࠀ-一가-퟿&&[^\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]]+"
 
+# deepseek-llm (DeepSeek LLM, a Llama): no \p{..} class but in its last regex, so llama.cpp runs the others with
+# std::wregex on the text whose non-ASCII whitespace is U+000B (as deepseek-coder's CJK class): the ideographic space
+# at the start of its punctuation range "　-。" never matches there (the range starts at "、" here); its "\s+$" ends
+# at the end of each piece ("\z": Oniguruma's "$" also matches before a line break).
+_DEEPSEEK_LLM_LETTERS = ("A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅ"
+                         "ὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-"
+                         "ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
+_DEEPSEEK_LLM = (r"[\r\n]", r"\s?[" + _DEEPSEEK_LLM_LETTERS + "]+", r"\s?[!-/:-~！-／：-～‘-‟、-。]+", r"\s+\z",
+                 _CJK_NO_SPACE, r"\p{N}+")
+
 
 @dataclass(frozen=True)
 class PreType:
@@ -92,6 +102,7 @@ PRE_TYPES: dict[str, PreType] = {
                        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
                        r"[0-9][0-9][0-9]")),
     "deepseek-coder": PreType((r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK_NO_SPACE, r"\p{N}")),
+    "deepseek-llm": PreType(_DEEPSEEK_LLM),
     # Mistral Nemo / Small 3 / Pixtral's tekken: whole-token pieces unmerged, BOS by default
     "tekken": PreType((_TEKKEN,), ignore_merges=True, add_bos=True),
     # Phi-4 and Llama 4 (o200k-style): case classes, contractions attached, digits in runs of up to three

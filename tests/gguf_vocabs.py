@@ -60,6 +60,7 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "smollm2-mellum": ("smollm2", {"tokenizer.ggml.pre": "mellum"}),
     "smollm2-minerva-7b": ("smollm2", {"tokenizer.ggml.pre": "minerva-7b"}),
     "llama3-midm-2.0": ("llama3", {"tokenizer.ggml.pre": "midm-2.0"}),
+    "llama3-deepseek-llm": ("llama3", {"tokenizer.ggml.pre": "deepseek-llm"}),
     "qwen2-megrez": ("qwen2", {"tokenizer.ggml.pre": "megrez"}),
     "qwen2-seed-coder": ("qwen2", {"tokenizer.ggml.pre": "seed-coder"}),
     "qwen2-viking": ("qwen2", {"tokenizer.ggml.pre": "viking"}),

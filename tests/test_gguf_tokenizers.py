@@ -52,6 +52,7 @@ PROVEN = {
     "smollm2-mellum": ("gpt2", "mellum"),
     "smollm2-minerva-7b": ("gpt2", "minerva-7b"),
     "llama3-midm-2.0": ("gpt2", "midm-2.0"),
+    "llama3-deepseek-llm": ("gpt2", "deepseek-llm"),
     "qwen2-megrez": ("gpt2", "megrez"),
     "qwen2-seed-coder": ("gpt2", "seed-coder"),
     "qwen2-viking": ("gpt2", "viking"),
