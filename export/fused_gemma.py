@@ -20,7 +20,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head_norms, release_weights,
+from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head_norms, release_weights, rms_norm,
                           save_graph, to_numpy)
 from .fused_llama import _linear, _w, rotary_caches, sliding_windows
 
@@ -47,8 +47,7 @@ def check_supported(model) -> None:
 
 def _norm(g: Graph, name: str, x: str, module, eps: float) -> str:
     """x [..., D] -> Gemma's RMSNorm: norm(x) * (1 + w), the weight stored as 1 + w (float32)."""
-    weight = g.init(name, (1.0 + to_numpy(module.weight).astype(np.float32)).astype(np.float32))
-    return g.op("SimplifiedLayerNormalization", [x, weight], axis=-1, epsilon=eps, stash_type=1)
+    return rms_norm(g, x, name, 1.0 + to_numpy(module.weight).astype(np.float32), eps)
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:

@@ -74,35 +74,42 @@ class Graph:
         return a
 
 
+def rms_norm(g: Graph, x: str, name: str, weight: np.ndarray, eps: float) -> str:
+    """x [..., n] -> RMSNorm(x) * weight (``weight`` [n], stored as float32 initializer ``name``)."""
+    return g.op("SimplifiedLayerNormalization", [x, g.init(name, weight.astype(np.float32))], axis=-1, epsilon=eps,
+                stash_type=1)
+
+
 def qk_head_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, head_dim: int, q_weight: np.ndarray,
                   k_weight: np.ndarray, eps: float) -> str:
     """Packed q/k/v [b, s, (N + 2 KVN) H] -> the same with a per-head RMSNorm on q and on k (weights [H] float32,
     initializers ``l{layer}.q_norm`` / ``.k_norm``): Gemma 3's and Qwen 3's q_norm / k_norm before the rotary. q and k
     are unpacked, normed over each head's H values, and packed again with v."""
-    sizes = g.init(f"qkv_split_{heads}_{kv_heads}", np.array([heads * head_dim, kv_heads * head_dim,
-                                                               kv_heads * head_dim]))
-    q, k, v = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
-
     def norm(x: str, name: str, weight: np.ndarray, n: int) -> str:  # [b, s, n H] -> [b, s, n, H] -> normed, flat
         split = g.op("Reshape", [x, g.init(f"shape_heads_{n}", np.array([0, 0, n, head_dim], np.int64))])
-        normed = g.op("SimplifiedLayerNormalization", [split, g.init(name, weight.astype(np.float32))], axis=-1,
-                      epsilon=eps, stash_type=1)
+        normed = rms_norm(g, split, name, weight, eps)
         return g.op("Reshape", [normed, g.init(f"shape_flat_{n}", np.array([0, 0, n * head_dim], np.int64))])
 
-    q = norm(q, f"l{layer}.q_norm", q_weight, heads)
-    k = norm(k, f"l{layer}.k_norm", k_weight, kv_heads)
-    return g.op("Concat", [q, k, v], axis=-1)
+    return _qk_norms(g, qkv, layer, heads, kv_heads, head_dim, q_weight, k_weight, norm)
 
 
 def qk_full_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, head_dim: int, q_weight: np.ndarray,
                   k_weight: np.ndarray, eps: float) -> str:
     """Packed q/k/v [b, s, (N + 2 KVN) H] -> the same with an RMSNorm over all of q's N H values (weight [N H]) and
     over all of k's KVN H (weight [KVN H]): OLMo 2's q_norm / k_norm, before the heads are split."""
+    return _qk_norms(g, qkv, layer, heads, kv_heads, head_dim, q_weight, k_weight,
+                     lambda x, name, weight, n: rms_norm(g, x, name, weight, eps))
+
+
+def _qk_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, head_dim: int, q_weight: np.ndarray,
+              k_weight: np.ndarray, norm) -> str:
+    """Packed q/k/v [b, s, (N + 2 KVN) H] -> q and k split off, each through ``norm(x, name, weight, its heads)``
+    (initializers ``l{layer}.q_norm`` / ``.k_norm``), packed again with v."""
     sizes = g.init(f"qkv_split_{heads}_{kv_heads}", np.array([heads * head_dim, kv_heads * head_dim,
                                                                kv_heads * head_dim]))
     q, k, v = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
-    q, k = (g.op("SimplifiedLayerNormalization", [x, g.init(f"l{layer}.{name}", w.astype(np.float32))], axis=-1,
-                 epsilon=eps, stash_type=1) for x, name, w in ((q, "q_norm", q_weight), (k, "k_norm", k_weight)))
+    q = norm(q, f"l{layer}.q_norm", q_weight, heads)
+    k = norm(k, f"l{layer}.k_norm", k_weight, kv_heads)
     return g.op("Concat", [q, k, v], axis=-1)
 
 

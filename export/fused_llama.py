@@ -42,7 +42,7 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError
 
 from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_full_norms, qk_head_norms,
-                          release_weights, save_graph, to_numpy)
+                          release_weights, rms_norm, save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
 FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2")
@@ -111,8 +111,7 @@ def _linear(g: Graph, name: str, x: str, linear) -> str:
 
 def _norm(g: Graph, x: str, name: str, norm, eps: float) -> str:
     """x [b, s, n] -> RMSNorm(x) * weight (the module ``norm``'s, initializer ``name``)."""
-    return g.op("SimplifiedLayerNormalization", [x, g.init(name, to_numpy(norm.weight))], axis=-1, epsilon=eps,
-                stash_type=1)
+    return rms_norm(g, x, name, to_numpy(norm.weight), eps)
 
 
 def _residual_scaled(g: Graph, branch: str, cfg) -> str:
@@ -193,8 +192,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
         x = g.op("Add", [x, _residual_scaled(g, down, cfg) if granite else down])
         if release:  # this layer's arrays are made: its PyTorch weights can go
             release_weights(layer)
-    lnf = g.init("norm.weight", inner.norm.weight.detach().float().numpy())
-    x = g.op("SimplifiedLayerNormalization", [x, lnf], axis=-1, epsilon=eps, stash_type=1)
+    x = _norm(g, x, "norm.weight", inner.norm, eps)
     if granite:  # logits / logits_scaling, as the head's input divided
         x = g.op("Div", [x, g.init("logits_scaling", np.array([cfg.logits_scaling], np.float32))])
     head_w = model.lm_head.weight

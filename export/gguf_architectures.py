@@ -27,13 +27,12 @@ file loads and takes them out again after, so transformers builds the model of t
 ``QK_PERMUTED``: the architectures whose q/k rows llama.cpp's converter permutes (``LlamaModel.permute``; some of
 its subclasses do not), which ``gguf_quant`` puts back in transformers' order when it keeps the file's blocks.
 
-The tables are transformers' module globals: loads in several threads share one registration (a count under a lock),
-and the entries go when the last of them ends.
+The tables are transformers' module globals: loads in several threads share one registration (``SharedPatch``), and
+the entries go when the last of them ends.
 """
 from __future__ import annotations
 
-import contextlib
-import threading
+from .shared_patch import SharedPatch
 
 #: architectures whose attn_q / attn_k rows llama.cpp's converter interleaves (LlamaModel.permute)
 QK_PERMUTED = ("llama", "granite", "smollm3")
@@ -68,49 +67,36 @@ EXTRA = {
 }
 
 
-_lock = threading.Lock()
-_users = 0  # open known_to_transformers() blocks, all threads
-_added: list[str] = []  # the architectures the first of them added (none that transformers knows itself)
-
-
-def _add(loader, mapping) -> None:
-    for arch in (a for a in EXTRA if a not in mapping):
-        config, processor = EXTRA[arch]
-        _added.append(arch)  # first: a failure part-way still takes out what went in
-        mapping[arch] = config()
-        loader.GGUF_SUPPORTED_ARCHITECTURES.append(arch)
-        loader.TENSOR_PROCESSORS[arch] = getattr(loader, processor)
-
-
-def _remove(loader, mapping) -> None:
-    for arch in _added:
-        mapping.pop(arch, None)
-        loader.TENSOR_PROCESSORS.pop(arch, None)
-        if arch in loader.GGUF_SUPPORTED_ARCHITECTURES:
-            loader.GGUF_SUPPORTED_ARCHITECTURES.remove(arch)
-    _added.clear()
-
-
-@contextlib.contextmanager
-def known_to_transformers():
-    """While it is open (in any thread), transformers' GGUF loader reads the architectures of ``EXTRA`` (see the
-    module doc); once the last open block ends the tables are as they were, also when a load fails."""
-    global _users
+def _add() -> list[str]:
+    """Add ``EXTRA``'s architectures that transformers lacks to its tables -> those added (none when one fails)."""
     from transformers import modeling_gguf_pytorch_utils as loader
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    with _lock:
-        try:
-            if _users == 0:
-                _add(loader, GGUF_CONFIG_MAPPING)
-        except BaseException:
-            _remove(loader, GGUF_CONFIG_MAPPING)
-            raise
-        _users += 1
+    added: list[str] = []
     try:
-        yield
-    finally:
-        with _lock:
-            _users -= 1
-            if _users == 0:
-                _remove(loader, GGUF_CONFIG_MAPPING)
+        for arch in (a for a in EXTRA if a not in GGUF_CONFIG_MAPPING):
+            config, processor = EXTRA[arch]
+            added.append(arch)  # first: a failure part-way still takes out what went in
+            GGUF_CONFIG_MAPPING[arch] = config()
+            loader.GGUF_SUPPORTED_ARCHITECTURES.append(arch)
+            loader.TENSOR_PROCESSORS[arch] = getattr(loader, processor)
+    except BaseException:
+        _remove(added)
+        raise
+    return added
+
+
+def _remove(added: list[str]) -> None:
+    from transformers import modeling_gguf_pytorch_utils as loader
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    for arch in added:
+        GGUF_CONFIG_MAPPING.pop(arch, None)
+        loader.TENSOR_PROCESSORS.pop(arch, None)
+        if arch in loader.GGUF_SUPPORTED_ARCHITECTURES:
+            loader.GGUF_SUPPORTED_ARCHITECTURES.remove(arch)
+
+
+#: ``with known_to_transformers():`` transformers' GGUF loader reads the architectures of ``EXTRA`` (see the module
+#: doc); once the last open block (in any thread) ends, the tables are as they were, also when a load fails.
+known_to_transformers = SharedPatch(_add, _remove)

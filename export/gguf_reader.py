@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from onnxlm.runtime.errors import ModelFileError
+
+from .shared_patch import SharedPatch
 
 
 def gguf_reader(path: str | os.PathLike):
@@ -110,35 +110,28 @@ class ModelFieldsView:
         return getattr(self.reader, name)
 
 
-_patch_lock = threading.Lock()
-_patch_users = 0  # open readers_shared_with_transformers() blocks, all threads
-_originals: tuple = ()  # gguf's own GGUFReader and get_tensor_name_map while they are patched
-
-
-@contextmanager
-def readers_shared_with_transformers():
-    """While transformers loads a GGUF file (its loader calls ``gguf.GGUFReader(path)`` itself, once for the config
-    and once for the weights), it gets the reader ``gguf_reader`` holds, as a ``ModelFieldsView``; and
-    ``gguf.get_tensor_name_map(arch, n_blocks)``, which its weight-name mapping calls once per module (314 times for
-    Gemma 3 270M, ~2 s), builds each map once (the loader only reads them). gguf's module globals are patched once
-    for all threads' open blocks (a count under a lock) and put back when the last one ends."""
-    global _patch_users, _originals
+def _share_readers() -> tuple:
+    """Patch gguf's ``GGUFReader`` and ``get_tensor_name_map`` -> the originals (see below)."""
     import gguf
 
-    with _patch_lock:
-        if _patch_users == 0:
-            original, name_map = _originals = gguf.GGUFReader, gguf.get_tensor_name_map
+    original, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
 
-            def shared(path, mode="r"):
-                return ModelFieldsView(gguf_reader(path)) if mode == "r" else original(path, mode)
+    def shared(path, mode="r"):
+        return ModelFieldsView(gguf_reader(path)) if mode == "r" else original(path, mode)
 
-            gguf.GGUFReader, gguf.get_tensor_name_map = shared, lru_cache(maxsize=None)(name_map)
-        _patch_users += 1
-    try:
-        yield
-    finally:
-        with _patch_lock:
-            _patch_users -= 1
-            if _patch_users == 0:
-                gguf.GGUFReader, gguf.get_tensor_name_map = _originals
-                _originals = ()
+    gguf.GGUFReader, gguf.get_tensor_name_map = shared, lru_cache(maxsize=None)(name_map)
+    return original, name_map
+
+
+def _restore_readers(originals: tuple) -> None:
+    import gguf
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = originals
+
+
+#: ``with readers_shared_with_transformers():`` while transformers loads a GGUF file (its loader calls
+#: ``gguf.GGUFReader(path)`` itself, once for the config and once for the weights), it gets the reader ``gguf_reader``
+#: holds, as a ``ModelFieldsView``; and ``gguf.get_tensor_name_map(arch, n_blocks)``, which its weight-name mapping
+#: calls once per module (314 times for Gemma 3 270M, ~2 s), builds each map once (the loader only reads them).
+#: gguf's module globals are patched once for all threads' open blocks and put back when the last one ends.
+readers_shared_with_transformers = SharedPatch(_share_readers, _restore_readers)
