@@ -213,9 +213,8 @@ class Scheduler:
             try:
                 events, tokens = self._pick(req)
             except Exception as exc:  # noqa: BLE001 - e.g. a constraint's conflict: this request fails alone
-                req.error, req.done = exc, True
                 req.active[:] = False
-                self.failed.append(req)
+                self._fail(req, exc)
                 continue
             out.append((req, events))
             if req.done:  # its keys/values are still in the state: keep them for the next turn
@@ -288,6 +287,11 @@ class Scheduler:
         return events, going
 
     # ------------------------------------------------------------------ batch membership
+    def _fail(self, req: Request, exc: BaseException) -> None:
+        """End ``req`` with ``exc`` (its caller reads ``req.error``); it is reported with the step's failures."""
+        req.error, req.done = exc, True
+        self.failed.append(req)
+
     def _admit(self) -> None:
         """Take waiting requests while rows are free, prefill them together (one left-padded ``start``, each row
         then repeated n times as ``_start_expanded`` does) and join that state to the running one."""
@@ -314,8 +318,7 @@ class Scheduler:
                 _, max_len = self.model._lengths(req.config, sequences.shape[1])
                 runs[id(req)] = (sequences, _Run(self.model, req, sequences.shape[1], max_len))
             except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
-                req.error, req.done = exc, True
-                self.failed.append(req)
+                self._fail(req, exc)
                 batch.remove(req)
         if not batch:
             return
@@ -326,8 +329,7 @@ class Scheduler:
             state, first = self._prefill(batch)
         except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
             for req in batch:
-                req.error, req.done = exc, True
-                self.failed.append(req)
+                self._fail(req, exc)
             return
         for req in batch:
             sequences, run = runs[id(req)]
