@@ -18,6 +18,8 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError
 
+from .gguf_splits import split_bytes
+
 __all__ = ["MEMORY_BYTES_PER_PARAMETER", "DISK_BYTES_PER_PARAMETER", "SKIP_ENV", "available_memory", "free_disk",
            "export_needs", "check_export_resources", "check_gguf_export_resources"]
 
@@ -103,7 +105,7 @@ def check_export_resources(gguf: Path, parameters: int, target: Path, *, blocks_
                  f"pass it (running it needs about the file's size), or {anyway}" if in_cache
                  else f"export it on a larger machine and copy the artifact here, or {anyway}")
     size = f"exporting {gguf.name} goes through its fp32 model ({parameters / _GB:.2f} B parameters)"
-    memory, disk = export_needs(parameters, gguf.stat().st_size, blocks_kept=blocks_kept)
+    memory, disk = export_needs(parameters, split_bytes(gguf), blocks_kept=blocks_kept)
     need, have = memory, available_memory()
     if have is not None and have < need:
         raise ExportError(f"{size}, which needs at least {_amount(need)} of memory; this machine has "

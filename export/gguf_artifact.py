@@ -33,6 +33,8 @@ from pathlib import Path
 from onnxlm.runtime.errors import ExportError, ModelFileError, QualityGateError
 from onnxlm.runtime.gguf_magic import GGUF_MAGIC, is_gguf_file
 
+from .gguf_splits import split_files
+
 __all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "cached_artifact", "ensure_gguf_artifact"]
 
 CACHE_ENV = "ONNXLM_CACHE"
@@ -68,9 +70,14 @@ def artifact_dir_for(gguf, cache_dir=None) -> Path:
 
 
 def _stamp(gguf: Path) -> dict:
-    """What says a file is unchanged without reading it (its path, size and mtime), and this export's revision."""
-    st = gguf.stat()
-    return {"path": str(gguf), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "revision": EXPORT_REVISION}
+    """What says a file is unchanged without reading it (its path, size and mtime; a split GGUF's other files'
+    sizes and mtimes too), and this export's revision."""
+    first, *rest = split_files(gguf)
+    st = first.stat()
+    stamp = {"path": str(gguf), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "revision": EXPORT_REVISION}
+    if rest:
+        stamp["splits"] = [[p.stat().st_size, p.stat().st_mtime_ns] for p in rest]
+    return stamp
 
 
 def stamp_file(target: Path) -> Path:
@@ -108,15 +115,17 @@ def is_outdated(target: Path) -> bool:
     return _outdated(read_stamp(target))
 
 
-def _recorded_sha256(target: Path) -> str | None:
-    """The sha256 of the GGUF file the cached artifact was exported from, as its manifest pins it (None when the
-    manifest is unreadable: the artifact is then stale)."""
+def _recorded_sha256s(target: Path) -> list | None:
+    """The sha256 of the GGUF file the cached artifact was exported from (of each file of a split GGUF, in order),
+    as its manifest pins it (None when the manifest is unreadable: the artifact is then stale)."""
     try:
         manifest = json.loads((target / "onnxlm.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     record = (manifest.get("quantization") or {}).get("source_gguf") or manifest.get("source")
-    return record.get("sha256") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return None
+    return [record.get("sha256")] + [s.get("sha256") for s in record.get("splits") or [] if isinstance(s, dict)]
 
 
 def is_current(target: Path, gguf: Path) -> bool:
@@ -128,11 +137,15 @@ def is_current(target: Path, gguf: Path) -> bool:
     stamp = read_stamp(target)
     if _outdated(stamp):
         return False
-    if stamp == _stamp(gguf):
-        return True
+    try:
+        if stamp == _stamp(gguf):
+            return True
+        files = split_files(gguf)
+    except ModelFileError:  # a split set not whole now: the export's reader says why
+        return False
     from onnxlm.runtime.manifest import sha256_of
 
-    if _recorded_sha256(target) != sha256_of(gguf):  # touched and the same bytes, or another file
+    if _recorded_sha256s(target) != [sha256_of(p) for p in files]:  # touched and the same bytes, or another file
         return False
     write_stamp(target, gguf)
     return True
@@ -246,6 +259,7 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
     if not is_gguf_file(path):
         raise ModelFileError(f"{path}: not a GGUF file (missing, or it does not start with {GGUF_MAGIC!r})", str(path))
     path = _absolute(path)
+    split_files(path)  # a later file of a split GGUF, or a set not whole, is refused by name before anything else
     target = artifact_dir_for(path, cache_dir)
     if is_current(target, path):
         return target

@@ -9,8 +9,8 @@ An entry is
 * ``changed``: other bytes are at that path now (the next run of that path exports again and replaces the entry);
 * ``outdated``: an earlier onnxlm exported it, and the export has changed since (``EXPORT_REVISION``): the next run
   of its file exports again and replaces the entry;
-* ``missing``: nothing is at that path (the file was moved or deleted: run from its new place, it is exported again
-  under another name, and this entry is never used again);
+* ``missing``: nothing is at that path, or a split GGUF's other files are not all beside it (the file was moved or
+  deleted: run from its new place, it is exported again under another name, and this entry is never used again);
 * ``incomplete``: the directory holds no ``onnxlm.json`` (onnxlm renames an entry into place whole: kept);
 * ``unknown``: no stamp names its file (a read-only cache, or an export stopped between its last rename and its
   stamp), or its file cannot be stat'ed or read now: ``prune`` keeps it, ``remove`` removes it;
@@ -38,9 +38,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from onnxlm.runtime.errors import ParameterError
+from onnxlm.runtime.errors import ModelFileError, ParameterError
 from onnxlm.runtime.gguf_magic import is_gguf_file
 
+from .gguf_splits import split_files
 from .gguf_artifact import artifact_dir_for, cache_root, is_current, is_outdated, lock_file, read_stamp, stamp_file
 
 __all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
@@ -145,6 +146,10 @@ def _state(target: Path, source: str | None) -> str:
         return "unknown"
     if is_outdated(target):  # whatever its file's bytes: the next run exports it again
         return "outdated"
+    try:
+        split_files(gguf)
+    except ModelFileError:  # a split GGUF whose other files are gone
+        return "missing"
     try:
         return "current" if is_gguf_file(gguf) and is_current(target, gguf) else "changed"
     except OSError:  # there, but not readable by this user now: nothing can be said of its bytes

@@ -88,7 +88,7 @@ from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noq
 from .mapped_weights import save_mapped
 from .quantizer_input import array_of, load_unaliased, read_external
 from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, take_rows, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
-from .provenance import file_record, source_record
+from .provenance import file_record, same_file_bytes, source_record
 from .atomic_dir import refuse_taken
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
@@ -384,9 +384,10 @@ def gguf_source(manifest: dict, gguf=None, src: Path | None = None) -> tuple[Pat
                           "source directly to do both steps at once")
     path = found[0].resolve()
     held = file_record(path)
-    if isinstance(record, dict) and record.get("sha256") and held["sha256"] != record["sha256"]:
-        raise ExportError(f"gguf: {path.name} is not the file the fp32 artifact was exported from (its sha256 differs "
-                          f"from the recorded {record['sha256'][:12]}... of {record.get('name')!r})")
+    if isinstance(record, dict) and record.get("sha256") and not same_file_bytes(held, record):
+        why = (f"its sha256 differs from the recorded {record['sha256'][:12]}... of {record.get('name')!r}"
+               if held["sha256"] != record["sha256"] else "another file of its split set differs from the recorded")
+        raise ExportError(f"gguf: {path.name} is not the file the fp32 artifact was exported from ({why})")
     return path, held
 
 

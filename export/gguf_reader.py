@@ -22,26 +22,45 @@ import numpy as np
 
 from onnxlm.runtime.errors import ModelFileError
 
+from .gguf_splits import SPLIT_NAME, split_files
 from .shared_patch import SharedPatch
 
 
 def gguf_reader(path: str | os.PathLike):
-    """path -> its ``gguf.GGUFReader`` (mode "r"), built once while the file is unchanged. A file gguf-py cannot
-    parse (cut short like an interrupted download, not a GGUF at all) is a ``ModelFileError`` naming it, whatever
-    gguf-py raised on the way (ValueError, IndexError, struct and Unicode errors, a short memory map)."""
-    st = os.stat(path)
+    """path -> its ``gguf.GGUFReader`` (mode "r"), built once while the file is unchanged; for the first file of a
+    split GGUF (``gguf_splits``), its files' readers as one (``SplitReader``). A file gguf-py cannot parse (cut short
+    like an interrupted download, not a GGUF at all) is a ``ModelFileError`` naming it, whatever gguf-py raised on
+    the way (ValueError, IndexError, struct and Unicode errors, a short memory map); so is a split set that does not
+    hold together (a file missing, of another set, or a later file given)."""
+    files = split_files(path)
+    keys = tuple((str(Path(p).resolve()), *_size_and_mtime(p)) for p in files)
     try:
-        return _reader(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+        return _single(str(path), _reader(*keys[0])) if len(keys) == 1 else _split_reader(keys)
     except ImportError:
         raise
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError, struct.error,
-            OSError) as e:
+    except ModelFileError:  # the split checks' own: they name the file
+        raise
+    except UNREADABLE as e:
         raise ModelFileError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}): is it whole (a "
                              "download cut short reads so)?", path=str(path)) from e
 
 
+#: what gguf-py raises on a file it cannot parse
+UNREADABLE = (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError, struct.error, OSError)
+
+
+def _size_and_mtime(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 @lru_cache(maxsize=2)
 def _reader(path: str, size: int, mtime_ns: int):
+    """One file's reader, kept while its path, size and mtime are these."""
+    return _parse(path)
+
+
+def _parse(path: str):
     from gguf.gguf_reader import GGUFReader  # the class itself, also while gguf.GGUFReader is the shared one
 
     from gguf.constants import GGUFValueType
@@ -86,11 +105,81 @@ def _reader(path: str, size: int, mtime_ns: int):
     return Reader(path, "r")
 
 
+def _split_field(reader, key: str) -> int | None:
+    field = reader.fields.get(key)
+    return None if field is None else int(field.parts[field.data[0]][0])
+
+
+def _single(path: str, reader):
+    """A whole file's reader, refused when its own ``split.count`` says it is one file of several (named so that
+    its others cannot be found beside it, or they are not there)."""
+    count = _split_field(reader, "split.count") or 1
+    if count > 1:
+        no = (_split_field(reader, "split.no") or 0) + 1
+        m = SPLIT_NAME.match(Path(path).name)
+        where = ("its other files are not beside it" if m else
+                 f"its name is not llama.cpp's <prefix>-{no:05d}-of-{count:05d}.gguf, by which its other files are "
+                 "found (rename the files so)")
+        raise ModelFileError(f"{path} is file {no} of a GGUF split into {count} files (its split.no and split.count),"
+                             f" and {where}", path=path)
+    return reader
+
+
+class SplitReader:
+    """The readers of a split GGUF's files as one reader: the first file's fields (the model's metadata: the others
+    hold only their ``split.*`` keys), every file's tensors in order (each a view of its own file's memory map)."""
+
+    def __init__(self, readers: list):
+        self.splits = readers
+        self.fields = readers[0].fields
+        self.tensors = [t for r in readers for t in r.tensors]
+
+    def __getattr__(self, name):
+        return getattr(self.splits[0], name)
+
+
+@lru_cache(maxsize=2)
+def _split_reader(keys: tuple) -> SplitReader:
+    """The readers of a split set's files (``keys``: each file's resolved path, size and mtime, in order) as one,
+    each file checked against the set: its ``split.no`` and ``split.count``, and the first file's
+    ``split.tensors.count`` against the tensors of all (a file of another set, or of another split of the same
+    model, is refused by name)."""
+    count = len(keys)
+
+    def read(i: int, key: tuple):
+        try:
+            return _reader(*key) if i == 0 else _parse(key[0])
+        except UNREADABLE as e:
+            raise ModelFileError(f"{key[0]} (file {i + 1} of {count} of a split GGUF) is not a readable GGUF file "
+                                 f"({type(e).__name__}: {e}): is it whole (a download cut short reads so)?",
+                                 path=key[0]) from e
+
+    readers = [read(i, key) for i, key in enumerate(keys)]
+    for i, (key, reader) in enumerate(zip(keys, readers)):
+        no, of = _split_field(reader, "split.no"), _split_field(reader, "split.count")
+        if (no, of) != (i, count):
+            raise ModelFileError(f"{key[0]} should be file {i + 1} of the {count} of a split GGUF, but its split.no "
+                                 f"and split.count say {'none' if no is None else no + 1} of {of}: is it of "
+                                 "another split of the model?", path=key[0])
+    merged = SplitReader(readers)
+    want = _split_field(readers[0], "split.tensors.count")
+    names = [t.name for t in merged.tensors]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ModelFileError(f"{keys[0][0]}: tensors in more than one file of the split GGUF: {', '.join(twice[:5])}"
+                             " (are its files of two splits of the model?)", path=keys[0][0])
+    if want is not None and want != len(names):
+        raise ModelFileError(f"{keys[0][0]}: its split.tensors.count is {want}, and its {count} files hold "
+                             f"{len(names)} tensors (are its files of two splits of the model?)", path=keys[0][0])
+    return merged
+
+
 def forget_readers() -> None:
     """Drop the cached readers and so their memory maps (once nothing else holds them): after a GGUF's blocks are
     rewritten nothing reads the file again, and its mapped pages (840 MB for a Llama-3.2-1B-shaped Q4_K_M file)
     would stay resident through the quality gate."""
     _reader.cache_clear()
+    _split_reader.cache_clear()
 
 
 #: vocabulary arrays only transformers' tokenizer converter reads (onnxlm builds its own tokenizer): its model loader

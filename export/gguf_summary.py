@@ -13,6 +13,8 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
+from .gguf_splits import split_bytes, split_files
+
 __all__ = ["summarize_gguf"]
 
 
@@ -76,7 +78,7 @@ def _tokenizer(reader) -> dict:
 
 
 def summarize_gguf(path) -> dict:
-    """A GGUF file -> {"file", "bytes", "version", "name", "architecture", "exported", "refused" (why the export
+    """A GGUF file -> {"file", "bytes" (of every file of a split GGUF), "files" (1, or a split GGUF's count), "version", "name", "architecture", "exported", "refused" (why the export
     would refuse a file of an architecture it exports, else None), "layers", "hidden",
     "context_length", "parameters", "tensor_types" (type -> count, most first), "dequantized_types", "blocks",
     "fp32_with_group" (block tensors run in fp32 beside a tensor of their product without blocks: type -> count),
@@ -101,7 +103,8 @@ def summarize_gguf(path) -> dict:
     types = Counter(t.tensor_type.name for t in reader.tensors)
     refused = _refusal(reader, arch) if arch in TESTED_GGUF_ARCHITECTURES else None
     return {
-        "file": path.name, "bytes": path.stat().st_size, "version": _scalar(reader, "GGUF.version"),
+        "file": path.name, "bytes": split_bytes(path), "files": len(split_files(path)),
+        "version": _scalar(reader, "GGUF.version"),
         "name": _scalar(reader, "general.name"), "architecture": arch,
         "exported": arch in TESTED_GGUF_ARCHITECTURES and refused is None, "refused": refused,
         "layers": _scalar(reader, f"{arch}.block_count"), "hidden": _scalar(reader, f"{arch}.embedding_length"),

@@ -3,7 +3,8 @@
 A manifest's ``source`` (and a quantized artifact's ``quantization.source_gguf`` / ``source_fp32``) names its source
 and pins its bytes, so the same manifest comes out of any machine and a reader can check a file it holds against it:
 
-* a file (a ``.gguf``): ``{"name": "x.gguf", "sha256": ..., "bytes": n}``;
+* a file (a ``.gguf``): ``{"name": "x.gguf", "sha256": ..., "bytes": n}``; a split GGUF's first file adds
+  ``"splits": [<the same record of each other file, in order>]``;
 * a directory (a transformers checkpoint, a recipe): ``{"name": "<dir name>", "files": {"<relative path>":
   {"sha256": ..., "bytes": n}}}``;
 * an onnxlm artifact (the fp32 source of a quantized variant): the same directory form, its files' hashes taken
@@ -19,13 +20,27 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .gguf_splits import split_files
 from .manifest import MANIFEST_FILE, file_table, sha256_file
 
 
 def file_record(path: Path) -> dict[str, Any]:
-    """A file -> {"name", "sha256", "bytes"}."""
+    """A file -> {"name", "sha256", "bytes"}; the first file of a split GGUF (``gguf_splits``) also lists its other
+    files' records under "splits", in order."""
     path = Path(path)
+    rest = split_files(path)[1:] if path.suffix == ".gguf" else []
+    return _one_file(path) | ({"splits": [_one_file(p) for p in rest]} if rest else {})
+
+
+def _one_file(path: Path) -> dict[str, Any]:
     return {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def same_file_bytes(record: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two ``file_record``s pin the same bytes: the same sha256, of every file of a split GGUF too."""
+    def hashes(r: dict) -> list:
+        return [r.get("sha256")] + [s.get("sha256") for s in r.get("splits") or [] if isinstance(s, dict)]
+    return hashes(record) == hashes(other)
 
 
 def source_record(source: str | Path) -> dict[str, Any] | str:

@@ -84,6 +84,19 @@ def write_out(w) -> None:
 def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary.
     ``drop``: keys of the case's extra metadata left out."""
+    _write(path, case, drop)
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_tiny_split_gguf(path: Path, case: str, tensors_per_file: int) -> list[Path]:
+    """CASES[case] as ``write_tiny_gguf`` writes it, split as llama.cpp's gguf-split does (gguf-py's writer: at most
+    ``tensors_per_file`` tensors a file; the metadata in the first) -> the files, ``<stem>-00001-of-0000N.gguf``
+    beside ``path``, in order."""
+    _write(path, case, (), tensors_per_file)
+    return sorted(Path(path).parent.glob(f"{Path(path).stem}-*-of-*.gguf"))
+
+
+def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int = 0) -> None:
     import gguf
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -91,7 +104,7 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     rng = np.random.default_rng(11)
     specials = ["<pad>", "<bos>", "<eos>"]
     tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
     w.add_context_length(1024 if rope_freqs == "longrope" else 256)
     w.add_embedding_length(HIDDEN)
     layers = extra.get("block_count", LAYERS)
@@ -163,4 +176,3 @@ def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
     if arch in ("llama", "phi3", "olmo2"):
         mat("output.weight", len(tokens), HIDDEN)
     write_out(w)
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

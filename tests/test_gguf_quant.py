@@ -38,10 +38,12 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embedding: str = "Q8_0") -> None:
+def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embedding: str = "Q8_0",
+                    split_max_tensors: int = 0) -> None:
     """A 2-layer Llama with random weights (offsets in the weights so Q4_1's minimum matters) as a GGUF file;
     ``types`` per layer (default ``TYPES``). A type gguf-py cannot quantize (the K-quants, IQ types) is written as
-    valid random blocks (``random_blocks``)."""
+    valid random blocks (``random_blocks``). ``split_max_tensors``: split as llama.cpp's gguf-split does, at most
+    that many tensors a file (``<stem>-00001-of-0000N.gguf``, ...; the same tensors as unsplit)."""
     import gguf
     from gguf import GGMLQuantizationType as T
 
@@ -52,7 +54,7 @@ def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embe
 
     tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]  # one merge: " t"
     vocab = len(tokens)
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split_max_tensors)
     w.add_context_length(POSITIONS)
     w.add_embedding_length(HIDDEN)
     w.add_block_count(LAYERS)

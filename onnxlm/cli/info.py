@@ -145,6 +145,7 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
                 f"exports it into {artifact_dir} ({needs})" if runs else "none: onnxlm cannot run this file")
     out = [path,
            f"  GGUF file       {_size(g['bytes'])} (version {g['version']})"
+           + (f", split into {g['files']} files" if g.get("files", 1) > 1 else "")
            + (f", general.name {g['name']!r}" if g.get("name") else ""),
            f"  architecture    {arch}",
            f"  shape           {g['layers']} layers, hidden {g['hidden']}, context length {g['context_length']}",
@@ -179,7 +180,9 @@ def source_text(record) -> str:
     if not isinstance(record, dict):
         return str(record)
     if "sha256" in record:
-        return f"{record.get('name')} (sha256 {record['sha256'][:12]}, {record.get('bytes')} bytes)"
+        splits = record.get("splits") or []
+        return (f"{record.get('name')} (sha256 {record['sha256'][:12]}, {record.get('bytes')} bytes"
+                + (f"; and {len(splits)} more files of its split set" if splits else "") + ")")
     return f"{record.get('name')} ({len(record.get('files', {}))} files)"
 
 
