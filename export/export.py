@@ -19,7 +19,7 @@ from .manifest import check_graph_dims, graph_io, model_dims, versions, write_ma
 from .logits_to_keep import add_logits_to_keep
 from .fused import check_fused_supported, fused_supported
 from .provenance import source_record
-from .onnx_export import check_config, export_onnx, traced_attention
+from .onnx_export import FUSED_ONLY_TYPES, check_config, export_onnx, traced_attention
 from .validate import validate_export
 
 
@@ -244,8 +244,13 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
             check_config(cfg)
             if kv_layout == "auto":  # the fast graph wherever it is built (and proven) for this model
                 kv_layout = "fused" if opset is None and fused_supported(lm.model) else "plain"
+                if kv_layout == "plain" and cfg.model_type in FUSED_ONLY_TYPES and opset is None:
+                    check_fused_supported(lm.model)  # what the fused builder refuses: the only graph it has
             elif kv_layout == "fused":  # what the builder refuses, before the special ids and anything written
                 check_fused_supported(lm.model)
+            if kv_layout == "plain" and cfg.model_type in FUSED_ONLY_TYPES:
+                raise ExportError(f"kv_layout='plain': model_type {cfg.model_type!r} has no optimum-onnx export; it "
+                                  "exports as the fused graph only (kv_layout='auto' or 'fused', and no opset)")
             dims = model_dims(cfg, lm.family)
             trained = getattr(cfg, "max_position_embeddings", None)
             if dims.get("max_positions") is not None and trained and dims["max_positions"] < trained:

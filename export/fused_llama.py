@@ -31,6 +31,9 @@ scale (``attention_multiplier``, the attention module's ``scaling``), each resid
 final norm's output, before the head: the same values up to rounding).
 SmolLM3: its NoPE layers (``no_rope_layers[i] == 0``, every 4th by default) attend without the rotary
 (``do_rotary=0``).
+ERNIE 4.5: Llama's blocks, its rotary on adjacent pairs of each head's dims (transformers' Ernie4_5 rotates
+``x[..., 0::2]`` with ``x[..., 1::2]``, llama.cpp's NORM rope): GQA's ``rotary_interleaved=1`` with the same cos/sin
+tables (the pair i turns by the i-th frequency both ways).
 OLMo 2: no norm before attention or MLP; q and k RMS-normed over their full width (``fused_graph.qk_full_norms``)
 before the rotary; each branch's output normed (``post_attention_layernorm``, ``post_feedforward_layernorm``) before
 its residual add.
@@ -45,7 +48,7 @@ from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_full
                           release_weights, rms_norm, save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
-FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2")
+FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "ernie4_5")
 
 
 def check_supported(model) -> None:
@@ -120,7 +123,8 @@ def _residual_scaled(g: Graph, branch: str, cfg) -> str:
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
-    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 model -> the fused graph
+    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 / ERNIE 4.5 model -> the
+    fused graph
     written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
     layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
@@ -139,6 +143,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     rotates = [bool(r) for r in getattr(cfg, "no_rope_layers", None) or [1] * L]  # SmolLM3: 0 on its NoPE layers
     granite = cfg.model_type == "granite"
     post_norms = cfg.model_type == "olmo2"  # OLMo 2: branches normed after, not before (see the module doc)
+    interleaved = cfg.model_type == "ernie4_5"  # ERNIE 4.5: adjacent pairs rotate (see the module doc)
     inner = model.model
     g = Graph()
 
@@ -167,7 +172,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             qkv = qk_full_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
         elif hasattr(att, "q_norm"):  # Qwen 3: per-head RMSNorm of q and k before the rotary
             qkv = qk_head_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
-        attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i]), rotary_interleaved=0,
+        attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i]), rotary_interleaved=int(interleaved),
                      scale=float(att.scaling))
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)

@@ -20,6 +20,10 @@ file loads and takes them out again after, so transformers builds the model of t
 * ``smollm3`` (SmolLM3): Llama's keys and layout; its NoPE layers (every 4th) are not in the file, llama.cpp and
   transformers' SmolLM3Config both take every 4th. A file without ``rope.freq_base``: ``gguf_config`` puts
   llama.cpp's 10000 in place of SmolLM3Config's 2,000,000.
+* ``ernie4_5`` (Baidu ERNIE 4.5 dense, e.g. ERNIE-4.5-0.3B): Llama's keys and tensors, q/k rows as they are:
+  llama.cpp rotates adjacent pairs (its NORM rope) as transformers' Ernie4_5 does (interleaved), and its converter
+  does not permute them; the head size is ``attention.key_length`` (``gguf_config``: 128 in Ernie4_5Config, not
+  hidden / heads), the rope base llama.cpp's 10000 for a file without one (Ernie4_5Config's is 500,000).
 * ``olmo2`` (OLMo 2): Llama's keys, q/k rows as they are (llama.cpp rotates halves, as transformers); its q/k norms
   over the full projections and post-norms are gguf-py's names. An OLMo 3 file says ``olmo2`` too, with a sliding
   window: ``gguf_config`` refuses it by name (transformers' Olmo2Config has no window).
@@ -64,6 +68,7 @@ EXTRA = {
     "granite": (_granite_config, "LlamaTensorProcessor"),  # q/k rows permuted back
     "smollm3": (_llama_config, "LlamaTensorProcessor"),
     "olmo2": (_llama_config, "TensorProcessor"),
+    "ernie4_5": (_llama_config, "TensorProcessor"),  # rows as they are: interleaved rotary on both sides
 }
 
 

@@ -24,9 +24,9 @@ runtime:
 * Granite's ``attention.scale`` when a file has none: llama.cpp scales queries by ``1/sqrt(head size)``,
   transformers' GraniteConfig by its default ``attention_multiplier`` 1.0. Here: llama.cpp's.
 
-* ``{arch}.attention.key_length`` (the head size) of Qwen2 and Qwen3 files: not mapped (Llama's and Mistral's
-  head_dim comes from ``rope.dimension_count``), so the config keeps its class default: ``hidden / heads`` (Qwen2) or
-  128 (Qwen3, whatever the file says). Here: ``head_dim`` = the file's key_length.
+* ``{arch}.attention.key_length`` (the head size) of Qwen2, Qwen3 and ERNIE 4.5 files: not mapped (Llama's and
+  Mistral's head_dim comes from ``rope.dimension_count``), so the config keeps its class default: ``hidden / heads``
+  (Qwen2) or 128 (Qwen3, ERNIE 4.5; whatever the file says). Here: ``head_dim`` = the file's key_length.
 
 * ``phi3.rope.dimension_count`` below the head size (Phi-4-mini: 96 of 128): not mapped, so every dim rotates.
   Here: ``partial_rotary_factor`` = dimension_count / head size.
@@ -52,11 +52,12 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError
 
 #: architectures whose head size transformers' loader does not read (``{arch}.attention.key_length`` -> head_dim)
-HEAD_DIM_ARCHS = ("qwen2", "qwen3")
+HEAD_DIM_ARCHS = ("qwen2", "qwen3", "ernie4_5")
 #: architectures whose rotated dims (``{arch}.rope.dimension_count``) transformers' loader does not read
 PARTIAL_ROTARY_ARCHS = ("phi3",)
 #: architectures whose transformers config has another rope base than llama.cpp's 10000 for a file without one
-ROPE_BASE_DEFAULT_DIFFERS = ("smollm3", "gemma3")  # SmolLM3Config: 2,000,000; Gemma3TextConfig: 1,000,000 (global)
+#: SmolLM3Config: 2,000,000; Gemma3TextConfig: 1,000,000 (global); Ernie4_5Config: 500,000
+ROPE_BASE_DEFAULT_DIFFERS = ("smollm3", "gemma3", "ernie4_5")
 #: layers of the 27B models, whose queries llama.cpp scales by 1/sqrt(hidden / heads) instead of 1/sqrt(head_dim)
 LAYERS_27B = {"gemma2": 46, "gemma3": 62}
 

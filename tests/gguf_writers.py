@@ -30,10 +30,15 @@ CASES = {
                                         "logit_scale": 2.5}, None),
     "smollm3-nope": ("smollm3", {"block_count": 4}, None),
     "olmo2": ("olmo2", {}, None),  # OLMo 2: post-norms, q/k norms over the full projections, an untied head
+    # ERNIE 4.5 dense as llama.cpp's converter writes it: no rope.dimension_count, the head size in key_length (16,
+    # where Ernie4_5Config's default is 128), q/k rows as they are (llama.cpp and transformers both rotate pairs)
+    "ernie4_5": ("ernie4_5", {"rope.dimension_count": None}, None),
     # what llama.cpp takes when a key is absent, where transformers' default differs: Granite's query scale
-    # (1/sqrt(head size), not 1.0); SmolLM3's rope base (10000, not 2,000,000). None: the key is not written.
+    # (1/sqrt(head size), not 1.0); SmolLM3's and ERNIE 4.5's rope base (10000, not 2,000,000 / 500,000). None: the
+    # key is not written.
     "granite-default-scales": ("granite", {"logit_scale": 2.5}, None),
     "smollm3-default-rope-base": ("smollm3", {"block_count": 4, "rope.freq_base": None}, None),
+    "ernie4_5-default-rope-base": ("ernie4_5", {"rope.dimension_count": None, "rope.freq_base": None}, None),
 }
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting
 LAYOUT_CASES = ("phi3-packed",)

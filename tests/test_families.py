@@ -24,7 +24,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 import onnxlm  # noqa: E402
 from conftest import RECIPES, TinyModel, _tiny  # noqa: E402
 from onnxlm.export import ExportError, export_model  # noqa: E402
-from onnxlm.export.onnx_export import GPT2_TYPES, LLAMA_TYPES, T5_TYPES, SUPPORTED_FAMILIES  # noqa: E402
+from onnxlm.export.onnx_export import (FUSED_ONLY_TYPES, GPT2_TYPES, LLAMA_TYPES, SUPPORTED_FAMILIES,  # noqa: E402
+                                       T5_TYPES)
 from torch_ref import (causal_logits, left_padded_batch, right_padded_batch,  # noqa: E402
                        seq2seq_steps_max_diff)
 
@@ -88,7 +89,12 @@ def _stablelm_qk_layernorm(tmp_path_factory) -> TinyModel:
     return TinyModel(QK_LAYERNORM, None, hf_dir, onnx_dir)
 
 
-@pytest.fixture(scope="module", params=NAMES + [QK_LAYERNORM])
+#: the recipes of model_types optimum-onnx cannot export (onnx_export.FUSED_ONLY_TYPES): their only graph, the fused
+#: one, is proved against transformers by tests/test_fused_layouts.py; here their plain export is refused by name
+FUSED_ONLY = [n for n in NAMES if recipe_config(n)["model_type"] in FUSED_ONLY_TYPES]
+
+
+@pytest.fixture(scope="module", params=[n for n in NAMES if n not in FUSED_ONLY] + [QK_LAYERNORM])
 def family(request, tmp_path_factory):
     name = request.param
     if name in BASE:
@@ -104,6 +110,17 @@ def test_every_accepted_model_type_has_a_recipe():
     """The accepted list is exactly the tested list: each model_type family_of accepts has a recipe here."""
     tested = {recipe_config(n)["model_type"] for n in NAMES}
     assert tested == GPT2_TYPES | T5_TYPES | LLAMA_TYPES
+
+
+@pytest.mark.parametrize("name", FUSED_ONLY)
+def test_a_fused_only_family_refuses_the_plain_layout_by_name(name, tmp_path):
+    from onnxlm.export.recipes import build_recipe
+
+    hf = build_recipe(FAMILY_DIR / name, tmp_path / "hf")
+    with pytest.raises(ExportError, match=f"kv_layout='plain': model_type '{recipe_config(name)['model_type']}' has "
+                                          "no optimum-onnx export; it exports as the fused graph only"):
+        export_model(hf, tmp_path / "out", progress=False, kv_layout="plain")
+    assert not (tmp_path / "out").exists()
 
 
 def test_readme_lists_the_families_exactly_as_tested():

@@ -38,7 +38,8 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "gguf_llama_cpp" / "ref
 ATOL = 5e-3  # llama.cpp keeps its KV cache in F16; measured max |diff| 1.3e-3 .. 3.2e-3 on these files (OLMo 2's
 #            2.8e-3 is 2.1e-6 with llama.cpp's KV cache in F32)
 #: cases without a key whose default differs between llama.cpp and transformers -> the override that restores it
-DEFAULT_CASES = {"granite-default-scales": "attention_multiplier", "smollm3-default-rope-base": "rope_theta"}
+DEFAULT_CASES = {"granite-default-scales": "attention_multiplier", "smollm3-default-rope-base": "rope_theta",
+                 "ernie4_5-default-rope-base": "rope_theta"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -101,7 +102,7 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd, monkeyp
     # unknown to transformers' GGUF loader: its error, with the file's architecture and those onnxlm exports
     ("exaone", r"GGUF model with architecture exaone is not supported yet. \(general.architecture = 'exaone'; "
                r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, "
-               r"smollm3, olmo2\)"),
+               r"smollm3, olmo2, ernie4_5\)"),
 ])
 def test_an_architecture_onnxlm_does_not_export_is_refused_by_name(tmp_path, monkeypatch, arch, match):
     monkeypatch.setitem(CASES, arch, (arch, {}, None))

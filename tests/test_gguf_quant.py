@@ -625,6 +625,18 @@ ARCHS = {
                   ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
               + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 13,
               (1e-4, 5e-4), "olmo2", {"Q4_K": 11, "Q6_K": 5}),
+    # ERNIE 4.5 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): Llama's tensors, q/k rows not permuted
+    # (its rotary turns adjacent pairs, in llama.cpp and transformers alike), the head size from key_length; seeds 14,
+    # 15, 16, 17 read 1.3e-4, 1.5e-4, 3.5e-5, 1.0e-4 of the logits' range (Qwen3's layout with seeds 6, 15, 16, 17:
+    # 3.8e-5 to 2.7e-4): the 8-bit codes' two-pass error, as above; a wrong rotary is off by whole units
+    "ernie4_5": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-5,
+                      add_rope_freq_base=500_000.0),
+                 [("token_embd.weight", "vocab", 256, "Q6_K")] + _layer(
+                     _NORM("attn_norm"), ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"),
+                     ("attn_v", 128, 256, "Q6_K"), ("attn_output", 256, 256, "Q4_K"), _NORM("ffn_norm"),
+                     ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"), ("ffn_down", 256, 256, "Q6_K"))
+                 + [("output_norm.weight", 256, None, "norm")], 16, (1e-4, 5e-4),
+                 "ernie4_5", {"Q4_K": 10, "Q6_K": 5}),
     # Qwen3 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): per-head q/k norms, rows not permuted
     "qwen3": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-6,
                    add_rope_freq_base=1_000_000.0),

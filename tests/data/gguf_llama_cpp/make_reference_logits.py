@@ -6,9 +6,11 @@ files) and a python with llama-cpp-python (built from source: scripts/setup_peer
 in CI. From the repository root:
 
     .venv/bin/python tests/data/gguf_llama_cpp/make_reference_logits.py [--peers-python .venv-peers/bin/python]
+        [--cases NAME ...]
 
 writes reference_logits.json beside this script: per case the GGUF's sha256 and llama.cpp's logits [len(ids), vocab]
-for the ids (F32 weights, 1 thread).
+for the ids (F32 weights, 1 thread). ``--cases``: only these, merged into the stored file (the others' logits kept
+as they are: made again on another CPU they move by up to ~7e-4, its summation order).
 """
 from __future__ import annotations
 
@@ -38,10 +40,14 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers-python", default=str(ROOT / ".venv-peers" / "bin" / "python"))
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), help="make only these, keeping the stored others")
     args = ap.parse_args()
-    out = {"ids": IDS, "cases": {}}
+    stored = HERE / "reference_logits.json"
+    out = json.loads(stored.read_text()) if args.cases else {"ids": IDS, "cases": {}}
+    if out["ids"] != IDS:
+        raise SystemExit("the stored reference has other ids than tests/gguf_writers.py: make every case again")
     with tempfile.TemporaryDirectory() as tmp:
-        for case in CASES:
+        for case in args.cases or CASES:
             path = Path(tmp) / f"{case}.gguf"
             sha = write_tiny_gguf(path, case)
             run = subprocess.run([args.peers_python, "-c", EVAL, str(path), json.dumps(IDS)], capture_output=True,
@@ -50,7 +56,8 @@ def main() -> None:
             out["llama_cpp_python"] = got["version"]
             out["cases"][case] = {"sha256": sha, "logits": got["logits"]}
             print(case, len(got["logits"]), "x", len(got["logits"][0]))
-    (HERE / "reference_logits.json").write_text(json.dumps(out) + "\n")
+    out["cases"] = {case: out["cases"][case] for case in CASES if case in out["cases"]}  # the writers' order
+    stored.write_text(json.dumps(out) + "\n")
 
 
 if __name__ == "__main__":
