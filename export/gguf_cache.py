@@ -147,8 +147,11 @@ def _state(target: Path, source: str | None) -> str:
     if is_outdated(target):  # whatever its file's bytes: the next run exports it again
         return "outdated"
     try:
-        split_files(gguf)
+        files = split_files(gguf)
     except ModelFileError:  # a split GGUF whose other files are gone
+        return "missing"
+    stamped = (read_stamp(target) or {}).get("splits")
+    if isinstance(stamped, list) and stamped and len(files) != 1 + len(stamped):  # every other file of its set gone
         return "missing"
     try:
         return "current" if is_gguf_file(gguf) and is_current(target, gguf) else "changed"

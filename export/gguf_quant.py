@@ -74,6 +74,7 @@ other files (a Q8_0 model) run at level 4, single pass.
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections import Counter
@@ -88,7 +89,7 @@ from .gguf_blocks import CODE_BITS, NATIVE_TYPES, blocks_from_gguf, stack  # noq
 from .mapped_weights import save_mapped
 from .quantizer_input import array_of, load_unaliased, read_external
 from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, take_rows, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
-from .provenance import file_record, same_file_bytes, source_record
+from .provenance import bytes_difference, file_record, source_record
 from .atomic_dir import refuse_taken
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
@@ -382,12 +383,12 @@ def gguf_source(manifest: dict, gguf=None, src: Path | None = None) -> tuple[Pat
         raise ExportError(f"quantize='gguf' needs the GGUF file the fp32 artifact was exported from "
                           f"({name or record or 'none recorded'!r}); pass gguf=PATH (--gguf FILE), or export the .gguf "
                           "source directly to do both steps at once")
-    path = found[0].resolve()
+    path = Path(os.path.abspath(found[0]))  # links kept: a hub cache's split files link to blobs of other names
     held = file_record(path)
-    if isinstance(record, dict) and record.get("sha256") and not same_file_bytes(held, record):
-        why = (f"its sha256 differs from the recorded {record['sha256'][:12]}... of {record.get('name')!r}"
-               if held["sha256"] != record["sha256"] else "another file of its split set differs from the recorded")
-        raise ExportError(f"gguf: {path.name} is not the file the fp32 artifact was exported from ({why})")
+    why = bytes_difference(held, record) if isinstance(record, dict) and record.get("sha256") else None
+    if why:
+        raise ExportError(f"gguf: {path.name} is not the file the fp32 artifact was exported from ({why}); pass "
+                          "the GGUF it was exported from with gguf=PATH (--gguf FILE), or export the .gguf again")
     return path, held
 
 

@@ -33,9 +33,14 @@ def gguf_reader(path: str | os.PathLike):
     the way (ValueError, IndexError, struct and Unicode errors, a short memory map); so is a split set that does not
     hold together (a file missing, of another set, or a later file given)."""
     files = split_files(path)
-    keys = tuple((str(Path(p).resolve()), *_size_and_mtime(p)) for p in files)
+    # a set's files by the names given (a hub cache's links name blobs of other names; errors name what was given)
+    keys = tuple((os.path.abspath(p) if len(files) > 1 else str(Path(p).resolve()), *_size_and_mtime(p))
+                 for p in files)
     try:
-        return _single(str(path), _reader(*keys[0])) if len(keys) == 1 else _split_reader(keys)
+        first = _reader(*keys[0])
+        if len(keys) > 1 and (_split_field(first, "split.count") or 1) > 1:  # llama.cpp: the first file's count
+            return _split_reader(keys)
+        return _single(str(path), first)  # a whole file, whatever files of similar names lie beside it
     except ImportError:
         raise
     except ModelFileError:  # the split checks' own: they name the file
@@ -163,12 +168,16 @@ def _split_reader(keys: tuple) -> SplitReader:
                                  "another split of the model?", path=key[0])
     merged = SplitReader(readers)
     want = _split_field(readers[0], "split.tensors.count")
+    if want is None:  # llama.cpp refuses such a set ("corrupted model")
+        raise ModelFileError(f"{keys[0][0]} is the first of {count} files of a split GGUF but has no "
+                             "split.tensors.count: a damaged or hand-made file (llama.cpp refuses it too)",
+                             path=keys[0][0])
     names = [t.name for t in merged.tensors]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ModelFileError(f"{keys[0][0]}: tensors in more than one file of the split GGUF: {', '.join(twice[:5])}"
                              " (are its files of two splits of the model?)", path=keys[0][0])
-    if want is not None and want != len(names):
+    if want != len(names):
         raise ModelFileError(f"{keys[0][0]}: its split.tensors.count is {want}, and its {count} files hold "
                              f"{len(names)} tensors (are its files of two splits of the model?)", path=keys[0][0])
     return merged

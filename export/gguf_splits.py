@@ -36,10 +36,11 @@ def split_name(prefix: str, no: int, count: int) -> str:
 def split_files(path: str | os.PathLike) -> list[Path]:
     """A GGUF path -> the files of its model in order: ``[path]`` for a whole file; for a name in llama.cpp's split
     naming with a count over 1, the first file given, every file of the set (found beside it by name). Raises
-    ModelFileError when a later file of a set is given while the first is there (llama.cpp loads a set from its
-    first file only), or when some of the set's files are missing. A file so named without any of its others beside
-    it is returned alone: the reader then checks its own ``split.count`` (a whole file renamed so is read as it is,
-    as llama.cpp reads it)."""
+    ModelFileError when a later file of a set is given while others of the set are beside it (llama.cpp loads a set
+    from its first file only), or when some of the set's files are missing. A file so named without any of its
+    others beside it is returned alone. Whether the file is one of a set is its own ``split.count``'s to say, as
+    llama.cpp reads it: the reader reads a first file whose count is 1 (or absent) whole, and refuses a lone file
+    whose count is over 1."""
     path = Path(os.fspath(path))
     m = SPLIT_NAME.match(path.name)
     if m is None or int(m["count"]) <= 1:

@@ -36,11 +36,21 @@ def _one_file(path: Path) -> dict[str, Any]:
     return {"name": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
-def same_file_bytes(record: dict[str, Any], other: dict[str, Any]) -> bool:
-    """Whether two ``file_record``s pin the same bytes: the same sha256, of every file of a split GGUF too."""
-    def hashes(r: dict) -> list:
-        return [r.get("sha256")] + [s.get("sha256") for s in r.get("splits") or [] if isinstance(s, dict)]
-    return hashes(record) == hashes(other)
+def bytes_difference(held: dict[str, Any], record: dict[str, Any]) -> str | None:
+    """How the file ``held`` (a ``file_record``) differs from the recorded one: None when they pin the same bytes
+    (the same sha256, of every file of a split GGUF too), else what differs, in words."""
+    if held.get("sha256") != record.get("sha256"):
+        return f"its sha256 differs from the recorded {str(record.get('sha256'))[:12]}... of {record.get('name')!r}"
+    mine, theirs = held.get("splits") or [], record.get("splits") or []
+    if len(mine) != len(theirs):
+        def what(splits: list) -> str:
+            return f"a split GGUF of {len(splits) + 1} files" if splits else "one whole file"
+        return f"it is {what(mine)}, the recorded source {what(theirs)}"
+    for got, want in zip(mine, theirs):
+        if not isinstance(want, dict) or got.get("sha256") != want.get("sha256"):
+            name = want.get("name") if isinstance(want, dict) else want
+            return f"its split file {got['name']} differs from the recorded {name!r}"
+    return None
 
 
 def source_record(source: str | Path) -> dict[str, Any] | str:

@@ -100,6 +100,12 @@ def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embe
     write_out(w)
 
 
+def write_blocks_split(path, tensors_per_file: int) -> list:
+    """``write_tiny_gguf``'s file split as llama.cpp's gguf-split does -> the files in order."""
+    write_tiny_gguf(path, split_max_tensors=tensors_per_file)
+    return sorted(path.parent.glob(f"{path.stem}-*-of-*.gguf"))
+
+
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf"

@@ -139,12 +139,44 @@ def test_a_file_of_another_split_of_the_model_is_refused(split_set, tmp_path):
 
 
 def test_a_whole_file_named_as_a_split_is_read_as_it_is(tmp_path):
-    """llama.cpp reads a file's own split.count: a whole file named ``-00001-of-00002`` without its others is one
-    model."""
+    """llama.cpp reads a file's own split.count: a whole file named ``-00001-of-00002`` is one model, without its
+    others and beside an unrelated file named as its second."""
     path = tmp_path / "m-00001-of-00002.gguf"
     write_tiny_gguf(path, "llama-rope-freqs")
     assert split_files(path) == [path]
     assert len(gguf_reader(path).tensors) == 22
+    write_tiny_gguf(tmp_path / "m-00002-of-00002.gguf", "granite-multipliers")
+    forget_readers()
+    assert len(gguf_reader(path).tensors) == 22
+
+
+def test_a_split_set_linked_from_a_hub_cache_runs_as_it_is(tmp_path):
+    """As huggingface_hub downloads them: ``snapshots/<rev>/<name>-0000i-of-0000N.gguf`` links to blobs named by
+    their hashes. ``onnxlm generate FILE.gguf``'s first run exports the set through the links' names (resolved,
+    the blobs' names are no split set), on its own blocks; the manifest names the links."""
+    from test_gguf_quant import write_blocks_split
+
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "rev"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for i, f in enumerate(write_blocks_split(tmp_path / "kq.gguf", 5)):
+        f.rename(blobs / f"{i}a7c")
+        (snapshot / f.name).symlink_to(blobs / f"{i}a7c")
+    target = GA.ensure_gguf_artifact(snapshot / "kq-00001-of-00004.gguf", cache_dir=tmp_path / "cache", progress=False)
+    source = json.loads((target / "onnxlm.json").read_text())["quantization"]["source_gguf"]
+    assert [source["name"]] + [s["name"] for s in source["splits"]] == [f"kq-0000{i}-of-00004.gguf" for i in
+                                                                         range(1, 5)]
+    assert GA.cached_artifact(snapshot / "kq-00001-of-00004.gguf", tmp_path / "cache") == target
+
+
+def test_a_split_gguf_is_served_under_the_name_of_its_set(tmp_path):
+    from onnxlm.cli.serve import served_name
+
+    files = write_tiny_split_gguf(tmp_path / "qwen2.5-7b-instruct-q4_k_m.gguf", "llama-rope-freqs", 8)
+    assert served_name(str(files[0]), files[0]) == "qwen2.5-7b-instruct-q4_k_m"
+    whole = tmp_path / "m.gguf"
+    write_tiny_gguf(whole, "llama-rope-freqs")
+    assert served_name(str(whole), whole) == "m"
 
 
 def test_the_cache_pins_every_file_of_a_split_set(split_set, tmp_path):
@@ -172,6 +204,8 @@ def test_the_cache_pins_every_file_of_a_split_set(split_set, tmp_path):
     assert [e.state for e in GC.cache_entries(cache)] == ["changed"]
     last.unlink()
     assert [e.state for e in GC.cache_entries(cache)] == ["missing"]
+    split_set[1].unlink()  # every other file gone: the first alone is not the set the entry was exported from
+    assert [e.state for e in GC.cache_entries(cache)] == ["missing"]
 
 
 def test_a_split_source_is_checked_file_by_file_when_requantized(tmp_path):
@@ -186,7 +220,8 @@ def test_a_split_source_is_checked_file_by_file_when_requantized(tmp_path):
     data = bytearray(last.read_bytes())
     data[-1] ^= 0xFF
     last.write_bytes(bytes(data))
-    with pytest.raises(ExportError, match="another file of its split set differs from the recorded"):
+    with pytest.raises(ExportError, match=r"its split file kq-00004-of-00004.gguf differs from the recorded "
+                                          r"'kq-00004-of-00004.gguf'\); pass the GGUF it was exported from"):
         export_model(fp32, tmp_path / "q", quantize="gguf", gguf=first, progress=False)
     assert not (tmp_path / "q").exists()
 

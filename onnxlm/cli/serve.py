@@ -121,11 +121,15 @@ def check_listen(host: str, port: int) -> None:
 
 
 def served_name(given: str, path: Path) -> str:
-    """The model's name in the API when --model-name is not given: a .gguf file's name without .gguf, else the
-    artifact directory's name."""
+    """The model's name in the API when --model-name is not given: a .gguf file's name without .gguf (a split
+    GGUF's without its ``-00001-of-0000N`` too), else the artifact directory's name."""
+    from onnxlm.export.gguf_splits import SPLIT_NAME
     from onnxlm.runtime.gguf_magic import is_gguf_file
 
-    return Path(given).stem if is_gguf_file(given) else path.resolve().name
+    if not is_gguf_file(given):
+        return path.resolve().name
+    split = SPLIT_NAME.match(Path(given).name)
+    return split["prefix"] if split else Path(given).stem
 
 
 def _exit_on_load_error(server, state) -> None:
