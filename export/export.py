@@ -242,15 +242,19 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                 lm = load_source(model, tokenizer=tokenizer)
             cfg = lm.model.config
             check_config(cfg)
-            if kv_layout == "auto":  # the fast graph wherever it is built (and proven) for this model
+            if cfg.model_type in FUSED_ONLY_TYPES:  # no plain graph: the fused one or a refusal saying why
+                if kv_layout == "plain":
+                    raise ExportError(f"kv_layout='plain': model_type {cfg.model_type!r} has no optimum-onnx export; "
+                                      "it exports as the fused graph only (kv_layout='auto' or 'fused', no opset)")
+                if opset is not None:
+                    raise ExportError(f"opset: model_type {cfg.model_type!r} exports as the fused graph only, which is "
+                                      "built at a fixed opset; pass no opset")
+                check_fused_supported(lm.model)  # what the fused builder refuses: its only graph
+                kv_layout = "fused"
+            elif kv_layout == "auto":  # the fast graph wherever it is built (and proven) for this model
                 kv_layout = "fused" if opset is None and fused_supported(lm.model) else "plain"
-                if kv_layout == "plain" and cfg.model_type in FUSED_ONLY_TYPES and opset is None:
-                    check_fused_supported(lm.model)  # what the fused builder refuses: the only graph it has
             elif kv_layout == "fused":  # what the builder refuses, before the special ids and anything written
                 check_fused_supported(lm.model)
-            if kv_layout == "plain" and cfg.model_type in FUSED_ONLY_TYPES:
-                raise ExportError(f"kv_layout='plain': model_type {cfg.model_type!r} has no optimum-onnx export; it "
-                                  "exports as the fused graph only (kv_layout='auto' or 'fused', and no opset)")
             dims = model_dims(cfg, lm.family)
             trained = getattr(cfg, "max_position_embeddings", None)
             if dims.get("max_positions") is not None and trained and dims["max_positions"] < trained:

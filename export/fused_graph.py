@@ -13,13 +13,22 @@ OPSET = 17
 MAX_INLINE_BYTES = 64 << 20  # weights above this in all go to model.onnx_data, memory-mapped (protobuf's limit: 2 GB)
 
 
-def check_head_dim(head_dim: int) -> None:
+def check_head_dim(head_dim: int, model_type: str = "") -> None:
     """onnxruntime's CPU GroupQueryAttention needs head_dim % 8 == 0: ExportError otherwise."""
     from onnxlm.runtime.errors import ExportError
 
     if head_dim % 8:
         raise ExportError(f"kv_layout='fused': head_dim {head_dim} is not a multiple of 8, which onnxruntime's "
-                          "GroupQueryAttention needs (use kv_layout='plain')")
+                          f"GroupQueryAttention needs ({plain_hint(model_type)})")
+
+
+def plain_hint(model_type: str) -> str:
+    """What to do when the fused builder refuses a model: the plain layout, or, for a model_type the plain exporter
+    cannot export (``onnx_export.FUSED_ONLY_TYPES``), that there is no other graph."""
+    from .onnx_export import FUSED_ONLY_TYPES
+
+    return (f"model_type {model_type!r} has no other graph: optimum-onnx cannot export it"
+            if model_type in FUSED_ONLY_TYPES else "use kv_layout='plain'")
 
 
 def release_weights(module) -> None:

@@ -34,6 +34,9 @@ SmolLM3: its NoPE layers (``no_rope_layers[i] == 0``, every 4th by default) atte
 ERNIE 4.5: Llama's blocks, its rotary on adjacent pairs of each head's dims (transformers' Ernie4_5 rotates
 ``x[..., 0::2]`` with ``x[..., 1::2]``, llama.cpp's NORM rope): GQA's ``rotary_interleaved=1`` with the same cos/sin
 tables (the pair i turns by the i-th frequency both ways).
+EXAONE 4: OLMo 2's post-norms with Qwen 3's per-head q/k norms; with a sliding window (the 32B), its global layers
+(every ``sliding_window_pattern``-th) attend without the rotary (``do_rotary=0``), as transformers' Exaone4
+(llama.cpp's too).
 OLMo 2: no norm before attention or MLP; q and k RMS-normed over their full width (``fused_graph.qk_full_norms``)
 before the rotary; each branch's output normed (``post_attention_layernorm``, ``post_feedforward_layernorm``) before
 its residual add.
@@ -44,11 +47,11 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_full_norms, qk_head_norms,
+from .fused_graph import (Graph, check_head_dim, io_values, logits_head, plain_hint, qk_full_norms, qk_head_norms,
                           release_weights, rms_norm, save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
-FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "ernie4_5")
+FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "ernie4_5", "exaone4")
 
 
 def check_supported(model) -> None:
@@ -57,8 +60,10 @@ def check_supported(model) -> None:
     if cfg.model_type not in FUSED_TYPES:
         raise ExportError(f"kv_layout='fused': model_type {cfg.model_type!r} is not supported; supported: "
                           f"{', '.join(FUSED_TYPES)} (use kv_layout='plain' for the others)")
+    hint = plain_hint(cfg.model_type)
     if getattr(cfg, "hidden_act", "silu") != "silu":
-        raise ExportError(f"kv_layout='fused': hidden_act {cfg.hidden_act!r} is not supported; supported: 'silu'")
+        raise ExportError(f"kv_layout='fused': hidden_act {cfg.hidden_act!r} is not supported; supported: 'silu' "
+                          f"({hint})")
     rope_type = rope_type_of(cfg)
     if rope_type not in SUPPORTED_ROPE_SCALING:  # the plain exporter's list: the same rotary tables
         raise ExportError(f"kv_layout='fused': rope_scaling type {rope_type!r} is not supported; supported: "
@@ -67,8 +72,8 @@ def check_supported(model) -> None:
     rotary = int(head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0))
     if rotary < head_dim and (rotary // 2) % 8:  # GQA rotates the first 2 * cos_cache width dims of each head
         raise ExportError(f"kv_layout='fused': a partial rotary of {rotary} of {head_dim} head dims is not supported: "
-                          "onnxruntime's GroupQueryAttention needs half of it a multiple of 8 (use kv_layout='plain')")
-    check_head_dim(head_dim)
+                          f"onnxruntime's GroupQueryAttention needs half of it a multiple of 8 ({hint})")
+    check_head_dim(head_dim, cfg.model_type)
 
 
 def sliding_windows(config) -> list[int | None]:
@@ -123,8 +128,8 @@ def _residual_scaled(g: Graph, branch: str, cfg) -> str:
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
-    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 / ERNIE 4.5 model -> the
-    fused graph
+    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 / ERNIE 4.5 / EXAONE 4 model
+    -> the fused graph
     written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
     layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
@@ -141,8 +146,10 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     P = int(max_positions or position_limit(cfg))  # longrope: its short factors' positions only
     windows = sliding_windows(cfg)
     rotates = [bool(r) for r in getattr(cfg, "no_rope_layers", None) or [1] * L]  # SmolLM3: 0 on its NoPE layers
+    if cfg.model_type == "exaone4" and cfg.sliding_window is not None:  # EXAONE 4: its global layers without rotary
+        rotates = [t == "sliding_attention" for t in cfg.layer_types]
     granite = cfg.model_type == "granite"
-    post_norms = cfg.model_type == "olmo2"  # OLMo 2: branches normed after, not before (see the module doc)
+    post_norms = cfg.model_type in ("olmo2", "exaone4")  # branches normed after, not before (see the module doc)
     interleaved = cfg.model_type == "ernie4_5"  # ERNIE 4.5: adjacent pairs rotate (see the module doc)
     inner = model.model
     g = Graph()
@@ -168,10 +175,10 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
         if parts[0].bias is not None:
             bqkv = np.concatenate([p.bias.detach().float().numpy() for p in parts])
             qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
-        if post_norms:  # OLMo 2: RMSNorm of all of q and of all of k before the rotary
-            qkv = qk_full_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
-        elif hasattr(att, "q_norm"):  # Qwen 3: per-head RMSNorm of q and k before the rotary
-            qkv = qk_head_norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
+        if hasattr(att, "q_norm"):  # RMSNorm of q and k before the rotary: per head (Qwen 3, EXAONE 4) or over all
+            # of q and all of k (OLMo 2), as the norm's weight is wide
+            norms = qk_head_norms if att.q_norm.weight.numel() == H else qk_full_norms
+            qkv = norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
         attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i]), rotary_interleaved=int(interleaved),
                      scale=float(att.scaling))
         if windows[i] is not None:

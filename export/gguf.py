@@ -303,7 +303,7 @@ class GGUFModel:
 
 #: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
 TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "smollm3",
-                             "olmo2", "ernie4_5")
+                             "olmo2", "ernie4_5", "exaone4")
 
 
 def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
@@ -324,7 +324,7 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
     from .gguf_architectures import known_to_transformers
     from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, rope_freq_factors
     from .gguf_reader import readers_shared_with_transformers
-    from .missing_weights import refuse_missing_weights
+    from .missing_weights import refuse_missing_weights, refuse_unused_tensors
     from .onnx_export import family_of
 
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
@@ -346,6 +346,9 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
                 f"{', '.join(TESTED_GGUF_ARCHITECTURES)})" if arch not in TESTED_GGUF_ARCHITECTURES else "")
         raise ExportError(f"transformers could not load the GGUF file {path}: {e}{hint}") from e
     refuse_missing_weights(info, path)
+    from .gguf_reader import gguf_reader
+
+    refuse_unused_tensors(model, [t.name for t in gguf_reader(path).tensors], path)
     factors = rope_freq_factors(path)
     if factors is not None:  # Llama 3.1/3.2: llama3 rope scaling as per-frequency factors
         apply_rope_freqs(model, factors)

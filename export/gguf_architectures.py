@@ -24,6 +24,8 @@ file loads and takes them out again after, so transformers builds the model of t
   llama.cpp rotates adjacent pairs (its NORM rope) as transformers' Ernie4_5 does (interleaved), and its converter
   does not permute them; the head size is ``attention.key_length`` (``gguf_config``: 128 in Ernie4_5Config, not
   hidden / heads), the rope base llama.cpp's 10000 for a file without one (Ernie4_5Config's is 500,000).
+* ``exaone4`` (LG EXAONE 4.0): Llama's keys, q/k rows as they are (llama.cpp rotates halves, as transformers); OLMo
+  2's post-norms with per-head q/k norms; its sliding-window layers as llama.cpp sets them (``gguf_config``).
 * ``olmo2`` (OLMo 2): Llama's keys, q/k rows as they are (llama.cpp rotates halves, as transformers); its q/k norms
   over the full projections and post-norms are gguf-py's names. An OLMo 3 file says ``olmo2`` too, with a sliding
   window: ``gguf_config`` refuses it by name (transformers' Olmo2Config has no window).
@@ -69,6 +71,7 @@ EXTRA = {
     "smollm3": (_llama_config, "LlamaTensorProcessor"),
     "olmo2": (_llama_config, "TensorProcessor"),
     "ernie4_5": (_llama_config, "TensorProcessor"),  # rows as they are: interleaved rotary on both sides
+    "exaone4": (_llama_config, "TensorProcessor"),
 }
 
 

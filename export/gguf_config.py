@@ -21,12 +21,19 @@ runtime:
   config's default (SmolLM3 2,000,000; Gemma 3's global layers 1,000,000). Here: llama.cpp's.
 * An OLMo 3 file (``general.architecture = olmo2`` with ``attention.sliding_window``): transformers would build an
   OLMo 2 without the window. Here: refused by name.
+* EXAONE 4's sliding window: llama.cpp applies one only to the 64-layer model (the 32B: ``attention.sliding_window``,
+  default 4096, on the layers ``attention.sliding_window_pattern`` names, an array of booleans or every n-th global,
+  default 4, the global layers without rotary) and none to any other, whatever the file says; Exaone4Config's
+  defaults (a window of 4096 on 3 of every 4 layers) would window every EXAONE 4.0 1.2B file. Here: llama.cpp's
+  layers (``sliding_window``, ``layer_types``); a 64-layer file whose ``rope.freq_base_swa`` differs from its base
+  (transformers' Exaone4 has one rotary) or a file with multi-token-prediction layers is refused by name.
 * Granite's ``attention.scale`` when a file has none: llama.cpp scales queries by ``1/sqrt(head size)``,
   transformers' GraniteConfig by its default ``attention_multiplier`` 1.0. Here: llama.cpp's.
 
 * ``{arch}.attention.key_length`` (the head size) of Qwen2, Qwen3 and ERNIE 4.5 files: not mapped (Llama's and
   Mistral's head_dim comes from ``rope.dimension_count``), so the config keeps its class default: ``hidden / heads``
-  (Qwen2) or 128 (Qwen3, ERNIE 4.5; whatever the file says). Here: ``head_dim`` = the file's key_length.
+  (Qwen2) or 128 (Qwen3, ERNIE 4.5; whatever the file says). Here: ``head_dim`` = the file's key_length, else
+  hidden / heads (llama.cpp's default).
 
 * ``phi3.rope.dimension_count`` below the head size (Phi-4-mini: 96 of 128): not mapped, so every dim rotates.
   Here: ``partial_rotary_factor`` = dimension_count / head size.
@@ -52,7 +59,7 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError
 
 #: architectures whose head size transformers' loader does not read (``{arch}.attention.key_length`` -> head_dim)
-HEAD_DIM_ARCHS = ("qwen2", "qwen3", "ernie4_5")
+HEAD_DIM_ARCHS = ("qwen2", "qwen3", "ernie4_5", "exaone4")
 #: architectures whose rotated dims (``{arch}.rope.dimension_count``) transformers' loader does not read
 PARTIAL_ROTARY_ARCHS = ("phi3",)
 #: architectures whose transformers config has another rope base than llama.cpp's 10000 for a file without one
@@ -79,8 +86,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     elif scaling not in (None, "none", "linear"):
         raise ExportError(f"{arch}.rope.scaling.type = {scaling!r} (factor {factor}): not supported for GGUF files "
                           "(supported: none, linear; llama3 scaling comes as a rope_freqs tensor)")
-    if arch in HEAD_DIM_ARCHS and f"{arch}.attention.key_length" in meta:
-        out["head_dim"] = int(meta[f"{arch}.attention.key_length"])
+    if arch in HEAD_DIM_ARCHS:  # as llama.cpp: key_length, else hidden / heads
+        out["head_dim"] = _head_size(meta, arch)
     if arch in PARTIAL_ROTARY_ARCHS and f"{arch}.rope.dimension_count" in meta:
         rotated = int(meta[f"{arch}.rope.dimension_count"])
         if rotated < _head_size(meta, arch):
@@ -91,6 +98,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
         out["query_pre_attn_scalar"] = hidden // heads if big else _head_size(meta, arch)
     if arch in ROPE_BASE_DEFAULT_DIFFERS and f"{arch}.rope.freq_base" not in meta:  # llama.cpp's default
         out["rope_theta"] = 10000.0
+    if arch == "exaone4":
+        out.update(exaone4_layers(meta))
     if arch == "granite" and "granite.attention.scale" not in meta:  # llama.cpp's default; transformers' is 1.0
         out["attention_multiplier"] = _head_size(meta, arch) ** -0.5
     if arch == "gemma2":
@@ -98,6 +107,34 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
             if f"gemma2.{key}" in meta:
                 out[key] = float(meta[f"gemma2.{key}"])
     return out
+
+
+EXAONE4_SWA_LAYERS = 64  # llama.cpp's LLM_TYPE_32B: the only EXAONE 4 it gives sliding-window layers
+
+
+def exaone4_layers(meta: Mapping[str, Any]) -> dict:
+    """An EXAONE 4 file's metadata -> ``sliding_window`` and ``layer_types`` as llama.cpp's ``exaone4`` loader sets
+    them (see the module doc)."""
+    layers = int(meta["exaone4.block_count"])
+    if int(meta.get("exaone4.nextn_predict_layers") or 0):
+        raise ExportError("exaone4.nextn_predict_layers is set: multi-token-prediction layers, which onnxlm does not "
+                          "export")
+    if layers != EXAONE4_SWA_LAYERS:
+        return {"sliding_window": None, "layer_types": ["full_attention"] * layers}
+    base, swa_base = meta.get("exaone4.rope.freq_base", 10000.0), meta.get("exaone4.rope.freq_base_swa")
+    if swa_base is not None and float(swa_base) != float(base):
+        raise ExportError(f"exaone4.rope.freq_base_swa = {swa_base} differs from rope.freq_base = {base}: "
+                          "transformers' Exaone4 has one rotary base; not supported")
+    pattern = meta.get("exaone4.attention.sliding_window_pattern", 4)
+    if isinstance(pattern, list):
+        if len(pattern) != layers:
+            raise ExportError(f"exaone4.attention.sliding_window_pattern: {len(pattern)} entries for {layers} layers")
+        swa = [bool(s) for s in pattern]
+    else:  # every n-th layer global (llama.cpp's set_swa_pattern; 0: every layer windowed)
+        n = int(pattern)
+        swa = [n == 0 or i % n < n - 1 for i in range(layers)]
+    return {"sliding_window": int(meta.get("exaone4.attention.sliding_window", 4096)),
+            "layer_types": ["sliding_attention" if s else "full_attention" for s in swa]}
 
 
 def _head_size(meta: Mapping[str, Any], arch: str) -> int:

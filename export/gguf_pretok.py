@@ -84,7 +84,7 @@ PRE_TYPES: dict[str, PreType] = {
     # GPT-2's regex alone
     "gpt-2": _GPT2_TYPE, "gpt2": _GPT2_TYPE, "phi-2": _GPT2_TYPE, "mpt": _GPT2_TYPE, "olmo": _GPT2_TYPE,
     "jais": _GPT2_TYPE, "trillion": _GPT2_TYPE, "granite-docling": _GPT2_TYPE, "a.x-4.0": _GPT2_TYPE,
-    "mellum": _GPT2_TYPE,
+    "mellum": _GPT2_TYPE, "exaone4": _GPT2_TYPE,
     # every digit on its own, then GPT-2's regex
     "smollm": _DIGITS_GPT2, "starcoder": _DIGITS_GPT2, "refact": _DIGITS_GPT2, "command-r": _DIGITS_GPT2,
     "codeshell": _DIGITS_GPT2, "exaone": _DIGITS_GPT2, "minerva-7b": _DIGITS_GPT2,

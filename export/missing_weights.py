@@ -1,5 +1,6 @@
 """A checkpoint that lacks some of the model's weights: transformers starts those at random and only logs it, so an
-export would validate (the ONNX graph equals that PyTorch model) and answer nonsense. Refused here, naming them."""
+export would validate (the ONNX graph equals that PyTorch model) and answer nonsense. Refused here, naming them; so
+is a GGUF holding tensors the model has no place for (transformers' loader drops them without a word)."""
 from __future__ import annotations
 
 from onnxlm.runtime.errors import ExportError
@@ -14,3 +15,23 @@ def refuse_missing_weights(loading_info: dict, source) -> None:
         raise ExportError(f"{source}: the checkpoint has no values for {len(missing)} of the model's weights "
                           f"({shown}); transformers would start them at random. Is the file complete, and of the "
                           "architecture its config names?")
+
+
+#: GGUF tensors onnxlm reads itself rather than through transformers' loader (export/gguf_config.py)
+READ_BY_ONNXLM = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+def refuse_unused_tensors(model, tensor_names, source) -> None:
+    """A GGUF's tensors (``tensor_names``) that transformers' loader skipped for ``model`` (it maps each file name
+    to a module of the model and drops those it cannot place, saying nothing) -> ExportError naming them: a file whose
+    q/k/v biases were dropped answers differently from llama.cpp, which applies them. The tensors onnxlm reads itself
+    (``READ_BY_ONNXLM``) are not among them."""
+    from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
+
+    placed = get_gguf_hf_weights_map(model)
+    unused = sorted(n for n in tensor_names if n not in placed and n not in READ_BY_ONNXLM)
+    if unused:
+        shown = ", ".join(unused[:6]) + (f", ... ({len(unused)} in all)" if len(unused) > 6 else "")
+        raise ExportError(f"{source}: {len(unused)} of the file's tensors have no place in the "
+                          f"{model.config.model_type} model transformers builds for it ({shown}); they would be "
+                          "dropped, and the model would not compute what llama.cpp computes from this file")

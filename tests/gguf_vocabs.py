@@ -58,6 +58,7 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "smollm2-granite-docling": ("smollm2", {"tokenizer.ggml.pre": "granite-docling"}),
     "smollm2-a.x-4.0": ("smollm2", {"tokenizer.ggml.pre": "a.x-4.0"}),
     "smollm2-mellum": ("smollm2", {"tokenizer.ggml.pre": "mellum"}),
+    "smollm2-exaone4": ("smollm2", {"tokenizer.ggml.pre": "exaone4"}),
     "smollm2-minerva-7b": ("smollm2", {"tokenizer.ggml.pre": "minerva-7b"}),
     "llama3-midm-2.0": ("llama3", {"tokenizer.ggml.pre": "midm-2.0"}),
     "llama3-deepseek-llm": ("llama3", {"tokenizer.ggml.pre": "deepseek-llm"}),

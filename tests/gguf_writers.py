@@ -33,6 +33,14 @@ CASES = {
     # ERNIE 4.5 dense as llama.cpp's converter writes it: no rope.dimension_count, the head size in key_length (16,
     # where Ernie4_5Config's default is 128), q/k rows as they are (llama.cpp and transformers both rotate pairs)
     "ernie4_5": ("ernie4_5", {"rope.dimension_count": None}, None),
+    "ernie4_5-no-key-length": ("ernie4_5", {"rope.dimension_count": None, "attention.key_length": None}, None),
+    # EXAONE 4.0: OLMo 2's post-norms with per-head q/k norms, an untied head. Its 1.2B shape: a sliding window in the
+    # file that llama.cpp does not apply (none but the 64-layer model has windowed layers); and the 32B's shape in
+    # 64 tiny layers, a window of 4 on the layers the pattern array names (every other one here), its global layers
+    # without rotary
+    "exaone4": ("exaone4", {"attention.sliding_window": WINDOW}, None),
+    "exaone4-swa": ("exaone4", {"block_count": 64, "attention.sliding_window": WINDOW,
+                                "attention.sliding_window_pattern": [i % 2 == 0 for i in range(64)]}, None),
     # what llama.cpp takes when a key is absent, where transformers' default differs: Granite's query scale
     # (1/sqrt(head size), not 1.0); SmolLM3's and ERNIE 4.5's rope base (10000, not 2,000,000 / 500,000). None: the
     # key is not written.
@@ -86,10 +94,10 @@ def write_out(w) -> None:
     w.close()
 
 
-def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = ()) -> str:
+def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = (), extra_tensors: dict | None = None) -> str:
     """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary.
-    ``drop``: keys of the case's extra metadata left out."""
-    _write(path, case, drop)
+    ``drop``: keys of the case's extra metadata left out; ``extra_tensors``: name -> F32 array, written last."""
+    _write(path, case, drop, extra_tensors=extra_tensors or {})
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -101,7 +109,8 @@ def write_tiny_split_gguf(path: Path, case: str, tensors_per_file: int) -> list[
     return sorted(Path(path).parent.glob(f"{Path(path).stem}-*-of-*.gguf"))
 
 
-def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int = 0) -> None:
+def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int = 0,
+           extra_tensors: dict | None = None) -> None:
     import gguf
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -117,8 +126,9 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     w.add_feed_forward_length(FFN)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
-    w.add_key_length(HEAD_DIM)
-    w.add_value_length(HEAD_DIM)
+    if "attention.key_length" not in extra:  # None there: neither head size written (llama.cpp: hidden / heads)
+        w.add_key_length(HEAD_DIM)
+        w.add_value_length(HEAD_DIM)
     if "rope.dimension_count" not in extra:
         w.add_rope_dimension_count(HEAD_DIM)
     w.add_layer_norm_rms_eps(1e-6)
@@ -130,6 +140,8 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
         full = f"{arch}.{key}"
         if isinstance(value, str):
             w.add_string(full, value)
+        elif isinstance(value, list):
+            w.add_array(full, value)
         elif isinstance(value, int):
             w.add_uint32(full, value)
         else:
@@ -150,11 +162,12 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
         w.add_tensor("rope_factors_long.weight", 2 * factors)
         w.add_tensor("rope_factors_short.weight", factors)
     for i in range(layers):
-        if arch == "olmo2":  # no pre-norms: the branches' outputs are normed, q and k over their full width
+        if arch in ("olmo2", "exaone4"):  # no pre-norms: the branches' outputs are normed; q and k over their full
+            # width (OLMo 2) or per head (EXAONE 4)
             norm(f"blk.{i}.post_attention_norm.weight", HIDDEN)
             norm(f"blk.{i}.post_ffw_norm.weight", HIDDEN)
-            norm(f"blk.{i}.attn_q_norm.weight", HEADS * HEAD_DIM)
-            norm(f"blk.{i}.attn_k_norm.weight", KV_HEADS * HEAD_DIM)
+            norm(f"blk.{i}.attn_q_norm.weight", HEAD_DIM if arch == "exaone4" else HEADS * HEAD_DIM)
+            norm(f"blk.{i}.attn_k_norm.weight", HEAD_DIM if arch == "exaone4" else KV_HEADS * HEAD_DIM)
         else:
             norm(f"blk.{i}.attn_norm.weight", HIDDEN)
             norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
@@ -178,6 +191,8 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
             mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
         mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
     norm("output_norm.weight", HIDDEN)
-    if arch in ("llama", "phi3", "olmo2"):
+    if arch in ("llama", "phi3", "olmo2", "exaone4"):
         mat("output.weight", len(tokens), HIDDEN)
+    for name, array in (extra_tensors or {}).items():
+        w.add_tensor(name, np.asarray(array, np.float32))
     write_out(w)

@@ -117,9 +117,19 @@ def test_a_fused_only_family_refuses_the_plain_layout_by_name(name, tmp_path):
     from onnxlm.export.recipes import build_recipe
 
     hf = build_recipe(FAMILY_DIR / name, tmp_path / "hf")
-    with pytest.raises(ExportError, match=f"kv_layout='plain': model_type '{recipe_config(name)['model_type']}' has "
-                                          "no optimum-onnx export; it exports as the fused graph only"):
+    model_type = recipe_config(name)["model_type"]
+    with pytest.raises(ExportError, match=f"kv_layout='plain': model_type '{model_type}' has no optimum-onnx export; "
+                                          "it exports as the fused graph only"):
         export_model(hf, tmp_path / "out", progress=False, kv_layout="plain")
+    with pytest.raises(ExportError, match=f"opset: model_type '{model_type}' exports as the fused graph only"):
+        export_model(hf, tmp_path / "out", progress=False, opset=17)  # kv_layout "auto": no plain graph to fall to
+    # a head size GQA cannot take (a multiple of 8 it needs): 20, set as each config holds it (Exaone4Config has no
+    # head_dim: hidden / heads)
+    odd = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(
+        hf, **({"hidden_size": 80} if model_type == "exaone4" else {"head_dim": 20})))
+    with pytest.raises(ExportError, match=f"head_dim 20 is not a multiple of 8.*model_type '{model_type}' has no other "
+                                          "graph: optimum-onnx cannot export it"):
+        export_model(odd, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 

@@ -10,7 +10,9 @@ Families and recipes (each exported once per session, validated by export/valida
   qkv and gate_up weights, window 5), tiny-phi3-longrope (longrope: 64 positions, its short factors), tiny-phi3-partial-longrope (Phi-4-mini's shape: 48
   of 64 head dims rotated, longrope), tiny-granite (embedding, attention, residual and logits multipliers, untied
   head), tiny-smollm3 (its second layer without the rotary: NoPE), tiny-olmo2 (post-norms, q/k normed over their full
-  width), tiny-ernie4_5 (rotary on adjacent pairs: GQA's interleaved rotary; head_dim 32 != hidden / heads).
+  width), tiny-ernie4_5 (rotary on adjacent pairs: GQA's interleaved rotary; head_dim 32 != hidden / heads),
+  tiny-exaone4 (post-norms with per-head q/k norms; a window of 4 on its first layer, its second global without
+  rotary).
 * GPT-2 (export/fused_gpt2.py, the default ``kv_layout="auto"``, which must pick the fused graph; learned positions fed
   as ``position_ids``): tiny-gpt2 (tied: wte stored once), tiny-gpt2-untied-inverse-layer-scale (untied head, scores of
   layer i divided by i + 1: compared with transformers' eager attention, the only one that honours it).
@@ -112,7 +114,8 @@ FAMILIES = {
                                    "families/tiny-llama-llama3-rope-bias-untied", "families/tiny-qwen3",
                                    "families/tiny-phi3-full-rotary", "families/tiny-phi3-longrope",
                                    "families/tiny-phi3-partial-longrope", "families/tiny-granite",
-                                   "families/tiny-smollm3", "families/tiny-olmo2", "families/tiny-ernie4_5"],
+                                   "families/tiny-smollm3", "families/tiny-olmo2", "families/tiny-ernie4_5",
+                                   "families/tiny-exaone4"],
                     {"kv_layout": "fused"},
                     FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                     lambda ours: {"pad_token_id": ours.pad_id}),
@@ -373,8 +376,9 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
     olmo = AutoModelForCausalLM.from_config(OlmoConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
                                                        num_hidden_layers=1, num_attention_heads=2,
                                                        num_key_value_heads=1)).eval()
-    with pytest.raises(ExportError, match="'olmo' is not supported; supported: ernie4_5, gemma, gemma2, gemma3_text, "
-                                          "gpt2, granite, llama, mistral, mt5, olmo2, phi3, qwen2, qwen3, smollm3, t5"):
+    with pytest.raises(ExportError, match="'olmo' is not supported; supported: ernie4_5, exaone4, gemma, gemma2, "
+                                          "gemma3_text, gpt2, granite, llama, mistral, mt5, olmo2, phi3, qwen2, qwen3, "
+                                          "smollm3, t5"):
         export_model(olmo, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
         export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")

@@ -11,11 +11,14 @@ llama.cpp's packed q/k/v and gate/up tensors (and no sliding window: llama.cpp 0
 loader does not read it either); a Phi-3.5-style file with LongRoPE factor tensors, its original context (256) and
 attention factor, exported with the short factors' 256 positions (llama.cpp's logits at its context 256: it takes the
 short factors up to the original context); a Phi-4-mini-style file whose ``rope.dimension_count`` is half its head
-size (a partial rotary transformers' loader drops); and three architectures transformers' loader does not know at all
+size (a partial rotary transformers' loader drops); and architectures transformers' loader does not know at all
 (export/gguf_architectures.py): Gemma 1 (norms stored as 1 + w, tied head, no rope base), Granite with its
-attention, embedding, residual and logit multipliers, a 4-layer SmolLM3 whose 4th layer has no rotary (NoPE), and
-OLMo 2 (post-norms, q/k norms over the full projections, an untied head); and two files without a key whose
-default differs between llama.cpp and transformers (Granite's attention scale, SmolLM3's rope base).
+attention, embedding, residual and logit multipliers, a 4-layer SmolLM3 whose 4th layer has no rotary (NoPE),
+OLMo 2 (post-norms, q/k norms over the full projections, an untied head), ERNIE 4.5 (rotary on adjacent pairs, its
+head size in key_length), EXAONE 4 (post-norms, per-head q/k norms) with a window in its file llama.cpp does not apply
+to a 2-layer model, and in 64 layers, where it does (every other layer windowed, the others without rotary); and
+three files without a key whose default differs between llama.cpp and transformers (Granite's attention scale,
+SmolLM3's and ERNIE 4.5's rope base).
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from onnxlm.export.gguf_config import config_overrides  # noqa: E402
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "gguf_llama_cpp" / "reference_logits.json").read_text())
 ATOL = 5e-3  # llama.cpp keeps its KV cache in F16; measured max |diff| 1.3e-3 .. 3.2e-3 on these files (OLMo 2's
-#            2.8e-3 is 2.1e-6 with llama.cpp's KV cache in F32)
+#            2.8e-3 is 2.1e-6 with llama.cpp's KV cache in F32; EXAONE 4's 64 layers' reference is made with it in F32:
+#            8.6e-6, where the F16 cache's reads 6.3e-3)
 #: cases without a key whose default differs between llama.cpp and transformers -> the override that restores it
 DEFAULT_CASES = {"granite-default-scales": "attention_multiplier", "smollm3-default-rope-base": "rope_theta",
                  "ernie4_5-default-rope-base": "rope_theta"}
@@ -95,6 +99,21 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd, monkeyp
     assert float(np.abs(dropped - llama_cpp).max()) > 0.5
 
 
+@pytest.mark.parametrize("case", ["llama-rope-freqs", "ernie4_5"])
+def test_a_tensor_the_model_has_no_place_for_is_refused_by_name(tmp_path, case):
+    """q/k/v biases in a file of an architecture without them: transformers' loader would drop them without a word
+    (llama.cpp applies them: a tiny ERNIE file with them is 3.6 off its logits so); refused, naming them, before
+    anything is written. Llama 3.1's rope_freqs (read by onnxlm itself) is not among them."""
+    path = tmp_path / f"{case}.gguf"
+    write_tiny_gguf(path, case, extra_tensors={f"blk.0.attn_{p}.bias": np.zeros(n, np.float32)
+                                               for p, n in (("q", 64), ("k", 32), ("v", 32))})
+    with pytest.raises(ExportError, match=r"3 of the file's tensors have no place in the (llama|ernie4_5) model "
+                                          r"transformers builds for it \(blk.0.attn_k.bias, blk.0.attn_q.bias, "
+                                          r"blk.0.attn_v.bias\)"):
+        export_model(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("arch,match", [
     # known to transformers' GGUF loader, not a family onnxlm exports: refused before the weights load (this file's
     # tensors are not Falcon-shaped: loading them would fail on a size mismatch instead)
@@ -102,7 +121,7 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd, monkeyp
     # unknown to transformers' GGUF loader: its error, with the file's architecture and those onnxlm exports
     ("exaone", r"GGUF model with architecture exaone is not supported yet. \(general.architecture = 'exaone'; "
                r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, "
-               r"smollm3, olmo2, ernie4_5\)"),
+               r"smollm3, olmo2, ernie4_5, exaone4\)"),
 ])
 def test_an_architecture_onnxlm_does_not_export_is_refused_by_name(tmp_path, monkeypatch, arch, match):
     monkeypatch.setitem(CASES, arch, (arch, {}, None))

@@ -631,18 +631,31 @@ ARCHS = {
                   ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
               + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 13,
               (1e-4, 5e-4), "olmo2", {"Q4_K": 11, "Q6_K": 5}),
-    # ERNIE 4.5 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): Llama's tensors, q/k rows not permuted
-    # (its rotary turns adjacent pairs, in llama.cpp and transformers alike), the head size from key_length; seeds 14,
-    # 15, 16, 17 read 1.3e-4, 1.5e-4, 3.5e-5, 1.0e-4 of the logits' range (Qwen3's layout with seeds 6, 15, 16, 17:
-    # 3.8e-5 to 2.7e-4): the 8-bit codes' two-pass error, as above; a wrong rotary is off by whole units
-    "ernie4_5": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-5,
+    # ERNIE 4.5 (Q4_K q/k/gate/up, Q8_0 o, Q6_K v, down and the tied embedding): Llama's tensors, q/k rows not
+    # permuted (its rotary turns adjacent pairs, in llama.cpp and transformers alike), a head size (64 a head, 2
+    # heads) that is not hidden / heads, as ERNIE-4.5-0.3B's 128 against 1024 / 16. Small K-quant scales: seeds 14 to
+    # 17 read 2.9e-5 to 5.3e-5 of the logits' range (at 10x the scales 1.0e-4 to 1.5e-4, as Qwen3's layout: the
+    # 8-bit codes' two-pass error, as above); a wrong rotary or row order is off by whole units
+    "ernie4_5": (dict(add_head_count_kv=1, add_key_length=64, add_value_length=64, add_layer_norm_rms_eps=1e-5,
                       add_rope_freq_base=500_000.0),
                  [("token_embd.weight", "vocab", 256, "Q6_K")] + _layer(
-                     _NORM("attn_norm"), ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"),
-                     ("attn_v", 128, 256, "Q6_K"), ("attn_output", 256, 256, "Q4_K"), _NORM("ffn_norm"),
+                     _NORM("attn_norm"), ("attn_q", 128, 256, "Q4_K"), ("attn_k", 64, 256, "Q4_K"),
+                     ("attn_v", 64, 256, "Q6_K"), ("attn_output", 256, 128, "Q8_0"), _NORM("ffn_norm"),
                      ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"), ("ffn_down", 256, 256, "Q6_K"))
-                 + [("output_norm.weight", 256, None, "norm")], 16, (1e-4, 5e-4),
-                 "ernie4_5", {"Q4_K": 10, "Q6_K": 5}),
+                 + [("output_norm.weight", 256, None, "norm")], 16, (5e-5, 2e-4),
+                 "ernie4_5", {"Q4_K": 8, "Q6_K": 5, "Q8_0": 2}),
+    # EXAONE 4 (Q4_K q/k/o/gate/up and the embedding, Q6_K v, down and an untied head): OLMo 2's post-norms with
+    # per-head q/k norms, rows not permuted; seeds 13 to 16 read 2.2e-4, 3.8e-5, 2.2e-4, 7.4e-5 of the logits' range
+    # (no norm before a product, as OLMo 2's)
+    "exaone4": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-5,
+                     add_rope_freq_base=1_000_000.0),
+                [("token_embd.weight", "vocab", 256, "Q4_K")] + _layer(
+                    ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"), ("attn_v", 128, 256, "Q6_K"),
+                    ("attn_output", 256, 256, "Q4_K"), _NORM("post_attention_norm"), _NORM("attn_q_norm", 128),
+                    _NORM("attn_k_norm", 128), ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"),
+                    ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
+                + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 14,
+                (1e-4, 5e-4), "exaone4", {"Q4_K": 11, "Q6_K": 5}),
     # Qwen3 (Q4_K q/k/o/gate/up, Q6_K v, down and the tied embedding): per-head q/k norms, rows not permuted
     "qwen3": (dict(add_head_count_kv=1, add_key_length=128, add_value_length=128, add_layer_norm_rms_eps=1e-6,
                    add_rope_freq_base=1_000_000.0),

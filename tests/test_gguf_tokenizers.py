@@ -50,6 +50,7 @@ PROVEN = {
     "smollm2-granite-docling": ("gpt2", "granite-docling"),
     "smollm2-a.x-4.0": ("gpt2", "a.x-4.0"),
     "smollm2-mellum": ("gpt2", "mellum"),
+    "smollm2-exaone4": ("gpt2", "exaone4"),
     "smollm2-minerva-7b": ("gpt2", "minerva-7b"),
     "llama3-midm-2.0": ("gpt2", "midm-2.0"),
     "llama3-deepseek-llm": ("gpt2", "deepseek-llm"),

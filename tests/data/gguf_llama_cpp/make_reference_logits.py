@@ -9,7 +9,7 @@ in CI. From the repository root:
         [--cases NAME ...]
 
 writes reference_logits.json beside this script: per case the GGUF's sha256 and llama.cpp's logits [len(ids), vocab]
-for the ids (F32 weights, 1 thread). ``--cases``: only these, merged into the stored file (the others' logits kept
+for the ids (F32 weights, 1 thread; llama.cpp's default F16 KV cache, F32 for the cases of ``F32_KV``). ``--cases``: only these, merged into the stored file (the others' logits kept
 as they are: made again on another CPU they move by up to ~7e-4, its summation order).
 """
 from __future__ import annotations
@@ -25,11 +25,16 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 sys.path.insert(0, str(HERE.parents[1]))  # tests/: gguf_writers
 
+#: cases whose reference llama.cpp makes with its KV cache in F32 (type_k = type_v = GGML_TYPE_F32): EXAONE 4's 64
+#: tiny layers carry the F16 cache's rounding to 6.3e-3 of the logits (in F32: 8.6e-6 from onnxlm's)
+F32_KV = ("exaone4-swa",)
+
 EVAL = """
 import json, sys
 import llama_cpp
-path, ids = sys.argv[1], json.loads(sys.argv[2])
-llm = llama_cpp.Llama(path, n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+path, ids, kv = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+f32 = dict(type_k=0, type_v=0) if kv == "f32" else {}
+llm = llama_cpp.Llama(path, n_ctx=64, n_threads=1, logits_all=True, verbose=False, **f32)
 llm.eval(ids)
 print(json.dumps({"version": llama_cpp.__version__, "logits": [[round(float(x), 6) for x in row] for row in llm.scores[:len(ids)]]}))
 """
@@ -50,11 +55,12 @@ def main() -> None:
         for case in args.cases or CASES:
             path = Path(tmp) / f"{case}.gguf"
             sha = write_tiny_gguf(path, case)
-            run = subprocess.run([args.peers_python, "-c", EVAL, str(path), json.dumps(IDS)], capture_output=True,
+            kv = "f32" if case in F32_KV else "f16"
+            run = subprocess.run([args.peers_python, "-c", EVAL, str(path), json.dumps(IDS), kv], capture_output=True,
                                  text=True, check=True)
             got = json.loads(run.stdout.strip().splitlines()[-1])
             out["llama_cpp_python"] = got["version"]
-            out["cases"][case] = {"sha256": sha, "logits": got["logits"]}
+            out["cases"][case] = {"sha256": sha, "logits": got["logits"], **({"kv_cache": kv} if kv == "f32" else {})}
             print(case, len(got["logits"]), "x", len(got["logits"][0]))
     out["cases"] = {case: out["cases"][case] for case in CASES if case in out["cases"]}  # the writers' order
     stored.write_text(json.dumps(out) + "\n")
