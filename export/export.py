@@ -231,6 +231,8 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         raise ExportError(f"kv_layout: got {kv_layout!r}; allowed: 'auto', 'plain', 'fused'")
     if kv_layout == "fused" and opset is not None:
         raise ExportError("opset: the fused graph (kv_layout='fused') is built at a fixed opset; pass no opset")
+    if kv_layout == "plain" or opset is not None:  # a fused-only family's refusal, before its weights load
+        _refuse_without_plain_graph(_declared_model_type(model), kv_layout, opset)
     prog = _Progress(progress)
     notices: list[str] = []  # warnings for the user, raised after the libraries' chatter is silenced
     tmp = temp_dir_beside(out_dir, "tmp")
@@ -243,12 +245,7 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
             cfg = lm.model.config
             check_config(cfg)
             if cfg.model_type in FUSED_ONLY_TYPES:  # no plain graph: the fused one or a refusal saying why
-                if kv_layout == "plain":
-                    raise ExportError(f"kv_layout='plain': model_type {cfg.model_type!r} has no optimum-onnx export; "
-                                      "it exports as the fused graph only (kv_layout='auto' or 'fused', no opset)")
-                if opset is not None:
-                    raise ExportError(f"opset: model_type {cfg.model_type!r} exports as the fused graph only, which is "
-                                      "built at a fixed opset; pass no opset")
+                _refuse_without_plain_graph(cfg.model_type, kv_layout, opset)
                 check_fused_supported(lm.model)  # what the fused builder refuses: its only graph
                 kv_layout = "fused"
             elif kv_layout == "auto":  # the fast graph wherever it is built (and proven) for this model
@@ -292,6 +289,43 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         raise
     prog.log(f"wrote {out_dir}")
     return out_dir
+
+
+def _refuse_without_plain_graph(model_type: str | None, kv_layout: str, opset: int | None) -> None:
+    """ExportError when ``model_type`` has no plain graph (``FUSED_ONLY_TYPES``) and the plain layout or an opset
+    (which only the plain exporter takes) is asked for."""
+    if model_type not in FUSED_ONLY_TYPES:
+        return
+    if kv_layout == "plain":
+        raise ExportError(f"kv_layout='plain': model_type {model_type!r} has no optimum-onnx export; it exports as "
+                          "the fused graph only (kv_layout='auto' or 'fused', no opset)")
+    if opset is not None:
+        raise ExportError(f"opset: model_type {model_type!r} exports as the fused graph only, which is built at a "
+                          "fixed opset; pass no opset")
+
+
+def _declared_model_type(model) -> str | None:
+    """The model_type a source path declares without its weights loading: a GGUF's architecture (Gemma 3's as
+    gemma3_text), a checkpoint's config.json, a recipe's recipe.json; None for anything else or a file that cannot
+    be read (the load then says why)."""
+    import json
+
+    if not isinstance(model, (str, Path)):
+        return getattr(getattr(model, "config", None), "model_type", None)
+    path = Path(model).expanduser()
+    try:
+        if is_gguf_file(path):
+            from .gguf import read_gguf_metadata
+
+            arch = read_gguf_metadata(path).get("general.architecture")
+            return "gemma3_text" if arch == "gemma3" else arch
+        for name, key in (("config.json", None), ("recipe.json", "config")):
+            if (path / name).is_file():
+                config = json.loads((path / name).read_text(encoding="utf-8"))
+                return (config.get(key) or {} if key else config).get("model_type")
+    except (OSError, ValueError, ImportError, AttributeError):
+        return None
+    return None
 
 
 def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validate, progress, tokenizer, kv_layout,

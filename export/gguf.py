@@ -327,6 +327,9 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
     from .missing_weights import refuse_missing_weights, refuse_unused_tensors
     from .onnx_export import family_of
 
+    from .gguf_reader import gguf_reader
+
+    tensor_names = [t.name for t in gguf_reader(path).tensors]
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
     overrides.update(longrope_overrides(path, meta))  # Phi-3.5's LongRoPE factors (tensors)
     try:
@@ -336,6 +339,8 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
             for key, value in overrides.items():
                 setattr(config, key, value)
             family_of(config.model_type)  # an architecture onnxlm does not export is refused before its weights load
+            with torch.device("meta"):  # the model's shape alone: a tensor it has no place for, refused before the load
+                refuse_unused_tensors(AutoModelForCausalLM.from_config(config), tensor_names)  # (path: below)
             model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,
                                                                dtype=torch.float32, output_loading_info=True)
     except ExportError as e:
@@ -346,9 +351,6 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
                 f"{', '.join(TESTED_GGUF_ARCHITECTURES)})" if arch not in TESTED_GGUF_ARCHITECTURES else "")
         raise ExportError(f"transformers could not load the GGUF file {path}: {e}{hint}") from e
     refuse_missing_weights(info, path)
-    from .gguf_reader import gguf_reader
-
-    refuse_unused_tensors(model, [t.name for t in gguf_reader(path).tensors], path)
     factors = rope_freq_factors(path)
     if factors is not None:  # Llama 3.1/3.2: llama3 rope scaling as per-frequency factors
         apply_rope_freqs(model, factors)

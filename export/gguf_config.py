@@ -25,8 +25,8 @@ runtime:
   default 4096, on the layers ``attention.sliding_window_pattern`` names, an array of booleans or every n-th global,
   default 4, the global layers without rotary) and none to any other, whatever the file says; Exaone4Config's
   defaults (a window of 4096 on 3 of every 4 layers) would window every EXAONE 4.0 1.2B file. Here: llama.cpp's
-  layers (``sliding_window``, ``layer_types``); a 64-layer file whose ``rope.freq_base_swa`` differs from its base
-  (transformers' Exaone4 has one rotary) or a file with multi-token-prediction layers is refused by name.
+  layers (``sliding_window``, ``layer_types``); ``rope.freq_base_swa`` is ignored, as llama.cpp's graph ignores it (one
+  base for every layer); a file with multi-token-prediction layers is refused by name.
 * Granite's ``attention.scale`` when a file has none: llama.cpp scales queries by ``1/sqrt(head size)``,
   transformers' GraniteConfig by its default ``attention_multiplier`` 1.0. Here: llama.cpp's.
 
@@ -121,10 +121,8 @@ def exaone4_layers(meta: Mapping[str, Any]) -> dict:
                           "export")
     if layers != EXAONE4_SWA_LAYERS:
         return {"sliding_window": None, "layer_types": ["full_attention"] * layers}
-    base, swa_base = meta.get("exaone4.rope.freq_base", 10000.0), meta.get("exaone4.rope.freq_base_swa")
-    if swa_base is not None and float(swa_base) != float(base):
-        raise ExportError(f"exaone4.rope.freq_base_swa = {swa_base} differs from rope.freq_base = {base}: "
-                          "transformers' Exaone4 has one rotary base; not supported")
+    # rope.freq_base_swa: llama.cpp's exaone4 graph rotates every layer with rope.freq_base (the per-layer base
+    # serves only its KV-cache shifts), as transformers' one rotary does: ignored here too
     pattern = meta.get("exaone4.attention.sliding_window_pattern", 4)
     if isinstance(pattern, list):
         if len(pattern) != layers:

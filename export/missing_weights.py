@@ -21,17 +21,19 @@ def refuse_missing_weights(loading_info: dict, source) -> None:
 READ_BY_ONNXLM = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
 
-def refuse_unused_tensors(model, tensor_names, source) -> None:
+def refuse_unused_tensors(model, tensor_names, source=None) -> None:
     """A GGUF's tensors (``tensor_names``) that transformers' loader skipped for ``model`` (it maps each file name
     to a module of the model and drops those it cannot place, saying nothing) -> ExportError naming them: a file whose
     q/k/v biases were dropped answers differently from llama.cpp, which applies them. The tensors onnxlm reads itself
-    (``READ_BY_ONNXLM``) are not among them."""
+    (``READ_BY_ONNXLM``) are not among them. ``model`` may be a meta-device skeleton (only its names are read);
+    ``source`` prefixes the message."""
     from transformers.modeling_gguf_pytorch_utils import get_gguf_hf_weights_map
 
     placed = get_gguf_hf_weights_map(model)
     unused = sorted(n for n in tensor_names if n not in placed and n not in READ_BY_ONNXLM)
     if unused:
         shown = ", ".join(unused[:6]) + (f", ... ({len(unused)} in all)" if len(unused) > 6 else "")
-        raise ExportError(f"{source}: {len(unused)} of the file's tensors have no place in the "
-                          f"{model.config.model_type} model transformers builds for it ({shown}); they would be "
-                          "dropped, and the model would not compute what llama.cpp computes from this file")
+        where = "" if source is None else f"{source}: "
+        raise ExportError(f"{where}{len(unused)} of the file's tensors have no place in the {model.config.model_type} "
+                          f"model transformers builds for it ({shown}); they would be dropped, and the model would "
+                          "not compute what llama.cpp computes from this file")

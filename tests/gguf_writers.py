@@ -39,6 +39,8 @@ CASES = {
     # 64 tiny layers, a window of 4 on the layers the pattern array names (every other one here), its global layers
     # without rotary
     "exaone4": ("exaone4", {"attention.sliding_window": WINDOW}, None),
+    # EXAONE-4.0-1.2B as its files are: llama3 rope scaling (rope_freqs) and a tied head ("tied": no output.weight)
+    "exaone4-tied-rope-freqs": ("exaone4", {"tied": True}, "llama3"),
     "exaone4-swa": ("exaone4", {"block_count": 64, "attention.sliding_window": WINDOW,
                                 "attention.sliding_window_pattern": [i % 2 == 0 for i in range(64)]}, None),
     # what llama.cpp takes when a key is absent, where transformers' default differs: Granite's query scale
@@ -136,7 +138,8 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
         w.add_rope_freq_base(10000.0)
     if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(WINDOW)
-    for key, value in ((k, v) for k, v in extra.items() if k not in drop and k != "block_count" and v is not None):
+    for key, value in ((k, v) for k, v in extra.items()
+                       if k not in drop and k not in ("block_count", "tied") and v is not None):
         full = f"{arch}.{key}"
         if isinstance(value, str):
             w.add_string(full, value)
@@ -191,7 +194,7 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
             mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
         mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
     norm("output_norm.weight", HIDDEN)
-    if arch in ("llama", "phi3", "olmo2", "exaone4"):
+    if arch in ("llama", "phi3", "olmo2", "exaone4") and not extra.get("tied"):
         mat("output.weight", len(tokens), HIDDEN)
     for name, array in (extra_tensors or {}).items():
         w.add_tensor(name, np.asarray(array, np.float32))

@@ -100,10 +100,15 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd, monkeyp
 
 
 @pytest.mark.parametrize("case", ["llama-rope-freqs", "ernie4_5"])
-def test_a_tensor_the_model_has_no_place_for_is_refused_by_name(tmp_path, case):
+def test_a_tensor_the_model_has_no_place_for_is_refused_by_name(tmp_path, case, monkeypatch):
     """q/k/v biases in a file of an architecture without them: transformers' loader would drop them without a word
     (llama.cpp applies them: a tiny ERNIE file with them is 3.6 off its logits so); refused, naming them, before
-    anything is written. Llama 3.1's rope_freqs (read by onnxlm itself) is not among them."""
+    its weights load (from the model's meta-device skeleton). Llama 3.1's rope_freqs (read by onnxlm itself) is not
+    among them."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: pytest.fail("the weights were loaded before the refusal"))
     path = tmp_path / f"{case}.gguf"
     write_tiny_gguf(path, case, extra_tensors={f"blk.0.attn_{p}.bias": np.zeros(n, np.float32)
                                                for p, n in (("q", 64), ("k", 32), ("v", 32))})
@@ -112,6 +117,16 @@ def test_a_tensor_the_model_has_no_place_for_is_refused_by_name(tmp_path, case):
                                           r"blk.0.attn_v.bias\)"):
         export_model(path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fused_only_gguf_refuses_the_plain_layout_before_its_weights_load(tmp_path, monkeypatch):
+    import onnxlm.export.export as E
+
+    path = tmp_path / "ernie.gguf"
+    write_tiny_gguf(path, "ernie4_5")
+    monkeypatch.setattr(E, "load_source", lambda *a, **k: pytest.fail("the weights were loaded before the refusal"))
+    with pytest.raises(ExportError, match="kv_layout='plain': model_type 'ernie4_5' has no optimum-onnx export"):
+        export_model(path, tmp_path / "out", progress=False, kv_layout="plain")
 
 
 @pytest.mark.parametrize("arch,match", [
