@@ -201,6 +201,8 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                              ("force_quality", force_quality, False)) if v != default}
         raise ExportError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: quantization settings, given "
                           "without quantize; pass quantize='int8', 'int4' or 'gguf' (--quantize), or leave them out")
+    if opset is not None:
+        _check_opset(opset)
     if quantize == "gguf" and opset is not None:
         raise ExportError("opset: quantize='gguf' rewrites the fused graph, which is built at a fixed opset; pass no "
                           "opset")
@@ -289,6 +291,23 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         raise
     prog.log(f"wrote {out_dir}")
     return out_dir
+
+
+#: the lowest opset the plain exporter takes: every decoder's attention (torch's scaled_dot_product_attention) needs 14
+MIN_OPSET = 14
+
+
+def _check_opset(opset) -> None:
+    """ExportError, before anything loads, for an opset the plain exporter cannot write: below ``MIN_OPSET`` or above
+    the newest that torch's exporter writes."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as newest
+    except ImportError:  # no torch (the export then says so) or a torch that moved the constant: no upper bound here
+        newest = None
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET or (newest and opset > newest):
+        why = f"the attention needs {MIN_OPSET}" + (f"; torch's exporter writes none above {newest}" if newest else "")
+        raise ExportError(f"opset: got {opset!r}; allowed: {MIN_OPSET} to {newest or 'the newest torch writes'} "
+                          f"({why})")
 
 
 def _refuse_without_plain_graph(model_type: str | None, kv_layout: str, opset: int | None) -> None:

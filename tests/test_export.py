@@ -359,6 +359,20 @@ def test_a_checkpoint_without_some_weights_is_refused_by_name(tmp_path, tiny_lla
     assert _listing(tmp_path) == ["src"]
 
 
+@pytest.mark.parametrize("opset", [13, 0, 99, True, "17"])
+def test_an_opset_the_exporter_cannot_write_is_refused_before_loading(tmp_path, monkeypatch, opset):
+    """Below 14 torch cannot write the attention (it said so only after the model loaded, deep in its exporter);
+    above its newest it writes none; not a number: not an opset."""
+    import onnxlm.export.export as E
+    from torch.onnx._constants import ONNX_MAX_OPSET
+
+    monkeypatch.setattr(E, "load_source", lambda *a, **k: pytest.fail("loaded before the refusal"))
+    with pytest.raises(ExportError, match=rf"opset: got {opset!r}; allowed: 14 to {ONNX_MAX_OPSET} \(the attention "
+                                          rf"needs 14; torch's exporter writes none above {ONNX_MAX_OPSET}\)"):
+        export_model(RECIPES / "tiny-gpt2", tmp_path / "out", progress=False, opset=opset)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_source(tmp_path):
     with pytest.raises(ExportError):
         export_model(tmp_path / "no" / "such" / "model", tmp_path / "out", progress=False)
