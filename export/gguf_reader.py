@@ -9,7 +9,8 @@ resident but the pages read) while a file is unchanged (same resolved path, size
 its tokenizer converter reads). The reader reads its file through a plain ndarray view of the memory map (numpy's
 ``memmap`` subclass costs ~2 us in each of the millions of small slices the parsing takes), and parses an array of
 numbers or strings in one pass instead of gguf-py's recursion per element: Gemma 3's file in 0.7 s instead of 16
-(every field's parts, data indices and types and every tensor equal to gguf-py's own reader's).
+(every field's parts, data indices and types and every tensor equal to gguf-py's own reader's). The first file of a
+split GGUF (``gguf_splits``) gets its files' readers as one (``SplitReader``).
 """
 from __future__ import annotations
 
@@ -145,8 +146,8 @@ class SplitReader:
 
 @lru_cache(maxsize=2)
 def _split_reader(keys: tuple) -> SplitReader:
-    """The readers of a split set's files (``keys``: each file's resolved path, size and mtime, in order) as one,
-    each file checked against the set: its ``split.no`` and ``split.count``, and the first file's
+    """The readers of a split set's files (``keys``: each file's absolute path as given, size and mtime, in order) as
+    one, each file checked against the set: its ``split.no`` and ``split.count``, and the first file's
     ``split.tensors.count`` against the tensors of all (a file of another set, or of another split of the same
     model, is refused by name)."""
     count = len(keys)

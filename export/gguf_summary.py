@@ -78,8 +78,9 @@ def _tokenizer(reader) -> dict:
 
 
 def summarize_gguf(path) -> dict:
-    """A GGUF file -> {"file", "bytes" (of every file of a split GGUF), "files" (1, or a split GGUF's count), "version", "name", "architecture", "exported", "refused" (why the export
-    would refuse a file of an architecture it exports, else None), "layers", "hidden",
+    """A GGUF file -> {"file", "bytes" (of every file of a split GGUF), "files" (1, or a split GGUF's count),
+    "version", "name", "architecture", "exported", "refused" (why the export would refuse a file of an architecture
+    it exports, else None), "layers", "hidden",
     "context_length", "parameters", "tensor_types" (type -> count, most first), "dequantized_types", "blocks",
     "fp32_with_group" (block tensors run in fp32 beside a tensor of their product without blocks: type -> count),
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""

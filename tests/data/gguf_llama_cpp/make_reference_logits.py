@@ -9,8 +9,9 @@ in CI. From the repository root:
         [--cases NAME ...]
 
 writes reference_logits.json beside this script: per case the GGUF's sha256 and llama.cpp's logits [len(ids), vocab]
-for the ids (F32 weights, 1 thread; llama.cpp's default F16 KV cache, F32 for the cases of ``F32_KV``). ``--cases``: only these, merged into the stored file (the others' logits kept
-as they are: made again on another CPU they move by up to ~7e-4, its summation order).
+for the ids (F32 weights, 1 thread; llama.cpp's default F16 KV cache, F32 for the cases of ``F32_KV``).
+``--cases``: only these, merged into the stored file (the others' logits kept as they are: made again on another CPU
+they move by up to ~7e-4, its summation order).
 """
 from __future__ import annotations
 
