@@ -1,6 +1,7 @@
 """``export_model``: source -> validated ONNX artifact directory, written atomically."""
 from __future__ import annotations
 
+import numbers
 import shutil
 import sys
 import time
@@ -201,8 +202,6 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                              ("force_quality", force_quality, False)) if v != default}
         raise ExportError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: quantization settings, given "
                           "without quantize; pass quantize='int8', 'int4' or 'gguf' (--quantize), or leave them out")
-    if opset is not None:
-        _check_opset(opset)
     if quantize == "gguf" and opset is not None:
         raise ExportError("opset: quantize='gguf' rewrites the fused graph, which is built at a fixed opset; pass no "
                           "opset")
@@ -235,6 +234,8 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         raise ExportError("opset: the fused graph (kv_layout='fused') is built at a fixed opset; pass no opset")
     if kv_layout == "plain" or opset is not None:  # a fused-only family's refusal, before its weights load
         _refuse_without_plain_graph(_declared_model_type(model), kv_layout, opset)
+    if opset is not None:  # the plain exporter's range (the refusals of any opset come first)
+        _check_opset(opset)
     prog = _Progress(progress)
     notices: list[str] = []  # warnings for the user, raised after the libraries' chatter is silenced
     tmp = temp_dir_beside(out_dir, "tmp")
@@ -304,7 +305,8 @@ def _check_opset(opset) -> None:
         from torch.onnx._constants import ONNX_MAX_OPSET as newest
     except ImportError:  # no torch (the export then says so) or a torch that moved the constant: no upper bound here
         newest = None
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET or (newest and opset > newest):
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or opset < MIN_OPSET or (
+            newest and opset > newest):
         why = f"the attention needs {MIN_OPSET}" + (f"; torch's exporter writes none above {newest}" if newest else "")
         raise ExportError(f"opset: got {opset!r}; allowed: {MIN_OPSET} to {newest or 'the newest torch writes'} "
                           f"({why})")
@@ -324,27 +326,32 @@ def _refuse_without_plain_graph(model_type: str | None, kv_layout: str, opset: i
 
 
 def _declared_model_type(model) -> str | None:
-    """The model_type a source path declares without its weights loading: a GGUF's architecture (Gemma 3's as
-    gemma3_text), a checkpoint's config.json, a recipe's recipe.json; None for anything else or a file that cannot
-    be read (the load then says why)."""
+    """The model_type a source path declares without its weights loading, where the loader would find it: a GGUF's
+    architecture (Gemma 3's as gemma3_text), a recipe's recipe.json (a recipe directory is a recipe first, as
+    ``loader.load_source`` takes it), a checkpoint's config.json; None for anything else, a value that is no string,
+    or a file that cannot be read (the load then says why)."""
     import json
 
     if not isinstance(model, (str, Path)):
-        return getattr(getattr(model, "config", None), "model_type", None)
+        found = getattr(getattr(model, "config", None), "model_type", None)
+        return found if isinstance(found, str) else None
     path = Path(model).expanduser()
+    found = None
     try:
         if is_gguf_file(path):
             from .gguf import read_gguf_metadata
 
             arch = read_gguf_metadata(path).get("general.architecture")
-            return "gemma3_text" if arch == "gemma3" else arch
-        for name, key in (("config.json", None), ("recipe.json", "config")):
-            if (path / name).is_file():
-                config = json.loads((path / name).read_text(encoding="utf-8"))
-                return (config.get(key) or {} if key else config).get("model_type")
-    except (OSError, ValueError, ImportError, AttributeError):
+            found = "gemma3_text" if arch == "gemma3" else arch
+        else:
+            for name, key in (("recipe.json", "config"), ("config.json", None)):
+                if (path / name).is_file():
+                    config = json.loads((path / name).read_text(encoding="utf-8"))
+                    found = (config.get(key) or {} if key else config).get("model_type")
+                    break
+    except (OSError, ValueError, ImportError, AttributeError, RecursionError):
         return None
-    return None
+    return found if isinstance(found, str) else None
 
 
 def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validate, progress, tokenizer, kv_layout,

@@ -373,6 +373,36 @@ def test_an_opset_the_exporter_cannot_write_is_refused_before_loading(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("kw,match", [
+    (dict(quantize="gguf", opset=13), "opset: quantize='gguf' rewrites the fused graph"),
+    (dict(kv_layout="fused", opset=13), r"opset: the fused graph \(kv_layout='fused'\) is built at a fixed opset"),
+])
+def test_an_opset_where_none_is_taken_is_refused_as_such_whatever_its_value(tmp_path, kw, match):
+    with pytest.raises(ExportError, match=match):
+        export_model(RECIPES / "tiny-gpt2", tmp_path / "out", progress=False, **kw)
+
+
+def test_a_recipe_is_taken_as_a_recipe_by_the_early_layout_check(tmp_path, monkeypatch):
+    """A recipe directory that also holds a config.json of another model_type: the loader takes the recipe, and so
+    does the check that refuses a fused-only family's plain layout before loading (it had read the config.json)."""
+    import shutil
+
+    import onnxlm.export.export as E
+
+    recipe = shutil.copytree(RECIPES / "tiny-llama", tmp_path / "recipe")
+    (recipe / "config.json").write_text(json.dumps({"model_type": "exaone4"}))
+
+    class Loaded(Exception):
+        pass
+
+    def load(*a, **k):
+        raise Loaded
+
+    monkeypatch.setattr(E, "load_source", load)
+    with pytest.raises(Loaded):  # past the early check: tiny-llama (llama) has a plain graph
+        export_model(recipe, tmp_path / "out", progress=False, kv_layout="plain")
+
+
 def test_missing_source(tmp_path):
     with pytest.raises(ExportError):
         export_model(tmp_path / "no" / "such" / "model", tmp_path / "out", progress=False)
