@@ -232,10 +232,6 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         raise ExportError(f"kv_layout: got {kv_layout!r}; allowed: 'auto', 'plain', 'fused'")
     if kv_layout == "fused" and opset is not None:
         raise ExportError("opset: the fused graph (kv_layout='fused') is built at a fixed opset; pass no opset")
-    if kv_layout == "plain" or opset is not None:  # a fused-only family's refusal, before its weights load
-        _refuse_without_plain_graph(_declared_model_type(model), kv_layout, opset)
-    if opset is not None:  # the plain exporter's range (the refusals of any opset come first)
-        _check_opset(opset)
     prog = _Progress(progress)
     notices: list[str] = []  # warnings for the user, raised after the libraries' chatter is silenced
     tmp = temp_dir_beside(out_dir, "tmp")
@@ -244,11 +240,12 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
             warnings.simplefilter("ignore")  # torch tracer / transformers deprecation chatter
             what = model if isinstance(model, (str, Path)) else getattr(model, "source", type(model).__name__)
             with prog.step(f"loading {what}"):
-                lm = load_source(model, tokenizer=tokenizer)
+                # a fused-only family's plain layout or opset, then an opset's range: refused before the weights load
+                lm = load_source(model, tokenizer=tokenizer,
+                                 check=lambda config, layout=kv_layout: _check_layout(config, layout, opset))
             cfg = lm.model.config
             check_config(cfg)
-            if cfg.model_type in FUSED_ONLY_TYPES:  # no plain graph: the fused one or a refusal saying why
-                _refuse_without_plain_graph(cfg.model_type, kv_layout, opset)
+            if cfg.model_type in FUSED_ONLY_TYPES:  # no plain graph: the fused one (its layout refused above)
                 check_fused_supported(lm.model)  # what the fused builder refuses: its only graph
                 kv_layout = "fused"
             elif kv_layout == "auto":  # the fast graph wherever it is built (and proven) for this model
@@ -299,8 +296,8 @@ MIN_OPSET = 14
 
 
 def _check_opset(opset) -> None:
-    """ExportError, before anything loads, for an opset the plain exporter cannot write: below ``MIN_OPSET`` or above
-    the newest that torch's exporter writes."""
+    """ExportError, before the weights load (``_check_layout``), for an opset the plain exporter cannot write: below
+    ``MIN_OPSET`` or above the newest that torch's exporter writes."""
     try:
         from torch.onnx._constants import ONNX_MAX_OPSET as newest
     except ImportError:  # no torch (the export then says so) or a torch that moved the constant: no upper bound here
@@ -312,46 +309,17 @@ def _check_opset(opset) -> None:
                           f"({why})")
 
 
-def _refuse_without_plain_graph(model_type: str | None, kv_layout: str, opset: int | None) -> None:
-    """ExportError when ``model_type`` has no plain graph (``FUSED_ONLY_TYPES``) and the plain layout or an opset
-    (which only the plain exporter takes) is asked for."""
-    if model_type not in FUSED_ONLY_TYPES:
-        return
-    if kv_layout == "plain":
-        raise ExportError(f"kv_layout='plain': model_type {model_type!r} has no optimum-onnx export; it exports as "
-                          "the fused graph only (kv_layout='auto' or 'fused', no opset)")
+def _check_layout(config, kv_layout: str, opset: int | None) -> None:
+    """ExportError when ``config``'s model_type has no plain graph (``FUSED_ONLY_TYPES``) and the plain layout or an
+    opset (which only the plain exporter takes) is asked for; then for an opset outside the plain exporter's range."""
+    if config.model_type in FUSED_ONLY_TYPES and kv_layout == "plain":
+        raise ExportError(f"kv_layout='plain': model_type {config.model_type!r} has no optimum-onnx export; it "
+                          "exports as the fused graph only (kv_layout='auto' or 'fused', no opset)")
+    if config.model_type in FUSED_ONLY_TYPES and opset is not None:
+        raise ExportError(f"opset: model_type {config.model_type!r} exports as the fused graph only, which is built "
+                          "at a fixed opset; pass no opset")
     if opset is not None:
-        raise ExportError(f"opset: model_type {model_type!r} exports as the fused graph only, which is built at a "
-                          "fixed opset; pass no opset")
-
-
-def _declared_model_type(model) -> str | None:
-    """The model_type a source path declares without its weights loading, where the loader would find it: a GGUF's
-    architecture (Gemma 3's as gemma3_text), a recipe's recipe.json (a recipe directory is a recipe first, as
-    ``loader.load_source`` takes it), a checkpoint's config.json; None for anything else, a value that is no string,
-    or a file that cannot be read (the load then says why)."""
-    import json
-
-    if not isinstance(model, (str, Path)):
-        found = getattr(getattr(model, "config", None), "model_type", None)
-        return found if isinstance(found, str) else None
-    path = Path(model).expanduser()
-    found = None
-    try:
-        if is_gguf_file(path):
-            from .gguf import read_gguf_metadata
-
-            arch = read_gguf_metadata(path).get("general.architecture")
-            found = "gemma3_text" if arch == "gemma3" else arch
-        else:
-            for name, key in (("recipe.json", "config"), ("config.json", None)):
-                if (path / name).is_file():
-                    config = json.loads((path / name).read_text(encoding="utf-8"))
-                    found = (config.get(key) or {} if key else config).get("model_type")
-                    break
-    except (OSError, ValueError, ImportError, AttributeError, RecursionError):
-        return None
-    return found if isinstance(found, str) else None
+        _check_opset(opset)
 
 
 def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validate, progress, tokenizer, kv_layout,

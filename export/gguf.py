@@ -306,8 +306,9 @@ TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2
                              "olmo2", "ernie4_5", "exaone4")
 
 
-def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
-    """Load a GGUF checkpoint (default: the embedded SmolLM2-135M-Instruct) with transformers, dequantized to fp32."""
+def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
+    """Load a GGUF checkpoint (default: the embedded SmolLM2-135M-Instruct) with transformers, dequantized to fp32.
+    ``check(config)``: run on the model's config before its weights load (``loader.load_source``'s)."""
     path = find_smollm2_gguf() if path is None else pathlib.Path(path)
     meta = read_gguf_metadata(path)
     tokenizer = build_tokenizer_from_gguf(meta)
@@ -323,11 +324,9 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
 
     from .gguf_architectures import known_to_transformers
     from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, rope_freq_factors
-    from .gguf_reader import readers_shared_with_transformers
+    from .gguf_reader import gguf_reader, readers_shared_with_transformers
     from .missing_weights import refuse_missing_weights, refuse_unused_tensors
     from .onnx_export import family_of
-
-    from .gguf_reader import gguf_reader
 
     tensor_names = [t.name for t in gguf_reader(path).tensors]
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
@@ -339,6 +338,8 @@ def load_gguf(path: str | os.PathLike | None = None) -> GGUFModel:
             for key, value in overrides.items():
                 setattr(config, key, value)
             family_of(config.model_type)  # an architecture onnxlm does not export is refused before its weights load
+            if check is not None:
+                check(config)
             with torch.device("meta"):  # the model's shape alone: a tensor it has no place for, refused before the load
                 refuse_unused_tensors(AutoModelForCausalLM.from_config(config), tensor_names)  # (path: below)
             model, info = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config,

@@ -96,14 +96,20 @@ def _chat_template(hf_tok) -> str | None:
     return t if isinstance(t, str) and t else None
 
 
-def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
+def load_source(model, *, tokenizer=None, log=None, check=None) -> LoadedModel:
     """Dispatch on what ``model`` is: recipe dir, transformers dir, .gguf file, hub name, a loaded model, or a
-    ``LoadedModel`` already (returned as it is: a caller that also needs the PyTorch model loads a source once)."""
+    ``LoadedModel`` already (returned as it is: a caller that also needs the PyTorch model loads a source once).
+    ``check(config)``: the caller's refusals of the model's config, run once it is known and before the weights
+    load (a recipe's, before they are made), beside the refusal of a family onnxlm does not export."""
     from transformers import GenerationConfig
 
     if isinstance(model, LoadedModel):
+        if check is not None:
+            check(model.model.config)
         return model
     if not isinstance(model, (str, Path)):
+        if check is not None:
+            check(model.config)
         source = str(getattr(getattr(model, "config", None), "_name_or_path", "") or f"<{type(model).__name__}>")
         family = _check_model(model, source)
         hf_tok = None
@@ -116,7 +122,7 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
 
     path = Path(model).expanduser()
     if path.is_dir() and is_recipe_dir(path):
-        m, tok, hf_tok, gen, chat = instantiate_recipe(path)
+        m, tok, hf_tok, gen, chat = instantiate_recipe(path, check=check)
         family = _check_model(m, str(path))
         return LoadedModel(m, family, _tokenizer_from(tokenizer) or tok, gen, chat, str(path.resolve()),
                            _declared_specials(hf_tok))
@@ -126,7 +132,7 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
             from .gguf import load_gguf
         except ImportError as e:
             raise ExportError(f"{path}: GGUF loading is unavailable ({e}); install the 'export' extra (gguf)") from e
-        g = load_gguf(path)
+        g = load_gguf(path, check=check)
         family = _check_model(g.model, str(path))
         return LoadedModel(_fp32(g.model), family, _tokenizer_from(tokenizer) or g.tokenizer, g.generation_config,
                            g.chat_template, os.path.abspath(path))  # a link's own name (a hub cache's blob has none)
@@ -149,6 +155,8 @@ def load_source(model, *, tokenizer=None, log=None) -> LoadedModel:
         where = "local directory" if path.is_dir() else "hub name"
         raise ExportError(f"{model}: cannot load a transformers config from this {where}: {e}") from e
     family = family_of(config.model_type)  # refuse unsupported architectures before loading weights
+    if check is not None:
+        check(config)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     try:
         m, info = auto.from_pretrained(name, dtype="float32", output_loading_info=True)

@@ -35,8 +35,9 @@ def load_recipe(recipe_dir: str | Path) -> dict[str, Any]:
     return recipe
 
 
-def instantiate_recipe(recipe_dir: str | Path):
-    """Return ``(model, tokenizers.Tokenizer, hf_fast_tokenizer, generation_config, chat_template)`` for a recipe."""
+def instantiate_recipe(recipe_dir: str | Path, check=None):
+    """Return ``(model, tokenizers.Tokenizer, hf_fast_tokenizer, generation_config, chat_template)`` for a recipe.
+    ``check(config)``: run on the recipe's config before its weights are made (``loader.load_source``'s)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GenerationConfig
 
@@ -49,6 +50,8 @@ def instantiate_recipe(recipe_dir: str | Path):
         config = AutoConfig.for_model(model_type, **cfg)
     except (ValueError, KeyError) as e:
         raise ExportError(f"{recipe_dir}: unknown model_type {model_type!r} in recipe ({e})") from e
+    if check is not None:
+        check(config)
     torch.manual_seed(int(recipe["seed"]))
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = auto.from_config(config, dtype=torch.float32)

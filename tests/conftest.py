@@ -164,6 +164,19 @@ def tiny_qwen2_tools(tmp_path_factory) -> TinyModel:
     return _tiny(tmp_path_factory, "tiny-qwen2-tools")
 
 
+@pytest.fixture
+def no_weight_loads(monkeypatch):
+    """transformers' causal-LM construction (``from_pretrained``, ``from_config``) fails the test: what it checks is
+    refused before any model's weights load or are made (``loader.load_source``'s ``check``)."""
+    from transformers import AutoModelForCausalLM
+
+    def fail(*args, **kwargs):
+        pytest.fail("the weights were loaded before the refusal")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fail)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", fail)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny 2-layer models: torch's thread pool only adds overhead. Modules opt in with

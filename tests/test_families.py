@@ -113,21 +113,27 @@ def test_every_accepted_model_type_has_a_recipe():
 
 
 @pytest.mark.parametrize("name", FUSED_ONLY)
-def test_a_fused_only_family_refuses_the_plain_layout_by_name(name, tmp_path):
+def test_a_fused_only_family_refuses_the_plain_layout_by_name(name, tmp_path, request):
     from onnxlm.export.recipes import build_recipe
 
-    import onnxlm.export.export as E
-
     hf = build_recipe(FAMILY_DIR / name, tmp_path / "hf")
+    request.getfixturevalue("no_weight_loads")  # from here on: both refused before any weight loads
     model_type = recipe_config(name)["model_type"]
-    with pytest.MonkeyPatch.context() as mp:  # both refused before any weight loads
-        mp.setattr(E, "load_source", lambda *a, **k: pytest.fail("the weights were loaded before the refusal"))
-        for source in (hf, FAMILY_DIR / name):  # a checkpoint (config.json), a recipe (recipe.json)
-            with pytest.raises(ExportError, match=f"kv_layout='plain': model_type '{model_type}' has no optimum-onnx "
-                                                  "export; it exports as the fused graph only"):
-                export_model(source, tmp_path / "out", progress=False, kv_layout="plain")
-            with pytest.raises(ExportError, match=f"opset: model_type '{model_type}' exports as the fused graph only"):
-                export_model(source, tmp_path / "out", progress=False, opset=17)  # "auto": no plain graph to fall to
+    for source in (hf, FAMILY_DIR / name):  # a checkpoint (config.json), a recipe (recipe.json)
+        with pytest.raises(ExportError, match=f"kv_layout='plain': model_type '{model_type}' has no optimum-onnx "
+                                              "export; it exports as the fused graph only"):
+            export_model(source, tmp_path / "out", progress=False, kv_layout="plain")
+        with pytest.raises(ExportError, match=f"opset: model_type '{model_type}' exports as the fused graph only"):
+            export_model(source, tmp_path / "out", progress=False, opset=17)  # "auto": no plain graph to fall to
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", FUSED_ONLY)
+def test_a_fused_only_family_the_fused_builder_refuses_says_there_is_no_other_graph(name, tmp_path):
+    from onnxlm.export.recipes import build_recipe
+
+    model_type = recipe_config(name)["model_type"]
+    hf = build_recipe(FAMILY_DIR / name, tmp_path / "hf")
     # a head size GQA cannot take (a multiple of 8 it needs): 20, set as each config holds it (Exaone4Config has no
     # head_dim: hidden / heads)
     odd = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(
