@@ -129,8 +129,7 @@ def _residual_scaled(g: Graph, branch: str, cfg) -> str:
 
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
     """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 / ERNIE 4.5 / EXAONE 4 model
-    -> the fused graph
-    written to ``out_path``; returns
+    -> the fused graph written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
     layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
     drops the rest once the graph is written)."""

@@ -76,7 +76,7 @@ def _stamp(gguf: Path) -> dict:
     st = first.stat()
     stamp = {"path": str(gguf), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "revision": EXPORT_REVISION}
     if rest:
-        stamp["splits"] = [[p.stat().st_size, p.stat().st_mtime_ns] for p in rest]
+        stamp["splits"] = [[st.st_size, st.st_mtime_ns] for st in (p.stat() for p in rest)]
     return stamp
 
 
@@ -115,17 +115,15 @@ def is_outdated(target: Path) -> bool:
     return _outdated(read_stamp(target))
 
 
-def _recorded_sha256s(target: Path) -> list | None:
-    """The sha256 of the GGUF file the cached artifact was exported from (of each file of a split GGUF, in order),
-    as its manifest pins it (None when the manifest is unreadable: the artifact is then stale)."""
+def _recorded_source(target: Path) -> dict | None:
+    """The record of the GGUF file the cached artifact was exported from (``provenance.file_record``), as its
+    manifest pins it (None when the manifest is unreadable: the artifact is then stale)."""
     try:
         manifest = json.loads((target / "onnxlm.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     record = (manifest.get("quantization") or {}).get("source_gguf") or manifest.get("source")
-    if not isinstance(record, dict):
-        return None
-    return [record.get("sha256")] + [s.get("sha256") for s in record.get("splits") or [] if isinstance(s, dict)]
+    return record if isinstance(record, dict) else None
 
 
 def is_current(target: Path, gguf: Path) -> bool:
@@ -137,15 +135,15 @@ def is_current(target: Path, gguf: Path) -> bool:
     stamp = read_stamp(target)
     if _outdated(stamp):
         return False
+    from .provenance import bytes_difference, file_record
+
     try:
         if stamp == _stamp(gguf):
             return True
-        files = split_files(gguf)
+        record = _recorded_source(target)
+        if record is None or bytes_difference(file_record(gguf), record):  # touched, the same bytes? another file?
+            return False
     except ModelFileError:  # a split set not whole now: the export's reader says why
-        return False
-    from onnxlm.runtime.manifest import sha256_of
-
-    if _recorded_sha256s(target) != [sha256_of(p) for p in files]:  # touched and the same bytes, or another file
         return False
     write_stamp(target, gguf)
     return True

@@ -142,6 +142,9 @@ def _head_size(meta: Mapping[str, Any], arch: str) -> int:
 
 
 LONGROPE_TENSORS = ("rope_factors_short.weight", "rope_factors_long.weight")
+ROPE_FREQS_TENSOR = "rope_freqs.weight"  # llama3 rope scaling as one factor per frequency (Llama 3.1 / 3.2 files)
+#: the tensors read here rather than through transformers' loader (``missing_weights.refuse_unused_tensors``)
+READ_HERE = (ROPE_FREQS_TENSOR, *LONGROPE_TENSORS)
 
 
 def longrope_overrides(path, meta: Mapping[str, Any]) -> dict:
@@ -172,7 +175,7 @@ def rope_freq_factors(path) -> np.ndarray | None:
     from .gguf_reader import gguf_reader
 
     for t in gguf_reader(path).tensors:
-        if t.name == "rope_freqs.weight":
+        if t.name == ROPE_FREQS_TENSOR:
             return np.asarray(t.data, dtype=np.float32).reshape(-1)
     return None
 

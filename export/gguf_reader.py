@@ -47,8 +47,13 @@ def gguf_reader(path: str | os.PathLike):
     except ModelFileError:  # the split checks' own: they name the file
         raise
     except UNREADABLE as e:
-        raise ModelFileError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e}): is it whole (a "
-                             "download cut short reads so)?", path=str(path)) from e
+        raise _unreadable(str(path), e) from e
+
+
+def _unreadable(path: str, e: BaseException, which: str = "") -> ModelFileError:
+    """The error for a file gguf-py could not parse (``which``: its place in a split set, said after its path)."""
+    return ModelFileError(f"{path}{which} is not a readable GGUF file ({type(e).__name__}: {e}): is it whole (a "
+                          "download cut short reads so)?", path=path)
 
 
 #: what gguf-py raises on a file it cannot parse
@@ -156,9 +161,7 @@ def _split_reader(keys: tuple) -> SplitReader:
         try:
             return _reader(*key) if i == 0 else _parse(key[0])
         except UNREADABLE as e:
-            raise ModelFileError(f"{key[0]} (file {i + 1} of {count} of a split GGUF) is not a readable GGUF file "
-                                 f"({type(e).__name__}: {e}): is it whole (a download cut short reads so)?",
-                                 path=key[0]) from e
+            raise _unreadable(key[0], e, f" (file {i + 1} of {count} of a split GGUF)") from e
 
     readers = [read(i, key) for i, key in enumerate(keys)]
     for i, (key, reader) in enumerate(zip(keys, readers)):
