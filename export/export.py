@@ -326,7 +326,9 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
                         block_size, accuracy_level, force_quality) -> Path:
     """quantize="gguf": the fused fp32 export of the .gguf ``model`` (or an fp32 artifact exported from one), then
     its weight MatMuls on the GGUF's own blocks (``onnxlm.export.gguf_quant``)."""
-    from .gguf_quant import check_gguf_args, file_has_blocks, quantize_gguf_artifact
+    from .gguf import TESTED_GGUF_ARCHITECTURES
+    from .gguf_quant import (check_gguf_args, file_architecture, file_has_blocks, model_type_of,
+                             quantize_gguf_artifact, refuse_off_blocks)
 
     check_gguf_args(accuracy_level, block_size)  # refuse bad settings before the long export
     kw = dict(accuracy_level=accuracy_level, force_quality=force_quality, force=force, progress=progress)
@@ -340,6 +342,9 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
     if not file_has_blocks(Path(model).expanduser()):  # the header says it: refused before the long fp32 export
         raise ExportError(f"{model}: no tensor of this GGUF is of a quantized (block) type, so quantize='gguf' has "
                           "no blocks to keep; export it in fp32 (no quantize) or use quantize='int8'")
+    arch = file_architecture(Path(model).expanduser())
+    if arch in TESTED_GGUF_ARCHITECTURES:  # (another is the loader's to refuse, naming what it exports)
+        refuse_off_blocks(model_type_of(arch), model)
     scratch = temp_dir_beside(out_dir, "fp32")
     try:
         fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, validate=validate, progress=progress,

@@ -36,7 +36,13 @@ runtime:
   hidden / heads (llama.cpp's default).
 
 * ``phi3.rope.dimension_count`` below the head size (Phi-4-mini: 96 of 128): not mapped, so every dim rotates.
-  Here: ``partial_rotary_factor`` = dimension_count / head size.
+  ``stablelm.rope.dimension_count``: not mapped either, so a quarter of each head rotates (StableLmConfig's default)
+  whatever the file says (llama.cpp: the key, else every dim). Here: ``partial_rotary_factor`` = dimension_count
+  (else the head size) / head size.
+* Keys transformers maps to nothing for these architectures (``UNMAPPED_KEYS``): GPT-2's ``context_length`` and
+  ``feed_forward_length`` (GPT2Config keeps 1,024 positions and 4 x hidden: a file of another context fails on its
+  position table's size) and StableLM's ``rope.freq_base`` (llama.cpp's converter writes none, 10000; another tool's
+  file may). Here: ``n_positions``, ``n_inner``, ``rope_theta``.
 * LongRoPE's ``rope_factors_long`` / ``rope_factors_short`` tensors (Phi-3.5, Phi-3 128k files), with
   ``rope.scaling.original_context_length`` and ``rope.scaling.attn_factor``: dropped (a tiny Phi-3 file's logits 2.6
   from llama.cpp's). Here: ``rope_scaling = {"rope_type": "longrope", short/long factors, attention_factor}`` and
@@ -60,8 +66,12 @@ from onnxlm.runtime.errors import ExportError
 
 #: architectures whose head size transformers' loader does not read (``{arch}.attention.key_length`` -> head_dim)
 HEAD_DIM_ARCHS = ("qwen2", "qwen3", "ernie4_5", "exaone4")
-#: architectures whose rotated dims (``{arch}.rope.dimension_count``) transformers' loader does not read
-PARTIAL_ROTARY_ARCHS = ("phi3",)
+#: architectures whose rotated dims (``{arch}.rope.dimension_count``, else the head size) transformers' loader
+#: does not read
+PARTIAL_ROTARY_ARCHS = ("phi3", "stablelm")
+#: keys transformers' loader maps to no config attribute of these architectures -> the attribute that holds them
+UNMAPPED_KEYS = {"gpt2": {"context_length": "n_positions", "feed_forward_length": "n_inner"},
+                 "stablelm": {"rope.freq_base": "rope_theta"}}
 #: architectures whose transformers config has another rope base than llama.cpp's 10000 for a file without one
 #: SmolLM3Config: 2,000,000; Gemma3TextConfig: 1,000,000 (global); Ernie4_5Config: 500,000
 ROPE_BASE_DEFAULT_DIFFERS = ("smollm3", "gemma3", "ernie4_5")
@@ -88,10 +98,12 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
                           "(supported: none, linear; llama3 scaling comes as a rope_freqs tensor)")
     if arch in HEAD_DIM_ARCHS:  # as llama.cpp: key_length, else hidden / heads
         out["head_dim"] = _head_size(meta, arch)
-    if arch in PARTIAL_ROTARY_ARCHS and f"{arch}.rope.dimension_count" in meta:
-        rotated = int(meta[f"{arch}.rope.dimension_count"])
-        if rotated < _head_size(meta, arch):
-            out["partial_rotary_factor"] = rotated / _head_size(meta, arch)
+    if arch in PARTIAL_ROTARY_ARCHS:  # as llama.cpp: every dim of a head without the key
+        out["partial_rotary_factor"] = int(meta.get(f"{arch}.rope.dimension_count") or _head_size(meta, arch)) / \
+            _head_size(meta, arch)
+    for key, attribute in UNMAPPED_KEYS.get(arch, {}).items():
+        if f"{arch}.{key}" in meta:
+            out[attribute] = meta[f"{arch}.{key}"]
     if arch in LAYERS_27B:
         hidden, heads = int(meta[f"{arch}.embedding_length"]), int(meta[f"{arch}.attention.head_count"])
         big = int(meta[f"{arch}.block_count"]) == LAYERS_27B[arch]

@@ -102,6 +102,41 @@ def has_blocks(type_names) -> bool:
     return any(t not in LOSSLESS_FP32 + ("F64",) for t in type_names)
 
 
+#: a GGUF architecture -> the model_type transformers builds for it, where the two names differ
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}
+
+
+def model_type_of(architecture: str | None) -> str | None:
+    """A GGUF ``general.architecture`` -> the model_type transformers builds for it."""
+    return GGUF_MODEL_TYPES.get(architecture, architecture)
+
+
+def on_blocks_types() -> tuple[str, ...]:
+    """The model_types whose fused graph this rewrite knows: the Llama and Gemma families' (``fused_llama``,
+    ``fused_gemma``). GPT-2's fused graph (``fused_gpt2``) names its weights otherwise and adds a bias to every
+    product; StableLM has no fused graph: their GGUF files export in fp32."""
+    from . import fused_gemma, fused_llama
+
+    return fused_llama.FUSED_TYPES + fused_gemma.FUSED_TYPES
+
+
+def refuse_off_blocks(model_type: str, where) -> None:
+    """ExportError naming ``where`` (the file or artifact) when ``model_type``'s graph is not one this rewrite
+    knows (``on_blocks_types``)."""
+    if model_type not in on_blocks_types():
+        raise ExportError(f"{where}: quantize='gguf' runs the fused graphs of the Llama and Gemma families on a file's "
+                          f"own blocks ({', '.join(on_blocks_types())}); model_type {model_type!r} exports from GGUF "
+                          "in fp32 only: export it without quantize, or with quantize='int8'")
+
+
+def file_architecture(gguf: Path) -> str | None:
+    """A GGUF file's ``general.architecture`` (its header says it)."""
+    from .gguf_reader import gguf_reader
+
+    field = gguf_reader(gguf).fields.get("general.architecture")
+    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+
+
 def file_has_blocks(gguf: Path) -> bool:
     """True when some tensor of the GGUF file is of a quantized (block) type (its header says it)."""
     from .gguf_reader import gguf_reader
@@ -401,6 +436,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
     manifest = read_fp32_manifest(src, out_dir, force)
     path, gguf_record = gguf_source(manifest, gguf, src)
     refuse_taken(out_dir, True, path)  # the GGUF read below must not lie inside what the output replaces
+    refuse_off_blocks(manifest.get("model_type"), src)
     if manifest.get("kv_layout") != "fused-gqa":
         raise ExportError(f"{src}: quantize='gguf' rewrites the fused graph; this artifact's kv layout is "
                           f"{manifest.get('kv_layout', 'plain')!r} (export with kv_layout='fused')")

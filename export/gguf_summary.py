@@ -82,11 +82,12 @@ def summarize_gguf(path) -> dict:
     "version", "name", "architecture", "exported", "refused" (why the export would refuse a file of an architecture
     it exports, else None), "layers", "hidden",
     "context_length", "parameters", "tensor_types" (type -> count, most first), "dequantized_types", "blocks",
+    "on_blocks" (whether its architecture's graph runs on a file's blocks: ``gguf_quant.on_blocks_types``),
     "fp32_with_group" (block tensors run in fp32 beside a tensor of their product without blocks: type -> count),
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_blocks import NATIVE_TYPES
-    from .gguf_quant import LOSSLESS_FP32, has_blocks
+    from .gguf_quant import LOSSLESS_FP32, has_blocks, model_type_of, on_blocks_types
 
     path = Path(os.fspath(path))
     try:
@@ -113,7 +114,8 @@ def summarize_gguf(path) -> dict:
         "parameters": sum(int(t.n_elements) for t in reader.tensors),
         "tensor_types": dict(types.most_common()),
         "dequantized_types": sorted(t for t in types if t not in NATIVE_TYPES and t not in LOSSLESS_FP32),
-        "blocks": has_blocks(types), "fp32_with_group": _fp32_with_group(reader, arch),
+        "blocks": has_blocks(types), "on_blocks": model_type_of(arch) in on_blocks_types(),
+        "fp32_with_group": _fp32_with_group(reader, arch),
         "tokenizer": _tokenizer(reader),
         "chat_template": "tokenizer.chat_template" in reader.fields,
     }

@@ -49,9 +49,23 @@ CASES = {
     "granite-default-scales": ("granite", {"logit_scale": 2.5}, None),
     "smollm3-default-rope-base": ("smollm3", {"block_count": 4, "rope.freq_base": None}, None),
     "ernie4_5-default-rope-base": ("ernie4_5", {"rope.dimension_count": None, "rope.freq_base": None}, None),
+    # LayerNorm architectures transformers' loader knows but reads in part. GPT-2 as llama.cpp's converter writes it
+    # (a feed-forward of 4 x hidden, a tied head, learned positions): a context of 256, where GPT2Config's default is
+    # 1024. StableLM 2 as its converter writes it (no rope base; q/k/v biases): half of each head rotated
+    # (StableLmConfig's default: a quarter); then one with a rope base in the file (another tool's) and one with
+    # parallel residuals (no ffn_norm: StableLM 2 12B's layout, without its q/k norms)
+    "gpt2": ("gpt2", {}, None),
+    "stablelm": ("stablelm", {"rope.dimension_count": HEAD_DIM // 2, "qkv_bias": True}, None),
+    "stablelm-rope-base": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "rope.freq_base": 100.0}, None),
+    "stablelm-parallel-residual": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "parallel": True}, None),
 }
-#: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting
-LAYOUT_CASES = ("phi3-packed",)
+#: architectures with LayerNorm (weight and bias) where the others have RMSNorm, and no rope base in the converter's file
+LAYER_NORM_ARCHS = ("gpt2", "stablelm")
+#: pseudo-keys of ``CASES``' metadata: how the tensors are laid out, never written as metadata
+LAYOUT_KEYS = ("block_count", "tied", "qkv_bias", "parallel")
+#: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting -> the
+#: kv layout their export takes (None: the plain graph; StableLM has no fused one)
+LAYOUT_CASES = {"phi3-packed": "fused-gqa", "stablelm-parallel-residual": None}
 #: token ids fed to both runtimes (BOS first): longer than the sliding window of the Gemma cases
 IDS = [1, 40, 41, 72, 100, 150, 200, 3, 9, 250, 77, 120]
 
@@ -96,10 +110,12 @@ def write_out(w) -> None:
     w.close()
 
 
-def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = (), extra_tensors: dict | None = None) -> str:
+def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = (), extra_tensors: dict | None = None,
+                    block_type: str | None = None) -> str:
     """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary.
-    ``drop``: keys of the case's extra metadata left out; ``extra_tensors``: name -> F32 array, written last."""
-    _write(path, case, drop, extra_tensors=extra_tensors or {})
+    ``drop``: keys of the case's extra metadata left out; ``extra_tensors``: name -> F32 array, written last;
+    ``block_type`` (e.g. "Q8_0"): every matrix in that GGUF block type (gguf-py's quantize) instead of F32."""
+    _write(path, case, drop, extra_tensors=extra_tensors or {}, block_type=block_type)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -112,7 +128,7 @@ def write_tiny_split_gguf(path: Path, case: str, tensors_per_file: int) -> list[
 
 
 def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int = 0,
-           extra_tensors: dict | None = None) -> None:
+           extra_tensors: dict | None = None, block_type: str | None = None) -> None:
     import gguf
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -125,21 +141,27 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     w.add_embedding_length(HIDDEN)
     layers = extra.get("block_count", LAYERS)
     w.add_block_count(layers)
-    w.add_feed_forward_length(FFN)
+    layer_norm = arch in LAYER_NORM_ARCHS
+    w.add_feed_forward_length(4 * HIDDEN if arch == "gpt2" else FFN)
     w.add_head_count(HEADS)
-    w.add_head_count_kv(KV_HEADS)
-    if "attention.key_length" not in extra:  # None there: neither head size written (llama.cpp: hidden / heads)
-        w.add_key_length(HEAD_DIM)
+    if arch != "gpt2":  # GPT-2: as many kv heads as heads (llama.cpp's default), no rotary
+        w.add_head_count_kv(KV_HEADS)
+    if "attention.key_length" not in extra and not layer_norm:  # None there: neither head size written (llama.cpp:
+        w.add_key_length(HEAD_DIM)                                # hidden / heads)
         w.add_value_length(HEAD_DIM)
-    if "rope.dimension_count" not in extra:
+    if "rope.dimension_count" not in extra and arch != "gpt2":
         w.add_rope_dimension_count(HEAD_DIM)
-    w.add_layer_norm_rms_eps(1e-6)
-    if arch != "gemma" and "rope.freq_base" not in extra:  # llama.cpp's Gemma converter writes none (10000, Gemma's)
+    if layer_norm:
+        w.add_layer_norm_eps(1e-5)
+    else:
+        w.add_layer_norm_rms_eps(1e-6)
+    # llama.cpp's Gemma and StableLM converters write no rope base (10000, as llama.cpp reads it); GPT-2 has no rotary
+    if arch not in ("gemma", *LAYER_NORM_ARCHS) and "rope.freq_base" not in extra:
         w.add_rope_freq_base(10000.0)
     if arch in ("gemma2", "gemma3"):
         w.add_sliding_window(WINDOW)
     for key, value in ((k, v) for k, v in extra.items()
-                       if k not in drop and k not in ("block_count", "tied") and v is not None):
+                       if k not in drop and k not in LAYOUT_KEYS and v is not None):
         full = f"{arch}.{key}"
         if isinstance(value, str):
             w.add_string(full, value)
@@ -152,12 +174,25 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     add_tiny_vocabulary(w, specials, tokens)
 
     def mat(name: str, n: int, k: int) -> None:  # a [n, k] weight (GGUF shape [k, n])
-        w.add_tensor(name, (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32))
+        weight = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+        if block_type is None:
+            w.add_tensor(name, weight)
+            return
+        kind = gguf.GGMLQuantizationType[block_type]
+        codes = gguf.quants.quantize(weight, kind)
+        w.add_tensor(name, codes, raw_shape=codes.shape, raw_dtype=kind)
 
     def norm(name: str, n: int) -> None:
         w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
     mat("token_embd.weight", len(tokens), HIDDEN)
+    if layer_norm:
+        _layer_norm_tensors(arch, extra, layers, len(tokens), mat, norm, lambda name, n: w.add_tensor(
+            name, (0.1 * rng.standard_normal(n)).astype(np.float32)))
+        for name, array in (extra_tensors or {}).items():
+            w.add_tensor(name, np.asarray(array, np.float32))
+        write_out(w)
+        return
     if rope_freqs == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_factors(HEAD_DIM))
     if rope_freqs == "longrope":
@@ -199,3 +234,43 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     for name, array in (extra_tensors or {}).items():
         w.add_tensor(name, np.asarray(array, np.float32))
     write_out(w)
+
+
+def _layer_norm_tensors(arch: str, extra: dict, layers: int, vocab: int, mat, norm, bias) -> None:
+    """The layers, final norm and head of a GPT-2 or StableLM file as llama.cpp's converter lays them out: LayerNorm
+    weights with biases; GPT-2's learned positions, q/k/v rows in one ``attn_qkv`` (transposed from its Conv1D
+    weights), biases everywhere, an up/down MLP and a tied head; StableLM's q/k/v (biases with ``qkv_bias``), a gated
+    MLP, an ``ffn_norm`` unless the residuals are parallel, an untied head."""
+    gpt2 = arch == "gpt2"
+    if gpt2:
+        mat("position_embd.weight", 256, HIDDEN)  # [context, hidden]
+    ffn = 4 * HIDDEN if gpt2 else FFN
+    for i in range(layers):
+        norm(f"blk.{i}.attn_norm.weight", HIDDEN)
+        bias(f"blk.{i}.attn_norm.bias", HIDDEN)
+        if gpt2:
+            mat(f"blk.{i}.attn_qkv.weight", 3 * HIDDEN, HIDDEN)
+            bias(f"blk.{i}.attn_qkv.bias", 3 * HIDDEN)
+        else:
+            for p, n in (("q", HEADS), ("k", KV_HEADS), ("v", KV_HEADS)):
+                mat(f"blk.{i}.attn_{p}.weight", n * HEAD_DIM, HIDDEN)
+                if extra.get("qkv_bias"):
+                    bias(f"blk.{i}.attn_{p}.bias", n * HEAD_DIM)
+        mat(f"blk.{i}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
+        if gpt2:
+            bias(f"blk.{i}.attn_output.bias", HIDDEN)
+        if not extra.get("parallel"):
+            norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
+            bias(f"blk.{i}.ffn_norm.bias", HIDDEN)
+        if not gpt2:
+            mat(f"blk.{i}.ffn_gate.weight", ffn, HIDDEN)
+        mat(f"blk.{i}.ffn_up.weight", ffn, HIDDEN)
+        if gpt2:
+            bias(f"blk.{i}.ffn_up.bias", ffn)
+        mat(f"blk.{i}.ffn_down.weight", HIDDEN, ffn)
+        if gpt2:
+            bias(f"blk.{i}.ffn_down.bias", HIDDEN)
+    norm("output_norm.weight", HIDDEN)
+    bias("output_norm.bias", HIDDEN)
+    if not gpt2:
+        mat("output.weight", vocab, HIDDEN)

@@ -350,6 +350,21 @@ def test_info_describes_a_gguf_file_and_its_cached_artifact_without_exporting(fi
     assert code == 0 and f"{5 * n / 1024:.1f} KiB of memory and {4 * n / 1024:.1f} KiB of disk at the least" in out
 
 
+def test_info_says_a_gpt2_or_stablelm_file_runs_in_fp32(tmp_path, capsys):
+    """A Q8_0 GPT-2 file: onnxlm exports it, but not on its blocks (its graph has no rewrite onto them): info says
+    so and counts the fp32 export's needs, as for a file without blocks."""
+    from gguf_writers import write_tiny_gguf as write_arch_gguf
+
+    write_arch_gguf(tmp_path / "gpt2.gguf", "gpt2", block_type="Q8_0")
+    code, out, err = run_cli(capsys, "info", tmp_path / "gpt2.gguf")
+    assert code == 0, err
+    assert "gpt2: onnxlm exports it" in out
+    assert ("--quantize gguf refused: gpt2 exports from GGUF in fp32 only (a file's own blocks run in the fused graphs "
+            "of the Llama and Gemma families); export it in fp32, or --quantize int8") in out
+    n = json.loads(run_cli(capsys, "info", tmp_path / "gpt2.gguf", "--json")[1])["gguf"]["parameters"]
+    assert f"{5 * n / 1024:.1f} KiB of memory and {4 * n / 1024:.1f} KiB of disk at the least" in out
+
+
 def test_info_says_when_onnxlm_cannot_run_a_gguf_file(tmp_path, capsys, monkeypatch):
     from gguf_vocabs import write_vocab_gguf
     from gguf_writers import CASES
@@ -359,7 +374,7 @@ def test_info_says_when_onnxlm_cannot_run_a_gguf_file(tmp_path, capsys, monkeypa
     write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
     code, out, err = run_cli(capsys, "info", tmp_path / "falcon.gguf")
     assert code == 0, err
-    assert "falcon: onnxlm does not export it (it exports llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, ernie4_5, exaone4)" in out
+    assert "falcon: onnxlm does not export it (it exports llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm)" in out
     assert "  artifact        none: onnxlm cannot run this file" in out
     # an architecture it exports, with a setting the export refuses (YaRN): said from the header, as the export would
     monkeypatch.setitem(CASES, "qwen2-yarn", ("qwen2", {"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0}, None))

@@ -18,7 +18,11 @@ OLMo 2 (post-norms, q/k norms over the full projections, an untied head), ERNIE 
 head size in key_length), EXAONE 4 (post-norms, per-head q/k norms) with a window in its file llama.cpp does not apply
 to a 2-layer model, and in 64 layers, where it does (every other layer windowed, the others without rotary); and
 three files without a key whose default differs between llama.cpp and transformers (Granite's attention scale,
-SmolLM3's and ERNIE 4.5's rope base).
+SmolLM3's and ERNIE 4.5's rope base). And the LayerNorm architectures transformers' loader reads in part: GPT-2 with a
+context of 256 (GPT2Config's 1,024-row position table does not take its 256 rows), StableLM 2 with half of each head
+rotated (transformers' default: a quarter) and q/k/v biases, one with a rope base of 100 in its file (llama.cpp's
+converter writes none: 10000), and one with parallel residuals (no ffn_norm; transformers' loader reads that from the
+tensors itself: a layout case, on the plain graph).
 """
 from __future__ import annotations
 
@@ -73,11 +77,11 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd, monkeyp
     if case == "gemma3-rope-linear":  # Gemma 3 4B+'s linear scaling: the fused graph (--quantize gguf needs it)
         assert model.manifest["kv_layout"] == "fused-gqa"
     if case in LAYOUT_CASES:
-        assert model.manifest["kv_layout"] == "fused-gqa"
+        assert model.manifest.get("kv_layout") == LAYOUT_CASES[case]
         return
     load_raw = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
         str(tmp_path), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
-    if case == "qwen3-head-dim":
+    if case in ("qwen3-head-dim", "gpt2"):  # Qwen3's head size; GPT-2's position table (256 rows, not 1,024)
         with pytest.raises(RuntimeError, match="size mismatch"):
             load_raw()
         return
@@ -133,7 +137,7 @@ def test_a_fused_only_gguf_refuses_the_plain_layout_before_its_weights_load(tmp_
     # unknown to transformers' GGUF loader: its error, with the file's architecture and those onnxlm exports
     ("exaone", r"GGUF model with architecture exaone is not supported yet. \(general.architecture = 'exaone'; "
                r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, "
-               r"smollm3, olmo2, ernie4_5, exaone4\)"),
+               r"smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm\)"),
 ])
 def test_an_architecture_onnxlm_does_not_export_is_refused_by_name(tmp_path, monkeypatch, arch, match):
     monkeypatch.setitem(CASES, arch, (arch, {}, None))

@@ -741,6 +741,50 @@ def test_a_gguf_without_some_weights_is_refused_by_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen2.gguf"]
 
 
+OFF_BLOCKS = r"quantize='gguf' runs the fused graphs of the Llama and Gemma families on a file's own blocks \(.*\); " \
+             r"model_type '{}' exports from GGUF in fp32 only: export it without quantize, or with quantize='int8'"
+
+
+@pytest.mark.parametrize("case", ["gpt2", "stablelm"])
+def test_an_architecture_without_a_graph_on_blocks_is_refused_before_the_fp32_export(tmp_path, case, no_weight_loads):
+    """A Q8_0 GPT-2 or StableLM file with quantize='gguf': refused by model_type from its header, before the fp32
+    export (nothing loads, nothing is written): GPT-2's fused graph is not one the rewrite knows, StableLM has none."""
+    from gguf_writers import write_tiny_gguf
+    from onnxlm.export import export_model
+
+    path = tmp_path / f"{case}.gguf"
+    write_tiny_gguf(path, case, block_type="Q8_0")
+    with pytest.raises(ExportError, match=f"{case}.gguf: " + OFF_BLOCKS.format(case)):
+        export_model(path, tmp_path / "q", quantize="gguf", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{case}.gguf"]
+
+
+@pytest.mark.parametrize("case,layout", [("gpt2", "fused-gqa"), ("stablelm", None)])
+def test_a_gguf_run_as_it_is_without_a_graph_on_blocks_is_cached_in_fp32(tmp_path, case, layout, capsys):
+    """``onnxlm generate file.gguf``'s cache on a Q8_0 GPT-2 or StableLM file: the fp32 artifact of its dequantized
+    blocks, saying why, with transformers' logits on that file; quantize='gguf' from that fp32 artifact is refused by
+    model_type as from the file."""
+    import torch
+    from gguf_writers import IDS, write_tiny_gguf
+
+    from onnxlm.export.gguf import load_gguf
+    from onnxlm.export.gguf_artifact import ensure_gguf_artifact
+
+    path = tmp_path / f"{case}.gguf"
+    write_tiny_gguf(path, case, block_type="Q8_0")
+    out = ensure_gguf_artifact(path, cache_dir=tmp_path / "cache")
+    assert f"{case}: exported in fp32 (dequantized): a file's own blocks run only in the fused graphs" in \
+        capsys.readouterr().err
+    model = onnxlm.load(out)
+    assert "quantization" not in model.manifest and model.manifest.get("kv_layout") == layout
+    with torch.no_grad():
+        want = load_gguf(path).model(torch.tensor([IDS])).logits[0].numpy()
+    assert np.abs(model.logits(np.array([IDS]))[0] - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    with pytest.raises(ExportError, match=OFF_BLOCKS.format(case)):
+        GQ.quantize_gguf_artifact(out, tmp_path / "q", gguf=path, progress=False)
+    assert not (tmp_path / "q").exists()
+
+
 @pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K", "IQ4_XS"])
 def test_a_4bit_tied_embedding_is_looked_up_exactly(tmp_path, embedding):
     """A tied embedding of 4-bit blocks (a zero point; Q4_1 and Q4_K also a float minimum, the correction R; IQ4_XS

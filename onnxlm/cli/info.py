@@ -115,12 +115,16 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
     from onnxlm.export.gguf import TESTED_GGUF_ARCHITECTURES
 
     types = ", ".join(f"{t} {n}" for t, n in g["tensor_types"].items())
+    on_blocks = g["blocks"] and g["on_blocks"]
     blocks = ("refused: no tensor is of a quantized (block) type (export it in fp32, or --quantize int8)"
-              if not g["blocks"] else "every quantized tensor keeps its blocks" if not g["dequantized_types"] else
+              if not g["blocks"] else
+              f"refused: {g['architecture']} exports from GGUF in fp32 only (a file's own blocks run in the fused "
+              "graphs of the Llama and Gemma families); export it in fp32, or --quantize int8" if not on_blocks else
+              "every quantized tensor keeps its blocks" if not g["dequantized_types"] else
               f"dequantised to fp32: {', '.join(g['dequantized_types'])}; the other quantized tensors keep their "
               "blocks")
     grouped = g.get("fp32_with_group") or {}
-    if g["blocks"] and grouped:
+    if on_blocks and grouped:
         blocks += ("; except " + ", ".join(f"{n} {t}" for t, n in grouped.items()) + " in fp32 (exact): their q/k/v "
                    "or gate/up product also holds a tensor without blocks")
     tok = g["tokenizer"]
@@ -131,7 +135,7 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
     runs = g["exported"] and tok["supported"]
     from onnxlm.export.export_resources import export_needs
 
-    memory, disk = export_needs(g["parameters"], g["bytes"], blocks_kept=g["blocks"])
+    memory, disk = export_needs(g["parameters"], g["bytes"], blocks_kept=on_blocks)
     needs = f"{_size(memory)} of memory and {_size(disk)} of disk at the least, once"
     from onnxlm.export.gguf_artifact import is_outdated
     from onnxlm.export.gguf_cache import first_export_running
