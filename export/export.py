@@ -185,7 +185,10 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
     refuse_taken(out_dir, force, model, gguf)
     if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
         from .export_resources import check_gguf_export_resources
+        from .gguf_quant import refuse_file_off_blocks
 
+        if quantize == "gguf":  # an architecture whose graph has no rewrite onto blocks: said before anything else
+            refuse_file_off_blocks(Path(model).expanduser(), model)
         check_gguf_export_resources(Path(model).expanduser(), out_dir,  # refused now rather than killed later
                                     blocks_kept=quantize == "gguf", in_cache=False)
     from .head_quant import check_quantize_head
@@ -326,9 +329,7 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
                         block_size, accuracy_level, force_quality) -> Path:
     """quantize="gguf": the fused fp32 export of the .gguf ``model`` (or an fp32 artifact exported from one), then
     its weight MatMuls on the GGUF's own blocks (``onnxlm.export.gguf_quant``)."""
-    from .gguf import TESTED_GGUF_ARCHITECTURES
-    from .gguf_quant import (check_gguf_args, file_architecture, file_has_blocks, model_type_of,
-                             quantize_gguf_artifact, refuse_off_blocks)
+    from .gguf_quant import check_gguf_args, file_has_blocks, quantize_gguf_artifact
 
     check_gguf_args(accuracy_level, block_size)  # refuse bad settings before the long export
     kw = dict(accuracy_level=accuracy_level, force_quality=force_quality, force=force, progress=progress)
@@ -342,9 +343,6 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
     if not file_has_blocks(Path(model).expanduser()):  # the header says it: refused before the long fp32 export
         raise ExportError(f"{model}: no tensor of this GGUF is of a quantized (block) type, so quantize='gguf' has "
                           "no blocks to keep; export it in fp32 (no quantize) or use quantize='int8'")
-    arch = file_architecture(Path(model).expanduser())
-    if arch in TESTED_GGUF_ARCHITECTURES:  # (another is the loader's to refuse, naming what it exports)
-        refuse_off_blocks(model_type_of(arch), model)
     scratch = temp_dir_beside(out_dir, "fp32")
     try:
         fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, validate=validate, progress=progress,

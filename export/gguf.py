@@ -323,12 +323,16 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
     from transformers import AutoConfig
 
     from .gguf_architectures import known_to_transformers
-    from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, rope_freq_factors
+    from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, refuse_tensors, rope_freq_factors
     from .gguf_reader import gguf_reader, readers_shared_with_transformers
     from .missing_weights import refuse_missing_weights, refuse_unused_tensors
     from .onnx_export import family_of
 
     tensor_names = [t.name for t in gguf_reader(path).tensors]
+    try:
+        refuse_tensors(meta.get("general.architecture"), tensor_names)
+    except ExportError as e:
+        raise ExportError(f"{path}: {e}") from e
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
     overrides.update(longrope_overrides(path, meta))  # Phi-3.5's LongRoPE factors (tensors)
     try:

@@ -228,8 +228,8 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")
     if not blocks and file_has_blocks(path):
-        log(f"{arch}: exported in fp32 (dequantized): a file's own blocks run only in the fused graphs of the Llama "
-            "and Gemma families")
+        log(f"{arch}: its graph does not run on the file's blocks (those of the Llama and Gemma families do): "
+            "exporting it in fp32 (dequantized)")
     replace = target.exists() or target.is_symlink()
     if not blocks:
         export_model(path, target, force=replace, progress=progress)

@@ -99,8 +99,9 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     if arch in HEAD_DIM_ARCHS:  # as llama.cpp: key_length, else hidden / heads
         out["head_dim"] = _head_size(meta, arch)
     if arch in PARTIAL_ROTARY_ARCHS:  # as llama.cpp: every dim of a head without the key
-        out["partial_rotary_factor"] = int(meta.get(f"{arch}.rope.dimension_count") or _head_size(meta, arch)) / \
-            _head_size(meta, arch)
+        rotated = meta.get(f"{arch}.rope.dimension_count")
+        head = _head_size(meta, arch)
+        out["partial_rotary_factor"] = (head if rotated is None else int(rotated)) / head
     for key, attribute in UNMAPPED_KEYS.get(arch, {}).items():
         if f"{arch}.{key}" in meta:
             out[attribute] = meta[f"{arch}.{key}"]
@@ -119,6 +120,21 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
             if f"gemma2.{key}" in meta:
                 out[key] = float(meta[f"gemma2.{key}"])
     return out
+
+
+#: tensors llama.cpp applies that transformers' loader has no place for -> what they are (refused by name:
+#: ``refuse_tensors``). StableLM 2 12B's per-head q/k LayerNorms: transformers' StableLM has them (qk_layernorm), its
+#: loader neither sets that nor maps the stacked [heads, head_dim] rows onto its per-head norms
+UNEXPORTED_TENSORS = {"stablelm": {"attn_q_norm": "StableLM 2 12B's per-head q/k LayerNorms"}}
+
+
+def refuse_tensors(arch: str | None, tensor_names) -> None:
+    """ExportError naming the first of ``UNEXPORTED_TENSORS[arch]`` among a GGUF's ``tensor_names``."""
+    for kind, what in UNEXPORTED_TENSORS.get(arch, {}).items():
+        found = sorted(n for n in tensor_names if n.split(".")[-2:-1] == [kind])
+        if found:
+            raise ExportError(f"{found[0]} ({len(found)} such tensors): {what}, which onnxlm does not export from "
+                              "GGUF")
 
 
 EXAONE4_SWA_LAYERS = 64  # llama.cpp's LLM_TYPE_32B: the only EXAONE 4 it gives sliding-window layers

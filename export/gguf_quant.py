@@ -125,8 +125,19 @@ def refuse_off_blocks(model_type: str, where) -> None:
     knows (``on_blocks_types``)."""
     if model_type not in on_blocks_types():
         raise ExportError(f"{where}: quantize='gguf' runs the fused graphs of the Llama and Gemma families on a file's "
-                          f"own blocks ({', '.join(on_blocks_types())}); model_type {model_type!r} exports from GGUF "
-                          "in fp32 only: export it without quantize, or with quantize='int8'")
+                          f"own blocks ({', '.join(on_blocks_types())}); model_type {model_type!r}'s graph does not "
+                          "run on them (a GGUF of it is dequantized to fp32): export it without quantize, or with "
+                          "quantize='int8'")
+
+
+def refuse_file_off_blocks(gguf: Path, where) -> None:
+    """``refuse_off_blocks`` for a GGUF file of an architecture onnxlm exports (another is the loader's to refuse,
+    naming those it exports)."""
+    from .gguf import TESTED_GGUF_ARCHITECTURES
+
+    arch = file_architecture(gguf)
+    if arch in TESTED_GGUF_ARCHITECTURES:
+        refuse_off_blocks(model_type_of(arch), where)
 
 
 def file_architecture(gguf: Path) -> str | None:

@@ -31,11 +31,12 @@ def _scalar(reader, key: str):
 
 def _refusal(reader, arch) -> str | None:
     """Why the export would refuse this file from its header (gguf_config's settings: a rope scaling it cannot
-    express, ...), None when it would not."""
-    from .gguf_config import config_overrides
+    express, ..., and tensors it does not export), None when it would not."""
+    from .gguf_config import config_overrides, refuse_tensors
 
     header = {k: _scalar(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
     try:
+        refuse_tensors(arch, [t.name for t in reader.tensors])
         config_overrides({"general.architecture": arch, **header})
     except ExportError as exc:
         return str(exc)

@@ -1,4 +1,4 @@
-"""Tiny F32 GGUF files laid out as llama.cpp's converter writes them, with the metadata transformers' GGUF loader
+"""Tiny GGUF files (F32, or every matrix in one block type) laid out as llama.cpp's converter writes them, with the metadata transformers' GGUF loader
 ignores (rope scaling, rope_freqs, Gemma's soft-capping and query scale, Qwen3's head size), and Phi-3's packed
 tensors: the inputs of tests/test_gguf_config.py and of tests/data/gguf_llama_cpp/make_reference_logits.py, which
 stores llama.cpp's logits for them. Seeded: the same call writes the same bytes (the reference records each file's
@@ -55,14 +55,16 @@ CASES = {
     # (StableLmConfig's default: a quarter); then one with a rope base in the file (another tool's) and one with
     # parallel residuals (no ffn_norm: StableLM 2 12B's layout, without its q/k norms)
     "gpt2": ("gpt2", {}, None),
+    "gpt2-narrow-mlp": ("gpt2", {"ffn": 2 * HIDDEN}, None),  # another tool's file: GPT2Config's default is 4 x hidden
     "stablelm": ("stablelm", {"rope.dimension_count": HEAD_DIM // 2, "qkv_bias": True}, None),
+    "stablelm-no-rope-dims": ("stablelm", {"rope.dimension_count": None}, None),  # llama.cpp: every dim rotates
     "stablelm-rope-base": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "rope.freq_base": 100.0}, None),
     "stablelm-parallel-residual": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "parallel": True}, None),
 }
 #: architectures with LayerNorm (weight and bias) where the others have RMSNorm, and no rope base in the converter's file
 LAYER_NORM_ARCHS = ("gpt2", "stablelm")
 #: pseudo-keys of ``CASES``' metadata: how the tensors are laid out, never written as metadata
-LAYOUT_KEYS = ("block_count", "tied", "qkv_bias", "parallel")
+LAYOUT_KEYS = ("block_count", "tied", "qkv_bias", "parallel", "ffn")
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting -> the
 #: kv layout their export takes (None: the plain graph; StableLM has no fused one)
 LAYOUT_CASES = {"phi3-packed": "fused-gqa", "stablelm-parallel-residual": None}
@@ -142,7 +144,7 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     layers = extra.get("block_count", LAYERS)
     w.add_block_count(layers)
     layer_norm = arch in LAYER_NORM_ARCHS
-    w.add_feed_forward_length(4 * HIDDEN if arch == "gpt2" else FFN)
+    w.add_feed_forward_length(extra.get("ffn", 4 * HIDDEN) if arch == "gpt2" else FFN)
     w.add_head_count(HEADS)
     if arch != "gpt2":  # GPT-2: as many kv heads as heads (llama.cpp's default), no rotary
         w.add_head_count_kv(KV_HEADS)
@@ -244,7 +246,7 @@ def _layer_norm_tensors(arch: str, extra: dict, layers: int, vocab: int, mat, no
     gpt2 = arch == "gpt2"
     if gpt2:
         mat("position_embd.weight", 256, HIDDEN)  # [context, hidden]
-    ffn = 4 * HIDDEN if gpt2 else FFN
+    ffn = extra.get("ffn", 4 * HIDDEN) if gpt2 else FFN
     for i in range(layers):
         norm(f"blk.{i}.attn_norm.weight", HIDDEN)
         bias(f"blk.{i}.attn_norm.bias", HIDDEN)

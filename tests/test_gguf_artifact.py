@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import onnxlm  # noqa: E402
 from cli_util import run_cli  # noqa: E402
 from onnxlm.cli import main  # noqa: E402
 from onnxlm.export import gguf_artifact as GA  # noqa: E402
-from onnxlm.runtime.errors import ModelFileError, QualityGateError  # noqa: E402
+from onnxlm.runtime.errors import ExportError, ModelFileError, QualityGateError  # noqa: E402
 from test_gguf_quant import TYPES, write_tiny_gguf  # noqa: E402
 from test_no_torch import BLOCKER  # noqa: E402
 
@@ -350,19 +351,43 @@ def test_info_describes_a_gguf_file_and_its_cached_artifact_without_exporting(fi
     assert code == 0 and f"{5 * n / 1024:.1f} KiB of memory and {4 * n / 1024:.1f} KiB of disk at the least" in out
 
 
-def test_info_says_a_gpt2_or_stablelm_file_runs_in_fp32(tmp_path, capsys):
-    """A Q8_0 GPT-2 file: onnxlm exports it, but not on its blocks (its graph has no rewrite onto them): info says
-    so and counts the fp32 export's needs, as for a file without blocks."""
+@pytest.mark.parametrize("case", ["gpt2", "stablelm"])
+def test_info_says_a_gpt2_or_stablelm_file_runs_in_fp32(tmp_path, capsys, case):
+    """A Q8_0 GPT-2 or StableLM file: onnxlm exports it, but not on its blocks (its graph has no rewrite onto them):
+    info says so and counts the fp32 export's needs, as for a file without blocks."""
     from gguf_writers import write_tiny_gguf as write_arch_gguf
 
-    write_arch_gguf(tmp_path / "gpt2.gguf", "gpt2", block_type="Q8_0")
-    code, out, err = run_cli(capsys, "info", tmp_path / "gpt2.gguf")
+    path = tmp_path / f"{case}.gguf"
+    write_arch_gguf(path, case, block_type="Q8_0")
+    code, out, err = run_cli(capsys, "info", path)
     assert code == 0, err
-    assert "gpt2: onnxlm exports it" in out
-    assert ("--quantize gguf refused: gpt2 exports from GGUF in fp32 only (a file's own blocks run in the fused graphs "
-            "of the Llama and Gemma families); export it in fp32, or --quantize int8") in out
-    n = json.loads(run_cli(capsys, "info", tmp_path / "gpt2.gguf", "--json")[1])["gguf"]["parameters"]
+    assert f"{case}: onnxlm exports it" in out
+    assert (f"--quantize gguf refused: {case}'s graph does not run on a file's blocks (those of the Llama and Gemma "
+            "families do): export it in fp32, or --quantize int8") in out
+    n = json.loads(run_cli(capsys, "info", path, "--json")[1])["gguf"]["parameters"]
     assert f"{5 * n / 1024:.1f} KiB of memory and {4 * n / 1024:.1f} KiB of disk at the least" in out
+
+
+def test_info_and_export_refuse_stablelm_2_12bs_q_k_norms_by_name(tmp_path, capsys, no_weight_loads):
+    """StableLM 2 12B's per-head q/k LayerNorms (attn_q_norm / attn_k_norm, which llama.cpp applies): transformers'
+    loader has no place for them; info and the export refuse the file naming them, before any weights load."""
+    import numpy as np
+    from gguf_writers import HEAD_DIM, HEADS, KV_HEADS
+    from gguf_writers import write_tiny_gguf as write_arch_gguf
+
+    from onnxlm.export import export_model
+
+    path = tmp_path / "stablelm.gguf"
+    norms = {f"blk.{i}.attn_{p}_norm.weight": np.ones((n, HEAD_DIM), np.float32)
+             for i in range(2) for p, n in (("q", HEADS), ("k", KV_HEADS))}
+    write_arch_gguf(path, "stablelm", extra_tensors=norms)
+    why = ("blk.0.attn_q_norm.weight (2 such tensors): StableLM 2 12B's per-head q/k LayerNorms, which onnxlm does "
+           "not export from GGUF")
+    code, out, err = run_cli(capsys, "info", path)
+    assert code == 0 and f"stablelm: onnxlm does not export this file: {why}" in out, out
+    assert "  artifact        none: onnxlm cannot run this file" in out
+    with pytest.raises(ExportError, match=re.escape(f"stablelm.gguf: {why}")):
+        export_model(path, tmp_path / "out", progress=False)
 
 
 def test_info_says_when_onnxlm_cannot_run_a_gguf_file(tmp_path, capsys, monkeypatch):

@@ -742,7 +742,8 @@ def test_a_gguf_without_some_weights_is_refused_by_name(tmp_path):
 
 
 OFF_BLOCKS = r"quantize='gguf' runs the fused graphs of the Llama and Gemma families on a file's own blocks \(.*\); " \
-             r"model_type '{}' exports from GGUF in fp32 only: export it without quantize, or with quantize='int8'"
+             r"model_type '{}''s graph does not run on them \(a GGUF of it is dequantized to fp32\): export it " \
+             r"without quantize, or with quantize='int8'"
 
 
 @pytest.mark.parametrize("case", ["gpt2", "stablelm"])
@@ -773,8 +774,8 @@ def test_a_gguf_run_as_it_is_without_a_graph_on_blocks_is_cached_in_fp32(tmp_pat
     path = tmp_path / f"{case}.gguf"
     write_tiny_gguf(path, case, block_type="Q8_0")
     out = ensure_gguf_artifact(path, cache_dir=tmp_path / "cache")
-    assert f"{case}: exported in fp32 (dequantized): a file's own blocks run only in the fused graphs" in \
-        capsys.readouterr().err
+    assert f"{case}: its graph does not run on the file's blocks (those of the Llama and Gemma families do): " \
+           "exporting it in fp32 (dequantized)" in capsys.readouterr().err
     model = onnxlm.load(out)
     assert "quantization" not in model.manifest and model.manifest.get("kv_layout") == layout
     with torch.no_grad():

@@ -118,8 +118,9 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
     on_blocks = g["blocks"] and g["on_blocks"]
     blocks = ("refused: no tensor is of a quantized (block) type (export it in fp32, or --quantize int8)"
               if not g["blocks"] else
-              f"refused: {g['architecture']} exports from GGUF in fp32 only (a file's own blocks run in the fused "
-              "graphs of the Llama and Gemma families); export it in fp32, or --quantize int8" if not on_blocks else
+              f"refused: onnxlm does not export {g['architecture']}" if not g["exported"] else
+              f"refused: {g['architecture']}'s graph does not run on a file's blocks (those of the Llama and Gemma "
+              "families do): export it in fp32, or --quantize int8" if not on_blocks else
               "every quantized tensor keeps its blocks" if not g["dequantized_types"] else
               f"dequantised to fp32: {', '.join(g['dequantized_types'])}; the other quantized tensors keep their "
               "blocks")
