@@ -219,15 +219,15 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     from .atomic_dir import temp_dir_beside
     from .export import export_model
     from .export_resources import check_gguf_export_resources
-    from .gguf_quant import (file_architecture, file_has_blocks, model_type_of, on_blocks_types,
-                             quantize_gguf_artifact)
+    from .gguf_quant import file_architecture, file_has_blocks, on_blocks, quantize_gguf_artifact
 
     arch = file_architecture(path)
-    blocks = file_has_blocks(path) and model_type_of(arch) in on_blocks_types()
+    has_blocks = file_has_blocks(path)
+    blocks = has_blocks and on_blocks(arch)
     check_gguf_export_resources(path, target, blocks_kept=blocks)  # refused now, not killed later
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")
-    if not blocks and file_has_blocks(path):
+    if has_blocks and not blocks:
         log(f"{arch}: its graph does not run on the file's blocks (those of the Llama and Gemma families do): "
             "exporting it in fp32 (dequantized)")
     replace = target.exists() or target.is_symlink()

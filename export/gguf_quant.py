@@ -120,6 +120,11 @@ def on_blocks_types() -> tuple[str, ...]:
     return fused_llama.FUSED_TYPES + fused_gemma.FUSED_TYPES
 
 
+def on_blocks(architecture: str | None) -> bool:
+    """True when a GGUF file of ``architecture`` exports to a graph this rewrite knows (``on_blocks_types``)."""
+    return model_type_of(architecture) in on_blocks_types()
+
+
 def refuse_off_blocks(model_type: str, where) -> None:
     """ExportError naming ``where`` (the file or artifact) when ``model_type``'s graph is not one this rewrite
     knows (``on_blocks_types``)."""
@@ -142,10 +147,9 @@ def refuse_file_off_blocks(gguf: Path, where) -> None:
 
 def file_architecture(gguf: Path) -> str | None:
     """A GGUF file's ``general.architecture`` (its header says it)."""
-    from .gguf_reader import gguf_reader
+    from .gguf_reader import field_value, gguf_reader
 
-    field = gguf_reader(gguf).fields.get("general.architecture")
-    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+    return field_value(gguf_reader(gguf), "general.architecture")
 
 
 def file_has_blocks(gguf: Path) -> bool:

@@ -50,6 +50,17 @@ def gguf_reader(path: str | os.PathLike):
         raise _unreadable(str(path), e) from e
 
 
+def field_value(reader, key: str):
+    """A scalar (or string) metadata field of a reader -> its Python value, None when absent."""
+    field = reader.fields.get(key)
+    if field is None or not field.data:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types[0].name == "STRING":
+        return bytes(value).decode("utf-8", errors="replace")
+    return value[0].item()
+
+
 def _unreadable(path: str, e: BaseException, which: str = "") -> ModelFileError:
     """The error for a file gguf-py could not parse (``which``: its place in a split set, said after its path)."""
     return ModelFileError(f"{path}{which} is not a readable GGUF file ({type(e).__name__}: {e}): is it whole (a "

@@ -13,20 +13,10 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
+from .gguf_reader import field_value
 from .gguf_splits import split_bytes, split_files
 
 __all__ = ["summarize_gguf"]
-
-
-def _scalar(reader, key: str):
-    """A scalar (or string) metadata field -> its Python value, None when absent."""
-    field = reader.fields.get(key)
-    if field is None or not field.data:
-        return None
-    value = field.parts[field.data[0]]
-    if field.types[0].name == "STRING":
-        return bytes(value).decode("utf-8", errors="replace")
-    return value[0].item()
 
 
 def _refusal(reader, arch) -> str | None:
@@ -34,7 +24,7 @@ def _refusal(reader, arch) -> str | None:
     express, ..., and tensors it does not export), None when it would not."""
     from .gguf_config import config_overrides, refuse_tensors
 
-    header = {k: _scalar(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
+    header = {k: field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
     try:
         refuse_tensors(arch, [t.name for t in reader.tensors])
         config_overrides({"general.architecture": arch, **header})
@@ -51,7 +41,7 @@ def _fp32_with_group(reader, arch) -> dict[str, int]:
 
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     out: Counter = Counter()
-    layers = _scalar(reader, f"{arch}.block_count") or 0
+    layers = field_value(reader, f"{arch}.block_count") or 0
     for i in range(int(layers)):
         for part in ("qkv", "gate_up"):
             group = [types.get(f"blk.{i}.{t}.weight") for t in layer_tensors(arch, part)]
@@ -64,7 +54,7 @@ def _tokenizer(reader) -> dict:
     """tokenizer.ggml.* -> {"model", "pre", "tokens", "supported", "why"}."""
     from .gguf_pretok import PRE_TYPES
 
-    model, pre = _scalar(reader, "tokenizer.ggml.model"), _scalar(reader, "tokenizer.ggml.pre")
+    model, pre = field_value(reader, "tokenizer.ggml.model"), field_value(reader, "tokenizer.ggml.pre")
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     out = {"model": model, "pre": pre, "tokens": len(tokens.data) if tokens is not None else 0}
     if model == "llama":
@@ -88,7 +78,7 @@ def summarize_gguf(path) -> dict:
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_blocks import NATIVE_TYPES
-    from .gguf_quant import LOSSLESS_FP32, has_blocks, model_type_of, on_blocks_types
+    from .gguf_quant import LOSSLESS_FP32, has_blocks, on_blocks
 
     path = Path(os.fspath(path))
     try:
@@ -102,20 +92,21 @@ def summarize_gguf(path) -> dict:
         raise
     except (ValueError, OSError) as exc:
         raise ExportError(f"{path}: not a readable GGUF file ({exc})") from exc
-    arch = _scalar(reader, "general.architecture")
+    arch = field_value(reader, "general.architecture")
     types = Counter(t.tensor_type.name for t in reader.tensors)
     refused = _refusal(reader, arch) if arch in TESTED_GGUF_ARCHITECTURES else None
     return {
         "file": path.name, "bytes": split_bytes(path), "files": len(split_files(path)),
-        "version": _scalar(reader, "GGUF.version"),
-        "name": _scalar(reader, "general.name"), "architecture": arch,
+        "version": field_value(reader, "GGUF.version"),
+        "name": field_value(reader, "general.name"), "architecture": arch,
         "exported": arch in TESTED_GGUF_ARCHITECTURES and refused is None, "refused": refused,
-        "layers": _scalar(reader, f"{arch}.block_count"), "hidden": _scalar(reader, f"{arch}.embedding_length"),
-        "context_length": _scalar(reader, f"{arch}.context_length"),
+        "layers": field_value(reader, f"{arch}.block_count"),
+        "hidden": field_value(reader, f"{arch}.embedding_length"),
+        "context_length": field_value(reader, f"{arch}.context_length"),
         "parameters": sum(int(t.n_elements) for t in reader.tensors),
         "tensor_types": dict(types.most_common()),
         "dequantized_types": sorted(t for t in types if t not in NATIVE_TYPES and t not in LOSSLESS_FP32),
-        "blocks": has_blocks(types), "on_blocks": model_type_of(arch) in on_blocks_types(),
+        "blocks": has_blocks(types), "on_blocks": on_blocks(arch),
         "fp32_with_group": _fp32_with_group(reader, arch),
         "tokenizer": _tokenizer(reader),
         "chat_template": "tokenizer.chat_template" in reader.fields,

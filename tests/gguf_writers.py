@@ -1,8 +1,8 @@
-"""Tiny GGUF files (F32, or every matrix in one block type) laid out as llama.cpp's converter writes them, with the metadata transformers' GGUF loader
-ignores (rope scaling, rope_freqs, Gemma's soft-capping and query scale, Qwen3's head size), and Phi-3's packed
-tensors: the inputs of tests/test_gguf_config.py and of tests/data/gguf_llama_cpp/make_reference_logits.py, which
-stores llama.cpp's logits for them. Seeded: the same call writes the same bytes (the reference records each file's
-sha256)."""
+"""Tiny GGUF files (F32, or every matrix in one block type) laid out as llama.cpp's converter writes them, with the
+metadata transformers' GGUF loader ignores (rope scaling, rope_freqs, Gemma's soft-capping and query scale, Qwen3's
+head size), and Phi-3's packed tensors: the inputs of tests/test_gguf_config.py and of
+tests/data/gguf_llama_cpp/make_reference_logits.py, which stores llama.cpp's logits for them. Seeded: the same call
+writes the same bytes (the reference records each file's sha256)."""
 from __future__ import annotations
 
 import hashlib
@@ -61,7 +61,8 @@ CASES = {
     "stablelm-rope-base": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "rope.freq_base": 100.0}, None),
     "stablelm-parallel-residual": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "parallel": True}, None),
 }
-#: architectures with LayerNorm (weight and bias) where the others have RMSNorm, and no rope base in the converter's file
+#: architectures with LayerNorm (weight and bias) where the others have RMSNorm, and no rope base in the converter's
+#: file
 LAYER_NORM_ARCHS = ("gpt2", "stablelm")
 #: pseudo-keys of ``CASES``' metadata: how the tensors are laid out, never written as metadata
 LAYOUT_KEYS = ("block_count", "tied", "qkv_bias", "parallel", "ffn")
@@ -191,10 +192,16 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     if layer_norm:
         _layer_norm_tensors(arch, extra, layers, len(tokens), mat, norm, lambda name, n: w.add_tensor(
             name, (0.1 * rng.standard_normal(n)).astype(np.float32)))
-        for name, array in (extra_tensors or {}).items():
-            w.add_tensor(name, np.asarray(array, np.float32))
-        write_out(w)
-        return
+    else:
+        _rms_norm_tensors(w, arch, extra, rope_freqs, layers, len(tokens), mat, norm)
+    for name, array in (extra_tensors or {}).items():
+        w.add_tensor(name, np.asarray(array, np.float32))
+    write_out(w)
+
+
+def _rms_norm_tensors(w, arch: str, extra: dict, rope_freqs: str | None, layers: int, vocab: int, mat, norm) -> None:
+    """The rope factor tensors, layers, final norm and head (where untied) of a file of the RMSNorm architectures
+    (Llama's layout, with each one's norms and Phi-3's packed tensors) as llama.cpp's converter lays them out."""
     if rope_freqs == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_factors(HEAD_DIM))
     if rope_freqs == "longrope":
@@ -232,10 +239,7 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
         mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
     norm("output_norm.weight", HIDDEN)
     if arch in ("llama", "phi3", "olmo2", "exaone4") and not extra.get("tied"):
-        mat("output.weight", len(tokens), HIDDEN)
-    for name, array in (extra_tensors or {}).items():
-        w.add_tensor(name, np.asarray(array, np.float32))
-    write_out(w)
+        mat("output.weight", vocab, HIDDEN)
 
 
 def _layer_norm_tensors(arch: str, extra: dict, layers: int, vocab: int, mat, norm, bias) -> None:
