@@ -131,7 +131,8 @@ def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any], notices
 def export_model(model, out_dir, *, force: bool = False, tolerance: float | None = None, opset: int | None = None,
                  validate: bool = True, progress: bool = True, tokenizer=None, kv_layout: str = "auto",
                  quantize: str | None = None, block_size: int = 32, accuracy_level: int = 4,
-                 quantize_head: str = "auto", force_quality: bool = False, gguf=None) -> Path:
+                 quantize_head: str = "auto", force_quality: bool = False, quality_text: str | None = None,
+                 gguf=None) -> Path:
     """Export ``model`` to an ONNX artifact directory ``out_dir`` (layout and manifest: docs/design.md).
 
     ``model``: a recipe dir (``recipe.json``), a local transformers dir, a hub name, a ``.gguf`` file, a loaded
@@ -156,7 +157,8 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     4 = int8 activations, 1 = fp32 activations, the fidelity setting; ``block_size`` is the GGUF's 32), quality-gated
     the same way. ``quantize="int8"|"int4"``: the validated fp32 export is then quantized by ``quantize_artifact`` (weight-only
     MatMulNBits with ``block_size`` and ``accuracy_level``; refused below the quality thresholds of
-    ``onnxlm.export.quality`` unless ``force_quality=True``); only the quantized artifact is written. ``model`` may then
+    ``onnxlm.export.quality`` unless ``force_quality=True``; ``quality_text``: the gate reads this text, at least
+    2,000 tokens unless forced, instead of the shipped one); only the quantized artifact is written. ``model`` may then
     also be an fp32 onnxlm artifact dir, which is quantized as it is. ``quantize_head`` ("auto" | "yes" | "no", int8 /
     int4 only): the output head (and a tied embedding, stored once) in 8-bit blocks, or fp32 with "no"
     (``onnxlm.export.head_quant``). ``gguf`` (``quantize="gguf"`` on an fp32 artifact dir only): the .gguf file it was
@@ -169,7 +171,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
         return _export_model(model, out_dir, force=force, tolerance=tolerance, opset=opset, validate=validate,
                              progress=progress, tokenizer=tokenizer, kv_layout=kv_layout, quantize=quantize,
                              block_size=block_size, accuracy_level=accuracy_level, quantize_head=quantize_head,
-                             force_quality=force_quality, gguf=gguf)
+                             force_quality=force_quality, quality_text=quality_text, gguf=gguf)
     except BaseException:
         for d in made:  # a failed export leaves no empty folders it made on the way to out_dir either
             try:
@@ -180,9 +182,12 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
 
 
 def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, progress, tokenizer, kv_layout,
-                  quantize, block_size, accuracy_level, quantize_head, force_quality, gguf) -> Path:
+                  quantize, block_size, accuracy_level, quantize_head, force_quality, quality_text, gguf) -> Path:
     """``export_model``'s work, ``out_dir`` absolute."""
     refuse_taken(out_dir, force, model, gguf)
+    if quality_text is not None and not (isinstance(quality_text, str) and quality_text):
+        raise ExportError(f"quality_text: the text the quality gate reads, a non-empty str; got "
+                          f"{quality_text!r:.60}")
     if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
         from .export_resources import check_gguf_export_resources
         from .gguf_quant import refuse_file_off_blocks
@@ -200,10 +205,11 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                  and (Path(model).expanduser() / "onnxlm.json").is_file()):
         raise ExportError(f"gguf: given {str(gguf)!r}; it names the GGUF of an fp32 artifact re-quantized with "
                           "quantize='gguf' (a .gguf MODEL is its own source)")
-    if quantize is None and (block_size != 32 or accuracy_level != 4 or force_quality):
+    if quantize is None and (block_size != 32 or accuracy_level != 4 or force_quality or quality_text is not None):
         given = {k: v for k, v, default in (("block_size", block_size, 32), ("accuracy_level", accuracy_level, 4),
-                                             ("force_quality", force_quality, False)) if v != default}
-        raise ExportError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: quantization settings, given "
+                                             ("force_quality", force_quality, False),
+                                             ("quality_text", quality_text, None)) if v != default}
+        raise ExportError(f"{', '.join(f'{k}={v!r:.40}' for k, v in given.items())}: quantization settings, given "
                           "without quantize; pass quantize='int8', 'int4' or 'gguf' (--quantize), or leave them out")
     if quantize == "gguf" and opset is not None:
         raise ExportError("opset: quantize='gguf' rewrites the fused graph, which is built at a fixed opset; pass no "
@@ -211,7 +217,8 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
     if quantize == "gguf":
         return _export_gguf_native(model, out_dir, gguf=gguf, force=force, tolerance=tolerance, validate=validate,
                                    progress=progress, tokenizer=tokenizer, kv_layout=kv_layout,
-                                   block_size=block_size, accuracy_level=accuracy_level, force_quality=force_quality)
+                                   block_size=block_size, accuracy_level=accuracy_level, force_quality=force_quality,
+                                   quality_text=quality_text)
     if quantize is not None:
         from .quantize import _check_args, quantize_artifact
 
@@ -219,14 +226,16 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file():
             return quantize_artifact(model, out_dir, scheme=quantize, block_size=block_size,  # no torch needed
                                      accuracy_level=accuracy_level, quantize_head=quantize_head,
-                                     force_quality=force_quality, force=force, progress=progress)
+                                     force_quality=force_quality, quality_text=quality_text, force=force,
+                                     progress=progress)
         scratch = temp_dir_beside(out_dir, "fp32")
         try:
             fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, opset=opset, validate=validate,
                                 progress=progress, tokenizer=tokenizer, kv_layout=kv_layout)
             return quantize_artifact(fp32, out_dir, scheme=quantize, block_size=block_size,
                                      accuracy_level=accuracy_level, quantize_head=quantize_head,
-                                     force_quality=force_quality, force=force, progress=progress)
+                                     force_quality=force_quality, quality_text=quality_text, force=force,
+                                     progress=progress)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     if tolerance is not None and not (float(tolerance) > 0):
@@ -326,13 +335,14 @@ def _check_layout(config, kv_layout: str, opset: int | None) -> None:
 
 
 def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validate, progress, tokenizer, kv_layout,
-                        block_size, accuracy_level, force_quality) -> Path:
+                        block_size, accuracy_level, force_quality, quality_text) -> Path:
     """quantize="gguf": the fused fp32 export of the .gguf ``model`` (or an fp32 artifact exported from one), then
     its weight MatMuls on the GGUF's own blocks (``onnxlm.export.gguf_quant``)."""
     from .gguf_quant import check_gguf_args, file_has_blocks, quantize_gguf_artifact
 
     check_gguf_args(accuracy_level, block_size)  # refuse bad settings before the long export
-    kw = dict(accuracy_level=accuracy_level, force_quality=force_quality, force=force, progress=progress)
+    kw = dict(accuracy_level=accuracy_level, force_quality=force_quality, quality_text=quality_text, force=force,
+              progress=progress)
     if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file():
         return quantize_gguf_artifact(model, out_dir, gguf=gguf, **kw)  # no torch needed
     if not (isinstance(model, (str, Path)) and is_gguf_file(model)):

@@ -443,9 +443,10 @@ def gguf_source(manifest: dict, gguf=None, src: Path | None = None) -> tuple[Pat
 
 
 def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, force_quality: bool = False,
-                           force: bool = False, progress: bool = True) -> Path:
+                           quality_text: str | None = None, force: bool = False, progress: bool = True) -> Path:
     """The fused fp32 artifact ``src`` exported from the GGUF file ``gguf`` (default: the manifest's ``source``)
-    -> the GGUF-native artifact ``out_dir``, quality-gated against ``src`` like ``quantize_artifact``."""
+    -> the GGUF-native artifact ``out_dir``, quality-gated against ``src`` like ``quantize_artifact`` (on
+    ``quality_text`` when given)."""
     check_gguf_args(accuracy_level, BLOCK)
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
     manifest = read_fp32_manifest(src, out_dir, force)
@@ -499,8 +500,8 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
             log(f"warning: {message}")
             warnings.warn(message, UserWarning, stacklevel=3)
 
-    write_quantized_artifact(src, manifest, out_dir, record, rewrite, force_quality=force_quality, force=force,
-                             log=log, hint="Try accuracy_level=1 (--accuracy-level 1, the fidelity setting)",
-                             progress=progress)
+    write_quantized_artifact(src, manifest, out_dir, record, rewrite, force_quality=force_quality,
+                             quality_text=quality_text, force=force, log=log,
+                             hint="Try accuracy_level=1 (--accuracy-level 1, the fidelity setting)", progress=progress)
     log(f"wrote {out_dir}")
     return out_dir

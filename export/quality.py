@@ -25,6 +25,11 @@ of 2,752 positions; a variant that passes reads the whole text.
 The two models take turns share by share; a reference over ``ONE_AT_A_TIME_BYTES`` (2 GiB) runs first and is dropped
 before the candidate loads, its log-probabilities going through a temporary file (slower: ~190 MB/s of writes here;
 the same figures bit for bit), so the gate never holds a big fp32 session beside the candidate.
+
+A caller may gate on a text of its own (``quality_text=``, ``--quality-text FILE``: its own domain, its own language):
+at least ``MIN_GATE_TOKENS`` tokens with the artifact's tokenizer, since a shorter text's figures are too noisy to
+refuse or pass a variant on (``check_quality_text``); a forced variant takes any text of two tokens or more (its
+figures are recorded, not gated). The record names it ``"the caller's text"`` with its sha256.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ LOGITS_ELEMENTS = 1 << 22  # logits through the output head at once (16 MB). Gem
 ONE_AT_A_TIME_BYTES = 2 << 30
 KL_ROUNDING = 1e-5  # nats: a bound on how far below 0 a position's KL comes out in float32 (log-sum-exp rounding ~2e-6)
 ROW_ELEMENTS = 1 << 22  # logits whose log-probabilities are formed at once (16 MB float32 temporaries)
+MIN_GATE_TOKENS = 2000  # a caller's gate text, in the artifact's tokens (one standard error of top-1 ~0.3 % at 2,755)
+CALLERS_TEXT = "the caller's text"  # the record's "text" for a quality_text (else the shipped file's name)
 
 
 def _windows(n: int, size: int | None) -> list[tuple[int, int]]:
@@ -235,14 +242,39 @@ def _weight_bytes(artifact_dir: Path) -> int:
                if f.suffix == ".onnx" or f.name.endswith("_data"))
 
 
+def check_quality_text(text, artifact_dir: Path, *, gated: bool) -> None:
+    """ExportError naming ``quality_text`` unless ``text`` is None (the shipped text) or a string that the artifact's
+    tokenizer cuts into at least ``MIN_GATE_TOKENS`` tokens (``gated``: the figures decide) or 2 (a forced variant:
+    recorded only). Asked before the graph is rewritten, so a bad text costs nothing."""
+    from onnxlm.runtime.tokenizer import TextTokenizer
+
+    if text is None:
+        return
+    if not isinstance(text, str):
+        raise ExportError(f"quality_text: the text the quality gate reads, a str; got {type(text).__name__}")
+    tok_file = Path(artifact_dir) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ExportError(f"quality_text: given, but {artifact_dir} has no tokenizer.json to read it with")
+    n = len(TextTokenizer.from_file(tok_file).encode(text, add_special_tokens=False))
+    least = MIN_GATE_TOKENS if gated else 2
+    if n < least:
+        why = ("the gate decides on it, and a shorter text's agreement moves by more than its bounds' margin; give "
+               "a longer text, or force_quality=True (--force-quality) to record its figures without gating"
+               if gated else "a teacher-forced measure needs two tokens or more")
+        raise ExportError(f"quality_text: {n:,} tokens with this artifact's tokenizer; at least {least:,} allowed: "
+                          f"{why}")
+
+
 def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None = None, *,
                     stop_when_refused: bool = False, progress: bool = False) -> dict:
-    """Two artifact dirs (fp32 reference, quantized candidate) with the same tokenizer -> the quality record. A
+    """Two artifact dirs (fp32 reference, quantized candidate) with the same tokenizer -> the quality record, on
+    ``text`` (default: the shipped ``QUALITY_TEXT``; a caller's text is recorded as ``CALLERS_TEXT`` with its sha256). A
     reference of more than ``ONE_AT_A_TIME_BYTES`` runs first and is dropped before the candidate loads (a
     Llama-3.2-1B-shaped model's gate held 4.8 GB of fp32 session beside the candidate's 1.7).
     ``stop_when_refused``: the reading ends once the gate's refusal is decided (``_refusal_decided``); the record's
     figures are then those of the positions read, and ``"stopped_early": {"positions", "of"}`` says how many.
     ``progress``: a bar of the positions read on stderr."""
+    import hashlib
     import json
 
     import onnxlm
@@ -253,7 +285,10 @@ def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None =
     if tokenizer is None:
         raise ExportError("quantization quality is measured on a text: this artifact has no tokenizer "
                           "(force_quality=True skips the measurement)")
-    text = QUALITY_TEXT.read_text(encoding="utf-8") if text is None else text
+    if text is None:
+        name, text = {"text": QUALITY_TEXT.name}, QUALITY_TEXT.read_text(encoding="utf-8")
+    else:
+        name = {"text": CALLERS_TEXT, "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
     ids = tokenizer.encode(text, add_special_tokens=False)
     cand_positions = json.loads((Path(candidate_dir) / "onnxlm.json").read_text()).get("max_positions")
     size = min(m for m in (models[0].max_positions, cand_positions, WINDOW) if m)
@@ -267,7 +302,7 @@ def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None =
                         one_at_a_time=_weight_bytes(reference_dir) > ONE_AT_A_TIME_BYTES,
                         stop=_refusal_decided(positions) if stop_when_refused else None, progress=progress)
     early = {"stopped_early": {"positions": len(m["kl"]), "of": positions}} if len(m["kl"]) < positions else {}
-    return {"text": QUALITY_TEXT.name, "tokens": len(ids), **early,
+    return {**name, "tokens": len(ids), **early,
             "top1_agreement": float((m["top_ref"] == m["top_cand"]).mean()),
             "perplexity": _perplexity(m["lp_cand"]), "perplexity_fp32": _perplexity(m["lp_ref"]),
             "mean_kl": float(m["kl"].mean()),

@@ -50,7 +50,7 @@ from onnxlm.runtime.heap import release_free_heap
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
 from .provenance import source_record
-from .quality import measure_quality, perplexities, quality_failures
+from .quality import check_quality_text, measure_quality, perplexities, quality_failures
 
 SCHEMES = {"int8": 8, "int4": 4}
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
@@ -144,9 +144,10 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
 
 
 def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 32, accuracy_level: int = 4,
-                      quantize_head: str = "auto", force_quality: bool = False, force: bool = False,
-                      progress: bool = True) -> Path:
-    """An fp32 decoder-only artifact ``src`` -> quantized artifact ``out_dir`` (see the module docstring)."""
+                      quantize_head: str = "auto", force_quality: bool = False, quality_text: str | None = None,
+                      force: bool = False, progress: bool = True) -> Path:
+    """An fp32 decoder-only artifact ``src`` -> quantized artifact ``out_dir`` (see the module docstring);
+    ``quality_text``: the gate's text instead of the shipped one (``onnxlm.export.quality.check_quality_text``)."""
     from .head_quant import check_quantize_head
 
     bits = _check_args(scheme, block_size, accuracy_level)
@@ -174,8 +175,8 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
                                + (", tied embedding stored once (GatherBlockQuantized)" if info["tied"] else "")
                                if info["quantized"] else f"fp32 ({info['reason']})"))
 
-    write_quantized_artifact(src, manifest, out_dir, record, rewrite,
-                             force_quality=force_quality, force=force, log=log,
+    write_quantized_artifact(src, manifest, out_dir, record, rewrite, force_quality=force_quality,
+                             quality_text=quality_text, force=force, log=log,
                              hint="Try --accuracy-level 1 or int8", progress=progress)
     log(f"wrote {out_dir}")
     return out_dir
@@ -205,11 +206,13 @@ def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
 
 
 def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: dict, rewrite, *, force_quality: bool,
-                             force: bool, log, hint: str, progress: bool = False) -> None:
+                             force: bool, log, hint: str, quality_text: str | None = None,
+                             progress: bool = False) -> None:
     """The fp32 artifact ``src`` (its parsed ``manifest``) -> ``out_dir``: side files copied, the decoder graph
     written by ``rewrite(src_graph_path, dst_graph_path)``, the manifest with ``record`` (its ``quality`` filled in by
-    the gate), all in a temp dir moved into place only when the gate passes (or ``force_quality``); ``progress``: the
-    gate's bar of positions read."""
+    the gate, on ``quality_text`` when given: checked first), all in a temp dir moved into place only when the gate
+    passes (or ``force_quality``); ``progress``: the gate's bar of positions read."""
+    check_quality_text(quality_text, src, gated=not force_quality)  # before the rewrite: a bad text costs nothing
     tmp = temp_dir_beside(out_dir, "tmp")
     try:
         graph_file = manifest["graphs"]["decoder"]["file"]
@@ -224,7 +227,8 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
         write_manifest(tmp, {**fields, "quantization": record})
         try:
             log("measuring teacher-forced top-1 agreement, perplexity and mean KL against the fp32 artifact ...")
-            record["quality"] = measure_quality(src, tmp, stop_when_refused=not force_quality, progress=progress)
+            record["quality"] = measure_quality(src, tmp, quality_text, stop_when_refused=not force_quality,
+                                               progress=progress)
         except ExportError:
             if not force_quality:
                 raise

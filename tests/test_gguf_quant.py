@@ -16,6 +16,7 @@ pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)"
 pytest.importorskip("onnx", reason="quantization needs the 'export' extra (onnx)")
 
 import onnxlm  # noqa: E402
+from gate_text import SHORT_GATE_TEXT  # noqa: E402
 from gguf_writers import add_tiny_vocabulary, write_out  # noqa: E402
 from onnxlm.export import gguf_quant as GQ  # noqa: E402
 from onnxlm.export.mapped_weights import alias_map  # noqa: E402
@@ -131,7 +132,8 @@ def tiny_fp32(tmp_path_factory, tiny_gguf):
 @pytest.fixture(scope="module")
 def tiny_native(tmp_path_factory, tiny_gguf, tiny_fp32):
     return {level: GQ.quantize_gguf_artifact(tiny_fp32, tmp_path_factory.mktemp("q") / f"level{level}",
-                                             gguf=tiny_gguf, accuracy_level=level, force_quality=True, progress=False)
+                                             gguf=tiny_gguf, accuracy_level=level, force_quality=True,
+                                             quality_text=SHORT_GATE_TEXT, progress=False)
             for level in (1, 4)}
 
 
@@ -334,7 +336,8 @@ def test_dropping_the_correction_changes_the_weights():
 def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32):
     from onnxlm.export import export_model
 
-    out = export_model(tiny_gguf, tmp_path / "native", quantize="gguf", force_quality=True, progress=False)
+    out = export_model(tiny_gguf, tmp_path / "native", quantize="gguf", force_quality=True,
+                       quality_text=SHORT_GATE_TEXT, progress=False)
     m = json.loads((out / "onnxlm.json").read_text())
     assert m["quantization"]["scheme"] == "gguf-q4_1" and m["kv_layout"] == "fused-gqa"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]  # the fp32 scratch export is gone
@@ -346,14 +349,19 @@ def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32)
     assert "weight-only, the file's own blocks, accuracy level 4" in info.stdout
     # an fp32 artifact exported from a GGUF re-quantizes without torch: its manifest names the GGUF and its sha256,
     # and the file of that name in the current directory is used
+    text = tmp_path / "gate.txt"
+    text.write_text(SHORT_GATE_TEXT, encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(tiny_fp32), str(tmp_path / "cli"),
-                           "--quantize", "gguf", "--accuracy-level", "1", "--force-quality", "-q"],
+                           "--quantize", "gguf", "--accuracy-level", "1", "--force-quality", "-q",
+                           "--quality-text", str(text)],
                           capture_output=True, text=True, timeout=300, cwd=tiny_gguf.parent)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "cli" / "onnxlm.json").read_text())["quantization"]["accuracy_level"] == 1
+    q = json.loads((tmp_path / "cli" / "onnxlm.json").read_text())["quantization"]
+    assert q["accuracy_level"] == 1 and q["quality"]["text"] == "the caller's text"
     # elsewhere, --gguf names it; a file of other bytes is refused by its sha256
     proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(tiny_fp32), str(tmp_path / "cli2"),
-                           "--quantize", "gguf", "--gguf", str(tiny_gguf), "--force-quality", "-q"],
+                           "--quantize", "gguf", "--gguf", str(tiny_gguf), "--force-quality", "-q",
+                           "--quality-text", str(text)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     with pytest.raises(ExportError, match="gguf: given .*fp32 artifact re-quantized"):
@@ -523,7 +531,7 @@ def test_a_k_quant_model_keeps_every_block_and_equals_the_fp32_model(tmp_path, m
     write_tiny_gguf(gguf_path, KQ_TYPES, hidden=256, ffn=256, embedding="Q6_K")
     with pytest.warns(UserWarning, match="1 IQ2_XXS tensor.*no MatMulNBits form"):
         out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
-                           progress=False)
+                           quality_text=SHORT_GATE_TEXT, progress=False)
     q = json.loads((out / "onnxlm.json").read_text())["quantization"]
     assert q["tensors"] == {"Q4_K": 4, "Q6_K": 2, "Q5_K": 1, "Q2_K": 1, "Q3_K": 1, "Q5_1": 1, "IQ3_S": 1, "IQ2_S": 1,
                             "IQ4_XS": 1, "IQ4_NL": 1}
@@ -705,7 +713,7 @@ def test_an_architectures_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_pat
     gguf_path = tmp_path / f"{arch}.gguf"
     write_tiny_arch_gguf(gguf_path, arch, header, tensors, seed, scales)
     out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
-                       progress=False)
+                       quality_text=SHORT_GATE_TEXT, progress=False)
     m = json.loads((out / "onnxlm.json").read_text())
     q = m["quantization"]
     assert m["model_type"] == model_type and m["kv_layout"] == "fused-gqa"
@@ -799,7 +807,7 @@ def test_a_4bit_tied_embedding_is_looked_up_exactly(tmp_path, embedding):
     gguf_path = tmp_path / "e.gguf"
     write_tiny_gguf(gguf_path, hidden=256, ffn=256, embedding=embedding)
     out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
-                       progress=False)
+                       quality_text=SHORT_GATE_TEXT, progress=False)
     q = json.loads((out / "onnxlm.json").read_text())["quantization"]
     assert q["tensors"][embedding] >= 1 and q["fp32_tensors"] == {"F16": 1}
     ids = np.array([[1, 40, 41, 72, 100, 150, 200, 3, 9, 250]])
@@ -823,7 +831,8 @@ def test_a_group_with_an_f16_tensor_runs_its_blocks_in_fp32_and_says_so(tmp_path
     assert summarize_gguf(path)["fp32_with_group"] == {"Q4_1": 4, "Q4_0": 2}
     with pytest.warns(UserWarning, match=r"2 Q4_0, 4 Q4_1 tensor\(s\) run in fp32 \(exact values\): their q/k/v or "
                                          r"gate/up product also holds a tensor without blocks \(F16\)") as got:
-        out = export_model(path, tmp_path / "q", quantize="gguf", force_quality=True, progress=False)
+        out = export_model(path, tmp_path / "q", quantize="gguf", force_quality=True, quality_text=SHORT_GATE_TEXT,
+                           progress=False)
     assert not [w for w in got if "no MatMulNBits form" in str(w.message)]
     q = json.loads((out / "onnxlm.json").read_text())["quantization"]
     assert q["tensors"] == {"Q4_1": 2, "Q4_0": 2, "Q8_0": 1} and q["fp32_tensors"] == {"F16": 4}  # Q8_0: the embedding

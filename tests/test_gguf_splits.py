@@ -23,6 +23,7 @@ pytest.importorskip("torch", reason="GGUF export needs the 'export' extra")
 pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra")
 
 import onnxlm  # noqa: E402
+from gate_text import SHORT_GATE_TEXT  # noqa: E402
 from gguf_writers import IDS, write_tiny_gguf, write_tiny_split_gguf  # noqa: E402
 from onnxlm.export import export_model  # noqa: E402
 from onnxlm.export import gguf_artifact as GA  # noqa: E402
@@ -74,7 +75,8 @@ def test_a_split_gguf_keeps_every_block_of_every_file(tmp_path):
     write_blocks(tmp_path / "whole.gguf")
     write_blocks(tmp_path / "kq.gguf", split_max_tensors=5)
     first = tmp_path / "kq-00001-of-00004.gguf"
-    out = export_model(first, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True, progress=False)
+    out = export_model(first, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
+                       quality_text=SHORT_GATE_TEXT, progress=False)
     q = json.loads((out / "onnxlm.json").read_text())["quantization"]
     assert q["tensors"] == {"Q4_1": 9, "Q4_0": 3, "Q5_0": 1, "Q8_0": 1} and q["fp32_tensors"] == {"F16": 1}
     assert len(q["source_gguf"]["splits"]) == 3

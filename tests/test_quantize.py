@@ -18,6 +18,7 @@ import onnxlm  # noqa: E402
 from onnxlm.export import quality as Q  # noqa: E402
 from onnxlm.export import quantize_artifact  # noqa: E402
 from onnxlm.runtime.errors import ExportError  # noqa: E402
+from gate_text import SHORT_GATE_TEXT  # noqa: E402
 
 
 def _ops(path) -> dict:
@@ -70,13 +71,13 @@ def assert_tied_head_8bit_stored_once(path, vocab: int, hidden: int) -> None:
 @pytest.fixture(scope="module")
 def llama_int8(tmp_path_factory, tiny_llama):
     return quantize_artifact(tiny_llama.onnx_dir, tmp_path_factory.mktemp("q") / "int8", scheme="int8",
-                             force_quality=True, progress=False)
+                             force_quality=True, quality_text=SHORT_GATE_TEXT, progress=False)
 
 
 @pytest.fixture(scope="module")
 def llama_int8_fp32_head(tmp_path_factory, tiny_llama):
     return quantize_artifact(tiny_llama.onnx_dir, tmp_path_factory.mktemp("q") / "int8-fp32-head", scheme="int8",
-                             quantize_head="no", force_quality=True, progress=False)
+                             quantize_head="no", force_quality=True, quality_text=SHORT_GATE_TEXT, progress=False)
 
 
 def test_int8_artifact_graph_manifest_and_generation(llama_int8, tiny_llama):
@@ -117,7 +118,7 @@ def test_fidelity_level_runs_the_8bit_head_in_two_passes(tmp_path, tiny_llama):
     passes stacked into one MatMulNBits over the same codes), so it stays fp32-like beside a body at fp32
     activations."""
     out = quantize_artifact(tiny_llama.onnx_dir, tmp_path / "l1", scheme="int8", accuracy_level=1,
-                            force_quality=True, progress=False)
+                            force_quality=True, quality_text=SHORT_GATE_TEXT, progress=False)
     assert_tied_head_8bit_stored_once(out, 260, 64)
     head = json.loads((out / "onnxlm.json").read_text())["quantization"]["head"]
     assert head["passes"] == 2 and head["accuracy_level"] == 4
@@ -234,7 +235,8 @@ def test_quality_of_fused_graphs_takes_each_window_through_the_body_once(tmp_pat
 
     fused = export_model(tiny_llama.hf_dir, tmp_path / "fused", progress=False)
     ref, cand = onnxlm.load(fused), onnxlm.load(quantize_artifact(fused, tmp_path / "q", scheme="int8",
-                                                                  force_quality=True, progress=False))
+                                                                  force_quality=True, quality_text=SHORT_GATE_TEXT,
+                                                                  progress=False))
     assert ref.selects_positions and cand.selects_positions
     ids = ref.tokenizer.encode(Q.QUALITY_TEXT.read_text(encoding="utf-8")[:3000], add_special_tokens=False)
     one_pass = Q._teacher_forced(_OnePass(ref), _OnePass(cand), ids)
@@ -295,6 +297,64 @@ def test_gate_refuses_below_threshold_and_leaves_nothing(tmp_path, tiny_llama, m
     assert q["quality"]["tokens"] > 2000 and "stopped_early" not in q["quality"]  # forced: the whole text read
 
 
+def test_a_callers_quality_text(tmp_path, tiny_llama, monkeypatch, capsys):
+    """quality_text: the gate reads the caller's text, recorded as such with its sha256; a gated text needs
+    MIN_GATE_TOKENS tokens of the artifact's tokenizer, refused (naming quality_text) before the graph is rewritten;
+    a forced variant takes any text of two tokens; a non-str, or a text without quantize, is refused; the command
+    line reads it from --quality-text FILE."""
+    import hashlib
+
+    from cli_util import run_cli
+    from onnxlm.export import export_model
+    from onnxlm.export import quantize as QZ
+
+    def rewrite_never(*a, **k):
+        raise AssertionError("the graph was rewritten before the text was checked")
+
+    tok = onnxlm.load(tiny_llama.onnx_dir).tokenizer
+    short = SHORT_GATE_TEXT
+    n = len(tok.encode(short, add_special_tokens=False))
+    with monkeypatch.context() as m:
+        m.setattr(QZ, "quantize_graph", rewrite_never)
+        with pytest.raises(ExportError, match=rf"quality_text: {n} tokens with this artifact's tokenizer; at least "
+                                              r"2,000 allowed: .*force_quality=True"):
+            quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int8", quality_text=short, progress=False)
+        with pytest.raises(ExportError, match="at least 2 allowed: a teacher-forced measure needs two tokens"):
+            quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int8", quality_text="x",
+                              force_quality=True, progress=False)
+        with pytest.raises(ExportError, match="quality_text: the text the quality gate reads, a str; got bytes"):
+            quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int8", quality_text=b"abc",
+                              progress=False)
+        for bad in (b"abc", ""):
+            with pytest.raises(ExportError, match="quality_text: the text the quality gate reads, a non-empty str"):
+                export_model(tiny_llama.onnx_dir, tmp_path / "q", quantize="int8", quality_text=bad, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ExportError, match="quality_text='Morning.*: quantization settings, given without quantize"):
+        export_model(tiny_llama.onnx_dir, tmp_path / "q", quality_text="Morning " * 500, progress=False)
+    long = Q.QUALITY_TEXT.read_text(encoding="utf-8")[:2500]
+    assert len(tok.encode(long, add_special_tokens=False)) >= Q.MIN_GATE_TOKENS
+    Q.check_quality_text(long, tiny_llama.onnx_dir, gated=True)  # long enough to gate on
+
+    out = quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int8", force_quality=True,
+                            quality_text=short, progress=False)
+    q = json.loads((out / "onnxlm.json").read_text())["quantization"]["quality"]
+    assert q["text"] == Q.CALLERS_TEXT and q["tokens"] == n
+    assert q["text_sha256"] == hashlib.sha256(short.encode("utf-8")).hexdigest()
+    code, info, _ = run_cli(capsys, "info", out)
+    assert code == 0 and f"{n} tokens of the caller's text" in info
+
+    (tmp_path / "gate.txt").write_text(short, encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    code, _, err = run_cli(capsys, "export", tiny_llama.onnx_dir, tmp_path / "cli", "--quantize", "int8",
+                        "--quality-text", tmp_path / "gate.txt", "-q")
+    assert code == 1 and f"quality_text: {n} tokens" in err and "--force-quality" in err
+    for name, why in (("nope.txt", "--quality-text: cannot read"), ("latin1.txt", "is not UTF-8 text")):
+        code, _, err = run_cli(capsys, "export", tiny_llama.onnx_dir, tmp_path / "cli", "--quantize", "int8",
+                            "--quality-text", tmp_path / name, "-q")
+        assert code == 1 and why in err and name in err
+    assert not (tmp_path / "cli").exists()
+
+
 def test_gate_stops_where_the_refusal_is_decided_and_not_before(tiny_llama, llama_int8, monkeypatch):
     """``measure_quality(stop_when_refused=True)`` ends at the first share after which no remaining positions
     could lift the whole text's top-1 agreement to its bound (or bring its mean KL under its bound); its figures
@@ -353,7 +413,7 @@ def test_export_model_quantize_from_a_recipe(tmp_path):
     from onnxlm.export.recipes import RECIPES_DIR
 
     out = export_model(RECIPES_DIR / "tiny-gpt2", tmp_path / "gpt2-int8", quantize="int8", force_quality=True,
-                       progress=False)
+                       quality_text=SHORT_GATE_TEXT, progress=False)
     manifest = json.loads((out / "onnxlm.json").read_text())
     assert manifest["quantization"]["scheme"] == "int8" and manifest["validation"]["checks"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2-int8"]  # the fp32 scratch export is gone
@@ -374,13 +434,16 @@ def test_quantize_head_applies_to_int8_int4_only(tmp_path, tiny_llama):
 
 def test_cli_quantizes_an_artifact_and_info_shows_the_quality(tmp_path, tiny_llama):
     out = tmp_path / "cli-int8"
+    (tmp_path / "gate.txt").write_text(SHORT_GATE_TEXT, encoding="utf-8")
     proc = subprocess.run([sys.executable, "-m", "onnxlm", "export", str(tiny_llama.onnx_dir), str(out),
-                           "--quantize", "int8", "--force-quality", "-q"], capture_output=True, text=True, timeout=300)
+                           "--quantize", "int8", "--force-quality", "--quality-text", str(tmp_path / "gate.txt"),
+                           "-q"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     info = subprocess.run([sys.executable, "-m", "onnxlm", "info", str(out)], capture_output=True, text=True,
                           timeout=120)
     assert info.returncode == 0, info.stderr
     assert "quantization    int8 weight-only, block 32" in info.stdout and "top-1 agreement" in info.stdout
+    assert "tokens of the caller's text" in info.stdout
     assert "output head    model.embed_tokens.weight 8-bit, block 32" in info.stdout
 
 
@@ -395,7 +458,7 @@ def test_fused_artifact_quantizes_too(tmp_path, monkeypatch, mapped):
         monkeypatch.setattr(fused_graph, "MAX_INLINE_BYTES", 0)
         monkeypatch.setattr(head_parts, "HEAD_PART_BYTES", 16 << 10)  # and its head in row parts, merged again
     out = export_model(RECIPES_DIR / "tiny-llama", tmp_path / "fused-int8", kv_layout="fused", quantize="int8",
-                       force_quality=True, progress=False)
+                       force_quality=True, quality_text=SHORT_GATE_TEXT, progress=False)
     manifest = json.loads((out / "onnxlm.json").read_text())
     assert manifest["kv_layout"] == "fused-gqa" and manifest["quantization"]["quality"]["tokens"] > 400
     assert "MatMulNBits" in _ops(out)
@@ -412,7 +475,8 @@ def test_untied_head_is_8bit_and_the_embedding_stays_fp32(tmp_path):
 
     recipe = RECIPES_DIR / "families" / "tiny-llama-llama3-rope-bias-untied"
     fp32 = export_model(recipe, tmp_path / "fp32", progress=False)
-    out = quantize_artifact(fp32, tmp_path / "int8", scheme="int8", force_quality=True, progress=False)
+    out = quantize_artifact(fp32, tmp_path / "int8", scheme="int8", force_quality=True, quality_text=SHORT_GATE_TEXT,
+                            progress=False)
     weights = _weights(out)
     assert weights["lm_head.codes"] == ((260, 2, 32), np.uint8) and "lm_head.weight" not in weights
     assert weights["embed_tokens.weight"] == ((260, 64), np.float32) and "GatherBlockQuantized" not in _ops(out)
@@ -426,7 +490,8 @@ def test_untied_head_is_8bit_and_the_embedding_stays_fp32(tmp_path):
 
 def test_plain_gpt2_tied_head_is_8bit_and_stored_once(tmp_path, tiny_gpt2):
     """optimum's GPT-2 graph: the head is MatMul(x, Transpose(wte)), the lookup Gather(wte, Reshape(input_ids))."""
-    out = quantize_artifact(tiny_gpt2.onnx_dir, tmp_path / "int8", scheme="int8", force_quality=True, progress=False)
+    out = quantize_artifact(tiny_gpt2.onnx_dir, tmp_path / "int8", scheme="int8", force_quality=True,
+                            quality_text=SHORT_GATE_TEXT, progress=False)
     assert_tied_head_8bit_stored_once(out, 260, 64)
     assert json.loads((out / "onnxlm.json").read_text())["quantization"]["fp32_weights"] == ["transformer.wpe.weight"]
     ids = [[72, 101, 108, 108, 111, 33]]

@@ -18,6 +18,7 @@ examples:
   onnxlm export models/recipes/tiny-gpt2 models/tiny-gpt2 --force
   onnxlm export models/smollm2-135m-instruct models/smollm2-int8 --quantize int8 --accuracy-level 1
   onnxlm export path/to/model.Q4_1.gguf models/my-llama-q4 --quantize gguf     # keeps the GGUF's own blocks
+  onnxlm export model.Q4_K_M.gguf models/my-q4km --quantize gguf --quality-text my_domain.txt  # gate on your text
 """
 
 
@@ -53,6 +54,9 @@ def add_parser(sub) -> None:
                         "sha256 its manifest records; default: the recorded file name in the current directory, "
                         "beside the artifact, or the installed SmolLM2 package)")
     q.add_argument("--force-quality", action="store_true", help="keep a variant below the quality thresholds")
+    q.add_argument("--quality-text", metavar="FILE",
+                   help="a UTF-8 text file the quality gate reads instead of the shipped one (your own domain or "
+                        "language; at least 2,000 tokens unless --force-quality)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -68,16 +72,30 @@ def import_export_model():
     return export_model
 
 
+def read_quality_text(path: str) -> str:
+    """--quality-text FILE -> its text; ExportError naming the option for a file that is absent or not UTF-8."""
+    from pathlib import Path
+
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ExportError(f"--quality-text: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ExportError(f"--quality-text: cannot read {path} ({e.strerror or e})") from e
+
+
 def run(args) -> int:
     from pathlib import Path
 
     from onnxlm.export.atomic_dir import refuse_taken
 
     refuse_taken(Path(args.out_dir), args.force, args.model, args.gguf)  # before torch's import (~2 s): a taken OUT is refused at once
+    quality_text = read_quality_text(args.quality_text) if args.quality_text is not None else None
     export_model = import_export_model()
     path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
                         validate=args.validate, progress=not args.quiet, kv_layout=args.kv_layout,
                         quantize=args.quantize, block_size=args.block_size, accuracy_level=args.accuracy_level,
-                        quantize_head=args.quantize_head, force_quality=args.force_quality, gguf=args.gguf)
+                        quantize_head=args.quantize_head, force_quality=args.force_quality, quality_text=quality_text,
+                        gguf=args.gguf)
     print(path)
     return 0
