@@ -185,9 +185,6 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                   quantize, block_size, accuracy_level, quantize_head, force_quality, quality_text, gguf) -> Path:
     """``export_model``'s work, ``out_dir`` absolute."""
     refuse_taken(out_dir, force, model, gguf)
-    if quality_text is not None and not (isinstance(quality_text, str) and quality_text):
-        raise ExportError(f"quality_text: the text the quality gate reads, a non-empty str; got "
-                          f"{quality_text!r:.60}")
     if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
         from .export_resources import check_gguf_export_resources
         from .gguf_quant import refuse_file_off_blocks
@@ -211,6 +208,10 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                              ("quality_text", quality_text, None)) if v != default}
         raise ExportError(f"{', '.join(f'{k}={v!r:.40}' for k, v in given.items())}: quantization settings, given "
                           "without quantize; pass quantize='int8', 'int4' or 'gguf' (--quantize), or leave them out")
+    from .quality import check_quality_text
+
+    artifact = model if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file() else None
+    check_quality_text(quality_text, artifact, gated=not force_quality)  # a source to export: no tokenizer yet
     if quantize == "gguf" and opset is not None:
         raise ExportError("opset: quantize='gguf' rewrites the fused graph, which is built at a fixed opset; pass no "
                           "opset")

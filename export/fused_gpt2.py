@@ -21,7 +21,8 @@ import math
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import Graph, check_head_dim, io_values, logits_head, release_weights, save_graph, to_numpy
+from .fused_graph import (Graph, check_head_dim, io_values, layer_norm, logits_head, release_weights, save_graph,
+                          to_numpy)
 
 FUSED_TYPES = ("gpt2",)
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu")
@@ -46,12 +47,6 @@ def _conv1d(g: Graph, name: str, x: str, conv) -> str:
     """x [..., in] -> [..., out] + bias: GPT-2's Conv1D (weight already [in, out])."""
     y = g.op("MatMul", [x, g.init(f"{name}.weight", to_numpy(conv.weight))])
     return g.op("Add", [y, g.init(f"{name}.bias", to_numpy(conv.bias))])
-
-
-def _layer_norm(g: Graph, name: str, x: str, ln) -> str:
-    """x [..., D] -> LayerNorm(x) [..., D] with the module's weight, bias and eps."""
-    return g.op("LayerNormalization", [x, g.init(f"{name}.weight", to_numpy(ln.weight)),
-                                       g.init(f"{name}.bias", to_numpy(ln.bias))], axis=-1, epsilon=float(ln.eps))
 
 
 def _mlp(g: Graph, i: int, x: str, mlp, activation: str) -> str:
@@ -84,18 +79,18 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     x = g.op("Add", [g.op("Gather", ["wte.weight", "input_ids"], axis=0),  # [b, s, D]
                      g.op("Gather", ["wpe.weight", "position_ids"], axis=0)])
     for i, block in enumerate(inner.h):
-        h = _layer_norm(g, f"h{i}.ln_1", x, block.ln_1)
+        h = layer_norm(g, x, f"h{i}.ln_1", block.ln_1)
         qkv = _conv1d(g, f"h{i}.attn.c_attn", h, block.attn.c_attn)  # [b, s, 3D]: q | k | v, fed to GQA packed
         scale = 1.0 / math.sqrt(H)
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= float(i + 1)
         a = g.attention(qkv, i, num_heads=N, kv_num_heads=N, do_rotary=0, scale=scale)
         x = g.op("Add", [x, _conv1d(g, f"h{i}.attn.c_proj", a, block.attn.c_proj)])
-        h = _layer_norm(g, f"h{i}.ln_2", x, block.ln_2)
+        h = layer_norm(g, x, f"h{i}.ln_2", block.ln_2)
         x = g.op("Add", [x, _mlp(g, i, h, block.mlp, cfg.activation_function)])
         if release:  # this block's arrays are made: its PyTorch weights can go
             release_weights(block)
-    x = _layer_norm(g, "ln_f", x, inner.ln_f)
+    x = layer_norm(g, x, "ln_f", inner.ln_f)
     tied = model.lm_head.weight.data_ptr() == inner.wte.weight.data_ptr()
     head = "wte.weight" if tied else g.init("lm_head.weight", to_numpy(model.lm_head.weight))
     logits_head(g, x, head, D, V)  # the tied embedding is stored once

@@ -89,6 +89,13 @@ def rms_norm(g: Graph, x: str, name: str, weight: np.ndarray, eps: float) -> str
                 stash_type=1)
 
 
+def layer_norm(g: Graph, x: str, name: str, ln) -> str:
+    """x [..., n] -> LayerNorm(x) with the nn.LayerNorm ``ln``'s weight, bias and eps (initializers ``name.weight``,
+    ``name.bias``)."""
+    return g.op("LayerNormalization", [x, g.init(f"{name}.weight", to_numpy(ln.weight)),
+                                       g.init(f"{name}.bias", to_numpy(ln.bias))], axis=-1, epsilon=float(ln.eps))
+
+
 def qk_head_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, head_dim: int, q_weight: np.ndarray,
                   k_weight: np.ndarray, eps: float) -> str:
     """Packed q/k/v [b, s, (N + 2 KVN) H] -> the same with a per-head RMSNorm on q and on k (weights [H] float32,

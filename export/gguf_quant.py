@@ -91,6 +91,7 @@ from .quantizer_input import array_of, load_unaliased, read_external
 from .nbits import BLOCK, HEAD_PART_BYTES, Blocks, Rewriter, dequantize, take_rows, to_8bit  # noqa: F401  (Blocks, dequantize: public here too)
 from .provenance import bytes_difference, file_record, source_record
 from .atomic_dir import refuse_taken
+from .quality import check_quality_text
 from .quantize import read_fp32_manifest, write_quantized_artifact
 
 LOSSLESS_FP32 = ("F32", "F16", "BF16")  # types whose fp32 copy is the same numbers (no blocks to keep)
@@ -450,6 +451,7 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
     check_gguf_args(accuracy_level, BLOCK)
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
     manifest = read_fp32_manifest(src, out_dir, force)
+    check_quality_text(quality_text, src, gated=not force_quality)  # before the GGUF's sha256 and the rewrite
     path, gguf_record = gguf_source(manifest, gguf, src)
     refuse_taken(out_dir, True, path)  # the GGUF read below must not lie inside what the output replaces
     refuse_off_blocks(manifest.get("model_type"), src)

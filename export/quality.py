@@ -242,25 +242,36 @@ def _weight_bytes(artifact_dir: Path) -> int:
                if f.suffix == ".onnx" or f.name.endswith("_data"))
 
 
-def check_quality_text(text, artifact_dir: Path, *, gated: bool) -> None:
+def check_quality_text(text, artifact_dir: Path | None, *, gated: bool) -> None:
     """ExportError naming ``quality_text`` unless ``text`` is None (the shipped text) or a string that the artifact's
     tokenizer cuts into at least ``MIN_GATE_TOKENS`` tokens (``gated``: the figures decide) or 2 (a forced variant:
-    recorded only). Asked before the graph is rewritten, so a bad text costs nothing."""
+    recorded only). Asked before the graph is rewritten, so a bad text costs nothing. ``artifact_dir`` None (a source
+    still to be exported: no tokenizer yet): only what needs none, its type and, gated, a length that cannot be
+    enough (under ``MIN_GATE_TOKENS`` UTF-8 bytes: a byte-level or byte-fallback tokenizer's token holds one byte or
+    more, SentencePiece adds one space)."""
     from onnxlm.runtime.tokenizer import TextTokenizer
 
     if text is None:
         return
-    if not isinstance(text, str):
-        raise ExportError(f"quality_text: the text the quality gate reads, a str; got {type(text).__name__}")
+    if not isinstance(text, str) or not text:
+        raise ExportError(f"quality_text: the text the quality gate reads, a non-empty str; got {text!r:.60}")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ExportError(f"quality_text: not valid Unicode ({e.reason} at index {e.start})") from e
+    least = MIN_GATE_TOKENS if gated else 2
+    why = ("the gate decides on it, and a shorter text's agreement moves by more than its bounds' margin; give a "
+           "longer text, or force_quality=True (--force-quality) to record its figures without gating" if gated else
+           "a teacher-forced measure needs two tokens or more")
+    if artifact_dir is None:
+        if gated and size + 1 < least:
+            raise ExportError(f"quality_text: {size:,} UTF-8 bytes, under the {least:,} tokens allowed: {why}")
+        return
     tok_file = Path(artifact_dir) / "tokenizer.json"
     if not tok_file.is_file():
         raise ExportError(f"quality_text: given, but {artifact_dir} has no tokenizer.json to read it with")
     n = len(TextTokenizer.from_file(tok_file).encode(text, add_special_tokens=False))
-    least = MIN_GATE_TOKENS if gated else 2
     if n < least:
-        why = ("the gate decides on it, and a shorter text's agreement moves by more than its bounds' margin; give "
-               "a longer text, or force_quality=True (--force-quality) to record its figures without gating"
-               if gated else "a teacher-forced measure needs two tokens or more")
         raise ExportError(f"quality_text: {n:,} tokens with this artifact's tokenizer; at least {least:,} allowed: "
                           f"{why}")
 
@@ -288,7 +299,8 @@ def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None =
     if text is None:
         name, text = {"text": QUALITY_TEXT.name}, QUALITY_TEXT.read_text(encoding="utf-8")
     else:
-        name = {"text": CALLERS_TEXT, "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+        name = {"text": CALLERS_TEXT, "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}  # a
+        #                                                      --quality-text FILE's: the file's (read as bytes)
     ids = tokenizer.encode(text, add_special_tokens=False)
     cand_positions = json.loads((Path(candidate_dir) / "onnxlm.json").read_text()).get("max_positions")
     size = min(m for m in (models[0].max_positions, cand_positions, WINDOW) if m)

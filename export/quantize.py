@@ -7,8 +7,8 @@ the input dimension) with onnxruntime's own ``MatMulNBitsQuantizer``. The output
 every scheme) and a tied embedding's lookup as ``GatherBlockQuantized`` over the same code bytes, so the [V, D]
 weight is stored once, in 8 bits; ``"no"`` keeps it fp32 (tied: one fp32 tensor, which the fused graphs' head reads
 with ``Gemm(transB=1)`` and optimum's through a Transpose); ``"yes"`` refuses a head it cannot rewrite. It then
-measures the teacher-forced top-1 agreement and perplexity against ``src`` on the shipped text
-(``export/quality.py``) and refuses a variant below the documented thresholds unless ``force_quality=True``.
+measures the teacher-forced top-1 agreement and perplexity against ``src`` on the shipped text, or the caller's
+``quality_text`` (``export/quality.py``), and refuses a variant below the documented thresholds unless ``force_quality=True``.
 ``accuracy_level``: onnxruntime's compute type for the activations of the body's MatMuls, 4 = int8 (fast), 1 = fp32
 (the fidelity setting: closer to fp32, much slower on CPU for 8-bit).
 
@@ -154,6 +154,7 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
     check_quantize_head(quantize_head)
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
     manifest = read_fp32_manifest(src, out_dir, force)
+    check_quality_text(quality_text, src, gated=not force_quality)  # before the rewrite: a bad text costs nothing
 
     def log(msg: str) -> None:
         if progress:
@@ -210,9 +211,9 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
                              progress: bool = False) -> None:
     """The fp32 artifact ``src`` (its parsed ``manifest``) -> ``out_dir``: side files copied, the decoder graph
     written by ``rewrite(src_graph_path, dst_graph_path)``, the manifest with ``record`` (its ``quality`` filled in by
-    the gate, on ``quality_text`` when given: checked first), all in a temp dir moved into place only when the gate
-    passes (or ``force_quality``); ``progress``: the gate's bar of positions read."""
-    check_quality_text(quality_text, src, gated=not force_quality)  # before the rewrite: a bad text costs nothing
+    the gate, on ``quality_text`` when given: the caller checked it, ``quality.check_quality_text``), all in a temp
+    dir moved into place only when the gate passes (or ``force_quality``); ``progress``: the gate's bar of positions
+    read."""
     tmp = temp_dir_beside(out_dir, "tmp")
     try:
         graph_file = manifest["graphs"]["decoder"]["file"]

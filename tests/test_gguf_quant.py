@@ -340,6 +340,11 @@ def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32)
                        quality_text=SHORT_GATE_TEXT, progress=False)
     m = json.loads((out / "onnxlm.json").read_text())
     assert m["quantization"]["scheme"] == "gguf-q4_1" and m["kv_layout"] == "fused-gqa"
+    assert m["quantization"]["quality"]["text"] == "the caller's text"  # passed on through the fp32 export
+    with pytest.raises(ExportError, match=r"quality_text: \d+ tokens with this artifact's tokenizer; at least 2,000"):
+        GQ.quantize_gguf_artifact(tiny_fp32, tmp_path / "short", gguf=tiny_gguf, quality_text=SHORT_GATE_TEXT,
+                                  progress=False)  # gated: too short to decide on
+    assert not (tmp_path / "short").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]  # the fp32 scratch export is gone
     info = subprocess.run([sys.executable, "-m", "onnxlm", "info", str(out)], capture_output=True, text=True,
                           timeout=120)

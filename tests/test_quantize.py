@@ -89,7 +89,9 @@ def test_int8_artifact_graph_manifest_and_generation(llama_int8, tiny_llama):
     assert (q["scheme"], q["bits"], q["block_size"], q["accuracy_level"]) == ("int8", 8, 32, 4)
     assert q["quantize_head"] == "auto" and q["matmul_nbits"] == 2 * 7 + 1 and q["fp32_weights"] == []
     quality = q["quality"]
-    assert quality["tokens"] > 400 and 0 <= quality["top1_agreement"] <= 1 and quality["perplexity"] > 1
+    tokens = len(onnxlm.load(tiny_llama.onnx_dir).tokenizer.encode(SHORT_GATE_TEXT, add_special_tokens=False))
+    assert (quality["text"], quality["tokens"]) == (Q.CALLERS_TEXT, tokens)
+    assert 0 <= quality["top1_agreement"] <= 1 and quality["perplexity"] > 1
     ours = onnxlm.load(llama_int8)  # the manifest's checksums cover the quantized files
     fp32 = onnxlm.load(tiny_llama.onnx_dir)
     ids = [[257, 72, 101, 108, 108, 111]]
@@ -303,8 +305,11 @@ def test_a_callers_quality_text(tmp_path, tiny_llama, monkeypatch, capsys):
     a forced variant takes any text of two tokens; a non-str, or a text without quantize, is refused; the command
     line reads it from --quality-text FILE."""
     import hashlib
+    import shutil
+    from functools import partial
 
     from cli_util import run_cli
+    from onnxlm.export.recipes import RECIPES_DIR
     from onnxlm.export import export_model
     from onnxlm.export import quantize as QZ
 
@@ -316,24 +321,37 @@ def test_a_callers_quality_text(tmp_path, tiny_llama, monkeypatch, capsys):
     n = len(tok.encode(short, add_special_tokens=False))
     with monkeypatch.context() as m:
         m.setattr(QZ, "quantize_graph", rewrite_never)
-        with pytest.raises(ExportError, match=rf"quality_text: {n} tokens with this artifact's tokenizer; at least "
+        with pytest.raises(ExportError, match=rf"quality_text: {n:,} tokens with this artifact's tokenizer; at least "
                                               r"2,000 allowed: .*force_quality=True"):
             quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int8", quality_text=short, progress=False)
         with pytest.raises(ExportError, match="at least 2 allowed: a teacher-forced measure needs two tokens"):
             quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int8", quality_text="x",
                               force_quality=True, progress=False)
-        with pytest.raises(ExportError, match="quality_text: the text the quality gate reads, a str; got bytes"):
-            quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int8", quality_text=b"abc",
-                              progress=False)
         for bad in (b"abc", ""):
-            with pytest.raises(ExportError, match="quality_text: the text the quality gate reads, a non-empty str"):
-                export_model(tiny_llama.onnx_dir, tmp_path / "q", quantize="int8", quality_text=bad, progress=False)
+            for call in (quantize_artifact, partial(export_model, quantize="int8")):
+                with pytest.raises(ExportError, match="quality_text: the text the quality gate reads, a non-empty str"):
+                    call(tiny_llama.onnx_dir, tmp_path / "q", quality_text=bad, progress=False)
+        with pytest.raises(ExportError, match="quality_text: not valid Unicode"):
+            quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", quality_text="a\ud800b" * 1000, progress=False)
+        m.setattr(QZ, "quantize_artifact", rewrite_never)  # a source still to export: refused before its fp32 export
+        with pytest.raises(ExportError, match=r"quality_text: 797 UTF-8 bytes, under the 2,000 tokens allowed"):
+            export_model(RECIPES_DIR / "tiny-llama", tmp_path / "q", quantize="int8", quality_text=short,
+                         progress=False)
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ExportError, match="quality_text='Morning.*: quantization settings, given without quantize"):
         export_model(tiny_llama.onnx_dir, tmp_path / "q", quality_text="Morning " * 500, progress=False)
     long = Q.QUALITY_TEXT.read_text(encoding="utf-8")[:2500]
     assert len(tok.encode(long, add_special_tokens=False)) >= Q.MIN_GATE_TOKENS
-    Q.check_quality_text(long, tiny_llama.onnx_dir, gated=True)  # long enough to gate on
+    with monkeypatch.context() as m:  # a gate that decides on the caller's text (its bounds opened: random weights)
+        m.setattr(Q, "MIN_TOP1_AGREEMENT", 0.0)
+        m.setattr(Q, "MAX_MEAN_KL", 1e9)
+        m.setattr(Q, "MAX_PERPLEXITY_INCREASE", 1e9)
+        gated = quantize_artifact(tiny_llama.onnx_dir, tmp_path / "gated", scheme="int8", quality_text=long,
+                                  progress=False)
+    q = json.loads((gated / "onnxlm.json").read_text())["quantization"]
+    assert not q["forced"] and q["quality"]["text"] == Q.CALLERS_TEXT
+    assert q["quality"]["tokens"] == len(tok.encode(long, add_special_tokens=False))
+    shutil.rmtree(gated)
 
     out = quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", scheme="int8", force_quality=True,
                             quality_text=short, progress=False)
@@ -341,14 +359,16 @@ def test_a_callers_quality_text(tmp_path, tiny_llama, monkeypatch, capsys):
     assert q["text"] == Q.CALLERS_TEXT and q["tokens"] == n
     assert q["text_sha256"] == hashlib.sha256(short.encode("utf-8")).hexdigest()
     code, info, _ = run_cli(capsys, "info", out)
-    assert code == 0 and f"{n} tokens of the caller's text" in info
+    assert code == 0 and f"{n} tokens of the caller's text (sha256 {q['text_sha256'][:12]})" in info
 
     (tmp_path / "gate.txt").write_text(short, encoding="utf-8")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "empty.txt").write_bytes(b"")
     code, _, err = run_cli(capsys, "export", tiny_llama.onnx_dir, tmp_path / "cli", "--quantize", "int8",
                         "--quality-text", tmp_path / "gate.txt", "-q")
     assert code == 1 and f"quality_text: {n} tokens" in err and "--force-quality" in err
-    for name, why in (("nope.txt", "--quality-text: cannot read"), ("latin1.txt", "is not UTF-8 text")):
+    for name, why in (("nope.txt", "--quality-text: cannot read"), ("latin1.txt", "is not UTF-8 text"),
+                      ("empty.txt", "is empty")):
         code, _, err = run_cli(capsys, "export", tiny_llama.onnx_dir, tmp_path / "cli", "--quantize", "int8",
                             "--quality-text", tmp_path / name, "-q")
         assert code == 1 and why in err and name in err
@@ -416,6 +436,7 @@ def test_export_model_quantize_from_a_recipe(tmp_path):
                        quality_text=SHORT_GATE_TEXT, progress=False)
     manifest = json.loads((out / "onnxlm.json").read_text())
     assert manifest["quantization"]["scheme"] == "int8" and manifest["validation"]["checks"]
+    assert manifest["quantization"]["quality"]["text"] == Q.CALLERS_TEXT  # passed on through the fp32 export
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2-int8"]  # the fp32 scratch export is gone
     assert "MatMulNBits" in _ops(out) and manifest["kv_layout"] == "fused-gqa"
     assert_tied_head_8bit_stored_once(out, 260, 64)  # the fused graph's Gemm head on the tied wte
@@ -460,7 +481,7 @@ def test_fused_artifact_quantizes_too(tmp_path, monkeypatch, mapped):
     out = export_model(RECIPES_DIR / "tiny-llama", tmp_path / "fused-int8", kv_layout="fused", quantize="int8",
                        force_quality=True, quality_text=SHORT_GATE_TEXT, progress=False)
     manifest = json.loads((out / "onnxlm.json").read_text())
-    assert manifest["kv_layout"] == "fused-gqa" and manifest["quantization"]["quality"]["tokens"] > 400
+    assert manifest["kv_layout"] == "fused-gqa" and manifest["quantization"]["quality"]["text"] == Q.CALLERS_TEXT
     assert "MatMulNBits" in _ops(out)
     assert_tied_head_8bit_stored_once(out, 260, 64)
     model = onnxlm.load(out)

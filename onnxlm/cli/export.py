@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
     q.add_argument("--quantize", choices=("int8", "int4", "gguf"),
                    help="weight-only MatMulNBits (gguf: on a .gguf file's own blocks, no re-quantisation: Q4_0..Q8_0, "
                         "Q2_K..Q6_K, IQ4_NL/IQ4_XS and the codebook types IQ1..IQ3, TQ1_0/TQ2_0, MXFP4, NVFP4); refused below the quality thresholds (on a shipped 2,755-token text: top-1 "
-                        "agreement >= 0.97, perplexity within +0.5%%, mean KL <= 0.003 of fp32) unless --force-quality")
+                        "agreement >= 0.97, perplexity within +0.5%%, mean KL <= 0.003 of fp32; or on --quality-text) unless "
+                        "--force-quality")
     q.add_argument("--block-size", type=positive_int, default=32, metavar="N",
                    help="weights per quantization block (a power of two >= 16; default: 32)")
     q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
@@ -76,12 +77,15 @@ def read_quality_text(path: str) -> str:
     """--quality-text FILE -> its text; ExportError naming the option for a file that is absent or not UTF-8."""
     from pathlib import Path
 
-    try:
-        return Path(path).expanduser().read_text(encoding="utf-8")
+    try:  # bytes decoded as they are (no newline translation): the recorded sha256 is the file's
+        text = Path(path).expanduser().read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ExportError(f"--quality-text: {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
     except OSError as e:
         raise ExportError(f"--quality-text: cannot read {path} ({e.strerror or e})") from e
+    if not text:
+        raise ExportError(f"--quality-text: {path} is empty")
+    return text
 
 
 def run(args) -> int:

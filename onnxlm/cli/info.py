@@ -257,7 +257,8 @@ def _render(info: dict) -> str:
                   else "")  # artifacts quantized before the KL measure lack it
             out.append(f"    vs fp32        top-1 agreement {q['top1_agreement']:.4f} (min {q['min_top1_agreement']}), "
                        f"perplexity {_ppl(q['perplexity'])} vs {_ppl(q['perplexity_fp32'])} "
-                       f"(max +{q['max_perplexity_increase']:.1%}){kl}, {q['tokens']} tokens of {q['text']}")
+                       f"(max +{q['max_perplexity_increase']:.1%}){kl}, {q['tokens']} tokens of {q['text']}"
+                       + (f" (sha256 {q['text_sha256'][:12]})" if q.get("text_sha256") else ""))
         else:
             out.append("    vs fp32        not measured (forced without a tokenizer)")
     out.append(f"  generation      {_kv(info['generation_config']) or 'transformers defaults'}")
