@@ -1,5 +1,5 @@
 """The fused decoder graph (``kv_layout="fused"``): our own fp32 ONNX graph for Llama / Mistral / Qwen2 / Qwen3 /
-Phi-3, built with onnx.helper from the transformers model's weights, one ``com.microsoft.GroupQueryAttention`` node
+Phi-3 / StableLM and the others of ``FUSED_TYPES``, built with onnx.helper from the transformers model's weights, one ``com.microsoft.GroupQueryAttention`` node
 per layer.
 
 The KV cache lives in preallocated buffers ``past_key_values.{i}.key|value`` [b, kv_heads, L, head_dim] that the
@@ -37,6 +37,10 @@ tables (the pair i turns by the i-th frequency both ways).
 EXAONE 4: OLMo 2's post-norms with Qwen 3's per-head q/k norms; with a sliding window (the 32B), its global layers
 (every ``sliding_window_pattern``-th) attend without the rotary (``do_rotary=0``), as transformers' Exaone4
 (llama.cpp's too).
+StableLM: LayerNorms (weight and bias, ``layer_norm_eps``) where the others have RMSNorm; its partial rotary GQA's
+(StableLM 2 1.6B: 16 of 64 dims; 3B's 20 of 80 is refused, ``partial_rotary_refusal``); queries scaled by
+1/sqrt(head size); ``use_parallel_residual``: attention and MLP read the same normed input and add to the residual
+together (``Sum``); the 12B's per-head q/k LayerNorms (``qk_layernorm``) are refused.
 OLMo 2: no norm before attention or MLP; q and k RMS-normed over their full width (``fused_graph.qk_full_norms``)
 before the rotary; each branch's output normed (``post_attention_layernorm``, ``post_feedforward_layernorm``) before
 its residual add.
@@ -47,11 +51,12 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, logits_head, plain_hint, qk_full_norms, qk_head_norms,
-                          release_weights, rms_norm, save_graph, to_numpy)
+from .fused_graph import (Graph, check_head_dim, io_values, layer_norm, logits_head, plain_hint, qk_full_norms,
+                          qk_head_norms, release_weights, rms_norm, save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
-FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "ernie4_5", "exaone4")
+FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "ernie4_5", "exaone4",
+               "stablelm")
 
 
 def check_supported(model) -> None:
@@ -61,6 +66,9 @@ def check_supported(model) -> None:
         raise ExportError(f"kv_layout='fused': model_type {cfg.model_type!r} is not supported; supported: "
                           f"{', '.join(FUSED_TYPES)} (use kv_layout='plain' for the others)")
     hint = plain_hint(cfg.model_type)
+    if getattr(cfg, "qk_layernorm", False):  # StableLM 2 12B
+        raise ExportError(f"kv_layout='fused': qk_layernorm (StableLM's per-head q/k LayerNorms) is not supported "
+                          f"({hint})")
     if getattr(cfg, "hidden_act", "silu") != "silu":
         raise ExportError(f"kv_layout='fused': hidden_act {cfg.hidden_act!r} is not supported; supported: 'silu' "
                           f"({hint})")
@@ -69,11 +77,19 @@ def check_supported(model) -> None:
         raise ExportError(f"kv_layout='fused': rope_scaling type {rope_type!r} is not supported; supported: "
                           f"{', '.join(SUPPORTED_ROPE_SCALING)}")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    rotary = int(head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0))
-    if rotary < head_dim and (rotary // 2) % 8:  # GQA rotates the first 2 * cos_cache width dims of each head
-        raise ExportError(f"kv_layout='fused': a partial rotary of {rotary} of {head_dim} head dims is not supported: "
-                          f"onnxruntime's GroupQueryAttention needs half of it a multiple of 8 ({hint})")
+    why = partial_rotary_refusal(head_dim, int(head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0)))
+    if why:
+        raise ExportError(f"kv_layout='fused': {why} ({hint})")
     check_head_dim(head_dim, cfg.model_type)
+
+
+def partial_rotary_refusal(head_dim: int, rotary: int) -> str | None:
+    """Why GroupQueryAttention cannot rotate ``rotary`` of each head's ``head_dim`` dims (it rotates the first
+    2 * cos_cache width dims, a multiple of 16 for a partial rotary), or None when it can."""
+    if rotary < head_dim and (rotary // 2) % 8:
+        return (f"a partial rotary of {rotary} of {head_dim} head dims is not supported: onnxruntime's "
+                "GroupQueryAttention needs half of it a multiple of 8")
+    return None
 
 
 def sliding_windows(config) -> list[int | None]:
@@ -118,7 +134,10 @@ def _linear(g: Graph, name: str, x: str, linear) -> str:
 
 
 def _norm(g: Graph, x: str, name: str, norm, eps: float) -> str:
-    """x [b, s, n] -> RMSNorm(x) * weight (the module ``norm``'s, initializer ``name``)."""
+    """x [b, s, n] -> RMSNorm(x) * weight (the module ``norm``'s, initializer ``name``), or StableLM's LayerNorm
+    (weight and bias, its own eps)."""
+    if getattr(norm, "bias", None) is not None:
+        return layer_norm(g, x, name, norm)
     return rms_norm(g, x, name, to_numpy(norm.weight), eps)
 
 
@@ -128,8 +147,8 @@ def _residual_scaled(g: Graph, branch: str, cfg) -> str:
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
-    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 / ERNIE 4.5 / EXAONE 4 model
-    -> the fused graph written to ``out_path``; returns
+    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 / ERNIE 4.5 / EXAONE 4 /
+    StableLM model -> the fused graph written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
     layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
     drops the rest once the graph is written)."""
@@ -141,7 +160,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     D = cfg.hidden_size
     H = getattr(cfg, "head_dim", None) or D // N
     V = cfg.vocab_size
-    eps = float(cfg.rms_norm_eps)
+    eps = float(cfg.layer_norm_eps if cfg.model_type == "stablelm" else cfg.rms_norm_eps)
     P = int(max_positions or position_limit(cfg))  # longrope: its short factors' positions only
     windows = sliding_windows(cfg)
     rotates = [bool(r) for r in getattr(cfg, "no_rope_layers", None) or [1] * L]  # SmolLM3: 0 on its NoPE layers
@@ -179,15 +198,17 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             norms = qk_head_norms if att.q_norm.weight.numel() == H else qk_full_norms
             qkv = norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
         attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i]), rotary_interleaved=int(interleaved),
-                     scale=float(att.scaling))
+                     scale=float(getattr(att, "scaling", None) or H ** -0.5))  # StableLM: 1/sqrt(head size)
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)
         a = g.attention(qkv, i, **attrs)
         o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
         if post_norms:
             o = _norm(g, o, f"l{i}.post_attention_layernorm", layer.post_attention_layernorm, eps)
-        x = g.op("Add", [x, _residual_scaled(g, o, cfg) if granite else o])
-        h = x if post_norms else _norm(g, x, f"l{i}.post_attention_layernorm", layer.post_attention_layernorm, eps)
+        parallel = getattr(layer, "use_parallel_residual", False)  # StableLM: the MLP reads the attention's input
+        if not parallel:
+            x = g.op("Add", [x, _residual_scaled(g, o, cfg) if granite else o])
+            h = x if post_norms else _norm(g, x, f"l{i}.post_attention_layernorm", layer.post_attention_layernorm, eps)
         if hasattr(mlp, "gate_up_proj"):  # Phi-3 (no bias): gate and up in one weight, gate first: two MatMuls here
             wgu = _w(mlp.gate_up_proj)
             ffn = wgu.shape[1] // 2
@@ -200,7 +221,10 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
         down = _linear(g, f"l{i}.down_proj", g.op("Mul", [act, up]), mlp.down_proj)
         if post_norms:
             down = _norm(g, down, f"l{i}.post_feedforward_layernorm", layer.post_feedforward_layernorm, eps)
-        x = g.op("Add", [x, _residual_scaled(g, down, cfg) if granite else down])
+        if parallel:  # x + attention(h) + mlp(h)
+            x = g.op("Sum", [x, o, down])
+        else:
+            x = g.op("Add", [x, _residual_scaled(g, down, cfg) if granite else down])
         if release:  # this layer's arrays are made: its PyTorch weights can go
             release_weights(layer)
     x = _norm(g, x, "norm.weight", inner.norm, eps)

@@ -7,8 +7,8 @@
   ``$ONNXLM_CACHE``, else ``$XDG_CACHE_HOME/onnxlm``, else ``~/.cache/onnxlm``;
 * **what:** the file's own blocks (``quantize="gguf"``, accuracy level 4). When the quality gate refuses level 4's
   int8 activations, the fidelity level (1: fp32 activations, the same blocks) is exported instead. A file without
-  quantized blocks (F32 / F16 / BF16), or of an architecture whose graph does not run on blocks (GPT-2, StableLM:
-  ``gguf_quant.on_blocks_types``), becomes the fp32 artifact;
+  quantized blocks (F32 / F16 / BF16), or whose graph does not run on blocks (GPT-2; StableLM with a partial rotary
+  GroupQueryAttention cannot take: ``gguf_quant.off_blocks_reason``), becomes the fp32 artifact;
 * **reuse:** later runs reuse it while the file's path, size and mtime are those written beside it
   (``<artifact dir>.json``), or, when they moved (a copy, a ``touch``), while its sha256 is the one the manifest
   pins. Another file at that path is exported again, replacing the old artifact, and so is an artifact an earlier
@@ -219,17 +219,18 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     from .atomic_dir import temp_dir_beside
     from .export import export_model
     from .export_resources import check_gguf_export_resources
-    from .gguf_quant import file_architecture, file_has_blocks, on_blocks, quantize_gguf_artifact
+    from .gguf_quant import file_architecture, file_has_blocks, off_blocks_reason, quantize_gguf_artifact
+    from .gguf_reader import gguf_reader
 
     arch = file_architecture(path)
     has_blocks = file_has_blocks(path)
-    blocks = has_blocks and on_blocks(arch)
+    off_blocks = off_blocks_reason(gguf_reader(path)) if has_blocks else None
+    blocks = has_blocks and off_blocks is None
     check_gguf_export_resources(path, target, blocks_kept=blocks)  # refused now, not killed later
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")
     if has_blocks and not blocks:
-        log(f"{arch}: its graph does not run on the file's blocks (those of the Llama and Gemma families do): "
-            "exporting it in fp32 (dequantized)")
+        log(f"{arch}: {off_blocks}: exporting it in fp32 (dequantized)")
     replace = target.exists() or target.is_symlink()
     if not blocks:
         export_model(path, target, force=replace, progress=progress)

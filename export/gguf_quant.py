@@ -113,37 +113,71 @@ def model_type_of(architecture: str | None) -> str | None:
 
 
 def on_blocks_types() -> tuple[str, ...]:
-    """The model_types whose fused graph this rewrite knows: the Llama and Gemma families' (``fused_llama``,
-    ``fused_gemma``). GPT-2's fused graph (``fused_gpt2``) names its weights otherwise and adds a bias to every
-    product; StableLM has no fused graph: their GGUF files export in fp32."""
+    """The model_types whose fused graph this rewrite knows: the Llama family's (StableLM's among them) and Gemma's
+    (``fused_llama``, ``fused_gemma``). GPT-2's fused graph (``fused_gpt2``) names its weights otherwise and adds a
+    bias to every product: its GGUF files export in fp32."""
     from . import fused_gemma, fused_llama
 
     return fused_llama.FUSED_TYPES + fused_gemma.FUSED_TYPES
 
 
 def on_blocks(architecture: str | None) -> bool:
-    """True when a GGUF file of ``architecture`` exports to a graph this rewrite knows (``on_blocks_types``)."""
+    """True when a GGUF file of ``architecture`` exports to a graph this rewrite knows (``on_blocks_types``); the
+    file's own settings may still keep it off them (``off_blocks_reason``)."""
     return model_type_of(architecture) in on_blocks_types()
+
+
+def off_blocks_reason(reader) -> str | None:
+    """A GGUF file's reader -> why its export does not run on the file's blocks (a phrase), or None when it does:
+    an architecture whose graph this rewrite does not know, or a partial rotary that onnxruntime's
+    GroupQueryAttention cannot take (the fused graph's check; StableLM 3B's 20 of 80 dims), whose graph is the plain
+    one."""
+    from .fused_llama import partial_rotary_refusal
+    from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size
+    from .gguf_reader import field_value
+
+    arch = field_value(reader, "general.architecture")
+    if not on_blocks(arch):
+        return (f"its graph does not run on a file's blocks (those of the {FAMILIES_ON_BLOCKS} families do; "
+                f"model_type {model_type_of(arch)!r} is dequantized to fp32)")
+    if arch in PARTIAL_ROTARY_ARCHS:
+        keys = ("attention.key_length", "embedding_length", "attention.head_count", "rope.dimension_count")
+        meta = {f"{arch}.{k}": field_value(reader, f"{arch}.{k}") for k in keys}
+        head = _head_size({k: v for k, v in meta.items() if v is not None}, arch)
+        rotated = meta[f"{arch}.rope.dimension_count"]
+        why = partial_rotary_refusal(head, head if rotated is None else int(rotated))
+        if why:
+            return f"{why}: its graph is the plain one, which does not run on a file's blocks"
+    return None
+
+
+FAMILIES_ON_BLOCKS = "Llama, StableLM and Gemma"
 
 
 def refuse_off_blocks(model_type: str, where) -> None:
     """ExportError naming ``where`` (the file or artifact) when ``model_type``'s graph is not one this rewrite
     knows (``on_blocks_types``)."""
     if model_type not in on_blocks_types():
-        raise ExportError(f"{where}: quantize='gguf' runs the fused graphs of the Llama and Gemma families on a file's "
-                          f"own blocks ({', '.join(on_blocks_types())}); model_type {model_type!r}'s graph does not "
-                          "run on them (a GGUF of it is dequantized to fp32): export it without quantize, or with "
-                          "quantize='int8'")
+        raise ExportError(f"{where}: quantize='gguf' runs the fused graphs of the {FAMILIES_ON_BLOCKS} families on a "
+                          f"file's own blocks ({', '.join(on_blocks_types())}); model_type {model_type!r}'s graph "
+                          "does not run on them (a GGUF of it is dequantized to fp32): export it without quantize, "
+                          "or with quantize='int8'")
 
 
 def refuse_file_off_blocks(gguf: Path, where) -> None:
-    """``refuse_off_blocks`` for a GGUF file of an architecture onnxlm exports (another is the loader's to refuse,
-    naming those it exports)."""
+    """ExportError naming ``where`` when a GGUF file of an architecture onnxlm exports does not export onto its
+    blocks (``off_blocks_reason``; another architecture is the loader's to refuse, naming those it exports)."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
+    from .gguf_reader import gguf_reader
 
+    reader = gguf_reader(gguf)
     arch = file_architecture(gguf)
-    if arch in TESTED_GGUF_ARCHITECTURES:
-        refuse_off_blocks(model_type_of(arch), where)
+    if arch not in TESTED_GGUF_ARCHITECTURES:
+        return
+    why = off_blocks_reason(reader)
+    if why is not None:
+        raise ExportError(f"{where}: quantize='gguf' refused: {arch}: {why}: export it without quantize, or with "
+                          "quantize='int8'")
 
 
 def file_architecture(gguf: Path) -> str | None:

@@ -73,12 +73,12 @@ def summarize_gguf(path) -> dict:
     "version", "name", "architecture", "exported", "refused" (why the export would refuse a file of an architecture
     it exports, else None), "layers", "hidden",
     "context_length", "parameters", "tensor_types" (type -> count, most first), "dequantized_types", "blocks",
-    "on_blocks" (whether its architecture's graph runs on a file's blocks: ``gguf_quant.on_blocks_types``),
+    "on_blocks" (whether its export runs on the file's blocks), "off_blocks" (why not: ``gguf_quant.off_blocks_reason``),
     "fp32_with_group" (block tensors run in fp32 beside a tensor of their product without blocks: type -> count),
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_blocks import NATIVE_TYPES
-    from .gguf_quant import LOSSLESS_FP32, has_blocks, on_blocks
+    from .gguf_quant import LOSSLESS_FP32, has_blocks, off_blocks_reason
 
     path = Path(os.fspath(path))
     try:
@@ -95,6 +95,7 @@ def summarize_gguf(path) -> dict:
     arch = field_value(reader, "general.architecture")
     types = Counter(t.tensor_type.name for t in reader.tensors)
     refused = _refusal(reader, arch) if arch in TESTED_GGUF_ARCHITECTURES else None
+    off_blocks = off_blocks_reason(reader) if arch in TESTED_GGUF_ARCHITECTURES else None
     return {
         "file": path.name, "bytes": split_bytes(path), "files": len(split_files(path)),
         "version": field_value(reader, "GGUF.version"),
@@ -106,7 +107,7 @@ def summarize_gguf(path) -> dict:
         "parameters": sum(int(t.n_elements) for t in reader.tensors),
         "tensor_types": dict(types.most_common()),
         "dequantized_types": sorted(t for t in types if t not in NATIVE_TYPES and t not in LOSSLESS_FP32),
-        "blocks": has_blocks(types), "on_blocks": on_blocks(arch),
+        "blocks": has_blocks(types), "on_blocks": off_blocks is None, "off_blocks": off_blocks,
         "fp32_with_group": _fp32_with_group(reader, arch),
         "tokenizer": _tokenizer(reader),
         "chat_template": "tokenizer.chat_template" in reader.fields,

@@ -67,7 +67,8 @@ LAYER_NORM_ARCHS = ("gpt2", "stablelm")
 #: pseudo-keys of ``CASES``' metadata: how the tensors are laid out, never written as metadata
 LAYOUT_KEYS = ("block_count", "tied", "qkv_bias", "parallel", "ffn")
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting -> the
-#: kv layout their export takes (None: the plain graph; StableLM has no fused one)
+#: kv layout their export takes (None: the plain graph: this StableLM rotates 4 of 16 head dims, which
+#: GroupQueryAttention cannot)
 LAYOUT_CASES = {"phi3-packed": "fused-gqa", "stablelm-parallel-residual": None}
 #: token ids fed to both runtimes (BOS first): longer than the sliding window of the Gemma cases
 IDS = [1, 40, 41, 72, 100, 150, 200, 3, 9, 250, 77, 120]

@@ -13,6 +13,10 @@ Families and recipes (each exported once per session, validated by export/valida
   width), tiny-ernie4_5 (rotary on adjacent pairs: GQA's interleaved rotary; head_dim 32 != hidden / heads),
   tiny-exaone4 (post-norms with per-head q/k norms; a window of 4 on its first layer, its second global without
   rotary).
+* StableLM (export/fused_llama.py, ``kv_layout="fused"``): tiny-stablelm2 (StableLM 2 1.6B's shape: LayerNorms with
+  bias, 16 of 64 head dims rotated, q/k/v bias, untied head), tiny-stablelm-parallel-full-rotary (attention and MLP
+  from the same LayerNorm, added to the residual together; every head dim rotated). The recipes of
+  tests/test_families.py whose quarter-rotary of 16-dim heads GQA cannot take (4 dims) export plain.
 * GPT-2 (export/fused_gpt2.py, the default ``kv_layout="auto"``, which must pick the fused graph; learned positions fed
   as ``position_ids``): tiny-gpt2 (tied: wte stored once), tiny-gpt2-untied-inverse-layer-scale (untied head, scores of
   layer i divided by i + 1: compared with transformers' eager attention, the only one that honours it).
@@ -119,6 +123,9 @@ FAMILIES = {
                     {"kv_layout": "fused"},
                     FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                     lambda ours: {"pad_token_id": ours.pad_id}),
+    "stablelm": Family("tiny_llama", ["families/tiny-stablelm2", "families/tiny-stablelm-parallel-full-rotary"],
+                       {"kv_layout": "fused"}, FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
+                       lambda ours: {"pad_token_id": ours.pad_id}),
     "gpt2": Family("tiny_gpt2", ["tiny-gpt2", "families/tiny-gpt2-untied-inverse-layer-scale"], {},
                    FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                    lambda ours: {"pad_token_id": ours.pad_id}, position_ids=True),
@@ -378,8 +385,20 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
                                                        num_key_value_heads=1)).eval()
     with pytest.raises(ExportError, match="'olmo' is not supported; supported: ernie4_5, exaone4, gemma, gemma2, "
                                           "gemma3_text, gpt2, granite, llama, mistral, mt5, olmo2, phi3, qwen2, qwen3, "
-                                          "smollm3, t5"):
+                                          "smollm3, stablelm, t5"):
         export_model(olmo, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
+    from types import SimpleNamespace
+
+    from transformers import StableLmConfig
+
+    from onnxlm.export import fused_llama
+
+    small = dict(vocab_size=64, hidden_size=64, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4)
+    for setting, why in (({"qk_layernorm": True}, "qk_layernorm \\(StableLM's per-head q/k LayerNorms\\)"),
+                         ({"partial_rotary_factor": 0.25}, "a partial rotary of 4 of 16 head dims is not supported")):
+        with pytest.raises(ExportError, match=f"kv_layout='fused': {why}"):  # StableLM 2 12B; StableLM 3B's kind
+            fused_llama.check_supported(SimpleNamespace(config=StableLmConfig(**small, **setting)))
+    fused_llama.check_supported(SimpleNamespace(config=StableLmConfig(**small, partial_rotary_factor=1.0)))
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
         export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
     assert not (tmp_path / "a").exists()

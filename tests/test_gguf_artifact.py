@@ -351,20 +351,29 @@ def test_info_describes_a_gguf_file_and_its_cached_artifact_without_exporting(fi
     assert code == 0 and f"{5 * n / 1024:.1f} KiB of memory and {4 * n / 1024:.1f} KiB of disk at the least" in out
 
 
-@pytest.mark.parametrize("case", ["gpt2", "stablelm"])
-def test_info_says_a_gpt2_or_stablelm_file_runs_in_fp32(tmp_path, capsys, case):
-    """A Q8_0 GPT-2 or StableLM file: onnxlm exports it, but not on its blocks (its graph has no rewrite onto them):
-    info says so and counts the fp32 export's needs, as for a file without blocks."""
+@pytest.mark.parametrize("case", ["gpt2", "stablelm", "stablelm-no-rope-dims"])
+def test_info_says_which_gpt2_or_stablelm_file_runs_in_fp32(tmp_path, capsys, case):
+    """A Q8_0 GPT-2 file, or a StableLM one whose partial rotary (8 of 16 head dims) GroupQueryAttention cannot
+    take: onnxlm exports it, but not on its blocks: info says why and counts the fp32 export's needs, as for a file
+    without blocks. A StableLM file rotating every dim runs on its blocks (the fused graph)."""
     from gguf_writers import write_tiny_gguf as write_arch_gguf
 
     path = tmp_path / f"{case}.gguf"
     write_arch_gguf(path, case, block_type="Q8_0")
     code, out, err = run_cli(capsys, "info", path)
+    arch = case.split("-")[0]
     assert code == 0, err
-    assert f"{case}: onnxlm exports it" in out
-    assert (f"--quantize gguf refused: {case}'s graph does not run on a file's blocks (those of the Llama and Gemma "
-            "families do): export it in fp32, or --quantize int8") in out
+    assert f"{arch}: onnxlm exports it" in out
+    why = {"gpt2": "its graph does not run on a file's blocks (those of the Llama, StableLM and Gemma families do; "
+                   "model_type 'gpt2' is dequantized to fp32)",
+           "stablelm": "a partial rotary of 8 of 16 head dims is not supported: onnxruntime's GroupQueryAttention "
+                       "needs half of it a multiple of 8: its graph is the plain one, which does not run on a file's "
+                       "blocks"}.get(case)
     n = json.loads(run_cli(capsys, "info", path, "--json")[1])["gguf"]["parameters"]
+    if why is None:
+        assert "--quantize gguf refused" not in out and "every quantized tensor keeps its blocks" in out
+        return
+    assert f"--quantize gguf refused: {arch}: {why}: export it in fp32, or --quantize int8" in out
     assert f"{5 * n / 1024:.1f} KiB of memory and {4 * n / 1024:.1f} KiB of disk at the least" in out
 
 

@@ -754,30 +754,41 @@ def test_a_gguf_without_some_weights_is_refused_by_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen2.gguf"]
 
 
-OFF_BLOCKS = r"quantize='gguf' runs the fused graphs of the Llama and Gemma families on a file's own blocks \(.*\); " \
-             r"model_type '{}''s graph does not run on them \(a GGUF of it is dequantized to fp32\): export it " \
-             r"without quantize, or with quantize='int8'"
+OFF_BLOCKS = r"quantize='gguf' runs the fused graphs of the Llama, StableLM and Gemma families on a file's own " \
+             r"blocks \(.*\); model_type '{}''s graph does not run on them \(a GGUF of it is dequantized to fp32\): " \
+             r"export it without quantize, or with quantize='int8'"
+#: why a tiny file of these cases does not export onto its blocks (``gguf_quant.off_blocks_reason``)
+OFF_BLOCKS_WHY = {"gpt2": "its graph does not run on a file's blocks (those of the Llama, StableLM and Gemma families "
+                          "do; model_type 'gpt2' is dequantized to fp32)",
+                  "stablelm": "a partial rotary of 8 of 16 head dims is not supported: onnxruntime's "
+                              "GroupQueryAttention needs half of it a multiple of 8: its graph is the plain one, which "
+                              "does not run on a file's blocks"}
 
 
 @pytest.mark.parametrize("case", ["gpt2", "stablelm"])
-def test_an_architecture_without_a_graph_on_blocks_is_refused_before_the_fp32_export(tmp_path, case, no_weight_loads):
-    """A Q8_0 GPT-2 or StableLM file with quantize='gguf': refused by model_type from its header, before the fp32
-    export (nothing loads, nothing is written): GPT-2's fused graph is not one the rewrite knows, StableLM has none."""
+def test_a_file_whose_graph_is_not_on_blocks_is_refused_before_the_fp32_export(tmp_path, case, no_weight_loads):
+    """A Q8_0 GPT-2 file (its fused graph is not one the rewrite knows), or a StableLM one rotating 8 of 16 head dims
+    (GroupQueryAttention cannot: its graph is the plain one), with quantize='gguf': refused from its header, saying
+    why, before the fp32 export (nothing loads, nothing is written)."""
+    import re
+
     from gguf_writers import write_tiny_gguf
     from onnxlm.export import export_model
 
     path = tmp_path / f"{case}.gguf"
     write_tiny_gguf(path, case, block_type="Q8_0")
-    with pytest.raises(ExportError, match=f"{case}.gguf: " + OFF_BLOCKS.format(case)):
+    with pytest.raises(ExportError, match=re.escape(f"{case}.gguf: quantize='gguf' refused: {case}: "
+                                                    f"{OFF_BLOCKS_WHY[case]}: export it without quantize, or with "
+                                                    "quantize='int8'")):
         export_model(path, tmp_path / "q", quantize="gguf", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{case}.gguf"]
 
 
 @pytest.mark.parametrize("case,layout", [("gpt2", "fused-gqa"), ("stablelm", None)])
-def test_a_gguf_run_as_it_is_without_a_graph_on_blocks_is_cached_in_fp32(tmp_path, case, layout, capsys):
-    """``onnxlm generate file.gguf``'s cache on a Q8_0 GPT-2 or StableLM file: the fp32 artifact of its dequantized
-    blocks, saying why, with transformers' logits on that file; quantize='gguf' from that fp32 artifact is refused by
-    model_type as from the file."""
+def test_a_gguf_run_as_it_is_off_its_blocks_is_cached_in_fp32(tmp_path, case, layout, capsys):
+    """``onnxlm generate file.gguf``'s cache on such a Q8_0 file: the fp32 artifact of its dequantized blocks,
+    saying why, with transformers' logits on that file; quantize='gguf' from that fp32 artifact is refused: GPT-2's
+    by model_type as from the file, StableLM's plain graph by its layout."""
     import torch
     from gguf_writers import IDS, write_tiny_gguf
 
@@ -787,16 +798,40 @@ def test_a_gguf_run_as_it_is_without_a_graph_on_blocks_is_cached_in_fp32(tmp_pat
     path = tmp_path / f"{case}.gguf"
     write_tiny_gguf(path, case, block_type="Q8_0")
     out = ensure_gguf_artifact(path, cache_dir=tmp_path / "cache")
-    assert f"{case}: its graph does not run on the file's blocks (those of the Llama and Gemma families do): " \
-           "exporting it in fp32 (dequantized)" in capsys.readouterr().err
+    assert f"{case}: {OFF_BLOCKS_WHY[case]}: exporting it in fp32 (dequantized)" in capsys.readouterr().err
     model = onnxlm.load(out)
     assert "quantization" not in model.manifest and model.manifest.get("kv_layout") == layout
     with torch.no_grad():
         want = load_gguf(path).model(torch.tensor([IDS])).logits[0].numpy()
     assert np.abs(model.logits(np.array([IDS]))[0] - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
-    with pytest.raises(ExportError, match=OFF_BLOCKS.format(case)):
+    refusal = OFF_BLOCKS.format(case) if case == "gpt2" else "this artifact's kv layout is 'plain'"
+    with pytest.raises(ExportError, match=refusal):
         GQ.quantize_gguf_artifact(out, tmp_path / "q", gguf=path, progress=False)
     assert not (tmp_path / "q").exists()
+
+
+def test_a_stablelm_file_rotating_every_head_dim_runs_on_its_blocks(tmp_path):
+    """StableLM on its own blocks (the fused graph: LayerNorms, a rotary GroupQueryAttention takes): a Q8_0 file
+    rotating every head dim (llama.cpp's reading of a file without rope.dimension_count) exports with
+    quantize='gguf', every matrix kept as its blocks, and at the fidelity level gives the fp32 export's logits (the
+    fused graph on the dequantized file, whose F32 twin tests/test_gguf_config.py checks against llama.cpp's)."""
+    from gguf_writers import IDS, write_tiny_gguf
+    from onnxlm.export import export_model
+
+    path = tmp_path / "stablelm.gguf"
+    write_tiny_gguf(path, "stablelm-no-rope-dims", block_type="Q8_0")
+    out = export_model(path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
+                       quality_text=SHORT_GATE_TEXT, progress=False)
+    m = json.loads((out / "onnxlm.json").read_text())
+    q = m["quantization"]
+    assert (m["model_type"], m["kv_layout"]) == ("stablelm", "fused-gqa")
+    assert q["tensors"] == {"Q8_0": 7 * 2 + 2} and q["fp32_tensors"] == {} and q["max_weight_diff"] <= 1e-5  # 7 a
+    #                                                                    layer, the head and the (untied) embedding
+    fp32 = onnxlm.load(export_model(path, tmp_path / "fp32", progress=False))  # the dequantized file, fused too
+    assert fp32.manifest["kv_layout"] == "fused-gqa"
+    ids = np.array([IDS])
+    want = fp32.logits(ids)[0]
+    assert np.abs(onnxlm.load(out).logits(ids)[0] - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K", "IQ4_XS"])

@@ -119,8 +119,8 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
     blocks = ("refused: no tensor is of a quantized (block) type (export it in fp32, or --quantize int8)"
               if not g["blocks"] else
               f"refused: onnxlm does not export {g['architecture']}" if not g["exported"] else
-              f"refused: {g['architecture']}'s graph does not run on a file's blocks (those of the Llama and Gemma "
-              "families do): export it in fp32, or --quantize int8" if not on_blocks else
+              f"refused: {g['architecture']}: {g['off_blocks']}: export it in fp32, or --quantize int8"
+              if not on_blocks else
               "every quantized tensor keeps its blocks" if not g["dequantized_types"] else
               f"dequantised to fp32: {', '.join(g['dequantized_types'])}; the other quantized tensors keep their "
               "blocks")
