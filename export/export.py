@@ -150,7 +150,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     ``1e-4 + 1e-4 * max|reference logits|``, see ``onnxlm.export.validate``). ``validate=False`` skips the PyTorch vs
     onnxruntime comparison (the manifest then records ``validation: null``). ``kv_layout``: "auto" (the default: "fused"
     where the fused builder supports the model, else "plain"), "plain" (optimum's graph) or "fused" (our own
-    GroupQueryAttention graphs with in-place KV buffers: GPT-2, T5 and Llama / Mistral / Qwen2 only, see
+    GroupQueryAttention graphs with in-place KV buffers: GPT-2, T5, the Llama family and Gemma, see
     ``onnxlm.export.fused``; the manifest records ``"kv_layout": "fused-gqa"``).
     ``quantize="gguf"`` (a ``.gguf`` model: Llama family or Gemma): the fused fp32 export's weight MatMuls then run on the
     GGUF file's own Q4_0 / Q4_1 / Q8_0 blocks (``onnxlm.export.gguf_quant``: no re-quantisation; ``accuracy_level``

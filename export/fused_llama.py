@@ -137,7 +137,7 @@ def _norm(g: Graph, x: str, name: str, norm, eps: float) -> str:
     """x [b, s, n] -> RMSNorm(x) * weight (the module ``norm``'s, initializer ``name``), or StableLM's LayerNorm
     (weight and bias, its own eps)."""
     if getattr(norm, "bias", None) is not None:
-        return layer_norm(g, x, name, norm)
+        return layer_norm(g, x, name.removesuffix(".weight"), norm)  # initializers name.weight, name.bias
     return rms_norm(g, x, name, to_numpy(norm.weight), eps)
 
 
@@ -198,7 +198,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             norms = qk_head_norms if att.q_norm.weight.numel() == H else qk_full_norms
             qkv = norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
         attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i]), rotary_interleaved=int(interleaved),
-                     scale=float(getattr(att, "scaling", None) or H ** -0.5))  # StableLM: 1/sqrt(head size)
+                     scale=float(att.scaling if hasattr(att, "scaling") else H ** -0.5))  # StableLM: 1/sqrt(head)
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)
         a = g.attention(qkv, i, **attrs)

@@ -145,7 +145,8 @@ def off_blocks_reason(reader) -> str | None:
         meta = {f"{arch}.{k}": field_value(reader, f"{arch}.{k}") for k in keys}
         head = _head_size({k: v for k, v in meta.items() if v is not None}, arch)
         rotated = meta[f"{arch}.rope.dimension_count"]
-        why = partial_rotary_refusal(head, head if rotated is None else int(rotated))
+        factor = 1.0 if rotated is None else int(rotated) / head  # config_overrides' partial_rotary_factor
+        why = partial_rotary_refusal(head, int(head * factor))  # as the builder reads that factor back
         if why:
             return f"{why}: its graph is the plain one, which does not run on a file's blocks"
     return None
@@ -168,12 +169,17 @@ def refuse_file_off_blocks(gguf: Path, where) -> None:
     """ExportError naming ``where`` when a GGUF file of an architecture onnxlm exports does not export onto its
     blocks (``off_blocks_reason``; another architecture is the loader's to refuse, naming those it exports)."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
+    from .gguf_config import refuse_tensors
     from .gguf_reader import gguf_reader
 
     reader = gguf_reader(gguf)
     arch = file_architecture(gguf)
     if arch not in TESTED_GGUF_ARCHITECTURES:
         return
+    try:  # a file onnxlm does not export at all (StableLM 2 12B's q/k norms): said as such, as the loader says it
+        refuse_tensors(arch, [t.name for t in reader.tensors])
+    except ExportError as e:
+        raise ExportError(f"{Path(gguf).name}: {e}") from e
     why = off_blocks_reason(reader)
     if why is not None:
         raise ExportError(f"{where}: quantize='gguf' refused: {arch}: {why}: export it without quantize, or with "
@@ -491,7 +497,8 @@ def quantize_gguf_artifact(src, out_dir, *, gguf=None, accuracy_level: int = 4, 
     refuse_off_blocks(manifest.get("model_type"), src)
     if manifest.get("kv_layout") != "fused-gqa":
         raise ExportError(f"{src}: quantize='gguf' rewrites the fused graph; this artifact's kv layout is "
-                          f"{manifest.get('kv_layout', 'plain')!r} (export with kv_layout='fused')")
+                          f"{manifest.get('kv_layout', 'plain')!r} (export with kv_layout='fused', where the fused "
+                          "builder supports the model; `onnxlm info FILE.gguf` says whether a file's blocks run)")
     tensors = GGUFTensors(path, manifest["num_heads"], manifest["num_kv_heads"])
     file_type = tensors.file_type
 

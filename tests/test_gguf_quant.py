@@ -810,28 +810,39 @@ def test_a_gguf_run_as_it_is_off_its_blocks_is_cached_in_fp32(tmp_path, case, la
     assert not (tmp_path / "q").exists()
 
 
-def test_a_stablelm_file_rotating_every_head_dim_runs_on_its_blocks(tmp_path):
-    """StableLM on its own blocks (the fused graph: LayerNorms, a rotary GroupQueryAttention takes): a Q8_0 file
-    rotating every head dim (llama.cpp's reading of a file without rope.dimension_count) exports with
-    quantize='gguf', every matrix kept as its blocks, and at the fidelity level gives the fp32 export's logits (the
-    fused graph on the dequantized file, whose F32 twin tests/test_gguf_config.py checks against llama.cpp's)."""
-    from gguf_writers import IDS, write_tiny_gguf
-    from onnxlm.export import export_model
+@pytest.mark.parametrize("case,block_type", [("stablelm-no-rope-dims", "Q8_0"), ("stablelm-bias-parallel", "Q4_1")])
+def test_a_stablelm_file_rotating_every_head_dim_runs_on_its_blocks(tmp_path, monkeypatch, case, block_type):
+    """StableLM on its own blocks (the fused graph: LayerNorms, a rotary GroupQueryAttention takes): a file rotating
+    every head dim (llama.cpp's reading of a file without rope.dimension_count; Q8_0), and one with q/k/v biases
+    and parallel residuals too (Q4_1: its correction added into the parallel Sum), export with quantize='gguf',
+    every matrix kept as its blocks; the fp32 export (fused as well) gives transformers' logits on the dequantized
+    file, and at the fidelity level the blocks give the fp32 export's."""
+    import gguf_writers
+    import torch
 
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+
+    monkeypatch.setitem(gguf_writers.CASES, "stablelm-bias-parallel",
+                        ("stablelm", {"rope.dimension_count": None, "qkv_bias": True, "parallel": True}, None))
     path = tmp_path / "stablelm.gguf"
-    write_tiny_gguf(path, "stablelm-no-rope-dims", block_type="Q8_0")
+    gguf_writers.write_tiny_gguf(path, case, block_type=block_type)
     out = export_model(path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
                        quality_text=SHORT_GATE_TEXT, progress=False)
     m = json.loads((out / "onnxlm.json").read_text())
     q = m["quantization"]
     assert (m["model_type"], m["kv_layout"]) == ("stablelm", "fused-gqa")
-    assert q["tensors"] == {"Q8_0": 7 * 2 + 2} and q["fp32_tensors"] == {} and q["max_weight_diff"] <= 1e-5  # 7 a
-    #                                                                    layer, the head and the (untied) embedding
+    assert q["tensors"] == {block_type: 7 * 2 + 2} and q["fp32_tensors"] == {}  # 7 a layer, the head, the embedding
+    assert q["max_weight_diff"] <= 1e-5
     fp32 = onnxlm.load(export_model(path, tmp_path / "fp32", progress=False))  # the dequantized file, fused too
     assert fp32.manifest["kv_layout"] == "fused-gqa"
-    ids = np.array([IDS])
+    ids = np.array([gguf_writers.IDS])
+    with torch.no_grad():
+        hf = load_gguf(path).model(torch.tensor(ids)).logits[0].numpy()
     want = fp32.logits(ids)[0]
-    assert np.abs(onnxlm.load(out).logits(ids)[0] - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    tol = 1e-4 * max(1.0, float(np.abs(want).max()))
+    assert np.abs(want - hf).max() <= tol
+    assert np.abs(onnxlm.load(out).logits(ids)[0] - want).max() <= tol
 
 
 @pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K", "IQ4_XS"])
