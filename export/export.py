@@ -195,11 +195,11 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                     blocks_kept=quantize == "gguf", in_cache=False)
     from .head_quant import check_quantize_head
 
+    artifact = isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file()  # an fp32 one
     if check_quantize_head(quantize_head) != "auto" and quantize not in ("int8", "int4"):
         raise ExportError(f"quantize_head: got {quantize_head!r} with quantize={quantize!r}; it applies to "
                           "quantize='int8' or 'int4' only (leave it 'auto')")
-    if gguf is not None and not (quantize == "gguf" and isinstance(model, (str, Path))
-                                 and (Path(model).expanduser() / "onnxlm.json").is_file()):
+    if gguf is not None and not (quantize == "gguf" and artifact):
         raise ExportError(f"gguf: given {str(gguf)!r}; it names the GGUF of an fp32 artifact re-quantized with "
                           "quantize='gguf' (a .gguf MODEL is its own source)")
     if quantize is None and (block_size != 32 or accuracy_level != 4 or force_quality or quality_text is not None):
@@ -208,10 +208,10 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                              ("quality_text", quality_text, None)) if v != default}
         raise ExportError(f"{', '.join(f'{k}={v!r:.40}' for k, v in given.items())}: quantization settings, given "
                           "without quantize; pass quantize='int8', 'int4' or 'gguf' (--quantize), or leave them out")
-    from .quality import check_quality_text
+    if not artifact:  # a source to export has no tokenizer yet (an artifact's text: quantize_*'s first check)
+        from .quality import check_quality_text
 
-    artifact = model if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file() else None
-    check_quality_text(quality_text, artifact, gated=not force_quality)  # a source to export: no tokenizer yet
+        check_quality_text(quality_text, None, gated=not force_quality)
     if quantize == "gguf" and opset is not None:
         raise ExportError("opset: quantize='gguf' rewrites the fused graph, which is built at a fixed opset; pass no "
                           "opset")
@@ -224,7 +224,7 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         from .quantize import _check_args, quantize_artifact
 
         _check_args(quantize, block_size, accuracy_level)  # refuse bad settings before the long export
-        if isinstance(model, (str, Path)) and (Path(model).expanduser() / "onnxlm.json").is_file():
+        if artifact:
             return quantize_artifact(model, out_dir, scheme=quantize, block_size=block_size,  # no torch needed
                                      accuracy_level=accuracy_level, quantize_head=quantize_head,
                                      force_quality=force_quality, quality_text=quality_text, force=force,

@@ -98,10 +98,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
                           "(supported: none, linear; llama3 scaling comes as a rope_freqs tensor)")
     if arch in HEAD_DIM_ARCHS:  # as llama.cpp: key_length, else hidden / heads
         out["head_dim"] = _head_size(meta, arch)
-    if arch in PARTIAL_ROTARY_ARCHS:  # as llama.cpp: every dim of a head without the key
-        rotated = meta.get(f"{arch}.rope.dimension_count")
-        head = _head_size(meta, arch)
-        out["partial_rotary_factor"] = (head if rotated is None else int(rotated)) / head
+    if arch in PARTIAL_ROTARY_ARCHS:
+        out["partial_rotary_factor"] = partial_rotary_factor(meta, arch)
     for key, attribute in UNMAPPED_KEYS.get(arch, {}).items():
         if f"{arch}.{key}" in meta:
             out[attribute] = meta[f"{arch}.{key}"]
@@ -161,6 +159,14 @@ def exaone4_layers(meta: Mapping[str, Any]) -> dict:
         swa = [n == 0 or i % n < n - 1 for i in range(layers)]
     return {"sliding_window": int(meta.get("exaone4.attention.sliding_window", 4096)),
             "layer_types": ["sliding_attention" if s else "full_attention" for s in swa]}
+
+
+def partial_rotary_factor(meta: Mapping[str, Any], arch: str) -> float:
+    """The share of each head's dims a file of a ``PARTIAL_ROTARY_ARCHS`` architecture rotates, as llama.cpp reads
+    it: ``{arch}.rope.dimension_count`` / head size, every dim without the key."""
+    rotated = meta.get(f"{arch}.rope.dimension_count")
+    head = _head_size(meta, arch)
+    return (head if rotated is None else int(rotated)) / head
 
 
 def _head_size(meta: Mapping[str, Any], arch: str) -> int:

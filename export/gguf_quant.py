@@ -133,20 +133,17 @@ def off_blocks_reason(reader) -> str | None:
     GroupQueryAttention cannot take (the fused graph's check; StableLM 3B's 20 of 80 dims), whose graph is the plain
     one."""
     from .fused_llama import partial_rotary_refusal
-    from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size
-    from .gguf_reader import field_value
+    from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size, partial_rotary_factor
+    from .gguf_reader import arch_fields, field_value
 
     arch = field_value(reader, "general.architecture")
     if not on_blocks(arch):
         return (f"its graph does not run on a file's blocks (those of the {FAMILIES_ON_BLOCKS} families do; "
                 f"model_type {model_type_of(arch)!r} is dequantized to fp32)")
-    if arch in PARTIAL_ROTARY_ARCHS:
-        keys = ("attention.key_length", "embedding_length", "attention.head_count", "rope.dimension_count")
-        meta = {f"{arch}.{k}": field_value(reader, f"{arch}.{k}") for k in keys}
-        head = _head_size({k: v for k, v in meta.items() if v is not None}, arch)
-        rotated = meta[f"{arch}.rope.dimension_count"]
-        factor = 1.0 if rotated is None else int(rotated) / head  # config_overrides' partial_rotary_factor
-        why = partial_rotary_refusal(head, int(head * factor))  # as the builder reads that factor back
+    if arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
+        meta = arch_fields(reader, arch)
+        head = _head_size(meta, arch)
+        why = partial_rotary_refusal(head, int(head * partial_rotary_factor(meta, arch)))
         if why:
             return f"{why}: its graph is the plain one, which does not run on a file's blocks"
     return None
@@ -170,10 +167,10 @@ def refuse_file_off_blocks(gguf: Path, where) -> None:
     blocks (``off_blocks_reason``; another architecture is the loader's to refuse, naming those it exports)."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_config import refuse_tensors
-    from .gguf_reader import gguf_reader
+    from .gguf_reader import field_value, gguf_reader
 
     reader = gguf_reader(gguf)
-    arch = file_architecture(gguf)
+    arch = field_value(reader, "general.architecture")
     if arch not in TESTED_GGUF_ARCHITECTURES:
         return
     try:  # a file onnxlm does not export at all (StableLM 2 12B's q/k norms): said as such, as the loader says it

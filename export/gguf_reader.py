@@ -61,6 +61,11 @@ def field_value(reader, key: str):
     return value[0].item()
 
 
+def arch_fields(reader, arch: str | None) -> dict:
+    """The ``{arch}.*`` metadata of a reader -> {key: ``field_value``} (the header gguf_config's functions read)."""
+    return {k: field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
+
+
 def _unreadable(path: str, e: BaseException, which: str = "") -> ModelFileError:
     """The error for a file gguf-py could not parse (``which``: its place in a split set, said after its path)."""
     return ModelFileError(f"{path}{which} is not a readable GGUF file ({type(e).__name__}: {e}): is it whole (a "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, ModelFileError
 
-from .gguf_reader import field_value
+from .gguf_reader import arch_fields, field_value
 from .gguf_splits import split_bytes, split_files
 
 __all__ = ["summarize_gguf"]
@@ -24,7 +24,7 @@ def _refusal(reader, arch) -> str | None:
     express, ..., and tensors it does not export), None when it would not."""
     from .gguf_config import config_overrides, refuse_tensors
 
-    header = {k: field_value(reader, k) for k in reader.fields if k.startswith(f"{arch}.")}
+    header = arch_fields(reader, arch)
     try:
         refuse_tensors(arch, [t.name for t in reader.tensors])
         config_overrides({"general.architecture": arch, **header})

@@ -357,6 +357,7 @@ def test_info_says_which_gpt2_or_stablelm_file_runs_in_fp32(tmp_path, capsys, ca
     take: onnxlm exports it, but not on its blocks: info says why and counts the fp32 export's needs, as for a file
     without blocks. A StableLM file rotating every dim runs on its blocks (the fused graph)."""
     from gguf_writers import write_tiny_gguf as write_arch_gguf
+    from test_gguf_quant import OFF_BLOCKS_WHY
 
     path = tmp_path / f"{case}.gguf"
     write_arch_gguf(path, case, block_type="Q8_0")
@@ -364,11 +365,7 @@ def test_info_says_which_gpt2_or_stablelm_file_runs_in_fp32(tmp_path, capsys, ca
     arch = case.split("-")[0]
     assert code == 0, err
     assert f"{arch}: onnxlm exports it" in out
-    why = {"gpt2": "its graph does not run on a file's blocks (those of the Llama, StableLM and Gemma families do; "
-                   "model_type 'gpt2' is dequantized to fp32)",
-           "stablelm": "a partial rotary of 8 of 16 head dims is not supported: onnxruntime's GroupQueryAttention "
-                       "needs half of it a multiple of 8: its graph is the plain one, which does not run on a file's "
-                       "blocks"}.get(case)
+    why = OFF_BLOCKS_WHY.get(case)
     n = json.loads(run_cli(capsys, "info", path, "--json")[1])["gguf"]["parameters"]
     if why is None:
         assert "--quantize gguf refused" not in out and "every quantized tensor keeps its blocks" in out
