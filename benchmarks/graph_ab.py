@@ -43,7 +43,8 @@ def decode_feeds(sess, past: int, capacity: int, seed: int = 0) -> dict:
     """The inputs of one decode step (batch 1, one new token after ``past`` cached ones) of a fused graph."""
     rng = np.random.default_rng(seed)
     feeds = {"input_ids": np.array([[5]], np.int64), "seqlens_k": np.array([past], np.int32),
-             "total_sequence_length": np.array(past + 1, np.int32), "logits_positions": np.zeros((1, 1), np.int64)}
+             "total_sequence_length": np.array(past + 1, np.int32), "logits_positions": np.zeros((1, 1), np.int64),
+             "position_ids": np.array([[past]], np.int64)}  # GPT-2's, a rotary turned before GQA's
     for i in sess.get_inputs():
         if i.name.startswith("past_key_values"):
             kv_heads, head_dim = i.shape[1], i.shape[3]

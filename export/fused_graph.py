@@ -83,6 +83,21 @@ class Graph:
         return a
 
 
+def rotate_qk(g: Graph, qkv: str, heads: int, kv_heads: int, head_dim: int, rotary_dim: int,
+              interleaved: bool = False) -> str:
+    """Packed q/k/v [b, s, (N + 2 KVN) H] -> the same with the first ``rotary_dim`` dims of each q and k head rotated
+    at the graph input ``position_ids`` [b, s] by the ``cos_cache`` / ``sin_cache`` tables [P, rotary_dim / 2]
+    (``com.microsoft.RotaryEmbedding``; ``interleaved``: adjacent pairs): a partial rotary GroupQueryAttention cannot
+    take itself (its node then has do_rotary=0)."""
+    sizes = g.init(f"qkv_split_{heads}_{kv_heads}", np.array([heads * head_dim, kv_heads * head_dim,
+                                                               kv_heads * head_dim]))
+    q, k, v = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
+    q, k = (g.op("RotaryEmbedding", [x, "position_ids", "cos_cache", "sin_cache"], domain="com.microsoft",
+                 num_heads=n, rotary_embedding_dim=rotary_dim, interleaved=int(interleaved))
+            for x, n in ((q, heads), (k, kv_heads)))
+    return g.op("Concat", [q, k, v], axis=-1)
+
+
 def rms_norm(g: Graph, x: str, name: str, weight: np.ndarray, eps: float) -> str:
     """x [..., n] -> RMSNorm(x) * weight (``weight`` [n], stored as float32 initializer ``name``)."""
     return g.op("SimplifiedLayerNormalization", [x, g.init(name, weight.astype(np.float32))], axis=-1, epsilon=eps,

@@ -22,7 +22,9 @@ as Gemma 3's).
 Phi-3: its packed ``qkv_proj`` is the graph's q/k/v weight as it is; its ``gate_up_proj`` (gate rows first) becomes the
 two MatMuls ``gate_proj`` / ``up_proj`` of every other family (the names ``gguf_quant`` rewrites). A partial rotary
 (Phi-4-mini: 96 of 128 dims) is GQA's own: cos/sin caches of half the rotary dims rotate that many leading dims of
-each head (onnxruntime requires a multiple of 8 there; others are refused).
+each head (onnxruntime requires a multiple of 8 there, ``gqa_rotates``). Any other even count (StableLM 3B: 20 of 80)
+is turned before GQA (do_rotary=0) by ``com.microsoft.RotaryEmbedding`` on q and k with the same tables, at the extra
+graph input ``position_ids`` [b, s] int64 (a token's index in its row, as GQA's own positions).
 Sliding window: GQA's ``local_window_size`` = transformers' ``sliding_window`` gives the same mask (measured: the
 values -1 and +1 give wrong logits; tests/test_fused_layouts.py checks Mistral with a window of 4 on sequences of 11+).
 Granite: its four multipliers as transformers applies them: the embedding's (``embedding_multiplier``), the attention
@@ -38,7 +40,7 @@ EXAONE 4: OLMo 2's post-norms with Qwen 3's per-head q/k norms; with a sliding w
 (every ``sliding_window_pattern``-th) attend without the rotary (``do_rotary=0``), as transformers' Exaone4
 (llama.cpp's too).
 StableLM: LayerNorms (weight and bias, ``layer_norm_eps``) where the others have RMSNorm; its partial rotary GQA's
-(StableLM 2 1.6B: 16 of 64 dims; 3B's 20 of 80 is refused, ``partial_rotary_refusal``); queries scaled by
+(StableLM 2 1.6B: 16 of 64 dims) or turned before GQA (3B's 20 of 80, as above); queries scaled by
 1/sqrt(head size); ``use_parallel_residual``: attention and MLP read the same normed input and add to the residual
 together (``Sum``); the 12B's per-head q/k LayerNorms (``qk_layernorm``) are refused.
 OLMo 2: no norm before attention or MLP; q and k RMS-normed over their full width (``fused_graph.qk_full_norms``)
@@ -52,7 +54,7 @@ import numpy as np
 from onnxlm.runtime.errors import ExportError
 
 from .fused_graph import (Graph, check_head_dim, io_values, layer_norm, logits_head, plain_hint, qk_full_norms,
-                          qk_head_norms, release_weights, rms_norm, save_graph, to_numpy)
+                          qk_head_norms, release_weights, rms_norm, rotate_qk, save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
 FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "ernie4_5", "exaone4",
@@ -84,12 +86,18 @@ def check_supported(model) -> None:
 
 
 def partial_rotary_refusal(head_dim: int, rotary: int) -> str | None:
-    """Why GroupQueryAttention cannot rotate ``rotary`` of each head's ``head_dim`` dims (it rotates the first
-    2 * cos_cache width dims, a multiple of 16 for a partial rotary), or None when it can."""
-    if rotary < head_dim and (rotary // 2) % 8:
-        return (f"a partial rotary of {rotary} of {head_dim} head dims is not supported: onnxruntime's "
-                "GroupQueryAttention needs half of it a multiple of 8")
+    """Why the graph cannot rotate ``rotary`` of each head's ``head_dim`` dims (an odd count, none, or more than the
+    head), or None when it can."""
+    if rotary % 2 or not 0 < rotary <= head_dim:
+        return f"a rotary of {rotary} of {head_dim} head dims is not supported (an even count up to the head size is)"
     return None
+
+
+def gqa_rotates(head_dim: int, rotary: int) -> bool:
+    """Whether GroupQueryAttention rotates ``rotary`` of ``head_dim`` dims itself: all of them, or a partial rotary
+    whose half is a multiple of 8 (it rotates the first 2 * cos_cache width dims; StableLM 2 1.6B's 16 of 64). Any
+    other (StableLM 3B's 20 of 80) is rotated before it (``fused_graph.rotate_qk``)."""
+    return rotary == head_dim or (rotary // 2) % 8 == 0
 
 
 def sliding_windows(config) -> list[int | None]:
@@ -177,6 +185,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     cos, sin = rotary_caches(model, P)
     g.init("cos_cache", cos)
     g.init("sin_cache", sin)
+    rotary_dim = 2 * cos.shape[1]  # the model's own tables say how many dims turn
+    outside = not gqa_rotates(H, rotary_dim)  # a partial rotary GQA cannot take: turned before it, at position_ids
 
     x = g.op("Gather", ["embed_tokens.weight", "input_ids"], axis=0)  # [b, s, D]
     if granite:
@@ -197,7 +207,10 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             # of q and all of k (OLMo 2), as the norm's weight is wide
             norms = qk_head_norms if att.q_norm.weight.numel() == H else qk_full_norms
             qkv = norms(g, qkv, i, N, KVN, H, to_numpy(att.q_norm.weight), to_numpy(att.k_norm.weight), eps)
-        attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i]), rotary_interleaved=int(interleaved),
+        if outside and rotates[i]:
+            qkv = rotate_qk(g, qkv, N, KVN, H, rotary_dim, interleaved)
+        attrs = dict(num_heads=N, kv_num_heads=KVN, do_rotary=int(rotates[i] and not outside),
+                     rotary_interleaved=int(interleaved),
                      scale=float(att.scaling if hasattr(att, "scaling") else H ** -0.5))  # StableLM: 1/sqrt(head)
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)
@@ -235,7 +248,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     head = "embed_tokens.weight" if tied else g.init("lm_head.weight", head_w.detach().float().numpy())
     logits_head(g, x, head, D, V)  # the tied embedding is stored once
 
-    inputs, outputs = io_values(L, KVN, H, V)
+    inputs, outputs = io_values(L, KVN, H, V, extra_inputs=("position_ids",) if outside else ())
     external = save_graph(g, f"{cfg.model_type}-fused-gqa", inputs, outputs, out_path)
     return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
             "max_positions": P}

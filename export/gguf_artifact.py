@@ -7,7 +7,7 @@
   ``$ONNXLM_CACHE``, else ``$XDG_CACHE_HOME/onnxlm``, else ``~/.cache/onnxlm``;
 * **what:** the file's own blocks (``quantize="gguf"``, accuracy level 4). When the quality gate refuses level 4's
   int8 activations, the fidelity level (1: fp32 activations, the same blocks) is exported instead. A file without
-  quantized blocks (F32 / F16 / BF16), or whose graph does not run on blocks (GPT-2; StableLM with a partial rotary
+  quantized blocks (F32 / F16 / BF16), or whose graph does not run on blocks (GPT-2; a head size
   GroupQueryAttention cannot take: ``gguf_quant.off_blocks_reason``), becomes the fp32 artifact;
 * **reuse:** later runs reuse it while the file's path, size and mtime are those written beside it
   (``<artifact dir>.json``), or, when they moved (a copy, a ``touch``), while its sha256 is the one the manifest

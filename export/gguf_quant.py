@@ -129,9 +129,9 @@ def on_blocks(architecture: str | None) -> bool:
 
 def off_blocks_reason(reader) -> str | None:
     """A GGUF file's reader -> why its export does not run on the file's blocks (a phrase), or None when it does:
-    an architecture whose graph this rewrite does not know, or a partial rotary that onnxruntime's
-    GroupQueryAttention cannot take (the fused graph's check; StableLM 3B's 20 of 80 dims), whose graph is the plain
-    one."""
+    an architecture whose graph this rewrite does not know, or what the fused graph's builder refuses that a header
+    shows (a head size onnxruntime's GroupQueryAttention cannot take, ``fused_graph.check_head_dim``; an odd rotary,
+    ``fused_llama.partial_rotary_refusal``), whose graph is the plain one."""
     from .fused_llama import partial_rotary_refusal
     from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size, partial_rotary_factor
     from .gguf_reader import arch_fields, field_value
@@ -140,13 +140,17 @@ def off_blocks_reason(reader) -> str | None:
     if not on_blocks(arch):
         return (f"its graph does not run on a file's blocks (those of the {FAMILIES_ON_BLOCKS} families do; "
                 f"model_type {model_type_of(arch)!r} is dequantized to fp32)")
-    if arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
-        meta = arch_fields(reader, arch)
+    meta = arch_fields(reader, arch)
+    try:
         head = _head_size(meta, arch)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a header without its shape: the loader's to refuse
+        return None
+    why = None
+    if head % 8:  # the builder's check_head_dim
+        why = f"head size {head} is not a multiple of 8, which onnxruntime's GroupQueryAttention needs"
+    elif arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
         why = partial_rotary_refusal(head, int(head * partial_rotary_factor(meta, arch)))
-        if why:
-            return f"{why}: its graph is the plain one, which does not run on a file's blocks"
-    return None
+    return f"{why}: its graph is the plain one, which does not run on a file's blocks" if why else None
 
 
 FAMILIES_ON_BLOCKS = "Llama, StableLM and Gemma"

@@ -60,16 +60,17 @@ CASES = {
     "stablelm-no-rope-dims": ("stablelm", {"rope.dimension_count": None}, None),  # llama.cpp: every dim rotates
     "stablelm-rope-base": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "rope.freq_base": 100.0}, None),
     "stablelm-parallel-residual": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "parallel": True}, None),
+    # a head size onnxruntime's GroupQueryAttention cannot take (12: not a multiple of 8), 8 heads and 4 kv heads
+    "llama-head-12": ("llama", {"heads": 8, "head_dim": 12}, None),
 }
 #: architectures with LayerNorm (weight and bias) where the others have RMSNorm, and no rope base in the converter's
 #: file
 LAYER_NORM_ARCHS = ("gpt2", "stablelm")
 #: pseudo-keys of ``CASES``' metadata: how the tensors are laid out, never written as metadata
-LAYOUT_KEYS = ("block_count", "tied", "qkv_bias", "parallel", "ffn")
+LAYOUT_KEYS = ("block_count", "tied", "qkv_bias", "parallel", "ffn", "heads", "head_dim")
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting -> the
-#: kv layout their export takes (None: the plain graph: this StableLM rotates 4 of 16 head dims, which
-#: GroupQueryAttention cannot)
-LAYOUT_CASES = {"phi3-packed": "fused-gqa", "stablelm-parallel-residual": None}
+#: kv layout their export takes (None: the plain graph, for a head size GroupQueryAttention cannot take)
+LAYOUT_CASES = {"phi3-packed": "fused-gqa", "stablelm-parallel-residual": "fused-gqa", "llama-head-12": None}
 #: token ids fed to both runtimes (BOS first): longer than the sliding window of the Gemma cases
 IDS = [1, 40, 41, 72, 100, 150, 200, 3, 9, 250, 77, 120]
 
@@ -147,14 +148,15 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     w.add_block_count(layers)
     layer_norm = arch in LAYER_NORM_ARCHS
     w.add_feed_forward_length(extra.get("ffn", 4 * HIDDEN) if arch == "gpt2" else FFN)
-    w.add_head_count(HEADS)
+    heads, head_dim = extra.get("heads", HEADS), extra.get("head_dim", HEAD_DIM)
+    w.add_head_count(heads)
     if arch != "gpt2":  # GPT-2: as many kv heads as heads (llama.cpp's default), no rotary
-        w.add_head_count_kv(KV_HEADS)
+        w.add_head_count_kv(heads * KV_HEADS // HEADS)
     if "attention.key_length" not in extra and not layer_norm:  # None there: neither head size written (llama.cpp:
-        w.add_key_length(HEAD_DIM)                                # hidden / heads)
-        w.add_value_length(HEAD_DIM)
+        w.add_key_length(head_dim)                                # hidden / heads)
+        w.add_value_length(head_dim)
     if "rope.dimension_count" not in extra and arch != "gpt2":
-        w.add_rope_dimension_count(HEAD_DIM)
+        w.add_rope_dimension_count(head_dim)
     if layer_norm:
         w.add_layer_norm_eps(1e-5)
     else:
@@ -203,6 +205,7 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
 def _rms_norm_tensors(w, arch: str, extra: dict, rope_freqs: str | None, layers: int, vocab: int, mat, norm) -> None:
     """The rope factor tensors, layers, final norm and head (where untied) of a file of the RMSNorm architectures
     (Llama's layout, with each one's norms and Phi-3's packed tensors) as llama.cpp's converter lays them out."""
+    q_width = extra.get("heads", HEADS) * extra.get("head_dim", HEAD_DIM)  # the "heads" / "head_dim" layout keys
     if rope_freqs == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_factors(HEAD_DIM))
     if rope_freqs == "longrope":
@@ -228,10 +231,10 @@ def _rms_norm_tensors(w, arch: str, extra: dict, rope_freqs: str | None, layers:
         if arch == "phi3":  # llama.cpp's Phi-3 layout: q, k, v rows in one tensor; gate, then up rows in another
             mat(f"blk.{i}.attn_qkv.weight", (HEADS + 2 * KV_HEADS) * HEAD_DIM, HIDDEN)
         else:
-            mat(f"blk.{i}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
-            mat(f"blk.{i}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-            mat(f"blk.{i}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-        mat(f"blk.{i}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
+            mat(f"blk.{i}.attn_q.weight", q_width, HIDDEN)
+            mat(f"blk.{i}.attn_k.weight", q_width * KV_HEADS // HEADS, HIDDEN)
+            mat(f"blk.{i}.attn_v.weight", q_width * KV_HEADS // HEADS, HIDDEN)
+        mat(f"blk.{i}.attn_output.weight", HIDDEN, q_width)
         if arch == "phi3":
             mat(f"blk.{i}.ffn_up.weight", 2 * FFN, HIDDEN)
         else:

@@ -15,8 +15,9 @@ Families and recipes (each exported once per session, validated by export/valida
   rotary).
 * StableLM (export/fused_llama.py, ``kv_layout="fused"``): tiny-stablelm2 (StableLM 2 1.6B's shape: LayerNorms with
   bias, 16 of 64 head dims rotated, q/k/v bias, untied head), tiny-stablelm-parallel-full-rotary (attention and MLP
-  from the same LayerNorm, added to the residual together; every head dim rotated). The recipes of
-  tests/test_families.py whose quarter-rotary of 16-dim heads GQA cannot take (4 dims) export plain.
+  from the same LayerNorm, added to the residual together; every head dim rotated); tiny-stablelm and
+  tiny-stablelm-parallel-residual (a quarter of 16-dim heads rotated, 4 dims, which GQA cannot take: StableLM 3B's
+  kind, turned before it by RotaryEmbedding at the graph's ``position_ids``).
 * GPT-2 (export/fused_gpt2.py, the default ``kv_layout="auto"``, which must pick the fused graph; learned positions fed
   as ``position_ids``): tiny-gpt2 (tied: wte stored once), tiny-gpt2-untied-inverse-layer-scale (untied head, scores of
   layer i divided by i + 1: compared with transformers' eager attention, the only one that honours it).
@@ -109,7 +110,7 @@ class Family:
     logits_diff: Callable        # (ours, ref) -> max |diff|
     pad_kw: Callable             # ours -> the pad_token_id argument the causal families pass
     cross_attention: int = 0     # MultiHeadAttention nodes per decoder graph
-    position_ids: bool = False   # the graph takes learned positions
+    position_ids: bool = False   # the graph takes positions: GPT-2's learned ones, a rotary turned before GQA
     score_args: dict = field(default_factory=dict)
 
 
@@ -126,6 +127,12 @@ FAMILIES = {
     "stablelm": Family("tiny_llama", ["families/tiny-stablelm2", "families/tiny-stablelm-parallel-full-rotary"],
                        {"kv_layout": "fused"}, FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                        lambda ours: {"pad_token_id": ours.pad_id}),
+    # a partial rotary GroupQueryAttention cannot take (4 of 16 dims), turned before it at the graph's position_ids
+    "stablelm-rotary-outside": Family("tiny_llama", ["families/tiny-stablelm",
+                                                     "families/tiny-stablelm-parallel-residual"],
+                                      {"kv_layout": "fused"}, FusedCausalLM, _causal_reference, _causal_batch,
+                                      _causal_logits_diff, lambda ours: {"pad_token_id": ours.pad_id},
+                                      position_ids=True),
     "gpt2": Family("tiny_gpt2", ["tiny-gpt2", "families/tiny-gpt2-untied-inverse-layer-scale"], {},
                    FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                    lambda ours: {"pad_token_id": ours.pad_id}, position_ids=True),
@@ -191,6 +198,7 @@ def test_artifact_is_the_fused_graph(fused_dirs, case):
     graph = onnx.load(str(art / manifest["graphs"]["decoder"]["file"])).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("GroupQueryAttention") == 2 and ops.count("MultiHeadAttention") == spec.cross_attention
+    assert ops.count("RotaryEmbedding") == (2 * 2 if family == "stablelm-rotary-outside" else 0)  # q and k a layer
     tied = AutoConfig.from_pretrained(hf).tie_word_embeddings  # tiny-llama, tiny-gpt2, tiny-t5-gated-gelu-tied, Gemma
     assert tied == (recipe in ("tiny-llama", "tiny-gpt2", "families/tiny-t5-gated-gelu-tied", "families/tiny-ernie4_5")
                     or recipe.startswith("families/tiny-gemma"))
@@ -395,10 +403,11 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
 
     small = dict(vocab_size=64, hidden_size=64, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4)
     for setting, why in (({"qk_layernorm": True}, "qk_layernorm \\(StableLM's per-head q/k LayerNorms\\)"),
-                         ({"partial_rotary_factor": 0.25}, "a partial rotary of 4 of 16 head dims is not supported")):
-        with pytest.raises(ExportError, match=f"kv_layout='fused': {why}"):  # StableLM 2 12B; StableLM 3B's kind
+                         ({"partial_rotary_factor": 0.3125}, "a rotary of 5 of 16 head dims is not supported")):
+        with pytest.raises(ExportError, match=f"kv_layout='fused': {why}"):  # StableLM 2 12B; an odd rotary
             fused_llama.check_supported(SimpleNamespace(config=StableLmConfig(**small, **setting)))
-    fused_llama.check_supported(SimpleNamespace(config=StableLmConfig(**small, partial_rotary_factor=1.0)))
+    for factor in (1.0, 0.25):  # every dim; StableLM 3B's kind (4 of 16: turned before GroupQueryAttention)
+        fused_llama.check_supported(SimpleNamespace(config=StableLmConfig(**small, partial_rotary_factor=factor)))
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
         export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
     assert not (tmp_path / "a").exists()

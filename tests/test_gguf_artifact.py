@@ -351,11 +351,11 @@ def test_info_describes_a_gguf_file_and_its_cached_artifact_without_exporting(fi
     assert code == 0 and f"{5 * n / 1024:.1f} KiB of memory and {4 * n / 1024:.1f} KiB of disk at the least" in out
 
 
-@pytest.mark.parametrize("case", ["gpt2", "stablelm", "stablelm-no-rope-dims"])
-def test_info_says_which_gpt2_or_stablelm_file_runs_in_fp32(tmp_path, capsys, case):
-    """A Q8_0 GPT-2 file, or a StableLM one whose partial rotary (8 of 16 head dims) GroupQueryAttention cannot
-    take: onnxlm exports it, but not on its blocks: info says why and counts the fp32 export's needs, as for a file
-    without blocks. A StableLM file rotating every dim runs on its blocks (the fused graph)."""
+@pytest.mark.parametrize("case", ["gpt2", "llama-head-12", "stablelm", "stablelm-no-rope-dims"])
+def test_info_says_which_gguf_file_runs_in_fp32(tmp_path, capsys, case):
+    """A Q8_0 GPT-2 file, or a Llama one whose head size (12) GroupQueryAttention cannot take: onnxlm exports it,
+    but not on its blocks: info says why and counts the fp32 export's needs, as for a file without blocks. StableLM
+    files rotating 8 of 16 head dims or every one run on their blocks (the fused graph)."""
     from gguf_writers import write_tiny_gguf as write_arch_gguf
     from test_gguf_quant import OFF_BLOCKS_WHY
 

@@ -760,16 +760,15 @@ OFF_BLOCKS = r"quantize='gguf' runs the fused graphs of the Llama, StableLM and 
 #: why a tiny file of these cases does not export onto its blocks (``gguf_quant.off_blocks_reason``)
 OFF_BLOCKS_WHY = {"gpt2": "its graph does not run on a file's blocks (those of the Llama, StableLM and Gemma families "
                           "do; model_type 'gpt2' is dequantized to fp32)",
-                  "stablelm": "a partial rotary of 8 of 16 head dims is not supported: onnxruntime's "
-                              "GroupQueryAttention needs half of it a multiple of 8: its graph is the plain one, which "
-                              "does not run on a file's blocks"}
+                  "llama-head-12": "head size 12 is not a multiple of 8, which onnxruntime's GroupQueryAttention "
+                                   "needs: its graph is the plain one, which does not run on a file's blocks"}
 
 
-@pytest.mark.parametrize("case", ["gpt2", "stablelm"])
+@pytest.mark.parametrize("case", ["gpt2", "llama-head-12"])
 def test_a_file_whose_graph_is_not_on_blocks_is_refused_before_the_fp32_export(tmp_path, case, no_weight_loads):
-    """A Q8_0 GPT-2 file (its fused graph is not one the rewrite knows), or a StableLM one rotating 8 of 16 head dims
-    (GroupQueryAttention cannot: its graph is the plain one), with quantize='gguf': refused from its header, saying
-    why, before the fp32 export (nothing loads, nothing is written)."""
+    """A Q8_0 GPT-2 file (its fused graph is not one the rewrite knows), or a Llama one whose head size (12)
+    GroupQueryAttention cannot take (its graph is the plain one), with quantize='gguf': refused from its header,
+    saying why, before the fp32 export (nothing loads, nothing is written)."""
     import re
 
     from gguf_writers import write_tiny_gguf
@@ -777,18 +776,18 @@ def test_a_file_whose_graph_is_not_on_blocks_is_refused_before_the_fp32_export(t
 
     path = tmp_path / f"{case}.gguf"
     write_tiny_gguf(path, case, block_type="Q8_0")
-    with pytest.raises(ExportError, match=re.escape(f"{case}.gguf: quantize='gguf' refused: {case}: "
+    with pytest.raises(ExportError, match=re.escape(f"{case}.gguf: quantize='gguf' refused: {case.split('-')[0]}: "
                                                     f"{OFF_BLOCKS_WHY[case]}: export it without quantize, or with "
                                                     "quantize='int8'")):
         export_model(path, tmp_path / "q", quantize="gguf", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{case}.gguf"]
 
 
-@pytest.mark.parametrize("case,layout", [("gpt2", "fused-gqa"), ("stablelm", None)])
+@pytest.mark.parametrize("case,layout", [("gpt2", "fused-gqa"), ("llama-head-12", None)])
 def test_a_gguf_run_as_it_is_off_its_blocks_is_cached_in_fp32(tmp_path, case, layout, capsys):
     """``onnxlm generate file.gguf``'s cache on such a Q8_0 file: the fp32 artifact of its dequantized blocks,
     saying why, with transformers' logits on that file; quantize='gguf' from that fp32 artifact is refused: GPT-2's
-    by model_type as from the file, StableLM's plain graph by its layout."""
+    by model_type as from the file, the head-12 Llama's plain graph by its layout."""
     import torch
     from gguf_writers import IDS, write_tiny_gguf
 
@@ -798,7 +797,7 @@ def test_a_gguf_run_as_it_is_off_its_blocks_is_cached_in_fp32(tmp_path, case, la
     path = tmp_path / f"{case}.gguf"
     write_tiny_gguf(path, case, block_type="Q8_0")
     out = ensure_gguf_artifact(path, cache_dir=tmp_path / "cache")
-    assert f"{case}: {OFF_BLOCKS_WHY[case]}: exporting it in fp32 (dequantized)" in capsys.readouterr().err
+    assert f"{case.split('-')[0]}: {OFF_BLOCKS_WHY[case]}: exporting it in fp32 (dequantized)" in capsys.readouterr().err
     model = onnxlm.load(out)
     assert "quantization" not in model.manifest and model.manifest.get("kv_layout") == layout
     with torch.no_grad():
@@ -810,13 +809,16 @@ def test_a_gguf_run_as_it_is_off_its_blocks_is_cached_in_fp32(tmp_path, case, la
     assert not (tmp_path / "q").exists()
 
 
-@pytest.mark.parametrize("case,block_type", [("stablelm-no-rope-dims", "Q8_0"), ("stablelm-bias-parallel", "Q4_1")])
-def test_a_stablelm_file_rotating_every_head_dim_runs_on_its_blocks(tmp_path, monkeypatch, case, block_type):
-    """StableLM on its own blocks (the fused graph: LayerNorms, a rotary GroupQueryAttention takes): a file rotating
-    every head dim (llama.cpp's reading of a file without rope.dimension_count; Q8_0), and one with q/k/v biases
-    and parallel residuals too (Q4_1: its correction added into the parallel Sum), export with quantize='gguf',
-    every matrix kept as its blocks; the fp32 export (fused as well) gives transformers' logits on the dequantized
-    file, and at the fidelity level the blocks give the fp32 export's."""
+@pytest.mark.parametrize("case,block_type", [("stablelm-no-rope-dims", "Q8_0"), ("stablelm-bias-parallel", "Q4_1"),
+                                             ("stablelm", "Q8_0"), ("stablelm-parallel-residual", "Q4_1")])
+def test_a_stablelm_file_runs_on_its_blocks(tmp_path, monkeypatch, case, block_type):
+    """StableLM on its own blocks (the fused graph: LayerNorms): a file rotating every head dim (llama.cpp's reading
+    of a file without rope.dimension_count; Q8_0), one with q/k/v biases and parallel residuals too (Q4_1: its
+    correction added into the parallel Sum), and files rotating 8 and 4 of 16 head dims (StableLM 3B's kind: a
+    partial rotary GroupQueryAttention cannot take, turned before it; the first with q/k/v biases, the second with
+    parallel residuals), export with quantize='gguf', every matrix kept as its blocks; the fp32 export (fused as
+    well) gives transformers' logits on the dequantized file, and at the fidelity level the blocks give the fp32
+    export's."""
     import gguf_writers
     import torch
 

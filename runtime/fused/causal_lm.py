@@ -42,6 +42,14 @@ def _checked_counts(counts, lengths: np.ndarray) -> np.ndarray:
     return counts
 
 
+def token_positions(past: np.ndarray, new: np.ndarray, width: int) -> np.ndarray:
+    """past [b], new [b], width s -> position_ids [b, s] int64: a new token's index in its packed row; a padding
+    slot (past its row's ``new``) 0, so that no slot reads past the graph's position tables."""
+    # [b, s]: past + j for the row's new tokens, 0 after them
+    j = np.arange(width)[None, :]
+    return np.where(j < new[:, None], past[:, None] + j, 0).astype(np.int64)
+
+
 class FusedState:
     """Decoding state of a batch: the KV buffers and each row's length (tokens held, all attended)."""
 
@@ -148,8 +156,8 @@ class FusedCausalLM(CausalLM):
         io.bind_cpu_input("seqlens_k", (past + new - 1).astype(np.int32))  # each row's length after the step - 1
         io.bind_cpu_input("total_sequence_length", np.array((past + new).max(), np.int32))  # the padded length
         io.bind_cpu_input("logits_positions", np.ascontiguousarray(keep, np.int64))
-        if "position_ids" in self.decoder.inputs:  # learned positions (GPT-2): a token's index in its packed row
-            io.bind_cpu_input("position_ids", (past[:, None] + np.arange(ids.shape[1])).astype(np.int64))
+        if "position_ids" in self.decoder.inputs:  # learned positions (GPT-2), a rotary outside the attention
+            io.bind_cpu_input("position_ids", token_positions(past, new, ids.shape[1]))
         return buffers.run_in_place(self.decoder.session, io, len(ids), keep.shape[1],
                                     self.logits_width)  # past = present: appended in place
 
