@@ -1,6 +1,6 @@
 """The fused graphs (``kv_layout="fused"``) of a model: which builder serves its model_type (``fused_llama.py``:
 llama, mistral, qwen2, qwen3, phi3, granite, smollm3, olmo2, ernie4_5, exaone4, stablelm;
-``fused_gemma.py``: gemma, gemma2, gemma3_text; ``fused_gpt2.py``: gpt2;
+``fused_gemma.py``: gemma, gemma2, gemma3_text; ``fused_lfm2.py``: lfm2; ``fused_gpt2.py``: gpt2;
 ``fused_t5.py``: t5, mt5), and whether it supports the config."""
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError
 
-from . import fused_gemma, fused_gpt2, fused_llama, fused_t5
+from . import fused_gemma, fused_gpt2, fused_lfm2, fused_llama, fused_t5
 from .fused_graph import release_weights
 
-BUILDERS = {t: module for module in (fused_llama, fused_gemma, fused_gpt2, fused_t5) for t in module.FUSED_TYPES}
+BUILDERS = {t: module for module in (fused_llama, fused_gemma, fused_lfm2, fused_gpt2, fused_t5)
+            for t in module.FUSED_TYPES}
 
 
 def _builder(model):

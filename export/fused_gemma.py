@@ -43,6 +43,9 @@ def check_supported(model) -> None:
         raise ExportError(f"kv_layout='fused': Gemma with rope_scaling {cfg.rope_scaling!r} is not supported; "
                           "supported rope_scaling types: default, linear")
     check_head_dim(cfg.head_dim)
+    if cfg.head_dim % 16:  # GQA's own rotary (this graph's) needs it
+        raise ExportError(f"kv_layout='fused': head_dim {cfg.head_dim} is not a multiple of 16, which onnxruntime's "
+                          "GroupQueryAttention needs to rotate q and k itself (use kv_layout='plain')")
 
 
 def _norm(g: Graph, name: str, x: str, module, eps: float) -> str:

@@ -10,7 +10,7 @@ the held keys/values grow with the context).
 Rows are RIGHT padded (the runtime re-packs left-padded inputs). Inputs:
   input_ids [b, s] int64; seqlens_k [b] int32 = each row's total length incl. the new tokens, minus 1;
   total_sequence_length [] int32 = the padded total (past + s); logits_positions [b, k] int64 = which of the s new
-  positions go through the head; the buffers.
+  positions go through the head; position_ids [b, s] int64 where the rotary turns before GQA (below); the buffers.
 Outputs: logits [b, k, V] float32, present.{i}.key|value (the buffers).
 
 Rotary: GQA rotates q/k itself (do_rotary=1) with cos/sin caches [max_positions, head_dim/2] computed in fp32 by the
@@ -22,8 +22,8 @@ as Gemma 3's).
 Phi-3: its packed ``qkv_proj`` is the graph's q/k/v weight as it is; its ``gate_up_proj`` (gate rows first) becomes the
 two MatMuls ``gate_proj`` / ``up_proj`` of every other family (the names ``gguf_quant`` rewrites). A partial rotary
 (Phi-4-mini: 96 of 128 dims) is GQA's own: cos/sin caches of half the rotary dims rotate that many leading dims of
-each head (onnxruntime requires a multiple of 8 there, ``gqa_rotates``). Any other even count (StableLM 3B: 20 of 80)
-is turned before GQA (do_rotary=0) by ``com.microsoft.RotaryEmbedding`` on q and k with the same tables, at the extra
+each head (onnxruntime requires a multiple of 8 there and a head size that is a multiple of 16, ``gqa_rotates``). Any
+other even count (StableLM 3B: 20 of 80), or any rotary of a head of 8 mod 16 (24, 40), is turned before GQA (do_rotary=0) by ``com.microsoft.RotaryEmbedding`` on q and k with the same tables, at the extra
 graph input ``position_ids`` [b, s] int64 (a token's index in its row, as GQA's own positions).
 Sliding window: GQA's ``local_window_size`` = transformers' ``sliding_window`` gives the same mask (measured: the
 values -1 and +1 give wrong logits; tests/test_fused_layouts.py checks Mistral with a window of 4 on sequences of 11+).
@@ -94,10 +94,11 @@ def partial_rotary_refusal(head_dim: int, rotary: int) -> str | None:
 
 
 def gqa_rotates(head_dim: int, rotary: int) -> bool:
-    """Whether GroupQueryAttention rotates ``rotary`` of ``head_dim`` dims itself: all of them, or a partial rotary
-    whose half is a multiple of 8 (it rotates the first 2 * cos_cache width dims; StableLM 2 1.6B's 16 of 64). Any
-    other (StableLM 3B's 20 of 80) is rotated before it (``fused_graph.rotate_qk``)."""
-    return rotary == head_dim or (rotary // 2) % 8 == 0
+    """Whether GroupQueryAttention rotates ``rotary`` of ``head_dim`` dims itself: its rotary needs a head size that
+    is a multiple of 16 and cos/sin tables of a width that is a multiple of 8 (it rotates the first 2 * width dims:
+    all of them, or StableLM 2 1.6B's 16 of 64). Any other (StableLM 3B's 20 of 80; a head of 24 or 40) is rotated
+    before it (``fused_graph.rotate_qk``)."""
+    return head_dim % 16 == 0 and (rotary // 2) % 8 == 0
 
 
 def sliding_windows(config) -> list[int | None]:

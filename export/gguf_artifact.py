@@ -44,7 +44,8 @@ LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses th
 #: holds, so that entries an earlier onnxlm exported are exported again on their next run (``outdated`` in
 #: ``onnxlm cache``) instead of answering as that earlier onnxlm did. A stamp without one is from before revision 2.
 #: 2: ``eos_token_id`` lists llama.cpp's end-of-generation ids (a chat GGUF's turn end: Gemma's <end_of_turn>).
-EXPORT_REVISION = 2
+#: 3: StableLM files run on their blocks whatever share of a head they rotate (3B's 20 of 80 had been fp32).
+EXPORT_REVISION = 3
 
 
 def cache_root() -> Path:

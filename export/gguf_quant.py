@@ -121,6 +121,13 @@ def on_blocks_types() -> tuple[str, ...]:
     return fused_llama.FUSED_TYPES + fused_gemma.FUSED_TYPES
 
 
+def fused_gemma_types() -> tuple[str, ...]:
+    """The model_types of the Gemma builder (``fused_gemma``), whose graph rotates inside GroupQueryAttention."""
+    from . import fused_gemma
+
+    return fused_gemma.FUSED_TYPES
+
+
 def on_blocks(architecture: str | None) -> bool:
     """True when a GGUF file of ``architecture`` exports to a graph this rewrite knows (``on_blocks_types``); the
     file's own settings may still keep it off them (``off_blocks_reason``)."""
@@ -130,7 +137,7 @@ def on_blocks(architecture: str | None) -> bool:
 def off_blocks_reason(reader) -> str | None:
     """A GGUF file's reader -> why its export does not run on the file's blocks (a phrase), or None when it does:
     an architecture whose graph this rewrite does not know, or what the fused graph's builder refuses that a header
-    shows (a head size onnxruntime's GroupQueryAttention cannot take, ``fused_graph.check_head_dim``; an odd rotary,
+    shows (a head size onnxruntime's GroupQueryAttention cannot take: a multiple of 8, of 16 for Gemma; an odd rotary,
     ``fused_llama.partial_rotary_refusal``), whose graph is the plain one."""
     from .fused_llama import partial_rotary_refusal
     from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size, partial_rotary_factor
@@ -146,8 +153,9 @@ def off_blocks_reason(reader) -> str | None:
     except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a header without its shape: the loader's to refuse
         return None
     why = None
-    if head % 8:  # the builder's check_head_dim
-        why = f"head size {head} is not a multiple of 8, which onnxruntime's GroupQueryAttention needs"
+    multiple = 16 if model_type_of(arch) in fused_gemma_types() else 8  # Gemma's graph: GQA's own rotary
+    if head % multiple:  # the builders' checks (fused_graph.check_head_dim; fused_gemma.check_supported)
+        why = f"head size {head} is not a multiple of {multiple}, which onnxruntime's GroupQueryAttention needs"
     elif arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
         why = partial_rotary_refusal(head, int(head * partial_rotary_factor(meta, arch)))
     return f"{why}: its graph is the plain one, which does not run on a file's blocks" if why else None

@@ -22,14 +22,14 @@ SEQ2SEQ_TASK = "text2text-generation-with-past"
 GPT2_TYPES = {"gpt2"}
 T5_TYPES = {"t5", "mt5"}
 LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "smollm3", "helium", "arcee",
-               "phi3", "stablelm", "cohere", "glm", "gemma", "gemma2", "gemma3_text", "ernie4_5", "exaone4"}
+               "phi3", "stablelm", "cohere", "glm", "gemma", "gemma2", "gemma3_text", "ernie4_5", "exaone4", "lfm2"}
 #: rope_scaling types whose graph is proven exact (tests/test_families.py). "dynamic" is refused: transformers
 #: recomputes its frequencies from the sequence length at run time, which a graph freezes. "longrope" (Phi-3.5, Phi-3
 #: 128k) does so only past ``original_max_position_embeddings`` (its long factors): up to there its short factors
 #: hold, so an export holds that many positions (``position_limit``) and is exact within them.
 SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "yarn", "longrope")
 #: Llama-family types optimum-onnx (0.1) cannot export: the fused graph (``fused_llama``) is their only one
-FUSED_ONLY_TYPES = {"ernie4_5", "exaone4"}
+FUSED_ONLY_TYPES = {"ernie4_5", "exaone4", "lfm2"}
 SUPPORTED_FAMILIES = "GPT-2 (gpt2), T5 (t5, mt5), Llama family (" + ", ".join(sorted(LLAMA_TYPES)) + ")"
 
 

@@ -19,6 +19,12 @@ from onnxlm.runtime.plain.causal_lm import position_ids_from_mask
 from .validate import _Check, _t, judge_checks
 
 
+#: model_types whose transformers forward on a left-padded batch reads its pad tokens (LFM2: its convolutions' padding
+#: mask is applied to a 2-D mask only, and the model hands them its 4-D one): their references are taken a row at a
+#: time, each on its own tokens (what llama.cpp computes, and what the graph computes for any padding)
+ROW_BY_ROW = ("lfm2",)
+
+
 def causal_references(model, cfg: dict) -> dict:
     """PyTorch's side of the decoder-only checks, taken before the graph is built (an export of a model it loaded
     itself then drops the PyTorch weights while building: ``fused_graph.release_weights``): the inputs and
@@ -32,23 +38,43 @@ def causal_references(model, cfg: dict) -> dict:
     ids = rng.integers(0, V, size=(3, 7), dtype=np.int64)
     mask = np.array([[1] * 7, [0, 0, 0, 1, 1, 1, 1], [0] * 6 + [1]], np.int64)
     ids[mask == 0] = 0
+    nexts = [rng.integers(0, V, size=(3,), dtype=np.int64) for _ in range(2)]
+    if model.config.model_type in ROW_BY_ROW:
+        return {"ids": ids, "mask": mask, "next": nexts, "logits": _row_by_row(model, ids, mask, nexts)}
     with torch.no_grad():
         o = model(input_ids=_t(ids), attention_mask=_t(mask), position_ids=_t(position_ids_from_mask(mask)),
                   use_cache=True)
     logits = {"fused_prompt_all_positions": o.logits.float().numpy()[mask.astype(bool)],
               "fused_prefill_last": o.logits.float().numpy()[:, -1]}
-    past, nexts, step_mask = o.past_key_values, [], mask
-    for step in range(2):
-        nxt = rng.integers(0, V, size=(3,), dtype=np.int64)
+    past, step_mask = o.past_key_values, mask
+    for step, nxt in enumerate(nexts):
         step_mask = np.concatenate([step_mask, np.ones((3, 1), np.int64)], axis=1)
         pos = (step_mask.sum(axis=1) - 1)[:, None]
         with torch.no_grad():
             o = model(input_ids=_t(nxt[:, None]), attention_mask=_t(step_mask), position_ids=_t(pos),
                       past_key_values=past, use_cache=True)
         past = o.past_key_values
-        nexts.append(nxt)
         logits[f"fused_step_{step + 1}_with_past"] = o.logits.float().numpy()[:, -1]
     return {"ids": ids, "mask": mask, "next": nexts, "logits": logits}
+
+
+def _row_by_row(model, ids: np.ndarray, mask: np.ndarray, nexts: list) -> dict:
+    """``causal_references``' logits with each row run alone on its attended tokens, each step on the whole row so
+    far (no cache: transformers' LFM2 decode step loses a convolution input while a row holds fewer positions than
+    its taps)."""
+    import torch
+
+    rows = [ids[r][mask[r] == 1] for r in range(len(ids))]
+    with torch.no_grad():
+        def run(row):  # [n] -> [n, V]
+            return model(input_ids=_t(row[None])).logits[0].float().numpy()
+        prompt = [run(row) for row in rows]
+        logits = {"fused_prompt_all_positions": np.concatenate(prompt),
+                  "fused_prefill_last": np.stack([p[-1] for p in prompt])}
+        for step in range(len(nexts)):
+            rows = [np.append(row, nexts[step][r]) for r, row in enumerate(rows)]
+            logits[f"fused_step_{step + 1}_with_past"] = np.stack([run(row)[-1] for row in rows])
+    return logits
 
 
 def _fused_checks(references: dict, runtime_model) -> list[_Check]:
@@ -97,7 +123,7 @@ def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, to
     be) through the runtime; returns the manifest's ``validation`` dict, raises ExportError when a check fails.
     Decoder-only: ``references`` (``causal_references``, taken before the build) stand for the model, which may
     have been released since; without them they are taken from ``model`` now."""
-    from onnxlm.runtime.fused.causal_lm import FusedCausalLM
+    from onnxlm.runtime.fused import causal_class
     from onnxlm.runtime.fused.seq2seq_lm import FusedSeq2SeqLM
 
     model.eval()
@@ -105,5 +131,5 @@ def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, to
         checks = _fused_seq2seq_checks(model, FusedSeq2SeqLM(Path(out_dir), manifest, "cpu", None), cfg)
     else:
         refs = references if references is not None else causal_references(model, cfg)
-        checks = _fused_checks(refs, FusedCausalLM(Path(out_dir), manifest, "cpu", None))
+        checks = _fused_checks(refs, causal_class(manifest)(Path(out_dir), manifest, "cpu", None))
     return judge_checks(checks, tolerance, log, "PyTorch vs onnxruntime, fused graph")

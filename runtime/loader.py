@@ -11,7 +11,7 @@ from .session import resolve_provider
 
 def load(path, *, provider: str = "auto", threads: int | None = None, verify: bool = True):
     """Open a model directory on 'auto' | 'cpu' | 'cuda'. verify=False skips the manifest's sha256 checks."""
-    from .fused import KV_LAYOUT, FusedCausalLM, FusedSeq2SeqLM
+    from .fused import KV_LAYOUT, FusedSeq2SeqLM, causal_class
     from .plain import CausalLM, Seq2SeqLM
     model_dir = Path(os.fspath(path)).expanduser()
     resolved = resolve_provider(provider)
@@ -21,7 +21,7 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
         if provider == "cuda":
             raise ProviderError(f"provider='cuda': {model_dir} is a fused artifact (kv_layout {KV_LAYOUT!r}), "
                                 "which runs on the CPU only; allowed: 'auto', 'cpu'")
-        cls, resolved = (FusedSeq2SeqLM if cls is Seq2SeqLM else FusedCausalLM), "cpu"
+        cls, resolved = (FusedSeq2SeqLM if cls is Seq2SeqLM else causal_class(manifest)), "cpu"
     elif manifest.get("kv_layout", "plain") != "plain":
         raise ManifestError(f"{model_dir}: kv_layout {manifest['kv_layout']!r} is unknown; allowed: 'plain', "
                             f"{KV_LAYOUT!r}")

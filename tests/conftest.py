@@ -159,6 +159,22 @@ def tiny_llama(tmp_path_factory) -> TinyModel:
 
 
 @pytest.fixture(scope="session")
+def tiny_lfm2(tmp_path_factory) -> TinyModel:
+    """The tiny-lfm2 recipe (convolution layers beside attention ones) and its fused export (its only graph)."""
+    pytest.importorskip("torch", reason="building tiny models needs the 'export' extra (torch)")
+
+    def build(base: Path) -> None:
+        from onnxlm.export import export_model
+        from onnxlm.export.recipes import build_recipe
+
+        build_recipe(RECIPES / "families" / "tiny-lfm2", base / "hf")
+        export_model(base / "hf", base / "onnx", progress=False)
+
+    base = built_once(tmp_path_factory, "tiny-lfm2-fused", build)
+    return TinyModel("tiny-lfm2", RECIPES / "families" / "tiny-lfm2", base / "hf", base / "onnx")
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen2_tools(tmp_path_factory) -> TinyModel:
     """A tiny Qwen2 with a Qwen 2.5-style chat template that renders tools, and a 4096-position context."""
     return _tiny(tmp_path_factory, "tiny-qwen2-tools")

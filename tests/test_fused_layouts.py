@@ -50,9 +50,9 @@ from onnxlm.export import ExportError, export_model  # noqa: E402
 from onnxlm.export.fused import fused_supported  # noqa: E402
 from onnxlm.export.onnx_export import attn_implementation_for  # noqa: E402
 from onnxlm.runtime.errors import InputError  # noqa: E402
-from onnxlm.runtime.fused import FusedCausalLM, FusedSeq2SeqLM  # noqa: E402
+from onnxlm.runtime.fused import FusedCausalLM, FusedHybridLM, FusedSeq2SeqLM  # noqa: E402
 from torch_ref import (assert_beam_equal, causal_logits, causal_steps_max_diff, left_padded_batch,  # noqa: E402
-                       right_padded_batch, seq2seq_logits, seq2seq_steps_max_diff)
+                       pad_blind, right_padded_batch, seq2seq_logits, seq2seq_steps_max_diff)
 
 ATOL = 1e-4
 NEW = 6
@@ -133,6 +133,12 @@ FAMILIES = {
                                       {"kv_layout": "fused"}, FusedCausalLM, _causal_reference, _causal_batch,
                                       _causal_logits_diff, lambda ours: {"pad_token_id": ours.pad_id},
                                       position_ids=True),
+    # LFM2: convolution layers beside GQA ones; transformers' left-padded batch reads its pad tokens' embeddings, so
+    # the reference's pad embedding is zero (torch_ref.pad_blind: each row's logits are then the row's alone)
+    "lfm2": Family("tiny_llama", ["families/tiny-lfm2"], {"kv_layout": "fused"}, FusedHybridLM,
+                   lambda hf: pad_blind(_causal_reference(hf), AutoConfig.from_pretrained(hf).pad_token_id),
+                   _causal_batch, _causal_logits_diff,
+                   lambda ours: {"pad_token_id": ours.pad_id}),
     "gpt2": Family("tiny_gpt2", ["tiny-gpt2", "families/tiny-gpt2-untied-inverse-layer-scale"], {},
                    FusedCausalLM, _causal_reference, _causal_batch, _causal_logits_diff,
                    lambda ours: {"pad_token_id": ours.pad_id}, position_ids=True),
@@ -200,7 +206,8 @@ def test_artifact_is_the_fused_graph(fused_dirs, case):
     assert ops.count("GroupQueryAttention") == 2 and ops.count("MultiHeadAttention") == spec.cross_attention
     assert ops.count("RotaryEmbedding") == (2 * 2 if family == "stablelm-rotary-outside" else 0)  # q and k a layer
     tied = AutoConfig.from_pretrained(hf).tie_word_embeddings  # tiny-llama, tiny-gpt2, tiny-t5-gated-gelu-tied, Gemma
-    assert tied == (recipe in ("tiny-llama", "tiny-gpt2", "families/tiny-t5-gated-gelu-tied", "families/tiny-ernie4_5")
+    assert tied == (recipe in ("tiny-llama", "tiny-gpt2", "families/tiny-t5-gated-gelu-tied", "families/tiny-ernie4_5",
+                               "families/tiny-lfm2")
                     or recipe.startswith("families/tiny-gemma"))
     assert ("lm_head.weight" in {i.name for i in graph.initializer}) == (not tied)
 
@@ -392,7 +399,7 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
                                                        num_hidden_layers=1, num_attention_heads=2,
                                                        num_key_value_heads=1)).eval()
     with pytest.raises(ExportError, match="'olmo' is not supported; supported: ernie4_5, exaone4, gemma, gemma2, "
-                                          "gemma3_text, gpt2, granite, llama, mistral, mt5, olmo2, phi3, qwen2, qwen3, "
+                                          "gemma3_text, gpt2, granite, lfm2, llama, mistral, mt5, olmo2, phi3, qwen2, qwen3, "
                                           "smollm3, stablelm, t5"):
         export_model(olmo, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
     from types import SimpleNamespace
@@ -411,6 +418,33 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
     with pytest.raises(ExportError, match="kv_layout.*'plain', 'fused'"):
         export_model(tiny_llama.hf_dir, tmp_path / "b", progress=False, kv_layout="paged")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("model_type,setting", [("llama", {"hidden_size": 96}),  # head 24: full rotary
+                                               ("stablelm", {"hidden_size": 160, "partial_rotary_factor": 0.4})],
+                         ids=["llama-head-24", "stablelm-head-40-rotating-16"])
+def test_a_head_gqa_cannot_rotate_is_turned_before_it(model_type, setting, tmp_path):
+    """GroupQueryAttention rotates only heads of a multiple of 16: a Llama head of 24 (full rotary), or a StableLM head
+    of 40 rotating 16 dims, gets its rotary from RotaryEmbedding nodes before it; the export's validation (a left-padded
+    batch, steps with past, against transformers) passes, and a Gemma head of 24 is refused by the fused builder."""
+    import onnx
+    from transformers import AutoConfig as Config
+
+    from onnxlm.export.fused import fused_supported
+
+    torch.manual_seed(0)
+    config = Config.for_model(model_type, vocab_size=64, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **setting)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    out = export_model(model, tmp_path / "a", progress=False, kv_layout="fused")
+    assert all(c["passed"] for c in json.loads((out / "onnxlm.json").read_text())["validation"]["checks"])
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("RotaryEmbedding") == 2
+    gemma = AutoModelForCausalLM.from_config(Config.for_model("gemma", vocab_size=64, hidden_size=96,
+                                                              intermediate_size=32, num_hidden_layers=1,
+                                                              num_attention_heads=4, num_key_value_heads=2,
+                                                              head_dim=24))
+    assert not fused_supported(gemma)
 
 
 @pytest.mark.parametrize("setting", [{"reorder_and_upcast_attn": True}, {"scale_attn_weights": False},

@@ -23,7 +23,8 @@ context of 256 (GPT2Config's 1,024-row position table does not take its 256 rows
 (GPT2Config's is 4 x), StableLM 2 with half of each head rotated (transformers' default: a quarter) and q/k/v biases,
 one without rope.dimension_count (llama.cpp rotates every dim), one with a rope base of 100 in its file (llama.cpp's
 converter writes none: 10000), and one with parallel residuals (no ffn_norm; transformers' loader reads that from the
-tensors itself: a layout case, on the plain graph).
+tensors itself: a layout case, on the fused graph, its quarter rotary turned before GroupQueryAttention). A Llama file
+of head size 12 (a layout case: GroupQueryAttention cannot take it, so its graph is the plain one).
 """
 from __future__ import annotations
 

@@ -844,7 +844,12 @@ def test_a_stablelm_file_runs_on_its_blocks(tmp_path, monkeypatch, case, block_t
     want = fp32.logits(ids)[0]
     tol = 1e-4 * max(1.0, float(np.abs(want).max()))
     assert np.abs(want - hf).max() <= tol
-    assert np.abs(onnxlm.load(out).logits(ids)[0] - want).max() <= tol
+    blocks = onnxlm.load(out)
+    assert np.abs(blocks.logits(ids)[0] - want).max() <= tol
+    states = [m.start(ids, np.ones_like(ids))[0] for m in (fp32, blocks)]  # decode steps too (position_ids)
+    for token in (5, 77, 120):
+        a, b = (s.advance(np.array([token])) for s in states)
+        assert np.abs(a - b).max() <= tol
 
 
 @pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K", "IQ4_XS"])

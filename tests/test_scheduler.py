@@ -1,6 +1,6 @@
 """Continuous batching (runtime/decoding/scheduler.py): requests that join a running batch at different steps, and
 leave it when they finish, get exactly what they get alone (model.generate), greedy and seeded sampling, on the
-plain and fused KV layouts; seq2seq requests run one at a time."""
+plain and fused KV layouts and LFM2's convolution states; seq2seq requests run one at a time."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,10 +22,12 @@ def tiny_llama_fused_dir(tmp_path_factory, tiny_llama):
                         kv_layout="fused")
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama", "llama-fused"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "llama-fused", "lfm2"])
 def model(request, tiny_gpt2, tiny_llama):
     if request.param == "gpt2":
         return onnxlm.load(tiny_gpt2.onnx_dir)
+    if request.param == "lfm2":  # convolution states joined, selected and dropped with the rows
+        return onnxlm.load(request.getfixturevalue("tiny_lfm2").onnx_dir)
     if request.param == "llama":
         return onnxlm.load(tiny_llama.onnx_dir)
     return onnxlm.load(request.getfixturevalue("tiny_llama_fused_dir"))

@@ -126,3 +126,35 @@ def llguidance_mask_processor(tokenizer_json: str, n_vocab: int, eos: int, gramm
             return scores
 
     return Mask()
+
+
+
+def pad_blind(model, pad_id: int):
+    """A transformers causal LM whose input embedding of ``pad_id`` is zero (its head, tied or not, unchanged): the
+    reference for a model whose transformers batch reads its pad tokens (LFM2: its convolutions' padding mask applies
+    to a 2-D mask only, and the model passes them a 4-D one). A zero embedding is RMS-normed to zero and convolves to
+    nothing, so each left-padded row's logits are those of the row alone (measured: 1.2e-6 apart; with the pad's own
+    embedding, 1.76)."""
+    weight = model.model.embed_tokens.weight.detach().clone()
+    weight[pad_id] = 0
+    model.model.embed_tokens = torch.nn.Embedding.from_pretrained(weight, freeze=True)
+    if model.config.model_type == "lfm2":
+        _fix_lfm2_beam_reorder()
+    return model
+
+
+def _fix_lfm2_beam_reorder() -> None:
+    """transformers 4.57's ``Lfm2HybridConvCache.reorder_cache`` index-selects the empty key/value placeholders of
+    its convolution layers (IndexError: LFM2's beam search fails): this process's class gets one that reorders the
+    attention layers' keys/values and every convolution state, as it means to."""
+    from transformers.models.lfm2.modeling_lfm2 import Lfm2HybridConvCache
+
+    def reorder_cache(self, beam_idx):
+        for i in range(len(self.key_cache)):
+            if self.key_cache[i].numel():
+                self.key_cache[i] = self.key_cache[i].index_select(0, beam_idx.to(self.key_cache[i].device))
+                self.value_cache[i] = self.value_cache[i].index_select(0, beam_idx.to(self.value_cache[i].device))
+        for i in range(len(self.conv_cache)):
+            self.conv_cache[i] = self.conv_cache[i].index_select(0, beam_idx.to(self.conv_cache[i].device))
+
+    Lfm2HybridConvCache.reorder_cache = reorder_cache

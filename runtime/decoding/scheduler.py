@@ -148,7 +148,8 @@ class Scheduler:
             raise ParameterError("max_rows", f"got {max_rows!r}; must be an integer >= 1")
         self.model, self.max_rows = model, max_rows
         # keys/values of recent sequences (runtime/prefix_cache.py); causal models only
-        self.prefix_cache = prefix_cache if prefix_cache is not None and not model.is_encoder_decoder else None
+        self.prefix_cache = (prefix_cache if prefix_cache is not None and not model.is_encoder_decoder
+                             and getattr(model, "resumes_prefix", True) else None)  # LFM2's convolution states: no resume
         self.waiting: list[Request] = []
         self.requests: list[Request] = []  # admitted, in batch order
         self.rows: list[tuple[Request, int]] = []  # state row -> (request, row within it)

@@ -6,7 +6,7 @@ grows with the context only by the attention's own reads of the held keys/values
 The graph wants RIGHT-padded rows: ``start``/``logits`` take left-padded inputs like every model and re-pack each
 row's attended tokens (mask 1) to the front; a token's position is its index in the re-packed row, which is
 ``cumsum(mask) - 1`` of the original row, as the plain graph's position_ids; a graph with a ``position_ids`` input
-(learned positions: GPT-2) is fed those. CPU only (numpy-backed buffers).
+(GPT-2's learned positions; a rotary turned before GroupQueryAttention) is fed those. CPU only (numpy-backed buffers).
 """
 from __future__ import annotations
 
@@ -133,6 +133,7 @@ class FusedCausalLM(CausalLM):
     selects_positions = True  # logits(positions=) sends only the asked positions through the output head
     initial_buffer_length = 256  # positions a fresh buffer holds (doubled as needed)
     kv_pool = NO_POOL  # where KV buffers come from; keep_kv_buffers() makes it keep freed ones
+    state_class = FusedState  # what start / empty_state / resume return
 
     def keep_kv_buffers(self, max_bytes: int) -> BufferPool:
         """Keep up to ``max_bytes`` of freed KV buffer sets resident for the next sets of the same size
@@ -152,14 +153,18 @@ class FusedCausalLM(CausalLM):
         keep [b, k] (which of the s positions go through the head) -> logits [b, k, V] float32; the graph writes
         the new keys/values into the buffers in place."""
         io = buffers.binding(self.decoder.session)  # the buffers already bound as past and present
+        self._bind_step(io, ids, past, new, keep)
+        return buffers.run_in_place(self.decoder.session, io, len(ids), keep.shape[1],
+                                    self.logits_width)  # past = present: appended in place
+
+    def _bind_step(self, io, ids: np.ndarray, past: np.ndarray, new: np.ndarray, keep: np.ndarray) -> None:
+        """Bind a pass's own inputs (``_run``'s arguments) on ``io``."""
         io.bind_cpu_input("input_ids", np.ascontiguousarray(ids, np.int64))
         io.bind_cpu_input("seqlens_k", (past + new - 1).astype(np.int32))  # each row's length after the step - 1
         io.bind_cpu_input("total_sequence_length", np.array((past + new).max(), np.int32))  # the padded length
         io.bind_cpu_input("logits_positions", np.ascontiguousarray(keep, np.int64))
         if "position_ids" in self.decoder.inputs:  # learned positions (GPT-2), a rotary outside the attention
             io.bind_cpu_input("position_ids", token_positions(past, new, ids.shape[1]))
-        return buffers.run_in_place(self.decoder.session, io, len(ids), keep.shape[1],
-                                    self.logits_width)  # past = present: appended in place
 
     def _fresh_buffers(self, rows: int, length: int) -> KVBuffers:
         """KV buffers for ``rows`` rows with room for ``length`` positions (``initial_capacity``), from the model's
@@ -188,7 +193,7 @@ class FusedCausalLM(CausalLM):
                              "(pad at the start of each row, as onnxlm pads text inputs)")
         last = lambda lengths: (lengths - 1)[:, None]  # noqa: E731  - each row's last real token
         logits, buffers, lengths = self._prefill(input_ids, attention_mask, last, room=int(max_length or 0))
-        return FusedState(self, buffers, lengths), logits[:, 0, :]
+        return self.state_class(self, buffers, lengths), logits[:, 0, :]
 
     def empty_state(self, *, max_length: int = 0) -> FusedState:
         """A one-row state holding no position, its buffers with room for ``max_length`` positions: ``extend`` then
@@ -198,7 +203,7 @@ class FusedCausalLM(CausalLM):
         products take onnxruntime's one-row kernels (other int8 roundings)."""
         if not isinstance(max_length, (int, np.integer)) or max_length < 0:
             raise ParameterError("max_length", f"got {max_length!r}; must be an integer >= 0")
-        return FusedState(self, self._fresh_buffers(1, int(max_length)), np.zeros(1, np.int64))
+        return self.state_class(self, self._fresh_buffers(1, int(max_length)), np.zeros(1, np.int64))
 
     def resume(self, kv: dict, reuse: int, rest) -> tuple[FusedState, np.ndarray | None]:
         """kv (a snapshot: name -> [kv_heads, L, head_dim]), reuse (1 <= reuse <= L positions of it), rest [k] ids
@@ -210,7 +215,7 @@ class FusedCausalLM(CausalLM):
         buffers = self._fresh_buffers(1, reuse + len(rest))
         for name, a in buffers.arrays.items():
             a[0, :, :reuse] = kv[name][:, :reuse]
-        state = FusedState(self, buffers, np.array([reuse], np.int64))
+        state = self.state_class(self, buffers, np.array([reuse], np.int64))
         return state, feed_rest(state, rest)
 
     def logits(self, input_ids, attention_mask=None, *, positions=None) -> np.ndarray:

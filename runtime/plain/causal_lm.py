@@ -115,6 +115,7 @@ class CausalLM(LanguageModel):
     """A decoder-only language model: generate, score, logits, stream on numpy + onnxruntime."""
 
     is_encoder_decoder = False
+    resumes_prefix = True  # resume() continues from any prefix of a snapshot (the server's prefix cache)
     selects_positions = False  # logits(positions=) computes every position's logits and keeps the asked ones
 
     def _init_graphs(self) -> None:

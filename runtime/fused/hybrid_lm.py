@@ -1,0 +1,148 @@
+"""LFM2's fused graph (``export/fused_lfm2.py``): GroupQueryAttention layers on KV buffers as ``FusedCausalLM``'s,
+and short-convolution layers whose state is each row's last K - 1 convolved inputs (``conv_state.{i}`` [b, K - 1, D]).
+
+``HybridBuffers`` carries those states beside the KV buffers: every pass binds them as inputs and writes the states
+the graph gathers back into them in place (``row(r)``'s views write into the batch), so ``FusedState``'s steps,
+``select`` and the prompt pass work unchanged. A KV cache forgets positions by its lengths alone; a convolution state
+cannot, so each row also keeps its states before its last ``MAX_HISTORY`` positions (``HybridState.rollback``:
+speculative decoding's rejected drafts, a draft model's own). A snapshot cannot be resumed from an arbitrary prefix
+(the state of position p is not kept), so the server's prefix cache is off for these models (``resumes_prefix``).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from ..errors import ParameterError
+from .causal_lm import FusedCausalLM, FusedState, _checked_counts
+from .kv_buffers import KVBuffers
+
+MAX_HISTORY = 32  # positions a row can roll back (a speculative round's drafts and verify; LFM2-350M: 80 KB each)
+
+
+class HybridBuffers(KVBuffers):
+    """KV buffers plus ``conv``: name -> [b, K - 1, D] float32 states, and ``history``: per row a deque of (length,
+    {name: [K - 1, D]}), the row's states before its last positions (newest last)."""
+
+    def __init__(self, arrays: dict, pool=None, conv: dict | None = None, history: list | None = None):
+        keep = getattr(self, "conv", None)  # KVBuffers.ensure re-initialises with grown arrays: the states stay
+        super().__init__(arrays, pool)
+        self.conv = conv if conv is not None else keep
+        self.history = history if history is not None else getattr(self, "history", None)
+
+    def row(self, r: int) -> "HybridBuffers":
+        """Row ``r`` alone: views of its KV buffers and states, and its own history deque (shared)."""
+        return HybridBuffers({n: a[r:r + 1] for n, a in self.arrays.items()}, self.pool,
+                             {n: c[r:r + 1] for n, c in self.conv.items()}, [self.history[r]])
+
+    def select(self, rows: np.ndarray, held: int | None = None) -> None:
+        """rows [b'] int64: the KV buffers' rows (``KVBuffers.select``), the states' and the histories' (copied:
+        duplicated beams diverge)."""
+        conv = {n: c[rows] for n, c in self.conv.items()}
+        history = [deque(self.history[r], maxlen=MAX_HISTORY) for r in rows]
+        super().select(rows, held)
+        self.conv, self.history = conv, history
+
+    def bind_states(self, io, past: np.ndarray, new: np.ndarray, width: int) -> tuple[dict, list[int]]:
+        """Bind the states and which window rows to gather for a pass of ``width`` new slots (row r's real ones:
+        new[r]) -> (name -> the gathered states' array [b, m (K - 1), D], the offsets m: the states after those many
+        new tokens, the last one the row's own new[r])."""
+        first = next(iter(self.conv.values()))
+        b, taps, hidden = first.shape
+        span = min(width, MAX_HISTORY)  # the states after each of a pass's last tokens, for rollback
+        steps = np.arange(width - span, width + 1) if width > 1 else np.array([width])  # [m]
+        offsets = np.minimum(steps[None, :], new[:, None])  # [b, m]: a row with fewer new tokens repeats its last
+        gather = (offsets[:, :, None] + np.arange(taps)[None, None, :]).reshape(b, -1)  # [b, m (K - 1)]
+        io.bind_cpu_input("conv_gather", gather.astype(np.int64))
+        outs = {}
+        for name, c in self.conv.items():
+            io.bind_cpu_input(name, np.ascontiguousarray(c))
+            out = np.empty((b, gather.shape[1], hidden), np.float32)
+            io.bind_output("conv_states." + name[len("conv_state."):], "cpu", 0, np.float32, list(out.shape),
+                           out.ctypes.data)
+            outs[name] = out
+        return outs, offsets
+
+    def take_states(self, outs: dict, offsets: np.ndarray, past: np.ndarray, new: np.ndarray) -> None:
+        """After the pass: each row's state after its new tokens into ``conv`` (in place); into its history the
+        state it had before the pass and those after each of the pass's other gathered tokens (an extend's), in
+        order. A prompt's pass (no row holds a position before it) keeps no history: nothing rolls back into a
+        prompt."""
+        b, m = offsets.shape
+        taps = next(iter(self.conv.values())).shape[1]
+        gathered = {n: o.reshape(b, m, taps, -1) for n, o in outs.items()}  # [b, m, K - 1, D]
+        if past.any():
+            for r in range(b):
+                self.history[r].append((int(past[r]), {n: c[r].copy() for n, c in self.conv.items()}))
+                seen = set()
+                for j, at in enumerate(offsets[r, :-1].tolist()):
+                    if 0 < at < int(new[r]) and at not in seen:
+                        seen.add(at)
+                        self.history[r].append((int(past[r]) + at, {n: g[r, j].copy() for n, g in gathered.items()}))
+        for name, g in gathered.items():
+            self.conv[name][...] = g[:, -1]
+
+
+class HybridState(FusedState):
+    """``FusedState`` whose rollback also restores the rows' convolution states from their histories."""
+
+    def rollback(self, counts: np.ndarray) -> None:
+        """counts [b] int64: forget each row's last counts[i] positions; its convolution state becomes the one kept
+        before them (ParameterError when that is further back than the row's last ``MAX_HISTORY`` positions)."""
+        counts = _checked_counts(counts, self.lengths)
+        for r in np.flatnonzero(counts):
+            target = int(self.lengths[r] - counts[r])
+            kept = next((s for at, s in reversed(self.buffers.history[r]) if at == target), None)
+            if kept is None:
+                raise ParameterError("counts", f"row {r}: rolling back {int(counts[r])} positions goes further than "
+                                     f"this model's convolution states are kept (the last {MAX_HISTORY} positions)")
+            for name, c in self.buffers.conv.items():
+                c[r] = kept[name]
+        self.lengths = self.lengths - counts
+
+    def snapshot(self, row: int, *, copy: bool = True) -> dict:
+        raise ParameterError("snapshot", "a model with convolution layers (LFM2) cannot resume from a prefix: its "
+                             "states of earlier positions are not kept")
+
+    @classmethod
+    def concat(cls, states: list["HybridState"]) -> "HybridState":
+        """``FusedState.concat``, with the rows' states and histories."""
+        if len(states) == 1:
+            return states[0]
+        merged = FusedState.concat(states)
+        conv = {n: np.concatenate([s.buffers.conv[n] for s in states]) for n in states[0].buffers.conv}
+        history = [deque(h, maxlen=MAX_HISTORY) for s in states for h in s.buffers.history]
+        buffers = HybridBuffers(merged.buffers.arrays, merged.buffers.pool, conv, history)
+        return cls(states[0].model, buffers, merged.lengths)
+
+
+class FusedHybridLM(FusedCausalLM):
+    """A decoder-only model on LFM2's fused graph: GroupQueryAttention KV buffers and convolution states."""
+
+    state_class = HybridState
+    resumes_prefix = False
+
+    def _init_graphs(self) -> None:
+        super()._init_graphs()
+        self.conv_names = [n for n in self.decoder.inputs if n.startswith("conv_state.")]
+        _, self.conv_taps, self.conv_width = self.decoder.inputs[self.conv_names[0]].shape  # [b, K - 1, D]
+
+    def _fresh_buffers(self, rows: int, length: int) -> HybridBuffers:
+        kv = super()._fresh_buffers(rows, length)
+        conv = {n: np.zeros((rows, self.conv_taps, self.conv_width), np.float32) for n in self.conv_names}
+        return HybridBuffers(kv.arrays, kv.pool, conv, [deque(maxlen=MAX_HISTORY) for _ in range(rows)])
+
+    def _run(self, ids: np.ndarray, past: np.ndarray, new: np.ndarray, keep: np.ndarray,
+             buffers: HybridBuffers) -> np.ndarray:
+        """``FusedCausalLM._run`` with the convolution states fed and updated in place."""
+        io = buffers.binding(self.decoder.session)
+        self._bind_step(io, ids, past, new, keep)
+        outs, offsets = buffers.bind_states(io, past, new, ids.shape[1])
+        logits = buffers.run_in_place(self.decoder.session, io, len(ids), keep.shape[1], self.logits_width)
+        buffers.take_states(outs, offsets, past, new)
+        return logits
+
+    def resume(self, kv: dict, reuse: int, rest):
+        raise ParameterError("kv", "a model with convolution layers (LFM2) cannot resume from a prefix: its states "
+                             "of earlier positions are not kept")

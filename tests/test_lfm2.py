@@ -1,0 +1,112 @@
+"""LFM2 (export/fused_lfm2.py, runtime/fused/hybrid_lm.py): what its convolution states change beyond the parity grids
+of tests/test_fused_layouts.py (logits with past on a left-padded batch, greedy, beam, extend and rollback) and the
+joined rows of tests/test_scheduler.py: speculative decoding (its rollbacks restore the states), a one-token prompt
+(transformers' own cached step loses a value there; the graph convolves the true window), the limits of its rollback,
+and the server's prefix cache, which it cannot use."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="LFM2 tests need the 'export' extra")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+import onnxlm  # noqa: E402
+from onnxlm.runtime.decoding.scheduler import Scheduler  # noqa: E402
+from onnxlm.runtime.errors import ParameterError  # noqa: E402
+from onnxlm.runtime.fused import FusedHybridLM  # noqa: E402
+from onnxlm.runtime.fused.hybrid_lm import MAX_HISTORY  # noqa: E402
+from onnxlm.runtime.prefix_cache import PrefixCache  # noqa: E402
+from torch_ref import left_padded_batch  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PERIOD = [17, 99, 142, 63, 200, 8, 77, 150, 31, 120, 54, 230]
+PROMPT = [257] + PERIOD * 3 + PERIOD[:5]  # repeats: the n-gram lookups find continuations
+
+
+@pytest.fixture(scope="module")
+def lfm2(tiny_lfm2):
+    model = onnxlm.load(tiny_lfm2.onnx_dir)
+    assert isinstance(model, FusedHybridLM)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_lfm2):
+    return AutoModelForCausalLM.from_pretrained(tiny_lfm2.hf_dir).eval()
+
+
+def test_prompt_lookup_greedy_equals_plain_greedy(lfm2):
+    """Prompt lookup's verify passes extend several tokens and roll the rejected ones back: the same ids as plain
+    greedy decoding, on one row and on a left-padded batch."""
+    plain = lfm2.generate([PROMPT], max_new_tokens=40)
+    spec = lfm2.generate([PROMPT], max_new_tokens=40, prompt_lookup_num_tokens=6)
+    assert spec.new_tokens == plain.new_tokens and spec.speculation.accepted > 0
+    ids, mask = left_padded_batch(np.random.default_rng(4), [9, 5, 7], 250, lfm2.pad_id)
+    ids = np.concatenate([ids, ids[:, -4:], ids[:, -4:]], axis=1)  # each row repeats its tail
+    mask = np.concatenate([mask, np.ones((3, 8), np.int64)], axis=1)
+    plain = lfm2.generate(ids, attention_mask=mask, max_new_tokens=30)
+    spec = lfm2.generate(ids, attention_mask=mask, max_new_tokens=30, prompt_lookup_num_tokens=4)
+    np.testing.assert_array_equal(spec.sequences, plain.sequences)
+
+
+def test_a_draft_model_either_way_equals_plain_greedy(lfm2, tiny_llama, tiny_lfm2):
+    """LFM2 as the target of a Llama draft (every verify pass rolls rejected drafts back), as the draft of a Llama
+    target (its own steps roll back across several decode steps), and as its own twin's draft (all accepted): plain
+    greedy's ids every way."""
+    llama = onnxlm.load(tiny_llama.onnx_dir)
+    for target, draft in ((lfm2, llama), (llama, lfm2), (lfm2, onnxlm.load(tiny_lfm2.onnx_dir))):
+        plain = target.generate([PROMPT], max_new_tokens=30)
+        spec = target.generate([PROMPT], max_new_tokens=30, assistant_model=draft, num_assistant_tokens=5,
+                               assistant_confidence_threshold=0.0)
+        assert spec.new_tokens == plain.new_tokens
+        stats = spec.speculation
+        assert stats.accepted == stats.proposed > 0 if draft.__class__ is target.__class__ else \
+            stats.accepted < stats.proposed
+
+
+def test_a_one_token_prompt_convolves_the_true_window(lfm2, hf):
+    """One prompt token, then steps: every step's logits are transformers' forward over the whole sequence (its own
+    cached step writes the new value at slot min(position, taps - 1) of a rolled state, which drops the prompt's
+    value at position 1: the graph does not follow it there)."""
+    seq = [42]
+    state, logits = lfm2.start(np.array([seq]), np.ones((1, 1), np.int64))
+    for token in (7, 99, 150, 3):
+        with torch.no_grad():
+            want = hf(torch.tensor([seq])).logits[0, -1].numpy()
+        assert np.abs(logits[0] - want).max() <= 1e-4
+        seq.append(token)
+        logits = state.advance(np.array([token]))
+
+
+def test_rollback_is_bounded_by_the_kept_states(lfm2):
+    """A row rolls back up to MAX_HISTORY positions (the states before each are kept); further, or into the prompt,
+    is a ParameterError naming counts, and the state is unchanged."""
+    state, _ = lfm2.start(np.array([PROMPT[:5]]), np.ones((1, 5), np.int64))
+    for t in range(MAX_HISTORY + 2):
+        state.advance(np.array([10 + t]))
+    held = int(state.lengths[0])
+    with pytest.raises(ParameterError, match=f"counts: row 0: rolling back {MAX_HISTORY + 1} positions goes further"):
+        state.rollback(np.array([MAX_HISTORY + 1]))
+    assert int(state.lengths[0]) == held
+    state.rollback(np.array([MAX_HISTORY]))
+    kept = PROMPT[:5] + [10 + t for t in range(2)]
+    np.testing.assert_allclose(state.advance(np.array([5]))[0], lfm2.logits([kept + [5]])[0, -1], atol=1e-4)
+    fresh, _ = lfm2.start(np.array([PROMPT[:5]]), np.ones((1, 5), np.int64))
+    with pytest.raises(ParameterError, match="counts: row 0"):  # into the prompt: no state of it is kept
+        fresh.rollback(np.array([1]))
+
+
+def test_no_prefix_is_resumed(lfm2):
+    """A snapshot or a resume is a ParameterError saying why; the scheduler drops a prefix cache it is given for
+    such a model (onnxlm serve's --prefix-cache-mb then changes nothing) and still answers."""
+    state, _ = lfm2.start(np.array([PROMPT[:5]]), np.ones((1, 5), np.int64))
+    with pytest.raises(ParameterError, match="snapshot: a model with convolution layers"):
+        state.snapshot(0)
+    with pytest.raises(ParameterError, match="kv: a model with convolution layers"):
+        lfm2.resume({}, 3, [1, 2])
+    assert not lfm2.resumes_prefix
+    assert Scheduler(lfm2, prefix_cache=PrefixCache(2**20)).prefix_cache is None
