@@ -303,7 +303,7 @@ class GGUFModel:
 
 #: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
 TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "smollm3",
-                             "olmo2", "ernie4_5", "exaone4", "gpt2", "stablelm")
+                             "olmo2", "ernie4_5", "exaone4", "gpt2", "stablelm", "lfm2")
 
 
 def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:

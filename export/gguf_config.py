@@ -71,10 +71,11 @@ HEAD_DIM_ARCHS = ("qwen2", "qwen3", "ernie4_5", "exaone4")
 PARTIAL_ROTARY_ARCHS = ("phi3", "stablelm")
 #: keys transformers' loader maps to no config attribute of these architectures -> the attribute that holds them
 UNMAPPED_KEYS = {"gpt2": {"context_length": "n_positions", "feed_forward_length": "n_inner"},
-                 "stablelm": {"rope.freq_base": "rope_theta"}}
+                 "stablelm": {"rope.freq_base": "rope_theta"},
+                 "lfm2": {"attention.layer_norm_rms_epsilon": "norm_eps"}}  # transformers maps it to rms_norm_eps
 #: architectures whose transformers config has another rope base than llama.cpp's 10000 for a file without one
-#: SmolLM3Config: 2,000,000; Gemma3TextConfig: 1,000,000 (global); Ernie4_5Config: 500,000
-ROPE_BASE_DEFAULT_DIFFERS = ("smollm3", "gemma3", "ernie4_5")
+#: SmolLM3Config: 2,000,000; Gemma3TextConfig: 1,000,000 (global); Ernie4_5Config: 500,000; Lfm2Config: 1,000,000
+ROPE_BASE_DEFAULT_DIFFERS = ("smollm3", "gemma3", "ernie4_5", "lfm2")
 #: layers of the 27B models, whose queries llama.cpp scales by 1/sqrt(hidden / heads) instead of 1/sqrt(head_dim)
 LAYERS_27B = {"gemma2": 46, "gemma3": 62}
 

@@ -90,7 +90,7 @@ PRE_TYPES: dict[str, PreType] = {
     "codeshell": _DIGITS_GPT2, "exaone": _DIGITS_GPT2, "minerva-7b": _DIGITS_GPT2,
     # Llama 3's regex (digits in runs of up to three); the llama-bpe family also takes whole-token pieces unmerged
     "llama-bpe": _LLAMA3_TYPE, "llama3": _LLAMA3_TYPE, "llama-v3": _LLAMA3_TYPE, "falcon3": _LLAMA3_TYPE,
-    "pixtral": _LLAMA3_TYPE, "midm-2.0": _LLAMA3_TYPE,
+    "pixtral": _LLAMA3_TYPE, "midm-2.0": _LLAMA3_TYPE, "lfm2": _LLAMA3_TYPE,
     "dbrx": _LLAMA3_REGEX, "smaug-bpe": _LLAMA3_REGEX,
     # Qwen 2's regex (single digits)
     "qwen2": _QWEN2_TYPE, "deepseek-r1-qwen": _QWEN2_TYPE, "stablelm2": _QWEN2_TYPE, "megrez": _QWEN2_TYPE,

@@ -116,16 +116,17 @@ def on_blocks_types() -> tuple[str, ...]:
     """The model_types whose fused graph this rewrite knows: the Llama family's (StableLM's among them) and Gemma's
     (``fused_llama``, ``fused_gemma``). GPT-2's fused graph (``fused_gpt2``) names its weights otherwise and adds a
     bias to every product: its GGUF files export in fp32."""
-    from . import fused_gemma, fused_llama
+    from . import fused_gemma, fused_lfm2, fused_llama
 
-    return fused_llama.FUSED_TYPES + fused_gemma.FUSED_TYPES
+    return fused_llama.FUSED_TYPES + fused_gemma.FUSED_TYPES + fused_lfm2.FUSED_TYPES
 
 
 def fused_gemma_types() -> tuple[str, ...]:
-    """The model_types of the Gemma builder (``fused_gemma``), whose graph rotates inside GroupQueryAttention."""
-    from . import fused_gemma
+    """The model_types of the Gemma and LFM2 builders (``fused_gemma``, ``fused_lfm2``), whose graphs rotate inside
+    GroupQueryAttention (a head of a multiple of 16)."""
+    from . import fused_gemma, fused_lfm2
 
-    return fused_gemma.FUSED_TYPES
+    return fused_gemma.FUSED_TYPES + fused_lfm2.FUSED_TYPES
 
 
 def on_blocks(architecture: str | None) -> bool:
@@ -153,7 +154,7 @@ def off_blocks_reason(reader) -> str | None:
     except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a header without its shape: the loader's to refuse
         return None
     why = None
-    multiple = 16 if model_type_of(arch) in fused_gemma_types() else 8  # Gemma's graph: GQA's own rotary
+    multiple = 16 if model_type_of(arch) in fused_gemma_types() else 8  # Gemma's, LFM2's graphs: GQA's own rotary
     if head % multiple:  # the builders' checks (fused_graph.check_head_dim; fused_gemma.check_supported)
         why = f"head size {head} is not a multiple of {multiple}, which onnxruntime's GroupQueryAttention needs"
     elif arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
@@ -161,7 +162,7 @@ def off_blocks_reason(reader) -> str | None:
     return f"{why}: its graph is the plain one, which does not run on a file's blocks" if why else None
 
 
-FAMILIES_ON_BLOCKS = "Llama, StableLM and Gemma"
+FAMILIES_ON_BLOCKS = "Llama, StableLM, Gemma and LFM2"
 
 
 def refuse_off_blocks(model_type: str, where) -> None:
@@ -214,7 +215,7 @@ WEIGHT_TOLERANCE = 1e-5  # max |dequantised MatMulNBits weight - fp32 graph weig
 CHECK_ROWS = 4096  # rows of a weight dequantised at once by the check (Gemma 3's head: 640 x 4096 = 10 MB a share)
 # MatMuls that always get fp32 activations (level 1): q/k/v and o, a quarter of the weights, cost ~5 % of a decode
 # step and add ~1 % top-1 agreement on SmolLM2 (q/k feed the softmax); measured in docs/benchmarks.md
-FP32_ACTIVATIONS = ("qkv", "o_proj")
+FP32_ACTIVATIONS = ("qkv", "o_proj", "in_proj", "out_proj")  # LFM2's convolution projections as attention's
 # an output head with at most this many code bytes runs in two int8 passes (fp32-like logits); a bigger one in one
 # (int8 activations, as llama.cpp's Q8_0 dot products): the second pass's products grow with the head, so Gemma 3's
 # 168 MB head made the decode step ~7 % slower for 0.4 % agreement (98.3 % -> 97.9 %, KL 0.0019 -> 0.0023 on the
@@ -222,7 +223,7 @@ FP32_ACTIVATIONS = ("qkv", "o_proj")
 HEAD_TWO_PASS_BYTES = 64 << 20
 #: a fused graph's product groups -> the GGUF tensor kinds that hold their rows, in order
 LAYER_TENSORS = {"qkv": ("attn_q", "attn_k", "attn_v"), "o_proj": ("attn_output",), "gate_up": ("ffn_gate", "ffn_up"),
-                 "down_proj": ("ffn_down",)}
+                 "down_proj": ("ffn_down",), "in_proj": ("shortconv.in_proj",), "out_proj": ("shortconv.out_proj",)}
 #: where llama.cpp stores a group as one tensor, by architecture: Phi-3's attn_qkv (q, k, v rows) and ffn_up (gate
 #: rows, then up), in transformers' order (``qkv_proj``, ``gate_up_proj``)
 PACKED_TENSORS = {"phi3": {"qkv": ("attn_qkv",), "gate_up": ("ffn_up",)}}
@@ -384,8 +385,10 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
 
     layers = sorted({int(i.split(".")[0][1:]) for i in inits if i.startswith("l") and i.split(".")[0][1:].isdigit()})
     for i in layers:
-        for part in ("qkv", "o_proj", "down_proj"):
-            node = by_weight[f"l{i}.{part}.weight"]
+        for part in ("qkv", "o_proj", "in_proj", "out_proj", "down_proj"):  # an LFM2 layer: attention or convolution
+            node = by_weight.get(f"l{i}.{part}.weight")
+            if node is None:
+                continue
             names = [f"blk.{i}.{t}.weight" for t in layer_tensors(tensors.architecture, part)]
             b = _group_blocks(tensors, names)
             if b is None:

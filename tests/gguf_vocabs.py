@@ -61,6 +61,7 @@ VOCABS: dict[str, tuple[str, dict[str, Any]]] = {
     "smollm2-exaone4": ("smollm2", {"tokenizer.ggml.pre": "exaone4"}),
     "smollm2-minerva-7b": ("smollm2", {"tokenizer.ggml.pre": "minerva-7b"}),
     "llama3-midm-2.0": ("llama3", {"tokenizer.ggml.pre": "midm-2.0"}),
+    "llama3-lfm2": ("llama3", {"tokenizer.ggml.pre": "lfm2"}),  # LFM2's files: Llama 3's split (no vocabulary of its own here)
     "llama3-deepseek-llm": ("llama3", {"tokenizer.ggml.pre": "deepseek-llm"}),
     "qwen2-megrez": ("qwen2", {"tokenizer.ggml.pre": "megrez"}),
     "qwen2-seed-coder": ("qwen2", {"tokenizer.ggml.pre": "seed-coder"}),

@@ -62,6 +62,11 @@ CASES = {
     "stablelm-parallel-residual": ("stablelm", {"rope.dimension_count": HEAD_DIM // 4, "parallel": True}, None),
     # a head size onnxruntime's GroupQueryAttention cannot take (12: not a multiple of 8), 8 heads and 4 kv heads
     "llama-head-12": ("llama", {"heads": 8, "head_dim": 12}, None),
+    # LFM2 as llama.cpp's converter writes it: 4 layers, convolutions (3 taps) on 0 and 2, attention on 1 and 3 (its
+    # head_count_kv an array: 0 for a convolution layer), the final norm as token_embd_norm, a tied head; then one
+    # without a rope base (llama.cpp: 10000; Lfm2Config: 1,000,000)
+    "lfm2": ("lfm2", {"block_count": 4}, None),
+    "lfm2-default-rope-base": ("lfm2", {"block_count": 4, "rope.freq_base": None}, None),
 }
 #: architectures with LayerNorm (weight and bias) where the others have RMSNorm, and no rope base in the converter's
 #: file
@@ -70,7 +75,9 @@ LAYER_NORM_ARCHS = ("gpt2", "stablelm")
 LAYOUT_KEYS = ("block_count", "tied", "qkv_bias", "parallel", "ffn", "heads", "head_dim")
 #: cases whose metadata transformers' loader reads whole: they check a tensor layout, not a restored setting -> the
 #: kv layout their export takes (None: the plain graph, for a head size GroupQueryAttention cannot take)
-LAYOUT_CASES = {"phi3-packed": "fused-gqa", "stablelm-parallel-residual": "fused-gqa", "llama-head-12": None}
+LAYOUT_CASES = {"phi3-packed": "fused-gqa", "stablelm-parallel-residual": "fused-gqa", "llama-head-12": None,
+                "lfm2": "fused-gqa"}
+LFM2_ATTENTION = (1, 3)  # the attention layers of the LFM2 cases
 #: token ids fed to both runtimes (BOS first): longer than the sliding window of the Gemma cases
 IDS = [1, 40, 41, 72, 100, 150, 200, 3, 9, 250, 77, 120]
 
@@ -150,7 +157,10 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     w.add_feed_forward_length(extra.get("ffn", 4 * HIDDEN) if arch == "gpt2" else FFN)
     heads, head_dim = extra.get("heads", HEADS), extra.get("head_dim", HEAD_DIM)
     w.add_head_count(heads)
-    if arch != "gpt2":  # GPT-2: as many kv heads as heads (llama.cpp's default), no rotary
+    if arch == "lfm2":  # per layer: 0 for a convolution layer
+        w.add_head_count_kv([KV_HEADS if i in LFM2_ATTENTION else 0 for i in range(layers)])
+        w.add_uint32("lfm2.shortconv.l_cache", 3)
+    elif arch != "gpt2":  # GPT-2: as many kv heads as heads (llama.cpp's default), no rotary
         w.add_head_count_kv(heads * KV_HEADS // HEADS)
     if "attention.key_length" not in extra and not layer_norm:  # None there: neither head size written (llama.cpp:
         w.add_key_length(head_dim)                                # hidden / heads)
@@ -196,10 +206,36 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
         _layer_norm_tensors(arch, extra, layers, len(tokens), mat, norm, lambda name, n: w.add_tensor(
             name, (0.1 * rng.standard_normal(n)).astype(np.float32)))
     else:
-        _rms_norm_tensors(w, arch, extra, rope_freqs, layers, len(tokens), mat, norm)
+        (_lfm2_tensors if arch == "lfm2" else _rms_norm_tensors)(w, arch, extra, rope_freqs, layers, len(tokens), mat,
+                                                                 norm)
     for name, array in (extra_tensors or {}).items():
         w.add_tensor(name, np.asarray(array, np.float32))
     write_out(w)
+
+
+def _lfm2_tensors(w, arch: str, extra: dict, rope_freqs: str | None, layers: int, vocab: int, mat, norm) -> None:
+    """An LFM2 file's layers and final norm as llama.cpp's converter lays them out (tied head): a convolution layer's
+    shortconv.in_proj (B, C, x rows), shortconv.conv [hidden, taps] and shortconv.out_proj; an attention layer's
+    q/k/v, per-head q/k norms and output; every layer's attn_norm (the operator norm), ffn_norm and gated MLP."""
+    rng = np.random.default_rng(12)
+    for i in range(layers):
+        norm(f"blk.{i}.attn_norm.weight", HIDDEN)
+        if i in LFM2_ATTENTION:
+            norm(f"blk.{i}.attn_q_norm.weight", HEAD_DIM)
+            norm(f"blk.{i}.attn_k_norm.weight", HEAD_DIM)
+            mat(f"blk.{i}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
+            mat(f"blk.{i}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+            mat(f"blk.{i}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
+            mat(f"blk.{i}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
+        else:
+            mat(f"blk.{i}.shortconv.in_proj.weight", 3 * HIDDEN, HIDDEN)
+            w.add_tensor(f"blk.{i}.shortconv.conv.weight", (0.5 * rng.standard_normal((HIDDEN, 3))).astype(np.float32))
+            mat(f"blk.{i}.shortconv.out_proj.weight", HIDDEN, HIDDEN)
+        norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
+        mat(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
+        mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
+        mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
+    norm("token_embd_norm.weight", HIDDEN)
 
 
 def _rms_norm_tensors(w, arch: str, extra: dict, rope_freqs: str | None, layers: int, vocab: int, mat, norm) -> None:

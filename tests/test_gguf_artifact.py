@@ -406,7 +406,7 @@ def test_info_says_when_onnxlm_cannot_run_a_gguf_file(tmp_path, capsys, monkeypa
     write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
     code, out, err = run_cli(capsys, "info", tmp_path / "falcon.gguf")
     assert code == 0, err
-    assert "falcon: onnxlm does not export it (it exports llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm)" in out
+    assert "falcon: onnxlm does not export it (it exports llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm, lfm2)" in out
     assert "  artifact        none: onnxlm cannot run this file" in out
     # an architecture it exports, with a setting the export refuses (YaRN): said from the header, as the export would
     monkeypatch.setitem(CASES, "qwen2-yarn", ("qwen2", {"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0}, None))

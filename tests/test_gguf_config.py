@@ -140,7 +140,7 @@ def test_a_fused_only_gguf_refuses_the_plain_layout_before_its_weights_load(tmp_
     # unknown to transformers' GGUF loader: its error, with the file's architecture and those onnxlm exports
     ("exaone", r"GGUF model with architecture exaone is not supported yet. \(general.architecture = 'exaone'; "
                r"GGUF architectures onnxlm exports: llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, "
-               r"smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm\)"),
+               r"smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm, lfm2\)"),
 ])
 def test_an_architecture_onnxlm_does_not_export_is_refused_by_name(tmp_path, monkeypatch, arch, match):
     monkeypatch.setitem(CASES, arch, (arch, {}, None))

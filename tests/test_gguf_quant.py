@@ -754,11 +754,11 @@ def test_a_gguf_without_some_weights_is_refused_by_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen2.gguf"]
 
 
-OFF_BLOCKS = r"quantize='gguf' runs the fused graphs of the Llama, StableLM and Gemma families on a file's own " \
+OFF_BLOCKS = r"quantize='gguf' runs the fused graphs of the Llama, StableLM, Gemma and LFM2 families on a file's own " \
              r"blocks \(.*\); model_type '{}''s graph does not run on them \(a GGUF of it is dequantized to fp32\): " \
              r"export it without quantize, or with quantize='int8'"
 #: why a tiny file of these cases does not export onto its blocks (``gguf_quant.off_blocks_reason``)
-OFF_BLOCKS_WHY = {"gpt2": "its graph does not run on a file's blocks (those of the Llama, StableLM and Gemma families "
+OFF_BLOCKS_WHY = {"gpt2": "its graph does not run on a file's blocks (those of the Llama, StableLM, Gemma and LFM2 families "
                           "do; model_type 'gpt2' is dequantized to fp32)",
                   "llama-head-12": "head size 12 is not a multiple of 8, which onnxruntime's GroupQueryAttention "
                                    "needs: its graph is the plain one, which does not run on a file's blocks"}
@@ -847,6 +847,45 @@ def test_a_stablelm_file_runs_on_its_blocks(tmp_path, monkeypatch, case, block_t
     blocks = onnxlm.load(out)
     assert np.abs(blocks.logits(ids)[0] - want).max() <= tol
     states = [m.start(ids, np.ones_like(ids))[0] for m in (fp32, blocks)]  # decode steps too (position_ids)
+    for token in (5, 77, 120):
+        a, b = (s.advance(np.array([token])) for s in states)
+        assert np.abs(a - b).max() <= tol
+
+
+@pytest.mark.parametrize("block_type", ["Q8_0", "Q4_1"])
+def test_an_lfm2_file_runs_on_its_blocks(tmp_path, block_type):
+    """LFM2 on its own blocks: its attention layers' q/k/v and output, its convolution layers' in_proj and out_proj
+    (the 3-tap convolution stays F32, as in the file), every MLP and the tied embedding kept as the file's blocks; the
+    fp32 export (fused) gives transformers' logits on the dequantized file, and at the fidelity level the blocks give
+    the fp32 export's, in a prompt pass and in decode steps (the convolution states)."""
+    import gguf_writers
+    import torch
+
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+
+    path = tmp_path / "lfm2.gguf"
+    gguf_writers.write_tiny_gguf(path, "lfm2", block_type=block_type)
+    out = export_model(path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
+                       quality_text=SHORT_GATE_TEXT, progress=False)
+    m = json.loads((out / "onnxlm.json").read_text())
+    q = m["quantization"]
+    assert (m["model_type"], m["kv_layout"]) == ("lfm2", "fused-gqa")
+    assert q["tensors"] == {block_type: 2 * 7 + 2 * 5 + 1} and q["fp32_tensors"] == {}  # attention, convolution
+    assert q["max_weight_diff"] <= 1e-5                                                 # layers; the embedding
+    fp32 = onnxlm.load(export_model(path, tmp_path / "fp32", progress=False))
+    ids = np.array([gguf_writers.IDS])
+    with torch.no_grad():
+        hf = load_gguf(path).model(torch.tensor(ids)).logits[0].numpy()
+    want = fp32.logits(ids)[0]
+    tol = 1e-4 * max(1.0, float(np.abs(want).max()))
+    assert np.abs(want - hf).max() <= tol
+    blocks = onnxlm.load(out)
+    # 8-bit codes take two int8 passes (a and x - a), whose rounding compounds through the convolution layers' B * x
+    # product: 1.7e-4 of the logits' range measured on Q8_0 (4-bit codes at the fidelity level: fp32 activations)
+    tol *= 3 if block_type == "Q8_0" else 1
+    assert np.abs(blocks.logits(ids)[0] - want).max() <= tol
+    states = [model.start(ids, np.ones_like(ids))[0] for model in (fp32, blocks)]
     for token in (5, 77, 120):
         a, b = (s.advance(np.array([token])) for s in states)
         assert np.abs(a - b).max() <= tol

@@ -53,6 +53,7 @@ PROVEN = {
     "smollm2-exaone4": ("gpt2", "exaone4"),
     "smollm2-minerva-7b": ("gpt2", "minerva-7b"),
     "llama3-midm-2.0": ("gpt2", "midm-2.0"),
+    "llama3-lfm2": ("gpt2", "lfm2"),
     "llama3-deepseek-llm": ("gpt2", "deepseek-llm"),
     "qwen2-megrez": ("gpt2", "megrez"),
     "qwen2-seed-coder": ("gpt2", "seed-coder"),

@@ -110,3 +110,20 @@ def test_no_prefix_is_resumed(lfm2):
         lfm2.resume({}, 3, [1, 2])
     assert not lfm2.resumes_prefix
     assert Scheduler(lfm2, prefix_cache=PrefixCache(2**20)).prefix_cache is None
+
+
+def test_the_server_says_its_prefix_cache_is_off(lfm2, caplog):
+    """``onnxlm serve --prefix-cache-mb N`` on an LFM2 model: the engine loads it, warns once that the prefix cache is
+    off and why, and its scheduler holds none."""
+    import logging
+
+    from onnxlm.serve.engine import Engine
+
+    engine = Engine(lambda: lfm2, prefix_cache_mb=8)
+    with caplog.at_level(logging.WARNING):
+        engine.start()
+        assert engine.ready.wait(30)
+        engine.stop()
+    assert engine.load_error is None and engine.scheduler.prefix_cache is None
+    assert "the prefix cache is off: this model cannot resume from a cached prefix (LFM2's convolution states)" \
+        in caplog.text
