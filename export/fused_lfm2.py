@@ -47,9 +47,9 @@ def check_supported(model) -> None:
     if head % 16:  # GQA's own rotary (this graph's) needs it
         raise ExportError(f"kv_layout='fused': head_dim {head} is not a multiple of 16, which onnxruntime's "
                           f"GroupQueryAttention needs to rotate q and k itself ({plain_hint(cfg.model_type)})")
-    if not attention_layers(cfg):
-        raise ExportError("kv_layout='fused': an LFM2 config without attention layers (layer_types) is not "
-                          "supported")
+    if not attention_layers(cfg) or len(attention_layers(cfg)) == cfg.num_hidden_layers:
+        raise ExportError("kv_layout='fused': an LFM2 config needs both attention and convolution layers "
+                          f"(layer_types {cfg.layer_types!r})")
 
 
 def attention_layers(config) -> list[int]:

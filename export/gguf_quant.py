@@ -113,15 +113,15 @@ def model_type_of(architecture: str | None) -> str | None:
 
 
 def on_blocks_types() -> tuple[str, ...]:
-    """The model_types whose fused graph this rewrite knows: the Llama family's (StableLM's among them) and Gemma's
-    (``fused_llama``, ``fused_gemma``). GPT-2's fused graph (``fused_gpt2``) names its weights otherwise and adds a
+    """The model_types whose fused graph this rewrite knows: the Llama family's (StableLM's among them), Gemma's and
+    LFM2's (``fused_llama``, ``fused_gemma``, ``fused_lfm2``). GPT-2's fused graph (``fused_gpt2``) names its weights otherwise and adds a
     bias to every product: its GGUF files export in fp32."""
     from . import fused_gemma, fused_lfm2, fused_llama
 
     return fused_llama.FUSED_TYPES + fused_gemma.FUSED_TYPES + fused_lfm2.FUSED_TYPES
 
 
-def fused_gemma_types() -> tuple[str, ...]:
+def gqa_rotary_types() -> tuple[str, ...]:
     """The model_types of the Gemma and LFM2 builders (``fused_gemma``, ``fused_lfm2``), whose graphs rotate inside
     GroupQueryAttention (a head of a multiple of 16)."""
     from . import fused_gemma, fused_lfm2
@@ -138,10 +138,11 @@ def on_blocks(architecture: str | None) -> bool:
 def off_blocks_reason(reader) -> str | None:
     """A GGUF file's reader -> why its export does not run on the file's blocks (a phrase), or None when it does:
     an architecture whose graph this rewrite does not know, or what the fused graph's builder refuses that a header
-    shows (a head size onnxruntime's GroupQueryAttention cannot take: a multiple of 8, of 16 for Gemma; an odd rotary,
+    shows (a head size onnxruntime's GroupQueryAttention cannot take: a multiple of 8, of 16 for Gemma and LFM2; an odd rotary,
     ``fused_llama.partial_rotary_refusal``), whose graph is the plain one."""
     from .fused_llama import partial_rotary_refusal
     from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size, partial_rotary_factor
+    from .onnx_export import FUSED_ONLY_TYPES
     from .gguf_reader import arch_fields, field_value
 
     arch = field_value(reader, "general.architecture")
@@ -154,11 +155,13 @@ def off_blocks_reason(reader) -> str | None:
     except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a header without its shape: the loader's to refuse
         return None
     why = None
-    multiple = 16 if model_type_of(arch) in fused_gemma_types() else 8  # Gemma's, LFM2's graphs: GQA's own rotary
+    multiple = 16 if model_type_of(arch) in gqa_rotary_types() else 8  # Gemma's, LFM2's graphs: GQA's own rotary
     if head % multiple:  # the builders' checks (fused_graph.check_head_dim; fused_gemma.check_supported)
         why = f"head size {head} is not a multiple of {multiple}, which onnxruntime's GroupQueryAttention needs"
     elif arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
         why = partial_rotary_refusal(head, int(head * partial_rotary_factor(meta, arch)))
+    if why and model_type_of(arch) in FUSED_ONLY_TYPES:
+        return f"{why}: model_type {model_type_of(arch)!r} has no other graph (onnxlm does not export such a file)"
     return f"{why}: its graph is the plain one, which does not run on a file's blocks" if why else None
 
 
@@ -385,10 +388,11 @@ def rewrite_graph(src: Path, dst: Path, tensors: GGUFTensors, accuracy_level: in
 
     layers = sorted({int(i.split(".")[0][1:]) for i in inits if i.startswith("l") and i.split(".")[0][1:].isdigit()})
     for i in layers:
-        for part in ("qkv", "o_proj", "in_proj", "out_proj", "down_proj"):  # an LFM2 layer: attention or convolution
-            node = by_weight.get(f"l{i}.{part}.weight")
-            if node is None:
-                continue
+        parts = [p for p in ("qkv", "o_proj", "in_proj", "out_proj", "down_proj") if f"l{i}.{p}.weight" in by_weight]
+        if parts not in (["qkv", "o_proj", "down_proj"], ["in_proj", "out_proj", "down_proj"]):  # attention, or LFM2's
+            raise ExportError(f"{src}: layer {i} has the products {parts}: not a fused graph this rewrite knows")
+        for part in parts:
+            node = by_weight[f"l{i}.{part}.weight"]
             names = [f"blk.{i}.{t}.weight" for t in layer_tensors(tensors.architecture, part)]
             b = _group_blocks(tensors, names)
             if b is None:

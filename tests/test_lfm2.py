@@ -53,6 +53,25 @@ def test_prompt_lookup_greedy_equals_plain_greedy(lfm2):
     np.testing.assert_array_equal(spec.sequences, plain.sequences)
 
 
+def test_long_proposals_are_capped_to_the_kept_states(lfm2, tiny_llama):
+    """40-token proposals (more than the 32 states a row keeps) rejected early, from a Llama draft for LFM2 and from
+    an LFM2 draft for Llama, and prompt_lookup_num_tokens=40: the rounds propose at most ``speculation_limit``
+    tokens, so the rollbacks stay within the kept states (they had raised), and the ids are plain greedy's."""
+    llama = onnxlm.load(tiny_llama.onnx_dir)
+    rng = np.random.default_rng(9)
+    text = [257] + rng.integers(3, 250, 42).tolist()
+    prompt = text + text[1:3]  # the lookup finds the first copy's continuation
+    assert lfm2.speculation_limit == MAX_HISTORY - 1
+    for target, draft in ((lfm2, llama), (llama, lfm2)):
+        plain = target.generate([prompt], max_new_tokens=40)
+        spec = target.generate([prompt], max_new_tokens=40, assistant_model=draft, num_assistant_tokens=40,
+                               assistant_confidence_threshold=0.0)
+        assert spec.new_tokens == plain.new_tokens
+        assert spec.speculation.accepted < spec.speculation.proposed <= (MAX_HISTORY - 1) * spec.speculation.passes
+    plain = lfm2.generate([prompt], max_new_tokens=40)
+    assert lfm2.generate([prompt], max_new_tokens=40, prompt_lookup_num_tokens=40).new_tokens == plain.new_tokens
+
+
 def test_a_draft_model_either_way_equals_plain_greedy(lfm2, tiny_llama, tiny_lfm2):
     """LFM2 as the target of a Llama draft (every verify pass rolls rejected drafts back), as the draft of a Llama
     target (its own steps roll back across several decode steps), and as its own twin's draft (all accepted): plain
@@ -100,6 +119,30 @@ def test_rollback_is_bounded_by_the_kept_states(lfm2):
         fresh.rollback(np.array([1]))
 
 
+def test_a_refused_rollback_leaves_every_row_as_it_was(lfm2):
+    """Two rows, one of which cannot roll back so far: the ParameterError leaves both rows' states and lengths as they
+    were (the other row's had been restored before the refusal)."""
+    ids = np.array([PROMPT[:6], PROMPT[6:12]])
+    state, _ = lfm2.start(ids, np.ones_like(ids))
+    for t in (40, 41, 42):
+        state.advance(np.array([t, t + 10]))
+    with pytest.raises(ParameterError, match="counts: row 1"):
+        state.rollback(np.array([2, 6]))
+    got = state.advance(np.array([5, 5]))
+    rows = [PROMPT[:6] + [40, 41, 42, 5], PROMPT[6:12] + [50, 51, 52, 5]]
+    np.testing.assert_allclose(got, lfm2.logits(np.array(rows))[:, -1], atol=1e-4)
+
+
+def test_the_quality_gate_rolls_back_a_two_token_window(lfm2, tiny_lfm2, tmp_path):
+    """A forced gate on a two-token text: its one-token share takes a second token along and rolls it back from the
+    empty state's first pass (a prompt's pass keeps no states; that one must)."""
+    from onnxlm.export.quantize import quantize_artifact
+
+    out = quantize_artifact(tiny_lfm2.onnx_dir, tmp_path / "q", scheme="int8", force_quality=True, quality_text="ab",
+                            progress=False)
+    assert onnxlm.load(out).generate([PROMPT[:5]], max_new_tokens=3).new_tokens
+
+
 def test_no_prefix_is_resumed(lfm2):
     """A snapshot or a resume is a ParameterError saying why; the scheduler drops a prefix cache it is given for
     such a model (onnxlm serve's --prefix-cache-mb then changes nothing) and still answers."""
@@ -113,14 +156,14 @@ def test_no_prefix_is_resumed(lfm2):
 
 
 def test_the_server_says_its_prefix_cache_is_off(lfm2, caplog):
-    """``onnxlm serve --prefix-cache-mb N`` on an LFM2 model: the engine loads it, warns once that the prefix cache is
-    off and why, and its scheduler holds none."""
+    """``onnxlm serve`` (its prefix cache on by default) on an LFM2 model: the engine loads it, says once (info: the
+    default would warn on every such server) that the prefix cache is off and why, and its scheduler holds none."""
     import logging
 
     from onnxlm.serve.engine import Engine
 
     engine = Engine(lambda: lfm2, prefix_cache_mb=8)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         engine.start()
         assert engine.ready.wait(30)
         engine.stop()

@@ -101,8 +101,9 @@ class DraftModel:
     """A smaller onnxlm model of the same vocabulary proposing tokens (batch 1). ``start`` prefills its prompt."""
 
     def __init__(self, model, *, num_tokens: int, schedule: str, threshold: float | None, max_length: int,
-                 eos_token_ids: list[int], processors: Callable, do_sample: bool, rng, stop_check):
-        self.model, self.schedule, self.threshold = model, schedule, threshold
+                 eos_token_ids: list[int], processors: Callable, do_sample: bool, rng, stop_check,
+                 cap: int | None = None):
+        self.model, self.schedule, self.threshold, self.cap = model, schedule, threshold, cap
         self.num_tokens = float(num_tokens)
         self.max_length, self.eos = max_length, np.asarray(eos_token_ids, np.int64)
         self.processors, self.do_sample, self.rng, self.stop_check = processors, do_sample, rng, stop_check
@@ -116,7 +117,7 @@ class DraftModel:
     def propose(self, sequences: np.ndarray, active: np.ndarray):
         """sequences [1, t] int64 -> candidates [1, k] int64, draft probabilities [1, k, V] float64."""
         row = sequences[0]
-        most = min(int(self.num_tokens), self.max_length - len(row) - 1)
+        most = min(int(self.num_tokens), self.cap or int(self.num_tokens), self.max_length - len(row) - 1)
         if most <= 0 or not active[0]:
             return _NONE
         # 1. forget what the draft holds past the ids it shares with the row, then feed the row's new ids
@@ -156,6 +157,15 @@ class DraftModel:
             self.model._speculative_tokens = self.num_tokens
 
 
+def speculation_limit(*models) -> int | None:
+    """The most tokens a speculative round may propose for these models (target, draft), or None for no limit: a
+    model whose state keeps a bounded history to roll back into (LFM2's convolution states:
+    ``speculation_limit``) caps its rounds, whatever ``prompt_lookup_num_tokens`` / ``num_assistant_tokens`` and
+    their schedules ask (the tokens are the same; only the rounds are shorter)."""
+    caps = [c for c in (getattr(m, "speculation_limit", None) for m in models if m is not None) if c]
+    return min(caps) if caps else None
+
+
 def check_speculation(model, config, assistant, *, rows: int, constrained: bool) -> bool:
     """Refuse what speculative decoding does not run (ParameterError naming the parameter) -> True when the call
     asks for it (prompt_lookup_num_tokens or assistant_model)."""
@@ -187,8 +197,10 @@ def check_speculation(model, config, assistant, *, rows: int, constrained: bool)
 def proposer_for(model, config, assistant, ids: np.ndarray, mask: np.ndarray, *, processors, rng,
                  max_length: int, stop_check):
     """The candidate generator a checked call asks for; a draft model prefills the prompt ids/mask [1, t] now."""
+    cap = speculation_limit(model, assistant)
     if assistant is None:
-        return PromptLookup(num_tokens=config.prompt_lookup_num_tokens, max_ngram=config.max_matching_ngram_size or 2,
+        num_tokens = min(config.prompt_lookup_num_tokens, cap or config.prompt_lookup_num_tokens)
+        return PromptLookup(num_tokens=num_tokens, max_ngram=config.max_matching_ngram_size or 2,
                             max_length=max_length, eos_token_ids=config.eos_token_ids, processors=processors,
                             vocab_size=model.vocab_size)
     limit = getattr(assistant, "max_positions", None)
@@ -202,6 +214,6 @@ def proposer_for(model, config, assistant, ids: np.ndarray, mask: np.ndarray, *,
     draft = DraftModel(assistant, num_tokens=start, schedule=config.num_assistant_tokens_schedule,
                        threshold=config.assistant_confidence_threshold, max_length=max_length,
                        eos_token_ids=config.eos_token_ids, processors=processors, do_sample=bool(config.do_sample),
-                       rng=rng, stop_check=stop_check)
+                       rng=rng, stop_check=stop_check, cap=cap)
     draft.start(ids, mask)
     return draft

@@ -4,9 +4,10 @@ and short-convolution layers whose state is each row's last K - 1 convolved inpu
 ``HybridBuffers`` carries those states beside the KV buffers: every pass binds them as inputs and writes the states
 the graph gathers back into them in place (``row(r)``'s views write into the batch), so ``FusedState``'s steps,
 ``select`` and the prompt pass work unchanged. A KV cache forgets positions by its lengths alone; a convolution state
-cannot, so each row also keeps its states before its last ``MAX_HISTORY`` positions (``HybridState.rollback``:
-speculative decoding's rejected drafts, a draft model's own). A snapshot cannot be resumed from an arbitrary prefix
-(the state of position p is not kept), so the server's prefix cache is off for these models (``resumes_prefix``).
+cannot, so each row also keeps its states before its last ``MAX_HISTORY`` positions, a prompt's excepted
+(``HybridState.rollback``: speculative decoding's rejected drafts, a draft model's own; ``speculation_limit`` caps a
+round's proposals so that its rollbacks stay within them). A snapshot cannot be resumed from an arbitrary prefix (the
+state of position p is not kept), so the server's prefix cache is off for these models (``resumes_prefix``).
 """
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ class HybridBuffers(KVBuffers):
     """KV buffers plus ``conv``: name -> [b, K - 1, D] float32 states, and ``history``: per row a deque of (length,
     {name: [K - 1, D]}), the row's states before its last positions (newest last)."""
 
-    def __init__(self, arrays: dict, pool=None, conv: dict | None = None, history: list | None = None):
+    def __init__(self, arrays: dict, pool=None, conv: dict | None = None, history: list | None = None,
+                 record: bool = True):
         keep = getattr(self, "conv", None)  # KVBuffers.ensure re-initialises with grown arrays: the states stay
         super().__init__(arrays, pool)
         self.conv = conv if conv is not None else keep
         self.history = history if history is not None else getattr(self, "history", None)
+        # whether the next pass keeps its states in the histories: not a prompt's pass (nothing rolls back into a
+        # prompt; 32 states a row would be copied for nothing), every later one
+        self.record = getattr(self, "record", record)
 
     def row(self, r: int) -> "HybridBuffers":
         """Row ``r`` alone: views of its KV buffers and states, and its own history deque (shared)."""
@@ -50,8 +55,8 @@ class HybridBuffers(KVBuffers):
         new tokens, the last one the row's own new[r])."""
         first = next(iter(self.conv.values()))
         b, taps, hidden = first.shape
-        span = min(width, MAX_HISTORY)  # the states after each of a pass's last tokens, for rollback
-        steps = np.arange(width - span, width + 1) if width > 1 else np.array([width])  # [m]
+        span = min(width, MAX_HISTORY) if self.record else 0  # the states after a pass's last tokens, for rollback
+        steps = np.arange(width - span, width + 1) if width > 1 and span else np.array([width])  # [m]
         offsets = np.minimum(steps[None, :], new[:, None])  # [b, m]: a row with fewer new tokens repeats its last
         gather = (offsets[:, :, None] + np.arange(taps)[None, None, :]).reshape(b, -1)  # [b, m (K - 1)]
         io.bind_cpu_input("conv_gather", gather.astype(np.int64))
@@ -72,7 +77,7 @@ class HybridBuffers(KVBuffers):
         b, m = offsets.shape
         taps = next(iter(self.conv.values())).shape[1]
         gathered = {n: o.reshape(b, m, taps, -1) for n, o in outs.items()}  # [b, m, K - 1, D]
-        if past.any():
+        if self.record:
             for r in range(b):
                 self.history[r].append((int(past[r]), {n: c[r].copy() for n, c in self.conv.items()}))
                 seen = set()
@@ -82,6 +87,7 @@ class HybridBuffers(KVBuffers):
                         self.history[r].append((int(past[r]) + at, {n: g[r, j].copy() for n, g in gathered.items()}))
         for name, g in gathered.items():
             self.conv[name][...] = g[:, -1]
+        self.record = True
 
 
 class HybridState(FusedState):
@@ -91,12 +97,15 @@ class HybridState(FusedState):
         """counts [b] int64: forget each row's last counts[i] positions; its convolution state becomes the one kept
         before them (ParameterError when that is further back than the row's last ``MAX_HISTORY`` positions)."""
         counts = _checked_counts(counts, self.lengths)
+        found = {}  # every row's kept state first: a refused row leaves the whole state as it was
         for r in np.flatnonzero(counts):
             target = int(self.lengths[r] - counts[r])
-            kept = next((s for at, s in reversed(self.buffers.history[r]) if at == target), None)
-            if kept is None:
+            found[r] = next((s for at, s in reversed(self.buffers.history[r]) if at == target), None)
+            if found[r] is None:
                 raise ParameterError("counts", f"row {r}: rolling back {int(counts[r])} positions goes further than "
-                                     f"this model's convolution states are kept (the last {MAX_HISTORY} positions)")
+                                     "this model's convolution states are kept (those of a prompt's positions are "
+                                     f"not; of later ones, the last {MAX_HISTORY})")
+        for r, kept in found.items():
             for name, c in self.buffers.conv.items():
                 c[r] = kept[name]
         self.lengths = self.lengths - counts
@@ -113,7 +122,7 @@ class HybridState(FusedState):
         merged = FusedState.concat(states)
         conv = {n: np.concatenate([s.buffers.conv[n] for s in states]) for n in states[0].buffers.conv}
         history = [deque(h, maxlen=MAX_HISTORY) for s in states for h in s.buffers.history]
-        buffers = HybridBuffers(merged.buffers.arrays, merged.buffers.pool, conv, history)
+        buffers = HybridBuffers(merged.buffers.arrays, merged.buffers.pool, conv, history, record=True)
         return cls(states[0].model, buffers, merged.lengths)
 
 
@@ -122,6 +131,7 @@ class FusedHybridLM(FusedCausalLM):
 
     state_class = HybridState
     resumes_prefix = False
+    speculation_limit = MAX_HISTORY - 1  # tokens a speculative round proposes at most: its rollbacks stay in history
 
     def _init_graphs(self) -> None:
         super()._init_graphs()
@@ -131,7 +141,14 @@ class FusedHybridLM(FusedCausalLM):
     def _fresh_buffers(self, rows: int, length: int) -> HybridBuffers:
         kv = super()._fresh_buffers(rows, length)
         conv = {n: np.zeros((rows, self.conv_taps, self.conv_width), np.float32) for n in self.conv_names}
-        return HybridBuffers(kv.arrays, kv.pool, conv, [deque(maxlen=MAX_HISTORY) for _ in range(rows)])
+        return HybridBuffers(kv.arrays, kv.pool, conv, [deque(maxlen=MAX_HISTORY) for _ in range(rows)], record=False)
+
+    def empty_state(self, *, max_length: int = 0) -> HybridState:
+        """``FusedCausalLM.empty_state``; its first ``extend`` keeps its states (the quality gate rolls back a
+        one-token share's second token)."""
+        state = super().empty_state(max_length=max_length)
+        state.buffers.record = True
+        return state
 
     def _run(self, ids: np.ndarray, past: np.ndarray, new: np.ndarray, keep: np.ndarray,
              buffers: HybridBuffers) -> np.ndarray:
