@@ -820,10 +820,8 @@ def test_a_stablelm_file_runs_on_its_blocks(tmp_path, monkeypatch, case, block_t
     well) gives transformers' logits on the dequantized file, and at the fidelity level the blocks give the fp32
     export's."""
     import gguf_writers
-    import torch
 
     from onnxlm.export import export_model
-    from onnxlm.export.gguf import load_gguf
 
     monkeypatch.setitem(gguf_writers.CASES, "stablelm-bias-parallel",
                         ("stablelm", {"rope.dimension_count": None, "qkv_bias": True, "parallel": True}, None))
@@ -836,20 +834,7 @@ def test_a_stablelm_file_runs_on_its_blocks(tmp_path, monkeypatch, case, block_t
     assert (m["model_type"], m["kv_layout"]) == ("stablelm", "fused-gqa")
     assert q["tensors"] == {block_type: 7 * 2 + 2} and q["fp32_tensors"] == {}  # 7 a layer, the head, the embedding
     assert q["max_weight_diff"] <= 1e-5
-    fp32 = onnxlm.load(export_model(path, tmp_path / "fp32", progress=False))  # the dequantized file, fused too
-    assert fp32.manifest["kv_layout"] == "fused-gqa"
-    ids = np.array([gguf_writers.IDS])
-    with torch.no_grad():
-        hf = load_gguf(path).model(torch.tensor(ids)).logits[0].numpy()
-    want = fp32.logits(ids)[0]
-    tol = 1e-4 * max(1.0, float(np.abs(want).max()))
-    assert np.abs(want - hf).max() <= tol
-    blocks = onnxlm.load(out)
-    assert np.abs(blocks.logits(ids)[0] - want).max() <= tol
-    states = [m.start(ids, np.ones_like(ids))[0] for m in (fp32, blocks)]  # decode steps too (position_ids)
-    for token in (5, 77, 120):
-        a, b = (s.advance(np.array([token])) for s in states)
-        assert np.abs(a - b).max() <= tol
+    _blocks_equal_fp32_and_transformers(path, out, tmp_path)
 
 
 @pytest.mark.parametrize("block_type", ["Q8_0", "Q4_1"])
@@ -859,10 +844,8 @@ def test_an_lfm2_file_runs_on_its_blocks(tmp_path, block_type):
     fp32 export (fused) gives transformers' logits on the dequantized file, and at the fidelity level the blocks give
     the fp32 export's, in a prompt pass and in decode steps (the convolution states)."""
     import gguf_writers
-    import torch
 
     from onnxlm.export import export_model
-    from onnxlm.export.gguf import load_gguf
 
     path = tmp_path / "lfm2.gguf"
     gguf_writers.write_tiny_gguf(path, "lfm2", block_type=block_type)
@@ -873,7 +856,23 @@ def test_an_lfm2_file_runs_on_its_blocks(tmp_path, block_type):
     assert (m["model_type"], m["kv_layout"]) == ("lfm2", "fused-gqa")
     assert q["tensors"] == {block_type: 2 * 7 + 2 * 5 + 1} and q["fp32_tensors"] == {}  # attention, convolution
     assert q["max_weight_diff"] <= 1e-5                                                 # layers; the embedding
+    # 8-bit codes take two int8 passes (a and x - a), whose rounding compounds through the convolution layers' B * x
+    # product: 1.7e-4 of the logits' range measured on Q8_0 (4-bit codes at the fidelity level: fp32 activations)
+    _blocks_equal_fp32_and_transformers(path, out, tmp_path, blocks_tol=3 if block_type == "Q8_0" else 1)
+
+
+def _blocks_equal_fp32_and_transformers(path, out, tmp_path, blocks_tol: float = 1) -> None:
+    """A GGUF file's fp32 export (fused) gives transformers' logits on the dequantized file (1e-4 of their range), and
+    its on-blocks artifact ``out`` the fp32 export's (``blocks_tol`` times that), in a prompt pass and in decode steps
+    (position_ids, convolution states)."""
+    import gguf_writers
+    import torch
+
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+
     fp32 = onnxlm.load(export_model(path, tmp_path / "fp32", progress=False))
+    assert fp32.manifest["kv_layout"] == "fused-gqa"
     ids = np.array([gguf_writers.IDS])
     with torch.no_grad():
         hf = load_gguf(path).model(torch.tensor(ids)).logits[0].numpy()
@@ -881,14 +880,11 @@ def test_an_lfm2_file_runs_on_its_blocks(tmp_path, block_type):
     tol = 1e-4 * max(1.0, float(np.abs(want).max()))
     assert np.abs(want - hf).max() <= tol
     blocks = onnxlm.load(out)
-    # 8-bit codes take two int8 passes (a and x - a), whose rounding compounds through the convolution layers' B * x
-    # product: 1.7e-4 of the logits' range measured on Q8_0 (4-bit codes at the fidelity level: fp32 activations)
-    tol *= 3 if block_type == "Q8_0" else 1
-    assert np.abs(blocks.logits(ids)[0] - want).max() <= tol
-    states = [model.start(ids, np.ones_like(ids))[0] for model in (fp32, blocks)]
+    assert np.abs(blocks.logits(ids)[0] - want).max() <= tol * blocks_tol
+    states = [m.start(ids, np.ones_like(ids))[0] for m in (fp32, blocks)]
     for token in (5, 77, 120):
         a, b = (s.advance(np.array([token])) for s in states)
-        assert np.abs(a - b).max() <= tol
+        assert np.abs(a - b).max() <= tol * blocks_tol
 
 
 @pytest.mark.parametrize("embedding", ["Q4_0", "Q4_1", "Q4_K", "IQ4_XS"])

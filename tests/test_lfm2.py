@@ -19,7 +19,7 @@ from onnxlm.runtime.errors import ParameterError  # noqa: E402
 from onnxlm.runtime.fused import FusedHybridLM  # noqa: E402
 from onnxlm.runtime.fused.hybrid_lm import MAX_HISTORY  # noqa: E402
 from onnxlm.runtime.prefix_cache import PrefixCache  # noqa: E402
-from torch_ref import left_padded_batch  # noqa: E402
+from torch_ref import tail_repeating_batch  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,12 +45,11 @@ def test_prompt_lookup_greedy_equals_plain_greedy(lfm2):
     plain = lfm2.generate([PROMPT], max_new_tokens=40)
     spec = lfm2.generate([PROMPT], max_new_tokens=40, prompt_lookup_num_tokens=6)
     assert spec.new_tokens == plain.new_tokens and spec.speculation.accepted > 0
-    ids, mask = left_padded_batch(np.random.default_rng(4), [9, 5, 7], 250, lfm2.pad_id)
-    ids = np.concatenate([ids, ids[:, -4:], ids[:, -4:]], axis=1)  # each row repeats its tail
-    mask = np.concatenate([mask, np.ones((3, 8), np.int64)], axis=1)
+    ids, mask = tail_repeating_batch(np.random.default_rng(4), [9, 5, 7], 250, lfm2.pad_id)
     plain = lfm2.generate(ids, attention_mask=mask, max_new_tokens=30)
     spec = lfm2.generate(ids, attention_mask=mask, max_new_tokens=30, prompt_lookup_num_tokens=4)
     np.testing.assert_array_equal(spec.sequences, plain.sequences)
+    assert spec.speculation.proposed > spec.speculation.accepted  # rejected: rolled back
 
 
 def test_long_proposals_are_capped_to_the_kept_states(lfm2, tiny_llama):

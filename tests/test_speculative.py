@@ -14,7 +14,7 @@ import onnxlm
 from onnxlm.runtime.decoding.speculative import _choose
 from onnxlm.runtime.errors import ParameterError
 from scipy_free_chi2 import chi2_sf
-from torch_ref import left_padded_batch
+from torch_ref import tail_repeating_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,9 +108,7 @@ def test_stream_and_scores_come_one_per_token(models):
 @pytest.mark.parametrize("layout", ["plain", "fused"])
 def test_left_padded_batch_speculates_as_far_as_its_shortest_proposal(models, layout):
     ours = models[layout]
-    ids, mask = left_padded_batch(np.random.default_rng(4), [9, 5, 7], 250, ours.pad_id)
-    ids = np.concatenate([ids, ids[:, -4:], ids[:, -4:]], axis=1)    # each row repeats its tail
-    mask = np.concatenate([mask, np.ones((3, 8), np.int64)], axis=1)
+    ids, mask = tail_repeating_batch(np.random.default_rng(4), [9, 5, 7], 250, ours.pad_id)
     plain = ours.generate(ids, attention_mask=mask, max_new_tokens=30)
     spec = ours.generate(ids, attention_mask=mask, max_new_tokens=30, prompt_lookup_num_tokens=4)
     np.testing.assert_array_equal(spec.sequences, plain.sequences)

@@ -37,6 +37,14 @@ def left_padded_batch(rng: np.random.Generator, lengths: list[int], vocab: int, 
     return ids, mask
 
 
+def tail_repeating_batch(rng: np.random.Generator, lengths: list[int], vocab: int, pad: int):
+    """``left_padded_batch`` with each row's last 4 ids repeated twice after it (prompt lookup finds them) -> ids,
+    mask [b, t + 8]."""
+    ids, mask = left_padded_batch(rng, lengths, vocab, pad)
+    ids = np.concatenate([ids, ids[:, -4:], ids[:, -4:]], axis=1)
+    return ids, np.concatenate([mask, np.ones((len(lengths), 8), np.int64)], axis=1)
+
+
 def right_padded_batch(rng: np.random.Generator, lengths: list[int], vocab: int, pad: int, eos: int):
     """Random encoder inputs ending in eos, right padded -> ids [b, s], mask [b, s]."""
     s = max(lengths)
