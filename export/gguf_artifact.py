@@ -220,9 +220,10 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     from .atomic_dir import temp_dir_beside
     from .export import export_model
     from .export_resources import check_gguf_export_resources
-    from .gguf_quant import file_architecture, file_has_blocks, off_blocks_reason, quantize_gguf_artifact
+    from .gguf_quant import file_architecture, file_has_blocks, off_blocks_reason, quantize_gguf_artifact, refuse_file
     from .gguf_reader import gguf_reader
 
+    refuse_file(path)  # not exported at all: said before anything is logged or checked
     arch = file_architecture(path)
     has_blocks = file_has_blocks(path)
     off_blocks = off_blocks_reason(gguf_reader(path)) if has_blocks else None

@@ -142,7 +142,6 @@ def off_blocks_reason(reader) -> str | None:
     ``fused_llama.partial_rotary_refusal``), whose graph is the plain one."""
     from .fused_llama import partial_rotary_refusal
     from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size, partial_rotary_factor
-    from .onnx_export import FUSED_ONLY_TYPES
     from .gguf_reader import arch_fields, field_value
 
     arch = field_value(reader, "general.architecture")
@@ -160,8 +159,6 @@ def off_blocks_reason(reader) -> str | None:
         why = f"head size {head} is not a multiple of {multiple}, which onnxruntime's GroupQueryAttention needs"
     elif arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
         why = partial_rotary_refusal(head, int(head * partial_rotary_factor(meta, arch)))
-    if why and model_type_of(arch) in FUSED_ONLY_TYPES:
-        return f"{why}: model_type {model_type_of(arch)!r} has no other graph (onnxlm does not export such a file)"
     return f"{why}: its graph is the plain one, which does not run on a file's blocks" if why else None
 
 
@@ -180,23 +177,39 @@ def refuse_off_blocks(model_type: str, where) -> None:
 
 def refuse_file_off_blocks(gguf: Path, where) -> None:
     """ExportError naming ``where`` when a GGUF file of an architecture onnxlm exports does not export onto its
-    blocks (``off_blocks_reason``; another architecture is the loader's to refuse, naming those it exports)."""
-    from .gguf import TESTED_GGUF_ARCHITECTURES
-    from .gguf_config import refuse_tensors
+    blocks (``off_blocks_reason``; another architecture is the loader's to refuse, naming those it exports), or not at
+    all (``refuse_file``)."""
     from .gguf_reader import field_value, gguf_reader
+
+    if refuse_file(gguf) is None:
+        return
+    reader = gguf_reader(gguf)
+    why = off_blocks_reason(reader)
+    if why is not None:
+        arch = field_value(reader, "general.architecture")
+        raise ExportError(f"{where}: quantize='gguf' refused: {arch}: {why}: export it without quantize, or with "
+                          "quantize='int8'")
+
+
+def refuse_file(gguf: Path) -> str | None:
+    """ExportError naming the file when its header shows onnxlm does not export it at all (StableLM 2 12B's q/k
+    norms; a fused-only model of a head its graph cannot take), said as the loader says it -> its architecture when
+    onnxlm exports it, None for another (the loader's to refuse, naming those it exports)."""
+    from .gguf import TESTED_GGUF_ARCHITECTURES
+    from .gguf_config import FUSED_ONLY_HEADS, config_overrides, refuse_tensors
+    from .gguf_reader import arch_fields, field_value, gguf_reader
 
     reader = gguf_reader(gguf)
     arch = field_value(reader, "general.architecture")
     if arch not in TESTED_GGUF_ARCHITECTURES:
-        return
-    try:  # a file onnxlm does not export at all (StableLM 2 12B's q/k norms): said as such, as the loader says it
+        return None
+    try:
         refuse_tensors(arch, [t.name for t in reader.tensors])
+        if arch in FUSED_ONLY_HEADS:
+            config_overrides({"general.architecture": arch, **arch_fields(reader, arch)})
     except ExportError as e:
         raise ExportError(f"{Path(gguf).name}: {e}") from e
-    why = off_blocks_reason(reader)
-    if why is not None:
-        raise ExportError(f"{where}: quantize='gguf' refused: {arch}: {why}: export it without quantize, or with "
-                          "quantize='int8'")
+    return arch
 
 
 def file_architecture(gguf: Path) -> str | None:

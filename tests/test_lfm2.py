@@ -167,5 +167,74 @@ def test_the_server_says_its_prefix_cache_is_off(lfm2, caplog):
         assert engine.ready.wait(30)
         engine.stop()
     assert engine.load_error is None and engine.scheduler.prefix_cache is None
-    assert "the prefix cache is off: this model cannot resume from a cached prefix (LFM2's convolution states)" \
-        in caplog.text
+    said = [r for r in caplog.records if "the prefix cache is off" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in said] == [
+        (logging.INFO, "the prefix cache is off: this model cannot resume from a cached prefix (LFM2's convolution "
+                       "states)")]
+
+
+@pytest.mark.parametrize("layer_types", [["full_attention"] * 4, ["conv"] * 4], ids=["attention-only", "conv-only"])
+def test_a_config_without_both_layer_kinds_is_refused_by_name(tiny_lfm2, layer_types):
+    """The graph holds convolution states beside KV buffers: a config with only one kind of layer is refused,
+    naming layer_types (it had failed with an IndexError in the runtime)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from onnxlm.export import ExportError
+    from onnxlm.export import fused_lfm2
+
+    config = AutoConfig.from_pretrained(tiny_lfm2.hf_dir, layer_types=layer_types)
+    with pytest.raises(ExportError, match="an LFM2 config needs both attention and convolution layers"):
+        fused_lfm2.check_supported(SimpleNamespace(config=config))
+
+
+def test_the_block_rewrite_refuses_a_layer_it_does_not_know(tiny_lfm2, tmp_path):
+    """gguf_quant.rewrite_graph on a graph whose layer 0 lacks its out_proj product: an ExportError naming the
+    layer's products (a missing product had been skipped silently, its weight left in fp32 and not counted)."""
+    import onnx
+    from gguf_writers import write_tiny_gguf
+
+    from onnxlm.export import ExportError
+    from onnxlm.export.gguf_quant import GGUFTensors, rewrite_graph
+
+    path = tmp_path / "lfm2.gguf"
+    write_tiny_gguf(path, "lfm2", block_type="Q8_0")
+    model = onnx.load(str(tiny_lfm2.onnx_dir / "model.onnx"))
+    for t in model.graph.initializer:
+        if t.name == "l0.out_proj.weight":
+            t.name = "l0.renamed.weight"
+    for node in model.graph.node:
+        node.input[:] = ["l0.renamed.weight" if i == "l0.out_proj.weight" else i for i in node.input]
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(ExportError, match=r"layer 0 has the products \['in_proj', 'down_proj'\]: not a fused graph"):
+        rewrite_graph(tmp_path / "model.onnx", tmp_path / "out.onnx", GGUFTensors(path, 4, 2), 4)
+
+
+def test_a_file_of_a_head_its_graph_cannot_take_is_refused_from_its_header(tmp_path, monkeypatch, capsys,
+                                                                          no_weight_loads):
+    """An LFM2 file of head size 8 (its fused graph rotates inside GroupQueryAttention: a multiple of 16), whose only
+    graph is the fused one: refused from its header before any weight loads, with or without quantize, and onnxlm
+    info says onnxlm does not export it (no fp32 artifact to fall back to)."""
+    import gguf_writers
+    from cli_util import run_cli
+
+    from onnxlm.export import ExportError, export_model
+
+    monkeypatch.setitem(gguf_writers.CASES, "lfm2-head-8", ("lfm2", {"block_count": 4, "heads": 8, "head_dim": 8},
+                                                            None))
+    path = tmp_path / "lfm2.gguf"
+    gguf_writers.write_tiny_gguf(path, "lfm2-head-8", block_type="Q8_0")
+    why = ("lfm2: head size 8 is not a multiple of 16, which onnxruntime's GroupQueryAttention needs in its fused "
+           "graph, and model_type 'lfm2' has no other")
+    for kw in ({}, {"quantize": "gguf"}):
+        with pytest.raises(ExportError, match=why):
+            export_model(path, tmp_path / "out", progress=False, **kw)
+    assert not (tmp_path / "out").exists()
+    from onnxlm.export.gguf_artifact import ensure_gguf_artifact
+
+    with pytest.raises(ExportError, match=why):  # `onnxlm generate file.gguf`'s cache: no fp32 export tried
+        ensure_gguf_artifact(path, cache_dir=tmp_path / "cache")
+    assert "exporting it in fp32" not in capsys.readouterr().err
+    code, out, _ = run_cli(capsys, "info", path)
+    assert code == 0 and f"lfm2: onnxlm does not export this file: {why}" in out

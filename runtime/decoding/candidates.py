@@ -149,7 +149,8 @@ class DraftModel:
     def update(self, matches: int, k: int) -> None:
         """transformers' schedule: all k accepted -> 2 more next time, else 1 fewer (at least 1)."""
         if self.schedule in ("heuristic", "heuristic_transient"):
-            self.num_tokens = self.num_tokens + 2.0 if matches == k else max(1.0, self.num_tokens - 1.0)
+            grown = min(self.num_tokens + 2.0, float(self.cap or np.inf))  # never past what a round may propose
+            self.num_tokens = grown if matches == k else max(1.0, self.num_tokens - 1.0)
 
     def close(self) -> None:
         """"heuristic": the reached number of tokens persists on the draft model for its next call."""

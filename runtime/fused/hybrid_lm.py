@@ -39,7 +39,7 @@ class HybridBuffers(KVBuffers):
     def row(self, r: int) -> "HybridBuffers":
         """Row ``r`` alone: views of its KV buffers and states, and its own history deque (shared)."""
         return HybridBuffers({n: a[r:r + 1] for n, a in self.arrays.items()}, self.pool,
-                             {n: c[r:r + 1] for n, c in self.conv.items()}, [self.history[r]])
+                             {n: c[r:r + 1] for n, c in self.conv.items()}, [self.history[r]], record=self.record)
 
     def select(self, rows: np.ndarray, held: int | None = None) -> None:
         """rows [b'] int64: the KV buffers' rows (``KVBuffers.select``), the states' and the histories' (copied:
