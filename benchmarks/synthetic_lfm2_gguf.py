@@ -20,13 +20,39 @@ HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, TAPS = 1024, 16, 16, 8, 4608, 65536
 ATTENTION = (2, 5, 8, 10, 12, 14)
 
 
+def lfm2_layers(mat, norm, conv, *, layers: int, attention, hidden: int, heads: int, kv_heads: int, ffn: int) -> None:
+    """An LFM2 file's layers and final norm in the order llama.cpp's converter writes them, through the writer's
+    callbacks ``mat(name, rows, cols)``, ``norm(name, n)`` and ``conv(name)`` (a convolution's [hidden, taps] F32
+    weight): a convolution layer's shortconv.in_proj (B, C, x rows), shortconv.conv and shortconv.out_proj; an
+    attention layer's q/k/v, per-head q/k norms and output; every layer's attn_norm (the operator norm), ffn_norm and
+    gated MLP. Shared with tests/gguf_writers.py's tiny LFM2 files."""
+    head = hidden // heads
+    for i in range(layers):
+        norm(f"blk.{i}.attn_norm.weight", hidden)
+        if i in attention:
+            norm(f"blk.{i}.attn_q_norm.weight", head)
+            norm(f"blk.{i}.attn_k_norm.weight", head)
+            mat(f"blk.{i}.attn_q.weight", heads * head, hidden)
+            mat(f"blk.{i}.attn_k.weight", kv_heads * head, hidden)
+            mat(f"blk.{i}.attn_v.weight", kv_heads * head, hidden)
+            mat(f"blk.{i}.attn_output.weight", hidden, heads * head)
+        else:
+            mat(f"blk.{i}.shortconv.in_proj.weight", 3 * hidden, hidden)
+            conv(f"blk.{i}.shortconv.conv.weight")
+            mat(f"blk.{i}.shortconv.out_proj.weight", hidden, hidden)
+        norm(f"blk.{i}.ffn_norm.weight", hidden)
+        mat(f"blk.{i}.ffn_gate.weight", ffn, hidden)
+        mat(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        mat(f"blk.{i}.ffn_down.weight", hidden, ffn)
+    norm("token_embd_norm.weight", hidden)
+
+
 def write(path: Path, block_type: str = "Q8_0", seed: int = 0) -> None:
     """The LFM2-350M-shaped file at ``path``."""
     import gguf
     from tokenizers.pre_tokenizers import ByteLevel
 
     rng = np.random.default_rng(seed)
-    head = HIDDEN // HEADS
     w = gguf.GGUFWriter(str(path), "lfm2")
     w.add_context_length(4096)
     w.add_embedding_length(HIDDEN)
@@ -59,25 +85,9 @@ def write(path: Path, block_type: str = "Q8_0", seed: int = 0) -> None:
         w.add_tensor(name, (1 + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
     mat("token_embd.weight", VOCAB, HIDDEN)
-    for i in range(LAYERS):
-        norm(f"blk.{i}.attn_norm.weight", HIDDEN)
-        if i in ATTENTION:
-            norm(f"blk.{i}.attn_q_norm.weight", head)
-            norm(f"blk.{i}.attn_k_norm.weight", head)
-            mat(f"blk.{i}.attn_q.weight", HEADS * head, HIDDEN)
-            mat(f"blk.{i}.attn_k.weight", KV_HEADS * head, HIDDEN)
-            mat(f"blk.{i}.attn_v.weight", KV_HEADS * head, HIDDEN)
-            mat(f"blk.{i}.attn_output.weight", HIDDEN, HEADS * head)
-        else:
-            mat(f"blk.{i}.shortconv.in_proj.weight", 3 * HIDDEN, HIDDEN)
-            w.add_tensor(f"blk.{i}.shortconv.conv.weight",
-                         (rng.standard_normal((HIDDEN, TAPS)) / np.sqrt(TAPS)).astype(np.float32))
-            mat(f"blk.{i}.shortconv.out_proj.weight", HIDDEN, HIDDEN)
-        norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
-        mat(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
-        mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
-        mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
-    norm("token_embd_norm.weight", HIDDEN)
+    lfm2_layers(mat, norm, lambda name: w.add_tensor(name, (rng.standard_normal((HIDDEN, TAPS)) / np.sqrt(TAPS))
+                                                     .astype(np.float32)),
+                layers=LAYERS, attention=ATTENTION, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=FFN)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -214,28 +214,14 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
 
 
 def _lfm2_tensors(w, arch: str, extra: dict, rope_freqs: str | None, layers: int, vocab: int, mat, norm) -> None:
-    """An LFM2 file's layers and final norm as llama.cpp's converter lays them out (tied head): a convolution layer's
-    shortconv.in_proj (B, C, x rows), shortconv.conv [hidden, taps] and shortconv.out_proj; an attention layer's
-    q/k/v, per-head q/k norms and output; every layer's attn_norm (the operator norm), ffn_norm and gated MLP."""
+    """An LFM2 file's layers and final norm as llama.cpp's converter lays them out (tied head; the order:
+    benchmarks/synthetic_lfm2_gguf.py's ``lfm2_layers``), its convolution weights [hidden, 3] from a seed of their
+    own."""
+    from benchmarks.synthetic_lfm2_gguf import lfm2_layers
+
     rng = np.random.default_rng(12)
-    for i in range(layers):
-        norm(f"blk.{i}.attn_norm.weight", HIDDEN)
-        if i in LFM2_ATTENTION:
-            norm(f"blk.{i}.attn_q_norm.weight", HEAD_DIM)
-            norm(f"blk.{i}.attn_k_norm.weight", HEAD_DIM)
-            mat(f"blk.{i}.attn_q.weight", HEADS * HEAD_DIM, HIDDEN)
-            mat(f"blk.{i}.attn_k.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-            mat(f"blk.{i}.attn_v.weight", KV_HEADS * HEAD_DIM, HIDDEN)
-            mat(f"blk.{i}.attn_output.weight", HIDDEN, HEADS * HEAD_DIM)
-        else:
-            mat(f"blk.{i}.shortconv.in_proj.weight", 3 * HIDDEN, HIDDEN)
-            w.add_tensor(f"blk.{i}.shortconv.conv.weight", (0.5 * rng.standard_normal((HIDDEN, 3))).astype(np.float32))
-            mat(f"blk.{i}.shortconv.out_proj.weight", HIDDEN, HIDDEN)
-        norm(f"blk.{i}.ffn_norm.weight", HIDDEN)
-        mat(f"blk.{i}.ffn_gate.weight", FFN, HIDDEN)
-        mat(f"blk.{i}.ffn_up.weight", FFN, HIDDEN)
-        mat(f"blk.{i}.ffn_down.weight", HIDDEN, FFN)
-    norm("token_embd_norm.weight", HIDDEN)
+    lfm2_layers(mat, norm, lambda name: w.add_tensor(name, (0.5 * rng.standard_normal((HIDDEN, 3))).astype(np.float32)),
+                layers=layers, attention=LFM2_ATTENTION, hidden=HIDDEN, heads=HEADS, kv_heads=KV_HEADS, ffn=FFN)
 
 
 def _rms_norm_tensors(w, arch: str, extra: dict, rope_freqs: str | None, layers: int, vocab: int, mat, norm) -> None:
