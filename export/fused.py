@@ -25,6 +25,12 @@ def _builder(model):
     return BUILDERS[kind]
 
 
+def head_multiple(model_type: str) -> int:
+    """The multiple a head size must be for ``model_type``'s fused graph (its builder's ``HEAD_MULTIPLE``: 16 where
+    GroupQueryAttention rotates q and k itself, else GroupQueryAttention's 8)."""
+    return getattr(BUILDERS.get(model_type), "HEAD_MULTIPLE", 8)
+
+
 def check_fused_supported(model) -> None:
     """ExportError naming what the fused builders refuse in ``model`` (its model_type or a config setting)."""
     _builder(model)

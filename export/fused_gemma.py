@@ -25,6 +25,7 @@ from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head
 from .fused_llama import _linear, _w, rotary_caches, sliding_windows
 
 FUSED_TYPES = ("gemma", "gemma2", "gemma3_text")
+HEAD_MULTIPLE = 16  # the head sizes this graph takes: GroupQueryAttention rotates q and k itself
 
 
 def check_supported(model) -> None:
@@ -42,10 +43,7 @@ def check_supported(model) -> None:
     if kind not in ("default", "linear"):  # linear (Gemma 3 4B and larger): fixed tables, read from the model's own
         raise ExportError(f"kv_layout='fused': Gemma with rope_scaling {cfg.rope_scaling!r} is not supported; "
                           "supported rope_scaling types: default, linear")
-    check_head_dim(cfg.head_dim)
-    if cfg.head_dim % 16:  # GQA's own rotary (this graph's) needs it
-        raise ExportError(f"kv_layout='fused': head_dim {cfg.head_dim} is not a multiple of 16, which onnxruntime's "
-                          "GroupQueryAttention needs to rotate q and k itself (use kv_layout='plain')")
+    check_head_dim(cfg.head_dim, multiple=HEAD_MULTIPLE)
 
 
 def _norm(g: Graph, name: str, x: str, module, eps: float) -> str:

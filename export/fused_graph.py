@@ -13,13 +13,17 @@ OPSET = 17
 MAX_INLINE_BYTES = 64 << 20  # weights above this in all go to model.onnx_data, memory-mapped (protobuf's limit: 2 GB)
 
 
-def check_head_dim(head_dim: int, model_type: str = "") -> None:
-    """onnxruntime's CPU GroupQueryAttention needs head_dim % 8 == 0: ExportError otherwise."""
+def check_head_dim(head_dim: int, model_type: str = "", multiple: int = 8) -> None:
+    """onnxruntime's CPU GroupQueryAttention needs head_dim % 8 == 0, and % 16 where it rotates q and k itself
+    (``multiple=16``: a builder's ``HEAD_MULTIPLE``): ExportError otherwise."""
     from onnxlm.runtime.errors import ExportError
 
     if head_dim % 8:
         raise ExportError(f"kv_layout='fused': head_dim {head_dim} is not a multiple of 8, which onnxruntime's "
                           f"GroupQueryAttention needs ({plain_hint(model_type)})")
+    if head_dim % multiple:
+        raise ExportError(f"kv_layout='fused': head_dim {head_dim} is not a multiple of {multiple}, which onnxruntime's "
+                          f"GroupQueryAttention needs to rotate q and k itself ({plain_hint(model_type)})")
 
 
 def plain_hint(model_type: str) -> str:

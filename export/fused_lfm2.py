@@ -24,12 +24,13 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, logits_head, plain_hint, qk_head_norms, release_weights,
-                          rms_norm, save_graph, to_numpy)
+from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head_norms, release_weights, rms_norm,
+                          save_graph, to_numpy)
 from .fused_llama import _linear, _w, rotary_caches
 from .onnx_export import position_limit, rope_type_of
 
 FUSED_TYPES = ("lfm2",)
+HEAD_MULTIPLE = 16  # the head sizes this graph takes: GroupQueryAttention rotates q and k itself
 
 
 def check_supported(model) -> None:
@@ -42,11 +43,7 @@ def check_supported(model) -> None:
                           "supported rope_scaling types: default, linear")
     if int(cfg.conv_L_cache) < 2:
         raise ExportError(f"kv_layout='fused': conv_L_cache {cfg.conv_L_cache} is not supported (2 or more taps)")
-    head = cfg.hidden_size // cfg.num_attention_heads
-    check_head_dim(head, cfg.model_type)
-    if head % 16:  # GQA's own rotary (this graph's) needs it
-        raise ExportError(f"kv_layout='fused': head_dim {head} is not a multiple of 16, which onnxruntime's "
-                          f"GroupQueryAttention needs to rotate q and k itself ({plain_hint(cfg.model_type)})")
+    check_head_dim(cfg.hidden_size // cfg.num_attention_heads, cfg.model_type, HEAD_MULTIPLE)
     if not attention_layers(cfg) or len(attention_layers(cfg)) == cfg.num_hidden_layers:
         raise ExportError("kv_layout='fused': an LFM2 config needs both attention and convolution layers "
                           f"(layer_types {cfg.layer_types!r})")

@@ -59,6 +59,7 @@ from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
 FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "ernie4_5", "exaone4",
                "stablelm")
+HEAD_MULTIPLE = 8  # the head sizes this graph takes (a rotary GroupQueryAttention cannot take turns before it)
 
 
 def check_supported(model) -> None:

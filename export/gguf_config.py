@@ -76,15 +76,15 @@ UNMAPPED_KEYS = {"gpt2": {"context_length": "n_positions", "feed_forward_length"
 #: architectures whose transformers config has another rope base than llama.cpp's 10000 for a file without one
 #: SmolLM3Config: 2,000,000; Gemma3TextConfig: 1,000,000 (global); Ernie4_5Config: 500,000; Lfm2Config: 1,000,000
 ROPE_BASE_DEFAULT_DIFFERS = ("smollm3", "gemma3", "ernie4_5", "lfm2")
-#: architectures whose only graph is the fused one (onnx_export.FUSED_ONLY_TYPES) -> the multiple its head size must
-#: be (fused_graph.check_head_dim; LFM2's graph rotates inside GroupQueryAttention: fused_lfm2.check_supported)
-FUSED_ONLY_HEADS = {"ernie4_5": 8, "exaone4": 8, "lfm2": 16}
 #: layers of the 27B models, whose queries llama.cpp scales by 1/sqrt(hidden / heads) instead of 1/sqrt(head_dim)
 LAYERS_27B = {"gemma2": 46, "gemma3": 62}
 
 
 def config_overrides(meta: Mapping[str, Any]) -> dict:
     """GGUF metadata -> config attributes transformers' loader would leave at their defaults (see the module doc)."""
+    from .fused import head_multiple
+    from .onnx_export import FUSED_ONLY_TYPES
+
     arch = meta.get("general.architecture")
     out: dict = {}
     if arch == "olmo2" and meta.get("olmo2.attention.sliding_window"):  # before its (YaRN) rope scaling is read
@@ -100,8 +100,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     elif scaling not in (None, "none", "linear"):
         raise ExportError(f"{arch}.rope.scaling.type = {scaling!r} (factor {factor}): not supported for GGUF files "
                           "(supported: none, linear; llama3 scaling comes as a rope_freqs tensor)")
-    if arch in FUSED_ONLY_HEADS:  # no plain graph to fall back to: a head the fused one cannot take is refused now
-        head, multiple = _head_size(meta, arch), FUSED_ONLY_HEADS[arch]
+    if arch in FUSED_ONLY_TYPES:  # no plain graph to fall back to: a head the fused one cannot take is refused now
+        head, multiple = _head_size(meta, arch), head_multiple(arch)  # these architectures are their model_types
         if head % multiple:
             raise ExportError(f"{arch}: head size {head} is not a multiple of {multiple}, which onnxruntime's "
                               f"GroupQueryAttention needs in its fused graph, and model_type {arch!r} has no other")

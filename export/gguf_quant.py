@@ -121,14 +121,6 @@ def on_blocks_types() -> tuple[str, ...]:
     return fused_llama.FUSED_TYPES + fused_gemma.FUSED_TYPES + fused_lfm2.FUSED_TYPES
 
 
-def gqa_rotary_types() -> tuple[str, ...]:
-    """The model_types of the Gemma and LFM2 builders (``fused_gemma``, ``fused_lfm2``), whose graphs rotate inside
-    GroupQueryAttention (a head of a multiple of 16)."""
-    from . import fused_gemma, fused_lfm2
-
-    return fused_gemma.FUSED_TYPES + fused_lfm2.FUSED_TYPES
-
-
 def on_blocks(architecture: str | None) -> bool:
     """True when a GGUF file of ``architecture`` exports to a graph this rewrite knows (``on_blocks_types``); the
     file's own settings may still keep it off them (``off_blocks_reason``)."""
@@ -138,8 +130,9 @@ def on_blocks(architecture: str | None) -> bool:
 def off_blocks_reason(reader) -> str | None:
     """A GGUF file's reader -> why its export does not run on the file's blocks (a phrase), or None when it does:
     an architecture whose graph this rewrite does not know, or what the fused graph's builder refuses that a header
-    shows (a head size onnxruntime's GroupQueryAttention cannot take: a multiple of 8, of 16 for Gemma and LFM2; an odd rotary,
-    ``fused_llama.partial_rotary_refusal``), whose graph is the plain one."""
+    shows (a head size onnxruntime's GroupQueryAttention cannot take: ``fused.head_multiple``, 16 for Gemma and LFM2;
+    an odd rotary, ``fused_llama.partial_rotary_refusal``), whose graph is the plain one."""
+    from .fused import head_multiple
     from .fused_llama import partial_rotary_refusal
     from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size, partial_rotary_factor
     from .gguf_reader import arch_fields, field_value
@@ -154,8 +147,8 @@ def off_blocks_reason(reader) -> str | None:
     except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a header without its shape: the loader's to refuse
         return None
     why = None
-    multiple = 16 if model_type_of(arch) in gqa_rotary_types() else 8  # Gemma's, LFM2's graphs: GQA's own rotary
-    if head % multiple:  # the builders' checks (fused_graph.check_head_dim; fused_gemma.check_supported)
+    multiple = head_multiple(model_type_of(arch))
+    if head % multiple:  # the builder's fused_graph.check_head_dim
         why = f"head size {head} is not a multiple of {multiple}, which onnxruntime's GroupQueryAttention needs"
     elif arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
         why = partial_rotary_refusal(head, int(head * partial_rotary_factor(meta, arch)))
@@ -196,8 +189,9 @@ def refuse_file(gguf: Path) -> str | None:
     norms; a fused-only model of a head its graph cannot take), said as the loader says it -> its architecture when
     onnxlm exports it, None for another (the loader's to refuse, naming those it exports)."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
-    from .gguf_config import FUSED_ONLY_HEADS, config_overrides, refuse_tensors
+    from .gguf_config import config_overrides, refuse_tensors
     from .gguf_reader import arch_fields, field_value, gguf_reader
+    from .onnx_export import FUSED_ONLY_TYPES
 
     reader = gguf_reader(gguf)
     arch = field_value(reader, "general.architecture")
@@ -205,7 +199,7 @@ def refuse_file(gguf: Path) -> str | None:
         return None
     try:
         refuse_tensors(arch, [t.name for t in reader.tensors])
-        if arch in FUSED_ONLY_HEADS:
+        if arch in FUSED_ONLY_TYPES:  # config_overrides refuses a head its only graph cannot take
             config_overrides({"general.architecture": arch, **arch_fields(reader, arch)})
     except ExportError as e:
         raise ExportError(f"{Path(gguf).name}: {e}") from e
