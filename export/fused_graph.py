@@ -93,13 +93,9 @@ def rotate_qk(g: Graph, qkv: str, heads: int, kv_heads: int, head_dim: int, rota
     at the graph input ``position_ids`` [b, s] by the ``cos_cache`` / ``sin_cache`` tables [P, rotary_dim / 2]
     (``com.microsoft.RotaryEmbedding``; ``interleaved``: adjacent pairs): a partial rotary GroupQueryAttention cannot
     take itself (its node then has do_rotary=0)."""
-    sizes = g.init(f"qkv_split_{heads}_{kv_heads}", np.array([heads * head_dim, kv_heads * head_dim,
-                                                               kv_heads * head_dim]))
-    q, k, v = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
-    q, k = (g.op("RotaryEmbedding", [x, "position_ids", "cos_cache", "sin_cache"], domain="com.microsoft",
-                 num_heads=n, rotary_embedding_dim=rotary_dim, interleaved=int(interleaved))
-            for x, n in ((q, heads), (k, kv_heads)))
-    return g.op("Concat", [q, k, v], axis=-1)
+    return _each_qk(g, qkv, heads, kv_heads, head_dim, lambda x, role, n: g.op(
+        "RotaryEmbedding", [x, "position_ids", "cos_cache", "sin_cache"], domain="com.microsoft", num_heads=n,
+        rotary_embedding_dim=rotary_dim, interleaved=int(interleaved)))
 
 
 def rms_norm(g: Graph, x: str, name: str, weight: np.ndarray, eps: float) -> str:
@@ -138,14 +134,20 @@ def qk_full_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, hea
 
 def _qk_norms(g: Graph, qkv: str, layer: int, heads: int, kv_heads: int, head_dim: int, q_weight: np.ndarray,
               k_weight: np.ndarray, norm) -> str:
-    """Packed q/k/v [b, s, (N + 2 KVN) H] -> q and k split off, each through ``norm(x, name, weight, its heads)``
+    """Packed q/k/v [b, s, (N + 2 KVN) H] -> q and k each through ``norm(x, name, weight, its heads)``
     (initializers ``l{layer}.q_norm`` / ``.k_norm``), packed again with v."""
+    weights = {"q": q_weight, "k": k_weight}
+    return _each_qk(g, qkv, heads, kv_heads, head_dim,
+                    lambda x, role, n: norm(x, f"l{layer}.{role}_norm", weights[role], n))
+
+
+def _each_qk(g: Graph, qkv: str, heads: int, kv_heads: int, head_dim: int, transform) -> str:
+    """Packed q/k/v [b, s, (N + 2 KVN) H] -> q and k split off, each through ``transform(x, "q" | "k", its heads)``
+    ([b, s, n H] -> the same), packed again with v."""
     sizes = g.init(f"qkv_split_{heads}_{kv_heads}", np.array([heads * head_dim, kv_heads * head_dim,
                                                                kv_heads * head_dim]))
     q, k, v = g.op("Split", [qkv, sizes], n_out=3, axis=-1)
-    q = norm(q, f"l{layer}.q_norm", q_weight, heads)
-    k = norm(k, f"l{layer}.k_norm", k_weight, kv_heads)
-    return g.op("Concat", [q, k, v], axis=-1)
+    return g.op("Concat", [transform(q, "q", heads), transform(k, "k", kv_heads), v], axis=-1)
 
 
 def to_numpy(t) -> np.ndarray:

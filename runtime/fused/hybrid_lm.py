@@ -26,15 +26,12 @@ class HybridBuffers(KVBuffers):
     """KV buffers plus ``conv``: name -> [b, K - 1, D] float32 states, and ``history``: per row a deque of (length,
     {name: [K - 1, D]}), the row's states before its last positions (newest last)."""
 
-    def __init__(self, arrays: dict, pool=None, conv: dict | None = None, history: list | None = None,
-                 record: bool = True):
-        keep = getattr(self, "conv", None)  # KVBuffers.ensure re-initialises with grown arrays: the states stay
+    def __init__(self, arrays: dict, pool, conv: dict, history: list, record: bool = True):
         super().__init__(arrays, pool)
-        self.conv = conv if conv is not None else keep
-        self.history = history if history is not None else getattr(self, "history", None)
+        self.conv, self.history = conv, history
         # whether the next pass keeps its states in the histories: not a prompt's pass (nothing rolls back into a
         # prompt; 32 states a row would be copied for nothing), every later one
-        self.record = getattr(self, "record", record)
+        self.record = record
 
     def row(self, r: int) -> "HybridBuffers":
         """Row ``r`` alone: views of its KV buffers and states, and its own history deque (shared)."""
@@ -44,15 +41,14 @@ class HybridBuffers(KVBuffers):
     def select(self, rows: np.ndarray, held: int | None = None) -> None:
         """rows [b'] int64: the KV buffers' rows (``KVBuffers.select``), the states' and the histories' (copied:
         duplicated beams diverge)."""
-        conv = {n: c[rows] for n, c in self.conv.items()}
-        history = [deque(self.history[r], maxlen=MAX_HISTORY) for r in rows]
         super().select(rows, held)
-        self.conv, self.history = conv, history
+        self.conv = {n: c[rows] for n, c in self.conv.items()}
+        self.history = [deque(self.history[r], maxlen=MAX_HISTORY) for r in rows]
 
-    def bind_states(self, io, past: np.ndarray, new: np.ndarray, width: int) -> tuple[dict, list[int]]:
+    def bind_states(self, io, past: np.ndarray, new: np.ndarray, width: int) -> tuple[dict, np.ndarray]:
         """Bind the states and which window rows to gather for a pass of ``width`` new slots (row r's real ones:
         new[r]) -> (name -> the gathered states' array [b, m (K - 1), D], the offsets m: the states after those many
-        new tokens, the last one the row's own new[r])."""
+        new tokens [b, m], the last one the row's own new[r])."""
         first = next(iter(self.conv.values()))
         b, taps, hidden = first.shape
         span = min(width, MAX_HISTORY) if self.record else 0  # the states after a pass's last tokens, for rollback

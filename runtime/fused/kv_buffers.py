@@ -28,7 +28,12 @@ class KVBuffers:
     gives the mappings of the sets this one grows or resizes into."""
 
     def __init__(self, arrays: dict[str, np.ndarray], pool: BufferPool | None = None):
-        self.arrays, self.pool = arrays, pool or NO_POOL
+        self.pool = pool or NO_POOL
+        self._use(arrays)
+
+    def _use(self, arrays: dict[str, np.ndarray]) -> None:
+        """Hold ``arrays`` (new or grown buffers; what else the set holds stays)."""
+        self.arrays = arrays
         self.values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}  # share the memory
         self._binding = None  # (session, its IOBinding with these buffers bound), made by binding()
 
@@ -65,7 +70,7 @@ class KVBuffers:
                                self.pool)
         for name, a in self.arrays.items():
             grown[name][:, :, :a.shape[2]] = a
-        self.__init__(grown, self.pool)
+        self._use(grown)
 
     def row(self, r: int) -> "KVBuffers":
         """Buffers of batch row ``r`` alone ([1, kv_heads, capacity, head_dim] views sharing this set's memory): a
@@ -87,13 +92,13 @@ class KVBuffers:
             reorder_in_place(self.arrays.values(), rows, held)
             return
         if held is None:
-            self.__init__({n: a[rows] for n, a in self.arrays.items()}, self.pool)
+            self._use({n: a[rows] for n, a in self.arrays.items()})
             return
         first = next(iter(self.arrays.values()))
         out = mapped_buffers(list(self.arrays), (len(rows),) + first.shape[1:], first.dtype, self.pool)
         for n, a in self.arrays.items():
             out[n][:, :, :held] = a[rows, :, :held]
-        self.__init__(out, self.pool)
+        self._use(out)
 
     def run_in_place(self, session, io, rows: int, kept: int, width: int | None) -> np.ndarray:
         """Run ``session`` on ``io`` (``binding(session)`` with the step's other inputs bound) -> the logits
