@@ -173,9 +173,10 @@ def logits_head(g: Graph, x: str, head: str, hidden: int, vocab: int, softcap: f
     g.nodes.append(helper.make_node("Reshape", [logits2d, out_shape], ["logits"], name="logits"))
 
 
-def io_values(layers: int, kv_heads: int, head_dim: int, vocab: int, extra_inputs: tuple[str, ...] = ()):
+def io_values(layers, kv_heads: int, head_dim: int, vocab: int, extra_inputs: tuple[str, ...] = ()):
     """The fused graph's inputs (input_ids, seqlens_k, total_sequence_length, logits_positions, then
-    ``extra_inputs`` [b, s] int64 such as position_ids, then the buffers) and outputs (logits, the buffers)."""
+    ``extra_inputs`` [b, s] int64 such as position_ids, then the buffers) and outputs (logits, the buffers);
+    ``layers``: how many layers hold KV buffers (0..layers-1), or their indices (LFM2's attention layers)."""
     from onnx import TensorProto as TP
     from onnx import helper
 
@@ -186,7 +187,7 @@ def io_values(layers: int, kv_heads: int, head_dim: int, vocab: int, extra_input
               helper.make_tensor_value_info("logits_positions", TP.INT64, ["batch", "kept"])]
     inputs += [helper.make_tensor_value_info(n, TP.INT64, ["batch", "sequence"]) for n in extra_inputs]
     outputs = [helper.make_tensor_value_info("logits", f, ["batch", "kept", vocab])]
-    for i in range(layers):
+    for i in range(layers) if isinstance(layers, int) else layers:
         for kind in ("key", "value"):
             shape = ["batch", kv_heads, "buffer_length", head_dim]
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f, shape))

@@ -122,17 +122,11 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     head = "embed_tokens.weight" if tied else g.init("lm_head.weight", to_numpy(head_w))
     logits_head(g, x, head, D, V)
 
-    inputs, outputs = io_values(0, KVN, H, V)
+    inputs, outputs = io_values(attention_layers(cfg), KVN, H, V)  # KV buffers of the attention layers only
     inputs.append(helper.make_tensor_value_info("conv_gather", TP.INT64, ["batch", "gathered"]))
-    convs = [i for i in range(cfg.num_hidden_layers) if i not in attention_layers(cfg)]
-    for i in convs:
+    for i in (i for i in range(cfg.num_hidden_layers) if i not in attention_layers(cfg)):
         inputs.append(helper.make_tensor_value_info(f"conv_state.{i}", TP.FLOAT, ["batch", K - 1, D]))
         outputs.append(helper.make_tensor_value_info(f"conv_states.{i}", TP.FLOAT, ["batch", "gathered", D]))
-    for i in attention_layers(cfg):
-        for kind in ("key", "value"):
-            shape = ["batch", KVN, "buffer_length", H]
-            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", TP.FLOAT, shape))
-            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", TP.FLOAT, shape))
     external = save_graph(g, "lfm2-fused-gqa-conv", inputs, outputs, out_path)
     return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
             "max_positions": P}
