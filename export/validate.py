@@ -49,6 +49,9 @@ class _Check:
 def _session(path: Path):
     import onnxruntime as ort
 
+    from onnxlm.runtime.session import check_onnxruntime
+
+    check_onnxruntime()  # an older onnxruntime would validate a graph by wrong numbers
     so = ort.SessionOptions()
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

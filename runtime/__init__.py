@@ -1,10 +1,11 @@
 """Torch-free runtime: numpy + onnxruntime + tokenizers only."""
-from .errors import (InputError, ManifestError, ModelFileError, OnnxlmError, ParameterError, ProviderError)
+from .errors import (DependencyError, InputError, ManifestError, ModelFileError, OnnxlmError, ParameterError,
+                     ProviderError)
 from .generation_config import GenerationConfig
 from .loader import load
 from .plain import CausalLM, Seq2SeqLM
 from .results import GenerationResult, ScoringResult, StepResult, TokenDistribution
 
 __all__ = ["load", "CausalLM", "Seq2SeqLM", "GenerationConfig", "GenerationResult", "ScoringResult", "StepResult",
-           "TokenDistribution", "OnnxlmError", "InputError", "ManifestError", "ModelFileError", "ParameterError",
-           "ProviderError"]
+           "TokenDistribution", "OnnxlmError", "DependencyError", "InputError", "ManifestError", "ModelFileError",
+           "ParameterError", "ProviderError"]

@@ -25,6 +25,11 @@ class ProviderError(OnnxlmError):
     """The requested onnxruntime execution provider is not available here."""
 
 
+class DependencyError(OnnxlmError, ImportError):
+    """An installed library onnxlm runs on is older than the version it needs (``runtime/session.py``'s
+    ``MIN_ONNXRUNTIME``): older onnxruntime versions give wrong answers, not errors, on some of onnxlm's graphs."""
+
+
 class InputError(OnnxlmError, ValueError):
     """A prompt or token-id input is unusable (empty, too long, ids out of the vocabulary, bad shapes)."""
 

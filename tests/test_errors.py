@@ -6,6 +6,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +187,31 @@ def test_cuda_listed_but_not_starting(tiny_gpt2, monkeypatch):
         session.cuda_starts.cache_clear()
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         assert session.cuda_starts() is False  # a CPU-only onnxruntime: the probe gets the CPU
+
+
+def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch):
+    """onnxruntime before MIN_ONNXRUNTIME answers wrongly on some graphs (sliding-window attention before 1.24):
+    loading, and an export's validation, refuse it by version (DependencyError), and pyproject asks for that version
+    of onnxruntime and of onnxruntime-gpu."""
+    import re
+
+    import onnxruntime as ort
+
+    from onnxlm.export import validate
+    from onnxlm.runtime import DependencyError
+    from onnxlm.runtime.session import MIN_ONNXRUNTIME, check_onnxruntime
+
+    least = ".".join(map(str, MIN_ONNXRUNTIME))
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.findall(r'"onnxruntime(?:-gpu\[cuda,cudnn\])?>=([\d.]+)"', pyproject) == [least, least]
+    for fine in (least, f"{least}.1", "1.32.0", "1.40.0.dev20270101", "2.0.0", "local-build"):
+        check_onnxruntime(fine)
+    monkeypatch.setattr(ort, "__version__", "1.23.2")
+    for refused in (lambda: onnxlm.load(tiny_gpt2.onnx_dir), lambda: validate._session(tiny_gpt2.onnx_dir / "model.onnx")):
+        with pytest.raises(DependencyError, match=rf"onnxruntime 1\.23\.2 is installed; onnxlm needs onnxruntime >= "
+                                                  rf"{re.escape(least)} .*sliding-window"):
+            refused()
+    assert issubclass(DependencyError, onnxlm.OnnxlmError)
 
 
 def test_bad_provider_name(tiny_gpt2):
