@@ -28,7 +28,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CUDA_OPTIONS = {"use_tf32": "0"}
 PROBE = GRAPHS / "gather_rows_float32_r3.onnx"  # cuda_starts' one-node graph (device_gather's row gather)
 #: The oldest onnxruntime (and onnxruntime-gpu) whose answers on onnxlm's graphs were checked equal to the
-#: developed-on version's (scripts/onnxruntime_floor.py, 2026-12-06: 1.19-1.32 over 23 artifacts of every family and
+#: developed-on version's (scripts/dependency_floor.py, 2026-12-06: 1.19-1.32 over 23 artifacts of every family and
 #: variant, CPU). Older ones answer otherwise, without an error: before 1.24 GroupQueryAttention's
 #: ``local_window_size`` (the sliding-window layers of Mistral, Gemma 2/3, EXAONE 4) gives other scores past the
 #: window (the tiny models' logits up to 2.6 apart, other greedy ids); 1.24-1.29 round level-4 products of 8-bit

@@ -1,9 +1,9 @@
-"""Does an older onnxruntime answer as the installed one does on onnxlm's graphs? (How ``MIN_ONNXRUNTIME`` in
-runtime/session.py and pyproject's floor were found.)
+"""Does an older onnxruntime (tokenizers, numpy) answer as the installed one does on onnxlm's graphs and
+vocabularies? (How pyproject's floors and ``MIN_ONNXRUNTIME`` in runtime/session.py were found.)
 
-    .venv/bin/python scripts/onnxruntime_floor.py build /tmp/floor        # with the installed onnxruntime
+    .venv/bin/python scripts/dependency_floor.py build /tmp/floor        # with the installed versions
     .venv/bin/python -m pip install --no-deps --target /tmp/ort-1.29.0 onnxruntime==1.29.0
-    PYTHONPATH=/tmp/ort-1.29.0 .venv/bin/python scripts/onnxruntime_floor.py check /tmp/floor
+    PYTHONPATH=/tmp/ort-1.29.0 .venv/bin/python scripts/dependency_floor.py check /tmp/floor
 
 ``build`` (needs the export and test extras) exports one artifact of each kind onnxlm writes: the fused graphs of
 the families whose graphs use different onnxruntime features (sliding windows, soft-capping, partial and
@@ -11,7 +11,15 @@ interleaved rotaries, q/k norms, convolution layers, GPT-2, T5), the plain (opti
 GGUF variants of tiny Q4_1 and K-quant files at accuracy levels 1 and 4; it stores their logits on a left-padded
 batch, greedy ids and 2-beam ids. ``check`` loads each with the onnxruntime it runs on (past onnxlm's own version
 check, ``check_onnxruntime``, which it turns off) and prints, per artifact, ``ok`` or what differs (logits beyond 1e-4 of
-their largest magnitude, any id) or why it failed; the exit status is the number that did not match.
+their largest magnitude, any id) or why it failed. ``build`` also writes the tokenizer.json that onnxlm builds
+from each GGUF vocabulary of tests/test_gguf_tokenizers.py (those installed), and ``check`` encodes the corpus with
+each through the runtime's tokenizer, as test_every_id_equals_llama_cpp does, against llama.cpp's stored ids (Phi-3's
+one documented text aside). The exit status is the number of artifacts and vocabularies that did not match.
+
+Found on 2026-12-06 (Python 3.11): onnxruntime 1.30-1.32 answer alike, 1.29 and before otherwise (runtime/session.py
+says how); tokenizers 0.21.2-0.23.3 give llama.cpp's ids, 0.21.0-0.21.1 split one text of Unicode 15.1 CJK
+Extension I otherwise in 11 vocabularies (older Unicode tables in the split regex), before 0.21 ``import onnxlm``
+fails (no ``DecodeStream``); numpy 1.24.4 and 1.26.4 answer as 2.4.
 """
 from __future__ import annotations
 
@@ -59,9 +67,52 @@ def build(out: Path) -> None:
             arts[f"{tag}-level{level}"] = export_model(path, out / f"{tag}-level{level}", quantize="gguf",
                                                        accuracy_level=level, force_quality=True,
                                                        quality_text=SHORT_GATE_TEXT, progress=False)
+    _build_vocabularies(out / "vocabularies")
     answers = {f"{name}|{what}": a for name, p in arts.items() for what, a in _answers(Path(p)).items()}
     np.savez(out / "refs.npz", **answers)
     (out / "artifacts.json").write_text(json.dumps({k: str(v) for k, v in arts.items()}, indent=1))
+
+
+def _build_vocabularies(out: Path) -> None:
+    """Each installed vocabulary of tests/test_gguf_tokenizers.py's PROVEN -> out/<name>.tokenizer.json."""
+    import gguf_vocabs
+    from test_gguf_tokenizers import PROVEN
+
+    from onnxlm.export.gguf import build_tokenizer_from_gguf
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in sorted(PROVEN):
+        try:
+            meta = gguf_vocabs.vocab_metadata(name)
+        except Exception as exc:  # noqa: BLE001 - a vocabulary package that is not installed is left out
+            print(f"vocabulary {name} left out: {exc}")
+            continue
+        build_tokenizer_from_gguf(meta).save(str(out / f"{name}.tokenizer.json"))
+
+
+def _check_vocabularies(out: Path) -> int:
+    """The corpus through each built tokenizer.json, as the runtime loads it -> vocabularies whose ids differ from
+    llama.cpp's (tests/data/gguf_tokenizers)."""
+    import tokenizers
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_gguf_tokenizers import KNOWN_DIFFERENCES, TEXTS
+
+    from onnxlm.runtime.tokenizer import TextTokenizer
+
+    modes = {"special": {}, "special_no_add": {"add_special_tokens": False}, "plain": {"split_special_tokens": True}}
+    bad = 0
+    for path in sorted(out.glob("*.tokenizer.json")):
+        name = path.name.split(".tokenizer.json")[0]
+        ref = json.loads((REPO / "tests" / "data" / "gguf_tokenizers" / f"{name}.ids.json").read_text("utf-8"))["ids"]
+        tok = TextTokenizer.from_file(path)
+        known = KNOWN_DIFFERENCES[name](tok.tokenizer) if name in KNOWN_DIFFERENCES else (lambda text: False)
+        differ = {mode: sum(tok.encode(t, **kw) != r for t, r in zip(TEXTS, ref[mode]) if not known(t))
+                  for mode, kw in modes.items()}
+        differ = {mode: n for mode, n in differ.items() if n}
+        print(f"tokenizers {tokenizers.__version__} {name}: {differ and f'texts with other ids {differ}' or 'ok'}")
+        bad += bool(differ)
+    return bad
 
 
 def _answers(path: Path) -> dict[str, np.ndarray]:
@@ -106,7 +157,7 @@ def check(out: Path) -> int:
                   flush=True)
         bad += bool(diffs)
     print(f"onnxruntime {onnxruntime.__version__}: {bad} of {len(arts)} artifacts differ or fail")
-    return bad
+    return bad + _check_vocabularies(out / "vocabularies")
 
 
 if __name__ == "__main__":
