@@ -32,6 +32,7 @@ with the KV cache (beam search), ``advance(tokens)`` feeds them the chosen token
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,20 +48,39 @@ __all__ = ["KINDS", "Constraint", "make_constraint", "pop_constraints", "Constra
 
 KINDS = ("json_schema", "regex", "choices", "grammar")
 INSTALL_HINT = "pip install 'onnxlm[structured]'"
+#: the oldest llguidance the structured tests pass on (2026-12-06; 1.6 and before take one EOS id, not several)
+MIN_LLGUIDANCE = (1, 7)
 _CACHE_SIZE = 64  # compiled grammars kept per engine (least recently used dropped first)
 _NEG_INF = np.float32(-np.inf)
 _PARALLEL_ROWS = 16  # live rows from which the bitmask is filled by llguidance's thread pool
 
 
 def _llguidance(parameter: str):
-    """-> the llguidance module, or ParameterError naming the parameter and the extra to install."""
+    """-> the llguidance module, or ParameterError naming the parameter and the extra to install (or upgrade: older
+    than ``MIN_LLGUIDANCE``)."""
     try:
         import llguidance
         import llguidance.numpy  # noqa: F401 - the bitmask helpers
     except ImportError:
         raise ParameterError(parameter, f"structured generation needs the optional 'structured' extra "
                                         f"(llguidance): {INSTALL_HINT}") from None
+    version = _installed_version("llguidance")
+    found = re.match(r"(\d+)\.(\d+)", version or "")
+    if found and (int(found[1]), int(found[2])) < MIN_LLGUIDANCE:
+        least = ".".join(map(str, MIN_LLGUIDANCE))
+        raise ParameterError(parameter, f"structured generation needs llguidance >= {least}; {version} is installed: "
+                                        f"pip install -U 'llguidance>={least}'")
     return llguidance
+
+
+def _installed_version(distribution: str) -> str | None:
+    """A distribution's installed version (its metadata), or None when it has none to read."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------- specs

@@ -19,7 +19,9 @@ one documented text aside). The exit status is the number of artifacts and vocab
 Found on 2026-12-06 (Python 3.11): onnxruntime 1.30-1.32 answer alike, 1.29 and before otherwise (runtime/session.py
 says how); tokenizers 0.21.2-0.23.3 give llama.cpp's ids, 0.21.0-0.21.1 split one text of Unicode 15.1 CJK
 Extension I otherwise in 11 vocabularies (older Unicode tables in the split regex), before 0.21 ``import onnxlm``
-fails (no ``DecodeStream``); numpy 1.24.4 and 1.26.4 answer as 2.4.
+fails (no ``DecodeStream``); numpy 1.24.4 and 1.26.4 answer as 2.4. The extras' floors were found by running
+their tests the same way (``PYTHONPATH=<a --target install> pytest tests/test_structured.py ...``): llguidance 1.7
+(1.6 and before take one EOS id), sse-starlette 3.0 (2.x cuts a failing stream before its error event).
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -304,6 +305,20 @@ def test_without_the_extra_the_error_names_it(tiny_llama):
             "    else:\n        raise SystemExit('no error')\nprint('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_an_llguidance_older_than_the_floor_is_named(tiny_llama, monkeypatch):
+    """llguidance before MIN_LLGUIDANCE (1.6 takes one EOS id, not several: a TypeError mid-call): a ParameterError
+    naming the parameter, the version found and the one needed; pyproject asks for that version."""
+    from onnxlm.runtime import constraints
+
+    least = ".".join(map(str, constraints.MIN_LLGUIDANCE))
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'structured = \["llguidance>=([\d.]+),<2"\]', pyproject)[1] == least
+    monkeypatch.setattr(constraints, "_installed_version", lambda name: "1.6.1")
+    with pytest.raises(ParameterError, match=rf"regex: structured generation needs llguidance >= {re.escape(least)}; "
+                                             r"1\.6\.1 is installed"):
+        onnxlm.load(tiny_llama.onnx_dir).generate("Hi", regex="a+", max_new_tokens=2)
 
 
 # ---------------------------------------------------------------------------------------------- server helper
