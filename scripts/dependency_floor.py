@@ -21,7 +21,8 @@ says how); tokenizers 0.21.2-0.23.3 give llama.cpp's ids, 0.21.0-0.21.1 split on
 Extension I otherwise in 11 vocabularies (older Unicode tables in the split regex), before 0.21 ``import onnxlm``
 fails (no ``DecodeStream``); numpy 1.24.4 and 1.26.4 answer as 2.4. The extras' floors were found by running
 their tests the same way (``PYTHONPATH=<a --target install> pytest tests/test_structured.py ...``): llguidance 1.7
-(1.6 and before take one EOS id), sse-starlette 3.0 (2.x cuts a failing stream before its error event).
+(1.6 and before take one EOS id), sse-starlette 3.0 (2.x cuts a failing stream before its error event), pyarrow
+16 (14-15 do not import beside numpy 2), ray 2.45 (2.44 and before: "Broken pipe" in ray.put here).
 """
 from __future__ import annotations
 
