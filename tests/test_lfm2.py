@@ -69,6 +69,13 @@ def test_long_proposals_are_capped_to_the_kept_states(lfm2, tiny_llama):
         assert spec.speculation.accepted < spec.speculation.proposed <= (MAX_HISTORY - 1) * spec.speculation.passes
     plain = lfm2.generate([prompt], max_new_tokens=40)
     assert lfm2.generate([prompt], max_new_tokens=40, prompt_lookup_num_tokens=40).new_tokens == plain.new_tokens
+    # the schedules start from the cap, not above it ("heuristic"'s first rejection proposes one token fewer than it)
+    from onnxlm.runtime.decoding.candidates import DraftModel
+
+    kw = dict(schedule="heuristic", threshold=None, max_length=99, eos_token_ids=[], processors=None, do_sample=False,
+              rng=None, stop_check=None)
+    assert DraftModel(lfm2, num_tokens=40, cap=lfm2.speculation_limit, **kw).num_tokens == MAX_HISTORY - 1
+    assert DraftModel(llama, num_tokens=40, cap=None, **kw).num_tokens == 40
 
 
 def test_a_draft_model_either_way_equals_plain_greedy(lfm2, tiny_llama, tiny_lfm2):

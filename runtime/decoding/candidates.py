@@ -104,7 +104,7 @@ class DraftModel:
                  eos_token_ids: list[int], processors: Callable, do_sample: bool, rng, stop_check,
                  cap: int | None = None):
         self.model, self.schedule, self.threshold, self.cap = model, schedule, threshold, cap
-        self.num_tokens = float(num_tokens)
+        self.num_tokens = float(min(num_tokens, cap or num_tokens))  # the schedules move from what a round proposes
         self.max_length, self.eos = max_length, np.asarray(eos_token_ids, np.int64)
         self.processors, self.do_sample, self.rng, self.stop_check = processors, do_sample, rng, stop_check
         self.state, self.fed = None, None  # the draft's decoding state and the ids it holds [t]
