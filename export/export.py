@@ -13,6 +13,7 @@ from typing import Any
 from onnxlm.runtime.errors import ExportError
 from onnxlm.runtime.fused.causal_lm import KV_LAYOUT
 from onnxlm.runtime.gguf_magic import is_gguf_file
+from onnxlm.runtime.versions import check_onnxruntime
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .loader import LoadedModel, load_source
@@ -165,6 +166,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     exported from, checked against the sha256 its manifest records (default: found by the recorded name, see
     ``gguf_quant.gguf_source``). Returns the path.
     """
+    check_onnxruntime()  # before any work: validation runs the graphs on it (runtime/versions.py)
     out_dir = Path(out_dir).expanduser().absolute()
     made = [d for d in out_dir.parents if not d.exists()]  # deepest first: the folders this export will create
     try:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, ModelFileError, QualityGateError
 from onnxlm.runtime.gguf_magic import GGUF_MAGIC, is_gguf_file
+from onnxlm.runtime.versions import check_onnxruntime
 
 from .gguf_splits import split_files
 
@@ -265,6 +266,7 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
     path = Path(os.fspath(gguf)).expanduser()
     if not is_gguf_file(path):
         raise ModelFileError(f"{path}: not a GGUF file (missing, or it does not start with {GGUF_MAGIC!r})", str(path))
+    check_onnxruntime()  # before an export: it would be refused at its validation
     path = _absolute(path)
     split_files(path)  # a later file of a split GGUF, or a set not whole, is refused by name before anything else
     target = artifact_dir_for(path, cache_dir)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxlm.runtime.errors import ExportError
+from onnxlm.runtime.versions import MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, dotted
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "onnxlm.json"
@@ -85,12 +86,29 @@ def check_graph_dims(graphs: dict[str, dict], dims: dict[str, Any], family: str)
                 raise ExportError(f"exported decoder lacks the {name!r} input (inputs: {dec[:4]}...)")
 
 
+def onnxruntime_requirement(path: Path) -> tuple[int, ...]:
+    """An ONNX file -> the oldest onnxruntime it answers right on (``onnxlm.runtime.versions``): 1.24 where a
+    GroupQueryAttention has a sliding window (``local_window_size`` >= 0: before 1.24 it holds one position more),
+    else ``MIN_ONNXRUNTIME``."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    windowed = any(a.name == "local_window_size" and a.i >= 0 for n in graph.node if n.op_type == "GroupQueryAttention"
+                   for a in n.attribute)
+    return SLIDING_WINDOW_ONNXRUNTIME if windowed else MIN_ONNXRUNTIME
+
+
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``onnxlm.json`` into ``out_dir``: the given fields, ``files`` (every file's sha256 and bytes) and
+    ``requires`` (the oldest onnxruntime its graphs answer right on, from the graphs themselves)."""
     manifest = {"format_version": FORMAT_VERSION, **manifest}
     manifest["files"] = file_table(out_dir)
+    if manifest.get("graphs"):
+        least = max(onnxruntime_requirement(Path(out_dir) / g["file"]) for g in manifest["graphs"].values())
+        manifest["requires"] = {"onnxruntime": dotted(least)}
     order = ["format_version", "kind", "model_type", "files", "graphs", "num_layers", "num_encoder_layers",
              "num_heads", "num_kv_heads", "head_dim", "hidden_size", "vocab_size", "max_positions", "special_tokens",
-             "dtype", "opset", "versions", "validation", "source"]
+             "dtype", "opset", "requires", "versions", "validation", "source"]
     ordered = {k: manifest[k] for k in order if k in manifest}
     ordered.update({k: v for k, v in manifest.items() if k not in ordered})
     (Path(out_dir) / MANIFEST_FILE).write_text(json.dumps(ordered, indent=2, allow_nan=False) + "\n", encoding="utf-8")

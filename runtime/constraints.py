@@ -32,7 +32,6 @@ with the KV cache (beam search), ``advance(tokens)`` feeds them the chosen token
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,14 +41,13 @@ import numpy as np
 
 from .errors import ParameterError
 from .processors import LogitsProcessor
+from .versions import MIN_LLGUIDANCE, dotted, llguidance_too_old
 
 __all__ = ["KINDS", "Constraint", "make_constraint", "pop_constraints", "ConstraintEngine", "engine_for",
            "ConstraintProcessor", "ConstrainedState", "response_format_to_params"]
 
 KINDS = ("json_schema", "regex", "choices", "grammar")
 INSTALL_HINT = "pip install 'onnxlm[structured]'"
-#: the oldest llguidance the structured tests pass on (2026-12-06; 1.6 and before take one EOS id, not several)
-MIN_LLGUIDANCE = (1, 7)
 _CACHE_SIZE = 64  # compiled grammars kept per engine (least recently used dropped first)
 _NEG_INF = np.float32(-np.inf)
 _PARALLEL_ROWS = 16  # live rows from which the bitmask is filled by llguidance's thread pool
@@ -64,23 +62,12 @@ def _llguidance(parameter: str):
     except ImportError:
         raise ParameterError(parameter, f"structured generation needs the optional 'structured' extra "
                                         f"(llguidance): {INSTALL_HINT}") from None
-    version = _installed_version("llguidance")
-    found = re.match(r"(\d+)\.(\d+)", version or "")
-    if found and (int(found[1]), int(found[2])) < MIN_LLGUIDANCE:
-        least = ".".join(map(str, MIN_LLGUIDANCE))
-        raise ParameterError(parameter, f"structured generation needs llguidance >= {least}; {version} is installed: "
+    old = llguidance_too_old(llguidance)
+    if old:
+        least = dotted(MIN_LLGUIDANCE)
+        raise ParameterError(parameter, f"structured generation needs llguidance >= {least}; {old} is installed: "
                                         f"pip install -U 'llguidance>={least}'")
     return llguidance
-
-
-def _installed_version(distribution: str) -> str | None:
-    """A distribution's installed version (its metadata), or None when it has none to read."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------------- specs

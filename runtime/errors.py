@@ -26,8 +26,9 @@ class ProviderError(OnnxlmError):
 
 
 class DependencyError(OnnxlmError, ImportError):
-    """An installed library onnxlm runs on is older than the version it needs (``runtime/session.py``'s
-    ``MIN_ONNXRUNTIME``): older onnxruntime versions give wrong answers, not errors, on some of onnxlm's graphs."""
+    """The installed onnxruntime or tokenizers is older than onnxlm, or an artifact, needs (``runtime/versions.py``):
+    older versions cannot open some graphs or give other answers without an error. (An old llguidance is a
+    ParameterError naming the constraint parameter, as the missing extra is.)"""
 
 
 class InputError(OnnxlmError, ValueError):

@@ -7,6 +7,7 @@ from pathlib import Path
 from .errors import ManifestError, ProviderError
 from .manifest import load_manifest
 from .session import resolve_provider
+from .versions import check_artifact_onnxruntime, check_onnxruntime
 
 
 def load(path, *, provider: str = "auto", threads: int | None = None, verify: bool = True):
@@ -14,8 +15,10 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
     from .fused import KV_LAYOUT, FusedSeq2SeqLM, causal_class
     from .plain import CausalLM, Seq2SeqLM
     model_dir = Path(os.fspath(path)).expanduser()
+    check_onnxruntime()  # before the provider probe and the checksums
     resolved = resolve_provider(provider)
     manifest = load_manifest(model_dir, verify=verify)
+    check_artifact_onnxruntime(manifest, model_dir)  # e.g. a sliding-window layer: 1.24
     cls = Seq2SeqLM if manifest["kind"] == "seq2seq-lm" else CausalLM
     if manifest.get("kv_layout", "plain") == KV_LAYOUT:  # in-place KV buffers: numpy-backed, CPU only
         if provider == "cuda":

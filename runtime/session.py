@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,9 +16,10 @@ import numpy as np
 import onnxruntime as ort
 
 from .device_gather import GRAPHS
-from .errors import DependencyError, ModelFileError, ParameterError, ProviderError
+from .errors import ModelFileError, ParameterError, ProviderError
 from .heap import session_heap
 from .threads import resolve_threads
+from .versions import check_onnxruntime
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # fp32 products in fp32 on the GPU: the CUDA provider's default, TF32 (10-bit mantissas) on Ampere and later, put
@@ -27,14 +27,6 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # off, 1.6e-6 to 9.5e-6, as on the CPU (docs/design.md, "CUDA")
 CUDA_OPTIONS = {"use_tf32": "0"}
 PROBE = GRAPHS / "gather_rows_float32_r3.onnx"  # cuda_starts' one-node graph (device_gather's row gather)
-#: The oldest onnxruntime (and onnxruntime-gpu) whose answers on onnxlm's graphs were checked equal to the
-#: developed-on version's (scripts/dependency_floor.py, 2026-12-06: 1.19-1.32 over 23 artifacts of every family and
-#: variant, CPU). Older ones answer otherwise, without an error: before 1.24 GroupQueryAttention's
-#: ``local_window_size`` (the sliding-window layers of Mistral, Gemma 2/3, EXAONE 4) gives other scores past the
-#: window (the tiny models' logits up to 2.6 apart, other greedy ids); 1.24-1.29 round level-4 products of 8-bit
-#: K-quant blocks otherwise (logits 3e-3 apart, relative; the tests' tolerances are set on 1.31-1.32). 1.22 and
-#: before cannot open the quantized variants (``GatherBlockQuantized``), 1.20 and before the soft-capped graphs.
-MIN_ONNXRUNTIME = (1, 30)
 ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
                 "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(double)": np.float64}
 
@@ -66,7 +58,7 @@ def cuda_starts() -> bool:
     the libraries from pip's nvidia packages are preloaded (``onnxruntime.preload_dlls``; a no-op on CPU builds),
     then a one-node graph shipped with the runtime (``graphs/gather_rows_float32_r3.onnx``) is opened on CUDA and
     its session asked which provider it got."""
-    with contextlib.suppress(Exception):  # older onnxruntime has none; a missing library is the probe's to find
+    with contextlib.suppress(Exception):  # a CPU build has none; a missing library is the probe's to find
         ort.preload_dlls()
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # the probe's own failure is reported by the caller, not logged here
@@ -83,22 +75,9 @@ def session_providers(provider: str) -> list:
     return [(PROVIDERS["cuda"], CUDA_OPTIONS), PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
 
 
-def check_onnxruntime(version: str | None = None) -> None:
-    """Raise DependencyError when onnxruntime (``version``, else the installed one) is older than ``MIN_ONNXRUNTIME``
-    (a version whose numbers cannot be read, e.g. a local build's, is let through)."""
-    version = ort.__version__ if version is None else version
-    found = re.match(r"(\d+)\.(\d+)", version)
-    if found and (int(found[1]), int(found[2])) < MIN_ONNXRUNTIME:
-        least = ".".join(map(str, MIN_ONNXRUNTIME))
-        raise DependencyError(
-            f"onnxruntime {version} is installed; onnxlm needs onnxruntime >= {least} (or onnxruntime-gpu >= {least}): "
-            "older versions answer wrongly on some of its graphs (sliding-window attention before 1.24) or cannot "
-            f"open them (quantized variants before 1.23). Upgrade: pip install -U 'onnxruntime>={least}'")
-
-
 def make_session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
     """Open one ONNX file on the resolved provider ('cpu' | 'cuda'), with an onnxruntime that is new enough
-    (``check_onnxruntime``)."""
+    (``versions.check_onnxruntime``; the loader checks what the artifact needs)."""
     check_onnxruntime()
     threads = resolve_threads(threads)
     if not path.is_file():

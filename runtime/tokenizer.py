@@ -9,6 +9,7 @@ from tokenizers import Tokenizer
 
 from .errors import InputError, ModelFileError
 from .heap import release_free_heap
+from .versions import check_tokenizers
 
 
 class TextTokenizer:
@@ -25,6 +26,7 @@ class TextTokenizer:
         if not path.is_file():
             raise ModelFileError(f"{path.name} is missing from {path.parent}; text inputs need it "
                                  "(token ids still work)", str(path))
+        check_tokenizers()
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises plain Exception subclasses

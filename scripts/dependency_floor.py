@@ -1,5 +1,5 @@
 """Does an older onnxruntime (tokenizers, numpy) answer as the installed one does on onnxlm's graphs and
-vocabularies? (How pyproject's floors and ``MIN_ONNXRUNTIME`` in runtime/session.py were found.)
+vocabularies? (How pyproject's floors and runtime/versions.py's were found.)
 
     .venv/bin/python scripts/dependency_floor.py build /tmp/floor        # with the installed versions
     .venv/bin/python -m pip install --no-deps --target /tmp/ort-1.29.0 onnxruntime==1.29.0
@@ -9,20 +9,21 @@ vocabularies? (How pyproject's floors and ``MIN_ONNXRUNTIME`` in runtime/session
 the families whose graphs use different onnxruntime features (sliding windows, soft-capping, partial and
 interleaved rotaries, q/k norms, convolution layers, GPT-2, T5), the plain (optimum) Llama and T5, int8 / int4, and
 GGUF variants of tiny Q4_1 and K-quant files at accuracy levels 1 and 4; it stores their logits on a left-padded
-batch, greedy ids and 2-beam ids. ``check`` loads each with the onnxruntime it runs on (past onnxlm's own version
-check, ``check_onnxruntime``, which it turns off) and prints, per artifact, ``ok`` or what differs (logits beyond 1e-4 of
-their largest magnitude, any id) or why it failed. ``build`` also writes the tokenizer.json that onnxlm builds
+batch, greedy ids and 2-beam ids. ``check`` loads each with the onnxruntime it runs on (past onnxlm's own
+version checks, which it turns off) and prints, per artifact, ``ok`` or what differs (logits beyond 1e-4 of their
+largest magnitude, any id) or why it failed. ``build`` also writes the tokenizer.json that onnxlm builds
 from each GGUF vocabulary of tests/test_gguf_tokenizers.py (those installed), and ``check`` encodes the corpus with
 each through the runtime's tokenizer, as test_every_id_equals_llama_cpp does, against llama.cpp's stored ids (Phi-3's
 one documented text aside). The exit status is the number of artifacts and vocabularies that did not match.
 
-Found on 2026-12-06 (Python 3.11): onnxruntime 1.30-1.32 answer alike, 1.29 and before otherwise (runtime/session.py
-says how); tokenizers 0.21.2-0.23.3 give llama.cpp's ids, 0.21.0-0.21.1 split one text of Unicode 15.1 CJK
-Extension I otherwise in 11 vocabularies (older Unicode tables in the split regex), before 0.21 ``import onnxlm``
-fails (no ``DecodeStream``); numpy 1.24.4 and 1.26.4 answer as 2.4. The extras' floors were found by running
-their tests the same way (``PYTHONPATH=<a --target install> pytest tests/test_structured.py ...``): llguidance 1.7
-(1.6 and before take one EOS id), sse-starlette 3.0 (2.x cuts a failing stream before its error event), pyarrow
-16 (14-15 do not import beside numpy 2), ray 2.45 (2.44 and before: "Broken pipe" in ray.put here).
+Found on 2026-12-06 (Python 3.11): onnxruntime 1.30-1.32 answer alike, 1.24-1.29 alike but for the 8-bit K-quant
+level-4 roundings, 1.23 alike but for those and the sliding windows, 1.22 and before cannot open some graphs
+(runtime/versions.py says which); tokenizers 0.21.2-0.23.3 give llama.cpp's ids, 0.21.0-0.21.1 split one text
+of Unicode 15.1 CJK Extension I otherwise in 11 vocabularies (older Unicode tables in the split regex), before 0.21
+``import onnxlm`` fails (no ``DecodeStream``); numpy 1.24.4 and 1.26.4 answer as 2.4. The extras' floors were found
+by running their tests the same way (``PYTHONPATH=<a --target install> pytest tests/test_structured.py ...``):
+llguidance 1.7 (1.6 and before take one EOS id), sse-starlette 3.0 (2.x cuts a failing stream before its error
+event), pyarrow 16 (14-15 do not import beside numpy 2), ray 2.45 (2.44 and before: "Broken pipe" in ray.put here).
 """
 from __future__ import annotations
 
@@ -63,7 +64,8 @@ def build(out: Path) -> None:
         arts[f"llama-{scheme}"] = quantize_artifact(arts["tiny-llama"], out / f"llama-{scheme}", scheme=scheme,
                                                     force_quality=True, progress=False)
     warnings.simplefilter("ignore")  # the K-quant file's IQ types' warnings
-    for tag, types, kw in (("gguf-q4_1", TYPES, {}), ("gguf-kquant", KQ_TYPES, dict(hidden=256, ffn=256, embedding="Q6_K"))):
+    kquant = dict(hidden=256, ffn=256, embedding="Q6_K")
+    for tag, types, kw in (("gguf-q4_1", TYPES, {}), ("gguf-kquant", KQ_TYPES, kquant)):
         path = out / f"{tag}.gguf"
         write_tiny_gguf(path, types, **kw)
         for level in (1, 4):
@@ -138,9 +140,13 @@ def check(out: Path) -> int:
     """Load every artifact of ``build`` with this onnxruntime -> how many did not answer as stored."""
     import onnxruntime
 
-    from onnxlm.runtime import session
+    from onnxlm.runtime import loader, session, tokenizer
 
-    session.check_onnxruntime = lambda version=None: None  # the version under test is the question here
+    def unchecked(*args, **kwargs) -> None:  # the version under test is the question here
+        return None
+
+    loader.check_onnxruntime = loader.check_artifact_onnxruntime = session.check_onnxruntime = unchecked
+    tokenizer.check_tokenizers = unchecked
     arts, refs, bad = json.loads((out / "artifacts.json").read_text()), np.load(out / "refs.npz"), 0
     for name, path in arts.items():
         try:

@@ -190,28 +190,65 @@ def test_cuda_listed_but_not_starting(tiny_gpt2, monkeypatch):
 
 
 def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch):
-    """onnxruntime before MIN_ONNXRUNTIME answers wrongly on some graphs (sliding-window attention before 1.24):
-    loading, and an export's validation, refuse it by version (DependencyError), and pyproject asks for that version
-    of onnxruntime and of onnxruntime-gpu."""
+    """onnxruntime before MIN_ONNXRUNTIME cannot open some graphs; an artifact that needs more (its manifest's
+    ``requires``; a fused one from before that field: the sliding-window floor) is refused below that. Loading, and an
+    export's validation, refuse by version (DependencyError); pyproject asks for the floor for onnxruntime and
+    onnxruntime-gpu."""
     import re
 
     import onnxruntime as ort
 
     from onnxlm.export import validate
     from onnxlm.runtime import DependencyError
-    from onnxlm.runtime.session import MIN_ONNXRUNTIME, check_onnxruntime
+    from onnxlm.runtime.versions import (MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, artifact_onnxruntime,
+                                         check_artifact_onnxruntime, check_onnxruntime)
 
     least = ".".join(map(str, MIN_ONNXRUNTIME))
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert re.findall(r'"onnxruntime(?:-gpu\[cuda,cudnn\])?>=([\d.]+)"', pyproject) == [least, least]
-    for fine in (least, f"{least}.1", "1.32.0", "1.40.0.dev20270101", "2.0.0", "local-build"):
-        check_onnxruntime(fine)
+    for fine in (least, f"{least}.1", f"{least}.0rc1", "1.31.0+cu124", "1.40.0.dev20270101", "2.0.0", "local-build"):
+        check_onnxruntime(version=fine)
+    for old in ("1.22.9", "1.3.0", "0.99"):
+        with pytest.raises(DependencyError, match=rf"onnxruntime {re.escape(old)} is installed; onnxlm needs "
+                                                  rf"onnxruntime >= {re.escape(least)} .*GatherBlockQuantized"):
+            check_onnxruntime(version=old)
+    assert artifact_onnxruntime({"requires": {"onnxruntime": "1.24"}, "kv_layout": "fused-gqa"}) == \
+        SLIDING_WINDOW_ONNXRUNTIME == (1, 24)
+    assert artifact_onnxruntime({"requires": {"onnxruntime": least}, "kv_layout": "fused-gqa"}) == MIN_ONNXRUNTIME
+    assert artifact_onnxruntime({"kv_layout": "fused-gqa"}) == SLIDING_WINDOW_ONNXRUNTIME  # exported before "requires"
+    assert artifact_onnxruntime({}) == MIN_ONNXRUNTIME  # a plain (optimum) graph from before it
     monkeypatch.setattr(ort, "__version__", "1.23.2")
-    for refused in (lambda: onnxlm.load(tiny_gpt2.onnx_dir), lambda: validate._session(tiny_gpt2.onnx_dir / "model.onnx")):
-        with pytest.raises(DependencyError, match=rf"onnxruntime 1\.23\.2 is installed; onnxlm needs onnxruntime >= "
-                                                  rf"{re.escape(least)} .*sliding-window"):
+    check_artifact_onnxruntime({"requires": {"onnxruntime": least}}, "here")
+    with pytest.raises(DependencyError, match=r"1\.23\.2 is installed; the artifact here needs onnxruntime >= 1\.24 "
+                                              r"\(its sliding-window attention: before 1\.24.*one position more"):
+        check_artifact_onnxruntime({"requires": {"onnxruntime": "1.24"}}, "here")
+    with pytest.raises(DependencyError, match=r"exported before its manifest recorded.*a re-export records"):
+        check_artifact_onnxruntime({"kv_layout": "fused-gqa"}, "here")
+    assert onnxlm.load(tiny_gpt2.onnx_dir).vocab_size  # its manifest requires the floor alone
+    monkeypatch.setattr(ort, "__version__", "1.22.1")
+    graph = json.loads((tiny_gpt2.onnx_dir / "onnxlm.json").read_text())["graphs"]["decoder"]["file"]
+    for refused in (lambda: onnxlm.load(tiny_gpt2.onnx_dir), lambda: validate._session(tiny_gpt2.onnx_dir / graph)):
+        with pytest.raises(DependencyError, match=r"onnxruntime 1\.22\.1 is installed; onnxlm needs onnxruntime >= "
+                                                  r"1\.23 "):
             refused()
     assert issubclass(DependencyError, onnxlm.OnnxlmError)
+
+
+def test_a_tokenizers_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch):
+    """tokenizers 0.21.0-0.21.1 give other ids than llama.cpp's on some texts (runtime/versions.py): loading a
+    tokenizer refuses them by version; pyproject asks for the floor."""
+    import re
+
+    from onnxlm.runtime import DependencyError, versions
+
+    least = ".".join(map(str, versions.MIN_TOKENIZERS))
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'"tokenizers>=([\d.]+)"', pyproject)[1] == least
+    real = versions.installed_version
+    monkeypatch.setattr(versions, "installed_version", lambda name: "0.21.1" if name == "tokenizers" else real(name))
+    with pytest.raises(DependencyError, match=rf"tokenizers 0\.21\.1 is installed; onnxlm needs tokenizers >= "
+                                              rf"{re.escape(least)}"):
+        onnxlm.load(tiny_gpt2.onnx_dir)
 
 
 def test_bad_provider_name(tiny_gpt2):

@@ -210,6 +210,28 @@ def test_artifact_is_the_fused_graph(fused_dirs, case):
                                "families/tiny-lfm2")
                     or recipe.startswith("families/tiny-gemma"))
     assert ("lm_head.weight" in {i.name for i in graph.initializer}) == (not tied)
+    # the onnxruntime it needs: 1.24 with a sliding-window layer (runtime/versions.py), else the floor
+    cfg = AutoConfig.from_pretrained(hf)
+    windowed = bool(getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
+                    or "sliding_attention" in (getattr(cfg, "layer_types", None) or []))
+    assert manifest["requires"] == {"onnxruntime": "1.24" if windowed else "1.23"}, recipe
+
+
+def test_a_sliding_window_artifact_is_refused_below_the_onnxruntime_it_needs(fused_dirs, monkeypatch):
+    """Before 1.24 onnxruntime's sliding window holds one position more (runtime/versions.py): an artifact with one
+    is refused there by name, loading and validating; one without loads."""
+    import onnxruntime as ort
+
+    from onnxlm.export import validate
+    from onnxlm.runtime import DependencyError
+
+    monkeypatch.setattr(ort, "__version__", "1.23.2")
+    _, windowed = fused_dirs["families/tiny-mistral-sliding-window"]
+    for refused in (lambda: onnxlm.load(windowed), lambda: validate._session(windowed / "model.onnx")):
+        with pytest.raises(DependencyError, match=r"onnxruntime 1\.23\.2 is installed; the (artifact|exported graph) "
+                                                  r".* needs onnxruntime >= 1\.24 \(its sliding-window attention"):
+            refused()
+    assert onnxlm.load(fused_dirs["tiny-llama"][1]).vocab_size
 
 
 def test_logits_left_padded_batch_then_steps_with_past(fused):

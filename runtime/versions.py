@@ -1,0 +1,118 @@
+"""The versions of the libraries the runtime runs on that give its answers: onnxruntime (for every artifact, and what
+one artifact's graphs need), tokenizers, llguidance.
+
+Found by ``scripts/dependency_floor.py`` (2026-12-06, CPU, Python 3.11: one artifact of each family and variant on
+onnxruntime 1.19-1.32; the tests' GGUF vocabularies on tokenizers 0.15-0.23; the structured tests on llguidance
+1.0-1.9):
+
+- onnxruntime 1.23 opens and answers every graph as 1.32 does, but two: GroupQueryAttention's ``local_window_size``
+  w attends to w + 1 positions before 1.24 (one more than 1.24 and later, and transformers' sliding window: the
+  sliding-window layers of Mistral, Gemma 2/3, EXAONE 4 give other logits past the window, without an error; 1.23
+  with w - 1 gives 1.32's logits to 2e-6), so an artifact with such a layer records that it needs 1.24
+  (``"requires"`` in its manifest); and 8-bit K-quant products at accuracy level 4 round otherwise before 1.30 (logits
+  ~3e-3 apart, relative: a quantized variant's other rounding, not a wrong graph; its gate measured it on the
+  exporting machine's). 1.22 and before cannot open the quantized variants (``GatherBlockQuantized``), 1.21 and
+  before the fused T5 decoder, 1.20 and before the soft-capped graphs. Python 3.10 has onnxruntime wheels up to 1.23.
+- tokenizers 0.21.2: 0.21.0-0.21.1 split one text of Unicode 15.1's CJK Extension I otherwise than llama.cpp in 11 of
+  the vocabularies (older Unicode tables in the split regex); before 0.21 there is no ``DecodeStream``.
+- llguidance 1.7: 1.6 and before take one EOS id, not several (a TypeError mid-call).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import re
+import sys
+
+from .errors import DependencyError
+
+MIN_ONNXRUNTIME = (1, 23)  # every artifact (pyproject's floor for onnxruntime and onnxruntime-gpu)
+SLIDING_WINDOW_ONNXRUNTIME = (1, 24)  # an artifact with a sliding-window GroupQueryAttention
+MIN_TOKENIZERS = (0, 21, 2)
+MIN_LLGUIDANCE = (1, 7)
+
+
+def version_tuple(text: str | None) -> tuple[int, ...] | None:
+    """'1.30.0rc1' -> (1, 30, 0), '1.31.0+cu124' -> (1, 31, 0); None for a version with no leading numbers (a local
+    build's, or none)."""
+    found = re.match(r"\d+(?:\.\d+)*", text or "")
+    return tuple(int(p) for p in found[0].split(".")) if found else None
+
+
+def dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+@functools.lru_cache(maxsize=None)
+def installed_version(distribution: str) -> str | None:
+    """A distribution's installed version (its metadata), or None when it has none to read."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _older(version: str | None, least: tuple[int, ...]) -> bool:
+    found = version_tuple(version)
+    return found is not None and found < least
+
+
+SLIDING_WINDOW_WHY = ("before 1.24, GroupQueryAttention's local_window_size holds one position more than the model's "
+                      "sliding window: other answers, without an error")
+
+
+def check_onnxruntime(least: tuple[int, ...] = MIN_ONNXRUNTIME, *, needed_by: str = "onnxlm", why: str | None = None,
+                      version: str | None = None) -> None:
+    """Raise DependencyError when onnxruntime (``version``, else the imported one) is older than ``least``, saying
+    what needs it (``needed_by``) and why."""
+    if version is None:
+        import onnxruntime
+
+        version = onnxruntime.__version__
+    if not _older(version, least):
+        return
+    gpu = installed_version("onnxruntime-gpu") is not None
+    package = "onnxruntime-gpu[cuda,cudnn]" if gpu else "onnxruntime"
+    python = (" (onnxruntime 1.24 and later have no wheels for Python 3.10: Python 3.11 or newer)"
+              if least >= SLIDING_WINDOW_ONNXRUNTIME and sys.version_info < (3, 11) else "")
+    why = why or "older versions cannot open its quantized graphs: GatherBlockQuantized came in 1.23"
+    raise DependencyError(f"onnxruntime{'-gpu' if gpu else ''} {version} is installed; {needed_by} needs onnxruntime "
+                          f">= {dotted(least)} ({why}). Upgrade: pip install -U '{package}>={dotted(least)}'{python}")
+
+
+def artifact_onnxruntime(manifest: dict) -> tuple[int, ...]:
+    """The oldest onnxruntime an artifact's graphs answer right on: its manifest's ``requires.onnxruntime`` (written
+    at export from its graphs), else 1.24 for a fused artifact exported before that field (it may hold a
+    sliding-window layer), else ``MIN_ONNXRUNTIME``."""
+    recorded = version_tuple((manifest.get("requires") or {}).get("onnxruntime"))
+    if recorded is not None:
+        return max(recorded, MIN_ONNXRUNTIME)
+    return SLIDING_WINDOW_ONNXRUNTIME if manifest.get("kv_layout") == "fused-gqa" else MIN_ONNXRUNTIME
+
+
+def check_artifact_onnxruntime(manifest: dict, where) -> None:
+    """DependencyError when the imported onnxruntime is older than the artifact at ``where`` needs."""
+    least = artifact_onnxruntime(manifest)
+    if least <= MIN_ONNXRUNTIME:
+        return check_onnxruntime()
+    recorded = "onnxruntime" in (manifest.get("requires") or {})
+    why = (f"its sliding-window attention: {SLIDING_WINDOW_WHY}" if recorded else
+           "it was exported before its manifest recorded the onnxruntime it needs, and may hold sliding-window "
+           f"attention: {SLIDING_WINDOW_WHY}; a re-export records what it needs")
+    check_onnxruntime(least, needed_by=f"the artifact {where}", why=why)
+
+
+def check_tokenizers() -> None:
+    """DependencyError when the installed tokenizers is older than ``MIN_TOKENIZERS`` (other ids than llama.cpp's on
+    some texts)."""
+    version = installed_version("tokenizers")
+    if _older(version, MIN_TOKENIZERS):
+        raise DependencyError(f"tokenizers {version} is installed; onnxlm needs tokenizers >= {dotted(MIN_TOKENIZERS)} "
+                              "(0.21.0-0.21.1 split some Unicode 15.1 letters otherwise). Upgrade: pip install -U "
+                              f"'tokenizers>={dotted(MIN_TOKENIZERS)}'")
+
+
+def llguidance_too_old(module) -> str | None:
+    """The imported llguidance module -> its version when older than ``MIN_LLGUIDANCE``, else None."""
+    version = getattr(module, "__version__", None) or installed_version("llguidance")
+    return version if _older(version, MIN_LLGUIDANCE) else None
