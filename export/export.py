@@ -13,7 +13,7 @@ from typing import Any
 from onnxlm.runtime.errors import ExportError
 from onnxlm.runtime.fused.causal_lm import KV_LAYOUT
 from onnxlm.runtime.gguf_magic import is_gguf_file
-from onnxlm.runtime.versions import check_onnxruntime
+from onnxlm.runtime.versions import SLIDING_WINDOW_ONNXRUNTIME, SLIDING_WINDOW_WHY, check_onnxruntime
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .loader import LoadedModel, load_source
@@ -166,7 +166,7 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
     exported from, checked against the sha256 its manifest records (default: found by the recorded name, see
     ``gguf_quant.gguf_source``). Returns the path.
     """
-    check_onnxruntime()  # before any work: validation runs the graphs on it (runtime/versions.py)
+    check_onnxruntime()  # before any work: the export's validation and the artifact run on it (runtime/versions.py)
     out_dir = Path(out_dir).expanduser().absolute()
     made = [d for d in out_dir.parents if not d.exists()]  # deepest first: the folders this export will create
     try:
@@ -390,9 +390,14 @@ def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
     session are never all held at once (a Llama-3.2-1B-shaped GGUF's fp32 export peaked at 10.9 GB, 7.2 so)."""
     from .fused import build_fused_graphs
     from .fused_graph import OPSET
+    from .fused_llama import sliding_windows
     from .validate_fused import causal_references, validate_fused_export
 
     cfg = {**dims, **special}
+    if validate and lm.family not in ("gpt2", "t5") and any(sliding_windows(lm.model.config)):
+        # before the build: its validation would be refused after it (validate_fused_export)
+        check_onnxruntime(SLIDING_WINDOW_ONNXRUNTIME, needed_by=f"exporting {lm.model.config.model_type} with "
+                          "sliding-window layers", why=SLIDING_WINDOW_WHY)
     references = None
     release = release and lm.family != "t5"  # T5's checks run its PyTorch model after the build
     if validate and release:

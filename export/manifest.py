@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from onnxlm.runtime.errors import ExportError
-from onnxlm.runtime.versions import MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, dotted
+from onnxlm.runtime.versions import (MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, SLIDING_WINDOW_WHY,
+                                     check_onnxruntime, dotted)
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "onnxlm.json"
@@ -96,6 +97,18 @@ def onnxruntime_requirement(path: Path) -> tuple[int, ...]:
     windowed = any(a.name == "local_window_size" and a.i >= 0 for n in graph.node if n.op_type == "GroupQueryAttention"
                    for a in n.attribute)
     return SLIDING_WINDOW_ONNXRUNTIME if windowed else MIN_ONNXRUNTIME
+
+
+def check_graph_onnxruntime(path: Path) -> None:
+    """DependencyError when the imported onnxruntime is older than the ONNX file ``path`` needs
+    (``onnxruntime_requirement``): its validation would otherwise fail by other numbers, or pass and write an artifact
+    this machine refuses to load."""
+    least = onnxruntime_requirement(path)
+    if least > MIN_ONNXRUNTIME:
+        check_onnxruntime(least, needed_by=f"the exported graph {path.name}",
+                          why=f"its sliding-window attention: {SLIDING_WINDOW_WHY}")
+    else:
+        check_onnxruntime()
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, QualityGateError
 from onnxlm.runtime.heap import release_free_heap
-from onnxlm.runtime.versions import check_onnxruntime
+from onnxlm.runtime.versions import check_artifact_onnxruntime, check_onnxruntime
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
@@ -201,6 +201,7 @@ def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
     if manifest.get("kind") != "causal-lm":
         raise ExportError(f"{src}: quantization supports decoder-only artifacts (GPT-2, Llama family) for now; "
                           f"this one is {manifest.get('kind')!r}")
+    check_artifact_onnxruntime(manifest, src)  # before the rewrite: the gate runs it and its variant
     if manifest.get("quantization"):
         raise ExportError(f"{src}: already quantized ({manifest['quantization'].get('scheme')}); quantize the fp32 "
                           "artifact")

@@ -49,17 +49,9 @@ class _Check:
 def _session(path: Path):
     import onnxruntime as ort
 
-    from onnxlm.runtime.versions import MIN_ONNXRUNTIME, SLIDING_WINDOW_WHY, check_onnxruntime
+    from .manifest import check_graph_onnxruntime
 
-    from .manifest import onnxruntime_requirement
-
-    # an older onnxruntime than the graph needs would fail its validation by other numbers: say why instead
-    least = onnxruntime_requirement(path)
-    if least > MIN_ONNXRUNTIME:
-        check_onnxruntime(least, needed_by=f"the exported graph {path.name}",
-                          why=f"its sliding-window attention: {SLIDING_WINDOW_WHY}")
-    else:
-        check_onnxruntime()
+    check_graph_onnxruntime(path)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -17,8 +17,10 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
     model_dir = Path(os.fspath(path)).expanduser()
     check_onnxruntime()  # before the provider probe and the checksums
     resolved = resolve_provider(provider)
-    manifest = load_manifest(model_dir, verify=verify)
-    check_artifact_onnxruntime(manifest, model_dir)  # e.g. a sliding-window layer: 1.24
+    manifest = load_manifest(model_dir, verify=False)
+    check_artifact_onnxruntime(manifest, model_dir)  # e.g. a sliding-window layer: 1.24; before the checksums
+    if verify:
+        manifest = load_manifest(model_dir, verify=True)
     cls = Seq2SeqLM if manifest["kind"] == "seq2seq-lm" else CausalLM
     if manifest.get("kv_layout", "plain") == KV_LAYOUT:  # in-place KV buffers: numpy-backed, CPU only
         if provider == "cuda":

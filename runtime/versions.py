@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import re
 import sys
+from pathlib import Path
 
-from .errors import DependencyError
+from .errors import DependencyError, ManifestError
 
 MIN_ONNXRUNTIME = (1, 23)  # every artifact (pyproject's floor for onnxruntime and onnxruntime-gpu)
 SLIDING_WINDOW_ONNXRUNTIME = (1, 24)  # an artifact with a sliding-window GroupQueryAttention
@@ -64,42 +66,70 @@ SLIDING_WINDOW_WHY = ("before 1.24, GroupQueryAttention's local_window_size hold
 def check_onnxruntime(least: tuple[int, ...] = MIN_ONNXRUNTIME, *, needed_by: str = "onnxlm", why: str | None = None,
                       version: str | None = None) -> None:
     """Raise DependencyError when onnxruntime (``version``, else the imported one) is older than ``least``, saying
-    what needs it (``needed_by``) and why."""
+    what needs it (``needed_by``) and why (default: the floor's reason)."""
     if version is None:
         import onnxruntime
 
         version = onnxruntime.__version__
     if not _older(version, least):
         return
-    gpu = installed_version("onnxruntime-gpu") is not None
-    package = "onnxruntime-gpu[cuda,cudnn]" if gpu else "onnxruntime"
+    package = "onnxruntime-gpu[cuda,cudnn]" if installed_version("onnxruntime-gpu") else "onnxruntime"
     python = (" (onnxruntime 1.24 and later have no wheels for Python 3.10: Python 3.11 or newer)"
               if least >= SLIDING_WINDOW_ONNXRUNTIME and sys.version_info < (3, 11) else "")
-    why = why or "older versions cannot open its quantized graphs: GatherBlockQuantized came in 1.23"
-    raise DependencyError(f"onnxruntime{'-gpu' if gpu else ''} {version} is installed; {needed_by} needs onnxruntime "
-                          f">= {dotted(least)} ({why}). Upgrade: pip install -U '{package}>={dotted(least)}'{python}")
+    if why is None:
+        why = ("older versions cannot open its quantized graphs: GatherBlockQuantized came in 1.23"
+               if least == MIN_ONNXRUNTIME else "recorded at its export")
+    raise DependencyError(f"onnxruntime {version} is installed; {needed_by} needs onnxruntime >= {dotted(least)} "
+                          f"({why}). Upgrade: pip install -U '{package}>={dotted(least)}'{python}")
 
 
-def artifact_onnxruntime(manifest: dict) -> tuple[int, ...]:
+def _config_has_windows(model_dir: Path) -> bool:
+    """An artifact's config.json -> whether a layer has a sliding window (export/fused_llama.py's
+    ``sliding_windows``: Qwen 2 and SmolLM3 only with ``use_sliding_window``; ``layer_types`` names the windowed
+    layers); True when there is no readable config (nothing says otherwise)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    if not isinstance(config, dict):
+        return True
+    window = config.get("sliding_window")
+    if config.get("model_type") in ("qwen2", "smollm3") and not config.get("use_sliding_window", False):
+        window = None
+    types = config.get("layer_types")
+    return window is not None and (not isinstance(types, list) or "sliding_attention" in types)
+
+
+def artifact_onnxruntime(manifest: dict, model_dir=None) -> tuple[int, ...]:
     """The oldest onnxruntime an artifact's graphs answer right on: its manifest's ``requires.onnxruntime`` (written
-    at export from its graphs), else 1.24 for a fused artifact exported before that field (it may hold a
-    sliding-window layer), else ``MIN_ONNXRUNTIME``."""
-    recorded = version_tuple((manifest.get("requires") or {}).get("onnxruntime"))
-    if recorded is not None:
-        return max(recorded, MIN_ONNXRUNTIME)
-    return SLIDING_WINDOW_ONNXRUNTIME if manifest.get("kv_layout") == "fused-gqa" else MIN_ONNXRUNTIME
+    at export from its graphs); for a fused artifact exported before that field, 1.24 where its config.json (in
+    ``model_dir``) has a sliding window; else ``MIN_ONNXRUNTIME``. ManifestError for a ``requires`` of another form."""
+    requires = manifest.get("requires")
+    if requires is not None:
+        recorded = requires.get("onnxruntime") if isinstance(requires, dict) else None
+        least = version_tuple(recorded) if isinstance(recorded, str) else None
+        if least is None:
+            raise ManifestError(f"{model_dir or 'the manifest'}: requires={requires!r}; expected "
+                                '{"onnxruntime": "<major>.<minor>"} (re-export the artifact)')
+        return max(least, MIN_ONNXRUNTIME)
+    if manifest.get("kv_layout") == "fused-gqa" and (model_dir is None or _config_has_windows(model_dir)):
+        return SLIDING_WINDOW_ONNXRUNTIME
+    return MIN_ONNXRUNTIME
 
 
-def check_artifact_onnxruntime(manifest: dict, where) -> None:
-    """DependencyError when the imported onnxruntime is older than the artifact at ``where`` needs."""
-    least = artifact_onnxruntime(manifest)
+def check_artifact_onnxruntime(manifest: dict, model_dir) -> None:
+    """DependencyError when the imported onnxruntime is older than the artifact in ``model_dir`` needs."""
+    least = artifact_onnxruntime(manifest, model_dir)
     if least <= MIN_ONNXRUNTIME:
         return check_onnxruntime()
-    recorded = "onnxruntime" in (manifest.get("requires") or {})
-    why = (f"its sliding-window attention: {SLIDING_WINDOW_WHY}" if recorded else
-           "it was exported before its manifest recorded the onnxruntime it needs, and may hold sliding-window "
-           f"attention: {SLIDING_WINDOW_WHY}; a re-export records what it needs")
-    check_onnxruntime(least, needed_by=f"the artifact {where}", why=why)
+    recorded = manifest.get("requires") is not None
+    if least == SLIDING_WINDOW_ONNXRUNTIME:
+        why = (f"its sliding-window attention: {SLIDING_WINDOW_WHY}" if recorded else
+               "it was exported before its manifest recorded the onnxruntime it needs, and its config.json has a "
+               f"sliding window (or none is readable): {SLIDING_WINDOW_WHY}; or re-export it to record what it needs")
+    else:
+        why = "recorded at its export"
+    check_onnxruntime(least, needed_by=f"the artifact {model_dir}", why=why)
 
 
 def check_tokenizers() -> None:

@@ -189,7 +189,7 @@ def test_cuda_listed_but_not_starting(tiny_gpt2, monkeypatch):
         assert session.cuda_starts() is False  # a CPU-only onnxruntime: the probe gets the CPU
 
 
-def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch):
+def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, tmp_path):
     """onnxruntime before MIN_ONNXRUNTIME cannot open some graphs; an artifact that needs more (its manifest's
     ``requires``; a fused one from before that field: the sliding-window floor) is refused below that. Loading, and an
     export's validation, refuse by version (DependencyError); pyproject asks for the floor for onnxruntime and
@@ -217,12 +217,25 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch):
     assert artifact_onnxruntime({"requires": {"onnxruntime": least}, "kv_layout": "fused-gqa"}) == MIN_ONNXRUNTIME
     assert artifact_onnxruntime({"kv_layout": "fused-gqa"}) == SLIDING_WINDOW_ONNXRUNTIME  # exported before "requires"
     assert artifact_onnxruntime({}) == MIN_ONNXRUNTIME  # a plain (optimum) graph from before it
+    for config, least_there in (({"model_type": "mistral", "sliding_window": 4}, SLIDING_WINDOW_ONNXRUNTIME),
+                                ({"model_type": "gemma3_text", "sliding_window": 4,
+                                  "layer_types": ["sliding_attention", "full_attention"]}, SLIDING_WINDOW_ONNXRUNTIME),
+                                ({"model_type": "gemma3_text", "sliding_window": 4,
+                                  "layer_types": ["full_attention"]}, MIN_ONNXRUNTIME),
+                                ({"model_type": "qwen2", "sliding_window": 4, "use_sliding_window": False},
+                                 MIN_ONNXRUNTIME),
+                                ({"model_type": "llama"}, MIN_ONNXRUNTIME)):
+        (tmp_path / "config.json").write_text(json.dumps(config))  # an artifact from before "requires": its config
+        assert artifact_onnxruntime({"kv_layout": "fused-gqa"}, tmp_path) == least_there, config
+    for bad in ("1.24", {"onnxruntime": 1.24}, {"onnxruntime": "new"}, {}):
+        with pytest.raises(ManifestError, match=r"requires=.*expected \{\"onnxruntime\": \"<major>\.<minor>\"\}"):
+            artifact_onnxruntime({"requires": bad}, tmp_path)
     monkeypatch.setattr(ort, "__version__", "1.23.2")
     check_artifact_onnxruntime({"requires": {"onnxruntime": least}}, "here")
     with pytest.raises(DependencyError, match=r"1\.23\.2 is installed; the artifact here needs onnxruntime >= 1\.24 "
                                               r"\(its sliding-window attention: before 1\.24.*one position more"):
         check_artifact_onnxruntime({"requires": {"onnxruntime": "1.24"}}, "here")
-    with pytest.raises(DependencyError, match=r"exported before its manifest recorded.*a re-export records"):
+    with pytest.raises(DependencyError, match=r"exported before its manifest recorded.*re-export it to record"):
         check_artifact_onnxruntime({"kv_layout": "fused-gqa"}, "here")
     assert onnxlm.load(tiny_gpt2.onnx_dir).vocab_size  # its manifest requires the floor alone
     monkeypatch.setattr(ort, "__version__", "1.22.1")

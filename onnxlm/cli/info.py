@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from onnxlm.runtime.versions import artifact_onnxruntime, dotted
+
 from .args import add_model_args, command_parser, load_model
 
 DESCRIPTION = """\
@@ -64,6 +66,7 @@ def collect(model) -> dict:
         "special_tokens": m.get("special_tokens"), "dtype": m.get("dtype"), "opset": m.get("opset"),
         "kv_layout": m.get("kv_layout", "plain"),
         "versions": m.get("versions"), "validation": m.get("validation"), "quantization": m.get("quantization"),
+        "requires": {"onnxruntime": dotted(artifact_onnxruntime(m, model.path))},  # recorded, or its legacy reading
         "chat_template": model.chat_template is not None,
         "provider": model.provider,
         "generation_config": gen_set,
@@ -208,6 +211,8 @@ def _render(info: dict) -> str:
     out.append(f"  chat template   {'yes' if info['chat_template'] else 'no'}")
     if info.get("versions"):
         out.append(f"  exported with   {_kv(info['versions'])}")
+    if info.get("requires"):
+        out.append(f"  runs on         onnxruntime >= {info['requires']['onnxruntime']}")
     val = info.get("validation")
     if val is None:
         out.append("  validation      none (exported with --no-validate)" if "validation" in info else "")
