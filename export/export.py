@@ -394,7 +394,9 @@ def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
     from .validate_fused import causal_references, validate_fused_export
 
     cfg = {**dims, **special}
-    if validate and lm.family not in ("gpt2", "t5") and any(sliding_windows(lm.model.config)):
+    limit = dims.get("max_positions")
+    if validate and lm.family not in ("gpt2", "t5") and any(w is not None and (limit is None or w < limit)
+                                                            for w in sliding_windows(lm.model.config)):
         # before the build: its validation would be refused after it (validate_fused_export)
         check_onnxruntime(SLIDING_WINDOW_ONNXRUNTIME, needed_by=f"exporting {lm.model.config.model_type} with "
                           "sliding-window layers", why=SLIDING_WINDOW_WHY)

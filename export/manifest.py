@@ -87,23 +87,25 @@ def check_graph_dims(graphs: dict[str, dict], dims: dict[str, Any], family: str)
                 raise ExportError(f"exported decoder lacks the {name!r} input (inputs: {dec[:4]}...)")
 
 
-def onnxruntime_requirement(path: Path) -> tuple[int, ...]:
+def onnxruntime_requirement(path: Path, max_positions: int | None = None) -> tuple[int, ...]:
     """An ONNX file -> the oldest onnxruntime it answers right on (``onnxlm.runtime.versions``): 1.24 where a
-    GroupQueryAttention has a sliding window (``local_window_size`` >= 0: before 1.24 it holds one position more),
-    else ``MIN_ONNXRUNTIME``."""
+    GroupQueryAttention has a sliding window that a sequence of ``max_positions`` can outgrow (``local_window_size``
+    w >= 0 and w < max_positions: before 1.24 it holds one position more, which changes nothing while a sequence
+    holds at most w; Phi-3.5's window of 262,144 over 4,096 positions never binds), else ``MIN_ONNXRUNTIME``."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    windowed = any(a.name == "local_window_size" and a.i >= 0 for n in graph.node if n.op_type == "GroupQueryAttention"
-                   for a in n.attribute)
-    return SLIDING_WINDOW_ONNXRUNTIME if windowed else MIN_ONNXRUNTIME
+    windows = [a.i for n in graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute
+               if a.name == "local_window_size" and a.i >= 0]
+    binding = [w for w in windows if max_positions is None or w < max_positions]
+    return SLIDING_WINDOW_ONNXRUNTIME if binding else MIN_ONNXRUNTIME
 
 
-def check_graph_onnxruntime(path: Path) -> None:
+def check_graph_onnxruntime(path: Path, max_positions: int | None = None) -> None:
     """DependencyError when the imported onnxruntime is older than the ONNX file ``path`` needs
     (``onnxruntime_requirement``): its validation would otherwise fail by other numbers, or pass and write an artifact
     this machine refuses to load."""
-    least = onnxruntime_requirement(path)
+    least = onnxruntime_requirement(path, max_positions)
     if least > MIN_ONNXRUNTIME:
         check_onnxruntime(least, needed_by=f"the exported graph {path.name}",
                           why=f"its sliding-window attention: {SLIDING_WINDOW_WHY}")
@@ -117,7 +119,8 @@ def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     manifest = {"format_version": FORMAT_VERSION, **manifest}
     manifest["files"] = file_table(out_dir)
     if manifest.get("graphs"):
-        least = max(onnxruntime_requirement(Path(out_dir) / g["file"]) for g in manifest["graphs"].values())
+        least = max(onnxruntime_requirement(Path(out_dir) / g["file"], manifest.get("max_positions"))
+                    for g in manifest["graphs"].values())
         manifest["requires"] = {"onnxruntime": dotted(least)}
     order = ["format_version", "kind", "model_type", "files", "graphs", "num_layers", "num_encoder_layers",
              "num_heads", "num_kv_heads", "head_dim", "hidden_size", "vocab_size", "max_positions", "special_tokens",

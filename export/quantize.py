@@ -44,7 +44,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from onnxlm.runtime.errors import ExportError, QualityGateError
+from onnxlm.runtime.errors import ExportError, ManifestError, QualityGateError
 from onnxlm.runtime.heap import release_free_heap
 from onnxlm.runtime.versions import check_artifact_onnxruntime, check_onnxruntime
 
@@ -187,7 +187,7 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
 
 def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
     """The manifest of the fp32 decoder-only artifact ``src``; ExportError for anything else, or when ``out_dir``
-    is taken and not ``force``."""
+    is taken and not ``force``; DependencyError when this onnxruntime is older than the artifact needs."""
     manifest_path = src / "onnxlm.json"
     if not manifest_path.is_file():
         raise ExportError(f"{src}: not an onnxlm artifact (no onnxlm.json)")
@@ -201,10 +201,13 @@ def read_fp32_manifest(src: Path, out_dir: Path, force: bool) -> dict:
     if manifest.get("kind") != "causal-lm":
         raise ExportError(f"{src}: quantization supports decoder-only artifacts (GPT-2, Llama family) for now; "
                           f"this one is {manifest.get('kind')!r}")
-    check_artifact_onnxruntime(manifest, src)  # before the rewrite: the gate runs it and its variant
     if manifest.get("quantization"):
         raise ExportError(f"{src}: already quantized ({manifest['quantization'].get('scheme')}); quantize the fp32 "
                           "artifact")
+    try:  # before the rewrite: the gate runs it and its variant
+        check_artifact_onnxruntime(manifest, src)
+    except ManifestError as e:
+        raise ExportError(str(e)) from e
     refuse_taken(out_dir, force, src)
     return manifest
 

@@ -129,7 +129,7 @@ def validate_fused_export(model, out_dir: Path, manifest: dict, cfg: dict, *, to
     from .manifest import check_graph_onnxruntime
 
     for graph in manifest["graphs"].values():  # the runtime's sessions check only the floor every graph needs
-        check_graph_onnxruntime(Path(out_dir) / graph["file"])
+        check_graph_onnxruntime(Path(out_dir) / graph["file"], manifest.get("max_positions"))
     model.eval()
     if manifest["kind"] == "seq2seq-lm":
         checks = _fused_seq2seq_checks(model, FusedSeq2SeqLM(Path(out_dir), manifest, "cpu", None), cfg)

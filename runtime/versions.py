@@ -83,10 +83,10 @@ def check_onnxruntime(least: tuple[int, ...] = MIN_ONNXRUNTIME, *, needed_by: st
                           f"({why}). Upgrade: pip install -U '{package}>={dotted(least)}'{python}")
 
 
-def _config_has_windows(model_dir: Path) -> bool:
-    """An artifact's config.json -> whether a layer has a sliding window (export/fused_llama.py's
-    ``sliding_windows``: Qwen 2 and SmolLM3 only with ``use_sliding_window``; ``layer_types`` names the windowed
-    layers); True when there is no readable config (nothing says otherwise)."""
+def _config_has_windows(model_dir: Path, max_positions: int | None) -> bool:
+    """An artifact's config.json -> whether a layer has a sliding window shorter than ``max_positions`` (the
+    artifact's; export/fused_llama.py's ``sliding_windows``: Qwen 2 and SmolLM3 only with ``use_sliding_window``;
+    ``layer_types`` names the windowed layers); True when there is no readable config (nothing says otherwise)."""
     try:
         config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -97,6 +97,8 @@ def _config_has_windows(model_dir: Path) -> bool:
     if config.get("model_type") in ("qwen2", "smollm3") and not config.get("use_sliding_window", False):
         window = None
     types = config.get("layer_types")
+    if isinstance(window, int) and isinstance(max_positions, int) and window >= max_positions:
+        return False  # a window no sequence of the artifact outgrows: 1.23's extra position changes nothing
     return window is not None and (not isinstance(types, list) or "sliding_attention" in types)
 
 
@@ -112,7 +114,8 @@ def artifact_onnxruntime(manifest: dict, model_dir=None) -> tuple[int, ...]:
             raise ManifestError(f"{model_dir or 'the manifest'}: requires={requires!r}; expected "
                                 '{"onnxruntime": "<major>.<minor>"} (re-export the artifact)')
         return max(least, MIN_ONNXRUNTIME)
-    if manifest.get("kv_layout") == "fused-gqa" and (model_dir is None or _config_has_windows(model_dir)):
+    if manifest.get("kv_layout") == "fused-gqa" and (model_dir is None or
+                                                     _config_has_windows(model_dir, manifest.get("max_positions"))):
         return SLIDING_WINDOW_ONNXRUNTIME
     return MIN_ONNXRUNTIME
 
@@ -126,7 +129,7 @@ def check_artifact_onnxruntime(manifest: dict, model_dir) -> None:
     if least == SLIDING_WINDOW_ONNXRUNTIME:
         why = (f"its sliding-window attention: {SLIDING_WINDOW_WHY}" if recorded else
                "it was exported before its manifest recorded the onnxruntime it needs, and its config.json has a "
-               f"sliding window (or none is readable): {SLIDING_WINDOW_WHY}; or re-export it to record what it needs")
+               f"sliding window (or none is readable): {SLIDING_WINDOW_WHY}")
     else:
         why = "recorded at its export"
     check_onnxruntime(least, needed_by=f"the artifact {model_dir}", why=why)

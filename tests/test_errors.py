@@ -224,9 +224,10 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, 
                                   "layer_types": ["full_attention"]}, MIN_ONNXRUNTIME),
                                 ({"model_type": "qwen2", "sliding_window": 4, "use_sliding_window": False},
                                  MIN_ONNXRUNTIME),
-                                ({"model_type": "llama"}, MIN_ONNXRUNTIME)):
+                                ({"model_type": "llama"}, MIN_ONNXRUNTIME),
+                                ({"model_type": "phi3", "sliding_window": 262144}, MIN_ONNXRUNTIME)):  # > 4096
         (tmp_path / "config.json").write_text(json.dumps(config))  # an artifact from before "requires": its config
-        assert artifact_onnxruntime({"kv_layout": "fused-gqa"}, tmp_path) == least_there, config
+        assert artifact_onnxruntime({"kv_layout": "fused-gqa", "max_positions": 4096}, tmp_path) == least_there, config
     for bad in ("1.24", {"onnxruntime": 1.24}, {"onnxruntime": "new"}, {}):
         with pytest.raises(ManifestError, match=r"requires=.*expected \{\"onnxruntime\": \"<major>\.<minor>\"\}"):
             artifact_onnxruntime({"requires": bad}, tmp_path)
@@ -235,8 +236,8 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, 
     with pytest.raises(DependencyError, match=r"1\.23\.2 is installed; the artifact here needs onnxruntime >= 1\.24 "
                                               r"\(its sliding-window attention: before 1\.24.*one position more"):
         check_artifact_onnxruntime({"requires": {"onnxruntime": "1.24"}}, "here")
-    with pytest.raises(DependencyError, match=r"exported before its manifest recorded.*re-export it to record"):
-        check_artifact_onnxruntime({"kv_layout": "fused-gqa"}, "here")
+    with pytest.raises(DependencyError, match=r"exported before its manifest recorded.*none is readable"):
+        check_artifact_onnxruntime({"kv_layout": "fused-gqa"}, tmp_path / "absent")
     assert onnxlm.load(tiny_gpt2.onnx_dir).vocab_size  # its manifest requires the floor alone
     monkeypatch.setattr(ort, "__version__", "1.22.1")
     graph = json.loads((tiny_gpt2.onnx_dir / "onnxlm.json").read_text())["graphs"]["decoder"]["file"]
@@ -245,6 +246,30 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, 
                                                   r"1\.23 "):
             refused()
     assert issubclass(DependencyError, onnxlm.OnnxlmError)
+
+
+def test_a_window_no_sequence_outgrows_needs_only_the_floor(tmp_path):
+    """Before 1.24 a window of w holds w + 1 positions, which changes nothing while a sequence holds at most w: a
+    graph's need (export/manifest.py) counts a GroupQueryAttention window only where it is shorter than the
+    artifact's positions (Phi-3.5's 262,144 over 4,096 positions never binds)."""
+    from onnx import TensorProto, helper, save
+
+    from onnxlm.export.manifest import onnxruntime_requirement
+    from onnxlm.runtime.versions import MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME
+
+    def graph(window: int):
+        node = helper.make_node("GroupQueryAttention", ["q"], ["y"], domain="com.microsoft", num_heads=1,
+                                kv_num_heads=1, local_window_size=window)
+        x = helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 1, 8])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8])
+        path = tmp_path / f"w{window}.onnx"
+        save(helper.make_model(helper.make_graph([node], "g", [x], [y])), str(path))
+        return path
+
+    assert onnxruntime_requirement(graph(-1), 16) == MIN_ONNXRUNTIME
+    assert onnxruntime_requirement(graph(8), 8) == MIN_ONNXRUNTIME  # 8 positions at most: the window never binds
+    assert onnxruntime_requirement(graph(8), 9) == SLIDING_WINDOW_ONNXRUNTIME
+    assert onnxruntime_requirement(graph(8), None) == SLIDING_WINDOW_ONNXRUNTIME  # no position limit
 
 
 def test_a_tokenizers_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch):
