@@ -46,7 +46,7 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError, ManifestError, QualityGateError
 from onnxlm.runtime.heap import release_free_heap
-from onnxlm.runtime.versions import check_artifact_onnxruntime, check_onnxruntime
+from onnxlm.runtime.versions import QUANTIZER_ONNXRUNTIME, check_artifact_onnxruntime, check_onnxruntime
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
@@ -151,7 +151,8 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
     ``quality_text``: the gate's text instead of the shipped one (``onnxlm.export.quality.check_quality_text``)."""
     from .head_quant import check_quantize_head
 
-    check_onnxruntime()  # before any work: the gate runs both artifacts on it
+    check_onnxruntime(QUANTIZER_ONNXRUNTIME, needed_by=f"quantize_artifact(scheme={scheme!r})",
+                      why="onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24")  # before any work
     bits = _check_args(scheme, block_size, accuracy_level)
     check_quantize_head(quantize_head)
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()

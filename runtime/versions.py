@@ -13,6 +13,9 @@ onnxruntime 1.19-1.32; the tests' GGUF vocabularies on tokenizers 0.15-0.23; the
   ~3e-3 apart, relative: a quantized variant's other rounding, not a wrong graph; its gate measured it on the
   exporting machine's). 1.22 and before cannot open the quantized variants (``GatherBlockQuantized``), 1.21 and
   before the fused T5 decoder, 1.20 and before the soft-capped graphs. Python 3.10 has onnxruntime wheels up to 1.23.
+- Exporting int8 / int4 variants needs onnxruntime 1.24 (its ``MatMulNBitsQuantizer`` takes ``bits`` from then);
+  the test suite 1.32 (its one-node graphs carry onnx 1.23.2's IR version 14, which onnxruntime reads from 1.32;
+  every artifact onnxlm writes is IR 8).
 - tokenizers 0.21.2: 0.21.0-0.21.1 split one text of Unicode 15.1's CJK Extension I otherwise than llama.cpp in 11 of
   the vocabularies (older Unicode tables in the split regex); before 0.21 there is no ``DecodeStream``.
 - llguidance 1.7: 1.6 and before take one EOS id, not several (a TypeError mid-call).
@@ -30,6 +33,7 @@ from .errors import DependencyError, ManifestError
 
 MIN_ONNXRUNTIME = (1, 23)  # every artifact (pyproject's floor for onnxruntime and onnxruntime-gpu)
 SLIDING_WINDOW_ONNXRUNTIME = (1, 24)  # an artifact with a sliding-window GroupQueryAttention
+QUANTIZER_ONNXRUNTIME = (1, 24)  # export's int8 / int4: onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24
 MIN_TOKENIZERS = (0, 21, 2)
 MIN_LLGUIDANCE = (1, 7)
 

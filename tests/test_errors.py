@@ -205,7 +205,8 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, 
 
     least = ".".join(map(str, MIN_ONNXRUNTIME))
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    assert re.findall(r'"onnxruntime(?:-gpu\[cuda,cudnn\])?>=([\d.]+)"', pyproject) == [least, least]
+    # the base install, the cuda extra, the test extra (its graphs' IR version 14 reads from 1.32)
+    assert re.findall(r'"onnxruntime(?:-gpu\[cuda,cudnn\])?>=([\d.]+)"', pyproject) == [least, least, "1.32"]
     for fine in (least, f"{least}.1", f"{least}.0rc1", "1.31.0+cu124", "1.40.0.dev20270101", "2.0.0", "local-build"):
         check_onnxruntime(version=fine)
     for old in ("1.22.9", "1.3.0", "0.99"):
@@ -239,6 +240,12 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, 
     with pytest.raises(DependencyError, match=r"exported before its manifest recorded.*none is readable"):
         check_artifact_onnxruntime({"kv_layout": "fused-gqa"}, tmp_path / "absent")
     assert onnxlm.load(tiny_gpt2.onnx_dir).vocab_size  # its manifest requires the floor alone
+    from onnxlm.export import quantize_artifact
+
+    with pytest.raises(DependencyError, match=r"quantize_artifact\(scheme='int8'\) needs onnxruntime >= 1\.24 "
+                                              r"\(onnxruntime's MatMulNBitsQuantizer takes bits= from 1\.24\)"):
+        quantize_artifact(tiny_gpt2.onnx_dir, tmp_path / "q", scheme="int8")
+    assert not (tmp_path / "q").exists()
     monkeypatch.setattr(ort, "__version__", "1.22.1")
     graph = json.loads((tiny_gpt2.onnx_dir / "onnxlm.json").read_text())["graphs"]["decoder"]["file"]
     for refused in (lambda: onnxlm.load(tiny_gpt2.onnx_dir), lambda: validate._session(tiny_gpt2.onnx_dir / graph)):
