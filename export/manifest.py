@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from onnxlm.runtime.errors import ExportError
-from onnxlm.runtime.versions import (MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, SLIDING_WINDOW_WHY,
-                                     check_onnxruntime, dotted)
+from onnxlm.runtime.versions import (MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, check_needed_onnxruntime,
+                                     dotted, window_binds)
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "onnxlm.json"
@@ -89,15 +89,13 @@ def check_graph_dims(graphs: dict[str, dict], dims: dict[str, Any], family: str)
 
 def onnxruntime_requirement(path: Path, max_positions: int | None = None) -> tuple[int, ...]:
     """An ONNX file -> the oldest onnxruntime it answers right on (``onnxlm.runtime.versions``): 1.24 where a
-    GroupQueryAttention has a sliding window that a sequence of ``max_positions`` can outgrow (``local_window_size``
-    w >= 0 and w < max_positions: before 1.24 it holds one position more, which changes nothing while a sequence
-    holds at most w; Phi-3.5's window of 262,144 over 4,096 positions never binds), else ``MIN_ONNXRUNTIME``."""
+    GroupQueryAttention has a sliding window (``local_window_size`` >= 0) that a sequence of ``max_positions`` can
+    outgrow (``window_binds``), else ``MIN_ONNXRUNTIME``."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    windows = [a.i for n in graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute
-               if a.name == "local_window_size" and a.i >= 0]
-    binding = [w for w in windows if max_positions is None or w < max_positions]
+    binding = any(a.name == "local_window_size" and a.i >= 0 and window_binds(a.i, max_positions)
+                  for n in graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute)
     return SLIDING_WINDOW_ONNXRUNTIME if binding else MIN_ONNXRUNTIME
 
 
@@ -105,12 +103,7 @@ def check_graph_onnxruntime(path: Path, max_positions: int | None = None) -> Non
     """DependencyError when the imported onnxruntime is older than the ONNX file ``path`` needs
     (``onnxruntime_requirement``): its validation would otherwise fail by other numbers, or pass and write an artifact
     this machine refuses to load."""
-    least = onnxruntime_requirement(path, max_positions)
-    if least > MIN_ONNXRUNTIME:
-        check_onnxruntime(least, needed_by=f"the exported graph {path.name}",
-                          why=f"its sliding-window attention: {SLIDING_WINDOW_WHY}")
-    else:
-        check_onnxruntime()
+    check_needed_onnxruntime(onnxruntime_requirement(path, max_positions), f"the exported graph {path.name}")
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

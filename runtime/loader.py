@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 from .errors import ManifestError, ProviderError
-from .manifest import load_manifest
+from .manifest import load_manifest, verify_files
 from .session import resolve_provider
 from .versions import check_artifact_onnxruntime, check_onnxruntime
 
@@ -20,7 +20,7 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
     manifest = load_manifest(model_dir, verify=False)
     check_artifact_onnxruntime(manifest, model_dir)  # e.g. a sliding-window layer: 1.24; before the checksums
     if verify:
-        manifest = load_manifest(model_dir, verify=True)
+        verify_files(model_dir, manifest)
     cls = Seq2SeqLM if manifest["kind"] == "seq2seq-lm" else CausalLM
     if manifest.get("kv_layout", "plain") == KV_LAYOUT:  # in-place KV buffers: numpy-backed, CPU only
         if provider == "cuda":

@@ -82,12 +82,20 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
                             f"format versions 1..{FORMAT_VERSION} (upgrade onnxlm or re-export)")
     if manifest.get("kind") not in ("causal-lm", "seq2seq-lm"):
         raise ManifestError(f"{path}: kind={manifest.get('kind')!r}; allowed: 'causal-lm', 'seq2seq-lm'")
-    for name, entry in manifest.get("files", {}).items():
+    for name in manifest.get("files", {}):
         file = model_dir / name
         if not file.is_file():
             raise ModelFileError(f"{name} is listed in {MANIFEST_NAME} but missing from {model_dir}", str(file))
-        if not verify:
-            continue
+    if verify:
+        verify_files(model_dir, manifest)
+    return manifest
+
+
+def verify_files(model_dir: Path, manifest: dict) -> None:
+    """Every file the manifest lists has its recorded size and sha256 (ModelFileError naming the first that does
+    not)."""
+    for name, entry in manifest.get("files", {}).items():
+        file = model_dir / name
         size = file.stat().st_size
         if "bytes" in entry and size != entry["bytes"]:
             raise ModelFileError(f"{file} has {size} bytes, the manifest says {entry['bytes']} "
@@ -95,7 +103,6 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
         if sha256_of(file) != entry.get("sha256"):
             raise ModelFileError(f"{file}: sha256 does not match the manifest (corrupt or replaced; "
                                  "re-export, or load with verify=False to skip the check)", str(file))
-    return manifest
 
 
 def manifest_from_optimum_dir(model_dir: Path) -> dict:

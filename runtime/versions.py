@@ -36,6 +36,15 @@ SLIDING_WINDOW_ONNXRUNTIME = (1, 24)  # an artifact with a sliding-window GroupQ
 QUANTIZER_ONNXRUNTIME = (1, 24)  # export's int8 / int4: onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24
 MIN_TOKENIZERS = (0, 21, 2)
 MIN_LLGUIDANCE = (1, 7)
+SLIDING_WINDOW_WHY = ("before 1.24, GroupQueryAttention's local_window_size holds one position more than the model's "
+                      "sliding window: other answers, without an error")
+
+
+def window_binds(window: int | None, max_positions: int | None) -> bool:
+    """Whether a sliding window of ``window`` positions (None: none) can bind in an artifact of ``max_positions``
+    (None: no limit): before 1.24 onnxruntime's window holds one position more, which changes nothing while a
+    sequence holds at most ``window`` (Phi-3.5's 262,144 over 4,096 positions never binds)."""
+    return window is not None and (max_positions is None or window < max_positions)
 
 
 def version_tuple(text: str | None) -> tuple[int, ...] | None:
@@ -61,10 +70,6 @@ def installed_version(distribution: str) -> str | None:
 def _older(version: str | None, least: tuple[int, ...]) -> bool:
     found = version_tuple(version)
     return found is not None and found < least
-
-
-SLIDING_WINDOW_WHY = ("before 1.24, GroupQueryAttention's local_window_size holds one position more than the model's "
-                      "sliding window: other answers, without an error")
 
 
 def check_onnxruntime(least: tuple[int, ...] = MIN_ONNXRUNTIME, *, needed_by: str = "onnxlm", why: str | None = None,
@@ -101,9 +106,8 @@ def _config_has_windows(model_dir: Path, max_positions: int | None) -> bool:
     if config.get("model_type") in ("qwen2", "smollm3") and not config.get("use_sliding_window", False):
         window = None
     types = config.get("layer_types")
-    if isinstance(window, int) and isinstance(max_positions, int) and window >= max_positions:
-        return False  # a window no sequence of the artifact outgrows: 1.23's extra position changes nothing
-    return window is not None and (not isinstance(types, list) or "sliding_attention" in types)
+    binds = window_binds(window, max_positions) if window is None or isinstance(window, int) else True  # unreadable
+    return binds and (not isinstance(types, list) or "sliding_attention" in types)
 
 
 def artifact_onnxruntime(manifest: dict, model_dir=None) -> tuple[int, ...]:
@@ -124,19 +128,25 @@ def artifact_onnxruntime(manifest: dict, model_dir=None) -> tuple[int, ...]:
     return MIN_ONNXRUNTIME
 
 
+def check_needed_onnxruntime(least: tuple[int, ...], needed_by: str, why: str | None = None) -> None:
+    """``check_onnxruntime`` for what ``needed_by`` (an artifact, a graph) needs, ``least``: the floor's check and
+    message where that is all it needs; else its own, ``why`` defaulting to its sliding-window attention (1.24) or
+    to its export's record."""
+    if least <= MIN_ONNXRUNTIME:
+        return check_onnxruntime()
+    if why is None:
+        why = (f"its sliding-window attention: {SLIDING_WINDOW_WHY}" if least == SLIDING_WINDOW_ONNXRUNTIME else
+               "recorded at its export")
+    check_onnxruntime(least, needed_by=needed_by, why=why)
+
+
 def check_artifact_onnxruntime(manifest: dict, model_dir) -> None:
     """DependencyError when the imported onnxruntime is older than the artifact in ``model_dir`` needs."""
     least = artifact_onnxruntime(manifest, model_dir)
-    if least <= MIN_ONNXRUNTIME:
-        return check_onnxruntime()
-    recorded = manifest.get("requires") is not None
-    if least == SLIDING_WINDOW_ONNXRUNTIME:
-        why = (f"its sliding-window attention: {SLIDING_WINDOW_WHY}" if recorded else
-               "it was exported before its manifest recorded the onnxruntime it needs, and its config.json has a "
-               f"sliding window (or none is readable): {SLIDING_WINDOW_WHY}")
-    else:
-        why = "recorded at its export"
-    check_onnxruntime(least, needed_by=f"the artifact {model_dir}", why=why)
+    legacy = manifest.get("requires") is None and least == SLIDING_WINDOW_ONNXRUNTIME
+    why = ("it was exported before its manifest recorded the onnxruntime it needs, and its config.json has a "
+           f"sliding window (or none is readable): {SLIDING_WINDOW_WHY}") if legacy else None
+    check_needed_onnxruntime(least, f"the artifact {model_dir}", why)
 
 
 def check_tokenizers() -> None:
