@@ -19,6 +19,20 @@ from .streaming import IncrementalText
 from .tokenizer import TextTokenizer, pad_batch
 
 
+def artifact_generation_config(path: Path, manifest: dict, config: dict) -> GenerationConfig:
+    """An artifact's generation_config.json (transformers' defaults without one), its unset special-token ids taken
+    from the manifest's special_tokens, then from config.json."""
+    gen_file = path / "generation_config.json"
+    gen = GenerationConfig.from_file(gen_file) if gen_file.is_file() else GenerationConfig()
+    specials = manifest.get("special_tokens", {})
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
+        if getattr(gen, name) is None:
+            value = specials.get(name, config.get(name))
+            if value is not None:
+                gen = gen.replace(**{name: value})
+    return gen
+
+
 class LanguageModel:
     """Base of CausalLM / Seq2SeqLM. Subclasses provide `_init_graphs`, `start`, `initial_sequences`, `logits`."""
 
@@ -27,18 +41,11 @@ class LanguageModel:
     def __init__(self, path: Path, manifest: dict, provider: str, threads: int | None):
         self.path, self.manifest, self.provider, self.threads = path, manifest, provider, threads
         self.config = read_json(path / "config.json")
-        gen_file = path / "generation_config.json"
-        self.generation_config = GenerationConfig.from_file(gen_file) if gen_file.is_file() else GenerationConfig()
+        self.generation_config = artifact_generation_config(path, manifest, self.config)
         unsupported = self.generation_config.unsupported_settings()
         if unsupported:
-            warnings.warn(f"{gen_file}: onnxlm ignores these generation settings it does not implement: "
-                          f"{unsupported}; results can differ from transformers' generate", stacklevel=3)
-        specials = manifest.get("special_tokens", {})
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id"):
-            if getattr(self.generation_config, name) is None:
-                value = specials.get(name, self.config.get(name))
-                if value is not None:
-                    self.generation_config = self.generation_config.replace(**{name: value})
+            warnings.warn(f"{path / 'generation_config.json'}: onnxlm ignores these generation settings it does not "
+                          f"implement: {unsupported}; results can differ from transformers' generate", stacklevel=3)
         tok_file = path / "tokenizer.json"
         self.tokenizer = TextTokenizer.from_file(tok_file) if tok_file.is_file() else None
         self._init_graphs()

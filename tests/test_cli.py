@@ -352,6 +352,30 @@ def test_info(capsys, tiny_gpt2, tiny_t5):
     assert info["files"]["onnxlm.json"] > 0
 
 
+
+def test_info_describes_an_artifact_the_installed_onnxruntime_cannot_run(capsys, tiny_gpt2, monkeypatch):
+    """Under an onnxruntime older than the artifact needs, ``info`` still describes it from its manifest (no graph
+    inputs or outputs: no session opened) and says why it does not load here, exit 0; ``generate`` is refused."""
+    import onnxruntime as ort
+
+    _, out, _ = run_cli(capsys, "info", tiny_gpt2.onnx_dir, "--json")
+    loaded = json.loads(out)
+    monkeypatch.setattr(ort, "__version__", "1.22.1")
+    code, out, _ = run_cli(capsys, "info", tiny_gpt2.onnx_dir)
+    assert code == 0
+    assert "runs on         onnxruntime >= 1.23" in out and "model.onnx" in out and "onnxlm.json" in out
+    assert "not loaded      onnxruntime 1.22.1 is installed; onnxlm needs onnxruntime >= 1.23" in out
+    assert "input_ids" not in out and "provider        -" in out
+    code, out, _ = run_cli(capsys, "info", tiny_gpt2.onnx_dir, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["cannot_load"].startswith("onnxruntime 1.22.1 is installed")
+    assert info["graphs"] and all(set(g) == {"file"} for g in info["graphs"].values())
+    assert loaded["cannot_load"] is None and set(loaded["graphs"]["decoder"]) > {"file"}
+    for same in ("vocab_size", "generation_config", "special_tokens", "chat_template", "files", "requires"):
+        assert info[same] == loaded[same], same
+    code, _, err = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "Hello")
+    assert code != 0 and "onnxruntime 1.22.1 is installed" in err
+
 def test_bench(capsys, tiny_gpt2):
     code, out, _ = run_cli(capsys, "bench", tiny_gpt2.onnx_dir, "--prompt", "Hello", "--max-new-tokens", 4,
                            "--runs", 1, "--warmup", 0, "--json")

@@ -215,3 +215,22 @@ def test_an_id_beyond_64_bits_is_named(tmp_path, tiny_gpt2, capsys):
     code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", tmp_path / "o.parquet")
     assert code == 2 and err.count("\n") == 1 and "18446744073709551616" in err and "64-bit" in err, err
     assert "mix types" not in err
+
+
+def test_an_artifact_the_installed_onnxruntime_cannot_run_is_refused_before_any_row(tmp_path, tiny_gpt2, capsys,
+                                                                                      monkeypatch):
+    """The artifact's onnxruntime need is checked with the job's other refusals, before the output's lock or parts
+    and before any model loads (it had been refused by the first load, after the job had been set up)."""
+    import onnxruntime as ort
+
+    src = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in TEXTS])
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(onnxlm.runtime, "load", no_load)
+    monkeypatch.setattr(ort, "__version__", "1.22.1")
+    out = tmp_path / "o.parquet"
+    code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out)
+    assert code == 1 and err.count("\n") == 1 and "onnxruntime 1.22.1 is installed" in err, err
+    assert not out.exists() and not (tmp_path / "o.parquet.parts").exists()

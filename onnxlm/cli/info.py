@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
+from onnxlm.runtime.errors import DependencyError
 from onnxlm.runtime.versions import artifact_onnxruntime, dotted
 
-from .args import add_model_args, command_parser, load_model
+from .args import add_model_args, command_parser, model_path
 
 DESCRIPTION = """\
 Describe an exported model: kind and architecture, special tokens, dtype/opset, the library versions it was
 exported with, the validation result, every ONNX graph's inputs and outputs (as onnxruntime loads them),
 the generation defaults and the files with their sizes.
+
+An artifact the installed onnxruntime (or tokenizers) is too old to run is described from its manifest, without its
+graphs' inputs and outputs, with the reason it does not load here.
 
 A .gguf file is described from its header, without exporting it: architecture, shape, tensor types (and which keep
 their blocks under --quantize gguf), tokenizer, whether onnxlm runs it, and its cached artifact when an earlier run
@@ -69,10 +75,36 @@ def collect(model) -> dict:
         "requires": {"onnxruntime": dotted(artifact_onnxruntime(m, model.path))},  # recorded, or its legacy reading
         "chat_template": model.chat_template is not None,
         "provider": model.provider,
+        "cannot_load": getattr(model, "cannot_load", None),  # why the installed libraries cannot run it, or None
         "generation_config": gen_set,
         "graphs": graphs,
         "files": files,
     }
+
+
+def unloaded(path: Path, reason: DependencyError) -> SimpleNamespace:
+    """What ``collect`` reads of an artifact the installed onnxruntime or tokenizers cannot run (``reason``): its
+    manifest, config and generation config, no graph sessions."""
+    from onnxlm.runtime.manifest import load_manifest, read_json
+    from onnxlm.runtime.model import artifact_generation_config
+
+    path = Path(path).expanduser()
+    manifest = load_manifest(path, verify=False)
+    config = read_json(path / "config.json")
+    return SimpleNamespace(path=path, manifest=manifest, vocab_size=config.get("vocab_size"), provider=None,
+                           generation_config=artifact_generation_config(path, manifest, config),
+                           chat_template=True if (path / "chat_template.jinja").is_file() else None,
+                           cannot_load=str(reason))
+
+
+def _load_or_describe(path, args):
+    """The loaded model, or what ``unloaded`` reads where the installed libraries are too old for it."""
+    from onnxlm.runtime import load
+
+    try:
+        return load(path, provider=args.provider, threads=args.threads, verify=args.verify)
+    except DependencyError as exc:
+        return unloaded(path, exc)
 
 
 def _arg(a) -> dict:
@@ -84,8 +116,7 @@ def run(args) -> int:
 
     if is_gguf_file(args.model_dir):
         return _run_gguf(args)
-    model = load_model(args)
-    info = collect(model)
+    info = collect(_load_or_describe(model_path(args), args))
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -98,12 +129,9 @@ def _run_gguf(args) -> int:
     description; never an export."""
     from onnxlm.export.gguf_artifact import artifact_dir_for, cached_artifact
     from onnxlm.export.gguf_summary import summarize_gguf
-    from onnxlm.runtime import load
-
     summary = summarize_gguf(args.model_dir)
     cached = cached_artifact(args.model_dir)
-    artifact = collect(load(cached, provider=args.provider, threads=args.threads, verify=args.verify)) \
-        if cached else None
+    artifact = collect(_load_or_describe(cached, args)) if cached else None
     if args.json:
         print(json.dumps({"gguf": summary, "artifact_dir": str(cached) if cached else None, "artifact": artifact},
                          indent=2, default=str))
@@ -213,6 +241,8 @@ def _render(info: dict) -> str:
         out.append(f"  exported with   {_kv(info['versions'])}")
     if info.get("requires"):
         out.append(f"  runs on         onnxruntime >= {info['requires']['onnxruntime']}")
+    if info.get("cannot_load"):
+        out.append(f"  not loaded      {info['cannot_load']}")
     val = info.get("validation")
     if val is None:
         out.append("  validation      none (exported with --no-validate)" if "validation" in info else "")
@@ -267,7 +297,7 @@ def _render(info: dict) -> str:
         else:
             out.append("    vs fp32        not measured (forced without a tokenizer)")
     out.append(f"  generation      {_kv(info['generation_config']) or 'transformers defaults'}")
-    out.append(f"  provider        {info['provider']}")
+    out.append(f"  provider        {info['provider'] or '-'}")
     for role, g in info["graphs"].items():
         out.append(f"  graph {role} ({g['file']})")
         for kind in ("inputs", "outputs"):

@@ -36,8 +36,10 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
     import pyarrow.compute as pc
     pa = import_pyarrow()
     from onnxlm.runtime.manifest import load_manifest
+    from onnxlm.runtime.versions import check_artifact_onnxruntime
     check_not_input(spec.output, spec.input)
     manifest = load_manifest(spec.model_dir, verify=False)
+    check_artifact_onnxruntime(manifest, spec.model_dir)  # DependencyError: this onnxruntime cannot run it
     _check_score_options(spec, manifest)
     if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
         from onnxlm.runtime.errors import ModelFileError
