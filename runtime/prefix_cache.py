@@ -12,6 +12,12 @@ different pass shape. A snapshot also keeps the next-token logits after its last
 them (a prompt after its prefill, a finished answer's last step), so the same prompt sent again resumes all of its
 positions and needs no forward pass (``resume`` with no rest; "regenerate" in a chat page).
 
+A model with recurrent layers beside its attention (LFM2's short convolutions) cannot resume from any prefix: the
+recurrent state after position p is not in the keys/values. Its snapshots carry checkpoints, the recurrent state
+after the lengths where it was taken (``state.checkpoint(row)``: a prompt after its prefill, a finished sequence), and
+resume only at one of those (``Snapshot.checkpoints``; None for a model that resumes anywhere), as llama.cpp's server
+does for such models: a chat's next turn and a prompt sent again find theirs, a shared system prompt alone does not.
+
 The scheduler (runtime/decoding/scheduler.py) looks every admitted causal request up, stores each request's prompt
 after its prefill and, when a one-row request finishes, its whole sequence (prompt + answer), so the next turn of a
 chat finds both. Seq2seq models are not cached (their decoder starts from one token).
@@ -37,13 +43,30 @@ class Snapshot:
     kv: dict
     logits: dict = field(default_factory=dict)
     owner: object = None  # the dropped one-row decoding state whose buffers ``kv`` views, until lent out once
+    # length -> the recurrent state after that many ids (name -> array; LFM2's convolution states), the only
+    # lengths it resumes at; None: a model whose keys/values alone resume it at any length
+    checkpoints: dict | None = None
 
     @property
     def nbytes(self) -> int:
         """Bytes held: each array's own, or once the whole buffer block that views share."""
         blocks = {id(a.base if a.base is not None else a): (a.base if a.base is not None else a).nbytes
                   for a in self.kv.values()}
-        return int(sum(blocks.values()) + self.ids.nbytes + sum(v.nbytes for v in self.logits.values()))
+        held = sum(a.nbytes for c in (self.checkpoints or {}).values() for a in c.values())
+        return int(sum(blocks.values()) + self.ids.nbytes + sum(v.nbytes for v in self.logits.values()) + held)
+
+    def resumable(self, shared: int, limit: int) -> int:
+        """How many of its positions a prompt sharing ``shared`` of its ids may resume from, at most ``limit``: any
+        length, or the longest checkpoint within both (0: none)."""
+        reach = min(shared, limit)
+        if self.checkpoints is None:
+            return reach
+        return max((n for n in self.checkpoints if n <= reach), default=0)
+
+    def state_at(self, reuse: int) -> dict:
+        """What ``model.resume`` takes to continue after ``reuse`` positions: the keys/values, and the recurrent
+        state there where the model has one (its checkpoint)."""
+        return self.kv if self.checkpoints is None else {**self.kv, **self.checkpoints[reuse]}
 
 
 def feed_rest(state, rest) -> np.ndarray | None:
@@ -80,13 +103,13 @@ class PrefixCache:
     def lookup(self, ids) -> tuple[Snapshot | None, int]:
         """ids [t] -> (the snapshot sharing the longest prefix, positions of it to reuse), or (None, 0); counts a
         hit or a miss and marks the snapshot recently used. Reuse is at most t - 1 (the last token is fed for the
-        next-token logits), or t from a snapshot that starts with these ids and holds the logits after them."""
+        next-token logits), or t from a snapshot that starts with these ids and holds the logits after them; a
+        snapshot with checkpoints resumes at the longest of them within that."""
         ids = np.asarray(ids, dtype=np.int64)
         best, reuse = None, 0
         for key, snap in self.entries.items():
             p = common_prefix(ids, snap.ids)
-            if not (p == len(ids) and p in snap.logits):
-                p = min(p, len(ids) - 1)
+            p = snap.resumable(p, len(ids) if p == len(ids) and p in snap.logits else len(ids) - 1)
             if p > reuse:
                 best, reuse = key, p
         if best is None:
@@ -111,7 +134,8 @@ class PrefixCache:
                 return snap
         return None
 
-    def put(self, ids, kv: dict, logits: np.ndarray | None = None, owner=None, first: int | None = None) -> None:
+    def put(self, ids, kv: dict, logits: np.ndarray | None = None, owner=None, first: int | None = None,
+            checkpoint: dict | None = None) -> None:
         """Store the keys/values ``kv`` (name -> [kv_heads, L, head_dim]) of ids [L] and, if given, the next-token
         logits [V] after them, unless an entry covers them; entries whose ids are a prefix of these are superseded
         (this one serves every lookup they would, and takes their logits), then the least recently used others go
@@ -121,7 +145,9 @@ class PrefixCache:
         included, is checked before anything is dropped: where the entry with all those logits does not fit alone,
         it keeps the logits after its first ``first`` ids (a finished answer's prompt: a "regenerate" sends it
         again), then after its longest prefixes, while they fit; one that cannot fit even without logits is not
-        kept and the cache stays as it was. The entry stored is never evicted by its own ``put``."""
+        kept and the cache stays as it was. The entry stored is never evicted by its own ``put``. ``checkpoint``: the
+        recurrent state after these ids (name -> array) of a model that resumes only at checkpoints; the entry takes
+        those of the entries it supersedes too."""
         if not self.enabled:
             return
         ids = np.asarray(ids, dtype=np.int64).copy()
@@ -129,15 +155,20 @@ class PrefixCache:
             return
         superseded = [k for k, s in self.entries.items()
                       if len(s.ids) <= len(ids) and common_prefix(s.ids, ids) == len(s.ids)]
-        merged = {}
-        for k in superseded:  # the logits after their prefixes hold for this one
+        merged, checkpoints = {}, None if checkpoint is None else {}
+        for k in superseded:  # the logits (and recurrent states) after their prefixes hold for this one
             merged.update(self.entries[k].logits)
+            if checkpoints is not None:
+                checkpoints.update(self.entries[k].checkpoints or {})
         if logits is not None:
             merged[len(ids)] = logits
-        snap = Snapshot(ids, kv, merged, owner)
+        if checkpoint is not None:
+            checkpoints[len(ids)] = checkpoint
+        snap = Snapshot(ids, kv, merged, owner, checkpoints)
         staying = self.bytes - sum(self.entries[k].nbytes for k in superseded)
         if staying + snap.nbytes > self.max_bytes and any(a.base is not None for a in kv.values()):
-            snap = Snapshot(ids, {name: np.array(a) for name, a in kv.items()}, merged)  # the held positions only
+            snap = Snapshot(ids, {name: np.array(a) for name, a in kv.items()}, merged,
+                            checkpoints=checkpoints)  # the held positions only
         if snap.nbytes > self.max_bytes:  # the logits that fit, most likely asked for first
             snap.logits, room = {}, self.max_bytes - snap.nbytes + sum(v.nbytes for v in merged.values())
             for n in sorted(merged, key=lambda n: (n != first, -n)):
@@ -154,9 +185,12 @@ class PrefixCache:
 
     def lend(self, snap: Snapshot, reuse: int):
         """The dropped one-row state behind ``snap`` (its keys/values are views of that state's buffers), for a
-        request to decode on from ``reuse`` of its positions without a copy, or None (copies, or lent already). The
+        request to decode on from ``reuse`` of its positions without a copy, or None (copies, lent already, or a
+        recurrent state that cannot roll back there: an entry with checkpoints lends only at its whole length). The
         entry is cut to those ``reuse`` positions, which the borrower never writes (a state writes only past its
         length), and is not lent again."""
+        if snap.checkpoints is not None and reuse != len(snap.ids):
+            return None
         state, snap.owner = snap.owner, None
         if state is None:
             return None
@@ -165,7 +199,7 @@ class PrefixCache:
             before = snap.nbytes  # what the cache counted for it
             del self.entries[snap.ids.tobytes()]
             snap.ids, snap.kv = snap.ids[:reuse], {n: a[:, :reuse] for n, a in snap.kv.items()}
-            snap.logits = {n: v for n, v in snap.logits.items() if n <= reuse}
+            snap.logits = {n: v for n, v in snap.logits.items() if n <= reuse}  # (checkpoints: never cut)
             if snap.ids.tobytes() in self.entries:  # an entry of exactly these ids already: this one goes
                 self.bytes -= before
             else:
@@ -182,13 +216,20 @@ class PrefixCache:
         if same_block and snap.owner is None:
             snap.owner = owner
 
-    def attach_logits(self, ids, logits: np.ndarray) -> None:
-        """The next-token logits [V] after ids [L], kept with an entry that starts with these ids (unless that entry
-        would then exceed ``max_bytes`` alone; other entries may go)."""
+    def attach_logits(self, ids, logits: np.ndarray, checkpoint: dict | None = None) -> None:
+        """The next-token logits [V] after ids [L] (and ``checkpoint``, the recurrent state there, for an entry that
+        keeps them), kept with an entry that starts with these ids (unless that entry would then exceed
+        ``max_bytes`` alone; other entries may go)."""
         snap = self._covering(ids)
-        if snap is not None and len(ids) not in snap.logits and snap.nbytes + logits.nbytes <= self.max_bytes:
+        if snap is None or len(ids) in snap.logits:
+            return
+        adds = {} if snap.checkpoints is None or checkpoint is None or len(ids) in snap.checkpoints else checkpoint
+        grows = logits.nbytes + sum(a.nbytes for a in adds.values())
+        if snap.nbytes + grows <= self.max_bytes:
             snap.logits[len(ids)] = logits
-            self.bytes += logits.nbytes
+            if adds:
+                snap.checkpoints[len(ids)] = adds
+            self.bytes += grows
             self._evict(keep=snap.ids.tobytes())
 
     def _evict(self, keep: bytes | None = None) -> None:

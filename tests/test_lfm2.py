@@ -2,7 +2,8 @@
 of tests/test_fused_layouts.py (logits with past on a left-padded batch, greedy, beam, extend and rollback) and the
 joined rows of tests/test_scheduler.py: speculative decoding (its rollbacks restore the states), a one-token prompt
 (transformers' own cached step loses a value there; the graph convolves the true window), the limits of its rollback,
-and the server's prefix cache, which it cannot use."""
+and the server's prefix cache, which resumes it only at its checkpoints (the states after a cached prompt or answer).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 import onnxlm  # noqa: E402
-from onnxlm.runtime.decoding.scheduler import Scheduler  # noqa: E402
+from onnxlm.runtime.decoding.scheduler import Request, Scheduler  # noqa: E402
 from onnxlm.runtime.errors import ParameterError  # noqa: E402
 from onnxlm.runtime.fused import FusedHybridLM  # noqa: E402
 from onnxlm.runtime.fused.hybrid_lm import MAX_HISTORY  # noqa: E402
@@ -149,35 +150,137 @@ def test_the_quality_gate_rolls_back_a_two_token_window(lfm2, tiny_lfm2, tmp_pat
     assert onnxlm.load(out).generate([PROMPT[:5]], max_new_tokens=3).new_tokens
 
 
-def test_no_prefix_is_resumed(lfm2):
-    """A snapshot or a resume is a ParameterError saying why; the scheduler drops a prefix cache it is given for
-    such a model (onnxlm serve's --prefix-cache-mb then changes nothing) and still answers."""
-    state, _ = lfm2.start(np.array([PROMPT[:5]]), np.ones((1, 5), np.int64))
-    with pytest.raises(ParameterError, match="snapshot: a model with convolution layers"):
-        state.snapshot(0)
-    with pytest.raises(ParameterError, match="kv: a model with convolution layers"):
-        lfm2.resume({}, 3, [1, 2])
-    assert not lfm2.resumes_prefix
-    assert Scheduler(lfm2, prefix_cache=PrefixCache(2**20)).prefix_cache is None
+def test_a_checkpoint_resumes_equal_to_a_cold_start(lfm2):
+    """A left-padded batch's row snapshotted with its convolution states (``checkpoint``), resumed at its length with
+    a rest fed in one pass, and with none: the next-token logits and the next step equal a cold start's. Without the
+    states, or with ones of another shape, ``resume`` is a ParameterError naming them; zero states answer otherwise
+    (the checkpoint is what makes it right)."""
+    long, short = PROMPT[:30], PROMPT[:7]
+    ids, mask = lfm2.prepare_inputs([short, long])
+    state, first = lfm2.start(ids, mask)
+    kv, held = state.snapshot(1), state.checkpoint(1)
+    assert next(iter(kv.values())).shape[1] == len(long) and set(held) == set(lfm2.conv_names)
+    prompt = long + [5, 250, 12, 77]
+    cold_state, cold = lfm2.start(np.array([prompt]), np.ones((1, len(prompt)), np.int64))
+    resumed, logits = lfm2.resume({**kv, **held}, len(long), prompt[len(long):])
+    assert np.abs(logits - cold).max() <= 1e-4
+    tok = np.array([int(cold.argmax())])
+    assert np.abs(resumed.advance(tok) - cold_state.advance(tok)).max() <= 1e-4
+    whole, none = lfm2.resume({**kv, **held}, len(long), [])  # no pass: the caller holds the logits (first[1])
+    assert none is None and int(whole.lengths[0]) == len(long)
+    want = lfm2.logits([long + [9]])[0, -1]
+    assert np.abs(whole.advance(np.array([9]))[0] - want).max() <= 1e-4
+    whole.rollback(np.array([1]))  # the resumed state's first step keeps its rollback state
+    assert np.abs(whole.advance(np.array([9]))[0] - want).max() <= 1e-4
+    zeros = {n: np.zeros_like(c) for n, c in held.items()}
+    assert np.abs(lfm2.resume({**kv, **zeros}, len(long), prompt[len(long):])[1] - cold).max() > 1e-3
+    with pytest.raises(ParameterError, match="kv: 'conv_state.0': none; a model with convolution layers"):
+        lfm2.resume(kv, len(long), [1, 2])
+    with pytest.raises(ParameterError, match=r"kv: 'conv_state.0': shape \[64\]; .* of shape \[2, 64\] each"):
+        lfm2.resume({**kv, **held, "conv_state.0": held["conv_state.0"][0]}, len(long), [1, 2])
 
 
-def test_the_server_says_its_prefix_cache_is_off(lfm2, caplog):
-    """``onnxlm serve`` (its prefix cache on by default) on an LFM2 model: the engine loads it, says once (info: the
-    default would warn on every such server) that the prefix cache is off and why, and its scheduler holds none."""
-    import logging
+def _serve(model, prompts, params, cache=None, join_at=None, defer=False):
+    """Drive a scheduler over ``prompts`` (joining at steps ``join_at``; ``defer``: the server engine's stores after
+    each step) -> the finished requests."""
+    sched = Scheduler(model, max_rows=8, prefix_cache=cache)
+    reqs = [Request(list(p), model.resolve_config(kw)) for p, kw in zip(prompts, params)]
+    pending, step = list(zip(join_at or [0] * len(reqs), reqs)), 0
+    while pending or sched.busy:
+        for at, req in [x for x in pending if x[0] <= step]:
+            sched.add(req)
+            pending.remove((at, req))
+        sched.step(defer_snapshots=defer)
+        if defer:
+            sched.store_snapshots()
+        step += 1
+    assert all(r.done and r.error is None for r in reqs)
+    return reqs
 
-    from onnxlm.serve.engine import Engine
 
-    engine = Engine(lambda: lfm2, prefix_cache_mb=8)
-    with caplog.at_level(logging.INFO):
-        engine.start()
-        assert engine.ready.wait(30)
-        engine.stop()
-    assert engine.load_error is None and engine.scheduler.prefix_cache is None
-    said = [r for r in caplog.records if "the prefix cache is off" in r.getMessage()]
-    assert [(r.levelno, r.getMessage()) for r in said] == [
-        (logging.INFO, "the prefix cache is off: this model cannot resume from a cached prefix (LFM2's convolution "
-                       "states)")]
+GREEDY = {"max_new_tokens": 8, "eos_token_id": None, "do_sample": False}
+
+
+def test_the_next_turn_of_a_chat_resumes_at_the_answers_checkpoint(lfm2, monkeypatch):
+    """A lone client's chat: each turn's prompt is the last turn's sequence plus a new message, which the cache holds
+    with its convolution states at its end; the next turn resumes all of it (the dropped state lent, no copy) and
+    prefills only the message; three turns answer as a cold scheduler."""
+    cache, prompt = PrefixCache(16 * 2**20), PROMPT[:20]
+    copies = []
+    resume = FusedHybridLM.resume
+    monkeypatch.setattr(FusedHybridLM, "resume", lambda self, *a: copies.append(1) or resume(self, *a))
+    held = 0  # the last turn's prompt and answer but its last token: the cached sequence
+    for message in ([61, 62, 63], [64, 65], [66]):
+        before = cache.reused_tokens
+        (warm,) = _serve(lfm2, [prompt], [GREEDY], cache)
+        (cold,) = _serve(lfm2, [prompt], [GREEDY])
+        assert warm.new_ids == cold.new_ids and cache.reused_tokens - before == held
+        held = len(prompt) + len(warm.new_ids[0]) - 1
+        prompt = prompt + warm.new_ids[0] + message
+    assert cache.hits == 2 and cache.misses == 1 and not copies
+
+
+def test_a_prompt_sent_again_resumes_whole_and_a_shared_start_alone_does_not(lfm2, monkeypatch):
+    """A prompt sent again resumes all its positions at the checkpoint after it (kept with its answer's entry) and
+    takes its first token from the kept logits: no forward pass for a one-token answer, every answer a cold
+    scheduler's (greedy and seeded sampling). A prompt sharing only a start with the cached ones finds no checkpoint
+    there: a miss, still answered as cold."""
+    passes = []
+    run = FusedHybridLM._run
+    monkeypatch.setattr(FusedHybridLM, "_run", lambda self, *a: passes.append(1) or run(self, *a))
+    prompt = PROMPT[:25]
+    for kw in (GREEDY, dict(GREEDY, max_new_tokens=1), dict(GREEDY, do_sample=True, seed=5, temperature=0.9)):
+        (cold,) = _serve(lfm2, [prompt], [kw])
+        cache = PrefixCache(16 * 2**20)
+        _serve(lfm2, [prompt], [kw], cache, defer=True)
+        (entry,) = cache.entries.values()
+        assert sorted(entry.checkpoints) == sorted({len(prompt), len(prompt) + kw["max_new_tokens"] - 1})
+        passes.clear()
+        (again,) = _serve(lfm2, [prompt], [kw], cache, defer=True)
+        assert again.new_ids == cold.new_ids and cache.reused_tokens == len(prompt)
+        assert len(passes) == kw["max_new_tokens"] - 1
+    other = prompt[:15] + [3, 4, 5, 6]
+    (cold,) = _serve(lfm2, [other], [GREEDY])
+    misses = cache.misses
+    (warm,) = _serve(lfm2, [other], [GREEDY], cache)
+    assert warm.new_ids == cold.new_ids and cache.misses == misses + 1
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["stored-in-step", "deferred"])
+def test_requests_joining_a_batch_resume_at_checkpoints_as_a_cold_scheduler(lfm2, defer):
+    """Rows joining a running batch, two samples of one prompt, turns of two chats and a prompt sent again, some
+    resumed from the cache (hits), all answered as a cold scheduler (the resumed rows' states concatenated with
+    others')."""
+    first = [PROMPT[:12], PROMPT[3:18]]
+    kw = [GREEDY, dict(GREEDY, do_sample=True, seed=2, temperature=0.8, num_return_sequences=2)]
+    cache = PrefixCache(16 * 2**20)
+    answers = _serve(lfm2, first, kw, cache, defer=defer)
+    prompts = [first[0] + answers[0].new_ids[0] + [70, 71], first[1], first[0], PROMPT[20:31]]
+    params = [GREEDY, kw[1], dict(GREEDY, max_new_tokens=3), dict(GREEDY, do_sample=True, seed=4)]
+    cold = _serve(lfm2, prompts, params, join_at=[0, 1, 1, 3])
+    hits = cache.hits
+    warm = _serve(lfm2, prompts, params, cache, join_at=[0, 1, 1, 3], defer=defer)
+    assert [r.new_ids for r in warm] == [r.new_ids for r in cold]
+    assert cache.hits - hits == 3 and [r.cached_tokens for r in warm][:3] == [len(prompts[0]) - 3, 15, 12]
+
+
+def test_the_server_caches_lfm2_prefixes(lfm2):
+    """``onnxlm serve`` (its prefix cache on by default) on an LFM2 model keeps its cache: the same completion
+    request twice is a hit reusing every prompt position, with equal answers."""
+    import httpx
+    from serve_util import start, wait_health
+
+    body = {"prompt": "The cat sat on the mat, and then", "max_tokens": 6, "temperature": 0}
+    srv = start(lambda: lfm2, prefix_cache_mb=8)
+    try:
+        wait_health(srv.url)
+        a = httpx.post(srv.url + "/v1/completions", json=body, timeout=60).json()
+        b = httpx.post(srv.url + "/v1/completions", json=body, timeout=60).json()
+        m = httpx.get(srv.url + "/metrics", timeout=10).json()
+    finally:
+        srv.stop()
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+    assert m["prefix_cache_hits"] == 1 and m["prefix_cache_reused_tokens"] == a["usage"]["prompt_tokens"]
 
 
 @pytest.mark.parametrize("layer_types", [["full_attention"] * 4, ["conv"] * 4], ids=["attention-only", "conv-only"])

@@ -107,9 +107,8 @@ class Engine:
             self.scheduler = Scheduler(self.model, max_rows=self.max_rows,
                                        prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None)
             if self.prefix_cache.enabled and self.scheduler.prefix_cache is None:
-                log.info("the prefix cache is off: this model cannot resume from a cached prefix (%s)",
-                         "LFM2's convolution states" if not getattr(self.model, "resumes_prefix", True)
-                         else "an encoder-decoder model")
+                log.info("the prefix cache is off: this model cannot resume from a cached prefix (an encoder-decoder "
+                         "model)")
         except BaseException as exc:  # noqa: BLE001 - reported through /health and the CLI
             self.load_error = exc
             log.error("loading the model failed: %s", exc)

@@ -148,8 +148,7 @@ class Scheduler:
             raise ParameterError("max_rows", f"got {max_rows!r}; must be an integer >= 1")
         self.model, self.max_rows = model, max_rows
         # keys/values of recent sequences (runtime/prefix_cache.py); causal models only
-        self.prefix_cache = (prefix_cache if prefix_cache is not None and not model.is_encoder_decoder
-                             and getattr(model, "resumes_prefix", True) else None)  # LFM2's convolution states: no resume
+        self.prefix_cache = prefix_cache if prefix_cache is not None and not model.is_encoder_decoder else None
         self.waiting: list[Request] = []
         self.requests: list[Request] = []  # admitted, in batch order
         self.rows: list[tuple[Request, int]] = []  # state row -> (request, row within it)
@@ -160,7 +159,8 @@ class Scheduler:
         self._next: np.ndarray | None = None  # tokens picked for the rows, not yet fed (the next step feeds them)
         self.failed: list[Request] = []  # requests whose prefill or pick raised (req.error); the caller empties it
         # (ids, views of their keys/values, next-token logits after them, the state they view, a finished answer's
-        # prompt length or None) the last step marked for the prefix cache, copied in by store_snapshots
+        # prompt length or None, the recurrent state after them: a copy, or None) the last step marked for the
+        # prefix cache, copied in by store_snapshots
         self._snapshots: list[tuple] = []
 
     # ------------------------------------------------------------------ queue
@@ -366,7 +366,7 @@ class Scheduler:
             rest, req.cached_tokens = req.ids[reuse:], reuse
             state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # its dropped state
             if state is None:                                                              # or a copy
-                state, first = self.model.resume(snap.kv, reuse, rest)
+                state, first = self.model.resume(snap.state_at(reuse), reuse, rest)
             else:
                 first = feed_rest(state, rest)
             parts.append((state, snap.logits[reuse][None] if first is None else first))  # all held: cached logits
@@ -374,8 +374,8 @@ class Scheduler:
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         logits = np.concatenate([p[1] for p in parts])
         if self.prefix_cache is not None:                           # each prompt, for those to come (after the step)
-            self._snapshots += [(req.ids, state.snapshot(i, copy=False), logits[i].copy(), state, None)
-                                for i, req in enumerate(batch)]
+            self._snapshots += [(req.ids, state.snapshot(i, copy=False), logits[i].copy(), state, None,
+                                 state.checkpoint(i)) for i, req in enumerate(batch)]
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
             state.select(rows)
@@ -391,7 +391,8 @@ class Scheduler:
         held = list(req.ids) + req.new_ids[0][:-1]
         kv = self.state.snapshot(row, copy=False)
         if next(iter(kv.values())).shape[1] == len(held):  # the row holds exactly these positions
-            self._snapshots.append((held, kv, self.logits[row].copy(), self.state, len(req.ids)))  # logits: its last
+            self._snapshots.append((held, kv, self.logits[row].copy(), self.state, len(req.ids),  # logits: its last
+                                    self.state.checkpoint(row)))
             # token's; those after its prompt (a superseded entry's) are the ones kept first where not all fit
 
     def store_snapshots(self) -> None:
@@ -408,15 +409,15 @@ class Scheduler:
         positions (``PrefixCache.put``)."""
         marked, self._snapshots = self._snapshots, []
         dropped = self.state is None  # no row left: the marked views' buffers are no one else's any more
-        for ids, kv, logits, state, prompt in marked:
+        for ids, kv, logits, state, prompt, checkpoint in marked:
             keep = dropped and _one_row(kv)  # the views, and the state for a later request to decode on
             owner = state if keep and _backs(state, kv) else None
             if not self.prefix_cache.covers(ids):
                 self.prefix_cache.put(ids, kv if keep else {name: np.array(a) for name, a in kv.items()}, logits,
-                                      owner=owner, first=prompt)
+                                      owner=owner, first=prompt, checkpoint=checkpoint)
             elif owner is not None:
                 self.prefix_cache.return_state(ids, kv, owner)
-            self.prefix_cache.attach_logits(ids, logits)
+            self.prefix_cache.attach_logits(ids, logits, checkpoint)
 
     def _alone(self, req: Request) -> bool:
         return bool(self.model.is_encoder_decoder)

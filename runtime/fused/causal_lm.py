@@ -97,6 +97,11 @@ class FusedState:
         held = int(self.lengths[row])
         return {name: a[row, :, :held].copy() if copy else a[row, :, :held] for name, a in self.buffers.arrays.items()}
 
+    def checkpoint(self, row: int) -> dict | None:
+        """The recurrent state after the row's held positions, which its keys/values do not hold (a hybrid model's);
+        None: the keys/values alone resume any prefix of them."""
+        return None
+
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder/duplicate rows of every buffer and of the lengths."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -213,10 +218,14 @@ class FusedCausalLM(CausalLM):
         # from the pool: a server's kept buffers are resident (faulting in a fresh mapping's pages cost ~35 ms of a
         # 55 ms resume of 774 SmolLM2 positions, the copy itself ~4 ms); positions past the held ones are never read
         buffers = self._fresh_buffers(1, reuse + len(rest))
-        for name, a in buffers.arrays.items():
-            a[0, :, :reuse] = kv[name][:, :reuse]
+        self._fill(buffers, kv, reuse)
         state = self.state_class(self, buffers, np.array([reuse], np.int64))
         return state, feed_rest(state, rest)
+
+    def _fill(self, buffers, kv: dict, reuse: int) -> None:
+        """One row's fresh buffers <- the first ``reuse`` positions of a snapshot's keys/values."""
+        for name, a in buffers.arrays.items():
+            a[0, :, :reuse] = kv[name][:, :reuse]
 
     def logits(self, input_ids, attention_mask=None, *, positions=None) -> np.ndarray:
         """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass

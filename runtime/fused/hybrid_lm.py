@@ -7,7 +7,9 @@ the graph gathers back into them in place (``row(r)``'s views write into the bat
 cannot, so each row also keeps its states before its last ``MAX_HISTORY`` positions, a prompt's excepted
 (``HybridState.rollback``: speculative decoding's rejected drafts, a draft model's own; ``speculation_limit`` caps a
 round's proposals so that its rollbacks stay within them). A snapshot cannot be resumed from an arbitrary prefix (the
-state of position p is not kept), so the server's prefix cache is off for these models (``resumes_prefix``).
+state after position p is not kept): ``checkpoint(row)`` copies a row's states at its length, and the prefix cache
+(runtime/prefix_cache.py) resumes such a model only at the lengths it holds them for (``resume`` takes them beside
+the keys/values): a chat's next turn, a prompt sent again.
 """
 from __future__ import annotations
 
@@ -106,9 +108,10 @@ class HybridState(FusedState):
                 c[r] = kept[name]
         self.lengths = self.lengths - counts
 
-    def snapshot(self, row: int, *, copy: bool = True) -> dict:
-        raise ParameterError("snapshot", "a model with convolution layers (LFM2) cannot resume from a prefix: its "
-                             "states of earlier positions are not kept")
+    def checkpoint(self, row: int) -> dict:
+        """row -> name -> [K - 1, D] float32: copies of the row's convolution states after its held positions, which
+        ``resume`` takes beside the keys/values of ``snapshot(row)`` (they go on changing in place as it decodes)."""
+        return {name: c[row].copy() for name, c in self.buffers.conv.items()}
 
     @classmethod
     def concat(cls, states: list["HybridState"]) -> "HybridState":
@@ -126,7 +129,6 @@ class FusedHybridLM(FusedCausalLM):
     """A decoder-only model on LFM2's fused graph: GroupQueryAttention KV buffers and convolution states."""
 
     state_class = HybridState
-    resumes_prefix = False
     speculation_limit = MAX_HISTORY - 1  # tokens a speculative round proposes at most: its rollbacks stay in history
 
     def _init_graphs(self) -> None:
@@ -156,6 +158,23 @@ class FusedHybridLM(FusedCausalLM):
         buffers.take_states(outs, offsets, past, new)
         return logits
 
-    def resume(self, kv: dict, reuse: int, rest):
-        raise ParameterError("kv", "a model with convolution layers (LFM2) cannot resume from a prefix: its states "
-                             "of earlier positions are not kept")
+    def resume(self, kv: dict, reuse: int, rest) -> tuple[HybridState, np.ndarray | None]:
+        """``FusedCausalLM.resume``; ``kv`` also holds the convolution states after its first ``reuse`` positions
+        (``state.checkpoint``: name -> [K - 1, D]; ``Snapshot.state_at``), else a ParameterError naming them. A
+        resumed prompt's rest keeps no rollback history (as a prompt's pass); a state resumed whole keeps its next
+        step's."""
+        shape = (self.conv_taps, self.conv_width)
+        wrong = [name for name in self.conv_names if np.shape(kv.get(name)) != shape]
+        if wrong:
+            got = "none" if wrong[0] not in kv else f"shape {list(np.shape(kv[wrong[0]]))}"
+            raise ParameterError("kv", f"{wrong[0]!r}: {got}; a model with convolution layers (LFM2) resumes only "
+                                 "with its convolution states after the reused positions (state.checkpoint(row)), "
+                                 f"of shape {list(shape)} each")
+        state, logits = super().resume(kv, reuse, rest)
+        state.buffers.record = True
+        return state, logits
+
+    def _fill(self, buffers: HybridBuffers, kv: dict, reuse: int) -> None:
+        super()._fill(buffers, kv, reuse)
+        for name, c in buffers.conv.items():
+            c[0] = kv[name]

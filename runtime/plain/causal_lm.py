@@ -82,6 +82,10 @@ class CausalState:
         cols = np.flatnonzero(self.mask[row])
         return {n: np.ascontiguousarray(to_numpy(v)[row][:, cols]) for n, v in self.cache.tensors.items()}
 
+    def checkpoint(self, row: int) -> None:
+        """No recurrent state beside the keys/values: a snapshot resumes at any of its lengths (``FusedState``'s)."""
+        return None
+
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder the cache, mask and positions along the batch axis."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -115,7 +119,6 @@ class CausalLM(LanguageModel):
     """A decoder-only language model: generate, score, logits, stream on numpy + onnxruntime."""
 
     is_encoder_decoder = False
-    resumes_prefix = True  # resume() continues from any prefix of a snapshot (the server's prefix cache)
     selects_positions = False  # logits(positions=) computes every position's logits and keeps the asked ones
 
     def _init_graphs(self) -> None:
