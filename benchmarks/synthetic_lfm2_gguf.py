@@ -5,7 +5,8 @@ The shape is LFM2-350M's as its config gives it: hidden 1024, 16 layers (attenti
 3-tap short convolutions), 16 heads of 64 with 8 kv heads, a feed-forward of 4608 (6656 auto-adjusted: 2/3, rounded up
 to a multiple of 256), a vocabulary of 65,536 (the byte-level alphabet, " t" and its merge, then synthetic tokens), rope base
 1,000,000, norm eps 1e-5, a tied head. Every matrix in Q8_0 (gguf-py's quantize; the norms and convolution weights F32,
-as LFM2's files have them). Its logits mean nothing; its speed is LFM2-350M's in that block type.
+as LFM2's files have them), and a plain chat template. Its logits mean nothing; its speed is LFM2-350M's in that
+block type.
 
     .venv/bin/python -m benchmarks.synthetic_lfm2_gguf OUT.gguf
 """
@@ -18,6 +19,10 @@ import numpy as np
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, TAPS = 1024, 16, 16, 8, 4608, 65536, 3
 ATTENTION = (2, 5, 8, 10, 12, 14)
+# a plain role-prefixed template (LFM2's own is ChatML with tokens this vocabulary lacks), so that the server's chat
+# benchmarks (benchmarks.prefix_cache) run on the file; a turn's rendering starts with the previous turn's
+CHAT_TEMPLATE = ("<|startoftext|>{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 
 
 def lfm2_layers(mat, norm, conv, *, layers: int, attention, hidden: int, heads: int, kv_heads: int, ffn: int) -> None:
@@ -75,6 +80,7 @@ def write(path: Path, block_type: str = "Q8_0", seed: int = 0) -> None:
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_pad_token_id(0)
+    w.add_chat_template(CHAT_TEMPLATE)
     kind = gguf.GGMLQuantizationType[block_type]
 
     def mat(name: str, n: int, k: int) -> None:  # a [n, k] weight in the block type

@@ -169,12 +169,19 @@ class PrefixCache:
         if staying + snap.nbytes > self.max_bytes and any(a.base is not None for a in kv.values()):
             snap = Snapshot(ids, {name: np.array(a) for name, a in kv.items()}, merged,
                             checkpoints=checkpoints)  # the held positions only
-        if snap.nbytes > self.max_bytes:  # the logits that fit, most likely asked for first
-            snap.logits, room = {}, self.max_bytes - snap.nbytes + sum(v.nbytes for v in merged.values())
-            for n in sorted(merged, key=lambda n: (n != first, -n)):
-                if merged[n].nbytes <= room:
+        if snap.nbytes > self.max_bytes:  # the logits (and checkpoints) that fit, most likely asked for first
+            snap.logits, snap.checkpoints = {}, None if checkpoints is None else {}
+            room = self.max_bytes - snap.nbytes
+            for n in sorted(set(merged) | set(checkpoints or ()), key=lambda n: (n != first, -n)):
+                if checkpoints is not None:  # a length resumes only with its checkpoint: that first
+                    held = checkpoints.get(n)
+                    cost = None if held is None else sum(a.nbytes for a in held.values())
+                    if cost is None or cost > room:
+                        continue
+                    snap.checkpoints[n], room = held, room - cost
+                if n in merged and merged[n].nbytes <= room:
                     snap.logits[n], room = merged[n], room - merged[n].nbytes
-            if snap.nbytes > self.max_bytes:
+            if snap.nbytes > self.max_bytes or snap.checkpoints == {}:  # (no checkpoint: never resumed)
                 return
         for k in superseded:
             self.bytes -= self.entries.pop(k).nbytes
@@ -186,7 +193,8 @@ class PrefixCache:
     def lend(self, snap: Snapshot, reuse: int):
         """The dropped one-row state behind ``snap`` (its keys/values are views of that state's buffers), for a
         request to decode on from ``reuse`` of its positions without a copy, or None (copies, lent already, or a
-        recurrent state that cannot roll back there: an entry with checkpoints lends only at its whole length). The
+        recurrent state that cannot roll back there: an entry with checkpoints lends only at its whole length, its
+        state keeping none of its rollback states, ``forget_rollback``). The
         entry is cut to those ``reuse`` positions, which the borrower never writes (a state writes only past its
         length), and is not lent again."""
         if snap.checkpoints is not None and reuse != len(snap.ids):

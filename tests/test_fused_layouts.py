@@ -217,10 +217,12 @@ def test_artifact_is_the_fused_graph(fused_dirs, case):
     assert manifest["requires"] == {"onnxruntime": "1.24" if windowed else "1.23"}, recipe
 
 
-def test_a_sliding_window_artifact_is_refused_below_the_onnxruntime_it_needs(fused_dirs, monkeypatch):
+def test_a_sliding_window_artifact_is_refused_below_the_onnxruntime_it_needs(fused_dirs, monkeypatch, capsys):
     """Before 1.24 onnxruntime's sliding window holds one position more (runtime/versions.py): an artifact with one
-    is refused there by name, loading and validating; one without loads."""
+    is refused there by name, loading and validating (``onnxlm info`` describes it and says so); one without loads."""
     import onnxruntime as ort
+
+    from cli_util import run_cli
 
     from onnxlm.export import validate
     from onnxlm.runtime import DependencyError
@@ -231,6 +233,9 @@ def test_a_sliding_window_artifact_is_refused_below_the_onnxruntime_it_needs(fus
         with pytest.raises(DependencyError, match=r"onnxruntime 1\.23\.2 is installed; the (artifact|exported graph) "
                                                   r".* needs onnxruntime >= 1\.24 \(its sliding-window attention"):
             refused()
+    code, out, _ = run_cli(capsys, "info", windowed)
+    assert code == 0 and "runs on         onnxruntime >= 1.24" in out and "not loaded      onnxruntime 1.23.2 is " \
+        "installed; the artifact" in out and "needs onnxruntime >= 1.24 (its sliding-window attention" in out
     assert onnxlm.load(fused_dirs["tiny-llama"][1]).vocab_size
 
 

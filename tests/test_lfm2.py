@@ -203,8 +203,8 @@ GREEDY = {"max_new_tokens": 8, "eos_token_id": None, "do_sample": False}
 
 def test_the_next_turn_of_a_chat_resumes_at_the_answers_checkpoint(lfm2, monkeypatch):
     """A lone client's chat: each turn's prompt is the last turn's sequence plus a new message, which the cache holds
-    with its convolution states at its end; the next turn resumes all of it (the dropped state lent, no copy) and
-    prefills only the message; three turns answer as a cold scheduler."""
+    with its convolution states at its end; the next turn resumes all of it (the dropped state lent, no copy, its
+    rollback states not kept while cached) and prefills only the message; three turns answer as a cold scheduler."""
     cache, prompt = PrefixCache(16 * 2**20), PROMPT[:20]
     copies = []
     resume = FusedHybridLM.resume
@@ -215,6 +215,8 @@ def test_the_next_turn_of_a_chat_resumes_at_the_answers_checkpoint(lfm2, monkeyp
         (warm,) = _serve(lfm2, [prompt], [GREEDY], cache)
         (cold,) = _serve(lfm2, [prompt], [GREEDY])
         assert warm.new_ids == cold.new_ids and cache.reused_tokens - before == held
+        (entry,) = [e for e in cache.entries.values() if e.owner is not None]
+        assert [len(h) for h in entry.owner.buffers.history] == [0]
         held = len(prompt) + len(warm.new_ids[0]) - 1
         prompt = prompt + warm.new_ids[0] + message
     assert cache.hits == 2 and cache.misses == 1 and not copies
@@ -248,9 +250,9 @@ def test_a_prompt_sent_again_resumes_whole_and_a_shared_start_alone_does_not(lfm
 
 @pytest.mark.parametrize("defer", [False, True], ids=["stored-in-step", "deferred"])
 def test_requests_joining_a_batch_resume_at_checkpoints_as_a_cold_scheduler(lfm2, defer):
-    """Rows joining a running batch, two samples of one prompt, turns of two chats and a prompt sent again, some
-    resumed from the cache (hits), all answered as a cold scheduler (the resumed rows' states concatenated with
-    others')."""
+    """Rows joining a running batch: a chat's next turn, two samples of a prompt sent again, another prompt sent again
+    and a new one; three resumed from the cache (hits), all answered as a cold scheduler (the resumed rows' states
+    concatenated with others')."""
     first = [PROMPT[:12], PROMPT[3:18]]
     kw = [GREEDY, dict(GREEDY, do_sample=True, seed=2, temperature=0.8, num_return_sequences=2)]
     cache = PrefixCache(16 * 2**20)

@@ -69,6 +69,52 @@ def test_least_recently_used_go_first_and_prefixes_are_superseded():
         PrefixCache(-1)
 
 
+
+def test_checkpoints_bound_where_an_entry_resumes_and_count_in_its_size():
+    """An entry with checkpoints (a hybrid model's recurrent states after some lengths) resumes only at one of those:
+    the longest within the shared prefix (the whole prompt only with its logits too), else a miss. A superseding
+    entry takes the checkpoints of those it replaces, ``attach_logits`` adds one beside its logits, ``lend`` hands
+    the state only at the entry's whole length, ``state_at`` gives keys/values and states, and their bytes count;
+    where not all fit, the prompt's and then the longest lengths stay, a checkpoint before its logits, and an entry
+    no checkpoint fits with is not kept."""
+    def state(v):
+        return {"conv": np.full((2, 4), v, np.float32)}  # 32 bytes
+
+    class Owner:  # the dropped decoding state an entry lends
+        def rollback(self, counts):
+            self.counts = list(counts)
+
+    logits, owner = np.ones(8, np.float32), Owner()  # 32 bytes
+    cache = PrefixCache(10**6)
+    cache.put([1, 2, 3, 4], _kv(4), logits, checkpoint=state(4))
+    cache.put([1, 2, 3, 4, 5, 6, 7], _kv(7), logits, owner=owner, first=4, checkpoint=state(7))
+    (entry,) = cache.entries.values()
+    assert sorted(entry.checkpoints) == [4, 7] and sorted(entry.logits) == [4, 7]
+    assert entry.nbytes == Snapshot(entry.ids, entry.kv).nbytes + 4 * 32 == cache.bytes
+    assert cache.lookup([1, 2, 3, 4, 5, 6, 9])[1] == 4  # shares 6 ids: resumed at the checkpoint after 4
+    assert cache.lookup([1, 2, 3, 4])[1] == 4  # the whole prompt: its checkpoint and its logits
+    assert cache.lookup([1, 2, 3, 4, 5, 6, 7, 8])[1] == 7
+    assert cache.lookup([1, 2, 3, 9]) == (None, 0)  # no checkpoint within the 3 shared ids
+    snap, reuse = cache.lookup([1, 2, 3, 4, 5])
+    assert snap is entry and reuse == 4
+    assert entry.state_at(4)["conv"][0, 0] == 4 and entry.state_at(4)["k"] is entry.kv["k"]
+    assert cache.lend(entry, 4) is None and entry.owner is owner  # its state holds 7: not lent at 4
+    assert cache.lend(entry, 7) is owner and owner.counts == [0] and entry.owner is None
+    cache.attach_logits([1, 2, 3, 4, 5], logits, state(5))
+    assert sorted(entry.checkpoints) == [4, 5, 7] and 5 in entry.logits and cache.lookup([1, 2, 3, 4, 5])[1] == 5
+    assert cache.bytes == entry.nbytes == Snapshot(entry.ids, entry.kv).nbytes + 6 * 32
+
+    base = Snapshot(np.arange(7), _kv(7)).nbytes
+    small = PrefixCache(base + 3 * 32)  # the prompt's checkpoint and logits, then the longest's checkpoint
+    small.put([1, 2, 3, 4], _kv(4), logits, checkpoint=state(4))
+    small.put([1, 2, 3, 4, 5, 6, 7], _kv(7), logits, first=4, checkpoint=state(7))
+    (entry,) = small.entries.values()
+    assert sorted(entry.checkpoints) == [4, 7] and sorted(entry.logits) == [4] and small.bytes == entry.nbytes
+    tiny = PrefixCache(base + 16)  # no checkpoint fits beside the keys/values: not kept, the cache as it was
+    tiny.put([1, 2, 3, 4], _kv(4), logits, checkpoint=state(4))
+    tiny.put([1, 2, 3, 4, 5, 6, 7], _kv(7), logits, first=4, checkpoint=state(7))
+    assert [len(e.ids) for e in tiny.entries.values()] == [4] and tiny.bytes == next(iter(tiny.entries.values())).nbytes
+
 # ---------------------------------------------------------------------------------------------------- the layouts
 def test_resume_from_a_snapshot_equals_a_cold_start(model):
     """A left-padded batch's row snapshotted, resumed from its first positions with the rest fed in one pass: the

@@ -82,14 +82,15 @@ def collect(model) -> dict:
     }
 
 
-def unloaded(path: Path, reason: DependencyError) -> SimpleNamespace:
+def unloaded(path: Path, reason: DependencyError, verify: bool = True) -> SimpleNamespace:
     """What ``collect`` reads of an artifact the installed onnxruntime or tokenizers cannot run (``reason``): its
-    manifest, config and generation config, no graph sessions."""
+    manifest (its files' checksums checked unless ``verify`` is False), config and generation config, no graph
+    sessions."""
     from onnxlm.runtime.manifest import load_manifest, read_json
     from onnxlm.runtime.model import artifact_generation_config
 
     path = Path(path).expanduser()
-    manifest = load_manifest(path, verify=False)
+    manifest = load_manifest(path, verify=verify)
     config = read_json(path / "config.json")
     return SimpleNamespace(path=path, manifest=manifest, vocab_size=config.get("vocab_size"), provider=None,
                            generation_config=artifact_generation_config(path, manifest, config),
@@ -104,7 +105,7 @@ def _load_or_describe(path, args):
     try:
         return load(path, provider=args.provider, threads=args.threads, verify=args.verify)
     except DependencyError as exc:
-        return unloaded(path, exc)
+        return unloaded(path, exc, verify=args.verify)
 
 
 def _arg(a) -> dict:

@@ -36,10 +36,8 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
     import pyarrow.compute as pc
     pa = import_pyarrow()
     from onnxlm.runtime.manifest import load_manifest
-    from onnxlm.runtime.versions import check_artifact_onnxruntime
     check_not_input(spec.output, spec.input)
     manifest = load_manifest(spec.model_dir, verify=False)
-    check_artifact_onnxruntime(manifest, spec.model_dir)  # DependencyError: this onnxruntime cannot run it
     _check_score_options(spec, manifest)
     if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
         from onnxlm.runtime.errors import ModelFileError
@@ -47,7 +45,7 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
         raise ModelFileError(f"--chat: {spec.model_dir}: {no_chat_template(manifest)}",
                              str(spec.model_dir / "chat_template.jinja"))
     table = read_rows(spec, needs_target=spec.task == "score" and manifest["kind"] == "seq2seq-lm")
-    config = _generation_config(spec)  # ParameterError for a bad parameter
+    config = _generation_config(spec, manifest)  # ParameterError for a bad parameter
     _check_constraints(spec, table.num_rows)
     schema = output_schema(spec, config, table.schema)
     parts = Parts(spec, spec.fingerprint())
@@ -56,11 +54,12 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
     return Prepared(spec, parts, todo, table.num_rows, table.num_rows - todo.num_rows, schema)
 
 
-def _generation_config(spec: JobSpec):
-    """The artifact's generation config with the job's parameters (ParameterError for a bad one)."""
-    from onnxlm.runtime import GenerationConfig
-    file = spec.model_dir / "generation_config.json"
-    base = GenerationConfig.from_file(file) if file.is_file() else GenerationConfig()
+def _generation_config(spec: JobSpec, manifest: dict):
+    """The artifact's generation config as the loaded model reads it (special tokens filled from the manifest and
+    config.json) with the job's parameters (ParameterError for a bad one)."""
+    from onnxlm.runtime.manifest import read_json
+    from onnxlm.runtime.model import artifact_generation_config
+    base = artifact_generation_config(spec.model_dir, manifest, read_json(spec.model_dir / "config.json"))
     return base.replace(**split_params(spec.params)[0]).validate()
 
 
@@ -87,24 +86,11 @@ def _check_score_options(spec: JobSpec, manifest: dict) -> None:
     if spec.prepend_bos and manifest.get("kind") == "seq2seq-lm":
         raise ParameterError("prepend_bos", f"only for decoder-only models; {spec.model_dir} is an encoder-decoder "
                                             "model, whose target starts after the decoder start token")
-    config = _generation_config(spec)
+    config = _generation_config(spec, manifest)
     for option, name, present in (("prepend_bos", "bos_token_id", config.bos_token_id is not None),
                                   ("append_eos", "eos_token_id", bool(config.eos_token_ids))):
-        if getattr(spec, option) and not present and _special_token(spec, manifest, name) is None:
+        if getattr(spec, option) and not present:
             raise ParameterError(option, f"{spec.model_dir} has no {name}")
-
-
-def _special_token(spec: JobSpec, manifest: dict, name: str):
-    """A special token id where the loaded model finds it when generation_config.json lacks it: the manifest's
-    special tokens, else config.json."""
-    import json
-    value = manifest.get("special_tokens", {}).get(name)
-    if value is None and (spec.model_dir / "config.json").is_file():
-        try:
-            value = json.loads((spec.model_dir / "config.json").read_text(encoding="utf-8")).get(name)
-        except (OSError, ValueError):
-            value = None
-    return value if value not in (None, []) else None
 
 
 def progress_bar(prep: Prepared, enabled: bool):
@@ -115,6 +101,10 @@ def progress_bar(prep: Prepared, enabled: bool):
 
 def run_local(spec: JobSpec, *, overwrite: bool = False, progress: bool = True, model=None) -> JobReport:
     """Run the job in this process (model: an already loaded LanguageModel to reuse, else loaded here)."""
+    if model is None:  # refused before the output's lock and parts (a Ray job's actors check their own)
+        from onnxlm.runtime.manifest import load_manifest
+        from onnxlm.runtime.versions import check_artifact_onnxruntime
+        check_artifact_onnxruntime(load_manifest(spec.model_dir, verify=False), spec.model_dir)
     prep = prepare(spec, overwrite=overwrite)
     try:
         return _run_local(prep, model, progress)

@@ -412,6 +412,8 @@ class Scheduler:
         for ids, kv, logits, state, prompt, checkpoint in marked:
             keep = dropped and _one_row(kv)  # the views, and the state for a later request to decode on
             owner = state if keep and _backs(state, kv) else None
+            if owner is not None:
+                owner.forget_rollback()  # what it kept to roll back (a hybrid's states) the cache would not count
             if not self.prefix_cache.covers(ids):
                 self.prefix_cache.put(ids, kv if keep else {name: np.array(a) for name, a in kv.items()}, logits,
                                       owner=owner, first=prompt, checkpoint=checkpoint)

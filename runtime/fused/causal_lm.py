@@ -97,6 +97,10 @@ class FusedState:
         held = int(self.lengths[row])
         return {name: a[row, :, :held].copy() if copy else a[row, :, :held] for name, a in self.buffers.arrays.items()}
 
+    def forget_rollback(self) -> None:
+        """Keep nothing for a rollback into the held positions (they become a prompt's, which nothing rolls back
+        into): a state the prefix cache keeps to lend. The keys/values need nothing kept."""
+
     def checkpoint(self, row: int) -> dict | None:
         """The recurrent state after the row's held positions, which its keys/values do not hold (a hybrid model's);
         None: the keys/values alone resume any prefix of them."""

@@ -108,6 +108,11 @@ class HybridState(FusedState):
                 c[r] = kept[name]
         self.lengths = self.lengths - counts
 
+    def forget_rollback(self) -> None:
+        """``FusedState.forget_rollback``: every row's kept states dropped (up to ``MAX_HISTORY`` copies a row)."""
+        for history in self.buffers.history:
+            history.clear()
+
     def checkpoint(self, row: int) -> dict:
         """row -> name -> [K - 1, D] float32: copies of the row's convolution states after its held positions, which
         ``resume`` takes beside the keys/values of ``snapshot(row)`` (they go on changing in place as it decodes)."""
