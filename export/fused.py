@@ -1,5 +1,5 @@
 """The fused graphs (``kv_layout="fused"``) of a model: which builder serves its model_type (``fused_llama.py``:
-llama, mistral, qwen2, qwen3, phi3, granite, smollm3, olmo2, ernie4_5, exaone4, stablelm;
+llama, mistral, qwen2, qwen3, phi3, granite, smollm3, olmo2, olmo3, ernie4_5, exaone4, stablelm;
 ``fused_gemma.py``: gemma, gemma2, gemma3_text; ``fused_lfm2.py``: lfm2; ``fused_gpt2.py``: gpt2;
 ``fused_t5.py``: t5, mt5), and whether it supports the config."""
 from __future__ import annotations

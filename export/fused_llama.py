@@ -46,6 +46,9 @@ together (``Sum``); the 12B's per-head q/k LayerNorms (``qk_layernorm``) are ref
 OLMo 2: no norm before attention or MLP; q and k RMS-normed over their full width (``fused_graph.qk_full_norms``)
 before the rotary; each branch's output normed (``post_attention_layernorm``, ``post_feedforward_layernorm``) before
 its residual add.
+OLMo 3: OLMo 2's layers, three sliding-window layers to each global one (``layer_types``); its global layers rotate
+with the configured rope scaling (YaRN in the long-context models) and its sliding-window ones without it
+(transformers' ``rotary_embs``: a second pair of tables, ``cos_cache_local`` / ``sin_cache_local``, as Gemma 3's).
 """
 from __future__ import annotations
 
@@ -57,8 +60,8 @@ from .fused_graph import (Graph, check_head_dim, io_values, layer_norm, logits_h
                           qk_head_norms, release_weights, rms_norm, rotate_qk, save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
-FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "ernie4_5", "exaone4",
-               "stablelm")
+FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "olmo3", "ernie4_5",
+               "exaone4", "stablelm")
 HEAD_MULTIPLE = 8  # the head sizes this graph takes (a rotary GroupQueryAttention cannot take turns before it)
 
 
@@ -157,7 +160,7 @@ def _residual_scaled(g: Graph, branch: str, cfg) -> str:
 
 
 def build_fused_graph(model, out_path, max_positions: int | None = None, *, release: bool = False) -> dict:
-    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 / ERNIE 4.5 / EXAONE 4 /
+    """transformers Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Granite / SmolLM3 / OLMo 2 / 3 / ERNIE 4.5 / EXAONE 4 /
     StableLM model -> the fused graph written to ``out_path``; returns
     {"inputs": [...], "outputs": [...], "external_data": file name or None, "max_positions": P}. ``release``: drop each
     layer's PyTorch weights once its arrays are made (``fused_graph.release_weights``; ``fused.build_fused_graphs``
@@ -177,18 +180,27 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     if cfg.model_type == "exaone4" and cfg.sliding_window is not None:  # EXAONE 4: its global layers without rotary
         rotates = [t == "sliding_attention" for t in cfg.layer_types]
     granite = cfg.model_type == "granite"
-    post_norms = cfg.model_type in ("olmo2", "exaone4")  # branches normed after, not before (see the module doc)
+    post_norms = cfg.model_type in ("olmo2", "olmo3", "exaone4")  # branches normed after, not before (module doc)
     interleaved = cfg.model_type == "ernie4_5"  # ERNIE 4.5: adjacent pairs rotate (see the module doc)
     inner = model.model
     g = Graph()
 
     emb = inner.embed_tokens.weight.detach().float().numpy()
     g.init("embed_tokens.weight", emb)
-    cos, sin = rotary_caches(model, P)
+    by_kind = getattr(inner, "rotary_embs", None)  # OLMo 3: its sliding-window layers rotate without the scaling
+    cos, sin = rotary_caches(model, P, by_kind["full_attention"] if by_kind is not None else None)
     g.init("cos_cache", cos)
     g.init("sin_cache", sin)
+    tables = {None: ("cos_cache", "sin_cache")}  # rotary tables by kind: global (None) and local (sliding)
+    if by_kind is not None:
+        tables["local"] = ("cos_cache_local", "sin_cache_local")
+        for name, value in zip(tables["local"], rotary_caches(model, P, by_kind["sliding_attention"])):
+            g.init(name, value)
     rotary_dim = 2 * cos.shape[1]  # the model's own tables say how many dims turn
     outside = not gqa_rotates(H, rotary_dim)  # a partial rotary GQA cannot take: turned before it, at position_ids
+    if outside and by_kind is not None:
+        raise ExportError(f"{cfg.model_type}: a head of {H} dims rotated in part ({rotary_dim}) with a second rotary "
+                          "table for its sliding-window layers is not supported by the fused graph")
 
     x = g.op("Gather", ["embed_tokens.weight", "input_ids"], axis=0)  # [b, s, D]
     if granite:
@@ -216,7 +228,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
                      scale=float(att.scaling if hasattr(att, "scaling") else H ** -0.5))  # StableLM: 1/sqrt(head)
         if windows[i] is not None:
             attrs["local_window_size"] = int(windows[i])  # same semantics (measured, tests/test_fused_layouts.py)
-        a = g.attention(qkv, i, **attrs)
+        a = g.attention(qkv, i, rotary=tables["local" if windows[i] is not None and "local" in tables else None],
+                        **attrs)
         o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
         if post_norms:
             o = _norm(g, o, f"l{i}.post_attention_layernorm", layer.post_attention_layernorm, eps)

@@ -89,7 +89,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     out: dict = {}
     if arch == "olmo2" and meta.get("olmo2.attention.sliding_window"):  # before its (YaRN) rope scaling is read
         raise ExportError("olmo2.attention.sliding_window is set: an OLMo 3 file (sliding-window layers), which onnxlm "
-                          "does not export from GGUF (OLMo 2 files have no window)")
+                          "does not export from GGUF (OLMo 2 files have no window; its YaRN rope scaling is not read "
+                          "from GGUF); its transformers directory exports (model_type olmo3)")
     # as llama.cpp reads them: the type defaults to linear; the factor is rope.scaling.factor, else the older
     # rope.scale_linear (original convert.py files, e.g. 16K Vicuna), 0 or absent meaning none
     scaling = meta.get(f"{arch}.rope.scaling.type", "linear")

@@ -21,7 +21,7 @@ SEQ2SEQ_TASK = "text2text-generation-with-past"
 #: model_type -> family; "llama" covers every architecture optimum exports like Llama (RoPE, GQA, position_ids).
 GPT2_TYPES = {"gpt2"}
 T5_TYPES = {"t5", "mt5"}
-LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "smollm3", "helium", "arcee",
+LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2", "olmo3", "smollm3", "helium", "arcee",
                "phi3", "stablelm", "cohere", "glm", "gemma", "gemma2", "gemma3_text", "ernie4_5", "exaone4", "lfm2"}
 #: rope_scaling types whose graph is proven exact (tests/test_families.py). "dynamic" is refused: transformers
 #: recomputes its frequencies from the sequence length at run time, which a graph freezes. "longrope" (Phi-3.5, Phi-3
@@ -29,7 +29,7 @@ LLAMA_TYPES = {"llama", "mistral", "qwen2", "qwen3", "granite", "olmo", "olmo2",
 #: hold, so an export holds that many positions (``position_limit``) and is exact within them.
 SUPPORTED_ROPE_SCALING = ("default", "linear", "llama3", "yarn", "longrope")
 #: Llama-family types optimum-onnx (0.1) cannot export: the fused graph (``fused_llama``) is their only one
-FUSED_ONLY_TYPES = {"ernie4_5", "exaone4", "lfm2"}
+FUSED_ONLY_TYPES = {"ernie4_5", "exaone4", "lfm2", "olmo3"}
 SUPPORTED_FAMILIES = "GPT-2 (gpt2), T5 (t5, mt5), Llama family (" + ", ".join(sorted(LLAMA_TYPES)) + ")"
 
 

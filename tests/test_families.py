@@ -135,9 +135,9 @@ def test_a_fused_only_family_the_fused_builder_refuses_says_there_is_no_other_gr
     model_type = recipe_config(name)["model_type"]
     hf = build_recipe(FAMILY_DIR / name, tmp_path / "hf")
     # a head size GQA cannot take (a multiple of 8 it needs): 20, set as each config holds it (Exaone4Config has no
-    # head_dim: hidden / heads)
+    # head_dim: hidden / heads; nor do Olmo3Config and Lfm2Config)
     odd = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(
-        hf, **({"hidden_size": 80} if model_type in ("exaone4", "lfm2") else {"head_dim": 20})))
+        hf, **({"hidden_size": 80} if model_type in ("exaone4", "lfm2", "olmo3") else {"head_dim": 20})))
     with pytest.raises(ExportError, match=f"head_dim 20 is not a multiple of 8.*model_type '{model_type}' has no other "
                                           "graph: optimum-onnx cannot export it"):
         export_model(odd, tmp_path / "out", progress=False)

@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-layout", choices=("auto", "plain", "fused"), default="auto",
                    help="auto (default): fused where supported, else plain; plain: optimum's graph; fused: GroupQueryAttention with in-place KV buffers, "
                         "no per-step cache concatenation (gpt2, t5, mt5, llama, mistral, qwen2, qwen3, phi3, granite, smollm3, "
-                        "olmo2, ernie4_5, exaone4 and lfm2 (fused only), stablelm, gemma, gemma2, gemma3_text; CPU)")
+                        "olmo2, olmo3, ernie4_5, exaone4, lfm2 (the last four fused only), stablelm, gemma, gemma2, "
+                        "gemma3_text; CPU)")
     q = p.add_argument_group("quantization (decoder-only; MODEL may also be an fp32 onnxlm artifact dir)")
     q.add_argument("--quantize", choices=("int8", "int4", "gguf"),
                    help="weight-only MatMulNBits (gguf: on a .gguf file's own blocks, no re-quantisation: Q4_0..Q8_0, "
