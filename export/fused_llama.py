@@ -86,7 +86,8 @@ def check_supported(model) -> None:
     why = partial_rotary_refusal(head_dim, int(head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0)))
     if why:
         raise ExportError(f"kv_layout='fused': {why} ({hint})")
-    check_head_dim(head_dim, cfg.model_type)
+    # OLMo 3's second rotary table is GQA's own input: no turn before it (16: onnxruntime's need to rotate itself)
+    check_head_dim(head_dim, cfg.model_type, 16 if cfg.model_type == "olmo3" else HEAD_MULTIPLE)
 
 
 def partial_rotary_refusal(head_dim: int, rotary: int) -> str | None:
@@ -192,15 +193,12 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     g.init("cos_cache", cos)
     g.init("sin_cache", sin)
     tables = {None: ("cos_cache", "sin_cache")}  # rotary tables by kind: global (None) and local (sliding)
-    if by_kind is not None:
+    if by_kind is not None and rope_type_of(cfg) != "default":  # (unscaled: both kinds the same table)
         tables["local"] = ("cos_cache_local", "sin_cache_local")
         for name, value in zip(tables["local"], rotary_caches(model, P, by_kind["sliding_attention"])):
             g.init(name, value)
     rotary_dim = 2 * cos.shape[1]  # the model's own tables say how many dims turn
     outside = not gqa_rotates(H, rotary_dim)  # a partial rotary GQA cannot take: turned before it, at position_ids
-    if outside and by_kind is not None:
-        raise ExportError(f"{cfg.model_type}: a head of {H} dims rotated in part ({rotary_dim}) with a second rotary "
-                          "table for its sliding-window layers is not supported by the fused graph")
 
     x = g.op("Gather", ["embed_tokens.weight", "input_ids"], axis=0)  # [b, s, D]
     if granite:

@@ -229,8 +229,8 @@ class PrefixCache:
         keeps them), kept with an entry that starts with these ids (unless that entry would then exceed
         ``max_bytes`` alone; other entries may go)."""
         snap = self._covering(ids)
-        if snap is None or len(ids) in snap.logits:
-            return
+        if snap is None or len(ids) in snap.logits or (snap.checkpoints is not None and checkpoint is None):
+            return  # (logits without their checkpoint: never resumed there)
         adds = {} if snap.checkpoints is None or checkpoint is None or len(ids) in snap.checkpoints else checkpoint
         grows = logits.nbytes + sum(a.nbytes for a in adds.values())
         if snap.nbytes + grows <= self.max_bytes:

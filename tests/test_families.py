@@ -246,6 +246,8 @@ def _logits_without(name: str, **override) -> tuple[np.ndarray, np.ndarray]:
     ("tiny-gemma3-text", {"layer_types": ["full_attention"] * 2}),
     ("tiny-gemma3-text", {"rope_local_base_freq": 1000000.0}),
     ("tiny-gemma3-text", {"rope_scaling": None}),
+    ("tiny-olmo3", {"layer_types": ["full_attention"] * 2}),
+    ("tiny-olmo3", {"rope_scaling": None}),
     ("tiny-granite", {"embedding_multiplier": 1.0, "residual_multiplier": 1.0, "attention_multiplier": 0.25,
                       "logits_scaling": 1.0}),
 ])

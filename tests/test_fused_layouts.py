@@ -430,7 +430,8 @@ def test_fused_refuses_other_model_types_and_bad_layouts(tiny_llama, tmp_path):
                                                        num_hidden_layers=1, num_attention_heads=2,
                                                        num_key_value_heads=1)).eval()
     with pytest.raises(ExportError, match="'olmo' is not supported; supported: ernie4_5, exaone4, gemma, gemma2, "
-                                          "gemma3_text, gpt2, granite, lfm2, llama, mistral, mt5, olmo2, phi3, qwen2, qwen3, "
+                                          "gemma3_text, gpt2, granite, lfm2, llama, mistral, mt5, olmo2, olmo3, phi3, qwen2, "
+                                          "qwen3, "
                                           "smollm3, stablelm, t5"):
         export_model(olmo, tmp_path / "a", progress=False, kv_layout="fused", validate=False)
     from types import SimpleNamespace

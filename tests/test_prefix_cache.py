@@ -110,6 +110,14 @@ def test_checkpoints_bound_where_an_entry_resumes_and_count_in_its_size():
     small.put([1, 2, 3, 4, 5, 6, 7], _kv(7), logits, first=4, checkpoint=state(7))
     (entry,) = small.entries.values()
     assert sorted(entry.checkpoints) == [4, 7] and sorted(entry.logits) == [4] and small.bytes == entry.nbytes
+    big = {"conv": np.zeros((4, 4), np.float32)}  # 64 bytes: room for the longest's logits, not its checkpoint
+    uneven = PrefixCache(base + 64 + 32 + 32)
+    uneven.put([1, 2, 3, 4], _kv(4), logits, checkpoint=big)
+    uneven.put([1, 2, 3, 4, 5, 6, 7], _kv(7), logits, first=4, checkpoint=big)
+    (entry,) = uneven.entries.values()
+    assert sorted(entry.checkpoints) == [4] and sorted(entry.logits) == [4]  # no logits without their checkpoint
+    uneven.attach_logits([1, 2, 3, 4, 5], logits)  # no checkpoint given: nothing attached
+    assert 5 not in entry.logits and uneven.bytes == entry.nbytes
     tiny = PrefixCache(base + 16)  # no checkpoint fits beside the keys/values: not kept, the cache as it was
     tiny.put([1, 2, 3, 4], _kv(4), logits, checkpoint=state(4))
     tiny.put([1, 2, 3, 4, 5, 6, 7], _kv(7), logits, first=4, checkpoint=state(7))

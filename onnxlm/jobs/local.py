@@ -59,7 +59,8 @@ def _generation_config(spec: JobSpec, manifest: dict):
     config.json) with the job's parameters (ParameterError for a bad one)."""
     from onnxlm.runtime.manifest import read_json
     from onnxlm.runtime.model import artifact_generation_config
-    base = artifact_generation_config(spec.model_dir, manifest, read_json(spec.model_dir / "config.json"))
+    config_file = spec.model_dir / "config.json"  # (loading the model needs it; a finished job's rerun does not)
+    base = artifact_generation_config(spec.model_dir, manifest, read_json(config_file) if config_file.is_file() else {})
     return base.replace(**split_params(spec.params)[0]).validate()
 
 
