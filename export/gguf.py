@@ -335,10 +335,14 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
         raise ExportError(f"{path}: {e}") from e
     overrides = config_overrides(meta)  # what llama.cpp reads and transformers' loader leaves at the defaults
     overrides.update(longrope_overrides(path, meta))  # Phi-3.5's LongRoPE factors (tensors)
+    model_type = overrides.pop("model_type", None)  # OLMo 3: a file of architecture olmo2 (gguf_config)
     try:
         # the file's one parsed reader, not two more; architectures transformers' loader lacks (gguf_architectures)
         with readers_shared_with_transformers(), known_to_transformers():
             config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+            if model_type is not None and model_type != config.model_type:  # the same settings, another config class
+                config = AutoConfig.for_model(model_type, **{k: v for k, v in config.to_dict().items()
+                                                             if k not in ("model_type", "architectures", "transformers_version")})
             for key, value in overrides.items():
                 setattr(config, key, value)
             family_of(config.model_type)  # an architecture onnxlm does not export is refused before its weights load

@@ -28,7 +28,9 @@ file loads and takes them out again after, so transformers builds the model of t
   2's post-norms with per-head q/k norms; its sliding-window layers as llama.cpp sets them (``gguf_config``).
 * ``olmo2`` (OLMo 2): Llama's keys, q/k rows as they are (llama.cpp rotates halves, as transformers); its q/k norms
   over the full projections and post-norms are gguf-py's names. An OLMo 3 file says ``olmo2`` too, with a sliding
-  window: ``gguf_config`` refuses it by name (transformers' Olmo2Config has no window).
+  window: ``gguf_config`` makes its config an ``olmo3`` one, whose tensors the loader then finds under OLMo 2's GGUF
+  names (``MODEL_TYPE_ALIASES``: its ``get_gguf_hf_weights_map`` looks a model_type up among gguf-py's
+  architectures).
 
 ``QK_PERMUTED``: the architectures whose q/k rows llama.cpp's converter permutes (``LlamaModel.permute``; some of
 its subclasses do not), which ``gguf_quant`` puts back in transformers' order when it keeps the file's blocks.
@@ -42,6 +44,10 @@ from .shared_patch import SharedPatch
 
 #: architectures whose attn_q / attn_k rows llama.cpp's converter interleaves (LlamaModel.permute)
 QK_PERMUTED = ("llama", "granite", "smollm3")
+#: transformers model_type -> the GGUF architecture whose tensor names its weights have (a model_type gguf-py does not
+#: know: the loader's weight map would fail on it)
+MODEL_TYPE_ALIASES = {"olmo3": "olmo2"}
+_WEIGHTS_MAP = "get_gguf_hf_weights_map"  # the loader function ``_add`` wraps (an entry of its list)
 
 
 def _gemma_config() -> dict:
@@ -88,6 +94,16 @@ def _add() -> list[str]:
             GGUF_CONFIG_MAPPING[arch] = config()
             loader.GGUF_SUPPORTED_ARCHITECTURES.append(arch)
             loader.TENSOR_PROCESSORS[arch] = getattr(loader, processor)
+        original = loader.get_gguf_hf_weights_map
+
+        def weights_map(hf_model, model_type=None, *args, **kwargs):  # the model's type, or the one it aliases
+            if model_type is None:
+                model_type = MODEL_TYPE_ALIASES.get(hf_model.config.model_type, hf_model.config.model_type)
+            return original(hf_model, model_type, *args, **kwargs)
+
+        weights_map.__wrapped__ = original
+        added.append(_WEIGHTS_MAP)
+        loader.get_gguf_hf_weights_map = weights_map
     except BaseException:
         _remove(added)
         raise
@@ -98,7 +114,9 @@ def _remove(added: list[str]) -> None:
     from transformers import modeling_gguf_pytorch_utils as loader
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    for arch in added:
+    if _WEIGHTS_MAP in added and hasattr(loader.get_gguf_hf_weights_map, "__wrapped__"):
+        loader.get_gguf_hf_weights_map = loader.get_gguf_hf_weights_map.__wrapped__
+    for arch in (a for a in added if a != _WEIGHTS_MAP):
         GGUF_CONFIG_MAPPING.pop(arch, None)
         loader.TENSOR_PROCESSORS.pop(arch, None)
         if arch in loader.GGUF_SUPPORTED_ARCHITECTURES:

@@ -8,7 +8,8 @@ runtime:
   older ``rope.scale_linear``) (Gemma 3 4B and larger: factor 8 on the global
   layers): ignored, every position rotates differently. Here: ``rope_scaling = {"rope_type": "linear", "factor": f}``
   (transformers' Gemma 3 applies it to the global layers only, as llama.cpp does; the local layers keep their own
-  base). Another scaling type (``yarn``, ...) is refused by name rather than silently dropped.
+  base). Another scaling type (``yarn`` but in an OLMo 3 file, below; ...) is refused by name rather than silently
+  dropped.
 * ``rope_freqs.weight`` (Llama 3.1 / 3.2 files: llama3 rope scaling stored as one factor per frequency, which llama.cpp
   divides each frequency by): ignored. Here: every rotary embedding's ``inv_freq`` is divided by the factors.
 * Gemma 2's ``attn_logit_softcapping`` / ``final_logit_softcapping``: the defaults (50, 30) are used whatever the
@@ -20,7 +21,11 @@ runtime:
 * A SmolLM3 or Gemma 3 file without ``rope.freq_base``: llama.cpp rotates with base 10000, transformers with its
   config's default (SmolLM3 2,000,000; Gemma 3's global layers 1,000,000). Here: llama.cpp's.
 * An OLMo 3 file (``general.architecture = olmo2`` with ``attention.sliding_window``): transformers would build an
-  OLMo 2 without the window. Here: refused by name.
+  OLMo 2 without the window, and refuses its YaRN rope scaling. Here: model_type ``olmo3`` with llama.cpp's layers
+  (``attention.sliding_window_pattern``, an array of booleans or every n-th global, default 4) and its YaRN:
+  ``rope.scaling.factor`` and ``original_context_length`` (default: the context), beta_fast 32 and beta_slow 1 (the
+  keys llama.cpp does not read), the attention factor 1 + 0.1 ln(factor) times ``rope.scaling.attn_factor``; its
+  sliding-window layers rotate unscaled (llama.cpp's olmo2 graph, transformers' Olmo3).
 * EXAONE 4's sliding window: llama.cpp applies one only to the 64-layer model (the 32B: ``attention.sliding_window``,
   default 4096, on the layers ``attention.sliding_window_pattern`` names, an array of booleans or every n-th global,
   default 4, the global layers without rotary) and none to any other, whatever the file says; Exaone4Config's
@@ -51,13 +56,15 @@ runtime:
   too with a context up to that size (measured: 1.9e-3 from llama.cpp's logits at its context 256 of 256; at 512 it
   takes the long factors for every position).
 
-A ``{arch}.rope.scaling.type`` other than none/linear is refused by name rather than dropped.
+A ``{arch}.rope.scaling.type`` other than none/linear (and yarn in an OLMo 3 file) is refused by name rather than
+dropped.
 
 ``config_overrides`` is applied to the config before the weights are loaded (the attention modules read it at
 construction), ``apply_rope_freqs`` to the loaded model.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -87,10 +94,7 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
 
     arch = meta.get("general.architecture")
     out: dict = {}
-    if arch == "olmo2" and meta.get("olmo2.attention.sliding_window"):  # before its (YaRN) rope scaling is read
-        raise ExportError("olmo2.attention.sliding_window is set: an OLMo 3 file (sliding-window layers), which onnxlm "
-                          "does not export from GGUF (OLMo 2 files have no window; its YaRN rope scaling is not read "
-                          "from GGUF); its transformers directory exports (model_type olmo3)")
+    olmo3 = arch == "olmo2" and bool(meta.get("olmo2.attention.sliding_window"))  # OLMo 3 (see the module doc)
     # as llama.cpp reads them: the type defaults to linear; the factor is rope.scaling.factor, else the older
     # rope.scale_linear (original convert.py files, e.g. 16K Vicuna), 0 or absent meaning none
     scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
@@ -98,9 +102,14 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     factor = float((factor if factor is not None else meta.get(f"{arch}.rope.scale_linear")) or 1.0)
     if scaling == "linear" and factor != 1.0:
         out["rope_scaling"] = {"rope_type": "linear", "factor": factor}
-    elif scaling not in (None, "none", "linear"):
+    elif scaling == "yarn" and olmo3 and factor > 1.0:
+        out["rope_scaling"] = yarn_scaling(meta, arch, factor)
+    elif scaling not in (None, "none", "linear") and not (olmo3 and scaling == "yarn"):
         raise ExportError(f"{arch}.rope.scaling.type = {scaling!r} (factor {factor}): not supported for GGUF files "
-                          "(supported: none, linear; llama3 scaling comes as a rope_freqs tensor)")
+                          "(supported: none, linear, and yarn in OLMo 3 files; llama3 scaling comes as a rope_freqs "
+                          "tensor)")
+    if olmo3:
+        out.update(model_type="olmo3", **swa_layers(meta, arch, default_window=None))
     if arch in FUSED_ONLY_TYPES:  # no plain graph to fall back to: a head the fused one cannot take is refused now
         head, multiple = _head_size(meta, arch), head_multiple(arch)  # these architectures are their model_types
         if head % multiple:
@@ -159,16 +168,36 @@ def exaone4_layers(meta: Mapping[str, Any]) -> dict:
         return {"sliding_window": None, "layer_types": ["full_attention"] * layers}
     # rope.freq_base_swa: llama.cpp's exaone4 graph rotates every layer with rope.freq_base (the per-layer base
     # serves only its KV-cache shifts), as transformers' one rotary does: ignored here too
-    pattern = meta.get("exaone4.attention.sliding_window_pattern", 4)
+    return swa_layers(meta, "exaone4", default_window=4096)
+
+
+def swa_layers(meta: Mapping[str, Any], arch: str, default_window: int | None) -> dict:
+    """A file's ``attention.sliding_window`` (else ``default_window``) and the layers it windows, as llama.cpp's
+    ``load_swa_pattern(ml, 4)`` reads ``attention.sliding_window_pattern``: an array of booleans, or every n-th
+    layer global (default 4; 0: every layer windowed) -> ``sliding_window``, ``layer_types``. (OLMo 3 and EXAONE 4's
+    ``rope.freq_base_swa`` serves only llama.cpp's KV-cache shifts: ignored.)"""
+    layers = int(meta[f"{arch}.block_count"])
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern", 4)
     if isinstance(pattern, list):
         if len(pattern) != layers:
-            raise ExportError(f"exaone4.attention.sliding_window_pattern: {len(pattern)} entries for {layers} layers")
+            raise ExportError(f"{arch}.attention.sliding_window_pattern: {len(pattern)} entries for {layers} layers")
         swa = [bool(s) for s in pattern]
     else:  # every n-th layer global (llama.cpp's set_swa_pattern; 0: every layer windowed)
         n = int(pattern)
         swa = [n == 0 or i % n < n - 1 for i in range(layers)]
-    return {"sliding_window": int(meta.get("exaone4.attention.sliding_window", 4096)),
+    return {"sliding_window": int(meta.get(f"{arch}.attention.sliding_window", default_window)),
             "layer_types": ["sliding_attention" if s else "full_attention" for s in swa]}
+
+
+def yarn_scaling(meta: Mapping[str, Any], arch: str, factor: float) -> dict:
+    """A file's YaRN rope scaling as llama.cpp applies it -> transformers' ``rope_scaling``: ``factor``; the original
+    context ``rope.scaling.original_context_length`` (default: ``context_length``); beta_fast 32 and beta_slow 1
+    (llama.cpp's, whatever ``yarn_beta_*`` keys say: it does not read them); cos/sin scaled by 1 + 0.1 ln(factor)
+    times ``rope.scaling.attn_factor`` (default 1; the ``yarn_attn_factor`` key is not read either)."""
+    original = meta.get(f"{arch}.rope.scaling.original_context_length") or meta[f"{arch}.context_length"]
+    attention = (1.0 + 0.1 * math.log(factor)) * float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0))
+    return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": int(original),
+            "beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": attention}
 
 
 def partial_rotary_factor(meta: Mapping[str, Any], arch: str) -> float:

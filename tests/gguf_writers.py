@@ -30,6 +30,16 @@ CASES = {
                                         "logit_scale": 2.5}, None),
     "smollm3-nope": ("smollm3", {"block_count": 4}, None),
     "olmo2": ("olmo2", {}, None),  # OLMo 2: post-norms, q/k norms over the full projections, an untied head
+    # OLMo 3 as llama.cpp's converter writes it: OLMo 2's architecture with a sliding window (4 here) on three layers
+    # of every four (the pattern array), YaRN on the global ones (factor 8 over an original context of 32)
+    "olmo3": ("olmo2", {"block_count": 4, "attention.sliding_window": WINDOW,
+                        "attention.sliding_window_pattern": [True, True, True, False], "rope.scaling.type": "yarn",
+                        "rope.scaling.factor": 8.0, "rope.scaling.original_context_length": 32}, None),
+    # one without the pattern (llama.cpp: every 4th layer global), YaRN with an attention factor and no original
+    # context (llama.cpp: the context, 256)
+    "olmo3-default-pattern": ("olmo2", {"block_count": 4, "attention.sliding_window": WINDOW,
+                                        "rope.scaling.type": "yarn", "rope.scaling.factor": 4.0,
+                                        "rope.scaling.attn_factor": 0.9}, None),
     # ERNIE 4.5 dense as llama.cpp's converter writes it: no rope.dimension_count, the head size in key_length (16,
     # where Ernie4_5Config's default is 128), q/k rows as they are (llama.cpp and transformers both rotate pairs)
     "ernie4_5": ("ernie4_5", {"rope.dimension_count": None}, None),

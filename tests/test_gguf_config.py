@@ -196,7 +196,8 @@ def test_longrope_factors_without_the_original_context_are_refused(tmp_path):
 
 def test_architectures_transformers_lacks_are_known_to_it_only_while_a_file_loads(tmp_path):
     """gguf_architectures.known_to_transformers adds Gemma 1, Granite, SmolLM3 and OLMo 2 to transformers' GGUF tables
-    and takes them out again, also when the load fails; onnxlm info calls such a file exported."""
+    (and the olmo3 -> olmo2 alias to its weight map) and takes them out again, also when the load fails; onnxlm info
+    calls such a file exported."""
     from transformers import modeling_gguf_pytorch_utils as loader
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
@@ -204,13 +205,15 @@ def test_architectures_transformers_lacks_are_known_to_it_only_while_a_file_load
     from onnxlm.export.gguf_summary import summarize_gguf
 
     def tables():
-        return dict(GGUF_CONFIG_MAPPING), list(loader.GGUF_SUPPORTED_ARCHITECTURES), dict(loader.TENSOR_PROCESSORS)
+        return (dict(GGUF_CONFIG_MAPPING), list(loader.GGUF_SUPPORTED_ARCHITECTURES), dict(loader.TENSOR_PROCESSORS),
+                loader.get_gguf_hf_weights_map)
 
     before = tables()
     assert not set(EXTRA) & set(before[0])
     with pytest.raises(KeyError, match="a failed load"):
         with known_to_transformers():
             assert set(EXTRA) <= set(GGUF_CONFIG_MAPPING) & set(loader.GGUF_SUPPORTED_ARCHITECTURES)
+            assert loader.get_gguf_hf_weights_map.__wrapped__ is before[3]  # OLMo 3's weights under OLMo 2's names
             assert loader.TENSOR_PROCESSORS["gemma"] is loader.Gemma2TensorProcessor
             assert GGUF_CONFIG_MAPPING["granite"]["logit_scale"] == "logits_scaling"
             raise KeyError("a failed load")
@@ -274,18 +277,32 @@ def test_a_gemma3_file_without_rope_base_rotates_as_llama_cpp():
     assert "rope_theta" not in config_overrides({**meta, "gemma3.rope.freq_base": 1e6})
 
 
-def test_an_olmo3_file_is_refused_by_name(tmp_path):
-    """An OLMo 3 GGUF says general.architecture = olmo2 and has a sliding window, which transformers' OLMo 2 would
-    drop: refused naming the key, before any weight loads; onnxlm info says why."""
+def test_an_olmo3_files_window_and_yarn_are_what_make_its_logits_llama_cpps(tmp_path, monkeypatch):
+    """An OLMo 3 GGUF (general.architecture olmo2 with a sliding window, YaRN) exports as model_type olmo3, the fused
+    graph, needing onnxruntime 1.24 (its window); its windowed layers and its YaRN are each what makes its logits
+    llama.cpp's (``test_export_of_a_gguf_gives_llama_cpps_logits``): without either they are far off. onnxlm info
+    says it exports."""
+    import onnxlm.export.gguf_config as gguf_config
     from onnxlm.export.gguf_summary import summarize_gguf
 
     path = tmp_path / "olmo3.gguf"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(CASES, "olmo3", ("olmo2", {"attention.sliding_window": 4, "rope.scaling.type": "yarn",
-                                              "rope.scaling.factor": 8.0}, None))  # as OLMo 3's files: YaRN too
-        write_tiny_gguf(path, "olmo3")
-    with pytest.raises(ExportError, match="olmo2.attention.sliding_window is set: an OLMo 3 file"):
-        export_model(path, tmp_path / "out", progress=False)
-    assert not (tmp_path / "out").exists()
+    write_tiny_gguf(path, "olmo3")
+    llama_cpp = np.array(REFERENCE["cases"]["olmo3"]["logits"], np.float32)
+    keep = gguf_config.config_overrides
+    for name, drop in (("window", lambda o: {**o, "layer_types": ["full_attention"] * 4}),
+                       ("yarn", lambda o: {k: v for k, v in o.items() if k != "rope_scaling"})):
+        monkeypatch.setattr(gguf_config, "config_overrides", lambda meta, drop=drop: drop(keep(meta)))
+        other = onnxlm.load(export_model(path, tmp_path / name, progress=False))
+        assert float(np.abs(other.logits(np.array([IDS]))[0] - llama_cpp).max()) > 20 * ATOL, name  # 0.34 and more
+    monkeypatch.undo()
+    model = onnxlm.load(export_model(path, tmp_path / "out", progress=False))
+    assert float(np.abs(model.logits(np.array([IDS]))[0] - llama_cpp).max()) <= ATOL
+    m = model.manifest
+    assert (m["model_type"], m["kv_layout"], m["requires"]) == ("olmo3", "fused-gqa", {"onnxruntime": "1.24"})
     summary = summarize_gguf(path)
-    assert not summary["exported"] and "OLMo 3" in summary["refused"]
+    assert summary["exported"] and summary["refused"] is None
+    with pytest.MonkeyPatch.context() as mp:  # YaRN elsewhere is still refused by name
+        mp.setitem(CASES, "llama-yarn", ("llama", {"rope.scaling.type": "yarn", "rope.scaling.factor": 8.0}, None))
+        write_tiny_gguf(tmp_path / "llama-yarn.gguf", "llama-yarn")
+    with pytest.raises(ExportError, match="llama.rope.scaling.type = 'yarn' .* not supported for GGUF files"):
+        export_model(tmp_path / "llama-yarn.gguf", tmp_path / "refused", progress=False)

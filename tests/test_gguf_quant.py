@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)")
 pytest.importorskip("onnx", reason="quantization needs the 'export' extra (onnx)")
 
+import gguf  # noqa: E402
 import onnxlm  # noqa: E402
 from gate_text import SHORT_GATE_TEXT  # noqa: E402
 from gguf_writers import add_tiny_vocabulary, write_out  # noqa: E402
@@ -644,6 +645,19 @@ ARCHS = {
                   ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
               + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 13,
               (1e-4, 5e-4), "olmo2", {"Q4_K": 11, "Q6_K": 5}),
+    # OLMo 3 (OLMo 2's tensors and types in a file of architecture olmo2): a sliding window of 4 on its first layer,
+    # YaRN on the other
+    "olmo3": (dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-6,
+                   add_rope_freq_base=500_000.0, add_sliding_window=4, add_sliding_window_pattern=[True, False],
+                   add_rope_scaling_type=gguf.RopeScalingType.YARN, add_rope_scaling_factor=8.0,
+                   add_rope_scaling_orig_ctx_len=32),
+              [("token_embd.weight", "vocab", 256, "Q4_K")] + _layer(
+                  ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"), ("attn_v", 128, 256, "Q6_K"),
+                  ("attn_output", 256, 256, "Q4_K"), _NORM("post_attention_norm"), _NORM("attn_q_norm", 256),
+                  _NORM("attn_k_norm", 128), ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"),
+                  ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
+              + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 13,
+              (1e-4, 5e-4), "olmo3", {"Q4_K": 11, "Q6_K": 5}),
     # ERNIE 4.5 (Q4_K q/k/gate/up, Q8_0 o, Q6_K v, down and the tied embedding): Llama's tensors, q/k rows not
     # permuted (its rotary turns adjacent pairs, in llama.cpp and transformers alike), a head size (64 a head, 2
     # heads) that is not hidden / heads, as ERNIE-4.5-0.3B's 128 against 1024 / 16. Small K-quant scales: seeds 14 to
@@ -700,6 +714,9 @@ ARCHS = {
 }
 
 
+GGUF_ARCH = {"olmo3": "olmo2"}  # an ARCHS case -> its file's general.architecture, where they differ
+
+
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_an_architectures_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_path, arch):
     """A GGUF of each architecture with llama.cpp's tensor layout and a Q4_K_M file's types (Gemma 3 as the 270M
@@ -716,7 +733,7 @@ def test_an_architectures_gguf_goes_to_the_fused_graph_on_its_own_blocks(tmp_pat
 
     header, tensors, seed, scales, model_type, kept = ARCHS[arch]
     gguf_path = tmp_path / f"{arch}.gguf"
-    write_tiny_arch_gguf(gguf_path, arch, header, tensors, seed, scales)
+    write_tiny_arch_gguf(gguf_path, GGUF_ARCH.get(arch, arch), header, tensors, seed, scales)
     out = export_model(gguf_path, tmp_path / "q", quantize="gguf", accuracy_level=1, force_quality=True,
                        quality_text=SHORT_GATE_TEXT, progress=False)
     m = json.loads((out / "onnxlm.json").read_text())
