@@ -28,7 +28,8 @@ def _builder(model):
 def head_multiple(model_type: str) -> int:
     """The multiple a head size must be for ``model_type``'s fused graph (its builder's ``HEAD_MULTIPLE``: 16 where
     GroupQueryAttention rotates q and k itself, else GroupQueryAttention's 8)."""
-    return getattr(BUILDERS.get(model_type), "HEAD_MULTIPLE", 8)
+    builder = BUILDERS.get(model_type)
+    return getattr(builder, "HEAD_MULTIPLES", {}).get(model_type, getattr(builder, "HEAD_MULTIPLE", 8))
 
 
 def check_fused_supported(model) -> None:

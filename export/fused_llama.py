@@ -63,6 +63,9 @@ from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 FUSED_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "granite", "smollm3", "olmo2", "olmo3", "ernie4_5",
                "exaone4", "stablelm")
 HEAD_MULTIPLE = 8  # the head sizes this graph takes (a rotary GroupQueryAttention cannot take turns before it)
+# model_types whose head size must be a multiple of more: OLMo 3's second rotary table is GroupQueryAttention's own
+# input (no turn before it), which needs 16 to rotate q and k itself
+HEAD_MULTIPLES = {"olmo3": 16}
 
 
 def check_supported(model) -> None:
@@ -86,8 +89,7 @@ def check_supported(model) -> None:
     why = partial_rotary_refusal(head_dim, int(head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0)))
     if why:
         raise ExportError(f"kv_layout='fused': {why} ({hint})")
-    # OLMo 3's second rotary table is GQA's own input: no turn before it (16: onnxruntime's need to rotate itself)
-    check_head_dim(head_dim, cfg.model_type, 16 if cfg.model_type == "olmo3" else HEAD_MULTIPLE)
+    check_head_dim(head_dim, cfg.model_type, HEAD_MULTIPLES.get(cfg.model_type, HEAD_MULTIPLE))
 
 
 def partial_rotary_refusal(head_dim: int, rotary: int) -> str | None:

@@ -102,6 +102,7 @@ def _add() -> list[str]:
             return original(hf_model, model_type, *args, **kwargs)
 
         weights_map.__wrapped__ = original
+        weights_map.onnxlm_alias = True  # ours: ``_remove`` puts back only this wrapper's original
         added.append(_WEIGHTS_MAP)
         loader.get_gguf_hf_weights_map = weights_map
     except BaseException:
@@ -114,7 +115,7 @@ def _remove(added: list[str]) -> None:
     from transformers import modeling_gguf_pytorch_utils as loader
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    if _WEIGHTS_MAP in added and hasattr(loader.get_gguf_hf_weights_map, "__wrapped__"):
+    if _WEIGHTS_MAP in added and getattr(loader.get_gguf_hf_weights_map, "onnxlm_alias", False):
         loader.get_gguf_hf_weights_map = loader.get_gguf_hf_weights_map.__wrapped__
     for arch in (a for a in added if a != _WEIGHTS_MAP):
         GGUF_CONFIG_MAPPING.pop(arch, None)

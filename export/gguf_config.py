@@ -94,7 +94,7 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
 
     arch = meta.get("general.architecture")
     out: dict = {}
-    olmo3 = arch == "olmo2" and bool(meta.get("olmo2.attention.sliding_window"))  # OLMo 3 (see the module doc)
+    olmo3 = file_model_type(meta) == "olmo3"  # a file of architecture olmo2 (see the module doc)
     # as llama.cpp reads them: the type defaults to linear; the factor is rope.scaling.factor, else the older
     # rope.scale_linear (original convert.py files, e.g. 16K Vicuna), 0 or absent meaning none
     scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
@@ -102,7 +102,10 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     factor = float((factor if factor is not None else meta.get(f"{arch}.rope.scale_linear")) or 1.0)
     if scaling == "linear" and factor != 1.0:
         out["rope_scaling"] = {"rope_type": "linear", "factor": factor}
-    elif scaling == "yarn" and olmo3 and factor > 1.0:
+    elif scaling == "yarn" and olmo3:
+        if factor <= 1.0:  # llama.cpp still mixes the frequencies and scales cos/sin there; transformers' YaRN not
+            raise ExportError(f"{arch}.rope.scaling.type = 'yarn' with factor {factor}: onnxlm reads YaRN from GGUF "
+                              "with a factor above 1 only")
         out["rope_scaling"] = yarn_scaling(meta, arch, factor)
     elif scaling not in (None, "none", "linear") and not (olmo3 and scaling == "yarn"):
         raise ExportError(f"{arch}.rope.scaling.type = {scaling!r} (factor {factor}): not supported for GGUF files "
@@ -110,11 +113,12 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
                           "tensor)")
     if olmo3:
         out.update(model_type="olmo3", **swa_layers(meta, arch, default_window=None))
-    if arch in FUSED_ONLY_TYPES:  # no plain graph to fall back to: a head the fused one cannot take is refused now
-        head, multiple = _head_size(meta, arch), head_multiple(arch)  # these architectures are their model_types
+    kind = "olmo3" if olmo3 else arch  # the other architectures here are their model_types
+    if kind in FUSED_ONLY_TYPES:  # no plain graph to fall back to: a head the fused one cannot take is refused now
+        head, multiple = _head_size(meta, arch), head_multiple(kind)
         if head % multiple:
             raise ExportError(f"{arch}: head size {head} is not a multiple of {multiple}, which onnxruntime's "
-                              f"GroupQueryAttention needs in its fused graph, and model_type {arch!r} has no other")
+                              f"GroupQueryAttention needs in its fused graph, and model_type {kind!r} has no other")
     if arch in HEAD_DIM_ARCHS:  # as llama.cpp: key_length, else hidden / heads
         out["head_dim"] = _head_size(meta, arch)
     if arch in PARTIAL_ROTARY_ARCHS:
@@ -152,6 +156,15 @@ def refuse_tensors(arch: str | None, tensor_names) -> None:
         if found:
             raise ExportError(f"{found[0]} ({len(found)} such tensors): {what}, which onnxlm does not export from "
                               "GGUF")
+
+
+def file_model_type(meta: Mapping[str, Any]) -> str | None:
+    """A GGUF's metadata (or header fields) -> the model_type its export builds, where it is not its
+    ``general.architecture``'s (``gguf_quant.model_type_of``): an OLMo 3 file (olmo2 with a sliding window) ->
+    "olmo3"; else None."""
+    if meta.get("general.architecture") == "olmo2" and meta.get("olmo2.attention.sliding_window"):
+        return "olmo3"
+    return None
 
 
 EXAONE4_SWA_LAYERS = 64  # llama.cpp's LLM_TYPE_32B: the only EXAONE 4 it gives sliding-window layers

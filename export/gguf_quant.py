@@ -134,7 +134,7 @@ def off_blocks_reason(reader) -> str | None:
     an odd rotary, ``fused_llama.partial_rotary_refusal``), whose graph is the plain one."""
     from .fused import head_multiple
     from .fused_llama import partial_rotary_refusal
-    from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size, partial_rotary_factor
+    from .gguf_config import PARTIAL_ROTARY_ARCHS, _head_size, file_model_type, partial_rotary_factor
     from .gguf_reader import arch_fields, field_value
 
     arch = field_value(reader, "general.architecture")
@@ -147,7 +147,7 @@ def off_blocks_reason(reader) -> str | None:
     except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a header without its shape: the loader's to refuse
         return None
     why = None
-    multiple = head_multiple(model_type_of(arch))
+    multiple = head_multiple(file_model_type({"general.architecture": arch, **meta}) or model_type_of(arch))
     if head % multiple:  # the builder's fused_graph.check_head_dim
         why = f"head size {head} is not a multiple of {multiple}, which onnxruntime's GroupQueryAttention needs"
     elif arch in PARTIAL_ROTARY_ARCHS:  # the factor config_overrides gives the config, read back as the builder does
@@ -189,7 +189,7 @@ def refuse_file(gguf: Path) -> str | None:
     norms; a fused-only model of a head its graph cannot take), said as the loader says it -> its architecture when
     onnxlm exports it, None for another (the loader's to refuse, naming those it exports)."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
-    from .gguf_config import config_overrides, refuse_tensors
+    from .gguf_config import config_overrides, file_model_type, refuse_tensors
     from .gguf_reader import arch_fields, field_value, gguf_reader
     from .onnx_export import FUSED_ONLY_TYPES
 
@@ -199,8 +199,9 @@ def refuse_file(gguf: Path) -> str | None:
         return None
     try:
         refuse_tensors(arch, [t.name for t in reader.tensors])
-        if arch in FUSED_ONLY_TYPES:  # config_overrides refuses a head its only graph cannot take
-            config_overrides({"general.architecture": arch, **arch_fields(reader, arch)})
+        meta = {"general.architecture": arch, **arch_fields(reader, arch)}
+        if arch in FUSED_ONLY_TYPES or file_model_type(meta):  # config_overrides refuses a head its only graph
+            config_overrides(meta)                              # cannot take (OLMo 3: a file of architecture olmo2)
     except ExportError as e:
         raise ExportError(f"{Path(gguf).name}: {e}") from e
     return arch

@@ -30,10 +30,11 @@ CASES = {
                                         "logit_scale": 2.5}, None),
     "smollm3-nope": ("smollm3", {"block_count": 4}, None),
     "olmo2": ("olmo2", {}, None),  # OLMo 2: post-norms, q/k norms over the full projections, an untied head
-    # OLMo 3 as llama.cpp's converter writes it: OLMo 2's architecture with a sliding window (4 here) on three layers
-    # of every four (the pattern array), YaRN on the global ones (factor 8 over an original context of 32)
+    # OLMo 3 as llama.cpp's converter writes it: OLMo 2's architecture with a sliding window (4 here) on the layers
+    # the pattern array names (not the default every-4th-global: the first layer global too), YaRN on the global ones
+    # (factor 8 over an original context of 32)
     "olmo3": ("olmo2", {"block_count": 4, "attention.sliding_window": WINDOW,
-                        "attention.sliding_window_pattern": [True, True, True, False], "rope.scaling.type": "yarn",
+                        "attention.sliding_window_pattern": [False, True, True, False], "rope.scaling.type": "yarn",
                         "rope.scaling.factor": 8.0, "rope.scaling.original_context_length": 32}, None),
     # one without the pattern (llama.cpp: every 4th layer global), YaRN with an attention factor and no original
     # context (llama.cpp: the context, 256)

@@ -281,7 +281,9 @@ def test_an_olmo3_files_window_and_yarn_are_what_make_its_logits_llama_cpps(tmp_
     """An OLMo 3 GGUF (general.architecture olmo2 with a sliding window, YaRN) exports as model_type olmo3, the fused
     graph, needing onnxruntime 1.24 (its window); its windowed layers and its YaRN are each what makes its logits
     llama.cpp's (``test_export_of_a_gguf_gives_llama_cpps_logits``): without either they are far off. onnxlm info
-    says it exports."""
+    says it exports. Its windowed layers are read as llama.cpp reads the pattern (an array, every n-th global, 0, none:
+    every 4th global); a YaRN factor of 1 or below, and a head size its fused graph (its only one) cannot take, are
+    refused by name from the header."""
     import onnxlm.export.gguf_config as gguf_config
     from onnxlm.export.gguf_summary import summarize_gguf
 
@@ -301,6 +303,19 @@ def test_an_olmo3_files_window_and_yarn_are_what_make_its_logits_llama_cpps(tmp_
     assert (m["model_type"], m["kv_layout"], m["requires"]) == ("olmo3", "fused-gqa", {"onnxruntime": "1.24"})
     summary = summarize_gguf(path)
     assert summary["exported"] and summary["refused"] is None
+    meta = {"general.architecture": "olmo2", "olmo2.block_count": 4, "olmo2.attention.sliding_window": 8,
+            "olmo2.context_length": 256, "olmo2.embedding_length": 64, "olmo2.attention.head_count": 4}
+    for pattern, want in (([False, True, True, False], "FSSF"), (2, "SFSF"), (0, "SSSS"), (None, "SSSF")):
+        got = config_overrides({**meta, "olmo2.attention.sliding_window_pattern": pattern} if pattern is not None
+                               else meta)  # llama.cpp's set_swa_pattern for an integer, every 4th global without
+        assert got["model_type"] == "olmo3" and got["sliding_window"] == 8
+        assert "".join(t[0].upper() for t in got["layer_types"]) == want, pattern
+    with pytest.raises(ExportError, match="sliding_window_pattern: 3 entries for 4 layers"):
+        config_overrides({**meta, "olmo2.attention.sliding_window_pattern": [True, True, False]})
+    with pytest.raises(ExportError, match="'yarn' with factor 1.0: onnxlm reads YaRN from GGUF with a factor above 1"):
+        config_overrides({**meta, "olmo2.rope.scaling.type": "yarn", "olmo2.rope.scaling.factor": 1.0})
+    with pytest.raises(ExportError, match="head size 24 is not a multiple of 16, .* model_type 'olmo3' has no other"):
+        config_overrides({**meta, "olmo2.embedding_length": 96})  # before any weight loads (a head GQA rotates)
     with pytest.MonkeyPatch.context() as mp:  # YaRN elsewhere is still refused by name
         mp.setitem(CASES, "llama-yarn", ("llama", {"rope.scaling.type": "yarn", "rope.scaling.factor": 8.0}, None))
         write_tiny_gguf(tmp_path / "llama-yarn.gguf", "llama-yarn")
