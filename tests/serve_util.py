@@ -68,6 +68,19 @@ def post(url: str, path: str, body, **kw) -> httpx.Response:
     return httpx.post(url + path, content=content, headers=headers, timeout=kw.pop("timeout", 30), **kw)
 
 
+
+def sent_twice(loader, path: str, body: dict, prefix_cache_mb: int) -> tuple[dict, dict, dict]:
+    """A fresh server of ``loader``'s model with that prefix cache, ``body`` POSTed to ``path`` twice -> (first answer,
+    second answer, /metrics after them); the server stopped."""
+    srv = start(loader, prefix_cache_mb=prefix_cache_mb)
+    try:
+        wait_health(srv.url)
+        a = httpx.post(srv.url + path, json=body, timeout=60).json()
+        b = httpx.post(srv.url + path, json=body, timeout=60).json()
+        return a, b, httpx.get(srv.url + "/metrics", timeout=10).json()
+    finally:
+        srv.stop()
+
 def sse_events(url: str, path: str, body: dict, headers=None) -> list:
     """POST a streaming request -> the data payloads in order (JSON objects, and the final '[DONE]' string)."""
     out = []

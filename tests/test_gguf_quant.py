@@ -589,6 +589,14 @@ def _layer(*tensors) -> list:
 
 
 _NORM = lambda kind, n=256: (kind, n, None, "norm")  # noqa: E731
+_OLMO2_HEADER = dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-6,
+                     add_rope_freq_base=500_000.0)
+_OLMO2_TENSORS = ([("token_embd.weight", "vocab", 256, "Q4_K")] + _layer(
+    ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"), ("attn_v", 128, 256, "Q6_K"),
+    ("attn_output", 256, 256, "Q4_K"), _NORM("post_attention_norm"), _NORM("attn_q_norm", 256),
+    _NORM("attn_k_norm", 128), ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"),
+    ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
+    + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")])
 #: per architecture, as a Q4_K_M file of it stores its tensors (tiny): header, tensors, seed, super-scales ->
 #: model_type, blocks kept by type. K-quant weights of ~0.01 (Qwen3, Phi-3): their random mins would otherwise grow
 #: the activations past float32's reach in the 8-bit path.
@@ -636,28 +644,13 @@ ARCHS = {
     # OLMo 2 (Q4_K q/k/o/gate/up and the embedding, Q6_K v, down and an untied head): post-norms, q/k norms over the
     # full projections, rows not permuted; no norm before a product, so the 8-bit codes' two-pass error follows the
     # residual stream's size (seed 12 read 1.0e-4 of the logits' range, here 4.8e-5)
-    "olmo2": (dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-6,
-                   add_rope_freq_base=500_000.0),
-              [("token_embd.weight", "vocab", 256, "Q4_K")] + _layer(
-                  ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"), ("attn_v", 128, 256, "Q6_K"),
-                  ("attn_output", 256, 256, "Q4_K"), _NORM("post_attention_norm"), _NORM("attn_q_norm", 256),
-                  _NORM("attn_k_norm", 128), ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"),
-                  ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
-              + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 13,
-              (1e-4, 5e-4), "olmo2", {"Q4_K": 11, "Q6_K": 5}),
+    "olmo2": (_OLMO2_HEADER, _OLMO2_TENSORS, 13, (1e-4, 5e-4), "olmo2", {"Q4_K": 11, "Q6_K": 5}),
     # OLMo 3 (OLMo 2's tensors and types in a file of architecture olmo2): a sliding window of 4 on its first layer,
     # YaRN on the other
-    "olmo3": (dict(add_head_count_kv=1, add_rope_dimension_count=128, add_layer_norm_rms_eps=1e-6,
-                   add_rope_freq_base=500_000.0, add_sliding_window=4, add_sliding_window_pattern=[True, False],
+    "olmo3": (dict(_OLMO2_HEADER, add_sliding_window=4, add_sliding_window_pattern=[True, False],
                    add_rope_scaling_type=gguf.RopeScalingType.YARN, add_rope_scaling_factor=8.0,
                    add_rope_scaling_orig_ctx_len=32),
-              [("token_embd.weight", "vocab", 256, "Q4_K")] + _layer(
-                  ("attn_q", 256, 256, "Q4_K"), ("attn_k", 128, 256, "Q4_K"), ("attn_v", 128, 256, "Q6_K"),
-                  ("attn_output", 256, 256, "Q4_K"), _NORM("post_attention_norm"), _NORM("attn_q_norm", 256),
-                  _NORM("attn_k_norm", 128), ("ffn_gate", 256, 256, "Q4_K"), ("ffn_up", 256, 256, "Q4_K"),
-                  ("ffn_down", 256, 256, "Q6_K"), _NORM("post_ffw_norm"))
-              + [("output_norm.weight", 256, None, "norm"), ("output.weight", "vocab", 256, "Q6_K")], 13,
-              (1e-4, 5e-4), "olmo3", {"Q4_K": 11, "Q6_K": 5}),
+              _OLMO2_TENSORS, 13, (1e-4, 5e-4), "olmo3", {"Q4_K": 11, "Q6_K": 5}),
     # ERNIE 4.5 (Q4_K q/k/gate/up, Q8_0 o, Q6_K v, down and the tied embedding): Llama's tensors, q/k rows not
     # permuted (its rotary turns adjacent pairs, in llama.cpp and transformers alike), a head size (64 a head, 2
     # heads) that is not hidden / heads, as ERNIE-4.5-0.3B's 128 against 1024 / 16. Small K-quant scales: seeds 14 to

@@ -15,11 +15,11 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 import onnxlm  # noqa: E402
-from onnxlm.runtime.decoding.scheduler import Request, Scheduler  # noqa: E402
 from onnxlm.runtime.errors import ParameterError  # noqa: E402
 from onnxlm.runtime.fused import FusedHybridLM  # noqa: E402
 from onnxlm.runtime.fused.hybrid_lm import MAX_HISTORY  # noqa: E402
 from onnxlm.runtime.prefix_cache import PrefixCache  # noqa: E402
+from scheduler_util import run_scheduler  # noqa: E402
 from torch_ref import tail_repeating_batch  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -180,24 +180,6 @@ def test_a_checkpoint_resumes_equal_to_a_cold_start(lfm2):
         lfm2.resume({**kv, **held, "conv_state.0": held["conv_state.0"][0]}, len(long), [1, 2])
 
 
-def _serve(model, prompts, params, cache=None, join_at=None, defer=False):
-    """Drive a scheduler over ``prompts`` (joining at steps ``join_at``; ``defer``: the server engine's stores after
-    each step) -> the finished requests."""
-    sched = Scheduler(model, max_rows=8, prefix_cache=cache)
-    reqs = [Request(list(p), model.resolve_config(kw)) for p, kw in zip(prompts, params)]
-    pending, step = list(zip(join_at or [0] * len(reqs), reqs)), 0
-    while pending or sched.busy:
-        for at, req in [x for x in pending if x[0] <= step]:
-            sched.add(req)
-            pending.remove((at, req))
-        sched.step(defer_snapshots=defer)
-        if defer:
-            sched.store_snapshots()
-        step += 1
-    assert all(r.done and r.error is None for r in reqs)
-    return reqs
-
-
 GREEDY = {"max_new_tokens": 8, "eos_token_id": None, "do_sample": False}
 
 
@@ -212,8 +194,8 @@ def test_the_next_turn_of_a_chat_resumes_at_the_answers_checkpoint(lfm2, monkeyp
     held = 0  # the last turn's prompt and answer but its last token: the cached sequence
     for message in ([61, 62, 63], [64, 65], [66]):
         before = cache.reused_tokens
-        (warm,) = _serve(lfm2, [prompt], [GREEDY], cache)
-        (cold,) = _serve(lfm2, [prompt], [GREEDY])
+        (warm,) = run_scheduler(lfm2, [prompt], [GREEDY], cache)
+        (cold,) = run_scheduler(lfm2, [prompt], [GREEDY])
         assert warm.new_ids == cold.new_ids and cache.reused_tokens - before == held
         (entry,) = [e for e in cache.entries.values() if e.owner is not None]
         assert [len(h) for h in entry.owner.buffers.history] == [0]
@@ -232,19 +214,19 @@ def test_a_prompt_sent_again_resumes_whole_and_a_shared_start_alone_does_not(lfm
     monkeypatch.setattr(FusedHybridLM, "_run", lambda self, *a: passes.append(1) or run(self, *a))
     prompt = PROMPT[:25]
     for kw in (GREEDY, dict(GREEDY, max_new_tokens=1), dict(GREEDY, do_sample=True, seed=5, temperature=0.9)):
-        (cold,) = _serve(lfm2, [prompt], [kw])
+        (cold,) = run_scheduler(lfm2, [prompt], [kw])
         cache = PrefixCache(16 * 2**20)
-        _serve(lfm2, [prompt], [kw], cache, defer=True)
+        run_scheduler(lfm2, [prompt], [kw], cache, defer=True)
         (entry,) = cache.entries.values()
         assert sorted(entry.checkpoints) == sorted({len(prompt), len(prompt) + kw["max_new_tokens"] - 1})
         passes.clear()
-        (again,) = _serve(lfm2, [prompt], [kw], cache, defer=True)
+        (again,) = run_scheduler(lfm2, [prompt], [kw], cache, defer=True)
         assert again.new_ids == cold.new_ids and cache.reused_tokens == len(prompt)
         assert len(passes) == kw["max_new_tokens"] - 1
     other = prompt[:15] + [3, 4, 5, 6]
-    (cold,) = _serve(lfm2, [other], [GREEDY])
+    (cold,) = run_scheduler(lfm2, [other], [GREEDY])
     misses = cache.misses
-    (warm,) = _serve(lfm2, [other], [GREEDY], cache)
+    (warm,) = run_scheduler(lfm2, [other], [GREEDY], cache)
     assert warm.new_ids == cold.new_ids and cache.misses == misses + 1
 
 
@@ -256,12 +238,12 @@ def test_requests_joining_a_batch_resume_at_checkpoints_as_a_cold_scheduler(lfm2
     first = [PROMPT[:12], PROMPT[3:18]]
     kw = [GREEDY, dict(GREEDY, do_sample=True, seed=2, temperature=0.8, num_return_sequences=2)]
     cache = PrefixCache(16 * 2**20)
-    answers = _serve(lfm2, first, kw, cache, defer=defer)
+    answers = run_scheduler(lfm2, first, kw, cache, defer=defer)
     prompts = [first[0] + answers[0].new_ids[0] + [70, 71], first[1], first[0], PROMPT[20:31]]
     params = [GREEDY, kw[1], dict(GREEDY, max_new_tokens=3), dict(GREEDY, do_sample=True, seed=4)]
-    cold = _serve(lfm2, prompts, params, join_at=[0, 1, 1, 3])
+    cold = run_scheduler(lfm2, prompts, params, join_at=[0, 1, 1, 3])
     hits = cache.hits
-    warm = _serve(lfm2, prompts, params, cache, join_at=[0, 1, 1, 3], defer=defer)
+    warm = run_scheduler(lfm2, prompts, params, cache, join_at=[0, 1, 1, 3], defer=defer)
     assert [r.new_ids for r in warm] == [r.new_ids for r in cold]
     assert cache.hits - hits == 3 and [r.cached_tokens for r in warm][:3] == [len(prompts[0]) - 3, 15, 12]
 
@@ -269,18 +251,10 @@ def test_requests_joining_a_batch_resume_at_checkpoints_as_a_cold_scheduler(lfm2
 def test_the_server_caches_lfm2_prefixes(lfm2):
     """``onnxlm serve`` (its prefix cache on by default) on an LFM2 model keeps its cache: the same completion
     request twice is a hit reusing every prompt position, with equal answers."""
-    import httpx
-    from serve_util import start, wait_health
+    from serve_util import sent_twice
 
     body = {"prompt": "The cat sat on the mat, and then", "max_tokens": 6, "temperature": 0}
-    srv = start(lambda: lfm2, prefix_cache_mb=8)
-    try:
-        wait_health(srv.url)
-        a = httpx.post(srv.url + "/v1/completions", json=body, timeout=60).json()
-        b = httpx.post(srv.url + "/v1/completions", json=body, timeout=60).json()
-        m = httpx.get(srv.url + "/metrics", timeout=10).json()
-    finally:
-        srv.stop()
+    a, b, m = sent_twice(lambda: lfm2, "/v1/completions", body, prefix_cache_mb=8)
     assert a["choices"][0]["text"] == b["choices"][0]["text"]
     assert m["prefix_cache_hits"] == 1 and m["prefix_cache_reused_tokens"] == a["usage"]["prompt_tokens"]
 

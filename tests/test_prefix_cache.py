@@ -10,6 +10,7 @@ import pytest
 import onnxlm
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
 from onnxlm.runtime.prefix_cache import PrefixCache, Snapshot
+from scheduler_util import run_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -142,25 +143,6 @@ def test_resume_from_a_snapshot_equals_a_cold_start(model):
 
 
 # ---------------------------------------------------------------------------------------------------- the scheduler
-def _run(model, prompts, params, cache=None, join_at=None, defer=False) -> list[Request]:
-    """Drive a scheduler over ``prompts`` (joining at steps ``join_at``); ``defer``: as the server's engine does,
-    each step's prefix-cache copies are stored after the step has returned its tokens."""
-    sched = Scheduler(model, max_rows=8, prefix_cache=cache)
-    reqs = [Request(list(p), model.resolve_config(kw)) for p, kw in zip(prompts, params)]
-    join_at = join_at or [0] * len(reqs)
-    step, pending = 0, list(zip(join_at, reqs))
-    while pending or sched.busy:
-        for at, req in [x for x in pending if x[0] <= step]:
-            sched.add(req)
-            pending.remove((at, req))
-        sched.step(defer_snapshots=defer)
-        if defer:
-            sched.store_snapshots()
-        step += 1
-    assert all(r.done and r.error is None for r in reqs)
-    return reqs
-
-
 def test_deferred_snapshots_store_what_immediate_ones_store(model):
     """The server stores a step's snapshots after handing out its tokens (``step(defer_snapshots=True)``, then
     ``store_snapshots()``): until then they are views of the state's buffers. With rows finishing at different steps
@@ -175,7 +157,7 @@ def test_deferred_snapshots_store_what_immediate_ones_store(model):
     caches = {}
     for defer in (False, True):
         caches[defer] = PrefixCache(64 * 2**20)
-        _run(model, prompts, params, caches[defer], join_at=[0, 0, 1, 2], defer=defer)
+        run_scheduler(model, prompts, params, caches[defer], join_at=[0, 0, 1, 2], defer=defer)
     assert list(caches[True].entries) == list(caches[False].entries) and len(caches[True].entries) >= 4
     for key, snap in caches[False].entries.items():
         deferred = caches[True].entries[key]
@@ -199,10 +181,10 @@ def test_shared_system_prompt_answers_equal_a_cold_scheduler(model, sample):
     kw = {"max_new_tokens": 6, "eos_token_id": None}
     params = [dict(kw, do_sample=True, seed=7 + i, temperature=0.9) if sample else dict(kw, do_sample=False)
               for i in range(len(prompts))]
-    cold = _run(model, prompts, params, join_at=[0, 1, 3, 3])
+    cold = run_scheduler(model, prompts, params, join_at=[0, 1, 3, 3])
     cache = PrefixCache(64 * 2**20)
-    _run(model, prompts[:1], params[:1], cache)  # warms the cache with the system prompt + first question
-    warm = _run(model, prompts, params, cache, join_at=[0, 1, 3, 3])
+    run_scheduler(model, prompts[:1], params[:1], cache)  # warms the cache with the system prompt + first question
+    warm = run_scheduler(model, prompts, params, cache, join_at=[0, 1, 3, 3])
     assert [r.new_ids for r in warm] == [r.new_ids for r in cold]
     assert cache.hits >= len(prompts) and cache.reused_tokens >= len(prompts) * len(model.tokenizer.encode(SYSTEM)) - 8
 
@@ -213,32 +195,24 @@ def test_the_next_turn_of_a_chat_reuses_the_answer(model):
     first = model.tokenizer.encode(SYSTEM + TURNS[0])
     cache = PrefixCache(64 * 2**20)
     kw = {"max_new_tokens": 8, "eos_token_id": None, "do_sample": False}
-    (one,) = _run(model, [first], [kw], cache)
+    (one,) = run_scheduler(model, [first], [kw], cache)
     second = first + one.new_ids[0] + model.tokenizer.encode(" " + TURNS[1], add_special_tokens=False)
     before = cache.reused_tokens
-    (two,) = _run(model, [second], [kw], cache)
+    (two,) = run_scheduler(model, [second], [kw], cache)
     assert cache.reused_tokens - before == len(first) + len(one.new_ids[0]) - 1  # all but the answer's last token
-    (cold,) = _run(model, [second], [kw])
+    (cold,) = run_scheduler(model, [second], [kw])
     assert two.new_ids == cold.new_ids
 
 
 def test_server_metrics_count_hits(tiny_llama):
     """Through `onnxlm serve`: the same chat twice; the second is a hit, /metrics counts it, answers are equal; a
     server started with prefix_cache_mb=0 counts nothing."""
-    import httpx
-    from serve_util import start, wait_health
+    from serve_util import sent_twice
 
     body = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TURNS[0]}],
             "max_tokens": 6, "temperature": 0}
     for mb in (16, 0):
-        srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), prefix_cache_mb=mb)
-        try:
-            wait_health(srv.url)
-            a = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60).json()
-            b = httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=60).json()
-            m = httpx.get(srv.url + "/metrics", timeout=10).json()
-        finally:
-            srv.stop()
+        a, b, m = sent_twice(lambda: onnxlm.load(tiny_llama.onnx_dir), "/v1/chat/completions", body, mb)
         assert a["choices"][0]["message"] == b["choices"][0]["message"]
         if mb:
             assert m["prefix_cache_hits"] == 1 and m["prefix_cache_reused_tokens"] >= a["usage"]["prompt_tokens"] - 1
@@ -256,15 +230,15 @@ def test_pooled_buffers_holding_stale_nan_answer_as_a_cold_scheduler(fused_llama
     kw = {"max_new_tokens": 6, "eos_token_id": None}
     params = [dict(kw, do_sample=True, seed=3, temperature=0.9), dict(kw, do_sample=False),
               dict(kw, do_sample=False, num_return_sequences=1), dict(kw, do_sample=True, seed=5)]
-    cold = _run(onnxlm.load(fused_llama_dir), prompts, params, join_at=[0, 1, 3, 3])
+    cold = run_scheduler(onnxlm.load(fused_llama_dir), prompts, params, join_at=[0, 1, 3, 3])
     model = onnxlm.load(fused_llama_dir)
     pool = model.keep_kv_buffers(256 << 20)
     cache = PrefixCache(64 * 2**20)
-    _run(model, prompts, params, cache, join_at=[0, 1, 3, 3])  # fills the cache and the pool
+    run_scheduler(model, prompts, params, cache, join_at=[0, 1, 3, 3])  # fills the cache and the pool
     assert pool.bytes > 0
     for mapping in pool._kept.values():
         np.frombuffer(mapping, np.float32)[:] = np.nan
-    warm = _run(model, prompts, params, cache, join_at=[0, 1, 3, 3], defer=True)
+    warm = run_scheduler(model, prompts, params, cache, join_at=[0, 1, 3, 3], defer=True)
     assert [r.new_ids for r in warm] == [r.new_ids for r in cold]
     assert pool.reused > 0 and cache.hits >= len(prompts)
 
@@ -278,9 +252,9 @@ def test_a_prompt_sent_again_needs_no_forward_pass(model, sample, monkeypatch):
     prompt = model.tokenizer.encode(SYSTEM + TURNS[2])
     for new in (6, 1):
         kw = {"max_new_tokens": new, "eos_token_id": None, "do_sample": sample, **({"seed": 11} if sample else {})}
-        (cold,) = _run(model, [prompt], [kw])
+        (cold,) = run_scheduler(model, [prompt], [kw])
         cache = PrefixCache(64 * 2**20)
-        _run(model, [prompt], [kw], cache, defer=True)
+        run_scheduler(model, [prompt], [kw], cache, defer=True)
         (entry,) = cache.entries.values()
         assert len(entry.ids) == len(prompt) + new - 1 and len(prompt) in entry.logits
         passes = []
@@ -288,7 +262,7 @@ def test_a_prompt_sent_again_needs_no_forward_pass(model, sample, monkeypatch):
             run = type(model)._run
             monkeypatch.setattr(type(model), "_run", lambda self, *a: passes.append(1) or run(self, *a))
         before = cache.reused_tokens
-        (again,) = _run(model, [prompt], [kw], cache, defer=True)
+        (again,) = run_scheduler(model, [prompt], [kw], cache, defer=True)
         monkeypatch.undo()
         assert cache.reused_tokens - before == len(prompt)
         assert again.new_ids == cold.new_ids
@@ -301,7 +275,7 @@ def test_a_lone_requests_buffers_become_the_cache_entry(fused_llama_dir):
     model = onnxlm.load(fused_llama_dir)
     kw = {"max_new_tokens": 4, "eos_token_id": None, "do_sample": False}
     cache = PrefixCache(64 * 2**20)
-    (req,) = _run(model, [model.tokenizer.encode(SYSTEM + TURNS[0])], [kw], cache, defer=True)
+    (req,) = run_scheduler(model, [model.tokenizer.encode(SYSTEM + TURNS[0])], [kw], cache, defer=True)
     (entry,) = cache.entries.values()
     assert all(a.base is not None for a in entry.kv.values()) and entry.owner is not None  # views, not copies
     prompt = list(req.ids)
@@ -309,8 +283,8 @@ def test_a_lone_requests_buffers_become_the_cache_entry(fused_llama_dir):
     for ids in (prompt, nxt):  # sent again (the entry is cut to the prompt), then the next turn on its answer
         lent = next(e for e in cache.entries.values() if list(e.ids[:len(prompt)]) == prompt)
         block = next(iter(lent.kv.values())).base
-        (warm,) = _run(model, [ids], [kw], cache, defer=True)
-        (cold,) = _run(model, [ids], [kw])
+        (warm,) = run_scheduler(model, [ids], [kw], cache, defer=True)
+        (cold,) = run_scheduler(model, [ids], [kw])
         assert warm.new_ids == cold.new_ids and lent.owner is None  # decoded on the lent state
         assert len(lent.ids) <= len(ids) and list(lent.ids) == ids[:len(lent.ids)]
         (entry,) = [e for e in cache.entries.values() if len(e.ids) == len(ids) + 3]
@@ -320,7 +294,7 @@ def test_a_lone_requests_buffers_become_the_cache_entry(fused_llama_dir):
         v.nbytes for v in entry.logits.values())
     cache = PrefixCache(64 * 2**20)
     short = dict(kw, max_new_tokens=2)
-    _run(model, [model.tokenizer.encode(SYSTEM + t) for t in TURNS[:2]], [short, kw], cache, defer=True)
+    run_scheduler(model, [model.tokenizer.encode(SYSTEM + t) for t in TURNS[:2]], [short, kw], cache, defer=True)
     first = next(e for e in cache.entries.values() if len(e.ids) == len(model.tokenizer.encode(SYSTEM + TURNS[0])) + 1)
     assert all(a.base is None for a in first.kv.values())  # copied: the other row was still running
 
@@ -332,12 +306,12 @@ def test_a_prompt_answered_in_one_token_is_lent_again_each_time(fused_llama_dir)
     kw = {"max_new_tokens": 1, "eos_token_id": None, "do_sample": False}
     prompt = model.tokenizer.encode(SYSTEM + TURNS[3])
     cache = PrefixCache(64 * 2**20)
-    (first,) = _run(model, [prompt], [kw], cache, defer=True)
+    (first,) = run_scheduler(model, [prompt], [kw], cache, defer=True)
     (entry,) = cache.entries.values()
     block = next(iter(entry.kv.values())).base
     for _ in range(3):
         assert entry.owner is not None
-        (again,) = _run(model, [prompt], [kw], cache, defer=True)
+        (again,) = run_scheduler(model, [prompt], [kw], cache, defer=True)
         assert again.new_ids == first.new_ids and list(cache.entries.values()) == [entry]
         assert next(iter(entry.kv.values())).base is block
     assert entry.owner is not None and cache.reused_tokens == 3 * len(prompt)
@@ -351,12 +325,12 @@ def test_requests_admitted_together_on_one_lendable_entry_copy_it(fused_llama_di
     kw = {"max_new_tokens": 4, "eos_token_id": None, "do_sample": False}
     prompt = model.tokenizer.encode(SYSTEM + TURNS[1])
     cache = PrefixCache(64 * 2**20)
-    _run(model, [prompt], [kw], cache, defer=True)
+    run_scheduler(model, [prompt], [kw], cache, defer=True)
     (entry,) = cache.entries.values()
     assert entry.owner is not None
     prompts = [prompt[:-3] + prompt[-2:], prompt]  # resumes 3 positions fewer; then all of them (cached logits)
-    warm = _run(model, prompts, [kw, kw], cache, defer=True)
-    cold = _run(model, prompts, [kw, kw])
+    warm = run_scheduler(model, prompts, [kw, kw], cache, defer=True)
+    cold = run_scheduler(model, prompts, [kw, kw])
     assert [r.new_ids for r in warm] == [r.new_ids for r in cold] and all(r.error is None for r in warm)
 
 
@@ -368,12 +342,12 @@ def test_a_request_of_two_samples_finishing_at_once_lends_nothing_stale(fused_ll
     prompt = model.tokenizer.encode(SYSTEM + TURNS[2])
     two = {"max_new_tokens": 1, "eos_token_id": None, "do_sample": True, "seed": 2, "num_return_sequences": 2}
     cache = PrefixCache(64 * 2**20)
-    _run(model, [prompt], [two], cache, defer=True)
+    run_scheduler(model, [prompt], [two], cache, defer=True)
     (entry,) = cache.entries.values()
     assert entry.owner is None
     kw = {"max_new_tokens": 5, "eos_token_id": None, "do_sample": False}
-    (warm,) = _run(model, [prompt], [kw], cache, defer=True)
-    (cold,) = _run(model, [prompt], [kw])
+    (warm,) = run_scheduler(model, [prompt], [kw], cache, defer=True)
+    (cold,) = run_scheduler(model, [prompt], [kw])
     assert warm.new_ids == cold.new_ids
 
 
@@ -433,7 +407,7 @@ def test_a_lone_clients_chat_is_cached_under_a_budget_below_its_buffer_block(fus
     kw = {"max_new_tokens": 4, "eos_token_id": None, "do_sample": False}
     first = model.tokenizer.encode(SYSTEM + TURNS[0])
     probe = PrefixCache(64 * 2**20)
-    _run(model, [first], [kw], probe, defer=True)
+    run_scheduler(model, [first], [kw], probe, defer=True)
     (views,) = probe.entries.values()  # the block, the ids and two logits (the prompt's and the answer's)
     assert views.owner is not None
     copy = sum(np.array(a).nbytes for a in views.kv.values()) + views.ids.nbytes
@@ -447,14 +421,14 @@ def test_a_lone_clients_chat_is_cached_under_a_budget_below_its_buffer_block(fus
         assert cache.bytes == sum(e.nbytes for e in cache.entries.values()) <= budget
 
     cache = PrefixCache(budget)
-    (one,) = _run(model, [first], [kw], cache, defer=True)
+    (one,) = run_scheduler(model, [first], [kw], cache, defer=True)
     check()
     assert [len(e.ids) for e in cache.entries.values()] == [len(first) + 3]
     second = first + one.new_ids[0] + model.tokenizer.encode(" " + TURNS[1], add_special_tokens=False)
     for ids, reused in [(first, len(first)), (second, len(first) + 3), (second, len(second))]:
         before = cache.reused_tokens
-        (warm,) = _run(model, [ids], [kw], cache, defer=True)
-        (cold,) = _run(model, [ids], [kw])
+        (warm,) = run_scheduler(model, [ids], [kw], cache, defer=True)
+        (cold,) = run_scheduler(model, [ids], [kw])
         assert warm.new_ids == cold.new_ids
         assert cache.reused_tokens - before == reused
         check()
