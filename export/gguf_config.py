@@ -8,8 +8,9 @@ runtime:
   older ``rope.scale_linear``) (Gemma 3 4B and larger: factor 8 on the global
   layers): ignored, every position rotates differently. Here: ``rope_scaling = {"rope_type": "linear", "factor": f}``
   (transformers' Gemma 3 applies it to the global layers only, as llama.cpp does; the local layers keep their own
-  base). Another scaling type (``yarn`` but in an OLMo 3 file, below; ...) is refused by name rather than silently
-  dropped.
+  base). ``yarn`` in a Llama, Qwen2 or Qwen3 file (``YARN_ARCHS``; Qwen3 files made for a 128K context,
+  Yarn-Mistral): dropped as well. Here: ``yarn_scaling`` (as OLMo 3's, below). Another scaling type (or YaRN in
+  another architecture) is refused by name rather than silently dropped.
 * ``rope_freqs.weight`` (Llama 3.1 / 3.2 files: llama3 rope scaling stored as one factor per frequency, which llama.cpp
   divides each frequency by): ignored. Here: every rotary embedding's ``inv_freq`` is divided by the factors.
 * Gemma 2's ``attn_logit_softcapping`` / ``final_logit_softcapping``: the defaults (50, 30) are used whatever the
@@ -56,8 +57,8 @@ runtime:
   too with a context up to that size (measured: 1.9e-3 from llama.cpp's logits at its context 256 of 256; at 512 it
   takes the long factors for every position).
 
-A ``{arch}.rope.scaling.type`` other than none/linear (and yarn in an OLMo 3 file) is refused by name rather than
-dropped.
+A ``{arch}.rope.scaling.type`` other than none/linear (and yarn in ``YARN_ARCHS`` and OLMo 3 files) is refused by
+name rather than dropped.
 
 ``config_overrides`` is applied to the config before the weights are loaded (the attention modules read it at
 construction), ``apply_rope_freqs`` to the loaded model.
@@ -102,15 +103,15 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     factor = float((factor if factor is not None else meta.get(f"{arch}.rope.scale_linear")) or 1.0)
     if scaling == "linear" and factor != 1.0:
         out["rope_scaling"] = {"rope_type": "linear", "factor": factor}
-    elif scaling == "yarn" and olmo3:
+    elif scaling == "yarn" and (olmo3 or arch in YARN_ARCHS):
         if factor <= 1.0:  # llama.cpp still mixes the frequencies and scales cos/sin there; transformers' YaRN not
             raise ExportError(f"{arch}.rope.scaling.type = 'yarn' with factor {factor}: onnxlm reads YaRN from GGUF "
                               "with a factor above 1 only")
         out["rope_scaling"] = yarn_scaling(meta, arch, factor)
-    elif scaling not in (None, "none", "linear") and not (olmo3 and scaling == "yarn"):
+    elif scaling not in (None, "none", "linear"):
         raise ExportError(f"{arch}.rope.scaling.type = {scaling!r} (factor {factor}): not supported for GGUF files "
-                          "(supported: none, linear, and yarn in OLMo 3 files; llama3 scaling comes as a rope_freqs "
-                          "tensor)")
+                          f"(supported: none, linear, and yarn in {', '.join(YARN_ARCHS)} and OLMo 3 files; llama3 "
+                          "scaling comes as a rope_freqs tensor)")
     if olmo3:
         out.update(model_type="olmo3", **swa_layers(meta, arch, default_window=None))
     kind = "olmo3" if olmo3 else arch  # the other architectures here are their model_types
@@ -156,6 +157,12 @@ def refuse_tensors(arch: str | None, tensor_names) -> None:
         if found:
             raise ExportError(f"{found[0]} ({len(found)} such tensors): {what}, which onnxlm does not export from "
                               "GGUF")
+
+
+#: architectures whose every layer llama.cpp rotates with a file's YaRN as transformers' config rotates them with its
+#: ``rope_scaling`` (Yarn-Mistral / Llama files, Qwen 2.5 and Qwen3 files made for a longer context); OLMo 3's global
+#: layers alone: ``config_overrides``
+YARN_ARCHS = ("llama", "qwen2", "qwen3")
 
 
 def file_model_type(meta: Mapping[str, Any]) -> str | None:

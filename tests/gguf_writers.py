@@ -17,6 +17,15 @@ CASES = {
     "gemma2-softcap": ("gemma2", {"attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0}, None),
     "gemma3-rope-linear": ("gemma3", {"rope.scaling.type": "linear", "rope.scaling.factor": 8.0}, None),
     "qwen3-head-dim": ("qwen3", {}, None),  # key_length 16: transformers' Qwen3 default is 128
+    # YaRN as a Yarn-Mistral / Llama file and a Qwen3 file made for a longer context have it (transformers' loader
+    # drops it): factor 8 over an original context of 32; factor 4, no original context (llama.cpp: the context,
+    # 256), an attention factor
+    "llama-yarn": ("llama", {"rope.scaling.type": "yarn", "rope.scaling.factor": 8.0,
+                             "rope.scaling.original_context_length": 32}, None),
+    "qwen3-yarn": ("qwen3", {"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0,
+                             "rope.scaling.attn_factor": 0.9}, None),
+    "qwen2-yarn": ("qwen2", {"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0,
+                             "rope.scaling.original_context_length": 64}, None),  # q/k/v biases, a tied head
     "phi3-packed": ("phi3", {}, None),  # q/k/v rows in one attn_qkv, gate and up rows in one ffn_up; an untied head
     # Phi-3.5's LongRoPE: per-frequency short and long factors as tensors, the original context (256: llama.cpp's
     # smallest context, 256, rotates with the short factors) and the attention factor sqrt(1 + ln 4 / ln 256)
@@ -267,6 +276,9 @@ def _rms_norm_tensors(w, arch: str, extra: dict, rope_freqs: str | None, layers:
             mat(f"blk.{i}.attn_q.weight", q_width, HIDDEN)
             mat(f"blk.{i}.attn_k.weight", q_width * KV_HEADS // HEADS, HIDDEN)
             mat(f"blk.{i}.attn_v.weight", q_width * KV_HEADS // HEADS, HIDDEN)
+        if arch == "qwen2":  # q/k/v biases (values near 1, as the norms')
+            for part, width in (("q", q_width), ("k", q_width * KV_HEADS // HEADS), ("v", q_width * KV_HEADS // HEADS)):
+                norm(f"blk.{i}.attn_{part}.bias", width)
         mat(f"blk.{i}.attn_output.weight", HIDDEN, q_width)
         if arch == "phi3":
             mat(f"blk.{i}.ffn_up.weight", 2 * FFN, HIDDEN)

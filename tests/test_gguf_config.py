@@ -83,8 +83,9 @@ def test_export_of_a_gguf_gives_llama_cpps_logits(tmp_path, case, capfd, monkeyp
         return
     load_raw = lambda: AutoModelForCausalLM.from_pretrained(  # noqa: E731
         str(tmp_path), gguf_file=path.name, dtype=torch.float32, attn_implementation="eager").eval()
-    if case in ("qwen3-head-dim", "gpt2", "gpt2-narrow-mlp"):  # Qwen3's head size; GPT-2's position table (256
-        # rows, not 1,024; the narrow MLP's 128 columns, not 256, would fail too: onnxlm's export of it proves them)
+    if case in ("qwen3-head-dim", "qwen3-yarn", "gpt2", "gpt2-narrow-mlp"):  # Qwen3's head size; GPT-2's position
+        # table (256 rows, not 1,024; the narrow MLP's 128 columns, not 256, would fail too: onnxlm's export of it
+        # proves them)
         with pytest.raises(RuntimeError, match="size mismatch"):
             load_raw()
         return
@@ -277,26 +278,35 @@ def test_a_gemma3_file_without_rope_base_rotates_as_llama_cpp():
     assert "rope_theta" not in config_overrides({**meta, "gemma3.rope.freq_base": 1e6})
 
 
-def test_an_olmo3_files_window_and_yarn_are_what_make_its_logits_llama_cpps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("case,dropped", [("olmo3", "window"), ("olmo3", "yarn"), ("qwen3-yarn", "yarn")])
+def test_a_window_or_yarn_read_from_the_file_is_what_makes_its_logits_llama_cpps(tmp_path, monkeypatch, case,
+                                                                                 dropped):
+    """The windowed layers and the YaRN read from a file (``test_export_of_a_gguf_gives_llama_cpps_logits``) are
+    each what makes its logits llama.cpp's: exported without them they are far off (0.34 and more; Qwen3's case has
+    no transformers load to compare: its head size)."""
+    import onnxlm.export.gguf_config as gguf_config
+
+    path = tmp_path / f"{case}.gguf"
+    write_tiny_gguf(path, case)
+    llama_cpp = np.array(REFERENCE["cases"][case]["logits"], np.float32)
+    keep = gguf_config.config_overrides
+    drop = {"window": lambda o: {**o, "layer_types": ["full_attention"] * len(o["layer_types"])},
+            "yarn": lambda o: {k: v for k, v in o.items() if k != "rope_scaling"}}[dropped]
+    monkeypatch.setattr(gguf_config, "config_overrides", lambda meta: drop(keep(meta)))
+    other = onnxlm.load(export_model(path, tmp_path / "out", progress=False))
+    assert float(np.abs(other.logits(np.array([IDS]))[0] - llama_cpp).max()) > 20 * ATOL
+
+
+def test_an_olmo3_file_exports_as_olmo3(tmp_path):
     """An OLMo 3 GGUF (general.architecture olmo2 with a sliding window, YaRN) exports as model_type olmo3, the fused
-    graph, needing onnxruntime 1.24 (its window); its windowed layers and its YaRN are each what makes its logits
-    llama.cpp's (``test_export_of_a_gguf_gives_llama_cpps_logits``): without either they are far off. onnxlm info
-    says it exports. Its windowed layers are read as llama.cpp reads the pattern (an array, every n-th global, 0, none:
+    graph, needing onnxruntime 1.24 (its window), with llama.cpp's logits; onnxlm info says it exports. Its windowed layers are read as llama.cpp reads the pattern (an array, every n-th global, 0, none:
     every 4th global); a YaRN factor of 1 or below, and a head size its fused graph (its only one) cannot take, are
     refused by name from the header."""
-    import onnxlm.export.gguf_config as gguf_config
     from onnxlm.export.gguf_summary import summarize_gguf
 
     path = tmp_path / "olmo3.gguf"
     write_tiny_gguf(path, "olmo3")
     llama_cpp = np.array(REFERENCE["cases"]["olmo3"]["logits"], np.float32)
-    keep = gguf_config.config_overrides
-    for name, drop in (("window", lambda o: {**o, "layer_types": ["full_attention"] * 4}),
-                       ("yarn", lambda o: {k: v for k, v in o.items() if k != "rope_scaling"})):
-        monkeypatch.setattr(gguf_config, "config_overrides", lambda meta, drop=drop: drop(keep(meta)))
-        other = onnxlm.load(export_model(path, tmp_path / name, progress=False))
-        assert float(np.abs(other.logits(np.array([IDS]))[0] - llama_cpp).max()) > 20 * ATOL, name  # 0.34 and more
-    monkeypatch.undo()
     model = onnxlm.load(export_model(path, tmp_path / "out", progress=False))
     assert float(np.abs(model.logits(np.array([IDS]))[0] - llama_cpp).max()) <= ATOL
     m = model.manifest
@@ -317,7 +327,7 @@ def test_an_olmo3_files_window_and_yarn_are_what_make_its_logits_llama_cpps(tmp_
     with pytest.raises(ExportError, match="head size 24 is not a multiple of 16, .* model_type 'olmo3' has no other"):
         config_overrides({**meta, "olmo2.embedding_length": 96})  # before any weight loads (a head GQA rotates)
     with pytest.MonkeyPatch.context() as mp:  # YaRN elsewhere is still refused by name
-        mp.setitem(CASES, "llama-yarn", ("llama", {"rope.scaling.type": "yarn", "rope.scaling.factor": 8.0}, None))
-        write_tiny_gguf(tmp_path / "llama-yarn.gguf", "llama-yarn")
-    with pytest.raises(ExportError, match="llama.rope.scaling.type = 'yarn' .* not supported for GGUF files"):
-        export_model(tmp_path / "llama-yarn.gguf", tmp_path / "refused", progress=False)
+        mp.setitem(CASES, "gemma3-yarn", ("gemma3", {"rope.scaling.type": "yarn", "rope.scaling.factor": 8.0}, None))
+        write_tiny_gguf(tmp_path / "gemma3-yarn.gguf", "gemma3-yarn")
+    with pytest.raises(ExportError, match="gemma3.rope.scaling.type = 'yarn' .* not supported for GGUF files"):
+        export_model(tmp_path / "gemma3-yarn.gguf", tmp_path / "refused", progress=False)
