@@ -104,7 +104,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
     if scaling == "linear" and factor != 1.0:
         out["rope_scaling"] = {"rope_type": "linear", "factor": factor}
     elif scaling == "yarn" and (olmo3 or arch in YARN_ARCHS):
-        if factor <= 1.0:  # llama.cpp still mixes the frequencies and scales cos/sin there; transformers' YaRN not
+        if factor <= 1.0:  # below 1 llama.cpp still mixes the frequencies, which transformers' YaRN does not (at 1:
+            # plain rope times rope.scaling.attn_factor; refused alike)
             raise ExportError(f"{arch}.rope.scaling.type = 'yarn' with factor {factor}: onnxlm reads YaRN from GGUF "
                               "with a factor above 1 only")
         out["rope_scaling"] = yarn_scaling(meta, arch, factor)
@@ -214,7 +215,10 @@ def yarn_scaling(meta: Mapping[str, Any], arch: str, factor: float) -> dict:
     context ``rope.scaling.original_context_length`` (default: ``context_length``); beta_fast 32 and beta_slow 1
     (llama.cpp's, whatever ``yarn_beta_*`` keys say: it does not read them); cos/sin scaled by 1 + 0.1 ln(factor)
     times ``rope.scaling.attn_factor`` (default 1; the ``yarn_attn_factor`` key is not read either)."""
-    original = meta.get(f"{arch}.rope.scaling.original_context_length") or meta[f"{arch}.context_length"]
+    original = meta.get(f"{arch}.rope.scaling.original_context_length") or meta.get(f"{arch}.context_length")
+    if not original:
+        raise ExportError(f"{arch}.rope.scaling.type = 'yarn' with neither {arch}.rope.scaling.original_context_length "
+                          f"nor {arch}.context_length: the original context YaRN needs")
     attention = (1.0 + 0.1 * math.log(factor)) * float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0))
     return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": int(original),
             "beta_fast": 32.0, "beta_slow": 1.0, "attention_factor": attention}

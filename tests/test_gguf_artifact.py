@@ -408,13 +408,18 @@ def test_info_says_when_onnxlm_cannot_run_a_gguf_file(tmp_path, capsys, monkeypa
     assert code == 0, err
     assert "falcon: onnxlm does not export it (it exports llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm, lfm2)" in out
     assert "  artifact        none: onnxlm cannot run this file" in out
-    # an architecture it exports, with a setting the export refuses (YaRN): said from the header, as the export would
-    monkeypatch.setitem(CASES, "qwen2-yarn", ("qwen2", {"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0}, None))
-    write_arch_gguf(tmp_path / "yarn.gguf", "qwen2-yarn")
+    # an architecture it exports, with a setting the export refuses (YaRN in Gemma 3): said from the header, as the
+    # export would; a Qwen2 file's YaRN is read (gguf_config.YARN_ARCHS): exported
+    monkeypatch.setitem(CASES, "gemma3-yarn", ("gemma3", {"rope.scaling.type": "yarn", "rope.scaling.factor": 4.0},
+                                               None))
+    write_arch_gguf(tmp_path / "yarn.gguf", "gemma3-yarn")
     code, out, err = run_cli(capsys, "info", tmp_path / "yarn.gguf")
     assert code == 0, err
-    assert "qwen2: onnxlm does not export this file: qwen2.rope.scaling.type = 'yarn' (factor 4.0)" in out
+    assert "gemma3: onnxlm does not export this file: gemma3.rope.scaling.type = 'yarn' (factor 4.0)" in out
     assert "  artifact        none: onnxlm cannot run this file" in out
+    write_arch_gguf(tmp_path / "qwen2-yarn.gguf", "qwen2-yarn")
+    code, out, err = run_cli(capsys, "info", tmp_path / "qwen2-yarn.gguf")
+    assert code == 0 and "does not export" not in out and "cannot run" not in out, out
     tokens = ["<s>", "a", "b"]
     write_vocab_gguf(tmp_path / "odd.gguf", {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "made-up",
                                              "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": ["a b"],

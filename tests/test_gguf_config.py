@@ -24,7 +24,10 @@ context of 256 (GPT2Config's 1,024-row position table does not take its 256 rows
 one without rope.dimension_count (llama.cpp rotates every dim), one with a rope base of 100 in its file (llama.cpp's
 converter writes none: 10000), and one with parallel residuals (no ffn_norm; transformers' loader reads that from the
 tensors itself: a layout case, on the fused graph, its quarter rotary turned before GroupQueryAttention). A Llama file
-of head size 12 (a layout case: GroupQueryAttention cannot take it, so its graph is the plain one).
+of head size 12 (a layout case: GroupQueryAttention cannot take it, so its graph is the plain one). YaRN, which
+transformers' loader drops: Llama, Qwen3 and Qwen2 files (an original context of 32; none, with an attn_factor; 64,
+with Qwen2's biases), and OLMo 3 files (architecture olmo2 with a window: its windowed layers by a pattern array, or
+the default every 4th global, YaRN on the global layers only).
 """
 from __future__ import annotations
 
