@@ -136,7 +136,7 @@ FAMILIES = {
                                       position_ids=True),
     # LFM2: convolution layers beside GQA ones; transformers' left-padded batch reads its pad tokens' embeddings, so
     # the reference's pad embedding is zero (torch_ref.pad_blind: each row's logits are then the row's alone)
-    "lfm2": Family("tiny_llama", ["families/tiny-lfm2"], {"kv_layout": "fused"}, FusedHybridLM,
+    "lfm2": Family("tiny_llama", ["families/tiny-lfm2", "families/tiny-lfm2-conv-bias"], {"kv_layout": "fused"}, FusedHybridLM,
                    lambda hf: pad_blind(_causal_reference(hf), AutoConfig.from_pretrained(hf).pad_token_id),
                    _causal_batch, _causal_logits_diff,
                    lambda ours: {"pad_token_id": ours.pad_id}),
@@ -208,7 +208,7 @@ def test_artifact_is_the_fused_graph(fused_dirs, case):
     assert ops.count("RotaryEmbedding") == (2 * 2 if family == "stablelm-rotary-outside" else 0)  # q and k a layer
     tied = AutoConfig.from_pretrained(hf).tie_word_embeddings  # tiny-llama, tiny-gpt2, tiny-t5-gated-gelu-tied, Gemma
     assert tied == (recipe in ("tiny-llama", "tiny-gpt2", "families/tiny-t5-gated-gelu-tied", "families/tiny-ernie4_5",
-                               "families/tiny-lfm2")
+                               "families/tiny-lfm2", "families/tiny-lfm2-conv-bias")
                     or recipe.startswith("families/tiny-gemma"))
     assert ("lm_head.weight" in {i.name for i in graph.initializer}) == (not tied)
     # the onnxruntime it needs: 1.24 with a sliding-window layer (runtime/versions.py), else the floor

@@ -142,13 +142,49 @@ def pad_blind(model, pad_id: int):
     reference for a model whose transformers batch reads its pad tokens (LFM2: its convolutions' padding mask applies
     to a 2-D mask only, and the model passes them a 4-D one). A zero embedding is RMS-normed to zero and convolves to
     nothing, so each left-padded row's logits are those of the row alone (measured: 1.2e-6 apart; with the pad's own
-    embedding, 1.76)."""
+    embedding, 1.76). With ``conv_bias`` the in_proj bias would still reach the convolutions: their in_proj outputs
+    are zeroed at the pad positions too (``_mask_lfm2_conv_inputs``)."""
     weight = model.model.embed_tokens.weight.detach().clone()
     weight[pad_id] = 0
     model.model.embed_tokens = torch.nn.Embedding.from_pretrained(weight, freeze=True)
     if model.config.model_type == "lfm2":
         _fix_lfm2_beam_reorder()
+        if model.config.conv_bias:
+            _mask_lfm2_conv_inputs(model)
     return model
+
+
+class _MaskedProjection(torch.nn.Module):
+    """A convolution layer's in_proj whose output is zero at the pad positions of the model's 2-D attention mask
+    (``mask["now"]``, its last columns: the positions this pass feeds)."""
+
+    def __init__(self, proj: torch.nn.Module, mask: dict):
+        super().__init__()
+        self.proj, self.mask = proj, mask
+
+    def forward(self, x):
+        out = self.proj(x)
+        mask = self.mask.get("now")
+        if mask is None:
+            return out
+        return out * mask[:, -x.shape[1]:, None].to(out.dtype)
+
+
+def _mask_lfm2_conv_inputs(model) -> None:
+    """LFM2 with ``conv_bias``: a zero pad embedding still projects to the in_proj bias, which its convolutions read;
+    each convolution layer's in_proj output is zeroed at the pad positions instead (a 2-D attention mask taken from
+    each forward call), so a left-padded row convolves only its own tokens, as the row alone."""
+    mask: dict = {}
+
+    def take_mask(module, args, kwargs):
+        m = kwargs.get("attention_mask")
+        mask["now"] = m if m is not None and m.dim() == 2 else None
+
+    model.model.register_forward_pre_hook(take_mask, with_kwargs=True)
+    for layer in model.model.layers:
+        conv = getattr(layer, "conv", None)
+        if conv is not None and hasattr(conv, "in_proj"):
+            conv.in_proj = _MaskedProjection(conv.in_proj, mask)
 
 
 def _fix_lfm2_beam_reorder() -> None:
