@@ -26,8 +26,9 @@ def _builder(model):
 
 
 def head_multiple(model_type: str) -> int:
-    """The multiple a head size must be for ``model_type``'s fused graph (its builder's ``HEAD_MULTIPLE``: 16 where
-    GroupQueryAttention rotates q and k itself, else GroupQueryAttention's 8)."""
+    """The multiple a head size must be for ``model_type``'s fused graph (its builder's ``HEAD_MULTIPLES[model_type]``,
+    else its ``HEAD_MULTIPLE``: 16 where GroupQueryAttention rotates q and k itself, as for Gemma, LFM2 and olmo3,
+    else GroupQueryAttention's 8)."""
     builder = BUILDERS.get(model_type)
     return getattr(builder, "HEAD_MULTIPLES", {}).get(model_type, getattr(builder, "HEAD_MULTIPLE", 8))
 

@@ -130,7 +130,7 @@ def on_blocks(architecture: str | None) -> bool:
 def off_blocks_reason(reader) -> str | None:
     """A GGUF file's reader -> why its export does not run on the file's blocks (a phrase), or None when it does:
     an architecture whose graph this rewrite does not know, or what the fused graph's builder refuses that a header
-    shows (a head size onnxruntime's GroupQueryAttention cannot take: ``fused.head_multiple``, 16 for Gemma and LFM2;
+    shows (a head size onnxruntime's GroupQueryAttention cannot take: ``fused.head_multiple``, 16 for Gemma, LFM2 and OLMo 3;
     an odd rotary, ``fused_llama.partial_rotary_refusal``), whose graph is the plain one."""
     from .fused import head_multiple
     from .fused_llama import partial_rotary_refusal

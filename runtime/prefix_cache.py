@@ -122,7 +122,8 @@ class PrefixCache:
 
     def covers(self, ids) -> bool:
         """Is there an entry whose ids start with these (marked recently used)? It serves every lookup an entry of
-        ``ids`` would, so callers skip snapshotting them (a repeated prompt whose answer is held, a one-token
+        ``ids`` would (one with checkpoints, once ``attach_logits`` has added the one after these ids, as it does
+        where it fits), so callers skip snapshotting them (a repeated prompt whose answer is held, a one-token
         answer's prompt)."""
         return self._covering(ids) is not None
 

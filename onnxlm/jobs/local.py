@@ -32,7 +32,9 @@ class Prepared:
 
 
 def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
-    """Everything that can be refused is refused here, before any model is loaded (JobInputError: exit 2)."""
+    """Everything about the input, options and output is refused here, before any model is loaded (JobInputError:
+    exit 2); the artifact's onnxruntime need is checked before, by ``run_local`` (a Ray run's actors check their
+    own)."""
     import pyarrow.compute as pc
     pa = import_pyarrow()
     from onnxlm.runtime.manifest import load_manifest
