@@ -341,8 +341,9 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
         with readers_shared_with_transformers(), known_to_transformers():
             config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
             if model_type is not None and model_type != config.model_type:  # the same settings, another config class
-                config = AutoConfig.for_model(model_type, **{k: v for k, v in config.to_dict().items()
-                                                             if k not in ("model_type", "architectures", "transformers_version")})
+                kept = {k: v for k, v in config.to_dict().items()
+                        if k not in ("model_type", "architectures", "transformers_version")}
+                config = AutoConfig.for_model(model_type, **kept)
             for key, value in overrides.items():
                 setattr(config, key, value)
             family_of(config.model_type)  # an architecture onnxlm does not export is refused before its weights load

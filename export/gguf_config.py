@@ -95,7 +95,8 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
 
     arch = meta.get("general.architecture")
     out: dict = {}
-    olmo3 = file_model_type(meta) == "olmo3"  # a file of architecture olmo2 (see the module doc)
+    kind = file_model_type(meta) or arch  # the model_type it builds (these architectures' own, but OLMo 3's)
+    olmo3 = kind == "olmo3"  # a file of architecture olmo2 (see the module doc)
     # as llama.cpp reads them: the type defaults to linear; the factor is rope.scaling.factor, else the older
     # rope.scale_linear (original convert.py files, e.g. 16K Vicuna), 0 or absent meaning none
     scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
@@ -115,7 +116,6 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
                           "scaling comes as a rope_freqs tensor)")
     if olmo3:
         out.update(model_type="olmo3", **swa_layers(meta, arch, default_window=None))
-    kind = "olmo3" if olmo3 else arch  # the other architectures here are their model_types
     if kind in FUSED_ONLY_TYPES:  # no plain graph to fall back to: a head the fused one cannot take is refused now
         head, multiple = _head_size(meta, arch), head_multiple(kind)
         if head % multiple:

@@ -200,8 +200,8 @@ def refuse_file(gguf: Path) -> str | None:
     try:
         refuse_tensors(arch, [t.name for t in reader.tensors])
         meta = {"general.architecture": arch, **arch_fields(reader, arch)}
-        if arch in FUSED_ONLY_TYPES or file_model_type(meta):  # config_overrides refuses a head its only graph
-            config_overrides(meta)                              # cannot take (OLMo 3: a file of architecture olmo2)
+        if (file_model_type(meta) or arch) in FUSED_ONLY_TYPES:  # config_overrides refuses a head its only graph
+            config_overrides(meta)                                # cannot take (OLMo 3: a file of architecture olmo2)
     except ExportError as e:
         raise ExportError(f"{Path(gguf).name}: {e}") from e
     return arch

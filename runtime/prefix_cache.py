@@ -52,7 +52,7 @@ class Snapshot:
         """Bytes held: each array's own, or once the whole buffer block that views share."""
         blocks = {id(a.base if a.base is not None else a): (a.base if a.base is not None else a).nbytes
                   for a in self.kv.values()}
-        held = sum(a.nbytes for c in (self.checkpoints or {}).values() for a in c.values())
+        held = sum(_state_bytes(c) for c in (self.checkpoints or {}).values())
         return int(sum(blocks.values()) + self.ids.nbytes + sum(v.nbytes for v in self.logits.values()) + held)
 
     def resumable(self, shared: int, limit: int) -> int:
@@ -67,6 +67,11 @@ class Snapshot:
         """What ``model.resume`` takes to continue after ``reuse`` positions: the keys/values, and the recurrent
         state there where the model has one (its checkpoint)."""
         return self.kv if self.checkpoints is None else {**self.kv, **self.checkpoints[reuse]}
+
+
+def _state_bytes(state: dict) -> int:
+    """A checkpoint (name -> array) -> its bytes."""
+    return sum(a.nbytes for a in state.values())
 
 
 def feed_rest(state, rest) -> np.ndarray | None:
@@ -176,10 +181,9 @@ class PrefixCache:
             for n in sorted(set(merged) | set(checkpoints or ()), key=lambda n: (n != first, -n)):
                 if checkpoints is not None:  # a length resumes only with its checkpoint: that first
                     held = checkpoints.get(n)
-                    cost = None if held is None else sum(a.nbytes for a in held.values())
-                    if cost is None or cost > room:
+                    if held is None or _state_bytes(held) > room:
                         continue
-                    snap.checkpoints[n], room = held, room - cost
+                    snap.checkpoints[n], room = held, room - _state_bytes(held)
                 if n in merged and merged[n].nbytes <= room:
                     snap.logits[n], room = merged[n], room - merged[n].nbytes
             if snap.nbytes > self.max_bytes or snap.checkpoints == {}:  # (no checkpoint: never resumed)
@@ -232,8 +236,8 @@ class PrefixCache:
         snap = self._covering(ids)
         if snap is None or len(ids) in snap.logits or (snap.checkpoints is not None and checkpoint is None):
             return  # (logits without their checkpoint: never resumed there)
-        adds = {} if snap.checkpoints is None or checkpoint is None or len(ids) in snap.checkpoints else checkpoint
-        grows = logits.nbytes + sum(a.nbytes for a in adds.values())
+        adds = {} if snap.checkpoints is None or len(ids) in snap.checkpoints else checkpoint
+        grows = logits.nbytes + _state_bytes(adds)
         if snap.nbytes + grows <= self.max_bytes:
             snap.logits[len(ids)] = logits
             if adds:

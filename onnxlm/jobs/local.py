@@ -31,15 +31,18 @@ class Prepared:
     schema: object         # the output's pa.Schema
 
 
-def prepare(spec: JobSpec, *, overwrite: bool = False) -> Prepared:
-    """Everything about the input, options and output is refused here, before any model is loaded (JobInputError:
-    exit 2); the artifact's onnxruntime need is checked before, by ``run_local`` (a Ray run's actors check their
-    own)."""
+def prepare(spec: JobSpec, *, overwrite: bool = False, loads_here: bool = True) -> Prepared:
+    """Everything that can be refused is refused here, before any model is loaded (JobInputError: exit 2);
+    ``loads_here``: the model loads in this process, so the artifact's onnxruntime need is checked too (a Ray run's
+    actors check their own)."""
     import pyarrow.compute as pc
     pa = import_pyarrow()
     from onnxlm.runtime.manifest import load_manifest
+    from onnxlm.runtime.versions import check_artifact_onnxruntime
     check_not_input(spec.output, spec.input)
     manifest = load_manifest(spec.model_dir, verify=False)
+    if loads_here:  # DependencyError before the output's lock and parts
+        check_artifact_onnxruntime(manifest, spec.model_dir)
     _check_score_options(spec, manifest)
     if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
         from onnxlm.runtime.errors import ModelFileError
@@ -104,11 +107,7 @@ def progress_bar(prep: Prepared, enabled: bool):
 
 def run_local(spec: JobSpec, *, overwrite: bool = False, progress: bool = True, model=None) -> JobReport:
     """Run the job in this process (model: an already loaded LanguageModel to reuse, else loaded here)."""
-    if model is None:  # refused before the output's lock and parts (a Ray job's actors check their own)
-        from onnxlm.runtime.manifest import load_manifest
-        from onnxlm.runtime.versions import check_artifact_onnxruntime
-        check_artifact_onnxruntime(load_manifest(spec.model_dir, verify=False), spec.model_dir)
-    prep = prepare(spec, overwrite=overwrite)
+    prep = prepare(spec, overwrite=overwrite, loads_here=model is None)
     try:
         return _run_local(prep, model, progress)
     finally:

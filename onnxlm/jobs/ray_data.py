@@ -77,7 +77,7 @@ def run_ray(spec: JobSpec, *, address: str | None = None, actors: int = 1, cpus_
             overwrite: bool = False, progress: bool = True) -> JobReport:
     """Run the job on Ray Data (an instance already initialised in this process, else ray.init(address))."""
     ray = import_ray()
-    prep = prepare(spec, overwrite=overwrite)
+    prep = prepare(spec, overwrite=overwrite, loads_here=False)  # the actors load the model
     try:  # prepare holds the output's lock: released however the run ends
         if prep.todo.num_rows == 0 and not prep.parts.dir.exists():  # finished by an earlier run
             return JobReport(prep.rows, prep.done, 0, output_rows(spec))
