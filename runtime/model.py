@@ -17,6 +17,7 @@ from .results import GenerationResult, ScoringResult, StepResult, TokenDistribut
 from .session import GraphRunner, make_session
 from .streaming import IncrementalText
 from .tokenizer import TextTokenizer, pad_batch
+from .versions import artifact_onnxruntime, runs_narrowed
 
 
 def artifact_generation_config(path: Path, manifest: dict, config: dict) -> GenerationConfig:
@@ -40,6 +41,8 @@ class LanguageModel:
 
     def __init__(self, path: Path, manifest: dict, provider: str, threads: int | None):
         self.path, self.manifest, self.provider, self.threads = path, manifest, provider, threads
+        # onnxruntime 1.23 runs an artifact whose sliding windows need 1.24 with each window one narrower
+        self.narrows_windows = runs_narrowed(artifact_onnxruntime(manifest, path))
         self.config = read_json(path / "config.json")
         self.generation_config = artifact_generation_config(path, manifest, self.config)
         unsupported = self.generation_config.unsupported_settings()
@@ -67,7 +70,8 @@ class LanguageModel:
     def _runner(self, role: str) -> GraphRunner:
         """'encoder' | 'decoder' | 'decoder_with_past' -> a GraphRunner on that graph's file."""
         file = self.manifest["graphs"][role]["file"]
-        return GraphRunner(make_session(self.path / file, self.provider, self.threads), self.provider)
+        return GraphRunner(make_session(self.path / file, self.provider, self.threads,
+                                        narrow_windows=self.narrows_windows), self.provider)
 
     @property
     def pad_id(self) -> int:

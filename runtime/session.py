@@ -20,6 +20,7 @@ from .errors import ModelFileError, ParameterError, ProviderError
 from .heap import session_heap
 from .threads import resolve_threads
 from .versions import check_onnxruntime
+from .window_narrowing import narrowed_model
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # fp32 products in fp32 on the GPU: the CUDA provider's default, TF32 (10-bit mantissas) on Ampere and later, put
@@ -75,9 +76,12 @@ def session_providers(provider: str) -> list:
     return [(PROVIDERS["cuda"], CUDA_OPTIONS), PROVIDERS["cpu"]] if provider == "cuda" else [PROVIDERS["cpu"]]
 
 
-def make_session(path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
+def make_session(path: Path, provider: str, threads: int | None, *,
+                 narrow_windows: bool = False) -> ort.InferenceSession:
     """Open one ONNX file on the resolved provider ('cpu' | 'cuda'), with an onnxruntime that is new enough
-    (``versions.check_onnxruntime``; the loader checks what the artifact needs)."""
+    (``versions.check_onnxruntime``; the loader checks what the artifact needs). ``narrow_windows``: the graph with
+    every sliding window one position narrower, for onnxruntime 1.23 (``window_narrowing.py``), its weights read
+    from the file's folder as onnxruntime reads them from the file."""
     check_onnxruntime()
     threads = resolve_threads(threads)
     if not path.is_file():
@@ -89,6 +93,10 @@ def make_session(path: Path, provider: str, threads: int | None) -> ort.Inferenc
     providers = session_providers(provider)
     with session_heap():  # the weights onnxruntime frees after prepacking go back to the kernel (heap.py)
         try:
+            if narrow_windows:
+                opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                              os.fspath(path.parent))
+                return ort.InferenceSession(narrowed_model(path), sess_options=opts, providers=providers)
             return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelFileError(f"model file {path} could not be loaded (corrupt or truncated?): {exc}",

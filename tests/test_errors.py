@@ -191,8 +191,9 @@ def test_cuda_listed_but_not_starting(tiny_gpt2, monkeypatch):
 
 def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, tmp_path):
     """onnxruntime before MIN_ONNXRUNTIME cannot open some graphs; an artifact that needs more (its manifest's
-    ``requires``; a fused one from before that field: the sliding-window floor) is refused below that. Loading, and an
-    export's validation, refuse by version (DependencyError); pyproject asks for the floor for onnxruntime and
+    ``requires``; a fused one from before that field: the sliding-window floor) is refused below that, but for the
+    sliding windows' 1.24, which 1.23 meets with the windows narrowed (tests/test_window_narrowing.py). Loading, and
+    an export's validation, refuse by version (DependencyError); pyproject asks for the floor for onnxruntime and
     onnxruntime-gpu."""
     import re
 
@@ -201,7 +202,7 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, 
     from onnxlm.export import validate
     from onnxlm.runtime import DependencyError
     from onnxlm.runtime.versions import (MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, artifact_onnxruntime,
-                                         check_artifact_onnxruntime, check_onnxruntime)
+                                         check_artifact_onnxruntime, check_onnxruntime, runs_narrowed)
 
     least = ".".join(map(str, MIN_ONNXRUNTIME))
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
@@ -234,11 +235,14 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, 
             artifact_onnxruntime({"requires": bad}, tmp_path)
     monkeypatch.setattr(ort, "__version__", "1.23.2")
     check_artifact_onnxruntime({"requires": {"onnxruntime": least}}, "here")
-    with pytest.raises(DependencyError, match=r"1\.23\.2 is installed; the artifact here needs onnxruntime >= 1\.24 "
-                                              r"\(its sliding-window attention: before 1\.24.*one position more"):
-        check_artifact_onnxruntime({"requires": {"onnxruntime": "1.24"}}, "here")
-    with pytest.raises(DependencyError, match=r"exported before its manifest recorded.*none is readable"):
-        check_artifact_onnxruntime({"kv_layout": "fused-gqa"}, tmp_path / "absent")
+    # 1.23 runs what its sliding windows alone make need 1.24, each window narrowed (runtime/window_narrowing.py)
+    check_artifact_onnxruntime({"requires": {"onnxruntime": "1.24"}}, "here")
+    check_artifact_onnxruntime({"kv_layout": "fused-gqa"}, tmp_path / "absent")  # from before "requires"
+    assert runs_narrowed(SLIDING_WINDOW_ONNXRUNTIME) and not runs_narrowed(MIN_ONNXRUNTIME)
+    assert not runs_narrowed(SLIDING_WINDOW_ONNXRUNTIME, "1.24.0") and not runs_narrowed((1, 30), "1.23.2")
+    with pytest.raises(DependencyError, match=r"1\.23\.2 is installed; the artifact here needs onnxruntime >= 1\.30 "
+                                              r"\(recorded at its export\)"):  # a need past the windows' stays one
+        check_artifact_onnxruntime({"requires": {"onnxruntime": "1.30"}}, "here")
     assert onnxlm.load(tiny_gpt2.onnx_dir).vocab_size  # its manifest requires the floor alone
     from onnxlm.export import quantize_artifact
 

@@ -218,9 +218,16 @@ def test_artifact_is_the_fused_graph(fused_dirs, case):
     assert manifest["requires"] == {"onnxruntime": "1.24" if windowed else "1.23"}, recipe
 
 
-def test_a_sliding_window_artifact_is_refused_below_the_onnxruntime_it_needs(fused_dirs, monkeypatch, capsys):
-    """Before 1.24 onnxruntime's sliding window holds one position more (runtime/versions.py): an artifact with one
-    is refused there by name, loading and validating (``onnxlm info`` describes it and says so); one without loads."""
+@pytest.mark.parametrize("recipe", ["families/tiny-mistral-sliding-window", "families/tiny-gemma3-text"])
+def test_onnxruntime_1_23_runs_a_sliding_window_artifact_with_its_windows_narrowed(fused_dirs, recipe, monkeypatch,
+                                                                                   capsys):
+    """Before 1.24 onnxruntime's window w holds w + 1 positions (runtime/versions.py), so there the runtime hands it
+    the graph with each window one position narrower (runtime/window_narrowing.py), which 1.23.2 answers as 1.32
+    answers the artifact (scripts/dependency_floor.py, run beside this suite). Here the narrowed graph runs on this
+    onnxruntime, which counts windows as transformers does: its logits are transformers' with the window one
+    position shorter, the proof that each sliding layer's window and nothing else lost exactly one position (the
+    weights read from the artifact's folder). Exporting on 1.23 stays refused (its validation's own sessions are not
+    narrowed); ``onnxlm info`` says how 1.23 runs it."""
     import onnxruntime as ort
 
     from cli_util import run_cli
@@ -228,16 +235,27 @@ def test_a_sliding_window_artifact_is_refused_below_the_onnxruntime_it_needs(fus
     from onnxlm.export import validate
     from onnxlm.runtime import DependencyError
 
+    hf, art = fused_dirs[recipe]
+    window = AutoConfig.from_pretrained(hf).sliding_window
+    impl = attn_implementation_for(AutoConfig.from_pretrained(hf))
+    shorter = AutoModelForCausalLM.from_pretrained(hf, sliding_window=window - 1,
+                                                   **({"attn_implementation": impl} if impl else {})).eval()
+    as_exported = onnxlm.load(art)
     monkeypatch.setattr(ort, "__version__", "1.23.2")
-    _, windowed = fused_dirs["families/tiny-mistral-sliding-window"]
-    for refused in (lambda: onnxlm.load(windowed), lambda: validate._session(windowed / "model.onnx")):
-        with pytest.raises(DependencyError, match=r"onnxruntime 1\.23\.2 is installed; the (artifact|exported graph) "
-                                                  r".* needs onnxruntime >= 1\.24 \(its sliding-window attention"):
-            refused()
-    code, out, _ = run_cli(capsys, "info", windowed)
-    assert code == 0 and "runs on         onnxruntime >= 1.24" in out and "not loaded      onnxruntime 1.23.2 is " \
-        "installed; the artifact" in out and "needs onnxruntime >= 1.24 (its sliding-window attention" in out
-    assert onnxlm.load(fused_dirs["tiny-llama"][1]).vocab_size
+    narrowed = onnxlm.load(art)
+    assert narrowed.narrows_windows and not as_exported.narrows_windows
+    assert _causal_logits_diff(narrowed, shorter) <= ATOL
+    assert _causal_logits_diff(as_exported, shorter) > 100 * ATOL  # these sequences outgrow the window
+    with pytest.raises(DependencyError, match=r"onnxruntime 1\.23\.2 is installed; the exported graph model\.onnx "
+                                              r"needs onnxruntime >= 1\.24 \(its sliding-window attention"):
+        validate._session(art / "model.onnx")
+    code, out, _ = run_cli(capsys, "info", art)
+    assert code == 0 and "runs on         onnxruntime >= 1.24 (1.23 here: each sliding window handed to it one " \
+        "position narrower" in out and "not loaded" not in out
+    monkeypatch.setattr(ort, "__version__", "1.22.1")
+    with pytest.raises(DependencyError, match=r"onnxruntime 1\.22\.1 is installed; onnxlm needs onnxruntime >= "
+                                              r"1\.23 "):
+        onnxlm.load(art)
 
 
 def test_logits_left_padded_batch_then_steps_with_past(fused):

@@ -76,6 +76,7 @@ def collect(model) -> dict:
         "chat_template": model.chat_template is not None,
         "provider": model.provider,
         "cannot_load": getattr(model, "cannot_load", None),  # why the installed libraries cannot run it, or None
+        "windows_narrowed": bool(getattr(model, "narrows_windows", False)),  # onnxruntime 1.23 runs its windows - 1
         "generation_config": gen_set,
         "graphs": graphs,
         "files": files,
@@ -241,7 +242,9 @@ def _render(info: dict) -> str:
     if info.get("versions"):
         out.append(f"  exported with   {_kv(info['versions'])}")
     if info.get("requires"):
-        out.append(f"  runs on         onnxruntime >= {info['requires']['onnxruntime']}")
+        narrowed = (" (1.23 here: each sliding window handed to it one position narrower, which 1.23 counts as "
+                    "1.24 does)") if info.get("windows_narrowed") else ""
+        out.append(f"  runs on         onnxruntime >= {info['requires']['onnxruntime']}{narrowed}")
     if info.get("cannot_load"):
         out.append(f"  not loaded      {info['cannot_load']}")
     val = info.get("validation")

@@ -1,0 +1,76 @@
+"""Sliding-window graphs on onnxruntime 1.23 (the newest for Python 3.10): each window narrowed by one position.
+
+Before 1.24, ``GroupQueryAttention``'s ``local_window_size`` w let a query attend to w + 1 positions, itself and w
+before it; from 1.24 (onnxruntime PR #25927, "Fix Local Attention off by 1 bug") to w, as transformers' sliding
+window does. onnxlm's fused graphs carry the model's window (1.24's meaning), so on 1.23 ``narrowed_model`` hands
+onnxruntime the same graph with every window set to w - 1: 1.23 then attends to the model's w positions, and its
+logits equal 1.32's (``scripts/dependency_floor.py``; docs/benchmarks.md). Nothing else in the graph changes; the
+weights stay in the artifact's data file (``session.make_session`` opens the bytes with that folder for it).
+
+The graph is read with protobuf (onnxruntime's own dependency; the base install has no ``onnx``) through a
+descriptor of the few fields this reads: ModelProto.graph, GraphProto.node, NodeProto.op_type / domain /
+attribute, AttributeProto.name / i / type. Every other field passes through as unknown fields, which protobuf keeps
+when it writes the message again.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+#: the op whose attribute narrows, and its domain
+WINDOWED_OP = ("GroupQueryAttention", "com.microsoft")
+WINDOW_ATTRIBUTE = "local_window_size"
+
+
+@functools.lru_cache(maxsize=1)
+def _model_class():
+    """A protobuf message class for ONNX's ModelProto that knows only the fields this module reads."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(name="onnxlm_window_narrowing.proto", package="onnxlm_window",
+                                               syntax="proto2")
+    label, t = descriptor_pb2.FieldDescriptorProto, descriptor_pb2.FieldDescriptorProto
+
+    def message(name: str, fields: list[tuple[str, int, int, int, str | None]]) -> None:
+        m = proto.message_type.add(name=name)
+        for field_name, number, field_label, field_type, type_name in fields:
+            f = m.field.add(name=field_name, number=number, label=field_label, type=field_type)
+            if type_name:
+                f.type_name = f".onnxlm_window.{type_name}"
+
+    opt, rep = label.LABEL_OPTIONAL, label.LABEL_REPEATED
+    message("AttributeProto", [("name", 1, opt, t.TYPE_STRING, None), ("i", 3, opt, t.TYPE_INT64, None),
+                               ("type", 20, opt, t.TYPE_INT32, None)])  # type an int: no enum to declare
+    message("NodeProto", [("op_type", 4, opt, t.TYPE_STRING, None), ("attribute", 5, rep, t.TYPE_MESSAGE,
+                                                                      "AttributeProto"),
+                          ("domain", 7, opt, t.TYPE_STRING, None)])
+    message("GraphProto", [("node", 1, rep, t.TYPE_MESSAGE, "NodeProto")])
+    message("ModelProto", [("graph", 7, opt, t.TYPE_MESSAGE, "GraphProto")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    descriptor = pool.FindMessageTypeByName("onnxlm_window.ModelProto")
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
+        return message_factory.GetMessageClass(descriptor)
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)  # pragma: no cover - older protobuf
+
+
+def narrowed_windows(model: bytes) -> tuple[bytes, int]:
+    """A serialized ONNX model -> the same model with every GroupQueryAttention's ``local_window_size`` w >= 1 set
+    to w - 1 (-1, no window, stays), and how many it narrowed. The graph's nodes only: onnxlm's fused graphs keep
+    their attention in the main graph (no subgraphs or functions)."""
+    proto = _model_class()()
+    proto.ParseFromString(model)
+    narrowed = 0
+    for node in proto.graph.node:
+        if (node.op_type, node.domain) != WINDOWED_OP:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == WINDOW_ATTRIBUTE and attribute.i >= 1:
+                attribute.i -= 1
+                narrowed += 1
+    return proto.SerializeToString(), narrowed
+
+
+def narrowed_model(path: Path) -> bytes:
+    """An ONNX file -> its bytes with every window narrowed (``narrowed_windows``)."""
+    return narrowed_windows(Path(path).read_bytes())[0]

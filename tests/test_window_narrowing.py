@@ -1,0 +1,78 @@
+"""runtime/window_narrowing.py: the graph onnxruntime 1.23 gets for an artifact whose sliding windows need 1.24.
+
+The end-to-end proof is in tests/test_fused_layouts.py (a narrowed artifact's logits are transformers' with the
+window one shorter) and scripts/dependency_floor.py (1.23.2 answers the narrowed graphs as 1.32 the exported ones);
+here the edit itself: exactly the windows of GroupQueryAttention nodes, every other byte of meaning kept (fields the
+reader's small descriptor does not know included), and a file that is no ONNX model refused by name.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx", reason="building test graphs needs onnx (the test extra)")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from onnxlm.runtime.window_narrowing import narrowed_model, narrowed_windows  # noqa: E402
+
+
+def _graph(windows: list[int]) -> onnx.ModelProto:
+    """One GroupQueryAttention per window (-1: none), a contrib op of another name and an ONNX op that both carry a
+    ``local_window_size`` attribute of their own (not windows to narrow), an initializer stored externally, doc
+    strings, metadata and a float attribute beside the window: fields the narrowing's descriptor does not declare."""
+    nodes = [helper.make_node("GroupQueryAttention", [f"x{i}"], [f"y{i}"], name=f"gqa{i}", domain="com.microsoft",
+                              num_heads=2, kv_num_heads=1, local_window_size=w, scale=0.125, doc_string=f"layer {i}")
+             for i, w in enumerate(windows)]
+    nodes += [helper.make_node("MultiHeadAttention", ["m"], ["n"], domain="com.microsoft", num_heads=2,
+                               local_window_size=5),
+              helper.make_node("Identity", ["a"], ["b"], local_window_size=6)]
+    weight = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "w")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    for key, value in (("location", "model.onnx_data"), ("offset", "4096"), ("length", "24")):
+        weight.external_data.add(key=key, value=value)
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, "t", 8]) for n in
+              [f"x{i}" for i in range(len(windows))] + ["m", "a"]]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in
+               [f"y{i}" for i in range(len(windows))] + ["n", "b"]]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, [weight], doc_string="graph doc"),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="onnxlm-test", doc_string="model doc")
+    helper.set_model_props(model, {"onnxlm": "window test"})
+    return model
+
+
+def _window(node) -> int:
+    return next(a.i for a in node.attribute if a.name == "local_window_size")
+
+
+def test_every_groupqueryattention_window_is_one_narrower_and_nothing_else_changes():
+    model = _graph([4, -1, 1, 512])
+    data, narrowed = narrowed_windows(model.SerializeToString())
+    assert narrowed == 3  # 4, 1 and 512; -1 (no window) stays
+    got = onnx.ModelProto.FromString(data)
+    assert [_window(n) for n in got.graph.node] == [3, -1, 0, 511, 5, 6]  # the other ops' attributes untouched
+    for node in got.graph.node:  # the rest of each node: order, type, float attribute, doc string
+        for attribute in node.attribute:
+            if attribute.name == "local_window_size":
+                attribute.i = _window(next(n for n in model.graph.node if n.output == node.output))
+    assert got == model  # the window restored, the whole model is the original, external data record included
+    again, none = narrowed_windows(_graph([-1, -1]).SerializeToString())
+    assert none == 0 and onnx.ModelProto.FromString(again) == _graph([-1, -1])
+
+
+def test_narrowed_model_reads_the_file(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(_graph([8]), str(path))
+    assert [_window(n) for n in onnx.ModelProto.FromString(narrowed_model(path)).graph.node][0] == 7
+
+
+def test_a_file_that_is_no_onnx_model_is_refused_by_name(tmp_path):
+    from onnxlm.runtime.errors import ModelFileError
+    from onnxlm.runtime.session import make_session
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x0a\xff\xff\xff\xff not a protobuf message")
+    with pytest.raises(ModelFileError, match=r"model file .*model\.onnx could not be loaded"):
+        make_session(path, "cpu", 1, narrow_windows=True)
