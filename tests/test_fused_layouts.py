@@ -32,7 +32,10 @@ Causal batches are left padded; T5's encoder batches are right padded and end in
 from __future__ import annotations
 
 import json
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -256,6 +259,69 @@ def test_onnxruntime_1_23_runs_a_sliding_window_artifact_with_its_windows_narrow
     with pytest.raises(DependencyError, match=r"onnxruntime 1\.22\.1 is installed; onnxlm needs onnxruntime >= "
                                               r"1\.23 "):
         onnxlm.load(art)
+
+
+#: onnxruntime 1.23.2 installed beside this one by scripts/setup.sh (pip --target): the newest for Python 3.10
+ONNXRUNTIME_1_23 = Path(sys.prefix) / "onnxruntime-1.23.2"
+ON_1_23 = """
+import sys
+import numpy as np
+import onnxruntime
+import onnxlm
+if onnxruntime.__version__ != "1.23.2":
+    sys.exit(f"onnxruntime {onnxruntime.__version__} imported, not 1.23.2")
+if sys.argv[3] == "as-exported":  # the control: the graph handed over unnarrowed, past the version checks
+    import onnxlm.runtime.loader, onnxlm.runtime.model
+    onnxlm.runtime.model.runs_narrowed = lambda least: False
+    onnxlm.runtime.loader.check_artifact_onnxruntime = lambda *args: None
+batch = np.load(sys.argv[2])
+m = onnxlm.load(sys.argv[1])
+greedy = m.generate(batch["ids"], attention_mask=batch["mask"], max_new_tokens=12, do_sample=False, eos_token_id=[],
+                    pad_token_id=m.pad_id)
+np.savez(sys.argv[2] + ".out.npz", logits=m.logits(batch["ids"], batch["mask"]), greedy=greedy.sequences,
+         narrowed=m.narrows_windows)
+"""
+
+
+def test_onnxruntime_1_23_answers_every_sliding_window_artifact_as_this_one(fused_dirs, tmp_path):
+    """Every windowed family's fused artifact loaded on onnxruntime 1.23.2 (a subprocess; windows narrowed by the
+    runtime) gives this onnxruntime's logits on a left-padded batch and its greedy ids, 12 new tokens past windows
+    of 4; handed over as exported (the control), one answers otherwise: the narrowing is what makes them equal."""
+    import subprocess
+
+    if not (ONNXRUNTIME_1_23 / "onnxruntime").is_dir():
+        if os.environ.get("CI") == "true":  # CI runs scripts/setup.sh: there its absence is a failure
+            pytest.fail(f"{ONNXRUNTIME_1_23} is missing: run scripts/setup.sh")
+        pytest.skip(f"{ONNXRUNTIME_1_23} is missing (scripts/setup.sh installs it)")
+    windowed = [r for r, (_, art) in fused_dirs.items()
+                if json.loads((art / "onnxlm.json").read_text())["requires"]["onnxruntime"] == "1.24"]
+    assert len(windowed) >= 5, windowed  # Mistral, Qwen 2 (a per-layer window), Gemma 2, Gemma 3, EXAONE 4, OLMo 3
+
+    def on_1_23(art, name: str, how: str) -> dict:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ONNXRUNTIME_1_23), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run([sys.executable, "-c", ON_1_23, str(art), str(tmp_path / f"{name}.npz"), how], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return dict(np.load(tmp_path / f"{name}.npz.out.npz"))
+
+    want = {}
+    for recipe in windowed:
+        art, name = fused_dirs[recipe][1], recipe.split("/")[-1]
+        here = onnxlm.load(art)
+        ids, mask = _causal_batch(here, seed=5)
+        np.savez(tmp_path / f"{name}.npz", ids=ids, mask=mask)
+        on = mask.astype(bool)
+        want[recipe] = (on, here.logits(ids, mask), here.generate(ids, attention_mask=mask, max_new_tokens=12,
+                                                                  do_sample=False, eos_token_id=[],
+                                                                  pad_token_id=here.pad_id).sequences)
+        got = on_1_23(art, name, "narrowed")
+        assert bool(got["narrowed"]) and np.abs(got["logits"][on] - want[recipe][1][on]).max() <= ATOL, recipe
+        np.testing.assert_array_equal(got["greedy"], want[recipe][2], err_msg=recipe)
+    mistral = "families/tiny-mistral-sliding-window"
+    control, (on, logits, ids) = on_1_23(fused_dirs[mistral][1], "tiny-mistral-sliding-window", "as-exported"), \
+        want[mistral]
+    assert not control["narrowed"] and (np.abs(control["logits"][on] - logits[on]).max() > 100 * ATOL
+                                        or (control["greedy"] != ids).any())
 
 
 def test_logits_left_padded_batch_then_steps_with_past(fused):
