@@ -1,7 +1,8 @@
 """Benchmark the server's prefix cache against llama.cpp's `llama-server` on the same model: a ~1,000-token chat sent
-twice (the second answered from the cache), and the second turn of that chat (the first turn's prompt and answer
-reused, the new message prefilled), each against its cold time; and one request alone through `onnxlm serve`
-against the same chat in the library.
+twice (the second answered from the cache), the same document asked another question (the shared start reused:
+any length of it, or a hybrid model's last checkpoint before the prompts part), and the second turn of that chat
+(the first turn's prompt and answer reused, the new message prefilled), each against its cold time; and one request
+alone through `onnxlm serve` against the same chat in the library.
 
     python -m benchmarks.prefix_cache models/smollm2-135m-instruct --gguf SmolLM2-135M-Instruct.Q4_1.gguf \\
         --llama-server /path/to/llama-server --write
@@ -63,25 +64,29 @@ def timed(c: httpx.Client, body: dict) -> tuple[float, dict]:
     return time.perf_counter() - t0, r.json()
 
 
-def chat_bodies(words: int, max_tokens: int) -> tuple[dict, callable]:
-    """-> the first turn's body (~1,000 tokens: a long document and a question), and a function answer -> the
-    second turn's body (first turn + answer + a new question)."""
+def chat_bodies(words: int, max_tokens: int) -> tuple[dict, callable, dict]:
+    """-> the first turn's body (~1,000 tokens: a long document and a question), a function answer -> the second
+    turn's body (first turn + answer + a new question), and the first turn with another question (the same
+    document: a shared start)."""
     doc = " ".join(TEXT.read_text(encoding="utf-8").split()[:words])
-    first = [{"role": "system", "content": "You answer questions about the document the user gives."},
-             {"role": "user", "content": f"Document:\n{doc}\n\nWhat is this document about?"}]
+
+    def asked(question: str) -> list:
+        return [{"role": "system", "content": "You answer questions about the document the user gives."},
+                {"role": "user", "content": f"Document:\n{doc}\n\n{question}"}]
+    first = asked("What is this document about?")
     base = {"max_tokens": max_tokens, "temperature": 0}
 
     def second(answer: str) -> dict:
         return {**base, "messages": first + [{"role": "assistant", "content": answer},
                                              {"role": "user", "content": "Name one detail from it."}]}
-    return {**base, "messages": first}, second
+    return {**base, "messages": first}, second, {**base, "messages": asked("Who would read it, and why?")}
 
 
 def measure(start, extra_cold: dict, runs: int, words: int, max_tokens: int) -> dict:
     """start(cache: bool) -> (proc, url). Cold: a fresh cache-off server per body; warm: the same body again, and
     the second turn after the first, on one cache-on server."""
-    first, second = chat_bodies(words, max_tokens)
-    out = {"cold": [], "repeat": [], "repeat_again": [], "turn2_cold": [], "turn2": []}
+    first, second, other = chat_bodies(words, max_tokens)
+    out = {"cold": [], "repeat": [], "repeat_again": [], "turn2_cold": [], "turn2": [], "other_cold": [], "other": []}
     for _ in range(runs):
         proc, url = start(False)
         try:
@@ -93,12 +98,14 @@ def measure(start, extra_cold: dict, runs: int, words: int, max_tokens: int) -> 
                 t2, a2 = timed(c, {**second(text), **extra_cold})
                 out["turn2_cold"].append(t2)
                 out["turn2_tokens"] = a2["usage"]["prompt_tokens"]
+                out["other_cold"].append(timed(c, {**other, **extra_cold})[0])
         finally:
             servers.stop(proc)
         proc, url = start(True)
         try:
             with client(url) as c:
                 _, answer = timed(c, first)               # fills the cache
+                out["other"].append(timed(c, other)[0])   # its document again, another question
                 t, again = timed(c, first)
                 out["repeat"].append(t)
                 out["repeat_again"].append(statistics.median(timed(c, first)[0] for _ in range(3)))
@@ -137,11 +144,13 @@ def library_vs_server(model_dir: str, threads: int, runs: int) -> dict:
 
 
 def report(res: dict, args) -> str:
-    rows = ["| server | prompt tokens | cold s | repeated s | repeated / cold | sent again s | 2nd turn cold s | "
-            "2nd turn s | 2nd turn / cold | same answer |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = ["| server | prompt tokens | cold s | repeated s | repeated / cold | sent again s | other question "
+            "cold s | other question s | other / cold | 2nd turn cold s | 2nd turn s | 2nd turn / cold | same answer |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in res["servers"].items():
         rows.append(f"| {name} | {r['prompt_tokens']} (2nd turn {r['turn2_tokens']}) | {r['cold']:.3f} | "
                     f"{r['repeat']:.3f} | {r['repeat'] / r['cold']:.3f} | {r['repeat_again']:.3f} | "
+                    f"{r['other_cold']:.3f} | {r['other']:.3f} | {r['other'] / r['other_cold']:.3f} | "
                     f"{r['turn2_cold']:.3f} | {r['turn2']:.3f} | {r['turn2'] / r['turn2_cold']:.3f} | "
                     f"{'yes' if r['same_answer'] else 'no'} |")
     lines = ["## Prefix caching: a repeated chat and a chat's next turn (`python -m benchmarks.prefix_cache`)", "",
@@ -152,8 +161,9 @@ def report(res: dict, args) -> str:
              f"command `{' '.join(['python -m benchmarks.prefix_cache'] + sys.argv[1:])}`.", "",
              *rows, "",
              "Repeated: the first time the chat is sent again after filling the cache; sent again: the median of "
-             "3 more sends after that (each server's memory for the resumed state already in use once); the 2nd "
-             "turn is sent after those.", ""]
+             "3 more sends after that (each server's memory for the resumed state already in use once); the other "
+             "question (the same document) is sent right after the cache is filled, the 2nd turn after the sends.",
+             ""]
     if res.get("library"):
         lv = res["library"]
         lines += [f"One request alone (a greedy chat, {lv['tokens']} new tokens in the library, {lv['server_tokens']} "

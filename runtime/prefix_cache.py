@@ -14,9 +14,10 @@ positions and needs no forward pass (``resume`` with no rest; "regenerate" in a 
 
 A model with recurrent layers beside its attention (LFM2's short convolutions) cannot resume from any prefix: the
 recurrent state after position p is not in the keys/values. Its snapshots carry checkpoints, the recurrent state
-after the lengths where it was taken (``state.checkpoint(row)``: a prompt after its prefill, a finished sequence), and
-resume only at one of those (``Snapshot.checkpoints``; None for a model that resumes anywhere), as llama.cpp's server
-does for such models: a chat's next turn and a prompt sent again find theirs, a shared system prompt alone does not.
+after the lengths where it was taken (``state.checkpoint(row)``: a prompt after its prefill, a finished sequence;
+``state.prompt_checkpoints(row)``: every 64th position inside a prompt), and resume only at one of those
+(``Snapshot.checkpoints``; None for a model that resumes anywhere), as llama.cpp's server does for such models: a
+chat's next turn and a prompt sent again find theirs, a shared system prompt the one within 63 positions of its end.
 
 The scheduler (runtime/decoding/scheduler.py) looks every admitted causal request up, stores each request's prompt
 after its prefill and, when a one-row request finishes, its whole sequence (prompt + answer), so the next turn of a
@@ -141,7 +142,7 @@ class PrefixCache:
         return None
 
     def put(self, ids, kv: dict, logits: np.ndarray | None = None, owner=None, first: int | None = None,
-            checkpoint: dict | None = None) -> None:
+            checkpoint: dict | None = None, inside: dict | None = None) -> None:
         """Store the keys/values ``kv`` (name -> [kv_heads, L, head_dim]) of ids [L] and, if given, the next-token
         logits [V] after them, unless an entry covers them; entries whose ids are a prefix of these are superseded
         (this one serves every lookup they would, and takes their logits), then the least recently used others go
@@ -152,8 +153,9 @@ class PrefixCache:
         it keeps the logits after its first ``first`` ids (a finished answer's prompt: a "regenerate" sends it
         again), then after its longest prefixes, while they fit; one that cannot fit even without logits is not
         kept and the cache stays as it was. The entry stored is never evicted by its own ``put``. ``checkpoint``: the
-        recurrent state after these ids (name -> array) of a model that resumes only at checkpoints; the entry takes
-        those of the entries it supersedes too."""
+        recurrent state after these ids (name -> array) of a model that resumes only at checkpoints; ``inside``:
+        such states after shorter prefixes ({length: state}: a prompt's pass kept them); the entry takes those of
+        the entries it supersedes too (where not all fit: the longest first)."""
         if not self.enabled:
             return
         ids = np.asarray(ids, dtype=np.int64).copy()
@@ -169,6 +171,7 @@ class PrefixCache:
         if logits is not None:
             merged[len(ids)] = logits
         if checkpoint is not None:
+            checkpoints.update({n: state for n, state in (inside or {}).items() if 0 < n < len(ids)})
             checkpoints[len(ids)] = checkpoint
         snap = Snapshot(ids, kv, merged, owner, checkpoints)
         staying = self.bytes - sum(self.entries[k].nbytes for k in superseded)
@@ -229,21 +232,25 @@ class PrefixCache:
         if same_block and snap.owner is None:
             snap.owner = owner
 
-    def attach_logits(self, ids, logits: np.ndarray, checkpoint: dict | None = None) -> None:
+    def attach_logits(self, ids, logits: np.ndarray, checkpoint: dict | None = None,
+                      inside: dict | None = None) -> None:
         """The next-token logits [V] after ids [L] (and ``checkpoint``, the recurrent state there, for an entry that
-        keeps them), kept with an entry that starts with these ids (unless that entry would then exceed
-        ``max_bytes`` alone; other entries may go)."""
+        keeps them, with ``inside``: those after shorter prefixes, ``put``'s), kept with an entry that starts with
+        these ids (unless that entry would then exceed ``max_bytes`` alone; other entries may go)."""
         snap = self._covering(ids)
-        if snap is None or len(ids) in snap.logits or (snap.checkpoints is not None and checkpoint is None):
+        if snap is None or (snap.checkpoints is not None and checkpoint is None):
             return  # (logits without their checkpoint: never resumed there)
-        adds = {} if snap.checkpoints is None or len(ids) in snap.checkpoints else checkpoint
-        grows = logits.nbytes + _state_bytes(adds)
-        if snap.nbytes + grows <= self.max_bytes:
+        if snap.checkpoints is not None:  # the recurrent states it lacks, the longest first, while they fit
+            wanted = {**(inside or {}), len(ids): checkpoint}
+            for n in sorted(set(wanted) - set(snap.checkpoints), reverse=True):
+                if 0 < n and snap.nbytes + _state_bytes(wanted[n]) <= self.max_bytes:
+                    snap.checkpoints[n] = wanted[n]
+                    self.bytes += _state_bytes(wanted[n])
+        if len(ids) not in snap.logits and (snap.checkpoints is None or len(ids) in snap.checkpoints) \
+                and snap.nbytes + logits.nbytes <= self.max_bytes:
             snap.logits[len(ids)] = logits
-            if adds:
-                snap.checkpoints[len(ids)] = adds
-            self.bytes += grows
-            self._evict(keep=snap.ids.tobytes())
+            self.bytes += logits.nbytes
+        self._evict(keep=snap.ids.tobytes())
 
     def _evict(self, keep: bytes | None = None) -> None:
         """The least recently used entries but ``keep`` (an entry just stored or grown, which fits alone) go until

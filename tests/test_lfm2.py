@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 import onnxlm  # noqa: E402
 from onnxlm.runtime.errors import ParameterError  # noqa: E402
 from onnxlm.runtime.fused import FusedHybridLM  # noqa: E402
-from onnxlm.runtime.fused.hybrid_lm import MAX_HISTORY  # noqa: E402
+from onnxlm.runtime.fused.hybrid_lm import CHECKPOINT_EVERY, MAX_HISTORY  # noqa: E402
 from onnxlm.runtime.prefix_cache import PrefixCache  # noqa: E402
 from scheduler_util import run_scheduler  # noqa: E402
 from torch_ref import tail_repeating_batch  # noqa: E402
@@ -26,6 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PERIOD = [17, 99, 142, 63, 200, 8, 77, 150, 31, 120, 54, 230]
 PROMPT = [257] + PERIOD * 3 + PERIOD[:5]  # repeats: the n-gram lookups find continuations
+LONG = [257] + [int(t) for t in np.random.default_rng(11).integers(3, 250, 110)]  # past the 64-position marks
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +181,35 @@ def test_a_checkpoint_resumes_equal_to_a_cold_start(lfm2):
         lfm2.resume({**kv, **held, "conv_state.0": held["conv_state.0"][0]}, len(long), [1, 2])
 
 
+def test_a_prompt_pass_keeps_the_states_after_every_64th_position(lfm2):
+    """A prompt's pass keeps each row's convolution states after every multiple of ``CHECKPOINT_EVERY`` (64) of its
+    positions, counted from its start wherever the pass begins (a left-padded batch's rows; a resumed prompt's rest):
+    each resumes the row's first 64 positions as a cold start of the longer prompt gives its logits; a later pass
+    (a decode step) keeps none; ``select`` and ``concat`` carry them with their rows."""
+    long, short = LONG[:100], LONG[:70]
+    ids, mask = lfm2.prepare_inputs([short, long])
+    state, _ = lfm2.start(ids, mask)
+    marks = [state.prompt_checkpoints(r) for r in (0, 1)]
+    assert [sorted(m) for m in marks] == [[CHECKPOINT_EVERY]] * 2 and set(marks[1][64]) == set(lfm2.conv_names)
+    prompt = long[:64] + [5, 250, 12, 77]
+    cold = lfm2.start(np.array([prompt]), np.ones((1, len(prompt)), np.int64))[1]
+    for r, row_marks in enumerate(marks):  # both rows share their first 64 ids
+        kv = {n: a[:, :64] for n, a in state.snapshot(r).items()}
+        assert np.abs(lfm2.resume({**kv, **row_marks[64]}, 64, prompt[64:])[1] - cold).max() <= 1e-4
+    kv30 = {n: a[:, :30] for n, a in state.snapshot(1).items()}
+    resumed, _ = lfm2.resume({**kv30, **lfm2.start(np.array([long[:30]]), np.ones((1, 30), np.int64))[0].checkpoint(0)},
+                             30, long[30:])  # the rest's pass: its 34th token ends position 64
+    assert sorted(resumed.prompt_checkpoints(0)) == [64]
+    for name, held in resumed.prompt_checkpoints(0)[64].items():
+        assert np.abs(held - marks[1][64][name]).max() <= 1e-5
+    state.advance(np.array([3, 4]))
+    state.select(np.array([1, 1, 0]))
+    assert [sorted(state.prompt_checkpoints(r)) for r in range(3)] == [[64]] * 3
+    assert all(np.array_equal(state.prompt_checkpoints(0)[64][n], marks[1][64][n]) for n in lfm2.conv_names)
+    joined = type(state).concat([state, resumed])
+    assert [sorted(joined.prompt_checkpoints(r)) for r in range(4)] == [[64]] * 4
+
+
 GREEDY = {"max_new_tokens": 8, "eos_token_id": None, "do_sample": False}
 
 
@@ -227,6 +257,27 @@ def test_a_prompt_sent_again_resumes_whole_and_a_shared_start_alone_does_not(lfm
     (cold,) = run_scheduler(lfm2, [other], [GREEDY])
     misses = cache.misses
     (warm,) = run_scheduler(lfm2, [other], [GREEDY], cache)
+    assert warm.new_ids == cold.new_ids and cache.misses == misses + 1
+
+
+def test_a_shared_start_resumes_at_the_last_64th_position_before_the_prompts_part(lfm2):
+    """A system prompt asked two questions: the second prompt shares the first's 90 ids, and resumes at the state
+    the first's prompt pass kept after position 64 (cached with its entry), answering as a cold scheduler; its own
+    entry keeps the mark too, so a third question resumes there as well. A prompt sharing fewer than 64 ids finds
+    no state to resume (a miss)."""
+    system = LONG[:90]
+    cache = PrefixCache(16 * 2**20)
+    run_scheduler(lfm2, [system + [5, 6, 7]], [GREEDY], cache)
+    (entry,) = cache.entries.values()
+    assert sorted(entry.checkpoints)[0] == CHECKPOINT_EVERY
+    for question in ([8, 9], [10, 11, 12]):
+        (cold,) = run_scheduler(lfm2, [system + question], [GREEDY])
+        before = cache.reused_tokens
+        (warm,) = run_scheduler(lfm2, [system + question], [GREEDY], cache)
+        assert warm.new_ids == cold.new_ids and warm.cached_tokens == cache.reused_tokens - before == 64
+    misses = cache.misses
+    (cold,) = run_scheduler(lfm2, [LONG[:60] + [3, 3]], [GREEDY])
+    (warm,) = run_scheduler(lfm2, [LONG[:60] + [3, 3]], [GREEDY], cache)
     assert warm.new_ids == cold.new_ids and cache.misses == misses + 1
 
 

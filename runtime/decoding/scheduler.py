@@ -375,7 +375,7 @@ class Scheduler:
         logits = np.concatenate([p[1] for p in parts])
         if self.prefix_cache is not None:                           # each prompt, for those to come (after the step)
             self._snapshots += [(req.ids, state.snapshot(i, copy=False), logits[i].copy(), state, None,
-                                 state.checkpoint(i)) for i, req in enumerate(batch)]
+                                 state.checkpoint(i), state.prompt_checkpoints(i)) for i, req in enumerate(batch)]
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
             state.select(rows)
@@ -392,7 +392,7 @@ class Scheduler:
         kv = self.state.snapshot(row, copy=False)
         if next(iter(kv.values())).shape[1] == len(held):  # the row holds exactly these positions
             self._snapshots.append((held, kv, self.logits[row].copy(), self.state, len(req.ids),  # logits: its last
-                                    self.state.checkpoint(row)))
+                                    self.state.checkpoint(row), {}))
             # token's; those after its prompt (a superseded entry's) are the ones kept first where not all fit
 
     def store_snapshots(self) -> None:
@@ -409,17 +409,17 @@ class Scheduler:
         positions (``PrefixCache.put``)."""
         marked, self._snapshots = self._snapshots, []
         dropped = self.state is None  # no row left: the marked views' buffers are no one else's any more
-        for ids, kv, logits, state, prompt, checkpoint in marked:
+        for ids, kv, logits, state, prompt, checkpoint, inside in marked:
             keep = dropped and _one_row(kv)  # the views, and the state for a later request to decode on
             owner = state if keep and _backs(state, kv) else None
             if owner is not None:
                 owner.forget_rollback()  # what it kept to roll back (a hybrid's states) the cache would not count
             if not self.prefix_cache.covers(ids):
                 self.prefix_cache.put(ids, kv if keep else {name: np.array(a) for name, a in kv.items()}, logits,
-                                      owner=owner, first=prompt, checkpoint=checkpoint)
+                                      owner=owner, first=prompt, checkpoint=checkpoint, inside=inside)
             elif owner is not None:
                 self.prefix_cache.return_state(ids, kv, owner)
-            self.prefix_cache.attach_logits(ids, logits, checkpoint)
+            self.prefix_cache.attach_logits(ids, logits, checkpoint, inside)
 
     def _alone(self, req: Request) -> bool:
         return bool(self.model.is_encoder_decoder)

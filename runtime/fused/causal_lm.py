@@ -106,6 +106,10 @@ class FusedState:
         None: the keys/values alone resume any prefix of them."""
         return None
 
+    def prompt_checkpoints(self, row: int) -> dict:
+        """{length: recurrent state} inside the row's prompt (a hybrid model's); {}: none needed."""
+        return {}
+
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder/duplicate rows of every buffer and of the lengths."""
         rows = np.asarray(rows, dtype=np.int64)

@@ -7,9 +7,11 @@ the graph gathers back into them in place (``row(r)``'s views write into the bat
 cannot, so each row also keeps its states before its last ``MAX_HISTORY`` positions, a prompt's excepted
 (``HybridState.rollback``: speculative decoding's rejected drafts, a draft model's own; ``speculation_limit`` caps a
 round's proposals so that its rollbacks stay within them). A snapshot cannot be resumed from an arbitrary prefix (the
-state after position p is not kept): ``checkpoint(row)`` copies a row's states at its length, and the prefix cache
+state after position p is not kept): ``checkpoint(row)`` copies a row's states at its length, a prompt's pass keeps
+those after every ``CHECKPOINT_EVERY``-th position too (``prompt_checkpoints(row)``), and the prefix cache
 (runtime/prefix_cache.py) resumes such a model only at the lengths it holds them for (``resume`` takes them beside
-the keys/values): a chat's next turn, a prompt sent again.
+the keys/values): a chat's next turn, a prompt sent again, and within a multiple of ``CHECKPOINT_EVERY`` positions
+the end of a shared start (a system prompt asked other questions).
 """
 from __future__ import annotations
 
@@ -22,15 +24,22 @@ from .causal_lm import FusedCausalLM, FusedState, _checked_counts
 from .kv_buffers import KVBuffers
 
 MAX_HISTORY = 32  # positions a row can roll back (a speculative round's drafts and verify; LFM2-350M: 80 KB each)
+# a prompt's pass keeps each row's states after every 64th position (absolute): the prefix cache resumes a prompt that
+# shares a start with a cached one at most 63 positions before where they part; LFM2-350M: 80 KB each, ~5 % of the
+# keys/values of those 64 positions
+CHECKPOINT_EVERY = 64
 
 
 class HybridBuffers(KVBuffers):
-    """KV buffers plus ``conv``: name -> [b, K - 1, D] float32 states, and ``history``: per row a deque of (length,
-    {name: [K - 1, D]}), the row's states before its last positions (newest last)."""
+    """KV buffers plus ``conv``: name -> [b, K - 1, D] float32 states, ``history``: per row a deque of (length,
+    {name: [K - 1, D]}), the row's states before its last positions (newest last), and ``marks``: per row {length:
+    {name: [K - 1, D]}}, its states after every ``CHECKPOINT_EVERY``-th position of its prompt."""
 
-    def __init__(self, arrays: dict, pool, conv: dict, history: list, record: bool = True):
+    def __init__(self, arrays: dict, pool, conv: dict, history: list, record: bool = True,
+                 marks: list | None = None):
         super().__init__(arrays, pool)
         self.conv, self.history = conv, history
+        self.marks = [{} for _ in history] if marks is None else marks
         # whether the next pass keeps its states in the histories: not a prompt's pass (nothing rolls back into a
         # prompt; 32 states a row would be copied for nothing), every later one
         self.record = record
@@ -38,24 +47,33 @@ class HybridBuffers(KVBuffers):
     def row(self, r: int) -> "HybridBuffers":
         """Row ``r`` alone: views of its KV buffers and states, and its own history deque (shared)."""
         return HybridBuffers({n: a[r:r + 1] for n, a in self.arrays.items()}, self.pool,
-                             {n: c[r:r + 1] for n, c in self.conv.items()}, [self.history[r]], record=self.record)
+                             {n: c[r:r + 1] for n, c in self.conv.items()}, [self.history[r]], record=self.record,
+                             marks=[self.marks[r]])
 
     def select(self, rows: np.ndarray, held: int | None = None) -> None:
-        """rows [b'] int64: the KV buffers' rows (``KVBuffers.select``), the states' and the histories' (copied:
-        duplicated beams diverge)."""
+        """rows [b'] int64: the KV buffers' rows (``KVBuffers.select``), the states', the histories' (copied:
+        duplicated beams diverge) and the marks' (their states are never written)."""
         super().select(rows, held)
         self.conv = {n: c[rows] for n, c in self.conv.items()}
         self.history = [deque(self.history[r], maxlen=MAX_HISTORY) for r in rows]
+        self.marks = [dict(self.marks[r]) for r in rows]
 
     def bind_states(self, io, past: np.ndarray, new: np.ndarray, width: int) -> tuple[dict, np.ndarray]:
         """Bind the states and which window rows to gather for a pass of ``width`` new slots (row r's real ones:
         new[r]) -> (name -> the gathered states' array [b, m (K - 1), D], the offsets m: the states after those many
-        new tokens [b, m], the last one the row's own new[r])."""
+        new tokens [b, m], the last one the row's own new[r]). A later pass gathers those after its last tokens (for
+        rollback), a prompt's those after each multiple of ``CHECKPOINT_EVERY`` among its positions (the marks)."""
         first = next(iter(self.conv.values()))
         b, taps, hidden = first.shape
-        span = min(width, MAX_HISTORY) if self.record else 0  # the states after a pass's last tokens, for rollback
-        steps = np.arange(width - span, width + 1) if width > 1 and span else np.array([width])  # [m]
-        offsets = np.minimum(steps[None, :], new[:, None])  # [b, m]: a row with fewer new tokens repeats its last
+        if self.record:
+            span = min(width, MAX_HISTORY)  # the states after a pass's last tokens, for rollback
+            steps = np.arange(width - span, width + 1) if width > 1 else np.array([width])  # [m]
+            offsets = np.minimum(steps[None, :], new[:, None])  # [b, m]: a row with fewer new tokens repeats its last
+        else:
+            inside = [list(range(-int(p) % CHECKPOINT_EVERY or CHECKPOINT_EVERY, int(n), CHECKPOINT_EVERY))
+                      for p, n in zip(past, new)]  # the row's new tokens after which its length is a multiple
+            m = 1 + max(map(len, inside))
+            offsets = np.array([at + [int(n)] * (m - len(at)) for at, n in zip(inside, new)], np.int64)  # [b, m]
         gather = (offsets[:, :, None] + np.arange(taps)[None, None, :]).reshape(b, -1)  # [b, m (K - 1)]
         io.bind_cpu_input("conv_gather", gather.astype(np.int64))
         outs = {}
@@ -75,14 +93,18 @@ class HybridBuffers(KVBuffers):
         b, m = offsets.shape
         taps = next(iter(self.conv.values())).shape[1]
         gathered = {n: o.reshape(b, m, taps, -1) for n, o in outs.items()}  # [b, m, K - 1, D]
-        if self.record:
-            for r in range(b):
+        for r in range(b):
+            if self.record:
                 self.history[r].append((int(past[r]), {n: c[r].copy() for n, c in self.conv.items()}))
-                seen = set()
-                for j, at in enumerate(offsets[r, :-1].tolist()):
-                    if 0 < at < int(new[r]) and at not in seen:
-                        seen.add(at)
-                        self.history[r].append((int(past[r]) + at, {n: g[r, j].copy() for n, g in gathered.items()}))
+            seen = set()
+            for j, at in enumerate(offsets[r, :-1].tolist()):
+                if 0 < at < int(new[r]) and at not in seen:
+                    seen.add(at)
+                    kept = {n: g[r, j].copy() for n, g in gathered.items()}
+                    if self.record:
+                        self.history[r].append((int(past[r]) + at, kept))
+                    else:
+                        self.marks[r][int(past[r]) + at] = kept
         for name, g in gathered.items():
             self.conv[name][...] = g[:, -1]
         self.record = True
@@ -118,6 +140,12 @@ class HybridState(FusedState):
         ``resume`` takes beside the keys/values of ``snapshot(row)`` (they go on changing in place as it decodes)."""
         return {name: c[row].copy() for name, c in self.buffers.conv.items()}
 
+    def prompt_checkpoints(self, row: int) -> dict:
+        """row -> {length: name -> [K - 1, D]}: the row's convolution states after each multiple of
+        ``CHECKPOINT_EVERY`` positions inside its prompt (its prompt's pass kept them; ``resume`` takes one beside
+        the first ``length`` positions of ``snapshot(row)``)."""
+        return dict(self.buffers.marks[row])
+
     @classmethod
     def concat(cls, states: list["HybridState"]) -> "HybridState":
         """``FusedState.concat``, with the rows' states and histories."""
@@ -126,7 +154,8 @@ class HybridState(FusedState):
         merged = FusedState.concat(states)
         conv = {n: np.concatenate([s.buffers.conv[n] for s in states]) for n in states[0].buffers.conv}
         history = [deque(h, maxlen=MAX_HISTORY) for s in states for h in s.buffers.history]
-        buffers = HybridBuffers(merged.buffers.arrays, merged.buffers.pool, conv, history, record=True)
+        marks = [m for s in states for m in s.buffers.marks]
+        buffers = HybridBuffers(merged.buffers.arrays, merged.buffers.pool, conv, history, record=True, marks=marks)
         return cls(states[0].model, buffers, merged.lengths)
 
 

@@ -86,6 +86,10 @@ class CausalState:
         """No recurrent state beside the keys/values: a snapshot resumes at any of its lengths (``FusedState``'s)."""
         return None
 
+    def prompt_checkpoints(self, row: int) -> dict:
+        """None needed inside the prompt either (``FusedState``'s)."""
+        return {}
+
     def select(self, rows: np.ndarray) -> None:
         """rows [b] int64: reorder the cache, mask and positions along the batch axis."""
         rows = np.asarray(rows, dtype=np.int64)
