@@ -13,8 +13,7 @@ from typing import Any
 from onnxlm.runtime.errors import ExportError
 from onnxlm.runtime.fused.causal_lm import KV_LAYOUT
 from onnxlm.runtime.gguf_magic import is_gguf_file
-from onnxlm.runtime.versions import (SLIDING_WINDOW_ONNXRUNTIME, check_needed_onnxruntime, check_onnxruntime,
-                                     window_binds)
+from onnxlm.runtime.versions import check_onnxruntime
 
 from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
 from .loader import LoadedModel, load_source
@@ -391,15 +390,9 @@ def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
     session are never all held at once (a Llama-3.2-1B-shaped GGUF's fp32 export peaked at 10.9 GB, 7.2 so)."""
     from .fused import build_fused_graphs
     from .fused_graph import OPSET
-    from .fused_llama import sliding_windows
     from .validate_fused import causal_references, validate_fused_export
 
     cfg = {**dims, **special}
-    if validate and lm.family not in ("gpt2", "t5") and any(window_binds(w, dims.get("max_positions"))
-                                                            for w in sliding_windows(lm.model.config)):
-        # before the build: its validation would be refused after it (validate_fused_export)
-        check_needed_onnxruntime(SLIDING_WINDOW_ONNXRUNTIME, f"exporting {lm.model.config.model_type} with "
-                                 "sliding-window layers")
     references = None
     release = release and lm.family != "t5"  # T5's checks run its PyTorch model after the build
     if validate and release:

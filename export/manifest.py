@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from onnxlm.runtime.errors import ExportError
-from onnxlm.runtime.versions import (MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, check_needed_onnxruntime,
-                                     dotted, window_binds)
+from onnxlm.runtime.versions import (MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, check_runnable, dotted,
+                                     window_binds)
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "onnxlm.json"
@@ -101,9 +101,10 @@ def onnxruntime_requirement(path: Path, max_positions: int | None = None) -> tup
 
 def check_graph_onnxruntime(path: Path, max_positions: int | None = None) -> None:
     """DependencyError when the imported onnxruntime is older than the ONNX file ``path`` needs
-    (``onnxruntime_requirement``): its validation would otherwise fail by other numbers, or pass and write an artifact
-    this machine refuses to load."""
-    check_needed_onnxruntime(onnxruntime_requirement(path, max_positions), f"the exported graph {path.name}")
+    (``onnxruntime_requirement``; sliding windows alone: the floor, 1.23 running them narrowed,
+    ``versions.check_runnable``): its validation would otherwise fail by other numbers, or pass and write an
+    artifact this machine refuses to load."""
+    check_runnable(onnxruntime_requirement(path, max_positions), f"the exported graph {path.name}")
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

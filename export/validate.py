@@ -49,11 +49,17 @@ class _Check:
 def _session(path: Path):
     import onnxruntime as ort
 
-    from .manifest import check_graph_onnxruntime
+    from onnxlm.runtime.versions import runs_narrowed
+    from onnxlm.runtime.window_narrowing import narrowed_model
+
+    from .manifest import check_graph_onnxruntime, onnxruntime_requirement
 
     check_graph_onnxruntime(path)
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if runs_narrowed(onnxruntime_requirement(path)):  # 1.23: each sliding window one narrower, as the runtime does
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(path.parent))
+        return ort.InferenceSession(narrowed_model(path), so, providers=["CPUExecutionProvider"])
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 

@@ -15,7 +15,7 @@ onnxruntime 1.19-1.32; the tests' GGUF vocabularies on tokenizers 0.15-0.23; the
   ~3e-3 apart, relative: a quantized variant's other rounding, not a wrong graph; its gate measured it on the
   exporting machine's). 1.22 and before cannot open the quantized variants (``GatherBlockQuantized``), 1.21 and
   before the fused T5 decoder, 1.20 and before the soft-capped graphs. Python 3.10 has onnxruntime wheels up to 1.23
-  (so there a windowed artifact runs narrowed; exporting one needs 1.24: the export's validation is not narrowed).
+  (so there a windowed artifact runs, and its export validates, narrowed: ``check_runnable``).
 - Exporting int8 / int4 variants needs onnxruntime 1.24 (its ``MatMulNBitsQuantizer`` takes ``bits`` from then);
   the test suite 1.32 (its one-node graphs carry onnx 1.23.2's IR version 14, which onnxruntime reads from 1.32;
   every artifact onnxlm writes is IR 8).
@@ -156,13 +156,17 @@ def runs_narrowed(least: tuple[int, ...], version: str | None = None) -> bool:
     return not _older(version, MIN_ONNXRUNTIME) and _older(version, SLIDING_WINDOW_ONNXRUNTIME)
 
 
-def check_artifact_onnxruntime(manifest: dict, model_dir) -> None:
-    """DependencyError when the imported onnxruntime is older than the artifact in ``model_dir`` needs. An artifact
-    whose sliding windows alone need 1.24 needs only the floor: 1.23 runs it with each window one position narrower
+def check_runnable(least: tuple[int, ...], needed_by: str, why: str | None = None) -> None:
+    """``check_needed_onnxruntime`` for graphs that need ``least`` and run through the runtime: sliding windows
+    alone (1.24) need only the floor, 1.23 running them with each window one position narrower
     (``runs_narrowed``)."""
-    least = artifact_onnxruntime(manifest, model_dir)
-    check_needed_onnxruntime(MIN_ONNXRUNTIME if least == SLIDING_WINDOW_ONNXRUNTIME else least,
-                             f"the artifact {model_dir}")
+    check_needed_onnxruntime(MIN_ONNXRUNTIME if least == SLIDING_WINDOW_ONNXRUNTIME else least, needed_by, why)
+
+
+def check_artifact_onnxruntime(manifest: dict, model_dir) -> None:
+    """DependencyError when the imported onnxruntime is older than the artifact in ``model_dir`` needs
+    (``check_runnable``: one whose sliding windows alone need 1.24 runs on 1.23)."""
+    check_runnable(artifact_onnxruntime(manifest, model_dir), f"the artifact {model_dir}")
 
 
 def check_tokenizers() -> None:

@@ -229,8 +229,8 @@ def test_onnxruntime_1_23_runs_a_sliding_window_artifact_with_its_windows_narrow
     answers the artifact (scripts/dependency_floor.py, run beside this suite). Here the narrowed graph runs on this
     onnxruntime, which counts windows as transformers does: its logits are transformers' with the window one
     position shorter, the proof that each sliding layer's window and nothing else lost exactly one position (the
-    weights read from the artifact's folder). Exporting on 1.23 stays refused (its validation's own sessions are not
-    narrowed); ``onnxlm info`` says how 1.23 runs it."""
+    weights read from the artifact's folder). An export's own sessions narrow too (validate._session; the fused
+    validation runs through the runtime); ``onnxlm info`` says how 1.23 runs it."""
     import onnxruntime as ort
 
     from cli_util import run_cli
@@ -249,9 +249,12 @@ def test_onnxruntime_1_23_runs_a_sliding_window_artifact_with_its_windows_narrow
     assert narrowed.narrows_windows and not as_exported.narrows_windows
     assert _causal_logits_diff(narrowed, shorter) <= ATOL
     assert _causal_logits_diff(as_exported, shorter) > 100 * ATOL  # these sequences outgrow the window
-    with pytest.raises(DependencyError, match=r"onnxruntime 1\.23\.2 is installed; the exported graph model\.onnx "
-                                              r"needs onnxruntime >= 1\.24 \(its sliding-window attention"):
-        validate._session(art / "model.onnx")
+    from onnxlm.runtime import window_narrowing
+
+    narrowed_files = []
+    real = window_narrowing.narrowed_model
+    monkeypatch.setattr(window_narrowing, "narrowed_model", lambda path: narrowed_files.append(path) or real(path))
+    assert validate._session(art / "model.onnx").get_inputs() and narrowed_files == [art / "model.onnx"]
     code, out, _ = run_cli(capsys, "info", art)
     assert code == 0 and "runs on         onnxruntime >= 1.24 (1.23 here: each sliding window handed to it one " \
         "position narrower" in out and "not loaded" not in out
@@ -322,6 +325,41 @@ def test_onnxruntime_1_23_answers_every_sliding_window_artifact_as_this_one(fuse
         want[mistral]
     assert not control["narrowed"] and (np.abs(control["logits"][on] - logits[on]).max() > 100 * ATOL
                                         or (control["greedy"] != ids).any())
+
+
+EXPORT_ON_1_23 = """
+import json, sys
+import onnxruntime
+from onnxlm.export import export_model
+assert onnxruntime.__version__ == "1.23.2", onnxruntime.__version__
+out = export_model(sys.argv[1], sys.argv[2], progress=False, kv_layout="fused")  # validated: through the runtime
+print(json.dumps(json.loads((out / "onnxlm.json").read_text())["validation"]))
+"""
+
+
+def test_a_sliding_window_model_exports_and_validates_on_onnxruntime_1_23(fused_dirs, tmp_path):
+    """``onnxlm export`` of a windowed model on onnxruntime 1.23.2 (a subprocess): its validation against PyTorch
+    runs through the runtime, which narrows the windows, and passes with the logits as close as on this onnxruntime;
+    the artifact records that it needs 1.24 (which 1.23 meets narrowed) and that 1.23.2 exported it."""
+    import subprocess
+
+    if not (ONNXRUNTIME_1_23 / "onnxruntime").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{ONNXRUNTIME_1_23} is missing: run scripts/setup.sh")
+        pytest.skip(f"{ONNXRUNTIME_1_23} is missing (scripts/setup.sh installs it)")
+    for recipe in ("families/tiny-mistral-sliding-window", "families/tiny-gemma3-text"):
+        hf, here = fused_dirs[recipe]
+        out = tmp_path / recipe.split("/")[-1]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ONNXRUNTIME_1_23), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run([sys.executable, "-c", EXPORT_ON_1_23, str(hf), str(out)], env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        validation = json.loads(done.stdout.strip().splitlines()[-1])
+        manifest = json.loads((out / "onnxlm.json").read_text())
+        assert manifest["requires"] == {"onnxruntime": "1.24"} and manifest["versions"]["onnxruntime"] == "1.23.2"
+        assert validation["max_abs_diff"] <= max(ATOL, 2 * json.loads((here / "onnxlm.json").read_text())
+                                                 ["validation"]["max_abs_diff"]), (recipe, validation)
+        assert (out / "model.onnx").read_bytes() == (here / "model.onnx").read_bytes()  # the same graph
 
 
 def test_logits_left_padded_batch_then_steps_with_past(fused):
