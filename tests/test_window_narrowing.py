@@ -68,11 +68,37 @@ def test_narrowed_model_reads_the_file(tmp_path):
     assert [_window(n) for n in onnx.ModelProto.FromString(narrowed_model(path)).graph.node][0] == 7
 
 
+def test_windows_in_subgraphs_and_functions_narrow_too():
+    """A GroupQueryAttention in an ``If``'s branch or in a model-local function (none in onnxlm's graphs) is narrowed
+    as one in the main graph; the rest of the model, again, as it was."""
+    inner = _graph([6]).graph
+    branch = helper.make_graph(list(inner.node)[:1], "then", [], [helper.make_tensor_value_info("y0", TensorProto.FLOAT,
+                                                                                                None)])
+    model = _graph([4])
+    model.graph.node.append(helper.make_node("If", ["c"], ["z"], then_branch=branch, else_branch=branch))
+    model.functions.append(helper.make_function("local", "f", ["x0"], ["y0"], list(_graph([9]).graph.node)[:1],
+                                                [helper.make_opsetid("com.microsoft", 1)]))
+    data, narrowed = narrowed_windows(model.SerializeToString())
+    got = onnx.ModelProto.FromString(data)
+    assert narrowed == 4  # the main graph's, both branches', the function's
+    branches = [a.g for a in got.graph.node[-1].attribute]
+    assert [_window(got.graph.node[0]), *[_window(g.node[0]) for g in branches], _window(got.functions[0].node[0])] \
+        == [3, 5, 5, 8]
+    for node, window in ((got.graph.node[0], 4), (got.functions[0].node[0], 9), *((g.node[0], 6) for g in branches)):
+        next(a for a in node.attribute if a.name == "local_window_size").i = window  # restored: the original model
+    assert got == model
+
+
 def test_a_file_that_is_no_onnx_model_is_refused_by_name(tmp_path):
+    """Bytes that are no protobuf message: a ModelFileError naming the file, raised by the narrowing's own read (its
+    cause protobuf's DecodeError), not by onnxruntime after it."""
+    from google.protobuf.message import DecodeError
+
     from onnxlm.runtime.errors import ModelFileError
     from onnxlm.runtime.session import make_session
 
     path = tmp_path / "model.onnx"
     path.write_bytes(b"\x0a\xff\xff\xff\xff not a protobuf message")
-    with pytest.raises(ModelFileError, match=r"model file .*model\.onnx could not be loaded"):
+    with pytest.raises(ModelFileError, match=r"model file .*model\.onnx could not be loaded") as refused:
         make_session(path, "cpu", 1, narrow_windows=True)
+    assert isinstance(refused.value.__cause__, DecodeError)
