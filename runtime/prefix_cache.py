@@ -15,9 +15,10 @@ positions and needs no forward pass (``resume`` with no rest; "regenerate" in a 
 A model with recurrent layers beside its attention (LFM2's short convolutions) cannot resume from any prefix: the
 recurrent state after position p is not in the keys/values. Its snapshots carry checkpoints, the recurrent state
 after the lengths where it was taken (``state.checkpoint(row)``: a prompt after its prefill, a finished sequence;
-``state.prompt_checkpoints(row)``: every 64th position inside a prompt), and resume only at one of those
-(``Snapshot.checkpoints``; None for a model that resumes anywhere), as llama.cpp's server does for such models: a
-chat's next turn and a prompt sent again find theirs, a shared system prompt the one within 63 positions of its end.
+``state.take_prompt_checkpoints(row)``: every 64th position inside a prompt, which the scheduler asks the model to
+keep), and resume only at one of those (``Snapshot.checkpoints``; None for a model that resumes anywhere), as
+llama.cpp's server does for such models: a chat's next turn and a prompt sent again find theirs, a shared system
+prompt the one within 63 positions of its end.
 
 The scheduler (runtime/decoding/scheduler.py) looks every admitted causal request up, stores each request's prompt
 after its prefill and, when a one-row request finishes, its whole sequence (prompt + answer), so the next turn of a
@@ -80,7 +81,7 @@ def feed_rest(state, rest) -> np.ndarray | None:
     next-token logits [1, V] after the last (one ``extend`` pass, the head on its last position only), or None for
     k = 0 (whoever resumed all positions holds those logits)."""
     rest = np.asarray(rest, dtype=np.int64).reshape(1, -1)
-    return state.extend(rest, last_only=True)[:, -1] if rest.shape[1] else None
+    return state.extend(rest, last_only=True, prompt=True)[:, -1] if rest.shape[1] else None
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -240,16 +241,19 @@ class PrefixCache:
         snap = self._covering(ids)
         if snap is None or (snap.checkpoints is not None and checkpoint is None):
             return  # (logits without their checkpoint: never resumed there)
-        if snap.checkpoints is not None:  # the recurrent states it lacks, the longest first, while they fit
-            wanted = {**(inside or {}), len(ids): checkpoint}
-            for n in sorted(set(wanted) - set(snap.checkpoints), reverse=True):
-                if 0 < n and snap.nbytes + _state_bytes(wanted[n]) <= self.max_bytes:
-                    snap.checkpoints[n] = wanted[n]
-                    self.bytes += _state_bytes(wanted[n])
-        if len(ids) not in snap.logits and (snap.checkpoints is None or len(ids) in snap.checkpoints) \
-                and snap.nbytes + logits.nbytes <= self.max_bytes:
-            snap.logits[len(ids)] = logits
-            self.bytes += logits.nbytes
+        def add(held: dict, n: int, value) -> None:  # into the entry where it fits alone
+            if n not in held and snap.nbytes + (_state_bytes(value) if isinstance(value, dict) else value.nbytes) \
+                    <= self.max_bytes:
+                held[n] = value
+                self.bytes += _state_bytes(value) if isinstance(value, dict) else value.nbytes
+
+        if snap.checkpoints is not None:  # the checkpoint after these ids, then their logits, then the marks
+            add(snap.checkpoints, len(ids), checkpoint)
+        if snap.checkpoints is None or len(ids) in snap.checkpoints:
+            add(snap.logits, len(ids), logits)
+        for n, state in sorted((inside or {}).items(), reverse=True) if snap.checkpoints is not None else ():
+            if 0 < n < len(ids):  # the longest first
+                add(snap.checkpoints, n, state)
         self._evict(keep=snap.ids.tobytes())
 
     def _evict(self, keep: bytes | None = None) -> None:

@@ -181,33 +181,43 @@ def test_a_checkpoint_resumes_equal_to_a_cold_start(lfm2):
         lfm2.resume({**kv, **held, "conv_state.0": held["conv_state.0"][0]}, len(long), [1, 2])
 
 
-def test_a_prompt_pass_keeps_the_states_after_every_64th_position(lfm2):
-    """A prompt's pass keeps each row's convolution states after every multiple of ``CHECKPOINT_EVERY`` (64) of its
-    positions, counted from its start wherever the pass begins (a left-padded batch's rows; a resumed prompt's rest):
-    each resumes the row's first 64 positions as a cold start of the longer prompt gives its logits; a later pass
-    (a decode step) keeps none; ``select`` and ``concat`` carry them with their rows."""
-    long, short = LONG[:100], LONG[:70]
-    ids, mask = lfm2.prepare_inputs([short, long])
+def test_a_prompt_pass_keeps_the_states_after_every_64th_position(lfm2, tiny_lfm2):
+    """Once asked (``keep_prompt_checkpoints``; the scheduler does with a prefix cache), a prompt's pass keeps each
+    row's convolution states after every multiple of 64 of its positions, counted from its start wherever the pass
+    begins (a left-padded batch's rows; a resumed prompt's rest): each resumes the row's first 64 positions as a
+    cold start of the longer prompt gives its logits; a later pass (decode steps past 64) keeps none; ``select``
+    and ``concat`` carry them with their rows, ``take_prompt_checkpoints`` hands them over (the row keeps none after)
+    and ``forget_rollback`` drops them. A model not asked keeps none."""
+    fresh = onnxlm.load(tiny_lfm2.onnx_dir)  # not asked
+    ids, mask = fresh.prepare_inputs([LONG[:100]])
+    assert fresh.start(ids, mask)[0].take_prompt_checkpoints(0) == {}
+    with pytest.raises(ParameterError, match="every: got 0; must be an integer >= 1"):
+        fresh.keep_prompt_checkpoints(0)
+    lfm2.keep_prompt_checkpoints()
+    long = LONG[:100]
+    ids, mask = lfm2.prepare_inputs([LONG[:60], long, LONG[:70]])
     state, _ = lfm2.start(ids, mask)
-    marks = [state.prompt_checkpoints(r) for r in (0, 1)]
-    assert [sorted(m) for m in marks] == [[CHECKPOINT_EVERY]] * 2 and set(marks[1][64]) == set(lfm2.conv_names)
+    state.advance(np.array([3, 4, 5]))
+    for _ in range(5):  # row 0: 61 -> 66, past 64 in decode steps
+        state.advance(np.array([3, 4, 5]))
+    state.select(np.array([1, 1, 0, 2]))  # row 1's marks on two rows
+    joined = type(state).concat([state, lfm2.start(np.array([long[:80]]), np.ones((1, 80), np.int64))[0]])
+    marks = [joined.take_prompt_checkpoints(r) for r in range(5)]
+    assert [sorted(m) for m in marks] == [[64], [64], [], [64], [64]] and set(marks[0][64]) == set(lfm2.conv_names)
+    assert joined.take_prompt_checkpoints(0) == {}  # handed over
     prompt = long[:64] + [5, 250, 12, 77]
     cold = lfm2.start(np.array([prompt]), np.ones((1, len(prompt)), np.int64))[1]
-    for r, row_marks in enumerate(marks):  # both rows share their first 64 ids
-        kv = {n: a[:, :64] for n, a in state.snapshot(r).items()}
-        assert np.abs(lfm2.resume({**kv, **row_marks[64]}, 64, prompt[64:])[1] - cold).max() <= 1e-4
-    kv30 = {n: a[:, :30] for n, a in state.snapshot(1).items()}
-    resumed, _ = lfm2.resume({**kv30, **lfm2.start(np.array([long[:30]]), np.ones((1, 30), np.int64))[0].checkpoint(0)},
-                             30, long[30:])  # the rest's pass: its 34th token ends position 64
-    assert sorted(resumed.prompt_checkpoints(0)) == [64]
-    for name, held in resumed.prompt_checkpoints(0)[64].items():
-        assert np.abs(held - marks[1][64][name]).max() <= 1e-5
-    state.advance(np.array([3, 4]))
-    state.select(np.array([1, 1, 0]))
-    assert [sorted(state.prompt_checkpoints(r)) for r in range(3)] == [[64]] * 3
-    assert all(np.array_equal(state.prompt_checkpoints(0)[64][n], marks[1][64][n]) for n in lfm2.conv_names)
-    joined = type(state).concat([state, resumed])
-    assert [sorted(joined.prompt_checkpoints(r)) for r in range(4)] == [[64]] * 4
+    for r in (0, 3, 4):  # rows that share their first 64 ids with ``prompt``
+        kv = {n: a[:, :64] for n, a in joined.snapshot(r).items()}
+        assert np.abs(lfm2.resume({**kv, **marks[r][64]}, 64, prompt[64:])[1] - cold).max() <= 1e-4
+    kv30 = {n: a[:, :30] for n, a in joined.snapshot(0).items()}
+    at30 = lfm2.start(np.array([long[:30]]), np.ones((1, 30), np.int64))[0].checkpoint(0)
+    resumed, _ = lfm2.resume({**kv30, **at30}, 30, long[30:])  # the rest's pass: its 34th token ends position 64
+    kept = resumed.take_prompt_checkpoints(0)
+    assert sorted(kept) == [64] and all(np.abs(kept[64][n] - marks[0][64][n]).max() <= 1e-5 for n in kept[64])
+    again, _ = lfm2.start(np.array([long]), np.ones((1, 100), np.int64))
+    again.forget_rollback()
+    assert again.take_prompt_checkpoints(0) == {}
 
 
 GREEDY = {"max_new_tokens": 8, "eos_token_id": None, "do_sample": False}
@@ -263,22 +273,44 @@ def test_a_prompt_sent_again_resumes_whole_and_a_shared_start_alone_does_not(lfm
 def test_a_shared_start_resumes_at_the_last_64th_position_before_the_prompts_part(lfm2):
     """A system prompt asked two questions: the second prompt shares the first's 90 ids, and resumes at the state
     the first's prompt pass kept after position 64 (cached with its entry), answering as a cold scheduler; its own
-    entry keeps the mark too, so a third question resumes there as well. A prompt sharing fewer than 64 ids finds
-    no state to resume (a miss)."""
+    entry keeps that state too (from the entry it resumed from), so with the first entry gone a third question
+    resumes there as well. A prompt sharing fewer than 64 ids finds no state to resume (a miss)."""
     system = LONG[:90]
     cache = PrefixCache(16 * 2**20)
     run_scheduler(lfm2, [system + [5, 6, 7]], [GREEDY], cache)
-    (entry,) = cache.entries.values()
-    assert sorted(entry.checkpoints)[0] == CHECKPOINT_EVERY
+    (first,) = cache.entries.values()
+    assert sorted(first.checkpoints)[0] == CHECKPOINT_EVERY
     for question in ([8, 9], [10, 11, 12]):
         (cold,) = run_scheduler(lfm2, [system + question], [GREEDY])
         before = cache.reused_tokens
         (warm,) = run_scheduler(lfm2, [system + question], [GREEDY], cache)
         assert warm.new_ids == cold.new_ids and warm.cached_tokens == cache.reused_tokens - before == 64
+        if question == [8, 9]:  # the second question's entry holds the state after 64 too; the first entry goes
+            (second,) = [e for e in cache.entries.values() if list(e.ids[:92]) == system + [8, 9]]
+            assert CHECKPOINT_EVERY in second.checkpoints
+            cache.bytes -= cache.entries.pop(first.ids.tobytes()).nbytes
     misses = cache.misses
     (cold,) = run_scheduler(lfm2, [LONG[:60] + [3, 3]], [GREEDY])
     (warm,) = run_scheduler(lfm2, [LONG[:60] + [3, 3]], [GREEDY], cache)
     assert warm.new_ids == cold.new_ids and cache.misses == misses + 1
+
+
+def test_a_chats_long_next_message_keeps_its_states_inside(lfm2):
+    """A chat's next turn resumes the lent state of the last turn's sequence (28 positions) and prefills a 60-token
+    message, which crosses position 64: that pass keeps the state there as a prompt's does, so a turn that shares
+    only the start of that message resumes at 64, answering as a cold scheduler."""
+    cache, prompt = PrefixCache(16 * 2**20), PROMPT[:20]
+    (turn,) = run_scheduler(lfm2, [prompt], [GREEDY], cache)
+    message = LONG[1:61]
+    prompt = prompt + turn.new_ids[0] + message
+    (warm,) = run_scheduler(lfm2, [prompt], [GREEDY], cache)
+    assert warm.cached_tokens == 20 + len(turn.new_ids[0]) - 1
+    (entry,) = [e for e in cache.entries.values() if len(e.ids) >= len(prompt)]
+    assert CHECKPOINT_EVERY in entry.checkpoints
+    other = prompt[:70] + [9, 9]
+    (cold,) = run_scheduler(lfm2, [other], [GREEDY])
+    (warm,) = run_scheduler(lfm2, [other], [GREEDY], cache)
+    assert warm.new_ids == cold.new_ids and warm.cached_tokens == 64
 
 
 @pytest.mark.parametrize("defer", [False, True], ids=["stored-in-step", "deferred"])

@@ -149,6 +149,8 @@ class Scheduler:
         self.model, self.max_rows = model, max_rows
         # keys/values of recent sequences (runtime/prefix_cache.py); causal models only
         self.prefix_cache = prefix_cache if prefix_cache is not None and not model.is_encoder_decoder else None
+        if self.prefix_cache is not None and hasattr(model, "keep_prompt_checkpoints"):
+            model.keep_prompt_checkpoints()  # a hybrid model's states inside prompts: a shared start resumes there
         self.waiting: list[Request] = []
         self.requests: list[Request] = []  # admitted, in batch order
         self.rows: list[tuple[Request, int]] = []  # state row -> (request, row within it)
@@ -159,8 +161,8 @@ class Scheduler:
         self._next: np.ndarray | None = None  # tokens picked for the rows, not yet fed (the next step feeds them)
         self.failed: list[Request] = []  # requests whose prefill or pick raised (req.error); the caller empties it
         # (ids, views of their keys/values, next-token logits after them, the state they view, a finished answer's
-        # prompt length or None, the recurrent state after them: a copy, or None) the last step marked for the
-        # prefix cache, copied in by store_snapshots
+        # prompt length or None, the recurrent state after them: a copy, or None, and after shorter prefixes:
+        # {length: state}) the last step marked for the prefix cache, copied in by store_snapshots
         self._snapshots: list[tuple] = []
 
     # ------------------------------------------------------------------ queue
@@ -362,6 +364,8 @@ class Scheduler:
             ids, mask = pad_batch([r.ids for r in group], self.model.pad_id, side="left")
             parts.append(self.model.start(ids, mask, decoder_start_token_id=start_id))
         users = Counter(id(snap) for _, snap, _ in warm)  # a snapshot several resume from is copied for each
+        earlier = {id(req): {n: c for n, c in (snap.checkpoints or {}).items() if n <= reuse}  # a hybrid's states
+                   for req, snap, reuse in warm}  # within the reused positions: the new entry keeps them too
         for req, snap, reuse in warm:                     # the cached positions, then the rest
             rest, req.cached_tokens = req.ids[reuse:], reuse
             state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # its dropped state
@@ -375,7 +379,8 @@ class Scheduler:
         logits = np.concatenate([p[1] for p in parts])
         if self.prefix_cache is not None:                           # each prompt, for those to come (after the step)
             self._snapshots += [(req.ids, state.snapshot(i, copy=False), logits[i].copy(), state, None,
-                                 state.checkpoint(i), state.prompt_checkpoints(i)) for i, req in enumerate(batch)]
+                                 state.checkpoint(i), {**earlier.get(id(req), {}), **state.take_prompt_checkpoints(i)})
+                                for i, req in enumerate(batch)]
         rows = np.repeat(np.arange(len(batch)), [r.n for r in batch])
         if len(rows) != len(batch):
             state.select(rows)

@@ -65,11 +65,12 @@ class FusedState:
         self.lengths = self.lengths + 1
         return logits[:, 0, :]
 
-    def extend(self, ids: np.ndarray, *, last_only: bool = False) -> np.ndarray:
+    def extend(self, ids: np.ndarray, *, last_only: bool = False, prompt: bool = False) -> np.ndarray:
         """ids [b, k] int64 -> logits [b, k, V] float32 after each of the k tokens ([b, 1, V] after the last one with
         ``last_only``); appends k positions per row in place (one forward pass: a speculative verify step, or the
         rest of a prompt after a reused prefix, which needs only the last: the head over 778 positions of a resumed
-        SmolLM2 prompt cost more than the rest of the pass, and its 150 MB of logits)."""
+        SmolLM2 prompt cost more than the rest of the pass, and its 150 MB of logits). ``prompt``: the ids go on a
+        prompt (nothing rolls back into them; a hybrid state's marks)."""
         ids = np.asarray(ids, dtype=np.int64)
         b, k = ids.shape
         self.buffers.ensure(int(self.lengths.max()) + k)
@@ -106,8 +107,8 @@ class FusedState:
         None: the keys/values alone resume any prefix of them."""
         return None
 
-    def prompt_checkpoints(self, row: int) -> dict:
-        """{length: recurrent state} inside the row's prompt (a hybrid model's); {}: none needed."""
+    def take_prompt_checkpoints(self, row: int) -> dict:
+        """{length: recurrent state} inside the row's prompt (a hybrid model's, handed over); {}: none needed."""
         return {}
 
     def select(self, rows: np.ndarray) -> None:

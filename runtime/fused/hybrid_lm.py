@@ -8,7 +8,8 @@ cannot, so each row also keeps its states before its last ``MAX_HISTORY`` positi
 (``HybridState.rollback``: speculative decoding's rejected drafts, a draft model's own; ``speculation_limit`` caps a
 round's proposals so that its rollbacks stay within them). A snapshot cannot be resumed from an arbitrary prefix (the
 state after position p is not kept): ``checkpoint(row)`` copies a row's states at its length, a prompt's pass keeps
-those after every ``CHECKPOINT_EVERY``-th position too (``prompt_checkpoints(row)``), and the prefix cache
+those after every ``CHECKPOINT_EVERY``-th position too once ``keep_prompt_checkpoints()`` asks for them (the
+scheduler does, with a prefix cache; ``take_prompt_checkpoints(row)``), and the prefix cache
 (runtime/prefix_cache.py) resumes such a model only at the lengths it holds them for (``resume`` takes them beside
 the keys/values): a chat's next turn, a prompt sent again, and within a multiple of ``CHECKPOINT_EVERY`` positions
 the end of a shared start (a system prompt asked other questions).
@@ -24,9 +25,9 @@ from .causal_lm import FusedCausalLM, FusedState, _checked_counts
 from .kv_buffers import KVBuffers
 
 MAX_HISTORY = 32  # positions a row can roll back (a speculative round's drafts and verify; LFM2-350M: 80 KB each)
-# a prompt's pass keeps each row's states after every 64th position (absolute): the prefix cache resumes a prompt that
-# shares a start with a cached one at most 63 positions before where they part; LFM2-350M: 80 KB each, ~5 % of the
-# keys/values of those 64 positions
+# keep_prompt_checkpoints' default: a prompt's pass keeps each row's states after every 64th position (absolute), so
+# the prefix cache resumes a prompt that shares a start with a cached one at most 63 positions before where they
+# part; LFM2-350M: 80 KB each, ~5 % of the keys/values of those 64 positions
 CHECKPOINT_EVERY = 64
 
 
@@ -58,11 +59,12 @@ class HybridBuffers(KVBuffers):
         self.history = [deque(self.history[r], maxlen=MAX_HISTORY) for r in rows]
         self.marks = [dict(self.marks[r]) for r in rows]
 
-    def bind_states(self, io, past: np.ndarray, new: np.ndarray, width: int) -> tuple[dict, np.ndarray]:
+    def bind_states(self, io, past: np.ndarray, new: np.ndarray, width: int,
+                    every: int | None = None) -> tuple[dict, np.ndarray]:
         """Bind the states and which window rows to gather for a pass of ``width`` new slots (row r's real ones:
         new[r]) -> (name -> the gathered states' array [b, m (K - 1), D], the offsets m: the states after those many
         new tokens [b, m], the last one the row's own new[r]). A later pass gathers those after its last tokens (for
-        rollback), a prompt's those after each multiple of ``CHECKPOINT_EVERY`` among its positions (the marks)."""
+        rollback), a prompt's those after each multiple of ``every`` among its positions (the marks; None: none)."""
         first = next(iter(self.conv.values()))
         b, taps, hidden = first.shape
         if self.record:
@@ -70,7 +72,7 @@ class HybridBuffers(KVBuffers):
             steps = np.arange(width - span, width + 1) if width > 1 else np.array([width])  # [m]
             offsets = np.minimum(steps[None, :], new[:, None])  # [b, m]: a row with fewer new tokens repeats its last
         else:
-            inside = [list(range(-int(p) % CHECKPOINT_EVERY or CHECKPOINT_EVERY, int(n), CHECKPOINT_EVERY))
+            inside = [list(range(-int(p) % every or every, int(n), every)) if every else []
                       for p, n in zip(past, new)]  # the row's new tokens after which its length is a multiple
             m = 1 + max(map(len, inside))
             offsets = np.array([at + [int(n)] * (m - len(at)) for at, n in zip(inside, new)], np.int64)  # [b, m]
@@ -130,21 +132,33 @@ class HybridState(FusedState):
                 c[r] = kept[name]
         self.lengths = self.lengths - counts
 
+    def extend(self, ids: np.ndarray, *, last_only: bool = False, prompt: bool = False) -> np.ndarray:
+        """``FusedState.extend``; ``prompt``: the ids go on a prompt (a resumed or lent state's rest), so the pass
+        keeps no rollback states but the prompt's marks, as a prompt's first pass."""
+        if prompt:
+            self.buffers.record = False
+        return super().extend(ids, last_only=last_only)
+
     def forget_rollback(self) -> None:
-        """``FusedState.forget_rollback``: every row's kept states dropped (up to ``MAX_HISTORY`` copies a row)."""
-        for history in self.buffers.history:
+        """``FusedState.forget_rollback``: every row's kept states dropped (up to ``MAX_HISTORY`` copies a row), its
+        prompt's marks too."""
+        for history, marks in zip(self.buffers.history, self.buffers.marks):
             history.clear()
+            marks.clear()
 
     def checkpoint(self, row: int) -> dict:
         """row -> name -> [K - 1, D] float32: copies of the row's convolution states after its held positions, which
         ``resume`` takes beside the keys/values of ``snapshot(row)`` (they go on changing in place as it decodes)."""
         return {name: c[row].copy() for name, c in self.buffers.conv.items()}
 
-    def prompt_checkpoints(self, row: int) -> dict:
-        """row -> {length: name -> [K - 1, D]}: the row's convolution states after each multiple of
-        ``CHECKPOINT_EVERY`` positions inside its prompt (its prompt's pass kept them; ``resume`` takes one beside
-        the first ``length`` positions of ``snapshot(row)``)."""
-        return dict(self.buffers.marks[row])
+    def take_prompt_checkpoints(self, row: int) -> dict:
+        """row -> {length: name -> [K - 1, D]}: the row's convolution states after each multiple of the model's
+        ``keep_prompt_checkpoints(every)`` inside its prompt (its prompt's passes kept them; ``resume`` takes one
+        beside the first ``length`` positions of ``snapshot(row)``), handed over: the row keeps none after."""
+        marks = self.buffers.marks[row]
+        taken = dict(marks)
+        marks.clear()
+        return taken
 
     @classmethod
     def concat(cls, states: list["HybridState"]) -> "HybridState":
@@ -164,6 +178,15 @@ class FusedHybridLM(FusedCausalLM):
 
     state_class = HybridState
     speculation_limit = MAX_HISTORY - 1  # tokens a speculative round proposes at most: its rollbacks stay in history
+    prompt_checkpoint_every: int | None = None  # keep_prompt_checkpoints(): a prompt's pass keeps marks that often
+
+    def keep_prompt_checkpoints(self, every: int = CHECKPOINT_EVERY) -> None:
+        """From now on a prompt's pass keeps each row's convolution states after every ``every``-th position of it
+        (``HybridState.take_prompt_checkpoints``): the prefix cache (the scheduler asks for them) resumes a prompt
+        that shares a start with a cached one there. Off by default: nothing else reads them."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ParameterError("every", f"got {every!r}; must be an integer >= 1")
+        self.prompt_checkpoint_every = every
 
     def _init_graphs(self) -> None:
         super()._init_graphs()
@@ -187,7 +210,7 @@ class FusedHybridLM(FusedCausalLM):
         """``FusedCausalLM._run`` with the convolution states fed and updated in place."""
         io = buffers.binding(self.decoder.session)
         self._bind_step(io, ids, past, new, keep)
-        outs, offsets = buffers.bind_states(io, past, new, ids.shape[1])
+        outs, offsets = buffers.bind_states(io, past, new, ids.shape[1], self.prompt_checkpoint_every)
         logits = buffers.run_in_place(self.decoder.session, io, len(ids), keep.shape[1], self.logits_width)
         buffers.take_states(outs, offsets, past, new)
         return logits

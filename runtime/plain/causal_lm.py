@@ -42,7 +42,7 @@ class CausalState:
         self.cache.update(out)
         return out["logits"][:, -1, :].astype(np.float32, copy=False)
 
-    def extend(self, ids: np.ndarray, *, last_only: bool = False) -> np.ndarray:
+    def extend(self, ids: np.ndarray, *, last_only: bool = False, prompt: bool = False) -> np.ndarray:
         """ids [b, k] int64 -> logits [b, k, V] float32 after each of the k tokens ([b, 1, V] after the last with
         ``last_only``); appends k attended positions per row (one forward pass: a speculative verify step, or the
         rest of a prompt after a reused prefix)."""
@@ -86,7 +86,7 @@ class CausalState:
         """No recurrent state beside the keys/values: a snapshot resumes at any of its lengths (``FusedState``'s)."""
         return None
 
-    def prompt_checkpoints(self, row: int) -> dict:
+    def take_prompt_checkpoints(self, row: int) -> dict:
         """None needed inside the prompt either (``FusedState``'s)."""
         return {}
 
