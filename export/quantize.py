@@ -151,13 +151,13 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
     ``quality_text``: the gate's text instead of the shipped one (``onnxlm.export.quality.check_quality_text``)."""
     from .head_quant import check_quantize_head
 
-    check_onnxruntime(QUANTIZER_ONNXRUNTIME, needed_by=f"quantize_artifact(scheme={scheme!r})",
-                      why="onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24")  # before any work
-    bits = _check_args(scheme, block_size, accuracy_level)
+    bits = _check_args(scheme, block_size, accuracy_level)  # the caller's mistakes first, then the machine's
     check_quantize_head(quantize_head)
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
     manifest = read_fp32_manifest(src, out_dir, force)
     check_quality_text(quality_text, src, gated=not force_quality)  # before the rewrite: a bad text costs nothing
+    check_onnxruntime(QUANTIZER_ONNXRUNTIME, needed_by=f"quantize_artifact(scheme={scheme!r})",
+                      why="onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24")  # before any work
 
     def log(msg: str) -> None:
         if progress:
