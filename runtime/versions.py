@@ -10,8 +10,10 @@ onnxruntime 1.19-1.32; the tests' GGUF vocabularies on tokenizers 0.15-0.23; the
   sliding-window layers of Mistral, Gemma 2/3, EXAONE 4 give other logits past the window, without an error; 1.23
   with w - 1 gives 1.32's logits to 2e-6), so an artifact with such a layer records that it needs 1.24
   (``"requires"`` in its manifest), and on 1.23 the runtime hands onnxruntime its graphs with w - 1
-  (``window_narrowing.py``, ``runs_narrowed``: 2026-12-07, every windowed artifact of the script "ok" on 1.23.2;
-  Gemma 3 270M fp32 past its 512-position window within 7.4e-5 of 1.32, 0.88 off unnarrowed); and 8-bit K-quant products at accuracy level 4 round otherwise before 1.30 (logits
+  where the build counts that way (``window_narrowing.py``, ``runs_narrowed``; the build is asked by a one-node
+  graph: 1.23.0 and 1.23.2 count wider, 1.24.1 and 1.32 not; 2026-12-07, every windowed artifact of the script
+  "ok" on 1.23.2; Gemma 3 270M fp32 past its 512-position window within 7.4e-5 of 1.32, 0.88 off unnarrowed); and
+  8-bit K-quant products at accuracy level 4 round otherwise before 1.30 (logits
   ~3e-3 apart, relative: a quantized variant's other rounding, not a wrong graph; its gate measured it on the
   exporting machine's). 1.22 and before cannot open the quantized variants (``GatherBlockQuantized``), 1.21 and
   before the fused T5 decoder, 1.20 and before the soft-capped graphs. Python 3.10 has onnxruntime wheels up to 1.23
@@ -129,17 +131,16 @@ def artifact_onnxruntime(manifest: dict, model_dir=None) -> tuple[int, ...]:
     return MIN_ONNXRUNTIME
 
 
-def runs_narrowed(least: tuple[int, ...], version: str | None = None) -> bool:
-    """Whether graphs that need onnxruntime ``least`` run on the installed one (``version``, else the imported one)
-    with their sliding windows narrowed by one position (``runtime/window_narrowing.py``): they need 1.24 for their
-    windows alone, and the installed onnxruntime is the floor (1.23) or newer but older than 1.24."""
+def runs_narrowed(least: tuple[int, ...]) -> bool:
+    """Whether graphs that need onnxruntime ``least`` run on the imported one with their sliding windows narrowed by
+    one position (``runtime/window_narrowing.py``): they need 1.24 for their windows alone, and this build counts a
+    window one position wider, as before 1.24 (``window_narrowing.counts_window_wider`` asks the build itself: a
+    nightly or a patch release may differ from its number)."""
     if least != SLIDING_WINDOW_ONNXRUNTIME:
         return False
-    if version is None:
-        import onnxruntime
+    from .window_narrowing import counts_window_wider
 
-        version = onnxruntime.__version__
-    return not _older(version, MIN_ONNXRUNTIME) and _older(version, SLIDING_WINDOW_ONNXRUNTIME)
+    return counts_window_wider()
 
 
 def check_runnable(least: tuple[int, ...], needed_by: str) -> None:

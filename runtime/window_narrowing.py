@@ -4,8 +4,9 @@ Before 1.24, ``GroupQueryAttention``'s ``local_window_size`` w let a query atten
 before it; from 1.24 (onnxruntime PR #25927, "Fix Local Attention off by 1 bug") to w, as transformers' sliding
 window does. onnxlm's fused graphs carry the model's window (1.24's meaning), so on 1.23 ``narrowed_model`` hands
 onnxruntime the same graph with every window set to w - 1: 1.23 then attends to the model's w positions, and its
-logits equal 1.32's (``scripts/dependency_floor.py``; runtime/versions.py and the README give the figures). Nothing
-else in the graph changes; the weights stay in the artifact's data file (``session.make_session`` opens the bytes
+logits equal 1.32's (``scripts/dependency_floor.py``; runtime/versions.py and the README give the figures). Which
+way the installed build counts is asked of it (``counts_window_wider``: a one-node graph), not read from its version
+number. Nothing else in the graph changes; the weights stay in the artifact's data file (``session.make_session`` opens the bytes
 with that folder for it).
 
 The graph is read with protobuf (onnxruntime's own dependency; the base install has no ``onnx``) through a
@@ -22,6 +23,28 @@ from pathlib import Path
 #: the op whose attribute narrows, and its domain
 WINDOWED_OP = ("GroupQueryAttention", "com.microsoft")
 WINDOW_ATTRIBUTE = "local_window_size"
+PROBE = Path(__file__).resolve().parent / "graphs" / "window_probe.onnx"  # scripts/make_window_probe.py
+
+
+@functools.lru_cache(maxsize=1)
+def counts_window_wider() -> bool:
+    """Whether the imported onnxruntime lets ``local_window_size`` w attend to w + 1 positions (before 1.24), asked
+    of the build itself once per process: ``window_probe.onnx`` (a window of 1) over three positions whose values
+    are 0, 1, 0 with equal scores (zero queries) gives the last position 0 alone, or 0.5 beside the one before it."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(PROBE), sess_options=opts, providers=["CPUExecutionProvider"])
+    head = session.get_inputs()[0].shape[-1]
+    value = np.zeros((1, 3, head), np.float32)
+    value[0, 1] = 1.0
+    empty = np.zeros((1, 1, 0, head), np.float32)
+    out = session.run(["out"], {"query": np.zeros_like(value), "key": np.zeros_like(value), "value": value,
+                                "past_key": empty, "past_value": empty, "seqlens_k": np.array([2], np.int32),
+                                "total_sequence_length": np.array(3, np.int32)})[0]
+    return bool(out[0, 2, 0] > 0.25)
 
 
 @functools.lru_cache(maxsize=1)

@@ -243,14 +243,15 @@ def test_onnxruntime_1_23_runs_a_sliding_window_artifact_with_its_windows_narrow
     impl = attn_implementation_for(AutoConfig.from_pretrained(hf))
     shorter = AutoModelForCausalLM.from_pretrained(hf, sliding_window=window - 1,
                                                    **({"attn_implementation": impl} if impl else {})).eval()
+    from onnxlm.runtime import window_narrowing
+
     as_exported = onnxlm.load(art)
     monkeypatch.setattr(ort, "__version__", "1.23.2")
+    monkeypatch.setattr(window_narrowing, "counts_window_wider", lambda: True)  # what the probe says on 1.23
     narrowed = onnxlm.load(art)
     assert narrowed.narrows_windows and not as_exported.narrows_windows
     assert _causal_logits_diff(narrowed, shorter) <= ATOL
     assert _causal_logits_diff(as_exported, shorter) > 100 * ATOL  # these sequences outgrow the window
-    from onnxlm.runtime import window_narrowing
-
     narrowed_files = []
     real = window_narrowing.narrowed_model
     monkeypatch.setattr(window_narrowing, "narrowed_model", lambda path: narrowed_files.append(path) or real(path))
@@ -281,8 +282,9 @@ batch = np.load(sys.argv[2])
 m = onnxlm.load(sys.argv[1])
 greedy = m.generate(batch["ids"], attention_mask=batch["mask"], max_new_tokens=12, do_sample=False, eos_token_id=[],
                     pad_token_id=m.pad_id)
+from onnxlm.runtime.window_narrowing import counts_window_wider
 np.savez(sys.argv[2] + ".out.npz", logits=m.logits(batch["ids"], batch["mask"]), greedy=greedy.sequences,
-         narrowed=m.narrows_windows)
+         narrowed=m.narrows_windows, wider=counts_window_wider())
 """
 
 
@@ -318,7 +320,7 @@ def test_onnxruntime_1_23_answers_every_sliding_window_artifact_as_this_one(fuse
                                                                   do_sample=False, eos_token_id=[],
                                                                   pad_token_id=here.pad_id).sequences)
         got = on_1_23(art, name, "narrowed")
-        assert bool(got["narrowed"]) and np.abs(got["logits"][on] - want[recipe][1][on]).max() <= ATOL, recipe
+        assert bool(got["wider"]) and bool(got["narrowed"]) and np.abs(got["logits"][on] - want[recipe][1][on]).max() <= ATOL, recipe
         np.testing.assert_array_equal(got["greedy"], want[recipe][2], err_msg=recipe)
     mistral = "families/tiny-mistral-sliding-window"
     control, (on, logits, ids) = on_1_23(fused_dirs[mistral][1], "tiny-mistral-sliding-window", "as-exported"), \
