@@ -35,7 +35,7 @@ def counts_window_wider() -> bool:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level, opts.intra_op_num_threads, opts.inter_op_num_threads = 3, 1, 1
     session = ort.InferenceSession(str(PROBE), sess_options=opts, providers=["CPUExecutionProvider"])
     head = session.get_inputs()[0].shape[-1]
     value = np.zeros((1, 3, head), np.float32)
