@@ -30,21 +30,33 @@ PROBE = Path(__file__).resolve().parent / "graphs" / "window_probe.onnx"  # scri
 def counts_window_wider() -> bool:
     """Whether the imported onnxruntime lets ``local_window_size`` w attend to w + 1 positions (before 1.24), asked
     of the build itself once per process: ``window_probe.onnx`` (a window of 1) over three positions whose values
-    are 0, 1, 0 with equal scores (zero queries) gives the last position 0 alone, or 0.5 beside the one before it."""
+    are 0, 1, 0 with equal scores (zero queries) gives the last position 0 alone, or 0.5 beside the one before it.
+    A DependencyError where the probe cannot run or answers neither (a window this build ignores: 1/3)."""
     import numpy as np
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level, opts.intra_op_num_threads, opts.inter_op_num_threads = 3, 1, 1
-    session = ort.InferenceSession(str(PROBE), sess_options=opts, providers=["CPUExecutionProvider"])
-    head = session.get_inputs()[0].shape[-1]
-    value = np.zeros((1, 3, head), np.float32)
-    value[0, 1] = 1.0
-    empty = np.zeros((1, 1, 0, head), np.float32)
-    out = session.run(["out"], {"query": np.zeros_like(value), "key": np.zeros_like(value), "value": value,
-                                "past_key": empty, "past_value": empty, "seqlens_k": np.array([2], np.int32),
-                                "total_sequence_length": np.array(3, np.int32)})[0]
-    return bool(out[0, 2, 0] > 0.25)
+    from .errors import DependencyError
+
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level, opts.intra_op_num_threads, opts.inter_op_num_threads = 3, 1, 1
+        session = ort.InferenceSession(str(PROBE), sess_options=opts, providers=["CPUExecutionProvider"])
+        head = session.get_inputs()[0].shape[-1]
+        value = np.zeros((1, 3, head), np.float32)
+        value[0, 1] = 1.0
+        empty = np.zeros((1, 1, 0, head), np.float32)
+        out = session.run(["out"], {"query": np.zeros_like(value), "key": np.zeros_like(value), "value": value,
+                                    "past_key": empty, "past_value": empty, "seqlens_k": np.array([2], np.int32),
+                                    "total_sequence_length": np.array(3, np.int32)})[0]
+    except Exception as exc:  # onnxruntime raises its own types; a missing probe file is an install's fault
+        raise DependencyError(f"onnxruntime {ort.__version__} could not run onnxlm's sliding-window probe {PROBE} "
+                              f"({type(exc).__name__}: {exc}); reinstall onnxlm and onnxruntime") from exc
+    last = float(out[0, 2, 0])
+    if abs(last - 0.5) < 1e-3 or abs(last) < 1e-3:
+        return last > 0.25
+    raise DependencyError(f"onnxruntime {ort.__version__}'s GroupQueryAttention gave {last:.4g} on onnxlm's "
+                          "sliding-window probe, where a window of 1 gives 0 (1.24 and later) or 0.5 (before): its "
+                          "sliding windows cannot be trusted; install onnxruntime 1.24 or newer (or 1.23.2)")
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,7 +19,8 @@ one documented text aside). The exit status is the number of artifacts and vocab
 Found on 2026-12-06 (Python 3.11): onnxruntime 1.30-1.32 answer alike, 1.24-1.29 alike but for the 8-bit K-quant
 level-4 roundings, 1.23 alike but for those and the sliding windows (2026-12-07: alike for those too, the runtime
 handing 1.23 each window one narrower, ``runtime/window_narrowing.py``, which ``check`` keeps: it turns off the
-version checks only), 1.22 and before cannot open some graphs (runtime/versions.py says which); tokenizers 0.21.2-0.23.3 give llama.cpp's ids, 0.21.0-0.21.1 split one text
+version checks only, and the narrowing follows the build's own probe, so an older build that counts windows as 1.23
+does is narrowed too), 1.22 and before cannot open some graphs (runtime/versions.py says which); tokenizers 0.21.2-0.23.3 give llama.cpp's ids, 0.21.0-0.21.1 split one text
 of Unicode 15.1 CJK Extension I otherwise in 11 vocabularies (older Unicode tables in the split regex), before 0.21
 ``import onnxlm`` fails (no ``DecodeStream``); numpy 1.24.4 and 1.26.4 answer as 2.4. The extras' floors were found
 by running their tests the same way (``PYTHONPATH=<a --target install> pytest tests/test_structured.py ...``):

@@ -255,6 +255,11 @@ def test_an_onnxruntime_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch, 
                                               r"\(onnxruntime's MatMulNBitsQuantizer takes bits= from 1\.24\)"):
         quantize_artifact(tiny_gpt2.onnx_dir, tmp_path / "q", scheme="int8")
     assert not (tmp_path / "q").exists()
+    from onnxlm.export import export_model
+
+    with pytest.raises(DependencyError, match=r"quantize='int4' needs onnxruntime >= 1\.24"):  # before the export
+        export_model(tiny_gpt2.hf_dir, tmp_path / "q4", quantize="int4", progress=False)
+    assert not (tmp_path / "q4").exists() and not list(tmp_path.glob("*fp32*"))
     monkeypatch.setattr(ort, "__version__", "1.22.1")
     graph = json.loads((tiny_gpt2.onnx_dir / "onnxlm.json").read_text())["graphs"]["decoder"]["file"]
     for refused in (lambda: onnxlm.load(tiny_gpt2.onnx_dir), lambda: validate._session(tiny_gpt2.onnx_dir / graph)):

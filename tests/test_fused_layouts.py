@@ -257,8 +257,8 @@ def test_onnxruntime_1_23_runs_a_sliding_window_artifact_with_its_windows_narrow
     monkeypatch.setattr(window_narrowing, "narrowed_model", lambda path: narrowed_files.append(path) or real(path))
     assert validate._session(art / "model.onnx").get_inputs() and narrowed_files == [art / "model.onnx"]
     code, out, _ = run_cli(capsys, "info", art)
-    assert code == 0 and "runs on         onnxruntime >= 1.24 (1.23 here: each sliding window handed to it one " \
-        "position narrower" in out and "not loaded" not in out
+    assert code == 0 and "runs on         onnxruntime >= 1.24 (onnxruntime 1.23.2 here counts a window one position " \
+        "wider: each is handed to it one narrower)" in out and "not loaded" not in out
     monkeypatch.setattr(ort, "__version__", "1.22.1")
     with pytest.raises(DependencyError, match=r"onnxruntime 1\.22\.1 is installed; onnxlm needs onnxruntime >= "
                                               r"1\.23 "):

@@ -102,3 +102,38 @@ def test_a_file_that_is_no_onnx_model_is_refused_by_name(tmp_path):
     with pytest.raises(ModelFileError, match=r"model file .*model\.onnx could not be loaded") as refused:
         make_session(path, "cpu", 1, narrow_windows=True)
     assert isinstance(refused.value.__cause__, DecodeError)
+
+
+def test_a_probe_that_cannot_run_or_answers_neither_way_is_a_dependency_error(tmp_path, monkeypatch):
+    """The probe decides whether to narrow (on every onnxruntime): where it cannot run (a broken install) or answers
+    neither 0 nor 0.5 (a build that ignores the window: 1/3), loading a windowed artifact must not guess."""
+    import onnxruntime as ort
+
+    from onnxlm.runtime import window_narrowing
+    from onnxlm.runtime.errors import DependencyError
+
+    class IgnoresTheWindow:  # what a GroupQueryAttention without its window gives: the mean of all three values
+        def __init__(self, *args, **kwargs):
+            self.session = real(*args, **kwargs)
+
+        def get_inputs(self):
+            return self.session.get_inputs()
+
+        def run(self, names, feeds):
+            return [np.full((1, 3, feeds["value"].shape[-1]), 1 / 3, np.float32)]
+
+    real = ort.InferenceSession
+    try:
+        window_narrowing.counts_window_wider.cache_clear()
+        monkeypatch.setattr(window_narrowing, "PROBE", tmp_path / "missing.onnx")
+        with pytest.raises(DependencyError, match=r"could not run onnxlm's sliding-window probe .*missing\.onnx"):
+            window_narrowing.counts_window_wider()
+        monkeypatch.undo()
+        monkeypatch.setattr(ort, "InferenceSession", IgnoresTheWindow)
+        with pytest.raises(DependencyError, match=r"gave 0\.3333 on onnxlm's sliding-window probe, where a window "
+                                                  r"of 1 gives 0 \(1\.24 and later\) or 0\.5 \(before\)"):
+            window_narrowing.counts_window_wider()
+    finally:
+        monkeypatch.undo()
+        window_narrowing.counts_window_wider.cache_clear()
+    assert window_narrowing.counts_window_wider() is False  # this build (the suite's 1.32), asked again

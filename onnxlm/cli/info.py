@@ -224,6 +224,12 @@ def source_text(record) -> str:
     return f"{record.get('name')} ({len(record.get('files', {}))} files)"
 
 
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def _render(info: dict) -> str:
     out = [f"{info['path']}",
            f"  kind            {info['kind']} ({info['model_type']}), format_version {info['format_version']}"]
@@ -242,8 +248,8 @@ def _render(info: dict) -> str:
     if info.get("versions"):
         out.append(f"  exported with   {_kv(info['versions'])}")
     if info.get("requires"):
-        narrowed = (" (1.23 here: each sliding window handed to it one position narrower, which 1.23 counts as "
-                    "1.24 does)") if info.get("windows_narrowed") else ""
+        narrowed = (f" (onnxruntime {_onnxruntime_version()} here counts a window one position wider: each is handed "
+                    "to it one narrower)") if info.get("windows_narrowed") else ""
         out.append(f"  runs on         onnxruntime >= {info['requires']['onnxruntime']}{narrowed}")
     if info.get("cannot_load"):
         out.append(f"  not loaded      {info['cannot_load']}")
