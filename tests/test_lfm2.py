@@ -220,6 +220,21 @@ def test_a_prompt_pass_keeps_the_states_after_every_64th_position(lfm2, tiny_lfm
     assert again.take_prompt_checkpoints(0) == {}
 
 
+def test_a_batch_extended_as_a_prompt_keeps_each_rows_marks_and_rolls_back_after(lfm2):
+    """``extend(ids, prompt=True)`` on two rows (a pass per row): each row keeps the marks its own positions reach,
+    none of those passes' rollback states, and the decode step after them rolls back as any step does."""
+    lfm2.keep_prompt_checkpoints()
+    ids, mask = lfm2.prepare_inputs([LONG[:60], LONG[:40]])
+    state, _ = lfm2.start(ids, mask)
+    state.extend(np.array([LONG[60:70], LONG[40:50]]), prompt=True)  # row 0 passes 64, row 1 reaches 50
+    assert [sorted(state.take_prompt_checkpoints(r)) for r in (0, 1)] == [[64], []]
+    with pytest.raises(ParameterError, match="counts"):  # into the prompt: no states kept
+        state.rollback(np.array([1, 0]))
+    before = state.advance(np.array([5, 6]))
+    state.rollback(np.array([1, 1]))
+    np.testing.assert_allclose(state.advance(np.array([5, 6])), before, atol=1e-5)
+
+
 GREEDY = {"max_new_tokens": 8, "eos_token_id": None, "do_sample": False}
 
 

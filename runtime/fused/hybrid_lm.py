@@ -137,7 +137,10 @@ class HybridState(FusedState):
         keeps no rollback states but the prompt's marks, as a prompt's first pass."""
         if prompt:
             self.buffers.record = False
-        return super().extend(ids, last_only=last_only)
+        try:
+            return super().extend(ids, last_only=last_only)
+        finally:  # the next pass keeps its rollback states again (a batch's per-row passes set only their views')
+            self.buffers.record = True
 
     def forget_rollback(self) -> None:
         """``FusedState.forget_rollback``: every row's kept states dropped (up to ``MAX_HISTORY`` copies a row), its
