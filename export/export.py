@@ -223,13 +223,11 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                    block_size=block_size, accuracy_level=accuracy_level, force_quality=force_quality,
                                    quality_text=quality_text)
     if quantize is not None:
-        from .quantize import _check_args, quantize_artifact
+        from .quantize import _check_args, check_quantizer_onnxruntime, quantize_artifact
 
         _check_args(quantize, block_size, accuracy_level)  # refuse bad settings before the long export
         if not artifact:  # and an onnxruntime its quantizer cannot run on (quantize_artifact checks it again)
-            from onnxlm.runtime.versions import QUANTIZER_ONNXRUNTIME
-            check_onnxruntime(QUANTIZER_ONNXRUNTIME, needed_by=f"quantize={quantize!r}",
-                              why="onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24")
+            check_quantizer_onnxruntime(f"quantize={quantize!r}")
         if artifact:
             return quantize_artifact(model, out_dir, scheme=quantize, block_size=block_size,  # no torch needed
                                      accuracy_level=accuracy_level, quantize_head=quantize_head,

@@ -144,6 +144,12 @@ def quantize_graph(src: Path, dst: Path, bits: int, block_size: int, accuracy_le
         quiet.setLevel(level)
 
 
+def check_quantizer_onnxruntime(needed_by: str) -> None:
+    """DependencyError naming ``needed_by`` where onnxruntime is older than its int8 / int4 quantizer needs."""
+    check_onnxruntime(QUANTIZER_ONNXRUNTIME, needed_by=needed_by,
+                      why="onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24")
+
+
 def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 32, accuracy_level: int = 4,
                       quantize_head: str = "auto", force_quality: bool = False, quality_text: str | None = None,
                       force: bool = False, progress: bool = True) -> Path:
@@ -156,8 +162,7 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
     src, out_dir = Path(src).expanduser().absolute(), Path(out_dir).expanduser().absolute()
     manifest = read_fp32_manifest(src, out_dir, force)
     check_quality_text(quality_text, src, gated=not force_quality)  # before the rewrite: a bad text costs nothing
-    check_onnxruntime(QUANTIZER_ONNXRUNTIME, needed_by=f"quantize_artifact(scheme={scheme!r})",
-                      why="onnxruntime's MatMulNBitsQuantizer takes bits= from 1.24")  # before any work
+    check_quantizer_onnxruntime(f"quantize_artifact(scheme={scheme!r})")  # before any work
 
     def log(msg: str) -> None:
         if progress:

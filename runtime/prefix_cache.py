@@ -242,10 +242,10 @@ class PrefixCache:
         if snap is None or (snap.checkpoints is not None and checkpoint is None):
             return  # (logits without their checkpoint: never resumed there)
         def add(held: dict, n: int, value) -> None:  # into the entry where it fits alone
-            if n not in held and snap.nbytes + (_state_bytes(value) if isinstance(value, dict) else value.nbytes) \
-                    <= self.max_bytes:
+            size = _state_bytes(value) if isinstance(value, dict) else value.nbytes
+            if n not in held and snap.nbytes + size <= self.max_bytes:
                 held[n] = value
-                self.bytes += _state_bytes(value) if isinstance(value, dict) else value.nbytes
+                self.bytes += size
 
         if snap.checkpoints is not None:  # the checkpoint after these ids, then their logits, then the marks
             add(snap.checkpoints, len(ids), checkpoint)

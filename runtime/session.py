@@ -95,11 +95,8 @@ def make_session(path: Path, provider: str, threads: int | None, *,
         narrowing_reader()  # protobuf's own failures before the file's (which say it is corrupt)
     with session_heap():  # the weights onnxruntime frees after prepacking go back to the kernel (heap.py)
         try:
-            if narrow_windows:
-                opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                              os.fspath(path.parent))
-                return ort.InferenceSession(narrowed_model(path), sess_options=opts, providers=providers)
-            return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=providers)
+            source = narrowed_model(path, opts) if narrow_windows else os.fspath(path)
+            return ort.InferenceSession(source, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelFileError(f"model file {path} could not be loaded (corrupt or truncated?): {exc}",
                                  str(path)) from exc

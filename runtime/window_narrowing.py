@@ -114,6 +114,8 @@ def narrowed_windows(model: bytes) -> tuple[bytes, int]:
     return proto.SerializeToString(), narrowed
 
 
-def narrowed_model(path: Path) -> bytes:
-    """An ONNX file -> its bytes with every window narrowed (``narrowed_windows``)."""
+def narrowed_model(path: Path, opts) -> bytes:
+    """An ONNX file -> its bytes with every window narrowed (``narrowed_windows``), for ``InferenceSession``; its
+    ``opts`` (SessionOptions) told to read the external data from the file's folder, as a session of the file does."""
+    opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(path).parent))
     return narrowed_windows(Path(path).read_bytes())[0]

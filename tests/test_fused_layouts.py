@@ -254,7 +254,7 @@ def test_onnxruntime_1_23_runs_a_sliding_window_artifact_with_its_windows_narrow
     assert _causal_logits_diff(as_exported, shorter) > 100 * ATOL  # these sequences outgrow the window
     narrowed_files = []
     real = window_narrowing.narrowed_model
-    monkeypatch.setattr(window_narrowing, "narrowed_model", lambda path: narrowed_files.append(path) or real(path))
+    monkeypatch.setattr(window_narrowing, "narrowed_model", lambda path, opts: narrowed_files.append(path) or real(path, opts))
     assert validate._session(art / "model.onnx").get_inputs() and narrowed_files == [art / "model.onnx"]
     code, out, _ = run_cli(capsys, "info", art)
     assert code == 0 and "runs on         onnxruntime >= 1.24 (onnxruntime 1.23.2 here counts a window one position " \

@@ -65,7 +65,11 @@ def test_every_groupqueryattention_window_is_one_narrower_and_nothing_else_chang
 def test_narrowed_model_reads_the_file(tmp_path):
     path = tmp_path / "model.onnx"
     onnx.save(_graph([8]), str(path))
-    assert [_window(n) for n in onnx.ModelProto.FromString(narrowed_model(path)).graph.node][0] == 7
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    assert [_window(n) for n in onnx.ModelProto.FromString(narrowed_model(path, opts)).graph.node][0] == 7
+    assert opts.get_session_config_entry("session.model_external_initializers_file_folder_path") == str(tmp_path)
 
 
 def test_windows_in_subgraphs_and_functions_narrow_too():
