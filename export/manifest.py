@@ -90,13 +90,25 @@ def check_graph_dims(graphs: dict[str, dict], dims: dict[str, Any], family: str)
 def onnxruntime_requirement(path: Path, max_positions: int | None = None) -> tuple[int, ...]:
     """An ONNX file -> the oldest onnxruntime it answers right on (``onnxlm.runtime.versions``): 1.24 where a
     GroupQueryAttention has a sliding window (``local_window_size`` >= 0) that a sequence of ``max_positions`` can
-    outgrow (``window_binds``), else ``MIN_ONNXRUNTIME``."""
+    outgrow (``window_binds``), else ``MIN_ONNXRUNTIME``. The main graph's nodes, their subgraphs' and the model's
+    functions', as ``runtime.window_narrowing`` narrows them."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    model = onnx.load(str(path), load_external_data=False)
     binding = any(a.name == "local_window_size" and a.i >= 0 and window_binds(a.i, max_positions)
-                  for n in graph.node if n.op_type == "GroupQueryAttention" for a in n.attribute)
+                  for n in _all_nodes(model) if n.op_type == "GroupQueryAttention" for a in n.attribute)
     return SLIDING_WINDOW_ONNXRUNTIME if binding else MIN_ONNXRUNTIME
+
+
+def _all_nodes(model):
+    """An onnx ModelProto -> every NodeProto in it: the main graph's, its subgraphs' (If/Loop/Scan bodies) and its
+    functions'."""
+    nodes = [n for f in model.functions for n in f.node] + list(model.graph.node)
+    while nodes:
+        node = nodes.pop()
+        yield node
+        nodes += [n for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)
+                  for n in g.node]
 
 
 def check_graph_onnxruntime(path: Path, max_positions: int | None = None) -> None:

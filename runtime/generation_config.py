@@ -8,8 +8,9 @@ allowed range.  Differences from transformers (which only logs warnings for many
 
 * ``temperature``: NaN/inf and non-numbers are always rejected; ``<= 0`` is rejected only when ``do_sample`` (with
   greedy/beam search the temperature is unused, and ``temperature=0`` is a common way to ask for greedy).
-* ``top_k``/``top_p``/``min_p``/``typical_p`` are range-checked even when ``do_sample`` is False (transformers ignores
-  them then); ``None`` for these means "off", as in transformers.
+* ``top_k``/``top_p``/``min_p``/``typical_p`` are range-checked only when ``do_sample`` (as transformers builds
+  their warpers only then; unused otherwise), but their types always: a string is never a top_k, and NaN never a
+  top_p; ``None`` for these means "off", as in transformers.
 * ``seed`` is onnxlm's own (``None``: nondeterministic).
 * ``stop`` is onnxlm's own: OpenAI's and vLLM's stop sequences. The generation ends when its new text contains
   one, and the text is cut before it; only the decoded new text is searched, so a stop made of a multi-byte
@@ -394,6 +395,8 @@ class GenerationConfig:
         lp = self.length_penalty
         if lp is not None and not math.isfinite(lp):
             raise bad("length_penalty", "a finite number or None")
+        if self.top_k is not None and not _is_int(self.top_k):  # its range: only when sampling (below)
+            raise bad("top_k", "an integer >= 0 (0 disables top-k) or None")
         # warpers: built (and so checked) only when sampling, as in transformers; otherwise they have no effect
         if self.do_sample:
             t = self.temperature

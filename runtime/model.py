@@ -155,7 +155,7 @@ class LanguageModel:
         if all(isinstance(x, str) for x in inputs):
             return [self._encode(x) for x in inputs]
         if all(_is_id(x) for x in inputs):
-            return [[int(x) for x in inputs]]
+            return self._in_vocabulary([[int(x) for x in inputs]])
         if all(isinstance(x, (list, tuple, np.ndarray)) for x in inputs):
             if not all(_is_id(v) for x in inputs for v in (x.tolist() if isinstance(x, np.ndarray) else x)):
                 raise InputError("inputs: a row holds something other than integer token ids (floats, bools, "
@@ -163,8 +163,17 @@ class LanguageModel:
             rows = [[int(v) for v in x] for x in inputs]
             if any(len(r) == 0 for r in rows):
                 raise InputError("inputs: a row of token ids is empty")
-            return rows
+            return self._in_vocabulary(rows)
         raise InputError("inputs: mix of types; expected str, list of str, list of ids or list of id lists")
+
+    def _in_vocabulary(self, rows: list[list[int]]) -> list[list[int]]:
+        """Rows of Python ints -> the same rows, or InputError for an id outside the vocabulary (before they are
+        written into int64 arrays, where an id past 2**63 would overflow)."""
+        for row in rows:
+            if row and (min(row) < 0 or max(row) >= self.vocab_size):
+                bad = next(v for v in row if not 0 <= v < self.vocab_size)
+                raise InputError(f"input_ids: token id {bad} is out of range; allowed: 0 <= id < {self.vocab_size}")
+        return rows
 
     def prepare_inputs(self, inputs, attention_mask=None, *, pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Any accepted input form -> input_ids [b, t] int64, attention_mask [b, t] int64 (checked).
@@ -204,6 +213,9 @@ class LanguageModel:
         assistant_model: a smaller model of the same vocabulary proposing tokens (speculative decoding).
         stopping_criteria: callables (input_ids [n, t], scores) -> [n] bool, as transformers' (decoding/stopping.py's
         ``any_stop``); a row they stop finishes with reason "stop"."""
+        if streamer is not None and not callable(streamer):
+            raise ParameterError("streamer", f"got {type(streamer).__name__}; allowed: a callable taking each "
+                                 "StepResult, or None")
         wanted = _take_constraints(params)
         config = self.resolve_config(params)
         ids, mask = self._call_inputs(inputs, attention_mask, config)
@@ -287,6 +299,9 @@ class LanguageModel:
             if config.max_new_tokens is None:  # the call's (or the model's) max_length asks for it
                 raise ParameterError("max_length", f"got {max_len} total tokens, beyond the model's max_positions "
                                      f"{limit}; allowed: max_length <= {limit}")
+            if input_length >= limit:  # no max_new_tokens could fit: the prompt is what is too long
+                raise ParameterError("inputs", f"the prompt has {input_length} tokens and already fills the model's "
+                                     f"max_positions ({limit}); allowed: at most {limit - 1} prompt tokens")
             raise ParameterError("max_new_tokens", f"prompt ({input_length} tokens) + new tokens = {max_len} "
                                  f"exceeds the model's max_positions {limit}; allowed: at most "
                                  f"{limit - input_length} new tokens")
@@ -368,7 +383,8 @@ class LanguageModel:
         state = ConstrainedState(state, constraint) if constraint else state
         out = beam_search(state, sequences, logits, num_beams=nb, processors=processors,
                           eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
-                          length_penalty=config.length_penalty, early_stopping=config.early_stopping,
+                          length_penalty=1.0 if config.length_penalty is None else config.length_penalty,  # None: off
+                          early_stopping=config.early_stopping,
                           num_return_sequences=config.num_return_sequences, output_scores=bool(config.output_scores),
                           output_logits=bool(config.output_logits), decoder_prompt_len=t0,
                           stopping_criteria=any_stop(self._stop_check(config, t0), stopping_criteria),
@@ -390,7 +406,10 @@ class LanguageModel:
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ParameterError("top_k", f"got {top_k!r}; allowed: an int >= 1")
         ids, mask = self.prepare_inputs(text)
-        _, logits = self.start(ids[:1], mask[:1])
+        if len(ids) != 1:  # one distribution per call: a batch's other rows would be dropped silently
+            raise ParameterError("text", f"got {len(ids)} prompts; allowed: one prompt (a string, or one row of "
+                                 "token ids); call once per prompt")
+        _, logits = self.start(ids, mask)
         probs = np.exp(log_softmax(logits[0].astype(np.float64)))
         top = np.argsort(-probs, kind="stable")[:min(top_k, len(probs))]
         tokens = [self.tokenizer.decode([int(t)], skip_special_tokens=False) if self.tokenizer else str(int(t))
@@ -406,6 +425,9 @@ class LanguageModel:
         is log p(target | source); target text is encoded with the tokenizer's special tokens (T5 appends </s>).
         """
         cfg = self.generation_config
+        for name, flag in (("prepend_bos", prepend_bos), ("append_eos", append_eos)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ParameterError(name, f"got {flag!r}; allowed: True or False")
         if self.is_encoder_decoder:
             if targets is None:
                 raise InputError("targets: required for an encoder-decoder model (score(source, target))")
@@ -450,8 +472,9 @@ class LanguageModel:
         if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
             raise ParameterError("chat_template_kwargs", f"expected a dict of template variables, got "
                                  f"{type(chat_template_kwargs).__name__}")
-        if chat_template_kwargs and "tokenize" in chat_template_kwargs:
-            raise ParameterError("chat_template_kwargs", "'tokenize' is render_chat's own argument, not a template "
+        own = sorted({"tokenize", "messages"} & set(chat_template_kwargs or ()))
+        if own:
+            raise ParameterError("chat_template_kwargs", f"{own[0]!r} is render_chat's own argument, not a template "
                                                          "variable")
         return self.generate([self.render_chat(messages, tokenize=True, **(chat_template_kwargs or {}))], **params)
 

@@ -133,8 +133,16 @@ def top_logprobs(row: np.ndarray, k: int) -> list[tuple[int, float]]:
 
 
 def greedy_tokens(scores: np.ndarray) -> np.ndarray:
-    """scores [b, V] -> [b] int64 argmax (first index on ties, like torch.argmax on CPU)."""
-    return np.argmax(scores, axis=-1).astype(np.int64)
+    """scores [b, V] -> [b] int64 argmax (first index on ties, like torch.argmax on CPU). Raises InputError for a
+    row whose best score is not finite (every token masked, NaN, +inf): never an arbitrary token, as
+    ``sample_tokens`` refuses to draw from such a row."""
+    idx = np.argmax(scores, axis=-1)
+    best = np.take_along_axis(scores, idx[:, None], axis=-1)[:, 0]  # [b]; NaN where a row holds one (argmax picks it)
+    dead = ~np.isfinite(best)
+    if dead.any():
+        raise InputError(f"scores: rows {np.flatnonzero(dead).tolist()} have no finite maximum (every token masked "
+                         "by the generation parameters, NaN, or +inf scores); cannot decode")
+    return idx.astype(np.int64)
 
 
 def sample_tokens(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -94,12 +94,27 @@ def make_session(path: Path, provider: str, threads: int | None, *,
     if narrow_windows:
         narrowing_reader()  # protobuf's own failures before the file's (which say it is corrupt)
     with session_heap():  # the weights onnxruntime frees after prepacking go back to the kernel (heap.py)
+        source = _narrowed_source(path, opts) if narrow_windows else os.fspath(path)
         try:
-            source = narrowed_model(path, opts) if narrow_windows else os.fspath(path)
             return ort.InferenceSession(source, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelFileError(f"model file {path} could not be loaded (corrupt or truncated?): {exc}",
                                  str(path)) from exc
+
+
+def _narrowed_source(path, opts) -> bytes:
+    """``narrowed_model``'s bytes of the ONNX file ``path``: a file that does not parse is a ModelFileError (as
+    onnxruntime's own parse failure is), one that cannot be read says so; a window no narrower one can replace
+    (``narrowed_windows``) stays the DependencyError it is."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return narrowed_model(path, opts)
+    except DecodeError as exc:
+        raise ModelFileError(f"model file {path} could not be loaded (corrupt or truncated?): {exc}",
+                             str(path)) from exc
+    except OSError as exc:
+        raise ModelFileError(f"model file {path} could not be read: {exc}", str(path)) from exc
 
 
 class GraphRunner:

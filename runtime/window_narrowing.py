@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from .errors import DependencyError
+
 #: the op whose attribute narrows, and its domain
 WINDOWED_OP = ("GroupQueryAttention", "com.microsoft")
 WINDOW_ATTRIBUTE = "local_window_size"
@@ -34,8 +36,6 @@ def counts_window_wider() -> bool:
     A DependencyError where the probe cannot run or answers neither (a window this build ignores: 1/3)."""
     import numpy as np
     import onnxruntime as ort
-
-    from .errors import DependencyError
 
     try:
         opts = ort.SessionOptions()
@@ -80,7 +80,8 @@ def narrowing_reader():
                                ("g", 6, opt, t.TYPE_MESSAGE, "GraphProto"),
                                ("graphs", 11, rep, t.TYPE_MESSAGE, "GraphProto"),
                                ("type", 20, opt, t.TYPE_INT32, None)])  # type an int: no enum to declare
-    message("NodeProto", [("op_type", 4, opt, t.TYPE_STRING, None), ("attribute", 5, rep, t.TYPE_MESSAGE,
+    message("NodeProto", [("name", 3, opt, t.TYPE_STRING, None),  # (an error's message names the node)
+                          ("op_type", 4, opt, t.TYPE_STRING, None), ("attribute", 5, rep, t.TYPE_MESSAGE,
                                                                       "AttributeProto"),
                           ("domain", 7, opt, t.TYPE_STRING, None)])
     message("GraphProto", [("node", 1, rep, t.TYPE_MESSAGE, "NodeProto")])
@@ -97,8 +98,8 @@ def narrowing_reader():
 
 def narrowed_windows(model: bytes) -> tuple[bytes, int]:
     """A serialized ONNX model -> the same model with every GroupQueryAttention's ``local_window_size`` w >= 1 set
-    to w - 1 (-1, no window, stays), and how many it narrowed: the main graph's nodes, their subgraphs' and the
-    model's functions'."""
+    to w - 1 (-1, no window, stays; 0 is a DependencyError: no narrower window exists), and how many it narrowed:
+    the main graph's nodes, their subgraphs' and the model's functions'."""
     proto = narrowing_reader()()
     proto.ParseFromString(model)
     nodes = [n for f in proto.functions for n in f.node] + list(proto.graph.node)
@@ -108,7 +109,11 @@ def narrowed_windows(model: bytes) -> tuple[bytes, int]:
         for attribute in node.attribute:
             nodes += [n for g in [attribute.g, *attribute.graphs] for n in g.node]  # an unset g holds no node
             if (node.op_type, node.domain) == WINDOWED_OP and attribute.name == WINDOW_ATTRIBUTE \
-                    and attribute.i >= 1:
+                    and attribute.i >= 0:
+                if attribute.i == 0:  # attends to no position from 1.24; a build counting wider cannot say it
+                    raise DependencyError(f"GroupQueryAttention node {node.name!r} has local_window_size 0, which "
+                                          "onnxruntime before 1.24 counts as a window of one position (its graph "
+                                          "cannot be narrowed to the same numbers); needs onnxruntime >= 1.24")
                 attribute.i -= 1
                 narrowed += 1
     return proto.SerializeToString(), narrowed

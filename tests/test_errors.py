@@ -303,6 +303,19 @@ def test_a_window_no_sequence_outgrows_needs_only_the_floor(tmp_path):
     assert onnxruntime_requirement(graph(8), 8) == MIN_ONNXRUNTIME  # 8 positions at most: the window never binds
     assert onnxruntime_requirement(graph(8), 9) == SLIDING_WINDOW_ONNXRUNTIME
     assert onnxruntime_requirement(graph(8), None) == SLIDING_WINDOW_ONNXRUNTIME  # no position limit
+    # a window inside an If's branch or a function counts as one in the main graph (the narrowing edits those too)
+    from onnx import load
+    windowed = load(str(graph(8))).graph
+    outer = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=windowed, else_branch=windowed)],
+                              "outer", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8])])
+    save(helper.make_model(outer), str(tmp_path / "if.onnx"))
+    assert onnxruntime_requirement(tmp_path / "if.onnx", 9) == SLIDING_WINDOW_ONNXRUNTIME
+    function = helper.make_function("local", "f", ["q"], ["y"], list(windowed.node), [helper.make_opsetid("", 17)])
+    caller = helper.make_model(helper.make_graph([helper.make_node("f", ["q"], ["y"], domain="local")], "g",
+                                                 list(windowed.input), list(windowed.output)), functions=[function])
+    save(caller, str(tmp_path / "function.onnx"))
+    assert onnxruntime_requirement(tmp_path / "function.onnx", 9) == SLIDING_WINDOW_ONNXRUNTIME
 
 
 def test_a_tokenizers_older_than_the_floor_is_refused(tiny_gpt2, monkeypatch):

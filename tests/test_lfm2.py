@@ -220,6 +220,31 @@ def test_a_prompt_pass_keeps_the_states_after_every_64th_position(lfm2, tiny_lfm
     assert again.take_prompt_checkpoints(0) == {}
 
 
+def test_the_scheduler_keeps_marks_only_around_its_own_prompt_passes(tiny_lfm2):
+    """A scheduler with a prefix cache has its prompt passes keep the marks (its entry holds the state after 64)
+    and leaves the model as it was: a prompt's pass outside it keeps none afterwards, a setting the user made
+    stays and is the one the scheduler uses, ``every=None`` turns it off, and a cache of 0 bytes asks for none."""
+    model = onnxlm.load(tiny_lfm2.onnx_dir)
+    ids, mask = model.prepare_inputs([LONG[:100]])
+    cache = PrefixCache(16 * 2**20)
+    run_scheduler(model, [LONG[:90] + [5, 6, 7]], [GREEDY], cache)
+    (entry,) = cache.entries.values()
+    assert sorted(entry.checkpoints)[0] == CHECKPOINT_EVERY
+    assert model.prompt_checkpoint_every is None and model.start(ids, mask)[0].take_prompt_checkpoints(0) == {}
+    model.keep_prompt_checkpoints(16)
+    cache = PrefixCache(16 * 2**20)
+    run_scheduler(model, [LONG[:40] + [5]], [GREEDY], cache)
+    (entry,) = cache.entries.values()
+    assert model.prompt_checkpoint_every == 16 and {16, 32} <= set(entry.checkpoints)
+    model.keep_prompt_checkpoints(None)
+    assert model.start(ids, mask)[0].take_prompt_checkpoints(0) == {}
+    seen = []
+    real = type(model).keeping_prompt_checkpoints
+    model.keeping_prompt_checkpoints = lambda: (seen.append(1), real(model))[1]
+    run_scheduler(model, [LONG[:90]], [GREEDY], PrefixCache(0))
+    assert seen == []
+
+
 def test_a_batch_extended_as_a_prompt_keeps_each_rows_marks_and_rolls_back_after(lfm2):
     """``extend(ids, prompt=True)`` on two rows (a pass per row): each row keeps the marks its own positions reach,
     none of those passes' rollback states, and the decode step after them rolls back as any step does."""

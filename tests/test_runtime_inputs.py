@@ -102,3 +102,96 @@ def test_an_assistant_message_with_tool_calls_and_no_content_renders_as_transfor
         assert ours.render_chat(messages, tools=tools) == want
     with pytest.raises(InputError, match=r"messages\[1\]: missing the 'content' key"):
         ours.render_chat([{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": []}])
+
+
+# A review's findings (2026-12-07): what a call gets wrong is refused, typed and named, never answered arbitrarily.
+
+def test_every_token_masked_is_refused_never_an_arbitrary_token(llama):
+    """Greedy and beam search (sampled or not) over a row whose generation parameters mask every token
+    (``suppress_tokens`` leaves only the EOS, which ``min_new_tokens`` bans): an InputError, as sampling always gave;
+    an argmax over all -inf would have answered token 0 (or a beam search no tokens, "length")."""
+    ours = llama[0]
+    every_but_eos = [i for i in range(ours.vocab_size) if i != 258]
+    for kw in ({}, {"num_beams": 2}, {"do_sample": True, "seed": 0}, {"num_beams": 2, "do_sample": True, "seed": 0}):
+        with pytest.raises(InputError, match="no finite"):
+            ours.generate([[1, 2, 3]], max_new_tokens=3, min_new_tokens=2, suppress_tokens=every_but_eos, **kw)
+    done = ours.generate([[1, 2, 3]], max_new_tokens=3, suppress_tokens=every_but_eos)  # the EOS allowed: it ends
+    assert done.new_tokens == [[258]] and done.finish_reasons == ["eos"]
+
+
+def test_length_penalty_none_is_no_penalty(llama):
+    ours = llama[0]
+    for kw in ({"num_beams": 2}, {"num_beams": 2, "do_sample": True, "seed": 1}):
+        got = ours.generate([[1, 2, 3]], max_new_tokens=4, length_penalty=None, **kw)
+        want = ours.generate([[1, 2, 3]], max_new_tokens=4, length_penalty=1.0, **kw)
+        assert got.sequences.tolist() == want.sequences.tolist()
+        np.testing.assert_array_equal(got.sequences_scores, want.sequences_scores)
+
+
+def test_next_token_distribution_takes_one_prompt(llama):
+    ours = llama[0]
+    with pytest.raises(ParameterError, match="got 2 prompts; allowed: one prompt") as err:
+        ours.next_token_distribution([[1, 2], [3, 4, 5]])
+    assert err.value.parameter == "text"
+    one = ours.next_token_distribution([[3, 4, 5]], top_k=3)
+    logits = ours.logits([[3, 4, 5]])[0, -1]
+    assert one.token_ids == np.argsort(-logits, kind="stable")[:3].tolist()
+
+
+@pytest.mark.parametrize("inputs", [[2**70], [[1, 2**64 + 3]], np.array([[1, 2**63 + 5]], dtype=np.uint64)],
+                         ids=["flat", "rows", "uint64"])
+def test_ids_past_int64_are_out_of_range_not_an_overflow(llama, inputs):
+    with pytest.raises(InputError, match=r"^input_ids: token id \d+ is out of range; allowed: 0 <= id < "):
+        llama[0].generate(inputs, max_new_tokens=2)
+    with pytest.raises(InputError, match=r"^input_ids: token id \d+ is out of range"):
+        llama[0].score(inputs)
+
+
+def test_a_streamer_that_is_not_callable_is_refused_before_any_run(llama, monkeypatch):
+    ours = llama[0]
+    monkeypatch.setattr(ours, "start", lambda *a, **k: pytest.fail("a pass ran before the streamer was checked"))
+    with pytest.raises(ParameterError, match="allowed: a callable") as err:
+        ours.generate([[1, 2, 3]], max_new_tokens=2, streamer=5)
+    assert err.value.parameter == "streamer"
+
+
+@pytest.mark.parametrize("answer", [[True, False], None, "yes", [1, 0, 0], np.zeros((3, 2), bool)],
+                         ids=["short", "none", "str", "ints", "2d"])
+def test_a_stopping_criterion_answering_other_than_bools_is_refused(llama, answer):
+    with pytest.raises(ParameterError, match=r"(?s)^stopping_criteria: .*allowed: True/False, or 3 bools"):
+        llama[0].generate([[1, 2], [3, 4], [5, 6]], max_new_tokens=2, stopping_criteria=lambda ids, s: answer)
+
+
+def test_a_stopping_criterions_bools_stop_their_rows(llama):
+    ours, prompts = llama[0], [[1, 2], [3, 4], [5, 6]]
+    for answer, reasons in ((lambda ids: True, ["stop"] * 3), (lambda ids: np.bool_(False), ["length"] * 3),
+                            (lambda ids: ids[:, 0] == 3, ["length", "stop", "length"]),  # [n] bools of the rows
+                            (lambda ids: list(ids[:, 0] == 3), ["length", "stop", "length"])):  # asked (active ones)
+        got = ours.generate(prompts, max_new_tokens=2, eos_token_id=None,
+                            stopping_criteria=lambda ids, s, answer=answer: answer(ids))
+        assert got.finish_reasons == reasons
+
+
+def test_chats_own_arguments_are_no_template_variables(llama):
+    for name in ("messages", "tokenize"):
+        with pytest.raises(ParameterError, match=f"'{name}' is render_chat's own argument") as err:
+            llama[0].chat([{"role": "user", "content": "x"}], chat_template_kwargs={name: []}, max_new_tokens=2)
+        assert err.value.parameter == "chat_template_kwargs"
+
+
+@pytest.mark.parametrize("flag", ["prepend_bos", "append_eos"])
+def test_scores_flags_are_booleans(llama, flag):
+    with pytest.raises(ParameterError, match=f"^{flag}: got 'no'; allowed: True or False"):
+        llama[0].score([[1, 2, 3]], **{flag: "no"})
+
+
+def test_a_top_k_of_the_wrong_type_is_refused_in_greedy_decoding_too(llama):
+    with pytest.raises(ParameterError, match="^top_k: got 'a'"):
+        llama[0].generate([[1, 2, 3]], max_new_tokens=2, top_k="a")
+    assert llama[0].generate([[1, 2, 3]], max_new_tokens=2, top_k=-1).new_tokens  # its range: when sampling only
+
+
+def test_a_prompt_that_fills_the_positions_names_the_prompt(llama):
+    with pytest.raises(ParameterError, match=r"^inputs: the prompt has 256 tokens and already fills") as err:
+        llama[0].generate([[1] * 256], max_new_tokens=1)
+    assert "at most 0" not in str(err.value)

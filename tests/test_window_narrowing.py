@@ -108,6 +108,21 @@ def test_a_file_that_is_no_onnx_model_is_refused_by_name(tmp_path):
     assert isinstance(refused.value.__cause__, DecodeError)
 
 
+def test_a_window_of_zero_cannot_be_narrowed_and_says_so(tmp_path):
+    """``local_window_size`` 0 attends to no position from onnxruntime 1.24 and to the position itself before it;
+    no narrower window says the former: a DependencyError naming the node (through ``make_session`` too, not
+    wrapped as a corrupt file), where handing the graph over as it is would answer other numbers."""
+    from onnxlm.runtime.errors import DependencyError
+    from onnxlm.runtime.session import make_session
+
+    with pytest.raises(DependencyError, match="'gqa1' has local_window_size 0.*needs onnxruntime >= 1.24"):
+        narrowed_windows(_graph([3, 0]).SerializeToString())
+    path = tmp_path / "model.onnx"
+    onnx.save(_graph([0]), str(path))
+    with pytest.raises(DependencyError, match="local_window_size 0"):
+        make_session(path, "cpu", 1, narrow_windows=True)
+
+
 def test_a_probe_that_cannot_run_or_answers_neither_way_is_a_dependency_error(tmp_path, monkeypatch):
     """The probe decides whether to narrow (on every onnxruntime): where it cannot run (a broken install) or answers
     neither 0 nor 0.5 (a build that ignores the window: 1/3), loading a windowed artifact must not guess."""

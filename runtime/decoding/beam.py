@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..errors import ParameterError
+from ..errors import InputError, ParameterError
 from ..processors import log_softmax
 
 __all__ = ["BeamOutput", "beam_search"]
@@ -120,6 +120,17 @@ def _top_k_continuations(acc, running_seqs, running_bidx, cur_len, prompt_len, k
     topk_seqs[:, :, cur_len] = topk_idx % V
     topk_bidx[:, :, cur_len - prompt_len] = beam + np.arange(acc.shape[0])[:, None] * nb  # flat row b*nb + beam
     return topk_lp, topk_seqs, topk_bidx
+
+
+def _refuse_dead_items(acc, improvable, running_scores):
+    """acc [b, nb*V], improvable [b, 1], running_scores [b, nb] -> None, or InputError naming the batch items still
+    searching whose live beams have no finite continuation (every token masked by the generation parameters):
+    their top-k would be arbitrary -inf candidates (as ``greedy_tokens`` refuses such a row)."""
+    searching = improvable[:, 0] & (running_scores.max(axis=1) > _NEG / 2)  # [b] (beams at -1e9: stopped ones)
+    dead = searching & ~np.isfinite(acc.max(axis=1))
+    if dead.any():
+        raise InputError(f"scores: batch items {np.flatnonzero(dead).tolist()} have no finite continuation on any "
+                         "beam (every token masked by the generation parameters); cannot decode")
 
 
 def _stopping_hits(seqs, eos, max_length, stopping_criteria):
@@ -257,6 +268,7 @@ def beam_search(state, sequences, logits, *, num_beams: int, processors: Callabl
             all_scores.append(log_probs.copy())
         # b. accumulate with the running beam scores: [b*nb, V] -> [b, nb*V]
         acc = (log_probs.reshape(b, nb, V) + running_scores[:, :, None]).reshape(b, nb * V)
+        _refuse_dead_items(acc, improvable, running_scores)
         # c. best k continuations over all beams of each batch item (beam sampling: k drawn without replacement)
         topk_lp, topk_seqs, topk_bidx = _top_k_continuations(acc, running_seqs, running_bidx, cur_len, P, k, nb, V,
                                                              rng)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,8 +150,6 @@ class Scheduler:
         self.model, self.max_rows = model, max_rows
         # keys/values of recent sequences (runtime/prefix_cache.py); causal models only
         self.prefix_cache = prefix_cache if prefix_cache is not None and not model.is_encoder_decoder else None
-        if self.prefix_cache is not None and hasattr(model, "keep_prompt_checkpoints"):
-            model.keep_prompt_checkpoints()  # a hybrid model's states inside prompts: a shared start resumes there
         self.waiting: list[Request] = []
         self.requests: list[Request] = []  # admitted, in batch order
         self.rows: list[tuple[Request, int]] = []  # state row -> (request, row within it)
@@ -246,11 +245,7 @@ class Scheduler:
             u = run.rng.random(req.n)
             chosen = sample_tokens(scores, _Uniforms(u[rows]))
         else:
-            dead = ~np.isfinite(scores.max(axis=1))  # as sample_tokens refuses them: never an arbitrary token
-            if dead.any():
-                raise InputError(f"scores: rows {np.flatnonzero(dead).tolist()} have no finite maximum (every token "
-                                 "masked by the generation parameters, or +inf scores); cannot decode")
-            chosen = greedy_tokens(scores)
+            chosen = greedy_tokens(scores)  # (a row with every token masked: an InputError, as sample_tokens)
         tokens = np.full(req.n, run.pad if run.eos.size else 0, np.int64)
         tokens[rows] = chosen
         if not run.eos.size:  # finished rows keep their last token without an EOS criterion, as sample_steps
@@ -359,21 +354,22 @@ class Scheduler:
         for req in cold:                                   # its own; a decoder-only model's are all None)
             starts.setdefault(req.config.decoder_start_token_id, []).append(req)
         cold = [req for group in starts.values() for req in group]
-        parts = []                                                  # (state, logits [1 or b, V]) per group
-        for start_id, group in starts.items():
-            ids, mask = pad_batch([r.ids for r in group], self.model.pad_id, side="left")
-            parts.append(self.model.start(ids, mask, decoder_start_token_id=start_id))
-        users = Counter(id(snap) for _, snap, _ in warm)  # a snapshot several resume from is copied for each
         earlier = {id(req): {n: c for n, c in (snap.checkpoints or {}).items() if n <= reuse}  # a hybrid's states
                    for req, snap, reuse in warm}  # within the reused positions: the new entry keeps them too
-        for req, snap, reuse in warm:                     # the cached positions, then the rest
-            rest, req.cached_tokens = req.ids[reuse:], reuse
-            state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # its dropped state
-            if state is None:                                                              # or a copy
-                state, first = self.model.resume(snap.state_at(reuse), reuse, rest)
-            else:
-                first = feed_rest(state, rest)
-            parts.append((state, snap.logits[reuse][None] if first is None else first))  # all held: cached logits
+        parts = []                                                  # (state, logits [1 or b, V]) per group
+        with self._prompt_marks():                        # a hybrid model's states inside prompts, for the cache
+            for start_id, group in starts.items():
+                ids, mask = pad_batch([r.ids for r in group], self.model.pad_id, side="left")
+                parts.append(self.model.start(ids, mask, decoder_start_token_id=start_id))
+            users = Counter(id(snap) for _, snap, _ in warm)  # a snapshot several resume from is copied for each
+            for req, snap, reuse in warm:                     # the cached positions, then the rest
+                rest, req.cached_tokens = req.ids[reuse:], reuse
+                state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # its dropped state
+                if state is None:                                                              # or a copy
+                    state, first = self.model.resume(snap.state_at(reuse), reuse, rest)
+                else:
+                    first = feed_rest(state, rest)
+                parts.append((state, snap.logits[reuse][None] if first is None else first))  # all held: cached
         batch[:] = cold + [w[0] for w in warm]
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         logits = np.concatenate([p[1] for p in parts])
@@ -386,6 +382,13 @@ class Scheduler:
             state.select(rows)
             logits = logits[rows]
         return state, logits
+
+    def _prompt_marks(self):
+        """Around the prefill's passes: a hybrid model (LFM2) keeps its states inside the prompts when there is a
+        prefix cache to resume a shared start from them (``keeping_prompt_checkpoints``); else nothing changes."""
+        keeping = getattr(self.model, "keeping_prompt_checkpoints", None)
+        on = keeping is not None and self.prefix_cache is not None and self.prefix_cache.enabled
+        return keeping() if on else nullcontext()
 
     def _remember(self, req: Request) -> None:
         """A finished one-row request's whole sequence (prompt + answer, the last token not fed) into the prefix

@@ -164,7 +164,9 @@ def any_stop(stop_strings, stopping_criteria):
 
     ``stopping_criteria``: a callable or a list of them with transformers' ``StoppingCriteria`` signature,
     ``(input_ids [n, t] int64, scores) -> [n] bool`` (a single bool stops every row; ``scores`` is None here), asked
-    after every new token (a beam search: every step). One may raise to abandon the call (a server whose client went
+    after every new token (a beam search: every step) about the rows still generating: ``input_ids`` holds those
+    rows only (transformers passes the whole batch; a criterion that keeps state per row index sees fewer rows once
+    some have finished), and an answer of another length or of non-bools is a ParameterError. One may raise to abandon the call (a server whose client went
     away); the exception leaves ``generate``."""
     from ..errors import ParameterError
 
@@ -180,6 +182,18 @@ def any_stop(stop_strings, stopping_criteria):
     def check(ids: np.ndarray) -> np.ndarray:
         hit = np.zeros(len(ids), bool) if stop_strings is None else np.asarray(stop_strings(ids), bool).copy()
         for c in criteria:
-            hit |= np.broadcast_to(np.asarray(c(ids, None), bool).reshape(-1), hit.shape)
+            hit |= _criterion_rows(c(ids, None), len(ids), c)
         return hit
     return check
+
+
+def _criterion_rows(answer, n: int, criterion) -> np.ndarray:
+    """A stopping criterion's answer for n rows -> [n] bool: a bool (every row) or n bools; anything else (None,
+    a string, numbers, another length) a ParameterError naming ``stopping_criteria``, never read by its truthiness."""
+    from ..errors import ParameterError
+
+    rows = np.asarray(answer)
+    if rows.dtype != np.bool_ or rows.size not in (1, n) or rows.ndim > 1 + (rows.size == 1):
+        raise ParameterError("stopping_criteria", f"{criterion!r:.60} answered {answer!r:.60} for {n} rows; allowed: "
+                             f"True/False, or {n} bools (one per row, [n] as transformers' StoppingCriteria)")
+    return np.broadcast_to(rows.reshape(-1), (n,))

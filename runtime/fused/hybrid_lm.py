@@ -9,7 +9,8 @@ cannot, so each row also keeps its states before its last ``MAX_HISTORY`` positi
 round's proposals so that its rollbacks stay within them). A snapshot cannot be resumed from an arbitrary prefix (the
 state after position p is not kept): ``checkpoint(row)`` copies a row's states at its length, a prompt's pass keeps
 those after every ``CHECKPOINT_EVERY``-th position too once ``keep_prompt_checkpoints()`` asks for them (the
-scheduler does, with a prefix cache; ``take_prompt_checkpoints(row)``), and the prefix cache
+scheduler does, with a prefix cache, around its own prompt passes: ``keeping_prompt_checkpoints``;
+``take_prompt_checkpoints(row)``), and the prefix cache
 (runtime/prefix_cache.py) resumes such a model only at the lengths it holds them for (``resume`` takes them beside
 the keys/values): a chat's next turn, a prompt sent again, and within a multiple of ``CHECKPOINT_EVERY`` positions
 the end of a shared start (a system prompt asked other questions).
@@ -17,6 +18,7 @@ the end of a shared start (a system prompt asked other questions).
 from __future__ import annotations
 
 from collections import deque
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -183,13 +185,26 @@ class FusedHybridLM(FusedCausalLM):
     speculation_limit = MAX_HISTORY - 1  # tokens a speculative round proposes at most: its rollbacks stay in history
     prompt_checkpoint_every: int | None = None  # keep_prompt_checkpoints(): a prompt's pass keeps marks that often
 
-    def keep_prompt_checkpoints(self, every: int = CHECKPOINT_EVERY) -> None:
+    def keep_prompt_checkpoints(self, every: int | None = CHECKPOINT_EVERY) -> None:
         """From now on a prompt's pass keeps each row's convolution states after every ``every``-th position of it
-        (``HybridState.take_prompt_checkpoints``): the prefix cache (the scheduler asks for them) resumes a prompt
-        that shares a start with a cached one there. Off by default: nothing else reads them."""
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ParameterError("every", f"got {every!r}; must be an integer >= 1")
+        (``HybridState.take_prompt_checkpoints``): the prefix cache resumes a prompt that shares a start with a
+        cached one there. Off by default (nothing else reads them); ``every=None`` turns it off again. The
+        scheduler asks for them only around its own prompt passes (``keeping_prompt_checkpoints``)."""
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+            raise ParameterError("every", f"got {every!r}; must be an integer >= 1, or None (off)")
         self.prompt_checkpoint_every = every
+
+    @contextmanager
+    def keeping_prompt_checkpoints(self):
+        """Within: prompt passes keep marks (``keep_prompt_checkpoints``) every ``prompt_checkpoint_every`` positions
+        if that is set, else every ``CHECKPOINT_EVERY``; after: the setting as it was (the scheduler's prefill with
+        a prefix cache: the model's other callers, ``generate`` and ``logits`` on it included, keep none)."""
+        before = self.prompt_checkpoint_every
+        self.prompt_checkpoint_every = before or CHECKPOINT_EVERY
+        try:
+            yield
+        finally:
+            self.prompt_checkpoint_every = before
 
     def _init_graphs(self) -> None:
         super()._init_graphs()
