@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constraints import ConstraintProcessor, engine_for
-from ..errors import InputError, ParameterError
+from ..errors import ParameterError
 from ..generation_config import GenerationConfig
 from ..prefix_cache import PrefixCache, feed_rest
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens, top_logprobs
