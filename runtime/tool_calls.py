@@ -169,22 +169,59 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None) -> str:
     ``tools``; its arguments follow that function's ``parameters`` schema. JSON is written with ``", "`` and
     ``": "`` separators (as the templates render calls) and no other free whitespace."""
     key = _args_key(style)
-    options = []
+    options, defs = [], {}
     for t in tools:
         f = t["function"]
         if name is not None and f["name"] != name:
             continue
         params = f.get("parameters") or NO_PARAMETERS
+        if _has_local_ref(params):  # its "#..." refs resolve against it: it moves to the root's $defs, refs along
+            where = f"arguments_of_{f['name']}"
+            defs[where] = _rebased(params, f"#/$defs/{where}")
+            params = {**({"type": "object"} if params.get("type") == "object" else {}),
+                      "$ref": f"#/$defs/{where}"}
         if params.get("type") != "object":  # arguments are an object, also where the schema only implies it
             params = {"allOf": [{"type": "object"}, params]}
         options.append({"type": "object", "properties": {"name": {"const": f["name"]}, key: params},
                         "required": ["name", key], "additionalProperties": False})
     schema = options[0] if len(options) == 1 else {"anyOf": options}
-    schema = {**schema, "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
+    schema = {**schema, **({"$defs": defs} if defs else {}),
+              "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
     call = "call: %json " + json.dumps(schema)  # ASCII: a lone surrogate stays an escape for llguidance to refuse
     if style == "qwen":
         return f'start: "{QWEN_OPEN}\\n" call "\\n{QWEN_CLOSE}"\n{call}\n'
     return f"start: call\n{call}\n"
+
+
+_NOT_SCHEMAS = ("enum", "const", "default", "examples")  # keywords whose values are data, not schemas
+
+
+def _has_local_ref(schema) -> bool:
+    """Does a JSON Schema hold a "$ref" into itself ("#", "#/$defs/...")? (Walked with a stack: no recursion.)"""
+    stack = [schema]
+    while stack:
+        s = stack.pop()
+        if isinstance(s, dict):
+            if isinstance(s.get("$ref"), str) and s["$ref"].startswith("#"):
+                return True
+            stack += [v for k, v in s.items() if k not in _NOT_SCHEMAS]
+        elif isinstance(s, list):
+            stack += s
+    return False
+
+
+def _rebased(schema, base: str):
+    """A JSON Schema -> a copy whose refs into itself ("#<pointer>") point at ``base<pointer>``: where the schema
+    sits inside the call's grammar schema (a function's parameters nested there; their $defs stay theirs)."""
+    if isinstance(schema, list):
+        return [_rebased(v, base) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (v if k in _NOT_SCHEMAS else _rebased(v, base)) for k, v in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        out["$ref"] = base + ref[1:]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- parsing

@@ -238,6 +238,20 @@ BAD = [
     ("top-logprobs-cap", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                   "logprobs": True, "top_logprobs": 21}, None, 400, "top_logprobs"),
     ("context", "/v1/completions", {"prompt": "hi " * 80, "max_tokens": 100}, None, 400, "max_tokens"),
+    ("message-field", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi", "foo": 1}]}, None,
+     400, "messages[0].foo"),
+    ("tool-field", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [
+        {"type": "function", "function": {"name": "f", "descripton": "typo"}}]}, None, 400,
+     "tools[0].function.descripton"),
+    # a field spelt with a lone surrogate is named with its escape (the body could not be encoded: a 500)
+    ("surrogate-key", "/v1/completions", b'{"prompt": "hi", "\\ud800": 1}', None, 400, "\\ud800"),
+    ("surrogate-message-key", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "hi", "\\ud800x": 1}]}', None, 400, "messages[0].\\ud800x"),
+    ("include-usage", "/v1/completions", {"prompt": "hi", "stream": True, "stream_options": {"include_usage": "yes"}},
+     None, 400, "stream_options.include_usage"),
+    ("stream-options-key", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stream": True,
+                                                    "stream_options": {"include_usage": True, "usage": 1}},
+     None, 400, "stream_options.usage"),
     ("bad-ids", "/v1/completions", {"prompt": [5, -1, 260, 7]}, None, 400, "prompt"),
     ("unknown-arg", "/v1/completions", {"prompt": "hi", "temprature": 0.5}, None, 400, "temprature"),
     ("unknown-model", "/v1/completions", {"prompt": "hi", "model": "gpt-5"}, None, 404, "model"),
@@ -611,3 +625,14 @@ def test_props_describe_the_served_model(live):
     assert props["bos_token"] == m.manifest["special_tokens"]["bos_token"]
     assert props["eos_token"] == m.manifest["special_tokens"]["eos_token"]
     assert props["build_info"] == f"onnxlm {onnxlm.__version__}"
+    # the defaults /completion applies (llama.cpp's, as llama.cpp's /props reports them): its generation_settings
+    # when a request sets nothing; the OpenAI endpoints' own beside them
+    from onnxlm.serve.llamacpp_request import DEFAULTS
+    params = props["default_generation_settings"]["params"]
+    assert {k: params[k] for k in ("temperature", "top_k", "top_p", "min_p")} == {
+        "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+    assert all(params[k] == v for k, v in DEFAULTS.items() if k in params)
+    settings = post(live.url, "/completion", {"prompt": "Hi", "n_predict": 1}).json()["generation_settings"]
+    assert {k: v for k, v in settings.items() if k not in ("n_ctx", "model", "n_predict", "max_tokens")} == {
+        k: v for k, v in params.items() if k not in ("n_predict", "max_tokens")}
+    assert props["openai_defaults"]["temperature"] == 1.0 and props["openai_defaults"]["top_p"] == 1.0

@@ -255,6 +255,37 @@ def test_biases_add_up_and_keys_read_as_llama_cpp_reads_them(live):
     assert bias_ids(model, {" 5": 1, "+6": False}) == {5: 1.0, 6: -math.inf}
 
 
+def test_biases_adding_up_past_float32_are_refused_by_name(live):
+    """Two biases of 3e38 for one token add up past float32's largest number: a 400 naming logit_bias before any
+    work (the cast to float32 had overflowed to an infinite logit, with a RuntimeWarning)."""
+    from onnxlm.serve.llamacpp_request import bias_ids
+
+    r = post(live.url, "/completion", {"prompt": PROMPT, "n_predict": 8,
+                                       "logit_bias": [[" quick", 3e38], [" quick", 3e38]]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias", r.text
+    assert "float32" in r.json()["error"]["message"]
+    assert bias_ids(live.model, [[5, 3e38], [5, False]]) == {5: -math.inf}  # a ban stays a ban
+
+
+def test_a_users_mistake_found_in_the_engine_is_no_server_error(live, caplog):
+    """A request the engine refuses (a bias that empties a grammar; scores a huge bias makes infinite) answers 400
+    without counting in ``errors`` ("requests the model failed (500)") or logging an ERROR: one INFO line."""
+    import logging
+
+    import httpx
+
+    before = httpx.get(live.url + "/metrics", timeout=5).json()["errors"]
+    with caplog.at_level(logging.INFO, logger="onnxlm.serve"):
+        for body in ({"grammar": 'root ::= "ab"', "logit_bias": [["a", False]], "temperature": 0},
+                     {"logit_bias": [[5, 3.4e38]], "temperature": 0.5}):
+            r = post(live.url, "/completion", {"prompt": PROMPT, "n_predict": 4, **body})
+            assert r.status_code == 400, r.text
+    assert httpx.get(live.url + "/metrics", timeout=5).json()["errors"] == before
+    mine = [rec for rec in caplog.records if rec.name == "onnxlm.serve"]
+    assert not [rec for rec in mine if rec.levelno >= logging.WARNING], [rec.getMessage() for rec in mine]
+    assert len([rec for rec in mine if "refused" in rec.getMessage()]) == 2
+
+
 def test_context_limits(live):
     model = live.model
     ids = [int(i) for i in np.random.default_rng(0).integers(3, 250, 200)]

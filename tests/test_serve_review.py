@@ -14,7 +14,8 @@ openai = pytest.importorskip("openai", reason="the server tests need the test ex
 pytest.importorskip("starlette", reason="the server tests need the serve extra")
 
 import onnxlm  # noqa: E402
-from onnxlm.serve.choices import Choices, completion_offsets, token_bytes, token_str  # noqa: E402
+from onnxlm.serve.choices import (  # noqa: E402
+    Choices, StreamOffsets, completion_offsets, token_bytes, token_str)
 from onnxlm.serve.engine import CallCancelled, cancelled_by  # noqa: E402
 from serve_util import live_tiny, post, sse_events  # noqa: E402
 
@@ -38,13 +39,33 @@ def test_a_model_by_its_id(live):
 
 
 def test_the_context_error_names_max_completion_tokens_when_the_body_does(live):
-    long = " ".join(["word"] * 200)
+    long = " ".join(["word"] * 30)  # fits the tiny Llama's context of 256 alone (about 150 tokens), not with 120 more
+    n = len(live.model.tokenizer.encode(long))
+    assert n + 20 < live.model.max_positions < n + 120  # room for the chat template's tokens, not for 120 more
     r = post(live.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": long}],
                                                 "max_completion_tokens": 120})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
     assert r.json()["error"]["param"] == "max_completion_tokens", r.json()
     r = post(live.url, "/v1/completions", {"prompt": long, "max_tokens": 120})
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+
+
+@pytest.mark.parametrize("body", [{}, {"max_tokens": 1}, {"max_tokens": 120}])
+def test_a_prompt_that_fills_the_context_alone_is_named(live, body):
+    """A prompt that leaves no room for one new token is the prompt's fault (it named max_tokens, also when the body
+    had none): param "prompt" on /v1/completions, "messages" on chat, whatever max_tokens says."""
+    ctx = live.model.max_positions
+    for ids in ([1] * ctx, [1] * (ctx + 1)):
+        r = post(live.url, "/v1/completions", {"prompt": ids, **body})
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["code"] == "context_length_exceeded", r.text
+        assert err["param"] == "prompt" and "max_tokens" not in err["message"], err
+    chat = {"messages": [{"role": "user", "content": " ".join(["word"] * 200)}], **body}
+    r = post(live.url, "/v1/chat/completions", chat)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    # scoring alone (echo, max_tokens 0) of a prompt as long as the context still fits
+    r = post(live.url, "/v1/completions", {"prompt": [1] * ctx, "max_tokens": 0, "echo": True})
+    assert r.status_code == 200, r.text
 
 
 def test_reasoning_format_null_is_absent(live):
@@ -302,6 +323,102 @@ def test_text_offsets_stop_at_a_stop_string_streamed_or_not(live, tiny_llama):
               if e != "[DONE]"]
     assert "".join(c["text"] for e in events for c in e["choices"]) == cut["text"]
     assert [o for e in events for c in e["choices"] if c["logprobs"] for o in c["logprobs"]["text_offset"]] == offsets
+
+
+
+def _stop_in(text: str, starts: list[int]) -> tuple[str, int, int]:
+    """A stop string over 3 tokens (k >= 2) of printable ASCII, first occurring in ``text`` where token k begins ->
+    (stop, the tokens whose text begins before it, the tokens made up to the one that completes it)."""
+    ends = starts[1:] + [len(text)]
+    for k in range(2, len(starts) - 3):
+        a = starts[k]
+        stop = text[a:starts[k + 3]]
+        if a > 0 and len(stop) > 1 and stop.isascii() and stop.isprintable() and text.find(stop) == a:
+            made = next(j for j, e in enumerate(ends) if e >= a + len(stop)) + 1
+            return stop, sum(1 for o in starts if o < a), made
+    raise AssertionError(f"no stop string to cut {text!r} with")
+
+
+def test_completion_logprobs_end_at_the_stop_strings_cut(live):
+    """Where a stop string cut the text, the logprobs list the tokens whose text begins before the cut, streamed or
+    not; usage still counts every generated token. (They listed the stop string's tokens.)"""
+    body = {"prompt": "Hello", "max_tokens": 24, "logprobs": 1, "temperature": 0}
+    whole = post(live.url, "/v1/completions", body).json()["choices"][0]
+    free = whole["logprobs"]
+    stop, kept, made = _stop_in(whole["text"], free["text_offset"])
+    r = post(live.url, "/v1/completions", {**body, "stop": stop}).json()
+    text, cut = r["choices"][0]["text"], r["choices"][0]["logprobs"]
+    assert r["choices"][0]["finish_reason"] == "stop" and cut["tokens"] == free["tokens"][:kept], (r, stop)
+    assert cut["token_logprobs"] == free["token_logprobs"][:kept] and len(cut["top_logprobs"]) == kept
+    assert cut["text_offset"] == free["text_offset"][:kept] and all(o < len(text) for o in cut["text_offset"])
+    assert r["usage"]["completion_tokens"] == made > kept  # the stop string's tokens were made: counted
+    events = [e for e in sse_events(live.url, "/v1/completions", {**body, "stop": stop, "stream": True})
+              if e != "[DONE]"]
+    streamed = [c["logprobs"] for e in events for c in e["choices"] if c["logprobs"]]
+    assert [t for lp in streamed for t in lp["tokens"]] == cut["tokens"]
+    assert [o for lp in streamed for o in lp["text_offset"]] == cut["text_offset"]
+
+
+def test_chat_logprobs_end_at_the_stop_strings_cut(live):
+    """The same on chat, streamed or not: logprobs.content ends before the stop string's tokens."""
+    from onnxlm.serve.choices import decoded_offsets
+    messages = [{"role": "user", "content": "The quick brown fox"}]
+    body = {"messages": messages, "max_tokens": 24, "temperature": 0, "logprobs": True, "top_logprobs": 1}
+    free = post(live.url, "/v1/chat/completions", body).json()["choices"][0]
+    solo = live.model.chat(messages, max_new_tokens=24, do_sample=False)
+    assert free["message"]["content"] == solo.text[0]
+    starts, text = decoded_offsets(live.model.tokenizer.tokenizer, solo.new_tokens[0])
+    stop, kept, made = _stop_in(text, starts)
+    r = post(live.url, "/v1/chat/completions", {**body, "stop": stop}).json()
+    cut = r["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["message"]["content"] == text[:text.find(stop)]
+    assert cut["logprobs"]["content"] == free["logprobs"]["content"][:kept], (cut, stop)
+    assert r["usage"]["completion_tokens"] == made > kept
+    events = [e for e in sse_events(live.url, "/v1/chat/completions", {**body, "stop": stop, "stream": True})
+              if e != "[DONE]"]
+    assert "".join(c["delta"].get("content") or "" for e in events for c in e["choices"]) == cut["message"]["content"]
+    assert [x for e in events for c in e["choices"] if c["logprobs"]
+            for x in c["logprobs"]["content"]] == cut["logprobs"]["content"]
+
+
+def _pieces_model():
+    """A model stand-in whose tokenizer has multi-character tokens: 0 "ab", 1 "cd", 2 "ef", 3 "gh" (the tiny models'
+    tokens are single bytes, so no token of theirs straddles a cut)."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, decoders, models
+    tok = Tokenizer(models.BPE({"ab": 0, "cd": 1, "ef": 2, "gh": 3}, []))
+    tok.decoder = decoders.Fuse()
+    wrapper = SimpleNamespace(tokenizer=tok, decode=lambda ids, skip_special_tokens=True: tok.decode(ids),
+                              id_to_token=tok.id_to_token)
+    return SimpleNamespace(tokenizer=wrapper)
+
+
+@pytest.mark.parametrize("stop,kept", [("defgh", [0, 1]), ("efgh", [0, 1]), ("bcd", [0]), ("gh", [0, 1, 2])])
+def test_a_token_straddling_the_cut_keeps_its_logprobs(stop, kept):
+    """Text "abcdefgh" from tokens ab|cd|ef|gh, cut before ``stop``: the tokens whose text begins before the cut
+    are listed (cd straddles the cut of "defgh": it stays), unstreamed and streamed (events made as the scheduler
+    makes them: the last len(stop) - 1 characters held back, then the cut text's rest), on both endpoints' forms."""
+    from onnxlm.runtime.decoding.scheduler import TokenEvent
+    from onnxlm.runtime.streaming import IncrementalText
+    model = _pieces_model()
+    text = "abcdefgh"[:"abcdefgh".find(stop)]
+    last = next(k for k in range(4) if stop in "abcdefgh"[:2 * k + 2])  # the token whose text completes the stop
+    held = IncrementalText(model.tokenizer.tokenizer, hold=len(stop) - 1)
+    events = [TokenEvent(0, k, held.push(k), False, None, -0.5, None) for k in range(last)]
+    events.append(TokenEvent(0, last, held.finish(text), True, "stop", -0.5, None))
+    assert "".join(e.text for e in events) == text
+    for chat in (False, True):
+        choices = Choices(model, 1, chat=chat)
+        choices.add_events(0, events)
+        assert [t for t, _, _ in choices.kept(0, text)] == kept and choices.completion_tokens == last + 1
+    streamed = Choices(model, 1, chat=True)
+    got = [x["token"] for ev in events for lp in [streamed.stream_logprobs_chat(0, ev)] if lp for x in lp["content"]]
+    assert got == ["ab", "cd", "ef", "gh"][:len(kept)]
+    offsets = StreamOffsets(model)
+    sent = [e for ev in events for e in offsets.add((ev.token_id, ev.logprob, None), ev.text, ev.finished,
+                                                    cut=True)[0]]
+    assert [t for t, _, _ in sent] == kept
 
 
 # ------------------------------------------------------------------------------------------ a model that cannot chat

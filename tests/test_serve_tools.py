@@ -282,6 +282,26 @@ def test_forced_call_of_a_schema_without_a_type_is_an_object(servers):
             assert json.loads(c["message"]["tool_calls"][0]["function"]["arguments"]) in ({"a": 1}, {"a": 2})
 
 
+def test_a_forced_call_follows_a_schemas_refs_into_itself(servers):
+    """Parameters with ``$defs`` and "#/..." refs (a pydantic model's nested models) resolve against the parameters
+    themselves though the call's grammar nests them: every sampled call's arguments validate against the schema."""
+    import jsonschema
+
+    pet = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 3},
+                                            "kind": {"enum": ["cat", "dog"]}},
+           "required": ["name", "kind"], "additionalProperties": False}
+    schema = {"type": "object", "properties": {"pet": {"$ref": "#/$defs/Pet"},
+                                               "friend": {"$ref": "#/properties/pet"}},
+              "required": ["pet", "friend"], "additionalProperties": False, "$defs": {"Pet": pet}}
+    tool = {"type": "function", "function": {"name": "adopt", "parameters": schema}}
+    for style in ("qwen", "generic"):
+        out = _chat(servers[style], _user(PROMPTS[0]), tools=[tool, TOOLS[1]], tool_choice=_named("adopt"),
+                    temperature=1.0, seed=4, n=3, max_tokens=200)
+        for c in out["choices"]:
+            assert c["finish_reason"] == "tool_calls", c
+            jsonschema.validate(json.loads(c["message"]["tool_calls"][0]["function"]["arguments"]), schema)
+
+
 @pytest.fixture
 def forced_output(monkeypatch):
     """Patch the server's tool constraint (the server runs in this process) so that any tool_choice, "auto" and
@@ -407,6 +427,25 @@ def test_openai_client(servers):
     jsonschema.validate(json.loads(args), SEARCH)
 
 
+def _tool(name: str, parameters) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+#: schemas JSON Schema's meta-schema refuses (jsonschema's check, with or without llguidance)
+MALFORMED = [{"type": "object", "properties": {"x": {"type": "bogus"}}}, {"type": "object", "properties": 5},
+             {"type": "object", "required": "x"},
+             {"type": "object", "properties": {"x": {"type": "array", "items": 5}}},
+             # a mistake beside a keyword llguidance cannot enforce
+             {"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}, "b": {"type": "bogus"}}}]
+#: well-formed schemas shown to the model under "auto" though llguidance cannot enforce them all (a pydantic set's
+#: uniqueItems, "not") or reads them only alone ($defs: a pydantic model's nested models)
+WELL_FORMED = [{"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                                          "uniqueItems": True}}},
+               {"type": "object", "properties": {"x": {"not": {"type": "string"}}}},
+               {"type": "object", "properties": {"pet": {"$ref": "#/$defs/Pet"}},
+                "$defs": {"Pet": {"type": "object", "properties": {"name": {"type": "string"}}}}},
+               {"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}}}]
+
 BAD = [
     ({"tools": "x"}, "tools"),
     ({"tools": [{"type": "function"}]}, "tools[0]"),
@@ -426,7 +465,18 @@ BAD = [
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
      "tools[0].function.parameters"),  # a call's arguments are an object
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"a": {"type": "nonsense"}}}}}], "tool_choice": "required"}, "tools"),
+        "type": "object", "properties": {"a": {"type": "nonsense"}}}}}], "tool_choice": "required"},
+     "tools[0].function.parameters"),
+    # a malformed schema is refused whatever tool_choice is (it went into the prompt with "auto" / "none")
+    *[({"tools": TOOLS[:1] + [_tool("f", bad)], **choice}, "tools[1].function.parameters")
+      for bad in MALFORMED for choice in ({}, {"tool_choice": "auto"}, {"tool_choice": "none"})],
+    # a $ref that resolves nowhere: well-formed to the meta-schema, refused where llguidance reads it (a forced call)
+    ({"tools": [_tool("f", {"type": "object", "properties": {"x": {"$ref": "#/$defs/none"}}})],
+      "tool_choice": "required"}, "tools"),
+    # fields OpenAI does not define, in a tool or its function
+    ({"tools": [{**TOOLS[0], "funtion": {}}]}, "tools[0].funtion"),
+    ({"tools": [{"type": "function", "function": {**TOOLS[0]["function"], "parameter": WEATHER}}]},
+     "tools[0].function.parameter"),
     ({"messages": [{"role": "assistant", "content": None, "tool_calls": "x"}]}, "messages[0].tool_calls"),
     ({"messages": [{"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
         "name": "f", "arguments": 3}}]}]}, "messages[0].tool_calls[0].function.arguments"),
@@ -443,6 +493,52 @@ def test_bad_tool_parameters_are_400(servers, body, param):
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param
     assert post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 2}).status_code == 200
+
+
+def test_well_formed_schemas_pass_without_a_forced_call(servers):
+    """A schema llguidance cannot enforce is still a valid schema: with "auto" it reaches the prompt as before."""
+    srv = servers["qwen"]
+    for k, schema in enumerate(WELL_FORMED):
+        r = post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 2,
+                                                    "tools": [_tool("f", schema)]})
+        assert r.status_code == 200, (k, r.text)
+
+
+def test_schemas_are_checked_by_structure_without_llguidance(servers, monkeypatch):
+    """Without the 'structured' extra (no llguidance) a malformed schema is still a 400 naming it, with "auto" too
+    (the meta-schema's check needs no llguidance), and a well-formed one still passes."""
+    srv = servers["generic"]
+    monkeypatch.setitem(sys.modules, "llguidance", None)  # `import llguidance` now raises ImportError
+    for bad in MALFORMED:
+        r = post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 2,
+                                                    "tools": [_tool("f", bad)]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools[0].function.parameters", r.text
+        assert "invalid JSON Schema" in r.json()["error"]["message"]
+    for schema in WELL_FORMED + [WEATHER, SEARCH]:
+        r = post(srv.url, "/v1/chat/completions", {"messages": _user("Hi"), "max_tokens": 2,
+                                                    "tools": [_tool("f", schema)]})
+        assert r.status_code == 200, r.text
+    monkeypatch.undo()
+
+
+def test_openai_message_fields_are_accepted_others_named(servers):
+    """An assistant message as the openai SDK dumps it (every field, unset ones null; llama.cpp's reasoning_content)
+    and a tool result with its name are accepted; a field OpenAI does not define is a 400 naming it."""
+    srv = servers["qwen"]
+    call = HISTORY[2]["tool_calls"][0]
+    dumped = {"role": "assistant", "content": None, "refusal": None, "annotations": [], "audio": None,
+              "function_call": None, "tool_calls": [call], "reasoning_content": "Oslo, so a weather call."}
+    history = [HISTORY[1], dumped, {**HISTORY[3], "name": "get_weather"}, HISTORY[4]]
+    r = post(srv.url, "/v1/chat/completions", {"messages": history, "tools": TOOLS, "max_tokens": 2})
+    assert r.status_code == 200, r.text
+    for where, history in [("messages[0].foo", [{"role": "user", "content": "Hi", "foo": 1}]),
+                           ("messages[1].tool_call_id", [HISTORY[1], {**dumped, "tool_call_id": "x"}]),
+                           ("messages[0].content[0].cache", [{"role": "user", "content": [
+                               {"type": "text", "text": "Hi", "cache": True}]}]),
+                           ("messages[1].function_call", [HISTORY[1], {
+                               **dumped, "function_call": {"name": "get_weather", "arguments": "{}"}}])]:
+        r = post(srv.url, "/v1/chat/completions", {"messages": history, "tools": TOOLS, "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == where, r.text
 
 
 def test_forced_call_without_llguidance_is_400_naming_the_extra(servers, monkeypatch):

@@ -63,8 +63,10 @@ class Choices:
         self.tokens: dict[int, list] = {}  # index -> [(id, logprob, top)]
         self.reasons: dict[int, str] = {}
         self.texts: dict[int, str] = {}
-        self.completion_tokens = 0
+        self.completion_tokens = 0  # every generated token, those a stop string cut included (usage)
+        self.cut: set[int] = set()  # choices a stop string ended: their text is cut where it starts
         self._prompt_offsets: dict[int, list[int]] = {}  # prompt i -> its text_offsets (echo)
+        self._streamed: dict[int, StreamOffsets] = {}  # chat streams: index -> the logprobs held back
 
     def add_events(self, i: int, events) -> list[tuple[int, object]]:
         out = []
@@ -75,8 +77,16 @@ class Choices:
             self.completion_tokens += 1
             if ev.finished:
                 self.reasons[index] = REASONS[ev.reason]
+                if ev.reason == "stop":
+                    self.cut.add(index)
             out.append((index, ev))
         return out
+
+    def kept(self, index: int, text: str) -> list:
+        """Choice ``index``'s entries [(id, logprob, top)] as its logprobs list them, ``text`` being its returned
+        text: where a stop string cut it, those of the tokens whose text begins before the cut (``before_cut``)."""
+        entries = self.tokens.get(index, [])
+        return before_cut(self.model, entries, text) if index in self.cut else entries
 
     def logprobs_completions(self, entries, offsets: list[int]) -> dict:
         """Completions' logprobs of ``entries`` [(id, logprob, top)]; ``offsets``: each token's ``text_offset``, the
@@ -97,6 +107,15 @@ class Choices:
     def event_logprobs_chat(self, ev) -> dict | None:
         """A streamed chat event's logprobs (None for the end-of-turn token, as OpenAI leaves it out)."""
         return None if ev.reason == "eos" else self.logprobs_chat([(ev.token_id, ev.logprob, ev.top_logprobs)])
+
+    def stream_logprobs_chat(self, index: int, ev) -> dict | None:
+        """The logprobs a chat stream's chunk for ``ev`` carries, or None: a token's once the text streamed passed
+        its start, so that a token a stop string then cuts is never sent (``StreamOffsets``); the end-of-turn
+        token's never (``event_logprobs_chat``)."""
+        held = self._streamed.setdefault(index, StreamOffsets(self.model))
+        entry = None if ev.reason == "eos" else (ev.token_id, ev.logprob, ev.top_logprobs)
+        entries, _ = held.add(entry, ev.text or "", ev.finished, cut=ev.reason == "stop")
+        return self.logprobs_chat(entries) if entries else None
 
     def logprobs_chat(self, entries) -> dict:
         def one(t, lp):
@@ -170,6 +189,18 @@ def _spans(spans, end: int) -> list[int]:
     return _bounded(reversed(starts), end)
 
 
+def before_cut(model, entries: list, text: str) -> list:
+    """The entries [(id, logprob, top)] of a choice a stop string ended -> those of the tokens whose text begins
+    before the cut (``text``: the returned text, which ends there), in the incremental decoding ``text_offset``
+    uses: a token that straddles the cut stays (part of it is in the text), the tokens wholly in the stop string or
+    after it go, so the tokens join to the text (and the straddling token's tail). usage still counts them all."""
+    tok = _tokenizer(model)
+    if tok is None:  # no tokenizer: no stop strings either
+        return entries
+    offsets, _ = decoded_offsets(tok, [t for t, _, _ in entries])
+    return [e for e, o in zip(entries, offsets) if o < len(text)]
+
+
 def completion_offsets(model, ids, text: str, base: int = 0) -> list[int]:
     """A completion's text_offsets: ``base`` (where its text starts in the returned text: after an echoed prompt)
     plus each token's offset in its incremental decoding, at most ``len(text)`` (the text ends where a stop string
@@ -179,21 +210,28 @@ def completion_offsets(model, ids, text: str, base: int = 0) -> list[int]:
 
 
 class StreamOffsets:
-    """A streamed choice's text_offsets, equal to the unstreamed ones (``completion_offsets``): each token's offset
-    is known when it comes, but may lie past where a stop string will cut the text; so a token is handed out once
-    the streamed text reaches its offset (the text held back because it might start a stop string is final once
-    sent), and at the choice's end all are, bounded to the final text."""
+    """A streamed choice's logprobs entries and text_offsets, equal to the unstreamed ones (``completion_offsets``,
+    ``Choices.kept``): each token's offset is known when it comes, but may lie where a stop string will cut the
+    text; so a token is handed out once the streamed text passed its offset (the text held back because it might
+    start a stop string is final once sent: a token whose text begins in it is final too). At the choice's end the
+    rest are handed out, bounded to the final text, but where a stop string cut it: then only those whose text begins
+    before the cut (``before_cut``); the others are dropped."""
 
     def __init__(self, model, base: int = 0):
         self.stream = IncrementalText(_tokenizer(model))
         self.base = self.sent = base  # sent: the end of the text streamed so far
         self.pending: list[tuple[tuple, int]] = []
 
-    def add(self, entry: tuple, text: str, finished: bool) -> tuple[list, list[int]]:
-        """A token's entry (id, logprob, top) and the text its event streams -> (entries, offsets) to hand out."""
-        self.pending.append((entry, self.base + self.stream.emitted))
-        self.stream.push(int(entry[0]))
+    def add(self, entry: tuple | None, text: str, finished: bool, cut: bool = False) -> tuple[list, list[int]]:
+        """A token's entry (id, logprob, top; None: a token not listed, chat's end of turn) and the text its event
+        streams, whether the choice ends here and whether a stop string cut it -> (entries, offsets) to hand out."""
+        if entry is not None:
+            self.pending.append((entry, self.base + self.stream.emitted))
+            self.stream.push(int(entry[0]))
         self.sent += len(text)
-        k = len(self.pending) if finished else sum(1 for _, o in self.pending if o <= self.sent)
-        ready, self.pending = self.pending[:k], self.pending[k:]
+        if finished and not cut:
+            k = len(self.pending)
+        else:  # pending offsets never decrease: those before the streamed end go out
+            k = sum(1 for _, o in self.pending if o < self.sent)
+        ready, self.pending = self.pending[:k], ([] if finished else self.pending[k:])
         return [e for e, _ in ready], [min(o, self.sent) for _, o in ready]

@@ -23,8 +23,18 @@ from typing import Callable
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
 from onnxlm.runtime.prefix_cache import PrefixCache
 
+from .errors import users_mistake
+
 log = logging.getLogger("onnxlm.serve")
 
+
+def _log_failure(what: str, exc: BaseException) -> None:
+    """A request's failure in the engine: an ERROR with its traceback when the server failed, one INFO line when the
+    request was wrong (the client gets its 400; an operator's error log is no place for it)."""
+    if users_mistake(exc):
+        log.info("%s: the request was refused: %s", what, exc)
+    else:
+        log.error("%s: %s", what, exc, exc_info=exc)
 
 
 class CallCancelled(Exception):
@@ -152,7 +162,7 @@ class Engine:
             except CallCancelled as exc:  # nobody waits for it
                 sink(("error", exc))
             except Exception as exc:  # noqa: BLE001 - handed to the request's handler
-                log.exception("engine call failed")
+                _log_failure("engine call failed", exc)
                 sink(("error", exc))
             return
         if what.cancelled:
@@ -179,7 +189,7 @@ class Engine:
             sink(("result", done.value))
             return
         except Exception as exc:  # noqa: BLE001 - handed to the request's handler
-            log.exception("engine call failed")
+            _log_failure("engine call failed", exc)
             sink(("error", exc))
             return
         self._calls.append((gen, gone, sink))
@@ -196,7 +206,7 @@ class Engine:
         finally:
             self.steps += 1
         for req in sched.failed:
-            log.error("prefill failed: %s", req.error)
+            _log_failure("prefill failed", req.error)
             self._finish(req, ("error", req.error))
         sched.failed.clear()
         for req, events in produced:

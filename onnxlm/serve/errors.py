@@ -28,6 +28,11 @@ async def server_error(request, exc: Exception):
     return JSONResponse(APIError(500, f"internal error: {exc}", "server_error").body(), status_code=500)
 
 
+def users_mistake(exc: BaseException) -> bool:
+    """Does the runtime's exception say the request was wrong (a 400 from ``model_error``), not the server?"""
+    return isinstance(exc, (ParameterError, InputError, ModelFileError))
+
+
 def model_error(exc: BaseException) -> APIError:
     """An exception from the runtime -> 400 for a user's mistake (bad parameter or input), else 500."""
     if isinstance(exc, ParameterError):

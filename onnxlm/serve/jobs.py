@@ -51,11 +51,13 @@ def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param
         raise bad(param, f"the prompt has {len(ids)} tokens; this server accepts at most {cap}",
                   code="context_length_exceeded")
     ctx = model.max_positions
+    # the prompt alone leaves no room for a new token (or, scoring only: passes the context): the prompt's fault,
+    # whatever max_tokens says (or its default, when the body has none)
+    if ctx and (len(ids) > ctx or (max_tokens != 0 and len(ids) >= ctx)):
+        raise bad(param, f"the prompt has {len(ids)} tokens and fills this model's context of {ctx} tokens; "
+                         "shorten it", code="context_length_exceeded")
     if max_tokens is None:  # chat without max_tokens: up to the context (and the server's cap)
         max_tokens = st.config.max_tokens if not ctx else min(st.config.max_tokens, ctx - len(ids))
-        if max_tokens <= 0:
-            raise bad(param, f"the prompt has {len(ids)} tokens and fills this model's context of {ctx} tokens",
-                      code="context_length_exceeded")
     if ctx and len(ids) + max_tokens > ctx:
         raise bad(name, f"this model's maximum context length is {ctx} tokens; the prompt has {len(ids)} and {name} "
                         f"is {max_tokens} ({len(ids) + max_tokens} in all); shorten the prompt or lower {name}",

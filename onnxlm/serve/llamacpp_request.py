@@ -1,7 +1,8 @@
 """llama.cpp's native POST /completion request -> checked parameters (``NativeRequest``): its field names, defaults
 and prompt forms, its sampler chain (``runtime/llama_samplers.py``) and its ``logit_bias`` forms. Every mistake is
 a 400 naming the field (OpenAI's error body, as the other endpoints answer), but one: biases or penalties so large
-that the scores they make overflow float32 are a 400 when those scores are made, naming none (it is their sum).
+that the scores they make overflow float32 are a 400 when those scores are made, naming none (it is their sum with
+the logits; biases of one token that add up past float32 are refused at once, naming logit_bias).
 
 What llama.cpp's server documents and this one does not do is refused by name when asked for (``mirostat``,
 ``dynatemp_range``, ``dry_multiplier``, ``xtc_probability``, ``top_n_sigma``, ``post_sampling_probs``, ``lora``,
@@ -292,4 +293,16 @@ def bias_ids(model, value) -> dict[int, float]:
             raise bad("logit_bias", f"{token!r:.40} is not a token id in [0, {model.vocab_size}) or a string")
         for i in ids:
             out[i] = out.get(i, 0.0) + float(b)  # -inf stays -inf
+    _check_sums(out)
     return out
+
+
+def _check_sums(bias: dict[int, float]) -> None:
+    """Biases of a token named more than once add up, and their sum must stay a float32 number (the processor's
+    dtype): past it, a 400 naming logit_bias. llama.cpp adds them in float32 and goes on with an infinite logit
+    (then NaN probabilities); a cast to float32 here would make the same infinity, so it is refused instead of
+    clipped: no answer computed from an overflow."""
+    for i, b in bias.items():
+        if math.isfinite(b) and abs(b) > FLOAT32_MAX:
+            raise bad("logit_bias", f"the biases of token {i} add up to {b:.4g}, past float32's largest number "
+                                    f"({FLOAT32_MAX:.4g}); give smaller biases (or false to ban the token)")

@@ -22,6 +22,18 @@ MAX_PROMPTS = 32  # prompts in one /v1/completions list
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily, as vLLM does (1/T would overflow the logits)
 MAX_LOGIT_BIAS = 100  # OpenAI: each bias in [-100, 100]; -100 bans the token
 ROLES = ("system", "user", "assistant", "tool", "developer")  # chat message roles accepted
+#: the fields OpenAI's API documents for a message of each role, so that a client sending back the SDK's message
+#: objects (``model_dump()``: every field, unset ones as null) is accepted; ``reasoning_content`` is llama.cpp's and
+#: DeepSeek's extension (a thinking model's reasoning, dropped from the history as they drop it); any other field is
+#: a 400 naming it rather than being ignored
+MESSAGE_FIELDS = {"system": {"role", "content", "name"}, "developer": {"role", "content", "name"},
+                  "user": {"role", "content", "name"},
+                  "assistant": {"role", "content", "name", "tool_calls", "refusal", "audio", "function_call",
+                                "annotations", "reasoning_content"},
+                  "tool": {"role", "content", "tool_call_id", "name"}}
+#: assistant fields accepted only as null: what they carry cannot reach the model here
+NULL_ONLY = {"function_call": "the deprecated function_call is not supported: send the call as tool_calls",
+             "audio": "audio is not available on this server"}
 
 
 class APIError(Exception):
@@ -29,11 +41,22 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None):
+        message, param = _encodable(message), None if param is None else _encodable(param)
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _encodable(text: str) -> str:
+    """``text`` with any lone UTF-16 surrogate (JSON's \\ud800 escapes: no UTF-8) written as its escape, so that an
+    error naming a field the client spelt with one can be sent (encoding the body would fail: a 500)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad(param: str | None, message: str, code: str | None = None) -> APIError:
@@ -207,13 +230,7 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
     check_text(stop, "stop")
     seed = _get_int(body, "seed", None, lo=0, hi=2**63 - 1)
     stream = _get_bool(body, "stream", False)
-    options = body.get("stream_options")
-    if options is not None:
-        if not stream:
-            raise bad("stream_options", "only allowed when stream is true")
-        if not isinstance(options, dict) or set(options) - {"include_usage"}:
-            raise bad("stream_options", 'expected {"include_usage": true|false}')
-    include_usage = bool(options and _get_bool(options, "include_usage", False))
+    include_usage = _include_usage(body.get("stream_options"), stream)
     presence = _get_num(body, "presence_penalty", 0.0, -2.0, 2.0)
     frequency = _get_num(body, "frequency_penalty", 0.0, -2.0, 2.0)
     top_k = _get_int(body, "top_k", 0, lo=0)
@@ -251,6 +268,24 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
                     top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body), max_tokens_param=name,
                     min_p=min_p, ignore_eos=_get_bool(body, "ignore_eos", False),
                     extra={"prompt_lookup_num_tokens": lookup} if lookup is not None else {})
+
+
+def _include_usage(options, stream: bool) -> bool:
+    """``stream_options`` -> whether the stream ends with a usage chunk (400 naming the field inside it)."""
+    if options is None:
+        return False
+    if not stream:
+        raise bad("stream_options", "only allowed when stream is true")
+    if not isinstance(options, dict):
+        raise bad("stream_options", 'expected {"include_usage": true|false}')
+    unknown = sorted(k for k in options if k != "include_usage")
+    if unknown:
+        raise bad(f"stream_options.{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60}; supported: "
+                                                      "include_usage")
+    v = options.get("include_usage")
+    if v is not None and not isinstance(v, bool):
+        raise bad("stream_options.include_usage", f"expected true or false, got {v!r:.60}")
+    return bool(v)
 
 
 def prompts(body: dict, vocab_size: int) -> list[str | list[int]]:
@@ -314,19 +349,45 @@ def messages(body: dict) -> list[dict]:
         role, content = m.get("role"), m.get("content")
         if not isinstance(role, str) or role not in ROLES:
             raise bad(f"{where}.role", f"got {role!r:.60}; allowed: {', '.join(ROLES)}")
+        _check_message_fields(m, role, where)
         tool = _tool_fields(m, role, where)
         if content is None and tool.get("tool_calls"):  # an assistant turn that only calls tools
             out.append({"role": role, "content": None, **tool})
             continue
         if isinstance(content, list):  # content parts: text only
-            if not all(isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
-                       for c in content):
-                raise bad(f"{where}.content", "only text parts ({\"type\": \"text\", \"text\": ...}) are supported")
-            content = "".join(c["text"] for c in content)
+            content = _text_parts(content, f"{where}.content")
         if not isinstance(content, str):
             raise bad(f"{where}.content", f"expected a string or a list of text parts, got {type(content).__name__}")
         out.append({"role": role, "content": content, **tool})
     return out
+
+
+def _check_message_fields(m: dict, role: str, where: str) -> None:
+    """400 naming ``messages[i].<field>`` for a field OpenAI does not document for the role (a typo such as
+    "contnet" would otherwise be dropped unseen), or a non-null field whose content cannot be used (``NULL_ONLY``)."""
+    allowed = MESSAGE_FIELDS[role]
+    unknown = sorted(k for k in m if k not in allowed)
+    if unknown:
+        raise bad(f"{where}.{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60} in a {role} message; "
+                                               f"allowed: {', '.join(sorted(allowed))}")
+    for name, why in NULL_ONLY.items():
+        if m.get(name) is not None:
+            raise bad(f"{where}.{name}", f"{why} (null is accepted)")
+
+
+def _text_parts(parts: list, where: str) -> str:
+    """Content parts -> their text joined; only OpenAI's text parts {"type": "text", "text": ...} (400 naming the
+    part, or a field of it, for anything else)."""
+    texts = []
+    for k, c in enumerate(parts):
+        if not isinstance(c, dict) or c.get("type") != "text" or not isinstance(c.get("text"), str):
+            raise bad(f"{where}[{k}]", 'only text parts ({"type": "text", "text": ...}) are supported')
+        unknown = sorted(key for key in c if key not in ("type", "text"))
+        if unknown:
+            raise bad(f"{where}[{k}].{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60} in a text part; "
+                                                        "allowed: text, type")
+        texts.append(c["text"])
+    return "".join(texts)
 
 
 def _tool_fields(m: dict, role: str, where: str) -> dict:

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from onnxlm import __version__
 from onnxlm.runtime.manifest import no_chat_template
 
-from . import prometheus, protocol, reasoning, tools
+from . import llamacpp_request, prometheus, protocol, reasoning, tools
 from .choices import Choices, completion_offsets, usage
 from .gate import authorize, available, check_model_name, open_request
 from .jobs import make_jobs, output_constraint
@@ -58,17 +58,21 @@ async def model(request: HTTPRequest):
 
 
 async def props(request: HTTPRequest):
-    """llama.cpp's GET /props, what its clients read to set themselves up: the context, the server's defaults (the
-    OpenAI ones it applies to a request that leaves a parameter out), its batch rows, the chat template, the special
-    tokens."""
+    """llama.cpp's GET /props, what its clients read to set themselves up: the context, the defaults of llama.cpp's
+    own endpoint, /completion (``default_generation_settings.params``: the ``generation_settings`` a /completion
+    request that sets nothing runs with, llama.cpp's defaults, as llama.cpp's /props reports them), its batch rows,
+    the chat template, the special tokens; ``openai_defaults`` (onnxlm's field) gives those /v1/completions and
+    /v1/chat/completions apply instead (OpenAI's)."""
     authorize(request)
     model = available(request)
     st = state_of(request)
     specials = model.manifest.get("special_tokens", {}) if isinstance(model.manifest, dict) else {}
-    params = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
-              "frequency_penalty": 0.0}
+    params = llamacpp_request.parse({"prompt": ""}, max_tokens_cap=st.config.max_tokens).settings()
+    openai = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+              "presence_penalty": 0.0, "frequency_penalty": 0.0}
     return JSONResponse({
         "default_generation_settings": {"n_ctx": model.max_positions, "params": params},
+        "openai_defaults": openai,
         "total_slots": st.config.max_rows, "model_alias": st.config.model_name, "model_path": str(model.path),
         "chat_template": model.chat_template or "", "bos_token": specials.get("bos_token") or "",
         "eos_token": specials.get("eos_token") or "", "modalities": {"vision": False, "audio": False},
@@ -113,7 +117,7 @@ async def completions(request: HTTPRequest):
         for j in range(samp.n):
             index = i * samp.n + j
             text = result["texts"].get(index, "")
-            entries = choices.tokens.get(index, [])
+            entries = choices.kept(index, text)  # where a stop string cut the text: the tokens before the cut
             prompt_entries = job.prompt_logprobs or []
             lp = None
             if samp.logprobs is not None:  # text_offset indexes the text returned: the echoed prompt, then this
@@ -136,7 +140,7 @@ async def chat_completions(request: HTTPRequest):
     if not model.chat_template:
         raise bad("messages", f"{no_chat_template(model.manifest)}; use /v1/completions",
                   code="chat_not_supported")
-    treq = tools.check(body, model.chat_template)
+    treq = await asyncio.to_thread(tools.check, body, model.chat_template)  # schemas read: off the loop
     forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call
     if forced is not None:
         if constraint is not None:
@@ -161,7 +165,8 @@ async def chat_completions(request: HTTPRequest):
         return JSONResponse({}, status_code=499)
     out = []
     for j in range(samp.n):
-        lp = choices.logprobs_chat(choices.tokens.get(j, [])) if samp.logprobs is not None else None
-        msg, reason = tools.message(result["texts"].get(j, ""), choices.reasons.get(j, "length"), treq, think)
+        text = result["texts"].get(j, "")
+        lp = choices.logprobs_chat(choices.kept(j, text)) if samp.logprobs is not None else None
+        msg, reason = tools.message(text, choices.reasons.get(j, "length"), treq, think)
         out.append({"index": j, "message": msg, "logprobs": lp, "finish_reason": reason})
     return JSONResponse({**head, "choices": out, "usage": usage(jobs, choices.completion_tokens)})

@@ -57,8 +57,10 @@ class Run:
             (kind, i), what, payload = await self.out.get()
             if what == "error":
                 self.cancel()
-                self.st.count("errors")
-                raise model_error(payload)
+                error = model_error(payload)
+                if error.status >= 500:  # the metric counts the server's failures, not a user's mistake (a 400)
+                    self.st.count("errors")
+                raise error
             if what in ("done", "result"):
                 self.pending -= 1
             if kind == "echo" and i in self.after_echo:

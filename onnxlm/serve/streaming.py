@@ -68,7 +68,7 @@ async def completion_chunks(run: Run, jobs, samp, choices: Choices, head: dict, 
                     if index not in offsets:
                         offsets[index] = StreamOffsets(choices.model, len(jobs[i].text) if echo else 0)
                     entries, at = offsets[index].add((ev.token_id, ev.logprob, ev.top_logprobs), ev.text or "",
-                                                     ev.finished)
+                                                     ev.finished, cut=ev.reason == "stop")
                     lp = choices.logprobs_completions(entries, at) if entries else None
                 if not ev.text and not ev.finished and lp is None:
                     continue
@@ -92,8 +92,7 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, think: bool 
         if what != "events":
             continue
         for index, ev in choices.add_events(i, payload):
-            lp = (choices.event_logprobs_chat(ev)
-                  if samp.logprobs is not None else None)
+            lp = choices.stream_logprobs_chat(index, ev) if samp.logprobs is not None else None
             thought, text = split.event(index, ev.text or "", ev.finished)
             if thought:
                 yield {**head, "choices": [{"index": index, "delta": {"reasoning_content": thought},

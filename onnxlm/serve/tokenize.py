@@ -135,7 +135,7 @@ async def _rendered(model, body: dict, *, tokenize: bool) -> list[int] | str:
         raise bad("messages", f"{no_chat_template(model.manifest)}; use /v1/completions' prompt instead",
                   code="chat_not_supported")
     _tokenizer(model, "messages")
-    treq = tools.check(body, model.chat_template)
+    treq = await asyncio.to_thread(tools.check, body, model.chat_template)  # schemas read: off the loop
     return await asyncio.to_thread(lambda: tools.render(model, msgs, treq, template_vars, tokenize=tokenize))
 
 

@@ -31,6 +31,8 @@ from .streaming import role_chunks
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a function name
 CHOICES = ("none", "auto", "required")
+TOOL_FIELDS = ("type", "function")  # OpenAI's fields of a tool and of its function
+FUNCTION_FIELDS = ("name", "description", "parameters", "strict")
 
 
 @dataclass
@@ -61,31 +63,78 @@ def check(body: dict, template: str | None) -> ToolRequest:
                            '"parameters"}} objects')
     names: list[str] = []
     for i, t in enumerate(tools):
-        where = f"tools[{i}]"
-        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict):
-            raise bad(where, 'expected {"type": "function", "function": {"name", "description", "parameters"}}')
-        f = t["function"]
-        if not isinstance(f.get("name"), str) or not NAME.match(f["name"]):
-            raise bad(f"{where}.function.name", f"got {f.get('name')!r}; allowed: 1 to 64 of a-z, A-Z, 0-9, _ and -")
-        if f["name"] in names:
-            raise bad(f"{where}.function.name", f"{f['name']!r} is given twice; function names must be unique")
-        names.append(f["name"])
-        if f.get("description") is not None and not isinstance(f["description"], str):
-            raise bad(f"{where}.function.description", "expected a string")
-        params = f.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise bad(f"{where}.function.parameters", "expected a JSON Schema object")
-        kind = (params or {}).get("type", "object")
-        if kind != "object" and not (isinstance(kind, list) and "object" in kind):
-            raise bad(f"{where}.function.parameters", f'got "type": {json.dumps(kind)}; a call\'s arguments are '
-                                                      'a JSON object: "type": "object" (or no type)')
-        if f.get("strict") is not None and not isinstance(f["strict"], bool):
-            raise bad(f"{where}.function.strict", "expected true or false")
+        names.append(_check_tool(t, f"tools[{i}]", names))
     parallel = body.get("parallel_tool_calls")
     if parallel is not None and not isinstance(parallel, bool):
         raise bad("parallel_tool_calls", f"expected true or false, got {parallel!r}")
     choice, name = _choice(body.get("tool_choice"), names)
+    for i, t in enumerate(tools):  # every tool's, whatever tool_choice: a malformed schema never reaches the prompt
+        _check_parameters(t["function"].get("parameters"), f"tools[{i}].function.parameters")
     return ToolRequest(tools, choice, name, parallel is not False, fmt.template_style(template), set(names))
+
+
+def _check_tool(t, where: str, names: list[str]) -> str:
+    """One entry of ``tools``: its fields and its function's (not yet its schema's contents) -> the function's name
+    (400 naming the field)."""
+    if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict):
+        raise bad(where, 'expected {"type": "function", "function": {"name", "description", "parameters"}}')
+    _known_fields(t, TOOL_FIELDS, where, "a tool")
+    f = t["function"]
+    _known_fields(f, FUNCTION_FIELDS, f"{where}.function", "a function")
+    if not isinstance(f.get("name"), str) or not NAME.match(f["name"]):
+        raise bad(f"{where}.function.name", f"got {f.get('name')!r}; allowed: 1 to 64 of a-z, A-Z, 0-9, _ and -")
+    if f["name"] in names:
+        raise bad(f"{where}.function.name", f"{f['name']!r} is given twice; function names must be unique")
+    if f.get("description") is not None and not isinstance(f["description"], str):
+        raise bad(f"{where}.function.description", "expected a string")
+    params = f.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise bad(f"{where}.function.parameters", "expected a JSON Schema object")
+    kind = (params or {}).get("type", "object")
+    if kind != "object" and not (isinstance(kind, list) and "object" in kind):
+        raise bad(f"{where}.function.parameters", f'got "type": {json.dumps(kind)}; a call\'s arguments are '
+                                                  'a JSON object: "type": "object" (or no type)')
+    if f.get("strict") is not None and not isinstance(f["strict"], bool):
+        raise bad(f"{where}.function.strict", "expected true or false")
+    return f["name"]
+
+
+def _known_fields(obj: dict, allowed: tuple, where: str, what: str) -> None:
+    """400 naming ``where.<field>`` for a field OpenAI does not define (a misspelt "parameters" would otherwise leave
+    the function without its schema, unseen)."""
+    unknown = sorted(k for k in obj if k not in allowed)
+    if unknown:
+        raise bad(f"{where}.{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60} in {what}; allowed: "
+                                               f"{', '.join(allowed)}")
+
+
+def _check_parameters(params, where: str) -> None:
+    """A function's ``parameters`` schema -> 400 naming ``where`` where JSON Schema's meta-schema refuses it
+    (``_structure_problem``). Only that: a schema is read by llguidance only for a forced call (``constraint``,
+    which refuses what it cannot enforce); without one it is shown to the model, and a well-formed schema that
+    llguidance could not enforce (a pydantic set's uniqueItems, "not") must still pass."""
+    if not params:
+        return
+    problem = _structure_problem(params)
+    if problem:
+        raise bad(where, f"invalid JSON Schema: {problem[:300]}")
+
+
+def _structure_problem(schema) -> str | None:
+    """The first mistake JSON Schema's own meta-schema finds in ``schema`` ("where: what"), or None: jsonschema's
+    validation of the schema against the meta-schema of the draft its "$schema" names (else 2020-12): type names,
+    schemas where schemas go, lists where lists go. A schema nested past Python's recursion limit is refused too."""
+    from jsonschema import exceptions, validators
+
+    cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+    try:
+        error = exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
+    except RecursionError:
+        return "parameters: nested too deeply to read"
+    if error is None:
+        return None
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return f"parameters{where}: {error.message}"
 
 
 def _choice(value, names: list[str]) -> tuple[str, str | None]:
@@ -184,8 +233,7 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRe
             continue
         for index, ev in choices.add_events(i, payload):
             cs = streams.setdefault(index, fmt.CallStream(treq.style, treq.names))
-            lp = (choices.event_logprobs_chat(ev)
-                  if samp.logprobs is not None else None)
+            lp = choices.stream_logprobs_chat(index, ev) if samp.logprobs is not None else None
             thought, text = split.event(index, ev.text or "", ev.finished)
             if thought:
                 yield _chunk(head, index, {"reasoning_content": thought}, None)
