@@ -57,11 +57,15 @@ SCHEMES = {"int8": 8, "int4": 4}
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # MLAS's MatMulNBits block sizes (others: "Only block sizes ... supported")
+
+
 def _check_args(scheme: str, block_size: int, accuracy_level: int) -> int:
     if scheme not in SCHEMES:
         raise ExportError(f"quantize: got {scheme!r}; allowed: {', '.join(SCHEMES)}")
-    if not isinstance(block_size, int) or block_size < 16 or block_size & (block_size - 1):
-        raise ExportError(f"block_size: got {block_size!r}; allowed: a power of two >= 16 (e.g. 32, 64, 128)")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size not in BLOCK_SIZES:
+        raise ExportError(f"block_size: got {block_size!r}; allowed: {', '.join(map(str, BLOCK_SIZES))} (the "
+                          "sizes onnxruntime's MatMulNBits kernels take)")
     if accuracy_level not in ACCURACY_LEVELS:
         raise ExportError(f"accuracy_level: got {accuracy_level!r}; allowed: {ACCURACY_LEVELS} "
                           "(4 = int8 activations, 1 = fp32 activations)")

@@ -217,7 +217,14 @@ def validate_export(model, out_dir: Path, graphs: dict[str, str], cfg: dict, *, 
 
 def judge_checks(checks: list[_Check], tolerance: float | None, log, what: str) -> dict[str, Any]:
     """Every check judged with one tolerance (the caller's, else the rule over all checks' logits) -> the manifest's
-    ``validation`` dict; raises ExportError naming every failed check. ``log`` gets one line per check."""
+    ``validation`` dict; raises ExportError naming every failed check. ``log`` gets one line per check. A reference
+    that is not finite is an ExportError first: its tolerance would be NaN, and every comparison with NaN passes."""
+    broken = [c.name for c in checks if not np.isfinite(c.ref).all()]
+    if broken:
+        raise ExportError(f"export validation failed ({what}): the reference itself gives NaN or inf in "
+                          f"{', '.join(broken)}: the model's weights or config make it answer non-finite numbers "
+                          "(e.g. a negative norm epsilon, a rotary base of 0, weights that decode to inf), so there "
+                          "is nothing to validate the export against")
     max_ref = max(float(np.abs(c.ref).max()) for c in checks if c.is_logits)
     tol = float(tolerance) if tolerance is not None else default_tolerance(max_ref)
     records, failures = [], []

@@ -76,6 +76,10 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
     if not path.exists():
         return manifest_from_optimum_dir(model_dir)
     manifest = read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict) \
+            or not all(isinstance(e, dict) for e in manifest.get("files", {}).values()):
+        raise ManifestError(f"{path}: expected a JSON object with a \"files\" object of file records, got "
+                            f"{json.dumps(manifest)[:80]} (corrupt or replaced; re-export)")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
         raise ManifestError(f"{path}: format_version={version!r} is not supported; this onnxlm reads "
@@ -102,7 +106,7 @@ def verify_files(model_dir: Path, manifest: dict) -> None:
                                  "(truncated or replaced; re-export)", str(file))
         if sha256_of(file) != entry.get("sha256"):
             raise ModelFileError(f"{file}: sha256 does not match the manifest (corrupt or replaced; "
-                                 "re-export, or load with verify=False to skip the check)", str(file))
+                                 "re-export, or skip the check: load(..., verify=False), the CLI's --no-verify)", str(file))
 
 
 def manifest_from_optimum_dir(model_dir: Path) -> dict:

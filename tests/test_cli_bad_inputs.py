@@ -20,7 +20,7 @@ pytest.importorskip("gguf", reason="GGUF export needs the 'export' extra (gguf)"
 from cli_util import run_cli  # noqa: E402
 from onnxlm.export import gguf_artifact as GA  # noqa: E402
 from onnxlm.export import gguf_cache  # noqa: E402
-from onnxlm.runtime.errors import ExportError, ModelFileError  # noqa: E402
+from onnxlm.runtime.errors import ExportError, ModelFileError, ParameterError  # noqa: E402
 from test_gguf_quant import TYPES, write_tiny_gguf  # noqa: E402
 
 
@@ -138,6 +138,40 @@ def test_an_unknown_option_is_the_commands_usage_error_with_the_nearest_option(c
                                             "(did you mean --max-new-tokens?)")
     code, _, err = run_cli(capsys, "info", "a", "b")
     assert code == 2 and err.strip().splitlines()[-1] == "onnxlm info: error: unrecognized arguments: b"
+
+
+@pytest.mark.parametrize("argv, refusal", [
+    (["bench", "m", "--warmup", "-1"], "argument --warmup: expected an integer >= 0, got -1"),
+    (["serve", "m", "--max-queue", "-1"], "argument --max-queue: expected an integer >= 0, got -1"),
+    (["serve", "m", "--shutdown-timeout", "-1"], "argument --shutdown-timeout: expected a finite number >= 0, got -1"),
+    (["serve", "m", "--shutdown-timeout", "nan"], "argument --shutdown-timeout: expected a finite number >= 0"),
+    (["tokenize", "m", "--decode", "1,,2"], "argument --decode: expected comma-separated token ids like '1,2,3', "
+                                            "got '1,,2'"),
+])
+def test_out_of_range_numbers_are_refused_not_clamped(capsys, argv, refusal):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and refusal in err.strip().splitlines()[-1], err
+
+
+def test_a_block_size_the_kernels_do_not_take_is_refused_before_the_quantizer(tiny_llama, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", tiny_llama.onnx_dir, tmp_path / "q", "--quantize", "int4",
+                           "--block-size", "512", "--force-quality")
+    assert code == 1
+    _one_error_line(err, "block_size: got 512; allowed: 16, 32, 64, 128, 256")
+    assert not (tmp_path / "q").exists()
+
+
+def test_serve_refuses_a_prompt_cap_past_the_context():
+    """--max-prompt-tokens above the model's context would never apply: the load refuses it by name."""
+    from types import SimpleNamespace
+
+    from onnxlm.cli.serve import check_prompt_cap
+
+    with pytest.raises(ParameterError, match=r"--max-prompt-tokens 257 is more than the model's context \(256 "):
+        check_prompt_cap(257, SimpleNamespace(max_positions=256))
+    check_prompt_cap(256, SimpleNamespace(max_positions=256))
+    check_prompt_cap(None, SimpleNamespace(max_positions=256))
+    check_prompt_cap(10**6, SimpleNamespace(max_positions=None))  # a seq2seq model: no position limit
 
 
 def test_serve_refuses_a_port_out_of_range_and_a_taken_one_before_loading(files, tmp_path, capsys, monkeypatch):
@@ -283,3 +317,21 @@ def test_a_failed_torch_export_prints_nothing_on_stdout(files, tmp_path, capfd, 
     code, out, err = run_cli(capfd, "export", files["good"], tmp_path / "out", "--opset", "5", "--quiet")
     assert code == 1 and out == ""
     _one_error_line(err, "ONNX export of llama failed", "opset 5")
+
+
+def test_onnxlms_own_warnings_are_one_line(tiny_llama, capsys):
+    """A warning of onnxlm's (a pad id outside the vocabulary, replaced) prints as one ``onnxlm: warning:`` line,
+    not Python's file:line form with the warn call's source line."""
+    code, _, err = run_cli(capsys, "generate", tiny_llama.onnx_dir, "hi", "--pad-token-id", "987654",
+                           "--max-new-tokens", "2")
+    assert code == 0
+    warned = [line for line in err.splitlines() if "987654" in line]
+    assert len(warned) == 1 and warned[0].startswith("onnxlm: warning: pad_token_id=987654 is not a token id"), err
+    assert "UserWarning" not in err and "warn_once(" not in err
+
+
+def test_serve_refuses_a_folder_that_is_no_artifact_before_starting(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    code, out, err = run_cli(capsys, "serve", tmp_path, "--port", "0")
+    assert code == 1 and "Uvicorn" not in out + err and "Started server" not in out + err
+    _one_error_line(err, f"no ONNX model in {tmp_path}")

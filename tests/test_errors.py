@@ -161,6 +161,26 @@ def test_corrupt_manifest(artifact_copy):
         onnxlm.load(artifact_copy)
 
 
+def test_a_manifest_that_is_no_object_is_a_manifest_error(artifact_copy):
+    for text in ("[1, 2]", '{"format_version": 1, "files": [1]}', '{"format_version": 1, "files": {"a": 3}}'):
+        (artifact_copy / "onnxlm.json").write_text(text)
+        with pytest.raises(ManifestError, match="expected a JSON object with a \"files\" object"):
+            onnxlm.load(artifact_copy)
+    assert_one_line_error(run_cli("info", artifact_copy), "expected a JSON object")
+
+
+def test_a_fused_artifact_without_its_manifest_is_named_not_run_as_an_optimum_export(tiny_lfm2, tmp_path):
+    """Without onnxlm.json a folder is read as a plain Optimum export; a fused graph's own inputs (seqlens_k, ...)
+    then say it is an onnxlm artifact whose manifest is gone, before any run (was: onnxruntime's missing-inputs
+    error from the first pass)."""
+    art = tmp_path / "art"
+    shutil.copytree(tiny_lfm2.onnx_dir, art)
+    (art / "onnxlm.json").unlink()
+    with pytest.raises(ModelFileError, match="an onnxlm artifact whose onnxlm.json is missing"):
+        onnxlm.load(art)
+    assert_one_line_error(run_cli("generate", art, "hi"), "onnxlm.json is missing")
+
+
 def test_cuda_where_unavailable(tiny_gpt2):
     import onnxruntime as ort
     if "CUDAExecutionProvider" in ort.get_available_providers():

@@ -434,6 +434,19 @@ def test_near_tie_rule_top1_flip_within_tolerance_passes_beyond_fails():
     assert not rec["passed"] and len(failures) == 2 and rec["top1_mismatches"] == 1
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_reference_that_is_not_finite_fails_the_validation(bad):
+    """A model whose own (PyTorch) logits hold NaN or inf (a negative norm epsilon, a rotary base of 0): the rule's
+    tolerance would be NaN and every comparison with it passes, so the validation fails first, naming the check;
+    a finite reference still passes."""
+    from onnxlm.export.validate import _Check, judge_checks
+
+    ref = np.array([[1.0, 2.0, 0.5]])
+    with pytest.raises(ExportError, match="the reference itself gives NaN or inf in logits"):
+        judge_checks([_Check("logits", np.where(ref > 1, bad, ref), ref.copy())], None, None, "test")
+    assert judge_checks([_Check("logits", ref, ref.copy())], None, None, "test")["checks"][0]["passed"]
+
+
 @pytest.mark.parametrize("fx", ["tiny_gpt2", "tiny_llama"])
 def test_logits_to_keep_last_position_equals_full_graph(fx, request):
     """The graph's logits_to_keep input: 1 gives [b, 1, V], bit-identical to the last row of 0 (every position)."""

@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from onnxlm.runtime.errors import OnnxlmError
 
 from onnxlm import __version__
 from . import bench, cache, demo, export, generate, info, score, serve, tokenize
-from .errors import error_line
+from .errors import error_line, one_line_warnings
 
 DESCRIPTION = """\
 Export GPT-2, T5 and Llama-family language models to ONNX once (needs torch), then generate, chat and score
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI on argv (default sys.argv[1:]); returns the exit status (argparse exits 2 on usage errors)."""
     parser = build_parser()
     previous = _unwind_on_sigterm()
+    shown, warnings.showwarning = warnings.showwarning, one_line_warnings(warnings.showwarning)
     try:
         args = _parse(parser, argv)
         args.parser = parser
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error_line(f"{where}{exc.strerror or exc}"), file=sys.stderr)
         return 1
     finally:
+        warnings.showwarning = shown
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import sys
 from pathlib import Path
 
@@ -30,6 +31,17 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (seconds): NaN, inf and negatives refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def port(text: str) -> int:
     value = _int_at_least(text, 0)
     if value > 65535:
@@ -38,9 +50,9 @@ def port(text: str) -> int:
 
 
 def int_list(text: str) -> list[int]:
-    """'1,2, 3' -> [1, 2, 3]"""
+    """'1,2, 3' -> [1, 2, 3]; an empty item ('1,,2') is refused, not skipped (a token id lost in the typing)."""
     try:
-        values = [int(p) for p in text.replace(" ", "").split(",") if p]
+        values = [int(p) for p in text.replace(" ", "").split(",")] if text.strip() else []
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated token ids like '1,2,3', got {text!r}") from None
     if not values:

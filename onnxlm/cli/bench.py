@@ -14,7 +14,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ParameterError
 
-from .args import MODEL_DIR_HELP, add_model_args, command_parser, load_model, positive_int
+from .args import MODEL_DIR_HELP, add_model_args, command_parser, load_model, non_negative_int, positive_int
 
 DESCRIPTION = """\
 Time the onnxlm runtime on one model: the prefill (prompt) pass, the per-token decode steps (greedy argmax on
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=32, metavar="N",
                    help="decode steps per run (default: 32)")
     p.add_argument("--runs", type=positive_int, default=3, metavar="R", help="timed runs (default: 3)")
-    p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed runs first (default: 1)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, metavar="W", help="untimed runs first (default: 1)")
     p.add_argument("--batch-size", type=positive_int, default=1, metavar="B",
                    help="rows decoded together (the prompt repeated; default: 1)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -75,7 +75,7 @@ def run(args) -> int:
         raise ParameterError("max_new_tokens", f"prompt ({ids.shape[1]} tokens) + {n} new tokens exceeds the "
                                                f"model's max_positions {model.max_positions}")
     prefill, decode, total = [], [], []
-    for i in range(max(args.warmup, 0) + args.runs):
+    for i in range(args.warmup + args.runs):
         t0 = time.perf_counter()
         state, logits = model.start(ids, mask)
         t1 = time.perf_counter()

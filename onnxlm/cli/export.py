@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
                         "agreement >= 0.97, perplexity within +0.5%%, mean KL <= 0.003 of fp32; or on --quality-text) unless "
                         "--force-quality")
     q.add_argument("--block-size", type=positive_int, default=32, metavar="N",
-                   help="weights per quantization block (a power of two >= 16; default: 32)")
+                   help="weights per quantization block (16, 32, 64, 128 or 256; default: 32)")
     q.add_argument("--accuracy-level", type=int, default=4, choices=(0, 1, 2, 3, 4),
                    help="onnxruntime's activation type: 4 = int8 (fast, default), 1 = fp32 (fidelity, slower; "
                         "with --quantize gguf only 4 and 1)")

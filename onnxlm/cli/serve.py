@@ -8,9 +8,10 @@ import threading
 import time
 from pathlib import Path
 
-from onnxlm.runtime.errors import ModelFileError, OnnxlmError
+from onnxlm.runtime.errors import ModelFileError, OnnxlmError, ParameterError
 
-from .args import add_model_args, command_parser, model_path, non_negative_int, port, positive_int
+from .args import (add_model_args, command_parser, model_path, non_negative_float, non_negative_int, port,
+                   positive_int)
 
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
@@ -43,7 +44,7 @@ def add_parser(sub) -> None:
                         "file's name without .gguf)")
     p.add_argument("--max-batch", type=positive_int, default=32, metavar="N",
                    help="rows decoded together at most (default: 32)")
-    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+    p.add_argument("--max-queue", type=non_negative_int, default=64, metavar="N",
                    help="rows (prompts x n) that may wait beyond --max-batch; a request whose rows would pass "
                         "them gets 429 (default: 64)")
     p.add_argument("--max-tokens", type=positive_int, default=1024, metavar="N",
@@ -60,7 +61,7 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-pool-mb", type=non_negative_int, default=256, metavar="MB",
                    help="freed KV buffers kept resident for the next request's buffers of the same size, so a "
                         "request does not fault fresh pages in (fused models); 0 turns it off (default: 256)")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+    p.add_argument("--shutdown-timeout", type=non_negative_float, default=30.0, metavar="S",
                    help="seconds in-flight requests get to finish after SIGTERM (default: 30)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
@@ -75,6 +76,7 @@ def run(args) -> int:
         raise OnnxlmError(f"onnxlm serve needs the serve extra ({exc.name} is missing): "
                           "pip install 'onnxlm[serve]'") from None
     from onnxlm.runtime import load
+    from onnxlm.runtime.manifest import load_manifest
 
     from onnxlm.serve.app import ServeConfig, create_app
 
@@ -83,12 +85,18 @@ def run(args) -> int:
     if not path.is_dir():
         raise ModelFileError(f"{path}: not a model directory (give an artifact directory from onnxlm export, or a "
                              ".gguf file)", str(path))
+    load_manifest(path, verify=False)  # a folder that is no artifact: one error line, before uvicorn starts
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServeConfig(model_name=args.model_name or served_name(args.model_dir, path), api_key=args.api_key,
-                         max_rows=args.max_batch, max_queue=max(0, args.max_queue), max_tokens=args.max_tokens,
+                         max_rows=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens,
                          max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
                          prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb)
-    app = create_app(lambda: load(path, provider=args.provider, threads=args.threads, verify=args.verify), config)
+    def load_model():
+        model = load(path, provider=args.provider, threads=args.threads, verify=args.verify)
+        check_prompt_cap(args.max_prompt_tokens, model)
+        return model
+
+    app = create_app(load_model, config)
     state = app.state.serve
     server = draining_server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                             timeout_graceful_shutdown=5), state, args.shutdown_timeout)
@@ -101,6 +109,14 @@ def run(args) -> int:
     if state.engine.load_error is not None:
         raise OnnxlmError(f"loading {path} failed: {state.engine.load_error}")
     return 0
+
+
+def check_prompt_cap(cap: int | None, model) -> None:
+    """--max-prompt-tokens past the model's context would be a cap that never applies (the context's does): refused
+    by name once the model is loaded."""
+    if cap is not None and model.max_positions and cap > model.max_positions:
+        raise ParameterError("max_prompt_tokens", f"--max-prompt-tokens {cap} is more than the model's context "
+                             f"({model.max_positions} positions); allowed: at most {model.max_positions}")
 
 
 def check_listen(host: str, port: int) -> None:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, ModelFileError
+from ..manifest import MANIFEST_NAME
 from ..model import LanguageModel
 from ..prefix_cache import feed_rest
 from ..processors import log_softmax
@@ -22,6 +23,7 @@ def position_ids_from_mask(mask: np.ndarray) -> np.ndarray:
 # ``logits_to_keep`` feeds (graphs exported by onnxlm have this input; a plain Optimum graph ignores the feed)
 LAST_ONLY = np.array([1], dtype=np.int64)  # logits of the last position: generation
 ALL_POSITIONS = np.array([0], dtype=np.int64)  # every position: logits(), score()
+FED_INPUTS = ("input_ids", "attention_mask", "position_ids", "logits_to_keep")  # besides past_key_values.*
 
 
 class CausalState:
@@ -131,6 +133,11 @@ class CausalLM(LanguageModel):
         if not self.past_names:
             raise InputError(f"{self.path}: the decoder graph has no past_key_values inputs; export with past "
                              "(onnxlm export, or optimum task text-generation-with-past)")
+        unfed = [n for n in self.decoder.inputs if n not in FED_INPUTS and n not in self.past_names]
+        if unfed:  # e.g. an onnxlm fused graph (seqlens_k, ...) whose onnxlm.json is gone: read as an Optimum one
+            raise ModelFileError(f"{self.path}: its decoder graph takes inputs an Optimum decoder has not "
+                                 f"({', '.join(unfed[:4])}); an onnxlm artifact whose {MANIFEST_NAME} is missing? "
+                                 "restore it, or export the model again", str(self.path / MANIFEST_NAME))
         shape = self.decoder.inputs[self.past_names[0]].shape  # [batch, kv_heads, past, head_dim]
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.kv_dtype = self.decoder.input_dtype(self.past_names[0])
