@@ -295,7 +295,7 @@ def measure_quality(reference_dir: Path, candidate_dir: Path, text: str | None =
     tokenizer = models[0].tokenizer
     if tokenizer is None:
         raise ExportError("quantization quality is measured on a text: this artifact has no tokenizer "
-                          "(force_quality=True skips the measurement)")
+                          "(force_quality=True, --force-quality, skips the measurement)")
     if text is None:
         name, text = {"text": QUALITY_TEXT.name}, QUALITY_TEXT.read_text(encoding="utf-8")
     else:

@@ -190,7 +190,8 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
 
     write_quantized_artifact(src, manifest, out_dir, record, rewrite, force_quality=force_quality,
                              quality_text=quality_text, force=force, log=log,
-                             hint="Try --accuracy-level 1 or int8", progress=progress)
+                             hint="Try --accuracy-level 1" + (" or --quantize int8" if scheme == "int4" else ""),
+                             progress=progress)
     log(f"wrote {out_dir}")
     return out_dir
 
