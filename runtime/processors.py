@@ -418,7 +418,8 @@ class TemperatureWarper(LogitsProcessor):
         self.temperature = float(temperature)
 
     def __call__(self, input_ids, scores):
-        return (scores / np.float32(self.temperature)).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # a score near float32's limit (a huge bias) becomes inf: the draw refuses it
+            return (scores / np.float32(self.temperature)).astype(np.float32, copy=False)
 
 
 class TopKWarper(LogitsProcessor):
