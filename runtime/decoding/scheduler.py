@@ -17,7 +17,10 @@ queues it; each ``step``:
    start of the next step, before its forward pass.
 
 So each request's ids are what ``model.generate`` gives for it alone (greedy: identical ids, up to the float
-reduction order of a different batch shape; sampling with a seed: the same draws).
+reduction order of a different batch shape; sampling with a seed: the same draws). On a quantized variant's int8
+activations (accuracy level 4) that order is more than rounding: onnxruntime's kernels round a one-row pass's
+activations otherwise than a pass of several rows (docs/design.md, "Rows per pass"), logits move by up to ~1 and a
+greedy or seeded answer can part from the solo one where two tokens were close.
 
 Seq2seq states have no ``concat`` (the decoder self-attention of the merged graph takes no mask, so rows of
 different decoder lengths cannot share a batch): an encoder-decoder request is admitted only into an empty batch,
