@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from onnxlm.runtime.errors import ExportError
+from onnxlm.runtime.errors import ExportError, ExportNotice
 from onnxlm.runtime.fused.causal_lm import KV_LAYOUT
 from onnxlm.runtime.gguf_magic import is_gguf_file
 from onnxlm.runtime.versions import check_onnxruntime
@@ -253,8 +253,9 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
     notices: list[str] = []  # warnings for the user, raised after the libraries' chatter is silenced
     tmp = temp_dir_beside(out_dir, "tmp")
     try:
-        with warnings.catch_warnings(), prog.quiet_libraries():
+        with warnings.catch_warnings(record=True) as caught, prog.quiet_libraries():
             warnings.simplefilter("ignore")  # torch tracer / transformers deprecation chatter
+            warnings.simplefilter("always", ExportNotice)  # but onnxlm's own notices: handed on below
             what = model if isinstance(model, (str, Path)) else getattr(model, "source", type(model).__name__)
             with prog.step(f"loading {what}"):
                 # a fused-only family's plain layout or opset, then an opset's range: refused before the weights load
@@ -284,8 +285,8 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
             else:
                 graphs, used_opset, validation = _export_plain(lm, tmp, dims, special, validate, tolerance, prog,
                                                                progress, opset)
-        for notice in notices:
-            prog.log(f"warning: {notice}")
+        notices += [str(w.message) for w in caught if issubclass(w.category, ExportNotice)]
+        for notice in notices:  # one channel: the CLI prints each as one "onnxlm: warning:" line
             warnings.warn(notice, UserWarning, stacklevel=2)
         write_manifest(tmp, {
             "kind": "seq2seq-lm" if lm.family == "t5" else "causal-lm",

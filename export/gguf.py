@@ -24,10 +24,15 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import pathlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from onnxlm.runtime.errors import ExportError, ModelFileError
+from onnxlm.runtime.errors import ExportError, ExportNotice, ModelFileError
+
+#: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py):
+#: defined beside the checks of their ``{arch}.*`` keys (gguf_header), read from here too
+from .gguf_header import TESTED_GGUF_ARCHITECTURES, check_blocks  # noqa: E402
 
 __all__ = [
     "SMOLLM2_DISTRIBUTION",
@@ -109,7 +114,8 @@ def _field_value(fld: Any) -> Any:
 def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """All GGUF key/value metadata of ``path`` as ``{key: python value}`` (arrays become lists).
 
-    Tensor data is not read. Raises ModelFileError when the file is missing or not a readable GGUF file.
+    Tensor data is not read. Raises ModelFileError when the file is missing or not a readable GGUF file, or when a
+    key the import reads is of the wrong type or range (``gguf_header.check_header``, run by ``gguf_reader``).
     """
     path = pathlib.Path(path)
     if not path.is_file():
@@ -301,10 +307,6 @@ class GGUFModel:
     metadata: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
-#: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
-TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "smollm3",
-                             "olmo2", "ernie4_5", "exaone4", "gpt2", "stablelm", "lfm2")
-
 
 def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
     """Load a GGUF checkpoint (default: the embedded SmolLM2-135M-Instruct) with transformers, dequantized to fp32.
@@ -323,12 +325,15 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
     from transformers import AutoConfig
 
     from .gguf_architectures import known_to_transformers
-    from .gguf_config import apply_rope_freqs, config_overrides, longrope_overrides, refuse_tensors, rope_freq_factors
+    from .gguf_config import (apply_rope_freqs, cap_positions, config_overrides, longrope_overrides, refuse_tensors,
+                              rope_freq_factors)
     from .gguf_reader import gguf_reader, readers_shared_with_transformers
     from .missing_weights import refuse_missing_weights, refuse_unused_tensors
     from .onnx_export import family_of
 
-    tensor_names = [t.name for t in gguf_reader(path).tensors]
+    reader = gguf_reader(path)
+    check_blocks(reader, path)  # a file without block tensors too (gguf_reader's check passes a vocabulary-only file)
+    tensor_names = [t.name for t in reader.tensors]
     try:
         refuse_tensors(meta.get("general.architecture"), tensor_names)
     except ExportError as e:
@@ -346,6 +351,11 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
                 config = AutoConfig.for_model(model_type, **kept)
             for key, value in overrides.items():
                 setattr(config, key, value)
+            capped = cap_positions(config)  # a context_length past gguf_config.MAX_POSITIONS: the export holds those
+            if capped is not None:
+                warnings.warn(f"{path}: its context_length {capped} is past the {config.max_position_embeddings} "
+                              "positions an export holds: the artifact holds those (gguf_config.MAX_POSITIONS)",
+                              ExportNotice, stacklevel=2)
             family_of(config.model_type)  # an architecture onnxlm does not export is refused before its weights load
             if check is not None:
                 check(config)
@@ -355,7 +365,8 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
                                                                dtype=torch.float32, output_loading_info=True)
     except ExportError as e:
         raise ExportError(f"{path}: {e}") from e
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, ArithmeticError) as e:  # the header's values are
+        # checked (gguf_header) before this reads them: what still breaks transformers is said in one line, not a trace
         arch = meta.get("general.architecture")
         hint = (f" (general.architecture = {arch!r}; GGUF architectures onnxlm exports: "
                 f"{', '.join(TESTED_GGUF_ARCHITECTURES)})" if arch not in TESTED_GGUF_ARCHITECTURES else "")

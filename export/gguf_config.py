@@ -136,8 +136,14 @@ def config_overrides(meta: Mapping[str, Any]) -> dict:
         out["rope_theta"] = 10000.0
     if arch == "exaone4":
         out.update(exaone4_layers(meta))
-    if arch == "granite" and "granite.attention.scale" not in meta:  # llama.cpp's default; transformers' is 1.0
-        out["attention_multiplier"] = _head_size(meta, arch) ** -0.5
+    if arch == "granite" and not meta.get("granite.attention.scale"):  # absent or 0: llama.cpp's default
+        out["attention_multiplier"] = _head_size(meta, arch) ** -0.5      # (transformers' is 1.0; its 0 would
+        #                                                                    make every attention weight equal)
+    if arch == "granite":  # llama.cpp applies these only when not 0; transformers multiplies (divides) by the 0
+        for key, attribute in (("embedding_scale", "embedding_multiplier"), ("residual_scale", "residual_multiplier"),
+                               ("logit_scale", "logits_scaling")):
+            if meta.get(f"granite.{key}") == 0:
+                out[attribute] = 1.0
     if arch == "gemma2":
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if f"gemma2.{key}" in meta:
@@ -236,6 +242,43 @@ def _head_size(meta: Mapping[str, Any], arch: str) -> int:
     """A GGUF's head size: ``{arch}.attention.key_length``, else hidden / heads."""
     return int(meta.get(f"{arch}.attention.key_length") or
                int(meta[f"{arch}.embedding_length"]) // int(meta[f"{arch}.attention.head_count"]))
+
+
+#: the positions an export of a GGUF holds at most: 2**20 = 1,048,576 (the 1M-context files, Qwen2.5-1M's 1,010,000,
+#: whole). An export holds rotary tables for every position it takes (``fused_llama.rotary_caches``: cos and sin,
+#: [positions, head_dim / 2] in fp32, and torch's [positions, head_dim] on the way): 512 MiB at head_dim 128 here,
+#: where a context_length of 4,000,000,000 (the most a uint32 holds) would ask 2 TB and die. llama.cpp never
+#: allocates for a file's context_length either: it runs at the n_ctx its user asks for (llama-server's default 4096),
+#: the trained context being only the default's bound. So a longer one (Llama-3-8B-Gradient-4194k's 4,194,304) is not
+#: refused but capped: the artifact's manifest says its max_positions, and a longer prompt is refused by name at run
+#: time; every position it holds rotates exactly as the file says (``cap_positions`` caps only where the rotary's
+#: frequencies do not depend on the count).
+MAX_POSITIONS = 1 << 20
+
+
+def cap_positions(config) -> int | None:
+    """Cap ``config.max_position_embeddings`` at ``MAX_POSITIONS`` (see there) -> the file's own count when it was
+    capped, else None. Only for the rope types whose frequencies do not read it (none, linear, llama3, and YaRN with
+    its original context given, as ``yarn_scaling`` gives it); a LongRoPE export holds its original context only
+    (``onnx_export.position_limit``), which is refused past the cap (its factors read the full count); a GPT-2's
+    positions are a tensor of the file's (gguf_header checks the count against its rows)."""
+    from .onnx_export import rope_type_of
+
+    positions = getattr(config, "max_position_embeddings", None)  # GPT2Config's: an alias of n_positions
+    if config.model_type == "gpt2" or positions is None or int(positions) <= MAX_POSITIONS:
+        return None
+    rope = rope_type_of(config)
+    original = getattr(config, "original_max_position_embeddings", None)
+    if rope == "longrope":
+        if original and int(original) <= MAX_POSITIONS:
+            return None  # position_limit takes the original context
+        raise ExportError(f"a LongRoPE model of {positions} positions and an original context of {original}: onnxlm "
+                          f"exports at most {MAX_POSITIONS} positions, and LongRoPE's factors read the full count")
+    if rope == "yarn" and not (config.rope_scaling or {}).get("original_max_position_embeddings"):
+        raise ExportError(f"a YaRN model of {positions} positions without its original context: onnxlm exports at "
+                          f"most {MAX_POSITIONS} positions, and YaRN would read the capped count as that context")
+    config.max_position_embeddings = MAX_POSITIONS
+    return int(positions)
 
 
 LONGROPE_TENSORS = ("rope_factors_short.weight", "rope_factors_long.weight")

@@ -23,6 +23,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ModelFileError
 
+from .gguf_header import check_header
 from .gguf_splits import SPLIT_NAME, split_files
 from .shared_patch import SharedPatch
 
@@ -32,7 +33,9 @@ def gguf_reader(path: str | os.PathLike):
     split GGUF (``gguf_splits``), its files' readers as one (``SplitReader``). A file gguf-py cannot parse (cut short
     like an interrupted download, not a GGUF at all) is a ``ModelFileError`` naming it, whatever gguf-py raised on
     the way (ValueError, IndexError, struct and Unicode errors, a short memory map); so is a split set that does not
-    hold together (a file missing, of another set, or a later file given)."""
+    hold together (a file missing, of another set, or a later file given); and so is one whose metadata the import
+    reads is of the wrong type or range, or disagrees with its tensors (``gguf_header.check_header``), or whose
+    tensor data does not start where GGUF's alignment puts it (``_check_offsets``)."""
     files = split_files(path)
     # a set's files by the names given (a hub cache's links name blobs of other names; errors name what was given)
     keys = tuple((os.path.abspath(p) if len(files) > 1 else str(Path(p).resolve()), *_size_and_mtime(p))
@@ -40,8 +43,13 @@ def gguf_reader(path: str | os.PathLike):
     try:
         first = _reader(*keys[0])
         if len(keys) > 1 and (_split_field(first, "split.count") or 1) > 1:  # llama.cpp: the first file's count
-            return _split_reader(keys)
-        return _single(str(path), first)  # a whole file, whatever files of similar names lie beside it
+            reader = _split_reader(keys)
+        else:
+            reader = _single(str(path), first)  # a whole file, whatever files of similar names lie beside it
+        if not vars(reader).get("header_checked"):  # once a reader (a SplitReader's own, not its first file's)
+            check_header(reader, path)
+            reader.header_checked = True
+        return reader
     except ImportError:
         raise
     except ModelFileError:  # the split checks' own: they name the file
@@ -67,9 +75,20 @@ def arch_fields(reader, arch: str | None) -> dict:
 
 
 def _unreadable(path: str, e: BaseException, which: str = "") -> ModelFileError:
-    """The error for a file gguf-py could not parse (``which``: its place in a split set, said after its path)."""
-    return ModelFileError(f"{path}{which} is not a readable GGUF file ({type(e).__name__}: {e}): is it whole (a "
-                          "download cut short reads so)?", path=path)
+    """The error for a file gguf-py could not parse (``which``: its place in a split set, said after its path); the
+    hint that it may be cut short only where gguf-py ran past the file's end, not where one of its own checks of what
+    the file says refused it (``NOT_CUT_SHORT``)."""
+    cut = not any(s in str(e) for s in NOT_CUT_SHORT)
+    return ModelFileError(f"{path}{which} is not a readable GGUF file ({type(e).__name__}: {e})"
+                          + (": is it whole (a download cut short reads so)?" if cut else ""), path=path)
+
+
+#: gguf-py's errors for what a whole file says (a wrong magic, a version it does not read, a key or tensor named
+#: twice, an unknown value or tensor type, a bad general.alignment), where reading past a cut-short file's end gives
+#: an empty array (IndexError, "cannot reshape array of size 0", a short memory map) instead
+NOT_CUT_SHORT = ("GGUF magic invalid", "file appears to be version", "Duplicate ", "duplicated tensor",
+                 "is not a valid GGMLQuantizationType", "is not a valid GGUFValueType", "general.alignment",
+                 "Invalid alignment", "Unknown/unhandled field type", "invalid start byte", "invalid continuation byte")
 
 
 #: what gguf-py raises on a file it cannot parse
@@ -129,7 +148,22 @@ def _parse(path: str):
                 offs += 8 + k
             return offs - orig_offs, parts, list(range(3, 2 * n + 3, 2)), types
 
-    return Reader(path, "r")
+    return _check_offsets(path, Reader(path, "r"))
+
+
+def _check_offsets(path: str, reader):
+    """``reader``, once each tensor's data offset is a multiple of the file's alignment (``general.alignment``,
+    default 32), as llama.cpp requires ("tensor ... has offset ..., expected a multiple of ..."): gguf-py reads a
+    tensor from whatever offset it is given, so a shifted one would be read as shifted weights. ModelFileError naming
+    the first tensor that is not."""
+    alignment = int(reader.alignment)
+    for tensor in reader.tensors:
+        offset = int(tensor.field.parts[-1][0])  # relative to the data section (which gguf-py aligns itself)
+        if offset % alignment:
+            raise ModelFileError(f"{path}: tensor {tensor.name!r} has data offset {offset}, not a multiple of the "
+                                 f"file's alignment {alignment}: a damaged or hand-made file (llama.cpp refuses it "
+                                 "too)", path=path)
+    return reader
 
 
 def _split_field(reader, key: str) -> int | None:
@@ -176,6 +210,8 @@ def _split_reader(keys: tuple) -> SplitReader:
     def read(i: int, key: tuple):
         try:
             return _reader(*key) if i == 0 else _parse(key[0])
+        except ModelFileError:  # _check_offsets': it names the file
+            raise
         except UNREADABLE as e:
             raise _unreadable(key[0], e, f" (file {i + 1} of {count} of a split GGUF)") from e
 

@@ -8,6 +8,7 @@ export: the architecture and whether onnxlm exports it, the tensor types and whi
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -41,8 +42,10 @@ def _fp32_with_group(reader, arch) -> dict[str, int]:
 
     types = {t.name: t.tensor_type.name for t in reader.tensors}
     out: Counter = Counter()
-    layers = field_value(reader, f"{arch}.block_count") or 0
-    for i in range(int(layers)):
+    # the blocks the tensors name, not block_count (checked against them for an architecture onnxlm exports:
+    # gguf_header; another's may say anything, as 4,000,000,000 once did)
+    blocks = sorted({int(m.group(1)) for name in types if (m := re.match(r"blk\.(\d+)\.", name))})
+    for i in blocks:
         for part in ("qkv", "gate_up"):
             group = [types.get(f"blk.{i}.{t}.weight") for t in layer_tensors(arch, part)]
             if len(group) > 1 and None not in group and any(t not in NATIVE_TYPES for t in group):

@@ -54,3 +54,8 @@ class QualityGateError(ExportError):
     def __init__(self, message: str, refusal: str):
         super().__init__(message)
         self.refusal = refusal
+
+
+class ExportNotice(UserWarning):
+    """Something an export did that its user should hear about (a GGUF's context capped to the positions an artifact
+    holds): ``export_model`` shows these although it silences the libraries' warnings while it loads a model."""

@@ -143,11 +143,12 @@ def write_out(w) -> None:
 
 
 def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = (), extra_tensors: dict | None = None,
-                    block_type: str | None = None) -> str:
+                    block_type: str | None = None, context: int | None = None) -> str:
     """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary.
     ``drop``: keys of the case's extra metadata left out; ``extra_tensors``: name -> F32 array, written last;
-    ``block_type`` (e.g. "Q8_0"): every matrix in that GGUF block type (gguf-py's quantize) instead of F32."""
-    _write(path, case, drop, extra_tensors=extra_tensors or {}, block_type=block_type)
+    ``block_type`` (e.g. "Q8_0"): every matrix in that GGUF block type (gguf-py's quantize) instead of F32;
+    ``context``: its context_length (default 256, 1024 for LongRoPE)."""
+    _write(path, case, drop, extra_tensors=extra_tensors or {}, block_type=block_type, context=context)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -160,7 +161,7 @@ def write_tiny_split_gguf(path: Path, case: str, tensors_per_file: int) -> list[
 
 
 def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int = 0,
-           extra_tensors: dict | None = None, block_type: str | None = None) -> None:
+           extra_tensors: dict | None = None, block_type: str | None = None, context: int | None = None) -> None:
     import gguf
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -169,7 +170,7 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
     specials = ["<pad>", "<bos>", "<eos>"]
     tokens = specials + sorted(ByteLevel.alphabet()) + ["\u0120t"]
     w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
-    w.add_context_length(1024 if rope_freqs == "longrope" else 256)
+    w.add_context_length(context or (1024 if rope_freqs == "longrope" else 256))
     w.add_embedding_length(HIDDEN)
     layers = extra.get("block_count", LAYERS)
     w.add_block_count(layers)

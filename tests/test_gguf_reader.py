@@ -109,3 +109,78 @@ def test_transformers_gets_the_shared_reader_only_inside_the_block(tmp_path):
     with pytest.raises(RuntimeError), readers_shared_with_transformers():
         raise RuntimeError("a failed load")
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (original, name_map)
+
+
+def _part_offset(reader, part) -> int:
+    """Where one of a gguf-py reader's parts (a view of its memory map) lies in the file."""
+    return part.ctypes.data - reader.data.ctypes.data
+
+
+def _tensor_info(path, name: str):
+    """gguf-py's reader of ``path`` and the parts of tensor ``name``'s info: name length, name, n_dims, dims, type,
+    offset."""
+    reader = gguf.GGUFReader(str(path), "r")
+    return reader, next(t for t in reader.tensors if t.name == name).field.parts
+
+
+def _patch(path, out, at: int, data: bytes):
+    raw = bytearray(path.read_bytes())
+    raw[at:at + len(data)] = data
+    out.write_bytes(bytes(raw))
+    return out
+
+
+def test_a_tensor_off_the_files_alignment_is_refused_by_name(tiny, tmp_path):
+    """A tensor whose data offset is not a multiple of the alignment (32) was read from there: shifted weights,
+    exported. llama.cpp refuses such a file; so does the reader, naming the tensor."""
+    import struct
+
+    from onnxlm.runtime.errors import ModelFileError
+
+    reader, parts = _tensor_info(tiny, "blk.0.attn_q.weight")
+    offset = int(parts[5][0])
+    assert offset % 32 == 0 and gguf_reader(tiny) is not None
+    shifted = _patch(tiny, tmp_path / "shifted.gguf", _part_offset(reader, parts[5]), struct.pack("<Q", offset + 4))
+    with pytest.raises(ModelFileError) as info:
+        gguf_reader(shifted)
+    assert str(info.value) == (f"{shifted}: tensor 'blk.0.attn_q.weight' has data offset {offset + 4}, not a multiple "
+                               "of the file's alignment 32: a damaged or hand-made file (llama.cpp refuses it too)")
+
+
+@pytest.mark.parametrize("damage,said", [
+    ("version-1", "file appears to be version 1"),
+    ("version-99", "file appears to be version 99"),
+    ("duplicate-tensor", "duplicated tensor with name blk.0.attn_q.weight"),
+    ("tensor-type-99", "99) is not a valid GGMLQuantizationType"),
+    ("alignment-3", "Invalid alignment"),
+    ("cut-short", "cannot reshape"),
+])
+def test_only_a_file_cut_short_is_asked_whether_it_is_whole(tiny, tmp_path, damage, said):
+    """A whole file of a version gguf-py does not read, a tensor named twice, an unknown tensor type or a bad
+    general.alignment is not a download cut short: the error says what gguf-py found, without that hint, which a
+    file cut short keeps."""
+    import struct
+
+    from onnxlm.runtime.errors import ModelFileError
+
+    out = tmp_path / f"{damage}.gguf"
+    reader, parts = _tensor_info(tiny, "blk.1.attn_q.weight")
+    if damage.startswith("version-"):
+        _patch(tiny, out, 4, struct.pack("<I", int(damage.split("-")[1])))
+    elif damage == "duplicate-tensor":
+        _patch(tiny, out, _part_offset(reader, parts[1]), b"blk.0")
+    elif damage == "tensor-type-99":
+        _patch(tiny, out, _part_offset(reader, parts[4]), struct.pack("<I", 99))
+    elif damage == "alignment-3":
+        w = gguf.GGUFWriter(str(out), "llama")
+        w.add_uint32("general.alignment", 3)
+        w.add_tensor("t", np.zeros(4, np.float32))
+        write_out(w)
+    else:
+        data = tiny.read_bytes()
+        out.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ModelFileError) as info:
+        gguf_reader(out)
+    message = str(info.value)
+    assert message.startswith(f"{out} is not a readable GGUF file (") and said in message, message
+    assert ("download cut short" in message) == (damage == "cut-short"), message
