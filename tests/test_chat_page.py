@@ -70,6 +70,7 @@ def page(browser, live):
     pg.fill("#api-key", KEY)
     pg.dispatch_event("#api-key", "change")
     expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+    expect(pg.locator("#max-tokens")).to_have_attribute("max", str(MAX_TOKENS), timeout=5000)  # /props read
     assert pg.is_hidden("#notice")  # the model chats: no notice
     yield pg
     ctx.close()
@@ -352,3 +353,230 @@ def test_a_model_without_a_chat_template_gets_plain_completions(browser, plain_l
         assert pg.is_hidden("#banner")
     finally:
         ctx.close()
+
+
+# ------------------------------------------------------------------------------- layout, screen == context, keys
+def _fulfil(replies: list[str], sent: list[dict]):
+    """A route handler: each chat request's body into ``sent``, answered by the next of ``replies`` (SSE bodies;
+    "hold" leaves the request open, as a server that has not answered yet)."""
+    def handle(route):
+        sent.append(json.loads(route.request.post_data))
+        body = replies.pop(0)
+        if body != "hold":
+            route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+    return handle
+
+
+def _shown(pg) -> list[dict]:
+    """The turns the conversation shows (failed ones left out), as the messages a request carries."""
+    return pg.evaluate("""[...document.querySelectorAll('#messages .msg:not(.failed)')].map((m) => ({
+        role: m.classList.contains('user') ? 'user' : 'assistant', content: m.querySelector('.content').textContent}))""")
+
+
+def _active(pg) -> str:
+    return pg.evaluate("document.activeElement && document.activeElement.id")
+
+
+def _box(pg, selector: str) -> dict:
+    return pg.locator(selector).first.bounding_box()
+
+
+def test_a_long_code_line_scrolls_in_its_block_and_the_bubbles_stay_in_the_conversation(page):
+    """A code line far wider than the screen, in the question and in the answer: each bubble stays within the
+    conversation (desktop with Settings open, and 375 px wide), the list does not scroll sideways, the code block
+    does."""
+    line = "x = [" + ", ".join(str(i) for i in range(150)) + "]"
+    page.route("**/v1/chat/completions", _fulfil([_sse([_delta("Here:\n```python\n" + line + "\n```\nDone."),
+                                                        _delta(finish="stop")])], []))
+    _ask(page, "```\n" + line + "\n```")
+    for width in (1000, 375):
+        page.set_viewport_size({"width": width, "height": 700})
+        page.wait_for_timeout(50)
+        area = _box(page, "#messages")
+        for sel in (".msg.user", ".msg.assistant"):
+            b = _box(page, sel)
+            assert area["x"] <= b["x"] and b["x"] + b["width"] <= area["x"] + area["width"] + 0.5, (width, sel)
+        sizes = page.evaluate("""[document.getElementById('messages'), document.documentElement,
+                                  ...document.querySelectorAll('.msg pre')].map((e) => [e.scrollWidth, e.clientWidth])""")
+        (list_w, list_c), (doc_w, doc_c), *pres = sizes
+        assert list_w <= list_c and doc_w <= doc_c, (width, sizes)  # nothing scrolls sideways but the code
+        assert len(pres) == 2 and all(w > c for w, c in pres), (width, pres)
+
+
+def test_a_narrow_screen_opens_settings_only_when_asked_and_they_never_cover_the_message_box(browser, live):
+    """At 375x700 the Settings panel starts closed, the header stays one line (a long model name cut), the
+    panel opened does not cover the message box or Send, and open or closed it stays so after a reload."""
+    ctx = browser.new_context(viewport={"width": 375, "height": 700})
+    ctx.add_init_script(f"localStorage.setItem('onnxlm.api-key', {json.dumps(KEY)})")
+    pg = ctx.new_page()
+    try:
+        pg.goto(live.url + "/")
+        expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert pg.is_hidden("#settings") and pg.get_attribute("#toggle-settings", "aria-expanded") == "false"
+        pg.evaluate("document.getElementById('model').textContent = 'a-very-long-model-name-' + 'x'.repeat(80)")
+        header = _box(pg, "header")
+        assert header["height"] < 50 and pg.evaluate("document.querySelector('header').scrollWidth <= 375")
+        for sel in ("#new-chat", "#toggle-settings"):
+            b = _box(pg, sel)
+            assert b["y"] >= header["y"] and b["x"] + b["width"] <= 375, sel
+
+        def uncovered():  # what is on top at the middle of the message box and of Send is that element
+            return pg.evaluate("""['prompt', 'send'].every((id) => {
+                const r = document.getElementById(id).getBoundingClientRect();
+                return document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2) === document.getElementById(id)
+                    && r.bottom <= innerHeight; })""")
+
+        assert uncovered()
+        pg.click("#toggle-settings")
+        assert pg.is_visible("#settings") and uncovered()
+        assert _box(pg, "#settings")["y"] + _box(pg, "#settings")["height"] <= _box(pg, "#prompt")["y"]
+        pg.fill("#prompt", "typed")
+        pg.reload()
+        expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert pg.is_visible("#settings") and pg.get_attribute("#toggle-settings", "aria-expanded") == "true"
+        pg.click("#toggle-settings")
+        pg.reload()
+        expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert pg.is_hidden("#settings")
+    finally:
+        ctx.close()
+
+
+def test_max_tokens_defaults_within_the_servers_cap(page, live):
+    """The server caps max_tokens at 128 (--max-tokens): /props says so (llama.cpp's
+    default_generation_settings.params.n_predict), the field's default 256 comes down to it, the answer is not a 400."""
+    props = httpx.get(live.url + "/props", headers=AUTH, timeout=5).json()
+    assert props["default_generation_settings"]["params"]["n_predict"] == MAX_TOKENS
+    assert page.input_value("#max-tokens") == str(MAX_TOKENS)
+    assert str(MAX_TOKENS) in page.text_content("#max-tokens-note")
+    _settings(page, temperature=0)
+    with page.expect_request("**/v1/chat/completions") as req:
+        _ask(page, "Hi")
+    assert req.value.post_data_json["max_tokens"] == MAX_TOKENS
+
+
+def test_a_failed_or_cut_short_turn_is_marked_and_left_out_of_the_conversation(page):
+    """An HTTP error: the turn shows as failed with Retry, the question back in the box; sending it again shows it
+    once, and the request carries what the screen shows. A stream that ends with neither finish_reason nor [DONE]
+    is an error too ("ended early"), not a complete answer, and stays out of the conversation."""
+    sent = []
+    replies = ["error", _sse([_delta("Fine.", finish="stop")]), _sse([_delta("Half an ans")], tail=""),
+               _sse([_delta("Again.", finish="stop")]), _sse([_delta("Ok.", finish="stop")])]
+
+    def handle(route):
+        if replies[0] == "error":
+            replies.pop(0)
+            sent.append(json.loads(route.request.post_data))
+            route.fulfill(status=500, headers={"Content-Type": "application/json"},
+                          body=json.dumps({"error": {"message": "boom", "type": "server_error"}}))
+        else:
+            _fulfil(replies, sent)(route)
+
+    page.route("**/v1/chat/completions", handle)
+    answer = _ask(page, "First?", state="error")
+    assert "HTTP 500: boom" in answer.text_content() and page.input_value("#prompt") == "First?"
+    assert "failed" in page.get_attribute(".msg.user", "class") and answer.get_by_role("button", name="Retry").count()
+    assert _shown(page) == []
+    _ask(page, "First?")  # the text given back, sent again
+    assert page.locator(".msg.user").count() == 1 and page.locator(".msg.failed").count() == 0
+    assert sent[1]["messages"] == [{"role": "user", "content": "First?"}]
+
+    cut = _ask(page, "Second?", state="error")
+    assert "the stream ended early" in cut.text_content() and "finish:" not in cut.text_content()
+    assert page.input_value("#prompt") == "Second?"
+    cut.get_by_role("button", name="Retry").click()  # Retry: the same question, once on screen
+    expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "done", timeout=5000)
+    assert page.input_value("#prompt") == "" and page.locator(".msg.user").count() == 2
+    shown = _shown(page)
+    assert sent[3]["messages"] == shown[:-1] == [{"role": "user", "content": "First?"},
+                                                 {"role": "assistant", "content": "Fine."},
+                                                 {"role": "user", "content": "Second?"}]
+    _ask(page, "Third?")
+    assert sent[4]["messages"] == _shown(page)[:-1]  # the screen is the context
+
+
+def test_stop_before_the_first_token_gives_the_question_back_and_keys_and_focus_work(page):
+    """Stop (the button, or Esc) before any answer text: the turn leaves the screen and the conversation, its text
+    goes back to the box, the focus too. While an answer runs Enter sends nothing and says why, the answer is
+    aria-busy (no live region re-reads it per token), and a status line tells when it is complete. Send clicked:
+    the focus returns to the box."""
+    sent = []
+    replies = ["hold", "hold", _sse([_delta("Hello there.", finish="stop")])]
+    page.route("**/v1/chat/completions", _fulfil(replies, sent))
+    assert page.get_attribute("#messages", "aria-live") is None
+    assert page.evaluate("document.getElementById('prompt').labels[0].textContent") == "Message"
+    assert page.get_by_label("Message", exact=True).evaluate("e => e.id") == "prompt"
+    page.fill("#prompt", "Tell me")
+    page.click("#send")
+    answer = page.locator(".msg.assistant").last
+    expect(answer).to_have_attribute("data-state", "streaming", timeout=5000)
+    assert answer.get_attribute("aria-busy") == "true"
+    page.press("#prompt", "Enter")  # a second question while the first runs: not sent, and it says so
+    expect(page.locator("#status")).to_contain_text("still coming", timeout=2000)
+    assert len(sent) == 1 and page.get_attribute("#status", "role") == "status"
+    page.click("#stop")
+    expect(page.locator(".msg")).to_have_count(0, timeout=5000)
+    assert page.input_value("#prompt") == "Tell me" and _active(page) == "prompt"
+
+    page.click("#send")
+    expect(page.locator(".msg.assistant")).to_have_attribute("data-state", "streaming", timeout=5000)
+    page.click("#temperature")  # the focus elsewhere: Esc still stops
+    page.keyboard.press("Escape")
+    expect(page.locator(".msg")).to_have_count(0, timeout=5000)
+    assert page.input_value("#prompt") == "Tell me" and page.is_enabled("#send")
+
+    page.click("#send")
+    answer = page.locator(".msg.assistant").last
+    expect(answer).to_have_attribute("data-state", "done", timeout=5000)
+    assert sent[2]["messages"] == [{"role": "user", "content": "Tell me"}]
+    assert answer.get_attribute("aria-busy") is None and "Answer complete" in page.text_content("#status")
+    expect(page.locator("#prompt")).to_be_focused()
+
+
+def _contrast(fg: str, bg: str) -> float:
+    def lum(css):
+        r, g, b = (int(v) / 255 for v in re.findall(r"\d+", css)[:3])
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+    hi, lo = sorted((lum(fg), lum(bg)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_send_button_contrast_in_light_and_dark(browser, live):
+    """The Send button's text against its background: at least 4.5:1 (WCAG AA) in the light and the dark scheme."""
+    for scheme in ("light", "dark"):
+        ctx = browser.new_context(color_scheme=scheme)
+        pg = ctx.new_page()
+        try:
+            pg.goto(live.url + "/")
+            fg, bg = pg.evaluate("(() => { const s = getComputedStyle(document.getElementById('send'));"
+                                 " return [s.color, s.backgroundColor]; })()")
+            assert _contrast(fg, bg) >= 4.5, (scheme, fg, bg)
+        finally:
+            ctx.close()
+
+
+def test_copy_buttons_and_regenerate(page):
+    """Each answer has Copy (its text) and each code block a copy button (the code; the block's text stays the
+    code's); the newest answer alone has Regenerate, which sends the same context again without that answer and
+    shows the new one in its place."""
+    sent = []
+    reply = "Use this:\n```sh\nls -la\n```\nok"
+    page.route("**/v1/chat/completions", _fulfil([_sse([_delta(reply, finish="stop")]),
+                                                  _sse([_delta("Second.", finish="stop")]),
+                                                  _sse([_delta("Third.", finish="stop")])], sent))
+    page.evaluate("navigator.clipboard.writeText = async (t) => { window.__copied = t; }")
+    answer = _ask(page, "How?")
+    answer.get_by_role("button", name="Copy code").click()
+    assert page.evaluate("window.__copied") == "ls -la"
+    assert answer.locator(".content pre").text_content() == "ls -la"
+    answer.get_by_role("button", name="Copy", exact=True).click()
+    assert page.evaluate("window.__copied") == reply
+    _ask(page, "More?")
+    assert page.get_by_role("button", name="Regenerate").count() == 1  # on the newest answer only
+    page.get_by_role("button", name="Regenerate").click()
+    expect(page.locator(".msg.assistant").last.locator(".content")).to_have_text("Third.", timeout=5000)
+    assert sent[2]["messages"] == sent[1]["messages"]
+    assert sent[1]["messages"][-1] == {"role": "user", "content": "More?"}
+    assert _shown(page)[2:] == [{"role": "user", "content": "More?"}, {"role": "assistant", "content": "Third."}]
+    assert page.locator(".msg").count() == 4

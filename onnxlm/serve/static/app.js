@@ -3,14 +3,18 @@
 // text: nodes are built with createElement/textContent, never innerHTML, so a reply holding markup shows the markup.
 // A model without a chat template (/v1/models' capabilities.chat is false) cannot chat: the page says so at load
 // and streams plain completions from /v1/completions instead (the text typed is continued, one turn at a time).
+// What the conversation shows is what the next request sends: a turn that failed (an error, a stream cut short) is
+// marked failed, left out, and goes when the next question is sent (its text is back in the message box); a turn
+// stopped before any answer text is taken off the screen, its text back in the box; a stopped turn with some answer
+// stays, that partial answer included (as llama.cpp keeps it).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
 // what the page holds: the served model's name, whether it can chat (null: not known yet), the conversation sent
 // with each request ({role, content} pairs of finished turns), and the AbortController of the request in flight
-// (null when idle)
-const state = { model: null, chat: null, history: [], controller: null };
+// (null when idle), the server's cap on max_tokens (GET /props; null: not known)
+const state = { model: null, chat: null, history: [], controller: null, cap: null };
 
 // inputs kept in localStorage between visits
 const SAVED = ["system", "temperature", "top-p", "max-tokens", "json-mode", "schema-name", "schema", "api-key"];
@@ -31,6 +35,29 @@ function saveSettings() {
     try { localStorage.setItem("onnxlm." + id, el.type === "checkbox" ? (el.checked ? "1" : "0") : el.value); }
     catch (e) { return; }
   }
+}
+
+// the settings panel: open or closed as last left (localStorage), else open on a wide screen, closed on a narrow one
+const NARROW = "(max-width: 700px)";
+function showSettings(open, save) {
+  $("settings").hidden = !open;
+  $("toggle-settings").setAttribute("aria-expanded", String(open));
+  if (save) {
+    try { localStorage.setItem("onnxlm.settings-open", open ? "1" : "0"); } catch (e) { /* storage blocked */ }
+  }
+}
+
+function loadSettingsOpen() {
+  let v = null;
+  try { v = localStorage.getItem("onnxlm.settings-open"); } catch (e) { /* storage blocked */ }
+  showSettings(v === null ? !window.matchMedia(NARROW).matches : v === "1", false);
+}
+
+// the line under the conversation (role=status: what a screen reader announces, once, instead of every token)
+function say(message, kind) {
+  const el = $("status");
+  el.textContent = message || "";
+  el.dataset.kind = kind || "";
 }
 
 function headers() {
@@ -98,11 +125,36 @@ async function loadModel() {
     $("model").textContent = state.model || "(no model)";
     banner("");
     const caps = card && card.capabilities;
-    if (caps) setChat(caps.chat !== false);
+    if (caps) { setChat(caps.chat !== false); loadCap(); }
     else if (card && ++capabilityTries <= 60) setTimeout(loadModel, 1000);  // still loading: ask again
   } catch (e) {
     if (call === modelCalls) banner("cannot reach the server: " + e.message);
   }
+}
+
+// GET /props -> the server's cap on max_tokens (its --max-tokens): llama.cpp's default_generation_settings.params
+// .n_predict, what a request that sets none gets, which onnxlm reports as the cap. The field gets it as its max,
+// and a value past it (the page's default 256, or one kept from another server) comes down to it, unless the user
+// typed it: a request past the cap would answer 400.
+let maxTokensTyped = false;
+async function loadCap() {
+  try {
+    const r = await fetch("props", { headers: headers() });
+    if (!r.ok) return;
+    const body = await r.json();
+    const params = body && body.default_generation_settings && body.default_generation_settings.params;
+    const cap = params ? Number(params.n_predict) : NaN;
+    if (!Number.isInteger(cap) || cap < 1) return;
+    state.cap = cap;
+    const field = $("max-tokens");
+    field.max = String(cap);
+    field.placeholder = "server default (at most " + cap + ")";
+    const note = $("max-tokens-note");
+    note.textContent = "This server allows at most " + cap + " (--max-tokens).";
+    note.hidden = false;
+    const v = numberOf("max-tokens");
+    if (!maxTokensTyped && v !== undefined && v > cap) field.value = String(cap);
+  } catch (e) { /* an older server without /props: the field as it is */ }
 }
 
 // an element holding ``text`` as its text
@@ -132,13 +184,47 @@ function renderText(el, text) {
     if (i % 2 === 1) {  // inside a fence
       const nl = part.indexOf("\n");
       const pre = document.createElement("pre");
-      pre.append(textElement("code", (nl >= 0 ? part.slice(nl + 1) : part).replace(/\n$/, "")));
-      nodes.push(pre);
+      const code = textElement("code", (nl >= 0 ? part.slice(nl + 1) : part).replace(/\n$/, ""));
+      pre.append(code);
+      const box = document.createElement("div");
+      box.className = "code";
+      const copy = document.createElement("button");  // its label "Copy" is CSS: the text stays the code's
+      copy.type = "button";
+      copy.className = "copy";
+      copy.setAttribute("aria-label", "Copy code");
+      copy.title = "Copy code";
+      copy.addEventListener("click", () => copyText(code.textContent, copy));
+      box.append(copy, pre);
+      nodes.push(box);
     } else {
       nodes.push(...inlineNodes(part));
     }
   });
   el.replaceChildren(...nodes);
+}
+
+// text -> the clipboard (navigator.clipboard; where the page is not a secure context, e.g. plain http to another
+// host, the old execCommand("copy") on a hidden textarea) -> whether it worked, shown on the button and the status
+async function copyText(text, button) {
+  let ok = false;
+  try {
+    if (navigator.clipboard && window.isSecureContext) { await navigator.clipboard.writeText(text); ok = true; }
+  } catch (e) { /* refused: try the fallback */ }
+  if (!ok) {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.append(area);
+    area.select();
+    try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+    area.remove();
+    button.focus();
+  }
+  button.dataset.copied = ok ? "yes" : "no";
+  setTimeout(() => { delete button.dataset.copied; }, 1500);
+  say(ok ? "Copied." : "Could not copy: select the text and copy it by hand.");
 }
 
 function nearBottom() {
@@ -229,13 +315,56 @@ function showStats(bubble, s) {
   bubble.dataset.finish = s.reason;
 }
 
+// the message box gets the focus back when nothing else the user chose holds it (Send and Stop are disabled as the
+// answer starts and ends, which leaves the focus on the page's body)
+function focusPrompt() {
+  const a = document.activeElement;
+  if (!a || a === document.body || a === $("send") || a === $("stop") || !a.isConnected) $("prompt").focus();
+}
+
+// a button under an answer (.actions)
+function actionButton(bubble, label, title, onClick) {
+  let bar = bubble.querySelector(".actions");
+  if (!bar) {
+    bar = document.createElement("div");
+    bar.className = "actions";
+    bubble.append(bar);
+  }
+  const b = textElement("button", label);
+  b.type = "button";
+  b.title = title;
+  b.addEventListener("click", onClick);
+  bar.append(b);
+  return b;
+}
+
+// the failed turns on screen (an error and its question): not in the conversation; they go when the next one starts
+function dropFailed() {
+  for (const el of document.querySelectorAll("#messages .failed")) el.remove();
+}
+
+// Enter / Send -> the message box's text as the next question; while an answer streams: a word why nothing is sent
 async function send() {
+  if (state.controller) {
+    say("An answer is still coming: wait for it, or stop it first (Stop or Esc).", "busy");
+    return;
+  }
   const text = $("prompt").value;
-  if (!text.trim() || state.controller) return;
+  if (!text.trim()) return;
+  await ask(text, null);
+}
+
+// one question -> its streamed answer. ``before`` (Retry, Regenerate) runs once the settings are checked, to take
+// the turn it replaces off the screen and out of the conversation; without it the text comes from the message box.
+async function ask(text, before) {
+  if (state.controller) return;
   let format;
   try { format = responseFormat(); } catch (e) { banner(e.message); return; }
   banner("");
   saveSettings();
+  dropFailed();
+  if (before) before();
+  for (const b of document.querySelectorAll("#messages .regenerate")) b.remove();  // only the newest answer's
 
   // the request: system prompt, the finished turns, this question (a model that cannot chat: the text alone, as a
   // plain completion); empty settings are left to the server
@@ -254,14 +383,17 @@ async function send() {
   if (state.model) body.model = state.model;
   if (format) body.response_format = format;
 
-  $("prompt").value = "";
-  addMessage("user", text);
+  if (!before || $("prompt").value === text) $("prompt").value = "";
+  const question = addMessage("user", text);
   const bubble = addMessage("assistant", "");
   const content = bubble.querySelector(".content");
   bubble.dataset.state = "streaming";
+  bubble.setAttribute("aria-busy", "true");  // read once it is complete, not at every token
   const controller = new AbortController();
   state.controller = controller;
   setBusy(true);
+  say("Answering… (Stop or Esc ends it)");
+  $("prompt").focus();  // the next question can be typed meanwhile
 
   // the answer so far, its reasoning (a thinking model's, shown folded above it), and what the stats line needs
   // (times in ms from performance.now())
@@ -269,6 +401,7 @@ async function send() {
   let answer = "";
   let reasoning = "";
   let thinking = null;  // <details class="thinking"> once reasoning arrives
+  let failure = "";
   const showReasoning = () => {
     if (!reasoning) return;
     if (!thinking) {
@@ -286,6 +419,7 @@ async function send() {
     painting = true;
     requestAnimationFrame(() => {
       painting = false;
+      if (bubble.dataset.state !== "streaming") return;  // ended meanwhile: the end paints
       const follow = nearBottom();
       showReasoning();
       renderText(content, answer);
@@ -297,8 +431,9 @@ async function send() {
     const r = await fetch(url, { method: "POST", headers: headers(), body: JSON.stringify(body),
                                  signal: controller.signal });
     if (!r.ok) throw new Error(await apiError(r));
+    let done = false;
     for await (const data of sseData(r)) {
-      if (data === "[DONE]") break;
+      if (data === "[DONE]") { done = true; break; }
       const chunk = JSON.parse(data);
       if (chunk.error) throw new Error(chunk.error.message);  // a failure after the stream began
       if (chunk.usage) s.usage = chunk.usage;
@@ -316,64 +451,93 @@ async function send() {
         if (choice.finish_reason) s.reason = choice.finish_reason;
       }
     }
+    // neither a finish_reason nor [DONE]: the connection closed mid-answer (a server restart, a proxy's timeout)
+    if (!done && !s.reason) throw new Error("the stream ended early: the answer is incomplete");
     s.reason = s.reason || "none";
     bubble.dataset.state = "done";
   } catch (e) {
-    if (controller.signal.aborted) {  // the stop button (or a new chat): the server cancels the rows
+    if (controller.signal.aborted) {  // the stop button, Esc (or a new chat): the server cancels the rows
       s.reason = "stopped";
       bubble.dataset.state = "stopped";
     } else {
       bubble.dataset.state = "error";
       bubble.classList.add("error");
-      answer += (answer ? "\n\n" : "") + e.message;
+      failure = e.message;
     }
   } finally {
     state.controller = null;
     setBusy(false);
   }
+  bubble.removeAttribute("aria-busy");
   showReasoning();
-  renderText(content, answer);
+  renderText(content, answer + (failure ? (answer ? "\n\n" : "") + failure : ""));
+  if (!bubble.isConnected) { focusPrompt(); return; }  // a new chat started meanwhile
+  const giveBack = () => { if (!$("prompt").value.trim()) $("prompt").value = text; };
   if (bubble.dataset.state === "error") {
-    // not part of the conversation: the question goes back to the input box to be sent again
-    if (!$("prompt").value) $("prompt").value = text;
-    return;
+    // not part of the conversation: marked failed, the question back in the box; Retry sends it again
+    question.classList.add("failed");
+    bubble.classList.add("failed");
+    bubble.querySelector(".meta").textContent = "Failed: not sent with the next message. The question is back in " +
+      "the message box.";
+    actionButton(bubble, "Retry", "Send this question again", () => ask(text, () => {}));
+    giveBack();
+    say("The answer failed: " + failure);
+  } else if (bubble.dataset.state === "stopped" && !answer) {
+    // stopped before any answer: nothing to keep; the question goes back to the box
+    question.remove();
+    bubble.remove();
+    giveBack();
+    say("Stopped before the answer began: the question is back in the message box.");
+  } else {
+    showStats(bubble, s);
+    const inHistory = !plain;
+    if (inHistory) state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+    actionButton(bubble, "Copy", "Copy this answer", (e) => copyText(answer, e.currentTarget));
+    actionButton(bubble, "Regenerate", "Ask the same question again, without this answer", () => ask(text, () => {
+      // this turn is the last one of the conversation: out of it, and off the screen
+      if (inHistory) state.history.splice(-2, 2);
+      question.remove();
+      bubble.remove();
+    })).classList.add("regenerate");
+    say(bubble.dataset.state === "stopped" ? "Stopped: the partial answer stays in the conversation."
+                                           : "Answer complete (" + bubble.querySelector(".meta").textContent + ").");
   }
-  showStats(bubble, s);
-  // a new chat started meanwhile, stopped before any text, or a plain completion (no conversation)
-  if (!bubble.isConnected || !answer || plain) return;
-  state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
+  focusPrompt();
 }
 
 function stop() {
   if (state.controller) state.controller.abort();
+  $("prompt").focus();
 }
 
 function newChat() {
-  stop();
+  if (state.controller) state.controller.abort();
   state.history = [];
   $("messages").replaceChildren();
   banner("");
+  say("");
   $("prompt").focus();
 }
 
 function init() {
   loadSettings();
+  loadSettingsOpen();
   $("json-fields").hidden = !$("json-mode").checked;
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); send(); }
   });
+  document.addEventListener("keydown", (e) => {  // Esc stops the answer, wherever the focus is
+    if (e.key === "Escape" && state.controller) { e.preventDefault(); stop(); }
+  });
   $("stop").addEventListener("click", stop);
   $("new-chat").addEventListener("click", newChat);
-  $("toggle-settings").addEventListener("click", () => {
-    const aside = $("settings");
-    aside.hidden = !aside.hidden;
-    $("toggle-settings").setAttribute("aria-expanded", String(!aside.hidden));
-  });
+  $("toggle-settings").addEventListener("click", () => showSettings($("settings").hidden, true));
   $("json-mode").addEventListener("change", () => {
     $("json-fields").hidden = !$("json-mode").checked;
     saveSettings();
   });
+  $("max-tokens").addEventListener("input", () => { maxTokensTyped = true; });
   $("api-key").addEventListener("change", () => { saveSettings(); loadModel(); });
   for (const id of SAVED) $(id).addEventListener("change", saveSettings);
   loadModel();
