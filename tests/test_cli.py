@@ -197,6 +197,36 @@ def test_chat_one_shot_and_repl(capsys, monkeypatch, tiny_llama):
     assert out == f"{first}\n{second}\n"
 
 
+def test_a_refused_chat_message_is_one_error_and_the_conversation_goes_on(capsys, monkeypatch, tiny_llama):
+    """A message past the context (256 positions) is one error line; the history stays as it was, the next
+    message is answered, and the session ends with status 1. Stdin closed: no conversation, status 0."""
+    import onnxlm
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n" + "word " * 300 + "\nagain\n"))
+    code, out, err = run_cli(capsys, "chat", tiny_llama.onnx_dir, "--max-new-tokens", 4, "--no-stream")
+    first = model.chat([{"role": "user", "content": "hi"}], max_new_tokens=4).text[0]
+    second = model.chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": first},
+                         {"role": "user", "content": "again"}], max_new_tokens=4).text[0]
+    assert code == 1 and out == f"{first}\n{second}\n"
+    assert [line for line in err.splitlines() if line.startswith("onnxlm: error:")] == [err.strip().splitlines()[-1]]
+    monkeypatch.setattr(sys, "stdin", None)
+    assert run_cli(capsys, "chat", tiny_llama.onnx_dir)[0] == 0
+
+
+def test_chat_options_are_kept_or_refused(capsys, tiny_llama):
+    """--output-scores prints the token table after the reply (as generate does); --num-return-sequences > 1 is
+    refused (a conversation keeps one reply a turn); --system "" is an empty system message, not none."""
+    import onnxlm
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    code, out, _ = run_cli(capsys, "chat", tiny_llama.onnx_dir, "hi", "--max-new-tokens", 3, "--output-scores")
+    reply = model.chat([{"role": "user", "content": "hi"}], max_new_tokens=3)
+    assert code == 0 and out.startswith(reply.text[0] + "\n  token ") and len(out.strip().splitlines()) >= 4
+    code, _, err = run_cli(capsys, "chat", tiny_llama.onnx_dir, "hi", "--num-return-sequences", 2, "--do-sample")
+    assert code == 2 and "--num-return-sequences: chat keeps one reply a turn" in err
+    code, out, _ = run_cli(capsys, "chat", tiny_llama.onnx_dir, "hi", "--system", "", "--json", "--max-new-tokens", 2)
+    assert code == 0 and json.loads(out)["messages"][0] == {"role": "system", "content": ""}
+
+
 def test_chat_prints_a_thinking_models_reasoning_apart(capsys, monkeypatch, tmp_path, tiny_qwen2_tools):
     """``--reasoning-format`` (the server's reasoning_format) on ``onnxlm chat``, the reply made to think by a regex
     (``<think>...</think>`` then an answer): where the template writes <think>, the answer alone on stdout and the

@@ -147,6 +147,8 @@ def test_an_unknown_option_is_the_commands_usage_error_with_the_nearest_option(c
     (["serve", "m", "--shutdown-timeout", "nan"], "argument --shutdown-timeout: expected a finite number >= 0"),
     (["tokenize", "m", "--decode", "1,,2"], "argument --decode: expected comma-separated token ids like '1,2,3', "
                                             "got '1,,2'"),
+    (["demo", "--prompt", ""], "argument --prompt: expected a non-empty text"),
+    (["bench", "m", "--prompt", "  "], "argument --prompt: expected a non-empty text"),
 ])
 def test_out_of_range_numbers_are_refused_not_clamped(capsys, argv, refusal):
     code, _, err = run_cli(capsys, *argv)
@@ -335,3 +337,10 @@ def test_serve_refuses_a_folder_that_is_no_artifact_before_starting(tmp_path, ca
     code, out, err = run_cli(capsys, "serve", tmp_path, "--port", "0")
     assert code == 1 and "Uvicorn" not in out + err and "Started server" not in out + err
     _one_error_line(err, f"no ONNX model in {tmp_path}")
+
+
+def test_an_error_line_keeps_the_spaces_of_a_quoted_value():
+    from onnxlm.cli.errors import error_line
+
+    assert error_line("row 0 of column 'text' is '   ';\n  expected text") == \
+        "onnxlm: error: row 0 of column 'text' is '   '; expected text"

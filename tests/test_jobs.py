@@ -223,6 +223,35 @@ def test_a_row_the_model_refuses_names_it_and_keeps_the_rows_before(tmp_path, ti
     assert done == [0, 1, 2, 3]
 
 
+def test_a_refused_row_inside_a_batch_keeps_the_rows_before_it_in_that_batch(tmp_path, tiny_gpt2, gpt2, capsys):
+    """The failing row is the batch's second: the batch's first row (found finished while the failing one was
+    looked for, each row run alone) is kept with the earlier batches', with the values a solo run gives."""
+    src = corpus(tmp_path, TEXTS[:5] + ["word " * 200] + TEXTS[5:])
+    out = tmp_path / "out.parquet"
+    code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out, "--batch-size", 4,
+                           "--quiet")
+    assert code == 1 and "row 5 (id 'doc-5')" in err
+    kept = [r for p in sorted((tmp_path / "out.parquet.parts").glob("part-*")) for r in pq.read_table(p).to_pylist()]
+    assert sorted(r["row"] for r in kept) == [0, 1, 2, 3, 4]
+    row4 = next(r for r in kept if r["row"] == 4)
+    np.testing.assert_allclose(row4["token_logprobs"], gpt2.score(TEXTS[4]).token_logprobs[0], atol=1e-5)
+
+
+def test_an_empty_system_message_is_given(tmp_path):
+    """--system "": an empty system message (it replaces a template's default one), not none."""
+    spec = JobSpec(task="generate", model_dir=tmp_path, input=tmp_path / "i.jsonl", output=tmp_path / "o.parquet",
+                   chat=True, system="")
+    from onnxlm.jobs.tasks import _model_input
+
+    class Model:
+        def render_chat(self, messages, tokenize, **kw):
+            return messages
+    assert _model_input(Model(), spec, "hi") == [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}]
+    with pytest.raises(onnxlm.ParameterError, match="system: needs chat=True"):
+        JobSpec(task="generate", model_dir=tmp_path, input=tmp_path / "i.jsonl", output=tmp_path / "o.parquet",
+                system="")
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 def test_cli_score_and_generate_with_progress_bar(tmp_path, tiny_gpt2, gpt2, capsys):
     src = corpus(tmp_path)
@@ -316,3 +345,22 @@ def test_a_bad_generation_parameter_fails_before_any_row(tmp_path, tiny_gpt2, ca
                            "--temperature", -1, "--do-sample")
     assert code == 1 and err.count("\n") == 1 and "temperature" in err
     assert not out.exists() and not (tmp_path / "g.parquet.parts").exists()
+
+
+def test_an_unreachable_ray_address_is_refused_at_once():
+    """ray.init retries a dead --ray-address for minutes (its warnings past --quiet): nothing answering there is a
+    JobInputError naming it within the connect timeout."""
+    import time
+
+    from onnxlm.jobs import JobInputError
+    from onnxlm.jobs.ray_data import _check_reachable
+
+    began = time.monotonic()
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        with pytest.raises(JobInputError, match=f"--ray-address {address}: nothing answers at 127.0.0.1:1"):
+            _check_reachable(address, timeout=2)
+    assert time.monotonic() - began < 5
+    with pytest.raises(JobInputError, match="allowed: HOST:PORT"):
+        _check_reachable("nonsense")
+    for address in (None, "auto", "local"):
+        _check_reachable(address)  # Ray's to resolve

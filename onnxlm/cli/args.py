@@ -31,6 +31,13 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def non_empty_text(text: str) -> str:
+    """A prompt given as an option: refused empty (or all whitespace) before a model loads."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty text")
+    return text
+
+
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (seconds): NaN, inf and negatives refused."""
     try:

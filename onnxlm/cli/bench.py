@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from onnxlm.runtime.errors import ParameterError
+from onnxlm.runtime.threads import resolve_threads
 
-from .args import MODEL_DIR_HELP, add_model_args, command_parser, load_model, non_negative_int, positive_int
+from .args import (MODEL_DIR_HELP, add_model_args, command_parser, load_model, non_empty_text, non_negative_int,
+                   positive_int)
 
 DESCRIPTION = """\
 Time the onnxlm runtime on one model: the prefill (prompt) pass, the per-token decode steps (greedy argmax on
@@ -37,7 +39,7 @@ def add_parser(sub) -> None:
     p = command_parser(sub, "bench", help="time prefill and decode (tokens/s)", description=DESCRIPTION)
     p.add_argument("model_dir", metavar="MODEL_DIR", nargs="?", help=f"{MODEL_DIR_HELP}; required unless --peers")
     add_model_args(p, model_dir=False)
-    p.add_argument("--prompt", default="The quick brown fox jumps over the lazy dog. " * 2,
+    p.add_argument("--prompt", type=non_empty_text, default="The quick brown fox jumps over the lazy dog. " * 2,
                    help="prompt text (default: a short English sentence, twice)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, metavar="N",
                    help="decode steps per run (default: 32)")
@@ -90,8 +92,9 @@ def run(args) -> int:
             total.append(t3 - t2)
     b, s = ids.shape
     p_med, d_med, g_med = (statistics.median(x) for x in (prefill, decode, total))
+    threads = resolve_threads(args.threads)  # the count the sessions ran on (--threads, $ONNXLM_THREADS, or cores)
     result = {
-        "model": str(model.path), "provider": model.provider, "threads": args.threads, "batch_size": b,
+        "model": str(model.path), "provider": model.provider, "threads": threads, "batch_size": b,
         "prompt_tokens": int(s), "new_tokens": n, "runs": args.runs,
         "prefill_ms": p_med * 1e3, "prefill_tokens_per_s": b * s / p_med,
         "decode_ms_per_token": d_med * 1e3 / n, "decode_tokens_per_s": b * n / d_med,
@@ -101,7 +104,7 @@ def run(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"onnxlm bench: {model.path} on {model.provider}"
-          f"{'' if args.threads is None else f' ({args.threads} threads)'}, batch {b}, "
+          f" ({threads} thread{'s' if threads != 1 else ''}), batch {b}, "
           f"prompt {s} tokens, {n} new tokens, median of {args.runs} runs")
     print(f"  prefill   {result['prefill_ms']:9.2f} ms          {result['prefill_tokens_per_s']:10.1f} tokens/s")
     print(f"  decode    {result['decode_ms_per_token']:9.2f} ms/token    {result['decode_tokens_per_s']:10.1f} tokens/s")

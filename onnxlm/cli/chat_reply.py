@@ -31,12 +31,14 @@ class ReplyPrinter:
         self.pieces.append(piece)
         self._show([("content", piece)] if self.stream is None else self.stream.feed(piece))
 
-    def close(self) -> tuple[str | None, str]:
-        """End the reply's lines -> (reasoning or None, answer)."""
+    def close(self, *, failed: bool = False) -> tuple[str | None, str]:
+        """End the reply's lines -> (reasoning or None, answer). ``failed``: the reply was refused before any of it
+        came (a prompt past the context): no empty line is left for it."""
         if self.stream is not None:
             self._show(self.stream.finish())
         self._end_reasoning()
-        self.out.write("\n")
+        if not failed or self.pieces:
+            self.out.write("\n")
         self.out.flush()
         raw = "".join(self.pieces)
         self.reasoning, self.answer = (None, raw) if self.think is None else split(raw, self.think)

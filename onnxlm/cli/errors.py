@@ -11,13 +11,18 @@ _ROOTS = (_PACKAGE, _PACKAGE.parent / "runtime", _PACKAGE.parent / "export")  # 
 
 
 def error_line(message: str) -> str:
-    """One readable line: newlines in a message are folded so a failure is always exactly one line."""
-    return "onnxlm: error: " + " ".join(str(message).split())
+    """One readable line: a message's lines are joined so a failure is always exactly one line (the spaces within a
+    line are kept: a quoted value of three spaces still reads as three)."""
+    return "onnxlm: error: " + _one_line(message)
+
+
+def _one_line(message) -> str:
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def warning_line(message: str) -> str:
     """A warning of onnxlm's as one line, beside its error lines."""
-    return "onnxlm: warning: " + " ".join(str(message).split())
+    return "onnxlm: warning: " + _one_line(message)
 
 
 def one_line_warnings(previous=warnings.showwarning):

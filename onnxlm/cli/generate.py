@@ -7,12 +7,13 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from onnxlm.runtime.errors import InputError, ModelFileError
+from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 from onnxlm.runtime.reasoning import FORMATS, prompt_opens, split, wanted
 
 from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
                        json_object, load_model, positive_int, read_line, read_prompts)
 from .chat_reply import ReplyPrinter
+from .errors import error_line
 from .jobs import add_job_args, run_job, wants_job
 
 GENERATE_DESCRIPTION = """\
@@ -155,8 +156,9 @@ def _read_text(path: str, flag: str) -> str:
 def run_generate(args) -> int:
     if args.stream and args.json:
         args.parser_for_command.error("--stream and --json cannot be combined")
-    if (args.system or args.chat_template_kwargs is not None) and not args.chat:
-        args.parser_for_command.error(f"{'--system' if args.system else '--chat-template-kwargs'} needs --chat")
+    if (args.system is not None or args.chat_template_kwargs is not None) and not args.chat:
+        args.parser_for_command.error(f"{'--system' if args.system is not None else '--chat-template-kwargs'} "
+                                      "needs --chat")
     params = {**generation_params(args), **constraint_params(args)}
     if wants_job(args):
         if args.assistant:
@@ -202,7 +204,8 @@ def run_generate(args) -> int:
 
 
 def _messages(prompt: str, system: str | None, history: list[dict] | None = None) -> list[dict]:
-    head = [{"role": "system", "content": system}] if system else []
+    # --system "" is a system message, empty: it replaces a template's default one (SmolLM2's "You are ...")
+    head = [{"role": "system", "content": system}] if system is not None else []
     return head + list(history or []) + [{"role": "user", "content": prompt}]
 
 
@@ -210,7 +213,7 @@ def _stream_one(model, model_input, params: dict, out: ReplyPrinter | None = Non
     """Stream one prompt's reply into ``out`` (default: all of it to stdout), closed at the end; returns the finish
     reason. Closing the stream stops decoding."""
     out = out or ReplyPrinter(None)
-    reason = None
+    reason, failed = None, True
     steps = model.stream(model_input, **params)
     try:
         for step in steps:
@@ -220,9 +223,10 @@ def _stream_one(model, model_input, params: dict, out: ReplyPrinter | None = Non
                 out.write(step.text)
             if step.is_last:
                 reason = step.finish_reason
+        failed = False
     finally:  # also on Ctrl-C: the terminal's dim reasoning is reset and the line ended
         steps.close()
-        out.close()
+        out.close(failed=failed)
     return reason
 
 
@@ -299,8 +303,10 @@ def _records(model, prompt: str, res, dist) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- chat
 def run_chat(args) -> int:
     params = {**generation_params(args), **constraint_params(args)}
-    stream = args.stream and not args.json and params.get("num_beams", 1) == 1 \
-        and params.get("num_return_sequences", 1) == 1
+    if params.get("num_return_sequences", 1) > 1:  # a conversation keeps one reply a turn
+        args.parser_for_command.error("--num-return-sequences: chat keeps one reply a turn; for several replies "
+                                      "to one message use onnxlm generate --chat")
+    stream = args.stream and not args.json and params.get("num_beams", 1) == 1 and not params.get("output_scores")
     _refuse_a_gguf_file_without_template(args.model_dir)  # before a first run's export, not after it
     model = load_model(args)
     _refuse_a_gguf_without_template(model, args.model_dir)
@@ -370,11 +376,19 @@ def _chat_turn(model, messages: list[dict], params: dict, args, *, stream: bool,
         return rec["text"]
     printer.write(res.text[0])
     printer.close()
+    lps = _token_logprobs(res, 0) if params.get("output_scores") else None
+    if lps is not None:  # --output-scores: as generate shows them, after the reply
+        print(_token_table(model, res.new_tokens[0], lps), flush=True)
     return printer.answer
 
 
 def _repl(model, args, params: dict, stream: bool) -> int:
+    """The conversation on stdin, a message a line. A message the model refuses (past its context, ...) is one
+    error line and leaves the history as it was; the session goes on, and ends with status 1 if any was refused."""
+    if sys.stdin is None:  # stdin closed (`<&-`): no conversation to read
+        return 0
     interactive = sys.stdin.isatty()
+    refused = False
     history: list[dict] = []
     if interactive:
         print("onnxlm chat: type a message and press Enter; /reset clears the history, /exit or Ctrl-D quits.",
@@ -387,12 +401,12 @@ def _repl(model, args, params: dict, stream: bool) -> int:
         if not line:
             if interactive:
                 sys.stderr.write("\n")
-            return 0
+            return 1 if refused else 0
         text = line.strip()
         if not text:
             continue
         if text in ("/exit", "/quit"):
-            return 0
+            return 1 if refused else 0
         if text == "/reset":
             history.clear()
             print("[history cleared]", file=sys.stderr)
@@ -400,5 +414,10 @@ def _repl(model, args, params: dict, stream: bool) -> int:
         if interactive:
             sys.stderr.write("assistant> ")
             sys.stderr.flush()
-        reply = _chat_turn(model, _messages(text, args.system, history), params, args, stream=stream)
+        try:
+            reply = _chat_turn(model, _messages(text, args.system, history), params, args, stream=stream)
+        except (InputError, ParameterError) as exc:  # this message's fault: said, and the conversation goes on
+            print(error_line(str(exc)), file=sys.stderr, flush=True)
+            refused = True
+            continue
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]

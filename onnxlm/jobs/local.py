@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .inputs import import_pyarrow, read_rows
 from .output import Parts, check_not_input
-from .spec import JobSpec
+from .spec import JobRowError, JobSpec
 from .tasks import output_schema, process, split_params
 
 
@@ -126,7 +126,12 @@ def _run_local(prep: Prepared, model, progress: bool) -> JobReport:
         pending = []  # processed batches not yet in a part
         try:
             for start in range(0, prep.todo.num_rows, spec.batch_size):
-                pending.append(process(model, spec, prep.todo.slice(start, spec.batch_size), prep.schema))
+                try:
+                    pending.append(process(model, spec, prep.todo.slice(start, spec.batch_size), prep.schema))
+                except JobRowError as exc:  # the batch's rows before the failing one are finished too
+                    if exc.kept is not None and exc.kept.num_rows:
+                        pending.append(exc.kept)
+                    raise
                 bar.update(min(spec.batch_size, prep.todo.num_rows - start))
                 if sum(t.num_rows for t in pending) >= spec.rows_per_part:
                     prep.parts.write(_concat(pending))

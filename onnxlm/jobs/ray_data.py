@@ -16,6 +16,7 @@ import contextlib
 import logging
 import re
 import signal
+import socket
 import threading
 from dataclasses import asdict
 
@@ -42,9 +43,12 @@ class ModelActor:
         from .tasks import process
         try:
             table = process(self.model, self.spec, batch, self.schema)
-        except OnnxlmError as exc:
-            marker = pa.Table.from_pylist([{"row": batch.column("row")[0].as_py()}], schema=self.schema)
-            return marker.append_column(ERROR_COLUMN, pa.array([str(exc)], pa.string()))
+        except OnnxlmError as exc:  # the rows finished before the failing one, then the marker
+            kept = getattr(exc, "kept", None)
+            kept = kept if kept is not None else self.schema.empty_table()
+            marker = pa.Table.from_pylist([{"row": batch.column("row")[kept.num_rows].as_py()}], schema=self.schema)
+            return pa.concat_tables([kept.append_column(ERROR_COLUMN, pa.nulls(kept.num_rows, pa.string())),
+                                     marker.append_column(ERROR_COLUMN, pa.array([str(exc)], pa.string()))])
         return table.append_column(ERROR_COLUMN, pa.nulls(table.num_rows, pa.string()))
 
 
@@ -101,6 +105,7 @@ def _ray_started(ray, address: str | None, progress: bool):
         return
     main = threading.current_thread() is threading.main_thread()  # handlers can only be set from the main thread
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    _check_reachable(address)
     ray.init(address=address, log_to_driver=False, logging_level=logging.CRITICAL if not progress else logging.INFO)
     try:
         yield
@@ -111,6 +116,26 @@ def _ray_started(ray, address: str | None, progress: bool):
             for sig, handler in handlers.items():
                 if handler is not None:  # None: a handler not set from Python, which cannot be put back
                     signal.signal(sig, handler)
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """--ray-address host:port (or ray://host:port): a JobInputError when nothing answers there within ``timeout``
+    seconds; ``ray.init`` would retry the connection for minutes, its warnings past --quiet. None, "auto" and
+    "local" are Ray's to resolve."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        from .spec import JobInputError
+        raise JobInputError(f"--ray-address: got {address!r}; allowed: HOST:PORT, ray://HOST:PORT, 'auto' or "
+                            "'local'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        from .spec import JobInputError
+        raise JobInputError(f"--ray-address {address}: nothing answers at {host}:{port} "
+                            f"({exc.strerror or exc}); start the cluster there (ray start --head), or leave "
+                            "--ray-address out to run Ray in this process") from None
 
 
 @contextlib.contextmanager

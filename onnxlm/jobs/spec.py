@@ -20,7 +20,12 @@ class JobInputError(InputError):
 
 
 class JobRowError(OnnxlmError):
-    """A row failed inside the model (e.g. a prompt longer than the context); the rows before it are kept."""
+    """A row failed inside the model (e.g. a prompt longer than the context); the rows before it are kept: those
+    of earlier batches, and ``kept`` (a pa.Table or None), its own batch's rows before it, each run alone."""
+
+    def __init__(self, message: str, kept=None):
+        super().__init__(message)
+        self.kept = kept
 
 
 @dataclass
@@ -56,12 +61,13 @@ class JobSpec:
                 raise ParameterError(name, f"got {value!r}; must be an integer >= 1")
         only = {"score": ("params", "chat", "system", "chat_template_kwargs"),
                 "generate": ("prepend_bos", "append_eos")}
-        for name in only[self.task]:
-            if getattr(self, name):
+        given = lambda name: self.system is not None if name == "system" else bool(getattr(self, name))  # noqa: E731
+        for name in only[self.task]:  # (system: "" is given too, an empty system message)
+            if given(name):
                 other = "generate" if self.task == "score" else "score"
                 raise ParameterError(name, f"only for task {other!r}, not {self.task!r}")
         for name in ("system", "chat_template_kwargs"):
-            if getattr(self, name) and not self.chat:
+            if given(name) and not self.chat:
                 raise ParameterError(name, "needs chat=True")
         if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
             raise ParameterError("id_column", f"got {self.id_column!r}; must be a column name (a non-empty string) "

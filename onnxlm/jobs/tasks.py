@@ -69,21 +69,24 @@ def process(model, spec: JobSpec, batch, schema):
         failed = _failing_row(model, spec, rows, exc)
         if failed is None:
             raise
-        row, error = failed
+        row, error, before = failed
         ident = f" (id {row['id']!r})" if "id" in row else ""
-        raise JobRowError(f"row {row['row']}{ident}: {error}") from exc
+        raise JobRowError(f"row {row['row']}{ident}: {error}",
+                          kept=pa.Table.from_pylist(before, schema=schema)) from exc
     return pa.Table.from_pylist(records, schema=schema)
 
 
 def _failing_row(model, spec: JobSpec, rows: list[dict], exc: Exception):
-    """-> (the first row of a failed batch that fails alone, its error), or None when each succeeds alone."""
+    """-> (the first row of a failed batch that fails alone, its error, the records of the rows before it, each
+    run alone: they are kept as the earlier batches are), or None when each succeeds alone."""
     if len(rows) == 1:
-        return rows[0], exc
+        return rows[0], exc, []
+    before = []
     for row in rows:
         try:
-            _score(model, spec, [row]) if spec.task == "score" else _generate(model, spec, [row])
+            before += _score(model, spec, [row]) if spec.task == "score" else _generate(model, spec, [row])
         except OnnxlmError as one:
-            return row, one
+            return row, one, before
     return None
 
 
@@ -152,7 +155,7 @@ def _model_input(model, spec: JobSpec, text: str):
     """A prompt as the runtime takes it: the text, or with chat its template's token ids."""
     if not spec.chat:
         return text
-    messages = ([{"role": "system", "content": spec.system}] if spec.system else []) + \
+    messages = ([{"role": "system", "content": spec.system}] if spec.system is not None else []) + \
         [{"role": "user", "content": text}]
     return model.render_chat(messages, tokenize=True, **spec.chat_template_kwargs)
 
