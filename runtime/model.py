@@ -368,6 +368,13 @@ class LanguageModel:
                 return cut
         return self._text(new_ids, config)
 
+    def _cut_ids(self, texts: list[str], reasons: list[str], config: GenerationConfig) -> list | None:
+        """Per row: the ids of its returned text where a stop string ended it (the text cut where the match starts,
+        encoded again), else None; None for all when the call has no stop strings."""
+        if self.tokenizer is None or not config.stop_list():
+            return None
+        return [self._encode_raw(t, False) if reason == "stop" else None for t, reason in zip(texts, reasons)]
+
     def _beam_generate(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig,
                        constraints=None, stopping_criteria=None) -> GenerationResult:
         from .decoding.beam import beam_search
@@ -398,7 +405,8 @@ class LanguageModel:
                                 finish_reasons=list(out.finish_reasons), new_tokens=new, scores=out.scores,
                                 logits=out.logits, sequences_scores=out.sequences_scores, beam_indices=out.beam_indices,
                                 constraint_satisfied=_satisfied(constraint, constraints and
-                                                                [c for c in constraints for _ in range(r)], new))
+                                                                [c for c in constraints for _ in range(r)], new,
+                                                                self._cut_ids(texts, out.finish_reasons, config)))
 
     # ------------------------------------------------------------------ inspection and scoring
     def next_token_distribution(self, text, *, top_k: int = 10) -> TokenDistribution:
@@ -552,12 +560,13 @@ class _SampleRun:
         new = np.stack(self.tokens, axis=1) if self.tokens else np.zeros((self.b, 0), np.int64)
         sequences = np.concatenate([self.sequences, new], axis=1)
         reasons = [r or "length" for r in self.reasons]
-        return GenerationResult(sequences=sequences, finish_reasons=reasons, new_tokens=self.new_ids,
-                                text=[t if t is not None else self.model._finish_text(ids, self.config)
-                                      for t, ids in zip(self.final_text, self.new_ids)],
+        texts = [t if t is not None else self.model._finish_text(ids, self.config)
+                 for t, ids in zip(self.final_text, self.new_ids)]
+        return GenerationResult(sequences=sequences, finish_reasons=reasons, new_tokens=self.new_ids, text=texts,
                                 scores=self.scores if self.config.output_scores else None,
                                 logits=self.logits if self.config.output_logits else None,
-                                constraint_satisfied=_satisfied(self.constraint, self.constraints, self.new_ids),
+                                constraint_satisfied=_satisfied(self.constraint, self.constraints, self.new_ids,
+                                                                self.model._cut_ids(texts, reasons, self.config)),
                                 speculation=self.speculation)
 
 
@@ -571,11 +580,15 @@ def _row_constraints(wanted: dict, batch: int):
     return pop_constraints(dict(wanted), batch) if wanted else None
 
 
-def _satisfied(processor, constraints, new_ids) -> list | None:
-    """Per returned row: does its new text (up to EOS) match its whole constraint? None: unconstrained row."""
+def _satisfied(processor, constraints, new_ids, returned=None) -> list | None:
+    """Per returned row: does its new text (up to EOS) match its whole constraint? None: unconstrained row.
+    ``returned``: per row, the ids of the text a stop string cut (the returned text encoded again), else None: a
+    cut row is judged by what it returns, not by the tokens past the cut."""
     if processor is None:
         return None
-    return [None if c is None else processor.engine.satisfied(c, ids) for c, ids in zip(constraints, new_ids)]
+    returned = returned or [None] * len(new_ids)
+    return [None if c is None else processor.engine.satisfied(c, ids if cut is None else cut)
+            for c, ids, cut in zip(constraints, new_ids, returned)]
 
 
 

@@ -202,6 +202,20 @@ def test_a_row_ended_by_a_stop_string_is_no_conflict_for_the_rest_of_the_batch(t
         tiny.generate(PROMPTS[:2], constraints=rows, min_new_tokens=6, max_new_tokens=8)
 
 
+@pytest.mark.parametrize("kw", [{}, {"num_beams": 2}], ids=["greedy", "beam"])
+def test_a_row_a_stop_string_cut_is_judged_by_the_text_it_returns(tiny, kw):
+    """constraint_satisfied of a row a stop string ended is whether its returned (cut) text matches, not its
+    tokens past the cut: "green" cut at "een" returns "gr" (False); "red" or "red cat" cut at " cat" returns
+    "red", a whole match (True)."""
+    res = tiny.generate(PROMPTS[:1], choices=["green"], stop=["een"], max_new_tokens=8, **kw)
+    assert res.finish_reasons == ["stop"] and res.text == ["gr"] and res.constraint_satisfied == [False]
+    res = tiny.generate(PROMPTS[:1], regex="red cat", stop_strings=[" cat"], max_new_tokens=12, **kw)
+    assert res.finish_reasons == ["stop"] and res.text == ["red"] and res.constraint_satisfied == [False]
+    # min_new_tokens bans the EOS after "red" (3 byte tokens): the row goes on to " cat", cut back to a whole match
+    res = tiny.generate(PROMPTS[:1], regex="red( cat)?", stop=[" cat"], max_new_tokens=12, min_new_tokens=4, **kw)
+    assert res.finish_reasons == ["stop"] and res.text == ["red"] and res.constraint_satisfied == [True]
+
+
 def test_unconstrained_generation_is_unchanged(tiny):
     plain = tiny.generate(PROMPTS, max_new_tokens=12)
     none_rows = tiny.generate(PROMPTS, max_new_tokens=12, constraints=[None] * 4, json_schema=None)
