@@ -36,7 +36,8 @@ def refuse_taken(out_dir: Path, force: bool, *sources) -> None:
             raise ExportError(f"{out_dir}: the output would replace the input {source} ("
                               + ("the same path" if src == out else "it lies inside") + "); name another OUT_DIR")
     if is_nonempty(out_dir) and not force:
-        raise ExportError(f"{out_dir}: exists and is not empty; pass force=True (on the command line: --force) to replace it")
+        what = "is not empty" if Path(out_dir).is_dir() else "is not a directory (a file or a link)"
+        raise ExportError(f"{out_dir}: exists and {what}; pass force=True (on the command line: --force) to replace it")
 
 
 def temp_dir_beside(out_dir: Path, tag: str) -> Path:

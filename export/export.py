@@ -228,6 +228,10 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         _check_args(quantize, block_size, accuracy_level)  # refuse bad settings before the long export
         if not artifact:  # and an onnxruntime its quantizer cannot run on (quantize_artifact checks it again)
             check_quantizer_onnxruntime(f"quantize={quantize!r}")
+            seq2seq = _seq2seq_model_type(model)
+            if seq2seq is not None:  # quantize_artifact's refusal, before the fp32 export it would follow
+                raise ExportError(f"quantize={quantize!r}: quantization supports decoder-only models (GPT-2, Llama "
+                                  f"family) for now; {model} is a {seq2seq!r} encoder-decoder")
         if artifact:
             return quantize_artifact(model, out_dir, scheme=quantize, block_size=block_size,  # no torch needed
                                      accuracy_level=accuracy_level, quantize_head=quantize_head,
@@ -414,3 +418,19 @@ def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
                 validation = validate_fused_export(lm.model, tmp, manifest, cfg, tolerance=tolerance,
                                                    log=prog.log if progress else None, references=references)
     return graphs, OPSET, validation
+
+
+def _seq2seq_model_type(model) -> str | None:
+    """An export source's model_type where it is an encoder-decoder (a loaded model's config, or a directory's
+    config.json), else None (decoder-only, or not known before loading)."""
+    import json
+
+    config = getattr(model, "config", None)
+    if config is not None:
+        return config.model_type if getattr(config, "is_encoder_decoder", False) else None
+    path = Path(str(model)).expanduser() / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return None  # the export's own read says what is wrong with it
+    return cfg.get("model_type") if isinstance(cfg, dict) and cfg.get("is_encoder_decoder") else None

@@ -63,15 +63,18 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     eps = float(cfg.rms_norm_eps)
     P = int(max_positions or cfg.max_position_embeddings)
     windows = sliding_windows(cfg)
-    softcap = getattr(cfg, "attn_logit_softcapping", None)
+    # Gemma 2's attention soft-capping; transformers' Gemma 3 attention never applies its config's value (4.57)
+    softcap = getattr(cfg, "attn_logit_softcapping", None) if cfg.model_type == "gemma2" else None
     inner = model.model
     g = Graph()
 
     g.init("embed_tokens.weight", to_numpy(inner.embed_tokens.weight))
     tables = {None: ("cos_cache", "sin_cache")}  # rotary tables by kind: global (None) and local (sliding)
-    for name, value in zip(tables[None], rotary_caches(model, P)):
-        g.init(name, value)
-    if hasattr(inner, "rotary_emb_local"):  # Gemma 3: sliding-window layers rotate with their own base
+    local = hasattr(inner, "rotary_emb_local")  # Gemma 3: sliding-window layers rotate with their own base
+    if not local or any(w is None for w in windows):  # only the tables some layer reads (an unused initializer:
+        for name, value in zip(tables[None], rotary_caches(model, P)):  # onnxruntime warns at every load)
+            g.init(name, value)
+    if local and any(w is not None for w in windows):
         tables["local"] = ("cos_cache_local", "sin_cache_local")
         for name, value in zip(tables["local"], rotary_caches(model, P, inner.rotary_emb_local)):
             g.init(name, value)
@@ -83,6 +86,9 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
         h = _norm(g, f"l{i}.input_layernorm", x, layer.input_layernorm, eps)
         wqkv = np.concatenate([_w(att.q_proj), _w(att.k_proj), _w(att.v_proj)], axis=1)
         qkv = g.op("MatMul", [h, g.init(f"l{i}.qkv.weight", wqkv)])  # [b, s, (N + 2 KVN) H]
+        if att.q_proj.bias is not None:  # attention_bias: true (before Gemma 3's q/k norms, as transformers adds it)
+            bqkv = np.concatenate([to_numpy(p.bias).astype(np.float32) for p in (att.q_proj, att.k_proj, att.v_proj)])
+            qkv = g.op("Add", [qkv, g.init(f"l{i}.qkv.bias", bqkv)])
         if hasattr(att, "q_norm"):  # Gemma 3: per-head RMSNorm of q and k before the rotary, weights 1 + w
             qkv = qk_head_norms(g, qkv, i, N, KVN, H, 1.0 + to_numpy(att.q_norm.weight),
                                 1.0 + to_numpy(att.k_norm.weight), eps)
@@ -91,8 +97,8 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
             attrs["local_window_size"] = int(windows[i])
         if softcap is not None:
             attrs["softcap"] = float(softcap)
-        local = "local" if windows[i] is not None and "local" in tables else None
-        a = g.attention(qkv, i, rotary=tables[local], **attrs)
+        kind = "local" if windows[i] is not None and local else None
+        a = g.attention(qkv, i, rotary=tables[kind], **attrs)
         o = _linear(g, f"l{i}.o_proj", a, att.o_proj)
         if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 2 / 3: norms around each block's output
             x = g.op("Add", [x, _norm(g, f"l{i}.post_attention_layernorm", o, layer.post_attention_layernorm, eps)])

@@ -60,6 +60,12 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MLAS's MatMulNBits block sizes (others: "Only block sizes ... supported")
 
 
+def _gate_hint(scheme: str, accuracy_level: int) -> str:
+    """What a refused variant may try instead: the settings not already given (fp32 activations, 8-bit weights)."""
+    options = ([] if accuracy_level == 1 else ["--accuracy-level 1"]) + (["--quantize int8"] if scheme == "int4" else [])
+    return ("Try " + " or ".join(options)) if options else "int8 at accuracy level 1 is the closest variant to fp32"
+
+
 def _check_args(scheme: str, block_size: int, accuracy_level: int) -> int:
     if scheme not in SCHEMES:
         raise ExportError(f"quantize: got {scheme!r}; allowed: {', '.join(SCHEMES)}")
@@ -190,7 +196,7 @@ def quantize_artifact(src, out_dir, *, scheme: str = "int8", block_size: int = 3
 
     write_quantized_artifact(src, manifest, out_dir, record, rewrite, force_quality=force_quality,
                              quality_text=quality_text, force=force, log=log,
-                             hint="Try --accuracy-level 1" + (" or --quantize int8" if scheme == "int4" else ""),
+                             hint=_gate_hint(scheme, accuracy_level),
                              progress=progress)
     log(f"wrote {out_dir}")
     return out_dir

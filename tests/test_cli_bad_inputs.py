@@ -344,3 +344,26 @@ def test_an_error_line_keeps_the_spaces_of_a_quoted_value():
 
     assert error_line("row 0 of column 'text' is '   ';\n  expected text") == \
         "onnxlm: error: row 0 of column 'text' is '   '; expected text"
+
+
+def test_quantizing_an_encoder_decoder_source_is_refused_before_its_export(tiny_t5, tmp_path, capsys):
+    code, out, err = run_cli(capsys, "export", tiny_t5.hf_dir, tmp_path / "q", "--quantize", "int8")
+    assert code == 1
+    _one_error_line(err, "quantization supports decoder-only models", "is a 't5' encoder-decoder")
+    assert "  validate " not in out + err and sorted(os.listdir(tmp_path)) == []  # no fp32 export ran
+
+
+def test_an_output_that_is_a_file_is_named_as_one(tiny_llama, tmp_path, capsys):
+    (tmp_path / "out").write_bytes(b"")
+    code, _, err = run_cli(capsys, "export", tiny_llama.hf_dir, tmp_path / "out")
+    assert code == 1
+    _one_error_line(err, "exists and is not a directory (a file or a link)")
+
+
+def test_a_refused_variants_hint_names_only_settings_not_given():
+    from onnxlm.export.quantize import _gate_hint
+
+    assert _gate_hint("int4", 4) == "Try --accuracy-level 1 or --quantize int8"
+    assert _gate_hint("int4", 1) == "Try --quantize int8"
+    assert _gate_hint("int8", 4) == "Try --accuracy-level 1"
+    assert "--" not in _gate_hint("int8", 1)

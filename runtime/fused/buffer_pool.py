@@ -67,4 +67,5 @@ class BufferPool:
                 self.bytes -= len(self._kept.popitem(last=False)[1])
 
     def stats(self) -> dict:
-        return {"kv_pool_bytes": self.bytes, "kv_pool_reused": self.reused, "kv_pool_fresh": self.fresh}
+        with self._lock:  # (read between _give_back's keep and its eviction, bytes is above max_bytes for a moment)
+            return {"kv_pool_bytes": self.bytes, "kv_pool_reused": self.reused, "kv_pool_fresh": self.fresh}
