@@ -71,10 +71,18 @@ def _tokenizer_from(obj):
 
 
 def _hf_tokenizer(name_or_path: str):
+    """transformers' tokenizer of a source, or None. Its loggers are quiet meanwhile: a slow tokenizer's notices
+    (LlamaTokenizer's "legacy behaviour" text) are about transformers' own encoding, not the artifact's."""
     try:
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-        return AutoTokenizer.from_pretrained(name_or_path)
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return AutoTokenizer.from_pretrained(name_or_path)
+        finally:
+            hf_logging.set_verbosity(level)
     except Exception:  # noqa: BLE001 - no tokenizer is reported by the caller with a clear message
         return None
 
