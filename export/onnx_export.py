@@ -61,6 +61,10 @@ def position_limit(config) -> int | None:
     return limit
 
 
+#: the supported model types whose transformers attention reads ``sliding_window``
+WINDOWED_TYPES = ("mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "olmo3", "exaone4", "smollm3")
+
+
 def check_config(config) -> None:
     """Refuse config values whose graph cannot match transformers exactly (the family itself is supported)."""
     rope_type = rope_type_of(config)
@@ -69,6 +73,14 @@ def check_config(config) -> None:
             f"rope_scaling {{'rope_type': {rope_type!r}}} is not supported for export; supported rope_scaling types: "
             f"{', '.join(SUPPORTED_ROPE_SCALING)} (or none)"
         )
+    window = getattr(config, "sliding_window", None)
+    if window is not None and config.model_type not in WINDOWED_TYPES and config.model_type not in T5_TYPES:
+        # its attention ignores the key, but transformers' KV cache (DynamicCache) keeps only that window: a prompt's
+        # pass attends to every position and its cached steps to the window, so no one graph matches transformers
+        raise ExportError(f"sliding_window {window!r} in a {config.model_type!r} config: transformers' "
+                          f"{config.model_type} attention ignores it while its KV cache keeps only that window, so "
+                          "transformers itself answers a prompt and its cached steps differently; set it to null in "
+                          "config.json (a key copied from another model's config?)")
 
 
 def attn_implementation_for(config) -> str | None:

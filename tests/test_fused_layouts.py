@@ -635,6 +635,24 @@ def test_gemma_settings_the_fused_graph_keeps(model_type, setting, tmp_path):
     assert [t.name for t in graph.initializer if t.name not in read] == []
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gemma"])
+@pytest.mark.parametrize("kv_layout", ["fused", "plain"])
+def test_a_window_its_attention_ignores_is_refused_by_name(model_type, kv_layout, tmp_path):
+    """``sliding_window`` in a Llama or Gemma 1 config (copied from another model's): transformers' attention ignores
+    it while its KV cache keeps only that window, so transformers answers a prompt and its cached steps differently;
+    no graph can match both: refused by name, nothing written."""
+    from transformers import AutoConfig as Config
+
+    torch.manual_seed(0)
+    config = Config.for_model(model_type, vocab_size=64, hidden_size=64, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
+                              sliding_window=4)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with pytest.raises(ExportError, match=f"sliding_window 4 in a '{model_type}' config: .* set it to null"):
+        export_model(model, tmp_path / "a", progress=False, kv_layout=kv_layout)
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize("setting", [{"reorder_and_upcast_attn": True}, {"scale_attn_weights": False},
                                      {"activation_function": "silu"}])
 def test_gpt2_variants_the_graph_cannot_express_fall_back_to_plain(setting, tmp_path):
