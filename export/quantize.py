@@ -262,8 +262,9 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
             stopped = (f" (read the first {early['positions']:,} of {early['of']:,} positions: the rest could not "
                        "change the refusal)" if early else "")
             ppl, ppl_fp32 = perplexities(q)
+            read = "" if early else f" over {q['tokens']} tokens"  # (stopped early: the positions read, below)
             log(f"top-1 agreement {q['top1_agreement']:.4f}, perplexity {ppl:.3f} (fp32 {ppl_fp32:.3f}), "
-                f"mean KL {q['mean_kl']:.5f} over {q['tokens']} tokens{stopped}")
+                f"mean KL {q['mean_kl']:.5f}{read}{stopped}")
             failures = quality_failures(q)
             if (failures or early) and not force_quality:  # an early stop is a decided refusal
                 refusal = f"{'; '.join(failures)}{stopped}"
