@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from onnxlm.runtime.errors import ModelFileError
 
-__all__ = ["TESTED_GGUF_ARCHITECTURES", "GENERAL_KEYS", "ARCH_KEYS", "check_header", "check_blocks"]
+__all__ = ["TESTED_GGUF_ARCHITECTURES", "GENERAL_KEYS", "ARCH_KEYS", "check_header", "check_blocks", "scalar_value"]
 
 #: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
 TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "smollm3",
@@ -125,7 +125,7 @@ def check_header(reader, path) -> None:
     """ModelFileError naming ``path`` and the key when a metadata value the import reads is not of its type or range
     (``GENERAL_KEYS``, ``ARCH_KEYS``), or the keys disagree with each other or with the file's tensors (see the module
     doc). Nothing is read past the header but the tensors' names and shapes."""
-    arch = _scalar(reader.fields.get("general.architecture"))
+    arch = scalar_value(reader.fields.get("general.architecture"))
     rules = dict(GENERAL_KEYS)
     exported = isinstance(arch, str) and arch in TESTED_GGUF_ARCHITECTURES
     if exported:
@@ -170,7 +170,7 @@ def _check_field(path, key: str, field, rule: Rule) -> None:
             raise _bad(path, key, field, rule.allowed())
         if kind in (STRING, BOOL):
             return
-        values = [_scalar(field)]
+        values = [scalar_value(field)]
     for value in values:
         if isinstance(value, float) and not math.isfinite(value):
             raise _bad(path, key, field, rule.allowed())
@@ -182,10 +182,10 @@ def check_blocks(reader, path) -> None:
     """ModelFileError naming ``path`` unless the ``{arch}.block_count`` of an architecture onnxlm exports is the
     number of blocks its ``blk.N`` tensors name (``check_header`` asks it of a file with block tensors, ``load_gguf``
     of any file before a model of that many blocks is built: 4,000,000,000 of them hung)."""
-    arch = _scalar(reader.fields.get("general.architecture"))
+    arch = scalar_value(reader.fields.get("general.architecture"))
     if arch not in TESTED_GGUF_ARCHITECTURES:
         return
-    blocks = _scalar(reader.fields.get(f"{arch}.block_count"))
+    blocks = scalar_value(reader.fields.get(f"{arch}.block_count"))
     found = {int(m.group(1)) for t in reader.tensors if (m := _BLOCK.match(t.name))}
     n = max(found) + 1 if found else 0
     if (0 if blocks is None else blocks) != n:  # llama.cpp would look for blk.N tensors that are not there (or leave
@@ -201,11 +201,11 @@ def _check_together(reader, path, arch: str) -> None:
     vocabulary-only file has none), the head counts against each other, GPT-2's context against its position
     table."""
     fields = reader.fields
-    blocks = _scalar(fields.get(f"{arch}.block_count"))
+    blocks = scalar_value(fields.get(f"{arch}.block_count"))
     tensors = list(reader.tensors)
     if any(_BLOCK.match(t.name) for t in tensors):  # else a vocabulary-only file (tests/gguf_vocabs.py's hold one
         check_blocks(reader, path)                 # tensor): ``check_blocks`` again before a model is built of it
-    heads = _scalar(fields.get(f"{arch}.attention.head_count"))
+    heads = scalar_value(fields.get(f"{arch}.attention.head_count"))
     kv_field = fields.get(f"{arch}.attention.head_count_kv")
     if kv_field is not None:
         key = f"{arch}.attention.head_count_kv"
@@ -228,7 +228,7 @@ def _check_together(reader, path, arch: str) -> None:
                     raise _bad(path, key, kv_field, f"a divisor of {arch}.attention.head_count ({heads}): each kv "
                                                     "head serves a whole group of query heads")
     if arch == "gpt2":  # its positions are a tensor: the config's count must be its rows
-        context = _scalar(fields.get("gpt2.context_length"))
+        context = scalar_value(fields.get("gpt2.context_length"))
         table = next((t for t in tensors if t.name == "position_embd.weight"), None)
         if context is not None and table is not None and len(table.shape) == 2 and int(table.shape[1]) != context:
             raise ModelFileError(f"{path}: GGUF metadata gpt2.context_length is {context}, but position_embd.weight "
@@ -241,9 +241,9 @@ def _int_types() -> tuple:
     return (T.UINT8, T.INT8, T.UINT16, T.INT16, T.UINT32, T.INT32, T.UINT64, T.INT64)
 
 
-def _scalar(field):
+def scalar_value(field):
     """A scalar field's Python value (a string decoded; None for an absent field, an empty or nested array); an
-    array's first element."""
+    array's first element. ``gguf_reader.field_value`` reads a reader's key with it."""
     if field is None or not field.data:
         return None
     part = field.parts[field.data[0]]
@@ -258,7 +258,7 @@ def _scalar(field):
 def _values(field) -> list:
     """A number field's values: its one value, or an array's elements."""
     if field.types[0].name != "ARRAY":
-        return [_scalar(field)]
+        return [scalar_value(field)]
     return [field.parts[i][0].item() for i in field.data]
 
 
@@ -274,7 +274,7 @@ def _described(field) -> str:
             values = [_scalar_at(field, i, types[1]) for i in field.data]
             shown = f" ({values!r})"
         return f"an array of {n}{element}{shown}"
-    value = _scalar(field)
+    value = scalar_value(field)
     if types[0] == "STRING":
         return f"the string {_short(value)!r}"
     return f"{value!r} ({types[0]})"

@@ -23,7 +23,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ModelFileError
 
-from .gguf_header import check_header
+from .gguf_header import check_header, scalar_value
 from .gguf_splits import SPLIT_NAME, split_files
 from .shared_patch import SharedPatch
 
@@ -59,14 +59,9 @@ def gguf_reader(path: str | os.PathLike):
 
 
 def field_value(reader, key: str):
-    """A scalar (or string) metadata field of a reader -> its Python value, None when absent."""
-    field = reader.fields.get(key)
-    if field is None or not field.data:
-        return None
-    value = field.parts[field.data[0]]
-    if field.types[0].name == "STRING":
-        return bytes(value).decode("utf-8", errors="replace")
-    return value[0].item()
+    """A scalar (or string) metadata field of a reader -> its Python value, None when absent (an array's: its first
+    element; ``gguf_header.scalar_value``)."""
+    return scalar_value(reader.fields.get(key))
 
 
 def arch_fields(reader, arch: str | None) -> dict:

@@ -10,6 +10,7 @@ from typing import Any
 from onnxlm.runtime.errors import ExportError
 from onnxlm.runtime.versions import (MIN_ONNXRUNTIME, SLIDING_WINDOW_ONNXRUNTIME, check_runnable, dotted,
                                      window_binds)
+from onnxlm.runtime.window_narrowing import all_nodes
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "onnxlm.json"
@@ -96,27 +97,18 @@ def onnxruntime_requirement(path: Path, max_positions: int | None = None) -> tup
 
     model = onnx.load(str(path), load_external_data=False)
     binding = any(a.name == "local_window_size" and a.i >= 0 and window_binds(a.i, max_positions)
-                  for n in _all_nodes(model) if n.op_type == "GroupQueryAttention" for a in n.attribute)
+                  for n in all_nodes(model) if n.op_type == "GroupQueryAttention" for a in n.attribute)
     return SLIDING_WINDOW_ONNXRUNTIME if binding else MIN_ONNXRUNTIME
 
 
-def _all_nodes(model):
-    """An onnx ModelProto -> every NodeProto in it: the main graph's, its subgraphs' (If/Loop/Scan bodies) and its
-    functions'."""
-    nodes = [n for f in model.functions for n in f.node] + list(model.graph.node)
-    while nodes:
-        node = nodes.pop()
-        yield node
-        nodes += [n for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)
-                  for n in g.node]
-
-
-def check_graph_onnxruntime(path: Path, max_positions: int | None = None) -> None:
+def check_graph_onnxruntime(path: Path, max_positions: int | None = None) -> tuple[int, ...]:
     """DependencyError when the imported onnxruntime is older than the ONNX file ``path`` needs
     (``onnxruntime_requirement``; sliding windows alone: the floor, 1.23 running them narrowed,
     ``versions.check_runnable``): its validation would otherwise fail by other numbers, or pass and write an
-    artifact this machine refuses to load."""
-    check_runnable(onnxruntime_requirement(path, max_positions), f"the exported graph {path.name}")
+    artifact this machine refuses to load. -> that need."""
+    need = onnxruntime_requirement(path, max_positions)
+    check_runnable(need, f"the exported graph {path.name}")
+    return need
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

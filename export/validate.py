@@ -52,13 +52,13 @@ def _session(path: Path):
     from onnxlm.runtime.versions import runs_narrowed
     from onnxlm.runtime.window_narrowing import narrowed_model
 
-    from .manifest import check_graph_onnxruntime, onnxruntime_requirement
+    from .manifest import check_graph_onnxruntime
 
-    check_graph_onnxruntime(path)
+    need = check_graph_onnxruntime(path)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     # 1.23: each sliding window one narrower, as the runtime does
-    source = narrowed_model(path, so) if runs_narrowed(onnxruntime_requirement(path)) else str(path)
+    source = narrowed_model(path, so) if runs_narrowed(need) else str(path)
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
 

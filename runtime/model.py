@@ -110,7 +110,7 @@ class LanguageModel:
             raise InputError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
         bad = ids[(ids < 0) | (ids >= self.vocab_size)]
         if bad.size:
-            raise InputError(f"input_ids: token id {int(bad[0])} is out of range; allowed: 0 <= id < {self.vocab_size}")
+            raise self._out_of_vocabulary(int(bad[0]))
         if attention_mask is None:
             mask = np.ones_like(ids, dtype=np.int64)
         else:
@@ -171,9 +171,11 @@ class LanguageModel:
         written into int64 arrays, where an id past 2**63 would overflow)."""
         for row in rows:
             if row and (min(row) < 0 or max(row) >= self.vocab_size):
-                bad = next(v for v in row if not 0 <= v < self.vocab_size)
-                raise InputError(f"input_ids: token id {bad} is out of range; allowed: 0 <= id < {self.vocab_size}")
+                raise self._out_of_vocabulary(next(v for v in row if not 0 <= v < self.vocab_size))
         return rows
+
+    def _out_of_vocabulary(self, token_id: int) -> InputError:
+        return InputError(f"input_ids: token id {token_id} is out of range; allowed: 0 <= id < {self.vocab_size}")
 
     def prepare_inputs(self, inputs, attention_mask=None, *, pad_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Any accepted input form -> input_ids [b, t] int64, attention_mask [b, t] int64 (checked).
@@ -404,9 +406,9 @@ class LanguageModel:
         return GenerationResult(sequences=out.sequences, text=texts,
                                 finish_reasons=list(out.finish_reasons), new_tokens=new, scores=out.scores,
                                 logits=out.logits, sequences_scores=out.sequences_scores, beam_indices=out.beam_indices,
-                                constraint_satisfied=_satisfied(constraint, constraints and
-                                                                [c for c in constraints for _ in range(r)], new,
-                                                                self._cut_ids(texts, out.finish_reasons, config)))
+                                constraint_satisfied=_satisfied(
+                                    constraint, constraints and [c for c in constraints for _ in range(r)], new,
+                                    lambda: self._cut_ids(texts, out.finish_reasons, config)))
 
     # ------------------------------------------------------------------ inspection and scoring
     def next_token_distribution(self, text, *, top_k: int = 10) -> TokenDistribution:
@@ -565,8 +567,9 @@ class _SampleRun:
         return GenerationResult(sequences=sequences, finish_reasons=reasons, new_tokens=self.new_ids, text=texts,
                                 scores=self.scores if self.config.output_scores else None,
                                 logits=self.logits if self.config.output_logits else None,
-                                constraint_satisfied=_satisfied(self.constraint, self.constraints, self.new_ids,
-                                                                self.model._cut_ids(texts, reasons, self.config)),
+                                constraint_satisfied=_satisfied(
+                                    self.constraint, self.constraints, self.new_ids,
+                                    lambda: self.model._cut_ids(texts, reasons, self.config)),
                                 speculation=self.speculation)
 
 
@@ -580,13 +583,13 @@ def _row_constraints(wanted: dict, batch: int):
     return pop_constraints(dict(wanted), batch) if wanted else None
 
 
-def _satisfied(processor, constraints, new_ids, returned=None) -> list | None:
+def _satisfied(processor, constraints, new_ids, cut_ids=None) -> list | None:
     """Per returned row: does its new text (up to EOS) match its whole constraint? None: unconstrained row.
-    ``returned``: per row, the ids of the text a stop string cut (the returned text encoded again), else None: a
-    cut row is judged by what it returns, not by the tokens past the cut."""
+    ``cut_ids()`` (asked only for a constrained call): per row, the ids of the text a stop string cut (the returned
+    text encoded again), else None: a cut row is judged by what it returns, not by the tokens past the cut."""
     if processor is None:
         return None
-    returned = returned or [None] * len(new_ids)
+    returned = (cut_ids() if cut_ids else None) or [None] * len(new_ids)
     return [None if c is None else processor.engine.satisfied(c, ids if cut is None else cut)
             for c, ids, cut in zip(constraints, new_ids, returned)]
 

@@ -96,20 +96,28 @@ def narrowing_reader():
     return message_factory.MessageFactory(pool).GetPrototype(descriptor)  # pragma: no cover - older protobuf
 
 
+def all_nodes(model):
+    """A ModelProto (onnx's, or ``narrowing_reader``'s, whose fields of these names are the same) -> every NodeProto
+    in it: the main graph's, their subgraphs' (If/Loop/Scan bodies, at any depth) and the model's functions'."""
+    nodes = [n for f in model.functions for n in f.node] + list(model.graph.node)
+    while nodes:
+        node = nodes.pop()
+        yield node
+        nodes += [n for a in node.attribute for g in [a.g, *a.graphs] for n in g.node]  # an unset g holds no node
+
+
 def narrowed_windows(model: bytes) -> tuple[bytes, int]:
     """A serialized ONNX model -> the same model with every GroupQueryAttention's ``local_window_size`` w >= 1 set
     to w - 1 (-1, no window, stays; 0 is a DependencyError: no narrower window exists), and how many it narrowed:
     the main graph's nodes, their subgraphs' and the model's functions'."""
     proto = narrowing_reader()()
     proto.ParseFromString(model)
-    nodes = [n for f in proto.functions for n in f.node] + list(proto.graph.node)
     narrowed = 0
-    while nodes:
-        node = nodes.pop()
+    for node in all_nodes(proto):
+        if (node.op_type, node.domain) != WINDOWED_OP:
+            continue
         for attribute in node.attribute:
-            nodes += [n for g in [attribute.g, *attribute.graphs] for n in g.node]  # an unset g holds no node
-            if (node.op_type, node.domain) == WINDOWED_OP and attribute.name == WINDOW_ATTRIBUTE \
-                    and attribute.i >= 0:
+            if attribute.name == WINDOW_ATTRIBUTE and attribute.i >= 0:
                 if attribute.i == 0:  # attends to no position from 1.24; a build counting wider cannot say it
                     raise DependencyError(f"GroupQueryAttention node {node.name!r} has local_window_size 0, which "
                                           "onnxruntime before 1.24 counts as a window of one position (its graph "

@@ -21,7 +21,7 @@ import threading
 from dataclasses import asdict
 
 from .local import JobReport, Prepared, output_rows, prepare, progress_bar
-from .spec import JobRowError, JobSpec
+from .spec import JobInputError, JobRowError, JobSpec
 
 
 class ModelActor:
@@ -61,7 +61,6 @@ def import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        from .spec import JobInputError
         raise JobInputError("--ray needs Ray Data, which is not installed: pip install 'onnxlm[ray]'") from None
     return ray
 
@@ -126,13 +125,11 @@ def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
         return
     host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        from .spec import JobInputError
         raise JobInputError(f"--ray-address: got {address!r}; allowed: HOST:PORT, ray://HOST:PORT, 'auto' or "
                             "'local'")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        from .spec import JobInputError
         raise JobInputError(f"--ray-address {address}: nothing answers at {host}:{port} "
                             f"({exc.strerror or exc}); start the cluster there (ray start --head), or leave "
                             "--ray-address out to run Ray in this process") from None

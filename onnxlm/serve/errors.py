@@ -34,10 +34,11 @@ def users_mistake(exc: BaseException) -> bool:
 
 
 def model_error(exc: BaseException) -> APIError:
-    """An exception from the runtime -> 400 for a user's mistake (bad parameter or input), else 500."""
+    """An exception from the runtime -> 400 for a user's mistake (``users_mistake``: bad parameter or input), else
+    500."""
+    if not users_mistake(exc):
+        return APIError(500, f"the model failed: {type(exc).__name__}: {exc}", "server_error")
     if isinstance(exc, ParameterError):
         param = API_NAMES.get(exc.parameter, exc.parameter)
         return bad(param, str(exc).split(": ", 1)[-1])
-    if isinstance(exc, (InputError, ModelFileError)):
-        return bad(None, str(exc))
-    return APIError(500, f"the model failed: {type(exc).__name__}: {exc}", "server_error")
+    return bad(None, str(exc))

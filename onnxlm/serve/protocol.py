@@ -182,6 +182,15 @@ def check_text(strings: list, param: str) -> None:
             raise bad(param, f"{s[:40]!r} is not valid text (a lone UTF-16 surrogate)") from None
 
 
+def known_fields(obj: dict, allowed, where: str, what: str) -> None:
+    """400 naming ``where.<field>`` for a field of ``obj`` (a part of the body: a message, a tool, ...) not in
+    ``allowed``: a misspelt field would otherwise be dropped unseen (the body's own keys: ``check_keys``)."""
+    unknown = sorted(k for k in obj if k not in allowed)
+    if unknown:
+        raise bad(f"{where}.{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60} in {what}; allowed: "
+                                               f"{', '.join(sorted(allowed))}")
+
+
 def check_keys(body: dict, allowed: set) -> None:
     unknown = sorted(k for k in body if k not in allowed)
     if unknown:
@@ -278,10 +287,7 @@ def _include_usage(options, stream: bool) -> bool:
         raise bad("stream_options", "only allowed when stream is true")
     if not isinstance(options, dict):
         raise bad("stream_options", 'expected {"include_usage": true|false}')
-    unknown = sorted(k for k in options if k != "include_usage")
-    if unknown:
-        raise bad(f"stream_options.{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60}; supported: "
-                                                      "include_usage")
+    known_fields(options, ("include_usage",), "stream_options", "stream_options")
     v = options.get("include_usage")
     if v is not None and not isinstance(v, bool):
         raise bad("stream_options.include_usage", f"expected true or false, got {v!r:.60}")
@@ -365,11 +371,7 @@ def messages(body: dict) -> list[dict]:
 def _check_message_fields(m: dict, role: str, where: str) -> None:
     """400 naming ``messages[i].<field>`` for a field OpenAI does not document for the role (a typo such as
     "contnet" would otherwise be dropped unseen), or a non-null field whose content cannot be used (``NULL_ONLY``)."""
-    allowed = MESSAGE_FIELDS[role]
-    unknown = sorted(k for k in m if k not in allowed)
-    if unknown:
-        raise bad(f"{where}.{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60} in a {role} message; "
-                                               f"allowed: {', '.join(sorted(allowed))}")
+    known_fields(m, MESSAGE_FIELDS[role], where, f"a {role} message")
     for name, why in NULL_ONLY.items():
         if m.get(name) is not None:
             raise bad(f"{where}.{name}", f"{why} (null is accepted)")
@@ -382,10 +384,7 @@ def _text_parts(parts: list, where: str) -> str:
     for k, c in enumerate(parts):
         if not isinstance(c, dict) or c.get("type") != "text" or not isinstance(c.get("text"), str):
             raise bad(f"{where}[{k}]", 'only text parts ({"type": "text", "text": ...}) are supported')
-        unknown = sorted(key for key in c if key not in ("type", "text"))
-        if unknown:
-            raise bad(f"{where}[{k}].{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60} in a text part; "
-                                                        "allowed: text, type")
+        known_fields(c, ("type", "text"), f"{where}[{k}]", "a text part")
         texts.append(c["text"])
     return "".join(texts)
 

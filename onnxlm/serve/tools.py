@@ -25,7 +25,7 @@ from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 
 from . import reasoning
 from .choices import REASONS, Choices
-from .protocol import bad
+from .protocol import bad, known_fields
 from .run import Run
 from .streaming import role_chunks
 
@@ -78,9 +78,9 @@ def _check_tool(t, where: str, names: list[str]) -> str:
     (400 naming the field)."""
     if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict):
         raise bad(where, 'expected {"type": "function", "function": {"name", "description", "parameters"}}')
-    _known_fields(t, TOOL_FIELDS, where, "a tool")
+    known_fields(t, TOOL_FIELDS, where, "a tool")  # (a misspelt "parameters": a function without its schema)
     f = t["function"]
-    _known_fields(f, FUNCTION_FIELDS, f"{where}.function", "a function")
+    known_fields(f, FUNCTION_FIELDS, f"{where}.function", "a function")
     if not isinstance(f.get("name"), str) or not NAME.match(f["name"]):
         raise bad(f"{where}.function.name", f"got {f.get('name')!r}; allowed: 1 to 64 of a-z, A-Z, 0-9, _ and -")
     if f["name"] in names:
@@ -97,15 +97,6 @@ def _check_tool(t, where: str, names: list[str]) -> str:
     if f.get("strict") is not None and not isinstance(f["strict"], bool):
         raise bad(f"{where}.function.strict", "expected true or false")
     return f["name"]
-
-
-def _known_fields(obj: dict, allowed: tuple, where: str, what: str) -> None:
-    """400 naming ``where.<field>`` for a field OpenAI does not define (a misspelt "parameters" would otherwise leave
-    the function without its schema, unseen)."""
-    unknown = sorted(k for k in obj if k not in allowed)
-    if unknown:
-        raise bad(f"{where}.{unknown[0]:.60}", f"unrecognized field {unknown[0]!r:.60} in {what}; allowed: "
-                                               f"{', '.join(allowed)}")
 
 
 def _check_parameters(params, where: str) -> None:
