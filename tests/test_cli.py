@@ -74,8 +74,10 @@ def test_generate_json_and_params(capsys, tiny_gpt2):
         assert len(r["token_ids"]) == 4 and r["finish_reason"] == "length"
         assert len(r["top_k"]) == 3 and len(r["token_logprobs"]) == 4
     import onnxlm
-    ref = onnxlm.load(tiny_gpt2.onnx_dir).generate("Hello", max_new_tokens=4, do_sample=True, seed=3, top_k=20)
-    assert records[0]["token_ids"] == list(ref.new_tokens[0])
+    model = onnxlm.load(tiny_gpt2.onnx_dir)
+    for i, prompt in enumerate(["Hello", "abc"]):  # prompt i samples with seed + i, as a job's row i does
+        ref = model.generate(prompt, max_new_tokens=4, do_sample=True, seed=3 + i, top_k=20)
+        assert records[i]["token_ids"] == list(ref.new_tokens[0])
 
 
 def test_generate_beams_json(capsys, tiny_gpt2):

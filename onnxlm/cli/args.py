@@ -152,7 +152,8 @@ GEN_FLAGS: list[tuple[str, str, dict]] = [
     ("--min-length", "min_length", dict(type=int, metavar="N", help="EOS is blocked below this total length")),
     ("--do-sample", "do_sample", dict(action=argparse.BooleanOptionalAction,
                                       help="sample instead of greedy/beam search (--no-do-sample forces greedy)")),
-    ("--seed", "seed", dict(type=int, metavar="N", help="random seed for sampling (reproducible output)")),
+    ("--seed", "seed", dict(type=int, metavar="N", help="random seed for sampling (reproducible output); with "
+                                                         "several prompts or rows, prompt i samples with N + i")),
     ("--temperature", "temperature", dict(type=float, metavar="T", help="divide the logits by T when sampling")),
     ("--top-k", "top_k", dict(type=int, metavar="K", help="sample among the K most likely tokens (0: off)")),
     ("--top-p", "top_p", dict(type=float, metavar="P", help="nucleus sampling: smallest set with probability >= P")),

@@ -184,8 +184,9 @@ def run_generate(args) -> int:
             model_input = [model.render_chat(_messages(prompt, args.system), tokenize=True,
                                              **(args.chat_template_kwargs or {}))]
         dist = model.next_token_distribution(model_input, top_k=args.show_top_k) if args.show_top_k else None
+        call = _seeded(params, i)
         if args.json:
-            res = model.generate(model_input, **params)
+            res = model.generate(model_input, **call)
             for record in _records(model, prompt, res, dist):
                 print(json.dumps(record), flush=True)
             continue
@@ -194,13 +195,19 @@ def run_generate(args) -> int:
         if dist is not None:
             print(f"top-{args.show_top_k} next tokens:\n{dist.table()}\n", flush=True)
         if args.stream:
-            reason = _stream_one(model, model_input, params)
+            reason = _stream_one(model, model_input, call)
             _print_footer(reason)
         else:
-            res = model.generate(model_input, **params)
+            res = model.generate(model_input, **call)
             _print_result(res, bool(params.get("output_scores")), model)
     bar.close()
     return 0
+
+
+def _seeded(params: dict, i: int) -> dict:
+    """Prompt i samples with --seed + i, as a batch job's row i does (onnxlm/jobs/tasks.py): the same prompt
+    list gives the same texts either way, and two prompts never share their draws."""
+    return params if params.get("seed") is None else {**params, "seed": params["seed"] + i}
 
 
 def _messages(prompt: str, system: str | None, history: list[dict] | None = None) -> list[dict]:
