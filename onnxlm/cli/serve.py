@@ -1,6 +1,7 @@
 """`onnxlm serve`: an OpenAI-compatible HTTP server on one model (continuous batching, streaming)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -61,6 +62,9 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-pool-mb", type=non_negative_int, default=256, metavar="MB",
                    help="freed KV buffers kept resident for the next request's buffers of the same size, so a "
                         "request does not fault fresh pages in (fused models); 0 turns it off (default: 256)")
+    p.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
+                   help="GET /slots reports what each row of the batch is doing, as llama.cpp's server does "
+                        "(--no-slots turns it off: 501; default: on)")
     p.add_argument("--shutdown-timeout", type=non_negative_float, default=30.0, metavar="S",
                    help="seconds in-flight requests get to finish after SIGTERM (default: 30)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -90,7 +94,7 @@ def run(args) -> int:
     config = ServeConfig(model_name=args.model_name or served_name(args.model_dir, path), api_key=args.api_key,
                          max_rows=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens,
                          max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
-                         prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb)
+                         prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb, slots=args.slots)
     def load_model():
         model = load(path, provider=args.provider, threads=args.threads, verify=args.verify)
         check_prompt_cap(args.max_prompt_tokens, model)

@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
-/health, /metrics, /props, /tokenize, /detokenize and /apply-template (tokenize.py), llama.cpp's native /completion and
-/infill (llamacpp.py), and the chat page at / (page.py).
+/health, /metrics, /props, /slots (slots.py), /tokenize, /detokenize and /apply-template (tokenize.py), llama.cpp's
+native /completion and /infill (llamacpp.py), and the chat page at / (page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -28,6 +28,7 @@ from .llamacpp import completion, infill
 from .page import page_routes
 from .protocol import APIError
 from .routes import chat_completions, completions, health, metrics, model, models, props
+from .slots import slots
 from .state import ServeConfig, ServeState
 from .tokenize import apply_template, detokenize, tokenize
 
@@ -76,6 +77,7 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/detokenize", detokenize, methods=["POST"]),
         Route("/apply-template", apply_template, methods=["POST"]),
         Route("/props", props, methods=["GET"]),
+        Route("/slots", slots, methods=["GET"]),  # llama.cpp's monitoring endpoint (slots.py)
         *page_routes(),
     ], exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
         lifespan=lifespan)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import itertools
 import logging
 import queue
 import threading
@@ -65,6 +66,8 @@ class Engine:
         self.load_error: BaseException | None = None
         self.scheduler: Scheduler | None = None
         self._sinks: dict[int, Callable] = {}
+        self._task_ids: dict[int, int] = {}  # id(request) -> its task number (/slots' id_task), while it runs
+        self._next_task = itertools.count()
         self._calls: collections.deque = collections.deque()  # (generator, gone, sink) of calls run in parts
         self._stopping = False
         self.steps = 0
@@ -101,6 +104,14 @@ class Engine:
         """The request's rows leave the batch at the next step (its client went away)."""
         req.cancelled = True
         self.inbox.put(None)  # wake an idle engine
+
+    def rows_now(self) -> list[tuple[int, object, int, int, int]]:
+        """The batch's rows, in state order -> (task number, request, row within it, tokens made, tokens it may still
+        make). Runs on the engine thread (send it as a ``call``): a snapshot between two steps."""
+        if self.scheduler is None:
+            return []
+        return [(self._task_ids.get(id(req), -1), req, r, made, left)
+                for req, r, made, left in self.scheduler.row_progress()]
 
     def stats(self) -> dict:
         s = self.scheduler
@@ -174,6 +185,7 @@ class Engine:
             sink(("error", exc))
             return
         self._sinks[id(what)] = sink
+        self._task_ids[id(what)] = next(self._next_task)
 
     def _call_part(self) -> None:
         """Run the next part of the first call in parts, then let the next one have its turn; a finished one hands
@@ -223,9 +235,11 @@ class Engine:
         """Cancelled requests that left (queue or batch) get their final message and are forgotten."""
         live = {id(r) for r in self.scheduler.requests} | {id(r) for r in self.scheduler.waiting}
         for key in [k for k in self._sinks if k not in live]:
+            self._task_ids.pop(key, None)
             self._sinks.pop(key)(("done", None))
 
     def _finish(self, req: Request, message) -> None:
+        self._task_ids.pop(id(req), None)
         sink = self._sinks.pop(id(req), None)
         if sink is not None:
             sink(message)

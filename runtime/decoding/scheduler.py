@@ -197,6 +197,16 @@ class Scheduler:
     def busy(self) -> bool:
         return bool(self.waiting or self.rows)
 
+    def row_progress(self) -> list[tuple[Request, int, int, int]]:
+        """Each batch row, in state order -> (its request, its row within it, tokens it has made, tokens it may
+        still make before its length limit). A snapshot for monitoring (the server's /slots); call it on the thread
+        that owns the scheduler, between steps."""
+        out = []
+        for req, r in self.rows:
+            made = len(req.new_ids[r])
+            out.append((req, r, made, max(self._runs[id(req)].max_length - req.t0 - made, 0)))
+        return out
+
     # ------------------------------------------------------------------ one step
     def step(self, *, defer_snapshots: bool = False) -> list[tuple[Request, list[TokenEvent]]]:
         """Advance the rows that go on (the forward pass of the tokens picked last step), admit waiting requests,

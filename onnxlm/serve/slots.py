@@ -1,0 +1,77 @@
+"""llama.cpp's ``GET /slots``: what each of the batch's rows is doing, for monitoring (llama.cpp's dashboards and
+proxies read it). onnxlm's batch has ``--max-batch`` rows where llama.cpp has ``--parallel`` slots: slot i is the
+batch's row i, busy (``is_processing``) while a request's row decodes there. The snapshot is taken on the engine
+thread between two decoding steps, so every figure in one answer comes from the same step.
+
+Per slot: ``id``, ``id_task`` (the request's task number, -1 when idle), ``n_ctx`` (the model's positions),
+``speculative`` (false: scheduler rows never speculate; a request with ``prompt_lookup_num_tokens`` runs apart, as
+a beam search does, and holds no slot), ``is_processing``, ``params`` (``n_predict``, ``seed``, ``n_probs``: what a
+row knows of its request; the sampling fields, read by each endpoint in its own way, are not repeated here) and
+``next_token`` (``has_next_token``, ``n_remain``: tokens it may still make, -1 when idle, ``n_decoded``). onnxlm
+adds ``n_prompt_tokens``, ``n_prompt_tokens_cached`` (from the prefix cache) and ``index`` (the row within its
+request, 0..n-1). ``?fail_on_no_slot=1`` answers 503 when every slot is busy; ``onnxlm serve --no-slots`` turns the
+endpoint off (501), as llama.cpp's ``--no-slots`` does."""
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse
+
+from .gate import authorize, available
+from .llamacpp_request import RANDOM_SEED
+from .protocol import APIError, bad
+from .state import state_of
+
+_FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
+
+
+async def slots(request: HTTPRequest):
+    authorize(request)
+    st = state_of(request)
+    if not st.config.slots:
+        raise APIError(501, "the /slots endpoint is off on this server (onnxlm serve --no-slots)",
+                       "not_supported_error", code="slots_disabled")
+    fail_on_no_slot = _flag(request, "fail_on_no_slot")
+    model = available(request)
+    rows = await _rows_now(st.engine)
+    if fail_on_no_slot and len(rows) >= st.config.max_rows:
+        raise APIError(503, f"no slot available (all {st.config.max_rows} rows of the batch are busy)",
+                       "unavailable_error", code="no_slot_available")
+    return JSONResponse(slot_list(rows, st.config.max_rows, model.max_positions))
+
+
+def slot_list(rows: list, total: int, n_ctx: int | None) -> list[dict]:
+    """The engine's rows [(task, request, row, made, left)] -> llama.cpp's slot objects, ``total`` of them."""
+    out = []
+    for i in range(total):
+        slot = {"id": i, "id_task": -1, "n_ctx": n_ctx or 0, "speculative": False, "is_processing": False,
+                "params": {}, "next_token": {"has_next_token": False, "n_remain": -1, "n_decoded": 0}}
+        if i < len(rows):
+            task, req, r, made, left = rows[i]
+            c = req.config
+            slot.update(id_task=task, is_processing=True,
+                        params={"n_predict": -1 if c.max_new_tokens is None else c.max_new_tokens,
+                                "seed": RANDOM_SEED if c.seed is None else c.seed, "n_probs": req.logprobs or 0},
+                        next_token={"has_next_token": True, "n_remain": left, "n_decoded": made},
+                        n_prompt_tokens=req.prompt_tokens, n_prompt_tokens_cached=req.cached_tokens, index=r)
+        out.append(slot)
+    return out
+
+
+async def _rows_now(engine) -> list:
+    """The engine's rows, asked on its thread between two steps (a call, answered through a queue)."""
+    out: asyncio.Queue = asyncio.Queue()
+    engine.call(lambda model: engine.rows_now(), asyncio.get_running_loop(), out, "slots")
+    _, what, payload = await out.get()
+    if what == "error":
+        raise payload
+    return payload
+
+
+def _flag(request: HTTPRequest, name: str) -> bool:
+    """A query flag: absent, '', 0/1 or false/true; anything else is a 400 naming it."""
+    value = request.query_params.get(name, "")
+    if value.lower() not in _FLAGS:
+        raise bad(name, f"got {value!r}; allowed: 0, 1, true or false")
+    return _FLAGS[value.lower()]
