@@ -4,6 +4,9 @@ A request's path, one file per role:
 * app.py: the Starlette app (routes table, exception handlers, the engine's lifespan) and ``start_in_thread``;
 * routes.py: the endpoints (/health, /metrics, /props, /v1/models, /v1/completions, /v1/chat/completions);
 * prometheus.py: /metrics in Prometheus' text format when a scraper asks for it;
+* slots.py: llama.cpp's /slots (each batch row's request and progress, read between two steps);
+* anthropic.py, anthropic_request.py, anthropic_reply.py: Anthropic's Messages API (/v1/messages and its
+  count_tokens) as a translation over the chat endpoint's machinery, in Anthropic's shapes and errors;
 * tokenize.py: /tokenize, /detokenize and /apply-template (vLLM's and llama.cpp's shapes: the ids and text the
   generation endpoints feed the model);
 * llamacpp.py, llamacpp_request.py: llama.cpp's native /completion (its fields, defaults, sampler chain and

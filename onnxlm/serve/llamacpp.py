@@ -185,7 +185,7 @@ class _Answer:
         reason = "length" if i in self.limited else (job.req.reasons[0] if job.req is not None and job.req.reasons
                                                      else None)
         ctx = model.max_positions
-        word = _stopping_word(model, ids, req.stop) if reason == "stop" else ""
+        word = stopping_word(model, ids, req.stop) if reason == "stop" else ""
         out = {"index": i, "content": "" if streamed else text,
                "tokens": ids if req.return_tokens and not streamed else [], "id_slot": -1, "stop": True,
                "model": self.st.config.model_name, "tokens_predicted": len(ids), "tokens_evaluated": len(job.ids),
@@ -204,7 +204,7 @@ class _Answer:
         return _pick(out, req.response_fields) if req.response_fields else out
 
 
-def _stopping_word(model, ids: list[int], stop: list[str]) -> str:
+def stopping_word(model, ids: list[int], stop: list[str]) -> str:
     """The stop string that ended the text: the first to occur in the decoded tokens (the first in the request's
     list where two start at the same place, as llama.cpp's find_stopping_strings)."""
     if model.tokenizer is None:

@@ -37,11 +37,17 @@ async def stream(chunks, run: Run, slot: Slot, jobs, choices: Choices, head: dic
         if done:
             yield {"data": "[DONE]"}
     finally:
-        await chunks.aclose()
-        run.cancel()
-        if not ended:
-            slot.st.count("cancelled")
-        slot.release()
+        await end_stream(chunks, run, slot, ended)
+
+
+async def end_stream(chunks, run: Run, slot, ended: bool) -> None:
+    """A stream's end, however it came: its chunks closed, its rows cancelled (nothing left to cancel once done), a
+    client that went away first counted, its slot given back."""
+    await chunks.aclose()
+    run.cancel()
+    if not ended:
+        slot.st.count("cancelled")
+    slot.release()
 
 
 async def completion_chunks(run: Run, jobs, samp, choices: Choices, head: dict, echo: bool):

@@ -1,0 +1,160 @@
+"""The reply of /v1/messages in Anthropic's shapes, made from what the chat machinery gives: the message
+(``content`` blocks, ``stop_reason``, ``stop_sequence``, ``usage``), its server-sent events, and Anthropic's error
+body.
+
+Content blocks: a thinking model's reasoning (the reply's <think> block, split as /v1/chat/completions splits it) as
+``{"type": "thinking", "thinking", "signature": ""}``, the text as ``{"type": "text", "text"}`` (none when empty),
+each tool call as ``{"type": "tool_use", "id": "toolu_...", "name", "input"}``. Stop reasons: the end of the turn
+("end_turn"), a stop sequence ("stop_sequence", with the sequence), max_tokens ("max_tokens"), a tool call
+("tool_use"). ``usage``: ``input_tokens`` (the prompt's tokens, all of them: the prefix cache's share is not split
+off) and ``output_tokens`` (as /v1/chat/completions' completion_tokens).
+
+The stream (``events``) translates the chat stream's chunks (streaming.chat_chunks, tools.chat_chunks):
+``message_start``; per block ``content_block_start``, its ``content_block_delta`` events (``thinking_delta``,
+``text_delta``, ``input_json_delta``: a call's input arrives whole, as the chat stream sends its arguments) and
+``content_block_stop``; then ``message_delta`` (stop_reason, stop_sequence, usage.output_tokens) and
+``message_stop``. An error on the way is an ``error`` event with Anthropic's error body, and the stream ends.
+"""
+from __future__ import annotations
+
+import json
+
+from starlette.responses import JSONResponse
+
+from .choices import Choices
+from .llamacpp import stopping_word
+from .protocol import APIError
+from .run import Run
+from .state import Slot
+from .streaming import end_stream
+
+#: HTTP status -> Anthropic's error type (others: "api_error" from 500 on, else "invalid_request_error")
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+               529: "overloaded_error"}
+#: the chat endpoint's finish reasons -> Anthropic's stop reasons ("stop": "stop_sequence" where one cut the text)
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def error_body(exc: APIError) -> dict:
+    """An APIError -> Anthropic's error body {"type": "error", "error": {"type", "message"}}."""
+    kind = ERROR_TYPES.get(exc.status, "api_error" if exc.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=exc.status)
+
+
+def tool_use_id(call_id: str) -> str:
+    """The chat endpoint's call id ("call_<hex>") -> Anthropic's form ("toolu_<hex>")."""
+    return "toolu_" + call_id.removeprefix("call_")
+
+
+def blocks(message: dict) -> list[dict]:
+    """The chat endpoint's message (tools.message: reasoning_content, content, tool_calls) -> content blocks."""
+    out = []
+    if message.get("reasoning_content"):
+        out.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
+    if message.get("content"):
+        out.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        out.append({"type": "tool_use", "id": tool_use_id(call["id"]), "name": call["function"]["name"],
+                    "input": json.loads(call["function"]["arguments"])})
+    return out
+
+
+def stop(reason: str, choices: Choices, stop_sequences: list[str]) -> tuple[str, str | None]:
+    """The chat endpoint's finish reason of the one choice -> (stop_reason, stop_sequence): the sequence that cut
+    the text is the first of ``stop_sequences`` to occur in the reply's tokens."""
+    if reason == "stop" and 0 in choices.cut:
+        ids = [t for t, _, _ in choices.tokens.get(0, [])]
+        return "stop_sequence", stopping_word(choices.model, ids, stop_sequences) or None
+    return STOP_REASONS.get(reason, "end_turn"), None
+
+
+def head(message_id: str, model_name: str, input_tokens: int) -> dict:
+    """The message without its reply: the non-streamed answer's start, the stream's ``message_start``."""
+    return {"id": message_id, "type": "message", "role": "assistant", "model": model_name, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 0}}
+
+
+def message(start: dict, chat_message: dict, reason: str, choices: Choices, stop_sequences: list[str]) -> dict:
+    """The whole reply: ``start`` (``head``) with the content blocks, stop reason and sequence, output tokens."""
+    stop_reason, sequence = stop(reason, choices, stop_sequences)
+    return {**start, "content": blocks(chat_message), "stop_reason": stop_reason, "stop_sequence": sequence,
+            "usage": {**start["usage"], "output_tokens": choices.completion_tokens}}
+
+
+def _event(name: str, data: dict) -> dict:
+    return {"event": name, "data": json.dumps({"type": name, **data}, ensure_ascii=False)}
+
+
+class _Blocks:
+    """The chat stream's deltas -> content block events: one block open at a time (thinking, text, or the k-th
+    tool call), closed when another kind of delta comes or the reply ends."""
+
+    def __init__(self):
+        self.open, self.index = None, -1
+
+    def switch(self, key, block: dict) -> list[dict]:
+        """Events that make ``key``'s block the open one (nothing when it is)."""
+        if key == self.open:
+            return []
+        out = self.close()
+        self.open, self.index = key, self.index + 1
+        return out + [_event("content_block_start", {"index": self.index, "content_block": block})]
+
+    def delta(self, delta: dict) -> dict:
+        return _event("content_block_delta", {"index": self.index, "delta": delta})
+
+    def close(self) -> list[dict]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [_event("content_block_stop", {"index": self.index})]
+
+    def take(self, delta: dict) -> list[dict]:
+        """One chat delta -> its events."""
+        out = []
+        if delta.get("reasoning_content"):
+            out += self.switch("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out.append(self.delta({"type": "thinking_delta", "thinking": delta["reasoning_content"]}))
+        if delta.get("content"):
+            out += self.switch("text", {"type": "text", "text": ""})
+            out.append(self.delta({"type": "text_delta", "text": delta["content"]}))
+        for call in delta.get("tool_calls") or []:
+            if call.get("id"):  # a call's first chunk: its id and name
+                out += self.switch(("tool", call["index"]), {"type": "tool_use", "id": tool_use_id(call["id"]),
+                                                             "name": call["function"]["name"], "input": {}})
+            arguments = call.get("function", {}).get("arguments")
+            if arguments:
+                out.append(self.delta({"type": "input_json_delta", "partial_json": arguments}))
+        return out
+
+
+async def events(chunks, run: Run, slot: Slot, choices: Choices, start: dict, stop_sequences: list[str]):
+    """The chat stream's chunks (one choice) -> Anthropic's server-sent events; an APIError on the way is an
+    ``error`` event. The run is cancelled and the slot released however the stream ends (a client that went away
+    counts in the ``cancelled`` metric), as streaming.stream does for the chat stream."""
+    ended = False
+    try:
+        yield _event("message_start", {"message": start})
+        open_blocks = _Blocks()
+        async for chunk in chunks:
+            choice = chunk["choices"][0]
+            for event in open_blocks.take(choice["delta"]):
+                yield event
+            if choice["finish_reason"] is not None:
+                for event in open_blocks.close():
+                    yield event
+                stop_reason, sequence = stop(choice["finish_reason"], choices, stop_sequences)
+                yield _event("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": sequence},
+                                               "usage": {"output_tokens": choices.completion_tokens}})
+        yield _event("message_stop", {})
+        ended = True
+    except APIError as exc:
+        ended = True
+        yield {"event": "error", "data": json.dumps(error_body(exc), ensure_ascii=False)}
+    finally:
+        await end_stream(chunks, run, slot, ended)

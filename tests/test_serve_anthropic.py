@@ -1,0 +1,383 @@
+"""Anthropic's Messages API on ``onnxlm serve`` (onnxlm/serve/anthropic.py, anthropic_request.py,
+anthropic_reply.py), driven by the official ``anthropic`` client and raw HTTP against a live server of the tiny
+Qwen2 with a tools template (recipe tiny-qwen2-tools).
+
+A message equals /v1/chat/completions' reply to the same conversation at temperature 0 (text, token counts, stop
+reason); the stream's events come in Anthropic's order and join to the unstreamed message; stop_sequences and
+max_tokens give their stop reasons; a forced tool gives a tool_use block whose input follows its schema, whose
+tool_result the next turn takes, and whose conversation renders to the same prompt as its OpenAI twin;
+count_tokens equals usage.input_tokens; the API key is read from x-api-key; bad requests are 400s in Anthropic's
+error body naming the field; an error mid-stream is an ``error`` event.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+anthropic = pytest.importorskip("anthropic", reason="the Anthropic API tests need the test extra (anthropic)")
+pytest.importorskip("starlette", reason="the server tests need the serve extra")
+if os.environ.get("CI") != "true":  # CI installs the 'structured' extra: there a missing engine is a failure
+    pytest.importorskip("llguidance", reason="a forced tool call needs the 'structured' extra (llguidance)")
+import jsonschema  # noqa: E402
+
+import onnxlm  # noqa: E402
+from onnxlm.serve import anthropic_reply  # noqa: E402
+from onnxlm.serve.protocol import APIError  # noqa: E402
+from serve_util import post, start, wait_health  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+SEARCH = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 16}}, "required": ["query"],
+          "additionalProperties": False}
+TOOLS = [{"name": "get_weather", "description": "The weather in a city", "input_schema": WEATHER},
+         {"name": "search", "description": "Search the web", "input_schema": SEARCH}]
+SYSTEM = "You are brief."
+USER = [{"role": "user", "content": "What is the weather in Paris?"}]
+#: the stream's event names, in the order Anthropic sends them
+GREEDY = {"temperature": 0}  # the anthropic SDK (2.x) takes no temperature argument: sent as an extra field
+ORDER = ("message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta",
+         "message_stop")
+
+
+CAP = 256  # the server's --max-tokens: a forced call takes about 110 tokens of the tiny model's vocabulary
+
+
+@pytest.fixture(scope="module")
+def live(tiny_qwen2_tools):
+    srv = start(lambda: onnxlm.load(tiny_qwen2_tools.onnx_dir), max_rows=16, max_queue=32, max_tokens=CAP)
+    wait_health(srv.url)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return anthropic.Anthropic(base_url=live.url, api_key="none", max_retries=0, timeout=60)
+
+
+def _text(message) -> str:
+    return "".join(b.text for b in message.content if b.type == "text")
+
+
+def _events(url: str, body: dict, headers=None) -> list[tuple[str, dict]]:
+    """POST a streaming /v1/messages -> [(event name, data)] in order."""
+    out, name = [], None
+    with httpx.stream("POST", url + "/v1/messages", json={**body, "stream": True}, headers=headers or {},
+                      timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                out.append((name, json.loads(line[5:])))
+    return out
+
+
+def _check_order(events: list[tuple[str, dict]]) -> None:
+    """Anthropic's grammar: message_start (content_block_start delta* stop)* message_delta message_stop; each
+    event's data names it, block indexes count from 0."""
+    names = [n for n, _ in events]
+    assert all(data["type"] == n for n, data in events)
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"], names
+    index = -1
+    open_block = False
+    for n, data in events[1:-2]:
+        if n == "content_block_start":
+            assert not open_block and data["index"] == index + 1
+            index, open_block = data["index"], True
+        else:
+            assert n in ("content_block_delta", "content_block_stop") and open_block and data["index"] == index, n
+            open_block = n == "content_block_delta"
+    assert not open_block
+
+
+# ---------------------------------------------------------------------------------------------------- messages
+def test_message_equals_chat_completion(live, client):
+    """The same conversation at temperature 0: the same text and token counts as /v1/chat/completions, the stop
+    reason its finish reason's."""
+    history = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
+               {"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "a joke"}]}]
+    m = client.messages.create(model="tiny", max_tokens=16, extra_body=GREEDY, system=SYSTEM, messages=history)
+    openai_history = [{"role": "system", "content": SYSTEM}, *history[:2],
+                      {"role": "user", "content": "Tell me a joke"}]
+    chat = post(live.url, "/v1/chat/completions", {"messages": openai_history, "max_tokens": 16, "temperature": 0})
+    assert chat.status_code == 200, chat.text
+    want = chat.json()
+    assert m.id.startswith("msg_") and m.type == "message" and m.role == "assistant" and m.model == "tiny"
+    assert _text(m) == want["choices"][0]["message"]["content"]
+    assert m.usage.input_tokens == want["usage"]["prompt_tokens"]
+    assert m.usage.output_tokens == want["usage"]["completion_tokens"]
+    assert m.stop_reason == {"stop": "end_turn", "length": "max_tokens"}[want["choices"][0]["finish_reason"]]
+    assert m.stop_sequence is None
+
+
+def test_stream_events_join_to_the_message(live, client):
+    body = {"model": "tiny", "max_tokens": 20, "system": [{"type": "text", "text": SYSTEM}], "messages": USER}
+    whole = client.messages.create(**body, extra_body=GREEDY)
+    events = _events(live.url, {**body, **GREEDY})
+    _check_order(events)
+    start = events[0][1]["message"]
+    assert start["usage"]["input_tokens"] == whole.usage.input_tokens and start["content"] == []
+    text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
+    assert text == _text(whole) != ""
+    delta = events[-2][1]
+    assert delta["delta"] == {"stop_reason": whole.stop_reason, "stop_sequence": None}
+    assert delta["usage"]["output_tokens"] == whole.usage.output_tokens
+    with client.messages.stream(**body, extra_body=GREEDY) as stream:  # the SDK's own accumulation of the events
+        final = stream.get_final_message()
+    assert [(b.type, b.text) for b in final.content] == [(b.type, b.text) for b in whole.content]
+    assert final.stop_reason == whole.stop_reason
+    assert final.usage.output_tokens == whole.usage.output_tokens
+
+
+def test_stop_sequences(live, client):
+    """A string from the free reply as a stop sequence: the reply ends before it, stop_reason "stop_sequence" and
+    the sequence named, streamed too."""
+    body = {"model": "tiny", "max_tokens": 40, "messages": USER}
+    free = _text(client.messages.create(**body, extra_body=GREEDY))
+    at = next(k for k in range(len(free) // 3, len(free) - 2)
+              if free[k:k + 2].strip() and free.find(free[k:k + 2]) == k)  # a 2-character string, first there
+    seq = free[at:at + 2]
+    m = client.messages.create(**body, stop_sequences=["never in it", seq], extra_body=GREEDY)
+    assert (m.stop_reason, m.stop_sequence) == ("stop_sequence", seq)
+    assert _text(m) == free[:at]
+    events = _events(live.url, {**body, **GREEDY, "stop_sequences": ["never in it", seq]})
+    assert events[-2][1]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": seq}
+
+
+def test_max_tokens(live, client):
+    """max_tokens reached: stop_reason "max_tokens" after that many tokens; a max_tokens past the server's cap is
+    capped, not refused (Anthropic's clients send large ones)."""
+    m = client.messages.create(model="tiny", max_tokens=3, extra_body=GREEDY, messages=USER)
+    assert (m.stop_reason, m.usage.output_tokens) == ("max_tokens", 3)
+    big = client.messages.create(model="tiny", max_tokens=64000, extra_body=GREEDY, messages=USER)
+    assert 0 < big.usage.output_tokens <= CAP
+    assert (big.stop_reason == "max_tokens") == (big.usage.output_tokens == CAP)
+
+
+# ---------------------------------------------------------------------------------------------------- tools
+def test_forced_tool_use_round_trip(live, client):
+    """tool_choice {"type": "tool"}: a tool_use block whose input follows the schema; the reply and a tool_result
+    go back in the next turn, which renders exactly as the same conversation in OpenAI's shapes."""
+    m = client.messages.create(model="tiny", max_tokens=200, extra_body=GREEDY, system=SYSTEM, messages=USER,
+                               tools=TOOLS, tool_choice={"type": "tool", "name": "get_weather"})
+    assert m.stop_reason == "tool_use"
+    (call,) = [b for b in m.content if b.type == "tool_use"]
+    assert call.id.startswith("toolu_") and call.name == "get_weather"
+    jsonschema.validate(call.input, WEATHER)
+    history = USER + [{"role": "assistant", "content": m.content},
+                      {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                                    "content": [{"type": "text", "text": "3 degrees"}]},
+                                                   {"type": "text", "text": "And tomorrow?"}]}]
+    follow = client.messages.create(model="tiny", max_tokens=5, extra_body=GREEDY, system=SYSTEM, messages=history,
+                                    tools=TOOLS)
+    assert follow.stop_reason in ("end_turn", "max_tokens", "tool_use")
+    counted = client.messages.count_tokens(model="tiny", system=SYSTEM, messages=history, tools=TOOLS)
+    assert counted.input_tokens == follow.usage.input_tokens
+    twin = [{"role": "system", "content": SYSTEM}, *USER,
+            {"role": "assistant", "content": _text(m) or None, "tool_calls": [
+                {"id": call.id, "type": "function", "function": {"name": call.name,
+                                                                 "arguments": json.dumps(call.input)}}]},
+            {"role": "tool", "tool_call_id": call.id, "content": "3 degrees"},
+            {"role": "user", "content": "And tomorrow?"}]
+    openai_tools = [{"type": "function", "function": {"name": t["name"], "description": t["description"],
+                                                      "parameters": t["input_schema"]}} for t in TOOLS]
+    ids = post(live.url, "/tokenize", {"messages": twin, "tools": openai_tools}).json()["tokens"]
+    assert counted.input_tokens == len(ids)
+    assert "3 degrees" in live.model.tokenizer.decode(ids)
+
+
+def test_streamed_tool_use(live, client):
+    body = {"model": "tiny", "max_tokens": 200, "messages": USER, "tools": TOOLS,
+            "tool_choice": {"type": "tool", "name": "search"}}
+    whole = client.messages.create(**body, extra_body=GREEDY)
+    events = _events(live.url, {**body, **GREEDY})
+    _check_order(events)
+    starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert [b["type"] for b in starts] == ["tool_use"] and starts[0]["name"] == "search"
+    partial = "".join(d["delta"]["partial_json"] for n, d in events
+                      if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta")
+    assert json.loads(partial) == whole.content[-1].input
+    jsonschema.validate(json.loads(partial), SEARCH)
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_count_tokens_equals_input_tokens(client):
+    body = {"model": "tiny", "system": SYSTEM, "messages": USER, "tools": TOOLS}
+    counted = client.messages.count_tokens(**body)
+    m = client.messages.create(**body, max_tokens=2)
+    assert counted.input_tokens == m.usage.input_tokens > 0
+    assert client.messages.count_tokens(model="tiny", messages=USER).input_tokens < counted.input_tokens
+
+
+@pytest.fixture(scope="module")
+def thinking(tiny_qwen2_tools, tmp_path_factory):
+    """A server of the tiny model with a ChatML template that opens <think> in the prompt: the whole reply of the
+    random-weight model is reasoning (tests/test_serve_reasoning.py's)."""
+    from test_serve_reasoning import OPENS
+    from test_serve_tools import _with_template
+
+    art = _with_template(tiny_qwen2_tools.onnx_dir, tmp_path_factory.mktemp("anthropic-thinking") / "opens", OPENS)
+    srv = start(lambda: onnxlm.load(art), max_rows=4, max_queue=8, max_tokens=64)
+    wait_health(srv.url)
+    yield srv
+    srv.stop()
+
+
+def test_reasoning_is_a_thinking_block(thinking):
+    """The reply's reasoning (/v1/chat/completions' reasoning_content) as a thinking block, whole and streamed as
+    thinking_delta events; a thinking block sent back in the history is dropped from the prompt, as
+    reasoning_content is."""
+    hi = [{"role": "user", "content": "Hi!"}]
+    chat = post(thinking.url, "/v1/chat/completions", {"messages": hi, "max_tokens": 12, "temperature": 0}).json()
+    said = chat["choices"][0]["message"]
+    assert said.get("reasoning_content")
+    body = {"model": "tiny", "max_tokens": 12, "messages": hi, **GREEDY}
+    m = post(thinking.url, "/v1/messages", body).json()
+    text = [{"type": "text", "text": said["content"]}] if said["content"] else []
+    assert m["content"] == [{"type": "thinking", "thinking": said["reasoning_content"], "signature": ""}, *text]
+    events = _events(thinking.url, body)
+    _check_order(events)
+    assert "".join(d["delta"].get("thinking", "") for n, d in events if n == "content_block_delta") == \
+        said["reasoning_content"]
+    history = [*hi, {"role": "assistant", "content": [m["content"][0], {"type": "text", "text": "Ok."}]},
+               {"role": "user", "content": "More"}]
+    counted = post(thinking.url, "/v1/messages/count_tokens", {"model": "tiny", "messages": history}).json()
+    twin = [*hi, {"role": "assistant", "content": "Ok."}, {"role": "user", "content": "More"}]
+    assert counted["input_tokens"] == post(thinking.url, "/tokenize", {"messages": twin}).json()["count"]
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def test_api_key_from_x_api_key(tiny_qwen2_tools):
+    """--api-key: Anthropic's x-api-key header or Authorization: Bearer (which the anthropic SDK 2.x sends for its
+    api_key); a wrong or missing key is 401 in Anthropic's error body, on both endpoints."""
+    srv = start(lambda: onnxlm.load(tiny_qwen2_tools.onnx_dir), api_key="sekrit")
+    try:
+        wait_health(srv.url)
+        body = {"model": "tiny", "max_tokens": 2, "messages": USER}
+        for path in ("/v1/messages", "/v1/messages/count_tokens"):
+            assert post(srv.url, path, body, headers={"x-api-key": "sekrit"}).status_code == 200
+            for headers in ({"x-api-key": "wrong"}, {}, {"Authorization": "Bearer wrong"}):
+                r = post(srv.url, path, body, headers=headers)
+                assert r.status_code == 401, r.text
+                assert r.json() == {"type": "error", "error": {"type": "authentication_error",
+                                                               "message": r.json()["error"]["message"]}}
+        ok = anthropic.Anthropic(base_url=srv.url, api_key="sekrit", max_retries=0, timeout=60)
+        assert ok.messages.create(**body).usage.output_tokens > 0
+        bearer = anthropic.Anthropic(base_url=srv.url, auth_token="sekrit", max_retries=0, timeout=60)
+        assert bearer.messages.count_tokens(model="tiny", messages=USER).input_tokens > 0
+        wrong = anthropic.Anthropic(base_url=srv.url, api_key="wrong", max_retries=0, timeout=60)
+        with pytest.raises(anthropic.AuthenticationError) as exc:
+            wrong.messages.create(**body)
+        assert exc.value.status_code == 401 and exc.value.body["error"]["type"] == "authentication_error"
+    finally:
+        srv.stop()
+
+
+BAD = [
+    ({"max_tokens": None}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {
+        "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}]}, "messages[0].content[0]"),
+    ({"messages": [{"role": "system", "content": "Be brief."}, *USER]}, "messages[0].role"),
+    ({"temperature": 1.5}, "temperature"),
+    ({"messages": []}, "messages"),
+    ({"messages": "Hi"}, "messages"),
+    ({"top_p": 0}, "top_p"),
+    ({"stop_sequences": [""]}, "stop_sequences"),
+    ({"frequency_penalty": 1}, "frequency_penalty"),  # an OpenAI field: not Anthropic's
+    ({"messages": [{"role": "user", "content": "Hi", "name": "x"}]}, "messages[0].name"),
+    ({"messages": [*USER, {"role": "assistant", "content": "Sure"}]}, "messages[1]"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}, *USER]},
+     "messages[0].content[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [
+        {"type": "document", "source": {}}]}]}]}, "messages[0].content[0].content[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "txt": "Hi"}]}]}, "messages[0].content[0].txt"),
+    ({"system": [{"type": "image"}]}, "system[0]"),
+    ({"tools": [{"name": "f"}]}, "tools[0].input_schema"),
+    ({"tools": [{"name": "f", "input_schema": {"type": "string"}}]}, "tools[0].input_schema"),
+    ({"tools": [{"name": "f", "input_schema": {"type": "object", "properties": {"a": {"type": "bogus"}}}}]},
+     "tools[0].input_schema"),
+    ({"tools": [{"name": "no spaces", "input_schema": {"type": "object"}}]}, "tools[0].name"),
+    ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0].type"),
+    ({"tools": TOOLS, "tool_choice": {"type": "tool", "name": "nope"}}, "tool_choice.name"),
+    ({"tool_choice": {"type": "any"}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": "auto"}, "tool_choice"),
+    ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens"),
+    ({"metadata": {"user": "x"}}, "metadata.user"),
+]
+
+
+@pytest.mark.parametrize("change,field", BAD, ids=[f for _, f in BAD])
+def test_bad_request_is_400_naming_the_field(live, change, field):
+    body = {"model": "tiny", "max_tokens": 4, "messages": USER, **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    r = post(live.url, "/v1/messages", body)
+    assert r.status_code == 400, r.text
+    error = r.json()
+    assert error == {"type": "error", "error": {"type": "invalid_request_error", "message": error["error"]["message"]}}
+    assert error["error"]["message"].startswith(field + ":"), error
+
+
+def test_the_sdk_raises_anthropics_errors(live, client):
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        client.messages.create(model="tiny", max_tokens=4, messages=USER, extra_body={"temperature": 1.5})
+    assert exc.value.body["error"]["type"] == "invalid_request_error" and "temperature" in exc.value.message
+    with pytest.raises(anthropic.NotFoundError) as exc:  # another model's name: the served one only
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=4, messages=USER)
+    assert exc.value.body["error"]["type"] == "not_found_error"
+    r = post(live.url, "/v1/messages", b"{not json")
+    assert r.status_code == 400 and r.json()["type"] == "error"
+    assert client.messages.create(model="tiny", max_tokens=2, messages=USER).usage.output_tokens > 0
+
+
+def test_an_error_mid_stream_is_an_error_event():
+    """The framing alone: an APIError raised by the chunks after some text becomes Anthropic's error event (no
+    message_stop), and the run is cancelled and the slot released."""
+    done = []
+
+    async def chunks():
+        yield {"choices": [{"delta": {"content": "Hi"}, "finish_reason": None}]}
+        raise APIError(400, "stop: broken", param="stop")
+
+    run = SimpleNamespace(cancel=lambda: done.append("cancel"))
+    slot = SimpleNamespace(release=lambda: done.append("release"), st=SimpleNamespace(count=done.append))
+    choices = SimpleNamespace(cut=set(), tokens={}, completion_tokens=1)
+    start = anthropic_reply.head("msg_1", "tiny", 3)
+
+    async def collect():
+        return [e async for e in anthropic_reply.events(chunks(), run, slot, choices, start, [])]
+    events = asyncio.run(collect())
+    assert [e["event"] for e in events] == ["message_start", "content_block_start", "content_block_delta", "error"]
+    assert json.loads(events[-1]["data"]) == {"type": "error", "error": {"type": "invalid_request_error",
+                                                                         "message": "stop: broken"}}
+    assert done == ["cancel", "release"]
+
+
+def test_readme_example_runs_as_written(live, capsys):
+    """The README's Anthropic example against this server (port 8000 -> its port, SmolLM2's name -> the served
+    one): it prints the greedy reply's text, its stop reason and both token counts, as /v1/messages answers them."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("Anthropic's Messages API too", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("http://127.0.0.1:8000", live.url).replace('"smollm2-135m-instruct"', '"tiny"')
+    capsys.readouterr()
+    exec(compile(code, "README", "exec"), {})
+    printed = capsys.readouterr().out
+    want = post(live.url, "/v1/messages", {"model": "tiny", "max_tokens": 64, "system": "Be brief.", "temperature": 0,
+                                          "messages": [{"role": "user", "content": "What is ONNX?"}]})
+    assert want.status_code == 200, want.text
+    body = want.json()
+    text = "".join(b["text"] for b in body["content"] if b["type"] == "text")
+    assert printed == f"{text} {body['stop_reason']} {body['usage']['input_tokens']} {body['usage']['output_tokens']}\n"
