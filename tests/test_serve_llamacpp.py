@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import numpy as np
 import pytest
 
@@ -414,3 +415,13 @@ def test_fim_end_tokens_end_generation_on_every_llama_cpp_endpoint(fim_live):
         kept = complete(fim_live, prompt=PROMPT, n_predict=5, temperature=0, logit_bias=[[token, 100]],
                         ignore_eos=True, return_tokens=True)
         assert token not in kept["tokens"] and len(kept["tokens"]) == 5
+
+
+def test_llama_cpp_s_unversioned_aliases(live):
+    """llama.cpp's server answers /v1/health, /models and /chat/completions as /health, /v1/models and
+    /v1/chat/completions: clients written for it call those."""
+    assert httpx.get(live.url + "/v1/health").json()["status"] == "ok"
+    assert httpx.get(live.url + "/models").json() == httpx.get(live.url + "/v1/models").json()
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0}
+    a, b = post(live.url, "/chat/completions", body).json(), post(live.url, "/v1/chat/completions", body).json()
+    assert a["object"] == "chat.completion" and a["choices"][0]["message"] == b["choices"][0]["message"]

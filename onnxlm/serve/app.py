@@ -67,11 +67,14 @@ def create_app(loader, config: ServeConfig) -> Starlette:
 
     app = Starlette(routes=[
         Route("/health", health, methods=["GET"]),
+        Route("/v1/health", health, methods=["GET"]),  # llama.cpp's alias, as its other unversioned ones below
         Route("/metrics", metrics, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model, methods=["GET"]),
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),  # Anthropic's Messages API (anthropic.py)
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/completion", completion, methods=["POST"]),  # llama.cpp's native endpoint (llamacpp.py)
