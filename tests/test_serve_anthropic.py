@@ -313,6 +313,17 @@ BAD = [
     ({"tools": TOOLS, "tool_choice": "auto"}, "tool_choice"),
     ({"thinking": {"type": "enabled"}}, "thinking.budget_tokens"),
     ({"metadata": {"user": "x"}}, "metadata.user"),
+    # a list or an object as a type (unhashable): a 400, not the 500 of a failed lookup
+    ({"messages": [{"role": "user", "content": [{"type": ["text"], "text": "Hi"}]}]}, "messages[0].content[0]"),
+    ({"messages": [{"role": "user", "content": [{"type": {"text": 1}, "text": "Hi"}]}]}, "messages[0].content[0]"),
+    ({"tools": TOOLS, "tool_choice": {"type": ["auto"]}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": {}}}, "tool_choice"),
+    ({"messages": [*USER, {"role": "assistant", "content": [{"type": "thinking", "thinking": 5, "signature": ""},
+                                                             {"type": "text", "text": "Sunny"}]}, *USER]},
+     "messages[1].content[0].thinking"),
+    ({"messages": [*USER, {"role": "assistant", "content": [{"type": "redacted_thinking", "data": 5},
+                                                             {"type": "text", "text": "Sunny"}]}, *USER]},
+     "messages[1].content[0].data"),
 ]
 
 

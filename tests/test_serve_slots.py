@@ -2,7 +2,9 @@
 request's row, its figures from one step; ?fail_on_no_slot=1; --no-slots; the API key."""
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 import httpx
 import pytest
@@ -86,6 +88,32 @@ def test_busy_slots_while_a_request_decodes(live):
             assert s["n_prompt_tokens"] > 0
     after = httpx.get(live.url + "/slots").json()
     assert not any(s["is_processing"] for s in after)
+
+
+def test_slots_answer_while_a_long_call_holds_the_engine(live):
+    """A beam search (or prompt-lookup request) runs on the engine thread alone, for its whole length: /slots
+    answers at once with the rows as they stand (the engine's ``in_call``), rather than after the search."""
+    done = threading.Event()
+    thread = _long_request(live.url, done, n=ROWS)
+    while not any(s["is_processing"] for s in httpx.get(live.url + "/slots", timeout=10).json()):
+        assert not done.is_set(), "the request was never seen decoding"
+    held, loop = threading.Event(), asyncio.new_event_loop()
+    live.state.engine.call(lambda model: held.wait(30), loop, asyncio.Queue())  # a long call, as a beam search
+    try:
+        time.sleep(0.2)  # the engine thread is in the call now
+        t0 = time.monotonic()
+        r = httpx.get(live.url + "/slots", timeout=10)
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and took < 2, took
+        busy = [s for s in r.json() if s["is_processing"]]
+        assert sorted(s["index"] for s in busy) == [0, 1]
+        for s in busy:
+            assert s["next_token"]["n_decoded"] + s["next_token"]["n_remain"] == TOKENS
+    finally:
+        held.set()
+        thread.join(60)
+        loop.close()
+    assert not any(s["is_processing"] for s in httpx.get(live.url + "/slots", timeout=10).json())
 
 
 def test_bad_flag_is_a_400(live):

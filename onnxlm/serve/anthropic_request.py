@@ -152,7 +152,7 @@ def _turn(role: str, content, where: str) -> list[dict]:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind in MEDIA:
             raise bad(here, f"{kind} blocks are not supported: this server's models read text only")
-        if kind not in BLOCK_FIELDS:
+        if not isinstance(kind, str) or kind not in BLOCK_FIELDS:  # a list or object as the type: unhashable
             raise bad(here, f"got a block of type {kind!r:.40}; allowed: {', '.join(BLOCK_FIELDS)}")
         if role not in BLOCK_ROLES[kind]:
             raise bad(here, f"a {kind} block belongs in an {' or '.join(BLOCK_ROLES[kind])} message, not a {role} one")
@@ -163,6 +163,8 @@ def _turn(role: str, content, where: str) -> list[dict]:
             calls.append(_call(block, here))
         elif kind == "tool_result":
             results.append(_result(block, here))
+        else:  # thinking, redacted_thinking: checked, then dropped
+            _check_thinking_block(block, kind, here)
     text = "".join(texts)
     protocol.check_text([text], f"{where}.content")
     if role == "assistant":
@@ -205,6 +207,14 @@ def _result(block: dict, where: str) -> dict:
     return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": content}
 
 
+def _check_thinking_block(block: dict, kind: str, where: str) -> None:
+    """A thinking block ({"thinking", "signature"}) or redacted_thinking block ({"data"}) of an assistant turn:
+    its fields checked (strings), then the block dropped."""
+    for name in (("thinking", "signature") if kind == "thinking" else ("data",)):
+        if block.get(name) is not None and not isinstance(block[name], str):
+            raise bad(f"{where}.{name}", f"expected a string, got {type(block[name]).__name__}")
+
+
 def _tools(value) -> list[dict]:
     """``tools`` -> OpenAI's function tools (their schemas are checked by ``tools.check``, errors renamed by
     ``renamed``)."""
@@ -238,7 +248,7 @@ def _tool_choice(value, names: list[str]) -> dict:
     if value is None:
         return {}
     kind = value.get("type") if isinstance(value, dict) else None
-    if kind not in CHOICE_FIELDS:
+    if not isinstance(kind, str) or kind not in CHOICE_FIELDS:  # a list or object as the type: unhashable
         raise bad("tool_choice", 'expected {"type": "auto" | "any" | "none"} or {"type": "tool", "name": ...}')
     known_fields(value, CHOICE_FIELDS[kind], "tool_choice", f"a tool_choice of type {kind!r}")
     if kind != "none" and not names:

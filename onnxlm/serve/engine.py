@@ -70,6 +70,7 @@ class Engine:
         self._next_task = itertools.count()
         self._calls: collections.deque = collections.deque()  # (generator, gone, sink) of calls run in parts
         self._stopping = False
+        self.in_call = False  # the engine thread is inside a call (the batch stands still meanwhile)
         self.steps = 0
         self.generated = 0  # tokens generated: every scheduler event, and the new tokens of every call's result
         self.thread = threading.Thread(target=self._main, name="onnxlm-engine", daemon=True)
@@ -164,7 +165,7 @@ class Engine:
             try:
                 if gone is not None and gone.is_set():
                     raise CallCancelled()
-                result = fn(self.model)
+                result = self._inside_call(fn, self.model)
                 if inspect.isgenerator(result):  # run in parts between steps (_call_part)
                     self._calls.append((result, gone, sink))
                     return
@@ -187,6 +188,15 @@ class Engine:
         self._sinks[id(what)] = sink
         self._task_ids[id(what)] = next(self._next_task)
 
+    def _inside_call(self, fn, arg):
+        """fn(arg) with ``in_call`` set: a reader that must not wait for a call (/slots) may read the batch, which
+        no step changes meanwhile."""
+        self.in_call = True
+        try:
+            return fn(arg)
+        finally:
+            self.in_call = False
+
     def _call_part(self) -> None:
         """Run the next part of the first call in parts, then let the next one have its turn; a finished one hands
         its return value over, one whose client went away is closed."""
@@ -196,7 +206,7 @@ class Engine:
             sink(("error", CallCancelled()))
             return
         try:
-            next(gen)
+            self._inside_call(next, gen)
         except StopIteration as done:
             sink(("result", done.value))
             return

@@ -1,7 +1,10 @@
 """llama.cpp's ``GET /slots``: what each of the batch's rows is doing, for monitoring (llama.cpp's dashboards and
 proxies read it). onnxlm's batch has ``--max-batch`` rows where llama.cpp has ``--parallel`` slots: slot i is the
 batch's row i, busy (``is_processing``) while a request's row decodes there. The snapshot is taken on the engine
-thread between two decoding steps, so every figure in one answer comes from the same step.
+thread between two decoding steps, so every figure in one answer comes from the same step; while the engine thread
+is inside a long call (``Engine.in_call``: a beam search or a ``prompt_lookup_num_tokens`` request runs there
+alone, for its whole length), the rows are read as they stand instead (the batch is not stepping then), so that a
+monitor's poll never waits for a search to end.
 
 Per slot: ``id``, ``id_task`` (the request's task number, -1 when idle), ``n_ctx`` (the model's positions),
 ``speculative`` (false: scheduler rows never speculate; a request with ``prompt_lookup_num_tokens`` runs apart, as
@@ -14,6 +17,7 @@ endpoint off (501), as llama.cpp's ``--no-slots`` does."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
@@ -23,6 +27,8 @@ from .llamacpp_request import RANDOM_SEED
 from .protocol import APIError, bad
 from .state import state_of
 
+#: seconds between two looks at whether the engine thread is inside a call while /slots waits for its snapshot
+POLL_S = 0.05
 _FLAGS = {"": False, "0": False, "false": False, "1": True, "true": True}
 
 
@@ -60,13 +66,36 @@ def slot_list(rows: list, total: int, n_ctx: int | None) -> list[dict]:
 
 
 async def _rows_now(engine) -> list:
-    """The engine's rows, asked on its thread between two steps (a call, answered through a queue)."""
+    """The engine's rows, asked on its thread between two steps (a call, answered through a queue). While the engine
+    thread is inside a call (a beam search or a ``prompt_lookup_num_tokens`` request runs there alone, for its whole
+    length, while the batch stands still), the rows are read as they stand instead, so that a monitor's poll never
+    waits for a search to end."""
     out: asyncio.Queue = asyncio.Queue()
-    engine.call(lambda model: engine.rows_now(), asyncio.get_running_loop(), out, "slots")
-    _, what, payload = await out.get()
+    gone = threading.Event()
+    engine.call(lambda model: engine.rows_now(), asyncio.get_running_loop(), out, "slots", gone)
+    answer = asyncio.ensure_future(out.get())  # one get, never cancelled mid-way (its item would be lost)
+    while not (await asyncio.wait({answer}, timeout=POLL_S))[0]:
+        rows = _rows_aside(engine) if engine.in_call else None
+        if rows is not None:
+            gone.set()  # the call, not started yet, is skipped when its turn comes
+            answer.cancel()
+            return rows
+    _, what, payload = answer.result()
     if what == "error":
         raise payload
     return payload
+
+
+def _rows_aside(engine, tries: int = 3) -> list | None:
+    """``engine.rows_now()`` read off the engine thread while a call holds it; should the call end and a step change
+    the batch during the read (a row read as it leaves), read again; None if it keeps changing (then the caller
+    waits for its call's answer)."""
+    for _ in range(tries):
+        try:
+            return engine.rows_now()
+        except (KeyError, IndexError, RuntimeError, AttributeError, TypeError):
+            continue
+    return None
 
 
 def _flag(request: HTTPRequest, name: str) -> bool:
