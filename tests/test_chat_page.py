@@ -580,3 +580,477 @@ def test_copy_buttons_and_regenerate(page):
     assert sent[1]["messages"][-1] == {"role": "user", "content": "More?"}
     assert _shown(page)[2:] == [{"role": "user", "content": "More?"}, {"role": "assistant", "content": "Third."}]
     assert page.locator(".msg").count() == 4
+
+
+# ------------------------------------------------------------------------- conversations kept in the browser
+USAGE = {"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7,
+                                                                      "total_tokens": 12}}
+
+
+def _reply(text: str) -> str:
+    """A finished answer's SSE body: ``text``, stop, the usage chunk (include_usage), [DONE]."""
+    return _sse([_delta(text), _delta(finish="stop"), USAGE])
+
+
+def _open(browser, live, init: str | None = None, width: int = 1000):
+    """A fresh context and page (the ``page`` fixture's steps; ``init``: JS run before the page's own) -> (context,
+    page, the page's uncaught errors)."""
+    ctx = browser.new_context(viewport={"width": width, "height": 700})
+    if init:
+        ctx.add_init_script(init)
+    pg = ctx.new_page()
+    errors = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto(live.url + "/")
+    pg.evaluate("(key) => { const e = document.getElementById('api-key'); e.value = key; "
+                "e.dispatchEvent(new Event('change')); }", KEY)  # Settings may be closed (a narrow screen)
+    expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+    return ctx, pg, errors
+
+
+def _stored(pg) -> list[dict]:
+    """The conversations in the page's localStorage (conversations.js)."""
+    return json.loads(pg.evaluate("localStorage.getItem('onnxlm.conversations')") or "[]")
+
+
+def _titles(pg) -> list[str]:
+    return pg.locator("#chat-list .chat-item .title").all_text_contents()
+
+
+def _chat(pg, title: str):
+    """The conversation list's entry titled ``title``."""
+    title = pg.locator(".title", has_text=re.compile("^" + re.escape(title) + "$"))
+    return pg.locator("#chat-list .chat-item").filter(has=title)
+
+
+def test_a_conversation_is_kept_after_each_finished_turn_and_comes_back_after_a_reload(page):
+    """Each finished turn is saved (localStorage); the list shows the conversation, titled after its first question
+    (spaces collapsed, cut at 48 characters) with its time; a failed turn is not saved. After a reload the same
+    turns are shown, with their stats lines (the usage's token count: the request asks for it), and the next
+    question carries them."""
+    sent = []
+    replies = [_reply("First **answer**."), _reply("Second answer."), "error", _reply("Third answer.")]
+
+    def handle(route):
+        if replies[0] == "error":
+            replies.pop(0)
+            sent.append(json.loads(route.request.post_data))
+            route.fulfill(status=500, headers={"Content-Type": "application/json"},
+                          body=json.dumps({"error": {"message": "boom", "type": "server_error"}}))
+        else:
+            _fulfil(replies, sent)(route)
+
+    page.route("**/v1/chat/completions", handle)
+    assert page.locator("#chat-list .chat-item").count() == 0 and page.is_visible("#chats-empty")
+    question = "What  is\nthe first question of this rather long conversation?"
+    first = _ask(page, question)
+    assert sent[0]["stream_options"] == {"include_usage": True}
+    assert first.locator(".meta").text_content().startswith("7 tokens")
+    _ask(page, "Second?")
+    _ask(page, "Failing?", state="error")
+    title = "What is the first question of this rather long conversation?"[:47] + "…"
+    assert _titles(page) == [title]
+    entry = _chat(page, title)
+    assert entry.locator(".open").get_attribute("aria-current") == "true"
+    assert re.search(r"\d\d:\d\d", entry.locator("time").text_content())
+    shown = _shown(page)  # as the screen shows it: the markdown's markers are not text
+    turns = [question, "First **answer**.", "Second?", "Second answer."]
+    assert len(shown) == 4 and [m["content"] for m in _stored(page)[0]["messages"]] == turns
+
+    page.reload()
+    expect(page.locator("#model")).to_have_text("tiny", timeout=5000)
+    assert _shown(page) == shown and page.locator(".msg.failed").count() == 0
+    assert page.locator(".msg.assistant .content strong").text_content() == "answer"
+    assert [m.startswith("7 tokens") for m in page.locator(".msg.assistant .meta").all_text_contents()] == [True] * 2
+    assert page.get_by_role("button", name="Regenerate").count() == 1
+    assert _chat(page, title).locator(".open").get_attribute("aria-current") == "true"
+    _ask(page, "Third?")
+    assert sent[3]["messages"] == [{"role": "user", "content": question}, {"role": "assistant",
+                                   "content": "First **answer**."}, {"role": "user", "content": "Second?"},
+                                   {"role": "assistant", "content": "Second answer."},
+                                   {"role": "user", "content": "Third?"}]
+    assert [m["content"] for m in _stored(page)[0]["messages"]] == turns + ["Third?", "Third answer."]
+
+
+def test_switching_conversations_shows_and_sends_that_ones_turns_and_stops_a_running_answer(page):
+    """Two conversations: the list has both, newest first; clicking one shows its turns and the next question
+    carries them (and no other). Switching while an answer streams stops that request first: the page is idle at
+    once, the unfinished turn is dropped (not saved in the conversation it was asked in)."""
+    sent = []
+    page.route("**/v1/chat/completions", _fulfil([_reply("Answer A."), _reply("Answer B."), _reply("More A."),
+                                                  "hold", _reply("More B.")], sent))
+    _ask(page, "Question A")
+    page.click("#new-chat")
+    assert page.locator(".msg").count() == 0
+    _ask(page, "Question B")
+    assert sent[1]["messages"] == [{"role": "user", "content": "Question B"}]
+    assert _titles(page) == ["Question B", "Question A"]
+    _chat(page, "Question A").locator(".open").click()
+    turn_a = [{"role": "user", "content": "Question A"}, {"role": "assistant", "content": "Answer A."}]
+    assert _shown(page) == turn_a
+    assert _chat(page, "Question A").locator(".open").get_attribute("aria-current") == "true"
+    assert _chat(page, "Question B").locator(".open").get_attribute("aria-current") is None
+    _ask(page, "Again A")
+    assert sent[2]["messages"] == turn_a + [{"role": "user", "content": "Again A"}]
+    assert _titles(page) == ["Question A", "Question B"]  # the newest turn first
+
+    _chat(page, "Question B").locator(".open").click()
+    page.fill("#prompt", "Held in B")
+    page.click("#send")
+    expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "streaming", timeout=5000)
+    with page.expect_event("requestfailed") as failed:
+        _chat(page, "Question A").locator(".open").click()
+    assert "/v1/chat/completions" in failed.value.url  # the held request was aborted
+    assert page.is_enabled("#send") and page.is_disabled("#stop")
+    assert _shown(page)[:2] == turn_a and len(_shown(page)) == 4
+    stored_b = [c for c in _stored(page) if c["title"] == "Question B"][0]
+    assert [m["content"] for m in stored_b["messages"]] == ["Question B", "Answer B."]
+    _chat(page, "Question B").locator(".open").click()
+    _ask(page, "Last B")
+    assert sent[4]["messages"] == [{"role": "user", "content": "Question B"},
+                                   {"role": "assistant", "content": "Answer B."}, {"role": "user", "content": "Last B"}]
+
+
+def test_deleting_a_conversation_asks_once_more_and_the_shown_one_leaves_the_screen(page):
+    """Delete asks first ("Delete?"; leaving the button takes the question back); the second click deletes it from
+    the list and from storage. Deleting the conversation shown, while its answer streams, stops the request and
+    empties the screen; after a reload nothing comes back."""
+    page.route("**/v1/chat/completions", _fulfil([_reply("A."), _reply("B."), "hold"], []))
+    _ask(page, "Keep or not")
+    page.click("#new-chat")
+    _ask(page, "Shown one")
+    delete = _chat(page, "Keep or not").locator(".delete")
+    delete.click()
+    expect(delete).to_have_text("Delete?")
+    assert delete.get_attribute("aria-label") == "Confirm: delete “Keep or not”" and len(_stored(page)) == 2
+    page.click("#prompt")  # the focus leaves: no longer asking
+    expect(delete).to_have_text("×")
+    delete.click()
+    delete.click()
+    assert _titles(page) == ["Shown one"] and [c["title"] for c in _stored(page)] == ["Shown one"]
+    assert _shown(page) == [{"role": "user", "content": "Shown one"}, {"role": "assistant", "content": "B."}]
+
+    page.fill("#prompt", "Held")
+    page.click("#send")
+    expect(page.locator(".msg.assistant").last).to_have_attribute("data-state", "streaming", timeout=5000)
+    delete = _chat(page, "Shown one").locator(".delete")
+    delete.click()
+    with page.expect_event("requestfailed"):
+        delete.click()
+    assert page.locator(".msg").count() == 0 and page.is_enabled("#send") and page.is_disabled("#stop")
+    assert _titles(page) == [] and page.is_visible("#chats-empty") and _stored(page) == []
+    page.reload()
+    expect(page.locator("#model")).to_have_text("tiny", timeout=5000)
+    assert page.locator(".msg").count() == 0 and _titles(page) == []
+
+
+def test_corrupt_stored_conversations_start_empty_and_at_most_50_are_kept(browser, live):
+    """Storage holding what is not JSON (or a conversation id that is gone): the page loads without an error, the
+    list empty, and a new turn is saved over it. Storage holding 50 good conversations and two bad entries: the bad
+    ones are left out, and a new conversation drops the oldest (50 kept)."""
+    ctx, pg, errors = _open(browser, live, init="""if (!sessionStorage.getItem('seeded')) {
+        sessionStorage.setItem('seeded', '1');
+        localStorage.setItem('onnxlm.conversations', '{not json');
+        localStorage.setItem('onnxlm.current', 'gone'); }""")
+    try:
+        pg.route("**/v1/chat/completions", _fulfil([_reply("Fine.")], []))
+        assert _titles(pg) == [] and pg.locator(".msg").count() == 0
+        assert "could not be read" in pg.text_content("#status")
+        _ask(pg, "Works?")
+        assert [c["title"] for c in _stored(pg)] == ["Works?"] and _titles(pg) == ["Works?"]
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+    good = [{"id": f"c{i}", "title": f"Old {i}", "created": 1000 + i, "updated": 1000 + i,
+             "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(50)]
+    bad = [{"id": "x", "messages": [{"role": "tool", "content": "?"}]}, "not a conversation"]
+    ctx, pg, errors = _open(browser, live, init=f"""if (!sessionStorage.getItem('seeded')) {{
+        sessionStorage.setItem('seeded', '1');
+        localStorage.setItem('onnxlm.conversations', {json.dumps(json.dumps(good + bad))}); }}""")
+    try:
+        pg.route("**/v1/chat/completions", _fulfil([_reply("New.")], []))
+        assert len(_titles(pg)) == 50 and _titles(pg)[0] == "Old 49" and _titles(pg)[-1] == "Old 0"
+        _chat(pg, "Old 7").locator(".open").click()
+        assert _shown(pg) == good[7]["messages"]
+        pg.click("#new-chat")
+        _ask(pg, "Newest")
+        titles = _titles(pg)
+        assert len(titles) == 50 and titles[0] == "Newest" and "Old 0" not in titles and "Old 1" in titles
+        assert [c["title"] for c in _stored(pg)] == titles
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_blocked_or_full_storage_keeps_conversations_in_memory_and_says_so_once(browser, live):
+    """localStorage that throws on access (blocked) or on every write (full): the page loads and chats, says once
+    that conversations are not kept, and the list still switches between this visit's conversations."""
+    blocked = """Object.defineProperty(window, 'localStorage', { get() {
+        throw new DOMException('The operation is insecure.', 'SecurityError'); } });"""
+    full = """Storage.prototype.setItem = function () {
+        throw new DOMException('The quota has been exceeded.', 'QuotaExceededError'); };"""
+    for init in (blocked, full):
+        ctx, pg, errors = _open(browser, live, init=init)
+        try:
+            sent = []
+            pg.route("**/v1/chat/completions", _fulfil([_reply("One."), _reply("Two."), _reply("Three.")], sent))
+            _ask(pg, "First")
+            expect(pg.locator("#store-note")).to_be_visible()
+            assert "not kept" in pg.text_content("#store-note")
+            pg.click("#store-note-close")
+            pg.click("#new-chat")
+            _ask(pg, "Second")
+            assert pg.is_hidden("#store-note")  # said once
+            assert _titles(pg) == ["Second", "First"]
+            _chat(pg, "First").locator(".open").click()
+            _ask(pg, "More")
+            first = [{"role": "user", "content": "First"}, {"role": "assistant", "content": "One."}]
+            assert sent[2]["messages"] == first + [{"role": "user", "content": "More"}]
+            assert not errors, errors
+        finally:
+            ctx.close()
+
+
+# ------------------------------------------------------------------------------------------- export, import
+def test_export_and_import_round_trip(browser, live, page):
+    """Export downloads the conversation shown as JSON: OpenAI's messages (the system prompt first) and the settings
+    its request sent. Imported into another browser, it is shown and listed, its system prompt and settings go into
+    Settings, and the next request carries the same messages and settings."""
+    sent = []
+    page.route("**/v1/chat/completions", _fulfil([_reply("Exported **answer**.")], sent))
+    page.click("#export")  # nothing yet
+    assert "Nothing to export" in page.text_content("#status")
+    _settings(page, system="Be brief.", top_k=5, seed=42, temperature=0.5)
+    _ask(page, "Export me")
+    with page.expect_download() as download:
+        page.click("#export")
+    assert download.value.suggested_filename == "onnxlm-chat-export-me.json"
+    data = json.loads(open(download.value.path(), encoding="utf-8").read())
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Export me"},
+                {"role": "assistant", "content": "Exported **answer**."}]
+    assert data["messages"] == messages and data["format"] == "onnxlm.conversation" and data["model"] == "tiny"
+    settings = {"temperature": 0.5, "top_p": 1, "max_tokens": MAX_TOKENS, "top_k": 5, "seed": 42}
+    assert data["settings"] == settings and data["title"] == "Export me"
+    assert {k: sent[0][k] for k in settings} == settings
+
+    ctx, pg, errors = _open(browser, live)
+    try:
+        asked = []
+        pg.route("**/v1/chat/completions", _fulfil([_reply("Continued.")], asked))
+        pg.set_input_files("#import-file", files=[{"name": "chat.json", "mimeType": "application/json",
+                                                   "buffer": json.dumps(data).encode()}])
+        expect(pg.locator("#chat-list .chat-item")).to_have_count(1, timeout=5000)
+        assert _titles(pg) == ["Export me"] and _shown(pg) == [messages[1], {"role": "assistant",
+                                                                            "content": "Exported answer."}]
+        assert pg.locator(".msg.assistant .content strong").text_content() == "answer"
+        assert (pg.input_value("#system"), pg.input_value("#top-k"), pg.input_value("#seed"),
+                pg.input_value("#temperature")) == ("Be brief.", "5", "42", "0.5")
+        assert "Imported" in pg.text_content("#status")
+        _ask(pg, "And now?")
+        assert asked[0]["messages"] == messages + [{"role": "user", "content": "And now?"}]
+        assert {k: asked[0][k] for k in settings} == settings
+        assert not errors, errors
+    finally:
+        ctx.close()
+
+
+def test_a_bad_import_file_is_refused_with_a_message_and_changes_nothing(page):
+    """Files that are not JSON, not an object, whose turns do not alternate or end with a question, with an
+    unknown role, or a setting out of range: the banner says what is wrong, the conversation shown, the list,
+    storage and Settings stay as they were."""
+    page.route("**/v1/chat/completions", _fulfil([_reply("Here.")], []))
+    _ask(page, "Before")
+    before = (_shown(page), _titles(page), _stored(page), page.input_value("#top-k"), page.input_value("#system"))
+    turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    cases = [("{not json", "not JSON"),
+             ("[1, 2]", "does not hold a JSON object"),
+             (json.dumps({"title": "x"}), 'no "messages" list'),
+             (json.dumps({"messages": turn[:1]}), "ends with a question"),
+             (json.dumps({"messages": [turn[1], turn[0]]}), 'role is "assistant", expected "user"'),
+             (json.dumps({"messages": [{"role": "tool", "content": "x"}, turn[1]]}), 'role is "tool"'),
+             (json.dumps({"messages": [{"role": "user", "content": 5}, turn[1]]}), "content is not text"),
+             (json.dumps({"messages": turn, "settings": {"top_k": -1}}), "settings.top_k is -1"),
+             (json.dumps({"messages": turn, "settings": {"seed": "12x"}}), "settings.seed"),
+             (json.dumps({"messages": turn, "settings": {"response_format": {"type": "text"}}}),
+              "settings.response_format")]
+    for i, (text, message) in enumerate(cases):
+        page.set_input_files("#import-file", files=[{"name": f"bad{i}.json", "mimeType": "application/json",
+                                                     "buffer": text.encode()}])
+        expect(page.locator("#banner")).to_contain_text(message, timeout=5000)
+        banner = page.text_content("#banner")
+        assert banner.startswith("Import failed: ") and "Nothing was changed" in banner, banner
+        assert before == (_shown(page), _titles(page), _stored(page), page.input_value("#top-k"),
+                          page.input_value("#system")), message
+        page.evaluate("document.getElementById('banner').hidden = true")
+
+
+# ------------------------------------------------------------------------------------------------- markdown
+def test_markdown_is_built_as_elements_and_only_safe_links_become_links(page):
+    """Streamed in 7-character pieces: headings, bullet and numbered lists (one nested), a blockquote, a rule,
+    *italic*, _italic_ (not inside snake_case), **bold** holding italic and a link, `code`, links for http(s) and
+    mailto only (rel noopener noreferrer, a new tab); javascript:, data: and relative links stay text, HTML shows
+    as text, nothing runs. The text (textContent) is the reply less its markers."""
+    lines = ["# Title",
+             "### Small *heading*",
+             "Text with *italic*, _also_, **bold *inner* [in link](https://example.com/b)**, `a <b>code</b>` and "
+             "snake_case_words.",
+             "- one [site](https://example.com/path?q=1)",
+             "- two",
+             "  - nested `x`",
+             "3. three",
+             "4. four",
+             "> quoted **loud**",
+             "---",
+             "[js](javascript:window.__pwned=3) [js2](javascript:alert(1)) [data](data:text/html,hi) [rel](/local) "
+             "[mail](mailto:a@b.example)",
+             '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2"> <a href="https://evil">x</a>']
+    reply = "\n".join(lines)
+    page.route("**/v1/chat/completions", _fulfil(
+        [_sse([_delta(reply[i:i + 7]) for i in range(0, len(reply), 7)] + [_delta(finish="stop")])], []))
+    content = _ask(page, "Markdown?").locator(".content")
+    assert content.locator("h1").text_content() == "Title\n"  # the line break after a block: inside it, at its end
+    assert content.locator("h3 > em").text_content() == "heading"
+    assert content.locator("> em").all_text_contents() == ["italic", "also"]
+    assert content.locator("> strong").text_content() == "bold inner in link"
+    assert content.locator("> strong > em").text_content() == "inner"
+    assert content.locator("> code").text_content() == "a <b>code</b>"
+    assert "snake_case_words" in content.text_content()
+    assert content.locator("> ul > li").count() == 2 and content.locator("ul ul > li").text_content() == "nested x\n"
+    assert content.locator("ul ul code").text_content() == "x"
+    assert content.locator("> ol").get_attribute("start") == "3" and content.locator("ol > li").count() == 2
+    assert content.locator("blockquote").text_content() == "quoted loud\n"
+    assert content.locator("blockquote strong").text_content() == "loud" and content.locator("hr").count() == 1
+    links = content.locator("a")
+    assert links.evaluate_all("(as) => as.map((a) => [a.textContent, a.getAttribute('href'), a.rel, a.target])") == [
+        ["in link", "https://example.com/b", "noopener noreferrer", "_blank"],
+        ["site", "https://example.com/path?q=1", "noopener noreferrer", "_blank"],
+        ["mail", "mailto:a@b.example", "noopener noreferrer", "_blank"]]
+    text = content.text_content()
+    for kept in ("[js](javascript:window.__pwned=3)", "[js2](javascript:alert(1))", "[data](data:text/html,hi)",
+                 "[rel](/local)", lines[-1]):
+        assert kept in text, kept
+    assert page.locator("#messages :is(script, img, b)").count() == 0
+    page.wait_for_timeout(100)
+    assert page.evaluate("window.__pwned") is None
+    shown = "\n".join(["Title", "Small heading", "Text with italic, also, bold inner in link, a <b>code</b> and "
+                       "snake_case_words.", "one site", "two", "nested x", "three", "four", "quoted loud"])
+    assert text.startswith(shown) and "four\nquoted loud\n" in text
+
+
+def test_rendering_a_long_markdown_answer_stays_fast(page):
+    """A 17 KB answer dense with markdown (about 4000 tokens), rendered whole as each repaint of a stream does (its
+    headings, lists, quotes, code blocks, links built): well under a frame's worth of script per render, and long
+    lines of stray markers render in linear time."""
+    timings = page.evaluate("""() => {
+        const para = "Some *italic* text, **bold**, `code`, a [link](https://example.com) and snake_case words. ";
+        const parts = [];
+        for (let i = 0; i < 40; i++) parts.push("## Part " + i, para + para, "- item " + para, "  - nested", "1. one",
+                                                "> quoted " + para, "```js", "let x = " + i + ";", "```", "");
+        const text = parts.join("\\n");
+        const el = document.createElement("div");
+        document.getElementById("messages").append(el);
+        const time = (t, n) => { const t0 = performance.now(); for (let i = 0; i < n; i++) renderText(el, t);
+                                 return (performance.now() - t0) / n; };
+        time(text, 3);  // warm up
+        const built = ["h2", "ul ul li", "blockquote", "pre", "a", "em", "strong"]
+            .map((s) => el.querySelectorAll(s).length);
+        return { length: text.length, built, full: time(text, 20),
+                 stray: Math.max(...["**a ", "`a ``", "_a ", "[a](", "- a\\n  "].map((s) => time(s.repeat(5000), 1))) };
+    }""")
+    assert timings["length"] > 16000 and timings["built"] == [40, 40, 40, 40, 160, 160, 160], timings
+    assert timings["full"] < 60 and timings["stray"] < 250, timings  # about 5 ms and 20 ms here
+
+
+# ------------------------------------------------------------------------------------- more sampling settings
+EXTRA = {"top_k": 40, "min_p": 0.05, "repetition_penalty": 1.1, "presence_penalty": -0.5, "frequency_penalty": 1.5,
+         "seed": 2**53 + 1}
+
+
+def test_more_sampling_settings_are_sent_only_away_from_their_defaults_kept_and_reset(page):
+    """top_k, min_p, repetition_penalty, presence/frequency_penalty and seed: absent from the request at their
+    defaults (0, 0, 1, 0, 0, empty), sent when set (the seed with all its digits, past 2**53), kept after a reload;
+    Reset settings brings every field back to its default (max tokens within the server's cap), the API key kept."""
+    sent = []
+    page.route("**/v1/chat/completions", _fulfil([_reply("1."), _reply("2."), _reply("3."), _reply("4.")], sent))
+    _ask(page, "Defaults")
+    assert not set(EXTRA) & set(sent[0]), sent[0]
+    _settings(page, **EXTRA)
+    _ask(page, "Set")
+    assert {k: sent[1].get(k) for k in EXTRA} == EXTRA
+    page.reload()
+    expect(page.locator("#model")).to_have_text("tiny", timeout=5000)
+    assert [page.input_value("#" + k.replace("_", "-")) for k in EXTRA] == [str(v) for v in EXTRA.values()]
+    _ask(page, "Kept")
+    assert {k: sent[2].get(k) for k in EXTRA} == EXTRA
+    _settings(page, system="Old system", temperature=0.2)
+    page.click("#reset-settings")
+    assert [page.input_value("#" + k.replace("_", "-")) for k in EXTRA] == ["0", "0", "1", "0", "0", ""]
+    assert (page.input_value("#system"), page.input_value("#temperature"), page.input_value("#max-tokens"),
+            page.input_value("#api-key")) == ("", "0.7", str(MAX_TOKENS), KEY)
+    _ask(page, "Reset")
+    assert not set(EXTRA) & set(sent[3]) and sent[3]["temperature"] == 0.7 and sent[3]["max_tokens"] == MAX_TOKENS
+    assert sent[3]["messages"][0] == {"role": "user", "content": "Defaults"}  # no system prompt any more
+
+
+def test_a_setting_out_of_its_range_is_marked_and_nothing_is_sent(page):
+    """A value out of the server's range (protocol.py's) is marked next to its field (aria-invalid, the rule
+    under it) as it is typed; sending then sends nothing and the banner says which field and why; set back, it is
+    clear and the question goes."""
+    sent = []
+    page.route("**/v1/chat/completions", _fulfil([_reply("Ok.")], sent))
+    cases = [("top_k", "-1", "an integer of at least 0"), ("top_k", "1.5", "an integer of at least 0"),
+             ("min_p", "2", "a number from 0 to 1"), ("repetition_penalty", "0", "a number above 0"),
+             ("presence_penalty", "3", "a number from -2 to 2"), ("frequency_penalty", "-2.5", "a number from -2 to 2"),
+             ("seed", "-3", "an integer from 0 to 2^63-1"), ("seed", str(2**63), "an integer from 0 to 2^63-1"),
+             ("seed", "abc", "an integer from 0 to 2^63-1"), ("temperature", "2.5", "a number from 0 to 2")]
+    for key, value, rule in cases:
+        field = "#" + key.replace("_", "-")
+        default = page.input_value(field)
+        page.fill(field, value)
+        error = page.locator(field + "-error")
+        expect(error).to_be_visible()
+        assert rule in error.text_content() and page.get_attribute(field, "aria-invalid") == "true", key
+        page.fill("#prompt", "Question")
+        page.press("#prompt", "Enter")
+        expect(page.locator("#banner")).to_contain_text(rule)
+        assert page.text_content("#banner").startswith("Not sent: ") and _active(page) == field[1:]
+        assert not sent and page.locator(".msg").count() == 0 and page.input_value("#prompt") == "Question"
+        page.fill(field, default)
+        assert page.is_hidden(field + "-error") and page.get_attribute(field, "aria-invalid") is None
+    _ask(page, "Question")
+    assert len(sent) == 1 and page.is_hidden("#banner")
+
+
+# ---------------------------------------------------------------------------------------------- narrow screen
+def test_a_narrow_screen_opens_the_conversation_list_as_a_panel_above_the_conversation(browser, live):
+    """At 375 px: the list starts closed; opened it closes Settings (one panel at a time), sits above the
+    conversation without covering the message box or Send, the header stays one line; choosing a conversation
+    (keyboard) shows it and closes the list, as New chat does."""
+    ctx, pg, errors = _open(browser, live, width=375)
+    try:
+        pg.route("**/v1/chat/completions", _fulfil([_reply("A."), _reply("B.")], []))
+        assert pg.is_hidden("#chats") and pg.get_attribute("#toggle-chats", "aria-expanded") == "false"
+        _ask(pg, "Phone question")
+        pg.click("#toggle-settings")
+        pg.click("#toggle-chats")
+        assert pg.is_visible("#chats") and pg.is_hidden("#settings")
+        assert pg.get_attribute("#toggle-settings", "aria-expanded") == "false"
+        header = _box(pg, "header")
+        assert header["height"] < 50 and pg.evaluate("document.querySelector('header').scrollWidth <= 375")
+        assert _box(pg, "#chats")["y"] + _box(pg, "#chats")["height"] <= _box(pg, "#prompt")["y"]
+        assert pg.evaluate("""['prompt', 'send'].every((id) => {
+            const r = document.getElementById(id).getBoundingClientRect();
+            return document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2) === document.getElementById(id)
+                && r.bottom <= innerHeight; })""")
+        pg.click("#new-chat")
+        assert pg.is_hidden("#chats") and pg.locator(".msg").count() == 0
+        _ask(pg, "Second")
+        pg.click("#toggle-chats")
+        _chat(pg, "Phone question").locator(".open").focus()
+        pg.keyboard.press("Enter")
+        assert pg.is_hidden("#chats") and _shown(pg)[0] == {"role": "user", "content": "Phone question"}
+        assert _active(pg) == "prompt" and not errors, errors
+    finally:
+        ctx.close()

@@ -12,13 +12,15 @@
 const $ = (id) => document.getElementById(id);
 
 // what the page holds: the served model's name, whether it can chat (null: not known yet), the conversation sent
-// with each request ({role, content} pairs of finished turns), and the AbortController of the request in flight
-// (null when idle), the server's cap on max_tokens (GET /props; null: not known)
-const state = { model: null, chat: null, history: [], controller: null, cap: null };
+// with each request ({role, content} pairs of finished turns; an answer also keeps its stats line as "stats"), the
+// id of the conversation shown (null: a new one, not kept until its first turn finishes), and the AbortController
+// of the request in flight (null when idle), the server's cap on max_tokens (GET /props; null: not known)
+const state = { model: null, chat: null, history: [], current: null, controller: null, cap: null };
 
-// inputs kept in localStorage between visits
-const SAVED = ["system", "temperature", "top-p", "max-tokens", "json-mode", "schema-name", "schema", "api-key"];
+// inputs kept in localStorage between visits; all but the API key go back to their defaults with "Reset settings"
+const SAVED = ["system", ...SAMPLING.map((s) => s.id), "json-mode", "schema-name", "schema", "api-key"];
 
+// the saved inputs (SAVED) back from localStorage (storage blocked: the defaults)
 function loadSettings() {
   for (const id of SAVED) {
     let v = null;
@@ -29,6 +31,7 @@ function loadSettings() {
   }
 }
 
+// the inputs of SAVED -> localStorage
 function saveSettings() {
   for (const id of SAVED) {
     const el = $(id);
@@ -37,20 +40,31 @@ function saveSettings() {
   }
 }
 
-// the settings panel: open or closed as last left (localStorage), else open on a wide screen, closed on a narrow one
+// the side panels, Settings and the conversation list (Chats): each open or closed as last left (localStorage), else
+// open on a wide screen, closed on a narrow one, where they open above the conversation, one at a time
 const NARROW = "(max-width: 700px)";
-function showSettings(open, save) {
-  $("settings").hidden = !open;
-  $("toggle-settings").setAttribute("aria-expanded", String(open));
+const PANELS = { settings: "toggle-settings", chats: "toggle-chats" };
+function showPanel(id, open, save) {
+  $(id).hidden = !open;
+  $(PANELS[id]).setAttribute("aria-expanded", String(open));
+  if (open && window.matchMedia(NARROW).matches) {
+    for (const other of Object.keys(PANELS)) if (other !== id && !$(other).hidden) showPanel(other, false, false);
+  }
   if (save) {
-    try { localStorage.setItem("onnxlm.settings-open", open ? "1" : "0"); } catch (e) { /* storage blocked */ }
+    try { localStorage.setItem("onnxlm." + id + "-open", open ? "1" : "0"); } catch (e) { /* storage blocked */ }
   }
 }
 
-function loadSettingsOpen() {
-  let v = null;
-  try { v = localStorage.getItem("onnxlm.settings-open"); } catch (e) { /* storage blocked */ }
-  showSettings(v === null ? !window.matchMedia(NARROW).matches : v === "1", false);
+// the settings panel opened or closed (``save``: remembered)
+function showSettings(open, save) { showPanel("settings", open, save); }
+
+// both panels as last left, or by the screen's width
+function loadPanelsOpen() {
+  for (const id of ["chats", "settings"]) {  // on a narrow screen, Settings wins when both were left open
+    let v = null;
+    try { v = localStorage.getItem("onnxlm." + id + "-open"); } catch (e) { /* storage blocked */ }
+    showPanel(id, v === null ? !window.matchMedia(NARROW).matches : v === "1", false);
+  }
 }
 
 // the line under the conversation (role=status: what a screen reader announces, once, instead of every token)
@@ -60,6 +74,7 @@ function say(message, kind) {
   el.dataset.kind = kind || "";
 }
 
+// the API calls' headers: JSON, and the key typed in Settings as a Bearer token
 function headers() {
   const h = { "Content-Type": "application/json" };
   const key = $("api-key").value.trim();
@@ -78,6 +93,7 @@ async function apiError(response) {
   return "HTTP " + response.status + ": " + (message || response.statusText);
 }
 
+// the error line above the conversation (role=alert): ``message``, or hidden when empty
 function banner(message) {
   const el = $("banner");
   el.textContent = message || "";
@@ -164,43 +180,18 @@ function textElement(tag, text) {
   return el;
 }
 
-// text outside code fences -> nodes: **bold** as <strong>, `code` as <code>, the rest as text nodes
-function inlineNodes(text) {
-  return text.split(/(\*\*[^*\n]+\*\*|`[^`\n]+`)/).filter(Boolean).map((piece) => {
-    if (piece.length > 4 && piece.startsWith("**") && piece.endsWith("**")) {
-      return textElement("strong", piece.slice(2, -2));
-    }
-    if (piece.length > 2 && piece.startsWith("`") && piece.endsWith("`")) return textElement("code", piece.slice(1, -1));
-    return document.createTextNode(piece);
-  });
-}
-
-// text -> the element's children, a small markdown subset: ``` fenced blocks as <pre><code> (the fence's first
-// line, the language tag, and the newline before the closing fence are dropped), **bold** and `code` elsewhere.
-// Every piece goes in as text (textContent, text nodes), never as HTML.
+// text -> the element's children, as markdown (markdown.js: built from text nodes and elements, never HTML); each
+// code block gets a copy button (its label "Copy" is CSS: the block's text stays the code's)
 function renderText(el, text) {
-  const nodes = [];
-  text.split("```").forEach((part, i) => {
-    if (i % 2 === 1) {  // inside a fence
-      const nl = part.indexOf("\n");
-      const pre = document.createElement("pre");
-      const code = textElement("code", (nl >= 0 ? part.slice(nl + 1) : part).replace(/\n$/, ""));
-      pre.append(code);
-      const box = document.createElement("div");
-      box.className = "code";
-      const copy = document.createElement("button");  // its label "Copy" is CSS: the text stays the code's
-      copy.type = "button";
-      copy.className = "copy";
-      copy.setAttribute("aria-label", "Copy code");
-      copy.title = "Copy code";
-      copy.addEventListener("click", () => copyText(code.textContent, copy));
-      box.append(copy, pre);
-      nodes.push(box);
-    } else {
-      nodes.push(...inlineNodes(part));
-    }
+  renderMarkdown(el, text, (box, code) => {
+    const copy = document.createElement("button");
+    copy.type = "button";
+    copy.className = "copy";
+    copy.setAttribute("aria-label", "Copy code");
+    copy.title = "Copy code";
+    copy.addEventListener("click", () => copyText(code.textContent, copy));
+    box.prepend(copy);
   });
-  el.replaceChildren(...nodes);
 }
 
 // text -> the clipboard (navigator.clipboard; where the page is not a secure context, e.g. plain http to another
@@ -227,11 +218,13 @@ async function copyText(text, button) {
   say(ok ? "Copied." : "Could not copy: select the text and copy it by hand.");
 }
 
+// whether the conversation is scrolled to (near) its end: new text then keeps it there
 function nearBottom() {
   const m = $("messages");
   return m.scrollHeight - m.scrollTop - m.clientHeight < 60;
 }
 
+// the conversation scrolled to its end
 function scrollDown() {
   const m = $("messages");
   m.scrollTop = m.scrollHeight;
@@ -295,6 +288,96 @@ function responseFormat() {
   return { type: "json_schema", json_schema: { name: $("schema-name").value.trim() || "answer", schema } };
 }
 
+// the settings panel's sampling fields -> {params: the request's fields (empty ones, and those at their "off" value,
+// left out), seed: its digits (undefined: random), invalid: the first field out of its range (null: none)}; each
+// field is marked invalid, with its rule under it, or cleared
+function readSampling() {
+  const params = {};
+  let seed;
+  let invalid = null;
+  for (const spec of SAMPLING) {
+    const el = $(spec.id);
+    const checked = el.validity && el.validity.badInput ? { error: spec.rule } : checkSetting(spec, el.value);
+    markField(el, fieldName(el, spec), checked.error);
+    if (checked.error) {
+      invalid = invalid || { el, name: fieldName(el, spec), rule: spec.rule };
+    } else if (!isDefaultSetting(spec, checked.value)) {
+      if (spec.kind === "seed") seed = checked.value; else params[spec.key] = checked.value;
+    }
+  }
+  return { params, seed, invalid };
+}
+
+// a settings field's name: its label's text (the request's field name when it has none)
+function fieldName(el, spec) {
+  const label = el.labels && el.labels[0];
+  return label && label.firstChild ? label.firstChild.textContent.trim() : spec.key;
+}
+
+// a field -> marked invalid (aria-invalid, ``error`` in its note under it), or cleared (no error)
+function markField(el, name, error) {
+  const note = $(el.id + "-error");
+  if (error) el.setAttribute("aria-invalid", "true"); else el.removeAttribute("aria-invalid");
+  note.textContent = error ? name + ": expected " + error + "." : "";
+  note.hidden = !error;
+}
+
+// a request's body -> its JSON text, with the seed (when set) last, written with all its digits (a JS number past
+// 2**53 would lose some)
+function requestJSON(body, seed) {
+  const json = JSON.stringify(body);
+  return seed === undefined ? json : json.slice(0, -1) + ',"seed":' + seed + "}";
+}
+
+// what a request sent -> the settings kept with its conversation (and written to its file): its sampling fields,
+// the seed (a number; text past 2**53), response_format
+function usedSettings(sampling, format) {
+  const out = { ...sampling.params };
+  if (sampling.seed !== undefined) {
+    out.seed = Number.isSafeInteger(Number(sampling.seed)) ? Number(sampling.seed) : sampling.seed;
+  }
+  if (format) out.response_format = format;
+  return out;
+}
+
+// "Reset settings": the fields back to the page's defaults (index.html's values), the API key kept; max tokens
+// within the server's cap
+function resetSettings() {
+  for (const id of SAVED) {
+    if (id === "api-key") continue;
+    const el = $(id);
+    if (el.type === "checkbox") el.checked = el.defaultChecked; else el.value = el.defaultValue;
+  }
+  maxTokensTyped = false;
+  const v = numberOf("max-tokens");
+  if (state.cap !== null && v !== undefined && v > state.cap) $("max-tokens").value = String(state.cap);
+  $("json-fields").hidden = !$("json-mode").checked;
+  readSampling();
+  saveSettings();
+  say("The settings are back to their defaults (the API key is kept).");
+}
+
+// a conversation file's system prompt and settings -> the settings panel, saved: a field the file leaves out gets
+// its "off" value, or empty (the server's default) when it has none
+function applySettings(system, settings) {
+  $("system").value = system;
+  for (const spec of SAMPLING) {
+    const v = settings[spec.key];
+    $(spec.id).value = v !== undefined ? String(v) : spec.def !== undefined ? String(spec.def) : "";
+  }
+  maxTokensTyped = true;
+  const format = settings.response_format;
+  $("json-mode").checked = Boolean(format);
+  if (format) {
+    $("schema-name").value = format.json_schema.name;
+    $("schema").value = JSON.stringify(format.json_schema.schema);
+  }
+  $("json-fields").hidden = !$("json-mode").checked;
+  readSampling();
+  saveSettings();
+}
+
+// Send and Stop for a request in flight (busy) or none
 function setBusy(busy) {
   $("send").disabled = busy;
   $("stop").disabled = !busy;
@@ -360,6 +443,13 @@ async function ask(text, before) {
   if (state.controller) return;
   let format;
   try { format = responseFormat(); } catch (e) { banner(e.message); return; }
+  const sampling = readSampling();
+  if (sampling.invalid) {  // marked in Settings; nothing sent
+    banner("Not sent: " + sampling.invalid.name + " must be " + sampling.invalid.rule + " (see Settings).");
+    showSettings(true, false);
+    sampling.invalid.el.focus();
+    return;
+  }
   banner("");
   saveSettings();
   dropFailed();
@@ -369,19 +459,19 @@ async function ask(text, before) {
   // the request: system prompt, the finished turns, this question (a model that cannot chat: the text alone, as a
   // plain completion); empty settings are left to the server
   const plain = state.chat === false;
-  const body = { stream: true, stream_options: { include_usage: true },
-                 temperature: numberOf("temperature"), top_p: numberOf("top-p"), max_tokens: numberOf("max-tokens") };
+  const body = { stream: true, stream_options: { include_usage: true }, ...sampling.params };
+  const system = plain ? "" : $("system").value.trim();
   if (plain) {
     body.prompt = text;
   } else {
     const messages = [];
-    const system = $("system").value.trim();
     if (system) messages.push({ role: "system", content: system });
-    messages.push(...state.history, { role: "user", content: text });
+    messages.push(...state.history.map((m) => ({ role: m.role, content: m.content })), { role: "user", content: text });
     body.messages = messages;
   }
   if (state.model) body.model = state.model;
   if (format) body.response_format = format;
+  const used = { system, settings: usedSettings(sampling, format) };  // kept with the conversation
 
   if (!before || $("prompt").value === text) $("prompt").value = "";
   const question = addMessage("user", text);
@@ -428,7 +518,7 @@ async function ask(text, before) {
   };
   try {
     const url = plain ? "v1/completions" : "v1/chat/completions";
-    const r = await fetch(url, { method: "POST", headers: headers(), body: JSON.stringify(body),
+    const r = await fetch(url, { method: "POST", headers: headers(), body: requestJSON(body, sampling.seed),
                                  signal: controller.signal });
     if (!r.ok) throw new Error(await apiError(r));
     let done = false;
@@ -465,13 +555,15 @@ async function ask(text, before) {
       failure = e.message;
     }
   } finally {
-    state.controller = null;
-    setBusy(false);
+    if (state.controller === controller) {  // else the page moved on (another conversation) and is idle already
+      state.controller = null;
+      setBusy(false);
+    }
   }
   bubble.removeAttribute("aria-busy");
   showReasoning();
   renderText(content, answer + (failure ? (answer ? "\n\n" : "") + failure : ""));
-  if (!bubble.isConnected) { focusPrompt(); return; }  // a new chat started meanwhile
+  if (!bubble.isConnected) { focusPrompt(); return; }  // another conversation shown meanwhile: this turn dropped
   const giveBack = () => { if (!$("prompt").value.trim()) $("prompt").value = text; };
   if (bubble.dataset.state === "error") {
     // not part of the conversation: marked failed, the question back in the box; Retry sends it again
@@ -491,37 +583,277 @@ async function ask(text, before) {
   } else {
     showStats(bubble, s);
     const inHistory = !plain;
-    if (inHistory) state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
-    actionButton(bubble, "Copy", "Copy this answer", (e) => copyText(answer, e.currentTarget));
-    actionButton(bubble, "Regenerate", "Ask the same question again, without this answer", () => ask(text, () => {
-      // this turn is the last one of the conversation: out of it, and off the screen
-      if (inHistory) state.history.splice(-2, 2);
-      question.remove();
-      bubble.remove();
-    })).classList.add("regenerate");
+    if (inHistory) {
+      state.history.push({ role: "user", content: text },
+                         { role: "assistant", content: answer, stats: bubble.querySelector(".meta").textContent });
+      keepConversation(used);
+    }
+    turnActions(question, bubble, text, answer, inHistory, true);
     say(bubble.dataset.state === "stopped" ? "Stopped: the partial answer stays in the conversation."
                                            : "Answer complete (" + bubble.querySelector(".meta").textContent + ").");
   }
   focusPrompt();
+  noteStorage();
 }
 
+// an answer's buttons: Copy, and on the newest answer Regenerate (the same question again, without this answer)
+function turnActions(question, bubble, text, answer, inHistory, newest) {
+  actionButton(bubble, "Copy", "Copy this answer", (e) => copyText(answer, e.currentTarget));
+  if (!newest) return;
+  actionButton(bubble, "Regenerate", "Ask the same question again, without this answer", () => ask(text, () => {
+    // this turn is the last one of the conversation: out of it (and of what is kept), and off the screen
+    if (inHistory) {
+      state.history.splice(-2, 2);
+      keepConversation(null);
+    }
+    question.remove();
+    bubble.remove();
+  })).classList.add("regenerate");
+}
+
+// Stop (or Esc): the answer in flight aborted; ask() ends it as "stopped"
 function stop() {
   if (state.controller) state.controller.abort();
   $("prompt").focus();
 }
 
-function newChat() {
-  if (state.controller) state.controller.abort();
+// the request in flight (if any) aborted and forgotten at once: the page is idle; its turn, no longer on screen once
+// the caller has changed it, is dropped (ask() ends without keeping it)
+function abortRequest() {
+  if (!state.controller) return;
+  state.controller.abort();
+  state.controller = null;
+  setBusy(false);
+}
+
+// the conversation shown emptied: a new one, kept from its first finished turn
+function clearConversation() {
   state.history = [];
+  state.current = null;
+  convSetCurrent(null);
   $("messages").replaceChildren();
   banner("");
   say("");
+}
+
+// "New chat": the request in flight stopped, an empty conversation
+function newChat() {
+  abortRequest();
+  clearConversation();
+  renderChats();
+  closeChatsWhenNarrow();
   $("prompt").focus();
 }
 
+// the conversation shown -> kept (conversations.js), after its turns changed: created at its first finished turn,
+// titled after its first question; ``used``: the system prompt and settings of the request that just finished (null:
+// those kept before). Left with no turns (Regenerate of its only one), it leaves the list until a turn finishes.
+function keepConversation(used) {
+  if (!state.history.length) {
+    if (state.current && convGet(state.current)) convDelete(state.current);
+  } else {
+    const old = state.current ? convGet(state.current) : null;
+    if (!state.current) {
+      state.current = convNewId();
+      convSetCurrent(state.current);
+    }
+    const now = Date.now();
+    convSave({ id: state.current, title: old ? old.title : convTitle(state.history[0].content),
+               created: old ? old.created : now, updated: now,
+               system: used ? used.system : old ? old.system : "",
+               settings: used ? used.settings : old ? old.settings : {},
+               messages: state.history.map((m) => ({ ...m })) });
+  }
+  renderChats();
+}
+
+// a conversation -> shown: its turns on screen (each answer with its stats line, Copy; the newest with Regenerate)
+// and sent as the context of the next question
+function showConversation(conv) {
+  state.current = conv.id;
+  convSetCurrent(conv.id);
+  state.history = conv.messages.map((m) => ({ ...m }));
+  $("messages").replaceChildren();
+  banner("");
+  for (let i = 0; i + 1 < state.history.length; i += 2) {
+    const q = state.history[i].content;
+    const a = state.history[i + 1];
+    const question = addMessage("user", q);
+    const bubble = addMessage("assistant", a.content);
+    bubble.dataset.state = "done";
+    bubble.querySelector(".meta").textContent = a.stats || "";
+    turnActions(question, bubble, q, a.content, true, i + 2 === state.history.length);
+  }
+  scrollDown();
+  renderChats();
+}
+
+// a click on a conversation in the list -> shown (the request in flight stopped first, its turn dropped)
+function openConversation(id) {
+  const conv = convGet(id);
+  if (!conv) return;
+  if (id !== state.current) {
+    abortRequest();
+    showConversation(conv);
+    say("Showing “" + conv.title + "”.");
+  }
+  closeChatsWhenNarrow();
+  $("prompt").focus();
+}
+
+// a conversation's delete button: the first click asks ("Delete?"), the second deletes; leaving it (blur) undoes
+// the first
+function deleteClicked(button, conv) {
+  if (button.dataset.confirm !== "yes") {
+    button.dataset.confirm = "yes";
+    button.textContent = "Delete?";
+    button.setAttribute("aria-label", "Confirm: delete “" + conv.title + "”");
+    say("Click Delete? again to delete “" + conv.title + "”.");
+    return;
+  }
+  deleteConversation(conv.id);
+}
+
+// a delete button that asked "Delete?" back to its first state
+function unconfirm(button, conv) {
+  if (button.dataset.confirm !== "yes") return;
+  delete button.dataset.confirm;
+  if ($("status").textContent.startsWith("Click Delete? again")) say("");
+  button.textContent = "×";
+  button.setAttribute("aria-label", "Delete “" + conv.title + "”");
+}
+
+// a conversation -> deleted (the one shown: its request stopped first, the screen emptied); the focus to the next
+// one in the list (the one before it when last, else New chat)
+function deleteConversation(id) {
+  const conv = convGet(id);
+  if (!conv) return;
+  const ids = convStore.list.map((c) => c.id);
+  const at = ids.indexOf(id);
+  if (id === state.current) {
+    abortRequest();
+    clearConversation();
+  }
+  convDelete(id);
+  renderChats();
+  const next = convStore.list[Math.min(at, convStore.list.length - 1)];
+  const button = next && document.querySelector('#chat-list .chat-item[data-id="' + CSS.escape(next.id) + '"] .open');
+  (button || $("new-chat")).focus();
+  say("Deleted “" + conv.title + "”.");
+  noteStorage();
+}
+
+// a time (ms) -> short text: the hour and minute today, the day before that
+function formatTime(ms) {
+  const d = new Date(ms);
+  const hm = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return d.toDateString() === new Date().toDateString() ? hm
+    : d.toLocaleDateString([], { month: "short", day: "numeric" }) + ", " + hm;
+}
+
+// the conversation list: each one's title and time, the one shown marked (aria-current), a Delete button; the focus
+// stays on the button it was on
+function renderChats() {
+  const focused = document.activeElement && document.activeElement.closest &&
+    document.activeElement.closest("#chat-list .chat-item");
+  const focusedId = focused ? focused.dataset.id : null;
+  const focusedClass = focused ? document.activeElement.className : null;
+  const items = convStore.list.map((conv) => {
+    const li = document.createElement("li");
+    li.className = "chat-item";
+    li.dataset.id = conv.id;
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "open";
+    open.title = conv.title;
+    if (conv.id === state.current) open.setAttribute("aria-current", "true");
+    const title = textElement("span", conv.title);
+    title.className = "title";
+    const time = textElement("time", formatTime(conv.updated));
+    time.dateTime = new Date(conv.updated).toISOString();
+    open.append(title, time);
+    open.addEventListener("click", () => openConversation(conv.id));
+    const del = textElement("button", "×");
+    del.type = "button";
+    del.className = "delete";
+    del.title = "Delete this conversation";
+    del.setAttribute("aria-label", "Delete “" + conv.title + "”");
+    del.addEventListener("click", () => deleteClicked(del, conv));
+    del.addEventListener("blur", () => unconfirm(del, conv));
+    li.append(open, del);
+    return li;
+  });
+  $("chat-list").replaceChildren(...items);
+  $("chats-empty").hidden = items.length > 0;
+  if (focusedId) {
+    const again = items.find((li) => li.dataset.id === focusedId);
+    const button = again && again.querySelector("." + focusedClass.split(" ")[0]);
+    if (button) button.focus();
+  }
+}
+
+// on a narrow screen the list closes once a conversation is chosen (it sits above the conversation)
+function closeChatsWhenNarrow() {
+  if (window.matchMedia(NARROW).matches && !$("chats").hidden) showPanel("chats", false, true);
+}
+
+// "Export": the conversation shown -> a JSON file downloaded (OpenAI's messages and the settings used)
+function exportConversation() {
+  const conv = state.current ? convGet(state.current) : null;
+  if (!conv) {
+    say("Nothing to export yet: a conversation is kept from its first finished answer.");
+    return;
+  }
+  const url = URL.createObjectURL(new Blob([convToFile(conv, state.model)], { type: "application/json" }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = "onnxlm-chat-" + (conv.title.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "")
+    .slice(0, 40) || "conversation") + ".json";
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  say("Exported “" + conv.title + "”.");
+}
+
+// "Import": a file exported here (or any {"messages": [...]} of OpenAI's shape) -> checked (a bad one: the banner
+// says why, nothing changes) -> a new conversation, shown, its system prompt and settings put in Settings
+async function importFile(file) {
+  if (!file) return;
+  let parsed;
+  try {
+    if (file.size > CONV_FILE_MAX) throw new Error("the file is larger than " + CONV_FILE_MAX / 1024 / 1024 + " MB");
+    parsed = convFromFile(await file.text());
+  } catch (e) {
+    banner("Import failed: " + e.message + ". Nothing was changed.");
+    return;
+  }
+  abortRequest();
+  const now = Date.now();
+  const conv = { id: convNewId(), title: parsed.title, created: now, updated: now, system: parsed.system,
+                 settings: parsed.settings, messages: parsed.messages };
+  convSave(conv);
+  applySettings(parsed.system, parsed.settings);
+  showConversation(convGet(conv.id) || conv);
+  say("Imported “" + conv.title + "” (" + conv.messages.length / 2 + " turns); its system prompt and settings " +
+      "are in Settings now.");
+  noteStorage();
+}
+
+// storage that failed (blocked, or full even for one conversation): the notice shown, said once
+let storageSaid = false;
+function noteStorage() {
+  if (!convStore.failed || storageSaid) return;
+  storageSaid = true;
+  $("store-note").hidden = false;
+}
+
+// the page's start: the settings and panels as last left, the conversations kept and the one shown last, the
+// handlers, the model
 function init() {
   loadSettings();
-  loadSettingsOpen();
+  loadPanelsOpen();
+  readSampling();  // a value kept from before that is out of range: marked at once
   $("json-fields").hidden = !$("json-mode").checked;
   $("composer").addEventListener("submit", (e) => { e.preventDefault(); send(); });
   $("prompt").addEventListener("keydown", (e) => {
@@ -533,6 +865,7 @@ function init() {
   $("stop").addEventListener("click", stop);
   $("new-chat").addEventListener("click", newChat);
   $("toggle-settings").addEventListener("click", () => showSettings($("settings").hidden, true));
+  $("toggle-chats").addEventListener("click", () => showPanel("chats", $("chats").hidden, true));
   $("json-mode").addEventListener("change", () => {
     $("json-fields").hidden = !$("json-mode").checked;
     saveSettings();
@@ -540,6 +873,25 @@ function init() {
   $("max-tokens").addEventListener("input", () => { maxTokensTyped = true; });
   $("api-key").addEventListener("change", () => { saveSettings(); loadModel(); });
   for (const id of SAVED) $(id).addEventListener("change", saveSettings);
+  for (const spec of SAMPLING) $(spec.id).addEventListener("input", readSampling);
+  $("reset-settings").addEventListener("click", resetSettings);
+  $("export").addEventListener("click", exportConversation);
+  $("import").addEventListener("click", () => $("import-file").click());
+  $("import-file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    e.target.value = "";  // the same file may be chosen again
+    importFile(file);
+  });
+  $("store-note-close").addEventListener("click", () => { $("store-note").hidden = true; $("prompt").focus(); });
+  window.addEventListener("storage", (e) => {  // another tab changed the conversations: the list follows
+    if (e.key === CONV_KEY || e.key === null) { convLoad(); renderChats(); }
+  });
+
+  convLoad();
+  const current = convGet(convCurrentId());
+  if (current) showConversation(current); else renderChats();
+  if (convStore.dropped) say("Some stored conversations could not be read: they were left out.");
+  noteStorage();
   loadModel();
   $("prompt").focus();
 }
