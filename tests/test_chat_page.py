@@ -358,11 +358,15 @@ def test_a_model_without_a_chat_template_gets_plain_completions(browser, plain_l
 # ------------------------------------------------------------------------------- layout, screen == context, keys
 def _fulfil(replies: list[str], sent: list[dict]):
     """A route handler: each chat request's body into ``sent``, answered by the next of ``replies`` (SSE bodies;
-    "hold" leaves the request open, as a server that has not answered yet)."""
+    "hold" leaves the request open, as a server that has not answered yet; "error" answers HTTP 500 "boom" in
+    OpenAI's error body)."""
     def handle(route):
         sent.append(json.loads(route.request.post_data))
         body = replies.pop(0)
-        if body != "hold":
+        if body == "error":
+            route.fulfill(status=500, headers={"Content-Type": "application/json"},
+                          body=json.dumps({"error": {"message": "boom", "type": "server_error"}}))
+        elif body != "hold":
             route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
     return handle
 
@@ -463,16 +467,7 @@ def test_a_failed_or_cut_short_turn_is_marked_and_left_out_of_the_conversation(p
     replies = ["error", _sse([_delta("Fine.", finish="stop")]), _sse([_delta("Half an ans")], tail=""),
                _sse([_delta("Again.", finish="stop")]), _sse([_delta("Ok.", finish="stop")])]
 
-    def handle(route):
-        if replies[0] == "error":
-            replies.pop(0)
-            sent.append(json.loads(route.request.post_data))
-            route.fulfill(status=500, headers={"Content-Type": "application/json"},
-                          body=json.dumps({"error": {"message": "boom", "type": "server_error"}}))
-        else:
-            _fulfil(replies, sent)(route)
-
-    page.route("**/v1/chat/completions", handle)
+    page.route("**/v1/chat/completions", _fulfil(replies, sent))
     answer = _ask(page, "First?", state="error")
     assert "HTTP 500: boom" in answer.text_content() and page.input_value("#prompt") == "First?"
     assert "failed" in page.get_attribute(".msg.user", "class") and answer.get_by_role("button", name="Retry").count()
@@ -631,16 +626,7 @@ def test_a_conversation_is_kept_after_each_finished_turn_and_comes_back_after_a_
     sent = []
     replies = [_reply("First **answer**."), _reply("Second answer."), "error", _reply("Third answer.")]
 
-    def handle(route):
-        if replies[0] == "error":
-            replies.pop(0)
-            sent.append(json.loads(route.request.post_data))
-            route.fulfill(status=500, headers={"Content-Type": "application/json"},
-                          body=json.dumps({"error": {"message": "boom", "type": "server_error"}}))
-        else:
-            _fulfil(replies, sent)(route)
-
-    page.route("**/v1/chat/completions", handle)
+    page.route("**/v1/chat/completions", _fulfil(replies, sent))
     assert page.locator("#chat-list .chat-item").count() == 0 and page.is_visible("#chats-empty")
     question = "What  is\nthe first question of this rather long conversation?"
     first = _ask(page, question)
