@@ -24,7 +24,8 @@ FALLBACK_RECIPE = "tiny-gpt2"
 def add_parser(sub) -> None:
     p = command_parser(sub, "demo", help="run the embedded default model (exports it on first use)",
                        description=DESCRIPTION)
-    p.add_argument("--prompt", type=non_empty_text, default="Once upon a time", help="prompt text (default: 'Once upon a time')")
+    p.add_argument("--prompt", type=non_empty_text, default="Once upon a time",
+                   help="prompt text (default: 'Once upon a time')")
     p.add_argument("--max-new-tokens", type=positive_int, default=30, metavar="N",
                    help="tokens to generate (default: 30)")
     p.add_argument("--top-k", type=positive_int, default=5, metavar="K",

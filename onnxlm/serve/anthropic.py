@@ -16,7 +16,6 @@ prompt, rather than refused (the reply then ends with stop_reason "max_tokens" t
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import uuid
 
@@ -28,12 +27,11 @@ from onnxlm.runtime.manifest import no_chat_template
 
 from . import anthropic_reply, anthropic_request, reasoning, tools
 from .choices import Choices
-from .gate import available, read_body
+from .gate import authorize, available, read_body
 from .jobs import make_jobs
 from .protocol import APIError, bad
 from .run import admit, collect
 from .state import state_of
-from .streaming import chat_chunks
 
 log = logging.getLogger("onnxlm.serve")
 
@@ -60,22 +58,10 @@ async def _in_anthropic_shape(handler, request: HTTPRequest):
         return anthropic_reply.error_response(APIError(500, f"internal error: {exc}", "server_error"))
 
 
-def authorize(request: HTTPRequest) -> None:
-    """The server's API key from ``x-api-key`` (Anthropic's header) or ``Authorization: Bearer`` (401 otherwise)."""
-    key = state_of(request).config.api_key
-    if key is None:
-        return
-    bearer = request.headers.get("authorization", "")
-    given = request.headers.get("x-api-key") or (bearer[7:] if bearer.lower().startswith("bearer ") else "")
-    if not hmac.compare_digest(given.encode(), key.encode()):
-        raise APIError(401, "Incorrect or missing API key (send 'x-api-key: <key>' or 'Authorization: Bearer <key>')",
-                       "authentication_error", code="invalid_api_key")
-
-
 async def _prompt(request: HTTPRequest, *, counting: bool):
     """What both endpoints do first: the key, a loaded model, the body checked and translated, its tools checked,
     the prompt rendered -> (model, state, request, tool request, prompt ids)."""
-    authorize(request)
+    authorize(request, key_header="x-api-key")
     model = available(request)
     st = state_of(request)
     body = await read_body(request, anthropic_request.FIELDS)
@@ -115,8 +101,7 @@ async def _messages(request: HTTPRequest):
     choices = Choices(model, 1, chat=True)
     start = anthropic_reply.head("msg_" + uuid.uuid4().hex, st.config.model_name, len(ids))
     if samp.stream:
-        chunks = (chat_chunks(run, samp, choices, {}, think) if treq.choice == "none"
-                  else tools.chat_chunks(run, samp, choices, {}, treq, think))
+        chunks = tools.reply_chunks(run, samp, choices, {}, treq, think)
         return EventSourceResponse(anthropic_reply.events(chunks, run, slot, choices, start, samp.stop))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:

@@ -151,7 +151,7 @@ def _turn(role: str, content, where: str) -> list[dict]:
         here = f"{where}.content[{k}]"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind in MEDIA:
-            raise bad(here, f"{kind} blocks are not supported: this server's models read text only")
+            raise _media(here, kind)
         if not isinstance(kind, str) or kind not in BLOCK_FIELDS:  # a list or object as the type: unhashable
             raise bad(here, f"got a block of type {kind!r:.40}; allowed: {', '.join(BLOCK_FIELDS)}")
         if role not in BLOCK_ROLES[kind]:
@@ -197,14 +197,18 @@ def _result(block: dict, where: str) -> dict:
         parts = []
         for j, part in enumerate(content):
             if isinstance(part, dict) and part.get("type") in MEDIA:
-                raise bad(f"{where}.content[{j}]", f"{part['type']} blocks are not supported: this server's models "
-                                                   "read text only")
+                raise _media(f"{where}.content[{j}]", part["type"])
             parts.append(_text(part, f"{where}.content[{j}]"))
         content = "".join(parts)
     elif not isinstance(content, str):
         raise bad(f"{where}.content", "expected a string or a list of text blocks")
     protocol.check_text([content], f"{where}.content")
     return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": content}
+
+
+def _media(where: str, kind: str) -> APIError:
+    """The 400 for an image or document block."""
+    return bad(where, f"{kind} blocks are not supported: this server's models read text only")
 
 
 def _check_thinking_block(block: dict, kind: str, where: str) -> None:

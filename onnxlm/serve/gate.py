@@ -12,14 +12,19 @@ from .protocol import APIError
 from .state import state_of
 
 
-def authorize(request: HTTPRequest) -> None:
+def authorize(request: HTTPRequest, *, key_header: str | None = None) -> None:
+    """The server's API key from ``Authorization: Bearer``, or from ``key_header`` first where an API names its own
+    (Anthropic's ``x-api-key``); 401 otherwise."""
     key = state_of(request).config.api_key
     if key is None:
         return
     given = request.headers.get("authorization", "")
     token = given[7:] if given.lower().startswith("bearer ") else ""
+    if key_header is not None:
+        token = request.headers.get(key_header) or token
     if not hmac.compare_digest(token.encode(), key.encode()):
-        raise APIError(401, "Incorrect or missing API key (send 'Authorization: Bearer <key>')",
+        how = f"'{key_header}: <key>' or " if key_header is not None else ""
+        raise APIError(401, f"Incorrect or missing API key (send {how}'Authorization: Bearer <key>')",
                        "authentication_error", code="invalid_api_key")
 
 

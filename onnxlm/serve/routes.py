@@ -21,7 +21,7 @@ from .jobs import make_jobs, output_constraint
 from .protocol import bad
 from .run import admit, collect
 from .state import state_of
-from .streaming import chat_chunks, completion_chunks, stream
+from .streaming import completion_chunks, stream
 
 
 async def health(request: HTTPRequest):
@@ -157,8 +157,7 @@ async def chat_completions(request: HTTPRequest):
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         head["object"] = "chat.completion.chunk"
-        chunks = (chat_chunks(run, samp, choices, head, think) if treq.choice == "none"
-                  else tools.chat_chunks(run, samp, choices, head, treq, think))
+        chunks = tools.reply_chunks(run, samp, choices, head, treq, think)
         return EventSourceResponse(stream(chunks, run, slot, jobs, choices, head, include_usage=samp.include_usage))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:

@@ -27,7 +27,7 @@ from . import reasoning
 from .choices import REASONS, Choices
 from .protocol import bad, known_fields
 from .run import Run
-from .streaming import role_chunks
+from .streaming import chat_chunks as plain_chat_chunks, role_chunks
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a function name
 CHOICES = ("none", "auto", "required")
@@ -210,6 +210,14 @@ def message(text: str, reason: str, treq: ToolRequest, think: bool | None = None
     if not calls:
         return {**head, "content": text}, reason
     return {**head, "content": content, "tool_calls": _api_calls(calls, treq)}, "tool_calls"
+
+
+def reply_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRequest, think: bool | None = None):
+    """The chat stream a reply gets: the plain one (streaming.chat_chunks) where no call can come (``tool_choice``
+    "none", or no tools), else the one that holds a possible call back (``chat_chunks``)."""
+    if treq.choice == "none":
+        return plain_chat_chunks(run, samp, choices, head, think)
+    return chat_chunks(run, samp, choices, head, treq, think)
 
 
 async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRequest, think: bool | None = None):
