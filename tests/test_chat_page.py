@@ -1009,6 +1009,31 @@ def test_a_setting_out_of_its_range_is_marked_and_nothing_is_sent(page):
     assert len(sent) == 1 and page.is_hidden("#banner")
 
 
+def test_a_model_lookup_answering_late_leaves_a_not_sent_message(page):
+    """The model lookup (GET /v1/models, asked again on an API key change and while the model loads) clears only
+    the banner it set itself: one answering after a "Not sent" message leaves that message (it once cleared it, a
+    race the CI met)."""
+    page.fill("#top-k", "-1")
+    page.fill("#prompt", "Question")
+    page.press("#prompt", "Enter")
+    expect(page.locator("#banner")).to_contain_text("Not sent: ")
+    with page.expect_response("**/v1/models") as answer:
+        page.dispatch_event("#api-key", "change")
+    assert answer.value.ok
+    page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
+    page.wait_for_timeout(100)  # the answer's handler has run
+    assert page.is_visible("#banner") and page.text_content("#banner").startswith("Not sent: ")
+    page.fill("#api-key", "wrong")  # the lookup's own message still goes once it answers again
+    with page.expect_response("**/v1/models"):
+        page.dispatch_event("#api-key", "change")
+    expect(page.locator("#banner")).to_contain_text("HTTP 401")
+    page.fill("#api-key", KEY)
+    with page.expect_response("**/v1/models"):
+        page.dispatch_event("#api-key", "change")
+    expect(page.locator("#banner")).to_be_hidden()
+    page.fill("#top-k", "0")
+
+
 # ---------------------------------------------------------------------------------------------- narrow screen
 def test_a_narrow_screen_opens_the_conversation_list_as_a_panel_above_the_conversation(browser, live):
     """At 375 px: the list starts closed; opened it closes Settings (one panel at a time), sits above the

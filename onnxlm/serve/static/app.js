@@ -93,11 +93,15 @@ async function apiError(response) {
   return "HTTP " + response.status + ": " + (message || response.statusText);
 }
 
-// the error line above the conversation (role=alert): ``message``, or hidden when empty
-function banner(message) {
+// the error line above the conversation (role=alert): ``message``, or hidden when empty; ``owner`` names who set it
+// ("model": the model lookup, which clears only its own message, so a lookup answering late, after an API key
+// change or while the model loads, leaves a "Not sent" or failed request's message alone)
+let bannerOwner = null;
+function banner(message, owner = null) {
   const el = $("banner");
   el.textContent = message || "";
   el.hidden = !message;
+  bannerOwner = message ? owner : null;
 }
 
 const PROMPT_HINT = { chat: "Ask something (Enter sends, Shift+Enter: a new line)",
@@ -133,18 +137,18 @@ async function loadModel() {
     if (!r.ok) {
       state.model = null;
       $("model").textContent = "(no model)";
-      banner(body + (r.status === 401 ? " (enter the API key in Settings)" : ""));
+      banner(body + (r.status === 401 ? " (enter the API key in Settings)" : ""), "model");
       return;
     }
     const card = body.data && body.data.length ? body.data[0] : null;
     state.model = card ? card.id : null;
     $("model").textContent = state.model || "(no model)";
-    banner("");
+    if (bannerOwner === "model") banner("");
     const caps = card && card.capabilities;
     if (caps) { setChat(caps.chat !== false); loadCap(); }
     else if (card && ++capabilityTries <= 60) setTimeout(loadModel, 1000);  // still loading: ask again
   } catch (e) {
-    if (call === modelCalls) banner("cannot reach the server: " + e.message);
+    if (call === modelCalls) banner("cannot reach the server: " + e.message, "model");
   }
 }
 
