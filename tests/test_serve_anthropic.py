@@ -83,14 +83,15 @@ def _events(url: str, body: dict, headers=None) -> list[tuple[str, dict]]:
 
 
 def _check_order(events: list[tuple[str, dict]]) -> None:
-    """Anthropic's grammar: message_start (content_block_start delta* stop)* message_delta message_stop; each
-    event's data names it, block indexes count from 0."""
+    """Anthropic's grammar: message_start ping (content_block_start delta* stop)* message_delta message_stop;
+    each event's data names it, block indexes count from 0."""
     names = [n for n, _ in events]
     assert all(data["type"] == n for n, data in events)
-    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"], names
+    assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"], names
+    assert events[1][1] == {"type": "ping"}
     index = -1
     open_block = False
-    for n, data in events[1:-2]:
+    for n, data in events[2:-2]:
         if n == "content_block_start":
             assert not open_block and data["index"] == index + 1
             index, open_block = data["index"], True
@@ -350,6 +351,20 @@ def test_the_sdk_raises_anthropics_errors(live, client):
     assert client.messages.create(model="tiny", max_tokens=2, messages=USER).usage.output_tokens > 0
 
 
+def test_a_wrong_method_or_an_unknown_path_under_messages_answers_in_anthropics_body(live):
+    """Starlette's own 405 / 404 under /v1/messages in Anthropic's error body (a 405 with its Allow header);
+    elsewhere they keep OpenAI's."""
+    r = httpx.get(live.url + "/v1/messages")
+    assert r.status_code == 405 and r.headers["allow"] == "POST", r.headers
+    assert r.json() == {"type": "error", "error": {"type": "invalid_request_error", "message": "Method Not Allowed"}}
+    r = post(live.url, "/v1/messages/batches", {"requests": []})
+    assert r.status_code == 404
+    assert r.json() == {"type": "error", "error": {"type": "not_found_error", "message": "Not Found"}}
+    r = httpx.get(live.url + "/v1/no-such-path")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error" and "type" not in r.json()
+    assert httpx.get(live.url + "/v1/chat/completions").headers["allow"] == "POST"
+
+
 def test_an_error_mid_stream_is_an_error_event():
     """The framing alone: an APIError raised by the chunks after some text becomes Anthropic's error event (no
     message_stop), and the run is cancelled and the slot released."""
@@ -367,7 +382,8 @@ def test_an_error_mid_stream_is_an_error_event():
     async def collect():
         return [e async for e in anthropic_reply.events(chunks(), run, slot, choices, start, [])]
     events = asyncio.run(collect())
-    assert [e["event"] for e in events] == ["message_start", "content_block_start", "content_block_delta", "error"]
+    assert [e["event"] for e in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
+                                             "error"]
     assert json.loads(events[-1]["data"]) == {"type": "error", "error": {"type": "invalid_request_error",
                                                                          "message": "stop: broken"}}
     assert done == ["cancel", "release"]

@@ -10,7 +10,7 @@ each tool call as ``{"type": "tool_use", "id": "toolu_...", "name", "input"}``. 
 off) and ``output_tokens`` (as /v1/chat/completions' completion_tokens).
 
 The stream (``events``) translates the chat stream's chunks (streaming.chat_chunks, tools.chat_chunks):
-``message_start``; per block ``content_block_start``, its ``content_block_delta`` events (``thinking_delta``,
+``message_start``, a ``ping`` (as Anthropic's API sends one there); per block ``content_block_start``, its ``content_block_delta`` events (``thinking_delta``,
 ``text_delta``, ``input_json_delta``: a call's input arrives whole, as the chat stream sends its arguments) and
 ``content_block_stop``; then ``message_delta`` (stop_reason, stop_sequence, usage.output_tokens) and
 ``message_stop``. An error on the way is an ``error`` event with Anthropic's error body, and the stream ends.
@@ -140,6 +140,7 @@ async def events(chunks, run: Run, slot: Slot, choices: Choices, start: dict, st
     ended = False
     try:
         yield _event("message_start", {"message": start})
+        yield _event("ping", {})  # as Anthropic's own streams send one after the start
         open_blocks = _Blocks()
         async for chunk in chunks:
             choice = chunk["choices"][0]

@@ -20,8 +20,17 @@ async def api_error(request, exc: APIError):
 
 
 async def http_error(request, exc: HTTPException):
+    """Starlette's 404 / 405 (an unknown path, a method the path does not take) in the API's error body: Anthropic's
+    under /v1/messages (its clients read that shape), OpenAI's elsewhere; a 405 keeps its ``Allow`` header."""
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    return JSONResponse(APIError(exc.status_code, str(exc.detail), kind).body(), status_code=exc.status_code)
+    error = APIError(exc.status_code, str(exc.detail), kind)
+    if request.url.path == "/v1/messages" or request.url.path.startswith("/v1/messages/"):
+        from .anthropic_reply import error_body  # the Anthropic modules load only where their paths are asked
+
+        body = error_body(error)
+    else:
+        body = error.body()
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def server_error(request, exc: Exception):
