@@ -22,11 +22,12 @@ from . import bench, cache, demo, export, generate, info, score, serve, tokenize
 from .errors import error_line, one_line_warnings
 
 DESCRIPTION = """\
-Export GPT-2, T5 and Llama-family language models to ONNX once (needs torch), then generate, chat and score
-with numpy + onnxruntime only.
+Export GPT-2, T5 and Llama-family language models, or a GGUF file (Llama, Qwen, Gemma, Phi-3, ...), to ONNX
+once (needs torch), then generate, chat, score and serve with numpy + onnxruntime only.
 
 examples:
   onnxlm export gpt2 models/gpt2
+  onnxlm export model.Q4_K_M.gguf models/my-q4km --quantize gguf    # a GGUF, kept on its own blocks
   onnxlm generate models/gpt2 "The meaning of life is" --max-new-tokens 30
   onnxlm generate models/gpt2 "Once upon a time" --do-sample --seed 0 --top-p 0.9 --stream
   onnxlm chat models/smollm2 "What is ONNX?" --system "Answer briefly."
