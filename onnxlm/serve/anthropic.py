@@ -27,6 +27,7 @@ from onnxlm.runtime.manifest import no_chat_template
 
 from . import anthropic_reply, anthropic_request, reasoning, tools
 from .choices import Choices
+from .errors import anthropic_error_response
 from .gate import authorize, available, read_body
 from .jobs import make_jobs
 from .protocol import APIError, bad
@@ -52,10 +53,10 @@ async def _in_anthropic_shape(handler, request: HTTPRequest):
     try:
         return await handler(request)
     except APIError as exc:
-        return anthropic_reply.error_response(exc)
+        return anthropic_error_response(exc)
     except Exception as exc:  # noqa: BLE001 - a server fault, still in the client's error shape
         log.exception("%s failed", request.url.path)
-        return anthropic_reply.error_response(APIError(500, f"internal error: {exc}", "server_error"))
+        return anthropic_error_response(APIError(500, f"internal error: {exc}", "server_error"))
 
 
 async def _prompt(request: HTTPRequest, *, counting: bool):

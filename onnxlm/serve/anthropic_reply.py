@@ -1,6 +1,6 @@
 """The reply of /v1/messages in Anthropic's shapes, made from what the chat machinery gives: the message
-(``content`` blocks, ``stop_reason``, ``stop_sequence``, ``usage``), its server-sent events, and Anthropic's error
-body.
+(``content`` blocks, ``stop_reason``, ``stop_sequence``, ``usage``) and its server-sent events (Anthropic's error
+body: ``errors.anthropic_error_body``, which the app's 404 / 405 under /v1/messages use too).
 
 Content blocks: a thinking model's reasoning (the reply's <think> block, split as /v1/chat/completions splits it) as
 ``{"type": "thinking", "thinking", "signature": ""}``, the text as ``{"type": "text", "text"}`` (none when empty),
@@ -19,31 +19,16 @@ from __future__ import annotations
 
 import json
 
-from starlette.responses import JSONResponse
-
 from .choices import Choices
+from .errors import anthropic_error_body as error_body
 from .llamacpp import stopping_word
 from .protocol import APIError
 from .run import Run
 from .state import Slot
 from .streaming import end_stream
 
-#: HTTP status -> Anthropic's error type (others: "api_error" from 500 on, else "invalid_request_error")
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
-               529: "overloaded_error"}
 #: the chat endpoint's finish reasons -> Anthropic's stop reasons ("stop": "stop_sequence" where one cut the text)
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
-
-
-def error_body(exc: APIError) -> dict:
-    """An APIError -> Anthropic's error body {"type": "error", "error": {"type", "message"}}."""
-    kind = ERROR_TYPES.get(exc.status, "api_error" if exc.status >= 500 else "invalid_request_error")
-    return {"type": "error", "error": {"type": kind, "message": exc.message}}
-
-
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.status)
 
 
 def tool_use_id(call_id: str) -> str:

@@ -1,5 +1,5 @@
-"""Errors -> OpenAI-style bodies: the app's exception handlers, and the mapping of a runtime exception to a 400 (a
-user's mistake: a bad parameter, named as the API names it) or a 500."""
+"""Errors -> OpenAI-style bodies (Anthropic's under /v1/messages): the app's exception handlers, and the mapping of a
+runtime exception to a 400 (a user's mistake: a bad parameter, named as the API names it) or a 500."""
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
@@ -15,6 +15,22 @@ API_NAMES = {"max_new_tokens": "max_tokens", "max_length": "max_tokens", "num_re
              "constraints": "response_format", "sequence_bias": "logit_bias"}
 
 
+#: HTTP status -> Anthropic's error type (others: "api_error" from 500 on, else "invalid_request_error")
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                         503: "overloaded_error", 529: "overloaded_error"}
+
+
+def anthropic_error_body(exc: APIError) -> dict:
+    """An APIError -> Anthropic's error body {"type": "error", "error": {"type", "message"}} (/v1/messages)."""
+    kind = ANTHROPIC_ERROR_TYPES.get(exc.status, "api_error" if exc.status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": exc.message}}
+
+
+def anthropic_error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(anthropic_error_body(exc), status_code=exc.status)
+
+
 async def api_error(request, exc: APIError):
     return JSONResponse(exc.body(), status_code=exc.status)
 
@@ -25,9 +41,7 @@ async def http_error(request, exc: HTTPException):
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     error = APIError(exc.status_code, str(exc.detail), kind)
     if request.url.path == "/v1/messages" or request.url.path.startswith("/v1/messages/"):
-        from .anthropic_reply import error_body  # the Anthropic modules load only where their paths are asked
-
-        body = error_body(error)
+        body = anthropic_error_body(error)
     else:
         body = error.body()
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
