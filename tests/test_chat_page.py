@@ -78,11 +78,14 @@ def page(browser, live):
 
 
 def _ask(pg, text: str, state: str = "done", timeout: float = 15000):
-    """Type ``text``, send it with Enter, wait until the newest answer's state is ``state`` -> that answer."""
+    """Type ``text``, send it with Enter, wait until the newest answer's state is ``state`` and its buttons (Copy or
+    Retry) are there -> that answer. The buttons come once the turn is kept: the state is set a moment before (the
+    stream's reader is closed in between)."""
     pg.fill("#prompt", text)
     pg.press("#prompt", "Enter")
     answer = pg.locator(".msg.assistant").last
     expect(answer).to_have_attribute("data-state", state, timeout=timeout)
+    expect(answer.locator(".actions button").first).to_be_attached(timeout=timeout)
     return answer
 
 
@@ -593,14 +596,23 @@ def _open(browser, live, init: str | None = None, width: int = 1000):
     ctx = browser.new_context(viewport={"width": width, "height": 700})
     if init:
         ctx.add_init_script(init)
+    pg, errors = _tab(ctx, live)
+    return ctx, pg, errors
+
+
+def _tab(ctx, live, init: str | None = None):
+    """Another page (a tab) of ``ctx`` on the chat page, the key typed in (``init``: JS run before the page's own, in
+    this tab only) -> (page, the page's uncaught errors). The tabs of one context share localStorage."""
     pg = ctx.new_page()
+    if init:
+        pg.add_init_script(init)
     errors = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
     pg.goto(live.url + "/")
     pg.evaluate("(key) => { const e = document.getElementById('api-key'); e.value = key; "
                 "e.dispatchEvent(new Event('change')); }", KEY)  # Settings may be closed (a narrow screen)
     expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
-    return ctx, pg, errors
+    return pg, errors
 
 
 def _stored(pg) -> list[dict]:
@@ -799,6 +811,146 @@ def test_blocked_or_full_storage_keeps_conversations_in_memory_and_says_so_once(
             ctx.close()
 
 
+# ------------------------------------------------------------------------------- two tabs on the same server
+# a tab that does not hear the other tabs' writes (its list stays as it loaded it): the storage event stopped before
+# the page's own handler sees it
+DEAF = "window.addEventListener('storage', (e) => e.stopImmediatePropagation());"
+
+
+def _answer(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}, {"role": "assistant", "content": "Re: " + text}]
+
+
+def _route_echo(pg, sent: list | None = None):
+    """Each chat request of ``pg`` answered "Re: <its question>" (its body into ``sent``)."""
+    def handle(route):
+        body = json.loads(route.request.post_data)
+        if sent is not None:
+            sent.append(body)
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"},
+                      body=_reply("Re: " + body["messages"][-1]["content"]))
+    pg.route("**/v1/chat/completions", handle)
+
+
+def test_two_tabs_keep_each_others_conversations(browser, live):
+    """Two tabs on the same server each finish a conversation: both are in storage, and each tab's list shows both
+    (the other tab's write arrives as a storage event) while each still shows its own. A tab that has not heard of
+    the other's writes (its list stale) still keeps them when it saves: each write merges into what storage holds."""
+    ctx, a, errors = _open(browser, live)
+    try:
+        b, errors_b = _tab(ctx, live)
+        stale, errors_c = _tab(ctx, live, init=DEAF)
+        for pg in (a, b, stale):
+            _route_echo(pg)
+        _ask(a, "Asked in A")
+        expect(b.locator("#chat-list .chat-item .title")).to_have_text(["Asked in A"], timeout=5000)
+        _ask(b, "Asked in B")
+        both = ["Asked in B", "Asked in A"]
+        expect(a.locator("#chat-list .chat-item .title")).to_have_text(both, timeout=5000)
+        assert _titles(b) == both and [c["title"] for c in _stored(a)] == both
+        assert _shown(a) == _answer("Asked in A") and _shown(b) == _answer("Asked in B")
+        assert _chat(a, "Asked in A").locator(".open").get_attribute("aria-current") == "true"
+        assert _chat(b, "Asked in B").locator(".open").get_attribute("aria-current") == "true"
+        assert _titles(stale) == []  # loaded before both, deaf since
+
+        _ask(stale, "Asked in the stale tab")
+        three = ["Asked in the stale tab", *both]
+        assert [c["title"] for c in _stored(stale)] == three
+        assert [[{k: m[k] for k in ("role", "content")} for m in c["messages"]] for c in _stored(stale)] == [
+            _answer(t) for t in three]
+        for pg in (a, b):
+            expect(pg.locator("#chat-list .chat-item .title")).to_have_text(three, timeout=5000)
+        assert not errors + errors_b + errors_c
+    finally:
+        ctx.close()
+
+
+def test_a_conversation_deleted_in_one_tab_stays_deleted_when_another_tab_saves(browser, live):
+    """Tab A deletes a conversation: tab B's list drops it (storage event), and neither B saving another conversation
+    nor a tab whose list still holds it (it did not hear) saving one brings it back; after a reload it is still
+    gone."""
+    ctx, a, errors = _open(browser, live)
+    try:
+        _route_echo(a)
+        _ask(a, "Doomed")
+        a.click("#new-chat")
+        _ask(a, "Kept")
+        b, errors_b = _tab(ctx, live)
+        stale, errors_c = _tab(ctx, live, init=DEAF)
+        for pg in (b, stale):
+            _route_echo(pg)
+            assert _titles(pg) == ["Kept", "Doomed"] and _shown(pg) == _answer("Kept")  # the one shown last
+            pg.click("#new-chat")
+        delete = _chat(a, "Doomed").locator(".delete")
+        delete.click()
+        delete.click()
+        assert [c["title"] for c in _stored(a)] == ["Kept"]
+        expect(b.locator("#chat-list .chat-item .title")).to_have_text(["Kept"], timeout=5000)
+
+        _ask(b, "From B")
+        assert [c["title"] for c in _stored(b)] == ["From B", "Kept"]
+        assert _titles(stale) == ["Kept", "Doomed"]  # never heard of the deletion
+        _ask(stale, "From the stale tab")
+        titles = ["From the stale tab", "From B", "Kept"]
+        assert [c["title"] for c in _stored(stale)] == titles
+        for pg in (a, b):
+            expect(pg.locator("#chat-list .chat-item .title")).to_have_text(titles, timeout=5000)
+        a.reload()
+        expect(a.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert _titles(a) == titles
+        assert not errors + errors_b + errors_c
+    finally:
+        ctx.close()
+
+
+def test_the_conversation_shown_stays_when_another_tab_writes(browser, live):
+    """Another tab's writes re-render the list only: the conversation shown, the text being typed, the one marked
+    and a Delete? waiting for its second click stay. The conversation shown, deleted in the other tab, stays on
+    screen (the status line says so) and is kept again, as it was and with the new turn, when its next answer
+    finishes."""
+    ctx, a, errors = _open(browser, live)
+    try:
+        b, errors_b = _tab(ctx, live)
+        _route_echo(a)
+        _route_echo(b)
+        _ask(b, "Shown in B")
+        b.fill("#prompt", "a draft")
+        _ask(a, "Asked in A")
+        expect(b.locator("#chat-list .chat-item .title")).to_have_text(["Asked in A", "Shown in B"], timeout=5000)
+        assert _shown(b) == _answer("Shown in B") and b.input_value("#prompt") == "a draft"
+        assert _chat(b, "Shown in B").locator(".open").get_attribute("aria-current") == "true"
+        created = _stored(a)[0]["created"]
+
+        delete = _chat(b, "Asked in A").locator(".delete")
+        delete.click()
+        expect(delete).to_have_text("Delete?")
+        time_a = _chat(b, "Asked in A").locator("time")
+        before = time_a.get_attribute("datetime")
+        _ask(a, "More in A")
+        expect(time_a).not_to_have_attribute("datetime", before, timeout=5000)  # b's list shows the new turn's time
+        assert _titles(b) == ["Asked in A", "Shown in B"]
+        assert _shown(b) == _answer("Shown in B") and b.input_value("#prompt") == "a draft"
+        expect(delete).to_have_text("Delete?")  # still waiting for its second click
+        assert delete.evaluate("(e) => e === document.activeElement")
+        assert b.text_content("#status") == "Click Delete? again to delete “Asked in A”."
+        delete.click()
+        assert [c["title"] for c in _stored(b)] == ["Shown in B"]
+
+        expect(a.locator("#chat-list .chat-item .title")).to_have_text(["Shown in B"], timeout=5000)
+        assert _shown(a) == _answer("Asked in A") + _answer("More in A")
+        assert "deleted in another tab" in a.text_content("#status")
+        _ask(a, "Once more")
+        kept = _stored(a)[0]
+        assert kept["title"] == "Asked in A" and kept["created"] == created
+        assert [{k: m[k] for k in ("role", "content")} for m in kept["messages"]] == (
+            _answer("Asked in A") + _answer("More in A") + _answer("Once more"))
+        expect(b.locator("#chat-list .chat-item .title")).to_have_text(["Asked in A", "Shown in B"], timeout=5000)
+        assert _shown(b) == _answer("Shown in B")
+        assert not errors + errors_b
+    finally:
+        ctx.close()
+
+
 # ------------------------------------------------------------------------------------------- export, import
 def test_export_and_import_round_trip(browser, live, page):
     """Export downloads the conversation shown as JSON: OpenAI's messages (the system prompt first) and the settings
@@ -925,6 +1077,104 @@ def test_markdown_is_built_as_elements_and_only_safe_links_become_links(page):
     assert text.startswith(shown) and "four\nquoted loud\n" in text
 
 
+def _streamed(pg, reply: str, question: str = "Markdown?"):
+    """``reply`` answered in 7-character pieces (each repaint renders the text so far) -> the answer's .content."""
+    pg.route("**/v1/chat/completions", _fulfil(
+        [_sse([_delta(reply[i:i + 7]) for i in range(0, len(reply), 7)] + [_delta(finish="stop")])], []))
+    return _ask(pg, question).locator(".content")
+
+
+def test_markdown_pipe_tables_with_alignment_inline_markdown_and_github_rows(page):
+    """A GFM table right after a line of text: header cells as <th>, the delimiter row's colons as each column's
+    alignment (class align-*, drawn as text-align), cells taking inline markdown (`code` holding an escaped pipe,
+    **bold**, a link), a short row padded with empty cells, extra cells dropped; the text after a blank line is text
+    again. Rows whose delimiter row has another number of cells, or no delimiter row, stay text. A wide table scrolls
+    sideways in its own box: the bubble stays in the conversation, the page does not scroll."""
+    wide = " | ".join(f"column_heading_number_{i}" for i in range(12))
+    lines = ["Intro line",
+             "| Name | Count | Note |",
+             "|:-----|:-----:|-----:|",
+             "| `a\\|b` | **2** | [doc](https://example.com/doc) |",
+             "| short |",
+             "| x | y | z | dropped |",
+             "",
+             "After the table.",
+             "",
+             "| not | a | table |",
+             "|---|---|",
+             "| 1 | 2 | 3 |",
+             "",
+             "a | b",
+             "",
+             "| " + wide + " |",
+             "|" + "---|" * 12]
+    content = _streamed(page, "\n".join(lines))
+    assert content.locator("table").count() == 2 and content.locator("> div.table > table").count() == 2
+    table = content.locator("table").first
+    assert table.locator("thead th").all_text_contents() == ["Name", "Count", "Note"]
+    aligns = ["align-left", "align-center", "align-right"]
+    assert table.locator("th").evaluate_all("(cs) => cs.map((c) => c.className)") == aligns
+    rows = table.locator("tbody tr").evaluate_all(
+        "(rs) => rs.map((r) => [...r.cells].map((c) => [c.textContent, c.className, getComputedStyle(c).textAlign]))")
+    assert rows == [[["a|b", aligns[0], "left"], ["2", aligns[1], "center"], ["doc", aligns[2], "right"]],
+                    [["short", aligns[0], "left"], ["", aligns[1], "center"], ["", aligns[2], "right"]],
+                    [["x", aligns[0], "left"], ["y", aligns[1], "center"], ["z", aligns[2], "right"]]]
+    assert table.locator("td code").text_content() == "a|b" and table.locator("td strong").text_content() == "2"
+    assert table.locator("td a").get_attribute("href") == "https://example.com/doc"
+    text = content.text_content()
+    assert text.startswith("Intro line\n") and "dropped" not in text and "|:-----|" not in text
+    for kept in ("After the table.", "| not | a | table |\n|---|---|\n| 1 | 2 | 3 |", "\na | b\n"):
+        assert kept in text, kept
+    assert content.locator("table").nth(1).locator("th").count() == 12
+
+    for width in (1000, 375):
+        page.set_viewport_size({"width": width, "height": 700})
+        page.wait_for_function("(w) => window.innerWidth === w", arg=width)
+        area = _box(page, "#messages")
+        b = _box(page, ".msg.assistant")
+        assert area["x"] <= b["x"] and b["x"] + b["width"] <= area["x"] + area["width"] + 0.5, width
+        sizes = page.evaluate("""[document.getElementById('messages'), document.documentElement,
+            ...document.querySelectorAll('.msg .table')].map((e) => [e.scrollWidth, e.clientWidth])""")
+        (list_w, list_c), (doc_w, doc_c), small, big = sizes
+        assert list_w <= list_c and doc_w <= doc_c, (width, sizes)  # nothing scrolls sideways but the wide table
+        assert small[0] <= small[1] and big[0] > big[1], (width, sizes)
+
+
+def test_markdown_bare_urls_become_links_without_trailing_punctuation(page):
+    """Bare http(s):// URLs in text, a list and bold become links (a new tab, noopener) as GitHub ends them: a
+    sentence's . , : ; ! ? after them and a ) without its ( are not part of the link. Not in a code span or a code
+    block, not inside a link's text, not glued to a word or a scheme before it (javascript:https://...), and no
+    other scheme: javascript: (bare or as a link) never becomes a link, nothing runs."""
+    lines = ["See https://example.com/docs. Then (https://example.org/a_(b)), http://127.0.0.1:8000/v1? "
+             "and https://example.net/x;",
+             "- item **https://example.com/bold**!",
+             "Code `https://example.com/in-code` and [named https://example.com/inner](https://example.com/outer).",
+             "```",
+             "curl https://example.com/in-block",
+             "```",
+             "javascript:alert(1) javascript:https://example.com/glued xhttps://example.com/word "
+             "javascript://example.com/%0awindow.__pwned=1 [js](javascript:window.__pwned=2)"]
+    content = _streamed(page, "\n".join(lines))
+    links = content.locator("a").evaluate_all(
+        "(as) => as.map((a) => [a.textContent, a.getAttribute('href'), a.rel, a.target])")
+    tab = ["noopener noreferrer", "_blank"]
+    assert links == [["https://example.com/docs", "https://example.com/docs", *tab],
+                     ["https://example.org/a_(b)", "https://example.org/a_(b)", *tab],
+                     ["http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1", *tab],
+                     ["https://example.net/x", "https://example.net/x", *tab],
+                     ["https://example.com/bold", "https://example.com/bold", *tab],
+                     ["named https://example.com/inner", "https://example.com/outer", *tab]]
+    assert content.locator("li > strong > a").count() == 1 and content.locator("a a").count() == 0
+    assert content.locator("> code").text_content() == "https://example.com/in-code"
+    assert content.locator("pre code").text_content() == "curl https://example.com/in-block"
+    text = content.text_content()
+    for kept in ("https://example.com/docs. Then (https://example.org/a_(b)), http://127.0.0.1:8000/v1? and "
+                 "https://example.net/x;\n", "https://example.com/bold!", lines[-1]):
+        assert kept in text, kept
+    page.wait_for_timeout(100)
+    assert page.evaluate("window.__pwned") is None
+
+
 def test_rendering_a_long_markdown_answer_stays_fast(page):
     """A 17 KB answer dense with markdown (about 4000 tokens), rendered whole as each repaint of a stream does (its
     headings, lists, quotes, code blocks, links built): well under a frame's worth of script per render, and long
@@ -1017,11 +1267,12 @@ def test_a_model_lookup_answering_late_leaves_a_not_sent_message(page):
     page.fill("#prompt", "Question")
     page.press("#prompt", "Enter")
     expect(page.locator("#banner")).to_contain_text("Not sent: ")
+    page.evaluate("document.getElementById('model').textContent = 'asking'")
     with page.expect_response("**/v1/models") as answer:
         page.dispatch_event("#api-key", "change")
     assert answer.value.ok
+    # the answer's handler has run: it shows the name, then (the same task) decides about the banner
     page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
-    page.wait_for_timeout(100)  # the answer's handler has run
     assert page.is_visible("#banner") and page.text_content("#banner").startswith("Not sent: ")
     page.fill("#api-key", "wrong")  # the lookup's own message still goes once it answers again
     with page.expect_response("**/v1/models"):

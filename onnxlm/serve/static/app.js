@@ -13,9 +13,11 @@ const $ = (id) => document.getElementById(id);
 
 // what the page holds: the served model's name, whether it can chat (null: not known yet), the conversation sent
 // with each request ({role, content} pairs of finished turns; an answer also keeps its stats line as "stats"), the
-// id of the conversation shown (null: a new one, not kept until its first turn finishes), and the AbortController
-// of the request in flight (null when idle), the server's cap on max_tokens (GET /props; null: not known)
-const state = { model: null, chat: null, history: [], current: null, controller: null, cap: null };
+// id of the conversation shown (null: a new one, not kept until its first turn finishes) and what was kept of it
+// (its title, times, system prompt and settings, as last shown or saved here: it is kept again as it was when
+// another tab deleted it), the AbortController of the request in flight (null when idle), the server's cap on
+// max_tokens (GET /props; null: not known)
+const state = { model: null, chat: null, history: [], current: null, kept: null, controller: null, cap: null };
 
 // inputs kept in localStorage between visits; all but the API key go back to their defaults with "Reset settings"
 const SAVED = ["system", ...SAMPLING.map((s) => s.id), "json-mode", "schema-name", "schema", "api-key"];
@@ -634,6 +636,7 @@ function abortRequest() {
 function clearConversation() {
   state.history = [];
   state.current = null;
+  state.kept = null;
   convSetCurrent(null);
   $("messages").replaceChildren();
   banner("");
@@ -652,21 +655,23 @@ function newChat() {
 // the conversation shown -> kept (conversations.js), after its turns changed: created at its first finished turn,
 // titled after its first question; ``used``: the system prompt and settings of the request that just finished (null:
 // those kept before). Left with no turns (Regenerate of its only one), it leaves the list until a turn finishes.
+// Deleted in another tab meanwhile, it is kept again, its title and creation time as they were (state.kept).
 function keepConversation(used) {
   if (!state.history.length) {
     if (state.current && convGet(state.current)) convDelete(state.current);
   } else {
-    const old = state.current ? convGet(state.current) : null;
+    const old = state.current ? convGet(state.current) || state.kept : null;
     if (!state.current) {
       state.current = convNewId();
       convSetCurrent(state.current);
     }
     const now = Date.now();
-    convSave({ id: state.current, title: old ? old.title : convTitle(state.history[0].content),
-               created: old ? old.created : now, updated: now,
-               system: used ? used.system : old ? old.system : "",
-               settings: used ? used.settings : old ? old.settings : {},
-               messages: state.history.map((m) => ({ ...m })) });
+    state.kept = { id: state.current, title: old ? old.title : convTitle(state.history[0].content),
+                   created: old ? old.created : now, updated: now,
+                   system: used ? used.system : old ? old.system : "",
+                   settings: used ? used.settings : old ? old.settings : {},
+                   messages: state.history.map((m) => ({ ...m })) };
+    convSave(state.kept);
   }
   renderChats();
 }
@@ -675,6 +680,7 @@ function keepConversation(used) {
 // and sent as the context of the next question
 function showConversation(conv) {
   state.current = conv.id;
+  state.kept = conv;
   convSetCurrent(conv.id);
   state.history = conv.messages.map((m) => ({ ...m }));
   $("messages").replaceChildren();
@@ -709,13 +715,18 @@ function openConversation(id) {
 // the first
 function deleteClicked(button, conv) {
   if (button.dataset.confirm !== "yes") {
-    button.dataset.confirm = "yes";
-    button.textContent = "Delete?";
-    button.setAttribute("aria-label", "Confirm: delete “" + conv.title + "”");
+    askDelete(button, conv);
     say("Click Delete? again to delete “" + conv.title + "”.");
     return;
   }
   deleteConversation(conv.id);
+}
+
+// a delete button -> asking "Delete?" (its second click deletes)
+function askDelete(button, conv) {
+  button.dataset.confirm = "yes";
+  button.textContent = "Delete?";
+  button.setAttribute("aria-label", "Confirm: delete “" + conv.title + "”");
 }
 
 // a delete button that asked "Delete?" back to its first state
@@ -756,12 +767,14 @@ function formatTime(ms) {
 }
 
 // the conversation list: each one's title and time, the one shown marked (aria-current), a Delete button; the focus
-// stays on the button it was on
+// stays on the button it was on, a Delete? still asking
 function renderChats() {
   const focused = document.activeElement && document.activeElement.closest &&
     document.activeElement.closest("#chat-list .chat-item");
   const focusedId = focused ? focused.dataset.id : null;
   const focusedClass = focused ? document.activeElement.className : null;
+  const asking = focused && document.activeElement.dataset.confirm === "yes";
+  if (asking) delete document.activeElement.dataset.confirm;  // so that its blur, as it is removed, undoes nothing
   const items = convStore.list.map((conv) => {
     const li = document.createElement("li");
     li.className = "chat-item";
@@ -792,6 +805,7 @@ function renderChats() {
   if (focusedId) {
     const again = items.find((li) => li.dataset.id === focusedId);
     const button = again && again.querySelector("." + focusedClass.split(" ")[0]);
+    if (button && asking) askDelete(button, convGet(focusedId));
     if (button) button.focus();
   }
 }
@@ -801,9 +815,10 @@ function closeChatsWhenNarrow() {
   if (window.matchMedia(NARROW).matches && !$("chats").hidden) showPanel("chats", false, true);
 }
 
-// "Export": the conversation shown -> a JSON file downloaded (OpenAI's messages and the settings used)
+// "Export": the conversation shown -> a JSON file downloaded (OpenAI's messages and the settings used); one deleted
+// in another tab but still shown here: as it was last kept
 function exportConversation() {
-  const conv = state.current ? convGet(state.current) : null;
+  const conv = state.current ? convGet(state.current) || (state.history.length ? state.kept : null) : null;
   if (!conv) {
     say("Nothing to export yet: a conversation is kept from its first finished answer.");
     return;
@@ -842,6 +857,23 @@ async function importFile(file) {
   say("Imported “" + conv.title + "” (" + conv.messages.length / 2 + " turns); its system prompt and settings " +
       "are in Settings now.");
   noteStorage();
+}
+
+// the storage event: another tab changed the conversations (e.key: CONV_KEY; null: it cleared the storage) -> the
+// list read again and shown; nothing else changes: the conversation shown stays on screen as it is (its answer in
+// flight goes on, the message box keeps its text), the one marked in the list and a Delete? waiting for its second
+// click stay. Deleted in the other tab, the conversation shown stays on screen too (out of the list: the status line
+// says so) and is kept again, as it was with its new turn, when its next answer finishes; New chat or another
+// conversation lets it go.
+function otherTabWrote(e) {
+  if (e.key !== CONV_KEY && e.key !== null) return;
+  const shown = state.current ? convGet(state.current) : null;
+  convLoad();
+  renderChats();
+  if (shown && !convGet(state.current)) {
+    say("“" + shown.title + "” was deleted in another tab: it stays here, and is kept again when its next answer " +
+        "finishes.");
+  }
 }
 
 // storage that failed (blocked, or full even for one conversation): the notice shown, said once
@@ -887,9 +919,7 @@ function init() {
     importFile(file);
   });
   $("store-note-close").addEventListener("click", () => { $("store-note").hidden = true; $("prompt").focus(); });
-  window.addEventListener("storage", (e) => {  // another tab changed the conversations: the list follows
-    if (e.key === CONV_KEY || e.key === null) { convLoad(); renderChats(); }
-  });
+  window.addEventListener("storage", otherTabWrote);
 
   convLoad();
   const current = convGet(convCurrentId());

@@ -5,6 +5,9 @@
 // {role, content} (an answer also keeps its stats line as "stats")}.
 // Storage that throws (blocked, full) or holds something unreadable never breaks the page: the conversations are
 // then kept in memory only (convStore.failed), and what cannot be read is dropped.
+// Several tabs may share the key: each write reads it again and applies only this tab's change (convCommit), so no
+// tab overwrites what another saved or brings back what another deleted; the page reloads its list on the storage
+// event the other tabs' writes fire.
 "use strict";
 
 const CONV_KEY = "onnxlm.conversations";
@@ -142,22 +145,29 @@ function convWrite(keep) {
   }
 }
 
-// a conversation -> kept (added or replaced), newest first, the oldest past CONV_MAX dropped; what another tab
-// wrote meanwhile is read first, so its conversations stay
-function convSave(conv) {
+// a change made in this tab -> merged into what storage holds now and written. Storage is read again first (another
+// tab may have written since this tab last read it): its entries are the base, and only this change is applied to
+// them: ``save`` (a conversation) added or replaced, ``remove`` (an id) taken out. This tab's own list is never
+// written back whole, so another tab's conversations stay and one deleted there does not come back from here; the
+// one saved here wins over the stored copy of it. Newest first (by ``updated``), the oldest past CONV_MAX dropped.
+// Storage failing (now or before): the change applied to the list in memory
+function convCommit({ save = null, remove = null }) {
   const stored = convStore.failed ? null : convRead();
   if (stored === null) convStore.failed = true; else convStore.list = stored;
-  convStore.list = [conv, ...convStore.list.filter((c) => c.id !== conv.id)]
-    .sort((a, b) => b.updated - a.updated).slice(0, CONV_MAX);
-  convWrite(conv.id);
+  const id = save ? save.id : remove;
+  const rest = convStore.list.filter((c) => c.id !== id);
+  convStore.list = (save ? [save, ...rest] : rest).sort((a, b) => b.updated - a.updated).slice(0, CONV_MAX);
+  convWrite(save ? save.id : null);
 }
 
-// the conversation ``id`` -> no longer kept
+// a conversation -> kept (added or replaced; convCommit)
+function convSave(conv) {
+  convCommit({ save: conv });
+}
+
+// the conversation ``id`` -> no longer kept (taken out of what storage holds; convCommit)
 function convDelete(id) {
-  const stored = convStore.failed ? null : convRead();
-  if (stored === null) convStore.failed = true; else convStore.list = stored;
-  convStore.list = convStore.list.filter((c) => c.id !== id);
-  convWrite(null);
+  convCommit({ remove: id });
 }
 
 // the conversation ``id`` -> it, or null
