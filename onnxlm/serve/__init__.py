@@ -7,6 +7,8 @@ A request's path, one file per role:
 * slots.py: llama.cpp's /slots (each batch row's request and progress, read between two steps);
 * anthropic.py, anthropic_request.py, anthropic_reply.py: Anthropic's Messages API (/v1/messages and its
   count_tokens) as a translation over the chat endpoint's machinery, in Anthropic's shapes and errors;
+* responses.py, responses_request.py, responses_reply.py: OpenAI's Responses API (/v1/responses), stateless, as a
+  translation over the chat endpoint's machinery (its items, events and error body);
 * tokenize.py: /tokenize, /detokenize and /apply-template (vLLM's and llama.cpp's shapes: the ids and text the
   generation endpoints feed the model);
 * llamacpp.py, llamacpp_request.py: llama.cpp's native /completion (its fields, defaults, sampler chain and

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
 /health, /metrics, /props, /slots (slots.py), /tokenize, /detokenize and /apply-template (tokenize.py), llama.cpp's
-native /completion and /infill (llamacpp.py), Anthropic's /v1/messages (anthropic.py), and the chat page at /
-(page.py).
+native /completion and /infill (llamacpp.py), Anthropic's /v1/messages (anthropic.py), OpenAI's Responses API
+/v1/responses (responses.py), and the chat page at / (page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -29,6 +29,7 @@ from .errors import api_error, http_error, server_error
 from .llamacpp import completion, infill
 from .page import page_routes
 from .protocol import APIError
+from .responses import responses
 from .routes import chat_completions, completions, health, metrics, model, models, props
 from .slots import slots
 from .state import ServeConfig, ServeState
@@ -77,6 +78,7 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/messages", messages, methods=["POST"]),  # Anthropic's Messages API (anthropic.py)
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),  # OpenAI's Responses API, stateless (responses.py)
         Route("/completion", completion, methods=["POST"]),  # llama.cpp's native endpoint (llamacpp.py)
         Route("/completions", completion, methods=["POST"]),
         Route("/infill", infill, methods=["POST"]),  # llama.cpp's fill-in-the-middle (llamacpp_infill.py)

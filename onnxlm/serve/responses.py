@@ -1,0 +1,73 @@
+"""OpenAI's Responses API, statelessly, as vLLM, Ollama and LM Studio serve it, so that clients that default to it
+(OpenAI's SDK examples, the Agents SDK, Codex CLI) can use the served model: POST /v1/responses (one response, or its
+server-sent events with ``stream``).
+
+A thin translation over /v1/chat/completions' machinery, not a second generation path: the request becomes the chat
+request (responses_request.py), which goes through the same chat template, tools (rendering, the forced call's
+constraint, parsing the reply's calls), structured output (``text.format`` as ``response_format``), jobs and
+scheduler; the reply comes back as the Responses API's response object and events (responses_reply.py). Errors are
+OpenAI's error body with the statuses the other endpoints use (400 for a bad request, naming the field as the
+Responses API spells it); the API key is read from ``Authorization: Bearer``.
+
+Nothing is kept between requests: ``previous_response_id``, ``conversation``, ``background`` and stored prompts are
+400s, and each reply says ``"store": false`` (the client sends the whole conversation every time, as with chat).
+``max_output_tokens`` is checked as the chat endpoint checks ``max_tokens``: over ``--max-tokens`` is a 400 (and
+under 16, OpenAI's least).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse
+
+from onnxlm.runtime.manifest import no_chat_template
+
+from . import reasoning, responses_reply, responses_request, tools
+from .choices import Choices
+from .gate import authorize, available, read_body
+from .jobs import make_jobs, output_constraint
+from .protocol import APIError, bad
+from .run import admit, collect
+from .state import state_of
+
+
+async def responses(request: HTTPRequest):
+    """POST /v1/responses: one response, or its events with ``stream``."""
+    authorize(request)
+    model = available(request)
+    st = state_of(request)
+    body = await read_body(request, responses_request.FIELDS)
+    req = responses_request.parse(body, max_tokens_cap=st.config.max_tokens)
+    if not model.chat_template:
+        raise bad("input", f"{no_chat_template(model.manifest)}; use /v1/completions", code="chat_not_supported")
+    try:
+        constraint = await output_constraint(model, {"response_format": req.response_format})
+        treq = await asyncio.to_thread(tools.check, req.tools_body, model.chat_template)  # schemas read: off the loop
+        forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call
+        if forced is not None:
+            if constraint is not None:
+                raise bad("text.format", "cannot be combined with tool_choice 'required' or a named function")
+            constraint = forced
+        ids = await asyncio.to_thread(tools.render, model, req.messages, treq)
+    except APIError as exc:
+        raise responses_request.renamed(exc) from None
+    # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)
+    think = reasoning.prompt_opens(model.tokenizer, ids) if reasoning.wanted({}, model.chat_template) else None
+    samp = req.sampling()
+    jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "input", constraint)
+    slot, run = admit(st, jobs, 1, None, stream=samp.stream)
+    choices = Choices(model, 1, chat=True)
+    start = responses_reply.head("resp_" + uuid.uuid4().hex, int(time.time()), st.config.model_name, req.echo)
+    if samp.stream:
+        chunks = tools.reply_chunks(run, samp, choices, {}, treq, think)
+        return EventSourceResponse(responses_reply.events(chunks, run, slot, choices, jobs, start))
+    result = await collect(request, run, slot, choices, jobs)
+    if result is None:
+        return JSONResponse({}, status_code=499)
+    chat_message, reason = tools.message(result["texts"].get(0, ""), choices.reasons.get(0, "length"), treq, think)
+    items = responses_reply.output(chat_message, reason)
+    return JSONResponse(responses_reply.response(start, items, reason, choices, jobs))
