@@ -341,7 +341,7 @@ def test_api_key_from_bearer(tiny_qwen2_tools):
             assert r.status_code == 401, r.text
             assert r.json()["error"]["type"] == "authentication_error"
         ok = openai.OpenAI(base_url=srv.url + "/v1", api_key="sekrit", max_retries=0, timeout=60)
-        assert ok.responses.create(**body).usage.output_tokens == 16
+        assert 0 < ok.responses.create(**body).usage.output_tokens <= 16  # sampled: may stop early
         wrong = openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong", max_retries=0, timeout=60)
         with pytest.raises(openai.AuthenticationError):
             wrong.responses.create(**body)
@@ -446,7 +446,9 @@ def test_the_sdk_raises_openais_errors(live, client):
         client.responses.retrieve("resp_1")
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model="tiny", input="Hi", stream=True, temperature=3)
-    assert client.responses.create(model="tiny", input="Hi", max_output_tokens=16).usage.output_tokens == 16
+    after = client.responses.create(model="tiny", input="Hi", max_output_tokens=16)  # sampled: may stop early
+    assert 0 < after.usage.output_tokens <= 16
+    assert after.status == "completed" or (after.status == "incomplete" and after.usage.output_tokens == 16)
 
 
 def test_an_error_mid_stream_is_an_error_event_then_failed():
