@@ -616,8 +616,27 @@ def _tab(ctx, live, init: str | None = None):
 
 
 def _stored(pg) -> list[dict]:
-    """The conversations in the page's localStorage (conversations.js)."""
-    return json.loads(pg.evaluate("localStorage.getItem('onnxlm.conversations')") or "[]")
+    """The conversations in the page's localStorage (conversations.js: each under its own key,
+    onnxlm.conversation.<id>; those still in the single key of earlier versions too), newest first; what is not JSON
+    left out."""
+    return pg.evaluate("""(() => {
+        const all = [];
+        for (const key of Object.keys(localStorage)) {
+            let v;
+            try { v = JSON.parse(localStorage.getItem(key)); } catch (e) { continue; }
+            if (key.startsWith('onnxlm.conversation.')) all.push(v);
+            else if (key === 'onnxlm.conversations' && Array.isArray(v)) all.push(...v);
+        }
+        return all.sort((a, b) => b.updated - a.updated); })()""")
+
+
+def _until(pg, js: str, timeout: float = 5.0):
+    """Wait until the function ``js`` returns true in ``pg`` (polled with evaluate: wait_for_function evaluates a
+    string, which the page's CSP refuses)."""
+    end = time.monotonic() + timeout
+    while not pg.evaluate(js):
+        assert time.monotonic() < end, f"not true within {timeout} s: {js}"
+        pg.wait_for_timeout(20)
 
 
 def _titles(pg) -> list[str]:
@@ -744,8 +763,9 @@ def test_deleting_a_conversation_asks_once_more_and_the_shown_one_leaves_the_scr
 
 def test_corrupt_stored_conversations_start_empty_and_at_most_50_are_kept(browser, live):
     """Storage holding what is not JSON (or a conversation id that is gone): the page loads without an error, the
-    list empty, and a new turn is saved over it. Storage holding 50 good conversations and two bad entries: the bad
-    ones are left out, and a new conversation drops the oldest (50 kept)."""
+    list empty, a new turn is saved, and the text that could not be read is kept aside as it was. Storage holding 50
+    good conversations and two bad entries: the bad ones are left out, and a new conversation drops the oldest (50
+    kept)."""
     ctx, pg, errors = _open(browser, live, init="""if (!sessionStorage.getItem('seeded')) {
         sessionStorage.setItem('seeded', '1');
         localStorage.setItem('onnxlm.conversations', '{not json');
@@ -756,6 +776,7 @@ def test_corrupt_stored_conversations_start_empty_and_at_most_50_are_kept(browse
         assert "could not be read" in pg.text_content("#status")
         _ask(pg, "Works?")
         assert [c["title"] for c in _stored(pg)] == ["Works?"] and _titles(pg) == ["Works?"]
+        assert pg.evaluate("localStorage.getItem('onnxlm.conversations.unreadable')") == "{not json"  # kept
         assert not errors, errors
     finally:
         ctx.close()
@@ -809,6 +830,106 @@ def test_blocked_or_full_storage_keeps_conversations_in_memory_and_says_so_once(
             assert not errors, errors
         finally:
             ctx.close()
+
+
+# localStorage filled with junk keys until about ``leave`` characters are left
+FILL = """(leave) => {
+  const chunk = 'x'.repeat(1 << 20);
+  let k = 0;
+  for (let size = 1 << 20; size >= 16; ) {
+    try { localStorage.setItem('junk' + k, chunk.slice(0, size)); k += 1; } catch (e) { size >>= 1; }
+  }
+  let freed = 0;
+  for (let i = k - 1; i >= 0 && freed < leave; i--) {
+    const v = localStorage.getItem('junk' + i);
+    const cut = Math.min(v.length, leave - freed);
+    localStorage.setItem('junk' + i, v.slice(cut));
+    freed += cut;
+  }
+}"""
+
+
+def test_full_storage_removes_no_other_conversation_says_so_and_saves_again_once_there_is_room(browser, live):
+    """Six conversations kept, then storage filled until about 3,000 characters are left: a new conversation with a
+    9,000-character answer is not kept (still listed and shown here), the note says storage is full, and none of the
+    six is removed to make room. Once room is freed (in another tab), the next answer keeps it, the note goes."""
+    ctx, pg, errors = _open(browser, live)
+    try:
+        replies = [_reply(f"Answer {i} " + "y" * 2000) for i in range(6)] + [_reply("Big " + "z" * 9000),
+                                                                             _reply("Small.")]
+        pg.route("**/v1/chat/completions", _fulfil(replies, []))
+        for i in range(6):
+            pg.click("#new-chat")
+            _ask(pg, f"Old {i}")
+        old = [f"Old {i}" for i in reversed(range(6))]
+        assert [c["title"] for c in _stored(pg)] == old
+        pg.evaluate(FILL, 3000)
+        pg.click("#new-chat")
+        _ask(pg, "A long answer")
+        expect(pg.locator("#store-note")).to_be_visible()
+        assert "storage is full" in pg.text_content("#store-note") and "not kept" in pg.text_content("#store-note")
+        assert [c["title"] for c in _stored(pg)] == old  # nothing removed to make room
+        assert _titles(pg) == ["A long answer", *old]  # kept in memory
+
+        other, errors_b = _tab(ctx, live)
+        other.evaluate("() => { for (const k of Object.keys(localStorage)) "
+                       "if (k.startsWith('junk')) localStorage.removeItem(k); }")
+        _until(pg, "() => !Object.keys(localStorage).some((k) => k.startsWith('junk'))")  # heard here
+        _ask(pg, "Now?")
+        assert [c["title"] for c in _stored(pg)] == ["A long answer", *old]
+        assert [m["content"] for m in _stored(pg)[0]["messages"]][2:] == ["Now?", "Small."]
+        expect(pg.locator("#store-note")).to_be_hidden()
+        expect(other.locator("#chat-list .chat-item .title")).to_have_text(["A long answer", *old], timeout=5000)
+        assert not errors + errors_b
+    finally:
+        ctx.close()
+
+
+def test_unreadable_stored_conversations_are_left_as_they_were_and_listed_once(browser, live):
+    """Storage holding, next to good conversations, entries that cannot be read (not JSON, a turn of another role,
+    one ending with a question) and an id twice: the list shows each good conversation once (the newer of the
+    twice-stored one), the status line says some could not be read, and after new turns and a delete the unreadable
+    ones are still in storage as they were: under their own keys, or (the single key of earlier versions, moved to
+    one key each at load) under onnxlm.conversations.unreadable."""
+    def conv(i, **kw):
+        return {"id": f"g{i}", "title": f"Good {i}", "created": 1000 + i, "updated": 1000 + i,
+                "messages": _answer(f"q{i}"), **kw}
+    bad = [None, "not a conversation", {"id": "t", "messages": [{"role": "tool", "content": "?"}]},
+           conv(3, messages=[{"role": "user", "content": "asked later"}])]
+    old = [conv(1), conv(2, title="Good 2, older"), *bad, conv(2, updated=2000)]
+    ending = json.dumps(conv(4, messages=_answer("q4") + [{"role": "user", "content": "a question"}]))
+    ctx, pg, errors = _open(browser, live, init=f"""if (!sessionStorage.getItem('seeded')) {{
+        sessionStorage.setItem('seeded', '1');
+        localStorage.setItem('onnxlm.conversations', {json.dumps(json.dumps(old))});
+        localStorage.setItem('onnxlm.conversation.broken', '{{not json');
+        localStorage.setItem('onnxlm.conversation.g4', {json.dumps(ending)}); }}""")
+    try:
+        pg.route("**/v1/chat/completions", _fulfil([_reply("Fine."), _reply("More.")], []))
+        assert "could not be read" in pg.text_content("#status")
+        assert pg.evaluate("[...document.querySelectorAll('#chat-list .chat-item')].map((li) => li.dataset.id)") == [
+            "g2", "g1"]
+        assert _titles(pg) == ["Good 2", "Good 1"] and _shown(pg) == _answer("q2")
+        _ask(pg, "More on 2")
+        pg.click("#new-chat")
+        _ask(pg, "Another")
+        delete = _chat(pg, "Good 1").locator(".delete")
+        delete.click()
+        delete.click()
+        assert _titles(pg) == ["Another", "Good 2"]
+        raw = pg.evaluate("() => Object.fromEntries(Object.keys(localStorage)"
+                          ".filter((k) => k.startsWith('onnxlm.con')).map((k) => [k, localStorage.getItem(k)]))")
+        assert raw.get("onnxlm.conversations") is None  # moved
+        assert raw["onnxlm.conversation.broken"] == "{not json" and raw["onnxlm.conversation.g4"] == ending
+        assert json.loads(raw["onnxlm.conversations.unreadable"]) == [*bad, conv(2, title="Good 2, older")]
+        assert sorted(k for k in raw if k.startswith("onnxlm.conversation.")) == sorted(
+            ["onnxlm.conversation.broken", "onnxlm.conversation.g4", "onnxlm.conversation.g2",
+             "onnxlm.conversation." + _stored(pg)[0]["id"]])
+        pg.reload()
+        expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert _titles(pg) == ["Another", "Good 2"] and "could not be read" in pg.text_content("#status")
+        assert not errors, errors
+    finally:
+        ctx.close()
 
 
 # ------------------------------------------------------------------------------- two tabs on the same server
@@ -947,6 +1068,155 @@ def test_the_conversation_shown_stays_when_another_tab_writes(browser, live):
         expect(b.locator("#chat-list .chat-item .title")).to_have_text(["Asked in A", "Shown in B"], timeout=5000)
         assert _shown(b) == _answer("Shown in B")
         assert not errors + errors_b
+    finally:
+        ctx.close()
+
+
+# each chat request answered at once in the page itself ("Re: <its question>", streamed by a fetch shim): tabs that
+# send at the same moment then save at nearly the same moment (playwright's route answers one request at a time)
+ECHO_SHIM = """(() => {
+  const real = window.fetch.bind(window);
+  window.fetch = (url, opts) => {
+    if (!String(url).includes('chat/completions')) return real(url, opts);
+    const q = JSON.parse(opts.body).messages.at(-1).content;
+    const chunk = (delta, finish) => 'data: ' + JSON.stringify({ object: 'chat.completion.chunk',
+      choices: [{ index: 0, delta, finish_reason: finish }] }) + '\\r\\n\\r\\n';
+    const body = chunk({ content: 'Re: ' + q }, null) + chunk({}, 'stop') + 'data: [DONE]\\r\\n\\r\\n';
+    return Promise.resolve(new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } }));
+  };
+})();"""
+
+
+def test_tabs_saving_or_deleting_at_the_same_moment_lose_nothing(browser, live):
+    """Three tabs each start a new conversation and send at the same moment, five times over: every conversation is
+    stored and listed in every tab (each under its own key: a write of one tab never replaces another's), and no tab
+    says its own conversation was deleted elsewhere. Then each tab deletes a different one at the same moment: all
+    three are gone, none comes back."""
+    ctx, a, errors = _open(browser, live, init=ECHO_SHIM)
+    try:
+        tabs, errs = [a], [errors]
+        for _ in range(2):
+            pg, e = _tab(ctx, live)
+            tabs.append(pg)
+            errs.append(e)
+        asked = []
+        for r in range(5):
+            at = a.evaluate("Date.now()") + 300
+            for k, pg in enumerate(tabs):
+                asked.append(f"Round {r} in tab {k}")
+                pg.evaluate("""([q, at]) => {
+                    document.getElementById('new-chat').click();
+                    document.getElementById('prompt').value = q;
+                    setTimeout(() => document.getElementById('send').click(), at - Date.now()); }""", [asked[-1], at])
+            for k, pg in enumerate(tabs):
+                expect(pg.locator("#messages .msg.assistant .actions button").first).to_be_attached(timeout=5000)
+                assert _shown(pg) == _answer(f"Round {r} in tab {k}")
+        for pg in tabs:
+            expect(pg.locator("#chat-list .chat-item")).to_have_count(len(asked), timeout=5000)
+            assert sorted(_titles(pg)) == sorted(asked)
+            assert "deleted in another tab" not in pg.text_content("#status")
+        assert sorted(c["title"] for c in _stored(a)) == sorted(asked)
+
+        doomed = asked[:3]
+        at = a.evaluate("Date.now()") + 300
+        for pg, title in zip(tabs, doomed):
+            pg.evaluate("""([title, at]) => setTimeout(() => {
+                const item = [...document.querySelectorAll('#chat-list .chat-item')].find(
+                    (li) => li.querySelector('.title').textContent === title);
+                const del = item.querySelector('.delete');
+                del.click();
+                del.click(); }, at - Date.now())""", [title, at])
+        left = sorted(set(asked) - set(doomed))
+        for pg in tabs:
+            expect(pg.locator("#chat-list .chat-item")).to_have_count(len(left), timeout=5000)
+            assert sorted(_titles(pg)) == left
+        assert sorted(c["title"] for c in _stored(a)) == left
+        a.reload()
+        expect(a.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert sorted(_titles(a)) == left
+        assert not sum(errs, [])
+    finally:
+        ctx.close()
+
+
+def test_a_conversation_continued_in_two_tabs_keeps_every_answer(browser, live):
+    """Tab A asks in a conversation that tabs B and C (C deaf to the other tabs' writes) show too. B, idle, shows the
+    new turn at once (the storage event). C, stale, asks its own next question: the turn A kept stays, and C's
+    version is kept as a new conversation ("… (copy)"), shown in C, the status line says so. Clicking the
+    conversation already shown reads it again from storage."""
+    ctx, a, errors = _open(browser, live)
+    try:
+        _route_echo(a)
+        _ask(a, "First question")
+        b, errors_b = _tab(ctx, live)
+        stale, errors_c = _tab(ctx, live, init=DEAF)
+        for pg in (b, stale):
+            _route_echo(pg)
+            assert _shown(pg) == _answer("First question")  # a new tab: the newest conversation
+        _ask(a, "Second, from A")
+        both = _answer("First question") + _answer("Second, from A")
+        expect(b.locator("#messages .msg")).to_have_count(4, timeout=5000)
+        assert _shown(b) == both and "changed in another tab" in b.text_content("#status")
+        assert _shown(stale) == _answer("First question")  # never heard
+
+        _ask(stale, "Third, from the stale tab")
+        stored = {c["title"]: [{k: m[k] for k in ("role", "content")} for m in c["messages"]]
+                  for c in _stored(stale)}
+        assert stored == {"First question": both,
+                          "First question (copy)": _answer("First question") + _answer("Third, from the stale tab")}
+        status = stale.text_content("#status")
+        assert "changed in another tab" in status and "“First question (copy)”" in status
+        assert _chat(stale, "First question (copy)").locator(".open").get_attribute("aria-current") == "true"
+        assert _shown(stale) == _answer("First question") + _answer("Third, from the stale tab")
+        expect(a.locator("#chat-list .chat-item .title")).to_have_text(
+            ["First question (copy)", "First question"], timeout=5000)
+        assert _shown(a) == both and _shown(b) == both  # the copy is another conversation: theirs stays
+
+        _chat(stale, "First question").locator(".open").click()
+        assert _shown(stale) == both
+        _ask(a, "Fourth, from A")
+        _until(stale, "() => Object.keys(localStorage).some((k) => (localStorage.getItem(k) || '')"
+                      ".includes('Fourth, from A'))")  # in the stale tab's storage, unheard
+        assert _shown(stale) == both
+        _chat(stale, "First question").locator(".open").click()  # the one shown: read again
+        assert _shown(stale) == both + _answer("Fourth, from A")
+        _ask(stale, "Fifth, from the stale tab")  # up to date now: saved in place
+        assert [c["title"] for c in _stored(stale)] == ["First question", "First question (copy)"]
+        assert [m["content"] for m in _stored(stale)[0]["messages"]][6:] == ["Fifth, from the stale tab",
+                                                                         "Re: Fifth, from the stale tab"]
+        expect(b.locator("#messages .msg")).to_have_count(8, timeout=5000)
+        assert not errors + errors_b + errors_c
+    finally:
+        ctx.close()
+
+
+def test_each_tab_shows_its_own_conversation_after_a_reload(browser, live):
+    """The conversation shown is kept per tab: a reload shows the one that tab showed (or an empty one after New
+    chat there), whatever the other tabs showed since; a new tab shows the newest."""
+    ctx, a, errors = _open(browser, live)
+    try:
+        _route_echo(a)
+        _ask(a, "Shown in A")
+        b, errors_b = _tab(ctx, live)
+        _route_echo(b)
+        assert _shown(b) == _answer("Shown in A")
+        b.click("#new-chat")
+        _ask(b, "Shown in B")
+        for pg, shown in ((a, "Shown in A"), (b, "Shown in B")):
+            pg.reload()
+            expect(pg.locator("#model")).to_have_text("tiny", timeout=5000)
+            assert _shown(pg) == _answer(shown)
+            assert _chat(pg, shown).locator(".open").get_attribute("aria-current") == "true"
+        a.click("#new-chat")
+        a.reload()
+        expect(a.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert a.locator(".msg").count() == 0 and _titles(a) == ["Shown in B", "Shown in A"]
+        c, errors_c = _tab(ctx, live)
+        assert _shown(c) == _answer("Shown in B")
+        b.reload()
+        expect(b.locator("#model")).to_have_text("tiny", timeout=5000)
+        assert _shown(b) == _answer("Shown in B")
+        assert not errors + errors_b + errors_c
     finally:
         ctx.close()
 
@@ -1129,7 +1399,7 @@ def test_markdown_pipe_tables_with_alignment_inline_markdown_and_github_rows(pag
 
     for width in (1000, 375):
         page.set_viewport_size({"width": width, "height": 700})
-        page.wait_for_function("(w) => window.innerWidth === w", arg=width)
+        _until(page, f"window.innerWidth === {width}")
         area = _box(page, "#messages")
         b = _box(page, ".msg.assistant")
         assert area["x"] <= b["x"] and b["x"] + b["width"] <= area["x"] + area["width"] + 0.5, width
@@ -1272,7 +1542,7 @@ def test_a_model_lookup_answering_late_leaves_a_not_sent_message(page):
         page.dispatch_event("#api-key", "change")
     assert answer.value.ok
     # the answer's handler has run: it shows the name, then (the same task) decides about the banner
-    page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
+    expect(page.locator("#model")).to_have_text("tiny", timeout=5000)  # (wait_for_function: refused by the CSP)
     assert page.is_visible("#banner") and page.text_content("#banner").startswith("Not sent: ")
     page.fill("#api-key", "wrong")  # the lookup's own message still goes once it answers again
     with page.expect_response("**/v1/models"):

@@ -16,8 +16,10 @@ const $ = (id) => document.getElementById(id);
 // id of the conversation shown (null: a new one, not kept until its first turn finishes) and what was kept of it
 // (its title, times, system prompt and settings, as last shown or saved here: it is kept again as it was when
 // another tab deleted it), the AbortController of the request in flight (null when idle), the server's cap on
-// max_tokens (GET /props; null: not known)
-const state = { model: null, chat: null, history: [], current: null, kept: null, controller: null, cap: null };
+// max_tokens (GET /props; null: not known), and what keeping the conversation has to say at the end of the turn ("":
+// nothing; it was saved as a new one: keepConversation)
+const state = { model: null, chat: null, history: [], current: null, kept: null, controller: null, cap: null,
+                note: "" };
 
 // inputs kept in localStorage between visits; all but the API key go back to their defaults with "Reset settings"
 const SAVED = ["system", ...SAMPLING.map((s) => s.id), "json-mode", "schema-name", "schema", "api-key"];
@@ -598,6 +600,10 @@ async function ask(text, before) {
     say(bubble.dataset.state === "stopped" ? "Stopped: the partial answer stays in the conversation."
                                            : "Answer complete (" + bubble.querySelector(".meta").textContent + ").");
   }
+  if (state.note) {  // kept as a new conversation (keepConversation), during this turn or its Regenerate
+    say($("status").textContent + " " + state.note);
+    state.note = "";
+  }
   focusPrompt();
   noteStorage();
 }
@@ -654,24 +660,35 @@ function newChat() {
 
 // the conversation shown -> kept (conversations.js), after its turns changed: created at its first finished turn,
 // titled after its first question; ``used``: the system prompt and settings of the request that just finished (null:
-// those kept before). Left with no turns (Regenerate of its only one), it leaves the list until a turn finishes.
-// Deleted in another tab meanwhile, it is kept again, its title and creation time as they were (state.kept).
+// those kept before). Left with no turns (Regenerate of its only one), it leaves the list until a turn finishes
+// (unless another tab saved it since: that version stays). Deleted in another tab meanwhile, it is kept again, its
+// title and creation time as they were (state.kept). Changed in another tab since this tab showed or saved it (a
+// turn asked there), the version there stays and this one is kept as a new conversation, "<title> (copy)", shown
+// from now on (state.note says so at the end of the turn): no tab overwrites an answer another tab kept.
 function keepConversation(used) {
   if (!state.history.length) {
-    if (state.current && convGet(state.current)) convDelete(state.current);
+    if (state.current) convDelete(state.current, convBase(state.kept));
   } else {
-    const old = state.current ? convGet(state.current) || state.kept : null;
+    const old = state.current ? state.kept || convGet(state.current) : null;
     if (!state.current) {
       state.current = convNewId();
       convSetCurrent(state.current);
     }
     const now = Date.now();
-    state.kept = { id: state.current, title: old ? old.title : convTitle(state.history[0].content),
-                   created: old ? old.created : now, updated: now,
-                   system: used ? used.system : old ? old.system : "",
-                   settings: used ? used.settings : old ? old.settings : {},
-                   messages: state.history.map((m) => ({ ...m })) };
-    convSave(state.kept);
+    let conv = { id: state.current, title: old ? old.title : convTitle(state.history[0].content),
+                 created: old ? old.created : now, updated: now,
+                 system: used ? used.system : old ? old.system : "",
+                 settings: used ? used.settings : old ? old.settings : {},
+                 messages: state.history.map((m) => ({ ...m })) };
+    if (convSave(conv, convBase(old)) === "changed") {
+      conv = { ...conv, id: convNewId(), title: conv.title + " (copy)", created: now };
+      convSave(conv, null);
+      state.current = conv.id;
+      convSetCurrent(conv.id);
+      state.note = "“" + old.title + "” was changed in another tab: that version stays, and this one is kept as " +
+        "a new conversation, “" + conv.title + "”.";
+    }
+    state.kept = conv;
   }
   renderChats();
 }
@@ -698,7 +715,8 @@ function showConversation(conv) {
   renderChats();
 }
 
-// a click on a conversation in the list -> shown (the request in flight stopped first, its turn dropped)
+// a click on a conversation in the list -> shown (the request in flight stopped first, its turn dropped); the one
+// already shown, while no answer streams: read again from storage, shown anew when another tab changed it
 function openConversation(id) {
   const conv = convGet(id);
   if (!conv) return;
@@ -706,6 +724,15 @@ function openConversation(id) {
     abortRequest();
     showConversation(conv);
     say("Showing “" + conv.title + "”.");
+  } else if (!state.controller) {
+    convLoad();
+    const now = convGet(id);
+    if (now && convBase(now) !== convBase(state.kept)) {
+      showConversation(now);
+      say("Showing “" + now.title + "” as another tab changed it.");
+    } else {
+      renderChats();
+    }
   }
   closeChatsWhenNarrow();
   $("prompt").focus();
@@ -851,7 +878,7 @@ async function importFile(file) {
   const now = Date.now();
   const conv = { id: convNewId(), title: parsed.title, created: now, updated: now, system: parsed.system,
                  settings: parsed.settings, messages: parsed.messages };
-  convSave(conv);
+  convSave(conv, null);
   applySettings(parsed.system, parsed.settings);
   showConversation(convGet(conv.id) || conv);
   say("Imported “" + conv.title + "” (" + conv.messages.length / 2 + " turns); its system prompt and settings " +
@@ -859,28 +886,44 @@ async function importFile(file) {
   noteStorage();
 }
 
-// the storage event: another tab changed the conversations (e.key: CONV_KEY; null: it cleared the storage) -> the
-// list read again and shown; nothing else changes: the conversation shown stays on screen as it is (its answer in
-// flight goes on, the message box keeps its text), the one marked in the list and a Delete? waiting for its second
-// click stay. Deleted in the other tab, the conversation shown stays on screen too (out of the list: the status line
-// says so) and is kept again, as it was with its new turn, when its next answer finishes; New chat or another
-// conversation lets it go.
+// the storage event: another tab changed a conversation (e.key: its key; null: it cleared the storage) -> the list
+// read again and shown; the message box's text, the one marked in the list and a Delete? waiting for its second
+// click stay. The conversation shown, changed there while this tab is idle (no answer streaming): shown as it is
+// now (while an answer streams it stays as it is: keepConversation then keeps this tab's version as a new
+// conversation). Deleted there, the conversation shown stays on screen (out of the list: the status line says so)
+// and is kept again, as it was with its new turn, when its next answer finishes; New chat or another conversation
+// lets it go.
 function otherTabWrote(e) {
-  if (e.key !== CONV_KEY && e.key !== null) return;
-  const shown = state.current ? convGet(state.current) : null;
+  if (e.key !== null && !e.key.startsWith(CONV_PREFIX)) return;
   convLoad();
   renderChats();
-  if (shown && !convGet(state.current)) {
-    say("“" + shown.title + "” was deleted in another tab: it stays here, and is kept again when its next answer " +
-        "finishes.");
+  if (!state.current || !state.history.length || (e.key !== null && e.key !== convKey(state.current))) return;
+  const now = convGet(state.current);
+  if (!now) {
+    say("“" + state.kept.title + "” was deleted in another tab: it stays here, and is kept again when its next " +
+        "answer finishes.");
+  } else if (!state.controller && convBase(now) !== convBase(state.kept)) {
+    showConversation(now);
+    say("“" + now.title + "” was changed in another tab: it is shown as it is now.");
   }
 }
 
-// storage that failed (blocked, or full even for one conversation): the notice shown, said once
-let storageSaid = false;
+// storage that failed at the last save (blocked, or full): the note shown with the reason, said once (again after
+// a save that worked, which hides it)
+let storageSaid = "";
 function noteStorage() {
-  if (!convStore.failed || storageSaid) return;
-  storageSaid = true;
+  if (!convStore.failed) {  // saved again: the note no longer holds
+    storageSaid = "";
+    $("store-note").hidden = true;
+    return;
+  }
+  if (storageSaid === convStore.failed) return;
+  storageSaid = convStore.failed;
+  $("store-note-text").textContent = convStore.failed === "full"
+    ? "This conversation is not kept: this browser's storage is full. Your other conversations were left as they " +
+      "are: delete some (or free space) and this one is kept when its next answer finishes; until then it stays " +
+      "until the page is closed."
+    : "Conversations are not kept: this browser's storage is blocked. They stay until the page is closed.";
   $("store-note").hidden = false;
 }
 
@@ -921,10 +964,14 @@ function init() {
   $("store-note-close").addEventListener("click", () => { $("store-note").hidden = true; $("prompt").focus(); });
   window.addEventListener("storage", otherTabWrote);
 
+  const unreadable = convMigrate();
   convLoad();
-  const current = convGet(convCurrentId());
+  const id = convCurrentId();  // this tab's; a new tab: the newest conversation
+  const current = id === null ? convStore.list[0] : convGet(id);
   if (current) showConversation(current); else renderChats();
-  if (convStore.dropped) say("Some stored conversations could not be read: they were left out.");
+  if (convStore.dropped + unreadable) {
+    say("Some stored conversations could not be read: they were left out (and left in storage as they were).");
+  }
   noteStorage();
   loadModel();
   $("prompt").focus();

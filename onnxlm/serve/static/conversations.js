@@ -1,25 +1,39 @@
-// The chat page's conversations: kept in this browser (localStorage, one key holding them all, newest first, at
-// most CONV_MAX), and the file a conversation is exported to and imported from. A conversation is
+// The chat page's conversations: kept in this browser (localStorage), each under its own key (CONV_PREFIX + its
+// id), at most CONV_MAX, and the file a conversation is exported to and imported from. A conversation is
 // {id, title, created, updated (ms since 1970), system (the system prompt sent, "" for none), settings (the sampling
 // fields its last request sent, as the file has them), messages: its finished turns, user then assistant, each
 // {role, content} (an answer also keeps its stats line as "stats")}.
-// Storage that throws (blocked, full) or holds something unreadable never breaks the page: the conversations are
-// then kept in memory only (convStore.failed), and what cannot be read is dropped.
-// Several tabs may share the key: each write reads it again and applies only this tab's change (convCommit), so no
-// tab overwrites what another saved or brings back what another deleted; the page reloads its list on the storage
-// event the other tabs' writes fire.
+// Several tabs share the storage, and a write to localStorage is not atomic across them (each tab's process keeps
+// its own copy and passes its writes on later; the last write of a key wins). So no key holds more than one
+// conversation: tabs saving or deleting different conversations never write the same key, and the list is rebuilt
+// from the keys (newest first, by updated); a save past CONV_MAX removes the oldest keys. A save never overwrites a
+// version of its conversation that another tab wrote since this tab read it (convSave says "changed": the page keeps
+// its own version as a new conversation). The page reloads its list on the storage event the other tabs' writes fire.
+// What cannot be read is left in storage as it is (and out of the list). Storage that throws (blocked, or full)
+// never breaks the page, and nothing is removed to make room: a conversation that could not be saved is kept in
+// memory (convStore.unsaved), the page says so (convStore.failed: why), and it is saved again at its next save.
+// Each tab keeps the id of the conversation it shows in its own sessionStorage. Earlier versions kept all the
+// conversations under one key (CONV_OLD_KEY) and the one shown in localStorage: moved once, at load (convMigrate).
 "use strict";
 
-const CONV_KEY = "onnxlm.conversations";
+const CONV_PREFIX = "onnxlm.conversation.";
+const CONV_OLD_KEY = "onnxlm.conversations";
+const CONV_UNREADABLE_KEY = "onnxlm.conversations.unreadable";
 const CONV_CURRENT_KEY = "onnxlm.current";
 const CONV_MAX = 50;
 const CONV_FILE_FORMAT = "onnxlm.conversation";
 const CONV_FILE_MAX = 5 * 1024 * 1024;  // bytes: a file larger than this is not read
 const SEED_MAX = 2n ** 63n - 1n;
 
-// the conversations (newest first), whether storage failed (kept in memory only), and how many stored entries could
-// not be read at the last load
-const convStore = { list: [], failed: false, dropped: 0 };
+// the conversations listed (newest first: those stored, and those kept in memory only), why storage failed at the
+// last save or read ("blocked", "full"; "": it worked), how many stored entries could not be read at the last read,
+// each stored entry as last read or written here (id -> {raw: its text, conv: the conversation, null: unreadable}),
+// and the conversations this tab could not save (id -> the conversation, kept in memory)
+const convStore = { list: [], failed: "", dropped: 0, cache: new Map(), unsaved: new Map() };
+
+// a conversation (an object of convStore) -> the stored text it was read from or written as (for one that could not
+// be saved: the text its key held when it was read or written before); set by convParse and convSave
+const convBases = new WeakMap();
 
 // the sampling settings a request (and a conversation's file) may carry: key (the request's field), id (the
 // settings panel's input), kind (number, int, seed: an integer as digits), range, and def: the value that means
@@ -88,91 +102,209 @@ function convTitle(text) {
   return t.length > 48 ? t.slice(0, 47) + "…" : t || "(empty)";
 }
 
-// a stored entry -> the conversation, or null when it is not one (dropped)
-function convFromStored(v) {
-  if (!v || typeof v !== "object" || typeof v.id !== "string" || !v.id) return null;
+// a stored entry (``id``: its key's id) -> the conversation, or null when it is not one (left out)
+function convFromStored(v, id = v && v.id) {
+  if (!v || typeof v !== "object" || typeof id !== "string" || !id) return null;
   const turns = checkTurns(v.messages, "messages");
   if (turns instanceof Error) return null;
   const created = Number.isFinite(v.created) ? v.created : 0;
-  return { id: v.id, title: typeof v.title === "string" && v.title ? v.title : convTitle(turns[0].content),
+  return { id, title: typeof v.title === "string" && v.title ? v.title : convTitle(turns[0].content),
            created, updated: Number.isFinite(v.updated) ? v.updated : created,
            system: typeof v.system === "string" ? v.system : "",
            settings: v.settings && typeof v.settings === "object" && !Array.isArray(v.settings) ? v.settings : {},
            messages: turns };
 }
 
-// localStorage -> its conversations, newest first (unreadable JSON or entries: dropped, counted); null when
-// storage throws
+// a conversation's id -> its localStorage key
+function convKey(id) {
+  return CONV_PREFIX + id;
+}
+
+// two conversations -> their order in the list: the newest (``updated``) first, then by id
+function convNewestFirst(a, b) {
+  return b.updated - a.updated || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+// the text stored under ``id``'s key -> the conversation, or null when it cannot be read (each text parsed once:
+// convStore.cache)
+function convParse(id, raw) {
+  const hit = convStore.cache.get(id);
+  if (hit && hit.raw === raw) return hit.conv;
+  let conv = null;
+  try { conv = convFromStored(JSON.parse(raw), id); } catch (e) { /* not JSON: unreadable */ }
+  if (conv) convBases.set(conv, raw);
+  convStore.cache.set(id, { raw, conv });
+  return conv;
+}
+
+// localStorage -> its conversations, newest first (a key that cannot be read: counted in convStore.dropped, left as
+// it is); null when storage throws
 function convRead() {
-  let raw;
-  try { raw = localStorage.getItem(CONV_KEY); } catch (e) { return null; }
-  if (raw === null) return [];
-  let parsed;
-  try { parsed = JSON.parse(raw); } catch (e) { convStore.dropped += 1; return []; }
-  if (!Array.isArray(parsed)) { convStore.dropped += 1; return []; }
-  const list = parsed.map(convFromStored).filter(Boolean);
-  convStore.dropped += parsed.length - list.length;
-  return list.sort((a, b) => b.updated - a.updated).slice(0, CONV_MAX);
-}
-
-// the stored conversations -> convStore.list (storage failing: kept in memory from now on)
-function convLoad() {
-  convStore.dropped = 0;
-  if (convStore.failed) return;
-  const list = convRead();
-  if (list === null) convStore.failed = true; else convStore.list = list;
-}
-
-// convStore.list -> localStorage; full: the oldest dropped until it fits (never ``keep``, the conversation just
-// saved); another failure, or full with that one alone: storage failed, the whole list kept in memory from now on
-function convWrite(keep) {
-  if (convStore.failed) return;
-  const all = convStore.list;
-  for (;;) {
-    try {
-      localStorage.setItem(CONV_KEY, JSON.stringify(convStore.list));
-      return;
-    } catch (e) {
-      const full = e && (e.name === "QuotaExceededError" || e.code === 22);
-      const oldest = convStore.list.map((c) => c.id).filter((id) => id !== keep).pop();
-      if (!full || oldest === undefined) {
-        convStore.failed = true;
-        convStore.list = all;
-        return;
-      }
-      convStore.list = convStore.list.filter((c) => c.id !== oldest);
+  const list = [];
+  const ids = new Set();
+  let dropped = 0;
+  try {
+    for (let i = 0; i < localStorage.length; i++) {
+      const key = localStorage.key(i);
+      if (key === null || !key.startsWith(CONV_PREFIX)) continue;
+      const id = key.slice(CONV_PREFIX.length);
+      const raw = localStorage.getItem(key);
+      if (raw === null) continue;
+      ids.add(id);
+      const conv = convParse(id, raw);
+      if (conv) list.push(conv); else dropped += 1;
     }
+  } catch (e) { return null; }
+  for (const id of convStore.cache.keys()) if (!ids.has(id)) convStore.cache.delete(id);
+  convStore.dropped = dropped;
+  return list.sort(convNewestFirst);
+}
+
+// the stored conversations and those kept in memory only (this tab's version of those wins) -> convStore.list,
+// newest first, at most CONV_MAX (storage that throws: "blocked", the ones in memory alone)
+function convLoad() {
+  const stored = convRead();
+  if (stored === null) convStore.failed = "blocked";
+  const rest = (stored || []).filter((c) => !convStore.unsaved.has(c.id));
+  convStore.list = [...convStore.unsaved.values(), ...rest].sort(convNewestFirst).slice(0, CONV_MAX);
+}
+
+// the text stored under ``id``'s key (null: none), undefined when storage throws
+function convStoredText(id) {
+  try { return localStorage.getItem(convKey(id)); } catch (e) { return undefined; }
+}
+
+// a conversation -> the stored text this tab last read it from or wrote it as (null: none, a new one)
+function convBase(conv) {
+  const base = conv ? convBases.get(conv) : undefined;
+  return base === undefined ? null : base;
+}
+
+// a conversation -> written under its own key; ``base``: the text this tab last read there or wrote (convBase; null:
+// none). The key holding something else (another tab saved a newer version since, or it cannot be read): nothing is
+// written, "changed" (the page then keeps its version as a new conversation). The key empty (a new conversation,
+// or one deleted in another tab) or holding ``base``: written, "saved"; past CONV_MAX the oldest keys are removed
+// (never this one). Storage that throws (blocked, full): "failed", convStore.failed says why (until no conversation
+// is left unsaved), the conversation kept in memory (convStore.unsaved) until a later save of it works; no other
+// conversation is removed to make room.
+// convStore.list read again
+function convSave(conv, base) {
+  const now = convStoredText(conv.id);
+  if (now !== undefined && now !== null && now !== base) {
+    convLoad();
+    return "changed";
+  }
+  const raw = JSON.stringify(conv);
+  try {
+    localStorage.setItem(convKey(conv.id), raw);
+  } catch (e) {
+    convStore.failed = e && (e.name === "QuotaExceededError" || e.code === 22) ? "full" : "blocked";
+    convStore.unsaved.set(conv.id, conv);
+    convBases.set(conv, now === undefined ? base : now);
+    convLoad();
+    return "failed";
+  }
+  convStore.unsaved.delete(conv.id);
+  if (!convStore.unsaved.size) convStore.failed = "";  // all kept again
+  convStore.cache.set(conv.id, { raw, conv });
+  convBases.set(conv, raw);
+  convTrim(conv.id);
+  convLoad();
+  return "saved";
+}
+
+// more than CONV_MAX conversations stored -> the oldest keys removed, never ``keep``'s (the one just saved)
+function convTrim(keep) {
+  const stored = convRead();
+  if (!stored || stored.length <= CONV_MAX) return;
+  for (const c of stored.filter((c) => c.id !== keep).slice(CONV_MAX - 1)) {
+    try { localStorage.removeItem(convKey(c.id)); } catch (e) { return; }
   }
 }
 
-// a change made in this tab -> merged into what storage holds now and written. Storage is read again first (another
-// tab may have written since this tab last read it): its entries are the base, and only this change is applied to
-// them: ``save`` (a conversation) added or replaced, ``remove`` (an id) taken out. This tab's own list is never
-// written back whole, so another tab's conversations stay and one deleted there does not come back from here; the
-// one saved here wins over the stored copy of it. Newest first (by ``updated``), the oldest past CONV_MAX dropped.
-// Storage failing (now or before): the change applied to the list in memory
-function convCommit({ save = null, remove = null }) {
-  const stored = convStore.failed ? null : convRead();
-  if (stored === null) convStore.failed = true; else convStore.list = stored;
-  const id = save ? save.id : remove;
-  const rest = convStore.list.filter((c) => c.id !== id);
-  convStore.list = (save ? [save, ...rest] : rest).sort((a, b) => b.updated - a.updated).slice(0, CONV_MAX);
-  convWrite(save ? save.id : null);
+// the conversation ``id`` -> no longer kept: its key removed and out of memory. ``base`` given (convBase): only
+// while the key still holds it, so that a version another tab saved since stays. -> whether it is gone
+function convDelete(id, base) {
+  if (convStore.unsaved.delete(id) && !convStore.unsaved.size) convStore.failed = "";  // none left unkept
+  let gone = true;
+  const now = convStoredText(id);
+  if (now !== undefined && now !== null) {
+    if (base === undefined || now === base) {
+      try { localStorage.removeItem(convKey(id)); } catch (e) { gone = false; }
+    } else {
+      gone = false;
+    }
+  }
+  convLoad();
+  return gone;
 }
 
-// a conversation -> kept (added or replaced; convCommit)
-function convSave(conv) {
-  convCommit({ save: conv });
-}
-
-// the conversation ``id`` -> no longer kept (taken out of what storage holds; convCommit)
-function convDelete(id) {
-  convCommit({ remove: id });
-}
-
-// the conversation ``id`` -> it, or null
+// the conversation ``id`` listed -> it, or null
 function convGet(id) {
   return convStore.list.find((c) => c.id === id) || null;
+}
+
+// the conversations of earlier versions (CONV_OLD_KEY: one list of them all) -> each under its own key (an id twice,
+// or one already stored: the newer kept), what could not be read (the entries, or the text when it is not a list)
+// kept as it was under CONV_UNREADABLE_KEY, then the old key removed; the "current" conversation earlier versions
+// kept for all tabs removed. Storage failing meanwhile: what was written taken back, the old key left as it was
+// (moved at the next load), its conversations kept in memory. -> how many entries could not be read
+function convMigrate() {
+  let raw;
+  try {
+    localStorage.removeItem(CONV_CURRENT_KEY);
+    raw = localStorage.getItem(CONV_OLD_KEY);
+  } catch (e) { return 0; }
+  if (raw === null) return 0;
+  let parsed;
+  try { parsed = JSON.parse(raw); } catch (e) { parsed = undefined; }
+  const convs = new Map();  // id -> the newest conversation of that id
+  const entries = new Map();  // id -> the entry it was read from
+  const bad = [];  // the entries left as they were
+  for (const v of Array.isArray(parsed) ? parsed : []) {
+    const conv = convFromStored(v);
+    const same = conv && convs.get(conv.id);
+    if (!conv || (same && same.updated >= conv.updated)) {
+      bad.push(v);
+    } else {
+      if (same) bad.push(entries.get(conv.id));
+      convs.set(conv.id, conv);
+      entries.set(conv.id, v);
+    }
+  }
+  const move = [];  // the conversations to write: not stored yet, or newer than the one stored
+  try {
+    for (const conv of convs.values()) {
+      const there = localStorage.getItem(convKey(conv.id));
+      const stored = there === null ? null : convParse(conv.id, there);
+      if (there === null || (stored && stored.updated < conv.updated)) move.push(conv);
+      else if (!stored) bad.push(entries.get(conv.id));  // its key cannot be read: both left as they are
+    }
+  } catch (e) { return 0; }
+  const unreadable = !Array.isArray(parsed) ? raw : bad.length ? JSON.stringify(bad) : null;
+  const written = [];
+  try {
+    localStorage.removeItem(CONV_OLD_KEY);  // first: its room
+    if (unreadable !== null) {
+      let key = CONV_UNREADABLE_KEY;
+      if (localStorage.getItem(key) !== null) key += "." + Date.now();
+      localStorage.setItem(key, unreadable);
+      written.push(key);
+    }
+    for (const conv of move) {
+      localStorage.setItem(convKey(conv.id), JSON.stringify(conv));
+      written.push(convKey(conv.id));
+    }
+  } catch (e) {
+    try {
+      for (const key of written) localStorage.removeItem(key);
+      localStorage.setItem(CONV_OLD_KEY, raw);
+    } catch (e2) { /* storage gone: nothing more to do */ }
+    convStore.failed = e && (e.name === "QuotaExceededError" || e.code === 22) ? "full" : "blocked";
+    for (const conv of convs.values()) convStore.unsaved.set(conv.id, conv);
+    return 0;
+  }
+  return Array.isArray(parsed) ? bad.length : 1;
 }
 
 // a new conversation's id (time and chance: crypto.randomUUID needs a secure context, which plain http is not)
@@ -180,17 +312,16 @@ function convNewId() {
   return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 10);
 }
 
-// the conversation shown, kept so that a reload shows it again (null: a new one)
+// the conversation this tab shows, kept (sessionStorage: this tab's own) so that a reload shows it again (null: a
+// new one)
 function convSetCurrent(id) {
-  if (convStore.failed) return;
-  try {
-    if (id) localStorage.setItem(CONV_CURRENT_KEY, id); else localStorage.removeItem(CONV_CURRENT_KEY);
-  } catch (e) { /* kept in memory: the page's own state */ }
+  try { sessionStorage.setItem(CONV_CURRENT_KEY, id || ""); } catch (e) { /* kept in memory: the page's own state */ }
 }
 
-// the id of the conversation shown last (null: none, or storage blocked)
+// the id of the conversation this tab showed last: "" for a new one, null when it showed none yet (a new tab) or
+// storage is blocked
 function convCurrentId() {
-  try { return localStorage.getItem(CONV_CURRENT_KEY); } catch (e) { return null; }
+  try { return sessionStorage.getItem(CONV_CURRENT_KEY); } catch (e) { return null; }
 }
 
 // a conversation -> the exported file's JSON text: OpenAI's messages (the system prompt first, when there was one)

@@ -1,52 +1,96 @@
-// The chat page's markdown: a message's text -> DOM nodes, a small subset of CommonMark built only with
+// The chat page's markdown: a message's text -> DOM nodes, a small subset of CommonMark and GFM built only with
 // createElement, text nodes and, on links, an href whose URL was checked (http:, https:, mailto:). Nothing in the text
 // is ever parsed as HTML: markup in it shows as the characters it is.
-// Blocks: ``` (or ~~~) fenced code, # headings, - * + and 1. lists (one nested level), > blockquotes, --- rules, GFM
-// pipe tables; other lines stay text with their line breaks (the bubble is white-space: pre-wrap). Inline: `code`,
-// **bold**, *italic*, _italic_ (not inside words), [text](url), bare http(s):// URLs (GFM's autolinks).
+// Blocks: ``` (or ~~~) fenced code, # headings and setext headings (a line underlined with === or ---), - * + and 1.
+// lists (nested; an item's indented lines are blocks of their own: code, tables, paragraphs; blank lines between items
+// keep one list), task items (- [ ] and - [x]: a disabled checkbox), > blockquotes, --- rules, GFM pipe tables; other
+// lines stay text with their line breaks (the bubble is white-space: pre-wrap). Inline: `code`, **bold**, *italic*,
+// _italic_ (not inside words), ~~strike~~, [text](url "title"), ![alt](url) (a link labelled with its alt text: no
+// image is loaded), <https://...> autolinks, bare http(s):// and www. URLs (GFM's autolinks), and character references
+// (&amp; &lt; &#39; ...: the character, as text).
 // The text's line breaks stay in the nodes' text, so textContent is the text less the markers: the break after a
 // block goes inside it, at its end, where it draws nothing (a trailing line break makes no line in pre-wrap, and the
 // code block's box and lists are white-space: normal).
+// Time: every step is linear in the text's length (no regex here backtracks over more than what it then consumes or
+// skips, and code spans are paired by hand), so a model stuck repeating one character never freezes the page; a line
+// longer than MD_LONG_LINE characters is shown as plain text all the same.
 "use strict";
 
+const MD_LONG_LINE = 20000;
+const MD_MAX_DEPTH = 4;  // lists and blockquotes nested deeper than this stay text
 const MD_FENCE = /^ {0,3}(`{3,}|~{3,})(.*)$/;
-const MD_HEADING = /^ {0,3}(#{1,6})[ \t]+(\S.*?)(?:[ \t]+#+)?[ \t]*$/;
-const MD_RULE = /^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$/;
-const MD_ITEM = /^( *)([-*+]|\d{1,9}[.)])[ \t]+(\S.*)$/;
+// an ATX heading: 1 to 6 #, then a space and its text (its closing #s are cut by mdHeadingText, not by a regex: a lazy
+// text against an optional closing group backtracks quadratically over a run of spaces)
+const MD_HEADING = /^ {0,3}(#{1,6})[ \t]+(\S.*)$/;
+// a setext heading's underline: = (level 1) or at least three - (level 2; shorter ones are still being streamed, or a
+// list's marker), no spaces between them
+const MD_SETEXT = /^ {0,3}(=+|-{3,})[ \t]*$/;
+// a list item: its indent, its marker (a bullet or a number and . or )), the spaces after it, its text
+const MD_ITEM = /^( *)([-*+]|\d{1,9}[.)])([ \t]+)(\S.*)$/;
 const MD_QUOTE = /^ {0,3}> ?(.*)$/;
-// a table's delimiter row: a cell of dashes (a colon at either end sets its alignment) between pipes, the outer ones
-// optional; the row needs one pipe at least (``---`` alone is a rule)
-const MD_TABLE_DELIM = /^ {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$/;
+const MD_TASK = /^\[([ xX])\][ \t]+(?=\S)/;  // a task item's box at the start of its text: [ ], [x] or [X]
 const MD_PIPE = /(?<!\\)\|/;  // a pipe not escaped (\| is a pipe in a cell's text)
-// inline: `code` (any run of backticks), [text](url), **bold**, *italic*, _italic_ (not inside a word), a bare
-// http(s):// URL at the start, after a space or after one of * _ ~ ( (GFM's rule); a code span or bold text longer
-// than 1000 characters is left as text, so that a long line never costs more than linear time
+const MD_DELIM_CELL = /^:?-+:?$/;  // a delimiter row's cell, trimmed: dashes, a colon at either end for its alignment
+const MD_CODE_MARK = "\uE000";  // stands in mdInline's text for a code span (or for this character where it was)
+// inline, in the text with its code spans replaced by MD_CODE_MARK (mdCodeSpans); each alternative stops at the first
+// character that can neither be in it nor close it, so that trying it from every position costs linear time:
+// [text](dest "title") or ![alt](...) (1 !, 2 text, 3 <dest>, 4 dest with balanced (parentheses), one level deep, 5 and
+// 6 a "title" or 'title'), 7 **bold** (no ** inside), 8 *italic* (no * inside), 9 _italic_ (not inside a word),
+// 10 ~~strike~~ (no ~~ inside), 11 <scheme:...> autolink, 12 a bare http(s):// or www. URL at the start, after a
+// space or after one of * _ ~ ( (GFM's rule); none of a URL, a destination or a title holds a code span
 const MD_INLINE = new RegExp([
-  "(`+)([^`\\n](?:[^\\n]{0,1000}?[^`\\n])?)\\1(?!`)",
-  "\\[([^\\[\\]\\n]+)\\]\\(([^()\\s]+)\\)",
-  "\\*\\*(?=\\S)([^\\n]{0,1000}?\\S)\\*\\*(?!\\*)",
+  "(!?)\\[([^\\[\\]\\n]+)\\]\\([ \\t]*(?:<([^<>\\n\\uE000]*)>|((?:[^()\\s\\uE000]|\\([^()\\s\\uE000]*\\))+))" +
+    "(?:[ \\t]+(?:\"([^\"\\n\\uE000]*)\"|'([^'\\n\\uE000]*)'))?[ \\t]*\\)",
+  "\\*\\*(?=\\S)((?:[^*\\n]|\\*(?!\\*))*?\\S)\\*\\*(?!\\*)",
   "\\*(?=[^\\s*])([^*\\n]*?[^\\s*])\\*",
   "(?<![\\p{L}\\p{N}_\\\\])_(?=[^\\s_])([^_\\n]*?[^\\s_])_(?![\\p{L}\\p{N}_])",
-  "(?<=^|[\\s*_~(])(https?://[\\p{L}\\p{N}][^\\s<>`]*)",
+  "~~(?=[^\\s~])((?:[^~\\n]|~(?!~))*?[^\\s~])~~(?!~)",
+  "<((?:https?|mailto):[^\\s<>\\uE000]+)>",
+  "(?<=^|[\\s*_~(])((?:https?://(?:[\\p{L}\\p{N}]|\\[)|www\\.[\\p{L}\\p{N}])[^\\s<>`\\uE000]*)",
 ].join("|"), "gu");
-const MD_PLAIN = /^[^`*_[]*$/;  // a line with no inline marker: one string, nothing to parse (unless it holds a URL)
+const MD_PLAIN = /^[^`*_[~&<\uE000]*$/;  // a line with no inline marker: one string, nothing to parse (unless a URL)
 const MD_URL_END = /[.,:;!?*_~'"]/;  // trailing characters that end a sentence, not a bare URL
+// a character reference: &#decimal; &#xhex; or &name; (the names in MD_ENTITIES; others stay as they are)
+const MD_ENTITY = /&(?:#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6})|([A-Za-z][A-Za-z0-9]{1,15}));/g;
+const MD_ENTITIES = {
+  amp: "&", lt: "<", gt: ">", quot: "\"", apos: "'", nbsp: "\u00a0", copy: "\u00a9", reg: "\u00ae",
+  trade: "\u2122", hellip: "\u2026", mdash: "\u2014", ndash: "\u2013", laquo: "\u00ab", raquo: "\u00bb",
+  lsquo: "\u2018", rsquo: "\u2019", ldquo: "\u201c", rdquo: "\u201d", middot: "\u00b7", bull: "\u2022",
+  times: "\u00d7", divide: "\u00f7", deg: "\u00b0", plusmn: "\u00b1", le: "\u2264", ge: "\u2265", ne: "\u2260",
+  rarr: "\u2192", larr: "\u2190", uarr: "\u2191", darr: "\u2193", harr: "\u2194", euro: "\u20ac",
+  pound: "\u00a3", yen: "\u00a5", cent: "\u00a2", sect: "\u00a7", para: "\u00b6", shy: "\u00ad",
+};
 const MD_LINK_SCHEMES = ["http:", "https:", "mailto:"];
 
 // ``text`` as the children of ``el``; ``onCode(box, code)`` may add to each code block's box (the page's copy button)
 function renderMarkdown(el, text, onCode) {
-  el.replaceChildren(...mdBlocks(text.split("\n"), 0, onCode));
+  el.replaceChildren(mdFragment(mdBlocks(text.split("\n"), 0, onCode)));
+}
+
+// nodes -> a DocumentFragment holding them (appended one by one: spreading a long array into a call can overflow)
+function mdFragment(nodes) {
+  const frag = document.createDocumentFragment();
+  for (const n of nodes) frag.append(n);
+  return frag;
 }
 
 // lines -> nodes: the blocks found, the other lines as inline nodes, a "\n" between each two (inside a block when it
-// comes after one); ``depth`` counts the blockquotes around (quotes deeper than 3 stay text)
-function mdBlocks(lines, depth, onCode) {
+// comes after one); ``depth`` counts the lists and blockquotes around (deeper than MD_MAX_DEPTH they stay text);
+// ``inItem``: the lines are a list item's, whose lines of text lose the spaces before them
+function mdBlocks(lines, depth, onCode, inItem = false) {
   const items = [];  // each: an element (a block) or an array of strings and nodes (a line of text)
+  let para = 0;  // how many of the last items are the lines of a paragraph (text, not blank): a setext heading's
+  let paraPipe = false;  // whether the paragraph's last line holds a pipe (a --- under it may become a table's row)
   let i = 0;
   while (i < lines.length) {
     const line = lines[i];
+    const inPara = para;
+    para = 0;
     let m;
-    if ((m = MD_FENCE.exec(line))) {
+    if (line.length > MD_LONG_LINE) {
+      items.push([line]);
+      i++;
+    } else if ((m = MD_FENCE.exec(line)) && !(m[1][0] === "`" && m[2].includes("`"))) {
       const close = new RegExp("^ {0,3}" + (m[1][0] === "`" ? "`" : "~") + "{" + m[1].length + ",}[ \\t]*$");
       let end = i + 1;
       while (end < lines.length && !close.test(lines[end])) end++;
@@ -54,29 +98,40 @@ function mdBlocks(lines, depth, onCode) {
       i = end + 1;
     } else if ((m = MD_HEADING.exec(line))) {
       const h = document.createElement("h" + m[1].length);
-      h.append(...mdMerge(mdInline(m[2])));
+      h.append(...mdMerge(mdInline(mdHeadingText(m[2]))));
       items.push(h);
       i++;
-    } else if (MD_RULE.test(line)) {
+    } else if (inPara && (m = MD_SETEXT.exec(line)) && !(m[1][0] === "-" && paraPipe)) {
+      const h = document.createElement(m[1][0] === "=" ? "h1" : "h2");
+      const text = items.splice(items.length - inPara, inPara);
+      text.forEach((parts, k) => { if (k) h.append("\n"); h.append(...mdMerge(parts)); });
+      items.push(h);
+      i++;
+    } else if (mdIsRule(line)) {
       items.push(document.createElement("hr"));
       i++;
-    } else if (MD_ITEM.test(line)) {
-      const list = mdList(lines, i, 0);
+    } else if (depth < MD_MAX_DEPTH && MD_ITEM.test(line)) {
+      const list = mdList(lines, i, depth, onCode);
       items.push(list.el);
       i = list.next;
-    } else if (depth < 3 && MD_QUOTE.test(line)) {
+    } else if (depth < MD_MAX_DEPTH && MD_QUOTE.test(line)) {
       const inner = [];
       while (i < lines.length && MD_QUOTE.test(lines[i])) inner.push(MD_QUOTE.exec(lines[i++])[1]);
       const quote = document.createElement("blockquote");
       quote.append(...mdBlocks(inner, depth + 1, onCode));
       items.push(quote);
-    } else if (MD_PIPE.test(line) && i + 1 < lines.length && MD_TABLE_DELIM.test(lines[i + 1]) &&
-               MD_PIPE.test(lines[i + 1]) && mdCells(line).length === mdCells(lines[i + 1]).length) {
+    } else if (MD_PIPE.test(line) && i + 1 < lines.length && mdIsDelimRow(lines[i + 1]) &&
+               mdCells(line).length === mdCells(lines[i + 1]).length) {
       const table = mdTable(lines, i);
       items.push(table.el);
       i = table.next;
     } else {
-      items.push(MD_PLAIN.test(line) && !line.includes("://") ? [line] : mdInline(line));
+      const text = inItem ? line.trimStart() : line;
+      items.push(MD_PLAIN.test(text) && !text.includes("://") && !text.includes("www.") ? [text] : mdInline(text));
+      if (line.trim()) {
+        para = inPara + 1;
+        paraPipe = MD_PIPE.test(line);
+      }
       i++;
     }
   }
@@ -84,7 +139,7 @@ function mdBlocks(lines, depth, onCode) {
   items.forEach((item, k) => {
     const more = k < items.length - 1;
     if (Array.isArray(item)) {
-      parts.push(...item);
+      for (const p of item) parts.push(p);
       if (more) parts.push("\n");
     } else {
       if (more) mdBreakAfter(item);
@@ -92,6 +147,39 @@ function mdBlocks(lines, depth, onCode) {
     }
   });
   return mdMerge(parts);
+}
+
+// an ATX heading's text after its #s -> the text without its closing sequence (a run of # after a space, or the whole
+// text when it is only #s) and the spaces around it; cut by hand, in linear time
+function mdHeadingText(text) {
+  let t = text.trimEnd();
+  let end = t.length;
+  while (end > 0 && t[end - 1] === "#") end--;
+  if (end === 0) return "";
+  if (end < t.length && (t[end - 1] === " " || t[end - 1] === "\t")) t = t.slice(0, end).trimEnd();
+  return t;
+}
+
+// a line -> whether it is a thematic break: 3 or more of one of - * _, spaces and tabs between them, indented 0 to 3
+// spaces (checked by hand: a regex repeating [ \t]*\1 backtracks over long runs of spaces)
+function mdIsRule(line) {
+  const t = line.trimStart();
+  if (line.length - t.length > 3 || !"-*_".includes(t[0] || " ")) return false;
+  let n = 0;
+  for (const ch of t) {
+    if (ch === t[0]) n++; else if (ch !== " " && ch !== "\t") return false;
+  }
+  return n >= 3;
+}
+
+// a line -> whether it is a table's delimiter row: cells of dashes (a colon at either end sets the alignment) between
+// pipes, the outer ones optional, at least one pipe (``---`` alone is a rule), indented 0 to 3 spaces; split by hand
+function mdIsDelimRow(line) {
+  if (line.length - line.trimStart().length > 3 || !line.includes("|")) return false;
+  let t = line.trim();
+  if (t.startsWith("|")) t = t.slice(1);
+  if (t.endsWith("|")) t = t.slice(0, -1);
+  return t.split("|").every((c) => MD_DELIM_CELL.test(c.trim()));
 }
 
 // strings and nodes -> nodes, each run of strings as one text node
@@ -135,10 +223,13 @@ function mdCodeBlock(text, onCode) {
   return box;
 }
 
-// the list starting at lines[start] -> {el: <ul> or <ol>, next: the index of the first line after it}. Its items are
-// the lines with the same kind of marker (bullet or number); a line indented 2 or more spaces past the marker
-// continues the item above (an item of a nested list when it has a marker: one level, deeper ones join it)
-function mdList(lines, start, depth) {
+// the list starting at lines[start] -> {el: <ul> or <ol>, next: the index of the first line after it}. Its items
+// start at the lines with the same kind of marker (bullet or number) indented less than 2 spaces past the first one's;
+// an item goes on over the lines indented at least as far as its text (or 2 spaces past its marker), that indent
+// removed, and over every line of a fenced block opened in it; blank lines go inside it when more of it, or another
+// item, follows. Its lines are blocks of their own (mdBlocks, one level deeper): text, code, tables, nested lists. A
+// task item ([ ] or [x] first) gets a disabled checkbox and the class "task"
+function mdList(lines, start, depth, onCode) {
   const first = MD_ITEM.exec(lines[start]);
   const indent = first[1].length;
   const ordered = /\d/.test(first[2]);
@@ -147,30 +238,68 @@ function mdList(lines, start, depth) {
   let li = null;
   let i = start;
   while (i < lines.length) {
-    const line = lines[i];
-    const m = MD_ITEM.exec(line);
-    const lead = line.length - line.trimStart().length;
-    const nested = li !== null && li.querySelector("ul, ol") === null;  // this item can still take a nested list
-    if (m && m[1].length < indent) break;  // back to the list around
-    if (m && (depth > 0 || m[1].length < indent + 2)) {
-      if (/\d/.test(m[2]) !== ordered) break;  // another kind of list
-      if (li) mdBreakAfter(li);
-      li = document.createElement("li");
-      li.append(...mdMerge(mdInline(m[3])));
-      list.append(li);
+    const m = MD_ITEM.exec(lines[i]);
+    if (!m || m[1].length < indent || m[1].length >= indent + 2 || /\d/.test(m[2]) !== ordered) break;
+    const spaces = m[3].length <= 4 ? m[3].length : 1;  // 5 or more: the text starts after one (CommonMark)
+    const col = m[1].length + m[2].length + spaces;  // where its text starts: the indent its lines lose
+    const need = Math.min(col, indent + 2);  // the indent a line needs to go on in it (2 past the marker will do)
+    const body = [m[4]];
+    let fence = mdFenceOpen(m[4], null);
+    i++;
+    while (i < lines.length) {
+      const line = lines[i];
+      const lead = line.length - line.trimStart().length;
+      if (fence) {  // inside a fenced block: every line is the item's, to its closing fence
+        body.push(line.slice(Math.min(lead, col)));
+        fence = mdFenceOpen(body[body.length - 1], fence);
+        i++;
+        continue;
+      }
+      if (!line.trim()) {  // blank: the item's when more of it or another item follows
+        let next = i + 1;
+        while (next < lines.length && !lines[next].trim()) next++;
+        if (next === lines.length) break;
+        const after = lines[next];
+        const n = MD_ITEM.exec(after);
+        const goesOn = after.length - after.trimStart().length >= need;
+        const sibling = n && n[1].length >= indent && n[1].length < indent + 2 && /\d/.test(n[2]) === ordered;
+        if (!goesOn && !sibling) break;
+        while (i < next) { body.push(""); i++; }
+        continue;
+      }
+      if (lead < need) break;  // not indented: the next item, or the end of the list
+      body.push(line.slice(Math.min(lead, col)));
+      fence = mdFenceOpen(body[body.length - 1], null);
       i++;
-    } else if (m && nested) {  // indented further: a nested list in this item
-      const sub = mdList(lines, i, depth + 1);
-      li.append("\n", sub.el);
-      i = sub.next;
-    } else if (!m && nested && line.trim() && lead >= indent + 2) {  // the item's text goes on
-      li.append("\n", ...mdMerge(mdInline(line.trim())));
-      i++;
-    } else {
-      break;
     }
+    while (body.length > 1 && !body[body.length - 1].trim()) body.pop();
+    if (li) mdBreakAfter(li);
+    li = document.createElement("li");
+    const task = MD_TASK.exec(body[0]);
+    if (task) {
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.disabled = true;
+      box.checked = task[1] !== " ";
+      li.className = "task";
+      li.append(box, " ");
+      body[0] = body[0].slice(task[0].length);
+    }
+    li.append(...mdBlocks(body, depth + 1, onCode, true));
+    list.append(li);
   }
   return { el: list, next: i };
+}
+
+// a line of a list item and the fence open before it (null: none) -> the fence open after it: {mark, length}
+function mdFenceOpen(line, fence) {
+  if (fence) {
+    const t = line.trimStart();
+    const n = t.length - t.replace(fence.mark === "`" ? /^`+/ : /^~+/, "").length;
+    return n >= fence.length && !t.slice(n).trim() && line.length - t.length <= 3 ? null : fence;
+  }
+  const m = MD_FENCE.exec(line);
+  return m && !(m[1][0] === "`" && m[2].includes("`")) ? { mark: m[1][0], length: m[1].length } : null;
 }
 
 // the table whose header row is lines[start] (its delimiter row next: the same number of cells) -> {el: div.table
@@ -202,8 +331,8 @@ function mdTable(lines, start) {
   table.append(head);
   let i = start + 2;
   const body = document.createElement("tbody");
-  while (i < lines.length && lines[i].trim() && !MD_FENCE.test(lines[i]) && !MD_HEADING.test(lines[i]) &&
-         !MD_RULE.test(lines[i]) && !MD_ITEM.test(lines[i]) && !MD_QUOTE.test(lines[i])) {
+  while (i < lines.length && lines[i].trim() && lines[i].length <= MD_LONG_LINE && !MD_FENCE.test(lines[i]) &&
+         !MD_HEADING.test(lines[i]) && !mdIsRule(lines[i]) && !MD_ITEM.test(lines[i]) && !MD_QUOTE.test(lines[i])) {
     body.append("\n", row(lines[i++], "td"));
   }
   if (body.firstChild) table.append(body);
@@ -222,58 +351,139 @@ function mdCells(line) {
   return t.split(/(?<!\\)\|/).map((c) => c.trim().replace(/\\\|/g, "|"));
 }
 
-// a line's text -> strings and inline elements: `code` as <code> (its text as it is), **bold** as <strong>,
-// *italic* and _italic_ as <em>, [text](url) as <a> for http:, https: and mailto: URLs (any other link stays text),
-// a bare http(s):// URL as <a> (mdBareUrl; none inside a link's text: ``inLink``)
-function mdInline(text, inLink = false) {
+// a line's text -> strings and inline elements: `code` as <code> (its text as it is), **bold** as <strong>, *italic*
+// and _italic_ as <em>, ~~strike~~ as <del>, [text](url "title"), ![alt](url) and <url> as <a> for http:, https: and
+// mailto: URLs (any other link stays text), a bare http(s):// or www. URL as <a> (mdBareUrl), character references as
+// their characters
+function mdInline(text) {
+  const spans = mdCodeSpans(text);
+  return mdInlineRun(spans.text, false, { tokens: spans.tokens, next: 0 });
+}
+
+// a line -> {text: the line with each code span, and each MD_CODE_MARK already in it, replaced by MD_CODE_MARK,
+// tokens: for each mark in order, the <code> or the character it stands for}. A code span opens at a run of backticks
+// and closes at the next run of as many (CommonMark; a run with none after it is text); its text loses one space at
+// each end when it has one at both and is not only spaces. Runs are paired by hand in linear time (a regex's (`+)
+// backtracks quadratically over a long run of backticks)
+function mdCodeSpans(line) {
+  const runs = [];  // [start, length] of each run of backticks
+  for (let k = 0; k < line.length; k++) {
+    if (line[k] !== "`") continue;
+    const s = k;
+    while (k + 1 < line.length && line[k + 1] === "`") k++;
+    runs.push([s, k - s + 1]);
+  }
+  const byLength = new Map();  // a run's length -> the indexes of the runs that long, in order, and a cursor
+  runs.forEach(([, n], r) => {
+    if (!byLength.has(n)) byLength.set(n, { at: 0, runs: [] });
+    byLength.get(n).runs.push(r);
+  });
+  const tokens = [];
+  let out = "";
+  let at = 0;  // the end of what is in ``out``
+  const plain = (s) => {
+    const bits = s.split(MD_CODE_MARK);
+    for (let k = 1; k < bits.length; k++) tokens.push(MD_CODE_MARK);
+    return bits.join(MD_CODE_MARK);
+  };
+  for (let r = 0; r < runs.length; r++) {
+    const [s, n] = runs[r];
+    const same = byLength.get(n);
+    while (same.at < same.runs.length && same.runs[same.at] <= r) same.at++;
+    if (same.at === same.runs.length) continue;  // no closing run: text
+    const close = same.runs[same.at];
+    let body = line.slice(s + n, runs[close][0]);
+    if (body.length > 2 && body[0] === " " && body[body.length - 1] === " " && body.trim()) body = body.slice(1, -1);
+    const code = document.createElement("code");
+    code.textContent = body;
+    out += plain(line.slice(at, s)) + MD_CODE_MARK;
+    tokens.push(code);
+    at = runs[close][0] + n;
+    r = close;
+  }
+  return { text: out + plain(line.slice(at)), tokens };
+}
+
+// text (code spans as marks) -> strings and inline elements (mdInline's); ``inLink``: inside a link's text, where
+// URLs stay text; ``ctx``: {tokens, next: the index of the next mark's token} (the marks are met in order)
+function mdInlineRun(text, inLink, ctx) {
   const parts = [];
   let at = 0;
+  const plain = (s) => { for (const p of mdText(s, ctx)) parts.push(p); };
   for (const m of text.matchAll(MD_INLINE)) {
-    if (m[8] !== undefined && inLink) continue;  // stays text, with what is around it
-    if (m.index > at) parts.push(text.slice(at, m.index));
+    if ((m[11] !== undefined || m[12] !== undefined) && inLink) continue;  // stays text, with what is around it
+    if (m.index > at) plain(text.slice(at, m.index));
     at = m.index + m[0].length;
-    if (m[1] !== undefined) {
-      const code = document.createElement("code");
-      code.textContent = m[2];
-      parts.push(code);
-    } else if (m[3] !== undefined) {
-      const href = mdSafeUrl(m[4]);
-      if (!href) { parts.push(m[0]); continue; }
-      parts.push(mdLink(href, mdMerge(mdInline(m[3], true))));
-    } else if (m[8] !== undefined) {
-      parts.push(...mdBareUrl(m[8]));
+    if (m[2] !== undefined) {
+      const dest = m[3] !== undefined ? m[3] : m[4];
+      const href = mdSafeUrl(mdEntities(dest));
+      if (!href) { plain(m[0]); continue; }
+      const label = m[1] ? mdText(m[2], ctx) : mdInlineRun(m[2], true, ctx);  // an image: its alt text
+      const a = mdLink(href, mdMerge(label));
+      const title = m[5] !== undefined ? m[5] : m[6];
+      if (title) a.title = mdEntities(title);
+      parts.push(a);
+    } else if (m[11] !== undefined) {
+      const href = mdSafeUrl(m[11]);
+      parts.push(href ? mdLink(href, [document.createTextNode(m[11])]) : m[0]);
+    } else if (m[12] !== undefined) {
+      for (const p of mdBareUrl(m[12])) parts.push(p);
     } else {
-      const el = document.createElement(m[5] !== undefined ? "strong" : "em");
-      el.append(...mdMerge(mdInline(m[5] !== undefined ? m[5] : m[6] !== undefined ? m[6] : m[7], inLink)));
+      const el = document.createElement(m[7] !== undefined ? "strong" : m[10] !== undefined ? "del" : "em");
+      const inner = m[7] !== undefined ? m[7] : m[8] !== undefined ? m[8] : m[9] !== undefined ? m[9] : m[10];
+      el.append(...mdMerge(mdInlineRun(inner, inLink, ctx)));
       parts.push(el);
     }
   }
-  if (at < text.length) parts.push(text.slice(at));
+  if (at < text.length) plain(text.slice(at));
   return parts;
 }
 
+// text between inline elements -> strings (character references decoded) and the tokens of the marks in it
+function mdText(s, ctx) {
+  const bits = s.split(MD_CODE_MARK);
+  const parts = [mdEntities(bits[0])];
+  for (let k = 1; k < bits.length; k++) parts.push(ctx.tokens[ctx.next++], mdEntities(bits[k]));
+  return parts.filter((p) => p !== "");
+}
+
+// text -> the text with its character references (&amp; &#39; &#x2014; ...) as their characters (a code point 0, a
+// surrogate or past U+10FFFF as U+FFFD, as CommonMark does); an unknown name stays as written
+function mdEntities(s) {
+  if (!s.includes("&")) return s;
+  return s.replace(MD_ENTITY, (all, dec, hex, name) => {
+    if (name !== undefined) return Object.hasOwn(MD_ENTITIES, name) ? MD_ENTITIES[name] : all;
+    const cp = dec !== undefined ? parseInt(dec, 10) : parseInt(hex, 16);
+    return cp > 0 && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff) ? String.fromCodePoint(cp) : "\uFFFD";
+  });
+}
+
 // a bare URL as found (up to a space, <, > or `) -> [<a>, the characters after it that are not part of it] as GitHub
-// ends it: trailing . , : ; ! ? * _ ~ ' " and a ) without its ( left out; [the text] when it is no http(s) URL
+// ends it: trailing . , : ; ! ? * _ ~ ' " and a ) or ] without its ( or [ left out; [the text] when it is no http(s)
+// URL. A www. URL links to http://www...
 function mdBareUrl(found) {
   let end = found.length;
-  let open = 0;
-  let close = 0;
+  const count = { "(": 0, ")": 0, "[": 0, "]": 0 };
   for (const ch of found) {
-    if (ch === "(") open++; else if (ch === ")") close++;
+    if (ch in count) count[ch]++;
   }
   while (end > 0) {
     const ch = found[end - 1];
     if (MD_URL_END.test(ch)) {
       end--;
-    } else if (ch === ")" && close > open) {
+    } else if (ch === ")" && count[")"] > count["("]) {
       end--;
-      close--;
+      count[")"]--;
+    } else if (ch === "]" && count["]"] > count["["]) {
+      end--;
+      count["]"]--;
     } else {
       break;
     }
   }
   const url = found.slice(0, end);
-  const href = /^https?:\/\/./.test(url) ? mdSafeUrl(url) : null;
+  const full = url.startsWith("www.") ? "http://" + url : url;
+  const href = /^https?:\/\/./.test(full) && !/^http:\/\/www\.$/.test(full) ? mdSafeUrl(full) : null;
   if (!href) return [found];
   return [mdLink(href, [document.createTextNode(url)]), found.slice(end)].filter((p) => p !== "");
 }
