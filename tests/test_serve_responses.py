@@ -227,6 +227,16 @@ def test_forced_function_call_round_trip(live, client):
     ids = post(live.url, "/tokenize", {"messages": twin, "tools": CHAT_TOOLS}).json()["tokens"]
     assert follow.usage.input_tokens == len(ids)
     assert "3 degrees" in live.model.tokenizer.decode(ids)
+    # the call as frameworks keep history (the SDK's JSON dump with its aliases: async, caller, namespace as null)
+    # and an output naming its function: the same prompt
+    dumped = call.model_dump(mode="json", by_alias=True)
+    assert "async" in dumped
+    again = client.responses.create(model="tiny", instructions=SYSTEM, tools=TOOLS, max_output_tokens=16,
+                                    temperature=0, input=[*USER, dumped, {
+                                        "type": "function_call_output", "call_id": call.call_id, "output": "3 degrees",
+                                        "name": "get_weather", "caller": {"type": "direct"}, "namespace": None},
+                                        {"role": "user", "content": "And tomorrow?"}])
+    assert again.usage.input_tokens == follow.usage.input_tokens and again.output_text == follow.output_text
 
 
 def test_streamed_function_call(live, client):
@@ -350,8 +360,23 @@ def test_api_key_from_bearer(tiny_qwen2_tools):
 
 
 STATELESS = "this server keeps no state"
+CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
 BAD = [
     ({"previous_response_id": "resp_123"}, "previous_response_id"),
+    ({"input": [*USER, {"type": "function_call_output", "call_id": "call_1", "output": "3"}]}, "input[1].call_id"),
+    ({"input": [*USER, CALL, {"type": "function_call_output", "call_id": "call_2", "output": "3"}]},
+     "input[2].call_id"),
+    ({"input": [*USER, {**CALL, "async": True}]}, "input[1].async"),
+    ({"input": [*USER, {**CALL, "caller": {"type": "mcp"}}]}, "input[1].caller"),
+    ({"input": [*USER, {**CALL, "namespace": "tools"}]}, "input[1].namespace"),
+    ({"input": [*USER, CALL, {"type": "function_call_output", "call_id": "call_1", "output": "3", "name": 3}]},
+     "input[2].name"),
+    ({"service_tier": "flex"}, "service_tier"),
+    ({"max_tool_calls": 3}, "max_tool_calls"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"top_logprobs": False}, "top_logprobs"),
+    ({"prompt_cache_retention": "24h"}, "prompt_cache_retention"),
+    ({"context_management": [{"type": "compaction"}]}, "context_management"),
     ({"conversation": "conv_123"}, "conversation"),
     ({"background": True}, "background"),
     ({"prompt": {"id": "pmpt_123"}}, "prompt"),
@@ -431,6 +456,43 @@ def test_bad_request_is_400_naming_the_field(live, change, field):
     assert error["message"].startswith(field + ":"), error
     if field in ("previous_response_id", "conversation", "background", "prompt"):
         assert STATELESS in error["message"]
+
+
+def test_optional_fields_at_their_neutral_values_are_accepted(live):
+    """OpenAI's optional request fields a client may copy from a reply or send by default, at the values that ask
+    nothing of this server (null; service_tier auto / default; top_logprobs 0): a 200 like the plain request."""
+    plain = post(live.url, "/v1/responses", {"model": "tiny", "input": USER, "max_output_tokens": 16,
+                                             "temperature": 0}).json()
+    for extra in ({"service_tier": None, "max_tool_calls": None, "top_logprobs": None, "prompt_cache_retention": None,
+                   "context_management": None}, {"service_tier": "auto", "top_logprobs": 0},
+                  {"service_tier": "default", "prompt_cache_retention": "in-memory"}):
+        r = post(live.url, "/v1/responses", {"model": "tiny", "input": USER, "max_output_tokens": 16,
+                                             "temperature": 0, **extra})
+        assert r.status_code == 200, (extra, r.text)
+        assert _text_of(r.json()) == _text_of(plain), extra
+
+
+def test_a_developer_message_is_a_system_message_for_a_template_without_that_role(live, client):
+    """The Responses API's developer role: the test model's template knows only system / user / assistant / tool,
+    so a developer message is its system message (after instructions: joined to them), the same prompt and reply;
+    a template that names the role gets it as it is."""
+    from onnxlm.serve.responses_request import developer_as_system
+
+    assert "developer" not in live.model.chat_template
+    dev = client.responses.create(model="tiny", input=[{"role": "developer", "content": SYSTEM}, *USER],
+                                  max_output_tokens=16, temperature=0)
+    sys_ = client.responses.create(model="tiny", input=[{"role": "system", "content": SYSTEM}, *USER],
+                                   max_output_tokens=16, temperature=0)
+    assert dev.usage.input_tokens == sys_.usage.input_tokens and dev.output_text == sys_.output_text
+    both = client.responses.create(model="tiny", instructions="Be kind.", input=[
+        {"role": "developer", "content": SYSTEM}, *USER], max_output_tokens=16, temperature=0)
+    joined = post(live.url, "/tokenize", {"messages": [{"role": "system", "content": "Be kind.\n\n" + SYSTEM},
+                                                       *USER]}).json()["tokens"]
+    assert both.usage.input_tokens == len(joined)
+    messages = [{"role": "developer", "content": "x"}, {"role": "user", "content": "y"}]
+    assert developer_as_system(messages, "{% if m.role == 'developer' %}") == messages
+    assert developer_as_system([*messages, {"role": "developer", "content": "z"}], None)[2] == \
+        {"role": "system", "content": "z"}
 
 
 def test_the_sdk_raises_openais_errors(live, client):

@@ -1,6 +1,7 @@
-"""OpenAI's Responses API, statelessly, as vLLM, Ollama and LM Studio serve it, so that clients that default to it
-(OpenAI's SDK examples, the Agents SDK, Codex CLI) can use the served model: POST /v1/responses (one response, or its
-server-sent events with ``stream``).
+"""OpenAI's Responses API, statelessly, as vLLM, Ollama and LM Studio serve it, so that code written against it
+(the ``openai`` SDK's ``client.responses``) can use the served model: POST /v1/responses (one response, or its
+server-sent events with ``stream``). Clients that need more (Codex CLI's ``include`` of encrypted reasoning, its
+shell and custom tools) get a 400 naming the field.
 
 A thin translation over /v1/chat/completions' machinery, not a second generation path: the request becomes the chat
 request (responses_request.py), which goes through the same chat template, tools (rendering, the forced call's
@@ -52,7 +53,8 @@ async def responses(request: HTTPRequest):
             if constraint is not None:
                 raise bad("text.format", "cannot be combined with tool_choice 'required' or a named function")
             constraint = forced
-        ids = await asyncio.to_thread(tools.render, model, req.messages, treq)
+        messages = responses_request.developer_as_system(req.messages, model.chat_template)
+        ids = await asyncio.to_thread(tools.render, model, messages, treq)
     except APIError as exc:
         raise responses_request.renamed(exc) from None
     # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)

@@ -40,12 +40,18 @@ STATEFUL = {"previous_response_id": "send the whole conversation in input, the e
 #: the request fields /v1/responses takes
 FIELDS = {"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",
           "parallel_tool_calls", "stream", "stream_options", "text", "store", "metadata", "user", "reasoning",
-          "include", "truncation", "safety_identifier", "prompt_cache_key", *STATEFUL}
+          "include", "truncation", "safety_identifier", "prompt_cache_key", "service_tier", "max_tool_calls",
+          "top_logprobs", "prompt_cache_retention", "context_management", *STATEFUL}
+#: optional fields of OpenAI's request taken only at the values that ask nothing of this server (null: absent)
+NEUTRAL = {"service_tier": (None, "auto", "default"), "max_tool_calls": (None,), "top_logprobs": (None, 0),
+           "prompt_cache_retention": (None, "in-memory"), "context_management": (None,)}
 ROLES = ("user", "assistant", "system", "developer")
-#: the fields of each input item type read here (id, status, phase: an output item sent back; accepted, ignored)
+#: the fields of each input item type read here (id, status, phase, and a call's async / caller / namespace /
+#: name: what an output item sent back carries; accepted at their neutral values, ignored: ``_check_call_echo``)
 ITEM_FIELDS = {"message": {"type", "role", "content", "id", "status", "phase"},
-               "function_call": {"type", "call_id", "name", "arguments", "id", "status"},
-               "function_call_output": {"type", "call_id", "output", "id", "status"},
+               "function_call": {"type", "call_id", "name", "arguments", "id", "status", "async", "caller",
+                                 "namespace"},
+               "function_call_output": {"type", "call_id", "output", "id", "status", "caller", "name", "namespace"},
                "reasoning": {"type", "id", "summary", "content", "encrypted_content", "status"}}
 #: the fields of each text content part (annotations, logprobs: an output part sent back; accepted, ignored)
 PART_FIELDS = {"input_text": {"type", "text", "prompt_cache_breakpoint"},
@@ -117,6 +123,25 @@ def parse(body: dict, *, max_tokens_cap: int) -> ResponsesRequest:
     return ResponsesRequest(messages, tools_body, response_format, max_output_tokens, temperature, top_p, stream, echo)
 
 
+def developer_as_system(messages: list[dict], template: str | None) -> list[dict]:
+    """The chat messages with the Responses API's ``developer`` role made ``system`` where the chat template never
+    names a developer role (open models' templates know system / user / assistant / tool: SmolLM's would add its
+    default system prompt and render an unseen role, others refuse it); a template that names it (gpt-oss's) gets
+    them as they are. A developer message that follows only system messages joins the last of them (templates take
+    one system message, first)."""
+    if "developer" in (template or ""):
+        return messages
+    out: list[dict] = []
+    for m in messages:
+        if m["role"] == "developer":
+            if out and all(x["role"] == "system" for x in out):
+                out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + m["content"]}
+                continue
+            m = {**m, "role": "system"}
+        out.append(m)
+    return out
+
+
 def _check_stateless(body: dict) -> None:
     """400 for what needs state kept between requests (``STATEFUL``; ``background`` only when true)."""
     for name, instead in STATEFUL.items():
@@ -136,6 +161,11 @@ def _check_ignored(body: dict, stream: bool) -> None:
     for name in ("safety_identifier", "prompt_cache_key"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise bad(name, "expected a string")
+    for name, allowed in NEUTRAL.items():
+        value = body.get(name)
+        if not any(value is v or (type(value) is type(v) and value == v) for v in allowed):  # False is not 0
+            shown = ", ".join("null" if v is None else repr(v) for v in allowed)
+            raise bad(name, f"got {value!r:.40}; this server takes only {shown}")
     _check_metadata(body.get("metadata"))
     _check_reasoning(body.get("reasoning"))
     include = body.get("include")
@@ -196,6 +226,7 @@ def _input(value) -> list[dict]:
         raise bad("input", "required: a string or a non-empty list of items (messages, function_call, "
                            "function_call_output)")
     out: list[dict] = []
+    calls: set[str] = set()  # the call_ids of the function_call items so far: an output answers one of them
     for i, item in enumerate(value):
         where = f"input[{i}]"
         if not isinstance(item, dict):
@@ -211,6 +242,7 @@ def _input(value) -> list[dict]:
             out.append(_message(item, where))
         elif kind == "function_call":
             call = _call(item, where)
+            calls.add(call["id"])
             last = out[-1] if out else None
             if last is not None and last["role"] == "assistant":  # the same turn: its text, then its calls
                 last["tool_calls"] = last.get("tool_calls", []) + [call]
@@ -219,6 +251,8 @@ def _input(value) -> list[dict]:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
             out.append(_call_output(item, where))
+            if item["call_id"] not in calls:  # as OpenAI: a result must answer a call sent before it
+                raise bad(f"{where}.call_id", f"no function_call item before it has call_id {item['call_id']!r:.60}")
         else:  # reasoning: checked, then dropped
             _check_reasoning_item(item, where)
     return out
@@ -264,8 +298,25 @@ def _media(where: str, kind: str) -> APIError:
     return bad(where, f"{kind} parts are not supported: this server's models read text only")
 
 
+def _check_call_echo(item: dict, where: str) -> None:
+    """The fields the SDK's call items carry when sent back: ``async`` false, ``caller`` {"type": "direct"},
+    ``namespace`` empty, a function_call_output's ``name`` a string (or each null): accepted, ignored; anything else
+    (a call made asynchronously, by another caller or in a namespace) is a 400 naming the field."""
+    if item.get("async") not in (None, False):
+        raise bad(f"{where}.async", "only false: this server makes no asynchronous calls")
+    caller = item.get("caller")
+    if caller is not None and caller != {"type": "direct"}:
+        raise bad(f"{where}.caller", 'only {"type": "direct"} (or null): calls here come from the model itself')
+    if item.get("namespace") not in (None, ""):
+        raise bad(f"{where}.namespace", "only null or empty: this server's function tools have no namespaces")
+    if item.get("type") == "function_call_output" and item.get("name") is not None \
+            and not isinstance(item["name"], str):
+        raise bad(f"{where}.name", "expected a string")
+
+
 def _call(item: dict, where: str) -> dict:
     """A function_call item -> OpenAI's chat tool call (``call_id`` as its id, ``arguments`` the JSON string)."""
+    _check_call_echo(item, where)
     for name in ("call_id", "name"):
         if not isinstance(item.get(name), str) or not item[name]:
             raise bad(f"{where}.{name}", "required: a non-empty string")
@@ -278,6 +329,7 @@ def _call(item: dict, where: str) -> dict:
 
 def _call_output(item: dict, where: str) -> dict:
     """A function_call_output item -> a tool message (its output: a string, or input_text parts joined)."""
+    _check_call_echo(item, where)
     if not isinstance(item.get("call_id"), str) or not item["call_id"]:
         raise bad(f"{where}.call_id", "required: the call_id of the function_call this answers")
     output = item.get("output")
