@@ -241,3 +241,16 @@ def smollm2_gguf():
     tlog.set_verbosity_error()
     tlog.disable_progress_bar()
     return load_gguf()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A launched Chromium (browser_util.chromium) for a module's chat page tests; playwright is imported here, so
+    only the modules that use it need it (they import it themselves first: its absence fails them, never skips)."""
+    from browser_util import chromium
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium())
+        yield b
+        b.close()

@@ -7,38 +7,18 @@ blocks inside list items, loose lists, links as GitHub writes them, and GFM's st
 headings and character references."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 try:
-    from playwright.sync_api import sync_playwright
+    import playwright.sync_api  # noqa: F401  (conftest's browser fixture drives it)
 except ImportError:  # a failure, not a skip: the markdown would go untested
     raise ImportError("the chat page tests need playwright (the test extra): pip install -e '.[test]'") from None
 
+
 MARKDOWN_JS = Path(__file__).resolve().parents[1] / "onnxlm" / "serve" / "static" / "markdown.js"
 TAB = ["noopener noreferrer", "_blank"]
-
-
-def _chromium() -> str:
-    """The Chromium binary: $ONNXLM_CHROMIUM, else chromium / chromium-browser / google-chrome on PATH (as
-    tests/test_chat_page.py finds it)."""
-    for name in (os.environ.get("ONNXLM_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        path = name and shutil.which(name)
-        if path:
-            return path
-    pytest.fail("the chat page tests need a Chromium browser: apt-get install -y chromium (scripts/setup.sh does "
-                "it), or set ONNXLM_CHROMIUM=/path/to/chrome")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium())
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ inside a stream are answered by playwright (``page.route``) with a scripted SSE 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 
 import httpx
@@ -20,7 +18,7 @@ pytest.importorskip("starlette", reason="the server tests need the serve extra")
 from serve_util import post, start, wait_health  # noqa: E402
 
 try:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 except ImportError:  # a failure, not a skip: the page would go untested
     raise ImportError("the chat page tests need playwright (the test extra): pip install -e '.[test]'") from None
 
@@ -31,16 +29,6 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_TOKENS = 128  # the server's cap
 
 
-def _chromium() -> str:
-    """The Chromium binary: $ONNXLM_CHROMIUM, else chromium / chromium-browser / google-chrome on PATH."""
-    for name in (os.environ.get("ONNXLM_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        path = name and shutil.which(name)
-        if path:
-            return path
-    pytest.fail("the chat page tests need a Chromium browser: apt-get install -y chromium (scripts/setup.sh does "
-                "it), or set ONNXLM_CHROMIUM=/path/to/chrome")
-
-
 @pytest.fixture(scope="module")
 def live(tiny_llama):
     import onnxlm
@@ -49,14 +37,6 @@ def live(tiny_llama):
     wait_health(srv.url)
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium())
-        yield b
-        b.close()
 
 
 @pytest.fixture
