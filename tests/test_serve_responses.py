@@ -363,6 +363,7 @@ STATELESS = "this server keeps no state"
 CALL = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}
 BAD = [
     ({"previous_response_id": "resp_123"}, "previous_response_id"),
+    ({"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}, "input"),
     ({"input": [*USER, {"type": "function_call_output", "call_id": "call_1", "output": "3"}]}, "input[1].call_id"),
     ({"input": [*USER, CALL, {"type": "function_call_output", "call_id": "call_2", "output": "3"}]},
      "input[2].call_id"),

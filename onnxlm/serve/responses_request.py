@@ -255,6 +255,9 @@ def _input(value) -> list[dict]:
                 raise bad(f"{where}.call_id", f"no function_call item before it has call_id {item['call_id']!r:.60}")
         else:  # reasoning: checked, then dropped
             _check_reasoning_item(item, where)
+    if not out:
+        raise bad("input", "holds no message or function call (reasoning items are dropped): send at least one "
+                           "message")
     return out
 
 
