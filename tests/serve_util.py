@@ -37,12 +37,21 @@ def start(loader, **config) -> Live:
     return Live(app, server, thread, port)
 
 
-def live_tiny(onnx_dir):
+#: the tools the API-translation tests (Anthropic's Messages, OpenAI's Responses) offer the tiny tools model
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+SEARCH = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 16}}, "required": ["query"],
+          "additionalProperties": False}
+
+
+def live_tiny(onnx_dir, **config):
     """The server of the server test modules (a module fixture yields from this): the tiny model in ``onnx_dir``,
-    32 rows, a queue of 64, max_tokens 128; healthy before it is yielded, stopped after."""
+    32 rows, a queue of 64, max_tokens 128 (``config``: other ServeConfig values); healthy before it is yielded,
+    stopped after."""
     import onnxlm
 
-    srv = start(lambda: onnxlm.load(onnx_dir), max_rows=32, max_queue=64, max_tokens=128)
+    srv = start(lambda: onnxlm.load(onnx_dir), **{"max_rows": 32, "max_queue": 64, "max_tokens": 128, **config})
     wait_health(srv.url)
     yield srv
     srv.stop()
@@ -90,6 +99,21 @@ def sse_events(url: str, path: str, body: dict, headers=None) -> list:
             if line.startswith("data:"):
                 data = line[5:].strip()
                 out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+def named_events(url: str, path: str, body: dict, headers=None) -> list[tuple[str, dict]]:
+    """POST ``body`` with ``"stream": true`` to a stream of named events (Anthropic's, OpenAI's Responses) ->
+    [(event name, data)] in order; the answer must be a 200 event stream."""
+    out, name = [], None
+    with httpx.stream("POST", url + path, json={**body, "stream": True}, headers=headers or {}, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                out.append((name, json.loads(line[5:])))
     return out
 
 

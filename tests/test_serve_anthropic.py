@@ -28,15 +28,10 @@ import jsonschema  # noqa: E402
 import onnxlm  # noqa: E402
 from onnxlm.serve import anthropic_reply  # noqa: E402
 from onnxlm.serve.protocol import APIError  # noqa: E402
-from serve_util import post, start, wait_health  # noqa: E402
+from serve_util import SEARCH, WEATHER, live_tiny, named_events, post, start, wait_health  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
-           "required": ["city", "unit"], "additionalProperties": False}
-SEARCH = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 16}}, "required": ["query"],
-          "additionalProperties": False}
 TOOLS = [{"name": "get_weather", "description": "The weather in a city", "input_schema": WEATHER},
          {"name": "search", "description": "Search the web", "input_schema": SEARCH}]
 SYSTEM = "You are brief."
@@ -52,10 +47,7 @@ CAP = 256  # the server's --max-tokens: a forced call takes about 110 tokens of 
 
 @pytest.fixture(scope="module")
 def live(tiny_qwen2_tools):
-    srv = start(lambda: onnxlm.load(tiny_qwen2_tools.onnx_dir), max_rows=16, max_queue=32, max_tokens=CAP)
-    wait_health(srv.url)
-    yield srv
-    srv.stop()
+    yield from live_tiny(tiny_qwen2_tools.onnx_dir, max_rows=16, max_queue=32, max_tokens=CAP)
 
 
 @pytest.fixture(scope="module")
@@ -69,17 +61,7 @@ def _text(message) -> str:
 
 def _events(url: str, body: dict, headers=None) -> list[tuple[str, dict]]:
     """POST a streaming /v1/messages -> [(event name, data)] in order."""
-    out, name = [], None
-    with httpx.stream("POST", url + "/v1/messages", json={**body, "stream": True}, headers=headers or {},
-                      timeout=60) as r:
-        assert r.status_code == 200, r.read()
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                out.append((name, json.loads(line[5:])))
-    return out
+    return named_events(url, "/v1/messages", body, headers)
 
 
 def _check_order(events: list[tuple[str, dict]]) -> None:

@@ -20,7 +20,6 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pytest
 
 openai = pytest.importorskip("openai", reason="the Responses API tests need the test extra (openai)")
@@ -33,15 +32,10 @@ from openai.types.responses import Response, ResponseUsage  # noqa: E402
 import onnxlm  # noqa: E402
 from onnxlm.serve import responses_reply  # noqa: E402
 from onnxlm.serve.protocol import APIError  # noqa: E402
-from serve_util import post, start, wait_health  # noqa: E402
+from serve_util import SEARCH, WEATHER, live_tiny, named_events, post, start, wait_health  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                                            "unit": {"enum": ["celsius", "fahrenheit"]}},
-           "required": ["city", "unit"], "additionalProperties": False}
-SEARCH = {"type": "object", "properties": {"query": {"type": "string", "maxLength": 16}}, "required": ["query"],
-          "additionalProperties": False}
 TOOLS = [{"type": "function", "name": "get_weather", "description": "The weather in a city", "parameters": WEATHER},
          {"type": "function", "name": "search", "description": "Search the web", "parameters": SEARCH}]
 CHAT_TOOLS = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}} for t in TOOLS]
@@ -61,10 +55,7 @@ ORDER = re.compile(rf"created in_progress ({ITEM} )*(completed|incomplete)")
 
 @pytest.fixture(scope="module")
 def live(tiny_qwen2_tools):
-    srv = start(lambda: onnxlm.load(tiny_qwen2_tools.onnx_dir), max_rows=16, max_queue=32, max_tokens=CAP)
-    wait_health(srv.url)
-    yield srv
-    srv.stop()
+    yield from live_tiny(tiny_qwen2_tools.onnx_dir, max_rows=16, max_queue=32, max_tokens=CAP)
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +65,7 @@ def client(live):
 
 def _events(url: str, body: dict, headers=None) -> list[tuple[str, dict]]:
     """POST a streaming /v1/responses -> [(event name, data)] in order."""
-    out, name = [], None
-    with httpx.stream("POST", url + "/v1/responses", json={**body, "stream": True}, headers=headers or {},
-                      timeout=60) as r:
-        assert r.status_code == 200, r.read()
-        assert r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                out.append((name, json.loads(line[5:])))
-    return out
+    return named_events(url, "/v1/responses", body, headers)
 
 
 def _check_order(events: list[tuple[str, dict]]) -> dict:
