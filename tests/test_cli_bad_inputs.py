@@ -143,6 +143,7 @@ def test_an_unknown_option_is_the_commands_usage_error_with_the_nearest_option(c
 @pytest.mark.parametrize("argv, refusal", [
     (["bench", "m", "--warmup", "-1"], "argument --warmup: expected an integer >= 0, got -1"),
     (["serve", "m", "--max-queue", "-1"], "argument --max-queue: expected an integer >= 0, got -1"),
+    (["serve", "m", "--prompt-lookup", "-2"], "argument --prompt-lookup: expected an integer >= 0, got -2"),
     (["serve", "m", "--shutdown-timeout", "-1"], "argument --shutdown-timeout: expected a finite number >= 0, got -1"),
     (["serve", "m", "--shutdown-timeout", "nan"], "argument --shutdown-timeout: expected a finite number >= 0"),
     (["tokenize", "m", "--decode", "1,,2"], "argument --decode: expected comma-separated token ids like '1,2,3', "

@@ -8,6 +8,7 @@ import pytest
 
 import onnxlm
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
+from onnxlm.runtime.errors import ParameterError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -141,3 +142,117 @@ def test_a_request_whose_decoding_cannot_be_set_up_fails_alone(tiny_llama):
         sched.step()
     assert sched.failed == [bad] and isinstance(bad.error, UnicodeEncodeError)
     assert good.done and good.error is None and len(good.new_ids[0]) == 4
+
+
+# ---------------------------------------------------------------- speculation of a request alone (prompt lookup)
+REPEATING = "ab cd ef ab cd ef ab cd ef ab"
+
+
+def _alone(model, prompt, kw, prompt_lookup=6, cache=None) -> tuple[Request, Scheduler]:
+    """One request through a scheduler that speculates by prompt lookup -> (the finished request, the scheduler)."""
+    sched = Scheduler(model, prompt_lookup=prompt_lookup, prefix_cache=cache)
+    req = sched.add(Request(model.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt),
+                            model.resolve_config(kw)))
+    while sched.busy:
+        sched.step()
+    assert req.done and req.error is None
+    return req, sched
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sample"])
+def test_a_request_alone_speculates_and_gets_its_solo_tokens(model, sample):
+    """Alone in the batch, a request picks several positions per pass (fewer passes than tokens) and gets what
+    model.generate gives it without speculation: ids, text, finish reasons, for greedy and seeded sampling, with
+    processors, stop strings and EOS deciding each position as plain steps do."""
+    eos = model.generation_config.eos_token_id
+    cases = [dict(max_new_tokens=48, do_sample=False),
+             dict(max_new_tokens=40, do_sample=False, repetition_penalty=1.2, eos_token_id=eos),
+             dict(max_new_tokens=40, do_sample=False, stop=[" four five"]),
+             dict(max_new_tokens=3, do_sample=False)]
+    if sample:
+        cases = [dict(c, do_sample=True, seed=7 + i, temperature=0.6, top_k=5) for i, c in enumerate(cases)]
+    accepted = 0
+    for kw in cases:
+        req, sched = _alone(model, REPEATING, kw)
+        solo = model.generate(REPEATING, **kw)
+        assert req.new_ids == solo.new_tokens, kw
+        assert req.final_text == solo.text
+        assert [r or "length" for r in req.reasons] == solo.finish_reasons
+        accepted += sched.speculation.accepted
+        assert sched.speculation.passes <= len(req.new_ids[0])
+    assert accepted > 0  # some proposals held: the passes did decide several positions
+
+
+def test_speculation_pauses_while_others_share_the_batch(model):
+    """A speculating request joined by others decodes plainly while they are there and speculates again once
+    alone; every request still gets its solo tokens, and an off scheduler (prompt_lookup=0) never speculates."""
+    params = [dict(max_new_tokens=40, do_sample=False, eos_token_id=None), dict(max_new_tokens=6, do_sample=False),
+              dict(max_new_tokens=5, do_sample=True, seed=3, num_return_sequences=2)]
+    prompts = [REPEATING, PROMPTS[1], PROMPTS[3]]
+    for lookup in (6, 0):
+        sched = Scheduler(model, prompt_lookup=lookup)
+        reqs = [Request(model.tokenizer.encode(p), model.resolve_config(kw)) for p, kw in zip(prompts, params)]
+        sched.add(reqs[0])
+        for step in range(100):
+            if step == 3:
+                sched.add(reqs[1])
+                sched.add(reqs[2])
+            if step > 3 and not sched.busy:
+                break
+            sched.step()
+        for prompt, kw, req in zip(prompts, params, reqs):
+            assert req.done and req.new_ids == model.generate(prompt, **kw).new_tokens, kw
+        assert (sched.speculation.passes > 0) == bool(lookup)
+
+
+def test_a_speculated_answer_is_kept_for_the_next_turn(model):
+    """The prefix cache keeps a speculating request's whole sequence (its rolled-back positions gone): the next turn
+    resumes from it and gets its solo tokens."""
+    from onnxlm.runtime.prefix_cache import PrefixCache
+    cache = PrefixCache(64 * 2**20)
+    kw = dict(max_new_tokens=30, do_sample=False, eos_token_id=None)
+    first, sched = _alone(model, REPEATING, kw, cache=cache)
+    assert sched.speculation.passes > 0
+    turn = model.tokenizer.encode(REPEATING) + first.new_ids[0] + model.tokenizer.encode(" seven")
+    second, _ = _alone(model, turn, kw, cache=cache)
+    assert second.cached_tokens >= len(model.tokenizer.encode(REPEATING)) + len(first.new_ids[0]) - 1
+    assert second.new_ids == model.generate([turn], **kw).new_tokens
+
+
+def test_who_speculates(tiny_llama, tiny_t5):
+    """Not a constrained request (its matcher cannot roll back), not n > 1 rows, not a seq2seq model; a request's
+    own prompt_lookup_num_tokens turns it on where the scheduler's is off; a bad prompt_lookup is refused by name."""
+    from onnxlm.runtime.constraints import make_constraint
+    llama = onnxlm.load(tiny_llama.onnx_dir)
+    ids = llama.tokenizer.encode(REPEATING)
+    _, sched = _alone(llama, ids, dict(max_new_tokens=20, do_sample=False, prompt_lookup_num_tokens=4),
+                      prompt_lookup=None)
+    assert sched.speculation.passes > 0
+    sched = Scheduler(llama)  # row_progress (the server's /slots) says which rows speculate when alone
+    for kw in (dict(prompt_lookup_num_tokens=4), {}):
+        sched.add(Request(ids, llama.resolve_config(dict(max_new_tokens=5, do_sample=False, **kw))))
+    sched.step()
+    assert [row[-1] for row in sched.row_progress()] == [True, False]
+    _, sched = _alone(llama, ids, dict(max_new_tokens=8, do_sample=True, seed=1, num_return_sequences=2))
+    assert sched.speculation.passes == 0
+    sched = Scheduler(llama, prompt_lookup=6)
+    req = sched.add(Request(ids, llama.resolve_config(dict(max_new_tokens=8, do_sample=False)),
+                            constraint=make_constraint("regex", "[a-z ]+")))
+    assert sched._runs == {} and (sched.step() or True) and sched._runs[id(req)].proposer is None
+    t5 = onnxlm.load(tiny_t5.onnx_dir)
+    _, sched = _alone(t5, t5.tokenizer.encode(REPEATING), dict(max_new_tokens=8, do_sample=False))
+    assert sched.speculation.passes == 0
+    for bad in (-1, 1.5, "4"):
+        with pytest.raises(ParameterError, match="prompt_lookup"):
+            Scheduler(llama, prompt_lookup=bad)
+
+
+def test_a_cancelled_speculating_request_leaves(model):
+    sched = Scheduler(model, prompt_lookup=6)
+    req = sched.add(Request(model.tokenizer.encode(REPEATING),
+                            model.resolve_config(dict(max_new_tokens=40, do_sample=False, eos_token_id=None))))
+    for _ in range(3):
+        sched.step()
+    sched.cancel(req)
+    sched.step()
+    assert req.done and not sched.busy and sched.state is None

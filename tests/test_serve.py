@@ -636,3 +636,54 @@ def test_props_describe_the_served_model(live):
     assert {k: v for k, v in settings.items() if k not in ("n_ctx", "model", "n_predict", "max_tokens")} == {
         k: v for k, v in params.items() if k not in ("n_predict", "max_tokens")}
     assert props["openai_defaults"]["temperature"] == 1.0 and props["openai_defaults"]["top_p"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------- speculation
+def test_prompt_lookup_speculates_for_a_lone_request_with_the_same_answers(tiny_llama, live, client):
+    """``--prompt-lookup``: a request alone on the server checks proposals copied from its context in one pass; its
+    completion, chat answer and stream equal those of the server without it, and /metrics (JSON and Prometheus)
+    counts the passes and accepted tokens."""
+    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), prompt_lookup=6, max_tokens=64)
+    try:
+        wait_health(srv.url)
+        spec = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        prompt = "ab cd ef ab cd ef ab cd ef ab"
+        for kw in (dict(max_tokens=40), dict(max_tokens=30, stop=[" cd ef"]), dict(max_tokens=20, seed=5,
+                                                                                    temperature=0.7)):
+            kw = {"temperature": 0, **kw}
+            want = client.completions.create(model="tiny", prompt=prompt, **kw)
+            got = spec.completions.create(model="tiny", prompt=prompt, **kw)
+            assert (got.choices[0].text, got.choices[0].finish_reason) == (want.choices[0].text,
+                                                                           want.choices[0].finish_reason), kw
+            streamed = spec.completions.create(model="tiny", prompt=prompt, stream=True, **kw)
+            assert "".join(c.choices[0].text for c in streamed if c.choices) == want.choices[0].text
+        messages = [{"role": "user", "content": prompt}]
+        want = client.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0)
+        got = spec.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0)
+        assert got.choices[0].message.content == want.choices[0].message.content
+        metrics = httpx.get(srv.url + "/metrics").json()
+        assert metrics["speculative_passes"] > 0 and metrics["speculative_accepted_tokens"] > 0
+        assert metrics["speculative_proposed_tokens"] >= metrics["speculative_accepted_tokens"]
+        text = httpx.get(srv.url + "/metrics", params={"format": "prometheus"}).text
+        assert "# TYPE onnxlm_speculative_accepted_tokens_total counter" in text
+        assert httpx.get(live.url + "/metrics").json()["speculative_passes"] == 0  # off by default
+        # a request's own prompt_lookup_num_tokens turns it on where the server's is off, streamed too
+        want = spec.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=0).choices[0].text
+        streamed = client.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=0, stream=True,
+                                             extra_body={"prompt_lookup_num_tokens": 6})
+        assert "".join(c.choices[0].text for c in streamed if c.choices) == want
+        assert httpx.get(live.url + "/metrics").json()["speculative_passes"] > 0
+        assert client.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=0,
+                                         extra_body={"prompt_lookup_num_tokens": 6}).choices[0].text == want
+    finally:
+        srv.stop()
+
+
+def test_prompt_lookup_on_a_seq2seq_model_is_refused_by_name(tiny_t5):
+    srv = start(lambda: onnxlm.load(tiny_t5.onnx_dir))
+    try:
+        wait_health(srv.url)
+        r = post(srv.url, "/v1/completions", {"prompt": "ab", "max_tokens": 4, "prompt_lookup_num_tokens": 4})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_lookup_num_tokens"
+    finally:
+        srv.stop()

@@ -16,11 +16,12 @@ from .args import (add_model_args, command_parser, model_path, non_negative_floa
 
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
-template), GET /v1/models, GET /health (503 until the model is loaded, 200 when ready), GET /metrics (JSON, or
-Prometheus' text format for a scraper), llama.cpp's native POST /completion (its fields, defaults and sampler
+template), POST /v1/responses (OpenAI's Responses API, stateless), GET /v1/models, GET /health (503 until the model
+is loaded, 200 when ready), GET /metrics (JSON, or Prometheus' text format for a scraper); Anthropic's POST
+/v1/messages and /v1/messages/count_tokens; llama.cpp's native POST /completion (its fields, defaults and sampler
 order) and POST /infill (fill-in-the-middle for editors, on models with FIM tokens), its POST /tokenize,
-/detokenize, /apply-template and GET /props, and a chat page at GET / (open http://127.0.0.1:8000/ in a browser).
-Concurrent requests are decoded together (continuous batching); `stream: true` sends server-sent events.
+/detokenize, /apply-template, GET /props and GET /slots; and a chat page at GET / (open http://127.0.0.1:8000/ in a
+browser). Concurrent requests are decoded together (continuous batching); `stream: true` sends server-sent events.
 Needs the serve extra: pip install 'onnxlm[serve]'.
 
 On SIGTERM/SIGINT the server stops taking requests (503), lets those in flight finish (up to --shutdown-timeout
@@ -62,6 +63,11 @@ def add_parser(sub) -> None:
     p.add_argument("--kv-pool-mb", type=non_negative_int, default=256, metavar="MB",
                    help="freed KV buffers kept resident for the next request's buffers of the same size, so a "
                         "request does not fault fresh pages in (fused models); 0 turns it off (default: 256)")
+    p.add_argument("--prompt-lookup", type=non_negative_int, default=0, metavar="N",
+                   help="speculative decoding while a request decodes alone: up to N tokens copied from its own "
+                        "prompt and answer (prompt lookup, as generate's prompt_lookup_num_tokens) are checked in one "
+                        "pass; the same tokens, fewer passes where answers repeat their context (code edits, "
+                        "quotes); not for structured output or n > 1; 0 turns it off (default: 0)")
     p.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
                    help="GET /slots reports what each row of the batch is doing, as llama.cpp's server does "
                         "(--no-slots turns it off: 501; default: on)")
@@ -94,7 +100,8 @@ def run(args) -> int:
     config = ServeConfig(model_name=args.model_name or served_name(args.model_dir, path), api_key=args.api_key,
                          max_rows=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens,
                          max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
-                         prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb, slots=args.slots)
+                         prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb, slots=args.slots,
+                         prompt_lookup=args.prompt_lookup)
     def load_model():
         model = load(path, provider=args.provider, threads=args.threads, verify=args.verify)
         check_prompt_cap(args.max_prompt_tokens, model)

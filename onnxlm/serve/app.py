@@ -57,7 +57,7 @@ def _warn_without_chat(loader):
 def create_app(loader, config: ServeConfig) -> Starlette:
     """loader: () -> model (runs on the engine thread, so /health answers 503 while it loads)."""
     engine = Engine(_warn_without_chat(loader), max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb,
-                    kv_pool_mb=config.kv_pool_mb)
+                    kv_pool_mb=config.kv_pool_mb, prompt_lookup=config.prompt_lookup)
     state = ServeState(config, engine)
 
     @contextlib.asynccontextmanager

@@ -56,8 +56,9 @@ class Engine:
     """Loads the model in its thread (``ready`` is set after), then runs submitted work until ``stop``."""
 
     def __init__(self, loader: Callable[[], object], *, max_rows: int = 32, prefix_cache_mb: int = 0,
-                 kv_pool_mb: int = 0):
+                 kv_pool_mb: int = 0, prompt_lookup: int = 0):
         self.loader, self.max_rows, self.kv_pool_bytes = loader, max_rows, int(kv_pool_mb) * 2**20
+        self.prompt_lookup = prompt_lookup  # a lone request's speculation (runtime/decoding/scheduler_speculation.py)
         self.kv_pool = None  # the model's BufferPool once loaded (fused layout only)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb) * 2**20)  # off at 0
         self.inbox: queue.Queue = queue.Queue()
@@ -106,18 +107,20 @@ class Engine:
         req.cancelled = True
         self.inbox.put(None)  # wake an idle engine
 
-    def rows_now(self) -> list[tuple[int, object, int, int, int]]:
+    def rows_now(self) -> list[tuple[int, object, int, int, int, bool]]:
         """The batch's rows, in state order -> (task number, request, row within it, tokens made, tokens it may still
-        make). Runs on the engine thread (send it as a ``call``): a snapshot between two steps."""
+        make, whether it speculates while alone). Runs on the engine thread (send it as a ``call``): a snapshot
+        between two steps."""
         if self.scheduler is None:
             return []
-        return [(self._task_ids.get(id(req), -1), req, r, made, left)
-                for req, r, made, left in self.scheduler.row_progress()]
+        return [(self._task_ids.get(id(req), -1), req, r, made, left, spec)
+                for req, r, made, left, spec in self.scheduler.row_progress()]
 
     def stats(self) -> dict:
         s = self.scheduler
         return {"running_rows": len(s.rows) if s else 0, "waiting_requests": len(s.waiting) if s else 0,
                 "steps": self.steps, "completion_tokens": self.generated, **self.prefix_cache.stats(),
+                **(s.speculation.stats() if s else {}),
                 **(self.kv_pool.stats() if self.kv_pool else {})}
 
     # ------------------------------------------------------------------ the engine thread
@@ -127,7 +130,8 @@ class Engine:
             if hasattr(self.model, "keep_kv_buffers"):  # fused layout: freed KV buffers stay resident for reuse
                 self.kv_pool = self.model.keep_kv_buffers(self.kv_pool_bytes)
             self.scheduler = Scheduler(self.model, max_rows=self.max_rows,
-                                       prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None)
+                                       prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None,
+                                       prompt_lookup=self.prompt_lookup)
             if self.prefix_cache.enabled and self.scheduler.prefix_cache is None:
                 log.info("the prefix cache is off: this model cannot resume from a cached prefix (an encoder-decoder "
                          "model)")

@@ -100,6 +100,9 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
     """One job per prompt; ``samplers``: the scheduler request's last processors (llama.cpp's chain: llamacpp.py);
     ``first``: processors before all others (llama.cpp's logit biases); ``overrides``: generation parameters set
     over the sampling's (llama.cpp's /infill: its end-of-generation ids)."""
+    if samp.extra.get("prompt_lookup_num_tokens") and model.is_encoder_decoder:
+        raise bad("prompt_lookup_num_tokens", "speculative decoding runs on decoder-only models; this is a seq2seq "
+                  "model")
     jobs = []
     for prompt, text in zip(prompts, texts):
         ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)
@@ -117,9 +120,7 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
             raise model_error(exc) from None
         if samp.num_beams > 1:
             job.beam_params = params if constraint is None else {**params, "constraints": [constraint]}
-        elif _speculates_alone(samp, constraint):  # prompt lookup: run alone between steps, as beam search
-            job.beam_params = params
-        else:
+        else:  # (prompt_lookup_num_tokens: the scheduler speculates while the request decodes alone)
             extra = list(first or [])
             if samp.presence_penalty or samp.frequency_penalty:
                 t0 = model.initial_sequences(np.asarray([ids])).shape[1]
@@ -132,15 +133,6 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
                 raise model_error(exc) from None
         jobs.append(job)
     return jobs
-
-
-def _speculates_alone(samp: protocol.Sampling, constraint) -> bool:
-    """A request asking for prompt lookup runs ``generate`` alone between scheduler steps (speculating) when it
-    needs nothing only the scheduler gives (streaming, logprobs, presence/frequency penalties, response_format);
-    otherwise it decodes plainly in the shared batch (the same ids, one token per pass)."""
-    return bool(samp.extra.get("prompt_lookup_num_tokens")) and not (
-        samp.stream or samp.logprobs is not None or samp.presence_penalty or samp.frequency_penalty
-        or constraint is not None)
 
 
 def prompt_logprobs(ids: list[int], k: int):

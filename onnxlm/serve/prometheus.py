@@ -22,6 +22,10 @@ COUNTERS = {
     "prefix_cache_hits": ("onnxlm_prefix_cache_hits_total", "prompts that reused a cached prefix"),
     "prefix_cache_misses": ("onnxlm_prefix_cache_misses_total", "prompts that found no cached prefix"),
     "prefix_cache_reused_tokens": ("onnxlm_prefix_cache_reused_tokens_total", "prompt tokens not computed again"),
+    "speculative_passes": ("onnxlm_speculative_passes_total", "passes that checked prompt-lookup proposals"),
+    "speculative_proposed_tokens": ("onnxlm_speculative_proposed_tokens_total", "tokens proposed by prompt lookup"),
+    "speculative_accepted_tokens": ("onnxlm_speculative_accepted_tokens_total",
+                                    "proposed tokens accepted (each saved a forward pass)"),
     "kv_pool_reused": ("onnxlm_kv_pool_reused_total", "KV buffers taken from the pool"),
     "kv_pool_fresh": ("onnxlm_kv_pool_fresh_total", "KV buffers allocated anew"),
 }

@@ -2,13 +2,12 @@
 proxies read it). onnxlm's batch has ``--max-batch`` rows where llama.cpp has ``--parallel`` slots: slot i is the
 batch's row i, busy (``is_processing``) while a request's row decodes there. The snapshot is taken on the engine
 thread between two decoding steps, so every figure in one answer comes from the same step; while the engine thread
-is inside a long call (``Engine.in_call``: a beam search or a ``prompt_lookup_num_tokens`` request runs there
-alone, for its whole length), the rows are read as they stand instead (the batch is not stepping then), so that a
+is inside a long call (``Engine.in_call``: a beam search runs there alone, for its whole length), the rows are read as they stand instead (the batch is not stepping then), so that a
 monitor's poll never waits for a search to end.
 
 Per slot: ``id``, ``id_task`` (the request's task number, -1 when idle), ``n_ctx`` (the model's positions),
-``speculative`` (false: scheduler rows never speculate; a request with ``prompt_lookup_num_tokens`` runs apart, as
-a beam search does, and holds no slot), ``is_processing``, ``params`` (``n_predict``, ``seed``, ``n_probs``: what a
+``speculative`` (the row's request speculates by prompt lookup while it decodes alone: ``--prompt-lookup`` or its
+``prompt_lookup_num_tokens``; runtime/decoding/scheduler_speculation.py), ``is_processing``, ``params`` (``n_predict``, ``seed``, ``n_probs``: what a
 row knows of its request; the sampling fields, read by each endpoint in its own way, are not repeated here) and
 ``next_token`` (``has_next_token``, ``n_remain``: tokens it may still make, -1 when idle, ``n_decoded``). onnxlm
 adds ``n_prompt_tokens``, ``n_prompt_tokens_cached`` (from the prefix cache) and ``index`` (the row within its
@@ -48,15 +47,16 @@ async def slots(request: HTTPRequest):
 
 
 def slot_list(rows: list, total: int, n_ctx: int | None) -> list[dict]:
-    """The engine's rows [(task, request, row, made, left)] -> llama.cpp's slot objects, ``total`` of them."""
+    """The engine's rows [(task, request, row, made, left, speculative)] -> llama.cpp's slot objects, ``total`` of
+    them."""
     out = []
     for i in range(total):
         slot = {"id": i, "id_task": -1, "n_ctx": n_ctx or 0, "speculative": False, "is_processing": False,
                 "params": {}, "next_token": {"has_next_token": False, "n_remain": -1, "n_decoded": 0}}
         if i < len(rows):
-            task, req, r, made, left = rows[i]
+            task, req, r, made, left, speculative = rows[i]
             c = req.config
-            slot.update(id_task=task, is_processing=True,
+            slot.update(id_task=task, is_processing=True, speculative=speculative,
                         params={"n_predict": -1 if c.max_new_tokens is None else c.max_new_tokens,
                                 "seed": RANDOM_SEED if c.seed is None else c.seed, "n_probs": req.logprobs or 0},
                         next_token={"has_next_token": True, "n_remain": left, "n_decoded": made},
@@ -67,8 +67,7 @@ def slot_list(rows: list, total: int, n_ctx: int | None) -> list[dict]:
 
 async def _rows_now(engine) -> list:
     """The engine's rows, asked on its thread between two steps (a call, answered through a queue). While the engine
-    thread is inside a call (a beam search or a ``prompt_lookup_num_tokens`` request runs there alone, for its whole
-    length, while the batch stands still), the rows are read as they stand instead, so that a monitor's poll never
+    thread is inside a call (a beam search runs there alone, for its whole length, while the batch stands still), the rows are read as they stand instead, so that a monitor's poll never
     waits for a search to end."""
     out: asyncio.Queue = asyncio.Queue()
     gone = threading.Event()

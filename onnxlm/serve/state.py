@@ -23,6 +23,7 @@ class ServeConfig:
     max_body_mb: float = 8  # larger request bodies -> 413 (1 MB = 2**20 bytes)
     prefix_cache_mb: int = 256  # keys/values of recent sequences kept for reuse (runtime/prefix_cache.py); 0: off
     kv_pool_mb: int = 256  # freed KV buffers kept resident for the next ones (runtime/fused/buffer_pool.py); 0: off
+    prompt_lookup: int = 0  # tokens a request decoding alone proposes by prompt lookup (speculative decoding); 0: off
     slots: bool = True  # GET /slots answers (llama.cpp's monitoring endpoint: slots.py); False: 501
 
 

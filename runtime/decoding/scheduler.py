@@ -16,6 +16,9 @@ queues it; each ``step``:
 4. drops finished rows from the state at once (``state.select``); cancelled requests' rows are dropped at the
    start of the next step, before its forward pass.
 
+A request decoding alone may speculate instead (prompt lookup: several of its positions picked per pass; see
+scheduler_speculation.py), with the same tokens.
+
 So each request's ids are what ``model.generate`` gives for it alone (greedy: identical ids, up to the float
 reduction order of a different batch shape; sampling with a seed: the same draws). On a quantized variant's int8
 activations (accuracy level 4) that order is more than rounding: onnxruntime's kernels round a one-row pass's
@@ -43,6 +46,7 @@ from ..prefix_cache import PrefixCache, feed_rest
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens, top_logprobs
 from ..streaming import IncrementalText
 from ..tokenizer import pad_batch
+from .scheduler_speculation import SchedulerSpeculation, proposer_for_request, speculative_pass
 
 
 @dataclass
@@ -111,7 +115,7 @@ class _Uniforms:
 class _Run:
     """Per-request decoding objects (processors, rng, stop check, text streams) made at admission."""
 
-    def __init__(self, model, req: Request, t0: int, max_length: int):
+    def __init__(self, model, req: Request, t0: int, max_length: int, prompt_lookup: int | None = None):
         c = req.config
         # the request's own matchers, one per active row (in req.active order): rows that finish are dropped from
         # it in _pick, so the batch's joins and drops never reorder them
@@ -132,6 +136,8 @@ class _Run:
         hold = max((len(s) for s in c.stop_list()), default=1) - 1
         tok = model.tokenizer.tokenizer if model.tokenizer is not None else None
         self.streams = [IncrementalText(tok, hold=hold) for _ in range(req.n)]
+        # prompt lookup while the request decodes alone (scheduler_speculation.py), or None
+        self.proposer = proposer_for_request(model, req, self.processors, max_length, prompt_lookup)
 
     def scores(self, sequences: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """sequences [k, t] int64, logits [k, V] float32 -> processed scores [k, V] float32."""
@@ -147,10 +153,16 @@ class Scheduler:
     """Runs many requests on one model: ``add`` queues, ``step`` advances every admitted row by one token.
     Not thread-safe: one thread owns it (the server's engine thread)."""
 
-    def __init__(self, model, max_rows: int = 32, prefix_cache: PrefixCache | None = None):
+    def __init__(self, model, max_rows: int = 32, prefix_cache: PrefixCache | None = None,
+                 prompt_lookup: int | None = None):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ParameterError("max_rows", f"got {max_rows!r}; must be an integer >= 1")
+        if prompt_lookup is not None and (not isinstance(prompt_lookup, int) or prompt_lookup < 0):
+            raise ParameterError("prompt_lookup", f"got {prompt_lookup!r}; must be an integer >= 0 (0 or None: off)")
         self.model, self.max_rows = model, max_rows
+        # tokens a request decoding alone proposes by prompt lookup (scheduler_speculation.py; a request's own
+        # prompt_lookup_num_tokens wins), and what those speculative passes did
+        self.prompt_lookup, self.speculation = prompt_lookup or None, SchedulerSpeculation()
         # keys/values of recent sequences (runtime/prefix_cache.py); causal models only
         self.prefix_cache = prefix_cache if prefix_cache is not None and not model.is_encoder_decoder else None
         self.waiting: list[Request] = []
@@ -197,14 +209,14 @@ class Scheduler:
     def busy(self) -> bool:
         return bool(self.waiting or self.rows)
 
-    def row_progress(self) -> list[tuple[Request, int, int, int]]:
+    def row_progress(self) -> list[tuple[Request, int, int, int, bool]]:
         """Each batch row, in state order -> (its request, its row within it, tokens it has made, tokens it may
-        still make before its length limit). A snapshot for monitoring (the server's /slots); call it on the thread
-        that owns the scheduler, between steps."""
+        still make before its length limit, whether it speculates while alone in the batch). A snapshot for
+        monitoring (the server's /slots); call it on the thread that owns the scheduler, between steps."""
         out = []
         for req, r in self.rows:
-            made = len(req.new_ids[r])
-            out.append((req, r, made, max(self._runs[id(req)].max_length - req.t0 - made, 0)))
+            made, run = len(req.new_ids[r]), self._runs[id(req)]
+            out.append((req, r, made, max(run.max_length - req.t0 - made, 0), run.proposer is not None))
         return out
 
     # ------------------------------------------------------------------ one step
@@ -219,6 +231,12 @@ class Scheduler:
         self._drop_cancelled()
         if self._next is not None:  # one forward pass for every row still generating
             tokens, self._next = self._next, None
+            alone = self._speculating()
+            out = self._speculative_step(*alone, tokens) if alone is not None else None
+            if out is not None:  # a request alone: several of its positions in that pass (nobody waits to join)
+                if not defer_snapshots:
+                    self.store_snapshots()
+                return out
             self.logits = self.state.advance(tokens)
         self._admit()
         if not self.rows:
@@ -243,6 +261,35 @@ class Scheduler:
         if not defer_snapshots:
             self.store_snapshots()
         return out
+
+    def _speculating(self) -> tuple[Request, _Run] | None:
+        """The request decoding alone that may speculate (one row in the batch, nobody waiting), or None."""
+        if len(self.rows) != 1 or self.waiting:
+            return None
+        req = self.rows[0][0]
+        run = self._runs[id(req)]
+        return (req, run) if run.proposer is not None else None
+
+    def _speculative_step(self, req: Request, run: _Run, tokens: np.ndarray):
+        """``step`` for a request alone with a proposal: several of its positions picked in one pass
+        (scheduler_speculation.py), then its row kept or dropped as ``step`` does -> [(req, events)], or None when
+        it proposes nothing (nothing ran: the caller steps plainly)."""
+        try:
+            done = speculative_pass(self, req, run.proposer, tokens, self.speculation)
+        except Exception as exc:  # noqa: BLE001 - its pass or a pick failed: the request (alone here) fails
+            req.active[:] = False
+            self._fail(req, exc)
+            self._retain([])
+            return []
+        if done is None:
+            return None
+        events, going = done
+        if req.done:  # its keys/values are still in the state: keep them for the next turn
+            self._remember(req)
+        self._retain([0] if going else [])
+        if self.rows:
+            self._next = np.asarray(going, dtype=np.int64)  # [1], fed at the next step
+        return [(req, events)]
 
     def _row_index(self, req: Request, r: int) -> int:
         return self._positions[(id(req), r)]
@@ -327,7 +374,7 @@ class Scheduler:
                 sequences = np.repeat(self.model.initial_sequences(np.asarray([req.ids], np.int64),
                                                                    req.config.decoder_start_token_id), req.n, axis=0)
                 _, max_len = self.model._lengths(req.config, sequences.shape[1])
-                runs[id(req)] = (sequences, _Run(self.model, req, sequences.shape[1], max_len))
+                runs[id(req)] = (sequences, _Run(self.model, req, sequences.shape[1], max_len, self.prompt_lookup))
             except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
                 self._fail(req, exc)
                 batch.remove(req)

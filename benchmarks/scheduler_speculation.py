@@ -1,0 +1,86 @@
+"""The server's speculation (``onnxlm serve --prompt-lookup N``): one request alone in the continuous-batching
+scheduler, plain against prompt lookup, on the chat tasks of ``benchmarks.speculative`` (greedy, 2 threads).
+
+The scheduler is driven as the server's engine drives it (``step`` until done), without HTTP (which costs both modes
+the same). Runs are interleaved (plain, lookup, plain, ...) and each figure is the best of ``--repeats``. Columns:
+tokens/s of each mode, their ratio, acceptance (accepted / proposed tokens), tokens per scheduler step, and whether
+the ids equal plain's (on a quantized variant's int8 activations a pass of several positions may round otherwise:
+docs/design.md, "Rows per pass").
+
+    python -m benchmarks.scheduler_speculation MODEL_DIR [--prompt-lookup 10] [--write docs/benchmarks.md]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import onnxlm
+from onnxlm.runtime.decoding.scheduler import Request, Scheduler
+
+from benchmarks.speculative import TASKS
+
+
+def one(model, ids: list[int], max_new: int, lookup: int) -> tuple[float, list[int], object, int]:
+    """One request alone -> (tokens/s from admission to its last token, its new ids, the speculation counts,
+    scheduler steps)."""
+    sched = Scheduler(model, prompt_lookup=lookup)
+    req = sched.add(Request(ids, model.resolve_config(dict(max_new_tokens=max_new, do_sample=False))))
+    steps, t = 0, time.perf_counter()
+    while sched.busy:
+        sched.step()
+        steps += 1
+    return len(req.new_ids[0]) / (time.perf_counter() - t), req.new_ids[0], sched.speculation, steps
+
+
+def run(model_dir: Path, lookup: int, repeats: int, max_new: int) -> dict:
+    model = onnxlm.load(model_dir, threads=2)
+    rows = {}
+    for task, text in TASKS.items():
+        ids = model.render_chat([{"role": "user", "content": text}], tokenize=True)
+        best, out = {"plain": 0.0, "lookup": 0.0}, {}
+        for _ in range(repeats):
+            for mode, n in (("plain", 0), ("lookup", lookup)):  # interleaved: contention hits both alike
+                rate, new, counts, steps = one(model, ids, max_new, n)
+                best[mode] = max(best[mode], rate)
+                out[mode] = (new, counts, steps)
+        rows[task] = (best, out)
+    return {"rows": rows, "lookup": lookup, "model": model_dir}
+
+
+def table(result: dict, command: str) -> str:
+    lines = [f"`{command}`: one request alone in the scheduler (the server's engine loop, no HTTP), "
+             f"`--prompt-lookup {result['lookup']}` against plain; greedy, the chat tasks of `benchmarks.speculative`; "
+             "best of the repeats, modes interleaved.", "",
+             "| task | new tokens | plain tok/s | lookup tok/s | lookup ×plain | accept | tokens/step | ids equal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, (best, out) in result["rows"].items():
+        (plain, _, _), (new, counts, steps) = out["plain"], out["lookup"]
+        accept = f"{counts.accepted / counts.proposed:.2f}" if counts.proposed else "-"
+        lines.append(f"| {task} | {len(plain)} | {best['plain']:.1f} | {best['lookup']:.1f} | "
+                     f"{best['lookup'] / best['plain']:.2f} | {accept} | {len(new) / steps:.2f} | "
+                     f"{'yes' if new == plain else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scheduler_speculation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--prompt-lookup", type=int, default=10, help="tokens proposed at most (default: 10)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-new-tokens", type=int, default=160)
+    p.add_argument("--write", type=Path, help="update the 'scheduler_speculation' section of this Markdown file")
+    args = p.parse_args(argv)
+    result = run(args.model_dir, args.prompt_lookup, args.repeats, args.max_new_tokens)
+    command = "python -m benchmarks.scheduler_speculation " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = table(result, command)
+    print(text)
+    if args.write:
+        from benchmarks.report_sections import update_sections
+        update_sections(args.write, "benchmarks.scheduler_speculation", {"scheduler_speculation": text})
+
+
+if __name__ == "__main__":
+    main()

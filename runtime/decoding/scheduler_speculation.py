@@ -1,0 +1,78 @@
+"""Speculative decoding inside the continuous-batching scheduler (scheduler.py): prompt lookup for a request that
+decodes alone.
+
+When the batch holds one row (one request with n = 1, nobody waiting) that may speculate, a step feeds its last
+chosen token and up to k tokens copied from its own ids (``candidates.PromptLookup``: transformers' prompt lookup with
+onnxlm's back-off) in one pass (``state.extend``), then picks the k + 1 positions one by one with the request's own
+``_pick`` (processors, samplers, random draws, stop strings, logprobs, streams: exactly as k + 1 plain steps would),
+stopping at the first picked token that is not the proposed one or where the row finishes; the positions fed past it
+are forgotten (``state.rollback``). So a request's tokens are the ones it gets without speculation (greedy: the same
+ids up to the float reduction order of a pass of several positions; seeded sampling: the same draws), in fewer
+passes where its answer copies its context (code edits, quotes, lists, a document's names): llama.cpp's server's
+speculation for one slot, with lookup instead of a draft model.
+
+A batch of several rows decodes plainly: rows of several requests would speculate only as far as the shortest
+proposal, and a pass of several rows with several positions each runs a pass per row in the fused layout.
+
+Which requests speculate (``proposer_for_request``): decoder-only models, one row (n = 1), no structured-output
+constraint (its matcher would have to roll back too); the number of tokens is the request config's
+``prompt_lookup_num_tokens``, else the scheduler's ``prompt_lookup`` (the server's ``--prompt-lookup``), capped by a
+model whose state keeps a bounded rollback history (LFM2: ``speculation_limit``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .candidates import PromptLookup, speculation_limit
+
+
+@dataclass
+class SchedulerSpeculation:
+    """Counts of a scheduler's speculative steps: passes (verify passes), proposed and accepted candidate tokens."""
+
+    passes: int = 0
+    proposed: int = 0
+    accepted: int = 0
+
+    def stats(self) -> dict:
+        return {"speculative_passes": self.passes, "speculative_proposed_tokens": self.proposed,
+                "speculative_accepted_tokens": self.accepted}
+
+
+def proposer_for_request(model, req, processors, max_length: int, default: int | None) -> PromptLookup | None:
+    """A request being admitted -> its candidate generator, or None where it does not speculate (see the module
+    docstring). ``processors``: the request's logits processors (a candidate they forbid is not proposed)."""
+    c = req.config
+    num_tokens = c.prompt_lookup_num_tokens or default
+    if not num_tokens or model.is_encoder_decoder or req.n != 1 or req.constraint is not None:
+        return None
+    cap = speculation_limit(model)
+    return PromptLookup(num_tokens=min(num_tokens, cap or num_tokens), max_ngram=c.max_matching_ngram_size or 2,
+                        max_length=max_length, eos_token_ids=c.eos_token_ids, processors=processors,
+                        vocab_size=model.vocab_size)
+
+
+def speculative_pass(sched, req, proposer, token: np.ndarray, counts: SchedulerSpeculation):
+    """The batch's one row (request ``req``), its chosen token [1] int64 not yet fed -> (its TokenEvents, the tokens
+    of the row if it goes on: [] or [next token]), or None when nothing is proposed (the caller runs a plain step).
+    Leaves ``sched.state`` holding the row's ids up to its last picked token (not fed) and ``sched.logits`` the
+    logits after them, as a plain step leaves them."""
+    candidates, _ = proposer.propose(req.sequences, req.active)    # [1, k] (the sequences end with ``token``)
+    k = candidates.shape[1]
+    if k == 0:
+        return None
+    block = sched.state.extend(np.concatenate([token[:, None], candidates], axis=1))   # [1, k + 1, V], one pass
+    events = []
+    for i in range(k + 1):                                   # 1. pick the fed positions in order, as plain steps
+        sched.logits = block[:, i]                           # [1, V]: after the token fed at position i
+        picked, going = sched._pick(req)
+        events += picked
+        if not going or i == k or going[0] != candidates[0, i]:
+            break                                            # finished, all used, or the proposal parted here
+    if k - i:
+        sched.state.rollback(np.array([k - i], np.int64))    # 2. forget the proposed tokens fed past the pick
+    proposer.update(i, k)                                    # 3. the back-off hears how many were accepted
+    counts.passes, counts.proposed, counts.accepted = counts.passes + 1, counts.proposed + k, counts.accepted + i
+    return events, going
