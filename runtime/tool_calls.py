@@ -59,7 +59,7 @@ def template_style(template: str | None) -> str:
     return "generic"
 
 
-def _args_key(style: str) -> str:
+def args_key(style: str) -> str:
     return "parameters" if style == "llama3" else "arguments"
 
 
@@ -82,7 +82,7 @@ def _as_object(arguments: Any) -> Any:
 
 def _call_text(name: str, arguments: Any, style: str) -> str:
     """One call in a JSON style's text (a past call rendered for a generic template)."""
-    return json.dumps({"name": name, _args_key(style): _as_object(arguments)}, ensure_ascii=False)
+    return json.dumps({"name": name, args_key(style): _as_object(arguments)}, ensure_ascii=False)
 
 
 def _tool_brief(tool: dict) -> dict:
@@ -168,7 +168,7 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None) -> str:
     """A Lark grammar (llguidance's syntax) for exactly one call in ``style``: of the function ``name``, or of any of
     ``tools``; its arguments follow that function's ``parameters`` schema. JSON is written with ``", "`` and
     ``": "`` separators (as the templates render calls) and no other free whitespace."""
-    key = _args_key(style)
+    key = args_key(style)
     options, defs = [], {}
     for t in tools:
         f = t["function"]
@@ -236,7 +236,7 @@ def _call_of(obj: Any, style: str, names: set[str]) -> tuple[str, dict] | None:
     """A parsed JSON value -> (name, arguments) when it is a call of a known function, else None."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or obj["name"] not in names:
         return None
-    args = obj.get(_args_key(style), obj.get("arguments" if style == "llama3" else "parameters"))
+    args = obj.get(args_key(style), obj.get("arguments" if style == "llama3" else "parameters"))
     if isinstance(args, str):
         try:
             args = _STRICT.decode(args)

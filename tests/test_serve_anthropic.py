@@ -26,7 +26,7 @@ if os.environ.get("CI") != "true":  # CI installs the 'structured' extra: there 
 import jsonschema  # noqa: E402
 
 import onnxlm  # noqa: E402
-from onnxlm.serve import anthropic_reply  # noqa: E402
+from onnxlm.serve import anthropic_reply, anthropic_request, tools  # noqa: E402
 from onnxlm.serve.protocol import APIError  # noqa: E402
 from serve_util import SEARCH, WEATHER, live_tiny, named_events, post, start, wait_health  # noqa: E402
 
@@ -57,6 +57,13 @@ def client(live):
 
 def _text(message) -> str:
     return "".join(b.text for b in message.content if b.type == "text")
+
+
+def _prompt_tokens(usage) -> int:
+    """A usage block's (the SDK's or a dict) whole prompt, as Anthropic splits it: the tokens read from the cache,
+    those written to it and the rest."""
+    get = usage.get if isinstance(usage, dict) else lambda name: getattr(usage, name)
+    return get("input_tokens") + get("cache_creation_input_tokens") + get("cache_read_input_tokens")
 
 
 def _events(url: str, body: dict, headers=None) -> list[tuple[str, dict]]:
@@ -97,7 +104,7 @@ def test_message_equals_chat_completion(live, client):
     want = chat.json()
     assert m.id.startswith("msg_") and m.type == "message" and m.role == "assistant" and m.model == "tiny"
     assert _text(m) == want["choices"][0]["message"]["content"]
-    assert m.usage.input_tokens == want["usage"]["prompt_tokens"]
+    assert _prompt_tokens(m.usage) == want["usage"]["prompt_tokens"]
     assert m.usage.output_tokens == want["usage"]["completion_tokens"]
     assert m.stop_reason == {"stop": "end_turn", "length": "max_tokens"}[want["choices"][0]["finish_reason"]]
     assert m.stop_sequence is None
@@ -109,12 +116,13 @@ def test_stream_events_join_to_the_message(live, client):
     events = _events(live.url, {**body, **GREEDY})
     _check_order(events)
     start = events[0][1]["message"]
-    assert start["usage"]["input_tokens"] == whole.usage.input_tokens and start["content"] == []
+    assert _prompt_tokens(start["usage"]) == _prompt_tokens(whole.usage) and start["content"] == []
     text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
     assert text == _text(whole) != ""
     delta = events[-2][1]
     assert delta["delta"] == {"stop_reason": whole.stop_reason, "stop_sequence": None}
     assert delta["usage"]["output_tokens"] == whole.usage.output_tokens
+    assert delta["usage"] == {**start["usage"], "output_tokens": whole.usage.output_tokens}
     with client.messages.stream(**body, extra_body=GREEDY) as stream:  # the SDK's own accumulation of the events
         final = stream.get_final_message()
     assert [(b.type, b.text) for b in final.content] == [(b.type, b.text) for b in whole.content]
@@ -165,7 +173,7 @@ def test_forced_tool_use_round_trip(live, client):
                                     tools=TOOLS)
     assert follow.stop_reason in ("end_turn", "max_tokens", "tool_use")
     counted = client.messages.count_tokens(model="tiny", system=SYSTEM, messages=history, tools=TOOLS)
-    assert counted.input_tokens == follow.usage.input_tokens
+    assert counted.input_tokens == _prompt_tokens(follow.usage)
     twin = [{"role": "system", "content": SYSTEM}, *USER,
             {"role": "assistant", "content": _text(m) or None, "tool_calls": [
                 {"id": call.id, "type": "function", "function": {"name": call.name,
@@ -194,12 +202,85 @@ def test_streamed_tool_use(live, client):
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 
 
+def _failed_search(**flag) -> list[dict]:
+    """A conversation whose last turn answers a search call with a tool_result (``flag``: its is_error)."""
+    call = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {"query": "weather Paris"}}
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "the search service is down", **flag}
+    return USER + [{"role": "assistant", "content": [call]}, {"role": "user", "content": [result]}]
+
+
+def test_a_failed_tool_result_is_marked_for_the_model(live, client):
+    """A tool_result with is_error: true: the tool message the template renders begins with "Error: " (the flag
+    has no place in a chat template's tool message, so the model would read the error as the tool's answer); the
+    prompt differs from the unflagged one by that mark alone, and count_tokens counts it."""
+    def prompt(messages) -> str:  # the prompt /v1/messages renders (anthropic._prompt's steps), as text
+        req = anthropic_request.parse({"model": "tiny", "messages": messages, "tools": TOOLS}, counting=True)
+        treq = tools.check(req.tools_body, live.model.chat_template)
+        return tools.render(live.model, req.messages, treq, tokenize=False)
+
+    plain, failed = prompt(_failed_search()), prompt(_failed_search(is_error=True))
+    assert prompt(_failed_search(is_error=False)) == plain
+    assert failed != plain
+    assert failed == plain.replace("the search service is down", "Error: the search service is down")
+    counted = [client.messages.count_tokens(model="tiny", messages=_failed_search(**flag), tools=TOOLS).input_tokens
+               for flag in ({}, {"is_error": True})]
+    assert counted[1] > counted[0]
+    # content that already says so is not marked twice; an empty one is the mark alone
+    assert anthropic_request.error_marked("Error: timed out") == "Error: timed out"
+    assert anthropic_request.error_marked("") == "Error:"
+
+
+def test_a_forced_tool_use_cut_by_max_tokens(live, client):
+    """A forced tool that max_tokens cuts inside its input: stop_reason "max_tokens" and its tool_use block (input
+    {}: what was written is not whole JSON), not the call's raw text as a text block; streamed, the block's
+    input_json_delta carries what was written (the start of the whole call's input), as Anthropic's own streams
+    do, and the SDK's stream helper reads it."""
+    body = {"model": "tiny", "messages": USER, "tools": TOOLS, "tool_choice": {"type": "tool", "name": "search"}}
+    whole = json.dumps(client.messages.create(**body, max_tokens=200, extra_body=GREEDY).content[-1].input,
+                       ensure_ascii=False)
+    head = len(live.model.tokenizer.encode('<tool_call>\n{"name": "search", "arguments": '))  # the qwen style's
+    m = client.messages.create(**body, max_tokens=head + 6, extra_body=GREEDY)
+    assert m.stop_reason == "max_tokens"
+    assert [(b.type, b.name, b.input) for b in m.content] == [("tool_use", "search", {})]
+    events = _events(live.url, {**body, **GREEDY, "max_tokens": head + 6})
+    _check_order(events)
+    assert [d["content_block"]["type"] for n, d in events if n == "content_block_start"] == ["tool_use"]
+    assert "".join(d["delta"]["partial_json"] for n, d in events if n == "content_block_delta") == whole[:6]
+    assert events[-2][1]["delta"]["stop_reason"] == "max_tokens"
+    with client.messages.stream(**body, max_tokens=head + 6, extra_body=GREEDY) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "max_tokens" and [b.type for b in final.content] == ["tool_use"]
+
+
 def test_count_tokens_equals_input_tokens(client):
     body = {"model": "tiny", "system": SYSTEM, "messages": USER, "tools": TOOLS}
     counted = client.messages.count_tokens(**body)
     m = client.messages.create(**body, max_tokens=2)
-    assert counted.input_tokens == m.usage.input_tokens > 0
+    assert counted.input_tokens == _prompt_tokens(m.usage) > 0
     assert client.messages.count_tokens(model="tiny", messages=USER).input_tokens < counted.input_tokens
+
+
+def test_usage_splits_off_the_prefix_caches_share(live, client):
+    """Usage as Anthropic reports a prompt cache's: the prompt's tokens the prefix cache held are
+    cache_read_input_tokens, the rest input_tokens, cache_creation_input_tokens 0, adding up to count_tokens. The
+    same long prompt twice: the first computes it (past the template's opening, which earlier prompts share), the
+    second reads it from the cache; streamed, message_start and message_delta carry the split too."""
+    system = "You answer questions about the weather in one word, and never more. " * 4  # this test's own prompt
+    body = {"model": "tiny", "max_tokens": 4, "system": system, "messages": USER}
+    counted = client.messages.count_tokens(model="tiny", system=system, messages=USER).input_tokens
+    first = client.messages.create(**body, extra_body=GREEDY)
+    second = client.messages.create(**body, extra_body=GREEDY)
+    for m in (first, second):
+        assert m.usage.cache_creation_input_tokens == 0 and _prompt_tokens(m.usage) == counted
+    assert first.usage.input_tokens > len(system) // 2  # computed: only the template's opening could be held
+    assert second.usage.cache_read_input_tokens > first.usage.cache_read_input_tokens
+    assert second.usage.cache_read_input_tokens >= counted - 1  # all of it (or all but the last token, fed again)
+    events = _events(live.url, {**body, **GREEDY})
+    start, delta = events[0][1]["message"]["usage"], events[-2][1]["usage"]
+    assert start == {"input_tokens": counted - start["cache_read_input_tokens"], "cache_creation_input_tokens": 0,
+                     "cache_read_input_tokens": start["cache_read_input_tokens"], "output_tokens": 0}
+    assert start["cache_read_input_tokens"] >= counted - 1
+    assert delta == {**start, "output_tokens": second.usage.output_tokens}
 
 
 @pytest.fixture(scope="module")
@@ -356,16 +437,22 @@ def test_an_error_mid_stream_is_an_error_event():
         yield {"choices": [{"delta": {"content": "Hi"}, "finish_reason": None}]}
         raise APIError(400, "stop: broken", param="stop")
 
-    run = SimpleNamespace(cancel=lambda: done.append("cancel"))
+    async def nothing():
+        pass
+
+    run = SimpleNamespace(cancel=lambda: done.append("cancel"), wait=nothing, close=nothing)
     slot = SimpleNamespace(release=lambda: done.append("release"), st=SimpleNamespace(count=done.append))
     choices = SimpleNamespace(cut=set(), tokens={}, completion_tokens=1)
-    start = anthropic_reply.head("msg_1", "tiny", 3)
+    jobs = [SimpleNamespace(ids=[1, 2, 3], req=SimpleNamespace(cached_tokens=2))]
+    start = anthropic_reply.head("msg_1", "tiny", jobs)
 
     async def collect():
-        return [e async for e in anthropic_reply.events(chunks(), run, slot, choices, start, [])]
+        return [e async for e in anthropic_reply.events(chunks(), run, slot, choices, start, [], jobs)]
     events = asyncio.run(collect())
     assert [e["event"] for e in events] == ["message_start", "ping", "content_block_start", "content_block_delta",
                                              "error"]
+    assert json.loads(events[0]["data"])["message"]["usage"] == {
+        "input_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2, "output_tokens": 0}
     assert json.loads(events[-1]["data"]) == {"type": "error", "error": {"type": "invalid_request_error",
                                                                          "message": "stop: broken"}}
     assert done == ["cancel", "release"]
@@ -373,7 +460,9 @@ def test_an_error_mid_stream_is_an_error_event():
 
 def test_readme_example_runs_as_written(live, capsys):
     """The README's Anthropic example against this server (port 8000 -> its port, SmolLM2's name -> the served
-    one): it prints the greedy reply's text, its stop reason and both token counts, as /v1/messages answers them."""
+    one): it prints the greedy reply's text, its stop reason and both token counts, as /v1/messages answers them
+    (the request sent once before, so that both runs find the whole prompt in the prefix cache: the same split of
+    the input tokens)."""
     import re
     from pathlib import Path
 
@@ -381,11 +470,13 @@ def test_readme_example_runs_as_written(live, capsys):
     section = readme.split("Anthropic's Messages API too", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     code = code.replace("http://127.0.0.1:8000", live.url).replace('"smollm2-135m-instruct"', '"tiny"')
+    body = {"model": "tiny", "max_tokens": 64, "system": "Be brief.", "temperature": 0,
+            "messages": [{"role": "user", "content": "What is ONNX?"}]}
+    assert post(live.url, "/v1/messages", body).status_code == 200
     capsys.readouterr()
     exec(compile(code, "README", "exec"), {})
     printed = capsys.readouterr().out
-    want = post(live.url, "/v1/messages", {"model": "tiny", "max_tokens": 64, "system": "Be brief.", "temperature": 0,
-                                          "messages": [{"role": "user", "content": "What is ONNX?"}]})
+    want = post(live.url, "/v1/messages", body)
     assert want.status_code == 200, want.text
     body = want.json()
     text = "".join(b["text"] for b in body["content"] if b["type"] == "text")

@@ -238,6 +238,29 @@ def test_streamed_function_call(live, client):
     assert [(o.type, o.name, o.arguments) for o in got.output] == [("function_call", "search", arguments)]
 
 
+def test_a_forced_call_cut_by_max_output_tokens_is_an_incomplete_function_call(live, client):
+    """A forced call that max_output_tokens cuts inside its arguments: a function_call item with status
+    "incomplete" whose arguments are the JSON written so far (the start of the whole call's), in a response with
+    status "incomplete" and incomplete_details.reason "max_output_tokens", as OpenAI answers, not a message holding
+    the call's raw text; streamed the same (the SDK's stream helper wants a response.completed event: not used)."""
+    body = {"model": "tiny", "input": USER, "tools": TOOLS, "tool_choice": {"type": "function", "name": "search"},
+            "temperature": 0}
+    whole = client.responses.create(**body, max_output_tokens=200).output[0].arguments
+    head = len(live.model.tokenizer.encode('<tool_call>\n{"name": "search", "arguments": '))  # the qwen style's
+    cut = {**body, "max_output_tokens": head + 6}
+    r = client.responses.create(**cut)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output_text == ""
+    (call,) = r.output
+    assert (call.type, call.name, call.status, call.arguments) == ("function_call", "search", "incomplete", whole[:6])
+    assert call.id.startswith("fc_") and call.call_id.startswith("call_")
+    _strict(post(live.url, "/v1/responses", cut).json())
+    final = _check_order(_events(live.url, cut))
+    assert final["status"] == "incomplete" and final["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert [(o["type"], o["name"], o["status"], o["arguments"]) for o in final["output"]] == \
+        [("function_call", "search", "incomplete", whole[:6])]
+
+
 def test_text_format_json_schema(live, client):
     """text.format json_schema: the reply is JSON valid against the schema (the chat endpoint's response_format's
     reply), unstreamed and through the SDK's stream helper; json_object gives an object."""
@@ -447,11 +470,34 @@ def test_optional_fields_at_their_neutral_values_are_accepted(live):
                                              "temperature": 0}).json()
     for extra in ({"service_tier": None, "max_tool_calls": None, "top_logprobs": None, "prompt_cache_retention": None,
                    "context_management": None}, {"service_tier": "auto", "top_logprobs": 0},
-                  {"service_tier": "default", "prompt_cache_retention": "in-memory"}):
+                  {"service_tier": "default", "prompt_cache_retention": "in-memory"},
+                  {"prompt_cache_retention": "in_memory"}):  # (the openai SDK's spelling)
         r = post(live.url, "/v1/responses", {"model": "tiny", "input": USER, "max_output_tokens": 16,
                                              "temperature": 0, **extra})
         assert r.status_code == 200, (extra, r.text)
         assert _text_of(r.json()) == _text_of(plain), extra
+
+
+def test_ignored_settings_are_repeated_in_the_response(live, client):
+    """reasoning, prompt_cache_key, safety_identifier and metadata (checked, then ignored) come back in the response
+    as the request gave them, as OpenAI's responses repeat them, and at OpenAI's values when absent (reasoning's
+    effort and summary null, metadata {}, the others null); the stream's created and final responses too."""
+    settings = {"reasoning": {"effort": "low"}, "prompt_cache_key": "conversation-7",
+                "safety_identifier": "user-hash-1", "metadata": {"topic": "weather"}}
+    r = client.responses.create(model="tiny", input=USER, max_output_tokens=16, **settings)
+    assert (r.reasoning.effort, r.reasoning.summary) == ("low", None)
+    assert (r.prompt_cache_key, r.safety_identifier, r.metadata) == ("conversation-7", "user-hash-1",
+                                                                     {"topic": "weather"})
+    bare = client.responses.create(model="tiny", input=USER, max_output_tokens=16)
+    assert (bare.reasoning.effort, bare.reasoning.summary) == (None, None)
+    assert (bare.prompt_cache_key, bare.safety_identifier, bare.metadata) == (None, None, {})
+    raw = post(live.url, "/v1/responses", {"model": "tiny", "input": USER, "max_output_tokens": 16, **settings})
+    want = {"reasoning": {"effort": "low", "summary": None}, **{k: v for k, v in settings.items() if k != "reasoning"}}
+    assert {k: raw.json()[k] for k in settings} == want
+    _strict(raw.json())
+    events = _events(live.url, {"model": "tiny", "input": USER, "max_output_tokens": 16, **settings})
+    for _, data in (events[0], events[-1]):
+        assert {k: data["response"][k] for k in settings} == want
 
 
 def test_a_developer_message_is_a_system_message_for_a_template_without_that_role(live, client):

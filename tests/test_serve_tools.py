@@ -382,6 +382,60 @@ def test_streamed_call_reassembles_to_the_same_call(servers, style):
     assert all(set(p) == {"index", "function"} and set(p["function"]) == {"arguments"} for p in pieces[1:])
 
 
+#: the text a forced call of get_weather opens with, per style (runtime/tool_calls.call_grammar's)
+CALL_HEAD = {"qwen": '<tool_call>\n{"name": "get_weather", "arguments": ',
+             "llama3": '{"name": "get_weather", "parameters": ', "generic": '{"name": "get_weather", "arguments": '}
+
+
+@pytest.mark.parametrize("style", ["qwen", "llama3", "generic"])
+def test_a_forced_call_cut_by_max_tokens_is_the_call_so_far(servers, style):
+    """A forced call that max_tokens cuts inside its arguments comes back as OpenAI returns one: a tool call whose
+    arguments are the JSON written so far (the start of the whole call's), finish_reason "length", no content (not
+    the call's raw text); streamed, the same call and finish reason. Cut before the arguments, the call has the
+    function's name and no arguments yet. An unforced reply cut short stays text."""
+    srv = servers[style]
+    body = {"messages": _user(PROMPTS[0]), "tools": TOOLS, "tool_choice": _named("get_weather"), "temperature": 0}
+    whole = _chat(srv, **body, max_tokens=200)["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+    head = len(srv.model.tokenizer.encode(CALL_HEAD[style]))
+    for max_tokens, written in ((head + 6, whole[:6]), (head - 3, "")):
+        c = _chat(srv, **body, max_tokens=max_tokens)["choices"][0]
+        assert c["finish_reason"] == "length" and c["message"]["content"] is None, c
+        (call,) = c["message"]["tool_calls"]
+        assert call["id"].startswith("call_") and call["type"] == "function"
+        assert call["function"] == {"name": "get_weather", "arguments": written}
+        streamed = _reassemble(sse_events(srv.url, "/v1/chat/completions",
+                                          {**body, "max_tokens": max_tokens, "stream": True}))
+        assert streamed["finish_reason"] == "length" and streamed["content"] == ""
+        assert [x["function"] for x in streamed["tool_calls"]] == [call["function"]]
+    c = _chat(srv, _user(PROMPTS[0]), tools=TOOLS, max_tokens=head + 6)["choices"][0]  # "auto": not constrained
+    assert c["finish_reason"] == "length" and "tool_calls" not in c["message"] and c["message"]["content"]
+
+
+def test_a_cut_call_is_read_from_the_constraints_text():
+    """tools.cut_call on the text a forced call's constraint writes, cut: the name as far as it is known (several
+    tools may begin so: the name as written), the arguments as written, or whole where only the call's closing was
+    cut; nothing for a whole call, another finish reason, an unforced choice or text that is no such call."""
+    def treq(style, choice="required", name=None):
+        return tools.ToolRequest(TOOLS, choice, name, True, style, {"get_weather", "search"})
+
+    def cut(text, style="qwen", reason="length", **kw):
+        call = tools.cut_call(text, reason, treq(style, **kw))
+        return call and (call["function"]["name"], call["function"]["arguments"])
+
+    qwen = '<tool_call>\n{"name": "search", "arguments": '
+    assert cut(qwen + '{"query": "ca') == ("search", '{"query": "ca')
+    assert cut(qwen + '{"query": "cake"}}\n</tool_ca') == ("search", '{"query": "cake"}')
+    assert cut(qwen[:-5]) == ("search", "")            # within the arguments key: the name is known
+    assert cut('<tool_call>\n{"name": "se') == ("search", "")   # the one function the text can begin
+    assert cut('<tool_call>\n{"na') == ("", "")          # either function: no name yet
+    assert cut("<tool", choice="function", name="get_weather") == ("get_weather", "")
+    assert cut('{"name": "get_weather", "parameters": {"city": "Ro', "llama3") == ("get_weather", '{"city": "Ro')
+    assert cut('{"name": "search", "arguments": {"query": "x"}', "generic") == ("search", '{"query": "x"}')
+    assert cut(qwen + '{"query": "ca', reason="stop") is None
+    assert cut(qwen + '{"query": "ca', choice="auto") is None
+    assert cut("Sunny") is None and cut("") is None
+
+
 def test_streamed_rows_with_logprobs(servers):
     """n rows stream their calls side by side (each its own index); logprobs come along for every token but the
     end-of-turn one, as in the unstreamed answer."""

@@ -100,12 +100,13 @@ async def _messages(request: HTTPRequest):
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, 1, None, stream=samp.stream)
     choices = Choices(model, 1, chat=True)
-    start = anthropic_reply.head("msg_" + uuid.uuid4().hex, st.config.model_name, len(ids))
+    start = anthropic_reply.head("msg_" + uuid.uuid4().hex, st.config.model_name, jobs)
     if samp.stream:
-        chunks = tools.reply_chunks(run, samp, choices, {}, treq, think)
-        return EventSourceResponse(anthropic_reply.events(chunks, run, slot, choices, start, samp.stop))
+        ahead = anthropic_reply.FirstItemAhead(run)  # message_start waits for the prompt: the cache's share known
+        chunks = tools.reply_chunks(ahead, samp, choices, {}, treq, think)
+        return EventSourceResponse(anthropic_reply.events(chunks, ahead, slot, choices, start, samp.stop, jobs))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)
     chat_message, reason = tools.message(result["texts"].get(0, ""), choices.reasons.get(0, "length"), treq, think)
-    return JSONResponse(anthropic_reply.message(start, chat_message, reason, choices, samp.stop))
+    return JSONResponse(anthropic_reply.message(start, chat_message, reason, choices, samp.stop, jobs))

@@ -4,23 +4,31 @@ body: ``errors.anthropic_error_body``, which the app's 404 / 405 under /v1/messa
 
 Content blocks: a thinking model's reasoning (the reply's <think> block, split as /v1/chat/completions splits it) as
 ``{"type": "thinking", "thinking", "signature": ""}``, the text as ``{"type": "text", "text"}`` (none when empty),
-each tool call as ``{"type": "tool_use", "id": "toolu_...", "name", "input"}``. Stop reasons: the end of the turn
+each tool call as ``{"type": "tool_use", "id": "toolu_...", "name", "input"}`` (a forced call cut by max_tokens:
+its input ``{}``, the stream's input_json_delta what was written). Stop reasons: the end of the turn
 ("end_turn"), a stop sequence ("stop_sequence", with the sequence), max_tokens ("max_tokens"), a tool call
-("tool_use"). ``usage``: ``input_tokens`` (the prompt's tokens, all of them: the prefix cache's share is not split
-off) and ``output_tokens`` (as /v1/chat/completions' completion_tokens).
+("tool_use"). ``usage`` as Anthropic counts a prompt cache's tokens: ``cache_read_input_tokens`` (the prompt's tokens
+the prefix cache held, /v1/chat/completions' ``prompt_tokens_details.cached_tokens``), ``input_tokens`` (the rest: the
+prompt is ``input_tokens + cache_creation_input_tokens + cache_read_input_tokens``), ``cache_creation_input_tokens``
+(0: nothing is written to a cache on request, the prefix cache keeps every prompt by itself) and ``output_tokens``
+(as /v1/chat/completions' completion_tokens).
 
 The stream (``events``) translates the chat stream's chunks (streaming.chat_chunks, tools.chat_chunks):
-``message_start``, a ``ping`` (as Anthropic's API sends one there); per block ``content_block_start``, its ``content_block_delta`` events (``thinking_delta``,
-``text_delta``, ``input_json_delta``: a call's input arrives whole, as the chat stream sends its arguments) and
-``content_block_stop``; then ``message_delta`` (stop_reason, stop_sequence, usage.output_tokens) and
-``message_stop``. An error on the way is an ``error`` event with Anthropic's error body, and the stream ends.
+``message_start`` (sent once the prompt is in, with the first tokens, as Anthropic's own streams send it: its usage
+then splits off the prefix cache's share; ``FirstItemAhead``), a ``ping`` (as Anthropic's API sends one there); per
+block ``content_block_start``, its ``content_block_delta`` events (``thinking_delta``, ``text_delta``,
+``input_json_delta``: a call's input arrives whole, as the chat stream sends its arguments) and
+``content_block_stop``; then ``message_delta`` (stop_reason, stop_sequence, and the whole usage: Anthropic's SDK
+takes its counts as the totals) and ``message_stop``. An error on the way is an ``error`` event with Anthropic's
+error body, and the stream ends.
 """
 from __future__ import annotations
 
 import json
 
-from .choices import Choices
+from .choices import Choices, usage as chat_usage
 from .errors import anthropic_error_body as error_body
+from .jobs import Job
 from .llamacpp import stopping_word
 from .protocol import APIError
 from .run import Run
@@ -45,8 +53,19 @@ def blocks(message: dict) -> list[dict]:
         out.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or []:
         out.append({"type": "tool_use", "id": tool_use_id(call["id"]), "name": call["function"]["name"],
-                    "input": json.loads(call["function"]["arguments"])})
+                    "input": _input(call["function"]["arguments"])})
     return out
+
+
+def _input(arguments: str) -> dict:
+    """A call's arguments (a JSON string) -> a tool_use block's ``input``; {} for a forced call that max_tokens cut
+    short (tools.cut_call), whose arguments are not whole JSON: a block's input must be an object (the stream's
+    input_json_delta carries what was written, as Anthropic's own streams do; stop_reason "max_tokens" tells it)."""
+    try:
+        value = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def stop(reason: str, choices: Choices, stop_sequences: list[str]) -> tuple[str, str | None]:
@@ -58,17 +77,30 @@ def stop(reason: str, choices: Choices, stop_sequences: list[str]) -> tuple[str,
     return STOP_REASONS.get(reason, "end_turn"), None
 
 
-def head(message_id: str, model_name: str, input_tokens: int) -> dict:
-    """The message without its reply: the non-streamed answer's start, the stream's ``message_start``."""
+def usage(jobs: list[Job], output_tokens: int) -> dict:
+    """Anthropic's usage block from the chat endpoint's counts (choices.usage): the prompt's tokens the prefix cache
+    held are ``cache_read_input_tokens``, the others ``input_tokens`` (Anthropic's split: the prompt is their sum
+    with ``cache_creation_input_tokens``, 0 here: no request writes a cache, the prefix cache keeps every prompt by
+    itself). Known once the prompt is in (the scheduler sets a request's cached tokens at its prefill)."""
+    counts = chat_usage(jobs, output_tokens)
+    cached = counts["prompt_tokens_details"]["cached_tokens"]
+    return {"input_tokens": counts["prompt_tokens"] - cached, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": cached, "output_tokens": output_tokens}
+
+
+def head(message_id: str, model_name: str, jobs: list[Job]) -> dict:
+    """The message without its reply: the non-streamed answer's start, the stream's ``message_start`` (its usage
+    as far as it is known: the prefix cache's share once the prompt is in)."""
     return {"id": message_id, "type": "message", "role": "assistant", "model": model_name, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": input_tokens, "output_tokens": 0}}
+            "stop_reason": None, "stop_sequence": None, "usage": usage(jobs, 0)}
 
 
-def message(start: dict, chat_message: dict, reason: str, choices: Choices, stop_sequences: list[str]) -> dict:
-    """The whole reply: ``start`` (``head``) with the content blocks, stop reason and sequence, output tokens."""
+def message(start: dict, chat_message: dict, reason: str, choices: Choices, stop_sequences: list[str],
+            jobs: list[Job]) -> dict:
+    """The whole reply: ``start`` (``head``) with the content blocks, stop reason and sequence, and the usage."""
     stop_reason, sequence = stop(reason, choices, stop_sequences)
     return {**start, "content": blocks(chat_message), "stop_reason": stop_reason, "stop_sequence": sequence,
-            "usage": {**start["usage"], "output_tokens": choices.completion_tokens}}
+            "usage": usage(jobs, choices.completion_tokens)}
 
 
 def _event(name: str, data: dict) -> dict:
@@ -118,13 +150,51 @@ class _Blocks:
         return out
 
 
-async def events(chunks, run: Run, slot: Slot, choices: Choices, start: dict, stop_sequences: list[str]):
-    """The chat stream's chunks (one choice) -> Anthropic's server-sent events; an APIError on the way is an
-    ``error`` event. The run is cancelled and the slot released however the stream ends (a client that went away
-    counts in the ``cancelled`` metric), as streaming.stream does for the chat stream."""
+class FirstItemAhead:
+    """A run whose first item is awaited before the chat stream asks for it (``wait``), then handed to it first, as
+    if never taken (``items``): the stream's message_start waits for it, so that its usage splits off the prefix
+    cache's share, which the scheduler sets at the prompt's prefill, before the first tokens come back."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self._items = run.items()
+        self._first: list = []
+
+    async def wait(self) -> None:
+        """Until the run's first item (tokens, its end, or its error: raised here) has come."""
+        try:
+            self._first.append(await anext(self._items))
+        except StopAsyncIteration:
+            pass
+
+    async def items(self):
+        """The run's items (run.items()), the one ``wait`` took first."""
+        try:
+            while self._first:
+                yield self._first.pop(0)
+            async for item in self._items:
+                yield item
+        finally:
+            await self._items.aclose()
+
+    def cancel(self) -> None:
+        self.run.cancel()
+
+    async def close(self) -> None:
+        """The run's items closed, also where the chat stream never asked for them (it ended first)."""
+        await self._items.aclose()
+
+
+async def events(chunks, run: FirstItemAhead, slot: Slot, choices: Choices, start: dict, stop_sequences: list[str],
+                 jobs: list[Job]):
+    """The chat stream's chunks (one choice, over ``run``) -> Anthropic's server-sent events; message_start once the
+    run's first item came (``FirstItemAhead.wait``); an APIError on the way is an ``error`` event. The run is
+    cancelled and the slot released however the stream ends (a client that went away counts in the ``cancelled``
+    metric), as streaming.stream does for the chat stream."""
     ended = False
     try:
-        yield _event("message_start", {"message": start})
+        await run.wait()
+        yield _event("message_start", {"message": {**start, "usage": usage(jobs, 0)}})
         yield _event("ping", {})  # as Anthropic's own streams send one after the start
         open_blocks = _Blocks()
         async for chunk in chunks:
@@ -136,7 +206,7 @@ async def events(chunks, run: Run, slot: Slot, choices: Choices, start: dict, st
                     yield event
                 stop_reason, sequence = stop(choice["finish_reason"], choices, stop_sequences)
                 yield _event("message_delta", {"delta": {"stop_reason": stop_reason, "stop_sequence": sequence},
-                                               "usage": {"output_tokens": choices.completion_tokens}})
+                                               "usage": usage(jobs, choices.completion_tokens)})
         yield _event("message_stop", {})
         ended = True
     except APIError as exc:
@@ -144,3 +214,4 @@ async def events(chunks, run: Run, slot: Slot, choices: Choices, start: dict, st
         yield {"event": "error", "data": json.dumps(error_body(exc), ensure_ascii=False)}
     finally:
         await end_stream(chunks, run, slot, ended)
+        await run.close()

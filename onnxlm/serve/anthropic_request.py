@@ -4,11 +4,13 @@ the chat request /v1/chat/completions runs: OpenAI's message list, tools and too
 (``messages[1].content[0].source``, ``tools[0].input_schema``); anthropic.py sends it in Anthropic's error body.
 
 The mapping: ``system`` (a string or text blocks) -> a system message first; a user turn's ``tool_result`` blocks ->
-tool messages (``tool_call_id``: its ``tool_use_id``), its text blocks -> a user message after them; an assistant
-turn's text -> ``content``, its ``tool_use`` blocks -> ``tool_calls`` (``input`` as the JSON arguments), its
-``thinking`` blocks dropped (as the chat endpoint drops ``reasoning_content`` from the history); ``tools`` (``name``,
-``description``, ``input_schema``) -> functions; ``tool_choice`` auto / any / tool {name} / none -> "auto" /
-"required" / the named function / "none" (``disable_parallel_tool_use`` -> ``parallel_tool_calls``);
+tool messages (``tool_call_id``: its ``tool_use_id``; with ``is_error: true`` the content after "Error: ", since the
+template renders a tool message's text alone and the model learns of the failure only from it: ``error_marked``),
+its text blocks -> a user message after them; an assistant turn's text -> ``content``, its ``tool_use`` blocks ->
+``tool_calls`` (``input`` as the JSON arguments), its ``thinking`` blocks dropped (as the chat endpoint drops
+``reasoning_content`` from the history); ``tools`` (``name``, ``description``, ``input_schema``) -> functions;
+``tool_choice`` auto / any / tool {name} / none -> "auto" / "required" / the named function / "none"
+(``disable_parallel_tool_use`` -> ``parallel_tool_calls``);
 ``stop_sequences`` -> ``stop``; ``temperature`` (0..1, 0 greedy), ``top_p``, ``top_k`` as the runtime's.
 ``metadata`` and ``thinking`` are checked and ignored (the chat template decides whether the model thinks);
 ``cache_control`` is accepted wherever Anthropic takes it and ignored (the server's prefix cache needs no marks).
@@ -44,6 +46,8 @@ CHOICE_FIELDS = {"auto": {"type", "disable_parallel_tool_use"}, "any": {"type", 
                  "tool": {"type", "name", "disable_parallel_tool_use"}, "none": {"type"}}
 CHOICES = {"auto": "auto", "any": "required", "none": "none"}  # "tool": the named function
 THINKING_TYPES = ("enabled", "disabled", "adaptive")
+#: what opens the content of a tool_result with is_error: true, so that the model is told the tool failed
+ERROR_MARK = "Error: "
 
 
 @dataclass
@@ -185,7 +189,8 @@ def _call(block: dict, where: str) -> dict:
 
 
 def _result(block: dict, where: str) -> dict:
-    """A tool_result block -> a tool message (its content: a string, or text blocks joined; absent: empty)."""
+    """A tool_result block -> a tool message (its content: a string, or text blocks joined; absent: empty; with
+    ``is_error``: marked, ``error_marked``)."""
     if not isinstance(block.get("tool_use_id"), str) or not block["tool_use_id"]:
         raise bad(f"{where}.tool_use_id", "required: the id of the tool_use block this answers")
     if block.get("is_error") is not None and not isinstance(block["is_error"], bool):
@@ -203,7 +208,19 @@ def _result(block: dict, where: str) -> dict:
     elif not isinstance(content, str):
         raise bad(f"{where}.content", "expected a string or a list of text blocks")
     protocol.check_text([content], f"{where}.content")
+    if block.get("is_error"):
+        content = error_marked(content)
     return {"role": "tool", "tool_call_id": block["tool_use_id"], "content": content}
+
+
+def error_marked(content: str) -> str:
+    """A failed tool's result (``is_error: true``) as the model reads it: ``ERROR_MARK`` before its content. Chat
+    templates render a tool message's content alone, with no place for a flag, so without a mark the model would
+    take an error message for the tool's answer; Anthropic's docs show error results written this way
+    ("Error: Missing required 'location' parameter"), so content that already begins so is left as it is."""
+    if content.startswith(ERROR_MARK):
+        return content
+    return ERROR_MARK + content if content else ERROR_MARK.rstrip()
 
 
 def _media(where: str, kind: str) -> APIError:

@@ -43,7 +43,7 @@ def head(response_id: str, created_at: int, model_name: str, echo: dict) -> dict
     every answer; ``echo``: the request's settings the reply repeats (responses_request.ResponsesRequest.echo)."""
     return {"id": response_id, "object": "response", "created_at": created_at, "status": "in_progress",
             "background": False, "error": None, "incomplete_details": None, "model": model_name, "output": [],
-            "previous_response_id": None, "reasoning": {"effort": None, "summary": None}, "store": False,
+            "previous_response_id": None, "store": False,
             "truncation": "disabled", "max_tool_calls": None, "usage": None, **echo}
 
 

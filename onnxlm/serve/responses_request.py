@@ -16,7 +16,8 @@ tool message (``tool_call_id``: its ``call_id``), a ``reasoning`` item dropped (
 ``response_format``; ``max_output_tokens`` (16, OpenAI's least, to ``--max-tokens``), ``temperature`` (0..2),
 ``top_p``. Checked and ignored: ``reasoning`` (the chat template decides whether the model thinks), ``text.verbosity``,
 ``metadata``, ``user``, ``safety_identifier``, ``prompt_cache_key`` (the prefix cache needs no key), ``store`` (nothing
-is stored: the reply says ``"store": false``), ``stream_options.include_obfuscation`` (nothing is obfuscated).
+is stored: the reply says ``"store": false``), ``stream_options.include_obfuscation`` (nothing is obfuscated); the
+reply repeats ``reasoning``, ``metadata``, ``user``, ``safety_identifier`` and ``prompt_cache_key`` as OpenAI's does.
 
 Refused: what needs state kept between requests (``previous_response_id``, ``conversation``, ``background: true``,
 ``prompt``, an ``item_reference`` item), ``include`` values (none can be honoured here), ``truncation: "auto"`` (the
@@ -44,7 +45,7 @@ FIELDS = {"model", "input", "instructions", "max_output_tokens", "temperature", 
           "top_logprobs", "prompt_cache_retention", "context_management", *STATEFUL}
 #: optional fields of OpenAI's request taken only at the values that ask nothing of this server (null: absent)
 NEUTRAL = {"service_tier": (None, "auto", "default"), "max_tool_calls": (None,), "top_logprobs": (None, 0),
-           "prompt_cache_retention": (None, "in-memory"), "context_management": (None,)}
+           "prompt_cache_retention": (None, "in-memory", "in_memory"), "context_management": (None,)}  # (the SDK: in_memory)
 ROLES = ("user", "assistant", "system", "developer")
 #: the fields of each input item type read here (id, status, phase, and a call's async / caller / namespace /
 #: name: what an output item sent back carries; accepted at their neutral values, ignored: ``_check_call_echo``)
@@ -119,7 +120,7 @@ def parse(body: dict, *, max_tokens_cap: int) -> ResponsesRequest:
             "metadata": body.get("metadata") or {}, "parallel_tool_calls": parallel is not False,
             "temperature": temperature, "text": text,
             "tool_choice": _echo_choice(body.get("tool_choice")), "tools": echo_tools, "top_p": top_p,
-            "user": body.get("user")}
+            "user": body.get("user"), **_echo_ignored(body)}
     return ResponsesRequest(messages, tools_body, response_format, max_output_tokens, temperature, top_p, stream, echo)
 
 
@@ -188,6 +189,14 @@ def _check_ignored(body: dict, stream: bool) -> None:
         known_fields(options, ("include_obfuscation",), "stream_options", "stream_options")
         if options.get("include_obfuscation") is not None and not isinstance(options["include_obfuscation"], bool):
             raise bad("stream_options.include_obfuscation", "expected true or false")
+
+
+def _echo_ignored(body: dict) -> dict:
+    """The fields checked and ignored that OpenAI's response repeats, as the request gave them: ``reasoning`` (over
+    OpenAI's ``{"effort": null, "summary": null}`` of a request without it), ``prompt_cache_key`` and
+    ``safety_identifier`` (null when absent). A client reads its settings back from the response, as from OpenAI's."""
+    return {"reasoning": {"effort": None, "summary": None, **(body.get("reasoning") or {})},
+            "prompt_cache_key": body.get("prompt_cache_key"), "safety_identifier": body.get("safety_identifier")}
 
 
 def _check_metadata(value) -> None:

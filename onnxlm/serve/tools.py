@@ -5,7 +5,9 @@ back into ``message.tool_calls`` (``finish_reason: "tool_calls"``), whole or as 
 
 ``tool_choice``: ``"none"`` (the tools are not shown to the model and its reply is text), ``"auto"`` (the default
 with tools: a reply in the call format becomes calls, anything else is text), ``"required"`` (one call of any tool)
-or ``{"type": "function", "function": {"name": N}}`` (one call of N); the last two are constrained.
+or ``{"type": "function", "function": {"name": N}}`` (one call of N); the last two are constrained. A constrained call
+that the token limit cuts short comes back as OpenAI returns one, a call whose ``arguments`` are the JSON written so
+far with ``finish_reason: "length"`` (``cut_call``), not as its raw text.
 
 Streaming: text that cannot be (the start of) a call streams as content; what may be a call is held until the reply
 ends, then each call is sent as two ``delta.tool_calls`` chunks: ``{index, id, type, function: {name,
@@ -188,12 +190,53 @@ async def constraint(model, treq: ToolRequest):
         raise bad("tools", f"cannot constrain the call: {str(exc).split(': ', 1)[-1]}") from None
 
 
+def _api_call(name: str, arguments: str) -> dict:
+    """One of OpenAI's tool_calls (``arguments``: the JSON string)."""
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": name, "arguments": arguments}}
+
+
 def _api_calls(calls: list[tuple[str, dict]], treq: ToolRequest) -> list[dict]:
     """[(name, arguments)] -> OpenAI's tool_calls (arguments as a JSON string); one when parallel calls are off."""
     if not treq.parallel:
         calls = calls[:1]
-    return [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
-             "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}} for name, args in calls]
+    return [_api_call(name, json.dumps(args, ensure_ascii=False)) for name, args in calls]
+
+
+def cut_call(text: str, reason: str, treq: ToolRequest) -> dict | None:
+    """A forced call that the token limit cut short (``reason`` "length", its text not a whole call) -> the call as
+    far as it was written, as OpenAI returns one: a tool call whose ``arguments`` are the JSON written so far, which
+    the finish reason "length" (the Responses API: the item's ``status: "incomplete"``) tells apart from a whole
+    one; None for any other reply. Only a forced call's text is known to be a call: its constraint
+    (``fmt.call_grammar``) writes exactly the style's opening, ``{"name": "N", "<arguments key>": `` and the
+    arguments (an unforced reply cut mid-text stays text). The name is the function whose opening the text starts
+    with, or, cut within it, the one function the text can still begin (several: the name as far as it was written);
+    the arguments are what follows, ending with the JSON value where only the closing of the call was cut."""
+    if not treq.forced or reason != "length" or not text:
+        return None
+    # runtime/tool_calls.py's format: the qwen style's opening line, the JSON styles' arguments key
+    opening = fmt.QWEN_OPEN + "\n" if treq.style == "qwen" else ""
+    names = [treq.name] if treq.name else [t["function"]["name"] for t in treq.tools]
+    heads = {n: f'{opening}{{"name": {json.dumps(n)}, "{fmt.args_key(treq.style)}": ' for n in names}
+    for name, head in heads.items():
+        if text.startswith(head):
+            return _api_call(name, _json_value_written(text[len(head):]))
+    begun = [name for name, head in heads.items() if head.startswith(text)]
+    if not begun:  # not the constraint's call (a reasoning block took the text): left as text
+        return None
+    if len(begun) == 1:
+        return _api_call(begun[0], "")
+    return _api_call(text[len(opening) + len('{"name": "'):], "")
+
+
+def _json_value_written(text: str) -> str:
+    """The start of a JSON value and whatever follows -> the value where it is whole (the call's closing after it
+    was cut), else all of ``text`` (the value was cut)."""
+    try:
+        _, end = json.JSONDecoder().raw_decode(text)
+    except (ValueError, RecursionError):
+        return text
+    return text[:end]
 
 
 def message(text: str, reason: str, treq: ToolRequest, think: bool | None = None) -> tuple[dict, str]:
@@ -208,6 +251,9 @@ def message(text: str, reason: str, treq: ToolRequest, think: bool | None = None
         return {**head, "content": text}, reason
     content, calls = fmt.parse_reply(text, treq.style, treq.names)
     if not calls:
+        cut = cut_call(text, reason, treq)
+        if cut is not None:  # a forced call cut short: the call so far, finish reason "length"
+            return {**head, "content": None, "tool_calls": [cut]}, reason
         return {**head, "content": text}, reason
     return {**head, "content": content, "tool_calls": _api_calls(calls, treq)}, "tool_calls"
 
@@ -242,16 +288,19 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRe
             if not ev.finished:
                 continue
             rest, calls = cs.finish()
+            cut = None if calls or cs.shown else cut_call(rest or "", REASONS[ev.reason], treq)
+            if cut is not None:  # a forced call cut short (message): sent as the call so far, finish "length"
+                rest = None
             if rest:
                 yield _chunk(head, index, {"content": rest}, None)
-            api = _api_calls(calls, treq)
+            api = _api_calls(calls, treq) if cut is None else [cut]
             for k, call in enumerate(api):
                 fn = call["function"]
                 yield _chunk(head, index, {"tool_calls": [{"index": k, "id": call["id"], "type": "function",
                                                            "function": {"name": fn["name"], "arguments": ""}}]}, None)
                 yield _chunk(head, index, {"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]},
                              None)
-            reason = "tool_calls" if api else REASONS[ev.reason]
+            reason = "tool_calls" if api and cut is None else REASONS[ev.reason]
             yield {**head, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]}
 
 
