@@ -4,7 +4,8 @@
 
 Covered here: lines that would cost quadratic time (a model stuck repeating one character), fenced code and other
 blocks inside list items, loose lists, links as GitHub writes them, and GFM's strikethrough, task lists, setext
-headings and character references."""
+headings and character references; indented code, reference links, underscore emphasis and email autolinks; a
+streamed text (mdStream) rendered as the whole text is at every step."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -80,6 +81,21 @@ PATTERNS = {
     "mixed": lambda n: ("*_`[(|:->~ " * (n // 11 + 1))[:n],
     "url + parens": lambda n: "https://a.com/" + ")" * n,
     "entities": lambda n: "&amp" * (n // 4),
+    # indented code, reference links and definitions, __bold__ and _em_ with intraword underscores, email autolinks
+    "tabs": lambda n: "\t" * n + "x",
+    "refs": lambda n: "[a]" * (n // 3),
+    "refs opened": lambda n: "x " + "[a][" * (n // 4),
+    "label + spaces": lambda n: "[a" + " " * n + "]",
+    "definition + spaces": lambda n: "[a]: https://a.example" + " " * n + "x",
+    "definition + title": lambda n: "[a]: https://a.example \"" + "t " * (n // 2),
+    "definition quoted": lambda n: "> " * (n // 2) + "[a]: https://a.example",
+    "strong opened": lambda n: "x " + "__a " * (n // 4),
+    "snake": lambda n: "x _" + "a_" * (n // 2),
+    "snake opened": lambda n: "x " + "_a_a " * (n // 5),
+    "emails": lambda n: "<a@" * (n // 3),
+    "email labels": lambda n: "<a@b" + ".b" * (n // 2),
+    "email long labels": lambda n: "<a@" + ("b" * 62 + ".") * (n // 63),
+    "email local part": lambda n: "<" + "a" * n + "@",
 }
 
 
@@ -191,7 +207,7 @@ def test_links_as_github_writes_them(page):
                                   "https://example.com/a] a logo visit www.example.com/docs.")
     assert page.locator("img").count() == 0
     unsafe = ("<javascript:alert(1)> ![x](javascript:alert(1)) [y](javascript:alert((1))) "
-              "[z](data:text/html,hi \"t\") <a@b.example> wwwx.example")
+              "[z](data:text/html,hi \"t\") wwwx.example")
     out = _render(page, unsafe)
     assert out.locator("a").count() == 0 and out.text_content() == unsafe
 
@@ -233,3 +249,174 @@ def test_character_references_become_characters_never_markup(page):
     assert _links(out) == [["l", "https://a.example/?a=1&b=2", *TAB, "\"t\""]]
     out = _render(page, "```\n&amp;\n```")
     assert out.locator("code").text_content() == "&amp;"
+
+
+# ------------------------------------------------------------------------------------------------ indented code
+def test_indented_code_blocks(page):
+    """Lines indented 4 spaces or a tab (after a blank line or another block, not right under a paragraph's line,
+    which they continue) are a code block: the indent removed (a tab to 4 columns), blank lines inside kept, never
+    parsed as markdown, with a copy button; inside a list item too, and an item's own lines are not code."""
+    out = _render(page, "Intro:\n\n    def f(x):\n        return *x* <b>\n\n\tprint(1)\n  \tdone\n\nAfter")
+    assert _tags(out) == ["div"] and out.locator("div.code > button.copy").count() == 1
+    assert out.locator("pre code").text_content() == "def f(x):\n    return *x* <b>\n\nprint(1)\ndone"
+    assert out.locator("em, b").count() == 0
+    assert out.text_content() == "Intro:\n\ndef f(x):\n    return *x* <b>\n\nprint(1)\ndone\n\nAfter"
+    out = _render(page, "Text\n    not code\n# Title\n    code after a heading")
+    assert out.locator("pre code").all_text_contents() == ["code after a heading"]
+    assert out.text_content().startswith("Text\n    not code\nTitle\n")
+    out = _render(page, "- item\n\n      code in the item\n- next\n  - nested\n      continued")
+    assert _tags(out) == ["ul"] and out.locator("li").first.locator("pre code").text_content() == "code in the item"
+    assert out.locator("ul ul li").text_content() == "nested\ncontinued" and out.locator("pre").count() == 1
+
+
+# ------------------------------------------------------------------------------------------- reference links
+def test_reference_links_and_their_definitions(page):
+    """[text][label], [label][] and [label] link to the URL of [label]: url "title" defined anywhere in the text
+    (before or after; labels match case-insensitively, spaces collapsed); the definitions are not shown; an
+    undefined label stays text (its brackets and all); a definition of a javascript: or data: URL defines nothing (its
+    line stays text, its references too); a definition inside a code block is code."""
+    text = "\n".join([
+        "[early]: https://early.example/",
+        "See [the docs][Docs], [Docs][] and [docs], [a **bold** one][X  y], ![logo][img] and [early].",
+        "Undefined [stays] text, [so][this] one, *[em]* and [inline](https://inline.example/).",
+        "Unsafe: [js], [evil][] and [click][js].",
+        "```",
+        "[code]: https://code.example/",
+        "```",
+        "and [code]",
+        "",
+        "[docs]: https://docs.example/guide \"The Guide\"",
+        "   [x Y]: <https://xy.example/a>",
+        "[img]: https://img.example/logo.png 'Logo'",
+        "[docs]: https://second.example/ (ignored: the first wins)",
+        "[js]: javascript:alert(1)",
+        "[evil]: data:text/html,hi"])
+    out = _render(page, text)
+    docs = ["https://docs.example/guide", *TAB, "The Guide"]
+    assert _links(out) == [
+        ["the docs", *docs], ["Docs", *docs], ["docs", *docs],
+        ["a bold one", "https://xy.example/a", *TAB, ""],
+        ["logo", "https://img.example/logo.png", *TAB, "Logo"],
+        ["early", "https://early.example/", *TAB, ""],
+        ["inline", "https://inline.example/", *TAB, ""]]
+    assert out.locator("a > strong").text_content() == "bold" and out.locator("em").text_content() == "[em]"
+    shown = out.text_content()
+    assert shown.startswith("See the docs, Docs and docs, a bold one, logo and early.\n")
+    for kept in ("Undefined [stays] text, [so][this] one, [em] and inline.", "Unsafe: [js], [evil][] and [click][js].",
+                 "[js]: javascript:alert(1)\n[evil]: data:text/html,hi"):
+        assert kept in shown, kept
+    for gone in ("early.example", "docs.example", "xy.example", "img.example", "second.example"):
+        assert gone not in shown, gone
+    assert out.locator("pre code").text_content() == "[code]: https://code.example/"
+    assert "and [code]" in shown
+    assert out.locator("a[href^='javascript'], a[href^='data']").count() == 0 and page.locator("img").count() == 0
+
+
+# --------------------------------------------------------------------------------------- underscores, emails
+def test_underscore_emphasis_keeps_intraword_underscores(page):
+    """__bold__ and _italic_ (CommonMark): not opened or closed inside a word, so snake_case_names, mid_word_ and
+    under__score__d stay as they are; underscores inside a word within the emphasis are letters; nesting works."""
+    out = _render(page, "__bold__ and __bold _em_ in__, _em_, _a_b_, snake_case_names, mid_word_ end, "
+                        "under__score__d, __x__y and _open")
+    assert out.locator("> strong").all_text_contents() == ["bold", "bold em in"]
+    assert out.locator("strong > em").text_content() == "em"
+    assert out.locator("> em").all_text_contents() == ["em", "a_b"]
+    assert out.text_content() == ("bold and bold em in, em, a_b, snake_case_names, mid_word_ end, under__score__d, "
+                                  "__x__y and _open")
+
+
+def test_email_autolinks_become_mailto_links(page):
+    """<user@host> (CommonMark's email autolink) links to mailto:user@host, shown without the scheme; not an address
+    (a space, a label starting with -, no >), or inside a link's text, it stays text."""
+    out = _render(page, "Mail <a@b.example>, <first.last+tag@sub.example-x.org> or <a_b_c@x.example>; not "
+                        "<a @b.example>, <a@-b.example>, <a@b.example or [<c@d.example>](https://e.example/).")
+    assert _links(out) == [["a@b.example", "mailto:a@b.example", *TAB, ""],
+                           ["first.last+tag@sub.example-x.org", "mailto:first.last+tag@sub.example-x.org", *TAB, ""],
+                           ["a_b_c@x.example", "mailto:a_b_c@x.example", *TAB, ""],
+                           ["<c@d.example>", "https://e.example/", *TAB, ""]]
+    assert out.text_content() == ("Mail a@b.example, first.last+tag@sub.example-x.org or a_b_c@x.example; not "
+                                  "<a @b.example>, <a@-b.example>, <a@b.example or <c@d.example>.")
+    assert out.locator("em").count() == 0
+
+
+# ----------------------------------------------------------------------------------------------- streaming
+#: texts streamed by test_a_streamed_text_renders_as_the_whole_text_at_every_step: each block kind, blank lines
+#: inside and between lists, code and quotes, a definition arriving after its references, a paragraph becoming a
+#: setext heading or a table's header row after its lines came
+STREAMED = [
+    "\n".join(["# Title", "", "Intro with [a ref][r] and *em*.", "", "- one", "- two", "", "  more about two", "",
+               "- three", "", "```python", "def f():", "", "    return 1", "```", "", "| a | b |", "|:--|--:|",
+               "| 1 | 2 |", "", "Some text", "===", "", "    indented", "", "    code", "", "> quote", "> more",
+               "", "after", "", "1. a", "", "   ```", "   x", "", "   ```", "", "2. b", "", "[r]: https://r.example/",
+               "", "Tail [r] and [late].", "", "[late]: https://late.example/ \"T\"", ""]),
+    "# Head\n\nPara\n\nline one\nline two\n---\n\n~~~\nunclosed\n\nfence",
+    "a | b\n\n|---|---|\n\nx\n\n\n\n- [ ] task\n\n\t\tcode\n\n[x]: https://x.example/\n\nuse [x]\n\n"
+    "[x]: https://y.example/",
+]
+
+
+def test_a_streamed_text_renders_as_the_whole_text_at_every_step(page):
+    """mdStream fed a text a few characters at a time (1, 3, 7 and 13) renders, after each piece, the DOM that
+    renderMarkdown gives for the text so far (innerHTML equal: code blocks, lists continued after blank lines,
+    fences, tables, setext headings, indented code, references defined after their use); and its early blocks are
+    rendered once and kept (the first heading's node is the same at the end; not where a definition came after kept
+    blocks that use it: those are rendered again), the copy hook called far less than once a step."""
+    result = page.evaluate("""(texts) => {
+        const bad = [];
+        const kept = texts.map(() => 0);
+        let hooks = 0;
+        const hook = (box) => { hooks++; const b = document.createElement('button'); b.className = 'copy';
+                                box.prepend(b); };
+        for (const [t, text] of texts.entries()) {
+            for (const step of [1, 3, 7, 13]) {
+                const el = document.createElement('div');
+                const whole = document.createElement('div');
+                const stream = mdStream(el, hook);
+                let first = null;  // the heading, once the line after the blank line after it is complete
+                const settled = text.indexOf('\\n\\n', text.indexOf('\\n\\n') + 2) + 2;
+                for (let n = step; ; n += step) {
+                    const part = text.slice(0, n);
+                    stream.render(part);
+                    renderMarkdown(whole, part, hook);
+                    if (el.innerHTML !== whole.innerHTML) { bad.push([step, part, el.innerHTML, whole.innerHTML]);
+                                                           break; }
+                    if (!first && n >= settled) first = el.querySelector('h1');
+                    if (n >= text.length) break;
+                }
+                if (first && first === el.querySelector('h1')) kept[t]++;
+            }
+        }
+        const el = document.createElement('div');
+        const stream = mdStream(el, hook);
+        hooks = 0;
+        const text = texts[0];
+        for (let n = 1; n <= text.length; n++) stream.render(text.slice(0, n));
+        return { bad: bad.slice(0, 3), kept, hooks };
+    }""", STREAMED)
+    assert result["bad"] == [], result["bad"]
+    assert result["kept"] == [0, 4, 0], result  # the first text's definitions come after their references
+    # the first text streamed a character at a time (about 400 steps): its 3 code blocks rendered at each step
+    # while in the tail, then once to be kept
+    assert result["hooks"] < 200, result
+
+
+def test_a_streamed_text_that_starts_again_or_changes_a_used_definition(page):
+    """A text that is not the last one grown starts again (shown as renderMarkdown shows it); a definition arriving
+    (or streamed character by character) after kept blocks that use its label renders them again with the link."""
+    html = page.evaluate("""() => {
+        const el = document.createElement('div');
+        const whole = document.createElement('div');
+        const stream = mdStream(el);
+        const out = [];
+        const text = "See [x].\\n\\nmore\\n\\nand more\\n\\n[x]: https://x.example/";
+        for (let n = 1; n <= text.length; n++) {
+            stream.render(text.slice(0, n));
+            renderMarkdown(whole, text.slice(0, n));
+            if (el.innerHTML !== whole.innerHTML) out.push(text.slice(0, n));
+        }
+        stream.render("Another *text*");
+        renderMarkdown(whole, "Another *text*");
+        out.push(el.innerHTML === whole.innerHTML);
+        return [out, el.innerHTML];
+    }""")
+    assert html == [[True], "Another <em>text</em>"]

@@ -724,7 +724,8 @@ def test_deleting_a_conversation_asks_once_more_and_the_shown_one_leaves_the_scr
     expect(delete).to_have_text("×")
     delete.click()
     delete.click()
-    assert _titles(page) == ["Shown one"] and [c["title"] for c in _stored(page)] == ["Shown one"]
+    expect(page.locator("#chat-list .chat-item .title")).to_have_text(["Shown one"])  # deleted (its lock taken)
+    assert [c["title"] for c in _stored(page)] == ["Shown one"]
     assert _shown(page) == [{"role": "user", "content": "Shown one"}, {"role": "assistant", "content": "B."}]
 
     page.fill("#prompt", "Held")
@@ -735,17 +736,19 @@ def test_deleting_a_conversation_asks_once_more_and_the_shown_one_leaves_the_scr
     with page.expect_event("requestfailed"):
         delete.click()
     assert page.locator(".msg").count() == 0 and page.is_enabled("#send") and page.is_disabled("#stop")
-    assert _titles(page) == [] and page.is_visible("#chats-empty") and _stored(page) == []
+    expect(page.locator("#chats-empty")).to_be_visible()
+    assert _titles(page) == [] and _stored(page) == []
     page.reload()
     expect(page.locator("#model")).to_have_text("tiny", timeout=5000)
     assert page.locator(".msg").count() == 0 and _titles(page) == []
 
 
-def test_corrupt_stored_conversations_start_empty_and_at_most_50_are_kept(browser, live):
+def test_corrupt_stored_conversations_start_empty_and_no_count_drops_the_oldest(browser, live):
     """Storage holding what is not JSON (or a conversation id that is gone): the page loads without an error, the
-    list empty, a new turn is saved, and the text that could not be read is kept aside as it was. Storage holding 50
-    good conversations and two bad entries: the bad ones are left out, and a new conversation drops the oldest (50
-    kept)."""
+    list empty, a new turn is saved, and the text that could not be read is kept aside as it was. Storage holding 60
+    good conversations and two bad entries: the bad ones are left out, all 60 are listed, and a new conversation
+    drops none (the page kept the newest 50 once, dropping the oldest silently: now only the storage's room limits
+    them, and full storage removes nothing and says so)."""
     ctx, pg, errors = _open(browser, live, init="""if (!sessionStorage.getItem('seeded')) {
         sessionStorage.setItem('seeded', '1');
         localStorage.setItem('onnxlm.conversations', '{not json');
@@ -763,21 +766,22 @@ def test_corrupt_stored_conversations_start_empty_and_at_most_50_are_kept(browse
 
     good = [{"id": f"c{i}", "title": f"Old {i}", "created": 1000 + i, "updated": 1000 + i,
              "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-            for i in range(50)]
+            for i in range(60)]
     bad = [{"id": "x", "messages": [{"role": "tool", "content": "?"}]}, "not a conversation"]
     ctx, pg, errors = _open(browser, live, init=f"""if (!sessionStorage.getItem('seeded')) {{
         sessionStorage.setItem('seeded', '1');
         localStorage.setItem('onnxlm.conversations', {json.dumps(json.dumps(good + bad))}); }}""")
     try:
         pg.route("**/v1/chat/completions", _fulfil([_reply("New.")], []))
-        assert len(_titles(pg)) == 50 and _titles(pg)[0] == "Old 49" and _titles(pg)[-1] == "Old 0"
+        assert len(_titles(pg)) == 60 and _titles(pg)[0] == "Old 59" and _titles(pg)[-1] == "Old 0"
         _chat(pg, "Old 7").locator(".open").click()
         assert _shown(pg) == good[7]["messages"]
         pg.click("#new-chat")
         _ask(pg, "Newest")
         titles = _titles(pg)
-        assert len(titles) == 50 and titles[0] == "Newest" and "Old 0" not in titles and "Old 1" in titles
+        assert titles == ["Newest"] + [f"Old {i}" for i in reversed(range(60))]
         assert [c["title"] for c in _stored(pg)] == titles
+        assert pg.is_hidden("#store-note") and "Old 0" not in pg.text_content("#status")
         assert not errors, errors
     finally:
         ctx.close()
@@ -895,7 +899,7 @@ def test_unreadable_stored_conversations_are_left_as_they_were_and_listed_once(b
         delete = _chat(pg, "Good 1").locator(".delete")
         delete.click()
         delete.click()
-        assert _titles(pg) == ["Another", "Good 2"]
+        expect(pg.locator("#chat-list .chat-item .title")).to_have_text(["Another", "Good 2"])
         raw = pg.evaluate("() => Object.fromEntries(Object.keys(localStorage)"
                           ".filter((k) => k.startsWith('onnxlm.con')).map((k) => [k, localStorage.getItem(k)]))")
         assert raw.get("onnxlm.conversations") is None  # moved
@@ -985,6 +989,7 @@ def test_a_conversation_deleted_in_one_tab_stays_deleted_when_another_tab_saves(
         delete = _chat(a, "Doomed").locator(".delete")
         delete.click()
         delete.click()
+        expect(a.locator("#chat-list .chat-item .title")).to_have_text(["Kept"])
         assert [c["title"] for c in _stored(a)] == ["Kept"]
         expect(b.locator("#chat-list .chat-item .title")).to_have_text(["Kept"], timeout=5000)
 
@@ -1035,6 +1040,7 @@ def test_the_conversation_shown_stays_when_another_tab_writes(browser, live):
         assert delete.evaluate("(e) => e === document.activeElement")
         assert b.text_content("#status") == "Click Delete? again to delete “Asked in A”."
         delete.click()
+        expect(b.locator("#chat-list .chat-item .title")).to_have_text(["Shown in B"])
         assert [c["title"] for c in _stored(b)] == ["Shown in B"]
 
         expect(a.locator("#chat-list .chat-item .title")).to_have_text(["Shown in B"], timeout=5000)
@@ -1054,6 +1060,8 @@ def test_the_conversation_shown_stays_when_another_tab_writes(browser, live):
 
 # each chat request answered at once in the page itself ("Re: <its question>", streamed by a fetch shim): tabs that
 # send at the same moment then save at nearly the same moment (playwright's route answers one request at a time)
+RACE_ROUNDS = 10  # the rounds of test_two_tabs_saving_the_same_conversation_...: the old page lost a turn in each
+
 ECHO_SHIM = """(() => {
   const real = window.fetch.bind(window);
   window.fetch = (url, opts) => {
@@ -1115,6 +1123,100 @@ def test_tabs_saving_or_deleting_at_the_same_moment_lose_nothing(browser, live):
         expect(a.locator("#model")).to_have_text("tiny", timeout=5000)
         assert sorted(_titles(a)) == left
         assert not sum(errs, [])
+    finally:
+        ctx.close()
+
+
+def _turns(conv: dict) -> list[dict]:
+    return [{k: m[k] for k in ("role", "content")} for m in conv["messages"]]
+
+
+def _at_once(tabs, questions, delay: int = 200):
+    """Each tab of ``tabs`` sends its question of ``questions`` at the same moment (``delay`` ms from now, by the
+    first tab's clock: the tabs share it), without waiting."""
+    at = tabs[0].evaluate("Date.now()") + delay
+    for pg, q in zip(tabs, questions):
+        pg.evaluate("""([q, at]) => { document.getElementById('prompt').value = q;
+            setTimeout(() => document.getElementById('send').click(), at - Date.now()); }""", [q, at])
+
+
+def test_two_tabs_saving_the_same_conversation_at_the_same_moment_lose_no_turn(browser, live):
+    """Two tabs show the same conversation and each sends a question at the same moment (answered at once in the
+    page: their saves of that conversation come within a millisecond or so), many times over: every finished turn
+    is kept, either in the conversation itself or in the "(copy)" the page makes of a tab's version when the other
+    tab saved first; never one save replacing the other's (localStorage's check-then-write is not atomic across
+    tabs: conversations.js holds a Web Lock per conversation across it)."""
+    ctx, a, errors = _open(browser, live, init=ECHO_SHIM)
+    try:
+        b, errors_b = _tab(ctx, live)
+        assert a.evaluate("Boolean(navigator.locks)")  # http://127.0.0.1 is a secure context
+        lost = []
+        for r in range(RACE_ROUNDS):
+            seed = f"Seed {r}"
+            # clicked in the page: playwright's click waits for frames, which a tab in the background does not draw
+            a.evaluate("""(q) => { document.getElementById('new-chat').click();
+                document.getElementById('prompt').value = q;
+                document.getElementById('send').click(); }""", seed)
+            _until(a, "() => document.querySelectorAll('#messages .msg.assistant .actions').length === 1")
+            _until(b, "() => [...document.querySelectorAll('#chat-list .title')].some((t) => t.textContent === "
+                      f"'{seed}')")
+            _chat(b, seed).locator(".open").evaluate("(e) => e.click()")
+            assert _shown(b) == _answer(seed)
+            asked = [f"Round {r} from A", f"Round {r} from B"]
+            _at_once((a, b), asked)
+            for pg in (a, b):  # both answers kept (their buttons come after the save)
+                _until(pg, "() => document.querySelectorAll('#messages .msg.assistant .actions').length === 2")
+            kept = [_turns(c) for c in _stored(a) if c["title"].startswith(seed)]  # it and its "(copy)"
+            for q in asked:  # in the conversation after its seed (alone, or after the other tab's turn), or a copy
+                if not any(t[:2] == _answer(seed) and t[-2:] == _answer(q) for t in kept):
+                    lost.append((q, kept))
+        assert not lost, f"{len(lost)} of {2 * RACE_ROUNDS} turns lost: {lost[:3]}"
+        assert not errors + errors_b
+    finally:
+        ctx.close()
+
+
+def test_a_save_waits_for_its_conversations_lock_and_works_without_web_locks(browser, live):
+    """A finished turn's save takes the Web Lock named after its conversation's key: while another tab holds it, the
+    turn is not written (nor its buttons shown); released, it is. A browser without Web Locks (plain http to another
+    host is no secure context) saves and deletes at once, as before."""
+    ctx, a, errors = _open(browser, live)
+    try:
+        _route_echo(a)
+        _ask(a, "Locked?")
+        key = "onnxlm.conversation." + _stored(a)[0]["id"]
+        b, errors_b = _tab(ctx, live)
+        b.evaluate("""(key) => { window.__release = null;
+            navigator.locks.request(key, () => new Promise((r) => { window.__release = r; })); }""", key)
+        _until(b, "() => window.__release !== null")
+        a.fill("#prompt", "While held")
+        a.press("#prompt", "Enter")
+        answer = a.locator(".msg.assistant").last
+        expect(answer).to_have_attribute("data-state", "done")
+        a.wait_for_timeout(300)
+        assert [m["content"] for m in _stored(a)[0]["messages"]] == ["Locked?", "Re: Locked?"]
+        assert answer.locator(".actions").count() == 0
+        b.evaluate("window.__release()")
+        expect(answer.locator(".actions button").first).to_be_attached()
+        assert [m["content"] for m in _stored(a)[0]["messages"]][2:] == ["While held", "Re: While held"]
+        assert not errors + errors_b
+    finally:
+        ctx.close()
+
+    ctx, pg, errors = _open(browser, live, init="Object.defineProperty(Navigator.prototype, 'locks', "
+                                                 "{ get() { return undefined; } });")
+    try:
+        _route_echo(pg)
+        assert pg.evaluate("navigator.locks === undefined")
+        _ask(pg, "No locks")
+        pg.click("#new-chat")
+        _ask(pg, "Still none")
+        assert [c["title"] for c in _stored(pg)] == ["Still none", "No locks"]
+        delete = _chat(pg, "No locks").locator(".delete")
+        delete.click()
+        delete.click()
+        assert [c["title"] for c in _stored(pg)] == ["Still none"] and _titles(pg) == ["Still none"]
+        assert not errors, errors
     finally:
         ctx.close()
 
@@ -1425,6 +1527,96 @@ def test_markdown_bare_urls_become_links_without_trailing_punctuation(page):
     assert page.evaluate("window.__pwned") is None
 
 
+# each chat request answered in the page itself, its SSE events a few milliseconds apart (several frames repaint the
+# answer while it streams): window.__pieces, set by the test, are the answer's pieces; window.__mid is the answer's
+# first heading as shown once half of them came
+SLOW_SHIM = """() => {
+  const real = window.fetch.bind(window);
+  window.fetch = (url, opts) => {
+    if (!String(url).includes('chat/completions')) return real(url, opts);
+    const pieces = window.__pieces;
+    const event = (delta, finish) => new TextEncoder().encode('data: ' + JSON.stringify({
+      object: 'chat.completion.chunk', choices: [{ index: 0, delta, finish_reason: finish }] }) + '\\r\\n\\r\\n');
+    let k = 0;
+    const body = new ReadableStream({ pull(controller) {
+      return new Promise((resolve) => setTimeout(() => {
+        if (k === Math.floor(pieces.length / 2)) window.__mid = document.querySelector('.msg.assistant .content h1');
+        if (k < pieces.length) controller.enqueue(event({ content: pieces[k] }, null));
+        else if (k === pieces.length) controller.enqueue(event({}, 'stop'));
+        else { controller.enqueue(new TextEncoder().encode('data: [DONE]\\r\\n\\r\\n')); controller.close(); }
+        k += 1;
+        resolve();
+      }, 3));
+    } });
+    return Promise.resolve(new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } }));
+  };
+}"""
+
+
+def test_a_streamed_answer_renders_its_finished_blocks_once_and_ends_as_the_whole_text(page):
+    """A long answer (code fences, a loose numbered list holding a fence and a nested list, tables, indented code, a
+    quote, a setext heading, task items, a reference link) streamed in 5-character pieces a few milliseconds apart:
+    its first heading, rendered while the answer streams, is the same node at the end (finished blocks are rendered
+    once and kept, not the whole answer again at each frame), and the answer's final DOM is the one rendering the
+    whole text at once gives (innerHTML equal, copy buttons included)."""
+    part = "\n".join([
+        "Intro with **bold**, `code`, a [reference][docs] and snake_case.",
+        "",
+        "1. First step:",
+        "",
+        "   ```bash",
+        "   pip install foo",
+        "",
+        "   foo --help",
+        "   ```",
+        "",
+        "2. Second step",
+        "   - nested *item*",
+        "   - another",
+        "",
+        "| Name | Value |",
+        "|:-----|------:|",
+        "| a | 1 |",
+        "| `b` | **2** |",
+        "",
+        "    indented code",
+        "",
+        "> a quote",
+        "> on two lines",
+        "",
+        "Setext heading",
+        "--------------",
+        "",
+        "```python",
+        "def f():",
+        "",
+        "    return 1",
+        "```",
+        "",
+        "- [x] done",
+        "- [ ] todo",
+        ""])
+    reply = "# Streaming check\n\n[docs]: https://docs.example/ \"Docs\"\n\n" + "\n".join([part] * 4) + "Last line."
+    pieces = [reply[i:i + 5] for i in range(0, len(reply), 5)]
+    page.evaluate("(pieces) => { window.__pieces = pieces; window.__mid = null; }", pieces)
+    page.evaluate(SLOW_SHIM)
+    answer = _ask(page, "Stream a long answer")
+    result = page.evaluate("""(reply) => {
+        const content = document.querySelector('.msg.assistant .content');
+        const whole = document.createElement('div');
+        whole.className = 'content';
+        renderText(whole, reply);
+        return { same: content.innerHTML === whole.innerHTML, mid: window.__mid !== null,
+                 kept: window.__mid === content.querySelector('h1'), shown: content.innerHTML.length };
+    }""", reply)
+    assert result == {"same": True, "mid": True, "kept": True, "shown": result["shown"]}, result
+    content = answer.locator(".content")
+    assert content.locator("h1").count() == 1 and content.locator("div.code").count() == 12
+    assert content.locator("div.code > button.copy").count() == 12 and content.locator("table").count() == 4
+    assert content.locator("a").evaluate_all("(as) => as.map((a) => a.href)") == ["https://docs.example/"] * 4
+    assert "https://docs.example" not in content.text_content()
+
+
 def test_rendering_a_long_markdown_answer_stays_fast(page):
     """A 17 KB answer dense with markdown (about 4000 tokens), rendered whole as each repaint of a stream does (its
     headings, lists, quotes, code blocks, links built): well under a frame's worth of script per render, and long
@@ -1442,11 +1634,16 @@ def test_rendering_a_long_markdown_answer_stays_fast(page):
         time(text, 3);  // warm up
         const built = ["h2", "ul ul li", "blockquote", "pre", "a", "em", "strong"]
             .map((s) => el.querySelectorAll(s).length);
+        const best = (t) => Math.min(time(t, 1), time(t, 1), time(t, 1));  // the least disturbed of 3 runs
+        const stray = ["**a ", "`a ``", "_a ", "[a](", "- a\\n  "];
         return { length: text.length, built, full: time(text, 20),
-                 stray: Math.max(...["**a ", "`a ``", "_a ", "[a](", "- a\\n  "].map((s) => time(s.repeat(5000), 1))) };
+                 stray: stray.map((s) => best(s.repeat(5000))), stray4: stray.map((s) => best(s.repeat(20000))) };
     }""")
     assert timings["length"] > 16000 and timings["built"] == [40, 40, 40, 40, 160, 160, 160], timings
-    assert timings["full"] < 60 and timings["stray"] < 250, timings  # about 5 ms and 20 ms here
+    # about 5 ms a render here; stray markers: 4x the text costs about 4x the time (linear), not 16x (quadratic),
+    # with a margin for a busy machine's noise rather than a bound in milliseconds
+    assert timings["full"] < 100, timings
+    assert sum(timings["stray4"]) < 8 * sum(timings["stray"]) + 40, timings
 
 
 # ------------------------------------------------------------------------------------- more sampling settings

@@ -189,17 +189,21 @@ function textElement(tag, text) {
 }
 
 // text -> the element's children, as markdown (markdown.js: built from text nodes and elements, never HTML); each
-// code block gets a copy button (its label "Copy" is CSS: the block's text stays the code's)
+// code block gets a copy button (addCopyButton)
 function renderText(el, text) {
-  renderMarkdown(el, text, (box, code) => {
-    const copy = document.createElement("button");
-    copy.type = "button";
-    copy.className = "copy";
-    copy.setAttribute("aria-label", "Copy code");
-    copy.title = "Copy code";
-    copy.addEventListener("click", () => copyText(code.textContent, copy));
-    box.prepend(copy);
-  });
+  renderMarkdown(el, text, addCopyButton);
+}
+
+// a code block's box (markdown.js) -> a copy button first in it (its label "Copy" is CSS: the block's text stays the
+// code's)
+function addCopyButton(box, code) {
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "copy";
+  copy.setAttribute("aria-label", "Copy code");
+  copy.title = "Copy code";
+  copy.addEventListener("click", () => copyText(code.textContent, copy));
+  box.prepend(copy);
 }
 
 // text -> the clipboard (navigator.clipboard; where the page is not a secure context, e.g. plain http to another
@@ -511,6 +515,9 @@ async function ask(text, before) {
     }
     thinking.lastChild.textContent = reasoning;  // text only, never markup
   };
+  // the answer as markdown: its blocks that can no longer change are rendered once and kept, the rest again at each
+  // repaint (markdown.js: mdStream; the DOM is the one rendering the whole text gives)
+  const shown = mdStream(content, addCopyButton);
   let painting = false;
   const paint = () => {  // at most one repaint per frame, however fast the tokens come
     if (painting) return;
@@ -520,7 +527,7 @@ async function ask(text, before) {
       if (bubble.dataset.state !== "streaming") return;  // ended meanwhile: the end paints
       const follow = nearBottom();
       showReasoning();
-      renderText(content, answer);
+      shown.render(answer);
       if (follow) scrollDown();
     });
   };
@@ -570,7 +577,7 @@ async function ask(text, before) {
   }
   bubble.removeAttribute("aria-busy");
   showReasoning();
-  renderText(content, answer + (failure ? (answer ? "\n\n" : "") + failure : ""));
+  shown.render(answer + (failure ? (answer ? "\n\n" : "") + failure : ""));
   if (!bubble.isConnected) { focusPrompt(); return; }  // another conversation shown meanwhile: this turn dropped
   const giveBack = () => { if (!$("prompt").value.trim()) $("prompt").value = text; };
   if (bubble.dataset.state === "error") {
@@ -594,7 +601,7 @@ async function ask(text, before) {
     if (inHistory) {
       state.history.push({ role: "user", content: text },
                          { role: "assistant", content: answer, stats: bubble.querySelector(".meta").textContent });
-      keepConversation(used);
+      await keepConversation(used);
     }
     turnActions(question, bubble, text, answer, inHistory, true);
     say(bubble.dataset.state === "stopped" ? "Stopped: the partial answer stays in the conversation."
@@ -658,6 +665,33 @@ function newChat() {
   $("prompt").focus();
 }
 
+// this tab's saves and deletions, one after another (each waits for the one before, e.g. a Regenerate's and then its
+// new answer's), how many are still to finish, and whether another tab's write to the conversation shown was heard
+// meanwhile (shown once they are done: keepersDone)
+let keeping = Promise.resolve();
+let keepsPending = 0;
+let heardMeanwhile = false;
+
+// ``job`` (a function -> a promise) run after this tab's saves and deletions before it -> a promise of its result
+function inTurn(job) {
+  keepsPending += 1;
+  const run = keeping.then(job).finally(keepersDone);
+  keeping = run.catch(() => {});
+  return run;
+}
+
+// a save or deletion done: the last one -> another tab's change to the conversation shown, heard meanwhile, shown
+// (once the turn that saved has said its last word)
+function keepersDone() {
+  keepsPending -= 1;
+  if (keepsPending || !heardMeanwhile) return;
+  setTimeout(() => {
+    if (keepsPending || !heardMeanwhile) return;
+    heardMeanwhile = false;
+    otherTabWrote({ key: null });
+  }, 0);
+}
+
 // the conversation shown -> kept (conversations.js), after its turns changed: created at its first finished turn,
 // titled after its first question; ``used``: the system prompt and settings of the request that just finished (null:
 // those kept before). Left with no turns (Regenerate of its only one), it leaves the list until a turn finishes
@@ -665,31 +699,47 @@ function newChat() {
 // title and creation time as they were (state.kept). Changed in another tab since this tab showed or saved it (a
 // turn asked there), the version there stays and this one is kept as a new conversation, "<title> (copy)", shown
 // from now on (state.note says so at the end of the turn): no tab overwrites an answer another tab kept.
+// The save waits for the conversation's lock (conversations.js: convSave), so it ends later: what it keeps is taken
+// now (the turns, the conversation's id: a new one gets it now), and the saves of this tab are made in turn
+// (inTurn). -> a promise, resolved once it is kept
 function keepConversation(used) {
-  if (!state.history.length) {
-    if (state.current) convDelete(state.current, convBase(state.kept));
-  } else {
-    const old = state.current ? state.kept || convGet(state.current) : null;
-    if (!state.current) {
-      state.current = convNewId();
-      convSetCurrent(state.current);
-    }
-    const now = Date.now();
-    let conv = { id: state.current, title: old ? old.title : convTitle(state.history[0].content),
-                 created: old ? old.created : now, updated: now,
-                 system: used ? used.system : old ? old.system : "",
-                 settings: used ? used.settings : old ? old.settings : {},
-                 messages: state.history.map((m) => ({ ...m })) };
-    if (convSave(conv, convBase(old)) === "changed") {
-      conv = { ...conv, id: convNewId(), title: conv.title + " (copy)", created: now };
-      convSave(conv, null);
+  const snap = { id: state.current, messages: state.history.map((m) => ({ ...m })), used,
+                 kept: state.current ? state.kept || convGet(state.current) : null };
+  if (snap.messages.length && !snap.id) {
+    snap.id = state.current = convNewId();
+    convSetCurrent(snap.id);
+  }
+  return inTurn(() => keepNow(snap));
+}
+
+// keepConversation's save, in turn: ``snap`` -> kept; the state (the id shown, what was kept of it, the note) set only
+// while that conversation is still the one shown
+async function keepNow(snap) {
+  const here = () => state.current === snap.id;
+  if (!snap.messages.length) {
+    if (snap.id) await convDelete(snap.id, convBase(here() ? state.kept : snap.kept));
+    renderChats();
+    return;
+  }
+  const old = here() ? state.kept || convGet(snap.id) : snap.kept;
+  const now = Date.now();
+  let conv = { id: snap.id, title: old ? old.title : convTitle(snap.messages[0].content),
+               created: old ? old.created : now, updated: now,
+               system: snap.used ? snap.used.system : old ? old.system : "",
+               settings: snap.used ? snap.used.settings : old ? old.settings : {},
+               messages: snap.messages };
+  if (await convSave(conv, convBase(old)) === "changed") {
+    const original = conv;
+    conv = { ...conv, id: convNewId(), title: conv.title + " (copy)", created: now };
+    await convSave(conv, null);
+    if (here()) {
       state.current = conv.id;
       convSetCurrent(conv.id);
-      state.note = "“" + old.title + "” was changed in another tab: that version stays, and this one is kept as " +
-        "a new conversation, “" + conv.title + "”.";
+      state.note = "“" + original.title + "” was changed in another tab: that version stays, and this one is " +
+        "kept as a new conversation, “" + conv.title + "”.";
     }
-    state.kept = conv;
   }
+  if (state.current === conv.id) state.kept = conv;
   renderChats();
 }
 
@@ -724,7 +774,7 @@ function openConversation(id) {
     abortRequest();
     showConversation(conv);
     say("Showing “" + conv.title + "”.");
-  } else if (!state.controller) {
+  } else if (!state.controller && !keepsPending) {
     convLoad();
     const now = convGet(id);
     if (now && convBase(now) !== convBase(state.kept)) {
@@ -765,9 +815,9 @@ function unconfirm(button, conv) {
   button.setAttribute("aria-label", "Delete “" + conv.title + "”");
 }
 
-// a conversation -> deleted (the one shown: its request stopped first, the screen emptied); the focus to the next
-// one in the list (the one before it when last, else New chat)
-function deleteConversation(id) {
+// a conversation -> deleted (the one shown: its request stopped first, the screen emptied), after this tab's saves
+// before it; the focus to the next one in the list (the one before it when last, else New chat)
+async function deleteConversation(id) {
   const conv = convGet(id);
   if (!conv) return;
   const ids = convStore.list.map((c) => c.id);
@@ -776,7 +826,7 @@ function deleteConversation(id) {
     abortRequest();
     clearConversation();
   }
-  convDelete(id);
+  await inTurn(() => convDelete(id));
   renderChats();
   const next = convStore.list[Math.min(at, convStore.list.length - 1)];
   const button = next && document.querySelector('#chat-list .chat-item[data-id="' + CSS.escape(next.id) + '"] .open');
@@ -878,7 +928,7 @@ async function importFile(file) {
   const now = Date.now();
   const conv = { id: convNewId(), title: parsed.title, created: now, updated: now, system: parsed.system,
                  settings: parsed.settings, messages: parsed.messages };
-  convSave(conv, null);
+  await inTurn(() => convSave(conv, null));
   applySettings(parsed.system, parsed.settings);
   showConversation(convGet(conv.id) || conv);
   say("Imported “" + conv.title + "” (" + conv.messages.length / 2 + " turns); its system prompt and settings " +
@@ -892,12 +942,17 @@ async function importFile(file) {
 // now (while an answer streams it stays as it is: keepConversation then keeps this tab's version as a new
 // conversation). Deleted there, the conversation shown stays on screen (out of the list: the status line says so)
 // and is kept again, as it was with its new turn, when its next answer finishes; New chat or another conversation
-// lets it go.
+// lets it go. While this tab is saving the conversation shown (keepsPending) only the list is redrawn: the rest is
+// done once the save is (keepersDone), so that the save's base stays what this tab had.
 function otherTabWrote(e) {
   if (e.key !== null && !e.key.startsWith(CONV_PREFIX)) return;
   convLoad();
   renderChats();
   if (!state.current || !state.history.length || (e.key !== null && e.key !== convKey(state.current))) return;
+  if (keepsPending) {  // this tab is saving it: looked at again once that is done (keepersDone)
+    heardMeanwhile = true;
+    return;
+  }
   const now = convGet(state.current);
   if (!now) {
     say("“" + state.kept.title + "” was deleted in another tab: it stays here, and is kept again when its next " +

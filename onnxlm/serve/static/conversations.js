@@ -1,17 +1,23 @@
 // The chat page's conversations: kept in this browser (localStorage), each under its own key (CONV_PREFIX + its
-// id), at most CONV_MAX, and the file a conversation is exported to and imported from. A conversation is
-// {id, title, created, updated (ms since 1970), system (the system prompt sent, "" for none), settings (the sampling
-// fields its last request sent, as the file has them), messages: its finished turns, user then assistant, each
-// {role, content} (an answer also keeps its stats line as "stats")}.
+// id), and the file a conversation is exported to and imported from. A conversation is {id, title, created, updated
+// (ms since 1970), system (the system prompt sent, "" for none), settings (the sampling fields its last request sent,
+// as the file has them), messages: its finished turns, user then assistant, each {role, content} (an answer also
+// keeps its stats line as "stats")}.
 // Several tabs share the storage, and a write to localStorage is not atomic across them (each tab's process keeps
 // its own copy and passes its writes on later; the last write of a key wins). So no key holds more than one
 // conversation: tabs saving or deleting different conversations never write the same key, and the list is rebuilt
-// from the keys (newest first, by updated); a save past CONV_MAX removes the oldest keys. A save never overwrites a
-// version of its conversation that another tab wrote since this tab read it (convSave says "changed": the page keeps
-// its own version as a new conversation). The page reloads its list on the storage event the other tabs' writes fire.
-// What cannot be read is left in storage as it is (and out of the list). Storage that throws (blocked, or full)
-// never breaks the page, and nothing is removed to make room: a conversation that could not be saved is kept in
-// memory (convStore.unsaved), the page says so (convStore.failed: why), and it is saved again at its next save.
+// from the keys (newest first, by updated). A save never overwrites a version of its conversation that another tab
+// wrote since this tab read it (convSave says "changed": the page keeps its own version as a new conversation); the
+// check and the write (or the removal, convDelete) are done holding a Web Lock named after the conversation's key
+// (navigator.locks, where the browser has it: a secure context, such as http://127.0.0.1 or https), so that two tabs
+// saving the same conversation at the same moment take turns, the second one seeing the first one's write; without
+// it, as before, the check and the write are done at once, which leaves a window of a millisecond or so. The page
+// reloads its list on the storage event the other tabs' writes fire.
+// No conversation is ever removed but by the user: there is no cap on how many are kept (one used to drop the oldest
+// past 50, silently), only the storage's own room. What cannot be read is left in storage as it is (and out of the
+// list). Storage that throws (blocked, or full) never breaks the page, and nothing is removed to make room: a
+// conversation that could not be saved is kept in memory (convStore.unsaved), the page says so (convStore.failed:
+// why), and it is saved again at its next save.
 // Each tab keeps the id of the conversation it shows in its own sessionStorage. Earlier versions kept all the
 // conversations under one key (CONV_OLD_KEY) and the one shown in localStorage: moved once, at load (convMigrate).
 "use strict";
@@ -20,7 +26,9 @@ const CONV_PREFIX = "onnxlm.conversation.";
 const CONV_OLD_KEY = "onnxlm.conversations";
 const CONV_UNREADABLE_KEY = "onnxlm.conversations.unreadable";
 const CONV_CURRENT_KEY = "onnxlm.current";
-const CONV_MAX = 50;
+// how long a conversation's lock is held after its write (ms), the page going on meanwhile: the write reaches the
+// other tabs' processes on its own way, not with the lock, so the next tab to take the lock gets it this much later
+const CONV_LOCK_HOLD = 50;
 const CONV_FILE_FORMAT = "onnxlm.conversation";
 const CONV_FILE_MAX = 5 * 1024 * 1024;  // bytes: a file larger than this is not read
 const SEED_MAX = 2n ** 63n - 1n;
@@ -161,12 +169,12 @@ function convRead() {
 }
 
 // the stored conversations and those kept in memory only (this tab's version of those wins) -> convStore.list,
-// newest first, at most CONV_MAX (storage that throws: "blocked", the ones in memory alone)
+// newest first (storage that throws: "blocked", the ones in memory alone)
 function convLoad() {
   const stored = convRead();
   if (stored === null) convStore.failed = "blocked";
   const rest = (stored || []).filter((c) => !convStore.unsaved.has(c.id));
-  convStore.list = [...convStore.unsaved.values(), ...rest].sort(convNewestFirst).slice(0, CONV_MAX);
+  convStore.list = [...convStore.unsaved.values(), ...rest].sort(convNewestFirst);
 }
 
 // the text stored under ``id``'s key (null: none), undefined when storage throws
@@ -180,15 +188,44 @@ function convBase(conv) {
   return base === undefined ? null : base;
 }
 
+// ``fn()`` run holding the Web Lock of the conversation ``id`` (no other tab runs its own meanwhile; the lock is
+// held CONV_LOCK_HOLD ms more, see there) -> a promise of what it returned. Where the browser has no Web Locks (not a
+// secure context) or refuses one, ``fn()`` runs at once, as before.
+function convLocked(id, fn) {
+  const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+  if (!locks || typeof locks.request !== "function") return Promise.resolve(fn());
+  let ran = false;
+  return new Promise((resolve, reject) => {
+    const now = () => {
+      try { resolve(fn()); } catch (e) { reject(e); }
+    };
+    const refused = () => { if (!ran) now(); };  // (e.g. a document no longer active): as without locks
+    try {
+      locks.request(convKey(id), () => {
+        ran = true;
+        now();
+        return new Promise((release) => setTimeout(release, CONV_LOCK_HOLD));
+      }).catch(refused);
+    } catch (e) {
+      refused();
+    }
+  });
+}
+
 // a conversation -> written under its own key; ``base``: the text this tab last read there or wrote (convBase; null:
 // none). The key holding something else (another tab saved a newer version since, or it cannot be read): nothing is
 // written, "changed" (the page then keeps its version as a new conversation). The key empty (a new conversation,
-// or one deleted in another tab) or holding ``base``: written, "saved"; past CONV_MAX the oldest keys are removed
-// (never this one). Storage that throws (blocked, full): "failed", convStore.failed says why (until no conversation
-// is left unsaved), the conversation kept in memory (convStore.unsaved) until a later save of it works; no other
-// conversation is removed to make room.
-// convStore.list read again
+// or one deleted in another tab) or holding ``base``: written, "saved". Storage that throws (blocked, full):
+// "failed", convStore.failed says why (until no conversation is left unsaved), the conversation kept in memory
+// (convStore.unsaved) until a later save of it works; no other conversation is removed to make room.
+// The check and the write hold the conversation's lock (convLocked). convStore.list read again. -> a promise of
+// "saved", "changed" or "failed"
 function convSave(conv, base) {
+  return convLocked(conv.id, () => convSaveNow(conv, base));
+}
+
+// convSave's check and write, at once
+function convSaveNow(conv, base) {
   const now = convStoredText(conv.id);
   if (now !== undefined && now !== null && now !== base) {
     convLoad();
@@ -208,23 +245,19 @@ function convSave(conv, base) {
   if (!convStore.unsaved.size) convStore.failed = "";  // all kept again
   convStore.cache.set(conv.id, { raw, conv });
   convBases.set(conv, raw);
-  convTrim(conv.id);
   convLoad();
   return "saved";
 }
 
-// more than CONV_MAX conversations stored -> the oldest keys removed, never ``keep``'s (the one just saved)
-function convTrim(keep) {
-  const stored = convRead();
-  if (!stored || stored.length <= CONV_MAX) return;
-  for (const c of stored.filter((c) => c.id !== keep).slice(CONV_MAX - 1)) {
-    try { localStorage.removeItem(convKey(c.id)); } catch (e) { return; }
-  }
+// the conversation ``id`` -> no longer kept: its key removed and out of memory. ``base`` given (convBase): only
+// while the key still holds it, so that a version another tab saved since stays. The check and the removal hold the
+// conversation's lock (convLocked). -> a promise of whether it is gone
+function convDelete(id, base) {
+  return convLocked(id, () => convDeleteNow(id, base));
 }
 
-// the conversation ``id`` -> no longer kept: its key removed and out of memory. ``base`` given (convBase): only
-// while the key still holds it, so that a version another tab saved since stays. -> whether it is gone
-function convDelete(id, base) {
+// convDelete's check and removal, at once
+function convDeleteNow(id, base) {
   if (convStore.unsaved.delete(id) && !convStore.unsaved.size) convStore.failed = "";  // none left unkept
   let gone = true;
   const now = convStoredText(id);

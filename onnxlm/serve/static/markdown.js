@@ -1,12 +1,15 @@
 // The chat page's markdown: a message's text -> DOM nodes, a small subset of CommonMark and GFM built only with
 // createElement, text nodes and, on links, an href whose URL was checked (http:, https:, mailto:). Nothing in the text
 // is ever parsed as HTML: markup in it shows as the characters it is.
-// Blocks: ``` (or ~~~) fenced code, # headings and setext headings (a line underlined with === or ---), - * + and 1.
-// lists (nested; an item's indented lines are blocks of their own: code, tables, paragraphs; blank lines between items
-// keep one list), task items (- [ ] and - [x]: a disabled checkbox), > blockquotes, --- rules, GFM pipe tables; other
-// lines stay text with their line breaks (the bubble is white-space: pre-wrap). Inline: `code`, **bold**, *italic*,
-// _italic_ (not inside words), ~~strike~~, [text](url "title"), ![alt](url) (a link labelled with its alt text: no
-// image is loaded), <https://...> autolinks, bare http(s):// and www. URLs (GFM's autolinks), and character references
+// Blocks: ``` (or ~~~) fenced code, code indented 4 spaces (or a tab; not right under a paragraph's line, which it
+// continues), # headings and setext headings (a line underlined with === or ---), - * + and 1. lists (nested; an
+// item's indented lines are blocks of their own: code, tables, paragraphs; blank lines between items keep one list),
+// task items (- [ ] and - [x]: a disabled checkbox), > blockquotes, --- rules, GFM pipe tables, link reference
+// definitions ([label]: url "title", anywhere in the text: not shown); other lines stay text with their line breaks
+// (the bubble is white-space: pre-wrap). Inline: `code`, **bold** and __bold__, *italic* and _italic_ (an underscore
+// inside a word is a letter: snake_case stays as it is), ~~strike~~, [text](url "title"), reference links
+// ([text][label], [label][], [label]), ![alt](url) (a link labelled with its alt text: no image is loaded),
+// <https://...> and <user@host> autolinks, bare http(s):// and www. URLs (GFM's autolinks), and character references
 // (&amp; &lt; &#39; ...: the character, as text).
 // The text's line breaks stay in the nodes' text, so textContent is the text less the markers: the break after a
 // block goes inside it, at its end, where it draws nothing (a trailing line break makes no line in pre-wrap, and the
@@ -14,6 +17,8 @@
 // Time: every step is linear in the text's length (no regex here backtracks over more than what it then consumes or
 // skips, and code spans are paired by hand), so a model stuck repeating one character never freezes the page; a line
 // longer than MD_LONG_LINE characters is shown as plain text all the same.
+// A streamed text (mdStream) is rendered in two parts: its blocks that no text added at its end can change any more,
+// rendered once and kept, and the rest, rendered again at each call; the result is the one renderMarkdown gives.
 "use strict";
 
 const MD_LONG_LINE = 20000;
@@ -33,20 +38,29 @@ const MD_PIPE = /(?<!\\)\|/;  // a pipe not escaped (\| is a pipe in a cell's te
 const MD_DELIM_CELL = /^:?-+:?$/;  // a delimiter row's cell, trimmed: dashes, a colon at either end for its alignment
 const MD_CODE_MARK = "\uE000";  // stands in mdInline's text for a code span (or for this character where it was)
 // inline, in the text with its code spans replaced by MD_CODE_MARK (mdCodeSpans); each alternative stops at the first
-// character that can neither be in it nor close it, so that trying it from every position costs linear time:
-// [text](dest "title") or ![alt](...) (1 !, 2 text, 3 <dest>, 4 dest with balanced (parentheses), one level deep, 5 and
-// 6 a "title" or 'title'), 7 **bold** (no ** inside), 8 *italic* (no * inside), 9 _italic_ (not inside a word),
-// 10 ~~strike~~ (no ~~ inside), 11 <scheme:...> autolink, 12 a bare http(s):// or www. URL at the start, after a
-// space or after one of * _ ~ ( (GFM's rule); none of a URL, a destination or a title holds a code span
+// character that can neither be in it nor close it, so that trying it from every position costs linear time (a
+// reference whose label is not defined is tried again one character on: its scan stopped at the first bracket):
+// [text](dest "title") or ![alt](...) (img, text, adest: <dest>, dest: with balanced (parentheses), one level deep,
+// t1 and t2: a "title" or 'title'), a reference [text][label], [label][] or [label] (rimg, rtext, rlabel), **bold**
+// (no ** inside), __bold__ (no __ inside, not inside a word), *italic* (no * inside), _italic_ (not inside a word;
+// underscores inside words in it are letters), ~~strike~~ (no ~~ inside), <scheme:...> autolink, <user@host> email
+// autolink (CommonMark's address), a bare http(s):// or www. URL at the start, after a space or after one of * _ ~ (
+// (GFM's rule); none of a URL, a destination, a label or a title holds a code span
 const MD_INLINE = new RegExp([
-  "(!?)\\[([^\\[\\]\\n]+)\\]\\([ \\t]*(?:<([^<>\\n\\uE000]*)>|((?:[^()\\s\\uE000]|\\([^()\\s\\uE000]*\\))+))" +
-    "(?:[ \\t]+(?:\"([^\"\\n\\uE000]*)\"|'([^'\\n\\uE000]*)'))?[ \\t]*\\)",
-  "\\*\\*(?=\\S)((?:[^*\\n]|\\*(?!\\*))*?\\S)\\*\\*(?!\\*)",
-  "\\*(?=[^\\s*])([^*\\n]*?[^\\s*])\\*",
-  "(?<![\\p{L}\\p{N}_\\\\])_(?=[^\\s_])([^_\\n]*?[^\\s_])_(?![\\p{L}\\p{N}_])",
-  "~~(?=[^\\s~])((?:[^~\\n]|~(?!~))*?[^\\s~])~~(?!~)",
-  "<((?:https?|mailto):[^\\s<>\\uE000]+)>",
-  "(?<=^|[\\s*_~(])((?:https?://(?:[\\p{L}\\p{N}]|\\[)|www\\.[\\p{L}\\p{N}])[^\\s<>`\\uE000]*)",
+  "(?<img>!?)\\[(?<text>[^\\[\\]\\n]+)\\]\\([ \\t]*(?:<(?<adest>[^<>\\n\\uE000]*)>|" +
+    "(?<dest>(?:[^()\\s\\uE000]|\\([^()\\s\\uE000]*\\))+))" +
+    "(?:[ \\t]+(?:\"(?<t1>[^\"\\n\\uE000]*)\"|'(?<t2>[^'\\n\\uE000]*)'))?[ \\t]*\\)",
+  "(?<rimg>!?)\\[(?<rtext>[^\\[\\]\\n]+)\\](?:\\[(?<rlabel>[^\\[\\]\\n\\uE000]*)\\])?",
+  "\\*\\*(?=\\S)(?<strong>(?:[^*\\n]|\\*(?!\\*))*?\\S)\\*\\*(?!\\*)",
+  "(?<![\\p{L}\\p{N}_\\\\])__(?=[^\\s_])(?<ustrong>(?:[^_\\n]|_(?!_))*?[^\\s_])__(?![\\p{L}\\p{N}_])",
+  "\\*(?=[^\\s*])(?<em>[^*\\n]*?[^\\s*])\\*",
+  "(?<![\\p{L}\\p{N}_\\\\])_(?=[^\\s_])(?<uem>(?:[^_\\n]|(?<=[\\p{L}\\p{N}])_(?=[\\p{L}\\p{N}]))*?[^\\s_])_" +
+    "(?![\\p{L}\\p{N}_])",
+  "~~(?=[^\\s~])(?<del>(?:[^~\\n]|~(?!~))*?[^\\s~])~~(?!~)",
+  "<(?<auto>(?:https?|mailto):[^\\s<>\\uE000]+)>",
+  "<(?<email>[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?" +
+    "(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)>",
+  "(?<=^|[\\s*_~(])(?<bare>(?:https?://(?:[\\p{L}\\p{N}]|\\[)|www\\.[\\p{L}\\p{N}])[^\\s<>`\\uE000]*)",
 ].join("|"), "gu");
 const MD_PLAIN = /^[^`*_[~&<\uE000]*$/;  // a line with no inline marker: one string, nothing to parse (unless a URL)
 const MD_URL_END = /[.,:;!?*_~'"]/;  // trailing characters that end a sentence, not a bare URL
@@ -61,10 +75,158 @@ const MD_ENTITIES = {
   pound: "\u00a3", yen: "\u00a5", cent: "\u00a2", sect: "\u00a7", para: "\u00b6", shy: "\u00ad",
 };
 const MD_LINK_SCHEMES = ["http:", "https:", "mailto:"];
+// a link reference definition's line: up to 3 spaces, [label]: then the destination (<...> or no spaces), then
+// maybe a "title", 'title' or (title), nothing after it; each part stops at the first character that cannot be in it
+const MD_LINK_DEF = new RegExp("^ {0,3}\\[([^\\[\\]\\n]+)\\]:[ \\t]*(?:<([^<>\\n]*)>|(\\S+))" +
+  "(?:[ \\t]+(?:\"([^\"\\n]*)\"|'([^'\\n]*)'|\\(([^()\\n]*)\\)))?[ \\t]*$");
+
+// the link reference definitions of the text being rendered (normalized label -> {href, title}: mdScanDefs), and the
+// labels looked up in them meanwhile (a Set while mdStream renders a part it keeps, else null)
+let mdDefs = new Map();
+let mdUsed = null;
 
 // ``text`` as the children of ``el``; ``onCode(box, code)`` may add to each code block's box (the page's copy button)
 function renderMarkdown(el, text, onCode) {
-  el.replaceChildren(mdFragment(mdBlocks(text.split("\n"), 0, onCode)));
+  const lines = text.split("\n");
+  mdDefs = text.includes("]:") ? mdScanDefs(lines, mdScanStart()).defs : new Map();
+  el.replaceChildren(mdFragment(mdBlocks(lines, 0, onCode)));
+}
+
+// a text that grows at its end (a streamed answer) rendered into ``el`` -> {render(text)}: each call shows the text as
+// renderMarkdown would (the same DOM), rendering again only its tail. The blocks before the last blank line that is
+// no block's (at the top level: not in a list, a fence, a quote or indented code) are kept once the line after it is
+// complete (and is no definition): nothing added to the text can change them (a list ends there for good, a
+// paragraph is closed). Kept blocks that looked up a reference label are rendered again when its definition changes;
+// a text that does not start with the last one starts again
+function mdStream(el, onCode) {
+  const s = { text: "", chars: 0, nodes: 0, scan: mdScanStart(), used: new Map() };
+  const reset = () => {
+    Object.assign(s, { text: "", chars: 0, nodes: 0, scan: mdScanStart(), used: new Map() });
+    el.replaceChildren();
+  };
+  const render = (text) => {
+    if (!text.startsWith(s.text)) reset();
+    s.text = text;
+    const lines = text.slice(s.chars).split("\n");  // the tail: from the first line not kept
+    const defs = mdScanDefs(lines, s.scan).defs;
+    for (const [label, sig] of s.used) {
+      if (mdDefSig(defs.get(label)) !== sig) {  // a kept block's reference changed: everything again
+        reset();
+        render(text);
+        return;
+      }
+    }
+    mdDefs = defs;
+    const spans = [];
+    let nodes = mdBlocks(lines, 0, onCode, false, false, spans);
+    const keep = mdStableLines(lines, spans);
+    if (keep) {  // its first ``keep`` lines can change no more: rendered once more to be kept, the rest again
+      const used = new Set();
+      let kept;
+      mdUsed = used;
+      try { kept = mdBlocks(lines.slice(0, keep), 0, onCode, false, true); } finally { mdUsed = null; }
+      for (const label of used) s.used.set(label, mdDefSig(defs.get(label)));
+      while (el.childNodes.length > s.nodes) el.lastChild.remove();
+      el.append(mdFragment(kept));
+      s.nodes += kept.length;
+      s.scan = mdScanDefs(lines.slice(0, keep), s.scan);
+      for (let k = 0; k < keep; k++) s.chars += lines[k].length + 1;
+      nodes = mdBlocks(lines.slice(keep), 0, onCode);
+    }
+    while (el.childNodes.length > s.nodes) el.lastChild.remove();
+    el.append(mdFragment(nodes));
+  };
+  return { render };
+}
+
+// a stream's tail and its top-level items (mdBlocks' spans: [line, blank], one for each line it looked at first,
+// in order) -> how many of its first lines can be kept: those up to the first non-blank line after the last blank
+// line that is an item of its own, when that line is complete (not the last) and no definition (which makes no item:
+// the break after what comes before would go); 0: none. Read backwards once (a run of blank lines is not read again
+// for each of them)
+function mdStableLines(lines, spans) {
+  let next = lines.length;  // the first line of the last non-blank item seen (the first after those before)
+  for (let k = spans.length - 1; k >= 0; k--) {
+    const [at, blank] = spans[k];
+    if (!blank) {
+      next = at;
+    } else if (next < lines.length - 1 && !MD_LINK_DEF.test(lines[next])) {
+      return next;
+    }
+  }
+  return 0;
+}
+
+// a definition found (or none: undefined) -> a string that changes when it does
+function mdDefSig(def) {
+  return def ? def.href + "\n" + def.title : "";
+}
+
+// the state of mdScanDefs before a text's first line
+function mdScanStart() {
+  return { fence: null, defs: new Map() };
+}
+
+// lines and the state before them ({fence: the fence open, defs}) -> the state after them (a new object; the first
+// definition of a label wins): the definitions of lines outside fenced code (at any indent, inside > quotes), each
+// indented at most 3 spaces, of an http(s) or mailto URL (another URL's is no definition: its line stays text)
+function mdScanDefs(lines, state) {
+  let fence = state.fence;
+  let defs = state.defs;
+  for (const line of lines) {
+    if (line.length > MD_LONG_LINE) continue;
+    const t = line.slice(mdQuoteMarks(line));
+    if (fence) {
+      fence = mdFenceOpen(t.trimStart(), fence);
+      continue;
+    }
+    fence = mdFenceOpen(t.trimStart(), null);
+    if (fence) continue;
+    const def = mdDefLine(t);
+    if (def && !defs.has(def.label)) {
+      if (defs === state.defs) defs = new Map(defs);
+      defs.set(def.label, def);
+    }
+  }
+  return { fence, defs };
+}
+
+// a line -> where its text starts after the > of the blockquotes it is in (at most MD_MAX_DEPTH of them: deeper
+// ones stay text), each after up to 3 spaces and with one space after it; counted by hand (a regex taking the rest
+// of the line at each level would cost quadratic time over a run of >)
+function mdQuoteMarks(line) {
+  let at = 0;
+  for (let depth = 0; depth < MD_MAX_DEPTH; depth++) {
+    let k = at;
+    while (k < line.length && k - at < 3 && line[k] === " ") k++;
+    if (line[k] !== ">") break;
+    at = line[k + 1] === " " ? k + 2 : k + 1;
+  }
+  return at;
+}
+
+// a line -> the link reference definition it is ({label: normalized, href: checked, title}), or null
+function mdDefLine(line) {
+  if (!line.includes("]:")) return null;
+  const m = MD_LINK_DEF.exec(line);
+  if (!m) return null;
+  const label = mdLabel(m[1]);
+  const href = label ? mdSafeUrl(mdEntities(m[2] !== undefined ? m[2] : m[3])) : null;
+  if (!href) return null;
+  const title = m[4] !== undefined ? m[4] : m[5] !== undefined ? m[5] : m[6];
+  return { label, href, title: title ? mdEntities(title) : "" };
+}
+
+// a reference's label -> its normalized form (CommonMark: case folded, spaces collapsed, trimmed)
+function mdLabel(text) {
+  return text.trim().replace(/\s+/g, " ").toLowerCase();
+}
+
+// a label -> its definition in the text being rendered (undefined: none); noted in mdUsed
+function mdLookup(label) {
+  const key = mdLabel(label);
+  if (mdUsed) mdUsed.add(key);
+  return mdDefs.get(key);
 }
 
 // nodes -> a DocumentFragment holding them (appended one by one: spreading a long array into a call can overflow)
@@ -76,8 +238,10 @@ function mdFragment(nodes) {
 
 // lines -> nodes: the blocks found, the other lines as inline nodes, a "\n" between each two (inside a block when it
 // comes after one); ``depth`` counts the lists and blockquotes around (deeper than MD_MAX_DEPTH they stay text);
-// ``inItem``: the lines are a list item's, whose lines of text lose the spaces before them
-function mdBlocks(lines, depth, onCode, inItem = false) {
+// ``inItem``: the lines are a list item's, whose lines of text lose the spaces before them; ``more``: more items
+// follow these (mdStream's kept part: the last one gets its break too); ``spans``: an array to which each item's
+// [first line, whether it is a blank line] is added
+function mdBlocks(lines, depth, onCode, inItem = false, more = false, spans = null) {
   const items = [];  // each: an element (a block) or an array of strings and nodes (a line of text)
   let para = 0;  // how many of the last items are the lines of a paragraph (text, not blank): a setext heading's
   let paraPipe = false;  // whether the paragraph's last line holds a pipe (a --- under it may become a table's row)
@@ -86,10 +250,20 @@ function mdBlocks(lines, depth, onCode, inItem = false) {
     const line = lines[i];
     const inPara = para;
     para = 0;
+    if (spans) spans.push([i, !line.trim()]);
     let m;
+    let def;
     if (line.length > MD_LONG_LINE) {
       items.push([line]);
       i++;
+    } else if (!inPara && line.trim() && mdIndent(line) >= 4) {
+      // indented code: to the last line indented 4 or more before a line that is not (blank lines inside it)
+      let end = i + 1;
+      for (let k = i + 1; k < lines.length && (!lines[k].trim() || mdIndent(lines[k]) >= 4); k++) {
+        if (lines[k].trim()) end = k + 1;
+      }
+      items.push(mdCodeBlock(lines.slice(i, end).map(mdDedent4).join("\n"), onCode));
+      i = end;
     } else if ((m = MD_FENCE.exec(line)) && !(m[1][0] === "`" && m[2].includes("`"))) {
       const close = new RegExp("^ {0,3}" + (m[1][0] === "`" ? "`" : "~") + "{" + m[1].length + ",}[ \\t]*$");
       let end = i + 1;
@@ -125,6 +299,8 @@ function mdBlocks(lines, depth, onCode, inItem = false) {
       const table = mdTable(lines, i);
       items.push(table.el);
       i = table.next;
+    } else if ((def = mdDefLine(line)) && mdLookup(def.label)) {  // a definition: not shown
+      i++;
     } else {
       const text = inItem ? line.trimStart() : line;
       items.push(MD_PLAIN.test(text) && !text.includes("://") && !text.includes("www.") ? [text] : mdInline(text));
@@ -137,16 +313,38 @@ function mdBlocks(lines, depth, onCode, inItem = false) {
   }
   const parts = [];
   items.forEach((item, k) => {
-    const more = k < items.length - 1;
+    const after = more || k < items.length - 1;
     if (Array.isArray(item)) {
       for (const p of item) parts.push(p);
-      if (more) parts.push("\n");
+      if (after) parts.push("\n");
     } else {
-      if (more) mdBreakAfter(item);
+      if (after) mdBreakAfter(item);
       parts.push(item);
     }
   });
   return mdMerge(parts);
+}
+
+// a line -> the columns of its indent (spaces and tabs, a tab to the next multiple of 4), counted up to 4
+function mdIndent(line) {
+  let col = 0;
+  for (let k = 0; k < line.length && col < 4; k++) {
+    if (line[k] === " ") col++;
+    else if (line[k] === "\t") col += 4 - (col % 4);
+    else break;
+  }
+  return col;
+}
+
+// a line of indented code -> the line less 4 columns of indent (a tab past them leaves its rest as spaces)
+function mdDedent4(line) {
+  let col = 0;
+  let k = 0;
+  while (k < line.length && col < 4 && (line[k] === " " || line[k] === "\t")) {
+    col += line[k] === "\t" ? 4 - (col % 4) : 1;
+    k++;
+  }
+  return " ".repeat(Math.max(0, col - 4)) + line.slice(k);
 }
 
 // an ATX heading's text after its #s -> the text without its closing sequence (a run of # after a space, or the whole
@@ -351,10 +549,11 @@ function mdCells(line) {
   return t.split(/(?<!\\)\|/).map((c) => c.trim().replace(/\\\|/g, "|"));
 }
 
-// a line's text -> strings and inline elements: `code` as <code> (its text as it is), **bold** as <strong>, *italic*
-// and _italic_ as <em>, ~~strike~~ as <del>, [text](url "title"), ![alt](url) and <url> as <a> for http:, https: and
-// mailto: URLs (any other link stays text), a bare http(s):// or www. URL as <a> (mdBareUrl), character references as
-// their characters
+// a line's text -> strings and inline elements: `code` as <code> (its text as it is), **bold** and __bold__ as
+// <strong>, *italic* and _italic_ as <em>, ~~strike~~ as <del>, [text](url "title"), ![alt](url), references to a
+// definition of the text (mdDefs) and <url> as <a> for http:, https: and mailto: URLs (any other link stays text),
+// <user@host> as a mailto: <a>, a bare http(s):// or www. URL as <a> (mdBareUrl), character references as their
+// characters
 function mdInline(text) {
   const spans = mdCodeSpans(text);
   return mdInlineRun(spans.text, false, { tokens: spans.tokens, next: 0 });
@@ -410,28 +609,42 @@ function mdInlineRun(text, inLink, ctx) {
   const parts = [];
   let at = 0;
   const plain = (s) => { for (const p of mdText(s, ctx)) parts.push(p); };
-  for (const m of text.matchAll(MD_INLINE)) {
-    if ((m[11] !== undefined || m[12] !== undefined) && inLink) continue;  // stays text, with what is around it
+  const re = new RegExp(MD_INLINE);  // its own lastIndex: the runs nest
+  for (let m = re.exec(text); m; m = re.exec(text)) {
+    const g = m.groups;
+    if ((g.auto !== undefined || g.email !== undefined || g.bare !== undefined) && inLink) continue;  // text
+    let def;
+    if (g.rtext !== undefined) {
+      def = mdLookup(g.rlabel ? g.rlabel : g.rtext);  // [text][label]; [label][] and [label]: the text is the label
+      if (!def) {  // not a reference: its brackets are text, what is inside them is tried one character on
+        re.lastIndex = m.index + 1;
+        continue;
+      }
+    }
     if (m.index > at) plain(text.slice(at, m.index));
     at = m.index + m[0].length;
-    if (m[2] !== undefined) {
-      const dest = m[3] !== undefined ? m[3] : m[4];
-      const href = mdSafeUrl(mdEntities(dest));
+    if (g.text !== undefined || def) {
+      const href = def ? def.href : mdSafeUrl(mdEntities(g.adest !== undefined ? g.adest : g.dest));
       if (!href) { plain(m[0]); continue; }
-      const label = m[1] ? mdText(m[2], ctx) : mdInlineRun(m[2], true, ctx);  // an image: its alt text
+      const inner = def ? g.rtext : g.text;
+      const label = (def ? g.rimg : g.img) ? mdText(inner, ctx) : mdInlineRun(inner, true, ctx);  // an image: alt
       const a = mdLink(href, mdMerge(label));
-      const title = m[5] !== undefined ? m[5] : m[6];
-      if (title) a.title = mdEntities(title);
+      const title = def ? def.title : mdEntities(g.t1 !== undefined ? g.t1 : g.t2 !== undefined ? g.t2 : "");
+      if (title) a.title = title;
       parts.push(a);
-    } else if (m[11] !== undefined) {
-      const href = mdSafeUrl(m[11]);
-      parts.push(href ? mdLink(href, [document.createTextNode(m[11])]) : m[0]);
-    } else if (m[12] !== undefined) {
-      for (const p of mdBareUrl(m[12])) parts.push(p);
+    } else if (g.auto !== undefined) {
+      const href = mdSafeUrl(g.auto);
+      parts.push(href ? mdLink(href, [document.createTextNode(g.auto)]) : m[0]);
+    } else if (g.email !== undefined) {
+      const href = mdSafeUrl("mailto:" + g.email);
+      parts.push(href ? mdLink(href, [document.createTextNode(g.email)]) : m[0]);
+    } else if (g.bare !== undefined) {
+      for (const p of mdBareUrl(g.bare)) parts.push(p);
     } else {
-      const el = document.createElement(m[7] !== undefined ? "strong" : m[10] !== undefined ? "del" : "em");
-      const inner = m[7] !== undefined ? m[7] : m[8] !== undefined ? m[8] : m[9] !== undefined ? m[9] : m[10];
-      el.append(...mdMerge(mdInlineRun(inner, inLink, ctx)));
+      const strong = g.strong !== undefined ? g.strong : g.ustrong;
+      const em = g.em !== undefined ? g.em : g.uem;
+      const el = document.createElement(strong !== undefined ? "strong" : em !== undefined ? "em" : "del");
+      el.append(...mdMerge(mdInlineRun(strong !== undefined ? strong : em !== undefined ? em : g.del, inLink, ctx)));
       parts.push(el);
     }
   }
