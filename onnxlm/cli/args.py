@@ -191,12 +191,13 @@ GEN_FLAGS: list[tuple[str, str, dict]] = [
 ]
 
 
-def add_generation_args(p: argparse.ArgumentParser) -> None:
+def add_generation_args(p: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
+    """The generation flags on ``p``; ``helps``: a command's own help text for some of them (flag -> text)."""
     g = p.add_argument_group("generation parameters",
                              "transformers GenerationConfig names; unset flags keep the model's "
                              "generation_config.json values")
     for flag, name, kw in GEN_FLAGS:
-        g.add_argument(flag, dest=name, default=SUPPRESS, **kw)
+        g.add_argument(flag, dest=name, default=SUPPRESS, **{**kw, "help": (helps or {}).get(flag, kw.get("help"))})
 
 
 def generation_params(args) -> dict:

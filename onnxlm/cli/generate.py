@@ -90,7 +90,8 @@ def add_parser(sub) -> None:
     c.add_argument("--no-stream", dest="stream", action="store_false",
                    help="print each reply only once it is complete (default: stream greedy/sampling replies)")
     add_constraint_args(c)
-    add_generation_args(c)
+    add_generation_args(c, {"--num-return-sequences": "1 only: chat keeps one reply a turn (several replies to one "
+                                                      "message: onnxlm generate --chat)"})
     add_assistant_arg(c)
     c.set_defaults(func=run_chat)
 

@@ -40,7 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=port, default=8000, help="port, 0-65535 (default: 8000)")
     p.add_argument("--api-key", default=os.environ.get("ONNXLM_API_KEY"), metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $ONNXLM_API_KEY; none: open)")
+                   help="require 'Authorization: Bearer KEY' on every endpoint but GET /health and the chat page "
+                        "(/metrics, /props, /slots and llama.cpp's endpoints too; Anthropic's /v1/messages also takes "
+                        "'x-api-key: KEY') (default: $ONNXLM_API_KEY; none: open)")
     p.add_argument("--model-name", default=None, metavar="NAME",
                    help="the model id clients send and /v1/models lists (default: the directory's name; a .gguf "
                         "file's name without .gguf)")
