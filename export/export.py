@@ -21,6 +21,7 @@ from .manifest import check_graph_dims, graph_io, model_dims, versions, write_ma
 from .logits_to_keep import add_logits_to_keep
 from .fused import check_fused_supported, fused_supported
 from .provenance import source_record
+from .sources import is_seq2seq_config, refuse_artifact_without_quantize, refuse_source, seq2seq_refusal
 from .onnx_export import FUSED_ONLY_TYPES, check_config, export_onnx, traced_attention
 from .validate import validate_export
 
@@ -184,9 +185,13 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
 
 
 def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, progress, tokenizer, kv_layout,
-                  quantize, block_size, accuracy_level, quantize_head, force_quality, quality_text, gguf) -> Path:
-    """``export_model``'s work, ``out_dir`` absolute."""
+                  quantize, block_size, accuracy_level, quantize_head, force_quality, quality_text, gguf,
+                  check=None) -> Path:
+    """``export_model``'s work, ``out_dir`` absolute; ``check(config)``: the caller's refusal of the model's config,
+    run before its weights load (``loader.load_source``'s)."""
     refuse_taken(out_dir, force, model, gguf)
+    refuse_source(model, quantize)  # no model in a folder, a GGUF architecture or an encoder-decoder onnxlm does
+    #                                 not export (so): one line, before anything loads
     if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
         from .export_resources import check_gguf_export_resources
         from .gguf_quant import refuse_file_off_blocks
@@ -210,6 +215,7 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                              ("quality_text", quality_text, None)) if v != default}
         raise ExportError(f"{', '.join(f'{k}={v!r:.40}' for k, v in given.items())}: quantization settings, given "
                           "without quantize; pass quantize='int8', 'int4' or 'gguf' (--quantize), or leave them out")
+    refuse_artifact_without_quantize(model, quantize)  # nothing to export again (after the settings: they name it)
     if not artifact:  # a source to export has no tokenizer yet (an artifact's text: quantize_*'s first check)
         from .quality import check_quality_text
 
@@ -228,19 +234,22 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         _check_args(quantize, block_size, accuracy_level)  # refuse bad settings before the long export
         if not artifact:  # and an onnxruntime its quantizer cannot run on (quantize_artifact checks it again)
             check_quantizer_onnxruntime(f"quantize={quantize!r}")
-            seq2seq = _seq2seq_model_type(model)
-            if seq2seq is not None:  # quantize_artifact's refusal, before the fp32 export it would follow
-                raise ExportError(f"quantize={quantize!r}: quantization supports decoder-only models (GPT-2, Llama "
-                                  f"family) for now; {model} is a {seq2seq!r} encoder-decoder")
         if artifact:
             return quantize_artifact(model, out_dir, scheme=quantize, block_size=block_size,  # no torch needed
                                      accuracy_level=accuracy_level, quantize_head=quantize_head,
                                      force_quality=force_quality, quality_text=quality_text, force=force,
                                      progress=progress)
+
+        def decoder_only(config) -> None:  # a hub name's config, known once loaded: refused before its weights
+            if is_seq2seq_config(config.model_type, getattr(config, "is_encoder_decoder", False)):
+                raise ExportError(seq2seq_refusal(quantize, model, config.model_type))
+
         scratch = temp_dir_beside(out_dir, "fp32")
         try:
-            fp32 = export_model(model, scratch / "fp32", tolerance=tolerance, opset=opset, validate=validate,
-                                progress=progress, tokenizer=tokenizer, kv_layout=kv_layout)
+            fp32 = _export_model(model, scratch / "fp32", force=False, tolerance=tolerance, opset=opset,
+                                 validate=validate, progress=progress, tokenizer=tokenizer, kv_layout=kv_layout,
+                                 quantize=None, block_size=32, accuracy_level=4, quantize_head="auto",
+                                 force_quality=False, quality_text=None, gguf=None, check=decoder_only)
             return quantize_artifact(fp32, out_dir, scheme=quantize, block_size=block_size,
                                      accuracy_level=accuracy_level, quantize_head=quantize_head,
                                      force_quality=force_quality, quality_text=quality_text, force=force,
@@ -263,8 +272,12 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
             what = model if isinstance(model, (str, Path)) else getattr(model, "source", type(model).__name__)
             with prog.step(f"loading {what}"):
                 # a fused-only family's plain layout or opset, then an opset's range: refused before the weights load
-                lm = load_source(model, tokenizer=tokenizer,
-                                 check=lambda config, layout=kv_layout: _check_layout(config, layout, opset))
+                def checks(config, layout=kv_layout) -> None:
+                    if check is not None:
+                        check(config)
+                    _check_layout(config, layout, opset)
+
+                lm = load_source(model, tokenizer=tokenizer, check=checks)
             cfg = lm.model.config
             check_config(cfg)
             if cfg.model_type in FUSED_ONLY_TYPES:  # no plain graph: the fused one (its layout refused above)
@@ -418,19 +431,3 @@ def _export_fused(lm, tmp: Path, dims, special, validate, tolerance, prog, progr
                 validation = validate_fused_export(lm.model, tmp, manifest, cfg, tolerance=tolerance,
                                                    log=prog.log if progress else None, references=references)
     return graphs, OPSET, validation
-
-
-def _seq2seq_model_type(model) -> str | None:
-    """An export source's model_type where it is an encoder-decoder (a loaded model's config, or a directory's
-    config.json), else None (decoder-only, or not known before loading)."""
-    import json
-
-    config = getattr(model, "config", None)
-    if config is not None:
-        return config.model_type if getattr(config, "is_encoder_decoder", False) else None
-    path = Path(str(model)).expanduser() / "config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return None  # the export's own read says what is wrong with it
-    return cfg.get("model_type") if isinstance(cfg, dict) and cfg.get("is_encoder_decoder") else None

@@ -32,9 +32,10 @@ from onnxlm.runtime.errors import ExportError, ExportNotice, ModelFileError
 
 #: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py):
 #: defined beside the checks of their ``{arch}.*`` keys (gguf_header), read from here too
-from .gguf_header import TESTED_GGUF_ARCHITECTURES, check_blocks  # noqa: E402
+from .gguf_header import TESTED_GGUF_ARCHITECTURES, architecture_refusal, check_blocks  # noqa: E402
 
 __all__ = [
+    "TESTED_GGUF_ARCHITECTURES",
     "SMOLLM2_DISTRIBUTION",
     "SMOLLM2_GGUF_NAME",
     "GGUFModel",
@@ -313,6 +314,9 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
     ``check(config)``: run on the model's config before its weights load (``loader.load_source``'s)."""
     path = find_smollm2_gguf() if path is None else pathlib.Path(path)
     meta = read_gguf_metadata(path)
+    refused = architecture_refusal(path, meta.get("general.architecture"))  # before transformers guesses at it
+    if refused is not None:
+        raise ExportError(refused)
     tokenizer = build_tokenizer_from_gguf(meta)
     specials = gguf_special_tokens(meta)
 
@@ -367,10 +371,7 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
         raise ExportError(f"{path}: {e}") from e
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, ArithmeticError) as e:  # the header's values are
         # checked (gguf_header) before this reads them: what still breaks transformers is said in one line, not a trace
-        arch = meta.get("general.architecture")
-        hint = (f" (general.architecture = {arch!r}; GGUF architectures onnxlm exports: "
-                f"{', '.join(TESTED_GGUF_ARCHITECTURES)})" if arch not in TESTED_GGUF_ARCHITECTURES else "")
-        raise ExportError(f"transformers could not load the GGUF file {path}: {e}{hint}") from e
+        raise ExportError(f"transformers could not load the GGUF file {path}: {e}") from e
     refuse_missing_weights(info, path)
     factors = rope_freq_factors(path)
     if factors is not None:  # Llama 3.1/3.2: llama3 rope scaling as per-frequency factors

@@ -31,13 +31,14 @@ import shutil
 import sys
 from pathlib import Path
 
-from onnxlm.runtime.errors import ExportError, ModelFileError, QualityGateError
+from onnxlm.runtime.errors import ExportError, ModelFileError, ParameterError, QualityGateError
 from onnxlm.runtime.gguf_magic import GGUF_MAGIC, is_gguf_file
 from onnxlm.runtime.versions import check_onnxruntime
 
 from .gguf_splits import split_files
 
-__all__ = ["CACHE_ENV", "cache_root", "is_gguf_file", "artifact_dir_for", "cached_artifact", "ensure_gguf_artifact"]
+__all__ = ["CACHE_ENV", "cache_root", "check_cache_dir", "is_gguf_file", "artifact_dir_for", "cached_artifact",
+           "ensure_gguf_artifact"]
 
 CACHE_ENV = "ONNXLM_CACHE"
 LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses the default's int8 activations
@@ -56,6 +57,36 @@ def cache_root() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     xdg = Path(os.environ.get("XDG_CACHE_HOME") or "").expanduser()
     return (xdg if xdg.is_absolute() else Path.home() / ".cache") / "onnxlm"
+
+
+def _cache_setting(cache_dir=None) -> str:
+    """What chose the cache's place, as an error names it: ``cache_dir``, ``ONNXLM_CACHE``, ``XDG_CACHE_HOME``
+    (``<it>/onnxlm``) or ``HOME`` (``~/.cache/onnxlm``)."""
+    if cache_dir:
+        return "cache_dir"
+    if os.environ.get(CACHE_ENV):
+        return CACHE_ENV
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or "").expanduser()
+    return "XDG_CACHE_HOME" if xdg.is_absolute() else "HOME"
+
+
+def check_cache_dir(cache_dir=None) -> Path:
+    """``<cache>/gguf`` (``cache_dir``, default ``cache_root()``) -> itself, once it is a directory or can be made
+    one; a ParameterError naming what set the cache's place (``$ONNXLM_CACHE``, ...) when it, or a folder above it,
+    is a file (``ONNXLM_CACHE=/etc/passwd``), or a link to nothing. Nothing is made here."""
+    root = Path(cache_dir).expanduser() if cache_dir else cache_root()
+    where = root / "gguf"
+    for p in (where, root, *root.parents):
+        if p.is_dir():
+            return where
+        if os.path.lexists(p):
+            what = "a link to nothing" if p.is_symlink() and not p.exists() else "a file"
+            inside = "" if p == root else f" (the GGUF cache goes in {where})"
+            setting = _cache_setting(cache_dir)
+            fix = ("pass a directory" if setting == "cache_dir" else
+                   f"set {CACHE_ENV} to a directory" + (", or unset it" if setting == CACHE_ENV else ""))
+            raise ParameterError(setting, f"{p} is {what}, not a directory{inside}: {fix}")
+    return where
 
 
 def _absolute(gguf) -> Path:
@@ -178,7 +209,7 @@ def _needs_export_extra(path: Path, exc: ImportError) -> ExportError:
                        f"(onnxlm export {path.name} DIR --quantize gguf) and pass DIR")
 
 
-def _export(path: Path, target: Path, log, progress: bool) -> None:
+def _export(path: Path, target: Path, log, progress: bool, cache_dir=None) -> None:
     """``path``'s artifact written to ``target`` (replacing a stale one): its own blocks at the first accuracy level
     the gate passes, or fp32 when it has no blocks; one process at a time."""
     try:
@@ -187,7 +218,13 @@ def _export(path: Path, target: Path, log, progress: bool) -> None:
         raise _needs_export_extra(path, exc) from exc
     # one export of a file at a time: a second first run (another shell, a second server) waits for the first one's
     # artifact instead of holding a second fp32 model beside it (and reuses it without importing torch)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # not writable here: what set the cache's place is the user's to change
+        setting = _cache_setting(cache_dir)
+        raise ParameterError(setting, f"cannot make the GGUF cache {target.parent} ({exc.strerror or exc}): "
+                                      + ("pass a directory you may write" if setting == "cache_dir" else
+                                         f"set {CACHE_ENV} to a directory you may write")) from exc
     lock = FileLock(str(lock_file(target)))
     try:
         lock.acquire(timeout=0)
@@ -269,16 +306,23 @@ def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path
     check_onnxruntime()  # before an export: it would be refused at its validation
     path = _absolute(path)
     split_files(path)  # a later file of a split GGUF, or a set not whole, is refused by name before anything else
+    check_cache_dir(cache_dir)  # ONNXLM_CACHE=/etc/passwd: said so, naming it
     target = artifact_dir_for(path, cache_dir)
     if is_current(target, path):
         return target
+    try:  # an architecture onnxlm does not export: refused from the header alone, before anything is said or written
+        from .gguf_reader import refuse_architecture
+
+        refuse_architecture(path)
+    except ImportError:  # no gguf to read it with: a runtime-only install may still take another process's export
+        pass             # (it waits on the lock below), or ``_export`` says what to install
 
     def log(msg: str) -> None:
         if progress:
             print(f"[onnxlm] {msg}", file=sys.stderr, flush=True)
 
     try:
-        _export(path, target, log, progress)
+        _export(path, target, log, progress, cache_dir)
     except QualityGateError:
         raise
     except ExportError:

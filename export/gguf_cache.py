@@ -42,7 +42,8 @@ from onnxlm.runtime.errors import ModelFileError, ParameterError
 from onnxlm.runtime.gguf_magic import is_gguf_file
 
 from .gguf_splits import split_files
-from .gguf_artifact import artifact_dir_for, cache_root, is_current, is_outdated, lock_file, read_stamp, stamp_file
+from .gguf_artifact import (artifact_dir_for, check_cache_dir, is_current, is_outdated, lock_file, read_stamp,
+                            stamp_file)
 
 __all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
            "leftovers", "prune", "prune_retries", "remove", "first_export_running"]
@@ -107,8 +108,10 @@ BUSY = "an export of its file is running"
 
 
 def gguf_cache_dir(cache_dir=None) -> Path:
-    """``<cache>/gguf``: ``cache_dir`` when given, else ``cache_root()``."""
-    return (Path(cache_dir).expanduser() if cache_dir else cache_root()) / "gguf"
+    """``<cache>/gguf``: ``cache_dir`` when given, else ``cache_root()``; a ParameterError naming what set it
+    (``$ONNXLM_CACHE``, ...) when it cannot be a directory (``gguf_artifact.check_cache_dir``): a cache that is a file
+    is not an empty one."""
+    return check_cache_dir(cache_dir)
 
 
 def _bytes(path: Path) -> int:

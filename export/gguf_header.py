@@ -23,11 +23,24 @@ from dataclasses import dataclass
 
 from onnxlm.runtime.errors import ModelFileError
 
-__all__ = ["TESTED_GGUF_ARCHITECTURES", "GENERAL_KEYS", "ARCH_KEYS", "check_header", "check_blocks", "scalar_value"]
+__all__ = ["TESTED_GGUF_ARCHITECTURES", "GENERAL_KEYS", "ARCH_KEYS", "check_header", "check_blocks", "scalar_value",
+           "architecture_refusal"]
 
 #: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
 TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "smollm3",
                              "olmo2", "ernie4_5", "exaone4", "gpt2", "stablelm", "lfm2")
+
+
+def architecture_refusal(path, arch) -> str | None:
+    """Why a GGUF file of ``general.architecture`` ``arch`` is not exported, in one line naming ``path``, the
+    architecture and those onnxlm exports (the list ``onnxlm info`` names); None for one it exports."""
+    if isinstance(arch, str) and arch in TESTED_GGUF_ARCHITECTURES:
+        return None
+    said = (f"GGUF architecture {_short(arch)!r} (its general.architecture)" if isinstance(arch, str) else
+            "a GGUF file without general.architecture")
+    return f"{path}: onnxlm does not export {said}; the GGUF architectures it exports: " + ", ".join(
+        TESTED_GGUF_ARCHITECTURES)
+
 
 # what a key's value may be (``Rule.kind``)
 INT = "int"              # any GGUF integer type (not a bool)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxlm.runtime.errors import ModelFileError
+from onnxlm.runtime.errors import ExportError, ModelFileError
 
-from .gguf_header import check_header, scalar_value
+from .gguf_header import architecture_refusal, check_header, scalar_value
 from .gguf_splits import SPLIT_NAME, split_files
 from .shared_patch import SharedPatch
 
@@ -284,3 +284,14 @@ def _restore_readers(originals: tuple) -> None:
 #: calls once per module (314 times for Gemma 3 270M, ~2 s), builds each map once (the loader only reads them).
 #: gguf's module globals are patched once for all threads' open blocks and put back when the last one ends.
 readers_shared_with_transformers = SharedPatch(_share_readers, _restore_readers)
+
+
+def refuse_architecture(path) -> str:
+    """ExportError (one line: ``gguf_header.architecture_refusal``) when the header of the GGUF file ``path`` names an
+    architecture onnxlm does not export -> its architecture. Only the header is read (no tensor data): ``export_model``
+    and the GGUF cache refuse such a file before any weight loads and before anything is written or said."""
+    arch = field_value(gguf_reader(path), "general.architecture")
+    why = architecture_refusal(path, arch)
+    if why is not None:
+        raise ExportError(why)
+    return arch

@@ -93,8 +93,11 @@ def run(args) -> int:
     from pathlib import Path
 
     from onnxlm.export.atomic_dir import refuse_taken
+    from onnxlm.export.sources import refuse_source
 
     refuse_taken(Path(args.out_dir), args.force, args.model, args.gguf)  # before torch's import (~2 s): a taken OUT is refused at once
+    refuse_source(args.model, args.quantize)  # a folder without a model, a GGUF architecture or an encoder-decoder
+    #                                           onnxlm does not export (so): at once too
     quality_text = read_quality_text(args.quality_text) if args.quality_text is not None else None
     export_model = import_export_model()
     path = export_model(args.model, args.out_dir, force=args.force, tolerance=args.tolerance, opset=args.opset,
