@@ -256,3 +256,26 @@ def test_a_cancelled_speculating_request_leaves(model):
     sched.cancel(req)
     sched.step()
     assert req.done and not sched.busy and sched.state is None
+
+
+def test_a_prediction_is_proposed_and_the_answer_is_the_models_own(model):
+    """A request with a ``prediction`` (OpenAI's predicted outputs) speculates from it alone in the batch, without
+    prompt lookup: a prediction equal to the answer is accepted almost whole (a pass checks up to 16 of its ids), a
+    half-wrong one costs rejected proposals; the ids are the solo ones either way."""
+    kw = dict(max_new_tokens=40, do_sample=False, eos_token_id=None)
+    ids = model.tokenizer.encode(PROMPTS[3])
+    solo = model.generate(PROMPTS[3], **kw).new_tokens[0]
+    wrong = solo[:20] + [(t + 1) % 200 for t in solo[20:30]] + solo[30:]
+    for prediction, most_accepted in ((solo, True), (wrong, False), (list(reversed(solo)), False)):
+        sched = Scheduler(model)  # no prompt lookup: the prediction alone proposes
+        req = sched.add(Request(list(ids), model.resolve_config(kw), prediction=list(prediction)))
+        steps = 0
+        while sched.busy:
+            sched.step()
+            steps += 1
+        assert req.new_ids[0] == solo
+        assert req.accepted <= req.proposed and req.proposed == sched.speculation.proposed
+        if most_accepted:
+            assert req.accepted >= len(solo) - 6 and steps < len(solo) // 3, (req.accepted, steps)
+        elif prediction is wrong:
+            assert req.accepted > 0 and req.proposed > req.accepted

@@ -687,3 +687,41 @@ def test_prompt_lookup_on_a_seq2seq_model_is_refused_by_name(tiny_t5):
         assert r.status_code == 400 and r.json()["error"]["param"] == "prompt_lookup_num_tokens"
     finally:
         srv.stop()
+
+
+def test_a_prediction_speeds_the_answer_and_never_changes_it(live, client):
+    """OpenAI's Predicted Outputs (``prediction``: the text the answer is expected to follow): the answer equals the
+    one without it, streamed or not, and usage counts the accepted and rejected prediction tokens; a prediction of
+    the answer itself is mostly accepted (the tiny model's bytes are not all UTF-8: its text read back gives other
+    ids in places), one of something else mostly rejected."""
+    messages = [{"role": "user", "content": "abc def ghi jkl"}]
+    kw = dict(model="tiny", messages=messages, max_tokens=40, temperature=0)
+    plain = client.chat.completions.create(**kw)
+    text = plain.choices[0].message.content
+    assert plain.usage.completion_tokens_details is None  # no prediction: no such details
+    for guess, good in ((text, True), ("0123456789" * 4, False),
+                        ([{"type": "text", "text": text[:10]}, {"type": "text", "text": text[10:]}], True)):
+        got = client.chat.completions.create(**kw, prediction={"type": "content", "content": guess})
+        assert got.choices[0].message.content == text
+        details = got.usage.completion_tokens_details
+        if good:
+            assert details.accepted_prediction_tokens > max(details.rejected_prediction_tokens, 10), details
+        else:
+            assert details.accepted_prediction_tokens <= details.rejected_prediction_tokens, details
+        streamed = client.chat.completions.create(**kw, prediction={"type": "content", "content": guess},
+                                                  stream=True, stream_options={"include_usage": True})
+        chunks = list(streamed)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+        assert chunks[-1].usage.completion_tokens_details is not None
+
+
+@pytest.mark.parametrize("prediction, param", [
+    ("text", "prediction"), ({"type": "text", "content": "a"}, "prediction.type"),
+    ({"type": "content", "content": 3}, "prediction.content"),
+    ({"type": "content", "content": [{"type": "image_url"}]}, "prediction.content[0]"),
+    ({"type": "content", "content": "a", "extra": 1}, "prediction.extra"),
+])
+def test_a_bad_prediction_is_a_400_naming_it(live, prediction, param):
+    r = post(live.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                                               "prediction": prediction})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

@@ -443,7 +443,7 @@ def test_an_error_mid_stream_is_an_error_event():
     run = SimpleNamespace(cancel=lambda: done.append("cancel"), wait=nothing, close=nothing)
     slot = SimpleNamespace(release=lambda: done.append("release"), st=SimpleNamespace(count=done.append))
     choices = SimpleNamespace(cut=set(), tokens={}, completion_tokens=1)
-    jobs = [SimpleNamespace(ids=[1, 2, 3], req=SimpleNamespace(cached_tokens=2))]
+    jobs = [SimpleNamespace(ids=[1, 2, 3], req=SimpleNamespace(cached_tokens=2, prediction=None))]
     start = anthropic_reply.head("msg_1", "tiny", jobs)
 
     async def collect():

@@ -48,11 +48,19 @@ _BYTE_OF = {c: b for b, c in bytes_to_unicode().items()}  # GPT-2's byte alphabe
 
 def usage(jobs: list[Job], completion: int) -> dict:
     """OpenAI's usage block; ``prompt_tokens_details.cached_tokens``: the prompt tokens whose keys and values the
-    prefix cache held (not computed again)."""
+    prefix cache held (not computed again); with a ``prediction``, ``completion_tokens_details``'
+    ``accepted_prediction_tokens`` (proposed tokens the model kept) and ``rejected_prediction_tokens`` (proposed
+    tokens a pass checked and dropped)."""
     prompt = sum(len(j.ids) for j in jobs)
     cached = sum(j.req.cached_tokens for j in jobs if j.req is not None)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
+    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+           "prompt_tokens_details": {"cached_tokens": cached}}
+    predicted = [j.req for j in jobs if j.req is not None and j.req.prediction is not None]
+    if predicted:
+        accepted = sum(r.accepted for r in predicted)
+        out["completion_tokens_details"] = {"accepted_prediction_tokens": accepted,
+                                            "rejected_prediction_tokens": sum(r.proposed for r in predicted) - accepted}
+    return out
 
 
 class Choices:

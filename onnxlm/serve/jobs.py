@@ -42,6 +42,18 @@ def _encode(model, prompt, param: str) -> list[int]:
         raise bad(param, str(exc)) from None
 
 
+def _prediction_ids(model, text: str | None) -> list[int] | None:
+    """A ``prediction``'s text -> its ids as the answer would hold them (no BOS or other added tokens), or None."""
+    if not text:
+        return None
+    if model.tokenizer is None:
+        raise bad("prediction", "this model has no tokenizer.json to read a prediction's text with")
+    try:
+        return model.tokenizer.encode(text, add_special_tokens=False)
+    except InputError as exc:
+        raise bad("prediction.content", str(exc)) from None
+
+
 def _limits(model, st: ServeState, ids: list[int], max_tokens: int | None, param: str,
             name: str = "max_tokens") -> int:
     """Prompt length and context checks -> the max new tokens (400 context_length_exceeded past the context;
@@ -100,9 +112,10 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
     """One job per prompt; ``samplers``: the scheduler request's last processors (llama.cpp's chain: llamacpp.py);
     ``first``: processors before all others (llama.cpp's logit biases); ``overrides``: generation parameters set
     over the sampling's (llama.cpp's /infill: its end-of-generation ids)."""
-    if samp.extra.get("prompt_lookup_num_tokens") and model.is_encoder_decoder:
-        raise bad("prompt_lookup_num_tokens", "speculative decoding runs on decoder-only models; this is a seq2seq "
-                  "model")
+    for name in ("prompt_lookup_num_tokens", "prediction"):
+        if samp.extra.get(name) and model.is_encoder_decoder:
+            raise bad(name, "speculative decoding runs on decoder-only models; this is a seq2seq model")
+    predicted = _prediction_ids(model, samp.extra.get("prediction"))
     jobs = []
     for prompt, text in zip(prompts, texts):
         ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)
@@ -126,7 +139,7 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
                 t0 = model.initial_sequences(np.asarray([ids])).shape[1]
                 extra.append(PresenceFrequencyPenaltyProcessor(samp.presence_penalty, samp.frequency_penalty, t0))
             job.req = Request(ids, config, logprobs=samp.logprobs, extra_processors=extra, constraint=constraint,
-                              samplers=list(samplers or []))
+                              samplers=list(samplers or []), prediction=predicted)
             try:
                 st.engine.scheduler.prepare(job.req)
             except (ParameterError, InputError) as exc:

@@ -168,7 +168,7 @@ COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "s
           "response_format", "grammar", "prompt_lookup_num_tokens", "min_p", "ignore_eos"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
-                 "parallel_tool_calls", "chat_template_kwargs", "reasoning_format"}
+                 "parallel_tool_calls", "chat_template_kwargs", "reasoning_format", "prediction"}
 #: the template variables the server sets itself, which chat_template_kwargs may not replace
 TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents", "tokenize")  # tokenize: render_chat's own argument
 
@@ -273,10 +273,41 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
     lookup = _get_int(body, "prompt_lookup_num_tokens", None, lo=1, hi=64)  # extension: speculative decoding
     if lookup is not None and num_beams > 1:
         raise bad("prompt_lookup_num_tokens", "not with beam search (num_beams > 1)")
+    extra = {"prompt_lookup_num_tokens": lookup} if lookup is not None else {}
+    predicted = prediction(body) if chat else None
+    if predicted:
+        if num_beams > 1:
+            raise bad("prediction", "not with beam search (num_beams > 1)")
+        extra["prediction"] = predicted
     return Sampling(max_tokens, temperature, top_p, n, stop, seed, stream, include_usage, presence, frequency,
                     top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body), max_tokens_param=name,
-                    min_p=min_p, ignore_eos=_get_bool(body, "ignore_eos", False),
-                    extra={"prompt_lookup_num_tokens": lookup} if lookup is not None else {})
+                    min_p=min_p, ignore_eos=_get_bool(body, "ignore_eos", False), extra=extra)
+
+
+def prediction(body: dict) -> str | None:
+    """OpenAI's ``prediction`` (Predicted Outputs): ``{"type": "content", "content": text}``, the content a string or
+    text parts -> the text (None: absent, null or empty). The answer is the model's own whatever it says: the text
+    only gives the proposals of speculative decoding (runtime/decoding/prediction.py)."""
+    value = body.get("prediction")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad("prediction", 'expected an object {"type": "content", "content": "..."}')
+    known_fields(value, {"type", "content"}, "prediction", "a prediction")
+    if value.get("type") != "content":
+        raise bad("prediction.type", f"got {value.get('type')!r:.40}; allowed: 'content'")
+    content = value.get("content")
+    if isinstance(content, list):
+        for k, part in enumerate(content):
+            where = f"prediction.content[{k}]"
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise bad(where, 'expected a text part {"type": "text", "text": "..."}')
+            known_fields(part, {"type", "text"}, where, "a text part")
+        content = "".join(part["text"] for part in content)
+    if not isinstance(content, str):
+        raise bad("prediction.content", "expected a string or a list of text parts")
+    check_text([content], "prediction.content")
+    return content or None
 
 
 def _include_usage(options, stream: bool) -> bool:

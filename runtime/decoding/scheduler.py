@@ -80,6 +80,9 @@ class Request:
     extra_processors: list = field(default_factory=list)
     constraint: object | None = None
     samplers: list = field(default_factory=list)
+    # ids the answer is expected to follow closely (OpenAI's predicted outputs): proposals while the request decodes
+    # alone (scheduler_speculation.py); None: none
+    prediction: list[int] | None = None
     # set by the scheduler
     n: int = 1
     t0: int = 0  # ids before the first new one (causal: the prompt; seq2seq: the start token)
@@ -92,6 +95,8 @@ class Request:
     reasons: list = field(default_factory=list)  # per row: finish reason or None
     final_text: list = field(default_factory=list)
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    proposed: int = 0  # tokens its speculative passes checked (scheduler_speculation.py)
+    accepted: int = 0  # ... and kept (each one a forward pass saved)
     # time.perf_counter() when its prefill began, its first tokens were picked, it finished (None until then)
     prefill_at: float | None = None
     first_token_at: float | None = None

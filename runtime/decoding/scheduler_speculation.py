@@ -17,7 +17,11 @@ proposal, and a pass of several rows with several positions each runs a pass per
 Which requests speculate (``proposer_for_request``): decoder-only models, one row (n = 1), no structured-output
 constraint (its matcher would have to roll back too); the number of tokens is the request config's
 ``prompt_lookup_num_tokens``, else the scheduler's ``prompt_lookup`` (the server's ``--prompt-lookup``), capped by a
-model whose state keeps a bounded rollback history (LFM2: ``speculation_limit``).
+model whose state keeps a bounded rollback history (LFM2: ``speculation_limit``). A request with a ``prediction``
+(OpenAI's predicted outputs: ids its answer is expected to follow) speculates from it (prediction.py; up to
+``PREDICTION_TOKENS`` a pass unless those settings say otherwise), falling back to prompt lookup where they ask for
+it; each request counts its own proposed and accepted tokens (``Request.proposed`` / ``accepted``: the server's
+``accepted_prediction_tokens`` / ``rejected_prediction_tokens``).
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .candidates import PromptLookup, speculation_limit
+from .prediction import PredictionLookup
+
+PREDICTION_TOKENS = 16  # a prediction's proposals per pass at most, unless the request or the scheduler says
 
 
 @dataclass
@@ -46,12 +53,19 @@ def proposer_for_request(model, req, processors, max_length: int, default: int |
     docstring). ``processors``: the request's logits processors (a candidate they forbid is not proposed)."""
     c = req.config
     num_tokens = c.prompt_lookup_num_tokens or default
-    if not num_tokens or model.is_encoder_decoder or req.n != 1 or req.constraint is not None:
+    predicted = getattr(req, "prediction", None)
+    if (not num_tokens and not predicted) or model.is_encoder_decoder or req.n != 1 or req.constraint is not None:
         return None
     cap = speculation_limit(model)
-    return PromptLookup(num_tokens=min(num_tokens, cap or num_tokens), max_ngram=c.max_matching_ngram_size or 2,
-                        max_length=max_length, eos_token_ids=c.eos_token_ids, processors=processors,
-                        vocab_size=model.vocab_size)
+    common = dict(max_length=max_length, eos_token_ids=c.eos_token_ids, processors=processors,
+                  vocab_size=model.vocab_size)
+    lookup = None if not num_tokens else PromptLookup(num_tokens=min(num_tokens, cap or num_tokens),
+                                                      max_ngram=c.max_matching_ngram_size or 2, **common)
+    if not predicted:
+        return lookup
+    most = num_tokens or PREDICTION_TOKENS
+    return PredictionLookup(predicted, num_tokens=min(most, cap or most), max_ngram=c.max_matching_ngram_size or 3,
+                            fallback=lookup, **common)
 
 
 def speculative_pass(sched, req, proposer, token: np.ndarray, counts: SchedulerSpeculation):
@@ -75,4 +89,5 @@ def speculative_pass(sched, req, proposer, token: np.ndarray, counts: SchedulerS
         sched.state.rollback(np.array([k - i], np.int64))    # 2. forget the proposed tokens fed past the pick
     proposer.update(i, k)                                    # 3. the back-off hears how many were accepted
     counts.passes, counts.proposed, counts.accepted = counts.passes + 1, counts.proposed + k, counts.accepted + i
+    req.proposed, req.accepted = req.proposed + k, req.accepted + i
     return events, going
