@@ -441,6 +441,8 @@ BAD = [
     ({"include": "message.output_text.logprobs"}, "include"),
     ({"truncation": "auto"}, "truncation"),
     ({"reasoning": {"effort": 5}}, "reasoning.effort"),
+    ({"reasoning": {"effort": "bogus"}}, "reasoning.effort"),
+    ({"reasoning": {"summary": "long"}}, "reasoning.summary"),
     ({"reasoning": {"budget": "high"}}, "reasoning.budget"),
     ({"metadata": {"k": 5}}, "metadata.k"),
     ({"stream_options": {"include_obfuscation": False}}, "stream_options"),
@@ -479,15 +481,17 @@ def test_optional_fields_at_their_neutral_values_are_accepted(live):
 
 
 def test_ignored_settings_are_repeated_in_the_response(live, client):
-    """reasoning, prompt_cache_key, safety_identifier and metadata (checked, then ignored) come back in the response
+    """reasoning, prompt_cache_key, safety_identifier, prompt_cache_retention and metadata (checked, then ignored) come back in the response
     as the request gave them, as OpenAI's responses repeat them, and at OpenAI's values when absent (reasoning's
     effort and summary null, metadata {}, the others null); the stream's created and final responses too."""
     settings = {"reasoning": {"effort": "low"}, "prompt_cache_key": "conversation-7",
-                "safety_identifier": "user-hash-1", "metadata": {"topic": "weather"}}
+                "safety_identifier": "user-hash-1", "metadata": {"topic": "weather"},
+                "prompt_cache_retention": "in_memory"}
     r = client.responses.create(model="tiny", input=USER, max_output_tokens=16, **settings)
     assert (r.reasoning.effort, r.reasoning.summary) == ("low", None)
     assert (r.prompt_cache_key, r.safety_identifier, r.metadata) == ("conversation-7", "user-hash-1",
                                                                      {"topic": "weather"})
+    assert r.prompt_cache_retention == "in_memory"
     bare = client.responses.create(model="tiny", input=USER, max_output_tokens=16)
     assert (bare.reasoning.effort, bare.reasoning.summary) == (None, None)
     assert (bare.prompt_cache_key, bare.safety_identifier, bare.metadata) == (None, None, {})

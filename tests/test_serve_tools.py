@@ -411,10 +411,25 @@ def test_a_forced_call_cut_by_max_tokens_is_the_call_so_far(servers, style):
     assert c["finish_reason"] == "length" and "tool_calls" not in c["message"] and c["message"]["content"]
 
 
+def test_a_call_cut_before_its_name_is_settled_stays_text_a_client_can_send_back(servers):
+    """tool_choice "required" with two tools, cut in the call's first tokens (before the name tells which tool):
+    text, finish_reason "length", no tool call (a call named "" or half a name, which the server itself would refuse
+    when a client sends the reply back); the reply sent back as the SDK dumps it is a 200."""
+    srv = servers["qwen"]
+    body = {"messages": _user(PROMPTS[0]), "tools": TOOLS, "tool_choice": "required", "temperature": 0}
+    for max_tokens in (1, 2, 3):
+        c = _chat(srv, **body, max_tokens=max_tokens)["choices"][0]
+        assert c["finish_reason"] == "length" and not c["message"].get("tool_calls"), c
+        assert isinstance(c["message"]["content"], str)
+        turn = body["messages"] + [c["message"], {"role": "user", "content": "go on"}]
+        assert post(srv.url, "/v1/chat/completions", {**body, "messages": turn, "max_tokens": 2}).status_code == 200
+
+
 def test_a_cut_call_is_read_from_the_constraints_text():
-    """tools.cut_call on the text a forced call's constraint writes, cut: the name as far as it is known (several
-    tools may begin so: the name as written), the arguments as written, or whole where only the call's closing was
-    cut; nothing for a whole call, another finish reason, an unforced choice or text that is no such call."""
+    """tools.cut_call on the text a forced call's constraint writes, cut: the name where it is settled (one tool
+    fits), the arguments as written, or whole where only the call's closing was cut; nothing for a cut before the
+    name is settled (a call named "" or "get_" no client could send back), a whole call, another finish reason, an
+    unforced choice or text that is no such call."""
     def treq(style, choice="required", name=None):
         return tools.ToolRequest(TOOLS, choice, name, True, style, {"get_weather", "search"})
 
@@ -427,7 +442,7 @@ def test_a_cut_call_is_read_from_the_constraints_text():
     assert cut(qwen + '{"query": "cake"}}\n</tool_ca') == ("search", '{"query": "cake"}')
     assert cut(qwen[:-5]) == ("search", "")            # within the arguments key: the name is known
     assert cut('<tool_call>\n{"name": "se') == ("search", "")   # the one function the text can begin
-    assert cut('<tool_call>\n{"na') == ("", "")          # either function: no name yet
+    assert cut('<tool_call>\n{"na') is None              # either function: no name yet, so no call
     assert cut("<tool", choice="function", name="get_weather") == ("get_weather", "")
     assert cut('{"name": "get_weather", "parameters": {"city": "Ro', "llama3") == ("get_weather", '{"city": "Ro')
     assert cut('{"name": "search", "arguments": {"query": "x"}', "generic") == ("search", '{"query": "x"}')

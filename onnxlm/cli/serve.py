@@ -68,8 +68,9 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt-lookup", type=non_negative_int, default=0, metavar="N",
                    help="speculative decoding while a request decodes alone: up to N tokens copied from its own "
                         "prompt and answer (prompt lookup, as generate's prompt_lookup_num_tokens) are checked in one "
-                        "pass; the same tokens, fewer passes where answers repeat their context (code edits, "
-                        "quotes); not for structured output or n > 1; 0 turns it off (default: 0)")
+                        "pass; fewer passes where answers repeat their context (code edits, quotes), the same tokens "
+                        "on fp32 artifacts (a quantized variant's may part at near-ties, as in a shared batch); not "
+                        "for structured output or n > 1; 0 turns it off (default: 0)")
     p.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
                    help="GET /slots reports what each row of the batch is doing, as llama.cpp's server does "
                         "(--no-slots turns it off: 501; default: on)")

@@ -47,6 +47,9 @@ FIELDS = {"model", "input", "instructions", "max_output_tokens", "temperature", 
 NEUTRAL = {"service_tier": (None, "auto", "default"), "max_tool_calls": (None,), "top_logprobs": (None, 0),
            "prompt_cache_retention": (None, "in-memory", "in_memory"), "context_management": (None,)}  # (the SDK: in_memory)
 ROLES = ("user", "assistant", "system", "developer")
+#: the values OpenAI's ``reasoning`` settings take (openai.types.shared: ReasoningEffort, Reasoning.summary)
+REASONING_VALUES = {"effort": ("none", "minimal", "low", "medium", "high", "xhigh", "max"),
+                    "summary": ("auto", "concise", "detailed"), "generate_summary": ("auto", "concise", "detailed")}
 #: the fields of each input item type read here (id, status, phase, and a call's async / caller / namespace /
 #: name: what an output item sent back carries; accepted at their neutral values, ignored: ``_check_call_echo``)
 ITEM_FIELDS = {"message": {"type", "role", "content", "id", "status", "phase"},
@@ -194,9 +197,11 @@ def _check_ignored(body: dict, stream: bool) -> None:
 def _echo_ignored(body: dict) -> dict:
     """The fields checked and ignored that OpenAI's response repeats, as the request gave them: ``reasoning`` (over
     OpenAI's ``{"effort": null, "summary": null}`` of a request without it), ``prompt_cache_key`` and
-    ``safety_identifier`` (null when absent). A client reads its settings back from the response, as from OpenAI's."""
+    ``safety_identifier`` and ``prompt_cache_retention`` (null when absent). A client reads its settings back from
+    the response, as from OpenAI's."""
     return {"reasoning": {"effort": None, "summary": None, **(body.get("reasoning") or {})},
-            "prompt_cache_key": body.get("prompt_cache_key"), "safety_identifier": body.get("safety_identifier")}
+            "prompt_cache_key": body.get("prompt_cache_key"), "safety_identifier": body.get("safety_identifier"),
+            "prompt_cache_retention": body.get("prompt_cache_retention")}
 
 
 def _check_metadata(value) -> None:
@@ -223,6 +228,9 @@ def _check_reasoning(value) -> None:
     for name, v in value.items():
         if v is not None and not isinstance(v, str):
             raise bad(f"reasoning.{name}", f"expected a string or null, got {type(v).__name__}")
+        allowed = REASONING_VALUES.get(name)
+        if v is not None and allowed and v not in allowed:
+            raise bad(f"reasoning.{name}", f"got {v!r:.40}; allowed: {', '.join(allowed)} or null")
 
 
 # ---------------------------------------------------------------------------------------------------- input

@@ -210,8 +210,10 @@ def cut_call(text: str, reason: str, treq: ToolRequest) -> dict | None:
     one; None for any other reply. Only a forced call's text is known to be a call: its constraint
     (``fmt.call_grammar``) writes exactly the style's opening, ``{"name": "N", "<arguments key>": `` and the
     arguments (an unforced reply cut mid-text stays text). The name is the function whose opening the text starts
-    with, or, cut within it, the one function the text can still begin (several: the name as far as it was written);
-    the arguments are what follows, ending with the JSON value where only the closing of the call was cut."""
+    with, or, cut within it, the one function the text can still begin;
+    the arguments are what follows, ending with the JSON value where only the closing of the call was cut. Cut
+    before the name was settled (several tools still fit what was written), it is no call: None (the text stays
+    text, which a client may send back; a call named "" or "get_" it could not)."""
     if not treq.forced or reason != "length" or not text:
         return None
     # runtime/tool_calls.py's format: the qwen style's opening line, the JSON styles' arguments key
@@ -222,11 +224,9 @@ def cut_call(text: str, reason: str, treq: ToolRequest) -> dict | None:
         if text.startswith(head):
             return _api_call(name, _json_value_written(text[len(head):]))
     begun = [name for name, head in heads.items() if head.startswith(text)]
-    if not begun:  # not the constraint's call (a reasoning block took the text): left as text
-        return None
-    if len(begun) == 1:
-        return _api_call(begun[0], "")
-    return _api_call(text[len(opening) + len('{"name": "'):], "")
+    if len(begun) != 1:  # not the constraint's call (a reasoning block took the text), or cut before its name was
+        return None      # settled (several tools still fit): left as text, never a call of a name no tool has
+    return _api_call(begun[0], "")
 
 
 def _json_value_written(text: str) -> str:
