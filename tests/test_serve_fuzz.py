@@ -107,7 +107,11 @@ CHAT_FIELDS = {"messages": st.one_of(st.lists(message, min_size=1, max_size=4), 
                "chat_template_kwargs": either(st.dictionaries(
                    st.sampled_from(["enable_thinking", "tools", "bos_token", "raise_exception", "range", "x y", ""]),
                    st.one_of(st.booleans(), st.integers(-2, 2), st.text(max_size=3), st.none()), max_size=3)),
-               "reasoning_format": either(st.sampled_from(["auto", "deepseek", "none", "think"]))}
+               "reasoning_format": either(st.sampled_from(["auto", "deepseek", "none", "think"])),
+               # OpenAI's predicted outputs: the text proposes tokens; the answer is the model's whatever it says
+               "prediction": either(st.fixed_dictionaries({"type": st.sampled_from(["content", "text"]),
+                                                           "content": st.one_of(st.text(max_size=30), junk)}) | junk),
+               "prompt_lookup_num_tokens": either(st.integers(0, 65))}
 
 
 def bodies(chat: bool):
