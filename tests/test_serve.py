@@ -725,3 +725,34 @@ def test_a_bad_prediction_is_a_400_naming_it(live, prediction, param):
     r = post(live.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
                                                "prediction": prediction})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+# ---------------------------------------------------------------------------------------------------- OpenAI's extras
+NEUTRAL_EXTRAS = [{"store": False}, {"store": True, "metadata": {"team": "a"}}, {"service_tier": "auto"},
+                  {"service_tier": "default", "modalities": ["text"], "audio": None},
+                  {"reasoning_effort": "low", "verbosity": "medium"},
+                  {"prompt_cache_key": "k", "safety_identifier": "u"}, {"metadata": None, "reasoning_effort": None}]
+
+
+@pytest.mark.parametrize("extra", NEUTRAL_EXTRAS, ids=lambda e: "+".join(e))
+def test_openai_chat_fields_at_their_usual_values_are_taken(live, extra):
+    """Fields OpenAI's clients send by default or copy from its examples (store, metadata, service_tier, modalities,
+    reasoning_effort, verbosity, prompt_cache_key, safety_identifier) at values that ask nothing of this server: a 200
+    with the same answer as without them."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0}
+    plain = post(live.url, "/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+    r = post(live.url, "/v1/chat/completions", {**body, **extra})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == plain
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"store": "yes"}, "store"), ({"metadata": {"k": 1}}, "metadata.k"), ({"metadata": [1]}, "metadata"),
+    ({"service_tier": "priority"}, "service_tier"), ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"), ({"reasoning_effort": "hihg"}, "reasoning_effort"),
+    ({"verbosity": "loud"}, "verbosity"), ({"prompt_cache_key": 3}, "prompt_cache_key"),
+])
+def test_openai_chat_fields_asking_for_what_is_not_done_are_400s(live, extra, param):
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
+    r = post(live.url, "/v1/chat/completions", body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text

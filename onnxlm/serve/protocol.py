@@ -168,7 +168,10 @@ COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "s
           "response_format", "grammar", "prompt_lookup_num_tokens", "min_p", "ignore_eos"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
-                 "parallel_tool_calls", "chat_template_kwargs", "reasoning_format", "prediction"}
+                 "parallel_tool_calls", "chat_template_kwargs", "reasoning_format", "prediction",
+                 # OpenAI's, checked and ignored at their usual values (openai_fields.py)
+                 "store", "metadata", "reasoning_effort", "prompt_cache_key", "safety_identifier", "verbosity",
+                 "service_tier", "modalities", "audio"}
 #: the template variables the server sets itself, which chat_template_kwargs may not replace
 TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents", "tokenize")  # tokenize: render_chat's own argument
 

@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 
 from . import protocol
+from .openai_fields import REASONING_VALUES, check_metadata
 from .protocol import APIError, bad, known_fields
 
 #: what needs state kept between requests -> what to send instead (its 400 when set: null is accepted as absent)
@@ -47,9 +48,6 @@ FIELDS = {"model", "input", "instructions", "max_output_tokens", "temperature", 
 NEUTRAL = {"service_tier": (None, "auto", "default"), "max_tool_calls": (None,), "top_logprobs": (None, 0),
            "prompt_cache_retention": (None, "in-memory", "in_memory"), "context_management": (None,)}  # (the SDK: in_memory)
 ROLES = ("user", "assistant", "system", "developer")
-#: the values OpenAI's ``reasoning`` settings take (openai.types.shared: ReasoningEffort, Reasoning.summary)
-REASONING_VALUES = {"effort": ("none", "minimal", "low", "medium", "high", "xhigh", "max"),
-                    "summary": ("auto", "concise", "detailed"), "generate_summary": ("auto", "concise", "detailed")}
 #: the fields of each input item type read here (id, status, phase, and a call's async / caller / namespace /
 #: name: what an output item sent back carries; accepted at their neutral values, ignored: ``_check_call_echo``)
 ITEM_FIELDS = {"message": {"type", "role", "content", "id", "status", "phase"},
@@ -68,7 +66,6 @@ FORMAT_FIELDS = {"text": {"type"}, "json_object": {"type"},
                  "json_schema": {"type", "name", "schema", "strict", "description"}}
 VERBOSITY = ("low", "medium", "high")
 MIN_OUTPUT_TOKENS = 16  # OpenAI's least max_output_tokens
-MAX_METADATA = (16, 64, 512)  # OpenAI's metadata: pairs, key length, value length
 
 
 @dataclass
@@ -170,7 +167,7 @@ def _check_ignored(body: dict, stream: bool) -> None:
         if not any(value is v or (type(value) is type(v) and value == v) for v in allowed):  # False is not 0
             shown = ", ".join("null" if v is None else repr(v) for v in allowed)
             raise bad(name, f"got {value!r:.40}; this server takes only {shown}")
-    _check_metadata(body.get("metadata"))
+    check_metadata(body.get("metadata"))
     _check_reasoning(body.get("reasoning"))
     include = body.get("include")
     if include is not None:
@@ -202,19 +199,6 @@ def _echo_ignored(body: dict) -> dict:
     return {"reasoning": {"effort": None, "summary": None, **(body.get("reasoning") or {})},
             "prompt_cache_key": body.get("prompt_cache_key"), "safety_identifier": body.get("safety_identifier"),
             "prompt_cache_retention": body.get("prompt_cache_retention")}
-
-
-def _check_metadata(value) -> None:
-    """``metadata``: up to 16 string pairs (keys up to 64 characters, values up to 512), as OpenAI's."""
-    if value is None:
-        return
-    pairs, key_len, value_len = MAX_METADATA
-    if not isinstance(value, dict) or len(value) > pairs:
-        raise bad("metadata", f"expected an object of up to {pairs} string pairs")
-    for k, v in value.items():
-        if len(k) > key_len or not isinstance(v, str) or len(v) > value_len:
-            raise bad(f"metadata.{k:.64}", f"expected a string of up to {value_len} characters under a key of up to "
-                                           f"{key_len}")
 
 
 def _check_reasoning(value) -> None:

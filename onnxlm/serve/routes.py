@@ -18,6 +18,7 @@ from . import llamacpp_request, prometheus, protocol, reasoning, tools
 from .choices import Choices, completion_offsets, usage
 from .gate import authorize, available, check_model_name, open_request
 from .jobs import make_jobs, output_constraint
+from .openai_fields import check_chat_extras
 from .protocol import bad
 from .run import admit, collect
 from .state import state_of
@@ -133,6 +134,7 @@ async def completions(request: HTTPRequest):
 
 async def chat_completions(request: HTTPRequest):
     model, st, body, samp = await open_request(request, protocol.CHAT, chat=True)
+    check_chat_extras(body)
     msgs = protocol.messages(body)
     template_vars = protocol.template_kwargs(body)
     split = reasoning.wanted(body, model.chat_template)  # the reply's <think> block as reasoning_content
