@@ -547,8 +547,8 @@ def test_the_sdk_raises_openais_errors(live, client):
 
 def test_an_error_mid_stream_is_an_error_event_then_failed():
     """The framing alone: an APIError raised by the chunks after some text becomes an ``error`` event then
-    ``response.failed`` (the response with its error and the items closed so far), and the run is cancelled and
-    the slot released."""
+    ``response.failed`` (the response with its error and its items: the one open at the failure closed first as
+    incomplete, holding what was written), and the run is cancelled and the slot released."""
     done = []
 
     async def chunks():
@@ -566,13 +566,15 @@ def test_an_error_mid_stream_is_an_error_event_then_failed():
     assert [n.removeprefix("response.") for n, _ in events] == [
         "created", "in_progress", "output_item.added", "content_part.added", "reasoning_text.delta",
         "reasoning_text.done", "content_part.done", "output_item.done", "output_item.added", "content_part.added",
-        "output_text.delta", "error", "failed"]
+        "output_text.delta", "output_text.done", "content_part.done", "output_item.done", "error", "failed"]
     assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
     error, failed = events[-2][1], events[-1][1]["response"]
     assert (error["code"], error["message"], error["param"]) == ("server_error", "the model failed: boom", None)
     assert failed["status"] == "failed" and failed["error"] == {"code": "server_error",
                                                                 "message": "the model failed: boom"}
-    assert [item["type"] for item in failed["output"]] == ["reasoning"]
+    assert [(item["type"], item["status"]) for item in failed["output"]] == [("reasoning", "completed"),
+                                                                             ("message", "incomplete")]
+    assert failed["output"][1]["content"][0]["text"] == "Hi"  # what was written before the failure
     assert done == ["cancel", "release"]
 
 

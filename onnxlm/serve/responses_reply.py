@@ -19,8 +19,9 @@ The stream (``events``) translates the chat stream's chunks (tools.reply_chunks)
 events, ``response.output_text.done``, ``response.content_part.done``; reasoning: the same with ``reasoning_text``;
 a call: ``response.function_call_arguments.delta`` with its whole arguments, as the chat stream sends them, and
 ``.done``) and ``response.output_item.done``; then ``response.completed`` or ``response.incomplete`` carrying the
-whole response. An error on the way is an ``error`` event (``code``, ``message``, ``param``) then
-``response.failed`` (the response with ``status: "failed"`` and its ``error``), and the stream ends.
+whole response. An error on the way closes the open item as ``incomplete`` (its ``.done`` events: what was written
+before the failure), then comes an ``error`` event (``code``, ``message``, ``param``) and ``response.failed`` (the
+response with ``status: "failed"``, its ``error`` and every item), and the stream ends.
 """
 from __future__ import annotations
 
@@ -238,6 +239,8 @@ async def events(chunks, run: Run, slot: Slot, choices: Choices, jobs: list[Job]
         ended = True
     except APIError as exc:
         ended = True
+        for event in items.close("incomplete"):  # the item open when it failed: closed, and in the failed response
+            yield event
         code = ERROR_CODES.get(exc.status, "server_error" if exc.status >= 500 else "invalid_prompt")
         yield items.event("error", code=exc.code or code, message=exc.message, param=exc.param)
         failed = {**start, "status": "failed", "output": items.items,
