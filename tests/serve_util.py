@@ -57,6 +57,21 @@ def live_tiny(onnx_dir, **config):
     srv.stop()
 
 
+def live_thinking(onnx_dir, folder):
+    """A server (a module fixture yields from this) of the tiny model in ``onnx_dir`` with a ChatML template that opens
+    <think> in the prompt, written into ``folder``: the whole reply of the random-weight model is reasoning
+    (tests/test_serve_reasoning.py's template); 4 rows, a queue of 8, max_tokens 64."""
+    import onnxlm
+    from test_serve_reasoning import OPENS
+    from test_serve_tools import _with_template
+
+    art = _with_template(onnx_dir, folder / "opens", OPENS)
+    srv = start(lambda: onnxlm.load(art), max_rows=4, max_queue=8, max_tokens=64)
+    wait_health(srv.url)
+    yield srv
+    srv.stop()
+
+
 def wait_health(url: str, status: int = 200, timeout: float = 30) -> dict:
     end = time.monotonic() + timeout
     while True:

@@ -28,7 +28,7 @@ import jsonschema  # noqa: E402
 import onnxlm  # noqa: E402
 from onnxlm.serve import anthropic_reply, anthropic_request, tools  # noqa: E402
 from onnxlm.serve.protocol import APIError  # noqa: E402
-from serve_util import SEARCH, WEATHER, live_tiny, named_events, post, start, wait_health  # noqa: E402
+from serve_util import SEARCH, WEATHER, live_thinking, live_tiny, named_events, post, start, wait_health  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -285,16 +285,8 @@ def test_usage_splits_off_the_prefix_caches_share(live, client):
 
 @pytest.fixture(scope="module")
 def thinking(tiny_qwen2_tools, tmp_path_factory):
-    """A server of the tiny model with a ChatML template that opens <think> in the prompt: the whole reply of the
-    random-weight model is reasoning (tests/test_serve_reasoning.py's)."""
-    from test_serve_reasoning import OPENS
-    from test_serve_tools import _with_template
-
-    art = _with_template(tiny_qwen2_tools.onnx_dir, tmp_path_factory.mktemp("anthropic-thinking") / "opens", OPENS)
-    srv = start(lambda: onnxlm.load(art), max_rows=4, max_queue=8, max_tokens=64)
-    wait_health(srv.url)
-    yield srv
-    srv.stop()
+    """serve_util.live_thinking: the whole reply of the tiny model is reasoning."""
+    yield from live_thinking(tiny_qwen2_tools.onnx_dir, tmp_path_factory.mktemp("anthropic-thinking"))
 
 
 def test_reasoning_is_a_thinking_block(thinking):

@@ -335,12 +335,4 @@ _NAMES = [(re.compile(r"\.function\.parameters"), ".input_schema"), (re.compile(
 def renamed(exc: APIError) -> APIError:
     """An error of ``tools.check`` naming OpenAI's fields (``tools[0].function.parameters``) -> the same error
     naming Anthropic's (``tools[0].input_schema``)."""
-    if exc.param is None:
-        return exc
-    param = exc.param
-    for pattern, name in _NAMES:
-        param = pattern.sub(name, param)
-    message = exc.message
-    if message.startswith(exc.param + ":"):
-        message = param + message[len(exc.param):]
-    return APIError(exc.status, message, exc.type, param, exc.code)
+    return protocol.renamed(exc, _NAMES)

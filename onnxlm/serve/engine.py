@@ -52,6 +52,14 @@ def cancelled_by(gone: threading.Event):
     return check
 
 
+def _speculation_metrics(counts) -> dict:
+    """The scheduler's speculative passes (a SpeculationStats) -> /metrics' fields; none before the model loads."""
+    if counts is None:
+        return {}
+    return {"speculative_passes": counts.passes, "speculative_proposed_tokens": counts.proposed,
+            "speculative_accepted_tokens": counts.accepted}
+
+
 class Engine:
     """Loads the model in its thread (``ready`` is set after), then runs submitted work until ``stop``."""
 
@@ -120,7 +128,7 @@ class Engine:
         s = self.scheduler
         return {"running_rows": len(s.rows) if s else 0, "waiting_requests": len(s.waiting) if s else 0,
                 "steps": self.steps, "completion_tokens": self.generated, **self.prefix_cache.stats(),
-                **(s.speculation.stats() if s else {}),
+                **_speculation_metrics(s.speculation if s else None),
                 **(self.kv_pool.stats() if self.kv_pool else {})}
 
     # ------------------------------------------------------------------ the engine thread

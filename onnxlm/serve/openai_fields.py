@@ -31,23 +31,35 @@ def check_metadata(value) -> None:
                                            f"{key_len}")
 
 
-def check_chat_extras(body: dict) -> None:
-    """The chat endpoint's OpenAI fields that are checked and then ignored (module docstring): ``store`` (nothing is
-    kept either way), ``metadata``, ``reasoning_effort`` (whether and how long the model thinks is its chat
-    template's choice: ``chat_template_kwargs`` sets what a template reads), ``verbosity``, two strings, and those of
-    ``CHAT_NEUTRAL`` at their neutral values only."""
+def check_kept_nowhere(body: dict) -> None:
+    """What both endpoints check and then ignore alike: ``store`` (nothing is kept either way), ``metadata`` and the
+    strings ``prompt_cache_key`` (the prefix cache needs no key) and ``safety_identifier``."""
     if body.get("store") is not None and not isinstance(body["store"], bool):
         raise bad("store", "expected true or false (nothing is stored either way)")
     check_metadata(body.get("metadata"))
     for name in ("prompt_cache_key", "safety_identifier"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise bad(name, "expected a string")
+
+
+def check_neutral(name: str, value, allowed: tuple, what: str | None = None) -> None:
+    """400 naming ``name`` unless ``value`` is one of ``allowed`` (the values that ask nothing of this server; None:
+    absent), compared by type too (False is not 0); ``what``: what another value would ask for."""
+    if not any(value is v or (type(value) is type(v) and value == v) for v in allowed):
+        shown = ", ".join("null" if v is None else repr(v) for v in allowed)
+        asked = f"this server gives no {what}: it takes only" if what else "this server takes only"
+        raise bad(name, f"got {value!r:.40}; {asked} {shown}")
+
+
+def check_chat_extras(body: dict) -> None:
+    """The chat endpoint's OpenAI fields that are checked and then ignored (module docstring): those of
+    ``check_kept_nowhere``, ``reasoning_effort`` (whether and how long the model thinks is its chat template's
+    choice: ``chat_template_kwargs`` sets what a template reads), ``verbosity``, and those of ``CHAT_NEUTRAL`` at
+    their neutral values only."""
+    check_kept_nowhere(body)
     for name, allowed in (("reasoning_effort", REASONING_VALUES["effort"]), ("verbosity", ("low", "medium", "high"))):
         value = body.get(name)
         if value is not None and value not in allowed:
             raise bad(name, f"got {value!r:.40}; allowed: {', '.join(allowed)} or null")
     for name, (allowed, what) in CHAT_NEUTRAL.items():
-        value = body.get(name)
-        if not any(value is v or (type(value) is type(v) and value == v) for v in allowed):  # False is not 0
-            shown = ", ".join("null" if v is None else repr(v) for v in allowed)
-            raise bad(name, f"got {value!r:.40}; this server gives no {what}: it takes only {shown}")
+        check_neutral(name, body.get(name), allowed, what)

@@ -49,6 +49,22 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def renamed(exc: APIError, names: list) -> APIError:
+    """An error naming the chat machinery's fields (OpenAI's chat names: ``tools[0].function.parameters``,
+    ``messages``) -> the same error naming another API's, ``names`` [(compiled pattern, replacement)] applied in
+    order to its ``param`` and to the message where it starts with the param (the Anthropic and Responses
+    translations' own errors)."""
+    if exc.param is None:
+        return exc
+    param = exc.param
+    for pattern, name in names:
+        param = pattern.sub(name, param)
+    message = exc.message
+    if message.startswith(exc.param + ":"):
+        message = param + message[len(exc.param):]
+    return APIError(exc.status, message, exc.type, param, exc.code)
+
+
 def _encodable(text: str) -> str:
     """``text`` with any lone UTF-16 surrogate (JSON's \\ud800 escapes: no UTF-8) written as its escape, so that an
     error naming a field the client spelt with one can be sent (encoding the body would fail: a 500)."""

@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 
 from . import protocol
-from .openai_fields import REASONING_VALUES, check_metadata
+from .openai_fields import REASONING_VALUES, check_kept_nowhere, check_neutral
 from .protocol import APIError, bad, known_fields
 
 #: what needs state kept between requests -> what to send instead (its 400 when set: null is accepted as absent)
@@ -157,17 +157,9 @@ def _check_stateless(body: dict) -> None:
 def _check_ignored(body: dict, stream: bool) -> None:
     """The fields checked and then ignored (``store``, ``metadata``, ``reasoning``, strings, ``stream_options``) and
     those refused unless empty (``include``) or "disabled" (``truncation``)."""
-    if body.get("store") is not None and not isinstance(body["store"], bool):
-        raise bad("store", "expected true or false (nothing is stored either way)")
-    for name in ("safety_identifier", "prompt_cache_key"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise bad(name, "expected a string")
+    check_kept_nowhere(body)
     for name, allowed in NEUTRAL.items():
-        value = body.get(name)
-        if not any(value is v or (type(value) is type(v) and value == v) for v in allowed):  # False is not 0
-            shown = ", ".join("null" if v is None else repr(v) for v in allowed)
-            raise bad(name, f"got {value!r:.40}; this server takes only {shown}")
-    check_metadata(body.get("metadata"))
+        check_neutral(name, body.get(name), allowed)
     _check_reasoning(body.get("reasoning"))
     include = body.get("include")
     if include is not None:
@@ -446,14 +438,9 @@ def renamed(exc: APIError) -> APIError:
     """An error of the chat machinery naming its fields (``tools[0].function.parameters``, ``messages``,
     ``response_format``) -> the same error naming the Responses API's (``tools[0].parameters``, ``input``,
     ``text.format``)."""
-    if exc.param is None:
-        return exc
-    param = exc.param
-    for pattern, name in _NAMES:
-        param = pattern.sub(name, param)
-    message = exc.message
-    if message.startswith(exc.param + ":"):
-        message = param + message[len(exc.param):]
-    if exc.param.startswith("response_format"):  # runtime/constraints.py names the schema json_schema.schema
-        message = message.replace("json_schema.schema", "schema").replace("json_schema.", "")
-    return APIError(exc.status, message, exc.type, param, exc.code)
+    out = protocol.renamed(exc, _NAMES)
+    if exc.param is None or not exc.param.startswith("response_format"):
+        return out
+    # runtime/constraints.py names the schema json_schema.schema: text.format's is its schema
+    message = out.message.replace("json_schema.schema", "schema").replace("json_schema.", "")
+    return APIError(out.status, message, out.type, out.param, out.code)

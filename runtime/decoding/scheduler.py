@@ -46,7 +46,8 @@ from ..prefix_cache import PrefixCache, feed_rest
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens, top_logprobs
 from ..streaming import IncrementalText
 from ..tokenizer import pad_batch
-from .scheduler_speculation import SchedulerSpeculation, proposer_for_request, speculative_pass
+from .scheduler_speculation import proposer_for_request, speculative_pass
+from .speculative import SpeculationStats
 
 
 @dataclass
@@ -167,7 +168,7 @@ class Scheduler:
         self.model, self.max_rows = model, max_rows
         # tokens a request decoding alone proposes by prompt lookup (scheduler_speculation.py; a request's own
         # prompt_lookup_num_tokens wins), and what those speculative passes did
-        self.prompt_lookup, self.speculation = prompt_lookup or None, SchedulerSpeculation()
+        self.prompt_lookup, self.speculation = prompt_lookup or None, SpeculationStats()
         # keys/values of recent sequences (runtime/prefix_cache.py); causal models only
         self.prefix_cache = prefix_cache if prefix_cache is not None and not model.is_encoder_decoder else None
         self.waiting: list[Request] = []

@@ -25,27 +25,13 @@ it; each request counts its own proposed and accepted tokens (``Request.proposed
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .candidates import PromptLookup, speculation_limit
 from .prediction import PredictionLookup
+from .speculative import SpeculationStats
 
 PREDICTION_TOKENS = 16  # a prediction's proposals per pass at most, unless the request or the scheduler says
-
-
-@dataclass
-class SchedulerSpeculation:
-    """Counts of a scheduler's speculative steps: passes (verify passes), proposed and accepted candidate tokens."""
-
-    passes: int = 0
-    proposed: int = 0
-    accepted: int = 0
-
-    def stats(self) -> dict:
-        return {"speculative_passes": self.passes, "speculative_proposed_tokens": self.proposed,
-                "speculative_accepted_tokens": self.accepted}
 
 
 def proposer_for_request(model, req, processors, max_length: int, default: int | None) -> PromptLookup | None:
@@ -53,7 +39,7 @@ def proposer_for_request(model, req, processors, max_length: int, default: int |
     docstring). ``processors``: the request's logits processors (a candidate they forbid is not proposed)."""
     c = req.config
     num_tokens = c.prompt_lookup_num_tokens or default
-    predicted = getattr(req, "prediction", None)
+    predicted = req.prediction
     if (not num_tokens and not predicted) or model.is_encoder_decoder or req.n != 1 or req.constraint is not None:
         return None
     cap = speculation_limit(model)
@@ -68,7 +54,7 @@ def proposer_for_request(model, req, processors, max_length: int, default: int |
                             fallback=lookup, **common)
 
 
-def speculative_pass(sched, req, proposer, token: np.ndarray, counts: SchedulerSpeculation):
+def speculative_pass(sched, req, proposer, token: np.ndarray, counts: SpeculationStats):
     """The batch's one row (request ``req``), its chosen token [1] int64 not yet fed -> (its TokenEvents, the tokens
     of the row if it goes on: [] or [next token]), or None when nothing is proposed (the caller runs a plain step).
     Leaves ``sched.state`` holding the row's ids up to its last picked token (not fed) and ``sched.logits`` the

@@ -27,7 +27,8 @@ from .sample import BatchStep, append_step
 
 @dataclass
 class SpeculationStats:
-    """Counts of one run: passes (forward passes after the prefill), proposed and accepted candidate tokens."""
+    """Counts of one run (a scheduler's: of all its speculative steps): passes (forward passes after the prefill; a
+    scheduler's: its verify passes), proposed and accepted candidate tokens."""
 
     passes: int = 0
     proposed: int = 0
