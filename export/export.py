@@ -317,6 +317,7 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
             "validation": validation,
             "source": source_record(lm.source),
             **({"kv_layout": KV_LAYOUT} if kv_layout == "fused" else {}),
+            **({"pooling": lm.pooling} if lm.pooling else {}),  # embed()'s default (runtime/embedding.py)
         })
         move_into_place(tmp, out_dir, force)
     except BaseException:

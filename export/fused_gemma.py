@@ -20,7 +20,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head_norms, release_weights, rms_norm,
+from .fused_graph import (Graph, check_head_dim, hidden_output, io_values, logits_head, qk_head_norms, release_weights, rms_norm,
                           save_graph, to_numpy)
 from .fused_llama import _linear, _w, rotary_caches, sliding_windows
 
@@ -119,9 +119,10 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     head_w = model.lm_head.weight
     tied = head_w.data_ptr() == inner.embed_tokens.weight.data_ptr()
     head = "embed_tokens.weight" if tied else g.init("lm_head.weight", to_numpy(head_w))
+    hidden_output(g, x)
     logits_head(g, x, head, D, V, softcap=getattr(cfg, "final_logit_softcapping", None))
 
-    inputs, outputs = io_values(L, KVN, H, V)
+    inputs, outputs = io_values(L, KVN, H, V, hidden=D)
     external = save_graph(g, f"{cfg.model_type}-fused-gqa", inputs, outputs, out_path)
     return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
             "max_positions": P}

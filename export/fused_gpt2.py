@@ -21,7 +21,7 @@ import math
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, layer_norm, logits_head, release_weights, save_graph,
+from .fused_graph import (Graph, check_head_dim, hidden_output, io_values, layer_norm, logits_head, release_weights, save_graph,
                           to_numpy)
 
 FUSED_TYPES = ("gpt2",)
@@ -93,9 +93,10 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     x = layer_norm(g, x, "ln_f", inner.ln_f)
     tied = model.lm_head.weight.data_ptr() == inner.wte.weight.data_ptr()
     head = "wte.weight" if tied else g.init("lm_head.weight", to_numpy(model.lm_head.weight))
+    hidden_output(g, x)
     logits_head(g, x, head, D, V)  # the tied embedding is stored once
 
-    inputs, outputs = io_values(cfg.n_layer, N, H, V, extra_inputs=("position_ids",))
+    inputs, outputs = io_values(cfg.n_layer, N, H, V, extra_inputs=("position_ids",), hidden=D)
     external = save_graph(g, "gpt2-fused-gqa", inputs, outputs, out_path)
     return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
             "max_positions": int(max_positions or cfg.n_positions)}

@@ -155,6 +155,15 @@ def to_numpy(t) -> np.ndarray:
     return t.detach().float().numpy().copy()
 
 
+def hidden_output(g: Graph, x: str) -> None:
+    """x [b, s, D] (the final norm's output, before any logit scaling) -> graph output ``last_hidden_state``
+    [b, s, D]: transformers' ``hidden_states[-1]`` at every position, which ``embed`` pools (runtime/embedding.py);
+    a pass that does not bind it only computes what it computes anyway."""
+    from onnx import helper
+
+    g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="last_hidden_state"))
+
+
 def logits_head(g: Graph, x: str, head: str, hidden: int, vocab: int, softcap: float | None = None) -> None:
     """x [b, s, D] (after the final norm), head = the name of a [V, D] initializer -> graph output ``logits``
     [b, k, V] for the positions in ``logits_positions`` [b, k]; ``softcap``: ``cap * tanh(logits / cap)``."""
@@ -173,9 +182,10 @@ def logits_head(g: Graph, x: str, head: str, hidden: int, vocab: int, softcap: f
     g.nodes.append(helper.make_node("Reshape", [logits2d, out_shape], ["logits"], name="logits"))
 
 
-def io_values(layers, kv_heads: int, head_dim: int, vocab: int, extra_inputs: tuple[str, ...] = ()):
+def io_values(layers, kv_heads: int, head_dim: int, vocab: int, extra_inputs: tuple[str, ...] = (), *, hidden: int):
     """The fused graph's inputs (input_ids, seqlens_k, total_sequence_length, logits_positions, then
-    ``extra_inputs`` [b, s] int64 such as position_ids, then the buffers) and outputs (logits, the buffers);
+    ``extra_inputs`` [b, s] int64 such as position_ids, then the buffers) and outputs (logits, the buffers, then
+    last_hidden_state [b, s, ``hidden``]: ``hidden_output``);
     ``layers``: how many layers hold KV buffers (0..layers-1), or their indices (LFM2's attention layers)."""
     from onnx import TensorProto as TP
     from onnx import helper
@@ -192,6 +202,7 @@ def io_values(layers, kv_heads: int, head_dim: int, vocab: int, extra_inputs: tu
             shape = ["batch", kv_heads, "buffer_length", head_dim]
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f, shape))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f, shape))
+    outputs.append(helper.make_tensor_value_info("last_hidden_state", f, ["batch", "sequence", hidden]))
     return inputs, outputs
 
 

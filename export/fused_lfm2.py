@@ -24,7 +24,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, logits_head, qk_head_norms, release_weights, rms_norm,
+from .fused_graph import (Graph, check_head_dim, hidden_output, io_values, logits_head, qk_head_norms, release_weights, rms_norm,
                           save_graph, to_numpy)
 from .fused_llama import _linear, _w, rotary_caches
 from .onnx_export import position_limit, rope_type_of
@@ -120,9 +120,10 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     head_w = model.lm_head.weight
     tied = head_w.data_ptr() == inner.embed_tokens.weight.data_ptr()
     head = "embed_tokens.weight" if tied else g.init("lm_head.weight", to_numpy(head_w))
+    hidden_output(g, x)
     logits_head(g, x, head, D, V)
 
-    inputs, outputs = io_values(attention_layers(cfg), KVN, H, V)  # KV buffers of the attention layers only
+    inputs, outputs = io_values(attention_layers(cfg), KVN, H, V, hidden=D)  # KV buffers of the attention layers only
     inputs.append(helper.make_tensor_value_info("conv_gather", TP.INT64, ["batch", "gathered"]))
     for i in (i for i in range(cfg.num_hidden_layers) if i not in attention_layers(cfg)):
         inputs.append(helper.make_tensor_value_info(f"conv_state.{i}", TP.FLOAT, ["batch", K - 1, D]))

@@ -56,7 +56,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .fused_graph import (Graph, check_head_dim, io_values, layer_norm, logits_head, plain_hint, qk_full_norms,
+from .fused_graph import (Graph, check_head_dim, hidden_output, io_values, layer_norm, logits_head, plain_hint, qk_full_norms,
                           qk_head_norms, release_weights, rms_norm, rotate_qk, save_graph, to_numpy)
 from .onnx_export import SUPPORTED_ROPE_SCALING, position_limit, rope_type_of
 
@@ -256,6 +256,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
         if release:  # this layer's arrays are made: its PyTorch weights can go
             release_weights(layer)
     x = _norm(g, x, "norm.weight", inner.norm, eps)
+    hidden_output(g, x)  # before Granite's logit scaling, as transformers' hidden_states[-1]
     if granite:  # logits / logits_scaling, as the head's input divided
         x = g.op("Div", [x, g.init("logits_scaling", np.array([cfg.logits_scaling], np.float32))])
     head_w = model.lm_head.weight
@@ -263,7 +264,7 @@ def build_fused_graph(model, out_path, max_positions: int | None = None, *, rele
     head = "embed_tokens.weight" if tied else g.init("lm_head.weight", head_w.detach().float().numpy())
     logits_head(g, x, head, D, V)  # the tied embedding is stored once
 
-    inputs, outputs = io_values(L, KVN, H, V, extra_inputs=("position_ids",) if outside else ())
+    inputs, outputs = io_values(L, KVN, H, V, extra_inputs=("position_ids",) if outside else (), hidden=D)
     external = save_graph(g, f"{cfg.model_type}-fused-gqa", inputs, outputs, out_path)
     return {"inputs": [i.name for i in inputs], "outputs": [o.name for o in outputs], "external_data": external,
             "max_positions": P}

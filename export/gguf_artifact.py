@@ -47,7 +47,8 @@ LEVELS = (4, 1)  # the default, then the fidelity level when the gate refuses th
 #: ``onnxlm cache``) instead of answering as that earlier onnxlm did. A stamp without one is from before revision 2.
 #: 2: ``eos_token_id`` lists llama.cpp's end-of-generation ids (a chat GGUF's turn end: Gemma's <end_of_turn>).
 #: 3: StableLM files run on their blocks whatever share of a head they rotate (3B's 20 of 80 had been fp32).
-EXPORT_REVISION = 3
+#: 4: the graph also gives ``last_hidden_state`` (``embed``, the server's /v1/embeddings) and the GGUF's pooling.
+EXPORT_REVISION = 4
 
 
 def cache_root() -> Path:

@@ -25,6 +25,9 @@ class LoadedModel:
     #: special-token ids the tokenizer declares (a transformers tokenizer's bos/eos/pad), used where the configs
     #: name none; never guessed from the vocabulary
     tokenizer_specials: dict = field(default_factory=dict)
+    #: how the model's own runtime pools its hidden states into one embedding ("mean", "cls", "last"), where its
+    #: files say (a GGUF's ``{arch}.pooling_type``, a sentence-transformers folder's ``1_Pooling/config.json``)
+    pooling: str | None = None
 
 
 def _check_model(model, source: str) -> str:
@@ -143,7 +146,8 @@ def load_source(model, *, tokenizer=None, log=None, check=None) -> LoadedModel:
         g = load_gguf(path, check=check)
         family = _check_model(g.model, str(path))
         return LoadedModel(_fp32(g.model), family, _tokenizer_from(tokenizer) or g.tokenizer, g.generation_config,
-                           g.chat_template, os.path.abspath(path))  # a link's own name (a hub cache's blob has none)
+                           g.chat_template, os.path.abspath(path),  # a link's own name (a hub cache's blob has none)
+                           pooling=gguf_pooling(g.metadata))
 
     given = str(model)
     if not path.exists() and (path.suffix.lower() == ".gguf" or given.startswith(("/", ".", "~"))
@@ -177,4 +181,31 @@ def load_source(model, *, tokenizer=None, log=None, check=None) -> LoadedModel:
     gen = getattr(m, "generation_config", None) or GenerationConfig.from_model_config(config)
     source = str(path.resolve()) if path.is_dir() else name
     return LoadedModel(m.eval(), family, tok, gen, _chat_template(tokenizer or hf_tok), source,
-                       _declared_specials(tokenizer if hasattr(tokenizer, "bos_token_id") else hf_tok))
+                       _declared_specials(tokenizer if hasattr(tokenizer, "bos_token_id") else hf_tok),
+                       pooling=sentence_transformers_pooling(path) if path.is_dir() else None)
+
+
+#: llama.cpp's ``enum llama_pooling_type`` (``{arch}.pooling_type``) -> onnxlm's names; none (0) and rank (4) are not
+#: a pooling of one text's hidden states into its embedding
+GGUF_POOLING = {1: "mean", 2: "cls", 3: "last"}
+#: sentence-transformers' ``1_Pooling/config.json`` flags -> onnxlm's names
+ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_lasttoken": "last"}
+
+
+def gguf_pooling(meta: dict) -> str | None:
+    """A GGUF's metadata -> its pooling ("mean" / "cls" / "last"), or None where it names none (a generative model)."""
+    value = meta.get(f"{meta.get('general.architecture')}.pooling_type")
+    return GGUF_POOLING.get(int(value)) if value is not None else None
+
+
+def sentence_transformers_pooling(path: Path) -> str | None:
+    """A transformers folder that sentence-transformers also loads -> the pooling its ``1_Pooling/config.json``
+    turns on, if exactly one of mean / cls / last (else None)."""
+    import json
+
+    try:
+        flags = json.loads((path / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    on = [name for key, name in ST_POOLING.items() if flags.get(key) is True]
+    return on[0] if len(on) == 1 else None

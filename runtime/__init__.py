@@ -4,8 +4,9 @@ from .errors import (DependencyError, InputError, ManifestError, ModelFileError,
 from .generation_config import GenerationConfig
 from .loader import load
 from .plain import CausalLM, Seq2SeqLM
-from .results import GenerationResult, ScoringResult, StepResult, TokenDistribution
+from .results import EmbeddingResult, GenerationResult, ScoringResult, StepResult, TokenDistribution
 
 __all__ = ["load", "CausalLM", "Seq2SeqLM", "GenerationConfig", "GenerationResult", "ScoringResult", "StepResult",
+           "EmbeddingResult",
            "TokenDistribution", "OnnxlmError", "DependencyError", "InputError", "ManifestError", "ModelFileError",
            "ParameterError", "ProviderError"]

@@ -13,7 +13,7 @@ from .generation_config import GenerationConfig, warn_once
 from .heap import release_free_heap
 from .manifest import no_chat_template, read_json
 from .processors import build_processors, log_softmax
-from .results import GenerationResult, ScoringResult, StepResult, TokenDistribution
+from .results import EmbeddingResult, GenerationResult, ScoringResult, StepResult, TokenDistribution
 from .session import GraphRunner, make_session
 from .streaming import IncrementalText
 from .tokenizer import TextTokenizer, pad_batch
@@ -472,6 +472,41 @@ class LanguageModel:
             tgt = [t[1:] for t in tgt]
         return ScoringResult(tokens=tgt, token_logprobs=logps,
                              sequence_logprobs=np.array([float(np.sum(lp, dtype=np.float64)) for lp in logps]))
+
+    def embed(self, inputs, *, pooling: str | None = None, normalize: bool = True,
+              batch_size: int = 16) -> EmbeddingResult:
+        """One vector per input row (``runtime/embedding.py``): the model's last hidden states pooled over the row's
+        tokens. ``pooling``: 'mean' | 'cls' | 'last' (default: the artifact's own, where its GGUF or
+        sentence-transformers files named one, else 'mean'); ``normalize``: unit length (as OpenAI and llama.cpp);
+        ``batch_size``: rows per forward pass. Text is encoded with the tokenizer's special tokens, as ``generate``
+        encodes a prompt. Decoder-only models on the fused graph (the default export)."""
+        from .embedding import check_pooling, embed_rows
+
+        pooling = check_pooling(self.default_pooling if pooling is None else pooling)
+        if not isinstance(normalize, (bool, np.bool_)):
+            raise ParameterError("normalize", f"got {normalize!r}; allowed: True or False")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ParameterError("batch_size", f"got {batch_size!r}; allowed: an integer >= 1")
+        self.check_embeddings()
+        rows = self._rows(inputs)
+        for row in rows:  # ids in the vocabulary, no row past max_positions
+            self._check_ids([row], None)
+        vectors = embed_rows(self, rows, pooling, 2 if normalize else -1, int(batch_size))
+        return EmbeddingResult(vectors, [len(r) for r in rows], pooling, bool(normalize))
+
+    @property
+    def default_pooling(self) -> str:
+        """The pooling ``embed`` uses unless told: the manifest's ``pooling`` (the model's own), else 'mean'."""
+        from .embedding import DEFAULT_POOLING, POOLINGS
+
+        pooling = self.manifest.get("pooling")
+        return pooling if pooling in POOLINGS else DEFAULT_POOLING
+
+    def check_embeddings(self) -> None:
+        """Raise ModelFileError unless this artifact's graph gives the hidden states ``embed`` pools."""
+        raise ModelFileError(f"{self.path}: embeddings need a decoder-only model on the fused graph (the default "
+                             f"export); this artifact is a {self.manifest.get('kind', 'model')} on the "
+                             f"{self.manifest.get('kv_layout', 'plain')} layout", str(self.path))
 
     def chat(self, messages: list[dict], *, chat_template_kwargs: dict | None = None, **params) -> GenerationResult:
         """Render messages with the artifact's chat template and generate the assistant's reply.

@@ -1,4 +1,4 @@
-"""Typed results: what generate, score, stream and next_token_distribution return."""
+"""Typed results: what generate, score, stream, next_token_distribution and embed return."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,6 +50,22 @@ class ScoringResult:
     def __repr__(self) -> str:
         vals = ", ".join(f"{v:.4f}" for v in self.sequence_logprobs[:4])
         return f"ScoringResult(n={len(self.tokens)}, sequence_logprobs=[{vals}{', ...' if len(self.tokens) > 4 else ''}])"
+
+
+@dataclass
+class EmbeddingResult:
+    """embeddings [n, D] float32: one per input row, in order (``runtime/embedding.py``); token_counts: each row's
+    tokens (special tokens included: what the model read); pooling: 'mean' | 'cls' | 'last'; normalize: True when
+    each vector has unit length."""
+
+    embeddings: np.ndarray
+    token_counts: list[int]
+    pooling: str
+    normalize: bool
+
+    def __repr__(self) -> str:
+        return (f"EmbeddingResult(n={len(self.embeddings)}, dim={self.embeddings.shape[1]}, pooling={self.pooling!r}, "
+                f"normalize={self.normalize}, tokens={sum(self.token_counts)})")
 
 
 @dataclass

@@ -394,6 +394,29 @@ def test_beam_ids_and_scores_equal_transformers(fused, seed, beam_kw):
     assert_beam_equal(got, want, ATOL)
 
 
+@torch.no_grad()
+def test_embeddings_pool_transformers_last_hidden_states(fused):
+    """embed (runtime/embedding.py) over the graph's last_hidden_state output: each row's mean / cls / last pooling
+    of transformers' hidden_states[-1] on that row alone (<= 1e-4), rows of different lengths batched two at a time
+    and returned in order; normalize=True gives those vectors at unit length. T5 (encoder-decoder) refuses."""
+    spec, ours, ref = fused
+    rng = np.random.default_rng(5)
+    rows = [rng.integers(3, ours.vocab_size - 4, size=n).tolist() for n in LENGTHS]
+    if ours.is_encoder_decoder:
+        with pytest.raises(onnxlm.ModelFileError, match="decoder-only"):
+            ours.embed(rows)
+        return
+    hidden = [ref(torch.tensor([r]), output_hidden_states=True).hidden_states[-1][0].numpy() for r in rows]
+    for pooling, take in (("mean", lambda h: h.mean(0)), ("cls", lambda h: h[0]), ("last", lambda h: h[-1])):
+        got = ours.embed(rows, pooling=pooling, normalize=False, batch_size=2)
+        want = np.stack([take(h) for h in hidden])
+        assert got.embeddings.shape == want.shape and got.token_counts == LENGTHS
+        assert np.abs(got.embeddings - want).max() <= ATOL, pooling
+    unit = ours.embed(rows, pooling="last").embeddings
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(unit, want / np.linalg.norm(want, axis=1, keepdims=True), atol=ATOL)
+
+
 # ----------------------------------------------------------------------------------------- every family, its base recipe
 @pytest.mark.parametrize("case,capacity,new,beams", [(("llama", "families/tiny-mistral-sliding-window"), 8, 20, (1, 3)),
                                                      (("gpt2", "tiny-gpt2"), 8, 20, (1, 3)),

@@ -41,11 +41,12 @@ def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embedding: str = "Q8_0",
-                    split_max_tensors: int = 0) -> None:
+                    split_max_tensors: int = 0, pooling_type: int | None = None) -> None:
     """A 2-layer Llama with random weights (offsets in the weights so Q4_1's minimum matters) as a GGUF file;
     ``types`` per layer (default ``TYPES``). A type gguf-py cannot quantize (the K-quants, IQ types) is written as
     valid random blocks (``random_blocks``). ``split_max_tensors``: split as llama.cpp's gguf-split does, at most
-    that many tensors a file (``<stem>-00001-of-0000N.gguf``, ...; the same tensors as unsplit)."""
+    that many tensors a file (``<stem>-00001-of-0000N.gguf``, ...; the same tensors as unsplit). ``pooling_type``:
+    ``llama.pooling_type`` (an embedding model's: 1 mean, 2 cls, 3 last)."""
     import gguf
     from gguf import GGMLQuantizationType as T
 
@@ -66,6 +67,8 @@ def write_tiny_gguf(path, types=None, hidden: int = HIDDEN, ffn: int = FFN, embe
     w.add_rope_dimension_count(HIDDEN // HEADS)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_rope_freq_base(10000.0)
+    if pooling_type is not None:
+        w.add_pooling_type(gguf.PoolingType(pooling_type))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -332,6 +335,46 @@ def test_dropping_the_correction_changes_the_weights():
     assert np.abs(GQ.dequantize(b) - exact).max() <= 1e-6
     b.correction = None
     assert np.abs(GQ.dequantize(b) - exact).max() > 1e-3
+
+
+def test_embeddings_of_the_fp32_export_and_its_gguf_variants(tiny_native, tiny_fp32, hf_tiny):
+    """embed on a GGUF's exports: the fp32 artifact pools transformers' hidden_states[-1] of the dequantised model
+    (<= 1e-4), the variant on the file's blocks at fp32 activations (level 1) as closely as its logits, at int8
+    activations (level 4) nearly the same direction; a generative GGUF names no pooling: 'mean'."""
+    import torch
+
+    rows = [[1, 40, 41, 72, 100, 150, 200, 3, 9, 250], [1, 72, 5]]
+    with torch.no_grad():
+        want = np.stack([hf_tiny(input_ids=torch.tensor([r]), output_hidden_states=True).hidden_states[-1][0]
+                         .numpy().mean(0) for r in rows])
+    fp32 = onnxlm.load(tiny_fp32)
+    assert fp32.default_pooling == "mean" and "pooling" not in fp32.manifest
+    assert np.abs(fp32.embed(rows, normalize=False).embeddings - want).max() <= 1e-4
+    level1 = onnxlm.load(tiny_native[1]).embed(rows, normalize=False).embeddings
+    assert np.abs(level1 - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    level4 = onnxlm.load(tiny_native[4]).embed(rows).embeddings
+    cosine = (level4 * (want / np.linalg.norm(want, axis=1, keepdims=True))).sum(axis=1)
+    assert (cosine > 0.99).all(), cosine
+
+
+def test_a_gguf_that_names_its_pooling_is_embedded_with_it(tmp_path):
+    """An embedding GGUF's ``{arch}.pooling_type`` (3: last, as Qwen3-Embedding's) reaches the manifest, the GGUF
+    variant's too, and is embed's default; an explicit pooling still wins."""
+    from onnxlm.export import export_model
+
+    path = tmp_path / "tiny-embed.gguf"
+    write_tiny_gguf(path, pooling_type=3)
+    fp32 = export_model(path, tmp_path / "fp32", progress=False, validate=False)
+    native = GQ.quantize_gguf_artifact(fp32, tmp_path / "native", gguf=path, force_quality=True,
+                                       quality_text=SHORT_GATE_TEXT, progress=False)
+    rows = [[1, 40, 41, 72], [1, 9]]
+    for art in (fp32, native):
+        model = onnxlm.load(art)
+        assert model.manifest["pooling"] == "last" and model.default_pooling == "last"
+        got = model.embed(rows)
+        assert got.pooling == "last"
+        np.testing.assert_array_equal(got.embeddings, model.embed(rows, pooling="last").embeddings)
+        assert np.abs(got.embeddings - model.embed(rows, pooling="mean").embeddings).max() > 1e-3
 
 
 def test_export_model_quantize_gguf_and_cli_info(tmp_path, tiny_gguf, tiny_fp32):

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from onnxlm.runtime.errors import DependencyError
+from onnxlm.runtime.errors import DependencyError, ModelFileError
 from onnxlm.runtime.versions import artifact_onnxruntime, dotted
 
 from .args import add_model_args, command_parser, model_path
@@ -74,6 +74,7 @@ def collect(model) -> dict:
         "versions": m.get("versions"), "validation": m.get("validation"), "quantization": m.get("quantization"),
         "requires": {"onnxruntime": dotted(artifact_onnxruntime(m, model.path))},  # recorded, or its legacy reading
         "chat_template": model.chat_template is not None,
+        "embeddings": _embeddings(model),
         "provider": model.provider,
         "cannot_load": getattr(model, "cannot_load", None),  # why the installed libraries cannot run it, or None
         "windows_narrowed": bool(getattr(model, "narrows_windows", False)),  # onnxruntime 1.23 runs its windows - 1
@@ -81,6 +82,18 @@ def collect(model) -> dict:
         "graphs": graphs,
         "files": files,
     }
+
+
+def _embeddings(model) -> str | None:
+    """What ``embed`` does with this artifact (its default pooling), why it cannot, or None (not loaded)."""
+    if not hasattr(model, "check_embeddings"):
+        return None
+    try:
+        model.check_embeddings()
+    except ModelFileError as exc:
+        return "no: " + str(exc).split(": ", 1)[-1]
+    own = "the model's own" if model.manifest.get("pooling") else "the default"
+    return f"yes, {model.default_pooling} pooling ({own})"
 
 
 def unloaded(path: Path, reason: DependencyError, verify: bool = True) -> SimpleNamespace:
@@ -245,6 +258,8 @@ def _render(info: dict) -> str:
     out.append(f"  special tokens  {_kv(specials) or '-'}")
     out.append(f"  dtype           {info['dtype']}, opset {info['opset']}, kv layout {info.get('kv_layout', 'plain')}")
     out.append(f"  chat template   {'yes' if info['chat_template'] else 'no'}")
+    if info.get("embeddings"):
+        out.append(f"  embeddings      {info['embeddings']}")
     if info.get("versions"):
         out.append(f"  exported with   {_kv(info['versions'])}")
     if info.get("requires"):

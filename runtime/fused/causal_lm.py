@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError, ParameterError
+from ..errors import InputError, ModelFileError, ParameterError
 from ..plain.causal_lm import CausalLM
 from ..plain.kv_cache import past_input_names
 from ..prefix_cache import feed_rest
@@ -235,6 +235,26 @@ class FusedCausalLM(CausalLM):
         """One row's fresh buffers <- the first ``reuse`` positions of a snapshot's keys/values."""
         for name, a in buffers.arrays.items():
             a[0, :, :reuse] = kv[name][:, :reuse]
+
+    def check_embeddings(self) -> None:
+        if "last_hidden_state" not in self.decoder.outputs:
+            raise ModelFileError(f"{self.path}: this artifact's graph gives no last_hidden_state (exported by an "
+                                 "onnxlm before embeddings); export it again (a GGUF run as it is: `onnxlm cache "
+                                 "prune`, then run it)", str(self.path))
+
+    def hidden_states(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ids/mask [b, t] (padded on either side) -> last_hidden_state [b, t, D] float32 with row r's states at
+        0..lengths[r]-1 (right-packed), lengths [b]: one pass (transformers' ``hidden_states[-1]``)."""
+        self.check_embeddings()
+        ids, lengths = repack_right(input_ids, attention_mask, self.pad_id)
+        buffers = self._fresh_buffers(len(ids), ids.shape[1])
+        width = self.decoder.session.get_outputs()[self.decoder.outputs.index("last_hidden_state")].shape[-1]
+        hidden = np.empty((*ids.shape, int(width)), np.float32)
+        io = buffers.binding(self.decoder.session)  # these buffers' own binding: used for this pass only
+        io.bind_output("last_hidden_state", "cpu", 0, np.float32, list(hidden.shape), hidden.ctypes.data)
+        zeros = np.zeros_like(lengths)
+        self._run(ids, zeros, lengths, zeros[:, None], buffers)  # one position a row through the head
+        return hidden, lengths
 
     def logits(self, input_ids, attention_mask=None, *, positions=None) -> np.ndarray:
         """input_ids [b, t] (or [t]), attention_mask [b, t] -> logits [b, t, V] float32 of one forward pass

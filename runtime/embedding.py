@@ -1,0 +1,81 @@
+"""Embeddings: one vector per text, its last hidden states pooled, as llama.cpp's server and sentence-transformers
+make them.
+
+A fused decoder graph also gives ``last_hidden_state`` [b, t, D] (the final norm's output at every position:
+transformers' ``hidden_states[-1]``; ``export/fused_graph.hidden_output``); ``FusedCausalLM.hidden_states`` runs it
+over a batch. Here the rows are pooled and normalised:
+
+* pooling (``POOLINGS``): ``mean`` over a row's tokens (sentence-transformers' default), ``cls`` its first token's
+  state, ``last`` its last token's (the pooling of decoder embedding models such as Qwen3-Embedding); an artifact
+  names its own where its files said (a GGUF's ``{arch}.pooling_type``, a sentence-transformers folder's
+  ``1_Pooling/config.json``: the manifest's ``pooling``), else ``mean``;
+* normalisation (``normalized``, llama.cpp's ``embd_normalize``): -1 none, 0 max-absolute scaled to int16's range, 1
+  taxicab, 2 euclidean (unit length: OpenAI's and llama.cpp's default), p > 2 the p-norm.
+
+A text is encoded with the tokenizer's special tokens, as ``generate`` encodes a prompt (a BOS where the model has
+one; an EOS where the tokenizer appends it, as embedding GGUFs with ``tokenizer.ggml.add_eos_token`` do). Rows run in
+batches of similar length (``batch_size``); the vectors come back in the order given.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ParameterError
+from .tokenizer import pad_batch
+
+POOLINGS = ("mean", "cls", "last")
+DEFAULT_POOLING = "mean"  # where an artifact names none (a generative model)
+
+
+def check_pooling(pooling) -> str:
+    if pooling not in POOLINGS:
+        raise ParameterError("pooling", f"got {pooling!r}; allowed: {', '.join(map(repr, POOLINGS))}")
+    return pooling
+
+
+def check_normalize(norm) -> int:
+    """llama.cpp's ``embd_normalize`` value, checked: an integer >= -1."""
+    if isinstance(norm, bool) or not isinstance(norm, (int, np.integer)) or norm < -1:
+        raise ParameterError("embd_normalize", f"got {norm!r}; allowed: -1 (none), 0 (max absolute, int16 range), "
+                             "1 (taxicab), 2 (euclidean), or a p-norm's p > 2")
+    return int(norm)
+
+
+def pool(hidden: np.ndarray, lengths: np.ndarray, pooling: str) -> np.ndarray:
+    # [b, t, D] float32 (row r's states at 0..lengths[r]-1), [b] int -> [b, D] float32
+    rows = np.arange(len(hidden))
+    if pooling == "cls":
+        return hidden[:, 0].copy()
+    if pooling == "last":
+        return hidden[rows, lengths - 1]
+    held = np.arange(hidden.shape[1])[None, :] < lengths[:, None]  # [b, t]: the row's own tokens
+    return (hidden * held[:, :, None]).sum(axis=1, dtype=np.float32) / lengths[:, None].astype(np.float32)
+
+
+def normalized(vectors: np.ndarray, norm: int) -> np.ndarray:
+    # [n, D] float32 -> [n, D] float32, each row divided by its norm (llama.cpp's common_embd_normalize)
+    if norm == -1:
+        return vectors
+    v = vectors.astype(np.float64)
+    if norm == 0:
+        scale = np.abs(v).max(axis=1) / 32760.0
+    elif norm == 2:
+        scale = np.sqrt((v * v).sum(axis=1))
+    else:
+        scale = (np.abs(v) ** norm).sum(axis=1) ** (1.0 / norm)
+    scale = np.where(scale > 0, scale, 1.0)  # an all-zero vector stays zero
+    return (v / scale[:, None]).astype(np.float32)
+
+
+def embed_rows(model, rows: list[list[int]], pooling: str, norm: int, batch_size: int) -> np.ndarray:
+    """Rows of token ids (unpadded) -> their embeddings [n, D] float32 in the given order: ``model.hidden_states``
+    over batches of up to ``batch_size`` rows of similar length, pooled, normalised."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: little padding
+    out: list[np.ndarray | None] = [None] * len(rows)
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo:lo + batch_size]
+        ids, mask = pad_batch([rows[i] for i in chunk], model.pad_id, side="right")
+        hidden, lengths = model.hidden_states(ids, mask)
+        for i, v in zip(chunk, pool(hidden, lengths, pooling)):
+            out[i] = v
+    return normalized(np.stack(out), norm)
