@@ -27,6 +27,16 @@ POOLINGS = ("mean", "cls", "last")
 DEFAULT_POOLING = "mean"  # where an artifact names none (a generative model)
 
 
+def manifest_refusal(path, manifest: dict) -> str | None:
+    """Why the artifact at ``path`` cannot embed, from its manifest alone (a T5, a plain-layout graph), or None.
+    (A fused graph exported before embeddings, without last_hidden_state, only its loaded model can tell.)"""
+    kind, layout = manifest.get("kind", "model"), manifest.get("kv_layout", "plain")
+    if kind == "causal-lm" and layout == "fused-gqa":
+        return None
+    return (f"{path}: embeddings need a decoder-only model on the fused graph (what export picks wherever the "
+            f"family has one); this artifact is a {kind} on the {layout} layout")
+
+
 def check_pooling(pooling) -> str:
     if pooling not in POOLINGS:
         raise ParameterError("pooling", f"got {pooling!r}; allowed: {', '.join(map(repr, POOLINGS))}")
@@ -70,6 +80,7 @@ def normalized(vectors: np.ndarray, norm: int) -> np.ndarray:
 def embed_rows(model, rows: list[list[int]], pooling: str, norm: int, batch_size: int) -> np.ndarray:
     """Rows of token ids (unpadded) -> their embeddings [n, D] float32 in the given order: ``model.hidden_states``
     over batches of up to ``batch_size`` rows of similar length, pooled, normalised."""
+    check_pooling(pooling)  # never a silent mean for a misspelt name
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # similar lengths together: little padding
     out: list[np.ndarray | None] = [None] * len(rows)
     for lo in range(0, len(order), batch_size):

@@ -504,9 +504,10 @@ class LanguageModel:
 
     def check_embeddings(self) -> None:
         """Raise ModelFileError unless this artifact's graph gives the hidden states ``embed`` pools."""
-        raise ModelFileError(f"{self.path}: embeddings need a decoder-only model on the fused graph (the default "
-                             f"export); this artifact is a {self.manifest.get('kind', 'model')} on the "
-                             f"{self.manifest.get('kv_layout', 'plain')} layout", str(self.path))
+        from .embedding import manifest_refusal
+
+        raise ModelFileError(manifest_refusal(self.path, self.manifest) or f"{self.path}: cannot embed",
+                             str(self.path))
 
     def chat(self, messages: list[dict], *, chat_template_kwargs: dict | None = None, **params) -> GenerationResult:
         """Render messages with the artifact's chat template and generate the assistant's reply.

@@ -12,7 +12,7 @@ import pytest
 
 from cli_util import run_cli
 
-COMMANDS = ["export", "generate", "chat", "score", "tokenize", "info", "bench", "demo", "cache"]
+COMMANDS = ["export", "generate", "chat", "score", "embed", "tokenize", "info", "bench", "demo", "cache"]
 
 
 def run_sub(*argv, stdin: str | None = None, pre: str = "") -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """A standing fuzz test of the server (hypothesis): a few hundred request bodies on /v1/completions,
-/v1/chat/completions, llama.cpp's /completion, /tokenize, /detokenize and /apply-template with hostile values in any field (NaN, +-inf,
+/v1/chat/completions, llama.cpp's /completion, /tokenize, /detokenize and /apply-template, and the embedding endpoints
+(/v1/embeddings, llama.cpp's /embedding, on the tiny Llama's fused twin) with hostile values in any field (NaN, +-inf,
 2^63, -1, huge strings, lone surrogates, wrong types, nested junk, unknown roles, logit_bias and tools included)
 never get a 5xx; every 4xx carries OpenAI's error body; streams carry no server error; ``/health`` is 200 and
 nothing is left in flight afterwards.
@@ -171,6 +172,12 @@ def _check(r: httpx.Response, body) -> None:
     elif r.url.path in ("/tokenize", "/detokenize", "/apply-template"):  # ids (or llama.cpp's pieces), or a text
         answer = r.json()
         assert isinstance(answer.get("tokens"), list) or isinstance(answer.get("prompt"), str), what
+    elif r.url.path == "/v1/embeddings":  # OpenAI's list of vectors (floats or base64)
+        data = r.json()["data"]
+        assert data and all(isinstance(d["embedding"], (list, str)) and d["embedding"] for d in data), what
+    elif r.url.path == "/embedding":  # llama.cpp's: [{"index", "embedding": [[...]]}]
+        answer = r.json()
+        assert answer and all(len(a["embedding"]) == 1 and a["embedding"][0] for a in answer), what
     else:
         assert r.json()["choices"], what
 
@@ -287,4 +294,58 @@ def test_hostile_native_completion_bodies_never_get_a_5xx(live, http):
     one()
     assert wait_health(live.url)["status"] == "ok"
     wait_idle(live.url)
+    assert 200 in statuses and 400 in statuses, statuses
+
+
+EMBEDDING_FIELDS = {
+    "input": st.one_of(st.text(max_size=40), st.lists(st.text(max_size=8), max_size=4),
+                       st.lists(st.integers(-3, 300), max_size=6),
+                       st.lists(st.lists(st.integers(-3, 300), max_size=4), max_size=3), junk),
+    "content": st.one_of(st.text(max_size=40),
+                         st.lists(st.one_of(st.integers(-3, 300), st.text(max_size=6), st.just("\ud800")), max_size=6),
+                         st.lists(st.one_of(st.text(max_size=8), st.lists(st.integers(-3, 300), max_size=4)),
+                                  max_size=3), junk),
+    "encoding_format": either(st.sampled_from(["float", "base64", "hex"])), "dimensions": either(st.integers(-1, 70)),
+    "embd_normalize": either(st.integers(-2, 4)), "user": FIELDS["user"], "model": FIELDS["model"],
+    "no_such_field": junk,
+}
+#: path -> (the valid bodies fuzzed from, the fields replaced or added)
+EMBEDDING_PATHS = {
+    "/v1/embeddings": ([{"input": "Hello"}, {"input": ["a", "bc"]}, {"input": [[5, 6], [7]]}],
+                       ["input", "encoding_format", "dimensions", "user", "model", "content", "embd_normalize",
+                        "no_such_field"]),
+    "/embedding": ([{"content": "Hello"}, {"content": [5, "a"]}, {"input": ["a", [5, 6]]}],
+                   ["content", "input", "embd_normalize", "encoding_format", "model", "dimensions", "no_such_field"]),
+}
+
+
+@pytest.fixture(scope="module")
+def live_fused(tmp_path_factory, tiny_llama):
+    """A server of the tiny Llama's fused twin (its graph gives the hidden states the embedding endpoints pool)."""
+    from test_serve_embeddings import fused_tiny_llama
+
+    yield from live_tiny(fused_tiny_llama(tmp_path_factory, tiny_llama), max_rows=4, max_queue=8)
+
+
+@pytest.mark.parametrize("path", sorted(EMBEDDING_PATHS))
+def test_hostile_embedding_bodies_never_get_a_5xx(live_fused, path):
+    """A valid embedding body with 1-3 of its fields replaced or added."""
+    bases, fields = EMBEDDING_PATHS[path]
+    names = st.lists(st.sampled_from(fields), min_size=1, max_size=3, unique=True)
+    embedding = st.tuples(st.sampled_from(bases), names).flatmap(
+        lambda picked: st.fixed_dictionaries({k: EMBEDDING_FIELDS[k] for k in picked[1]}).map(
+            lambda extra: {**picked[0], **extra}))
+    statuses = []
+
+    with httpx.Client(base_url=live_fused.url, timeout=60) as http:
+        @settings(SETTINGS, max_examples=max(EXAMPLES // 4, 1))
+        @given(body=embedding)
+        def one(body):
+            r = http.post(path, content=json.dumps(body, allow_nan=True), headers={"Content-Type": "application/json"})
+            statuses.append(r.status_code)
+            _check(r, body)
+
+        one()
+    assert wait_health(live_fused.url)["status"] == "ok"
+    wait_idle(live_fused.url)
     assert 200 in statuses and 400 in statuses, statuses

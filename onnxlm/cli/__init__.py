@@ -1,4 +1,4 @@
-"""`onnxlm` command line: export, generate, chat, score, tokenize, info, bench, demo, serve, cache.
+"""`onnxlm` command line: export, generate, chat, score, embed, tokenize, info, bench, demo, serve, cache.
 
 Exit codes: 0 ok, 1 runtime failure (one line `onnxlm: error: ...` on stderr), 2 usage error, 130 interrupted
 (SIGINT), 143 terminated (SIGTERM: it unwinds as an interrupt does, so an export removes its scratch directories).
@@ -18,12 +18,12 @@ import warnings
 from onnxlm.runtime.errors import OnnxlmError
 
 from onnxlm import __version__
-from . import bench, cache, demo, export, generate, info, score, serve, tokenize
+from . import bench, cache, demo, embed, export, generate, info, score, serve, tokenize
 from .errors import error_line, one_line_warnings
 
 DESCRIPTION = """\
 Export GPT-2, T5 and Llama-family language models, or a GGUF file (Llama, Qwen, Gemma, Phi-3, ...), to ONNX
-once (needs torch), then generate, chat, score and serve with numpy + onnxruntime only.
+once (needs torch), then generate, chat, score, embed and serve with numpy + onnxruntime only.
 
 examples:
   onnxlm export gpt2 models/gpt2
@@ -32,6 +32,7 @@ examples:
   onnxlm generate models/gpt2 "Once upon a time" --do-sample --seed 0 --top-p 0.9 --stream
   onnxlm chat models/smollm2 "What is ONNX?" --system "Answer briefly."
   onnxlm score models/gpt2 "The cat sat on the mat."
+  onnxlm embed models/smollm2 "The cat sat on the mat." "A cat is on the mat." "Stocks fell."
   onnxlm tokenize models/gpt2 "The cat sat on the mat."
   onnxlm info models/gpt2
   onnxlm serve models/smollm2 --port 8000
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 title="commands (run `onnxlm COMMAND --help` for details)")
-    for module in (export, generate, score, tokenize, info, bench, demo, serve, cache):
+    for module in (export, generate, score, embed, tokenize, info, bench, demo, serve, cache):
         module.add_parser(sub)
     parser.set_defaults(commands=sub.choices)  # name -> the command's parser, for its own usage errors
     return parser

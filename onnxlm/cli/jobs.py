@@ -1,4 +1,4 @@
-"""`onnxlm score|generate MODEL_DIR --input FILE --output OUT.parquet [--ray]`: the batch-job flags and their run
+"""`onnxlm score|generate|embed MODEL_DIR --input FILE --output OUT.parquet [--ray]`: the batch-job flags and their run
 (onnxlm/jobs). Bad input (unreadable file, missing column, an output left by another job) is one error line and
 exit status 2; a row the model refuses is one error line and exit status 1, the rows before it kept."""
 from __future__ import annotations
@@ -17,16 +17,20 @@ only when complete (finished rows wait in OUTPUT.parts/).
 """
 
 
+#: task -> (its default text column in the epilog, in --column's help, what a row's text is, its plural)
+TEXT_COLUMNS = {"score": ("`text`", "text", "text to score", "texts"),
+                "generate": ("`prompt` (else `text`)", "prompt, else text", "prompt", "prompts"),
+                "embed": ("`text`", "text", "text to embed", "texts")}
+
+
 def add_job_args(p, task: str) -> None:
-    p.epilog = EPILOG.format(column="`text`" if task == "score" else "`prompt` (else `text`)",
-                             what="text to score" if task == "score" else "prompt")
+    column, default, what, plural = TEXT_COLUMNS[task]
+    p.epilog = EPILOG.format(column=column, what=what)
     g = p.add_argument_group("batch job (a file in, a Parquet file out)")
     g.add_argument("--input", metavar="FILE",
                    help="rows to process: .jsonl/.json/.ndjson (one JSON object per line) or .parquet")
     g.add_argument("--output", metavar="OUT.parquet", help="the Parquet file to write (needed with --input)")
-    default = "text" if task == "score" else "prompt, else text"
-    g.add_argument("--column", metavar="NAME", help=f"the input column holding the {'texts' if task == 'score' else 'prompts'} "
-                                                    f"(default: {default})")
+    g.add_argument("--column", metavar="NAME", help=f"the input column holding the {plural} (default: {default})")
     # defaults are None here (filled in by run_job), so that a job flag given without --input is refused
     g.add_argument("--id-column", metavar="NAME",
                    help="an input column copied to the output beside each result (default: id, when present; a "
@@ -56,7 +60,8 @@ def add_job_args(p, task: str) -> None:
     p.set_defaults(job_task=task)
 
 
-#: job flags -> their argparse dest; `--batch-size` is a job flag of generate only (score's scores texts too)
+#: job flags -> their argparse dest; `--batch-size` is a job flag of generate only (score's and embed's run the
+#: command's texts too)
 JOB_FLAGS = {"--output": "output", "--column": "column", "--id-column": "id_column",
              "--target-column": "target_column", "--rows-per-part": "rows_per_part", "--overwrite": "overwrite",
              "--quiet": "quiet", "--ray": "ray", "--ray-address": "ray_address", "--ray-actors": "ray_actors",

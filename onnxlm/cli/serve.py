@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from onnxlm.runtime.embedding import POOLINGS
 from onnxlm.runtime.errors import ModelFileError, OnnxlmError, ParameterError
 
 from .args import (add_model_args, command_parser, model_path, non_negative_float, non_negative_int, port,
@@ -16,13 +17,14 @@ from .args import (add_model_args, command_parser, model_path, non_negative_floa
 
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
-template), POST /v1/responses (OpenAI's Responses API, stateless), GET /v1/models, GET /health (503 until the model
-is loaded, 200 when ready), GET /metrics (JSON, or Prometheus' text format for a scraper); Anthropic's POST
-/v1/messages and /v1/messages/count_tokens; llama.cpp's native POST /completion (its fields, defaults and sampler
-order) and POST /infill (fill-in-the-middle for editors, on models with FIM tokens), its POST /tokenize,
-/detokenize, /apply-template, GET /props and GET /slots; and a chat page at GET / (open http://127.0.0.1:8000/ in a
-browser). Concurrent requests are decoded together (continuous batching); `stream: true` sends server-sent events.
-Needs the serve extra: pip install 'onnxlm[serve]'.
+template), POST /v1/responses (OpenAI's Responses API, stateless), POST /v1/embeddings (decoder-only models of the
+fused layout, the default export: their last hidden states pooled, see --pooling), GET /v1/models, GET /health (503
+until the model is loaded, 200 when ready), GET /metrics (JSON, or Prometheus' text format for a scraper);
+Anthropic's POST /v1/messages and /v1/messages/count_tokens; llama.cpp's native POST /completion (its fields,
+defaults and sampler order) and POST /infill (fill-in-the-middle for editors, on models with FIM tokens), its POST
+/embedding (and /embeddings; embd_normalize), /tokenize, /detokenize, /apply-template, GET /props and GET /slots;
+and a chat page at GET / (open http://127.0.0.1:8000/ in a browser). Concurrent requests are decoded together
+(continuous batching); `stream: true` sends server-sent events. Needs the serve extra: pip install 'onnxlm[serve]'.
 
 On SIGTERM/SIGINT the server stops taking requests (503), lets those in flight finish (up to --shutdown-timeout
 seconds) and exits.
@@ -31,6 +33,8 @@ examples:
   onnxlm serve models/smollm2 --port 8000
   curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
        -d '{"prompt": "The capital of France is", "max_tokens": 10, "temperature": 0}'
+  curl http://127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\
+       -d '{"input": ["first text", "second text"]}'
 """
 
 
@@ -71,6 +75,11 @@ def add_parser(sub) -> None:
                         "pass; fewer passes where answers repeat their context (code edits, quotes), the same tokens "
                         "on fp32 artifacts (a quantized variant's may part at near-ties, as in a shared batch); not "
                         "for structured output or n > 1; 0 turns it off (default: 0)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="how /v1/embeddings and llama.cpp's /embedding pool a text's last hidden states into one "
+                        "vector: mean over its tokens, its first token's (cls) or its last token's (last: decoder "
+                        "embedding models such as Qwen3-Embedding); every embedding request uses it (default: the "
+                        "model's own where its GGUF or sentence-transformers files name one, else mean)")
     p.add_argument("--slots", action=argparse.BooleanOptionalAction, default=True,
                    help="GET /slots reports what each row of the batch is doing, as llama.cpp's server does "
                         "(--no-slots turns it off: 501; default: on)")
@@ -104,7 +113,7 @@ def run(args) -> int:
                          max_rows=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens,
                          max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
                          prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb, slots=args.slots,
-                         prompt_lookup=args.prompt_lookup)
+                         prompt_lookup=args.prompt_lookup, pooling=args.pooling)
     def load_model():
         model = load(path, provider=args.provider, threads=args.threads, verify=args.verify)
         check_prompt_cap(args.max_prompt_tokens, model)

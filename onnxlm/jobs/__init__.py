@@ -1,6 +1,6 @@
-"""Batch jobs over a corpus: score or generate every row of a JSON Lines / Parquet file into a Parquet file,
+"""Batch jobs over a corpus: score, generate or embed every row of a JSON Lines / Parquet file into a Parquet file,
 resumable and never half-written, in one process (`run_local`) or on Ray Data (`run_ray`). Application code on
-the runtime's public API, like the CLI (`onnxlm score|generate MODEL_DIR --input ... --output ...`).
+the runtime's public API, like the CLI (`onnxlm score|generate|embed MODEL_DIR --input ... --output ...`).
 
     from onnxlm.jobs import JobSpec, run_local
     run_local(JobSpec("score", "models/gpt2", "data.jsonl", "scores.parquet"))

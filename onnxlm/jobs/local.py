@@ -3,7 +3,7 @@ a progress bar, write parts, merge them into the output. `prepare` is shared wit
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .inputs import import_pyarrow, read_rows
 from .output import Parts, check_not_input
@@ -40,10 +40,13 @@ def prepare(spec: JobSpec, *, overwrite: bool = False, loads_here: bool = True) 
     from onnxlm.runtime.manifest import load_manifest
     from onnxlm.runtime.versions import check_artifact_onnxruntime
     check_not_input(spec.output, spec.input)
+    if spec.task == "embed":  # the model's own pooling named: every batch (and every Ray actor) gets the same
+        spec = replace(spec, pooling=spec.embed_pooling())
     manifest = load_manifest(spec.model_dir, verify=False)
     if loads_here:  # DependencyError before the output's lock and parts
         check_artifact_onnxruntime(manifest, spec.model_dir)
     _check_score_options(spec, manifest)
+    check_can_embed(spec, manifest)
     if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
         from onnxlm.runtime.errors import ModelFileError
         from onnxlm.runtime.manifest import no_chat_template
@@ -99,10 +102,33 @@ def _check_score_options(spec: JobSpec, manifest: dict) -> None:
             raise ParameterError(option, f"{spec.model_dir} has no {name}")
 
 
+def check_can_embed(spec: JobSpec, manifest: dict) -> None:
+    """embed: an artifact whose manifest says it cannot embed (a T5, a plain-layout graph) is refused before the
+    output's parts and any model load, with `LanguageModel.check_embeddings`'s reason. (A fused graph exported
+    before embeddings, without last_hidden_state, is refused by the loaded model's own check.)"""
+    if spec.task != "embed":
+        return
+    from onnxlm.runtime.embedding import manifest_refusal
+    from onnxlm.runtime.errors import ModelFileError
+
+    refusal = manifest_refusal(spec.model_dir, manifest)
+    if refusal is not None:
+        raise ModelFileError(refusal, str(spec.model_dir))
+
+
+def check_loaded(model, spec: JobSpec) -> None:
+    """What only the loaded model can tell, checked before any row runs (embed: a graph with last_hidden_state)."""
+    if spec.task == "embed":
+        model.check_embeddings()
+
+
+BAR_LABELS = {"score": "scoring", "generate": "generating", "embed": "embedding"}
+
+
 def progress_bar(prep: Prepared, enabled: bool):
     from tqdm import tqdm
     return tqdm(total=prep.rows, initial=prep.done, unit="row", file=sys.stderr, disable=not enabled,
-                desc="scoring" if prep.spec.task == "score" else "generating", dynamic_ncols=True)
+                desc=BAR_LABELS[prep.spec.task], dynamic_ncols=True)
 
 
 def run_local(spec: JobSpec, *, overwrite: bool = False, progress: bool = True, model=None) -> JobReport:
@@ -122,6 +148,7 @@ def _run_local(prep: Prepared, model, progress: bool) -> JobReport:
         if model is None:
             from onnxlm.runtime import load
             model = load(spec.model_dir, provider=spec.provider, threads=spec.threads, verify=spec.verify)
+        check_loaded(model, spec)
         bar = progress_bar(prep, progress)
         pending = []  # processed batches not yet in a part
         try:

@@ -20,7 +20,7 @@ import socket
 import threading
 from dataclasses import asdict
 
-from .local import JobReport, Prepared, output_rows, prepare, progress_bar
+from .local import JobReport, Prepared, check_loaded, output_rows, prepare, progress_bar
 from .spec import JobInputError, JobRowError, JobSpec
 
 
@@ -31,6 +31,7 @@ class ModelActor:
         from onnxlm.runtime import load
         self.spec, self.schema = JobSpec(**spec), schema
         self.model = load(self.spec.model_dir, provider=self.spec.provider, threads=threads, verify=self.spec.verify)
+        check_loaded(self.model, self.spec)
 
     def __call__(self, batch):
         """pa.Table(row, [id], text, [target]) -> pa.Table of output rows (tasks.process) and an ERROR_COLUMN of

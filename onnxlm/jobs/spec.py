@@ -9,9 +9,13 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import InputError, OnnxlmError, ParameterError
 
-TASKS = ("score", "generate")
+TASKS = ("score", "generate", "embed")
 #: the text column tried when --column is not given, in order
-DEFAULT_COLUMNS = {"score": ("text",), "generate": ("prompt", "text")}
+DEFAULT_COLUMNS = {"score": ("text",), "generate": ("prompt", "text"), "embed": ("text",)}
+#: options that belong to some tasks only (refused, when given, for the others)
+TASK_OPTIONS = {"prepend_bos": ("score",), "append_eos": ("score",), "params": ("generate",), "chat": ("generate",),
+                "system": ("generate",), "chat_template_kwargs": ("generate",), "pooling": ("embed",),
+                "normalize": ("embed",)}
 
 
 class JobInputError(InputError):
@@ -30,10 +34,10 @@ class JobRowError(OnnxlmError):
 
 @dataclass
 class JobSpec:
-    """A score/generate job over a file. Everything that changes the results is in `fingerprint()`: a rerun
+    """A score/generate/embed job over a file. Everything that changes the results is in `fingerprint()`: a rerun
     resumes only the same job (same input bytes, model, task and options)."""
 
-    task: str                         # "score" | "generate"
+    task: str                         # "score" | "generate" | "embed"
     model_dir: Path
     input: Path                       # .jsonl / .json / .ndjson (one JSON object per line) or .parquet
     output: Path                      # .parquet
@@ -48,6 +52,8 @@ class JobSpec:
     chat: bool = False                # generate: wrap each prompt in the model's chat template
     system: str | None = None         # generate, with chat: a system message
     chat_template_kwargs: dict = field(default_factory=dict)  # generate, with chat: extra template variables
+    pooling: str | None = None        # embed: "mean" | "cls" | "last" (None: the model's own, see `embed_pooling`)
+    normalize: bool = True            # embed: unit-length vectors
     provider: str = "auto"
     threads: int | None = None
     verify: bool = True
@@ -59,20 +65,42 @@ class JobSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ParameterError(name, f"got {value!r}; must be an integer >= 1")
-        only = {"score": ("params", "chat", "system", "chat_template_kwargs"),
-                "generate": ("prepend_bos", "append_eos")}
-        given = lambda name: self.system is not None if name == "system" else bool(getattr(self, name))  # noqa: E731
-        for name in only[self.task]:  # (system: "" is given too, an empty system message)
-            if given(name):
-                other = "generate" if self.task == "score" else "score"
-                raise ParameterError(name, f"only for task {other!r}, not {self.task!r}")
+        for name, tasks in TASK_OPTIONS.items():
+            if self.task not in tasks and self._given(name):
+                raise ParameterError(name, f"only for task {' or '.join(map(repr, tasks))}, not {self.task!r}")
         for name in ("system", "chat_template_kwargs"):
-            if given(name) and not self.chat:
+            if self._given(name) and not self.chat:
                 raise ParameterError(name, "needs chat=True")
         if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
             raise ParameterError("id_column", f"got {self.id_column!r}; must be a column name (a non-empty string) "
                                               "or None (the input's `id` column, when it has one)")
+        if self.pooling is not None:
+            from onnxlm.runtime.embedding import check_pooling
+            check_pooling(self.pooling)
+        if not isinstance(self.normalize, bool):
+            raise ParameterError("normalize", f"got {self.normalize!r}; allowed: True or False")
         self.model_dir, self.input, self.output = Path(self.model_dir), Path(self.input), Path(self.output)
+
+    def _given(self, name: str) -> bool:
+        """An option set away from its default (system: "" is given too, an empty system message)."""
+        if name in ("system", "pooling"):
+            return getattr(self, name) is not None
+        if name == "normalize":
+            return self.normalize is not True
+        return bool(getattr(self, name))
+
+    def embed_pooling(self) -> str:
+        """embed: the pooling the rows get: `pooling`, else the artifact's own (its manifest's `pooling`, as
+        `LanguageModel.default_pooling`), else 'mean'."""
+        from onnxlm.runtime.embedding import DEFAULT_POOLING, POOLINGS
+        if self.pooling is not None:
+            return self.pooling
+        manifest = self.model_dir / "onnxlm.json"
+        try:
+            own = json.loads(manifest.read_text(encoding="utf-8")).get("pooling") if manifest.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            own = None  # an unreadable manifest: loading the model refuses it
+        return own if own in POOLINGS else DEFAULT_POOLING
 
     @property
     def parts_dir(self) -> Path:
@@ -86,6 +114,10 @@ class JobSpec:
                                  "verify")}
         if options["id_column"] is None:  # the default: the same results as naming `id` (refused when absent)
             options["id_column"] = "id"
+        if self.task == "embed":  # the pooling as resolved: `--pooling mean` and a default of mean are one job
+            options["pooling"] = self.embed_pooling()
+        else:  # score and generate jobs keep the fingerprint they had before embed's options existed
+            del options["pooling"], options["normalize"]
         return {"task": self.task, "input_sha256": file_sha256(self.input), "model": model_identity(self.model_dir),
                 "options": json.loads(json.dumps(options, default=str))}
 

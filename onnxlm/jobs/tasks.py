@@ -1,7 +1,8 @@
 """One batch of input rows -> its output rows, through the runtime's public API (`score`, `generate`,
-`render_chat`). The single-process loop and the Ray Data actors both call `process`, so they give the same rows.
+`render_chat`, `embed`). The single-process loop and the Ray Data actors both call `process`, so they give the same
+rows.
 
-Output columns (the same fields `onnxlm score --json` / `onnxlm generate --json` print):
+Output columns (the same fields `onnxlm score|generate|embed --json` print):
 - score:    row, [id], text, [target], tokens (list<string>), token_ids (list<int64>), token_logprobs
             (list<float32>), sequence_logprob (float64, their sum), num_tokens (int64), perplexity (float64).
 - generate: row, [id], prompt, index (0.. num_return_sequences-1: one output row per returned sequence), text,
@@ -9,6 +10,9 @@ Output columns (the same fields `onnxlm score --json` / `onnxlm generate --json`
             [sequences_score (float64): beam search], [constraint_satisfied (bool): with json_schema / regex /
             choices / grammar / constraints: does the new text match the whole constraint; null for a row without
             one], [token_logprobs (list<float32>): with output_scores].
+- embed:    row, [id], text, num_tokens (int64: the tokens the model read, special tokens included), embedding
+            (list<float32>: every row the model's width D; unit length unless normalize=False). The job's pooling
+            and normalize are in its fingerprint (the output's `onnxlm.job` metadata), not in columns.
 
 A job's `params` are generate's: GenerationConfig names plus one structured-output constraint for every row
 (json_schema / regex / choices / grammar), or `constraints`, one entry per input row (indexed by `row`).
@@ -40,6 +44,10 @@ def output_schema(spec: JobSpec, model_config, input_schema):
     fields = [pa.field("row", pa.int64())]
     if "id" in input_schema.names:
         fields.append(pa.field("id", input_schema.field("id").type))
+    if spec.task == "embed":
+        fields += [pa.field("text", pa.string()), pa.field("num_tokens", pa.int64()),
+                   pa.field("embedding", pa.list_(pa.float32()))]
+        return pa.schema(fields)
     if spec.task == "score":
         fields.append(pa.field("text", pa.string()))
         if "target" in input_schema.names:
@@ -64,7 +72,7 @@ def process(model, spec: JobSpec, batch, schema):
     import pyarrow as pa
     rows = batch.to_pylist()
     try:
-        records = _score(model, spec, rows) if spec.task == "score" else _generate(model, spec, rows)
+        records = _records(model, spec, rows)
     except OnnxlmError as exc:  # name the row: the batch's first row that fails alone
         failed = _failing_row(model, spec, rows, exc)
         if failed is None:
@@ -76,6 +84,12 @@ def process(model, spec: JobSpec, batch, schema):
     return pa.Table.from_pylist(records, schema=schema)
 
 
+def _records(model, spec: JobSpec, rows: list[dict]) -> list[dict]:
+    """rows (dicts of row, [id], text, [target]) -> their output records, by the job's task."""
+    run = {"score": _score, "generate": _generate, "embed": _embed}[spec.task]
+    return run(model, spec, rows)
+
+
 def _failing_row(model, spec: JobSpec, rows: list[dict], exc: Exception):
     """-> (the first row of a failed batch that fails alone, its error, the records of the rows before it, each
     run alone: they are kept as the earlier batches are), or None when each succeeds alone."""
@@ -84,7 +98,7 @@ def _failing_row(model, spec: JobSpec, rows: list[dict], exc: Exception):
     before = []
     for row in rows:
         try:
-            before += _score(model, spec, [row]) if spec.task == "score" else _generate(model, spec, [row])
+            before += _records(model, spec, [row])
         except OnnxlmError as one:
             return row, one, before
     return None
@@ -112,6 +126,19 @@ def _piece(model, token_id: int) -> str:
     if model.tokenizer is None:
         return str(token_id)
     return model.tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+# ---------------------------------------------------------------------------------------------------- embed
+def _embed(model, spec: JobSpec, rows: list[dict]) -> list[dict]:
+    """The batch's texts through one `model.embed` call (batch_size: the job's, so the rows run together)."""
+    res = model.embed([r["text"] for r in rows], pooling=spec.embed_pooling(), normalize=spec.normalize,
+                      batch_size=spec.batch_size)
+    out = []
+    for i, row in enumerate(rows):
+        rec = {k: row[k] for k in ("row", "id", "text") if k in row}
+        rec.update(num_tokens=res.token_counts[i], embedding=res.embeddings[i].tolist())
+        out.append(rec)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- generate

@@ -9,6 +9,8 @@ A request's path, one file per role:
   count_tokens) as a translation over the chat endpoint's machinery, in Anthropic's shapes and errors;
 * responses.py, responses_request.py, responses_reply.py: OpenAI's Responses API (/v1/responses), stateless, as a
   translation over the chat endpoint's machinery (its items, events and error body);
+* embeddings.py: OpenAI's /v1/embeddings and llama.cpp's /embedding (/embeddings): pooled last hidden states,
+  computed on the engine thread in parts between decoding steps;
 * tokenize.py: /tokenize, /detokenize and /apply-template (vLLM's and llama.cpp's shapes: the ids and text the
   generation endpoints feed the model);
 * llamacpp.py, llamacpp_request.py: llama.cpp's native /completion (its fields, defaults, sampler chain and

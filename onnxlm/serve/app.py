@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
 /health, /metrics, /props, /slots (slots.py), /tokenize, /detokenize and /apply-template (tokenize.py), llama.cpp's
 native /completion and /infill (llamacpp.py), Anthropic's /v1/messages (anthropic.py), OpenAI's Responses API
-/v1/responses (responses.py), and the chat page at / (page.py).
+/v1/responses (responses.py), OpenAI's /v1/embeddings and llama.cpp's /embedding (embeddings.py), and the chat page
+at / (page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -20,11 +21,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
+from onnxlm.runtime.embedding import check_pooling
 from onnxlm.runtime.errors import OnnxlmError
 from onnxlm.runtime.manifest import no_chat_template
 
 from .anthropic import count_tokens, messages
 from .engine import Engine
+from .embeddings import llama_cpp_embedding, openai_embeddings
 from .errors import api_error, http_error, server_error
 from .llamacpp import completion, infill
 from .page import page_routes
@@ -56,6 +59,8 @@ def _warn_without_chat(loader):
 
 def create_app(loader, config: ServeConfig) -> Starlette:
     """loader: () -> model (runs on the engine thread, so /health answers 503 while it loads)."""
+    if config.pooling is not None:
+        check_pooling(config.pooling)  # ParameterError naming pooling: one of runtime/embedding.py's POOLINGS
     engine = Engine(_warn_without_chat(loader), max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb,
                     kv_pool_mb=config.kv_pool_mb, prompt_lookup=config.prompt_lookup)
     state = ServeState(config, engine)
@@ -79,6 +84,9 @@ def create_app(loader, config: ServeConfig) -> Starlette:
         Route("/v1/messages", messages, methods=["POST"]),  # Anthropic's Messages API (anthropic.py)
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
         Route("/v1/responses", responses, methods=["POST"]),  # OpenAI's Responses API, stateless (responses.py)
+        Route("/v1/embeddings", openai_embeddings, methods=["POST"]),  # OpenAI's embeddings (embeddings.py)
+        Route("/embeddings", llama_cpp_embedding, methods=["POST"]),  # llama.cpp's native embeddings, both names
+        Route("/embedding", llama_cpp_embedding, methods=["POST"]),
         Route("/completion", completion, methods=["POST"]),  # llama.cpp's native endpoint (llamacpp.py)
         Route("/completions", completion, methods=["POST"]),
         Route("/infill", infill, methods=["POST"]),  # llama.cpp's fill-in-the-middle (llamacpp_infill.py)

@@ -16,6 +16,7 @@ from onnxlm.runtime.manifest import no_chat_template
 
 from . import llamacpp_request, prometheus, protocol, reasoning, tools
 from .choices import Choices, completion_offsets, usage
+from .embeddings import can_embed
 from .gate import authorize, available, check_model_name, open_request
 from .jobs import make_jobs, output_constraint
 from .openai_fields import check_chat_extras
@@ -82,11 +83,13 @@ async def props(request: HTTPRequest):
 
 def _model_card(st) -> dict:
     """OpenAI's model object, plus onnxlm's ``capabilities`` once the model is loaded: which endpoints it serves
-    (``chat``: false for a model without a chat template; the chat page reads it)."""
+    (``chat``: false for a model without a chat template; the chat page reads it; ``embeddings``: whether
+    /v1/embeddings and /embedding answer, embeddings.py)."""
     card = {"id": st.config.model_name, "object": "model", "created": st.created, "owned_by": "onnxlm"}
     model = st.engine.model if st.engine.ready.is_set() else None
     if model is not None:
-        card["capabilities"] = {"completions": True, "chat": bool(getattr(model, "chat_template", None))}
+        card["capabilities"] = {"completions": True, "chat": bool(getattr(model, "chat_template", None)),
+                                "embeddings": can_embed(model)}
     return card
 
 

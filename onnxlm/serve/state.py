@@ -25,6 +25,7 @@ class ServeConfig:
     kv_pool_mb: int = 256  # freed KV buffers kept resident for the next ones (runtime/fused/buffer_pool.py); 0: off
     prompt_lookup: int = 0  # tokens a request decoding alone proposes by prompt lookup (speculative decoding); 0: off
     slots: bool = True  # GET /slots answers (llama.cpp's monitoring endpoint: slots.py); False: 501
+    pooling: str | None = None  # the embedding endpoints' pooling (runtime/embedding.py); None: the model's own
 
 
 @dataclass
@@ -35,7 +36,8 @@ class ServeState:
     in_flight_rows: int = 0  # the rows (prompts x n) of the requests in flight: what admission counts
     draining: bool = False
     counters: dict = field(default_factory=lambda: {"requests": 0, "rejected_full": 0, "errors": 0,
-                                                     "cancelled": 0, "prompt_tokens": 0})
+                                                     "cancelled": 0, "prompt_tokens": 0, "embedding_requests": 0,
+                                                     "embedding_tokens": 0})
     created: int = field(default_factory=lambda: int(time.time()))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
