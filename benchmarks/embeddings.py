@@ -2,7 +2,9 @@
 (llama-cpp-python, ``embedding=True``, mean pooling) on the same GGUF file and texts, 2 threads.
 
 Texts: ``--texts`` pieces of ``export/data/quality_text.txt`` (prose, code, dialogue; cut at line ends, >= 300
-characters each), each embedded with mean pooling and unit length by every engine. Engines take turns, ``--rounds``
+characters each) and ``--long`` texts of four pieces each (mixed lengths, as a corpus has: a batch of similar
+lengths must not pad the short ones to the long ones), each embedded with mean pooling and unit length by every
+engine. Engines take turns, ``--rounds``
 times, each round in a process of its own (llama.cpp in ``--peers-python``); each figure is the median of the
 rounds. Columns: texts/s embedding all
 texts in one call (onnxlm ``batch_size=16``; llama.cpp's ``embed`` of the list), ms for one text alone, peak RSS of
@@ -96,6 +98,7 @@ def cosines(vectors: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def run(args) -> dict:
     texts = paragraphs(args.texts)
+    texts += ["\n".join(texts[4 * i:4 * i + 4]) for i in range(args.long)]  # longer texts among the short ones
     engines = {"onnxlm fp32": lambda: onnxlm_round(args.fp32, texts, args.threads),
                "onnxlm gguf": lambda: onnxlm_round(args.native, texts, args.threads),
                "llama.cpp": lambda: llama_cpp_round(args.peers_python, args.gguf, texts, args.threads)}
@@ -139,6 +142,8 @@ def main(argv=None):
     p.add_argument("--peers-python", type=Path, default=Path(".venv-peers/bin/python"),
                    help="a Python with llama-cpp-python (default: .venv-peers/bin/python)")
     p.add_argument("--texts", type=int, default=32, help="pieces of text embedded (default: 32)")
+    p.add_argument("--long", type=int, default=3,
+                   help="texts of four pieces each added among them (default: 3): mixed lengths, as a corpus has")
     p.add_argument("--rounds", type=int, default=3, help="rounds of every engine in turn (default: 3)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", type=Path, help="update the 'embeddings' section of this Markdown file")

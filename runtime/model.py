@@ -488,11 +488,30 @@ class LanguageModel:
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ParameterError("batch_size", f"got {batch_size!r}; allowed: an integer >= 1")
         self.check_embeddings()
-        rows = self._rows(inputs)
-        for row in rows:  # ids in the vocabulary, no row past max_positions
-            self._check_ids([row], None)
+        rows = self._indexed_rows(inputs)
         vectors = embed_rows(self, rows, pooling, 2 if normalize else -1, int(batch_size))
         return EmbeddingResult(vectors, [len(r) for r in rows], pooling, bool(normalize))
+
+    def _indexed_rows(self, inputs) -> list[list[int]]:
+        """``_rows`` for ``embed``, each row checked (ids in the vocabulary, within max_positions); a list's bad item
+        is named by its index (``inputs[7]: ...``): among 500 texts the refused one must be found."""
+        items = inputs if isinstance(inputs, (list, tuple)) and inputs and (
+            all(isinstance(x, str) for x in inputs) or all(isinstance(x, (list, tuple, np.ndarray)) for x in inputs)
+        ) else None
+        if items is None:
+            rows = self._rows(inputs)
+            for row in rows:
+                self._check_ids([row], None)
+            return rows
+        rows = []
+        for i, item in enumerate(items):
+            try:
+                row = self._rows(item if isinstance(item, str) else [item])[0]
+                self._check_ids([row], None)
+            except InputError as exc:
+                raise InputError(f"inputs[{i}]: " + str(exc).split(": ", 1)[-1]) from None
+            rows.append(row)
+        return rows
 
     @property
     def default_pooling(self) -> str:

@@ -143,12 +143,14 @@ def write_out(w) -> None:
 
 
 def write_tiny_gguf(path: Path, case: str, drop: tuple[str, ...] = (), extra_tensors: dict | None = None,
-                    block_type: str | None = None, context: int | None = None) -> str:
+                    block_type: str | None = None, context: int | None = None, metadata: dict | None = None) -> str:
     """Write CASES[case] to ``path`` -> its sha256. Random F32 weights (norms near 1), a byte-level vocabulary.
     ``drop``: keys of the case's extra metadata left out; ``extra_tensors``: name -> F32 array, written last;
     ``block_type`` (e.g. "Q8_0"): every matrix in that GGUF block type (gguf-py's quantize) instead of F32;
-    ``context``: its context_length (default 256, 1024 for LongRoPE)."""
-    _write(path, case, drop, extra_tensors=extra_tensors or {}, block_type=block_type, context=context)
+    ``context``: its context_length (default 256, 1024 for LongRoPE); ``metadata``: full key -> bool / int / str,
+    written as it is (e.g. an embedding model's ``qwen3.pooling_type``, ``tokenizer.ggml.add_eos_token``)."""
+    _write(path, case, drop, extra_tensors=extra_tensors or {}, block_type=block_type, context=context,
+           metadata=metadata)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -161,7 +163,8 @@ def write_tiny_split_gguf(path: Path, case: str, tensors_per_file: int) -> list[
 
 
 def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int = 0,
-           extra_tensors: dict | None = None, block_type: str | None = None, context: int | None = None) -> None:
+           extra_tensors: dict | None = None, block_type: str | None = None, context: int | None = None,
+           metadata: dict | None = None) -> None:
     import gguf
     from tokenizers.pre_tokenizers import ByteLevel
 
@@ -209,6 +212,9 @@ def _write(path: Path, case: str, drop: tuple[str, ...], split_max_tensors: int 
         else:
             w.add_float32(full, value)
     add_tiny_vocabulary(w, specials, tokens)
+    for key, value in (metadata or {}).items():
+        (w.add_bool if isinstance(value, bool) else w.add_uint32 if isinstance(value, int) else w.add_string)(
+            key, value)
 
     def mat(name: str, n: int, k: int) -> None:  # a [n, k] weight (GGUF shape [k, n])
         weight = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)

@@ -261,9 +261,10 @@ def test_another_pooling_is_another_job(fused_dir, fused, tmp_path, capsys):
     base = ["embed", fused_dir, "--input", src, "--output", out, "--quiet"]
     assert run_cli(capsys, *base)[0] == 0
     before = out.read_bytes()
-    for argv in (["--pooling", "cls"], ["--no-normalize"]):
+    for argv, why in ((["--pooling", "cls"], "pooling: 'mean' there, 'cls' now"),
+                      (["--no-normalize"], "normalize: True there, False now")):
         code, _, err = run_cli(capsys, *base, *argv)
-        assert code == 2 and err.count("\n") == 1 and "different job (its options differ)" in err, err
+        assert code == 2 and err.count("\n") == 1 and f"different job (its options differ ({why}))" in err, err
         assert out.read_bytes() == before  # untouched
     code, _, err = run_cli(capsys, *base[:-1], "--pooling", "mean")  # the model's own pooling named: the same job
     assert code == 0 and "7 rows (0 processed now, 7 already done)" in err and out.read_bytes() == before

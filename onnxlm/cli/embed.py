@@ -89,8 +89,8 @@ def _print_chunk(args, texts: list[str], res, offset: int) -> None:
         shown = ", ".join(f"{float(x):.4f}" for x in vector[:SHOWN_VALUES])
         more = ", ..." if len(vector) > SHOWN_VALUES else ""
         print(f"=== [{offset + i + 1}] {_short(text)}")
-        print(f"{res.token_counts[i]} tokens -> {len(vector)} dimensions ({res.pooling} pooling, {scale}): "
-              f"[{shown}{more}]")
+        tokens = f"{res.token_counts[i]} token" + ("" if res.token_counts[i] == 1 else "s")
+        print(f"{tokens} -> {len(vector)} dimensions ({res.pooling} pooling, {scale}): [{shown}{more}]")
 
 
 def cosine_matrix(vectors: np.ndarray) -> np.ndarray:

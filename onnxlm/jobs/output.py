@@ -196,8 +196,18 @@ def _difference(found: dict | None, want: dict) -> str:
     for key, label in (("task", "task"), ("input_sha256", "input file contents"), ("model", "model"),
                        ("options", "options")):
         if found.get(key) != want.get(key):
-            return f"its {label} differ" if key == "options" else f"its {label} differs"
+            return _options_difference(found.get(key), want.get(key)) if key == "options" else f"its {label} differs"
     return "its record differs"
+
+
+def _options_difference(found, want) -> str:
+    """Which options differ, with the output's value and this run's ("its options differ (pooling: 'mean' there,
+    'cls' now)"): a rerun that changed a flag must be told which."""
+    if not isinstance(found, dict) or not isinstance(want, dict):
+        return "its options differ"
+    keys = sorted(k for k in set(found) | set(want) if found.get(k) != want.get(k))
+    shown = "; ".join(f"{k}: {found.get(k)!r:.60} there, {want.get(k)!r:.60} now" for k in keys[:3])
+    return f"its options differ ({shown}{'; ...' if len(keys) > 3 else ''})"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

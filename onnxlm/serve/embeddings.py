@@ -19,8 +19,10 @@ encodes it; ids go in as given. At most ``MAX_INPUTS`` inputs, each within the m
 ``--max-prompt-tokens``); a mistake is a 400 naming the field. A model that cannot embed (an encoder-decoder, or an
 artifact whose graph gives no last_hidden_state) answers 400 ``embeddings_not_supported``.
 
-The vectors are computed on the engine thread as a call in parts (engine.py): ``PART_ROWS`` rows per part, so the
-running batch keeps decoding between them, and a client that goes away stops the parts left.
+The vectors are computed on the engine thread as a call in parts (engine.py): one part a batch of similar-length
+rows (``PART_ROWS`` rows and ``MAX_BATCH_TOKENS`` padded positions at most), so the running batch keeps decoding
+between them (its streams pause while a part runs: up to ~2,048 positions, or one long input's whole pass, as a long
+prompt's prefill holds them), and a client that goes away stops the parts left.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import numpy as np
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
-from onnxlm.runtime.embedding import DEFAULT_POOLING, check_normalize, embed_rows, normalized
+from onnxlm.runtime.embedding import DEFAULT_POOLING, batches, check_normalize, check_pooling, embed_batch, normalized
 from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 
 from . import protocol
@@ -134,7 +136,8 @@ def _check_can_embed(model) -> None:
     try:
         check()
     except ModelFileError as exc:
-        raise bad("model", f"this model cannot make embeddings: {exc}", code="embeddings_not_supported") from None
+        why = str(exc).split(": ", 1)[-1]  # the artifact's path is the server's business
+        raise bad("model", f"this model cannot make embeddings: {why}", code="embeddings_not_supported") from None
 
 
 def can_embed(model) -> bool:
@@ -252,7 +255,7 @@ def _check_lengths(model, st, rows: list[list[int]], param: str) -> None:
 async def _embed(request: HTTPRequest, st, rows: list[list[int]]) -> np.ndarray | None:
     """The rows' pooled vectors, unnormalised [n, D] float32, computed on the engine thread in parts (a slot held
     meanwhile: in flight, drained on shutdown); None when the client went away (the parts left are dropped)."""
-    pooling = st.config.pooling or getattr(st.engine.model, "default_pooling", DEFAULT_POOLING)
+    pooling = check_pooling(st.config.pooling or getattr(st.engine.model, "default_pooling", DEFAULT_POOLING))
     slot = Slot(st, rows=1)
     try:
         st.count("embedding_requests")
@@ -286,18 +289,16 @@ class _EmbeddingCall:
 
 def embedding_parts(rows: list[list[int]], pooling: str, part_rows: int = PART_ROWS):
     """-> fn(model), a generator (an engine call in parts, engine.py) returning the rows' pooled vectors [n, D]
-    float32, unnormalised, in the given order. The rows are sorted by length and taken ``part_rows`` at a time, one
-    forward pass per part, as ``LanguageModel.embed(batch_size=part_rows)`` batches them (the same vectors); it yields
-    between parts, so the batch's decoding steps run meanwhile, and stops there once its client went away."""
+    float32, unnormalised, in the given order. One part is one of ``embedding.batches`` (rows of similar length, at
+    most ``part_rows`` of them and ``MAX_BATCH_TOKENS`` padded positions: the batches ``LanguageModel.embed`` makes,
+    so the same vectors), one forward pass; it yields between parts, so the batch's decoding steps run meanwhile,
+    and stops there once its client went away."""
     def run(model):
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # embed_rows' order: similar lengths together
         out = [None] * len(rows)
-        for lo in range(0, len(order), part_rows):
-            if lo:
+        for n, chunk in enumerate(batches([len(r) for r in rows], part_rows)):
+            if n:
                 yield                                                   # the engine's turn: others' steps
-            chunk = order[lo:lo + part_rows]
-            vectors = embed_rows(model, [rows[i] for i in chunk], pooling, -1, part_rows)  # [c, D]
-            for i, v in zip(chunk, vectors):
+            for i, v in zip(chunk, embed_batch(model, [rows[i] for i in chunk], pooling)):  # [c, D]
                 out[i] = v
         return np.stack(out)                                            # [n, D]
     return run

@@ -239,8 +239,9 @@ class FusedCausalLM(CausalLM):
     def check_embeddings(self) -> None:
         if "last_hidden_state" not in self.decoder.outputs:
             raise ModelFileError(f"{self.path}: this artifact's graph gives no last_hidden_state (exported by an "
-                                 "onnxlm before embeddings); export it again (a GGUF run as it is: `onnxlm cache "
-                                 "prune`, then run it)", str(self.path))
+                                 "onnxlm before embeddings); export it again (`onnxlm export SOURCE DIR --force`; "
+                                 "the demo's model: `onnxlm demo` exports it again; a .gguf given as it is is "
+                                 "exported again by itself on its next run)", str(self.path))
 
     def hidden_states(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ids/mask [b, t] (padded on either side) -> last_hidden_state [b, t, D] float32 with row r's states at
