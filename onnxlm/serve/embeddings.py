@@ -150,32 +150,9 @@ def can_embed(model) -> bool:
 
 
 def openai_inputs(value, vocab_size: int) -> list:
-    """OpenAI's ``input``: a string, a list of strings, a list of token ids or a list of such lists -> the inputs
-    (strings, or lists of ids within the vocabulary); 400 naming ``input`` for anything else."""
-    if value is None:
-        raise bad("input", "required: a string, a list of strings, a list of token ids or a list of token-id lists")
-    if isinstance(value, str):
-        items = [value]
-    elif isinstance(value, list) and value and all(_is_int(x) for x in value):
-        items = [value]
-    elif isinstance(value, list) and value and (all(isinstance(x, str) for x in value) or
-                                                all(isinstance(x, list) for x in value)):
-        items = value
-    else:
-        raise bad("input", "expected a non-empty string, a non-empty list of strings, a list of token ids or a list "
-                           "of token-id lists (not a mix of them)")
-    if len(items) > MAX_INPUTS:
-        raise bad("input", f"{len(items)} inputs; at most {MAX_INPUTS} per request")
-    for i, x in enumerate(items):
-        if isinstance(x, str):
-            if not x:
-                raise bad("input", f"input {i} is an empty string")
-            continue
-        if not x or not all(_is_int(t) for t in x):
-            raise bad("input", f"input {i}: a token-id input must be a non-empty list of integers")
-        wrong = sorted({int(t) for t in x if not 0 <= t < vocab_size})
-        if wrong:
-            raise bad("input", f"input {i}: token ids {wrong[:20]} are out of range; allowed: 0 <= id < {vocab_size}")
+    """OpenAI's ``input``: a string, a list of strings, a list of token ids or a list of such lists (not mixed) ->
+    the inputs (strings, or lists of ids within the vocabulary); 400 naming ``input`` for anything else."""
+    items = protocol.text_or_id_items(value, "input", vocab_size, MAX_INPUTS, mixed=False)
     check_text([x for x in items if isinstance(x, str)], "input")
     return items
 

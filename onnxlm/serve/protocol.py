@@ -347,30 +347,37 @@ def _include_usage(options, stream: bool) -> bool:
 def prompts(body: dict, vocab_size: int) -> list[str | list[int]]:
     """/v1/completions ``prompt``: a string, a list of strings, a list of token ids or a list of such lists ->
     the prompts (400 naming bad ids, empty prompts, wrong types)."""
-    p = body.get("prompt")
-    if p is None:
-        raise bad("prompt", "required: a string, a list of strings, or token ids")
-    if isinstance(p, str):
-        items = [p]
-    elif isinstance(p, list) and p and all(_is_int(i) for i in p):
-        items = [p]
-    elif isinstance(p, list) and p and all(isinstance(x, (str, list)) for x in p):
-        items = p
+    return text_or_id_items(body.get("prompt"), "prompt", vocab_size, MAX_PROMPTS)
+
+
+def text_or_id_items(value, param: str, vocab_size: int, most: int, mixed: bool = True) -> list[str | list[int]]:
+    """OpenAI's union of a string, a list of strings, a list of token ids or a list of such lists (/v1/completions'
+    ``prompt``, /v1/embeddings' ``input``) -> the items (strings, or lists of ids within the vocabulary), at most
+    ``most`` of them; 400 naming ``param`` for anything else (``mixed=False``: strings and id lists not together)."""
+    if value is None:
+        raise bad(param, "required: a string, a list of strings, a list of token ids or a list of token-id lists")
+    if isinstance(value, str):
+        items = [value]
+    elif isinstance(value, list) and value and all(_is_int(i) for i in value):
+        items = [value]
+    elif isinstance(value, list) and value and (all(isinstance(x, (str, list)) for x in value) if mixed else (
+            all(isinstance(x, str) for x in value) or all(isinstance(x, list) for x in value))):
+        items = value
     else:
-        raise bad("prompt", "expected a non-empty string, a list of strings, a list of token ids or a list of "
-                            "token-id lists")
-    if len(items) > MAX_PROMPTS:
-        raise bad("prompt", f"{len(items)} prompts; at most {MAX_PROMPTS} per request")
-    for x in items:
+        raise bad(param, "expected a non-empty string, a list of strings, a list of token ids or a list of "
+                         "token-id lists" + ("" if mixed else " (not a mix of them)"))
+    if len(items) > most:
+        raise bad(param, f"{len(items)} items; at most {most} per request")
+    for n, x in enumerate(items):
         if isinstance(x, str):
             if not x:
-                raise bad("prompt", "a prompt is empty")
+                raise bad(param, f"item {n} is an empty string")
             continue
         if not x or not all(_is_int(i) for i in x):
-            raise bad("prompt", "a token-id prompt must be a non-empty list of integers")
+            raise bad(param, f"item {n}: a token-id item must be a non-empty list of integers")
         wrong = sorted({int(i) for i in x if i < 0 or i >= vocab_size})
         if wrong:
-            raise bad("prompt", f"token ids {wrong[:20]} are out of range; allowed: 0 <= id < {vocab_size}")
+            raise bad(param, f"item {n}: token ids {wrong[:20]} are out of range; allowed: 0 <= id < {vocab_size}")
     return items
 
 
