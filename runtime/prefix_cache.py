@@ -205,8 +205,12 @@ class PrefixCache:
         recurrent state that cannot roll back there: an entry with checkpoints lends only at its whole length, its
         state keeping none of its rollback states, ``forget_rollback``). The
         entry is cut to those ``reuse`` positions, which the borrower never writes (a state writes only past its
-        length), and is not lent again."""
+        length), and is not lent again. Not for a share under half the entry (None: the borrower copies those few
+        positions): a request sharing only a BOS or a system prompt with a long conversation's entry would cut it
+        to that share, and the conversation's next turn would find nothing."""
         if snap.checkpoints is not None and reuse != len(snap.ids):
+            return None
+        if 2 * reuse < len(snap.ids):
             return None
         state, snap.owner = snap.owner, None
         if state is None:

@@ -317,6 +317,22 @@ def test_a_prompt_answered_in_one_token_is_lent_again_each_time(fused_llama_dir)
     assert entry.owner is not None and cache.reused_tokens == 3 * len(prompt)
 
 
+def test_an_entry_is_lent_only_for_half_of_it_or_more():
+    """``lend`` hands over an entry's state only where the borrower reuses at least half of its positions: a prompt
+    sharing a BOS (or a short system prompt) with a long conversation's entry copies those few positions, and the
+    entry stays whole for that conversation's next turn; the next turn itself, or the same prompt again, borrows."""
+    class Owner:
+        def rollback(self, counts):
+            self.counts = list(counts)
+
+    cache, owner = PrefixCache(10**6), Owner()
+    cache.put(list(range(1, 28)), _kv(27), owner=owner)
+    (entry,) = cache.entries.values()
+    assert cache.lend(entry, 1) is None and cache.lend(entry, 13) is None
+    assert entry.owner is owner and len(entry.ids) == 27  # whole, still lendable
+    assert cache.lend(entry, 14) is owner and owner.counts == [13] and len(entry.ids) == 14
+
+
 def test_requests_admitted_together_on_one_lendable_entry_copy_it(fused_llama_dir):
     """Two requests admitted in one step resume from the same entry, which a lone request's dropped state backs: the
     entry is not lent (lending cuts it to one request's positions, which the other still needs); both copy and

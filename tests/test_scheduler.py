@@ -279,3 +279,86 @@ def test_a_prediction_is_proposed_and_the_answer_is_the_models_own(model):
             assert req.accepted >= len(solo) - 6 and steps < len(solo) // 3, (req.accepted, steps)
         elif prediction is wrong:
             assert req.accepted > 0 and req.proposed > req.accepted
+
+
+# ------------------------------------------------------------------------------------------------ chunked prefill
+LONG = "The quick brown fox jumps over the lazy dog, twice."  # ~50 tokens on the tiny byte-level tokenizers
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sample"])
+def test_a_long_prompt_is_prefilled_in_parts_while_others_decode(model, sample):
+    """prefill_chunk (scheduler_prefill.py): a long prompt arriving while a request decodes goes in a part per step
+    (the running request gets a token every step meanwhile), joins once whole, and both get their solo tokens; n = 2
+    sampling rows too. Without rows decoding, a long prompt is prefilled whole."""
+    kw = [dict(max_new_tokens=24, do_sample=False, eos_token_id=None),
+          dict(max_new_tokens=6, do_sample=False, repetition_penalty=1.2)]
+    if sample:
+        kw = [dict(k, do_sample=True, seed=11 + i, top_k=8) for i, k in enumerate(kw)]
+        kw[1]["num_return_sequences"] = 2
+    prompts = [model.tokenizer.encode(PROMPTS[1]), model.tokenizer.encode(LONG)]
+    assert len(prompts[1]) > 3 * 8
+    sched = Scheduler(model, prefill_chunk=8)
+    reqs = [Request(p, model.resolve_config(k)) for p, k in zip(prompts, kw)]
+    sched.add(reqs[0])
+    sched.step()
+    sched.step()
+    sched.add(reqs[1])
+    made, parts = [], 0
+    while sched.busy:
+        before = len(reqs[0].new_ids[0])
+        sched.step()
+        if sched.prefilling:
+            parts += 1
+            made.append(len(reqs[0].new_ids[0]) - before)
+    assert parts >= len(prompts[1]) // 8 - 1 and made and all(m == 1 for m in made)  # a token a step meanwhile
+    for p, k, req in zip(prompts, kw, reqs):
+        assert req.done and req.error is None and req.new_ids == model.generate([p], **k).new_tokens, k
+    alone = Scheduler(model, prefill_chunk=8)
+    req = alone.add(Request(prompts[1], model.resolve_config(kw[1])))
+    alone.step()
+    assert not alone.prefilling and len(alone.rows) == req.n  # nobody decoding: prefilled whole, at once
+
+
+def test_a_prompt_in_parts_resumes_from_the_prefix_cache_and_is_kept(model):
+    """A long prompt that shares a start with a cached answer resumes there (its first part is the rest's first
+    part), and its whole prompt goes into the cache for the next turn; tokens equal solo; a cancelled prefilling
+    request leaves and frees its rows."""
+    from onnxlm.runtime.prefix_cache import PrefixCache
+    cache = PrefixCache(64 * 2**20)
+    kw = dict(max_new_tokens=8, do_sample=False, eos_token_id=None)
+    long_ids = model.tokenizer.encode(LONG)
+    sched = Scheduler(model, prefix_cache=cache, prefill_chunk=8, max_rows=2)
+    first = sched.add(Request(long_ids[:20], model.resolve_config(kw)))
+    while sched.busy:
+        sched.step()
+    runner = sched.add(Request(model.tokenizer.encode(PROMPTS[0]), model.resolve_config(dict(kw, max_new_tokens=40))))
+    sched.step()
+    second = sched.add(Request(long_ids, model.resolve_config(kw)))
+    sched.step()
+    assert sched.prefilling and second.cached_tokens >= 19  # resumed from the first turn's prompt
+    while sched.busy:
+        sched.step()
+    assert second.new_ids == model.generate([long_ids], **kw).new_tokens and runner.error is None
+    assert first.new_ids == model.generate([long_ids[:20]], **kw).new_tokens
+    third = sched.add(Request(long_ids + [5], model.resolve_config(kw)))
+    sched.add(Request(model.tokenizer.encode(PROMPTS[2]), model.resolve_config(dict(kw, max_new_tokens=30))))
+    sched.step()  # the short one joins whole; the long one resumes from the second's prompt (nothing left in parts)
+    assert third.cached_tokens >= len(long_ids) - 1
+    while sched.busy:
+        sched.step()
+    assert third.new_ids == model.generate([long_ids + [5]], **kw).new_tokens
+    # cancelled while prefilling: it leaves, its rows are free again
+    sched = Scheduler(model, prefill_chunk=8, max_rows=2)
+    sched.add(Request(model.tokenizer.encode(PROMPTS[0]), model.resolve_config(dict(kw, max_new_tokens=30))))
+    sched.step()
+    gone = sched.add(Request(long_ids, model.resolve_config(kw)))
+    sched.step()
+    assert sched.prefilling
+    sched.cancel(gone)
+    sched.step()
+    assert gone.done and not sched.prefilling and not gone.new_ids
+
+
+def test_prefill_chunk_is_checked():
+    with pytest.raises(ParameterError, match="prefill_chunk: got -1"):
+        Scheduler(type("M", (), {"is_encoder_decoder": False})(), prefill_chunk=-1)

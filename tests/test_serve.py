@@ -756,3 +756,39 @@ def test_openai_chat_fields_asking_for_what_is_not_done_are_400s(live, extra, pa
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
     r = post(live.url, "/v1/chat/completions", body)
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+# ------------------------------------------------------------------------------------------------ chunked prefill
+def test_a_long_prompt_is_prefilled_in_parts_while_a_stream_goes_on(tiny_llama):
+    """``--prefill-chunk`` (runtime/decoding/scheduler_prefill.py): a long prompt sent while a stream decodes is
+    prefilled a part per step (/metrics counts the parts), the stream keeps getting tokens meanwhile, and both
+    answers are what the model gives them alone."""
+    long_prompt = "The quick brown fox jumps over the lazy dog, twice."  # ~50 tokens on the tiny tokenizer
+    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), max_rows=4, max_queue=8, max_tokens=128, prefill_chunk=8)
+    try:
+        wait_health(srv.url)
+        stream_body = {"prompt": "Hello", "max_tokens": 128, "temperature": 0, "stream": True, "ignore_eos": True}
+        got = {}
+
+        def streaming():
+            got["stream"] = "".join(e["choices"][0]["text"] for e in sse_events(srv.url, "/v1/completions",
+                                                                              stream_body)[:-1])
+        t = threading.Thread(target=streaming)
+        t.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(srv.url + "/metrics", timeout=5).json()["running_rows"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        got["long"] = post(srv.url, "/v1/completions", {"prompt": long_prompt, "max_tokens": 5,
+                                                         "temperature": 0}).json()["choices"][0]["text"]
+        t.join(60)
+        metrics = wait_idle(srv.url)
+        assert metrics["prefill_parts"] >= 3 and metrics["prefilling_requests"] == 0
+        alone = post(srv.url, "/v1/completions", {"prompt": long_prompt, "max_tokens": 5, "temperature": 0,
+                                                  "logprobs": 1}).json()["choices"][0]  # prefilled whole: no rows
+        assert got["long"] == alone["text"] and wait_idle(srv.url)["prefill_parts"] == metrics["prefill_parts"]
+        want = post(srv.url, "/v1/completions", {**stream_body, "stream": False}).json()["choices"][0]["text"]
+        assert got["stream"] == want and len(alone["logprobs"]["tokens"]) == 5
+        prom = httpx.get(srv.url + "/metrics?format=prometheus", timeout=5).text
+        assert f"onnxlm_prefill_parts_total {metrics['prefill_parts']}" in prom
+    finally:
+        srv.stop()

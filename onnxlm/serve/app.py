@@ -62,7 +62,8 @@ def create_app(loader, config: ServeConfig) -> Starlette:
     if config.pooling is not None:
         check_pooling(config.pooling)  # ParameterError naming pooling: one of runtime/embedding.py's POOLINGS
     engine = Engine(_warn_without_chat(loader), max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb,
-                    kv_pool_mb=config.kv_pool_mb, prompt_lookup=config.prompt_lookup)
+                    kv_pool_mb=config.kv_pool_mb, prompt_lookup=config.prompt_lookup,
+                    prefill_chunk=config.prefill_chunk)
     state = ServeState(config, engine)
 
     @contextlib.asynccontextmanager

@@ -20,9 +20,10 @@ encodes it; ids go in as given. At most ``MAX_INPUTS`` inputs, each within the m
 artifact whose graph gives no last_hidden_state) answers 400 ``embeddings_not_supported``.
 
 The vectors are computed on the engine thread as a call in parts (engine.py): one part a batch of similar-length
-rows (``PART_ROWS`` rows and ``MAX_BATCH_TOKENS`` padded positions at most), so the running batch keeps decoding
-between them (its streams pause while a part runs: up to ~2,048 positions, or one long input's whole pass, as a long
-prompt's prefill holds them), and a client that goes away stops the parts left.
+rows (``PART_ROWS`` rows and the server's ``--prefill-chunk`` padded positions at most, else ``MAX_BATCH_TOKENS``),
+so the running batch keeps decoding between them (its streams pause while a part runs: no longer than for a long
+prompt's part; one input longer than that is one pass), and a client that goes away stops the parts left. The
+vectors are ``LanguageModel.embed``'s (a batch's padding never reaches a row's own positions).
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ import numpy as np
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
-from onnxlm.runtime.embedding import DEFAULT_POOLING, batches, check_normalize, check_pooling, embed_batch, normalized
+from onnxlm.runtime.embedding import (DEFAULT_POOLING, MAX_BATCH_TOKENS, batches, check_normalize, check_pooling,
+                                      embed_batch, normalized)
 from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 
 from . import protocol
@@ -249,7 +251,8 @@ class _EmbeddingCall:
     def __init__(self, st, rows: list[list[int]], pooling: str):
         self.st, self.loop, self.out = st, asyncio.get_running_loop(), asyncio.Queue()
         self.gone = threading.Event()
-        st.engine.call(embedding_parts(rows, pooling), self.loop, self.out, "embed", self.gone)
+        budget = st.config.prefill_chunk or MAX_BATCH_TOKENS  # a part stalls the batch no longer than a prompt's
+        st.engine.call(embedding_parts(rows, pooling, max_tokens=budget), self.loop, self.out, "embed", self.gone)
 
     def cancel(self) -> None:
         self.gone.set()
@@ -264,7 +267,8 @@ class _EmbeddingCall:
         return payload
 
 
-def embedding_parts(rows: list[list[int]], pooling: str, part_rows: int = PART_ROWS):
+def embedding_parts(rows: list[list[int]], pooling: str, part_rows: int = PART_ROWS,
+                    max_tokens: int = MAX_BATCH_TOKENS):
     """-> fn(model), a generator (an engine call in parts, engine.py) returning the rows' pooled vectors [n, D]
     float32, unnormalised, in the given order. One part is one of ``embedding.batches`` (rows of similar length, at
     most ``part_rows`` of them and ``MAX_BATCH_TOKENS`` padded positions: the batches ``LanguageModel.embed`` makes,
@@ -272,7 +276,7 @@ def embedding_parts(rows: list[list[int]], pooling: str, part_rows: int = PART_R
     and stops there once its client went away."""
     def run(model):
         out = [None] * len(rows)
-        for n, chunk in enumerate(batches([len(r) for r in rows], part_rows)):
+        for n, chunk in enumerate(batches([len(r) for r in rows], part_rows, max_tokens)):
             if n:
                 yield                                                   # the engine's turn: others' steps
             for i, v in zip(chunk, embed_batch(model, [rows[i] for i in chunk], pooling)):  # [c, D]

@@ -64,9 +64,10 @@ class Engine:
     """Loads the model in its thread (``ready`` is set after), then runs submitted work until ``stop``."""
 
     def __init__(self, loader: Callable[[], object], *, max_rows: int = 32, prefix_cache_mb: int = 0,
-                 kv_pool_mb: int = 0, prompt_lookup: int = 0):
+                 kv_pool_mb: int = 0, prompt_lookup: int = 0, prefill_chunk: int = 0):
         self.loader, self.max_rows, self.kv_pool_bytes = loader, max_rows, int(kv_pool_mb) * 2**20
         self.prompt_lookup = prompt_lookup  # a lone request's speculation (runtime/decoding/scheduler_speculation.py)
+        self.prefill_chunk = prefill_chunk  # a long prompt's part per step while rows decode (scheduler_prefill.py)
         self.kv_pool = None  # the model's BufferPool once loaded (fused layout only)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb) * 2**20)  # off at 0
         self.inbox: queue.Queue = queue.Queue()
@@ -128,6 +129,7 @@ class Engine:
         s = self.scheduler
         return {"running_rows": len(s.rows) if s else 0, "waiting_requests": len(s.waiting) if s else 0,
                 "steps": self.steps, "completion_tokens": self.generated, **self.prefix_cache.stats(),
+                "prefilling_requests": len(s.prefilling) if s else 0, "prefill_parts": s.prefill_parts if s else 0,
                 **_speculation_metrics(s.speculation if s else None),
                 **(self.kv_pool.stats() if self.kv_pool else {})}
 
@@ -139,7 +141,7 @@ class Engine:
                 self.kv_pool = self.model.keep_kv_buffers(self.kv_pool_bytes)
             self.scheduler = Scheduler(self.model, max_rows=self.max_rows,
                                        prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None,
-                                       prompt_lookup=self.prompt_lookup)
+                                       prompt_lookup=self.prompt_lookup, prefill_chunk=self.prefill_chunk)
             if self.prefix_cache.enabled and self.scheduler.prefix_cache is None:
                 log.info("the prefix cache is off: this model cannot resume from a cached prefix (an encoder-decoder "
                          "model)")
@@ -255,7 +257,7 @@ class Engine:
 
     def _forget_cancelled(self) -> None:
         """Cancelled requests that left (queue or batch) get their final message and are forgotten."""
-        live = {id(r) for r in self.scheduler.requests} | {id(r) for r in self.scheduler.waiting}
+        live = {id(r) for r in self.scheduler.held}
         for key in [k for k in self._sinks if k not in live]:
             self._task_ids.pop(key, None)
             self._sinks.pop(key)(("done", None))

@@ -29,6 +29,7 @@ COUNTERS = {
     "speculative_proposed_tokens": ("onnxlm_speculative_proposed_tokens_total", "tokens proposed by prompt lookup"),
     "speculative_accepted_tokens": ("onnxlm_speculative_accepted_tokens_total",
                                     "proposed tokens accepted (each saved a forward pass)"),
+    "prefill_parts": ("onnxlm_prefill_parts_total", "parts of long prompts prefilled while rows decoded"),
     "kv_pool_reused": ("onnxlm_kv_pool_reused_total", "KV buffers taken from the pool"),
     "kv_pool_fresh": ("onnxlm_kv_pool_fresh_total", "KV buffers allocated anew"),
 }
@@ -38,6 +39,7 @@ GAUGES = {
     "draining": ("onnxlm_draining", "1 while the server shuts down (SIGTERM): new requests get 503"),
     "running_rows": ("onnxlm_running_rows", "rows decoding in the batch now"),
     "waiting_requests": ("onnxlm_waiting_requests", "requests waiting for a place in the batch"),
+    "prefilling_requests": ("onnxlm_prefilling_requests", "long prompts being prefilled a part per step"),
     "prefix_cache_entries": ("onnxlm_prefix_cache_entries", "cached prompt prefixes"),
     "prefix_cache_bytes": ("onnxlm_prefix_cache_bytes", "bytes the prefix cache holds"),
     "kv_pool_bytes": ("onnxlm_kv_pool_bytes", "bytes of freed KV buffers kept for reuse"),

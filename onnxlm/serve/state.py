@@ -24,6 +24,7 @@ class ServeConfig:
     prefix_cache_mb: int = 256  # keys/values of recent sequences kept for reuse (runtime/prefix_cache.py); 0: off
     kv_pool_mb: int = 256  # freed KV buffers kept resident for the next ones (runtime/fused/buffer_pool.py); 0: off
     prompt_lookup: int = 0  # tokens a request decoding alone proposes by prompt lookup (speculative decoding); 0: off
+    prefill_chunk: int = 256  # a longer prompt arriving while rows decode: this many tokens a step; 0: whole
     slots: bool = True  # GET /slots answers (llama.cpp's monitoring endpoint: slots.py); False: 501
     pooling: str | None = None  # the embedding endpoints' pooling (runtime/embedding.py); None: the model's own
 

@@ -46,6 +46,7 @@ from ..prefix_cache import PrefixCache, feed_rest
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens, top_logprobs
 from ..streaming import IncrementalText
 from ..tokenizer import pad_batch
+from .scheduler_prefill import PromptInParts, feed_part, whole_state
 from .scheduler_speculation import proposer_for_request, speculative_pass
 from .speculative import SpeculationStats
 
@@ -160,12 +161,19 @@ class Scheduler:
     Not thread-safe: one thread owns it (the server's engine thread)."""
 
     def __init__(self, model, max_rows: int = 32, prefix_cache: PrefixCache | None = None,
-                 prompt_lookup: int | None = None):
+                 prompt_lookup: int | None = None, prefill_chunk: int | None = None):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ParameterError("max_rows", f"got {max_rows!r}; must be an integer >= 1")
         if prompt_lookup is not None and (not isinstance(prompt_lookup, int) or prompt_lookup < 0):
             raise ParameterError("prompt_lookup", f"got {prompt_lookup!r}; must be an integer >= 0 (0 or None: off)")
+        if prefill_chunk is not None and (isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int)
+                                          or prefill_chunk < 0):
+            raise ParameterError("prefill_chunk", f"got {prefill_chunk!r}; must be an integer >= 0 (0 or None: off)")
         self.model, self.max_rows = model, max_rows
+        # a longer prompt arriving while rows decode is prefilled this many tokens a step (scheduler_prefill.py)
+        self.prefill_chunk = prefill_chunk if prefill_chunk and not model.is_encoder_decoder else None
+        self.prefilling: list[PromptInParts] = []
+        self.prefill_parts = 0  # parts fed so far (a count for the server's /metrics)
         # tokens a request decoding alone proposes by prompt lookup (scheduler_speculation.py; a request's own
         # prompt_lookup_num_tokens wins), and what those speculative passes did
         self.prompt_lookup, self.speculation = prompt_lookup or None, SpeculationStats()
@@ -213,7 +221,12 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.rows)
+        return bool(self.waiting or self.rows or self.prefilling)
+
+    @property
+    def held(self) -> list[Request]:
+        """Every request not finished: waiting, being prefilled in parts, decoding."""
+        return self.waiting + [p.req for p in self.prefilling] + self.requests
 
     def row_progress(self) -> list[tuple[Request, int, int, int, bool]]:
         """Each batch row, in state order -> (its request, its row within it, tokens it has made, tokens it may
@@ -245,6 +258,8 @@ class Scheduler:
                 return out
             self.logits = self.state.advance(tokens)
         self._admit()
+        if self.prefilling:  # a long prompt's next part (scheduler_prefill.py); whole: it joins the batch
+            self._prefill_part()
         if not self.rows:
             return []
         out, keep, next_tokens = [], [], []
@@ -270,7 +285,7 @@ class Scheduler:
 
     def _speculating(self) -> tuple[Request, _Run] | None:
         """The request decoding alone that may speculate (one row in the batch, nobody waiting), or None."""
-        if len(self.rows) != 1 or self.waiting:
+        if len(self.rows) != 1 or self.waiting or self.prefilling:
             return None
         req = self.rows[0][0]
         run = self._runs[id(req)]
@@ -359,14 +374,14 @@ class Scheduler:
     def _admit(self) -> None:
         """Take waiting requests while rows are free, prefill them together (one left-padded ``start``, each row
         then repeated n times as ``_start_expanded`` does) and join that state to the running one."""
-        room, batch = self.max_rows - len(self.rows), []
+        room, batch = self.max_rows - len(self.rows) - sum(p.req.n for p in self.prefilling), []
         while self.waiting:
             req = self.waiting[0]
             if req.cancelled:
                 self.waiting.pop(0)
                 req.done = True
                 continue
-            if (self.rows or batch) and (req.n > room or self._alone(req)):
+            if (self.rows or batch or self.prefilling) and (req.n > room or self._alone(req)):
                 break
             batch.append(self.waiting.pop(0))
             room -= req.n
@@ -384,6 +399,10 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
                 self._fail(req, exc)
                 batch.remove(req)
+                continue
+            if self.prefill_chunk and self.rows and len(req.ids) > self.prefill_chunk:  # rows decode: in parts
+                self.prefilling.append(PromptInParts(req, *runs.pop(id(req))))
+                batch.remove(req)
         if not batch:
             return
         began = time.perf_counter()
@@ -395,6 +414,30 @@ class Scheduler:
             for req in batch:
                 self._fail(req, exc)
             return
+        self._join(batch, runs, state, first)
+
+    def _prefill_part(self) -> None:
+        """The first prefilling request's next part (its whole rest when no row decodes: nobody waits); once its
+        prompt is whole it joins the batch as a whole prefill's requests do."""
+        part = self.prefilling[0]
+        if part.req.prefill_at is None:
+            part.req.prefill_at = time.perf_counter()
+        try:
+            self.prefill_parts += 1
+            whole = feed_part(self, part, self.prefill_chunk if self.rows else len(part.req.ids))
+            if whole:
+                state, first = whole_state(self, part)
+        except Exception as exc:  # noqa: BLE001 - this request fails alone (the running batch is untouched)
+            self.prefilling.pop(0)
+            self._fail(part.req, exc)
+            return
+        if whole:
+            self.prefilling.pop(0)
+            self._join([part.req], {id(part.req): (part.sequences, part.run)}, state, first)
+
+    def _join(self, batch: list[Request], runs: dict, state, first: np.ndarray) -> None:
+        """Prefilled requests (their state's rows in ``batch`` order, each n times; next-token logits [sum n, V])
+        join the running batch: their rows go after its rows (``concat``)."""
         for req in batch:
             sequences, run = runs[id(req)]
             req.t0, req.sequences, req.active = sequences.shape[1], sequences, np.ones(req.n, bool)
@@ -501,6 +544,7 @@ class Scheduler:
     def _drop_cancelled(self) -> None:
         """Cancelled requests leave: their rows are dropped from the state before anything runs."""
         self.waiting = [r for r in self.waiting if not (r.cancelled and _mark_done(r))]
+        self.prefilling = [p for p in self.prefilling if not (p.req.cancelled and _mark_done(p.req))]
         if any(req.cancelled for req in self.requests):
             for req in self.requests:
                 if req.cancelled:
