@@ -289,13 +289,15 @@ LONG = "The quick brown fox jumps over the lazy dog, twice."  # ~50 tokens on th
 def test_a_long_prompt_is_prefilled_in_parts_while_others_decode(model, sample):
     """prefill_chunk (scheduler_prefill.py): a long prompt arriving while a request decodes goes in a part per step
     (the running request gets a token every step meanwhile), joins once whole, and both get their solo tokens; n = 2
-    sampling rows too. Without rows decoding, a long prompt is prefilled whole."""
+    sampling rows too. Alone it goes in parts as well, and a short request arriving meanwhile joins at once; a
+    second long prompt waits for the first (in order); short prompts admitted together stay within a part's
+    tokens a step."""
     kw = [dict(max_new_tokens=24, do_sample=False, eos_token_id=None),
           dict(max_new_tokens=6, do_sample=False, repetition_penalty=1.2)]
     if sample:
         kw = [dict(k, do_sample=True, seed=11 + i, top_k=8) for i, k in enumerate(kw)]
         kw[1]["num_return_sequences"] = 2
-    prompts = [model.tokenizer.encode(PROMPTS[1]), model.tokenizer.encode(LONG)]
+    prompts = [model.tokenizer.encode(PROMPTS[1])[:6], model.tokenizer.encode(LONG)]  # a short one, a long one
     assert len(prompts[1]) > 3 * 8
     sched = Scheduler(model, prefill_chunk=8)
     reqs = [Request(p, model.resolve_config(k)) for p, k in zip(prompts, kw)]
@@ -314,9 +316,25 @@ def test_a_long_prompt_is_prefilled_in_parts_while_others_decode(model, sample):
     for p, k, req in zip(prompts, kw, reqs):
         assert req.done and req.error is None and req.new_ids == model.generate([p], **k).new_tokens, k
     alone = Scheduler(model, prefill_chunk=8)
-    req = alone.add(Request(prompts[1], model.resolve_config(kw[1])))
+    first = alone.add(Request(prompts[1], model.resolve_config(kw[1])))
     alone.step()
-    assert not alone.prefilling and len(alone.rows) == req.n  # nobody decoding: prefilled whole, at once
+    assert alone.prefilling and not alone.rows  # nobody decoding: in parts all the same
+    second = alone.add(Request(prompts[1][:-3], model.resolve_config(kw[0])))
+    short = alone.add(Request(prompts[0][:6], model.resolve_config(kw[0])))
+    alone.step()
+    assert [p.req for p in alone.prefilling] == [first, second] and short.new_ids and len(short.new_ids[0]) == 1
+    order = []
+    while alone.busy:
+        alone.step()
+        order += [r for r in (first, second) if r.new_ids and r not in order]
+    assert order == [first, second]
+    budget = Scheduler(model, prefill_chunk=8)
+    few = [budget.add(Request(prompts[0][:5], model.resolve_config(kw[0]))) for _ in range(3)]
+    budget.step()
+    assert [bool(r.new_ids) for r in few] == [True, False, False] and len(budget.waiting) == 2  # 5 + 5 > 8
+    while budget.busy:
+        budget.step()
+    assert all(r.new_ids == few[0].new_ids for r in few)
 
 
 def test_a_prompt_in_parts_resumes_from_the_prefix_cache_and_is_kept(model):
@@ -331,7 +349,7 @@ def test_a_prompt_in_parts_resumes_from_the_prefix_cache_and_is_kept(model):
     first = sched.add(Request(long_ids[:20], model.resolve_config(kw)))
     while sched.busy:
         sched.step()
-    runner = sched.add(Request(model.tokenizer.encode(PROMPTS[0]), model.resolve_config(dict(kw, max_new_tokens=40))))
+    runner = sched.add(Request(model.tokenizer.encode(PROMPTS[0])[:6], model.resolve_config(dict(kw, max_new_tokens=40))))
     sched.step()
     second = sched.add(Request(long_ids, model.resolve_config(kw)))
     sched.step()
@@ -341,7 +359,7 @@ def test_a_prompt_in_parts_resumes_from_the_prefix_cache_and_is_kept(model):
     assert second.new_ids == model.generate([long_ids], **kw).new_tokens and runner.error is None
     assert first.new_ids == model.generate([long_ids[:20]], **kw).new_tokens
     third = sched.add(Request(long_ids + [5], model.resolve_config(kw)))
-    sched.add(Request(model.tokenizer.encode(PROMPTS[2]), model.resolve_config(dict(kw, max_new_tokens=30))))
+    sched.add(Request(model.tokenizer.encode(PROMPTS[2])[:6], model.resolve_config(dict(kw, max_new_tokens=30))))
     sched.step()  # the short one joins whole; the long one resumes from the second's prompt (nothing left in parts)
     assert third.cached_tokens >= len(long_ids) - 1
     while sched.busy:
@@ -349,7 +367,7 @@ def test_a_prompt_in_parts_resumes_from_the_prefix_cache_and_is_kept(model):
     assert third.new_ids == model.generate([long_ids + [5]], **kw).new_tokens
     # cancelled while prefilling: it leaves, its rows are free again
     sched = Scheduler(model, prefill_chunk=8, max_rows=2)
-    sched.add(Request(model.tokenizer.encode(PROMPTS[0]), model.resolve_config(dict(kw, max_new_tokens=30))))
+    sched.add(Request(model.tokenizer.encode(PROMPTS[0])[:6], model.resolve_config(dict(kw, max_new_tokens=30))))
     sched.step()
     gone = sched.add(Request(long_ids, model.resolve_config(kw)))
     sched.step()

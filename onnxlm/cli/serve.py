@@ -76,10 +76,12 @@ def add_parser(sub) -> None:
                         "on fp32 artifacts (a quantized variant's may part at near-ties, as in a shared batch); not "
                         "for structured output or n > 1; 0 turns it off (default: 0)")
     p.add_argument("--prefill-chunk", type=non_negative_int, default=256, metavar="N",
-                   help="a prompt of more than N tokens arriving while other requests decode is prefilled N tokens "
-                        "a step, between their steps, and joins the batch once whole: their streams go on (a "
-                        "3,000-token prompt prefilled whole stalled a SmolLM2 stream for 6.7 s, in parts of 256 "
-                        "for 0.7 s at most); the same tokens on fp32 artifacts; 0 prefills every prompt whole "
+                   help="a prompt of more than N tokens is prefilled N tokens a step, between the other requests' "
+                        "steps, and joins the batch once whole; shorter prompts arriving together are prefilled "
+                        "together up to N tokens a step: the other requests' streams go on (a 3,000-token prompt "
+                        "prefilled whole stalled a SmolLM2 stream for 6.7 s, in parts of 256 for about 0.7 s; a part "
+                        "late in a long context costs more); the same tokens on fp32 artifacts; small values cost "
+                        "speed (a pass a part: 1 is a pass per prompt token); 0 prefills every prompt whole "
                         "(default: 256)")
     p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="how /v1/embeddings and llama.cpp's /embedding pool a text's last hidden states into one "

@@ -20,9 +20,10 @@ encodes it; ids go in as given. At most ``MAX_INPUTS`` inputs, each within the m
 artifact whose graph gives no last_hidden_state) answers 400 ``embeddings_not_supported``.
 
 The vectors are computed on the engine thread as a call in parts (engine.py): one part a batch of similar-length
-rows (``PART_ROWS`` rows and the server's ``--prefill-chunk`` padded positions at most, else ``MAX_BATCH_TOKENS``),
-so the running batch keeps decoding between them (its streams pause while a part runs: no longer than for a long
-prompt's part; one input longer than that is one pass), and a client that goes away stops the parts left. The
+rows (``PART_ROWS`` rows and the server's ``--prefill-chunk`` padded positions at most, never more than
+``MAX_BATCH_TOKENS``), so the running batch keeps decoding between them (its streams pause while a part runs, as for
+a long prompt's part; but one input longer than that is one pass, its whole length), and a client that goes away
+stops the parts left. The
 vectors are ``LanguageModel.embed``'s (a batch's padding never reaches a row's own positions).
 """
 from __future__ import annotations
@@ -251,7 +252,7 @@ class _EmbeddingCall:
     def __init__(self, st, rows: list[list[int]], pooling: str):
         self.st, self.loop, self.out = st, asyncio.get_running_loop(), asyncio.Queue()
         self.gone = threading.Event()
-        budget = st.config.prefill_chunk or MAX_BATCH_TOKENS  # a part stalls the batch no longer than a prompt's
+        budget = min(st.config.prefill_chunk or MAX_BATCH_TOKENS, MAX_BATCH_TOKENS)  # a part: a prompt part's work
         st.engine.call(embedding_parts(rows, pooling, max_tokens=budget), self.loop, self.out, "embed", self.gone)
 
     def cancel(self) -> None:
@@ -271,8 +272,8 @@ def embedding_parts(rows: list[list[int]], pooling: str, part_rows: int = PART_R
                     max_tokens: int = MAX_BATCH_TOKENS):
     """-> fn(model), a generator (an engine call in parts, engine.py) returning the rows' pooled vectors [n, D]
     float32, unnormalised, in the given order. One part is one of ``embedding.batches`` (rows of similar length, at
-    most ``part_rows`` of them and ``MAX_BATCH_TOKENS`` padded positions: the batches ``LanguageModel.embed`` makes,
-    so the same vectors), one forward pass; it yields between parts, so the batch's decoding steps run meanwhile,
+    most ``part_rows`` of them and ``max_tokens`` padded positions: the vectors ``LanguageModel.embed`` gives), one
+    forward pass; it yields between parts, so the batch's decoding steps run meanwhile,
     and stops there once its client went away."""
     def run(model):
         out = [None] * len(rows)

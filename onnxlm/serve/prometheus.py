@@ -29,7 +29,7 @@ COUNTERS = {
     "speculative_proposed_tokens": ("onnxlm_speculative_proposed_tokens_total", "tokens proposed by prompt lookup"),
     "speculative_accepted_tokens": ("onnxlm_speculative_accepted_tokens_total",
                                     "proposed tokens accepted (each saved a forward pass)"),
-    "prefill_parts": ("onnxlm_prefill_parts_total", "parts of long prompts prefilled while rows decoded"),
+    "prefill_parts": ("onnxlm_prefill_parts_total", "parts of long prompts prefilled a part per step"),
     "kv_pool_reused": ("onnxlm_kv_pool_reused_total", "KV buffers taken from the pool"),
     "kv_pool_fresh": ("onnxlm_kv_pool_fresh_total", "KV buffers allocated anew"),
 }

@@ -229,13 +229,17 @@ class Scheduler:
         return self.waiting + [p.req for p in self.prefilling] + self.requests
 
     def row_progress(self) -> list[tuple[Request, int, int, int, bool]]:
-        """Each batch row, in state order -> (its request, its row within it, tokens it has made, tokens it may
-        still make before its length limit, whether it speculates while alone in the batch). A snapshot for
+        """Each batch row, in state order, then the rows reserved by prompts being prefilled -> (its request, its
+        row within it, tokens it has made, tokens it may still make before its length limit, whether it speculates
+        while alone in the batch). A snapshot for
         monitoring (the server's /slots); call it on the thread that owns the scheduler, between steps."""
         out = []
         for req, r in self.rows:
             made, run = len(req.new_ids[r]), self._runs[id(req)]
             out.append((req, r, made, max(run.max_length - req.t0 - made, 0), run.proposer is not None))
+        for part in self.prefilling:  # rows held by a prompt being prefilled: busy, nothing made yet
+            out += [(part.req, r, 0, max(part.run.max_length - part.sequences.shape[1], 0), False)
+                    for r in range(part.req.n)]
         return out
 
     # ------------------------------------------------------------------ one step
@@ -375,6 +379,7 @@ class Scheduler:
         """Take waiting requests while rows are free, prefill them together (one left-padded ``start``, each row
         then repeated n times as ``_start_expanded`` does) and join that state to the running one."""
         room, batch = self.max_rows - len(self.rows) - sum(p.req.n for p in self.prefilling), []
+        budget = self.prefill_chunk  # prompt tokens prefilled whole this step (None: no bound)
         while self.waiting:
             req = self.waiting[0]
             if req.cancelled:
@@ -383,6 +388,10 @@ class Scheduler:
                 continue
             if (self.rows or batch or self.prefilling) and (req.n > room or self._alone(req)):
                 break
+            if budget is not None and len(req.ids) <= self.prefill_chunk:  # short prompts share one pass: so many
+                if batch and len(req.ids) > budget:  # that the step grows past a part's work wait for the next
+                    break
+                budget -= len(req.ids)
             batch.append(self.waiting.pop(0))
             room -= req.n
             if self._alone(req):  # seq2seq: one request at a time
@@ -400,7 +409,7 @@ class Scheduler:
                 self._fail(req, exc)
                 batch.remove(req)
                 continue
-            if self.prefill_chunk and self.rows and len(req.ids) > self.prefill_chunk:  # rows decode: in parts
+            if self.prefill_chunk and len(req.ids) > self.prefill_chunk:  # a long prompt: a part per step, in order
                 self.prefilling.append(PromptInParts(req, *runs.pop(id(req))))
                 batch.remove(req)
         if not batch:
@@ -417,14 +426,15 @@ class Scheduler:
         self._join(batch, runs, state, first)
 
     def _prefill_part(self) -> None:
-        """The first prefilling request's next part (its whole rest when no row decodes: nobody waits); once its
-        prompt is whole it joins the batch as a whole prefill's requests do."""
+        """The first prefilling request's next part; once its prompt is whole it joins the batch as a whole
+        prefill's requests do. Always in parts, with or without rows decoding: a short request arriving meanwhile
+        joins at the next step instead of waiting for the whole prompt (parts cost ~3 % more than one pass)."""
         part = self.prefilling[0]
         if part.req.prefill_at is None:
             part.req.prefill_at = time.perf_counter()
         try:
             self.prefill_parts += 1
-            whole = feed_part(self, part, self.prefill_chunk if self.rows else len(part.req.ids))
+            whole = feed_part(self, part, self.prefill_chunk)
             if whole:
                 state, first = whole_state(self, part)
         except Exception as exc:  # noqa: BLE001 - this request fails alone (the running batch is untouched)
