@@ -112,13 +112,7 @@ class PrefixCache:
         hit or a miss and marks the snapshot recently used. Reuse is at most t - 1 (the last token is fed for the
         next-token logits), or t from a snapshot that starts with these ids and holds the logits after them; a
         snapshot with checkpoints resumes at the longest of them within that."""
-        ids = np.asarray(ids, dtype=np.int64)
-        best, reuse = None, 0
-        for key, snap in self.entries.items():
-            p = common_prefix(ids, snap.ids)
-            p = snap.resumable(p, len(ids) if p == len(ids) and p in snap.logits else len(ids) - 1)
-            if p > reuse:
-                best, reuse = key, p
+        best, reuse = self._best(ids)
         if best is None:
             self.misses += 1
             return None, 0
@@ -126,6 +120,22 @@ class PrefixCache:
         self.hits += 1
         self.reused_tokens += reuse
         return self.entries[best], reuse
+
+    def peek(self, ids) -> int:
+        """The positions ``lookup`` would reuse for ids [t], without counting a hit or a miss or marking anything
+        used (the scheduler's admission asks how much of a prompt is left to compute)."""
+        return self._best(ids)[1]
+
+    def _best(self, ids) -> tuple[bytes | None, int]:
+        """ids [t] -> (the key of the entry sharing the longest resumable prefix, positions to reuse), or (None, 0)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        best, reuse = None, 0
+        for key, snap in self.entries.items():
+            p = common_prefix(ids, snap.ids)
+            p = snap.resumable(p, len(ids) if p == len(ids) and p in snap.logits else len(ids) - 1)
+            if p > reuse:
+                best, reuse = key, p
+        return best, reuse
 
     def covers(self, ids) -> bool:
         """Is there an entry whose ids start with these (marked recently used)? It serves every lookup an entry of

@@ -380,3 +380,24 @@ def test_a_prompt_in_parts_resumes_from_the_prefix_cache_and_is_kept(model):
 def test_prefill_chunk_is_checked():
     with pytest.raises(ParameterError, match="prefill_chunk: got -1"):
         Scheduler(type("M", (), {"is_encoder_decoder": False})(), prefill_chunk=-1)
+
+
+def test_a_next_turn_mostly_cached_is_not_prefilled_in_parts(model):
+    """The chunk bounds the positions a prefill computes: a long prompt whose start the prefix cache holds (a chat's
+    next turn) joins with the admission's others, not a part a step; its tokens equal solo."""
+    from onnxlm.runtime.prefix_cache import PrefixCache
+    cache = PrefixCache(64 * 2**20)
+    kw = dict(max_new_tokens=4, do_sample=False, eos_token_id=None)
+    long_ids = model.tokenizer.encode(LONG)
+    sched = Scheduler(model, prefix_cache=cache, prefill_chunk=8)
+    first = sched.add(Request(long_ids, model.resolve_config(kw)))
+    while sched.busy:
+        sched.step()
+    turn = long_ids + first.new_ids[0] + long_ids[:5]
+    assert cache.peek(turn) >= len(long_ids) and cache.hits == 0  # peek counts nothing
+    nxt = sched.add(Request(turn, model.resolve_config(kw)))
+    sched.step()
+    assert not sched.prefilling and nxt.new_ids and nxt.cached_tokens >= len(long_ids)
+    while sched.busy:
+        sched.step()
+    assert nxt.new_ids == model.generate([turn], **kw).new_tokens

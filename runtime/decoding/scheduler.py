@@ -379,7 +379,7 @@ class Scheduler:
         """Take waiting requests while rows are free, prefill them together (one left-padded ``start``, each row
         then repeated n times as ``_start_expanded`` does) and join that state to the running one."""
         room, batch = self.max_rows - len(self.rows) - sum(p.req.n for p in self.prefilling), []
-        budget = self.prefill_chunk  # prompt tokens prefilled whole this step (None: no bound)
+        budget, todo = self.prefill_chunk, {}  # prompt tokens prefilled whole this step (None: no bound); per request
         while self.waiting:
             req = self.waiting[0]
             if req.cancelled:
@@ -388,10 +388,12 @@ class Scheduler:
                 continue
             if (self.rows or batch or self.prefilling) and (req.n > room or self._alone(req)):
                 break
-            if budget is not None and len(req.ids) <= self.prefill_chunk:  # short prompts share one pass: so many
-                if batch and len(req.ids) > budget:  # that the step grows past a part's work wait for the next
-                    break
-                budget -= len(req.ids)
+            if budget is not None:
+                todo[id(req)] = self._to_compute(req)
+                if todo[id(req)] <= self.prefill_chunk:  # short ones share a pass: so many that the step grows
+                    if batch and todo[id(req)] > budget:  # past a part's work wait for the next
+                        break
+                    budget -= todo[id(req)]
             batch.append(self.waiting.pop(0))
             room -= req.n
             if self._alone(req):  # seq2seq: one request at a time
@@ -409,7 +411,7 @@ class Scheduler:
                 self._fail(req, exc)
                 batch.remove(req)
                 continue
-            if self.prefill_chunk and len(req.ids) > self.prefill_chunk:  # a long prompt: a part per step, in order
+            if self.prefill_chunk and todo[id(req)] > self.prefill_chunk:  # long: a part a step, in order
                 self.prefilling.append(PromptInParts(req, *runs.pop(id(req))))
                 batch.remove(req)
         if not batch:
@@ -424,6 +426,11 @@ class Scheduler:
                 self._fail(req, exc)
             return
         self._join(batch, runs, state, first)
+
+    def _to_compute(self, req: Request) -> int:
+        """The prompt positions a request's prefill computes: those the prefix cache does not hold (a next turn
+        whose conversation is cached is short, prefilled with the admission's others, borrowing the entry)."""
+        return len(req.ids) - (self.prefix_cache.peek(req.ids) if self.prefix_cache else 0)
 
     def _prefill_part(self) -> None:
         """The first prefilling request's next part; once its prompt is whole it joins the batch as a whole
