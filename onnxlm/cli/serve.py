@@ -76,8 +76,9 @@ def add_parser(sub) -> None:
                         "on fp32 artifacts (a quantized variant's may part at near-ties, as in a shared batch); not "
                         "for structured output or n > 1; 0 turns it off (default: 0)")
     p.add_argument("--prefill-chunk", type=non_negative_int, default=256, metavar="N",
-                   help="a prompt of more than N tokens is prefilled N tokens a step, between the other requests' "
-                        "steps, and joins the batch once whole; shorter prompts arriving together are prefilled "
+                   help="a prompt with more than N tokens to compute (what the prefix cache holds is not) is "
+                        "prefilled N tokens a step, between the other requests' steps, and joins the batch once "
+                        "whole; shorter prompts arriving together are prefilled "
                         "together up to N tokens a step: the other requests' streams go on (a 3,000-token prompt "
                         "prefilled whole stalled a SmolLM2 stream for 6.7 s, in parts of 256 for about 0.7 s; a part "
                         "late in a long context costs more); the same tokens on fp32 artifacts; small values cost "
