@@ -70,6 +70,11 @@ class Snapshot:
         state there where the model has one (its checkpoint)."""
         return self.kv if self.checkpoints is None else {**self.kv, **self.checkpoints[reuse]}
 
+    def within(self, reuse: int) -> dict:
+        """The recurrent states after lengths up to ``reuse`` ({length: state}; {} without checkpoints): a prompt
+        resumed from this entry keeps them in its own entry too."""
+        return {n: c for n, c in (self.checkpoints or {}).items() if n <= reuse}
+
 
 def _state_bytes(state: dict) -> int:
     """A checkpoint (name -> array) -> its bytes."""

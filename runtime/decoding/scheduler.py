@@ -46,7 +46,7 @@ from ..prefix_cache import PrefixCache, feed_rest
 from ..processors import build_processors, greedy_tokens, log_softmax, sample_tokens, top_logprobs
 from ..streaming import IncrementalText
 from ..tokenizer import pad_batch
-from .scheduler_prefill import PromptInParts, feed_part, whole_state
+from .scheduler_prefill import PromptInParts, feed_part
 from .scheduler_speculation import proposer_for_request, speculative_pass
 from .speculative import SpeculationStats
 
@@ -443,7 +443,7 @@ class Scheduler:
             self.prefill_parts += 1
             whole = feed_part(self, part, self.prefill_chunk)
             if whole:
-                state, first = whole_state(self, part)
+                state, first = self._prefilled([part.req], part.state, part.logits, {id(part.req): part.earlier})
         except Exception as exc:  # noqa: BLE001 - this request fails alone (the running batch is untouched)
             self.prefilling.pop(0)
             self._fail(part.req, exc)
@@ -480,8 +480,7 @@ class Scheduler:
         for req in cold:                                   # its own; a decoder-only model's are all None)
             starts.setdefault(req.config.decoder_start_token_id, []).append(req)
         cold = [req for group in starts.values() for req in group]
-        earlier = {id(req): {n: c for n, c in (snap.checkpoints or {}).items() if n <= reuse}  # a hybrid's states
-                   for req, snap, reuse in warm}  # within the reused positions: the new entry keeps them too
+        earlier = {id(req): snap.within(reuse) for req, snap, reuse in warm}  # a hybrid's states in the reused part
         parts = []                                                  # (state, logits [1 or b, V]) per group
         with self._prompt_marks():                        # a hybrid model's states inside prompts, for the cache
             for start_id, group in starts.items():
@@ -489,16 +488,27 @@ class Scheduler:
                 parts.append(self.model.start(ids, mask, decoder_start_token_id=start_id))
             users = Counter(id(snap) for _, snap, _ in warm)  # a snapshot several resume from is copied for each
             for req, snap, reuse in warm:                     # the cached positions, then the rest
-                rest, req.cached_tokens = req.ids[reuse:], reuse
-                state = self.prefix_cache.lend(snap, reuse) if users[id(snap)] == 1 else None  # its dropped state
-                if state is None:                                                              # or a copy
-                    state, first = self.model.resume(snap.state_at(reuse), reuse, rest)
-                else:
-                    first = feed_rest(state, rest)
-                parts.append((state, snap.logits[reuse][None] if first is None else first))  # all held: cached
+                parts.append(self._resume(req, snap, reuse, req.ids[reuse:], lend=users[id(snap)] == 1))
         batch[:] = cold + [w[0] for w in warm]
         state = type(parts[0][0]).concat([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-        logits = np.concatenate([p[1] for p in parts])
+        return self._prefilled(batch, state, np.concatenate([p[1] for p in parts]), earlier)
+
+    def _resume(self, req: Request, snap, reuse: int, rest, lend: bool):
+        """A request's prompt from a prefix-cache entry: its first ``reuse`` positions from ``snap`` (the entry's
+        dropped state itself where ``lend`` and the cache lends it, else a copy), then one pass over ``rest`` ->
+        (a one-row state, next-token logits [1, V])."""
+        req.cached_tokens = reuse
+        state = self.prefix_cache.lend(snap, reuse) if lend else None  # its dropped state
+        if state is None:                                               # or a copy
+            state, first = self.model.resume(snap.state_at(reuse), reuse, rest)
+        else:
+            first = feed_rest(state, rest)
+        return state, snap.logits[reuse][None] if first is None else first  # all held: the cached logits
+
+    def _prefilled(self, batch: list[Request], state, logits: np.ndarray, earlier: dict):
+        """Prefilled prompts (state rows and logits [b, V] in ``batch`` order; ``earlier``: id(req) -> a hybrid's
+        states within its reused positions) -> (state, logits [sum n, V]): each prompt marked for the prefix cache
+        (copied after the step), each row repeated n times."""
         if self.prefix_cache is not None:                           # each prompt, for those to come (after the step)
             self._snapshots += [(req.ids, state.snapshot(i, copy=False), logits[i].copy(), state, None,
                                  state.checkpoint(i), {**earlier.get(id(req), {}), **state.take_prompt_checkpoints(i)})
