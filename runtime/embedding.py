@@ -41,6 +41,12 @@ def manifest_refusal(path, manifest: dict) -> str | None:
             f"family has one); this artifact is a {kind} on the {layout} layout")
 
 
+def manifest_pooling(manifest: dict) -> str:
+    """An artifact's default pooling: its manifest's ``pooling`` (the model's own), else ``DEFAULT_POOLING``."""
+    pooling = manifest.get("pooling")
+    return pooling if pooling in POOLINGS else DEFAULT_POOLING
+
+
 def check_pooling(pooling) -> str:
     if pooling not in POOLINGS:
         raise ParameterError("pooling", f"got {pooling!r}; allowed: {', '.join(map(repr, POOLINGS))}")

@@ -516,10 +516,9 @@ class LanguageModel:
     @property
     def default_pooling(self) -> str:
         """The pooling ``embed`` uses unless told: the manifest's ``pooling`` (the model's own), else 'mean'."""
-        from .embedding import DEFAULT_POOLING, POOLINGS
+        from .embedding import manifest_pooling
 
-        pooling = self.manifest.get("pooling")
-        return pooling if pooling in POOLINGS else DEFAULT_POOLING
+        return manifest_pooling(self.manifest)
 
     def check_embeddings(self) -> None:
         """Raise ModelFileError unless this artifact's graph gives the hidden states ``embed`` pools."""

@@ -92,15 +92,15 @@ class JobSpec:
     def embed_pooling(self) -> str:
         """embed: the pooling the rows get: `pooling`, else the artifact's own (its manifest's `pooling`, as
         `LanguageModel.default_pooling`), else 'mean'."""
-        from onnxlm.runtime.embedding import DEFAULT_POOLING, POOLINGS
+        from onnxlm.runtime.embedding import manifest_pooling
         if self.pooling is not None:
             return self.pooling
         manifest = self.model_dir / "onnxlm.json"
         try:
-            own = json.loads(manifest.read_text(encoding="utf-8")).get("pooling") if manifest.is_file() else None
-        except (OSError, ValueError, AttributeError):
-            own = None  # an unreadable manifest: loading the model refuses it
-        return own if own in POOLINGS else DEFAULT_POOLING
+            found = json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {}
+        except (OSError, ValueError):
+            found = {}  # an unreadable manifest: loading the model refuses it
+        return manifest_pooling(found if isinstance(found, dict) else {})
 
     @property
     def parts_dir(self) -> Path:
