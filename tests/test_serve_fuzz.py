@@ -223,28 +223,34 @@ TOKENIZE_PATHS = {
 }
 
 
-def tokenize_bodies(path: str):
-    """A valid body of ``path`` with 1-2 of its fields replaced or added."""
-    bases, fields = TOKENIZE_PATHS[path]
-    names = st.lists(st.sampled_from(fields), min_size=1, max_size=2, unique=True)
+def replaced(bases: list[dict], fields: list[str], values: dict, most: int):
+    """A valid body of ``bases`` with 1-``most`` of ``fields`` (drawn from ``values``) replaced or added."""
+    names = st.lists(st.sampled_from(fields), min_size=1, max_size=most, unique=True)
     return st.tuples(st.sampled_from(bases), names).flatmap(
-        lambda picked: st.fixed_dictionaries({k: TOKENIZE_FIELDS[k] for k in picked[1]}).map(
+        lambda picked: st.fixed_dictionaries({k: values[k] for k in picked[1]}).map(
             lambda extra: {**picked[0], **extra}))
 
 
-@pytest.mark.parametrize("path", ["/tokenize", "/detokenize", "/apply-template"])
-def test_hostile_tokenize_bodies_never_get_a_5xx(live, http, path):
+def post_each(http, path: str, bodies) -> list[int]:
+    """Each body ``bodies`` draws (a quarter of EXAMPLES) posted to ``path`` and checked (``_check``) -> the
+    statuses."""
     statuses = []
 
     @settings(SETTINGS, max_examples=max(EXAMPLES // 4, 1))
-    @given(body=tokenize_bodies(path))
+    @given(body=bodies)
     def one(body):
-        raw = json.dumps(body, allow_nan=True)
-        r = http.post(path, content=raw, headers={"Content-Type": "application/json"})
+        r = http.post(path, content=json.dumps(body, allow_nan=True), headers={"Content-Type": "application/json"})
         statuses.append(r.status_code)
         _check(r, body)
 
     one()
+    return statuses
+
+
+@pytest.mark.parametrize("path", ["/tokenize", "/detokenize", "/apply-template"])
+def test_hostile_tokenize_bodies_never_get_a_5xx(live, http, path):
+    """A valid body of ``path`` with 1-2 of its fields replaced or added."""
+    statuses = post_each(http, path, replaced(*TOKENIZE_PATHS[path], TOKENIZE_FIELDS, 2))
     assert wait_health(live.url)["status"] == "ok"
     assert 200 in statuses and 400 in statuses, statuses  # bodies that pass, and bodies refused
 
@@ -278,20 +284,8 @@ NATIVE_FIELDS = {
 
 def test_hostile_native_completion_bodies_never_get_a_5xx(live, http):
     """llama.cpp's /completion: a valid body (2 tokens) with 1-3 of its fields replaced or added."""
-    statuses = []
-    names = st.lists(st.sampled_from(sorted(NATIVE_FIELDS)), min_size=1, max_size=3, unique=True)
-    native = names.flatmap(lambda picked: st.fixed_dictionaries({k: NATIVE_FIELDS[k] for k in picked}).map(
-        lambda extra: {"prompt": "Hello", "n_predict": 2, **extra}))
-
-    @settings(SETTINGS, max_examples=max(EXAMPLES // 4, 1))
-    @given(body=native)
-    def one(body):
-        r = http.post("/completion", content=json.dumps(body, allow_nan=True),
-                      headers={"Content-Type": "application/json"})
-        statuses.append(r.status_code)
-        _check(r, body)
-
-    one()
+    statuses = post_each(http, "/completion", replaced([{"prompt": "Hello", "n_predict": 2}], sorted(NATIVE_FIELDS),
+                                                       NATIVE_FIELDS, 3))
     assert wait_health(live.url)["status"] == "ok"
     wait_idle(live.url)
     assert 200 in statuses and 400 in statuses, statuses
@@ -330,22 +324,8 @@ def live_fused(tmp_path_factory, tiny_llama):
 @pytest.mark.parametrize("path", sorted(EMBEDDING_PATHS))
 def test_hostile_embedding_bodies_never_get_a_5xx(live_fused, path):
     """A valid embedding body with 1-3 of its fields replaced or added."""
-    bases, fields = EMBEDDING_PATHS[path]
-    names = st.lists(st.sampled_from(fields), min_size=1, max_size=3, unique=True)
-    embedding = st.tuples(st.sampled_from(bases), names).flatmap(
-        lambda picked: st.fixed_dictionaries({k: EMBEDDING_FIELDS[k] for k in picked[1]}).map(
-            lambda extra: {**picked[0], **extra}))
-    statuses = []
-
     with httpx.Client(base_url=live_fused.url, timeout=60) as http:
-        @settings(SETTINGS, max_examples=max(EXAMPLES // 4, 1))
-        @given(body=embedding)
-        def one(body):
-            r = http.post(path, content=json.dumps(body, allow_nan=True), headers={"Content-Type": "application/json"})
-            statuses.append(r.status_code)
-            _check(r, body)
-
-        one()
+        statuses = post_each(http, path, replaced(*EMBEDDING_PATHS[path], EMBEDDING_FIELDS, 3))
     assert wait_health(live_fused.url)["status"] == "ok"
     wait_idle(live_fused.url)
     assert 200 in statuses and 400 in statuses, statuses
