@@ -7,9 +7,11 @@ tokens/s of each mode, their ratio, acceptance (accepted / proposed tokens), tok
 the ids equal plain's (on a quantized variant's int8 activations a pass of several positions may round otherwise:
 docs/design.md, "Rows per pass"). A third mode sends a ``prediction`` (OpenAI's predicted outputs) without prompt
 lookup: the text a client would predict the answer from (the passage to copy, the invoice, the code; none for the
-free text).
+free text). With ``--draft DIR`` a fourth mode speculates with that draft model (the server's ``--draft``;
+runtime/decoding/scheduler_draft.py, llama.cpp's defaults: up to 16 tokens a round, p_min 0.75), and the draft's
+own plain tokens/s are measured beside (its cost against the model's).
 
-    python -m benchmarks.scheduler_speculation MODEL_DIR [--prompt-lookup 10] [--write docs/benchmarks.md]
+    python -m benchmarks.scheduler_speculation MODEL_DIR [--prompt-lookup 10] [--draft DIR] [--write docs/benchmarks.md]
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import onnxlm
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
+from onnxlm.runtime.decoding.scheduler_draft import ServerDraft
 
 from benchmarks.speculative import CODE, DOCUMENT, PASSAGE, TASKS
 
@@ -28,11 +31,11 @@ PREDICTIONS = {"copy/edit": PASSAGE.replace("kilometres", "km"), "extraction": D
                "free text": None, "code rewrite": CODE}
 
 
-def one(model, ids: list[int], max_new: int, lookup: int, prediction: str | None = None
+def one(model, ids: list[int], max_new: int, lookup: int, prediction: str | None = None, draft=None
         ) -> tuple[float, list[int], object, int]:
-    """One request alone -> (tokens/s from admission to its last token, its new ids, the speculation counts,
-    scheduler steps)."""
-    sched = Scheduler(model, prompt_lookup=lookup)
+    """One request alone (``draft``: a ServerDraft or None) -> (tokens/s from admission to its last token, its new
+    ids, the speculation counts, scheduler steps)."""
+    sched = Scheduler(model, prompt_lookup=lookup, draft=draft)
     predicted = model.tokenizer.encode(prediction, add_special_tokens=False) if prediction else None
     req = sched.add(Request(ids, model.resolve_config(dict(max_new_tokens=max_new, do_sample=False)),
                             prediction=predicted))
@@ -43,40 +46,47 @@ def one(model, ids: list[int], max_new: int, lookup: int, prediction: str | None
     return len(req.new_ids[0]) / (time.perf_counter() - t), req.new_ids[0], sched.speculation, steps
 
 
-def run(model_dir: Path, lookup: int, repeats: int, max_new: int) -> dict:
+def run(model_dir: Path, lookup: int, repeats: int, max_new: int, draft_dir: Path | None = None) -> dict:
     model = onnxlm.load(model_dir, threads=2)
+    draft_model = onnxlm.load(draft_dir, threads=2) if draft_dir else None
+    draft = ServerDraft(draft_model, model) if draft_model is not None else None
     rows = {}
     for task, text in TASKS.items():
         ids = model.render_chat([{"role": "user", "content": text}], tokenize=True)
-        best, out = {"plain": 0.0, "lookup": 0.0, "prediction": 0.0}, {}
-        modes = [("plain", 0, None), ("lookup", lookup, None)] + (
-            [("prediction", 0, PREDICTIONS[task])] if PREDICTIONS.get(task) else [])
+        best, out = {"plain": 0.0, "lookup": 0.0, "prediction": 0.0, "draft": 0.0, "draft alone": 0.0}, {}
+        modes = [("plain", model, 0, None, None), ("lookup", model, lookup, None, None)] + (
+            [("prediction", model, 0, PREDICTIONS[task], None)] if PREDICTIONS.get(task) else []) + (
+            [("draft", model, 0, None, draft), ("draft alone", draft_model, 0, None, None)] if draft else [])
         for _ in range(repeats):
-            for mode, n, prediction in modes:  # interleaved: contention hits every mode alike
-                rate, new, counts, steps = one(model, ids, max_new, n, prediction)
+            for mode, m, n, prediction, d in modes:  # interleaved: contention hits every mode alike
+                rate, new, counts, steps = one(m, ids, max_new, n, prediction, d)
                 best[mode] = max(best[mode], rate)
                 out[mode] = (new, counts, steps)
         rows[task] = (best, out)
-    return {"rows": rows, "lookup": lookup, "model": model_dir}
+    return {"rows": rows, "lookup": lookup, "model": model_dir, "draft": draft_dir}
 
 
 def table(result: dict, command: str) -> str:
+    drafted = (f", and the draft model `{result['draft']}` (`--draft`; its own plain tokens/s in the last column)"
+               if result.get("draft") else "")
     lines = [f"`{command}`: one request alone in the scheduler (the server's engine loop, no HTTP), "
              f"`--prompt-lookup {result['lookup']}` against plain, and a `prediction` (the task's source text) without "
-             "prompt lookup; greedy, the chat tasks of `benchmarks.speculative`; best of the repeats, modes "
+             f"prompt lookup{drafted}; greedy, the chat tasks of `benchmarks.speculative`; best of the repeats, modes "
              "interleaved.", "",
-             "| task | new tokens | plain tok/s | mode | tok/s | ×plain | accept | tokens/step | ids equal |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| task | new tokens | plain tok/s | mode | tok/s | ×plain | accept | tokens/step | ids equal |"
+             + (" draft alone tok/s |" if drafted else ""), "|---|---|---|---|---|---|---|---|---|"
+             + ("---|" if drafted else "")]
     for task, (best, out) in result["rows"].items():
         plain = out["plain"][0]
-        for mode in ("lookup", "prediction"):
+        for mode in ("lookup", "prediction", "draft"):
             if mode not in out:
                 continue
             new, counts, steps = out[mode]
             accept = f"{counts.accepted / counts.proposed:.2f}" if counts.proposed else "-"
             lines.append(f"| {task} | {len(plain)} | {best['plain']:.1f} | {mode} | {best[mode]:.1f} | "
                          f"{best[mode] / best['plain']:.2f} | {accept} | {len(new) / steps:.2f} | "
-                         f"{'yes' if new == plain else 'NO'} |")
+                         f"{'yes' if new == plain else 'NO'} |"
+                         + ((f" {best['draft alone']:.1f} |" if mode == "draft" else " - |") if drafted else ""))
     return "\n".join(lines)
 
 
@@ -85,11 +95,12 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", type=Path)
     p.add_argument("--prompt-lookup", type=int, default=10, help="tokens proposed at most (default: 10)")
+    p.add_argument("--draft", type=Path, help="also speculate with this draft model (an artifact directory)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=160)
     p.add_argument("--write", type=Path, help="update the 'scheduler_speculation' section of this Markdown file")
     args = p.parse_args(argv)
-    result = run(args.model_dir, args.prompt_lookup, args.repeats, args.max_new_tokens)
+    result = run(args.model_dir, args.prompt_lookup, args.repeats, args.max_new_tokens, args.draft)
     command = "python -m benchmarks.scheduler_speculation " + " ".join(sys.argv[1:] if argv is None else argv)
     text = table(result, command)
     print(text)

@@ -30,9 +30,9 @@ class Live:
         self.thread.join(10)
 
 
-def start(loader, **config) -> Live:
+def start(loader, draft_loader=None, **config) -> Live:
     from onnxlm.serve.app import ServeConfig, create_app, start_in_thread
-    app = create_app(loader, ServeConfig(**{"model_name": "tiny", **config}))
+    app = create_app(loader, ServeConfig(**{"model_name": "tiny", **config}), draft_loader=draft_loader)
     server, thread, port = start_in_thread(app)
     return Live(app, server, thread, port)
 

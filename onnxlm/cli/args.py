@@ -38,6 +38,17 @@ def non_empty_text(text: str) -> str:
     return text
 
 
+def probability(text: str) -> float:
+    """A number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails it too
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (seconds): NaN, inf and negatives refused."""
     try:

@@ -9,11 +9,12 @@ import threading
 import time
 from pathlib import Path
 
+from onnxlm.runtime.decoding.scheduler_draft import DRAFT_MAX, DRAFT_MIN, DRAFT_P_MIN
 from onnxlm.runtime.embedding import POOLINGS
 from onnxlm.runtime.errors import ModelFileError, OnnxlmError, ParameterError
 
-from .args import (add_model_args, command_parser, model_path, non_negative_float, non_negative_int, port,
-                   positive_int)
+from .args import (add_model_args, command_parser, given_model, model_path, non_negative_float, non_negative_int,
+                   port, positive_int, probability)
 
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
@@ -35,6 +36,7 @@ examples:
        -d '{"prompt": "The capital of France is", "max_tokens": 10, "temperature": 0}'
   curl http://127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\
        -d '{"input": ["first text", "second text"]}'
+  onnxlm serve big-model.gguf --draft small-model.gguf   # speculative decoding with a draft model
 """
 
 
@@ -75,6 +77,22 @@ def add_parser(sub) -> None:
                         "pass; fewer passes where answers repeat their context (code edits, quotes), the same tokens "
                         "on fp32 artifacts (a quantized variant's may part at near-ties, as in a shared batch); not "
                         "for structured output or n > 1; 0 turns it off (default: 0)")
+    d = p.add_argument_group("speculative decoding with a draft model (llama.cpp's -md; not with --prompt-lookup)")
+    d.add_argument("--draft", "--model-draft", "-md", metavar="MODEL", default=None,
+                   help="a smaller model with the same vocabulary (an artifact directory or a .gguf file, loaded "
+                        "with the same --provider/--threads): while a request decodes alone it drafts up to "
+                        "--draft-max tokens, greedily, that the model checks in one pass; the same tokens as "
+                        "without it (greedy and seeded sampling alike; on fp32 artifacts), fewer passes of the "
+                        "model where the draft guesses well. It pays when the draft's step costs a small share of "
+                        "the model's (a 1B model with a 135M draft), not for drafts nearly as slow as the model; "
+                        "not for structured output or n > 1")
+    d.add_argument("--draft-max", type=positive_int, default=DRAFT_MAX, metavar="N",
+                   help=f"tokens a draft round proposes at most, 1-64 (default: {DRAFT_MAX})")
+    d.add_argument("--draft-min", type=non_negative_int, default=DRAFT_MIN, metavar="N",
+                   help=f"a draft of fewer tokens is not checked (a plain step instead) (default: {DRAFT_MIN})")
+    d.add_argument("--draft-p-min", type=probability, default=DRAFT_P_MIN, metavar="P",
+                   help="the draft stops after a token it gives less than P probability (its scores after the "
+                        f"request's logits processors) (default: {DRAFT_P_MIN})")
     p.add_argument("--prefill-chunk", type=non_negative_int, default=256, metavar="N",
                    help="a prompt with more than N tokens to compute (what the prefix cache holds is not) is "
                         "prefilled N tokens a step, between the other requests' steps, and joins the batch once "
@@ -111,8 +129,10 @@ def run(args) -> int:
 
     from onnxlm.serve.app import ServeConfig, create_app
 
+    check_draft_args(args)
     check_listen(args.host, args.port)  # before a first run's export, not after it
     path = model_path(args)  # a .gguf file: its cached artifact, exported on first use
+    draft_path = draft_artifact(args.draft) if args.draft else None
     if not path.is_dir():
         raise ModelFileError(f"{path}: not a model directory (give an artifact directory from onnxlm export, or a "
                              ".gguf file)", str(path))
@@ -122,13 +142,17 @@ def run(args) -> int:
                          max_rows=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens,
                          max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
                          prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb, slots=args.slots,
-                         prompt_lookup=args.prompt_lookup, prefill_chunk=args.prefill_chunk, pooling=args.pooling)
+                         prompt_lookup=args.prompt_lookup, prefill_chunk=args.prefill_chunk, pooling=args.pooling,
+                         draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min)
     def load_model():
         model = load(path, provider=args.provider, threads=args.threads, verify=args.verify)
         check_prompt_cap(args.max_prompt_tokens, model)
         return model
 
-    app = create_app(load_model, config)
+    def load_draft():
+        return load(draft_path, provider=args.provider, threads=args.threads, verify=args.verify)
+
+    app = create_app(load_model, config, draft_loader=load_draft if draft_path else None)
     state = app.state.serve
     server = draining_server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                             timeout_graceful_shutdown=5), state, args.shutdown_timeout)
@@ -141,6 +165,39 @@ def run(args) -> int:
     if state.engine.load_error is not None:
         raise OnnxlmError(f"loading {path} failed: {state.engine.load_error}")
     return 0
+
+
+def check_draft_args(args) -> None:
+    """--draft's options, refused by name before anything loads: with --prompt-lookup, --draft-max past 64,
+    --draft-min past --draft-max, or --draft-* without --draft (they would change nothing)."""
+    given = [f"--draft-{n}" for n, d in (("max", DRAFT_MAX), ("min", DRAFT_MIN), ("p-min", DRAFT_P_MIN))
+             if getattr(args, "draft_" + n.replace("-", "_")) != d]
+    if not args.draft:
+        if given:
+            raise ParameterError(given[0].lstrip("-").replace("-", "_"), f"{given[0]} needs --draft MODEL (a draft "
+                                 "model to speculate with)")
+        return
+    if args.prompt_lookup:
+        raise ParameterError("draft", "--draft and --prompt-lookup: give one of them (a request's own "
+                             "prompt_lookup_num_tokens still asks for prompt lookup)")
+    if args.draft_max > 64:
+        raise ParameterError("draft_max", f"--draft-max {args.draft_max}; allowed: 1 to 64")
+    if args.draft_min > args.draft_max:
+        raise ParameterError("draft_min", f"--draft-min {args.draft_min} is more than --draft-max "
+                             f"{args.draft_max}; allowed: 0 to {args.draft_max}")
+
+
+def draft_artifact(given: str) -> Path:
+    """--draft as given -> the artifact directory to load (a .gguf file's cached artifact, exported on first use)."""
+    path, gguf = given_model(given)
+    if gguf:
+        from onnxlm.export.gguf_artifact import ensure_gguf_artifact
+
+        return ensure_gguf_artifact(path)
+    if not path.is_dir():
+        raise ModelFileError(f"--draft {path}: not a model directory (give an artifact directory from onnxlm export, "
+                             "or a .gguf file)", str(path))
+    return path
 
 
 def check_prompt_cap(cap: int | None, model) -> None:

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from onnxlm.runtime.embedding import check_pooling
-from onnxlm.runtime.errors import OnnxlmError
+from onnxlm.runtime.errors import OnnxlmError, ParameterError
 from onnxlm.runtime.manifest import no_chat_template
 
 from .anthropic import count_tokens, messages
@@ -57,13 +57,18 @@ def _warn_without_chat(loader):
     return load
 
 
-def create_app(loader, config: ServeConfig) -> Starlette:
-    """loader: () -> model (runs on the engine thread, so /health answers 503 while it loads)."""
+def create_app(loader, config: ServeConfig, draft_loader=None) -> Starlette:
+    """loader: () -> model (runs on the engine thread, so /health answers 503 while it loads); draft_loader: () ->
+    a draft model for speculative decoding (``config.draft_*``; runtime/decoding/scheduler_draft.py), or None."""
     if config.pooling is not None:
         check_pooling(config.pooling)  # ParameterError naming pooling: one of runtime/embedding.py's POOLINGS
+    if draft_loader is not None and config.prompt_lookup:
+        raise ParameterError("draft", "a draft model or prompt lookup (prompt_lookup), not both")
     engine = Engine(_warn_without_chat(loader), max_rows=config.max_rows, prefix_cache_mb=config.prefix_cache_mb,
                     kv_pool_mb=config.kv_pool_mb, prompt_lookup=config.prompt_lookup,
-                    prefill_chunk=config.prefill_chunk)
+                    prefill_chunk=config.prefill_chunk, draft_loader=draft_loader,
+                    draft_settings=dict(max_tokens=config.draft_max, min_tokens=config.draft_min,
+                                        p_min=config.draft_p_min))
     state = ServeState(config, engine)
 
     @contextlib.asynccontextmanager

@@ -22,6 +22,7 @@ import threading
 from typing import Callable
 
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
+from onnxlm.runtime.decoding.scheduler_draft import ServerDraft
 from onnxlm.runtime.prefix_cache import PrefixCache
 
 from .errors import users_mistake
@@ -64,9 +65,12 @@ class Engine:
     """Loads the model in its thread (``ready`` is set after), then runs submitted work until ``stop``."""
 
     def __init__(self, loader: Callable[[], object], *, max_rows: int = 32, prefix_cache_mb: int = 0,
-                 kv_pool_mb: int = 0, prompt_lookup: int = 0, prefill_chunk: int = 0):
+                 kv_pool_mb: int = 0, prompt_lookup: int = 0, prefill_chunk: int = 0,
+                 draft_loader: Callable[[], object] | None = None, draft_settings: dict | None = None):
         self.loader, self.max_rows, self.kv_pool_bytes = loader, max_rows, int(kv_pool_mb) * 2**20
         self.prompt_lookup = prompt_lookup  # a lone request's speculation (runtime/decoding/scheduler_speculation.py)
+        # or a draft model's (scheduler_draft.py): loaded after the model, on this thread; ServerDraft's settings
+        self.draft_loader, self.draft_settings, self.draft = draft_loader, dict(draft_settings or {}), None
         self.prefill_chunk = prefill_chunk  # a long prompt's part per step while rows decode (scheduler_prefill.py)
         self.kv_pool = None  # the model's BufferPool once loaded (fused layout only)
         self.prefix_cache = PrefixCache(int(prefix_cache_mb) * 2**20)  # off at 0
@@ -139,9 +143,12 @@ class Engine:
             self.model = self.loader()
             if hasattr(self.model, "keep_kv_buffers"):  # fused layout: freed KV buffers stay resident for reuse
                 self.kv_pool = self.model.keep_kv_buffers(self.kv_pool_bytes)
+            if self.draft_loader is not None:  # its vocabulary checked against the model's (a ParameterError)
+                self.draft = ServerDraft(self.draft_loader(), self.model, **self.draft_settings)
             self.scheduler = Scheduler(self.model, max_rows=self.max_rows,
                                        prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None,
-                                       prompt_lookup=self.prompt_lookup, prefill_chunk=self.prefill_chunk)
+                                       prompt_lookup=self.prompt_lookup, prefill_chunk=self.prefill_chunk,
+                                       draft=self.draft)
             if self.prefix_cache.enabled and self.scheduler.prefix_cache is None:
                 log.info("the prefix cache is off: this model cannot resume from a cached prefix (an encoder-decoder "
                          "model)")

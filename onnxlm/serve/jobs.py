@@ -108,10 +108,11 @@ async def output_constraint(model, body: dict):
 
 def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, texts: list,
                param: str, constraint=None, samplers: list | None = None, overrides: dict | None = None,
-               first: list | None = None) -> list[Job]:
+               first: list | None = None, draft: dict | None = None) -> list[Job]:
     """One job per prompt; ``samplers``: the scheduler request's last processors (llama.cpp's chain: llamacpp.py);
     ``first``: processors before all others (llama.cpp's logit biases); ``overrides``: generation parameters set
-    over the sampling's (llama.cpp's /infill: its end-of-generation ids)."""
+    over the sampling's (llama.cpp's /infill: its end-of-generation ids); ``draft``: the request's draft settings
+    (llama.cpp's speculative.*: ``Request.draft``)."""
     for name in ("prompt_lookup_num_tokens", "prediction"):
         if samp.extra.get(name) and model.is_encoder_decoder:
             raise bad(name, "speculative decoding runs on decoder-only models; this is a seq2seq model")
@@ -139,7 +140,7 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
                 t0 = model.initial_sequences(np.asarray([ids])).shape[1]
                 extra.append(PresenceFrequencyPenaltyProcessor(samp.presence_penalty, samp.frequency_penalty, t0))
             job.req = Request(ids, config, logprobs=samp.logprobs, extra_processors=extra, constraint=constraint,
-                              samplers=list(samplers or []), prediction=predicted)
+                              samplers=list(samplers or []), prediction=predicted, draft=draft)
             try:
                 st.engine.scheduler.prepare(job.req)
             except (ParameterError, InputError) as exc:

@@ -39,7 +39,7 @@ from .llamacpp_limits import LineLimits
 from .llamacpp_request import NativeRequest, encode_prompt, parse
 from .protocol import bad
 from .run import admit, until_done_or_gone
-from .state import state_of
+from .state import draft_settings, state_of
 from .streaming import stream
 
 STOP_TYPES = {"eos": "eos", "stop": "word", "length": "limit", None: "limit"}
@@ -61,7 +61,7 @@ async def _serve(request: HTTPRequest, infill: bool):
     st = state_of(request)
     raw = await read_limited(request, int(st.config.max_body_mb * 2**20))
     body = protocol.parse_body(raw, request.headers.get("content-type"))
-    req = parse(body, max_tokens_cap=st.config.max_tokens, infill=infill)
+    req = parse(body, max_tokens_cap=st.config.max_tokens, infill=infill, draft=draft_settings(st.config))
     chunks = llamacpp_infill.check(body) if infill else None
     constraint = await output_constraint(model, body)
     # encoding long prompts and building the jobs takes a while: off the event loop, so other streams go on
@@ -108,7 +108,7 @@ def _jobs(model, st, req: NativeRequest, constraint, infill_body: dict | None = 
                                  num_beams=1, logprobs=req.n_probs or None, max_tokens_param=req.n_predict_name,
                                  ignore_eos=req.ignore_eos)
         jobs += make_jobs(model, st, samp, [ids], [""], "prompt", constraint, samplers=chain, overrides=overrides,
-                          first=biases)
+                          first=biases, draft=req.draft)
     return jobs
 
 

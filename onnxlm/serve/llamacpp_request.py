@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from onnxlm.runtime.decoding.scheduler_draft import DRAFT_MAX, DRAFT_MIN, DRAFT_P_MIN
 from onnxlm.runtime.errors import InputError, ParameterError
 from onnxlm.runtime.llama_samplers import DEFAULT_ORDER, FLOAT32_MAX, sampler_chain
 from onnxlm.runtime.processors import SequenceBiasProcessor
@@ -52,10 +53,14 @@ NUMBERS = {"dynatemp_exponent", "mirostat_tau", "mirostat_eta", "dry_base", "xtc
 INTEGERS = {"dry_allowed_length", "dry_penalty_last_n", "n_keep", "id_slot", "n_discard", "t_max_prompt_ms"}
 FLAGS = {"cache_prompt", "penalize_nl"}
 
+#: llama.cpp's per-request draft settings (the server's --draft; runtime/decoding/scheduler_draft.py) -> the
+#: ``Request.draft`` key each sets; without a draft model they change nothing (as in llama.cpp)
+DRAFT_FIELDS = {"speculative.n_max": "max_tokens", "speculative.n_min": "min_tokens", "speculative.p_min": "p_min"}
+
 KEYS = ({"prompt", "n_predict", "max_tokens", "stream", "stop", "seed", "n_probs", "return_tokens", "response_fields",
          "timings_per_token", "ignore_eos", "logit_bias", "samplers", "grammar", "json_schema", "response_format",
          "dry_sequence_breakers", "model", "n_indent", "t_max_predict_ms"}
-        | set(DEFAULTS) | set(NOT_DONE) | set(EMPTY_ONLY) | NUMBERS | INTEGERS | FLAGS)
+        | set(DEFAULTS) | set(NOT_DONE) | set(EMPTY_ONLY) | NUMBERS | INTEGERS | FLAGS | set(DRAFT_FIELDS))
 
 
 @dataclass
@@ -81,6 +86,7 @@ class NativeRequest:
     n_predict_name: str = "n_predict"  # or max_tokens, as the body named it
     n_indent: int = 0  # llamacpp_limits.py
     t_max_predict_ms: int = 0
+    draft: dict = field(default_factory=dict)  # the draft settings it runs with: Request.draft's keys (DRAFT_FIELDS)
 
     def settings(self) -> dict:
         """llama.cpp's ``generation_settings``: the options the request ran with."""
@@ -92,7 +98,8 @@ class NativeRequest:
                 "frequency_penalty": c["frequency_penalty"], "min_keep": c["min_keep"], "stop": list(self.stop),
                 "max_tokens": self.n_predict, "ignore_eos": self.ignore_eos, "stream": self.stream,
                 "n_probs": self.n_probs, "samplers": list(self.order), "timings_per_token": self.timings_per_token,
-                "post_sampling_probs": False, "n_indent": self.n_indent, "t_max_predict_ms": self.t_max_predict_ms}
+                "post_sampling_probs": False, "n_indent": self.n_indent, "t_max_predict_ms": self.t_max_predict_ms,
+                **{name: self.draft[key] for name, key in DRAFT_FIELDS.items()}}
 
     def biases(self, model) -> list:
         """The first step of llama.cpp's chain, before a grammar's mask (whose check then sees a conflict): its logit
@@ -129,10 +136,11 @@ def _order(value) -> list[str]:
     return [NAMES[s] for s in value]
 
 
-def parse(body: dict, *, max_tokens_cap: int, infill: bool = False) -> NativeRequest:
+def parse(body: dict, *, max_tokens_cap: int, infill: bool = False, draft: dict | None = None) -> NativeRequest:
     """A /completion body (JSON object) -> NativeRequest, every field checked (400 naming it). ``infill``: an
     /infill body (its own fields are llamacpp_infill.py's; its ``prompt`` is optional and goes into the FIM
-    prompt)."""
+    prompt). ``draft``: the server's draft settings ({"max_tokens", "min_tokens", "p_min"}), which the body's
+    ``speculative.*`` fields override."""
     keys = KEYS | INFILL_KEYS if infill else KEYS
     unknown = sorted(k for k in body if k not in keys)
     if unknown:
@@ -207,7 +215,19 @@ def parse(body: dict, *, max_tokens_cap: int, infill: bool = False) -> NativeReq
                          greedy=chain["temperature"] <= 0 and "temperature" in order,  # llama.cpp: keeps the top
                          order=order, chain=chain, bias=body.get("logit_bias"),
                          n_indent=max(0, _get_int(body, "n_indent", 0)),  # below 0: off, as 0
-                         t_max_predict_ms=max(0, _get_int(body, "t_max_predict_ms", 0)))
+                         t_max_predict_ms=max(0, _get_int(body, "t_max_predict_ms", 0)),
+                         draft=_draft(body, draft or {"max_tokens": DRAFT_MAX, "min_tokens": DRAFT_MIN,
+                                                      "p_min": DRAFT_P_MIN}))
+
+
+def _draft(body: dict, server: dict) -> dict:
+    """The body's ``speculative.n_max`` (0-64; 0: no draft), ``speculative.n_min`` (0 to n_max, as llama.cpp clamps
+    it) and ``speculative.p_min`` (0-1) over the server's draft settings."""
+    out = dict(server)
+    out["max_tokens"] = _get_int(body, "speculative.n_max", out["max_tokens"], lo=0, hi=64)
+    out["min_tokens"] = min(_get_int(body, "speculative.n_min", out["min_tokens"], lo=0), out["max_tokens"])
+    out["p_min"] = _get_num(body, "speculative.p_min", out["p_min"], 0.0, 1.0)
+    return out
 
 
 def _is_mixed(p) -> bool:

@@ -22,7 +22,7 @@ from .jobs import make_jobs, output_constraint
 from .openai_fields import check_chat_extras
 from .protocol import bad
 from .run import admit, collect
-from .state import state_of
+from .state import draft_settings, state_of
 from .streaming import completion_chunks, stream
 
 
@@ -69,7 +69,8 @@ async def props(request: HTTPRequest):
     model = available(request)
     st = state_of(request)
     specials = model.manifest.get("special_tokens", {}) if isinstance(model.manifest, dict) else {}
-    params = llamacpp_request.parse({"prompt": ""}, max_tokens_cap=st.config.max_tokens).settings()
+    params = llamacpp_request.parse({"prompt": ""}, max_tokens_cap=st.config.max_tokens,
+                                    draft=draft_settings(st.config)).settings()
     openai = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
               "presence_penalty": 0.0, "frequency_penalty": 0.0}
     return JSONResponse({

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request as HTTPRequest
 
+from onnxlm.runtime.decoding.scheduler_draft import DRAFT_MAX, DRAFT_MIN, DRAFT_P_MIN
+
 from .engine import Engine
 from .protocol import APIError
 
@@ -24,6 +26,11 @@ class ServeConfig:
     prefix_cache_mb: int = 256  # keys/values of recent sequences kept for reuse (runtime/prefix_cache.py); 0: off
     kv_pool_mb: int = 256  # freed KV buffers kept resident for the next ones (runtime/fused/buffer_pool.py); 0: off
     prompt_lookup: int = 0  # tokens a request decoding alone proposes by prompt lookup (speculative decoding); 0: off
+    # a draft model's speculation for a request decoding alone (runtime/decoding/scheduler_draft.py; the draft is
+    # create_app's draft_loader): llama.cpp's --draft-max / --draft-min / --draft-p-min
+    draft_max: int = DRAFT_MAX
+    draft_min: int = DRAFT_MIN
+    draft_p_min: float = DRAFT_P_MIN
     prefill_chunk: int = 256  # a longer prompt arriving while rows decode: this many tokens a step; 0: whole
     slots: bool = True  # GET /slots answers (llama.cpp's monitoring endpoint: slots.py); False: 501
     pooling: str | None = None  # the embedding endpoints' pooling (runtime/embedding.py); None: the model's own
@@ -47,6 +54,11 @@ class ServeState:
         """Add to a counter of /metrics (handlers on the event loop and worker threads both count)."""
         with self.lock:
             self.counters[name] += amount
+
+
+def draft_settings(config: ServeConfig) -> dict:
+    """The server's draft settings as ``Request.draft`` holds a request's (runtime/decoding/scheduler_draft.py)."""
+    return {"max_tokens": config.draft_max, "min_tokens": config.draft_min, "p_min": config.draft_p_min}
 
 
 def state_of(request: HTTPRequest) -> ServeState:

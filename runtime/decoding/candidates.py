@@ -116,18 +116,10 @@ class DraftModel:
 
     def propose(self, sequences: np.ndarray, active: np.ndarray):
         """sequences [1, t] int64 -> candidates [1, k] int64, draft probabilities [1, k, V] float64."""
-        row = sequences[0]
-        most = min(int(self.num_tokens), self.cap or int(self.num_tokens), self.max_length - len(row) - 1)
+        most = self._most(sequences[0])
         if most <= 0 or not active[0]:
             return _NONE
-        # 1. forget what the draft holds past the ids it shares with the row, then feed the row's new ids
-        m = min(len(self.fed), len(row) - 1)                                      # the row's last id is never held
-        same = int(np.argmin(np.append(self.fed[:m] == row[:m], False)))          # common prefix length
-        if same < len(self.fed):
-            self.state.rollback(np.array([len(self.fed) - same]))
-        new = row[same:]
-        logits = (self.state.extend(new[None, :])[:, -1] if len(new) > 1 else self.state.advance(new))
-        self.fed = row.copy()
+        logits = self._catch_up(sequences[0])        # 1. the draft holds the row: its next-token logits [1, V]
         # 2. decode up to `most` tokens, stopping as transformers' assistant does
         seq, tokens, probs = sequences, [], []
         for i in range(most):
@@ -145,6 +137,22 @@ class DraftModel:
             logits = self.state.advance(token)                                    # the last token is not fed
             self.fed = np.append(self.fed, token)
         return np.asarray([tokens], np.int64), np.stack(probs)[None]
+
+    def _most(self, row: np.ndarray) -> int:
+        """row [t] int64 -> the most tokens this round may draft (its schedule, the cap, the length limit)."""
+        return min(int(self.num_tokens), self.cap or int(self.num_tokens), self.max_length - len(row) - 1)
+
+    def _catch_up(self, row: np.ndarray) -> np.ndarray:
+        """row [t] int64 -> the draft's next-token logits [1, V] after it: what the draft holds past the ids it shares
+        with the row is forgotten (rolled back), then the row's ids it does not hold are fed in one pass."""
+        m = min(len(self.fed), len(row) - 1)                                      # the row's last id is never held
+        same = int(np.argmin(np.append(self.fed[:m] == row[:m], False)))          # common prefix length
+        if same < len(self.fed):
+            self.state.rollback(np.array([len(self.fed) - same]))
+        new = row[same:]
+        logits = (self.state.extend(new[None, :])[:, -1] if len(new) > 1 else self.state.advance(new))
+        self.fed = row.copy()
+        return logits
 
     def update(self, matches: int, k: int) -> None:
         """transformers' schedule: all k accepted -> 2 more next time, else 1 fewer (at least 1)."""

@@ -16,8 +16,8 @@ queues it; each ``step``:
 4. drops finished rows from the state at once (``state.select``); cancelled requests' rows are dropped at the
    start of the next step, before its forward pass.
 
-A request decoding alone may speculate instead (prompt lookup: several of its positions picked per pass; see
-scheduler_speculation.py), with the same tokens.
+A request decoding alone may speculate instead (prompt lookup, or a draft model's proposals: several of its
+positions picked per pass; see scheduler_speculation.py and scheduler_draft.py), with the same tokens.
 
 So each request's ids are what ``model.generate`` gives for it alone (greedy: identical ids, up to the float
 reduction order of a different batch shape; sampling with a seed: the same draws). On a quantized variant's int8
@@ -47,6 +47,7 @@ from ..processors import build_processors, greedy_tokens, log_softmax, sample_to
 from ..streaming import IncrementalText
 from ..tokenizer import pad_batch
 from .scheduler_prefill import PromptInParts, feed_part
+from .scheduler_draft import ServerDraft
 from .scheduler_speculation import proposer_for_request, speculative_pass
 from .speculative import SpeculationStats
 
@@ -85,6 +86,9 @@ class Request:
     # ids the answer is expected to follow closely (OpenAI's predicted outputs): proposals while the request decodes
     # alone (scheduler_speculation.py); None: none
     prediction: list[int] | None = None
+    # its own draft settings over the scheduler's draft model's (scheduler_draft.py; llama.cpp's per-request
+    # speculative.n_max / n_min / p_min): {"max_tokens", "min_tokens", "p_min"}, any of them; None: the scheduler's
+    draft: dict | None = None
     # set by the scheduler
     n: int = 1
     t0: int = 0  # ids before the first new one (causal: the prompt; seq2seq: the start token)
@@ -122,7 +126,8 @@ class _Uniforms:
 class _Run:
     """Per-request decoding objects (processors, rng, stop check, text streams) made at admission."""
 
-    def __init__(self, model, req: Request, t0: int, max_length: int, prompt_lookup: int | None = None):
+    def __init__(self, model, req: Request, t0: int, max_length: int, prompt_lookup: int | None = None,
+                 draft=None):
         c = req.config
         # the request's own matchers, one per active row (in req.active order): rows that finish are dropped from
         # it in _pick, so the batch's joins and drops never reorder them
@@ -143,8 +148,8 @@ class _Run:
         hold = max((len(s) for s in c.stop_list()), default=1) - 1
         tok = model.tokenizer.tokenizer if model.tokenizer is not None else None
         self.streams = [IncrementalText(tok, hold=hold) for _ in range(req.n)]
-        # prompt lookup while the request decodes alone (scheduler_speculation.py), or None
-        self.proposer = proposer_for_request(model, req, self.processors, max_length, prompt_lookup)
+        # prompt lookup or the draft model while the request decodes alone (scheduler_speculation.py), or None
+        self.proposer = proposer_for_request(model, req, self.processors, max_length, prompt_lookup, draft)
 
     def scores(self, sequences: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """sequences [k, t] int64, logits [k, V] float32 -> processed scores [k, V] float32."""
@@ -161,7 +166,7 @@ class Scheduler:
     Not thread-safe: one thread owns it (the server's engine thread)."""
 
     def __init__(self, model, max_rows: int = 32, prefix_cache: PrefixCache | None = None,
-                 prompt_lookup: int | None = None, prefill_chunk: int | None = None):
+                 prompt_lookup: int | None = None, prefill_chunk: int | None = None, draft=None):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ParameterError("max_rows", f"got {max_rows!r}; must be an integer >= 1")
         if prompt_lookup is not None and (not isinstance(prompt_lookup, int) or prompt_lookup < 0):
@@ -177,6 +182,13 @@ class Scheduler:
         # tokens a request decoding alone proposes by prompt lookup (scheduler_speculation.py; a request's own
         # prompt_lookup_num_tokens wins), and what those speculative passes did
         self.prompt_lookup, self.speculation = prompt_lookup or None, SpeculationStats()
+        # a draft model's proposals instead (scheduler_draft.py's ServerDraft: the server's --draft), or None
+        if draft is not None and not isinstance(draft, ServerDraft):
+            raise ParameterError("draft", f"got {type(draft).__name__}; pass a ServerDraft(draft_model, model, ...)")
+        if draft is not None and self.prompt_lookup:
+            raise ParameterError("draft", "pass either draft or prompt_lookup, not both (a request's own "
+                                 "prompt_lookup_num_tokens still asks for prompt lookup)")
+        self.draft = draft
         # keys/values of recent sequences (runtime/prefix_cache.py); causal models only
         self.prefix_cache = prefix_cache if prefix_cache is not None and not model.is_encoder_decoder else None
         self.waiting: list[Request] = []
@@ -406,7 +418,8 @@ class Scheduler:
                 sequences = np.repeat(self.model.initial_sequences(np.asarray([req.ids], np.int64),
                                                                    req.config.decoder_start_token_id), req.n, axis=0)
                 _, max_len = self.model._lengths(req.config, sequences.shape[1])
-                runs[id(req)] = (sequences, _Run(self.model, req, sequences.shape[1], max_len, self.prompt_lookup))
+                runs[id(req)] = (sequences, _Run(self.model, req, sequences.shape[1], max_len, self.prompt_lookup,
+                                                            self.draft))
             except Exception as exc:  # noqa: BLE001 - handed to the caller through req.error
                 self._fail(req, exc)
                 batch.remove(req)

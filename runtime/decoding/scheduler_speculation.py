@@ -9,19 +9,21 @@ stopping at the first picked token that is not the proposed one or where the row
 are forgotten (``state.rollback``). So a request's tokens are the ones it gets without speculation (greedy: the same
 ids up to the float reduction order of a pass of several positions; seeded sampling: the same draws), in fewer
 passes where its answer copies its context (code edits, quotes, lists, a document's names): llama.cpp's server's
-speculation for one slot, with lookup instead of a draft model.
+speculation for one slot; with a draft model (``Scheduler(draft=...)``, the server's ``--draft``: scheduler_draft.py)
+the proposals are the draft's instead.
 
 A batch of several rows decodes plainly: rows of several requests would speculate only as far as the shortest
 proposal, and a pass of several rows with several positions each runs a pass per row in the fused layout.
 
 Which requests speculate (``proposer_for_request``): decoder-only models, one row (n = 1), no structured-output
 constraint (its matcher would have to roll back too); the number of tokens is the request config's
-``prompt_lookup_num_tokens``, else the scheduler's ``prompt_lookup`` (the server's ``--prompt-lookup``), capped by a
-model whose state keeps a bounded rollback history (LFM2: ``speculation_limit``). A request with a ``prediction``
-(OpenAI's predicted outputs: ids its answer is expected to follow) speculates from it (prediction.py; up to
-``PREDICTION_TOKENS`` a pass unless those settings say otherwise), falling back to prompt lookup where they ask for
-it; each request counts its own proposed and accepted tokens (``Request.proposed`` / ``accepted``: the server's
-``accepted_prediction_tokens`` / ``rejected_prediction_tokens``).
+``prompt_lookup_num_tokens``, else the scheduler's draft model where it has one, else its ``prompt_lookup`` (the
+server's ``--prompt-lookup``), capped by a model whose state keeps a bounded rollback history (LFM2:
+``speculation_limit``). A request with a ``prediction`` (OpenAI's predicted outputs: ids its answer is expected to
+follow) speculates from it (prediction.py; up to ``PREDICTION_TOKENS`` a pass unless those settings say otherwise),
+falling back to prompt lookup where they ask for it, else to the draft; each request counts its own proposed and
+accepted tokens (``Request.proposed`` / ``accepted``: the server's ``accepted_prediction_tokens`` /
+``rejected_prediction_tokens``).
 """
 from __future__ import annotations
 
@@ -34,19 +36,25 @@ from .speculative import SpeculationStats
 PREDICTION_TOKENS = 16  # a prediction's proposals per pass at most, unless the request or the scheduler says
 
 
-def proposer_for_request(model, req, processors, max_length: int, default: int | None) -> PromptLookup | None:
+def proposer_for_request(model, req, processors, max_length: int, default: int | None, draft=None):
     """A request being admitted -> its candidate generator, or None where it does not speculate (see the module
-    docstring). ``processors``: the request's logits processors (a candidate they forbid is not proposed)."""
+    docstring). ``processors``: the request's logits processors (a candidate they forbid is not proposed);
+    ``draft``: the scheduler's ``ServerDraft`` (scheduler_draft.py) or None. A request's own
+    ``prompt_lookup_num_tokens`` wins over the draft, the draft over the scheduler's ``prompt_lookup``."""
     c = req.config
-    num_tokens = c.prompt_lookup_num_tokens or default
+    own = c.prompt_lookup_num_tokens
+    num_tokens = own or (None if draft is not None else default)
     predicted = req.prediction
-    if (not num_tokens and not predicted) or model.is_encoder_decoder or req.n != 1 or req.constraint is not None:
+    if (not num_tokens and not predicted and draft is None) or model.is_encoder_decoder or req.n != 1 \
+            or req.constraint is not None:
         return None
     cap = speculation_limit(model)
     common = dict(max_length=max_length, eos_token_ids=c.eos_token_ids, processors=processors,
                   vocab_size=model.vocab_size)
     lookup = None if not num_tokens else PromptLookup(num_tokens=min(num_tokens, cap or num_tokens),
                                                       max_ngram=c.max_matching_ngram_size or 2, **common)
+    if lookup is None and draft is not None:
+        lookup = draft.proposer(req, processors, max_length)
     if not predicted:
         return lookup
     most = num_tokens or PREDICTION_TOKENS

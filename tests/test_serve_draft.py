@@ -1,0 +1,130 @@
+"""``onnxlm serve --draft`` (runtime/decoding/scheduler_draft.py): a request alone on the server checks a draft
+model's proposals in one pass; its completion, chat answer, stream and llama.cpp /completion answer equal those of a
+server without the draft; llama.cpp's per-request speculative.n_max / n_min / p_min are taken (and shown in
+generation_settings and /props), bad ones are 400s naming them; a draft of another vocabulary stops the server's
+start with the reason; the command line refuses draft options that cannot apply."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+pytest.importorskip("starlette")
+openai = pytest.importorskip("openai")
+
+import onnxlm  # noqa: E402
+from cli_util import run_cli  # noqa: E402
+from onnxlm.runtime.errors import ParameterError  # noqa: E402
+from serve_util import post, start, wait_health  # noqa: E402
+
+PROMPT = "ab cd ef ab cd ef ab cd"
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_llama):
+    """(a server with the draft: the same weights, so it guesses well; one without)."""
+    load = lambda: onnxlm.load(tiny_llama.onnx_dir)  # noqa: E731
+    spec = start(load, draft_loader=load, max_tokens=64, draft_p_min=0.0)
+    plain = start(load, max_tokens=64)
+    wait_health(spec.url)
+    wait_health(plain.url)
+    yield spec, plain
+    spec.stop()
+    plain.stop()
+
+
+def _client(srv):
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def test_answers_equal_the_plain_servers_with_fewer_passes(servers):
+    spec, plain = servers
+    a, b = _client(spec), _client(plain)
+    for kw in (dict(max_tokens=40), dict(max_tokens=30, stop=[" cd ef"]), dict(max_tokens=20, seed=5, temperature=0.7),
+               dict(max_tokens=25, frequency_penalty=0.5)):
+        kw = {"temperature": 0, **kw}
+        want, got = (c.completions.create(model="tiny", prompt=PROMPT, **kw).choices[0] for c in (b, a))
+        assert (got.text, got.finish_reason) == (want.text, want.finish_reason), kw
+        streamed = a.completions.create(model="tiny", prompt=PROMPT, stream=True, **kw)
+        assert "".join(c.choices[0].text for c in streamed if c.choices) == want.text
+    messages = [{"role": "user", "content": PROMPT}]
+    want, got = (c.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0)
+                 for c in (b, a))
+    assert got.choices[0].message.content == want.choices[0].message.content
+    body = {"prompt": PROMPT, "n_predict": 30, "temperature": 0, "cache_prompt": False}
+    native = post(spec.url, "/completion", body).json()
+    assert native["content"] == post(plain.url, "/completion", body).json()["content"]
+    metrics = httpx.get(spec.url + "/metrics").json()
+    assert metrics["speculative_passes"] > 0 and metrics["speculative_accepted_tokens"] > 0
+    assert metrics["speculative_proposed_tokens"] >= metrics["speculative_accepted_tokens"]
+    assert httpx.get(plain.url + "/metrics").json()["speculative_passes"] == 0
+
+
+def test_llama_cpps_per_request_draft_settings(servers):
+    spec, _ = servers
+    before = httpx.get(spec.url + "/metrics").json()["speculative_passes"]
+    body = {"prompt": PROMPT, "n_predict": 20, "temperature": 0, "speculative.n_max": 0}
+    r = post(spec.url, "/completion", body).json()
+    assert httpx.get(spec.url + "/metrics").json()["speculative_passes"] == before  # n_max 0: no draft
+    settings = r["generation_settings"]
+    assert (settings["speculative.n_max"], settings["speculative.n_min"], settings["speculative.p_min"]) == (0, 0, 0.0)
+    r = post(spec.url, "/completion", dict(body, **{"speculative.n_max": 3, "speculative.n_min": 9})).json()
+    assert r["generation_settings"]["speculative.n_min"] == 3  # clamped to n_max, as llama.cpp does
+    after = httpx.get(spec.url + "/metrics").json()
+    assert after["speculative_passes"] > before
+    props = httpx.get(spec.url + "/props").json()["default_generation_settings"]["params"]
+    assert (props["speculative.n_max"], props["speculative.n_min"], props["speculative.p_min"]) == (16, 0, 0.0)
+    for name, value in (("speculative.n_max", 65), ("speculative.n_max", -1), ("speculative.n_min", -1),
+                        ("speculative.p_min", 1.5), ("speculative.p_min", "high"), ("speculative.n_max", 2.5)):
+        r = post(spec.url, "/completion", {"prompt": "ab", "n_predict": 2, name: value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == name, (name, value)
+
+
+def _other_vocabulary(onnx_dir):
+    model = onnxlm.load(onnx_dir)
+    model.vocab_size = 300
+    return model
+
+
+@pytest.mark.parametrize("which", ["vocabulary", "seq2seq"])
+def test_a_draft_that_cannot_draft_stops_the_start(tiny_llama, tiny_t5, which):
+    draft = (lambda: _other_vocabulary(tiny_llama.onnx_dir)) if which == "vocabulary" else (
+        lambda: onnxlm.load(tiny_t5.onnx_dir))
+    srv = start(lambda: onnxlm.load(tiny_llama.onnx_dir), draft_loader=draft)
+    try:
+        srv.state.engine.ready.wait(60)
+        err = srv.state.engine.load_error
+        assert isinstance(err, ParameterError) and err.parameter == "draft"
+        assert ("its vocabulary has 300 ids, the model's 260" if which == "vocabulary" else "decoder-only") in str(err)
+        assert httpx.get(srv.url + "/health").status_code == 503
+    finally:
+        srv.stop()
+
+
+def test_create_app_refuses_a_draft_with_prompt_lookup(tiny_llama):
+    from onnxlm.serve.app import ServeConfig, create_app
+    with pytest.raises(ParameterError, match="not both"):
+        create_app(lambda: None, ServeConfig(model_name="m", prompt_lookup=4), draft_loader=lambda: None)
+
+
+@pytest.mark.parametrize("argv, refusal", [
+    (["--draft-max", "4"], "--draft-max needs --draft MODEL"),
+    (["--draft-p-min", "0.5"], "--draft-p-min needs --draft MODEL"),
+    (["--draft", "D", "--prompt-lookup", "4"], "--draft and --prompt-lookup: give one of them"),
+    (["--draft", "D", "--draft-max", "65"], "--draft-max 65; allowed: 1 to 64"),
+    (["--draft", "D", "--draft-max", "4", "--draft-min", "5"], "--draft-min 5 is more than --draft-max 4"),
+])
+def test_the_command_line_refuses_draft_options_that_cannot_apply(capsys, tiny_llama, argv, refusal):
+    code, out, err = run_cli(capsys, "serve", tiny_llama.onnx_dir, "--port", "0", *argv)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and refusal in lines[0], err
+
+
+@pytest.mark.parametrize("value", ["1.5", "nan", "x"])
+def test_a_draft_p_min_outside_0_1_is_a_usage_error(capsys, value):
+    code, _, err = run_cli(capsys, "serve", "m", "--draft", "d", "--draft-p-min", value)
+    assert code == 2 and "argument --draft-p-min: expected a number from 0 to 1" in err
+
+
+def test_a_draft_that_is_no_model_is_one_error_line(capsys, tiny_llama, tmp_path):
+    code, _, err = run_cli(capsys, "serve", tiny_llama.onnx_dir, "--port", "0", "--draft", str(tmp_path / "none"))
+    assert code == 1 and "no such model" in err and len(err.strip().splitlines()) == 1
