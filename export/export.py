@@ -193,6 +193,11 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
     refuse_source(model, quantize)  # no model in a folder, a GGUF architecture or an encoder-decoder onnxlm does
     #                                 not export (so): one line, before anything loads
     if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
+        from .gguf_bert import is_encoder_gguf
+
+        if is_encoder_gguf(Path(model).expanduser()):  # an embedding encoder (BERT): its own export, fp32 only
+            return _export_encoder(model, out_dir, force=force, tolerance=tolerance, opset=opset, validate=validate,
+                                   progress=progress, tokenizer=tokenizer, kv_layout=kv_layout, quantize=quantize)
         from .export_resources import check_gguf_export_resources
         from .gguf_quant import refuse_file_off_blocks
 
@@ -325,6 +330,22 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         raise
     prog.log(f"wrote {out_dir}")
     return out_dir
+
+
+def _export_encoder(model, out_dir: Path, *, force, tolerance, opset, validate, progress, tokenizer, kv_layout,
+                    quantize) -> Path:
+    """A ``bert`` GGUF (export/gguf_bert.py) -> an embedding artifact (export/encoder_export.py); the settings that
+    only decoders take are refused by name."""
+    from .encoder_export import export_encoder_gguf
+
+    given = {k: v for k, v, default in (("quantize", quantize, None), ("opset", opset, None),
+                                         ("tokenizer", tokenizer, None), ("kv_layout", kv_layout, "auto"))
+             if v is not default and v != default}
+    if given:
+        raise ExportError(f"{', '.join(f'{k}={v!r:.40}' for k, v in given.items())}: {model} is an embedding "
+                          "encoder (BERT), exported in fp32 with its own graph and tokenizer; leave these out")
+    return export_encoder_gguf(model, out_dir, force=force, tolerance=tolerance, validate=validate,
+                               progress=progress)
 
 
 #: the lowest opset the plain exporter takes: every decoder's attention (torch's scaled_dot_product_attention) needs 14

@@ -195,7 +195,8 @@ def end_of_generation_ids(meta: Mapping[str, Any]) -> list[int]:
 def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str, Any]):
     """A :class:`tokenizers.Tokenizer` equivalent to the GGUF's tokenizer, built without transformers.
 
-    ``tokenizer.ggml.model == "llama"`` (SentencePiece): :func:`onnxlm.export.gguf_tokenizer.build_spm_tokenizer`.
+    ``tokenizer.ggml.model == "llama"`` (SentencePiece): :func:`onnxlm.export.gguf_tokenizer.build_spm_tokenizer`;
+    ``"bert"`` (WordPiece, llama.cpp's WPM): :func:`onnxlm.export.gguf_wpm.build_wpm_tokenizer`.
     Pipeline (byte-level BPE, as transformers' ``GPT2Converter`` and the original SmolLM2 ``tokenizer.json``):
     no normalizer; pre-tokenizer: llama.cpp's split regexes for ``tokenizer.ggml.pre`` as ``Split`` steps, then
     ``ByteLevel(use_regex=False)`` (:func:`onnxlm.export.gguf_pretok.bpe_pre_tokenizer`);
@@ -213,10 +214,14 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
         from .gguf_tokenizer import build_spm_tokenizer
 
         return build_spm_tokenizer(meta, gguf_special_tokens(meta))
+    if tok_model == "bert":  # WordPiece (BERT-family embedding models): export/gguf_wpm.py
+        from .gguf_wpm import build_wpm_tokenizer
+
+        return build_wpm_tokenizer(meta)
     if tok_model != "gpt2":
         raise ExportError(
-            f"GGUF tokenizer.ggml.model={tok_model!r} is not supported: only byte-level BPE ('gpt2') and "
-            "SentencePiece ('llama') tokenizers can be built from GGUF metadata"
+            f"GGUF tokenizer.ggml.model={tok_model!r} is not supported: only byte-level BPE ('gpt2'), "
+            "SentencePiece ('llama') and WordPiece ('bert') tokenizers can be built from GGUF metadata"
         )
     tokens = meta.get("tokenizer.ggml.tokens")
     merges = meta.get("tokenizer.ggml.merges")

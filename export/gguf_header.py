@@ -23,18 +23,22 @@ from dataclasses import dataclass
 
 from onnxlm.runtime.errors import ModelFileError
 
-__all__ = ["TESTED_GGUF_ARCHITECTURES", "GENERAL_KEYS", "ARCH_KEYS", "check_header", "check_blocks", "scalar_value",
-           "architecture_refusal"]
+__all__ = ["TESTED_GGUF_ARCHITECTURES", "ENCODER_GGUF_ARCHITECTURES", "GENERAL_KEYS", "ARCH_KEYS", "check_header",
+           "check_blocks", "scalar_value", "architecture_refusal"]
 
 #: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
 TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "smollm3",
                              "olmo2", "ernie4_5", "exaone4", "gpt2", "stablelm", "lfm2")
 
 
+#: ``general.architecture`` values exported as embedding-only encoders (export/gguf_bert.py; tests/test_gguf_bert.py)
+ENCODER_GGUF_ARCHITECTURES = ("bert",)
+
+
 def architecture_refusal(path, arch) -> str | None:
     """Why a GGUF file of ``general.architecture`` ``arch`` is not exported, in one line naming ``path``, the
     architecture and those onnxlm exports (the list ``onnxlm info`` names); None for one it exports."""
-    if isinstance(arch, str) and arch in TESTED_GGUF_ARCHITECTURES:
+    if isinstance(arch, str) and arch in TESTED_GGUF_ARCHITECTURES + ENCODER_GGUF_ARCHITECTURES:
         return None
     said = (f"GGUF architecture {_short(arch)!r} (its general.architecture)" if isinstance(arch, str) else
             "a GGUF file without general.architecture")
@@ -140,7 +144,7 @@ def check_header(reader, path) -> None:
     doc). Nothing is read past the header but the tensors' names and shapes."""
     arch = scalar_value(reader.fields.get("general.architecture"))
     rules = dict(GENERAL_KEYS)
-    exported = isinstance(arch, str) and arch in TESTED_GGUF_ARCHITECTURES
+    exported = isinstance(arch, str) and arch in TESTED_GGUF_ARCHITECTURES + ENCODER_GGUF_ARCHITECTURES
     if exported:
         rules.update({f"{arch}.{key}": rule for key, rule in ARCH_KEYS.items()})
     for key, rule in rules.items():
@@ -196,7 +200,7 @@ def check_blocks(reader, path) -> None:
     number of blocks its ``blk.N`` tensors name (``check_header`` asks it of a file with block tensors, ``load_gguf``
     of any file before a model of that many blocks is built: 4,000,000,000 of them hung)."""
     arch = scalar_value(reader.fields.get("general.architecture"))
-    if arch not in TESTED_GGUF_ARCHITECTURES:
+    if arch not in TESTED_GGUF_ARCHITECTURES + ENCODER_GGUF_ARCHITECTURES:
         return
     blocks = scalar_value(reader.fields.get(f"{arch}.block_count"))
     found = {int(m.group(1)) for t in reader.tensors if (m := _BLOCK.match(t.name))}

@@ -62,9 +62,11 @@ def _tokenizer(reader) -> dict:
     out = {"model": model, "pre": pre, "tokens": len(tokens.data) if tokens is not None else 0}
     if model == "llama":
         return {**out, "supported": True, "why": "SentencePiece, built as llama.cpp tokenizes"}
+    if model == "bert":
+        return {**out, "supported": True, "why": "WordPiece, built as llama.cpp tokenizes (WPM)"}
     if model != "gpt2":
         return {**out, "supported": False, "why": f"tokenizer.ggml.model {model!r}: onnxlm builds 'gpt2' (byte-level "
-                                                  "BPE) and 'llama' (SentencePiece)"}
+                                                  "BPE), 'llama' (SentencePiece) and 'bert' (WordPiece)"}
     if (pre or "default") not in PRE_TYPES:
         return {**out, "supported": False, "why": f"tokenizer.ggml.pre {pre!r} is not one onnxlm knows "
                                                   f"({', '.join(sorted(PRE_TYPES))})"}
@@ -81,6 +83,7 @@ def summarize_gguf(path) -> dict:
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_blocks import NATIVE_TYPES
+    from .gguf_header import ENCODER_GGUF_ARCHITECTURES
     from .gguf_quant import LOSSLESS_FP32, has_blocks, off_blocks_reason
 
     path = Path(os.fspath(path))
@@ -103,7 +106,8 @@ def summarize_gguf(path) -> dict:
         "file": path.name, "bytes": split_bytes(path), "files": len(split_files(path)),
         "version": field_value(reader, "GGUF.version"),
         "name": field_value(reader, "general.name"), "architecture": arch,
-        "exported": arch in TESTED_GGUF_ARCHITECTURES and refused is None, "refused": refused,
+        "exported": arch in TESTED_GGUF_ARCHITECTURES + ENCODER_GGUF_ARCHITECTURES and refused is None,
+        "refused": refused, "embedding_only": arch in ENCODER_GGUF_ARCHITECTURES,
         "layers": field_value(reader, f"{arch}.block_count"),
         "hidden": field_value(reader, f"{arch}.embedding_length"),
         "context_length": field_value(reader, f"{arch}.context_length"),

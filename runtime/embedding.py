@@ -35,7 +35,7 @@ def manifest_refusal(path, manifest: dict) -> str | None:
     """Why the artifact at ``path`` cannot embed, from its manifest alone (a T5, a plain-layout graph), or None.
     (A fused graph exported before embeddings, without last_hidden_state, only its loaded model can tell.)"""
     kind, layout = manifest.get("kind", "model"), manifest.get("kv_layout", "plain")
-    if kind == "causal-lm" and layout == "fused-gqa":
+    if (kind == "causal-lm" and layout == "fused-gqa") or kind == "embedding":  # an encoder: runtime/encoder_embedder
         return None
     return (f"{path}: embeddings need a decoder-only model on the fused graph (what export picks wherever the "
             f"family has one); this artifact is a {kind} on the {layout} layout")
@@ -70,6 +70,19 @@ def pool(hidden: np.ndarray, lengths: np.ndarray, pooling: str) -> np.ndarray:
         return hidden[rows, lengths - 1]
     held = np.arange(hidden.shape[1])[None, :] < lengths[:, None]  # [b, t]: the row's own tokens
     return (hidden * held[:, :, None]).sum(axis=1, dtype=np.float32) / lengths[:, None].astype(np.float32)
+
+
+def pool_masked(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
+    # [b, t, D] float32, [b, t] 0/1 (a row's own tokens, padded on either side) -> [b, D] float32: ``pool`` for any
+    # padding (an encoder's batch): mean over the held positions, cls the first held one, last the last held one
+    held = np.asarray(mask).astype(bool)
+    rows = np.arange(len(hidden))
+    if pooling == "cls":
+        return hidden[rows, held.argmax(axis=1)]
+    if pooling == "last":
+        return hidden[rows, held.shape[1] - 1 - held[:, ::-1].argmax(axis=1)]
+    return (hidden * held[:, :, None]).sum(axis=1, dtype=np.float32) / held.sum(axis=1, keepdims=True).astype(
+        np.float32)
 
 
 def normalized(vectors: np.ndarray, norm: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`load`: an artifact directory (or a plain Optimum export) -> CausalLM | Seq2SeqLM."""
+"""`load`: an artifact directory (or a plain Optimum export) -> CausalLM | Seq2SeqLM | EncoderEmbedder."""
 from __future__ import annotations
 
 import os
@@ -21,6 +21,10 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
     check_artifact_onnxruntime(manifest, model_dir)  # its manifest's need (windows: 1.23 narrows); before the checksums
     if verify:
         verify_files(model_dir, manifest)
+    if manifest["kind"] == "embedding":  # an embedding-only encoder (a BERT GGUF's export): one graph, no KV
+        from .encoder_embedder import EncoderEmbedder
+
+        return EncoderEmbedder(model_dir, manifest, resolved, threads)
     cls = Seq2SeqLM if manifest["kind"] == "seq2seq-lm" else CausalLM
     if manifest.get("kv_layout", "plain") == KV_LAYOUT:  # in-place KV buffers: numpy-backed, CPU only
         if provider == "cuda":

@@ -84,8 +84,8 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
     if not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
         raise ManifestError(f"{path}: format_version={version!r} is not supported; this onnxlm reads "
                             f"format versions 1..{FORMAT_VERSION} (upgrade onnxlm or re-export)")
-    if manifest.get("kind") not in ("causal-lm", "seq2seq-lm"):
-        raise ManifestError(f"{path}: kind={manifest.get('kind')!r}; allowed: 'causal-lm', 'seq2seq-lm'")
+    if manifest.get("kind") not in ("causal-lm", "seq2seq-lm", "embedding"):
+        raise ManifestError(f"{path}: kind={manifest.get('kind')!r}; allowed: 'causal-lm', 'seq2seq-lm', 'embedding'")
     for name in manifest.get("files", {}):
         file = model_dir / name
         if not file.is_file():

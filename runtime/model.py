@@ -38,6 +38,7 @@ class LanguageModel:
     """Base of CausalLM / Seq2SeqLM. Subclasses provide `_init_graphs`, `start`, `initial_sequences`, `logits`."""
 
     is_encoder_decoder = False
+    can_generate = True  # (an EncoderEmbedder's is False: it only embeds)
 
     def __init__(self, path: Path, manifest: dict, provider: str, threads: int | None):
         self.path, self.manifest, self.provider, self.threads = path, manifest, provider, threads

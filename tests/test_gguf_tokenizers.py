@@ -179,8 +179,8 @@ def test_unknown_pre_type_is_refused_by_name():
 def test_unknown_tokenizer_model_is_refused_by_name():
     from onnxlm.runtime.errors import ExportError
 
-    with pytest.raises(ExportError, match="'bert'"):
-        build_tokenizer_from_gguf({"tokenizer.ggml.model": "bert", "tokenizer.ggml.tokens": ["a"]})
+    with pytest.raises(ExportError, match="'rwkv'.*'gpt2'.*'llama'.*'bert'"):
+        build_tokenizer_from_gguf({"tokenizer.ggml.model": "rwkv", "tokenizer.ggml.tokens": ["a"]})
 
 
 def test_tokenizer_only_gguf_round_trips(tmp_path):

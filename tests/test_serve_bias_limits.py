@@ -232,7 +232,7 @@ def test_cli_flag_sets_the_limit(monkeypatch, tiny_llama):
     class Built(Exception):
         pass
 
-    def create_app(loader, config):
+    def create_app(loader, config, draft_loader=None):
         seen.append(config.max_body_mb)
         raise Built
 

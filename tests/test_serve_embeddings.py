@@ -348,7 +348,7 @@ def test_serve_takes_pooling_from_the_command_line(fused_dir, capsys, monkeypatc
         app.create_app(lambda: None, app.ServeConfig(model_name="tiny", pooling="max"))
     seen = {}
 
-    def capture(loader, config):
+    def capture(loader, config, draft_loader=None):
         seen["pooling"] = config.pooling
         raise OnnxlmError("stopped before serving")
     monkeypatch.setattr(app, "create_app", capture)

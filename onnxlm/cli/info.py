@@ -93,7 +93,9 @@ def _embeddings(model) -> str | None:
     except ModelFileError as exc:
         return "no: " + str(exc).split(": ", 1)[-1]
     own = "the model's own" if model.manifest.get("pooling") else "the default"
-    return f"yes, {model.default_pooling} pooling ({own})"
+    only = "; an embedding model: it only embeds (no generate, chat, score)" if (
+        model.manifest.get("kind") == "embedding") else ""
+    return f"yes, {model.default_pooling} pooling ({own}){only}"
 
 
 def unloaded(path: Path, reason: DependencyError, verify: bool = True) -> SimpleNamespace:
@@ -162,7 +164,9 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
 
     types = ", ".join(f"{t} {n}" for t, n in g["tensor_types"].items())
     on_blocks = g["blocks"] and g["on_blocks"]
-    blocks = ("refused: no tensor is of a quantized (block) type (export it in fp32, or --quantize int8)"
+    blocks = ("dequantised to fp32 (an embedding encoder exports in fp32 only; --quantize is refused)"
+              if g.get("embedding_only") else
+              "refused: no tensor is of a quantized (block) type (export it in fp32, or --quantize int8)"
               if not g["blocks"] else
               f"refused: onnxlm does not export {g['architecture']}" if not g["exported"] else
               f"refused: {g['architecture']}: {g['off_blocks']}: export it in fp32, or --quantize int8"
@@ -176,7 +180,9 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
                    "or gate/up product also holds a tensor without blocks")
     tok = g["tokenizer"]
     pre = f" / {tok['pre']}" if tok.get("pre") else ""
-    arch = (f"{g['architecture']}: onnxlm exports it" if g["exported"] else
+    arch = (f"{g['architecture']}: onnxlm exports it as an embedding model, in fp32 (it only embeds: onnxlm embed)"
+            if g["exported"] and g.get("embedding_only") else
+            f"{g['architecture']}: onnxlm exports it" if g["exported"] else
             f"{g['architecture']}: onnxlm does not export this file: {g['refused']}" if g.get("refused") else
             f"{g['architecture']}: onnxlm does not export it (it exports {', '.join(TESTED_GGUF_ARCHITECTURES)})")
     runs = g["exported"] and tok["supported"]

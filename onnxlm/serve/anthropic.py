@@ -28,7 +28,7 @@ from onnxlm.runtime.manifest import no_chat_template
 from . import anthropic_reply, anthropic_request, reasoning, tools
 from .choices import Choices
 from .errors import anthropic_error_response
-from .gate import authorize, available, read_body
+from .gate import authorize, generating, read_body
 from .jobs import make_jobs
 from .protocol import APIError, bad
 from .run import admit, collect
@@ -63,7 +63,7 @@ async def _prompt(request: HTTPRequest, *, counting: bool):
     """What both endpoints do first: the key, a loaded model, the body checked and translated, its tools checked,
     the prompt rendered -> (model, state, request, tool request, prompt ids)."""
     authorize(request, key_header="x-api-key")
-    model = available(request)
+    model = generating(request)
     st = state_of(request)
     body = await read_body(request, anthropic_request.FIELDS)
     req = anthropic_request.parse(body, counting=counting)

@@ -48,7 +48,10 @@ def _warn_without_chat(loader):
     400 chat_not_supported, /v1/models' card says ``capabilities.chat: false``, and the page offers completions."""
     def load():
         model = loader()
-        if not getattr(model, "chat_template", None):
+        if not getattr(model, "can_generate", True):
+            log.warning("this model only embeds (an embedding model): /v1/embeddings and /embedding answer, the "
+                        "generating endpoints answer 400 generation_not_supported")
+        elif not getattr(model, "chat_template", None):
             why = (no_chat_template(model.manifest) if isinstance(getattr(model, "manifest", None), dict)
                    else "this model has no chat template")
             log.warning("chat is unavailable: %s; /v1/chat/completions answers 400 chat_not_supported, "

@@ -39,6 +39,16 @@ def available(request: HTTPRequest):
     return st.engine.model
 
 
+def generating(request: HTTPRequest):
+    """``available``, and 400 ``generation_not_supported`` for a model that only embeds (an embedding encoder:
+    runtime/encoder_embedder.py) -> the model. Every generating endpoint asks it first."""
+    model = available(request)
+    if not getattr(model, "can_generate", True):
+        raise APIError(400, "this model only embeds (an embedding model): it cannot generate text; use "
+                            "/v1/embeddings (or llama.cpp's /embedding)", code="generation_not_supported")
+    return model
+
+
 def _too_large(limit: int) -> APIError:
     return APIError(413, f"the request body is larger than this server's limit of {limit} bytes "
                          f"({limit / 2**20:g} MB, --max-body-mb)", code="request_too_large")
@@ -83,7 +93,7 @@ async def open_request(request: HTTPRequest, schema, chat: bool):
     """What both generation endpoints check first, in this order: the API key, a loaded model, the JSON body
     against ``schema``, the sampling parameters (max_tokens capped by the server) -> (model, state, body, sampling)."""
     authorize(request)
-    model = available(request)
+    model = generating(request)
     st = state_of(request)
     body = await read_body(request, schema)
     return model, st, body, protocol.sampling(body, chat=chat, max_tokens_cap=st.config.max_tokens)

@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 
 from . import llamacpp_infill, protocol
 from .choices import Choices, token_str_bytes
-from .gate import authorize, available, read_limited
+from .gate import authorize, generating, read_limited
 from .jobs import make_jobs, output_constraint
 from .llamacpp_limits import LineLimits
 from .llamacpp_request import NativeRequest, encode_prompt, parse
@@ -57,7 +57,7 @@ async def infill(request: HTTPRequest):
 
 async def _serve(request: HTTPRequest, infill: bool):
     authorize(request)
-    model = available(request)
+    model = generating(request)
     st = state_of(request)
     raw = await read_limited(request, int(st.config.max_body_mb * 2**20))
     body = protocol.parse_body(raw, request.headers.get("content-type"))

@@ -29,7 +29,7 @@ from onnxlm.runtime.manifest import no_chat_template
 
 from . import reasoning, responses_reply, responses_request, tools
 from .choices import Choices
-from .gate import authorize, available, read_body
+from .gate import authorize, generating, read_body
 from .jobs import make_jobs, output_constraint
 from .protocol import APIError, bad
 from .run import admit, collect
@@ -39,7 +39,7 @@ from .state import state_of
 async def responses(request: HTTPRequest):
     """POST /v1/responses: one response, or its events with ``stream``."""
     authorize(request)
-    model = available(request)
+    model = generating(request)
     st = state_of(request)
     body = await read_body(request, responses_request.FIELDS)
     req = responses_request.parse(body, max_tokens_cap=st.config.max_tokens)

@@ -89,7 +89,8 @@ def _model_card(st) -> dict:
     card = {"id": st.config.model_name, "object": "model", "created": st.created, "owned_by": "onnxlm"}
     model = st.engine.model if st.engine.ready.is_set() else None
     if model is not None:
-        card["capabilities"] = {"completions": True, "chat": bool(getattr(model, "chat_template", None)),
+        card["capabilities"] = {"completions": bool(getattr(model, "can_generate", True)),
+                                "chat": bool(getattr(model, "chat_template", None)),
                                 "embeddings": can_embed(model)}
     return card
 

@@ -19,7 +19,7 @@ const $ = (id) => document.getElementById(id);
 // max_tokens (GET /props; null: not known), and what keeping the conversation has to say at the end of the turn ("":
 // nothing; it was saved as a new one: keepConversation)
 const state = { model: null, chat: null, history: [], current: null, kept: null, controller: null, cap: null,
-                note: "" };
+                note: "", embedsOnly: false };
 
 // inputs kept in localStorage between visits; all but the API key go back to their defaults with "Reset settings"
 const SAVED = ["system", ...SAMPLING.map((s) => s.id), "json-mode", "schema-name", "schema", "api-key"];
@@ -111,20 +111,27 @@ function banner(message, owner = null) {
 const PROMPT_HINT = { chat: "Ask something (Enter sends, Shift+Enter: a new line)",
                       plain: "Text for the model to continue (Enter sends, Shift+Enter: a new line)" };
 
-// chat (true, or null: not known) or plain completions (false: the model has no chat template), with the notice
-function setChat(chat) {
+// chat (true, or null: not known) or plain completions (false: the model has no chat template), with the notice;
+// ``embedsOnly`` (capabilities.completions false: an embedding model) turns sending off, with its own notice
+function setChat(chat, embedsOnly = false) {
   state.chat = chat;
   const plain = chat === false;
   const notice = $("notice");
-  notice.textContent = plain
+  notice.textContent = embedsOnly
+    ? "This model only embeds (an embedding model): it cannot chat or continue text (the generation endpoints " +
+      "answer 400). POST /v1/embeddings (or llama.cpp's /embedding) gives its vectors."
+    : plain
     ? "This model has no chat template, so it cannot chat (/v1/chat/completions answers 400). The page sends plain " +
       "completions instead (/v1/completions): the model continues the text you send, one turn at a time, without " +
       "the system prompt or earlier turns."
     : "";
-  notice.hidden = !plain;
+  notice.hidden = !plain && !embedsOnly;
   document.body.dataset.mode = plain ? "completions" : "chat";
   $("prompt").placeholder = plain ? PROMPT_HINT.plain : PROMPT_HINT.chat;
   $("system").disabled = plain;
+  state.embedsOnly = embedsOnly;
+  $("prompt").disabled = embedsOnly;
+  $("send").disabled = embedsOnly;
 }
 
 // GET /v1/models -> the name shown in the header and sent as "model", and whether the model can chat (its card's
@@ -149,7 +156,7 @@ async function loadModel() {
     $("model").textContent = state.model || "(no model)";
     if (bannerOwner === "model") banner("");
     const caps = card && card.capabilities;
-    if (caps) { setChat(caps.chat !== false); loadCap(); }
+    if (caps) { setChat(caps.chat !== false, caps.completions === false); loadCap(); }
     else if (card && ++capabilityTries <= 60) setTimeout(loadModel, 1000);  // still loading: ask again
   } catch (e) {
     if (call === modelCalls) banner("cannot reach the server: " + e.message, "model");
@@ -391,7 +398,7 @@ function applySettings(system, settings) {
 
 // Send and Stop for a request in flight (busy) or none
 function setBusy(busy) {
-  $("send").disabled = busy;
+  $("send").disabled = busy || state.embedsOnly;
   $("stop").disabled = !busy;
 }
 

@@ -1,0 +1,167 @@
+"""A ``bert`` GGUF (``general.architecture = "bert"``: all-MiniLM, bge-small/base, mxbai-embed-large as llama.cpp's
+converter writes them) -> transformers' ``BertModel`` (fp32, eval, no pooler), its tokenizer and pooling.
+
+The tensors are llama.cpp's names for BERT (gguf-py's ``MODEL_TENSORS[BERT]``, ``src/llama-arch.cpp``):
+``token_embd``, ``token_types``, ``position_embd``, ``token_embd_norm`` (weight, bias); per block ``attn_q`` /
+``attn_k`` / ``attn_v`` (or one ``attn_qkv``, q then k then v rows) and ``attn_output`` with biases,
+``attn_output_norm``, ``ffn_up`` / ``ffn_down`` with biases, ``layer_output_norm``. gguf-py's own name map turns each
+into the transformers parameter it came from (the converter's map, read backwards), and a block-quantized tensor is
+dequantised with gguf-py (as transformers' GGUF loader does). A tensor the model has no place for (a classifier head
+``cls.*``, a ``output_norm``) or a parameter no tensor fills is refused by name, before the model is built.
+
+The hyperparameters are the converter's ``bert.*`` keys: ``context_length`` (max_position_embeddings),
+``embedding_length``, ``feed_forward_length``, ``block_count``, ``attention.head_count``,
+``attention.layer_norm_epsilon``; ``tokenizer.ggml.token_type_count`` (type_vocab_size, else ``token_types``'
+rows). The activation is GELU (erf), llama.cpp's ``LLM_FFN_GELU`` for BERT (``ggml_gelu``, a tanh approximation of
+it). ``bert.pooling_type`` (1 mean, 2 cls; ``loader.gguf_pooling``) is the artifact's default pooling, mean where it
+says none.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxlm.runtime.errors import ExportError
+
+__all__ = ["ENCODER_ARCHITECTURES", "BertGGUF", "bert_config", "load_bert_gguf", "is_encoder_gguf"]
+
+#: GGUF architectures onnxlm exports as embedding-only encoders
+ENCODER_ARCHITECTURES = ("bert",)
+
+
+@dataclass
+class BertGGUF:
+    path: pathlib.Path
+    model: Any                 # transformers BertModel, fp32, eval, no pooler
+    tokenizer: Any             # tokenizers.Tokenizer (export/gguf_wpm.py)
+    pooling: str               # "mean" | "cls"
+    special_tokens: dict       # {"bos_token_id" (CLS), "sep_token_id", "pad_token_id", "unk_token_id"}
+    metadata: dict = field(repr=False, default_factory=dict)
+
+
+def is_encoder_gguf(path) -> bool:
+    """True for a GGUF file whose ``general.architecture`` is an encoder onnxlm exports (header only)."""
+    from .gguf_reader import field_value, gguf_reader
+
+    return field_value(gguf_reader(path), "general.architecture") in ENCODER_ARCHITECTURES
+
+
+def _key(meta: dict, key: str, default=None, *, required: bool = True):
+    value = meta.get(f"bert.{key}", default)
+    if value is None and required:
+        raise ExportError(f"GGUF metadata bert.{key} is missing: a BERT file needs it (llama.cpp's converter "
+                          "writes it)")
+    return value
+
+
+def bert_config(meta: dict, tensors: dict):
+    """``bert.*`` metadata (and the tables' shapes) -> transformers' BertConfig."""
+    from transformers import BertConfig
+
+    hidden = int(_key(meta, "embedding_length"))
+    heads = int(_key(meta, "attention.head_count"))
+    if hidden % heads:
+        raise ExportError(f"GGUF metadata bert.embedding_length={hidden} is not a multiple of "
+                          f"bert.attention.head_count={heads}")
+    types = tensors.get("token_types.weight")
+    type_vocab = int(meta.get("tokenizer.ggml.token_type_count") or (types.shape[0] if types is not None else 2))
+    positions = tensors.get("position_embd.weight")
+    context = int(_key(meta, "context_length"))
+    if positions is not None and positions.shape[0] != context:
+        raise ExportError(f"GGUF metadata bert.context_length is {context}, but position_embd.weight holds "
+                          f"{positions.shape[0]} positions")
+    vocab = len(meta.get("tokenizer.ggml.tokens") or []) or tensors["token_embd.weight"].shape[0]
+    return BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=int(_key(meta, "block_count")),
+                      num_attention_heads=heads, intermediate_size=int(_key(meta, "feed_forward_length")),
+                      max_position_embeddings=context, type_vocab_size=type_vocab,
+                      layer_norm_eps=float(_key(meta, "attention.layer_norm_epsilon", 1e-12)), hidden_act="gelu",
+                      pad_token_id=0)
+
+
+def _tensors(path) -> dict[str, np.ndarray]:
+    """Every tensor of the file as an fp32 array in transformers' orientation ([rows, cols] = ggml [ne1, ne0])."""
+    from gguf.quants import dequantize
+
+    from .gguf_reader import gguf_reader
+
+    out = {}
+    for t in gguf_reader(path).tensors:
+        array = dequantize(t.data, t.tensor_type)  # F32 / F16 / BF16 / block types -> float32 of the logical shape
+        out[t.name] = np.asarray(array, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+    return out
+
+
+def _state_dict(tensors: dict[str, np.ndarray], layers: int, path) -> dict[str, np.ndarray]:
+    """GGUF tensors -> transformers BertModel parameters; unknown tensors refused by name."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, layers)
+    hf_of = {}  # gguf name -> transformers name, from the converter's map read backwards
+    from transformers import BertConfig, BertModel
+    import torch
+
+    with torch.device("meta"):
+        shape_model = BertModel(BertConfig(num_hidden_layers=layers), add_pooling_layer=False)
+    for key in shape_model.state_dict():
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is not None:
+            hf_of[name] = key
+    state = {}
+    for name, array in tensors.items():
+        qkv = name.split(".")
+        if len(qkv) == 4 and qkv[2] == "attn_qkv":  # q, k, v rows in one tensor
+            parts = np.split(array, 3, axis=0)
+            for part, p in zip(parts, "qkv"):
+                state[hf_of[f"blk.{qkv[1]}.attn_{p}.{qkv[3]}"]] = part
+            continue
+        if name not in hf_of:
+            raise ExportError(f"{path}: tensor {name!r} has no place in a BERT encoder (a classifier head or "
+                              "another architecture's tensor); onnxlm exports BERT embedding models")
+        state[hf_of[name]] = array
+    missing = sorted(set(hf_of.values()) - set(state))
+    if missing:
+        raise ExportError(f"{path}: the file lacks the tensors for {', '.join(missing[:4])}"
+                          + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+    return state
+
+
+def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
+    """A ``bert`` GGUF -> ``BertGGUF``: the dequantised fp32 BertModel, the WPM tokenizer, pooling, special ids."""
+    import torch
+    from transformers import BertModel
+
+    from .gguf import read_gguf_metadata
+    from .gguf_wpm import build_wpm_tokenizer, wpm_specials
+    from .loader import gguf_pooling
+
+    path = pathlib.Path(path)
+    meta = read_gguf_metadata(path)
+    arch = meta.get("general.architecture")
+    if arch not in ENCODER_ARCHITECTURES:
+        raise ExportError(f"{path}: general.architecture is {arch!r}, not one of {ENCODER_ARCHITECTURES}")
+    if meta.get("tokenizer.ggml.model") != "bert":
+        raise ExportError(f"{path}: tokenizer.ggml.model is {meta.get('tokenizer.ggml.model')!r}; a BERT file's "
+                          "vocabulary is WordPiece ('bert')")
+    pooling = gguf_pooling(meta)
+    if pooling not in (None, "mean", "cls"):
+        raise ExportError(f"{path}: bert.pooling_type says {pooling!r}; a BERT encoder pools 'mean' or 'cls'")
+    tokenizer = build_wpm_tokenizer(meta)
+    tensors = _tensors(path)
+    config = bert_config(meta, tensors)
+    state = _state_dict(tensors, config.num_hidden_layers, path)
+    model = BertModel(config, add_pooling_layer=False)
+    wanted = model.state_dict()
+    for key, array in state.items():
+        if tuple(wanted[key].shape) != array.shape:
+            raise ExportError(f"{path}: the tensor for {key} is {list(array.shape)}, the metadata's model needs "
+                              f"{list(wanted[key].shape)}")
+    model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
+    ids = wpm_specials(meta)
+    specials = {"bos_token_id": ids["bos"], "sep_token_id": ids["sep"], "pad_token_id": ids["pad"],
+                "unk_token_id": ids["unk"]}
+    return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling or "mean",
+                    special_tokens=specials, metadata=meta)
