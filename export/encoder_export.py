@@ -1,12 +1,14 @@
-"""An embedding-only encoder (a ``bert`` GGUF's BertModel) -> a validated artifact of ``kind = "embedding"``.
+"""An embedding-only encoder (a ``bert`` GGUF's BertModel, a ``nomic-bert`` GGUF's NomicBertModel:
+export/nomic_bert.py) -> a validated artifact of ``kind = "embedding"``.
 
 One graph, ``model.onnx`` (torch.onnx, TorchScript exporter, opset ``OPSET``): inputs ``input_ids`` [b, s] int64,
 ``attention_mask`` [b, s] int64 (1 on a row's own tokens; padding on either side), ``token_type_ids`` [b, s] int64
-(0: one sequence, as llama.cpp feeds BERT); output ``last_hidden_state`` [b, s, D] float32 (transformers'
-``BertModel(...).last_hidden_state``: the last layer's output, after its LayerNorm). Beside it ``tokenizer.json``
-(export/gguf_wpm.py), ``config.json`` and ``onnxlm.json``: ``kind`` "embedding", ``model_type`` "bert", the
-dimensions, ``pooling`` (the file's ``bert.pooling_type``: the runtime's default), the special ids (``bos_token_id``:
-[CLS], put first; ``sep_token_id``: put last; ``pad_token_id``), ``validation`` and ``source`` (the GGUF's sha256).
+(0: one sequence, as llama.cpp feeds BERT); output ``last_hidden_state`` [b, s, D] float32 (the model's
+``last_hidden_state``: the last layer's output, after its LayerNorm). Beside it ``tokenizer.json``
+(export/gguf_wpm.py), ``config.json`` and ``onnxlm.json``: ``kind`` "embedding", ``model_type`` ("bert",
+"nomic_bert"), the dimensions, ``pooling`` (the file's ``{arch}.pooling_type``: the runtime's default), the special
+ids (``bos_token_id``: [CLS], put first; ``sep_token_id``: put last; ``pad_token_id``), ``validation`` and
+``source`` (the GGUF's sha256).
 
 A row's positions are counted from its first held token (``attention_mask``'s running sum), so a row padded on
 either side gets the states it gets alone. Validation: onnxruntime on a right-padded and a left-padded batch of three
@@ -45,7 +47,7 @@ def _log(progress: bool, msg: str) -> None:
 
 
 def _export_graph(model, path: Path) -> None:
-    """BertModel -> ``path`` (ONNX, dynamic batch and length)."""
+    """The encoder (BertModel / NomicBertModel) -> ``path`` (ONNX, dynamic batch and length)."""
     import torch
 
     class Encoder(torch.nn.Module):  # [b, s] int64 x3 -> [b, s, D] float32
@@ -109,13 +111,14 @@ def validate_encoder(model, path: Path, tolerance: float | None = None) -> dict:
 
 def export_encoder_gguf(gguf_path, out_dir: Path, *, force: bool = False, tolerance: float | None = None,
                         validate: bool = True, progress: bool = True) -> Path:
-    """A ``bert`` GGUF -> the artifact directory ``out_dir`` (see the module doc), written atomically."""
-    from .gguf_bert import load_bert_gguf
+    """A ``bert`` / ``nomic-bert`` GGUF -> the artifact directory ``out_dir`` (see the module doc), written
+    atomically."""
+    from .gguf_bert import load_encoder_gguf
 
     if tolerance is not None and not (float(tolerance) > 0):
         raise ExportError(f"tolerance: must be a positive number, got {tolerance!r}")
     t0 = time.perf_counter()
-    g = load_bert_gguf(gguf_path)
+    g = load_encoder_gguf(gguf_path)
     _log(progress, f"loaded {gguf_path} ({time.perf_counter() - t0:.1f}s)")
     model, cfg = g.model, g.model.config
     tmp = temp_dir_beside(out_dir, "tmp")

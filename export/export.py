@@ -195,7 +195,7 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
     if isinstance(model, (str, Path)) and is_gguf_file(Path(model).expanduser()):
         from .gguf_bert import is_encoder_gguf
 
-        if is_encoder_gguf(Path(model).expanduser()):  # an embedding encoder (BERT): its own export, fp32 only
+        if is_encoder_gguf(Path(model).expanduser()):  # an embedding encoder (BERT family): its own export, fp32 only
             return _export_encoder(model, out_dir, force=force, tolerance=tolerance, opset=opset, validate=validate,
                                    progress=progress, tokenizer=tokenizer, kv_layout=kv_layout, quantize=quantize)
         from .export_resources import check_gguf_export_resources
@@ -334,8 +334,8 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
 
 def _export_encoder(model, out_dir: Path, *, force, tolerance, opset, validate, progress, tokenizer, kv_layout,
                     quantize) -> Path:
-    """A ``bert`` GGUF (export/gguf_bert.py) -> an embedding artifact (export/encoder_export.py); the settings that
-    only decoders take are refused by name."""
+    """A ``bert`` / ``nomic-bert`` GGUF (export/gguf_bert.py, export/nomic_bert.py) -> an embedding artifact
+    (export/encoder_export.py); the settings that only decoders take are refused by name."""
     from .encoder_export import export_encoder_gguf
 
     given = {k: v for k, v, default in (("quantize", quantize, None), ("opset", opset, None),
@@ -343,7 +343,7 @@ def _export_encoder(model, out_dir: Path, *, force, tolerance, opset, validate, 
              if v is not default and v != default}
     if given:
         raise ExportError(f"{', '.join(f'{k}={v!r:.40}' for k, v in given.items())}: {model} is an embedding "
-                          "encoder (BERT), exported in fp32 with its own graph and tokenizer; leave these out")
+                          "encoder (BERT family), exported in fp32 with its own graph and tokenizer; leave these out")
     return export_encoder_gguf(model, out_dir, force=force, tolerance=tolerance, validate=validate,
                                progress=progress)
 

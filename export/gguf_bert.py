@@ -27,16 +27,20 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-__all__ = ["ENCODER_ARCHITECTURES", "BertGGUF", "bert_config", "load_bert_gguf", "is_encoder_gguf"]
+from .gguf_header import ENCODER_GGUF_ARCHITECTURES
 
-#: GGUF architectures onnxlm exports as embedding-only encoders
-ENCODER_ARCHITECTURES = ("bert",)
+__all__ = ["ENCODER_ARCHITECTURES", "BertGGUF", "bert_config", "load_bert_gguf", "load_encoder_gguf",
+           "is_encoder_gguf", "gguf_tensors"]
+
+#: GGUF architectures onnxlm exports as embedding-only encoders: "bert" here, "nomic-bert" in export/nomic_bert.py
+#: (gguf_header's list: one list for the export, ``onnxlm info`` and the header checks)
+ENCODER_ARCHITECTURES = ENCODER_GGUF_ARCHITECTURES
 
 
 @dataclass
 class BertGGUF:
     path: pathlib.Path
-    model: Any                 # transformers BertModel, fp32, eval, no pooler
+    model: Any                 # fp32, eval: transformers BertModel (no pooler) / nomic_bert.NomicBertModel
     tokenizer: Any             # tokenizers.Tokenizer (export/gguf_wpm.py)
     pooling: str               # "mean" | "cls"
     special_tokens: dict       # {"bos_token_id" (CLS), "sep_token_id", "pad_token_id", "unk_token_id"}
@@ -82,7 +86,7 @@ def bert_config(meta: dict, tensors: dict):
                       pad_token_id=0)
 
 
-def _tensors(path) -> dict[str, np.ndarray]:
+def gguf_tensors(path) -> dict[str, np.ndarray]:
     """Every tensor of the file as an fp32 array in transformers' orientation ([rows, cols] = ggml [ne1, ne0])."""
     from gguf.quants import dequantize
 
@@ -141,8 +145,8 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
     path = pathlib.Path(path)
     meta = read_gguf_metadata(path)
     arch = meta.get("general.architecture")
-    if arch not in ENCODER_ARCHITECTURES:
-        raise ExportError(f"{path}: general.architecture is {arch!r}, not one of {ENCODER_ARCHITECTURES}")
+    if arch != "bert":
+        raise ExportError(f"{path}: general.architecture is {arch!r}, not 'bert'")
     if meta.get("tokenizer.ggml.model") != "bert":
         raise ExportError(f"{path}: tokenizer.ggml.model is {meta.get('tokenizer.ggml.model')!r}; a BERT file's "
                           "vocabulary is WordPiece ('bert')")
@@ -150,7 +154,7 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
     if pooling not in (None, "mean", "cls"):
         raise ExportError(f"{path}: bert.pooling_type says {pooling!r}; a BERT encoder pools 'mean' or 'cls'")
     tokenizer = build_wpm_tokenizer(meta)
-    tensors = _tensors(path)
+    tensors = gguf_tensors(path)
     config = bert_config(meta, tensors)
     state = _state_dict(tensors, config.num_hidden_layers, path)
     model = BertModel(config, add_pooling_layer=False)
@@ -165,3 +169,19 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
                 "unk_token_id": ids["unk"]}
     return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling or "mean",
                     special_tokens=specials, metadata=meta)
+
+
+def load_encoder_gguf(path: str | os.PathLike) -> BertGGUF:
+    """An embedding encoder GGUF of any of ``ENCODER_ARCHITECTURES`` -> ``BertGGUF`` (its model, tokenizer, pooling,
+    special ids): ``load_bert_gguf`` or ``nomic_bert.load_nomic_bert_gguf``, by ``general.architecture``."""
+    from .gguf_reader import field_value, gguf_reader
+
+    arch = field_value(gguf_reader(path), "general.architecture")
+    if arch == "nomic-bert":
+        from .nomic_bert import load_nomic_bert_gguf
+
+        return load_nomic_bert_gguf(path)
+    if arch == "bert":
+        return load_bert_gguf(path)
+    raise ExportError(f"{path}: general.architecture is {arch!r}, not one of the embedding encoders onnxlm exports "
+                      f"({', '.join(ENCODER_ARCHITECTURES)})")

@@ -24,15 +24,16 @@ from dataclasses import dataclass
 from onnxlm.runtime.errors import ModelFileError
 
 __all__ = ["TESTED_GGUF_ARCHITECTURES", "ENCODER_GGUF_ARCHITECTURES", "GENERAL_KEYS", "ARCH_KEYS", "check_header",
-           "check_blocks", "scalar_value", "architecture_refusal"]
+           "check_blocks", "scalar_value", "architecture_refusal", "exported_architectures"]
 
 #: ``general.architecture`` values whose files the tests export (tests/test_gguf*.py, tests/test_gemma3_270m.py)
 TESTED_GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3", "granite", "smollm3",
                              "olmo2", "ernie4_5", "exaone4", "gpt2", "stablelm", "lfm2")
 
 
-#: ``general.architecture`` values exported as embedding-only encoders (export/gguf_bert.py; tests/test_gguf_bert.py)
-ENCODER_GGUF_ARCHITECTURES = ("bert",)
+#: ``general.architecture`` values exported as embedding-only encoders (export/gguf_bert.py, export/nomic_bert.py;
+#: tests/test_gguf_bert.py, tests/test_gguf_nomic_bert.py)
+ENCODER_GGUF_ARCHITECTURES = ("bert", "nomic-bert")
 
 
 def architecture_refusal(path, arch) -> str | None:
@@ -42,8 +43,12 @@ def architecture_refusal(path, arch) -> str | None:
         return None
     said = (f"GGUF architecture {_short(arch)!r} (its general.architecture)" if isinstance(arch, str) else
             "a GGUF file without general.architecture")
-    return f"{path}: onnxlm does not export {said}; the GGUF architectures it exports: " + ", ".join(
-        TESTED_GGUF_ARCHITECTURES)
+    return f"{path}: onnxlm does not export {said}; the GGUF architectures it exports: " + exported_architectures()
+
+
+def exported_architectures() -> str:
+    """The GGUF architectures onnxlm exports, as its refusals and ``onnxlm info`` list them."""
+    return (", ".join(TESTED_GGUF_ARCHITECTURES) + "; as embedding models: " + ", ".join(ENCODER_GGUF_ARCHITECTURES))
 
 
 # what a key's value may be (``Rule.kind``)

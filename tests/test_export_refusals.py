@@ -17,14 +17,14 @@ from gguf.constants import GGUFValueType as T  # noqa: E402
 
 from cli_util import run_cli  # noqa: E402
 from onnxlm.export import gguf_artifact as GA  # noqa: E402
-from onnxlm.export.gguf_header import TESTED_GGUF_ARCHITECTURES  # noqa: E402
+from onnxlm.export.gguf_header import ENCODER_GGUF_ARCHITECTURES, TESTED_GGUF_ARCHITECTURES  # noqa: E402
 from onnxlm.export.gguf_reader import forget_readers, gguf_reader  # noqa: E402
 from onnxlm.export.gguf_splits import header_split, split_bytes, split_files  # noqa: E402
 from onnxlm.export.recipes import RECIPES_DIR  # noqa: E402
 from onnxlm.runtime.errors import ExportError, ParameterError  # noqa: E402
 from test_gguf_header import write_header  # noqa: E402
 
-EXPORTED = ", ".join(TESTED_GGUF_ARCHITECTURES)
+EXPORTED = ", ".join(TESTED_GGUF_ARCHITECTURES) + "; as embedding models: " + ", ".join(ENCODER_GGUF_ARCHITECTURES)
 
 
 def _one_short_line(err: str, *parts: str, limit: int = 400) -> str:

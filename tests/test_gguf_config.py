@@ -147,7 +147,7 @@ def test_an_architecture_onnxlm_does_not_export_is_refused_by_name(tmp_path, mon
     onnxlm exports (those ``onnxlm info`` lists)."""
     match = (rf"{arch}.gguf: onnxlm does not export GGUF architecture '{arch}' \(its general.architecture\); the GGUF "
              r"architectures it exports: llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, "
-             r"ernie4_5, exaone4, gpt2, stablelm, lfm2$")
+             r"ernie4_5, exaone4, gpt2, stablelm, lfm2; as embedding models: bert, nomic-bert$")
     monkeypatch.setitem(CASES, arch, (arch, {}, None))
     path = tmp_path / f"{arch}.gguf"
     write_tiny_gguf(path, arch)

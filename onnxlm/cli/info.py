@@ -160,7 +160,7 @@ def _run_gguf(args) -> int:
 
 
 def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
-    from onnxlm.export.gguf import TESTED_GGUF_ARCHITECTURES
+    from onnxlm.export.gguf_header import exported_architectures
 
     types = ", ".join(f"{t} {n}" for t, n in g["tensor_types"].items())
     on_blocks = g["blocks"] and g["on_blocks"]
@@ -184,7 +184,7 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
             if g["exported"] and g.get("embedding_only") else
             f"{g['architecture']}: onnxlm exports it" if g["exported"] else
             f"{g['architecture']}: onnxlm does not export this file: {g['refused']}" if g.get("refused") else
-            f"{g['architecture']}: onnxlm does not export it (it exports {', '.join(TESTED_GGUF_ARCHITECTURES)})")
+            f"{g['architecture']}: onnxlm does not export it (it exports {exported_architectures()})")
     runs = g["exported"] and tok["supported"]
     from onnxlm.export.export_resources import export_needs
 
