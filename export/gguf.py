@@ -156,6 +156,13 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
     tokens = meta.get("tokenizer.ggml.tokens")
     if not tokens:
         raise ExportError("GGUF metadata has no tokenizer.ggml.tokens: cannot determine the special tokens")
+    if meta.get("tokenizer.ggml.model") == "t5":  # llama.cpp's UGM defaults (eos 1, unk 2, pad 0, add_eos true)
+        from .gguf_ugm import ugm_special_tokens
+
+        out = ugm_special_tokens(meta)
+        eos = out["eos_token_id"]
+        out["eog_token_ids"] = list(dict.fromkeys(([eos] if eos is not None else []) + end_of_generation_ids(meta)))
+        return out
     out: dict[str, Any] = {}
     for name, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"),
                       ("unk", "unknown_token_id")):
@@ -218,10 +225,15 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
         from .gguf_wpm import build_wpm_tokenizer
 
         return build_wpm_tokenizer(meta)
+    if tok_model == "t5":  # SentencePiece Unigram (T5; XLM-RoBERTa embedders such as bge-m3): export/gguf_ugm.py
+        from .gguf_ugm import build_ugm_tokenizer
+
+        return build_ugm_tokenizer(meta)
     if tok_model != "gpt2":
         raise ExportError(
             f"GGUF tokenizer.ggml.model={tok_model!r} is not supported: only byte-level BPE ('gpt2'), "
-            "SentencePiece ('llama') and WordPiece ('bert') tokenizers can be built from GGUF metadata"
+            "SentencePiece ('llama'), WordPiece ('bert') and Unigram ('t5') tokenizers can be built from GGUF "
+            "metadata"
         )
     tokens = meta.get("tokenizer.ggml.tokens")
     merges = meta.get("tokenizer.ggml.merges")

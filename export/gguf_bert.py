@@ -133,13 +133,37 @@ def _state_dict(tensors: dict[str, np.ndarray], layers: int, path) -> dict[str, 
     return state
 
 
+def bert_tokenizer(meta: dict, path) -> tuple[Any, dict]:
+    """A ``bert`` file's vocabulary -> (tokenizers.Tokenizer, {"bos_token_id": put first, "sep_token_id": put last,
+    "pad_token_id", "unk_token_id"}): WordPiece (``tokenizer.ggml.model = "bert"``: BERT, all-MiniLM, bge, mxbai;
+    export/gguf_wpm.py) or SentencePiece Unigram (``"t5"``: XLM-RoBERTa models such as bge-m3 and multilingual-e5,
+    ``<s> text </s>``; export/gguf_ugm.py), as llama.cpp tokenizes them."""
+    model = meta.get("tokenizer.ggml.model")
+    if model == "bert":
+        from .gguf_wpm import build_wpm_tokenizer, wpm_specials
+
+        ids = wpm_specials(meta)
+        return build_wpm_tokenizer(meta), {"bos_token_id": ids["bos"], "sep_token_id": ids["sep"],
+                                           "pad_token_id": ids["pad"], "unk_token_id": ids["unk"]}
+    if model == "t5":
+        from .gguf_ugm import build_ugm_tokenizer, ugm_special_tokens
+
+        s = ugm_special_tokens(meta)
+        return build_ugm_tokenizer(meta), {"bos_token_id": s["bos_token_id"] if s["add_bos_token"] else None,
+                                           "sep_token_id": s["eos_token_id"] if s["add_eos_token"] else None,
+                                           "pad_token_id": s["pad_token_id"], "unk_token_id": s["unk_token_id"]}
+    raise ExportError(f"{path}: tokenizer.ggml.model is {model!r}; a BERT file's vocabulary is WordPiece ('bert') "
+                      "or, for XLM-RoBERTa models, SentencePiece Unigram ('t5')")
+
+
 def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
-    """A ``bert`` GGUF -> ``BertGGUF``: the dequantised fp32 BertModel, the WPM tokenizer, pooling, special ids."""
+    """A ``bert`` GGUF -> ``BertGGUF``: the dequantised fp32 BertModel, its tokenizer (``bert_tokenizer``), pooling,
+    special ids. An XLM-RoBERTa file is a BERT one here: llama.cpp's converter cut its position table to start at
+    the first token's row (RoBERTa counts positions from pad_token_id + 1) and it has one token type."""
     import torch
     from transformers import BertModel
 
     from .gguf import read_gguf_metadata
-    from .gguf_wpm import build_wpm_tokenizer, wpm_specials
     from .loader import gguf_pooling
 
     path = pathlib.Path(path)
@@ -147,13 +171,10 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
     arch = meta.get("general.architecture")
     if arch != "bert":
         raise ExportError(f"{path}: general.architecture is {arch!r}, not 'bert'")
-    if meta.get("tokenizer.ggml.model") != "bert":
-        raise ExportError(f"{path}: tokenizer.ggml.model is {meta.get('tokenizer.ggml.model')!r}; a BERT file's "
-                          "vocabulary is WordPiece ('bert')")
+    tokenizer, specials = bert_tokenizer(meta, path)
     pooling = gguf_pooling(meta)
     if pooling not in (None, "mean", "cls"):
         raise ExportError(f"{path}: bert.pooling_type says {pooling!r}; a BERT encoder pools 'mean' or 'cls'")
-    tokenizer = build_wpm_tokenizer(meta)
     tensors = gguf_tensors(path)
     config = bert_config(meta, tensors)
     state = _state_dict(tensors, config.num_hidden_layers, path)
@@ -164,9 +185,6 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
             raise ExportError(f"{path}: the tensor for {key} is {list(array.shape)}, the metadata's model needs "
                               f"{list(wanted[key].shape)}")
     model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
-    ids = wpm_specials(meta)
-    specials = {"bos_token_id": ids["bos"], "sep_token_id": ids["sep"], "pad_token_id": ids["pad"],
-                "unk_token_id": ids["unk"]}
     return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling or "mean",
                     special_tokens=specials, metadata=meta)
 

@@ -64,9 +64,12 @@ def _tokenizer(reader) -> dict:
         return {**out, "supported": True, "why": "SentencePiece, built as llama.cpp tokenizes"}
     if model == "bert":
         return {**out, "supported": True, "why": "WordPiece, built as llama.cpp tokenizes (WPM)"}
+    if model == "t5":
+        return {**out, "supported": True, "why": "SentencePiece Unigram, built as llama.cpp tokenizes (UGM)"}
     if model != "gpt2":
         return {**out, "supported": False, "why": f"tokenizer.ggml.model {model!r}: onnxlm builds 'gpt2' (byte-level "
-                                                  "BPE), 'llama' (SentencePiece) and 'bert' (WordPiece)"}
+                                                  "BPE), 'llama' (SentencePiece), 'bert' (WordPiece) and 't5' "
+                                                  "(Unigram)"}
     if (pre or "default") not in PRE_TYPES:
         return {**out, "supported": False, "why": f"tokenizer.ggml.pre {pre!r} is not one onnxlm knows "
                                                   f"({', '.join(sorted(PRE_TYPES))})"}

@@ -12,7 +12,8 @@ import pytest
 
 import onnxlm
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
-from onnxlm.runtime.decoding.scheduler_draft import LoneDraft, ServerDraft, top_probability
+from onnxlm.runtime.decoding.scheduler_draft import (LoneDraft, ServerDraft, conformed, top_probability,
+                                                     vocabulary_mismatch)
 from onnxlm.runtime.errors import ParameterError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -138,6 +139,40 @@ def test_a_draft_with_a_shorter_context_does_not_speculate(fused, tiny_llama):
                                                                          do_sample=False).new_tokens
 
 
+def test_the_vocabulary_check_reads_token_texts(fused, tiny_llama):
+    """llama.cpp's check: the same token text for every id from 5 on (a vocabulary of the same size but other
+    tokens is refused, naming the first id that differs), BOS/EOS ids equal, widths at most 128 apart."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from onnxlm.runtime.tokenizer import TextTokenizer
+
+    other = onnxlm.load(tiny_llama.onnx_dir)
+    spec = json.loads(other.tokenizer.tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    renamed = next(t for t, i in vocab.items() if i == 40)
+    vocab["\u2603" + renamed] = vocab.pop(renamed)
+    other.tokenizer = TextTokenizer(Tokenizer.from_str(json.dumps(spec)))
+    with pytest.raises(ParameterError, match="its token 40 is '\u2603"):
+        ServerDraft(other, fused)
+    assert vocabulary_mismatch(onnxlm.load(tiny_llama.onnx_dir), fused) is None
+    wider = onnxlm.load(tiny_llama.onnx_dir)
+    wider.vocab_size = fused.vocab_size + 100  # a padded vocabulary (Qwen 2.5's sizes differ so): taken
+    assert vocabulary_mismatch(wider, fused) is None
+    wider.manifest = dict(wider.manifest, special_tokens={**wider.manifest.get("special_tokens", {}),
+                                                          "eos_token_id": 7})
+    assert "eos_token_id is 7" in vocabulary_mismatch(wider, fused)
+
+
+def test_conformed_scores_cut_or_pad_to_the_models_ids():
+    logits = np.array([[1.0, 3.0, 2.0]], np.float32)
+    assert conformed(logits, 3) is logits
+    assert conformed(logits, 2).tolist() == [[1.0, 3.0]]
+    padded = conformed(logits, 5)
+    assert padded.shape == (1, 5) and np.isneginf(padded[0, 3:]).all() and int(np.argmax(padded)) == 1
+
+
 def test_top_probability():
     scores = np.array([1.0, 2.0, -np.inf, 0.5], np.float32)
     p = np.exp(scores - scores.max())
@@ -149,6 +184,8 @@ def test_refusals_name_the_parameter(fused, drafts, tiny_t5):
     t5 = onnxlm.load(tiny_t5.onnx_dir)
     with pytest.raises(ParameterError, match="vocabulary has 999 ids"):
         ServerDraft(types.SimpleNamespace(start=None, vocab_size=999, is_encoder_decoder=False), fused)
+    with pytest.raises(ParameterError, match="got a seq2seq model; the draft must be a decoder-only"):
+        ServerDraft(t5, fused)
     with pytest.raises(ParameterError, match="draft"):
         ServerDraft(t5, fused)
     with pytest.raises(ParameterError, match="seq2seq"):

@@ -59,6 +59,29 @@ def test_answers_equal_the_plain_servers_with_fewer_passes(servers):
     assert httpx.get(plain.url + "/metrics").json()["speculative_passes"] == 0
 
 
+def test_streamed_counts_timings_and_prediction_usage(servers):
+    """A speculative pass's tokens come together: each streamed /completion chunk still counts its own
+    ``tokens_predicted``; the final ``timings`` give llama.cpp's draft_n / draft_n_accepted; a chat request's
+    ``prediction`` counts only what the prediction proposed, not the draft's fallback proposals."""
+    import json
+
+    spec, plain = servers
+    body = {"prompt": PROMPT, "n_predict": 24, "temperature": 0, "stream": True, "cache_prompt": False}
+    with httpx.stream("POST", spec.url + "/completion", json=body, timeout=60) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    counts = [e["tokens_predicted"] for e in events if not e["stop"]]
+    assert counts == list(range(1, len(counts) + 1)) and len(counts) > 1
+    timings = events[-1]["timings"]
+    assert timings["draft_n"] >= timings["draft_n_accepted"] > 0
+    messages = [{"role": "user", "content": PROMPT}]
+    usage = [c.chat.completions.create(model="tiny", messages=messages, max_tokens=24, temperature=0,
+                                       prediction={"type": "content", "content": "zzzz qqqq xxxx"}).usage
+             for c in (_client(plain), _client(spec))]
+    details = [u.completion_tokens_details for u in usage]
+    assert (details[1].accepted_prediction_tokens, details[1].rejected_prediction_tokens) == (
+        details[0].accepted_prediction_tokens, details[0].rejected_prediction_tokens)
+
+
 def test_llama_cpps_per_request_draft_settings(servers):
     spec, _ = servers
     before = httpx.get(spec.url + "/metrics").json()["speculative_passes"]
@@ -81,7 +104,7 @@ def test_llama_cpps_per_request_draft_settings(servers):
 
 def _other_vocabulary(onnx_dir):
     model = onnxlm.load(onnx_dir)
-    model.vocab_size = 300
+    model.vocab_size = 390  # more than 128 ids apart (a padded vocabulary may be fewer apart: next test)
     return model
 
 
@@ -94,7 +117,8 @@ def test_a_draft_that_cannot_draft_stops_the_start(tiny_llama, tiny_t5, which):
         srv.state.engine.ready.wait(60)
         err = srv.state.engine.load_error
         assert isinstance(err, ParameterError) and err.parameter == "draft"
-        assert ("its vocabulary has 300 ids, the model's 260" if which == "vocabulary" else "decoder-only") in str(err)
+        assert ("its vocabulary has 390 ids, the model's 260" if which == "vocabulary" else "decoder-only") in str(err)
+        assert srv.state.engine.loading == "draft"
         assert httpx.get(srv.url + "/health").status_code == 503
     finally:
         srv.stop()
@@ -108,9 +132,9 @@ def test_create_app_refuses_a_draft_with_prompt_lookup(tiny_llama):
 
 @pytest.mark.parametrize("argv, refusal", [
     (["--draft-max", "4"], "--draft-max needs --draft MODEL"),
+    (["--draft-max", "16"], "--draft-max needs --draft MODEL"),  # the default's value, given: refused all the same
     (["--draft-p-min", "0.5"], "--draft-p-min needs --draft MODEL"),
     (["--draft", "D", "--prompt-lookup", "4"], "--draft and --prompt-lookup: give one of them"),
-    (["--draft", "D", "--draft-max", "65"], "--draft-max 65; allowed: 1 to 64"),
     (["--draft", "D", "--draft-max", "4", "--draft-min", "5"], "--draft-min 5 is more than --draft-max 4"),
 ])
 def test_the_command_line_refuses_draft_options_that_cannot_apply(capsys, tiny_llama, argv, refusal):
@@ -119,12 +143,29 @@ def test_the_command_line_refuses_draft_options_that_cannot_apply(capsys, tiny_l
     assert code == 1 and len(lines) == 1 and refusal in lines[0], err
 
 
-@pytest.mark.parametrize("value", ["1.5", "nan", "x"])
-def test_a_draft_p_min_outside_0_1_is_a_usage_error(capsys, value):
-    code, _, err = run_cli(capsys, "serve", "m", "--draft", "d", "--draft-p-min", value)
-    assert code == 2 and "argument --draft-p-min: expected a number from 0 to 1" in err
+@pytest.mark.parametrize("flag, value, refusal", [
+    ("--draft-p-min", "1.5", "expected a number from 0 to 1"), ("--draft-p-min", "nan", "expected a number from 0"),
+    ("--draft-p-min", "x", "expected a number from 0 to 1"), ("--draft-max", "65", "expected an integer from 1 to 64"),
+    ("--draft-max", "0", "expected an integer >= 1")])
+def test_draft_numbers_out_of_range_are_usage_errors(capsys, flag, value, refusal):
+    code, _, err = run_cli(capsys, "serve", "m", "--draft", "d", flag, value)
+    assert code == 2 and f"argument {flag}: {refusal}" in err
 
 
-def test_a_draft_that_is_no_model_is_one_error_line(capsys, tiny_llama, tmp_path):
-    code, _, err = run_cli(capsys, "serve", tiny_llama.onnx_dir, "--port", "0", "--draft", str(tmp_path / "none"))
-    assert code == 1 and "no such model" in err and len(err.strip().splitlines()) == 1
+@pytest.mark.parametrize("what", ["missing", "not-a-model"])
+def test_a_draft_that_is_no_model_is_one_error_line_before_the_start(capsys, tiny_llama, tmp_path, what):
+    path = tmp_path / what
+    if what == "not-a-model":
+        path.mkdir()
+    code, out, err = run_cli(capsys, "serve", tiny_llama.onnx_dir, "--port", "0", "--draft", str(path))
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("onnxlm: error: --draft: "), err
+    assert "Uvicorn" not in out + err and "Started server" not in out + err
+
+
+def test_a_draft_load_error_names_the_draft(capsys, tiny_llama, tiny_t5):
+    """A draft that loads but cannot draft (a seq2seq model) stops the start; the error says it is the draft."""
+    code, out, err = run_cli(capsys, "serve", tiny_llama.onnx_dir, "--port", "0", "--draft", tiny_t5.onnx_dir)
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and f"loading the draft model {tiny_t5.onnx_dir} (--draft) failed" in line, err
+    assert "got a seq2seq model; the draft must be a decoder-only language model" in line

@@ -86,11 +86,11 @@ def add_parser(sub) -> None:
                         "model where the draft guesses well. It pays when the draft's step costs a small share of "
                         "the model's (a 1B model with a 135M draft), not for drafts nearly as slow as the model; "
                         "not for structured output or n > 1")
-    d.add_argument("--draft-max", type=positive_int, default=DRAFT_MAX, metavar="N",
+    d.add_argument("--draft-max", type=draft_tokens, default=None, metavar="N",
                    help=f"tokens a draft round proposes at most, 1-64 (default: {DRAFT_MAX})")
-    d.add_argument("--draft-min", type=non_negative_int, default=DRAFT_MIN, metavar="N",
+    d.add_argument("--draft-min", type=non_negative_int, default=None, metavar="N",
                    help=f"a draft of fewer tokens is not checked (a plain step instead) (default: {DRAFT_MIN})")
-    d.add_argument("--draft-p-min", type=probability, default=DRAFT_P_MIN, metavar="P",
+    d.add_argument("--draft-p-min", type=probability, default=None, metavar="P",
                    help="the draft stops after a token it gives less than P probability (its scores after the "
                         f"request's logits processors) (default: {DRAFT_P_MIN})")
     p.add_argument("--prefill-chunk", type=non_negative_int, default=256, metavar="N",
@@ -163,40 +163,61 @@ def run(args) -> int:
         raise OnnxlmError(f"the server could not start on {args.host}:{args.port} (exit {exc.code}; see the log "
                           "line above)") from None
     if state.engine.load_error is not None:
-        raise OnnxlmError(f"loading {path} failed: {state.engine.load_error}")
+        part = f"the draft model {draft_path} (--draft)" if state.engine.loading == "draft" else str(path)
+        raise OnnxlmError(f"loading {part} failed: {state.engine.load_error}")
     return 0
 
 
+def draft_tokens(text: str) -> int:
+    """--draft-max: an integer from 1 to 64."""
+    value = positive_int(text)
+    if value > 64:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 64, got {value}")
+    return value
+
+
 def check_draft_args(args) -> None:
-    """--draft's options, refused by name before anything loads: with --prompt-lookup, --draft-max past 64,
-    --draft-min past --draft-max, or --draft-* without --draft (they would change nothing)."""
-    given = [f"--draft-{n}" for n, d in (("max", DRAFT_MAX), ("min", DRAFT_MIN), ("p-min", DRAFT_P_MIN))
-             if getattr(args, "draft_" + n.replace("-", "_")) != d]
+    """--draft's options, refused by name before anything loads: with --prompt-lookup, --draft-min past
+    --draft-max, or --draft-* without --draft (they would change nothing). Then the defaults fill what is not
+    given."""
+    given = [f"--draft-{n}" for n in ("max", "min", "p-min")
+             if getattr(args, "draft_" + n.replace("-", "_")) is not None]
     if not args.draft:
         if given:
             raise ParameterError(given[0].lstrip("-").replace("-", "_"), f"{given[0]} needs --draft MODEL (a draft "
                                  "model to speculate with)")
-        return
-    if args.prompt_lookup:
+    elif args.prompt_lookup:
         raise ParameterError("draft", "--draft and --prompt-lookup: give one of them (a request's own "
                              "prompt_lookup_num_tokens still asks for prompt lookup)")
-    if args.draft_max > 64:
-        raise ParameterError("draft_max", f"--draft-max {args.draft_max}; allowed: 1 to 64")
+    args.draft_max = DRAFT_MAX if args.draft_max is None else args.draft_max
+    args.draft_min = DRAFT_MIN if args.draft_min is None else args.draft_min
+    args.draft_p_min = DRAFT_P_MIN if args.draft_p_min is None else args.draft_p_min
     if args.draft_min > args.draft_max:
         raise ParameterError("draft_min", f"--draft-min {args.draft_min} is more than --draft-max "
                              f"{args.draft_max}; allowed: 0 to {args.draft_max}")
 
 
 def draft_artifact(given: str) -> Path:
-    """--draft as given -> the artifact directory to load (a .gguf file's cached artifact, exported on first use)."""
-    path, gguf = given_model(given)
-    if gguf:
-        from onnxlm.export.gguf_artifact import ensure_gguf_artifact
+    """--draft as given -> the artifact directory to load (a .gguf file's cached artifact, exported on first use),
+    checked as the model's is before anything starts; errors name --draft."""
+    from onnxlm.runtime.manifest import load_manifest
 
-        return ensure_gguf_artifact(path)
-    if not path.is_dir():
-        raise ModelFileError(f"--draft {path}: not a model directory (give an artifact directory from onnxlm export, "
-                             "or a .gguf file)", str(path))
+    try:
+        path, gguf = given_model(given)
+        if gguf:
+            from onnxlm.export.gguf_artifact import ensure_gguf_artifact
+
+            path = ensure_gguf_artifact(path)
+        if not path.is_dir():
+            raise ModelFileError(f"{path}: not a model directory (give an artifact directory from onnxlm export, or "
+                                 "a .gguf file)", str(path))
+        load_manifest(path, verify=False)
+    except OnnxlmError as exc:  # the same error type, saying it is about --draft
+        try:
+            named = type(exc)(f"--draft: {exc}")
+        except TypeError:  # an error built from other arguments
+            named = OnnxlmError(f"--draft: {exc}")
+        raise named from None
     return path
 
 

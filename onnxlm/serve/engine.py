@@ -78,6 +78,7 @@ class Engine:
         self.model = None
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
+        self.loading = "model"  # what the engine thread is loading ("model", then "draft"): a load error's part
         self.scheduler: Scheduler | None = None
         self._sinks: dict[int, Callable] = {}
         self._task_ids: dict[int, int] = {}  # id(request) -> its task number (/slots' id_task), while it runs
@@ -144,7 +145,9 @@ class Engine:
             if hasattr(self.model, "keep_kv_buffers"):  # fused layout: freed KV buffers stay resident for reuse
                 self.kv_pool = self.model.keep_kv_buffers(self.kv_pool_bytes)
             if self.draft_loader is not None:  # its vocabulary checked against the model's (a ParameterError)
+                self.loading = "draft"
                 self.draft = ServerDraft(self.draft_loader(), self.model, **self.draft_settings)
+            self.loading = None
             self.scheduler = Scheduler(self.model, max_rows=self.max_rows,
                                        prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None,
                                        prompt_lookup=self.prompt_lookup, prefill_chunk=self.prefill_chunk,

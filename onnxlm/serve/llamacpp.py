@@ -158,8 +158,10 @@ class _Answer:
         async for kind, i, what, payload in self.run.items():
             if what != "events":
                 continue
-            for ev, last in self._take(i, payload):
-                n = len(self.choices.tokens.get(i, []))
+            taken = self._take(i, payload)  # a speculative pass's tokens come together: each chunk counts its own
+            before = len(self.choices.tokens.get(i, [])) - len(taken)
+            for k, (ev, last) in enumerate(taken):
+                n = before + k + 1
                 chunk = {"index": i, "content": ev.text or "", "tokens": [ev.token_id], "stop": False,
                          "id_slot": -1, "tokens_predicted": n, "tokens_evaluated": len(self.jobs[i].ids)}
                 if self.req.n_probs:
@@ -226,7 +228,8 @@ def _probs(model, entry) -> dict:
 
 def _timings(job, predicted: int) -> dict:
     """llama.cpp's ``timings``: the prompt tokens the prefix cache held (``cache_n``), the prompt's pass over the
-    others and the generation, from the scheduler's clock (zeros before the first token)."""
+    others and the generation, from the scheduler's clock (zeros before the first token); ``draft_n`` /
+    ``draft_n_accepted`` where the request speculated."""
     r = job.req
     first = r.first_token_at if r is not None else None
     prompt_n = len(job.ids) - (r.cached_tokens if r is not None else 0)
@@ -237,9 +240,12 @@ def _timings(job, predicted: int) -> dict:
         return (ms / n if n else 0.0), (1000 * n / ms if ms > 0 else 0.0)
     prompt_per_token, prompt_per_second = rate(prompt_n, prompt_ms)
     per_token, per_second = rate(predicted, predicted_ms)
-    return {"cache_n": len(job.ids) - prompt_n, "prompt_n": prompt_n, "prompt_ms": prompt_ms, "prompt_per_token_ms": prompt_per_token,
-            "prompt_per_second": prompt_per_second, "predicted_n": predicted, "predicted_ms": predicted_ms,
-            "predicted_per_token_ms": per_token, "predicted_per_second": per_second}
+    out = {"cache_n": len(job.ids) - prompt_n, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+           "prompt_per_token_ms": prompt_per_token, "prompt_per_second": prompt_per_second, "predicted_n": predicted,
+           "predicted_ms": predicted_ms, "predicted_per_token_ms": per_token, "predicted_per_second": per_second}
+    if r is not None and r.speculated:  # llama.cpp's, where the request speculated (a draft, prompt lookup)
+        out.update(draft_n=r.speculated, draft_n_accepted=r.speculated_accepted)
+    return out
 
 
 def _pick(out: dict, fields: list[str]) -> dict:

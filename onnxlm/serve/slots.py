@@ -6,13 +6,14 @@ is inside a long call (``Engine.in_call``: a beam search runs there alone, for i
 monitor's poll never waits for a search to end.
 
 Per slot: ``id``, ``id_task`` (the request's task number, -1 when idle), ``n_ctx`` (the model's positions),
-``speculative`` (the row's request speculates by prompt lookup while it decodes alone: ``--prompt-lookup`` or its
-``prompt_lookup_num_tokens``; runtime/decoding/scheduler_speculation.py), ``is_processing``, ``params`` (``n_predict``, ``seed``, ``n_probs``: what a
-row knows of its request; the sampling fields, read by each endpoint in its own way, are not repeated here) and
-``next_token`` (``has_next_token``, ``n_remain``: tokens it may still make, -1 when idle, ``n_decoded``). onnxlm
-adds ``n_prompt_tokens``, ``n_prompt_tokens_cached`` (from the prefix cache) and ``index`` (the row within its
-request, 0..n-1). ``?fail_on_no_slot=1`` answers 503 when every slot is busy; ``onnxlm serve --no-slots`` turns the
-endpoint off (501), as llama.cpp's ``--no-slots`` does."""
+``speculative`` (the row's request speculates while it decodes alone: prompt lookup, ``--prompt-lookup`` or its
+``prompt_lookup_num_tokens``; a prediction; the ``--draft`` model; runtime/decoding/scheduler_speculation.py),
+``is_processing``, ``params`` (``n_predict``, ``seed``, ``n_probs``: what a row knows of its request; the sampling
+fields, read by each endpoint in its own way, are not repeated here) and ``next_token`` (``has_next_token``,
+``n_remain``: tokens it may still make, -1 when idle, ``n_decoded``). onnxlm adds ``n_prompt_tokens``,
+``n_prompt_tokens_cached`` (from the prefix cache) and ``index`` (the row within its request, 0..n-1).
+``?fail_on_no_slot=1`` answers 503 when every slot is busy; ``onnxlm serve --no-slots`` turns the endpoint off
+(501), as llama.cpp's ``--no-slots`` does."""
 from __future__ import annotations
 
 import asyncio

@@ -74,6 +74,11 @@ class PredictionLookup:
             return self.fallback.propose(sequences, active)
         return _NONE
 
+    @property
+    def proposed_by_prediction(self) -> bool:
+        """Whether the last proposal came from the prediction, not the fallback (what ``Request.proposed`` counts)."""
+        return self._asked is self
+
     def update(self, matches: int, k: int) -> None:
         """The last proposal's k tokens, ``matches`` of them accepted: prompt lookup's back-off, and the place in the
         prediction moves past the accepted ones (or the fallback hears it, where it proposed)."""

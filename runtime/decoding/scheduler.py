@@ -101,8 +101,10 @@ class Request:
     reasons: list = field(default_factory=list)  # per row: finish reason or None
     final_text: list = field(default_factory=list)
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
-    proposed: int = 0  # tokens its speculative passes checked (scheduler_speculation.py)
-    accepted: int = 0  # ... and kept (each one a forward pass saved)
+    proposed: int = 0  # tokens its prediction proposed and its passes checked (scheduler_speculation.py)
+    accepted: int = 0  # ... and kept: OpenAI's accepted_prediction_tokens
+    speculated: int = 0  # tokens any of its speculative passes checked (prediction, prompt lookup, draft)
+    speculated_accepted: int = 0  # ... and kept (each one a forward pass saved): llama.cpp's draft_n(_accepted)
     # time.perf_counter() when its prefill began, its first tokens were picked, it finished (None until then)
     prefill_at: float | None = None
     first_token_at: float | None = None

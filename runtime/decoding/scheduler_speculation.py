@@ -21,9 +21,10 @@ constraint (its matcher would have to roll back too); the number of tokens is th
 server's ``--prompt-lookup``), capped by a model whose state keeps a bounded rollback history (LFM2:
 ``speculation_limit``). A request with a ``prediction`` (OpenAI's predicted outputs: ids its answer is expected to
 follow) speculates from it (prediction.py; up to ``PREDICTION_TOKENS`` a pass unless those settings say otherwise),
-falling back to prompt lookup where they ask for it, else to the draft; each request counts its own proposed and
-accepted tokens (``Request.proposed`` / ``accepted``: the server's ``accepted_prediction_tokens`` /
-``rejected_prediction_tokens``).
+falling back to prompt lookup where they ask for it, else to the draft. Each request counts the tokens its
+passes checked and kept (``Request.speculated`` / ``speculated_accepted``: llama.cpp's ``draft_n`` /
+``draft_n_accepted``) and, apart, those its prediction proposed (``Request.proposed`` / ``accepted``: the server's
+``accepted_prediction_tokens`` / ``rejected_prediction_tokens``; a fallback's proposals are not the prediction's).
 """
 from __future__ import annotations
 
@@ -83,5 +84,7 @@ def speculative_pass(sched, req, proposer, token: np.ndarray, counts: Speculatio
         sched.state.rollback(np.array([k - i], np.int64))    # 2. forget the proposed tokens fed past the pick
     proposer.update(i, k)                                    # 3. the back-off hears how many were accepted
     counts.passes, counts.proposed, counts.accepted = counts.passes + 1, counts.proposed + k, counts.accepted + i
-    req.proposed, req.accepted = req.proposed + k, req.accepted + i
+    req.speculated, req.speculated_accepted = req.speculated + k, req.speculated_accepted + i
+    if getattr(proposer, "proposed_by_prediction", False):  # OpenAI's prediction counts: its own proposals only
+        req.proposed, req.accepted = req.proposed + k, req.accepted + i
     return events, going

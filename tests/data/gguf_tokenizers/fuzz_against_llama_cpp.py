@@ -2,7 +2,7 @@
 
 Never run in CI (it needs llama-cpp-python); a check beyond the stored corpus, run by hand like make_reference_ids.py::
 
-    /work/venv-peers/bin/python tests/data/gguf_tokenizers/fuzz_against_llama_cpp.py [--vocab NAME ...] \
+    .venv-peers/bin/python tests/data/gguf_tokenizers/fuzz_against_llama_cpp.py [--vocab NAME ...] \
         [--n 1000] [--seed 0] [--onnxlm-python .venv/bin/python]
 
 Each text joins 1-12 random pieces: words of several scripts, runs of ASCII and Unicode spaces, punctuation, emoji

@@ -2,7 +2,7 @@
 
 Never run in CI (it needs llama-cpp-python); run it by hand after changing the corpus or the vocabularies::
 
-    /work/venv-peers/bin/python tests/data/gguf_tokenizers/make_reference_ids.py [--vocab NAME ...] \
+    .venv-peers/bin/python tests/data/gguf_tokenizers/make_reference_ids.py [--vocab NAME ...] \
         [--onnxlm-python .venv/bin/python]
 
 ``--onnxlm-python`` (default: the repository's ``.venv/bin/python``) is the interpreter with onnxlm and gguf: it
