@@ -33,7 +33,7 @@ from .atomic_dir import move_into_place, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
 from .provenance import source_record
 
-__all__ = ["OPSET", "KIND", "export_encoder_gguf", "validate_encoder"]
+__all__ = ["OPSET", "KIND", "export_encoder_gguf", "load_encoder_gguf", "validate_encoder"]
 
 OPSET = 17
 KIND = "embedding"  # the manifest kind runtime/loader.py opens as an EncoderEmbedder
@@ -109,11 +109,27 @@ def validate_encoder(model, path: Path, tolerance: float | None = None) -> dict:
     return {"max_abs_diff": worst, "tolerance": tol, "rows": [len(r) for r in rows], "paddings": ["right", "left"]}
 
 
+def load_encoder_gguf(path):
+    """An embedding encoder GGUF of any of ``ENCODER_ARCHITECTURES`` -> a ``gguf_bert.BertGGUF`` (its model,
+    tokenizer, pooling, special ids): ``load_bert_gguf`` or ``nomic_bert.load_nomic_bert_gguf``, by ``general.architecture``."""
+    from .gguf_bert import ENCODER_ARCHITECTURES, load_bert_gguf
+    from .gguf_reader import field_value, gguf_reader
+
+    arch = field_value(gguf_reader(path), "general.architecture")
+    if arch == "nomic-bert":
+        from .nomic_bert import load_nomic_bert_gguf
+
+        return load_nomic_bert_gguf(path)
+    if arch == "bert":
+        return load_bert_gguf(path)
+    raise ExportError(f"{path}: general.architecture is {arch!r}, not one of the embedding encoders onnxlm exports "
+                      f"({', '.join(ENCODER_ARCHITECTURES)})")
+
+
 def export_encoder_gguf(gguf_path, out_dir: Path, *, force: bool = False, tolerance: float | None = None,
                         validate: bool = True, progress: bool = True) -> Path:
     """A ``bert`` / ``nomic-bert`` GGUF -> the artifact directory ``out_dir`` (see the module doc), written
     atomically."""
-    from .gguf_bert import load_encoder_gguf
 
     if tolerance is not None and not (float(tolerance) > 0):
         raise ExportError(f"tolerance: must be a positive number, got {tolerance!r}")

@@ -29,8 +29,8 @@ from onnxlm.runtime.errors import ExportError
 
 from .gguf_header import ENCODER_GGUF_ARCHITECTURES
 
-__all__ = ["ENCODER_ARCHITECTURES", "BertGGUF", "bert_config", "load_bert_gguf", "load_encoder_gguf",
-           "is_encoder_gguf", "gguf_tensors"]
+__all__ = ["ENCODER_ARCHITECTURES", "BertGGUF", "bert_config", "bert_tokenizer", "load_bert_gguf", "is_encoder_gguf",
+           "gguf_tensors"]
 
 #: GGUF architectures onnxlm exports as embedding-only encoders: "bert" here, "nomic-bert" in export/nomic_bert.py
 #: (gguf_header's list: one list for the export, ``onnxlm info`` and the header checks)
@@ -188,18 +188,3 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
     return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling or "mean",
                     special_tokens=specials, metadata=meta)
 
-
-def load_encoder_gguf(path: str | os.PathLike) -> BertGGUF:
-    """An embedding encoder GGUF of any of ``ENCODER_ARCHITECTURES`` -> ``BertGGUF`` (its model, tokenizer, pooling,
-    special ids): ``load_bert_gguf`` or ``nomic_bert.load_nomic_bert_gguf``, by ``general.architecture``."""
-    from .gguf_reader import field_value, gguf_reader
-
-    arch = field_value(gguf_reader(path), "general.architecture")
-    if arch == "nomic-bert":
-        from .nomic_bert import load_nomic_bert_gguf
-
-        return load_nomic_bert_gguf(path)
-    if arch == "bert":
-        return load_bert_gguf(path)
-    raise ExportError(f"{path}: general.architecture is {arch!r}, not one of the embedding encoders onnxlm exports "
-                      f"({', '.join(ENCODER_ARCHITECTURES)})")

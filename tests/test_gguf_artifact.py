@@ -406,7 +406,8 @@ def test_info_says_when_onnxlm_cannot_run_a_gguf_file(tmp_path, capsys, monkeypa
     write_arch_gguf(tmp_path / "falcon.gguf", "falcon")
     code, out, err = run_cli(capsys, "info", tmp_path / "falcon.gguf")
     assert code == 0, err
-    assert "falcon: onnxlm does not export it (it exports llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm, lfm2)" in out
+    assert ("falcon: onnxlm does not export it (it exports llama, qwen2, qwen3, phi3, gemma, gemma2, gemma3, granite, "
+            "smollm3, olmo2, ernie4_5, exaone4, gpt2, stablelm, lfm2; as embedding models: bert, nomic-bert)") in out
     assert "  artifact        none: onnxlm cannot run this file" in out
     # an architecture it exports, with a setting the export refuses (YaRN in Gemma 3): said from the header, as the
     # export would; a Qwen2 file's YaRN is read (gguf_config.YARN_ARCHS): exported
