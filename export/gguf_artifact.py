@@ -271,7 +271,10 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     log(f"first run of {path.name}: exporting it once to {target} (later runs reuse it; `onnxlm cache` lists "
         "and prunes)")
     if has_blocks and not blocks:
-        log(f"{arch}: {off_blocks}: exporting it in fp32 (dequantized)")
+        from .gguf_header import ENCODER_GGUF_ARCHITECTURES
+
+        log(f"{arch}: an embedding model: exporting it in fp32 (dequantized)" if arch in ENCODER_GGUF_ARCHITECTURES
+            else f"{arch}: {off_blocks}: exporting it in fp32 (dequantized)")
     replace = target.exists() or target.is_symlink()
     if not blocks:
         export_model(path, target, force=replace, progress=progress)

@@ -13,8 +13,9 @@ The hyperparameters are the converter's ``bert.*`` keys: ``context_length`` (max
 ``embedding_length``, ``feed_forward_length``, ``block_count``, ``attention.head_count``,
 ``attention.layer_norm_epsilon``; ``tokenizer.ggml.token_type_count`` (type_vocab_size, else ``token_types``'
 rows). The activation is GELU (erf), llama.cpp's ``LLM_FFN_GELU`` for BERT (``ggml_gelu``, a tanh approximation of
-it). ``bert.pooling_type`` (1 mean, 2 cls; ``loader.gguf_pooling``) is the artifact's default pooling, mean where it
-says none.
+it). ``bert.pooling_type`` (1 mean, 2 cls, 3 last; ``loader.gguf_pooling``) is the artifact's default pooling (the
+runtime's mean where it says none); 4 (rank: a reranker) is refused (``encoder_refusal``), and a ``cls.*`` classifier
+head beside an embedding pooling is left out, as llama.cpp uses it for rank only.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class BertGGUF:
     path: pathlib.Path
     model: Any                 # fp32, eval: transformers BertModel (no pooler) / nomic_bert.NomicBertModel
     tokenizer: Any             # tokenizers.Tokenizer (export/gguf_wpm.py)
-    pooling: str               # "mean" | "cls"
+    pooling: str | None        # "mean" | "cls" | "last", or None where the file names none
     special_tokens: dict       # {"bos_token_id" (CLS), "sep_token_id", "pad_token_id", "unk_token_id"}
     metadata: dict = field(repr=False, default_factory=dict)
 
@@ -86,8 +87,33 @@ def bert_config(meta: dict, tensors: dict):
                       pad_token_id=0)
 
 
+RANK = 4  # llama.cpp's LLAMA_POOLING_TYPE_RANK: a reranker, its classifier head scoring a (query, document) pair
+REQUIRED_KEYS = ("context_length", "embedding_length", "feed_forward_length", "block_count", "attention.head_count")
+
+
+def encoder_refusal(get) -> str | None:
+    """Why an encoder GGUF is not exported, from its metadata alone (``get(key)`` -> value or None: a metadata
+    dict's ``get``, or the header reader's), or None: a reranker (``pooling_type`` 4, rank: llama.cpp's /rerank), a
+    hyperparameter llama.cpp's converter writes missing, a vocabulary onnxlm does not build for it. ``onnxlm info``
+    says it before an export would; the loaders raise it."""
+    arch = get("general.architecture")
+    pooling = get(f"{arch}.pooling_type")
+    if pooling is not None and int(pooling) == RANK:
+        return (f"a reranker ({arch}.pooling_type {RANK}, rank: llama.cpp's /rerank scores query/document pairs with "
+                "its classifier head); onnxlm exports embedding models")
+    missing = [k for k in REQUIRED_KEYS if get(f"{arch}.{k}") is None]
+    if missing:
+        return f"GGUF metadata {arch}.{missing[0]} is missing: an encoder needs it (llama.cpp's converter writes it)"
+    tok, allowed = get("tokenizer.ggml.model"), (("bert", "t5") if arch == "bert" else ("bert",))
+    if tok not in allowed:
+        return (f"tokenizer.ggml.model is {tok!r}; a {arch} file's vocabulary is "
+                + " or ".join(repr(a) for a in allowed))
+    return None
+
+
 def gguf_tensors(path) -> dict[str, np.ndarray]:
-    """Every tensor of the file as an fp32 array in transformers' orientation ([rows, cols] = ggml [ne1, ne0])."""
+    """Every tensor of the file as an fp32 array in transformers' orientation ([rows, cols] = ggml [ne1, ne0]). A
+    one-row ``token_types`` table stored 1-D (llama.cpp's quantizer writes XLM-RoBERTa's so) is [1, D]."""
     from gguf.quants import dequantize
 
     from .gguf_reader import gguf_reader
@@ -95,7 +121,8 @@ def gguf_tensors(path) -> dict[str, np.ndarray]:
     out = {}
     for t in gguf_reader(path).tensors:
         array = dequantize(t.data, t.tensor_type)  # F32 / F16 / BF16 / block types -> float32 of the logical shape
-        out[t.name] = np.asarray(array, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+        array = np.asarray(array, dtype=np.float32).reshape([int(d) for d in reversed(t.shape)])
+        out[t.name] = array[None, :] if t.name == "token_types.weight" and array.ndim == 1 else array
     return out
 
 
@@ -116,6 +143,8 @@ def _state_dict(tensors: dict[str, np.ndarray], layers: int, path) -> dict[str, 
             hf_of[name] = key
     state = {}
     for name, array in tensors.items():
+        if name.startswith("cls."):  # a classifier head beside an embedding pooling: llama.cpp uses it for rank only
+            continue
         qkv = name.split(".")
         if len(qkv) == 4 and qkv[2] == "attn_qkv":  # q, k, v rows in one tensor
             parts = np.split(array, 3, axis=0)
@@ -171,10 +200,11 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
     arch = meta.get("general.architecture")
     if arch != "bert":
         raise ExportError(f"{path}: general.architecture is {arch!r}, not 'bert'")
+    why = encoder_refusal(meta.get)
+    if why:
+        raise ExportError(f"{path}: {why}")
     tokenizer, specials = bert_tokenizer(meta, path)
-    pooling = gguf_pooling(meta)
-    if pooling not in (None, "mean", "cls"):
-        raise ExportError(f"{path}: bert.pooling_type says {pooling!r}; a BERT encoder pools 'mean' or 'cls'")
+    pooling = gguf_pooling(meta)  # mean / cls / last, or None (none: the runtime's default, mean)
     tensors = gguf_tensors(path)
     config = bert_config(meta, tensors)
     state = _state_dict(tensors, config.num_hidden_layers, path)
@@ -185,6 +215,6 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
             raise ExportError(f"{path}: the tensor for {key} is {list(array.shape)}, the metadata's model needs "
                               f"{list(wanted[key].shape)}")
     model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
-    return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling or "mean",
+    return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling,
                     special_tokens=specials, metadata=meta)
 

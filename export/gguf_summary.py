@@ -86,6 +86,7 @@ def summarize_gguf(path) -> dict:
     "tokenizer", "chat_template"}. ExportError when gguf-py is missing or the file is no readable GGUF."""
     from .gguf import TESTED_GGUF_ARCHITECTURES
     from .gguf_blocks import NATIVE_TYPES
+    from .gguf_bert import encoder_refusal
     from .gguf_header import ENCODER_GGUF_ARCHITECTURES
     from .gguf_quant import LOSSLESS_FP32, has_blocks, off_blocks_reason
 
@@ -103,7 +104,8 @@ def summarize_gguf(path) -> dict:
         raise ExportError(f"{path}: not a readable GGUF file ({exc})") from exc
     arch = field_value(reader, "general.architecture")
     types = Counter(t.tensor_type.name for t in reader.tensors)
-    refused = _refusal(reader, arch) if arch in TESTED_GGUF_ARCHITECTURES else None
+    refused = (_refusal(reader, arch) if arch in TESTED_GGUF_ARCHITECTURES else
+               encoder_refusal(lambda key: field_value(reader, key)) if arch in ENCODER_GGUF_ARCHITECTURES else None)
     off_blocks = off_blocks_reason(reader)  # an architecture onnxlm does not export: off them too
     return {
         "file": path.name, "bytes": split_bytes(path), "files": len(split_files(path)),

@@ -297,9 +297,12 @@ def load_nomic_bert_gguf(path: str | os.PathLike):
     if meta.get("tokenizer.ggml.model") != "bert":
         raise ExportError(f"{path}: tokenizer.ggml.model is {meta.get('tokenizer.ggml.model')!r}; onnxlm exports "
                           "nomic-bert files with a WordPiece ('bert') vocabulary (nomic-embed-text v1 / v1.5)")
-    pooling = gguf_pooling(meta)
-    if pooling not in (None, "mean", "cls"):
-        raise ExportError(f"{path}: {ARCH}.pooling_type says {pooling!r}; a nomic-bert encoder pools 'mean' or 'cls'")
+    from .gguf_bert import encoder_refusal
+
+    why = encoder_refusal(meta.get)
+    if why:
+        raise ExportError(f"{path}: {why}")
+    pooling = gguf_pooling(meta)  # mean / cls / last, or None (the runtime's default, mean)
     tokenizer = build_wpm_tokenizer(meta)
     tensors = gguf_tensors(path)
     if "token_embd.weight" not in tensors:
@@ -311,5 +314,5 @@ def load_nomic_bert_gguf(path: str | os.PathLike):
     ids = wpm_specials(meta)
     specials = {"bos_token_id": ids["bos"], "sep_token_id": ids["sep"], "pad_token_id": ids["pad"],
                 "unk_token_id": ids["unk"]}
-    return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling or "mean",
+    return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling,
                     special_tokens=specials, metadata=meta)

@@ -26,7 +26,7 @@ DATA = Path(__file__).resolve().parent / "data" / "gguf_bert"
 CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
               max_position_embeddings=128, type_vocab_size=2, layer_norm_eps=1e-12, initializer_range=0.1)
 SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-POOLING = {"mean": 1, "cls": 2}
+POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 
 
 def wordpiece_vocab() -> list[str]:
@@ -40,13 +40,14 @@ def phantom(token: str) -> str:
     return token[2:] if token.startswith("##") else "\u2581" + token
 
 
-def tiny_bert():
-    """transformers' BertModel (fp32, eval) of ``CONFIG`` and the vocabulary, torch seed 0, LayerNorms perturbed."""
+def tiny_bert(**overrides):
+    """transformers' BertModel (fp32, eval) of ``CONFIG`` (``overrides`` over it) and the vocabulary, torch seed 0,
+    LayerNorms perturbed."""
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(wordpiece_vocab()), pad_token_id=0, **CONFIG)
+    config = BertConfig(vocab_size=len(wordpiece_vocab()), pad_token_id=0, **{**CONFIG, **overrides})
     model = BertModel(config, add_pooling_layer=False).eval()
     rng = np.random.default_rng(0)
     with torch.no_grad():
@@ -58,12 +59,15 @@ def tiny_bert():
 
 
 def write_tiny_bert_gguf(path: Path, pooling: str = "mean", block_type: str | None = None,
-                         metadata: dict | None = None) -> str:
+                         metadata: dict | None = None, extra_tensors: dict | None = None,
+                         one_token_type: bool = False) -> str:
     """The tiny BERT to ``path`` as llama.cpp's converter writes it -> the file's sha256. ``metadata``: full key ->
-    bool / int / str written as well (e.g. ``tokenizer.ggml.normalizer.lowercase``)."""
+    bool / int / str written as well (e.g. ``tokenizer.ggml.normalizer.lowercase``); ``extra_tensors``: name ->
+    array written as well (a ``cls.*`` head); ``one_token_type``: one token type, its table stored 1-D as llama.cpp's
+    quantizer leaves XLM-RoBERTa's."""
     import gguf
 
-    model = tiny_bert()
+    model = tiny_bert(**({"type_vocab_size": 1} if one_token_type else {}))
     words = wordpiece_vocab()
     tokens = [phantom(t) for t in words]
     types = [gguf.TokenType.CONTROL if t in SPECIALS.values() else gguf.TokenType.NORMAL for t in words]
@@ -101,12 +105,16 @@ def write_tiny_bert_gguf(path: Path, pooling: str = "mean", block_type: str | No
     for key, tensor in model.state_dict().items():
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         array = tensor.numpy().astype(np.float32)
+        if one_token_type and name == "token_types.weight":
+            array = array[0]
         if block_type is None or array.ndim != 2 or name in kept_f32:
             w.add_tensor(name, array)
             continue
         kind = gguf.GGMLQuantizationType[block_type]
         codes = gguf.quants.quantize(array, kind)
         w.add_tensor(name, codes, raw_shape=codes.shape, raw_dtype=kind)
+    for name, array in (extra_tensors or {}).items():
+        w.add_tensor(name, np.asarray(array, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -249,6 +249,63 @@ def test_cli_embed_and_info(exported, bert_files, capsys):
     assert "dequantised to fp32 (an embedding encoder exports in fp32 only" in out
 
 
+def test_what_real_files_hold_exports_as_llama_cpp_reads_it(tmp_path, reference_model, capsys):
+    """pooling_type 3 (last) and 0 (none: the runtime's mean, not called the model's own), a classifier head beside
+    an embedding pooling (left out, as llama.cpp uses it for rank only), a one-row token-type table stored 1-D
+    (llama.cpp's quantizer writes XLM-RoBERTa's so); a reranker (pooling_type 4) is refused by the export and by
+    onnxlm info alike."""
+    import torch
+    from cli_util import run_cli
+
+    from onnxlm.export import export_model
+    from onnxlm.runtime.errors import ExportError
+
+    D = reference_model.config.hidden_size
+    head = {"cls.weight": np.ones((D, D)), "cls.bias": np.zeros(D), "cls.output.weight": np.ones((1, D)),
+            "cls.output.bias": np.zeros(1)}
+    files = {"last": dict(pooling="last"), "none": dict(pooling="none"), "head": dict(extra_tensors=head),
+             "one-type": dict(one_token_type=True), "rank": dict(pooling="rank", extra_tensors=head)}
+    paths = {}
+    for name, kw in files.items():
+        paths[name] = tmp_path / f"{name}.gguf"
+        write_tiny_bert_gguf(paths[name], **kw)
+    ids = [2, 40, 41, 42, 3]
+    with torch.no_grad():
+        want = reference_model(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+    last = onnxlm.load(export_model(paths["last"], tmp_path / "last", progress=False))
+    assert last.manifest["pooling"] == "last" and last.default_pooling == "last"
+    got = last.embed([ids], normalize=False).embeddings[0]
+    assert np.abs(got - want[-1]).max() <= 1e-4
+    none = onnxlm.load(export_model(paths["none"], tmp_path / "none", progress=False))
+    assert none.manifest.get("pooling") is None and none.default_pooling == "mean"
+    code, out, err = run_cli(capsys, "info", str(none.path))
+    assert code == 0 and "mean pooling (the default)" in out, out + err
+    head_model = onnxlm.load(export_model(paths["head"], tmp_path / "head", progress=False))
+    assert np.abs(head_model.embed([ids], normalize=False).embeddings[0] - want.mean(axis=0)).max() <= 1e-4
+    one = onnxlm.load(export_model(paths["one-type"], tmp_path / "one-type", progress=False))
+    with torch.no_grad():
+        single = tiny_bert(type_vocab_size=1)(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
+    assert np.abs(one.embed([ids], normalize=False).embeddings[0] - single.mean(axis=0)).max() <= 1e-4
+    with pytest.raises(ExportError, match=r"a reranker \(bert\.pooling_type 4, rank"):
+        export_model(paths["rank"], tmp_path / "rank", progress=False)
+    code, out, err = run_cli(capsys, "info", str(paths["rank"]))
+    assert code == 0 and "a reranker" in out and "onnxlm exports it as an embedding model" not in out, out
+
+
+def test_generating_commands_refuse_an_embedding_model_in_one_line(exported, capsys, tmp_path):
+    from cli_util import run_cli
+
+    path = str(exported["f32"].path)
+    for argv in (["chat", path, "hello"], ["bench", path], ["generate", path, "hi"], ["score", path, "hi"]):
+        code, out, err = run_cli(capsys, *argv)
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and "it only embeds" in lines[0], (argv, err)
+    rows = tmp_path / "in.jsonl"
+    rows.write_text('{"prompt": "hi"}\n')
+    code, out, err = run_cli(capsys, "generate", path, "--input", str(rows), "--output", str(tmp_path / "o.parquet"))
+    assert code == 1 and "it only embeds" in err and not (tmp_path / "o.parquet").exists(), err
+
+
 def test_serve_embeds_and_refuses_generation(exported):
     """``onnxlm serve`` on an embedding encoder: /v1/embeddings and llama.cpp's /embedding give ``embed``'s vectors;
     every generating endpoint answers 400 generation_not_supported (never a 5xx); /v1/models says

@@ -254,7 +254,7 @@ REFUSED = [
      r"nomic-bert\.attention\.layer_norm_epsilon is missing"),
     ({"metadata": {"tokenizer.ggml.token_type_count": None}}, r"tokenizer\.ggml\.token_type_count is missing"),
     ({"metadata": {"nomic-bert.rope.dimension_count": 20}}, r"rope\.dimension_count is 20"),
-    ({"metadata": {"nomic-bert.pooling_type": 3}}, r"pooling_type says 'last'"),
+    ({"metadata": {"nomic-bert.pooling_type": 4}}, r"a reranker \(nomic-bert\.pooling_type 4, rank"),
 ]
 
 

@@ -147,9 +147,17 @@ def given_model(text: str) -> tuple[Path, bool]:
     return path, False
 
 
-def load_model(args):
+def load_model(args, *, generating: bool = True):
+    """The command's model; ``generating``: a command that generates or scores refuses an embedding model (it only
+    embeds: onnxlm embed) in one error line."""
     from onnxlm.runtime import load
-    return load(model_path(args), provider=args.provider, threads=args.threads, verify=args.verify)
+    from onnxlm.runtime.errors import ModelFileError
+
+    model = load(model_path(args), provider=args.provider, threads=args.threads, verify=args.verify)
+    if generating and not getattr(model, "can_generate", True):
+        raise ModelFileError(f"{model.path}: an embedding model ({model.manifest.get('model_type')}): it only "
+                             f"embeds; use onnxlm embed (or onnxlm serve's /v1/embeddings)", str(model.path))
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- generation flags

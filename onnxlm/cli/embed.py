@@ -21,8 +21,9 @@ average, cls: the first token's, last: the last token's) and scaled to unit leng
 as pooled). The summary shows each text's token count and the vector's first values, then the cosine similarity
 of every pair of texts; --json prints the whole vectors.
 
-Decoder-only models on the fused graph (what `onnxlm export` makes where the family has one, and every .gguf)
-can embed; a T5, or an export with --kv-layout plain, cannot.
+Decoder-only models on the fused graph (what `onnxlm export` makes where the family has one, and every
+decoder .gguf) can embed, and so do embedding GGUFs (BERT: all-MiniLM, bge, mxbai-embed-large; XLM-RoBERTa: bge-m3,
+multilingual-e5; nomic-bert: nomic-embed-text), which only embed; a T5, or an export with --kv-layout plain, cannot.
 
 examples:
   onnxlm embed models/smollm2 "The cat sat on the mat." "A cat is sitting on a mat." "Stocks fell today."
@@ -57,7 +58,7 @@ def run(args) -> int:
             args.parser_for_command.error("--input writes Parquet (an `embedding` column): --json does not apply")
         return run_job(args, "embed", pooling=args.pooling, normalize=args.normalize)
     texts = read_prompts(args, what="text")
-    model = load_model(args)
+    model = load_model(args, generating=False)
     model.check_embeddings()  # a model that cannot embed says so before any text runs
     bar = tqdm(total=len(texts), desc="embedding", unit="text", file=sys.stderr, disable=len(texts) <= args.batch_size)
     vectors = []

@@ -262,7 +262,9 @@ def _render(info: dict) -> str:
                f"{info['max_positions'] if info['max_positions'] is not None else 'none (relative positions)'}")
     specials = {k: v for k, v in (info.get("special_tokens") or {}).items() if v not in (None, {})}
     out.append(f"  special tokens  {_kv(specials) or '-'}")
-    out.append(f"  dtype           {info['dtype']}, opset {info['opset']}, kv layout {info.get('kv_layout', 'plain')}")
+    embedding_only = info.get("kind") == "embedding"  # an encoder: no KV, nothing generated
+    layout = "" if embedding_only else f", kv layout {info.get('kv_layout', 'plain')}"
+    out.append(f"  dtype           {info['dtype']}, opset {info['opset']}{layout}")
     out.append(f"  chat template   {'yes' if info['chat_template'] else 'no'}")
     if info.get("embeddings"):
         out.append(f"  embeddings      {info['embeddings']}")
@@ -327,7 +329,8 @@ def _render(info: dict) -> str:
                        + (f" (sha256 {q['text_sha256'][:12]})" if q.get("text_sha256") else ""))
         else:
             out.append("    vs fp32        not measured (forced without a tokenizer)")
-    out.append(f"  generation      {_kv(info['generation_config']) or 'transformers defaults'}")
+    if not embedding_only:
+        out.append(f"  generation      {_kv(info['generation_config']) or 'transformers defaults'}")
     out.append(f"  provider        {info['provider'] or '-'}")
     for role, g in info["graphs"].items():
         out.append(f"  graph {role} ({g['file']})")

@@ -47,6 +47,10 @@ def prepare(spec: JobSpec, *, overwrite: bool = False, loads_here: bool = True) 
         check_artifact_onnxruntime(manifest, spec.model_dir)
     _check_score_options(spec, manifest)
     check_can_embed(spec, manifest)
+    if spec.task != "embed" and manifest.get("kind") == "embedding":  # before the output's lock and parts
+        from onnxlm.runtime.errors import ModelFileError
+        raise ModelFileError(f"{spec.model_dir}: an embedding model ({manifest.get('model_type')}): it only embeds; "
+                             f"use onnxlm embed --input", str(spec.model_dir))
     if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
         from onnxlm.runtime.errors import ModelFileError
         from onnxlm.runtime.manifest import no_chat_template
