@@ -13,7 +13,8 @@ file but an end-of-generation text for llama.cpp, hence CONTROL: ``"</s>"`` is p
 """
 from __future__ import annotations
 
-__all__ = ["NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE", "llama_cpp_token_types", "eog_texts"]
+__all__ = ["NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE", "llama_cpp_token_types", "eog_texts",
+           "vocabulary_lists"]
 
 # llama.cpp's llama_token_type
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -36,6 +37,25 @@ _FIM_TEXTS = frozenset({
 })
 _NORMAL_S_MARKERS = ("<|tool_response>", "<|plamo:eos|>")
 _GPT_OSS_USER_DEFINED = frozenset({"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"})
+
+
+def vocabulary_lists(meta) -> tuple[list[str], list[float], list[int]]:
+    """A GGUF's metadata -> (``tokenizer.ggml.tokens``, ``scores``, ``token_type`` as ints), one entry per token
+    (llama.cpp's defaults where the scores or types are absent: 0.0, NORMAL); ExportError naming the key otherwise."""
+    from onnxlm.runtime.errors import ExportError
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ExportError("GGUF metadata lacks tokenizer.ggml.tokens")
+    tokens, n = list(tokens), len(tokens)
+    scores = meta.get("tokenizer.ggml.scores")
+    scores = [0.0] * n if scores is None else list(scores)
+    if len(scores) != n:
+        raise ExportError(f"GGUF metadata has {n} tokens but {len(scores)} tokenizer.ggml.scores")
+    types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * n
+    if len(types) != n:
+        raise ExportError(f"GGUF metadata has {n} tokens but {len(types)} tokenizer.ggml.token_type")
+    return tokens, scores, [int(t) for t in types]
 
 
 def eog_texts() -> frozenset[str]:

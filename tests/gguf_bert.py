@@ -40,6 +40,42 @@ def phantom(token: str) -> str:
     return token[2:] if token.startswith("##") else "\u2581" + token
 
 
+def add_wordpiece_vocab(w) -> None:
+    """The vocabulary's ``tokenizer.ggml.*`` keys on GGUFWriter ``w``, as llama.cpp's converter writes a BERT
+    tokenizer (phantom-space tokens, the five CONTROL specials, [CLS] as BOS, [SEP] as EOS and separator)."""
+    import gguf
+
+    words = wordpiece_vocab()
+    ids = {k: words.index(v) for k, v in SPECIALS.items()}
+    w.add_tokenizer_model("bert")
+    w.add_tokenizer_pre("jina-v2-en")
+    w.add_token_list([phantom(t) for t in words])
+    w.add_token_types([int(gguf.TokenType.CONTROL if t in SPECIALS.values() else gguf.TokenType.NORMAL)
+                       for t in words])
+    w.add_bos_token_id(ids["cls"])
+    w.add_eos_token_id(ids["sep"])
+    w.add_unk_token_id(ids["unk"])
+    w.add_sep_token_id(ids["sep"])
+    w.add_pad_token_id(ids["pad"])
+    w.add_mask_token_id(ids["mask"])
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(True)
+
+
+def perturbed(model):
+    """``model`` with its LayerNorm weights and biases moved off 1 / 0 by a seeded numpy generator (every tensor
+    matters), in place -> model."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name or name.endswith(".bias"):
+                base = 1.0 if name.endswith("LayerNorm.weight") else 0.0
+                p.copy_(torch.from_numpy((base + 0.1 * rng.standard_normal(tuple(p.shape))).astype(np.float32)))
+    return model
+
+
 def tiny_bert(**overrides):
     """transformers' BertModel (fp32, eval) of ``CONFIG`` (``overrides`` over it) and the vocabulary, torch seed 0,
     LayerNorms perturbed."""
@@ -48,14 +84,7 @@ def tiny_bert(**overrides):
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(wordpiece_vocab()), pad_token_id=0, **{**CONFIG, **overrides})
-    model = BertModel(config, add_pooling_layer=False).eval()
-    rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith(".bias"):
-                base = 1.0 if name.endswith("LayerNorm.weight") else 0.0
-                p.copy_(torch.from_numpy((base + 0.1 * rng.standard_normal(tuple(p.shape))).astype(np.float32)))
-    return model
+    return perturbed(BertModel(config, add_pooling_layer=False).eval())
 
 
 def write_tiny_bert_gguf(path: Path, pooling: str = "mean", block_type: str | None = None,
@@ -68,10 +97,6 @@ def write_tiny_bert_gguf(path: Path, pooling: str = "mean", block_type: str | No
     import gguf
 
     model = tiny_bert(**({"type_vocab_size": 1} if one_token_type else {}))
-    words = wordpiece_vocab()
-    tokens = [phantom(t) for t in words]
-    types = [gguf.TokenType.CONTROL if t in SPECIALS.values() else gguf.TokenType.NORMAL for t in words]
-    ids = {k: words.index(v) for k, v in SPECIALS.items()}
     c = model.config
     w = gguf.GGUFWriter(str(path), "bert")
     w.add_name("tiny-bert")
@@ -85,18 +110,7 @@ def write_tiny_bert_gguf(path: Path, pooling: str = "mean", block_type: str | No
     w.add_causal_attention(False)
     w.add_pooling_type(gguf.PoolingType(POOLING[pooling]))
     w.add_token_type_count(c.type_vocab_size)
-    w.add_tokenizer_model("bert")
-    w.add_tokenizer_pre("jina-v2-en")
-    w.add_token_list(tokens)
-    w.add_token_types([int(t) for t in types])
-    w.add_bos_token_id(ids["cls"])
-    w.add_eos_token_id(ids["sep"])
-    w.add_unk_token_id(ids["unk"])
-    w.add_sep_token_id(ids["sep"])
-    w.add_pad_token_id(ids["pad"])
-    w.add_mask_token_id(ids["mask"])
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(True)
+    add_wordpiece_vocab(w)
     for key, value in (metadata or {}).items():
         (w.add_bool if isinstance(value, bool) else w.add_uint32 if isinstance(value, int) else w.add_string)(
             key, value)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gguf_bert import POOLING, SPECIALS, phantom, wordpiece_vocab
+from gguf_bert import POOLING, add_wordpiece_vocab, wordpiece_vocab
 
 DATA = Path(__file__).resolve().parent / "data" / "gguf_nomic_bert"
 CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
@@ -97,10 +97,6 @@ def write_tiny_nomic_bert_gguf(path: Path, pooling: str = "mean", block_type: st
     import gguf
 
     c = config
-    words = wordpiece_vocab()
-    tokens = [phantom(t) for t in words]
-    types = [gguf.TokenType.CONTROL if t in SPECIALS.values() else gguf.TokenType.NORMAL for t in words]
-    ids = {k: words.index(v) for k, v in SPECIALS.items()}
     arch = "nomic-bert"
     extra = dict(metadata or {})
     w = gguf.GGUFWriter(str(path), arch)
@@ -124,18 +120,7 @@ def write_tiny_nomic_bert_gguf(path: Path, pooling: str = "mean", block_type: st
     key(f"{arch}.attention.causal", False, w.add_bool)
     key(f"{arch}.pooling_type", POOLING[pooling], w.add_uint32)
     key("tokenizer.ggml.token_type_count", c["type_vocab_size"], w.add_uint32)
-    w.add_tokenizer_model("bert")
-    w.add_tokenizer_pre("jina-v2-en")
-    w.add_token_list(tokens)
-    w.add_token_types([int(t) for t in types])
-    w.add_bos_token_id(ids["cls"])
-    w.add_eos_token_id(ids["sep"])
-    w.add_unk_token_id(ids["unk"])
-    w.add_sep_token_id(ids["sep"])
-    w.add_pad_token_id(ids["pad"])
-    w.add_mask_token_id(ids["mask"])
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(True)
+    add_wordpiece_vocab(w)
     for full, value in extra.items():
         (w.add_bool if isinstance(value, bool) else w.add_uint32 if isinstance(value, int) else
          w.add_float32 if isinstance(value, float) else w.add_string)(full, value)

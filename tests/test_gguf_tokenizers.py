@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 import pathlib
 import warnings
 
@@ -28,6 +27,7 @@ if importlib.util.find_spec("gguf") is None:
 
 import gguf_vocabs  # noqa: E402  (tests/ is on the path)
 
+from skips import missing  # noqa: E402
 from onnxlm.export.gguf import build_tokenizer_from_gguf, read_gguf_metadata  # noqa: E402
 from onnxlm.runtime.tokenizer import TextTokenizer  # noqa: E402
 
@@ -68,12 +68,6 @@ PROVEN = {
 MODES = ("special", "special_no_add", "plain")
 
 
-def _missing(message: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; CI=true, so this is a failure, not a skip")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def vocab_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("gguf_vocabs")
@@ -86,7 +80,7 @@ def built(request, vocab_dir):
     try:  # real files through read_gguf_metadata; the written ones as the dict llama.cpp got as a GGUF file
         meta = gguf_vocabs.vocab_metadata(name)
     except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
-        _missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
+        missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
     assert (meta["tokenizer.ggml.model"], meta.get("tokenizer.ggml.pre", "default")) == PROVEN[name]
     tok_file = vocab_dir / f"{name}.tokenizer.json"
     with warnings.catch_warnings():
@@ -188,7 +182,7 @@ def test_tokenizer_only_gguf_round_trips(tmp_path):
     try:
         meta = gguf_vocabs.vocab_metadata("smollm2-gpt-2")
     except (FileNotFoundError, importlib.metadata.PackageNotFoundError) as e:
-        _missing(f"the SmolLM2 GGUF is not installed ({e}); scripts/setup.sh installs it")
+        missing(f"the SmolLM2 GGUF is not installed ({e}); scripts/setup.sh installs it")
     back = read_gguf_metadata(gguf_vocabs.vocab_gguf("smollm2-gpt-2", tmp_path))
     assert {k: v for k, v in back.items() if k.startswith("tokenizer.")} == meta
 
@@ -293,7 +287,7 @@ def test_onnxlm_tokenize_on_a_gguf_file_gives_llama_cpps_ids(name, mode, vocab_d
     try:
         path = gguf_vocabs.vocab_gguf(name, vocab_dir)
     except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
-        _missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
+        missing(f"vocabulary {name!r} is not installed ({e}); scripts/setup.sh installs it")
     monkeypatch.setenv("ONNXLM_CACHE", str(tmp_path))  # no cached artifact: built from the metadata
     record = json.loads((DATA / f"{name}.ids.json").read_text(encoding="utf-8"))
     picked = [k for k, t in enumerate(TEXTS) if t.strip() and "\n" not in t and "\r" not in t]
@@ -332,7 +326,7 @@ def test_split_special_tokens_holds_for_its_own_call_under_threads():
     try:
         raw = build_tokenizer_from_gguf(gguf_vocabs.vocab_metadata("smollm2"))
     except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
-        _missing(f"vocabulary 'smollm2' is not installed ({e}); scripts/setup.sh installs it")
+        missing(f"vocabulary 'smollm2' is not installed ({e}); scripts/setup.sh installs it")
     tok = TextTokenizer(_SlowTokenizer(raw))
     text = "<|im_start|>user\nHi there<|im_end|>" * 4
     parsed, split = tok.encode(text), tok.encode(text, split_special_tokens=True)

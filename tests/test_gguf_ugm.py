@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import pathlib
 import sys
 import warnings
@@ -25,6 +24,7 @@ DATA = pathlib.Path(__file__).parent / "data" / "gguf_ugm"
 sys.path.insert(0, str(DATA))
 import ugm_vocabs  # noqa: E402
 
+from skips import missing  # noqa: E402
 from onnxlm.export.gguf_ugm import (build_ugm_tokenizer, charsmap_lookup, charsmap_pre_replacements,  # noqa: E402
                                     ugm_special_tokens, ugm_vocab, unknown_score_caveats)
 from onnxlm.runtime.errors import ExportError  # noqa: E402
@@ -35,12 +35,6 @@ MODES = ("special", "special_no_add", "plain")
 # texts whose ids differ from llama.cpp's for a reason export/gguf_ugm.py documents: tokenizers' Precompiled maps a
 # grapheme under 6 bytes by its shortest key ("Ａ" -> "A") and drops the rest, llama.cpp takes the longest ("Ａ\u0301")
 KNOWN_DIFFERENCES = {"Known difference: \uff21\u0301 (full-width A + combining acute)"}
-
-
-def _missing(message: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; CI=true, so this is a failure, not a skip")
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +49,7 @@ def built(request, tok_dir):
     try:
         meta = ugm_vocabs.vocab_metadata(name)
     except FileNotFoundError as e:
-        _missing(f"the T5-small tokenizer files are not there ({e})")
+        missing(f"the T5-small tokenizer files are not there ({e})")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a proven vocabulary builds without a caveat
         raw = build_ugm_tokenizer(meta)
@@ -80,7 +74,7 @@ def test_reference_matches_the_corpus_and_sources(built):
     try:
         shas = ugm_vocabs.source_sha256()
     except FileNotFoundError as e:
-        _missing(f"the T5-small tokenizer files are not there ({e})")
+        missing(f"the T5-small tokenizer files are not there ({e})")
     assert record["source_sha256"] == shas, f"{name}: the vocabulary files changed; rerun make_reference_ids.py"
 
 
@@ -222,7 +216,7 @@ def test_t5_charsmap_decodes_and_pre_replacements():
     try:
         blob = bytes(ugm_vocabs.vocab_metadata("t5")["tokenizer.ggml.precompiled_charsmap"])
     except FileNotFoundError as e:
-        _missing(f"the T5-small tokenizer files are not there ({e})")
+        missing(f"the T5-small tokenizer files are not there ({e})")
     assert charsmap_lookup(blob, "\uff21".encode()) == b"A" and charsmap_lookup(blob, b"\t") == b" "
     assert charsmap_lookup(blob, "\u2581".encode()) == b" " and charsmap_lookup(blob, b"a") is None
     assert charsmap_lookup(blob, "\u00e9\u0301".encode()) is None

@@ -18,6 +18,8 @@ if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("torch")
     pytest.skip("the XLM-R GGUF tests export (the 'export' extra: gguf, torch)", allow_module_level=True)
 
 import onnxlm  # noqa: E402
+from gguf_bert import perturbed  # noqa: E402
+from skips import missing  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data" / "gguf_ugm"))
 import ugm_vocabs  # noqa: E402
@@ -29,35 +31,20 @@ TEXTS = ["Hello world, how are you?", "a", "Le café est très bon, n'est-ce pas
          "  spaces   and\ttabs\n", "Σίσυφος ΣΊΣΥΦΟΣ", "def f(x):\n    return x ** 2"]
 
 
-def _missing(message: str):
-    import os
-
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + "; CI=true, so this is a failure, not a skip")
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def reference_and_file(tmp_path_factory):
     """(transformers' XLMRobertaModel, seed 0, LayerNorms and biases perturbed; its GGUF path)."""
     import gguf
     import torch
-    from gguf import GGUFValueType
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     try:
         meta = ugm_vocabs.vocab_metadata("xlmr")
     except FileNotFoundError as e:
-        _missing(f"the T5-small tokenizer files are not there ({e})")
+        missing(f"the T5-small tokenizer files are not there ({e})")
     torch.manual_seed(0)
-    model = XLMRobertaModel(XLMRobertaConfig(vocab_size=len(meta["tokenizer.ggml.tokens"]), **CONFIG),
-                            add_pooling_layer=False).eval()
-    rng = np.random.default_rng(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "LayerNorm" in name or name.endswith(".bias"):
-                base = 1.0 if name.endswith("LayerNorm.weight") else 0.0
-                p.copy_(torch.from_numpy((base + 0.1 * rng.standard_normal(tuple(p.shape))).astype(np.float32)))
+    model = perturbed(XLMRobertaModel(XLMRobertaConfig(vocab_size=len(meta["tokenizer.ggml.tokens"]), **CONFIG),
+                                      add_pooling_layer=False).eval())
     path = tmp_path_factory.mktemp("gguf_xlmr") / "tiny-xlmr.gguf"
     c = model.config
     w = gguf.GGUFWriter(str(path), "bert")
@@ -69,20 +56,7 @@ def reference_and_file(tmp_path_factory):
     w.add_layer_norm_eps(c.layer_norm_eps)
     w.add_causal_attention(False)
     w.add_pooling_type(gguf.PoolingType.CLS)  # bge-m3's
-    kinds = {"tokenizer.ggml.tokens": GGUFValueType.STRING, "tokenizer.ggml.scores": GGUFValueType.FLOAT32,
-             "tokenizer.ggml.token_type": GGUFValueType.INT32,
-             "tokenizer.ggml.precompiled_charsmap": GGUFValueType.UINT8}
-    for key, value in meta.items():
-        if not key.startswith("tokenizer."):
-            continue
-        if key in kinds:
-            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=kinds[key])
-        elif isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        else:
-            w.add_string(key, str(value))
+    ugm_vocabs.add_tokenizer_keys(w, meta)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, c.num_hidden_layers)
     for key, tensor in model.state_dict().items():
         array = tensor.numpy().astype(np.float32)

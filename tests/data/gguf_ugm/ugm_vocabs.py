@@ -155,6 +155,26 @@ def vocab_metadata(name: str) -> dict[str, Any]:
     return dict(_metadata(name))
 
 
+def add_tokenizer_keys(w, meta: dict[str, Any]) -> None:
+    """Every ``tokenizer.*`` key of ``meta`` on GGUFWriter ``w``, with the GGUF types llama.cpp's converter uses."""
+    from gguf import GGUFValueType
+
+    kinds = {"tokenizer.ggml.tokens": GGUFValueType.STRING, "tokenizer.ggml.scores": GGUFValueType.FLOAT32,
+             "tokenizer.ggml.token_type": GGUFValueType.INT32,
+             "tokenizer.ggml.precompiled_charsmap": GGUFValueType.UINT8}
+    for key, value in meta.items():
+        if not key.startswith("tokenizer."):
+            continue
+        if key in kinds:
+            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=kinds[key])
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        else:
+            w.add_string(key, str(value))
+
+
 def write_vocab_gguf(path: pathlib.Path, name: str) -> pathlib.Path:
     """A tokenizer-only GGUF of vocabulary ``name`` with the hyperparameters llama.cpp's loader reads for its
     architecture (``Llama(path, vocab_only=True)`` loads no tensors)."""
@@ -172,20 +192,7 @@ def write_vocab_gguf(path: pathlib.Path, name: str) -> pathlib.Path:
     else:
         w.add_bool("bert.attention.causal", False)
         w.add_uint32("bert.pooling_type", 2)  # CLS (bge-m3)
-    kinds = {"tokenizer.ggml.tokens": GGUFValueType.STRING, "tokenizer.ggml.scores": GGUFValueType.FLOAT32,
-             "tokenizer.ggml.token_type": GGUFValueType.INT32,
-             "tokenizer.ggml.precompiled_charsmap": GGUFValueType.UINT8}
-    for key, value in meta.items():
-        if not key.startswith("tokenizer."):
-            continue
-        if key in kinds:
-            w.add_key_value(key, value, GGUFValueType.ARRAY, sub_type=kinds[key])
-        elif isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        else:
-            w.add_string(key, str(value))
+    add_tokenizer_keys(w, meta)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
