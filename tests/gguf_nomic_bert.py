@@ -19,12 +19,11 @@ the converter keeps it). Seeded: the same call writes the same bytes.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from gguf_bert import POOLING, add_wordpiece_vocab, wordpiece_vocab
+from gguf_bert import POOLING, add_weight, add_wordpiece_vocab, finish, wordpiece_vocab
 
 DATA = Path(__file__).resolve().parent / "data" / "gguf_nomic_bert"
 CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
@@ -131,17 +130,8 @@ def write_tiny_nomic_bert_gguf(path: Path, pooling: str = "mean", block_type: st
         else:
             weights[name] = np.asarray(array, np.float32)
     for name, array in weights.items():
-        if block_type is None or array.ndim != 2 or name == "token_types.weight":
-            w.add_tensor(name, array)
-            continue
-        kind = gguf.GGMLQuantizationType[block_type]
-        codes = gguf.quants.quantize(array, kind)
-        w.add_tensor(name, codes, raw_shape=codes.shape, raw_dtype=kind)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        add_weight(w, name, array, block_type, keep_f32=name == "token_types.weight")
+    return finish(w, path)
 
 
 def tiny_nomic_bert(attention_bias: bool = False):
