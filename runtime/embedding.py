@@ -47,6 +47,27 @@ def manifest_pooling(manifest: dict) -> str:
     return pooling if pooling in POOLINGS else DEFAULT_POOLING
 
 
+def appended_ids(tokenizer) -> list[int]:
+    """The ids a tokenizer appends to every text it encodes with its special tokens (a BERT's [SEP], an embedding
+    GGUF's EOS), found by encoding one character both ways; [] for none or no tokenizer."""
+    if tokenizer is None:
+        return []
+    plain, full = tokenizer.encode("a", add_special_tokens=False), tokenizer.encode("a", add_special_tokens=True)
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return full[start + len(plain):]
+    return []
+
+
+def truncated(row: list[int], limit: int, tail: list[int]) -> list[int]:
+    # [t] ids -> [min(t, limit)] ids: the first ones, and where the row ends with ``tail`` (the ids the tokenizer
+    # appends: appended_ids), that tail kept last, as a tokenizer truncating the text itself would end it
+    if len(row) <= limit:
+        return row
+    keep = tail if tail and len(tail) < limit and row[-len(tail):] == tail else []
+    return row[:limit - len(keep)] + keep
+
+
 def check_pooling(pooling) -> str:
     if pooling not in POOLINGS:
         raise ParameterError("pooling", f"got {pooling!r}; allowed: {', '.join(map(repr, POOLINGS))}")

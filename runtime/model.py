@@ -474,13 +474,15 @@ class LanguageModel:
         return ScoringResult(tokens=tgt, token_logprobs=logps,
                              sequence_logprobs=np.array([float(np.sum(lp, dtype=np.float64)) for lp in logps]))
 
-    def embed(self, inputs, *, pooling: str | None = None, normalize: bool = True,
-              batch_size: int = 16) -> EmbeddingResult:
+    def embed(self, inputs, *, pooling: str | None = None, normalize: bool = True, batch_size: int = 16,
+              truncate: bool = False) -> EmbeddingResult:
         """One vector per input row (``runtime/embedding.py``): the model's last hidden states pooled over the row's
         tokens. ``pooling``: 'mean' | 'cls' | 'last' (default: the artifact's own, where its GGUF or
         sentence-transformers files named one, else 'mean'); ``normalize``: unit length (as OpenAI and llama.cpp);
-        ``batch_size``: rows per forward pass. Text is encoded with the tokenizer's special tokens, as ``generate``
-        encodes a prompt. Decoder-only models on the fused graph (the default export)."""
+        ``batch_size``: rows per forward pass; ``truncate``: a row longer than the model's context is cut to it (its
+        first tokens, and the [SEP] / EOS the tokenizer appends kept last: ``embedding.truncated``; token_counts
+        then count what was embedded) instead of refused. Text is encoded with the tokenizer's special tokens, as
+        ``generate`` encodes a prompt. Decoder-only models on the fused graph (the default export)."""
         from .embedding import check_pooling, embed_rows
 
         pooling = check_pooling(self.default_pooling if pooling is None else pooling)
@@ -488,26 +490,37 @@ class LanguageModel:
             raise ParameterError("normalize", f"got {normalize!r}; allowed: True or False")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ParameterError("batch_size", f"got {batch_size!r}; allowed: an integer >= 1")
+        if not isinstance(truncate, (bool, np.bool_)):
+            raise ParameterError("truncate", f"got {truncate!r}; allowed: True or False")
         self.check_embeddings()
-        rows = self._indexed_rows(inputs)
+        rows = self._indexed_rows(inputs, truncate=bool(truncate))
         vectors = embed_rows(self, rows, pooling, 2 if normalize else -1, int(batch_size))
         return EmbeddingResult(vectors, [len(r) for r in rows], pooling, bool(normalize))
 
-    def _indexed_rows(self, inputs) -> list[list[int]]:
-        """``_rows`` for ``embed``, each row checked (ids in the vocabulary, within max_positions); a list's bad item
-        is named by its index (``inputs[7]: ...``): among 500 texts the refused one must be found."""
+    def _indexed_rows(self, inputs, truncate: bool = False) -> list[list[int]]:
+        """``_rows`` for ``embed``, each row checked (ids in the vocabulary, within max_positions, or with
+        ``truncate`` cut to it first); a list's bad item is named by its index (``inputs[7]: ...``): among 500 texts
+        the refused one must be found."""
+        from .embedding import appended_ids, truncated
+
+        limit = self.max_positions if truncate else None
+        tail = appended_ids(self.tokenizer) if limit else []
+
+        def cut(row: list[int]) -> list[int]:
+            return truncated(list(row), limit, tail) if limit else row
+
         items = inputs if isinstance(inputs, (list, tuple)) and inputs and (
             all(isinstance(x, str) for x in inputs) or all(isinstance(x, (list, tuple, np.ndarray)) for x in inputs)
         ) else None
         if items is None:
-            rows = self._rows(inputs)
+            rows = [cut(row) for row in self._rows(inputs)]
             for row in rows:
                 self._check_ids([row], None)
             return rows
         rows = []
         for i, item in enumerate(items):
             try:
-                row = self._rows(item if isinstance(item, str) else [item])[0]
+                row = cut(self._rows(item if isinstance(item, str) else [item])[0])
                 self._check_ids([row], None)
             except InputError as exc:
                 raise InputError(f"inputs[{i}]: " + str(exc).split(": ", 1)[-1]) from None

@@ -306,3 +306,31 @@ def test_ray_job_equals_the_local_run(fused_dir, tmp_path, capsys):
     assert code == 0, err
     assert rows(tmp_path / "ray.parquet") == rows(tmp_path / "local.parquet")
     assert pq.read_schema(tmp_path / "ray.parquet").metadata == pq.read_schema(tmp_path / "local.parquet").metadata
+
+
+def test_truncate_lets_a_long_row_through_the_command_and_the_job(fused_dir, fused, tmp_path, capsys):
+    """--truncate: a text past the context is embedded cut to it (as embed(truncate=True)) by the command and the
+    batch job, which without it stops at that row; the job's fingerprint holds truncate only when given, so jobs
+    written before it resume."""
+    long = "word " * 300
+    code, out, err = run_cli(capsys, "embed", fused_dir, long, "--json")
+    assert code == 1 and "at most" in err
+    code, out, err = run_cli(capsys, "embed", fused_dir, long, "--json", "--truncate")
+    assert code == 0, err
+    want = fused.embed([long], truncate=True)
+    (line,) = json_lines(out)
+    assert line["num_tokens"] == fused.max_positions
+    assert np.abs(np.asarray(line["embedding"]) - want.embeddings[0]).max() <= 1e-6
+    source = corpus(tmp_path, texts=["short one", long, "short two"])
+    out_path = tmp_path / "long.parquet"
+    code, _, err = run_cli(capsys, "embed", fused_dir, "--input", source, "--output", out_path, "--quiet")
+    assert code != 0 and not out_path.exists()
+    code, _, err = run_cli(capsys, "embed", fused_dir, "--input", source, "--output", out_path, "--quiet",
+                           "--truncate", "--overwrite")
+    assert code == 0, err
+    got = rows(out_path)
+    assert [r["num_tokens"] for r in got][1] == fused.max_positions
+    from onnxlm.jobs import JobSpec
+    plain = JobSpec("embed", fused_dir, source, tmp_path / "a.parquet").fingerprint()["options"]
+    cut = JobSpec("embed", fused_dir, source, tmp_path / "a.parquet", truncate=True).fingerprint()["options"]
+    assert "truncate" not in plain and cut["truncate"] is True

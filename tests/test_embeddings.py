@@ -168,3 +168,38 @@ def test_a_qwen3_embedding_shaped_gguf_embeds_as_its_metadata_says(tmp_path):
         want = np.stack([ref(torch.tensor([r]), output_hidden_states=True).hidden_states[-1][0, -1].numpy()
                          for r in ids])
     assert np.abs(got.embeddings - want).max() <= 1e-4
+
+
+def test_truncate_cuts_a_long_text_and_keeps_the_appended_eos(tmp_path):
+    """``truncate=True``: a text past the context is cut to it, its first tokens and the EOS the tokenizer appends
+    kept last (the state last pooling reads), equal to transformers' on those ids; without it the text is refused.
+    ``embedding.truncated`` by hand."""
+    import torch
+
+    from gguf_writers import write_tiny_gguf
+    from onnxlm.export import export_model
+    from onnxlm.export.gguf import load_gguf
+    from onnxlm.runtime.embedding import appended_ids, truncated
+
+    assert truncated([1, 2, 3, 4, 9], 3, [9]) == [1, 2, 9] and truncated([1, 2, 3, 4], 3, [9]) == [1, 2, 3]
+    assert truncated([1, 2], 3, [9]) == [1, 2] and truncated([1, 2, 3, 9], 1, [9]) == [1]
+    path = tmp_path / "tiny-qwen3-embedding.gguf"
+    write_tiny_gguf(path, "qwen3-head-dim", metadata={"qwen3.pooling_type": 3, "tokenizer.ggml.add_eos_token": True})
+    model = onnxlm.load(export_model(path, tmp_path / "onnx", progress=False, validate=False))
+    eos = model.generation_config.eos_token_ids[0]
+    assert appended_ids(model.tokenizer) == [eos]
+    limit = model.max_positions
+    text = "tiny words again " * limit
+    ids = model.tokenizer.encode(text)
+    assert len(ids) > limit
+    with pytest.raises(onnxlm.InputError, match=f"at most {limit}"):
+        model.embed([text])
+    got = model.embed(["short", text], normalize=False, truncate=True)
+    cut = ids[:limit - 1] + [eos]
+    assert got.token_counts[1] == limit
+    ref = load_gguf(path).model
+    with torch.no_grad():
+        want = ref(torch.tensor([cut]), output_hidden_states=True).hidden_states[-1][0, -1].numpy()
+    assert np.abs(got.embeddings[1] - want).max() <= 1e-4
+    with pytest.raises(onnxlm.ParameterError, match="truncate: got 'yes'"):
+        model.embed("a", truncate="yes")

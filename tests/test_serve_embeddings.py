@@ -357,3 +357,26 @@ def test_serve_takes_pooling_from_the_command_line(fused_dir, capsys, monkeypatc
         assert code != 0 and "stopped before serving" in err and seen.pop("pooling") == want
     code, _, err = run_cli(capsys, "serve", fused_dir, "--pooling", "max")
     assert code == 2 and "invalid choice: 'max'" in err and "pooling" not in seen
+
+
+def test_truncate_extension_cuts_a_long_input_to_the_context(live, ref):
+    """onnxlm's ``truncate`` (ollama's and TEI's name) on /v1/embeddings and /embedding: an input past the context is
+    embedded cut to it, as ``embed(truncate=True)`` cuts it (usage counts what was embedded); without it 400
+    context_length_exceeded; a value that is no boolean is a 400 naming it."""
+    text = "word " * 300
+    assert len(ref.tokenizer.encode(text)) > ref.max_positions
+    r = post(live.url, "/v1/embeddings", {"input": [text, "short"]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    r = post(live.url, "/v1/embeddings", {"input": [text, "short"], "truncate": True})
+    assert r.status_code == 200, r.text
+    want = ref.embed([text, "short"], truncate=True)
+    np.testing.assert_allclose(_vectors(r.json()), want.embeddings, atol=ATOL, rtol=0)
+    assert want.token_counts[0] == ref.max_positions
+    assert r.json()["usage"]["prompt_tokens"] == sum(want.token_counts)
+    native = post(live.url, "/embedding", {"content": text, "truncate": True})
+    assert native.status_code == 200
+    np.testing.assert_allclose(native.json()[0]["embedding"][0], want.embeddings[0], atol=ATOL, rtol=0)
+    for path, body in (("/v1/embeddings", {"input": "a", "truncate": "yes"}),
+                       ("/embedding", {"content": "a", "truncate": 1.5})):
+        r = post(live.url, path, body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "truncate", (path, r.text)

@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                    help="texts embedded per forward pass (default: 16); a progress bar shows on stderr for many "
                         "texts")
+    p.add_argument("--truncate", action="store_true",
+                   help="cut a text longer than the model's context to it (its first tokens, and the [SEP] / EOS "
+                        "the tokenizer appends kept last) instead of refusing it; a batch job then never stops at "
+                        "a long row (default: refused, as OpenAI's and llama.cpp's servers refuse it)")
     p.add_argument("--json", action="store_true",
                    help='one JSON object per text: {"text", "num_tokens", "embedding": [floats]}')
     add_job_args(p, "embed")
@@ -56,7 +60,7 @@ def run(args) -> int:
     if wants_job(args):
         if args.json:
             args.parser_for_command.error("--input writes Parquet (an `embedding` column): --json does not apply")
-        return run_job(args, "embed", pooling=args.pooling, normalize=args.normalize)
+        return run_job(args, "embed", pooling=args.pooling, normalize=args.normalize, truncate=args.truncate)
     texts = read_prompts(args, what="text")
     model = load_model(args, generating=False)
     model.check_embeddings()  # a model that cannot embed says so before any text runs
@@ -64,7 +68,8 @@ def run(args) -> int:
     vectors = []
     for start in range(0, len(texts), args.batch_size):  # bounded batches: a long file never becomes one batch
         chunk = texts[start:start + args.batch_size]
-        res = model.embed(chunk, pooling=args.pooling, normalize=args.normalize, batch_size=args.batch_size)
+        res = model.embed(chunk, pooling=args.pooling, normalize=args.normalize, batch_size=args.batch_size,
+                          truncate=args.truncate)
         bar.update(len(chunk))
         with bar.external_write_mode():
             _print_chunk(args, chunk, res, start)

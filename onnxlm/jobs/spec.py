@@ -15,7 +15,7 @@ DEFAULT_COLUMNS = {"score": ("text",), "generate": ("prompt", "text"), "embed": 
 #: options that belong to some tasks only (refused, when given, for the others)
 TASK_OPTIONS = {"prepend_bos": ("score",), "append_eos": ("score",), "params": ("generate",), "chat": ("generate",),
                 "system": ("generate",), "chat_template_kwargs": ("generate",), "pooling": ("embed",),
-                "normalize": ("embed",)}
+                "normalize": ("embed",), "truncate": ("embed",)}
 
 
 class JobInputError(InputError):
@@ -54,6 +54,7 @@ class JobSpec:
     chat_template_kwargs: dict = field(default_factory=dict)  # generate, with chat: extra template variables
     pooling: str | None = None        # embed: "mean" | "cls" | "last" (None: the model's own, see `embed_pooling`)
     normalize: bool = True            # embed: unit-length vectors
+    truncate: bool = False            # embed: a row past the context cut to it (LanguageModel.embed's truncate)
     provider: str = "auto"
     threads: int | None = None
     verify: bool = True
@@ -79,6 +80,8 @@ class JobSpec:
             check_pooling(self.pooling)
         if not isinstance(self.normalize, bool):
             raise ParameterError("normalize", f"got {self.normalize!r}; allowed: True or False")
+        if not isinstance(self.truncate, bool):
+            raise ParameterError("truncate", f"got {self.truncate!r}; allowed: True or False")
         self.model_dir, self.input, self.output = Path(self.model_dir), Path(self.input), Path(self.output)
 
     def _given(self, name: str) -> bool:
@@ -118,6 +121,8 @@ class JobSpec:
             options["pooling"] = self.embed_pooling()
         else:  # score and generate jobs keep the fingerprint they had before embed's options existed
             del options["pooling"], options["normalize"]
+        if not self.truncate:  # an embed job without it keeps the fingerprint it had before truncate existed
+            del options["truncate"]
         return {"task": self.task, "input_sha256": file_sha256(self.input), "model": model_identity(self.model_dir),
                 "options": json.loads(json.dumps(options, default=str))}
 

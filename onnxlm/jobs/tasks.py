@@ -132,7 +132,7 @@ def _piece(model, token_id: int) -> str:
 def _embed(model, spec: JobSpec, rows: list[dict]) -> list[dict]:
     """The batch's texts through one `model.embed` call (batch_size: the job's, so the rows run together)."""
     res = model.embed([r["text"] for r in rows], pooling=spec.embed_pooling(), normalize=spec.normalize,
-                      batch_size=spec.batch_size)
+                      batch_size=spec.batch_size, truncate=spec.truncate)
     out = []
     for i, row in enumerate(rows):
         rec = {k: row[k] for k in ("row", "id", "text") if k in row}

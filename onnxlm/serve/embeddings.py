@@ -37,8 +37,8 @@ import numpy as np
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
-from onnxlm.runtime.embedding import (DEFAULT_POOLING, MAX_BATCH_TOKENS, batches, check_normalize, check_pooling,
-                                      embed_batch, normalized)
+from onnxlm.runtime.embedding import (DEFAULT_POOLING, MAX_BATCH_TOKENS, appended_ids, batches, check_normalize,
+                                      check_pooling, embed_batch, normalized, truncated)
 from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 
 from . import protocol
@@ -51,8 +51,8 @@ from .state import Slot, state_of
 
 MAX_INPUTS = 2048  # OpenAI: at most 2048 inputs per request
 PART_ROWS = 16  # rows per forward pass, and per part of the engine call (LanguageModel.embed's batch_size)
-OPENAI_KEYS = {"model", "input", "encoding_format", "dimensions", "user"}
-LLAMA_CPP_KEYS = {"model", "content", "input", "embd_normalize", "encoding_format"}
+OPENAI_KEYS = {"model", "input", "encoding_format", "dimensions", "user", "truncate"}
+LLAMA_CPP_KEYS = {"model", "content", "input", "embd_normalize", "encoding_format", "truncate"}
 ENCODINGS = ("float", "base64")
 #: llama.cpp's fields, refused on /v1/embeddings with a pointer to where they are taken
 ELSEWHERE = {"content": "llama.cpp's field: POST it to /embedding (or give OpenAI's input here)",
@@ -79,7 +79,8 @@ async def openai_embeddings(request: HTTPRequest):
     if dimensions is not None and _is_int(width) and dimensions > width:
         raise _too_many_dimensions(dimensions, width)
     items = openai_inputs(body.get("input"), model.vocab_size)
-    rows = await asyncio.to_thread(_encode_openai, model, st, items)
+    truncate = protocol._get_bool(body, "truncate", False)
+    rows = await asyncio.to_thread(_encode_openai, model, st, items, truncate)
     raw = await _embed(request, st, rows)
     if raw is None:
         return JSONResponse({}, status_code=499)
@@ -108,7 +109,8 @@ async def llama_cpp_embedding(request: HTTPRequest):
         raise model_error(exc) from None
     _encoding(body)  # checked as llama.cpp checks it; its native answer is floats whatever it says
     forms = llama_cpp_inputs(body[param], param)
-    rows = await asyncio.to_thread(_encode_llama_cpp, model, st, forms, param)
+    truncate = protocol._get_bool(body, "truncate", False)
+    rows = await asyncio.to_thread(_encode_llama_cpp, model, st, forms, param, truncate)
     raw = await _embed(request, st, rows)
     if raw is None:
         return JSONResponse({}, status_code=499)
@@ -185,17 +187,29 @@ def llama_cpp_inputs(value, param: str) -> list:
     return items
 
 
-def _encode_openai(model, st, items: list) -> list[list[int]]:
-    """Checked inputs -> rows of ids as ``LanguageModel.embed`` makes them (worker thread: long texts take a while)."""
+def _encode_openai(model, st, items: list, truncate: bool = False) -> list[list[int]]:
+    """Checked inputs -> rows of ids as ``LanguageModel.embed`` makes them (worker thread: long texts take a while);
+    ``truncate``: rows past the context (or --max-prompt-tokens) cut to it (``_truncated``)."""
     try:
         rows = model._rows(items)
     except (InputError, ModelFileError) as exc:
         raise bad("input", _runtime_message(exc)) from None
+    rows = _truncated(model, st, rows) if truncate else rows
     _check_lengths(model, st, rows, "input")
     return rows
 
 
-def _encode_llama_cpp(model, st, forms: list, param: str) -> list[list[int]]:
+def _truncated(model, st, rows: list[list[int]]) -> list[list[int]]:
+    """onnxlm's extension ``truncate`` (ollama's and TEI's name): each row cut to the model's context and the server's
+    --max-prompt-tokens, keeping the ids its tokenizer appends last (``embedding.truncated``, as ``embed``'s)."""
+    caps = [c for c in (model.max_positions, st.config.max_prompt_tokens) if c]
+    if not caps:
+        return rows
+    tail = appended_ids(model.tokenizer)
+    return [truncated(list(r), min(caps), tail) for r in rows]
+
+
+def _encode_llama_cpp(model, st, forms: list, param: str, truncate: bool = False) -> list[list[int]]:
     """llama.cpp's inputs -> rows of ids: a string or ids as ``LanguageModel.embed`` reads them, a mix as llama.cpp's
     server builds it (llamacpp_request.encode_prompt: the special tokens only for a string that comes first)."""
     rows = []
@@ -209,6 +223,7 @@ def _encode_llama_cpp(model, st, forms: list, param: str) -> list[list[int]]:
             raise bad(param, _runtime_message(exc)) from None
         except APIError as exc:  # encode_prompt names /completion's prompt
             raise renamed(exc, [(re.compile(r"^prompt"), param)]) from None
+    rows = _truncated(model, st, rows) if truncate else rows
     _check_lengths(model, st, rows, param)
     return rows
 
