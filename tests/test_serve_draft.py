@@ -82,6 +82,24 @@ def test_streamed_counts_timings_and_prediction_usage(servers):
         details[0].accepted_prediction_tokens, details[0].rejected_prediction_tokens)
 
 
+def test_the_openai_endpoints_take_llama_cpps_draft_fields(servers):
+    """As llama-server's OpenAI endpoints do: speculative.n_max 0 turns the draft off for that request, other values
+    are taken (the answer is the same), bad ones are 400s naming them."""
+    spec, _ = servers
+    before = httpx.get(spec.url + "/metrics").json()["speculative_passes"]
+    body = {"prompt": PROMPT, "max_tokens": 20, "temperature": 0, "speculative.n_max": 0}
+    off = post(spec.url, "/v1/completions", body).json()["choices"][0]["text"]
+    assert httpx.get(spec.url + "/metrics").json()["speculative_passes"] == before
+    chat = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 20, "temperature": 0}
+    assert post(spec.url, "/v1/chat/completions", dict(chat, **{"speculative.n_max": 3})).status_code == 200
+    assert httpx.get(spec.url + "/metrics").json()["speculative_passes"] > before
+    on = post(spec.url, "/v1/completions", dict(body, **{"speculative.n_max": 4, "speculative.p_min": 0.2})).json()
+    assert on["choices"][0]["text"] == off
+    for name, value in (("speculative.n_max", 65), ("speculative.n_min", -1), ("speculative.p_min", 2)):
+        r = post(spec.url, "/v1/completions", {"prompt": "ab", "max_tokens": 2, name: value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == name, (name, r.text)
+
+
 def test_llama_cpps_per_request_draft_settings(servers):
     spec, _ = servers
     before = httpx.get(spec.url + "/metrics").json()["speculative_passes"]

@@ -117,6 +117,7 @@ def make_jobs(model, st: ServeState, samp: protocol.Sampling, prompts: list, tex
         if samp.extra.get(name) and model.is_encoder_decoder:
             raise bad(name, "speculative decoding runs on decoder-only models; this is a seq2seq model")
     predicted = _prediction_ids(model, samp.extra.get("prediction"))
+    draft = draft if draft is not None else samp.extra.get("draft")  # llama.cpp's speculative.* of this request
     jobs = []
     for prompt, text in zip(prompts, texts):
         ids = prompt if isinstance(prompt, list) else _encode(model, prompt, param)

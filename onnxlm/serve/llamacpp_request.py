@@ -53,14 +53,11 @@ NUMBERS = {"dynatemp_exponent", "mirostat_tau", "mirostat_eta", "dry_base", "xtc
 INTEGERS = {"dry_allowed_length", "dry_penalty_last_n", "n_keep", "id_slot", "n_discard", "t_max_prompt_ms"}
 FLAGS = {"cache_prompt", "penalize_nl"}
 
-#: llama.cpp's per-request draft settings (the server's --draft; runtime/decoding/scheduler_draft.py) -> the
-#: ``Request.draft`` key each sets; without a draft model they change nothing (as in llama.cpp)
-DRAFT_FIELDS = {"speculative.n_max": "max_tokens", "speculative.n_min": "min_tokens", "speculative.p_min": "p_min"}
-
 KEYS = ({"prompt", "n_predict", "max_tokens", "stream", "stop", "seed", "n_probs", "return_tokens", "response_fields",
          "timings_per_token", "ignore_eos", "logit_bias", "samplers", "grammar", "json_schema", "response_format",
          "dry_sequence_breakers", "model", "n_indent", "t_max_predict_ms"}
-        | set(DEFAULTS) | set(NOT_DONE) | set(EMPTY_ONLY) | NUMBERS | INTEGERS | FLAGS | set(DRAFT_FIELDS))
+        | set(DEFAULTS) | set(NOT_DONE) | set(EMPTY_ONLY) | NUMBERS | INTEGERS | FLAGS
+        | set(protocol.DRAFT_FIELDS))  # llama.cpp's per-request draft settings (protocol.draft_overrides)
 
 
 @dataclass
@@ -86,7 +83,7 @@ class NativeRequest:
     n_predict_name: str = "n_predict"  # or max_tokens, as the body named it
     n_indent: int = 0  # llamacpp_limits.py
     t_max_predict_ms: int = 0
-    draft: dict = field(default_factory=dict)  # the draft settings it runs with: Request.draft's keys (DRAFT_FIELDS)
+    draft: dict = field(default_factory=dict)  # the draft settings it runs with: Request.draft's keys (protocol.DRAFT_FIELDS)
 
     def settings(self) -> dict:
         """llama.cpp's ``generation_settings``: the options the request ran with."""
@@ -99,7 +96,7 @@ class NativeRequest:
                 "max_tokens": self.n_predict, "ignore_eos": self.ignore_eos, "stream": self.stream,
                 "n_probs": self.n_probs, "samplers": list(self.order), "timings_per_token": self.timings_per_token,
                 "post_sampling_probs": False, "n_indent": self.n_indent, "t_max_predict_ms": self.t_max_predict_ms,
-                **{name: self.draft[key] for name, key in DRAFT_FIELDS.items()}}
+                **{name: self.draft[key] for name, key in protocol.DRAFT_FIELDS.items()}}
 
     def biases(self, model) -> list:
         """The first step of llama.cpp's chain, before a grammar's mask (whose check then sees a conflict): its logit
@@ -221,12 +218,10 @@ def parse(body: dict, *, max_tokens_cap: int, infill: bool = False, draft: dict 
 
 
 def _draft(body: dict, server: dict) -> dict:
-    """The body's ``speculative.n_max`` (0-64; 0: no draft), ``speculative.n_min`` (0 to n_max, as llama.cpp clamps
-    it) and ``speculative.p_min`` (0-1) over the server's draft settings."""
-    out = dict(server)
-    out["max_tokens"] = _get_int(body, "speculative.n_max", out["max_tokens"], lo=0, hi=64)
-    out["min_tokens"] = min(_get_int(body, "speculative.n_min", out["min_tokens"], lo=0), out["max_tokens"])
-    out["p_min"] = _get_num(body, "speculative.p_min", out["p_min"], 0.0, 1.0)
+    """The body's ``speculative.*`` (protocol.draft_overrides) over the server's draft settings, n_min clamped to
+    n_max as llama.cpp clamps it: what the request runs with (its ``generation_settings``)."""
+    out = {**server, **protocol.draft_overrides(body)}
+    out["min_tokens"] = min(out["min_tokens"], out["max_tokens"])
     return out
 
 

@@ -181,7 +181,9 @@ class Sampling:
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "stream_options",
           "presence_penalty", "frequency_penalty", "top_k", "repetition_penalty", "num_beams", "user", "logit_bias",
-          "response_format", "grammar", "prompt_lookup_num_tokens", "min_p", "ignore_eos"}
+          "response_format", "grammar", "prompt_lookup_num_tokens", "min_p", "ignore_eos",
+          # llama.cpp's per-request draft settings (the server's --draft), which its OpenAI endpoints take too
+          "speculative.n_max", "speculative.n_min", "speculative.p_min"}
 COMPLETIONS = COMMON | {"prompt", "logprobs", "echo", "suffix", "best_of"}
 CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens", "tools", "tool_choice",
                  "parallel_tool_calls", "chat_template_kwargs", "reasoning_format", "prediction",
@@ -298,9 +300,31 @@ def sampling(body: dict, *, chat: bool, max_tokens_cap: int) -> Sampling:
         if num_beams > 1:
             raise bad("prediction", "not with beam search (num_beams > 1)")
         extra["prediction"] = predicted
+    draft = draft_overrides(body)
+    if draft:
+        extra["draft"] = draft
     return Sampling(max_tokens, temperature, top_p, n, stop, seed, stream, include_usage, presence, frequency,
                     top_k, repetition, num_beams, logprobs, logit_bias=logit_bias(body), max_tokens_param=name,
                     min_p=min_p, ignore_eos=_get_bool(body, "ignore_eos", False), extra=extra)
+
+
+#: llama.cpp's per-request draft fields -> ``Request.draft``'s keys (runtime/decoding/scheduler_draft.py)
+DRAFT_FIELDS = {"speculative.n_max": "max_tokens", "speculative.n_min": "min_tokens", "speculative.p_min": "p_min"}
+
+
+def draft_overrides(body: dict) -> dict:
+    """The body's ``speculative.n_max`` (0-64; 0: no draft), ``speculative.n_min`` (>= 0; clamped to n_max where the
+    draft runs) and ``speculative.p_min`` (0-1) as ``Request.draft``'s keys, only those given (the server's
+    --draft-* fill the rest); without a draft model they change nothing, as in llama.cpp."""
+    out = {}
+    for name, key in DRAFT_FIELDS.items():
+        if body.get(name) is None:
+            continue
+        if key == "p_min":
+            out[key] = _get_num(body, name, None, 0.0, 1.0)
+        else:
+            out[key] = _get_int(body, name, None, lo=0, hi=64 if key == "max_tokens" else None)
+    return out
 
 
 def prediction(body: dict) -> str | None:
