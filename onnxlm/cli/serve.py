@@ -19,7 +19,8 @@ from .args import (add_model_args, command_parser, given_model, model_path, non_
 DESCRIPTION = """\
 Serve a model over HTTP with the OpenAI API: POST /v1/completions, POST /v1/chat/completions (models with a chat
 template), POST /v1/responses (OpenAI's Responses API, stateless), POST /v1/embeddings (decoder-only models of the
-fused layout, the default export: their last hidden states pooled, see --pooling), GET /v1/models, GET /health (503
+fused layout, the default export: their last hidden states pooled, see --pooling; and embedding GGUFs: BERT,
+XLM-RoBERTa, nomic-bert, which only embed: their generating endpoints answer 400), GET /v1/models, GET /health (503
 until the model is loaded, 200 when ready), GET /metrics (JSON, or Prometheus' text format for a scraper);
 Anthropic's POST /v1/messages and /v1/messages/count_tokens; llama.cpp's native POST /completion (its fields,
 defaults and sampler order) and POST /infill (fill-in-the-middle for editors, on models with FIM tokens), its POST
