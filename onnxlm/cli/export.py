@@ -19,6 +19,7 @@ examples:
   onnxlm export models/smollm2-135m-instruct models/smollm2-int8 --quantize int8 --accuracy-level 1
   onnxlm export path/to/model.Q4_1.gguf models/my-llama-q4 --quantize gguf     # keeps the GGUF's own blocks
   onnxlm export model.Q4_K_M.gguf models/my-q4km --quantize gguf --quality-text my_domain.txt  # gate on your text
+  onnxlm export bge-small-en-v1.5-q8_0.gguf models/bge-small   # an embedding GGUF (BERT, XLM-R, nomic): fp32, embeds
 """
 
 
