@@ -15,6 +15,13 @@ either side gets the states it gets alone. Validation: onnxruntime on a right-pa
 lengths against PyTorch on each row alone, every position a row holds: the largest absolute difference of
 ``last_hidden_state`` must be at most ``tolerance`` (default ``1e-4``). Written into a temp dir beside ``out_dir``
 and renamed into place once it passes (export/atomic_dir.py).
+
+A reranker (a ``bert`` file with ``pooling_type`` 4, rank, and its ``cls.*`` head: export/gguf_bert.py ``rank_head``)
+gains a second output, ``rank_scores`` [b, n_labels] float32: llama.cpp's RANK pooling, the head on each row's first
+held token's state (what llama.cpp's ``build_inp_cls`` picks: the lowest position), ``tanh(cls.weight x + cls.bias)``
+then ``cls.output.weight . + cls.output.bias``, no sigmoid. Its manifest says ``pooling`` "rank" and ``rank``
+(``n_labels``, ``labels``, ``pair``: the ids llama.cpp's server puts around query and document); validation compares
+``rank_scores`` too.
 """
 from __future__ import annotations
 
@@ -46,31 +53,68 @@ def _log(progress: bool, msg: str) -> None:
         print(f"[onnxlm export] {msg}", file=sys.stderr, flush=True)
 
 
-def _export_graph(model, path: Path) -> None:
-    """The encoder (BertModel / NomicBertModel) -> ``path`` (ONNX, dynamic batch and length)."""
+def rank_module(head: dict):
+    """A reranker's head (export/gguf_bert.py ``rank_head``'s arrays) -> a torch module [n, D] -> [n, n_labels]:
+    llama.cpp's RANK head (``build_pooling``): cls + bias, tanh, then cls.output + bias, each where present."""
     import torch
 
-    class Encoder(torch.nn.Module):  # [b, s] int64 x3 -> [b, s, D] float32
+    class RankHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.names = [k.replace(".", "_") for k in head]
+            for k, v in head.items():
+                self.register_buffer(k.replace(".", "_"), torch.from_numpy(np.array(v, np.float32)))
+
+        def forward(self, x):
+            if "cls_weight" in self.names:
+                x = x @ self.cls_weight.T
+                if "cls_bias" in self.names:
+                    x = x + self.cls_bias
+                x = torch.tanh(x)
+            if "cls_output_weight" in self.names:
+                x = x @ self.cls_output_weight.T
+                if "cls_output_bias" in self.names:
+                    x = x + self.cls_output_bias
+            return x
+
+    return RankHead().eval()
+
+
+def _export_graph(model, path: Path, head: dict | None = None) -> None:
+    """The encoder (BertModel / NomicBertModel) -> ``path`` (ONNX, dynamic batch and length); with a reranker's
+    ``head`` a second output ``rank_scores`` (the module doc)."""
+    import torch
+
+    class Encoder(torch.nn.Module):  # [b, s] int64 x3 -> [b, s, D] float32 (and [b, n_labels] with a head)
         def __init__(self, bert):
             super().__init__()
             self.bert = bert
+            self.head = rank_module(head) if head else None
 
         def forward(self, input_ids, attention_mask, token_type_ids):
             # a row's positions count its own tokens: 0, 1, ... from its first held one, padded on either side
             positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                             position_ids=positions).last_hidden_state
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                               position_ids=positions).last_hidden_state
+            if self.head is None:
+                return hidden
+            # the first held token of each row (llama.cpp's cls row: the lowest position), padded on either side
+            first = ((positions == 0) & (attention_mask == 1)).to(hidden.dtype)  # [b, s], one 1 a row
+            return hidden, self.head((hidden * first.unsqueeze(-1)).sum(1))
 
     ids = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
     dynamic = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
                "token_type_ids": {0: "batch", 1: "length"}, "last_hidden_state": {0: "batch", 1: "length"}}
+    outputs = ["last_hidden_state"] + (["rank_scores"] if head else [])
+    if head:
+        dynamic["rank_scores"] = {0: "batch"}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # a copy: torch's TorchScript exporter leaves the model it traced computing other numbers (measured: 2.1 off
         # on the tiny BERT), and the validation runs the model
         torch.onnx.export(Encoder(copy.deepcopy(model)), (ids, mask, torch.zeros_like(ids)), str(path),
-                          input_names=list(INPUTS), output_names=["last_hidden_state"], dynamic_axes=dynamic,
+                          input_names=list(INPUTS), output_names=outputs, dynamic_axes=dynamic,
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
@@ -79,10 +123,11 @@ def _rows(vocab: int, length: int) -> list[list[int]]:
     return [rng.integers(0, vocab, size=n).tolist() for n in (length, max(1, length // 2), 1)]
 
 
-def validate_encoder(model, path: Path, tolerance: float | None = None) -> dict:
+def validate_encoder(model, path: Path, tolerance: float | None = None, head: dict | None = None) -> dict:
     """onnxruntime's ``last_hidden_state`` of ``path`` on a right- and a left-padded batch against PyTorch's of each
-    row alone (unpadded), at the row's own positions -> ``{"max_abs_diff", "tolerance", "rows", "paddings"}``;
-    ExportError past ``tolerance``."""
+    row alone (unpadded), at the row's own positions (and with a reranker's ``head`` its ``rank_scores`` against the
+    head on the row's first state) -> ``{"max_abs_diff", "tolerance", "rows", "paddings"}``; ExportError past
+    ``tolerance``."""
     import onnxruntime as ort
     import torch
 
@@ -92,6 +137,7 @@ def validate_encoder(model, path: Path, tolerance: float | None = None) -> dict:
     width = max(len(r) for r in rows)
     with torch.no_grad():
         alone = [model(input_ids=torch.tensor([r])).last_hidden_state[0].numpy() for r in rows]
+        scores = (rank_module(head)(torch.from_numpy(np.stack([a[0] for a in alone]))).numpy() if head else None)
     worst = 0.0
     for side in ("right", "left"):
         ids = np.zeros((len(rows), width), np.int64)
@@ -100,9 +146,12 @@ def validate_encoder(model, path: Path, tolerance: float | None = None) -> dict:
             span = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
             ids[i, span], mask[i, span] = r, 1
         types = np.zeros_like(ids)
-        got = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
+        outs = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+        got = outs[0]
         held = mask.astype(bool)
         worst = max(worst, max(float(np.abs(got[i][held[i]] - want).max()) for i, want in enumerate(alone)))
+        if scores is not None:
+            worst = max(worst, float(np.abs(outs[1] - scores).max()))
     if not worst <= tol:
         raise ExportError(f"{path}: onnxruntime's last_hidden_state differs from PyTorch's by {worst:.3g} "
                           f"(tolerance {tol:g}); a model this sensitive to float32 rounding exports with a looser "
@@ -140,16 +189,17 @@ def export_encoder_gguf(gguf_path, out_dir: Path, *, force: bool = False, tolera
     model, cfg = g.model, g.model.config
     tmp = temp_dir_beside(out_dir, "tmp")
     try:
-        _export_graph(model, tmp / "model.onnx")
-        validation = validate_encoder(model, tmp / "model.onnx", tolerance) if validate else None
+        head = getattr(g, "head", None)
+        _export_graph(model, tmp / "model.onnx", head)
+        validation = validate_encoder(model, tmp / "model.onnx", tolerance, head) if validate else None
         if validation:
             _log(progress, f"validated: max |onnxruntime - PyTorch| = {validation['max_abs_diff']:.2e}")
         g.tokenizer.save(str(tmp / "tokenizer.json"))
         cfg.to_json_file(str(tmp / "config.json"))
         io = graph_io(tmp / "model.onnx")
-        if tuple(io["inputs"]) != INPUTS or io["outputs"] != ["last_hidden_state"]:
-            raise ExportError(f"the exported encoder's inputs/outputs are {io}, expected {INPUTS} -> "
-                              "['last_hidden_state']")
+        outputs = ["last_hidden_state"] + (["rank_scores"] if head else [])
+        if tuple(io["inputs"]) != INPUTS or io["outputs"] != outputs:
+            raise ExportError(f"the exported encoder's inputs/outputs are {io}, expected {INPUTS} -> {outputs}")
         write_manifest(tmp, {
             "kind": KIND,
             "model_type": cfg.model_type,
@@ -167,6 +217,7 @@ def export_encoder_gguf(gguf_path, out_dir: Path, *, force: bool = False, tolera
             "validation": validation,
             "source": source_record(str(Path(gguf_path).expanduser().absolute())),
             "pooling": g.pooling,
+            **({"rank": g.rank} if head else {}),
         })
         move_into_place(tmp, out_dir, force)
     except BaseException:

@@ -14,8 +14,12 @@ The hyperparameters are the converter's ``bert.*`` keys: ``context_length`` (max
 ``attention.layer_norm_epsilon``; ``tokenizer.ggml.token_type_count`` (type_vocab_size, else ``token_types``'
 rows). The activation is GELU (erf), llama.cpp's ``LLM_FFN_GELU`` for BERT (``ggml_gelu``, a tanh approximation of
 it). ``bert.pooling_type`` (1 mean, 2 cls, 3 last; ``loader.gguf_pooling``) is the artifact's default pooling (the
-runtime's mean where it says none); 4 (rank: a reranker) is refused (``encoder_refusal``), and a ``cls.*`` classifier
-head beside an embedding pooling is left out, as llama.cpp uses it for rank only.
+runtime's mean where it says none), and a ``cls.*`` classifier head beside an embedding pooling is left out, as
+llama.cpp uses it for rank only. 4 (rank: a reranker such as bge-reranker-v2-m3 or an ms-marco cross-encoder) keeps
+the head (``rank_head``): llama.cpp's ``build_pooling`` for LLAMA_POOLING_TYPE_RANK takes the first token's state,
+then ``cls.weight``/``cls.bias`` and tanh, then ``cls.output.weight``/``cls.output.bias`` (each optional; a rank file
+with neither is refused), no sigmoid; its server's /rerank score is that output's first value. The pair's ids are
+llama.cpp's ``format_prompt_rerank`` (``rank_pair_tokens``).
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ class BertGGUF:
     pooling: str | None        # "mean" | "cls" | "last", or None where the file names none
     special_tokens: dict       # {"bos_token_id" (CLS), "sep_token_id", "pad_token_id", "unk_token_id"}
     metadata: dict = field(repr=False, default_factory=dict)
+    head: dict | None = field(repr=False, default=None)  # a reranker's: {"cls.weight", ...: fp32 arrays} (rank_head)
+    rank: dict | None = None   # a reranker's manifest entry: {"n_labels", "labels", "pair"} (rank_manifest)
 
 
 def is_encoder_gguf(path) -> bool:
@@ -98,7 +104,7 @@ def encoder_refusal(get) -> str | None:
     says it before an export would; the loaders raise it."""
     arch = get("general.architecture")
     pooling = get(f"{arch}.pooling_type")
-    if pooling is not None and int(pooling) == RANK:
+    if pooling is not None and int(pooling) == RANK and arch != "bert":  # a bert reranker exports with its head
         return (f"a reranker ({arch}.pooling_type {RANK}, rank: llama.cpp's /rerank scores query/document pairs with "
                 "its classifier head); onnxlm exports embedding models")
     missing = [k for k in REQUIRED_KEYS if get(f"{arch}.{k}") is None]
@@ -109,6 +115,87 @@ def encoder_refusal(get) -> str | None:
         return (f"tokenizer.ggml.model is {tok!r}; a {arch} file's vocabulary is "
                 + " or ".join(repr(a) for a in allowed))
     return None
+
+
+#: a rank file's head tensors: llama.cpp's cls, cls_b, cls_out, cls_out_b
+RANK_HEAD = ("cls.weight", "cls.bias", "cls.output.weight", "cls.output.bias")
+
+
+def is_rank(meta: dict) -> bool:
+    value = meta.get(f"{meta.get('general.architecture')}.pooling_type")
+    return value is not None and int(value) == RANK
+
+
+def rank_head(tensors: dict[str, np.ndarray], hidden: int, path) -> dict[str, np.ndarray]:
+    """A rank file's classifier head (llama.cpp's ``build_pooling``, RANK: ``cls`` D->D with ``cls_b`` then tanh,
+    then ``cls_out`` D->n with ``cls_out_b``; each optional, as jina-reranker-v1-tiny has no ``cls.output``) ->
+    {name: array}; ExportError for a rank file with neither matrix, a ``cls.*`` tensor llama.cpp does not read, or a
+    shape that does not chain."""
+    head = {k: v for k, v in tensors.items() if k.startswith("cls.")}
+    unknown = sorted(set(head) - set(RANK_HEAD))
+    if unknown:
+        raise ExportError(f"{path}: tensor {unknown[0]!r} is not part of llama.cpp's BERT rank head "
+                          f"({', '.join(RANK_HEAD)})")
+    if "cls.weight" not in head and "cls.output.weight" not in head:
+        raise ExportError(f"{path}: a reranker (bert.pooling_type {RANK}, rank) without its classifier head: the file "
+                          "has neither cls.weight nor cls.output.weight, so there is no score to compute")
+    width = hidden
+    for w, b in (("cls.weight", "cls.bias"), ("cls.output.weight", "cls.output.bias")):
+        if w in head:
+            if head[w].ndim != 2 or head[w].shape[1] != width:
+                raise ExportError(f"{path}: {w} is {list(head[w].shape)}; the head needs [n, {width}]")
+            if w == "cls.weight" and head[w].shape[0] != hidden:
+                raise ExportError(f"{path}: cls.weight is {list(head[w].shape)}; llama.cpp's head needs "
+                                  f"[{hidden}, {hidden}]")
+            width = head[w].shape[0]
+            if b in head and head[b].reshape(-1).shape != (width,):
+                raise ExportError(f"{path}: {b} is {list(head[b].shape)}; the head needs [{width}]")
+        elif b in head:
+            raise ExportError(f"{path}: {b} without {w}")
+    return {k: np.asarray(v, np.float32).reshape(-1) if k.endswith("bias") else np.asarray(v, np.float32)
+            for k, v in head.items()}
+
+
+def rank_pair_tokens(meta: dict) -> dict:
+    """llama.cpp's ``format_prompt_rerank`` (tools/server/server-common.cpp) without a ``rerank`` chat template:
+    [BOS if add_bos] query [EOS if add_eos] [SEP if add_sep] document [EOS if add_eos], the EOS falling back to the
+    SEP where the vocabulary has none, query and document tokenized without special tokens (parse_special false).
+    The flags' and ids' defaults are llama-vocab.cpp's: WordPiece (``bert``) add_bos, add_sep, bos 101, sep 102,
+    no eos; Unigram (``t5``) add_eos, eos 1; the metadata's ``tokenizer.ggml.add_*_token`` / ``*_token_id`` win.
+    So bge-reranker-v2-m3 (RobertaProcessing: all three flags, sep = eos = </s>) is ``<s> q </s></s> d </s>``, an
+    ms-marco BERT (add_bos, add_eos with [SEP] as EOS, no add_sep) ``[CLS] q [SEP] d [SEP]``.
+    -> {"prefix": [ids], "middle": [ids], "suffix": [ids]} (+ "template" where the file has one)."""
+    wpm = meta.get("tokenizer.ggml.model") == "bert"
+
+    def flag(name, default):
+        v = meta.get(f"tokenizer.ggml.add_{name}_token")
+        return bool(default if v is None else v)
+
+    def tid(key, default):
+        v = meta.get(f"tokenizer.ggml.{key}")
+        return int(v) if v is not None else default
+
+    bos, eos = tid("bos_token_id", 101 if wpm else None), tid("eos_token_id", None if wpm else 1)
+    sep = tid("seperator_token_id", 102 if wpm else None)
+    end = eos if eos is not None else sep
+    add_bos, add_eos, add_sep = flag("bos", wpm), flag("eos", not wpm), flag("sep", wpm)
+    out = {"prefix": [bos] if add_bos and bos is not None else [],
+           "middle": ([end] if add_eos and end is not None else []) + ([sep] if add_sep and sep is not None else []),
+           "suffix": [end] if add_eos and end is not None else []}
+    template = meta.get("tokenizer.chat_template.rerank")
+    if template:
+        out["template"] = str(template)  # llama.cpp: {query}/{document} replaced, tokenized with parse_special
+    return out
+
+
+def rank_manifest(meta: dict, head: dict) -> dict:
+    """A reranker's manifest entry: the head's outputs (``n_labels``; ``labels`` from ``{arch}.classifier.
+    output_labels`` where written) and the pair's ids (``rank_pair_tokens``)."""
+    arch = meta.get("general.architecture")
+    last = head.get("cls.output.weight", head.get("cls.weight"))
+    labels = meta.get(f"{arch}.classifier.output_labels")
+    return {"n_labels": int(last.shape[0]), "labels": [str(x) for x in labels] if labels else None,
+            "pair": rank_pair_tokens(meta)}
 
 
 def gguf_tensors(path) -> dict[str, np.ndarray]:
@@ -207,6 +294,7 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
     pooling = gguf_pooling(meta)  # mean / cls / last, or None (none: the runtime's default, mean)
     tensors = gguf_tensors(path)
     config = bert_config(meta, tensors)
+    head = rank_head(tensors, config.hidden_size, path) if is_rank(meta) else None
     state = _state_dict(tensors, config.num_hidden_layers, path)
     model = BertModel(config, add_pooling_layer=False)
     wanted = model.state_dict()
@@ -215,6 +303,7 @@ def load_bert_gguf(path: str | os.PathLike) -> BertGGUF:
             raise ExportError(f"{path}: the tensor for {key} is {list(array.shape)}, the metadata's model needs "
                               f"{list(wanted[key].shape)}")
     model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
-    return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling,
-                    special_tokens=specials, metadata=meta)
+    return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling="rank" if head else pooling,
+                    special_tokens=specials, metadata=meta, head=head,
+                    rank=rank_manifest(meta, head) if head else None)
 

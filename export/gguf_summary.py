@@ -113,6 +113,7 @@ def summarize_gguf(path) -> dict:
         "name": field_value(reader, "general.name"), "architecture": arch,
         "exported": arch in TESTED_GGUF_ARCHITECTURES + ENCODER_GGUF_ARCHITECTURES and refused is None,
         "refused": refused, "embedding_only": arch in ENCODER_GGUF_ARCHITECTURES,
+        "reranker": arch in ENCODER_GGUF_ARCHITECTURES and field_value(reader, f"{arch}.pooling_type") == 4,
         "layers": field_value(reader, f"{arch}.block_count"),
         "hidden": field_value(reader, f"{arch}.embedding_length"),
         "context_length": field_value(reader, f"{arch}.context_length"),

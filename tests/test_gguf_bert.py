@@ -252,8 +252,8 @@ def test_cli_embed_and_info(exported, bert_files, capsys):
 def test_what_real_files_hold_exports_as_llama_cpp_reads_it(tmp_path, reference_model, capsys):
     """pooling_type 3 (last) and 0 (none: the runtime's mean, not called the model's own), a classifier head beside
     an embedding pooling (left out, as llama.cpp uses it for rank only), a one-row token-type table stored 1-D
-    (llama.cpp's quantizer writes XLM-RoBERTa's so); a reranker (pooling_type 4) is refused by the export and by
-    onnxlm info alike."""
+    (llama.cpp's quantizer writes XLM-RoBERTa's so); a reranker (pooling_type 4) exports with its head, one without
+    the head is refused."""
     import torch
     from cli_util import run_cli
 
@@ -286,10 +286,18 @@ def test_what_real_files_hold_exports_as_llama_cpp_reads_it(tmp_path, reference_
     with torch.no_grad():
         single = tiny_bert(type_vocab_size=1)(input_ids=torch.tensor([ids])).last_hidden_state[0].numpy()
     assert np.abs(one.embed([ids], normalize=False).embeddings[0] - single.mean(axis=0)).max() <= 1e-4
-    with pytest.raises(ExportError, match=r"a reranker \(bert\.pooling_type 4, rank"):
-        export_model(paths["rank"], tmp_path / "rank", progress=False)
+    rank = onnxlm.load(export_model(paths["rank"], tmp_path / "rank", progress=False))  # tests/test_rerank.py
+    assert rank.manifest["pooling"] == "rank" and rank.is_reranker
+    with pytest.raises(ExportError, match="without its classifier head"):  # a rank file without cls.* is refused
+        export_model(_headless_rank(tmp_path), tmp_path / "rank-none", progress=False)
     code, out, err = run_cli(capsys, "info", str(paths["rank"]))
-    assert code == 0 and "a reranker" in out and "onnxlm exports it as an embedding model" not in out, out
+    assert code == 0 and "onnxlm exports it as a reranker" in out, out
+
+
+def _headless_rank(tmp_path):
+    path = tmp_path / "rank-headless.gguf"
+    write_tiny_bert_gguf(path, pooling="rank")
+    return path
 
 
 def test_generating_commands_refuse_an_embedding_model_in_one_line(exported, capsys, tmp_path):
@@ -331,7 +339,7 @@ def test_serve_embeds_and_refuses_generation(exported):
             assert r.status_code == 400 and "only embeds" in r.text, (path, r.status_code, r.text)
         assert post(srv.url, "/v1/completions", body).json()["error"]["code"] == "generation_not_supported"
         card = httpx.get(srv.url + "/v1/models").json()["data"][0]
-        assert card["capabilities"] == {"completions": False, "chat": False, "embeddings": True}
+        assert card["capabilities"] == {"completions": False, "chat": False, "embeddings": True, "rerank": False}
     finally:
         srv.stop()
 

@@ -439,7 +439,7 @@ def test_a_model_without_a_chat_template_says_so(live, tiny_llama, caplog):
     client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0)
     card = client.models.list().data[0]
     assert card.id == "tiny" and card.model_extra["capabilities"] == {"completions": True, "chat": True,
-                                                                                "embeddings": False}
+                                                                                "embeddings": False, "rerank": False}
     caplog.set_level(logging.WARNING, logger="onnxlm.serve")
     srv = start(lambda: without_chat_template(onnxlm.load(tiny_llama.onnx_dir)), max_rows=2, max_queue=2)
     try:
@@ -450,7 +450,8 @@ def test_a_model_without_a_chat_template_says_so(live, tiny_llama, caplog):
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
         card = client.models.list().data[0]
         assert (card.id, card.object, card.owned_by) == ("tiny", "model", "onnxlm")
-        assert card.model_extra["capabilities"] == {"completions": True, "chat": False, "embeddings": False}
+        assert card.model_extra["capabilities"] == {"completions": True, "chat": False, "embeddings": False,
+                                                    "rerank": False}
         assert client.models.retrieve("tiny").model_extra["capabilities"]["chat"] is False
         r = post(srv.url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
         assert r.status_code == 400 and r.json()["error"]["code"] == "chat_not_supported"

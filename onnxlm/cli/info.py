@@ -88,6 +88,9 @@ def _embeddings(model) -> str | None:
     """What ``embed`` does with this artifact (its default pooling), why it cannot, or None (not loaded)."""
     if not hasattr(model, "check_embeddings"):
         return None
+    if getattr(model, "is_reranker", False):
+        return ("no: a reranker: it scores (query, document) pairs (model.rerank, onnxlm serve's /rerank); it "
+                "neither embeds nor generates")
     try:
         model.check_embeddings()
     except ModelFileError as exc:
@@ -180,7 +183,9 @@ def _render_gguf(path: str, g: dict, artifact_dir, cached: bool) -> str:
                    "or gate/up product also holds a tensor without blocks")
     tok = g["tokenizer"]
     pre = f" / {tok['pre']}" if tok.get("pre") else ""
-    arch = (f"{g['architecture']}: onnxlm exports it as an embedding model, in fp32 (it only embeds: onnxlm embed)"
+    arch = (f"{g['architecture']}: onnxlm exports it as a reranker, in fp32 (it scores query/document pairs: "
+            "model.rerank, onnxlm serve's /rerank)" if g["exported"] and g.get("reranker") else
+            f"{g['architecture']}: onnxlm exports it as an embedding model, in fp32 (it only embeds: onnxlm embed)"
             if g["exported"] and g.get("embedding_only") else
             f"{g['architecture']}: onnxlm exports it" if g["exported"] else
             f"{g['architecture']}: onnxlm does not export this file: {g['refused']}" if g.get("refused") else

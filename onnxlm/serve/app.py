@@ -1,8 +1,8 @@
 """The OpenAI-compatible HTTP app (Starlette + sse-starlette): /v1/completions, /v1/chat/completions, /v1/models,
 /health, /metrics, /props, /slots (slots.py), /tokenize, /detokenize and /apply-template (tokenize.py), llama.cpp's
 native /completion and /infill (llamacpp.py), Anthropic's /v1/messages (anthropic.py), OpenAI's Responses API
-/v1/responses (responses.py), OpenAI's /v1/embeddings and llama.cpp's /embedding (embeddings.py), and the chat page
-at / (page.py).
+/v1/responses (responses.py), OpenAI's /v1/embeddings and llama.cpp's /embedding (embeddings.py), llama.cpp's
+/rerank (rerank.py), and the chat page at / (page.py).
 
 Handlers check the request on the event loop (a user's mistake is a 400 with OpenAI's error body, never a 500),
 then hand the model work to the engine thread (engine.py) and relay what it produces: one JSON response, or
@@ -30,6 +30,7 @@ from .engine import Engine
 from .embeddings import llama_cpp_embedding, openai_embeddings
 from .errors import api_error, http_error, server_error
 from .llamacpp import completion, infill
+from .rerank import rerank
 from .page import page_routes
 from .protocol import APIError
 from .responses import responses
@@ -48,7 +49,10 @@ def _warn_without_chat(loader):
     400 chat_not_supported, /v1/models' card says ``capabilities.chat: false``, and the page offers completions."""
     def load():
         model = loader()
-        if not getattr(model, "can_generate", True):
+        if getattr(model, "is_reranker", False):
+            log.warning("this model is a reranker: /rerank (/v1/rerank, /reranking) answers, the embedding and "
+                        "generating endpoints answer 400")
+        elif not getattr(model, "can_generate", True):
             log.warning("this model only embeds (an embedding model): /v1/embeddings and /embedding answer, the "
                         "generating endpoints answer 400 generation_not_supported")
         elif not getattr(model, "chat_template", None):
@@ -96,6 +100,10 @@ def create_app(loader, config: ServeConfig, draft_loader=None) -> Starlette:
         Route("/v1/embeddings", openai_embeddings, methods=["POST"]),  # OpenAI's embeddings (embeddings.py)
         Route("/embeddings", llama_cpp_embedding, methods=["POST"]),  # llama.cpp's native embeddings, both names
         Route("/embedding", llama_cpp_embedding, methods=["POST"]),
+        Route("/rerank", rerank, methods=["POST"]),  # llama.cpp's reranking, its four names (rerank.py)
+        Route("/reranking", rerank, methods=["POST"]),
+        Route("/v1/rerank", rerank, methods=["POST"]),
+        Route("/v1/reranking", rerank, methods=["POST"]),
         Route("/completion", completion, methods=["POST"]),  # llama.cpp's native endpoint (llamacpp.py)
         Route("/completions", completion, methods=["POST"]),
         Route("/infill", infill, methods=["POST"]),  # llama.cpp's fill-in-the-middle (llamacpp_infill.py)

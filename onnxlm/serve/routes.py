@@ -91,7 +91,7 @@ def _model_card(st) -> dict:
     if model is not None:
         card["capabilities"] = {"completions": bool(getattr(model, "can_generate", True)),
                                 "chat": bool(getattr(model, "chat_template", None)),
-                                "embeddings": can_embed(model)}
+                                "embeddings": can_embed(model), "rerank": bool(getattr(model, "is_reranker", False))}
     return card
 
 
