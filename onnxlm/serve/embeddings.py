@@ -251,24 +251,35 @@ async def _embed(request: HTTPRequest, st, rows: list[list[int]]) -> np.ndarray 
     """The rows' pooled vectors, unnormalised [n, D] float32, computed on the engine thread in parts (a slot held
     meanwhile: in flight, drained on shutdown); None when the client went away (the parts left are dropped)."""
     pooling = check_pooling(st.config.pooling or getattr(st.engine.model, "default_pooling", DEFAULT_POOLING))
+    st.count("embedding_requests")
+    st.count("embedding_tokens", sum(len(r) for r in rows))
+    return await in_parts(request, st, rows, lambda model, part: embed_batch(model, part, pooling), "embed")
+
+
+async def in_parts(request: HTTPRequest, st, rows: list[list[int]], compute, tag: str) -> np.ndarray | None:
+    """``compute(model, rows) -> [c, ...]`` over the rows in parts on the engine thread (``batch_parts``; a slot
+    held meanwhile: in flight, drained on shutdown) -> [n, ...] in the given order; None when the client went away
+    (the parts left are dropped). The embedding and rerank endpoints' work."""
     slot = Slot(st, rows=1)
     try:
-        st.count("embedding_requests")
-        st.count("embedding_tokens", sum(len(r) for r in rows))
-        call = _EmbeddingCall(st, rows, pooling)
+        call = _EngineCall(st, batch_parts(rows, compute, max_tokens=part_budget(st)), tag)
         return await until_done_or_gone(request, call, call.result)
     finally:
         slot.release()
 
 
-class _EmbeddingCall:
-    """One embedding request's engine call (``run.until_done_or_gone`` cancels it when its client goes away)."""
+def part_budget(st) -> int:
+    """A part's padded positions: a prompt part's work (--prefill-chunk), at most ``MAX_BATCH_TOKENS``."""
+    return min(st.config.prefill_chunk or MAX_BATCH_TOKENS, MAX_BATCH_TOKENS)
 
-    def __init__(self, st, rows: list[list[int]], pooling: str):
+
+class _EngineCall:
+    """One request's engine call (``run.until_done_or_gone`` cancels it when its client goes away)."""
+
+    def __init__(self, st, fn, tag: str):
         self.st, self.loop, self.out = st, asyncio.get_running_loop(), asyncio.Queue()
         self.gone = threading.Event()
-        budget = min(st.config.prefill_chunk or MAX_BATCH_TOKENS, MAX_BATCH_TOKENS)  # a part: a prompt part's work
-        st.engine.call(embedding_parts(rows, pooling, max_tokens=budget), self.loop, self.out, "embed", self.gone)
+        st.engine.call(fn, self.loop, self.out, tag, self.gone)
 
     def cancel(self) -> None:
         self.gone.set()
@@ -285,19 +296,24 @@ class _EmbeddingCall:
 
 def embedding_parts(rows: list[list[int]], pooling: str, part_rows: int = PART_ROWS,
                     max_tokens: int = MAX_BATCH_TOKENS):
-    """-> fn(model), a generator (an engine call in parts, engine.py) returning the rows' pooled vectors [n, D]
-    float32, unnormalised, in the given order. One part is one of ``embedding.batches`` (rows of similar length, at
-    most ``part_rows`` of them and ``max_tokens`` padded positions: the vectors ``LanguageModel.embed`` gives), one
-    forward pass; it yields between parts, so the batch's decoding steps run meanwhile,
-    and stops there once its client went away."""
+    """``batch_parts`` of the rows' pooled vectors [n, D] float32, unnormalised (the vectors ``LanguageModel.embed``
+    gives)."""
+    return batch_parts(rows, lambda model, part: embed_batch(model, part, pooling), part_rows, max_tokens)
+
+
+def batch_parts(rows: list[list[int]], compute, part_rows: int = PART_ROWS, max_tokens: int = MAX_BATCH_TOKENS):
+    """-> fn(model), a generator (an engine call in parts, engine.py) returning ``compute(model, part)`` ([c, ...])
+    of every row, [n, ...] in the given order. One part is one of ``embedding.batches`` (rows of similar length, at
+    most ``part_rows`` of them and ``max_tokens`` padded positions), one forward pass; it yields between parts, so
+    the batch's decoding steps run meanwhile, and stops there once its client went away."""
     def run(model):
         out = [None] * len(rows)
         for n, chunk in enumerate(batches([len(r) for r in rows], part_rows, max_tokens)):
             if n:
                 yield                                                   # the engine's turn: others' steps
-            for i, v in zip(chunk, embed_batch(model, [rows[i] for i in chunk], pooling)):  # [c, D]
+            for i, v in zip(chunk, compute(model, [rows[i] for i in chunk])):  # [c, ...]
                 out[i] = v
-        return np.stack(out)                                            # [n, D]
+        return np.stack(out)                                            # [n, ...]
     return run
 
 

@@ -19,22 +19,18 @@ on the engine thread as a call in parts, one batch of similar-length pairs a par
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import numpy as np
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
-from onnxlm.runtime.embedding import MAX_BATCH_TOKENS, batches
 from onnxlm.runtime.encoder_embedder import ranked
 from onnxlm.runtime.errors import InputError, ModelFileError
 
-from .embeddings import MAX_INPUTS, PART_ROWS, _check_lengths, _runtime_message
-from .errors import model_error
+from .embeddings import MAX_INPUTS, _check_lengths, _runtime_message, in_parts
 from .gate import authorize, available, read_body
 from .protocol import _get_bool, _get_int, bad, check_text
-from .run import until_done_or_gone
-from .state import Slot, state_of
+from .state import state_of
 
 KEYS = {"model", "query", "documents", "texts", "top_n", "return_text"}
 
@@ -99,44 +95,4 @@ def _pairs(model, st, query: str, docs: list[str], field: str) -> list[list[int]
 async def _score(request: HTTPRequest, st, rows: list[list[int]]) -> np.ndarray | None:
     """The pairs' scores [n] float32 in order, on the engine thread in parts (a slot held meanwhile); None when the
     client went away."""
-    slot = Slot(st, rows=1)
-    try:
-        call = _RerankCall(st, rows)
-        return await until_done_or_gone(request, call, call.result)
-    finally:
-        slot.release()
-
-
-class _RerankCall:
-    """One rerank request's engine call (``run.until_done_or_gone`` cancels it when its client goes away)."""
-
-    def __init__(self, st, rows: list[list[int]]):
-        self.st, self.loop, self.out = st, asyncio.get_running_loop(), asyncio.Queue()
-        self.gone = threading.Event()
-        budget = min(st.config.prefill_chunk or MAX_BATCH_TOKENS, MAX_BATCH_TOKENS)
-        st.engine.call(rerank_parts(rows, max_tokens=budget), self.loop, self.out, "rerank", self.gone)
-
-    def cancel(self) -> None:
-        self.gone.set()
-
-    async def result(self) -> np.ndarray:
-        _, what, payload = await self.out.get()
-        if what == "error":
-            error = model_error(payload)
-            if error.status >= 500:
-                self.st.count("errors")
-            raise error
-        return payload
-
-
-def rerank_parts(rows: list[list[int]], part_rows: int = PART_ROWS, max_tokens: int = MAX_BATCH_TOKENS):
-    """-> fn(model), a generator (an engine call in parts) returning the pairs' scores [n] in the given order, one
-    part a batch of similar-length pairs (``embedding.batches``), yielding between parts."""
-    def run(model):
-        out = np.zeros(len(rows), np.float32)
-        for n, chunk in enumerate(batches([len(r) for r in rows], part_rows, max_tokens)):
-            if n:
-                yield
-            out[chunk] = model.rank_scores([rows[i] for i in chunk])[:, 0]
-        return out
-    return run
+    return await in_parts(request, st, rows, lambda model, part: model.rank_scores(part)[:, 0], "rerank")
