@@ -307,3 +307,27 @@ def test_models_card_and_info_say_it_is_a_reranker(live, reranker, reference_and
     assert code == 0 and "embeddings      no: a reranker" in out, out + err
     code, out, err = run_cli(capsys, "info", str(reference_and_file[1]))
     assert code == 0 and "onnxlm exports it as a reranker" in out, out + err
+
+
+def test_the_rerank_command(reranker, embedder, capsys, tmp_path):
+    """``onnxlm rerank MODEL QUERY DOC...``: the documents best first with rerank's scores, --json, --top-n, --file;
+    an embedding model or no documents is one error line."""
+    import json
+
+    from cli_util import run_cli
+
+    docs = ["a panda is a bear", "hi there", "pandas eat bamboo all day"]
+    want = reranker.rerank("what is a panda?", docs)
+    code, out, err = run_cli(capsys, "rerank", str(reranker.path), "what is a panda?", *docs, "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(d["index"], d["document"]) for d in lines] == [(r.index, docs[r.index]) for r in want]
+    assert max(abs(d["score"] - r.score) for d, r in zip(lines, want)) <= 1e-6
+    (tmp_path / "docs.txt").write_text("\n".join(docs) + "\n")
+    code, out, err = run_cli(capsys, "rerank", str(reranker.path), "what is a panda?", "--file", tmp_path / "docs.txt",
+                             "--top-n", 1)
+    assert code == 0 and len(out.splitlines()) == 1 and repr(docs[want[0].index]) in out, out + err
+    code, out, err = run_cli(capsys, "rerank", str(embedder.path), "q", "d")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "reranker" in err, err
+    code, out, err = run_cli(capsys, "rerank", str(reranker.path), "q", "--file", tmp_path / "empty.txt")
+    assert code in (1, 2) and err.strip(), err

@@ -1,4 +1,4 @@
-"""`onnxlm` command line: export, generate, chat, score, embed, tokenize, info, bench, demo, serve, cache.
+"""`onnxlm` command line: export, generate, chat, score, embed, rerank, tokenize, info, bench, demo, serve, cache.
 
 Exit codes: 0 ok, 1 runtime failure (one line `onnxlm: error: ...` on stderr), 2 usage error, 130 interrupted
 (SIGINT), 143 terminated (SIGTERM: it unwinds as an interrupt does, so an export removes its scratch directories).
@@ -18,7 +18,7 @@ import warnings
 from onnxlm.runtime.errors import OnnxlmError
 
 from onnxlm import __version__
-from . import bench, cache, demo, embed, export, generate, info, score, serve, tokenize
+from . import bench, cache, demo, embed, export, generate, info, rerank, score, serve, tokenize
 from .errors import error_line, one_line_warnings
 
 DESCRIPTION = """\
@@ -33,6 +33,7 @@ examples:
   onnxlm chat models/smollm2 "What is ONNX?" --system "Answer briefly."
   onnxlm score models/gpt2 "The cat sat on the mat."
   onnxlm embed models/smollm2 "The cat sat on the mat." "A cat is on the mat." "Stocks fell."
+  onnxlm rerank models/bge-reranker "what is a panda?" "The giant panda is a bear." "hi"
   onnxlm tokenize models/gpt2 "The cat sat on the mat."
   onnxlm info models/gpt2
   onnxlm serve models/smollm2 --port 8000
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"onnxlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 title="commands (run `onnxlm COMMAND --help` for details)")
-    for module in (export, generate, score, embed, tokenize, info, bench, demo, serve, cache):
+    for module in (export, generate, score, embed, rerank, tokenize, info, bench, demo, serve, cache):
         module.add_parser(sub)
     parser.set_defaults(commands=sub.choices)  # name -> the command's parser, for its own usage errors
     return parser
