@@ -147,3 +147,33 @@ def finish(w, path: Path) -> str:
     w.write_tensors_to_file()
     w.close()
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_xlmr_gguf(path: Path, model, meta: dict, pooling: int) -> str:
+    """A transformers XLM-RoBERTa (``XLMRobertaModel``, or ``...ForSequenceClassification``: its head as
+    ``cls`` / ``cls.output``) to ``path`` as llama.cpp's converter writes bge-m3 / bge-reranker: a ``bert`` file, the
+    position table cut to start at pad_token_id + 1 (RoBERTa's first position), ``meta``'s tokenizer keys
+    (tests/data/gguf_ugm/ugm_vocabs.py), ``pooling_type`` ``pooling`` -> the file's sha256."""
+    import gguf
+    import ugm_vocabs
+
+    c = model.config
+    offset = c.pad_token_id + 1
+    w = gguf.GGUFWriter(str(path), "bert")
+    w.add_context_length(c.max_position_embeddings - offset)  # the converter's cut table
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_head_count(c.num_attention_heads)
+    w.add_layer_norm_eps(c.layer_norm_eps)
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType(pooling))
+    ugm_vocabs.add_tokenizer_keys(w, meta)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, c.num_hidden_layers)
+    for key, tensor in model.state_dict().items():
+        key = key.removeprefix("roberta.")
+        array = tensor.numpy().astype(np.float32)
+        if key == "embeddings.position_embeddings.weight":
+            array = array[offset:]
+        w.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), array)
+    return finish(w, path)

@@ -18,7 +18,7 @@ if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("torch")
     pytest.skip("the XLM-R GGUF tests export (the 'export' extra: gguf, torch)", allow_module_level=True)
 
 import onnxlm  # noqa: E402
-from gguf_bert import perturbed  # noqa: E402
+from gguf_bert import perturbed, write_xlmr_gguf  # noqa: E402
 from skips import missing  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data" / "gguf_ugm"))
@@ -26,7 +26,6 @@ import ugm_vocabs  # noqa: E402
 
 CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, type_vocab_size=1,
               max_position_embeddings=66, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-OFFSET = CONFIG["pad_token_id"] + 1  # RoBERTa's positions start after the padding index
 TEXTS = ["Hello world, how are you?", "a", "Le café est très bon, n'est-ce pas ?", "日本語のテキストです。",
          "  spaces   and\ttabs\n", "Σίσυφος ΣΊΣΥΦΟΣ", "def f(x):\n    return x ** 2"]
 
@@ -46,27 +45,7 @@ def reference_and_file(tmp_path_factory):
     model = perturbed(XLMRobertaModel(XLMRobertaConfig(vocab_size=len(meta["tokenizer.ggml.tokens"]), **CONFIG),
                                       add_pooling_layer=False).eval())
     path = tmp_path_factory.mktemp("gguf_xlmr") / "tiny-xlmr.gguf"
-    c = model.config
-    w = gguf.GGUFWriter(str(path), "bert")
-    w.add_context_length(c.max_position_embeddings - OFFSET)  # the converter's cut table
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_head_count(c.num_attention_heads)
-    w.add_layer_norm_eps(c.layer_norm_eps)
-    w.add_causal_attention(False)
-    w.add_pooling_type(gguf.PoolingType.CLS)  # bge-m3's
-    ugm_vocabs.add_tokenizer_keys(w, meta)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, c.num_hidden_layers)
-    for key, tensor in model.state_dict().items():
-        array = tensor.numpy().astype(np.float32)
-        if key == "embeddings.position_embeddings.weight":
-            array = array[OFFSET:]
-        w.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), array)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_xlmr_gguf(path, model, meta, int(gguf.PoolingType.CLS))  # bge-m3's pooling
     return model, path
 
 

@@ -23,7 +23,7 @@ if importlib.util.find_spec("gguf") is None or importlib.util.find_spec("torch")
     pytest.skip("the rerank tests export (the 'export' extra: gguf, torch)", allow_module_level=True)
 
 import onnxlm  # noqa: E402
-from gguf_bert import perturbed, tiny_bert, write_tiny_bert_gguf  # noqa: E402
+from gguf_bert import perturbed, tiny_bert, write_tiny_bert_gguf, write_xlmr_gguf  # noqa: E402
 from skips import missing  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data" / "gguf_ugm"))
@@ -34,7 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, type_vocab_size=1,
               max_position_embeddings=66, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2,
               num_labels=1, initializer_range=0.3)
-OFFSET = CONFIG["pad_token_id"] + 1
 QUERY = "What is the capital of France?"
 DOCS = ["Paris is the capital of France.", "a", "Le café est très bon, n'est-ce pas ?", "日本語のテキストです。",
         "Berlin is the capital of Germany, and it has many museums and parks.", "</s> not a separator"]
@@ -59,28 +58,7 @@ def write_xlmr_reranker(path: Path):
     with torch.no_grad():
         model.classifier.dense.weight.mul_(3.0)
         model.classifier.out_proj.weight.mul_(3.0)
-    c = model.config
-    w = gguf.GGUFWriter(str(path), "bert")
-    w.add_context_length(c.max_position_embeddings - OFFSET)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_head_count(c.num_attention_heads)
-    w.add_layer_norm_eps(c.layer_norm_eps)
-    w.add_causal_attention(False)
-    w.add_pooling_type(gguf.PoolingType.RANK)
-    ugm_vocabs.add_tokenizer_keys(w, meta)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, c.num_hidden_layers)
-    for key, tensor in model.state_dict().items():
-        key = key.removeprefix("roberta.")
-        array = tensor.numpy().astype(np.float32)
-        if key == "embeddings.position_embeddings.weight":
-            array = array[OFFSET:]
-        w.add_tensor(names.get_name(key, try_suffixes=(".weight", ".bias")), array)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_xlmr_gguf(path, model, meta, int(gguf.PoolingType.RANK))
     return model
 
 
