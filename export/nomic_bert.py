@@ -285,8 +285,7 @@ def load_nomic_bert_gguf(path: str | os.PathLike):
     import torch
 
     from .gguf import read_gguf_metadata
-    from .gguf_bert import BertGGUF, gguf_tensors
-    from .gguf_wpm import build_wpm_tokenizer, wpm_specials
+    from .gguf_bert import BertGGUF, bert_tokenizer, encoder_refusal, gguf_tensors
     from .loader import gguf_pooling
 
     path = pathlib.Path(path)
@@ -294,16 +293,11 @@ def load_nomic_bert_gguf(path: str | os.PathLike):
     arch = meta.get("general.architecture")
     if arch != ARCH:
         raise ExportError(f"{path}: general.architecture is {arch!r}, not {ARCH!r}")
-    if meta.get("tokenizer.ggml.model") != "bert":
-        raise ExportError(f"{path}: tokenizer.ggml.model is {meta.get('tokenizer.ggml.model')!r}; onnxlm exports "
-                          "nomic-bert files with a WordPiece ('bert') vocabulary (nomic-embed-text v1 / v1.5)")
-    from .gguf_bert import encoder_refusal
-
-    why = encoder_refusal(meta.get)
+    why = encoder_refusal(meta.get)  # a reranker, a missing key, a vocabulary other than WordPiece
     if why:
         raise ExportError(f"{path}: {why}")
     pooling = gguf_pooling(meta)  # mean / cls / last, or None (the runtime's default, mean)
-    tokenizer = build_wpm_tokenizer(meta)
+    tokenizer, specials = bert_tokenizer(meta, path)
     tensors = gguf_tensors(path)
     if "token_embd.weight" not in tensors:
         raise ExportError(f"{path}: the file lacks the tensor token_embd.weight")
@@ -311,8 +305,5 @@ def load_nomic_bert_gguf(path: str | os.PathLike):
     state = nomic_bert_state(tensors, config, path)
     model = NomicBertModel(config)
     model.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=True)
-    ids = wpm_specials(meta)
-    specials = {"bos_token_id": ids["bos"], "sep_token_id": ids["sep"], "pad_token_id": ids["pad"],
-                "unk_token_id": ids["unk"]}
     return BertGGUF(path=path, model=model.eval(), tokenizer=tokenizer, pooling=pooling,
                     special_tokens=specials, metadata=meta)

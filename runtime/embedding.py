@@ -68,6 +68,13 @@ def truncated(row: list[int], limit: int, tail: list[int]) -> list[int]:
     return row[:limit - len(keep)] + keep
 
 
+def check_batch_size(batch_size) -> int:
+    """``batch_size`` of ``embed`` / ``rerank``: an integer >= 1 (ParameterError naming it otherwise)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ParameterError("batch_size", f"got {batch_size!r}; allowed: an integer >= 1")
+    return int(batch_size)
+
+
 def check_pooling(pooling) -> str:
     if pooling not in POOLINGS:
         raise ParameterError("pooling", f"got {pooling!r}; allowed: {', '.join(map(repr, POOLINGS))}")

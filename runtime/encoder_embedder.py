@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .embedding import manifest_pooling
+from .embedding import check_batch_size, manifest_pooling
 from .errors import InputError, ModelFileError, ParameterError
 from .manifest import read_json
 from .model import LanguageModel
@@ -99,11 +99,15 @@ class EncoderEmbedder:
 
     def last_hidden_state(self, input_ids, attention_mask=None) -> np.ndarray:
         # [b, s] int ids, [b, s] 0/1 mask (padding on either side) -> [b, s, D] float32
-        ids, mask = self._check_ids(input_ids, attention_mask)
+        return self.session.run(["last_hidden_state"], self._feeds(*self._check_ids(input_ids, attention_mask)))[0]
+
+    def _feeds(self, ids: np.ndarray, mask: np.ndarray) -> dict:
+        # checked [b, s] int64 ids and mask -> the graph's feeds: token type 0 everywhere where it takes them (one
+        # sequence, as llama.cpp feeds BERT; its rank pairs too: its graph adds type 0's row to every token)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.inputs:
-            feeds["token_type_ids"] = np.zeros_like(ids)  # one sequence (segment 0), as llama.cpp feeds BERT
-        return self.session.run(["last_hidden_state"], feeds)[0]
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        return feeds
 
     def hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # right-padded [b, t] ids and mask -> [b, t, D] float32 states, [b] lengths (embedding.embed_batch's call)
@@ -143,11 +147,7 @@ class EncoderEmbedder:
 
         self.check_rerank()
         ids, mask = pad_batch([list(r) for r in rows], self.pad_id, side="right")
-        ids, mask = self._check_ids(ids, mask)
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.inputs:
-            feeds["token_type_ids"] = np.zeros_like(ids)  # llama.cpp's BERT graph adds token type 0's row everywhere
-        return self.session.run(["rank_scores"], feeds)[0]
+        return self.session.run(["rank_scores"], self._feeds(*self._check_ids(ids, mask)))[0]
 
     def rerank(self, query: str, documents: list[str], *, top_n: int | None = None,
                batch_size: int = 16) -> list[Ranked]:
@@ -163,8 +163,7 @@ class EncoderEmbedder:
             raise ParameterError("documents", "expected a non-empty list of strings")
         if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0):
             raise ParameterError("top_n", f"got {top_n!r}; allowed: None or an integer >= 0")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ParameterError("batch_size", f"got {batch_size!r}; allowed: an integer >= 1")
+        batch_size = check_batch_size(batch_size)
         rows = []
         for i, doc in enumerate(documents):
             try:
@@ -173,7 +172,7 @@ class EncoderEmbedder:
             except InputError as exc:
                 raise InputError(f"documents[{i}]: " + str(exc).split(": ", 1)[-1]) from None
             rows.append(row)
-        scores = self.pair_scores(rows, int(batch_size))
+        scores = self.pair_scores(rows, batch_size)
         return ranked(scores, top_n)
 
     def pair_scores(self, rows: list[list[int]], batch_size: int = 16) -> np.ndarray:

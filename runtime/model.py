@@ -483,18 +483,17 @@ class LanguageModel:
         first tokens, and the [SEP] / EOS the tokenizer appends kept last: ``embedding.truncated``; token_counts
         then count what was embedded) instead of refused. Text is encoded with the tokenizer's special tokens, as
         ``generate`` encodes a prompt. Decoder-only models on the fused graph (the default export)."""
-        from .embedding import check_pooling, embed_rows
+        from .embedding import check_batch_size, check_pooling, embed_rows
 
         pooling = check_pooling(self.default_pooling if pooling is None else pooling)
         if not isinstance(normalize, (bool, np.bool_)):
             raise ParameterError("normalize", f"got {normalize!r}; allowed: True or False")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ParameterError("batch_size", f"got {batch_size!r}; allowed: an integer >= 1")
+        batch_size = check_batch_size(batch_size)
         if not isinstance(truncate, (bool, np.bool_)):
             raise ParameterError("truncate", f"got {truncate!r}; allowed: True or False")
         self.check_embeddings()
         rows = self._indexed_rows(inputs, truncate=bool(truncate))
-        vectors = embed_rows(self, rows, pooling, 2 if normalize else -1, int(batch_size))
+        vectors = embed_rows(self, rows, pooling, 2 if normalize else -1, batch_size)
         return EmbeddingResult(vectors, [len(r) for r in rows], pooling, bool(normalize))
 
     def _indexed_rows(self, inputs, truncate: bool = False) -> list[list[int]]:

@@ -118,9 +118,14 @@ def add_model_args(p: argparse.ArgumentParser, *, model_dir: bool = True) -> Non
 
 
 def model_path(args) -> Path:
-    """MODEL_DIR as given -> the artifact directory to load: a .gguf file's cached artifact, exported first when
-    missing (export/gguf_artifact.py), else the path itself."""
-    path, gguf = given_model(args.model_dir)
+    """MODEL_DIR as given -> the artifact directory to load (``artifact_path``)."""
+    return artifact_path(args.model_dir)
+
+
+def artifact_path(text: str) -> Path:
+    """A model as given (MODEL_DIR, serve's --draft) -> the artifact directory to load: a .gguf file's cached
+    artifact, exported first when missing (export/gguf_artifact.py), else the path itself."""
+    path, gguf = given_model(text)
     if not gguf:
         return path
     from onnxlm.export.gguf_artifact import ensure_gguf_artifact

@@ -13,7 +13,7 @@ from onnxlm.runtime.decoding.scheduler_draft import DRAFT_MAX, DRAFT_MIN, DRAFT_
 from onnxlm.runtime.embedding import POOLINGS
 from onnxlm.runtime.errors import ModelFileError, OnnxlmError, ParameterError
 
-from .args import (add_model_args, command_parser, given_model, model_path, non_negative_float, non_negative_int,
+from .args import (add_model_args, artifact_path, command_parser, model_path, non_negative_float, non_negative_int,
                    port, positive_int, probability)
 
 DESCRIPTION = """\
@@ -204,11 +204,7 @@ def draft_artifact(given: str) -> Path:
     from onnxlm.runtime.manifest import load_manifest
 
     try:
-        path, gguf = given_model(given)
-        if gguf:
-            from onnxlm.export.gguf_artifact import ensure_gguf_artifact
-
-            path = ensure_gguf_artifact(path)
+        path = artifact_path(given)
         if not path.is_dir():
             raise ModelFileError(f"{path}: not a model directory (give an artifact directory from onnxlm export, or "
                                  "a .gguf file)", str(path))
