@@ -240,6 +240,23 @@ def test_tei_form_answers_a_list_with_texts(live, reranker):
     assert max(abs(x["score"] - w.score) for x, w in zip(r.json(), want)) <= 1e-5
 
 
+def test_metrics_count_rerank_requests_and_tokens(live, reranker):
+    import httpx
+    from serve_util import post, wait_idle
+
+    before = wait_idle(live.url)
+    assert post(live.url, "/rerank", {"query": QUERY, "documents": DOCS[:2]}).status_code == 200
+    assert post(live.url, "/v1/rerank", {"query": QUERY, "texts": DOCS[2:3]}).status_code == 200
+    assert post(live.url, "/rerank", {"query": "q", "documents": []}).status_code == 400  # refused: not counted
+    after = wait_idle(live.url)
+    tokens = sum(len(reranker.pair_ids(QUERY, d)) for d in DOCS[:3])
+    assert after["rerank_requests"] - before["rerank_requests"] == 2
+    assert after["rerank_tokens"] - before["rerank_tokens"] == tokens
+    text = httpx.get(live.url + "/metrics", params={"format": "prometheus"}).text
+    assert f"onnxlm_rerank_requests_total {after['rerank_requests']}\n" in text
+    assert "# TYPE onnxlm_rerank_tokens_total counter" in text
+
+
 BAD = [({"documents": ["d"]}, "query"), ({"query": 3, "documents": ["d"]}, "query"),
        ({"query": "q"}, "documents"), ({"query": "q", "texts": [1]}, "texts"), ({"query": "q", "documents": []}, "documents"),
        ({"query": "q", "documents": "d"}, "documents"), ({"query": "q", "documents": ["d", 1]}, "documents"),

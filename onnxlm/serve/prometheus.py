@@ -20,6 +20,8 @@ COUNTERS = {
     "embedding_requests": ("onnxlm_embedding_requests_total",
                            "embedding requests accepted (/v1/embeddings, /embedding)"),
     "embedding_tokens": ("onnxlm_embedding_tokens_total", "input tokens of the embedding requests accepted"),
+    "rerank_requests": ("onnxlm_rerank_requests_total", "rerank requests accepted (/rerank, /v1/rerank, /reranking)"),
+    "rerank_tokens": ("onnxlm_rerank_tokens_total", "tokens of the (query, document) pairs of the rerank requests"),
     "completion_tokens": ("onnxlm_generation_tokens_total", "tokens generated"),
     "steps": ("onnxlm_decode_steps_total", "continuous-batching steps (one forward pass of the running rows each)"),
     "prefix_cache_hits": ("onnxlm_prefix_cache_hits_total", "prompts that reused a cached prefix"),

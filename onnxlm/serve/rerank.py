@@ -95,4 +95,6 @@ def _pairs(model, st, query: str, docs: list[str], field: str) -> list[list[int]
 async def _score(request: HTTPRequest, st, rows: list[list[int]]) -> np.ndarray | None:
     """The pairs' scores [n] float32 in order, on the engine thread in parts (a slot held meanwhile); None when the
     client went away."""
+    st.count("rerank_requests")
+    st.count("rerank_tokens", sum(len(r) for r in rows))
     return await in_parts(request, st, rows, lambda model, part: model.rank_scores(part)[:, 0], "rerank")

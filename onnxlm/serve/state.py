@@ -45,7 +45,8 @@ class ServeState:
     draining: bool = False
     counters: dict = field(default_factory=lambda: {"requests": 0, "rejected_full": 0, "errors": 0,
                                                      "cancelled": 0, "prompt_tokens": 0, "embedding_requests": 0,
-                                                     "embedding_tokens": 0})
+                                                     "embedding_tokens": 0, "rerank_requests": 0,
+                                                     "rerank_tokens": 0})
     created: int = field(default_factory=lambda: int(time.time()))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
