@@ -134,7 +134,10 @@ def test_a_prediction_falls_back_to_the_draft(fused, drafts):
 def test_a_draft_with_a_shorter_context_does_not_speculate(fused, tiny_llama):
     short = onnxlm.load(tiny_llama.onnx_dir)
     short.max_positions = 20
-    r, sched = _alone(fused, ServerDraft(short, fused), PROMPT, dict(max_new_tokens=30, do_sample=False))
+    server_draft = ServerDraft(short, fused)
+    assert "the draft's context is 20 tokens" in server_draft.shorter_context()
+    assert ServerDraft(fused, fused).shorter_context() is None
+    r, sched = _alone(fused, server_draft, PROMPT, dict(max_new_tokens=30, do_sample=False))
     assert sched.speculation.passes == 0 and r.new_ids == fused.generate(PROMPT, max_new_tokens=30,
                                                                          do_sample=False).new_tokens
 

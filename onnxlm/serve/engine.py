@@ -147,6 +147,9 @@ class Engine:
             if self.draft_loader is not None:  # its vocabulary checked against the model's (a ParameterError)
                 self.loading = "draft"
                 self.draft = ServerDraft(self.draft_loader(), self.model, **self.draft_settings)
+                short = self.draft.shorter_context()
+                if short:
+                    log.warning(short)
             self.loading = None
             self.scheduler = Scheduler(self.model, max_rows=self.max_rows,
                                        prefix_cache=self.prefix_cache if self.prefix_cache.enabled else None,

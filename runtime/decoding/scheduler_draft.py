@@ -135,8 +135,18 @@ class ServerDraft:
         if isinstance(p_min, bool) or not isinstance(p_min, (int, float)) or not 0.0 <= p_min <= 1.0:
             raise ParameterError("draft_p_min", f"got {p_min!r}; allowed: a number from 0 to 1")
         self.model, self.max_tokens, self.min_tokens, self.p_min = draft, max_tokens, min_tokens, float(p_min)
+        self.target = model  # the model the draft drafts for
         self.width = model.vocab_size  # the model's logits' width: the draft's are conformed to it
         self.cap = speculation_limit(model, draft)  # a hybrid model's bounded rollback caps a round
+
+    def shorter_context(self) -> str | None:
+        """What a server's log says when the draft's context is shorter than the model's (a request whose prompt and
+        max_tokens may outgrow the draft's then decodes without it), else None."""
+        own, theirs = getattr(self.model, "max_positions", None), getattr(self.target, "max_positions", None)
+        if own and theirs and own < theirs:
+            return (f"the draft's context is {own} tokens, the model's {theirs}: a request whose prompt plus "
+                    f"max_tokens can pass {own} tokens decodes without the draft")
+        return None
 
     def proposer(self, req, processors, max_length: int) -> LoneDraft | None:
         """A request being admitted (decoder-only, one row, no constraint: checked by the caller) -> its draft, or
