@@ -113,3 +113,26 @@ def test_beam_min_new_tokens_masks_eos_like_transformers(setup, num_beams):
         np.testing.assert_array_equal(got.sequences, want.sequences.numpy())
         assert np.abs(got.sequences_scores - want.sequences_scores.numpy()).max() <= 1e-4
         assert all(len(t) >= 5 for t in got.new_tokens)
+
+
+def _tie_cases(ours, eos):
+    """Beam searches whose top-k meets exact ties (torch's CPU topk order decides): forced EOS ids at log-prob 0
+    each, fewer live candidates than beams (many EOS ids: the rest filled from -1e9 placeholders, which float32
+    rounds to one value), one forced step with more returned rows than finite candidates."""
+    common = dict(pad_token_id=ours.pad_id)
+    yield dict(max_new_tokens=1, num_beams=2, forced_eos_token_id=[eos, eos + 1], **common)
+    yield dict(max_new_tokens=3, num_beams=3, num_return_sequences=2, forced_eos_token_id=[eos + 1, eos], **common)
+    yield dict(max_new_tokens=4, num_beams=3, eos_token_id=list(range(3, 40)), **common)
+    yield dict(max_new_tokens=1, num_beams=4, num_return_sequences=2, forced_bos_token_id=eos, eos_token_id=None,
+               **common)
+    yield dict(max_new_tokens=1, num_beams=3, num_return_sequences=2, forced_eos_token_id=eos, **common)
+
+
+def test_beam_ties_are_broken_as_torch_topk_breaks_them(setup):
+    """Ids, beam indices, sequence scores and every step's scores equal transformers' where the top-k ties."""
+    ours, ref, batches, eos = setup
+    for kw in _tie_cases(ours, eos):
+        for ids, mask in batches:
+            want = hf_beam(ref, ids, mask, **kw)
+            got = ours.generate(ids, attention_mask=mask, output_scores=True, **kw)
+            assert_beam_equal(got, want)

@@ -9,10 +9,10 @@ Beam sampling (``rng`` given) differs only in step c: the k candidates are drawn
 Arithmetic is float32 in the same order as transformers (log_softmax, processors, ``+ running score``,
 ``/ length ** length_penalty``, ``+ flag * -1e9``), so scores agree to float rounding.
 
-Tie caveat: ``torch.topk`` does not specify the order of equal values.  Here every top-k is a *stable*
-descending sort (equal values: lower index first), which is what torch's CPU topk does in practice.  Exact ties
-among real candidates need two continuations with bit-identical accumulated log-probs (e.g. identical beams, or
-rows of a processed ``-inf``); ties among the ``-1e9``-penalised placeholder entries never reach the output.
+Ties: every top-k is ``torch_topk`` (torch_topk.py), torch's CPU ``topk`` replayed, equal values included: a list
+of forced EOS ids (each at log-prob 0), ``-inf`` rows and the ``-1e9``-penalised fillers (float32 rounds them to
+one value) come out in torch's order, so the beams kept, the returned rows and the per-step scores are
+transformers' (on Linux; torch's macOS build may order ties otherwise).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError, ParameterError
 from ..processors import log_softmax
+from .torch_topk import torch_topk as _topk
 
 __all__ = ["BeamOutput", "beam_search"]
 
@@ -40,38 +41,6 @@ class BeamOutput:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """[r, n] -> (values [r, k], indices [r, k]), descending; ties: lower index first (stable)."""
-    n = x.shape[-1]
-    if n <= 4096 or 16 * k >= n:
-        idx = np.argsort(-x, axis=-1, kind="stable")[:, :k]
-    else:
-        idx = np.empty((x.shape[0], k), dtype=np.int64)
-        for r in range(x.shape[0]):
-            idx[r] = _topk_row(x[r], k)
-    return np.take_along_axis(x, idx, axis=-1), idx.astype(np.int64)
-
-
-def _topk_row(x: np.ndarray, k: int) -> np.ndarray:
-    """[n] -> [k] int64 indices of the k largest, descending, ties lower index first; k << n.
-
-    Every entry >= a threshold t <= the k-th largest value is a candidate (ascending index order), the candidates
-    are sorted stably, the first k kept: the same k as a stable sort of all n, for any t <= the k-th largest.
-    t: the k-th largest of every 16th entry (a subset's k-th largest is never above the whole's), found in
-    n/16 work, leaving ~16k candidates on typical scores; if that leaves too many (ties, -inf rows) or too few
-    (NaN), t is the exact k-th largest (an O(n) partition of all n); NaN scores end in a full sort."""
-    n = x.shape[0]
-    sub = x[::16]
-    t = np.partition(sub, len(sub) - k)[len(sub) - k]
-    cand = np.flatnonzero(x >= t)
-    if not k <= len(cand) <= max(64 * k, 4096):
-        t = np.partition(x, n - k)[n - k]
-        cand = np.flatnonzero(x >= t)
-    if len(cand) < k:  # NaN scores: no threshold works; a full sort, as the small-n path
-        return np.argsort(-x, kind="stable")[:k]
-    return cand[np.argsort(-x[cand], kind="stable")[:k]]
-
-
 def _gather_beams(x: np.ndarray, idx: np.ndarray) -> np.ndarray:  # [b, m, ...], [b, j] -> [b, j, ...]
     return x[np.arange(x.shape[0])[:, None], idx]
 
