@@ -12,6 +12,7 @@ from onnxlm.runtime.gguf_magic import is_gguf_file
 from .missing_weights import refuse_missing_weights
 from .onnx_export import SUPPORTED_FAMILIES, family_of
 from .recipes import instantiate_recipe, is_recipe_dir
+from .sources import refuse_absent_or_not_gguf
 
 
 @dataclass
@@ -138,7 +139,7 @@ def load_source(model, *, tokenizer=None, log=None, check=None) -> LoadedModel:
         return LoadedModel(m, family, _tokenizer_from(tokenizer) or tok, gen, chat, str(path.resolve()),
                            _declared_specials(hf_tok))
 
-    if (path.suffix.lower() == ".gguf" and path.is_file()) or is_gguf_file(path):  # magic: a hub cache's blob too
+    if is_gguf_file(path):  # by its magic: a hub cache's blob too
         try:
             from .gguf import load_gguf
         except ImportError as e:
@@ -149,11 +150,7 @@ def load_source(model, *, tokenizer=None, log=None, check=None) -> LoadedModel:
                            g.chat_template, os.path.abspath(path),  # a link's own name (a hub cache's blob has none)
                            pooling=gguf_pooling(g.metadata))
 
-    given = str(model)
-    if not path.exists() and (path.suffix.lower() == ".gguf" or given.startswith(("/", ".", "~"))
-                              or given.count("/") > 1 or os.sep != "/" and os.sep in given):
-        # a file or a directory by its looks (a hub name is "org/name"): not sent to the hub
-        raise ExportError(f"{given}: no such file or directory")
+    refuse_absent_or_not_gguf(model)  # a path by its looks is not sent to the hub; a .gguf without the magic
     if path.exists() and not path.is_dir():
         raise ExportError(f"{path}: expected a recipe dir, a transformers model dir, a .gguf file or a hub name")
 

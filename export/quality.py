@@ -265,7 +265,8 @@ def check_quality_text(text, artifact_dir: Path | None, *, gated: bool) -> None:
            "a teacher-forced measure needs two tokens or more")
     if artifact_dir is None:
         if gated and size + 1 < least:
-            raise ExportError(f"quality_text: {size:,} UTF-8 bytes, under the {least:,} tokens allowed: {why}")
+            raise ExportError(f"quality_text: {size:,} UTF-8 bytes, too short for the {least:,} tokens the gate reads "
+                              f"at the least (a token holds a byte or more): {why}")
         return
     tok_file = Path(artifact_dir) / "tokenizer.json"
     if not tok_file.is_file():

@@ -113,11 +113,37 @@ def seq2seq_refusal(quantize, model, model_type) -> str:
             f"{where} is a {model_type!r} encoder-decoder (export it without quantize)")
 
 
+def refuse_absent_or_not_gguf(model) -> None:
+    """ExportError for a source given as a path that is not there (a path by its looks, ``looks_like_path``: not
+    sent to the hub) or a file named .gguf that does not start with GGUF's magic; anything else is left to the
+    other checks and the loader."""
+    if not isinstance(model, (str, os.PathLike)):
+        return
+    given, path = os.fspath(model), Path(model).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file() and not is_gguf_file(path):
+        raise ExportError(f"{given}: named .gguf but not a GGUF file (it does not start with the GGUF magic; a "
+                          "download that saved an error page reads so)")
+    if not path.exists() and looks_like_path(given):
+        raise ExportError(f"{given}: no such file or directory")
+
+
+def looks_like_path(given: str) -> bool:
+    """A source that is a local path by its looks, never a hub name ("org/name"): a .gguf name, one that starts with
+    /, . or ~, one with more than one /, a Windows separator, or an "org/name" whose "org" is a local folder
+    (``models/gpt2-typo`` beside a ``models`` folder: a mistyped path, not a hub repository)."""
+    if Path(given).suffix.lower() == ".gguf" or given.startswith(("/", ".", "~")) or given.count("/") > 1:
+        return True
+    if os.sep != "/" and os.sep in given:
+        return True
+    return given.count("/") == 1 and Path(given.split("/")[0]).is_dir()
+
+
 def refuse_source(model, quantize=None) -> None:
     """What this module refuses of a source to export (``export_model`` says an artifact given without a
     quantization is one, ``refuse_artifact_without_quantize``, after its checks of the quantization settings): a
     folder that holds no model, a GGUF file of an architecture onnxlm does not export (skipped where the gguf
     package is missing), an encoder-decoder to quantize with int8 / int4."""
+    refuse_absent_or_not_gguf(model)
     refuse_unexportable_dir(model)
     if isinstance(model, (str, os.PathLike)) and is_gguf_file(Path(model).expanduser()):
         from .gguf_reader import refuse_architecture

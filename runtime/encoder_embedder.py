@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .embedding import check_batch_size, manifest_pooling
-from .errors import InputError, ModelFileError, ParameterError
+from .errors import InputError, ModelFileError, ParameterError, RerankerError
 from .manifest import read_json
 from .model import LanguageModel
 from .generation_config import GenerationConfig
@@ -36,8 +36,12 @@ __all__ = ["EncoderEmbedder", "KIND", "Ranked", "RerankerError"]
 KIND = "embedding"
 
 
-class RerankerError(ModelFileError):
-    """``embed`` on a reranker, or ``rerank`` on a model that is not one."""
+def encoder_role(manifest: dict) -> str:
+    """An encoder artifact's manifest -> what it is and does, for the refusals of what it does not: a reranker
+    (pooling "rank") only reranks, an embedding model only embeds."""
+    if manifest.get("pooling") == "rank":
+        return f"a reranker ({manifest.get('model_type')}): it only scores (query, document) pairs"
+    return f"an embedding model ({manifest.get('model_type')}): it only embeds"
 
 
 class Ranked(NamedTuple):
@@ -185,9 +189,9 @@ class EncoderEmbedder:
         return out
 
     def _embeds_only(self, what: str):
-        raise ModelFileError(f"{self.path}: {what} needs a language model; this artifact is an embedding model "
-                             f"({self.manifest.get('model_type')}, kind {KIND!r}): it only embeds (embed())",
-                             str(self.path))
+        use = "rerank()" if self.is_reranker else "embed()"
+        raise ModelFileError(f"{self.path}: {what} needs a language model; this artifact is "
+                             f"{encoder_role(self.manifest)} (kind {KIND!r}; {use})", str(self.path))
 
     def generate(self, *args, **kwargs):
         self._embeds_only("generate")

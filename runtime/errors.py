@@ -17,6 +17,10 @@ class ModelFileError(OnnxlmError, FileNotFoundError):
         return self.args[0]
 
 
+class RerankerError(ModelFileError):
+    """``embed`` on a reranker, or ``rerank`` on a model that is not one (runtime/encoder_embedder.py)."""
+
+
 class ManifestError(OnnxlmError):
     """The artifact manifest (onnxlm.json) is unreadable, inconsistent or from an unknown format version."""
 

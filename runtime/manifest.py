@@ -73,6 +73,9 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
         raise ModelFileError(f"model directory {model_dir} does not exist (expected an onnxlm export "
                              "or an Optimum ONNX export directory)", str(model_dir))
     path = model_dir / MANIFEST_NAME
+    if not path.exists() and (model_dir / "recipe.json").is_file():  # export/recipes.py's file: a model to export
+        raise ModelFileError(f"{model_dir} is a recipe (recipe.json: a model built from a config), not an artifact: "
+                             f"export it first (onnxlm export {model_dir} OUT_DIR), then run OUT_DIR", str(model_dir))
     if not path.exists():
         return manifest_from_optimum_dir(model_dir)
     manifest = read_json(path)

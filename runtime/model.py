@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .constraints import KINDS as CONSTRAINT_KINDS, ConstrainedState, ConstraintProcessor, engine_for, pop_constraints
-from .errors import InputError, ModelFileError, ParameterError
+from .errors import InputError, ModelFileError, ParameterError, RerankerError
 from .generation_config import GenerationConfig, warn_once
 from .heap import release_free_heap
 from .manifest import no_chat_template, read_json
@@ -496,6 +496,12 @@ class LanguageModel:
         vectors = embed_rows(self, rows, pooling, 2 if normalize else -1, batch_size)
         return EmbeddingResult(vectors, [len(r) for r in rows], pooling, bool(normalize))
 
+    def rerank(self, query: str, documents: list[str], **kwargs):
+        """A language model does not rerank: ``RerankerError`` (a reranker is an encoder artifact, EncoderEmbedder)."""
+        kind = "a seq2seq language model" if self.is_encoder_decoder else "a language model"
+        raise RerankerError(f"{self.path}: rerank needs a reranker (a GGUF with pooling_type 4, rank, and its "
+                            f"classifier head); this artifact is {kind}", str(self.path))
+
     def _indexed_rows(self, inputs, truncate: bool = False) -> list[list[int]]:
         """``_rows`` for ``embed``, each row checked (ids in the vocabulary, within max_positions, or with
         ``truncate`` cut to it first); a list's bad item is named by its index (``inputs[7]: ...``): among 500 texts
@@ -508,19 +514,26 @@ class LanguageModel:
         def cut(row: list[int]) -> list[int]:
             return truncated(list(row), limit, tail) if limit else row
 
+        def check(row: list[int]) -> None:
+            if self.max_positions and len(row) > self.max_positions:  # not truncate: a row past the context
+                raise InputError(f"inputs: the input has {len(row)} tokens; this model allows at most "
+                                 f"{self.max_positions} (max_positions); truncate=True (onnxlm embed --truncate) "
+                                 "cuts it to that")
+            self._check_ids([row], None)
+
         items = inputs if isinstance(inputs, (list, tuple)) and inputs and (
             all(isinstance(x, str) for x in inputs) or all(isinstance(x, (list, tuple, np.ndarray)) for x in inputs)
         ) else None
         if items is None:
             rows = [cut(row) for row in self._rows(inputs)]
             for row in rows:
-                self._check_ids([row], None)
+                check(row)
             return rows
         rows = []
         for i, item in enumerate(items):
             try:
                 row = cut(self._rows(item if isinstance(item, str) else [item])[0])
-                self._check_ids([row], None)
+                check(row)
             except InputError as exc:
                 raise InputError(f"inputs[{i}]: " + str(exc).split(": ", 1)[-1]) from None
             rows.append(row)

@@ -438,6 +438,9 @@ def test_demo_reuses_an_exported_model(capsys, tmp_path, tiny_gpt2, monkeypatch)
     code, out, _ = run_cli(capsys, "demo", "--dir", tmp_path, "--max-new-tokens", 3, "--top-k", 2, "--prompt", "Hi")
     assert code == 0
     assert "top-2 next tokens" in out and "generated" in out
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = run_cli(capsys, "demo", "--dir", tmp_path / "a-file")
+    assert code == 2 and "a file, not a directory" in err, err
 
 
 def test_score_in_bounded_batches_equals_one_batch(capsys, tiny_gpt2):

@@ -91,10 +91,19 @@ def test_a_missing_gguf_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatc
         raise AssertionError("from_pretrained was called")
 
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
-    for given in ("no-such-model.gguf", str(tmp_path / "nothing-here"), "./not/a/dir"):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    # the last: "org/name" whose "org" is a local folder, a mistyped path (not a hub repository)
+    for given in ("no-such-model.gguf", str(tmp_path / "nothing-here"), "./not/a/dir", "models/gpt2-typo"):
         code, _, err = run_cli(capsys, "export", given, tmp_path / "out")
         assert code == 1
         assert err.strip().splitlines()[-1] == f"onnxlm: error: {given}: no such file or directory"
+
+
+def test_export_of_a_file_named_gguf_that_is_none_says_so(files, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", files["base"] / "page.gguf", tmp_path / "out")
+    assert code == 1
+    _one_error_line(err, "named .gguf but not a GGUF file")
 
 
 def test_a_missing_model_or_flag_file_is_named(tmp_path, capsys):
@@ -110,6 +119,14 @@ def test_a_missing_model_or_flag_file_is_named(tmp_path, capsys):
     code, _, err = run_cli(capsys, "generate", "models/recipes/tiny-gpt2", "hi", "--json-schema", tmp_path / "s.json")
     assert code == 1
     _one_error_line(err, f"--json-schema {tmp_path / 's.json'}: No such file or directory")
+
+
+def test_a_recipe_given_to_run_says_export_it_first(capsys):
+    for command in (("generate", "models/recipes/tiny-gpt2", "hi"), ("embed", "models/recipes/tiny-t5", "hi")):
+        code, _, err = run_cli(capsys, *command)
+        assert code == 1
+        _one_error_line(err, f"{command[1]} is a recipe (recipe.json: a model built from a config), not an artifact: "
+                             f"export it first (onnxlm export {command[1]} OUT_DIR)")
 
 
 def test_info_says_when_another_run_is_exporting_the_file(files, tmp_path, capsys, monkeypatch):

@@ -87,7 +87,7 @@ def test_bad_inputs_are_refused(fused_llama):
         m.embed("")
     with pytest.raises(onnxlm.InputError, match=r"^inputs\[2\]: the prompt is empty"):
         m.embed(["a", "b", ""])
-    with pytest.raises(onnxlm.InputError, match=r"^inputs\[1\]: .*allows at most"):
+    with pytest.raises(onnxlm.InputError, match=r"^inputs\[1\]: the input has .*allows at most .*--truncate"):
         m.embed(["a", "word " * (m.max_positions + 1), "c"])
     with pytest.raises(onnxlm.InputError, match=r"^inputs\[1\]: token id .* out of range"):
         m.embed([[1, 2], [3, m.vocab_size]])

@@ -98,11 +98,12 @@ def test_chat_on_a_gguf_without_a_template_is_refused_before_its_first_run_expor
         raise AssertionError("exported")
 
     monkeypatch.setattr(GA, "_export", no_export)
-    for argv in (("chat", gguf, "Hello"), ("generate", gguf, "Hello", "--chat")):
+    for argv, instead in ((("chat", gguf, "Hello"), "use onnxlm generate"),
+                          (("generate", gguf, "Hello", "--chat"), "drop --chat")):
         code, out, err = run_cli(capsys, *argv)
         assert code == 1 and out == "", err
         assert err.strip() == (f"onnxlm: error: {gguf} has no chat template (its metadata holds no "
-                               "tokenizer.chat_template: a base model?); use onnxlm generate for plain continuations")
+                               f"tokenizer.chat_template: a base model?); {instead} for plain continuations")
 
 
 def test_the_cache_lists_the_first_runs_artifact_as_current(first_run):

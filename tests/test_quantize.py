@@ -334,7 +334,7 @@ def test_a_callers_quality_text(tmp_path, tiny_llama, monkeypatch, capsys):
         with pytest.raises(ExportError, match="quality_text: not valid Unicode"):
             quantize_artifact(tiny_llama.onnx_dir, tmp_path / "q", quality_text="a\ud800b" * 1000, progress=False)
         m.setattr(QZ, "quantize_artifact", rewrite_never)  # a source still to export: refused before its fp32 export
-        with pytest.raises(ExportError, match=r"quality_text: 797 UTF-8 bytes, under the 2,000 tokens allowed"):
+        with pytest.raises(ExportError, match=r"quality_text: 797 UTF-8 bytes, too short for the 2,000 tokens the gate reads"):
             export_model(RECIPES_DIR / "tiny-llama", tmp_path / "q", quantize="int8", quality_text=short,
                          progress=False)
     assert list(tmp_path.iterdir()) == []

@@ -304,6 +304,35 @@ def test_models_card_and_info_say_it_is_a_reranker(live, reranker, reference_and
     assert code == 0 and "onnxlm exports it as a reranker" in out, out + err
 
 
+def test_what_a_reranker_cannot_do_points_to_rerank(live, reranker, tiny_llama, capsys, tmp_path):
+    """generate / chat / score on a reranker say it reranks (not "use embed", which refuses it too), in the CLI, the
+    jobs, the server and Python; rerank on a language model is a RerankerError, one error line in the CLI."""
+    from cli_util import run_cli
+    from serve_util import post
+
+    from onnxlm.runtime.encoder_embedder import RerankerError
+
+    for argv in (["generate", str(reranker.path), "hi"], ["score", str(reranker.path), "hi"]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "a reranker" in err, (argv, err)
+        assert "use onnxlm rerank" in err and "embed" not in err, err
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    code, out, err = run_cli(capsys, "score", str(reranker.path), "--input", tmp_path / "in.jsonl", "--output",
+                             tmp_path / "o.parquet")
+    assert code == 1 and "use onnxlm rerank" in err and not (tmp_path / "o.parquet").exists(), err
+    r = post(live.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+    assert r.status_code == 400 and "/rerank" in r.json()["error"]["message"], r.text
+    with pytest.raises(onnxlm.ModelFileError, match="a reranker .*rerank"):
+        reranker.generate("hi")
+    lm = onnxlm.load(tiny_llama.onnx_dir)
+    with pytest.raises(RerankerError, match="rerank needs a reranker.*a language model"):
+        lm.rerank("q", ["d"])
+    code, out, err = run_cli(capsys, "rerank", str(tiny_llama.onnx_dir), "q", "d")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "rerank needs a reranker" in err, err
+    code, out, err = run_cli(capsys, "rerank", str(reranker.path), "q", "d", "--top-n", "0")
+    assert code == 2 and "--top-n" in err, err
+
+
 def test_the_rerank_command(reranker, embedder, capsys, tmp_path):
     """``onnxlm rerank MODEL QUERY DOC...``: the documents best first with rerank's scores, --json, --top-n, --file;
     an embedding model or no documents is one error line."""

@@ -160,8 +160,11 @@ def load_model(args, *, generating: bool = True):
 
     model = load(model_path(args), provider=args.provider, threads=args.threads, verify=args.verify)
     if generating and not getattr(model, "can_generate", True):
-        raise ModelFileError(f"{model.path}: an embedding model ({model.manifest.get('model_type')}): it only "
-                             f"embeds; use onnxlm embed (or onnxlm serve's /v1/embeddings)", str(model.path))
+        from onnxlm.runtime.encoder_embedder import encoder_role
+
+        use = ("onnxlm rerank (or onnxlm serve's /rerank)" if getattr(model, "is_reranker", False)
+               else "onnxlm embed (or onnxlm serve's /v1/embeddings)")
+        raise ModelFileError(f"{model.path}: {encoder_role(model.manifest)}; use {use}", str(model.path))
     return model
 
 

@@ -89,6 +89,9 @@ def random_weights(model) -> bool:
 def run(args) -> int:
     from onnxlm.runtime import load
     models_dir = Path(args.dir).expanduser() if args.dir else default_models_dir()
+    if models_dir.exists() and not models_dir.is_dir():
+        args.parser_for_command.error(f"--dir {args.dir}: a file, not a directory (the models directory that holds "
+                                      "or receives the default model)")
     path = ensure_model(models_dir)
     model = load(path, provider=args.provider, threads=args.threads, verify=args.verify)
     print(f"onnxlm demo: {path} ({model.manifest.get('model_type')}, {model.provider})")

@@ -172,8 +172,8 @@ def run_generate(args) -> int:
         args.parser_for_command.error("--stream prints one sequence per prompt: it cannot be combined with "
                                       "--num-beams > 1 or --num-return-sequences > 1")
     prompts = read_prompts(args)
-    if args.chat:
-        _refuse_a_gguf_file_without_template(args.model_dir)  # before a first run's export, not after it
+    if args.chat:  # before a first run's export, not after it
+        _refuse_a_gguf_file_without_template(args.model_dir, "drop --chat")
     model = load_model(args)
     params.update(assistant_params(args))
     many = len(prompts) > 1
@@ -332,14 +332,15 @@ def run_chat(args) -> int:
     return _repl(model, args, params, stream)
 
 
-def _no_template(given: str) -> ModelFileError:
+def _no_template(given: str, instead: str) -> ModelFileError:
     return ModelFileError(f"{given} has no chat template (its metadata holds no tokenizer.chat_template: a base "
-                          "model?); use onnxlm generate for plain continuations", str(given))
+                          f"model?); {instead} for plain continuations", str(given))
 
 
-def _refuse_a_gguf_file_without_template(given: str) -> None:
+def _refuse_a_gguf_file_without_template(given: str, instead: str = "use onnxlm generate") -> None:
     """A .gguf file whose header holds no tokenizer.chat_template: refused from the header, before its first run
-    exports it (minutes) only to find no template."""
+    exports it (minutes) only to find no template. ``instead``: what the message proposes (generate --chat: drop
+    --chat)."""
     from pathlib import Path
 
     from onnxlm.runtime.gguf_magic import is_gguf_file
@@ -349,7 +350,7 @@ def _refuse_a_gguf_file_without_template(given: str) -> None:
     from onnxlm.export.gguf_reader import gguf_reader
 
     if "tokenizer.chat_template" not in gguf_reader(Path(given).expanduser()).fields:
-        raise _no_template(given)
+        raise _no_template(given, instead)
 
 
 def _refuse_a_gguf_without_template(model, given: str) -> None:
@@ -357,7 +358,7 @@ def _refuse_a_gguf_without_template(model, given: str) -> None:
     from onnxlm.runtime.gguf_magic import is_gguf_file
 
     if not model.chat_template and is_gguf_file(given):
-        raise _no_template(given)
+        raise _no_template(given, "use onnxlm generate")
 
 
 def _chat_turn(model, messages: list[dict], params: dict, args, *, stream: bool, as_json: bool = False,

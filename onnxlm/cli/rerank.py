@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .args import (add_model_args, add_prompt_args, command_parser, load_model, non_empty_text, non_negative_int,
+from .args import (add_model_args, add_prompt_args, command_parser, load_model, non_empty_text,
                    positive_int, read_prompts)
 
 DESCRIPTION = """\
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
     p.add_argument("query", metavar="QUERY", type=non_empty_text, help="the query the documents are scored for")
     add_prompt_args(p, name="DOCUMENT", what="document")
-    p.add_argument("--top-n", type=non_negative_int, default=None, metavar="N",
+    p.add_argument("--top-n", type=positive_int, default=None, metavar="N",
                    help="the N best documents only (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                    help="pairs scored per forward pass (default: 16)")

@@ -49,8 +49,9 @@ def prepare(spec: JobSpec, *, overwrite: bool = False, loads_here: bool = True) 
     check_can_embed(spec, manifest)
     if spec.task != "embed" and manifest.get("kind") == "embedding":  # before the output's lock and parts
         from onnxlm.runtime.errors import ModelFileError
-        raise ModelFileError(f"{spec.model_dir}: an embedding model ({manifest.get('model_type')}): it only embeds; "
-                             f"use onnxlm embed --input", str(spec.model_dir))
+        from onnxlm.runtime.encoder_embedder import encoder_role
+        use = "onnxlm rerank" if manifest.get("pooling") == "rank" else "onnxlm embed --input"
+        raise ModelFileError(f"{spec.model_dir}: {encoder_role(manifest)}; use {use}", str(spec.model_dir))
     if spec.chat and not (spec.model_dir / "chat_template.jinja").is_file():
         from onnxlm.runtime.errors import ModelFileError
         from onnxlm.runtime.manifest import no_chat_template

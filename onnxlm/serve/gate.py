@@ -44,6 +44,9 @@ def generating(request: HTTPRequest):
     runtime/encoder_embedder.py) -> the model. Every generating endpoint asks it first."""
     model = available(request)
     if not getattr(model, "can_generate", True):
+        if getattr(model, "is_reranker", False):
+            raise APIError(400, "this model only reranks (a reranker): it cannot generate text; use /rerank (or "
+                                "/v1/rerank)", code="generation_not_supported")
         raise APIError(400, "this model only embeds (an embedding model): it cannot generate text; use "
                             "/v1/embeddings (or llama.cpp's /embedding)", code="generation_not_supported")
     return model
