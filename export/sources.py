@@ -124,7 +124,10 @@ def refuse_absent_or_not_gguf(model) -> None:
         raise ExportError(f"{given}: named .gguf but not a GGUF file (it does not start with the GGUF magic; a "
                           "download that saved an error page reads so)")
     if not path.exists() and looks_like_path(given):
-        raise ExportError(f"{given}: no such file or directory")
+        org = given.split("/")[0] if given.count("/") == 1 and not given.startswith(("/", ".", "~")) else None
+        hint = (f" (read as a path: {org}/ is a folder here; for the hub repository {given}, run from another "
+                "folder)") if org and Path(org).is_dir() and Path(given).suffix.lower() != ".gguf" else ""
+        raise ExportError(f"{given}: no such file or directory{hint}")
 
 
 def looks_like_path(given: str) -> bool:

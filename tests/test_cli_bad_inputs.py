@@ -97,7 +97,9 @@ def test_a_missing_gguf_path_is_not_sent_to_the_hub(tmp_path, capsys, monkeypatc
     for given in ("no-such-model.gguf", str(tmp_path / "nothing-here"), "./not/a/dir", "models/gpt2-typo"):
         code, _, err = run_cli(capsys, "export", given, tmp_path / "out")
         assert code == 1
-        assert err.strip().splitlines()[-1] == f"onnxlm: error: {given}: no such file or directory"
+        hint = (" (read as a path: models/ is a folder here; for the hub repository models/gpt2-typo, run from "
+                "another folder)") if given.startswith("models/") else ""
+        assert err.strip().splitlines()[-1] == f"onnxlm: error: {given}: no such file or directory{hint}"
 
 
 def test_export_of_a_file_named_gguf_that_is_none_says_so(files, tmp_path, capsys):
