@@ -12,7 +12,9 @@
 * **reuse:** later runs reuse it while the file's path, size and mtime are those written beside it
   (``<artifact dir>.json``), or, when they moved (a copy, a ``touch``), while its sha256 is the one the manifest
   pins. Another file at that path is exported again, replacing the old artifact, and so is an artifact an earlier
-  onnxlm exported when the export has changed since (``EXPORT_REVISION``: e.g. where generation ends);
+  onnxlm exported when the export has changed since (``EXPORT_REVISION``: e.g. where generation ends). The same
+  bytes at a new path (a moved file, a second link) take a current entry's files, linked (``_reuse_same_bytes``):
+  the file is hashed once, only where an entry's source has its size;
 * **cleaning:** ``gguf_cache.py`` (``onnxlm cache``) lists the entries and prunes those no run will use again;
 * **once:** two first runs of one file at once export it once: the second waits on the first's lock
   (``.<artifact dir>.lock``) and takes its artifact;
@@ -235,6 +237,9 @@ def _export(path: Path, target: Path, log, progress: bool, cache_dir=None) -> No
     try:
         if is_current(target, path):  # that other process made it
             return
+        if _reuse_same_bytes(path, target, log):  # the file moved, or a second link to it: no second export
+            write_stamp(target, path)
+            return
         try:  # what the export needs, imported before anything is written (export_model imports them lazily)
             import gguf  # noqa: F401
             import torch  # noqa: F401
@@ -252,6 +257,48 @@ def _export(path: Path, target: Path, log, progress: bool, cache_dir=None) -> No
         with contextlib.suppress(OSError):
             lock_file(target).unlink()
         lock.release()
+
+
+def _reuse_same_bytes(path: Path, target: Path, log) -> bool:
+    """Another entry of the cache exported from ``path``'s bytes (the file moved, or reached through a second link,
+    a hub cache's blob beside its snapshot link): its files linked (copied across file systems) into ``target``,
+    True; False when no current entry pins those bytes. ``path`` is hashed only when an entry's source has its size
+    (seconds a GB, against minutes of export)."""
+    from .atomic_dir import move_into_place, temp_dir_beside
+    from .provenance import bytes_difference, file_record
+
+    size, held = path.stat().st_size, None
+    for entry in sorted(target.parent.iterdir()):
+        if entry == target or entry.name.startswith(".") or not entry.is_dir() or entry.is_symlink():
+            continue
+        record = _recorded_source(entry)
+        if record is None or record.get("bytes") != size or _outdated(read_stamp(entry)) or not _files_whole(entry):
+            continue
+        try:
+            held = held or file_record(path)
+        except ModelFileError:  # a split set not whole: the export's reader says why
+            return False
+        if bytes_difference(held, record) is not None:
+            continue
+        scratch = temp_dir_beside(target, "reuse")
+        try:
+            shutil.copytree(entry, scratch, copy_function=_link_or_copy, dirs_exist_ok=True)
+            if not _files_whole(scratch):  # the entry changed meanwhile (another export swapped it)
+                continue
+            move_into_place(scratch, target, force=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        log(f"{path.name}: the same bytes as the file {entry.name} was exported from: its artifact reused in "
+            f"{target} (no second export)")
+        return True
+    return False
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
 
 
 def _export_alone(path: Path, target: Path, log, progress: bool) -> None:

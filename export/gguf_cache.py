@@ -10,7 +10,8 @@ An entry is
 * ``outdated``: an earlier onnxlm exported it, and the export has changed since (``EXPORT_REVISION``): the next run
   of its file exports again and replaces the entry;
 * ``missing``: nothing is at that path, or a split GGUF's other files are not all beside it (the file was moved or
-  deleted: run from its new place, it is exported again under another name, and this entry is never used again);
+  deleted: run from its new place, this entry's files are linked under another name, and this one is never used
+  again);
 * ``incomplete``: the directory holds no ``onnxlm.json`` (onnxlm renames an entry into place whole: kept);
 * ``unknown``: no stamp names its file (a read-only cache, or an export stopped between its last rename and its
   stamp), or its file cannot be stat'ed or read now: ``prune`` keeps it, ``remove`` removes it;

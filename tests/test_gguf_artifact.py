@@ -190,6 +190,41 @@ def test_another_file_at_the_same_path_is_not_its_artifact(first_run):
     assert GA.is_current(target, gguf)
 
 
+def test_the_same_bytes_by_another_path_reuse_the_artifact(first_run, tmp_path, monkeypatch):
+    """A moved file, or a second link to it (a hub cache's blob and its snapshot link): another path, so another
+    entry, but no second export: the first entry's files are linked into it (the bytes' sha256 checked); other
+    bytes of that size are exported as ever."""
+    import shutil
+
+    gguf, cache, _, _ = first_run
+    cache = shutil.copytree(cache, tmp_path / "cache")  # the module's cache stays as the other tests expect it
+    first = GA.artifact_dir_for(gguf, cache)
+
+    def no_export(*a, **k):
+        raise AssertionError("exported")
+
+    monkeypatch.setattr(GA, "_export_alone", no_export)
+    moved, link = tmp_path / "elsewhere" / "renamed.gguf", tmp_path / "blob"
+    moved.parent.mkdir()
+    shutil.copy2(gguf, moved)
+    link.symlink_to(gguf)
+    for other in (moved, link):
+        target = GA.ensure_gguf_artifact(other, cache_dir=cache, progress=False)
+        assert target == GA.artifact_dir_for(other, cache) != first and GA.is_current(target, other)
+        assert (target / "model.onnx_data").stat().st_ino == (first / "model.onnx_data").stat().st_ino  # linked
+        got = onnxlm.load(target).generate("Hello there", max_new_tokens=4, do_sample=False).sequences
+        assert (got == onnxlm.load(first).generate("Hello there", max_new_tokens=4, do_sample=False).sequences).all()
+    same_size = tmp_path / "same-size.gguf"  # one weight byte changed: the size matches, the sha256 does not
+    data = bytearray(gguf.read_bytes())
+    data[-1] ^= 1
+    same_size.write_bytes(bytes(data))
+    other_bytes = tmp_path / "other.gguf"
+    write_tiny_gguf(other_bytes, embedding="Q4_0")
+    for other in (same_size, other_bytes):
+        with pytest.raises(AssertionError, match="exported"):
+            GA.ensure_gguf_artifact(other, cache_dir=cache, progress=False)
+
+
 def test_an_entry_an_earlier_export_made_is_exported_again(first_run, capsys, monkeypatch):
     """An entry stamped by an earlier export revision (a stamp from before revisions: none in it), its file
     unchanged: not current, `onnxlm info` and `onnxlm cache` say so, and the next run exports it again in place."""
@@ -287,10 +322,10 @@ def test_a_file_without_blocks_becomes_the_fp32_artifact(tmp_path):
     assert target.name.startswith("f16-")
     m = json.loads((target / "onnxlm.json").read_text())
     assert "quantization" not in m and m["dtype"] == "float32" and m["source"]["name"] == "f16.gguf"
-    # the blob itself, named by its hash alone: a GGUF by its magic bytes
-    m = json.loads((GA.ensure_gguf_artifact(blob, cache_dir=tmp_path / "cache", progress=False) / "onnxlm.json")
-                   .read_text())
-    assert m["source"]["name"] == "1f0e5d"
+    # the blob itself, named by its hash alone: a GGUF by its magic bytes, the same bytes: the link's artifact reused
+    again = GA.ensure_gguf_artifact(blob, cache_dir=tmp_path / "cache", progress=False)
+    assert again.name.startswith("1f0e5d-") and GA.is_current(again, blob)
+    assert all((again / f).stat().st_ino == (target / f).stat().st_ino for f in m["files"])  # linked
 
 
 def test_a_first_run_without_the_export_extra_says_what_to_install(tmp_path):

@@ -15,8 +15,8 @@ command shows that cache and cleans it; it only ever lists or removes what onnxl
 
 An entry is current (its file is where it was, unchanged), changed (other bytes are at that path now), outdated (an
 earlier onnxlm exported it and the export has changed since: the next run exports it again), missing (the file was
-moved or deleted: from its new place it is exported again, under another name), incomplete (no onnxlm.json) or
-unknown (no stamp names its file). Nothing here imports torch.
+moved or deleted: from its new place its artifact is linked under another name, when this entry is still here),
+incomplete (no onnxlm.json) or unknown (no stamp names its file). Nothing here imports torch.
 
   onnxlm cache [ls]           list the entries, their sizes and states (the default)
   onnxlm cache prune          remove the changed, outdated and missing entries, and what killed exports left
