@@ -286,6 +286,8 @@ def _reuse_same_bytes(path: Path, target: Path, log) -> bool:
             if not _files_whole(scratch):  # the entry changed meanwhile (another export swapped it)
                 continue
             move_into_place(scratch, target, force=True)
+        except OSError:  # the entry went meanwhile (a prune, a re-export's swap): the next one, else an export
+            continue
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         log(f"{path.name}: the same bytes as the file {entry.name} was exported from: its artifact reused in "

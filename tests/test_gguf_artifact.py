@@ -223,6 +223,17 @@ def test_the_same_bytes_by_another_path_reuse_the_artifact(first_run, tmp_path, 
     for other in (same_size, other_bytes):
         with pytest.raises(AssertionError, match="exported"):
             GA.ensure_gguf_artifact(other, cache_dir=cache, progress=False)
+    # the entry going while its files are linked (a prune meanwhile): not reused, exported instead (no OSError)
+    gone = tmp_path / "gone.gguf"
+    shutil.copy2(gguf, gone)
+
+    def vanishing(src, dst):
+        raise FileNotFoundError(src)
+
+    monkeypatch.setattr(GA, "_link_or_copy", vanishing)
+    with pytest.raises(AssertionError, match="exported"):
+        GA.ensure_gguf_artifact(gone, cache_dir=cache, progress=False)
+    assert not [p for p in (cache / "gguf").iterdir() if ".reuse-" in p.name]  # no scratch left
 
 
 def test_an_entry_an_earlier_export_made_is_exported_again(first_run, capsys, monkeypatch):
