@@ -29,6 +29,35 @@ SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mas
 POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 
 
+def unicode_16(text: str) -> bool:
+    """Code points first assigned in Unicode 16.0 (2024): llama.cpp's tables (llama-cpp-python 0.3.36) leave them
+    unassigned (kept inside a word, no lowercase), tokenizers' (onig, Rust) class them (a mark dropped, punctuation
+    split off, Garay and Cyrillic TJE lowercased). This Python (3.11: Unicode 14) does not know them either."""
+    import unicodedata
+
+    return any(unicodedata.category(c) == "Cn" and 0x0800 <= ord(c) for c in text) and any(
+        0x0897 == ord(c) or 0x1B4E == ord(c) or 0x1C89 <= ord(c) <= 0x1C8A or 0x10D40 <= ord(c) <= 0x10D8F
+        for c in text)
+
+
+def check_ids_equal_llama_cpp(tok, reference: dict, mode: str) -> None:
+    """A WordPiece tokenizer's ids for the reference's texts, in ``mode`` ("special": special tokens added and read;
+    "special_no_add": read, not added; "plain": special-token strings read as text) == llama.cpp's stored ids, but
+    for a text or two of Unicode 16.0 code points (``unicode_16``)."""
+    texts = reference["texts"]
+    if mode == "special":
+        ours = [tok.encode(t) for t in texts]
+    elif mode == "special_no_add":
+        ours = [tok.encode(t, add_special_tokens=False) for t in texts]
+    else:
+        ours = [tok.encode(t, split_special_tokens=True) for t in texts]
+    bad = [(t, o, r) for t, o, r in zip(texts, ours, reference["ids"][mode]) if o != r]
+    known = [b for b in bad if unicode_16(b[0])]
+    assert len(known) <= 2, "the Unicode 16.0 difference should set aside a text or two, not the corpus"
+    bad = [b for b in bad if b not in known]
+    assert not bad, f"{mode}: {len(bad)} of {len(texts)} texts differ from llama.cpp, first: {bad[0]!r}"
+
+
 def wordpiece_vocab() -> list[str]:
     return (DATA / "vocab.txt").read_text(encoding="utf-8").splitlines()
 

