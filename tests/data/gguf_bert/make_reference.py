@@ -54,6 +54,22 @@ def _write_files(onnxlm_python: str, workdir: str) -> dict[str, tuple[str, str]]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def llama_cpp_ids(path: str, corpus: list[str]) -> dict:
+    """llama.cpp's ids of each text for the GGUF file ``path`` (its vocabulary only), in the three modes the tests
+    compare: special (BOS/EOS added, special-token strings read), plain (added, read as text), special_no_add."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    ids = {"special": [], "plain": [], "special_no_add": []}
+    for t in corpus:
+        b = t.encode("utf-8")
+        ids["special"].append(llm.tokenize(b, add_bos=True, special=True))
+        ids["plain"].append(llm.tokenize(b, add_bos=True, special=False))
+        ids["special_no_add"].append(llm.tokenize(b, add_bos=False, special=True))
+    del llm
+    return ids
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--onnxlm-python", default=str(ROOT / ".venv" / "bin" / "python"))
@@ -64,14 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     all_texts = texts()
     with tempfile.TemporaryDirectory() as tmp:
         files = _write_files(args.onnxlm_python, tmp)
-        llm = llama_cpp.Llama(model_path=files["f32"][0], vocab_only=True, verbose=False)
-        ids = {"special": [], "plain": [], "special_no_add": []}
-        for t in all_texts:
-            b = t.encode("utf-8")
-            ids["special"].append(llm.tokenize(b, add_bos=True, special=True))
-            ids["plain"].append(llm.tokenize(b, add_bos=True, special=False))
-            ids["special_no_add"].append(llm.tokenize(b, add_bos=False, special=True))
-        del llm
+        ids = llama_cpp_ids(files["f32"][0], all_texts)
         embeddings = {}
         for name, variant, pooling in (("f32-mean", "f32", 1), ("f32-cls", "f32", 2), ("q8_0-mean", "q8_0", 1)):
             llm = llama_cpp.Llama(model_path=files[variant][0], embedding=True, pooling_type=pooling, n_ctx=128,

@@ -78,11 +78,16 @@ EMBED_TEXTS = [
 VARIANTS = {"f32": None, "q8_0": "Q8_0"}
 
 
-def texts() -> list[str]:
+def _bert_reference():
+    """tests/data/gguf_bert/make_reference.py as a module: its corpus and its llama.cpp ids."""
     spec = importlib.util.spec_from_file_location("bert_reference", HERE.parent / "gguf_bert" / "make_reference.py")
     bert = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bert)
-    out = bert.texts()
+    return bert
+
+
+def texts() -> list[str]:
+    out = _bert_reference().texts()
     return out + [t for t in REAL if t not in out]
 
 
@@ -125,14 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         made = _write_files(args.onnxlm_python, tmp)
         if made["model_zip_sha256"] != wheel_zip_sha:
             raise SystemExit(f"the installed {made['model_zip']} is not the wheel's model.zip")
-        llm = llama_cpp.Llama(model_path=made["files"]["f32"], vocab_only=True, verbose=False)
-        ids = {"special": [], "plain": [], "special_no_add": []}
-        for t in all_texts:
-            b = t.encode("utf-8")
-            ids["special"].append(llm.tokenize(b, add_bos=True, special=True))
-            ids["plain"].append(llm.tokenize(b, add_bos=True, special=False))
-            ids["special_no_add"].append(llm.tokenize(b, add_bos=False, special=True))
-        del llm
+        ids = _bert_reference().llama_cpp_ids(made["files"]["f32"], all_texts)
         embeddings, embed_ids = {}, None
         for variant in VARIANTS:
             llm = llama_cpp.Llama(model_path=made["files"][variant], embedding=True, pooling_type=1, n_ctx=512,
