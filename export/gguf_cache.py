@@ -36,7 +36,7 @@ import re
 import shutil
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onnxlm.runtime.errors import ModelFileError, ParameterError
@@ -47,7 +47,8 @@ from .gguf_artifact import (artifact_dir_for, check_cache_dir, is_current, is_ou
                             stamp_file)
 
 __all__ = ["CacheEntry", "Leftover", "Removal", "STATES", "PRUNED", "gguf_cache_dir", "cache_entries",
-           "leftovers", "prune", "prune_retries", "remove", "first_export_running"]
+           "leftovers", "prune", "prune_retries", "remove", "first_export_running", "disk_bytes", "freed_bytes",
+           "linked_entries"]
 
 STATES = ("current", "changed", "outdated", "missing", "incomplete", "unknown", "exporting")
 PRUNED = ("changed", "outdated", "missing")  # what `prune` removes (an incomplete entry is not one onnxlm makes: kept)
@@ -61,13 +62,16 @@ FLOCK = importlib.util.find_spec("fcntl") is not None  # Unix: the export's lock
 @dataclass(frozen=True)
 class CacheEntry:
     """One artifact of the cache: its directory, the GGUF file it was exported from, its state (``STATES``), its
-    bytes on disk, what it holds (``"gguf blocks, level 4"``, ``"fp32"``) and when it was exported (epoch s)."""
+    bytes (its files' sizes: a file hard-linked into another entry, as the cache's reuse of the same bytes links
+    them, counts in both; ``disk_bytes`` counts it once), what it holds (``"gguf blocks, level 4"``, ``"fp32"``),
+    when it was exported (epoch s), and its files by identity (``files``: {(st_dev, st_ino): bytes})."""
     path: Path
     source: str | None
     state: str
     bytes: int
     variant: str
     exported: float
+    files: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -80,6 +84,7 @@ class Leftover:
     path: Path
     bytes: int
     why: str
+    files: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -87,17 +92,19 @@ class Removal:
     """What ``prune`` or ``remove`` did (or, with ``dry_run``, would do): the entries and leftovers ``removed``; the
     entries ``kept`` with why (an export of their file holds their lock, or their state changed meanwhile); the
     paths it ``failed`` to delete, with the error (an entry renamed aside and only partly deleted is both removed
-    and failed: no run uses it again, and its remains are a leftover ``prune`` retries)."""
+    and failed: no run uses it again, and its remains are a leftover ``prune`` retries); ``staying``: the files
+    of the entries left in the cache (a removed entry's file hard-linked into one of them frees nothing)."""
     removed: list[CacheEntry]
     leftovers: list[Leftover]
     kept: list[tuple[CacheEntry, str]]
     failed: list[tuple[Path, str]]
     dry_run: bool = False
+    staying: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def bytes(self) -> int:
-        """Bytes of what was (or would be) removed."""
-        return sum(e.bytes for e in self.removed) + sum(x.bytes for x in self.leftovers)
+        """Bytes freed (or that would be) on disk: each file once, none that an entry left in the cache links."""
+        return freed_bytes(self.removed + self.leftovers, [self.staying])
 
     def __repr__(self) -> str:
         return (f"Removal(removed={[e.name for e in self.removed]}, leftovers={[x.path.name for x in self.leftovers]}"
@@ -115,18 +122,52 @@ def gguf_cache_dir(cache_dir=None) -> Path:
     return check_cache_dir(cache_dir)
 
 
-def _bytes(path: Path) -> int:
-    """Bytes of a file, or of every file under a directory (links not followed)."""
+def _files(path: Path) -> dict:
+    """A file, or every file under a directory (links not followed) -> {(st_dev, st_ino): bytes}: a file
+    hard-linked under two entries has one key."""
     if path.is_symlink() or path.is_file():
-        return path.lstat().st_size
-    total = 0
+        st = path.lstat()
+        return {(st.st_dev, st.st_ino): st.st_size}
+    found = {}
     for root, _, files in os.walk(path):
         for name in files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                st = os.lstat(os.path.join(root, name))
             except OSError:  # removed meanwhile
-                pass
-    return total
+                continue
+            found[(st.st_dev, st.st_ino)] = st.st_size
+    return found
+
+
+def disk_bytes(items) -> int:
+    """Bytes on disk of entries, leftovers or ``files`` mappings together: a file linked under several, once."""
+    every = {}
+    for item in items:
+        every.update(item if isinstance(item, dict) else item.files)
+    return sum(every.values())
+
+
+def freed_bytes(gone, staying) -> int:
+    """Bytes that removing ``gone`` (entries, leftovers) frees while ``staying`` (entries, ``files`` mappings) stay:
+    each file once, none that one of ``staying`` links too."""
+    kept = set()
+    for item in staying:
+        kept.update(item if isinstance(item, dict) else item.files)
+    every = {}
+    for item in gone:
+        every.update(item.files)
+    return sum(size for key, size in every.items() if key not in kept)
+
+
+def linked_entries(entries: list[CacheEntry]) -> dict[str, list[str]]:
+    """Entry name -> the names of the other entries holding one of its files (hard links: the cache's reuse of the
+    same bytes at another path), for the entries that share any."""
+    out = {}
+    for e in entries:
+        others = [o.name for o in entries if o is not e and e.files.keys() & o.files.keys()]
+        if others:
+            out[e.name] = others
+    return out
 
 
 def _stamped_source(target: Path) -> str | None:
@@ -189,7 +230,9 @@ def cache_entries(cache_dir=None) -> list[CacheEntry]:
             exported = (manifest if manifest.is_file() else target).stat().st_mtime
         except FileNotFoundError:  # removed meanwhile (another prune, a re-export's swap)
             continue
-        entries.append(CacheEntry(target, source, _state(target, source), _bytes(target), _variant(target), exported))
+        files = _files(target)
+        entries.append(CacheEntry(target, source, _state(target, source), sum(files.values()), _variant(target),
+                                  exported, files))
     return sorted(entries + _first_exports(root, {e.name for e in entries}), key=lambda e: e.name)
 
 
@@ -217,7 +260,8 @@ def _first_exports(root: Path, listed: set[str]) -> list[CacheEntry]:
             started = max(d.stat().st_mtime for d in dirs)
         except FileNotFoundError:  # it finished (or failed) meanwhile
             continue
-        out.append(CacheEntry(root / entry, None, "exporting", sum(map(_bytes, dirs)), "export running", started))
+        files = {k: v for d in dirs for k, v in _files(d).items()}
+        out.append(CacheEntry(root / entry, None, "exporting", sum(files.values()), "export running", started, files))
     return out
 
 
@@ -249,12 +293,21 @@ def leftovers(cache_dir=None) -> list[Leftover]:
         scratch, lock = SCRATCH.match(p.name), LOCK.match(p.name)
         if scratch and p.is_dir() and not p.is_symlink():
             if not _exporting(scratch.group("entry"), root):
-                found.append(Leftover(p, _bytes(p), "the scratch of an export that no longer runs (its lock is free)"))
+                why = "the scratch of an export that no longer runs (its lock is free)"
+            else:
+                continue
         elif (p.suffix == ".json" and ENTRY.match(p.name[:-5]) and p.is_file() and not p.with_suffix("").is_dir()
               and _is_stamp(p)):
-            found.append(Leftover(p, _bytes(p), "a stamp without its artifact directory"))
+            why = "a stamp without its artifact directory"
         elif lock and p.is_file() and not _held(p):
-            found.append(Leftover(p, _bytes(p), "a lock no export holds (its export was killed)"))
+            why = "a lock no export holds (its export was killed)"
+        else:
+            continue
+        try:
+            files = _files(p)
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        found.append(Leftover(p, sum(files.values()), why, files))
     return found
 
 
@@ -373,7 +426,8 @@ def prune(cache_dir=None, *, dry_run: bool = False) -> Removal:
     file an export is writing again (it holds the lock) is left to it."""
     out = Removal([], [], [], [], dry_run)
     extra = leftovers(cache_dir)  # listed first: an entry not wholly deleted below is not retried in the same run
-    _remove_entries([e for e in cache_entries(cache_dir) if e.state in PRUNED], lambda state: state in PRUNED, out)
+    entries = cache_entries(cache_dir)
+    _remove_entries([e for e in entries if e.state in PRUNED], lambda state: state in PRUNED, out)
     for left in extra:
         if dry_run:
             out.leftovers.append(left)
@@ -389,7 +443,13 @@ def prune(cache_dir=None, *, dry_run: bool = False) -> Removal:
             continue
         if _delete(left.path, out.failed):  # a leftover not wholly deleted is reported as failed, not removed
             out.leftovers.append(left)
-    return out
+    return _with_staying(out, entries)
+
+
+def _with_staying(out: Removal, entries: list[CacheEntry]) -> Removal:
+    """``out`` knowing the files of the listed entries it did not remove (its ``bytes`` leaves their links out)."""
+    gone = {id(e) for e in out.removed}
+    return replace(out, staying={k: v for e in entries if id(e) not in gone for k, v in e.files.items()})
 
 
 def prune_retries(path: Path) -> bool:
@@ -426,7 +486,8 @@ def remove(targets, cache_dir=None, *, dry_run: bool = False) -> Removal:
     what would be). Every target is resolved before anything is removed."""
     root = gguf_cache_dir(cache_dir)
     dirs = list(dict.fromkeys(_resolve(t, root) for t in targets))
-    by_dir = {e.path: e for e in cache_entries(cache_dir)}
+    entries = cache_entries(cache_dir)
+    by_dir = {e.path: e for e in entries}
     out = Removal([], [], [], [], dry_run)
     _remove_entries([by_dir[d] for d in dirs if d in by_dir], lambda state: True, out)
-    return out
+    return _with_staying(out, entries)

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from onnxlm.cli import main
+from onnxlm.cli.info import _size
 from onnxlm.export import gguf_artifact as GA
 from onnxlm.export import gguf_cache as GC
 from onnxlm.runtime.errors import ParameterError
@@ -308,3 +309,40 @@ def test_what_changed_between_the_listing_and_the_removal_is_not_misreported(cac
     reported = [x.path for x in done.leftovers] + [path for path, _ in done.failed]
     assert p["stale lock"].exists() and p["stale lock"] not in reported
     assert p["dead"] in [x.path for x in done.leftovers] and not p["dead"].exists()
+
+
+def test_entries_sharing_linked_files_count_them_once(tmp_path, monkeypatch, capsys):
+    """The cache's reuse of the same bytes at another path hard-links an entry's files into a second entry: the
+    listing's total counts them once and marks both, and removing one of the two frees nothing of them."""
+    cache, files = tmp_path / "cache", tmp_path / "files"
+    files.mkdir()
+    monkeypatch.setenv(GA.CACHE_ENV, str(cache))
+    first = _entry(cache, _gguf(files / "first.gguf", b"same"))
+    moved = _entry(cache, _gguf(files / "moved.gguf", b"same"))
+    (moved / "model.onnx_data").unlink()
+    os.link(first / "model.onnx_data", moved / "model.onnx_data")  # as gguf_artifact._reuse_same_bytes links it
+    alone = _entry(cache, _gguf(files / "alone.gguf", b"other"))
+    (files / "first.gguf").unlink()  # the file moved: its first entry is missing now
+    entries = {e.path: e for e in GC.cache_entries(cache)}
+    manifest = (first / "onnxlm.json").stat().st_size
+    assert entries[first].bytes == entries[moved].bytes == 1000 + manifest  # each entry's own files
+    assert GC.disk_bytes(entries.values()) == 2000 + 3 * manifest  # the linked data once
+    assert GC.linked_entries(list(entries.values())) == {first.name: [moved.name], moved.name: [first.name]}
+    assert main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{cache / 'gguf'}: 3 entries, {_size(2000 + 3 * manifest)}\n")
+    assert f"{first.name}  {_size(1000 + manifest)}*  missing" in out and "counted once in the total" in out
+    assert f"`onnxlm cache prune` would remove 1 of these ({_size(manifest)})" in out  # the linked data stays
+    assert main(["cache", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["bytes"] == 2000 + 3 * manifest
+    assert {e["name"]: e["linked_with"] for e in listing["entries"]} == {
+        first.name: [moved.name], moved.name: [first.name], alone.name: []}
+    dry = GC.prune(cache, dry_run=True)
+    assert [e.path for e in dry.removed] == [first] and dry.bytes == manifest
+    assert main(["cache", "prune"]) == 0
+    out = capsys.readouterr().out
+    assert "its files stay linked in another entry" in out and out.endswith(f"freed {_size(manifest)}\n")
+    assert (moved / "model.onnx_data").stat().st_nlink == 1
+    done = GC.remove([moved.name, alone.name], cache)  # the last links: their bytes are freed
+    assert done.bytes == 2000 + 2 * manifest and not moved.exists()

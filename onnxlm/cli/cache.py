@@ -16,7 +16,9 @@ command shows that cache and cleans it; it only ever lists or removes what onnxl
 An entry is current (its file is where it was, unchanged), changed (other bytes are at that path now), outdated (an
 earlier onnxlm exported it and the export has changed since: the next run exports it again), missing (the file was
 moved or deleted: from its new place its artifact is linked under another name, when this entry is still here),
-incomplete (no onnxlm.json) or unknown (no stamp names its file). Nothing here imports torch.
+incomplete (no onnxlm.json) or unknown (no stamp names its file). An entry linked from another (the same bytes
+at another path) shares its files with it on disk: its size is marked *, the total counts them once, and removing
+one of the two frees nothing of them. Nothing here imports torch.
 
   onnxlm cache [ls]           list the entries, their sizes and states (the default)
   onnxlm cache prune          remove the changed, outdated and missing entries, and what killed exports left
@@ -62,9 +64,10 @@ def _action(actions, name: str, func, *, removes: bool = False, **texts) -> argp
     return a
 
 
-def _entry_json(e) -> dict:
+def _entry_json(e, linked: dict | None = None) -> dict:
     return {"name": e.name, "path": str(e.path), "source": e.source, "state": e.state, "bytes": e.bytes,
-            "variant": e.variant, "exported": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.exported))}
+            "variant": e.variant, "exported": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(e.exported)),
+            **({"linked_with": (linked or {}).get(e.name, [])} if linked is not None else {})}
 
 
 def _leftover_json(left) -> dict:
@@ -72,28 +75,32 @@ def _leftover_json(left) -> dict:
 
 
 def run_ls(args) -> int:
-    from onnxlm.export.gguf_cache import PRUNED, cache_entries, gguf_cache_dir, leftovers
+    from onnxlm.export.gguf_cache import PRUNED, cache_entries, disk_bytes, freed_bytes, gguf_cache_dir, \
+        leftovers, linked_entries
 
     root, entries, extra = gguf_cache_dir(), cache_entries(), leftovers()
+    total, linked = disk_bytes(entries + extra), linked_entries(entries)
     if args.json:
-        print(json.dumps({"cache": str(root), "entries": [_entry_json(e) for e in entries],
+        print(json.dumps({"cache": str(root), "bytes": total, "entries": [_entry_json(e, linked) for e in entries],
                           "leftovers": [_leftover_json(x) for x in extra]}, indent=2))
         return 0
-    total = sum(e.bytes for e in entries) + sum(x.bytes for x in extra)
     print(f"{root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_size(total)}")
     if entries:
         rows = [("NAME", "SIZE", "STATE", "HOLDS", "EXPORTED", "FILE")]
-        rows += [(e.name, _size(e.bytes), e.state, e.variant, time.strftime("%Y-%m-%d %H:%M", time.localtime(
-            e.exported)), e.source or "?") for e in entries]
+        rows += [(e.name, _size(e.bytes) + ("*" if e.name in linked else ""), e.state, e.variant,
+                  time.strftime("%Y-%m-%d %H:%M", time.localtime(e.exported)), e.source or "?") for e in entries]
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+    if linked:
+        print("* its files are hard-linked with another entry's (the same GGUF bytes at another path): counted once "
+              "in the total")
     for x in extra:
         print(f"leftover: {x.path.name} ({_size(x.bytes)}): {x.why}")
     freed = [e for e in entries if e.state in PRUNED]
     if freed or extra:
         n = len(freed) + len(extra)
-        size = sum(e.bytes for e in freed) + sum(x.bytes for x in extra)
+        size = freed_bytes(freed + extra, [e for e in entries if e.state not in PRUNED])
         print(f"`onnxlm cache prune` would remove {n} of these ({_size(size)})")
     return 0
 
@@ -113,7 +120,8 @@ def _report(args, done, *, strict: bool) -> int:
         return status
     verb = "would remove" if done.dry_run else "removed"
     for e in done.removed:
-        print(f"{verb}: {e.name} ({_size(e.bytes)}, {e.state}{', ' + e.source if e.source else ''})")
+        linked = ", its files stay linked in another entry" if e.files.keys() & done.staying.keys() else ""
+        print(f"{verb}: {e.name} ({_size(e.bytes)}, {e.state}{', ' + e.source if e.source else ''}{linked})")
     for x in done.leftovers:
         print(f"{verb}: {x.path.name} ({_size(x.bytes)}, {x.why})")
     for e, why in done.kept:
