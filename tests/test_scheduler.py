@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import onnxlm
+from onnxlm.runtime.constraints import make_constraint
 from onnxlm.runtime.decoding.scheduler import Request, Scheduler
 from onnxlm.runtime.errors import ParameterError
 
@@ -220,9 +221,9 @@ def test_a_speculated_answer_is_kept_for_the_next_turn(model):
 
 
 def test_who_speculates(tiny_llama, tiny_t5):
-    """Not a constrained request (its matcher cannot roll back), not n > 1 rows, not a seq2seq model; a request's
+    """Not n > 1 rows, not a seq2seq model; a constrained request through its constraint's proposer; a request's
     own prompt_lookup_num_tokens turns it on where the scheduler's is off; a bad prompt_lookup is refused by name."""
-    from onnxlm.runtime.constraints import make_constraint
+    from onnxlm.runtime.decoding.scheduler_speculation import ConstrainedProposer
     llama = onnxlm.load(tiny_llama.onnx_dir)
     ids = llama.tokenizer.encode(REPEATING)
     _, sched = _alone(llama, ids, dict(max_new_tokens=20, do_sample=False, prompt_lookup_num_tokens=4),
@@ -238,7 +239,8 @@ def test_who_speculates(tiny_llama, tiny_t5):
     sched = Scheduler(llama, prompt_lookup=6)
     req = sched.add(Request(ids, llama.resolve_config(dict(max_new_tokens=8, do_sample=False)),
                             constraint=make_constraint("regex", "[a-z ]+")))
-    assert sched._runs == {} and (sched.step() or True) and sched._runs[id(req)].proposer is None
+    assert sched._runs == {} and (sched.step() or True)
+    assert isinstance(sched._runs[id(req)].proposer, ConstrainedProposer)
     t5 = onnxlm.load(tiny_t5.onnx_dir)
     _, sched = _alone(t5, t5.tokenizer.encode(REPEATING), dict(max_new_tokens=8, do_sample=False))
     assert sched.speculation.passes == 0
@@ -401,3 +403,91 @@ def test_a_next_turn_mostly_cached_is_not_prefilled_in_parts(model):
     while sched.busy:
         sched.step()
     assert nxt.new_ids == model.generate([turn], **kw).new_tokens
+
+
+# ---------------------------------------------------------------- speculation under a structured-output constraint
+THING = {"type": "object", "properties": {"a": {"enum": ["x", "yy"]}, "n": {"type": "integer", "minimum": 0,
+         "maximum": 99}, "ok": {"type": "boolean"}}, "required": ["a", "n", "ok"], "additionalProperties": False}
+LISTING = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 6}, "count": {"type": "integer"}}, "required": ["name", "count"],
+    "additionalProperties": False}, "maxItems": 3}}, "required": ["items"], "additionalProperties": False}
+
+
+def test_a_constrained_request_alone_speculates_and_gets_its_solo_tokens(model):
+    """A constrained request decoding alone speculates (scheduler_speculation.ConstrainedProposer): the schema's
+    forced tokens (its keys, quotes, braces) and prompt lookup's candidates cut where the constraint refuses are
+    checked in one pass, each position still picked under the constraint's mask, so the request gets what
+    model.generate gives it with the same constraint and no speculation (greedy and seeded sampling, penalties,
+    stop strings), in fewer passes than tokens."""
+    prompt = '[{"name":"ab","count":1},{"name":"ab","count":1}]'
+    regex = r"(ab cd ){2,5}[0-9]{3}"
+    cases = [({"max_new_tokens": 70, "do_sample": False}, {"json_schema": LISTING}),
+             ({"max_new_tokens": 70, "do_sample": True, "seed": 5, "temperature": 0.8, "top_k": 20},
+              {"json_schema": LISTING}),
+             ({"max_new_tokens": 40, "do_sample": False, "repetition_penalty": 1.3}, {"json_schema": THING}),
+             ({"max_new_tokens": 40, "do_sample": False, "stop": ['"count"']}, {"json_schema": LISTING}),
+             ({"max_new_tokens": 30, "do_sample": False}, {"regex": regex}),
+             ({"max_new_tokens": 9, "do_sample": False}, {"json_schema": LISTING})]  # ends at its length
+    looked = 0
+    for kw, ckw in cases:
+        (kind, value), = ckw.items()
+        for lookup in (6, None):  # the scheduler's prompt lookup on, and a constrained request with it off
+            sched = Scheduler(model, prompt_lookup=lookup)
+            req = sched.add(Request(model.tokenizer.encode(prompt), model.resolve_config(kw),
+                                    constraint=make_constraint(kind, value)))
+            while sched.busy:
+                sched.step()
+            assert req.done and req.error is None
+            solo = model.generate(prompt, **kw, **ckw)
+            assert req.new_ids == solo.new_tokens, (kw, ckw, lookup)
+            assert req.final_text == solo.text and [r or "length" for r in req.reasons] == solo.finish_reasons
+            if lookup is None:
+                assert sched.speculation.passes == 0  # nothing asks it to speculate: plain steps
+                continue
+            assert 0 < sched.speculation.passes < len(req.new_ids[0])  # the schema or regex forces a start
+            looked += sched.speculation.accepted
+    assert looked > 0
+
+
+def test_a_constraints_forced_tokens_are_proposed_and_lookups_cut(tiny_llama):
+    """ConstrainedProposer: the constraint's forced tokens first (within the length limit, never EOS); otherwise
+    the lookup's candidates up to the first token the constraint refuses; the lookup's back-off hears only its own
+    proposals; the matcher consumes nothing."""
+    from onnxlm.runtime.constraints import ConstraintProcessor, engine_for
+    from onnxlm.runtime.decoding.scheduler_speculation import ConstrainedProposer
+
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    eos = [model.generation_config.eos_token_id]
+    processor = ConstraintProcessor(engine_for(model, eos, "json_schema"), [make_constraint("json_schema", THING)])
+    matcher = processor.matchers[0]
+
+    class Lookup:  # stands in for PromptLookup: proposes what it is told, records its back-off
+        def __init__(self):
+            self.candidates, self.heard = np.zeros((1, 0), np.int64), []
+
+        def propose(self, sequences, active):
+            return self.candidates, None
+
+        def update(self, matches, k):
+            self.heard.append((matches, k))
+
+    lookup = Lookup()
+    proposer = ConstrainedProposer(lookup, processor, model=model, max_length=100, eos_token_ids=eos)
+    forced = matcher.compute_ff_tokens()
+    assert forced and model.tokenizer.decode(forced) == '{"a":"'[:len(model.tokenizer.decode(forced))]
+    got, probs = proposer.propose(np.zeros((1, 5), np.int64), np.ones(1, bool))
+    assert got.tolist() == [forced] and probs is None and not proposer.proposed_by_prediction
+    proposer.update(len(forced), len(forced))
+    assert lookup.heard == []  # the forced tokens were not the lookup's
+    short = ConstrainedProposer(lookup, processor, model=model, max_length=7, eos_token_ids=eos)
+    assert short.propose(np.zeros((1, 5), np.int64), np.ones(1, bool))[0].tolist() == [forced[:1]]  # k + 1 <= 2
+    text = model.tokenizer.encode('{"a":"x","n":', add_special_tokens=False)
+    assert matcher.consume_tokens(text) and not matcher.is_error()
+    assert matcher.compute_ff_tokens() == []  # a number next: nothing forced
+    good, bad = (model.tokenizer.encode(t, add_special_tokens=False) for t in ("42,", "x"))
+    lookup.candidates = np.array([good + bad + good], np.int64)
+    got, _ = proposer.propose(np.zeros((1, 5), np.int64), np.ones(1, bool))
+    assert got.tolist() == [good]  # cut before the refused token
+    proposer.update(1, len(good))
+    assert lookup.heard == [(1, len(good))]
+    assert matcher.compute_ff_tokens() == [] and matcher.validate_tokens(good + bad) == len(good)  # none consumed

@@ -73,6 +73,22 @@ def test_a_request_alone_with_a_draft_gets_its_solo_tokens(fused, drafts, which,
         assert accepted < proposed  # a wrong guess is refused, and the answer is still the model's own
 
 
+@pytest.mark.parametrize("which", ["same", "other"])
+def test_a_constrained_request_with_a_draft_gets_its_solo_tokens(fused, drafts, which):
+    """Under a JSON schema the draft proposes without the constraint, its proposals cut where the constraint
+    refuses, and the schema's forced tokens are proposed in between (the draft catches up on them): the request
+    gets what generate gives it with the same schema, greedy and sampled."""
+    from onnxlm.runtime.constraints import make_constraint
+    schema = {"type": "object", "properties": {"word": {"type": "string", "maxLength": 12}, "n": {"type": "integer"}},
+              "required": ["word", "n"], "additionalProperties": False}
+    draft = ServerDraft(drafts[which], fused, p_min=0.0)
+    for kw in (dict(max_new_tokens=40, do_sample=False), dict(max_new_tokens=40, do_sample=True, seed=4, top_k=8)):
+        req, sched = _alone(fused, draft, PROMPT, kw, constraint=make_constraint("json_schema", schema))
+        solo = fused.generate(PROMPT, **kw, json_schema=schema)
+        assert req.new_ids == solo.new_tokens and req.final_text == solo.text, kw
+        assert 0 < sched.speculation.passes < len(req.new_ids[0])
+
+
 def test_a_hybrid_model_with_a_draft(tiny_lfm2, drafts):
     """LFM2's convolution states keep a bounded history to roll back into: the draft's rounds are capped there, the
     tokens are the model's own."""

@@ -293,3 +293,4 @@ def test_scheduler_refuses_an_invalid_constraint_before_it_joins(tiny_llama):
         sched.add(Request(model.tokenizer.encode("Hi"), model.resolve_config({"max_new_tokens": 3}), constraint=bad))
     assert info.value.parameter == "json_schema" and not sched.waiting
     assert not sched.rows
+

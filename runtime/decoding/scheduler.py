@@ -150,8 +150,12 @@ class _Run:
         hold = max((len(s) for s in c.stop_list()), default=1) - 1
         tok = model.tokenizer.tokenizer if model.tokenizer is not None else None
         self.streams = [IncrementalText(tok, hold=hold) for _ in range(req.n)]
-        # prompt lookup or the draft model while the request decodes alone (scheduler_speculation.py), or None
-        self.proposer = proposer_for_request(model, req, self.processors, max_length, prompt_lookup, draft)
+        # prompt lookup or the draft model while the request decodes alone (scheduler_speculation.py), or None;
+        # it proposes under the processors but the constraint, whose matcher then cuts the proposal
+        unconstrained = self.processors if self.constraint is None else build_processors(
+            c, input_length=t0, max_length=max_length, is_encoder_decoder=model.is_encoder_decoder)
+        self.proposer = proposer_for_request(model, req, unconstrained, max_length, prompt_lookup, draft,
+                                             self.constraint)
 
     def scores(self, sequences: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """sequences [k, t] int64, logits [k, V] float32 -> processed scores [k, V] float32."""

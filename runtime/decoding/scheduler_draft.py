@@ -149,8 +149,9 @@ class ServerDraft:
         return None
 
     def proposer(self, req, processors, max_length: int) -> LoneDraft | None:
-        """A request being admitted (decoder-only, one row, no constraint: checked by the caller) -> its draft, or
-        None where the draft's context is shorter than the request may grow."""
+        """A request being admitted (decoder-only, one row: checked by the caller; ``processors`` without its
+        constraint, whose ``ConstrainedProposer`` cuts the draft's proposals) -> its draft, or None where the draft's
+        context is shorter than the request may grow."""
         limit = getattr(self.model, "max_positions", None)
         own = req.draft or {}                                  # the request's settings over these (checked by it)
         most = own.get("max_tokens", self.max_tokens)

@@ -15,8 +15,8 @@ the proposals are the draft's instead.
 A batch of several rows decodes plainly: rows of several requests would speculate only as far as the shortest
 proposal, and a pass of several rows with several positions each runs a pass per row in the fused layout.
 
-Which requests speculate (``proposer_for_request``): decoder-only models, one row (n = 1), no structured-output
-constraint (its matcher would have to roll back too); the number of tokens is the request config's
+Which requests speculate (``proposer_for_request``): decoder-only models, one row (n = 1); the number of tokens is
+the request config's
 ``prompt_lookup_num_tokens``, else the scheduler's draft model where it has one, else its ``prompt_lookup`` (the
 server's ``--prompt-lookup``), capped by a model whose state keeps a bounded rollback history (LFM2:
 ``speculation_limit``). A request with a ``prediction`` (OpenAI's predicted outputs: ids its answer is expected to
@@ -25,6 +25,14 @@ falling back to prompt lookup where they ask for it, else to the draft. Each req
 passes checked and kept (``Request.speculated`` / ``speculated_accepted``: llama.cpp's ``draft_n`` /
 ``draft_n_accepted``) and, apart, those its prediction proposed (``Request.proposed`` / ``accepted``: the server's
 ``accepted_prediction_tokens`` / ``rejected_prediction_tokens``; a fallback's proposals are not the prediction's).
+
+A request under a structured-output constraint (JSON schema, regex, choices, grammar) speculates too
+(``ConstrainedProposer``): where the constraint forces the next tokens (a JSON schema's keys and punctuation:
+llguidance's ``compute_ff_tokens``) those are the proposal; otherwise its proposer's candidates, made without the
+constraint, cut before the first token the matcher would refuse now (``validate_tokens``, which consumes nothing).
+The pass then picks each position with the constraint's mask as a plain step does, and the matcher consumes only the
+picked tokens (``_pick``), so nothing of it is rolled back and the tokens are the ones the request gets without
+speculation.
 """
 from __future__ import annotations
 
@@ -35,19 +43,75 @@ from .prediction import PredictionLookup
 from .speculative import SpeculationStats
 
 PREDICTION_TOKENS = 16  # a prediction's proposals per pass at most, unless the request or the scheduler says
+FORCED_TOKENS = 16      # a constraint's forced tokens proposed per pass at most
 
 
-def proposer_for_request(model, req, processors, max_length: int, default: int | None, draft=None):
+def proposer_for_request(model, req, processors, max_length: int, default: int | None, draft=None,
+                         constraint=None):
     """A request being admitted -> its candidate generator, or None where it does not speculate (see the module
-    docstring). ``processors``: the request's logits processors (a candidate they forbid is not proposed);
-    ``draft``: the scheduler's ``ServerDraft`` (scheduler_draft.py) or None. A request's own
-    ``prompt_lookup_num_tokens`` wins over the draft, the draft over the scheduler's ``prompt_lookup``."""
+    docstring). ``processors``: the request's logits processors but its constraint (a candidate they forbid is not
+    proposed); ``draft``: the scheduler's ``ServerDraft`` (scheduler_draft.py) or None; ``constraint``: the
+    request's ``ConstraintProcessor`` or None (``ConstrainedProposer``). A
+    request's own ``prompt_lookup_num_tokens`` wins over the draft, the draft over the scheduler's
+    ``prompt_lookup``."""
+    proposer = _proposer(model, req, processors, max_length, default, draft)
+    if proposer is None or constraint is None:
+        return proposer
+    return ConstrainedProposer(proposer, constraint, model=model, max_length=max_length,
+                               eos_token_ids=req.config.eos_token_ids)
+
+
+class ConstrainedProposer:
+    """A request's proposer under a structured-output constraint (its one row): where the constraint forces the
+    next tokens (llguidance's ``compute_ff_tokens``: a JSON schema's keys and punctuation) it proposes those (up to
+    ``FORCED_TOKENS``, within the length and rollback limits, never EOS); otherwise its own proposer's candidates,
+    cut before the first token the constraint refuses after the tokens picked so far (``validate_tokens``: nothing
+    consumed). The own proposer's back-off hears only its own proposals; its attributes read through."""
+
+    def __init__(self, inner, constraint, *, model, max_length: int, eos_token_ids):
+        self.inner, self.constraint, self.max_length = inner, constraint, max_length
+        self.eos = set(int(e) for e in eos_token_ids)
+        cap = speculation_limit(model)
+        self.most = min(FORCED_TOKENS, cap or FORCED_TOKENS)
+        self.forced = False  # the last proposal was the constraint's forced tokens
+
+    def __repr__(self) -> str:
+        return f"ConstrainedProposer({self.inner!r})"
+
+    @property
+    def proposed_by_prediction(self) -> bool:
+        return not self.forced and getattr(self.inner, "proposed_by_prediction", False)
+
+    def propose(self, sequences: np.ndarray, active: np.ndarray):
+        # sequences [1, t] int64, active [1] bool -> (candidates [1, k] int64, draft probs [1, k, V] | None)
+        matcher = self.constraint.matchers[0] if self.constraint.live.any() else None
+        room = min(self.most, self.max_length - sequences.shape[1] - 1)  # the pass's k + 1 stay within max_length
+        forced = matcher.compute_ff_tokens()[:max(room, 0)] if matcher is not None else []
+        cut = next((i for i, tok in enumerate(forced) if tok in self.eos), len(forced))
+        self.forced = cut > 0
+        if self.forced:
+            return np.asarray([forced[:cut]], np.int64), None
+        candidates, probs = self.inner.propose(sequences, active)
+        if candidates.shape[1] and matcher is not None:
+            n = matcher.validate_tokens(candidates[0].tolist())
+            candidates, probs = candidates[:, :n], (probs[:, :n] if probs is not None else None)
+        return candidates, probs
+
+    def update(self, matches: int, k: int) -> None:
+        if not self.forced:
+            self.inner.update(matches, k)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def _proposer(model, req, processors, max_length: int, default: int | None, draft):
+    """``proposer_for_request``'s candidate generator before a constraint's cut."""
     c = req.config
     own = c.prompt_lookup_num_tokens
     num_tokens = own or (None if draft is not None else default)
     predicted = req.prediction
-    if (not num_tokens and not predicted and draft is None) or model.is_encoder_decoder or req.n != 1 \
-            or req.constraint is not None:
+    if (not num_tokens and not predicted and draft is None) or model.is_encoder_decoder or req.n != 1:
         return None
     cap = speculation_limit(model)
     common = dict(max_length=max_length, eos_token_ids=c.eos_token_ids, processors=processors,
