@@ -7,7 +7,8 @@ Tools are OpenAI's / transformers' shape: ``{"type": "function", "function": {"n
 
 Formats (``template_style``):
 
-``"qwen"``     Qwen 2.5/3 and Hermes-style templates (they write ``<tool_call>`` and take ``tools``): the template
+``"qwen"``     Qwen 2.5/3 and Hermes-style templates (they write ``<tool_call>`` and read the variable ``tools``,
+               not only e.g. SmolLM3's ``xml_tools``): the template
                renders the tools itself (``tools=`` as transformers' ``apply_chat_template(messages, tools=...)``);
                a call is ``<tool_call>\\n{"name": N, "arguments": {...}}\\n</tool_call>``, several in a row, text may
                come before. (Templates whose calls inside ``<tool_call>`` are not JSON, ``<function=...>`` or
@@ -36,8 +37,10 @@ __all__ = ["STYLES", "GENERIC_PROMPT", "template_style", "needs_tools_handling",
 STYLES = ("qwen", "llama3", "generic")
 QWEN_OPEN, QWEN_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+THINK_CLOSED = "</think>\n\n"  # a forced call's start where the prompt leaves a <think> block open (Qwen3's form)
 NOT_JSON_CALLS = ("<function=", "<arg_key>")  # <tool_call> templates whose calls are not JSON (Qwen3-Coder, GLM-4.5)
 NO_PARAMETERS = {"type": "object", "properties": {}}  # a function without (or with empty) parameters: {} arguments
+TOOLS_VARIABLE = re.compile(r"\btools\b")  # a template reading the variable ``tools`` (a word of its own)
 _QWEN_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 GENERIC_PROMPT = (
@@ -52,9 +55,10 @@ GENERIC_PROMPT = (
 def template_style(template: str | None) -> str:
     """A chat template's text -> "qwen" | "llama3" | "generic" (see the module doc)."""
     t = template or ""
-    if "tools" in t and QWEN_OPEN in t and not any(x in t for x in NOT_JSON_CALLS):
+    takes_tools = TOOLS_VARIABLE.search(t) is not None  # not SmolLM3's xml_tools / python_tools, which it fills itself
+    if takes_tools and QWEN_OPEN in t and not any(x in t for x in NOT_JSON_CALLS):
         return "qwen"
-    if "tools" in t and "<|start_header_id|>" in t and '"parameters": ' in t:
+    if takes_tools and "<|start_header_id|>" in t and '"parameters": ' in t:
         return "llama3"
     return "generic"
 
@@ -164,10 +168,11 @@ def prepare_messages(messages: list[dict], tools: list[dict] | None, style: str,
 
 
 # ---------------------------------------------------------------------------------------------------- grammar
-def call_grammar(tools: list[dict], style: str, name: str | None = None) -> str:
+def call_grammar(tools: list[dict], style: str, name: str | None = None, *, prefix: str = "") -> str:
     """A Lark grammar (llguidance's syntax) for exactly one call in ``style``: of the function ``name``, or of any of
     ``tools``; its arguments follow that function's ``parameters`` schema. JSON is written with ``", "`` and
-    ``": "`` separators (as the templates render calls) and no other free whitespace."""
+    ``": "`` separators (as the templates render calls) and no other free whitespace. ``prefix``: text written
+    before the call (``THINK_CLOSED``: the prompt left a ``<think>`` block open, which the reply closes first)."""
     key = args_key(style)
     options, defs = [], {}
     for t in tools:
@@ -188,9 +193,10 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None) -> str:
     schema = {**schema, **({"$defs": defs} if defs else {}),
               "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
     call = "call: %json " + json.dumps(schema)  # ASCII: a lone surrogate stays an escape for llguidance to refuse
+    head = f"{json.dumps(prefix)} " if prefix else ""
     if style == "qwen":
-        return f'start: "{QWEN_OPEN}\\n" call "\\n{QWEN_CLOSE}"\n{call}\n'
-    return f"start: call\n{call}\n"
+        return f'start: {head}"{QWEN_OPEN}\\n" call "\\n{QWEN_CLOSE}"\n{call}\n'
+    return f"start: {head}call\n{call}\n"
 
 
 _NOT_SCHEMAS = ("enum", "const", "default", "examples")  # keywords whose values are data, not schemas

@@ -4,6 +4,8 @@ tiny model with a template that opens the block in the prompt (as DeepSeek-R1's 
 random-weight model is reasoning) or writes none."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("starlette", reason="the server needs the 'serve' extra")
@@ -11,7 +13,7 @@ pytest.importorskip("starlette", reason="the server needs the 'serve' extra")
 import onnxlm  # noqa: E402
 from onnxlm.serve.reasoning import split, wanted  # noqa: E402
 from serve_util import post, sse_events, start, wait_health  # noqa: E402
-from test_serve_tools import CHATML, _with_template  # noqa: E402
+from test_serve_tools import CHATML, _reassemble, _with_template  # noqa: E402
 
 OPENS = CHATML.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'")
 
@@ -63,3 +65,29 @@ def test_a_template_without_think_tags_is_left_alone_unless_asked(servers):
     assert forced["choices"][0]["message"]["content"] == split(plain["content"])[1]
     r = post(srv.url, "/v1/chat/completions", {**BODY, "reasoning_format": "think"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning_format"
+
+
+#: tools whose calls the random-weight model writes in a few tokens (a string's characters may be bytes each)
+FLAGS = [{"type": "function", "function": {"name": name, "parameters": {
+    "type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"], "additionalProperties": False}}}
+    for name in ("lamp", "fan")]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "fan"}}])
+def test_a_forced_call_closes_the_open_block_first(servers, choice):
+    """Where the prompt leaves a <think> block open (QwQ, DeepSeek-R1's distills), a forced call's grammar closes it
+    first: the call is the answer (tool_calls, finish "tool_calls"), not reasoning, whole and streamed, also with
+    reasoning_format "none" (the block it closed is empty)."""
+    srv = servers["opens"]
+    body = {**BODY, "tools": FLAGS, "tool_choice": choice, "max_tokens": 64}
+    got = post(srv.url, "/v1/chat/completions", body).json()["choices"][0]
+    msg = got["message"]
+    assert got["finish_reason"] == "tool_calls" and msg["content"] is None and not msg.get("reasoning_content")
+    call = msg["tool_calls"][0]
+    assert call["function"]["name"] in ("fan" if isinstance(choice, dict) else ("lamp", "fan"))
+    assert json.loads(call["function"]["arguments"]) in ({"on": True}, {"on": False})
+    streamed = _reassemble(sse_events(srv.url, "/v1/chat/completions", {**body, "stream": True}), 0)
+    assert streamed["finish_reason"] == "tool_calls"
+    assert streamed["tool_calls"][0]["function"] == call["function"]
+    kept = post(srv.url, "/v1/chat/completions", {**body, "reasoning_format": "none"}).json()["choices"][0]
+    assert kept["message"]["tool_calls"][0]["function"] == call["function"]  # the empty block split off anyway

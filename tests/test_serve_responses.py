@@ -500,7 +500,7 @@ def test_a_developer_message_is_a_system_message_for_a_template_without_that_rol
     """The Responses API's developer role: the test model's template knows only system / user / assistant / tool,
     so a developer message is its system message (after instructions: joined to them), the same prompt and reply;
     a template that names the role gets it as it is."""
-    from onnxlm.serve.responses_request import developer_as_system
+    from onnxlm.serve.protocol import developer_as_system
 
     assert "developer" not in live.model.chat_template
     dev = client.responses.create(model="tiny", input=[{"role": "developer", "content": SYSTEM}, *USER],

@@ -158,6 +158,67 @@ def test_template_style(dirs):
     assert fmt.template_style(NO_SYSTEM) == fmt.template_style(None) == "generic"
     for xml in ("<function=f>", "<arg_key>"):  # calls that are not JSON: not this format
         assert fmt.template_style("{{ tools }}<tool_call>\n" + xml) == "generic"
+    # SmolLM3's template reads its own xml_tools / python_tools, never tools: it renders no tools=, so generic
+    smollm3 = "{%- if xml_tools or python_tools -%}{{ xml_tools }}{%- endif -%}<tool_call>"
+    assert fmt.template_style(smollm3) == "generic"
+    assert fmt.template_style("{%- if tools -%}{{ tools }}{%- endif -%}<tool_call>") == "qwen"
+
+
+class _Templated:
+    """Stands in for a model in tools.render: a chat template, rendered to text."""
+
+    def __init__(self, template: str):
+        self.chat_template = template
+
+    def render_chat(self, messages, *, tokenize=False, **extra):
+        from onnxlm.runtime.chat import render_chat
+        return render_chat(self.chat_template, messages, **extra)
+
+
+def test_a_template_that_drops_system_messages_gets_the_tools_in_the_first_user_message():
+    """Phi-3-mini's template renders only user and assistant turns, silently: the generic tools' description put in
+    a system message would never reach the model, so it opens the first user message (as for a template that
+    refuses system messages); a template that shows system messages keeps it there."""
+    drops = ("{% for m in messages %}{% if m['role'] in ['user', 'assistant'] %}{{ '<|' + m['role'] + '|>\\n' + "
+             "m['content'] + '<|end|>\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant|>\\n"
+             "{% endif %}")
+    describe = fmt.generic_system_text(TOOLS)
+    msgs = protocol.messages({"messages": [{"role": "system", "content": "Be brief."}, *_user(PROMPTS[0])]})
+    for template, system in ((drops, False), (CHATML, True)):
+        treq = tools.check({"tools": TOOLS}, template)
+        text = tools.render(_Templated(template), msgs, treq, tokenize=False)
+        assert text.count(describe) == 1, text
+        if system:
+            assert text.startswith("<|im_start|>system\nBe brief.\n\n" + describe)
+        else:
+            assert text.startswith("<|user|>\n" + describe + "\n\n" + PROMPTS[0])
+
+
+def test_history_messages_carry_reasoning_content_and_joined_text_parts():
+    """An assistant message's reasoning_content reaches the template (Qwen3's shows it after the last user
+    message, as transformers renders it); text parts are joined with newlines (llama.cpp's server, vLLM); a
+    developer message is the system message of a template without that role."""
+    from onnxlm.serve.protocol import developer_as_system
+    got = protocol.messages({"messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather"}, {"type": "text", "text": "in Paris?"}]},
+        {"role": "assistant", "content": "Sunny.", "reasoning_content": "Look it up."}]})
+    assert got[1]["content"] == "Weather\nin Paris?" and got[2]["reasoning_content"] == "Look it up."
+    assert developer_as_system(got, CHATML)[0] == {"role": "system", "content": "Be brief."}
+    for bad_value in (3, ["x"]):
+        r = protocol.APIError
+        with pytest.raises(r) as info:
+            protocol.messages({"messages": [{"role": "assistant", "content": "x", "reasoning_content": bad_value}]})
+        assert info.value.param == "messages[0].reasoning_content"
+    qwen3 = (TEMPLATES / "qwen3.jinja").read_text()
+    from transformers.utils.chat_template_utils import render_jinja_template
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello.",
+                                                   "reasoning_content": "Greet back."},
+               {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye.",
+                                                    "reasoning_content": "Say bye."}]
+    text = tools.render(_Templated(qwen3), history, tools.check({}, qwen3), tokenize=False)
+    want = render_jinja_template([history], chat_template=qwen3, add_generation_prompt=True)[0][0]
+    assert text == want and "<think>\nSay bye.\n</think>" in text
 
 
 @pytest.mark.parametrize("style", ["qwen", "llama3"])
@@ -308,7 +369,7 @@ def forced_output(monkeypatch):
     "none" included, makes the model write text matching a Lark grammar: set ``grammar[0]``."""
     grammar = [None]
 
-    async def constrained(model, treq):
+    async def constrained(model, treq, ids):
         return make_constraint("grammar", grammar[0]) if grammar[0] else None
     monkeypatch.setattr(tools, "constraint", constrained)
     return grammar
@@ -449,6 +510,16 @@ def test_a_cut_call_is_read_from_the_constraints_text():
     assert cut(qwen + '{"query": "ca', reason="stop") is None
     assert cut(qwen + '{"query": "ca', choice="auto") is None
     assert cut("Sunny") is None and cut("") is None
+
+
+def test_calls_in_a_reply_cut_at_the_limit_finish_with_length():
+    """A reply whose calls were read but that the token limit cut: finish_reason "length" (OpenAI's, llama.cpp's
+    server's), the calls still returned; a reply that ended by itself: "tool_calls"."""
+    treq = tools.ToolRequest(TOOLS, "auto", None, True, "qwen", {"get_weather", "search"})
+    for text, reason, want in ((CALL_TEXT["qwen"] + "\nLet me also", "length", "length"),
+                               (CALL_TEXT["qwen"], "stop", "tool_calls")):
+        msg, got = tools.message(text, reason, treq)
+        assert got == want and msg["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
 def test_streamed_rows_with_logprobs(servers):

@@ -93,9 +93,9 @@ def _room(model, st, ids: list[int], wanted: int) -> int:
 
 async def _messages(request: HTTPRequest):
     model, st, req, treq, ids = await _prompt(request, counting=False)
-    constraint = await tools.constraint(model, treq)  # "any" / a named tool: the reply must be a call
+    constraint = await tools.constraint(model, treq, ids)  # "any" / a named tool: the reply must be a call
     # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)
-    think = reasoning.prompt_opens(model.tokenizer, ids) if reasoning.wanted({}, model.chat_template) else None
+    think = tools.think_of(model, ids, reasoning.wanted({}, model.chat_template), treq)
     samp = req.sampling(max_tokens=_room(model, st, ids, req.max_tokens))
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, 1, None, stream=samp.stream)

@@ -24,8 +24,9 @@ MAX_LOGIT_BIAS = 100  # OpenAI: each bias in [-100, 100]; -100 bans the token
 ROLES = ("system", "user", "assistant", "tool", "developer")  # chat message roles accepted
 #: the fields OpenAI's API documents for a message of each role, so that a client sending back the SDK's message
 #: objects (``model_dump()``: every field, unset ones as null) is accepted; ``reasoning_content`` is llama.cpp's and
-#: DeepSeek's extension (a thinking model's reasoning, dropped from the history as they drop it); any other field is
-#: a 400 naming it rather than being ignored
+#: DeepSeek's extension (a thinking model's reasoning: passed to the template, as llama.cpp and transformers pass it;
+#: Qwen3's renders it for the turns after the last user message, others ignore it); any other field is a 400 naming it
+#: rather than being ignored
 MESSAGE_FIELDS = {"system": {"role", "content", "name"}, "developer": {"role", "content", "name"},
                   "user": {"role", "content", "name"},
                   "assistant": {"role", "content", "name", "tool_calls", "refusal", "audio", "function_call",
@@ -459,7 +460,7 @@ def _check_message_fields(m: dict, role: str, where: str) -> None:
 
 
 def _text_parts(parts: list, where: str) -> str:
-    """Content parts -> their text joined; only OpenAI's text parts {"type": "text", "text": ...} (400 naming the
+    """Content parts -> their texts joined by newlines; only OpenAI's text parts {"type": "text", "text": ...} (400 naming the
     part, or a field of it, for anything else)."""
     texts = []
     for k, c in enumerate(parts):
@@ -467,7 +468,7 @@ def _text_parts(parts: list, where: str) -> str:
             raise bad(f"{where}[{k}]", 'only text parts ({"type": "text", "text": ...}) are supported')
         known_fields(c, ("type", "text"), f"{where}[{k}]", "a text part")
         texts.append(c["text"])
-    return "".join(texts)
+    return "\n".join(texts)  # as llama.cpp's server and vLLM join them
 
 
 def _tool_fields(m: dict, role: str, where: str) -> dict:
@@ -508,4 +509,28 @@ def _tool_fields(m: dict, role: str, where: str) -> dict:
         if not isinstance(name, str):
             raise bad(f"{where}.name", "expected a string")
         out["name"] = name
+    thought = m.get("reasoning_content")
+    if thought is not None:
+        if not isinstance(thought, str):
+            raise bad(f"{where}.reasoning_content", "expected a string")
+        out["reasoning_content"] = thought
+    return out
+
+
+def developer_as_system(messages: list[dict], template: str | None) -> list[dict]:
+    """The chat messages with OpenAI's ``developer`` role (the chat completions' and the Responses API's) made ``system`` where the chat template never
+    names a developer role (open models' templates know system / user / assistant / tool: SmolLM's would add its
+    default system prompt and render an unseen role, others refuse it); a template that names it (gpt-oss's) gets
+    them as they are. A developer message that follows only system messages joins the last of them (templates take
+    one system message, first)."""
+    if "developer" in (template or ""):
+        return messages
+    out: list[dict] = []
+    for m in messages:
+        if m["role"] == "developer":
+            if out and all(x["role"] == "system" for x in out):
+                out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + m["content"]}
+                continue
+            m = {**m, "role": "system"}
+        out.append(m)
     return out

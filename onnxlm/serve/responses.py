@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 
 from onnxlm.runtime.manifest import no_chat_template
 
-from . import reasoning, responses_reply, responses_request, tools
+from . import protocol, reasoning, responses_reply, responses_request, tools
 from .choices import Choices
 from .gate import authorize, generating, read_body
 from .jobs import make_jobs, output_constraint
@@ -48,17 +48,16 @@ async def responses(request: HTTPRequest):
     try:
         constraint = await output_constraint(model, {"response_format": req.response_format})
         treq = await asyncio.to_thread(tools.check, req.tools_body, model.chat_template)  # schemas read: off the loop
-        forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call
-        if forced is not None:
-            if constraint is not None:
-                raise bad("text.format", "cannot be combined with tool_choice 'required' or a named function")
-            constraint = forced
-        messages = responses_request.developer_as_system(req.messages, model.chat_template)
+        if treq.forced and constraint is not None:
+            raise bad("text.format", "cannot be combined with tool_choice 'required' or a named function")
+        messages = protocol.developer_as_system(req.messages, model.chat_template)
         ids = await asyncio.to_thread(tools.render, model, messages, treq)
+        forced = await tools.constraint(model, treq, ids)  # "required" / a named function: the reply must be a call
+        constraint = forced if forced is not None else constraint
     except APIError as exc:
         raise responses_request.renamed(exc) from None
     # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)
-    think = reasoning.prompt_opens(model.tokenizer, ids) if reasoning.wanted({}, model.chat_template) else None
+    think = tools.think_of(model, ids, reasoning.wanted({}, model.chat_template), treq)
     samp = req.sampling()
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "input", constraint)
     slot, run = admit(st, jobs, 1, None, stream=samp.stream)

@@ -124,25 +124,6 @@ def parse(body: dict, *, max_tokens_cap: int) -> ResponsesRequest:
     return ResponsesRequest(messages, tools_body, response_format, max_output_tokens, temperature, top_p, stream, echo)
 
 
-def developer_as_system(messages: list[dict], template: str | None) -> list[dict]:
-    """The chat messages with the Responses API's ``developer`` role made ``system`` where the chat template never
-    names a developer role (open models' templates know system / user / assistant / tool: SmolLM's would add its
-    default system prompt and render an unseen role, others refuse it); a template that names it (gpt-oss's) gets
-    them as they are. A developer message that follows only system messages joins the last of them (templates take
-    one system message, first)."""
-    if "developer" in (template or ""):
-        return messages
-    out: list[dict] = []
-    for m in messages:
-        if m["role"] == "developer":
-            if out and all(x["role"] == "system" for x in out):
-                out[-1] = {**out[-1], "content": out[-1]["content"] + "\n\n" + m["content"]}
-                continue
-            m = {**m, "role": "system"}
-        out.append(m)
-    return out
-
-
 def _check_stateless(body: dict) -> None:
     """400 for what needs state kept between requests (``STATEFUL``; ``background`` only when true)."""
     for name, instead in STATEFUL.items():

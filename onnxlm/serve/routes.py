@@ -140,7 +140,7 @@ async def completions(request: HTTPRequest):
 async def chat_completions(request: HTTPRequest):
     model, st, body, samp = await open_request(request, protocol.CHAT, chat=True)
     check_chat_extras(body)
-    msgs = protocol.messages(body)
+    msgs = protocol.developer_as_system(protocol.messages(body), model.chat_template)
     template_vars = protocol.template_kwargs(body)
     split = reasoning.wanted(body, model.chat_template)  # the reply's <think> block as reasoning_content
     constraint = await output_constraint(model, body)
@@ -148,15 +148,14 @@ async def chat_completions(request: HTTPRequest):
         raise bad("messages", f"{no_chat_template(model.manifest)}; use /v1/completions",
                   code="chat_not_supported")
     treq = await asyncio.to_thread(tools.check, body, model.chat_template)  # schemas read: off the loop
-    forced = await tools.constraint(model, treq)  # "required" / a named function: the reply must be a call
-    if forced is not None:
-        if constraint is not None:
-            raise bad("grammar" if constraint.kind == "grammar" else "response_format",
-                      "cannot be combined with tool_choice 'required' or a named function")
-        constraint = forced
+    if treq.forced and constraint is not None:
+        raise bad("grammar" if constraint.kind == "grammar" else "response_format",
+                  "cannot be combined with tool_choice 'required' or a named function")
     ids = await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)  # off the event loop
+    forced = await tools.constraint(model, treq, ids)  # "required" / a named function: the reply must be a call
+    constraint = forced if forced is not None else constraint
     # None: no split; else whether the prompt leaves a <think> block open (the reply begins inside it)
-    think = reasoning.prompt_opens(model.tokenizer, ids) if split else None
+    think = tools.think_of(model, ids, split, treq)
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None, stream=bool(samp.stream))
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())

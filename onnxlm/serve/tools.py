@@ -162,28 +162,49 @@ def render(model, messages: list[dict], treq: ToolRequest, template_vars: dict |
             return model.render_chat(messages, tokenize=tokenize, **extra)
         msgs, tools = fmt.prepare_messages(messages, shown, treq.style)
         try:
+            if treq.style == "generic" and shown and not _shows_system(model, msgs, extra):
+                raise InputError("the template drops system messages")  # (Phi-3-mini's: only user / assistant)
             return model.render_chat(msgs, tokenize=tokenize, tools=tools, **extra)
         except InputError:
             if treq.style != "generic" or not shown:
                 raise
-            # a template that refuses system messages: the tools' description opens the first user message
+            # a template that refuses (or drops) system messages: the tools' description opens the first user message
             msgs, tools = fmt.prepare_messages(messages, shown, treq.style, system_role=False)
             return model.render_chat(msgs, tokenize=tokenize, tools=tools, **extra)
     except (InputError, ModelFileError) as exc:
         raise bad("messages", str(exc)) from None
 
 
-async def constraint(model, treq: ToolRequest):
-    """The constraint of a forced call ("required" or a named function), compiled off the event loop, or None."""
+def think_of(model, ids: list[int], split: bool, treq: ToolRequest) -> bool | None:
+    """How a reply after the prompt ``ids`` is split (serve/reasoning.py): None (not split) or whether it begins
+    inside a ``<think>`` block. ``split``: the request's reasoning_format asks for it. A forced call after a block
+    the prompt left open is split whatever reasoning_format says: its constraint closes the block first (empty), and
+    the call is the answer."""
+    opened = reasoning.prompt_opens(model.tokenizer, ids) if split or treq.forced else False
+    return opened if split or (treq.forced and opened) else None
+
+
+def _shows_system(model, msgs: list[dict], extra: dict) -> bool:
+    """Does the template render the system message that ``prepare_messages`` put first (the generic tools'
+    description)? Its prompt text is rendered and searched for that description's first line."""
+    probe = fmt.GENERIC_PROMPT.split("\n", 1)[0]
+    return msgs[0].get("role") != "system" or probe in model.render_chat(msgs, tokenize=False, **extra)
+
+
+async def constraint(model, treq: ToolRequest, ids: list[int]):
+    """The constraint of a forced call ("required" or a named function) after the prompt ``ids``, compiled off the
+    event loop, or None. A prompt that leaves a ``<think>`` block open (QwQ, DeepSeek-R1's distills) has the call
+    close it first (``fmt.THINK_CLOSED``), so that the call is the reply's content, not its reasoning."""
     if not treq.forced:
         return None
+    prefix = fmt.THINK_CLOSED if reasoning.prompt_opens(model.tokenizer, ids) else ""
     try:  # without the 'structured' extra (or a tokenizer, an EOS): a 400 naming tool_choice
         engine = engine_for(model, model.generation_config.eos_token_ids, "tool_choice")
     except ParameterError as exc:
         raise bad("tool_choice", f"{treq.name or treq.choice!r} cannot be enforced: "
                                  f"{str(exc).split(': ', 1)[-1]}") from None
     try:  # a schema llguidance refuses: a 400 naming tools
-        c = make_constraint("grammar", fmt.call_grammar(treq.tools, treq.style, treq.name))
+        c = make_constraint("grammar", fmt.call_grammar(treq.tools, treq.style, treq.name, prefix=prefix))
         await asyncio.to_thread(engine.compile, c)
         return c
     except ParameterError as exc:
@@ -255,7 +276,13 @@ def message(text: str, reason: str, treq: ToolRequest, think: bool | None = None
         if cut is not None:  # a forced call cut short: the call so far, finish reason "length"
             return {**head, "content": None, "tool_calls": [cut]}, reason
         return {**head, "content": text}, reason
-    return {**head, "content": content, "tool_calls": _api_calls(calls, treq)}, "tool_calls"
+    return {**head, "content": content, "tool_calls": _api_calls(calls, treq)}, _calls_reason(reason)
+
+
+def _calls_reason(reason: str) -> str:
+    """The finish reason of a reply holding calls: "tool_calls", unless the token limit cut it ("length", as OpenAI
+    and llama.cpp's server say it)."""
+    return "length" if reason == "length" else "tool_calls"
 
 
 def reply_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRequest, think: bool | None = None):
@@ -300,7 +327,7 @@ async def chat_chunks(run: Run, samp, choices: Choices, head: dict, treq: ToolRe
                                                            "function": {"name": fn["name"], "arguments": ""}}]}, None)
                 yield _chunk(head, index, {"tool_calls": [{"index": k, "function": {"arguments": fn["arguments"]}}]},
                              None)
-            reason = "tool_calls" if api and cut is None else REASONS[ev.reason]
+            reason = _calls_reason(REASONS[ev.reason]) if api and cut is None else REASONS[ev.reason]
             yield {**head, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]}
 
 
