@@ -25,7 +25,7 @@ import numpy as np
 
 from .embedding import check_batch_size, manifest_pooling
 from .errors import InputError, ModelFileError, ParameterError, RerankerError
-from .manifest import read_json
+from .manifest import read_json_object
 from .model import LanguageModel
 from .generation_config import GenerationConfig
 from .session import GraphRunner, make_session
@@ -61,7 +61,7 @@ class EncoderEmbedder:
 
     def __init__(self, path: Path, manifest: dict, provider: str, threads: int | None):
         self.path, self.manifest, self.provider, self.threads = path, manifest, provider, threads
-        self.config = read_json(path / "config.json")
+        self.config = read_json_object(path / "config.json")
         tok_file = path / "tokenizer.json"
         self.tokenizer = TextTokenizer.from_file(tok_file) if tok_file.is_file() else None
         self.session = make_session(path / manifest["graphs"]["encoder"]["file"], provider, threads)
@@ -168,6 +168,10 @@ class EncoderEmbedder:
         if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0):
             raise ParameterError("top_n", f"got {top_n!r}; allowed: None or an integer >= 0")
         batch_size = check_batch_size(batch_size)
+        try:  # the query alone (beside an empty document): its own faults are the query's, not a document's
+            self._check_ids([self.pair_ids(query, "")], None)
+        except InputError as exc:
+            raise InputError("query: " + str(exc).split(": ", 1)[-1]) from None
         rows = []
         for i, doc in enumerate(documents):
             try:

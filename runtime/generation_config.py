@@ -6,7 +6,7 @@ Only the parameters the onnxlm runtime implements are fields; any other key met 
 ``validate()`` raises :class:`~onnxlm.runtime.errors.ParameterError` naming the parameter, the bad value and the
 allowed range.  Differences from transformers (which only logs warnings for many of these):
 
-* ``temperature``: NaN/inf and non-numbers are always rejected; ``<= 0`` is rejected only when ``do_sample`` (with
+* ``temperature``: NaN/inf and non-numbers are always rejected (transformers samples uniformly at inf); ``<= 0`` is rejected only when ``do_sample`` (with
   greedy/beam search the temperature is unused, and ``temperature=0`` is a common way to ask for greedy).
 * ``top_k``/``top_p``/``min_p``/``typical_p`` are range-checked only when ``do_sample`` (as transformers builds
   their warpers only then; unused otherwise), but their types always: a string is never a top_k, and NaN never a
@@ -37,6 +37,8 @@ __all__ = ["GenerationConfig", "SAMPLING_PARAMETERS", "BEAM_PARAMETERS", "DEFAUL
 
 DEFAULT_MAX_LENGTH = 20
 _F32_TINY = 1.1754943508222875e-38  # float32's smallest normal number
+_F32_MAX = 3.4028234663852886e38  # float32's largest: a bias above it is +inf on the float32 scores
+MAX_ROWS_PER_PROMPT = 1024  # num_beams / num_return_sequences at most (rows decoded at once for one prompt)
 
 #: parameters that only have an effect when ``do_sample`` is True (transformers' "warpers")
 SAMPLING_PARAMETERS = frozenset({"temperature", "top_k", "top_p", "min_p", "typical_p", "seed"})
@@ -102,9 +104,10 @@ def sequence_bias_items(v: Any) -> dict:
         if not isinstance(ids, tuple) or not ids or not all(_is_int(i) and i >= 0 for i in ids):
             raise ParameterError("sequence_bias", f"key {short(ids)} is not a non-empty tuple of token ids >= 0; "
                                                   f"must be {allowed}")
-        if not _is_num(bias) or math.isnan(bias) or bias == math.inf:
-            raise ParameterError("sequence_bias", f"bias {short(bias)} for {short(ids)} is not a number below +inf "
-                                                  f"(NaN and +inf are refused); must be {allowed}")
+        if not _is_num(bias) or math.isnan(bias) or bias > _F32_MAX:
+            raise ParameterError("sequence_bias", f"bias {short(bias)} for {short(ids)} is not a number up to "
+                                                  f"float32's largest, {_F32_MAX:.4g} (NaN and values that round to "
+                                                  f"+inf are refused; -inf bans); must be {allowed}")
         out[tuple(int(i) for i in ids)] = float(bias)
     return out
 
@@ -371,6 +374,9 @@ class GenerationConfig:
         check_bool("do_sample")
         check_int("num_beams", 1, False)
         check_int("num_return_sequences", 1, False)
+        for name in ("num_beams", "num_return_sequences"):  # rows decoded at once, per prompt
+            if getattr(self, name) > MAX_ROWS_PER_PROMPT:
+                raise bad(name, f"an integer in [1, {MAX_ROWS_PER_PROMPT}] (each is a row decoded at once)")
         if self.num_return_sequences != 1:
             if self.num_beams == 1:
                 if not self.do_sample:
@@ -395,6 +401,8 @@ class GenerationConfig:
         lp = self.length_penalty
         if lp is not None and not math.isfinite(lp):
             raise bad("length_penalty", "a finite number or None")
+        if self.temperature is not None and math.isinf(self.temperature):
+            raise bad("temperature", "a finite number (inf is refused) or None")
         if self.top_k is not None and not _is_int(self.top_k):  # its range: only when sampling (below)
             raise bad("top_k", "an integer >= 0 (0 disables top-k) or None")
         # warpers: built (and so checked) only when sampling, as in transformers; otherwise they have no effect
@@ -438,6 +446,8 @@ class GenerationConfig:
                     raise bad(name, "a token id >= 0, a list of token ids >= 0, or None")
             else:
                 check_ids(name, v, "a token id >= 0, a list of token ids >= 0, or None")
+                if name == "forced_eos_token_id" and not v:  # transformers refuses it too: nothing could be forced
+                    raise bad(name, "a token id >= 0, a non-empty list of token ids >= 0, or None")
         for name in ("forced_bos_token_id", "bos_token_id", "decoder_start_token_id"):
             check_int(name, 0, True, "a token id >= 0 or None")
         # pad_token_id: transformers only warns for a negative value (old LLaMA configs carry -1); accept any int
@@ -476,7 +486,7 @@ class GenerationConfig:
             return out
 
         for name in ("eos_token_id", "forced_eos_token_id", "forced_bos_token_id", "bad_words_ids",
-                     "suppress_tokens", "begin_suppress_tokens"):
+                     "suppress_tokens", "begin_suppress_tokens", "decoder_start_token_id", "bos_token_id"):
             big = [i for i in ids_of(getattr(self, name)) if i >= vocab_size]
             if big:
                 raise ParameterError(name, f"token ids {big} are out of the vocabulary; must be < {vocab_size}")

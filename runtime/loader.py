@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import ManifestError, ProviderError
+from .errors import ManifestError, ParameterError, ProviderError
 from .manifest import load_manifest, verify_files
 from .session import resolve_provider
 from .versions import check_artifact_onnxruntime, check_onnxruntime
@@ -14,7 +14,11 @@ def load(path, *, provider: str = "auto", threads: int | None = None, verify: bo
     """Open a model directory on 'auto' | 'cpu' | 'cuda'. verify=False skips the manifest's sha256 checks."""
     from .fused import KV_LAYOUT, FusedSeq2SeqLM, causal_class
     from .plain import CausalLM, Seq2SeqLM
-    model_dir = Path(os.fspath(path)).expanduser()
+    raw = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(raw, str):
+        raise ParameterError("path", f"got {type(path).__name__} {path!r:.60}; allowed: a model directory's path "
+                                     "(str or pathlib.Path)")
+    model_dir = Path(raw).expanduser()
     check_onnxruntime()  # before the provider probe and the checksums
     resolved = resolve_provider(provider)
     manifest = load_manifest(model_dir, verify=False)

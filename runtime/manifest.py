@@ -31,6 +31,15 @@ def read_json(path: Path) -> dict:
         raise ModelFileError(f"{path} is not valid JSON: {exc}", str(path)) from exc
 
 
+def read_json_object(path: Path) -> dict:
+    """``read_json`` of a file that must hold a JSON object (config.json): ModelFileError naming it otherwise."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path}: expected a JSON object, got {type(value).__name__} (corrupt or edited; "
+                             "re-export)", str(path))
+    return value
+
+
 def _not_a_directory(path: Path) -> str:
     """Why a file is no model directory, and for a GGUF file what to do instead."""
     if not is_gguf_file(path):
@@ -89,6 +98,15 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
                             f"format versions 1..{FORMAT_VERSION} (upgrade onnxlm or re-export)")
     if manifest.get("kind") not in ("causal-lm", "seq2seq-lm", "embedding"):
         raise ManifestError(f"{path}: kind={manifest.get('kind')!r}; allowed: 'causal-lm', 'seq2seq-lm', 'embedding'")
+    graphs = manifest.get("graphs")
+    if not isinstance(graphs, dict) or not graphs or not all(
+            isinstance(g, dict) and isinstance(g.get("file"), str) for g in graphs.values()):
+        raise ManifestError(f"{path}: expected a \"graphs\" object naming each graph's file, got "
+                            f"{json.dumps(graphs)[:80]} (corrupt or edited; re-export)")
+    positions = manifest.get("max_positions")
+    if positions is not None and (not isinstance(positions, int) or isinstance(positions, bool) or positions < 1):
+        raise ManifestError(f"{path}: max_positions={positions!r}; allowed: an integer >= 1 or null (corrupt or "
+                            "edited; re-export)")
     for name in manifest.get("files", {}):
         file = model_dir / name
         if not file.is_file():

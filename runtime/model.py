@@ -1,6 +1,7 @@
 """`LanguageModel`: what CausalLM and Seq2SeqLM share — inputs, parameters, generate, stream, score, chat."""
 from __future__ import annotations
 
+import numbers
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -11,7 +12,7 @@ from .constraints import KINDS as CONSTRAINT_KINDS, ConstrainedState, Constraint
 from .errors import InputError, ModelFileError, ParameterError, RerankerError
 from .generation_config import GenerationConfig, warn_once
 from .heap import release_free_heap
-from .manifest import no_chat_template, read_json
+from .manifest import no_chat_template, read_json_object
 from .processors import build_processors, log_softmax
 from .results import EmbeddingResult, GenerationResult, ScoringResult, StepResult, TokenDistribution
 from .session import GraphRunner, make_session
@@ -44,7 +45,7 @@ class LanguageModel:
         self.path, self.manifest, self.provider, self.threads = path, manifest, provider, threads
         # onnxruntime 1.23 runs an artifact whose sliding windows need 1.24 with each window one narrower
         self.narrows_windows = runs_narrowed(artifact_onnxruntime(manifest, path))
-        self.config = read_json(path / "config.json")
+        self.config = read_json_object(path / "config.json")
         self.generation_config = artifact_generation_config(path, manifest, self.config)
         unsupported = self.generation_config.unsupported_settings()
         if unsupported:
@@ -115,7 +116,11 @@ class LanguageModel:
         if attention_mask is None:
             mask = np.ones_like(ids, dtype=np.int64)
         else:
-            mask = np.asarray(attention_mask)
+            try:
+                mask = np.asarray(attention_mask)
+            except (ValueError, TypeError) as e:  # ragged rows, objects numpy cannot hold as one array
+                raise InputError(f"attention_mask: expected a [batch, length] array of 0 and 1 shaped as input_ids: "
+                                 f"{e}") from None
             if mask.ndim == 1:
                 mask = mask[None, :]
             if mask.shape != ids.shape:
@@ -414,8 +419,9 @@ class LanguageModel:
     # ------------------------------------------------------------------ inspection and scoring
     def next_token_distribution(self, text, *, top_k: int = 10) -> TokenDistribution:
         """Prompt -> the top_k most likely next tokens with probabilities (softmax of the raw logits)."""
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        if not isinstance(top_k, numbers.Integral) or isinstance(top_k, (bool, np.bool_)) or top_k < 1:
             raise ParameterError("top_k", f"got {top_k!r}; allowed: an int >= 1")
+        top_k = int(top_k)
         ids, mask = self.prepare_inputs(text)
         if len(ids) != 1:  # one distribution per call: a batch's other rows would be dropped silently
             raise ParameterError("text", f"got {len(ids)} prompts; allowed: one prompt (a string, or one row of "
@@ -446,7 +452,10 @@ class LanguageModel:
                 raise ParameterError("prepend_bos", "only for decoder-only models; a seq2seq target starts after "
                                      "the decoder start token")
             sources = self._rows(inputs)
-            tgt = self._rows(targets)
+            try:
+                tgt = self._rows(targets)
+            except InputError as exc:  # _rows names inputs / input_ids: these are the targets
+                raise InputError("targets: " + str(exc).split(": ", 1)[-1]) from None
             if len(tgt) != len(sources):
                 raise InputError(f"targets: {len(tgt)} rows for {len(sources)} sources")
             if append_eos:
@@ -690,4 +699,9 @@ def _mask_from_padding(inputs, attention_mask, config: GenerationConfig):
             or not np.issubdtype(inputs.dtype, np.integer) or pad in config.eos_token_ids):
         return attention_mask
     mask = (inputs != pad).astype(np.int64)
+    empty = np.flatnonzero(mask.sum(axis=1) == 0)
+    if empty.size:  # every id of the row is the pad id: transformers' inferred mask would hold nothing of it
+        raise InputError(f"input_ids: row {int(empty[0])} is all pad_token_id ({pad}), so the attention_mask "
+                         "inferred from the padding (transformers' rule for an id array) holds none of it; pass "
+                         "attention_mask, or the rows as lists")
     return mask if not mask.all() else attention_mask

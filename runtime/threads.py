@@ -7,11 +7,15 @@ Spinning (``session.intra_op.allow_spinning``) stays at onnxruntime's default, o
 23.6-24.7 ms/token without."""
 from __future__ import annotations
 
+import numbers
 import os
+
+import numpy as np
 
 from .errors import ParameterError
 
 ENV_VAR = "ONNXLM_THREADS"
+MAX_THREADS = 1024  # onnxruntime's thread pool is an int32 count: past this, no machine has the cores
 
 
 def usable_cpus() -> set[int]:
@@ -46,16 +50,18 @@ def physical_cores(cpuinfo: str | None = None) -> int:
 def resolve_threads(threads: int | None) -> int:
     """threads= (int >= 1) | None -> the intra-op thread count (see module docstring)."""
     if threads is not None:
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ParameterError("threads", f"got {threads!r}; allowed: None or an int >= 1")
-        return threads
+        if not isinstance(threads, numbers.Integral) or isinstance(threads, (bool, np.bool_)) \
+                or not 1 <= threads <= MAX_THREADS:
+            raise ParameterError("threads", f"got {threads!r}; allowed: None or an int in [1, {MAX_THREADS}]")
+        return int(threads)
     env = os.environ.get(ENV_VAR)
     if env is not None and env.strip():
         try:
             value = int(env)
         except ValueError:
             value = 0
-        if value < 1:
-            raise ParameterError(ENV_VAR, f"got {env!r}; allowed: an integer >= 1 (or unset: physical cores)")
+        if not 1 <= value <= MAX_THREADS:
+            raise ParameterError(ENV_VAR, f"got {env!r}; allowed: an integer in [1, {MAX_THREADS}] (or unset: "
+                                          "physical cores)")
         return value
     return physical_cores()

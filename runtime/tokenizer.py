@@ -1,13 +1,14 @@
 """Text <-> token ids through the artifact's tokenizer.json (HF `tokenizers`), plus batching with padding."""
 from __future__ import annotations
 
+import numbers
 import threading
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from .errors import InputError, ModelFileError
+from .errors import InputError, ModelFileError, ParameterError
 from .heap import release_free_heap
 from .versions import check_tokenizers
 
@@ -40,6 +41,9 @@ class TextTokenizer:
         the text (``"<|im_end|>"``) are read as plain text, not as those tokens."""
         if not isinstance(text, str):
             raise InputError(f"inputs: expected str, got {type(text).__name__}")
+        for name, flag in (("add_special_tokens", add_special_tokens), ("split_special_tokens", split_special_tokens)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ParameterError(name, f"got {flag!r}; allowed: True or False")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:  # lone surrogates: bytes that were not UTF-8, kept by surrogateescape
@@ -61,14 +65,42 @@ class TextTokenizer:
                 self.tokenizer.encode_special_tokens = before
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        """ids (sequence of int) -> str."""
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        """ids (a sequence of token ids >= 0) -> str. An id past the tokenizer's vocabulary (a padded head's) decodes
+        to nothing, as transformers' decode skips it."""
+        if not isinstance(skip_special_tokens, (bool, np.bool_)):
+            raise ParameterError("skip_special_tokens", f"got {skip_special_tokens!r}; allowed: True or False")
+        return self.tokenizer.decode(token_ids(ids, "ids"), skip_special_tokens=bool(skip_special_tokens))
 
     def token_to_id(self, token: str) -> int | None:
+        """A token's text -> its id, or None where the vocabulary has no such token."""
+        if not isinstance(token, str):
+            raise InputError(f"token: expected str, got {type(token).__name__}")
         return self.tokenizer.token_to_id(token)
 
     def id_to_token(self, token_id: int) -> str | None:
-        return self.tokenizer.id_to_token(int(token_id))
+        """A token id >= 0 -> its text, or None past the vocabulary."""
+        return self.tokenizer.id_to_token(token_ids([token_id], "token_id")[0])
+
+
+def token_ids(ids, where: str) -> list[int]:
+    """Token ids as given (a list, tuple or 1-D integer array; numpy integers welcome) -> [int], each in
+    [0, 2**32) (the tokenizers library's u32); InputError naming ``where`` otherwise (a float, a bool, a string of
+    digits, a nested list are not ids)."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
+            raise InputError(f"{where}: expected a 1-D array of integer token ids, got {ids.dtype} of shape {ids.shape}")
+        out = ids.astype(np.int64).tolist()
+    elif isinstance(ids, (list, tuple)):
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_)) for i in ids):
+            bad = next(i for i in ids if not isinstance(i, numbers.Integral) or isinstance(i, (bool, np.bool_)))
+            raise InputError(f"{where}: expected integer token ids, got {type(bad).__name__} {bad!r:.40}")
+        out = [int(i) for i in ids]
+    else:
+        raise InputError(f"{where}: expected a list of token ids, got {type(ids).__name__}")
+    bad = [i for i in out if not 0 <= i < 2**32]
+    if bad:
+        raise InputError(f"{where}: token id {bad[0]} is out of range; allowed: 0 <= id < 2**32")
+    return out
 
 
 def pad_batch(rows: list[list[int]], pad_id: int, side: str = "left") -> tuple[np.ndarray, np.ndarray]:

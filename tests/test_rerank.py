@@ -149,6 +149,9 @@ def test_refusals(reranker, embedder, tmp_path):
             reranker.rerank(**kw)
     with pytest.raises(InputError, match=r"documents\[1\]"):
         reranker.rerank("q", ["d", "word " * 80])
+    for query in ("word " * 80, "\ud800"):  # the query's own faults name the query, not the first document
+        with pytest.raises(InputError, match=r"^query: "):
+            reranker.rerank(query, ["d"])
     write_tiny_bert_gguf(tmp_path / "headless.gguf", pooling="rank")
     with pytest.raises(ExportError, match="without its classifier head"):
         export_model(tmp_path / "headless.gguf", tmp_path / "headless", progress=False)

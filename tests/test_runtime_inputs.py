@@ -195,3 +195,110 @@ def test_a_prompt_that_fills_the_positions_names_the_prompt(llama):
     with pytest.raises(ParameterError, match=r"^inputs: the prompt has 256 tokens and already fills") as err:
         llama[0].generate([[1] * 256], max_new_tokens=1)
     assert "at most 0" not in str(err.value)
+
+
+# ------------------------------------------------------------- a fuzz review's findings: typed, named refusals
+P = [1, 5, 9, 12]
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(num_beams=2, length_penalty=1000), "length_penalty"),       # 3 ** 1000: past float64 (an OverflowError)
+    (dict(num_beams=2, length_penalty=1e308), "length_penalty"),
+    (dict(num_beams=2**62), "num_beams"),                              # rows no run could hold
+    (dict(num_return_sequences=2**70, do_sample=True), "num_return_sequences"),
+    (dict(do_sample=True, temperature=float("inf")), "temperature"),  # the documented rule: inf refused
+    (dict(temperature=float("inf")), "temperature"),
+    (dict(forced_eos_token_id=[]), "forced_eos_token_id"),            # nothing to force (transformers refuses it)
+    (dict(sequence_bias={(1,): 1e39}), "sequence_bias"),              # +inf on float32 scores
+])
+def test_values_past_what_a_run_can_take_are_named(llama, kw, name):
+    model, _ = llama
+    with pytest.raises(ParameterError) as info:
+        model.generate(P, max_new_tokens=3, **kw)
+    assert info.value.parameter == name
+
+
+def test_a_huge_prompt_lookup_is_capped_not_an_overflow(llama):
+    model, _ = llama
+    ids = [1, 5, 9, 1, 5, 9, 1, 5]
+    got = model.generate(ids, prompt_lookup_num_tokens=2**63, max_new_tokens=3, do_sample=False).new_tokens
+    assert got == model.generate(ids, max_new_tokens=3, do_sample=False).new_tokens
+
+
+def test_start_and_bos_ids_outside_the_vocabulary_are_named(tiny_t5):
+    t5 = onnxlm.load(tiny_t5.onnx_dir)
+    for name in ("decoder_start_token_id", "bos_token_id"):
+        with pytest.raises(ParameterError) as info:
+            t5.generate(P, max_new_tokens=2, **{name: t5.vocab_size})
+        assert info.value.parameter == name
+    with pytest.raises(InputError, match=r"^targets: token id 1000000 is out of range"):
+        t5.score(P, targets=[[10**6]])
+    with pytest.raises(InputError, match=r"^decoder_input_ids: token id 1000000 is out of range"):
+        t5.logits([P], [[0, 10**6]])
+
+
+def test_a_ragged_or_inferred_empty_mask_names_what_the_caller_gave(llama):
+    model, _ = llama
+    with pytest.raises(InputError, match=r"^attention_mask: expected a \[batch, length\] array"):
+        model.generate([[1, 2], [3, 4]], attention_mask=[[1, 1], [1]])
+    with pytest.raises(InputError, match=r"^attention_mask: expected"):
+        model.logits([[1, 2], [3, 4]], [[1, 1], [1]])
+    pad = model.generation_config.pad_token_id
+    if pad is not None and pad not in model.generation_config.eos_token_ids:
+        with pytest.raises(InputError, match=r"^input_ids: row 0 is all pad_token_id"):
+            model.generate(np.array([[pad, pad], [1, 2]]), max_new_tokens=2)
+
+
+def test_load_and_threads_refuse_what_is_no_path_or_thread_count(tiny_llama, monkeypatch):
+    for path in (None, 5, b"/x"):
+        with pytest.raises(ParameterError) as info:
+            onnxlm.load(path)
+        assert info.value.parameter == "path"
+    for threads in (2**31, 2**70, 0, True):
+        with pytest.raises(ParameterError) as info:
+            onnxlm.load(tiny_llama.onnx_dir, threads=threads)
+        assert info.value.parameter == "threads"
+    monkeypatch.setenv("ONNXLM_THREADS", "99999999999999999999")
+    with pytest.raises(ParameterError) as info:
+        onnxlm.load(tiny_llama.onnx_dir)
+    assert info.value.parameter == "ONNXLM_THREADS"
+    monkeypatch.delenv("ONNXLM_THREADS")
+    model = onnxlm.load(tiny_llama.onnx_dir, threads=np.int64(1))  # numpy integers are integers
+    assert len(model.next_token_distribution(P, top_k=np.int64(3)).token_ids) == 3
+
+
+def test_the_tokenizers_methods_take_token_ids_only(llama):
+    model, _ = llama
+    tok = model.tokenizer
+    assert tok.decode(np.array([1, 2])) == tok.decode([np.int64(1), 2]) == tok.decode((1, 2))
+    assert tok.decode([]) == ""
+    for bad in ([1.7, 2.9], "12", [True], [[1]], 5, [-1], [2**40], None):
+        with pytest.raises(InputError, match=r"^ids: "):
+            tok.decode(bad)
+    for bad in (-1, "a", 2.0):
+        with pytest.raises(InputError, match=r"^token_id: "):
+            tok.id_to_token(bad)
+    with pytest.raises(InputError, match=r"^token: expected str"):
+        tok.token_to_id(5)
+    for kw in (dict(add_special_tokens="no"), dict(split_special_tokens=1)):
+        with pytest.raises(ParameterError):
+            tok.encode("x", **kw)
+
+
+def test_an_edited_manifest_or_config_is_a_model_file_error(tiny_llama, tmp_path):
+    import json
+    import shutil
+
+    from onnxlm.runtime.errors import ManifestError, ModelFileError
+    for edit, error in ((lambda m, c: m.pop("graphs"), ManifestError),
+                        (lambda m, c: m.update(max_positions="x"), ManifestError),
+                        (lambda m, c: c.clear(), ModelFileError)):
+        d = tmp_path / f"edited-{error.__name__}-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tiny_llama.onnx_dir, d)
+        manifest, config = json.loads((d / "onnxlm.json").read_text()), {}
+        edit(manifest, config)
+        (d / "onnxlm.json").write_text(json.dumps(manifest))
+        if error is ModelFileError:
+            (d / "config.json").write_text("[]")
+        with pytest.raises(error):
+            onnxlm.load(d, verify=False)

@@ -189,6 +189,18 @@ def _check_args(sequences, logits, num_beams, num_return_sequences, max_length, 
     return early_stopping
 
 
+def _check_length_penalty(length_penalty: float, longest: int) -> None:
+    """``length ** length_penalty`` must be a float for every length from 1 to ``longest`` (transformers' Python
+    power raises OverflowError past float64's range): ParameterError naming it otherwise."""
+    try:
+        for n in (1.0, float(longest)):
+            n ** float(length_penalty)
+    except OverflowError:
+        raise ParameterError("length_penalty", f"got {length_penalty!r}: length ** length_penalty overflows for the "
+                                               f"lengths this run reaches (up to {longest} new tokens); allowed: a "
+                                               "number whose power of those lengths is finite") from None
+
+
 # ------------------------------------------------------------------------------------------------- loop
 def beam_search(state, sequences, logits, *, num_beams: int, processors: Callable | None,
                 eos_token_ids: Sequence[int], pad_token_id: int | None, max_length: int,
@@ -207,6 +219,7 @@ def beam_search(state, sequences, logits, *, num_beams: int, processors: Callabl
     logits = np.asarray(logits, dtype=np.float32)
     early_stopping = _check_args(sequences, logits, num_beams, num_return_sequences, max_length, early_stopping,
                                  decoder_prompt_len)
+    _check_length_penalty(length_penalty, max_length - sequences.shape[1])
     eos = [int(e) for e in (eos_token_ids or [])]
     n, t0 = sequences.shape
     nb, b, V, P, cur_len = int(num_beams), n // num_beams, logits.shape[-1], t0, t0

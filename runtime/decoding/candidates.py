@@ -69,6 +69,7 @@ class PromptLookup:
 
     def __init__(self, *, num_tokens: int, max_ngram: int, max_length: int, eos_token_ids: list[int],
                  processors: Callable | None, vocab_size: int):
+        num_tokens = min(num_tokens, max_length)  # more could never fit (and 2**63 would overflow int64 indices)
         self.num_tokens, self.max_ngram, self.max_length = num_tokens, max_ngram, max_length
         self.eos = np.asarray(eos_token_ids, np.int64)
         self.processors, self.vocab_size = processors, vocab_size

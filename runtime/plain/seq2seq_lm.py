@@ -108,7 +108,10 @@ class Seq2SeqLM(LanguageModel):
     def _check_pair(self, input_ids, decoder_input_ids, attention_mask):
         """-> input_ids [b, s], attention_mask [b, s], decoder_input_ids [b, T], all int64 and checked."""
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
-        decoder_input_ids, _ = self._check_ids(decoder_input_ids, None)
+        try:
+            decoder_input_ids, _ = self._check_ids(decoder_input_ids, None)
+        except InputError as exc:  # the check names input_ids: these are the decoder's
+            raise InputError("decoder_input_ids: " + str(exc).split(": ", 1)[-1]) from None
         if len(decoder_input_ids) != len(input_ids):
             raise InputError(f"decoder_input_ids: batch {len(decoder_input_ids)} != input_ids batch {len(input_ids)}")
         return input_ids, attention_mask, decoder_input_ids
