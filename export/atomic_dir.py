@@ -5,9 +5,12 @@ directory is either the old artifact or the new one, never half of each.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -46,9 +49,64 @@ def temp_dir_beside(out_dir: Path, tag: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{tag}-", dir=out_dir.parent))
 
 
+_REPLACING: dict[str, list] = {}  # out_dir (resolved) -> actions run just before its old artifact is swapped out
+_REPLACING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def before_replacing(out_dir: Path, action):
+    """While the block runs, ``move_into_place`` calls ``action()`` just before it swaps ``out_dir``'s old artifact
+    out (the GGUF cache removes the old entry's stamp there: an interrupted run then leaves a new entry the next run
+    checks by its sha256, never a new entry under the old one's stamp)."""
+    key = os.path.realpath(out_dir)
+    with _REPLACING_LOCK:
+        _REPLACING.setdefault(key, []).append(action)
+    try:
+        yield
+    finally:
+        with _REPLACING_LOCK:
+            _REPLACING[key].remove(action)
+            if not _REPLACING[key]:
+                del _REPLACING[key]
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM held while the block runs, then acted on as they would have been: the block (a swap and
+    the old artifact's removal, a scratch's removal) runs whole, so an interrupt leaves no half-deleted directory
+    beside the output. Only the main thread sets handlers; Python runs none in another thread anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught, previous = [], {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, lambda number, _frame: caught.append(number))
+        except (ValueError, OSError):  # not settable here
+            continue
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            handler = previous.get(caught[0])
+            if callable(handler):
+                handler(caught[0], None)  # Python's SIGINT handler raises KeyboardInterrupt, the CLI's SIGTERM its own
+            elif handler in (signal.SIG_DFL, None):
+                signal.raise_signal(caught[0])
+
+
+def remove_tree(path: Path) -> None:
+    """``shutil.rmtree`` of a scratch or an old artifact, whole even when an interrupt arrives meanwhile."""
+    with signals_deferred():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
     """Rename the finished ``tmp`` to ``out_dir``; an existing one (only with ``force``) is swapped out and removed
-    after the new one is in place, and put back if the rename fails."""
+    after the new one is in place, and put back if the rename fails. The swap and the removal run whole
+    (``signals_deferred``): an interrupt then takes effect after them."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it 0700
@@ -57,13 +115,18 @@ def move_into_place(tmp: Path, out_dir: Path, force: bool) -> None:
         return
     refuse_taken(out_dir, force)  # appeared while we were exporting
     old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink()
+    with signals_deferred():
+        with _REPLACING_LOCK:
+            actions = list(_REPLACING.get(os.path.realpath(out_dir), ()))
+        for action in actions:
+            action()
+        os.rename(out_dir, old)
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            os.rename(old, out_dir)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()

@@ -26,7 +26,6 @@ then ``cls.output.weight . + cls.output.bias``, no sigmoid. Its manifest says ``
 from __future__ import annotations
 
 import copy
-import shutil
 import sys
 import time
 import warnings
@@ -36,7 +35,7 @@ import numpy as np
 
 from onnxlm.runtime.errors import ExportError
 
-from .atomic_dir import move_into_place, temp_dir_beside
+from .atomic_dir import move_into_place, remove_tree, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
 from .provenance import source_record
 
@@ -221,7 +220,7 @@ def export_encoder_gguf(gguf_path, out_dir: Path, *, force: bool = False, tolera
         })
         move_into_place(tmp, out_dir, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
     _log(progress, f"wrote {out_dir}")
     return out_dir

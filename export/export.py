@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numbers
-import shutil
 import sys
 import time
 import warnings
@@ -15,7 +14,7 @@ from onnxlm.runtime.fused.causal_lm import KV_LAYOUT
 from onnxlm.runtime.gguf_magic import is_gguf_file
 from onnxlm.runtime.versions import check_onnxruntime
 
-from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
+from .atomic_dir import move_into_place, refuse_taken, remove_tree, temp_dir_beside
 from .loader import LoadedModel, load_source
 from .manifest import check_graph_dims, graph_io, model_dims, versions, write_manifest
 from .logits_to_keep import add_logits_to_keep
@@ -260,7 +259,7 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
                                      force_quality=force_quality, quality_text=quality_text, force=force,
                                      progress=progress)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch)
     if tolerance is not None and not (float(tolerance) > 0):
         raise ExportError(f"tolerance: must be a positive number, got {tolerance!r}")
     if kv_layout not in ("auto", "plain", "fused"):
@@ -326,7 +325,7 @@ def _export_model(model, out_dir: Path, *, force, tolerance, opset, validate, pr
         })
         move_into_place(tmp, out_dir, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise
     prog.log(f"wrote {out_dir}")
     return out_dir
@@ -404,7 +403,7 @@ def _export_gguf_native(model, out_dir: Path, *, gguf, force, tolerance, validat
                             tokenizer=tokenizer, kv_layout="fused")
         return quantize_gguf_artifact(fp32, out_dir, gguf=Path(model).expanduser(), **kw)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
 
 
 def _export_plain(lm, tmp: Path, dims, special, validate, tolerance, prog, progress, opset):

@@ -132,6 +132,12 @@ def write_stamp(target: Path, gguf: Path) -> None:
         stamp_file(target).write_text(json.dumps(_stamp(gguf)), encoding="utf-8")
 
 
+def _drop_stamp(target: Path) -> None:
+    """Remove ``target``'s stamp (there or not)."""
+    with contextlib.suppress(OSError):
+        stamp_file(target).unlink()
+
+
 def read_stamp(target: Path) -> dict | None:
     """The stamp beside ``target`` (None when there is none or it is unreadable)."""
     try:
@@ -249,7 +255,13 @@ def _export(path: Path, target: Path, log, progress: bool, cache_dir=None) -> No
             from .gguf_quant import quantize_gguf_artifact  # noqa: F401
         except ImportError as exc:
             raise _needs_export_extra(path, exc) from exc
-        _export_alone(path, target, log, progress)
+        from .atomic_dir import before_replacing
+
+        # the old entry's stamp goes just before the new artifact takes its place: an interrupt between that swap and
+        # the new stamp leaves an entry without one (checked by its sha256 next time), never the new artifact under
+        # the old stamp (an earlier revision's: `onnxlm cache prune` would remove it)
+        with before_replacing(target, lambda: _drop_stamp(target)):
+            _export_alone(path, target, log, progress)
         write_stamp(target, path)  # before the lock goes: a waiter then reuses it without hashing the file
     finally:
         # removed while held: a waiter let in on the old file finds the artifact current (or, after a failure,
@@ -264,7 +276,7 @@ def _reuse_same_bytes(path: Path, target: Path, log) -> bool:
     a hub cache's blob beside its snapshot link): its files linked (copied across file systems) into ``target``,
     True; False when no current entry pins those bytes. ``path`` is hashed only when an entry's source has its size
     (seconds a GB, against minutes of export)."""
-    from .atomic_dir import move_into_place, temp_dir_beside
+    from .atomic_dir import move_into_place, remove_tree, temp_dir_beside
     from .provenance import bytes_difference, file_record
 
     size, held = path.stat().st_size, None
@@ -289,7 +301,7 @@ def _reuse_same_bytes(path: Path, target: Path, log) -> bool:
         except OSError:  # the entry went meanwhile (a prune, a re-export's swap): the next one, else an export
             continue
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch)
         log(f"{path.name}: the same bytes as the file {entry.name} was exported from: its artifact reused in "
             f"{target} (no second export)")
         return True
@@ -305,7 +317,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
     """``_export``'s work, under its lock (the imports are ``_export``'s, checked there)."""
-    from .atomic_dir import temp_dir_beside
+    from .atomic_dir import remove_tree, temp_dir_beside
     from .export import export_model
     from .export_resources import check_gguf_export_resources
     from .gguf_quant import file_architecture, file_has_blocks, off_blocks_reason, quantize_gguf_artifact, refuse_file
@@ -346,7 +358,7 @@ def _export_alone(path: Path, target: Path, log, progress: bool) -> None:
                 log(f"accuracy level {level} refused by the quality gate ({exc.refusal}); exporting level "
                     f"{LEVELS[LEVELS.index(level) + 1]} instead (fp32 activations, the same blocks)")
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
 
 
 def ensure_gguf_artifact(gguf, *, cache_dir=None, progress: bool = True) -> Path:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from onnxlm.runtime.errors import ExportError
 
+from .atomic_dir import remove_tree
+
 DECODER_ONLY_TASK = "text-generation-with-past"
 SEQ2SEQ_TASK = "text2text-generation-with-past"
 
@@ -233,4 +235,4 @@ def export_onnx(model, family: str, out_dir: Path, *, opset: int | None = None) 
     finally:
         for lg, lvl in zip(quiet, levels):
             lg.setLevel(lvl)
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)

@@ -48,7 +48,7 @@ from onnxlm.runtime.errors import ExportError, ManifestError, QualityGateError
 from onnxlm.runtime.heap import release_free_heap
 from onnxlm.runtime.versions import QUANTIZER_ONNXRUNTIME, check_artifact_onnxruntime, check_onnxruntime
 
-from .atomic_dir import move_into_place, refuse_taken, temp_dir_beside
+from .atomic_dir import move_into_place, refuse_taken, remove_tree, temp_dir_beside
 from .manifest import graph_io, versions, write_manifest
 from .provenance import source_record
 from .quality import check_quality_text, measure_quality, perplexities, quality_failures
@@ -273,5 +273,5 @@ def write_quantized_artifact(src: Path, manifest: dict, out_dir: Path, record: d
         write_manifest(tmp, {**fields, "quantization": record})
         move_into_place(tmp, out_dir, force)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         raise

@@ -236,6 +236,41 @@ def test_the_same_bytes_by_another_path_reuse_the_artifact(first_run, tmp_path, 
     assert not [p for p in (cache / "gguf").iterdir() if ".reuse-" in p.name]  # no scratch left
 
 
+def test_an_interrupt_after_the_new_entry_is_in_place_never_leaves_it_under_the_old_stamp(first_run, tmp_path,
+                                                                                          monkeypatch):
+    """Re-exporting an outdated entry, interrupted after the new artifact took its place but before its stamp was
+    written: the old stamp went just before the swap, so the entry is "unknown" (kept by prune), not "outdated"
+    (which prune would remove), and the next run finds it current by its sha256 and stamps it, exporting nothing."""
+    import shutil
+
+    from onnxlm.export import gguf_cache as GC
+
+    gguf, cache, _, _ = first_run
+    cache = shutil.copytree(cache, tmp_path / "cache")
+    target = GA.artifact_dir_for(gguf, cache)
+    stamp = json.loads(GA.stamp_file(target).read_text())
+    GA.stamp_file(target).write_text(json.dumps({**stamp, "revision": GA.EXPORT_REVISION - 1}))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GA, "write_stamp", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        GA.ensure_gguf_artifact(gguf, cache_dir=cache, progress=False)
+    monkeypatch.undo()
+    assert not GA.stamp_file(target).exists()
+    assert [e.state for e in GC.cache_entries(cache)] == ["unknown"]
+    assert GC.prune(cache).removed == [] and target.is_dir()
+
+    def no_export(*a, **k):
+        raise AssertionError("exported")
+
+    monkeypatch.setattr(GA, "_export_alone", no_export)
+    assert GA.ensure_gguf_artifact(gguf, cache_dir=cache, progress=False) == target
+    assert json.loads(GA.stamp_file(target).read_text())["revision"] == GA.EXPORT_REVISION
+    assert [e.state for e in GC.cache_entries(cache)] == ["current"]
+
+
 def test_an_entry_an_earlier_export_made_is_exported_again(first_run, capsys, monkeypatch):
     """An entry stamped by an earlier export revision (a stamp from before revisions: none in it), its file
     unchanged: not current, `onnxlm info` and `onnxlm cache` say so, and the next run exports it again in place."""

@@ -45,7 +45,8 @@ def add_job_args(p, task: str) -> None:
     g.add_argument("--rows-per-part", type=positive_int, metavar="N",
                    help="rows per part file written while the job runs: the most work a kill loses (default: 256)")
     g.add_argument("--overwrite", action="store_true",
-                   help="start afresh: delete OUTPUT and its unfinished parts (default: resume them)")
+                   help="start afresh: drop OUTPUT's unfinished parts and replace OUTPUT (default: resume them); "
+                        "an interrupted --overwrite run resumes by the same command without --overwrite")
     g.add_argument("--quiet", action="store_true", help="with --input: no progress bar and no summary line")
     r = p.add_argument_group("Ray Data (pip install 'onnxlm[ray]')")
     r.add_argument("--ray", action="store_true",

@@ -19,6 +19,7 @@ from pathlib import Path
 from .spec import JobInputError, JobSpec
 
 JOB_FILE = "job.json"
+REPLACES_FILE = "replaces-output"  # in the parts directory of an --overwrite run: its parts replace OUTPUT
 META_KEY = b"onnxlm.job"
 
 
@@ -56,6 +57,7 @@ class Parts:
         self.spec, self.fingerprint, self.dir = spec, fingerprint, spec.parts_dir
         self.count = 0
         self.merge_output = False  # OUTPUT holds rows of this job (its merge was cut short before the parts went)
+        self.replacing = False     # an --overwrite run, or its resumption: OUTPUT's rows are not this run's
         self.lock = None           # a filelock.FileLock held from `open` to `release` (or the merge)
 
     def acquire(self) -> None:
@@ -84,7 +86,9 @@ class Parts:
 
         An OUTPUT of this job counts as done; an OUTPUT of another job is refused, unless this job is replacing it
         (overwrite=True, or unfinished parts of this job are there): it stays untouched until the merge replaces it.
-        overwrite=True drops unfinished parts."""
+        overwrite=True drops unfinished parts; its own parts are marked as replacing OUTPUT (``REPLACES_FILE``), so
+        that a rerun without it resumes the replacement (OUTPUT's rows, the same job's earlier answers, are not
+        counted as done nor merged)."""
         out = check_output_path(self.spec.output)
         check_not_input(out, self.spec.input)
         self.acquire()  # before anything below deletes "stale" temporary files another run may be writing
@@ -104,6 +108,9 @@ class Parts:
         done: set[int] = set()
         job_file = self.dir / JOB_FILE
         resuming = job_file.is_file()
+        if not resuming:  # a marker without its job record (a run killed between the two): not this run's
+            (self.dir / REPLACES_FILE).unlink(missing_ok=True)
+        self.replacing = overwrite or (self.dir / REPLACES_FILE).is_file()
         if resuming:
             self._check(json.loads(job_file.read_text(encoding="utf-8")), self.dir)
             for stale in [p for p in self.dir.iterdir() if ".tmp-" in p.name]:  # a write cut short: never renamed
@@ -112,10 +119,10 @@ class Parts:
                 done.update(pq.read_table(part, columns=["row"]).column("row").to_pylist())
                 self.count += 1
         if out.exists():
-            if found == self.fingerprint and not overwrite:
+            if found == self.fingerprint and not self.replacing:
                 done.update(pq.read_table(out, columns=["row"]).column("row").to_pylist())
                 self.merge_output = True
-            elif not (overwrite or resuming):
+            elif not (self.replacing or resuming):
                 self._check(found, out)
         return done
 
@@ -133,6 +140,8 @@ class Parts:
         self.dir.mkdir(exist_ok=True)
         job_file = self.dir / JOB_FILE
         if not job_file.is_file():
+            if self.replacing:  # before the record: a record is never without its marker
+                _atomic_write_text(self.dir / REPLACES_FILE, "")
             _atomic_write_text(job_file, json.dumps(self.fingerprint, indent=1))
         final = self.dir / f"part-{self.count:06d}.parquet"
         tmp = self.dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"

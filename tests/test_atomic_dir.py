@@ -1,0 +1,65 @@
+"""export/atomic_dir.py: an interrupt during the swap of a finished artifact into place, or during a scratch's
+removal, takes effect after them (nothing half-deleted beside the output); the GGUF cache's hook runs just before
+the old artifact is swapped out (an interrupt review's findings)."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from onnxlm.export import atomic_dir as AD
+
+needs_signals = pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix",
+                                   reason="delivers SIGINT / SIGTERM to this process (POSIX)")
+
+
+def _tree(root, files: int = 50):
+    root.mkdir()
+    for i in range(files):
+        (root / f"f{i}").write_bytes(b"x" * 100)
+    return root
+
+
+@needs_signals
+def test_an_interrupt_during_the_swap_takes_effect_after_it(tmp_path, monkeypatch):
+    """SIGINT while the old artifact is being removed: the removal finishes, the new artifact is in place, and then
+    the KeyboardInterrupt comes (the CLI's "interrupted"), with nothing left beside the output."""
+    out, new = _tree(tmp_path / "out"), _tree(tmp_path / ".out.tmp-x")
+    (new / "new").write_text("new")
+    removing = AD.shutil.rmtree
+
+    def interrupted_removal(path, *a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives mid-removal
+        removing(path, *a, **k)
+
+    monkeypatch.setattr(AD.shutil, "rmtree", interrupted_removal)
+    with pytest.raises(KeyboardInterrupt):
+        AD.move_into_place(new, out, force=True)
+    assert (out / "new").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@needs_signals
+def test_a_scratchs_removal_runs_whole_and_sigterm_is_acted_on_after(tmp_path):
+    """remove_tree under SIGTERM: the CLI's own SIGTERM handler runs once the tree is gone."""
+    scratch, got = _tree(tmp_path / ".out.fp32-x"), []
+    previous = signal.signal(signal.SIGTERM, lambda number, _frame: got.append(number))
+    try:
+        with AD.signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert got == []  # held
+            AD.shutil.rmtree(scratch)
+        assert got == [signal.SIGTERM] and not scratch.exists()
+        AD.remove_tree(tmp_path / "nothing-there")  # no error
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_replacing_hook_runs_just_before_the_old_artifact_goes(tmp_path):
+    out, new, seen = _tree(tmp_path / "out", 1), _tree(tmp_path / ".out.tmp-y", 1), []
+    (new / "mark").write_text("new")
+    with AD.before_replacing(out, lambda: seen.append((out / "f0").exists() and not (out / "mark").exists())):
+        AD.move_into_place(new, out, force=True)
+    assert seen == [True] and (out / "mark").exists() and AD._REPLACING == {}
+    AD.move_into_place(_tree(tmp_path / ".out.tmp-z", 1), out, force=True)  # the hook is gone with its block
+    assert seen == [True]
