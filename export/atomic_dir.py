@@ -44,9 +44,32 @@ def refuse_taken(out_dir: Path, force: bool, *sources) -> None:
 
 
 def temp_dir_beside(out_dir: Path, tag: str) -> Path:
-    """A fresh hidden directory ``.<name>.<tag>-XXXX`` in ``out_dir``'s parent (same file system: rename works)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{tag}-", dir=out_dir.parent))
+    """A fresh hidden directory ``.<name>.<tag>-XXXX`` in ``out_dir``'s parent (same file system: rename works);
+    ExportError naming ``out_dir`` where its parent cannot be made or written (a file on the way, read-only, a name
+    too long)."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{tag}-", dir=out_dir.parent))
+    except (FileExistsError, NotADirectoryError):
+        on_way = next((p for p in [out_dir.parent, *out_dir.parent.parents] if p.exists() and not p.is_dir()), None)
+        raise ExportError(f"{out_dir}: cannot be made: {on_way or out_dir.parent} is a file, not a directory") \
+            from None
+    except OSError as exc:
+        raise ExportError(f"{out_dir}: cannot write beside it in {out_dir.parent} ({exc.strerror or exc})") from None
+
+
+LEFTOVER_TAGS = ("tmp", "fp32", "old")  # temp_dir_beside's tags: a killed export (kill -9, OOM) leaves such dirs
+
+
+def leftovers_beside(out_dir: Path) -> list[Path]:
+    """Hidden ``.<name>.<tag>-XXXX`` directories beside ``out_dir`` (``LEFTOVER_TAGS``): what an export killed
+    without cleanup (kill -9, the OOM killer) left, or the scratch of an export of ``out_dir`` running now."""
+    out_dir = Path(out_dir)
+    try:
+        return sorted(p for p in out_dir.parent.iterdir() if p.is_dir() and not p.is_symlink() and any(
+            p.name.startswith(f".{out_dir.name}.{tag}-") for tag in LEFTOVER_TAGS))
+    except OSError:
+        return []
 
 
 _REPLACING: dict[str, list] = {}  # out_dir (resolved) -> actions run just before its old artifact is swapped out

@@ -63,3 +63,34 @@ def test_the_replacing_hook_runs_just_before_the_old_artifact_goes(tmp_path):
     assert seen == [True] and (out / "mark").exists() and AD._REPLACING == {}
     AD.move_into_place(_tree(tmp_path / ".out.tmp-z", 1), out, force=True)  # the hook is gone with its block
     assert seen == [True]
+
+
+def test_a_place_that_cannot_hold_the_output_is_an_export_error_naming_it(tmp_path):
+    from onnxlm.runtime.errors import ExportError
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ExportError, match=r"afile/out: cannot be made: .*afile is a file, not a directory"):
+        AD.temp_dir_beside(tmp_path / "afile" / "out", "tmp")
+    with pytest.raises(ExportError, match=r"cannot write beside it"):
+        AD.temp_dir_beside(tmp_path / ("a" * 300), "tmp")  # a name the file system refuses
+
+
+def test_what_a_killed_export_left_beside_the_output_is_named(tmp_path, capsys):
+    from onnxlm.cli.export import _note_leftovers
+    out = tmp_path / "out"
+    kept = [_tree(tmp_path / ".out.tmp-k3j2", 2), _tree(tmp_path / ".out.fp32-x9", 1)]
+    _tree(tmp_path / ".other.tmp-aa", 1)  # another output's
+    (tmp_path / ".out.tmp-file").write_text("not a directory")
+    assert AD.leftovers_beside(out) == sorted(kept)
+    _note_leftovers(out)
+    err = capsys.readouterr().err
+    assert err.count("onnxlm: note: ") == 2 and ".out.tmp-k3j2 (200 B) was left by an export of out" in err
+
+
+def test_a_jobs_output_name_the_file_system_refuses_is_named(tmp_path):
+    from onnxlm.jobs.output import check_output_path
+    from onnxlm.jobs.spec import JobInputError
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(JobInputError, match=r"^--output: .*afile is a file, not a directory"):
+        check_output_path(tmp_path / "afile" / "x.parquet")
+    with pytest.raises(JobInputError, match=r"^--output: .*"):
+        check_output_path(tmp_path / ("a" * 300 + ".parquet"))

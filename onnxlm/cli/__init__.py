@@ -86,17 +86,21 @@ def _intermixed(args: argparse.Namespace, extra: list[str], argv: list[str]) -> 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI on argv (default sys.argv[1:]); returns the exit status (argparse exits 2 on usage errors)."""
     parser = build_parser()
-    previous = _unwind_on_sigterm()
+    handlers = ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if threading.current_thread() is threading.main_thread() else {})  # put back when it ends
+    _unwind_on_sigterm()
     shown, warnings.showwarning = warnings.showwarning, one_line_warnings(warnings.showwarning)
     try:
         args = _parse(parser, argv)
         args.parser = parser
         return int(args.func(args) or 0)
     except Terminated:
+        _hold_further_interrupts()
         _flush_quietly()
         print("\nonnxlm: terminated", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
+        _hold_further_interrupts()
         _flush_quietly()
         print("\nonnxlm: interrupted", file=sys.stderr)
         return 130
@@ -114,8 +118,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in handlers.items():
+            if handler is not None:  # (None: set outside Python, nothing to put back)
+                signal.signal(sig, handler)
+
+
+def _hold_further_interrupts() -> None:
+    """A second Ctrl-C (or SIGTERM) while the first one's message is printed and the handlers put back: ignored,
+    not a traceback (the command is ending anyway)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 class Terminated(KeyboardInterrupt):

@@ -107,4 +107,20 @@ def run(args) -> int:
                         quantize_head=args.quantize_head, force_quality=args.force_quality, quality_text=quality_text,
                         gguf=args.gguf)
     print(path)
+    _note_leftovers(Path(args.out_dir))
     return 0
+
+
+def _note_leftovers(out_dir) -> None:
+    """Say (stderr) which hidden directories an earlier export of OUT_DIR that was killed left beside it: nothing
+    removes them by itself (one could be the scratch of another export of OUT_DIR running now)."""
+    import sys
+
+    from onnxlm.export.atomic_dir import leftovers_beside
+
+    from .info import _size
+
+    for p in leftovers_beside(out_dir):
+        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        print(f"onnxlm: note: {p} ({_size(size)}) was left by an export of {out_dir.name} that was killed (or is "
+              "another one's, running now); remove it when no export of it runs", file=sys.stderr)

@@ -24,13 +24,19 @@ META_KEY = b"onnxlm.job"
 
 
 def check_output_path(out: Path) -> Path:
-    """--output's refusals that need no model: a directory, not .parquet, a parent that does not exist."""
-    if out.exists() and out.is_dir():
-        raise JobInputError(f"--output: {out} is a directory; give a .parquet file path")
-    if out.suffix.lower() != ".parquet":
-        raise JobInputError(f"--output: {out} must end in .parquet")
-    if not out.parent.is_dir():
-        raise JobInputError(f"--output: the directory {out.parent} does not exist")
+    """--output's refusals that need no model: a directory, not .parquet, a parent that does not exist (or is a
+    file), a name the file system refuses."""
+    try:
+        if out.exists() and out.is_dir():
+            raise JobInputError(f"--output: {out} is a directory; give a .parquet file path")
+        if out.suffix.lower() != ".parquet":
+            raise JobInputError(f"--output: {out} must end in .parquet")
+        if out.parent.exists() and not out.parent.is_dir():
+            raise JobInputError(f"--output: {out.parent} is a file, not a directory")
+        if not out.parent.is_dir():
+            raise JobInputError(f"--output: the directory {out.parent} does not exist")
+    except OSError as exc:  # a name too long, a path the file system cannot look up
+        raise JobInputError(f"--output: {out}: {exc.strerror or exc}") from None
     return out
 
 
