@@ -245,14 +245,21 @@ class LanguageModel:
 
     def stream(self, inputs, *, attention_mask=None, assistant_model: "LanguageModel | None" = None,
                stopping_criteria=None, **params) -> Iterator[StepResult]:
-        """Yield a StepResult per generated token and row (greedy or sampling). Closing the iterator stops decoding."""
+        """An iterator of StepResults, one per generated token and row (greedy or sampling). The parameters and
+        inputs are checked at the call (a ParameterError / InputError before any iteration); the model runs as it is
+        iterated, and closing the iterator stops decoding."""
         wanted = _take_constraints(params)
         config = self.resolve_config(params)
         if config.num_beams > 1:
             raise ParameterError("num_beams", f"got {config.num_beams}; streaming supports num_beams=1 only")
         ids, mask = self._call_inputs(inputs, attention_mask, config)
-        for step_results in self._sample_run(ids, mask, config, constraints=_row_constraints(wanted, len(ids)),
-                                             assistant=assistant_model, stopping_criteria=stopping_criteria):
+        constraints = _row_constraints(wanted, len(ids))
+        return self._stream(ids, mask, config, constraints, assistant_model, stopping_criteria)
+
+    def _stream(self, ids, mask, config, constraints, assistant, stopping_criteria) -> Iterator[StepResult]:
+        """``stream``'s iterator: the run starts at the first ``next``."""
+        for step_results in self._sample_run(ids, mask, config, constraints=constraints, assistant=assistant,
+                                             stopping_criteria=stopping_criteria):
             yield from step_results
 
     def _sample_run(self, ids: np.ndarray, mask: np.ndarray, config: GenerationConfig, *,
@@ -582,6 +589,8 @@ class LanguageModel:
         tokenize=True its token ids, encoded with add_special_tokens=False (the template writes any BOS).
         ``template_vars`` become template variables, as in transformers' apply_chat_template (e.g. ``tools``)."""
         from .chat import RENDER_VARS, render_chat
+        if not isinstance(tokenize, (bool, np.bool_)):
+            raise ParameterError("tokenize", f"got {tokenize!r}; allowed: True or False")
         taken = sorted(set(template_vars) & set(RENDER_VARS))
         if taken:
             raise ParameterError(taken[0], f"set by render_chat itself ({', '.join(RENDER_VARS)}); it cannot be a "

@@ -302,3 +302,19 @@ def test_an_edited_manifest_or_config_is_a_model_file_error(tiny_llama, tmp_path
             (d / "config.json").write_text("[]")
         with pytest.raises(error):
             onnxlm.load(d, verify=False)
+
+
+def test_stream_checks_its_parameters_at_the_call_and_render_chat_its_flag(llama):
+    """A bad parameter of stream is refused when stream is called, before any iteration (the model runs as it is
+    iterated); render_chat's tokenize is a bool, as score's and embed's flags."""
+    model, _ = llama
+    with pytest.raises(ParameterError) as info:
+        model.stream(P, temperature="x", do_sample=True)
+    assert info.value.parameter == "temperature"
+    with pytest.raises(InputError):
+        model.stream([[1, 2], [3, 4]], attention_mask=[[1, 1], [1]])
+    steps = model.stream(P, max_new_tokens=2)
+    assert [s.token_id for s in steps] == model.generate(P, max_new_tokens=2).new_tokens[0]
+    with pytest.raises(ParameterError) as info:
+        model.render_chat([{"role": "user", "content": "hi"}], tokenize="no")
+    assert info.value.parameter == "tokenize"
