@@ -97,8 +97,8 @@ def test_message_equals_chat_completion(live, client):
     history = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
                {"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "a joke"}]}]
     m = client.messages.create(model="tiny", max_tokens=16, extra_body=GREEDY, system=SYSTEM, messages=history)
-    openai_history = [{"role": "system", "content": SYSTEM}, *history[:2],
-                      {"role": "user", "content": "Tell me a joke"}]
+    openai_history = [{"role": "system", "content": SYSTEM}, *history[:2],  # text blocks joined as text parts
+                      {"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "a joke"}]}]
     chat = post(live.url, "/v1/chat/completions", {"messages": openai_history, "max_tokens": 16, "temperature": 0})
     assert chat.status_code == 200, chat.text
     want = chat.json()

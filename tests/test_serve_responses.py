@@ -118,7 +118,8 @@ def test_response_equals_chat_completion(live, client):
                                             {"type": "input_text", "text": "a joke"}]}]
     r = client.responses.create(model="tiny", instructions=SYSTEM, input=history, max_output_tokens=16, temperature=0)
     chat = post(live.url, "/v1/chat/completions", {"messages": [
-        {"role": "system", "content": SYSTEM}, *history[:2], {"role": "user", "content": "Tell me a joke"}],
+        {"role": "system", "content": SYSTEM}, *history[:2], {"role": "user", "content": [  # parts joined alike
+            {"type": "text", "text": "Tell me "}, {"type": "text", "text": "a joke"}]}],
         "max_tokens": 16, "temperature": 0})
     assert chat.status_code == 200, chat.text
     want = chat.json()

@@ -101,7 +101,7 @@ def _system(value) -> list[dict]:
     if value is None:
         return []
     if isinstance(value, list):
-        value = "".join(_text(block, f"system[{k}]") for k, block in enumerate(value))
+        value = "\n".join(_text(block, f"system[{k}]") for k, block in enumerate(value))  # as chat's parts
     if not isinstance(value, str):
         raise bad("system", f"expected a string or a list of text blocks, got {type(value).__name__}")
     protocol.check_text([value], "system")
@@ -169,7 +169,7 @@ def _turn(role: str, content, where: str) -> list[dict]:
             results.append(_result(block, here))
         else:  # thinking, redacted_thinking: checked, then dropped
             _check_thinking_block(block, kind, here)
-    text = "".join(texts)
+    text = "\n".join(texts)  # text blocks joined as the chat endpoint joins text parts
     protocol.check_text([text], f"{where}.content")
     if role == "assistant":
         return [{"role": "assistant", "content": text or None, "tool_calls": calls} if calls
@@ -204,7 +204,7 @@ def _result(block: dict, where: str) -> dict:
             if isinstance(part, dict) and part.get("type") in MEDIA:
                 raise _media(f"{where}.content[{j}]", part["type"])
             parts.append(_text(part, f"{where}.content[{j}]"))
-        content = "".join(parts)
+        content = "\n".join(parts)
     elif not isinstance(content, str):
         raise bad(f"{where}.content", "expected a string or a list of text blocks")
     protocol.check_text([content], f"{where}.content")

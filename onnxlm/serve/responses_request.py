@@ -267,7 +267,7 @@ def _parts(parts: list, role: str, where: str) -> str:
             raise bad(f"{here}.{field}", "required: a string")
         if kind != "refusal":
             texts.append(part["text"])
-    return "".join(texts)
+    return "\n".join(texts)  # as the chat endpoint joins text parts (llama.cpp's server, vLLM)
 
 
 def _media(where: str, kind: str) -> APIError:
