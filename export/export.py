@@ -1,6 +1,7 @@
 """``export_model``: source -> validated ONNX artifact directory, written atomically."""
 from __future__ import annotations
 
+import errno
 import numbers
 import sys
 import time
@@ -129,6 +130,9 @@ def _write_side_files(lm: LoadedModel, d: Path, special: dict[str, Any], notices
         (d / "chat_template.jinja").write_text(lm.chat_template, encoding="utf-8")
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # a write refused: the place, not the model
+
+
 def export_model(model, out_dir, *, force: bool = False, tolerance: float | None = None, opset: int | None = None,
                  validate: bool = True, progress: bool = True, tokenizer=None, kv_layout: str = "auto",
                  quantize: str | None = None, block_size: int = 32, accuracy_level: int = 4,
@@ -174,12 +178,16 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
                              progress=progress, tokenizer=tokenizer, kv_layout=kv_layout, quantize=quantize,
                              block_size=block_size, accuracy_level=accuracy_level, quantize_head=quantize_head,
                              force_quality=force_quality, quality_text=quality_text, gguf=gguf)
-    except BaseException:
+    except BaseException as exc:
         for d in made:  # a failed export leaves no empty folders it made on the way to out_dir either
             try:
                 d.rmdir()
             except OSError:  # not empty (someone else's), or gone
                 break
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS and not getattr(exc, "filename", None):
+            # "No space left on device" alone names nothing: say where the export was writing
+            raise ExportError(f"{out_dir}: writing the export beside it in {out_dir.parent} failed: "
+                              f"{exc.strerror or exc} (nothing of it is left)") from exc
         raise
 
 

@@ -94,3 +94,19 @@ def test_a_jobs_output_name_the_file_system_refuses_is_named(tmp_path):
         check_output_path(tmp_path / "afile" / "x.parquet")
     with pytest.raises(JobInputError, match=r"^--output: .*"):
         check_output_path(tmp_path / ("a" * 300 + ".parquet"))
+
+
+def test_a_full_disk_during_an_export_names_the_output(tmp_path, monkeypatch):
+    """A write the file system refuses (ENOSPC, which names no file) is an ExportError naming OUT_DIR's place."""
+    import errno
+
+    from onnxlm.export import export as E
+    from onnxlm.runtime.errors import ExportError
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(E, "_export_model", full)
+    with pytest.raises(ExportError, match=r"out: writing the export beside it in .* failed: No space left on device"):
+        E.export_model("whatever", tmp_path / "made" / "out")
+    assert not (tmp_path / "made").exists()  # the folders it made on the way are gone too
