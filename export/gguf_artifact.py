@@ -243,24 +243,25 @@ def _export(path: Path, target: Path, log, progress: bool, cache_dir=None) -> No
     try:
         if is_current(target, path):  # that other process made it
             return
-        if _reuse_same_bytes(path, target, log):  # the file moved, or a second link to it: no second export
-            write_stamp(target, path)
-            return
-        try:  # what the export needs, imported before anything is written (export_model imports them lazily)
-            import gguf  # noqa: F401
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-
-            from .export import export_model  # noqa: F401
-            from .gguf_quant import quantize_gguf_artifact  # noqa: F401
-        except ImportError as exc:
-            raise _needs_export_extra(path, exc) from exc
         from .atomic_dir import before_replacing
 
-        # the old entry's stamp goes just before the new artifact takes its place: an interrupt between that swap and
-        # the new stamp leaves an entry without one (checked by its sha256 next time), never the new artifact under
-        # the old stamp (an earlier revision's: `onnxlm cache prune` would remove it)
+        # the old entry's stamp goes just before the new artifact takes its place (a reuse's links or an export):
+        # an interrupt between that swap and the new stamp leaves an entry without one (checked by its sha256 next
+        # time), never the new artifact under the old stamp (an earlier revision's: `onnxlm cache prune` would
+        # remove it)
         with before_replacing(target, lambda: _drop_stamp(target)):
+            if _reuse_same_bytes(path, target, log):  # the file moved, or a second link to it: no second export
+                write_stamp(target, path)
+                return
+            try:  # what the export needs, imported before anything is written (export_model imports them lazily)
+                import gguf  # noqa: F401
+                import torch  # noqa: F401
+                import transformers  # noqa: F401
+
+                from .export import export_model  # noqa: F401
+                from .gguf_quant import quantize_gguf_artifact  # noqa: F401
+            except ImportError as exc:
+                raise _needs_export_extra(path, exc) from exc
             _export_alone(path, target, log, progress)
         write_stamp(target, path)  # before the lock goes: a waiter then reuses it without hashing the file
     finally:

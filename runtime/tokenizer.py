@@ -1,7 +1,7 @@
 """Text <-> token ids through the artifact's tokenizer.json (HF `tokenizers`), plus batching with padding."""
 from __future__ import annotations
 
-import numbers
+import operator
 import threading
 from pathlib import Path
 
@@ -83,24 +83,31 @@ class TextTokenizer:
 
 
 def token_ids(ids, where: str) -> list[int]:
-    """Token ids as given (a list, tuple or 1-D integer array; numpy integers welcome) -> [int], each in
-    [0, 2**32) (the tokenizers library's u32); InputError naming ``where`` otherwise (a float, a bool, a string of
-    digits, a nested list are not ids)."""
+    """Token ids as given (a list, tuple, range, 1-D integer array or tensor, any iterable of integers; numpy and
+    0-d integer arrays welcome) -> [int], each in [0, 2**32) (the tokenizers library's u32); InputError naming
+    ``where`` otherwise (a float, a bool, a string of digits, a nested list are not ids)."""
     if isinstance(ids, np.ndarray):
         if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
             raise InputError(f"{where}: expected a 1-D array of integer token ids, got {ids.dtype} of shape {ids.shape}")
         out = ids.astype(np.int64).tolist()
-    elif isinstance(ids, (list, tuple)):
-        if not all(isinstance(i, numbers.Integral) and not isinstance(i, (bool, np.bool_)) for i in ids):
-            bad = next(i for i in ids if not isinstance(i, numbers.Integral) or isinstance(i, (bool, np.bool_)))
-            raise InputError(f"{where}: expected integer token ids, got {type(bad).__name__} {bad!r:.40}")
-        out = [int(i) for i in ids]
-    else:
+    elif isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
         raise InputError(f"{where}: expected a list of token ids, got {type(ids).__name__}")
+    else:
+        out = [_token_id(i, where) for i in ids]
     bad = [i for i in out if not 0 <= i < 2**32]
     if bad:
         raise InputError(f"{where}: token id {bad[0]} is out of range; allowed: 0 <= id < 2**32")
     return out
+
+
+def _token_id(value, where: str) -> int:
+    """One id: an integer (Python, numpy, a 0-d integer array or tensor: ``__index__``), never a bool or a float."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise InputError(f"{where}: expected integer token ids, got {type(value).__name__} {value!r:.40}")
 
 
 def pad_batch(rows: list[list[int]], pad_id: int, side: str = "left") -> tuple[np.ndarray, np.ndarray]:

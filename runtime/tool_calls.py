@@ -7,8 +7,8 @@ Tools are OpenAI's / transformers' shape: ``{"type": "function", "function": {"n
 
 Formats (``template_style``):
 
-``"qwen"``     Qwen 2.5/3 and Hermes-style templates (they write ``<tool_call>`` and read the variable ``tools``,
-               not only e.g. SmolLM3's ``xml_tools``): the template
+``"qwen"``     Qwen 2.5/3 and Hermes-style templates (they write ``<tool_call>`` and their code reads the variable
+               ``tools``, not only e.g. SmolLM3's ``xml_tools``): the template
                renders the tools itself (``tools=`` as transformers' ``apply_chat_template(messages, tools=...)``);
                a call is ``<tool_call>\\n{"name": N, "arguments": {...}}\\n</tool_call>``, several in a row, text may
                come before. (Templates whose calls inside ``<tool_call>`` are not JSON, ``<function=...>`` or
@@ -41,6 +41,8 @@ THINK_CLOSED = "</think>\n\n"  # a forced call's start where the prompt leaves a
 NOT_JSON_CALLS = ("<function=", "<arg_key>")  # <tool_call> templates whose calls are not JSON (Qwen3-Coder, GLM-4.5)
 NO_PARAMETERS = {"type": "object", "properties": {}}  # a function without (or with empty) parameters: {} arguments
 TOOLS_VARIABLE = re.compile(r"\btools\b")  # a template reading the variable ``tools`` (a word of its own)
+_JINJA_CODE = re.compile(r"\{[{%](.*?)[%}]\}", re.DOTALL)  # a jinja statement's or expression's code
+_JINJA_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)  # a string literal in it
 _QWEN_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 GENERIC_PROMPT = (
@@ -55,12 +57,18 @@ GENERIC_PROMPT = (
 def template_style(template: str | None) -> str:
     """A chat template's text -> "qwen" | "llama3" | "generic" (see the module doc)."""
     t = template or ""
-    takes_tools = TOOLS_VARIABLE.search(t) is not None  # not SmolLM3's xml_tools / python_tools, which it fills itself
+    takes_tools = _reads_tools(t)  # not SmolLM3's xml_tools / python_tools (nor "<tools>" in its strings)
     if takes_tools and QWEN_OPEN in t and not any(x in t for x in NOT_JSON_CALLS):
         return "qwen"
     if takes_tools and "<|start_header_id|>" in t and '"parameters": ' in t:
         return "llama3"
     return "generic"
+
+
+def _reads_tools(template: str) -> bool:
+    """Does the template's jinja code (``{% ... %}``, ``{{ ... }}``, its string literals aside) read the variable
+    ``tools``? SmolLM3's writes "<tools></tools>" in strings and reads only its own ``xml_tools``."""
+    return any(TOOLS_VARIABLE.search(_JINJA_STRING.sub("", code)) for code in _JINJA_CODE.findall(template))
 
 
 def args_key(style: str) -> str:

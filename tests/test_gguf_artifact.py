@@ -271,6 +271,32 @@ def test_an_interrupt_after_the_new_entry_is_in_place_never_leaves_it_under_the_
     assert [e.state for e in GC.cache_entries(cache)] == ["current"]
 
 
+def test_an_interrupted_reuse_never_leaves_its_links_under_the_old_stamp(first_run, tmp_path, monkeypatch):
+    """The same bytes at a second path whose own entry is outdated: the reuse links the current entry's files into
+    it; interrupted before the new stamp, the entry has none (unknown, kept), not the old revision's."""
+    import shutil
+
+    from onnxlm.export import gguf_cache as GC
+
+    gguf, cache, _, _ = first_run
+    cache = shutil.copytree(cache, tmp_path / "cache")
+    moved = tmp_path / "moved.gguf"
+    shutil.copy2(gguf, moved)
+    target = GA.ensure_gguf_artifact(moved, cache_dir=cache, progress=False)  # linked from the first entry
+    stamp = json.loads(GA.stamp_file(target).read_text())
+    GA.stamp_file(target).write_text(json.dumps({**stamp, "revision": GA.EXPORT_REVISION - 1}))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GA, "write_stamp", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        GA.ensure_gguf_artifact(moved, cache_dir=cache, progress=False)
+    monkeypatch.undo()
+    assert not GA.stamp_file(target).exists()
+    assert {e.path: e.state for e in GC.cache_entries(cache)}[target] == "unknown"
+
+
 def test_an_entry_an_earlier_export_made_is_exported_again(first_run, capsys, monkeypatch):
     """An entry stamped by an earlier export revision (a stamp from before revisions: none in it), its file
     unchanged: not current, `onnxlm info` and `onnxlm cache` say so, and the next run exports it again in place."""

@@ -221,6 +221,14 @@ def test_a_grown_input_is_another_job_and_overwrite_starts_afresh(tmp_path, tiny
     assert (tmp_path / "out.parquet.parts" / "replaces-output").is_file()
     code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out)
     assert code == 0 and "11 rows (7 processed now, 4 already done)" in err and len(rows(out)) == 11
+    seen.clear()  # interrupted before its first part: the replacement is on record from the start
+    _interrupt_after(monkeypatch, 0, seen, output_absent=False)
+    with pytest.raises(Interrupt):
+        run_local(JobSpec("score", tiny_gpt2.onnx_dir, src, out, batch_size=4, rows_per_part=4), overwrite=True,
+                  progress=False)
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out)
+    assert code == 0 and "11 rows (11 processed now, 0 already done)" in err and len(rows(out)) == 11
 
 
 def test_a_row_the_model_refuses_names_it_and_keeps_the_rows_before(tmp_path, tiny_gpt2, capsys):

@@ -270,8 +270,13 @@ def test_load_and_threads_refuse_what_is_no_path_or_thread_count(tiny_llama, mon
 def test_the_tokenizers_methods_take_token_ids_only(llama):
     model, _ = llama
     tok = model.tokenizer
-    assert tok.decode(np.array([1, 2])) == tok.decode([np.int64(1), 2]) == tok.decode((1, 2))
-    assert tok.decode([]) == ""
+    import array
+    import collections
+    want = tok.decode([1, 2])
+    for ids in (np.array([1, 2]), [np.int64(1), 2], (1, 2), range(1, 3), collections.deque([1, 2]),
+                array.array("q", [1, 2]), (i for i in (1, 2)), [np.array(1), np.array(2)], torch.tensor([1, 2])):
+        assert tok.decode(ids) == want, ids
+    assert tok.decode([]) == "" and tok.id_to_token(np.array(1)) == tok.id_to_token(1)
     for bad in ([1.7, 2.9], "12", [True], [[1]], 5, [-1], [2**40], None):
         with pytest.raises(InputError, match=r"^ids: "):
             tok.decode(bad)

@@ -89,6 +89,28 @@ def test_a_constrained_request_with_a_draft_gets_its_solo_tokens(fused, drafts, 
         assert 0 < sched.speculation.passes < len(req.new_ids[0])
 
 
+def test_a_constraints_cut_keeps_the_drafts_minimum(fused, drafts, monkeypatch):
+    """A draft proposal the constraint cuts below --draft-min is not checked (a plain step), as an uncut short one;
+    the constraint's own forced tokens are not the draft's and may be fewer."""
+    from onnxlm.runtime.constraints import make_constraint
+    from onnxlm.runtime.decoding import scheduler_speculation as SS
+    sizes, propose = [], SS.ConstrainedProposer.propose
+
+    def recorded(self, sequences, active):
+        got = propose(self, sequences, active)
+        sizes.append((got[0].shape[1], self.forced))
+        return got
+
+    monkeypatch.setattr(SS.ConstrainedProposer, "propose", recorded)
+    for kind, value in (("regex", r"[a-z ]{3,40}"), ("choices", ["the cat", "the dog", "a fox jumps over"])):
+        draft = ServerDraft(drafts["other"], fused, p_min=0.0, max_tokens=8, min_tokens=4)
+        req, _ = _alone(fused, draft, "the cat the dog the fox", dict(max_new_tokens=30, do_sample=False),
+                        constraint=make_constraint(kind, value))
+        assert req.new_ids == fused.generate("the cat the dog the fox", max_new_tokens=30, do_sample=False,
+                                             **{kind: value}).new_tokens
+    assert sizes and all(k == 0 or k >= 4 for k, forced in sizes if not forced), sizes
+
+
 def test_a_hybrid_model_with_a_draft(tiny_lfm2, drafts):
     """LFM2's convolution states keep a bounded history to roll back into: the draft's rounds are capped there, the
     tokens are the model's own."""

@@ -159,7 +159,11 @@ def test_template_style(dirs):
     for xml in ("<function=f>", "<arg_key>"):  # calls that are not JSON: not this format
         assert fmt.template_style("{{ tools }}<tool_call>\n" + xml) == "generic"
     # SmolLM3's template reads its own xml_tools / python_tools, never tools: it renders no tools=, so generic
-    smollm3 = "{%- if xml_tools or python_tools -%}{{ xml_tools }}{%- endif -%}<tool_call>"
+    smollm3 = ("{%- if xml_tools or python_tools -%}\n{%- if xml_tools -%}\n{%- set ns = namespace(xml_tool_string="
+               "\"You are provided with function signatures within <tools></tools> XML tags:\\n\\n<tools>\\n\") -%}"
+               "\n{%- for tool in xml_tools[:] -%}{{ tool }}{%- endfor -%}{%- endif -%}\n{%- if python_tools -%}"
+               "{%- set s = 'You can use the following tools in your python code' -%}{%- endif -%}{%- endif -%}"
+               "<tool_call>")  # its tools block's shape: "tools" only in strings, xml_tools read
     assert fmt.template_style(smollm3) == "generic"
     assert fmt.template_style("{%- if tools -%}{{ tools }}{%- endif -%}<tool_call>") == "qwen"
 

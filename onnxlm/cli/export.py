@@ -121,6 +121,9 @@ def _note_leftovers(out_dir) -> None:
     from .info import _size
 
     for p in leftovers_beside(out_dir):
-        size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+        try:
+            size = sum(f.lstat().st_size for f in p.rglob("*") if not f.is_symlink() and f.is_file())
+        except OSError:  # going while it is read (another export's scratch, removed as it ends): not left over
+            continue
         print(f"onnxlm: note: {p} ({_size(size)}) was left by an export of {out_dir.name} that was killed (or is "
               "another one's, running now); remove it when no export of it runs", file=sys.stderr)

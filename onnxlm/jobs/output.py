@@ -109,8 +109,11 @@ class Parts:
         found = _file_fingerprint(out) if out.exists() else None  # first: refuses a file that is not Parquet
         for stale in out.parent.glob(f".{out.name}.tmp-*"):  # a merge cut short: OUTPUT itself is untouched
             stale.unlink()
-        if overwrite:
+        if overwrite:  # the replacement is on record from the start (before its first part: a kill there resumes it)
             shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir()
+            _atomic_write_text(self.dir / REPLACES_FILE, "")
+            _atomic_write_text(self.dir / JOB_FILE, json.dumps(self.fingerprint, indent=1))
         done: set[int] = set()
         job_file = self.dir / JOB_FILE
         resuming = job_file.is_file()
@@ -146,8 +149,6 @@ class Parts:
         self.dir.mkdir(exist_ok=True)
         job_file = self.dir / JOB_FILE
         if not job_file.is_file():
-            if self.replacing:  # before the record: a record is never without its marker
-                _atomic_write_text(self.dir / REPLACES_FILE, "")
             _atomic_write_text(job_file, json.dumps(self.fingerprint, indent=1))
         final = self.dir / f"part-{self.count:06d}.parquet"
         tmp = self.dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -7,8 +7,8 @@ The mapping: ``system`` (a string or text blocks) -> a system message first; a u
 tool messages (``tool_call_id``: its ``tool_use_id``; with ``is_error: true`` the content after "Error: ", since the
 template renders a tool message's text alone and the model learns of the failure only from it: ``error_marked``),
 its text blocks -> a user message after them; an assistant turn's text -> ``content``, its ``tool_use`` blocks ->
-``tool_calls`` (``input`` as the JSON arguments), its ``thinking`` blocks dropped (as the chat endpoint drops
-``reasoning_content`` from the history); ``tools`` (``name``, ``description``, ``input_schema``) -> functions;
+``tool_calls`` (``input`` as the JSON arguments), its ``thinking`` blocks dropped (not carried into
+``reasoning_content``, which the chat endpoint passes to the template); ``tools`` (``name``, ``description``, ``input_schema``) -> functions;
 ``tool_choice`` auto / any / tool {name} / none -> "auto" / "required" / the named function / "none"
 (``disable_parallel_tool_use`` -> ``parallel_tool_calls``);
 ``stop_sequences`` -> ``stop``; ``temperature`` (0..1, 0 greedy), ``top_p``, ``top_k`` as the runtime's.

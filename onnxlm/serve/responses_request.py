@@ -8,8 +8,8 @@ string: one user message; or a list of items) -> the messages in order: a ``mess
 user | assistant | system | developer; content a string or ``input_text`` / ``output_text`` parts, joined) -> a
 message of that role, a ``function_call`` item (an earlier call of the model) -> ``tool_calls`` of an assistant
 message (it joins the assistant message or calls just before it: one turn), a ``function_call_output`` item -> a
-tool message (``tool_call_id``: its ``call_id``), a ``reasoning`` item dropped (as the chat endpoint drops
-``reasoning_content`` from the history), an assistant's ``refusal`` part dropped (as the chat endpoint drops
+tool message (``tool_call_id``: its ``call_id``), a ``reasoning`` item dropped (not carried into
+``reasoning_content``, which the chat endpoint passes to the template), an assistant's ``refusal`` part dropped (as the chat endpoint drops
 ``refusal``); ``tools`` (function tools: ``name``, ``description``, ``parameters``, ``strict``) -> functions;
 ``tool_choice`` "auto" | "none" | "required" | {"type": "function", "name"} -> the same choice;
 ``parallel_tool_calls`` as is; ``text.format`` text | json_object | json_schema {name, schema, strict} ->

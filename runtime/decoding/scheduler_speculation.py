@@ -94,6 +94,8 @@ class ConstrainedProposer:
         candidates, probs = self.inner.propose(sequences, active)
         if candidates.shape[1] and matcher is not None:
             n = matcher.validate_tokens(candidates[0].tolist())
+            if n < getattr(self.inner, "min_tokens", 0):  # a draft cut under its minimum (--draft-min) is not checked
+                n = 0
             candidates, probs = candidates[:, :n], (probs[:, :n] if probs is not None else None)
         return candidates, probs
 
