@@ -123,6 +123,20 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return (shifted - lse).astype(np.float32, copy=False)
 
 
+PICK_CHUNK = 256  # positions whose log-softmax ``picked_logprobs`` holds at once
+
+
+def picked_logprobs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """[b, t, V] logits, [b, t] int64 targets -> [b, t] float32 log_softmax(logits)[target], as ``log_softmax``
+    computes it, ``PICK_CHUNK`` positions at a time: a long text's whole [t, V] log-softmax (and its temporaries) is
+    never held beside the logits."""
+    out = np.empty(targets.shape, np.float32)
+    for s in range(0, targets.shape[1], PICK_CHUNK):
+        part = log_softmax(logits[:, s:s + PICK_CHUNK])                          # [b, c, V]
+        out[:, s:s + PICK_CHUNK] = np.take_along_axis(part, targets[:, s:s + PICK_CHUNK, None], axis=-1)[..., 0]
+    return out
+
+
 def top_logprobs(row: np.ndarray, k: int) -> list[tuple[int, float]]:
     """[V] log-probabilities -> the k largest as (id, logprob), descending, the lower id first on ties (a stable
     sort's order, also at the k-th place), without sorting the whole vocabulary."""

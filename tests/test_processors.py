@@ -461,3 +461,16 @@ def test_processor_init_errors():
         with pytest.raises(ParameterError) as e:
             make()
         assert e.value.parameter == name
+
+
+def test_picked_logprobs_equal_the_whole_log_softmax_picked():
+    """score's log-probabilities taken PICK_CHUNK positions at a time are the whole log-softmax's, bit for bit (each
+    position's log-softmax is its own), -inf logits included."""
+    from onnxlm.runtime.processors import PICK_CHUNK, log_softmax, picked_logprobs
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 2 * PICK_CHUNK + 37, 50)).astype(np.float32) * 8
+    logits[0, 5, :10] = -np.inf
+    targets = rng.integers(0, 50, size=logits.shape[:2])
+    want = np.take_along_axis(log_softmax(logits), targets[:, :, None], axis=-1)[..., 0]
+    got = picked_logprobs(logits, targets)
+    assert got.dtype == np.float32 and np.array_equal(got, want)

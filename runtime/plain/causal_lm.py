@@ -7,7 +7,7 @@ from ..errors import InputError, ModelFileError
 from ..manifest import MANIFEST_NAME
 from ..model import LanguageModel
 from ..prefix_cache import feed_rest
-from ..processors import log_softmax
+from ..processors import picked_logprobs
 from ..session import GraphRunner, to_numpy
 from ..tokenizer import pad_batch
 from .kv_cache import KVCache, past_input_names
@@ -207,7 +207,6 @@ class CausalLM(LanguageModel):
     def _score_batch(self, rows: list[list[int]]) -> list[np.ndarray]:
         """rows of ids (>= 2 each) -> per row log p(ids[i] | ids[:i]) for i >= 1, float32 [len-1]."""
         ids, mask = pad_batch(rows, self.pad_id, side="left")
-        logp = log_softmax(self.logits(ids, mask)[:, :-1, :])          # [b, t-1, V]
-        picked = np.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]  # [b, t-1]
+        picked = picked_logprobs(self.logits(ids, mask)[:, :-1, :], ids[:, 1:])  # [b, t-1]
         return [picked[i, ids.shape[1] - len(r):].copy() for i, r in enumerate(rows)]
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..model import LanguageModel
-from ..processors import log_softmax
+from ..processors import picked_logprobs
 from ..tokenizer import pad_batch
 from .kv_cache import KVCache, past_input_names, take_rows
 
@@ -121,6 +121,5 @@ class Seq2SeqLM(LanguageModel):
         src, src_mask = pad_batch(sources, self.pad_id, side="right")
         tgt, _ = pad_batch(targets, self.pad_id, side="right")
         dec_in = np.concatenate([np.full((len(tgt), 1), self.decoder_start_id, np.int64), tgt[:, :-1]], axis=1)
-        logp = log_softmax(self.logits(src, dec_in, src_mask))                  # [b, T, V]
-        picked = np.take_along_axis(logp, tgt[:, :, None], axis=-1)[..., 0]     # [b, T]
+        picked = picked_logprobs(self.logits(src, dec_in, src_mask), tgt)       # [b, T]
         return [picked[i, :len(t)].copy() for i, t in enumerate(targets)]
