@@ -15,6 +15,10 @@ Formats (``template_style``):
                ``<arg_key>``, are not this style: generic.)
 ``"llama3"``   Llama 3.1-3.3 templates (``<|start_header_id|>``, ``"parameters": ``): the template renders the tools;
                a call is the whole reply ``{"name": N, "parameters": {...}}``, optionally after ``<|python_tag|>``.
+``"mistral"``  Mistral's v3 templates (Mistral Nemo, 7B v0.3: ``[AVAILABLE_TOOLS]`` / ``[TOOL_CALLS]``, reading
+               ``tools``): the template renders the tools; a call is the whole reply ``[TOOL_CALLS][{"name": N,
+               "arguments": {...}}, ...]`` (the control token decodes to nothing: the JSON array alone is read too);
+               call ids are given to the template as 9 letters and digits, as it requires (``mistral_id``).
 ``"generic"``  any other template: the template never sees ``tools``; they are described in a system message
                (``GENERIC_PROMPT``: appended to the first system message, or a new first one; for a template that
                refuses system messages, the start of the first user message) and a call is the whole reply
@@ -32,11 +36,13 @@ import re
 from typing import Any
 
 __all__ = ["STYLES", "GENERIC_PROMPT", "template_style", "needs_tools_handling", "prepare_messages",
-           "call_grammar", "parse_reply", "CallStream"]
+           "call_grammar", "parse_reply", "CallStream", "mistral_id"]
 
-STYLES = ("qwen", "llama3", "generic")
+STYLES = ("qwen", "llama3", "mistral", "generic")
 QWEN_OPEN, QWEN_CLOSE = "<tool_call>", "</tool_call>"
 PYTHON_TAG = "<|python_tag|>"
+MISTRAL_CALLS = "[TOOL_CALLS]"  # Mistral's control token before a reply's JSON array of calls
+MISTRAL_ID_LENGTH = 9  # Mistral's templates take call ids of 9 letters and digits
 THINK_CLOSED = "</think>\n\n"  # a forced call's start where the prompt leaves a <think> block open (Qwen3's form)
 NOT_JSON_CALLS = ("<function=", "<arg_key>")  # <tool_call> templates whose calls are not JSON (Qwen3-Coder, GLM-4.5)
 NO_PARAMETERS = {"type": "object", "properties": {}}  # a function without (or with empty) parameters: {} arguments
@@ -62,6 +68,8 @@ def template_style(template: str | None) -> str:
         return "qwen"
     if takes_tools and "<|start_header_id|>" in t and '"parameters": ' in t:
         return "llama3"
+    if takes_tools and MISTRAL_CALLS in t and "[ARGS]" not in t:  # Nemo / v3's JSON array (not v11's name[ARGS]{})
+        return "mistral"
     return "generic"
 
 
@@ -69,6 +77,14 @@ def _reads_tools(template: str) -> bool:
     """Does the template's jinja code (``{% ... %}``, ``{{ ... }}``, its string literals aside) read the variable
     ``tools``? SmolLM3's writes "<tools></tools>" in strings and reads only its own ``xml_tools``."""
     return any(TOOLS_VARIABLE.search(_JINJA_STRING.sub("", code)) for code in _JINJA_CODE.findall(template))
+
+
+def mistral_id(call_id: Any, turn: int, index: int) -> str:
+    """An OpenAI call id ("call_..." or any string) -> 9 letters and digits, the same for a call and the tool result
+    that names it (a hash of it); a missing id -> one made of its place in the conversation."""
+    import hashlib
+    key = call_id if isinstance(call_id, str) and call_id else f"turn{turn}-call{index}"
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:MISTRAL_ID_LENGTH]
 
 
 def args_key(style: str) -> str:
@@ -130,6 +146,11 @@ def prepare_messages(messages: list[dict], tools: list[dict] | None, style: str,
             if calls:
                 m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _as_object(
                     c["function"].get("arguments"))}} for c in calls]
+                if style == "mistral":
+                    m["tool_calls"] = [{**c, "id": mistral_id(c.get("id"), len(out), k)}
+                                       for k, c in enumerate(m["tool_calls"])]
+            if style == "mistral" and m.get("role") == "tool":
+                m["tool_call_id"] = mistral_id(m.get("tool_call_id"), len(out), 0)
             if m.get("content") is None:
                 m["content"] = ""
             if m.get("role") == "tool" and not m.get("name") and names.get(m.get("tool_call_id")):
@@ -176,11 +197,14 @@ def prepare_messages(messages: list[dict], tools: list[dict] | None, style: str,
 
 
 # ---------------------------------------------------------------------------------------------------- grammar
-def call_grammar(tools: list[dict], style: str, name: str | None = None, *, prefix: str = "") -> str:
+def call_grammar(tools: list[dict], style: str, name: str | None = None, *, prefix: str = "",
+                 calls_marker: str = json.dumps(MISTRAL_CALLS)) -> str:
     """A Lark grammar (llguidance's syntax) for exactly one call in ``style``: of the function ``name``, or of any of
     ``tools``; its arguments follow that function's ``parameters`` schema. JSON is written with ``", "`` and
     ``": "`` separators (as the templates render calls) and no other free whitespace. ``prefix``: text written
-    before the call (``THINK_CLOSED``: the prompt left a ``<think>`` block open, which the reply closes first)."""
+    before the call (``THINK_CLOSED``: the prompt left a ``<think>`` block open, which the reply closes first).
+    ``calls_marker``: the mistral style's opening in Lark (its text, or ``<[id]>`` where the tokenizer holds it as one
+    special token)."""
     key = args_key(style)
     options, defs = [], {}
     for t in tools:
@@ -204,6 +228,8 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None, *, pref
     head = f"{json.dumps(prefix)} " if prefix else ""
     if style == "qwen":
         return f'start: {head}"{QWEN_OPEN}\\n" call "\\n{QWEN_CLOSE}"\n{call}\n'
+    if style == "mistral":
+        return f'start: {head}{calls_marker} "[" call "]"\n{call}\n'
     return f"start: {head}call\n{call}\n"
 
 
@@ -300,8 +326,24 @@ def parse_reply(text: str, style: str, names: set[str]) -> tuple[str | None, lis
         if calls is None:
             return text, []
         return _join(before, _QWEN_BLOCK.sub("", text[at:]).strip()) or None, calls
-    calls = _json_calls(text, style, names)
+    calls = _mistral_calls(text, names) if style == "mistral" else _json_calls(text, style, names)
     return (None, calls) if calls else (text, [])
+
+
+def _mistral_calls(text: str, names: set[str]) -> list[tuple[str, dict]] | None:
+    """The whole text as ``[TOOL_CALLS]`` (or nothing: a decoded control token) and a JSON array of calls -> the
+    calls, or None when it is anything else."""
+    s = text.strip()
+    if s.startswith(MISTRAL_CALLS):
+        s = s[len(MISTRAL_CALLS):].lstrip()
+    try:
+        obj, end = _STRICT.raw_decode(s)
+    except (ValueError, RecursionError):
+        return None
+    if s[end:].strip() or not isinstance(obj, list) or not obj:
+        return None
+    calls = [_call_of(o, "mistral", names) for o in obj]
+    return None if any(c is None for c in calls) else calls
 
 
 def _qwen_calls(text: str, names: set[str]) -> list[tuple[str, dict]] | None:
@@ -326,8 +368,8 @@ def _join(before: str, after: str) -> str:
 class CallStream:
     """A reply's text as it streams -> the text that can be shown now as content, holding back whatever may be a
     call: in the qwen style everything from ``<tool_call>`` on (and a tail that may begin it, or is blank), in the
-    JSON styles the whole reply once it starts with ``{`` or ``<|python_tag|>`` (blank text first waits until that
-    is known). ``finish()`` then parses what was held: (content still to show, calls). The content shown in all is
+    JSON styles the whole reply once it starts with ``{`` or ``<|python_tag|>`` (mistral: ``[`` or ``[TOOL_CALLS]``;
+    blank text first waits until that is known). ``finish()`` then parses what was held: (content still to show, calls). The content shown in all is
     ``parse_reply``'s content of the whole reply."""
 
     def __init__(self, style: str, names: set[str]):
@@ -362,9 +404,10 @@ class CallStream:
             out, self.held = self.held, ""
             return out
         s = self.held.lstrip()
-        if not s or PYTHON_TAG.startswith(s):  # 3. blank, or a possible <|python_tag|>: not known yet
+        tag, opening = (MISTRAL_CALLS, "[") if self.style == "mistral" else (PYTHON_TAG, "{")
+        if not s or tag.startswith(s):  # 3. blank, or a possible <|python_tag|> / [TOOL_CALLS]: not known yet
             return ""
-        if s.startswith("{") or s.startswith(PYTHON_TAG):
+        if s.startswith(opening) or s.startswith(tag):
             self.holding = True
             return ""
         self.text_mode = True  # 4. anything else is text: show it all from now on

@@ -171,12 +171,12 @@ def test_template_style(dirs):
 class _Templated:
     """Stands in for a model in tools.render: a chat template, rendered to text."""
 
-    def __init__(self, template: str):
-        self.chat_template = template
+    def __init__(self, template: str, bos_token: str = "", eos_token: str = ""):
+        self.chat_template, self.specials = template, {"bos_token": bos_token, "eos_token": eos_token}
 
     def render_chat(self, messages, *, tokenize=False, **extra):
         from onnxlm.runtime.chat import render_chat
-        return render_chat(self.chat_template, messages, **extra)
+        return render_chat(self.chat_template, messages, **self.specials, **extra)
 
 
 def test_a_template_that_drops_system_messages_gets_the_tools_in_the_first_user_message():
@@ -283,6 +283,9 @@ def test_stream_splitter_matches_parse():
         cases[style] = [f' {{"name": "f", "{key}": {{"a": 1}}}}',
                         f'<|python_tag|>{{"name": "f", "{key}": {{"a": 1}}}}; {{"name": "f", "{key}": {{}}}}',
                         ' hello {', '{"name": "x", "arguments": {}}', '<|pyt no', '{"name": "f", "a', ""]
+    cases["mistral"] = ['[TOOL_CALLS][{"name": "f", "arguments": {"a": 1}}, {"name": "f", "arguments": {}, "id": "x"}]',
+                        ' [{"name": "f", "arguments": {"a": 1}}]', '[TOOL_CA', '[1, 2]', 'Sure. [{"name": "f"}]',
+                        '[{"name": "x", "arguments": {}}]', '[{"name": "f", "a', ""]
     seen_calls = 0
     for style, texts in cases.items():
         for text in texts:
@@ -295,7 +298,58 @@ def test_stream_splitter_matches_parse():
                     shown, i = shown + cs.feed(text[i:i + k]), i + k
                 rest, calls = cs.finish()
                 assert ((shown + (rest or "")) or None, calls) == (want[0] or None, want[1]), (style, text)
-    assert seen_calls == 7
+    assert seen_calls == 9
+
+
+def test_mistral_templates_render_natively_with_their_call_ids(servers, tiny):
+    """Mistral's v3 templates (Nemo: [AVAILABLE_TOOLS] / [TOOL_CALLS], reading tools) are the mistral style: the
+    template renders the tools and past calls itself, as transformers' apply_chat_template does, with each call id
+    (OpenAI's "call_...") given as the 9 letters and digits the template requires, the same for the call and its
+    result; a reply [TOOL_CALLS][{...}] (or the array alone: the control token decodes to nothing) is the calls."""
+    from transformers import AutoTokenizer
+    template = (TEMPLATES / "mistral-nemo-tools.jinja").read_text()
+    assert fmt.template_style(template) == "mistral"
+    tok = AutoTokenizer.from_pretrained(tiny.hf_dir)
+    model = _Templated(template, tok.bos_token or "", tok.eos_token or "")
+    msgs = HISTORY[:4]  # system, user, the call, its result (Nemo's template wants no user turn right after it)
+    got = tools.render(model, protocol.messages({"messages": msgs}), tools.check({"tools": TOOLS}, template),
+                       tokenize=False)
+    tok.chat_template = template
+    call_id = fmt.mistral_id("call_1", 0, 0)
+    assert len(call_id) == 9 and call_id.isalnum()
+    hf_msgs = [msgs[0], msgs[1],
+               {"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {
+                   "name": "get_weather", "arguments": {"city": "Oslo", "unit": "celsius"}}}]},
+               {"role": "tool", "tool_call_id": call_id, "content": msgs[3]["content"]}]
+    assert got == tok.apply_chat_template(hf_msgs, tools=TOOLS, tokenize=False, add_generation_prompt=True)
+    assert "[AVAILABLE_TOOLS]" in got and f'"id": "{call_id}"' in got and f'"call_id": "{call_id}"' in got
+    names = {"get_weather", "search"}
+    reply = '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Rome", "unit": "celsius"}}]'
+    for text in (reply, reply[len("[TOOL_CALLS]"):]):
+        assert fmt.parse_reply(text, "mistral", names) == (None, [("get_weather", {"city": "Rome", "unit": "celsius"})])
+    grammar = fmt.call_grammar(TOOLS, "mistral", "search", calls_marker="<[5]>")
+    assert grammar.startswith('start: <[5]> "[" call "]"')
+
+
+def test_a_forced_call_in_the_mistral_style(tiny, tmp_path_factory):
+    """A live server on the Nemo template: tool_choice "required" writes [TOOL_CALLS][{call}] (the marker as text
+    in this tiny tokenizer, where it is no special token) and returns it as tool_calls, whole and streamed."""
+    d = _with_template(tiny.onnx_dir, tmp_path_factory.mktemp("mistral") / "m",
+                       (TEMPLATES / "mistral-nemo-tools.jinja").read_text())
+    srv = start(lambda: onnxlm.load(d), max_rows=4, max_queue=8, max_tokens=200)
+    try:
+        wait_health(srv.url)
+        body = {"messages": _user(PROMPTS[1]), "tools": TOOLS, "tool_choice": "required", "max_tokens": 200,
+                "temperature": 0}
+        got = _chat(srv, **{k: v for k, v in body.items() if k != "messages"}, messages=body["messages"])
+        choice = got["choices"][0]
+        assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+        call = choice["message"]["tool_calls"][0]
+        _valid_call(call)
+        streamed = _reassemble(sse_events(srv.url, "/v1/chat/completions", {**body, "stream": True}), 0)
+        assert streamed["finish_reason"] == "tool_calls" and streamed["tool_calls"][0]["function"] == call["function"]
+    finally:
+        srv.stop()
 
 
 def test_parse_reply_leaves_non_calls_as_text():

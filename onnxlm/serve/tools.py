@@ -204,11 +204,20 @@ async def constraint(model, treq: ToolRequest, ids: list[int]):
         raise bad("tool_choice", f"{treq.name or treq.choice!r} cannot be enforced: "
                                  f"{str(exc).split(': ', 1)[-1]}") from None
     try:  # a schema llguidance refuses: a 400 naming tools
-        c = make_constraint("grammar", fmt.call_grammar(treq.tools, treq.style, treq.name, prefix=prefix))
+        marker = {"calls_marker": _calls_marker(model)} if treq.style == "mistral" else {}
+        c = make_constraint("grammar", fmt.call_grammar(treq.tools, treq.style, treq.name, prefix=prefix, **marker))
         await asyncio.to_thread(engine.compile, c)
         return c
     except ParameterError as exc:
         raise bad("tools", f"cannot constrain the call: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def _calls_marker(model) -> str:
+    """Mistral's ``[TOOL_CALLS]`` in a grammar: its token (``<[id]>``) where the tokenizer holds it as one special
+    token, as the model writes it, else its text."""
+    tok = model.tokenizer
+    token = tok.token_to_id(fmt.MISTRAL_CALLS) if tok is not None else None
+    return f"<[{token}]>" if token is not None and token in tok.special_ids else json.dumps(fmt.MISTRAL_CALLS)
 
 
 def _api_call(name: str, arguments: str) -> dict:
@@ -237,8 +246,10 @@ def cut_call(text: str, reason: str, treq: ToolRequest) -> dict | None:
     text, which a client may send back; a call named "" or "get_" it could not)."""
     if not treq.forced or reason != "length" or not text:
         return None
-    # runtime/tool_calls.py's format: the qwen style's opening line, the JSON styles' arguments key
-    opening = fmt.QWEN_OPEN + "\n" if treq.style == "qwen" else ""
+    # runtime/tool_calls.py's format: the qwen style's opening line, mistral's array, the JSON styles' arguments key
+    opening = {"qwen": fmt.QWEN_OPEN + "\n", "mistral": "["}.get(treq.style, "")
+    if treq.style == "mistral" and text.startswith(fmt.MISTRAL_CALLS):  # its marker as text (not one special token)
+        text = text[len(fmt.MISTRAL_CALLS):]
     names = [treq.name] if treq.name else [t["function"]["name"] for t in treq.tools]
     heads = {n: f'{opening}{{"name": {json.dumps(n)}, "{fmt.args_key(treq.style)}": ' for n in names}
     for name, head in heads.items():
