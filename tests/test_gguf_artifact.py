@@ -248,17 +248,7 @@ def test_an_interrupt_after_the_new_entry_is_in_place_never_leaves_it_under_the_
     gguf, cache, _, _ = first_run
     cache = shutil.copytree(cache, tmp_path / "cache")
     target = GA.artifact_dir_for(gguf, cache)
-    stamp = json.loads(GA.stamp_file(target).read_text())
-    GA.stamp_file(target).write_text(json.dumps({**stamp, "revision": GA.EXPORT_REVISION - 1}))
-
-    def interrupted(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(GA, "write_stamp", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        GA.ensure_gguf_artifact(gguf, cache_dir=cache, progress=False)
-    monkeypatch.undo()
-    assert not GA.stamp_file(target).exists()
+    _interrupted_before_its_stamp(monkeypatch, gguf, cache, target)
     assert [e.state for e in GC.cache_entries(cache)] == ["unknown"]
     assert GC.prune(cache).removed == [] and target.is_dir()
 
@@ -283,6 +273,13 @@ def test_an_interrupted_reuse_never_leaves_its_links_under_the_old_stamp(first_r
     moved = tmp_path / "moved.gguf"
     shutil.copy2(gguf, moved)
     target = GA.ensure_gguf_artifact(moved, cache_dir=cache, progress=False)  # linked from the first entry
+    _interrupted_before_its_stamp(monkeypatch, moved, cache, target)
+    assert {e.path: e.state for e in GC.cache_entries(cache)}[target] == "unknown"
+
+
+def _interrupted_before_its_stamp(monkeypatch, gguf, cache, target) -> None:
+    """``target``'s entry stamped by an earlier export revision, then run again and interrupted just before its new
+    stamp: asserts it is left without one."""
     stamp = json.loads(GA.stamp_file(target).read_text())
     GA.stamp_file(target).write_text(json.dumps({**stamp, "revision": GA.EXPORT_REVISION - 1}))
 
@@ -291,10 +288,9 @@ def test_an_interrupted_reuse_never_leaves_its_links_under_the_old_stamp(first_r
 
     monkeypatch.setattr(GA, "write_stamp", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        GA.ensure_gguf_artifact(moved, cache_dir=cache, progress=False)
+        GA.ensure_gguf_artifact(gguf, cache_dir=cache, progress=False)
     monkeypatch.undo()
     assert not GA.stamp_file(target).exists()
-    assert {e.path: e.state for e in GC.cache_entries(cache)}[target] == "unknown"
 
 
 def test_an_entry_an_earlier_export_made_is_exported_again(first_run, capsys, monkeypatch):
