@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import numbers
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import contextmanager
@@ -186,8 +187,9 @@ def export_model(model, out_dir, *, force: bool = False, tolerance: float | None
                 break
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS and not getattr(exc, "filename", None):
             # "No space left on device" alone names nothing: say where the export was writing
-            raise ExportError(f"{out_dir}: writing the export beside it in {out_dir.parent} failed: "
-                              f"{exc.strerror or exc} (nothing of it is left)") from exc
+            raise ExportError(f"{out_dir}: the export could not write: {exc.strerror or exc} (its files go beside "
+                              f"it in {out_dir.parent}, its scratch to the temporary directory "
+                              f"{tempfile.gettempdir()}, downloads to the hub cache); nothing of it is left") from exc
         raise
 
 

@@ -90,7 +90,8 @@ def token_ids(ids, where: str) -> list[int]:
         if ids.ndim != 1 or not (np.issubdtype(ids.dtype, np.integer) or ids.size == 0):
             raise InputError(f"{where}: expected a 1-D array of integer token ids, got {ids.dtype} of shape {ids.shape}")
         out = ids.astype(np.int64).tolist()
-    elif isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
+    elif isinstance(ids, (str, bytes, bytearray, memoryview, dict, set, frozenset)) or not hasattr(ids, "__iter__") \
+            or getattr(ids, "ndim", 1) != 1:  # text, bytes, unordered collections, a 2-D tensor: no id sequence
         raise InputError(f"{where}: expected a list of token ids, got {type(ids).__name__}")
     else:
         out = [_token_id(i, where) for i in ids]
@@ -102,7 +103,8 @@ def token_ids(ids, where: str) -> list[int]:
 
 def _token_id(value, where: str) -> int:
     """One id: an integer (Python, numpy, a 0-d integer array or tensor: ``__index__``), never a bool or a float."""
-    if not isinstance(value, (bool, np.bool_)):
+    if not isinstance(value, (bool, np.bool_)) and getattr(value, "ndim", 0) == 0 \
+            and "bool" not in str(getattr(value, "dtype", "")):  # a bool tensor's element is no id either
         try:
             return operator.index(value)
         except TypeError:

@@ -17,7 +17,8 @@ Formats (``template_style``):
                a call is the whole reply ``{"name": N, "parameters": {...}}``, optionally after ``<|python_tag|>``.
 ``"mistral"``  Mistral's v3 templates (Mistral Nemo, 7B v0.3: ``[AVAILABLE_TOOLS]`` / ``[TOOL_CALLS]``, reading
                ``tools``): the template renders the tools; a call is the whole reply ``[TOOL_CALLS][{"name": N,
-               "arguments": {...}}, ...]`` (the control token decodes to nothing: the JSON array alone is read too);
+               "arguments": {...}, "id": I}, ...]`` (the control token decodes to nothing: the JSON array alone is
+               read too; a forced call writes the 9-character id as the model was trained to);
                call ids are given to the template as 9 letters and digits, as it requires (``mistral_id``).
 ``"generic"``  any other template: the template never sees ``tools``; they are described in a system message
                (``GENERIC_PROMPT``: appended to the first system message, or a new first one; for a template that
@@ -134,6 +135,7 @@ def prepare_messages(messages: list[dict], tools: list[dict] | None, style: str,
     passed through. Generic: calls and results turned into text, the tools described in a system message (or in the
     first user message when ``system_role`` is False), ``tools=`` None. ``tools`` empty/None: no tools shown."""
     names = {}  # call id -> function name, to name tool results
+    unanswered: list[str] = []  # mistral: the last calls' ids their results have not named yet
     out: list[dict] = []
     pending: list[str] = []  # generic: tool results waiting to become one user message
     for m in messages:
@@ -146,15 +148,20 @@ def prepare_messages(messages: list[dict], tools: list[dict] | None, style: str,
             if calls:
                 m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": _as_object(
                     c["function"].get("arguments"))}} for c in calls]
-                if style == "mistral":
+                if style == "mistral":  # the ids the template requires; a result without one takes its call's
                     m["tool_calls"] = [{**c, "id": mistral_id(c.get("id"), len(out), k)}
                                        for k, c in enumerate(m["tool_calls"])]
-            if style == "mistral" and m.get("role") == "tool":
-                m["tool_call_id"] = mistral_id(m.get("tool_call_id"), len(out), 0)
+                    unanswered = [c["id"] for c in m["tool_calls"]]
             if m.get("content") is None:
                 m["content"] = ""
             if m.get("role") == "tool" and not m.get("name") and names.get(m.get("tool_call_id")):
                 m["name"] = names[m["tool_call_id"]]
+            if style == "mistral" and m.get("role") == "tool":
+                given = m.get("tool_call_id")
+                m["tool_call_id"] = (mistral_id(given, len(out), 0) if isinstance(given, str) and given
+                                     else unanswered[0] if unanswered else mistral_id(None, len(out), 0))
+                if m["tool_call_id"] in unanswered:
+                    unanswered.remove(m["tool_call_id"])
             out.append(m)
             continue
         # generic: 1. a tool result waits, to be merged with the next results and a user message after them
@@ -219,8 +226,11 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None, *, pref
                       "$ref": f"#/$defs/{where}"}
         if params.get("type") != "object":  # arguments are an object, also where the schema only implies it
             params = {"allOf": [{"type": "object"}, params]}
-        options.append({"type": "object", "properties": {"name": {"const": f["name"]}, key: params},
-                        "required": ["name", key], "additionalProperties": False})
+        fields = {"name": {"const": f["name"]}, key: params}
+        if style == "mistral":  # Mistral's calls carry their id last (mistral-common's encoding, llama.cpp's grammar)
+            fields["id"] = {"type": "string", "pattern": f"^[a-zA-Z0-9]{{{MISTRAL_ID_LENGTH}}}$"}
+        options.append({"type": "object", "properties": fields, "required": list(fields),
+                        "additionalProperties": False})
     schema = options[0] if len(options) == 1 else {"anyOf": options}
     schema = {**schema, **({"$defs": defs} if defs else {}),
               "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
@@ -228,8 +238,8 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None, *, pref
     head = f"{json.dumps(prefix)} " if prefix else ""
     if style == "qwen":
         return f'start: {head}"{QWEN_OPEN}\\n" call "\\n{QWEN_CLOSE}"\n{call}\n'
-    if style == "mistral":
-        return f'start: {head}{calls_marker} "[" call "]"\n{call}\n'
+    if style == "mistral":  # v0.3's SentencePiece template writes "[TOOL_CALLS] [": the space is the model's
+        return f'start: {head}{calls_marker} " "? "[" call "]"\n{call}\n'
     return f"start: {head}call\n{call}\n"
 
 

@@ -107,7 +107,8 @@ def test_a_full_disk_during_an_export_names_the_output(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(E, "_export_model", full)
-    with pytest.raises(ExportError, match=r"out: writing the export beside it in .* failed: No space left on device"):
+    with pytest.raises(ExportError, match=r"out: the export could not write: No space left on device \(its files go "
+                                          r"beside it in .*the temporary directory"):
         E.export_model("whatever", tmp_path / "made" / "out")
     assert not (tmp_path / "made").exists()  # the folders it made on the way are gone too
 

@@ -277,7 +277,8 @@ def test_the_tokenizers_methods_take_token_ids_only(llama):
                 array.array("q", [1, 2]), (i for i in (1, 2)), [np.array(1), np.array(2)], torch.tensor([1, 2])):
         assert tok.decode(ids) == want, ids
     assert tok.decode([]) == "" and tok.id_to_token(np.array(1)) == tok.id_to_token(1)
-    for bad in ([1.7, 2.9], "12", [True], [[1]], 5, [-1], [2**40], None):
+    for bad in ([1.7, 2.9], "12", [True], [[1]], 5, [-1], [2**40], None, torch.tensor([True, False]),
+                [torch.tensor(True)], torch.tensor([[5]]), bytearray(b"ab"), memoryview(b"ab"), {1, 2}):
         with pytest.raises(InputError, match=r"^ids: "):
             tok.decode(bad)
     for bad in (-1, "a", 2.0):

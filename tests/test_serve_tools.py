@@ -328,7 +328,29 @@ def test_mistral_templates_render_natively_with_their_call_ids(servers, tiny):
     for text in (reply, reply[len("[TOOL_CALLS]"):]):
         assert fmt.parse_reply(text, "mistral", names) == (None, [("get_weather", {"city": "Rome", "unit": "celsius"})])
     grammar = fmt.call_grammar(TOOLS, "mistral", "search", calls_marker="<[5]>")
-    assert grammar.startswith('start: <[5]> "[" call "]"')
+    assert grammar.startswith('start: <[5]> " "? "[" call "]"')  # v0.3's template writes "[TOOL_CALLS] ["
+    # a forced call writes what Mistral's calls hold: name, arguments and the 9-character id last
+    from onnxlm.runtime.constraints import engine_for, make_constraint
+    live = servers["generic"].model
+    engine = engine_for(live, live.generation_config.eos_token_ids, "tool_choice")
+    marker = fmt.call_grammar(TOOLS, "mistral", "search")
+    for text, whole in (('[TOOL_CALLS] [{"name": "search", "arguments": {"query": "cake"}, "id": "a1B2c3D4e"}]', True),
+                        ('[TOOL_CALLS][{"name": "search", "arguments": {"query": "cake"}, "id": "a1B2c3D4e"}]', True),
+                        ('[TOOL_CALLS][{"name": "search", "arguments": {"query": "cake"}}]', False),
+                        ('[TOOL_CALLS][{"name": "search", "arguments": {"query": "cake"}, "id": "short"}]', False)):
+        matcher = engine.matcher(make_constraint("grammar", marker))
+        ids = live.tokenizer.encode(text, add_special_tokens=False)
+        assert (matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()) == whole, text
+    # results pair with their calls: by the id given, else the next call not yet answered; a result keeps its name
+    msgs, _ = fmt.prepare_messages([
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"type": "function", "function": {"name": "search", "arguments": "{}"}},
+            {"id": "call_b", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_b", "content": "2"}, {"role": "tool", "content": "1"}], TOOLS, "mistral")
+    calls = [c["id"] for c in msgs[1]["tool_calls"]]
+    assert [msgs[2]["tool_call_id"], msgs[3]["tool_call_id"]] == [calls[1], calls[0]]
+    assert msgs[2]["name"] == "get_weather"
 
 
 def test_a_forced_call_in_the_mistral_style(tiny, tmp_path_factory):

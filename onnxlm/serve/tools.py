@@ -248,8 +248,9 @@ def cut_call(text: str, reason: str, treq: ToolRequest) -> dict | None:
         return None
     # runtime/tool_calls.py's format: the qwen style's opening line, mistral's array, the JSON styles' arguments key
     opening = {"qwen": fmt.QWEN_OPEN + "\n", "mistral": "["}.get(treq.style, "")
-    if treq.style == "mistral" and text.startswith(fmt.MISTRAL_CALLS):  # its marker as text (not one special token)
-        text = text[len(fmt.MISTRAL_CALLS):]
+    if treq.style == "mistral":  # its marker as text (not one special token), and v0.3's space after it
+        text = text[len(fmt.MISTRAL_CALLS):] if text.startswith(fmt.MISTRAL_CALLS) else text
+        text = text.lstrip()
     names = [treq.name] if treq.name else [t["function"]["name"] for t in treq.tools]
     heads = {n: f'{opening}{{"name": {json.dumps(n)}, "{fmt.args_key(treq.style)}": ' for n in names}
     for name, head in heads.items():
