@@ -62,7 +62,15 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_num(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    """A real number a float can hold (an int past float's range, 10**400, is none: refused by name, not an
+    OverflowError later)."""
+    if not isinstance(x, numbers.Real) or isinstance(x, bool):
+        return False
+    try:
+        float(x)
+    except OverflowError:
+        return False
+    return True
 
 
 def _as_list(v: Any) -> Any:
@@ -330,7 +338,7 @@ class GenerationConfig:
         """Raise ParameterError for the first out-of-range parameter; returns self."""
 
         def bad(name: str, allowed: str) -> ParameterError:
-            return ParameterError(name, f"got {getattr(self, name)!r}; must be {allowed}")
+            return ParameterError(name, f"got {reprlib.repr(getattr(self, name))}; must be {allowed}")  # shortened
 
         def check_int(name: str, lo: int, optional: bool, allowed: Optional[str] = None) -> None:
             v = getattr(self, name)

@@ -210,6 +210,8 @@ P = [1, 5, 9, 12]
     (dict(temperature=float("inf")), "temperature"),
     (dict(forced_eos_token_id=[]), "forced_eos_token_id"),            # nothing to force (transformers refuses it)
     (dict(sequence_bias={(1,): 1e39}), "sequence_bias"),              # +inf on float32 scores
+    (dict(do_sample=True, temperature=10**400), "temperature"),       # past float's range: no OverflowError
+    (dict(length_penalty=10**400), "length_penalty"),
 ])
 def test_values_past_what_a_run_can_take_are_named(llama, kw, name):
     model, _ = llama
