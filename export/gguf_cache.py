@@ -139,24 +139,25 @@ def _files(path: Path) -> dict:
     return found
 
 
-def disk_bytes(items) -> int:
-    """Bytes on disk of entries, leftovers or ``files`` mappings together: a file linked under several, once."""
+def _union(items) -> dict:
+    """Entries, leftovers or ``files`` mappings -> their files together, {(st_dev, st_ino): bytes}: a file linked
+    under several, once."""
     every = {}
     for item in items:
         every.update(item if isinstance(item, dict) else item.files)
-    return sum(every.values())
+    return every
+
+
+def disk_bytes(items) -> int:
+    """Bytes on disk of entries, leftovers or ``files`` mappings together: a file linked under several, once."""
+    return sum(_union(items).values())
 
 
 def freed_bytes(gone, staying) -> int:
     """Bytes that removing ``gone`` (entries, leftovers) frees while ``staying`` (entries, ``files`` mappings) stay:
     each file once, none that one of ``staying`` links too."""
-    kept = set()
-    for item in staying:
-        kept.update(item if isinstance(item, dict) else item.files)
-    every = {}
-    for item in gone:
-        every.update(item.files)
-    return sum(size for key, size in every.items() if key not in kept)
+    kept = _union(staying)
+    return sum(size for key, size in _union(gone).items() if key not in kept)
 
 
 def linked_entries(entries: list[CacheEntry]) -> dict[str, list[str]]:
@@ -260,7 +261,7 @@ def _first_exports(root: Path, listed: set[str]) -> list[CacheEntry]:
             started = max(d.stat().st_mtime for d in dirs)
         except FileNotFoundError:  # it finished (or failed) meanwhile
             continue
-        files = {k: v for d in dirs for k, v in _files(d).items()}
+        files = _union(map(_files, dirs))
         out.append(CacheEntry(root / entry, None, "exporting", sum(files.values()), "export running", started, files))
     return out
 
@@ -449,7 +450,7 @@ def prune(cache_dir=None, *, dry_run: bool = False) -> Removal:
 def _with_staying(out: Removal, entries: list[CacheEntry]) -> Removal:
     """``out`` knowing the files of the listed entries it did not remove (its ``bytes`` leaves their links out)."""
     gone = {id(e) for e in out.removed}
-    return replace(out, staying={k: v for e in entries if id(e) not in gone for k, v in e.files.items()})
+    return replace(out, staying=_union(e for e in entries if id(e) not in gone))
 
 
 def prune_retries(path: Path) -> bool:

@@ -171,14 +171,14 @@ class EncoderEmbedder:
         try:  # the query alone (beside an empty document): its own faults are the query's, not a document's
             self._check_ids([self.pair_ids(query, "")], None)
         except InputError as exc:
-            raise InputError("query: " + str(exc).split(": ", 1)[-1]) from None
+            raise exc.naming("query") from None
         rows = []
         for i, doc in enumerate(documents):
             try:
                 row = self.pair_ids(query, doc)
                 self._check_ids([row], None)
             except InputError as exc:
-                raise InputError(f"documents[{i}]: " + str(exc).split(": ", 1)[-1]) from None
+                raise exc.naming(f"documents[{i}]") from None
             rows.append(row)
         scores = self.pair_scores(rows, batch_size)
         return ranked(scores, top_n)

@@ -38,6 +38,11 @@ class DependencyError(OnnxlmError, ImportError):
 class InputError(OnnxlmError, ValueError):
     """A prompt or token-id input is unusable (empty, too long, ids out of the vocabulary, bad shapes)."""
 
+    def naming(self, where: str) -> "InputError":
+        """The same fault with its message's leading name (``input_ids: ...``) replaced by ``where``: a check shared
+        by several inputs names the one the caller gave (``targets``, ``documents[2]``)."""
+        return InputError(f"{where}: " + str(self).split(": ", 1)[-1])
+
 
 class ParameterError(OnnxlmError, ValueError):
     """A generation/scoring parameter is out of its allowed range or unknown."""

@@ -462,7 +462,7 @@ class LanguageModel:
             try:
                 tgt = self._rows(targets)
             except InputError as exc:  # _rows names inputs / input_ids: these are the targets
-                raise InputError("targets: " + str(exc).split(": ", 1)[-1]) from None
+                raise exc.naming("targets") from None
             if len(tgt) != len(sources):
                 raise InputError(f"targets: {len(tgt)} rows for {len(sources)} sources")
             if append_eos:
@@ -551,7 +551,7 @@ class LanguageModel:
                 row = cut(self._rows(item if isinstance(item, str) else [item])[0])
                 check(row)
             except InputError as exc:
-                raise InputError(f"inputs[{i}]: " + str(exc).split(": ", 1)[-1]) from None
+                raise exc.naming(f"inputs[{i}]") from None
             rows.append(row)
         return rows
 

@@ -140,14 +140,11 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def _unwind_on_sigterm():
+def _unwind_on_sigterm() -> None:
     """Turn SIGTERM into ``Terminated`` while the command runs, where nobody chose another handler (a parent that
-    ignores it keeps that; `serve`'s uvicorn installs its own graceful drain); the handler to restore, or None."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+    ignores it keeps that; `serve`'s uvicorn installs its own graceful drain); ``main`` puts the handler back."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _flush_quietly() -> None:

@@ -161,16 +161,10 @@ def render(model, messages: list[dict], treq: ToolRequest, template_vars: dict |
         if not fmt.needs_tools_handling(messages, shown):
             return model.render_chat(messages, tokenize=tokenize, **extra)
         msgs, tools = fmt.prepare_messages(messages, shown, treq.style)
-        try:
-            if treq.style == "generic" and shown and not _shows_system(model, msgs, extra):
-                raise InputError("the template drops system messages")  # (Phi-3-mini's: only user / assistant)
-            return model.render_chat(msgs, tokenize=tokenize, tools=tools, **extra)
-        except InputError:
-            if treq.style != "generic" or not shown:
-                raise
-            # a template that refuses (or drops) system messages: the tools' description opens the first user message
+        if treq.style == "generic" and shown and not _shows_system(model, msgs, extra):
+            # a template that refuses or drops system messages: the tools' description opens the first user message
             msgs, tools = fmt.prepare_messages(messages, shown, treq.style, system_role=False)
-            return model.render_chat(msgs, tokenize=tokenize, tools=tools, **extra)
+        return model.render_chat(msgs, tokenize=tokenize, tools=tools, **extra)
     except (InputError, ModelFileError) as exc:
         raise bad("messages", str(exc)) from None
 
@@ -180,15 +174,22 @@ def think_of(model, ids: list[int], split: bool, treq: ToolRequest) -> bool | No
     inside a ``<think>`` block. ``split``: the request's reasoning_format asks for it. A forced call after a block
     the prompt left open is split whatever reasoning_format says: its constraint closes the block first (empty), and
     the call is the answer."""
-    opened = reasoning.prompt_opens(model.tokenizer, ids) if split or treq.forced else False
-    return opened if split or (treq.forced and opened) else None
+    if not (split or treq.forced):
+        return None
+    opened = reasoning.prompt_opens(model.tokenizer, ids)
+    return opened if split or opened else None
 
 
 def _shows_system(model, msgs: list[dict], extra: dict) -> bool:
     """Does the template render the system message that ``prepare_messages`` put first (the generic tools'
-    description)? Its prompt text is rendered and searched for that description's first line."""
-    probe = fmt.GENERIC_PROMPT.split("\n", 1)[0]
-    return msgs[0].get("role") != "system" or probe in model.render_chat(msgs, tokenize=False, **extra)
+    description)? Its prompt text is rendered and searched for that description's first line; a template that
+    refuses it (raise_exception) does not (Phi-3-mini's drops it silently: only user / assistant)."""
+    if msgs[0].get("role") != "system":
+        return True
+    try:
+        return fmt.GENERIC_PROMPT.split("\n", 1)[0] in model.render_chat(msgs, tokenize=False, **extra)
+    except InputError:
+        return False
 
 
 async def constraint(model, treq: ToolRequest, ids: list[int]):

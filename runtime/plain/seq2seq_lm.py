@@ -111,7 +111,7 @@ class Seq2SeqLM(LanguageModel):
         try:
             decoder_input_ids, _ = self._check_ids(decoder_input_ids, None)
         except InputError as exc:  # the check names input_ids: these are the decoder's
-            raise InputError("decoder_input_ids: " + str(exc).split(": ", 1)[-1]) from None
+            raise exc.naming("decoder_input_ids") from None
         if len(decoder_input_ids) != len(input_ids):
             raise InputError(f"decoder_input_ids: batch {len(decoder_input_ids)} != input_ids batch {len(input_ids)}")
         return input_ids, attention_mask, decoder_input_ids
