@@ -415,3 +415,27 @@ class ConstrainedState:
 
     def __getattr__(self, name: str):
         return getattr(self.state, name)
+
+
+class FollowingConstraint:
+    """A ConstraintProcessor for the speculative loop (decoding/speculative.py), which decides several positions per
+    forward pass: called with the rows' ids, it first has each live row's matcher consume the ids decided since its
+    last call (``catch_up``), so each position is masked after the tokens decided before it, and the matcher never
+    sees a proposed token that was not picked (nothing to roll back). The state is not wrapped in ConstrainedState
+    then: this processor does the consuming. ``input_length``: the rows' length when decoding starts."""
+
+    def __init__(self, processor: ConstraintProcessor, input_length: int):
+        self.processor, self.length = processor, input_length
+
+    def __repr__(self) -> str:
+        return f"FollowingConstraint({self.processor!r}, at={self.length})"
+
+    def catch_up(self, input_ids: np.ndarray) -> None:
+        """input_ids [b, t] int64: the live rows' matchers consume ids [length, t) (a retired row's are padding)."""
+        for position in range(self.length, input_ids.shape[1]):
+            self.processor.advance(input_ids[:, position])
+        self.length = max(self.length, input_ids.shape[1])
+
+    def __call__(self, input_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        self.catch_up(input_ids)
+        return self.processor(input_ids, scores)

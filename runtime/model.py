@@ -8,7 +8,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .constraints import KINDS as CONSTRAINT_KINDS, ConstrainedState, ConstraintProcessor, engine_for, pop_constraints
+from .constraints import (KINDS as CONSTRAINT_KINDS, ConstrainedState, ConstraintProcessor, FollowingConstraint,
+                          engine_for, pop_constraints)
 from .errors import InputError, ModelFileError, ParameterError, RerankerError
 from .generation_config import GenerationConfig, warn_once
 from .heap import release_free_heap
@@ -266,18 +267,22 @@ class LanguageModel:
                     stream_text: bool = True, constraints=None, assistant=None,
                     stopping_criteria=None) -> "_SampleRun":
         from .decoding.candidates import check_speculation, proposer_for
+        from .decoding.constrained_proposer import ConstrainedProposer
         from .decoding.stopping import any_stop
         from .decoding.sample import sample_steps
         from .decoding.speculative import SpeculationStats, speculative_steps
         n = config.num_return_sequences if config.do_sample else 1
         min_len, max_len = self._lengths(config, self.initial_sequences(ids).shape[1])  # refuse before any run
-        speculate = check_speculation(self, config, assistant, rows=len(ids) * n, constrained=constraints is not None)
+        speculate = check_speculation(self, config, assistant, rows=len(ids) * n)
         constraint = self._constraint_processor(config, constraints, n)  # compiled before any run too
         state, logits, sequences = self._start_expanded(ids, mask, n, max_len, config)
-        processors = build_processors(config, input_length=sequences.shape[1], max_length=max_len,
+        t0 = sequences.shape[1]
+        masking = constraint and (FollowingConstraint(constraint, t0) if speculate else constraint)
+        processors = build_processors(config, input_length=t0, max_length=max_len,
                                       is_encoder_decoder=self.is_encoder_decoder,
-                                      logits_processor=[constraint] if constraint else None)
-        state = ConstrainedState(state, constraint) if constraint else state
+                                      logits_processor=[masking] if constraint else None)
+        if constraint and not speculate:  # the state's advance feeds the matchers (speculating: masking catches up)
+            state = ConstrainedState(state, constraint)
         rng = np.random.default_rng(config.seed) if config.do_sample else None
         common = dict(processors=processors, do_sample=bool(config.do_sample), rng=rng,
                       eos_token_ids=config.eos_token_ids, pad_token_id=self.pad_for(config), max_length=max_len,
@@ -285,8 +290,13 @@ class LanguageModel:
         if not speculate:
             return _SampleRun(self, config, sequences, stream_text, constraint,
                               sample_steps(state, sequences, logits, **common))
-        proposer = proposer_for(self, config, assistant, ids, mask, processors=processors, rng=rng,
+        unconstrained = processors if constraint is None else build_processors(  # the proposals' (see
+            config, input_length=t0, max_length=max_len, is_encoder_decoder=False)  # constrained_proposer.py)
+        proposer = proposer_for(self, config, assistant, ids, mask, processors=unconstrained, rng=rng,
                                 max_length=max_len, stop_check=common["stop_check"])
+        if constraint:
+            proposer = ConstrainedProposer(proposer, constraint, model=self, max_length=max_len,
+                                           eos_token_ids=config.eos_token_ids, catch_up=masking.catch_up)
         stats = SpeculationStats()
         return _SampleRun(self, config, sequences, stream_text, constraint,
                           speculative_steps(state, sequences, logits, proposer=proposer, stats=stats, **common),

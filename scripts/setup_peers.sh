@@ -38,7 +38,7 @@ fi
 if ! "$PEERS_VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
     "$PEERS_VENV/bin/python" -m pip install -q --upgrade pip numpy
     # One compile job, low priority; CPU-only, no curl/server/llava targets.
-    CMAKE_BUILD_PARALLEL_LEVEL=1 \
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-1} \
     CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF" \
         nice -n 15 "$PEERS_VENV/bin/python" -m pip install --no-cache-dir -v "$LLAMA_CPP_PYTHON" \
         > "$PEERS_VENV/llama-cpp-build.log" 2>&1 \

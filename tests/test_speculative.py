@@ -185,13 +185,106 @@ def test_refusals_name_the_parameter(models):
              (dict(assistant_confidence_threshold=1.5), "assistant_confidence_threshold"),
              (dict(assistant_model="gpt2"), "assistant_model"),
              (dict(assistant_model=models["gpt2"], do_sample=True, num_return_sequences=2), "assistant_model"),
-             (dict(prompt_lookup_num_tokens=2, regex="[ab]+"), "prompt_lookup_num_tokens")]
+             (dict(prompt_lookup_num_tokens=2, regex="[ab]+", num_beams=2), "prompt_lookup_num_tokens")]
     for kw, name in cases:
         with pytest.raises(ParameterError) as err:
             ours.generate([PROMPT], max_new_tokens=5, **kw)
         assert err.value.parameter == name, kw
     with pytest.raises(ParameterError, match="assistant_model"):
         ours.generate([PROMPT, PROMPT[:5]], max_new_tokens=5, assistant_model=models["gpt2"])
+
+
+LISTING = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 6}, "count": {"type": "integer"}}, "required": ["name", "count"],
+    "additionalProperties": False}, "maxItems": 3}}, "required": ["items"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("layout", ["plain", "fused"])
+def test_constrained_speculation_gives_the_plain_constrained_tokens(models, layout):
+    """Under a structured-output constraint, prompt lookup and a draft model propose the constraint's forced tokens
+    (a schema's keys, quotes, braces) or their own candidates cut where the matcher refuses them
+    (constrained_proposer.py); each position is still decided under the mask after the tokens decided before it, so
+    the tokens, scores, finish reasons and constraint_satisfied are plain constrained decoding's (greedy, seeded
+    sampling, a left-padded batch with an unconstrained row, a stop string, the length limit), in fewer passes."""
+    ours = models[layout]
+    prompt = ours.tokenizer.encode('[{"name":"ab","count":1},{"name":"ab","count":1}]')
+    regex = r"(ab cd ){2,5}[0-9]{3}"
+    draft = models["fused" if layout == "plain" else "plain"]
+    cases = [(dict(max_new_tokens=60), dict(json_schema=LISTING), dict(prompt_lookup_num_tokens=6)),
+             (dict(max_new_tokens=60), dict(json_schema=LISTING), dict(assistant_model=draft)),
+             (dict(max_new_tokens=50, do_sample=True, seed=5, temperature=0.8, top_k=20), dict(json_schema=LISTING),
+              dict(prompt_lookup_num_tokens=6)),
+             (dict(max_new_tokens=30, repetition_penalty=1.3), dict(regex=regex), dict(prompt_lookup_num_tokens=6)),
+             (dict(max_new_tokens=40, stop=['"count"']), dict(json_schema=LISTING), dict(prompt_lookup_num_tokens=6)),
+             (dict(max_new_tokens=9), dict(json_schema=LISTING), dict(prompt_lookup_num_tokens=6))]
+    for kw, ckw, skw in cases:
+        plain = ours.generate([prompt], output_scores=True, **kw, **ckw)
+        spec = ours.generate([prompt], output_scores=True, **kw, **ckw, **skw)
+        assert spec.new_tokens == plain.new_tokens, (kw, ckw, skw)
+        assert spec.text == plain.text and spec.finish_reasons == plain.finish_reasons
+        assert spec.constraint_satisfied == plain.constraint_satisfied
+        np.testing.assert_allclose(np.stack(spec.scores), np.stack(plain.scores), atol=1e-4)
+        assert 0 < spec.speculation.passes < len(spec.new_tokens[0]) - 1, (kw, ckw, skw)  # the schema forces text
+    steps = list(ours.stream([prompt], max_new_tokens=60, json_schema=LISTING, prompt_lookup_num_tokens=6))
+    assert [s.token_id for s in steps] == ours.generate([prompt], max_new_tokens=60, json_schema=LISTING).new_tokens[0]
+    # a left-padded batch, one row unconstrained: as far as the shortest row's proposal, cut for the constrained one
+    short = ours.tokenizer.encode('{"name":"ab","count":1}')
+    both = dict(max_new_tokens=40, constraints=[{"json_schema": LISTING}, None])
+    plain = ours.generate([prompt, short], **both)
+    spec = ours.generate([prompt, short], **both, prompt_lookup_num_tokens=6)
+    assert spec.new_tokens == plain.new_tokens and spec.constraint_satisfied == plain.constraint_satisfied
+    assert spec.speculation.passes > 0
+
+
+def test_batched_constraints_propose_each_rows_forced_tokens(models):
+    """Every row's constraint forcing tokens: each row proposes its own, as far as the shortest row's."""
+    ours = models["plain"]
+    prompts = [ours.tokenizer.encode("a"), ours.tokenizer.encode("bcd")]
+    both = dict(max_new_tokens=40, constraints=[{"json_schema": LISTING}, {"regex": r"(ab cd ){2,5}[0-9]{3}"}])
+    plain = ours.generate(prompts, **both)
+    spec = ours.generate(prompts, **both, prompt_lookup_num_tokens=4)
+    assert spec.new_tokens == plain.new_tokens and spec.constraint_satisfied == plain.constraint_satisfied
+    assert spec.speculation.accepted > 0
+
+
+def test_constrained_proposer_on_several_rows(models):
+    """ConstrainedProposer on a batch: every active row forced -> each row its own forced tokens, as far as the
+    shortest; a row without a constraint -> the inner proposal, cut where a constrained row refuses; a finished row
+    takes no part; catch_up is asked first."""
+    from onnxlm.runtime.constraints import ConstraintProcessor, engine_for, make_constraint
+    from onnxlm.runtime.decoding.constrained_proposer import ConstrainedProposer
+
+    ours = models["plain"]
+    eos, enc = [ours.generation_config.eos_token_id], ours.tokenizer.encode
+    schema = {"type": "object", "properties": {"alpha": {"type": "integer"}}, "required": ["alpha"]}
+    processor = ConstraintProcessor(engine_for(ours, eos, "json_schema"),
+                                    [make_constraint("json_schema", schema), make_constraint("regex", "xyz[0-9]+"),
+                                     None])
+    forced = [m.compute_ff_tokens() for m in processor.matchers[:2]]
+    assert len(forced[0]) > 1 and len(forced[1]) > 1
+
+    class Inner:
+        def __init__(self, candidates):
+            self.candidates = candidates
+
+        def propose(self, sequences, active):
+            return self.candidates, None
+
+    caught = []
+    proposer = ConstrainedProposer(Inner(None), processor, model=ours, max_length=100, eos_token_ids=eos,
+                                   catch_up=caught.append)
+    seqs = np.zeros((3, 4), np.int64)
+    got, _ = proposer.propose(seqs, np.array([True, True, False]))
+    k = min(map(len, forced))
+    assert caught and got.shape == (3, k) and got[:2].tolist() == [f[:k] for f in forced] and proposer.forced
+    digits = enc("xyz12", add_special_tokens=False)
+    inner = np.array([enc('{"alpha":', add_special_tokens=False)[:2]] * 3, np.int64)
+    inner = np.concatenate([inner, np.zeros((3, 1), np.int64)], axis=1)
+    proposer.inner = Inner(inner)  # the third row (unconstrained) active: nothing forced, the inner proposal cut
+    got, _ = proposer.propose(seqs, np.array([True, False, True]))
+    assert not proposer.forced
+    assert got.shape[1] == processor.matchers[0].validate_tokens(inner[0].tolist()) < inner.shape[1]
+    assert digits and processor.matchers[1].validate_tokens(digits) == len(digits)  # nothing was consumed
 
 
 @pytest.mark.parametrize("name", ["plain", "fused", "gpt2"])
@@ -222,7 +315,7 @@ def test_seq2seq_is_refused():
     from onnxlm.runtime.generation_config import GenerationConfig
     with pytest.raises(ParameterError, match="seq2seq"):
         check_speculation(SimpleNamespace(is_encoder_decoder=True), GenerationConfig(prompt_lookup_num_tokens=2),
-                          None, rows=1, constrained=False)
+                          None, rows=1)
 
 
 def test_cli_flags(tiny_llama, tiny_gpt2, capsys):

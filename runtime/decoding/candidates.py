@@ -176,7 +176,7 @@ def speculation_limit(*models) -> int | None:
     return min(caps) if caps else None
 
 
-def check_speculation(model, config, assistant, *, rows: int, constrained: bool) -> bool:
+def check_speculation(model, config, assistant, *, rows: int) -> bool:
     """Refuse what speculative decoding does not run (ParameterError naming the parameter) -> True when the call
     asks for it (prompt_lookup_num_tokens or assistant_model)."""
     if config.prompt_lookup_num_tokens is None and assistant is None:
@@ -189,8 +189,6 @@ def check_speculation(model, config, assistant, *, rows: int, constrained: bool)
                              "transformers")
     if model.is_encoder_decoder:
         raise ParameterError(name, "speculative decoding runs on decoder-only models; this is a seq2seq model")
-    if constrained:
-        raise ParameterError(name, "not with structured-output constraints (json_schema, regex, choices, grammar)")
     if assistant is not None:
         if not all(hasattr(assistant, a) for a in ("start", "vocab_size")) or assistant.is_encoder_decoder:
             raise ParameterError("assistant_model", f"got {type(assistant).__name__}; must be a decoder-only model "

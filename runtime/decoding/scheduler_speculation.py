@@ -39,11 +39,11 @@ from __future__ import annotations
 import numpy as np
 
 from .candidates import PromptLookup, speculation_limit
+from .constrained_proposer import ConstrainedProposer
 from .prediction import PredictionLookup
 from .speculative import SpeculationStats
 
 PREDICTION_TOKENS = 16  # a prediction's proposals per pass at most, unless the request or the scheduler says
-FORCED_TOKENS = 16      # a constraint's forced tokens proposed per pass at most
 
 
 def proposer_for_request(model, req, processors, max_length: int, default: int | None, draft=None,
@@ -59,52 +59,6 @@ def proposer_for_request(model, req, processors, max_length: int, default: int |
         return proposer
     return ConstrainedProposer(proposer, constraint, model=model, max_length=max_length,
                                eos_token_ids=req.config.eos_token_ids)
-
-
-class ConstrainedProposer:
-    """A request's proposer under a structured-output constraint (its one row): where the constraint forces the
-    next tokens (llguidance's ``compute_ff_tokens``: a JSON schema's keys and punctuation) it proposes those (up to
-    ``FORCED_TOKENS``, within the length and rollback limits, never EOS); otherwise its own proposer's candidates,
-    cut before the first token the constraint refuses after the tokens picked so far (``validate_tokens``: nothing
-    consumed). The own proposer's back-off hears only its own proposals; its attributes read through."""
-
-    def __init__(self, inner, constraint, *, model, max_length: int, eos_token_ids):
-        self.inner, self.constraint, self.max_length = inner, constraint, max_length
-        self.eos = set(int(e) for e in eos_token_ids)
-        cap = speculation_limit(model)
-        self.most = min(FORCED_TOKENS, cap or FORCED_TOKENS)
-        self.forced = False  # the last proposal was the constraint's forced tokens
-
-    def __repr__(self) -> str:
-        return f"ConstrainedProposer({self.inner!r})"
-
-    @property
-    def proposed_by_prediction(self) -> bool:
-        return not self.forced and getattr(self.inner, "proposed_by_prediction", False)
-
-    def propose(self, sequences: np.ndarray, active: np.ndarray):
-        # sequences [1, t] int64, active [1] bool -> (candidates [1, k] int64, draft probs [1, k, V] | None)
-        matcher = self.constraint.matchers[0] if self.constraint.live.any() else None
-        room = min(self.most, self.max_length - sequences.shape[1] - 1)  # the pass's k + 1 stay within max_length
-        forced = matcher.compute_ff_tokens()[:max(room, 0)] if matcher is not None else []
-        cut = next((i for i, tok in enumerate(forced) if tok in self.eos), len(forced))
-        self.forced = cut > 0
-        if self.forced:
-            return np.asarray([forced[:cut]], np.int64), None
-        candidates, probs = self.inner.propose(sequences, active)
-        if candidates.shape[1] and matcher is not None:
-            n = matcher.validate_tokens(candidates[0].tolist())
-            if n < getattr(self.inner, "min_tokens", 0):  # a draft cut under its minimum (--draft-min) is not checked
-                n = 0
-            candidates, probs = candidates[:, :n], (probs[:, :n] if probs is not None else None)
-        return candidates, probs
-
-    def update(self, matches: int, k: int) -> None:
-        if not self.forced:
-            self.inner.update(matches, k)
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
 
 
 def _proposer(model, req, processors, max_length: int, default: int | None, draft):
