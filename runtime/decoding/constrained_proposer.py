@@ -28,7 +28,12 @@ class ConstrainedProposer:
     batch as far as its shortest, within the length and rollback limits, never EOS); otherwise the inner proposer's
     candidates, cut before the first token a row's constraint refuses after the tokens picked so far. The inner
     proposer's back-off hears only its own proposals; its attributes read through. ``catch_up(sequences)``, where
-    given, brings the matchers up to the rows before they are asked (``FollowingConstraint.catch_up``)."""
+    given, brings the matchers up to the rows before they are asked (``FollowingConstraint.catch_up``).
+
+    A draft's probabilities are dropped: a sampled position is then drawn from the target's (masked) distribution
+    as a plain step draws it and kept where it equals the proposal. Rejection sampling against the draft would not
+    give the target's distribution once its refused tokens are cut (a refused token is always rejected there, the
+    position then drawn from max(p - q, 0); cut, it would be drawn from p)."""
 
     def __init__(self, inner, constraint, *, model, max_length: int, eos_token_ids, catch_up=None):
         self.inner, self.constraint, self.max_length, self.catch_up = inner, constraint, max_length, catch_up
@@ -56,16 +61,14 @@ class ConstrainedProposer:
             out = np.zeros((len(sequences), forced.shape[1]), np.int64)  # finished rows: any id (their output is pad)
             out[rows] = forced
             return out, None
-        candidates, probs = self.inner.propose(sequences, active)      # 3. else the inner proposal, cut where a
+        candidates, _ = self.inner.propose(sequences, active)          # 3. else the inner proposal, cut where a
         k = candidates.shape[1]                                         #    row's constraint refuses a token
         for r, m in zip(rows, matchers):
             if k and m is not None:
                 k = min(k, m.validate_tokens(candidates[r, :k].tolist()))
-        if k < candidates.shape[1]:
-            if k < getattr(self.inner, "min_tokens", 0):  # a draft cut under its minimum (--draft-min) is not checked
-                k = 0
-            candidates, probs = candidates[:, :k], (probs[:, :k] if probs is not None else None)
-        return candidates, probs
+        if k < getattr(self.inner, "min_tokens", 0):  # a draft cut under its minimum (--draft-min) is not checked
+            k = 0
+        return candidates[:, :k], None  # no draft probabilities: see the class docstring
 
     def _forced(self, matchers, length: int) -> np.ndarray | None:
         """The active rows' matchers (None: unconstrained now), the rows' length -> their forced tokens [r, k] int64
