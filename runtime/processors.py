@@ -429,11 +429,20 @@ class TemperatureWarper(LogitsProcessor):
         if not _is_num(temperature) or not temperature > 0:  # NaN fails too
             raise ParameterError("temperature", f"got {temperature!r}; must be a number > 0 "
                                                 "(for greedy decoding set do_sample=False)")
+        if np.float32(temperature) == 0:  # scores are float32: it would divide by zero
+            raise ParameterError("temperature", f"got {temperature!r}, which is 0 in float32 (the scores' type); "
+                                                "allowed: a number >= 1.4e-45, or do_sample=False for greedy")
         self.temperature = float(temperature)
 
     def __call__(self, input_ids, scores):
-        with np.errstate(over="ignore"):  # a score near float32's limit (a huge bias) becomes inf: the draw refuses it
-            return (scores / np.float32(self.temperature)).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # a score past float32's range is refused by name below
+            out = (scores / np.float32(self.temperature)).astype(np.float32, copy=False)
+        if self.temperature < 1.0 and np.isposinf(out).any() and not np.isposinf(scores).any():
+            peak = float(np.abs(scores[np.isposinf(out)]).max())
+            raise ParameterError("temperature", f"got {self.temperature!r}: a score of {peak:.4g} (a logit or "
+                                                "sequence bias that large?) divided by it passes float32's range "
+                                                "(3.4e38); allowed: a larger temperature, or do_sample=False")
+        return out
 
 
 class TopKWarper(LogitsProcessor):

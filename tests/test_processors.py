@@ -448,6 +448,21 @@ def test_validation_accepts():
                                                                                                  "top_k"]
 
 
+def test_a_temperature_that_overflows_the_scores_is_named():
+    """temperature 1e-50 is 0 in float32 (refused at once); 1e-38 sends a score of 10 past float32's range (refused
+    when it does, naming temperature, not a later "no finite maximum"); +inf scores as given pass through."""
+    with pytest.raises(ParameterError, match="0 in float32") as err:
+        P.TemperatureWarper(1e-50)
+    assert err.value.parameter == "temperature"
+    ids, scores = np.zeros((1, 2), np.int64), np.array([[10.0, -3.0, 0.5]], np.float32)
+    with pytest.raises(ParameterError, match="float32's range") as err:
+        P.TemperatureWarper(1e-38)(ids, scores)
+    assert err.value.parameter == "temperature"
+    np.testing.assert_allclose(P.TemperatureWarper(1e-30)(ids, scores), scores / np.float32(1e-30))
+    inf = np.array([[np.inf, 1.0]], np.float32)
+    assert np.isposinf(P.TemperatureWarper(0.5)(ids, inf)[0, 0])
+
+
 def test_processor_init_errors():
     for make, name in [(lambda: P.TemperatureWarper(0.0), "temperature"), (lambda: P.TopKWarper(0), "top_k"),
                        (lambda: P.TopPWarper(-0.5), "top_p"), (lambda: P.MinPWarper(-0.1), "min_p"),
