@@ -443,6 +443,25 @@ def test_demo_reuses_an_exported_model(capsys, tmp_path, tiny_gpt2, monkeypatch)
     assert code == 2 and "a file, not a directory" in err, err
 
 
+def test_an_interrupted_first_demo_leaves_no_empty_directories(capsys, tmp_path, monkeypatch):
+    """Ctrl-C in the first export of `onnxlm demo --dir NEW/DIR`: the directories the demo made are removed again
+    (they would be empty), a directory that was there stays, and the command ends as interrupted (130)."""
+    from onnxlm import cli
+    from onnxlm.cli import demo as cli_demo
+
+    def interrupted(models_dir):
+        models_dir.mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_demo, "ensure_model", interrupted)
+    monkeypatch.setattr(cli, "_hold_further_interrupts", lambda: None)  # keep this process's signal handlers
+    code, _, err = run_cli(capsys, "demo", "--dir", tmp_path / "new" / "models")
+    assert code == 130 and "interrupted" in err and list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    code, _, _ = run_cli(capsys, "demo", "--dir", tmp_path / "kept" / "models")
+    assert code == 130 and [p.name for p in tmp_path.iterdir()] == ["kept"] and not any((tmp_path / "kept").iterdir())
+
+
 def test_score_in_bounded_batches_equals_one_batch(capsys, tiny_gpt2):
     texts = [f"text number {i} here" for i in range(5)]
     code, small, _ = run_cli(capsys, "score", str(tiny_gpt2.onnx_dir), *texts, "--json", "--batch-size", "2")

@@ -92,7 +92,16 @@ def run(args) -> int:
     if models_dir.exists() and not models_dir.is_dir():
         args.parser_for_command.error(f"--dir {args.dir}: a file, not a directory (the models directory that holds "
                                       "or receives the default model)")
-    path = ensure_model(models_dir)
+    created = [d for d in (models_dir, *models_dir.parents) if not d.exists()]  # what a first export makes
+    try:
+        path = ensure_model(models_dir)
+    except BaseException:  # an interrupted or failed first export leaves no empty directories behind
+        for d in created:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or gone): keep it
+                break
+        raise
     model = load(path, provider=args.provider, threads=args.threads, verify=args.verify)
     print(f"onnxlm demo: {path} ({model.manifest.get('model_type')}, {model.provider})")
     if random_weights(model):
