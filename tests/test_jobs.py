@@ -191,6 +191,41 @@ def test_a_kill_during_the_merge_leaves_no_output_and_the_parts(tmp_path, tiny_g
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
 
+def test_a_full_disk_is_one_error_line_and_the_rerun_resumes(tmp_path, tiny_gpt2, gpt2, capsys, monkeypatch):
+    """ENOSPC while writing a part, then while writing the merged output: JobOutputError (one line, exit 1) naming
+    the file, the reason and what is kept; no temporary file stays; the same command then resumes and merges."""
+    from onnxlm.jobs import JobOutputError
+
+    src, out = corpus(tmp_path), tmp_path / "out.parquet"
+    real_write = pq.write_table
+    calls = []
+
+    def full_after(n):
+        def write_table(table, where, *a, **kw):
+            calls.append(where)
+            if len(calls) > n:
+                raise OSError(28, "No space left on device")
+            return real_write(table, where, *a, **kw)
+        return write_table
+
+    spec = dict(batch_size=2, rows_per_part=2)
+    monkeypatch.setattr(pq, "write_table", full_after(2))
+    with pytest.raises(JobOutputError, match=r"part-000002.parquet failed \(No space left on device\); the 2 part"):
+        run_local(JobSpec("score", tiny_gpt2.onnx_dir, src, out, **spec), progress=False, model=gpt2)
+    parts = tmp_path / "out.parquet.parts"
+    assert not out.exists() and sorted(p.name for p in parts.iterdir() if ".tmp-" in p.name) == []
+    assert len(list(parts.glob("part-*.parquet"))) == 2
+    calls.clear()
+    monkeypatch.setattr(pq, "write_table", full_after(3))  # the three parts left, then the merge fails
+    code, _, err = run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out, "--batch-size", 2,
+                           "--rows-per-part", 2, "--quiet")
+    assert code == 1 and err.count("\n") == 1 and f"writing {out} failed (No space left on device)" in err, err
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    monkeypatch.setattr(pq, "write_table", real_write)
+    report = run_local(JobSpec("score", tiny_gpt2.onnx_dir, src, out, **spec), progress=False, model=gpt2)
+    assert (report.processed, report.output_rows) == (0, 10) and [r["row"] for r in rows(out)] == list(range(10))
+
+
 def test_a_grown_input_is_another_job_and_overwrite_starts_afresh(tmp_path, tiny_gpt2, capsys, monkeypatch):
     src, out = corpus(tmp_path), tmp_path / "out.parquet"
     assert run_cli(capsys, "score", tiny_gpt2.onnx_dir, "--input", src, "--output", out, "--quiet")[0] == 0

@@ -9,7 +9,7 @@ Modules: `spec.py` (the job and its fingerprint), `inputs.py` (input schema), `t
 rows; output schema), `output.py` (parts, resume, atomic merge), `local.py` (one process), `ray_data.py` (Ray).
 """
 from .local import JobReport, run_local
-from .spec import JobInputError, JobRowError, JobSpec
+from .spec import JobInputError, JobOutputError, JobRowError, JobSpec
 
 
 def run_ray(spec: JobSpec, **kwargs) -> JobReport:
@@ -18,4 +18,4 @@ def run_ray(spec: JobSpec, **kwargs) -> JobReport:
     return _run_ray(spec, **kwargs)
 
 
-__all__ = ["JobSpec", "JobReport", "JobInputError", "JobRowError", "run_local", "run_ray"]
+__all__ = ["JobSpec", "JobReport", "JobInputError", "JobOutputError", "JobRowError", "run_local", "run_ray"]

@@ -16,7 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .spec import JobInputError, JobSpec
+from .spec import JobInputError, JobOutputError, JobSpec
 
 JOB_FILE = "job.json"
 REPLACES_FILE = "replaces-output"  # in the parts directory of an --overwrite run: its parts replace OUTPUT
@@ -152,8 +152,14 @@ class Parts:
             _atomic_write_text(job_file, json.dumps(self.fingerprint, indent=1))
         final = self.dir / f"part-{self.count:06d}.parquet"
         tmp = self.dir / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise JobOutputError(f"--output: writing {final} failed ({_reason(exc)}); the {self.count} part(s) "
+                                 f"written before are kept in {self.dir}: fix that and run the same command again "
+                                 "to resume") from None
         self.count += 1
 
     def finish(self, schema) -> int:
@@ -173,12 +179,20 @@ class Parts:
         try:
             pq.write_table(table, tmp)
             os.replace(tmp, out)
+        except OSError as exc:
+            raise JobOutputError(f"--output: writing {out} failed ({_reason(exc)}); every row is done and kept in "
+                                 f"{self.dir}: fix that and run the same command again to write {out.name}") from None
         finally:
             if tmp.exists():
                 tmp.unlink()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.release()
         return table.num_rows
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError (Python's or pyarrow's, whose message holds the errno's text) -> its reason in a few words."""
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _unique(table, keys):

@@ -23,6 +23,11 @@ class JobInputError(InputError):
     The CLI prints it as one line and exits 2."""
 
 
+class JobOutputError(OnnxlmError):
+    """The job's results could not be written (a full disk, a directory that became unwritable): what was written
+    before is kept, and the same command resumes once the cause is fixed. The CLI prints it as one line, exit 1."""
+
+
 class JobRowError(OnnxlmError):
     """A row failed inside the model (e.g. a prompt longer than the context); the rows before it are kept: those
     of earlier batches, and ``kept`` (a pa.Table or None), its own batch's rows before it, each run alone."""
