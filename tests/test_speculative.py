@@ -242,6 +242,19 @@ def test_constrained_speculation_gives_the_plain_constrained_tokens(models, layo
     assert spec.speculation.passes > 0
 
 
+def test_a_draft_cut_by_the_constraint_does_not_grow_its_schedule(models):
+    """A "heuristic" draft whose every proposal the constraint refuses (its first token already): the rounds
+    propose nothing and the schedule shrinks to 1 (a cut counts as not wholly accepted), not +2 a round."""
+    ours, draft = models["plain"], models["fused"]
+    prompt = ours.tokenizer.encode('[{"name":"ab","count":1},{"name":"ab","count":1}]')
+    kw = dict(max_new_tokens=30, assistant_model=draft, num_assistant_tokens=4, assistant_confidence_threshold=0.0,
+              num_assistant_tokens_schedule="heuristic")
+    res = ours.generate([prompt], regex="[a-d ]{30}", **kw)
+    assert res.new_tokens == ours.generate([prompt], max_new_tokens=30, regex="[a-d ]{30}").new_tokens
+    assert res.speculation.proposed == 0 and draft._speculative_tokens == 1.0
+    del draft._speculative_tokens
+
+
 def test_batched_constraints_propose_each_rows_forced_tokens(models):
     """Every row's constraint forcing tokens: each row proposes its own, as far as the shortest row's."""
     ours = models["plain"]

@@ -41,6 +41,7 @@ class ConstrainedProposer:
         cap = speculation_limit(model)
         self.most = min(FORCED_TOKENS, cap or FORCED_TOKENS)
         self.forced = False  # the last proposal was the constraint's forced tokens
+        self.drafted = 0     # how many tokens the inner proposer gave last (before the cut)
 
     def __repr__(self) -> str:
         return f"ConstrainedProposer({self.inner!r})"
@@ -62,7 +63,7 @@ class ConstrainedProposer:
             out[rows] = forced
             return out, None
         candidates, _ = self.inner.propose(sequences, active)          # 3. else the inner proposal, cut where a
-        k = candidates.shape[1]                                         #    row's constraint refuses a token
+        k = self.drafted = candidates.shape[1]                          #    row's constraint refuses a token
         for r, m in zip(rows, matchers):
             if k and m is not None:
                 k = min(k, m.validate_tokens(candidates[r, :k].tolist()))
@@ -87,8 +88,10 @@ class ConstrainedProposer:
         return np.asarray([f[:k] for f in found], np.int64)
 
     def update(self, matches: int, k: int) -> None:
+        """The inner proposer hears its own rounds only, and a cut proposal as one not wholly accepted (matches of
+        all it drafted: a draft's "heuristic" schedule then shrinks, a lookup backs off)."""
         if not self.forced:
-            self.inner.update(matches, k)
+            self.inner.update(matches, max(k, self.drafted))
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
