@@ -8,7 +8,9 @@ tokenizer is built from the artifact's ``tokenizer.json`` string (``LLTokenizer(
 Parameters of ``generate`` / ``stream`` / ``chat`` (at most one per row):
   ``json_schema``  a dict or a JSON string (JSON Schema; llguidance's supported subset).  Whitespace is not flexible:
                    the output is compact JSON (``{"a":1,"b":[2,3]}``), so a small model cannot wander in blank space.
-                   A schema may opt back in with ``"x-guidance": {"whitespace_flexible": true}``.
+                   A schema may opt back in with ``"x-guidance": {"whitespace_flexible": true}``.  An object that
+                   lists ``properties`` takes no other keys unless it says so (``additionalProperties``), as
+                   llama.cpp and xgrammar read a schema (``closed_objects``).
   ``regex``        a Rust ``regex`` pattern the whole output must match (Unicode-aware: ``\\d`` matches any Unicode
                    digit; write ``[0-9]`` for ASCII digits).
   ``choices``      a non-empty list of non-empty strings: the output is exactly one of them.
@@ -98,7 +100,7 @@ def make_constraint(kind: str, value: Any) -> Constraint:
             raise ParameterError(kind, f"got {type(schema).__name__}; a JSON Schema must be a dict (JSON object), "
                                        "e.g. {'type': 'object', 'properties': {...}}")
         try:
-            text = json.dumps(schema)
+            text = json.dumps(closed_objects(schema))
         except (TypeError, ValueError) as exc:
             raise ParameterError(kind, f"the schema is not JSON-serialisable: {exc}") from None
         try:
@@ -123,6 +125,38 @@ def make_constraint(kind: str, value: Any) -> Constraint:
         except ValueError as exc:
             raise ParameterError(kind, f"invalid grammar: {exc}") from None
     raise ParameterError("constraints", f"unknown constraint {kind!r}; allowed: {', '.join(KINDS)}")
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")  # name -> schema
+_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")                                      # [schema, ...]
+_SCHEMA_ONES = ("additionalProperties", "items", "contains", "not", "if", "then", "else", "propertyNames",
+                "unevaluatedItems", "additionalItems")                                 # schema (or a list: items)
+
+
+def closed_objects(schema: Any, *, closable: bool = True) -> Any:
+    """A JSON Schema -> a copy whose objects that list ``properties`` allow no other keys unless they say so
+    (``additionalProperties: false`` where neither it nor ``unevaluatedProperties`` is given), as llama.cpp's
+    grammar converter and xgrammar's strict mode read a schema: a small model otherwise adds keys the schema lets
+    pass (``{"a": 1, "b": 2, "c": 3}`` for a schema of ``a``). A bare ``{"type": "object"}`` stays any object;
+    ``allOf`` members, and a schema holding ``allOf``, stay as given (their keys are each other's)."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS or key in _SCHEMA_ONES:
+            out[key] = closed_objects(value)
+        elif key == "allOf" and isinstance(value, list):
+            out[key] = [closed_objects(sub, closable=False) for sub in value]
+        else:
+            out[key] = value
+    if (closable and isinstance(schema.get("properties"), dict) and "allOf" not in schema
+            and "additionalProperties" not in schema and "unevaluatedProperties" not in schema):
+        out["additionalProperties"] = False
+    return out
 
 
 def _one(entry: dict, where: str) -> Constraint:

@@ -489,5 +489,5 @@ def test_a_constraints_forced_tokens_are_proposed_and_lookups_cut(tiny_llama):
     got, _ = proposer.propose(np.zeros((1, 5), np.int64), np.ones(1, bool))
     assert got.tolist() == [good]  # cut before the refused token
     proposer.update(1, len(good))
-    assert lookup.heard == [(1, len(good))]
+    assert lookup.heard == [(1, len(good + bad + good))]  # a cut proposal is heard as all the lookup gave
     assert matcher.compute_ff_tokens() == [] and matcher.validate_tokens(good + bad) == len(good)  # none consumed

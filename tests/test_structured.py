@@ -180,6 +180,37 @@ def test_json_string_schema_and_dict_schema_agree(tiny):
     assert ":" in a.text[0] and " " not in a.text[0]  # compact JSON: no free whitespace
 
 
+def test_an_object_listing_properties_takes_no_other_keys_unless_it_says_so(tiny):
+    """As llama.cpp's converter and xgrammar's strict mode read a schema: properties listed -> no other keys
+    (nested too: items, anyOf, $defs), unless additionalProperties / unevaluatedProperties say otherwise; a bare
+    {"type": "object"} is any object; allOf members are left as given."""
+    from onnxlm.runtime.constraints import closed_objects, engine_for, make_constraint
+
+    engine = engine_for(tiny, [EOS], "json_schema")
+
+    def ok(schema, text):
+        return engine.satisfied(make_constraint("json_schema", schema), tiny.tokenizer.encode(
+            text, add_special_tokens=False))
+
+    a = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    assert ok(a, '{"a":1}') and not ok(a, '{"a":1,"b":2}')
+    assert ok({**a, "additionalProperties": True}, '{"a":1,"b":2}')
+    assert ok({**a, "additionalProperties": {"type": "string"}}, '{"a":1,"b":"x"}')
+    assert ok({"type": "object"}, '{"b":2}')
+    nested = {"type": "array", "items": {"anyOf": [{"$ref": "#/$defs/p"}, {"type": "null"}]},
+              "$defs": {"p": {"type": "object", "properties": {"q": {"type": "object", "properties": {
+                  "r": {"type": "integer"}}}}}}}
+    assert ok(nested, '[{"q":{"r":1}},null]') and not ok(nested, '[{"q":{"r":1,"s":2}}]')
+    assert not ok(nested, '[{"q":{},"t":1}]')
+    both = {"allOf": [{"properties": {"a": {"type": "integer"}}}, {"properties": {"b": {"type": "integer"}}}]}
+    assert closed_objects(both) == both
+    assert closed_objects({"properties": {"x": {}}, "unevaluatedProperties": False}) == {
+        "properties": {"x": {}}, "unevaluatedProperties": False}
+    res = tiny.generate(PROMPTS[:2], json_schema=a, max_new_tokens=30)
+    for text, sat in zip(res.text, res.constraint_satisfied):
+        assert not sat or set(json.loads(text)) == {"a"}
+
+
 def test_too_few_tokens_is_length_and_incomplete(tiny):
     res = tiny.generate(PROMPTS[:2], json_schema=SCHEMA, max_new_tokens=4)
     assert res.finish_reasons == ["length", "length"]
