@@ -234,7 +234,9 @@ def call_grammar(tools: list[dict], style: str, name: str | None = None, *, pref
     schema = options[0] if len(options) == 1 else {"anyOf": options}
     schema = {**schema, **({"$defs": defs} if defs else {}),
               "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
-    call = "call: %json " + json.dumps(schema)  # ASCII: a lone surrogate stays an escape for llguidance to refuse
+    from .constraints import closed_objects  # objects listing properties take no other keys, as json_schema's do
+    call = "call: %json " + json.dumps(closed_objects(schema))  # ASCII: a lone surrogate stays an escape for
+    # llguidance to refuse
     head = f"{json.dumps(prefix)} " if prefix else ""
     if style == "qwen":
         return f'start: {head}"{QWEN_OPEN}\\n" call "\\n{QWEN_CLOSE}"\n{call}\n'

@@ -443,6 +443,31 @@ def test_a_forced_call_follows_a_schemas_refs_into_itself(servers):
             jsonschema.validate(json.loads(c["message"]["tool_calls"][0]["function"]["arguments"]), schema)
 
 
+def test_a_forced_calls_arguments_take_no_keys_the_schema_does_not_list(servers):
+    """Parameters listing properties without additionalProperties (most tools' schemas): a forced call writes only
+    those keys (runtime/constraints.closed_objects, as llama.cpp's grammar does), nested objects too; a schema that
+    allows more keys says so."""
+    from onnxlm.runtime import tool_calls as fmt
+    from onnxlm.runtime.constraints import engine_for, make_constraint
+
+    params = {"type": "object", "properties": {"city": {"type": "string"}, "where": {"type": "object", "properties": {
+        "lat": {"type": "number"}}}}, "required": ["city"]}
+    tool = [{"type": "function", "function": {"name": "find", "parameters": params}}]
+    live = servers["generic"].model
+    engine = engine_for(live, live.generation_config.eos_token_ids, "tool_choice")
+
+    def writes(tools, arguments):
+        matcher = engine.matcher(make_constraint("grammar", fmt.call_grammar(tools, "generic", "find")))
+        ids = live.tokenizer.encode(json.dumps({"name": "find", "arguments": arguments}), add_special_tokens=False)
+        return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
+
+    assert writes(tool, {"city": "Oslo"}) and writes(tool, {"city": "Oslo", "where": {"lat": 1.5}})
+    assert not writes(tool, {"city": "Oslo", "country": "NO"})
+    assert not writes(tool, {"city": "Oslo", "where": {"lat": 1.5, "lon": 2}})
+    free = [{"type": "function", "function": {"name": "find", "parameters": {**params, "additionalProperties": True}}}]
+    assert writes(free, {"city": "Oslo", "country": "NO"})
+
+
 @pytest.fixture
 def forced_output(monkeypatch):
     """Patch the server's tool constraint (the server runs in this process) so that any tool_choice, "auto" and
