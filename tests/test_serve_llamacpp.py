@@ -387,6 +387,40 @@ def test_infill_builds_llama_cpp_s_fim_prompt(fim_live, live, monkeypatch, batch
     assert r.status_code == 400 and r.json()["error"]["param"] == "input_extra"
 
 
+def test_llama_vim_s_requests_are_answered(fim_live):
+    """llama.vim's two /infill requests as it sends them: the completion (samplers top_k, top_p, infill: llama.cpp's
+    infill step, its kept tokens the ones runtime/llama_samplers.InfillProcessor keeps) and the cache warm-up
+    (n_predict 0, response_fields [""]: llama.cpp leaves a missing name out, so {})."""
+    body = {"id_slot": 0, "input_prefix": "def add(a, b):\n", "input_suffix": "\n", "prompt": "    return",
+            "input_extra": [{"text": "import os\n", "time": 1, "filename": "a.py"}], "n_predict": 8, "stop": [],
+            "n_indent": 4, "top_k": 40, "top_p": 0.90, "samplers": ["top_k", "top_p", "infill"], "stream": False,
+            "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 1000, "seed": 3,
+            "response_fields": ["content", "timings/prompt_n", "timings/predicted_n", "truncated", "tokens_cached"]}
+    r = post(fim_live.url, "/infill", body)
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"content", "timings/prompt_n", "timings/predicted_n", "truncated", "tokens_cached"}
+    warm = {"id_slot": 0, "input_prefix": "", "input_suffix": "", "prompt": "", "n_predict": 0, "temperature": 0.0,
+            "input_extra": [{"text": "import os\n", "time": 1, "filename": "a.py"}], "samplers": [],
+            "stream": False, "cache_prompt": True, "t_max_prompt_ms": 1, "t_max_predict_ms": 1,
+            "response_fields": [""]}
+    r = post(fim_live.url, "/infill", warm)
+    assert r.status_code == 200 and r.json() == {}, r.text
+    # the infill step in the chain: every token drawn is one the step keeps after top-k and top-p
+    model = fim_live.model
+    got = complete(fim_live, prompt="def f(", n_predict=6, seed=5, samplers=["top_k", "top_p", "infill"],
+                   top_k=40, top_p=0.9, return_tokens=True)["tokens"]
+    from onnxlm.serve.llamacpp_infill import end_of_generation_ids, infill_vocab
+    chain = sampler_chain(["top_k", "top_p", "infill"], top_k=40, top_p=0.9,
+                          vocab=infill_vocab(model, end_of_generation_ids(model)))
+    seq = model.tokenizer.encode("def f(")
+    for token in got:
+        scores = model.logits(np.asarray([seq], np.int64))[:, -1]
+        for p in chain:
+            scores = p(np.asarray([seq], np.int64), scores)
+        assert np.isfinite(scores[0, token]), token
+        seq.append(token)
+
+
 # ------------------------------------------------------------------------------------------------ the OpenAI endpoints
 def test_openai_endpoints_take_min_p_and_ignore_eos_and_count_cached_tokens(live):
     model = live.model

@@ -91,7 +91,8 @@ def _jobs(model, st, req: NativeRequest, constraint, infill_body: dict | None = 
     forms = req.prompts
     if infill_body is not None:
         forms = [llamacpp_infill.infill_ids(model, infill_body, chunks)]
-    biases, chain = req.biases(model), req.samplers()
+    biases = req.biases(model)
+    chain = req.samplers(llamacpp_infill.infill_vocab(model, eos) if "infill" in req.order else None)
     ctx = model.max_positions
     jobs = []
     for form in forms:

@@ -150,6 +150,28 @@ def end_of_generation_ids(model) -> list[int]:
     return eos + sorted({i for i in more if i not in eos and 0 <= i < model.vocab_size})
 
 
+def infill_vocab(model, eog: list[int]):
+    """The vocabulary as llama.cpp's infill sampler reads it (``llama_samplers.InfillVocab``): each token's bytes
+    without special-token text (``token_to_piece(..., special=false)``: b"" for a special token; a byte-level or
+    byte-fallback token's own bytes where it holds part of a character), cached on the model; the end-of-generation
+    ids ``eog``; the end-of-turn token (the first of EOT_TEXTS the vocabulary holds, else the first of ``eog``)."""
+    from onnxlm.runtime.llama_samplers import InfillVocab
+
+    from .choices import token_bytes
+    cache = model.__dict__.setdefault("_infill_pieces", {})
+    tok = model.tokenizer
+
+    def piece(i: int) -> bytes:
+        if i not in cache:
+            special = tok is not None and tok.decode([i], skip_special_tokens=True) == ""
+            cache[i] = b"" if special else bytes(token_bytes(model, i))
+        return cache[i]
+
+    found = [tok.token_to_id(t) for t in EOT_TEXTS] if tok is not None else []
+    eot = next((int(i) for i in found if i is not None), eog[0] if eog else 0)
+    return InfillVocab(piece=piece, eog=frozenset(int(i) for i in eog), eot=eot)
+
+
 def _bos(tok) -> list[int]:
     """The special tokens the tokenizer puts before a text (a BOS), as llama.cpp adds one where add_bos is set."""
     plain = tok.encode("a", add_special_tokens=False)

@@ -104,10 +104,11 @@ class NativeRequest:
         bias = bias_ids(model, self.bias)
         return [SequenceBiasProcessor({(i,): b for i, b in bias.items()})] if bias else []
 
-    def samplers(self) -> list:
-        """The rest of the chain: its samplers in order (400 naming the field for a bad value)."""
+    def samplers(self, vocab=None) -> list:
+        """The rest of the chain: its samplers in order (400 naming the field for a bad value); ``vocab``: what the
+        infill step reads (``llama_samplers.InfillVocab``), needed where the order names it."""
         try:
-            return sampler_chain(self.order, **self.chain)
+            return sampler_chain(self.order, **self.chain, vocab=vocab)
         except ParameterError as exc:
             raise bad(exc.parameter, str(exc).split(": ", 1)[-1]) from None
 
@@ -179,7 +180,7 @@ def parse(body: dict, *, max_tokens_cap: int, infill: bool = False, draft: dict 
         raise bad("temperature", f"got {temperature!r}; must be a finite float32 number")
     n_probs = _get_int(body, "n_probs", 0, lo=0, hi=MAX_N_PROBS)
     fields = body.get("response_fields")
-    if fields is not None and not (isinstance(fields, list) and all(isinstance(f, str) and f for f in fields)):
+    if fields is not None and not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
         raise bad("response_fields", "expected a list of field names (a/b names field b of object a)")
     chain = {"temperature": temperature if temperature >= GREEDY_BELOW else 0.0,  # 1/T would overflow: greedy
              "top_k": _get_int(body, "top_k", DEFAULTS["top_k"]),
@@ -191,9 +192,7 @@ def parse(body: dict, *, max_tokens_cap: int, infill: bool = False, draft: dict 
              "frequency_penalty": _number(body, "frequency_penalty", DEFAULTS["frequency_penalty"]),
              "presence_penalty": _number(body, "presence_penalty", DEFAULTS["presence_penalty"])}
     order = _order(body["samplers"]) if body.get("samplers") is not None else list(DEFAULT_ORDER)
-    for step in [s for s in order if s in OFF_WHEN or s == "infill"]:
-        if step == "infill":
-            raise bad("samplers", "the infill sampler is not available on this server")
+    for step in [s for s in order if s in OFF_WHEN]:
         switch, off = OFF_WHEN[step]
         if body.get(switch) is not None and not off(body[switch]):
             raise bad(switch, f"the {step} sampler is not available on this server")
