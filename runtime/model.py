@@ -631,9 +631,9 @@ class _SampleRun:
         self.reasons: list[str | None] = [None] * self.b
         self.new_ids: list[list[int]] = [[] for _ in range(self.b)]
         self.sequences = sequences
-        hold = max((len(s) for s in config.stop_list()), default=1) - 1
         tokenizer = model.tokenizer.tokenizer if model.tokenizer is not None else None
-        self.texts = [IncrementalText(tokenizer, hold=hold) for _ in range(self.b)] if stream_text else []
+        self.texts = ([IncrementalText(tokenizer, stops=config.stop_list()) for _ in range(self.b)]
+                      if stream_text else [])
         self.final_text: list[str | None] = [None] * self.b  # set when a row finishes
         self.result: GenerationResult | None = None
 

@@ -108,6 +108,24 @@ def test_multibyte_characters_are_never_split(model):
     assert "" in pieces  # some bytes were held back until their character was complete
 
 
+def test_stop_strings_hold_back_only_a_text_that_could_begin_one(model):
+    """With stop strings a piece of text streams with its own token unless the text's end could begin a stop string
+    (llama.cpp's partial-stop check): after each token the text returned so far is the whole text but its longest
+    end that begins "zzz" or "ab!"; the joined stream and finish() give the cut text."""
+    text = "I am ready? yes z and zz, a ab zzz"
+    stops = ["zzz", "ab!"]
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+    plain, held = IncrementalText(model.tokenizer.tokenizer), IncrementalText(model.tokenizer.tokenizer, stops=stops)
+    whole, sent = "", ""
+    for i in ids:
+        whole += plain.push(i)
+        sent += held.push(i)
+        end = max((k for s in stops for k in range(1, len(s) + 1) if whole.endswith(s[:k])), default=0)
+        assert sent == whole[:len(whole) - end], (whole, sent)
+    cut = text[:text.find("zzz")]
+    assert sent + held.finish(cut) == cut and whole == text
+
+
 def test_next_token_distribution_is_softmax_of_logits(tiny_gpt2):
     model = onnxlm.load(tiny_gpt2.onnx_dir)
     ref = AutoModelForCausalLM.from_pretrained(tiny_gpt2.hf_dir).eval()

@@ -147,9 +147,8 @@ class _Run:
         self.pad = model.pad_for(c)
         self.max_length = max_length
         self.stop_check = model._stop_check(c, t0)
-        hold = max((len(s) for s in c.stop_list()), default=1) - 1
         tok = model.tokenizer.tokenizer if model.tokenizer is not None else None
-        self.streams = [IncrementalText(tok, hold=hold) for _ in range(req.n)]
+        self.streams = [IncrementalText(tok, stops=c.stop_list()) for _ in range(req.n)]
         # prompt lookup or the draft model while the request decodes alone (scheduler_speculation.py), or None;
         # it proposes under the processors but the constraint, whose matcher then cuts the proposal
         unconstrained = self.processors if self.constraint is None else build_processors(
