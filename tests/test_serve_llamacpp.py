@@ -387,6 +387,16 @@ def test_infill_builds_llama_cpp_s_fim_prompt(fim_live, live, monkeypatch, batch
     assert r.status_code == 400 and r.json()["error"]["param"] == "input_extra"
 
 
+def test_a_token_holding_part_of_a_character_is_named_as_llama_cpp_names_it():
+    """completion_probabilities' token: its bytes without the character its end leaves unfinished (llama.cpp's
+    validate_utf8), other invalid bytes replaced; bytes stay whole."""
+    from onnxlm.serve.llamacpp import piece_text
+    emoji = "🎉".encode()
+    assert piece_text(b" " + emoji[:2]) == " " and piece_text(emoji) == "🎉" and piece_text("é".encode()) == "é"
+    assert piece_text(emoji[2:]) == "\ufffd\ufffd" and piece_text(b"\xf0" + "é".encode()) == ""
+    assert piece_text(b"ab\xc3") == "ab" and piece_text(b"") == ""
+
+
 def test_llama_vim_s_requests_are_answered(fim_live):
     """llama.vim's two /infill requests as it sends them: the completion (samplers top_k, top_p, infill: llama.cpp's
     infill step, its kept tokens the ones runtime/llama_samplers.InfillProcessor keeps) and the cache warm-up

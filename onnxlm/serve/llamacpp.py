@@ -221,10 +221,23 @@ def _probs(model, entry) -> dict:
     """(id, logprob, top) -> llama.cpp's probability entry: the token's text and bytes, its log-probability under
     the model's distribution and its top alternatives'."""
     def one(t, lp):
-        s, raw = token_str_bytes(model, t)
-        return {"id": int(t), "token": s, "bytes": raw, "logprob": lp}
+        raw = token_str_bytes(model, t)[1]
+        return {"id": int(t), "token": piece_text(bytes(raw)), "bytes": raw, "logprob": lp}
     token, lp, top = entry
     return {**one(token, lp), "top_logprobs": [one(a, b) for a, b in (top or [])]}
+
+
+def piece_text(raw: bytes) -> str:
+    """A token's bytes -> llama.cpp's ``token`` text: without the multi-byte character its end leaves unfinished
+    (``validate_utf8``), other invalid bytes as U+FFFD (its JSON dump's replacement)."""
+    end = len(raw)
+    for i in range(1, min(4, len(raw)) + 1):  # the first lead byte (from the end) whose character needs more bytes
+        c = raw[-i]
+        need = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 0
+        if i < need:
+            end = len(raw) - i
+            break
+    return raw[:end].decode("utf-8", errors="replace")
 
 
 def _timings(job, predicted: int) -> dict:
