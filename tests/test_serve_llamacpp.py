@@ -96,6 +96,22 @@ def test_greedy_equals_generate_with_llama_cpp_fields(live):
     assert complete(live, prompt=PROMPT, n_predict=0)["tokens_predicted"] == 0
 
 
+def test_n_predict_0_evaluates_the_prompt_into_the_cache(live):
+    """llama.cpp's n_predict 0 (llama.vim's cache warm-up): no tokens, but the prompt is evaluated, and the same
+    prompt sent next finds it in the prefix cache; streamed too (only the final object)."""
+    prompt = PROMPT + " warm me up, a fresh prompt of its own"
+    warm = complete(live, prompt=prompt, n_predict=0, return_tokens=True, n_probs=2)
+    assert (warm["tokens_predicted"], warm["tokens"], warm["content"], warm["stop_type"]) == (0, [], "", "limit")
+    t = warm["timings"]
+    assert warm["completion_probabilities"] == [] and t["prompt_n"] > 0
+    assert t["prompt_n"] + t["cache_n"] == warm["tokens_evaluated"] and t["predicted_n"] == 0
+    assert warm["tokens_cached"] == warm["tokens_evaluated"] and warm["timings"]["prompt_ms"] > 0
+    after = complete(live, prompt=prompt, n_predict=2, temperature=0)
+    assert after["timings"]["cache_n"] >= warm["tokens_evaluated"] - 1, after["timings"]
+    events = sse_events(live.url, "/completion", {"prompt": prompt + " again", "n_predict": 0, "stream": True})
+    assert len(events) == 1 and events[0]["stop"] is True and events[0]["tokens_predicted"] == 0
+
+
 def test_penalties_and_biases_equal_a_step_by_step_reference(live):
     model = live.model
     ids = model.tokenizer.encode(PROMPT)

@@ -29,6 +29,7 @@ class Job:
     req: Request | None = None
     beam_params: dict | None = None
     prompt_logprobs: list | None = None  # echo: [(id, logprob | None, top | None)]
+    warm_only: bool = False  # llama.cpp's n_predict 0: the prompt runs into the prefix cache, its one token dropped
 
 
 def _encode(model, prompt, param: str) -> list[int]:

@@ -103,13 +103,18 @@ def _jobs(model, st, req: NativeRequest, constraint, infill_body: dict | None = 
                       code="context_length_exceeded")
         if want and ctx and len(ids) + want > ctx:
             want = ctx - len(ids)
+        warm = want == 0 and not (ctx and len(ids) >= ctx)  # n_predict 0: the prompt into the prefix cache (a
+        want = 1 if warm else want                         # token made and dropped: its prefill is remembered)
         samp = protocol.Sampling(max_tokens=want, temperature=0.0 if req.greedy else 1.0, top_p=1.0, n=1,
                                  stop=req.stop, seed=req.seed, stream=req.stream, include_usage=False,
                                  presence_penalty=0.0, frequency_penalty=0.0, top_k=0, repetition_penalty=1.0,
                                  num_beams=1, logprobs=req.n_probs or None, max_tokens_param=req.n_predict_name,
                                  ignore_eos=req.ignore_eos)
-        jobs += make_jobs(model, st, samp, [ids], [""], "prompt", constraint, samplers=chain, overrides=overrides,
-                          first=biases, draft=req.draft)
+        made = make_jobs(model, st, samp, [ids], [""], "prompt", constraint, samplers=chain, overrides=overrides,
+                         first=biases, draft=req.draft)
+        for job in made:
+            job.warm_only = warm
+        jobs += made
     return jobs
 
 
@@ -129,7 +134,7 @@ class _Answer:
 
     def _take(self, i: int, payload) -> list:
         """Prompt i's new events -> [(event, whether the answer ends with it)]; none once a limit ended it."""
-        if i in self.limited:
+        if i in self.limited or self.jobs[i].warm_only:  # n_predict 0: its token is not the answer's
             return []
         out = []
         for ev in payload:  # one at a time: none past the one a limit ends the answer with is counted
@@ -186,7 +191,7 @@ class _Answer:
         ids = [t for t, _, _ in entries]
         text = self.texts.get(i, "")
         reason = "length" if i in self.limited else (job.req.reasons[0] if job.req is not None and job.req.reasons
-                                                     else None)
+                                                     and not job.warm_only else None)
         ctx = model.max_positions
         word = stopping_word(model, ids, req.stop) if reason == "stop" else ""
         out = {"index": i, "content": "" if streamed else text,
