@@ -129,6 +129,23 @@ def test_logprobs(live, client):
     assert len(content) == chat.usage.completion_tokens - ended and all(len(c.top_logprobs) == 2 for c in content)
 
 
+def test_completions_top_logprobs_always_hold_the_sampled_token(live, client):
+    """OpenAI: "the API will always return the logprob of the sampled token, so there may be up to logprobs+1
+    elements": sampled tokens outside the top n are added (n + 1), logprobs 0 gives the sampled token alone; an
+    echoed prompt's first token has none."""
+    for n in (0, 1):
+        r = client.completions.create(model="tiny", prompt="Hello there", max_tokens=12, temperature=1.5, seed=7,
+                                      logprobs=n, echo=True)
+        lp = r.choices[0].logprobs
+        first = len(lp.tokens) - r.usage.completion_tokens
+        assert lp.top_logprobs[0] is None
+        for k in range(1, len(lp.tokens)):
+            top = lp.top_logprobs[k]
+            assert top[lp.tokens[k]] == pytest.approx(lp.token_logprobs[k]) and len(top) <= n + 1, (n, k, top)
+        outside = [k for k in range(first, len(lp.tokens)) if len(lp.top_logprobs[k]) == n + 1]
+        assert n == 0 or outside  # temperature 1.5 over 12 tokens samples some token outside the top 1
+
+
 @pytest.mark.parametrize("rows", [256, 3])
 def test_echo_prompt_logprobs_are_the_runtime_score(live, client, monkeypatch, rows):
     """echo + logprobs with max_tokens 0: the scoring use case; the prompt's token logprobs are model.score, whether

@@ -438,6 +438,11 @@ BAD = [
     ({"reasoning": {"summary": "long"}}, "reasoning.summary"),
     ({"reasoning": {"budget": "high"}}, "reasoning.budget"),
     ({"metadata": {"k": 5}}, "metadata.k"),
+    ({"metadata": {"k": "\ud800"}}, "metadata.k"),  # a lone surrogate the reply would repeat: no 500 after the answer
+    ({"metadata": {"\ud800": "v"}, "stream": True}, "metadata.\ud800"),
+    ({"user": "\ud800"}, "user"),
+    ({"safety_identifier": "a\ud800"}, "safety_identifier"),
+    ({"prompt_cache_key": "\udfff"}, "prompt_cache_key"),
     ({"stream_options": {"include_obfuscation": False}}, "stream_options"),
     ({"instructions": ["Be brief."]}, "instructions"),
     ({"store": "yes"}, "store"),

@@ -100,10 +100,15 @@ class Choices:
         """Completions' logprobs of ``entries`` [(id, logprob, top)]; ``offsets``: each token's ``text_offset``, the
         character of the choice's returned text where the token's text starts (``prompt_offsets``,
         ``completion_offsets``, ``StreamOffsets``)."""
+        def top_of(t, lp, top) -> dict | None:  # OpenAI: "always the logprob of the sampled token" (up to n + 1)
+            if lp is None:  # the prompt's first token: nothing before it
+                return None
+            out = {token_str(self.model, a): b for a, b in (top or [])}
+            out.setdefault(token_str(self.model, t), lp)
+            return out
         return {"tokens": [token_str(self.model, t) for t, _, _ in entries],
                 "token_logprobs": [lp for _, lp, _ in entries],
-                "top_logprobs": [None if top is None else {token_str(self.model, a): b for a, b in top}
-                                 for _, _, top in entries],
+                "top_logprobs": [top_of(*e) for e in entries],
                 "text_offset": list(offsets)}
 
     def prompt_offsets(self, i: int, ids: list[int], text: str) -> list[int]:
