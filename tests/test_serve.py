@@ -79,7 +79,10 @@ def test_stream_equals_non_stream(live, path):
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     usage = chunks[-1]["usage"]
-    assert chunks[-1]["choices"] == [] and all("usage" not in c or c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["choices"] == [] and all(c["usage"] is None for c in chunks[:-1])  # OpenAI: null until then
+    with httpx.stream("POST", live.url + path, json={**body, "stream": True}, timeout=60) as r:
+        raw = r.read()  # events end with a blank line of "\n"s, as OpenAI's and llama.cpp's (clients split on it)
+    assert b"\r" not in raw and raw.endswith(b"data: [DONE]\n\n") and raw.count(b"\n\n") == raw.count(b"data:")
     if "chat" in path:
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1])
         assert text == whole["choices"][0]["message"]["content"]

@@ -450,7 +450,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("change,field", BAD, ids=[f for _, f in BAD])
+@pytest.mark.parametrize("change,field", BAD, ids=[f.encode("unicode_escape").decode() for _, f in BAD])
 def test_bad_request_is_400_naming_the_field(live, change, field):
     body = {"model": "tiny", "input": USER, "max_output_tokens": 16, **change}
     body = {k: v for k, v in body.items() if v is not None}

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import uuid
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
@@ -33,6 +32,7 @@ from .jobs import make_jobs
 from .protocol import APIError, bad
 from .run import admit, collect
 from .state import state_of
+from .streaming import sse_response
 
 log = logging.getLogger("onnxlm.serve")
 
@@ -104,7 +104,7 @@ async def _messages(request: HTTPRequest):
     if samp.stream:
         ahead = anthropic_reply.FirstItemAhead(run)  # message_start waits for the prompt: the cache's share known
         chunks = tools.reply_chunks(ahead, samp, choices, {}, treq, think)
-        return EventSourceResponse(anthropic_reply.events(chunks, ahead, slot, choices, start, samp.stop, jobs))
+        return sse_response(anthropic_reply.events(chunks, ahead, slot, choices, start, samp.stop, jobs))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)

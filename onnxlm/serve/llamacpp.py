@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
@@ -40,7 +39,7 @@ from .llamacpp_request import NativeRequest, encode_prompt, parse
 from .protocol import bad
 from .run import admit, until_done_or_gone
 from .state import draft_settings, state_of
-from .streaming import stream
+from .streaming import sse_response, stream
 
 STOP_TYPES = {"eos": "eos", "stop": "word", "length": "limit", None: "limit"}
 
@@ -71,7 +70,7 @@ async def _serve(request: HTTPRequest, infill: bool):
     slot, run = admit(st, jobs, 1, None, stream=req.stream or answer.watching)
     answer.run = run
     if req.stream:
-        return EventSourceResponse(stream(answer.events(), run, slot, jobs, answer.choices, {}, done=False))
+        return sse_response(stream(answer.events(), run, slot, jobs, answer.choices, {}, done=False))
     try:
         got = await until_done_or_gone(request, run, answer.gather)
     finally:

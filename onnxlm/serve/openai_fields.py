@@ -15,7 +15,12 @@ REASONING_VALUES = {"effort": ("none", "minimal", "low", "medium", "high", "xhig
 #: chat's fields taken at these values only (null: absent), and what each is
 CHAT_NEUTRAL = {"service_tier": ((None, "auto", "default"), "a priority tier"),
                 "modalities": ((None, ["text"]), "output other than text"),
-                "audio": ((None,), "audio output")}
+                "audio": ((None,), "audio output"),
+                # null where a client serialises its whole request model (OpenAI's deprecated function calling: send
+                # tools and tool_choice; web search)
+                "functions": ((None,), "deprecated functions (send tools)"),
+                "function_call": ((None,), "deprecated function_call (send tool_choice)"),
+                "web_search_options": ((None,), "web search")}
 
 
 def check_metadata(value) -> None:

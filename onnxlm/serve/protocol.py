@@ -30,7 +30,7 @@ ROLES = ("system", "user", "assistant", "tool", "developer")  # chat message rol
 MESSAGE_FIELDS = {"system": {"role", "content", "name"}, "developer": {"role", "content", "name"},
                   "user": {"role", "content", "name"},
                   "assistant": {"role", "content", "name", "tool_calls", "refusal", "audio", "function_call",
-                                "annotations", "reasoning_content"},
+                                "annotations", "reasoning_content", "parsed"},
                   "tool": {"role", "content", "tool_call_id", "name"}}
 #: assistant fields accepted only as null: what they carry cannot reach the model here
 NULL_ONLY = {"function_call": "the deprecated function_call is not supported: send the call as tool_calls",
@@ -190,7 +190,7 @@ CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"
                  "parallel_tool_calls", "chat_template_kwargs", "reasoning_format", "prediction",
                  # OpenAI's, checked and ignored at their usual values (openai_fields.py)
                  "store", "metadata", "reasoning_effort", "prompt_cache_key", "safety_identifier", "verbosity",
-                 "service_tier", "modalities", "audio"}
+                 "service_tier", "modalities", "audio", "functions", "function_call", "web_search_options"}
 #: the template variables the server sets itself, which chat_template_kwargs may not replace
 TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents", "tokenize")  # tokenize: render_chat's own argument
 
@@ -442,8 +442,8 @@ def messages(body: dict) -> list[dict]:
         if content is None and tool.get("tool_calls"):  # an assistant turn that only calls tools
             out.append({"role": role, "content": None, **tool})
             continue
-        if isinstance(content, list):  # content parts: text only
-            content = _text_parts(content, f"{where}.content")
+        if isinstance(content, list):  # content parts: text only (an assistant's refusal parts dropped)
+            content = _text_parts(content, f"{where}.content", refusals=role == "assistant")
         if not isinstance(content, str):
             raise bad(f"{where}.content", f"expected a string or a list of text parts, got {type(content).__name__}")
         out.append({"role": role, "content": content, **tool})
@@ -459,11 +459,15 @@ def _check_message_fields(m: dict, role: str, where: str) -> None:
             raise bad(f"{where}.{name}", f"{why} (null is accepted)")
 
 
-def _text_parts(parts: list, where: str) -> str:
+def _text_parts(parts: list, where: str, refusals: bool = False) -> str:
     """Content parts -> their texts joined by newlines; only OpenAI's text parts {"type": "text", "text": ...} (400 naming the
-    part, or a field of it, for anything else)."""
+    part, or a field of it, for anything else); ``refusals``: an assistant's {"type": "refusal", "refusal": ...}
+    parts are dropped, as its ``refusal`` field is."""
     texts = []
     for k, c in enumerate(parts):
+        if refusals and isinstance(c, dict) and c.get("type") == "refusal" and isinstance(c.get("refusal"), str):
+            known_fields(c, ("type", "refusal"), f"{where}[{k}]", "a refusal part")
+            continue
         if not isinstance(c, dict) or c.get("type") != "text" or not isinstance(c.get("text"), str):
             raise bad(f"{where}[{k}]", 'only text parts ({"type": "text", "text": ...}) are supported')
         known_fields(c, ("type", "text"), f"{where}[{k}]", "a text part")

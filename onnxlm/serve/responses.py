@@ -21,7 +21,6 @@ import asyncio
 import time
 import uuid
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
@@ -34,6 +33,7 @@ from .jobs import make_jobs, output_constraint
 from .protocol import APIError, bad
 from .run import admit, collect
 from .state import state_of
+from .streaming import sse_response
 
 
 async def responses(request: HTTPRequest):
@@ -65,7 +65,7 @@ async def responses(request: HTTPRequest):
     start = responses_reply.head("resp_" + uuid.uuid4().hex, int(time.time()), st.config.model_name, req.echo)
     if samp.stream:
         chunks = tools.reply_chunks(run, samp, choices, {}, treq, think)
-        return EventSourceResponse(responses_reply.events(chunks, run, slot, choices, jobs, start))
+        return sse_response(responses_reply.events(chunks, run, slot, choices, jobs, start))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)

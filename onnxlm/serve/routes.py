@@ -7,7 +7,6 @@ import asyncio
 import time
 import uuid
 
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 
@@ -23,7 +22,7 @@ from .openai_fields import check_chat_extras
 from .protocol import bad
 from .run import admit, collect
 from .state import draft_settings, state_of
-from .streaming import completion_chunks, stream
+from .streaming import completion_chunks, sse_response, stream
 
 
 async def health(request: HTTPRequest):
@@ -113,7 +112,7 @@ async def completions(request: HTTPRequest):
     choices = Choices(model, samp.n, chat=False)
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
     if samp.stream:
-        return EventSourceResponse(stream(completion_chunks(run, jobs, samp, choices, head, echo), run, slot,
+        return sse_response(stream(completion_chunks(run, jobs, samp, choices, head, echo), run, slot,
                                            jobs, choices, head, include_usage=samp.include_usage))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
@@ -164,7 +163,7 @@ async def chat_completions(request: HTTPRequest):
     if samp.stream:
         head["object"] = "chat.completion.chunk"
         chunks = tools.reply_chunks(run, samp, choices, head, treq, think)
-        return EventSourceResponse(stream(chunks, run, slot, jobs, choices, head, include_usage=samp.include_usage))
+        return sse_response(stream(chunks, run, slot, jobs, choices, head, include_usage=samp.include_usage))
     result = await collect(request, run, slot, choices, jobs)
     if result is None:
         return JSONResponse({}, status_code=499)

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 
+from sse_starlette.sse import EventSourceResponse
+
 from . import reasoning
 from .choices import REASONS, Choices, StreamOffsets, usage
 from .protocol import APIError
 from .run import Run
 from .state import Slot
+
+
+def sse_response(events) -> EventSourceResponse:
+    """The response of a stream of server-sent events, lines ended by "\n" (each event by a blank line) as OpenAI's
+    and llama.cpp's servers end them: a client that splits on "\n\n" reads them (sse-starlette's default is
+    "\r\n")."""
+    return EventSourceResponse(events, sep="\n")
 
 
 def _sse(obj) -> dict:
@@ -24,8 +33,8 @@ async def stream(chunks, run: Run, slot: Slot, jobs, choices: Choices, head: dic
     (the client went away) counts in the ``cancelled`` metric."""
     ended = False
     try:
-        async for chunk in chunks:
-            yield _sse(chunk)
+        async for chunk in chunks:  # with include_usage OpenAI's chunks say "usage": null until the usage chunk
+            yield _sse({**chunk, "usage": None} if include_usage and "usage" not in chunk else chunk)
         if include_usage:
             yield _sse({**head, "choices": [], "usage": usage(jobs, choices.completion_tokens)})
         ended = True
