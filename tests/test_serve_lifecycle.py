@@ -54,6 +54,30 @@ def test_health_503_until_loaded_and_api_key(tiny_llama):
         srv.stop()
 
 
+def test_browser_pages_of_other_origins_may_call_the_api(tiny_llama):
+    """CORS, as llama.cpp's and vLLM's servers: a preflight (OPTIONS, no key, as browsers send it) is answered for any
+    origin by default, and the answers carry Access-Control-Allow-Origin; with allowed_origins set only those
+    origins; with none, no CORS headers at all."""
+    model = onnxlm.load(tiny_llama.onnx_dir)
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    for origins, allowed in ((("*",), "*"), (("https://app.example.com",), "https://app.example.com"), ((), None)):
+        srv = start(lambda: model, api_key="sekret", allowed_origins=origins)
+        try:
+            wait_health(srv.url)
+            r = httpx.options(srv.url + "/v1/chat/completions", headers=preflight)
+            assert r.headers.get("access-control-allow-origin") == allowed, (origins, r.status_code, r.headers)
+            if allowed:
+                assert r.status_code == 200 and "authorization" in r.headers["access-control-allow-headers"].lower()
+            r = post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2},
+                     headers={"Authorization": "Bearer sekret", "Origin": "https://app.example.com"})
+            assert r.status_code == 200 and r.headers.get("access-control-allow-origin") == allowed
+            other = httpx.options(srv.url + "/v1/models", headers={**preflight, "Origin": "https://evil.example"})
+            assert other.headers.get("access-control-allow-origin") == ("*" if origins == ("*",) else None)
+        finally:
+            srv.stop()
+
+
 def test_onnxruntime_failure_mid_decode_is_a_500_and_the_server_goes_on(tiny_llama):
     """A forward pass that raises inside onnxruntime (on the 3rd decoding step) fails the requests of that batch
     with a 500 error object (streaming: an error event, then [DONE]); the next requests are served."""

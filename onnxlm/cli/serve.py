@@ -50,6 +50,10 @@ def add_parser(sub) -> None:
                    help="require 'Authorization: Bearer KEY' on every endpoint but GET /health and the chat page "
                         "(/metrics, /props, /slots and llama.cpp's endpoints too; Anthropic's /v1/messages also takes "
                         "'x-api-key: KEY') (default: $ONNXLM_API_KEY; none: open)")
+    p.add_argument("--allowed-origins", nargs="*", default=["*"], metavar="ORIGIN",
+                   help="origins whose browser pages may call the API (CORS), e.g. https://app.example.com; '*' "
+                        "any, as llama.cpp's and vLLM's servers (default: *); the flag alone: none (same-origin "
+                        "pages only, as the chat page)")
     p.add_argument("--model-name", default=None, metavar="NAME",
                    help="the model id clients send and /v1/models lists (default: the directory's name; a .gguf "
                         "file's name without .gguf)")
@@ -144,7 +148,8 @@ def run(args) -> int:
                          max_prompt_tokens=args.max_prompt_tokens, max_body_mb=args.max_body_mb,
                          prefix_cache_mb=args.prefix_cache_mb, kv_pool_mb=args.kv_pool_mb, slots=args.slots,
                          prompt_lookup=args.prompt_lookup, prefill_chunk=args.prefill_chunk, pooling=args.pooling,
-                         draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min)
+                         draft_max=args.draft_max, draft_min=args.draft_min, draft_p_min=args.draft_p_min,
+                         allowed_origins=tuple(args.allowed_origins))
     def load_model():
         model = load(path, provider=args.provider, threads=args.threads, verify=args.verify)
         check_prompt_cap(args.max_prompt_tokens, model)

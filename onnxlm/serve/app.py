@@ -19,6 +19,8 @@ import time
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from onnxlm.runtime.embedding import check_pooling
@@ -114,9 +116,18 @@ def create_app(loader, config: ServeConfig, draft_loader=None) -> Starlette:
         Route("/slots", slots, methods=["GET"]),  # llama.cpp's monitoring endpoint (slots.py)
         *page_routes(),
     ], exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
-        lifespan=lifespan)
+        lifespan=lifespan, middleware=_cors(config.allowed_origins))
     app.state.serve = state
     return app
+
+
+def _cors(origins) -> list:
+    """Cross-origin requests from browser pages of ``origins`` ("*": any): preflights answered before the API key
+    is asked (a browser sends none with them), every method and header allowed, no cookies (the key is a header)."""
+    if not origins:
+        return []
+    return [Middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=["*"], allow_headers=["*"],
+                       expose_headers=["*"])]
 
 
 def start_in_thread(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):

@@ -34,6 +34,9 @@ class ServeConfig:
     prefill_chunk: int = 256  # a longer prompt arriving while rows decode: this many tokens a step; 0: whole
     slots: bool = True  # GET /slots answers (llama.cpp's monitoring endpoint: slots.py); False: 501
     pooling: str | None = None  # the embedding endpoints' pooling (runtime/embedding.py); None: the model's own
+    # origins whose browser pages may call the API (CORS, preflight included): "*" any, as llama.cpp's and vLLM's
+    # servers allow by default; (): none (same-origin only, as the chat page)
+    allowed_origins: tuple = ("*",)
 
 
 @dataclass
