@@ -215,6 +215,8 @@ def test_several_prompts_and_mixed_prompts(live):
     ({"prompt": "x", "json_schema": {"type": "object"}, "grammar": "root ::= \"a\""}, "json_schema"),
     ({"prompt": "x", "json_schema": {"type": "intger"}}, "json_schema"),
     ({"prompt": "x", "unknown_field": 1}, "unknown_field"),
+    ({"prompt": "x", "n_cmpl": 2}, "n_cmpl"),
+    ({"prompt": "x", "return_progress": "yes"}, "return_progress"),
     ({"prompt": [1.5]}, "prompt"),
     ({"prompt": "x", "n_probs": 101}, "n_probs"),
     ({"prompt": "x", "input_prefix": "a"}, "input_prefix"),
@@ -228,7 +230,8 @@ def test_refused_fields_are_named(live, body, param):
 def test_neutral_values_of_missing_samplers_are_accepted(live):
     got = complete(live, prompt=PROMPT, n_predict=2, mirostat=0, dry_multiplier=0, xtc_probability=0,
                    top_n_sigma=-1, cache_prompt=True, id_slot=-1, n_keep=0, samplers=["dry", "top_k", "temperature"],
-                   seed=42, model="whatever", t_max_prompt_ms=500, typical_p=0, top_p=-1, min_p=2)
+                   seed=42, model="whatever", t_max_prompt_ms=500, typical_p=0, top_p=-1, min_p=2, n_cmpl=1, n=1,
+                   n_cache_reuse=256, return_progress=True, sse_ping_interval=30)
     assert got["generation_settings"]["samplers"] == ["top_k", "temperature"]
 
 

@@ -47,11 +47,15 @@ OFF_WHEN = {"dry": ("dry_multiplier", lambda v: v == 0), "xtc": ("xtc_probabilit
 #: options not done here -> (the value that leaves them off, what it is)
 NOT_DONE = {"mirostat": (0, "mirostat sampling"), "dynatemp_range": (0, "dynamic temperature"),
             "dry_multiplier": (0, "DRY sampling"), "xtc_probability": (0, "XTC sampling"),
-            "post_sampling_probs": (False, "probabilities after the sampler chain (n_probs gives the model's)")}
+            "post_sampling_probs": (False, "probabilities after the sampler chain (n_probs gives the model's)"),
+            "n_cmpl": (1, "more than one completion of a prompt (send the prompt that many times, a list)"),
+            "n": (1, "more than one completion of a prompt (send the prompt that many times, a list)")}
 EMPTY_ONLY = {"lora": "LoRA adapters", "image_data": "images", "multimodal_data": "images and audio"}
-NUMBERS = {"dynatemp_exponent", "mirostat_tau", "mirostat_eta", "dry_base", "xtc_threshold", "top_n_sigma", "tfs_z"}
-INTEGERS = {"dry_allowed_length", "dry_penalty_last_n", "n_keep", "id_slot", "n_discard", "t_max_prompt_ms"}
-FLAGS = {"cache_prompt", "penalize_nl"}
+NUMBERS = {"dynatemp_exponent", "mirostat_tau", "mirostat_eta", "dry_base", "xtc_threshold", "top_n_sigma", "tfs_z",
+           "sse_ping_interval"}  # (a stream's keep-alive comments: none sent here, events come at every token)
+INTEGERS = {"dry_allowed_length", "dry_penalty_last_n", "n_keep", "id_slot", "n_discard", "t_max_prompt_ms",
+            "n_cache_reuse"}  # (KV shifting to reuse chunks: the prefix cache reuses a common start only)
+FLAGS = {"cache_prompt", "penalize_nl", "return_progress"}  # (return_progress: no prompt-progress events here)
 
 KEYS = ({"prompt", "n_predict", "max_tokens", "stream", "stop", "seed", "n_probs", "return_tokens", "response_fields",
          "timings_per_token", "ignore_eos", "logit_bias", "samplers", "grammar", "json_schema", "response_format",
