@@ -6,6 +6,7 @@ mixed prompts, and every refused field named in a 400. And the OpenAI endpoints'
 users send there: min_p, ignore_eos, usage.prompt_tokens_details.cached_tokens."""
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -414,6 +415,29 @@ def test_a_token_holding_part_of_a_character_is_named_as_llama_cpp_names_it():
     assert piece_text(b" " + emoji[:2]) == " " and piece_text(emoji) == "🎉" and piece_text("é".encode()) == "é"
     assert piece_text(emoji[2:]) == "\ufffd\ufffd" and piece_text(b"\xf0" + "é".encode()) == ""
     assert piece_text(b"ab\xc3") == "ab" and piece_text(b"") == ""
+
+
+def test_llama_cpp_s_endpoints_read_any_body_and_model_as_llama_cpp(live):
+    """llama.cpp's own endpoints read a JSON body whatever its Content-Type (curl -d sends a form type) and a
+    single-model server answers whatever model the body names; the OpenAI endpoints keep theirs (400, 404); POST
+    /props and slot actions are 501 as llama.cpp's without --props / a save path."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    r = httpx.post(live.url + "/completion", content=b'{"prompt": "Hi", "n_predict": 2}', headers=form)
+    assert r.status_code == 200 and r.json()["tokens_predicted"] == 2, r.text
+    for path, body in (("/tokenize", {"content": "Hi", "model": "other"}), ("/detokenize", {"tokens": [72]}),
+                       ("/embedding", {"content": "Hi", "model": "other"})):
+        r = httpx.post(live.url + path, content=json.dumps(body).encode(), headers=form)
+        assert r.status_code in (200, 400), (path, r.text)
+        assert r.status_code == 200 or r.json()["error"]["code"] != "model_not_found", (path, r.text)
+    r = httpx.post(live.url + "/v1/completions", content=b'{"prompt": "Hi"}', headers=form)
+    assert r.status_code == 400
+    assert post(live.url, "/tokenize", {"prompt": "Hi", "model": "other"}).status_code == 404  # vLLM's form
+    assert post(live.url, "/tokenize", {"content": "Hi", "model": 5}).json()["error"]["param"] == "model"
+    r = post(live.url, "/props", {"n_ctx": 5})
+    assert r.status_code == 501 and r.json()["error"]["type"] == "not_supported_error"
+    for action, status in (("erase", 501), ("save", 501), ("restore", 501), ("drop", 400)):
+        r = post(live.url, f"/slots/0?action={action}", {"filename": "x.bin"})
+        assert r.status_code == status, (action, r.text)
 
 
 def test_llama_vim_s_requests_are_answered(fim_live):

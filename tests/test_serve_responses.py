@@ -439,7 +439,7 @@ BAD = [
     ({"reasoning": {"budget": "high"}}, "reasoning.budget"),
     ({"metadata": {"k": 5}}, "metadata.k"),
     ({"metadata": {"k": "\ud800"}}, "metadata.k"),  # a lone surrogate the reply would repeat: no 500 after the answer
-    ({"metadata": {"\ud800": "v"}, "stream": True}, "metadata.\ud800"),
+    ({"metadata": {"\ud800": "v"}, "stream": True}, "metadata.\\ud800"),  # named with the surrogate escaped
     ({"user": "\ud800"}, "user"),
     ({"safety_identifier": "a\ud800"}, "safety_identifier"),
     ({"prompt_cache_key": "\udfff"}, "prompt_cache_key"),
@@ -450,7 +450,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("change,field", BAD, ids=[f.encode("unicode_escape").decode() for _, f in BAD])
+@pytest.mark.parametrize("change,field", BAD, ids=[f for _, f in BAD])
 def test_bad_request_is_400_naming_the_field(live, change, field):
     body = {"model": "tiny", "input": USER, "max_output_tokens": 16, **change}
     body = {k: v for k, v in body.items() if v is not None}

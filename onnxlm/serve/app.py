@@ -36,8 +36,8 @@ from .rerank import rerank
 from .page import page_routes
 from .protocol import APIError
 from .responses import responses
-from .routes import chat_completions, completions, health, metrics, model, models, props
-from .slots import slots
+from .routes import change_props, chat_completions, completions, health, metrics, model, models, props
+from .slots import slot_action, slots
 from .state import ServeConfig, ServeState
 from .tokenize import apply_template, detokenize, tokenize
 
@@ -113,7 +113,9 @@ def create_app(loader, config: ServeConfig, draft_loader=None) -> Starlette:
         Route("/detokenize", detokenize, methods=["POST"]),
         Route("/apply-template", apply_template, methods=["POST"]),
         Route("/props", props, methods=["GET"]),
+        Route("/props", change_props, methods=["POST"]),
         Route("/slots", slots, methods=["GET"]),  # llama.cpp's monitoring endpoint (slots.py)
+        Route("/slots/{id_slot}", slot_action, methods=["POST"]),
         *page_routes(),
     ], exception_handlers={APIError: api_error, HTTPException: http_error, Exception: server_error},
         lifespan=lifespan, middleware=_cors(config.allowed_origins))

@@ -97,7 +97,7 @@ async def llama_cpp_embedding(request: HTTPRequest):
     authorize(request)
     model = available(request)
     st = state_of(request)
-    body = await read_body(request, LLAMA_CPP_KEYS)
+    body = await read_body(request, LLAMA_CPP_KEYS, llama_cpp=True)
     _check_can_embed(model)
     param = "input" if "input" in body else "content"  # llama.cpp reads input first
     if body.get(param) is None:

@@ -73,13 +73,19 @@ async def read_limited(request: HTTPRequest, limit: int) -> bytes:
     return request._body
 
 
-async def read_body(request: HTTPRequest, allowed: set) -> dict:
+async def read_body(request: HTTPRequest, allowed: set, *, llama_cpp: bool = False) -> dict:
+    """The body's JSON object, its fields among ``allowed`` and its ``model`` this server's (404 otherwise).
+    ``llama_cpp``: one of llama.cpp's own endpoints, which read a JSON body whatever its Content-Type and a single
+    model's server answers whatever ``model`` names (a string)."""
     limit = int(state_of(request).config.max_body_mb * 2**20)
-    body = protocol.parse_body(await read_limited(request, limit), request.headers.get("content-type"))
+    body = protocol.parse_body(await read_limited(request, limit), request.headers.get("content-type"),
+                               any_type=llama_cpp)
     protocol.check_keys(body, allowed)
     name = body.get("model")
-    if name is not None:
+    if name is not None and not llama_cpp:
         check_model_name(request, name)
+    elif name is not None and not isinstance(name, str):
+        raise protocol.bad("model", "expected a string")
     return body
 
 

@@ -59,7 +59,7 @@ async def _serve(request: HTTPRequest, infill: bool):
     model = generating(request)
     st = state_of(request)
     raw = await read_limited(request, int(st.config.max_body_mb * 2**20))
-    body = protocol.parse_body(raw, request.headers.get("content-type"))
+    body = protocol.parse_body(raw, request.headers.get("content-type"), any_type=True)  # as llama.cpp reads it
     req = parse(body, max_tokens_cap=st.config.max_tokens, infill=infill, draft=draft_settings(st.config))
     chunks = llamacpp_infill.check(body) if infill else None
     constraint = await output_constraint(model, body)

@@ -80,10 +80,12 @@ def bad(param: str | None, message: str, code: str | None = None) -> APIError:
     return APIError(400, f"{param}: {message}" if param else message, param=param, code=code)
 
 
-def parse_body(raw: bytes, content_type: str | None) -> dict:
-    """The request's bytes and Content-Type -> the JSON object (400 for anything else)."""
+def parse_body(raw: bytes, content_type: str | None, *, any_type: bool = False) -> dict:
+    """The request's bytes and Content-Type -> the JSON object (400 for anything else). ``any_type``: the body is
+    read as JSON whatever its Content-Type, as llama.cpp's server reads its endpoints' (``curl -d`` sends
+    application/x-www-form-urlencoded)."""
     media = (content_type or "").split(";")[0].strip().lower()
-    if media != "application/json":
+    if media != "application/json" and not any_type:
         raise bad(None, f"Content-Type must be application/json, got {content_type or 'none'!r}")
     try:
         body = json.loads(raw)

@@ -19,7 +19,7 @@ from .embeddings import can_embed
 from .gate import authorize, available, check_model_name, open_request
 from .jobs import make_jobs, output_constraint
 from .openai_fields import check_chat_extras
-from .protocol import bad
+from .protocol import APIError, bad
 from .run import admit, collect
 from .state import draft_settings, state_of
 from .streaming import completion_chunks, sse_response, stream
@@ -56,6 +56,13 @@ async def model(request: HTTPRequest):
     authorize(request)
     check_model_name(request, request.path_params["model"])
     return JSONResponse(_model_card(state_of(request)))
+
+
+async def change_props(request: HTTPRequest):
+    """llama.cpp's POST /props: 501, as llama.cpp answers it unless started with --props."""
+    authorize(request)
+    raise APIError(501, "changing the server's properties is not supported (llama.cpp takes it only with --props)",
+                   "not_supported_error", code="not_supported")
 
 
 async def props(request: HTTPRequest):

@@ -104,3 +104,15 @@ def _flag(request: HTTPRequest, name: str) -> bool:
     if value.lower() not in _FLAGS:
         raise bad(name, f"got {value!r}; allowed: 0, 1, true or false")
     return _FLAGS[value.lower()]
+
+
+async def slot_action(request: HTTPRequest):
+    """llama.cpp's POST /slots/{id}?action=save|restore|erase: 501, as llama.cpp answers save and restore without a
+    --slot-save-path: this server has no slots to save or erase (one prefix cache serves every request)."""
+    authorize(request)
+    action = request.query_params.get("action")
+    if action not in ("save", "restore", "erase"):
+        raise APIError(400, f"action: got {action!r:.40}; allowed: save, restore, erase", "invalid_request_error",
+                       param="action")
+    raise APIError(501, f"slot {action} is not supported: this server has no slots (one prefix cache serves every "
+                        "request and keeps what it can)", "not_supported_error", code="not_supported")

@@ -25,7 +25,7 @@ from onnxlm.runtime.manifest import no_chat_template
 
 from . import protocol, tools
 from .choices import token_bytes
-from .gate import authorize, available, read_body
+from .gate import authorize, available, check_model_name, read_body
 from .protocol import bad
 
 PROMPT_KEYS = {"model", "prompt", "add_special_tokens", "return_token_strs"}
@@ -45,9 +45,11 @@ def _tokenizer(model, param: str):
 async def tokenize(request: HTTPRequest):
     authorize(request)
     model = available(request)
-    body = await read_body(request, PROMPT_KEYS | CHAT_KEYS | LLAMA_CPP_KEYS)
-    if "content" in body:
+    body = await read_body(request, PROMPT_KEYS | CHAT_KEYS | LLAMA_CPP_KEYS, llama_cpp=True)
+    if "content" in body:  # llama.cpp's form: any model name, as its single-model server
         return await _llama_cpp_tokenize(model, body)
+    if body.get("model") is not None:  # vLLM's forms name the served model
+        check_model_name(request, body["model"])
     if ("prompt" in body) == ("messages" in body):
         raise bad("prompt", "give one of prompt (a string, encoded as /v1/completions encodes it), messages "
                             "(rendered as /v1/chat/completions renders them) or content (llama.cpp's form)")
@@ -144,14 +146,14 @@ async def apply_template(request: HTTPRequest):
     text /v1/chat/completions feeds the model (its ids are /tokenize's for the same messages)."""
     authorize(request)
     model = available(request)
-    body = await read_body(request, TEMPLATE_KEYS)
+    body = await read_body(request, TEMPLATE_KEYS, llama_cpp=True)
     return JSONResponse({"prompt": await _rendered(model, body, tokenize=False)})
 
 
 async def detokenize(request: HTTPRequest):
     authorize(request)
     model = available(request)
-    body = await read_body(request, DETOKENIZE_KEYS)
+    body = await read_body(request, DETOKENIZE_KEYS, llama_cpp=True)
     ids = body.get("tokens")
     if not isinstance(ids, list) or not all(protocol._is_int(i) for i in ids):
         raise bad("tokens", "required: a list of integer token ids")
