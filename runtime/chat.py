@@ -106,10 +106,16 @@ def render_chat(
     add_generation_prompt: bool = True,
     bos_token: str = "",
     eos_token: str = "",
+    continue_final_message: bool = False,
     **extra: Any,
 ) -> str:
     """Render ``messages`` with the jinja2 chat ``template`` (same output as transformers'
     ``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``).
+
+    ``continue_final_message``: the text ends inside the last message, right after its content, so that a reply
+    continues it (an assistant prefill: Anthropic's, transformers' argument of that name, with its rule: rendered
+    without a generation prompt, then cut after the last place the content occurs, or its stripped content where
+    the template strips it; an InputError where it does not occur).
 
     ``extra`` keyword arguments become template variables (e.g. ``tools``, ``documents``, ``pad_token``).
     Raises InputError for invalid messages, an invalid template, a template that calls ``raise_exception``, or one
@@ -123,9 +129,9 @@ def render_chat(
 
     context = {"tools": None, "documents": None, **extra}
     try:
-        return compiled.render(
+        text = compiled.render(
             messages=messages,
-            add_generation_prompt=bool(add_generation_prompt),
+            add_generation_prompt=bool(add_generation_prompt) and not continue_final_message,
             bos_token=bos_token,
             eos_token=eos_token,
             **context,
@@ -137,3 +143,20 @@ def render_chat(
     except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
         # the template's own expressions on the messages and variables it was given (`1 / n`, `x[9]`, `n(...)`)
         raise InputError(f"chat template: rendering failed: {type(e).__name__}: {e}") from e
+    return _continued(text, messages) if continue_final_message else text
+
+
+def _continued(text: str, messages: list[dict]) -> str:
+    """A rendering without a generation prompt -> cut right after the last message's content (transformers'
+    ``continue_final_message``)."""
+    final = messages[-1].get("content") if messages else None
+    if isinstance(final, (list, tuple)):  # content parts: the last one's text, as transformers takes it
+        final = final[-1].get("text") if final and isinstance(final[-1], dict) else None
+    if not isinstance(final, str) or not final.strip():
+        raise InputError("continue_final_message: the last message has no text to continue")
+    for piece in (final, final.strip()):
+        at = text.rfind(piece)
+        if at >= 0:
+            return text[:at + len(piece)]
+    raise InputError("continue_final_message: the chat template does not write the last message's content as given, "
+                     "so the prompt cannot end inside it")

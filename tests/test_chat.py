@@ -33,6 +33,29 @@ def test_environment_features():
     assert out == '<s>{"role": "user", "content": "<é>"}</s>!'
 
 
+@pytest.mark.parametrize("name", ["chatml", "qwen3.jinja", "llama3-tools.jinja", "mistral-nemo-tools.jinja"])
+def test_continue_final_message_equals_transformers(name, tiny_llama):
+    """continue_final_message: the prompt ends right after the last (assistant) message's content, as transformers'
+    apply_chat_template(..., continue_final_message=True) cuts it; contents the template strips are found stripped;
+    a content the template does not write is an InputError."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+    template = CHATML if name == "chatml" else (Path(__file__).parent / "data" / "chat_templates" / name).read_text()
+    tok = AutoTokenizer.from_pretrained(tiny_llama.hf_dir)
+    tok.chat_template = template
+    for content in ("My favourite fruit is", "  Sure, here it is:\n "):
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."},
+                {"role": "assistant", "content": content}]
+        want = tok.apply_chat_template(msgs, tokenize=False, continue_final_message=True)
+        got = render_chat(template, msgs, bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
+                          continue_final_message=True)
+        assert got == want, (name, content)
+        assert got.rstrip().endswith(content.strip())
+    with pytest.raises(InputError, match="continue_final_message"):
+        render_chat("{% for m in messages %}{{ m.role }}{% endfor %}", msgs, continue_final_message=True)
+
+
 def test_raise_exception_becomes_input_error():
     t = "{% if messages[0]['role'] != 'system' %}{{ raise_exception('first message must be system') }}{% endif %}"
     with pytest.raises(InputError, match="first message must be system"):

@@ -110,6 +110,25 @@ def test_message_equals_chat_completion(live, client):
     assert m.stop_sequence is None
 
 
+def test_a_final_assistant_message_is_a_prefill_the_reply_continues(live, client):
+    """Anthropic's prefill: the prompt ends inside the last (assistant) message, as transformers'
+    continue_final_message renders it, and the reply is its continuation (greedy: the tokens generate gives that
+    prompt); streamed the same; count_tokens counts that prompt."""
+    model = live.model
+    msgs = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "My favourite colour is"}]
+    m = client.messages.create(model="tiny", max_tokens=8, extra_body=GREEDY, messages=msgs)
+    ids = model.render_chat([{"role": r["role"], "content": r["content"]} for r in msgs], tokenize=True,
+                            continue_final_message=True)
+    assert model.tokenizer.decode(ids, skip_special_tokens=False).endswith("My favourite colour is")
+    want = model.generate([ids], max_new_tokens=8, do_sample=False)
+    assert _text(m) == want.text[0] and m.usage.output_tokens == len(want.new_tokens[0])
+    assert client.messages.count_tokens(model="tiny", messages=msgs).input_tokens == len(ids)
+    streamed = "".join(d.get("delta", {}).get("text", "") for e, d in _events(
+        live.url, {"model": "tiny", "max_tokens": 8, **GREEDY, "messages": msgs, "stream": True})
+        if e == "content_block_delta")
+    assert streamed == _text(m)
+
+
 def test_stream_events_join_to_the_message(live, client):
     body = {"model": "tiny", "max_tokens": 20, "system": [{"type": "text", "text": SYSTEM}], "messages": USER}
     whole = client.messages.create(**body, extra_body=GREEDY)
@@ -351,7 +370,11 @@ BAD = [
     ({"stop_sequences": [""]}, "stop_sequences"),
     ({"frequency_penalty": 1}, "frequency_penalty"),  # an OpenAI field: not Anthropic's
     ({"messages": [{"role": "user", "content": "Hi", "name": "x"}]}, "messages[0].name"),
-    ({"messages": [*USER, {"role": "assistant", "content": "Sure"}]}, "messages[1]"),
+    ({"messages": [*USER, {"role": "assistant", "content": " "}]}, "messages[1]"),  # a prefill needs text
+    ({"messages": [*USER, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "search",
+                                                             "input": {"query": "x"}}]}]}, "messages[1]"),
+    ({"messages": [*USER, {"role": "assistant", "content": "Sure"}], "tools": TOOLS, "tool_choice": {"type": "any"}},
+     "tool_choice"),
     ({"messages": [{"role": "assistant", "content": [{"type": "tool_result", "tool_use_id": "t"}]}, *USER]},
      "messages[0].content[0]"),
     ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [

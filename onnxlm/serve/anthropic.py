@@ -74,7 +74,8 @@ async def _prompt(request: HTTPRequest, *, counting: bool):
         treq = await asyncio.to_thread(tools.check, req.tools_body, model.chat_template)  # schemas read: off the loop
     except APIError as exc:
         raise anthropic_request.renamed(exc) from None
-    ids = await asyncio.to_thread(tools.render, model, req.messages, treq)
+    prefill = {"continue_final_message": True} if req.prefill else None  # the reply continues the last message
+    ids = await asyncio.to_thread(tools.render, model, req.messages, treq, prefill)
     return model, st, req, treq, ids
 
 

@@ -14,8 +14,9 @@ its text blocks -> a user message after them; an assistant turn's text -> ``cont
 ``stop_sequences`` -> ``stop``; ``temperature`` (0..1, 0 greedy), ``top_p``, ``top_k`` as the runtime's.
 ``metadata`` and ``thinking`` are checked and ignored (the chat template decides whether the model thinks);
 ``cache_control`` is accepted wherever Anthropic takes it and ignored (the server's prefix cache needs no marks).
-Refused: image and document blocks (this server reads text), server tools, a last message from the assistant (a
-prefill to continue: the template always opens a new assistant turn), and fields Anthropic's API does not define.
+A last message from the assistant is a prefill: the prompt ends inside it (the runtime's ``continue_final_message``)
+and the reply continues it (its text, not repeated in the reply; not with a forced tool call). Refused: image and
+document blocks (this server reads text), server tools, and fields Anthropic's API does not define.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ class MessagesRequest:
     top_k: int
     stop: list[str]
     stream: bool
+    prefill: bool = False  # the last message is the assistant's: the reply continues it (Anthropic's prefill)
 
     def sampling(self, *, max_tokens: int) -> protocol.Sampling:
         """The runtime's sampling for one reply of at most ``max_tokens`` tokens (no logprobs, penalties, beams)."""
@@ -85,9 +87,16 @@ def parse(body: dict, *, counting: bool) -> MessagesRequest:
                                    'no marks)')
     _check_thinking(body.get("thinking"))
     tools = _tools(body.get("tools"))
+    messages = _messages(body.get("messages"))
+    choice = _tool_choice(body.get("tool_choice"), [t["function"]["name"] for t in tools])
+    prefill = messages[-1]["role"] == "assistant"
+    if prefill and choice.get("tool_choice") not in (None, "auto", "none"):
+        raise bad("tool_choice", "a forced tool call cannot continue a final assistant message (a prefill): send "
+                                 "auto or none, or end with the user's message")
     return MessagesRequest(
-        messages=_system(body.get("system")) + _messages(body.get("messages")),
-        tools_body={"tools": tools, **_tool_choice(body.get("tool_choice"), [t["function"]["name"] for t in tools])},
+        messages=_system(body.get("system")) + messages,
+        tools_body={"tools": tools, **choice},
+        prefill=prefill,
         max_tokens=max_tokens,
         temperature=protocol._get_num(body, "temperature", 1.0, 0.0, 1.0),
         top_p=protocol._get_num(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
@@ -136,9 +145,9 @@ def _messages(value) -> list[dict]:
             raise bad(f"{where}.role", f"got {role!r:.60}; allowed: {', '.join(ROLES)}{hint}")
         known_fields(m, ("role", "content"), where, f"a {role} message")
         out += _turn(role, m.get("content"), where)
-    if value[-1]["role"] == "assistant":
-        raise bad(f"messages[{len(value) - 1}]", "the last message must be the user's: a final assistant message "
-                                                 "(a prefill to continue) is not supported here")
+    if value[-1]["role"] == "assistant" and (out[-1].get("tool_calls") or not (out[-1].get("content") or "").strip()):
+        raise bad(f"messages[{len(value) - 1}]", "a final assistant message is a prefill the reply continues: it "
+                                                 "needs text, and no tool_use blocks")
     return out
 
 
