@@ -132,6 +132,23 @@ def test_logprobs(live, client):
     assert len(content) == chat.usage.completion_tokens - ended and all(len(c.top_logprobs) == 2 for c in content)
 
 
+def test_continue_final_message_continues_the_assistants_text(live, client):
+    """vLLM's continue_final_message (add_generation_prompt false or left out): the prompt ends inside the final
+    assistant message (render_chat(..., continue_final_message=True)) and the reply continues it; /tokenize and
+    /apply-template give that prompt."""
+    model = live.model
+    msgs = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "My favourite colour is"}]
+    ids = model.render_chat(msgs, tokenize=True, continue_final_message=True)
+    want = model.generate([ids], max_new_tokens=8, do_sample=False)
+    for extra in ({"continue_final_message": True}, {"continue_final_message": True, "add_generation_prompt": False}):
+        r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=8, temperature=0, extra_body=extra)
+        assert r.choices[0].message.content == want.text[0] and r.usage.prompt_tokens == len(ids)
+    got = post(live.url, "/tokenize", {"messages": msgs, "continue_final_message": True}).json()["tokens"]
+    assert got == ids
+    text = post(live.url, "/apply-template", {"messages": msgs, "continue_final_message": True}).json()["prompt"]
+    assert text == model.render_chat(msgs, continue_final_message=True) and text.endswith("My favourite colour is")
+
+
 def test_completions_top_logprobs_always_hold_the_sampled_token(live, client):
     """OpenAI: "the API will always return the logprob of the sampled token, so there may be up to logprobs+1
     elements": sampled tokens outside the top n are added (n + 1), logprobs 0 gives the sampled token alone; an
@@ -525,6 +542,13 @@ def test_tokenize_in_llama_cpps_form(live):
     ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "add_generation_prompt": False},
      "add_generation_prompt"),
     ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "add_special_tokens": True}, "add_special_tokens"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "continue_final_message": True},
+     "continue_final_message"),  # nothing of the assistant's to continue
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                              "continue_final_message": True, "add_generation_prompt": True},
+     "continue_final_message"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                              "continue_final_message": "yes"}, "continue_final_message"),
     ("/detokenize", {}, "tokens"),
     ("/detokenize", {"tokens": [1, "2"]}, "tokens"),
     ("/detokenize", {"tokens": [1, 10 ** 9]}, "tokens"),

@@ -192,7 +192,9 @@ CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"
                  "parallel_tool_calls", "chat_template_kwargs", "reasoning_format", "prediction",
                  # OpenAI's, checked and ignored at their usual values (openai_fields.py)
                  "store", "metadata", "reasoning_effort", "prompt_cache_key", "safety_identifier", "verbosity",
-                 "service_tier", "modalities", "audio", "functions", "function_call", "web_search_options"}
+                 "service_tier", "modalities", "audio", "functions", "function_call", "web_search_options",
+                 # vLLM's: the reply continues the final assistant message (an assistant prefill)
+                 "continue_final_message", "add_generation_prompt"}
 #: the template variables the server sets itself, which chat_template_kwargs may not replace
 TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents", "tokenize")  # tokenize: render_chat's own argument
 
@@ -424,6 +426,27 @@ def template_kwargs(body: dict) -> dict:
             raise bad("chat_template_kwargs", f"{key!r} is set by the server; it cannot be one of "
                                               f"{', '.join(TEMPLATE_VARS)}")
     return dict(kw)
+
+
+def continuation(body: dict, msgs: list[dict]) -> dict:
+    """vLLM's ``continue_final_message`` (and its ``add_generation_prompt``, false then) -> the render arguments:
+    {"continue_final_message": True} where the reply continues the final assistant message (the prompt ends inside
+    it), else {} (a new assistant turn, the generation prompt)."""
+    cont = _get_bool(body, "continue_final_message", False)
+    gen = body.get("add_generation_prompt")
+    if gen is not None and not isinstance(gen, bool):
+        raise bad("add_generation_prompt", "expected true or false")
+    if not cont:
+        if gen is False:
+            raise bad("add_generation_prompt", "false only with continue_final_message true: otherwise the reply is "
+                                               "a new assistant turn, which the generation prompt opens")
+        return {}
+    if gen:
+        raise bad("continue_final_message", "cannot be combined with add_generation_prompt true (vLLM's rule): the "
+                                            "reply continues the last message instead of opening a new turn")
+    if msgs[-1]["role"] != "assistant" or msgs[-1].get("tool_calls") or not (msgs[-1]["content"] or "").strip():
+        raise bad("continue_final_message", "the last message must be the assistant's, with text to continue")
+    return {"continue_final_message": True}
 
 
 def messages(body: dict) -> list[dict]:

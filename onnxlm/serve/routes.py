@@ -147,7 +147,7 @@ async def chat_completions(request: HTTPRequest):
     model, st, body, samp = await open_request(request, protocol.CHAT, chat=True)
     check_chat_extras(body)
     msgs = protocol.developer_as_system(protocol.messages(body), model.chat_template)
-    template_vars = protocol.template_kwargs(body)
+    template_vars = {**protocol.template_kwargs(body), **protocol.continuation(body, msgs)}
     split = reasoning.wanted(body, model.chat_template)  # the reply's <think> block as reasoning_content
     constraint = await output_constraint(model, body)
     if not model.chat_template:
@@ -157,6 +157,8 @@ async def chat_completions(request: HTTPRequest):
     if treq.forced and constraint is not None:
         raise bad("grammar" if constraint.kind == "grammar" else "response_format",
                   "cannot be combined with tool_choice 'required' or a named function")
+    if treq.forced and template_vars.get("continue_final_message"):
+        raise bad("continue_final_message", "cannot be combined with tool_choice 'required' or a named function")
     ids = await asyncio.to_thread(tools.render, model, msgs, treq, template_vars)  # off the event loop
     forced = await tools.constraint(model, treq, ids)  # "required" / a named function: the reply must be a call
     constraint = forced if forced is not None else constraint

@@ -30,10 +30,11 @@ from .protocol import bad
 
 PROMPT_KEYS = {"model", "prompt", "add_special_tokens", "return_token_strs"}
 CHAT_KEYS = {"model", "messages", "add_generation_prompt", "add_special_tokens", "return_token_strs", "tools",
-             "tool_choice", "parallel_tool_calls", "chat_template_kwargs"}
+             "tool_choice", "parallel_tool_calls", "chat_template_kwargs", "continue_final_message"}
 LLAMA_CPP_KEYS = {"model", "content", "add_special", "parse_special", "with_pieces"}
 DETOKENIZE_KEYS = {"model", "tokens"}
-TEMPLATE_KEYS = {"model", "messages", "tools", "tool_choice", "parallel_tool_calls", "chat_template_kwargs"}
+TEMPLATE_KEYS = {"model", "messages", "tools", "tool_choice", "parallel_tool_calls", "chat_template_kwargs",
+                 "continue_final_message", "add_generation_prompt"}
 
 
 def _tokenizer(model, param: str):
@@ -119,9 +120,6 @@ async def _chat_ids(model, body: dict) -> list[int]:
     extra = sorted(k for k in body if k not in CHAT_KEYS)
     if extra:
         raise bad(extra[0], "only with prompt" if extra[0] in PROMPT_KEYS else "only with content (llama.cpp's form)")
-    if not protocol._get_bool(body, "add_generation_prompt", True):
-        raise bad("add_generation_prompt", "only true: the chat endpoint always ends the prompt with the "
-                                           "assistant's turn, and /tokenize gives what it feeds the model")
     if protocol._get_bool(body, "add_special_tokens", False):
         raise bad("add_special_tokens", "only false with messages: the chat template writes the special tokens "
                                         "(e.g. BOS) the chat endpoint feeds the model")
@@ -132,7 +130,7 @@ async def _rendered(model, body: dict, *, tokenize: bool) -> list[int] | str:
     """``messages`` (``tools``, ``chat_template_kwargs``) through the chat template as /v1/chat/completions renders
     them -> the ids it feeds the model, or with ``tokenize=False`` the text they encode."""
     msgs = protocol.developer_as_system(protocol.messages(body), model.chat_template)
-    template_vars = protocol.template_kwargs(body)
+    template_vars = {**protocol.template_kwargs(body), **protocol.continuation(body, msgs)}
     if not model.chat_template:
         raise bad("messages", f"{no_chat_template(model.manifest)}; use /v1/completions' prompt instead",
                   code="chat_not_supported")
