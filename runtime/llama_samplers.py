@@ -163,7 +163,7 @@ class InfillProcessor:
         ordered = [pieces[k] for k in order]
         alive = np.ones(len(ids), bool)
         for i0, a in enumerate(pieces):
-            if not a:
+            if not a or not alive[i0]:  # (llama.cpp's inner loop breaks at once for a token already merged away)
                 continue
             j = bisect.bisect_left(ordered, a)
             longer = []
