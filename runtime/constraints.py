@@ -131,30 +131,68 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "depe
 _SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")                                      # [schema, ...]
 _SCHEMA_ONES = ("additionalProperties", "items", "contains", "not", "if", "then", "else", "propertyNames",
                 "unevaluatedItems", "additionalItems")                                 # schema (or a list: items)
+#: keywords beside which an object's keys come from elsewhere too (merged, referenced, or alternatives)
+_KEYS_ELSEWHERE = ("$ref", "allOf", "anyOf", "oneOf", "if", "then", "else", "dependentSchemas", "dependencies",
+                   "additionalProperties", "unevaluatedProperties")
 
 
-def closed_objects(schema: Any, *, closable: bool = True) -> Any:
-    """A JSON Schema -> a copy whose objects that list ``properties`` allow no other keys unless they say so
-    (``additionalProperties: false`` where neither it nor ``unevaluatedProperties`` is given), as llama.cpp's
-    grammar converter and xgrammar's strict mode read a schema: a small model otherwise adds keys the schema lets
-    pass (``{"a": 1, "b": 2, "c": 3}`` for a schema of ``a``). A bare ``{"type": "object"}`` stays any object;
-    ``allOf`` members, and a schema holding ``allOf``, stay as given (their keys are each other's)."""
+def closed_objects(schema: Any) -> Any:
+    """A JSON Schema -> a copy whose self-contained objects allow no keys but those they list (``additionalProperties:
+    false``), as llama.cpp's grammar converter and xgrammar's strict mode read a schema: a small model otherwise adds
+    keys the schema lets pass (``{"a": 1, "b": 2, "c": 3}`` for a schema of ``a``). Self-contained: it lists
+    ``properties``, ``required`` names only those, and nothing beside it brings keys from elsewhere (``$ref``,
+    ``allOf``, ``anyOf``/``oneOf``, ``if``/``then``, ``dependentSchemas``, its own ``additionalProperties``), nor is it
+    one of those places: an ``allOf`` member, an ``anyOf``/``oneOf`` member of an object listing properties, or a
+    ``$defs`` entry such a merge refers to. A bare ``{"type": "object"}`` stays any object."""
+    return _closed(schema, True, _merged_refs(schema, set()))
+
+
+def _merged_refs(schema: Any, found: set) -> set:
+    """The ``$ref`` targets merged with other keywords (in an ``allOf``, beside sibling keywords, or as an alternative
+    of an object that lists properties) anywhere in ``schema``."""
     if isinstance(schema, list):
-        return [closed_objects(s) for s in schema]
+        for item in schema:
+            _merged_refs(item, found)
+    elif isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and len(schema) > 1:
+            found.add(ref)
+        merged = list(schema.get("allOf") or []) if isinstance(schema.get("allOf"), list) else []
+        if "properties" in schema:
+            merged += [m for k in ("anyOf", "oneOf") if isinstance(schema.get(k), list) for m in schema[k]]
+        for member in merged:
+            if isinstance(member, dict) and isinstance(member.get("$ref"), str):
+                found.add(member["$ref"])
+        for value in schema.values():
+            _merged_refs(value, found)
+    return found
+
+
+def _closed(schema: Any, closable: bool, merged: set, path: str = "#") -> Any:
+    """``closed_objects``' walk: ``closable``: whether this schema may be closed where it is; ``path``: its JSON
+    pointer where a ``$ref`` could name it ($defs entries)."""
+    if isinstance(schema, list):
+        return [_closed(s, True, merged) for s in schema]
     if not isinstance(schema, dict):
         return schema
+    props = schema.get("properties")
     out = {}
     for key, value in schema.items():
         if key in _SCHEMA_MAPS and isinstance(value, dict):
-            out[key] = {name: closed_objects(sub) for name, sub in value.items()}
-        elif key in _SCHEMA_LISTS or key in _SCHEMA_ONES:
-            out[key] = closed_objects(value)
+            out[key] = {name: _closed(sub, True, merged, f"{path}/{key}/{name}") for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            alone = key == "prefixItems" or not isinstance(props, dict)  # alternatives of a listing object merge
+            out[key] = [_closed(sub, alone, merged) for sub in value]
+        elif key in _SCHEMA_ONES:
+            out[key] = _closed(value, True, merged)
         elif key == "allOf" and isinstance(value, list):
-            out[key] = [closed_objects(sub, closable=False) for sub in value]
+            out[key] = [_closed(sub, False, merged) for sub in value]
         else:
             out[key] = value
-    if (closable and isinstance(schema.get("properties"), dict) and "allOf" not in schema
-            and "additionalProperties" not in schema and "unevaluatedProperties" not in schema):
+    required = schema.get("required")
+    if (closable and isinstance(props, dict) and path not in merged
+            and not any(k in schema for k in _KEYS_ELSEWHERE)
+            and (not isinstance(required, list) or all(r in props for r in required))):
         out["additionalProperties"] = False
     return out
 

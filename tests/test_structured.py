@@ -204,6 +204,23 @@ def test_an_object_listing_properties_takes_no_other_keys_unless_it_says_so(tiny
     assert not ok(nested, '[{"q":{},"t":1}]')
     both = {"allOf": [{"properties": {"a": {"type": "integer"}}}, {"properties": {"b": {"type": "integer"}}}]}
     assert closed_objects(both) == both
+    # keys that come from elsewhere stay allowed (a review's cases): inheritance by allOf + $ref, $ref siblings,
+    # a listing object's alternatives, required keys it does not list, a $ref'd base merged in a property
+    base = {"Base": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}
+    merged = [({"$defs": base, "allOf": [{"$ref": "#/$defs/Base"}, {"properties": {"b": {"type": "string"}},
+                                                                     "required": ["b"]}]}, '{"a":1,"b":"x"}'),
+              ({"$defs": base, "$ref": "#/$defs/Base", "properties": {"b": {"type": "string"}}, "required": ["b"]},
+               '{"a":1,"b":"x"}'),
+              ({"type": "object", "properties": {"kind": {"type": "string"}}, "required": ["kind"],
+                "anyOf": [{"properties": {"x": {"type": "integer"}}, "required": ["x"]},
+                          {"properties": {"y": {"type": "integer"}}, "required": ["y"]}]}, '{"kind":"k","x":1}'),
+              ({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]}, '{"a":1,"b":2}'),
+              ({"$defs": base, "type": "object", "properties": {"p": {"allOf": [
+                  {"$ref": "#/$defs/Base"}, {"properties": {"b": {"type": "integer"}}, "required": ["b"]}]}},
+                "required": ["p"]}, '{"p":{"a":1,"b":2}}')]
+    for schema, text in merged:
+        assert ok(schema, text), schema
+    assert not ok(merged[-1][0], '{"p":{"a":1,"b":2},"q":3}')  # the outer object is still closed
     assert closed_objects({"properties": {"x": {}}, "unevaluatedProperties": False}) == {
         "properties": {"x": {}}, "unevaluatedProperties": False}
     res = tiny.generate(PROMPTS[:2], json_schema=a, max_new_tokens=30)
