@@ -128,14 +128,15 @@ def render_chat(
     import jinja2
 
     context = {"tools": None, "documents": None, **extra}
+    gen = bool(add_generation_prompt) and not continue_final_message
     try:
-        text = compiled.render(
-            messages=messages,
-            add_generation_prompt=bool(add_generation_prompt) and not continue_final_message,
-            bos_token=bos_token,
-            eos_token=eos_token,
-            **context,
-        )
+        text = compiled.render(messages=messages, add_generation_prompt=gen, bos_token=bos_token,
+                               eos_token=eos_token, **context)
+        marked = None
+        if continue_final_message and messages and isinstance(messages[-1].get("content"), str):
+            # where the last message's content begins: the same rendering with a marker in its place
+            marked = compiled.render(messages=[*messages[:-1], {**messages[-1], "content": _MARK}],
+                                     add_generation_prompt=gen, bos_token=bos_token, eos_token=eos_token, **context)
     except _TemplateRaised as e:
         raise InputError(f"chat template rejected the messages: {e}") from None
     except jinja2.TemplateError as e:
@@ -143,20 +144,28 @@ def render_chat(
     except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
         # the template's own expressions on the messages and variables it was given (`1 / n`, `x[9]`, `n(...)`)
         raise InputError(f"chat template: rendering failed: {type(e).__name__}: {e}") from e
-    return _continued(text, messages) if continue_final_message else text
+    return _continued(text, messages, marked) if continue_final_message else text
 
 
-def _continued(text: str, messages: list[dict]) -> str:
+_MARK = "onnxlmFinalMessage7f3a"  # stands in for the last message's content to find where the template writes it
+
+
+def _continued(text: str, messages: list[dict], marked: str | None) -> str:
     """A rendering without a generation prompt -> cut right after the last message's content (transformers'
-    ``continue_final_message``)."""
+    ``continue_final_message``). Where the content begins is read from ``marked`` (the rendering with a marker in its
+    place), so that a short content that also occurs in the template's own text after it ("<" in "<|im_end|>") is not
+    taken there, as transformers' last occurrence would be; without it, transformers' rule."""
     final = messages[-1].get("content") if messages else None
     if isinstance(final, (list, tuple)):  # content parts: the last one's text, as transformers takes it
         final = final[-1].get("text") if final and isinstance(final[-1], dict) else None
     if not isinstance(final, str) or not final.strip():
         raise InputError("continue_final_message: the last message has no text to continue")
+    begin = marked.find(_MARK) if marked is not None and marked.count(_MARK) == 1 else -1
     for piece in (final, final.strip()):
-        at = text.rfind(piece)
-        if at >= 0:
+        at = text.find(piece, begin) if begin >= 0 else text.rfind(piece)
+        if at >= 0 and (begin < 0 or text[begin:at].strip() == ""):  # only whitespace the template stripped between
             return text[:at + len(piece)]
+    if begin >= 0:  # the template changed the content otherwise: transformers' rule
+        return _continued(text, messages, None)
     raise InputError("continue_final_message: the chat template does not write the last message's content as given, "
                      "so the prompt cannot end inside it")

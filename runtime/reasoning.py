@@ -31,9 +31,16 @@ def opened(prompt_tail: str) -> bool:
 
 
 def prompt_opens(tokenizer, prompt_ids: list[int]) -> bool:
-    """A rendered chat prompt's token ids -> whether the reply begins inside a ``<think>`` block (its last 8 tokens
-    decoded with the special ones: a template that opens the block writes it just before the reply)."""
-    return opened(tokenizer.decode(list(prompt_ids[-8:]), skip_special_tokens=False))
+    """A rendered chat prompt's token ids -> whether the reply begins inside a ``<think>`` block: its last tokens
+    decoded with the special ones, 8 of them (a template that opens the block writes it just before the reply), then
+    8 times as many until a tag shows or the prompt is read whole (a prefill the reply continues may hold a long
+    open block: ``continue_final_message``)."""
+    n = 8
+    while True:
+        tail = tokenizer.decode(list(prompt_ids[-n:]), skip_special_tokens=False)
+        if OPEN in tail or CLOSE in tail or n >= len(prompt_ids):
+            return opened(tail)
+        n *= 8
 
 
 def split(text: str, inside: bool = False) -> tuple[str | None, str]:

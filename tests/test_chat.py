@@ -54,6 +54,14 @@ def test_continue_final_message_equals_transformers(name, tiny_llama):
         assert got.rstrip().endswith(content.strip())
     with pytest.raises(InputError, match="continue_final_message"):
         render_chat("{% for m in messages %}{{ m.role }}{% endfor %}", msgs, continue_final_message=True)
+    # a short content that also occurs in the template's own text after it ("<" of "<|im_end|>", "im"): the prompt
+    # still ends right after the content (transformers' last occurrence would cut inside the closing tag)
+    def ending(content):
+        msgs[-1]["content"] = content
+        return render_chat(template, msgs, bos_token=tok.bos_token or "", eos_token=tok.eos_token or "",
+                           continue_final_message=True)
+    for short in ("<", "im", "s>"):
+        assert ending(short) == ending("Q")[:-1] + short, (name, short)
 
 
 def test_raise_exception_becomes_input_error():

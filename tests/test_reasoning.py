@@ -45,3 +45,16 @@ def test_an_open_block_and_the_formats():
     assert not wanted("none", "<think>") and not wanted("auto", None)
     with pytest.raises(ParameterError, match="reasoning_format: got 'think'; allowed: auto, deepseek, none"):
         wanted("think", "<think>")
+
+
+def test_a_long_open_block_in_a_prefill_is_found(tiny_llama):
+    """prompt_opens reads further back than the last 8 tokens until a tag shows: a prefill the reply continues
+    (continue_final_message) may hold a long open <think> block; a closed one, or none, is not open."""
+    from onnxlm.runtime.reasoning import prompt_opens
+    from onnxlm.runtime.tokenizer import TextTokenizer
+    tok = TextTokenizer.from_file(tiny_llama.onnx_dir / "tokenizer.json").tokenizer
+    ids = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
+    thought = " and so on, thinking at length about the question" * 20
+    assert len(ids(thought)) > 64 and prompt_opens(tok, ids("user: hi\nassistant: <think>" + thought))
+    assert not prompt_opens(tok, ids("user: hi\nassistant: <think>" + thought + "</think> The answer" + thought))
+    assert not prompt_opens(tok, ids("user: hi\nassistant:" + thought)) and prompt_opens(tok, ids("<think>\n"))
