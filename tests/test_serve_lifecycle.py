@@ -57,7 +57,8 @@ def test_health_503_until_loaded_and_api_key(tiny_llama):
 def test_browser_pages_of_other_origins_may_call_the_api(tiny_llama):
     """CORS, as llama.cpp's and vLLM's servers: a preflight (OPTIONS, no key, as browsers send it) is answered for any
     origin by default, and the answers carry Access-Control-Allow-Origin; with allowed_origins set only those
-    origins; with none, no CORS headers at all."""
+    origins; with none, no CORS headers at all; a request from a page of an origin not allowed (but the server's
+    own) is a 403, simple requests too."""
     model = onnxlm.load(tiny_llama.onnx_dir)
     preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization, content-type"}
@@ -71,9 +72,16 @@ def test_browser_pages_of_other_origins_may_call_the_api(tiny_llama):
                 assert r.status_code == 200 and "authorization" in r.headers["access-control-allow-headers"].lower()
             r = post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2},
                      headers={"Authorization": "Bearer sekret", "Origin": "https://app.example.com"})
-            assert r.status_code == 200 and r.headers.get("access-control-allow-origin") == allowed
+            assert r.status_code == (200 if allowed else 403) and r.headers.get("access-control-allow-origin") == allowed
             other = httpx.options(srv.url + "/v1/models", headers={**preflight, "Origin": "https://evil.example"})
             assert other.headers.get("access-control-allow-origin") == ("*" if origins == ("*",) else None)
+            # a simple request (no preflight: text/plain) from a page of an origin not listed: 403 before anything
+            r = httpx.post(srv.url + "/completion", content=b'{"prompt": "hi", "n_predict": 2}',
+                           headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
+            assert r.status_code == (401 if origins == ("*",) else 403), r.text  # (401: the key is asked)
+            r = post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2},  # the server's own pages
+                     headers={"Authorization": "Bearer sekret", "Origin": srv.url})
+            assert r.status_code == 200
         finally:
             srv.stop()
 

@@ -14,8 +14,17 @@ from .state import state_of
 
 def authorize(request: HTTPRequest, *, key_header: str | None = None) -> None:
     """The server's API key from ``Authorization: Bearer``, or from ``key_header`` first where an API names its own
-    (Anthropic's ``x-api-key``); 401 otherwise."""
-    key = state_of(request).config.api_key
+    (Anthropic's ``x-api-key``); 401 otherwise. A browser page of an origin ``--allowed-origins`` does not list (its
+    ``Origin`` header; the server's own pages are its own origin) is refused with a 403 first: a form post or a
+    text/plain fetch needs no preflight, and the llama.cpp endpoints read such bodies."""
+    config = state_of(request).config
+    origin = request.headers.get("origin")
+    if (origin is not None and "*" not in config.allowed_origins and origin not in config.allowed_origins
+            and origin != f"{request.url.scheme}://{request.headers.get('host', '')}"):
+        raise APIError(403, f"requests from pages of {origin[:100]!r} are not allowed here (onnxlm serve "
+                            "--allowed-origins lists the origins that are)", "permission_error",
+                       code="origin_not_allowed")
+    key = config.api_key
     if key is None:
         return
     given = request.headers.get("authorization", "")
