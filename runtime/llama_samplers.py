@@ -122,6 +122,7 @@ class InfillProcessor:
 
     def __init__(self, vocab: InfillVocab):
         self.vocab = vocab
+        self.eog = np.fromiter(vocab.eog, np.int64, len(vocab.eog))  # [e] int64
 
     def __repr__(self) -> str:
         return f"InfillProcessor(eog={sorted(self.vocab.eog)}, eot={self.vocab.eot})"
@@ -138,7 +139,7 @@ class InfillProcessor:
         logit = row[ids].astype(np.float64)
         p = np.exp(logit - logit[0])
         p /= p.sum()
-        eog = np.array([int(i) in self.vocab.eog for i in ids])
+        eog = np.isin(ids, self.eog)                                             # [n] bool
         out = np.full_like(row, -np.inf)
         if 3 * p[eog].sum() * len(ids) > p[~eog].sum():                         # 2. mostly the end: EOG alone
             out[ids[eog]] = row[ids[eog]]
