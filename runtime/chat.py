@@ -113,9 +113,8 @@ def render_chat(
     ``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``).
 
     ``continue_final_message``: the text ends inside the last message, right after its content, so that a reply
-    continues it (an assistant prefill: Anthropic's, transformers' argument of that name, with its rule: rendered
-    without a generation prompt, then cut after the last place the content occurs, or its stripped content where
-    the template strips it; an InputError where it does not occur).
+    continues it (an assistant prefill: Anthropic's; transformers' argument of that name, with its rule: the content
+    rendered with a tag after it, the text cut at the tag; an InputError where the template drops them).
 
     ``extra`` keyword arguments become template variables (e.g. ``tools``, ``documents``, ``pad_token``).
     Raises InputError for invalid messages, an invalid template, a template that calls ``raise_exception``, or one
@@ -129,14 +128,12 @@ def render_chat(
 
     context = {"tools": None, "documents": None, **extra}
     gen = bool(add_generation_prompt) and not continue_final_message
+    final = None
+    if continue_final_message:  # transformers' rule: the content with a tag after it; the prompt ends at the tag
+        messages, final = _tagged(messages)
     try:
         text = compiled.render(messages=messages, add_generation_prompt=gen, bos_token=bos_token,
                                eos_token=eos_token, **context)
-        marked = None
-        if continue_final_message and messages and isinstance(messages[-1].get("content"), str):
-            # where the last message's content begins: the same rendering with a marker in its place
-            marked = compiled.render(messages=[*messages[:-1], {**messages[-1], "content": _MARK}],
-                                     add_generation_prompt=gen, bos_token=bos_token, eos_token=eos_token, **context)
     except _TemplateRaised as e:
         raise InputError(f"chat template rejected the messages: {e}") from None
     except jinja2.TemplateError as e:
@@ -144,28 +141,42 @@ def render_chat(
     except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as e:
         # the template's own expressions on the messages and variables it was given (`1 / n`, `x[9]`, `n(...)`)
         raise InputError(f"chat template: rendering failed: {type(e).__name__}: {e}") from e
-    return _continued(text, messages, marked) if continue_final_message else text
+    return _continued(text, final) if continue_final_message else text
 
 
-_MARK = "onnxlmFinalMessage7f3a"  # stands in for the last message's content to find where the template writes it
+_TAG = "CONTINUE_FINAL_MESSAGE_TAG "  # transformers' tag, after the last message's text
 
 
-def _continued(text: str, messages: list[dict], marked: str | None) -> str:
-    """A rendering without a generation prompt -> cut right after the last message's content (transformers'
-    ``continue_final_message``). Where the content begins is read from ``marked`` (the rendering with a marker in its
-    place), so that a short content that also occurs in the template's own text after it ("<" in "<|im_end|>") is not
-    taken there, as transformers' last occurrence would be; without it, transformers' rule."""
-    final = messages[-1].get("content") if messages else None
-    if isinstance(final, (list, tuple)):  # content parts: the last one's text, as transformers takes it
-        final = final[-1].get("text") if final and isinstance(final[-1], dict) else None
-    if not isinstance(final, str) or not final.strip():
+def _tagged(messages: list[dict]) -> tuple[list[dict], str]:
+    """messages -> (a copy whose last message's text ends with ``_TAG``: its string content, or its last text part,
+    the text before it), as transformers' ``continue_final_message`` marks it."""
+    last = dict(messages[-1])
+    content = last.get("content")
+    if isinstance(content, (list, tuple)):
+        parts = [dict(p) if isinstance(p, dict) else p for p in content]
+        for part in reversed(parts):
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                final, part["text"] = part["text"], part["text"] + _TAG
+                break
+        else:
+            raise InputError("continue_final_message: the last message has no text to continue")
+        last["content"] = parts
+    elif isinstance(content, str):
+        final, last["content"] = content, content + _TAG
+    else:
         raise InputError("continue_final_message: the last message has no text to continue")
-    begin = marked.find(_MARK) if marked is not None and marked.count(_MARK) == 1 else -1
-    for piece in (final, final.strip()):
-        at = text.find(piece, begin) if begin >= 0 else text.rfind(piece)
-        if at >= 0 and (begin < 0 or text[begin:at].strip() == ""):  # only whitespace the template stripped between
-            return text[:at + len(piece)]
-    if begin >= 0:  # the template changed the content otherwise: transformers' rule
-        return _continued(text, messages, None)
-    raise InputError("continue_final_message: the chat template does not write the last message's content as given, "
-                     "so the prompt cannot end inside it")
+    if not final.strip():
+        raise InputError("continue_final_message: the last message has no text to continue")
+    return [*messages[:-1], last], final
+
+
+def _continued(text: str, final: str) -> str:
+    """A rendering of the tagged messages -> the prompt ending where the tag is (right after the last message's text
+    as the template writes it; its trailing whitespace dropped where the template trimmed the tag's space), as
+    transformers' ``continue_final_message``; an InputError where the template dropped the text or the tag."""
+    if final.strip() not in text or _TAG.strip() not in text:
+        raise InputError("continue_final_message: the chat template does not write the last message's content as "
+                         "given, so the prompt cannot end inside it")
+    at = text.rindex(_TAG.strip())
+    return text[:at] if text[at:at + len(_TAG)] == _TAG else text[:at].rstrip()
+
