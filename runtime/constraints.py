@@ -34,6 +34,7 @@ with the KV cache (beam search), ``advance(tokens)`` feeds them the chosen token
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -131,67 +132,67 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "depe
 _SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")                                      # [schema, ...]
 _SCHEMA_ONES = ("additionalProperties", "items", "contains", "not", "if", "then", "else", "propertyNames",
                 "unevaluatedItems", "additionalItems")                                 # schema (or a list: items)
-#: keywords beside which an object's keys come from elsewhere too (merged, referenced, or alternatives)
-_KEYS_ELSEWHERE = ("$ref", "allOf", "anyOf", "oneOf", "if", "then", "else", "dependentSchemas", "dependencies",
-                   "additionalProperties", "unevaluatedProperties")
+#: keywords that make an object's keys come from several places (merges, dynamic references, conditions)
+_MERGING = ("allOf", "$id", "$anchor", "$dynamicRef", "$dynamicAnchor", "$recursiveRef", "if", "then", "else",
+            "dependentSchemas", "dependencies", "unevaluatedProperties")
+#: what may stand beside a ``$ref`` without adding keys (annotations; Pydantic writes a field's description there)
+_BESIDE_REF = {"$ref", "description", "title", "default", "examples", "$comment", "$defs", "definitions", "deprecated",
+               "readOnly", "writeOnly", "$schema", "nullable"}
+_LOCAL_REF = re.compile(r"#/(\$defs|definitions)/[A-Za-z0-9_.\-]+")
 
 
 def closed_objects(schema: Any) -> Any:
-    """A JSON Schema -> a copy whose self-contained objects allow no keys but those they list (``additionalProperties:
-    false``), as llama.cpp's grammar converter and xgrammar's strict mode read a schema: a small model otherwise adds
-    keys the schema lets pass (``{"a": 1, "b": 2, "c": 3}`` for a schema of ``a``). Self-contained: it lists
-    ``properties``, ``required`` names only those, and nothing beside it brings keys from elsewhere (``$ref``,
-    ``allOf``, ``anyOf``/``oneOf``, ``if``/``then``, ``dependentSchemas``, its own ``additionalProperties``), nor is it
-    one of those places: an ``allOf`` member, an ``anyOf``/``oneOf`` member of an object listing properties, or a
-    ``$defs`` entry such a merge refers to. A bare ``{"type": "object"}`` stays any object."""
-    return _closed(schema, True, _merged_refs(schema, set()))
+    """A JSON Schema -> a copy whose objects listing ``properties`` allow no other keys unless they say so
+    (``additionalProperties: false`` where neither it nor ``patternProperties``... is given and ``required`` names
+    only listed keys), as llama.cpp's grammar converter and xgrammar's strict mode read a schema: a small model
+    otherwise adds keys the schema lets pass (``{"a": 1, "b": 2, "c": 3}`` for a schema of ``a``). Only a schema whose
+    objects are each described in one place is closed: plain objects, nested ones, arrays, unions of whole objects,
+    ``$ref``s to ``$defs`` / ``definitions`` (annotations beside them); a schema that merges descriptions anywhere
+    (``allOf``, a ``$ref`` beside other keywords, alternatives beside an object's own properties, ``$id`` /
+    ``$anchor`` references, conditions) is returned as given, open as JSON Schema reads it. A bare ``{"type":
+    "object"}`` stays any object."""
+    return _closed(schema) if _described_once(schema) else schema
 
 
-def _merged_refs(schema: Any, found: set) -> set:
-    """The ``$ref`` targets merged with other keywords (in an ``allOf``, beside sibling keywords, or as an alternative
-    of an object that lists properties) anywhere in ``schema``."""
+def _described_once(schema: Any) -> bool:
+    """Whether every object of ``schema`` is described in one place (see ``closed_objects``)."""
     if isinstance(schema, list):
-        for item in schema:
-            _merged_refs(item, found)
-    elif isinstance(schema, dict):
-        ref = schema.get("$ref")
-        if isinstance(ref, str) and len(schema) > 1:
-            found.add(ref)
-        merged = list(schema.get("allOf") or []) if isinstance(schema.get("allOf"), list) else []
-        if "properties" in schema:
-            merged += [m for k in ("anyOf", "oneOf") if isinstance(schema.get(k), list) for m in schema[k]]
-        for member in merged:
-            if isinstance(member, dict) and isinstance(member.get("$ref"), str):
-                found.add(member["$ref"])
-        for value in schema.values():
-            _merged_refs(value, found)
-    return found
+        return all(_described_once(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if any(k in schema for k in _MERGING):
+        return False
+    ref = schema.get("$ref")
+    if ref is not None and (not isinstance(ref, str) or not _LOCAL_REF.fullmatch(ref) or set(schema) - _BESIDE_REF):
+        return False
+    alternatives = [k for k in ("anyOf", "oneOf") if k in schema]  # beside an object's own keywords they merge
+    if alternatives and set(schema) - _BESIDE_REF - {"anyOf", "oneOf", "type", "discriminator"}:
+        return False
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            if not all(_described_once(sub) for sub in value.values()):
+                return False
+        elif (key in _SCHEMA_LISTS or key in _SCHEMA_ONES) and not _described_once(value):
+            return False
+    return True
 
 
-def _closed(schema: Any, closable: bool, merged: set, path: str = "#") -> Any:
-    """``closed_objects``' walk: ``closable``: whether this schema may be closed where it is; ``path``: its JSON
-    pointer where a ``$ref`` could name it ($defs entries)."""
+def _closed(schema: Any) -> Any:
+    """``closed_objects``' walk over a schema whose objects are each described once."""
     if isinstance(schema, list):
-        return [_closed(s, True, merged) for s in schema]
+        return [_closed(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    props = schema.get("properties")
     out = {}
     for key, value in schema.items():
         if key in _SCHEMA_MAPS and isinstance(value, dict):
-            out[key] = {name: _closed(sub, True, merged, f"{path}/{key}/{name}") for name, sub in value.items()}
-        elif key in _SCHEMA_LISTS and isinstance(value, list):
-            alone = key == "prefixItems" or not isinstance(props, dict)  # alternatives of a listing object merge
-            out[key] = [_closed(sub, alone, merged) for sub in value]
-        elif key in _SCHEMA_ONES:
-            out[key] = _closed(value, True, merged)
-        elif key == "allOf" and isinstance(value, list):
-            out[key] = [_closed(sub, False, merged) for sub in value]
+            out[key] = {name: _closed(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_LISTS or key in _SCHEMA_ONES:
+            out[key] = _closed(value)
         else:
             out[key] = value
-    required = schema.get("required")
-    if (closable and isinstance(props, dict) and path not in merged
-            and not any(k in schema for k in _KEYS_ELSEWHERE)
+    props, required = schema.get("properties"), schema.get("required")
+    if (isinstance(props, dict) and "additionalProperties" not in schema
             and (not isinstance(required, list) or all(r in props for r in required))):
         out["additionalProperties"] = False
     return out

@@ -182,8 +182,9 @@ def test_json_string_schema_and_dict_schema_agree(tiny):
 
 def test_an_object_listing_properties_takes_no_other_keys_unless_it_says_so(tiny):
     """As llama.cpp's converter and xgrammar's strict mode read a schema: properties listed -> no other keys
-    (nested too: items, anyOf, $defs), unless additionalProperties / unevaluatedProperties say otherwise; a bare
-    {"type": "object"} is any object; allOf members are left as given."""
+    (nested too: items, anyOf, $defs, Pydantic's $ref with a description, recursive models), unless
+    additionalProperties says otherwise; a bare {"type": "object"} is any object; a schema that merges descriptions
+    anywhere (allOf, $ref siblings, alternatives beside an object's keywords) is read as given."""
     from onnxlm.runtime.constraints import closed_objects, engine_for, make_constraint
 
     engine = engine_for(tiny, [EOS], "json_schema")
@@ -220,7 +221,19 @@ def test_an_object_listing_properties_takes_no_other_keys_unless_it_says_so(tiny
                 "required": ["p"]}, '{"p":{"a":1,"b":2}}')]
     for schema, text in merged:
         assert ok(schema, text), schema
-    assert not ok(merged[-1][0], '{"p":{"a":1,"b":2},"q":3}')  # the outer object is still closed
+    assert ok(merged[-1][0], '{"p":{"a":1,"b":2},"q":3}')  # a schema that merges anywhere is read as given: open
+    for schema, _ in merged:
+        assert closed_objects(schema) == schema
+    # Pydantic's shapes are closed: a nested model behind a $ref with its field's description, a recursive model
+    child = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    pyd = {"$defs": {"Child": child}, "type": "object", "required": ["c"],
+           "properties": {"c": {"$ref": "#/$defs/Child", "description": "the child"}}}
+    assert ok(pyd, '{"c":{"a":1}}') and not ok(pyd, '{"c":{"a":1,"z":2}}') and not ok(pyd, '{"c":{"a":1},"z":2}')
+    node = {"$defs": {"Node": {"type": "object", "properties": {"v": {"type": "integer"}, "kids": {
+        "type": "array", "items": {"$ref": "#/$defs/Node"}}}, "required": ["v"]}}, "$ref": "#/$defs/Node"}
+    assert ok(node, '{"v":1,"kids":[{"v":2}]}') and not ok(node, '{"v":1,"kids":[{"v":2,"w":3}]}')
+    either = {"required": ["a", "b"], "anyOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}
+    assert closed_objects(either) == either and ok(either, '{"a":1,"b":2}')
     assert closed_objects({"properties": {"x": {}}, "unevaluatedProperties": False}) == {
         "properties": {"x": {}}, "unevaluatedProperties": False}
     res = tiny.generate(PROMPTS[:2], json_schema=a, max_new_tokens=30)
