@@ -79,9 +79,13 @@ def test_browser_pages_of_other_origins_may_call_the_api(tiny_llama):
             r = httpx.post(srv.url + "/completion", content=b'{"prompt": "hi", "n_predict": 2}',
                            headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
             assert r.status_code == (401 if origins == ("*",) else 403), r.text  # (401: the key is asked)
-            r = post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2},  # the server's own pages
-                     headers={"Authorization": "Bearer sekret", "Origin": srv.url})
-            assert r.status_code == 200
+            for own in ({"Origin": srv.url}, {"Origin": srv.url.upper() + "/"},  # the server's own pages
+                        {"Origin": "https://llm.example.org", "Sec-Fetch-Site": "same-origin"},  # behind a proxy
+                        {"Origin": "https://llm.example.org", "X-Forwarded-Host": "llm.example.org",
+                         "X-Forwarded-Proto": "https"}):
+                r = post(srv.url, "/v1/completions", {"prompt": "hi", "max_tokens": 2},
+                         headers={"Authorization": "Bearer sekret", **own})
+                assert r.status_code == 200, (own, r.text)
         finally:
             srv.stop()
 

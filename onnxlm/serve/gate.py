@@ -19,11 +19,10 @@ def authorize(request: HTTPRequest, *, key_header: str | None = None) -> None:
     text/plain fetch needs no preflight, and the llama.cpp endpoints read such bodies."""
     config = state_of(request).config
     origin = request.headers.get("origin")
-    if (origin is not None and "*" not in config.allowed_origins and origin not in config.allowed_origins
-            and origin != f"{request.url.scheme}://{request.headers.get('host', '')}"):
+    if origin is not None and "*" not in config.allowed_origins and not _own_or_listed(request, origin, config):
         raise APIError(403, f"requests from pages of {origin[:100]!r} are not allowed here (onnxlm serve "
-                            "--allowed-origins lists the origins that are)", "permission_error",
-                       code="origin_not_allowed")
+                            "--allowed-origins lists the origins that are; behind a proxy, list its public origin)",
+                       "permission_error", code="origin_not_allowed")
     key = config.api_key
     if key is None:
         return
@@ -35,6 +34,26 @@ def authorize(request: HTTPRequest, *, key_header: str | None = None) -> None:
         how = f"'{key_header}: <key>' or " if key_header is not None else ""
         raise APIError(401, f"Incorrect or missing API key (send {how}'Authorization: Bearer <key>')",
                        "authentication_error", code="invalid_api_key")
+
+
+def _origin(value: str) -> str:
+    """An origin as browsers compare them: lowercase, no trailing slash, no default port."""
+    value = value.strip().lower().rstrip("/")
+    for scheme, port in (("http://", ":80"), ("https://", ":443")):
+        if value.startswith(scheme) and value.endswith(port):
+            value = value[:-len(port)]
+    return value
+
+
+def _own_or_listed(request: HTTPRequest, origin: str, config) -> bool:
+    """A page of this server (the browser says same-origin, or the origin is this request's own, by its Host or a
+    proxy's X-Forwarded-Host / -Proto), or of an origin --allowed-origins lists."""
+    if request.headers.get("sec-fetch-site") == "same-origin":  # set by the browser; a page cannot forge it
+        return True
+    seen = _origin(origin)
+    host = request.headers.get("x-forwarded-host") or request.headers.get("host", "")
+    scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+    return seen == _origin(f"{scheme}://{host}") or seen in {_origin(o) for o in config.allowed_origins}
 
 
 def available(request: HTTPRequest):
