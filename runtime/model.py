@@ -595,14 +595,16 @@ class LanguageModel:
         return self.generate([self.render_chat(messages, tokenize=True, **(chat_template_kwargs or {}))], **params)
 
     def render_chat(self, messages: list[dict], *, tokenize: bool = False, continue_final_message: bool = False,
-                    **template_vars) -> str | list[int]:
+                    add_generation_prompt: bool = True, **template_vars) -> str | list[int]:
         """messages [{'role', 'content'}] -> prompt text through the artifact's chat template (jinja2), or with
         tokenize=True its token ids, encoded with add_special_tokens=False (the template writes any BOS).
         ``template_vars`` become template variables, as in transformers' apply_chat_template (e.g. ``tools``).
         ``continue_final_message``: the prompt ends inside the last message (an assistant prefill the reply
-        continues) instead of opening a new assistant turn, as transformers' argument of that name."""
+        continues) instead of opening a new assistant turn, as transformers' argument of that name;
+        ``add_generation_prompt=False``: no new assistant turn opened either (the conversation as it stands)."""
         from .chat import RENDER_VARS, render_chat
-        for name, flag in (("tokenize", tokenize), ("continue_final_message", continue_final_message)):
+        for name, flag in (("tokenize", tokenize), ("continue_final_message", continue_final_message),
+                           ("add_generation_prompt", add_generation_prompt)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise ParameterError(name, f"got {flag!r}; allowed: True or False")
         taken = sorted(set(template_vars) & set(RENDER_VARS))
@@ -613,7 +615,7 @@ class LanguageModel:
             raise ModelFileError(f"{self.path}: {no_chat_template(self.manifest)}",
                                  str(self.path / "chat_template.jinja"))
         specials = self.manifest.get("special_tokens", {})
-        text = render_chat(self.chat_template, messages, add_generation_prompt=True,
+        text = render_chat(self.chat_template, messages, add_generation_prompt=bool(add_generation_prompt),
                            bos_token=specials.get("bos_token", "") or "", eos_token=specials.get("eos_token", "") or "",
                            continue_final_message=bool(continue_final_message), **template_vars)
         return self._encode(text, add_special_tokens=False) if tokenize else text

@@ -145,6 +145,9 @@ def test_continue_final_message_continues_the_assistants_text(live, client):
         assert r.choices[0].message.content == want.text[0] and r.usage.prompt_tokens == len(ids)
     got = post(live.url, "/tokenize", {"messages": msgs, "continue_final_message": True}).json()["tokens"]
     assert got == ids
+    bare = post(live.url, "/tokenize", {"messages": msgs[:1], "add_generation_prompt": False}).json()["tokens"]
+    assert bare == model.render_chat(msgs[:1], tokenize=True, add_generation_prompt=False) != model.render_chat(
+        msgs[:1], tokenize=True)  # the conversation as it stands, no assistant turn opened
     text = post(live.url, "/apply-template", {"messages": msgs, "continue_final_message": True}).json()["prompt"]
     assert text == model.render_chat(msgs, continue_final_message=True) and text.endswith("My favourite colour is")
 
@@ -539,8 +542,8 @@ def test_tokenize_in_llama_cpps_form(live):
     ("/tokenize", {"content": 3}, "content"),
     ("/tokenize", {"content": "a", "with_pieces": 1}, "with_pieces"),
     ("/tokenize", {"messages": []}, "messages"),
-    ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "add_generation_prompt": False},
-     "add_generation_prompt"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}], "add_generation_prompt": False},
+     "add_generation_prompt"),  # a reply is a new turn (or continues one: continue_final_message)
     ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "add_special_tokens": True}, "add_special_tokens"),
     ("/tokenize", {"messages": [{"role": "user", "content": "a"}], "continue_final_message": True},
      "continue_final_message"),  # nothing of the assistant's to continue

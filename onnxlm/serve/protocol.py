@@ -428,15 +428,18 @@ def template_kwargs(body: dict) -> dict:
     return dict(kw)
 
 
-def continuation(body: dict, msgs: list[dict]) -> dict:
+def continuation(body: dict, msgs: list[dict], *, bare: bool = False) -> dict:
     """vLLM's ``continue_final_message`` (and its ``add_generation_prompt``, false then) -> the render arguments:
     {"continue_final_message": True} where the reply continues the final assistant message (the prompt ends inside
-    it), else {} (a new assistant turn, the generation prompt)."""
+    it), else {} (a new assistant turn, the generation prompt). ``bare``: a rendering without the generation prompt
+    may be asked (``add_generation_prompt`` false: /tokenize, /apply-template), else only a reply's prompts."""
     cont = _get_bool(body, "continue_final_message", False)
     gen = body.get("add_generation_prompt")
     if gen is not None and not isinstance(gen, bool):
         raise bad("add_generation_prompt", "expected true or false")
     if not cont:
+        if gen is False and bare:
+            return {"add_generation_prompt": False}
         if gen is False:
             raise bad("add_generation_prompt", "false only with continue_final_message true: otherwise the reply is "
                                                "a new assistant turn, which the generation prompt opens")

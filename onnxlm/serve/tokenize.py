@@ -130,7 +130,7 @@ async def _rendered(model, body: dict, *, tokenize: bool) -> list[int] | str:
     """``messages`` (``tools``, ``chat_template_kwargs``) through the chat template as /v1/chat/completions renders
     them -> the ids it feeds the model, or with ``tokenize=False`` the text they encode."""
     msgs = protocol.developer_as_system(protocol.messages(body), model.chat_template)
-    template_vars = {**protocol.template_kwargs(body), **protocol.continuation(body, msgs)}
+    template_vars = {**protocol.template_kwargs(body), **protocol.continuation(body, msgs, bare=True)}
     if not model.chat_template:
         raise bad("messages", f"{no_chat_template(model.manifest)}; use /v1/completions' prompt instead",
                   code="chat_not_supported")
