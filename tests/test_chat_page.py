@@ -320,7 +320,8 @@ def test_a_model_without_a_chat_template_gets_plain_completions(browser, plain_l
         notice = pg.text_content("#notice")
         assert "no chat template" in notice and "/v1/completions" in notice
         assert "continue" in pg.get_attribute("#prompt", "placeholder") and pg.is_disabled("#system")
-        _settings(pg, temperature=0, max_tokens=12)
+        expect(pg.locator("#max-tokens")).to_have_attribute("max", re.compile(r"\d+"), timeout=5000)  # /props read
+        _settings(pg, temperature=0, max_tokens=12)  # (before it, the page's /props answer could land in the field)
         with pg.expect_request("**/v1/completions") as req:
             answer = _ask(pg, "Hello")
         sent = req.value.post_data_json
