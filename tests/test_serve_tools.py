@@ -696,6 +696,9 @@ BAD = [
     ({"tools": [{"type": "function"}]}, "tools[0]"),
     ({"tools": [{"type": "code", "function": {"name": "f"}}]}, "tools[0]"),
     ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "q": {"type": "string", "description": "a \ud800"}}}}}]},
+     "tools[0].function.parameters.properties.q.description"),  # a lone surrogate: named where, not "messages"
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]}, "tools[0].function.parameters"),
     ({"tools": TOOLS + TOOLS[:1]}, "tools[2].function.name"),
     ({"tools": TOOLS, "tool_choice": "always"}, "tool_choice"),

@@ -208,6 +208,21 @@ def check_text(strings: list, param: str) -> None:
             raise bad(param, f"{s[:40]!r} is not valid text (a lone UTF-16 surrogate)") from None
 
 
+def check_text_within(value, where: str) -> None:
+    """Every string in a JSON value (keys too), as ``check_text``: 400 naming where the first one that is not text
+    lies (``where.key``, ``where[i]``), before the value is shown to a template or repeated in a reply."""
+    if isinstance(value, str):
+        check_text([value], where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else str(key)
+            check_text([str(key)], name)
+            check_text_within(item, name)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_text_within(item, f"{where}[{i}]")
+
+
 def known_fields(obj: dict, allowed, where: str, what: str) -> None:
     """400 naming ``where.<field>`` for a field of ``obj`` (a part of the body: a message, a tool, ...) not in
     ``allowed``: a misspelt field would otherwise be dropped unseen (the body's own keys: ``check_keys``)."""

@@ -121,24 +121,8 @@ def parse(body: dict, *, max_tokens_cap: int) -> ResponsesRequest:
             "temperature": temperature, "text": text,
             "tool_choice": _echo_choice(body.get("tool_choice")), "tools": echo_tools, "top_p": top_p,
             "user": body.get("user"), **_echo_ignored(body)}
-    _check_echoed_text(echo)
+    protocol.check_text_within(echo, "")  # what the reply repeats: a lone surrogate is a 400 now, not a 500 later
     return ResponsesRequest(messages, tools_body, response_format, max_output_tokens, temperature, top_p, stream, echo)
-
-
-def _check_echoed_text(value, where: str = "") -> None:
-    """The fields the reply repeats (metadata, user, safety_identifier, prompt_cache_key, text.format...): a string
-    in them that is not text (a lone surrogate, valid JSON but no UTF-8) is a 400 naming where it is, not a reply
-    that cannot be written after the answer was made."""
-    if isinstance(value, str):
-        protocol.check_text([value], where)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            name = f"{where}.{key}" if where else str(key)
-            protocol.check_text([str(key)], name)
-            _check_echoed_text(item, name)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_echoed_text(item, f"{where}[{i}]")
 
 
 def _check_stateless(body: dict) -> None:

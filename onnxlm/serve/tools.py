@@ -27,7 +27,7 @@ from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 
 from . import reasoning
 from .choices import REASONS, Choices
-from .protocol import bad, known_fields
+from .protocol import bad, check_text_within, known_fields
 from .run import Run
 from .streaming import chat_chunks as plain_chat_chunks, role_chunks
 
@@ -98,6 +98,7 @@ def _check_tool(t, where: str, names: list[str]) -> str:
                                                   'a JSON object: "type": "object" (or no type)')
     if f.get("strict") is not None and not isinstance(f["strict"], bool):
         raise bad(f"{where}.function.strict", "expected true or false")
+    check_text_within(f, f"{where}.function")  # shown to the template: a lone surrogate named here, not in messages
     return f["name"]
 
 
