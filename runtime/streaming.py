@@ -14,13 +14,12 @@ class IncrementalText:
     character (bytes of an unfinished multi-byte character wait for the token that completes them), so a step costs
     the same however long the row is. With stop strings (`stops`), the text's longest end that begins one of them is
     held back (llama.cpp's partial-stop check: it could be the start of a stop string), so that streamed text equals
-    the final, cut text (`finish`) and the rest streams with its own token; `hold` holds back a fixed number of
-    characters instead. Without a tokenizer every increment is ''.
+    the final, cut text (`finish`) and the rest streams with its own token. Without a tokenizer every increment is
+    ''.
     """
 
-    def __init__(self, tokenizer: Tokenizer | None, hold: int = 0, skip_special_tokens: bool = True,
-                 stops: Sequence[str] = ()):
-        self.tokenizer, self.hold, self.skip = tokenizer, hold, skip_special_tokens
+    def __init__(self, tokenizer: Tokenizer | None, skip_special_tokens: bool = True, stops: Sequence[str] = ()):
+        self.tokenizer, self.skip = tokenizer, skip_special_tokens
         self.stops = [s for s in stops if s]
         self.stream = DecodeStream(skip_special_tokens=skip_special_tokens) if tokenizer is not None else None
         self.pending = ""  # decoded, not yet returned (the held-back tail)
@@ -35,7 +34,7 @@ class IncrementalText:
         if token_id is not None:
             self.ids.append(int(token_id))
             self.pending += self._step(int(token_id))
-        end = max(0, len(self.pending) - max(self.hold, self._stop_start()))
+        end = len(self.pending) - self._stop_start()
         new, self.pending = self.pending[:end], self.pending[end:]
         self.emitted += len(new)
         return new
@@ -43,8 +42,8 @@ class IncrementalText:
     def _stop_start(self) -> int:
         """-> the length of the longest end of the held text that begins a stop string (0: none). A match to come
         begins there or later: text returned earlier could not begin one (it would have been held back then)."""
-        return max((k for s in self.stops for k in range(min(len(s), len(self.pending)), 0, -1)
-                    if self.pending.endswith(s[:k])), default=0)
+        return max((next((k for k in range(min(len(s), len(self.pending)), 0, -1) if self.pending.endswith(s[:k])), 0)
+                    for s in self.stops), default=0)  # per stop string its longest such end first
 
     def _step(self, token_id: int) -> str:
         """-> the text this id completes, '' while a multi-byte character is unfinished."""

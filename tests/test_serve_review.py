@@ -398,13 +398,13 @@ def _pieces_model():
 def test_a_token_straddling_the_cut_keeps_its_logprobs(stop, kept):
     """Text "abcdefgh" from tokens ab|cd|ef|gh, cut before ``stop``: the tokens whose text begins before the cut
     are listed (cd straddles the cut of "defgh": it stays), unstreamed and streamed (events made as the scheduler
-    makes them: the last len(stop) - 1 characters held back, then the cut text's rest), on both endpoints' forms."""
+    makes them: an end that could begin the stop held back, then the cut text's rest), on both endpoints' forms."""
     from onnxlm.runtime.decoding.scheduler import TokenEvent
     from onnxlm.runtime.streaming import IncrementalText
     model = _pieces_model()
     text = "abcdefgh"[:"abcdefgh".find(stop)]
     last = next(k for k in range(4) if stop in "abcdefgh"[:2 * k + 2])  # the token whose text completes the stop
-    held = IncrementalText(model.tokenizer.tokenizer, hold=len(stop) - 1)
+    held = IncrementalText(model.tokenizer.tokenizer, stops=[stop])
     events = [TokenEvent(0, k, held.push(k), False, None, -0.5, None) for k in range(last)]
     events.append(TokenEvent(0, last, held.finish(text), True, "stop", -0.5, None))
     assert "".join(e.text for e in events) == text

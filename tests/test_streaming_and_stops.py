@@ -274,7 +274,7 @@ def test_incremental_text_falls_back_when_decode_stream_fails(model):
     """A decoder DecodeStream refuses (its output is not prefix-stable) falls back to re-decoding the row."""
     text = "héllo 世界 🎉 ok"
     ids = model.tokenizer.encode(text, add_special_tokens=False)
-    inc = IncrementalText(model.tokenizer.tokenizer, hold=2)
+    inc = IncrementalText(model.tokenizer.tokenizer, stops=["ok?"])  # the trailing "ok" is held back
     real = inc.stream
 
     class Failing:
