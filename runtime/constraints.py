@@ -128,10 +128,11 @@ def make_constraint(kind: str, value: Any) -> Constraint:
     raise ParameterError("constraints", f"unknown constraint {kind!r}; allowed: {', '.join(KINDS)}")
 
 
-_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")  # name -> schema
+# the schema-valued keywords walked (those of _MERGING are never reached: such a schema is left as given)
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")             # name -> schema
 _SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")                                      # [schema, ...]
-_SCHEMA_ONES = ("additionalProperties", "items", "contains", "not", "if", "then", "else", "propertyNames",
-                "unevaluatedItems", "additionalItems")                                 # schema (or a list: items)
+_SCHEMA_ONES = ("additionalProperties", "items", "contains", "not", "propertyNames", "unevaluatedItems",
+                "additionalItems")                                                     # schema (or a list: items)
 #: keywords that make an object's keys come from several places (merges, dynamic references, conditions)
 _MERGING = ("allOf", "$id", "$anchor", "$dynamicRef", "$dynamicAnchor", "$recursiveRef", "if", "then", "else",
             "dependentSchemas", "dependencies", "unevaluatedProperties")
@@ -143,8 +144,8 @@ _LOCAL_REF = re.compile(r"#/(\$defs|definitions)/[A-Za-z0-9_.\-]+")
 
 def closed_objects(schema: Any) -> Any:
     """A JSON Schema -> a copy whose objects listing ``properties`` allow no other keys unless they say so
-    (``additionalProperties: false`` where neither it nor ``patternProperties``... is given and ``required`` names
-    only listed keys), as llama.cpp's grammar converter and xgrammar's strict mode read a schema: a small model
+    (``additionalProperties: false`` where it is not given and ``required`` names only listed keys; keys matching
+    ``patternProperties`` stay allowed), as llama.cpp's grammar converter and xgrammar's strict mode read a schema: a small model
     otherwise adds keys the schema lets pass (``{"a": 1, "b": 2, "c": 3}`` for a schema of ``a``). Only a schema whose
     objects are each described in one place is closed: plain objects, nested ones, arrays, unions of whole objects,
     ``$ref``s to ``$defs`` / ``definitions`` (annotations beside them); a schema that merges descriptions anywhere

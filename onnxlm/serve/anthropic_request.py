@@ -145,7 +145,7 @@ def _messages(value) -> list[dict]:
             raise bad(f"{where}.role", f"got {role!r:.60}; allowed: {', '.join(ROLES)}{hint}")
         known_fields(m, ("role", "content"), where, f"a {role} message")
         out += _turn(role, m.get("content"), where)
-    if value[-1]["role"] == "assistant" and (out[-1].get("tool_calls") or not (out[-1].get("content") or "").strip()):
+    if value[-1]["role"] == "assistant" and not protocol.continuable(out[-1]):
         raise bad(f"messages[{len(value) - 1}]", "a final assistant message is a prefill the reply continues: it "
                                                  "needs text, and no tool_use blocks")
     return out

@@ -462,9 +462,15 @@ def continuation(body: dict, msgs: list[dict], *, bare: bool = False) -> dict:
     if gen:
         raise bad("continue_final_message", "cannot be combined with add_generation_prompt true (vLLM's rule): the "
                                             "reply continues the last message instead of opening a new turn")
-    if msgs[-1]["role"] != "assistant" or msgs[-1].get("tool_calls") or not (msgs[-1]["content"] or "").strip():
+    if not continuable(msgs[-1]):
         raise bad("continue_final_message", "the last message must be the assistant's, with text to continue")
     return {"continue_final_message": True}
+
+
+def continuable(message: dict) -> bool:
+    """A chat message a reply may continue (a prefill): the assistant's, with text and no tool calls."""
+    return (message["role"] == "assistant" and not message.get("tool_calls")
+            and bool((message.get("content") or "").strip()))
 
 
 def messages(body: dict) -> list[dict]:
