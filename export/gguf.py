@@ -169,8 +169,9 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
         tid = meta.get(f"tokenizer.ggml.{key}")
         if tid is not None and not 0 <= int(tid) < len(tokens):
             raise ExportError(f"GGUF metadata tokenizer.ggml.{key}={tid} is outside the vocabulary (0..{len(tokens) - 1})")
-        out[f"{name}_token_id"] = None if tid is None else int(tid)
-        out[f"{name}_token"] = None if tid is None else tokens[int(tid)]
+        tid = special_id(meta, key, warn=True)
+        out[f"{name}_token_id"] = tid
+        out[f"{name}_token"] = None if tid is None else tokens[tid]
     # llama.cpp's defaults when the keys are absent: SPM ("llama") vocabularies add a BOS, BPE ("gpt2") ones per
     # tokenizer.ggml.pre (llama-bpe yes, most others no).
     from .gguf_pretok import default_add_bos
@@ -181,6 +182,32 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
     return out
 
 
+#: llama.cpp's special ids where a SentencePiece file names none (``llama_vocab::impl::load``; SentencePiece's own
+#: ids for <s>, </s>, <unk>), taken where the token there is a control (or unknown) token. For a byte-level BPE file llama.cpp takes id 11 as BOS and EOS, an ordinary token of
+#: most vocabularies (GPT-2's ','): none is taken there.
+DEFAULT_SPECIAL_IDS = {"llama": {"bos_token_id": 1, "eos_token_id": 2, "unknown_token_id": 0}}
+
+
+def special_id(meta: Mapping[str, Any], key: str, warn: bool = False) -> int | None:
+    """The id ``tokenizer.ggml.{key}`` names, else llama.cpp's default for a SentencePiece vocabulary, else None
+    (transformers' config defaults, which took their place before, name ordinary tokens in such files); ``warn``:
+    an ExportNotice says what an EOS the file does not name became."""
+    tid = meta.get(f"tokenizer.ggml.{key}")
+    if tid is not None:
+        return int(tid)
+    tokens = meta.get("tokenizer.ggml.tokens") or []
+    types = meta.get("tokenizer.ggml.token_type") or []
+    tid = DEFAULT_SPECIAL_IDS.get(meta.get("tokenizer.ggml.model"), {}).get(key)
+    if tid is None or tid >= len(types) or types[tid] not in (_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_UNKNOWN):
+        tid = None  # only where the vocabulary holds a control token there (SentencePiece's <s>, </s>, <unk>)
+    if warn and key == "eos_token_id" and tokens:
+        said = (f"llama.cpp's default for a SentencePiece vocabulary is used, id {tid} ({tokens[tid]!r})"
+                if tid is not None else "the export names none (a generation then ends at the end-of-generation "
+                                        "tokens the vocabulary's texts show, or at its length)")
+        warnings.warn(f"the GGUF file names no tokenizer.ggml.{key}: {said}", ExportNotice, stacklevel=3)
+    return tid
+
+
 def end_of_generation_ids(meta: Mapping[str, Any]) -> list[int]:
     """The ids llama.cpp ends a generation at (``llama_vocab::is_eog``): the EOS, the file's EOT and EOM ids, and
     every token whose text is an end-of-generation text (``<end_of_turn>``, ``<|eot_id|>``, ``<|im_end|>``, ``<|end|>``,
@@ -189,7 +216,8 @@ def end_of_generation_ids(meta: Mapping[str, Any]) -> list[int]:
     from .gguf_token_types import NORMAL, eog_texts, llama_cpp_token_types
 
     tokens = meta.get("tokenizer.ggml.tokens") or []
-    ids = [meta.get(f"tokenizer.ggml.{key}") for key in ("eos_token_id", "eot_token_id", "eom_token_id")]
+    ids = [special_id(meta, "eos_token_id")] + [meta.get(f"tokenizer.ggml.{key}") for key in ("eot_token_id",
+                                                                                             "eom_token_id")]
     ids = [int(i) for i in ids if i is not None and 0 <= int(i) < len(tokens)]
     types = llama_cpp_token_types(list(tokens), list(meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)))
     texts = eog_texts()
@@ -208,12 +236,13 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
     no normalizer; pre-tokenizer: llama.cpp's split regexes for ``tokenizer.ggml.pre`` as ``Split`` steps, then
     ``ByteLevel(use_regex=False)`` (:func:`onnxlm.export.gguf_pretok.bpe_pre_tokenizer`);
     model ``BPE(vocab=tokenizer.ggml.tokens, merges=tokenizer.ggml.merges, ignore_merges=<per pre type>)``;
-    decoder ``ByteLevel``;
+    decoder ``ByteLevel``, after a ``Replace`` for each added token whose plain text its alphabet would change
+    (llama.cpp prints those as they are: :mod:`onnxlm.export.gguf_added_text`);
     post-processor ``ByteLevel(trim_offsets=False)`` (adds no tokens; a BOS is added only when the GGUF says
     ``add_bos_token``, via a TemplateProcessing). Control (and unknown) tokens become special added tokens,
     user-defined tokens plain added tokens.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+    from tokenizers import AddedToken, Tokenizer, models, processors
 
     meta = _metadata(path_or_metadata)
     tok_model = meta.get("tokenizer.ggml.model")
@@ -273,7 +302,6 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
                           + (f"; merge {bad!r} names a string that is no token" if bad else "") + ")") from e
     tokenizer = Tokenizer(bpe)
     tokenizer.pre_tokenizer = bpe_pre_tokenizer(meta)
-    tokenizer.decoder = decoders.ByteLevel()
 
     special, added = [], []
     for i, (t, tt) in enumerate(zip(tokens, token_types)):
@@ -292,6 +320,12 @@ def build_tokenizer_from_gguf(path_or_metadata: str | os.PathLike | Mapping[str,
         tokenizer.add_special_tokens(special)
     if added:
         tokenizer.add_tokens(added)
+    from .gguf_added_text import byte_level_decoder
+
+    ordinary = {t for t, tt in zip(tokens, token_types) if tt not in (_TOKEN_TYPE_CONTROL, _TOKEN_TYPE_UNKNOWN,
+                                                                       _TOKEN_TYPE_USER_DEFINED)}
+    # their text as llama.cpp prints it (one that is also an ordinary token's byte-level text cannot be told apart)
+    tokenizer.decoder = byte_level_decoder([t.content for t in special + added if t.content not in ordinary])
 
     byte_post = processors.ByteLevel(trim_offsets=False)
     add_bos = specials["add_bos_token"] and specials["bos_token"] is not None
@@ -396,19 +430,19 @@ def load_gguf(path: str | os.PathLike | None = None, check=None) -> GGUFModel:
     model.eval()
 
     ids = {k: specials[f"{k}_token_id"] for k in ("bos", "eos", "pad")}
-    # The config is right for SmolLM2 already; keep it consistent with the GGUF metadata regardless.
-    for k, v in ids.items():
-        if v is not None:
-            setattr(model.config, f"{k}_token_id", v)
+    # The file's BOS and EOS (None where it names none and llama.cpp has no default: transformers' config class
+    # defaults would name ordinary tokens of its vocabulary); its pad where it names one.
     gen = getattr(model, "generation_config", None)
     gen = GenerationConfig.from_dict(gen.to_dict()) if gen is not None else GenerationConfig()
     for k, v in ids.items():
-        if v is not None:
+        if v is not None or k != "pad":
+            setattr(model.config, f"{k}_token_id", v)
             setattr(gen, f"{k}_token_id", v)
     if ids["pad"] is None and ids["eos"] is not None:
         gen.pad_token_id = ids["eos"]
-    if len(specials["eog_token_ids"]) > 1:  # llama.cpp's end-of-generation set: the EOS first (transformers' too)
-        gen.eos_token_id = specials["eog_token_ids"]
+    eog = specials["eog_token_ids"]  # llama.cpp's end-of-generation set: the EOS first (transformers' too)
+    if len(eog) > 1 or (eog and ids["eos"] is None):
+        gen.eos_token_id = eog if len(eog) > 1 else eog[0]
     # from_dict(to_dict()) keeps _from_model_config=True but not _original_object_hash, which makes
     # model.generate() raise AttributeError; this config is authoritative, not derived from the model config.
     gen._from_model_config = False

@@ -270,3 +270,26 @@ def test_load_gguf(smollm2_gguf):
         out = g.model.generate(ids, max_new_tokens=12, do_sample=False, generation_config=g.generation_config)
     text = g.tokenizer.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True)
     assert "Paris" in text
+
+
+def test_absent_special_ids_take_llama_cpps_defaults_or_none():
+    """A file without tokenizer.ggml.bos/eos_token_id: a SentencePiece vocabulary takes llama.cpp's defaults where
+    a control token stands there (bos 1 <s>, eos 2 </s>, unk 0; llama.cpp adds that BOS), with a notice for the EOS;
+    a byte-level BPE one takes none (llama.cpp's default, 11, is an ordinary token there: GPT-2's ','), not
+    transformers' config defaults, and ends at the end-of-generation texts its vocabulary shows."""
+    from onnxlm.runtime.errors import ExportNotice
+
+    spm = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["<unk>", "<s>", "</s>", "▁a"],
+           "tokenizer.ggml.scores": [0.0, 0.0, 0.0, -1.0], "tokenizer.ggml.token_type": [2, 3, 3, 1]}
+    with pytest.warns(ExportNotice, match="no tokenizer.ggml.eos_token_id.*id 2 \\('</s>'\\)"):
+        sp = gguf_special_tokens(spm)
+    assert (sp["bos_token_id"], sp["eos_token_id"], sp["unk_token_id"], sp["add_bos_token"]) == (1, 2, 0, True)
+    assert sp["eog_token_ids"] == [2]
+    plain = {**spm, "tokenizer.ggml.token_type": [1, 1, 1, 1]}  # no control tokens there: no defaults
+    with pytest.warns(ExportNotice, match="names none"):
+        assert gguf_special_tokens(plain)["bos_token_id"] is None
+    bpe = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": [chr(33 + i) for i in range(12)] + ["<|end|>"],
+           "tokenizer.ggml.token_type": [1] * 12 + [3]}
+    with pytest.warns(ExportNotice, match="names none"):
+        sp = gguf_special_tokens(bpe)
+    assert (sp["bos_token_id"], sp["eos_token_id"], sp["eog_token_ids"]) == (None, None, [12])

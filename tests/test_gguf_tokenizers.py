@@ -240,6 +240,7 @@ def test_spm_score_ties_warn(scores):
 def test_spm_score_ties_ignore_user_defined_tokens():
     """A USER_DEFINED token is cut out of the text before merging (Gemma's runs of newlines, all 0.0): no caveat."""
     from onnxlm.export.gguf_tokenizer import spm_merges, spm_score_ties
+    from onnxlm.runtime.errors import ExportNotice
 
     tokens, scores = ["<unk>", "a", "b", "c", "ab", "bc"], [0.0, 0, 0, 0, -5.0, -5.0]
     merges = spm_merges(tokens, scores)
@@ -251,6 +252,7 @@ def test_spm_score_ties_ignore_user_defined_tokens():
                           [2, 1, 1, 1, 1, 1]) == []
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ExportNotice)  # the toy names no EOS: said apart, not a caveat
         build_tokenizer_from_gguf(_toy_spm([0.0, 0, 0, 0, -5.0, -5.0], [2, 1, 1, 1, 4, 1]))
 
 
@@ -346,3 +348,33 @@ def test_split_special_tokens_holds_for_its_own_call_under_threads():
     for t in threads:
         t.join()
     assert not wrong and raw.encode_special_tokens is False
+
+
+def test_added_tokens_decode_to_their_plain_text():
+    """A byte-level vocabulary's control and user-defined tokens are plain text in a GGUF (llama.cpp's converter
+    writes transformers' added tokens as they are) and llama.cpp prints them as they are: 'Größe' and a token with a
+    space decode to their text, not through the byte-level alphabet ('Gr��e'); an ordinary token whose byte-level
+    text holds the same characters ('xé': the byte 0xE9, half a character) still decodes as bytes; the decoder
+    survives tokenizer.json; an added text that is also an ordinary token's text keeps the ordinary reading."""
+    from tokenizers import Tokenizer
+    from tokenizers.decoders import DecodeStream
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = sorted(ByteLevel.alphabet())
+    added = ["Größe", "x y", "<｜User｜>", "é"]  # 'é' is also the alphabet's character for the byte 0xE9
+    tokens = alphabet + ["xé"] + added
+    types = [1] * (len(alphabet) + 1) + [4, 4, 3, 4]
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": ["x é"], "tokenizer.ggml.eos_token_id": 0}
+    tok = build_tokenizer_from_gguf(meta)
+    again = Tokenizer.from_str(tok.to_str())
+    ids = {t: tokens.index(t) for t in tokens}
+    for t in (tok, again):
+        for text in ("Größe", "x y", "<｜User｜>"):
+            assert t.decode([ids[text]], skip_special_tokens=False) == text
+        assert t.decode([ids["Größe"], ids["<｜User｜>"]], skip_special_tokens=True) == "Größe"
+        assert t.decode([ids["xé"]]) == "x\ufffd"  # an ordinary token: its byte-level text as bytes
+        assert t.decode([ids["é"]]) == t.decode([alphabet.index("é")])  # one text, one reading
+        assert t.encode("die Größe").tokens[-1] == "Größe"
+    stream = DecodeStream(skip_special_tokens=True)
+    assert "".join(stream.step(again, i) or "" for i in again.encode("a Größe, x y").ids) == "a Größe, x y"
