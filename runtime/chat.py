@@ -14,11 +14,32 @@ from typing import Any, Mapping, Sequence
 
 from .errors import InputError
 
-__all__ = ["render_chat", "validate_messages"]
+__all__ = ["render_chat", "validate_messages", "check_template_vars"]
 
 
 #: the variables render_chat itself gives a template, which no extra variable may replace
 RENDER_VARS = ("messages", "add_generation_prompt", "bos_token", "eos_token")
+#: names no extra template variable (``chat_template_kwargs``) may take: those above, the render's own arguments
+#: (``LanguageModel.render_chat``'s), and ``self`` (a bound method's, and jinja2's name for the template itself)
+RESERVED_VARS = (*RENDER_VARS, "continue_final_message", "tokenize", "self")
+
+
+def check_template_vars(variables, param: str = "chat_template_kwargs") -> dict:
+    """Extra chat-template variables -> a dict of them; a ParameterError naming ``param`` for anything but a dict
+    (a mapping) whose keys are identifiers other than ``RESERVED_VARS``."""
+    from .errors import ParameterError
+
+    if variables is None:
+        return {}
+    if not isinstance(variables, dict):
+        raise ParameterError(param, f"expected a dict of template variables, got {type(variables).__name__}")
+    for key in variables:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ParameterError(param, f"{str(key)[:40]!r} is not a template variable name (an identifier)")
+        if key in RESERVED_VARS:
+            raise ParameterError(param, f"{key!r} is set by the chat rendering itself; a template variable cannot "
+                                        f"be one of {', '.join(RESERVED_VARS)}")
+    return dict(variables)
 
 
 class _TemplateRaised(Exception):

@@ -585,14 +585,9 @@ class LanguageModel:
         As transformers' `apply_chat_template(..., tokenize=True)`, the rendered prompt is encoded without the
         tokenizer's special tokens: a template that writes `{{ bos_token }}` gives one BOS, not two.
         ``chat_template_kwargs``: extra template variables (e.g. Qwen3's ``{"enable_thinking": False}``)."""
-        if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
-            raise ParameterError("chat_template_kwargs", f"expected a dict of template variables, got "
-                                 f"{type(chat_template_kwargs).__name__}")
-        own = sorted({"tokenize", "messages"} & set(chat_template_kwargs or ()))
-        if own:
-            raise ParameterError("chat_template_kwargs", f"{own[0]!r} is render_chat's own argument, not a template "
-                                                         "variable")
-        return self.generate([self.render_chat(messages, tokenize=True, **(chat_template_kwargs or {}))], **params)
+        from .chat import check_template_vars
+        variables = check_template_vars(chat_template_kwargs)
+        return self.generate([self.render_chat(messages, tokenize=True, **variables)], **params)
 
     def render_chat(self, messages: list[dict], *, tokenize: bool = False, continue_final_message: bool = False,
                     add_generation_prompt: bool = True, **template_vars) -> str | list[int]:

@@ -631,7 +631,8 @@ def test_info_says_forced_only_when_the_gate_was_failed():
 def test_chat_template_kwargs(capsys, tmp_path, tiny_qwen2_tools):
     """``--chat-template-kwargs JSON`` (the server's chat_template_kwargs) on ``onnxlm chat`` (streamed, --json) and
     ``generate --chat``, on Qwen3's real template: the replies are ``model.chat(..., chat_template_kwargs=...)``'s;
-    a value that is not a JSON object, or the option without --chat, is a usage error naming it."""
+    a value that is not a JSON object, one naming what the rendering sets itself (a traceback before), or the option
+    without --chat, is a usage error naming it."""
     import onnxlm
     from test_serve_tools import TEMPLATES, _with_template
 
@@ -660,6 +661,10 @@ def test_chat_template_kwargs(capsys, tmp_path, tiny_qwen2_tools):
         assert code == 0 and pq.read_table(tmp_path / "o.parquet").to_pylist()[0]["text"] == want
     for argv, what in [(["chat", art, "Hi!", "--chat-template-kwargs", "[1]"], "expected a JSON object"),
                        (["chat", art, "Hi!", "--chat-template-kwargs", "{oops"], "not JSON"),
-                       (["generate", art, "Hi!", "--chat-template-kwargs", "{}"], "--chat-template-kwargs needs --chat")]:
+                       (["generate", art, "Hi!", "--chat-template-kwargs", "{}"], "--chat-template-kwargs needs --chat"),
+                       (["chat", art, "Hi!", "--chat-template-kwargs", '{"messages": 5}'], "'messages' is set by"),
+                       (["generate", art, "Hi!", "--chat", "--chat-template-kwargs", '{"self": 1}'], "'self' is set"),
+                       (["chat", art, "Hi!", "--chat-template-kwargs", '{"add_generation_prompt": false}'],
+                        "'add_generation_prompt' is set")]:
         code, _, err = run_cli(capsys, *argv)
         assert code == 2 and what in err, err

@@ -304,6 +304,9 @@ def test_an_empty_system_message_is_given(tmp_path):
     with pytest.raises(onnxlm.ParameterError, match="system: needs chat=True"):
         JobSpec(task="generate", model_dir=tmp_path, input=tmp_path / "i.jsonl", output=tmp_path / "o.parquet",
                 system="")
+    with pytest.raises(onnxlm.ParameterError, match="chat_template_kwargs: 'self' is set by"):  # not a TypeError
+        JobSpec(task="generate", model_dir=tmp_path, input=tmp_path / "i.jsonl", output=tmp_path / "o.parquet",
+                chat=True, chat_template_kwargs={"self": 1})
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -173,8 +173,12 @@ def test_a_stopping_criterions_bools_stop_their_rows(llama):
 
 
 def test_chats_own_arguments_are_no_template_variables(llama):
-    for name in ("messages", "tokenize"):
-        with pytest.raises(ParameterError, match=f"'{name}' is render_chat's own argument") as err:
+    """The rendering's own names (its variables, its arguments, a method's and jinja2's ``self``) and non-names are
+    a ParameterError naming chat_template_kwargs, not a TypeError from the call (``messages``, ``self``) nor a
+    silently changed prompt (``add_generation_prompt``)."""
+    for name in ("messages", "tokenize", "self", "add_generation_prompt", "continue_final_message", "bos_token",
+                 "not a name", 3):
+        with pytest.raises(ParameterError, match="template variable") as err:
             llama[0].chat([{"role": "user", "content": "x"}], chat_template_kwargs={name: []}, max_new_tokens=2)
         assert err.value.parameter == "chat_template_kwargs"
 

@@ -910,9 +910,11 @@ def test_chat_template_kwargs_reach_the_template(tiny, tmp_path):
         assert got["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
         assert got["choices"][0]["message"]["content"] == want.text[0]
         for bad_kw, why in [(["enable_thinking"], "expected an object"), ({"bos_token": "x"}, "set by the server"),
-                            ({"not a name": 1}, "not a template variable name")]:
-            r = post(srv.url, "/v1/chat/completions", {**body, "chat_template_kwargs": bad_kw})
-            assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs", r.text
-            assert why in r.json()["error"]["message"]
+                            ({"not a name": 1}, "not a template variable name"), ({"self": 1}, "set by the server"),
+                            ({"messages": 1}, "set by the server"), ({"continue_final_message": 1}, "set by")]:
+            for path, sent in (("/v1/chat/completions", body), ("/apply-template", {"messages": msgs})):  # no 500
+                r = post(srv.url, path, {**sent, "chat_template_kwargs": bad_kw})
+                assert r.status_code == 400 and r.json()["error"]["param"] == "chat_template_kwargs", (path, r.text)
+                assert why in r.json()["error"]["message"]
     finally:
         srv.stop()

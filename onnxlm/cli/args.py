@@ -92,6 +92,18 @@ def json_object(text: str) -> dict:
     return value
 
 
+def template_variables(text: str) -> dict:
+    """'{"enable_thinking": false}' -> extra chat-template variables (a JSON object whose keys are names the
+    rendering does not set itself: runtime/chat.check_template_vars)."""
+    from onnxlm.runtime.chat import check_template_vars
+    from onnxlm.runtime.errors import ParameterError
+
+    try:
+        return check_template_vars(json_object(text))
+    except ParameterError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("chat_template_kwargs: ")) from None
+
+
 def early_stopping(text: str):
     value = {"true": True, "false": False, "never": "never"}.get(text.lower())
     if value is None:

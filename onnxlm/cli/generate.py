@@ -11,7 +11,7 @@ from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 from onnxlm.runtime.reasoning import FORMATS, prompt_opens, split, wanted
 
 from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
-                       json_object, load_model, positive_int, read_line, read_prompts)
+                       template_variables, load_model, positive_int, read_line, read_prompts)
 from .chat_reply import ReplyPrinter
 from .errors import error_line
 from .jobs import add_job_args, run_job, wants_job
@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
     out.add_argument("--chat", action="store_true",
                      help="wrap each prompt as a user message and apply the model's chat template")
     out.add_argument("--system", metavar="TEXT", help="with --chat: a system message placed before each prompt")
-    out.add_argument("--chat-template-kwargs", type=json_object, metavar="JSON", default=None,
+    out.add_argument("--chat-template-kwargs", type=template_variables, metavar="JSON", default=None,
                      help='with --chat: extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": '
                           'false}\' (Qwen3)')
     out.add_argument("--json", action="store_true",
@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
     add_model_args(c)
     c.add_argument("message", nargs="?", metavar="MESSAGE", help="a single user message (omit for a conversation)")
     c.add_argument("--system", metavar="TEXT", help="a system message that opens the conversation")
-    c.add_argument("--chat-template-kwargs", type=json_object, metavar="JSON", default=None,
+    c.add_argument("--chat-template-kwargs", type=template_variables, metavar="JSON", default=None,
                    help='extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": false}\' (Qwen3)')
     c.add_argument("--json", action="store_true",
                    help="one-shot: print the reply as a JSON object (a split-off reasoning as reasoning_content)")

@@ -77,6 +77,8 @@ class JobSpec:
         for name in ("system", "chat_template_kwargs"):
             if self._given(name) and not self.chat:
                 raise ParameterError(name, "needs chat=True")
+        from onnxlm.runtime.chat import check_template_vars
+        self.chat_template_kwargs = check_template_vars(self.chat_template_kwargs)
         if self.id_column is not None and (not isinstance(self.id_column, str) or not self.id_column):
             raise ParameterError("id_column", f"got {self.id_column!r}; must be a column name (a non-empty string) "
                                               "or None (the input's `id` column, when it has one)")

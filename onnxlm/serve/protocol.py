@@ -13,7 +13,7 @@ import numbers
 import re
 from dataclasses import dataclass, field
 
-from onnxlm.runtime.chat import RENDER_VARS
+from onnxlm.runtime.chat import RESERVED_VARS
 
 MAX_STOP = 4  # OpenAI: up to 4 stop sequences
 MAX_LOGPROBS_COMPLETIONS = 5  # OpenAI: logprobs <= 5 on /v1/completions
@@ -196,7 +196,7 @@ CHAT = COMMON | {"messages", "logprobs", "top_logprobs", "max_completion_tokens"
                  # vLLM's: the reply continues the final assistant message (an assistant prefill)
                  "continue_final_message", "add_generation_prompt"}
 #: the template variables the server sets itself, which chat_template_kwargs may not replace
-TEMPLATE_VARS = (*RENDER_VARS, "tools", "documents", "tokenize")  # tokenize: render_chat's own argument
+TEMPLATE_VARS = (*RESERVED_VARS, "tools", "documents")  # and render_chat's own arguments (chat.RESERVED_VARS)
 
 
 def check_text(strings: list, param: str) -> None:
