@@ -85,6 +85,10 @@ def load_manifest(model_dir: Path, verify: bool = True) -> dict:
     if not path.exists() and (model_dir / "recipe.json").is_file():  # export/recipes.py's file: a model to export
         raise ModelFileError(f"{model_dir} is a recipe (recipe.json: a model built from a config), not an artifact: "
                              f"export it first (onnxlm export {model_dir} OUT_DIR), then run OUT_DIR", str(model_dir))
+    if not path.exists() and not (model_dir / "config.json").is_file() and not any(model_dir.glob("*.onnx")):
+        raise ModelFileError(f"{model_dir} is not a model directory: it holds neither an onnxlm artifact "
+                             f"({MANIFEST_NAME}) nor an Optimum ONNX export (config.json and .onnx files); give one "
+                             "(onnxlm export MODEL OUT_DIR writes an artifact) or a .gguf file", str(model_dir))
     if not path.exists():
         return manifest_from_optimum_dir(model_dir)
     manifest = read_json(path)

@@ -89,6 +89,21 @@ def test_generate_beams_json(capsys, tiny_gpt2):
     assert all("sequences_score" in r for r in records)
 
 
+def test_generate_beams_output_scores(capsys, tiny_gpt2):
+    """--output-scores with beams: each token's log-probability along its beam (they were silently left out), which
+    sum to the sequence score times its length (length_penalty 1); the text output prints the same table."""
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "Hello", "--max-new-tokens", 4, "--json",
+                           "--num-beams", 3, "--num-return-sequences", 2, "--output-scores", "--length-penalty", 1)
+    assert code == 0
+    for r in (json.loads(line) for line in out.strip("\n").split("\n")):
+        lps = r["token_logprobs"]
+        assert len(lps) == len(r["token_ids"]) > 0
+        assert abs(sum(lps) / len(lps) - r["sequences_score"]) <= 1e-4
+    code, out, _ = run_cli(capsys, "generate", tiny_gpt2.onnx_dir, "Hello", "--max-new-tokens", 4, "--num-beams", 2,
+                           "--output-scores")
+    assert code == 0 and "logprob" in out
+
+
 def test_generate_stream_equals_greedy(capsys, tiny_gpt2):
     args = ("generate", tiny_gpt2.onnx_dir, "Once upon", "--max-new-tokens", 12)
     code, plain, _ = run_cli(capsys, *args)

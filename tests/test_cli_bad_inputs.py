@@ -387,3 +387,31 @@ def test_a_refused_variants_hint_names_only_settings_not_given():
     assert _gate_hint("int4", 1) == "Try --quantize int8"
     assert _gate_hint("int8", 4) == "Try --accuracy-level 1"
     assert "--" not in _gate_hint("int8", 1)
+
+
+def test_generate_and_chat_check_their_values_before_a_ggufs_first_run(files, tmp_path, capsys, monkeypatch):
+    """A bad generation value, an empty chat message or chat --json without one are refused before a .gguf's first
+    run exports it (~30 s for SmolLM2), as a job's values are."""
+    monkeypatch.setenv(GA.CACHE_ENV, str(tmp_path / "cache"))
+    for argv, code, what in [(["generate", files["good"], "hi", "--max-new-tokens", "-5"], 1, "max_new_tokens: got -5"),
+                             (["generate", files["good"], "hi", "--do-sample", "--temperature", "0"], 1, "temperature"),
+                             (["chat", files["good"], "   "], 2, "MESSAGE is empty"),
+                             (["chat", files["good"], "--json"], 2, "--json needs a MESSAGE")]:
+        got, _, err = run_cli(capsys, *argv)
+        assert got == code and what in err, (argv, err)
+    assert not (tmp_path / "cache").exists()  # no first-run export happened
+
+
+def test_assistant_errors_name_the_flag_and_a_folder_that_is_no_model_says_so(tiny_llama, tmp_path, capsys):
+    """--assistant's model is checked as serve's --draft is (its errors name the flag; a .gguf is taken); a folder
+    holding no model says what it is not, not that config.json is missing."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for argv, what in [(["generate", tiny_llama.onnx_dir, "hi", "--assistant", tmp_path / "none"],
+                        "--assistant: "),
+                       (["generate", tiny_llama.onnx_dir, "hi", "--assistant", empty],
+                        f"--assistant: {empty} is not a model directory"),
+                       (["info", empty], f"{empty} is not a model directory: it holds neither an onnxlm artifact")]:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 1, err
+        _one_error_line(err, what)

@@ -145,6 +145,62 @@ def artifact_path(text: str) -> Path:
     return ensure_gguf_artifact(path)
 
 
+def check_params_early(args, params: dict) -> None:
+    """The generation parameters checked before the model loads (a .gguf's first run exports it first: ~30 s before
+    a bad value was said): against the artifact's generation config as the loaded model reads it, or for a .gguf
+    file the one its export writes (transformers' defaults: a GGUF holds no generation settings but the special
+    ids, which the loaded model checks). ParameterError for a bad one; a model that is not there is left to the
+    load to refuse."""
+    from onnxlm.jobs.tasks import split_params
+    from onnxlm.runtime.errors import ModelFileError
+    from onnxlm.runtime.generation_config import GenerationConfig
+
+    try:
+        path, gguf = given_model(args.model_dir)
+    except ModelFileError:
+        return
+    if gguf:
+        base = GenerationConfig()
+    elif (path / "onnxlm.json").is_file() and (path / "config.json").is_file():
+        from onnxlm.runtime.manifest import load_manifest, read_json
+        from onnxlm.runtime.model import artifact_generation_config
+        try:
+            base = artifact_generation_config(path, load_manifest(path, verify=False), read_json(path / "config.json"))
+        except Exception:  # noqa: BLE001 - an unreadable artifact: the load says what is wrong with it
+            return
+    else:
+        return
+    base.replace(**split_params(params)[0]).validate()
+
+
+def flagged_artifact(given: str, flag: str) -> Path:
+    """A second model as a flag gives it (serve's --draft, generate's --assistant) -> the artifact directory to load
+    (a .gguf file's cached artifact, exported on first use), checked as the model's is before anything starts; its
+    errors name ``flag`` (the same error type)."""
+    from onnxlm.runtime.errors import ModelFileError, OnnxlmError
+    from onnxlm.runtime.manifest import load_manifest
+
+    try:
+        path = artifact_path(given)
+        if not path.is_dir():
+            raise ModelFileError(f"{path}: not a model directory (give an artifact directory from onnxlm export, or "
+                                 "a .gguf file)", str(path))
+        load_manifest(path, verify=False)
+    except OnnxlmError as exc:
+        raise flag_error(exc, flag) from None
+    return path
+
+
+def flag_error(exc, flag: str):
+    """An onnxlm error -> the same type saying it is about ``flag``."""
+    from onnxlm.runtime.errors import OnnxlmError
+
+    try:
+        return type(exc)(f"{flag}: {exc}")
+    except TypeError:  # an error built from other arguments
+        return OnnxlmError(f"{flag}: {exc}")
+
+
 def given_model(text: str) -> tuple[Path, bool]:
     """MODEL_DIR as given -> (its path, whether it is a GGUF file); ModelFileError for a file named .gguf that is
     not one and for a path that is not there."""

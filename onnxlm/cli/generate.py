@@ -10,8 +10,8 @@ from tqdm import tqdm
 from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 from onnxlm.runtime.reasoning import FORMATS, prompt_opens, split, wanted
 
-from .args import (add_generation_args, add_model_args, add_prompt_args, command_parser, generation_params,
-                       template_variables, load_model, positive_int, read_line, read_prompts)
+from .args import (add_generation_args, add_model_args, add_prompt_args, check_params_early, command_parser,
+                   flag_error, flagged_artifact, generation_params, load_model, positive_int, read_line, read_prompts, template_variables)
 from .chat_reply import ReplyPrinter
 from .errors import error_line
 from .jobs import add_job_args, run_job, wants_job
@@ -97,18 +97,22 @@ def add_parser(sub) -> None:
 
 
 def add_assistant_arg(p) -> None:
-    p.add_argument("--assistant", metavar="DIR",
-                   help="speculative decoding with a draft model: a smaller onnxlm artifact with the same vocabulary "
-                        "(loaded with the same --provider/--threads); batch 1, same output")
+    p.add_argument("--assistant", metavar="MODEL",
+                   help="speculative decoding with a draft model: a smaller onnxlm artifact or .gguf file with the "
+                        "same vocabulary (loaded with the same --provider/--threads); batch 1, same output")
 
 
 def assistant_params(args) -> dict:
-    """--assistant DIR -> {"assistant_model": the loaded draft model}, or {}."""
+    """--assistant MODEL -> {"assistant_model": the loaded draft model}, or {}; its errors name --assistant."""
     if not getattr(args, "assistant", None):
         return {}
     from onnxlm.runtime import load
-    return {"assistant_model": load(args.assistant, provider=args.provider, threads=args.threads,
-                                    verify=args.verify)}
+    from onnxlm.runtime.errors import OnnxlmError
+    path = flagged_artifact(args.assistant, "--assistant")
+    try:
+        return {"assistant_model": load(path, provider=args.provider, threads=args.threads, verify=args.verify)}
+    except OnnxlmError as exc:
+        raise flag_error(exc, "--assistant") from None
 
 
 def add_constraint_args(p) -> None:
@@ -172,7 +176,8 @@ def run_generate(args) -> int:
         args.parser_for_command.error("--stream prints one sequence per prompt: it cannot be combined with "
                                       "--num-beams > 1 or --num-return-sequences > 1")
     prompts = read_prompts(args)
-    if args.chat:  # before a first run's export, not after it
+    check_params_early(args, params)  # before a first run's export, not after it
+    if args.chat:
         _refuse_a_gguf_file_without_template(args.model_dir, "drop --chat")
     model = load_model(args)
     params.update(assistant_params(args))
@@ -263,9 +268,15 @@ def _print_result(res, show_scores: bool, model) -> None:
 
 
 def _token_logprobs(res, row: int) -> list[float] | None:
-    """log-softmax of the processed scores at the chosen token, per step (greedy/sampling only)."""
-    if not res.scores or res.beam_indices is not None or not res.new_tokens:
+    """Per step, the chosen token's log-probability: greedy/sampling, the log-softmax of the processed scores; beam
+    search, its beam's processed log-probability (the scores along beam_indices, as transformers'
+    ``compute_transition_scores``: they sum to the sequence score times its length ** length_penalty)."""
+    if not res.scores or not res.new_tokens:
         return None
+    if res.beam_indices is not None:
+        path = res.beam_indices[row]
+        return [float(res.scores[step][path[step], tok]) for step, tok in enumerate(res.new_tokens[row])
+                if step < len(res.scores) and step < len(path) and path[step] >= 0]
     out = []
     for step, tok in enumerate(res.new_tokens[row]):
         if step >= len(res.scores):
@@ -315,18 +326,19 @@ def run_chat(args) -> int:
         args.parser_for_command.error("--num-return-sequences: chat keeps one reply a turn; for several replies "
                                       "to one message use onnxlm generate --chat")
     stream = args.stream and not args.json and params.get("num_beams", 1) == 1 and not params.get("output_scores")
-    _refuse_a_gguf_file_without_template(args.model_dir)  # before a first run's export, not after it
+    if args.message is not None and not args.message.strip():  # these before a first run's export, not after it
+        args.parser_for_command.error("MESSAGE is empty")
+    if args.message is None and args.json:
+        args.parser_for_command.error("--json needs a MESSAGE (one-shot chat)")
+    check_params_early(args, params)
+    _refuse_a_gguf_file_without_template(args.model_dir)
     model = load_model(args)
     _refuse_a_gguf_without_template(model, args.model_dir)
     params.update(assistant_params(args))
     if args.message is not None:
-        if not args.message.strip():
-            args.parser_for_command.error("MESSAGE is empty")
         _chat_turn(model, _messages(args.message, args.system), params, args, stream=stream, as_json=args.json,
                    message=args.message)
         return 0
-    if args.json:
-        args.parser_for_command.error("--json needs a MESSAGE (one-shot chat)")
     if not model.chat_template:  # fail before waiting for input
         model.render_chat([{"role": "user", "content": "x"}])
     return _repl(model, args, params, stream)

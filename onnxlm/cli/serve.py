@@ -13,7 +13,7 @@ from onnxlm.runtime.decoding.scheduler_draft import DRAFT_MAX, DRAFT_MIN, DRAFT_
 from onnxlm.runtime.embedding import POOLINGS
 from onnxlm.runtime.errors import ModelFileError, OnnxlmError, ParameterError
 
-from .args import (add_model_args, artifact_path, command_parser, model_path, non_negative_float, non_negative_int,
+from .args import (add_model_args, command_parser, flagged_artifact, model_path, non_negative_float, non_negative_int,
                    port, positive_int, probability)
 
 DESCRIPTION = """\
@@ -204,23 +204,8 @@ def check_draft_args(args) -> None:
 
 
 def draft_artifact(given: str) -> Path:
-    """--draft as given -> the artifact directory to load (a .gguf file's cached artifact, exported on first use),
-    checked as the model's is before anything starts; errors name --draft."""
-    from onnxlm.runtime.manifest import load_manifest
-
-    try:
-        path = artifact_path(given)
-        if not path.is_dir():
-            raise ModelFileError(f"{path}: not a model directory (give an artifact directory from onnxlm export, or "
-                                 "a .gguf file)", str(path))
-        load_manifest(path, verify=False)
-    except OnnxlmError as exc:  # the same error type, saying it is about --draft
-        try:
-            named = type(exc)(f"--draft: {exc}")
-        except TypeError:  # an error built from other arguments
-            named = OnnxlmError(f"--draft: {exc}")
-        raise named from None
-    return path
+    """--draft as given -> the artifact directory to load (``args.flagged_artifact``: errors name --draft)."""
+    return flagged_artifact(given, "--draft")
 
 
 def check_prompt_cap(cap: int | None, model) -> None:
