@@ -17,7 +17,7 @@ from .manifest import no_chat_template, read_json_object
 from .processors import build_processors, log_softmax
 from .results import EmbeddingResult, GenerationResult, ScoringResult, StepResult, TokenDistribution
 from .session import GraphRunner, make_session
-from .streaming import IncrementalText
+from .streaming import IncrementalText, decode_after
 from .tokenizer import TextTokenizer, pad_batch
 from .versions import artifact_onnxruntime, runs_narrowed
 
@@ -368,8 +368,9 @@ class LanguageModel:
             cached = self._stop_matcher = StopStringMatcher(self.tokenizer.tokenizer, stops)
         return cached
 
-    def _text(self, new_ids, config: GenerationConfig) -> str:
-        """New ids of one row -> text without pad/EOS (special tokens skipped), not cut."""
+    def _text(self, new_ids, config: GenerationConfig, prompt_ids=()) -> str:
+        """New ids of one row -> the text they add after the prompt (``prompt_ids``: the row's ids before them;
+        ``streaming.decode_after``) without pad/EOS (special tokens skipped), not cut."""
         if self.tokenizer is None:
             return ""
         eos = set(config.eos_token_ids)
@@ -378,20 +379,21 @@ class LanguageModel:
             if i in eos:
                 ids = ids[:k]
                 break
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return decode_after(self.tokenizer, prompt_ids, ids)
 
     def _finish_text(self, new_ids, config: GenerationConfig, reason: str | None = None,
                      prompt_ids=None) -> str:
-        """New ids -> final text. A row that stopped on a stop string (reason 'stop') is cut where the match
-        starts; a match that starts in the prompt (prompt_ids: the row's ids before the new ones) leaves ''."""
+        """New ids -> final text, the text they add after the prompt (prompt_ids: the row's ids before the new
+        ones). A row that stopped on a stop string (reason 'stop') is cut where the match starts; a match that
+        starts in the prompt leaves ''."""
+        prompt = [] if prompt_ids is None else [int(i) for i in prompt_ids]
         if reason == "stop" and self.tokenizer is not None and config.stop_list():
-            prompt = [] if prompt_ids is None else [int(i) for i in prompt_ids]
             cut = self._stop_check(config).cut(
-                lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), prompt + [int(i) for i in new_ids],
+                lambda ids: decode_after(self.tokenizer, prompt, ids), prompt + [int(i) for i in new_ids],
                 len(prompt), self.tokenizer.special_ids)
             if cut is not None:
                 return cut
-        return self._text(new_ids, config)
+        return self._text(new_ids, config, prompt)
 
     def _cut_ids(self, texts: list[str], reasons: list[str], config: GenerationConfig) -> list | None:
         """Per row: the ids of its returned text where a stop string ended it (the text cut where the match starts,
@@ -633,7 +635,7 @@ class _SampleRun:
         self.new_ids: list[list[int]] = [[] for _ in range(self.b)]
         self.sequences = sequences
         tokenizer = model.tokenizer.tokenizer if model.tokenizer is not None else None
-        self.texts = ([IncrementalText(tokenizer, stops=config.stop_list()) for _ in range(self.b)]
+        self.texts = ([IncrementalText(tokenizer, stops=config.stop_list(), context=prompt) for prompt in sequences]
                       if stream_text else [])
         self.final_text: list[str | None] = [None] * self.b  # set when a row finishes
         self.result: GenerationResult | None = None
@@ -671,8 +673,8 @@ class _SampleRun:
         new = np.stack(self.tokens, axis=1) if self.tokens else np.zeros((self.b, 0), np.int64)
         sequences = np.concatenate([self.sequences, new], axis=1)
         reasons = [r or "length" for r in self.reasons]
-        texts = [t if t is not None else self.model._finish_text(ids, self.config)
-                 for t, ids in zip(self.final_text, self.new_ids)]
+        texts = [t if t is not None else self.model._finish_text(ids, self.config, None, prompt)
+                 for t, ids, prompt in zip(self.final_text, self.new_ids, self.sequences)]
         return GenerationResult(sequences=sequences, finish_reasons=reasons, new_tokens=self.new_ids, text=texts,
                                 scores=self.scores if self.config.output_scores else None,
                                 logits=self.logits if self.config.output_logits else None,

@@ -7,8 +7,30 @@ from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 
+#: prompt ids a continuation's text is decoded after (vLLM's incremental detokenizer reads ~5 the same way)
+CONTEXT = 4
+
+
+def decode_after(tokenizer: Tokenizer, context: Sequence[int], ids: Sequence[int],
+                 skip_special_tokens: bool = True) -> str:
+    """The text ``ids`` add after ``context`` (the last prompt ids): ``decode(context + ids)`` less
+    ``decode(context)``. A SentencePiece decoder strips the space of a text's first word (``▁world`` alone is
+    "world"), so new ids decoded alone lost the space a continuation begins with ("hello" + "world"); after their
+    context they keep it, as llama.cpp's and vLLM's streams do. Where the context's text is no prefix of the whole
+    (the prompt ends inside a character), the ids alone. [c] + [k] ids -> str."""
+    ids = [int(i) for i in ids]
+    context = [int(i) for i in context][-CONTEXT:]
+    if context:
+        head = tokenizer.decode(context, skip_special_tokens=skip_special_tokens)
+        whole = tokenizer.decode(context + ids, skip_special_tokens=skip_special_tokens)
+        if whole.startswith(head) and not head.endswith("\ufffd"):
+            return whole[len(head):]
+    return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
 class IncrementalText:
-    """Feed ids one at a time; `push` returns the newly printable text.
+    """Feed ids one at a time; `push` returns the newly printable text (after ``context``, the prompt's last ids:
+    the text ``decode_after`` gives).
 
     tokenizers' `DecodeStream` decodes incrementally: each step decodes only the ids since the last complete
     character (bytes of an unfinished multi-byte character wait for the token that completes them), so a step costs
@@ -18,10 +40,16 @@ class IncrementalText:
     ''.
     """
 
-    def __init__(self, tokenizer: Tokenizer | None, skip_special_tokens: bool = True, stops: Sequence[str] = ()):
+    def __init__(self, tokenizer: Tokenizer | None, skip_special_tokens: bool = True, stops: Sequence[str] = (),
+                 context: Sequence[int] = ()):
         self.tokenizer, self.skip = tokenizer, skip_special_tokens
         self.stops = [s for s in stops if s]
-        self.stream = DecodeStream(skip_special_tokens=skip_special_tokens) if tokenizer is not None else None
+        self.context = [int(i) for i in context][-CONTEXT:]  # the prompt's last ids: the text continues theirs
+        if self.context and tokenizer is not None and tokenizer.decode(
+                self.context, skip_special_tokens=skip_special_tokens).endswith("\ufffd"):
+            self.context = []  # the prompt ends inside a character: the ids alone, as decode_after reads them
+        self.stream = (DecodeStream(ids=self.context, skip_special_tokens=skip_special_tokens)
+                       if tokenizer is not None else None)
         self.pending = ""  # decoded, not yet returned (the held-back tail)
         self.emitted = 0  # characters already returned
         self.ids: list[int] = []  # every id pushed (re-decoded only if DecodeStream fails)
@@ -52,7 +80,7 @@ class IncrementalText:
                 return self.stream.step(self.tokenizer, token_id) or ""
             except Exception:  # noqa: BLE001 - DecodeStream refuses decoders whose output is not prefix-stable
                 self.fallback = True  # then re-decode the whole row each step (such decoders are rare)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip)
+        text = decode_after(self.tokenizer, self.context, self.ids, self.skip)
         if text.endswith("\ufffd"):
             return ""
         return text[self.emitted + len(self.pending):]

@@ -20,6 +20,7 @@ import json
 import pathlib
 import warnings
 
+import numpy as np
 import pytest
 
 if importlib.util.find_spec("gguf") is None:
@@ -378,3 +379,41 @@ def test_added_tokens_decode_to_their_plain_text():
         assert t.encode("die Größe").tokens[-1] == "Größe"
     stream = DecodeStream(skip_special_tokens=True)
     assert "".join(stream.step(again, i) or "" for i in again.encode("a Größe, x y").ids) == "a Größe, x y"
+
+
+def test_a_continuation_keeps_the_space_a_sentencepiece_decoder_strips(vocab_dir):
+    """A SentencePiece decoder strips the space of a text's first word ('▁world' alone decodes to 'world', as
+    llama.cpp's whole-text detokenize does), so new ids decoded alone lost the space a continuation begins with:
+    'hello' + 'world', and a --choices ' world' answer read 'world'. The new text is what the ids add after the
+    prompt's last ids (streaming.decode_after), as llama.cpp's stream and vLLM give it: in the final text, the
+    stream, a stop string's check and cut (Mistral's real vocabulary)."""
+    from types import SimpleNamespace
+
+    from onnxlm.runtime.decoding.stopping import NewTextStopMatcher
+    from onnxlm.runtime.generation_config import GenerationConfig
+    from onnxlm.runtime.model import LanguageModel
+    from onnxlm.runtime.streaming import IncrementalText, decode_after
+
+    try:
+        meta = gguf_vocabs.vocab_metadata("mistral")
+    except (FileNotFoundError, ImportError, importlib.metadata.PackageNotFoundError) as e:
+        missing(f"vocabulary 'mistral' is not installed ({e}); scripts/setup.sh installs it")
+    raw = build_tokenizer_from_gguf(meta)
+    raw.save(str(vocab_dir / "mistral-continuation.tokenizer.json"))
+    tok = TextTokenizer.from_file(vocab_dir / "mistral-continuation.tokenizer.json")
+    prompt = tok.encode("Say hello")  # BOS first
+    new = tok.encode("world, and then some", add_special_tokens=False)
+    assert tok.decode(new) == "world, and then some"  # alone: the strip
+    assert decode_after(tok, prompt, new) == " world, and then some"
+    assert decode_after(tok, prompt[:1], new) == "world, and then some"  # after a BOS alone: a text's start
+    stream = IncrementalText(raw, context=prompt)
+    assert "".join(stream.push(i) for i in new) == " world, and then some"
+    row = np.array([prompt + new])
+    first = len(prompt) + 1  # the stop string at the very start of the new text, found with its first token
+    assert NewTextStopMatcher(raw, [" world"], t0=len(prompt))(row[:, :first]).tolist() == [True]
+    assert NewTextStopMatcher(raw, ["hello"], t0=len(prompt))(row).tolist() == [False]  # the prompt's: never
+    fake = SimpleNamespace(tokenizer=tok, _stop_check=lambda c, t0=None: NewTextStopMatcher(raw, c.stop_list(), t0))
+    fake._text = lambda *a: LanguageModel._text(fake, *a)
+    config = GenerationConfig().replace(eos_token_id=[], stop=[", and"])
+    assert LanguageModel._finish_text(fake, new, config, "stop", prompt) == " world"
+    assert LanguageModel._finish_text(fake, new, config, "length", prompt) == " world, and then some"

@@ -100,7 +100,7 @@ async def _messages(request: HTTPRequest):
     samp = req.sampling(max_tokens=_room(model, st, ids, req.max_tokens))
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, 1, None, stream=samp.stream)
-    choices = Choices(model, 1, chat=True)
+    choices = Choices(model, 1, chat=True, jobs=jobs)
     start = anthropic_reply.head("msg_" + uuid.uuid4().hex, st.config.model_name, jobs)
     if samp.stream:
         ahead = anthropic_reply.FirstItemAhead(run)  # message_start waits for the prompt: the cache's share known

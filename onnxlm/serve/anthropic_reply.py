@@ -73,7 +73,7 @@ def stop(reason: str, choices: Choices, stop_sequences: list[str]) -> tuple[str,
     the text is the first of ``stop_sequences`` to occur in the reply's tokens."""
     if reason == "stop" and 0 in choices.cut:
         ids = [t for t, _, _ in choices.tokens.get(0, [])]
-        return "stop_sequence", stopping_word(choices.model, ids, stop_sequences) or None
+        return "stop_sequence", stopping_word(choices.model, ids, stop_sequences, choices.context(0)) or None
     return STOP_REASONS.get(reason, "end_turn"), None
 
 

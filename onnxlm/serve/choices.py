@@ -66,8 +66,11 @@ def usage(jobs: list[Job], completion: int) -> dict:
 class Choices:
     """Per choice (prompt i, row j -> index i * n + j): text, tokens, logprobs, finish reason."""
 
-    def __init__(self, model, n: int, chat: bool):
+    def __init__(self, model, n: int, chat: bool, jobs: list[Job] | None = None):
         self.model, self.n, self.chat = model, n, chat
+        # prompt i -> its ids: a choice's text continues its prompt's (runtime/streaming.decode_after), and so do
+        # the offsets of its tokens in that text
+        self.prompts = [j.ids for j in jobs or []]
         self.tokens: dict[int, list] = {}  # index -> [(id, logprob, top)]
         self.reasons: dict[int, str] = {}
         self.texts: dict[int, str] = {}
@@ -94,7 +97,12 @@ class Choices:
         """Choice ``index``'s entries [(id, logprob, top)] as its logprobs list them, ``text`` being its returned
         text: where a stop string cut it, those of the tokens whose text begins before the cut (``before_cut``)."""
         entries = self.tokens.get(index, [])
-        return before_cut(self.model, entries, text) if index in self.cut else entries
+        return before_cut(self.model, entries, text, self.context(index)) if index in self.cut else entries
+
+    def context(self, index: int) -> list[int]:
+        """The ids choice ``index``'s text continues: its prompt's (none where the jobs were not given)."""
+        i = index // self.n
+        return list(self.prompts[i]) if i < len(self.prompts) else []
 
     def logprobs_completions(self, entries, offsets: list[int]) -> dict:
         """Completions' logprobs of ``entries`` [(id, logprob, top)]; ``offsets``: each token's ``text_offset``, the
@@ -125,7 +133,7 @@ class Choices:
         """The logprobs a chat stream's chunk for ``ev`` carries, or None: a token's once the text streamed passed
         its start, so that a token a stop string then cuts is never sent (``StreamOffsets``); the end-of-turn
         token's never (``event_logprobs_chat``)."""
-        held = self._streamed.setdefault(index, StreamOffsets(self.model))
+        held = self._streamed.setdefault(index, StreamOffsets(self.model, context=self.context(index)))
         entry = None if ev.reason == "eos" else (ev.token_id, ev.logprob, ev.top_logprobs)
         entries, _ = held.add(entry, ev.text or "", ev.finished, cut=ev.reason == "stop")
         return self.logprobs_chat(entries) if entries else None
@@ -148,9 +156,10 @@ def _tokenizer(model):
     return model.tokenizer.tokenizer if model.tokenizer is not None else None
 
 
-def decoded_offsets(tokenizer, ids, skip_special_tokens: bool = True) -> tuple[list[int], str]:
-    """ids -> (each id's offset in the incrementally decoded text, that text); one pass (DecodeStream)."""
-    stream = IncrementalText(tokenizer, skip_special_tokens=skip_special_tokens)
+def decoded_offsets(tokenizer, ids, skip_special_tokens: bool = True, context=()) -> tuple[list[int], str]:
+    """ids -> (each id's offset in the incrementally decoded text, that text: what they add after ``context``, the
+    ids before them); one pass (DecodeStream)."""
+    stream = IncrementalText(tokenizer, skip_special_tokens=skip_special_tokens, context=context)
     offsets, pieces = [], []
     for t in ids:
         offsets.append(stream.emitted)
@@ -202,7 +211,7 @@ def _spans(spans, end: int) -> list[int]:
     return _bounded(reversed(starts), end)
 
 
-def before_cut(model, entries: list, text: str) -> list:
+def before_cut(model, entries: list, text: str, context=()) -> list:
     """The entries [(id, logprob, top)] of a choice a stop string ended -> those of the tokens whose text begins
     before the cut (``text``: the returned text, which ends there), in the incremental decoding ``text_offset``
     uses: a token that straddles the cut stays (part of it is in the text), the tokens wholly in the stop string or
@@ -210,15 +219,15 @@ def before_cut(model, entries: list, text: str) -> list:
     tok = _tokenizer(model)
     if tok is None:  # no tokenizer: no stop strings either
         return entries
-    offsets, _ = decoded_offsets(tok, [t for t, _, _ in entries])
+    offsets, _ = decoded_offsets(tok, [t for t, _, _ in entries], context=context)
     return [e for e, o in zip(entries, offsets) if o < len(text)]
 
 
-def completion_offsets(model, ids, text: str, base: int = 0) -> list[int]:
+def completion_offsets(model, ids, text: str, base: int = 0, context=()) -> list[int]:
     """A completion's text_offsets: ``base`` (where its text starts in the returned text: after an echoed prompt)
-    plus each token's offset in its incremental decoding, at most ``len(text)`` (the text ends where a stop string
-    cut it; EOS adds none)."""
-    offsets, _ = decoded_offsets(_tokenizer(model), ids)
+    plus each token's offset in its incremental decoding after ``context`` (its prompt's ids), at most
+    ``len(text)`` (the text ends where a stop string cut it; EOS adds none)."""
+    offsets, _ = decoded_offsets(_tokenizer(model), ids, context=context)
     return [base + o for o in _bounded(offsets, len(text))]
 
 
@@ -230,8 +239,8 @@ class StreamOffsets:
     rest are handed out, bounded to the final text, but where a stop string cut it: then only those whose text begins
     before the cut (``before_cut``); the others are dropped."""
 
-    def __init__(self, model, base: int = 0):
-        self.stream = IncrementalText(_tokenizer(model))
+    def __init__(self, model, base: int = 0, context=()):
+        self.stream = IncrementalText(_tokenizer(model), context=context)
         self.base = self.sent = base  # sent: the end of the text streamed so far
         self.pending: list[tuple[tuple, int]] = []
 

@@ -30,6 +30,8 @@ import time
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse
 
+from onnxlm.runtime.streaming import decode_after
+
 from . import llamacpp_infill, protocol
 from .choices import Choices, token_str_bytes
 from .gate import authorize, generating, read_limited
@@ -124,7 +126,7 @@ class _Answer:
 
     def __init__(self, model, st, req: NativeRequest, jobs: list):
         self.model, self.st, self.req, self.jobs = model, st, req, jobs
-        self.choices = Choices(model, 1, chat=False)
+        self.choices = Choices(model, 1, chat=False, jobs=jobs)
         self.limits = [LineLimits(req.n_indent, req.t_max_predict_ms) for _ in jobs]
         self.watching = any(lim.active for lim in self.limits)
         self.texts: dict[int, str] = {}
@@ -192,7 +194,7 @@ class _Answer:
         reason = "length" if i in self.limited else (job.req.reasons[0] if job.req is not None and job.req.reasons
                                                      and not job.warm_only else None)
         ctx = model.max_positions
-        word = stopping_word(model, ids, req.stop) if reason == "stop" else ""
+        word = stopping_word(model, ids, req.stop, job.ids) if reason == "stop" else ""
         out = {"index": i, "content": "" if streamed else text,
                "tokens": ids if req.return_tokens and not streamed else [], "id_slot": -1, "stop": True,
                "model": self.st.config.model_name, "tokens_predicted": len(ids), "tokens_evaluated": len(job.ids),
@@ -211,12 +213,13 @@ class _Answer:
         return _pick(out, req.response_fields) if req.response_fields else out
 
 
-def stopping_word(model, ids: list[int], stop: list[str]) -> str:
-    """The stop string that ended the text: the first to occur in the decoded tokens (the first in the request's
-    list where two start at the same place, as llama.cpp's find_stopping_strings)."""
+def stopping_word(model, ids: list[int], stop: list[str], context=()) -> str:
+    """The stop string that ended the text: the first to occur in the decoded tokens (their text after
+    ``context``, the prompt's ids; the first in the request's list where two start at the same place, as
+    llama.cpp's find_stopping_strings)."""
     if model.tokenizer is None:
         return ""
-    full = model.tokenizer.decode(ids, skip_special_tokens=True)
+    full = decode_after(model.tokenizer, context, ids)
     found = [(full.find(s), k, s) for k, s in enumerate(stop) if s in full]
     return min(found)[2] if found else ""
 

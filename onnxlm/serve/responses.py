@@ -61,7 +61,7 @@ async def responses(request: HTTPRequest):
     samp = req.sampling()
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "input", constraint)
     slot, run = admit(st, jobs, 1, None, stream=samp.stream)
-    choices = Choices(model, 1, chat=True)
+    choices = Choices(model, 1, chat=True, jobs=jobs)
     start = responses_reply.head("resp_" + uuid.uuid4().hex, int(time.time()), st.config.model_name, req.echo)
     if samp.stream:
         chunks = tools.reply_chunks(run, samp, choices, {}, treq, think)

@@ -116,7 +116,7 @@ async def completions(request: HTTPRequest):
     slot, run = admit(st, jobs, samp.n, samp.logprobs if echo and samp.logprobs is not None else None,
                       stream=bool(samp.stream))
     rid, created = "cmpl-" + uuid.uuid4().hex, int(time.time())
-    choices = Choices(model, samp.n, chat=False)
+    choices = Choices(model, samp.n, chat=False, jobs=jobs)
     head = {"id": rid, "object": "text_completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         return sse_response(stream(completion_chunks(run, jobs, samp, choices, head, echo), run, slot,
@@ -134,7 +134,7 @@ async def completions(request: HTTPRequest):
             lp = None
             if samp.logprobs is not None:  # text_offset indexes the text returned: the echoed prompt, then this
                 base = len(job.text) if echo else 0
-                offsets = completion_offsets(model, [t for t, _, _ in entries], text, base)
+                offsets = completion_offsets(model, [t for t, _, _ in entries], text, base, choices.context(index))
                 if echo:
                     offsets = choices.prompt_offsets(i, [t for t, _, _ in prompt_entries], job.text) + offsets
                 lp = choices.logprobs_completions((prompt_entries if echo else []) + entries, offsets)
@@ -167,7 +167,7 @@ async def chat_completions(request: HTTPRequest):
     jobs = await asyncio.to_thread(make_jobs, model, st, samp, [ids], [""], "messages", constraint)
     slot, run = admit(st, jobs, samp.n, None, stream=bool(samp.stream))
     rid, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
-    choices = Choices(model, samp.n, chat=True)
+    choices = Choices(model, samp.n, chat=True, jobs=jobs)
     head = {"id": rid, "object": "chat.completion", "created": created, "model": st.config.model_name}
     if samp.stream:
         head["object"] = "chat.completion.chunk"

@@ -81,7 +81,8 @@ async def completion_chunks(run: Run, jobs, samp, choices: Choices, head: dict, 
                 lp = None
                 if samp.logprobs is not None:
                     if index not in offsets:
-                        offsets[index] = StreamOffsets(choices.model, len(jobs[i].text) if echo else 0)
+                        offsets[index] = StreamOffsets(choices.model, len(jobs[i].text) if echo else 0,
+                                                       context=choices.context(index))
                     entries, at = offsets[index].add((ev.token_id, ev.logprob, ev.top_logprobs), ev.text or "",
                                                      ev.finished, cut=ev.reason == "stop")
                     lp = choices.logprobs_completions(entries, at) if entries else None

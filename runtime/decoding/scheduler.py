@@ -148,7 +148,8 @@ class _Run:
         self.max_length = max_length
         self.stop_check = model._stop_check(c, t0)
         tok = model.tokenizer.tokenizer if model.tokenizer is not None else None
-        self.streams = [IncrementalText(tok, stops=c.stop_list()) for _ in range(req.n)]
+        prompt = () if model.is_encoder_decoder else req.ids  # the text continues the prompt's (decode_after)
+        self.streams = [IncrementalText(tok, stops=c.stop_list(), context=prompt) for _ in range(req.n)]
         # prompt lookup or the draft model while the request decodes alone (scheduler_speculation.py), or None;
         # it proposes under the processors but the constraint, whose matcher then cuts the proposal
         unconstrained = self.processors if self.constraint is None else build_processors(

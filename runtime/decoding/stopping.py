@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..streaming import CONTEXT, decode_after
+
 __all__ = ["StopStringMatcher"]
 
 _STATIC_PREFIX = "abcdef"  # transformers' `clean_tokenizer_vocab(static_prefix="abcdef")`
@@ -135,20 +137,19 @@ class NewTextStopMatcher:
         self.tokenizer, self.stops, self.t0 = tokenizer, tuple(stops), t0
         self.span = 2 * max(len(s.encode("utf-8")) for s in self.stops) + 8  # ids decoded per check
 
-    def _decode(self, ids) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
-
-    def _ends_here(self, new) -> bool:
-        """new [k] ids after the prompt -> whether a stop string ends in the last one's text."""
-        window = new[-self.span:]
-        text = self._decode(window)
-        before = self._decode(window[:-1]).rstrip("\ufffd")  # the text the newest id did not add
+    def _ends_here(self, row) -> bool:
+        """row [t] ids (prompt first) -> whether a stop string ends in the last one's text: the window of the last
+        ``span`` new ids decoded after the ids before it (``decode_after``: the text as the row's new text reads)."""
+        start = max(self.t0, len(row) - self.span)
+        context, window = row[max(0, start - CONTEXT):start], row[start:]
+        text = decode_after(self.tokenizer, context, window)
+        before = decode_after(self.tokenizer, context, window[:-1]).rstrip("\ufffd")  # what the newest did not add
         return any(text.find(stop, max(0, len(before) - len(stop) + 1)) >= 0 for stop in self.stops)
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """ids [n, t] int64 (prompt first, ``t0`` ids) -> [n] bool: rows whose new text now holds a stop string."""
         ids = np.asarray(ids)
-        return np.array([len(row) > self.t0 and self._ends_here(row[self.t0:]) for row in ids], dtype=bool)
+        return np.array([len(row) > self.t0 and self._ends_here(row) for row in ids], dtype=bool)
 
     def cut(self, decode, ids: Sequence[int], t0: int, special_ids: set[int]) -> str | None:
         """ids [t] the whole row (prompt first, t0 ids) -> its new text cut before the first stop string; None

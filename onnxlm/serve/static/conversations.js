@@ -28,7 +28,8 @@ const CONV_UNREADABLE_KEY = "onnxlm.conversations.unreadable";
 const CONV_CURRENT_KEY = "onnxlm.current";
 // how long a conversation's lock is held after its write (ms), the page going on meanwhile: the write reaches the
 // other tabs' processes on its own way, not with the lock, so the next tab to take the lock gets it this much later
-const CONV_LOCK_HOLD = 50;
+// (50 ms was too short on a loaded machine: a test's tab read the stored text from before the other tab's write)
+const CONV_LOCK_HOLD = 250;
 const CONV_FILE_FORMAT = "onnxlm.conversation";
 const CONV_FILE_MAX = 5 * 1024 * 1024;  // bytes: a file larger than this is not read
 const SEED_MAX = 2n ** 63n - 1n;
