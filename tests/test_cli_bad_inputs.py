@@ -393,7 +393,7 @@ def test_generate_and_chat_check_their_values_before_a_ggufs_first_run(files, tm
     """A bad generation value, an empty chat message or chat --json without one are refused before a .gguf's first
     run exports it (~30 s for SmolLM2), as a job's values are."""
     monkeypatch.setenv(GA.CACHE_ENV, str(tmp_path / "cache"))
-    for argv, code, what in [(["generate", files["good"], "hi", "--max-new-tokens", "-5"], 1, "max_new_tokens: got -5"),
+    for argv, code, what in [(["generate", files["good"], "hi", "--max-new-tokens", "-5"], 1, "--max-new-tokens: got -5"),
                              (["generate", files["good"], "hi", "--do-sample", "--temperature", "0"], 1, "temperature"),
                              (["chat", files["good"], "   "], 2, "MESSAGE is empty"),
                              (["chat", files["good"], "--json"], 2, "--json needs a MESSAGE")]:

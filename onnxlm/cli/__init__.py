@@ -19,7 +19,7 @@ from onnxlm.runtime.errors import OnnxlmError
 
 from onnxlm import __version__
 from . import bench, cache, demo, embed, export, generate, info, rerank, score, serve, tokenize
-from .errors import error_line, one_line_warnings
+from .errors import error_line, flag_named, one_line_warnings
 
 DESCRIPTION = """\
 Export GPT-2, T5 and Llama-family language models, or a GGUF file (Llama, Qwen, Gemma, Phi-3, ...), to ONNX
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 if threading.current_thread() is threading.main_thread() else {})  # put back when it ends
     _unwind_on_sigterm()
     shown, warnings.showwarning = warnings.showwarning, one_line_warnings(warnings.showwarning)
+    args = None
     try:
         args = _parse(parser, argv)
         args.parser = parser
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OnnxlmError as exc:
         _flush_quietly()
-        print(error_line(str(exc)), file=sys.stderr)
+        print(error_line(flag_named(exc, getattr(args, "parser_for_command", None))), file=sys.stderr)
         return 1
     except OSError as exc:  # unreadable --file, disk full while exporting, ...
         _flush_quietly()

@@ -16,6 +16,16 @@ def error_line(message: str) -> str:
     return "onnxlm: error: " + _one_line(message)
 
 
+def flag_named(exc, parser) -> str:
+    """An error's message, a ParameterError's parameter named as the command's flag for it where it has one
+    ("--max-new-tokens: got -5; ..." for "max_new_tokens: got -5; ..."): what the user typed."""
+    message, name = str(exc), getattr(exc, "parameter", None)
+    if not isinstance(name, str) or parser is None or not message.startswith(name + ":"):
+        return message
+    flag = "--" + name.replace("_", "-")
+    return flag + message[len(name):] if flag in getattr(parser, "_option_string_actions", {}) else message
+
+
 def _one_line(message) -> str:
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
 
