@@ -12,7 +12,8 @@ from onnxlm.runtime.gguf_magic import is_gguf_file
 from .missing_weights import refuse_missing_weights
 from .onnx_export import SUPPORTED_FAMILIES, family_of
 from .recipes import instantiate_recipe, is_recipe_dir
-from .sources import refuse_absent_or_not_gguf
+from .hub_reach import hub_endpoint, hub_reachable
+from .sources import MODEL_KINDS, refuse_absent_or_not_gguf
 
 
 @dataclass
@@ -83,8 +84,9 @@ def _hf_tokenizer(name_or_path: str):
 
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
+        online = Path(name_or_path).is_dir() or hub_reachable()  # else the Hugging Face cache only (hub_reach.py)
         try:
-            return AutoTokenizer.from_pretrained(name_or_path)
+            return AutoTokenizer.from_pretrained(name_or_path, **({} if online else {"local_files_only": True}))
         finally:
             hf_logging.set_verbosity(level)
     except Exception:  # noqa: BLE001 - no tokenizer is reported by the caller with a clear message
@@ -158,17 +160,24 @@ def load_source(model, *, tokenizer=None, log=None, check=None) -> LoadedModel:
     name = str(path) if path.is_dir() else str(model)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    # a hub name without a reachable hub: only what the Hugging Face cache holds (huggingface_hub retries a name
+    # it cannot resolve for ~30 s before it says so)
+    offline = {} if path.is_dir() or hub_reachable() else {"local_files_only": True}
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, **offline)
     except Exception as e:  # noqa: BLE001 - OSError (not found / no network), ValueError (unknown type), ...
         where = "local directory" if path.is_dir() else "hub name"
+        if offline:
+            raise ExportError(f"{model}: cannot load a transformers config from this {where}: the Hugging Face Hub "
+                              f"({hub_endpoint()}) cannot be reached from here and its cache holds no such model; "
+                              f"give {MODEL_KINDS.replace('a hub name, ', '')}") from None
         raise ExportError(f"{model}: cannot load a transformers config from this {where}: {e}") from e
     family = family_of(config.model_type)  # refuse unsupported architectures before loading weights
     if check is not None:
         check(config)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     try:
-        m, info = auto.from_pretrained(name, dtype="float32", output_loading_info=True)
+        m, info = auto.from_pretrained(name, dtype="float32", output_loading_info=True, **offline)
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"{model}: cannot load the model weights: {e}") from e
     refuse_missing_weights(info, model)

@@ -214,3 +214,26 @@ def test_a_cache_that_is_a_file_is_named_by_its_setting(tmp_path, monkeypatch, c
     assert blocker.read_text() == "root:x:0:0"
     with pytest.raises(ParameterError, match=f"cache_dir: {blocker} is a file, not a directory"):
         GA.ensure_gguf_artifact(path, cache_dir=cache, progress=False)
+
+
+def test_a_hub_name_without_a_reachable_hub_is_said_so_at_once(tmp_path, monkeypatch, capsys):
+    """A hub name where the hub's host does not resolve (no network, as in CI) is looked up in the Hugging Face
+    cache only and refused in one line saying why, not after huggingface_hub's ~30 s of retries and their dozen
+    lines; a name that does not resolve is what hub_reachable reports (its lookup bounded by TIMEOUT)."""
+    import time
+
+    from onnxlm.export import hub_reach
+
+    monkeypatch.setattr(hub_reach, "_known", {})
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "https://no-such-host.invalid")
+    began = time.perf_counter()
+    assert hub_reach.hub_reachable() is False
+    assert time.perf_counter() - began <= hub_reach.TIMEOUT + 1
+    began = time.perf_counter()
+    code, _, err = run_cli(capsys, "export", "onnxlm-test-no-such-model", tmp_path / "out")
+    assert code == 1 and time.perf_counter() - began < 20, err
+    progress, error = err.strip().splitlines()  # the export's own progress line, then the refusal
+    assert progress.startswith("[onnxlm export] loading")
+    _one_short_line(error, "onnxlm-test-no-such-model", "cannot be reached", "https://no-such-host.invalid",
+                    limit=600)
+    assert not (tmp_path / "out").exists()
