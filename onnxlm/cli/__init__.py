@@ -1,7 +1,8 @@
 """`onnxlm` command line: export, generate, chat, score, embed, rerank, tokenize, info, bench, demo, serve, cache.
 
 Exit codes: 0 ok, 1 runtime failure (one line `onnxlm: error: ...` on stderr), 2 usage error, 130 interrupted
-(SIGINT), 143 terminated (SIGTERM: it unwinds as an interrupt does, so an export removes its scratch directories).
+(SIGINT), 143 terminated (SIGTERM: it unwinds as an interrupt does, so an export removes its scratch directories);
+`onnxlm serve` drains its requests on either and exits 0.
 Only `export` (and `demo` when it has to export) imports `onnxlm.export` (torch); every other command runs on
 numpy + onnxruntime + tokenizers.
 """
