@@ -417,3 +417,10 @@ def test_a_continuation_keeps_the_space_a_sentencepiece_decoder_strips(vocab_dir
     config = GenerationConfig().replace(eos_token_id=[], stop=[", and"])
     assert LanguageModel._finish_text(fake, new, config, "stop", prompt) == " world"
     assert LanguageModel._finish_text(fake, new, config, "length", prompt) == " world, and then some"
+    # the server's token names (logprobs' tokens, top_logprobs' keys, chat's bytes): as in the text, '▁world' is
+    # ' world', no longer the same name as 'world'
+    from onnxlm.serve.choices import token_str_bytes
+    word, plain = tok.token_to_id("▁world"), tok.token_to_id("world")
+    assert token_str_bytes(SimpleNamespace(tokenizer=tok), word) == (" world", list(b" world"))
+    if plain is not None:
+        assert token_str_bytes(SimpleNamespace(tokenizer=tok), plain)[0] == "world"

@@ -2,7 +2,7 @@
 and chat's forms), token names for ``top_logprobs``, and the usage block."""
 from __future__ import annotations
 
-from onnxlm.runtime.streaming import IncrementalText
+from onnxlm.runtime.streaming import IncrementalText, decode_after
 from onnxlm.runtime.tokenizer import bytes_to_unicode
 
 from .jobs import Job
@@ -22,7 +22,9 @@ def token_str_bytes(model, token_id: int) -> tuple[str, list[int]]:
     bytes (GPT-2's byte alphabet) or a SentencePiece byte token's ``<0xNN>``; one decode."""
     if model.tokenizer is None:
         return str(token_id), list(str(token_id).encode("utf-8"))
-    text = model.tokenizer.decode([int(token_id)], skip_special_tokens=False)
+    anchor = _anchor(model)  # after a plain character: a SentencePiece word's '▁t' reads ' t', as in the text
+    text = (decode_after(model.tokenizer, [anchor], [int(token_id)], skip_special_tokens=False) if anchor is not None
+            else model.tokenizer.decode([int(token_id)], skip_special_tokens=False))
     if "\ufffd" not in text:
         return text, list(text.encode("utf-8"))
     piece = model.tokenizer.id_to_token(int(token_id))
@@ -36,6 +38,19 @@ def token_str_bytes(model, token_id: int) -> tuple[str, list[int]]:
     if all(c in _BYTE_OF for c in piece):
         return piece, [_BYTE_OF[c] for c in piece]
     return piece, list(text.encode("utf-8"))
+
+
+def _anchor(model) -> int | None:
+    """An ordinary token a token is decoded after for its name (``decode_after``): the vocabulary's "a" (cached on
+    the model), or None where it has none. Decoded alone, a SentencePiece decoder strips the space of a word's
+    first token ('▁t' -> 't'): the name then lost the space its text has in the reply, and two tokens shared one."""
+    cache = model.__dict__
+    if "_name_anchor" not in cache:
+        lookup = getattr(model.tokenizer, "token_to_id", None)
+        found = lookup("a") if lookup is not None else None
+        ok = found is not None and model.tokenizer.decode([found], skip_special_tokens=False) == "a"
+        cache["_name_anchor"] = int(found) if ok else None
+    return cache["_name_anchor"]
 
 
 def token_bytes(model, token_id: int) -> list[int]:
