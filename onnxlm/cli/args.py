@@ -151,7 +151,6 @@ def check_params_early(args, params: dict) -> None:
     file the one its export writes (transformers' defaults: a GGUF holds no generation settings but the special
     ids, which the loaded model checks). ParameterError for a bad one; a model that is not there is left to the
     load to refuse."""
-    from onnxlm.jobs.tasks import split_params
     from onnxlm.runtime.errors import ModelFileError
     from onnxlm.runtime.generation_config import GenerationConfig
 
@@ -170,7 +169,8 @@ def check_params_early(args, params: dict) -> None:
             return
     else:
         return
-    base.replace(**split_params(params)[0]).validate()
+    constraints = ("json_schema", "regex", "choices", "grammar", "constraints")  # generate's own (jobs' tasks.py)
+    base.replace(**{k: v for k, v in params.items() if k not in constraints}).validate()
 
 
 def flagged_artifact(given: str, flag: str) -> Path:

@@ -11,7 +11,8 @@ from onnxlm.runtime.errors import InputError, ModelFileError, ParameterError
 from onnxlm.runtime.reasoning import FORMATS, prompt_opens, split, wanted
 
 from .args import (add_generation_args, add_model_args, add_prompt_args, check_params_early, command_parser,
-                   flag_error, flagged_artifact, generation_params, load_model, positive_int, read_line, read_prompts, template_variables)
+                   flag_error, flagged_artifact, generation_params, load_model, positive_int, read_line, read_prompts,
+                   template_variables)
 from .chat_reply import ReplyPrinter
 from .errors import error_line
 from .jobs import add_job_args, run_job, wants_job
