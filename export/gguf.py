@@ -183,8 +183,8 @@ def gguf_special_tokens(path_or_metadata: str | os.PathLike | Mapping[str, Any])
 
 
 #: llama.cpp's special ids where a SentencePiece file names none (``llama_vocab::impl::load``; SentencePiece's own
-#: ids for <s>, </s>, <unk>), taken where the token there is a control (or unknown) token. For a byte-level BPE file llama.cpp takes id 11 as BOS and EOS, an ordinary token of
-#: most vocabularies (GPT-2's ','): none is taken there.
+#: ids for <s>, </s>, <unk>), taken where the token there is a control (or unknown) token. For a byte-level BPE file
+#: llama.cpp takes id 11 as BOS and EOS, an ordinary token of most vocabularies (GPT-2's ','): none is taken there.
 DEFAULT_SPECIAL_IDS = {"llama": {"bos_token_id": 1, "eos_token_id": 2, "unknown_token_id": 0}}
 
 
