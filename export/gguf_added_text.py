@@ -1,9 +1,9 @@
 """Added tokens' text through a byte-level BPE vocabulary's decoder, as llama.cpp prints them.
 
 A GGUF's byte-level BPE vocabulary (``tokenizer.ggml.model = "gpt2"``) holds its ordinary tokens in the byte-level
-alphabet (``Ġ`` for a space, ``Ã©`` for the two bytes of ``é``) but its control and user-defined tokens as plain text
-(llama.cpp's converter writes transformers' added tokens as they are), and llama.cpp's ``token_to_piece`` copies
-those as they are. tokenizers passes every token, added ones too, through the model's decoder: ``ByteLevel`` reads a
+alphabet (``Ġ`` for a space, ``Ã©`` for the two bytes of ``é``) but its control and user-defined tokens as plain
+text (llama.cpp's converter writes transformers' added tokens as they are), and llama.cpp's ``token_to_piece``
+copies those as they are. tokenizers passes every token, added ones too, through the model's decoder: ``ByteLevel`` reads a
 plain ``é`` (the alphabet's character for the byte 0xE9) as that one byte, so ``Größe`` or ``café`` decoded to
 ``Gr��e`` / ``caf�``, and a space or newline inside an added token vanished.
 
