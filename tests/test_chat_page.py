@@ -1766,3 +1766,40 @@ def test_a_narrow_screen_opens_the_conversation_list_as_a_panel_above_the_conver
         assert _active(pg) == "prompt" and not errors, errors
     finally:
         ctx.close()
+
+
+def test_a_save_waits_until_its_storage_shows_the_newest_marked_write(browser, live):
+    """Each write of a conversation is also named by a Web Lock of its own (conversations.js convMark: its time and
+    its text's digest), and a tab that takes the conversation's lock waits until its own storage shows the newest
+    write so named (convFresh): a write that has not reached this tab's process yet is never overwritten (the lock's
+    250 ms hold alone lost a turn under load once). Here another tab names a version it has not stored yet: the save
+    waits and writes nothing; stored, the save finds the conversation changed and keeps this tab's turns as a
+    "(copy)", the other version staying."""
+    ctx, a, errors = _open(browser, live)
+    try:
+        _route_echo(a)
+        _ask(a, "First")
+        conv = _stored(a)[0]
+        key = "onnxlm.conversation." + conv["id"]
+        other = json.dumps({**conv, "title": "Other tab's", "updated": conv["updated"] + 1})
+        b, errors_b = _tab(ctx, live)
+        b.evaluate("""([key, raw]) => { window.__release = null;
+            const at = (performance.timeOrigin + performance.now() + 60000).toFixed(3).padStart(20, '0');
+            navigator.locks.request(key + '#' + at + '#000000000#' + convDigest(raw), { mode: 'shared' },
+                                    () => new Promise((r) => { window.__release = r; })); }""", [key, other])
+        _until(b, "() => window.__release !== null")
+        a.fill("#prompt", "Second")
+        a.press("#prompt", "Enter")
+        expect(a.locator(".msg.assistant").last).to_have_attribute("data-state", "done")
+        a.wait_for_timeout(400)
+        assert [m["content"] for m in _stored(a)[0]["messages"]] == ["First", "Re: First"]  # waiting: not written
+        b.evaluate("([key, raw]) => localStorage.setItem(key, raw)", [key, other])
+        _until(a, "() => Object.keys(localStorage).length >= 2 && "
+                  "[...document.querySelectorAll('#chat-list .title')].some((t) => t.textContent.endsWith('(copy)'))")
+        kept = {c["title"]: [m["content"] for m in c["messages"]] for c in _stored(a)}
+        assert kept["Other tab's"] == ["First", "Re: First"]
+        assert kept["First (copy)"] == ["First", "Re: First", "Second", "Re: Second"]
+        b.evaluate("window.__release()")
+        assert not errors + errors_b
+    finally:
+        ctx.close()

@@ -10,8 +10,10 @@
 // wrote since this tab read it (convSave says "changed": the page keeps its own version as a new conversation); the
 // check and the write (or the removal, convDelete) are done holding a Web Lock named after the conversation's key
 // (navigator.locks, where the browser has it: a secure context, such as http://127.0.0.1 or https), so that two tabs
-// saving the same conversation at the same moment take turns, the second one seeing the first one's write; without
-// it, as before, the check and the write are done at once, which leaves a window of a millisecond or so. The page
+// saving the same conversation at the same moment take turns, the second one seeing the first one's write (each
+// write is also named by a lock of its own, which the next holder waits to see in its own storage: convMark,
+// convFresh); without Web Locks, as before, the check and the write are done at once, which leaves a window of a
+// millisecond or so. The page
 // reloads its list on the storage event the other tabs' writes fire.
 // No conversation is ever removed but by the user: there is no cap on how many are kept (one used to drop the oldest
 // past 50, silently), only the storage's own room. What cannot be read is left in storage as it is (and out of the
@@ -28,8 +30,14 @@ const CONV_UNREADABLE_KEY = "onnxlm.conversations.unreadable";
 const CONV_CURRENT_KEY = "onnxlm.current";
 // how long a conversation's lock is held after its write (ms), the page going on meanwhile: the write reaches the
 // other tabs' processes on its own way, not with the lock, so the next tab to take the lock gets it this much later
-// (50 ms was too short on a loaded machine: a test's tab read the stored text from before the other tab's write)
+// (50 ms was too short on a loaded machine: a tab read the stored text from before the other tab's write)
 const CONV_LOCK_HOLD = 250;
+// each write (or removal) of a conversation is also named by a Web Lock of its own (convMark), held this long (ms);
+// a tab that takes the conversation's lock waits, at most CONV_FRESH_WAIT ms, until its own storage shows the newest
+// write so named (convFresh): the lock manager is one for all tabs, the storage reaches each tab later
+const CONV_MARK_HOLD = 10000;
+const CONV_FRESH_WAIT = 5000;
+let convMarks = 0;
 const CONV_FILE_FORMAT = "onnxlm.conversation";
 const CONV_FILE_MAX = 5 * 1024 * 1024;  // bytes: a file larger than this is not read
 const SEED_MAX = 2n ** 63n - 1n;
@@ -202,15 +210,59 @@ function convLocked(id, fn) {
     };
     const refused = () => { if (!ran) now(); };  // (e.g. a document no longer active): as without locks
     try {
-      locks.request(convKey(id), () => {
+      locks.request(convKey(id), async () => {
         ran = true;
+        await convFresh(id);
         now();
-        return new Promise((release) => setTimeout(release, CONV_LOCK_HOLD));
+        await new Promise((release) => setTimeout(release, CONV_LOCK_HOLD));
       }).catch(refused);
     } catch (e) {
       refused();
     }
   });
+}
+
+// a stored text (null: none) -> a short digest of it (FNV-1a over its UTF-16 units, and its length)
+function convDigest(text) {
+  if (text === null) return "none";
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return (h >>> 0).toString(16) + "." + text.length;
+}
+
+// this tab just wrote ``text`` under ``id``'s key (null: removed it) -> a Web Lock named after that write (the time,
+// comparable across tabs, a count, the text's digest) held CONV_MARK_HOLD ms; nothing without Web Locks
+function convMark(id, text) {
+  const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+  if (!locks || typeof locks.request !== "function") return;
+  const at = (performance.timeOrigin + performance.now()).toFixed(3).padStart(20, "0");
+  const name = convKey(id) + "#" + at + "#" + String(convMarks++).padStart(9, "0") + "#" + convDigest(text);
+  try {
+    locks.request(name, { mode: "shared" }, () => new Promise((r) => setTimeout(r, CONV_MARK_HOLD))).catch(() => {});
+  } catch (e) { /* no mark: the lock's hold alone, as before */ }
+}
+
+// holding ``id``'s lock, before its check and write: the newest write of it that a tab marked (convMark) -> waited
+// for until this tab's storage shows it (at most CONV_FRESH_WAIT ms; storage that throws: at once)
+async function convFresh(id) {
+  const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
+  if (!locks || typeof locks.query !== "function") return;
+  let state;
+  try { state = await locks.query(); } catch (e) { return; }
+  const prefix = convKey(id) + "#";
+  const marks = (state.held || []).map((l) => l.name || "").filter((n) => n.startsWith(prefix))
+    .map((n) => n.slice(prefix.length)).sort();
+  if (!marks.length) return;
+  const want = marks[marks.length - 1].split("#").pop();
+  const until = Date.now() + CONV_FRESH_WAIT;
+  for (;;) {
+    const now = convStoredText(id);
+    if (now === undefined || convDigest(now) === want || Date.now() >= until) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 // a conversation -> written under its own key; ``base``: the text this tab last read there or wrote (convBase; null:
@@ -242,6 +294,7 @@ function convSaveNow(conv, base) {
     convLoad();
     return "failed";
   }
+  convMark(conv.id, raw);
   convStore.unsaved.delete(conv.id);
   if (!convStore.unsaved.size) convStore.failed = "";  // all kept again
   convStore.cache.set(conv.id, { raw, conv });
@@ -264,7 +317,10 @@ function convDeleteNow(id, base) {
   const now = convStoredText(id);
   if (now !== undefined && now !== null) {
     if (base === undefined || now === base) {
-      try { localStorage.removeItem(convKey(id)); } catch (e) { gone = false; }
+      try {
+        localStorage.removeItem(convKey(id));
+        convMark(id, null);
+      } catch (e) { gone = false; }
     } else {
       gone = false;
     }
