@@ -60,8 +60,9 @@ def test_bad_generation_parameters(gpt2, tiny_gpt2, case):
         gpt2.generate("hello", **kwargs)
     for w in words:
         assert w.lower() in str(info.value).lower(), (w, str(info.value))
-    if flags is not None:
-        assert_one_line_error(run_cli("generate", tiny_gpt2.onnx_dir, "hello", *flags), words[0])
+    if flags is not None:  # the CLI names the parameter by its flag (--top-p for top_p)
+        assert_one_line_error(run_cli("generate", tiny_gpt2.onnx_dir, "hello", *flags),
+                              "--" + words[0].replace("_", "-"))
 
 
 def test_empty_prompt(gpt2, tiny_gpt2):

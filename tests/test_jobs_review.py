@@ -194,7 +194,7 @@ def test_a_score_option_the_model_refuses_fails_before_any_row(tmp_path, tiny_t5
     monkeypatch.setattr(onnxlm.runtime, "load", no_load)
     out = tmp_path / "o.parquet"
     code, _, err = run_cli(capsys, "score", tiny_t5.onnx_dir, "--input", src, "--output", out, "--prepend-bos")
-    assert code == 1 and err.count("\n") == 1 and "prepend_bos: only for decoder-only models" in err, err
+    assert code == 1 and err.count("\n") == 1 and "--prepend-bos: only for decoder-only models" in err, err
     assert "row 0" not in err and not out.exists() and not (tmp_path / "o.parquet.parts").exists()
 
 
