@@ -253,8 +253,9 @@ async function convFresh(id) {
   let state;
   try { state = await locks.query(); } catch (e) { return; }
   const prefix = convKey(id) + "#";
+  const mark = /^\d{16}\.\d{3}#\d{9}#(none|[0-9a-f]+\.\d+)$/;  // (another conversation's id may go on with '#')
   const marks = (state.held || []).map((l) => l.name || "").filter((n) => n.startsWith(prefix))
-    .map((n) => n.slice(prefix.length)).sort();
+    .map((n) => n.slice(prefix.length)).filter((m) => mark.test(m)).sort();
   if (!marks.length) return;
   const want = marks[marks.length - 1].split("#").pop();
   const until = Date.now() + CONV_FRESH_WAIT;
