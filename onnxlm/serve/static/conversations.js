@@ -11,9 +11,9 @@
 // check and the write (or the removal, convDelete) are done holding a Web Lock named after the conversation's key
 // (navigator.locks, where the browser has it: a secure context, such as http://127.0.0.1 or https), so that two tabs
 // saving the same conversation at the same moment take turns, the second one seeing the first one's write (each
-// write is also named by a lock of its own, which the next holder waits to see in its own storage: convMark,
-// convFresh); without Web Locks, as before, the check and the write are done at once, which leaves a window of a
-// millisecond or so. The page
+// write is also named by a numbered lock of its own, and the next holder waits while its own storage still shows an
+// older one's text: convMark, convFresh); without Web Locks, as before, the check and the write are done at once,
+// which leaves a window of a millisecond or so. The page
 // reloads its list on the storage event the other tabs' writes fire.
 // No conversation is ever removed but by the user: there is no cap on how many are kept (one used to drop the oldest
 // past 50, silently), only the storage's own room. What cannot be read is left in storage as it is (and out of the
@@ -32,12 +32,12 @@ const CONV_CURRENT_KEY = "onnxlm.current";
 // other tabs' processes on its own way, not with the lock, so the next tab to take the lock gets it this much later
 // (50 ms was too short on a loaded machine: a tab read the stored text from before the other tab's write)
 const CONV_LOCK_HOLD = 250;
-// each write (or removal) of a conversation is also named by a Web Lock of its own (convMark), held this long (ms);
-// a tab that takes the conversation's lock waits, at most CONV_FRESH_WAIT ms, until its own storage shows the newest
-// write so named (convFresh): the lock manager is one for all tabs, the storage reaches each tab later
+// each write (or removal) of a conversation is also named by a Web Lock of its own (convMark), held this long (ms),
+// numbered by the writer while it holds the conversation's lock; a tab that takes that lock waits, at most
+// CONV_FRESH_WAIT ms, while its own storage still shows the text of an older mark than the newest (convFresh): the
+// lock manager is one for all tabs, the storage reaches each tab later
 const CONV_MARK_HOLD = 10000;
 const CONV_FRESH_WAIT = 5000;
-let convMarks = 0;
 const CONV_FILE_FORMAT = "onnxlm.conversation";
 const CONV_FILE_MAX = 5 * 1024 * 1024;  // bytes: a file larger than this is not read
 const SEED_MAX = 2n ** 63n - 1n;
@@ -197,23 +197,25 @@ function convBase(conv) {
   return base === undefined ? null : base;
 }
 
-// ``fn()`` run holding the Web Lock of the conversation ``id`` (no other tab runs its own meanwhile; the lock is
-// held CONV_LOCK_HOLD ms more, see there) -> a promise of what it returned. Where the browser has no Web Locks (not a
-// secure context) or refuses one, ``fn()`` runs at once, as before.
+// ``fn(next)`` run holding the Web Lock of the conversation ``id`` (no other tab runs its own meanwhile; the lock is
+// held CONV_LOCK_HOLD ms more, see there), once this tab's storage shows the newest marked write (convFresh; ``next``:
+// the number a write made now marks itself with) -> a promise of what it returned. Where the browser has no Web
+// Locks (not a secure context) or refuses one, ``fn(0)`` runs at once, as before.
 function convLocked(id, fn) {
   const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
-  if (!locks || typeof locks.request !== "function") return Promise.resolve(fn());
+  if (!locks || typeof locks.request !== "function") return Promise.resolve(fn(0));
   let ran = false;
   return new Promise((resolve, reject) => {
-    const now = () => {
-      try { resolve(fn()); } catch (e) { reject(e); }
+    const now = (next) => {
+      try { resolve(fn(next)); } catch (e) { reject(e); }
     };
-    const refused = () => { if (!ran) now(); };  // (e.g. a document no longer active): as without locks
+    const refused = () => { if (!ran) now(0); };  // (e.g. a document no longer active): as without locks
     try {
       locks.request(convKey(id), async () => {
         ran = true;
-        await convFresh(id);
-        now();
+        let next = 0;
+        try { next = await convFresh(id); } catch (e) { /* no marks read: as before them */ }
+        now(next);
         await new Promise((release) => setTimeout(release, CONV_LOCK_HOLD));
       }).catch(refused);
     } catch (e) {
@@ -233,36 +235,45 @@ function convDigest(text) {
   return (h >>> 0).toString(16) + "." + text.length;
 }
 
-// this tab just wrote ``text`` under ``id``'s key (null: removed it) -> a Web Lock named after that write (the time,
-// comparable across tabs, a count, the text's digest) held CONV_MARK_HOLD ms; nothing without Web Locks
-function convMark(id, text) {
+// this tab just wrote ``text`` under ``id``'s key (null: removed it), holding its lock, as write ``seq`` (convFresh's
+// next) -> a Web Lock named after that write (its number and the text's digest) held CONV_MARK_HOLD ms; nothing
+// without Web Locks
+function convMark(id, text, seq) {
   const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
-  if (!locks || typeof locks.request !== "function") return;
-  const at = (performance.timeOrigin + performance.now()).toFixed(3).padStart(20, "0");
-  const name = convKey(id) + "#" + at + "#" + String(convMarks++).padStart(9, "0") + "#" + convDigest(text);
+  if (!locks || typeof locks.request !== "function" || !seq) return;
+  const name = convKey(id) + "#" + String(seq).padStart(12, "0") + "#" + convDigest(text);
   try {
     locks.request(name, { mode: "shared" }, () => new Promise((r) => setTimeout(r, CONV_MARK_HOLD))).catch(() => {});
   } catch (e) { /* no mark: the lock's hold alone, as before */ }
 }
 
-// holding ``id``'s lock, before its check and write: the newest write of it that a tab marked (convMark) -> waited
-// for until this tab's storage shows it (at most CONV_FRESH_WAIT ms; storage that throws: at once)
+// holding ``id``'s lock, before its check and write: the marks of its writes (convMark; numbered in the order the
+// writers held the lock, whatever their tabs' clocks) -> while this tab's storage shows the text of an older mark
+// than the newest (a write that has not reached this tab yet), waited for (a storage event or a 50 ms poll, at most
+// CONV_FRESH_WAIT ms; a text no mark names, such as a write whose tab has closed since, is not waited on) -> the
+// number the next write marks itself with (0: no Web Locks query)
 async function convFresh(id) {
   const locks = typeof navigator !== "undefined" ? navigator.locks : undefined;
-  if (!locks || typeof locks.query !== "function") return;
-  let state;
-  try { state = await locks.query(); } catch (e) { return; }
+  if (!locks || typeof locks.query !== "function") return 0;
+  const state = await locks.query();
   const prefix = convKey(id) + "#";
-  const mark = /^\d{16}\.\d{3}#\d{9}#(none|[0-9a-f]+\.\d+)$/;  // (another conversation's id may go on with '#')
-  const marks = (state.held || []).map((l) => l.name || "").filter((n) => n.startsWith(prefix))
-    .map((n) => n.slice(prefix.length)).filter((m) => mark.test(m)).sort();
-  if (!marks.length) return;
-  const want = marks[marks.length - 1].split("#").pop();
+  const form = /^(\d{12})#(none|[0-9a-f]+\.\d+)$/;  // (another conversation's id may go on with '#')
+  const marks = ((state && state.held) || []).map((l) => (l && l.name) || "").filter((n) => n.startsWith(prefix))
+    .map((n) => form.exec(n.slice(prefix.length))).filter(Boolean)
+    .map((m) => ({ seq: Number(m[1]), digest: m[2] })).sort((a, b) => a.seq - b.seq);
+  if (!marks.length) return 1;
+  const newest = marks[marks.length - 1];
+  const older = new Set(marks.filter((m) => m.digest !== newest.digest).map((m) => m.digest));
   const until = Date.now() + CONV_FRESH_WAIT;
   for (;;) {
     const now = convStoredText(id);
-    if (now === undefined || convDigest(now) === want || Date.now() >= until) return;
-    await new Promise((r) => setTimeout(r, 5));
+    if (now === undefined || !older.has(convDigest(now)) || Date.now() >= until) return newest.seq + 1;
+    await new Promise((r) => {
+      const seen = (e) => { if (e.key === convKey(id) || e.key === null) done(); };
+      const timer = setTimeout(() => done(), 50);
+      function done() { clearTimeout(timer); window.removeEventListener("storage", seen); r(); }
+      window.addEventListener("storage", seen);
+    });
   }
 }
 
@@ -275,11 +286,11 @@ async function convFresh(id) {
 // The check and the write hold the conversation's lock (convLocked). convStore.list read again. -> a promise of
 // "saved", "changed" or "failed"
 function convSave(conv, base) {
-  return convLocked(conv.id, () => convSaveNow(conv, base));
+  return convLocked(conv.id, (next) => convSaveNow(conv, base, next));
 }
 
 // convSave's check and write, at once
-function convSaveNow(conv, base) {
+function convSaveNow(conv, base, next = 0) {
   const now = convStoredText(conv.id);
   if (now !== undefined && now !== null && now !== base) {
     convLoad();
@@ -295,7 +306,7 @@ function convSaveNow(conv, base) {
     convLoad();
     return "failed";
   }
-  convMark(conv.id, raw);
+  convMark(conv.id, raw, next);
   convStore.unsaved.delete(conv.id);
   if (!convStore.unsaved.size) convStore.failed = "";  // all kept again
   convStore.cache.set(conv.id, { raw, conv });
@@ -308,11 +319,11 @@ function convSaveNow(conv, base) {
 // while the key still holds it, so that a version another tab saved since stays. The check and the removal hold the
 // conversation's lock (convLocked). -> a promise of whether it is gone
 function convDelete(id, base) {
-  return convLocked(id, () => convDeleteNow(id, base));
+  return convLocked(id, (next) => convDeleteNow(id, base, next));
 }
 
 // convDelete's check and removal, at once
-function convDeleteNow(id, base) {
+function convDeleteNow(id, base, next = 0) {
   if (convStore.unsaved.delete(id) && !convStore.unsaved.size) convStore.failed = "";  // none left unkept
   let gone = true;
   const now = convStoredText(id);
@@ -320,7 +331,7 @@ function convDeleteNow(id, base) {
     if (base === undefined || now === base) {
       try {
         localStorage.removeItem(convKey(id));
-        convMark(id, null);
+        convMark(id, null, next);
       } catch (e) { gone = false; }
     } else {
       gone = false;
