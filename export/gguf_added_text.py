@@ -3,9 +3,9 @@
 A GGUF's byte-level BPE vocabulary (``tokenizer.ggml.model = "gpt2"``) holds its ordinary tokens in the byte-level
 alphabet (``Ġ`` for a space, ``Ã©`` for the two bytes of ``é``) but its control and user-defined tokens as plain
 text (llama.cpp's converter writes transformers' added tokens as they are), and llama.cpp's ``token_to_piece``
-copies those as they are. tokenizers passes every token, added ones too, through the model's decoder: ``ByteLevel`` reads a
-plain ``é`` (the alphabet's character for the byte 0xE9) as that one byte, so ``Größe`` or ``café`` decoded to
-``Gr��e`` / ``caf�``, and a space or newline inside an added token vanished.
+copies those as they are. tokenizers passes every token, added ones too, through the model's decoder:
+``ByteLevel`` reads a plain ``é`` (the alphabet's character for the byte 0xE9) as that one byte, so ``Größe`` or
+``café`` decoded to ``Gr��e`` / ``caf�``, and a space or newline inside an added token vanished.
 
 ``byte_level_decoder(texts)`` puts, before ``ByteLevel``, one ``Replace`` per added token whose text the alphabet
 would change, anchored to the whole token's text (``^...$``: an ordinary token whose byte-level text merely holds
@@ -14,24 +14,12 @@ those characters is left alone), that writes the token in the alphabet: ``ByteLe
 from __future__ import annotations
 
 from tokenizers import Regex, decoders
-from tokenizers.pre_tokenizers import ByteLevel
+
+from onnxlm.runtime.tokenizer import bytes_to_unicode
 
 __all__ = ["byte_level_text", "byte_level_decoder"]
 
-
-def _alphabet() -> dict[int, str]:
-    """GPT-2's byte -> character table (the one ``ByteLevel`` uses): printable Latin-1 bytes map to themselves,
-    the other 68 to U+0100 onwards in byte order."""
-    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    table = {b: chr(b) for b in kept}
-    for k, b in enumerate(b for b in range(256) if b not in table):
-        table[b] = chr(0x100 + k)
-    if set(table.values()) != set(ByteLevel.alphabet()):  # the table tokenizers uses: a change there shows here
-        raise RuntimeError("tokenizers' byte-level alphabet is not GPT-2's")
-    return table
-
-
-_ALPHABET = _alphabet()
+_ALPHABET = bytes_to_unicode()  # GPT-2's byte -> character table, the one ByteLevel uses
 
 
 def byte_level_text(text: str) -> str:

@@ -12,7 +12,7 @@ import socket
 import threading
 from urllib.parse import urlparse
 
-__all__ = ["hub_endpoint", "hub_reachable", "TIMEOUT"]
+__all__ = ["hub_endpoint", "hub_reachable", "cache_only", "TIMEOUT"]
 
 TIMEOUT = 3.0  # seconds the host's name may take to resolve
 _known: dict[str, bool] = {}
@@ -46,3 +46,9 @@ def hub_reachable() -> bool:
         threading.Thread(target=resolve, daemon=True).start()
         _known[endpoint] = found.wait(TIMEOUT)
     return _known[endpoint]
+
+
+def cache_only(local: bool) -> dict:
+    """transformers' ``from_pretrained`` keywords for a source (``local``: a directory): ``{"local_files_only":
+    True}`` for a hub name while the hub cannot be reached (the Hugging Face cache only), else none."""
+    return {} if local or hub_reachable() else {"local_files_only": True}

@@ -9,10 +9,10 @@ from typing import Any
 
 from onnxlm.runtime.errors import ExportError
 from onnxlm.runtime.gguf_magic import is_gguf_file
+from .hub_reach import cache_only, hub_endpoint
 from .missing_weights import refuse_missing_weights
 from .onnx_export import SUPPORTED_FAMILIES, family_of
 from .recipes import instantiate_recipe, is_recipe_dir
-from .hub_reach import hub_endpoint, hub_reachable
 from .sources import MODEL_KINDS, refuse_absent_or_not_gguf
 
 
@@ -84,9 +84,8 @@ def _hf_tokenizer(name_or_path: str):
 
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
-        online = Path(name_or_path).is_dir() or hub_reachable()  # else the Hugging Face cache only (hub_reach.py)
         try:
-            return AutoTokenizer.from_pretrained(name_or_path, **({} if online else {"local_files_only": True}))
+            return AutoTokenizer.from_pretrained(name_or_path, **cache_only(Path(name_or_path).is_dir()))
         finally:
             hf_logging.set_verbosity(level)
     except Exception:  # noqa: BLE001 - no tokenizer is reported by the caller with a clear message
@@ -162,7 +161,7 @@ def load_source(model, *, tokenizer=None, log=None, check=None) -> LoadedModel:
 
     # a hub name without a reachable hub: only what the Hugging Face cache holds (huggingface_hub retries a name
     # it cannot resolve for ~30 s before it says so)
-    offline = {} if path.is_dir() or hub_reachable() else {"local_files_only": True}
+    offline = cache_only(path.is_dir())
     try:
         config = AutoConfig.from_pretrained(name, **offline)
     except Exception as e:  # noqa: BLE001 - OSError (not found / no network), ValueError (unknown type), ...

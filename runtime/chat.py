@@ -24,21 +24,23 @@ RENDER_VARS = ("messages", "add_generation_prompt", "bos_token", "eos_token")
 RESERVED_VARS = (*RENDER_VARS, "continue_final_message", "tokenize", "self")
 
 
-def check_template_vars(variables, param: str = "chat_template_kwargs") -> dict:
-    """Extra chat-template variables -> a dict of them; a ParameterError naming ``param`` for anything but a dict
-    (a mapping) whose keys are identifiers other than ``RESERVED_VARS``."""
+def check_template_vars(variables, param: str = "chat_template_kwargs", *, reserved: Sequence[str] = RESERVED_VARS,
+                        setter: str = "the chat rendering itself", container: str = "a dict") -> dict:
+    """Extra chat-template variables -> a dict of them; a ParameterError naming ``param`` for anything but
+    ``container`` (a dict) whose keys are identifiers other than ``reserved`` (names ``setter`` gives the template:
+    the server adds its own)."""
     from .errors import ParameterError
 
     if variables is None:
         return {}
     if not isinstance(variables, dict):
-        raise ParameterError(param, f"expected a dict of template variables, got {type(variables).__name__}")
+        raise ParameterError(param, f"expected {container} of template variables, got {type(variables).__name__}")
     for key in variables:
         if not isinstance(key, str) or not key.isidentifier():
             raise ParameterError(param, f"{str(key)[:40]!r} is not a template variable name (an identifier)")
-        if key in RESERVED_VARS:
-            raise ParameterError(param, f"{key!r} is set by the chat rendering itself; a template variable cannot "
-                                        f"be one of {', '.join(RESERVED_VARS)}")
+        if key in reserved:
+            raise ParameterError(param, f"{key!r} is set by {setter}; a template variable cannot be one of "
+                                        f"{', '.join(reserved)}")
     return dict(variables)
 
 

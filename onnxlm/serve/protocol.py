@@ -13,7 +13,8 @@ import numbers
 import re
 from dataclasses import dataclass, field
 
-from onnxlm.runtime.chat import RESERVED_VARS
+from onnxlm.runtime.chat import RESERVED_VARS, check_template_vars
+from onnxlm.runtime.errors import ParameterError
 
 MAX_STOP = 4  # OpenAI: up to 4 stop sequences
 MAX_LOGPROBS_COMPLETIONS = 5  # OpenAI: logprobs <= 5 on /v1/completions
@@ -429,18 +430,11 @@ def template_kwargs(body: dict) -> dict:
     """``chat_template_kwargs`` (as llama.cpp's server and vLLM take it: extra variables for the chat template, e.g.
     Qwen3's ``{"enable_thinking": false}``) -> {name: JSON value} (400 naming chat_template_kwargs for anything but
     an object of identifiers other than the variables the server sets)."""
-    kw = body.get("chat_template_kwargs")
-    if kw is None:
-        return {}
-    if not isinstance(kw, dict):
-        raise bad("chat_template_kwargs", f"expected an object of template variables, got {type(kw).__name__}")
-    for key in kw:
-        if not key.isidentifier():
-            raise bad("chat_template_kwargs", f"{key[:40]!r} is not a template variable name (an identifier)")
-        if key in TEMPLATE_VARS:
-            raise bad("chat_template_kwargs", f"{key!r} is set by the server; it cannot be one of "
-                                              f"{', '.join(TEMPLATE_VARS)}")
-    return dict(kw)
+    try:  # the Python API's check (runtime/chat.py), with the names the server sets besides
+        return check_template_vars(body.get("chat_template_kwargs"), reserved=TEMPLATE_VARS, setter="the server",
+                                   container="an object")
+    except ParameterError as exc:
+        raise bad(exc.parameter, str(exc).removeprefix(f"{exc.parameter}: ")) from None
 
 
 def continuation(body: dict, msgs: list[dict], *, bare: bool = False) -> dict:
